@@ -1,0 +1,20 @@
+//! rampart-core: the pure heart of rampart.
+//!
+//! Policy decoding and validation, the release state machine, the analysis judges and
+//! the ports the controller drives. Nothing here performs I/O, spawns tasks or reads a
+//! clock; everything is deterministic and can be replayed.
+
+#![forbid(unsafe_code)]
+
+pub mod decode;
+pub mod judge;
+pub mod metrics;
+pub mod policy;
+pub mod ports;
+pub mod release;
+pub mod units;
+pub mod yaml;
+
+pub use policy::Policy;
+pub use release::{Action, Effect, Input, OutcomeKind, Phase, Release, Transition, Variant, step};
+pub use units::{Millis, Weight};

@@ -1,0 +1,191 @@
+//! Measurements the judges read: per-variant request counts, errors and latency
+//! histograms for one analysis interval.
+//!
+//! Owns the histogram layout (shared with the proxy, which fills it) and quantile
+//! estimation. It must not decide anything; judging lives in [`crate::judge`].
+
+use std::collections::BTreeMap;
+
+/// Lower edge of the first histogram bucket, in microseconds.
+const BASE_US: f64 = 50.0;
+/// Buckets per doubling: 8 gives edges about 9 % apart, so a quantile is within ±4.5 %.
+const PER_DOUBLING: f64 = 8.0;
+/// Number of buckets: 50 µs doubled 22 times reaches about 210 s.
+pub const BUCKETS: usize = 22 * 8 + 1;
+
+/// The bucket a latency in microseconds falls in.
+pub fn bucket_of(micros: u64) -> usize {
+    if (micros as f64) <= BASE_US {
+        return 0;
+    }
+    let idx = ((micros as f64 / BASE_US).log2() * PER_DOUBLING).ceil();
+    (idx as usize).min(BUCKETS - 1)
+}
+
+/// Upper edge of bucket `i`, in milliseconds.
+pub fn bucket_upper_ms(i: usize) -> f64 {
+    BASE_US * (i as f64 / PER_DOUBLING).exp2() / 1000.0
+}
+
+/// A latency histogram with the fixed layout above, stored sparsely.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Histogram {
+    counts: BTreeMap<u16, u64>,
+}
+
+impl Histogram {
+    /// Builds a histogram from dense bucket counts, as the proxy keeps them.
+    pub fn from_dense(dense: &[u64]) -> Histogram {
+        let counts = dense
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .filter_map(|(i, c)| u16::try_from(i).ok().map(|i| (i, *c)))
+            .collect();
+        Histogram { counts }
+    }
+
+    /// Records one observation.
+    pub fn record_micros(&mut self, micros: u64) {
+        let i = u16::try_from(bucket_of(micros)).unwrap_or(u16::MAX);
+        *self.counts.entry(i).or_default() += 1;
+    }
+
+    /// Total observations.
+    pub fn count(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// `self - earlier`, bucket by bucket, saturating at zero (a counter reset after a
+    /// restart must not produce negative counts).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let counts = self
+            .counts
+            .iter()
+            .filter_map(|(i, c)| {
+                let d = c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0));
+                (d > 0).then_some((*i, d))
+            })
+            .collect();
+        Histogram { counts }
+    }
+
+    /// Adds another histogram's counts.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (i, c) in &other.counts {
+            *self.counts.entry(*i).or_default() += c;
+        }
+    }
+
+    /// The `q` quantile in milliseconds (the geometric middle of its bucket), or `None`
+    /// when empty or `q` is outside 0..=1.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        // The rank of the quantile, 1-based; ceil keeps p99 of 100 samples at the 99th.
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, c) in &self.counts {
+            seen += c;
+            if seen >= rank {
+                let i = usize::from(*i);
+                let upper = bucket_upper_ms(i);
+                let lower = if i == 0 {
+                    upper / 2.0
+                } else {
+                    bucket_upper_ms(i - 1)
+                };
+                return Some((upper * lower).sqrt());
+            }
+        }
+        None
+    }
+}
+
+/// What one variant did during an interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VariantStats {
+    /// Requests answered (including errors).
+    pub requests: u64,
+    /// 5xx answers and upstream connection failures.
+    pub errors: u64,
+    /// Time to response headers.
+    pub latency: Histogram,
+}
+
+impl VariantStats {
+    /// Error rate, or `None` without requests.
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
+    }
+
+    /// Counts accumulated since `earlier` (saturating, so restarts never go negative).
+    pub fn since(&self, earlier: &VariantStats) -> VariantStats {
+        VariantStats {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            latency: self.latency.since(&earlier.latency),
+        }
+    }
+}
+
+/// Both variants over one analysis interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IntervalSample {
+    /// The version users had before.
+    pub stable: VariantStats,
+    /// The version being released.
+    pub canary: VariantStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_bounded() {
+        let mut last = 0;
+        for us in [0, 10, 50, 51, 100, 1_000, 20_000, 1_000_000, u64::MAX] {
+            let b = bucket_of(us);
+            assert!(b >= last && b < BUCKETS);
+            last = b;
+        }
+    }
+
+    #[test]
+    fn quantile_is_within_bucket_precision() {
+        let mut h = Histogram::default();
+        for ms in 1..=100u64 {
+            h.record_micros(ms * 1000);
+        }
+        let p99 = h.quantile_ms(0.99).unwrap();
+        assert!((p99 - 99.0).abs() / 99.0 < 0.05, "{p99}");
+        let p50 = h.quantile_ms(0.5).unwrap();
+        assert!((p50 - 50.0).abs() / 50.0 < 0.05, "{p50}");
+        assert_eq!(Histogram::default().quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn since_never_goes_negative_after_a_reset() {
+        let mut before = Histogram::default();
+        before.record_micros(5000);
+        before.record_micros(5000);
+        let mut after = Histogram::default();
+        after.record_micros(5000);
+        assert_eq!(after.since(&before).count(), 0);
+        let a = VariantStats {
+            requests: 3,
+            errors: 1,
+            latency: after,
+        };
+        let b = VariantStats {
+            requests: 10,
+            errors: 5,
+            latency: before,
+        };
+        assert_eq!(a.since(&b).requests, 0);
+    }
+}

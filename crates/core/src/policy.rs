@@ -1,0 +1,1096 @@
+//! The release policy: what a service's `rampart.yaml` means, decoded and validated.
+//!
+//! Owns the schema, its defaults and every cross-field rule. Decoding is pure: it takes
+//! text and returns either a [`Policy`] or every problem found. It must not read files,
+//! the environment or the clock; callers do that and pass the text in.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::decode::{Decoder, Diagnostic, MapReader, join, list, one_of, scalar};
+use crate::units::{Rate, Weight, format_duration};
+use crate::yaml::{self, Node, NodeKind};
+
+/// A validated release policy for one service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// The service's name: lower-case letters, digits, `-`, `_` and `.`.
+    pub service: String,
+    /// How a version of the service is run.
+    pub deploy: Deploy,
+    /// How traffic is split between the stable and the canary version.
+    pub traffic: Traffic,
+    /// How the new version is exposed.
+    pub strategy: Strategy,
+    /// Checks that must pass before anything is deployed.
+    pub gates: Gates,
+    /// How the canary is judged.
+    pub analysis: Analysis,
+    /// How a failed release is undone.
+    pub rollback: Rollback,
+}
+
+/// How versions run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Deploy {
+    /// Local processes started by rampart.
+    Process(ProcessSpec),
+}
+
+/// The local process deployer's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessSpec {
+    /// Program and arguments; `{port}` and `{version}` are substituted.
+    pub command: Vec<String>,
+    /// Extra environment, in file order; values may use `{port}` and `{version}`.
+    pub env: Vec<(String, String)>,
+    /// Working directory, relative to the policy file.
+    pub workdir: Option<String>,
+    /// How rampart knows a process is ready for traffic.
+    pub readiness: Readiness,
+    /// How long a process gets between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// A readiness probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Readiness {
+    /// HTTP path probed on the process's port; `None` means a TCP connect.
+    pub http: Option<String>,
+    /// How long to wait for readiness before the version counts as failed.
+    pub timeout: Duration,
+    /// Time between probes.
+    pub period: Duration,
+}
+
+/// How traffic is split.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Traffic {
+    /// The embedded proxy.
+    Proxy(ProxySpec),
+}
+
+/// The embedded proxy's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxySpec {
+    /// Where users connect.
+    pub listen: SocketAddr,
+    /// How a request is pinned to one variant.
+    pub sticky: Sticky,
+}
+
+/// What keeps one user on one variant while the weight changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sticky {
+    /// Every request is assigned on its own.
+    None,
+    /// The client's IP address.
+    ClientIp,
+    /// The value of a request header.
+    Header(String),
+    /// The value of a cookie.
+    Cookie(String),
+}
+
+/// How the new version is exposed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Strategy {
+    /// Weighted canary steps.
+    Canary(CanarySpec),
+}
+
+impl Strategy {
+    /// The canary steps.
+    pub fn steps(&self) -> &[Step] {
+        match self {
+            Strategy::Canary(c) => &c.steps,
+        }
+    }
+}
+
+/// A canary: a list of weights, each held for a bake time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanarySpec {
+    /// Steps in order. Promotion follows the last one.
+    pub steps: Vec<Step>,
+}
+
+/// One canary step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// Share of traffic for the canary.
+    pub weight: Weight,
+    /// Minimum time at this weight; the step ends at the first passing analysis after it.
+    pub bake: Duration,
+}
+
+/// Pre-release gates.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Gates {
+    /// Run before anything is deployed; any failure blocks the release.
+    pub pre: Vec<Gate>,
+}
+
+/// One gate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gate {
+    /// A name for logs and the audit trail.
+    pub name: String,
+    /// What it checks.
+    pub check: GateCheck,
+}
+
+/// What a gate checks.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GateCheck {
+    /// These environment variables are set and not empty.
+    Env(Vec<String>),
+    /// An HTTP GET answers with the expected status.
+    Http {
+        /// `http://` URL.
+        url: String,
+        /// Expected status; `None` means any 2xx.
+        status: Option<u16>,
+        /// Time limit for the whole request.
+        timeout: Duration,
+    },
+    /// A command exits with status 0.
+    Command {
+        /// Program and arguments.
+        run: Vec<String>,
+        /// Time limit; the command is killed after it.
+        timeout: Duration,
+    },
+}
+
+/// Canary analysis settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysis {
+    /// Time between measurements.
+    pub interval: Duration,
+    /// What to do after consecutive inconclusive intervals.
+    pub inconclusive: Escalation,
+    /// What to do after consecutive intervals without any canary traffic.
+    pub no_data: Escalation,
+    /// The metrics judged each interval.
+    pub metrics: Vec<MetricSpec>,
+}
+
+/// A limit on consecutive unusable intervals, and what happens when it is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    /// Consecutive intervals tolerated (the release holds its weight meanwhile).
+    pub limit: u32,
+    /// What happens at the limit.
+    pub action: EscalationAction,
+}
+
+/// The action at an escalation limit. Neither is ever a promotion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationAction {
+    /// Stop where it stands and page a human.
+    Halt,
+    /// Roll back to stable.
+    Rollback,
+}
+
+/// One judged metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricSpec {
+    /// Unique label.
+    pub name: String,
+    /// Which measurement.
+    pub metric: BuiltinMetric,
+    /// Limits.
+    pub judge: Threshold,
+    /// Requests a variant needs in an interval before it can be judged.
+    pub min_samples: u64,
+    /// Consecutive failing intervals that fail the release.
+    pub failure_limit: u32,
+}
+
+/// Metrics the embedded proxy measures itself.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuiltinMetric {
+    /// 5xx responses plus upstream connection failures, over requests.
+    ErrorRate,
+    /// A latency quantile, such as 0.99.
+    Latency(f64),
+}
+
+impl BuiltinMetric {
+    /// The metric's policy name.
+    pub fn id(&self) -> String {
+        match self {
+            BuiltinMetric::ErrorRate => "error_rate".into(),
+            BuiltinMetric::Latency(q) => LATENCY_METRICS
+                .iter()
+                .find(|(_, v)| v == q)
+                .map(|(n, _)| (*n).to_string())
+                .unwrap_or_else(|| format!("latency_q{q}")),
+        }
+    }
+
+    /// Formats a value of this metric for people.
+    pub fn format(&self, v: f64) -> String {
+        match self {
+            BuiltinMetric::ErrorRate => Rate(v).to_string(),
+            BuiltinMetric::Latency(_) => format!("{}ms", crate::units::trim_float(v, 1)),
+        }
+    }
+}
+
+const LATENCY_METRICS: [(&str, f64); 5] = [
+    ("latency_p50", 0.5),
+    ("latency_p90", 0.9),
+    ("latency_p95", 0.95),
+    ("latency_p99", 0.99),
+    ("latency_p999", 0.999),
+];
+const METRIC_NAMES: &[&str] = &[
+    "error_rate",
+    "latency_p50",
+    "latency_p90",
+    "latency_p95",
+    "latency_p99",
+    "latency_p999",
+];
+
+/// The threshold judge: absolute and relative limits. A metric passes an interval when
+/// every limit it sets holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    /// Upper limit in the metric's unit (a fraction for rates, milliseconds for latency).
+    pub max: Option<f64>,
+    /// Upper limit on canary / stable.
+    pub max_ratio_to_stable: Option<f64>,
+}
+
+/// Rollback settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollback {
+    /// How long in-flight canary requests get to finish after traffic leaves it.
+    pub drain: Duration,
+    /// How long stable gets to prove healthy after a rollback.
+    pub verify_timeout: Duration,
+}
+
+/// A policy that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in policy", diagnostics.len())]
+pub struct PolicyError {
+    /// Every problem found, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Policy {
+    /// Decodes and validates policy text. Returns every problem found, each with its line,
+    /// column and field path.
+    pub fn from_yaml(src: &str) -> Result<Policy, PolicyError> {
+        let root = yaml::parse(src).map_err(|e| PolicyError {
+            diagnostics: vec![Diagnostic::new(
+                e.pos,
+                "",
+                format!("YAML syntax: {}", e.message),
+            )],
+        })?;
+        let mut cx = Decoder::default();
+        let policy = decode_policy(&mut cx, &root);
+        match policy {
+            Some(p) if !cx.has_errors() => Ok(p),
+            _ => {
+                let mut diagnostics = cx.finish();
+                if diagnostics.is_empty() {
+                    diagnostics.push(Diagnostic::new(root.pos, "", "policy is incomplete"));
+                }
+                Err(PolicyError { diagnostics })
+            }
+        }
+    }
+
+    /// The process spec.
+    pub fn process(&self) -> &ProcessSpec {
+        match &self.deploy {
+            Deploy::Process(p) => p,
+        }
+    }
+
+    /// The proxy spec.
+    pub fn proxy(&self) -> &ProxySpec {
+        match &self.traffic {
+            Traffic::Proxy(p) => p,
+        }
+    }
+}
+
+fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
+    if root.kind == NodeKind::Null {
+        cx.error(root.pos, "", "the policy is empty; it needs at least `service`, `deploy`, `traffic`, `strategy` and `analysis`");
+        return None;
+    }
+    let m = cx.map(
+        root,
+        "",
+        &[
+            "service", "deploy", "traffic", "strategy", "gates", "analysis", "rollback",
+        ],
+    )?;
+    let service = m.required_with(cx, "service", decode_service);
+    let deploy = m.required_with(cx, "deploy", decode_deploy);
+    let traffic = m.required_with(cx, "traffic", decode_traffic);
+    let strategy = m.required_with(cx, "strategy", decode_strategy);
+    let gates = m
+        .optional_with(cx, "gates", decode_gates)
+        .unwrap_or_default();
+    let analysis = m.required_with(cx, "analysis", decode_analysis);
+    let rollback = m
+        .optional_with(cx, "rollback", decode_rollback)
+        .unwrap_or(Rollback {
+            drain: Duration::from_secs(10),
+            verify_timeout: Duration::from_secs(30),
+        });
+    Some(Policy {
+        service: service?,
+        deploy: deploy?,
+        traffic: traffic?,
+        strategy: strategy?,
+        gates,
+        analysis: analysis?,
+        rollback,
+    })
+}
+
+fn decode_service(cx: &mut Decoder, node: &Node, path: &str) -> Option<String> {
+    let name = scalar(cx, node, path, "a service name")?;
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        cx.error(
+            node.pos,
+            path,
+            format!("`{name}` is not a valid service name; use 1 to 63 lower-case letters, digits, `-`, `_` or `.`, starting with a letter or digit"),
+        );
+        return None;
+    }
+    Some(name.to_string())
+}
+
+/// Opens a mapping that must hold exactly one of `kinds` (such as `deploy: {process: ..}`).
+fn one_kind<'n>(
+    cx: &mut Decoder,
+    node: &'n Node,
+    path: &str,
+    kinds: &'static [&'static str],
+) -> Option<(&'static str, &'n Node, String)> {
+    let m = cx.map(node, path, kinds)?;
+    let present = m.present(kinds);
+    match present.as_slice() {
+        [one] => m.get(one).map(|n| (*one, n, m.path_of(one))),
+        [] => {
+            cx.error(node.pos, path, format!("expected one of {}", list(kinds)));
+            None
+        }
+        _ => {
+            cx.error(
+                node.pos,
+                path,
+                format!("choose exactly one of {}", list(&present)),
+            );
+            None
+        }
+    }
+}
+
+fn decode_deploy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Deploy> {
+    let (_, inner, p) = one_kind(cx, node, path, &["process"])?;
+    decode_process(cx, inner, &p).map(Deploy::Process)
+}
+
+fn decode_process(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProcessSpec> {
+    let m = cx.map(
+        node,
+        path,
+        &["command", "env", "workdir", "readiness", "stop_timeout"],
+    )?;
+    let command = m.required_with(cx, "command", decode_argv);
+    let env = m.optional_with(cx, "env", decode_env).unwrap_or_default();
+    let workdir = m.optional::<String>(cx, "workdir");
+    let readiness = m
+        .optional_with(cx, "readiness", decode_readiness)
+        .unwrap_or(Readiness {
+            http: None,
+            timeout: Duration::from_secs(30),
+            period: Duration::from_millis(250),
+        });
+    let stop_timeout = m
+        .optional::<Duration>(cx, "stop_timeout")
+        .unwrap_or(Duration::from_secs(10));
+    let command = command?;
+    let mentions_port = command.iter().any(|a| a.contains("{port}"))
+        || env.iter().any(|(_, v)| v.contains("{port}"));
+    if !mentions_port {
+        cx.error(
+            m.pos(),
+            &m.path_of("command"),
+            "neither `command` nor `env` mentions `{port}`; rampart picks a free port per version and the process must listen on it (for example `--port {port}` or `env: {PORT: \"{port}\"}`)",
+        );
+    }
+    Some(ProcessSpec {
+        command,
+        env,
+        workdir,
+        readiness,
+        stop_timeout,
+    })
+}
+
+fn decode_argv(cx: &mut Decoder, node: &Node, path: &str) -> Option<Vec<String>> {
+    let argv: Vec<String> = cx.value(node, path)?;
+    if argv.is_empty() || argv[0].trim().is_empty() {
+        cx.error(
+            node.pos,
+            path,
+            "the command is empty; give the program and its arguments as a list, like [\"./server\", \"--port\", \"{port}\"]",
+        );
+        return None;
+    }
+    Some(argv)
+}
+
+fn decode_env(cx: &mut Decoder, node: &Node, path: &str) -> Option<Vec<(String, String)>> {
+    let NodeKind::Map(entries) = &node.kind else {
+        cx.error(
+            node.pos,
+            path,
+            format!(
+                "expected a mapping of NAME: value, found {}",
+                node.type_name()
+            ),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    for (key, value) in entries {
+        let p = join(path, &key.text);
+        let valid_name = !key.text.is_empty()
+            && !key.text.starts_with(|c: char| c.is_ascii_digit())
+            && key
+                .text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            cx.error(
+                key.pos,
+                &p,
+                format!(
+                    "`{}` is not a valid environment variable name; use letters, digits and `_`",
+                    key.text
+                ),
+            );
+            continue;
+        }
+        if let Some(v) = cx.value::<String>(value, &p) {
+            out.push((key.text.clone(), v));
+        }
+    }
+    Some(out)
+}
+
+fn decode_readiness(cx: &mut Decoder, node: &Node, path: &str) -> Option<Readiness> {
+    let m = cx.map(node, path, &["http", "timeout", "period"])?;
+    let http = m.optional::<String>(cx, "http");
+    if let Some(p) = &http
+        && !p.starts_with('/')
+    {
+        cx.error(
+            m.get("http").map_or(m.pos(), |n| n.pos),
+            &m.path_of("http"),
+            format!("`{p}` is not a path; the probe is a path on the process's own port, such as /healthz"),
+        );
+    }
+    let timeout = positive(cx, &m, "timeout").unwrap_or(Duration::from_secs(30));
+    let period = positive(cx, &m, "period").unwrap_or(Duration::from_millis(250));
+    Some(Readiness {
+        http,
+        timeout,
+        period,
+    })
+}
+
+fn positive(cx: &mut Decoder, m: &MapReader<'_>, key: &str) -> Option<Duration> {
+    let d = m.optional::<Duration>(cx, key)?;
+    if d.is_zero() {
+        cx.error(
+            m.get(key).map_or(m.pos(), |n| n.pos),
+            &m.path_of(key),
+            "must be longer than 0s",
+        );
+        return None;
+    }
+    Some(d)
+}
+
+fn decode_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Option<Traffic> {
+    let (_, inner, p) = one_kind(cx, node, path, &["proxy"])?;
+    let m = cx.map(inner, &p, &["listen", "sticky"])?;
+    let listen = m.required_with(cx, "listen", |cx, n, p| {
+        let text = scalar(cx, n, p, "an address like 127.0.0.1:8080")?;
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                cx.error(
+                    n.pos,
+                    p,
+                    format!(
+                        "`{text}` is not an IP address and port, like 127.0.0.1:8080 or [::1]:8080"
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let sticky = m
+        .optional_with(cx, "sticky", decode_sticky)
+        .unwrap_or(Sticky::None);
+    Some(Traffic::Proxy(ProxySpec {
+        listen: listen?,
+        sticky,
+    }))
+}
+
+fn decode_sticky(cx: &mut Decoder, node: &Node, path: &str) -> Option<Sticky> {
+    if let NodeKind::Scalar { .. } = node.kind {
+        return match one_of(cx, node, path, &["none", "client-ip"])? {
+            "client-ip" => Some(Sticky::ClientIp),
+            _ => Some(Sticky::None),
+        };
+    }
+    let (kind, inner, p) = one_kind(cx, node, path, &["header", "cookie"])?;
+    let name = scalar(cx, inner, &p, "a header or cookie name")?;
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        cx.error(
+            inner.pos,
+            &p,
+            format!("`{name}` is not a valid {kind} name"),
+        );
+        return None;
+    }
+    Some(if kind == "header" {
+        Sticky::Header(name.to_ascii_lowercase())
+    } else {
+        Sticky::Cookie(name.to_string())
+    })
+}
+
+fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
+    let (_, inner, p) = one_kind(cx, node, path, &["canary"])?;
+    let m = cx.map(inner, &p, &["steps"])?;
+    let steps = m.required_with(cx, "steps", |cx, n, p| {
+        let NodeKind::Seq(items) = &n.kind else {
+            cx.error(n.pos, p, format!("expected a list of steps, found {}", n.type_name()));
+            return None;
+        };
+        if items.is_empty() {
+            cx.error(n.pos, p, "a canary needs at least one step, like `- {weight: 10, bake: 5m}`");
+            return None;
+        }
+        let steps = cx.seq(n, p, decode_step)?;
+        for (i, pair) in steps.windows(2).enumerate() {
+            if pair[1].weight < pair[0].weight {
+                let node = &items[i + 1];
+                cx.error(
+                    node.pos,
+                    &format!("{p}[{}].weight", i + 1),
+                    format!(
+                        "weights must not go down: {} comes after {}; a rollback is how traffic leaves a canary",
+                        pair[1].weight, pair[0].weight
+                    ),
+                );
+            }
+        }
+        Some(steps)
+    });
+    Some(Strategy::Canary(CanarySpec { steps: steps? }))
+}
+
+fn decode_step(cx: &mut Decoder, node: &Node, path: &str) -> Option<Step> {
+    let m = cx.map(node, path, &["weight", "bake"])?;
+    let weight = m.required::<Weight>(cx, "weight");
+    let bake = m.required::<Duration>(cx, "bake");
+    if weight == Some(Weight::ZERO) {
+        cx.error(
+            m.get("weight").map_or(m.pos(), |n| n.pos),
+            &m.path_of("weight"),
+            "a step at weight 0 sends the canary no traffic, so it can never be judged; use a weight above 0",
+        );
+    }
+    Some(Step {
+        weight: weight?,
+        bake: bake?,
+    })
+}
+
+fn decode_gates(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gates> {
+    let m = cx.map(node, path, &["pre"])?;
+    let pre = m
+        .optional_with(cx, "pre", |cx, n, p| cx.seq(n, p, decode_gate))
+        .unwrap_or_default();
+    Some(Gates { pre })
+}
+
+const GATE_KINDS: &[&str] = &["env", "http", "command"];
+
+fn decode_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gate> {
+    let m = cx.map(node, path, &["name", "env", "http", "command"])?;
+    let name = m.optional::<String>(cx, "name");
+    let kinds = m.present(GATE_KINDS);
+    let kind = match kinds.as_slice() {
+        [one] => *one,
+        [] => {
+            cx.error(
+                m.pos(),
+                path,
+                format!("a gate needs one of {}", list(GATE_KINDS)),
+            );
+            return None;
+        }
+        _ => {
+            cx.error(
+                m.pos(),
+                path,
+                format!("a gate checks one thing; choose one of {}", list(&kinds)),
+            );
+            return None;
+        }
+    };
+    let p = m.path_of(kind);
+    let inner = m.get(kind)?;
+    let check = match kind {
+        "env" => {
+            let vars: Vec<String> = match &inner.kind {
+                NodeKind::Scalar { .. } => vec![cx.value::<String>(inner, &p)?],
+                _ => cx.value(inner, &p)?,
+            };
+            if vars.is_empty() {
+                cx.error(inner.pos, &p, "list at least one variable name");
+                return None;
+            }
+            GateCheck::Env(vars)
+        }
+        "http" => decode_http_gate(cx, inner, &p)?,
+        _ => decode_command_gate(cx, inner, &p)?,
+    };
+    let name = name.unwrap_or_else(|| match &check {
+        GateCheck::Env(v) => format!("env {}", v.join(",")),
+        GateCheck::Http { url, .. } => format!("http {url}"),
+        GateCheck::Command { run, .. } => format!("command {}", run.join(" ")),
+    });
+    Some(Gate { name, check })
+}
+
+fn decode_http_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<GateCheck> {
+    let (url, status, timeout, url_pos, url_path) = match &node.kind {
+        NodeKind::Scalar { .. } => (
+            cx.value::<String>(node, path)?,
+            None,
+            Duration::from_secs(5),
+            node.pos,
+            path.to_string(),
+        ),
+        _ => {
+            let m = cx.map(node, path, &["url", "status", "timeout"])?;
+            let url = m.required::<String>(cx, "url");
+            let status = m.optional::<u16>(cx, "status");
+            if let Some(s) = status
+                && !(100..=599).contains(&s)
+            {
+                cx.error(
+                    m.get("status").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("status"),
+                    format!("{s} is not an HTTP status; use 100 to 599"),
+                );
+            }
+            let timeout = positive(cx, &m, "timeout").unwrap_or(Duration::from_secs(5));
+            let pos = m.get("url").map_or(m.pos(), |n| n.pos);
+            (url?, status, timeout, pos, m.path_of("url"))
+        }
+    };
+    if let Some(rest) = url.strip_prefix("https://") {
+        cx.error(
+            url_pos,
+            &url_path,
+            format!("https is not built into the http gate yet; use a command gate such as `command: [curl, -fsS, \"https://{rest}\"]`"),
+        );
+        return None;
+    }
+    if !url.starts_with("http://") || url.len() <= "http://".len() {
+        cx.error(url_pos, &url_path, format!("`{url}` is not an http:// URL"));
+        return None;
+    }
+    Some(GateCheck::Http {
+        url,
+        status,
+        timeout,
+    })
+}
+
+fn decode_command_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<GateCheck> {
+    match &node.kind {
+        NodeKind::Seq(_) => Some(GateCheck::Command {
+            run: decode_argv(cx, node, path)?,
+            timeout: Duration::from_secs(60),
+        }),
+        _ => {
+            let m = cx.map(node, path, &["run", "timeout"])?;
+            let run = m.required_with(cx, "run", decode_argv);
+            let timeout = positive(cx, &m, "timeout").unwrap_or(Duration::from_secs(60));
+            Some(GateCheck::Command { run: run?, timeout })
+        }
+    }
+}
+
+fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis> {
+    let m = cx.map(
+        node,
+        path,
+        &[
+            "interval",
+            "min_samples",
+            "failure_limit",
+            "inconclusive",
+            "no_data",
+            "metrics",
+        ],
+    )?;
+    let interval = positive(cx, &m, "interval").unwrap_or(Duration::from_secs(10));
+    if interval < Duration::from_millis(100) {
+        cx.error(
+            m.get("interval").map_or(m.pos(), |n| n.pos),
+            &m.path_of("interval"),
+            format!(
+                "{} is too short to measure anything; use at least 100ms",
+                format_duration(interval)
+            ),
+        );
+    }
+    let min_samples = m.optional::<u64>(cx, "min_samples").unwrap_or(50);
+    let failure_limit = limit(cx, &m, "failure_limit").unwrap_or(2);
+    let inconclusive = m
+        .optional_with(cx, "inconclusive", decode_escalation)
+        .unwrap_or(Escalation {
+            limit: 10,
+            action: EscalationAction::Halt,
+        });
+    let no_data = m
+        .optional_with(cx, "no_data", decode_escalation)
+        .unwrap_or(Escalation {
+            limit: 5,
+            action: EscalationAction::Halt,
+        });
+    let metrics = m.required_with(cx, "metrics", |cx, n, p| {
+        let metrics = cx.seq(n, p, |cx, n, p| decode_metric(cx, n, p, min_samples, failure_limit))?;
+        if metrics.is_empty() {
+            cx.error(n.pos, p, "list at least one metric; a canary nobody measures cannot fail, so it proves nothing");
+            return None;
+        }
+        if let NodeKind::Seq(items) = &n.kind {
+            for (i, metric) in metrics.iter().enumerate() {
+                if metrics[..i].iter().any(|m| m.name == metric.name) {
+                    cx.error(
+                        items[i].pos,
+                        &format!("{p}[{i}].name"),
+                        format!("metric name `{}` is used twice; give each metric its own name", metric.name),
+                    );
+                }
+            }
+        }
+        Some(metrics)
+    });
+    Some(Analysis {
+        interval,
+        inconclusive,
+        no_data,
+        metrics: metrics?,
+    })
+}
+
+fn limit(cx: &mut Decoder, m: &MapReader<'_>, key: &str) -> Option<u32> {
+    let v = m.optional::<u32>(cx, key)?;
+    if v == 0 {
+        cx.error(
+            m.get(key).map_or(m.pos(), |n| n.pos),
+            &m.path_of(key),
+            "must be at least 1",
+        );
+        return None;
+    }
+    Some(v)
+}
+
+fn decode_escalation(cx: &mut Decoder, node: &Node, path: &str) -> Option<Escalation> {
+    let m = cx.map(node, path, &["limit", "action"])?;
+    let limit = limit(cx, &m, "limit");
+    let action = m.optional_with(cx, "action", |cx, n, p| {
+        one_of(cx, n, p, &["halt", "rollback"])
+    });
+    Some(Escalation {
+        limit: limit.unwrap_or(5),
+        action: match action {
+            Some("rollback") => EscalationAction::Rollback,
+            _ => EscalationAction::Halt,
+        },
+    })
+}
+
+fn decode_metric(
+    cx: &mut Decoder,
+    node: &Node,
+    path: &str,
+    default_min_samples: u64,
+    default_failure_limit: u32,
+) -> Option<MetricSpec> {
+    let m = cx.map(
+        node,
+        path,
+        &[
+            "name",
+            "source",
+            "metric",
+            "judge",
+            "min_samples",
+            "failure_limit",
+        ],
+    )?;
+    if let Some(n) = m.get("source") {
+        one_of(cx, n, &m.path_of("source"), &["builtin"]);
+    }
+    let metric = m.required_with(cx, "metric", |cx, n, p| {
+        let id = one_of(cx, n, p, METRIC_NAMES)?;
+        Some(match LATENCY_METRICS.iter().find(|(name, _)| *name == id) {
+            Some((_, q)) => BuiltinMetric::Latency(*q),
+            None => BuiltinMetric::ErrorRate,
+        })
+    });
+    let name = m
+        .optional::<String>(cx, "name")
+        .or_else(|| metric.map(|k| k.id()));
+    let min_samples = m
+        .optional::<u64>(cx, "min_samples")
+        .unwrap_or(default_min_samples);
+    let failure_limit = limit(cx, &m, "failure_limit").unwrap_or(default_failure_limit);
+    let metric = metric?;
+    let judge = m.required_with(cx, "judge", |cx, n, p| decode_threshold(cx, n, p, metric))?;
+    Some(MetricSpec {
+        name: name?,
+        metric,
+        judge,
+        min_samples,
+        failure_limit,
+    })
+}
+
+fn decode_threshold(
+    cx: &mut Decoder,
+    node: &Node,
+    path: &str,
+    metric: BuiltinMetric,
+) -> Option<Threshold> {
+    let m = cx.map(node, path, &["max", "max_ratio_to_stable"])?;
+    let max = match metric {
+        BuiltinMetric::ErrorRate => m.optional::<Rate>(cx, "max").map(|r| r.0),
+        BuiltinMetric::Latency(_) => m
+            .optional::<Duration>(cx, "max")
+            .map(|d| d.as_secs_f64() * 1000.0),
+    };
+    let ratio = m.optional::<f64>(cx, "max_ratio_to_stable");
+    if let Some(r) = ratio
+        && r <= 0.0
+    {
+        cx.error(
+            m.get("max_ratio_to_stable").map_or(m.pos(), |n| n.pos),
+            &m.path_of("max_ratio_to_stable"),
+            format!("{r} is not a useful ratio; use a number above 0, such as 1.5 (canary may be 50 % worse than stable)"),
+        );
+    }
+    if m.get("max").is_none() && m.get("max_ratio_to_stable").is_none() {
+        cx.error(
+            m.pos(),
+            path,
+            "the judge sets no limit; give `max`, `max_ratio_to_stable` or both",
+        );
+    }
+    Some(Threshold {
+        max,
+        max_ratio_to_stable: ratio,
+    })
+}
+
+fn decode_rollback(cx: &mut Decoder, node: &Node, path: &str) -> Option<Rollback> {
+    let m = cx.map(node, path, &["drain", "verify_timeout"])?;
+    let drain = m
+        .optional::<Duration>(cx, "drain")
+        .unwrap_or(Duration::from_secs(10));
+    let verify_timeout = positive(cx, &m, "verify_timeout").unwrap_or(Duration::from_secs(30));
+    Some(Rollback {
+        drain,
+        verify_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+service: checkout
+deploy:
+  process:
+    command: ["./checkout", "--port", "{port}"]
+traffic:
+  proxy:
+    listen: 127.0.0.1:8080
+strategy:
+  canary:
+    steps:
+      - weight: 10
+        bake: 1m
+analysis:
+  metrics:
+    - metric: error_rate
+      judge: { max: 1% }
+"#;
+
+    fn errors(src: &str) -> Vec<Diagnostic> {
+        Policy::from_yaml(src).unwrap_err().diagnostics
+    }
+
+    #[test]
+    fn minimal_policy_gets_documented_defaults() {
+        let p = Policy::from_yaml(MINIMAL).unwrap();
+        assert_eq!(p.analysis.interval, Duration::from_secs(10));
+        assert_eq!(p.analysis.metrics[0].name, "error_rate");
+        assert_eq!(p.analysis.metrics[0].min_samples, 50);
+        assert_eq!(p.analysis.metrics[0].failure_limit, 2);
+        assert_eq!(p.proxy().sticky, Sticky::None);
+        assert_eq!(p.process().readiness.timeout, Duration::from_secs(30));
+        assert_eq!(p.rollback.drain, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn typo_in_field_name_names_line_and_field() {
+        let src = MINIMAL.replace("bake: 1m", "baek: 1m");
+        let d = errors(&src);
+        assert!(
+            d.iter().any(|d| d.path == "strategy.canary.steps[0].baek"
+                && d.line == 13
+                && d.message.contains("did you mean `bake`")),
+            "{d:?}"
+        );
+        assert!(d.iter().any(|d| d.path == "strategy.canary.steps[0].bake"
+            && d.message.contains("missing")), "{d:?}");
+    }
+
+    #[test]
+    fn weight_over_100_is_rejected_at_its_line() {
+        let d = errors(&MINIMAL.replace("weight: 10", "weight: 120"));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "strategy.canary.steps[0].weight");
+        assert_eq!(d[0].line, 12);
+        assert!(d[0].message.contains("0 to 100"));
+    }
+
+    #[test]
+    fn bad_duration_is_rejected_with_a_fix() {
+        let d = errors(&MINIMAL.replace("bake: 1m", "bake: 10 minutes"));
+        assert_eq!(d[0].path, "strategy.canary.steps[0].bake");
+        assert!(d[0].message.contains("duration unit"), "{d:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let src = MINIMAL
+            .replace("weight: 10", "weight: 120")
+            .replace("127.0.0.1:8080", "localhost")
+            .replace("error_rate", "eror_rate");
+        let d = errors(&src);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d.windows(2).all(|w| w[0].line <= w[1].line));
+    }
+
+    #[test]
+    fn decreasing_weights_are_rejected() {
+        let src = MINIMAL.replace(
+            "      - weight: 10\n        bake: 1m\n",
+            "      - weight: 50\n        bake: 1m\n      - weight: 10\n        bake: 1m\n",
+        );
+        let d = errors(&src);
+        assert_eq!(d[0].path, "strategy.canary.steps[1].weight", "{d:?}");
+    }
+
+    #[test]
+    fn command_must_receive_the_port() {
+        let d = errors(&MINIMAL.replace(r#", "--port", "{port}""#, ""));
+        assert!(d[0].message.contains("{port}"), "{d:?}");
+    }
+
+    #[test]
+    fn latency_max_is_a_duration_and_error_rate_max_is_a_rate() {
+        let src = MINIMAL.replace(
+            "judge: { max: 1% }",
+            "judge: { max: 1% }\n    - metric: latency_p99\n      judge: { max: 800ms, max_ratio_to_stable: 1.5 }",
+        );
+        let p = Policy::from_yaml(&src).unwrap();
+        assert_eq!(p.analysis.metrics[0].judge.max, Some(0.01));
+        assert_eq!(p.analysis.metrics[1].judge.max, Some(800.0));
+        assert_eq!(p.analysis.metrics[1].metric, BuiltinMetric::Latency(0.99));
+        let bad = src.replace("max: 800ms", "max: 5%");
+        assert!(errors(&bad)[0].path.ends_with("judge.max"));
+    }
+
+    #[test]
+    fn gates_accept_short_and_long_forms() {
+        let src = format!(
+            "{MINIMAL}gates:\n  pre:\n    - env: [DATABASE_URL]\n    - http: http://127.0.0.1:9/health\n    - command: [\"true\"]\n    - name: slow\n      command: {{run: [\"sleep\", \"1\"], timeout: 2s}}\n"
+        );
+        let p = Policy::from_yaml(&src).unwrap();
+        assert_eq!(p.gates.pre.len(), 4);
+        assert_eq!(p.gates.pre[3].name, "slow");
+        let https = src.replace("http://127.0.0.1:9/health", "https://x/health");
+        assert!(errors(&https)[0].message.contains("command gate"));
+    }
+
+    #[test]
+    fn sticky_forms() {
+        for (text, want) in [
+            ("client-ip", Sticky::ClientIp),
+            ("{header: X-User}", Sticky::Header("x-user".into())),
+            ("{cookie: sid}", Sticky::Cookie("sid".into())),
+        ] {
+            let src = MINIMAL.replace(
+                "listen: 127.0.0.1:8080",
+                &format!("listen: 127.0.0.1:8080\n    sticky: {text}"),
+            );
+            assert_eq!(Policy::from_yaml(&src).unwrap().proxy().sticky, want);
+        }
+    }
+
+    #[test]
+    fn empty_and_non_mapping_documents_are_errors_not_panics() {
+        for src in ["", "- 1\n- 2\n", "just text", "service: [", "{service: 5}"] {
+            assert!(Policy::from_yaml(src).is_err(), "{src}");
+        }
+    }
+}

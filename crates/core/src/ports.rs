@@ -1,0 +1,175 @@
+//! Ports: the small traits through which the controller reaches the world.
+//!
+//! Owns the contracts between the runtime and the adapters. Each trait is a few methods
+//! returning boxed futures, so core stays free of any async runtime while adapters can
+//! be chosen at run time (`Arc<dyn TrafficRouter>`). It must not contain behaviour.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::metrics::IntervalSample;
+use crate::policy::Gate;
+use crate::release::{AuditEvent, GateResult, Input, OutcomeKind, Variant};
+use crate::units::{Millis, Weight};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A failure reported by an adapter, in words fit for the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PortError(pub String);
+
+impl PortError {
+    /// Wraps anything displayable.
+    pub fn new(msg: impl std::fmt::Display) -> Self {
+        PortError(msg.to_string())
+    }
+}
+
+/// The controller's only source of time.
+///
+/// Assumptions: `now` never goes backwards.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since an arbitrary, fixed epoch.
+    fn now(&self) -> Millis;
+    /// Resolves at or after `at`.
+    fn sleep_until(&self, at: Millis) -> BoxFuture<'_, ()>;
+}
+
+/// What a deployment produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// Where the version accepts traffic.
+    pub endpoints: Vec<SocketAddr>,
+    /// A line for the audit trail (pid, port, adopted or started).
+    pub detail: String,
+}
+
+/// Runs versions of the service.
+///
+/// Guarantees required of implementations: every method is idempotent. `deploy` of a
+/// version already running and ready adopts it instead of starting a second copy;
+/// `stop` of a version that is not running succeeds.
+pub trait Deployer: Send + Sync {
+    /// Starts (or adopts) `version` as `variant` and waits until it is ready.
+    fn deploy<'a>(
+        &'a self,
+        variant: Variant,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>>;
+    /// Stops `variant` gracefully, then forcefully.
+    fn stop(&self, variant: Variant) -> BoxFuture<'_, Result<String, PortError>>;
+    /// Checks that `variant` is running and ready, waiting at most `timeout`.
+    fn verify(
+        &self,
+        variant: Variant,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<String, PortError>>;
+}
+
+/// Splits traffic between stable and canary.
+///
+/// Guarantees required of implementations: a weight change is atomic and effective for
+/// the next request; requests in flight are not dropped.
+pub trait TrafficRouter: Send + Sync {
+    /// Points `variant` at these endpoints.
+    fn set_backends<'a>(
+        &'a self,
+        variant: Variant,
+        endpoints: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Sets the canary's share and returns the weight now in effect, read back.
+    fn set_weight(&self, weight: Weight) -> BoxFuture<'_, Result<Weight, PortError>>;
+    /// Waits until `variant` has no requests in flight, at most `timeout`.
+    fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>>;
+}
+
+/// Measures both variants.
+pub trait MetricsSource: Send + Sync {
+    /// Counts since the previous call (or since the source started).
+    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>>;
+}
+
+/// Runs pre-release gates.
+pub trait GateRunner: Send + Sync {
+    /// Runs one gate. A gate that cannot run has failed.
+    fn run<'a>(&'a self, gate: &'a Gate) -> BoxFuture<'a, GateResult>;
+}
+
+/// Tells people what happened.
+pub trait Notifier: Send + Sync {
+    /// Sends a message; `page` means a human must act now. Failures are logged, never
+    /// fatal to the release.
+    fn notify<'a>(&'a self, page: bool, message: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// A release as the store keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReleaseRecord {
+    /// Unique id.
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// The version being released.
+    pub version: String,
+    /// The policy text the release started with; a resumed release keeps using it.
+    pub policy: String,
+    /// When it was created.
+    pub created_at: Millis,
+    /// The outcome, once finished.
+    pub outcome: Option<OutcomeKind>,
+}
+
+/// One persisted input and the audit events it produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredInput {
+    /// Position in the release's log, from 0, without gaps.
+    pub seq: u64,
+    /// When it was applied.
+    pub at: Millis,
+    /// The input.
+    pub input: Input,
+    /// Audit events produced by the transition.
+    pub events: Vec<AuditEvent>,
+}
+
+/// Durable release state: releases and their append-only input logs.
+///
+/// Guarantees required of implementations: `append` is durable when it returns; an
+/// append at a `seq` that already exists fails (so two controllers can never both
+/// record a decision); at most one unfinished release per service.
+pub trait Store: Send + Sync {
+    /// Records a new release. Fails if the service has an unfinished release.
+    fn create<'a>(&'a self, release: &'a ReleaseRecord) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Appends one input to a release's log.
+    fn append<'a>(
+        &'a self,
+        release_id: &'a str,
+        entry: &'a StoredInput,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// A release and its whole log, in order.
+    fn load<'a>(
+        &'a self,
+        release_id: &'a str,
+    ) -> BoxFuture<'a, Result<(ReleaseRecord, Vec<StoredInput>), PortError>>;
+    /// The service's unfinished release, if any.
+    fn active<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ReleaseRecord>, PortError>>;
+    /// Marks a release finished.
+    fn finish<'a>(
+        &'a self,
+        release_id: &'a str,
+        outcome: OutcomeKind,
+        version_now_serving: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// The version the service last finished on (promoted, or kept by a rollback).
+    fn serving_version<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, PortError>>;
+}

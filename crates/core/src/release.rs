@@ -1,0 +1,1117 @@
+//! The release state machine: `step(policy, state, input, now) -> transition`.
+//!
+//! Owns every decision a release makes: when to deploy, move traffic, measure, advance,
+//! promote, roll back or halt. It is a pure function of its inputs, so replaying the
+//! persisted inputs rebuilds the same state. It must not perform I/O or read a clock:
+//! the controller executes the returned [`Action`]s and feeds their results back.
+//!
+//! Protocol: a release has at most one outstanding action ([`Release::pending`]). An
+//! input that answers a different action than the pending one is stale and ignored.
+
+use std::time::Duration;
+
+use crate::judge::{MetricReading, Verdict, judge};
+use crate::metrics::IntervalSample;
+use crate::policy::{EscalationAction, Policy};
+use crate::units::{Millis, Weight};
+
+/// Which copy of the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The version users had before this release.
+    Stable,
+    /// The version being released.
+    Canary,
+}
+
+impl Variant {
+    /// `stable` or `canary`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Stable => "stable",
+            Variant::Canary => "canary",
+        }
+    }
+}
+
+/// Where a release is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Not started.
+    Pending,
+    /// Pre-release gates are running; nothing is deployed.
+    Gating,
+    /// Starting the stable and canary versions; the canary has no traffic.
+    Deploying,
+    /// Canary steps: weight set, baking, analysed every interval.
+    Progressing,
+    /// All traffic moving to the new version, then the old one stops.
+    Promoting,
+    /// Traffic moving back to stable, canary stopping, stable being verified.
+    RollingBack,
+    /// Done: the new version serves all traffic. Terminal.
+    Succeeded,
+    /// Done: stable serves all traffic and was verified healthy. Terminal.
+    RolledBack,
+    /// Stopped where it stood; a human must act. Never moves traffic by itself. Terminal.
+    Halted,
+    /// Stopped before anything was deployed (a gate failed, or it was aborted). Terminal.
+    Blocked,
+}
+
+impl Phase {
+    /// Whether the release is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::RolledBack | Phase::Halted | Phase::Blocked
+        )
+    }
+
+    /// `snake_case` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Gating => "gating",
+            Phase::Deploying => "deploying",
+            Phase::Progressing => "progressing",
+            Phase::Promoting => "promoting",
+            Phase::RollingBack => "rolling_back",
+            Phase::Succeeded => "succeeded",
+            Phase::RolledBack => "rolled_back",
+            Phase::Halted => "halted",
+            Phase::Blocked => "blocked",
+        }
+    }
+}
+
+/// How a finished release ended, as the CLI contract names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// The new version serves all traffic.
+    Promoted,
+    /// Stable serves all traffic.
+    RolledBack,
+    /// A human must act.
+    Halted,
+    /// A non-backward-compatible migration shipped; a human must act.
+    Escalated,
+    /// Never started: a gate, freeze or window stopped it.
+    Blocked,
+}
+
+impl OutcomeKind {
+    /// The process exit code of `rampart run`, `demo` and `replay`.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            OutcomeKind::Promoted => 0,
+            OutcomeKind::RolledBack => 3,
+            OutcomeKind::Halted | OutcomeKind::Escalated => 4,
+            OutcomeKind::Blocked => 5,
+        }
+    }
+
+    /// `snake_case` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Promoted => "promoted",
+            OutcomeKind::RolledBack => "rolled_back",
+            OutcomeKind::Halted => "halted",
+            OutcomeKind::Escalated => "escalated",
+            OutcomeKind::Blocked => "blocked",
+        }
+    }
+}
+
+/// The decision that ends a release, made once and never repeated.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    /// What was decided.
+    pub kind: DecisionKind,
+    /// Why, in words.
+    pub reason: String,
+    /// When, on the controller's clock.
+    pub at: Millis,
+}
+
+/// What a decision chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// Send everything to the new version.
+    Promote,
+    /// Send everything back to stable.
+    Rollback,
+    /// Stop and page.
+    Halt,
+    /// Do not start.
+    Block,
+}
+
+/// Something the controller must do and report back on.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Run the pre-release gates. Answered by [`Input::GatesChecked`].
+    RunGates,
+    /// Start a version (or adopt it if already running) and wait for readiness, then
+    /// register it with the traffic router at weight unchanged. Answered by
+    /// [`Input::Deployed`]. Idempotent.
+    Deploy {
+        /// Which copy.
+        variant: Variant,
+        /// Which version.
+        version: String,
+    },
+    /// Set the canary's share of traffic. Answered by [`Input::TrafficSet`] or
+    /// [`Input::TrafficFailed`]. Idempotent.
+    SetWeight {
+        /// New canary weight.
+        weight: Weight,
+    },
+    /// Measure both variants since the last measurement. Answered by
+    /// [`Input::Measured`] or [`Input::MeasureFailed`].
+    Measure,
+    /// Drain and stop a version. Answered by [`Input::Stopped`]. Idempotent.
+    Stop {
+        /// Which copy.
+        variant: Variant,
+    },
+    /// Check that stable is healthy after a rollback. Answered by
+    /// [`Input::StableVerified`].
+    VerifyStable,
+}
+
+/// What the state machine asks of the world.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    /// Perform an action and report its result.
+    Do(Action),
+    /// Tell people. Fire and forget.
+    Notify {
+        /// Whether a human must act now.
+        page: bool,
+        /// The message.
+        message: String,
+    },
+}
+
+/// The result of one gate.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GateResult {
+    /// The gate's name.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// Everything that can happen to a release. Inputs are persisted, in order, before
+/// their effects run; replaying them through [`step`] rebuilds the state exactly.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Input {
+    /// Begin a release.
+    Start {
+        /// Unique release id.
+        release_id: String,
+        /// The version to release.
+        version: String,
+        /// The version currently serving, if any. Without one, the release is an
+        /// initial deployment: there is nothing to compare with or roll back to.
+        stable: Option<String>,
+    },
+    /// The controller restarted and is taking the release up again.
+    Resumed,
+    /// Answer to [`Action::RunGates`].
+    GatesChecked {
+        /// One result per gate, in policy order.
+        results: Vec<GateResult>,
+    },
+    /// Answer to [`Action::Deploy`].
+    Deployed {
+        /// Which copy.
+        variant: Variant,
+        /// Whether it is running and ready.
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// Answer to [`Action::SetWeight`]: the router now sends `weight` to the canary.
+    TrafficSet {
+        /// The weight now in effect.
+        weight: Weight,
+    },
+    /// Answer to [`Action::SetWeight`]: the router refused.
+    TrafficFailed {
+        /// What went wrong.
+        detail: String,
+    },
+    /// Time passed. Carries nothing: `now` is the step's argument.
+    Tick,
+    /// Answer to [`Action::Measure`].
+    Measured {
+        /// Both variants over the interval.
+        sample: IntervalSample,
+    },
+    /// Answer to [`Action::Measure`]: the metrics source failed. Never a pass.
+    MeasureFailed {
+        /// What went wrong.
+        detail: String,
+    },
+    /// Answer to [`Action::Stop`].
+    Stopped {
+        /// Which copy.
+        variant: Variant,
+        /// Whether it stopped cleanly.
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// Answer to [`Action::VerifyStable`].
+    StableVerified {
+        /// Whether stable is healthy.
+        healthy: bool,
+        /// What was seen.
+        detail: String,
+    },
+    /// A person or system asked to stop the release and roll back.
+    Abort {
+        /// Who asked.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One line of the audit trail.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEvent {
+    /// When, on the controller's clock.
+    pub at: Millis,
+    /// Seconds since the release started.
+    pub t_s: f64,
+    /// A stable, `snake_case` event name.
+    pub kind: String,
+    /// Who caused it: `rampart` or the person or system named in the input.
+    pub actor: String,
+    /// What happened and why.
+    pub message: String,
+    /// The canary weight after the event.
+    pub weight: Weight,
+    /// Metric readings, for analysis events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readings: Vec<MetricReading>,
+}
+
+/// The full state of one release.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Release {
+    /// Unique id.
+    pub id: String,
+    /// The version being released.
+    pub version: String,
+    /// The version that was serving before, if any.
+    pub stable: Option<String>,
+    /// When the release started.
+    pub started_at: Millis,
+    /// Where it is.
+    pub phase: Phase,
+    /// The canary weight the router has confirmed.
+    pub weight: Weight,
+    /// The current canary step (index into the policy's steps).
+    pub step: usize,
+    /// When the current step's weight took effect; `None` while it is being set.
+    pub step_started_at: Option<Millis>,
+    /// When the next measurement is due.
+    pub next_analysis_at: Option<Millis>,
+    /// The one action being waited for.
+    pub pending: Option<Action>,
+    /// Actions to issue after `pending` succeeds (used to re-establish the world on
+    /// resume).
+    pub queued: Vec<Action>,
+    /// Consecutive failing intervals, per metric in policy order.
+    pub failure_streaks: Vec<u32>,
+    /// Consecutive inconclusive intervals.
+    pub inconclusive_streak: u32,
+    /// Consecutive intervals without canary traffic.
+    pub no_data_streak: u32,
+    /// Intervals analysed so far.
+    pub intervals: u32,
+    /// The verdict of the last analysed interval.
+    pub last_verdict: Option<Verdict>,
+    /// The decision that ends the release, once made.
+    pub decision: Option<Decision>,
+}
+
+impl Default for Release {
+    fn default() -> Self {
+        Release {
+            id: String::new(),
+            version: String::new(),
+            stable: None,
+            started_at: 0,
+            phase: Phase::Pending,
+            weight: Weight::ZERO,
+            step: 0,
+            step_started_at: None,
+            next_analysis_at: None,
+            pending: None,
+            queued: Vec::new(),
+            failure_streaks: Vec::new(),
+            inconclusive_streak: 0,
+            no_data_streak: 0,
+            intervals: 0,
+            last_verdict: None,
+            decision: None,
+        }
+    }
+}
+
+/// The result of one step: the new state, what to do, and what to record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// The state after the input.
+    pub state: Release,
+    /// Effects to perform, in order. At most one is an [`Effect::Do`].
+    pub effects: Vec<Effect>,
+    /// Audit events to append.
+    pub events: Vec<AuditEvent>,
+}
+
+impl Transition {
+    /// Whether the input changed nothing (a stale answer or an idle tick). Such inputs
+    /// need not be persisted.
+    pub fn is_noop(&self, before: &Release) -> bool {
+        self.effects.is_empty() && self.events.is_empty() && self.state == *before
+    }
+}
+
+impl Release {
+    /// When the controller must feed a [`Input::Tick`] next, if it is waiting on time.
+    pub fn wake_at(&self) -> Option<Millis> {
+        match (self.phase, &self.pending) {
+            (Phase::Progressing, None) => self.next_analysis_at,
+            _ => None,
+        }
+    }
+
+    /// The final outcome, once the release is over.
+    pub fn outcome(&self) -> Option<OutcomeKind> {
+        match self.phase {
+            Phase::Succeeded => Some(OutcomeKind::Promoted),
+            Phase::RolledBack => Some(OutcomeKind::RolledBack),
+            Phase::Halted => Some(OutcomeKind::Halted),
+            Phase::Blocked => Some(OutcomeKind::Blocked),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds a release from its persisted inputs.
+    pub fn replay<'a>(
+        policy: &Policy,
+        inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
+    ) -> Release {
+        inputs
+            .into_iter()
+            .fold(Release::default(), |state, (input, at)| {
+                step(policy, &state, input, at).state
+            })
+    }
+}
+
+fn ms(d: Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Builds one transition: a mutable copy of the state plus what to emit.
+struct Builder<'a> {
+    policy: &'a Policy,
+    now: Millis,
+    s: Release,
+    effects: Vec<Effect>,
+    events: Vec<AuditEvent>,
+}
+
+impl Builder<'_> {
+    fn event(&mut self, kind: &str, actor: &str, message: String) {
+        self.event_with(kind, actor, message, Vec::new());
+    }
+
+    fn event_with(
+        &mut self,
+        kind: &str,
+        actor: &str,
+        message: String,
+        readings: Vec<MetricReading>,
+    ) {
+        let t_ms = self.now.saturating_sub(self.s.started_at);
+        self.events.push(AuditEvent {
+            at: self.now,
+            t_s: t_ms as f64 / 1000.0,
+            kind: kind.to_string(),
+            actor: actor.to_string(),
+            message,
+            weight: self.s.weight,
+            readings,
+        });
+    }
+
+    fn act(&mut self, action: Action) {
+        self.s.pending = Some(action.clone());
+        self.effects.push(Effect::Do(action));
+    }
+
+    fn notify(&mut self, page: bool, message: String) {
+        self.effects.push(Effect::Notify { page, message });
+    }
+
+    fn decide(&mut self, kind: DecisionKind, reason: String) {
+        if self.s.decision.is_none() {
+            self.s.decision = Some(Decision {
+                kind,
+                reason,
+                at: self.now,
+            });
+        }
+    }
+
+    fn set_weight(&mut self, weight: Weight) {
+        self.act(Action::SetWeight { weight });
+    }
+
+    /// Starts the ordered rollback: traffic to stable, stop canary, verify stable.
+    fn rollback(&mut self, actor: &str, reason: String) {
+        self.decide(DecisionKind::Rollback, reason.clone());
+        self.s.phase = Phase::RollingBack;
+        self.s.queued.clear();
+        self.s.next_analysis_at = None;
+        self.event("rollback_started", actor, reason.clone());
+        self.notify(false, format!("rolling back {}: {reason}", self.s.version));
+        // Always (re)assert weight 0 first, even if the canary never got traffic: it
+        // is idempotent, and it makes "traffic is on stable" a confirmed fact.
+        self.set_weight(Weight::ZERO);
+    }
+
+    /// Stops where it stands. Deliberately emits no traffic action.
+    fn halt(&mut self, reason: String) {
+        self.decide(DecisionKind::Halt, reason.clone());
+        self.s.phase = Phase::Halted;
+        self.s.pending = None;
+        self.s.queued.clear();
+        self.s.next_analysis_at = None;
+        self.event("halted", "rampart", reason.clone());
+        self.notify(
+            true,
+            format!(
+                "release {} of {} halted at canary weight {}: {reason}. A human must decide; rampart will not move traffic.",
+                self.s.version, self.policy.service, self.s.weight
+            ),
+        );
+    }
+
+    fn finish(self) -> Transition {
+        Transition {
+            state: self.s,
+            effects: self.effects,
+            events: self.events,
+        }
+    }
+}
+
+/// Whether `input` answers `pending`.
+fn answers(pending: Option<&Action>, input: &Input) -> bool {
+    match (pending, input) {
+        (Some(Action::RunGates), Input::GatesChecked { .. }) => true,
+        (Some(Action::Deploy { variant, .. }), Input::Deployed { variant: v, .. }) => variant == v,
+        (Some(Action::SetWeight { weight }), Input::TrafficSet { weight: w }) => weight == w,
+        (Some(Action::SetWeight { .. }), Input::TrafficFailed { .. }) => true,
+        (Some(Action::Measure), Input::Measured { .. } | Input::MeasureFailed { .. }) => true,
+        (Some(Action::Stop { variant }), Input::Stopped { variant: v, .. }) => variant == v,
+        (Some(Action::VerifyStable), Input::StableVerified { .. }) => true,
+        _ => false,
+    }
+}
+
+fn is_success(input: &Input) -> bool {
+    match input {
+        Input::Deployed { ok, .. } | Input::Stopped { ok, .. } => *ok,
+        Input::GatesChecked { results } => results.iter().all(|r| r.ok),
+        Input::TrafficSet { .. } | Input::Measured { .. } => true,
+        Input::StableVerified { healthy, .. } => *healthy,
+        _ => false,
+    }
+}
+
+/// Advances a release by one input.
+///
+/// Guarantees:
+/// - Pure and deterministic: same `(policy, state, input, now)`, same transition.
+/// - At most one [`Effect::Do`] per transition.
+/// - Once a rollback or halt is decided, no emitted weight is above the current one.
+/// - In [`Phase::Halted`] nothing but human-driven inputs (none yet) changes anything.
+pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Transition {
+    let mut b = Builder {
+        policy,
+        now,
+        s: state.clone(),
+        effects: Vec::new(),
+        events: Vec::new(),
+    };
+    if state.phase.is_terminal() {
+        return b.finish();
+    }
+    match input {
+        Input::Start {
+            release_id,
+            version,
+            stable,
+        } => {
+            if state.phase == Phase::Pending {
+                start(&mut b, release_id, version, stable.clone());
+            }
+        }
+        Input::Resumed => resume(&mut b),
+        Input::Tick => tick(&mut b),
+        Input::Abort { actor, reason } => abort(&mut b, actor, reason),
+        answer => {
+            if !answers(state.pending.as_ref(), answer) {
+                return b.finish();
+            }
+            b.s.pending = None;
+            if let Input::TrafficSet { weight } = answer {
+                b.s.weight = *weight;
+            }
+            if is_success(answer) && !b.s.queued.is_empty() {
+                let next = b.s.queued.remove(0);
+                b.act(next);
+                return b.finish();
+            }
+            b.s.queued.clear();
+            on_answer(&mut b, answer);
+        }
+    }
+    b.finish()
+}
+
+fn start(b: &mut Builder<'_>, id: &str, version: &str, stable: Option<String>) {
+    b.s.id = id.to_string();
+    b.s.version = version.to_string();
+    b.s.stable = stable;
+    b.s.started_at = b.now;
+    b.s.phase = Phase::Gating;
+    b.s.failure_streaks = vec![0; b.policy.analysis.metrics.len()];
+    let from = match &b.s.stable {
+        Some(s) => format!(" (stable {s})"),
+        None => " (initial release: nothing to compare with)".into(),
+    };
+    b.event(
+        "release_started",
+        "rampart",
+        format!("releasing {} {version}{from}", b.policy.service),
+    );
+    b.act(Action::RunGates);
+}
+
+fn resume(b: &mut Builder<'_>) {
+    let stable = b.s.stable.clone();
+    let ensure_stable = stable.clone().map(|version| Action::Deploy {
+        variant: Variant::Stable,
+        version,
+    });
+    let canary = Action::Deploy {
+        variant: Variant::Canary,
+        version: b.s.version.clone(),
+    };
+    // The processes and the router may have died with the controller. Re-establish
+    // the world this state assumes, with idempotent actions, before going on. No
+    // decision is re-made: the chain only repeats what the state already records.
+    let mut chain: Vec<Action> = Vec::new();
+    match b.s.phase {
+        Phase::Pending => return,
+        Phase::Gating => chain.push(Action::RunGates),
+        Phase::Deploying => {
+            chain.extend(ensure_stable);
+            if matches!(
+                b.s.pending,
+                Some(Action::Deploy {
+                    variant: Variant::Canary,
+                    ..
+                })
+            ) {
+                chain.push(canary);
+            }
+        }
+        Phase::Progressing => {
+            chain.extend(ensure_stable);
+            chain.push(canary);
+            // Mid-step, re-apply the confirmed weight; between steps, finish setting the
+            // next step's weight (the decision to advance is already recorded).
+            let weight = match b.s.step_started_at {
+                Some(_) => b.s.weight,
+                None => b.policy.strategy.steps()[b.s.step].weight,
+            };
+            chain.push(Action::SetWeight { weight });
+            // Counters restarted with the controller: measure a fresh full interval.
+            b.s.next_analysis_at = None;
+        }
+        Phase::Promoting => {
+            chain.push(canary);
+            chain.push(Action::SetWeight {
+                weight: Weight::FULL,
+            });
+        }
+        Phase::RollingBack => {
+            chain.extend(ensure_stable);
+            chain.push(Action::SetWeight {
+                weight: Weight::ZERO,
+            });
+        }
+        _ => return,
+    }
+    b.event(
+        "resumed",
+        "rampart",
+        format!(
+            "controller restarted; resuming in phase {}",
+            b.s.phase.as_str()
+        ),
+    );
+    let first = chain.remove(0);
+    b.s.queued = chain;
+    b.act(first);
+}
+
+fn tick(b: &mut Builder<'_>) {
+    if b.s.phase == Phase::Progressing
+        && b.s.pending.is_none()
+        && b.s.next_analysis_at.is_some_and(|t| t <= b.now)
+    {
+        b.act(Action::Measure);
+    }
+}
+
+fn abort(b: &mut Builder<'_>, actor: &str, reason: &str) {
+    match b.s.phase {
+        Phase::Pending | Phase::Gating => {
+            b.decide(DecisionKind::Block, format!("aborted by {actor}: {reason}"));
+            b.s.phase = Phase::Blocked;
+            b.s.pending = None;
+            b.event(
+                "aborted",
+                actor,
+                format!("aborted before deployment: {reason}"),
+            );
+        }
+        Phase::Deploying | Phase::Progressing | Phase::Promoting => {
+            b.event("aborted", actor, reason.to_string());
+            b.rollback(actor, format!("aborted by {actor}: {reason}"));
+        }
+        // Already rolling back, or over: nothing more to do.
+        _ => {}
+    }
+}
+
+fn on_answer(b: &mut Builder<'_>, input: &Input) {
+    match (b.s.phase, input) {
+        (Phase::Gating, Input::GatesChecked { results }) => gates_checked(b, results),
+        (
+            Phase::Deploying,
+            Input::Deployed {
+                variant,
+                ok,
+                detail,
+            },
+        ) => deployed(b, *variant, *ok, detail),
+        (
+            _,
+            Input::Deployed {
+                variant,
+                ok,
+                detail,
+            },
+        ) => ensured(b, *variant, *ok, detail),
+        (Phase::Progressing, Input::TrafficSet { weight }) => {
+            if b.s.step_started_at.is_some() {
+                b.event(
+                    "traffic_restored",
+                    "rampart",
+                    format!("canary weight re-applied at {weight}"),
+                );
+            } else {
+                b.s.step_started_at = Some(b.now);
+                let bake = b.policy.strategy.steps()[b.s.step].bake;
+                b.event(
+                    "weight_set",
+                    "rampart",
+                    format!(
+                        "step {}/{}: canary at {weight}, baking {}",
+                        b.s.step + 1,
+                        b.policy.strategy.steps().len(),
+                        crate::units::format_duration(bake)
+                    ),
+                );
+            }
+            b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+        }
+        (Phase::Progressing | Phase::Promoting, Input::TrafficFailed { detail }) => {
+            b.rollback(
+                "rampart",
+                format!("could not set the canary weight: {detail}"),
+            );
+        }
+        (Phase::Progressing, Input::Measured { sample }) => measured(b, sample),
+        (Phase::Progressing, Input::MeasureFailed { detail }) => {
+            b.event(
+                "analysis",
+                "rampart",
+                format!("metrics unavailable: {detail}; holding at {}", b.s.weight),
+            );
+            inconclusive(b, false);
+        }
+        (Phase::Promoting, Input::TrafficSet { .. }) => {
+            b.event(
+                "weight_set",
+                "rampart",
+                format!("all traffic on {}", b.s.version),
+            );
+            match b.s.stable.clone() {
+                Some(_) => b.act(Action::Stop {
+                    variant: Variant::Stable,
+                }),
+                None => succeed(b),
+            }
+        }
+        (Phase::Promoting, Input::Stopped { detail, ok, .. }) => {
+            if !*ok {
+                b.event(
+                    "stop_failed",
+                    "rampart",
+                    format!("old version did not stop cleanly: {detail}"),
+                );
+            }
+            succeed(b);
+        }
+        (Phase::RollingBack, Input::TrafficSet { .. }) => {
+            b.event(
+                "traffic_restored",
+                "rampart",
+                "all traffic on stable".into(),
+            );
+            b.act(Action::Stop {
+                variant: Variant::Canary,
+            });
+        }
+        (Phase::RollingBack, Input::TrafficFailed { detail }) => {
+            b.halt(format!("could not move traffic back to stable: {detail}"));
+        }
+        (Phase::RollingBack, Input::Stopped { ok, detail, .. }) => {
+            let msg = if *ok {
+                "canary stopped".to_string()
+            } else {
+                format!("canary did not stop cleanly ({detail}); it receives no traffic")
+            };
+            b.event("canary_stopped", "rampart", msg);
+            if b.s.stable.is_some() {
+                b.act(Action::VerifyStable);
+            } else {
+                rolled_back(b, "nothing to verify: there was no previous version".into());
+            }
+        }
+        (Phase::RollingBack, Input::StableVerified { healthy, detail }) => {
+            if *healthy {
+                rolled_back(b, detail.clone());
+            } else {
+                b.halt(format!("stable is unhealthy after the rollback: {detail}"));
+            }
+        }
+        // Anything else answers an action of an earlier phase; nothing to do.
+        _ => {}
+    }
+}
+
+fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
+    let failed: Vec<&GateResult> = results.iter().filter(|r| !r.ok).collect();
+    if let Some(first) = failed.first() {
+        let reason = format!("gate `{}` failed: {}", first.name, first.detail);
+        for r in &failed {
+            b.event(
+                "gate_failed",
+                "rampart",
+                format!("{}: {}", r.name, r.detail),
+            );
+        }
+        b.decide(DecisionKind::Block, reason.clone());
+        b.s.phase = Phase::Blocked;
+        b.event("blocked", "rampart", reason.clone());
+        b.notify(false, format!("release {} blocked: {reason}", b.s.version));
+        return;
+    }
+    b.event(
+        "gates_passed",
+        "rampart",
+        format!("{} gate(s) passed", results.len()),
+    );
+    b.s.phase = Phase::Deploying;
+    match b.s.stable.clone() {
+        Some(version) => b.act(Action::Deploy {
+            variant: Variant::Stable,
+            version,
+        }),
+        None => b.act(Action::Deploy {
+            variant: Variant::Canary,
+            version: b.s.version.clone(),
+        }),
+    }
+}
+
+fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
+    match (variant, ok) {
+        (Variant::Stable, true) => {
+            b.event(
+                "version_ready",
+                "rampart",
+                format!("stable ready: {detail}"),
+            );
+            b.act(Action::Deploy {
+                variant: Variant::Canary,
+                version: b.s.version.clone(),
+            });
+        }
+        (Variant::Stable, false) => {
+            b.halt(format!("stable did not start, so there is nothing safe to compare with or fall back to: {detail}"));
+        }
+        (Variant::Canary, true) => {
+            b.event(
+                "version_ready",
+                "rampart",
+                format!("canary ready: {detail}"),
+            );
+            if b.s.stable.is_none() {
+                b.decide(DecisionKind::Promote, "initial release is ready".into());
+                b.s.phase = Phase::Promoting;
+                b.set_weight(Weight::FULL);
+                return;
+            }
+            b.s.phase = Phase::Progressing;
+            b.s.step = 0;
+            b.s.step_started_at = None;
+            b.set_weight(b.policy.strategy.steps()[0].weight);
+        }
+        (Variant::Canary, false) => {
+            b.event(
+                "version_failed",
+                "rampart",
+                format!("canary never became ready: {detail}"),
+            );
+            b.rollback("rampart", format!("canary never became ready: {detail}"));
+        }
+    }
+}
+
+/// Answer to a re-establishing deploy during resume, in a phase past Deploying.
+fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
+    if ok {
+        return;
+    }
+    match (b.s.phase, variant) {
+        (Phase::Progressing | Phase::Promoting, Variant::Canary) => {
+            b.rollback(
+                "rampart",
+                format!("canary did not come back after restart: {detail}"),
+            );
+        }
+        _ => b.halt(format!("stable did not come back after restart: {detail}")),
+    }
+}
+
+fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
+    let metrics = &b.policy.analysis.metrics;
+    let readings: Vec<MetricReading> = metrics.iter().map(|m| judge(m, sample)).collect();
+    b.s.intervals += 1;
+    let mut tripped: Vec<usize> = Vec::new();
+    for (i, r) in readings.iter().enumerate() {
+        match r.verdict {
+            Verdict::Pass => b.s.failure_streaks[i] = 0,
+            Verdict::Fail => {
+                b.s.failure_streaks[i] += 1;
+                if b.s.failure_streaks[i] >= metrics[i].failure_limit {
+                    tripped.push(i);
+                }
+            }
+            Verdict::Inconclusive | Verdict::NoData => {}
+        }
+    }
+    let verdict = if readings.iter().any(|r| r.verdict == Verdict::Fail) {
+        Verdict::Fail
+    } else if readings.iter().all(|r| r.verdict == Verdict::NoData) {
+        Verdict::NoData
+    } else if readings.iter().any(|r| r.verdict != Verdict::Pass) {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Pass
+    };
+    b.s.last_verdict = Some(verdict);
+    let summary: Vec<String> = readings
+        .iter()
+        .map(|r| format!("{} {}: {}", r.name, verdict_word(r.verdict), r.detail))
+        .collect();
+    b.event_with(
+        "analysis",
+        "rampart",
+        format!(
+            "interval {} {}: {}",
+            b.s.intervals,
+            verdict_word(verdict),
+            summary.join("; ")
+        ),
+        readings.clone(),
+    );
+
+    if !tripped.is_empty() {
+        let why: Vec<String> = tripped
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {} for {} consecutive interval(s)",
+                    readings[*i].name, readings[*i].detail, b.s.failure_streaks[*i]
+                )
+            })
+            .collect();
+        if tripped.iter().all(|i| readings[*i].stable_breached) {
+            b.halt(format!(
+                "both versions are unhealthy ({}); rolling back would not help",
+                why.join("; ")
+            ));
+        } else {
+            b.rollback("rampart", why.join("; "));
+        }
+        return;
+    }
+    match verdict {
+        Verdict::Pass => {
+            b.s.inconclusive_streak = 0;
+            b.s.no_data_streak = 0;
+        }
+        Verdict::Fail => {
+            b.s.inconclusive_streak = 0;
+            b.s.no_data_streak = 0;
+        }
+        Verdict::NoData => {
+            if inconclusive(b, true) {
+                return;
+            }
+        }
+        Verdict::Inconclusive => {
+            if inconclusive(b, false) {
+                return;
+            }
+        }
+    }
+    let steps = b.policy.strategy.steps();
+    let baked =
+        b.s.step_started_at
+            .is_some_and(|t| b.now >= t + ms(steps[b.s.step].bake));
+    let clean = verdict == Verdict::Pass && b.s.failure_streaks.iter().all(|s| *s == 0);
+    if baked && clean {
+        b.event(
+            "step_completed",
+            "rampart",
+            format!(
+                "step {}/{} passed at {}",
+                b.s.step + 1,
+                steps.len(),
+                b.s.weight
+            ),
+        );
+        if b.s.step + 1 < steps.len() {
+            b.s.step += 1;
+            b.s.step_started_at = None;
+            b.s.next_analysis_at = None;
+            b.set_weight(steps[b.s.step].weight);
+        } else {
+            b.decide(
+                DecisionKind::Promote,
+                format!("all {} step(s) passed analysis", steps.len()),
+            );
+            b.s.phase = Phase::Promoting;
+            b.s.next_analysis_at = None;
+            b.event(
+                "promoting",
+                "rampart",
+                "every step passed; promoting".into(),
+            );
+            b.set_weight(Weight::FULL);
+        }
+    } else {
+        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    }
+}
+
+/// Counts an interval that could not be judged. Returns whether the release stopped.
+fn inconclusive(b: &mut Builder<'_>, no_data: bool) -> bool {
+    let (streak, escalation, what) = if no_data {
+        b.s.no_data_streak += 1;
+        (
+            b.s.no_data_streak,
+            b.policy.analysis.no_data,
+            "without canary traffic",
+        )
+    } else {
+        b.s.inconclusive_streak += 1;
+        (
+            b.s.inconclusive_streak,
+            b.policy.analysis.inconclusive,
+            "inconclusive",
+        )
+    };
+    if streak >= escalation.limit {
+        let reason = format!(
+            "{streak} consecutive interval(s) {what}; a release that cannot be judged is never promoted"
+        );
+        match escalation.action {
+            EscalationAction::Halt => b.halt(reason),
+            EscalationAction::Rollback => b.rollback("rampart", reason),
+        }
+        return true;
+    }
+    b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    false
+}
+
+fn succeed(b: &mut Builder<'_>) {
+    b.s.phase = Phase::Succeeded;
+    b.event(
+        "promoted",
+        "rampart",
+        format!("{} is now stable", b.s.version),
+    );
+    b.notify(
+        false,
+        format!("{} {} promoted", b.policy.service, b.s.version),
+    );
+}
+
+fn rolled_back(b: &mut Builder<'_>, detail: String) {
+    b.s.phase = Phase::RolledBack;
+    let stable = b.s.stable.clone().unwrap_or_else(|| "nothing".into());
+    b.event(
+        "rolled_back",
+        "rampart",
+        format!("{stable} serves all traffic; {detail}"),
+    );
+}
+
+fn verdict_word(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Fail => "FAIL",
+        Verdict::Inconclusive => "inconclusive",
+        Verdict::NoData => "no data",
+    }
+}

@@ -1,0 +1,291 @@
+//! Value types with units: durations, rates and traffic weights, and their text forms.
+//!
+//! Owns parsing and printing of `10s`, `1%` and `5` (percent of traffic). It must not
+//! know which policy field uses them.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::decode::{Decode, Decoder, scalar};
+use crate::yaml::{Node, NodeKind};
+
+/// Milliseconds on the controller's clock. The clock is injected, so this may be wall
+/// time or virtual time; core only ever compares and subtracts them.
+pub type Millis = u64;
+
+/// Parses `250ms`, `10s`, `5m`, `1h30m` or `2d`. A bare number is rejected, because a
+/// unit-less duration is the classic source of "10 means ms or s?" outages.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(format!(
+                "`{text}` is not a duration; write a number and a unit, like 30s, 5m or 1h30m"
+            ));
+        }
+        let (num, tail) = rest.split_at(digits);
+        let tail = tail.trim_start();
+        let unit_len = tail.chars().take_while(|c| c.is_ascii_alphabetic()).count();
+        let (unit, tail) = tail.split_at(unit_len);
+        let n: u128 = num
+            .parse()
+            .map_err(|_| format!("`{text}`: number too large"))?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => {
+                return Err(format!(
+                    "`{text}` has no unit; write {num}s, {num}m or {num}ms"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{other}` is not a duration unit in `{text}`; use ms, s, m, h or d"
+                ));
+            }
+        };
+        total = total
+            .checked_add(n.saturating_mul(ms))
+            .ok_or_else(|| format!("`{text}` is too long"))?;
+        rest = tail.trim_start();
+    }
+    let ms = u64::try_from(total).map_err(|_| format!("`{text}` is too long"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Prints a duration in the shortest exact form `parse_duration` accepts, such as
+/// `1m30s` or `1s500ms`.
+pub fn format_duration(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
+}
+
+impl Decode for Duration {
+    fn decode(cx: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let text = scalar(cx, node, path, "a duration such as 30s or 5m")?;
+        match parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(msg) => {
+                cx.error(node.pos, path, msg);
+                None
+            }
+        }
+    }
+}
+
+/// A fraction between 0 and 1, written as `0.5%` or `0.005`.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, serde::Serialize, serde::Deserialize)]
+pub struct Rate(pub f64);
+
+impl Rate {
+    /// Parses `1%`, `0.5 %` or a fraction like `0.01`.
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let t = text.trim();
+        let (num, scale) = match t.strip_suffix('%') {
+            Some(n) => (n.trim(), 100.0),
+            None => (t, 1.0),
+        };
+        let v: f64 = num.parse().map_err(|_| {
+            format!("`{text}` is not a rate; write a percentage like 1% or a fraction like 0.01")
+        })?;
+        let v = v / scale;
+        if !(0.0..=1.0).contains(&v) || !v.is_finite() {
+            return Err(format!(
+                "`{text}` is out of range; a rate is between 0% and 100%"
+            ));
+        }
+        Ok(Rate(v))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", trim_float(self.0 * 100.0, 3))
+    }
+}
+
+impl Decode for Rate {
+    fn decode(cx: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        let text = scalar(cx, node, path, "a rate such as 1% or 0.01")?;
+        match Rate::parse(text) {
+            Ok(r) => Some(r),
+            Err(msg) => {
+                cx.error(node.pos, path, msg);
+                None
+            }
+        }
+    }
+}
+
+/// The share of traffic sent to the canary, in hundredths of a percent (0..=10_000), so
+/// that 0.5 % is exact and comparisons are integer comparisons.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Weight(u16);
+
+impl Weight {
+    /// No traffic.
+    pub const ZERO: Weight = Weight(0);
+    /// All traffic.
+    pub const FULL: Weight = Weight(10_000);
+
+    /// A weight from basis points, if in range.
+    pub fn from_basis_points(bp: u16) -> Option<Weight> {
+        (bp <= 10_000).then_some(Weight(bp))
+    }
+
+    /// A weight from a whole percentage, if in range.
+    pub fn from_percent(p: u8) -> Option<Weight> {
+        Weight::from_basis_points(u16::from(p) * 100)
+    }
+
+    /// Basis points, 0..=10_000.
+    pub fn basis_points(self) -> u16 {
+        self.0
+    }
+
+    /// The weight as a percentage.
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+
+    /// Parses `5`, `5%` or `0.5`.
+    pub fn parse(text: &str) -> Result<Weight, String> {
+        let t = text.trim();
+        let num = t.strip_suffix('%').unwrap_or(t).trim();
+        let v: f64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a weight; write a percentage from 0 to 100"))?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(format!(
+                "weight {} is out of range; a weight is a percentage from 0 to 100",
+                trim_float(v, 2)
+            ));
+        }
+        let bp = (v * 100.0).round();
+        if (bp - v * 100.0).abs() > 1e-6 {
+            return Err(format!(
+                "weight `{text}` is finer than 0.01 %; round it to two decimals"
+            ));
+        }
+        // The range check above keeps bp within 0..=10_000.
+        Ok(Weight(bp as u16))
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", trim_float(self.percent(), 2))
+    }
+}
+
+impl Decode for Weight {
+    fn decode(cx: &mut Decoder, node: &Node, path: &str) -> Option<Self> {
+        if let NodeKind::Scalar { text, .. } = &node.kind {
+            return match Weight::parse(text) {
+                Ok(w) => Some(w),
+                Err(msg) => {
+                    cx.error(node.pos, path, msg);
+                    None
+                }
+            };
+        }
+        scalar(cx, node, path, "a weight from 0 to 100").and(None)
+    }
+}
+
+/// Prints a float without trailing zeros, with at most `places` decimals.
+pub fn trim_float(v: f64, places: usize) -> String {
+    let s = format!("{v:.places$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_compound_forms() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+    }
+
+    #[test]
+    fn durations_without_units_are_rejected_with_a_fix() {
+        let err = parse_duration("10").unwrap_err();
+        assert!(err.contains("10s"), "{err}");
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn duration_round_trips_through_its_text_form() {
+        for ms in [
+            0u64, 1, 999, 1000, 1500, 60_000, 90_000, 3_600_000, 86_400_000,
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{ms}");
+        }
+    }
+
+    #[test]
+    fn rates_accept_percent_or_fraction() {
+        assert_eq!(Rate::parse("1%").unwrap(), Rate(0.01));
+        assert_eq!(Rate::parse("0.02").unwrap(), Rate(0.02));
+        assert!(Rate::parse("150%").is_err());
+        assert!(Rate::parse("-1").is_err());
+        assert_eq!(Rate(0.005).to_string(), "0.5%");
+    }
+
+    #[test]
+    fn weights_are_bounded_percentages() {
+        assert_eq!(Weight::parse("5").unwrap().basis_points(), 500);
+        assert_eq!(Weight::parse("0.5%").unwrap().basis_points(), 50);
+        assert!(Weight::parse("120").unwrap_err().contains("0 to 100"));
+        assert!(Weight::parse("0.001").is_err());
+        assert_eq!(Weight::parse("12.5").unwrap().to_string(), "12.5%");
+    }
+}

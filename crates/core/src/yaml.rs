@@ -1,0 +1,263 @@
+//! A YAML document as a tree of nodes that remember where they came from.
+//!
+//! Owns turning YAML text into [`Node`]s with line and column, so that every later
+//! error can point at the exact spot. It must not know anything about policies.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+/// A position in the source text, both 1-based, as editors show them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    /// Line, starting at 1.
+    pub line: u32,
+    /// Column, starting at 1.
+    pub col: u32,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+fn pos(span: &Span) -> Pos {
+    let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    Pos {
+        line: clamp(span.start.line()),
+        col: clamp(span.start.col().saturating_add(1)),
+    }
+}
+
+/// One YAML value and where it starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// What the value is.
+    pub kind: NodeKind,
+    /// Where the value starts.
+    pub pos: Pos,
+}
+
+/// The shape of a YAML value. Scalars keep their text: typing happens during decoding,
+/// where the expected type is known (so `"10"` and `10` both decode as a number).
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeKind {
+    /// An explicit or implicit null (`~`, `null`, or nothing).
+    Null,
+    /// A scalar and whether it was quoted.
+    Scalar { text: String, quoted: bool },
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping with string keys, in document order.
+    Map(Vec<(Key, Node)>),
+}
+
+/// A mapping key and its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Key {
+    /// The key text.
+    pub text: String,
+    /// Where the key starts.
+    pub pos: Pos,
+}
+
+impl Node {
+    /// A short name for the node's type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            NodeKind::Null => "null",
+            NodeKind::Scalar { .. } => "a scalar",
+            NodeKind::Seq(_) => "a list",
+            NodeKind::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// A YAML syntax error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{pos}: {message}")]
+pub struct SyntaxError {
+    /// Where the parser stopped.
+    pub pos: Pos,
+    /// What the parser said.
+    pub message: String,
+}
+
+enum Frame {
+    Seq(Pos, usize, Vec<Node>),
+    Map(Pos, usize, Vec<(Key, Node)>, Option<Key>),
+}
+
+/// Parses one YAML document into a [`Node`] tree.
+///
+/// Aliases are expanded. Duplicate keys, non-scalar keys and more than one document are
+/// errors, because each would silently drop part of a policy.
+pub fn parse(src: &str) -> Result<Node, SyntaxError> {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0usize;
+
+    for item in Parser::new_from_str(src) {
+        let (event, span) = item.map_err(|e| SyntaxError {
+            pos: Pos {
+                line: u32::try_from(e.marker().line()).unwrap_or(u32::MAX),
+                col: u32::try_from(e.marker().col() + 1).unwrap_or(u32::MAX),
+            },
+            message: e.info().to_string(),
+        })?;
+        let at = pos(&span);
+        let finished: Option<(Node, usize)> = match event {
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(SyntaxError {
+                        pos: at,
+                        message: "a policy file holds exactly one YAML document".into(),
+                    });
+                }
+                None
+            }
+            Event::Scalar(text, style, anchor, _tag) => {
+                let quoted = !matches!(style, ScalarStyle::Plain);
+                let kind =
+                    if !quoted && matches!(text.as_ref(), "" | "~" | "null" | "Null" | "NULL") {
+                        NodeKind::Null
+                    } else {
+                        NodeKind::Scalar {
+                            text: text.into_owned(),
+                            quoted,
+                        }
+                    };
+                Some((Node { kind, pos: at }, anchor))
+            }
+            Event::Alias(id) => match anchors.get(&id) {
+                Some(node) => Some((node.clone(), 0)),
+                None => {
+                    return Err(SyntaxError {
+                        pos: at,
+                        message: "alias refers to an unknown anchor".into(),
+                    });
+                }
+            },
+            Event::SequenceStart(anchor, _) => {
+                stack.push(Frame::Seq(at, anchor, Vec::new()));
+                None
+            }
+            Event::MappingStart(anchor, _) => {
+                stack.push(Frame::Map(at, anchor, Vec::new(), None));
+                None
+            }
+            Event::SequenceEnd => match stack.pop() {
+                Some(Frame::Seq(p, anchor, items)) => Some((
+                    Node {
+                        kind: NodeKind::Seq(items),
+                        pos: p,
+                    },
+                    anchor,
+                )),
+                _ => None,
+            },
+            Event::MappingEnd => match stack.pop() {
+                Some(Frame::Map(p, anchor, entries, _)) => Some((
+                    Node {
+                        kind: NodeKind::Map(entries),
+                        pos: p,
+                    },
+                    anchor,
+                )),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((node, anchor)) = finished else {
+            continue;
+        };
+        if anchor != 0 {
+            anchors.insert(anchor, node.clone());
+        }
+        match stack.last_mut() {
+            None => root = Some(node),
+            Some(Frame::Seq(_, _, items)) => items.push(node),
+            Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+                None => {
+                    let NodeKind::Scalar { text, .. } = node.kind else {
+                        let what = match node.kind {
+                            NodeKind::Null => "an empty key",
+                            _ => "a complex key",
+                        };
+                        return Err(SyntaxError {
+                            pos: node.pos,
+                            message: format!("{what} is not supported; keys are plain words"),
+                        });
+                    };
+                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.text == text) {
+                        return Err(SyntaxError {
+                            pos: node.pos,
+                            message: format!(
+                                "duplicate key `{text}` (first defined at {})",
+                                first.pos
+                            ),
+                        });
+                    }
+                    *pending = Some(Key {
+                        text,
+                        pos: node.pos,
+                    });
+                }
+                Some(key) => entries.push((key, node)),
+            },
+        }
+    }
+    Ok(root.unwrap_or(Node {
+        kind: NodeKind::Null,
+        pos: Pos { line: 1, col: 1 },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_positions_of_nested_values() {
+        let node = parse("a:\n  b: [1, 2]\n  c: x\n").unwrap();
+        let NodeKind::Map(top) = &node.kind else {
+            panic!("not a map")
+        };
+        let NodeKind::Map(inner) = &top[0].1.kind else {
+            panic!("not a map")
+        };
+        assert_eq!(inner[0].0.pos, Pos { line: 2, col: 3 });
+        assert_eq!(inner[1].1.pos, Pos { line: 3, col: 6 });
+    }
+
+    #[test]
+    fn rejects_duplicate_keys_with_both_positions() {
+        let err = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!(err.pos.line, 3);
+        assert!(err.message.contains("first defined at 1:1"), "{err}");
+    }
+
+    #[test]
+    fn expands_aliases() {
+        let node = parse("x: &w 5\ny: *w\n").unwrap();
+        let NodeKind::Map(m) = node.kind else {
+            panic!()
+        };
+        assert_eq!(m[0].1.kind, m[1].1.kind);
+    }
+
+    #[test]
+    fn reports_syntax_errors_with_line() {
+        let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.pos.line >= 1, "{err}");
+    }
+
+    #[test]
+    fn empty_document_is_null() {
+        assert_eq!(parse("").unwrap().kind, NodeKind::Null);
+    }
+}

@@ -1,0 +1,407 @@
+//! Behaviour of the release state machine on virtual time: whole canaries run in
+//! microseconds here, and property tests check the safety rules on random histories.
+
+use proptest::prelude::*;
+use rampart_core::metrics::{IntervalSample, VariantStats};
+use rampart_core::release::{Action, DecisionKind, Effect, GateResult, Input, Phase, Release, Variant, step};
+use rampart_core::{Millis, Policy, Weight};
+
+const POLICY: &str = r#"
+service: shop
+deploy:
+  process:
+    command: ["./shop", "--port", "{port}"]
+traffic:
+  proxy:
+    listen: 127.0.0.1:8080
+strategy:
+  canary:
+    steps:
+      - {weight: 5, bake: 2m}
+      - {weight: 20, bake: 3m}
+      - {weight: 50, bake: 5m}
+analysis:
+  interval: 30s
+  min_samples: 20
+  failure_limit: 2
+  inconclusive: {limit: 4, action: halt}
+  no_data: {limit: 3, action: rollback}
+  metrics:
+    - metric: error_rate
+      judge: {max: 2%, max_ratio_to_stable: 3}
+"#;
+
+fn policy() -> Policy {
+    Policy::from_yaml(POLICY).expect("test policy is valid")
+}
+
+fn stats(requests: u64, errors: u64) -> VariantStats {
+    VariantStats { requests, errors, latency: Default::default() }
+}
+
+/// A simulated world: answers every action, with traffic of the given error rates.
+struct World {
+    policy: Policy,
+    state: Release,
+    now: Millis,
+    log: Vec<(Input, Millis)>,
+    effects: Vec<Effect>,
+    stable_errors_per_1000: u64,
+    canary_errors_per_1000: u64,
+    canary_ready: bool,
+    canary_requests_total: u64,
+}
+
+impl World {
+    fn new(stable: u64, canary: u64) -> World {
+        World {
+            policy: policy(),
+            state: Release::default(),
+            now: 1_000_000,
+            log: Vec::new(),
+            effects: Vec::new(),
+            stable_errors_per_1000: stable,
+            canary_errors_per_1000: canary,
+            canary_ready: true,
+            canary_requests_total: 0,
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        let t = step(&self.policy, &self.state, &input, self.now);
+        if !t.is_noop(&self.state) {
+            self.log.push((input, self.now));
+        }
+        self.effects.extend(t.effects.clone());
+        self.state = t.state;
+    }
+
+    fn answer(&mut self, action: &Action) -> Input {
+        match action {
+            Action::RunGates => Input::GatesChecked { results: vec![GateResult { name: "env".into(), ok: true, detail: "set".into() }] },
+            Action::Deploy { variant: Variant::Canary, .. } if !self.canary_ready => Input::Deployed { variant: Variant::Canary, ok: false, detail: "exited with status 1".into() },
+            Action::Deploy { variant, .. } => Input::Deployed { variant: *variant, ok: true, detail: "ready".into() },
+            Action::SetWeight { weight } => Input::TrafficSet { weight: *weight },
+            Action::Measure => {
+                // 1000 requests per interval in total, split by weight.
+                let canary = u64::from(self.state.weight.basis_points()) / 10;
+                let stable = 1000 - canary;
+                self.canary_requests_total += canary;
+                Input::Measured {
+                    sample: IntervalSample {
+                        stable: stats(stable, stable * self.stable_errors_per_1000 / 1000),
+                        canary: stats(canary, canary * self.canary_errors_per_1000 / 1000),
+                    },
+                }
+            }
+            Action::Stop { variant } => Input::Stopped { variant: *variant, ok: true, detail: "exited".into() },
+            Action::VerifyStable => Input::StableVerified { healthy: self.stable_errors_per_1000 < 20, detail: "readiness ok".into() },
+        }
+    }
+
+    /// Runs until the release is over or `limit` inputs were fed.
+    fn run(&mut self, limit: usize) {
+        self.feed(Input::Start { release_id: "r1".into(), version: "v2".into(), stable: Some("v1".into()) });
+        for _ in 0..limit {
+            if self.state.phase.is_terminal() {
+                return;
+            }
+            if let Some(action) = self.state.pending.clone() {
+                let input = self.answer(&action);
+                self.feed(input);
+            } else if let Some(at) = self.state.wake_at() {
+                self.now = self.now.max(at);
+                self.feed(Input::Tick);
+            } else {
+                panic!("stuck in {:?} with nothing pending", self.state.phase);
+            }
+        }
+    }
+
+    fn decided_after_s(&self) -> f64 {
+        let d = self.state.decision.as_ref().expect("decided");
+        (d.at - self.state.started_at) as f64 / 1000.0
+    }
+}
+
+#[test]
+fn healthy_ten_minute_canary_is_promoted_on_virtual_time() {
+    let mut w = World::new(5, 5);
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::Succeeded);
+    assert_eq!(w.state.weight, Weight::FULL);
+    // 2m + 3m + 5m of bake, on 30s intervals.
+    assert_eq!(w.decided_after_s(), 600.0);
+    let stops: Vec<_> = w.effects.iter().filter(|e| matches!(e, Effect::Do(Action::Stop { .. }))).collect();
+    assert_eq!(stops, vec![&Effect::Do(Action::Stop { variant: Variant::Stable })]);
+}
+
+#[test]
+fn bad_canary_rolls_back_after_failure_limit_and_verifies_stable() {
+    let mut w = World::new(5, 100);
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    assert_eq!(w.state.weight, Weight::ZERO);
+    assert_eq!(w.decided_after_s(), 60.0, "two failing 30s intervals");
+    let reason = &w.state.decision.as_ref().unwrap().reason;
+    assert!(reason.contains("error_rate") && reason.contains("2 consecutive"), "{reason}");
+    assert!(w.effects.contains(&Effect::Do(Action::VerifyStable)));
+}
+
+#[test]
+fn one_bad_interval_is_not_enough_to_roll_back() {
+    let mut w = World::new(5, 100);
+    w.feed(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) });
+    // Drive to the first measurement with a bad canary, then turn it healthy.
+    while w.state.intervals < 1 {
+        match w.state.pending.clone() {
+            Some(a) => { let i = w.answer(&a); w.feed(i) }
+            None => { w.now = w.state.wake_at().unwrap(); w.feed(Input::Tick) }
+        }
+    }
+    assert_eq!(w.state.failure_streaks, vec![1]);
+    w.canary_errors_per_1000 = 5;
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::Succeeded);
+}
+
+#[test]
+fn both_versions_unhealthy_halts_without_moving_traffic() {
+    let mut w = World::new(100, 100);
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::Halted);
+    assert_eq!(w.state.weight, Weight::from_percent(5).unwrap());
+    assert!(w.effects.iter().any(|e| matches!(e, Effect::Notify { page: true, .. })));
+    let weights: Vec<_> = w.effects.iter().filter_map(|e| match e { Effect::Do(Action::SetWeight { weight }) => Some(*weight), _ => None }).collect();
+    assert_eq!(weights, vec![Weight::from_percent(5).unwrap()], "halt set no weight");
+}
+
+#[test]
+fn canary_that_never_becomes_ready_gets_no_traffic() {
+    let mut w = World::new(5, 5);
+    w.canary_ready = false;
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    assert_eq!(w.canary_requests_total, 0);
+    let raised = w.effects.iter().any(|e| matches!(e, Effect::Do(Action::SetWeight { weight }) if *weight > Weight::ZERO));
+    assert!(!raised, "no weight above 0 was ever requested");
+}
+
+#[test]
+fn no_canary_traffic_is_never_a_pass() {
+    let mut w = World::new(5, 5);
+    w.feed(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) });
+    for _ in 0..200 {
+        if w.state.phase.is_terminal() { break; }
+        match w.state.pending.clone() {
+            Some(Action::Measure) => w.feed(Input::Measured { sample: IntervalSample { stable: stats(1000, 0), canary: stats(0, 0) } }),
+            Some(a) => { let i = w.answer(&a); w.feed(i) }
+            None => { w.now = w.state.wake_at().unwrap(); w.feed(Input::Tick) }
+        }
+    }
+    assert_eq!(w.state.phase, Phase::RolledBack, "no_data action is rollback in this policy");
+    assert!(w.state.decision.unwrap().reason.contains("without canary traffic"));
+}
+
+#[test]
+fn failing_metrics_source_holds_then_halts() {
+    let mut w = World::new(5, 5);
+    w.feed(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) });
+    for _ in 0..200 {
+        if w.state.phase.is_terminal() { break; }
+        match w.state.pending.clone() {
+            Some(Action::Measure) => w.feed(Input::MeasureFailed { detail: "connection refused".into() }),
+            Some(a) => { let i = w.answer(&a); w.feed(i) }
+            None => { w.now = w.state.wake_at().unwrap(); w.feed(Input::Tick) }
+        }
+    }
+    assert_eq!(w.state.phase, Phase::Halted);
+    assert_eq!(w.state.weight, Weight::from_percent(5).unwrap(), "held its weight");
+}
+
+#[test]
+fn failed_gate_blocks_before_anything_is_deployed() {
+    let p = policy();
+    let s = step(&p, &Release::default(), &Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) }, 0).state;
+    let t = step(&p, &s, &Input::GatesChecked { results: vec![GateResult { name: "db".into(), ok: false, detail: "DATABASE_URL is not set".into() }] }, 5);
+    assert_eq!(t.state.phase, Phase::Blocked);
+    assert!(!t.effects.iter().any(|e| matches!(e, Effect::Do(_))));
+    assert_eq!(t.state.outcome().unwrap().exit_code(), 5);
+}
+
+#[test]
+fn resume_mid_bake_re_establishes_the_world_without_new_decisions() {
+    let mut w = World::new(5, 5);
+    w.feed(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) });
+    while w.state.step < 1 || w.state.step_started_at.is_none() {
+        match w.state.pending.clone() {
+            Some(a) => { let i = w.answer(&a); w.feed(i) }
+            None => { w.now = w.state.wake_at().unwrap(); w.feed(Input::Tick) }
+        }
+    }
+    let decisions_before = w.state.decision.clone();
+    let step_before = w.state.step;
+    // Crash: rebuild from the log, then resume.
+    let rebuilt = Release::replay(&w.policy, w.log.iter().map(|(i, t)| (i, *t)));
+    assert_eq!(rebuilt, w.state);
+    w.state = rebuilt;
+    w.now += 7_000;
+    w.feed(Input::Resumed);
+    assert_eq!(w.state.pending, Some(Action::Deploy { variant: Variant::Stable, version: "v1".into() }));
+    assert_eq!(w.state.step, step_before);
+    assert_eq!(w.state.decision, decisions_before);
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::Succeeded);
+    let completed = w.log.iter().filter(|(i, _)| matches!(i, Input::Start { .. })).count();
+    assert_eq!(completed, 1);
+}
+
+#[test]
+fn initial_release_without_stable_goes_straight_to_full() {
+    let p = policy();
+    let mut s = step(&p, &Release::default(), &Input::Start { release_id: "r".into(), version: "v1".into(), stable: None }, 0).state;
+    s = step(&p, &s, &Input::GatesChecked { results: vec![] }, 1).state;
+    assert_eq!(s.pending, Some(Action::Deploy { variant: Variant::Canary, version: "v1".into() }));
+    s = step(&p, &s, &Input::Deployed { variant: Variant::Canary, ok: true, detail: String::new() }, 2).state;
+    assert_eq!(s.pending, Some(Action::SetWeight { weight: Weight::FULL }));
+    s = step(&p, &s, &Input::TrafficSet { weight: Weight::FULL }, 3).state;
+    assert_eq!(s.phase, Phase::Succeeded);
+}
+
+// === property tests ===
+
+#[derive(Clone, Debug)]
+enum Choice {
+    /// Answer the pending action successfully; for Measure, with these error counts
+    /// (per 1000 requests) for stable and canary.
+    Ok(u64, u64),
+    /// Answer the pending action with a failure.
+    Fail,
+    /// Let time pass and tick.
+    Wait(u32),
+    /// An operator aborts.
+    Abort,
+    /// The controller crashed and resumed.
+    Resume,
+    /// An answer to an action nobody asked for.
+    Stale,
+}
+
+fn choice() -> impl Strategy<Value = Choice> {
+    prop_oneof![
+        6 => (0u64..60, 0u64..60).prop_map(|(s, c)| Choice::Ok(s, c)),
+        1 => Just(Choice::Fail),
+        3 => (1u32..120_000).prop_map(Choice::Wait),
+        1 => Just(Choice::Abort),
+        1 => Just(Choice::Resume),
+        1 => Just(Choice::Stale),
+    ]
+}
+
+fn input_for(state: &Release, c: &Choice) -> Option<Input> {
+    let pending = state.pending.as_ref();
+    Some(match (c, pending) {
+        (Choice::Wait(_), _) => Input::Tick,
+        (Choice::Abort, _) => Input::Abort { actor: "alice".into(), reason: "manual".into() },
+        (Choice::Resume, _) => Input::Resumed,
+        (Choice::Stale, _) => Input::Stopped { variant: Variant::Canary, ok: true, detail: "late".into() },
+        (_, None) => return None,
+        (Choice::Ok(..), Some(Action::RunGates)) => Input::GatesChecked { results: vec![] },
+        (Choice::Fail, Some(Action::RunGates)) => Input::GatesChecked { results: vec![GateResult { name: "g".into(), ok: false, detail: "no".into() }] },
+        (Choice::Ok(..), Some(Action::Deploy { variant, .. })) => Input::Deployed { variant: *variant, ok: true, detail: String::new() },
+        (Choice::Fail, Some(Action::Deploy { variant, .. })) => Input::Deployed { variant: *variant, ok: false, detail: String::new() },
+        (Choice::Ok(..), Some(Action::SetWeight { weight })) => Input::TrafficSet { weight: *weight },
+        (Choice::Fail, Some(Action::SetWeight { .. })) => Input::TrafficFailed { detail: "refused".into() },
+        (Choice::Ok(s, c), Some(Action::Measure)) => Input::Measured { sample: IntervalSample { stable: stats(900, s * 900 / 1000), canary: stats(100, c * 100 / 1000) } },
+        (Choice::Fail, Some(Action::Measure)) => Input::MeasureFailed { detail: "down".into() },
+        (Choice::Ok(..), Some(Action::Stop { variant })) => Input::Stopped { variant: *variant, ok: true, detail: String::new() },
+        (Choice::Fail, Some(Action::Stop { variant })) => Input::Stopped { variant: *variant, ok: false, detail: String::new() },
+        (Choice::Ok(..), Some(Action::VerifyStable)) => Input::StableVerified { healthy: true, detail: String::new() },
+        (Choice::Fail, Some(Action::VerifyStable)) => Input::StableVerified { healthy: false, detail: String::new() },
+    })
+}
+
+fn weights_in(effects: &[Effect]) -> Vec<Weight> {
+    effects.iter().filter_map(|e| match e { Effect::Do(Action::SetWeight { weight }) => Some(*weight), _ => None }).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn safety_rules_hold_on_random_histories(choices in prop::collection::vec(choice(), 1..120)) {
+        let p = policy();
+        let mut now: Millis = 0;
+        let mut state = step(&p, &Release::default(), &Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) }, now).state;
+        let mut log = vec![(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) }, now)];
+        for c in &choices {
+            if let Choice::Wait(ms) = c { now += u64::from(*ms); }
+            let Some(input) = input_for(&state, c) else { continue };
+
+            // Rollback is reachable from every state that has deployed something.
+            if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
+                let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into() }, now);
+                prop_assert_eq!(aborted.state.phase, Phase::RollingBack);
+                prop_assert_eq!(weights_in(&aborted.effects), vec![Weight::ZERO]);
+            }
+
+            let t = step(&p, &state, &input, now);
+            let decided_against = matches!(state.decision.as_ref().map(|d| d.kind), Some(DecisionKind::Rollback | DecisionKind::Halt))
+                || matches!(t.state.decision.as_ref().map(|d| d.kind), Some(DecisionKind::Rollback | DecisionKind::Halt));
+            for w in weights_in(&t.effects) {
+                // After a failed verdict or a decision against the canary, weight never rises.
+                if decided_against || t.state.last_verdict == Some(rampart_core::judge::Verdict::Fail) && matches!(input, Input::Measured { .. }) {
+                    prop_assert!(w <= state.weight, "weight rose to {w} from {} after failure", state.weight);
+                }
+            }
+            // Halted never moves traffic (or does anything) by itself.
+            if state.phase == Phase::Halted {
+                prop_assert!(t.effects.is_empty());
+                prop_assert_eq!(&t.state, &state);
+            }
+            if t.state.phase == Phase::Halted {
+                prop_assert!(weights_in(&t.effects).is_empty());
+            }
+            // At most one action at a time.
+            prop_assert!(t.effects.iter().filter(|e| matches!(e, Effect::Do(_))).count() <= 1);
+            if !t.is_noop(&state) { log.push((input, now)); }
+            state = t.state;
+        }
+        // Replaying the persisted inputs rebuilds the same state.
+        let rebuilt = Release::replay(&p, log.iter().map(|(i, t)| (i, *t)));
+        prop_assert_eq!(rebuilt, state);
+    }
+
+    #[test]
+    fn every_rollback_finishes_in_a_terminal_phase(choices in prop::collection::vec(choice(), 1..60), fail_verify: bool) {
+        let p = policy();
+        let mut now: Millis = 0;
+        let mut state = step(&p, &Release::default(), &Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) }, now).state;
+        for c in &choices {
+            if let Choice::Wait(ms) = c { now += u64::from(*ms); }
+            if let Some(input) = input_for(&state, c) { state = step(&p, &state, &input, now).state; }
+        }
+        if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
+            state = step(&p, &state, &Input::Abort { actor: "a".into(), reason: "r".into() }, now).state;
+        }
+        if state.phase == Phase::RollingBack {
+            for _ in 0..10 {
+                let c = if fail_verify && matches!(state.pending, Some(Action::VerifyStable)) { Choice::Fail } else { Choice::Ok(0, 0) };
+                if let Some(input) = input_for(&state, &c) { state = step(&p, &state, &input, now).state; }
+            }
+            prop_assert!(matches!(state.phase, Phase::RolledBack | Phase::Halted), "{:?}", state.phase);
+            prop_assert_eq!(state.phase == Phase::Halted, fail_verify);
+        }
+    }
+}
+
+#[test]
+fn inputs_round_trip_through_json() {
+    let mut w = World::new(5, 100);
+    w.run(1000);
+    for (input, _) in &w.log {
+        let text = serde_json::to_string(input).unwrap();
+        let back: Input = serde_json::from_str(&text).unwrap();
+        assert_eq!(&back, input);
+    }
+}

@@ -1,0 +1,50 @@
+//! A minimal HTTP/1.1 GET client for probes and gates.
+//!
+//! Owns one-shot requests with a hard time limit. It must not pool connections or
+//! follow redirects: a probe measures exactly one answer from exactly one endpoint.
+
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Sends `GET url` and returns the status code, or why there is none.
+pub async fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
+    match tokio::time::timeout(timeout, get_inner(url)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
+async fn get_inner(url: &str) -> Result<u16, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL `{url}`: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("`{url}` is not an http:// URL"));
+    }
+    let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host, |a| a.as_str());
+    let req = Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::USER_AGENT, "rampart-probe")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let result = sender.send_request(req).await;
+    driver.abort();
+    result
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("request: {e}"))
+}

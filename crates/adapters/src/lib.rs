@@ -1,0 +1,14 @@
+//! rampart-adapters: the embedded default's real implementations of the core ports.
+//!
+//! One module per adapter, each with the same shape: a type that owns the connection
+//! or resource, and `impl Port for Type`. Adapters translate their own failures into
+//! [`rampart_core::ports::PortError`] at the boundary and never make release decisions.
+
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod gates;
+pub mod http;
+pub mod process;
+pub mod proxy;
+pub mod sqlite;

@@ -1,0 +1,417 @@
+//! The embedded traffic-splitting proxy: weighted, sticky, measured.
+//!
+//! Owns the data path between users and the two variants: choosing a variant per
+//! request, forwarding it, and counting requests, errors and latency per variant
+//! (the `builtin` metrics). It must not decide weights; the controller sets them
+//! through [`TrafficRouter`].
+//!
+//! Guarantees: a weight change swaps one `Arc` and is seen by the next request;
+//! requests in flight keep the route they started with, so none is dropped by a
+//! change. Sticky assignment hashes a stable key into 10 000 buckets and sends buckets
+//! below the weight to the canary, so a user on the canary at 5 % stays there at 20 %.
+
+mod stats;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart_core::metrics::IntervalSample;
+use rampart_core::policy::Sticky;
+use rampart_core::ports::{BoxFuture, MetricsSource, PortError, TrafficRouter};
+use rampart_core::{Variant, Weight};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub use stats::VariantCounters;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The response header that tells which variant answered.
+pub const VARIANT_HEADER: &str = "x-rampart-variant";
+
+#[derive(Debug, Default)]
+struct Routes {
+    stable: Vec<SocketAddr>,
+    canary: Vec<SocketAddr>,
+    weight: Weight,
+}
+
+#[derive(Debug)]
+struct Inner {
+    routes: RwLock<Arc<Routes>>,
+    sticky: Sticky,
+    stable: VariantCounters,
+    canary: VariantCounters,
+    client: Client<HttpConnector, Incoming>,
+    sequence: AtomicU64,
+    idle: Notify,
+}
+
+impl Inner {
+    fn counters(&self, v: Variant) -> &VariantCounters {
+        match v {
+            Variant::Stable => &self.stable,
+            Variant::Canary => &self.canary,
+        }
+    }
+
+    fn routes(&self) -> Arc<Routes> {
+        match self.routes.read() {
+            Ok(r) => Arc::clone(&r),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Routes)) -> Arc<Routes> {
+        let mut guard = match self.routes.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = Routes {
+            stable: guard.stable.clone(),
+            canary: guard.canary.clone(),
+            weight: guard.weight,
+        };
+        f(&mut next);
+        *guard = Arc::new(next);
+        Arc::clone(&guard)
+    }
+}
+
+/// A running proxy. Cloning shares it; dropping the last [`ProxyServer`] stops it.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+/// The accept loop. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct ProxyServer {
+    task: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl ProxyServer {
+    /// Where the proxy listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for ProxyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    /// Binds `listen` and starts serving. With no backends, every request gets 503.
+    pub async fn bind(listen: SocketAddr, sticky: Sticky) -> std::io::Result<(Proxy, ProxyServer)> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let proxy = Proxy {
+            inner: Arc::new(Inner {
+                routes: RwLock::new(Arc::new(Routes::default())),
+                sticky,
+                stable: VariantCounters::new(),
+                canary: VariantCounters::new(),
+                client,
+                sequence: AtomicU64::new(0),
+                idle: Notify::new(),
+            }),
+        };
+        let serving = proxy.clone();
+        let task = tokio::spawn(async move { serving.accept_loop(listener).await });
+        Ok((proxy, ProxyServer { task, addr }))
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(proxy.forward(peer, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxy connection ended");
+                }
+            });
+        }
+    }
+
+    /// Points `variant` at `endpoints`.
+    pub fn set_backends(&self, variant: Variant, endpoints: &[SocketAddr]) {
+        self.inner.update(|r| match variant {
+            Variant::Stable => r.stable = endpoints.to_vec(),
+            Variant::Canary => r.canary = endpoints.to_vec(),
+        });
+    }
+
+    /// Sets the canary weight and returns the weight now in effect.
+    pub fn set_weight(&self, weight: Weight) -> Weight {
+        self.inner.update(|r| r.weight = weight).weight
+    }
+
+    /// The canary weight in effect.
+    pub fn weight(&self) -> Weight {
+        self.inner.routes().weight
+    }
+
+    /// Cumulative counters for both variants since the proxy started.
+    pub fn totals(&self) -> IntervalSample {
+        IntervalSample {
+            stable: self.inner.stable.snapshot(),
+            canary: self.inner.canary.snapshot(),
+        }
+    }
+
+    /// Requests in flight to `variant`.
+    pub fn in_flight(&self, variant: Variant) -> u64 {
+        self.inner.counters(variant).in_flight()
+    }
+
+    /// Waits until `variant` has nothing in flight, at most `timeout`.
+    pub async fn drain(&self, variant: Variant, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.inner.idle.notified();
+                if self.in_flight(variant) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    fn choose(&self, routes: &Routes, peer: SocketAddr, req: &Request<Incoming>) -> Variant {
+        let bp = routes.weight.basis_points();
+        if bp == 0 || routes.canary.is_empty() {
+            return Variant::Stable;
+        }
+        if bp >= 10_000 || routes.stable.is_empty() {
+            return Variant::Canary;
+        }
+        let key = sticky_key(&self.inner.sticky, peer, req);
+        let hash = match key {
+            Some(k) => mix(fnv1a(&k)),
+            // No key: spread requests evenly, independently of each other.
+            None => mix(self.inner.sequence.fetch_add(1, Ordering::Relaxed)),
+        };
+        if hash % 10_000 < u64::from(bp) {
+            Variant::Canary
+        } else {
+            Variant::Stable
+        }
+    }
+
+    async fn forward(&self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
+        let routes = self.inner.routes();
+        let variant = self.choose(&routes, peer, &req);
+        let backends = match variant {
+            Variant::Stable => &routes.stable,
+            Variant::Canary => &routes.canary,
+        };
+        if backends.is_empty() {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "rampart: no backend is ready\n");
+        }
+        let n = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
+        let backend = backends[usize::try_from(n).unwrap_or(0) % backends.len()];
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = match format!("http://{backend}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "rampart: bad request target\n"),
+        };
+        *req.uri_mut() = uri;
+        let forwarded = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            req.headers_mut().insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+
+        let counters = self.inner.counters(variant);
+        let _flight = counters.enter(&self.inner.idle);
+        let started = tokio::time::Instant::now();
+        let result = self.inner.client.request(req).await;
+        let elapsed = started.elapsed();
+        let mut resp = match result {
+            Ok(resp) => {
+                counters.record(resp.status().is_server_error(), elapsed);
+                resp.map(|b| b.boxed())
+            }
+            Err(e) => {
+                counters.record(true, elapsed);
+                tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upstream failed");
+                plain(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n")
+            }
+        };
+        resp.headers_mut().insert(
+            HeaderName::from_static(VARIANT_HEADER),
+            HeaderValue::from_static(variant.as_str()),
+        );
+        resp
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+fn sticky_key(sticky: &Sticky, peer: SocketAddr, req: &Request<Incoming>) -> Option<Vec<u8>> {
+    match sticky {
+        Sticky::None => None,
+        Sticky::ClientIp => Some(peer.ip().to_string().into_bytes()),
+        Sticky::Header(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        Sticky::Cookie(name) => req
+            .headers()
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes().to_vec()),
+    }
+}
+
+/// FNV-1a: a stable hash, the same on every machine and every rampart version, so a
+/// user keeps their variant across controller restarts.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64's finaliser: spreads FNV's output (and plain counters) evenly over
+/// buckets.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The proxy as the controller's traffic router.
+impl TrafficRouter for Proxy {
+    fn set_backends<'a>(&'a self, variant: Variant, endpoints: &'a [SocketAddr]) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            Proxy::set_backends(self, variant, endpoints);
+            Ok(())
+        })
+    }
+
+    fn set_weight(&self, weight: Weight) -> BoxFuture<'_, Result<Weight, PortError>> {
+        Box::pin(async move { Ok(Proxy::set_weight(self, weight)) })
+    }
+
+    fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
+        Box::pin(async move {
+            if Proxy::drain(self, variant, timeout).await {
+                Ok(())
+            } else {
+                Err(PortError(format!(
+                    "{} request(s) still in flight to {} after {}ms",
+                    self.in_flight(variant),
+                    variant.as_str(),
+                    timeout.as_millis()
+                )))
+            }
+        })
+    }
+}
+
+/// The `builtin` metrics source: deltas of the proxy's own counters.
+#[derive(Debug)]
+pub struct BuiltinMetrics {
+    proxy: Proxy,
+    last: std::sync::Mutex<IntervalSample>,
+}
+
+impl BuiltinMetrics {
+    /// Measures `proxy`, starting from now.
+    pub fn new(proxy: Proxy) -> Self {
+        let last = std::sync::Mutex::new(proxy.totals());
+        BuiltinMetrics { proxy, last }
+    }
+}
+
+impl MetricsSource for BuiltinMetrics {
+    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+        Box::pin(async move {
+            let now = self.proxy.totals();
+            let mut last = self
+                .last
+                .lock()
+                .map_err(|_| PortError::new("metrics state poisoned"))?;
+            let delta = IntervalSample {
+                stable: now.stable.since(&last.stable),
+                canary: now.canary.since(&last.canary),
+            };
+            *last = now;
+            Ok(delta)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticky_buckets_only_grow_with_weight() {
+        // A key on the canary at a lower weight is on the canary at every higher one.
+        for user in 0..2000u32 {
+            let bucket = mix(fnv1a(format!("user-{user}").as_bytes())) % 10_000;
+            let on_at = |bp: u64| bucket < bp;
+            for (lo, hi) in [(500u64, 2000u64), (2000, 5000), (100, 9900)] {
+                assert!(!on_at(lo) || on_at(hi));
+            }
+        }
+    }
+
+    #[test]
+    fn hashing_spreads_keys_evenly() {
+        let n = 20_000u32;
+        let on = (0..n)
+            .filter(|u| mix(fnv1a(format!("user-{u}").as_bytes())) % 10_000 < 1000)
+            .count();
+        let share = on as f64 / f64::from(n);
+        assert!((share - 0.10).abs() < 0.01, "{share}");
+    }
+}

@@ -1,0 +1,83 @@
+//! Lock-free per-variant counters on the proxy's hot path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rampart_core::metrics::{BUCKETS, Histogram, VariantStats, bucket_of};
+use tokio::sync::Notify;
+
+/// Requests, errors, in-flight count and a latency histogram for one variant.
+#[derive(Debug)]
+pub struct VariantCounters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+    latency: Box<[AtomicU64]>,
+}
+
+impl Default for VariantCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VariantCounters {
+    /// All zero.
+    pub fn new() -> Self {
+        VariantCounters {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn record(&self, error: bool, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        // Requests last, so a reader never sees more errors than requests.
+        self.requests.fetch_add(1, Ordering::Release);
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn enter<'a>(&'a self, idle: &'a Notify) -> InFlight<'a> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight { counters: self, idle }
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A consistent-enough copy: requests are read first, so errors never exceed them.
+    pub fn snapshot(&self) -> VariantStats {
+        let requests = self.requests.load(Ordering::Acquire);
+        let errors = self.errors.load(Ordering::Relaxed).min(requests);
+        let dense: Vec<u64> = self.latency.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        VariantStats {
+            requests,
+            errors,
+            latency: Histogram::from_dense(&dense),
+        }
+    }
+}
+
+/// Decrements the in-flight count on drop and wakes anyone draining.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    counters: &'a VariantCounters,
+    idle: &'a Notify,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.counters.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}

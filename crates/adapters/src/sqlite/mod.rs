@@ -1,0 +1,321 @@
+//! The SQLite store: releases and their append-only input logs, in one file.
+//!
+//! Owns the schema, its migrations and durability settings (WAL, `synchronous=FULL`,
+//! so an append that returned survives a crash or power loss). It must not interpret
+//! the log; replay is core's job.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rampart_core::ports::{BoxFuture, PortError, ReleaseRecord, Store, StoredInput};
+use rampart_core::release::OutcomeKind;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE releases (
+    id          TEXT PRIMARY KEY,
+    service     TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    policy      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    outcome     TEXT,
+    finished_at INTEGER
+);
+-- At most one unfinished release per service.
+CREATE UNIQUE INDEX releases_one_active ON releases(service) WHERE outcome IS NULL;
+CREATE TABLE events (
+    release_id TEXT NOT NULL REFERENCES releases(id),
+    seq        INTEGER NOT NULL,
+    at         INTEGER NOT NULL,
+    input      TEXT NOT NULL,
+    audit      TEXT NOT NULL,
+    PRIMARY KEY (release_id, seq)
+);
+CREATE TABLE services (
+    service         TEXT PRIMARY KEY,
+    serving_version TEXT
+);
+"#];
+
+/// A store in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> PortError {
+    PortError(format!("state store: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<SqliteStore, PortError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| db_err(format!("creating {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(db_err)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store, for tests.
+    pub fn in_memory() -> Result<SqliteStore, PortError> {
+        Self::init(Connection::open_in_memory().map_err(db_err)?)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, PortError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        let applied: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)?;
+        let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+        if applied > MIGRATIONS.len() {
+            return Err(db_err(format!(
+                "the state file has schema version {applied}, newer than this rampart knows ({}); upgrade rampart",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
+                .map_err(db_err)?;
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, PortError>) -> Result<T, PortError> {
+        let mut conn = self.conn.lock().map_err(|_| db_err("connection poisoned"))?;
+        f(&mut conn)
+    }
+
+    /// Every release of a service, newest first.
+    pub fn releases(&self, service: &str) -> Result<Vec<ReleaseRecord>, PortError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT id, service, version, policy, created_at, outcome FROM releases WHERE service = ?1 ORDER BY created_at DESC, id DESC")
+                .map_err(db_err)?;
+            let rows = stmt.query_map([service], row_to_release).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+    }
+}
+
+fn outcome_from(text: Option<String>) -> Option<OutcomeKind> {
+    text.and_then(|t| serde_json::from_value(serde_json::Value::String(t)).ok())
+}
+
+fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRecord> {
+    Ok(ReleaseRecord {
+        id: r.get(0)?,
+        service: r.get(1)?,
+        version: r.get(2)?,
+        policy: r.get(3)?,
+        created_at: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
+        outcome: outcome_from(r.get(5)?),
+    })
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Store for SqliteStore {
+    fn create<'a>(&'a self, rel: &'a ReleaseRecord) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                c.execute(
+                    "INSERT INTO releases (id, service, version, policy, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![rel.id, rel.service, rel.version, rel.policy, to_i64(rel.created_at)],
+                )
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                        PortError(format!("service {} already has an unfinished release", rel.service))
+                    }
+                    e => db_err(e),
+                })?;
+                Ok(())
+            })
+        })
+    }
+
+    fn append<'a>(&'a self, release_id: &'a str, entry: &'a StoredInput) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            let input = serde_json::to_string(&entry.input).map_err(db_err)?;
+            let audit = serde_json::to_string(&entry.events).map_err(db_err)?;
+            self.with(|c| {
+                let tx = c.transaction().map_err(db_err)?;
+                let next: i64 = tx
+                    .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE release_id = ?1", [release_id], |r| r.get(0))
+                    .map_err(db_err)?;
+                if next != to_i64(entry.seq) {
+                    return Err(PortError(format!(
+                        "release {release_id}: refusing to append event {} when the log's next is {next} (another controller is acting on this release)",
+                        entry.seq
+                    )));
+                }
+                tx.execute(
+                    "INSERT INTO events (release_id, seq, at, input, audit) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![release_id, to_i64(entry.seq), to_i64(entry.at), input, audit],
+                )
+                .map_err(db_err)?;
+                tx.commit().map_err(db_err)
+            })
+        })
+    }
+
+    fn load<'a>(&'a self, release_id: &'a str) -> BoxFuture<'a, Result<(ReleaseRecord, Vec<StoredInput>), PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                let rel = c
+                    .query_row(
+                        "SELECT id, service, version, policy, created_at, outcome FROM releases WHERE id = ?1",
+                        [release_id],
+                        row_to_release,
+                    )
+                    .optional()
+                    .map_err(db_err)?
+                    .ok_or_else(|| PortError(format!("no release {release_id}")))?;
+                let mut stmt = c
+                    .prepare("SELECT seq, at, input, audit FROM events WHERE release_id = ?1 ORDER BY seq")
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map([release_id], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                    })
+                    .map_err(db_err)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (seq, at, input, audit) = row.map_err(db_err)?;
+                    out.push(StoredInput {
+                        seq: u64::try_from(seq).unwrap_or(0),
+                        at: u64::try_from(at).unwrap_or(0),
+                        input: serde_json::from_str(&input)
+                            .map_err(|e| db_err(format!("event {seq} of {release_id} is unreadable: {e}")))?,
+                        events: serde_json::from_str(&audit)
+                            .map_err(|e| db_err(format!("audit of event {seq} of {release_id} is unreadable: {e}")))?,
+                    });
+                }
+                Ok((rel, out))
+            })
+        })
+    }
+
+    fn active<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<ReleaseRecord>, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                c.query_row(
+                    "SELECT id, service, version, policy, created_at, outcome FROM releases WHERE service = ?1 AND outcome IS NULL",
+                    [service],
+                    row_to_release,
+                )
+                .optional()
+                .map_err(db_err)
+            })
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        release_id: &'a str,
+        outcome: OutcomeKind,
+        serving: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                let tx = c.transaction().map_err(db_err)?;
+                let service: String = tx
+                    .query_row("SELECT service FROM releases WHERE id = ?1", [release_id], |r| r.get(0))
+                    .map_err(db_err)?;
+                tx.execute(
+                    "UPDATE releases SET outcome = ?2, finished_at = (SELECT MAX(at) FROM events WHERE release_id = ?1) WHERE id = ?1",
+                    params![release_id, outcome.as_str()],
+                )
+                .map_err(db_err)?;
+                if let Some(v) = serving {
+                    tx.execute(
+                        "INSERT INTO services (service, serving_version) VALUES (?1, ?2) ON CONFLICT(service) DO UPDATE SET serving_version = excluded.serving_version",
+                        params![service, v],
+                    )
+                    .map_err(db_err)?;
+                }
+                tx.commit().map_err(db_err)
+            })
+        })
+    }
+
+    fn serving_version<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<String>, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                c.query_row("SELECT serving_version FROM services WHERE service = ?1", [service], |r| r.get(0))
+                    .optional()
+                    .map(Option::flatten)
+                    .map_err(db_err)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_core::release::Input;
+
+    fn rel(id: &str) -> ReleaseRecord {
+        ReleaseRecord {
+            id: id.into(),
+            service: "shop".into(),
+            version: "v2".into(),
+            policy: "service: shop".into(),
+            created_at: 1,
+            outcome: None,
+        }
+    }
+
+    fn entry(seq: u64) -> StoredInput {
+        StoredInput { seq, at: 10 + seq, input: Input::Tick, events: vec![] }
+    }
+
+    #[tokio::test]
+    async fn append_rejects_duplicate_and_out_of_order_seq() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create(&rel("r1")).await.unwrap();
+        s.append("r1", &entry(0)).await.unwrap();
+        s.append("r1", &entry(1)).await.unwrap();
+        assert!(s.append("r1", &entry(1)).await.is_err(), "duplicate seq");
+        assert!(s.append("r1", &entry(5)).await.is_err(), "gap");
+        let (_, log) = s.load("r1").await.unwrap();
+        assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1]);
+    }
+
+    #[tokio::test]
+    async fn one_unfinished_release_per_service() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create(&rel("r1")).await.unwrap();
+        let err = s.create(&rel("r2")).await.unwrap_err();
+        assert!(err.0.contains("unfinished"), "{err}");
+        assert_eq!(s.active("shop").await.unwrap().unwrap().id, "r1");
+        s.finish("r1", OutcomeKind::Promoted, Some("v2")).await.unwrap();
+        assert!(s.active("shop").await.unwrap().is_none());
+        assert_eq!(s.serving_version("shop").await.unwrap().as_deref(), Some("v2"));
+        s.create(&rel("r2")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create(&rel("r1")).await.unwrap();
+            s.append("r1", &entry(0)).await.unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let (r, log) = s.load("r1").await.unwrap();
+        assert_eq!(r.version, "v2");
+        assert_eq!(log.len(), 1);
+    }
+}

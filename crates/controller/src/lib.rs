@@ -1,0 +1,290 @@
+//! rampart-controller: the runtime loop around the pure state machine.
+//!
+//! Owns the order of operations that makes releases crash-safe: every transition is
+//! persisted before its action runs; on restart the log is replayed and the release
+//! resumes with [`Input::Resumed`], so no decision is made twice. It must not make
+//! release decisions itself (that is `rampart_core::release::step`) nor talk to the
+//! world except through the ports.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_core::policy::Policy;
+use rampart_core::ports::{
+    Clock, Deployer, GateRunner, MetricsSource, Notifier, PortError, ReleaseRecord, Store,
+    StoredInput, TrafficRouter,
+};
+use rampart_core::release::{Action, AuditEvent, Effect, Input, OutcomeKind, Release, Variant, step};
+use tokio::sync::mpsc;
+
+/// The adapters a controller drives.
+#[derive(Clone)]
+pub struct Ports {
+    /// Runs versions.
+    pub deployer: Arc<dyn Deployer>,
+    /// Splits traffic.
+    pub router: Arc<dyn TrafficRouter>,
+    /// Measures variants.
+    pub metrics: Arc<dyn MetricsSource>,
+    /// Runs gates.
+    pub gates: Arc<dyn GateRunner>,
+    /// Persists releases.
+    pub store: Arc<dyn Store>,
+    /// Tells time.
+    pub clock: Arc<dyn Clock>,
+    /// Tells people.
+    pub notifier: Arc<dyn Notifier>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ports { .. }")
+    }
+}
+
+/// Sees every persisted transition (for live progress output).
+pub trait Observer: Send + Sync {
+    /// Called after a transition is persisted, before its action runs.
+    fn on_transition(&self, state: &Release, events: &[AuditEvent]);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct Silent;
+
+impl Observer for Silent {
+    fn on_transition(&self, _: &Release, _: &[AuditEvent]) {}
+}
+
+/// Why a release could not be driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The store failed; state may not be recorded, so the controller stops acting.
+    #[error("{0}")]
+    Store(#[from] PortError),
+    /// The state machine waits for nothing; a bug.
+    #[error("release {0} is stuck in phase {1}: nothing pending and no timer")]
+    Stuck(String, &'static str),
+}
+
+/// Drives releases of one policy.
+pub struct Controller {
+    policy: Policy,
+    ports: Ports,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("service", &self.policy.service).finish()
+    }
+}
+
+/// A release being driven: its id, state and the next log position.
+struct Run {
+    id: String,
+    state: Release,
+    seq: u64,
+}
+
+/// How many times a traffic change is tried before it counts as failed.
+const WEIGHT_ATTEMPTS: u32 = 3;
+
+impl Controller {
+    /// A controller for `policy`.
+    pub fn new(policy: Policy, ports: Ports, observer: Arc<dyn Observer>) -> Self {
+        Controller {
+            policy,
+            ports,
+            observer,
+        }
+    }
+
+    /// Records a new release (fails if the service has an unfinished one).
+    pub async fn create(&self, id: &str, version: &str, policy_text: &str) -> Result<(), ControllerError> {
+        let record = ReleaseRecord {
+            id: id.to_string(),
+            service: self.policy.service.clone(),
+            version: version.to_string(),
+            policy: policy_text.to_string(),
+            created_at: self.ports.clock.now(),
+            outcome: None,
+        };
+        self.ports.store.create(&record).await?;
+        Ok(())
+    }
+
+    /// Drives release `id` to its end: starts it if its log is empty, resumes it
+    /// otherwise. `stable` is used only when starting. External inputs (an operator's
+    /// abort) arrive on `commands`.
+    ///
+    /// Guarantees: each input is durably appended before the action it leads to runs;
+    /// if the store refuses an append, the controller stops without acting on it.
+    pub async fn drive(
+        &self,
+        id: &str,
+        stable: Option<String>,
+        mut commands: Option<mpsc::UnboundedReceiver<Input>>,
+    ) -> Result<Release, ControllerError> {
+        let (record, log) = self.ports.store.load(id).await?;
+        let mut run = Run {
+            id: id.to_string(),
+            state: Release::replay(&self.policy, log.iter().map(|e| (&e.input, e.at))),
+            seq: log.len() as u64,
+        };
+        if log.is_empty() {
+            let start = Input::Start {
+                release_id: id.to_string(),
+                version: record.version.clone(),
+                stable,
+            };
+            self.feed(&mut run, start).await?;
+        } else if !run.state.phase.is_terminal() {
+            self.feed(&mut run, Input::Resumed).await?;
+        }
+
+        while !run.state.phase.is_terminal() {
+            let input = if let Some(action) = run.state.pending.clone() {
+                let work = self.execute(&action);
+                tokio::pin!(work);
+                tokio::select! {
+                    input = &mut work => input,
+                    Some(cmd) = recv(&mut commands) => cmd,
+                }
+            } else if let Some(at) = run.state.wake_at() {
+                let sleep = self.ports.clock.sleep_until(at);
+                tokio::select! {
+                    () = sleep => Input::Tick,
+                    Some(cmd) = recv(&mut commands) => cmd,
+                }
+            } else {
+                return Err(ControllerError::Stuck(run.id, run.state.phase.as_str()));
+            };
+            self.feed(&mut run, input).await?;
+        }
+        if let Some(outcome) = run.state.outcome() {
+            let serving = match outcome {
+                OutcomeKind::Promoted => Some(run.state.version.as_str()),
+                OutcomeKind::RolledBack => run.state.stable.as_deref(),
+                _ => None,
+            };
+            self.ports.store.finish(&run.id, outcome, serving).await?;
+        }
+        Ok(run.state)
+    }
+
+    /// Applies one input: step, persist, observe, notify.
+    async fn feed(&self, run: &mut Run, input: Input) -> Result<(), ControllerError> {
+        let now = self.ports.clock.now();
+        let t = step(&self.policy, &run.state, &input, now);
+        if t.is_noop(&run.state) {
+            return Ok(());
+        }
+        let entry = StoredInput {
+            seq: run.seq,
+            at: now,
+            input,
+            events: t.events.clone(),
+        };
+        self.ports.store.append(&run.id, &entry).await?;
+        run.seq += 1;
+        run.state = t.state;
+        for e in &t.events {
+            tracing::info!(release = %run.id, kind = %e.kind, weight = %e.weight, "{}", e.message);
+        }
+        self.observer.on_transition(&run.state, &t.events);
+        for effect in &t.effects {
+            if let Effect::Notify { page, message } = effect {
+                self.ports.notifier.notify(*page, message).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Performs one action and turns its result into the answering input.
+    async fn execute(&self, action: &Action) -> Input {
+        let p = &self.ports;
+        match action {
+            Action::RunGates => {
+                let mut results = Vec::new();
+                for gate in &self.policy.gates.pre {
+                    results.push(p.gates.run(gate).await);
+                }
+                Input::GatesChecked { results }
+            }
+            Action::Deploy { variant, version } => {
+                let result = match p.deployer.deploy(*variant, version).await {
+                    Ok(d) => p
+                        .router
+                        .set_backends(*variant, &d.endpoints)
+                        .await
+                        .map(|()| d.detail),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(detail) => Input::Deployed { variant: *variant, ok: true, detail },
+                    Err(e) => Input::Deployed { variant: *variant, ok: false, detail: e.0 },
+                }
+            }
+            Action::SetWeight { weight } => {
+                let mut last = String::new();
+                for attempt in 1..=WEIGHT_ATTEMPTS {
+                    match p.router.set_weight(*weight).await {
+                        Ok(actual) if actual == *weight => return Input::TrafficSet { weight: actual },
+                        Ok(actual) => last = format!("router reports {actual} after setting {weight}"),
+                        Err(e) => last = e.0,
+                    }
+                    tracing::warn!(attempt, error = %last, "setting the canary weight failed");
+                    let retry_at = p.clock.now() + 200 * u64::from(attempt);
+                    p.clock.sleep_until(retry_at).await;
+                }
+                Input::TrafficFailed { detail: last }
+            }
+            Action::Measure => match p.metrics.measure().await {
+                Ok(sample) => Input::Measured { sample },
+                Err(e) => Input::MeasureFailed { detail: e.0 },
+            },
+            Action::Stop { variant } => {
+                let mut notes = Vec::new();
+                if let Err(e) = p.router.drain(*variant, self.policy.rollback.drain).await {
+                    notes.push(e.0);
+                }
+                let stopped = p.deployer.stop(*variant).await;
+                let _ = p.router.set_backends(*variant, &[]).await;
+                match stopped {
+                    Ok(detail) => {
+                        notes.push(detail);
+                        Input::Stopped { variant: *variant, ok: true, detail: notes.join("; ") }
+                    }
+                    Err(e) => {
+                        notes.push(e.0);
+                        Input::Stopped { variant: *variant, ok: false, detail: notes.join("; ") }
+                    }
+                }
+            }
+            Action::VerifyStable => {
+                match p.deployer.verify(Variant::Stable, self.policy.rollback.verify_timeout).await {
+                    Ok(detail) => Input::StableVerified { healthy: true, detail },
+                    Err(e) => Input::StableVerified { healthy: false, detail: e.0 },
+                }
+            }
+        }
+    }
+}
+
+/// Receives from an optional channel; a closed or absent channel never resolves.
+async fn recv(commands: &mut Option<mpsc::UnboundedReceiver<Input>>) -> Option<Input> {
+    match commands {
+        Some(rx) => match rx.recv().await {
+            Some(cmd) => Some(cmd),
+            None => {
+                *commands = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+

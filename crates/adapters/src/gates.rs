@@ -90,7 +90,11 @@ async fn run_command(argv: &[String], timeout: std::time::Duration) -> (bool, St
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => (
             false,
-            format!("`{}` did not finish within {}s and was killed", argv.join(" "), timeout.as_secs()),
+            format!(
+                "`{}` did not finish within {}s and was killed",
+                argv.join(" "),
+                timeout.as_secs()
+            ),
         ),
         Ok((Err(e), _, _)) => (false, format!("`{}`: {e}", argv[0])),
         Ok((Ok(status), out, err)) => {
@@ -127,7 +131,12 @@ mod tests {
 
     #[tokio::test]
     async fn command_gate_reports_exit_status_and_output() {
-        let ok = LocalGates.run(&gate(GateCheck::Command { run: vec!["true".into()], timeout: Duration::from_secs(5) })).await;
+        let ok = LocalGates
+            .run(&gate(GateCheck::Command {
+                run: vec!["true".into()],
+                timeout: Duration::from_secs(5),
+            }))
+            .await;
         assert!(ok.ok, "{ok:?}");
         let bad = LocalGates
             .run(&gate(GateCheck::Command {
@@ -136,28 +145,56 @@ mod tests {
             }))
             .await;
         assert!(!bad.ok);
-        assert!(bad.detail.contains("broken") && bad.detail.contains('3'), "{bad:?}");
-        let missing = LocalGates.run(&gate(GateCheck::Command { run: vec!["/nonexistent/x".into()], timeout: Duration::from_secs(5) })).await;
+        assert!(
+            bad.detail.contains("broken") && bad.detail.contains('3'),
+            "{bad:?}"
+        );
+        let missing = LocalGates
+            .run(&gate(GateCheck::Command {
+                run: vec!["/nonexistent/x".into()],
+                timeout: Duration::from_secs(5),
+            }))
+            .await;
         assert!(!missing.ok && missing.detail.contains("could not start"));
     }
 
     #[tokio::test]
     async fn command_gate_times_out() {
-        let r = LocalGates.run(&gate(GateCheck::Command { run: vec!["sleep".into(), "30".into()], timeout: Duration::from_millis(200) })).await;
+        let r = LocalGates
+            .run(&gate(GateCheck::Command {
+                run: vec!["sleep".into(), "30".into()],
+                timeout: Duration::from_millis(200),
+            }))
+            .await;
         assert!(!r.ok && r.detail.contains("did not finish"), "{r:?}");
     }
 
     #[tokio::test]
     async fn env_gate_names_missing_variables() {
-        let r = LocalGates.run(&gate(GateCheck::Env(vec!["PATH".into(), "RAMPART_SURELY_UNSET_VAR".into()]))).await;
+        let r = LocalGates
+            .run(&gate(GateCheck::Env(vec![
+                "PATH".into(),
+                "RAMPART_SURELY_UNSET_VAR".into(),
+            ])))
+            .await;
         assert!(!r.ok);
         assert_eq!(r.detail, "not set: RAMPART_SURELY_UNSET_VAR");
     }
 
     #[tokio::test]
     async fn http_gate_against_a_closed_port_fails() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let r = LocalGates.run(&gate(GateCheck::Http { url: format!("http://127.0.0.1:{port}/"), status: None, timeout: Duration::from_secs(2) })).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let r = LocalGates
+            .run(&gate(GateCheck::Http {
+                url: format!("http://127.0.0.1:{port}/"),
+                status: None,
+                timeout: Duration::from_secs(2),
+            }))
+            .await;
         assert!(!r.ok, "{r:?}");
     }
 }

@@ -9,14 +9,15 @@
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rampart_core::policy::Policy;
 use rampart_core::ports::{
     Clock, Deployer, GateRunner, MetricsSource, Notifier, PortError, ReleaseRecord, Store,
     StoredInput, TrafficRouter,
 };
-use rampart_core::release::{Action, AuditEvent, Effect, Input, OutcomeKind, Release, Variant, step};
+use rampart_core::release::{
+    Action, AuditEvent, Effect, Input, OutcomeKind, Release, Variant, step,
+};
 use tokio::sync::mpsc;
 
 /// The adapters a controller drives.
@@ -47,7 +48,7 @@ impl std::fmt::Debug for Ports {
 /// Sees every persisted transition (for live progress output).
 pub trait Observer: Send + Sync {
     /// Called after a transition is persisted, before its action runs.
-    fn on_transition(&self, state: &Release, events: &[AuditEvent]);
+    fn on_transition(&self, input: &Input, state: &Release, events: &[AuditEvent]);
 }
 
 /// An observer that ignores everything.
@@ -55,7 +56,7 @@ pub trait Observer: Send + Sync {
 pub struct Silent;
 
 impl Observer for Silent {
-    fn on_transition(&self, _: &Release, _: &[AuditEvent]) {}
+    fn on_transition(&self, _: &Input, _: &Release, _: &[AuditEvent]) {}
 }
 
 /// Why a release could not be driven.
@@ -78,7 +79,9 @@ pub struct Controller {
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller").field("service", &self.policy.service).finish()
+        f.debug_struct("Controller")
+            .field("service", &self.policy.service)
+            .finish()
     }
 }
 
@@ -103,7 +106,12 @@ impl Controller {
     }
 
     /// Records a new release (fails if the service has an unfinished one).
-    pub async fn create(&self, id: &str, version: &str, policy_text: &str) -> Result<(), ControllerError> {
+    pub async fn create(
+        &self,
+        id: &str,
+        version: &str,
+        policy_text: &str,
+    ) -> Result<(), ControllerError> {
         let record = ReleaseRecord {
             id: id.to_string(),
             service: self.policy.service.clone(),
@@ -189,12 +197,13 @@ impl Controller {
             events: t.events.clone(),
         };
         self.ports.store.append(&run.id, &entry).await?;
+        let input = entry.input;
         run.seq += 1;
         run.state = t.state;
         for e in &t.events {
             tracing::info!(release = %run.id, kind = %e.kind, weight = %e.weight, "{}", e.message);
         }
-        self.observer.on_transition(&run.state, &t.events);
+        self.observer.on_transition(&input, &run.state, &t.events);
         for effect in &t.effects {
             if let Effect::Notify { page, message } = effect {
                 self.ports.notifier.notify(*page, message).await;
@@ -224,16 +233,28 @@ impl Controller {
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(detail) => Input::Deployed { variant: *variant, ok: true, detail },
-                    Err(e) => Input::Deployed { variant: *variant, ok: false, detail: e.0 },
+                    Ok(detail) => Input::Deployed {
+                        variant: *variant,
+                        ok: true,
+                        detail,
+                    },
+                    Err(e) => Input::Deployed {
+                        variant: *variant,
+                        ok: false,
+                        detail: e.0,
+                    },
                 }
             }
             Action::SetWeight { weight } => {
                 let mut last = String::new();
                 for attempt in 1..=WEIGHT_ATTEMPTS {
                     match p.router.set_weight(*weight).await {
-                        Ok(actual) if actual == *weight => return Input::TrafficSet { weight: actual },
-                        Ok(actual) => last = format!("router reports {actual} after setting {weight}"),
+                        Ok(actual) if actual == *weight => {
+                            return Input::TrafficSet { weight: actual };
+                        }
+                        Ok(actual) => {
+                            last = format!("router reports {actual} after setting {weight}")
+                        }
                         Err(e) => last = e.0,
                     }
                     tracing::warn!(attempt, error = %last, "setting the canary weight failed");
@@ -256,18 +277,36 @@ impl Controller {
                 match stopped {
                     Ok(detail) => {
                         notes.push(detail);
-                        Input::Stopped { variant: *variant, ok: true, detail: notes.join("; ") }
+                        Input::Stopped {
+                            variant: *variant,
+                            ok: true,
+                            detail: notes.join("; "),
+                        }
                     }
                     Err(e) => {
                         notes.push(e.0);
-                        Input::Stopped { variant: *variant, ok: false, detail: notes.join("; ") }
+                        Input::Stopped {
+                            variant: *variant,
+                            ok: false,
+                            detail: notes.join("; "),
+                        }
                     }
                 }
             }
             Action::VerifyStable => {
-                match p.deployer.verify(Variant::Stable, self.policy.rollback.verify_timeout).await {
-                    Ok(detail) => Input::StableVerified { healthy: true, detail },
-                    Err(e) => Input::StableVerified { healthy: false, detail: e.0 },
+                match p
+                    .deployer
+                    .verify(Variant::Stable, self.policy.rollback.verify_timeout)
+                    .await
+                {
+                    Ok(detail) => Input::StableVerified {
+                        healthy: true,
+                        detail,
+                    },
+                    Err(e) => Input::StableVerified {
+                        healthy: false,
+                        detail: e.0,
+                    },
                 }
             }
         }
@@ -287,4 +326,3 @@ async fn recv(commands: &mut Option<mpsc::UnboundedReceiver<Input>>) -> Option<I
         None => std::future::pending().await,
     }
 }
-

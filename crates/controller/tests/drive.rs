@@ -43,10 +43,17 @@ struct FakeWorld {
 struct Fake(Arc<FakeWorld>);
 
 impl Deployer for Fake {
-    fn deploy<'a>(&'a self, _v: Variant, version: &'a str) -> BoxFuture<'a, Result<Deployment, PortError>> {
+    fn deploy<'a>(
+        &'a self,
+        _v: Variant,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
         self.0.deploys.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
-            Ok(Deployment { endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 9))], detail: format!("{version} up") })
+            Ok(Deployment {
+                endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+                detail: format!("{version} up"),
+            })
         })
     }
     fn stop(&self, v: Variant) -> BoxFuture<'_, Result<String, PortError>> {
@@ -59,7 +66,11 @@ impl Deployer for Fake {
 }
 
 impl TrafficRouter for Fake {
-    fn set_backends<'a>(&'a self, _v: Variant, _e: &'a [SocketAddr]) -> BoxFuture<'a, Result<(), PortError>> {
+    fn set_backends<'a>(
+        &'a self,
+        _v: Variant,
+        _e: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async { Ok(()) })
     }
     fn set_weight(&self, w: Weight) -> BoxFuture<'_, Result<Weight, PortError>> {
@@ -79,8 +90,16 @@ impl MetricsSource for Fake {
         let pct = u64::from(self.0.canary_error_rate_pct.load(Ordering::SeqCst));
         Box::pin(async move {
             Ok(IntervalSample {
-                stable: VariantStats { requests: 1000 - canary, errors: 0, latency: Default::default() },
-                canary: VariantStats { requests: canary, errors: canary * pct / 100, latency: Default::default() },
+                stable: VariantStats {
+                    requests: 1000 - canary,
+                    errors: 0,
+                    latency: Default::default(),
+                },
+                canary: VariantStats {
+                    requests: canary,
+                    errors: canary * pct / 100,
+                    latency: Default::default(),
+                },
             })
         })
     }
@@ -88,7 +107,13 @@ impl MetricsSource for Fake {
 
 impl GateRunner for Fake {
     fn run<'a>(&'a self, g: &'a Gate) -> BoxFuture<'a, GateResult> {
-        Box::pin(async move { GateResult { name: g.name.clone(), ok: true, detail: String::new() } })
+        Box::pin(async move {
+            GateResult {
+                name: g.name.clone(),
+                ok: true,
+                detail: String::new(),
+            }
+        })
     }
 }
 
@@ -111,7 +136,11 @@ fn ports(world: &Arc<FakeWorld>, store: Arc<SqliteStore>) -> Ports {
 }
 
 fn controller(world: &Arc<FakeWorld>, store: &Arc<SqliteStore>) -> Controller {
-    Controller::new(Policy::from_yaml(POLICY).unwrap(), ports(world, store.clone()), Arc::new(Silent))
+    Controller::new(
+        Policy::from_yaml(POLICY).unwrap(),
+        ports(world, store.clone()),
+        Arc::new(Silent),
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -124,8 +153,18 @@ async fn ten_minute_canary_promotes_on_virtual_time() {
     assert_eq!(end.phase, Phase::Succeeded);
     let d = end.decision.unwrap();
     assert_eq!((d.at - end.started_at) / 1000, 600);
-    assert_eq!(*world.weight_changes.lock().unwrap(), vec![Weight::from_percent(10).unwrap(), Weight::from_percent(50).unwrap(), Weight::FULL]);
-    assert_eq!(store.serving_version("shop").await.unwrap().as_deref(), Some("v2"));
+    assert_eq!(
+        *world.weight_changes.lock().unwrap(),
+        vec![
+            Weight::from_percent(10).unwrap(),
+            Weight::from_percent(50).unwrap(),
+            Weight::FULL
+        ]
+    );
+    assert_eq!(
+        store.serving_version("shop").await.unwrap().as_deref(),
+        Some("v2")
+    );
     assert!(store.active("shop").await.unwrap().is_none());
 }
 
@@ -136,25 +175,52 @@ async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
     let first = controller(&world, &store);
     first.create("r1", "v2", POLICY).await.unwrap();
     // Run until 7 minutes in (inside the second step's bake), then "crash".
-    let crashed = tokio::time::timeout(Duration::from_secs(7 * 60), first.drive("r1", Some("v1".into()), None)).await;
-    assert!(crashed.is_err(), "release must still be running at the crash");
+    let crashed = tokio::time::timeout(
+        Duration::from_secs(7 * 60),
+        first.drive("r1", Some("v1".into()), None),
+    )
+    .await;
+    assert!(
+        crashed.is_err(),
+        "release must still be running at the crash"
+    );
     drop(first);
     let (_, log_at_crash) = store.load("r1").await.unwrap();
-    let steps_done = log_at_crash.iter().flat_map(|e| &e.events).filter(|e| e.kind == "step_completed").count();
+    let steps_done = log_at_crash
+        .iter()
+        .flat_map(|e| &e.events)
+        .filter(|e| e.kind == "step_completed")
+        .count();
     assert_eq!(steps_done, 1);
 
     let second = controller(&world, &store);
     let end = second.drive("r1", None, None).await.unwrap();
     assert_eq!(end.phase, Phase::Succeeded);
     let (_, log) = store.load("r1").await.unwrap();
-    let count = |kind: &str| log.iter().flat_map(|e| &e.events).filter(|e| e.kind == kind).count();
+    let count = |kind: &str| {
+        log.iter()
+            .flat_map(|e| &e.events)
+            .filter(|e| e.kind == kind)
+            .count()
+    };
     assert_eq!(count("step_completed"), 2, "each step decided once");
     assert_eq!(count("promoting"), 1);
     assert_eq!(count("resumed"), 1);
-    assert_eq!(log.iter().filter(|e| matches!(e.input, Input::Start { .. })).count(), 1);
+    assert_eq!(
+        log.iter()
+            .filter(|e| matches!(e.input, Input::Start { .. }))
+            .count(),
+        1
+    );
     // The resumed controller re-applied the 50 % weight rather than starting over at 10 %.
     let changes = world.weight_changes.lock().unwrap().clone();
-    assert_eq!(changes.iter().filter(|w| **w == Weight::from_percent(10).unwrap()).count(), 1);
+    assert_eq!(
+        changes
+            .iter()
+            .filter(|w| **w == Weight::from_percent(10).unwrap())
+            .count(),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -168,7 +234,10 @@ async fn bad_canary_rolls_back_and_stops_it() {
     assert_eq!(end.phase, Phase::RolledBack);
     assert_eq!(*world.weight.lock().unwrap(), Weight::ZERO);
     assert_eq!(*world.stops.lock().unwrap(), vec![Variant::Canary]);
-    assert_eq!(store.serving_version("shop").await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(
+        store.serving_version("shop").await.unwrap().as_deref(),
+        Some("v1")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -180,7 +249,11 @@ async fn operator_abort_rolls_back() {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let sender = async {
         tokio::time::sleep(Duration::from_secs(90)).await;
-        tx.send(Input::Abort { actor: "alice".into(), reason: "looks off".into() }).unwrap();
+        tx.send(Input::Abort {
+            actor: "alice".into(),
+            reason: "looks off".into(),
+        })
+        .unwrap();
     };
     let (end, ()) = tokio::join!(c.drive("r1", Some("v1".into()), Some(rx)), sender);
     let end = end.unwrap();
@@ -194,9 +267,18 @@ async fn a_second_controller_cannot_append_to_the_same_log() {
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(60), c.drive("r1", Some("v1".into()), None)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.drive("r1", Some("v1".into()), None),
+    )
+    .await;
     let (_, log) = store.load("r1").await.unwrap();
-    let dup = StoredInput { seq: 1, at: 0, input: Input::Tick, events: vec![] };
+    let dup = StoredInput {
+        seq: 1,
+        at: 0,
+        input: Input::Tick,
+        events: vec![],
+    };
     assert!(store.append("r1", &dup).await.is_err());
     assert!(log.len() > 2);
 }

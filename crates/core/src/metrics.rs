@@ -27,11 +27,30 @@ pub fn bucket_upper_ms(i: usize) -> f64 {
     BASE_US * (i as f64 / PER_DOUBLING).exp2() / 1000.0
 }
 
-/// A latency histogram with the fixed layout above, stored sparsely.
+/// A latency histogram with the fixed layout above, stored sparsely. It serializes as
+/// a list of `[bucket, count]` pairs (map keys would turn into strings in JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+#[serde(into = "Vec<(u16, u64)>", from = "Vec<(u16, u64)>")]
 pub struct Histogram {
     counts: BTreeMap<u16, u64>,
+}
+
+impl From<Histogram> for Vec<(u16, u64)> {
+    fn from(h: Histogram) -> Self {
+        h.counts.into_iter().collect()
+    }
+}
+
+impl From<Vec<(u16, u64)>> for Histogram {
+    fn from(pairs: Vec<(u16, u64)>) -> Self {
+        let mut counts = BTreeMap::new();
+        for (i, c) in pairs {
+            if usize::from(i) < BUCKETS && c > 0 {
+                *counts.entry(i).or_default() += c;
+            }
+        }
+        Histogram { counts }
+    }
 }
 
 impl Histogram {

@@ -3,7 +3,9 @@
 
 use proptest::prelude::*;
 use rampart_core::metrics::{IntervalSample, VariantStats};
-use rampart_core::release::{Action, DecisionKind, Effect, GateResult, Input, Phase, Release, Variant, step};
+use rampart_core::release::{
+    Action, DecisionKind, Effect, GateResult, Input, Phase, Release, Variant, step,
+};
 use rampart_core::{Millis, Policy, Weight};
 
 const POLICY: &str = r#"
@@ -36,7 +38,11 @@ fn policy() -> Policy {
 }
 
 fn stats(requests: u64, errors: u64) -> VariantStats {
-    VariantStats { requests, errors, latency: Default::default() }
+    VariantStats {
+        requests,
+        errors,
+        latency: Default::default(),
+    }
 }
 
 /// A simulated world: answers every action, with traffic of the given error rates.
@@ -78,9 +84,26 @@ impl World {
 
     fn answer(&mut self, action: &Action) -> Input {
         match action {
-            Action::RunGates => Input::GatesChecked { results: vec![GateResult { name: "env".into(), ok: true, detail: "set".into() }] },
-            Action::Deploy { variant: Variant::Canary, .. } if !self.canary_ready => Input::Deployed { variant: Variant::Canary, ok: false, detail: "exited with status 1".into() },
-            Action::Deploy { variant, .. } => Input::Deployed { variant: *variant, ok: true, detail: "ready".into() },
+            Action::RunGates => Input::GatesChecked {
+                results: vec![GateResult {
+                    name: "env".into(),
+                    ok: true,
+                    detail: "set".into(),
+                }],
+            },
+            Action::Deploy {
+                variant: Variant::Canary,
+                ..
+            } if !self.canary_ready => Input::Deployed {
+                variant: Variant::Canary,
+                ok: false,
+                detail: "exited with status 1".into(),
+            },
+            Action::Deploy { variant, .. } => Input::Deployed {
+                variant: *variant,
+                ok: true,
+                detail: "ready".into(),
+            },
             Action::SetWeight { weight } => Input::TrafficSet { weight: *weight },
             Action::Measure => {
                 // 1000 requests per interval in total, split by weight.
@@ -94,14 +117,25 @@ impl World {
                     },
                 }
             }
-            Action::Stop { variant } => Input::Stopped { variant: *variant, ok: true, detail: "exited".into() },
-            Action::VerifyStable => Input::StableVerified { healthy: self.stable_errors_per_1000 < 20, detail: "readiness ok".into() },
+            Action::Stop { variant } => Input::Stopped {
+                variant: *variant,
+                ok: true,
+                detail: "exited".into(),
+            },
+            Action::VerifyStable => Input::StableVerified {
+                healthy: self.stable_errors_per_1000 < 20,
+                detail: "readiness ok".into(),
+            },
         }
     }
 
     /// Runs until the release is over or `limit` inputs were fed.
     fn run(&mut self, limit: usize) {
-        self.feed(Input::Start { release_id: "r1".into(), version: "v2".into(), stable: Some("v1".into()) });
+        self.feed(Input::Start {
+            release_id: "r1".into(),
+            version: "v2".into(),
+            stable: Some("v1".into()),
+        });
         for _ in 0..limit {
             if self.state.phase.is_terminal() {
                 return;
@@ -132,8 +166,17 @@ fn healthy_ten_minute_canary_is_promoted_on_virtual_time() {
     assert_eq!(w.state.weight, Weight::FULL);
     // 2m + 3m + 5m of bake, on 30s intervals.
     assert_eq!(w.decided_after_s(), 600.0);
-    let stops: Vec<_> = w.effects.iter().filter(|e| matches!(e, Effect::Do(Action::Stop { .. }))).collect();
-    assert_eq!(stops, vec![&Effect::Do(Action::Stop { variant: Variant::Stable })]);
+    let stops: Vec<_> = w
+        .effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Do(Action::Stop { .. })))
+        .collect();
+    assert_eq!(
+        stops,
+        vec![&Effect::Do(Action::Stop {
+            variant: Variant::Stable
+        })]
+    );
 }
 
 #[test]
@@ -144,19 +187,32 @@ fn bad_canary_rolls_back_after_failure_limit_and_verifies_stable() {
     assert_eq!(w.state.weight, Weight::ZERO);
     assert_eq!(w.decided_after_s(), 60.0, "two failing 30s intervals");
     let reason = &w.state.decision.as_ref().unwrap().reason;
-    assert!(reason.contains("error_rate") && reason.contains("2 consecutive"), "{reason}");
+    assert!(
+        reason.contains("error_rate") && reason.contains("2 consecutive"),
+        "{reason}"
+    );
     assert!(w.effects.contains(&Effect::Do(Action::VerifyStable)));
 }
 
 #[test]
 fn one_bad_interval_is_not_enough_to_roll_back() {
     let mut w = World::new(5, 100);
-    w.feed(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) });
+    w.feed(Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+    });
     // Drive to the first measurement with a bad canary, then turn it healthy.
     while w.state.intervals < 1 {
         match w.state.pending.clone() {
-            Some(a) => { let i = w.answer(&a); w.feed(i) }
-            None => { w.now = w.state.wake_at().unwrap(); w.feed(Input::Tick) }
+            Some(a) => {
+                let i = w.answer(&a);
+                w.feed(i)
+            }
+            None => {
+                w.now = w.state.wake_at().unwrap();
+                w.feed(Input::Tick)
+            }
         }
     }
     assert_eq!(w.state.failure_streaks, vec![1]);
@@ -171,9 +227,24 @@ fn both_versions_unhealthy_halts_without_moving_traffic() {
     w.run(1000);
     assert_eq!(w.state.phase, Phase::Halted);
     assert_eq!(w.state.weight, Weight::from_percent(5).unwrap());
-    assert!(w.effects.iter().any(|e| matches!(e, Effect::Notify { page: true, .. })));
-    let weights: Vec<_> = w.effects.iter().filter_map(|e| match e { Effect::Do(Action::SetWeight { weight }) => Some(*weight), _ => None }).collect();
-    assert_eq!(weights, vec![Weight::from_percent(5).unwrap()], "halt set no weight");
+    assert!(
+        w.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Notify { page: true, .. }))
+    );
+    let weights: Vec<_> = w
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Do(Action::SetWeight { weight }) => Some(*weight),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        weights,
+        vec![Weight::from_percent(5).unwrap()],
+        "halt set no weight"
+    );
 }
 
 #[test]
@@ -183,47 +254,116 @@ fn canary_that_never_becomes_ready_gets_no_traffic() {
     w.run(1000);
     assert_eq!(w.state.phase, Phase::RolledBack);
     assert_eq!(w.canary_requests_total, 0);
-    let raised = w.effects.iter().any(|e| matches!(e, Effect::Do(Action::SetWeight { weight }) if *weight > Weight::ZERO));
+    let raised = w
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Do(Action::SetWeight { weight }) if *weight > Weight::ZERO));
     assert!(!raised, "no weight above 0 was ever requested");
 }
 
 #[test]
 fn no_canary_traffic_is_never_a_pass() {
     let mut w = World::new(5, 5);
-    w.feed(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) });
+    w.feed(Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+    });
     for _ in 0..200 {
-        if w.state.phase.is_terminal() { break; }
+        if w.state.phase.is_terminal() {
+            break;
+        }
         match w.state.pending.clone() {
-            Some(Action::Measure) => w.feed(Input::Measured { sample: IntervalSample { stable: stats(1000, 0), canary: stats(0, 0) } }),
-            Some(a) => { let i = w.answer(&a); w.feed(i) }
-            None => { w.now = w.state.wake_at().unwrap(); w.feed(Input::Tick) }
+            Some(Action::Measure) => w.feed(Input::Measured {
+                sample: IntervalSample {
+                    stable: stats(1000, 0),
+                    canary: stats(0, 0),
+                },
+            }),
+            Some(a) => {
+                let i = w.answer(&a);
+                w.feed(i)
+            }
+            None => {
+                w.now = w.state.wake_at().unwrap();
+                w.feed(Input::Tick)
+            }
         }
     }
-    assert_eq!(w.state.phase, Phase::RolledBack, "no_data action is rollback in this policy");
-    assert!(w.state.decision.unwrap().reason.contains("without canary traffic"));
+    assert_eq!(
+        w.state.phase,
+        Phase::RolledBack,
+        "no_data action is rollback in this policy"
+    );
+    assert!(
+        w.state
+            .decision
+            .unwrap()
+            .reason
+            .contains("without canary traffic")
+    );
 }
 
 #[test]
 fn failing_metrics_source_holds_then_halts() {
     let mut w = World::new(5, 5);
-    w.feed(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) });
+    w.feed(Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+    });
     for _ in 0..200 {
-        if w.state.phase.is_terminal() { break; }
+        if w.state.phase.is_terminal() {
+            break;
+        }
         match w.state.pending.clone() {
-            Some(Action::Measure) => w.feed(Input::MeasureFailed { detail: "connection refused".into() }),
-            Some(a) => { let i = w.answer(&a); w.feed(i) }
-            None => { w.now = w.state.wake_at().unwrap(); w.feed(Input::Tick) }
+            Some(Action::Measure) => w.feed(Input::MeasureFailed {
+                detail: "connection refused".into(),
+            }),
+            Some(a) => {
+                let i = w.answer(&a);
+                w.feed(i)
+            }
+            None => {
+                w.now = w.state.wake_at().unwrap();
+                w.feed(Input::Tick)
+            }
         }
     }
     assert_eq!(w.state.phase, Phase::Halted);
-    assert_eq!(w.state.weight, Weight::from_percent(5).unwrap(), "held its weight");
+    assert_eq!(
+        w.state.weight,
+        Weight::from_percent(5).unwrap(),
+        "held its weight"
+    );
 }
 
 #[test]
 fn failed_gate_blocks_before_anything_is_deployed() {
     let p = policy();
-    let s = step(&p, &Release::default(), &Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) }, 0).state;
-    let t = step(&p, &s, &Input::GatesChecked { results: vec![GateResult { name: "db".into(), ok: false, detail: "DATABASE_URL is not set".into() }] }, 5);
+    let s = step(
+        &p,
+        &Release::default(),
+        &Input::Start {
+            release_id: "r".into(),
+            version: "v2".into(),
+            stable: Some("v1".into()),
+        },
+        0,
+    )
+    .state;
+    let t = step(
+        &p,
+        &s,
+        &Input::GatesChecked {
+            results: vec![GateResult {
+                name: "db".into(),
+                ok: false,
+                detail: "DATABASE_URL is not set".into(),
+            }],
+        },
+        5,
+    );
     assert_eq!(t.state.phase, Phase::Blocked);
     assert!(!t.effects.iter().any(|e| matches!(e, Effect::Do(_))));
     assert_eq!(t.state.outcome().unwrap().exit_code(), 5);
@@ -232,11 +372,21 @@ fn failed_gate_blocks_before_anything_is_deployed() {
 #[test]
 fn resume_mid_bake_re_establishes_the_world_without_new_decisions() {
     let mut w = World::new(5, 5);
-    w.feed(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) });
+    w.feed(Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+    });
     while w.state.step < 1 || w.state.step_started_at.is_none() {
         match w.state.pending.clone() {
-            Some(a) => { let i = w.answer(&a); w.feed(i) }
-            None => { w.now = w.state.wake_at().unwrap(); w.feed(Input::Tick) }
+            Some(a) => {
+                let i = w.answer(&a);
+                w.feed(i)
+            }
+            None => {
+                w.now = w.state.wake_at().unwrap();
+                w.feed(Input::Tick)
+            }
         }
     }
     let decisions_before = w.state.decision.clone();
@@ -247,24 +397,73 @@ fn resume_mid_bake_re_establishes_the_world_without_new_decisions() {
     w.state = rebuilt;
     w.now += 7_000;
     w.feed(Input::Resumed);
-    assert_eq!(w.state.pending, Some(Action::Deploy { variant: Variant::Stable, version: "v1".into() }));
+    assert_eq!(
+        w.state.pending,
+        Some(Action::Deploy {
+            variant: Variant::Stable,
+            version: "v1".into()
+        })
+    );
     assert_eq!(w.state.step, step_before);
     assert_eq!(w.state.decision, decisions_before);
     w.run(1000);
     assert_eq!(w.state.phase, Phase::Succeeded);
-    let completed = w.log.iter().filter(|(i, _)| matches!(i, Input::Start { .. })).count();
+    let completed = w
+        .log
+        .iter()
+        .filter(|(i, _)| matches!(i, Input::Start { .. }))
+        .count();
     assert_eq!(completed, 1);
 }
 
 #[test]
 fn initial_release_without_stable_goes_straight_to_full() {
     let p = policy();
-    let mut s = step(&p, &Release::default(), &Input::Start { release_id: "r".into(), version: "v1".into(), stable: None }, 0).state;
+    let mut s = step(
+        &p,
+        &Release::default(),
+        &Input::Start {
+            release_id: "r".into(),
+            version: "v1".into(),
+            stable: None,
+        },
+        0,
+    )
+    .state;
     s = step(&p, &s, &Input::GatesChecked { results: vec![] }, 1).state;
-    assert_eq!(s.pending, Some(Action::Deploy { variant: Variant::Canary, version: "v1".into() }));
-    s = step(&p, &s, &Input::Deployed { variant: Variant::Canary, ok: true, detail: String::new() }, 2).state;
-    assert_eq!(s.pending, Some(Action::SetWeight { weight: Weight::FULL }));
-    s = step(&p, &s, &Input::TrafficSet { weight: Weight::FULL }, 3).state;
+    assert_eq!(
+        s.pending,
+        Some(Action::Deploy {
+            variant: Variant::Canary,
+            version: "v1".into()
+        })
+    );
+    s = step(
+        &p,
+        &s,
+        &Input::Deployed {
+            variant: Variant::Canary,
+            ok: true,
+            detail: String::new(),
+        },
+        2,
+    )
+    .state;
+    assert_eq!(
+        s.pending,
+        Some(Action::SetWeight {
+            weight: Weight::FULL
+        })
+    );
+    s = step(
+        &p,
+        &s,
+        &Input::TrafficSet {
+            weight: Weight::FULL,
+        },
+        3,
+    )
+    .state;
     assert_eq!(s.phase, Phase::Succeeded);
 }
 
@@ -302,27 +501,79 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
     let pending = state.pending.as_ref();
     Some(match (c, pending) {
         (Choice::Wait(_), _) => Input::Tick,
-        (Choice::Abort, _) => Input::Abort { actor: "alice".into(), reason: "manual".into() },
+        (Choice::Abort, _) => Input::Abort {
+            actor: "alice".into(),
+            reason: "manual".into(),
+        },
         (Choice::Resume, _) => Input::Resumed,
-        (Choice::Stale, _) => Input::Stopped { variant: Variant::Canary, ok: true, detail: "late".into() },
+        (Choice::Stale, _) => Input::Stopped {
+            variant: Variant::Canary,
+            ok: true,
+            detail: "late".into(),
+        },
         (_, None) => return None,
         (Choice::Ok(..), Some(Action::RunGates)) => Input::GatesChecked { results: vec![] },
-        (Choice::Fail, Some(Action::RunGates)) => Input::GatesChecked { results: vec![GateResult { name: "g".into(), ok: false, detail: "no".into() }] },
-        (Choice::Ok(..), Some(Action::Deploy { variant, .. })) => Input::Deployed { variant: *variant, ok: true, detail: String::new() },
-        (Choice::Fail, Some(Action::Deploy { variant, .. })) => Input::Deployed { variant: *variant, ok: false, detail: String::new() },
-        (Choice::Ok(..), Some(Action::SetWeight { weight })) => Input::TrafficSet { weight: *weight },
-        (Choice::Fail, Some(Action::SetWeight { .. })) => Input::TrafficFailed { detail: "refused".into() },
-        (Choice::Ok(s, c), Some(Action::Measure)) => Input::Measured { sample: IntervalSample { stable: stats(900, s * 900 / 1000), canary: stats(100, c * 100 / 1000) } },
-        (Choice::Fail, Some(Action::Measure)) => Input::MeasureFailed { detail: "down".into() },
-        (Choice::Ok(..), Some(Action::Stop { variant })) => Input::Stopped { variant: *variant, ok: true, detail: String::new() },
-        (Choice::Fail, Some(Action::Stop { variant })) => Input::Stopped { variant: *variant, ok: false, detail: String::new() },
-        (Choice::Ok(..), Some(Action::VerifyStable)) => Input::StableVerified { healthy: true, detail: String::new() },
-        (Choice::Fail, Some(Action::VerifyStable)) => Input::StableVerified { healthy: false, detail: String::new() },
+        (Choice::Fail, Some(Action::RunGates)) => Input::GatesChecked {
+            results: vec![GateResult {
+                name: "g".into(),
+                ok: false,
+                detail: "no".into(),
+            }],
+        },
+        (Choice::Ok(..), Some(Action::Deploy { variant, .. })) => Input::Deployed {
+            variant: *variant,
+            ok: true,
+            detail: String::new(),
+        },
+        (Choice::Fail, Some(Action::Deploy { variant, .. })) => Input::Deployed {
+            variant: *variant,
+            ok: false,
+            detail: String::new(),
+        },
+        (Choice::Ok(..), Some(Action::SetWeight { weight })) => {
+            Input::TrafficSet { weight: *weight }
+        }
+        (Choice::Fail, Some(Action::SetWeight { .. })) => Input::TrafficFailed {
+            detail: "refused".into(),
+        },
+        (Choice::Ok(s, c), Some(Action::Measure)) => Input::Measured {
+            sample: IntervalSample {
+                stable: stats(900, s * 900 / 1000),
+                canary: stats(100, c * 100 / 1000),
+            },
+        },
+        (Choice::Fail, Some(Action::Measure)) => Input::MeasureFailed {
+            detail: "down".into(),
+        },
+        (Choice::Ok(..), Some(Action::Stop { variant })) => Input::Stopped {
+            variant: *variant,
+            ok: true,
+            detail: String::new(),
+        },
+        (Choice::Fail, Some(Action::Stop { variant })) => Input::Stopped {
+            variant: *variant,
+            ok: false,
+            detail: String::new(),
+        },
+        (Choice::Ok(..), Some(Action::VerifyStable)) => Input::StableVerified {
+            healthy: true,
+            detail: String::new(),
+        },
+        (Choice::Fail, Some(Action::VerifyStable)) => Input::StableVerified {
+            healthy: false,
+            detail: String::new(),
+        },
     })
 }
 
 fn weights_in(effects: &[Effect]) -> Vec<Weight> {
-    effects.iter().filter_map(|e| match e { Effect::Do(Action::SetWeight { weight }) => Some(*weight), _ => None }).collect()
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Do(Action::SetWeight { weight }) => Some(*weight),
+            _ => None,
+        })
+        .collect()
 }
 
 proptest! {
@@ -393,6 +644,21 @@ proptest! {
             prop_assert_eq!(state.phase == Phase::Halted, fail_verify);
         }
     }
+}
+
+#[test]
+fn samples_with_latency_round_trip_inside_tagged_inputs() {
+    let mut canary = stats(10, 1);
+    canary.latency.record_micros(12_345);
+    canary.latency.record_micros(900_000);
+    let input = Input::Measured {
+        sample: IntervalSample {
+            stable: stats(5, 0),
+            canary,
+        },
+    };
+    let text = serde_json::to_string(&input).unwrap();
+    assert_eq!(serde_json::from_str::<Input>(&text).unwrap(), input);
 }
 
 #[test]

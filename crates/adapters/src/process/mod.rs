@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use rampart_core::Variant;
 use rampart_core::policy::ProcessSpec;
 use rampart_core::ports::{BoxFuture, Deployer, Deployment, PortError};
-use rampart_core::Variant;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
@@ -78,7 +78,10 @@ impl ProcessDeployer {
     pub fn log_paths(&self, variant: Variant, version: &str) -> (PathBuf, PathBuf) {
         let dir = self.state_dir.join("logs").join(&self.service);
         let stem = format!("{}-{}", sanitize(version), variant.as_str());
-        (dir.join(format!("{stem}.stdout.log")), dir.join(format!("{stem}.stderr.log")))
+        (
+            dir.join(format!("{stem}.stdout.log")),
+            dir.join(format!("{stem}.stderr.log")),
+        )
     }
 
     fn record_path(&self, variant: Variant) -> PathBuf {
@@ -114,7 +117,8 @@ impl ProcessDeployer {
             return false;
         };
         let has = |kv: String| environ.split(|b| *b == 0).any(|e| e == kv.as_bytes());
-        has(format!("RAMPART_SERVICE={}", self.service)) && has(format!("RAMPART_VARIANT={}", variant.as_str()))
+        has(format!("RAMPART_SERVICE={}", self.service))
+            && has(format!("RAMPART_VARIANT={}", variant.as_str()))
     }
 
     async fn probe(&self, port: u16) -> Result<(), String> {
@@ -136,11 +140,15 @@ impl ProcessDeployer {
 
     async fn start(&self, variant: Variant, version: &str) -> Result<Running, PortError> {
         let port = free_port().map_err(|e| PortError(format!("no free port: {e}")))?;
-        let fill = |s: &str| s.replace("{port}", &port.to_string()).replace("{version}", version);
+        let fill = |s: &str| {
+            s.replace("{port}", &port.to_string())
+                .replace("{version}", version)
+        };
         let argv: Vec<String> = self.spec.command.iter().map(|a| fill(a)).collect();
         let (out_path, err_path) = self.log_paths(variant, version);
         if let Some(dir) = out_path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| PortError(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PortError(format!("creating {}: {e}", dir.display())))?;
         }
         let open = |p: &Path| {
             std::fs::OpenOptions::new()
@@ -165,9 +173,15 @@ impl ProcessDeployer {
             cmd.env(k, fill(v));
         }
         let child = cmd.spawn().map_err(|e| {
-            PortError(format!("could not start `{}` in {}: {e}", argv[0], self.workdir.display()))
+            PortError(format!(
+                "could not start `{}` in {}: {e}",
+                argv[0],
+                self.workdir.display()
+            ))
         })?;
-        let pid = child.id().ok_or_else(|| PortError::new("process exited at once"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| PortError::new("process exited at once"))?;
         let record = ProcessRecord {
             version: version.to_string(),
             pid,
@@ -189,7 +203,10 @@ impl ProcessDeployer {
             {
                 let (_, err_path) = self.log_paths(variant, &run.record.version);
                 let stderr = std::fs::read(&err_path).unwrap_or_default();
-                return Err(format!("exited ({status}) before becoming ready; stderr: {}", tail(&stderr)));
+                return Err(format!(
+                    "exited ({status}) before becoming ready; stderr: {}",
+                    tail(&stderr)
+                ));
             }
             let last = match self.probe(run.record.port).await {
                 Ok(()) => return Ok(()),
@@ -220,13 +237,18 @@ impl ProcessDeployer {
                     let _ = child.wait().await;
                 }
                 None => {
-                    while killpg(group, None).is_ok() && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    while killpg(group, None).is_ok()
+                        && std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
         };
-        if tokio::time::timeout(self.spec.stop_timeout, exited).await.is_ok() {
+        if tokio::time::timeout(self.spec.stop_timeout, exited)
+            .await
+            .is_ok()
+        {
             return format!("pid {pid} stopped");
         }
         let _ = killpg(group, Signal::SIGKILL);
@@ -242,7 +264,10 @@ impl ProcessDeployer {
     async fn deploy_inner(&self, variant: Variant, version: &str) -> Result<Deployment, PortError> {
         let mut running = self.running.lock().await;
         if let Some(run) = running.get_mut(&variant) {
-            let alive = run.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(None)));
+            let alive = run
+                .child
+                .as_mut()
+                .is_none_or(|c| matches!(c.try_wait(), Ok(None)));
             if run.record.version == version && alive && self.probe(run.record.port).await.is_ok() {
                 return Ok(deployment(&run.record, "already running"));
             }
@@ -256,11 +281,17 @@ impl ProcessDeployer {
             && self.owns(rec.pid, variant)
         {
             if rec.version == version && self.probe(rec.port).await.is_ok() {
-                let run = Running { record: rec.clone(), child: None };
+                let run = Running {
+                    record: rec.clone(),
+                    child: None,
+                };
                 running.insert(variant, run);
                 return Ok(deployment(&rec, "adopted from an earlier run"));
             }
-            let mut stale = Running { record: rec, child: None };
+            let mut stale = Running {
+                record: rec,
+                child: None,
+            };
             self.terminate(&mut stale).await;
         }
         self.clear_record(variant);
@@ -279,22 +310,37 @@ impl ProcessDeployer {
 fn deployment(rec: &ProcessRecord, how: &str) -> Deployment {
     Deployment {
         endpoints: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, rec.port))],
-        detail: format!("{} pid {} on port {} ({how})", rec.version, rec.pid, rec.port),
+        detail: format!(
+            "{} pid {} on port {} ({how})",
+            rec.version, rec.pid, rec.port
+        ),
     }
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 impl Deployer for ProcessDeployer {
-    fn deploy<'a>(&'a self, variant: Variant, version: &'a str) -> BoxFuture<'a, Result<Deployment, PortError>> {
+    fn deploy<'a>(
+        &'a self,
+        variant: Variant,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
         Box::pin(self.deploy_inner(variant, version))
     }
 
@@ -305,7 +351,11 @@ impl Deployer for ProcessDeployer {
                 Some(mut run) => self.terminate(&mut run).await,
                 None => match self.read_record(variant) {
                     Some(rec) if self.owns(rec.pid, variant) => {
-                        self.terminate(&mut Running { record: rec, child: None }).await
+                        self.terminate(&mut Running {
+                            record: rec,
+                            child: None,
+                        })
+                        .await
                     }
                     _ => "not running".to_string(),
                 },
@@ -315,7 +365,11 @@ impl Deployer for ProcessDeployer {
         })
     }
 
-    fn verify(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<String, PortError>> {
+    fn verify(
+        &self,
+        variant: Variant,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<String, PortError>> {
         Box::pin(async move {
             let port = {
                 let mut running = self.running.lock().await;

@@ -198,6 +198,11 @@ impl Proxy {
         }
     }
 
+    /// Requests routed to `variant` since the proxy started.
+    pub fn routed(&self, variant: Variant) -> u64 {
+        self.inner.counters(variant).routed()
+    }
+
     /// Requests in flight to `variant`.
     pub fn in_flight(&self, variant: Variant) -> u64 {
         self.inner.counters(variant).in_flight()
@@ -246,7 +251,10 @@ impl Proxy {
             Variant::Canary => &routes.canary,
         };
         if backends.is_empty() {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "rampart: no backend is ready\n");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rampart: no backend is ready\n",
+            );
         }
         let n = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         let backend = backends[usize::try_from(n).unwrap_or(0) % backends.len()];
@@ -256,12 +264,17 @@ impl Proxy {
             Err(_) => return plain(StatusCode::BAD_REQUEST, "rampart: bad request target\n"),
         };
         *req.uri_mut() = uri;
-        let forwarded = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded = match req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) => format!("{prev}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            req.headers_mut().insert(HeaderName::from_static("x-forwarded-for"), v);
+            req.headers_mut()
+                .insert(HeaderName::from_static("x-forwarded-for"), v);
         }
 
         let counters = self.inner.counters(variant);
@@ -289,7 +302,11 @@ impl Proxy {
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
     resp
 }
@@ -298,7 +315,10 @@ fn sticky_key(sticky: &Sticky, peer: SocketAddr, req: &Request<Incoming>) -> Opt
     match sticky {
         Sticky::None => None,
         Sticky::ClientIp => Some(peer.ip().to_string().into_bytes()),
-        Sticky::Header(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        Sticky::Header(name) => req
+            .headers()
+            .get(name.as_str())
+            .map(|v| v.as_bytes().to_vec()),
         Sticky::Cookie(name) => req
             .headers()
             .get_all(hyper::header::COOKIE)
@@ -329,7 +349,11 @@ fn mix(mut z: u64) -> u64 {
 
 /// The proxy as the controller's traffic router.
 impl TrafficRouter for Proxy {
-    fn set_backends<'a>(&'a self, variant: Variant, endpoints: &'a [SocketAddr]) -> BoxFuture<'a, Result<(), PortError>> {
+    fn set_backends<'a>(
+        &'a self,
+        variant: Variant,
+        endpoints: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
             Proxy::set_backends(self, variant, endpoints);
             Ok(())

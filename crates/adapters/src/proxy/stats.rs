@@ -12,6 +12,7 @@ pub struct VariantCounters {
     requests: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicU64,
+    routed: AtomicU64,
     latency: Box<[AtomicU64]>,
 }
 
@@ -28,6 +29,7 @@ impl VariantCounters {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            routed: AtomicU64::new(0),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -45,8 +47,17 @@ impl VariantCounters {
 
     /// Marks a request in flight until the guard drops.
     pub fn enter<'a>(&'a self, idle: &'a Notify) -> InFlight<'a> {
+        self.routed.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight { counters: self, idle }
+        InFlight {
+            counters: self,
+            idle,
+        }
+    }
+
+    /// Requests routed to this variant so far (counted when routed, not when answered).
+    pub fn routed(&self) -> u64 {
+        self.routed.load(Ordering::Relaxed)
     }
 
     /// Requests in flight now.
@@ -58,7 +69,11 @@ impl VariantCounters {
     pub fn snapshot(&self) -> VariantStats {
         let requests = self.requests.load(Ordering::Acquire);
         let errors = self.errors.load(Ordering::Relaxed).min(requests);
-        let dense: Vec<u64> = self.latency.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let dense: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
         VariantStats {
             requests,
             errors,

@@ -52,7 +52,8 @@ impl SqliteStore {
     /// Opens (creating if needed) the store at `path` and migrates it.
     pub fn open(path: &Path) -> Result<SqliteStore, PortError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| db_err(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| db_err(format!("creating {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path).map_err(db_err)?;
         Self::init(conn)
@@ -64,10 +65,14 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection) -> Result<SqliteStore, PortError> {
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err)?;
         let applied: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db_err)?;
@@ -79,16 +84,25 @@ impl SqliteStore {
             )));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-            conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
-                .map_err(db_err)?;
+            conn.execute_batch(&format!(
+                "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+                i + 1
+            ))
+            .map_err(db_err)?;
         }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, PortError>) -> Result<T, PortError> {
-        let mut conn = self.conn.lock().map_err(|_| db_err("connection poisoned"))?;
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, PortError>,
+    ) -> Result<T, PortError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| db_err("connection poisoned"))?;
         f(&mut conn)
     }
 
@@ -142,7 +156,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn append<'a>(&'a self, release_id: &'a str, entry: &'a StoredInput) -> BoxFuture<'a, Result<(), PortError>> {
+    fn append<'a>(
+        &'a self,
+        release_id: &'a str,
+        entry: &'a StoredInput,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
             let input = serde_json::to_string(&entry.input).map_err(db_err)?;
             let audit = serde_json::to_string(&entry.events).map_err(db_err)?;
@@ -167,7 +185,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn load<'a>(&'a self, release_id: &'a str) -> BoxFuture<'a, Result<(ReleaseRecord, Vec<StoredInput>), PortError>> {
+    fn load<'a>(
+        &'a self,
+        release_id: &'a str,
+    ) -> BoxFuture<'a, Result<(ReleaseRecord, Vec<StoredInput>), PortError>> {
         Box::pin(async move {
             self.with(|c| {
                 let rel = c
@@ -204,7 +225,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn active<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<ReleaseRecord>, PortError>> {
+    fn active<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ReleaseRecord>, PortError>> {
         Box::pin(async move {
             self.with(|c| {
                 c.query_row(
@@ -247,13 +271,20 @@ impl Store for SqliteStore {
         })
     }
 
-    fn serving_version<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<String>, PortError>> {
+    fn serving_version<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, PortError>> {
         Box::pin(async move {
             self.with(|c| {
-                c.query_row("SELECT serving_version FROM services WHERE service = ?1", [service], |r| r.get(0))
-                    .optional()
-                    .map(Option::flatten)
-                    .map_err(db_err)
+                c.query_row(
+                    "SELECT serving_version FROM services WHERE service = ?1",
+                    [service],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map(Option::flatten)
+                .map_err(db_err)
             })
         })
     }
@@ -276,7 +307,12 @@ mod tests {
     }
 
     fn entry(seq: u64) -> StoredInput {
-        StoredInput { seq, at: 10 + seq, input: Input::Tick, events: vec![] }
+        StoredInput {
+            seq,
+            at: 10 + seq,
+            input: Input::Tick,
+            events: vec![],
+        }
     }
 
     #[tokio::test]
@@ -298,9 +334,14 @@ mod tests {
         let err = s.create(&rel("r2")).await.unwrap_err();
         assert!(err.0.contains("unfinished"), "{err}");
         assert_eq!(s.active("shop").await.unwrap().unwrap().id, "r1");
-        s.finish("r1", OutcomeKind::Promoted, Some("v2")).await.unwrap();
+        s.finish("r1", OutcomeKind::Promoted, Some("v2"))
+            .await
+            .unwrap();
         assert!(s.active("shop").await.unwrap().is_none());
-        assert_eq!(s.serving_version("shop").await.unwrap().as_deref(), Some("v2"));
+        assert_eq!(
+            s.serving_version("shop").await.unwrap().as_deref(),
+            Some("v2")
+        );
         s.create(&rel("r2")).await.unwrap();
     }
 

@@ -1,0 +1,270 @@
+//! The command line: parsing, dispatch and exit codes.
+//!
+//! Exit codes (a contract): 0 promoted; 3 rolled back; 4 halted or escalated; 5 blocked
+//! before start; 2 bad usage or invalid policy; 1 internal error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rampart_core::units::parse_duration;
+
+use crate::demo::Scenario;
+use crate::run::{Output, Report, RunError, RunOptions, print_summary, run_release};
+
+/// rampart: progressive delivery with ordered, automatic, safe rollback.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Release a version: gates, canary steps with analysis, then promotion or rollback.
+    Run {
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// The version to release (substituted for {version} in the policy).
+        #[arg(long)]
+        version: String,
+        /// The version serving now. Defaults to the last version rampart left serving;
+        /// without either, the release is an initial deployment.
+        #[arg(long)]
+        stable: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        /// Where state and logs are kept.
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
+        /// After the release ends, keep serving through the proxy until interrupted.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Check a policy file and report every problem with its line and field.
+    Validate {
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Watch a real canary release on this machine, with nothing to install.
+    Demo {
+        /// What the new version does.
+        #[arg(long, value_enum, default_value = "healthy")]
+        scenario: Scenario,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// The bundled sample HTTP service (used by the demo; handy for trying policies).
+    SampleService {
+        /// Port to listen on (127.0.0.1).
+        #[arg(long)]
+        port: u16,
+        /// Version to report; defaults to $RAMPART_VERSION.
+        #[arg(long, env = "RAMPART_VERSION", default_value = "dev")]
+        version: String,
+    },
+    /// Send steady HTTP load to a URL (to try a release on one's own service).
+    Load {
+        /// Target, such as http://127.0.0.1:8080/.
+        #[arg(long)]
+        url: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 100)]
+        rps: u32,
+        /// Stop after this long (such as 60s); runs until interrupted if absent.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Send a user id in this header, for sticky routing.
+        #[arg(long)]
+        user_header: Option<String>,
+        /// Distinct users to simulate.
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+    },
+}
+
+/// Runs the CLI and returns the process exit code.
+pub async fn main(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run {
+            file,
+            version,
+            stable,
+            output,
+            state_dir,
+            keep_running,
+        } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    return fail(
+                        output,
+                        &RunError::Invalid(format!("{}: {e}", file.display())),
+                    );
+                }
+            };
+            let opts = RunOptions {
+                policy_path: file,
+                policy_text: text,
+                version,
+                stable,
+                state_dir,
+                output,
+                keep_running,
+            };
+            finish(output, run_release(opts, None).await)
+        }
+        Command::Validate { file, output } => validate(&file, output),
+        Command::Demo { scenario, output } => {
+            let result = crate::demo::run(scenario, output).await;
+            if let (Ok(r), Output::Json) = (&result, output) {
+                let mut value = serde_json::to_value(r).unwrap_or_default();
+                if let Some(obj) = value.as_object_mut() {
+                    obj.insert("scenario".into(), scenario.name().into());
+                }
+                println!("{value}");
+                return r.exit_code();
+            }
+            finish(output, result)
+        }
+        Command::SampleService { port, version } => {
+            let behaviour = match crate::sample::Behaviour::from_env(&version) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("sample-service: {e:#}");
+                    return 2;
+                }
+            };
+            match crate::sample::serve(port, behaviour).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    1
+                }
+            }
+        }
+        Command::Load {
+            url,
+            rps,
+            duration,
+            user_header,
+            users,
+        } => {
+            let stats = std::sync::Arc::new(crate::load::LoadStats::default());
+            let spec = crate::load::LoadSpec {
+                url,
+                rps,
+                user_header,
+                users,
+                duration,
+            };
+            tokio::select! {
+                () = crate::load::generate(spec, stats.clone()) => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            use std::sync::atomic::Ordering::Relaxed;
+            println!(
+                "sent {} ok {} failed {} canary {}",
+                stats.sent.load(Relaxed),
+                stats.ok.load(Relaxed),
+                stats.failed.load(Relaxed),
+                stats.canary.load(Relaxed)
+            );
+            0
+        }
+    }
+}
+
+fn finish(output: Output, result: Result<Report, RunError>) -> i32 {
+    match result {
+        Ok(report) => {
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+                Output::Text => print_summary(&report),
+            }
+            report.exit_code()
+        }
+        Err(e) => fail(output, &e),
+    }
+}
+
+fn fail(output: Output, e: &RunError) -> i32 {
+    let code = e.exit_code();
+    match (output, e) {
+        (Output::Json, RunError::Blocked(reason)) => {
+            let v = serde_json::json!({"outcome": "blocked", "reason": reason, "decided_at_s": 0.0, "timeline": []});
+            println!("{v}");
+        }
+        (Output::Json, e) => {
+            let kind = if code == 2 { "invalid" } else { "internal" };
+            println!(
+                "{}",
+                serde_json::json!({"error": kind, "message": format!("{e:#}")})
+            );
+            eprintln!("error: {e:#}");
+        }
+        (Output::Text, e) => eprintln!("error: {e:#}"),
+    }
+    code
+}
+
+fn validate(file: &PathBuf, output: Output) -> i32 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            return fail(
+                output,
+                &RunError::Invalid(format!("{}: {e}", file.display())),
+            );
+        }
+    };
+    match rampart_core::Policy::from_yaml(&text) {
+        Ok(p) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "file": file, "service": p.service, "diagnostics": []})
+                ),
+                Output::Text => println!(
+                    "{}: valid (service {}, {} canary step(s), {} metric(s), {} gate(s))",
+                    file.display(),
+                    p.service,
+                    p.strategy.steps().len(),
+                    p.analysis.metrics.len(),
+                    p.gates.pre.len()
+                ),
+            }
+            0
+        }
+        Err(e) => {
+            match output {
+                Output::Json => {
+                    let diags: Vec<_> = e
+                        .diagnostics
+                        .iter()
+                        .map(|d| serde_json::json!({"file": file, "line": d.line, "col": d.col, "path": d.path, "message": d.message}))
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({"valid": false, "file": file, "diagnostics": diags})
+                    );
+                }
+                Output::Text => {
+                    for d in &e.diagnostics {
+                        eprintln!("{}:{d}", file.display());
+                    }
+                    eprintln!("{} problem(s) in {}", e.diagnostics.len(), file.display());
+                }
+            }
+            2
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The `rampart` command: CLI, demo, bundled sample service and load generator.
+//!
+//! Thin by design: it parses arguments, wires the embedded adapters to the controller,
+//! and prints. Decisions live in `rampart-core`; the runtime loop in
+//! `rampart-controller`.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod demo;
+pub mod load;
+pub mod progress;
+pub mod run;
+pub mod sample;

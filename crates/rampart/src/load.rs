@@ -1,0 +1,103 @@
+//! A small open-loop load generator: a fixed request rate against one URL, with a
+//! fresh user id per simulated user in a header, so sticky routing spreads users over
+//! both variants. Used by the demo and handy for trying a policy on one's own service.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+
+/// Counts of what the generator saw.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    /// Requests sent.
+    pub sent: AtomicU64,
+    /// Answers with status below 500.
+    pub ok: AtomicU64,
+    /// 5xx answers and failed requests.
+    pub failed: AtomicU64,
+    /// Answers served by the canary (per the proxy's variant header).
+    pub canary: AtomicU64,
+}
+
+/// Load settings.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Target URL (`http://`).
+    pub url: String,
+    /// Requests per second.
+    pub rps: u32,
+    /// Header carrying a user id; `None` sends none.
+    pub user_header: Option<String>,
+    /// How many distinct users to simulate.
+    pub users: u64,
+    /// Stop after this long; `None` runs until dropped.
+    pub duration: Option<Duration>,
+}
+
+/// Sends requests at `spec.rps` until the duration passes (or forever).
+pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    let limit = Arc::new(Semaphore::new(512));
+    let period = Duration::from_secs_f64(1.0 / f64::from(spec.rps.max(1)));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = tokio::time::Instant::now();
+    let mut n: u64 = 0;
+    loop {
+        ticker.tick().await;
+        if spec.duration.is_some_and(|d| started.elapsed() >= d) {
+            return;
+        }
+        n += 1;
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let mut req = Request::get(spec.url.as_str());
+        if let Some(h) = &spec.user_header {
+            // Users cycle through a fixed population, like returning visitors.
+            req = req.header(h.as_str(), format!("user-{}", n % spec.users.max(1)));
+        }
+        let Ok(req) = req.body(Empty::new()) else {
+            return;
+        };
+        let client = client.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+            match client.request(req).await {
+                Ok(resp) => {
+                    if resp
+                        .headers()
+                        .get("x-rampart-variant")
+                        .is_some_and(|v| v == "canary")
+                    {
+                        stats.canary.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if resp.status().is_server_error() {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stats.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = resp.into_body().collect().await;
+                }
+                Err(_) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+    }
+}

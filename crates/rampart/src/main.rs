@@ -1,0 +1,31 @@
+//! Entry point: parse, run, exit with the contract's code.
+
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() {
+    let cli = rampart::cli::Cli::parse();
+    let level = std::env::var("RAMPART_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::WARN);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(rampart::cli::main(cli));
+    // Connections the proxy still holds must not delay the exit.
+    runtime.shutdown_background();
+    std::process::exit(code);
+}

@@ -1,0 +1,440 @@
+//! `rampart run`: one release of one service on the embedded default, start to end.
+//!
+//! Owns wiring the embedded adapters to the controller, finding or creating the
+//! release, signals, and the final report. The demo uses the same path.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rampart_adapters::clock::TokioClock;
+use rampart_adapters::gates::LocalGates;
+use rampart_adapters::process::ProcessDeployer;
+use rampart_adapters::proxy::{BuiltinMetrics, Proxy};
+use rampart_adapters::sqlite::SqliteStore;
+use rampart_controller::{Controller, Ports};
+use rampart_core::policy::Policy;
+use rampart_core::ports::{Clock, Deployer, Store};
+use rampart_core::release::{Input, OutcomeKind, Release, Variant};
+use serde::Serialize;
+
+use crate::progress::{PrintNotifier, Progress};
+
+/// How the result is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Progress and a summary for people.
+    Text,
+    /// Progress on stderr, one JSON object on stdout at the end.
+    Json,
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The policy file (for paths and messages).
+    pub policy_path: PathBuf,
+    /// The policy text.
+    pub policy_text: String,
+    /// The version to release.
+    pub version: String,
+    /// The version serving now, overriding what the store remembers.
+    pub stable: Option<String>,
+    /// Where state and logs live.
+    pub state_dir: PathBuf,
+    /// Output format.
+    pub output: Output,
+    /// Keep serving after the release ends, until interrupted.
+    pub keep_running: bool,
+}
+
+/// Why `run` ended without an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The policy or the command line is wrong (exit 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// The release cannot start (exit 5).
+    #[error("{0}")]
+    Blocked(String),
+    /// Something broke (exit 1).
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl RunError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Invalid(_) => 2,
+            RunError::Blocked(_) => 5,
+            RunError::Internal(_) => 1,
+        }
+    }
+}
+
+/// The final report: the contract of `--output json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `promoted`, `rolled_back`, `halted`, `escalated` or `blocked`.
+    pub outcome: OutcomeKind,
+    /// Why, in words.
+    pub reason: String,
+    /// Seconds from release start to the decision.
+    pub decided_at_s: f64,
+    /// Release id.
+    pub release_id: String,
+    /// Service name.
+    pub service: String,
+    /// The version released.
+    pub version: String,
+    /// The version serving before.
+    pub stable_version: Option<String>,
+    /// The canary weight at the end, in percent.
+    pub final_weight: f64,
+    /// Requests this run's proxy served, per variant.
+    pub requests: Requests,
+    /// After a rollback: requests routed to the canary once traffic was confirmed back
+    /// on stable (always 0: the switch is atomic). `null` without a rollback.
+    pub canary_routed_after_rollback: Option<u64>,
+    /// The audit trail.
+    pub timeline: Vec<rampart_core::release::AuditEvent>,
+}
+
+/// Request counts per variant.
+#[derive(Debug, Serialize, Default, Clone, Copy)]
+pub struct Requests {
+    /// Served by stable.
+    pub stable: u64,
+    /// Served by the canary.
+    pub canary: u64,
+}
+
+impl Report {
+    /// The process exit code for this outcome.
+    pub fn exit_code(&self) -> i32 {
+        self.outcome.exit_code()
+    }
+}
+
+/// Parses a policy and turns diagnostics into `file:line:col: path: message` lines.
+pub fn load_policy(path: &Path, text: &str) -> Result<Policy, RunError> {
+    Policy::from_yaml(text).map_err(|e| {
+        let lines: Vec<String> = e
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}:{d}", path.display()))
+            .collect();
+        RunError::Invalid(lines.join("\n"))
+    })
+}
+
+/// A readable, unique release id: `service-YYYYMMDD-HHMMSS-xxxx`.
+pub fn release_id(service: &str, now_ms: u64) -> String {
+    let secs = now_ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let suffix = (now_ms % 1000) * 65_537 ^ u64::from(std::process::id());
+    format!(
+        "{service}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:04x}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        suffix & 0xffff
+    )
+}
+
+/// Runs (or resumes) one release. `on_proxy` is called once the proxy listens.
+pub async fn run_release(
+    opts: RunOptions,
+    on_proxy: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
+) -> Result<Report, RunError> {
+    let file_policy = load_policy(&opts.policy_path, &opts.policy_text)?;
+    if opts.stable.as_deref() == Some(opts.version.as_str()) {
+        return Err(RunError::Invalid(format!(
+            "--stable {} is the version being released; name the version serving now",
+            opts.version
+        )));
+    }
+    let store = Arc::new(
+        SqliteStore::open(&opts.state_dir.join("rampart.db"))
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
+    );
+    let clock = Arc::new(TokioClock::new());
+
+    // An unfinished release of this service is resumed with the policy it started with.
+    let active = store
+        .active(&file_policy.service)
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    let (policy, resume_id) = match &active {
+        Some(rec) if rec.version == opts.version => {
+            let policy = load_policy(&opts.policy_path, &rec.policy)?;
+            if rec.policy != opts.policy_text {
+                eprintln!(
+                    "note: {} changed since release {} started; the release continues with the policy it started with",
+                    opts.policy_path.display(),
+                    rec.id
+                );
+            }
+            (policy, Some(rec.id.clone()))
+        }
+        Some(rec) => {
+            return Err(RunError::Blocked(format!(
+                "release {} of {} {} is unfinished; finish it with `rampart run -f {} --version {}` before releasing {}",
+                rec.id,
+                rec.service,
+                rec.version,
+                opts.policy_path.display(),
+                rec.version,
+                opts.version
+            )));
+        }
+        None => (file_policy, None),
+    };
+
+    let proxy_spec = policy.proxy().clone();
+    let (proxy, server) = Proxy::bind(proxy_spec.listen, proxy_spec.sticky.clone())
+        .await
+        .with_context(|| format!("the proxy cannot listen on {}", proxy_spec.listen))?;
+    if let Some(f) = on_proxy {
+        f(server.local_addr());
+    }
+
+    let tty = opts.output == Output::Text && std::io::stdout().is_terminal();
+    let out: Box<dyn std::io::Write + Send> = match opts.output {
+        Output::Text => Box::new(std::io::stdout()),
+        Output::Json => Box::new(std::io::stderr()),
+    };
+    let progress = Progress::new(out, tty, policy.strategy.steps().len());
+    let base_dir = opts
+        .policy_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+    let deployer = Arc::new(ProcessDeployer::new(
+        &policy.service,
+        policy.process().clone(),
+        &base_dir,
+        &opts.state_dir,
+    ));
+    let ports = Ports {
+        deployer: deployer.clone(),
+        router: Arc::new(proxy.clone()),
+        metrics: Arc::new(BuiltinMetrics::new(proxy.clone())),
+        gates: Arc::new(LocalGates),
+        store: store.clone(),
+        clock: clock.clone(),
+        notifier: Arc::new(PrintNotifier(progress.clone())),
+    };
+    let watch = Arc::new(RollbackWatch {
+        progress: progress.clone(),
+        proxy: proxy.clone(),
+        canary_routed_at_zero: std::sync::Mutex::new(None),
+    });
+    let controller = Controller::new(policy.clone(), ports, watch.clone());
+
+    let (id, stable) = match resume_id {
+        Some(id) => {
+            progress.line(&format!(
+                "resuming release {id} of {} {}",
+                policy.service, opts.version
+            ));
+            (id, None)
+        }
+        None => {
+            let stable = match opts.stable.clone() {
+                Some(s) => Some(s),
+                None => store
+                    .serving_version(&policy.service)
+                    .await
+                    .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
+            };
+            let id = release_id(&policy.service, clock.now());
+            controller
+                .create(&id, &opts.version, &opts.policy_text)
+                .await
+                .map_err(|e| RunError::Blocked(e.to_string()))?;
+            progress.line(&format!(
+                "release {id}: {} {} (stable: {}) behind http://{}",
+                policy.service,
+                opts.version,
+                stable.as_deref().unwrap_or("none, initial release"),
+                server.local_addr()
+            ));
+            (id, stable)
+        }
+    };
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let signals = tokio::spawn(forward_signals(tx, progress.clone()));
+    let status = progress.spawn_status(proxy.clone());
+    let end = controller
+        .drive(&id, stable, Some(rx))
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    if let Some(t) = status {
+        t.abort();
+    }
+    let totals = proxy.totals();
+    let after = watch
+        .canary_routed_at_zero
+        .lock()
+        .ok()
+        .and_then(|g| *g)
+        .map(|at_zero| proxy.routed(Variant::Canary).saturating_sub(at_zero));
+
+    if opts.keep_running
+        && matches!(
+            end.outcome(),
+            Some(OutcomeKind::Promoted | OutcomeKind::RolledBack)
+        )
+    {
+        progress.line(&format!(
+            "serving on http://{} until interrupted (Ctrl-C)",
+            server.local_addr()
+        ));
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    signals.abort();
+    // The embedded proxy ends with this process, so nothing would reach the versions:
+    // stop them rather than leave orphans. Logs stay in the state directory.
+    for v in [Variant::Canary, Variant::Stable] {
+        let _ = deployer.stop(v).await;
+    }
+    drop(server);
+
+    let (_, log) = store
+        .load(&id)
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    let timeline: Vec<_> = log.into_iter().flat_map(|e| e.events).collect();
+    Ok(report(&policy, &end, timeline, totals, after))
+}
+
+/// Passes transitions to the progress printer and remembers how many requests had been
+/// routed to the canary when a rollback confirmed weight 0, so the report can show
+/// that none were routed there afterwards.
+struct RollbackWatch {
+    progress: Arc<Progress>,
+    proxy: Proxy,
+    canary_routed_at_zero: std::sync::Mutex<Option<u64>>,
+}
+
+impl rampart_controller::Observer for RollbackWatch {
+    fn on_transition(
+        &self,
+        input: &Input,
+        state: &Release,
+        events: &[rampart_core::release::AuditEvent],
+    ) {
+        if state.phase == rampart_core::Phase::RollingBack
+            && state.weight == rampart_core::Weight::ZERO
+            && let Ok(mut at) = self.canary_routed_at_zero.lock()
+            && at.is_none()
+        {
+            *at = Some(self.proxy.routed(Variant::Canary));
+        }
+        self.progress.on_transition(input, state, events);
+    }
+}
+
+fn report(
+    policy: &Policy,
+    end: &Release,
+    timeline: Vec<rampart_core::release::AuditEvent>,
+    totals: rampart_core::metrics::IntervalSample,
+    after: Option<u64>,
+) -> Report {
+    let decision = end.decision.clone();
+    let outcome = end.outcome().unwrap_or(OutcomeKind::Halted);
+    Report {
+        outcome,
+        reason: decision
+            .as_ref()
+            .map(|d| d.reason.clone())
+            .unwrap_or_default(),
+        decided_at_s: decision
+            .as_ref()
+            .map_or(0.0, |d| d.at.saturating_sub(end.started_at) as f64 / 1000.0),
+        release_id: end.id.clone(),
+        service: policy.service.clone(),
+        version: end.version.clone(),
+        stable_version: end.stable.clone(),
+        final_weight: end.weight.percent(),
+        requests: Requests {
+            stable: totals.stable.requests,
+            canary: totals.canary.requests,
+        },
+        canary_routed_after_rollback: after,
+        timeline,
+    }
+}
+
+/// First SIGINT or SIGTERM: abort, which rolls back in order. Second: exit at once
+/// (the release stays resumable).
+async fn forward_signals(tx: tokio::sync::mpsc::UnboundedSender<Input>, progress: Arc<Progress>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let which = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    progress.line(&format!("{which} received: aborting and rolling back (send it again to exit at once; the release can be resumed)"));
+    let _ = tx.send(Input::Abort {
+        actor: format!("operator ({which})"),
+        reason: "interrupted".into(),
+    });
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+    }
+    std::process::exit(130);
+}
+
+/// Prints the human summary.
+pub fn print_summary(r: &Report) {
+    let verdict = match r.outcome {
+        OutcomeKind::Promoted => format!("{} {} promoted", r.service, r.version),
+        OutcomeKind::RolledBack => format!(
+            "{} rolled back to {}",
+            r.service,
+            r.stable_version.as_deref().unwrap_or("nothing")
+        ),
+        OutcomeKind::Halted => format!("{} {} HALTED: a human must decide", r.service, r.version),
+        OutcomeKind::Escalated => {
+            format!("{} {} ESCALATED: a human must decide", r.service, r.version)
+        }
+        OutcomeKind::Blocked => format!("{} {} blocked before start", r.service, r.version),
+    };
+    println!();
+    println!("outcome: {verdict} (exit {})", r.exit_code());
+    println!("why:     {}", r.reason);
+    println!("decided: {:.1}s after start", r.decided_at_s);
+    println!(
+        "traffic: canary weight {}% at the end; served stable {} / canary {} requests",
+        r.final_weight, r.requests.stable, r.requests.canary
+    );
+}

@@ -1,0 +1,157 @@
+//! The bundled sample service: a tiny HTTP server whose error rate and latency are set
+//! by environment, so the demo (and anyone trying rampart) can release a good or a bad
+//! version without writing one.
+//!
+//! Behaviour is deterministic: an error rate of 0.5 % fails exactly every 200th request,
+//! and latency cycles evenly through ±20 % of the configured value. That makes the
+//! demo's outcomes repeatable; real services are noisier, which is what the analysis
+//! settings (`min_samples`, `failure_limit`) are for.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rampart_core::units::Rate;
+use tokio::net::TcpListener;
+
+/// How the sample service behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Behaviour {
+    /// The version it reports.
+    pub version: String,
+    /// Fraction of requests answered with 500.
+    pub error_rate: f64,
+    /// Typical latency.
+    pub latency: Duration,
+    /// Exit with an error instead of serving.
+    pub crash_on_start: bool,
+}
+
+/// Picks the value for `version` from `VALUE` or `VERSION=VALUE,...,*=DEFAULT`.
+pub fn for_version<'a>(spec: &'a str, version: &str) -> Option<&'a str> {
+    if !spec.contains('=') {
+        return Some(spec.trim());
+    }
+    let mut fallback = None;
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=')?;
+        match k.trim() {
+            k if k == version => return Some(v.trim()),
+            "*" => fallback = Some(v.trim()),
+            _ => {}
+        }
+    }
+    fallback
+}
+
+impl Behaviour {
+    /// Reads `SAMPLE_ERROR_RATE`, `SAMPLE_LATENCY_MS` and `SAMPLE_CRASH_ON_START`, each
+    /// either one value or a per-version list such as `v1=0.5%,v2=5%`.
+    pub fn from_env(version: &str) -> Result<Behaviour> {
+        let get = |name: &str| std::env::var(name).ok();
+        let pick = |name: &str| -> Option<String> {
+            get(name).and_then(|s| for_version(&s, version).map(str::to_string))
+        };
+        let error_rate = match pick("SAMPLE_ERROR_RATE") {
+            Some(t) => {
+                Rate::parse(&t)
+                    .map_err(anyhow::Error::msg)
+                    .context("SAMPLE_ERROR_RATE")?
+                    .0
+            }
+            None => 0.0,
+        };
+        let latency_ms: f64 = match pick("SAMPLE_LATENCY_MS") {
+            Some(t) => t
+                .parse()
+                .with_context(|| format!("SAMPLE_LATENCY_MS: `{t}` is not a number"))?,
+            None => 5.0,
+        };
+        if !(0.0..=60_000.0).contains(&latency_ms) {
+            bail!("SAMPLE_LATENCY_MS must be between 0 and 60000");
+        }
+        let crash_on_start = matches!(
+            pick("SAMPLE_CRASH_ON_START").as_deref(),
+            Some("1" | "true" | "yes")
+        );
+        Ok(Behaviour {
+            version: version.to_string(),
+            error_rate,
+            latency: Duration::from_secs_f64(latency_ms / 1000.0),
+            crash_on_start,
+        })
+    }
+}
+
+/// Serves until killed.
+pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
+    if b.crash_on_start {
+        bail!(
+            "sample-service {}: SAMPLE_CRASH_ON_START is set, exiting before serving",
+            b.version
+        );
+    }
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    eprintln!(
+        "sample-service {} on 127.0.0.1:{port}: error rate {}, latency {}ms",
+        b.version,
+        Rate(b.error_rate),
+        b.latency.as_millis()
+    );
+    let shared = Arc::new((b, AtomicU64::new(0)));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move {
+                    let (b, counter) = &*shared;
+                    if req.uri().path() == "/healthz" {
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                            b"ok\n",
+                        ))));
+                    }
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    // Evenly spread ±20 % around the configured latency (golden-ratio sequence).
+                    let spread = 0.8 + 0.4 * ((n as f64 * 0.618_033_988_75) % 1.0);
+                    tokio::time::sleep(b.latency.mul_f64(spread)).await;
+                    let fail =
+                        ((n + 1) as f64 * b.error_rate).floor() > (n as f64 * b.error_rate).floor();
+                    let mut resp =
+                        Response::new(Full::new(Bytes::from(format!("{}\n", b.version))));
+                    if fail {
+                        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    Ok(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_version_values() {
+        assert_eq!(for_version("5%", "v1"), Some("5%"));
+        assert_eq!(for_version("v1=0.5%,v2=5%", "v2"), Some("5%"));
+        assert_eq!(for_version("v1=0.5%,*=1%", "v9"), Some("1%"));
+        assert_eq!(for_version("v1=0.5%", "v9"), None);
+    }
+}

@@ -588,6 +588,16 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
                 b.s.weight = *weight;
             }
             if is_success(answer) && !b.s.queued.is_empty() {
+                if let Input::Deployed {
+                    variant, detail, ..
+                } = answer
+                {
+                    b.event(
+                        "version_ready",
+                        "rampart",
+                        format!("{} ready: {detail}", variant.as_str()),
+                    );
+                }
                 let next = b.s.queued.remove(0);
                 b.act(next);
                 return b.finish();

@@ -144,21 +144,23 @@ impl Decode for Rate {
 
 /// The share of traffic sent to the canary, in hundredths of a percent (0..=10_000), so
 /// that 0.5 % is exact and comparisons are integer comparisons.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(transparent)]
+///
+/// In JSON a weight is its percentage (`12.5`), as people read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Weight(u16);
+
+impl serde::Serialize for Weight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.percent())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Weight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pct = f64::deserialize(d)?;
+        Weight::parse(&pct.to_string()).map_err(serde::de::Error::custom)
+    }
+}
 
 impl Weight {
     /// No traffic.
@@ -287,5 +289,18 @@ mod tests {
         assert!(Weight::parse("120").unwrap_err().contains("0 to 100"));
         assert!(Weight::parse("0.001").is_err());
         assert_eq!(Weight::parse("12.5").unwrap().to_string(), "12.5%");
+    }
+
+    #[test]
+    fn weights_are_percentages_in_json() {
+        for bp in [0u16, 1, 50, 1250, 9999, 10_000] {
+            let w = Weight::from_basis_points(bp).unwrap();
+            let text = serde_json::to_string(&w).unwrap();
+            assert_eq!(serde_json::from_str::<Weight>(&text).unwrap(), w, "{text}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Weight::from_percent(10).unwrap()).unwrap(),
+            "10.0"
+        );
     }
 }

@@ -1,0 +1,117 @@
+//! `rampart validate` and `rampart run` on invalid policies: exit 2, with the file,
+//! line and field of every problem.
+
+mod common;
+
+use common::{data, rampart};
+
+fn validate(name: &str) -> (i32, String) {
+    let out = rampart()
+        .args(["validate", "-f"])
+        .arg(data(name))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn typo_in_a_field_name_names_the_line_and_the_field() {
+    let (code, err) = validate("typo.yaml");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("typo.yaml:12:9: strategy.canary.steps[0].baek: unknown field `baek`; did you mean `bake`?"), "{err}");
+}
+
+#[test]
+fn weight_of_120_is_rejected() {
+    let (code, err) = validate("weight-120.yaml");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "weight-120.yaml:11:17: strategy.canary.steps[0].weight: weight 120 is out of range"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_duration_is_rejected() {
+    let (code, err) = validate("bad-duration.yaml");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("bad-duration.yaml:12:15: strategy.canary.steps[0].bake:"),
+        "{err}"
+    );
+    assert!(err.contains("`mins` is not a duration unit"), "{err}");
+}
+
+#[test]
+fn validate_json_lists_diagnostics() {
+    let out = rampart()
+        .args(["validate", "--output", "json", "-f"])
+        .arg(data("typo.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    let d = &v["diagnostics"];
+    assert_eq!(d.as_array().unwrap().len(), 2, "{v}");
+    assert!(
+        d.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "strategy.canary.steps[0].baek" && d["line"] == 12)
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_policy_with_exit_2_before_doing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rampart()
+        .args(["run", "--version", "v2", "--output", "json", "--state-dir"])
+        .arg(dir.path())
+        .arg("-f")
+        .arg(data("weight-120.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"], "invalid");
+    assert!(v["message"].as_str().unwrap().contains("steps[0].weight"));
+    assert!(
+        !dir.path().join("rampart.db").exists(),
+        "nothing was recorded"
+    );
+}
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    for f in [
+        "examples/python-service/rampart.yaml",
+        "examples/rampart.yaml",
+    ] {
+        let out = rampart()
+            .args(["validate", "-f"])
+            .arg(common::repo().join(f))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn missing_file_is_a_usage_error() {
+    let out = rampart()
+        .args(["validate", "-f", "/nonexistent/rampart.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

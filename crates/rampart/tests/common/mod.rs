@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests: the built binary, free ports, load.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use rampart::load::{LoadSpec, LoadStats, generate};
+
+/// The `rampart` binary under test.
+pub fn rampart() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rampart"))
+}
+
+/// Path of the binary, for policies that run the bundled sample service.
+pub fn exe() -> String {
+    env!("CARGO_BIN_EXE_rampart").to_string()
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The directory of test data files.
+pub fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Starts steady load against `127.0.0.1:port` with sticky user ids in `x-user`.
+pub fn start_load(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    rps: u32,
+) -> (tokio::task::JoinHandle<()>, Arc<LoadStats>) {
+    let stats = Arc::new(LoadStats::default());
+    let spec = LoadSpec {
+        url: format!("http://127.0.0.1:{port}/"),
+        rps,
+        user_header: Some("x-user".into()),
+        users: 1000,
+        duration: None,
+    };
+    (rt.spawn(generate(spec, stats.clone())), stats)
+}
+
+/// A multi-threaded runtime for background load.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,94 @@
+//! `rampart demo`: every scenario end to end with real processes on loopback ports, a
+//! real proxy and real load. Scenarios run one at a time (they measure latency).
+
+use std::process::Command;
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn demo(scenario: &str) -> (i32, serde_json::Value) {
+    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["demo", "--output", "json", "--scenario", scenario])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{scenario}: no JSON ({e}); stderr:\n{stderr}"));
+    (out.status.code().unwrap(), v)
+}
+
+fn kinds(v: &serde_json::Value) -> Vec<String> {
+    v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn healthy_canary_is_promoted() {
+    let (code, v) = demo("healthy");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["outcome"], "promoted");
+    assert_eq!(v["final_weight"], 100.0);
+    assert!(v["requests"]["canary"].as_u64().unwrap() > 0);
+    let k = kinds(&v);
+    assert_eq!(k.iter().filter(|k| *k == "step_completed").count(), 2);
+    assert!(v["decided_at_s"].as_f64().unwrap() >= 12.0, "two 6s bakes");
+}
+
+#[test]
+fn bad_canary_is_rolled_back_and_traffic_ends_on_stable() {
+    let (code, v) = demo("bad-canary");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["outcome"], "rolled_back");
+    assert_eq!(v["final_weight"], 0.0);
+    assert_eq!(
+        v["canary_routed_after_rollback"], 0,
+        "no request reached the canary after the switch"
+    );
+    assert!(
+        v["reason"].as_str().unwrap().contains("error-rate"),
+        "{}",
+        v["reason"]
+    );
+    assert!(kinds(&v).contains(&"rolled_back".to_string()));
+}
+
+#[test]
+fn slow_canary_is_rolled_back_on_latency() {
+    let (code, v) = demo("slow-canary");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["outcome"], "rolled_back");
+    assert!(
+        v["reason"].as_str().unwrap().contains("p99-latency"),
+        "{}",
+        v["reason"]
+    );
+    assert_eq!(v["final_weight"], 0.0);
+}
+
+#[test]
+fn canary_that_crashes_on_start_gets_no_requests() {
+    let (code, v) = demo("crash-on-start");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["outcome"], "rolled_back");
+    assert_eq!(v["requests"]["canary"], 0);
+    assert!(
+        v["requests"]["stable"].as_u64().unwrap() > 0,
+        "users were served by stable throughout"
+    );
+    assert!(v["reason"].as_str().unwrap().contains("never became ready"));
+    let weights: Vec<f64> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["weight"].as_f64().unwrap())
+        .collect();
+    assert!(
+        weights.iter().all(|w| *w == 0.0),
+        "weight never left 0: {weights:?}"
+    );
+}

@@ -2,6 +2,8 @@
 //! and the real SQLite store, on tokio's paused clock: a 10-minute canary takes
 //! milliseconds, and a "crash" is dropping the driving future mid-bake.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

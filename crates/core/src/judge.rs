@@ -21,6 +21,18 @@ pub enum Verdict {
     NoData,
 }
 
+impl Verdict {
+    /// How progress output and audit messages spell it (failures stand out).
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::NoData => "no data",
+        }
+    }
+}
+
 /// The judge's reading of one metric, with the numbers behind it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricReading {

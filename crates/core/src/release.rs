@@ -969,7 +969,7 @@ fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
     b.s.last_verdict = Some(verdict);
     let summary: Vec<String> = readings
         .iter()
-        .map(|r| format!("{} {}: {}", r.name, verdict_word(r.verdict), r.detail))
+        .map(|r| format!("{} {}: {}", r.name, r.verdict.label(), r.detail))
         .collect();
     b.event_with(
         "analysis",
@@ -977,7 +977,7 @@ fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
         format!(
             "interval {} {}: {}",
             b.s.intervals,
-            verdict_word(verdict),
+            verdict.label(),
             summary.join("; ")
         ),
         readings.clone(),
@@ -1115,13 +1115,4 @@ fn rolled_back(b: &mut Builder<'_>, detail: String) {
         "rampart",
         format!("{stable} serves all traffic; {detail}"),
     );
-}
-
-fn verdict_word(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Pass => "pass",
-        Verdict::Fail => "FAIL",
-        Verdict::Inconclusive => "inconclusive",
-        Verdict::NoData => "no data",
-    }
 }

@@ -1,6 +1,8 @@
 //! Behaviour of the release state machine on virtual time: whole canaries run in
 //! microseconds here, and property tests check the safety rules on random histories.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use proptest::prelude::*;
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::release::{

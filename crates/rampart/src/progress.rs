@@ -127,38 +127,30 @@ impl Observer for Progress {
             *last = Some(state.clone());
         }
         for e in events {
-            if e.kind == "analysis" {
-                if let Input::Measured { sample } = input {
-                    let verdict = state.last_verdict.map_or("?", |v| match v {
-                        rampart_core::judge::Verdict::Pass => "pass",
-                        rampart_core::judge::Verdict::Fail => "FAIL",
-                        rampart_core::judge::Verdict::Inconclusive => "inconclusive",
-                        rampart_core::judge::Verdict::NoData => "no data",
-                    });
-                    let word = if verdict == "FAIL" {
-                        self.paint("31", verdict)
-                    } else {
-                        verdict.to_string()
-                    };
+            if let (true, Input::Measured { sample }) = (e.kind == "analysis", input) {
+                let label = state.last_verdict.map_or("?", |v| v.label());
+                let word = if label == "FAIL" {
+                    self.paint("31", label)
+                } else {
+                    label.to_string()
+                };
+                self.line(&format!(
+                    "[{:>7.1}s] {:<17} interval {} {word} at {}: {}",
+                    e.t_s,
+                    "analysis",
+                    state.intervals,
+                    e.weight,
+                    sample_line(sample)
+                ));
+                for r in &e.readings {
                     self.line(&format!(
-                        "[{:>7.1}s] {:<17} interval {} {word} at {}: {}",
-                        e.t_s,
-                        "analysis",
-                        state.intervals,
-                        e.weight,
-                        sample_line(sample)
+                        "{:>29} {}: {}",
+                        r.name,
+                        r.verdict.label(),
+                        r.detail
                     ));
-                    for r in &e.readings {
-                        self.line(
-                            &format!("{:>29} {:?}: {}", r.name, r.verdict, r.detail)
-                                .replace("Pass", "pass")
-                                .replace("Fail", "FAIL")
-                                .replace("Inconclusive", "inconclusive")
-                                .replace("NoData", "no data"),
-                        );
-                    }
-                    continue;
                 }
+                continue;
             }
             self.line(&self.event_line(e));
         }

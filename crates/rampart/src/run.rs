@@ -146,7 +146,7 @@ pub fn release_id(service: &str, now_ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let suffix = (now_ms % 1000) * 65_537 ^ u64::from(std::process::id());
+    let suffix = ((now_ms % 1000) * 65_537) ^ u64::from(std::process::id());
     format!(
         "{service}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:04x}",
         rem / 3600,

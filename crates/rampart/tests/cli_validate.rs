@@ -1,6 +1,8 @@
 //! `rampart validate` and `rampart run` on invalid policies: exit 2, with the file,
 //! line and field of every problem.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use common::{data, rampart};

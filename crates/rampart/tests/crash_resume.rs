@@ -2,6 +2,8 @@
 //! release resumes (adopting the still-running versions), finishes, and its event log
 //! holds every decision exactly once.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::io::{BufRead, BufReader};

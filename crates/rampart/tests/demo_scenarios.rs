@@ -1,6 +1,8 @@
 //! `rampart demo`: every scenario end to end with real processes on loopback ports, a
 //! real proxy and real load. Scenarios run one at a time (they measure latency).
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::process::Command;
 use std::sync::Mutex;
 

@@ -1,6 +1,8 @@
 //! A user's own service, written in Python (Debian's python3), started from the policy's
 //! command line and released with `rampart run`: the example shipped in the docs.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::path::Path;

@@ -102,7 +102,7 @@ impl ProcessDeployer {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string(rec).map_err(|e| PortError::new(e))?;
+        let text = serde_json::to_string(rec).map_err(PortError::new)?;
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
     }

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: the built binary, free ports, load.
 
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, dead_code)] // a failed unwrap is a failed test
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, lints and all tests.
+# Installs what is missing first (Debian packages through apt-get, Rust components
+# through rustup). Tests start and stop their own processes on loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_missing=()
+command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)   # SQLite is compiled from source
+command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)     # the Python example service
+if ((${#apt_missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing: ${apt_missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+fi
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    rustup component add "$component"
+  fi
+done
+
+set -x
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -1,0 +1,178 @@
+//! The local process deployer with real processes (Debian's python3 as the service):
+//! readiness, early exits, timeouts, graceful and forced stops, and adoption of a
+//! process left behind by an earlier controller.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::Path;
+use std::time::Duration;
+
+use rampart_adapters::process::{ProcessDeployer, ProcessRecord};
+use rampart_core::Variant;
+use rampart_core::policy::{ProcessSpec, Readiness};
+use rampart_core::ports::Deployer;
+
+const SERVER: &str = "import http.server,os,sys; http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()";
+
+fn spec(argv: &[&str], timeout: Duration) -> ProcessSpec {
+    ProcessSpec {
+        command: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        workdir: None,
+        readiness: Readiness {
+            http: Some("/".into()),
+            timeout,
+            period: Duration::from_millis(50),
+        },
+        stop_timeout: Duration::from_secs(1),
+    }
+}
+
+fn server_spec() -> ProcessSpec {
+    spec(
+        &["python3", "-c", SERVER, "{port}"],
+        Duration::from_secs(20),
+    )
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; count it as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn record(state: &Path, variant: &str) -> Option<ProcessRecord> {
+    let text = std::fs::read_to_string(state.join(format!("processes/svc.{variant}.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_probes_and_stops_a_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    let dep = d.deploy(Variant::Canary, "v2").await.unwrap();
+    assert!(dep.detail.contains("started"), "{}", dep.detail);
+    let rec = record(dir.path(), "canary").unwrap();
+    assert_eq!(dep.endpoints[0].port(), rec.port);
+    assert!(alive(rec.pid));
+    d.verify(Variant::Canary, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Deploying the same version again is idempotent.
+    let again = d.deploy(Variant::Canary, "v2").await.unwrap();
+    assert!(again.detail.contains("already running"), "{}", again.detail);
+    let stopped = d.stop(Variant::Canary).await.unwrap();
+    assert!(stopped.contains("stopped"), "{stopped}");
+    assert!(!alive(rec.pid));
+    assert!(record(dir.path(), "canary").is_none());
+    // Stopping again is fine.
+    assert_eq!(d.stop(Variant::Canary).await.unwrap(), "not running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_exits_early_fails_fast_with_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(
+        &[
+            "sh",
+            "-c",
+            "echo 'missing config file' >&2; exit 3",
+            "{port}",
+        ],
+        Duration::from_secs(60),
+    );
+    let d = ProcessDeployer::new("svc", s, dir.path(), dir.path());
+    let err = d.deploy(Variant::Canary, "v2").await.unwrap_err();
+    assert!(
+        err.0.contains("before becoming ready") && err.0.contains("missing config file"),
+        "{err}"
+    );
+    assert!(record(dir.path(), "canary").is_none());
+    let (_, stderr) = d.log_paths(Variant::Canary, "v2");
+    assert!(
+        std::fs::read_to_string(stderr)
+            .unwrap()
+            .contains("missing config file")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_never_gets_ready_is_killed_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(&["sleep", "60", "{port}"], Duration::from_millis(400));
+    let d = ProcessDeployer::new("svc", s, dir.path(), dir.path());
+    let err = d.deploy(Variant::Canary, "v2").await.unwrap_err();
+    assert!(err.0.contains("not ready after"), "{err}");
+    assert!(record(dir.path(), "canary").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_ignoring_sigterm_is_killed_after_stop_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = format!("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); {SERVER}");
+    let d = ProcessDeployer::new(
+        "svc",
+        spec(&["python3", "-c", &code, "{port}"], Duration::from_secs(20)),
+        dir.path(),
+        dir.path(),
+    );
+    d.deploy(Variant::Stable, "v1").await.unwrap();
+    let pid = record(dir.path(), "stable").unwrap().pid;
+    let stopped = d.stop(Variant::Stable).await.unwrap();
+    assert!(stopped.contains("was killed"), "{stopped}");
+    assert!(!alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_controller_adopts_a_ready_process_of_the_same_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    first.deploy(Variant::Stable, "v1").await.unwrap();
+    let pid = record(dir.path(), "stable").unwrap().pid;
+    drop(first); // the controller "dies"; its child keeps running
+
+    let second = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    let dep = second.deploy(Variant::Stable, "v1").await.unwrap();
+    assert!(dep.detail.contains("adopted"), "{}", dep.detail);
+    assert_eq!(
+        record(dir.path(), "stable").unwrap().pid,
+        pid,
+        "no second copy"
+    );
+    second.stop(Variant::Stable).await.unwrap();
+    assert!(!alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_process_of_another_version_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    first.deploy(Variant::Canary, "v2").await.unwrap();
+    let old = record(dir.path(), "canary").unwrap().pid;
+    drop(first);
+    let second = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    let dep = second.deploy(Variant::Canary, "v3").await.unwrap();
+    assert!(dep.detail.contains("started"), "{}", dep.detail);
+    assert!(!alive(old), "the stale v2 was stopped");
+    second.stop(Variant::Canary).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_pid_that_is_not_ours_is_never_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    // Point the record at this test process: it lacks the RAMPART_* marks.
+    let me = std::process::id();
+    std::fs::create_dir_all(dir.path().join("processes")).unwrap();
+    std::fs::write(
+        dir.path().join("processes/svc.canary.json"),
+        serde_json::to_string(&ProcessRecord {
+            version: "v2".into(),
+            pid: me,
+            port: 1,
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let d = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    assert_eq!(d.stop(Variant::Canary).await.unwrap(), "not running");
+    assert!(alive(me));
+}

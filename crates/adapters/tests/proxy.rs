@@ -1,0 +1,227 @@
+//! The embedded proxy against real HTTP backends on loopback: weighted split, sticky
+//! assignment across weight changes, atomic switches with requests in flight, and the
+//! builtin metrics (5xx and connection failures count as errors).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart_adapters::proxy::{BuiltinMetrics, Proxy, VARIANT_HEADER};
+use rampart_core::policy::Sticky;
+use rampart_core::ports::MetricsSource;
+use rampart_core::{Variant, Weight};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// A backend that answers with its name; `/fail` answers 503; `/hold` waits for `release`.
+async fn backend(name: &'static str, release: Arc<Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let release = release.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let release = release.clone();
+                    async move {
+                        if req.uri().path() == "/hold" {
+                            release.notified().await;
+                        }
+                        let mut resp = Response::new(Full::new(Bytes::from(name)));
+                        if req.uri().path() == "/fail" {
+                            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn get(addr: SocketAddr, path: &str, user: Option<&str>) -> (StatusCode, String) {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    if let Some(u) = user {
+        req = req.header("x-user", u);
+    }
+    let resp = client()
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let variant = resp
+        .headers()
+        .get(VARIANT_HEADER)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let _ = resp.into_body().collect().await;
+    (status, variant)
+}
+
+async fn setup(sticky: Sticky) -> (Proxy, rampart_adapters::proxy::ProxyServer, Arc<Notify>) {
+    let hold = Arc::new(Notify::new());
+    let stable = backend("stable", hold.clone()).await;
+    let canary = backend("canary", hold.clone()).await;
+    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), sticky)
+        .await
+        .unwrap();
+    proxy.set_backends(Variant::Stable, &[stable]);
+    proxy.set_backends(Variant::Canary, &[canary]);
+    (proxy, server, hold)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_splits_traffic() {
+    let (proxy, server, _) = setup(Sticky::None).await;
+    let addr = server.local_addr();
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/", None).await.1, "stable");
+    }
+    proxy.set_weight(Weight::from_percent(30).unwrap());
+    let mut canary = 0;
+    for _ in 0..2000 {
+        if get(addr, "/", None).await.1 == "canary" {
+            canary += 1;
+        }
+    }
+    assert!((520..=680).contains(&canary), "{canary} of 2000 at 30%");
+    proxy.set_weight(Weight::FULL);
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/", None).await.1, "canary");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_stay_on_the_canary_as_the_weight_grows() {
+    let (proxy, server, _) = setup(Sticky::Header("x-user".into())).await;
+    let addr = server.local_addr();
+    proxy.set_weight(Weight::from_percent(10).unwrap());
+    let mut on_canary = Vec::new();
+    for u in 0..500 {
+        let user = format!("user-{u}");
+        let first = get(addr, "/", Some(&user)).await.1;
+        // The same user gets the same answer every time at a fixed weight.
+        assert_eq!(get(addr, "/", Some(&user)).await.1, first);
+        if first == "canary" {
+            on_canary.push(user);
+        }
+    }
+    assert!(
+        (25..=80).contains(&on_canary.len()),
+        "{} of 500 at 10%",
+        on_canary.len()
+    );
+    proxy.set_weight(Weight::from_percent(50).unwrap());
+    for user in &on_canary {
+        assert_eq!(
+            get(addr, "/", Some(user)).await.1,
+            "canary",
+            "{user} moved back to stable"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_change_is_atomic_and_keeps_requests_in_flight() {
+    let (proxy, server, hold) = setup(Sticky::None).await;
+    let addr = server.local_addr();
+    proxy.set_weight(Weight::FULL);
+    let in_flight = tokio::spawn(get(addr, "/hold", None));
+    // Wait (without sleeping) until the held request is inside the canary.
+    while proxy.in_flight(Variant::Canary) == 0 {
+        tokio::task::yield_now().await;
+    }
+    proxy.set_weight(Weight::ZERO);
+    let routed_before = proxy.routed(Variant::Canary);
+    for _ in 0..50 {
+        assert_eq!(get(addr, "/", None).await.1, "stable");
+    }
+    assert_eq!(
+        proxy.routed(Variant::Canary),
+        routed_before,
+        "nothing new reached the canary"
+    );
+    let draining = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.drain(Variant::Canary, Duration::from_secs(30)).await }
+    });
+    hold.notify_one();
+    let (status, variant) = in_flight.await.unwrap();
+    assert_eq!(
+        (status, variant.as_str()),
+        (StatusCode::OK, "canary"),
+        "the in-flight request completed"
+    );
+    assert!(
+        draining.await.unwrap(),
+        "drain finished once the request completed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_metrics_count_5xx_and_connection_failures_per_variant() {
+    let (proxy, server, _) = setup(Sticky::None).await;
+    let addr = server.local_addr();
+    let metrics = BuiltinMetrics::new(proxy.clone());
+    for _ in 0..10 {
+        get(addr, "/", None).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            get(addr, "/fail", None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let s = metrics.measure().await.unwrap();
+    assert_eq!((s.stable.requests, s.stable.errors), (15, 5));
+    assert_eq!(s.stable.latency.count(), 15);
+    assert_eq!(s.canary.requests, 0);
+
+    // A canary that is not listening: every request is a 502 and an error.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    proxy.set_backends(Variant::Canary, &[dead]);
+    proxy.set_weight(Weight::FULL);
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/", None).await.0, StatusCode::BAD_GATEWAY);
+    }
+    let s = metrics.measure().await.unwrap();
+    assert_eq!(
+        (s.canary.requests, s.canary.errors),
+        (4, 4),
+        "deltas since the last measure"
+    );
+    assert_eq!(s.stable.requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backends_means_503_not_a_hang() {
+    let (_proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), Sticky::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(server.local_addr(), "/", None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}

@@ -190,17 +190,7 @@ impl<'n> MapReader<'n> {
 
     /// Decodes a field that must be there.
     pub fn required<T: Decode>(&self, cx: &mut Decoder, key: &str) -> Option<T> {
-        match self.get(key) {
-            Some(node) => T::decode(cx, node, &self.path_of(key)),
-            None => {
-                cx.error(
-                    self.node.pos,
-                    &self.path_of(key),
-                    format!("missing required field `{key}`"),
-                );
-                None
-            }
-        }
+        self.required_with(cx, key, T::decode)
     }
 
     /// Decodes a field that may be absent. A present but invalid value is reported and

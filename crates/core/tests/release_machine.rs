@@ -58,6 +58,8 @@ struct World {
     canary_errors_per_1000: u64,
     canary_ready: bool,
     canary_requests_total: u64,
+    /// When set, every measurement is answered with this input instead.
+    measure_override: Option<Input>,
 }
 
 impl World {
@@ -72,6 +74,7 @@ impl World {
             canary_errors_per_1000: canary,
             canary_ready: true,
             canary_requests_total: 0,
+            measure_override: None,
         }
     }
 
@@ -107,6 +110,9 @@ impl World {
                 detail: "ready".into(),
             },
             Action::SetWeight { weight } => Input::TrafficSet { weight: *weight },
+            Action::Measure if self.measure_override.is_some() => {
+                self.measure_override.clone().unwrap()
+            }
             Action::Measure => {
                 // 1000 requests per interval in total, split by weight.
                 let canary = u64::from(self.state.weight.basis_points()) / 10;
@@ -132,25 +138,45 @@ impl World {
     }
 
     /// Runs until the release is over or `limit` inputs were fed.
+    fn start(&mut self) {
+        if self.state.phase == Phase::Pending {
+            self.feed(Input::Start {
+                release_id: "r1".into(),
+                version: "v2".into(),
+                stable: Some("v1".into()),
+            });
+        }
+    }
+
+    /// Answers the pending action, or lets time pass to the next wake-up.
+    fn advance(&mut self) {
+        if let Some(action) = self.state.pending.clone() {
+            let input = self.answer(&action);
+            self.feed(input);
+        } else if let Some(at) = self.state.wake_at() {
+            self.now = self.now.max(at);
+            self.feed(Input::Tick);
+        } else {
+            panic!("stuck in {:?} with nothing pending", self.state.phase);
+        }
+    }
+
+    /// Runs until the release is over or `limit` inputs were fed.
     fn run(&mut self, limit: usize) {
-        self.feed(Input::Start {
-            release_id: "r1".into(),
-            version: "v2".into(),
-            stable: Some("v1".into()),
-        });
+        self.start();
         for _ in 0..limit {
             if self.state.phase.is_terminal() {
                 return;
             }
-            if let Some(action) = self.state.pending.clone() {
-                let input = self.answer(&action);
-                self.feed(input);
-            } else if let Some(at) = self.state.wake_at() {
-                self.now = self.now.max(at);
-                self.feed(Input::Tick);
-            } else {
-                panic!("stuck in {:?} with nothing pending", self.state.phase);
-            }
+            self.advance();
+        }
+    }
+
+    /// Runs until `done` holds.
+    fn run_until(&mut self, done: impl Fn(&Release) -> bool) {
+        self.start();
+        while !done(&self.state) {
+            self.advance();
         }
     }
 
@@ -199,24 +225,7 @@ fn bad_canary_rolls_back_after_failure_limit_and_verifies_stable() {
 #[test]
 fn one_bad_interval_is_not_enough_to_roll_back() {
     let mut w = World::new(5, 100);
-    w.feed(Input::Start {
-        release_id: "r".into(),
-        version: "v2".into(),
-        stable: Some("v1".into()),
-    });
-    // Drive to the first measurement with a bad canary, then turn it healthy.
-    while w.state.intervals < 1 {
-        match w.state.pending.clone() {
-            Some(a) => {
-                let i = w.answer(&a);
-                w.feed(i)
-            }
-            None => {
-                w.now = w.state.wake_at().unwrap();
-                w.feed(Input::Tick)
-            }
-        }
-    }
+    w.run_until(|s| s.intervals >= 1);
     assert_eq!(w.state.failure_streaks, vec![1]);
     w.canary_errors_per_1000 = 5;
     w.run(1000);
@@ -266,32 +275,13 @@ fn canary_that_never_becomes_ready_gets_no_traffic() {
 #[test]
 fn no_canary_traffic_is_never_a_pass() {
     let mut w = World::new(5, 5);
-    w.feed(Input::Start {
-        release_id: "r".into(),
-        version: "v2".into(),
-        stable: Some("v1".into()),
+    w.measure_override = Some(Input::Measured {
+        sample: IntervalSample {
+            stable: stats(1000, 0),
+            canary: stats(0, 0),
+        },
     });
-    for _ in 0..200 {
-        if w.state.phase.is_terminal() {
-            break;
-        }
-        match w.state.pending.clone() {
-            Some(Action::Measure) => w.feed(Input::Measured {
-                sample: IntervalSample {
-                    stable: stats(1000, 0),
-                    canary: stats(0, 0),
-                },
-            }),
-            Some(a) => {
-                let i = w.answer(&a);
-                w.feed(i)
-            }
-            None => {
-                w.now = w.state.wake_at().unwrap();
-                w.feed(Input::Tick)
-            }
-        }
-    }
+    w.run(200);
     assert_eq!(
         w.state.phase,
         Phase::RolledBack,
@@ -309,29 +299,10 @@ fn no_canary_traffic_is_never_a_pass() {
 #[test]
 fn failing_metrics_source_holds_then_halts() {
     let mut w = World::new(5, 5);
-    w.feed(Input::Start {
-        release_id: "r".into(),
-        version: "v2".into(),
-        stable: Some("v1".into()),
+    w.measure_override = Some(Input::MeasureFailed {
+        detail: "connection refused".into(),
     });
-    for _ in 0..200 {
-        if w.state.phase.is_terminal() {
-            break;
-        }
-        match w.state.pending.clone() {
-            Some(Action::Measure) => w.feed(Input::MeasureFailed {
-                detail: "connection refused".into(),
-            }),
-            Some(a) => {
-                let i = w.answer(&a);
-                w.feed(i)
-            }
-            None => {
-                w.now = w.state.wake_at().unwrap();
-                w.feed(Input::Tick)
-            }
-        }
-    }
+    w.run(200);
     assert_eq!(w.state.phase, Phase::Halted);
     assert_eq!(
         w.state.weight,
@@ -374,23 +345,7 @@ fn failed_gate_blocks_before_anything_is_deployed() {
 #[test]
 fn resume_mid_bake_re_establishes_the_world_without_new_decisions() {
     let mut w = World::new(5, 5);
-    w.feed(Input::Start {
-        release_id: "r".into(),
-        version: "v2".into(),
-        stable: Some("v1".into()),
-    });
-    while w.state.step < 1 || w.state.step_started_at.is_none() {
-        match w.state.pending.clone() {
-            Some(a) => {
-                let i = w.answer(&a);
-                w.feed(i)
-            }
-            None => {
-                w.now = w.state.wake_at().unwrap();
-                w.feed(Input::Tick)
-            }
-        }
-    }
+    w.run_until(|s| s.step >= 1 && s.step_started_at.is_some());
     let decisions_before = w.state.decision.clone();
     let step_before = w.state.step;
     // Crash: rebuild from the log, then resume.
@@ -568,6 +523,14 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
     })
 }
 
+fn start_input() -> Input {
+    Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+    }
+}
+
 fn weights_in(effects: &[Effect]) -> Vec<Weight> {
     effects
         .iter()
@@ -585,8 +548,8 @@ proptest! {
     fn safety_rules_hold_on_random_histories(choices in prop::collection::vec(choice(), 1..120)) {
         let p = policy();
         let mut now: Millis = 0;
-        let mut state = step(&p, &Release::default(), &Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) }, now).state;
-        let mut log = vec![(Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) }, now)];
+        let mut state = step(&p, &Release::default(), &start_input(), now).state;
+        let mut log = vec![(start_input(), now)];
         for c in &choices {
             if let Choice::Wait(ms) = c { now += u64::from(*ms); }
             let Some(input) = input_for(&state, c) else { continue };
@@ -629,7 +592,7 @@ proptest! {
     fn every_rollback_finishes_in_a_terminal_phase(choices in prop::collection::vec(choice(), 1..60), fail_verify: bool) {
         let p = policy();
         let mut now: Millis = 0;
-        let mut state = step(&p, &Release::default(), &Input::Start { release_id: "r".into(), version: "v2".into(), stable: Some("v1".into()) }, now).state;
+        let mut state = step(&p, &Release::default(), &start_input(), now).state;
         for c in &choices {
             if let Choice::Wait(ms) = c { now += u64::from(*ms); }
             if let Some(input) = input_for(&state, c) { state = step(&p, &state, &input, now).state; }

@@ -4,8 +4,9 @@
 //! the same sample always gives the same verdict. It must not keep streaks or decide
 //! rollbacks; that is the release state machine's job.
 
-use crate::metrics::{IntervalSample, VariantStats};
-use crate::policy::{BuiltinMetric, MetricSpec};
+use crate::metrics::{Histogram, IntervalSample, VariantStats};
+use crate::policy::{BuiltinMetric, MetricSpec, Sequential, Threshold};
+use crate::sequential::{EProcess, tolerate};
 
 /// The verdict on one metric for one interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -52,6 +53,9 @@ pub struct MetricReading {
     pub stable_breached: bool,
     /// Why, in words.
     pub detail: String,
+    /// For sequential judges: the log of the evidence against "canary no worse".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_evidence: Option<f64>,
 }
 
 fn value(metric: BuiltinMetric, stats: &VariantStats) -> Option<f64> {
@@ -62,25 +66,29 @@ fn value(metric: BuiltinMetric, stats: &VariantStats) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-/// Judges one metric against its threshold.
-///
-/// Guarantees: no data, NaN, or fewer than `min_samples` canary requests is never a
-/// pass; a ratio limit needs `min_samples` stable requests too, or the reading is
-/// inconclusive (unless an absolute limit already failed).
-pub fn judge(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
-    let m = spec.metric;
-    let canary = value(m, &sample.canary);
-    let stable = value(m, &sample.stable);
-    let mut reading = MetricReading {
+fn reading(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
+    MetricReading {
         name: spec.name.clone(),
         verdict: Verdict::Inconclusive,
-        canary,
-        stable,
+        canary: value(spec.metric, &sample.canary),
+        stable: value(spec.metric, &sample.stable),
         canary_requests: sample.canary.requests,
         stable_requests: sample.stable.requests,
         stable_breached: false,
         detail: String::new(),
-    };
+        log_evidence: None,
+    }
+}
+
+/// Judges one metric against its threshold, on this interval alone.
+///
+/// Guarantees: no data, NaN, or fewer than `min_samples` canary requests is never a
+/// pass; a ratio limit needs `min_samples` stable requests too, or the reading is
+/// inconclusive (unless an absolute limit already failed).
+pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> MetricReading {
+    let m = spec.metric;
+    let mut reading = reading(spec, sample);
+    let (canary, stable) = (reading.canary, reading.stable);
     if sample.canary.requests == 0 {
         reading.verdict = Verdict::NoData;
         reading.detail = "no canary requests in this interval".into();
@@ -100,13 +108,13 @@ pub fn judge(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
     let stable_enough = sample.stable.requests >= spec.min_samples;
     let mut failures = Vec::new();
     let mut unknown = Vec::new();
-    if let Some(max) = spec.judge.max {
+    if let Some(max) = t.max {
         if c > max {
             failures.push(format!("{} > max {}", m.format(c), m.format(max)));
         }
         reading.stable_breached = stable_enough && stable.is_some_and(|s| s > max);
     }
-    if let Some(ratio) = spec.judge.max_ratio_to_stable {
+    if let Some(ratio) = t.max_ratio_to_stable {
         match stable {
             Some(s) if stable_enough => {
                 // A stable value of zero (no errors) makes any canary error an infinite
@@ -145,23 +153,214 @@ pub fn judge(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
     reading
 }
 
+/// What a sequential judge carries from interval to interval.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Evidence {
+    /// The e-process.
+    pub process: EProcess,
+    /// Whether it has ever rejected; a rejection stands for the rest of the release.
+    pub rejected: bool,
+}
+
+/// Judges one metric sequentially: updates `evidence` with this interval and fails the
+/// moment the evidence that the canary is worse reaches `1/alpha`.
+///
+/// `stable_history` is stable's latency over the intervals before this one (the null
+/// for latency comes from data the canary's outcomes cannot have influenced), and
+/// `canary_seen` the canary requests analysed before this interval.
+///
+/// Guarantees: the probability of ever failing a canary that is no worse than stable
+/// is at most `alpha`; no data or too little data is never a pass.
+pub fn sequential(
+    spec: &MetricSpec,
+    seq: &Sequential,
+    sample: &IntervalSample,
+    evidence: &mut Evidence,
+    stable_history: &Histogram,
+    canary_seen: u64,
+) -> MetricReading {
+    let mut r = reading(spec, sample);
+    let (c, s) = (&sample.canary, &sample.stable);
+    r.log_evidence = Some(evidence.process.log_e());
+    if c.requests == 0 {
+        r.verdict = Verdict::NoData;
+        r.detail = "no canary requests in this interval".into();
+        return r;
+    }
+    let observed = match spec.metric {
+        // Under "no worse", each error falls on the canary with its traffic share.
+        BuiltinMetric::ErrorRate => (s.requests > 0).then(|| {
+            let share = c.requests as f64 / (c.requests + s.requests) as f64;
+            let what = format!(
+                "{} of {} errors on a {:.1}% traffic share",
+                c.errors,
+                c.errors + s.errors,
+                share * 100.0
+            );
+            (c.errors, c.errors + s.errors, share, what)
+        }),
+        // A canary request is "bad" when slower than stable's quantile; ties (the same
+        // histogram bucket) say nothing and are left out on both sides.
+        BuiltinMetric::Latency(q) => stable_history
+            .quantile_bucket(q)
+            .filter(|_| stable_history.count() >= spec.min_samples)
+            .and_then(|b| {
+                let (above_s, below_s) = stable_history.split_at(b);
+                let (above_c, below_c) = c.latency.split_at(b);
+                (above_s > 0 && below_s > 0).then(|| {
+                    let p0 = above_s as f64 / (above_s + below_s) as f64;
+                    let what = format!(
+                        "{above_c} of {} canary requests slower than stable's q{q} ({:.1}% expected)",
+                        above_c + below_c,
+                        p0 * 100.0
+                    );
+                    (above_c, above_c + below_c, p0, what)
+                })
+            }),
+    };
+    let Some((bad, trials, p0, what)) = observed else {
+        r.detail = "not enough stable data to compare with yet".into();
+        return r;
+    };
+    evidence
+        .process
+        .update(bad, trials, tolerate(p0, seq.tolerance));
+    let log_e = evidence.process.log_e();
+    evidence.rejected |= evidence.process.rejects(seq.alpha);
+    r.log_evidence = Some(log_e);
+    let shown = format!(
+        "evidence {log_e:.1} of {:.1} needed",
+        (1.0 / seq.alpha).ln()
+    );
+    let seen = canary_seen + c.requests;
+    if evidence.rejected {
+        r.verdict = Verdict::Fail;
+        r.detail = format!("worse than stable at alpha {}: {what}; {shown}", seq.alpha);
+    } else if seen < spec.min_samples {
+        r.detail = format!(
+            "{seen} canary requests so far, {} needed; {shown}",
+            spec.min_samples
+        );
+    } else {
+        r.verdict = Verdict::Pass;
+        r.detail = format!("no sign of a regression: {what}; {shown}");
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Histogram;
-    use crate::policy::Threshold;
+    use crate::policy::Judge;
 
     fn spec(max: Option<f64>, ratio: Option<f64>) -> MetricSpec {
         MetricSpec {
             name: "errors".into(),
             metric: BuiltinMetric::ErrorRate,
-            judge: Threshold {
+            judge: Judge::Threshold(Threshold {
                 max,
                 max_ratio_to_stable: ratio,
-            },
+            }),
             min_samples: 10,
             failure_limit: 1,
+            critical: true,
+            weight: 1.0,
         }
+    }
+
+    fn judge(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
+        match &spec.judge {
+            Judge::Threshold(t) => threshold(spec, t, sample),
+            Judge::Sequential(_) => unreachable!("threshold tests only"),
+        }
+    }
+
+    fn seq_spec(metric: BuiltinMetric) -> (MetricSpec, Sequential) {
+        let seq = Sequential {
+            alpha: 0.01,
+            tolerance: 1.0,
+        };
+        let mut s = spec(None, None);
+        s.metric = metric;
+        s.judge = Judge::Sequential(seq);
+        s.min_samples = 50;
+        (s, seq)
+    }
+
+    #[test]
+    fn sequential_error_judge_fails_a_worse_canary_and_latches() {
+        let (spec, seq) = seq_spec(BuiltinMetric::ErrorRate);
+        let mut ev = Evidence::default();
+        let bad = sample((900, 9), (100, 8));
+        let mut verdicts = Vec::new();
+        for i in 0..20 {
+            verdicts.push(
+                sequential(&spec, &seq, &bad, &mut ev, &Histogram::default(), i * 100).verdict,
+            );
+        }
+        assert_eq!(verdicts.last(), Some(&Verdict::Fail));
+        // A later clean interval does not undo the decision.
+        let clean = sample((900, 9), (100, 1));
+        assert_eq!(
+            sequential(&spec, &seq, &clean, &mut ev, &Histogram::default(), 5000).verdict,
+            Verdict::Fail
+        );
+    }
+
+    #[test]
+    fn sequential_judge_never_passes_without_data() {
+        let (spec, seq) = seq_spec(BuiltinMetric::ErrorRate);
+        let mut ev = Evidence::default();
+        let none = sample((900, 9), (0, 0));
+        assert_eq!(
+            sequential(&spec, &seq, &none, &mut ev, &Histogram::default(), 0).verdict,
+            Verdict::NoData
+        );
+        let few = sample((900, 9), (10, 0));
+        assert_eq!(
+            sequential(&spec, &seq, &few, &mut ev, &Histogram::default(), 0).verdict,
+            Verdict::Inconclusive
+        );
+        let no_stable = sample((0, 0), (100, 0));
+        assert_eq!(
+            sequential(&spec, &seq, &no_stable, &mut ev, &Histogram::default(), 100).verdict,
+            Verdict::Inconclusive
+        );
+        let enough = sample((900, 9), (100, 1));
+        assert_eq!(
+            sequential(&spec, &seq, &enough, &mut ev, &Histogram::default(), 100).verdict,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn sequential_latency_judge_compares_with_stables_history() {
+        let (spec, seq) = seq_spec(BuiltinMetric::Latency(0.5));
+        let mut history = Histogram::default();
+        for i in 0..1000u64 {
+            history.record_micros(20_000 + (i % 100) * 200); // 20..40 ms
+        }
+        let mut ev = Evidence::default();
+        let mut slow = VariantStats {
+            requests: 100,
+            ..Default::default()
+        };
+        for i in 0..100u64 {
+            slow.latency.record_micros(30_000 + (i % 100) * 300); // 30..60 ms
+        }
+        let s = IntervalSample {
+            stable: VariantStats {
+                requests: 900,
+                ..Default::default()
+            },
+            canary: slow,
+        };
+        let r = sequential(&spec, &seq, &s, &mut ev, &history, 0);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        // Without stable history there is nothing to compare with.
+        let mut fresh = Evidence::default();
+        let r = sequential(&spec, &seq, &s, &mut fresh, &Histogram::default(), 0);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
     }
 
     fn stats(requests: u64, errors: u64) -> VariantStats {

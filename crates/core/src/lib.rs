@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod policy;
 pub mod ports;
 pub mod release;
+pub mod sequential;
 pub mod units;
 pub mod yaml;
 

@@ -97,30 +97,43 @@ impl Histogram {
         }
     }
 
-    /// The `q` quantile in milliseconds (the geometric middle of its bucket), or `None`
-    /// when empty or `q` is outside 0..=1.
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+    /// The bucket holding the `q` quantile (rank `ceil(q * count)`), or `None` when empty.
+    pub fn quantile_bucket(&self, q: f64) -> Option<usize> {
         let total = self.count();
         if total == 0 || !(0.0..=1.0).contains(&q) {
             return None;
         }
-        // The rank of the quantile, 1-based; ceil keeps p99 of 100 samples at the 99th.
+        // The rank is 1-based and rounded up, so p99 of 100 samples is the 99th.
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
-        for (i, c) in &self.counts {
+        self.counts.iter().find_map(|(i, c)| {
             seen += c;
-            if seen >= rank {
-                let i = usize::from(*i);
-                let upper = bucket_upper_ms(i);
-                let lower = if i == 0 {
-                    upper / 2.0
-                } else {
-                    bucket_upper_ms(i - 1)
-                };
-                return Some((upper * lower).sqrt());
+            (seen >= rank).then_some(usize::from(*i))
+        })
+    }
+
+    /// Observations in buckets above and below `bucket` (those in it are ties).
+    pub fn split_at(&self, bucket: usize) -> (u64, u64) {
+        self.counts.iter().fold((0, 0), |(above, below), (i, c)| {
+            match usize::from(*i).cmp(&bucket) {
+                std::cmp::Ordering::Greater => (above + c, below),
+                std::cmp::Ordering::Less => (above, below + c),
+                std::cmp::Ordering::Equal => (above, below),
             }
-        }
-        None
+        })
+    }
+
+    /// The `q` quantile in milliseconds (the geometric middle of its bucket), or `None`
+    /// when empty or `q` is outside 0..=1.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let i = self.quantile_bucket(q)?;
+        let upper = bucket_upper_ms(i);
+        let lower = if i == 0 {
+            upper / 2.0
+        } else {
+            bucket_upper_ms(i - 1)
+        };
+        Some((upper * lower).sqrt())
     }
 }
 

@@ -174,6 +174,8 @@ pub struct Analysis {
     pub no_data: Escalation,
     /// The metrics judged each interval.
     pub metrics: Vec<MetricSpec>,
+    /// The summed `weight` of failing non-critical metrics that fails the release.
+    pub fail_score: f64,
 }
 
 /// A limit on consecutive unusable intervals, and what happens when it is reached.
@@ -202,13 +204,43 @@ pub struct MetricSpec {
     pub name: String,
     /// Which measurement.
     pub metric: BuiltinMetric,
-    /// Limits.
-    pub judge: Threshold,
-    /// Requests a variant needs in an interval before it can be judged.
+    /// How values are judged.
+    pub judge: Judge,
+    /// Requests a variant needs before it can be judged: per interval for the threshold
+    /// judge, since analysis began for the sequential judge.
     pub min_samples: u64,
-    /// Consecutive failing intervals that fail the release.
+    /// Consecutive failing intervals that fail the release (threshold judge only; a
+    /// sequential judge decides the moment its evidence suffices).
     pub failure_limit: u32,
+    /// Whether this metric fails the release on its own. A non-critical metric only
+    /// adds its `weight` to the failure score.
+    pub critical: bool,
+    /// This metric's share of the failure score when it is not critical.
+    pub weight: f64,
 }
+
+/// How a metric is judged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Judge {
+    /// Fixed limits, judged interval by interval.
+    Threshold(Threshold),
+    /// An anytime-valid test of "canary worse than stable".
+    Sequential(Sequential),
+}
+
+/// Settings of the sequential judge.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sequential {
+    /// Bound on the probability of failing a canary that is no worse than stable, over
+    /// the whole release however often it is checked.
+    pub alpha: f64,
+    /// How much worse the canary may be before it counts as worse, as an odds ratio:
+    /// 1 means any degradation, 1.25 tolerates 25 % higher odds of a bad outcome.
+    pub tolerance: f64,
+}
+
+/// The default false-alarm bound of the sequential judge.
+pub const DEFAULT_ALPHA: f64 = 0.01;
 
 /// Metrics the embedded proxy measures itself.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -773,6 +805,7 @@ fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis
             "inconclusive",
             "no_data",
             "metrics",
+            "fail_score",
         ],
     )?;
     let interval = positive(cx, &m, "interval").unwrap_or(Duration::from_secs(10));
@@ -819,11 +852,20 @@ fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis
         }
         Some(metrics)
     });
+    let fail_score = m.optional::<f64>(cx, "fail_score").unwrap_or(1.0);
+    if fail_score <= 0.0 {
+        cx.error(
+            m.get("fail_score").map_or(m.pos(), |n| n.pos),
+            &m.path_of("fail_score"),
+            "must be above 0, or every interval would fail",
+        );
+    }
     Some(Analysis {
         interval,
         inconclusive,
         no_data,
         metrics: metrics?,
+        fail_score,
     })
 }
 
@@ -872,6 +914,8 @@ fn decode_metric(
             "judge",
             "min_samples",
             "failure_limit",
+            "critical",
+            "weight",
         ],
     )?;
     if let Some(n) = m.get("source") {
@@ -891,15 +935,98 @@ fn decode_metric(
         .optional::<u64>(cx, "min_samples")
         .unwrap_or(default_min_samples);
     let failure_limit = limit(cx, &m, "failure_limit").unwrap_or(default_failure_limit);
+    let critical = m.optional::<bool>(cx, "critical").unwrap_or(true);
+    let weight = m.optional::<f64>(cx, "weight").unwrap_or(1.0);
+    if weight < 0.0 {
+        cx.error(
+            m.get("weight").map_or(m.pos(), |n| n.pos),
+            &m.path_of("weight"),
+            "a weight cannot be negative",
+        );
+    }
     let metric = metric?;
-    let judge = m.required_with(cx, "judge", |cx, n, p| decode_threshold(cx, n, p, metric))?;
+    let judge = m.required_with(cx, "judge", |cx, n, p| decode_judge(cx, n, p, metric))?;
     Some(MetricSpec {
         name: name?,
         metric,
         judge,
         min_samples,
         failure_limit,
+        critical,
+        weight,
     })
+}
+
+const JUDGES: &[&str] = &["sequential", "threshold"];
+
+/// `judge: sequential`, `judge: {sequential: {alpha, tolerance}}`,
+/// `judge: {threshold: {max, max_ratio_to_stable}}` or, for short,
+/// `judge: {max, max_ratio_to_stable}`.
+fn decode_judge(cx: &mut Decoder, node: &Node, path: &str, metric: BuiltinMetric) -> Option<Judge> {
+    let default_tolerance = match metric {
+        BuiltinMetric::ErrorRate => 1.0,
+        BuiltinMetric::Latency(_) => 1.25,
+    };
+    let default = Judge::Sequential(Sequential {
+        alpha: DEFAULT_ALPHA,
+        tolerance: default_tolerance,
+    });
+    if let NodeKind::Scalar { .. } = node.kind {
+        return one_of(cx, node, path, &["sequential"]).map(|_| default);
+    }
+    let NodeKind::Map(entries) = &node.kind else {
+        cx.error(
+            node.pos,
+            path,
+            format!(
+                "expected `sequential` or a mapping, found {}",
+                node.type_name()
+            ),
+        );
+        return None;
+    };
+    let named = entries
+        .iter()
+        .find(|(k, _)| JUDGES.contains(&k.text.as_str()));
+    match named {
+        Some((key, inner)) if entries.len() == 1 && key.text == "threshold" => {
+            decode_threshold(cx, inner, &join(path, "threshold"), metric).map(Judge::Threshold)
+        }
+        Some((key, inner)) if entries.len() == 1 => {
+            if inner.kind == NodeKind::Null {
+                return Some(default);
+            }
+            let m = cx.map(inner, &join(path, &key.text), &["alpha", "tolerance"])?;
+            let alpha = m.optional::<f64>(cx, "alpha").unwrap_or(DEFAULT_ALPHA);
+            if !(alpha > 0.0 && alpha < 0.5) {
+                cx.error(
+                    m.get("alpha").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("alpha"),
+                    format!("alpha {alpha} is not a useful false-alarm bound; use a probability above 0 and below 0.5, such as 0.01"),
+                );
+            }
+            let tolerance = m
+                .optional::<f64>(cx, "tolerance")
+                .unwrap_or(default_tolerance);
+            if tolerance < 1.0 {
+                cx.error(
+                    m.get("tolerance").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("tolerance"),
+                    format!("tolerance {tolerance} is below 1: it would fail canaries that are better than stable"),
+                );
+            }
+            Some(Judge::Sequential(Sequential { alpha, tolerance }))
+        }
+        Some(_) => {
+            cx.error(
+                node.pos,
+                path,
+                "choose one judge: `sequential` or `threshold`, without other fields",
+            );
+            None
+        }
+        None => decode_threshold(cx, node, path, metric).map(Judge::Threshold),
+    }
 }
 
 fn decode_threshold(
@@ -1053,11 +1180,43 @@ analysis:
             "judge: { max: 1% }\n    - metric: latency_p99\n      judge: { max: 800ms, max_ratio_to_stable: 1.5 }",
         );
         let p = Policy::from_yaml(&src).unwrap();
-        assert_eq!(p.analysis.metrics[0].judge.max, Some(0.01));
-        assert_eq!(p.analysis.metrics[1].judge.max, Some(800.0));
+        let max = |i: usize| match p.analysis.metrics[i].judge {
+            Judge::Threshold(t) => t.max,
+            Judge::Sequential(_) => None,
+        };
+        assert_eq!(max(0), Some(0.01));
+        assert_eq!(max(1), Some(800.0));
         assert_eq!(p.analysis.metrics[1].metric, BuiltinMetric::Latency(0.99));
         let bad = src.replace("max: 800ms", "max: 5%");
         assert!(errors(&bad)[0].path.ends_with("judge.max"));
+    }
+
+    #[test]
+    fn judge_forms() {
+        let with = |judge: &str| MINIMAL.replace("judge: { max: 1% }", &format!("judge: {judge}"));
+        let p = Policy::from_yaml(&with("sequential")).unwrap();
+        let seq = |alpha| {
+            Judge::Sequential(Sequential {
+                alpha,
+                tolerance: 1.0,
+            })
+        };
+        assert_eq!(p.analysis.metrics[0].judge, seq(DEFAULT_ALPHA));
+        let p = Policy::from_yaml(&with("{sequential: {alpha: 0.05}}")).unwrap();
+        assert_eq!(p.analysis.metrics[0].judge, seq(0.05));
+        let p = Policy::from_yaml(&with("{threshold: {max: 2%}}")).unwrap();
+        assert!(
+            matches!(p.analysis.metrics[0].judge, Judge::Threshold(Threshold { max: Some(m), .. }) if (m - 0.02).abs() < 1e-12)
+        );
+        assert!(p.analysis.metrics[0].critical);
+        for bad in [
+            "sequentail",
+            "{sequential: {alpha: 0.7}}",
+            "{sequential: {}, max: 1%}",
+            "{sequential: {tolerance: 0.5}}",
+        ] {
+            assert!(Policy::from_yaml(&with(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

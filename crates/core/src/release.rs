@@ -10,9 +10,10 @@
 
 use std::time::Duration;
 
-use crate::judge::{MetricReading, Verdict, judge};
+use crate::judge::{self, Evidence, MetricReading, Verdict};
+use crate::metrics::Histogram;
 use crate::metrics::IntervalSample;
-use crate::policy::{EscalationAction, Policy};
+use crate::policy::{EscalationAction, Judge, Policy};
 use crate::units::{Millis, Weight};
 
 /// Which copy of the service.
@@ -337,6 +338,12 @@ pub struct Release {
     pub queued: Vec<Action>,
     /// Consecutive failing intervals, per metric in policy order.
     pub failure_streaks: Vec<u32>,
+    /// Sequential judges' evidence, per metric in policy order.
+    pub evidence: Vec<Evidence>,
+    /// Stable's latency over every analysed interval (the sequential latency null).
+    pub stable_latency: Histogram,
+    /// Canary requests over every analysed interval.
+    pub canary_seen: u64,
     /// Consecutive inconclusive intervals.
     pub inconclusive_streak: u32,
     /// Consecutive intervals without canary traffic.
@@ -364,6 +371,9 @@ impl Default for Release {
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
+            evidence: Vec::new(),
+            stable_latency: Histogram::default(),
+            canary_seen: 0,
             inconclusive_streak: 0,
             no_data_streak: 0,
             intervals: 0,
@@ -616,6 +626,7 @@ fn start(b: &mut Builder<'_>, id: &str, version: &str, stable: Option<String>) {
     b.s.started_at = b.now;
     b.s.phase = Phase::Gating;
     b.s.failure_streaks = vec![0; b.policy.analysis.metrics.len()];
+    b.s.evidence = vec![Evidence::default(); b.policy.analysis.metrics.len()];
     let from = match &b.s.stable {
         Some(s) => format!(" (stable {s})"),
         None => " (initial release: nothing to compare with)".into(),
@@ -942,26 +953,77 @@ fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
 
 fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
     let metrics = &b.policy.analysis.metrics;
-    let readings: Vec<MetricReading> = metrics.iter().map(|m| judge(m, sample)).collect();
+    let mut readings: Vec<MetricReading> = Vec::with_capacity(metrics.len());
+    for (i, m) in metrics.iter().enumerate() {
+        readings.push(match &m.judge {
+            Judge::Threshold(t) => judge::threshold(m, t, sample),
+            Judge::Sequential(seq) => judge::sequential(
+                m,
+                seq,
+                sample,
+                &mut b.s.evidence[i],
+                &b.s.stable_latency,
+                b.s.canary_seen,
+            ),
+        });
+    }
+    // Only after judging: the null for this interval came from earlier intervals.
+    b.s.stable_latency.merge(&sample.stable.latency);
+    b.s.canary_seen += sample.canary.requests;
     b.s.intervals += 1;
+
     let mut tripped: Vec<usize> = Vec::new();
     for (i, r) in readings.iter().enumerate() {
         match r.verdict {
             Verdict::Pass => b.s.failure_streaks[i] = 0,
-            Verdict::Fail => {
-                b.s.failure_streaks[i] += 1;
-                if b.s.failure_streaks[i] >= metrics[i].failure_limit {
-                    tripped.push(i);
-                }
-            }
+            Verdict::Fail => b.s.failure_streaks[i] += 1,
             Verdict::Inconclusive | Verdict::NoData => {}
         }
+        let trips = match metrics[i].judge {
+            Judge::Threshold(_) => b.s.failure_streaks[i] >= metrics[i].failure_limit,
+            // Anytime-valid: the first rejection is the decision.
+            Judge::Sequential(_) => r.verdict == Verdict::Fail,
+        };
+        if trips {
+            tripped.push(i);
+        }
     }
-    let verdict = if readings.iter().any(|r| r.verdict == Verdict::Fail) {
+    // Critical metrics fail the release alone; the others only together, once their
+    // weights reach the failure score. Below it, their failures are warnings.
+    let score: f64 = tripped
+        .iter()
+        .filter(|i| !metrics[**i].critical)
+        .map(|i| metrics[*i].weight)
+        .sum();
+    let failing_score: f64 = readings
+        .iter()
+        .zip(metrics)
+        .filter(|(r, m)| !m.critical && r.verdict == Verdict::Fail)
+        .map(|(_, m)| m.weight)
+        .sum();
+    let counts = |i: usize| {
+        metrics[i].critical
+            || readings[i].verdict != Verdict::Fail
+            || failing_score >= b.policy.analysis.fail_score
+    };
+    let counted: Vec<&MetricReading> = (0..readings.len())
+        .filter(|i| counts(*i))
+        .map(|i| &readings[i])
+        .collect();
+    let deciding: Vec<usize> =
+        if tripped.iter().any(|i| metrics[*i].critical) || score >= b.policy.analysis.fail_score {
+            tripped
+                .into_iter()
+                .filter(|i| counts(*i) || score >= b.policy.analysis.fail_score)
+                .collect()
+        } else {
+            Vec::new()
+        };
+    let verdict = if counted.iter().any(|r| r.verdict == Verdict::Fail) {
         Verdict::Fail
-    } else if readings.iter().all(|r| r.verdict == Verdict::NoData) {
+    } else if !counted.is_empty() && counted.iter().all(|r| r.verdict == Verdict::NoData) {
         Verdict::NoData
-    } else if readings.iter().any(|r| r.verdict != Verdict::Pass) {
+    } else if counted.iter().any(|r| r.verdict != Verdict::Pass) {
         Verdict::Inconclusive
     } else {
         Verdict::Pass
@@ -983,14 +1045,16 @@ fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
         readings.clone(),
     );
 
-    if !tripped.is_empty() {
+    if !deciding.is_empty() {
+        let tripped = deciding;
         let why: Vec<String> = tripped
             .iter()
-            .map(|i| {
-                format!(
+            .map(|i| match metrics[*i].judge {
+                Judge::Threshold(_) => format!(
                     "{} {} for {} consecutive interval(s)",
                     readings[*i].name, readings[*i].detail, b.s.failure_streaks[*i]
-                )
+                ),
+                Judge::Sequential(_) => format!("{} {}", readings[*i].name, readings[*i].detail),
             })
             .collect();
         if tripped.iter().all(|i| readings[*i].stable_breached) {
@@ -1027,7 +1091,11 @@ fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
     let baked =
         b.s.step_started_at
             .is_some_and(|t| b.now >= t + ms(steps[b.s.step].bake));
-    let clean = verdict == Verdict::Pass && b.s.failure_streaks.iter().all(|s| *s == 0);
+    let clean = verdict == Verdict::Pass
+        && metrics
+            .iter()
+            .zip(&b.s.failure_streaks)
+            .all(|(m, s)| !m.critical || *s == 0);
     if baked && clean {
         b.event(
             "step_completed",

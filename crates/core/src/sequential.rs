@@ -1,0 +1,137 @@
+//! Anytime-valid sequential tests: evidence that the canary is worse than stable,
+//! accumulated interval by interval, with a false-alarm probability bounded by `alpha`
+//! however often it is looked at.
+//!
+//! Owns the e-process arithmetic. It must not know about policies or phases.
+//!
+//! # The test
+//!
+//! Both error counts and latency exceedances reduce to one question: in `n` trials, is
+//! the probability of a "bad" outcome on the canary side above a null value `p0`?
+//!
+//! - Errors: condition on the errors seen in an interval. If the canary is no worse
+//!   than stable, each error lands on the canary with probability equal to the
+//!   canary's share of requests, `p0 = n_canary / (n_canary + n_stable)`. This holds
+//!   whatever the baseline error rate is and however it drifts.
+//! - Latency: a canary request is "bad" when it is slower than stable's quantile. If the
+//!   canary is no slower, that happens with stable's own exceedance probability `p0`.
+//!
+//! Against each alternative `p1` (a point on a grid of odds ratios above `p0`) the
+//! likelihood ratio `(p1/p0)^x ((1-p1)/(1-p0))^(n-x)` has expectation at most 1 under
+//! any `p <= p0`, so the product over intervals is a non-negative supermartingale, and so
+//! is a weighted mixture of them. By Ville's inequality the mixture ever reaching
+//! `1/alpha` has probability at most `alpha`: the test can stop at any interval.
+//!
+//! The test is one-sided (a canary that is *better* never accumulates evidence), and the
+//! mixing weights sit on the effect sizes that matter for releases: most weight on odds
+//! ratios 1.5 to 3, where detection is slow, little on huge effects, which are detected
+//! within seconds whatever their weight.
+
+/// Odds ratios of the alternatives (canary odds of a bad outcome over the null's).
+pub const GRID: [f64; 8] = [1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 5.0, 10.0];
+/// Mixing weights of the alternatives; they sum to 1.
+pub const WEIGHTS: [f64; 8] = [0.08, 0.16, 0.2, 0.2, 0.14, 0.1, 0.07, 0.05];
+
+/// Accumulated log-likelihood ratios, one per alternative.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EProcess {
+    log_lr: Vec<f64>,
+}
+
+impl Default for EProcess {
+    fn default() -> Self {
+        EProcess {
+            log_lr: vec![0.0; GRID.len()],
+        }
+    }
+}
+
+fn odds(p: f64) -> f64 {
+    p / (1.0 - p)
+}
+
+impl EProcess {
+    /// Adds `bad` bad outcomes out of `trials`, when the null probability of a bad
+    /// outcome is at most `p0`. Does nothing without trials or with a degenerate `p0`
+    /// (no information), so evidence never comes from nothing.
+    pub fn update(&mut self, bad: u64, trials: u64, p0: f64) {
+        if trials == 0 || bad > trials || !(p0 > 0.0 && p0 < 1.0) {
+            return;
+        }
+        let good = (trials - bad) as f64;
+        let bad = bad as f64;
+        let o = odds(p0);
+        for (k, r) in GRID.iter().enumerate() {
+            let p1 = r * o / (1.0 + r * o);
+            self.log_lr[k] += bad * (p1 / p0).ln() + good * ((1.0 - p1) / (1.0 - p0)).ln();
+        }
+    }
+
+    /// The log of the mixture e-value.
+    pub fn log_e(&self) -> f64 {
+        let terms: Vec<f64> = self
+            .log_lr
+            .iter()
+            .zip(WEIGHTS)
+            .map(|(l, w)| w.ln() + l)
+            .collect();
+        let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !max.is_finite() {
+            return max;
+        }
+        max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln()
+    }
+
+    /// Whether the evidence rejects "canary no worse" at level `alpha`.
+    pub fn rejects(&self, alpha: f64) -> bool {
+        self.log_e() >= (1.0 / alpha).ln()
+    }
+}
+
+/// Shifts a null probability up by an odds tolerance: `H0: odds(p) <= odds(p0) * tol`.
+pub fn tolerate(p0: f64, tolerance: f64) -> f64 {
+    let o = odds(p0) * tolerance;
+    o / (1.0 + o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one() {
+        assert!((WEIGHTS.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_eq!(GRID.len(), WEIGHTS.len());
+    }
+
+    #[test]
+    fn evidence_grows_for_a_worse_canary_and_shrinks_for_a_better_one() {
+        let mut worse = EProcess::default();
+        let mut better = EProcess::default();
+        for _ in 0..50 {
+            worse.update(6, 20, 0.1); // 30 % of errors on a 10 % share
+            better.update(1, 20, 0.1);
+        }
+        assert!(worse.rejects(0.01));
+        assert!(!better.rejects(0.5));
+        assert!(better.log_e() < 0.0);
+    }
+
+    #[test]
+    fn no_information_changes_nothing() {
+        let mut e = EProcess::default();
+        e.update(0, 0, 0.1);
+        e.update(3, 5, 0.0);
+        e.update(3, 5, 1.0);
+        e.update(3, 5, f64::NAN);
+        e.update(9, 5, 0.2);
+        assert_eq!(e, EProcess::default());
+        assert!((e.log_e()).abs() < 1e-12, "starts at e = 1");
+    }
+
+    #[test]
+    fn tolerance_moves_the_null_up() {
+        assert!((tolerate(0.5, 1.0) - 0.5).abs() < 1e-12);
+        assert!(tolerate(0.5, 1.25) > 0.55 && tolerate(0.5, 1.25) < 0.56);
+    }
+}

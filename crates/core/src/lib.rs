@@ -12,7 +12,10 @@ pub mod metrics;
 pub mod policy;
 pub mod ports;
 pub mod release;
+pub mod replay;
+pub mod samples;
 pub mod sequential;
+pub mod sim;
 pub mod units;
 pub mod yaml;
 

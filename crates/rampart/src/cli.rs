@@ -62,6 +62,24 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Backtest a policy: run its analysis and state machine on recorded traffic, in
+    /// simulated time.
+    Replay {
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Recorded traffic: CSV with the header t_s,variant,requests,errors[,p50_ms,...].
+        #[arg(long, value_name = "FILE.csv")]
+        samples: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// The bundled sample HTTP service (used by the demo; handy for trying policies).
     SampleService {
         /// Port to listen on (127.0.0.1).
@@ -88,6 +106,22 @@ enum Command {
         /// Distinct users to simulate.
         #[arg(long, default_value_t = 1000)]
         users: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// False rollbacks, power and time to decision of each judge on simulated releases.
+    Decisions {
+        /// Trials per error-rate scenario (latency scenarios get a quarter).
+        #[arg(long, default_value_t = 1000)]
+        trials: u64,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -123,6 +157,32 @@ pub async fn main(cli: Cli) -> i32 {
             finish(output, run_release(opts, None).await)
         }
         Command::Validate { file, output } => validate(&file, output),
+        Command::Replay {
+            file,
+            samples,
+            output,
+        } => finish(output, replay(&file, &samples, output)),
+        Command::Bench {
+            what:
+                BenchCommand::Decisions {
+                    trials,
+                    seed,
+                    output,
+                },
+        } => {
+            let report = crate::bench::run(trials.max(1), seed);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+                Output::Text => {
+                    print!("{}", crate::bench::markdown(&report));
+                    println!(
+                        "\n{} trials per error scenario, {} per latency scenario, seed {}, {:.1}s",
+                        report.trials, report.latency_trials, report.seed, report.elapsed_s
+                    );
+                }
+            }
+            0
+        }
         Command::Demo { scenario, output } => {
             let result = crate::demo::run(scenario, output).await;
             if let (Ok(r), Output::Json) = (&result, output) {
@@ -181,6 +241,32 @@ pub async fn main(cli: Cli) -> i32 {
             0
         }
     }
+}
+
+fn replay(file: &PathBuf, samples: &PathBuf, output: Output) -> Result<Report, RunError> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|e| RunError::Invalid(format!("{}: {e}", p.display())))
+    };
+    let policy = crate::run::load_policy(file, &read(file)?)?;
+    let recorded = rampart_core::samples::Samples::parse(&read(samples)?).map_err(|e| {
+        RunError::Invalid(format!("{}:{}: {}", samples.display(), e.line, e.message))
+    })?;
+    let out: Box<dyn std::io::Write + Send> = match output {
+        Output::Text => Box::new(std::io::stdout()),
+        Output::Json => Box::new(std::io::stderr()),
+    };
+    let progress = crate::progress::Progress::new(out, false, policy.strategy.steps().len());
+    let replayed = rampart_core::replay::replay(&policy, &recorded, |input, state, events| {
+        rampart_controller::Observer::on_transition(&*progress, input, state, events);
+    });
+    let totals = recorded.window(0, recorded.end_s());
+    Ok(crate::run::report(
+        &policy,
+        &replayed.release,
+        replayed.timeline,
+        totals,
+        None,
+    ))
 }
 
 fn finish(output: Output, result: Result<Report, RunError>) -> i32 {

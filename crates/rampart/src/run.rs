@@ -356,7 +356,8 @@ impl rampart_controller::Observer for RollbackWatch {
     }
 }
 
-fn report(
+/// Builds the final report of a release.
+pub fn report(
     policy: &Policy,
     end: &Release,
     timeline: Vec<rampart_core::release::AuditEvent>,

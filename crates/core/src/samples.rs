@@ -199,6 +199,35 @@ impl Samples {
         })
     }
 
+    /// Writes the samples in the same CSV format, with `p50_ms`, `p90_ms` and `p99_ms`
+    /// columns when any second has latency data.
+    pub fn to_csv(&self) -> String {
+        let with_latency = self
+            .seconds
+            .values()
+            .any(|s| s.stable.latency.count() + s.canary.latency.count() > 0);
+        let mut out = String::from("t_s,variant,requests,errors");
+        if with_latency {
+            out.push_str(",p50_ms,p90_ms,p99_ms");
+        }
+        out.push('\n');
+        for (t, s) in &self.seconds {
+            for (name, v) in [("stable", &s.stable), ("canary", &s.canary)] {
+                out.push_str(&format!("{t},{name},{},{}", v.requests, v.errors));
+                if with_latency {
+                    for q in [0.5, 0.9, 0.99] {
+                        out.push(',');
+                        if let Some(ms) = v.latency.quantile_ms(q) {
+                            out.push_str(&format!("{ms:.3}"));
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// Builds samples from per-second data (for simulations).
     pub fn from_seconds(seconds: impl IntoIterator<Item = (u64, IntervalSample)>) -> Samples {
         Samples {
@@ -260,6 +289,14 @@ mod tests {
         assert!((p50 - 40.0).abs() / 40.0 < 0.05, "{p50}");
         assert!((p99 - 200.0).abs() / 200.0 < 0.05, "{p99}");
         assert_eq!(w.canary.latency.count(), 0);
+    }
+
+    #[test]
+    fn csv_round_trips_counts() {
+        let text = "t_s,variant,requests,errors\n0,stable,90,1\n0,canary,10,0\n1,stable,85,0\n1,canary,15,3\n";
+        let s = Samples::parse(text).unwrap();
+        assert_eq!(s.to_csv(), text);
+        assert_eq!(Samples::parse(&s.to_csv()).unwrap(), s);
     }
 
     #[test]

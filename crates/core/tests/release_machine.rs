@@ -636,3 +636,99 @@ fn inputs_round_trip_through_json() {
         assert_eq!(&back, input);
     }
 }
+
+#[test]
+fn a_metrics_source_that_recovers_resumes_the_analysis() {
+    let mut w = World::new(5, 5);
+    // Three failed measurements (the limit is 4), then the source recovers.
+    w.measure_override = Some(Input::MeasureFailed {
+        detail: "timeout".into(),
+    });
+    w.run_until(|s| s.inconclusive_streak == 3);
+    assert_eq!(w.state.phase, Phase::Progressing);
+    w.measure_override = None;
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::Succeeded);
+}
+
+const WEIGHTED: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 10, bake: 1m}]}}
+analysis:
+  interval: 30s
+  min_samples: 10
+  failure_limit: 1
+  fail_score: 1.0
+  metrics:
+    - {name: errors, metric: error_rate, judge: {max: 5%}}
+    - {name: p50, metric: latency_p50, judge: {max: 100ms}, critical: false, weight: 0.5}
+    - {name: p99, metric: latency_p99, judge: {max: 300ms}, critical: false, weight: 0.5}
+"#;
+
+/// Drives the weighted policy with one sample per interval: (p50-ish ms, p99-ish ms).
+fn weighted_release(latencies: (u64, u64)) -> Release {
+    let p = Policy::from_yaml(WEIGHTED).unwrap();
+    let mut s = step(&p, &Release::default(), &start_input(), 0).state;
+    let mut now = 0;
+    for _ in 0..100 {
+        if s.phase.is_terminal() {
+            break;
+        }
+        let input = match s.pending.clone() {
+            Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
+            Some(Action::Deploy { variant, .. }) => Input::Deployed {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::SetWeight { weight }) => Input::TrafficSet { weight },
+            Some(Action::Measure) => {
+                let mut canary = stats(100, 0);
+                for i in 0..100 {
+                    canary
+                        .latency
+                        .record_micros(if i < 95 { latencies.0 } else { latencies.1 } * 1000);
+                }
+                Input::Measured {
+                    sample: IntervalSample {
+                        stable: stats(900, 0),
+                        canary,
+                    },
+                }
+            }
+            Some(Action::Stop { variant }) => Input::Stopped {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::VerifyStable) => Input::StableVerified {
+                healthy: true,
+                detail: String::new(),
+            },
+            None => {
+                now = s.wake_at().unwrap();
+                Input::Tick
+            }
+        };
+        s = step(&p, &s, &input, now).state;
+    }
+    s
+}
+
+#[test]
+fn one_failing_non_critical_metric_cannot_roll_back_a_release() {
+    // p99 breaks its limit every interval, p50 is fine: score 0.5 < 1.0.
+    let s = weighted_release((50, 500));
+    assert_eq!(s.phase, Phase::Succeeded);
+}
+
+#[test]
+fn non_critical_metrics_that_agree_roll_back_together() {
+    // Both latency metrics fail: score 1.0 reaches fail_score.
+    let s = weighted_release((150, 500));
+    assert_eq!(s.phase, Phase::RolledBack);
+    let reason = s.decision.unwrap().reason;
+    assert!(reason.contains("p50") && reason.contains("p99"), "{reason}");
+}

@@ -421,6 +421,16 @@ mod tests {
     }
 
     #[test]
+    fn a_value_that_cannot_be_computed_is_inconclusive_not_a_pass() {
+        // Requests were counted but no latency was recorded: the quantile is undefined.
+        let mut s = spec(Some(100.0), None);
+        s.metric = BuiltinMetric::Latency(0.99);
+        let r = judge(&s, &sample((100, 0), (100, 0)));
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        assert!(r.detail.contains("could not be computed"));
+    }
+
+    #[test]
     fn ratio_without_enough_stable_is_inconclusive_unless_absolute_failed() {
         let s = spec(Some(0.05), Some(2.0));
         assert_eq!(

@@ -160,8 +160,63 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[idx])
 }
 
-/// Runs every scenario under every judge.
-pub fn run(trials: u64, seed: u64) -> Report {
+/// The reference script, run with `--savvi PYTHON`.
+const SAVVI_SCRIPT: &str = include_str!("../../../scripts/bench_savvi.py");
+
+/// Runs savvi's multinomial test on the error counts of `streams`; returns the decision
+/// second of each trial, or why it could not run.
+fn savvi(
+    python: &str,
+    streams: &[Vec<(u64, u64)>],
+    alpha: f64,
+    share: f64,
+) -> Result<Vec<Option<f64>>, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let script = dir.path().join("bench_savvi.py");
+    let data = dir.path().join("streams.jsonl");
+    std::fs::write(&script, SAVVI_SCRIPT).map_err(|e| e.to_string())?;
+    let lines: Vec<String> = streams
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(&data)
+        .arg(alpha.to_string())
+        .arg(share.to_string())
+        .output()
+        .map_err(|e| format!("running {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{python} bench_savvi.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("reading savvi's output: {e}"))
+}
+
+fn row(scenario: &Scenario, judge: &str, results: &[Option<f64>]) -> Row {
+    let mut times: Vec<f64> = results.iter().flatten().copied().collect();
+    times.sort_by(f64::total_cmp);
+    Row {
+        scenario: scenario.name.to_string(),
+        judge: judge.to_string(),
+        measures: if scenario.regression {
+            "power"
+        } else {
+            "false_rollbacks"
+        },
+        trials: results.len() as u64,
+        rolled_back: times.len() as f64 / results.len().max(1) as f64,
+        median_s: quantile(&times, 0.5),
+        p90_s: quantile(&times, 0.9),
+    }
+}
+
+/// Runs every scenario under every judge; with `savvi`, also savvi's multinomial test
+/// (run by that Python interpreter) on the error scenarios' streams.
+pub fn run(trials: u64, seed: u64, savvi_python: Option<&str>) -> Result<Report, String> {
     #[allow(clippy::disallowed_methods)] // wall time of the benchmark itself, reported only
     let started = Instant::now();
     let latency_trials = (trials / 4).max(1);
@@ -173,26 +228,43 @@ pub fn run(trials: u64, seed: u64) -> Report {
         let threads = std::thread::available_parallelism()
             .map_or(1, |p| p.get())
             .min(8) as u64;
-        let per_thread: Vec<Vec<Vec<Option<f64>>>> = std::thread::scope(|scope| {
+        type Trial = (Vec<Option<f64>>, Vec<(u64, u64)>);
+        let per_thread: Vec<Vec<Trial>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let js = &js;
                     scope.spawn(move || {
-                        let mut out = vec![Vec::new(); js.len()];
+                        let mut out: Vec<Trial> = Vec::new();
                         for trial in (t..n).step_by(threads as usize) {
                             let mut rng = Rng::new(
                                 seed ^ ((si as u64) << 40) ^ trial.wrapping_mul(0x9e37_79b9),
                             );
                             let samples = sc.stream.draw(&mut rng);
-                            for (j, (_, p)) in js.iter().enumerate() {
-                                let r = replay(p, &samples, |_, _, _| {});
-                                let decided =
-                                    r.release.decision.as_ref().map(|d| d.at as f64 / 1000.0);
-                                out[j].push(match r.release.outcome() {
-                                    Some(OutcomeKind::RolledBack) => decided,
-                                    _ => None,
-                                });
-                            }
+                            let decisions = js
+                                .iter()
+                                .map(|(_, p)| {
+                                    let r = replay(p, &samples, |_, _, _| {});
+                                    match r.release.outcome() {
+                                        Some(OutcomeKind::RolledBack) => r
+                                            .release
+                                            .decision
+                                            .as_ref()
+                                            .map(|d| d.at as f64 / 1000.0),
+                                        _ => None,
+                                    }
+                                })
+                                .collect();
+                            let errors = if savvi_python.is_some() && !latency {
+                                (0..samples.end_s())
+                                    .map(|s| {
+                                        let w = samples.window(s, s + 1);
+                                        (w.canary.errors, w.stable.errors)
+                                    })
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            };
+                            out.push((decisions, errors));
                         }
                         out
                     })
@@ -200,35 +272,28 @@ pub fn run(trials: u64, seed: u64) -> Report {
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
+        let all: Vec<&Trial> = per_thread.iter().flatten().collect();
         for (j, (label, _)) in js.iter().enumerate() {
-            let results: Vec<Option<f64>> = per_thread
-                .iter()
-                .flat_map(|t| t[j].iter().copied())
-                .collect();
-            let mut times: Vec<f64> = results.iter().flatten().copied().collect();
-            times.sort_by(f64::total_cmp);
-            rows.push(Row {
-                scenario: sc.name.to_string(),
-                judge: (*label).to_string(),
-                measures: if sc.regression {
-                    "power"
-                } else {
-                    "false_rollbacks"
-                },
-                trials: results.len() as u64,
-                rolled_back: times.len() as f64 / results.len().max(1) as f64,
-                median_s: quantile(&times, 0.5),
-                p90_s: quantile(&times, 0.9),
-            });
+            let results: Vec<Option<f64>> = all.iter().map(|t| t.0[j]).collect();
+            rows.push(row(&sc, label, &results));
+        }
+        if let (Some(python), false) = (savvi_python, latency) {
+            let streams: Vec<Vec<(u64, u64)>> = all.iter().map(|t| t.1.clone()).collect();
+            let results = savvi(python, &streams, 0.01, sc.stream.canary_share)?;
+            rows.push(row(
+                &sc,
+                "savvi multinomial alpha 0.01 (reference)",
+                &results,
+            ));
         }
     }
-    Report {
+    Ok(Report {
         seed,
         trials,
         latency_trials,
         elapsed_s: started.elapsed().as_secs_f64(),
         rows,
-    }
+    })
 }
 
 /// The report as a Markdown table.

@@ -119,6 +119,10 @@ enum BenchCommand {
         /// Seed of the simulation.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also run savvi's multinomial test (Python package `savvi`) with this
+        /// interpreter on the error-rate streams, as the reference.
+        #[arg(long, value_name = "PYTHON")]
+        savvi: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -167,10 +171,14 @@ pub async fn main(cli: Cli) -> i32 {
                 BenchCommand::Decisions {
                     trials,
                     seed,
+                    savvi,
                     output,
                 },
         } => {
-            let report = crate::bench::run(trials.max(1), seed);
+            let report = match crate::bench::run(trials.max(1), seed, savvi.as_deref()) {
+                Ok(r) => r,
+                Err(e) => return fail(output, &RunError::Internal(anyhow::anyhow!(e))),
+            };
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
                 Output::Text => {

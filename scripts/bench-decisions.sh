@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 trials="${1:-2000}"
 venv=target/savvi-venv
 if [ ! -x "$venv/bin/python" ]; then
+  python3 -c "import ensurepip" 2>/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq python3-venv; }
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet savvi==0.3.1 matplotlib
 fi

@@ -75,15 +75,24 @@ async fn run_command(argv: &[String], timeout: std::time::Duration) -> (bool, St
     };
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
+    // Both pipes are drained at once: a command that fills one while rampart waits on
+    // the other would otherwise hang until the timeout.
     let collect = async {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_end(&mut out).await;
-        }
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut err).await;
-        }
+        let read_out = async {
+            let mut buf = Vec::new();
+            if let Some(s) = stdout.as_mut() {
+                let _ = s.read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        let read_err = async {
+            let mut buf = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        let (out, err) = tokio::join!(read_out, read_err);
         let status = child.wait().await;
         (status, out, err)
     };
@@ -156,6 +165,21 @@ mod tests {
             }))
             .await;
         assert!(!missing.ok && missing.detail.contains("could not start"));
+    }
+
+    #[tokio::test]
+    async fn command_gate_with_lots_of_stderr_does_not_hang() {
+        let r = LocalGates
+            .run(&gate(GateCheck::Command {
+                run: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "head -c 300000 /dev/zero >&2; echo done".into(),
+                ],
+                timeout: Duration::from_secs(20),
+            }))
+            .await;
+        assert!(r.ok, "{r:?}");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy, VARIANT_HEADER};
-use rampart_core::policy::Sticky;
+use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::MetricsSource;
 use rampart_core::{Variant, Weight};
 use tokio::net::TcpListener;
@@ -213,6 +213,53 @@ async fn builtin_metrics_count_5xx_and_connection_failures_per_variant() {
         "deltas since the last measure"
     );
     assert_eq!(s.stable.requests, 0);
+}
+
+async fn get_with(addr: SocketAddr, headers: &[(&str, &str)]) -> String {
+    let mut req = Request::get(format!("http://{addr}/"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    resp.headers()
+        .get(VARIANT_HEADER)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn match_rules_send_internal_users_and_allowlisted_ids_to_the_canary() {
+    let (proxy, server, _) = setup(Sticky::Header("x-user".into())).await;
+    let addr = server.local_addr();
+    let internal = RouteMatch {
+        source: MatchSource::Header("x-internal-user".into()),
+        values: vec![],
+    };
+    let allowlist = RouteMatch {
+        source: MatchSource::Cookie("uid".into()),
+        values: vec!["alice".into(), "bob".into()],
+    };
+    proxy.set_route(Weight::ZERO, &[internal.clone(), allowlist]);
+    assert_eq!(
+        get_with(addr, &[("x-internal-user", "yes")]).await,
+        "canary"
+    );
+    assert_eq!(
+        get_with(addr, &[("cookie", "theme=dark; uid=bob")]).await,
+        "canary"
+    );
+    assert_eq!(get_with(addr, &[("cookie", "uid=mallory")]).await, "stable");
+    assert_eq!(get_with(addr, &[("x-user", "someone")]).await, "stable");
+    // Alongside a weight, the rules still hold; clearing them leaves only the weight.
+    proxy.set_route(Weight::from_percent(5).unwrap(), &[internal]);
+    assert_eq!(get_with(addr, &[("x-internal-user", "1")]).await, "canary");
+    proxy.set_route(Weight::ZERO, &[]);
+    assert_eq!(get_with(addr, &[("x-internal-user", "1")]).await, "stable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

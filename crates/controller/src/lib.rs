@@ -245,10 +245,10 @@ impl Controller {
                     },
                 }
             }
-            Action::SetWeight { weight } => {
+            Action::SetWeight { weight, matches } => {
                 let mut last = String::new();
                 for attempt in 1..=WEIGHT_ATTEMPTS {
-                    match p.router.set_weight(*weight).await {
+                    match p.router.set_weight(*weight, matches).await {
                         Ok(actual) if actual == *weight => {
                             return Input::TrafficSet { weight: actual };
                         }

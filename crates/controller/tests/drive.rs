@@ -13,7 +13,7 @@ use rampart_adapters::clock::TokioClock;
 use rampart_adapters::sqlite::SqliteStore;
 use rampart_controller::{Controller, Ports, Silent};
 use rampart_core::metrics::{IntervalSample, VariantStats};
-use rampart_core::policy::{Gate, Policy};
+use rampart_core::policy::{Gate, Policy, RouteMatch};
 use rampart_core::ports::*;
 use rampart_core::release::{GateResult, Input, Phase};
 use rampart_core::{Variant, Weight};
@@ -75,7 +75,11 @@ impl TrafficRouter for Fake {
     ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async { Ok(()) })
     }
-    fn set_weight(&self, w: Weight) -> BoxFuture<'_, Result<Weight, PortError>> {
+    fn set_weight<'a>(
+        &'a self,
+        w: Weight,
+        _m: &'a [RouteMatch],
+    ) -> BoxFuture<'a, Result<Weight, PortError>> {
         *self.0.weight.lock().unwrap() = w;
         self.0.weight_changes.lock().unwrap().push(w);
         Box::pin(async move { Ok(w) })

@@ -106,6 +106,17 @@ impl Strategy {
             Strategy::Canary(c) => &c.steps,
         }
     }
+
+    /// The match rules in force during step `step`: its own and every earlier step's.
+    pub fn matches_at(&self, step: usize) -> Vec<RouteMatch> {
+        let mut out: Vec<RouteMatch> = Vec::new();
+        for m in self.steps().iter().take(step + 1).flat_map(|s| &s.matches) {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
 }
 
 /// A canary: a list of weights, each held for a bake time.
@@ -118,10 +129,34 @@ pub struct CanarySpec {
 /// One canary step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
-    /// Share of traffic for the canary.
+    /// Share of traffic for the canary. A step that only adds a `match` keeps the
+    /// previous step's weight (0 for the first step).
     pub weight: Weight,
     /// Minimum time at this weight; the step ends at the first passing analysis after it.
     pub bake: Duration,
+    /// Requests that go to the canary whatever the weight, from this step on.
+    pub matches: Vec<RouteMatch>,
+}
+
+/// A rule that sends matching requests to the canary, whatever the weight: internal
+/// users, beta testers, an allowlist of user ids.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteMatch {
+    /// Where the value comes from.
+    pub source: MatchSource,
+    /// Values that match; empty means "present, with any value".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// Where a match rule looks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchSource {
+    /// A request header (lower-case name).
+    Header(String),
+    /// A cookie.
+    Cookie(String),
 }
 
 /// Pre-release gates.
@@ -639,7 +674,19 @@ fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy
             cx.error(n.pos, p, "a canary needs at least one step, like `- {weight: 10, bake: 5m}`");
             return None;
         }
-        let steps = cx.seq(n, p, decode_step)?;
+        let raw = cx.seq(n, p, decode_step)?;
+        let mut weight = Weight::ZERO;
+        let steps: Vec<Step> = raw
+            .into_iter()
+            .map(|r| {
+                weight = r.weight.unwrap_or(weight);
+                Step {
+                    weight,
+                    bake: r.bake,
+                    matches: r.matches,
+                }
+            })
+            .collect();
         for (i, pair) in steps.windows(2).enumerate() {
             if pair[1].weight < pair[0].weight {
                 let node = &items[i + 1];
@@ -658,21 +705,81 @@ fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy
     Some(Strategy::Canary(CanarySpec { steps: steps? }))
 }
 
-fn decode_step(cx: &mut Decoder, node: &Node, path: &str) -> Option<Step> {
-    let m = cx.map(node, path, &["weight", "bake"])?;
-    let weight = m.required::<Weight>(cx, "weight");
+/// A step as written: the weight may be left out when the step adds a `match`.
+struct RawStep {
+    weight: Option<Weight>,
+    bake: Duration,
+    matches: Vec<RouteMatch>,
+}
+
+fn decode_step(cx: &mut Decoder, node: &Node, path: &str) -> Option<RawStep> {
+    let m = cx.map(node, path, &["weight", "bake", "match"])?;
+    let matches = m
+        .optional_with(cx, "match", decode_match)
+        .map(|r| vec![r])
+        .unwrap_or_default();
+    if m.get("match").is_some() && matches.is_empty() {
+        return None;
+    }
+    let weight = if matches.is_empty() {
+        m.required::<Weight>(cx, "weight")
+    } else {
+        m.optional::<Weight>(cx, "weight")
+    };
     let bake = m.required::<Duration>(cx, "bake");
-    if weight == Some(Weight::ZERO) {
+    if weight == Some(Weight::ZERO) && matches.is_empty() {
         cx.error(
             m.get("weight").map_or(m.pos(), |n| n.pos),
             &m.path_of("weight"),
-            "a step at weight 0 sends the canary no traffic, so it can never be judged; use a weight above 0",
+            "a step at weight 0 sends the canary no traffic, so it can never be judged; use a weight above 0, or add a `match`",
         );
     }
-    Some(Step {
-        weight: weight?,
+    Some(RawStep {
+        weight,
         bake: bake?,
+        matches,
     })
+}
+
+/// `{header: NAME}`, `{header: NAME, values: [..]}`, or the same with `cookie`.
+fn decode_match(cx: &mut Decoder, node: &Node, path: &str) -> Option<RouteMatch> {
+    let m = cx.map(node, path, &["header", "cookie", "values"])?;
+    let kinds = m.present(&["header", "cookie"]);
+    let [kind] = kinds.as_slice() else {
+        cx.error(
+            m.pos(),
+            path,
+            "a match looks at one `header` or one `cookie`",
+        );
+        return None;
+    };
+    let name: String = m.required(cx, kind)?;
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        cx.error(
+            m.get(kind).map_or(m.pos(), |n| n.pos),
+            &m.path_of(kind),
+            format!("`{name}` is not a valid {kind} name"),
+        );
+        return None;
+    }
+    let values: Vec<String> = m.optional(cx, "values").unwrap_or_default();
+    if m.get("values").is_some() && values.is_empty() {
+        cx.error(
+            m.get("values").map_or(m.pos(), |n| n.pos),
+            &m.path_of("values"),
+            "list at least one value, or leave `values` out to match any value",
+        );
+    }
+    let source = if *kind == "header" {
+        MatchSource::Header(name.to_ascii_lowercase())
+    } else {
+        MatchSource::Cookie(name)
+    };
+    Some(RouteMatch { source, values })
 }
 
 fn decode_gates(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gates> {
@@ -1229,6 +1336,30 @@ analysis:
         assert_eq!(p.gates.pre[3].name, "slow");
         let https = src.replace("http://127.0.0.1:9/health", "https://x/health");
         assert!(errors(&https)[0].message.contains("command gate"));
+    }
+
+    #[test]
+    fn match_steps_come_before_and_alongside_weights() {
+        let src = MINIMAL.replace(
+            "      - weight: 10\n        bake: 1m\n",
+            "      - match: {header: X-Internal-User}\n        bake: 1m\n      - match: {cookie: beta, values: [\"1\"]}\n        weight: 5\n        bake: 1m\n      - weight: 20\n        bake: 1m\n",
+        );
+        let p = Policy::from_yaml(&src).unwrap();
+        let steps = p.strategy.steps();
+        assert_eq!(steps[0].weight, Weight::ZERO);
+        assert_eq!(
+            steps[0].matches[0].source,
+            MatchSource::Header("x-internal-user".into())
+        );
+        assert_eq!(steps[1].weight, Weight::from_percent(5).unwrap());
+        assert_eq!(p.strategy.matches_at(2).len(), 2, "matches stay in force");
+        assert_eq!(p.strategy.matches_at(0).len(), 1);
+        let bad = src.replace("{header: X-Internal-User}", "{header: x, cookie: y}");
+        assert!(
+            errors(&bad)[0]
+                .message
+                .contains("one `header` or one `cookie`")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::metrics::IntervalSample;
-use crate::policy::Gate;
+use crate::policy::{Gate, RouteMatch};
 use crate::release::{AuditEvent, GateResult, Input, OutcomeKind, Variant};
 use crate::units::{Millis, Weight};
 
@@ -81,8 +81,14 @@ pub trait TrafficRouter: Send + Sync {
         variant: Variant,
         endpoints: &'a [SocketAddr],
     ) -> BoxFuture<'a, Result<(), PortError>>;
-    /// Sets the canary's share and returns the weight now in effect, read back.
-    fn set_weight(&self, weight: Weight) -> BoxFuture<'_, Result<Weight, PortError>>;
+    /// Sets the canary's share and the rules that send matching requests to the canary
+    /// whatever the weight (replacing earlier rules), in one atomic change, and returns
+    /// the weight now in effect, read back.
+    fn set_weight<'a>(
+        &'a self,
+        weight: Weight,
+        matches: &'a [RouteMatch],
+    ) -> BoxFuture<'a, Result<Weight, PortError>>;
     /// Waits until `variant` has no requests in flight, at most `timeout`.
     fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>>;
 }

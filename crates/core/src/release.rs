@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::judge::{self, Evidence, MetricReading, Verdict};
 use crate::metrics::Histogram;
 use crate::metrics::IntervalSample;
-use crate::policy::{EscalationAction, Judge, Policy};
+use crate::policy::{EscalationAction, Judge, Policy, RouteMatch};
 use crate::units::{Millis, Weight};
 
 /// Which copy of the service.
@@ -172,6 +172,9 @@ pub enum Action {
     SetWeight {
         /// New canary weight.
         weight: Weight,
+        /// Requests sent to the canary whatever the weight (replaces earlier rules).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        matches: Vec<RouteMatch>,
     },
     /// Measure both variants since the last measurement. Answered by
     /// [`Input::Measured`] or [`Input::MeasureFailed`].
@@ -491,8 +494,21 @@ impl Builder<'_> {
         }
     }
 
+    /// Sets a weight with no match rules (rollback, promotion).
     fn set_weight(&mut self, weight: Weight) {
-        self.act(Action::SetWeight { weight });
+        self.act(Action::SetWeight {
+            weight,
+            matches: Vec::new(),
+        });
+    }
+
+    /// Sets the current step's weight and match rules.
+    fn route_step(&mut self) {
+        let step = self.s.step;
+        self.act(Action::SetWeight {
+            weight: self.policy.strategy.steps()[step].weight,
+            matches: self.policy.strategy.matches_at(step),
+        });
     }
 
     /// Starts the ordered rollback: traffic to stable, stop canary, verify stable.
@@ -539,7 +555,7 @@ fn answers(pending: Option<&Action>, input: &Input) -> bool {
     match (pending, input) {
         (Some(Action::RunGates), Input::GatesChecked { .. }) => true,
         (Some(Action::Deploy { variant, .. }), Input::Deployed { variant: v, .. }) => variant == v,
-        (Some(Action::SetWeight { weight }), Input::TrafficSet { weight: w }) => weight == w,
+        (Some(Action::SetWeight { weight, .. }), Input::TrafficSet { weight: w }) => weight == w,
         (Some(Action::SetWeight { .. }), Input::TrafficFailed { .. }) => true,
         (Some(Action::Measure), Input::Measured { .. } | Input::MeasureFailed { .. }) => true,
         (Some(Action::Stop { variant }), Input::Stopped { variant: v, .. }) => variant == v,
@@ -677,7 +693,8 @@ fn resume(b: &mut Builder<'_>) {
                 Some(_) => b.s.weight,
                 None => b.policy.strategy.steps()[b.s.step].weight,
             };
-            chain.push(Action::SetWeight { weight });
+            let matches = b.policy.strategy.matches_at(b.s.step);
+            chain.push(Action::SetWeight { weight, matches });
             // Counters restarted with the controller: measure a fresh full interval.
             b.s.next_analysis_at = None;
         }
@@ -685,12 +702,14 @@ fn resume(b: &mut Builder<'_>) {
             chain.push(canary);
             chain.push(Action::SetWeight {
                 weight: Weight::FULL,
+                matches: Vec::new(),
             });
         }
         Phase::RollingBack => {
             chain.extend(ensure_stable);
             chain.push(Action::SetWeight {
                 weight: Weight::ZERO,
+                matches: Vec::new(),
             });
         }
         _ => return,
@@ -922,7 +941,7 @@ fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
             b.s.phase = Phase::Progressing;
             b.s.step = 0;
             b.s.step_started_at = None;
-            b.set_weight(b.policy.strategy.steps()[0].weight);
+            b.route_step();
         }
         (Variant::Canary, false) => {
             b.event(
@@ -1111,7 +1130,7 @@ fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
             b.s.step += 1;
             b.s.step_started_at = None;
             b.s.next_analysis_at = None;
-            b.set_weight(steps[b.s.step].weight);
+            b.route_step();
         } else {
             b.decide(
                 DecisionKind::Promote,

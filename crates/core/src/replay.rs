@@ -66,7 +66,7 @@ pub fn replay(
                 ok: true,
                 detail: "recorded".into(),
             },
-            Some(Action::SetWeight { weight }) => Input::TrafficSet { weight: *weight },
+            Some(Action::SetWeight { weight, .. }) => Input::TrafficSet { weight: *weight },
             Some(Action::Measure) => {
                 let until = now / 1000;
                 let sample = samples.window(measured_until_s, until);

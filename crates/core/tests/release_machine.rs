@@ -109,7 +109,7 @@ impl World {
                 ok: true,
                 detail: "ready".into(),
             },
-            Action::SetWeight { weight } => Input::TrafficSet { weight: *weight },
+            Action::SetWeight { weight, .. } => Input::TrafficSet { weight: *weight },
             Action::Measure if self.measure_override.is_some() => {
                 self.measure_override.clone().unwrap()
             }
@@ -247,7 +247,7 @@ fn both_versions_unhealthy_halts_without_moving_traffic() {
         .effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Do(Action::SetWeight { weight }) => Some(*weight),
+            Effect::Do(Action::SetWeight { weight, .. }) => Some(*weight),
             _ => None,
         })
         .collect();
@@ -265,10 +265,9 @@ fn canary_that_never_becomes_ready_gets_no_traffic() {
     w.run(1000);
     assert_eq!(w.state.phase, Phase::RolledBack);
     assert_eq!(w.canary_requests_total, 0);
-    let raised = w
-        .effects
-        .iter()
-        .any(|e| matches!(e, Effect::Do(Action::SetWeight { weight }) if *weight > Weight::ZERO));
+    let raised = w.effects.iter().any(
+        |e| matches!(e, Effect::Do(Action::SetWeight { weight, .. }) if *weight > Weight::ZERO),
+    );
     assert!(!raised, "no weight above 0 was ever requested");
 }
 
@@ -409,7 +408,8 @@ fn initial_release_without_stable_goes_straight_to_full() {
     assert_eq!(
         s.pending,
         Some(Action::SetWeight {
-            weight: Weight::FULL
+            weight: Weight::FULL,
+            matches: vec![]
         })
     );
     s = step(
@@ -487,7 +487,7 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
             ok: false,
             detail: String::new(),
         },
-        (Choice::Ok(..), Some(Action::SetWeight { weight })) => {
+        (Choice::Ok(..), Some(Action::SetWeight { weight, .. })) => {
             Input::TrafficSet { weight: *weight }
         }
         (Choice::Fail, Some(Action::SetWeight { .. })) => Input::TrafficFailed {
@@ -535,7 +535,7 @@ fn weights_in(effects: &[Effect]) -> Vec<Weight> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Do(Action::SetWeight { weight }) => Some(*weight),
+            Effect::Do(Action::SetWeight { weight, .. }) => Some(*weight),
             _ => None,
         })
         .collect()
@@ -683,7 +683,7 @@ fn weighted_release(latencies: (u64, u64)) -> Release {
                 ok: true,
                 detail: String::new(),
             },
-            Some(Action::SetWeight { weight }) => Input::TrafficSet { weight },
+            Some(Action::SetWeight { weight, .. }) => Input::TrafficSet { weight },
             Some(Action::Measure) => {
                 let mut canary = stats(100, 0);
                 for i in 0..100 {
@@ -731,4 +731,65 @@ fn non_critical_metrics_that_agree_roll_back_together() {
     assert_eq!(s.phase, Phase::RolledBack);
     let reason = s.decision.unwrap().reason;
     assert!(reason.contains("p50") && reason.contains("p99"), "{reason}");
+}
+
+#[test]
+fn match_steps_route_matching_requests_first_and_keep_them_alongside_weights() {
+    let p = Policy::from_yaml(&POLICY.replace(
+        "      - {weight: 5, bake: 2m}",
+        "      - {match: {header: x-internal-user}, bake: 1m}\n      - {weight: 5, bake: 2m}",
+    ))
+    .unwrap();
+    let mut s = step(&p, &Release::default(), &start_input(), 0).state;
+    let mut routes = Vec::new();
+    let mut now = 0;
+    for _ in 0..500 {
+        if s.phase.is_terminal() {
+            break;
+        }
+        let input = match s.pending.clone() {
+            Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
+            Some(Action::Deploy { variant, .. }) => Input::Deployed {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::SetWeight { weight, matches }) => {
+                routes.push((weight, matches.len()));
+                Input::TrafficSet { weight }
+            }
+            Some(Action::Measure) => Input::Measured {
+                sample: IntervalSample {
+                    stable: stats(900, 0),
+                    canary: stats(100, 0),
+                },
+            },
+            Some(Action::Stop { variant }) => Input::Stopped {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::VerifyStable) => Input::StableVerified {
+                healthy: true,
+                detail: String::new(),
+            },
+            None => {
+                now = s.wake_at().unwrap();
+                Input::Tick
+            }
+        };
+        s = step(&p, &s, &input, now).state;
+    }
+    assert_eq!(s.phase, Phase::Succeeded);
+    let pct = |p: u8| Weight::from_percent(p).unwrap();
+    assert_eq!(
+        routes,
+        vec![
+            (Weight::ZERO, 1),
+            (pct(5), 1),
+            (pct(20), 1),
+            (pct(50), 1),
+            (Weight::FULL, 0)
+        ]
+    );
 }

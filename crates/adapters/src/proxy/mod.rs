@@ -29,7 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_core::metrics::IntervalSample;
-use rampart_core::policy::Sticky;
+use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::{BoxFuture, MetricsSource, PortError, TrafficRouter};
 use rampart_core::{Variant, Weight};
 use tokio::net::TcpListener;
@@ -48,6 +48,7 @@ struct Routes {
     stable: Vec<SocketAddr>,
     canary: Vec<SocketAddr>,
     weight: Weight,
+    matches: Vec<RouteMatch>,
 }
 
 #[derive(Debug)]
@@ -85,6 +86,7 @@ impl Inner {
             stable: guard.stable.clone(),
             canary: guard.canary.clone(),
             weight: guard.weight,
+            matches: guard.matches.clone(),
         };
         f(&mut next);
         *guard = Arc::new(next);
@@ -185,6 +187,16 @@ impl Proxy {
         self.inner.update(|r| r.weight = weight).weight
     }
 
+    /// Sets the weight and the match rules together, in one atomic change.
+    pub fn set_route(&self, weight: Weight, matches: &[RouteMatch]) -> Weight {
+        self.inner
+            .update(|r| {
+                r.weight = weight;
+                r.matches = matches.to_vec();
+            })
+            .weight
+    }
+
     /// The canary weight in effect.
     pub fn weight(&self) -> Weight {
         self.inner.routes().weight
@@ -223,8 +235,14 @@ impl Proxy {
     }
 
     fn choose(&self, routes: &Routes, peer: SocketAddr, req: &Request<Incoming>) -> Variant {
+        if routes.canary.is_empty() {
+            return Variant::Stable;
+        }
+        if routes.matches.iter().any(|m| matches(m, req)) {
+            return Variant::Canary;
+        }
         let bp = routes.weight.basis_points();
-        if bp == 0 || routes.canary.is_empty() {
+        if bp == 0 {
             return Variant::Stable;
         }
         if bp >= 10_000 || routes.stable.is_empty() {
@@ -311,6 +329,28 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     resp
 }
 
+fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn matches(rule: &RouteMatch, req: &Request<Incoming>) -> bool {
+    let value: Option<&[u8]> = match &rule.source {
+        MatchSource::Header(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes()),
+        MatchSource::Cookie(name) => cookie(req, name).map(str::as_bytes),
+    };
+    match value {
+        None => false,
+        Some(v) => rule.values.is_empty() || rule.values.iter().any(|want| want.as_bytes() == v),
+    }
+}
+
 fn sticky_key(sticky: &Sticky, peer: SocketAddr, req: &Request<Incoming>) -> Option<Vec<u8>> {
     match sticky {
         Sticky::None => None,
@@ -319,15 +359,7 @@ fn sticky_key(sticky: &Sticky, peer: SocketAddr, req: &Request<Incoming>) -> Opt
             .headers()
             .get(name.as_str())
             .map(|v| v.as_bytes().to_vec()),
-        Sticky::Cookie(name) => req
-            .headers()
-            .get_all(hyper::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_bytes().to_vec()),
+        Sticky::Cookie(name) => cookie(req, name).map(|v| v.as_bytes().to_vec()),
     }
 }
 
@@ -360,8 +392,12 @@ impl TrafficRouter for Proxy {
         })
     }
 
-    fn set_weight(&self, weight: Weight) -> BoxFuture<'_, Result<Weight, PortError>> {
-        Box::pin(async move { Ok(Proxy::set_weight(self, weight)) })
+    fn set_weight<'a>(
+        &'a self,
+        weight: Weight,
+        matches: &'a [RouteMatch],
+    ) -> BoxFuture<'a, Result<Weight, PortError>> {
+        Box::pin(async move { Ok(Proxy::set_route(self, weight, matches)) })
     }
 
     fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
@@ -417,14 +453,23 @@ impl MetricsSource for BuiltinMetrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sticky_buckets_only_grow_with_weight() {
-        // A key on the canary at a lower weight is on the canary at every higher one.
-        for user in 0..2000u32 {
-            let bucket = mix(fnv1a(format!("user-{user}").as_bytes())) % 10_000;
-            let on_at = |bp: u64| bucket < bp;
-            for (lo, hi) in [(500u64, 2000u64), (2000, 5000), (100, 9900)] {
-                assert!(!on_at(lo) || on_at(hi));
+    proptest::proptest! {
+        /// Consistent hashing: while the weight only grows, no key ever moves from the
+        /// canary back to stable.
+        #[test]
+        fn no_key_moves_back_to_stable_while_the_weight_grows(
+            keys in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..24), 1..200),
+            mut weights in proptest::collection::vec(0u64..=10_000, 1..12),
+        ) {
+            weights.sort_unstable();
+            for key in &keys {
+                let bucket = mix(fnv1a(key)) % 10_000;
+                let mut was_canary = false;
+                for bp in &weights {
+                    let on = bucket < *bp;
+                    proptest::prop_assert!(on || !was_canary, "key {:?} left the canary at {}", key, bp);
+                    was_canary = on;
+                }
             }
         }
     }

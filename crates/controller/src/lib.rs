@@ -8,15 +8,17 @@
 
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
-use rampart_core::policy::Policy;
+use rampart_core::policy::{Gate, GateCheck, Policy};
 use rampart_core::ports::{
     Clock, Deployer, GateRunner, MetricsSource, Notifier, PortError, ReleaseRecord, Store,
     StoredInput, TrafficRouter,
 };
 use rampart_core::release::{
-    Action, AuditEvent, Effect, Input, OutcomeKind, Release, Variant, step,
+    Action, AuditEvent, CheckStage, Effect, GateResult, Input, OutcomeKind, Release, Variant, step,
 };
 use tokio::sync::mpsc;
 
@@ -75,6 +77,8 @@ pub struct Controller {
     policy: Policy,
     ports: Ports,
     observer: Arc<dyn Observer>,
+    /// Where each variant was last deployed, for checks against the new version.
+    endpoints: Mutex<HashMap<Variant, Vec<SocketAddr>>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -102,6 +106,7 @@ impl Controller {
             policy,
             ports,
             observer,
+            endpoints: Mutex::new(HashMap::new()),
         }
     }
 
@@ -225,11 +230,15 @@ impl Controller {
             }
             Action::Deploy { variant, version } => {
                 let result = match p.deployer.deploy(*variant, version).await {
-                    Ok(d) => p
-                        .router
-                        .set_backends(*variant, &d.endpoints)
-                        .await
-                        .map(|()| d.detail),
+                    Ok(d) => {
+                        if let Ok(mut known) = self.endpoints.lock() {
+                            known.insert(*variant, d.endpoints.clone());
+                        }
+                        p.router
+                            .set_backends(*variant, &d.endpoints)
+                            .await
+                            .map(|()| d.detail)
+                    }
                     Err(e) => Err(e),
                 };
                 match result {
@@ -293,6 +302,37 @@ impl Controller {
                     }
                 }
             }
+            Action::RunChecks { stage } => {
+                let checks: &[Gate] = match stage {
+                    CheckStage::Preview => self.policy.strategy.preview(),
+                    CheckStage::PostRelease => self
+                        .policy
+                        .post_release
+                        .as_ref()
+                        .map_or(&[], |p| p.checks.as_slice()),
+                };
+                let base = self
+                    .endpoints
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.get(&Variant::Canary).and_then(|a| a.first().copied()))
+                    .map(|a| format!("http://{a}"));
+                let mut results = Vec::new();
+                for check in checks {
+                    results.push(match &base {
+                        Some(base) => p.gates.run(&on_target(check, base)).await,
+                        None => GateResult {
+                            name: check.name.clone(),
+                            ok: false,
+                            detail: "the new version's address is unknown".into(),
+                        },
+                    });
+                }
+                Input::ChecksDone {
+                    stage: *stage,
+                    results,
+                }
+            }
             Action::VerifyStable => {
                 match p
                     .deployer
@@ -310,6 +350,35 @@ impl Controller {
                 }
             }
         }
+    }
+}
+
+/// A check aimed at the new version: a path becomes a URL on its address, and `{url}`
+/// in a command becomes its base URL.
+fn on_target(check: &Gate, base: &str) -> Gate {
+    let check_on = match &check.check {
+        GateCheck::Http {
+            url,
+            status,
+            timeout,
+        } => GateCheck::Http {
+            url: if url.starts_with('/') {
+                format!("{base}{url}")
+            } else {
+                url.replace("{url}", base)
+            },
+            status: *status,
+            timeout: *timeout,
+        },
+        GateCheck::Command { run, timeout } => GateCheck::Command {
+            run: run.iter().map(|a| a.replace("{url}", base)).collect(),
+            timeout: *timeout,
+        },
+        other => other.clone(),
+    };
+    Gate {
+        name: check.name.clone(),
+        check: check_on,
     }
 }
 

@@ -132,6 +132,9 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
                     ));
                 }
             }
+            // With stable serving nothing at all (after a blue-green switch, or at
+            // 100 %), there is nothing to compare with: the absolute limit decides.
+            _ if sample.stable.requests == 0 && t.max.is_some() => {}
             _ => unknown.push(format!(
                 "{} stable requests, {} needed for the ratio",
                 sample.stable.requests, spec.min_samples

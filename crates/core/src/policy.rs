@@ -28,6 +28,28 @@ pub struct Policy {
     pub analysis: Analysis,
     /// How a failed release is undone.
     pub rollback: Rollback,
+    /// Checks after promotion, while the previous version can still take traffic back.
+    pub post_release: Option<PostRelease>,
+}
+
+/// Post-release verification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostRelease {
+    /// How long the new version serves all traffic before the checks run.
+    pub wait: Duration,
+    /// Checks against the new version; `{url}` is its address, a path is on it.
+    pub checks: Vec<Gate>,
+    /// What a failed check does.
+    pub on_failure: PostFailure,
+}
+
+/// What a failed post-release check does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostFailure {
+    /// Switch back to the previous version, which is still running.
+    Rollback,
+    /// Stop and page; a human decides.
+    Halt,
 }
 
 /// How versions run.
@@ -97,6 +119,21 @@ pub enum Sticky {
 pub enum Strategy {
     /// Weighted canary steps.
     Canary(CanarySpec),
+    /// Start the new colour beside the old, check it, switch all traffic at once.
+    BlueGreen(BlueGreenSpec),
+}
+
+/// A blue-green release.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlueGreenSpec {
+    /// Checks against the new colour before any user reaches it.
+    pub preview: Vec<Gate>,
+    /// How long the new colour is analysed at 100 % before it counts as promoted.
+    pub stability: Duration,
+    /// How long the previous colour keeps running afterwards, for an instant switch back.
+    pub keep_previous: Duration,
+    /// The one step this amounts to: 100 % for `stability`.
+    steps: Vec<Step>,
 }
 
 impl Strategy {
@@ -104,6 +141,31 @@ impl Strategy {
     pub fn steps(&self) -> &[Step] {
         match self {
             Strategy::Canary(c) => &c.steps,
+            Strategy::BlueGreen(b) => &b.steps,
+        }
+    }
+
+    /// Checks on the new version before it gets traffic.
+    pub fn preview(&self) -> &[Gate] {
+        match self {
+            Strategy::Canary(_) => &[],
+            Strategy::BlueGreen(b) => &b.preview,
+        }
+    }
+
+    /// How long the previous version keeps running after promotion.
+    pub fn keep_previous(&self) -> Duration {
+        match self {
+            Strategy::Canary(_) => Duration::ZERO,
+            Strategy::BlueGreen(b) => b.keep_previous,
+        }
+    }
+
+    /// `canary` or `blue_green`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Canary(_) => "canary",
+            Strategy::BlueGreen(_) => "blue_green",
         }
     }
 
@@ -401,7 +463,14 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         root,
         "",
         &[
-            "service", "deploy", "traffic", "strategy", "gates", "analysis", "rollback",
+            "service",
+            "deploy",
+            "traffic",
+            "strategy",
+            "gates",
+            "analysis",
+            "rollback",
+            "post_release",
         ],
     )?;
     let service = m.required_with(cx, "service", decode_service);
@@ -418,6 +487,10 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             drain: Duration::from_secs(10),
             verify_timeout: Duration::from_secs(30),
         });
+    let post_release = m.optional_with(cx, "post_release", decode_post_release);
+    if let (Some(Strategy::BlueGreen(_)), Some(a)) = (&strategy, &analysis) {
+        check_blue_green_metrics(cx, &m, a);
+    }
     Some(Policy {
         service: service?,
         deploy: deploy?,
@@ -426,6 +499,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         gates,
         analysis: analysis?,
         rollback,
+        post_release,
     })
 }
 
@@ -663,7 +737,10 @@ fn decode_sticky(cx: &mut Decoder, node: &Node, path: &str) -> Option<Sticky> {
 }
 
 fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
-    let (_, inner, p) = one_kind(cx, node, path, &["canary"])?;
+    let (kind, inner, p) = one_kind(cx, node, path, &["canary", "blue_green"])?;
+    if kind == "blue_green" {
+        return decode_blue_green(cx, inner, &p);
+    }
     let m = cx.map(inner, &p, &["steps"])?;
     let steps = m.required_with(cx, "steps", |cx, n, p| {
         let NodeKind::Seq(items) = &n.kind else {
@@ -703,6 +780,61 @@ fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy
         Some(steps)
     });
     Some(Strategy::Canary(CanarySpec { steps: steps? }))
+}
+
+fn decode_blue_green(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
+    let m = cx.map(node, path, &["preview", "stability", "keep_previous"])?;
+    let preview = m
+        .optional_with(cx, "preview", |cx, n, p| {
+            cx.seq(n, p, |cx, n, p| decode_check(cx, n, p, true))
+        })
+        .unwrap_or_default();
+    let stability = m.required::<Duration>(cx, "stability");
+    let keep_previous = m
+        .optional::<Duration>(cx, "keep_previous")
+        .unwrap_or(Duration::ZERO);
+    let stability = stability?;
+    Some(Strategy::BlueGreen(BlueGreenSpec {
+        preview,
+        stability,
+        keep_previous,
+        steps: vec![Step {
+            weight: Weight::FULL,
+            bake: stability,
+            matches: Vec::new(),
+        }],
+    }))
+}
+
+/// After a blue-green switch stable serves nothing, so only absolute limits can judge.
+fn check_blue_green_metrics(cx: &mut Decoder, root: &MapReader<'_>, analysis: &Analysis) {
+    let items = root
+        .get("analysis")
+        .and_then(|a| match &a.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.text == "metrics")
+                .map(|(_, v)| v),
+            _ => None,
+        })
+        .and_then(|n| match &n.kind {
+            NodeKind::Seq(items) => Some(items),
+            _ => None,
+        });
+    for (i, metric) in analysis.metrics.iter().enumerate() {
+        let absolute = matches!(
+            metric.judge,
+            Judge::Threshold(Threshold { max: Some(_), .. })
+        );
+        if !absolute {
+            let pos = items.and_then(|it| it.get(i)).map_or(root.pos(), |n| n.pos);
+            cx.error(
+                pos,
+                &format!("analysis.metrics[{i}].judge"),
+                "a blue-green release sends stable no traffic after the switch, so there is nothing to compare with; give this metric an absolute `max`",
+            );
+        }
+    }
 }
 
 /// A step as written: the weight may be left out when the step adds a `match`.
@@ -785,14 +917,39 @@ fn decode_match(cx: &mut Decoder, node: &Node, path: &str) -> Option<RouteMatch>
 fn decode_gates(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gates> {
     let m = cx.map(node, path, &["pre"])?;
     let pre = m
-        .optional_with(cx, "pre", |cx, n, p| cx.seq(n, p, decode_gate))
+        .optional_with(cx, "pre", |cx, n, p| {
+            cx.seq(n, p, |cx, n, p| decode_check(cx, n, p, false))
+        })
         .unwrap_or_default();
     Some(Gates { pre })
 }
 
 const GATE_KINDS: &[&str] = &["env", "http", "command"];
 
-fn decode_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gate> {
+fn decode_post_release(cx: &mut Decoder, node: &Node, path: &str) -> Option<PostRelease> {
+    let m = cx.map(node, path, &["wait", "checks", "on_failure"])?;
+    let wait = m.optional::<Duration>(cx, "wait").unwrap_or(Duration::ZERO);
+    let checks = m
+        .optional_with(cx, "checks", |cx, n, p| {
+            cx.seq(n, p, |cx, n, p| decode_check(cx, n, p, true))
+        })
+        .unwrap_or_default();
+    let on_failure = match m.optional_with(cx, "on_failure", |cx, n, p| {
+        one_of(cx, n, p, &["rollback", "halt"])
+    }) {
+        Some("halt") => PostFailure::Halt,
+        _ => PostFailure::Rollback,
+    };
+    Some(PostRelease {
+        wait,
+        checks,
+        on_failure,
+    })
+}
+
+/// A gate or a check. `on_target` checks run against the new version: an http path
+/// (`/healthz`) is on its address, and `{url}` in a command is its base URL.
+fn decode_check(cx: &mut Decoder, node: &Node, path: &str, on_target: bool) -> Option<Gate> {
     let m = cx.map(node, path, &["name", "env", "http", "command"])?;
     let name = m.optional::<String>(cx, "name");
     let kinds = m.present(GATE_KINDS);
@@ -829,7 +986,7 @@ fn decode_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gate> {
             }
             GateCheck::Env(vars)
         }
-        "http" => decode_http_gate(cx, inner, &p)?,
+        "http" => decode_http_gate(cx, inner, &p, on_target)?,
         _ => decode_command_gate(cx, inner, &p)?,
     };
     let name = name.unwrap_or_else(|| match &check {
@@ -840,7 +997,12 @@ fn decode_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gate> {
     Some(Gate { name, check })
 }
 
-fn decode_http_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<GateCheck> {
+fn decode_http_gate(
+    cx: &mut Decoder,
+    node: &Node,
+    path: &str,
+    on_target: bool,
+) -> Option<GateCheck> {
     let (url, status, timeout, url_pos, url_path) = match &node.kind {
         NodeKind::Scalar { .. } => (
             cx.value::<String>(node, path)?,
@@ -874,6 +1036,13 @@ fn decode_http_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<GateChe
             format!("https is not built into the http gate yet; use a command gate such as `command: [curl, -fsS, \"https://{rest}\"]`"),
         );
         return None;
+    }
+    if on_target && url.starts_with('/') {
+        return Some(GateCheck::Http {
+            url,
+            status,
+            timeout,
+        });
     }
     if !url.starts_with("http://") || url.len() <= "http://".len() {
         cx.error(url_pos, &url_path, format!("`{url}` is not an http:// URL"));
@@ -1360,6 +1529,31 @@ analysis:
                 .message
                 .contains("one `header` or one `cookie`")
         );
+    }
+
+    #[test]
+    fn blue_green_with_preview_post_release_and_absolute_metrics() {
+        let src = MINIMAL.replace(
+            "  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+            "  blue_green:\n    preview:\n      - http: /healthz\n      - command: [\"./smoke.sh\", \"{url}\"]\n    stability: 2m\n    keep_previous: 10m\n",
+        ) + "post_release:\n  wait: 30s\n  checks: [{http: /ready}]\n  on_failure: halt\n";
+        let p = Policy::from_yaml(&src).unwrap();
+        assert_eq!(p.strategy.name(), "blue_green");
+        assert_eq!(p.strategy.steps()[0].weight, Weight::FULL);
+        assert_eq!(p.strategy.steps()[0].bake, Duration::from_secs(120));
+        assert_eq!(p.strategy.preview().len(), 2);
+        assert_eq!(p.strategy.keep_previous(), Duration::from_secs(600));
+        let post = p.post_release.unwrap();
+        assert_eq!(
+            (post.wait, post.checks.len(), post.on_failure),
+            (Duration::from_secs(30), 1, PostFailure::Halt)
+        );
+        // A ratio-only or sequential metric cannot judge a blue-green release.
+        let d = errors(&src.replace("judge: { max: 1% }", "judge: sequential"));
+        assert_eq!(d[0].path, "analysis.metrics[0].judge", "{d:?}");
+        // Relative paths are only for checks on the new version, not for pre-gates.
+        let gate = format!("{MINIMAL}gates:\n  pre:\n    - http: /healthz\n");
+        assert!(errors(&gate)[0].message.contains("not an http:// URL"));
     }
 
     #[test]

@@ -46,10 +46,18 @@ pub enum Phase {
     Gating,
     /// Starting the stable and canary versions; the canary has no traffic.
     Deploying,
+    /// Checking the new version (blue-green preview) before any user reaches it.
+    Previewing,
     /// Canary steps: weight set, baking, analysed every interval.
     Progressing,
     /// All traffic moving to the new version, then the old one stops.
     Promoting,
+    /// All traffic on the new version; post-release checks pending, the previous
+    /// version still running so traffic can go back at once.
+    Verifying,
+    /// Promoted; the previous version kept running for an instant switch back until a
+    /// timer ends.
+    KeepingPrevious,
     /// Traffic moving back to stable, canary stopping, stable being verified.
     RollingBack,
     /// Done: the new version serves all traffic. Terminal.
@@ -77,8 +85,11 @@ impl Phase {
             Phase::Pending => "pending",
             Phase::Gating => "gating",
             Phase::Deploying => "deploying",
+            Phase::Previewing => "previewing",
             Phase::Progressing => "progressing",
             Phase::Promoting => "promoting",
+            Phase::Verifying => "verifying",
+            Phase::KeepingPrevious => "keeping_previous",
             Phase::RollingBack => "rolling_back",
             Phase::Succeeded => "succeeded",
             Phase::RolledBack => "rolled_back",
@@ -187,6 +198,21 @@ pub enum Action {
     /// Check that stable is healthy after a rollback. Answered by
     /// [`Input::StableVerified`].
     VerifyStable,
+    /// Run checks against the new version. Answered by [`Input::ChecksDone`].
+    RunChecks {
+        /// Which checks.
+        stage: CheckStage,
+    },
+}
+
+/// Which checks against the new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStage {
+    /// The strategy's preview checks, before any user reaches the new version.
+    Preview,
+    /// The post-release checks, after promotion.
+    PostRelease,
 }
 
 /// What the state machine asks of the world.
@@ -284,6 +310,13 @@ pub enum Input {
         /// What was seen.
         detail: String,
     },
+    /// Answer to [`Action::RunChecks`].
+    ChecksDone {
+        /// Which checks.
+        stage: CheckStage,
+        /// One result per check, in policy order.
+        results: Vec<GateResult>,
+    },
     /// A person or system asked to stop the release and roll back.
     Abort {
         /// Who asked.
@@ -334,6 +367,9 @@ pub struct Release {
     pub step_started_at: Option<Millis>,
     /// When the next measurement is due.
     pub next_analysis_at: Option<Millis>,
+    /// When the current wait (post-release wait, keeping the previous version) ends.
+    #[serde(default)]
+    pub timer: Option<Millis>,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -371,6 +407,7 @@ impl Default for Release {
             step: 0,
             step_started_at: None,
             next_analysis_at: None,
+            timer: None,
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -410,6 +447,7 @@ impl Release {
     pub fn wake_at(&self) -> Option<Millis> {
         match (self.phase, &self.pending) {
             (Phase::Progressing, None) => self.next_analysis_at,
+            (Phase::Verifying | Phase::KeepingPrevious, None) => self.timer,
             _ => None,
         }
     }
@@ -485,7 +523,13 @@ impl Builder<'_> {
     }
 
     fn decide(&mut self, kind: DecisionKind, reason: String) {
-        if self.s.decision.is_none() {
+        // A promotion can still be undone (post-release checks, an operator while the
+        // previous version runs); any other decision is final.
+        let open = match &self.s.decision {
+            None => true,
+            Some(d) => d.kind == DecisionKind::Promote && kind != DecisionKind::Promote,
+        };
+        if open {
             self.s.decision = Some(Decision {
                 kind,
                 reason,
@@ -517,6 +561,7 @@ impl Builder<'_> {
         self.s.phase = Phase::RollingBack;
         self.s.queued.clear();
         self.s.next_analysis_at = None;
+        self.s.timer = None;
         self.event("rollback_started", actor, reason.clone());
         self.notify(false, format!("rolling back {}: {reason}", self.s.version));
         // Always (re)assert weight 0 first, even if the canary never got traffic: it
@@ -560,6 +605,7 @@ fn answers(pending: Option<&Action>, input: &Input) -> bool {
         (Some(Action::Measure), Input::Measured { .. } | Input::MeasureFailed { .. }) => true,
         (Some(Action::Stop { variant }), Input::Stopped { variant: v, .. }) => variant == v,
         (Some(Action::VerifyStable), Input::StableVerified { .. }) => true,
+        (Some(Action::RunChecks { stage }), Input::ChecksDone { stage: s, .. }) => stage == s,
         _ => false,
     }
 }
@@ -570,6 +616,7 @@ fn is_success(input: &Input) -> bool {
         Input::GatesChecked { results } => results.iter().all(|r| r.ok),
         Input::TrafficSet { .. } | Input::Measured { .. } => true,
         Input::StableVerified { healthy, .. } => *healthy,
+        Input::ChecksDone { results, .. } => results.iter().all(|r| r.ok),
         _ => false,
     }
 }
@@ -698,12 +745,33 @@ fn resume(b: &mut Builder<'_>) {
             // Counters restarted with the controller: measure a fresh full interval.
             b.s.next_analysis_at = None;
         }
+        Phase::Previewing => {
+            chain.extend(ensure_stable);
+            chain.push(canary);
+            chain.push(Action::RunChecks {
+                stage: CheckStage::Preview,
+            });
+        }
         Phase::Promoting => {
             chain.push(canary);
             chain.push(Action::SetWeight {
                 weight: Weight::FULL,
                 matches: Vec::new(),
             });
+        }
+        Phase::Verifying | Phase::KeepingPrevious => {
+            let checks_pending = matches!(b.s.pending, Some(Action::RunChecks { .. }));
+            chain.extend(ensure_stable);
+            chain.push(canary);
+            chain.push(Action::SetWeight {
+                weight: Weight::FULL,
+                matches: Vec::new(),
+            });
+            if checks_pending {
+                chain.push(Action::RunChecks {
+                    stage: CheckStage::PostRelease,
+                });
+            }
         }
         Phase::RollingBack => {
             chain.extend(ensure_stable);
@@ -728,12 +796,82 @@ fn resume(b: &mut Builder<'_>) {
 }
 
 fn tick(b: &mut Builder<'_>) {
-    if b.s.phase == Phase::Progressing
-        && b.s.pending.is_none()
-        && b.s.next_analysis_at.is_some_and(|t| t <= b.now)
-    {
-        b.act(Action::Measure);
+    if b.s.pending.is_some() {
+        return;
     }
+    let due = |t: Option<Millis>| t.is_some_and(|t| t <= b.now);
+    match b.s.phase {
+        Phase::Progressing if due(b.s.next_analysis_at) => b.act(Action::Measure),
+        Phase::Verifying if due(b.s.timer) => {
+            b.s.timer = None;
+            b.act(Action::RunChecks {
+                stage: CheckStage::PostRelease,
+            });
+        }
+        Phase::KeepingPrevious if due(b.s.timer) => {
+            b.s.timer = None;
+            b.s.phase = Phase::Promoting;
+            b.event(
+                "previous_released",
+                "rampart",
+                "keep_previous ended; stopping the previous version".into(),
+            );
+            b.act(Action::Stop {
+                variant: Variant::Stable,
+            });
+        }
+        _ => {}
+    }
+}
+
+/// All traffic is on the new version: verify, keep the previous version, or stop it.
+fn after_full(b: &mut Builder<'_>) {
+    if b.s.stable.is_none() {
+        return succeed(b);
+    }
+    match &b.policy.post_release {
+        Some(post) => {
+            b.s.phase = Phase::Verifying;
+            b.event(
+                "verifying",
+                "rampart",
+                format!(
+                    "post-release checks in {}; the previous version stays up until they pass",
+                    crate::units::format_duration(post.wait)
+                ),
+            );
+            if post.wait.is_zero() {
+                b.act(Action::RunChecks {
+                    stage: CheckStage::PostRelease,
+                });
+            } else {
+                b.s.timer = Some(b.now + ms(post.wait));
+            }
+        }
+        None => keep_or_stop_previous(b),
+    }
+}
+
+fn keep_or_stop_previous(b: &mut Builder<'_>) {
+    let keep = b.policy.strategy.keep_previous();
+    if keep.is_zero() {
+        b.s.phase = Phase::Promoting;
+        b.act(Action::Stop {
+            variant: Variant::Stable,
+        });
+        return;
+    }
+    b.s.phase = Phase::KeepingPrevious;
+    b.s.timer = Some(b.now + ms(keep));
+    b.event(
+        "keeping_previous",
+        "rampart",
+        format!(
+            "previous version kept for {} for an instant switch back (rampart rollback {})",
+            crate::units::format_duration(keep),
+            b.policy.service
+        ),
+    );
 }
 
 fn abort(b: &mut Builder<'_>, actor: &str, reason: &str) {
@@ -748,7 +886,12 @@ fn abort(b: &mut Builder<'_>, actor: &str, reason: &str) {
                 format!("aborted before deployment: {reason}"),
             );
         }
-        Phase::Deploying | Phase::Progressing | Phase::Promoting => {
+        Phase::Deploying
+        | Phase::Previewing
+        | Phase::Progressing
+        | Phase::Promoting
+        | Phase::Verifying
+        | Phase::KeepingPrevious => {
             b.event("aborted", actor, reason.to_string());
             b.rollback(actor, format!("aborted by {actor}: {reason}"));
         }
@@ -820,11 +963,56 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
                 "rampart",
                 format!("all traffic on {}", b.s.version),
             );
-            match b.s.stable.clone() {
-                Some(_) => b.act(Action::Stop {
-                    variant: Variant::Stable,
-                }),
-                None => succeed(b),
+            after_full(b);
+        }
+        (Phase::Verifying | Phase::KeepingPrevious, Input::TrafficSet { .. }) => {
+            b.event(
+                "traffic_restored",
+                "rampart",
+                format!("all traffic on {}", b.s.version),
+            );
+        }
+        (Phase::Previewing, Input::ChecksDone { results, .. }) => {
+            if let Some(failed) = results.iter().find(|r| !r.ok) {
+                b.event(
+                    "preview_failed",
+                    "rampart",
+                    format!("{}: {}", failed.name, failed.detail),
+                );
+                b.rollback(
+                    "rampart",
+                    format!(
+                        "preview check `{}` failed before any user reached the new version: {}",
+                        failed.name, failed.detail
+                    ),
+                );
+            } else {
+                b.event(
+                    "preview_passed",
+                    "rampart",
+                    format!("{} preview check(s) passed", results.len()),
+                );
+                start_progressing(b);
+            }
+        }
+        (Phase::Verifying, Input::ChecksDone { results, .. }) => {
+            if let Some(failed) = results.iter().find(|r| !r.ok) {
+                let reason = format!(
+                    "post-release check `{}` failed: {}",
+                    failed.name, failed.detail
+                );
+                b.event("post_release_failed", "rampart", reason.clone());
+                match b.policy.post_release.as_ref().map(|p| p.on_failure) {
+                    Some(crate::policy::PostFailure::Halt) => b.halt(reason),
+                    _ => b.rollback("rampart", reason),
+                }
+            } else {
+                b.event(
+                    "post_release_passed",
+                    "rampart",
+                    format!("{} post-release check(s) passed", results.len()),
+                );
+                keep_or_stop_previous(b);
             }
         }
         (Phase::Promoting, Input::Stopped { detail, ok, .. }) => {
@@ -938,10 +1126,14 @@ fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
                 b.set_weight(Weight::FULL);
                 return;
             }
-            b.s.phase = Phase::Progressing;
-            b.s.step = 0;
-            b.s.step_started_at = None;
-            b.route_step();
+            if b.policy.strategy.preview().is_empty() {
+                start_progressing(b);
+            } else {
+                b.s.phase = Phase::Previewing;
+                b.act(Action::RunChecks {
+                    stage: CheckStage::Preview,
+                });
+            }
         }
         (Variant::Canary, false) => {
             b.event(
@@ -954,13 +1146,27 @@ fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
     }
 }
 
+fn start_progressing(b: &mut Builder<'_>) {
+    b.s.phase = Phase::Progressing;
+    b.s.step = 0;
+    b.s.step_started_at = None;
+    b.route_step();
+}
+
 /// Answer to a re-establishing deploy during resume, in a phase past Deploying.
 fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
     if ok {
         return;
     }
     match (b.s.phase, variant) {
-        (Phase::Progressing | Phase::Promoting, Variant::Canary) => {
+        (
+            Phase::Previewing
+            | Phase::Progressing
+            | Phase::Promoting
+            | Phase::Verifying
+            | Phase::KeepingPrevious,
+            Variant::Canary,
+        ) => {
             b.rollback(
                 "rampart",
                 format!("canary did not come back after restart: {detail}"),

@@ -78,6 +78,10 @@ pub fn replay(
                 ok: true,
                 detail: "recorded".into(),
             },
+            Some(Action::RunChecks { stage }) => Input::ChecksDone {
+                stage: *stage,
+                results: Vec::new(),
+            },
             Some(Action::VerifyStable) => Input::StableVerified {
                 healthy: true,
                 detail: "assumed in a replay".into(),

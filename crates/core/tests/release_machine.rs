@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::release::{
-    Action, DecisionKind, Effect, GateResult, Input, Phase, Release, Variant, step,
+    Action, CheckStage, DecisionKind, Effect, GateResult, Input, Phase, Release, Variant, step,
 };
 use rampart_core::{Millis, Policy, Weight};
 
@@ -60,6 +60,8 @@ struct World {
     canary_requests_total: u64,
     /// When set, every measurement is answered with this input instead.
     measure_override: Option<Input>,
+    /// Whether preview and post-release checks pass.
+    checks_ok: bool,
 }
 
 impl World {
@@ -75,6 +77,7 @@ impl World {
             canary_ready: true,
             canary_requests_total: 0,
             measure_override: None,
+            checks_ok: true,
         }
     }
 
@@ -129,6 +132,14 @@ impl World {
                 variant: *variant,
                 ok: true,
                 detail: "exited".into(),
+            },
+            Action::RunChecks { stage } => Input::ChecksDone {
+                stage: *stage,
+                results: vec![GateResult {
+                    name: "smoke".into(),
+                    ok: self.checks_ok,
+                    detail: String::new(),
+                }],
             },
             Action::VerifyStable => Input::StableVerified {
                 healthy: self.stable_errors_per_1000 < 20,
@@ -520,7 +531,93 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
             healthy: false,
             detail: String::new(),
         },
+        (Choice::Ok(..), Some(Action::RunChecks { stage })) => Input::ChecksDone {
+            stage: *stage,
+            results: vec![],
+        },
+        (Choice::Fail, Some(Action::RunChecks { stage })) => Input::ChecksDone {
+            stage: *stage,
+            results: vec![GateResult {
+                name: "c".into(),
+                ok: false,
+                detail: "no".into(),
+            }],
+        },
     })
+}
+
+/// Drives `p` to its end with every action succeeding: measurements come from
+/// `measure`, and every traffic change is reported to `on_route`.
+fn drive(
+    p: &Policy,
+    measure: impl Fn() -> IntervalSample,
+    on_route: impl FnMut(Weight, usize),
+) -> Release {
+    drive_until(
+        p,
+        Release::default(),
+        measure,
+        |_| true,
+        on_route,
+        |_| false,
+    )
+}
+
+/// Like [`drive`], from `s`, with check results from `checks`, stopping early when
+/// `stop` holds.
+fn drive_until(
+    p: &Policy,
+    mut s: Release,
+    measure: impl Fn() -> IntervalSample,
+    checks: impl Fn(CheckStage) -> bool,
+    mut on_route: impl FnMut(Weight, usize),
+    stop: impl Fn(&Release) -> bool,
+) -> Release {
+    if s.phase == Phase::Pending {
+        s = step(p, &s, &start_input(), 0).state;
+    }
+    let mut now = s.started_at;
+    for _ in 0..1000 {
+        if s.phase.is_terminal() || stop(&s) {
+            break;
+        }
+        let input = match s.pending.clone() {
+            Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
+            Some(Action::Deploy { variant, .. }) => Input::Deployed {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::SetWeight { weight, matches }) => {
+                on_route(weight, matches.len());
+                Input::TrafficSet { weight }
+            }
+            Some(Action::Measure) => Input::Measured { sample: measure() },
+            Some(Action::Stop { variant }) => Input::Stopped {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::VerifyStable) => Input::StableVerified {
+                healthy: true,
+                detail: String::new(),
+            },
+            Some(Action::RunChecks { stage }) => Input::ChecksDone {
+                stage,
+                results: vec![GateResult {
+                    name: "smoke".into(),
+                    ok: checks(stage),
+                    detail: String::new(),
+                }],
+            },
+            None => {
+                now = now.max(s.wake_at().unwrap());
+                Input::Tick
+            }
+        };
+        s = step(p, &s, &input, now).state;
+    }
+    s
 }
 
 fn start_input() -> Input {
@@ -670,51 +767,19 @@ analysis:
 /// Drives the weighted policy with one sample per interval: (p50-ish ms, p99-ish ms).
 fn weighted_release(latencies: (u64, u64)) -> Release {
     let p = Policy::from_yaml(WEIGHTED).unwrap();
-    let mut s = step(&p, &Release::default(), &start_input(), 0).state;
-    let mut now = 0;
-    for _ in 0..100 {
-        if s.phase.is_terminal() {
-            break;
+    let measure = || {
+        let mut canary = stats(100, 0);
+        for i in 0..100 {
+            canary
+                .latency
+                .record_micros(if i < 95 { latencies.0 } else { latencies.1 } * 1000);
         }
-        let input = match s.pending.clone() {
-            Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
-            Some(Action::Deploy { variant, .. }) => Input::Deployed {
-                variant,
-                ok: true,
-                detail: String::new(),
-            },
-            Some(Action::SetWeight { weight, .. }) => Input::TrafficSet { weight },
-            Some(Action::Measure) => {
-                let mut canary = stats(100, 0);
-                for i in 0..100 {
-                    canary
-                        .latency
-                        .record_micros(if i < 95 { latencies.0 } else { latencies.1 } * 1000);
-                }
-                Input::Measured {
-                    sample: IntervalSample {
-                        stable: stats(900, 0),
-                        canary,
-                    },
-                }
-            }
-            Some(Action::Stop { variant }) => Input::Stopped {
-                variant,
-                ok: true,
-                detail: String::new(),
-            },
-            Some(Action::VerifyStable) => Input::StableVerified {
-                healthy: true,
-                detail: String::new(),
-            },
-            None => {
-                now = s.wake_at().unwrap();
-                Input::Tick
-            }
-        };
-        s = step(&p, &s, &input, now).state;
-    }
-    s
+        IntervalSample {
+            stable: stats(900, 0),
+            canary,
+        }
+    };
+    drive(&p, measure, |_, _| {})
 }
 
 #[test]
@@ -740,46 +805,12 @@ fn match_steps_route_matching_requests_first_and_keep_them_alongside_weights() {
         "      - {match: {header: x-internal-user}, bake: 1m}\n      - {weight: 5, bake: 2m}",
     ))
     .unwrap();
-    let mut s = step(&p, &Release::default(), &start_input(), 0).state;
     let mut routes = Vec::new();
-    let mut now = 0;
-    for _ in 0..500 {
-        if s.phase.is_terminal() {
-            break;
-        }
-        let input = match s.pending.clone() {
-            Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
-            Some(Action::Deploy { variant, .. }) => Input::Deployed {
-                variant,
-                ok: true,
-                detail: String::new(),
-            },
-            Some(Action::SetWeight { weight, matches }) => {
-                routes.push((weight, matches.len()));
-                Input::TrafficSet { weight }
-            }
-            Some(Action::Measure) => Input::Measured {
-                sample: IntervalSample {
-                    stable: stats(900, 0),
-                    canary: stats(100, 0),
-                },
-            },
-            Some(Action::Stop { variant }) => Input::Stopped {
-                variant,
-                ok: true,
-                detail: String::new(),
-            },
-            Some(Action::VerifyStable) => Input::StableVerified {
-                healthy: true,
-                detail: String::new(),
-            },
-            None => {
-                now = s.wake_at().unwrap();
-                Input::Tick
-            }
-        };
-        s = step(&p, &s, &input, now).state;
-    }
+    let measure = || IntervalSample {
+        stable: stats(900, 0),
+        canary: stats(100, 0),
+    };
+    let s = drive(&p, measure, |w, m| routes.push((w, m)));
     assert_eq!(s.phase, Phase::Succeeded);
     let pct = |p: u8| Weight::from_percent(p).unwrap();
     assert_eq!(
@@ -792,4 +823,212 @@ fn match_steps_route_matching_requests_first_and_keep_them_alongside_weights() {
             (Weight::FULL, 0)
         ]
     );
+}
+
+const BLUE_GREEN: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy:
+  blue_green:
+    preview: [{http: /healthz}]
+    stability: 2m
+    keep_previous: 10m
+analysis:
+  interval: 30s
+  min_samples: 10
+  failure_limit: 2
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#;
+
+fn blue_green(extra: &str) -> Policy {
+    Policy::from_yaml(&format!("{BLUE_GREEN}{extra}")).unwrap()
+}
+
+/// All traffic on the new colour (stable gets none after the switch).
+fn full(errors: u64) -> IntervalSample {
+    IntervalSample {
+        stable: stats(0, 0),
+        canary: stats(1000, errors),
+    }
+}
+
+#[test]
+fn blue_green_previews_switches_at_once_and_keeps_the_previous_colour() {
+    let p = blue_green("");
+    let mut routes = Vec::new();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        || full(1),
+        |_| true,
+        |w, _| routes.push(w),
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert_eq!(
+        routes,
+        vec![Weight::FULL, Weight::FULL],
+        "one switch; promotion re-asserts it"
+    );
+    let d = s.decision.unwrap();
+    assert_eq!(d.kind, DecisionKind::Promote);
+    assert_eq!(
+        d.at - s.started_at,
+        120_000,
+        "promoted at the end of the stability window"
+    );
+}
+
+#[test]
+fn blue_green_failure_switches_back_in_the_very_next_action() {
+    let p = blue_green("");
+    let mut s = step(&p, &Release::default(), &start_input(), 0).state;
+    let mut now = 0;
+    let mut routes = Vec::new();
+    loop {
+        let input = match s.pending.clone() {
+            Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
+            Some(Action::Deploy { variant, .. }) => Input::Deployed {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::RunChecks { stage }) => Input::ChecksDone {
+                stage,
+                results: vec![],
+            },
+            Some(Action::SetWeight { weight, .. }) => {
+                routes.push(weight);
+                Input::TrafficSet { weight }
+            }
+            Some(Action::Measure) => Input::Measured { sample: full(100) },
+            _ => {
+                now = s.wake_at().unwrap();
+                Input::Tick
+            }
+        };
+        let t = step(&p, &s, &input, now);
+        s = t.state;
+        if s.phase == Phase::RollingBack {
+            // The transition that decides is the one that switches back.
+            assert_eq!(t.effects.iter().filter(|e| matches!(e, Effect::Do(Action::SetWeight { weight, .. }) if *weight == Weight::ZERO)).count(), 1);
+            break;
+        }
+    }
+    assert_eq!(routes, vec![Weight::FULL]);
+    assert_eq!(
+        s.decision.unwrap().at - s.started_at,
+        60_000,
+        "two failing 30s intervals"
+    );
+}
+
+#[test]
+fn a_failed_preview_rolls_back_before_any_user_reaches_the_new_colour() {
+    let p = blue_green("");
+    let mut routes = Vec::new();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        || full(0),
+        |stage| stage != CheckStage::Preview,
+        |w, _| routes.push(w),
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert_eq!(routes, vec![Weight::ZERO]);
+    assert!(s.decision.unwrap().reason.contains("preview check"));
+}
+
+#[test]
+fn failed_post_release_checks_roll_back_while_the_previous_version_runs() {
+    let p = blue_green("post_release: {wait: 1m, checks: [{http: /ready}]}\n");
+    let mut routes = Vec::new();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        || full(1),
+        |stage| stage != CheckStage::PostRelease,
+        |w, _| routes.push(w),
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert_eq!(routes, vec![Weight::FULL, Weight::FULL, Weight::ZERO]);
+    let d = s.decision.unwrap();
+    assert_eq!(
+        d.kind,
+        DecisionKind::Rollback,
+        "the rollback replaces the promotion decision"
+    );
+    assert_eq!(
+        d.at - s.started_at,
+        180_000,
+        "2m stability, then the 1m wait"
+    );
+    // With on_failure: halt, it stops and pages instead.
+    let p = blue_green("post_release: {wait: 1m, checks: [{http: /ready}], on_failure: halt}\n");
+    let s = drive_until(
+        &p,
+        Release::default(),
+        || full(1),
+        |stage| stage != CheckStage::PostRelease,
+        |_, _| {},
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::Halted);
+}
+
+#[test]
+fn an_operator_can_switch_back_while_the_previous_colour_is_kept() {
+    let p = blue_green("");
+    let s = drive_until(
+        &p,
+        Release::default(),
+        || full(0),
+        |_| true,
+        |_, _| {},
+        |s| s.phase == Phase::KeepingPrevious,
+    );
+    assert_eq!(s.phase, Phase::KeepingPrevious);
+    let now = s.timer.unwrap() - 1000;
+    let t = step(
+        &p,
+        &s,
+        &Input::Abort {
+            actor: "alice".into(),
+            reason: "support tickets".into(),
+        },
+        now,
+    );
+    assert_eq!(t.state.phase, Phase::RollingBack);
+    assert_eq!(weights_in(&t.effects), vec![Weight::ZERO]);
+    let s = drive_until(&p, t.state, || full(0), |_| true, |_, _| {}, |_| false);
+    assert_eq!(s.phase, Phase::RolledBack);
+}
+
+#[test]
+fn resume_while_keeping_the_previous_colour_finishes_without_new_decisions() {
+    let p = blue_green("post_release: {wait: 1m, checks: [{http: /ready}]}\n");
+    let s = drive_until(
+        &p,
+        Release::default(),
+        || full(0),
+        |_| true,
+        |_, _| {},
+        |s| s.phase == Phase::KeepingPrevious,
+    );
+    let decision = s.decision.clone();
+    let t = step(&p, &s, &Input::Resumed, s.timer.unwrap() - 5000);
+    assert!(matches!(
+        t.state.pending,
+        Some(Action::Deploy {
+            variant: Variant::Stable,
+            ..
+        })
+    ));
+    let s = drive_until(&p, t.state, || full(0), |_| true, |_, _| {}, |_| false);
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert_eq!(s.decision, decision);
 }

@@ -96,6 +96,9 @@ struct Run {
     seq: u64,
 }
 
+/// How often the store is asked for operator requests.
+const COMMAND_POLL_MS: u64 = 250;
+
 /// How many times a traffic change is tried before it counts as failed.
 const WEIGHT_ATTEMPTS: u32 = 3;
 
@@ -165,12 +168,14 @@ impl Controller {
                 tokio::select! {
                     input = &mut work => input,
                     Some(cmd) = recv(&mut commands) => cmd,
+                    cmd = self.queued_command(&run.id) => cmd?,
                 }
             } else if let Some(at) = run.state.wake_at() {
                 let sleep = self.ports.clock.sleep_until(at);
                 tokio::select! {
                     () = sleep => Input::Tick,
                     Some(cmd) = recv(&mut commands) => cmd,
+                    cmd = self.queued_command(&run.id) => cmd?,
                 }
             } else {
                 return Err(ControllerError::Stuck(run.id, run.state.phase.as_str()));
@@ -186,6 +191,21 @@ impl Controller {
             self.ports.store.finish(&run.id, outcome, serving).await?;
         }
         Ok(run.state)
+    }
+
+    /// Resolves with the next operator request queued in the store for this release
+    /// (`rampart rollback` from another terminal), polling every quarter second.
+    async fn queued_command(&self, id: &str) -> Result<Input, ControllerError> {
+        loop {
+            let next = self.ports.clock.now() + COMMAND_POLL_MS;
+            self.ports.clock.sleep_until(next).await;
+            if let Some(cmd) = self.ports.store.take_commands(id).await?.into_iter().next() {
+                return Ok(Input::Abort {
+                    actor: cmd.actor,
+                    reason: cmd.reason,
+                });
+            }
+        }
     }
 
     /// Applies one input: step, persist, observe, notify.

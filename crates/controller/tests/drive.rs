@@ -288,3 +288,34 @@ async fn a_second_controller_cannot_append_to_the_same_log() {
     assert!(store.append("r1", &dup).await.is_err());
     assert!(log.len() > 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
+    let world = Arc::new(FakeWorld::default());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let c = controller(&world, &store);
+    c.create("r1", "v2", POLICY).await.unwrap();
+    let operator = async {
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let cmd = OperatorCommand {
+            actor: "bob (cli)".into(),
+            reason: "pager went off".into(),
+        };
+        assert_eq!(store.push_command("shop", &cmd).await.unwrap(), "r1");
+    };
+    let (end, ()) = tokio::join!(c.drive("r1", Some("v1".into()), None), operator);
+    let end = end.unwrap();
+    assert_eq!(end.phase, Phase::RolledBack);
+    let d = end.decision.unwrap();
+    assert!(
+        d.reason.contains("bob (cli)") && d.reason.contains("pager went off"),
+        "{}",
+        d.reason
+    );
+    // Picked up within one poll of being queued.
+    assert!(
+        (d.at - end.started_at) <= 100_000 + 250,
+        "{}",
+        d.at - end.started_at
+    );
+}

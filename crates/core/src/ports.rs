@@ -142,6 +142,16 @@ pub struct StoredInput {
     pub events: Vec<AuditEvent>,
 }
 
+/// A request from an operator to an unfinished release, delivered through the store so
+/// it reaches whichever controller is driving the release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorCommand {
+    /// Who asked.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// Durable release state: releases and their append-only input logs.
 ///
 /// Guarantees required of implementations: `append` is durable when it returns; an
@@ -173,6 +183,18 @@ pub trait Store: Send + Sync {
         outcome: OutcomeKind,
         version_now_serving: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Queues a rollback request for the service's unfinished release and returns that
+    /// release's id. Fails when the service has no unfinished release.
+    fn push_command<'a>(
+        &'a self,
+        service: &'a str,
+        command: &'a OperatorCommand,
+    ) -> BoxFuture<'a, Result<String, PortError>>;
+    /// Takes (and marks taken) the queued requests for a release, oldest first.
+    fn take_commands<'a>(
+        &'a self,
+        release_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<OperatorCommand>, PortError>>;
     /// The version the service last finished on (promoted, or kept by a rollback).
     fn serving_version<'a>(
         &'a self,

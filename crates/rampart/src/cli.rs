@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use rampart_core::units::parse_duration;
 
-use crate::demo::Scenario;
+use crate::demo::{DemoStrategy, Scenario};
 use crate::run::{Output, Report, RunError, RunOptions, print_summary, run_release};
 
 /// rampart: progressive delivery with ordered, automatic, safe rollback.
@@ -44,6 +44,21 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Ask the controller driving a service's release to roll it back now (from another
+    /// terminal). Waits for the outcome and exits with its code.
+    Rollback {
+        /// The service.
+        service: String,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "requested from the command line")]
+        reason: String,
+        /// Where state is kept (the same as the running release's).
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
+        /// Return as soon as the request is queued.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Check a policy file and report every problem with its line and field.
     Validate {
         /// The policy file.
@@ -58,6 +73,9 @@ enum Command {
         /// What the new version does.
         #[arg(long, value_enum, default_value = "healthy")]
         scenario: Scenario,
+        /// How the new version is exposed.
+        #[arg(long, value_enum, default_value = "canary")]
+        strategy: DemoStrategy,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -161,6 +179,12 @@ pub async fn main(cli: Cli) -> i32 {
             finish(output, run_release(opts, None).await)
         }
         Command::Validate { file, output } => validate(&file, output),
+        Command::Rollback {
+            service,
+            reason,
+            state_dir,
+            no_wait,
+        } => rollback(&service, &reason, &state_dir, no_wait).await,
         Command::Replay {
             file,
             samples,
@@ -191,12 +215,17 @@ pub async fn main(cli: Cli) -> i32 {
             }
             0
         }
-        Command::Demo { scenario, output } => {
-            let result = crate::demo::run(scenario, output).await;
+        Command::Demo {
+            scenario,
+            strategy,
+            output,
+        } => {
+            let result = crate::demo::run(scenario, strategy, output).await;
             if let (Ok(r), Output::Json) = (&result, output) {
                 let mut value = serde_json::to_value(r).unwrap_or_default();
                 if let Some(obj) = value.as_object_mut() {
                     obj.insert("scenario".into(), scenario.name().into());
+                    obj.insert("strategy".into(), strategy.name().into());
                 }
                 println!("{value}");
                 return r.exit_code();
@@ -275,6 +304,58 @@ fn replay(file: &PathBuf, samples: &PathBuf, output: Output) -> Result<Report, R
         totals,
         None,
     ))
+}
+
+async fn rollback(service: &str, reason: &str, state_dir: &std::path::Path, no_wait: bool) -> i32 {
+    use rampart_core::ports::{OperatorCommand, Store};
+    let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let actor = format!(
+        "{} (cli)",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    );
+    let command = OperatorCommand {
+        actor,
+        reason: reason.to_string(),
+    };
+    let id = match store.push_command(service, &command).await {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 5;
+        }
+    };
+    println!("rollback of release {id} requested");
+    if no_wait {
+        return 0;
+    }
+    let wait = async {
+        loop {
+            if let Ok((rec, _)) = store.load(&id).await
+                && let Some(outcome) = rec.outcome
+            {
+                return outcome;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(600), wait).await {
+        Ok(outcome) => {
+            println!("release {id}: {}", outcome.as_str());
+            outcome.exit_code()
+        }
+        Err(_) => {
+            eprintln!(
+                "release {id}: no controller acted on the request within 10 minutes; it stays queued and is applied when the release resumes"
+            );
+            1
+        }
+    }
 }
 
 fn finish(output: Output, result: Result<Report, RunError>) -> i32 {

@@ -56,11 +56,79 @@ impl Scenario {
     }
 }
 
+/// How the demo exposes v2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoStrategy {
+    /// 10 % then 50 %, judged every 2 s.
+    Canary,
+    /// Preview checks, then all traffic at once, an 8 s stability window, post-release
+    /// checks, and v1 kept 4 s for an instant switch back.
+    BlueGreen,
+}
+
+impl DemoStrategy {
+    /// The strategy's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DemoStrategy::Canary => "canary",
+            DemoStrategy::BlueGreen => "blue-green",
+        }
+    }
+
+    fn yaml(self) -> &'static str {
+        match self {
+            DemoStrategy::Canary => {
+                "strategy:
+  canary:
+    steps:
+      - {weight: 10, bake: 6s}
+      - {weight: 50, bake: 6s}
+"
+            }
+            DemoStrategy::BlueGreen => {
+                "strategy:
+  blue_green:
+    preview: [{http: /healthz}]
+    stability: 8s
+    keep_previous: 4s
+post_release:
+  wait: 2s
+  checks: [{http: /healthz}]
+"
+            }
+        }
+    }
+
+    /// The latency metric: after a blue-green switch stable serves nothing, so the
+    /// limit is absolute there.
+    fn latency_metric(self) -> &'static str {
+        match self {
+            DemoStrategy::Canary => {
+                "{name: p99-latency, metric: latency_p99, judge: {max_ratio_to_stable: 1.8}}"
+            }
+            DemoStrategy::BlueGreen => {
+                "{name: p50-latency, metric: latency_p50, judge: {max: 100ms}}"
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            DemoStrategy::Canary => {
+                "canary steps 10% then 50%, 6s bake each, judged every 2s on error rate (max 2%) and p99 latency (max 1.8x stable)"
+            }
+            DemoStrategy::BlueGreen => {
+                "blue-green: preview check, then all traffic at once, 8s stability window judged every 2s on error rate (max 2%) and p50 latency (max 100ms), post-release check, v1 kept 4s"
+            }
+        }
+    }
+}
+
 /// Requests per second the demo's load generator sends.
 const DEMO_RPS: u32 = 300;
 
 /// The demo policy for `scenario`, releasing the sample service at `exe` behind `port`.
-pub fn policy(scenario: Scenario, exe: &str, port: u16) -> String {
+pub fn policy(scenario: Scenario, strategy: DemoStrategy, exe: &str, port: u16) -> String {
     let (err, latency, crash) = scenario.canary();
     let exe = serde_json::to_string(exe).unwrap_or_else(|_| "\"rampart\"".into());
     format!(
@@ -79,12 +147,7 @@ traffic:
   proxy:
     listen: 127.0.0.1:{port}
     sticky: {{header: x-user}}
-strategy:
-  canary:
-    steps:
-      - {{weight: 10, bake: 6s}}
-      - {{weight: 50, bake: 6s}}
-analysis:
+{strategy}analysis:
   interval: 2s
   min_samples: 40
   failure_limit: 2
@@ -94,9 +157,7 @@ analysis:
     - name: error-rate
       metric: error_rate
       judge: {{max: 2%}}
-    - name: p99-latency
-      metric: latency_p99
-      judge: {{max_ratio_to_stable: 1.8}}
+    - {latency_metric}
 rollback:
   drain: 2s
   verify_timeout: 5s
@@ -104,11 +165,17 @@ rollback:
         name = scenario.name(),
         describe = scenario.describe(),
         crash = u8::from(crash),
+        strategy = strategy.yaml(),
+        latency_metric = strategy.latency_metric(),
     )
 }
 
 /// Runs one scenario and returns its report.
-pub async fn run(scenario: Scenario, output: Output) -> Result<Report, RunError> {
+pub async fn run(
+    scenario: Scenario,
+    strategy: DemoStrategy,
+    output: Output,
+) -> Result<Report, RunError> {
     let dir = tempfile::Builder::new()
         .prefix("rampart-demo-")
         .tempdir()
@@ -118,7 +185,7 @@ pub async fn run(scenario: Scenario, output: Output) -> Result<Report, RunError>
         .and_then(|l| l.local_addr())
         .context("finding a free port")?
         .port();
-    let text = policy(scenario, &exe.to_string_lossy(), port);
+    let text = policy(scenario, strategy, &exe.to_string_lossy(), port);
     let policy_path = dir.path().join("rampart.yaml");
     std::fs::write(&policy_path, &text).context("writing the demo policy")?;
     let say = |line: String| match output {
@@ -126,12 +193,14 @@ pub async fn run(scenario: Scenario, output: Output) -> Result<Report, RunError>
         Output::Json => eprintln!("{line}"),
     };
     say(format!(
-        "rampart demo: {} ({})",
+        "rampart demo: {} {} ({})",
+        strategy.name(),
         scenario.name(),
         scenario.describe()
     ));
     say(format!(
-        "canary steps 10% then 50%, 6s bake each, judged every 2s on error rate (max 2%) and p99 latency (max 1.8x stable); {DEMO_RPS} requests/s of load"
+        "{}; {DEMO_RPS} requests/s of load",
+        strategy.describe()
     ));
     let stats = Arc::new(LoadStats::default());
     let load = Arc::new(std::sync::Mutex::new(None::<tokio::task::JoinHandle<()>>));

@@ -301,6 +301,8 @@ pub async fn run_release(
         .and_then(|g| *g)
         .map(|at_zero| proxy.routed(Variant::Canary).saturating_sub(at_zero));
 
+    // The release is over: signals no longer abort it.
+    signals.abort();
     if opts.keep_running
         && matches!(
             end.outcome(),
@@ -313,7 +315,6 @@ pub async fn run_release(
         ));
         let _ = tokio::signal::ctrl_c().await;
     }
-    signals.abort();
     // The embedded proxy ends with this process, so nothing would reach the versions:
     // stop them rather than leave orphans. Logs stay in the state directory.
     for v in [Variant::Canary, Variant::Stable] {

@@ -9,9 +9,21 @@ use std::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn demo(scenario: &str) -> (i32, serde_json::Value) {
+    demo_with("canary", scenario)
+}
+
+fn demo_with(strategy: &str, scenario: &str) -> (i32, serde_json::Value) {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["demo", "--output", "json", "--scenario", scenario])
+        .args([
+            "demo",
+            "--output",
+            "json",
+            "--strategy",
+            strategy,
+            "--scenario",
+            scenario,
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -93,4 +105,38 @@ fn canary_that_crashes_on_start_gets_no_requests() {
         weights.iter().all(|w| *w == 0.0),
         "weight never left 0: {weights:?}"
     );
+}
+
+#[test]
+fn blue_green_healthy_is_promoted_after_its_checks_and_keep_window() {
+    let (code, v) = demo_with("blue-green", "healthy");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["outcome"], "promoted");
+    assert_eq!(v["strategy"], "blue-green");
+    let k = kinds(&v);
+    for kind in [
+        "preview_passed",
+        "post_release_passed",
+        "keeping_previous",
+        "previous_released",
+        "promoted",
+    ] {
+        assert!(k.contains(&kind.to_string()), "{kind} missing: {k:?}");
+    }
+}
+
+#[test]
+fn blue_green_bad_version_switches_back_at_once() {
+    let (code, v) = demo_with("blue-green", "bad-canary");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["outcome"], "rolled_back");
+    assert_eq!(v["final_weight"], 0.0);
+    assert_eq!(v["canary_routed_after_rollback"], 0);
+    // The rollback's first event is the switch back: nothing happens in between.
+    let t = v["timeline"].as_array().unwrap();
+    let i = t
+        .iter()
+        .position(|e| e["kind"] == "rollback_started")
+        .unwrap();
+    assert_eq!(t[i + 1]["kind"], "traffic_restored", "{t:?}");
 }

@@ -7,12 +7,15 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rampart_core::ports::{BoxFuture, PortError, ReleaseRecord, Store, StoredInput};
+use rampart_core::ports::{
+    BoxFuture, OperatorCommand, PortError, ReleaseRecord, Store, StoredInput,
+};
 use rampart_core::release::OutcomeKind;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE releases (
     id          TEXT PRIMARY KEY,
     service     TEXT NOT NULL,
@@ -36,7 +39,18 @@ CREATE TABLE services (
     service         TEXT PRIMARY KEY,
     serving_version TEXT
 );
-"#];
+"#,
+    r#"
+-- Operator requests (rampart rollback) waiting for the controller driving a release.
+CREATE TABLE commands (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    release_id TEXT NOT NULL REFERENCES releases(id),
+    actor      TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    taken      INTEGER NOT NULL DEFAULT 0
+);
+"#,
+];
 
 /// A store in one SQLite file.
 #[derive(Debug)]
@@ -271,6 +285,62 @@ impl Store for SqliteStore {
         })
     }
 
+    fn push_command<'a>(
+        &'a self,
+        service: &'a str,
+        command: &'a OperatorCommand,
+    ) -> BoxFuture<'a, Result<String, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                let tx = c.transaction().map_err(db_err)?;
+                let id: String = tx
+                    .query_row(
+                        "SELECT id FROM releases WHERE service = ?1 AND outcome IS NULL",
+                        [service],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?
+                    .ok_or_else(|| {
+                        PortError(format!("service {service} has no release in progress"))
+                    })?;
+                tx.execute(
+                    "INSERT INTO commands (release_id, actor, reason) VALUES (?1, ?2, ?3)",
+                    params![id, command.actor, command.reason],
+                )
+                .map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+                Ok(id)
+            })
+        })
+    }
+
+    fn take_commands<'a>(
+        &'a self,
+        release_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<OperatorCommand>, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                let tx = c.transaction().map_err(db_err)?;
+                let taken = {
+                    let mut stmt = tx
+                        .prepare("SELECT actor, reason FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
+                        .map_err(db_err)?;
+                    let rows = stmt
+                        .query_map([release_id], |r| Ok(OperatorCommand { actor: r.get(0)?, reason: r.get(1)? }))
+                        .map_err(db_err)?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
+                };
+                if !taken.is_empty() {
+                    tx.execute("UPDATE commands SET taken = 1 WHERE release_id = ?1 AND taken = 0", [release_id])
+                        .map_err(db_err)?;
+                }
+                tx.commit().map_err(db_err)?;
+                Ok(taken)
+            })
+        })
+    }
+
     fn serving_version<'a>(
         &'a self,
         service: &'a str,
@@ -343,6 +413,23 @@ mod tests {
             Some("v2")
         );
         s.create(&rel("r2")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn commands_reach_the_unfinished_release_once() {
+        let s = SqliteStore::in_memory().unwrap();
+        let cmd = OperatorCommand {
+            actor: "alice".into(),
+            reason: "tickets".into(),
+        };
+        assert!(
+            s.push_command("shop", &cmd).await.is_err(),
+            "nothing in progress"
+        );
+        s.create(&rel("r1")).await.unwrap();
+        assert_eq!(s.push_command("shop", &cmd).await.unwrap(), "r1");
+        assert_eq!(s.take_commands("r1").await.unwrap(), vec![cmd]);
+        assert!(s.take_commands("r1").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ fn spec(argv: &[&str], timeout: Duration) -> ProcessSpec {
             period: Duration::from_millis(50),
         },
         stop_timeout: Duration::from_secs(1),
+        replicas: 1,
     }
 }
 
@@ -40,9 +41,15 @@ fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+fn records(state: &Path, variant: &str) -> Vec<ProcessRecord> {
+    std::fs::read_to_string(state.join(format!("processes/svc.{variant}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
 fn record(state: &Path, variant: &str) -> Option<ProcessRecord> {
-    let text = std::fs::read_to_string(state.join(format!("processes/svc.{variant}.json"))).ok()?;
-    serde_json::from_str(&text).ok()
+    records(state, variant).into_iter().next()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +94,7 @@ async fn a_process_that_exits_early_fails_fast_with_its_stderr() {
         "{err}"
     );
     assert!(record(dir.path(), "canary").is_none());
-    let (_, stderr) = d.log_paths(Variant::Canary, "v2");
+    let (_, stderr) = d.log_paths(Variant::Canary, "v2", 0);
     assert!(
         std::fs::read_to_string(stderr)
             .unwrap()
@@ -175,4 +182,30 @@ async fn a_recorded_pid_that_is_not_ours_is_never_signalled() {
     let d = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
     assert_eq!(d.stop(Variant::Canary).await.unwrap(), "not running");
     assert!(alive(me));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_up_then_retires_replicas_beyond_the_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    let three = d.scale(Variant::Canary, "v2", 3).await.unwrap();
+    assert_eq!(three.endpoints.len(), 3);
+    assert!(three.retired.is_empty());
+    let pids: Vec<u32> = records(dir.path(), "canary")
+        .iter()
+        .map(|r| r.pid)
+        .collect();
+    assert_eq!(pids.len(), 3);
+    // Scaling down reports the extra replica as retired and keeps it running...
+    let one = d.scale(Variant::Canary, "v2", 1).await.unwrap();
+    assert_eq!(one.endpoints, three.endpoints[..1].to_vec());
+    assert_eq!(one.retired, three.endpoints[1..].to_vec());
+    assert!(pids.iter().all(|p| alive(*p)));
+    // ...until it is trimmed.
+    d.trim(Variant::Canary, 1).await.unwrap();
+    assert!(alive(pids[0]) && !alive(pids[1]) && !alive(pids[2]));
+    assert_eq!(records(dir.path(), "canary").len(), 1);
+    d.stop(Variant::Canary).await.unwrap();
+    assert!(!alive(pids[0]));
+    assert!(records(dir.path(), "canary").is_empty());
 }

@@ -322,6 +322,50 @@ impl Controller {
                     }
                 }
             }
+            Action::Scale {
+                variant,
+                version,
+                replicas,
+            } => {
+                let scaled = async {
+                    let d = p.deployer.scale(*variant, version, *replicas).await?;
+                    if let Ok(mut known) = self.endpoints.lock() {
+                        known.insert(*variant, d.endpoints.clone());
+                    }
+                    p.router.set_backends(*variant, &d.endpoints).await?;
+                    let mut detail = d.detail;
+                    if !d.retired.is_empty() {
+                        // Out of rotation first, then drained, then stopped: no request
+                        // is cut off by a scale-down.
+                        if let Err(e) = p
+                            .router
+                            .drain_endpoints(&d.retired, self.policy.rollback.drain)
+                            .await
+                        {
+                            detail.push_str(&format!("; {e}"));
+                        }
+                        detail.push_str(&format!(
+                            "; {}",
+                            p.deployer.trim(*variant, *replicas).await?
+                        ));
+                    }
+                    Ok::<String, PortError>(detail)
+                };
+                match scaled.await {
+                    Ok(detail) => Input::Scaled {
+                        variant: *variant,
+                        replicas: *replicas,
+                        ok: true,
+                        detail,
+                    },
+                    Err(e) => Input::Scaled {
+                        variant: *variant,
+                        replicas: *replicas,
+                        ok: false,
+                        detail: e.0,
+                    },
+                }
+            }
             Action::RunChecks { stage } => {
                 let checks: &[Gate] = match stage {
                     CheckStage::Preview => self.policy.strategy.preview(),

@@ -54,6 +54,7 @@ impl Deployer for Fake {
         Box::pin(async move {
             Ok(Deployment {
                 endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+                retired: vec![],
                 detail: format!("{version} up"),
             })
         })
@@ -64,6 +65,17 @@ impl Deployer for Fake {
     }
     fn verify(&self, _v: Variant, _t: Duration) -> BoxFuture<'_, Result<String, PortError>> {
         Box::pin(async { Ok("ready".into()) })
+    }
+    fn scale<'a>(
+        &'a self,
+        v: Variant,
+        version: &'a str,
+        _n: u32,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
+        self.deploy(v, version)
+    }
+    fn trim(&self, _v: Variant, _n: u32) -> BoxFuture<'_, Result<String, PortError>> {
+        Box::pin(async { Ok("trimmed".into()) })
     }
 }
 
@@ -85,6 +97,13 @@ impl TrafficRouter for Fake {
         Box::pin(async move { Ok(w) })
     }
     fn drain(&self, _v: Variant, _t: Duration) -> BoxFuture<'_, Result<(), PortError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn drain_endpoints<'a>(
+        &'a self,
+        _e: &'a [SocketAddr],
+        _t: Duration,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -72,6 +72,8 @@ pub struct ProcessSpec {
     pub readiness: Readiness,
     /// How long a process gets between SIGTERM and SIGKILL.
     pub stop_timeout: Duration,
+    /// Copies of each version; the proxy balances across a version's copies.
+    pub replicas: u32,
 }
 
 /// A readiness probe.
@@ -121,6 +123,55 @@ pub enum Strategy {
     Canary(CanarySpec),
     /// Start the new colour beside the old, check it, switch all traffic at once.
     BlueGreen(BlueGreenSpec),
+    /// Replace the replicas a batch at a time.
+    Rolling(RollingSpec),
+}
+
+/// A rolling release over `deploy.process.replicas` replicas.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RollingSpec {
+    /// Replicas replaced per batch.
+    pub batch: u32,
+    /// Replicas that may be out of service at once during a batch.
+    pub max_unavailable: u32,
+    /// Minimum time each batch is analysed before the next.
+    pub bake: Duration,
+    /// Replicas of each version.
+    pub replicas: u32,
+    /// One step per batch; the canary share is the new version's share of replicas.
+    steps: Vec<Step>,
+}
+
+impl RollingSpec {
+    fn plan(batch: u32, max_unavailable: u32, bake: Duration, replicas: u32) -> RollingSpec {
+        let mut steps = Vec::new();
+        let mut k = 0;
+        while k < replicas {
+            k = (k + batch.max(1)).min(replicas);
+            let bp = u64::from(k) * 10_000 / u64::from(replicas.max(1));
+            steps.push(Step {
+                weight: Weight::from_basis_points(u16::try_from(bp).unwrap_or(10_000))
+                    .unwrap_or(Weight::FULL),
+                bake,
+                matches: Vec::new(),
+            });
+        }
+        RollingSpec {
+            batch,
+            max_unavailable,
+            bake,
+            replicas,
+            steps,
+        }
+    }
+
+    /// New-version replicas in service during step `step`.
+    pub fn replicas_at(&self, step: usize) -> u32 {
+        (u32::try_from(step + 1)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(self.batch))
+        .min(self.replicas)
+    }
 }
 
 /// A blue-green release.
@@ -142,13 +193,22 @@ impl Strategy {
         match self {
             Strategy::Canary(c) => &c.steps,
             Strategy::BlueGreen(b) => &b.steps,
+            Strategy::Rolling(r) => &r.steps,
+        }
+    }
+
+    /// The rolling plan, for a rolling release.
+    pub fn rolling(&self) -> Option<&RollingSpec> {
+        match self {
+            Strategy::Rolling(r) => Some(r),
+            _ => None,
         }
     }
 
     /// Checks on the new version before it gets traffic.
     pub fn preview(&self) -> &[Gate] {
         match self {
-            Strategy::Canary(_) => &[],
+            Strategy::Canary(_) | Strategy::Rolling(_) => &[],
             Strategy::BlueGreen(b) => &b.preview,
         }
     }
@@ -156,7 +216,7 @@ impl Strategy {
     /// How long the previous version keeps running after promotion.
     pub fn keep_previous(&self) -> Duration {
         match self {
-            Strategy::Canary(_) => Duration::ZERO,
+            Strategy::Canary(_) | Strategy::Rolling(_) => Duration::ZERO,
             Strategy::BlueGreen(b) => b.keep_previous,
         }
     }
@@ -166,6 +226,7 @@ impl Strategy {
         match self {
             Strategy::Canary(_) => "canary",
             Strategy::BlueGreen(_) => "blue_green",
+            Strategy::Rolling(_) => "rolling",
         }
     }
 
@@ -488,6 +549,31 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             verify_timeout: Duration::from_secs(30),
         });
     let post_release = m.optional_with(cx, "post_release", decode_post_release);
+    let mut strategy = strategy;
+    if let (Some(Strategy::Rolling(r)), Some(Deploy::Process(d))) = (&mut strategy, &deploy) {
+        let pos = m.get("strategy").map_or(m.pos(), |n| n.pos);
+        if r.batch > d.replicas {
+            cx.error(
+                pos,
+                "strategy.rolling.batch",
+                format!(
+                    "a batch of {} is more than the {} replica(s) in `deploy.process.replicas`",
+                    r.batch, d.replicas
+                ),
+            );
+        }
+        if r.max_unavailable >= d.replicas {
+            cx.error(
+                pos,
+                "strategy.rolling.max_unavailable",
+                format!(
+                    "{} of {} replica(s) unavailable would leave nothing serving",
+                    r.max_unavailable, d.replicas
+                ),
+            );
+        }
+        *r = RollingSpec::plan(r.batch, r.max_unavailable, r.bake, d.replicas);
+    }
     if let (Some(Strategy::BlueGreen(_)), Some(a)) = (&strategy, &analysis) {
         check_blue_green_metrics(cx, &m, a);
     }
@@ -560,7 +646,14 @@ fn decode_process(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProcessSp
     let m = cx.map(
         node,
         path,
-        &["command", "env", "workdir", "readiness", "stop_timeout"],
+        &[
+            "command",
+            "env",
+            "workdir",
+            "readiness",
+            "stop_timeout",
+            "replicas",
+        ],
     )?;
     let command = m.required_with(cx, "command", decode_argv);
     let env = m.optional_with(cx, "env", decode_env).unwrap_or_default();
@@ -572,6 +665,14 @@ fn decode_process(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProcessSp
             timeout: Duration::from_secs(30),
             period: Duration::from_millis(250),
         });
+    let replicas = m.optional::<u32>(cx, "replicas").unwrap_or(1);
+    if replicas == 0 || replicas > 64 {
+        cx.error(
+            m.get("replicas").map_or(m.pos(), |n| n.pos),
+            &m.path_of("replicas"),
+            format!("{replicas} replicas: use 1 to 64 copies of each version on this machine"),
+        );
+    }
     let stop_timeout = m
         .optional::<Duration>(cx, "stop_timeout")
         .unwrap_or(Duration::from_secs(10));
@@ -591,6 +692,7 @@ fn decode_process(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProcessSp
         workdir,
         readiness,
         stop_timeout,
+        replicas,
     })
 }
 
@@ -737,9 +839,22 @@ fn decode_sticky(cx: &mut Decoder, node: &Node, path: &str) -> Option<Sticky> {
 }
 
 fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
-    let (kind, inner, p) = one_kind(cx, node, path, &["canary", "blue_green"])?;
+    let (kind, inner, p) = one_kind(cx, node, path, &["canary", "blue_green", "rolling"])?;
     if kind == "blue_green" {
         return decode_blue_green(cx, inner, &p);
+    }
+    if kind == "rolling" {
+        let m = cx.map(inner, &p, &["batch", "max_unavailable", "bake"])?;
+        let batch = limit(cx, &m, "batch").unwrap_or(1);
+        let max_unavailable = m.optional::<u32>(cx, "max_unavailable").unwrap_or(0);
+        let bake = m.required::<Duration>(cx, "bake")?;
+        // The replica count lives under `deploy`; the plan is made once both are known.
+        return Some(Strategy::Rolling(RollingSpec::plan(
+            batch,
+            max_unavailable,
+            bake,
+            0,
+        )));
     }
     let m = cx.map(inner, &p, &["steps"])?;
     let steps = m.required_with(cx, "steps", |cx, n, p| {
@@ -1554,6 +1669,38 @@ analysis:
         // Relative paths are only for checks on the new version, not for pre-gates.
         let gate = format!("{MINIMAL}gates:\n  pre:\n    - http: /healthz\n");
         assert!(errors(&gate)[0].message.contains("not an http:// URL"));
+    }
+
+    #[test]
+    fn rolling_plans_one_step_per_batch() {
+        let src = MINIMAL
+            .replace(
+                "command: [\"./checkout\", \"--port\", \"{port}\"]",
+                "command: [\"./checkout\", \"--port\", \"{port}\"]\n    replicas: 5",
+            )
+            .replace(
+                "  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+                "  rolling: {batch: 2, bake: 30s}\n",
+            );
+        let p = Policy::from_yaml(&src).unwrap();
+        let r = p.strategy.rolling().unwrap();
+        let weights: Vec<u16> = p
+            .strategy
+            .steps()
+            .iter()
+            .map(|s| s.weight.basis_points())
+            .collect();
+        assert_eq!(weights, vec![4000, 8000, 10_000]);
+        assert_eq!(
+            (r.replicas_at(0), r.replicas_at(1), r.replicas_at(2)),
+            (2, 4, 5)
+        );
+        let too_big = src.replace("batch: 2", "batch: 6");
+        assert!(
+            errors(&too_big)[0]
+                .message
+                .contains("more than the 5 replica")
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub trait Clock: Send + Sync {
 pub struct Deployment {
     /// Where the version accepts traffic.
     pub endpoints: Vec<SocketAddr>,
+    /// Replicas beyond the requested count, still running until trimmed: take them out
+    /// of the router and drain them first.
+    pub retired: Vec<SocketAddr>,
     /// A line for the audit trail (pid, port, adopted or started).
     pub detail: String,
 }
@@ -60,6 +63,16 @@ pub trait Deployer: Send + Sync {
         variant: Variant,
         version: &'a str,
     ) -> BoxFuture<'a, Result<Deployment, PortError>>;
+    /// Ensures `replicas` ready replicas of `version` (starting what is missing) and
+    /// reports any beyond that count as retired, without stopping them yet.
+    fn scale<'a>(
+        &'a self,
+        variant: Variant,
+        version: &'a str,
+        replicas: u32,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>>;
+    /// Stops the replicas beyond the first `replicas`.
+    fn trim(&self, variant: Variant, replicas: u32) -> BoxFuture<'_, Result<String, PortError>>;
     /// Stops `variant` gracefully, then forcefully.
     fn stop(&self, variant: Variant) -> BoxFuture<'_, Result<String, PortError>>;
     /// Checks that `variant` is running and ready, waiting at most `timeout`.
@@ -91,6 +104,12 @@ pub trait TrafficRouter: Send + Sync {
     ) -> BoxFuture<'a, Result<Weight, PortError>>;
     /// Waits until `variant` has no requests in flight, at most `timeout`.
     fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>>;
+    /// Waits until these endpoints (no longer routed) have no requests in flight.
+    fn drain_endpoints<'a>(
+        &'a self,
+        endpoints: &'a [SocketAddr],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
 }
 
 /// Measures both variants.

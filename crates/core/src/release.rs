@@ -198,6 +198,17 @@ pub enum Action {
     /// Check that stable is healthy after a rollback. Answered by
     /// [`Input::StableVerified`].
     VerifyStable,
+    /// Run exactly `replicas` replicas of a variant (starting missing ones, draining and
+    /// stopping extra ones) and route to all of them. Answered by [`Input::Scaled`].
+    /// Idempotent.
+    Scale {
+        /// Which copy.
+        variant: Variant,
+        /// Which version.
+        version: String,
+        /// How many replicas.
+        replicas: u32,
+    },
     /// Run checks against the new version. Answered by [`Input::ChecksDone`].
     RunChecks {
         /// Which checks.
@@ -310,6 +321,17 @@ pub enum Input {
         /// What was seen.
         detail: String,
     },
+    /// Answer to [`Action::Scale`].
+    Scaled {
+        /// Which copy.
+        variant: Variant,
+        /// The replica count asked for.
+        replicas: u32,
+        /// Whether exactly that many run, ready and routed.
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
     /// Answer to [`Action::RunChecks`].
     ChecksDone {
         /// Which checks.
@@ -370,6 +392,12 @@ pub struct Release {
     /// When the current wait (post-release wait, keeping the previous version) ends.
     #[serde(default)]
     pub timer: Option<Millis>,
+    /// Rolling: stable replicas confirmed in service.
+    #[serde(default)]
+    pub stable_replicas: u32,
+    /// Rolling: new-version replicas confirmed in service.
+    #[serde(default)]
+    pub canary_replicas: u32,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -408,6 +436,8 @@ impl Default for Release {
             step_started_at: None,
             next_analysis_at: None,
             timer: None,
+            stable_replicas: 0,
+            canary_replicas: 0,
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -548,11 +578,81 @@ impl Builder<'_> {
 
     /// Sets the current step's weight and match rules.
     fn route_step(&mut self) {
+        let chain = self.step_chain();
+        self.chain(chain);
+    }
+
+    /// The actions that put the current step in force. Rolling: start the batch's new
+    /// replicas, move their share of traffic, then retire as many old ones.
+    fn step_chain(&self) -> Vec<Action> {
         let step = self.s.step;
-        self.act(Action::SetWeight {
-            weight: self.policy.strategy.steps()[step].weight,
-            matches: self.policy.strategy.matches_at(step),
-        });
+        let weight = self.policy.strategy.steps()[step].weight;
+        let Some(r) = self.policy.strategy.rolling() else {
+            return vec![Action::SetWeight {
+                weight,
+                matches: self.policy.strategy.matches_at(step),
+            }];
+        };
+        let k = r.replicas_at(step);
+        vec![
+            self.scale(Variant::Canary, k),
+            Action::SetWeight {
+                weight,
+                matches: Vec::new(),
+            },
+            self.scale(Variant::Stable, r.replicas - k),
+        ]
+    }
+
+    fn scale(&self, variant: Variant, replicas: u32) -> Action {
+        let version = match variant {
+            Variant::Stable => self.s.stable.clone().unwrap_or_default(),
+            Variant::Canary => self.s.version.clone(),
+        };
+        Action::Scale {
+            variant,
+            version,
+            replicas,
+        }
+    }
+
+    /// Issues the first action of `chain` and queues the rest.
+    fn chain(&mut self, mut chain: Vec<Action>) {
+        if chain.is_empty() {
+            return;
+        }
+        let first = chain.remove(0);
+        self.s.queued = chain;
+        self.act(first);
+    }
+
+    /// Rolling rollback: the replaced batches go back in reverse order, each one
+    /// restoring old replicas before moving traffic and retiring new ones.
+    fn rolling_back_chain(&self, r: &crate::policy::RollingSpec) -> Vec<Action> {
+        let pending_canary = match &self.s.pending {
+            Some(Action::Scale {
+                variant: Variant::Canary,
+                replicas,
+                ..
+            }) => *replicas,
+            _ => 0,
+        };
+        let mut k = self.s.canary_replicas.max(pending_canary);
+        let mut chain = Vec::new();
+        loop {
+            k = k.saturating_sub(r.batch.max(1));
+            let bp = u64::from(k) * 10_000 / u64::from(r.replicas.max(1));
+            chain.push(self.scale(Variant::Stable, r.replicas - k));
+            chain.push(Action::SetWeight {
+                weight: Weight::from_basis_points(u16::try_from(bp).unwrap_or(0))
+                    .unwrap_or(Weight::ZERO),
+                matches: Vec::new(),
+            });
+            chain.push(self.scale(Variant::Canary, k));
+            if k == 0 {
+                return chain;
+            }
+        }
     }
 
     /// Starts the ordered rollback: traffic to stable, stop canary, verify stable.
@@ -564,6 +664,11 @@ impl Builder<'_> {
         self.s.timer = None;
         self.event("rollback_started", actor, reason.clone());
         self.notify(false, format!("rolling back {}: {reason}", self.s.version));
+        if let Some(r) = self.policy.strategy.rolling() {
+            let chain = self.rolling_back_chain(r);
+            self.chain(chain);
+            return;
+        }
         // Always (re)assert weight 0 first, even if the canary never got traffic: it
         // is idempotent, and it makes "traffic is on stable" a confirmed fact.
         self.set_weight(Weight::ZERO);
@@ -606,13 +711,23 @@ fn answers(pending: Option<&Action>, input: &Input) -> bool {
         (Some(Action::Stop { variant }), Input::Stopped { variant: v, .. }) => variant == v,
         (Some(Action::VerifyStable), Input::StableVerified { .. }) => true,
         (Some(Action::RunChecks { stage }), Input::ChecksDone { stage: s, .. }) => stage == s,
+        (
+            Some(Action::Scale {
+                variant, replicas, ..
+            }),
+            Input::Scaled {
+                variant: v,
+                replicas: r,
+                ..
+            },
+        ) => variant == v && replicas == r,
         _ => false,
     }
 }
 
 fn is_success(input: &Input) -> bool {
     match input {
-        Input::Deployed { ok, .. } | Input::Stopped { ok, .. } => *ok,
+        Input::Deployed { ok, .. } | Input::Stopped { ok, .. } | Input::Scaled { ok, .. } => *ok,
         Input::GatesChecked { results } => results.iter().all(|r| r.ok),
         Input::TrafficSet { .. } | Input::Measured { .. } => true,
         Input::StableVerified { healthy, .. } => *healthy,
@@ -660,7 +775,27 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
             if let Input::TrafficSet { weight } = answer {
                 b.s.weight = *weight;
             }
+            if let Input::Scaled {
+                variant,
+                replicas,
+                ok: true,
+                detail,
+            } = answer
+            {
+                match variant {
+                    Variant::Stable => b.s.stable_replicas = *replicas,
+                    Variant::Canary => b.s.canary_replicas = *replicas,
+                }
+                b.event(
+                    "scaled",
+                    "rampart",
+                    format!("{} at {replicas} replica(s): {detail}", variant.as_str()),
+                );
+            }
             if is_success(answer) && !b.s.queued.is_empty() {
+                if let Input::TrafficSet { weight } = answer {
+                    b.event("weight_set", "rampart", format!("canary weight {weight}"));
+                }
                 if let Input::Deployed {
                     variant, detail, ..
                 } = answer
@@ -703,6 +838,11 @@ fn start(b: &mut Builder<'_>, id: &str, version: &str, stable: Option<String>) {
 }
 
 fn resume(b: &mut Builder<'_>) {
+    if b.policy.strategy.rolling().is_some()
+        && matches!(b.s.phase, Phase::Progressing | Phase::RollingBack)
+    {
+        return resume_rolling(b);
+    }
     let stable = b.s.stable.clone();
     let ensure_stable = stable.clone().map(|version| Action::Deploy {
         variant: Variant::Stable,
@@ -793,6 +933,38 @@ fn resume(b: &mut Builder<'_>) {
     let first = chain.remove(0);
     b.s.queued = chain;
     b.act(first);
+}
+
+/// Rolling: re-establish the confirmed replica counts, then either re-apply the step's
+/// traffic or go on with the step (or rollback) being put in force.
+fn resume_rolling(b: &mut Builder<'_>) {
+    let mut chain = vec![
+        b.scale(Variant::Stable, b.s.stable_replicas),
+        b.scale(Variant::Canary, b.s.canary_replicas),
+    ];
+    match (b.s.phase, b.s.step_started_at) {
+        (Phase::RollingBack, _) => {
+            let r = b.policy.strategy.rolling().cloned();
+            if let Some(r) = r {
+                chain.extend(b.rolling_back_chain(&r));
+            }
+        }
+        (_, Some(_)) => chain.push(Action::SetWeight {
+            weight: b.s.weight,
+            matches: Vec::new(),
+        }),
+        (_, None) => chain.extend(b.step_chain()),
+    }
+    b.s.next_analysis_at = None;
+    b.event(
+        "resumed",
+        "rampart",
+        format!(
+            "controller restarted; resuming in phase {}",
+            b.s.phase.as_str()
+        ),
+    );
+    b.chain(chain);
 }
 
 fn tick(b: &mut Builder<'_>) {
@@ -919,28 +1091,30 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
                 detail,
             },
         ) => ensured(b, *variant, *ok, detail),
-        (Phase::Progressing, Input::TrafficSet { weight }) => {
-            if b.s.step_started_at.is_some() {
+        (Phase::Progressing, Input::TrafficSet { weight }) => step_in_force(b, *weight),
+        (Phase::Progressing, Input::Scaled { ok: true, .. }) => step_in_force(b, b.s.weight),
+        (
+            Phase::Progressing | Phase::Promoting,
+            Input::Scaled {
+                variant, detail, ..
+            },
+        ) => {
+            b.rollback(
+                "rampart",
+                format!("could not scale {}: {detail}", variant.as_str()),
+            );
+        }
+        (Phase::RollingBack, Input::Scaled { ok, detail, .. }) => {
+            if *ok {
                 b.event(
-                    "traffic_restored",
+                    "canary_stopped",
                     "rampart",
-                    format!("canary weight re-applied at {weight}"),
+                    "every replaced batch restored; the new replicas are stopped".into(),
                 );
+                b.act(Action::VerifyStable);
             } else {
-                b.s.step_started_at = Some(b.now);
-                let bake = b.policy.strategy.steps()[b.s.step].bake;
-                b.event(
-                    "weight_set",
-                    "rampart",
-                    format!(
-                        "step {}/{}: canary at {weight}, baking {}",
-                        b.s.step + 1,
-                        b.policy.strategy.steps().len(),
-                        crate::units::format_duration(bake)
-                    ),
-                );
+                b.halt(format!("could not restore the previous replicas: {detail}"));
             }
-            b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
         }
         (Phase::Progressing | Phase::Promoting, Input::TrafficFailed { detail }) => {
             b.rollback(
@@ -1063,6 +1237,32 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
     }
 }
 
+/// The current step's traffic is confirmed: its bake starts (or, after a restart,
+/// continues).
+fn step_in_force(b: &mut Builder<'_>, weight: Weight) {
+    if b.s.step_started_at.is_some() {
+        b.event(
+            "traffic_restored",
+            "rampart",
+            format!("canary weight re-applied at {weight}"),
+        );
+    } else {
+        b.s.step_started_at = Some(b.now);
+        let bake = b.policy.strategy.steps()[b.s.step].bake;
+        b.event(
+            "weight_set",
+            "rampart",
+            format!(
+                "step {}/{}: canary at {weight}, baking {}",
+                b.s.step + 1,
+                b.policy.strategy.steps().len(),
+                crate::units::format_duration(bake)
+            ),
+        );
+    }
+    b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+}
+
 fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
     let failed: Vec<&GateResult> = results.iter().filter(|r| !r.ok).collect();
     if let Some(first) = failed.first() {
@@ -1106,6 +1306,12 @@ fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
                 "rampart",
                 format!("stable ready: {detail}"),
             );
+            if let Some(r) = b.policy.strategy.rolling() {
+                // Rolling: the new version's replicas start batch by batch.
+                b.s.stable_replicas = r.replicas;
+                start_progressing(b);
+                return;
+            }
             b.act(Action::Deploy {
                 variant: Variant::Canary,
                 version: b.s.version.clone(),

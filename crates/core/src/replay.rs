@@ -78,6 +78,14 @@ pub fn replay(
                 ok: true,
                 detail: "recorded".into(),
             },
+            Some(Action::Scale {
+                variant, replicas, ..
+            }) => Input::Scaled {
+                variant: *variant,
+                replicas: *replicas,
+                ok: true,
+                detail: "recorded".into(),
+            },
             Some(Action::RunChecks { stage }) => Input::ChecksDone {
                 stage: *stage,
                 results: Vec::new(),

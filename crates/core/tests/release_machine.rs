@@ -92,6 +92,14 @@ impl World {
 
     fn answer(&mut self, action: &Action) -> Input {
         match action {
+            Action::Scale {
+                variant, replicas, ..
+            } => Input::Scaled {
+                variant: *variant,
+                replicas: *replicas,
+                ok: true,
+                detail: String::new(),
+            },
             Action::RunGates => Input::GatesChecked {
                 results: vec![GateResult {
                     name: "env".into(),
@@ -535,6 +543,28 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
             stage: *stage,
             results: vec![],
         },
+        (
+            Choice::Ok(..),
+            Some(Action::Scale {
+                variant, replicas, ..
+            }),
+        ) => Input::Scaled {
+            variant: *variant,
+            replicas: *replicas,
+            ok: true,
+            detail: String::new(),
+        },
+        (
+            Choice::Fail,
+            Some(Action::Scale {
+                variant, replicas, ..
+            }),
+        ) => Input::Scaled {
+            variant: *variant,
+            replicas: *replicas,
+            ok: false,
+            detail: "not ready".into(),
+        },
         (Choice::Fail, Some(Action::RunChecks { stage })) => Input::ChecksDone {
             stage: *stage,
             results: vec![GateResult {
@@ -567,10 +597,25 @@ fn drive(
 /// `stop` holds.
 fn drive_until(
     p: &Policy,
+    s: Release,
+    measure: impl Fn() -> IntervalSample,
+    checks: impl Fn(CheckStage) -> bool,
+    on_route: impl FnMut(Weight, usize),
+    stop: impl Fn(&Release) -> bool,
+) -> Release {
+    drive_full(p, s, measure, checks, on_route, |_, _| {}, |_| true, stop)
+}
+
+/// [`drive_until`] that also reports every scale action and decides whether it works.
+#[allow(clippy::too_many_arguments)]
+fn drive_full(
+    p: &Policy,
     mut s: Release,
     measure: impl Fn() -> IntervalSample,
     checks: impl Fn(CheckStage) -> bool,
     mut on_route: impl FnMut(Weight, usize),
+    mut on_scale: impl FnMut(Variant, u32),
+    scale_ok: impl Fn(&Release) -> bool,
     stop: impl Fn(&Release) -> bool,
 ) -> Release {
     if s.phase == Phase::Pending {
@@ -583,6 +628,17 @@ fn drive_until(
         }
         let input = match s.pending.clone() {
             Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
+            Some(Action::Scale {
+                variant, replicas, ..
+            }) => {
+                on_scale(variant, replicas);
+                Input::Scaled {
+                    variant,
+                    replicas,
+                    ok: scale_ok(&s),
+                    detail: String::new(),
+                }
+            }
             Some(Action::Deploy { variant, .. }) => Input::Deployed {
                 variant,
                 ok: true,
@@ -1031,4 +1087,169 @@ fn resume_while_keeping_the_previous_colour_finishes_without_new_decisions() {
     let s = drive_until(&p, t.state, || full(0), |_| true, |_, _| {}, |_| false);
     assert_eq!(s.phase, Phase::Succeeded);
     assert_eq!(s.decision, decision);
+}
+
+const ROLLING: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"], replicas: 4}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy:
+  rolling: {batch: 1, bake: 1m}
+analysis:
+  interval: 30s
+  min_samples: 10
+  failure_limit: 2
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#;
+
+#[test]
+fn rolling_replaces_one_batch_at_a_time_and_promotes() {
+    let p = Policy::from_yaml(ROLLING).unwrap();
+    let mut scales = Vec::new();
+    let mut routes = Vec::new();
+    let s = drive_full(
+        &p,
+        Release::default(),
+        || IntervalSample {
+            stable: stats(500, 1),
+            canary: stats(500, 1),
+        },
+        |_| true,
+        |w, _| routes.push(w.basis_points()),
+        |v, n| scales.push((v, n)),
+        |_| true,
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::Succeeded);
+    use Variant::{Canary as C, Stable as S};
+    assert_eq!(
+        scales,
+        vec![
+            (C, 1),
+            (S, 3),
+            (C, 2),
+            (S, 2),
+            (C, 3),
+            (S, 1),
+            (C, 4),
+            (S, 0)
+        ]
+    );
+    assert_eq!(routes, vec![2500, 5000, 7500, 10_000, 10_000]);
+}
+
+#[test]
+fn a_failed_rolling_batch_restores_every_replaced_batch_in_reverse_order() {
+    let p = Policy::from_yaml(ROLLING).unwrap();
+    let mut scales = Vec::new();
+    // Healthy for the first two batches, then the new version fails.
+    let intervals = std::cell::Cell::new(0);
+    let s = drive_full(
+        &p,
+        Release::default(),
+        || {
+            intervals.set(intervals.get() + 1);
+            let errors = if intervals.get() > 4 { 100 } else { 1 };
+            IntervalSample {
+                stable: stats(500, 1),
+                canary: stats(500, errors),
+            }
+        },
+        |_| true,
+        |_, _| {},
+        |v, n| scales.push((v, n)),
+        |_| true,
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::RolledBack);
+    use Variant::{Canary as C, Stable as S};
+    let restored: Vec<_> = scales[scales.iter().position(|x| *x == (S, 2)).unwrap() + 1..].to_vec();
+    // Three batches were in (C=3, S=1); they go back 3 -> 2 -> 1 -> 0, old replicas first.
+    assert_eq!(&restored[..2], &[(C, 3), (S, 1)], "the third batch went in");
+    assert_eq!(
+        &restored[2..],
+        &[(S, 2), (C, 2), (S, 3), (C, 1), (S, 4), (C, 0)]
+    );
+    assert_eq!(s.stable_replicas, 4);
+    assert_eq!(s.canary_replicas, 0);
+}
+
+#[test]
+fn a_batch_whose_replicas_never_get_ready_rolls_back() {
+    let p = Policy::from_yaml(ROLLING).unwrap();
+    let s = drive_full(
+        &p,
+        Release::default(),
+        || IntervalSample {
+            stable: stats(500, 1),
+            canary: stats(500, 1),
+        },
+        |_| true,
+        |_, _| {},
+        |_, _| {},
+        // The second batch's new replica fails to start.
+        |s| {
+            !(s.phase == Phase::Progressing
+                && s.step == 1
+                && matches!(
+                    s.pending,
+                    Some(Action::Scale {
+                        variant: Variant::Canary,
+                        ..
+                    })
+                ))
+        },
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert!(
+        s.decision
+            .unwrap()
+            .reason
+            .contains("could not scale canary")
+    );
+}
+
+#[test]
+fn resume_mid_rolling_re_establishes_the_replica_counts() {
+    let p = Policy::from_yaml(ROLLING).unwrap();
+    let sample = || IntervalSample {
+        stable: stats(500, 1),
+        canary: stats(500, 1),
+    };
+    let s = drive_full(
+        &p,
+        Release::default(),
+        sample,
+        |_| true,
+        |_, _| {},
+        |_, _| {},
+        |_| true,
+        |s| s.step == 2 && s.step_started_at.is_some(),
+    );
+    assert_eq!((s.stable_replicas, s.canary_replicas), (1, 3));
+    let t = step(&p, &s, &Input::Resumed, s.step_started_at.unwrap() + 10_000);
+    assert_eq!(
+        t.state.pending,
+        Some(Action::Scale {
+            variant: Variant::Stable,
+            version: "v1".into(),
+            replicas: 1
+        })
+    );
+    let mut scales = Vec::new();
+    let s = drive_full(
+        &p,
+        t.state,
+        sample,
+        |_| true,
+        |_, _| {},
+        |v, n| scales.push((v, n)),
+        |_| true,
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::Succeeded);
+    use Variant::{Canary as C, Stable as S};
+    assert_eq!(scales, vec![(S, 1), (C, 3), (C, 4), (S, 0)]);
 }

@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 use crate::gates::tail;
 use crate::http::get_status;
 
-/// What the state file records about a running version.
+/// What the state file records about one running replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
     /// The version it runs.
@@ -47,14 +47,34 @@ struct Running {
     child: Option<Child>,
 }
 
-/// Runs versions as local processes.
+impl Running {
+    fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => Path::new(&format!("/proc/{}", self.record.pid)).exists(),
+        }
+    }
+
+    fn endpoint(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.record.port))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Replicas {
+    /// Whether processes left by an earlier controller were looked for.
+    loaded: bool,
+    list: Vec<Running>,
+}
+
+/// Runs versions as local processes, `replicas` copies per variant.
 #[derive(Debug, Clone)]
 pub struct ProcessDeployer {
     service: String,
     spec: ProcessSpec,
     workdir: PathBuf,
     state_dir: PathBuf,
-    running: Arc<Mutex<HashMap<Variant, Running>>>,
+    running: Arc<Mutex<HashMap<Variant, Replicas>>>,
 }
 
 impl ProcessDeployer {
@@ -74,10 +94,13 @@ impl ProcessDeployer {
         }
     }
 
-    /// Where a variant's stdout and stderr go.
-    pub fn log_paths(&self, variant: Variant, version: &str) -> (PathBuf, PathBuf) {
+    /// Where a replica's stdout and stderr go (replica 0 has no index in its name).
+    pub fn log_paths(&self, variant: Variant, version: &str, replica: usize) -> (PathBuf, PathBuf) {
         let dir = self.state_dir.join("logs").join(&self.service);
-        let stem = format!("{}-{}", sanitize(version), variant.as_str());
+        let mut stem = format!("{}-{}", sanitize(version), variant.as_str());
+        if replica > 0 {
+            stem.push_str(&format!("-{replica}"));
+        }
         (
             dir.join(format!("{stem}.stdout.log")),
             dir.join(format!("{stem}.stderr.log")),
@@ -90,25 +113,30 @@ impl ProcessDeployer {
             .join(format!("{}.{}.json", self.service, variant.as_str()))
     }
 
-    fn read_record(&self, variant: Variant) -> Option<ProcessRecord> {
-        let text = std::fs::read_to_string(self.record_path(variant)).ok()?;
-        serde_json::from_str(&text).ok()
+    fn read_records(&self, variant: Variant) -> Vec<ProcessRecord> {
+        let Ok(text) = std::fs::read_to_string(self.record_path(variant)) else {
+            return Vec::new();
+        };
+        serde_json::from_str::<Vec<ProcessRecord>>(&text)
+            .or_else(|_| serde_json::from_str::<ProcessRecord>(&text).map(|r| vec![r]))
+            .unwrap_or_default()
     }
 
-    fn write_record(&self, variant: Variant, rec: &ProcessRecord) -> Result<(), PortError> {
+    fn write_records(&self, variant: Variant, list: &[Running]) -> Result<(), PortError> {
         let path = self.record_path(variant);
+        if list.is_empty() {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
         let io = |e: std::io::Error| PortError(format!("writing {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
+        let records: Vec<&ProcessRecord> = list.iter().map(|r| &r.record).collect();
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string(rec).map_err(PortError::new)?;
+        let text = serde_json::to_string(&records).map_err(PortError::new)?;
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
-    }
-
-    fn clear_record(&self, variant: Variant) {
-        let _ = std::fs::remove_file(self.record_path(variant));
     }
 
     /// Whether `pid` is alive and carries this deployer's marks for `variant`.
@@ -138,14 +166,19 @@ impl ProcessDeployer {
         }
     }
 
-    async fn start(&self, variant: Variant, version: &str) -> Result<Running, PortError> {
+    async fn start(
+        &self,
+        variant: Variant,
+        version: &str,
+        replica: usize,
+    ) -> Result<Running, PortError> {
         let port = free_port().map_err(|e| PortError(format!("no free port: {e}")))?;
         let fill = |s: &str| {
             s.replace("{port}", &port.to_string())
                 .replace("{version}", version)
         };
         let argv: Vec<String> = self.spec.command.iter().map(|a| fill(a)).collect();
-        let (out_path, err_path) = self.log_paths(variant, version);
+        let (out_path, err_path) = self.log_paths(variant, version, replica);
         if let Some(dir) = out_path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| PortError(format!("creating {}: {e}", dir.display())))?;
@@ -166,6 +199,7 @@ impl ProcessDeployer {
             .env("RAMPART_SERVICE", &self.service)
             .env("RAMPART_VARIANT", variant.as_str())
             .env("RAMPART_VERSION", version)
+            .env("RAMPART_REPLICA", replica.to_string())
             .env("PORT", port.to_string())
             .process_group(0)
             .kill_on_drop(false);
@@ -182,26 +216,29 @@ impl ProcessDeployer {
         let pid = child
             .id()
             .ok_or_else(|| PortError::new("process exited at once"))?;
-        let record = ProcessRecord {
-            version: version.to_string(),
-            pid,
-            port,
-        };
-        self.write_record(variant, &record)?;
         Ok(Running {
-            record,
+            record: ProcessRecord {
+                version: version.to_string(),
+                pid,
+                port,
+            },
             child: Some(child),
         })
     }
 
     /// Polls readiness until ready, the process exits, or the timeout passes.
-    async fn wait_ready(&self, variant: Variant, run: &mut Running) -> Result<(), String> {
+    async fn wait_ready(
+        &self,
+        variant: Variant,
+        run: &mut Running,
+        replica: usize,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.spec.readiness.timeout;
         loop {
             if let Some(child) = run.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let (_, err_path) = self.log_paths(variant, &run.record.version);
+                let (_, err_path) = self.log_paths(variant, &run.record.version, replica);
                 let stderr = std::fs::read(&err_path).unwrap_or_default();
                 return Err(format!(
                     "exited ({status}) before becoming ready; stderr: {}",
@@ -237,8 +274,7 @@ impl ProcessDeployer {
                     let _ = child.wait().await;
                 }
                 None => {
-                    while killpg(group, None).is_ok()
-                        && std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    while killpg(group, None).is_ok() && Path::new(&format!("/proc/{pid}")).exists()
                     {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -261,59 +297,117 @@ impl ProcessDeployer {
         )
     }
 
-    async fn deploy_inner(&self, variant: Variant, version: &str) -> Result<Deployment, PortError> {
-        let mut running = self.running.lock().await;
-        if let Some(run) = running.get_mut(&variant) {
-            let alive = run
-                .child
-                .as_mut()
-                .is_none_or(|c| matches!(c.try_wait(), Ok(None)));
-            if run.record.version == version && alive && self.probe(run.record.port).await.is_ok() {
-                return Ok(deployment(&run.record, "already running"));
-            }
-            if let Some(mut old) = running.remove(&variant) {
-                self.terminate(&mut old).await;
-            }
+    /// Takes up processes an earlier controller left: ready replicas of the right
+    /// version are adopted, anything else of ours is stopped.
+    async fn load(&self, variant: Variant, version: &str, set: &mut Replicas) -> Vec<String> {
+        let mut notes = Vec::new();
+        if set.loaded {
+            return notes;
         }
-        // A process left behind by a controller that died: adopt it if it is the right
-        // version and ready, otherwise stop it so it cannot hold its port or confuse us.
-        if let Some(rec) = self.read_record(variant)
-            && self.owns(rec.pid, variant)
-        {
-            if rec.version == version && self.probe(rec.port).await.is_ok() {
-                let run = Running {
-                    record: rec.clone(),
-                    child: None,
-                };
-                running.insert(variant, run);
-                return Ok(deployment(&rec, "adopted from an earlier run"));
+        set.loaded = true;
+        for rec in self.read_records(variant) {
+            if !self.owns(rec.pid, variant) {
+                continue;
             }
-            let mut stale = Running {
+            let mut run = Running {
                 record: rec,
                 child: None,
             };
-            self.terminate(&mut stale).await;
+            if run.record.version == version && self.probe(run.record.port).await.is_ok() {
+                notes.push(format!(
+                    "pid {} on port {} adopted from an earlier run",
+                    run.record.pid, run.record.port
+                ));
+                set.list.push(run);
+            } else {
+                notes.push(self.terminate(&mut run).await);
+            }
         }
-        self.clear_record(variant);
-        let mut run = self.start(variant, version).await?;
-        if let Err(e) = self.wait_ready(variant, &mut run).await {
-            self.terminate(&mut run).await;
-            self.clear_record(variant);
-            return Err(PortError(e));
-        }
-        let d = deployment(&run.record, "started");
-        running.insert(variant, run);
-        Ok(d)
+        notes
     }
-}
 
-fn deployment(rec: &ProcessRecord, how: &str) -> Deployment {
-    Deployment {
-        endpoints: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, rec.port))],
-        detail: format!(
-            "{} pid {} on port {} ({how})",
-            rec.version, rec.pid, rec.port
-        ),
+    /// Ensures at least `n` ready replicas of `version`; returns the first `n` as the
+    /// serving endpoints and any beyond as retired (still running until [`Self::trim`]).
+    async fn scale_inner(
+        &self,
+        variant: Variant,
+        version: &str,
+        n: usize,
+    ) -> Result<Deployment, PortError> {
+        let mut running = self.running.lock().await;
+        let set = running.entry(variant).or_default();
+        let mut notes = self.load(variant, version, set).await;
+        // Replicas that died or run another version are replaced.
+        let mut kept = Vec::new();
+        for mut run in std::mem::take(&mut set.list) {
+            if run.alive() && run.record.version == version {
+                kept.push(run);
+            } else {
+                notes.push(self.terminate(&mut run).await);
+            }
+        }
+        set.list = kept;
+        let mut started = 0;
+        while set.list.len() < n {
+            let replica = set.list.len();
+            let mut run = self.start(variant, version, replica).await?;
+            if let Err(e) = self.wait_ready(variant, &mut run, replica).await {
+                self.terminate(&mut run).await;
+                self.write_records(variant, &set.list)?;
+                return Err(PortError(e));
+            }
+            set.list.push(run);
+            started += 1;
+            self.write_records(variant, &set.list)?;
+        }
+        self.write_records(variant, &set.list)?;
+        let serving: Vec<&Running> = set.list.iter().take(n).collect();
+        let pids: Vec<String> = serving
+            .iter()
+            .map(|r| format!("{}:{}", r.record.pid, r.record.port))
+            .collect();
+        let mut detail = format!("{version} x{n} (pid:port {})", pids.join(", "));
+        if started > 0 {
+            detail.push_str(&format!(", {started} started"));
+        }
+        if !notes.is_empty() {
+            detail.push_str(&format!("; {}", notes.join("; ")));
+        }
+        if n > 0 && started == 0 && notes.is_empty() {
+            detail.push_str(", already running");
+        }
+        Ok(Deployment {
+            endpoints: serving.iter().map(|r| r.endpoint()).collect(),
+            retired: set.list.iter().skip(n).map(Running::endpoint).collect(),
+            detail,
+        })
+    }
+
+    async fn trim_inner(&self, variant: Variant, n: usize) -> Result<String, PortError> {
+        let mut running = self.running.lock().await;
+        let set = running.entry(variant).or_default();
+        let mut notes = Vec::new();
+        if !set.loaded {
+            set.loaded = true;
+            for rec in self.read_records(variant) {
+                if self.owns(rec.pid, variant) {
+                    set.list.push(Running {
+                        record: rec,
+                        child: None,
+                    });
+                }
+            }
+        }
+        let extra: Vec<Running> = set.list.drain(n.min(set.list.len())..).collect();
+        for mut run in extra {
+            notes.push(self.terminate(&mut run).await);
+        }
+        self.write_records(variant, &set.list)?;
+        Ok(if notes.is_empty() {
+            "not running".to_string()
+        } else {
+            notes.join("; ")
+        })
     }
 }
 
@@ -341,28 +435,34 @@ impl Deployer for ProcessDeployer {
         variant: Variant,
         version: &'a str,
     ) -> BoxFuture<'a, Result<Deployment, PortError>> {
-        Box::pin(self.deploy_inner(variant, version))
+        Box::pin(async move {
+            let n = self.spec.replicas as usize;
+            let d = self.scale_inner(variant, version, n).await?;
+            if !d.retired.is_empty() {
+                self.trim_inner(variant, n).await?;
+            }
+            Ok(Deployment {
+                retired: Vec::new(),
+                ..d
+            })
+        })
+    }
+
+    fn scale<'a>(
+        &'a self,
+        variant: Variant,
+        version: &'a str,
+        replicas: u32,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
+        Box::pin(self.scale_inner(variant, version, replicas as usize))
+    }
+
+    fn trim(&self, variant: Variant, replicas: u32) -> BoxFuture<'_, Result<String, PortError>> {
+        Box::pin(self.trim_inner(variant, replicas as usize))
     }
 
     fn stop(&self, variant: Variant) -> BoxFuture<'_, Result<String, PortError>> {
-        Box::pin(async move {
-            let mut running = self.running.lock().await;
-            let detail = match running.remove(&variant) {
-                Some(mut run) => self.terminate(&mut run).await,
-                None => match self.read_record(variant) {
-                    Some(rec) if self.owns(rec.pid, variant) => {
-                        self.terminate(&mut Running {
-                            record: rec,
-                            child: None,
-                        })
-                        .await
-                    }
-                    _ => "not running".to_string(),
-                },
-            };
-            self.clear_record(variant);
-            Ok(detail)
-        })
+        Box::pin(self.trim_inner(variant, 0))
     }
 
     fn verify(
@@ -371,28 +471,42 @@ impl Deployer for ProcessDeployer {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<String, PortError>> {
         Box::pin(async move {
-            let port = {
+            let ports: Vec<u16> = {
                 let mut running = self.running.lock().await;
-                let Some(run) = running.get_mut(&variant) else {
+                let Some(set) = running.get_mut(&variant).filter(|s| !s.list.is_empty()) else {
                     return Err(PortError(format!("{} is not running", variant.as_str())));
                 };
-                if let Some(child) = run.child.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    return Err(PortError(format!("{} exited ({status})", variant.as_str())));
+                for run in &mut set.list {
+                    if !run.alive() {
+                        return Err(PortError(format!(
+                            "{} pid {} exited",
+                            variant.as_str(),
+                            run.record.pid
+                        )));
+                    }
                 }
-                run.record.port
+                set.list.iter().map(|r| r.record.port).collect()
             };
             let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                match self.probe(port).await {
-                    Ok(()) => return Ok(format!("{} ready on port {port}", variant.as_str())),
-                    Err(e) if tokio::time::Instant::now() >= deadline => {
-                        return Err(PortError(format!("{} not ready: {e}", variant.as_str())));
+            for port in &ports {
+                loop {
+                    match self.probe(*port).await {
+                        Ok(()) => break,
+                        Err(e) if tokio::time::Instant::now() >= deadline => {
+                            return Err(PortError(format!(
+                                "{} not ready on port {port}: {e}",
+                                variant.as_str()
+                            )));
+                        }
+                        Err(_) => tokio::time::sleep(self.spec.readiness.period).await,
                     }
-                    Err(_) => tokio::time::sleep(self.spec.readiness.period).await,
                 }
             }
+            Ok(format!(
+                "{} ready ({} replica(s))",
+                variant.as_str(),
+                ports.len()
+            ))
         })
     }
 }

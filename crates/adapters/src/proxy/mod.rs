@@ -43,10 +43,18 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// The response header that tells which variant answered.
 pub const VARIANT_HEADER: &str = "x-rampart-variant";
 
+/// One endpoint and its requests in flight (shared across routing tables, so that an
+/// endpoint taken out of rotation can be drained).
+#[derive(Debug, Clone)]
+struct Backend {
+    addr: SocketAddr,
+    in_flight: Arc<AtomicU64>,
+}
+
 #[derive(Debug, Default)]
 struct Routes {
-    stable: Vec<SocketAddr>,
-    canary: Vec<SocketAddr>,
+    stable: Vec<Backend>,
+    canary: Vec<Backend>,
     weight: Weight,
     matches: Vec<RouteMatch>,
 }
@@ -60,6 +68,7 @@ struct Inner {
     client: Client<HttpConnector, Incoming>,
     sequence: AtomicU64,
     idle: Notify,
+    endpoints: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AtomicU64>>>,
 }
 
 impl Inner {
@@ -140,6 +149,7 @@ impl Proxy {
                 client,
                 sequence: AtomicU64::new(0),
                 idle: Notify::new(),
+                endpoints: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };
         let serving = proxy.clone();
@@ -176,10 +186,43 @@ impl Proxy {
 
     /// Points `variant` at `endpoints`.
     pub fn set_backends(&self, variant: Variant, endpoints: &[SocketAddr]) {
+        let backends: Vec<Backend> = endpoints
+            .iter()
+            .map(|addr| Backend {
+                addr: *addr,
+                in_flight: self.endpoint_counter(*addr),
+            })
+            .collect();
         self.inner.update(|r| match variant {
-            Variant::Stable => r.stable = endpoints.to_vec(),
-            Variant::Canary => r.canary = endpoints.to_vec(),
+            Variant::Stable => r.stable = backends,
+            Variant::Canary => r.canary = backends,
         });
+    }
+
+    fn endpoint_counter(&self, addr: SocketAddr) -> Arc<AtomicU64> {
+        let mut known = match self.inner.endpoints.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        known.entry(addr).or_default().clone()
+    }
+
+    /// Waits until no request is in flight to any of `endpoints`, at most `timeout`.
+    pub async fn drain_endpoints(&self, endpoints: &[SocketAddr], timeout: Duration) -> bool {
+        let counters: Vec<Arc<AtomicU64>> = endpoints
+            .iter()
+            .map(|a| self.endpoint_counter(*a))
+            .collect();
+        let wait = async {
+            loop {
+                let notified = self.inner.idle.notified();
+                if counters.iter().all(|c| c.load(Ordering::Acquire) == 0) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
     /// Sets the canary weight and returns the weight now in effect.
@@ -275,7 +318,8 @@ impl Proxy {
             );
         }
         let n = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
-        let backend = backends[usize::try_from(n).unwrap_or(0) % backends.len()];
+        let picked = &backends[usize::try_from(n).unwrap_or(0) % backends.len()];
+        let backend = picked.addr;
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri = match format!("http://{backend}{path}").parse() {
             Ok(u) => u,
@@ -297,6 +341,7 @@ impl Proxy {
 
         let counters = self.inner.counters(variant);
         let _flight = counters.enter(&self.inner.idle);
+        let _endpoint = EndpointFlight::enter(picked.in_flight.clone(), &self.inner.idle);
         let started = tokio::time::Instant::now();
         let result = self.inner.client.request(req).await;
         let elapsed = started.elapsed();
@@ -316,6 +361,27 @@ impl Proxy {
             HeaderValue::from_static(variant.as_str()),
         );
         resp
+    }
+}
+
+/// Counts a request in flight to one endpoint until dropped.
+struct EndpointFlight<'a> {
+    counter: Arc<AtomicU64>,
+    idle: &'a Notify,
+}
+
+impl<'a> EndpointFlight<'a> {
+    fn enter(counter: Arc<AtomicU64>, idle: &'a Notify) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        EndpointFlight { counter, idle }
+    }
+}
+
+impl Drop for EndpointFlight<'_> {
+    fn drop(&mut self) {
+        if self.counter.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
     }
 }
 
@@ -398,6 +464,23 @@ impl TrafficRouter for Proxy {
         matches: &'a [RouteMatch],
     ) -> BoxFuture<'a, Result<Weight, PortError>> {
         Box::pin(async move { Ok(Proxy::set_route(self, weight, matches)) })
+    }
+
+    fn drain_endpoints<'a>(
+        &'a self,
+        endpoints: &'a [SocketAddr],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            if Proxy::drain_endpoints(self, endpoints, timeout).await {
+                Ok(())
+            } else {
+                Err(PortError(format!(
+                    "requests still in flight to retired endpoints after {}ms",
+                    timeout.as_millis()
+                )))
+            }
+        })
     }
 
     fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {

@@ -64,6 +64,8 @@ pub enum DemoStrategy {
     /// Preview checks, then all traffic at once, an 8 s stability window, post-release
     /// checks, and v1 kept 4 s for an instant switch back.
     BlueGreen,
+    /// Four replicas, replaced one at a time, each batch judged for 3 s.
+    Rolling,
 }
 
 impl DemoStrategy {
@@ -72,6 +74,14 @@ impl DemoStrategy {
         match self {
             DemoStrategy::Canary => "canary",
             DemoStrategy::BlueGreen => "blue-green",
+            DemoStrategy::Rolling => "rolling",
+        }
+    }
+
+    fn replicas(self) -> u32 {
+        match self {
+            DemoStrategy::Rolling => 4,
+            _ => 1,
         }
     }
 
@@ -96,6 +106,11 @@ post_release:
   checks: [{http: /healthz}]
 "
             }
+            DemoStrategy::Rolling => {
+                "strategy:
+  rolling: {batch: 1, bake: 3s}
+"
+            }
         }
     }
 
@@ -106,7 +121,7 @@ post_release:
             DemoStrategy::Canary => {
                 "{name: p99-latency, metric: latency_p99, judge: {max_ratio_to_stable: 1.8}}"
             }
-            DemoStrategy::BlueGreen => {
+            DemoStrategy::BlueGreen | DemoStrategy::Rolling => {
                 "{name: p50-latency, metric: latency_p50, judge: {max: 100ms}}"
             }
         }
@@ -119,6 +134,9 @@ post_release:
             }
             DemoStrategy::BlueGreen => {
                 "blue-green: preview check, then all traffic at once, 8s stability window judged every 2s on error rate (max 2%) and p50 latency (max 100ms), post-release check, v1 kept 4s"
+            }
+            DemoStrategy::Rolling => {
+                "rolling: 4 replicas replaced one at a time, each batch judged every 2s for 3s on error rate (max 2%) and p50 latency (max 100ms)"
             }
         }
     }
@@ -143,6 +161,7 @@ deploy:
       SAMPLE_CRASH_ON_START: "v1=0,v2={crash}"
     readiness: {{http: /healthz, timeout: 5s, period: 50ms}}
     stop_timeout: 2s
+    replicas: {replicas}
 traffic:
   proxy:
     listen: 127.0.0.1:{port}
@@ -167,6 +186,7 @@ rollback:
         crash = u8::from(crash),
         strategy = strategy.yaml(),
         latency_metric = strategy.latency_metric(),
+        replicas = strategy.replicas(),
     )
 }
 

@@ -140,3 +140,58 @@ fn blue_green_bad_version_switches_back_at_once() {
         .unwrap();
     assert_eq!(t[i + 1]["kind"], "traffic_restored", "{t:?}");
 }
+
+#[test]
+fn rolling_healthy_replaces_every_replica_and_promotes() {
+    let (code, v) = demo_with("rolling", "healthy");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["outcome"], "promoted");
+    let t = v["timeline"].as_array().unwrap();
+    let completed = t.iter().filter(|e| e["kind"] == "step_completed").count();
+    assert_eq!(completed, 4, "one step per replica");
+    let last_stable = t
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "scaled" && e["message"].as_str().unwrap().starts_with("stable"))
+        .unwrap();
+    assert!(
+        last_stable["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("stable at 0 replica(s)"),
+        "{last_stable}"
+    );
+}
+
+#[test]
+fn rolling_bad_version_restores_every_replaced_batch() {
+    let (code, v) = demo_with("rolling", "bad-canary");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["outcome"], "rolled_back");
+    assert_eq!(v["canary_routed_after_rollback"], 0);
+    let t = v["timeline"].as_array().unwrap();
+    let from = t
+        .iter()
+        .position(|e| e["kind"] == "rollback_started")
+        .unwrap();
+    let restored: Vec<&str> = t[from..]
+        .iter()
+        .filter(|e| e["kind"] == "scaled")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        restored
+            .first()
+            .unwrap()
+            .starts_with("stable at 4 replica(s)"),
+        "{restored:?}"
+    );
+    assert!(
+        restored
+            .last()
+            .unwrap()
+            .starts_with("canary at 0 replica(s)"),
+        "{restored:?}"
+    );
+    assert_eq!(t.last().unwrap()["kind"], "rolled_back");
+}

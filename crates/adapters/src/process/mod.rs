@@ -366,7 +366,11 @@ impl ProcessDeployer {
             .iter()
             .map(|r| format!("{}:{}", r.record.pid, r.record.port))
             .collect();
-        let mut detail = format!("{version} x{n} (pid:port {})", pids.join(", "));
+        let mut detail = if n == 0 {
+            "no replicas".to_string()
+        } else {
+            format!("{version} x{n} (pid:port {})", pids.join(", "))
+        };
         if started > 0 {
             detail.push_str(&format!(", {started} started"));
         }

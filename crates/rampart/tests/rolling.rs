@@ -40,7 +40,15 @@ rollback: {{drain: 5s}}
     let policy_path = dir.path().join("rampart.yaml");
     std::fs::write(&policy_path, policy).unwrap();
     let mut run = rampart()
-        .args(["run", "--version", "v2", "--stable", "v1", "--keep-running", "--state-dir"])
+        .args([
+            "run",
+            "--version",
+            "v2",
+            "--stable",
+            "v1",
+            "--keep-running",
+            "--state-dir",
+        ])
         .arg(dir.path().join("state"))
         .arg("-f")
         .arg(&policy_path)
@@ -67,8 +75,15 @@ rollback: {{drain: 5s}}
     assert!(text.contains("promoted"), "{text}");
     assert!(text.contains("stable at 0 replica(s)"), "{text}");
     assert!(stats.sent.load(Ordering::Relaxed) > 500);
-    assert_eq!(stats.failed.load(Ordering::Relaxed), 0, "requests failed during the rolling release:\n{text}");
+    assert_eq!(
+        stats.failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the rolling release:\n{text}"
+    );
     load.abort();
-    std::process::Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
     assert_eq!(run.wait().unwrap().code(), Some(0));
 }

@@ -9,6 +9,7 @@
 pub mod decode;
 pub mod judge;
 pub mod metrics;
+pub mod migrations;
 pub mod policy;
 pub mod ports;
 pub mod release;

@@ -93,6 +93,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Database migrations.
+    Migrations {
+        #[command(subcommand)]
+        what: MigrationsCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -124,6 +129,20 @@ enum Command {
         /// Distinct users to simulate.
         #[arg(long, default_value_t = 1000)]
         users: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrationsCommand {
+    /// Classify PostgreSQL migrations: expand (exit 0), contract (3), irreversible (4);
+    /// a file that does not parse exits 2.
+    Check {
+        /// Files, or directories of .sql files.
+        #[arg(required = true, value_name = "FILES|DIR")]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -179,6 +198,9 @@ pub async fn main(cli: Cli) -> i32 {
             finish(output, run_release(opts, None).await)
         }
         Command::Validate { file, output } => validate(&file, output),
+        Command::Migrations {
+            what: MigrationsCommand::Check { paths, output },
+        } => crate::migrations_cmd::run(&paths, output),
         Command::Rollback {
             service,
             reason,

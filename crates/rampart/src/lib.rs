@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod load;
+pub mod migrations_cmd;
 pub mod progress;
 pub mod run;
 pub mod sample;

@@ -1,0 +1,579 @@
+//! The migration classifier: which SQL statements old code survives, which break it, and
+//! which destroy data.
+//!
+//! Owns splitting a PostgreSQL migration into statements (with their lines), parsing
+//! each with a real SQL parser (`sqlparser`, PostgreSQL dialect), the rules, their
+//! stable names, and reviewer annotations. Pure: text in, a report out. It must not run
+//! SQL.
+//!
+//! Classes, from safe to unsafe:
+//! - `expand`: backward compatible; the running (old) code keeps working.
+//! - `contract`: the old code breaks (a column it reads is gone or renamed, a write it
+//!   makes is now rejected). Rolling back the code after this needs the schema back.
+//! - `irreversible`: data is destroyed; rolling back the code cannot bring it back.
+//!
+//! Lock risks (warnings) are separate from the class: they say how the migration may
+//! block production while it runs, not whether old code survives it.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use sqlparser::ast::{
+    AlterColumnOperation, AlterTableOperation, ColumnOption, ObjectType, Statement, TableConstraint,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+
+/// How a migration affects the code that is running.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// Backward compatible.
+    Expand,
+    /// Breaks the old code.
+    Contract,
+    /// Destroys data.
+    Irreversible,
+}
+
+impl Class {
+    /// `expand`, `contract` or `irreversible`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Expand => "expand",
+            Class::Contract => "contract",
+            Class::Irreversible => "irreversible",
+        }
+    }
+
+    /// The exit code of `rampart migrations check` for this overall class.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Class::Expand => 0,
+            Class::Contract => 3,
+            Class::Irreversible => 4,
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One rule: a stable name, the class it implies (or `None` for a lock warning), and
+/// what it means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable, kebab-case name; documented in docs/migrations.md.
+    pub name: &'static str,
+    /// The class, or `None` for a lock-risk warning.
+    pub class: Option<Class>,
+    /// One line of explanation.
+    pub summary: &'static str,
+}
+
+macro_rules! rules {
+    ($($id:ident = $name:literal, $class:expr, $summary:literal;)*) => {
+        $(#[doc = $summary] pub const $id: Rule = Rule { name: $name, class: $class, summary: $summary };)*
+        /// Every rule, in documentation order.
+        pub const RULES: &[Rule] = &[$($id),*];
+    };
+}
+
+rules! {
+    ADD_TABLE = "add-table", Some(Class::Expand), "A new table: old code does not know it and is not affected.";
+    ADD_NULLABLE_COLUMN = "add-nullable-column", Some(Class::Expand), "A new nullable column, or one with a default: old inserts still work.";
+    ADD_INDEX = "add-index", Some(Class::Expand), "A new index: queries only get faster.";
+    ADD_CONSTRAINT = "add-constraint", Some(Class::Expand), "A new CHECK, UNIQUE or foreign key: old code keeps working if its writes satisfy it.";
+    DROP_INDEX = "drop-index", Some(Class::Expand), "An index dropped: queries may slow down, none fails.";
+    DROP_CONSTRAINT = "drop-constraint", Some(Class::Expand), "A constraint dropped: the schema accepts more, old code still works.";
+    DROP_NOT_NULL = "drop-not-null", Some(Class::Expand), "A column made nullable: old code still works.";
+    SET_DEFAULT = "set-default", Some(Class::Expand), "A default set or changed: old inserts still work.";
+    ADD_VIEW = "add-view", Some(Class::Expand), "A new view or function: old code does not use it.";
+    NO_SCHEMA_CHANGE = "no-schema-change", Some(Class::Expand), "A statement that changes no schema (SET, BEGIN, COMMIT, COMMENT, GRANT, INSERT).";
+    ADD_NOT_NULL_COLUMN = "add-not-null-column-without-default", Some(Class::Contract), "A NOT NULL column without a default: old inserts that do not name it fail.";
+    SET_NOT_NULL = "set-not-null", Some(Class::Contract), "An existing column made NOT NULL: old writes that leave it empty fail.";
+    DROP_DEFAULT = "drop-default", Some(Class::Contract), "A default dropped: old inserts that relied on it fail or store NULL.";
+    CHANGE_COLUMN_TYPE = "change-column-type", Some(Class::Contract), "A column's type changed: old code may read or write the wrong type.";
+    RENAME_COLUMN = "rename-column", Some(Class::Contract), "A column renamed: old code still uses the old name.";
+    RENAME_TABLE = "rename-table", Some(Class::Contract), "A table renamed: old code still uses the old name.";
+    DROP_VIEW = "drop-view", Some(Class::Contract), "A view or function dropped: old code that uses it fails.";
+    UNRECOGNISED = "unrecognised-statement", Some(Class::Contract), "A statement rampart does not classify: treated as breaking until a reviewer marks it safe.";
+    DROP_COLUMN = "drop-column", Some(Class::Irreversible), "A column dropped: its data is gone, and old code that reads it fails.";
+    DROP_TABLE = "drop-table", Some(Class::Irreversible), "A table (or schema) dropped: its data is gone.";
+    TRUNCATE = "truncate", Some(Class::Irreversible), "A table emptied: its data is gone.";
+    DELETE_ROWS = "delete-rows", Some(Class::Irreversible), "Rows deleted: their data is gone.";
+    UPDATE_ROWS = "update-rows", Some(Class::Irreversible), "Rows overwritten: the old values are gone (mark backfills of new columns safe).";
+    INDEX_WITHOUT_CONCURRENTLY = "index-without-concurrently", None, "CREATE or DROP INDEX without CONCURRENTLY blocks writes to the table while it runs.";
+    CONSTRAINT_WITHOUT_NOT_VALID = "constraint-without-not-valid", None, "A CHECK or foreign key added without NOT VALID scans the table under a lock; add it NOT VALID, then VALIDATE CONSTRAINT.";
+    TABLE_REWRITE = "table-rewrite", None, "Changing a column's type rewrites the table under an exclusive lock.";
+    SET_NOT_NULL_SCAN = "set-not-null-scan", None, "SET NOT NULL scans the table under an exclusive lock; add a NOT VALID CHECK (col IS NOT NULL) and validate it first.";
+    MISSING_LOCK_TIMEOUT = "missing-lock-timeout", None, "DDL that takes an exclusive lock without a `SET lock_timeout` earlier in the file can queue behind a long query and block everything behind it.";
+}
+
+/// One statement's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StatementReport {
+    /// Line of the statement's first token, from 1.
+    pub line: u64,
+    /// The statement's class (after any reviewer annotation).
+    pub class: Class,
+    /// Names of the class rules that matched.
+    pub rules: Vec<&'static str>,
+    /// Names of the lock-risk rules that matched.
+    pub warnings: Vec<&'static str>,
+    /// The first line of the statement, for people.
+    pub sql: String,
+    /// A reviewer's `-- rampart:safe REASON` annotation, if any: the statement counts
+    /// as `expand`, and the reason is kept for the audit trail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safe: Option<String>,
+}
+
+/// A migration that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct SqlError {
+    /// Line of the problem, from 1 (0 when the parser did not say).
+    pub line: u64,
+    /// The parser's message.
+    pub message: String,
+}
+
+/// The annotation a reviewer writes on the line(s) just above a statement.
+pub const SAFE_ANNOTATION: &str = "rampart:safe";
+
+/// Classifies every statement of one migration file.
+pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError {
+            line: e.location.line,
+            message: e.message.clone(),
+        })?;
+    // Split at top-level semicolons, remembering each statement's first line and the
+    // comments just before it.
+    let mut chunks: Vec<(u64, Vec<String>)> = Vec::new();
+    let mut comments: Vec<String> = Vec::new();
+    let mut current: Option<(u64, Vec<String>)> = None;
+    for t in &tokens {
+        match &t.token {
+            Token::Whitespace(Whitespace::SingleLineComment { comment, .. }) => {
+                if current.is_none() {
+                    comments.push(comment.trim().to_string());
+                }
+            }
+            Token::Whitespace(Whitespace::MultiLineComment(c)) => {
+                if current.is_none() {
+                    comments.push(c.trim().to_string());
+                }
+            }
+            Token::Whitespace(_) => {}
+            Token::SemiColon => {
+                if let Some(c) = current.take() {
+                    chunks.push(c);
+                }
+                comments.clear();
+            }
+            _ => {
+                if current.is_none() {
+                    current = Some((t.span.start.line, std::mem::take(&mut comments)));
+                }
+            }
+        }
+    }
+    chunks.extend(current);
+    let statements = Parser::new(&dialect)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| {
+            let message = e.to_string();
+            let line = message
+                .split("Line: ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            SqlError { line, message }
+        })?;
+    if statements.len() != chunks.len() {
+        return Err(SqlError {
+            line: 0,
+            message: format!(
+                "found {} statements but {} semicolon-separated parts; check the quoting",
+                statements.len(),
+                chunks.len()
+            ),
+        });
+    }
+    let mut created: HashSet<String> = HashSet::new();
+    let mut lock_timeout = false;
+    let mut out = Vec::new();
+    for (stmt, (line, notes)) in statements.iter().zip(chunks) {
+        let mut f = Findings::default();
+        judge(stmt, &mut f, &mut created, &mut lock_timeout);
+        let class = f.class();
+        let safe = notes.iter().rev().find_map(|n| {
+            n.strip_prefix(SAFE_ANNOTATION)
+                .map(|r| r.trim().trim_start_matches(':').trim().to_string())
+        });
+        let text = stmt.to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect();
+        out.push(StatementReport {
+            line,
+            class: if safe.as_deref().is_some_and(|r| !r.is_empty()) {
+                Class::Expand
+            } else {
+                class
+            },
+            rules: f.rules.iter().map(|r| r.name).collect(),
+            warnings: f.warnings.iter().map(|r| r.name).collect(),
+            sql: first,
+            safe: safe.filter(|r| !r.is_empty()),
+        });
+    }
+    Ok(out)
+}
+
+/// An annotation without a reason is not honoured: the reason is what the audit keeps.
+pub fn unexplained_annotations(sql: &str) -> Vec<u64> {
+    sql.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.trim()
+                .strip_prefix("--")
+                .map(str::trim)
+                .and_then(|c| c.strip_prefix(SAFE_ANNOTATION))
+                .is_some_and(|r| r.trim().trim_start_matches(':').trim().is_empty())
+        })
+        .map(|(i, _)| i as u64 + 1)
+        .collect()
+}
+
+/// The worst class of a set of statements (`expand` for none).
+pub fn worst(statements: &[StatementReport]) -> Class {
+    statements
+        .iter()
+        .map(|s| s.class)
+        .max()
+        .unwrap_or(Class::Expand)
+}
+
+#[derive(Default)]
+struct Findings {
+    rules: Vec<Rule>,
+    warnings: Vec<Rule>,
+}
+
+impl Findings {
+    fn add(&mut self, rule: Rule) {
+        let list = if rule.class.is_some() {
+            &mut self.rules
+        } else {
+            &mut self.warnings
+        };
+        if !list.contains(&rule) {
+            list.push(rule);
+        }
+    }
+
+    fn class(&self) -> Class {
+        self.rules
+            .iter()
+            .filter_map(|r| r.class)
+            .max()
+            .unwrap_or(Class::Expand)
+    }
+}
+
+fn name_of(n: &impl fmt::Display) -> String {
+    n.to_string().to_ascii_lowercase()
+}
+
+fn judge(
+    stmt: &Statement,
+    f: &mut Findings,
+    created: &mut HashSet<String>,
+    lock_timeout: &mut bool,
+) {
+    match stmt {
+        Statement::CreateTable(t) => {
+            created.insert(name_of(&t.name));
+            f.add(ADD_TABLE);
+        }
+        Statement::CreateIndex(i) => {
+            f.add(ADD_INDEX);
+            if !i.concurrently && !created.contains(&name_of(&i.table_name)) {
+                f.add(INDEX_WITHOUT_CONCURRENTLY);
+            }
+        }
+        Statement::CreateView { .. }
+        | Statement::CreateFunction(_)
+        | Statement::CreateSequence { .. }
+        | Statement::CreateType { .. }
+        | Statement::CreateSchema { .. }
+        | Statement::CreateExtension(_) => f.add(ADD_VIEW),
+        Statement::AlterTable(a) => {
+            let table = name_of(&a.name);
+            let fresh = created.contains(&table);
+            let mut exclusive = false;
+            for op in &a.operations {
+                alter(op, f, fresh, &mut exclusive);
+            }
+            if exclusive && !fresh && !*lock_timeout {
+                f.add(MISSING_LOCK_TIMEOUT);
+            }
+        }
+        Statement::Drop { object_type, .. } => match object_type {
+            ObjectType::Table | ObjectType::Schema | ObjectType::MaterializedView => {
+                f.add(DROP_TABLE)
+            }
+            ObjectType::Index => {
+                f.add(DROP_INDEX);
+                f.add(INDEX_WITHOUT_CONCURRENTLY);
+            }
+            ObjectType::View | ObjectType::Sequence | ObjectType::Type => f.add(DROP_VIEW),
+            _ => f.add(UNRECOGNISED),
+        },
+        Statement::DropFunction(_) => f.add(DROP_VIEW),
+        Statement::Truncate(_) => f.add(TRUNCATE),
+        Statement::Delete(_) => f.add(DELETE_ROWS),
+        Statement::Update(_) => f.add(UPDATE_ROWS),
+        Statement::Set(set) => {
+            if set
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("lock_timeout")
+            {
+                *lock_timeout = true;
+            }
+            f.add(NO_SCHEMA_CHANGE);
+        }
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Comment { .. }
+        | Statement::Grant(_)
+        | Statement::Insert(_)
+        | Statement::Query(_)
+        | Statement::Analyze(_) => f.add(NO_SCHEMA_CHANGE),
+        _ => f.add(UNRECOGNISED),
+    }
+}
+
+fn alter(op: &AlterTableOperation, f: &mut Findings, fresh: bool, exclusive: &mut bool) {
+    match op {
+        AlterTableOperation::AddColumn { column_def, .. } => {
+            let not_null = column_def
+                .options
+                .iter()
+                .any(|o| matches!(o.option, ColumnOption::NotNull));
+            let default = column_def
+                .options
+                .iter()
+                .any(|o| matches!(o.option, ColumnOption::Default(_)));
+            f.add(if not_null && !default && !fresh {
+                ADD_NOT_NULL_COLUMN
+            } else {
+                ADD_NULLABLE_COLUMN
+            });
+            *exclusive = true;
+        }
+        AlterTableOperation::DropColumn { .. } => {
+            f.add(DROP_COLUMN);
+            *exclusive = true;
+        }
+        AlterTableOperation::RenameColumn { .. } => {
+            f.add(RENAME_COLUMN);
+            *exclusive = true;
+        }
+        AlterTableOperation::RenameTable { .. } => {
+            f.add(RENAME_TABLE);
+            *exclusive = true;
+        }
+        AlterTableOperation::AlterColumn { op, .. } => {
+            *exclusive = true;
+            match op {
+                AlterColumnOperation::SetNotNull => {
+                    f.add(SET_NOT_NULL);
+                    if !fresh {
+                        f.add(SET_NOT_NULL_SCAN);
+                    }
+                }
+                AlterColumnOperation::DropNotNull => f.add(DROP_NOT_NULL),
+                AlterColumnOperation::SetDefault { .. } => f.add(SET_DEFAULT),
+                AlterColumnOperation::DropDefault => f.add(DROP_DEFAULT),
+                AlterColumnOperation::SetDataType { .. } => {
+                    f.add(CHANGE_COLUMN_TYPE);
+                    if !fresh {
+                        f.add(TABLE_REWRITE);
+                    }
+                }
+                _ => f.add(UNRECOGNISED),
+            }
+        }
+        AlterTableOperation::AddConstraint {
+            constraint,
+            not_valid,
+        } => {
+            f.add(ADD_CONSTRAINT);
+            *exclusive = true;
+            let scans = matches!(
+                constraint,
+                TableConstraint::Check(_) | TableConstraint::ForeignKey(_)
+            );
+            if scans && !not_valid && !fresh {
+                f.add(CONSTRAINT_WITHOUT_NOT_VALID);
+            }
+        }
+        AlterTableOperation::ValidateConstraint { .. } => f.add(ADD_CONSTRAINT),
+        AlterTableOperation::DropConstraint { .. } => {
+            f.add(DROP_CONSTRAINT);
+            *exclusive = true;
+        }
+        _ => f.add(UNRECOGNISED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> StatementReport {
+        let mut r = classify(sql).unwrap();
+        assert_eq!(r.len(), 1, "{sql}");
+        r.remove(0)
+    }
+
+    #[test]
+    fn expand_statements() {
+        for sql in [
+            "CREATE TABLE t (id bigint primary key)",
+            "ALTER TABLE t ADD COLUMN note text",
+            "ALTER TABLE t ADD COLUMN n int NOT NULL DEFAULT 0",
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+            "ALTER TABLE t ALTER COLUMN a DROP NOT NULL",
+            "SET lock_timeout = '2s'",
+        ] {
+            assert_eq!(one(sql).class, Class::Expand, "{sql}: {:?}", one(sql));
+        }
+    }
+
+    #[test]
+    fn contract_statements() {
+        for (sql, rule) in [
+            (
+                "ALTER TABLE t ADD COLUMN n int NOT NULL",
+                "add-not-null-column-without-default",
+            ),
+            ("ALTER TABLE t RENAME COLUMN a TO b", "rename-column"),
+            ("ALTER TABLE t RENAME TO u", "rename-table"),
+            (
+                "ALTER TABLE t ALTER COLUMN a TYPE bigint",
+                "change-column-type",
+            ),
+            ("ALTER TABLE t ALTER COLUMN a SET NOT NULL", "set-not-null"),
+            ("ALTER TABLE t ALTER COLUMN a DROP DEFAULT", "drop-default"),
+            ("DROP VIEW v", "drop-view"),
+        ] {
+            let r = one(sql);
+            assert_eq!(r.class, Class::Contract, "{sql}: {r:?}");
+            assert!(r.rules.contains(&rule), "{sql}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn irreversible_statements() {
+        for (sql, rule) in [
+            ("ALTER TABLE t DROP COLUMN a", "drop-column"),
+            ("DROP TABLE t", "drop-table"),
+            ("TRUNCATE t", "truncate"),
+            ("DELETE FROM t WHERE a < 5", "delete-rows"),
+            ("UPDATE t SET a = 1", "update-rows"),
+        ] {
+            let r = one(sql);
+            assert_eq!(r.class, Class::Irreversible, "{sql}: {r:?}");
+            assert!(r.rules.contains(&rule), "{sql}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn lock_risks_are_warnings() {
+        let r = one("CREATE INDEX i ON t (a)");
+        assert_eq!(
+            (r.class, r.warnings.clone()),
+            (Class::Expand, vec!["index-without-concurrently"])
+        );
+        let r = one("ALTER TABLE t ADD CONSTRAINT fk FOREIGN KEY (u) REFERENCES users (id)");
+        assert!(
+            r.warnings.contains(&"constraint-without-not-valid"),
+            "{r:?}"
+        );
+        assert!(r.warnings.contains(&"missing-lock-timeout"), "{r:?}");
+        let r = classify("SET lock_timeout = '1s';\nALTER TABLE t ADD CONSTRAINT fk FOREIGN KEY (u) REFERENCES users (id) NOT VALID;").unwrap();
+        assert!(r[1].warnings.is_empty(), "{r:?}");
+        // A table created in the same file is empty: no lock risk, no contract.
+        let r = classify("CREATE TABLE t (id int);\nCREATE INDEX i ON t (id);\nALTER TABLE t ADD COLUMN n int NOT NULL;").unwrap();
+        assert!(
+            r.iter()
+                .all(|s| s.warnings.is_empty() && s.class == Class::Expand),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn lines_and_annotations() {
+        let sql = "-- migration 42\nCREATE TABLE a (id int);\n\n-- rampart:safe backfill of the new column, reviewed by dana\nUPDATE a SET id = 1;\nDELETE FROM a;\n";
+        let r = classify(sql).unwrap();
+        assert_eq!(r.iter().map(|s| s.line).collect::<Vec<_>>(), vec![2, 5, 6]);
+        assert_eq!(r[1].class, Class::Expand);
+        assert_eq!(
+            r[1].safe.as_deref(),
+            Some("backfill of the new column, reviewed by dana")
+        );
+        assert_eq!(
+            r[1].rules,
+            vec!["update-rows"],
+            "the rule is still reported"
+        );
+        assert_eq!(
+            r[2].class,
+            Class::Irreversible,
+            "an annotation covers one statement"
+        );
+        assert_eq!(worst(&r), Class::Irreversible);
+        assert_eq!(
+            unexplained_annotations("-- rampart:safe\nDELETE FROM a;"),
+            vec![1]
+        );
+        let r = classify("-- rampart:safe\nDELETE FROM a;").unwrap();
+        assert_eq!(r[0].class, Class::Irreversible, "no reason, no exception");
+    }
+
+    #[test]
+    fn parse_errors_name_the_line() {
+        let e = classify("CREATE TABLE a (id int);\nALTER TABLE a ADD COLUMN;\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(classify("SELECT 'unterminated").is_err());
+    }
+
+    #[test]
+    fn dollar_quoted_bodies_with_semicolons_stay_one_statement() {
+        let sql = "CREATE FUNCTION f() RETURNS int AS $$ BEGIN RETURN 1; END; $$ LANGUAGE plpgsql;\nDROP TABLE old;";
+        let r = classify(sql).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].line, 2);
+        assert_eq!(r[1].class, Class::Irreversible);
+    }
+}

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 apt_missing=()
 command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)   # SQLite is compiled from source
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)     # the Python example service
+command -v psql >/dev/null 2>&1 || apt_missing+=(postgresql-client)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_missing+=(postgresql)  # a real server for migration tests
 if ((${#apt_missing[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -79,6 +79,19 @@ pub struct Controller {
     observer: Arc<dyn Observer>,
     /// Where each variant was last deployed, for checks against the new version.
     endpoints: Mutex<HashMap<Variant, Vec<SocketAddr>>>,
+    /// The migrations this release ships, classified before the release starts.
+    migrations: Option<MigrationPlan>,
+}
+
+/// The release's migration files, in the order they apply, and their class.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationPlan {
+    /// Files, in name order.
+    pub files: Vec<std::path::PathBuf>,
+    /// The worst class over them.
+    pub class: rampart_core::migrations::Class,
+    /// Reviewer annotations (`file:line: reason`) that marked statements safe.
+    pub annotations: Vec<String>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -110,7 +123,14 @@ impl Controller {
             ports,
             observer,
             endpoints: Mutex::new(HashMap::new()),
+            migrations: None,
         }
+    }
+
+    /// Sets the migrations this release ships.
+    pub fn with_migrations(mut self, plan: MigrationPlan) -> Self {
+        self.migrations = Some(plan);
+        self
     }
 
     /// Records a new release (fails if the service has an unfinished one).
@@ -162,7 +182,10 @@ impl Controller {
         }
 
         while !run.state.phase.is_terminal() {
-            let input = if let Some(action) = run.state.pending.clone() {
+            let input = if let Some(Action::RunMigrations) = run.state.pending {
+                // Never interrupted: a half-applied migration is worse than a late abort.
+                self.execute(&Action::RunMigrations).await
+            } else if let Some(action) = run.state.pending.clone() {
                 let work = self.execute(&action);
                 tokio::pin!(work);
                 tokio::select! {
@@ -193,6 +216,76 @@ impl Controller {
         Ok(run.state)
     }
 
+    async fn run_migrations(&self) -> Input {
+        use rampart_core::migrations::Class;
+        let (Some(spec), Some(plan)) = (&self.policy.migrations, &self.migrations) else {
+            return Input::Migrated {
+                ok: true,
+                class: Class::Expand,
+                detail: "no migrations shipped".into(),
+                annotations: Vec::new(),
+            };
+        };
+        let per_file = spec.command.iter().any(|a| a.contains("{file}"));
+        let runs: Vec<Vec<String>> = if plan.files.is_empty() {
+            Vec::new()
+        } else if per_file {
+            plan.files
+                .iter()
+                .map(|f| {
+                    spec.command
+                        .iter()
+                        .map(|a| a.replace("{file}", &f.display().to_string()))
+                        .collect()
+                })
+                .collect()
+        } else {
+            vec![spec.command.clone()]
+        };
+        let mut applied = Vec::new();
+        for (i, argv) in runs.iter().enumerate() {
+            let gate = Gate {
+                name: format!("migration {}", i + 1),
+                check: GateCheck::Command {
+                    run: argv.clone(),
+                    timeout: spec.timeout,
+                },
+            };
+            let result = self.ports.gates.run(&gate).await;
+            if !result.ok {
+                return Input::Migrated {
+                    ok: false,
+                    class: plan.class,
+                    detail: format!("{} applied, then {}", applied.len(), result.detail),
+                    annotations: plan.annotations.clone(),
+                };
+            }
+            applied.push(
+                plan.files
+                    .get(i)
+                    .map_or_else(|| "all".to_string(), |f| f.display().to_string()),
+            );
+        }
+        Input::Migrated {
+            ok: true,
+            class: plan.class,
+            detail: if applied.is_empty() {
+                "no migration files for this version".into()
+            } else {
+                format!(
+                    "{} file(s): {}",
+                    plan.files.len(),
+                    plan.files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            annotations: plan.annotations.clone(),
+        }
+    }
+
     /// Resolves with the next operator request queued in the store for this release
     /// (`rampart rollback` from another terminal), polling every quarter second.
     async fn queued_command(&self, id: &str) -> Result<Input, ControllerError> {
@@ -203,6 +296,7 @@ impl Controller {
                 return Ok(Input::Abort {
                     actor: cmd.actor,
                     reason: cmd.reason,
+                    force: cmd.force,
                 });
             }
         }
@@ -366,6 +460,7 @@ impl Controller {
                     },
                 }
             }
+            Action::RunMigrations => self.run_migrations().await,
             Action::RunChecks { stage } => {
                 let checks: &[Gate] = match stage {
                     CheckStage::Preview => self.policy.strategy.preview(),

@@ -277,6 +277,7 @@ async fn operator_abort_rolls_back() {
         tx.send(Input::Abort {
             actor: "alice".into(),
             reason: "looks off".into(),
+            force: false,
         })
         .unwrap();
     };
@@ -319,6 +320,7 @@ async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
         let cmd = OperatorCommand {
             actor: "bob (cli)".into(),
             reason: "pager went off".into(),
+            force: false,
         };
         assert_eq!(store.push_command("shop", &cmd).await.unwrap(), "r1");
     };

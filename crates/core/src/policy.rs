@@ -30,6 +30,23 @@ pub struct Policy {
     pub rollback: Rollback,
     /// Checks after promotion, while the previous version can still take traffic back.
     pub post_release: Option<PostRelease>,
+    /// Database migrations the release ships, applied before anything is deployed.
+    pub migrations: Option<Migrations>,
+}
+
+/// The release's database migrations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Migrations {
+    /// Directory of the `.sql` files this version ships (`{version}` is substituted),
+    /// relative to the policy file. They are classified before anything runs.
+    pub dir: String,
+    /// The command that applies them; `{file}` runs it once per file, in name order.
+    pub command: Vec<String>,
+    /// Escalate to a human instead of rolling back the code when the release shipped
+    /// `contract` or `irreversible` changes and then fails.
+    pub escalate: bool,
+    /// Time limit per command.
+    pub timeout: Duration,
 }
 
 /// Post-release verification.
@@ -532,6 +549,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             "analysis",
             "rollback",
             "post_release",
+            "migrations",
         ],
     )?;
     let service = m.required_with(cx, "service", decode_service);
@@ -549,6 +567,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             verify_timeout: Duration::from_secs(30),
         });
     let post_release = m.optional_with(cx, "post_release", decode_post_release);
+    let migrations = m.optional_with(cx, "migrations", decode_migrations);
     let mut strategy = strategy;
     if let (Some(Strategy::Rolling(r)), Some(Deploy::Process(d))) = (&mut strategy, &deploy) {
         let pos = m.get("strategy").map_or(m.pos(), |n| n.pos);
@@ -586,6 +605,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         analysis: analysis?,
         rollback,
         post_release,
+        migrations,
     })
 }
 
@@ -1040,6 +1060,32 @@ fn decode_gates(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gates> {
 }
 
 const GATE_KINDS: &[&str] = &["env", "http", "command"];
+
+fn decode_migrations(cx: &mut Decoder, node: &Node, path: &str) -> Option<Migrations> {
+    let m = cx.map(
+        node,
+        path,
+        &["dir", "command", "on_incompatible", "timeout"],
+    )?;
+    let dir = m.required::<String>(cx, "dir");
+    let command = m.required_with(cx, "command", decode_argv);
+    let escalate = !matches!(
+        m.optional_with(cx, "on_incompatible", |cx, n, p| one_of(
+            cx,
+            n,
+            p,
+            &["escalate", "rollback"]
+        )),
+        Some("rollback")
+    );
+    let timeout = positive(cx, &m, "timeout").unwrap_or(Duration::from_secs(600));
+    Some(Migrations {
+        dir: dir?,
+        command: command?,
+        escalate,
+        timeout,
+    })
+}
 
 fn decode_post_release(cx: &mut Decoder, node: &Node, path: &str) -> Option<PostRelease> {
     let m = cx.map(node, path, &["wait", "checks", "on_failure"])?;

@@ -169,6 +169,8 @@ pub struct OperatorCommand {
     pub actor: String,
     /// Why.
     pub reason: String,
+    /// Roll back even after non-backward-compatible migrations.
+    pub force: bool,
 }
 
 /// Durable release state: releases and their append-only input logs.

@@ -68,6 +68,12 @@ pub enum Phase {
     Halted,
     /// Stopped before anything was deployed (a gate failed, or it was aborted). Terminal.
     Blocked,
+    /// Applying the release's database migrations; nothing is deployed yet.
+    Migrating,
+    /// A release that shipped non-backward-compatible migrations failed: no automatic
+    /// code rollback (the old code would meet the new schema); a human decides. Holds
+    /// traffic where it was. Terminal.
+    Escalated,
 }
 
 impl Phase {
@@ -75,7 +81,11 @@ impl Phase {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Phase::Succeeded | Phase::RolledBack | Phase::Halted | Phase::Blocked
+            Phase::Succeeded
+                | Phase::RolledBack
+                | Phase::Halted
+                | Phase::Blocked
+                | Phase::Escalated
         )
     }
 
@@ -95,6 +105,8 @@ impl Phase {
             Phase::RolledBack => "rolled_back",
             Phase::Halted => "halted",
             Phase::Blocked => "blocked",
+            Phase::Migrating => "migrating",
+            Phase::Escalated => "escalated",
         }
     }
 }
@@ -161,6 +173,8 @@ pub enum DecisionKind {
     Halt,
     /// Do not start.
     Block,
+    /// Hand over to a human.
+    Escalate,
 }
 
 /// Something the controller must do and report back on.
@@ -209,6 +223,8 @@ pub enum Action {
         /// How many replicas.
         replicas: u32,
     },
+    /// Apply the release's database migrations. Answered by [`Input::Migrated`].
+    RunMigrations,
     /// Run checks against the new version. Answered by [`Input::ChecksDone`].
     RunChecks {
         /// Which checks.
@@ -321,6 +337,18 @@ pub enum Input {
         /// What was seen.
         detail: String,
     },
+    /// Answer to [`Action::RunMigrations`].
+    Migrated {
+        /// Whether every migration applied.
+        ok: bool,
+        /// The class of what was shipped (classified before it ran).
+        class: crate::migrations::Class,
+        /// What happened.
+        detail: String,
+        /// Reviewer annotations that marked statements safe, for the audit trail.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        annotations: Vec<String>,
+    },
     /// Answer to [`Action::Scale`].
     Scaled {
         /// Which copy.
@@ -345,6 +373,10 @@ pub enum Input {
         actor: String,
         /// Why.
         reason: String,
+        /// Roll the code back even after non-backward-compatible migrations (a human
+        /// who has repaired the data says so).
+        #[serde(default)]
+        force: bool,
     },
 }
 
@@ -398,6 +430,9 @@ pub struct Release {
     /// Rolling: new-version replicas confirmed in service.
     #[serde(default)]
     pub canary_replicas: u32,
+    /// The class of the database migrations this release shipped, once applied.
+    #[serde(default)]
+    pub migration_class: Option<crate::migrations::Class>,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -438,6 +473,7 @@ impl Default for Release {
             timer: None,
             stable_replicas: 0,
             canary_replicas: 0,
+            migration_class: None,
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -489,6 +525,7 @@ impl Release {
             Phase::RolledBack => Some(OutcomeKind::RolledBack),
             Phase::Halted => Some(OutcomeKind::Halted),
             Phase::Blocked => Some(OutcomeKind::Blocked),
+            Phase::Escalated => Some(OutcomeKind::Escalated),
             _ => None,
         }
     }
@@ -655,8 +692,21 @@ impl Builder<'_> {
         }
     }
 
-    /// Starts the ordered rollback: traffic to stable, stop canary, verify stable.
+    /// Starts the ordered rollback: traffic to stable, stop canary, verify stable. After
+    /// non-backward-compatible migrations it escalates instead.
     fn rollback(&mut self, actor: &str, reason: String) {
+        self.rollback_with(actor, reason, false);
+    }
+
+    fn rollback_with(&mut self, actor: &str, reason: String, force: bool) {
+        let incompatible = self
+            .s
+            .migration_class
+            .is_some_and(|c| c >= crate::migrations::Class::Contract);
+        let escalate = self.policy.migrations.as_ref().is_some_and(|m| m.escalate);
+        if incompatible && escalate && !force {
+            return self.escalate(reason);
+        }
         self.decide(DecisionKind::Rollback, reason.clone());
         self.s.phase = Phase::RollingBack;
         self.s.queued.clear();
@@ -672,6 +722,29 @@ impl Builder<'_> {
         // Always (re)assert weight 0 first, even if the canary never got traffic: it
         // is idempotent, and it makes "traffic is on stable" a confirmed fact.
         self.set_weight(Weight::ZERO);
+    }
+
+    /// Hands over to a human without touching traffic: rolling the code back would put
+    /// old code on a schema it does not understand.
+    fn escalate(&mut self, reason: String) {
+        let class = self.s.migration_class.map_or("?", |c| c.as_str());
+        let why = format!(
+            "{reason}; not rolled back automatically because this release shipped {class} database migrations"
+        );
+        self.decide(DecisionKind::Escalate, why.clone());
+        self.s.phase = Phase::Escalated;
+        self.s.pending = None;
+        self.s.queued.clear();
+        self.s.next_analysis_at = None;
+        self.s.timer = None;
+        self.event("escalated", "rampart", why.clone());
+        self.notify(
+            true,
+            format!(
+                "release {} of {} ESCALATED at canary weight {}: {why}. Choose: roll forward with a fixed version, or repair the data and roll the code back with `rampart rollback {} --force --reason \"...\"`.",
+                self.s.version, self.policy.service, self.s.weight, self.policy.service
+            ),
+        );
     }
 
     /// Stops where it stands. Deliberately emits no traffic action.
@@ -711,6 +784,7 @@ fn answers(pending: Option<&Action>, input: &Input) -> bool {
         (Some(Action::Stop { variant }), Input::Stopped { variant: v, .. }) => variant == v,
         (Some(Action::VerifyStable), Input::StableVerified { .. }) => true,
         (Some(Action::RunChecks { stage }), Input::ChecksDone { stage: s, .. }) => stage == s,
+        (Some(Action::RunMigrations), Input::Migrated { .. }) => true,
         (
             Some(Action::Scale {
                 variant, replicas, ..
@@ -766,7 +840,11 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
         }
         Input::Resumed => resume(&mut b),
         Input::Tick => tick(&mut b),
-        Input::Abort { actor, reason } => abort(&mut b, actor, reason),
+        Input::Abort {
+            actor,
+            reason,
+            force,
+        } => abort(&mut b, actor, reason, *force),
         answer => {
             if !answers(state.pending.as_ref(), answer) {
                 return b.finish();
@@ -859,6 +937,9 @@ fn resume(b: &mut Builder<'_>) {
     match b.s.phase {
         Phase::Pending => return,
         Phase::Gating => chain.push(Action::RunGates),
+        // The migration tool must be idempotent (it records what it applied), as every
+        // real one is: the command runs again and applies what is left.
+        Phase::Migrating => chain.push(Action::RunMigrations),
         Phase::Deploying => {
             chain.extend(ensure_stable);
             if matches!(
@@ -1046,8 +1127,10 @@ fn keep_or_stop_previous(b: &mut Builder<'_>) {
     );
 }
 
-fn abort(b: &mut Builder<'_>, actor: &str, reason: &str) {
+fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
     match b.s.phase {
+        // Migrations are never interrupted half-way; the abort is refused.
+        Phase::Migrating => {}
         Phase::Pending | Phase::Gating => {
             b.decide(DecisionKind::Block, format!("aborted by {actor}: {reason}"));
             b.s.phase = Phase::Blocked;
@@ -1065,7 +1148,7 @@ fn abort(b: &mut Builder<'_>, actor: &str, reason: &str) {
         | Phase::Verifying
         | Phase::KeepingPrevious => {
             b.event("aborted", actor, reason.to_string());
-            b.rollback(actor, format!("aborted by {actor}: {reason}"));
+            b.rollback_with(actor, format!("aborted by {actor}: {reason}"), force);
         }
         // Already rolling back, or over: nothing more to do.
         _ => {}
@@ -1075,6 +1158,15 @@ fn abort(b: &mut Builder<'_>, actor: &str, reason: &str) {
 fn on_answer(b: &mut Builder<'_>, input: &Input) {
     match (b.s.phase, input) {
         (Phase::Gating, Input::GatesChecked { results }) => gates_checked(b, results),
+        (
+            Phase::Migrating,
+            Input::Migrated {
+                ok,
+                class,
+                detail,
+                annotations,
+            },
+        ) => migrated(b, *ok, *class, detail, annotations),
         (
             Phase::Deploying,
             Input::Deployed {
@@ -1285,6 +1377,46 @@ fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
         "rampart",
         format!("{} gate(s) passed", results.len()),
     );
+    if b.policy.migrations.is_some() {
+        b.s.phase = Phase::Migrating;
+        b.act(Action::RunMigrations);
+        return;
+    }
+    start_deploying(b);
+}
+
+fn migrated(
+    b: &mut Builder<'_>,
+    ok: bool,
+    class: crate::migrations::Class,
+    detail: &str,
+    annotations: &[String],
+) {
+    b.s.migration_class = Some(class);
+    for a in annotations {
+        b.event("migration_marked_safe", "reviewer", a.clone());
+    }
+    if ok {
+        b.event(
+            "migrated",
+            "rampart",
+            format!("{class} migrations applied: {detail}"),
+        );
+        return start_deploying(b);
+    }
+    let reason = format!("migrations failed: {detail}");
+    b.event("migration_failed", "rampart", reason.clone());
+    if class >= crate::migrations::Class::Contract {
+        // Part of a breaking change may be in the database: a human must look.
+        b.escalate(reason);
+    } else {
+        b.decide(DecisionKind::Block, reason.clone());
+        b.s.phase = Phase::Blocked;
+        b.event("blocked", "rampart", format!("{reason}; nothing was deployed, and expand-only changes are harmless to the running code"));
+    }
+}
+
+fn start_deploying(b: &mut Builder<'_>) {
     b.s.phase = Phase::Deploying;
     match b.s.stable.clone() {
         Some(version) => b.act(Action::Deploy {

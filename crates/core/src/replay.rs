@@ -86,6 +86,12 @@ pub fn replay(
                 ok: true,
                 detail: "recorded".into(),
             },
+            Some(Action::RunMigrations) => Input::Migrated {
+                ok: true,
+                class: crate::migrations::Class::Expand,
+                detail: "not run in a replay".into(),
+                annotations: Vec::new(),
+            },
             Some(Action::RunChecks { stage }) => Input::ChecksDone {
                 stage: *stage,
                 results: Vec::new(),

@@ -92,6 +92,12 @@ impl World {
 
     fn answer(&mut self, action: &Action) -> Input {
         match action {
+            Action::RunMigrations => Input::Migrated {
+                ok: true,
+                class: rampart_core::migrations::Class::Expand,
+                detail: String::new(),
+                annotations: vec![],
+            },
             Action::Scale {
                 variant, replicas, ..
             } => Input::Scaled {
@@ -480,6 +486,7 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
         (Choice::Abort, _) => Input::Abort {
             actor: "alice".into(),
             reason: "manual".into(),
+            force: false,
         },
         (Choice::Resume, _) => Input::Resumed,
         (Choice::Stale, _) => Input::Stopped {
@@ -520,6 +527,18 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
         },
         (Choice::Fail, Some(Action::Measure)) => Input::MeasureFailed {
             detail: "down".into(),
+        },
+        (Choice::Ok(..), Some(Action::RunMigrations)) => Input::Migrated {
+            ok: true,
+            class: rampart_core::migrations::Class::Contract,
+            detail: String::new(),
+            annotations: vec![],
+        },
+        (Choice::Fail, Some(Action::RunMigrations)) => Input::Migrated {
+            ok: false,
+            class: rampart_core::migrations::Class::Expand,
+            detail: "psql failed".into(),
+            annotations: vec![],
         },
         (Choice::Ok(..), Some(Action::Stop { variant })) => Input::Stopped {
             variant: *variant,
@@ -621,6 +640,8 @@ fn drive_full(
     if s.phase == Phase::Pending {
         s = step(p, &s, &start_input(), 0).state;
     }
+    // Escalation tests feed their own `Migrated` input before driving.
+    let migration_class = rampart_core::migrations::Class::Expand;
     let mut now = s.started_at;
     for _ in 0..1000 {
         if s.phase.is_terminal() || stop(&s) {
@@ -628,6 +649,12 @@ fn drive_full(
         }
         let input = match s.pending.clone() {
             Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
+            Some(Action::RunMigrations) => Input::Migrated {
+                ok: true,
+                class: migration_class,
+                detail: String::new(),
+                annotations: vec![],
+            },
             Some(Action::Scale {
                 variant, replicas, ..
             }) => {
@@ -709,7 +736,7 @@ proptest! {
 
             // Rollback is reachable from every state that has deployed something.
             if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
-                let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into() }, now);
+                let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
                 prop_assert_eq!(aborted.state.phase, Phase::RollingBack);
                 prop_assert_eq!(weights_in(&aborted.effects), vec![Weight::ZERO]);
             }
@@ -751,7 +778,7 @@ proptest! {
             if let Some(input) = input_for(&state, c) { state = step(&p, &state, &input, now).state; }
         }
         if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
-            state = step(&p, &state, &Input::Abort { actor: "a".into(), reason: "r".into() }, now).state;
+            state = step(&p, &state, &Input::Abort { actor: "a".into(), reason: "r".into(), force: false }, now).state;
         }
         if state.phase == Phase::RollingBack {
             for _ in 0..10 {
@@ -1055,6 +1082,7 @@ fn an_operator_can_switch_back_while_the_previous_colour_is_kept() {
         &Input::Abort {
             actor: "alice".into(),
             reason: "support tickets".into(),
+            force: false,
         },
         now,
     );
@@ -1252,4 +1280,147 @@ fn resume_mid_rolling_re_establishes_the_replica_counts() {
     assert_eq!(s.phase, Phase::Succeeded);
     use Variant::{Canary as C, Stable as S};
     assert_eq!(scales, vec![(S, 1), (C, 3), (C, 4), (S, 0)]);
+}
+
+fn with_migrations(on_incompatible: &str) -> Policy {
+    Policy::from_yaml(&format!(
+        "{POLICY}migrations: {{dir: \"migrations/{{version}}\", command: [psql, -f, \"{{file}}\"], on_incompatible: {on_incompatible}}}\n"
+    ))
+    .unwrap()
+}
+
+/// Drives to the migrations step and answers it with `class`.
+fn migrated(p: &Policy, class: rampart_core::migrations::Class, ok: bool) -> Release {
+    let s = drive_until(
+        p,
+        Release::default(),
+        || IntervalSample::default(),
+        |_| true,
+        |_, _| {},
+        |s| s.pending == Some(Action::RunMigrations),
+    );
+    assert_eq!(s.phase, Phase::Migrating);
+    let t = step(
+        p,
+        &s,
+        &Input::Migrated {
+            ok,
+            class,
+            detail: "applied".into(),
+            annotations: vec!["002.sql:3: backfill, reviewed by dana".into()],
+        },
+        1,
+    );
+    assert!(
+        t.events
+            .iter()
+            .any(|e| e.kind == "migration_marked_safe" && e.actor == "reviewer")
+    );
+    t.state
+}
+
+fn bad_canary() -> IntervalSample {
+    IntervalSample {
+        stable: stats(900, 4),
+        canary: stats(100, 50),
+    }
+}
+
+#[test]
+fn a_failing_release_with_contract_migrations_escalates_instead_of_rolling_back() {
+    use rampart_core::migrations::Class;
+    let p = with_migrations("escalate");
+    let s = migrated(&p, Class::Contract, true);
+    assert_eq!(s.phase, Phase::Deploying);
+    let mut routes = Vec::new();
+    let s = drive_until(
+        &p,
+        s,
+        bad_canary,
+        |_| true,
+        |w, _| routes.push(w),
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::Escalated);
+    assert_eq!(s.outcome().unwrap().exit_code(), 4);
+    assert_eq!(
+        routes,
+        vec![Weight::from_percent(5).unwrap()],
+        "traffic was not moved back to old code"
+    );
+    let reason = s.decision.unwrap().reason;
+    assert!(reason.contains("contract database migrations"), "{reason}");
+}
+
+#[test]
+fn expand_only_migrations_roll_back_automatically() {
+    use rampart_core::migrations::Class;
+    let p = with_migrations("escalate");
+    let s = migrated(&p, Class::Expand, true);
+    let s = drive_until(&p, s, bad_canary, |_| true, |_, _| {}, |_| false);
+    assert_eq!(s.phase, Phase::RolledBack);
+}
+
+#[test]
+fn on_incompatible_rollback_opts_out_of_escalation() {
+    use rampart_core::migrations::Class;
+    let p = with_migrations("rollback");
+    let s = migrated(&p, Class::Irreversible, true);
+    let s = drive_until(&p, s, bad_canary, |_| true, |_, _| {}, |_| false);
+    assert_eq!(s.phase, Phase::RolledBack);
+}
+
+#[test]
+fn a_forced_operator_rollback_goes_through_after_contract_migrations() {
+    use rampart_core::migrations::Class;
+    let p = with_migrations("escalate");
+    let s = migrated(&p, Class::Contract, true);
+    let s = drive_until(
+        &p,
+        s,
+        || IntervalSample {
+            stable: stats(900, 4),
+            canary: stats(100, 0),
+        },
+        |_| true,
+        |_, _| {},
+        |s| s.step_started_at.is_some(),
+    );
+    let plain = step(
+        &p,
+        &s,
+        &Input::Abort {
+            actor: "erin".into(),
+            reason: "looks off".into(),
+            force: false,
+        },
+        s.started_at + 1,
+    );
+    assert_eq!(
+        plain.state.phase,
+        Phase::Escalated,
+        "an unforced abort escalates too"
+    );
+    let forced = step(
+        &p,
+        &s,
+        &Input::Abort {
+            actor: "erin".into(),
+            reason: "data repaired".into(),
+            force: true,
+        },
+        s.started_at + 1,
+    );
+    assert_eq!(forced.state.phase, Phase::RollingBack);
+}
+
+#[test]
+fn failed_migrations_block_when_expand_and_escalate_when_breaking() {
+    use rampart_core::migrations::Class;
+    let p = with_migrations("escalate");
+    assert_eq!(migrated(&p, Class::Expand, false).phase, Phase::Blocked);
+    assert_eq!(
+        migrated(&p, Class::Irreversible, false).phase,
+        Phase::Escalated
+    );
 }

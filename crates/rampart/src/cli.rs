@@ -49,9 +49,13 @@ enum Command {
     Rollback {
         /// The service.
         service: String,
-        /// Why, for the audit trail.
-        #[arg(long, default_value = "requested from the command line")]
-        reason: String,
+        /// Why, for the audit trail (required with --force).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Roll the code back even though the release shipped non-backward-compatible
+        /// migrations: say so only once the data is repaired.
+        #[arg(long)]
+        force: bool,
         /// Where state is kept (the same as the running release's).
         #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
         state_dir: PathBuf,
@@ -204,9 +208,19 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Rollback {
             service,
             reason,
+            force,
             state_dir,
             no_wait,
-        } => rollback(&service, &reason, &state_dir, no_wait).await,
+        } => {
+            if force && reason.is_none() {
+                eprintln!(
+                    "error: --force needs --reason: say what was repaired, for the audit trail"
+                );
+                return 2;
+            }
+            let reason = reason.unwrap_or_else(|| "requested from the command line".into());
+            rollback(&service, &reason, force, &state_dir, no_wait).await
+        }
         Command::Replay {
             file,
             samples,
@@ -328,7 +342,13 @@ fn replay(file: &PathBuf, samples: &PathBuf, output: Output) -> Result<Report, R
     ))
 }
 
-async fn rollback(service: &str, reason: &str, state_dir: &std::path::Path, no_wait: bool) -> i32 {
+async fn rollback(
+    service: &str,
+    reason: &str,
+    force: bool,
+    state_dir: &std::path::Path,
+    no_wait: bool,
+) -> i32 {
     use rampart_core::ports::{OperatorCommand, Store};
     let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
         Ok(s) => s,
@@ -344,6 +364,7 @@ async fn rollback(service: &str, reason: &str, state_dir: &std::path::Path, no_w
     let command = OperatorCommand {
         actor,
         reason: reason.to_string(),
+        force,
     };
     let id = match store.push_command(service, &command).await {
         Ok(id) => id,

@@ -14,7 +14,7 @@ use rampart_adapters::gates::LocalGates;
 use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy};
 use rampart_adapters::sqlite::SqliteStore;
-use rampart_controller::{Controller, Ports};
+use rampart_controller::{Controller, MigrationPlan, Ports};
 use rampart_core::policy::Policy;
 use rampart_core::ports::{Clock, Deployer, Store};
 use rampart_core::release::{Input, OutcomeKind, Release, Variant};
@@ -249,7 +249,15 @@ pub async fn run_release(
         proxy: proxy.clone(),
         canary_routed_at_zero: std::sync::Mutex::new(None),
     });
-    let controller = Controller::new(policy.clone(), ports, watch.clone());
+    let mut controller = Controller::new(policy.clone(), ports, watch.clone());
+    if let Some(plan) = migration_plan(&policy, &base_dir, &opts.version)? {
+        progress.line(&format!(
+            "migrations: {} file(s), {}",
+            plan.files.len(),
+            plan.class
+        ));
+        controller = controller.with_migrations(plan);
+    }
 
     let (id, stable) = match resume_id {
         Some(id) => {
@@ -330,6 +338,53 @@ pub async fn run_release(
     Ok(report(&policy, &end, timeline, totals, after))
 }
 
+/// Classifies the migrations this version ships, before anything runs. A file that does
+/// not parse stops the release here (exit 2).
+fn migration_plan(
+    policy: &Policy,
+    base_dir: &Path,
+    version: &str,
+) -> Result<Option<MigrationPlan>, RunError> {
+    let Some(spec) = &policy.migrations else {
+        return Ok(None);
+    };
+    let dir = base_dir.join(spec.dir.replace("{version}", version));
+    let has_sql = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "sql") || e.path().is_dir())
+        })
+        .unwrap_or(false);
+    if !has_sql {
+        return Ok(Some(MigrationPlan {
+            files: Vec::new(),
+            class: rampart_core::migrations::Class::Expand,
+            annotations: Vec::new(),
+        }));
+    }
+    let report = crate::migrations_cmd::check(&[dir]).map_err(RunError::Invalid)?;
+    let annotations = report
+        .files
+        .iter()
+        .flat_map(|f| {
+            f.statements.iter().filter_map(move |s| {
+                s.safe
+                    .as_ref()
+                    .map(|r| format!("{}:{}: {r}", f.path, s.line))
+            })
+        })
+        .collect();
+    Ok(Some(MigrationPlan {
+        files: report
+            .files
+            .iter()
+            .map(|f| PathBuf::from(&f.path))
+            .collect(),
+        class: report.class,
+        annotations,
+    }))
+}
+
 /// Passes transitions to the progress printer and remembers how many requests had been
 /// routed to the canary when a rollback confirmed weight 0, so the report can show
 /// that none were routed there afterwards.
@@ -408,6 +463,7 @@ async fn forward_signals(tx: tokio::sync::mpsc::UnboundedSender<Input>, progress
     let _ = tx.send(Input::Abort {
         actor: format!("operator ({which})"),
         reason: "interrupted".into(),
+        force: false,
     });
     tokio::select! {
         _ = int.recv() => {},

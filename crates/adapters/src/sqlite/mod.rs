@@ -50,6 +50,10 @@ CREATE TABLE commands (
     taken      INTEGER NOT NULL DEFAULT 0
 );
 "#,
+    r#"
+-- A forced rollback (after non-backward-compatible migrations, data repaired).
+ALTER TABLE commands ADD COLUMN force INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// A store in one SQLite file.
@@ -305,8 +309,8 @@ impl Store for SqliteStore {
                         PortError(format!("service {service} has no release in progress"))
                     })?;
                 tx.execute(
-                    "INSERT INTO commands (release_id, actor, reason) VALUES (?1, ?2, ?3)",
-                    params![id, command.actor, command.reason],
+                    "INSERT INTO commands (release_id, actor, reason, force) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, command.actor, command.reason, command.force],
                 )
                 .map_err(db_err)?;
                 tx.commit().map_err(db_err)?;
@@ -324,10 +328,10 @@ impl Store for SqliteStore {
                 let tx = c.transaction().map_err(db_err)?;
                 let taken = {
                     let mut stmt = tx
-                        .prepare("SELECT actor, reason FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
+                        .prepare("SELECT actor, reason, force FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
                         .map_err(db_err)?;
                     let rows = stmt
-                        .query_map([release_id], |r| Ok(OperatorCommand { actor: r.get(0)?, reason: r.get(1)? }))
+                        .query_map([release_id], |r| Ok(OperatorCommand { actor: r.get(0)?, reason: r.get(1)?, force: r.get(2)? }))
                         .map_err(db_err)?;
                     rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
                 };
@@ -421,6 +425,7 @@ mod tests {
         let cmd = OperatorCommand {
             actor: "alice".into(),
             reason: "tickets".into(),
+            force: false,
         };
         assert!(
             s.push_command("shop", &cmd).await.is_err(),

@@ -1,0 +1,236 @@
+//! Releases that ship database migrations, against a real PostgreSQL (Debian's
+//! `postgresql`, started by this test on a loopback port in a temporary directory):
+//! a failing release that shipped a contract migration escalates (exit 4) and leaves
+//! traffic alone; one that shipped only expand changes rolls back (exit 3).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{exe, free_port, rampart, runtime, start_load};
+
+/// A throwaway PostgreSQL server.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+fn as_postgres_user(cmd: &Path) -> Command {
+    // initdb refuses to run as root; Debian's package creates the `postgres` user.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server is not installed (scripts/test.sh installs it)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .expect("no initdb under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let ok = as_postgres_user(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            dir.path().display()
+        );
+        let ok = as_postgres_user(&bin.join("pg_ctl"))
+            .args(["-w", "-t", "60", "-o", &opts, "-l"])
+            .arg(dir.path().join("log"))
+            .arg("-D")
+            .arg(&data)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        Postgres { dir, bin, port }
+    }
+
+    fn psql_args(&self) -> Vec<String> {
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn sql(&self, sql: &str) -> String {
+        let args = self.psql_args();
+        let out = Command::new(&args[0])
+            .args(&args[1..])
+            .args(["-tA", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres_user(&self.bin.join("pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .output();
+    }
+}
+
+fn release(pg: &Postgres, migration: &str) -> (i32, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("migrations/v2")).unwrap();
+    std::fs::write(dir.path().join("migrations/v2/001.sql"), migration).unwrap();
+    let port = free_port();
+    let command: Vec<String> = pg
+        .psql_args()
+        .into_iter()
+        .chain(["-f".to_string(), "{file}".to_string()])
+        .collect();
+    let policy = format!(
+        r#"service: orders
+deploy:
+  process:
+    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
+    env: {{SAMPLE_ERROR_RATE: "v1=0,v2=20%", SAMPLE_LATENCY_MS: "2"}}
+    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
+traffic:
+  proxy: {{listen: "127.0.0.1:{port}"}}
+strategy:
+  canary:
+    steps: [{{weight: 50, bake: 30s}}]
+analysis:
+  interval: 1s
+  min_samples: 10
+  failure_limit: 2
+  metrics:
+    - {{metric: error_rate, judge: {{max: 2%}}}}
+migrations:
+  dir: migrations/{{version}}
+  command: {command:?}
+"#,
+        exe = exe()
+    );
+    std::fs::write(dir.path().join("rampart.yaml"), policy).unwrap();
+    let rt = runtime();
+    let (load, _) = start_load(&rt, port, 200);
+    let out = rampart()
+        .args([
+            "run",
+            "--version",
+            "v2",
+            "--stable",
+            "v1",
+            "--output",
+            "json",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .arg("-f")
+        .arg(dir.path().join("rampart.yaml"))
+        .output()
+        .unwrap();
+    load.abort();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), v)
+}
+
+#[test]
+fn migrations_against_a_real_postgres_escalate_or_roll_back_by_class() {
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, total int)");
+
+    // A rename breaks the old code: the failing release escalates.
+    let (code, v) = release(
+        &pg,
+        "SET lock_timeout = '2s';\nALTER TABLE orders RENAME COLUMN total TO amount;\n",
+    );
+    assert_eq!(code, 4, "{v}");
+    assert_eq!(v["outcome"], "escalated");
+    assert!(
+        v["final_weight"].as_f64().unwrap() > 0.0,
+        "traffic was left where it was"
+    );
+    let kinds: Vec<&str> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"migrated") && kinds.contains(&"escalated"),
+        "{kinds:?}"
+    );
+    assert!(!kinds.contains(&"rollback_started"), "{kinds:?}");
+    assert_eq!(pg.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'orders' ORDER BY 1"), "amount\nid");
+
+    // An added column is backward compatible: the failing release rolls back.
+    let (code, v) = release(&pg, "ALTER TABLE orders ADD COLUMN note text;\n");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["outcome"], "rolled_back");
+    assert_eq!(pg.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'note'"), "1");
+}
+
+#[test]
+fn a_migration_that_fails_in_postgres_blocks_the_release() {
+    let pg = Postgres::start();
+    // The table does not exist: psql fails, nothing is deployed.
+    let (code, v) = release(&pg, "ALTER TABLE missing ADD COLUMN note text;\n");
+    assert_eq!(code, 5, "{v}");
+    assert_eq!(v["outcome"], "blocked");
+    assert!(
+        v["reason"].as_str().unwrap().contains("migrations failed"),
+        "{}",
+        v["reason"]
+    );
+    assert_eq!(v["requests"]["canary"], 0);
+}

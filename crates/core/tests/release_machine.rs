@@ -1294,7 +1294,7 @@ fn migrated(p: &Policy, class: rampart_core::migrations::Class, ok: bool) -> Rel
     let s = drive_until(
         p,
         Release::default(),
-        || IntervalSample::default(),
+        IntervalSample::default,
         |_| true,
         |_, _| {},
         |s| s.pending == Some(Action::RunMigrations),

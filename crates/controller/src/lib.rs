@@ -171,10 +171,22 @@ impl Controller {
             seq: log.len() as u64,
         };
         if log.is_empty() {
+            let automatic_rollbacks = match self.policy.rollback.max_automatic {
+                Some(cap) => {
+                    let window = u64::try_from(cap.per.as_millis()).unwrap_or(u64::MAX);
+                    let since = self.ports.clock.now().saturating_sub(window);
+                    self.ports
+                        .store
+                        .automatic_rollbacks(&self.policy.service, since)
+                        .await?
+                }
+                None => 0,
+            };
             let start = Input::Start {
                 release_id: id.to_string(),
                 version: record.version.clone(),
                 stable,
+                automatic_rollbacks,
             };
             self.feed(&mut run, start).await?;
         } else if !run.state.phase.is_terminal() {
@@ -211,7 +223,13 @@ impl Controller {
                 OutcomeKind::RolledBack => run.state.stable.as_deref(),
                 _ => None,
             };
-            self.ports.store.finish(&run.id, outcome, serving).await?;
+            let automatic = run.state.decision.as_ref().is_some_and(|d| {
+                d.kind == rampart_core::release::DecisionKind::Rollback && d.by == "rampart"
+            });
+            self.ports
+                .store
+                .finish(&run.id, outcome, serving, automatic)
+                .await?;
         }
         Ok(run.state)
     }

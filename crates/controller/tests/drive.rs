@@ -340,3 +340,36 @@ async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
         d.at - end.started_at
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_rollback_cap_counts_automatic_rollbacks_across_releases() {
+    let world = Arc::new(FakeWorld::default());
+    world.canary_error_rate_pct.store(20, Ordering::SeqCst);
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let capped = format!("{POLICY}rollback: {{max_automatic: {{count: 1, per: 1h}}}}\n");
+    let c = Controller::new(
+        Policy::from_yaml(&capped).unwrap(),
+        ports(&world, store.clone()),
+        Arc::new(Silent),
+    );
+    c.create("r1", "v2", &capped).await.unwrap();
+    assert_eq!(
+        c.drive("r1", Some("v1".into()), None).await.unwrap().phase,
+        Phase::RolledBack
+    );
+    assert_eq!(store.automatic_rollbacks("shop", 0).await.unwrap(), 1);
+    c.create("r2", "v3", &capped).await.unwrap();
+    let second = c.drive("r2", Some("v1".into()), None).await.unwrap();
+    assert_eq!(
+        second.phase,
+        Phase::Halted,
+        "the cap of 1 per hour is reached"
+    );
+    // Outside the window the count starts again.
+    tokio::time::sleep(Duration::from_secs(3700)).await;
+    c.create("r3", "v4", &capped).await.unwrap();
+    assert_eq!(
+        c.drive("r3", Some("v1".into()), None).await.unwrap().phase,
+        Phase::RolledBack
+    );
+}

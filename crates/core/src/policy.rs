@@ -482,6 +482,17 @@ pub struct Rollback {
     pub drain: Duration,
     /// How long stable gets to prove healthy after a rollback.
     pub verify_timeout: Duration,
+    /// A cap on automatic rollbacks of the service, across releases.
+    pub max_automatic: Option<RollbackCap>,
+}
+
+/// At most `count` automatic rollbacks per `per`; at the cap, a failing release halts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RollbackCap {
+    /// Automatic rollbacks allowed in the window.
+    pub count: u32,
+    /// The window.
+    pub per: Duration,
 }
 
 /// A policy that could not be loaded.
@@ -565,6 +576,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         .unwrap_or(Rollback {
             drain: Duration::from_secs(10),
             verify_timeout: Duration::from_secs(30),
+            max_automatic: None,
         });
     let post_release = m.optional_with(cx, "post_release", decode_post_release);
     let migrations = m.optional_with(cx, "migrations", decode_migrations);
@@ -1503,7 +1515,16 @@ fn decode_threshold(
 }
 
 fn decode_rollback(cx: &mut Decoder, node: &Node, path: &str) -> Option<Rollback> {
-    let m = cx.map(node, path, &["drain", "verify_timeout"])?;
+    let m = cx.map(node, path, &["drain", "verify_timeout", "max_automatic"])?;
+    let max_automatic = m.optional_with(cx, "max_automatic", |cx, n, p| {
+        let m = cx.map(n, p, &["count", "per"])?;
+        let count = m.required::<u32>(cx, "count");
+        let per = m.required::<Duration>(cx, "per");
+        Some(RollbackCap {
+            count: count?,
+            per: per?,
+        })
+    });
     let drain = m
         .optional::<Duration>(cx, "drain")
         .unwrap_or(Duration::from_secs(10));
@@ -1511,6 +1532,7 @@ fn decode_rollback(cx: &mut Decoder, node: &Node, path: &str) -> Option<Rollback
     Some(Rollback {
         drain,
         verify_timeout,
+        max_automatic,
     })
 }
 

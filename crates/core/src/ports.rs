@@ -173,6 +173,17 @@ pub struct OperatorCommand {
     pub force: bool,
 }
 
+/// Who froze (or unfroze), why, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Freeze {
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: Millis,
+}
+
 /// Durable release state: releases and their append-only input logs.
 ///
 /// Guarantees required of implementations: `append` is durable when it returns; an
@@ -197,13 +208,31 @@ pub trait Store: Send + Sync {
         &'a self,
         service: &'a str,
     ) -> BoxFuture<'a, Result<Option<ReleaseRecord>, PortError>>;
-    /// Marks a release finished.
+    /// Marks a release finished; `automatic_rollback` says rampart itself decided to roll
+    /// it back (what the rollback cap counts).
     fn finish<'a>(
         &'a self,
         release_id: &'a str,
         outcome: OutcomeKind,
         version_now_serving: Option<&'a str>,
+        automatic_rollback: bool,
     ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Automatic rollbacks of a service finished at or after `since`.
+    fn automatic_rollbacks<'a>(
+        &'a self,
+        service: &'a str,
+        since: Millis,
+    ) -> BoxFuture<'a, Result<u32, PortError>>;
+    /// Freezes a service (or every service with `None`), or lifts the freeze, and
+    /// audits who did it and why.
+    fn set_freeze<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        freeze: bool,
+        by: &'a Freeze,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// The freeze that applies to a service, if any (its own, or the global one).
+    fn freeze<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<Freeze>, PortError>>;
     /// Queues a rollback request for the service's unfinished release and returns that
     /// release's id. Fails when the service has no unfinished release.
     fn push_command<'a>(

@@ -159,6 +159,13 @@ pub struct Decision {
     pub reason: String,
     /// When, on the controller's clock.
     pub at: Millis,
+    /// Who decided: `rampart`, or the person or system that asked.
+    #[serde(default = "rampart")]
+    pub by: String,
+}
+
+fn rampart() -> String {
+    "rampart".into()
 }
 
 /// What a decision chose.
@@ -282,6 +289,10 @@ pub enum Input {
         /// The version currently serving, if any. Without one, the release is an
         /// initial deployment: there is nothing to compare with or roll back to.
         stable: Option<String>,
+        /// Automatic rollbacks of this service within the policy's cap window before
+        /// this release (0 without a cap).
+        #[serde(default)]
+        automatic_rollbacks: u32,
     },
     /// The controller restarted and is taking the release up again.
     Resumed,
@@ -433,6 +444,9 @@ pub struct Release {
     /// The class of the database migrations this release shipped, once applied.
     #[serde(default)]
     pub migration_class: Option<crate::migrations::Class>,
+    /// Automatic rollbacks of the service in the cap window before this release.
+    #[serde(default)]
+    pub prior_automatic_rollbacks: u32,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -474,6 +488,7 @@ impl Default for Release {
             stable_replicas: 0,
             canary_replicas: 0,
             migration_class: None,
+            prior_automatic_rollbacks: 0,
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -601,6 +616,7 @@ impl Builder<'_> {
                 kind,
                 reason,
                 at: self.now,
+                by: "rampart".into(),
             });
         }
     }
@@ -707,7 +723,23 @@ impl Builder<'_> {
         if incompatible && escalate && !force {
             return self.escalate(reason);
         }
+        if let Some(cap) = self.policy.rollback.max_automatic
+            && actor == "rampart"
+            && self.s.prior_automatic_rollbacks >= cap.count
+        {
+            return self.halt(format!(
+                "{reason}; the automatic rollback cap is reached ({} in the last {}), so rampart takes no further automatic action",
+                self.s.prior_automatic_rollbacks,
+                crate::units::format_duration(cap.per)
+            ));
+        }
         self.decide(DecisionKind::Rollback, reason.clone());
+        if let Some(d) = self.s.decision.as_mut()
+            && d.kind == DecisionKind::Rollback
+            && d.at == self.now
+        {
+            d.by = actor.to_string();
+        }
         self.s.phase = Phase::RollingBack;
         self.s.queued.clear();
         self.s.next_analysis_at = None;
@@ -833,8 +865,10 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
             release_id,
             version,
             stable,
+            automatic_rollbacks,
         } => {
             if state.phase == Phase::Pending {
+                b.s.prior_automatic_rollbacks = *automatic_rollbacks;
                 start(&mut b, release_id, version, stable.clone());
             }
         }
@@ -1740,10 +1774,9 @@ fn succeed(b: &mut Builder<'_>) {
 
 fn rolled_back(b: &mut Builder<'_>, detail: String) {
     b.s.phase = Phase::RolledBack;
-    let stable = b.s.stable.clone().unwrap_or_else(|| "nothing".into());
-    b.event(
-        "rolled_back",
-        "rampart",
-        format!("{stable} serves all traffic; {detail}"),
-    );
+    let message = match &b.s.stable {
+        Some(stable) => format!("{stable} serves all traffic; {detail}"),
+        None => format!("the new version is stopped and nothing was serving before; {detail}"),
+    };
+    b.event("rolled_back", "rampart", message);
 }

@@ -37,6 +37,7 @@ pub fn replay(
         release_id: "replay".into(),
         version: "canary".into(),
         stable: Some("stable".into()),
+        automatic_rollbacks: 0,
     };
     for _ in 0..MAX_INPUTS {
         let t = step(policy, &state, &input, now);

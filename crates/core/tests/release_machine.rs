@@ -169,6 +169,7 @@ impl World {
                 release_id: "r1".into(),
                 version: "v2".into(),
                 stable: Some("v1".into()),
+                automatic_rollbacks: 0,
             });
         }
     }
@@ -345,6 +346,7 @@ fn failed_gate_blocks_before_anything_is_deployed() {
             release_id: "r".into(),
             version: "v2".into(),
             stable: Some("v1".into()),
+            automatic_rollbacks: 0,
         },
         0,
     )
@@ -407,6 +409,7 @@ fn initial_release_without_stable_goes_straight_to_full() {
             release_id: "r".into(),
             version: "v1".into(),
             stable: None,
+            automatic_rollbacks: 0,
         },
         0,
     )
@@ -708,6 +711,7 @@ fn start_input() -> Input {
         release_id: "r".into(),
         version: "v2".into(),
         stable: Some("v1".into()),
+        automatic_rollbacks: 0,
     }
 }
 
@@ -1423,4 +1427,58 @@ fn failed_migrations_block_when_expand_and_escalate_when_breaking() {
         migrated(&p, Class::Irreversible, false).phase,
         Phase::Escalated
     );
+}
+
+#[test]
+fn at_the_automatic_rollback_cap_a_failing_release_halts_instead() {
+    let capped = POLICY.to_string() + "rollback: {max_automatic: {count: 2, per: 24h}}\n";
+    let p = Policy::from_yaml(&capped).unwrap();
+    let start = |prior| Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+        automatic_rollbacks: prior,
+    };
+    let bad = || IntervalSample {
+        stable: stats(900, 4),
+        canary: stats(100, 50),
+    };
+    let s = step(&p, &Release::default(), &start(1), 0).state;
+    let s = drive_until(&p, s, bad, |_| true, |_, _| {}, |_| false);
+    assert_eq!(s.phase, Phase::RolledBack, "under the cap");
+    assert_eq!(s.decision.as_ref().unwrap().by, "rampart");
+    let s = step(&p, &Release::default(), &start(2), 0).state;
+    let mut routes = Vec::new();
+    let s = drive_until(&p, s, bad, |_| true, |w, _| routes.push(w), |_| false);
+    assert_eq!(s.phase, Phase::Halted);
+    assert!(s.decision.unwrap().reason.contains("cap is reached"));
+    assert!(
+        !routes.contains(&Weight::ZERO),
+        "no automatic traffic move at the cap"
+    );
+    // An operator can still roll back at the cap.
+    let s = step(&p, &Release::default(), &start(2), 0).state;
+    let s = drive_until(
+        &p,
+        s,
+        || IntervalSample {
+            stable: stats(900, 4),
+            canary: stats(100, 0),
+        },
+        |_| true,
+        |_, _| {},
+        |s| s.step_started_at.is_some(),
+    );
+    let t = step(
+        &p,
+        &s,
+        &Input::Abort {
+            actor: "erin".into(),
+            reason: "manual".into(),
+            force: false,
+        },
+        s.started_at + 1,
+    );
+    assert_eq!(t.state.phase, Phase::RollingBack);
+    assert_eq!(t.state.decision.unwrap().by, "erin");
 }

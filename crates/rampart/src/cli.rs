@@ -63,6 +63,22 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Freeze releases (of one service, or all) or lift the freeze. Audited; a frozen
+    /// service's new releases are blocked (exit 5).
+    Freeze {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Only this service; without it, every service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+        /// Where state is kept.
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
+    },
     /// Check a policy file and report every problem with its line and field.
     Validate {
         /// The policy file.
@@ -202,6 +218,12 @@ pub async fn main(cli: Cli) -> i32 {
             finish(output, run_release(opts, None).await)
         }
         Command::Validate { file, output } => validate(&file, output),
+        Command::Freeze {
+            state,
+            service,
+            reason,
+            state_dir,
+        } => freeze(state == "on", service.as_deref(), &reason, &state_dir).await,
         Command::Migrations {
             what: MigrationsCommand::Check { paths, output },
         } => crate::migrations_cmd::run(&paths, output),
@@ -340,6 +362,35 @@ fn replay(file: &PathBuf, samples: &PathBuf, output: Output) -> Result<Report, R
         totals,
         None,
     ))
+}
+
+async fn freeze(on: bool, service: Option<&str>, reason: &str, state_dir: &std::path::Path) -> i32 {
+    use rampart_core::ports::{Clock, Freeze, Store};
+    let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let by = Freeze {
+        actor: format!(
+            "{} (cli)",
+            std::env::var("USER").unwrap_or_else(|_| "operator".into())
+        ),
+        reason: reason.to_string(),
+        at: rampart_adapters::clock::TokioClock::new().now(),
+    };
+    if let Err(e) = store.set_freeze(service, on, &by).await {
+        eprintln!("error: {e}");
+        return 1;
+    }
+    let scope = service.map_or("every service".to_string(), |s| format!("service {s}"));
+    println!(
+        "{scope}: releases {}",
+        if on { "frozen" } else { "no longer frozen" }
+    );
+    0
 }
 
 async fn rollback(

@@ -202,7 +202,20 @@ pub async fn run_release(
                 opts.version
             )));
         }
-        None => (file_policy, None),
+        None => {
+            // A freeze blocks new releases; a release already under way can finish.
+            if let Some(f) = store
+                .freeze(&file_policy.service)
+                .await
+                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
+            {
+                return Err(RunError::Blocked(format!(
+                    "releases of {} are frozen by {}: {} (lift with `rampart freeze off`)",
+                    file_policy.service, f.actor, f.reason
+                )));
+            }
+            (file_policy, None)
+        }
     };
 
     let proxy_spec = policy.proxy().clone();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rampart_core::ports::{
-    BoxFuture, OperatorCommand, PortError, ReleaseRecord, Store, StoredInput,
+    BoxFuture, Freeze, OperatorCommand, PortError, ReleaseRecord, Store, StoredInput,
 };
 use rampart_core::release::OutcomeKind;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -53,6 +53,24 @@ CREATE TABLE commands (
     r#"
 -- A forced rollback (after non-backward-compatible migrations, data repaired).
 ALTER TABLE commands ADD COLUMN force INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+-- Guardrails: the automatic-rollback cap counts these; freezes block new releases.
+ALTER TABLE releases ADD COLUMN automatic_rollback INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE freezes (
+    scope  TEXT PRIMARY KEY,  -- a service name, or '*' for every service
+    actor  TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at     INTEGER NOT NULL
+);
+-- Operator actions outside any release (freeze on, freeze off).
+CREATE TABLE audit (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     INTEGER NOT NULL,
+    actor  TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 "#,
 ];
 
@@ -265,6 +283,7 @@ impl Store for SqliteStore {
         release_id: &'a str,
         outcome: OutcomeKind,
         serving: Option<&'a str>,
+        automatic_rollback: bool,
     ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
             self.with(|c| {
@@ -273,8 +292,8 @@ impl Store for SqliteStore {
                     .query_row("SELECT service FROM releases WHERE id = ?1", [release_id], |r| r.get(0))
                     .map_err(db_err)?;
                 tx.execute(
-                    "UPDATE releases SET outcome = ?2, finished_at = (SELECT MAX(at) FROM events WHERE release_id = ?1) WHERE id = ?1",
-                    params![release_id, outcome.as_str()],
+                    "UPDATE releases SET outcome = ?2, automatic_rollback = ?3, finished_at = (SELECT MAX(at) FROM events WHERE release_id = ?1) WHERE id = ?1",
+                    params![release_id, outcome.as_str(), automatic_rollback],
                 )
                 .map_err(db_err)?;
                 if let Some(v) = serving {
@@ -285,6 +304,73 @@ impl Store for SqliteStore {
                     .map_err(db_err)?;
                 }
                 tx.commit().map_err(db_err)
+            })
+        })
+    }
+
+    fn automatic_rollbacks<'a>(
+        &'a self,
+        service: &'a str,
+        since: u64,
+    ) -> BoxFuture<'a, Result<u32, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM releases WHERE service = ?1 AND automatic_rollback = 1 AND finished_at >= ?2",
+                    params![service, to_i64(since)],
+                    |r| r.get::<_, u32>(0),
+                )
+                .map_err(db_err)
+            })
+        })
+    }
+
+    fn set_freeze<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        freeze: bool,
+        by: &'a Freeze,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            let scope = scope.unwrap_or("*");
+            self.with(|c| {
+                let tx = c.transaction().map_err(db_err)?;
+                if freeze {
+                    tx.execute(
+                        "INSERT INTO freezes (scope, actor, reason, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(scope) DO UPDATE SET actor = excluded.actor, reason = excluded.reason, at = excluded.at",
+                        params![scope, by.actor, by.reason, to_i64(by.at)],
+                    )
+                    .map_err(db_err)?;
+                } else {
+                    tx.execute("DELETE FROM freezes WHERE scope = ?1", [scope]).map_err(db_err)?;
+                }
+                let kind = if freeze { "freeze_on" } else { "freeze_off" };
+                tx.execute(
+                    "INSERT INTO audit (at, actor, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                    params![to_i64(by.at), by.actor, kind, format!("{scope}: {}", by.reason)],
+                )
+                .map_err(db_err)?;
+                tx.commit().map_err(db_err)
+            })
+        })
+    }
+
+    fn freeze<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<Freeze>, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                c.query_row(
+                    "SELECT actor, reason, at FROM freezes WHERE scope = ?1 OR scope = '*' ORDER BY scope = '*' LIMIT 1",
+                    [service],
+                    |r| {
+                        Ok(Freeze {
+                            actor: r.get(0)?,
+                            reason: r.get(1)?,
+                            at: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                        })
+                    },
+                )
+                .optional()
+                .map_err(db_err)
             })
         })
     }
@@ -408,7 +494,7 @@ mod tests {
         let err = s.create(&rel("r2")).await.unwrap_err();
         assert!(err.0.contains("unfinished"), "{err}");
         assert_eq!(s.active("shop").await.unwrap().unwrap().id, "r1");
-        s.finish("r1", OutcomeKind::Promoted, Some("v2"))
+        s.finish("r1", OutcomeKind::Promoted, Some("v2"), false)
             .await
             .unwrap();
         assert!(s.active("shop").await.unwrap().is_none());

@@ -1,0 +1,83 @@
+//! Guardrails from the command line: a freeze blocks new releases (exit 5) until it is
+//! lifted, and both actions are audited.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::{free_port, rampart};
+
+#[test]
+fn a_freeze_blocks_new_releases_until_lifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // A service whose new version never starts: a release that runs ends rolled back.
+    let policy = format!(
+        r#"service: frozen
+deploy: {{process: {{command: ["sh", "-c", "exit 1", "{{port}}"], readiness: {{timeout: 2s}}}}}}
+traffic: {{proxy: {{listen: "127.0.0.1:{}"}}}}
+strategy: {{canary: {{steps: [{{weight: 10, bake: 1s}}]}}}}
+analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
+"#,
+        free_port()
+    );
+    let policy_path = dir.path().join("rampart.yaml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let run = || {
+        rampart()
+            .args(["run", "--version", "v2", "--output", "json", "--state-dir"])
+            .arg(&state)
+            .arg("-f")
+            .arg(&policy_path)
+            .output()
+            .unwrap()
+    };
+    let freeze = |state_arg: &str, service: Option<&str>| {
+        let mut c = rampart();
+        c.args([
+            "freeze",
+            state_arg,
+            "--reason",
+            "holiday code freeze",
+            "--state-dir",
+        ])
+        .arg(&state);
+        if let Some(s) = service {
+            c.args(["--service", s]);
+        }
+        assert!(c.status().unwrap().success());
+    };
+
+    freeze("on", None);
+    let out = run();
+    assert_eq!(out.status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "blocked");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("holiday code freeze"),
+        "{v}"
+    );
+
+    freeze("off", None);
+    freeze("on", Some("other-service"));
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not frozen: the release ran (and rolled back): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let conn = rusqlite::Connection::open(state.join("rampart.db")).unwrap();
+    let kinds: Vec<String> = conn
+        .prepare("SELECT kind FROM audit ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kinds, vec!["freeze_on", "freeze_off", "freeze_on"]);
+}

@@ -5,21 +5,29 @@
 
 use std::time::Duration;
 
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Sends `GET url` and returns the status code, or why there is none.
-pub async fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
-    match tokio::time::timeout(timeout, get_inner(url)).await {
+/// POSTs a JSON body and returns the status code, or why there is none.
+pub async fn post_json(url: &str, body: String, timeout: Duration) -> Result<u16, String> {
+    match tokio::time::timeout(timeout, request(url, "POST", Some(body))).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
     }
 }
 
-async fn get_inner(url: &str) -> Result<u16, String> {
+/// Sends `GET url` and returns the status code, or why there is none.
+pub async fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
+    match tokio::time::timeout(timeout, request(url, "GET", None)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
+async fn request(url: &str, method: &str, body: Option<String>) -> Result<u16, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL `{url}`: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!("`{url}` is not an http:// URL"));
@@ -37,10 +45,13 @@ async fn get_inner(url: &str) -> Result<u16, String> {
     });
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host, |a| a.as_str());
-    let req = Request::get(path)
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::USER_AGENT, "rampart-probe")
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::USER_AGENT, "rampart")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| e.to_string())?;
     let result = sender.send_request(req).await;
     driver.abort();

@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod gates;
 pub mod http;
+pub mod notify;
 pub mod process;
 pub mod proxy;
 pub mod sqlite;

@@ -32,6 +32,26 @@ pub struct Policy {
     pub post_release: Option<PostRelease>,
     /// Database migrations the release ships, applied before anything is deployed.
     pub migrations: Option<Migrations>,
+    /// Where pages (and, optionally, every notice) go besides the terminal.
+    pub notify: Vec<NotifyHook>,
+}
+
+/// A notification hook.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotifyHook {
+    /// Where it goes.
+    pub target: NotifyTarget,
+    /// Whether it gets every notice, or only pages (a human must act).
+    pub all: bool,
+}
+
+/// Where a notification goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NotifyTarget {
+    /// A command; the notice is in `RAMPART_MESSAGE` and, as JSON, on stdin.
+    Command(Vec<String>),
+    /// An `http://` URL that receives the notice as a JSON POST.
+    Webhook(String),
 }
 
 /// The release's database migrations.
@@ -561,6 +581,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             "rollback",
             "post_release",
             "migrations",
+            "notify",
         ],
     )?;
     let service = m.required_with(cx, "service", decode_service);
@@ -580,6 +601,9 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         });
     let post_release = m.optional_with(cx, "post_release", decode_post_release);
     let migrations = m.optional_with(cx, "migrations", decode_migrations);
+    let notify = m
+        .optional_with(cx, "notify", |cx, n, p| cx.seq(n, p, decode_notify))
+        .unwrap_or_default();
     let mut strategy = strategy;
     if let (Some(Strategy::Rolling(r)), Some(Deploy::Process(d))) = (&mut strategy, &deploy) {
         let pos = m.get("strategy").map_or(m.pos(), |n| n.pos);
@@ -618,6 +642,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         rollback,
         post_release,
         migrations,
+        notify,
     })
 }
 
@@ -1072,6 +1097,36 @@ fn decode_gates(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gates> {
 }
 
 const GATE_KINDS: &[&str] = &["env", "http", "command"];
+
+fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option<NotifyHook> {
+    let m = cx.map(node, path, &["command", "webhook", "on"])?;
+    let all = matches!(
+        m.optional_with(cx, "on", |cx, n, p| one_of(cx, n, p, &["pages", "all"])),
+        Some("all")
+    );
+    let target = match m.present(&["command", "webhook"]).as_slice() {
+        ["command"] => NotifyTarget::Command(m.required_with(cx, "command", decode_argv)?),
+        ["webhook"] => {
+            let url: String = m.required(cx, "webhook")?;
+            if !url.starts_with("http://") {
+                cx.error(
+                    m.get("webhook").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("webhook"),
+                    format!(
+                        "`{url}` is not an http:// URL; for https, use a command hook with curl"
+                    ),
+                );
+                return None;
+            }
+            NotifyTarget::Webhook(url)
+        }
+        _ => {
+            cx.error(m.pos(), path, "a hook is one `command` or one `webhook`");
+            return None;
+        }
+    };
+    Some(NotifyHook { target, all })
+}
 
 fn decode_migrations(cx: &mut Decoder, node: &Node, path: &str) -> Option<Migrations> {
     let m = cx.map(

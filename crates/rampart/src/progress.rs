@@ -7,6 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rampart_adapters::notify::HookNotifier;
 use rampart_adapters::proxy::Proxy;
 use rampart_controller::Observer;
 use rampart_core::metrics::{IntervalSample, VariantStats};
@@ -157,9 +158,10 @@ impl Observer for Progress {
     }
 }
 
-/// Notifications printed with the progress (pages stand out).
+/// Notifications printed with the progress (pages stand out), then sent to the
+/// policy's hooks.
 #[derive(Debug)]
-pub struct PrintNotifier(pub Arc<Progress>);
+pub struct PrintNotifier(pub Arc<Progress>, pub HookNotifier);
 
 impl Notifier for PrintNotifier {
     fn notify<'a>(&'a self, page: bool, message: &'a str) -> BoxFuture<'a, ()> {
@@ -168,6 +170,7 @@ impl Notifier for PrintNotifier {
                 let text = self.0.paint("41;97;1", " PAGE ");
                 self.0.line(&format!("{text} {message}"));
             }
+            self.1.notify(page, message).await;
         })
     }
 }

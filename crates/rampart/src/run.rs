@@ -255,7 +255,10 @@ pub async fn run_release(
         gates: Arc::new(LocalGates),
         store: store.clone(),
         clock: clock.clone(),
-        notifier: Arc::new(PrintNotifier(progress.clone())),
+        notifier: Arc::new(PrintNotifier(
+            progress.clone(),
+            rampart_adapters::notify::HookNotifier::new(&policy.service, policy.notify.clone()),
+        )),
     };
     let watch = Arc::new(RollbackWatch {
         progress: progress.clone(),

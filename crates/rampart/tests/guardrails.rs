@@ -81,3 +81,59 @@ analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
         .collect();
     assert_eq!(kinds, vec!["freeze_on", "freeze_off", "freeze_on"]);
 }
+
+#[test]
+fn a_halted_release_pages_through_the_policy_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("pages.jsonl");
+    // The stable version cannot start: nothing is safe to fall back to, so it halts.
+    let policy = format!(
+        r#"service: paged
+deploy:
+  process:
+    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
+    env: {{SAMPLE_CRASH_ON_START: "v1=1,v2=0"}}
+    readiness: {{http: /healthz, timeout: 5s}}
+traffic: {{proxy: {{listen: "127.0.0.1:{port}"}}}}
+strategy: {{canary: {{steps: [{{weight: 10, bake: 1s}}]}}}}
+analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
+notify:
+  - command: [sh, -c, "cat >> {pages}; echo >> {pages}"]
+"#,
+        exe = common::exe(),
+        port = free_port(),
+        pages = pages.display()
+    );
+    let policy_path = dir.path().join("rampart.yaml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let out = rampart()
+        .args([
+            "run",
+            "--version",
+            "v2",
+            "--stable",
+            "v1",
+            "--output",
+            "json",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .arg("-f")
+        .arg(&policy_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&pages).unwrap();
+    let page: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(page["service"], "paged");
+    assert_eq!(page["page"], true);
+    assert!(
+        page["message"].as_str().unwrap().contains("halted"),
+        "{page}"
+    );
+}

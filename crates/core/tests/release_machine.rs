@@ -734,6 +734,8 @@ proptest! {
         let mut now: Millis = 0;
         let mut state = step(&p, &Release::default(), &start_input(), now).state;
         let mut log = vec![(start_input(), now)];
+        let mut moved_back = false;
+        let mut lowest_after_move_back = Weight::FULL;
         for c in &choices {
             if let Choice::Wait(ms) = c { now += u64::from(*ms); }
             let Some(input) = input_for(&state, c) else { continue };
@@ -752,6 +754,17 @@ proptest! {
                 // After a failed verdict or a decision against the canary, weight never rises.
                 if decided_against || t.state.last_verdict == Some(rampart_core::judge::Verdict::Fail) && matches!(input, Input::Measured { .. }) {
                     prop_assert!(w <= state.weight, "weight rose to {w} from {} after failure", state.weight);
+                }
+                // No flip-flop: once traffic has moved back toward stable, it never
+                // moves toward the canary again in this release.
+                if moved_back {
+                    prop_assert!(w <= lowest_after_move_back, "traffic flipped back up to {w}");
+                }
+                if w < state.weight {
+                    moved_back = true;
+                }
+                if moved_back {
+                    lowest_after_move_back = lowest_after_move_back.min(w);
                 }
             }
             // Halted never moves traffic (or does anything) by itself.

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use rampart_core::policy::{Gate, GateCheck, Policy};
 use rampart_core::ports::{
-    Clock, Deployer, GateRunner, MetricsSource, Notifier, PortError, ReleaseRecord, Store,
-    StoredInput, TrafficRouter,
+    Clock, CommandKind, Deployer, GateRunner, MetricsSource, Notifier, PortError, ReleaseRecord,
+    Store, StoredInput, TrafficRouter,
 };
 use rampart_core::release::{
     Action, AuditEvent, CheckStage, Effect, GateResult, Input, OutcomeKind, Release, Variant, step,
@@ -81,6 +81,8 @@ pub struct Controller {
     endpoints: Mutex<HashMap<Variant, Vec<SocketAddr>>>,
     /// The migrations this release ships, classified before the release starts.
     migrations: Option<MigrationPlan>,
+    /// Who starts releases through this controller.
+    initiator: String,
 }
 
 /// The release's migration files, in the order they apply, and their class.
@@ -124,7 +126,14 @@ impl Controller {
             observer,
             endpoints: Mutex::new(HashMap::new()),
             migrations: None,
+            initiator: String::new(),
         }
+    }
+
+    /// Sets who starts releases (an approver must be someone else).
+    pub fn with_initiator(mut self, who: &str) -> Self {
+        self.initiator = who.to_string();
+        self
     }
 
     /// Sets the migrations this release ships.
@@ -187,6 +196,7 @@ impl Controller {
                 version: record.version.clone(),
                 stable,
                 automatic_rollbacks,
+                initiator: self.initiator.clone(),
             };
             self.feed(&mut run, start).await?;
         } else if !run.state.phase.is_terminal() {
@@ -311,10 +321,13 @@ impl Controller {
             let next = self.ports.clock.now() + COMMAND_POLL_MS;
             self.ports.clock.sleep_until(next).await;
             if let Some(cmd) = self.ports.store.take_commands(id).await?.into_iter().next() {
-                return Ok(Input::Abort {
-                    actor: cmd.actor,
-                    reason: cmd.reason,
-                    force: cmd.force,
+                return Ok(match cmd.kind {
+                    CommandKind::Approve => Input::Approved { by: cmd.actor },
+                    CommandKind::Rollback => Input::Abort {
+                        actor: cmd.actor,
+                        reason: cmd.reason,
+                        force: cmd.force,
+                    },
                 });
             }
         }

@@ -318,6 +318,7 @@ async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
     let operator = async {
         tokio::time::sleep(Duration::from_secs(100)).await;
         let cmd = OperatorCommand {
+            kind: CommandKind::Rollback,
             actor: "bob (cli)".into(),
             reason: "pager went off".into(),
             force: false,

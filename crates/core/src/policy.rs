@@ -191,6 +191,7 @@ impl RollingSpec {
                     .unwrap_or(Weight::FULL),
                 bake,
                 matches: Vec::new(),
+                approval: None,
             });
         }
         RollingSpec {
@@ -296,6 +297,18 @@ pub struct Step {
     pub bake: Duration,
     /// Requests that go to the canary whatever the weight, from this step on.
     pub matches: Vec<RouteMatch>,
+    /// A human approval point: the release waits here, at the previous weight, until
+    /// someone other than its initiator approves.
+    pub approval: Option<Approval>,
+}
+
+/// An approval point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    /// Who may approve, for people (`release-manager`).
+    pub role: String,
+    /// How long to wait; without an approval by then, the release rolls back.
+    pub timeout: Duration,
 }
 
 /// A rule that sends matching requests to the canary, whatever the weight: internal
@@ -933,6 +946,7 @@ fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy
                     weight,
                     bake: r.bake,
                     matches: r.matches,
+                    approval: r.approval,
                 }
             })
             .collect();
@@ -974,6 +988,7 @@ fn decode_blue_green(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strate
             weight: Weight::FULL,
             bake: stability,
             matches: Vec::new(),
+            approval: None,
         }],
     }))
 }
@@ -1014,10 +1029,42 @@ struct RawStep {
     weight: Option<Weight>,
     bake: Duration,
     matches: Vec<RouteMatch>,
+    approval: Option<Approval>,
 }
 
 fn decode_step(cx: &mut Decoder, node: &Node, path: &str) -> Option<RawStep> {
-    let m = cx.map(node, path, &["weight", "bake", "match"])?;
+    let m = cx.map(node, path, &["weight", "bake", "match", "approval"])?;
+    if let Some(n) = m.get("approval") {
+        if let Some(extra) = m.present(&["weight", "bake", "match"]).first() {
+            cx.error(
+                m.pos(),
+                &m.path_of(extra),
+                "an approval step only waits for a human; put weights and bakes in their own steps",
+            );
+        }
+        let p = m.path_of("approval");
+        let approval = match &n.kind {
+            NodeKind::Scalar { .. } => Approval {
+                role: cx.value::<String>(n, &p)?,
+                timeout: Duration::from_secs(24 * 3600),
+            },
+            _ => {
+                let a = cx.map(n, &p, &["role", "timeout"])?;
+                let role = a.required::<String>(cx, "role");
+                let timeout = positive(cx, &a, "timeout").unwrap_or(Duration::from_secs(24 * 3600));
+                Approval {
+                    role: role?,
+                    timeout,
+                }
+            }
+        };
+        return Some(RawStep {
+            weight: None,
+            bake: Duration::ZERO,
+            matches: Vec::new(),
+            approval: Some(approval),
+        });
+    }
     let matches = m
         .optional_with(cx, "match", decode_match)
         .map(|r| vec![r])
@@ -1042,6 +1089,7 @@ fn decode_step(cx: &mut Decoder, node: &Node, path: &str) -> Option<RawStep> {
         weight,
         bake: bake?,
         matches,
+        approval: None,
     })
 }
 

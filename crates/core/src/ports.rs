@@ -165,12 +165,33 @@ pub struct StoredInput {
 /// it reaches whichever controller is driving the release.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperatorCommand {
+    /// What is asked.
+    pub kind: CommandKind,
     /// Who asked.
     pub actor: String,
     /// Why.
     pub reason: String,
     /// Roll back even after non-backward-compatible migrations.
     pub force: bool,
+}
+
+/// What an operator asks of a running release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Roll back now.
+    Rollback,
+    /// Approve the current approval point.
+    Approve,
+}
+
+impl CommandKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Rollback => "rollback",
+            CommandKind::Approve => "approve",
+        }
+    }
 }
 
 /// Who froze (or unfroze), why, and when.

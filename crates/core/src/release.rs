@@ -50,6 +50,9 @@ pub enum Phase {
     Previewing,
     /// Canary steps: weight set, baking, analysed every interval.
     Progressing,
+    /// At an approval point: traffic holds where it is until someone other than the
+    /// initiator approves, or the wait times out (which rolls back).
+    AwaitingApproval,
     /// All traffic moving to the new version, then the old one stops.
     Promoting,
     /// All traffic on the new version; post-release checks pending, the previous
@@ -96,6 +99,7 @@ impl Phase {
             Phase::Gating => "gating",
             Phase::Deploying => "deploying",
             Phase::Previewing => "previewing",
+            Phase::AwaitingApproval => "awaiting_approval",
             Phase::Progressing => "progressing",
             Phase::Promoting => "promoting",
             Phase::Verifying => "verifying",
@@ -293,6 +297,14 @@ pub enum Input {
         /// this release (0 without a cap).
         #[serde(default)]
         automatic_rollbacks: u32,
+        /// Who started the release (an approver must be someone else).
+        #[serde(default)]
+        initiator: String,
+    },
+    /// Someone approved the release at its current approval point.
+    Approved {
+        /// Who.
+        by: String,
     },
     /// The controller restarted and is taking the release up again.
     Resumed,
@@ -447,6 +459,9 @@ pub struct Release {
     /// Automatic rollbacks of the service in the cap window before this release.
     #[serde(default)]
     pub prior_automatic_rollbacks: u32,
+    /// Who started the release.
+    #[serde(default)]
+    pub initiator: String,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -489,6 +504,7 @@ impl Default for Release {
             canary_replicas: 0,
             migration_class: None,
             prior_automatic_rollbacks: 0,
+            initiator: String::new(),
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -528,7 +544,9 @@ impl Release {
     pub fn wake_at(&self) -> Option<Millis> {
         match (self.phase, &self.pending) {
             (Phase::Progressing, None) => self.next_analysis_at,
-            (Phase::Verifying | Phase::KeepingPrevious, None) => self.timer,
+            (Phase::Verifying | Phase::KeepingPrevious | Phase::AwaitingApproval, None) => {
+                self.timer
+            }
             _ => None,
         }
     }
@@ -866,13 +884,16 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
             version,
             stable,
             automatic_rollbacks,
+            initiator,
         } => {
             if state.phase == Phase::Pending {
                 b.s.prior_automatic_rollbacks = *automatic_rollbacks;
+                b.s.initiator = initiator.clone();
                 start(&mut b, release_id, version, stable.clone());
             }
         }
         Input::Resumed => resume(&mut b),
+        Input::Approved { by } => approved(&mut b, by),
         Input::Tick => tick(&mut b),
         Input::Abort {
             actor,
@@ -1007,6 +1028,14 @@ fn resume(b: &mut Builder<'_>) {
                 stage: CheckStage::Preview,
             });
         }
+        Phase::AwaitingApproval => {
+            chain.extend(ensure_stable);
+            chain.push(canary);
+            chain.push(Action::SetWeight {
+                weight: b.s.weight,
+                matches: b.policy.strategy.matches_at(b.s.step),
+            });
+        }
         Phase::Promoting => {
             chain.push(canary);
             chain.push(Action::SetWeight {
@@ -1095,6 +1124,13 @@ fn tick(b: &mut Builder<'_>) {
                 stage: CheckStage::PostRelease,
             });
         }
+        Phase::AwaitingApproval if due(b.s.timer) => {
+            b.s.timer = None;
+            b.rollback(
+                "rampart",
+                "no approval came before the approval point timed out".into(),
+            );
+        }
         Phase::KeepingPrevious if due(b.s.timer) => {
             b.s.timer = None;
             b.s.phase = Phase::Promoting;
@@ -1177,6 +1213,7 @@ fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
         }
         Phase::Deploying
         | Phase::Previewing
+        | Phase::AwaitingApproval
         | Phase::Progressing
         | Phase::Promoting
         | Phase::Verifying
@@ -1264,6 +1301,13 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
                 format!("all traffic on {}", b.s.version),
             );
             after_full(b);
+        }
+        (Phase::AwaitingApproval, Input::TrafficSet { weight }) => {
+            b.event(
+                "traffic_restored",
+                "rampart",
+                format!("canary weight re-applied at {weight}"),
+            );
         }
         (Phase::Verifying | Phase::KeepingPrevious, Input::TrafficSet { .. }) => {
             b.event(
@@ -1519,10 +1563,83 @@ fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
 }
 
 fn start_progressing(b: &mut Builder<'_>) {
-    b.s.phase = Phase::Progressing;
     b.s.step = 0;
+    enter_step(b);
+}
+
+/// Puts the current step in force: an approval point waits for a human; any other
+/// step sets its traffic.
+fn enter_step(b: &mut Builder<'_>) {
     b.s.step_started_at = None;
-    b.route_step();
+    b.s.next_analysis_at = None;
+    let Some(approval) = b.policy.strategy.steps()[b.s.step].approval.clone() else {
+        b.s.phase = Phase::Progressing;
+        return b.route_step();
+    };
+    b.s.phase = Phase::AwaitingApproval;
+    b.s.timer = Some(b.now + ms(approval.timeout));
+    let ask = format!(
+        "release {} of {} waits at {} for approval by {}: `rampart approve {} --as NAME` (anyone but {}); it rolls back if none comes within {}",
+        b.s.version,
+        b.policy.service,
+        b.s.weight,
+        approval.role,
+        b.s.id,
+        if b.s.initiator.is_empty() {
+            "the initiator"
+        } else {
+            &b.s.initiator
+        },
+        crate::units::format_duration(approval.timeout)
+    );
+    b.event("awaiting_approval", "rampart", ask.clone());
+    b.notify(true, ask);
+}
+
+/// Leaves the current step: the next one, or promotion after the last.
+fn next_step(b: &mut Builder<'_>) {
+    let steps = b.policy.strategy.steps();
+    if b.s.step + 1 < steps.len() {
+        b.s.step += 1;
+        return enter_step(b);
+    }
+    b.decide(
+        DecisionKind::Promote,
+        format!("all {} step(s) passed", steps.len()),
+    );
+    b.s.phase = Phase::Promoting;
+    b.s.next_analysis_at = None;
+    b.event(
+        "promoting",
+        "rampart",
+        "every step passed; promoting".into(),
+    );
+    b.set_weight(Weight::FULL);
+}
+
+fn approved(b: &mut Builder<'_>, by: &str) {
+    if b.s.phase != Phase::AwaitingApproval {
+        return;
+    }
+    if by.is_empty() || by == b.s.initiator {
+        b.event(
+            "approval_refused",
+            by,
+            "the initiator cannot approve their own release (four eyes)".into(),
+        );
+        return;
+    }
+    b.s.timer = None;
+    let role = b.policy.strategy.steps()[b.s.step]
+        .approval
+        .as_ref()
+        .map_or(String::new(), |a| a.role.clone());
+    b.event(
+        "approved",
+        by,
+        format!("approved as {role} at {}", b.s.weight),
+    );
+    next_step(b);
 }
 
 /// Answer to a re-establishing deploy during resume, in a phase past Deploying.
@@ -1704,25 +1821,7 @@ fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
                 b.s.weight
             ),
         );
-        if b.s.step + 1 < steps.len() {
-            b.s.step += 1;
-            b.s.step_started_at = None;
-            b.s.next_analysis_at = None;
-            b.route_step();
-        } else {
-            b.decide(
-                DecisionKind::Promote,
-                format!("all {} step(s) passed analysis", steps.len()),
-            );
-            b.s.phase = Phase::Promoting;
-            b.s.next_analysis_at = None;
-            b.event(
-                "promoting",
-                "rampart",
-                "every step passed; promoting".into(),
-            );
-            b.set_weight(Weight::FULL);
-        }
+        next_step(b);
     } else {
         b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
     }

@@ -3,7 +3,8 @@
 //! Owns the simulated world of a replay: every action succeeds at once (gates are not
 //! run, versions are "ready", the router obeys), and measurements read the recorded
 //! seconds since the previous measurement. The recorded split between the variants is
-//! used as recorded; the policy's weights do not re-split it. Pure and deterministic.
+//! used as recorded; the policy's weights do not re-split it. Approval points count as
+//! approved. Pure and deterministic.
 
 use crate::policy::Policy;
 use crate::release::{Action, AuditEvent, GateResult, Input, Release, step};
@@ -38,6 +39,7 @@ pub fn replay(
         version: "canary".into(),
         stable: Some("stable".into()),
         automatic_rollbacks: 0,
+        initiator: String::new(),
     };
     for _ in 0..MAX_INPUTS {
         let t = step(policy, &state, &input, now);
@@ -100,6 +102,10 @@ pub fn replay(
             Some(Action::VerifyStable) => Input::StableVerified {
                 healthy: true,
                 detail: "assumed in a replay".into(),
+            },
+            // Nobody can approve a replay; approval points count as approved.
+            None if state.phase == crate::release::Phase::AwaitingApproval => Input::Approved {
+                by: "replay".into(),
             },
             None => match state.wake_at() {
                 Some(at) => {

@@ -170,6 +170,7 @@ impl World {
                 version: "v2".into(),
                 stable: Some("v1".into()),
                 automatic_rollbacks: 0,
+                initiator: "alice".into(),
             });
         }
     }
@@ -347,6 +348,7 @@ fn failed_gate_blocks_before_anything_is_deployed() {
             version: "v2".into(),
             stable: Some("v1".into()),
             automatic_rollbacks: 0,
+            initiator: "alice".into(),
         },
         0,
     )
@@ -410,6 +412,7 @@ fn initial_release_without_stable_goes_straight_to_full() {
             version: "v1".into(),
             stable: None,
             automatic_rollbacks: 0,
+            initiator: "alice".into(),
         },
         0,
     )
@@ -712,6 +715,7 @@ fn start_input() -> Input {
         version: "v2".into(),
         stable: Some("v1".into()),
         automatic_rollbacks: 0,
+        initiator: "alice".into(),
     }
 }
 
@@ -1451,6 +1455,7 @@ fn at_the_automatic_rollback_cap_a_failing_release_halts_instead() {
         version: "v2".into(),
         stable: Some("v1".into()),
         automatic_rollbacks: prior,
+        initiator: "alice".into(),
     };
     let bad = || IntervalSample {
         stable: stats(900, 4),
@@ -1494,4 +1499,83 @@ fn at_the_automatic_rollback_cap_a_failing_release_halts_instead() {
     );
     assert_eq!(t.state.phase, Phase::RollingBack);
     assert_eq!(t.state.decision.unwrap().by, "erin");
+}
+
+const APPROVAL: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy:
+  canary:
+    steps:
+      - {weight: 10, bake: 1m}
+      - {approval: {role: release-manager, timeout: 2h}}
+      - {weight: 50, bake: 1m}
+analysis:
+  interval: 30s
+  min_samples: 10
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#;
+
+fn healthy() -> IntervalSample {
+    IntervalSample {
+        stable: stats(900, 1),
+        canary: stats(100, 0),
+    }
+}
+
+#[test]
+fn an_approval_point_holds_the_weight_until_someone_else_approves() {
+    let p = Policy::from_yaml(APPROVAL).unwrap();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        healthy,
+        |_| true,
+        |_, _| {},
+        |s| s.phase == Phase::AwaitingApproval,
+    );
+    assert_eq!(s.phase, Phase::AwaitingApproval);
+    assert_eq!(s.weight, Weight::from_percent(10).unwrap());
+    assert_eq!(s.wake_at(), s.timer, "only the timeout wakes it");
+    // Four eyes: the initiator's own approval is refused and changes nothing.
+    let own = step(
+        &p,
+        &s,
+        &Input::Approved { by: "alice".into() },
+        s.started_at + 100_000,
+    );
+    assert_eq!(own.state.phase, Phase::AwaitingApproval);
+    assert!(own.events.iter().any(|e| e.kind == "approval_refused"));
+    let t = step(
+        &p,
+        &own.state,
+        &Input::Approved { by: "bob".into() },
+        s.started_at + 200_000,
+    );
+    assert_eq!(
+        weights_in(&t.effects),
+        vec![Weight::from_percent(50).unwrap()]
+    );
+    let s = drive_until(&p, t.state, healthy, |_| true, |_, _| {}, |_| false);
+    assert_eq!(s.phase, Phase::Succeeded);
+}
+
+#[test]
+fn an_approval_that_never_comes_rolls_back_at_the_timeout() {
+    let p = Policy::from_yaml(APPROVAL).unwrap();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        healthy,
+        |_| true,
+        |_, _| {},
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::RolledBack);
+    let d = s.decision.unwrap();
+    assert!(d.reason.contains("approval"), "{}", d.reason);
+    // Step 1 baked 1m (plus the interval it ends on), then the 2h wait.
+    assert_eq!(d.at - s.started_at, 60_000 + 2 * 3600 * 1000);
 }

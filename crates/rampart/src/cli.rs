@@ -43,6 +43,9 @@ enum Command {
         /// After the release ends, keep serving through the proxy until interrupted.
         #[arg(long)]
         keep_running: bool,
+        /// Who starts the release (approvers must be someone else); defaults to $USER.
+        #[arg(long = "as", value_name = "NAME")]
+        initiator: Option<String>,
     },
     /// Ask the controller driving a service's release to roll it back now (from another
     /// terminal). Waits for the outcome and exits with its code.
@@ -62,6 +65,18 @@ enum Command {
         /// Return as soon as the request is queued.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Approve a release waiting at an approval point. The approver must not be the
+    /// person who started it.
+    Approve {
+        /// The release id (or the service name).
+        release: String,
+        /// Who approves.
+        #[arg(long = "as", value_name = "NAME")]
+        approver: String,
+        /// Where state is kept.
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
     },
     /// Freeze releases (of one service, or all) or lift the freeze. Audited; a frozen
     /// service's new releases are blocked (exit 5).
@@ -196,6 +211,7 @@ pub async fn main(cli: Cli) -> i32 {
             output,
             state_dir,
             keep_running,
+            initiator,
         } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -214,10 +230,18 @@ pub async fn main(cli: Cli) -> i32 {
                 state_dir,
                 output,
                 keep_running,
+                initiator: initiator
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_else(|| "unknown".into()),
             };
             finish(output, run_release(opts, None).await)
         }
         Command::Validate { file, output } => validate(&file, output),
+        Command::Approve {
+            release,
+            approver,
+            state_dir,
+        } => approve(&release, &approver, &state_dir).await,
         Command::Freeze {
             state,
             service,
@@ -364,6 +388,38 @@ fn replay(file: &PathBuf, samples: &PathBuf, output: Output) -> Result<Report, R
     ))
 }
 
+async fn approve(release: &str, approver: &str, state_dir: &std::path::Path) -> i32 {
+    use rampart_core::ports::{CommandKind, OperatorCommand, Store};
+    let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    // A release id names its service; anything else is taken as a service name.
+    let service = match store.load(release).await {
+        Ok((rec, _)) => rec.service,
+        Err(_) => release.to_string(),
+    };
+    let command = OperatorCommand {
+        kind: CommandKind::Approve,
+        actor: approver.to_string(),
+        reason: String::new(),
+        force: false,
+    };
+    match store.push_command(&service, &command).await {
+        Ok(id) => {
+            println!("approval of release {id} by {approver} recorded");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            5
+        }
+    }
+}
+
 async fn freeze(on: bool, service: Option<&str>, reason: &str, state_dir: &std::path::Path) -> i32 {
     use rampart_core::ports::{Clock, Freeze, Store};
     let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
@@ -400,7 +456,7 @@ async fn rollback(
     state_dir: &std::path::Path,
     no_wait: bool,
 ) -> i32 {
-    use rampart_core::ports::{OperatorCommand, Store};
+    use rampart_core::ports::{CommandKind, OperatorCommand, Store};
     let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
         Ok(s) => s,
         Err(e) => {
@@ -413,6 +469,7 @@ async fn rollback(
         std::env::var("USER").unwrap_or_else(|_| "operator".into())
     );
     let command = OperatorCommand {
+        kind: CommandKind::Rollback,
         actor,
         reason: reason.to_string(),
         force,

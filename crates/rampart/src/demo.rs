@@ -248,6 +248,7 @@ pub async fn run(
             state_dir: dir.path().join("state"),
             output,
             keep_running: false,
+            initiator: "demo".into(),
         },
         Some(on_proxy),
     )

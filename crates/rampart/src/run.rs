@@ -48,6 +48,8 @@ pub struct RunOptions {
     pub output: Output,
     /// Keep serving after the release ends, until interrupted.
     pub keep_running: bool,
+    /// Who starts the release.
+    pub initiator: String,
 }
 
 /// Why `run` ended without an outcome.
@@ -265,7 +267,8 @@ pub async fn run_release(
         proxy: proxy.clone(),
         canary_routed_at_zero: std::sync::Mutex::new(None),
     });
-    let mut controller = Controller::new(policy.clone(), ports, watch.clone());
+    let mut controller =
+        Controller::new(policy.clone(), ports, watch.clone()).with_initiator(&opts.initiator);
     if let Some(plan) = migration_plan(&policy, &base_dir, &opts.version)? {
         progress.line(&format!(
             "migrations: {} file(s), {}",

@@ -137,3 +137,82 @@ notify:
         "{page}"
     );
 }
+
+#[test]
+fn an_approval_point_waits_for_someone_other_than_the_initiator() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let policy = format!(
+        r#"service: approved
+deploy:
+  process:
+    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
+    env: {{SAMPLE_ERROR_RATE: "0", SAMPLE_LATENCY_MS: "2"}}
+    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
+traffic: {{proxy: {{listen: "127.0.0.1:{port}"}}}}
+strategy:
+  canary:
+    steps:
+      - {{weight: 10, bake: 1s}}
+      - {{approval: {{role: release-manager, timeout: 5m}}}}
+      - {{weight: 50, bake: 1s}}
+analysis:
+  interval: 1s
+  min_samples: 5
+  metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]
+"#,
+        exe = common::exe()
+    );
+    let policy_path = dir.path().join("rampart.yaml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let mut run = rampart()
+        .args([
+            "run",
+            "--version",
+            "v2",
+            "--stable",
+            "v1",
+            "--as",
+            "alice",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .arg("-f")
+        .arg(&policy_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    let rt = common::runtime();
+    let (load, _) = common::start_load(&rt, port, 200);
+    let mut wait_for = |needle: &str| {
+        for line in lines.by_ref() {
+            if line.unwrap().contains(needle) {
+                return;
+            }
+        }
+        panic!("`{needle}` never printed");
+    };
+    wait_for("awaiting_approval");
+    let approve = |who: &str| {
+        let out = rampart()
+            .args(["approve", "approved", "--as", who, "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    approve("alice");
+    wait_for("approval_refused");
+    approve("bob");
+    wait_for("approved");
+    let status = run.wait().unwrap();
+    load.abort();
+    assert_eq!(status.code(), Some(0));
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rampart_core::ports::{
-    BoxFuture, Freeze, OperatorCommand, PortError, ReleaseRecord, Store, StoredInput,
+    BoxFuture, CommandKind, Freeze, OperatorCommand, PortError, ReleaseRecord, Store, StoredInput,
 };
 use rampart_core::release::OutcomeKind;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -71,6 +71,10 @@ CREATE TABLE audit (
     kind   TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+"#,
+    r#"
+-- Approvals travel the same way as rollback requests.
+ALTER TABLE commands ADD COLUMN kind TEXT NOT NULL DEFAULT 'rollback';
 "#,
 ];
 
@@ -395,8 +399,8 @@ impl Store for SqliteStore {
                         PortError(format!("service {service} has no release in progress"))
                     })?;
                 tx.execute(
-                    "INSERT INTO commands (release_id, actor, reason, force) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, command.actor, command.reason, command.force],
+                    "INSERT INTO commands (release_id, actor, reason, force, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, command.actor, command.reason, command.force, command.kind.as_str()],
                 )
                 .map_err(db_err)?;
                 tx.commit().map_err(db_err)?;
@@ -414,10 +418,15 @@ impl Store for SqliteStore {
                 let tx = c.transaction().map_err(db_err)?;
                 let taken = {
                     let mut stmt = tx
-                        .prepare("SELECT actor, reason, force FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
+                        .prepare("SELECT actor, reason, force, kind FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
                         .map_err(db_err)?;
                     let rows = stmt
-                        .query_map([release_id], |r| Ok(OperatorCommand { actor: r.get(0)?, reason: r.get(1)?, force: r.get(2)? }))
+                        .query_map([release_id], |r| Ok(OperatorCommand {
+                                kind: if r.get::<_, String>(3)? == "approve" { CommandKind::Approve } else { CommandKind::Rollback },
+                                actor: r.get(0)?,
+                                reason: r.get(1)?,
+                                force: r.get(2)?,
+                            }))
                         .map_err(db_err)?;
                     rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
                 };
@@ -509,6 +518,7 @@ mod tests {
     async fn commands_reach_the_unfinished_release_once() {
         let s = SqliteStore::in_memory().unwrap();
         let cmd = OperatorCommand {
+            kind: CommandKind::Rollback,
             actor: "alice".into(),
             reason: "tickets".into(),
             force: false,

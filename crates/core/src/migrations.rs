@@ -157,74 +157,97 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
             line: e.location.line,
             message: e.message.clone(),
         })?;
-    // Split at top-level semicolons, remembering each statement's first line and the
-    // comments just before it.
-    let mut chunks: Vec<(u64, Vec<String>)> = Vec::new();
+    // Split at top-level semicolons, remembering each statement's first line, its text
+    // and the comments just before it.
+    struct Chunk {
+        line: u64,
+        notes: Vec<String>,
+        text: String,
+        words: Vec<String>,
+    }
+    let mut chunks: Vec<Chunk> = Vec::new();
     let mut comments: Vec<String> = Vec::new();
-    let mut current: Option<(u64, Vec<String>)> = None;
+    let mut current: Option<Chunk> = None;
     for t in &tokens {
         match &t.token {
-            Token::Whitespace(Whitespace::SingleLineComment { comment, .. }) => {
-                if current.is_none() {
-                    comments.push(comment.trim().to_string());
-                }
+            Token::Whitespace(Whitespace::SingleLineComment { comment, .. })
+                if current.is_none() =>
+            {
+                comments.push(comment.trim().to_string());
             }
-            Token::Whitespace(Whitespace::MultiLineComment(c)) => {
-                if current.is_none() {
-                    comments.push(c.trim().to_string());
-                }
+            Token::Whitespace(Whitespace::MultiLineComment(c)) if current.is_none() => {
+                comments.push(c.trim().to_string());
             }
-            Token::Whitespace(_) => {}
+            Token::Whitespace(_) if current.is_none() => {}
             Token::SemiColon => {
-                if let Some(c) = current.take() {
-                    chunks.push(c);
-                }
+                chunks.extend(current.take());
                 comments.clear();
             }
-            _ => {
-                if current.is_none() {
-                    current = Some((t.span.start.line, std::mem::take(&mut comments)));
+            token => {
+                let chunk = current.get_or_insert_with(|| Chunk {
+                    line: t.span.start.line,
+                    notes: std::mem::take(&mut comments),
+                    text: String::new(),
+                    words: Vec::new(),
+                });
+                chunk.text.push_str(&token.to_string());
+                if let Token::Word(w) = token {
+                    chunk.words.push(w.value.to_ascii_uppercase());
                 }
             }
         }
     }
     chunks.extend(current);
-    let statements = Parser::new(&dialect)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| {
-            let message = e.to_string();
-            let line = message
-                .split("Line: ")
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            SqlError { line, message }
-        })?;
-    if statements.len() != chunks.len() {
-        return Err(SqlError {
-            line: 0,
-            message: format!(
-                "found {} statements but {} semicolon-separated parts; check the quoting",
-                statements.len(),
-                chunks.len()
-            ),
-        });
+    // Each statement is parsed on its own, so that a PostgreSQL form the parser lacks
+    // can be recognised from its words instead of failing the whole file.
+    let mut statements = Vec::with_capacity(chunks.len());
+    for c in &chunks {
+        match Parser::new(&dialect)
+            .try_with_sql(&c.text)
+            .and_then(|mut p| p.parse_statement())
+        {
+            Ok(stmt) => statements.push(Parsed::Statement(Box::new(stmt))),
+            Err(e) => match recognise(&c.words) {
+                Some(rule) => statements.push(Parsed::Recognised(rule, c.text.clone())),
+                None => {
+                    let message = e.to_string();
+                    let offset: u64 = message
+                        .split("Line: ")
+                        .nth(1)
+                        .and_then(|rest| rest.split(|ch: char| !ch.is_ascii_digit()).next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(1);
+                    return Err(SqlError {
+                        line: c.line + offset.saturating_sub(1),
+                        message,
+                    });
+                }
+            },
+        }
     }
+    let chunks: Vec<(u64, Vec<String>)> = chunks.into_iter().map(|c| (c.line, c.notes)).collect();
     let mut created: HashSet<String> = HashSet::new();
     let mut lock_timeout = false;
     let mut out = Vec::new();
-    for (stmt, (line, notes)) in statements.iter().zip(chunks) {
+    for (parsed, (line, notes)) in statements.iter().zip(chunks) {
         let mut f = Findings::default();
-        judge(stmt, &mut f, &mut created, &mut lock_timeout);
+        let text = match parsed {
+            Parsed::Statement(stmt) => {
+                judge(stmt, &mut f, &mut created, &mut lock_timeout);
+                stmt.to_string()
+            }
+            Parsed::Recognised(rule, text) => {
+                f.add(*rule);
+                text.clone()
+            }
+        };
         let class = f.class();
         let safe = notes.iter().rev().find_map(|n| {
             n.strip_prefix(SAFE_ANNOTATION)
                 .map(|r| r.trim().trim_start_matches(':').trim().to_string())
         });
-        let text = stmt.to_string();
-        let first = text
+        let first: String = text
+            .trim()
             .lines()
             .next()
             .unwrap_or("")
@@ -269,6 +292,22 @@ pub fn worst(statements: &[StatementReport]) -> Class {
         .map(|s| s.class)
         .max()
         .unwrap_or(Class::Expand)
+}
+
+/// A statement as parsed, or as recognised from its words when the parser lacks it.
+enum Parsed {
+    Statement(Box<Statement>),
+    Recognised(Rule, String),
+}
+
+/// PostgreSQL forms the SQL parser does not know, recognised by their leading words.
+fn recognise(words: &[String]) -> Option<Rule> {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    match w.as_slice() {
+        ["DROP", "INDEX", "CONCURRENTLY", ..] => Some(DROP_INDEX),
+        ["REINDEX", ..] => Some(ADD_INDEX),
+        _ => None,
+    }
 }
 
 #[derive(Default)]
@@ -575,5 +614,160 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].line, 2);
         assert_eq!(r[1].class, Class::Irreversible);
+    }
+}
+
+#[cfg(test)]
+mod rule_cases {
+    use super::*;
+
+    /// Every rule with SQL that must trigger it and SQL that must not.
+    const CASES: &[(&str, &str, &str)] = &[
+        (
+            "add-table",
+            "CREATE TABLE coupons (id int)",
+            "CREATE VIEW v AS SELECT 1",
+        ),
+        (
+            "add-nullable-column",
+            "ALTER TABLE t ADD COLUMN c text",
+            "ALTER TABLE t ADD COLUMN c text NOT NULL",
+        ),
+        (
+            "add-index",
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+            "DROP INDEX CONCURRENTLY i",
+        ),
+        (
+            "add-constraint",
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID",
+            "ALTER TABLE t DROP CONSTRAINT c",
+        ),
+        (
+            "drop-index",
+            "DROP INDEX CONCURRENTLY i",
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+        ),
+        (
+            "drop-constraint",
+            "ALTER TABLE t DROP CONSTRAINT c",
+            "ALTER TABLE t ADD CONSTRAINT c UNIQUE (a)",
+        ),
+        (
+            "drop-not-null",
+            "ALTER TABLE t ALTER COLUMN a DROP NOT NULL",
+            "ALTER TABLE t ALTER COLUMN a SET NOT NULL",
+        ),
+        (
+            "set-default",
+            "ALTER TABLE t ALTER COLUMN a SET DEFAULT 0",
+            "ALTER TABLE t ALTER COLUMN a DROP DEFAULT",
+        ),
+        ("add-view", "CREATE VIEW v AS SELECT 1", "DROP VIEW v"),
+        ("no-schema-change", "SET lock_timeout = '1s'", "TRUNCATE t"),
+        (
+            "add-not-null-column-without-default",
+            "ALTER TABLE t ADD COLUMN c int NOT NULL",
+            "ALTER TABLE t ADD COLUMN c int NOT NULL DEFAULT 1",
+        ),
+        (
+            "set-not-null",
+            "ALTER TABLE t ALTER COLUMN a SET NOT NULL",
+            "ALTER TABLE t ALTER COLUMN a DROP NOT NULL",
+        ),
+        (
+            "drop-default",
+            "ALTER TABLE t ALTER COLUMN a DROP DEFAULT",
+            "ALTER TABLE t ALTER COLUMN a SET DEFAULT 1",
+        ),
+        (
+            "change-column-type",
+            "ALTER TABLE t ALTER COLUMN a TYPE bigint",
+            "ALTER TABLE t ALTER COLUMN a SET DEFAULT 1",
+        ),
+        (
+            "rename-column",
+            "ALTER TABLE t RENAME COLUMN a TO b",
+            "ALTER TABLE t RENAME TO u",
+        ),
+        (
+            "rename-table",
+            "ALTER TABLE t RENAME TO u",
+            "ALTER TABLE t RENAME COLUMN a TO b",
+        ),
+        ("drop-view", "DROP VIEW v", "CREATE VIEW v AS SELECT 1"),
+        (
+            "unrecognised-statement",
+            "ALTER TABLE t OWNER TO bob",
+            "ALTER TABLE t ADD COLUMN c text",
+        ),
+        (
+            "drop-column",
+            "ALTER TABLE t DROP COLUMN a",
+            "ALTER TABLE t ADD COLUMN a text",
+        ),
+        ("drop-table", "DROP TABLE t", "DROP VIEW v"),
+        ("truncate", "TRUNCATE t", "DELETE FROM t WHERE id = 1"),
+        ("delete-rows", "DELETE FROM t WHERE id = 1", "TRUNCATE t"),
+        (
+            "update-rows",
+            "UPDATE t SET a = 1",
+            "INSERT INTO t (a) VALUES (1)",
+        ),
+        (
+            "index-without-concurrently",
+            "CREATE INDEX i ON t (a)",
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+        ),
+        (
+            "constraint-without-not-valid",
+            "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (u) REFERENCES users (id)",
+            "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (u) REFERENCES users (id) NOT VALID",
+        ),
+        (
+            "table-rewrite",
+            "ALTER TABLE t ALTER COLUMN a TYPE bigint",
+            "CREATE TABLE t2 (a int); ALTER TABLE t2 ALTER COLUMN a TYPE bigint",
+        ),
+        (
+            "set-not-null-scan",
+            "ALTER TABLE t ALTER COLUMN a SET NOT NULL",
+            "CREATE TABLE t2 (a int); ALTER TABLE t2 ALTER COLUMN a SET NOT NULL",
+        ),
+        (
+            "missing-lock-timeout",
+            "ALTER TABLE t ADD COLUMN c text",
+            "SET lock_timeout = '2s'; ALTER TABLE t ADD COLUMN c text",
+        ),
+    ];
+
+    fn names(sql: &str) -> Vec<&'static str> {
+        classify(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .into_iter()
+            .flat_map(|s| s.rules.into_iter().chain(s.warnings))
+            .collect()
+    }
+
+    #[test]
+    fn every_rule_has_a_positive_and_a_negative_case() {
+        for rule in RULES {
+            let (_, yes, no) = CASES
+                .iter()
+                .find(|(name, _, _)| *name == rule.name)
+                .unwrap_or_else(|| panic!("no case for rule `{}`", rule.name));
+            assert!(
+                names(yes).contains(&rule.name),
+                "`{yes}` should trigger `{}`: {:?}",
+                rule.name,
+                names(yes)
+            );
+            assert!(
+                !names(no).contains(&rule.name),
+                "`{no}` should not trigger `{}`: {:?}",
+                rule.name,
+                names(no)
+            );
+        }
     }
 }

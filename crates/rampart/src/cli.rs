@@ -128,6 +128,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Rehearse the safety guards on this machine: each scenario must end the way the
+    /// guard promises; exits 1 if any does not.
+    Gameday {
+        /// One scenario only.
+        #[arg(long, value_enum)]
+        scenario: Option<crate::gameday::GameScenario>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Database migrations.
     Migrations {
         #[command(subcommand)]
@@ -237,6 +247,10 @@ pub async fn main(cli: Cli) -> i32 {
             finish(output, run_release(opts, None).await)
         }
         Command::Validate { file, output } => validate(&file, output),
+        Command::Gameday { scenario, output } => {
+            let report = crate::gameday::run(scenario, output).await;
+            crate::gameday::finish(&report, output)
+        }
         Command::Approve {
             release,
             approver,

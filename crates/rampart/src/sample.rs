@@ -33,6 +33,8 @@ pub struct Behaviour {
     pub latency: Duration,
     /// Exit with an error instead of serving.
     pub crash_on_start: bool,
+    /// A burst of errors: from `start` after start-up, for `len`, at `rate`.
+    pub spike: Option<(Duration, Duration, f64)>,
 }
 
 /// Picks the value for `version` from `VALUE` or `VERSION=VALUE,...,*=DEFAULT`.
@@ -82,11 +84,32 @@ impl Behaviour {
             pick("SAMPLE_CRASH_ON_START").as_deref(),
             Some("1" | "true" | "yes")
         );
+        // SAMPLE_SPIKE=START_MS:LEN_MS:RATE, such as 1000:1000:50%.
+        let spike = match pick("SAMPLE_SPIKE") {
+            None => None,
+            Some(t) => {
+                let parts: Vec<&str> = t.split(':').collect();
+                let [start, len, rate] = parts.as_slice() else {
+                    bail!("SAMPLE_SPIKE: `{t}` is not START_MS:LEN_MS:RATE");
+                };
+                let ms = |v: &str| {
+                    v.parse::<u64>()
+                        .map(Duration::from_millis)
+                        .with_context(|| format!("SAMPLE_SPIKE: `{v}` is not milliseconds"))
+                };
+                let rate = Rate::parse(rate)
+                    .map_err(anyhow::Error::msg)
+                    .context("SAMPLE_SPIKE")?
+                    .0;
+                Some((ms(start)?, ms(len)?, rate))
+            }
+        };
         Ok(Behaviour {
             version: version.to_string(),
             error_rate,
             latency: Duration::from_secs_f64(latency_ms / 1000.0),
             crash_on_start,
+            spike,
         })
     }
 }
@@ -108,6 +131,7 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
         Rate(b.error_rate),
         b.latency.as_millis()
     );
+    let started = tokio::time::Instant::now();
     let shared = Arc::new((b, AtomicU64::new(0)));
     loop {
         let (stream, _) = listener.accept().await?;
@@ -126,8 +150,15 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
                     // Evenly spread ±20 % around the configured latency (golden-ratio sequence).
                     let spread = 0.8 + 0.4 * ((n as f64 * 0.618_033_988_75) % 1.0);
                     tokio::time::sleep(b.latency.mul_f64(spread)).await;
-                    let fail =
-                        ((n + 1) as f64 * b.error_rate).floor() > (n as f64 * b.error_rate).floor();
+                    let rate = match b.spike {
+                        Some((from, len, rate))
+                            if (from..from + len).contains(&started.elapsed()) =>
+                        {
+                            rate
+                        }
+                        _ => b.error_rate,
+                    };
+                    let fail = ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor();
                     let mut resp =
                         Response::new(Full::new(Bytes::from(format!("{}\n", b.version))));
                     if fail {

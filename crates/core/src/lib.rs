@@ -14,6 +14,7 @@ pub mod policy;
 pub mod ports;
 pub mod release;
 pub mod replay;
+pub mod runbook;
 pub mod samples;
 pub mod sequential;
 pub mod sim;

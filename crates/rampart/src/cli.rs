@@ -138,6 +138,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Print the release runbook for a policy (Markdown), derived from what rampart
+    /// enforces.
+    Runbook {
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// The version, to include its migration verdict.
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Database migrations.
     Migrations {
         #[command(subcommand)]
@@ -247,6 +257,7 @@ pub async fn main(cli: Cli) -> i32 {
             finish(output, run_release(opts, None).await)
         }
         Command::Validate { file, output } => validate(&file, output),
+        Command::Runbook { file, version } => runbook(&file, version.as_deref()),
         Command::Gameday { scenario, output } => {
             let report = crate::gameday::run(scenario, output).await;
             crate::gameday::finish(&report, output)
@@ -400,6 +411,43 @@ fn replay(file: &PathBuf, samples: &PathBuf, output: Output) -> Result<Report, R
         totals,
         None,
     ))
+}
+
+fn runbook(file: &std::path::Path, version: Option<&str>) -> i32 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let policy = match crate::run::load_policy(file, &text) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let class = match (&policy.migrations, version) {
+        (Some(m), Some(v)) => {
+            let base = file.parent().unwrap_or(std::path::Path::new("."));
+            let dir = base.join(m.dir.replace("{version}", v));
+            if dir.exists() {
+                match crate::migrations_cmd::check(&[dir]) {
+                    Ok(r) => Some(r.class),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return 2;
+                    }
+                }
+            } else {
+                Some(rampart_core::migrations::Class::Expand)
+            }
+        }
+        _ => None,
+    };
+    print!("{}", rampart_core::runbook::render(&policy, version, class));
+    0
 }
 
 async fn approve(release: &str, approver: &str, state_dir: &std::path::Path) -> i32 {

@@ -117,3 +117,28 @@ fn missing_file_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn runbook_is_rendered_from_the_policy() {
+    let out = rampart()
+        .args(["runbook", "-f"])
+        .arg(common::repo().join("examples/rampart.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let md = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "# Release runbook: checkout",
+        "| error-rate | threshold | value > 0.5% or value > 2 x stable |",
+        "```mermaid",
+        "## Rollback order",
+    ] {
+        assert!(md.contains(needle), "missing `{needle}`:\n{md}");
+    }
+    let bad = rampart()
+        .args(["runbook", "-f"])
+        .arg(data("typo.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

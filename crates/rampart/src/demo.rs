@@ -5,12 +5,11 @@
 //! load generator, and runs the same release path as `rampart run`.
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::load::{LoadSpec, LoadStats, generate};
-use crate::run::{Output, Report, RunError, RunOptions, run_release};
+use crate::load::release_under_load;
+use crate::run::{Output, Report, RunError, RunOptions};
 
 /// A demo scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -222,24 +221,7 @@ pub async fn run(
         "{}; {DEMO_RPS} requests/s of load",
         strategy.describe()
     ));
-    let stats = Arc::new(LoadStats::default());
-    let load = Arc::new(std::sync::Mutex::new(None::<tokio::task::JoinHandle<()>>));
-    let load_slot = load.clone();
-    let load_stats = stats.clone();
-    let on_proxy = Box::new(move |addr: std::net::SocketAddr| {
-        let spec = LoadSpec {
-            url: format!("http://{addr}/checkout"),
-            rps: DEMO_RPS,
-            user_header: Some("x-user".into()),
-            users: 1000,
-            duration: None,
-        };
-        let task = tokio::spawn(generate(spec, load_stats));
-        if let Ok(mut slot) = load_slot.lock() {
-            *slot = Some(task);
-        }
-    });
-    let result = run_release(
+    release_under_load(
         RunOptions {
             policy_path,
             policy_text: text,
@@ -250,13 +232,8 @@ pub async fn run(
             keep_running: false,
             initiator: "demo".into(),
         },
-        Some(on_proxy),
+        "/checkout",
+        Some(DEMO_RPS),
     )
-    .await;
-    if let Ok(mut slot) = load.lock()
-        && let Some(task) = slot.take()
-    {
-        task.abort();
-    }
-    result
+    .await
 }

@@ -6,14 +6,13 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use rampart_core::release::OutcomeKind;
 use serde::Serialize;
 
-use crate::load::{LoadSpec, LoadStats, generate};
-use crate::run::{Output, RunError, RunOptions, run_release};
+use crate::load::release_under_load;
+use crate::run::{Output, RunError, RunOptions};
 
 /// One rehearsal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -157,26 +156,8 @@ async fn release(
         )
         .context("writing the migration")?;
     }
-    let load = Arc::new(std::sync::Mutex::new(None::<tokio::task::JoinHandle<()>>));
-    let slot = load.clone();
-    let with_load = s != GameScenario::MetricsOutage;
-    let on_proxy = Box::new(move |addr: std::net::SocketAddr| {
-        if !with_load {
-            return;
-        }
-        let spec = LoadSpec {
-            url: format!("http://{addr}/"),
-            rps: 300,
-            user_header: Some("x-user".into()),
-            users: 1000,
-            duration: None,
-        };
-        let task = tokio::spawn(generate(spec, Arc::new(LoadStats::default())));
-        if let Ok(mut slot) = slot.lock() {
-            *slot = Some(task);
-        }
-    });
-    let result = run_release(
+    let rps = (s != GameScenario::MetricsOutage).then_some(300);
+    release_under_load(
         RunOptions {
             policy_path,
             policy_text: text,
@@ -187,15 +168,10 @@ async fn release(
             keep_running: false,
             initiator: "gameday".into(),
         },
-        Some(on_proxy),
+        "/",
+        rps,
     )
-    .await;
-    if let Ok(mut slot) = load.lock()
-        && let Some(task) = slot.take()
-    {
-        task.abort();
-    }
-    result
+    .await
 }
 
 /// Runs the scenarios (all of them when `only` is `None`).

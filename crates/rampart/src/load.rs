@@ -101,3 +101,36 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
         });
     }
 }
+
+/// Runs a release with steady load (`rps`, sticky user ids in `x-user`) sent through its
+/// proxy from the moment the proxy listens until the release ends; `None` sends none.
+pub async fn release_under_load(
+    opts: crate::run::RunOptions,
+    path: &str,
+    rps: Option<u32>,
+) -> Result<crate::run::Report, crate::run::RunError> {
+    let load = Arc::new(std::sync::Mutex::new(None::<tokio::task::JoinHandle<()>>));
+    let slot = load.clone();
+    let path = path.to_string();
+    let on_proxy = Box::new(move |addr: std::net::SocketAddr| {
+        let Some(rps) = rps else { return };
+        let spec = LoadSpec {
+            url: format!("http://{addr}{path}"),
+            rps,
+            user_header: Some("x-user".into()),
+            users: 1000,
+            duration: None,
+        };
+        let task = tokio::spawn(generate(spec, Arc::new(LoadStats::default())));
+        if let Ok(mut slot) = slot.lock() {
+            *slot = Some(task);
+        }
+    });
+    let result = crate::run::run_release(opts, Some(on_proxy)).await;
+    if let Ok(mut slot) = load.lock()
+        && let Some(task) = slot.take()
+    {
+        task.abort();
+    }
+    result
+}

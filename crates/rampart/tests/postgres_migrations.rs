@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{exe, free_port, rampart, runtime, start_load};
+use common::{exe, free_port, release_json};
 
 /// A throwaway PostgreSQL server.
 struct Postgres {
@@ -160,28 +160,7 @@ migrations:
         exe = exe()
     );
     std::fs::write(dir.path().join("rampart.yaml"), policy).unwrap();
-    let rt = runtime();
-    let (load, _) = start_load(&rt, port, 200);
-    let out = rampart()
-        .args([
-            "run",
-            "--version",
-            "v2",
-            "--stable",
-            "v1",
-            "--output",
-            "json",
-            "--state-dir",
-        ])
-        .arg(dir.path().join("state"))
-        .arg("-f")
-        .arg(dir.path().join("rampart.yaml"))
-        .output()
-        .unwrap();
-    load.abort();
-    let v = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap(), v)
+    release_json(&dir.path().join("rampart.yaml"), port, 200)
 }
 
 #[test]

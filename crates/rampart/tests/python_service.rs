@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{free_port, rampart, repo, runtime, start_load};
+use common::{free_port, release_json, repo};
 
 /// Copies the example into a temporary directory with a free port and short bakes,
 /// lets `prepare` adjust it, and releases v2 over v1 under load.
@@ -27,28 +27,7 @@ fn release(prepare: impl FnOnce(&Path, String) -> String) -> (i32, serde_json::V
     let text = prepare(dir.path(), text);
     let policy = dir.path().join("rampart.yaml");
     std::fs::write(&policy, text).unwrap();
-    let rt = runtime();
-    let (load, _) = start_load(&rt, port, 150);
-    let out = rampart()
-        .args([
-            "run",
-            "--version",
-            "v2",
-            "--stable",
-            "v1",
-            "--output",
-            "json",
-            "--state-dir",
-        ])
-        .arg(dir.path().join("state"))
-        .arg("-f")
-        .arg(&policy)
-        .output()
-        .unwrap();
-    load.abort();
-    let v = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap(), v)
+    release_json(&policy, port, 150)
 }
 
 #[test]

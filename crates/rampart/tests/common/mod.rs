@@ -65,3 +65,30 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// `rampart run --version v2 --stable v1 --output json` on `policy` (state next to it),
+/// with steady load on `port` while it runs; returns the exit code and the report.
+pub fn release_json(policy: &std::path::Path, port: u16, rps: u32) -> (i32, serde_json::Value) {
+    let rt = runtime();
+    let (load, _) = start_load(&rt, port, rps);
+    let out = rampart()
+        .args([
+            "run",
+            "--version",
+            "v2",
+            "--stable",
+            "v1",
+            "--output",
+            "json",
+            "--state-dir",
+        ])
+        .arg(policy.parent().unwrap().join("state"))
+        .arg("-f")
+        .arg(policy)
+        .output()
+        .unwrap();
+    load.abort();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap(), v)
+}

@@ -197,6 +197,7 @@ impl Controller {
                 stable,
                 automatic_rollbacks,
                 initiator: self.initiator.clone(),
+                planned_migrations: self.migrations.as_ref().map(|m| m.class),
             };
             self.feed(&mut run, start).await?;
         } else if !run.state.phase.is_terminal() {

@@ -67,6 +67,9 @@ pub struct Migrations {
     pub escalate: bool,
     /// Time limit per command.
     pub timeout: Duration,
+    /// The approval a breaking (`contract` or `irreversible`) migration needs before it
+    /// runs; `None` when the policy says `approval: none`.
+    pub approval: Option<Approval>,
 }
 
 /// Post-release verification.
@@ -1042,22 +1045,7 @@ fn decode_step(cx: &mut Decoder, node: &Node, path: &str) -> Option<RawStep> {
                 "an approval step only waits for a human; put weights and bakes in their own steps",
             );
         }
-        let p = m.path_of("approval");
-        let approval = match &n.kind {
-            NodeKind::Scalar { .. } => Approval {
-                role: cx.value::<String>(n, &p)?,
-                timeout: Duration::from_secs(24 * 3600),
-            },
-            _ => {
-                let a = cx.map(n, &p, &["role", "timeout"])?;
-                let role = a.required::<String>(cx, "role");
-                let timeout = positive(cx, &a, "timeout").unwrap_or(Duration::from_secs(24 * 3600));
-                Approval {
-                    role: role?,
-                    timeout,
-                }
-            }
-        };
+        let approval = decode_approval(cx, n, &m.path_of("approval"))?;
         return Some(RawStep {
             weight: None,
             bake: Duration::ZERO,
@@ -1090,6 +1078,25 @@ fn decode_step(cx: &mut Decoder, node: &Node, path: &str) -> Option<RawStep> {
         bake: bake?,
         matches,
         approval: None,
+    })
+}
+
+/// `ROLE` or `{role: ROLE, timeout: DURATION}` (24 hours by default).
+fn decode_approval(cx: &mut Decoder, n: &Node, p: &str) -> Option<Approval> {
+    Some(match &n.kind {
+        NodeKind::Scalar { .. } => Approval {
+            role: cx.value::<String>(n, p)?,
+            timeout: Duration::from_secs(24 * 3600),
+        },
+        _ => {
+            let a = cx.map(n, p, &["role", "timeout"])?;
+            let role = a.required::<String>(cx, "role");
+            let timeout = positive(cx, &a, "timeout").unwrap_or(Duration::from_secs(24 * 3600));
+            Approval {
+                role: role?,
+                timeout,
+            }
+        }
     })
 }
 
@@ -1180,8 +1187,16 @@ fn decode_migrations(cx: &mut Decoder, node: &Node, path: &str) -> Option<Migrat
     let m = cx.map(
         node,
         path,
-        &["dir", "command", "on_incompatible", "timeout"],
+        &["dir", "command", "on_incompatible", "timeout", "approval"],
     )?;
+    let approval = match m.get("approval") {
+        None => Some(Approval {
+            role: "migration-reviewer".into(),
+            timeout: Duration::from_secs(24 * 3600),
+        }),
+        Some(n) if matches!(&n.kind, NodeKind::Scalar { text, .. } if text == "none") => None,
+        Some(n) => decode_approval(cx, n, &m.path_of("approval")),
+    };
     let dir = m.required::<String>(cx, "dir");
     let command = m.required_with(cx, "command", decode_argv);
     let escalate = !matches!(
@@ -1199,6 +1214,7 @@ fn decode_migrations(cx: &mut Decoder, node: &Node, path: &str) -> Option<Migrat
         command: command?,
         escalate,
         timeout,
+        approval,
     })
 }
 

@@ -300,6 +300,9 @@ pub enum Input {
         /// Who started the release (an approver must be someone else).
         #[serde(default)]
         initiator: String,
+        /// The class of the migrations the release will apply, classified beforehand.
+        #[serde(default)]
+        planned_migrations: Option<crate::migrations::Class>,
     },
     /// Someone approved the release at its current approval point.
     Approved {
@@ -462,6 +465,12 @@ pub struct Release {
     /// Who started the release.
     #[serde(default)]
     pub initiator: String,
+    /// The class of the migrations the release will apply, classified beforehand.
+    #[serde(default)]
+    pub planned_migrations: Option<crate::migrations::Class>,
+    /// Whether the current approval point is the one before breaking migrations.
+    #[serde(default)]
+    pub approving_migrations: bool,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -505,6 +514,8 @@ impl Default for Release {
             migration_class: None,
             prior_automatic_rollbacks: 0,
             initiator: String::new(),
+            planned_migrations: None,
+            approving_migrations: false,
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -885,10 +896,12 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
             stable,
             automatic_rollbacks,
             initiator,
+            planned_migrations,
         } => {
             if state.phase == Phase::Pending {
                 b.s.prior_automatic_rollbacks = *automatic_rollbacks;
                 b.s.initiator = initiator.clone();
+                b.s.planned_migrations = *planned_migrations;
                 start(&mut b, release_id, version, stable.clone());
             }
         }
@@ -1028,6 +1041,8 @@ fn resume(b: &mut Builder<'_>) {
                 stage: CheckStage::Preview,
             });
         }
+        // Waiting to approve migrations: nothing runs yet, nothing to re-establish.
+        Phase::AwaitingApproval if b.s.approving_migrations => return,
         Phase::AwaitingApproval => {
             chain.extend(ensure_stable);
             chain.push(canary);
@@ -1124,6 +1139,9 @@ fn tick(b: &mut Builder<'_>) {
                 stage: CheckStage::PostRelease,
             });
         }
+        Phase::AwaitingApproval if due(b.s.timer) && b.s.approving_migrations => {
+            block(b, "the breaking migrations were not approved in time; nothing was applied or deployed".into());
+        }
         Phase::AwaitingApproval if due(b.s.timer) => {
             b.s.timer = None;
             b.rollback(
@@ -1201,6 +1219,13 @@ fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
     match b.s.phase {
         // Migrations are never interrupted half-way; the abort is refused.
         Phase::Migrating => {}
+        Phase::AwaitingApproval if b.s.approving_migrations => {
+            b.event("aborted", actor, reason.to_string());
+            block(
+                b,
+                format!("aborted by {actor} before the migrations: {reason}"),
+            );
+        }
         Phase::Pending | Phase::Gating => {
             b.decide(DecisionKind::Block, format!("aborted by {actor}: {reason}"));
             b.s.phase = Phase::Blocked;
@@ -1444,23 +1469,55 @@ fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
                 format!("{}: {}", r.name, r.detail),
             );
         }
-        b.decide(DecisionKind::Block, reason.clone());
-        b.s.phase = Phase::Blocked;
-        b.event("blocked", "rampart", reason.clone());
-        b.notify(false, format!("release {} blocked: {reason}", b.s.version));
-        return;
+        return block(b, reason);
     }
     b.event(
         "gates_passed",
         "rampart",
         format!("{} gate(s) passed", results.len()),
     );
-    if b.policy.migrations.is_some() {
+    if let Some(m) = &b.policy.migrations {
+        let breaking =
+            b.s.planned_migrations
+                .is_some_and(|c| c >= crate::migrations::Class::Contract);
+        if let (true, Some(approval)) = (breaking, m.approval.clone()) {
+            // An irreversible step needs a human before it happens, not after.
+            b.s.phase = Phase::AwaitingApproval;
+            b.s.approving_migrations = true;
+            b.s.timer = Some(b.now + ms(approval.timeout));
+            let class = b.s.planned_migrations.map_or("?", |c| c.as_str());
+            let ask = format!(
+                "release {} of {} ships {class} database migrations and waits for approval by {} before applying them: `rampart approve {} --as NAME` (anyone but {}); nothing is applied or deployed until then, and it is blocked if none comes within {}",
+                b.s.version,
+                b.policy.service,
+                approval.role,
+                b.s.id,
+                if b.s.initiator.is_empty() {
+                    "the initiator"
+                } else {
+                    &b.s.initiator
+                },
+                crate::units::format_duration(approval.timeout)
+            );
+            b.event("awaiting_approval", "rampart", ask.clone());
+            b.notify(true, ask);
+            return;
+        }
         b.s.phase = Phase::Migrating;
         b.act(Action::RunMigrations);
         return;
     }
     start_deploying(b);
+}
+
+/// Nothing was applied or deployed: the release ends blocked.
+fn block(b: &mut Builder<'_>, reason: String) {
+    b.decide(DecisionKind::Block, reason.clone());
+    b.s.phase = Phase::Blocked;
+    b.s.pending = None;
+    b.s.timer = None;
+    b.event("blocked", "rampart", reason.clone());
+    b.notify(false, format!("release {} blocked: {reason}", b.s.version));
 }
 
 fn migrated(
@@ -1630,6 +1687,12 @@ fn approved(b: &mut Builder<'_>, by: &str) {
         return;
     }
     b.s.timer = None;
+    if b.s.approving_migrations {
+        b.s.approving_migrations = false;
+        b.event("approved", by, "breaking migrations approved".into());
+        b.s.phase = Phase::Migrating;
+        return b.act(Action::RunMigrations);
+    }
     let role = b.policy.strategy.steps()[b.s.step]
         .approval
         .as_ref()

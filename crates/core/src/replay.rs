@@ -40,6 +40,7 @@ pub fn replay(
         stable: Some("stable".into()),
         automatic_rollbacks: 0,
         initiator: String::new(),
+        planned_migrations: None,
     };
     for _ in 0..MAX_INPUTS {
         let t = step(policy, &state, &input, now);

@@ -171,6 +171,7 @@ impl World {
                 stable: Some("v1".into()),
                 automatic_rollbacks: 0,
                 initiator: "alice".into(),
+                planned_migrations: None,
             });
         }
     }
@@ -349,6 +350,7 @@ fn failed_gate_blocks_before_anything_is_deployed() {
             stable: Some("v1".into()),
             automatic_rollbacks: 0,
             initiator: "alice".into(),
+            planned_migrations: None,
         },
         0,
     )
@@ -413,6 +415,7 @@ fn initial_release_without_stable_goes_straight_to_full() {
             stable: None,
             automatic_rollbacks: 0,
             initiator: "alice".into(),
+            planned_migrations: None,
         },
         0,
     )
@@ -716,6 +719,7 @@ fn start_input() -> Input {
         stable: Some("v1".into()),
         automatic_rollbacks: 0,
         initiator: "alice".into(),
+        planned_migrations: None,
     }
 }
 
@@ -1456,6 +1460,7 @@ fn at_the_automatic_rollback_cap_a_failing_release_halts_instead() {
         stable: Some("v1".into()),
         automatic_rollbacks: prior,
         initiator: "alice".into(),
+        planned_migrations: None,
     };
     let bad = || IntervalSample {
         stable: stats(900, 4),
@@ -1578,4 +1583,48 @@ fn an_approval_that_never_comes_rolls_back_at_the_timeout() {
     assert!(d.reason.contains("approval"), "{}", d.reason);
     // Step 1 baked 1m (plus the interval it ends on), then the 2h wait.
     assert_eq!(d.at - s.started_at, 60_000 + 2 * 3600 * 1000);
+}
+
+#[test]
+fn breaking_migrations_wait_for_an_approval_before_they_run() {
+    use rampart_core::migrations::Class;
+    let p = with_migrations("escalate");
+    let start = |planned| Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+        automatic_rollbacks: 0,
+        initiator: "alice".into(),
+        planned_migrations: Some(planned),
+    };
+    let s = step(&p, &Release::default(), &start(Class::Contract), 0).state;
+    let s = step(&p, &s, &Input::GatesChecked { results: vec![] }, 1).state;
+    assert_eq!(
+        (s.phase, s.pending.clone()),
+        (Phase::AwaitingApproval, None),
+        "nothing applied yet"
+    );
+    let own = step(&p, &s, &Input::Approved { by: "alice".into() }, 2);
+    assert_eq!(own.state.phase, Phase::AwaitingApproval, "four eyes");
+    let t = step(&p, &own.state, &Input::Approved { by: "bob".into() }, 3);
+    assert_eq!(
+        (t.state.phase, t.state.pending),
+        (Phase::Migrating, Some(Action::RunMigrations))
+    );
+    // Without an approval in time, it is blocked: nothing was applied or deployed.
+    let late = step(&p, &s, &Input::Tick, s.timer.unwrap());
+    assert_eq!(late.state.phase, Phase::Blocked);
+    assert_eq!(late.state.outcome().unwrap().exit_code(), 5);
+    // Expand-only migrations need no approval.
+    let s = step(&p, &Release::default(), &start(Class::Expand), 0).state;
+    let s = step(&p, &s, &Input::GatesChecked { results: vec![] }, 1).state;
+    assert_eq!(s.phase, Phase::Migrating);
+    // And `approval: none` opts out.
+    let none = Policy::from_yaml(&format!(
+        "{POLICY}migrations: {{dir: m, command: [psql, -f, \"{{file}}\"], approval: none}}\n"
+    ))
+    .unwrap();
+    let s = step(&none, &Release::default(), &start(Class::Irreversible), 0).state;
+    let s = step(&none, &s, &Input::GatesChecked { results: vec![] }, 1).state;
+    assert_eq!(s.phase, Phase::Migrating);
 }

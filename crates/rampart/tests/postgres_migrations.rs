@@ -126,6 +126,10 @@ impl Drop for Postgres {
 }
 
 fn release(pg: &Postgres, migration: &str) -> (i32, serde_json::Value) {
+    release_with(pg, migration, "approval: none")
+}
+
+fn release_with(pg: &Postgres, migration: &str, approval: &str) -> (i32, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("migrations/v2")).unwrap();
     std::fs::write(dir.path().join("migrations/v2/001.sql"), migration).unwrap();
@@ -156,6 +160,7 @@ analysis:
 migrations:
   dir: migrations/{{version}}
   command: {command:?}
+  {approval}
 "#,
         exe = exe()
     );
@@ -212,4 +217,27 @@ fn a_migration_that_fails_in_postgres_blocks_the_release() {
         v["reason"]
     );
     assert_eq!(v["requests"]["canary"], 0);
+}
+
+#[test]
+fn a_breaking_migration_without_approval_is_never_applied() {
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, total int)");
+    let (code, v) = release_with(
+        &pg,
+        "ALTER TABLE orders DROP COLUMN total;\n",
+        "approval: {role: dba, timeout: 1s}",
+    );
+    assert_eq!(code, 5, "{v}");
+    assert_eq!(v["outcome"], "blocked");
+    assert!(
+        v["reason"].as_str().unwrap().contains("not approved"),
+        "{}",
+        v["reason"]
+    );
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'total'"),
+        "1",
+        "the column is still there"
+    );
 }

@@ -83,6 +83,8 @@ pub struct Controller {
     migrations: Option<MigrationPlan>,
     /// Who starts releases through this controller.
     initiator: String,
+    /// Why a release started during a freeze is a hotfix, if it is one.
+    hotfix: Option<String>,
 }
 
 /// The release's migration files, in the order they apply, and their class.
@@ -127,7 +129,15 @@ impl Controller {
             endpoints: Mutex::new(HashMap::new()),
             migrations: None,
             initiator: String::new(),
+            hotfix: None,
         }
+    }
+
+    /// Marks releases started by this controller as hotfixes during a freeze: each
+    /// waits for an approval before anything runs.
+    pub fn with_hotfix(mut self, why: &str) -> Self {
+        self.hotfix = Some(why.to_string());
+        self
     }
 
     /// Sets who starts releases (an approver must be someone else).
@@ -198,6 +208,7 @@ impl Controller {
                 automatic_rollbacks,
                 initiator: self.initiator.clone(),
                 planned_migrations: self.migrations.as_ref().map(|m| m.class),
+                hotfix: self.hotfix.clone(),
             };
             self.feed(&mut run, start).await?;
         } else if !run.state.phase.is_terminal() {

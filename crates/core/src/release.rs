@@ -303,6 +303,10 @@ pub enum Input {
         /// The class of the migrations the release will apply, classified beforehand.
         #[serde(default)]
         planned_migrations: Option<crate::migrations::Class>,
+        /// Set when the release is a hotfix started during a freeze: why. It needs an
+        /// approval before anything runs.
+        #[serde(default)]
+        hotfix: Option<String>,
     },
     /// Someone approved the release at its current approval point.
     Approved {
@@ -468,9 +472,9 @@ pub struct Release {
     /// The class of the migrations the release will apply, classified beforehand.
     #[serde(default)]
     pub planned_migrations: Option<crate::migrations::Class>,
-    /// Whether the current approval point is the one before breaking migrations.
+    /// What the current approval point guards, when it is not a canary step.
     #[serde(default)]
-    pub approving_migrations: bool,
+    pub approving: Option<PreApproval>,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -515,7 +519,7 @@ impl Default for Release {
             prior_automatic_rollbacks: 0,
             initiator: String::new(),
             planned_migrations: None,
-            approving_migrations: false,
+            approving: None,
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -530,6 +534,19 @@ impl Default for Release {
         }
     }
 }
+
+/// An approval asked for before anything runs, rather than at a canary step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreApproval {
+    /// A hotfix during a freeze.
+    Hotfix,
+    /// Breaking database migrations.
+    Migrations,
+}
+
+/// How long a hotfix during a freeze waits for its approval.
+const HOTFIX_APPROVAL_MS: Millis = 3_600_000;
 
 /// The result of one step: the new state, what to do, and what to record.
 #[derive(Clone, Debug, PartialEq)]
@@ -897,12 +914,16 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
             automatic_rollbacks,
             initiator,
             planned_migrations,
+            hotfix,
         } => {
             if state.phase == Phase::Pending {
                 b.s.prior_automatic_rollbacks = *automatic_rollbacks;
                 b.s.initiator = initiator.clone();
                 b.s.planned_migrations = *planned_migrations;
                 start(&mut b, release_id, version, stable.clone());
+                if let Some(why) = hotfix {
+                    ask_hotfix_approval(&mut b, why);
+                }
             }
         }
         Input::Resumed => resume(&mut b),
@@ -1042,7 +1063,7 @@ fn resume(b: &mut Builder<'_>) {
             });
         }
         // Waiting to approve migrations: nothing runs yet, nothing to re-establish.
-        Phase::AwaitingApproval if b.s.approving_migrations => return,
+        Phase::AwaitingApproval if b.s.approving.is_some() => return,
         Phase::AwaitingApproval => {
             chain.extend(ensure_stable);
             chain.push(canary);
@@ -1139,8 +1160,15 @@ fn tick(b: &mut Builder<'_>) {
                 stage: CheckStage::PostRelease,
             });
         }
-        Phase::AwaitingApproval if due(b.s.timer) && b.s.approving_migrations => {
-            block(b, "the breaking migrations were not approved in time; nothing was applied or deployed".into());
+        Phase::AwaitingApproval if due(b.s.timer) && b.s.approving.is_some() => {
+            let what = match b.s.approving {
+                Some(PreApproval::Hotfix) => "the hotfix during a freeze",
+                _ => "the breaking migrations",
+            };
+            block(
+                b,
+                format!("{what} were not approved in time; nothing was applied or deployed"),
+            );
         }
         Phase::AwaitingApproval if due(b.s.timer) => {
             b.s.timer = None;
@@ -1219,7 +1247,7 @@ fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
     match b.s.phase {
         // Migrations are never interrupted half-way; the abort is refused.
         Phase::Migrating => {}
-        Phase::AwaitingApproval if b.s.approving_migrations => {
+        Phase::AwaitingApproval if b.s.approving.is_some() => {
             b.event("aborted", actor, reason.to_string());
             block(
                 b,
@@ -1483,7 +1511,7 @@ fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
         if let (true, Some(approval)) = (breaking, m.approval.clone()) {
             // An irreversible step needs a human before it happens, not after.
             b.s.phase = Phase::AwaitingApproval;
-            b.s.approving_migrations = true;
+            b.s.approving = Some(PreApproval::Migrations);
             b.s.timer = Some(b.now + ms(approval.timeout));
             let class = b.s.planned_migrations.map_or("?", |c| c.as_str());
             let ask = format!(
@@ -1508,6 +1536,28 @@ fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
         return;
     }
     start_deploying(b);
+}
+
+/// A hotfix during a freeze waits for someone other than its initiator before anything
+/// runs, gates included.
+fn ask_hotfix_approval(b: &mut Builder<'_>, why: &str) {
+    b.s.pending = None;
+    b.s.phase = Phase::AwaitingApproval;
+    b.s.approving = Some(PreApproval::Hotfix);
+    b.s.timer = Some(b.now + HOTFIX_APPROVAL_MS);
+    let ask = format!(
+        "hotfix {} of {} during a freeze ({why}) waits for approval: `rampart approve {} --as NAME` (anyone but {}); it is blocked if none comes within 1h",
+        b.s.version,
+        b.policy.service,
+        b.s.id,
+        if b.s.initiator.is_empty() {
+            "the initiator"
+        } else {
+            &b.s.initiator
+        }
+    );
+    b.event("awaiting_approval", "rampart", ask.clone());
+    b.notify(true, ask);
 }
 
 /// Nothing was applied or deployed: the release ends blocked.
@@ -1687,11 +1737,18 @@ fn approved(b: &mut Builder<'_>, by: &str) {
         return;
     }
     b.s.timer = None;
-    if b.s.approving_migrations {
-        b.s.approving_migrations = false;
-        b.event("approved", by, "breaking migrations approved".into());
-        b.s.phase = Phase::Migrating;
-        return b.act(Action::RunMigrations);
+    match b.s.approving.take() {
+        Some(PreApproval::Migrations) => {
+            b.event("approved", by, "breaking migrations approved".into());
+            b.s.phase = Phase::Migrating;
+            return b.act(Action::RunMigrations);
+        }
+        Some(PreApproval::Hotfix) => {
+            b.event("approved", by, "hotfix during a freeze approved".into());
+            b.s.phase = Phase::Gating;
+            return b.act(Action::RunGates);
+        }
+        None => {}
     }
     let role = b.policy.strategy.steps()[b.s.step]
         .approval

@@ -41,6 +41,7 @@ pub fn replay(
         automatic_rollbacks: 0,
         initiator: String::new(),
         planned_migrations: None,
+        hotfix: None,
     };
     for _ in 0..MAX_INPUTS {
         let t = step(policy, &state, &input, now);

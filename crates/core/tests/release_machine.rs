@@ -172,6 +172,7 @@ impl World {
                 automatic_rollbacks: 0,
                 initiator: "alice".into(),
                 planned_migrations: None,
+                hotfix: None,
             });
         }
     }
@@ -351,6 +352,7 @@ fn failed_gate_blocks_before_anything_is_deployed() {
             automatic_rollbacks: 0,
             initiator: "alice".into(),
             planned_migrations: None,
+            hotfix: None,
         },
         0,
     )
@@ -416,6 +418,7 @@ fn initial_release_without_stable_goes_straight_to_full() {
             automatic_rollbacks: 0,
             initiator: "alice".into(),
             planned_migrations: None,
+            hotfix: None,
         },
         0,
     )
@@ -720,6 +723,7 @@ fn start_input() -> Input {
         automatic_rollbacks: 0,
         initiator: "alice".into(),
         planned_migrations: None,
+        hotfix: None,
     }
 }
 
@@ -1461,6 +1465,7 @@ fn at_the_automatic_rollback_cap_a_failing_release_halts_instead() {
         automatic_rollbacks: prior,
         initiator: "alice".into(),
         planned_migrations: None,
+        hotfix: None,
     };
     let bad = || IntervalSample {
         stable: stats(900, 4),
@@ -1596,6 +1601,7 @@ fn breaking_migrations_wait_for_an_approval_before_they_run() {
         automatic_rollbacks: 0,
         initiator: "alice".into(),
         planned_migrations: Some(planned),
+        hotfix: None,
     };
     let s = step(&p, &Release::default(), &start(Class::Contract), 0).state;
     let s = step(&p, &s, &Input::GatesChecked { results: vec![] }, 1).state;
@@ -1627,4 +1633,38 @@ fn breaking_migrations_wait_for_an_approval_before_they_run() {
     let s = step(&none, &Release::default(), &start(Class::Irreversible), 0).state;
     let s = step(&none, &s, &Input::GatesChecked { results: vec![] }, 1).state;
     assert_eq!(s.phase, Phase::Migrating);
+}
+
+#[test]
+fn a_hotfix_during_a_freeze_waits_for_an_approval_before_anything_runs() {
+    let p = policy();
+    let start = Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+        automatic_rollbacks: 0,
+        initiator: "alice".into(),
+        planned_migrations: None,
+        hotfix: Some("payment outage fix".into()),
+    };
+    let t = step(&p, &Release::default(), &start, 0);
+    assert_eq!(
+        (t.state.phase, t.state.pending.clone()),
+        (Phase::AwaitingApproval, None),
+        "not even the gates run"
+    );
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Notify { page: true, .. }))
+    );
+    let own = step(&p, &t.state, &Input::Approved { by: "alice".into() }, 1);
+    assert_eq!(own.state.phase, Phase::AwaitingApproval);
+    let ok = step(&p, &own.state, &Input::Approved { by: "bob".into() }, 2);
+    assert_eq!(
+        (ok.state.phase, ok.state.pending),
+        (Phase::Gating, Some(Action::RunGates))
+    );
+    let late = step(&p, &t.state, &Input::Tick, t.state.timer.unwrap());
+    assert_eq!(late.state.phase, Phase::Blocked);
 }

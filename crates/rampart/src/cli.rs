@@ -46,6 +46,10 @@ enum Command {
         /// Who starts the release (approvers must be someone else); defaults to $USER.
         #[arg(long = "as", value_name = "NAME")]
         initiator: Option<String>,
+        /// Release during a freeze as a hotfix, for this reason; it waits for an
+        /// approval from someone else before anything runs.
+        #[arg(long, value_name = "REASON")]
+        hotfix: Option<String>,
     },
     /// Ask the controller driving a service's release to roll it back now (from another
     /// terminal). Waits for the outcome and exits with its code.
@@ -232,6 +236,7 @@ pub async fn main(cli: Cli) -> i32 {
             state_dir,
             keep_running,
             initiator,
+            hotfix,
         } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -253,6 +258,7 @@ pub async fn main(cli: Cli) -> i32 {
                 initiator: initiator
                     .or_else(|| std::env::var("USER").ok())
                     .unwrap_or_else(|| "unknown".into()),
+                hotfix,
             };
             finish(output, run_release(opts, None).await)
         }

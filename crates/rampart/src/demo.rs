@@ -231,6 +231,7 @@ pub async fn run(
             output,
             keep_running: false,
             initiator: "demo".into(),
+            hotfix: None,
         },
         "/checkout",
         Some(DEMO_RPS),

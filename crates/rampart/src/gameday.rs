@@ -171,6 +171,7 @@ async fn release(
             output,
             keep_running: false,
             initiator: "gameday".into(),
+            hotfix: None,
         },
         "/",
         rps,

@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub keep_running: bool,
     /// Who starts the release.
     pub initiator: String,
+    /// Why this release may run during a freeze (it then needs an approval first).
+    pub hotfix: Option<String>,
 }
 
 /// Why `run` ended without an outcome.
@@ -176,6 +178,7 @@ pub async fn run_release(
     );
     let clock = Arc::new(TokioClock::new());
 
+    let mut hotfix: Option<String> = None;
     // An unfinished release of this service is resumed with the policy it started with.
     let active = store
         .active(&file_policy.service)
@@ -206,15 +209,21 @@ pub async fn run_release(
         }
         None => {
             // A freeze blocks new releases; a release already under way can finish.
-            if let Some(f) = store
+            let freeze = store
                 .freeze(&file_policy.service)
                 .await
-                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
-            {
-                return Err(RunError::Blocked(format!(
-                    "releases of {} are frozen by {}: {} (lift with `rampart freeze off`)",
-                    file_policy.service, f.actor, f.reason
-                )));
+                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+            match (freeze, &opts.hotfix) {
+                (Some(f), None) => {
+                    return Err(RunError::Blocked(format!(
+                        "releases of {} are frozen by {}: {} (lift with `rampart freeze off`, or run a hotfix with `--hotfix REASON`, which needs an approval)",
+                        file_policy.service, f.actor, f.reason
+                    )));
+                }
+                (Some(f), Some(why)) => {
+                    hotfix = Some(format!("{why}; freeze by {}: {}", f.actor, f.reason));
+                }
+                (None, _) => {}
             }
             (file_policy, None)
         }
@@ -269,6 +278,9 @@ pub async fn run_release(
     });
     let mut controller =
         Controller::new(policy.clone(), ports, watch.clone()).with_initiator(&opts.initiator);
+    if let Some(why) = &hotfix {
+        controller = controller.with_hotfix(why);
+    }
     if let Some(plan) = migration_plan(&policy, &base_dir, &opts.version)? {
         progress.line(&format!(
             "migrations: {} file(s), {}",

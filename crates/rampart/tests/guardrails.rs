@@ -61,6 +61,49 @@ analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
         "{v}"
     );
 
+    // A hotfix may run during the freeze, once someone else approves it.
+    let mut hotfix = rampart()
+        .args([
+            "run",
+            "--version",
+            "v2",
+            "--as",
+            "alice",
+            "--hotfix",
+            "payment outage",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .arg("-f")
+        .arg(&policy_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::{BufRead, BufReader};
+        let mut lines = BufReader::new(hotfix.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.unwrap().contains("awaiting_approval")),
+            "the hotfix asked for an approval"
+        );
+        let out = rampart()
+            .args(["approve", "frozen", "--as", "bob", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for _ in lines.by_ref() {}
+    }
+    assert_eq!(
+        hotfix.wait().unwrap().code(),
+        Some(3),
+        "the approved hotfix ran (and rolled back)"
+    );
+
     freeze("off", None);
     freeze("on", Some("other-service"));
     let out = run();

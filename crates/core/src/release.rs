@@ -825,6 +825,25 @@ impl Builder<'_> {
         );
     }
 
+    /// Who may not approve: the person who started the release.
+    fn not_the_initiator(&self) -> String {
+        if self.s.initiator.is_empty() {
+            "the initiator".into()
+        } else {
+            self.s.initiator.clone()
+        }
+    }
+
+    /// Holds the release at an approval point until `timeout_ms` passes, and asks for it.
+    fn await_approval(&mut self, kind: Option<PreApproval>, timeout_ms: Millis, ask: String) {
+        self.s.pending = None;
+        self.s.phase = Phase::AwaitingApproval;
+        self.s.approving = kind;
+        self.s.timer = Some(self.now + timeout_ms);
+        self.event("awaiting_approval", "rampart", ask.clone());
+        self.notify(true, ask);
+    }
+
     /// Stops where it stands. Deliberately emits no traffic action.
     fn halt(&mut self, reason: String) {
         self.decide(DecisionKind::Halt, reason.clone());
@@ -1510,9 +1529,6 @@ fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
                 .is_some_and(|c| c >= crate::migrations::Class::Contract);
         if let (true, Some(approval)) = (breaking, m.approval.clone()) {
             // An irreversible step needs a human before it happens, not after.
-            b.s.phase = Phase::AwaitingApproval;
-            b.s.approving = Some(PreApproval::Migrations);
-            b.s.timer = Some(b.now + ms(approval.timeout));
             let class = b.s.planned_migrations.map_or("?", |c| c.as_str());
             let ask = format!(
                 "release {} of {} ships {class} database migrations and waits for approval by {} before applying them: `rampart approve {} --as NAME` (anyone but {}); nothing is applied or deployed until then, and it is blocked if none comes within {}",
@@ -1520,15 +1536,10 @@ fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
                 b.policy.service,
                 approval.role,
                 b.s.id,
-                if b.s.initiator.is_empty() {
-                    "the initiator"
-                } else {
-                    &b.s.initiator
-                },
+                b.not_the_initiator(),
                 crate::units::format_duration(approval.timeout)
             );
-            b.event("awaiting_approval", "rampart", ask.clone());
-            b.notify(true, ask);
+            b.await_approval(Some(PreApproval::Migrations), ms(approval.timeout), ask);
             return;
         }
         b.s.phase = Phase::Migrating;
@@ -1541,23 +1552,14 @@ fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
 /// A hotfix during a freeze waits for someone other than its initiator before anything
 /// runs, gates included.
 fn ask_hotfix_approval(b: &mut Builder<'_>, why: &str) {
-    b.s.pending = None;
-    b.s.phase = Phase::AwaitingApproval;
-    b.s.approving = Some(PreApproval::Hotfix);
-    b.s.timer = Some(b.now + HOTFIX_APPROVAL_MS);
     let ask = format!(
         "hotfix {} of {} during a freeze ({why}) waits for approval: `rampart approve {} --as NAME` (anyone but {}); it is blocked if none comes within 1h",
         b.s.version,
         b.policy.service,
         b.s.id,
-        if b.s.initiator.is_empty() {
-            "the initiator"
-        } else {
-            &b.s.initiator
-        }
+        b.not_the_initiator()
     );
-    b.event("awaiting_approval", "rampart", ask.clone());
-    b.notify(true, ask);
+    b.await_approval(Some(PreApproval::Hotfix), HOTFIX_APPROVAL_MS, ask);
 }
 
 /// Nothing was applied or deployed: the release ends blocked.
@@ -1683,8 +1685,6 @@ fn enter_step(b: &mut Builder<'_>) {
         b.s.phase = Phase::Progressing;
         return b.route_step();
     };
-    b.s.phase = Phase::AwaitingApproval;
-    b.s.timer = Some(b.now + ms(approval.timeout));
     let ask = format!(
         "release {} of {} waits at {} for approval by {}: `rampart approve {} --as NAME` (anyone but {}); it rolls back if none comes within {}",
         b.s.version,
@@ -1692,15 +1692,10 @@ fn enter_step(b: &mut Builder<'_>) {
         b.s.weight,
         approval.role,
         b.s.id,
-        if b.s.initiator.is_empty() {
-            "the initiator"
-        } else {
-            &b.s.initiator
-        },
+        b.not_the_initiator(),
         crate::units::format_duration(approval.timeout)
     );
-    b.event("awaiting_approval", "rampart", ask.clone());
-    b.notify(true, ask);
+    b.await_approval(None, ms(approval.timeout), ask);
 }
 
 /// Leaves the current step: the next one, or promotion after the last.

@@ -456,14 +456,27 @@ fn runbook(file: &std::path::Path, version: Option<&str>) -> i32 {
     0
 }
 
+/// The state store under `state_dir`, or exit code 1 after saying why.
+fn open_store(state_dir: &std::path::Path) -> Result<rampart_adapters::sqlite::SqliteStore, i32> {
+    rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")).map_err(|e| {
+        eprintln!("error: {e}");
+        1
+    })
+}
+
+/// The name recorded for an operator acting from this command line.
+fn cli_actor() -> String {
+    format!(
+        "{} (cli)",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    )
+}
+
 async fn approve(release: &str, approver: &str, state_dir: &std::path::Path) -> i32 {
     use rampart_core::ports::{CommandKind, OperatorCommand, Store};
-    let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
+    let store = match open_store(state_dir) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     // A release id names its service; anything else is taken as a service name.
     let service = match store.load(release).await {
@@ -490,18 +503,12 @@ async fn approve(release: &str, approver: &str, state_dir: &std::path::Path) -> 
 
 async fn freeze(on: bool, service: Option<&str>, reason: &str, state_dir: &std::path::Path) -> i32 {
     use rampart_core::ports::{Clock, Freeze, Store};
-    let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
+    let store = match open_store(state_dir) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     let by = Freeze {
-        actor: format!(
-            "{} (cli)",
-            std::env::var("USER").unwrap_or_else(|_| "operator".into())
-        ),
+        actor: cli_actor(),
         reason: reason.to_string(),
         at: rampart_adapters::clock::TokioClock::new().now(),
     };
@@ -525,17 +532,11 @@ async fn rollback(
     no_wait: bool,
 ) -> i32 {
     use rampart_core::ports::{CommandKind, OperatorCommand, Store};
-    let store = match rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")) {
+    let store = match open_store(state_dir) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
-    let actor = format!(
-        "{} (cli)",
-        std::env::var("USER").unwrap_or_else(|_| "operator".into())
-    );
+    let actor = cli_actor();
     let command = OperatorCommand {
         kind: CommandKind::Rollback,
         actor,

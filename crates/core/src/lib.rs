@@ -19,6 +19,7 @@ pub mod samples;
 pub mod sequential;
 pub mod sim;
 pub mod units;
+pub mod windows;
 pub mod yaml;
 
 pub use policy::Policy;

@@ -34,6 +34,8 @@ pub struct Policy {
     pub migrations: Option<Migrations>,
     /// Where pages (and, optionally, every notice) go besides the terminal.
     pub notify: Vec<NotifyHook>,
+    /// Release windows and calendar freezes.
+    pub windows: Option<crate::windows::Windows>,
 }
 
 /// A notification hook.
@@ -598,6 +600,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             "post_release",
             "migrations",
             "notify",
+            "windows",
         ],
     )?;
     let service = m.required_with(cx, "service", decode_service);
@@ -620,6 +623,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
     let notify = m
         .optional_with(cx, "notify", |cx, n, p| cx.seq(n, p, decode_notify))
         .unwrap_or_default();
+    let windows = m.optional_with(cx, "windows", crate::windows::decode);
     let mut strategy = strategy;
     if let (Some(Strategy::Rolling(r)), Some(Deploy::Process(d))) = (&mut strategy, &deploy) {
         let pos = m.get("strategy").map_or(m.pos(), |n| n.pos);
@@ -659,6 +663,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         post_release,
         migrations,
         notify,
+        windows,
     })
 }
 

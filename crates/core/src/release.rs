@@ -475,6 +475,13 @@ pub struct Release {
     /// What the current approval point guards, when it is not a canary step.
     #[serde(default)]
     pub approving: Option<PreApproval>,
+    /// When the release window the release is holding for opens: set while it holds
+    /// short of 100 % outside a window, analysis going on.
+    #[serde(default)]
+    pub window_hold: Option<Millis>,
+    /// A human approved going to 100 % outside a release window.
+    #[serde(default)]
+    pub window_attended: bool,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -520,6 +527,8 @@ impl Default for Release {
             initiator: String::new(),
             planned_migrations: None,
             approving: None,
+            window_hold: None,
+            window_attended: false,
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -543,6 +552,18 @@ pub enum PreApproval {
     Hotfix,
     /// Breaking database migrations.
     Migrations,
+    /// Started outside a release window: waits for the next one (or a human).
+    Window,
+    /// About to switch all traffic at once outside a release window: waits for the next
+    /// one (or a human).
+    FullTraffic,
+}
+
+impl PreApproval {
+    /// Whether nothing is deployed yet while waiting for this approval.
+    fn before_anything(self) -> bool {
+        !matches!(self, PreApproval::FullTraffic)
+    }
 }
 
 /// How long a hotfix during a freeze waits for its approval.
@@ -940,8 +961,9 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
                 b.s.initiator = initiator.clone();
                 b.s.planned_migrations = *planned_migrations;
                 start(&mut b, release_id, version, stable.clone());
-                if let Some(why) = hotfix {
-                    ask_hotfix_approval(&mut b, why);
+                match hotfix {
+                    Some(why) => ask_hotfix_approval(&mut b, why),
+                    None => open_or_wait(&mut b),
                 }
             }
         }
@@ -1020,7 +1042,46 @@ fn start(b: &mut Builder<'_>, id: &str, version: &str, stable: Option<String>) {
         "rampart",
         format!("releasing {} {version}{from}", b.policy.service),
     );
-    b.act(Action::RunGates);
+}
+
+/// Why releases may not run now and when they next may, from the policy's windows.
+fn window_closed(b: &Builder<'_>) -> Option<(String, bool, Option<Millis>)> {
+    let w = b.policy.windows.as_ref()?;
+    match w.status(b.now) {
+        crate::windows::Status::Open => None,
+        crate::windows::Status::Closed {
+            why,
+            freeze,
+            opens_at,
+        } => Some((why, freeze, opens_at)),
+    }
+}
+
+/// Runs the gates now, or waits for the next release window, or is blocked.
+fn open_or_wait(b: &mut Builder<'_>) {
+    let Some((why, _, opens_at)) = window_closed(b) else {
+        return b.act(Action::RunGates);
+    };
+    let Some(w) = b.policy.windows.as_ref() else {
+        return b.act(Action::RunGates);
+    };
+    let when = opens_at.map_or("not within the next 60 days".to_string(), |t| {
+        format!("at {}", w.show(t))
+    });
+    let waitable = opens_at.filter(|t| *t - b.now <= ms(w.max_wait));
+    match (w.outside, waitable) {
+        (crate::windows::Outside::Wait, Some(t)) => {
+            let ask = format!(
+                "release {} of {} started {why}; it waits for the next window, which opens {when}. Nothing runs until then; `rampart approve {} --as NAME` (anyone but {}) releases it now, attended",
+                b.s.version,
+                b.policy.service,
+                b.s.id,
+                b.not_the_initiator()
+            );
+            b.await_approval(Some(PreApproval::Window), t - b.now, ask);
+        }
+        _ => block(b, format!("{why}; the next window opens {when}")),
+    }
 }
 
 fn resume(b: &mut Builder<'_>) {
@@ -1082,7 +1143,9 @@ fn resume(b: &mut Builder<'_>) {
             });
         }
         // Waiting to approve migrations: nothing runs yet, nothing to re-establish.
-        Phase::AwaitingApproval if b.s.approving.is_some() => return,
+        Phase::AwaitingApproval if b.s.approving.is_some_and(PreApproval::before_anything) => {
+            return;
+        }
         Phase::AwaitingApproval => {
             chain.extend(ensure_stable);
             chain.push(canary);
@@ -1179,6 +1242,24 @@ fn tick(b: &mut Builder<'_>) {
                 stage: CheckStage::PostRelease,
             });
         }
+        Phase::AwaitingApproval if due(b.s.timer) && b.s.approving == Some(PreApproval::Window) => {
+            b.s.timer = None;
+            b.s.approving = None;
+            b.event(
+                "window_opened",
+                "rampart",
+                "the release window is open; starting".into(),
+            );
+            b.s.phase = Phase::Gating;
+            b.act(Action::RunGates);
+        }
+        Phase::AwaitingApproval
+            if due(b.s.timer) && b.s.approving == Some(PreApproval::FullTraffic) =>
+        {
+            b.s.timer = None;
+            b.s.approving = None;
+            start_progressing(b);
+        }
         Phase::AwaitingApproval if due(b.s.timer) && b.s.approving.is_some() => {
             let what = match b.s.approving {
                 Some(PreApproval::Hotfix) => "the hotfix during a freeze",
@@ -1266,11 +1347,11 @@ fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
     match b.s.phase {
         // Migrations are never interrupted half-way; the abort is refused.
         Phase::Migrating => {}
-        Phase::AwaitingApproval if b.s.approving.is_some() => {
+        Phase::AwaitingApproval if b.s.approving.is_some_and(PreApproval::before_anything) => {
             b.event("aborted", actor, reason.to_string());
             block(
                 b,
-                format!("aborted by {actor} before the migrations: {reason}"),
+                format!("aborted by {actor} before anything ran: {reason}"),
             );
         }
         Phase::Pending | Phase::Gating => {
@@ -1673,7 +1754,59 @@ fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
 
 fn start_progressing(b: &mut Builder<'_>) {
     b.s.step = 0;
+    let first = &b.policy.strategy.steps()[0];
+    if first.approval.is_none() && first.weight == Weight::FULL && hold_for_window(b) {
+        return;
+    }
     enter_step(b);
+}
+
+/// Never 100 % unattended outside a release window: when the next move would put all
+/// traffic on the new version while the windows are closed, hold. With traffic on the
+/// canary, analysis goes on at the current weight (a failure still rolls back) and the
+/// move happens at the first clean interval once the window opens; with none (a
+/// blue-green switch), the release waits for the window. A human's approval at the hold
+/// counts as attending. Returns whether the release holds.
+fn hold_for_window(b: &mut Builder<'_>) -> bool {
+    if b.s.window_attended {
+        return false;
+    }
+    let (Some((why, _, opens_at)), Some(w)) = (window_closed(b), b.policy.windows.as_ref()) else {
+        b.s.window_hold = None;
+        return false;
+    };
+    let until = opens_at.unwrap_or(b.now + ms(w.max_wait));
+    let when = w.show(until);
+    if b.s.phase == Phase::Progressing && b.s.weight > Weight::ZERO {
+        if b.s.window_hold.is_none() {
+            let msg = format!(
+                "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}; `rampart approve {} --as NAME` (anyone but {}) promotes now, attended",
+                b.s.version,
+                b.policy.service,
+                b.s.weight,
+                b.s.id,
+                b.not_the_initiator()
+            );
+            b.event("holding_for_window", "rampart", msg.clone());
+            b.notify(false, msg);
+        }
+        b.s.window_hold = Some(until);
+        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+        return true;
+    }
+    let ask = format!(
+        "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; `rampart approve {} --as NAME` (anyone but {}) switches now, attended",
+        b.s.version,
+        b.policy.service,
+        b.s.id,
+        b.not_the_initiator()
+    );
+    b.await_approval(
+        Some(PreApproval::FullTraffic),
+        until.saturating_sub(b.now),
+        ask,
+    );
+    true
 }
 
 /// Puts the current step in force: an approval point waits for a human; any other
@@ -1701,8 +1834,16 @@ fn enter_step(b: &mut Builder<'_>) {
 /// Leaves the current step: the next one, or promotion after the last.
 fn next_step(b: &mut Builder<'_>) {
     let steps = b.policy.strategy.steps();
-    if b.s.step + 1 < steps.len() {
-        b.s.step += 1;
+    let next = b.s.step + 1;
+    let to_full = steps
+        .get(next)
+        .is_none_or(|s| s.approval.is_none() && s.weight == Weight::FULL);
+    if to_full && hold_for_window(b) {
+        return;
+    }
+    b.s.window_hold = None;
+    if next < steps.len() {
+        b.s.step = next;
         return enter_step(b);
     }
     b.decide(
@@ -1720,7 +1861,8 @@ fn next_step(b: &mut Builder<'_>) {
 }
 
 fn approved(b: &mut Builder<'_>, by: &str) {
-    if b.s.phase != Phase::AwaitingApproval {
+    let holding = b.s.phase == Phase::Progressing && b.s.window_hold.is_some();
+    if b.s.phase != Phase::AwaitingApproval && !holding {
         return;
     }
     if by.is_empty() || by == b.s.initiator {
@@ -1731,8 +1873,55 @@ fn approved(b: &mut Builder<'_>, by: &str) {
         );
         return;
     }
+    let window = holding
+        || matches!(
+            b.s.approving,
+            Some(PreApproval::Window | PreApproval::FullTraffic)
+        );
+    if window && let Some((why, true, _)) = window_closed(b) {
+        b.event(
+            "approval_refused",
+            by,
+            format!(
+                "it is {why}: only a hotfix may run during a freeze (`rampart run --hotfix REASON`)"
+            ),
+        );
+        return;
+    }
+    if holding {
+        b.event(
+            "approved",
+            by,
+            "going to 100 % outside the release window approved (attended)".into(),
+        );
+        b.s.window_attended = true;
+        b.s.window_hold = None;
+        if b.s.pending.is_none() {
+            next_step(b);
+        }
+        return;
+    }
     b.s.timer = None;
     match b.s.approving.take() {
+        Some(PreApproval::Window) => {
+            b.event(
+                "approved",
+                by,
+                "releasing outside the release window approved (attended)".into(),
+            );
+            b.s.window_attended = true;
+            b.s.phase = Phase::Gating;
+            return b.act(Action::RunGates);
+        }
+        Some(PreApproval::FullTraffic) => {
+            b.event(
+                "approved",
+                by,
+                "switching all traffic outside the release window approved (attended)".into(),
+            );
+            b.s.window_attended = true;
+            return start_progressing(b);
+        }
         Some(PreApproval::Migrations) => {
             b.event("approved", by, "breaking migrations approved".into());
             b.s.phase = Phase::Migrating;
@@ -1740,15 +1929,24 @@ fn approved(b: &mut Builder<'_>, by: &str) {
         }
         Some(PreApproval::Hotfix) => {
             b.event("approved", by, "hotfix during a freeze approved".into());
+            b.s.window_attended = true;
             b.s.phase = Phase::Gating;
             return b.act(Action::RunGates);
         }
         None => {}
     }
-    let role = b.policy.strategy.steps()[b.s.step]
+    let steps = b.policy.strategy.steps();
+    let role = steps[b.s.step]
         .approval
         .as_ref()
         .map_or(String::new(), |a| a.role.clone());
+    // A human approving the move to 100 % attends it.
+    if steps
+        .get(b.s.step + 1)
+        .is_none_or(|s| s.weight == Weight::FULL)
+    {
+        b.s.window_attended = true;
+    }
     b.event(
         "approved",
         by,

@@ -48,6 +48,35 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
         md,
         "- [ ] No freeze in force (`rampart freeze off` lifts one; a frozen service's release is blocked)"
     );
+    if let Some(w) = &policy.windows {
+        let hours = w.describe();
+        let allowed = if hours.is_empty() {
+            "any time".to_string()
+        } else {
+            hours.join("; ")
+        };
+        let _ = writeln!(
+            md,
+            "- [ ] Inside a release window ({allowed}); outside one the release {} (checked by rampart)",
+            match w.outside {
+                crate::windows::Outside::Wait => format!(
+                    "waits for the next window, up to {}",
+                    format_duration(w.max_wait)
+                ),
+                crate::windows::Outside::Block => "is blocked".to_string(),
+            }
+        );
+        for f in &w.freeze {
+            let _ = writeln!(
+                md,
+                "- [ ] Not in the calendar freeze `{}`: {} to {} {} (only a hotfix with an approval runs)",
+                f.reason,
+                f.from.strftime("%Y-%m-%d %H:%M"),
+                f.to.strftime("%Y-%m-%d %H:%M"),
+                w.timezone
+            );
+        }
+    }
     let _ = writeln!(
         md,
         "- [ ] On call knows the release is starting: `rampart run -f rampart.yaml --version VERSION --as YOUR_NAME`"
@@ -211,6 +240,10 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
             })
         })
         .collect();
+    let mut approvals = approvals;
+    if policy.windows.is_some() {
+        approvals.push("- Going to 100 % outside a release window: rampart holds (analysis going on) until the window opens, or until a human approves and so attends it".into());
+    }
     if approvals.is_empty() {
         md.push_str("None in this policy. Any escalation is a human decision (see below).\n\n");
     } else {

@@ -655,7 +655,7 @@ fn drive_full(
     // Escalation tests feed their own `Migrated` input before driving.
     let migration_class = rampart_core::migrations::Class::Expand;
     let mut now = s.started_at;
-    for _ in 0..1000 {
+    for _ in 0..10_000 {
         if s.phase.is_terminal() || stop(&s) {
             break;
         }
@@ -1667,4 +1667,243 @@ fn a_hotfix_during_a_freeze_waits_for_an_approval_before_anything_runs() {
     );
     let late = step(&p, &t.state, &Input::Tick, t.state.timer.unwrap());
     assert_eq!(late.state.phase, Phase::Blocked);
+}
+
+/// Release windows: weekdays 09:00-17:00 in New York (UTC-5 in winter).
+const WINDOWS: &str = r#"windows:
+  timezone: America/New_York
+  allow:
+    - days: [mon-fri]
+      hours: "09:00-17:00"
+  freeze:
+    - {from: 2026-12-24, to: 2026-12-28, reason: holidays}
+"#;
+
+/// Milliseconds since the epoch of a New York wall-clock time.
+fn new_york(s: &str) -> Millis {
+    let dt: jiff::civil::DateTime = s.parse().unwrap();
+    let z = dt.to_zoned(jiff::tz::TimeZone::get("America/New_York").unwrap());
+    u64::try_from(z.unwrap().timestamp().as_millisecond()).unwrap()
+}
+
+fn windowed(extra: &str) -> Policy {
+    Policy::from_yaml(&format!("{POLICY}{WINDOWS}{extra}")).unwrap()
+}
+
+#[test]
+fn a_release_started_outside_a_window_waits_for_it_and_says_when_it_opens() {
+    let p = windowed("");
+    // Saturday morning: the next window is Monday 09:00.
+    let t = step(
+        &p,
+        &Release::default(),
+        &start_input(),
+        new_york("2026-11-21 10:00"),
+    );
+    assert_eq!(
+        (t.state.phase, t.state.pending.clone()),
+        (Phase::AwaitingApproval, None),
+        "nothing runs, not even the gates"
+    );
+    assert_eq!(t.state.wake_at(), Some(new_york("2026-11-23 09:00")));
+    let said = &t.events.last().unwrap().message;
+    assert!(said.contains("2026-11-23 09:00 America/New_York"), "{said}");
+    let opened = step(&p, &t.state, &Input::Tick, new_york("2026-11-23 09:00"));
+    assert_eq!(opened.state.pending, Some(Action::RunGates));
+    let (s, routes) = drive_timed(
+        &p,
+        opened.state,
+        new_york("2026-11-23 09:00"),
+        |_| healthy(),
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert!(
+        routes
+            .iter()
+            .all(|(_, at)| *at >= new_york("2026-11-23 09:00"))
+    );
+    // A human may release it now instead, attended; its initiator may not.
+    let own = step(&p, &t.state, &Input::Approved { by: "alice".into() }, 1);
+    assert_eq!(own.state.pending, None);
+    let now = step(&p, &t.state, &Input::Approved { by: "bob".into() }, 1);
+    assert_eq!(now.state.pending, Some(Action::RunGates));
+}
+
+#[test]
+fn outside_block_or_a_wait_beyond_max_wait_blocks_with_the_next_opening() {
+    for extra in ["  outside: block\n", "  max_wait: 1h\n"] {
+        let p = windowed(extra);
+        let t = step(
+            &p,
+            &Release::default(),
+            &start_input(),
+            new_york("2026-11-21 10:00"),
+        );
+        assert_eq!(t.state.phase, Phase::Blocked, "{extra}");
+        assert_eq!(t.state.outcome().unwrap().exit_code(), 5);
+        let reason = t.state.decision.unwrap().reason;
+        assert!(reason.contains("outside the release windows"), "{reason}");
+        assert!(reason.contains("2026-11-23 09:00"), "{reason}");
+    }
+}
+
+#[test]
+fn a_calendar_freeze_yields_only_to_a_hotfix() {
+    let p = windowed("");
+    let at = new_york("2026-12-24 11:00");
+    let t = step(&p, &Release::default(), &start_input(), at);
+    assert_eq!(t.state.phase, Phase::AwaitingApproval);
+    assert_eq!(t.state.wake_at(), Some(new_york("2026-12-28 09:00")));
+    let refused = step(&p, &t.state, &Input::Approved { by: "bob".into() }, at + 1);
+    assert!(refused.events.iter().any(|e| e.kind == "approval_refused"));
+    assert_eq!(
+        refused.state.pending, None,
+        "a freeze is not lifted by approving"
+    );
+    let hotfix = Input::Start {
+        release_id: "r".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+        automatic_rollbacks: 0,
+        initiator: "alice".into(),
+        planned_migrations: None,
+        hotfix: Some("card payments down".into()),
+    };
+    let t = step(&p, &Release::default(), &hotfix, at);
+    let ok = step(&p, &t.state, &Input::Approved { by: "bob".into() }, at + 1);
+    assert_eq!(ok.state.pending, Some(Action::RunGates));
+    let s = drive_until(&p, ok.state, healthy, |_| true, |_, _| {}, |_| false);
+    assert_eq!(s.phase, Phase::Succeeded, "an approved hotfix is attended");
+}
+
+/// Drives a release from `s` at `now` and returns it with the time every weight was
+/// set, stopping early when `stop` holds. Preview checks take two minutes.
+fn drive_timed(
+    p: &Policy,
+    mut s: Release,
+    mut now: Millis,
+    measure: impl Fn(Millis) -> IntervalSample,
+    stop: impl Fn(&Release) -> bool,
+) -> (Release, Vec<(Weight, Millis)>) {
+    let mut routes = Vec::new();
+    for _ in 0..10_000 {
+        if s.phase.is_terminal() || stop(&s) {
+            break;
+        }
+        let input = match s.pending.clone() {
+            Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
+            Some(Action::Deploy { variant, .. }) => Input::Deployed {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::SetWeight { weight, .. }) => {
+                routes.push((weight, now));
+                Input::TrafficSet { weight }
+            }
+            Some(Action::Measure) => Input::Measured {
+                sample: measure(now),
+            },
+            Some(Action::Stop { variant }) => Input::Stopped {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Some(Action::VerifyStable) => Input::StableVerified {
+                healthy: true,
+                detail: String::new(),
+            },
+            Some(Action::RunChecks { stage }) => {
+                if stage == CheckStage::Preview {
+                    now += 120_000;
+                }
+                Input::ChecksDone {
+                    stage,
+                    results: vec![],
+                }
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {
+                now = now.max(s.wake_at().unwrap());
+                Input::Tick
+            }
+        };
+        s = step(p, &s, &input, now).state;
+    }
+    (s, routes)
+}
+
+fn started(p: &Policy, at: Millis) -> Release {
+    step(p, &Release::default(), &start_input(), at).state
+}
+
+#[test]
+fn never_100_percent_unattended_outside_a_window_while_analysis_goes_on() {
+    let p = windowed("");
+    // Monday 16:55: the steps end after the window closes at 17:00.
+    let start = new_york("2026-11-23 16:55");
+    let (s, routes) = drive_timed(&p, started(&p, start), start, |_| healthy(), |_| false);
+    assert_eq!(s.phase, Phase::Succeeded);
+    let (_, full_at) = routes.iter().find(|(w, _)| *w == Weight::FULL).unwrap();
+    let opens = new_york("2026-11-24 09:00");
+    assert!(
+        (opens..opens + 30_000).contains(full_at),
+        "100 % at the first interval of Tuesday's window, not before: {full_at}"
+    );
+    // A canary that goes bad during the hold is still rolled back.
+    let bad_after = new_york("2026-11-23 22:00");
+    let (s, routes) = drive_timed(
+        &p,
+        started(&p, start),
+        start,
+        |now| {
+            if now >= bad_after {
+                bad_canary()
+            } else {
+                healthy()
+            }
+        },
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert!(routes.iter().all(|(w, _)| *w != Weight::FULL));
+    // A human can attend the move instead: approving at the hold promotes at once.
+    let (held, _) = drive_timed(
+        &p,
+        started(&p, start),
+        start,
+        |_| healthy(),
+        |s| s.window_hold.is_some(),
+    );
+    let own = step(
+        &p,
+        &held,
+        &Input::Approved { by: "alice".into() },
+        held.started_at + 1,
+    );
+    assert!(own.state.window_hold.is_some(), "four eyes");
+    let at = new_york("2026-11-23 18:00");
+    let t = step(&p, &held, &Input::Approved { by: "bob".into() }, at);
+    assert_eq!(t.state.phase, Phase::Promoting);
+    assert_eq!(weights_in(&t.effects), vec![Weight::FULL]);
+}
+
+#[test]
+fn a_blue_green_switch_outside_a_window_waits_for_it_at_zero_traffic() {
+    let p = Policy::from_yaml(&format!("{BLUE_GREEN}{WINDOWS}")).unwrap();
+    // Friday 16:59: the two-minute preview ends after the window closes.
+    let start = new_york("2026-11-27 16:59");
+    let (s, _) = drive_timed(
+        &p,
+        started(&p, start),
+        start,
+        |_| full(0),
+        |s| s.phase == Phase::AwaitingApproval,
+    );
+    assert_eq!(s.weight, Weight::ZERO);
+    assert_eq!(s.wake_at(), Some(new_york("2026-11-30 09:00")));
+    let (s, routes) = drive_timed(&p, started(&p, start), start, |_| full(0), |_| false);
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert!(routes[0].1 >= new_york("2026-11-30 09:00"), "{routes:?}");
 }

@@ -259,3 +259,99 @@ analysis:
     load.abort();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn release_windows_and_the_freeze_calendar_hold_a_release_end_to_end() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // The window opens three hours from now (UTC), so it is closed while this runs.
+    #[allow(clippy::disallowed_methods)] // the test builds a window around the real clock
+    let hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        % 24;
+    let (from, to) = ((hour + 3) % 24, (hour + 4) % 24);
+    let policy = |windows: &str| {
+        format!(
+            r#"service: windowed
+deploy: {{process: {{command: ["sh", "-c", "exit 1", "{{port}}"], readiness: {{timeout: 2s}}}}}}
+traffic: {{proxy: {{listen: "127.0.0.1:{}"}}}}
+strategy: {{canary: {{steps: [{{weight: 10, bake: 1s}}]}}}}
+analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
+windows:
+{windows}"#,
+            free_port()
+        )
+    };
+    let run = |text: String, extra: &[&str]| {
+        let path = dir.path().join("rampart.yaml");
+        std::fs::write(&path, text).unwrap();
+        let mut c = rampart();
+        c.args(["run", "--version", "v2", "--as", "alice", "--state-dir"])
+            .arg(&state)
+            .arg("-f")
+            .arg(&path)
+            .args(extra);
+        c
+    };
+
+    // A calendar freeze in force blocks the release (exit 5) and says until when.
+    let out = run(
+        policy(
+            "  freeze: [{from: 2020-01-01, to: 2100-01-01, reason: migration to the new region}]\n",
+        ),
+        &["--output", "json"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("calendar freeze until 2100-01-01 00:00 UTC (migration to the new region)"),
+        "{reason}"
+    );
+
+    // Outside the allowed hours with `outside: block`: blocked, naming the next window.
+    let hours = format!("  allow: [{{hours: \"{from:02}:00-{to:02}:00\"}}]\n");
+    let out = run(
+        policy(&format!("{hours}  outside: block\n")),
+        &["--output", "json"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains(&format!("{from:02}:00 UTC")), "{reason}");
+
+    // By default it waits; someone other than the initiator may release it now.
+    let mut waiting = run(policy(&hours), &[])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(waiting.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().contains("waits for the next window")),
+        "the release said it waits"
+    );
+    let out = rampart()
+        .args(["approve", "windowed", "--as", "bob", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in lines.by_ref() {}
+    assert_eq!(
+        waiting.wait().unwrap().code(),
+        Some(3),
+        "the approved release ran (and rolled back its broken canary)"
+    );
+}

@@ -27,7 +27,31 @@ pub async fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
     }
 }
 
+/// Sends `GET url` and returns the status code and the body as text.
+pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let exchange = async {
+        let (status, body) = exchange(url, "GET", None, true).await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
 async fn request(url: &str, method: &str, body: Option<String>) -> Result<u16, String> {
+    exchange(url, method, body, false)
+        .await
+        .map(|(status, _)| status)
+}
+
+/// One request; the body is read only when `read_body` (a probe needs the status only).
+async fn exchange(
+    url: &str,
+    method: &str,
+    body: Option<String>,
+    read_body: bool,
+) -> Result<(u16, Bytes), String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL `{url}`: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!("`{url}` is not an http:// URL"));
@@ -53,9 +77,22 @@ async fn request(url: &str, method: &str, body: Option<String>) -> Result<u16, S
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| e.to_string())?;
-    let result = sender.send_request(req).await;
+    let result = async {
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        if !read_body {
+            return Ok((status, Bytes::new()));
+        }
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+    .await;
     driver.abort();
     result
-        .map(|r| r.status().as_u16())
-        .map_err(|e| format!("request: {e}"))
 }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod flags;
 pub mod gates;
 pub mod http;
 pub mod notify;

@@ -39,6 +39,8 @@ pub struct Ports {
     pub clock: Arc<dyn Clock>,
     /// Tells people.
     pub notifier: Arc<dyn Notifier>,
+    /// Keeps feature flags.
+    pub flags: Arc<dyn rampart_core::ports::FlagStore>,
 }
 
 impl std::fmt::Debug for Ports {
@@ -378,6 +380,30 @@ impl Controller {
     async fn execute(&self, action: &Action) -> Input {
         let p = &self.ports;
         match action {
+            Action::FlagsOff { flags } => {
+                // Off for everyone outside the allowlists, one flag at a time; the
+                // first failure is reported and the state machine moves on to level 2.
+                for name in flags {
+                    let change = rampart_core::ports::FlagChange {
+                        name: name.clone(),
+                        ramp: Some(rampart_core::Weight::ZERO),
+                        default: Some(false),
+                        actor: "rampart".into(),
+                        reason: "rollback level 1: flags off".into(),
+                        at: p.clock.now(),
+                    };
+                    if let Err(e) = p.flags.set_flag(&self.policy.service, &change).await {
+                        return Input::FlagsOff {
+                            ok: false,
+                            detail: format!("{name}: {}", e.0),
+                        };
+                    }
+                }
+                Input::FlagsOff {
+                    ok: true,
+                    detail: format!("{} off", flags.join(", ")),
+                }
+            }
             Action::RunGates => {
                 let mut results = Vec::new();
                 for gate in &self.policy.gates.pre {

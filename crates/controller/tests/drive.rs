@@ -154,6 +154,7 @@ fn ports(world: &Arc<FakeWorld>, store: Arc<SqliteStore>) -> Ports {
         router: Arc::new(Fake(world.clone())),
         metrics: Arc::new(Fake(world.clone())),
         gates: Arc::new(Fake(world.clone())),
+        flags: store.clone(),
         store,
         clock: Arc::new(TokioClock::starting_at(1_000_000)),
         notifier: Arc::new(Fake(world.clone())),

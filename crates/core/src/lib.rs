@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod decode;
+pub mod flags;
 pub mod judge;
 pub mod metrics;
 pub mod migrations;

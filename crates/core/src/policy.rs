@@ -36,6 +36,17 @@ pub struct Policy {
     pub notify: Vec<NotifyHook>,
     /// Release windows and calendar freezes.
     pub windows: Option<crate::windows::Windows>,
+    /// Feature flags rampart manages: their defaults, allowlists and HTTP endpoint.
+    pub flags: Option<FlagsSpec>,
+}
+
+/// The built-in feature-flag store's configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlagsSpec {
+    /// Where applications read flags over HTTP while rampart runs, if anywhere.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The flags, with their defaults and allowlists.
+    pub define: Vec<crate::flags::FlagDef>,
 }
 
 /// A notification hook.
@@ -167,6 +178,23 @@ pub enum Strategy {
     BlueGreen(BlueGreenSpec),
     /// Replace the replicas a batch at a time.
     Rolling(RollingSpec),
+    /// Ramp a feature flag in steps, on the version already running: nothing new is
+    /// deployed, and the flag-on users are the canary.
+    Flag(CanarySpec),
+    /// Switch all traffic at once after a human approves, then analyse at 100 %.
+    Full(FullSpec),
+}
+
+/// An all-at-once release: the switch to 100 % is irreversible in practice (every user
+/// sees the new version at once), so it waits for an approval by default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FullSpec {
+    /// The approval before the switch; `None` only when the policy says `approval: none`.
+    pub approval: Option<Approval>,
+    /// How long the new version is analysed at 100 % before it counts as promoted.
+    pub stability: Duration,
+    /// The approval point, then 100 % for `stability`.
+    steps: Vec<Step>,
 }
 
 /// A rolling release over `deploy.process.replicas` replicas.
@@ -234,10 +262,24 @@ impl Strategy {
     /// The canary steps.
     pub fn steps(&self) -> &[Step] {
         match self {
-            Strategy::Canary(c) => &c.steps,
+            Strategy::Canary(c) | Strategy::Flag(c) => &c.steps,
             Strategy::BlueGreen(b) => &b.steps,
             Strategy::Rolling(r) => &r.steps,
+            Strategy::Full(f) => &f.steps,
         }
+    }
+
+    /// The feature flag that ramps with the steps' weights, if any.
+    pub fn ramped_flag(&self) -> Option<&str> {
+        match self {
+            Strategy::Canary(c) | Strategy::Flag(c) => c.flag.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the release only ramps a flag on the running version.
+    pub fn flag_only(&self) -> bool {
+        matches!(self, Strategy::Flag(_))
     }
 
     /// The rolling plan, for a rolling release.
@@ -251,16 +293,16 @@ impl Strategy {
     /// Checks on the new version before it gets traffic.
     pub fn preview(&self) -> &[Gate] {
         match self {
-            Strategy::Canary(_) | Strategy::Rolling(_) => &[],
             Strategy::BlueGreen(b) => &b.preview,
+            _ => &[],
         }
     }
 
     /// How long the previous version keeps running after promotion.
     pub fn keep_previous(&self) -> Duration {
         match self {
-            Strategy::Canary(_) | Strategy::Rolling(_) => Duration::ZERO,
             Strategy::BlueGreen(b) => b.keep_previous,
+            _ => Duration::ZERO,
         }
     }
 
@@ -270,6 +312,8 @@ impl Strategy {
             Strategy::Canary(_) => "canary",
             Strategy::BlueGreen(_) => "blue_green",
             Strategy::Rolling(_) => "rolling",
+            Strategy::Flag(_) => "flag",
+            Strategy::Full(_) => "full",
         }
     }
 
@@ -290,6 +334,9 @@ impl Strategy {
 pub struct CanarySpec {
     /// Steps in order. Promotion follows the last one.
     pub steps: Vec<Step>,
+    /// A feature flag that is on exactly for the canary's users, its ramp following
+    /// the weight (required for the `flag` strategy).
+    pub flag: Option<String>,
 }
 
 /// One canary step.
@@ -522,6 +569,8 @@ pub struct Rollback {
     pub verify_timeout: Duration,
     /// A cap on automatic rollbacks of the service, across releases.
     pub max_automatic: Option<RollbackCap>,
+    /// Flags switched off first on any rollback (level 1), besides a ramped flag.
+    pub flags: Vec<String>,
 }
 
 /// At most `count` automatic rollbacks per `per`; at the cap, a failing release halts.
@@ -542,6 +591,23 @@ pub struct PolicyError {
 }
 
 impl Policy {
+    /// The flags a rollback switches off first (level 1): the ramped flag, then the
+    /// rollback's own list.
+    pub fn level_one_flags(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .strategy
+            .ramped_flag()
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        for f in &self.rollback.flags {
+            if !out.contains(f) {
+                out.push(f.clone());
+            }
+        }
+        out
+    }
+
     /// Decodes and validates policy text. Returns every problem found, each with its line,
     /// column and field path.
     pub fn from_yaml(src: &str) -> Result<Policy, PolicyError> {
@@ -601,6 +667,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             "migrations",
             "notify",
             "windows",
+            "flags",
         ],
     )?;
     let service = m.required_with(cx, "service", decode_service);
@@ -617,6 +684,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             drain: Duration::from_secs(10),
             verify_timeout: Duration::from_secs(30),
             max_automatic: None,
+            flags: Vec::new(),
         });
     let post_release = m.optional_with(cx, "post_release", decode_post_release);
     let migrations = m.optional_with(cx, "migrations", decode_migrations);
@@ -624,6 +692,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         .optional_with(cx, "notify", |cx, n, p| cx.seq(n, p, decode_notify))
         .unwrap_or_default();
     let windows = m.optional_with(cx, "windows", crate::windows::decode);
+    let flags = m.optional_with(cx, "flags", decode_flags);
     let mut strategy = strategy;
     if let (Some(Strategy::Rolling(r)), Some(Deploy::Process(d))) = (&mut strategy, &deploy) {
         let pos = m.get("strategy").map_or(m.pos(), |n| n.pos);
@@ -649,7 +718,15 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         }
         *r = RollingSpec::plan(r.batch, r.max_unavailable, r.bake, d.replicas);
     }
-    if let (Some(Strategy::BlueGreen(_)), Some(a)) = (&strategy, &analysis) {
+    check_flags(
+        cx,
+        &m,
+        strategy.as_ref(),
+        traffic.as_ref(),
+        flags.as_ref(),
+        &rollback,
+    );
+    if let (Some(Strategy::BlueGreen(_) | Strategy::Full(_)), Some(a)) = (&strategy, &analysis) {
         check_blue_green_metrics(cx, &m, a);
     }
     Some(Policy {
@@ -664,6 +741,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         migrations,
         notify,
         windows,
+        flags,
     })
 }
 
@@ -917,9 +995,17 @@ fn decode_sticky(cx: &mut Decoder, node: &Node, path: &str) -> Option<Sticky> {
 }
 
 fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
-    let (kind, inner, p) = one_kind(cx, node, path, &["canary", "blue_green", "rolling"])?;
+    let (kind, inner, p) = one_kind(
+        cx,
+        node,
+        path,
+        &["canary", "blue_green", "rolling", "flag", "full"],
+    )?;
     if kind == "blue_green" {
         return decode_blue_green(cx, inner, &p);
+    }
+    if kind == "full" {
+        return decode_full(cx, inner, &p);
     }
     if kind == "rolling" {
         let m = cx.map(inner, &p, &["batch", "max_unavailable", "bake"])?;
@@ -934,7 +1020,12 @@ fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy
             0,
         )));
     }
-    let m = cx.map(inner, &p, &["steps"])?;
+    let m = cx.map(inner, &p, &["steps", "flag"])?;
+    let flag = if kind == "flag" {
+        m.required::<String>(cx, "flag")
+    } else {
+        m.optional::<String>(cx, "flag")
+    };
     let steps = m.required_with(cx, "steps", |cx, n, p| {
         let NodeKind::Seq(items) = &n.kind else {
             cx.error(n.pos, p, format!("expected a list of steps, found {}", n.type_name()));
@@ -973,7 +1064,14 @@ fn decode_strategy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy
         }
         Some(steps)
     });
-    Some(Strategy::Canary(CanarySpec { steps: steps? }))
+    let spec = CanarySpec {
+        steps: steps?,
+        flag,
+    };
+    Some(match kind {
+        "flag" => Strategy::Flag(spec),
+        _ => Strategy::Canary(spec),
+    })
 }
 
 fn decode_blue_green(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
@@ -1001,6 +1099,120 @@ fn decode_blue_green(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strate
     }))
 }
 
+fn decode_full(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
+    let m = cx.map(node, path, &["stability", "approval"])?;
+    let stability = m.required::<Duration>(cx, "stability");
+    let approval = match m.get("approval") {
+        None => Some(Some(Approval {
+            role: "approver".into(),
+            timeout: Duration::from_secs(3600),
+        })),
+        Some(n) if matches!(&n.kind, NodeKind::Scalar { text, .. } if text == "none") => Some(None),
+        Some(n) => decode_approval(cx, n, &m.path_of("approval")).map(Some),
+    };
+    let (stability, approval) = (stability?, approval?);
+    let mut steps = Vec::new();
+    if let Some(a) = &approval {
+        steps.push(Step {
+            weight: Weight::ZERO,
+            bake: Duration::ZERO,
+            matches: Vec::new(),
+            approval: Some(a.clone()),
+        });
+    }
+    steps.push(Step {
+        weight: Weight::FULL,
+        bake: stability,
+        matches: Vec::new(),
+        approval: None,
+    });
+    Some(Strategy::Full(FullSpec {
+        approval,
+        stability,
+        steps,
+    }))
+}
+
+fn decode_flags(cx: &mut Decoder, node: &Node, path: &str) -> Option<FlagsSpec> {
+    let m = cx.map(node, path, &["listen", "define"])?;
+    let listen = m.optional_with(cx, "listen", |cx, n, p| {
+        let text = scalar(cx, n, p, "an address such as `127.0.0.1:7071`")?;
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                cx.error(
+                    n.pos,
+                    p,
+                    format!("`{text}` is not an address; write IP:PORT, such as `127.0.0.1:7071`"),
+                );
+                None
+            }
+        }
+    });
+    let define = m
+        .optional_with(cx, "define", |cx, n, p| {
+            cx.seq(n, p, crate::flags::decode_def)
+        })
+        .unwrap_or_default();
+    if let Some(items) = m.get("define").and_then(|n| match &n.kind {
+        NodeKind::Seq(items) => Some(items),
+        _ => None,
+    }) {
+        for (i, d) in define.iter().enumerate() {
+            if define[..i].iter().any(|e| e.name == d.name) {
+                cx.error(
+                    items[i].pos,
+                    &format!("{path}.define[{i}].name"),
+                    format!("flag `{}` is defined twice", d.name),
+                );
+            }
+        }
+    }
+    Some(FlagsSpec { listen, define })
+}
+
+/// Flags named by the strategy and the rollback must be defined, and a ramp needs a
+/// sticky key so a user keeps their flag (and their cohort) from request to request.
+fn check_flags(
+    cx: &mut Decoder,
+    root: &MapReader<'_>,
+    strategy: Option<&Strategy>,
+    traffic: Option<&Traffic>,
+    flags: Option<&FlagsSpec>,
+    rollback: &Rollback,
+) {
+    let defined = |name: &str| flags.is_some_and(|f| f.define.iter().any(|d| d.name == name));
+    let pos = |key: &str| root.get(key).map_or(root.pos(), |n| n.pos);
+    let hint = |name: &str| {
+        format!(
+            "flag `{name}` is not defined; add it under `flags.define`, like `- {{name: {name}, default: false}}`"
+        )
+    };
+    if let Some(name) = strategy.and_then(Strategy::ramped_flag) {
+        let path = format!(
+            "strategy.{}.flag",
+            strategy.map_or("canary", Strategy::name)
+        );
+        if !defined(name) {
+            cx.error(pos("strategy"), &path, hint(name));
+        }
+        if let Some(Traffic::Proxy(p)) = traffic
+            && p.sticky == Sticky::None
+        {
+            cx.error(
+                pos("traffic"),
+                "traffic.proxy.sticky",
+                "a flag ramp needs a sticky key (`sticky: {header: x-user-id}`, a cookie or `client_ip`): the proxy and the flag endpoint put the same users in the ramp by hashing it",
+            );
+        }
+    }
+    for (i, name) in rollback.flags.iter().enumerate() {
+        if !defined(name) {
+            cx.error(pos("rollback"), &format!("rollback.flags[{i}]"), hint(name));
+        }
+    }
+}
+
 /// After a blue-green switch stable serves nothing, so only absolute limits can judge.
 fn check_blue_green_metrics(cx: &mut Decoder, root: &MapReader<'_>, analysis: &Analysis) {
     let items = root
@@ -1026,7 +1238,7 @@ fn check_blue_green_metrics(cx: &mut Decoder, root: &MapReader<'_>, analysis: &A
             cx.error(
                 pos,
                 &format!("analysis.metrics[{i}].judge"),
-                "a blue-green release sends stable no traffic after the switch, so there is nothing to compare with; give this metric an absolute `max`",
+                "a blue-green or full release sends stable no traffic after the switch, so there is nothing to compare with; give this metric an absolute `max`",
             );
         }
     }
@@ -1639,7 +1851,11 @@ fn decode_threshold(
 }
 
 fn decode_rollback(cx: &mut Decoder, node: &Node, path: &str) -> Option<Rollback> {
-    let m = cx.map(node, path, &["drain", "verify_timeout", "max_automatic"])?;
+    let m = cx.map(
+        node,
+        path,
+        &["drain", "verify_timeout", "max_automatic", "flags"],
+    )?;
     let max_automatic = m.optional_with(cx, "max_automatic", |cx, n, p| {
         let m = cx.map(n, p, &["count", "per"])?;
         let count = m.required::<u32>(cx, "count");
@@ -1653,10 +1869,12 @@ fn decode_rollback(cx: &mut Decoder, node: &Node, path: &str) -> Option<Rollback
         .optional::<Duration>(cx, "drain")
         .unwrap_or(Duration::from_secs(10));
     let verify_timeout = positive(cx, &m, "verify_timeout").unwrap_or(Duration::from_secs(30));
+    let flags = m.optional::<Vec<String>>(cx, "flags").unwrap_or_default();
     Some(Rollback {
         drain,
         verify_timeout,
         max_automatic,
+        flags,
     })
 }
 

@@ -272,3 +272,46 @@ pub trait Store: Send + Sync {
         service: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, PortError>>;
 }
+
+/// A change to one flag, and who made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagChange {
+    /// The flag.
+    pub name: String,
+    /// The new ramp, if it changes.
+    pub ramp: Option<Weight>,
+    /// The new default, if it changes.
+    pub default: Option<bool>,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: Millis,
+}
+
+/// The built-in feature-flag store, per service.
+///
+/// Guarantees required of implementations: every change is durable and audited when it
+/// returns; a flag the policy never defined cannot be changed.
+pub trait FlagStore: Send + Sync {
+    /// Creates the policy's flags that do not exist yet (default from the policy, ramp
+    /// 0) and refreshes every defined flag's allowlist. Existing defaults and ramps are
+    /// runtime state and are kept.
+    fn define<'a>(
+        &'a self,
+        service: &'a str,
+        defs: &'a [crate::flags::FlagDef],
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Every flag of a service, by name.
+    fn flags<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::flags::FlagState>, PortError>>;
+    /// Changes a flag and returns its new state.
+    fn set_flag<'a>(
+        &'a self,
+        service: &'a str,
+        change: &'a FlagChange,
+    ) -> BoxFuture<'a, Result<crate::flags::FlagState, PortError>>;
+}

@@ -241,6 +241,12 @@ pub enum Action {
         /// Which checks.
         stage: CheckStage,
     },
+    /// Rollback level 1: switch these feature flags off for everyone outside their
+    /// allowlists (ramp 0, default off). Answered by [`Input::FlagsOff`]. Idempotent.
+    FlagsOff {
+        /// The flags.
+        flags: Vec<String>,
+    },
 }
 
 /// Which checks against the new version.
@@ -397,6 +403,13 @@ pub enum Input {
         /// One result per check, in policy order.
         results: Vec<GateResult>,
     },
+    /// Answer to [`Action::FlagsOff`].
+    FlagsOff {
+        /// Whether every flag is off.
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
     /// A person or system asked to stop the release and roll back.
     Abort {
         /// Who asked.
@@ -482,6 +495,10 @@ pub struct Release {
     /// A human approved going to 100 % outside a release window.
     #[serde(default)]
     pub window_attended: bool,
+    /// The rollback level reached: 1 flags off, 2 traffic back to stable, 3 the new
+    /// version reverted. The release stops at the first level that restores health.
+    #[serde(default)]
+    pub rollback_level: Option<u8>,
     /// The one action being waited for.
     pub pending: Option<Action>,
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
@@ -529,6 +546,7 @@ impl Default for Release {
             approving: None,
             window_hold: None,
             window_attended: false,
+            rollback_level: None,
             pending: None,
             queued: Vec::new(),
             failure_streaks: Vec::new(),
@@ -592,7 +610,7 @@ impl Release {
     /// When the controller must feed a [`Input::Tick`] next, if it is waiting on time.
     pub fn wake_at(&self) -> Option<Millis> {
         match (self.phase, &self.pending) {
-            (Phase::Progressing, None) => self.next_analysis_at,
+            (Phase::Progressing | Phase::RollingBack, None) => self.next_analysis_at,
             (Phase::Verifying | Phase::KeepingPrevious | Phase::AwaitingApproval, None) => {
                 self.timer
             }
@@ -813,6 +831,25 @@ impl Builder<'_> {
         self.s.timer = None;
         self.event("rollback_started", actor, reason.clone());
         self.notify(false, format!("rolling back {}: {reason}", self.s.version));
+        let flags = self.policy.level_one_flags();
+        // Level 1 only helps where users met the new code: some traffic, or a flag ramp.
+        if !flags.is_empty() && (self.s.weight > Weight::ZERO || self.policy.strategy.flag_only()) {
+            self.s.rollback_level = Some(1);
+            self.act(Action::FlagsOff { flags });
+            return;
+        }
+        self.rollback_traffic();
+    }
+
+    /// Rollback levels 2 and 3: traffic back to stable, then the new version stopped
+    /// (or, rolling, the replaced batches restored in reverse order).
+    fn rollback_traffic(&mut self) {
+        self.s.rollback_level = Some(if self.policy.strategy.flag_only() {
+            1
+        } else {
+            2
+        });
+        self.s.next_analysis_at = None;
         if let Some(r) = self.policy.strategy.rolling() {
             let chain = self.rolling_back_chain(r);
             self.chain(chain);
@@ -903,6 +940,7 @@ fn answers(pending: Option<&Action>, input: &Input) -> bool {
         (Some(Action::VerifyStable), Input::StableVerified { .. }) => true,
         (Some(Action::RunChecks { stage }), Input::ChecksDone { stage: s, .. }) => stage == s,
         (Some(Action::RunMigrations), Input::Migrated { .. }) => true,
+        (Some(Action::FlagsOff { .. }), Input::FlagsOff { .. }) => true,
         (
             Some(Action::Scale {
                 variant, replicas, ..
@@ -924,6 +962,7 @@ fn is_success(input: &Input) -> bool {
         Input::TrafficSet { .. } | Input::Measured { .. } => true,
         Input::StableVerified { healthy, .. } => *healthy,
         Input::ChecksDone { results, .. } => results.iter().all(|r| r.ok),
+        Input::FlagsOff { ok, .. } => *ok,
         _ => false,
     }
 }
@@ -1028,7 +1067,12 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
 fn start(b: &mut Builder<'_>, id: &str, version: &str, stable: Option<String>) {
     b.s.id = id.to_string();
     b.s.version = version.to_string();
-    b.s.stable = stable;
+    // A flag release changes no code: the running version is both sides.
+    b.s.stable = if b.policy.strategy.flag_only() {
+        Some(version.to_string())
+    } else {
+        stable
+    };
     b.s.started_at = b.now;
     b.s.phase = Phase::Gating;
     b.s.failure_streaks = vec![0; b.policy.analysis.metrics.len()];
@@ -1095,10 +1139,11 @@ fn resume(b: &mut Builder<'_>) {
         variant: Variant::Stable,
         version,
     });
-    let canary = Action::Deploy {
+    // A flag release runs no second copy: its canary is the flag-on users.
+    let canary = (!b.policy.strategy.flag_only()).then(|| Action::Deploy {
         variant: Variant::Canary,
         version: b.s.version.clone(),
-    };
+    });
     // The processes and the router may have died with the controller. Re-establish
     // the world this state assumes, with idempotent actions, before going on. No
     // decision is re-made: the chain only repeats what the state already records.
@@ -1118,12 +1163,12 @@ fn resume(b: &mut Builder<'_>) {
                     ..
                 })
             ) {
-                chain.push(canary);
+                chain.extend(canary.clone());
             }
         }
         Phase::Progressing => {
             chain.extend(ensure_stable);
-            chain.push(canary);
+            chain.extend(canary.clone());
             // Mid-step, re-apply the confirmed weight; between steps, finish setting the
             // next step's weight (the decision to advance is already recorded).
             let weight = match b.s.step_started_at {
@@ -1137,7 +1182,7 @@ fn resume(b: &mut Builder<'_>) {
         }
         Phase::Previewing => {
             chain.extend(ensure_stable);
-            chain.push(canary);
+            chain.extend(canary.clone());
             chain.push(Action::RunChecks {
                 stage: CheckStage::Preview,
             });
@@ -1148,14 +1193,17 @@ fn resume(b: &mut Builder<'_>) {
         }
         Phase::AwaitingApproval => {
             chain.extend(ensure_stable);
-            chain.push(canary);
+            chain.extend(canary.clone());
             chain.push(Action::SetWeight {
                 weight: b.s.weight,
                 matches: b.policy.strategy.matches_at(b.s.step),
             });
         }
         Phase::Promoting => {
-            chain.push(canary);
+            match canary.clone() {
+                Some(c) => chain.push(c),
+                None => chain.extend(ensure_stable),
+            }
             chain.push(Action::SetWeight {
                 weight: Weight::FULL,
                 matches: Vec::new(),
@@ -1164,7 +1212,7 @@ fn resume(b: &mut Builder<'_>) {
         Phase::Verifying | Phase::KeepingPrevious => {
             let checks_pending = matches!(b.s.pending, Some(Action::RunChecks { .. }));
             chain.extend(ensure_stable);
-            chain.push(canary);
+            chain.extend(canary.clone());
             chain.push(Action::SetWeight {
                 weight: Weight::FULL,
                 matches: Vec::new(),
@@ -1174,6 +1222,15 @@ fn resume(b: &mut Builder<'_>) {
                     stage: CheckStage::PostRelease,
                 });
             }
+        }
+        // Waiting to see whether flags off was enough: switch them off again (it is
+        // idempotent) and verify afresh.
+        Phase::RollingBack if b.s.rollback_level == Some(1) && !b.policy.strategy.flag_only() => {
+            chain.extend(ensure_stable);
+            chain.extend(canary.clone());
+            chain.push(Action::FlagsOff {
+                flags: b.policy.level_one_flags(),
+            });
         }
         Phase::RollingBack => {
             chain.extend(ensure_stable);
@@ -1235,7 +1292,9 @@ fn tick(b: &mut Builder<'_>) {
     }
     let due = |t: Option<Millis>| t.is_some_and(|t| t <= b.now);
     match b.s.phase {
-        Phase::Progressing if due(b.s.next_analysis_at) => b.act(Action::Measure),
+        Phase::Progressing | Phase::RollingBack if due(b.s.next_analysis_at) => {
+            b.act(Action::Measure);
+        }
         Phase::Verifying if due(b.s.timer) => {
             b.s.timer = None;
             b.act(Action::RunChecks {
@@ -1322,6 +1381,10 @@ fn after_full(b: &mut Builder<'_>) {
 }
 
 fn keep_or_stop_previous(b: &mut Builder<'_>) {
+    if b.policy.strategy.flag_only() {
+        // Nothing was deployed, so nothing is stopped: the flag is on for everyone.
+        return succeed(b);
+    }
     let keep = b.policy.strategy.keep_previous();
     if keep.is_zero() {
         b.s.phase = Phase::Promoting;
@@ -1374,9 +1437,62 @@ fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
             b.event("aborted", actor, reason.to_string());
             b.rollback_with(actor, format!("aborted by {actor}: {reason}"), force);
         }
+        // Waiting to see whether flags off was enough: the operator does not wait.
+        Phase::RollingBack if b.s.rollback_level == Some(1) && b.s.pending.is_none() => {
+            b.event("aborted", actor, reason.to_string());
+            b.rollback_traffic();
+        }
         // Already rolling back, or over: nothing more to do.
         _ => {}
     }
+}
+
+/// Level 1 is done: verify it over one analysis interval, or (flag release, operator
+/// rollback, flags that did not switch off) go on to the traffic.
+fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
+    if !ok {
+        b.event(
+            "flags_off_failed",
+            "rampart",
+            format!("level 1 failed: {detail}; moving traffic back instead"),
+        );
+        return b.rollback_traffic();
+    }
+    b.event("flags_off", "rampart", format!("level 1: {detail}"));
+    let by_operator = b.s.decision.as_ref().is_some_and(|d| d.by != "rampart");
+    if b.policy.strategy.flag_only() || by_operator {
+        return b.rollback_traffic();
+    }
+    // Judge the interval after the switch on its own: fresh evidence, fresh streaks.
+    let n = b.policy.analysis.metrics.len();
+    b.s.evidence = vec![Evidence::default(); n];
+    b.s.failure_streaks = vec![0; n];
+    b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+}
+
+/// Whether flags off restored health: the first interval after it must pass outright.
+/// If it does, the rollback stops at level 1 and traffic stays where it is.
+fn verify_level_one(b: &mut Builder<'_>, sample: Option<&IntervalSample>) {
+    b.s.next_analysis_at = None;
+    let verdict = sample.map(|s| judge_interval(b, s).verdict);
+    if verdict == Some(Verdict::Pass) {
+        b.event(
+            "level_verified",
+            "rampart",
+            format!(
+                "level 1 restored health: the flags are off and {} keeps {} of traffic; traffic and the new version are left as they are",
+                b.s.version, b.s.weight
+            ),
+        );
+        return rolled_back(b, "flags off restored health (rollback level 1)".into());
+    }
+    let seen = verdict.map_or("no measurement".to_string(), |v| v.label().to_string());
+    b.event(
+        "level_not_verified",
+        "rampart",
+        format!("level 1 did not restore health ({seen}); level 2: traffic back to stable"),
+    );
+    b.rollback_traffic();
 }
 
 fn on_answer(b: &mut Builder<'_>, input: &Input) {
@@ -1522,15 +1638,34 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
             }
             succeed(b);
         }
+        (Phase::RollingBack, Input::TrafficSet { .. }) if b.policy.strategy.flag_only() => {
+            b.event(
+                "flag_ramp_cleared",
+                "rampart",
+                "no user is in the flag's ramp".into(),
+            );
+            b.act(Action::VerifyStable);
+        }
         (Phase::RollingBack, Input::TrafficSet { .. }) => {
             b.event(
                 "traffic_restored",
                 "rampart",
-                "all traffic on stable".into(),
+                "level 2: all traffic on stable".into(),
             );
+            b.s.rollback_level = Some(3);
             b.act(Action::Stop {
                 variant: Variant::Canary,
             });
+        }
+        (Phase::RollingBack, Input::FlagsOff { ok, detail }) => flags_off(b, *ok, detail),
+        (Phase::RollingBack, Input::Measured { sample }) => verify_level_one(b, Some(sample)),
+        (Phase::RollingBack, Input::MeasureFailed { detail }) => {
+            b.event(
+                "analysis",
+                "rampart",
+                format!("metrics unavailable while verifying level 1: {detail}"),
+            );
+            verify_level_one(b, None);
         }
         (Phase::RollingBack, Input::TrafficFailed { detail }) => {
             b.halt(format!("could not move traffic back to stable: {detail}"));
@@ -1709,6 +1844,11 @@ fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
             if let Some(r) = b.policy.strategy.rolling() {
                 // Rolling: the new version's replicas start batch by batch.
                 b.s.stable_replicas = r.replicas;
+                start_progressing(b);
+                return;
+            }
+            if b.policy.strategy.flag_only() {
+                // The flag-on users are the canary, on the same processes.
                 start_progressing(b);
                 return;
             }
@@ -1978,7 +2118,16 @@ fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
     }
 }
 
-fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
+/// One interval judged: every metric's reading, the overall verdict, and the metrics
+/// whose failures decide the release.
+struct Judged {
+    readings: Vec<MetricReading>,
+    verdict: Verdict,
+    deciding: Vec<usize>,
+}
+
+/// Judges one interval, updates the evidence and streaks, and records the analysis.
+fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Judged {
     let metrics = &b.policy.analysis.metrics;
     let mut readings: Vec<MetricReading> = Vec::with_capacity(metrics.len());
     for (i, m) in metrics.iter().enumerate() {
@@ -2071,7 +2220,20 @@ fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
         ),
         readings.clone(),
     );
+    Judged {
+        readings,
+        verdict,
+        deciding,
+    }
+}
 
+fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
+    let Judged {
+        readings,
+        verdict,
+        deciding,
+    } = judge_interval(b, sample);
+    let metrics = &b.policy.analysis.metrics;
     if !deciding.is_empty() {
         let tripped = deciding;
         let why: Vec<String> = tripped

@@ -105,6 +105,10 @@ pub fn replay(
                 healthy: true,
                 detail: "assumed in a replay".into(),
             },
+            Some(Action::FlagsOff { flags }) => Input::FlagsOff {
+                ok: true,
+                detail: format!("{} off (replay)", flags.join(", ")),
+            },
             // Nobody can approve a replay; approval points count as approved.
             None if state.phase == crate::release::Phase::AwaitingApproval => Input::Approved {
                 by: "replay".into(),

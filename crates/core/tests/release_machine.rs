@@ -92,6 +92,10 @@ impl World {
 
     fn answer(&mut self, action: &Action) -> Input {
         match action {
+            Action::FlagsOff { .. } => Input::FlagsOff {
+                ok: true,
+                detail: String::new(),
+            },
             Action::RunMigrations => Input::Migrated {
                 ok: true,
                 class: rampart_core::migrations::Class::Expand,
@@ -570,6 +574,10 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
             healthy: false,
             detail: String::new(),
         },
+        (c, Some(Action::FlagsOff { .. })) => Input::FlagsOff {
+            ok: matches!(c, Choice::Ok(..)),
+            detail: String::new(),
+        },
         (Choice::Ok(..), Some(Action::RunChecks { stage })) => Input::ChecksDone {
             stage: *stage,
             results: vec![],
@@ -688,6 +696,10 @@ fn drive_full(
                 Input::TrafficSet { weight }
             }
             Some(Action::Measure) => Input::Measured { sample: measure() },
+            Some(Action::FlagsOff { .. }) => Input::FlagsOff {
+                ok: true,
+                detail: String::new(),
+            },
             Some(Action::Stop { variant }) => Input::Stopped {
                 variant,
                 ok: true,
@@ -737,12 +749,26 @@ fn weights_in(effects: &[Effect]) -> Vec<Weight> {
         .collect()
 }
 
+/// The policies the safety properties run on: a plain canary, a canary that ramps a
+/// flag (with another flag off at level 1), and a flag-only release.
+fn safety_policy(which: usize) -> Policy {
+    match which {
+        0 => policy(),
+        1 => flagged(
+            "strategy: {canary: {flag: new-checkout, steps: [{weight: 5, bake: 2m}, {weight: 50, bake: 5m}]}}\nrollback: {flags: [recs-v2]}\n",
+        ),
+        _ => flagged(
+            "strategy: {flag: {flag: new-checkout, steps: [{weight: 5, bake: 2m}, {weight: 50, bake: 5m}]}}\n",
+        ),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn safety_rules_hold_on_random_histories(choices in prop::collection::vec(choice(), 1..120)) {
-        let p = policy();
+    fn safety_rules_hold_on_random_histories(choices in prop::collection::vec(choice(), 1..120), which in 0..3usize) {
+        let p = safety_policy(which);
         let mut now: Millis = 0;
         let mut state = step(&p, &Release::default(), &start_input(), now).state;
         let mut log = vec![(start_input(), now)];
@@ -756,7 +782,9 @@ proptest! {
             if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
                 let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
                 prop_assert_eq!(aborted.state.phase, Phase::RollingBack);
-                prop_assert_eq!(weights_in(&aborted.effects), vec![Weight::ZERO]);
+                // Level 1 (flags off) first where users met the new code, else traffic.
+                let flags_first = matches!(aborted.state.pending, Some(Action::FlagsOff { .. }));
+                prop_assert!(flags_first || weights_in(&aborted.effects) == vec![Weight::ZERO]);
             }
 
             let t = step(&p, &state, &input, now);
@@ -798,8 +826,8 @@ proptest! {
     }
 
     #[test]
-    fn every_rollback_finishes_in_a_terminal_phase(choices in prop::collection::vec(choice(), 1..60), fail_verify: bool) {
-        let p = policy();
+    fn every_rollback_finishes_in_a_terminal_phase(choices in prop::collection::vec(choice(), 1..60), fail_verify: bool, which in 0..3usize) {
+        let p = safety_policy(which);
         let mut now: Millis = 0;
         let mut state = step(&p, &Release::default(), &start_input(), now).state;
         for c in &choices {
@@ -1781,15 +1809,37 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
 /// set, stopping early when `stop` holds. Preview checks take two minutes.
 fn drive_timed(
     p: &Policy,
+    s: Release,
+    now: Millis,
+    measure: impl Fn(Millis) -> IntervalSample,
+    stop: impl Fn(&Release) -> bool,
+) -> (Release, Vec<(Weight, Millis)>) {
+    let (s, actions) = drive_recorded(p, s, now, measure, stop);
+    let routes = actions
+        .into_iter()
+        .filter_map(|(a, at)| match a {
+            Action::SetWeight { weight, .. } => Some((weight, at)),
+            _ => None,
+        })
+        .collect();
+    (s, routes)
+}
+
+/// [`drive_timed`], returning every action answered and when.
+fn drive_recorded(
+    p: &Policy,
     mut s: Release,
     mut now: Millis,
     measure: impl Fn(Millis) -> IntervalSample,
     stop: impl Fn(&Release) -> bool,
-) -> (Release, Vec<(Weight, Millis)>) {
-    let mut routes = Vec::new();
+) -> (Release, Vec<(Action, Millis)>) {
+    let mut actions = Vec::new();
     for _ in 0..10_000 {
         if s.phase.is_terminal() || stop(&s) {
             break;
+        }
+        if let Some(a) = &s.pending {
+            actions.push((a.clone(), now));
         }
         let input = match s.pending.clone() {
             Some(Action::RunGates) => Input::GatesChecked { results: vec![] },
@@ -1798,10 +1848,7 @@ fn drive_timed(
                 ok: true,
                 detail: String::new(),
             },
-            Some(Action::SetWeight { weight, .. }) => {
-                routes.push((weight, now));
-                Input::TrafficSet { weight }
-            }
+            Some(Action::SetWeight { weight, .. }) => Input::TrafficSet { weight },
             Some(Action::Measure) => Input::Measured {
                 sample: measure(now),
             },
@@ -1823,6 +1870,10 @@ fn drive_timed(
                     results: vec![],
                 }
             }
+            Some(Action::FlagsOff { flags }) => Input::FlagsOff {
+                ok: true,
+                detail: format!("{} off", flags.join(", ")),
+            },
             Some(other) => panic!("unexpected {other:?}"),
             None => {
                 now = now.max(s.wake_at().unwrap());
@@ -1831,7 +1882,7 @@ fn drive_timed(
         };
         s = step(p, &s, &input, now).state;
     }
-    (s, routes)
+    (s, actions)
 }
 
 fn started(p: &Policy, at: Millis) -> Release {
@@ -1906,4 +1957,268 @@ fn a_blue_green_switch_outside_a_window_waits_for_it_at_zero_traffic() {
     let (s, routes) = drive_timed(&p, started(&p, start), start, |_| full(0), |_| false);
     assert_eq!(s.phase, Phase::Succeeded);
     assert!(routes[0].1 >= new_york("2026-11-30 09:00"), "{routes:?}");
+}
+
+const FLAGGED: &str = r#"
+service: shop
+deploy:
+  process:
+    command: ["./shop", "--port", "{port}"]
+traffic:
+  proxy:
+    listen: 127.0.0.1:8080
+    sticky: {header: x-user-id}
+flags:
+  define:
+    - {name: new-checkout, default: false, allow: [qa-1]}
+    - {name: recs-v2, default: true}
+analysis:
+  interval: 30s
+  min_samples: 20
+  failure_limit: 2
+  metrics:
+    - metric: error_rate
+      judge: {max: 2%, max_ratio_to_stable: 3}
+"#;
+
+fn flagged(strategy: &str) -> Policy {
+    Policy::from_yaml(&format!("{FLAGGED}{strategy}")).unwrap()
+}
+
+/// Every action a release asked for, in order, with the sample `measure` gives.
+fn actions_of(p: &Policy, measure: impl Fn(Millis) -> IntervalSample) -> (Release, Vec<Action>) {
+    let (s, actions) = drive_recorded(p, started(p, 0), 0, measure, |_| false);
+    (s, actions.into_iter().map(|(a, _)| a).collect())
+}
+
+fn has(actions: &[Action], f: impl Fn(&Action) -> bool) -> bool {
+    actions.iter().any(f)
+}
+
+#[test]
+fn a_flag_release_ramps_the_flag_on_the_running_version_and_deploys_nothing() {
+    let p = flagged(
+        "strategy: {flag: {flag: new-checkout, steps: [{weight: 10, bake: 1m}, {weight: 50, bake: 1m}]}}\n",
+    );
+    let (s, actions) = actions_of(&p, |_| healthy());
+    assert_eq!(s.phase, Phase::Succeeded);
+    assert_eq!(
+        s.stable.as_deref(),
+        Some("v2"),
+        "the running version is both sides"
+    );
+    assert!(!has(&actions, |a| matches!(
+        a,
+        Action::Deploy {
+            variant: Variant::Canary,
+            ..
+        }
+    )));
+    assert!(
+        !has(&actions, |a| matches!(a, Action::Stop { .. })),
+        "nothing to stop"
+    );
+    assert!(has(
+        &actions,
+        |a| matches!(a, Action::SetWeight { weight, .. } if *weight == Weight::FULL)
+    ));
+}
+
+#[test]
+fn a_bad_flag_is_switched_off_and_that_is_the_whole_rollback() {
+    let p = flagged("strategy: {flag: {flag: new-checkout, steps: [{weight: 10, bake: 5m}]}}\n");
+    let (s, actions) = actions_of(&p, |_| bad_canary());
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert_eq!(s.rollback_level, Some(1));
+    let off = actions
+        .iter()
+        .position(|a| matches!(a, Action::FlagsOff { flags } if flags == &["new-checkout"]))
+        .expect("level 1 ran");
+    let cleared = actions
+        .iter()
+        .position(|a| matches!(a, Action::SetWeight { weight, .. } if *weight == Weight::ZERO))
+        .expect("the ramp is cleared");
+    assert!(off < cleared);
+    assert!(
+        !has(&actions, |a| matches!(a, Action::Stop { .. })),
+        "the running version stays"
+    );
+}
+
+#[test]
+fn ordered_rollback_stops_at_the_first_level_that_restores_health() {
+    let p = flagged(
+        "strategy: {canary: {flag: new-checkout, steps: [{weight: 20, bake: 10m}]}}\nrollback: {flags: [recs-v2]}\n",
+    );
+    // Two bad intervals decide the rollback at 60 s; the flag was the culprit, so the
+    // interval after it is off is healthy.
+    let (s, actions) = actions_of(&p, |now| {
+        if now <= 60_000 {
+            bad_canary()
+        } else {
+            healthy()
+        }
+    });
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert_eq!(s.rollback_level, Some(1), "flags off was enough");
+    assert!(has(
+        &actions,
+        |a| matches!(a, Action::FlagsOff { flags } if flags == &["new-checkout", "recs-v2"])
+    ));
+    assert!(
+        !has(
+            &actions,
+            |a| matches!(a, Action::SetWeight { weight, .. } if *weight == Weight::ZERO)
+        ),
+        "traffic was left where it was"
+    );
+    assert_eq!(s.weight, Weight::from_percent(20).unwrap());
+
+    // Still bad with the flags off: level 2 moves traffic back, level 3 stops the canary.
+    let (s, actions) = actions_of(&p, |_| bad_canary());
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert_eq!(s.rollback_level, Some(3));
+    let order: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::FlagsOff { .. } => Some("flags"),
+            Action::SetWeight { weight, .. } if *weight == Weight::ZERO => Some("traffic"),
+            Action::Stop {
+                variant: Variant::Canary,
+            } => Some("artifact"),
+            Action::VerifyStable => Some("verify"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec!["flags", "traffic", "artifact", "verify"]);
+}
+
+#[test]
+fn an_operator_rollback_switches_flags_off_and_does_not_wait_to_verify() {
+    let p = flagged("strategy: {canary: {flag: new-checkout, steps: [{weight: 20, bake: 10m}]}}\n");
+    let (s, _) = drive_timed(
+        &p,
+        started(&p, 0),
+        0,
+        |_| healthy(),
+        |s| s.step_started_at.is_some(),
+    );
+    let t = step(
+        &p,
+        &s,
+        &Input::Abort {
+            actor: "bob".into(),
+            reason: "support tickets".into(),
+            force: false,
+        },
+        1000,
+    );
+    assert!(matches!(t.state.pending, Some(Action::FlagsOff { .. })));
+    let t = step(
+        &p,
+        &t.state,
+        &Input::FlagsOff {
+            ok: true,
+            detail: "off".into(),
+        },
+        1001,
+    );
+    assert_eq!(
+        weights_in(&t.effects),
+        vec![Weight::ZERO],
+        "straight to level 2"
+    );
+}
+
+#[test]
+fn a_controller_restart_while_verifying_level_one_switches_the_flags_off_again() {
+    let p = flagged("strategy: {canary: {flag: new-checkout, steps: [{weight: 20, bake: 10m}]}}\n");
+    let (s, _) = drive_timed(
+        &p,
+        started(&p, 0),
+        0,
+        |_| bad_canary(),
+        |s| s.rollback_level == Some(1) && s.pending.is_none(),
+    );
+    assert_eq!(s.phase, Phase::RollingBack);
+    let t = step(&p, &s, &Input::Resumed, s.started_at + 600_000);
+    let mut chain: Vec<Action> = t.state.pending.clone().into_iter().collect();
+    chain.extend(t.state.queued.clone());
+    assert!(
+        matches!(chain.last(), Some(Action::FlagsOff { .. })),
+        "{chain:?}"
+    );
+    assert!(
+        !chain.iter().any(|a| matches!(a, Action::SetWeight { .. })),
+        "no traffic moves"
+    );
+}
+
+#[test]
+fn a_full_release_waits_for_an_approval_before_switching_everything() {
+    let full_policy = |spec: &str| {
+        Policy::from_yaml(&BLUE_GREEN.replace(
+            "  blue_green:\n    preview: [{http: /healthz}]\n    stability: 2m\n    keep_previous: 10m\n",
+            spec,
+        ))
+        .unwrap()
+    };
+    let p = full_policy("  full: {stability: 2m}\n");
+    let (s, routes) = drive_timed(
+        &p,
+        started(&p, 0),
+        0,
+        |_| full(0),
+        |s| s.phase == Phase::AwaitingApproval,
+    );
+    assert_eq!(
+        s.phase,
+        Phase::AwaitingApproval,
+        "the default approval point"
+    );
+    assert!(routes.iter().all(|(w, _)| *w == Weight::ZERO), "{routes:?}");
+    let t = step(&p, &s, &Input::Approved { by: "bob".into() }, 5);
+    assert_eq!(weights_in(&t.effects), vec![Weight::FULL]);
+    let (s, _) = drive_timed(&p, t.state, 5, |_| full(0), |_| false);
+    assert_eq!(s.phase, Phase::Succeeded);
+    // `approval: none` opts out.
+    let none = full_policy("  full: {stability: 2m, approval: none}\n");
+    let (s, _) = drive_timed(&none, started(&none, 0), 0, |_| full(0), |_| false);
+    assert_eq!(s.phase, Phase::Succeeded);
+}
+
+#[test]
+fn flag_references_and_ramps_are_validated() {
+    let errors = |src: &str| {
+        Policy::from_yaml(src)
+            .unwrap_err()
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let e = errors(&format!(
+        "{FLAGGED}strategy: {{flag: {{flag: nope, steps: [{{weight: 10, bake: 1m}}]}}}}\nrollback: {{flags: [also-nope]}}\n"
+    ));
+    assert!(
+        e.contains("strategy.flag.flag: flag `nope` is not defined"),
+        "{e}"
+    );
+    assert!(
+        e.contains("rollback.flags[0]: flag `also-nope` is not defined"),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "{}strategy: {{flag: {{flag: new-checkout, steps: [{{weight: 10, bake: 1m}}]}}}}\n",
+        FLAGGED.replace("    sticky: {header: x-user-id}\n", "")
+    ));
+    assert!(
+        e.contains("traffic.proxy.sticky: a flag ramp needs a sticky key"),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "{FLAGGED}strategy: {{flag: {{steps: [{{weight: 10, bake: 1m}}]}}}}\n"
+    ));
+    assert!(e.contains("strategy.flag.flag"), "{e}");
 }

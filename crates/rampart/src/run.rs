@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rampart_adapters::clock::TokioClock;
+use rampart_adapters::flags::{FlagRouter, FlagServer};
 use rampart_adapters::gates::LocalGates;
 use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy};
@@ -103,6 +104,9 @@ pub struct Report {
     /// After a rollback: requests routed to the canary once traffic was confirmed back
     /// on stable (always 0: the switch is atomic). `null` without a rollback.
     pub canary_routed_after_rollback: Option<u64>,
+    /// After a rollback: the level that restored health (1 flags off, 2 traffic back
+    /// to stable, 3 the new version reverted). `null` without a rollback.
+    pub rollback_level: Option<u8>,
     /// The audit trail.
     pub timeline: Vec<rampart_core::release::AuditEvent>,
 }
@@ -233,6 +237,7 @@ pub async fn run_release(
     let (proxy, server) = Proxy::bind(proxy_spec.listen, proxy_spec.sticky.clone())
         .await
         .with_context(|| format!("the proxy cannot listen on {}", proxy_spec.listen))?;
+    let (router, _flag_server) = flag_plumbing(&policy, &proxy, &store, &clock).await?;
     if let Some(f) = on_proxy {
         f(server.local_addr());
     }
@@ -261,10 +266,11 @@ pub async fn run_release(
     ));
     let ports = Ports {
         deployer: deployer.clone(),
-        router: Arc::new(proxy.clone()),
+        router,
         metrics: Arc::new(BuiltinMetrics::new(proxy.clone())),
         gates: Arc::new(LocalGates),
         store: store.clone(),
+        flags: store.clone(),
         clock: clock.clone(),
         notifier: Arc::new(PrintNotifier(
             progress.clone(),
@@ -419,6 +425,52 @@ fn migration_plan(
 /// Passes transitions to the progress printer and remembers how many requests had been
 /// routed to the canary when a rollback confirmed weight 0, so the report can show
 /// that none were routed there afterwards.
+/// The policy's flags defined in the store, the router (ramping a flag with the
+/// weight when the strategy says so) and the flag endpoint, if the policy serves one.
+async fn flag_plumbing(
+    policy: &Policy,
+    proxy: &Proxy,
+    store: &Arc<SqliteStore>,
+    clock: &Arc<TokioClock>,
+) -> Result<
+    (
+        Arc<dyn rampart_core::ports::TrafficRouter>,
+        Option<FlagServer>,
+    ),
+    RunError,
+> {
+    use rampart_core::ports::FlagStore;
+    let Some(flags) = &policy.flags else {
+        return Ok((Arc::new(proxy.clone()), None));
+    };
+    store
+        .define(&policy.service, &flags.define)
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    let server = match flags.listen {
+        Some(listen) => Some(
+            FlagServer::bind(listen, store.clone(), &policy.service)
+                .await
+                .with_context(|| format!("the flag endpoint cannot listen on {listen}"))?,
+        ),
+        None => None,
+    };
+    let Some(flag) = policy.strategy.ramped_flag() else {
+        return Ok((Arc::new(proxy.clone()), server));
+    };
+    proxy.set_salt(flag);
+    let router = FlagRouter::new(
+        Arc::new(proxy.clone()),
+        store.clone(),
+        clock.clone(),
+        &policy.service,
+        flag,
+        policy.strategy.flag_only(),
+        policy.proxy().sticky.clone(),
+    );
+    Ok((Arc::new(router), server))
+}
+
 struct RollbackWatch {
     progress: Arc<Progress>,
     proxy: Proxy,
@@ -472,6 +524,9 @@ pub fn report(
             canary: totals.canary.requests,
         },
         canary_routed_after_rollback: after,
+        rollback_level: (outcome == OutcomeKind::RolledBack)
+            .then_some(end.rollback_level)
+            .flatten(),
         timeline,
     }
 }

@@ -28,6 +28,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart_core::flags::{bucket, mix};
 use rampart_core::metrics::IntervalSample;
 use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::{BoxFuture, MetricsSource, PortError, TrafficRouter};
@@ -57,6 +58,9 @@ struct Routes {
     canary: Vec<Backend>,
     weight: Weight,
     matches: Vec<RouteMatch>,
+    /// Salts the sticky hash: a ramped flag's name, so the canary's users are exactly
+    /// the users the flag store puts in the ramp. Empty for plain splitting.
+    salt: String,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,7 @@ impl Inner {
             canary: guard.canary.clone(),
             weight: guard.weight,
             matches: guard.matches.clone(),
+            salt: guard.salt.clone(),
         };
         f(&mut next);
         *guard = Arc::new(next);
@@ -182,6 +187,11 @@ impl Proxy {
                 }
             });
         }
+    }
+
+    /// Salts the sticky hash with a ramped flag's name (see [`bucket`]).
+    pub fn set_salt(&self, salt: &str) {
+        self.inner.update(|r| r.salt = salt.to_string());
     }
 
     /// Points `variant` at `endpoints`.
@@ -292,12 +302,12 @@ impl Proxy {
             return Variant::Canary;
         }
         let key = sticky_key(&self.inner.sticky, peer, req);
-        let hash = match key {
-            Some(k) => mix(fnv1a(&k)),
+        let bucket = match key {
+            Some(k) => u64::from(bucket(&routes.salt, &k)),
             // No key: spread requests evenly, independently of each other.
-            None => mix(self.inner.sequence.fetch_add(1, Ordering::Relaxed)),
+            None => mix(self.inner.sequence.fetch_add(1, Ordering::Relaxed)) % 10_000,
         };
-        if hash % 10_000 < u64::from(bp) {
+        if bucket < u64::from(bp) {
             Variant::Canary
         } else {
             Variant::Stable
@@ -429,22 +439,6 @@ fn sticky_key(sticky: &Sticky, peer: SocketAddr, req: &Request<Incoming>) -> Opt
     }
 }
 
-/// FNV-1a: a stable hash, the same on every machine and every rampart version, so a
-/// user keeps their variant across controller restarts.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// SplitMix64's finaliser: spreads FNV's output (and plain counters) evenly over
-/// buckets.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The proxy as the controller's traffic router.
 impl TrafficRouter for Proxy {
     fn set_backends<'a>(
@@ -546,7 +540,7 @@ mod tests {
         ) {
             weights.sort_unstable();
             for key in &keys {
-                let bucket = mix(fnv1a(key)) % 10_000;
+                let bucket = u64::from(bucket("", key));
                 let mut was_canary = false;
                 for bp in &weights {
                     let on = bucket < *bp;
@@ -561,7 +555,7 @@ mod tests {
     fn hashing_spreads_keys_evenly() {
         let n = 20_000u32;
         let on = (0..n)
-            .filter(|u| mix(fnv1a(format!("user-{u}").as_bytes())) % 10_000 < 1000)
+            .filter(|u| bucket("", format!("user-{u}").as_bytes()) < 1000)
             .count();
         let share = on as f64 / f64::from(n);
         assert!((share - 0.10).abs() < 0.01, "{share}");

@@ -7,8 +7,11 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use rampart_core::Weight;
+use rampart_core::flags::{FlagDef, FlagState};
 use rampart_core::ports::{
-    BoxFuture, CommandKind, Freeze, OperatorCommand, PortError, ReleaseRecord, Store, StoredInput,
+    BoxFuture, CommandKind, FlagChange, FlagStore, Freeze, OperatorCommand, PortError,
+    ReleaseRecord, Store, StoredInput,
 };
 use rampart_core::release::OutcomeKind;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -75,6 +78,19 @@ CREATE TABLE audit (
     r#"
 -- Approvals travel the same way as rollback requests.
 ALTER TABLE commands ADD COLUMN kind TEXT NOT NULL DEFAULT 'rollback';
+"#,
+    r#"
+-- The built-in feature-flag store; changes are audited.
+CREATE TABLE flags (
+    service    TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    default_on INTEGER NOT NULL,
+    ramp_bp    INTEGER NOT NULL,
+    allow      TEXT NOT NULL,  -- JSON array of keys
+    updated_at INTEGER NOT NULL,
+    updated_by TEXT NOT NULL,
+    PRIMARY KEY (service, name)
+);
 "#,
 ];
 
@@ -459,6 +475,119 @@ impl Store for SqliteStore {
     }
 }
 
+fn row_to_flag(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlagState> {
+    let allow: String = r.get(3)?;
+    let bp: i64 = r.get(2)?;
+    Ok(FlagState {
+        name: r.get(0)?,
+        default: r.get(1)?,
+        ramp: u16::try_from(bp)
+            .ok()
+            .and_then(Weight::from_basis_points)
+            .unwrap_or(Weight::ZERO),
+        allow: serde_json::from_str(&allow).unwrap_or_default(),
+    })
+}
+
+const FLAG_COLUMNS: &str = "name, default_on, ramp_bp, allow";
+
+impl FlagStore for SqliteStore {
+    fn define<'a>(
+        &'a self,
+        service: &'a str,
+        defs: &'a [FlagDef],
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                let tx = c.transaction().map_err(db_err)?;
+                for d in defs {
+                    let allow = serde_json::to_string(&d.allow).map_err(db_err)?;
+                    tx.execute(
+                        "INSERT INTO flags (service, name, default_on, ramp_bp, allow, updated_at, updated_by) VALUES (?1, ?2, ?3, 0, ?4, 0, 'policy') ON CONFLICT(service, name) DO UPDATE SET allow = excluded.allow",
+                        params![service, d.name, d.default, allow],
+                    )
+                    .map_err(db_err)?;
+                }
+                tx.commit().map_err(db_err)
+            })
+        })
+    }
+
+    fn flags<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Vec<FlagState>, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {FLAG_COLUMNS} FROM flags WHERE service = ?1 ORDER BY name"
+                    ))
+                    .map_err(db_err)?;
+                let rows = stmt.query_map([service], row_to_flag).map_err(db_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+            })
+        })
+    }
+
+    fn set_flag<'a>(
+        &'a self,
+        service: &'a str,
+        change: &'a FlagChange,
+    ) -> BoxFuture<'a, Result<FlagState, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                let tx = c.transaction().map_err(db_err)?;
+                let before = tx
+                    .query_row(
+                        &format!("SELECT {FLAG_COLUMNS} FROM flags WHERE service = ?1 AND name = ?2"),
+                        params![service, change.name],
+                        row_to_flag,
+                    )
+                    .optional()
+                    .map_err(db_err)?
+                    .ok_or_else(|| {
+                        PortError(format!(
+                            "{service} has no flag `{}`; define it under `flags.define` in the policy",
+                            change.name
+                        ))
+                    })?;
+                let after = FlagState {
+                    ramp: change.ramp.unwrap_or(before.ramp),
+                    default: change.default.unwrap_or(before.default),
+                    ..before
+                };
+                tx.execute(
+                    "UPDATE flags SET default_on = ?3, ramp_bp = ?4, updated_at = ?5, updated_by = ?6 WHERE service = ?1 AND name = ?2",
+                    params![
+                        service,
+                        change.name,
+                        after.default,
+                        i64::from(after.ramp.basis_points()),
+                        to_i64(change.at),
+                        change.actor
+                    ],
+                )
+                .map_err(db_err)?;
+                tx.execute(
+                    "INSERT INTO audit (at, actor, kind, detail) VALUES (?1, ?2, 'flag_set', ?3)",
+                    params![
+                        to_i64(change.at),
+                        change.actor,
+                        format!(
+                            "{service}/{}: ramp {}, default {} ({})",
+                            change.name,
+                            after.ramp,
+                            if after.default { "on" } else { "off" },
+                            change.reason
+                        )
+                    ],
+                )
+                .map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+                Ok(after)
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,5 +675,60 @@ mod tests {
         let (r, log) = s.load("r1").await.unwrap();
         assert_eq!(r.version, "v2");
         assert_eq!(log.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn flags_keep_their_runtime_state_and_every_change_is_audited() {
+        use rampart_core::flags::FlagDef;
+        let s = SqliteStore::in_memory().unwrap();
+        let def = |allow: &[&str]| FlagDef {
+            name: "new-checkout".into(),
+            default: true,
+            allow: allow.iter().map(|a| a.to_string()).collect(),
+        };
+        s.define("shop", &[def(&["qa-1"])]).await.unwrap();
+        let change = FlagChange {
+            name: "new-checkout".into(),
+            ramp: Some(Weight::from_percent(20).unwrap()),
+            default: Some(false),
+            actor: "alice".into(),
+            reason: "ramp".into(),
+            at: 5,
+        };
+        let after = s.set_flag("shop", &change).await.unwrap();
+        assert_eq!(after.ramp, Weight::from_percent(20).unwrap());
+        // Defining again (the next run) refreshes the allowlist, keeps ramp and default.
+        s.define("shop", &[def(&["qa-2"])]).await.unwrap();
+        let flags = s.flags("shop").await.unwrap();
+        assert_eq!(
+            (flags[0].ramp, flags[0].default, flags[0].allow.clone()),
+            (
+                Weight::from_percent(20).unwrap(),
+                false,
+                vec!["qa-2".to_string()]
+            )
+        );
+        assert!(
+            s.flags("other").await.unwrap().is_empty(),
+            "flags are per service"
+        );
+        let unknown = FlagChange {
+            name: "nope".into(),
+            ..change
+        };
+        assert!(s.set_flag("shop", &unknown).await.is_err());
+        let audited: Vec<String> = s
+            .with(|c| {
+                let mut st = c
+                    .prepare("SELECT detail FROM audit WHERE kind = 'flag_set'")
+                    .map_err(db_err)?;
+                let rows = st.query_map([], |r| r.get(0)).map_err(db_err)?;
+                rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
+            })
+            .unwrap();
+        assert_eq!(
+            audited,
+            vec!["shop/new-checkout: ramp 20%, default off (ramp)".to_string()]
+        );
     }
 }

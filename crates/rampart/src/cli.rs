@@ -98,6 +98,21 @@ enum Command {
         #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
         state_dir: PathBuf,
     },
+    /// Read, change and serve the service's feature flags.
+    Flags {
+        #[command(subcommand)]
+        what: crate::flags_cmd::FlagsCommand,
+    },
+    /// Whether releases may run now under the policy's windows and freeze calendar,
+    /// and when the next window opens.
+    Windows {
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Check a policy file and report every problem with its line and field.
     Validate {
         /// The policy file.
@@ -263,6 +278,8 @@ pub async fn main(cli: Cli) -> i32 {
             finish(output, run_release(opts, None).await)
         }
         Command::Validate { file, output } => validate(&file, output),
+        Command::Flags { what } => crate::flags_cmd::run(what).await,
+        Command::Windows { file, output } => windows(&file, output),
         Command::Runbook { file, version } => runbook(&file, version.as_deref()),
         Command::Gameday { scenario, output } => {
             let report = crate::gameday::run(scenario, output).await;
@@ -609,6 +626,57 @@ fn fail(output: Output, e: &RunError) -> i32 {
         (Output::Text, e) => eprintln!("error: {e:#}"),
     }
     code
+}
+
+/// `rampart windows`: 0 when releases may run now, 5 when they may not.
+fn windows(file: &PathBuf, output: Output) -> i32 {
+    use rampart_core::ports::Clock;
+    use rampart_core::windows::Status;
+    let policy = match std::fs::read_to_string(file)
+        .map_err(|e| RunError::Invalid(format!("{}: {e}", file.display())))
+        .and_then(|t| crate::run::load_policy(file, &t))
+    {
+        Ok(p) => p,
+        Err(e) => return fail(output, &e),
+    };
+    let now = rampart_adapters::clock::TokioClock::new().now();
+    let Some(w) = &policy.windows else {
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({"open": true, "why": null, "opens_at": null})
+            ),
+            Output::Text => println!(
+                "{} has no release windows: releases may run at any time",
+                policy.service
+            ),
+        }
+        return 0;
+    };
+    let (open, why, opens_at) = match w.status(now) {
+        Status::Open => (true, None, None),
+        Status::Closed { why, opens_at, .. } => (false, Some(why), opens_at),
+    };
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "open": open,
+                "why": why,
+                "opens_at": opens_at.map(|t| w.show(t)),
+                "opens_at_ms": opens_at,
+                "windows": w.describe(),
+            })
+        ),
+        Output::Text => match (&why, opens_at) {
+            (None, _) => println!("open: {} may release now", policy.service),
+            (Some(why), Some(t)) => {
+                println!("closed: {why}; the next window opens at {}", w.show(t))
+            }
+            (Some(why), None) => println!("closed: {why}; no window opens within 60 days"),
+        },
+    }
+    if open { 0 } else { 5 }
 }
 
 fn validate(file: &PathBuf, output: Output) -> i32 {

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod demo;
+pub mod flags_cmd;
 pub mod gameday;
 pub mod load;
 pub mod migrations_cmd;

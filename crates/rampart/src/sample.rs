@@ -35,6 +35,9 @@ pub struct Behaviour {
     pub crash_on_start: bool,
     /// A burst of errors: from `start` after start-up, for `len`, at `rate`.
     pub spike: Option<(Duration, Duration, f64)>,
+    /// When set, the errors only hit requests for which this feature flag is on: the
+    /// flag's URL (`http://HOST:PORT/flags/NAME`) and the header carrying the user key.
+    pub flag: Option<(String, String)>,
 }
 
 /// Picks the value for `version` from `VALUE` or `VERSION=VALUE,...,*=DEFAULT`.
@@ -104,12 +107,18 @@ impl Behaviour {
                 Some((ms(start)?, ms(len)?, rate))
             }
         };
+        // SAMPLE_FLAG_URL=http://127.0.0.1:7071/flags/NAME: the bug sits behind that flag.
+        let flag = pick("SAMPLE_FLAG_URL").map(|url| {
+            let header = get("SAMPLE_FLAG_KEY_HEADER").unwrap_or_else(|| "x-user-id".into());
+            (url, header.to_ascii_lowercase())
+        });
         Ok(Behaviour {
             version: version.to_string(),
             error_rate,
             latency: Duration::from_secs_f64(latency_ms / 1000.0),
             crash_on_start,
             spike,
+            flag,
         })
     }
 }
@@ -132,7 +141,7 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
         b.latency.as_millis()
     );
     let started = tokio::time::Instant::now();
-    let shared = Arc::new((b, AtomicU64::new(0)));
+    let shared = Arc::new((b, AtomicU64::new(0), AtomicU64::new(0)));
     loop {
         let (stream, _) = listener.accept().await?;
         let shared = shared.clone();
@@ -140,7 +149,7 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let shared = shared.clone();
                 async move {
-                    let (b, counter) = &*shared;
+                    let (b, counter, flagged) = &*shared;
                     if req.uri().path() == "/healthz" {
                         return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                             b"ok\n",
@@ -158,6 +167,24 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
                         }
                         _ => b.error_rate,
                     };
+                    // Behind a flag, only flag-on requests count toward the error rate.
+                    let n = match &b.flag {
+                        None => n,
+                        Some((url, header)) => {
+                            let key = req
+                                .headers()
+                                .get(header.as_str())
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            if !flag_on(url, key).await {
+                                return Ok(Response::new(Full::new(Bytes::from(format!(
+                                    "{}\n",
+                                    b.version
+                                )))));
+                            }
+                            flagged.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
                     let fail = ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor();
                     let mut resp =
                         Response::new(Full::new(Bytes::from(format!("{}\n", b.version))));
@@ -171,6 +198,27 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+/// Asks the flag endpoint, as an application would; an unreachable endpoint means the
+/// flag's safe default, off.
+async fn flag_on(url: &str, key: &str) -> bool {
+    let encoded: String = key
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    match rampart_adapters::http::get_text(&format!("{url}?key={encoded}"), Duration::from_secs(1))
+        .await
+    {
+        Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["on"].as_bool())
+            .unwrap_or(false),
+        _ => false,
     }
 }
 

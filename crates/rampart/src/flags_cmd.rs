@@ -1,0 +1,252 @@
+//! `rampart flags`: read, change and serve a service's feature flags.
+//!
+//! Owns the command-line side of the flag store: every change names who made it and
+//! why (the store audits it), and reads use the same evaluation as the HTTP endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Subcommand;
+use rampart_adapters::flags::FlagServer;
+use rampart_adapters::sqlite::SqliteStore;
+use rampart_core::flags::FlagState;
+use rampart_core::ports::{Clock, FlagChange, FlagStore};
+use rampart_core::{Policy, Weight};
+
+use crate::run::Output;
+
+/// What to do with flags.
+#[derive(Debug, Subcommand)]
+pub enum FlagsCommand {
+    /// Every flag of the policy's service, with its default, ramp and allowlist.
+    List {
+        /// The policy file (its `flags.define` creates missing flags).
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Where state is kept.
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Whether a flag is on for a key (a user id), and why.
+    Get {
+        /// The flag.
+        name: String,
+        /// The key the application would ask with; without it, an anonymous caller.
+        #[arg(long)]
+        key: Option<String>,
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Where state is kept.
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Change a flag's ramp or default. Audited with who and why.
+    Set {
+        /// The flag.
+        name: String,
+        /// The share of keys it is on for, 0 to 100.
+        #[arg(long, value_parser = parse_ramp)]
+        ramp: Option<Weight>,
+        /// The value outside the ramp and the allowlist.
+        #[arg(long, value_parser = ["on", "off"])]
+        default: Option<String>,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+        /// Who; defaults to $USER.
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Where state is kept.
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
+    },
+    /// Serve the flag endpoint on its own, until interrupted.
+    Serve {
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Where to listen; defaults to the policy's `flags.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where state is kept.
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
+    },
+}
+
+fn parse_ramp(s: &str) -> Result<Weight, String> {
+    Weight::parse(s)
+}
+
+/// Runs a `flags` command and returns the exit code.
+pub async fn run(cmd: FlagsCommand) -> i32 {
+    match go(cmd).await {
+        Ok(()) => 0,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+type Failure = (i32, String);
+
+/// The policy's service and its store, with the policy's flags defined.
+async fn open(file: &Path, state_dir: &Path) -> Result<(Policy, Arc<SqliteStore>), Failure> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| (2, format!("{}: {e}", file.display())))?;
+    let policy = crate::run::load_policy(file, &text).map_err(|e| (2, format!("{e:#}")))?;
+    let store = SqliteStore::open(&state_dir.join("rampart.db")).map_err(|e| (1, e.0))?;
+    let defs = policy.flags.as_ref().map_or(&[][..], |f| &f.define[..]);
+    store
+        .define(&policy.service, defs)
+        .await
+        .map_err(|e| (1, e.0))?;
+    Ok((policy, Arc::new(store)))
+}
+
+fn line(f: &FlagState) -> String {
+    let allow = if f.allow.is_empty() {
+        String::new()
+    } else {
+        format!(", allowlist {}", f.allow.join(","))
+    };
+    format!(
+        "{}: ramp {}, default {}{allow}",
+        f.name,
+        f.ramp,
+        if f.default { "on" } else { "off" }
+    )
+}
+
+async fn go(cmd: FlagsCommand) -> Result<(), Failure> {
+    match cmd {
+        FlagsCommand::List {
+            file,
+            state_dir,
+            output,
+        } => {
+            let (policy, store) = open(&file, &state_dir).await?;
+            let flags = store.flags(&policy.service).await.map_err(|e| (1, e.0))?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"service": policy.service, "flags": flags})
+                ),
+                Output::Text if flags.is_empty() => {
+                    println!(
+                        "{} has no flags; define them under `flags.define`",
+                        policy.service
+                    );
+                }
+                Output::Text => flags.iter().for_each(|f| println!("{}", line(f))),
+            }
+            Ok(())
+        }
+        FlagsCommand::Get {
+            name,
+            key,
+            file,
+            state_dir,
+            output,
+        } => {
+            let (policy, store) = open(&file, &state_dir).await?;
+            let flags = store.flags(&policy.service).await.map_err(|e| (1, e.0))?;
+            let flag = flags
+                .iter()
+                .find(|f| f.name == name)
+                .ok_or_else(|| (2, format!("{} has no flag `{name}`", policy.service)))?;
+            let e = flag.evaluate(key.as_deref());
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"name": name, "key": key, "on": e.on, "reason": e.reason})
+                ),
+                Output::Text => println!(
+                    "{name} is {} for {} ({})",
+                    if e.on { "on" } else { "off" },
+                    key.as_deref().unwrap_or("an anonymous caller"),
+                    serde_json::to_value(e.reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ),
+            }
+            Ok(())
+        }
+        FlagsCommand::Set {
+            name,
+            ramp,
+            default,
+            reason,
+            actor,
+            file,
+            state_dir,
+        } => {
+            if ramp.is_none() && default.is_none() {
+                return Err((
+                    2,
+                    "nothing to change: give --ramp, --default or both".into(),
+                ));
+            }
+            let (policy, store) = open(&file, &state_dir).await?;
+            let change = FlagChange {
+                name,
+                ramp,
+                default: default.map(|d| d == "on"),
+                actor: actor
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_else(|| "operator".into()),
+                reason,
+                at: rampart_adapters::clock::TokioClock::new().now(),
+            };
+            let after = store
+                .set_flag(&policy.service, &change)
+                .await
+                .map_err(|e| (2, e.0))?;
+            println!("{}", line(&after));
+            Ok(())
+        }
+        FlagsCommand::Serve {
+            file,
+            listen,
+            state_dir,
+        } => {
+            let (policy, store) = open(&file, &state_dir).await?;
+            let listen = listen
+                .or_else(|| policy.flags.as_ref().and_then(|f| f.listen))
+                .ok_or_else(|| {
+                    (
+                        2,
+                        "no address: give --listen, or set `flags.listen` in the policy".into(),
+                    )
+                })?;
+            let server = FlagServer::bind(listen, store, &policy.service)
+                .await
+                .map_err(|e| {
+                    (
+                        1,
+                        format!("the flag endpoint cannot listen on {listen}: {e}"),
+                    )
+                })?;
+            println!(
+                "serving {}'s flags on http://{}/flags until interrupted (Ctrl-C)",
+                policy.service,
+                server.local_addr()
+            );
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        }
+    }
+}

@@ -2348,9 +2348,19 @@ fn succeed(b: &mut Builder<'_>) {
 
 fn rolled_back(b: &mut Builder<'_>, detail: String) {
     b.s.phase = Phase::RolledBack;
-    let message = match &b.s.stable {
-        Some(stable) => format!("{stable} serves all traffic; {detail}"),
-        None => format!("the new version is stopped and nothing was serving before; {detail}"),
+    let level_one = b.s.rollback_level == Some(1) && !b.policy.strategy.flag_only();
+    let message = match (&b.s.stable, b.policy.strategy.ramped_flag()) {
+        _ if level_one => format!(
+            "{} keeps {} of traffic with its flags off; {detail}",
+            b.s.version, b.s.weight
+        ),
+        (Some(stable), Some(flag)) if b.policy.strategy.flag_only() => {
+            format!(
+                "`{flag}` is off for everyone outside its allowlist and {stable} keeps serving; {detail}"
+            )
+        }
+        (Some(stable), _) => format!("{stable} serves all traffic; {detail}"),
+        (None, _) => format!("the new version is stopped and nothing was serving before; {detail}"),
     };
     b.event("rolled_back", "rampart", message);
 }

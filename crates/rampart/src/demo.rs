@@ -65,6 +65,9 @@ pub enum DemoStrategy {
     BlueGreen,
     /// Four replicas, replaced one at a time, each batch judged for 3 s.
     Rolling,
+    /// No new process: v2's new checkout sits behind the flag `new-checkout`, ramped to
+    /// 10 % then 50 % of users; the scenario's errors hit flag-on users only.
+    Flag,
 }
 
 impl DemoStrategy {
@@ -74,6 +77,7 @@ impl DemoStrategy {
             DemoStrategy::Canary => "canary",
             DemoStrategy::BlueGreen => "blue-green",
             DemoStrategy::Rolling => "rolling",
+            DemoStrategy::Flag => "flag",
         }
     }
 
@@ -84,8 +88,22 @@ impl DemoStrategy {
         }
     }
 
-    fn yaml(self) -> &'static str {
-        match self {
+    fn yaml(self, flag_port: u16) -> String {
+        if self == DemoStrategy::Flag {
+            return format!(
+                "flags:
+  listen: 127.0.0.1:{flag_port}
+  define: [{{name: new-checkout, default: false}}]
+strategy:
+  flag:
+    flag: new-checkout
+    steps:
+      - {{weight: 10, bake: 6s}}
+      - {{weight: 50, bake: 6s}}
+"
+            );
+        }
+        let text = match self {
             DemoStrategy::Canary => {
                 "strategy:
   canary:
@@ -105,11 +123,22 @@ post_release:
   checks: [{http: /healthz}]
 "
             }
-            DemoStrategy::Rolling => {
+            DemoStrategy::Rolling | DemoStrategy::Flag => {
                 "strategy:
   rolling: {batch: 1, bake: 3s}
 "
             }
+        };
+        text.to_string()
+    }
+
+    /// Makes v2's misbehaviour hit only the users its flag is on for.
+    fn env(self, flag_port: u16) -> String {
+        match self {
+            DemoStrategy::Flag => format!(
+                "\n      SAMPLE_FLAG_URL: \"http://127.0.0.1:{flag_port}/flags/new-checkout\"\n      SAMPLE_FLAG_KEY_HEADER: x-user"
+            ),
+            _ => String::new(),
         }
     }
 
@@ -117,7 +146,7 @@ post_release:
     /// limit is absolute there.
     fn latency_metric(self) -> &'static str {
         match self {
-            DemoStrategy::Canary => {
+            DemoStrategy::Canary | DemoStrategy::Flag => {
                 "{name: p99-latency, metric: latency_p99, judge: {max_ratio_to_stable: 1.8}}"
             }
             DemoStrategy::BlueGreen | DemoStrategy::Rolling => {
@@ -137,6 +166,9 @@ post_release:
             DemoStrategy::Rolling => {
                 "rolling: 4 replicas replaced one at a time, each batch judged every 2s for 3s on error rate (max 2%) and p50 latency (max 100ms)"
             }
+            DemoStrategy::Flag => {
+                "flag: v2 runs alone and its new checkout is ramped to 10% then 50% of users, 6s each, the flag-on users judged against the rest every 2s; a bad flag is switched off (rollback level 1) and nothing else moves"
+            }
         }
     }
 }
@@ -145,7 +177,13 @@ post_release:
 const DEMO_RPS: u32 = 300;
 
 /// The demo policy for `scenario`, releasing the sample service at `exe` behind `port`.
-pub fn policy(scenario: Scenario, strategy: DemoStrategy, exe: &str, port: u16) -> String {
+pub fn policy(
+    scenario: Scenario,
+    strategy: DemoStrategy,
+    exe: &str,
+    port: u16,
+    flag_port: u16,
+) -> String {
     let (err, latency, crash) = scenario.canary();
     let exe = serde_json::to_string(exe).unwrap_or_else(|_| "\"rampart\"".into());
     format!(
@@ -157,7 +195,7 @@ deploy:
     env:
       SAMPLE_ERROR_RATE: "v1=0.5%,v2={err}"
       SAMPLE_LATENCY_MS: "v1=50,v2={latency}"
-      SAMPLE_CRASH_ON_START: "v1=0,v2={crash}"
+      SAMPLE_CRASH_ON_START: "v1=0,v2={crash}"{flag_env}
     readiness: {{http: /healthz, timeout: 5s, period: 50ms}}
     stop_timeout: 2s
     replicas: {replicas}
@@ -183,7 +221,8 @@ rollback:
         name = scenario.name(),
         describe = scenario.describe(),
         crash = u8::from(crash),
-        strategy = strategy.yaml(),
+        strategy = strategy.yaml(flag_port),
+        flag_env = strategy.env(flag_port),
         latency_metric = strategy.latency_metric(),
         replicas = strategy.replicas(),
     )
@@ -200,11 +239,17 @@ pub async fn run(
         .tempdir()
         .context("creating a temporary directory")?;
     let exe = std::env::current_exe().context("finding the rampart executable")?;
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .context("finding a free port")?
-        .port();
-    let text = policy(scenario, strategy, &exe.to_string_lossy(), port);
+    // Both bound at once, so the two ports differ.
+    let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port");
+    let (a, b) = (bind()?, bind()?);
+    let port_of = |l: &TcpListener| {
+        l.local_addr()
+            .map(|a| a.port())
+            .context("finding a free port")
+    };
+    let (port, flag_port) = (port_of(&a)?, port_of(&b)?);
+    drop((a, b));
+    let text = policy(scenario, strategy, &exe.to_string_lossy(), port, flag_port);
     let policy_path = dir.path().join("rampart.yaml");
     std::fs::write(&policy_path, &text).context("writing the demo policy")?;
     let say = |line: String| match output {

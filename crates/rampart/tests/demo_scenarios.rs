@@ -195,3 +195,23 @@ fn rolling_bad_version_restores_every_replaced_batch() {
     );
     assert_eq!(t.last().unwrap()["kind"], "rolled_back");
 }
+
+#[test]
+fn flag_demo_switches_a_bad_flag_off_and_starts_or_stops_no_process() {
+    let (code, v) = demo_with("flag", "bad-canary");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["rollback_level"], 1);
+    let kinds: Vec<&str> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"flags_off"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "version_ready").count(),
+        1,
+        "one process, the running version: {kinds:?}"
+    );
+    assert!(!kinds.contains(&"canary_stopped"), "{kinds:?}");
+}

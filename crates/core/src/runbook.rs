@@ -10,6 +10,14 @@ use crate::migrations::Class;
 use crate::policy::{EscalationAction, GateCheck, Judge, NotifyTarget, Policy, Strategy};
 use crate::units::format_duration;
 
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Renders the runbook. `migrations` is the class of the version's migrations when
 /// known.
 pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>) -> String {
@@ -255,17 +263,46 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
     }
 
     md.push_str("## Rollback order\n\n");
-    md.push_str("1. Traffic back to the previous version (weight 0, confirmed by the router; match rules cleared).\n");
-    let _ = writeln!(
-        md,
-        "2. The new version drained (up to {}) and stopped.",
-        format_duration(policy.rollback.drain)
-    );
-    let _ = writeln!(
-        md,
-        "3. The previous version verified healthy (within {}); if it is not, halt and page.",
-        format_duration(policy.rollback.verify_timeout)
-    );
+    let flags = policy.level_one_flags();
+    if policy.strategy.flag_only() {
+        let _ = writeln!(
+            md,
+            "1. Level 1, flags: {} off for everyone outside the allowlists (ramp 0, default off), and the ramp cleared from the proxy. Nothing was deployed, so there is no level 2 or 3.",
+            quoted(&flags)
+        );
+        let _ = writeln!(
+            md,
+            "2. The running version verified healthy (within {}); if it is not, halt and page.",
+            format_duration(policy.rollback.verify_timeout)
+        );
+    } else {
+        if !flags.is_empty() {
+            let _ = writeln!(
+                md,
+                "1. Level 1, flags: {} off (ramp 0, default off). Verified over one analysis interval ({}): if the new version passes with its flags off, **stop here**; traffic and the new version stay as they are.",
+                quoted(&flags),
+                format_duration(policy.analysis.interval)
+            );
+        } else {
+            md.push_str("1. Level 1, flags: none in this policy (`rollback.flags`), so this level is skipped.\n");
+        }
+        md.push_str("2. Level 2, traffic: back to the previous version (weight 0, confirmed by the router; match rules cleared).\n");
+        let _ = writeln!(
+            md,
+            "3. Level 3, artifact: the new version drained (up to {}) and stopped{}.",
+            format_duration(policy.rollback.drain),
+            if policy.strategy.rolling().is_some() {
+                ", batch by batch in reverse order, each restoring the previous replicas first"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            md,
+            "4. The previous version verified healthy (within {}); if it is not, halt and page.",
+            format_duration(policy.rollback.verify_timeout)
+        );
+    }
     if let Some(cap) = policy.rollback.max_automatic {
         let _ = writeln!(
             md,
@@ -274,7 +311,7 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
             format_duration(cap.per)
         );
     }
-    md.push_str("\nStop at the first level that restores health. Operators: `rampart rollback ");
+    md.push_str("\nEach level is verified before the next; rampart stops at the first level that restores health. An operator's rollback does not wait at level 1. Operators: `rampart rollback ");
     let _ = writeln!(md, "{svc} --reason \"...\"`.\n");
 
     md.push_str("## Migration safety\n\n");

@@ -94,6 +94,7 @@ fn the_shipped_examples_are_valid() {
     for f in [
         "examples/python-service/rampart.yaml",
         "examples/rampart.yaml",
+        "examples/flag-release.yaml",
     ] {
         let out = rampart()
             .args(["validate", "-f"])

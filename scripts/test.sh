@@ -10,6 +10,11 @@ command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)   # SQLite is comp
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)     # the Python example service
 command -v psql >/dev/null 2>&1 || apt_missing+=(postgresql-client)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_missing+=(postgresql)  # a real server for migration tests
+# Real servers for the adapter tests, each started on loopback by the tests themselves.
+command -v nginx >/dev/null 2>&1 || apt_missing+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || apt_missing+=(haproxy)
+command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || apt_missing+=(prometheus-alertmanager)
 if ((${#apt_missing[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

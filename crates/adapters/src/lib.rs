@@ -6,9 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod clock;
 pub mod flags;
 pub mod gates;
+pub mod haproxy;
 pub mod http;
 pub mod notify;
 pub mod process;

@@ -4,59 +4,21 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy, VARIANT_HEADER};
 use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::MetricsSource;
 use rampart_core::{Variant, Weight};
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-/// A backend that answers with its name; `/fail` answers 503; `/hold` waits for `release`.
-async fn backend(name: &'static str, release: Arc<Notify>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let release = release.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let release = release.clone();
-                    async move {
-                        if req.uri().path() == "/hold" {
-                            release.notified().await;
-                        }
-                        let mut resp = Response::new(Full::new(Bytes::from(name)));
-                        if req.uri().path() == "/fail" {
-                            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                        }
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+mod common;
 
-fn client() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
-}
+use common::{backend, client};
 
 async fn get(addr: SocketAddr, path: &str, user: Option<&str>) -> (StatusCode, String) {
     let mut req = Request::get(format!("http://{addr}{path}"));

@@ -145,6 +145,39 @@ pub struct Readiness {
 pub enum Traffic {
     /// The embedded proxy.
     Proxy(ProxySpec),
+    /// An nginx rampart renders an include file for, tests and reloads.
+    Nginx(NginxSpec),
+    /// An HAProxy whose server weights rampart sets through the runtime API.
+    Haproxy(HaproxySpec),
+}
+
+/// nginx as the traffic router.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NginxSpec {
+    /// Where nginx serves the service (the rendered `server` block listens here).
+    pub listen: SocketAddr,
+    /// The file rampart owns and rewrites: upstreams, the split, the server block. The
+    /// main nginx configuration must include it inside `http {}`.
+    pub include: String,
+    /// Validates the configuration; a failure leaves the old file in place.
+    pub test: Vec<String>,
+    /// Makes nginx load the configuration.
+    pub reload: Vec<String>,
+    /// How a request is pinned to one variant (`split_clients` hashes it).
+    pub sticky: Sticky,
+}
+
+/// HAProxy as the traffic router.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HaproxySpec {
+    /// The runtime API socket (`stats socket PATH level admin`).
+    pub socket: String,
+    /// The backend whose `stable<N>` and `canary<N>` servers (a `server-template` each)
+    /// rampart points at the versions and weighs.
+    pub backend: String,
+    /// Where HAProxy sends its request log (UDP syslog) for rampart to measure, as
+    /// `log ADDR local0` with `log-format "rampart-ms %b %s %ST %Ta"`.
+    pub log_listen: SocketAddr,
 }
 
 /// The embedded proxy's settings.
@@ -639,10 +672,11 @@ impl Policy {
         }
     }
 
-    /// The proxy spec.
-    pub fn proxy(&self) -> &ProxySpec {
+    /// The embedded proxy's spec, when the embedded proxy routes traffic.
+    pub fn proxy(&self) -> Option<&ProxySpec> {
         match &self.traffic {
-            Traffic::Proxy(p) => p,
+            Traffic::Proxy(p) => Some(p),
+            _ => None,
         }
     }
 }
@@ -726,6 +760,16 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         flags.as_ref(),
         &rollback,
     );
+    if let (Some(Traffic::Haproxy(_)), Some(st)) = (&traffic, &strategy)
+        && let Some(i) = st.steps().iter().position(|s| !s.matches.is_empty())
+    {
+        let pos = m.get("strategy").map_or(m.pos(), |n| n.pos);
+        cx.error(
+            pos,
+            &format!("strategy.{}.steps[{i}].match", st.name()),
+            "HAProxy's weights are set at run time without a reload, but match rules are not; use the embedded proxy or nginx for `match` steps",
+        );
+    }
     if let (Some(Strategy::BlueGreen(_) | Strategy::Full(_)), Some(a)) = (&strategy, &analysis) {
         check_blue_green_metrics(cx, &m, a);
     }
@@ -938,32 +982,83 @@ fn positive(cx: &mut Decoder, m: &MapReader<'_>, key: &str) -> Option<Duration> 
     Some(d)
 }
 
-fn decode_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Option<Traffic> {
-    let (_, inner, p) = one_kind(cx, node, path, &["proxy"])?;
-    let m = cx.map(inner, &p, &["listen", "sticky"])?;
-    let listen = m.required_with(cx, "listen", |cx, n, p| {
-        let text = scalar(cx, n, p, "an address like 127.0.0.1:8080")?;
-        match text.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                cx.error(
-                    n.pos,
-                    p,
-                    format!(
-                        "`{text}` is not an IP address and port, like 127.0.0.1:8080 or [::1]:8080"
-                    ),
-                );
-                None
-            }
+fn decode_addr(cx: &mut Decoder, n: &Node, p: &str) -> Option<SocketAddr> {
+    let text = scalar(cx, n, p, "an address like 127.0.0.1:8080")?;
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.error(
+                n.pos,
+                p,
+                format!(
+                    "`{text}` is not an IP address and port, like 127.0.0.1:8080 or [::1]:8080"
+                ),
+            );
+            None
         }
-    });
-    let sticky = m
-        .optional_with(cx, "sticky", decode_sticky)
-        .unwrap_or(Sticky::None);
-    Some(Traffic::Proxy(ProxySpec {
-        listen: listen?,
-        sticky,
-    }))
+    }
+}
+
+fn decode_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Option<Traffic> {
+    let (kind, inner, p) = one_kind(cx, node, path, &["proxy", "nginx", "haproxy"])?;
+    match kind {
+        "nginx" => {
+            let m = cx.map(
+                inner,
+                &p,
+                &["listen", "include", "test", "reload", "sticky"],
+            )?;
+            let listen = m.required_with(cx, "listen", decode_addr);
+            let include = m.required::<String>(cx, "include");
+            let test = m
+                .optional::<Vec<String>>(cx, "test")
+                .unwrap_or_else(|| vec!["nginx".into(), "-t".into()]);
+            let reload = m
+                .optional::<Vec<String>>(cx, "reload")
+                .unwrap_or_else(|| vec!["nginx".into(), "-s".into(), "reload".into()]);
+            for (key, cmd) in [("test", &test), ("reload", &reload)] {
+                if cmd.is_empty() {
+                    cx.error(
+                        m.pos(),
+                        &m.path_of(key),
+                        "a command needs at least a program",
+                    );
+                }
+            }
+            let sticky = m
+                .optional_with(cx, "sticky", decode_sticky)
+                .unwrap_or(Sticky::None);
+            Some(Traffic::Nginx(NginxSpec {
+                listen: listen?,
+                include: include?,
+                test,
+                reload,
+                sticky,
+            }))
+        }
+        "haproxy" => {
+            let m = cx.map(inner, &p, &["socket", "backend", "log_listen"])?;
+            let socket = m.required::<String>(cx, "socket");
+            let backend = m.required::<String>(cx, "backend");
+            let log_listen = m.required_with(cx, "log_listen", decode_addr);
+            Some(Traffic::Haproxy(HaproxySpec {
+                socket: socket?,
+                backend: backend?,
+                log_listen: log_listen?,
+            }))
+        }
+        _ => {
+            let m = cx.map(inner, &p, &["listen", "sticky"])?;
+            let listen = m.required_with(cx, "listen", decode_addr);
+            let sticky = m
+                .optional_with(cx, "sticky", decode_sticky)
+                .unwrap_or(Sticky::None);
+            Some(Traffic::Proxy(ProxySpec {
+                listen: listen?,
+                sticky,
+            }))
+        }
+    }
 }
 
 fn decode_sticky(cx: &mut Decoder, node: &Node, path: &str) -> Option<Sticky> {
@@ -1195,6 +1290,13 @@ fn check_flags(
         );
         if !defined(name) {
             cx.error(pos("strategy"), &path, hint(name));
+        }
+        if let Some(Traffic::Nginx(_) | Traffic::Haproxy(_)) = traffic {
+            cx.error(
+                pos("traffic"),
+                "traffic",
+                "a flag ramp needs the embedded proxy (`traffic.proxy`): it hashes users exactly as the flag store does, so the users measured as the canary are the users with the flag on",
+            );
         }
         if let Some(Traffic::Proxy(p)) = traffic
             && p.sticky == Sticky::None

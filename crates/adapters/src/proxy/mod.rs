@@ -493,25 +493,38 @@ impl TrafficRouter for Proxy {
     }
 }
 
-/// The `builtin` metrics source: deltas of the proxy's own counters.
-#[derive(Debug)]
-pub struct BuiltinMetrics {
-    proxy: Proxy,
-    last: std::sync::Mutex<IntervalSample>,
+/// Something that counts both variants' requests cumulatively.
+pub trait Totals: Send + Sync {
+    /// Cumulative counters for both variants.
+    fn totals(&self) -> IntervalSample;
 }
 
-impl BuiltinMetrics {
-    /// Measures `proxy`, starting from now.
-    pub fn new(proxy: Proxy) -> Self {
-        let last = std::sync::Mutex::new(proxy.totals());
-        BuiltinMetrics { proxy, last }
+impl Totals for Proxy {
+    fn totals(&self) -> IntervalSample {
+        Proxy::totals(self)
     }
 }
 
-impl MetricsSource for BuiltinMetrics {
+/// The `builtin` metrics source: what rampart's own data path counted (the embedded
+/// proxy, or the request log nginx or HAProxy send it), per interval.
+#[derive(Debug)]
+pub struct BuiltinMetrics<T: Totals = Proxy> {
+    counted: T,
+    last: std::sync::Mutex<IntervalSample>,
+}
+
+impl<T: Totals> BuiltinMetrics<T> {
+    /// Measures `counted`, starting from now.
+    pub fn new(counted: T) -> Self {
+        let last = std::sync::Mutex::new(counted.totals());
+        BuiltinMetrics { counted, last }
+    }
+}
+
+impl<T: Totals> MetricsSource for BuiltinMetrics<T> {
     fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
         Box::pin(async move {
-            let now = self.proxy.totals();
+            let now = self.counted.totals();
             let mut last = self
                 .last
                 .lock()

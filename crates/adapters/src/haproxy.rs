@@ -1,0 +1,381 @@
+//! HAProxy as the traffic router, through its runtime API: no reload, ever.
+//!
+//! Owns mapping the versions' endpoints onto the backend's pre-declared server slots
+//! (`server-template stable 1-N ...` and `server-template canary 1-N ...`), turning a
+//! canary share into per-server weights (0 to 256), reading the weights back, and
+//! draining slots by their live session counts. It must not write HAProxy's
+//! configuration: the slots and the request log are the operator's, once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rampart_core::policy::RouteMatch;
+use rampart_core::ports::{BoxFuture, PortError, TrafficRouter};
+use rampart_core::{Variant, Weight};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
+
+/// HAProxy's largest server weight.
+const MAX_WEIGHT: u64 = 256;
+
+/// One runtime-API command's time limit.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+struct State {
+    /// Slot name -> the endpoint it serves, per variant.
+    slots: HashMap<Variant, BTreeMap<String, Option<SocketAddr>>>,
+    /// Slots taken out of rotation by the last change, with the endpoint they served.
+    retired: Vec<(String, SocketAddr)>,
+    weight: Weight,
+    discovered: bool,
+}
+
+/// Sets server weights on a running HAProxy.
+#[derive(Debug)]
+pub struct HaproxyRouter {
+    socket: PathBuf,
+    backend: String,
+    state: Mutex<State>,
+}
+
+fn err(msg: impl Into<String>) -> PortError {
+    PortError(msg.into())
+}
+
+/// Runtime-API answers that mean the command was refused.
+fn refused(answer: &str) -> bool {
+    let a = answer.trim_start();
+    [
+        "No such",
+        "Invalid",
+        "Unknown",
+        "Require",
+        "Can't",
+        "Cannot",
+        "Permission denied",
+        "Missing",
+        "'set server",
+    ]
+    .iter()
+    .any(|p| a.starts_with(p))
+}
+
+/// Per-server weights for a share (in basis points) spread over `servers` servers.
+pub fn server_weight(share_bp: u16, servers: usize) -> u64 {
+    if servers == 0 || share_bp == 0 {
+        return 0;
+    }
+    let total = u64::from(share_bp) * MAX_WEIGHT;
+    let per = (total + 5_000 * servers as u64) / (10_000 * servers as u64);
+    per.clamp(1, MAX_WEIGHT)
+}
+
+impl HaproxyRouter {
+    /// A router for `backend` on the runtime API at `socket`.
+    pub fn new(socket: impl Into<PathBuf>, backend: &str) -> HaproxyRouter {
+        HaproxyRouter {
+            socket: socket.into(),
+            backend: backend.to_string(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Sends one command and returns the answer.
+    pub async fn command(&self, cmd: &str) -> Result<String, PortError> {
+        let exchange = async {
+            let mut s = UnixStream::connect(&self.socket).await.map_err(|e| {
+                err(format!(
+                    "HAProxy runtime API at {}: {e}",
+                    self.socket.display()
+                ))
+            })?;
+            s.write_all(format!("{cmd}\n").as_bytes())
+                .await
+                .map_err(|e| err(format!("HAProxy runtime API: {e}")))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)
+                .await
+                .map_err(|e| err(format!("HAProxy runtime API: {e}")))?;
+            Ok(out)
+        };
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, exchange)
+            .await
+            .map_err(|_| err(format!("HAProxy did not answer `{cmd}` within 5s")))??;
+        if refused(&out) {
+            return Err(err(format!("HAProxy refused `{cmd}`: {}", out.trim())));
+        }
+        Ok(out)
+    }
+
+    /// Learns the backend's `stable<N>` and `canary<N>` slots, once.
+    async fn discover(&self, state: &mut State) -> Result<(), PortError> {
+        if state.discovered {
+            return Ok(());
+        }
+        let out = self
+            .command(&format!("show servers state {}", self.backend))
+            .await?;
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            // be_id be_name srv_id srv_name srv_addr ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(name) = fields.get(3) else { continue };
+            let variant = match name.trim_end_matches(|c: char| c.is_ascii_digit()) {
+                "stable" => Variant::Stable,
+                "canary" => Variant::Canary,
+                _ => continue,
+            };
+            state
+                .slots
+                .entry(variant)
+                .or_default()
+                .insert((*name).to_string(), None);
+        }
+        for v in [Variant::Stable, Variant::Canary] {
+            if state.slots.get(&v).is_none_or(BTreeMap::is_empty) {
+                return Err(err(format!(
+                    "backend `{}` has no `{}<N>` servers; declare them with `server-template {} 1-4 127.0.0.1:9 disabled`",
+                    self.backend,
+                    v.as_str(),
+                    v.as_str()
+                )));
+            }
+        }
+        state.discovered = true;
+        Ok(())
+    }
+
+    fn set_server(&self, slot: &str, what: &str) -> String {
+        format!("set server {}/{slot} {what}", self.backend)
+    }
+
+    /// Puts the current weight in force on every slot in service, and reads it back.
+    async fn apply_weights(&self, state: &State) -> Result<(), PortError> {
+        let shares = [
+            (Variant::Stable, 10_000 - state.weight.basis_points()),
+            (Variant::Canary, state.weight.basis_points()),
+        ];
+        for (variant, share) in shares {
+            let Some(slots) = state.slots.get(&variant) else {
+                continue;
+            };
+            let live: Vec<&String> = slots
+                .iter()
+                .filter(|(_, ep)| ep.is_some())
+                .map(|(s, _)| s)
+                .collect();
+            let w = server_weight(share, live.len());
+            for slot in live {
+                self.command(&self.set_server(slot, &format!("weight {w}")))
+                    .await?;
+                let answer = self
+                    .command(&format!("get weight {}/{slot}", self.backend))
+                    .await?;
+                let got = answer.split_whitespace().next().unwrap_or("");
+                if got != w.to_string() {
+                    return Err(err(format!(
+                        "{}/{slot} reports weight `{}` after setting {w}",
+                        self.backend,
+                        answer.trim()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Current sessions on these slots, from `show stat`.
+    async fn sessions(&self, slots: &[String]) -> Result<u64, PortError> {
+        let out = self.command("show stat").await?;
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(px), Some(sv), Some(scur)) = (col("pxname"), col("svname"), col("scur")) else {
+            return Err(err(
+                "HAProxy's `show stat` has no pxname, svname or scur column",
+            ));
+        };
+        let mut total = 0;
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.get(px) == Some(&self.backend.as_str())
+                && f.get(sv).is_some_and(|s| slots.iter().any(|x| x == s))
+            {
+                total += f.get(scur).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    async fn wait_idle(&self, slots: Vec<String>, timeout: Duration) -> Result<(), PortError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.sessions(&slots).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(err(format!(
+                    "{n} session(s) still open on {} after {}ms",
+                    slots.join(", "),
+                    timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl TrafficRouter for HaproxyRouter {
+    fn set_backends<'a>(
+        &'a self,
+        variant: Variant,
+        endpoints: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            self.discover(&mut state).await?;
+            let slots = state.slots.entry(variant).or_default();
+            if endpoints.len() > slots.len() {
+                return Err(err(format!(
+                    "{} endpoint(s) for {} but backend `{}` has {} `{}<N>` slot(s); declare more with server-template",
+                    endpoints.len(),
+                    variant.as_str(),
+                    self.backend,
+                    slots.len(),
+                    variant.as_str()
+                )));
+            }
+            // Endpoints keep their slots; new ones take free slots; gone ones retire.
+            let mut retired = Vec::new();
+            for (slot, ep) in slots.iter_mut() {
+                if let Some(addr) = *ep
+                    && !endpoints.contains(&addr)
+                {
+                    retired.push((slot.clone(), addr));
+                    *ep = None;
+                }
+            }
+            let mut added = Vec::new();
+            for addr in endpoints {
+                if slots.values().any(|e| *e == Some(*addr)) {
+                    continue;
+                }
+                if let Some((slot, ep)) = slots.iter_mut().find(|(_, e)| e.is_none()) {
+                    *ep = Some(*addr);
+                    added.push((slot.clone(), *addr));
+                }
+            }
+            // Addresses while still in maintenance, then the weights, then in service:
+            // a new slot never takes traffic at a stale weight.
+            for (slot, addr) in &added {
+                self.command(
+                    &self.set_server(slot, &format!("addr {} port {}", addr.ip(), addr.port())),
+                )
+                .await?;
+            }
+            self.apply_weights(&state).await?;
+            for (slot, _) in &added {
+                self.command(&self.set_server(slot, "state ready")).await?;
+            }
+            for (slot, _) in &retired {
+                // In maintenance a server takes no new requests; open ones finish.
+                self.command(&self.set_server(slot, "state maint")).await?;
+            }
+            state.retired = retired;
+            Ok(())
+        })
+    }
+
+    fn set_weight<'a>(
+        &'a self,
+        weight: Weight,
+        matches: &'a [RouteMatch],
+    ) -> BoxFuture<'a, Result<Weight, PortError>> {
+        Box::pin(async move {
+            if !matches.is_empty() {
+                return Err(err(
+                    "HAProxy match rules need a reload; rampart sets weights only",
+                ));
+            }
+            let mut state = self.state.lock().await;
+            self.discover(&mut state).await?;
+            let before = state.weight;
+            state.weight = weight;
+            if let Err(e) = self.apply_weights(&state).await {
+                state.weight = before;
+                return Err(e);
+            }
+            Ok(weight)
+        })
+    }
+
+    fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
+        Box::pin(async move {
+            let slots: Vec<String> = {
+                let state = self.state.lock().await;
+                state
+                    .slots
+                    .get(&variant)
+                    .map(|s| s.keys().cloned().collect())
+                    .unwrap_or_default()
+            };
+            self.wait_idle(slots, timeout).await
+        })
+    }
+
+    fn drain_endpoints<'a>(
+        &'a self,
+        endpoints: &'a [SocketAddr],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            let slots: Vec<String> = {
+                let state = self.state.lock().await;
+                state
+                    .retired
+                    .iter()
+                    .filter(|(_, a)| endpoints.contains(a))
+                    .map(|(s, _)| s.clone())
+                    .collect()
+            };
+            if slots.is_empty() {
+                return Ok(());
+            }
+            self.wait_idle(slots, timeout).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_become_server_weights() {
+        assert_eq!(server_weight(8000, 1), 205);
+        assert_eq!(server_weight(2000, 1), 51);
+        assert_eq!(server_weight(10_000, 2), 128);
+        assert_eq!(server_weight(10, 1), 1, "a share never rounds to nothing");
+        assert_eq!(server_weight(0, 3), 0);
+        assert_eq!(server_weight(5000, 0), 0);
+    }
+
+    #[test]
+    fn refusals_are_recognised() {
+        assert!(refused("No such server.\n"));
+        assert!(refused("Invalid server state.\n"));
+        assert!(!refused("\n"));
+        assert!(!refused(
+            "IP changed from '127.0.0.1' to '127.0.0.1', port changed from '9' to '4000' by 'stats socket command'\n"
+        ));
+    }
+}

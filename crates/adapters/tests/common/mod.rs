@@ -1,0 +1,134 @@
+//! Shared by the adapter tests: backends that answer with their name, a plain client,
+//! and real servers (nginx, HAProxy) run from a temporary directory on loopback.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// A backend that answers with its name; `/fail` answers 503; `/hold` waits for `release`.
+pub async fn backend(name: &'static str, release: Arc<Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let release = release.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let release = release.clone();
+                    async move {
+                        if req.uri().path() == "/hold" {
+                            release.notified().await;
+                        }
+                        let mut resp = Response::new(Full::new(Bytes::from(name)));
+                        if req.uri().path() == "/fail" {
+                            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A plain HTTP/1 client.
+pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// `GET path` with `x-user: user` if given; the status and the body.
+pub async fn get_body(addr: SocketAddr, path: &str, user: Option<&str>) -> (StatusCode, String) {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    if let Some(u) = user {
+        req = req.header("x-user", u);
+    }
+    let resp = client()
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// How many of `users` distinct users reach the backend named `name`.
+pub async fn share_of(addr: SocketAddr, name: &str, users: usize) -> usize {
+    let mut n = 0;
+    for u in 0..users {
+        if get_body(addr, "/", Some(&format!("user-{u}"))).await.1 == name {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A server process, killed when dropped.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` in the foreground as a daemon for the test.
+pub fn spawn(cmd: &mut Command) -> Daemon {
+    Daemon(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+    )
+}
+
+/// Polls until `ready` holds (a server came up), for at most 10 s.
+pub async fn until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether something accepts TCP connections at `addr`.
+pub async fn listening(addr: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_ok()
+}
+
+/// Whether a Unix socket accepts connections at `path`.
+pub async fn socket_ready(path: &Path) -> bool {
+    tokio::net::UnixStream::connect(path).await.is_ok()
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

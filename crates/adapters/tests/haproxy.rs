@@ -1,0 +1,189 @@
+//! The HAProxy router against a real HAProxy (Debian `haproxy`) started on loopback from
+//! a temporary directory: weights set through the runtime API with no reload, read
+//! back, a sticky split, draining by live sessions, and the request log HAProxy sends
+//! rampart counted per variant.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Daemon, backend, get_body, share_of, socket_ready, spawn, until};
+use rampart_adapters::accesslog::AccessLog;
+use rampart_adapters::haproxy::HaproxyRouter;
+use rampart_adapters::proxy::BuiltinMetrics;
+use rampart_core::ports::{MetricsSource, TrafficRouter};
+use rampart_core::{Variant, Weight};
+use tokio::sync::Notify;
+
+struct Haproxy {
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    addr: SocketAddr,
+}
+
+/// HAProxy with a `shop` backend of 3 stable and 3 canary slots, hashing `x-user`,
+/// logging every request to `log` in rampart's format.
+async fn haproxy(log: SocketAddr) -> Haproxy {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let port = common::free_port();
+    let cfg = format!(
+        r#"global
+    stats socket {sock} mode 600 level admin
+    log {log} local0
+defaults
+    mode http
+    log global
+    log-format "rampart-ms %b %s %ST %Ta"
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend shop
+backend shop
+    balance hdr(x-user)
+    hash-type consistent
+    server-template stable 1-3 127.0.0.1:9 disabled
+    server-template canary 1-3 127.0.0.1:9 disabled
+"#,
+        sock = socket.display()
+    );
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let daemon = spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&path));
+    until("haproxy", async || socket_ready(&socket).await).await;
+    Haproxy {
+        _daemon: daemon,
+        _dir: dir,
+        socket,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
+    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let h = haproxy(log.local_addr()).await;
+    let hold = Arc::new(Notify::new());
+    let (stable, canary) = (
+        backend("stable", hold.clone()).await,
+        backend("canary", hold.clone()).await,
+    );
+    let router = HaproxyRouter::new(&h.socket, "shop");
+    router
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    router
+        .set_backends(Variant::Canary, &[canary])
+        .await
+        .unwrap();
+    assert_eq!(
+        router.set_weight(Weight::ZERO, &[]).await.unwrap(),
+        Weight::ZERO
+    );
+    assert_eq!(share_of(h.addr, "canary", 200).await, 0);
+
+    let twenty = Weight::from_percent(20).unwrap();
+    assert_eq!(router.set_weight(twenty, &[]).await.unwrap(), twenty);
+    assert!(
+        router
+            .command("get weight shop/canary1")
+            .await
+            .unwrap()
+            .starts_with("51")
+    );
+    let n = share_of(h.addr, "canary", 1000).await;
+    assert!((140..=260).contains(&n), "{n} of 1000 users at 20%");
+    // The same users again: sticky.
+    assert_eq!(share_of(h.addr, "canary", 1000).await, n);
+
+    router.set_weight(Weight::FULL, &[]).await.unwrap();
+    assert_eq!(share_of(h.addr, "canary", 200).await, 200);
+
+    // Match rules cannot be set at run time: refused, weight unchanged.
+    let rule = rampart_core::policy::RouteMatch {
+        source: rampart_core::policy::MatchSource::Header("x-beta".into()),
+        values: vec![],
+    };
+    assert!(router.set_weight(twenty, &[rule]).await.is_err());
+    assert_eq!(share_of(h.addr, "canary", 50).await, 50);
+
+    // The request log reached rampart: every request above, counted by variant.
+    let metrics = BuiltinMetrics::new(log.clone());
+    router.set_weight(twenty, &[]).await.unwrap();
+    for u in 0..100 {
+        get_body(h.addr, "/fail", Some(&format!("user-{u}"))).await;
+    }
+    let expected_canary = share_of(h.addr, "canary", 100).await as u64;
+    until("the request log", async || {
+        let t = rampart_adapters::proxy::Totals::totals(&log);
+        t.stable.requests + t.canary.requests >= 2650
+    })
+    .await;
+    let s = metrics.measure().await.unwrap();
+    assert_eq!(s.stable.requests + s.canary.requests, 200);
+    assert_eq!(s.canary.requests, 2 * expected_canary);
+    assert_eq!(s.stable.errors + s.canary.errors, 100, "the 503s of /fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_slots_drain_before_they_are_reported_idle_real_haproxy() {
+    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let h = haproxy(log.local_addr()).await;
+    let hold = Arc::new(Notify::new());
+    let a = backend("stable", hold.clone()).await;
+    let b = backend("stable", hold.clone()).await;
+    let router = Arc::new(HaproxyRouter::new(&h.socket, "shop"));
+    router.set_backends(Variant::Stable, &[a, b]).await.unwrap();
+    router.set_weight(Weight::ZERO, &[]).await.unwrap();
+    // Requests held open on both replicas.
+    let addr = h.addr;
+    let held: Vec<_> = (0..6)
+        .map(|u| {
+            tokio::spawn(async move { get_body(addr, "/hold", Some(&format!("user-{u}"))).await })
+        })
+        .collect();
+    let r = router.clone();
+    until("six sessions", async || sessions(&r).await == 6).await;
+    // Retire b: it leaves rotation at once, but is idle only once its requests finish.
+    router.set_backends(Variant::Stable, &[a]).await.unwrap();
+    let early = router
+        .drain_endpoints(&[b], Duration::from_millis(200))
+        .await;
+    assert!(
+        early.is_err(),
+        "requests are still open on the retired replica"
+    );
+    hold.notify_waiters();
+    for h in held {
+        assert_eq!(h.await.unwrap().0, 200);
+    }
+    router
+        .drain_endpoints(&[b], Duration::from_secs(5))
+        .await
+        .unwrap();
+    // New requests only reach a.
+    assert_eq!(share_of(h.addr, "stable", 50).await, 50);
+}
+
+/// Current sessions on the `shop` backend's servers, from `show stat`.
+async fn sessions(r: &HaproxyRouter) -> u64 {
+    let out = r.command("show stat").await.unwrap();
+    out.lines()
+        .filter(|l| l.starts_with("shop,stable") || l.starts_with("shop,canary"))
+        .filter_map(|l| l.split(',').nth(4)?.parse::<u64>().ok())
+        .sum()
+}

@@ -12,6 +12,7 @@ pub mod flags;
 pub mod gates;
 pub mod haproxy;
 pub mod http;
+pub mod nginx;
 pub mod notify;
 pub mod process;
 pub mod proxy;

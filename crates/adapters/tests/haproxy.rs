@@ -7,13 +7,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Daemon, backend, get_body, share_of, socket_ready, spawn, until};
+use common::servers::haproxy;
+use common::{backend, get_body, share_of, until};
 use rampart_adapters::accesslog::AccessLog;
 use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::proxy::BuiltinMetrics;
@@ -21,59 +19,13 @@ use rampart_core::ports::{MetricsSource, TrafficRouter};
 use rampart_core::{Variant, Weight};
 use tokio::sync::Notify;
 
-struct Haproxy {
-    _daemon: Daemon,
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    addr: SocketAddr,
-}
-
-/// HAProxy with a `shop` backend of 3 stable and 3 canary slots, hashing `x-user`,
-/// logging every request to `log` in rampart's format.
-async fn haproxy(log: SocketAddr) -> Haproxy {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("admin.sock");
-    let port = common::free_port();
-    let cfg = format!(
-        r#"global
-    stats socket {sock} mode 600 level admin
-    log {log} local0
-defaults
-    mode http
-    log global
-    log-format "rampart-ms %b %s %ST %Ta"
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-frontend web
-    bind 127.0.0.1:{port}
-    default_backend shop
-backend shop
-    balance hdr(x-user)
-    hash-type consistent
-    server-template stable 1-3 127.0.0.1:9 disabled
-    server-template canary 1-3 127.0.0.1:9 disabled
-"#,
-        sock = socket.display()
-    );
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let daemon = spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&path));
-    until("haproxy", async || socket_ready(&socket).await).await;
-    Haproxy {
-        _daemon: daemon,
-        _dir: dir,
-        socket,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
     let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let h = haproxy(log.local_addr()).await;
+    let h = haproxy("shop", 3, log.local_addr());
+    let metrics = BuiltinMetrics::new(log.clone());
     let hold = Arc::new(Notify::new());
     let (stable, canary) = (
         backend("stable", hold.clone()).await,
@@ -119,8 +71,7 @@ async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
     assert!(router.set_weight(twenty, &[rule]).await.is_err());
     assert_eq!(share_of(h.addr, "canary", 50).await, 50);
 
-    // The request log reached rampart: every request above, counted by variant.
-    let metrics = BuiltinMetrics::new(log.clone());
+    // Every request of this test reaches rampart's request log, by variant: 2,650.
     router.set_weight(twenty, &[]).await.unwrap();
     for u in 0..100 {
         get_body(h.addr, "/fail", Some(&format!("user-{u}"))).await;
@@ -128,12 +79,14 @@ async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
     let expected_canary = share_of(h.addr, "canary", 100).await as u64;
     until("the request log", async || {
         let t = rampart_adapters::proxy::Totals::totals(&log);
-        t.stable.requests + t.canary.requests >= 2650
+        t.stable.requests + t.canary.requests == 2650
     })
     .await;
     let s = metrics.measure().await.unwrap();
-    assert_eq!(s.stable.requests + s.canary.requests, 200);
-    assert_eq!(s.canary.requests, 2 * expected_canary);
+    assert_eq!(
+        s.canary.requests,
+        2 * n as u64 + 200 + 50 + 2 * expected_canary
+    );
     assert_eq!(s.stable.errors + s.canary.errors, 100, "the 503s of /fail");
 }
 
@@ -142,7 +95,7 @@ async fn retired_slots_drain_before_they_are_reported_idle_real_haproxy() {
     let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let h = haproxy(log.local_addr()).await;
+    let h = haproxy("shop", 3, log.local_addr());
     let hold = Arc::new(Notify::new());
     let a = backend("stable", hold.clone()).await;
     let b = backend("stable", hold.clone()).await;

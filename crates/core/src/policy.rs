@@ -165,6 +165,9 @@ pub struct NginxSpec {
     pub reload: Vec<String>,
     /// How a request is pinned to one variant (`split_clients` hashes it).
     pub sticky: Sticky,
+    /// nginx's pid file: its workers are watched to know when a change is in force
+    /// everywhere and when old requests have drained.
+    pub pid: String,
 }
 
 /// HAProxy as the traffic router.
@@ -1006,7 +1009,7 @@ fn decode_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Option<Traffic> 
             let m = cx.map(
                 inner,
                 &p,
-                &["listen", "include", "test", "reload", "sticky"],
+                &["listen", "include", "test", "reload", "sticky", "pid"],
             )?;
             let listen = m.required_with(cx, "listen", decode_addr);
             let include = m.required::<String>(cx, "include");
@@ -1028,12 +1031,16 @@ fn decode_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Option<Traffic> 
             let sticky = m
                 .optional_with(cx, "sticky", decode_sticky)
                 .unwrap_or(Sticky::None);
+            let pid = m
+                .optional::<String>(cx, "pid")
+                .unwrap_or_else(|| "/run/nginx.pid".into());
             Some(Traffic::Nginx(NginxSpec {
                 listen: listen?,
                 include: include?,
                 test,
                 reload,
                 sticky,
+                pid,
             }))
         }
         "haproxy" => {
@@ -2014,7 +2021,7 @@ analysis:
         assert_eq!(p.analysis.metrics[0].name, "error_rate");
         assert_eq!(p.analysis.metrics[0].min_samples, 50);
         assert_eq!(p.analysis.metrics[0].failure_limit, 2);
-        assert_eq!(p.proxy().sticky, Sticky::None);
+        assert_eq!(p.proxy().unwrap().sticky, Sticky::None);
         assert_eq!(p.process().readiness.timeout, Duration::from_secs(30));
         assert_eq!(p.rollback.drain, Duration::from_secs(10));
     }
@@ -2226,7 +2233,10 @@ analysis:
                 "listen: 127.0.0.1:8080",
                 &format!("listen: 127.0.0.1:8080\n    sticky: {text}"),
             );
-            assert_eq!(Policy::from_yaml(&src).unwrap().proxy().sticky, want);
+            assert_eq!(
+                Policy::from_yaml(&src).unwrap().proxy().unwrap().sticky,
+                want
+            );
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod dataplane;
 pub mod demo;
 pub mod flags_cmd;
 pub mod gameday;

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_adapters::notify::HookNotifier;
-use rampart_adapters::proxy::Proxy;
 use rampart_controller::Observer;
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::ports::{BoxFuture, Notifier};
@@ -81,7 +80,10 @@ impl Progress {
 
     /// On a terminal, redraws a status line from the proxy's live counters until the
     /// returned task is aborted.
-    pub fn spawn_status(self: &Arc<Self>, proxy: Proxy) -> Option<tokio::task::JoinHandle<()>> {
+    pub fn spawn_status(
+        self: &Arc<Self>,
+        counted: Arc<dyn rampart_adapters::proxy::Totals>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if !self.tty {
             return None;
         }
@@ -91,13 +93,13 @@ impl Progress {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let state = me.last.lock().ok().and_then(|s| s.clone());
                 let Some(state) = state else { continue };
-                let totals = proxy.totals();
+                let totals = counted.totals();
                 let text = format!(
                     "{} step {}/{} canary {} | {}",
                     state.phase.as_str(),
                     (state.step + 1).min(me.steps),
                     me.steps,
-                    proxy.weight(),
+                    state.weight,
                     sample_line(&totals)
                 );
                 if let Ok(mut out) = me.out.lock() {

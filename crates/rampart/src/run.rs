@@ -8,12 +8,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use rampart_adapters::clock::TokioClock;
-use rampart_adapters::flags::{FlagRouter, FlagServer};
 use rampart_adapters::gates::LocalGates;
 use rampart_adapters::process::ProcessDeployer;
-use rampart_adapters::proxy::{BuiltinMetrics, Proxy};
+use rampart_adapters::proxy::Proxy;
 use rampart_adapters::sqlite::SqliteStore;
 use rampart_controller::{Controller, MigrationPlan, Ports};
 use rampart_core::policy::Policy;
@@ -233,13 +231,9 @@ pub async fn run_release(
         }
     };
 
-    let proxy_spec = policy.proxy().clone();
-    let (proxy, server) = Proxy::bind(proxy_spec.listen, proxy_spec.sticky.clone())
-        .await
-        .with_context(|| format!("the proxy cannot listen on {}", proxy_spec.listen))?;
-    let (router, _flag_server) = flag_plumbing(&policy, &proxy, &store, &clock).await?;
-    if let Some(f) = on_proxy {
-        f(server.local_addr());
+    let plane = crate::dataplane::start(&policy, &store, &clock).await?;
+    if let (Some(f), Some(entry)) = (on_proxy, plane.entry) {
+        f(entry);
     }
 
     let tty = opts.output == Output::Text && std::io::stdout().is_terminal();
@@ -266,8 +260,8 @@ pub async fn run_release(
     ));
     let ports = Ports {
         deployer: deployer.clone(),
-        router,
-        metrics: Arc::new(BuiltinMetrics::new(proxy.clone())),
+        router: plane.router.clone(),
+        metrics: plane.metrics.clone(),
         gates: Arc::new(LocalGates),
         store: store.clone(),
         flags: store.clone(),
@@ -279,7 +273,7 @@ pub async fn run_release(
     };
     let watch = Arc::new(RollbackWatch {
         progress: progress.clone(),
-        proxy: proxy.clone(),
+        proxy: plane.proxy.clone(),
         canary_routed_at_zero: std::sync::Mutex::new(None),
     });
     let mut controller =
@@ -318,11 +312,14 @@ pub async fn run_release(
                 .await
                 .map_err(|e| RunError::Blocked(e.to_string()))?;
             progress.line(&format!(
-                "release {id}: {} {} (stable: {}) behind http://{}",
+                "release {id}: {} {} (stable: {}){}",
                 policy.service,
                 opts.version,
                 stable.as_deref().unwrap_or("none, initial release"),
-                server.local_addr()
+                plane
+                    .entry
+                    .map(|a| format!(" behind http://{a}"))
+                    .unwrap_or_default()
             ));
             (id, stable)
         }
@@ -330,7 +327,7 @@ pub async fn run_release(
 
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let signals = tokio::spawn(forward_signals(tx, progress.clone()));
-    let status = progress.spawn_status(proxy.clone());
+    let status = progress.spawn_status(plane.counted.clone());
     let end = controller
         .drive(&id, stable, Some(rx))
         .await
@@ -338,13 +335,14 @@ pub async fn run_release(
     if let Some(t) = status {
         t.abort();
     }
-    let totals = proxy.totals();
+    let totals = plane.counted.totals();
     let after = watch
         .canary_routed_at_zero
         .lock()
         .ok()
         .and_then(|g| *g)
-        .map(|at_zero| proxy.routed(Variant::Canary).saturating_sub(at_zero));
+        .zip(plane.proxy.as_ref())
+        .map(|(at_zero, p)| p.routed(Variant::Canary).saturating_sub(at_zero));
 
     // The release is over: signals no longer abort it.
     signals.abort();
@@ -354,10 +352,11 @@ pub async fn run_release(
             Some(OutcomeKind::Promoted | OutcomeKind::RolledBack)
         )
     {
-        progress.line(&format!(
-            "serving on http://{} until interrupted (Ctrl-C)",
-            server.local_addr()
-        ));
+        if let Some(entry) = plane.entry {
+            progress.line(&format!(
+                "serving on http://{entry} until interrupted (Ctrl-C)"
+            ));
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
     // The embedded proxy ends with this process, so nothing would reach the versions:
@@ -365,7 +364,7 @@ pub async fn run_release(
     for v in [Variant::Canary, Variant::Stable] {
         let _ = deployer.stop(v).await;
     }
-    drop(server);
+    plane.close();
 
     let (_, log) = store
         .load(&id)
@@ -424,56 +423,10 @@ fn migration_plan(
 
 /// Passes transitions to the progress printer and remembers how many requests had been
 /// routed to the canary when a rollback confirmed weight 0, so the report can show
-/// that none were routed there afterwards.
-/// The policy's flags defined in the store, the router (ramping a flag with the
-/// weight when the strategy says so) and the flag endpoint, if the policy serves one.
-async fn flag_plumbing(
-    policy: &Policy,
-    proxy: &Proxy,
-    store: &Arc<SqliteStore>,
-    clock: &Arc<TokioClock>,
-) -> Result<
-    (
-        Arc<dyn rampart_core::ports::TrafficRouter>,
-        Option<FlagServer>,
-    ),
-    RunError,
-> {
-    use rampart_core::ports::FlagStore;
-    let Some(flags) = &policy.flags else {
-        return Ok((Arc::new(proxy.clone()), None));
-    };
-    store
-        .define(&policy.service, &flags.define)
-        .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
-    let server = match flags.listen {
-        Some(listen) => Some(
-            FlagServer::bind(listen, store.clone(), &policy.service)
-                .await
-                .with_context(|| format!("the flag endpoint cannot listen on {listen}"))?,
-        ),
-        None => None,
-    };
-    let Some(flag) = policy.strategy.ramped_flag() else {
-        return Ok((Arc::new(proxy.clone()), server));
-    };
-    proxy.set_salt(flag);
-    let router = FlagRouter::new(
-        Arc::new(proxy.clone()),
-        store.clone(),
-        clock.clone(),
-        &policy.service,
-        flag,
-        policy.strategy.flag_only(),
-        policy.proxy().sticky.clone(),
-    );
-    Ok((Arc::new(router), server))
-}
-
+/// that none were routed there afterwards (the embedded proxy counts routing).
 struct RollbackWatch {
     progress: Arc<Progress>,
-    proxy: Proxy,
+    proxy: Option<Proxy>,
     canary_routed_at_zero: std::sync::Mutex<Option<u64>>,
 }
 
@@ -486,10 +439,11 @@ impl rampart_controller::Observer for RollbackWatch {
     ) {
         if state.phase == rampart_core::Phase::RollingBack
             && state.weight == rampart_core::Weight::ZERO
+            && let Some(proxy) = &self.proxy
             && let Ok(mut at) = self.canary_routed_at_zero.lock()
             && at.is_none()
         {
-            *at = Some(self.proxy.routed(Variant::Canary));
+            *at = Some(proxy.routed(Variant::Canary));
         }
         self.progress.on_transition(input, state, events);
     }

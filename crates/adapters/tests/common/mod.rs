@@ -4,9 +4,9 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::convert::Infallible;
+pub mod servers;
+
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,26 +82,6 @@ pub async fn share_of(addr: SocketAddr, name: &str, users: usize) -> usize {
     n
 }
 
-/// A server process, killed when dropped.
-pub struct Daemon(pub Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `cmd` in the foreground as a daemon for the test.
-pub fn spawn(cmd: &mut Command) -> Daemon {
-    Daemon(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
-    )
-}
-
 /// Polls until `ready` holds (a server came up), for at most 10 s.
 pub async fn until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -117,18 +97,4 @@ pub async fn until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
 /// Whether something accepts TCP connections at `addr`.
 pub async fn listening(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()
-}
-
-/// Whether a Unix socket accepts connections at `path`.
-pub async fn socket_ready(path: &Path) -> bool {
-    tokio::net::UnixStream::connect(path).await.is_ok()
-}
-
-/// A free loopback TCP port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -1,0 +1,171 @@
+//! Real nginx and HAProxy servers for tests, run in the foreground from a temporary
+//! directory on loopback and killed when dropped. Shared by the adapter tests and the
+//! end-to-end release tests (the latter include this file by path).
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process, killed when dropped.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` in the foreground as a daemon for the test.
+pub fn spawn(cmd: &mut Command) -> Daemon {
+    Daemon(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+    )
+}
+
+/// Polls until `ready` holds (a server came up), for at most 10 s.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    #[allow(clippy::disallowed_methods)] // a test's own time limit
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        assert!(now < deadline, "{what} never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running nginx whose `http {}` includes `DIR/rampart/*.conf`.
+pub struct Nginx {
+    _daemon: Daemon,
+    pub dir: tempfile::TempDir,
+    /// A free port for the service's `server` block.
+    pub listen: SocketAddr,
+    /// The file rampart owns.
+    pub include: String,
+    /// `nginx -t` for this instance.
+    pub test: Vec<String>,
+    /// `nginx -s reload` for this instance.
+    pub reload: Vec<String>,
+    /// Its pid file.
+    pub pid: String,
+}
+
+/// Starts nginx and waits for its pid file.
+pub fn nginx() -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir_all(dir.path().join("rampart")).unwrap();
+    std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+    let conf = format!(
+        r#"worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    include {d}/rampart/*.conf;
+}}
+"#
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let base = |extra: &[&str]| {
+        let mut v: Vec<String> = vec!["nginx".into()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend([
+            "-p".into(),
+            d.clone(),
+            "-c".into(),
+            format!("{d}/nginx.conf"),
+        ]);
+        v
+    };
+    let start = base(&["-g", "daemon off;"]);
+    let daemon = spawn(Command::new(&start[0]).args(&start[1..]));
+    let pid = dir.path().join("nginx.pid");
+    wait_until("nginx", || pid.exists());
+    Nginx {
+        _daemon: daemon,
+        listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        include: format!("{d}/rampart/service.conf"),
+        test: base(&["-t", "-q"]),
+        reload: base(&["-s", "reload"]),
+        pid: pid.display().to_string(),
+        dir,
+    }
+}
+
+/// A running HAProxy with one backend of `slots` stable and canary server slots.
+pub struct Haproxy {
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+    /// The runtime API socket.
+    pub socket: PathBuf,
+    /// Where users connect.
+    pub addr: SocketAddr,
+}
+
+/// Starts HAProxy: backend `backend` hashes `x-user` over `stable<N>` and `canary<N>`
+/// slots, and every request is logged to `log` in rampart's format.
+pub fn haproxy(backend: &str, slots: u32, log: SocketAddr) -> Haproxy {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let port = free_port();
+    let cfg = format!(
+        r#"global
+    stats socket {sock} mode 600 level admin
+    log {log} local0
+defaults
+    mode http
+    log global
+    log-format "rampart-ms %b %s %ST %Ta"
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend {backend}
+backend {backend}
+    balance hdr(x-user)
+    hash-type consistent
+    server-template stable 1-{slots} 127.0.0.1:9 disabled
+    server-template canary 1-{slots} 127.0.0.1:9 disabled
+"#,
+        sock = socket.display()
+    );
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let daemon = spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&path));
+    wait_until("haproxy", || socket_accepts(&socket));
+    Haproxy {
+        _daemon: daemon,
+        _dir: dir,
+        socket,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    }
+}
+
+fn socket_accepts(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}

@@ -1,0 +1,202 @@
+//! The nginx router against a real nginx (Debian `nginx-light`) started on loopback from
+//! a temporary directory: the rendered split is validated, reloaded and verified live;
+//! a refused configuration leaves the old one serving; match rules route to the
+//! canary; retired replicas drain on the old workers; the request log reaches rampart.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{backend, get_body, listening, share_of, until};
+use rampart_adapters::accesslog::AccessLog;
+use rampart_adapters::nginx::NginxRouter;
+use rampart_adapters::proxy::BuiltinMetrics;
+use rampart_core::policy::{MatchSource, NginxSpec, RouteMatch, Sticky};
+use rampart_core::ports::{MetricsSource, TrafficRouter};
+use rampart_core::{Variant, Weight};
+use tokio::sync::Notify;
+
+/// A real nginx and the router's view of it.
+fn nginx() -> (common::servers::Nginx, NginxSpec) {
+    let n = common::servers::nginx();
+    let spec = NginxSpec {
+        listen: n.listen,
+        include: n.include.clone(),
+        test: n.test.clone(),
+        reload: n.reload.clone(),
+        sticky: Sticky::Header("x-user".into()),
+        pid: n.pid.clone(),
+    };
+    (n, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_is_validated_reloaded_and_live_real_nginx() {
+    let (_n, spec) = nginx();
+    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
+    let metrics = BuiltinMetrics::new(log.clone());
+    let hold = Arc::new(Notify::new());
+    let (stable, canary) = (
+        backend("stable", hold.clone()).await,
+        backend("canary", hold.clone()).await,
+    );
+    router
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    let addr = spec.listen;
+    until("the service", async || listening(addr).await).await;
+    assert_eq!(share_of(addr, "stable", 50).await, 50);
+    router
+        .set_backends(Variant::Canary, &[canary])
+        .await
+        .unwrap();
+
+    let twenty = Weight::from_percent(20).unwrap();
+    assert_eq!(router.set_weight(twenty, &[]).await.unwrap(), twenty);
+    let on = share_of(addr, "canary", 1000).await;
+    assert!((140..=260).contains(&on), "{on} of 1000 users at 20%");
+    assert_eq!(share_of(addr, "canary", 1000).await, on, "sticky");
+    router.set_weight(Weight::FULL, &[]).await.unwrap();
+    assert_eq!(share_of(addr, "canary", 100).await, 100);
+    router.set_weight(Weight::ZERO, &[]).await.unwrap();
+    assert_eq!(share_of(addr, "canary", 100).await, 0);
+
+    // Match rules: a beta cookie reaches the canary at weight 0.
+    let beta = RouteMatch {
+        source: MatchSource::Header("x-beta".into()),
+        values: vec!["yes".into()],
+    };
+    router.set_weight(Weight::ZERO, &[beta]).await.unwrap();
+    let resp = common::client()
+        .request(
+            hyper::Request::get(format!("http://{addr}/"))
+                .header("x-beta", "yes")
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-rampart-variant"], "canary");
+    assert_eq!(
+        share_of(addr, "canary", 50).await,
+        0,
+        "others stay on stable"
+    );
+
+    // Every request of this test reaches rampart's request log, by variant: 2,401.
+    router.set_weight(twenty, &[]).await.unwrap();
+    for u in 0..100 {
+        get_body(addr, "/fail", Some(&format!("user-{u}"))).await;
+    }
+    until("the request log", async || {
+        let t = rampart_adapters::proxy::Totals::totals(&log);
+        t.stable.requests + t.canary.requests == 2401
+    })
+    .await;
+    let s = metrics.measure().await.unwrap();
+    assert_eq!(s.stable.errors + s.canary.errors, 100, "the 503s of /fail");
+    // Canary: 1,000 + 1,000 + 100 at 20 % or 100 %, the beta request, 20 % of /fail.
+    assert!(
+        (2 * 140 + 101..=2 * 260 + 101 + 40).contains(&s.canary.requests),
+        "{}",
+        s.canary.requests
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
+    let (n, spec) = nginx();
+    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
+    let hold = Arc::new(Notify::new());
+    let stable = backend("stable", hold.clone()).await;
+    router
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    let before = std::fs::read_to_string(&spec.include).unwrap();
+    // Another file in the include directory breaks the configuration: nginx -t fails.
+    std::fs::write(
+        n.dir.path().join("rampart/broken.conf"),
+        "this is not nginx;\n",
+    )
+    .unwrap();
+    let e = router
+        .set_weight(Weight::from_percent(50).unwrap(), &[])
+        .await
+        .unwrap_err();
+    assert!(e.0.contains("nginx rejected the new configuration"), "{e}");
+    assert!(
+        e.0.contains("unknown directive"),
+        "nginx's own message: {e}"
+    );
+    assert_eq!(std::fs::read_to_string(&spec.include).unwrap(), before);
+    assert_eq!(
+        share_of(spec.listen, "stable", 20).await,
+        20,
+        "still serving"
+    );
+    std::fs::remove_file(n.dir.path().join("rampart/broken.conf")).unwrap();
+    router
+        .set_weight(Weight::from_percent(50).unwrap(), &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_replica_drains_on_the_old_workers_real_nginx() {
+    let (_n, spec) = nginx();
+    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
+    let hold = Arc::new(Notify::new());
+    let a: SocketAddr = backend("a", hold.clone()).await;
+    let b: SocketAddr = backend("b", hold.clone()).await;
+    router.set_backends(Variant::Stable, &[a, b]).await.unwrap();
+    let addr = spec.listen;
+    until("the service", async || listening(addr).await).await;
+    let held: Vec<_> = (0..4)
+        .map(|u| {
+            tokio::spawn(async move { get_body(addr, "/hold", Some(&format!("user-{u}"))).await })
+        })
+        .collect();
+    // Wait until the held requests reached the backends: the request log has nothing
+    // yet (they have not finished), so poll nginx's upstreams through a second request.
+    until("requests held", async || {
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            get_body(addr, "/", Some("probe")),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    router.set_backends(Variant::Stable, &[a]).await.unwrap();
+    let early = router
+        .drain_endpoints(&[b], Duration::from_millis(200))
+        .await;
+    assert!(
+        early.is_err(),
+        "the old worker still serves the held requests"
+    );
+    hold.notify_waiters();
+    for h in held {
+        assert_eq!(h.await.unwrap().0, 200);
+    }
+    router
+        .drain_endpoints(&[b], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(share_of(addr, "a", 30).await, 30);
+}

@@ -1,0 +1,147 @@
+//! The data plane a release runs on: the embedded proxy, nginx or HAProxy, with the
+//! router and the `builtin` metrics that go with each, and the flag endpoint.
+//!
+//! Owns choosing and starting those pieces from the policy's `traffic` section. It must
+//! not decide anything about the release.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use rampart_adapters::accesslog::AccessLog;
+use rampart_adapters::clock::TokioClock;
+use rampart_adapters::flags::{FlagRouter, FlagServer};
+use rampart_adapters::haproxy::HaproxyRouter;
+use rampart_adapters::nginx::NginxRouter;
+use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyServer, Totals};
+use rampart_adapters::sqlite::SqliteStore;
+use rampart_core::policy::{Policy, Traffic};
+use rampart_core::ports::{FlagStore, MetricsSource, TrafficRouter};
+
+use crate::run::RunError;
+
+/// What routes and measures a release's traffic.
+pub struct DataPlane {
+    /// Moves traffic.
+    pub router: Arc<dyn TrafficRouter>,
+    /// Measures both variants.
+    pub metrics: Arc<dyn MetricsSource>,
+    /// Cumulative per-variant counts, for the report and the status line.
+    pub counted: Arc<dyn Totals>,
+    /// The embedded proxy, when it routes.
+    pub proxy: Option<Proxy>,
+    /// Where users reach the service, when rampart knows.
+    pub entry: Option<SocketAddr>,
+    _proxy_server: Option<ProxyServer>,
+    _flags: Option<FlagServer>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("entry", &self.entry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataPlane {
+    /// Stops the embedded proxy (if any): nothing reaches the versions through it.
+    pub fn close(self) {}
+}
+
+/// Starts the policy's data plane.
+pub async fn start(
+    policy: &Policy,
+    store: &Arc<SqliteStore>,
+    clock: &Arc<TokioClock>,
+) -> Result<DataPlane, RunError> {
+    let flag_server = flag_endpoint(policy, store).await?;
+    match &policy.traffic {
+        Traffic::Proxy(spec) => {
+            let (proxy, server) = Proxy::bind(spec.listen, spec.sticky.clone())
+                .await
+                .with_context(|| format!("the proxy cannot listen on {}", spec.listen))?;
+            let router: Arc<dyn TrafficRouter> = match policy.strategy.ramped_flag() {
+                None => Arc::new(proxy.clone()),
+                Some(flag) => {
+                    proxy.set_salt(flag);
+                    Arc::new(FlagRouter::new(
+                        Arc::new(proxy.clone()),
+                        store.clone(),
+                        clock.clone(),
+                        &policy.service,
+                        flag,
+                        policy.strategy.flag_only(),
+                        spec.sticky.clone(),
+                    ))
+                }
+            };
+            Ok(DataPlane {
+                router,
+                metrics: Arc::new(BuiltinMetrics::new(proxy.clone())),
+                counted: Arc::new(proxy.clone()),
+                entry: Some(server.local_addr()),
+                proxy: Some(proxy),
+                _proxy_server: Some(server),
+                _flags: flag_server,
+            })
+        }
+        Traffic::Nginx(spec) => {
+            // nginx sends its request log to a port rampart picks and renders.
+            let log = AccessLog::bind("127.0.0.1:0".parse().map_err(anyhow::Error::from)?)
+                .await
+                .context("the request log receiver cannot bind a UDP port on 127.0.0.1")?;
+            Ok(DataPlane {
+                router: Arc::new(NginxRouter::new(
+                    spec.clone(),
+                    &policy.service,
+                    log.local_addr(),
+                )),
+                metrics: Arc::new(BuiltinMetrics::new(log.clone())),
+                counted: Arc::new(log),
+                proxy: None,
+                entry: Some(spec.listen),
+                _proxy_server: None,
+                _flags: flag_server,
+            })
+        }
+        Traffic::Haproxy(spec) => {
+            let log = AccessLog::bind(spec.log_listen).await.with_context(|| {
+                format!(
+                    "the request log receiver cannot bind UDP {}",
+                    spec.log_listen
+                )
+            })?;
+            Ok(DataPlane {
+                router: Arc::new(HaproxyRouter::new(&spec.socket, &spec.backend)),
+                metrics: Arc::new(BuiltinMetrics::new(log.clone())),
+                counted: Arc::new(log),
+                proxy: None,
+                entry: None,
+                _proxy_server: None,
+                _flags: flag_server,
+            })
+        }
+    }
+}
+
+/// Defines the policy's flags in the store and serves them, if the policy says where.
+async fn flag_endpoint(
+    policy: &Policy,
+    store: &Arc<SqliteStore>,
+) -> Result<Option<FlagServer>, RunError> {
+    let Some(flags) = &policy.flags else {
+        return Ok(None);
+    };
+    store
+        .define(&policy.service, &flags.define)
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    let Some(listen) = flags.listen else {
+        return Ok(None);
+    };
+    let server = FlagServer::bind(listen, store.clone(), &policy.service)
+        .await
+        .with_context(|| format!("the flag endpoint cannot listen on {listen}"))?;
+    Ok(Some(server))
+}

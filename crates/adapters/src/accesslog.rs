@@ -142,6 +142,7 @@ impl Totals for AccessLog {
         IntervalSample {
             stable: self.counted.stable.snapshot(),
             canary: self.counted.canary.snapshot(),
+            ..Default::default()
         }
     }
 }

@@ -15,5 +15,7 @@ pub mod http;
 pub mod nginx;
 pub mod notify;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod sqlite;
+pub mod telemetry;

@@ -125,6 +125,7 @@ impl MetricsSource for Fake {
                     errors: canary * pct / 100,
                     latency: Default::default(),
                 },
+                ..Default::default()
             })
         })
     }

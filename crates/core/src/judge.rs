@@ -23,6 +23,16 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The `snake_case` name, for metrics and JSON.
+    pub fn label_snake(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::NoData => "no_data",
+        }
+    }
+
     /// How progress output and audit messages spell it (failures stand out).
     pub fn label(self) -> &'static str {
         match self {
@@ -62,16 +72,33 @@ fn value(metric: BuiltinMetric, stats: &VariantStats) -> Option<f64> {
     let v = match metric {
         BuiltinMetric::ErrorRate => stats.error_rate(),
         BuiltinMetric::Latency(q) => stats.latency.quantile_ms(q),
+        BuiltinMetric::Query => None,
     }?;
     v.is_finite().then_some(v)
 }
 
+/// A query metric's value for each variant: (stable, canary, why one is missing).
+fn queried(spec: &MetricSpec, sample: &IntervalSample) -> (Option<f64>, Option<f64>, String) {
+    let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
+    match sample.queries.iter().find(|q| q.name == spec.name) {
+        Some(q) => (finite(q.stable), finite(q.canary), q.detail.clone()),
+        None => (None, None, "the query was not read".into()),
+    }
+}
+
 fn reading(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
+    let (stable, canary) = match spec.metric {
+        BuiltinMetric::Query => {
+            let (s, c, _) = queried(spec, sample);
+            (s, c)
+        }
+        m => (value(m, &sample.stable), value(m, &sample.canary)),
+    };
     MetricReading {
         name: spec.name.clone(),
         verdict: Verdict::Inconclusive,
-        canary: value(spec.metric, &sample.canary),
-        stable: value(spec.metric, &sample.stable),
+        canary,
+        stable,
         canary_requests: sample.canary.requests,
         stable_requests: sample.stable.requests,
         stable_breached: false,
@@ -89,6 +116,9 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
     let m = spec.metric;
     let mut reading = reading(spec, sample);
     let (canary, stable) = (reading.canary, reading.stable);
+    if m == BuiltinMetric::Query {
+        return judge_query(t, reading, sample, spec);
+    }
     if sample.canary.requests == 0 {
         reading.verdict = Verdict::NoData;
         reading.detail = "no canary requests in this interval".into();
@@ -151,6 +181,58 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
         reading.detail = match stable {
             Some(s) => format!("{} (stable {})", m.format(c), m.format(s)),
             None => m.format(c),
+        };
+    }
+    reading
+}
+
+/// A Prometheus query's values against the limits. A missing canary value is no data;
+/// a ratio limit without a stable value is inconclusive.
+fn judge_query(
+    t: &Threshold,
+    mut reading: MetricReading,
+    sample: &IntervalSample,
+    spec: &MetricSpec,
+) -> MetricReading {
+    let fmt = |v: f64| BuiltinMetric::Query.format(v);
+    let (stable, canary, why) = queried(spec, sample);
+    let Some(c) = canary else {
+        reading.verdict = Verdict::NoData;
+        reading.detail = if why.is_empty() {
+            "no canary value".into()
+        } else {
+            why
+        };
+        return reading;
+    };
+    let mut failures = Vec::new();
+    let mut unknown = Vec::new();
+    if let Some(max) = t.max {
+        if c > max {
+            failures.push(format!("{} > max {}", fmt(c), fmt(max)));
+        }
+        reading.stable_breached = stable.is_some_and(|s| s > max);
+    }
+    if let Some(ratio) = t.max_ratio_to_stable {
+        match stable {
+            Some(s) if c > s * ratio => {
+                failures.push(format!("{} is above {ratio}x stable's {}", fmt(c), fmt(s)))
+            }
+            Some(_) => {}
+            None if t.max.is_some() && sample.stable.requests == 0 => {}
+            None => unknown.push(format!("no stable value for the ratio ({why})")),
+        }
+    }
+    if !failures.is_empty() {
+        reading.verdict = Verdict::Fail;
+        reading.detail = failures.join("; ");
+    } else if !unknown.is_empty() {
+        reading.detail = unknown.join("; ");
+    } else {
+        reading.verdict = Verdict::Pass;
+        reading.detail = match stable {
+            Some(s) => format!("{} (stable {})", fmt(c), fmt(s)),
+            None => fmt(c),
         };
     }
     reading
@@ -220,6 +302,8 @@ pub fn sequential(
                     (above_c, above_c + below_c, p0, what)
                 })
             }),
+        // Policy validation keeps query metrics on thresholds; nothing to count here.
+        BuiltinMetric::Query => None,
     };
     let Some((bad, trials, p0, what)) = observed else {
         r.detail = "not enough stable data to compare with yet".into();
@@ -268,6 +352,7 @@ mod tests {
             failure_limit: 1,
             critical: true,
             weight: 1.0,
+            query: None,
         }
     }
 
@@ -357,6 +442,7 @@ mod tests {
                 ..Default::default()
             },
             canary: slow,
+            ..Default::default()
         };
         let r = sequential(&spec, &seq, &s, &mut ev, &history, 0);
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
@@ -378,6 +464,7 @@ mod tests {
         IntervalSample {
             stable: stats(stable.0, stable.1),
             canary: stats(canary.0, canary.1),
+            ..Default::default()
         }
     }
 
@@ -464,6 +551,7 @@ mod tests {
             &IntervalSample {
                 stable: fast.clone(),
                 canary: slow,
+                ..Default::default()
             },
         );
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
@@ -472,6 +560,7 @@ mod tests {
             &IntervalSample {
                 stable: fast.clone(),
                 canary: fast,
+                ..Default::default()
             },
         );
         assert_eq!(r.verdict, Verdict::Pass);

@@ -65,6 +65,11 @@ impl Histogram {
         Histogram { counts }
     }
 
+    /// Non-empty buckets, in order: (bucket index, count).
+    pub fn buckets(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.counts.iter().map(|(i, c)| (usize::from(*i), *c))
+    }
+
     /// Records one observation.
     pub fn record_micros(&mut self, micros: u64) {
         let i = u16::try_from(bucket_of(micros)).unwrap_or(u16::MAX);
@@ -165,12 +170,30 @@ impl VariantStats {
 }
 
 /// Both variants over one analysis interval.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IntervalSample {
     /// The version users had before.
     pub stable: VariantStats,
     /// The version being released.
     pub canary: VariantStats,
+    /// Values of the policy's Prometheus queries for this interval, by metric name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queries: Vec<QueryReading>,
+}
+
+/// One Prometheus query's value for both variants over an interval. A missing value
+/// (an error, an empty vector, NaN) is no data: never a pass.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueryReading {
+    /// The metric's name in the policy.
+    pub name: String,
+    /// Stable's value.
+    pub stable: Option<f64>,
+    /// The canary's value.
+    pub canary: Option<f64>,
+    /// Why a value is missing, if one is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 #[cfg(test)]

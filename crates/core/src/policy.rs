@@ -472,6 +472,8 @@ pub struct Analysis {
     pub metrics: Vec<MetricSpec>,
     /// The summed `weight` of failing non-critical metrics that fails the release.
     pub fail_score: f64,
+    /// The Prometheus server `source: prometheus` metrics query (`http://HOST:PORT`).
+    pub prometheus: Option<String>,
 }
 
 /// A limit on consecutive unusable intervals, and what happens when it is reached.
@@ -513,6 +515,18 @@ pub struct MetricSpec {
     pub critical: bool,
     /// This metric's share of the failure score when it is not critical.
     pub weight: f64,
+    /// For `source: prometheus`: the PromQL query, read for each variant.
+    pub query: Option<QuerySpec>,
+}
+
+/// A Prometheus query judged like a builtin metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuerySpec {
+    /// PromQL with `{service}`, `{variant}`, `{version}` and `{interval}` placeholders.
+    pub query: String,
+    /// Read over the analysis interval with a range query and averaged, rather than
+    /// as one instant value.
+    pub range: bool,
 }
 
 /// How a metric is judged.
@@ -546,6 +560,8 @@ pub enum BuiltinMetric {
     ErrorRate,
     /// A latency quantile, such as 0.99.
     Latency(f64),
+    /// The value of the metric's Prometheus query, in its own unit.
+    Query,
 }
 
 impl BuiltinMetric {
@@ -558,6 +574,7 @@ impl BuiltinMetric {
                 .find(|(_, v)| v == q)
                 .map(|(n, _)| (*n).to_string())
                 .unwrap_or_else(|| format!("latency_q{q}")),
+            BuiltinMetric::Query => "query".into(),
         }
     }
 
@@ -566,6 +583,7 @@ impl BuiltinMetric {
         match self {
             BuiltinMetric::ErrorRate => Rate(v).to_string(),
             BuiltinMetric::Latency(_) => format!("{}ms", crate::units::trim_float(v, 1)),
+            BuiltinMetric::Query => crate::units::trim_float(v, 4),
         }
     }
 }
@@ -1700,8 +1718,22 @@ fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis
             "no_data",
             "metrics",
             "fail_score",
+            "prometheus",
         ],
     )?;
+    let prometheus = m.optional_with(cx, "prometheus", |cx, n, p| {
+        let url = scalar(cx, n, p, "a URL such as http://127.0.0.1:9090")?;
+        if url.starts_with("http://") && url.len() > "http://".len() {
+            Some(url.trim_end_matches('/').to_string())
+        } else {
+            cx.error(
+                n.pos,
+                p,
+                format!("`{url}` is not an http:// URL, such as http://127.0.0.1:9090"),
+            );
+            None
+        }
+    });
     let interval = positive(cx, &m, "interval").unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
         cx.error(
@@ -1754,12 +1786,24 @@ fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis
             "must be above 0, or every interval would fail",
         );
     }
+    let metrics = metrics?;
+    if prometheus.is_none()
+        && m.get("prometheus").is_none()
+        && let Some(i) = metrics.iter().position(|x| x.query.is_some())
+    {
+        cx.error(
+            m.pos(),
+            &format!("{}.metrics[{i}].source", m.path()),
+            "a `prometheus` metric needs the server to ask: set `analysis.prometheus: http://HOST:9090`",
+        );
+    }
     Some(Analysis {
         interval,
         inconclusive,
         no_data,
-        metrics: metrics?,
+        metrics,
         fail_score,
+        prometheus,
     })
 }
 
@@ -1810,10 +1854,23 @@ fn decode_metric(
             "failure_limit",
             "critical",
             "weight",
+            "query",
+            "range",
         ],
     )?;
-    if let Some(n) = m.get("source") {
-        one_of(cx, n, &m.path_of("source"), &["builtin"]);
+    let source = match m.get("source") {
+        Some(n) => one_of(cx, n, &m.path_of("source"), &["builtin", "prometheus"]),
+        None => Some("builtin"),
+    };
+    if source == Some("prometheus") {
+        return decode_query_metric(cx, &m, default_failure_limit);
+    }
+    for key in m.present(&["query", "range"]) {
+        cx.error(
+            m.pos(),
+            &m.path_of(key),
+            format!("`{key}` belongs to `source: prometheus` metrics"),
+        );
     }
     let metric = m.required_with(cx, "metric", |cx, n, p| {
         let id = one_of(cx, n, p, METRIC_NAMES)?;
@@ -1848,6 +1905,61 @@ fn decode_metric(
         failure_limit,
         critical,
         weight,
+        query: None,
+    })
+}
+
+/// A `source: prometheus` metric: a named PromQL query judged by thresholds.
+fn decode_query_metric(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    default_failure_limit: u32,
+) -> Option<MetricSpec> {
+    if m.get("metric").is_some() {
+        cx.error(
+            m.pos(),
+            &m.path_of("metric"),
+            "a `prometheus` metric is its `query`; `metric` names builtin measurements",
+        );
+    }
+    let name = m.required::<String>(cx, "name");
+    let query = m.required_with(cx, "query", |cx, n, p| {
+        let q = scalar(cx, n, p, "a PromQL query")?;
+        if q.trim().is_empty() {
+            cx.error(n.pos, p, "the query is empty");
+            return None;
+        }
+        Some(q.to_string())
+    });
+    let range = m.optional::<bool>(cx, "range").unwrap_or(false);
+    let failure_limit = limit(cx, m, "failure_limit").unwrap_or(default_failure_limit);
+    let critical = m.optional::<bool>(cx, "critical").unwrap_or(true);
+    let weight = m.optional::<f64>(cx, "weight").unwrap_or(1.0);
+    let judge = m.required_with(cx, "judge", |cx, n, p| {
+        if matches!(&n.kind, NodeKind::Scalar { .. })
+            || matches!(&n.kind, NodeKind::Map(e) if e.iter().any(|(k, _)| k.text == "sequential"))
+        {
+            cx.error(
+                n.pos,
+                p,
+                "a query's value is judged by thresholds (`max`, `max_ratio_to_stable`); the sequential judge needs request counts",
+            );
+            return None;
+        }
+        decode_judge(cx, n, p, BuiltinMetric::Query)
+    });
+    Some(MetricSpec {
+        name: name?,
+        metric: BuiltinMetric::Query,
+        judge: judge?,
+        min_samples: 0,
+        failure_limit,
+        critical,
+        weight,
+        query: Some(QuerySpec {
+            query: query?,
+            range,
+        }),
     })
 }
 
@@ -1858,7 +1970,7 @@ const JUDGES: &[&str] = &["sequential", "threshold"];
 /// `judge: {max, max_ratio_to_stable}`.
 fn decode_judge(cx: &mut Decoder, node: &Node, path: &str, metric: BuiltinMetric) -> Option<Judge> {
     let default_tolerance = match metric {
-        BuiltinMetric::ErrorRate => 1.0,
+        BuiltinMetric::ErrorRate | BuiltinMetric::Query => 1.0,
         BuiltinMetric::Latency(_) => 1.25,
     };
     let default = Judge::Sequential(Sequential {
@@ -1935,6 +2047,7 @@ fn decode_threshold(
         BuiltinMetric::Latency(_) => m
             .optional::<Duration>(cx, "max")
             .map(|d| d.as_secs_f64() * 1000.0),
+        BuiltinMetric::Query => m.optional::<f64>(cx, "max"),
     };
     let ratio = m.optional::<f64>(cx, "max_ratio_to_stable");
     if let Some(r) = ratio
@@ -2245,5 +2358,38 @@ analysis:
         for src in ["", "- 1\n- 2\n", "just text", "service: [", "{service: 5}"] {
             assert!(Policy::from_yaml(src).is_err(), "{src}");
         }
+    }
+
+    #[test]
+    fn prometheus_metrics_need_a_server_a_query_and_a_threshold() {
+        let base = MINIMAL.replace("    - metric: error_rate\n      judge: { max: 1% }\n", "");
+        let ok = format!(
+            "{base}  prometheus: http://127.0.0.1:9090\n  metrics:\n    - {{name: q, source: prometheus, query: 'sum(up)', range: true, judge: {{max: 0.5, max_ratio_to_stable: 2}}}}\n"
+        )
+        .replace("  metrics:\n  prometheus", "  prometheus");
+        let p = Policy::from_yaml(&ok).unwrap_or_else(|e| panic!("{ok}\n{e:?}"));
+        let q = p.analysis.metrics[0].query.clone().unwrap();
+        assert_eq!((q.query.as_str(), q.range), ("sum(up)", true));
+        let no_server = ok.replace("  prometheus: http://127.0.0.1:9090\n", "");
+        assert!(
+            errors(&no_server)
+                .iter()
+                .any(|d| d.message.contains("analysis.prometheus"))
+        );
+        let sequential = ok.replace(
+            "judge: {max: 0.5, max_ratio_to_stable: 2}",
+            "judge: sequential",
+        );
+        assert!(
+            errors(&sequential)
+                .iter()
+                .any(|d| d.message.contains("judged by thresholds"))
+        );
+        let metric_too = ok.replace("query: 'sum(up)'", "query: 'sum(up)', metric: error_rate");
+        assert!(
+            errors(&metric_too)
+                .iter()
+                .any(|d| d.path.ends_with(".metric"))
+        );
     }
 }

@@ -2309,7 +2309,7 @@ fn inconclusive(b: &mut Builder<'_>, no_data: bool) -> bool {
         (
             b.s.no_data_streak,
             b.policy.analysis.no_data,
-            "without canary traffic",
+            "without canary traffic or metric values",
         )
     } else {
         b.s.inconclusive_streak += 1;

@@ -175,11 +175,11 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
                 m.weight, a.fail_score
             )
         };
-        let _ = writeln!(
-            md,
-            "| {} | {judge} | {fails} | {counts} | {action} |",
-            m.name
-        );
+        let signal = match &m.query {
+            Some(q) => format!("{} (Prometheus: `{}`)", m.name, q.query.replace('|', "\\|")),
+            None => m.name.clone(),
+        };
+        let _ = writeln!(md, "| {signal} | {judge} | {fails} | {counts} | {action} |");
     }
     let esc = |e: crate::policy::Escalation| {
         format!(

@@ -108,7 +108,14 @@ impl Stream {
                 self.canary_error_rate,
                 self.latency.map(|(_, c, sg)| (c, sg)),
             );
-            seconds.push((t, IntervalSample { stable, canary }));
+            seconds.push((
+                t,
+                IntervalSample {
+                    stable,
+                    canary,
+                    ..Default::default()
+                },
+            ));
         }
         Samples::from_seconds(seconds)
     }

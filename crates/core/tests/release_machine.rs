@@ -143,6 +143,7 @@ impl World {
                     sample: IntervalSample {
                         stable: stats(stable, stable * self.stable_errors_per_1000 / 1000),
                         canary: stats(canary, canary * self.canary_errors_per_1000 / 1000),
+                        ..Default::default()
                     },
                 }
             }
@@ -311,6 +312,7 @@ fn no_canary_traffic_is_never_a_pass() {
         sample: IntervalSample {
             stable: stats(1000, 0),
             canary: stats(0, 0),
+            ..Default::default()
         },
     });
     w.run(200);
@@ -539,6 +541,7 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
             sample: IntervalSample {
                 stable: stats(900, s * 900 / 1000),
                 canary: stats(100, c * 100 / 1000),
+                ..Default::default()
             },
         },
         (Choice::Fail, Some(Action::Measure)) => Input::MeasureFailed {
@@ -857,6 +860,7 @@ fn samples_with_latency_round_trip_inside_tagged_inputs() {
         sample: IntervalSample {
             stable: stats(5, 0),
             canary,
+            ..Default::default()
         },
     };
     let text = serde_json::to_string(&input).unwrap();
@@ -917,6 +921,7 @@ fn weighted_release(latencies: (u64, u64)) -> Release {
         IntervalSample {
             stable: stats(900, 0),
             canary,
+            ..Default::default()
         }
     };
     drive(&p, measure, |_, _| {})
@@ -949,6 +954,7 @@ fn match_steps_route_matching_requests_first_and_keep_them_alongside_weights() {
     let measure = || IntervalSample {
         stable: stats(900, 0),
         canary: stats(100, 0),
+        ..Default::default()
     };
     let s = drive(&p, measure, |w, m| routes.push((w, m)));
     assert_eq!(s.phase, Phase::Succeeded);
@@ -991,6 +997,7 @@ fn full(errors: u64) -> IntervalSample {
     IntervalSample {
         stable: stats(0, 0),
         canary: stats(1000, errors),
+        ..Default::default()
     }
 }
 
@@ -1199,6 +1206,7 @@ fn rolling_replaces_one_batch_at_a_time_and_promotes() {
         || IntervalSample {
             stable: stats(500, 1),
             canary: stats(500, 1),
+            ..Default::default()
         },
         |_| true,
         |w, _| routes.push(w.basis_points()),
@@ -1239,6 +1247,7 @@ fn a_failed_rolling_batch_restores_every_replaced_batch_in_reverse_order() {
             IntervalSample {
                 stable: stats(500, 1),
                 canary: stats(500, errors),
+                ..Default::default()
             }
         },
         |_| true,
@@ -1269,6 +1278,7 @@ fn a_batch_whose_replicas_never_get_ready_rolls_back() {
         || IntervalSample {
             stable: stats(500, 1),
             canary: stats(500, 1),
+            ..Default::default()
         },
         |_| true,
         |_, _| {},
@@ -1302,6 +1312,7 @@ fn resume_mid_rolling_re_establishes_the_replica_counts() {
     let sample = || IntervalSample {
         stable: stats(500, 1),
         canary: stats(500, 1),
+        ..Default::default()
     };
     let s = drive_full(
         &p,
@@ -1380,6 +1391,7 @@ fn bad_canary() -> IntervalSample {
     IntervalSample {
         stable: stats(900, 4),
         canary: stats(100, 50),
+        ..Default::default()
     }
 }
 
@@ -1438,6 +1450,7 @@ fn a_forced_operator_rollback_goes_through_after_contract_migrations() {
         || IntervalSample {
             stable: stats(900, 4),
             canary: stats(100, 0),
+            ..Default::default()
         },
         |_| true,
         |_, _| {},
@@ -1498,6 +1511,7 @@ fn at_the_automatic_rollback_cap_a_failing_release_halts_instead() {
     let bad = || IntervalSample {
         stable: stats(900, 4),
         canary: stats(100, 50),
+        ..Default::default()
     };
     let s = step(&p, &Release::default(), &start(1), 0).state;
     let s = drive_until(&p, s, bad, |_| true, |_, _| {}, |_| false);
@@ -1520,6 +1534,7 @@ fn at_the_automatic_rollback_cap_a_failing_release_halts_instead() {
         || IntervalSample {
             stable: stats(900, 4),
             canary: stats(100, 0),
+            ..Default::default()
         },
         |_| true,
         |_, _| {},
@@ -1560,6 +1575,7 @@ fn healthy() -> IntervalSample {
     IntervalSample {
         stable: stats(900, 1),
         canary: stats(100, 0),
+        ..Default::default()
     }
 }
 

@@ -50,6 +50,9 @@ enum Command {
         /// approval from someone else before anything runs.
         #[arg(long, value_name = "REASON")]
         hotfix: Option<String>,
+        /// Serve `/metrics` (Prometheus text format) here while the release runs.
+        #[arg(long, value_name = "ADDR", env = "RAMPART_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Ask the controller driving a service's release to roll it back now (from another
     /// terminal). Waits for the outcome and exits with its code.
@@ -252,6 +255,7 @@ pub async fn main(cli: Cli) -> i32 {
             keep_running,
             initiator,
             hotfix,
+            metrics_listen,
         } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -274,6 +278,7 @@ pub async fn main(cli: Cli) -> i32 {
                     .or_else(|| std::env::var("USER").ok())
                     .unwrap_or_else(|| "unknown".into()),
                 hotfix,
+                metrics_listen,
             };
             finish(output, run_release(opts, None).await)
         }

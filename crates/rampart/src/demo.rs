@@ -277,6 +277,7 @@ pub async fn run(
             keep_running: false,
             initiator: "demo".into(),
             hotfix: None,
+            metrics_listen: None,
         },
         "/checkout",
         Some(DEMO_RPS),

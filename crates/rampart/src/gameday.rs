@@ -172,6 +172,7 @@ async fn release(
             keep_running: false,
             initiator: "gameday".into(),
             hotfix: None,
+            metrics_listen: None,
         },
         "/",
         rps,

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub initiator: String,
     /// Why this release may run during a freeze (it then needs an approval first).
     pub hotfix: Option<String>,
+    /// Where to serve `/metrics` (release and data-plane metrics) while it runs.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why `run` ended without an outcome.
@@ -232,6 +234,33 @@ pub async fn run_release(
     };
 
     let plane = crate::dataplane::start(&policy, &store, &clock).await?;
+    let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(
+        &policy.service,
+        plane.counted.clone(),
+    ));
+    let _metrics_server = match opts.metrics_listen {
+        Some(listen) => Some(
+            rampart_adapters::telemetry::MetricsServer::bind(listen, telemetry.clone())
+                .await
+                .map_err(|e| {
+                    RunError::Internal(anyhow::anyhow!("/metrics cannot listen on {listen}: {e}"))
+                })?,
+        ),
+        None => None,
+    };
+    let versions = Arc::new(std::sync::Mutex::new(
+        rampart_adapters::prometheus::Versions::default(),
+    ));
+    let metrics: Arc<dyn rampart_core::ports::MetricsSource> = match &policy.analysis.prometheus {
+        None => plane.metrics.clone(),
+        Some(_) => Arc::new(rampart_adapters::prometheus::WithQueries::new(
+            plane.metrics.clone(),
+            &policy.service,
+            &policy.analysis,
+            versions.clone(),
+            clock.clone(),
+        )),
+    };
     if let (Some(f), Some(entry)) = (on_proxy, plane.entry) {
         f(entry);
     }
@@ -261,7 +290,7 @@ pub async fn run_release(
     let ports = Ports {
         deployer: deployer.clone(),
         router: plane.router.clone(),
-        metrics: plane.metrics.clone(),
+        metrics,
         gates: Arc::new(LocalGates),
         store: store.clone(),
         flags: store.clone(),
@@ -274,6 +303,8 @@ pub async fn run_release(
     let watch = Arc::new(RollbackWatch {
         progress: progress.clone(),
         proxy: plane.proxy.clone(),
+        telemetry,
+        versions,
         canary_routed_at_zero: std::sync::Mutex::new(None),
     });
     let mut controller =
@@ -427,6 +458,8 @@ fn migration_plan(
 struct RollbackWatch {
     progress: Arc<Progress>,
     proxy: Option<Proxy>,
+    telemetry: Arc<rampart_adapters::telemetry::Telemetry>,
+    versions: Arc<std::sync::Mutex<rampart_adapters::prometheus::Versions>>,
     canary_routed_at_zero: std::sync::Mutex<Option<u64>>,
 }
 
@@ -444,6 +477,11 @@ impl rampart_controller::Observer for RollbackWatch {
             && at.is_none()
         {
             *at = Some(proxy.routed(Variant::Canary));
+        }
+        self.telemetry.observe(state);
+        if let Ok(mut v) = self.versions.lock() {
+            v.stable = state.stable.clone().unwrap_or_default();
+            v.canary = state.version.clone();
         }
         self.progress.on_transition(input, state, events);
     }

@@ -260,6 +260,7 @@ impl Proxy {
         IntervalSample {
             stable: self.inner.stable.snapshot(),
             canary: self.inner.canary.snapshot(),
+            ..Default::default()
         }
     }
 
@@ -532,6 +533,7 @@ impl<T: Totals> MetricsSource for BuiltinMetrics<T> {
             let delta = IntervalSample {
                 stable: now.stable.since(&last.stable),
                 canary: now.canary.since(&last.canary),
+                ..Default::default()
             };
             *last = now;
             Ok(delta)

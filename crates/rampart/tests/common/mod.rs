@@ -69,6 +69,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// `rampart run --version v2 --stable v1 --output json` on `policy` (state next to it),
 /// with steady load on `port` while it runs; returns the exit code and the report.
 pub fn release_json(policy: &std::path::Path, port: u16, rps: u32) -> (i32, serde_json::Value) {
+    release_json_with(policy, port, rps, &[])
+}
+
+/// [`release_json`] with extra `rampart run` arguments.
+pub fn release_json_with(
+    policy: &std::path::Path,
+    port: u16,
+    rps: u32,
+    extra: &[&str],
+) -> (i32, serde_json::Value) {
     let rt = runtime();
     let (load, _) = start_load(&rt, port, rps);
     let out = rampart()
@@ -85,6 +95,7 @@ pub fn release_json(policy: &std::path::Path, port: u16, rps: u32) -> (i32, serd
         .arg(policy.parent().unwrap().join("state"))
         .arg("-f")
         .arg(policy)
+        .args(extra)
         .output()
         .unwrap();
     load.abort();

@@ -1,0 +1,294 @@
+//! `/metrics` in Prometheus's text format: the release (phase, weight, verdicts,
+//! rollbacks) and the data plane (per-variant requests, errors, latency histogram).
+//!
+//! Owns the metric names and the exposition. It observes; it never decides.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rampart_core::metrics::{Histogram, VariantStats, bucket_upper_ms};
+use rampart_core::release::{Phase, Release};
+use rampart_core::{Variant, Weight};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::proxy::Totals;
+
+/// The histogram buckets exposed, in seconds.
+const LE: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Debug, Default)]
+struct Seen {
+    release: String,
+    version: String,
+    phase: Option<Phase>,
+    weight: Weight,
+    intervals: u32,
+    verdicts: BTreeMap<&'static str, u64>,
+    rollbacks: u64,
+    outcomes: BTreeMap<&'static str, u64>,
+}
+
+/// What `/metrics` shows for one service.
+pub struct Telemetry {
+    service: String,
+    counted: Arc<dyn Totals>,
+    seen: Mutex<Seen>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Telemetry {
+    /// Telemetry for `service`, its data plane counted by `counted`.
+    pub fn new(service: &str, counted: Arc<dyn Totals>) -> Telemetry {
+        Telemetry {
+            service: service.to_string(),
+            counted,
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// Records a release's state after a transition.
+    pub fn observe(&self, state: &Release) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if seen.release != state.id {
+            seen.release = state.id.clone();
+            seen.intervals = 0;
+        }
+        seen.version = state.version.clone();
+        if state.intervals > seen.intervals {
+            if let Some(v) = state.last_verdict {
+                *seen.verdicts.entry(v.label_snake()).or_default() += 1;
+            }
+            seen.intervals = state.intervals;
+        }
+        if state.phase == Phase::RollingBack && seen.phase != Some(Phase::RollingBack) {
+            seen.rollbacks += 1;
+        }
+        if state.phase.is_terminal()
+            && seen.phase.is_some_and(|p| !p.is_terminal())
+            && let Some(o) = state.outcome()
+        {
+            *seen.outcomes.entry(o.as_str()).or_default() += 1;
+        }
+        seen.phase = Some(state.phase);
+        seen.weight = state.weight;
+    }
+
+    /// The exposition.
+    pub fn render(&self) -> String {
+        let svc = escape(&self.service);
+        let mut out = String::new();
+        let seen = self.seen.lock().map(|s| {
+            (
+                s.release.clone(),
+                s.version.clone(),
+                s.phase,
+                s.weight,
+                s.verdicts.clone(),
+                s.rollbacks,
+                s.outcomes.clone(),
+            )
+        });
+        if let Ok((release, version, phase, weight, verdicts, rollbacks, outcomes)) = seen {
+            out.push_str("# HELP rampart_release_phase The phase of the service's current release (1 for the phase it is in).\n# TYPE rampart_release_phase gauge\n");
+            if let Some(p) = phase {
+                let _ = writeln!(
+                    out,
+                    "rampart_release_phase{{service=\"{svc}\",release=\"{}\",version=\"{}\",phase=\"{}\"}} 1",
+                    escape(&release),
+                    escape(&version),
+                    p.as_str()
+                );
+            }
+            out.push_str("# HELP rampart_canary_weight The share of traffic on the new version, 0 to 1.\n# TYPE rampart_canary_weight gauge\n");
+            let _ = writeln!(
+                out,
+                "rampart_canary_weight{{service=\"{svc}\"}} {}",
+                weight.percent() / 100.0
+            );
+            out.push_str("# HELP rampart_verdicts_total Analysis intervals by verdict.\n# TYPE rampart_verdicts_total counter\n");
+            for v in ["pass", "fail", "inconclusive", "no_data"] {
+                let _ = writeln!(
+                    out,
+                    "rampart_verdicts_total{{service=\"{svc}\",verdict=\"{v}\"}} {}",
+                    verdicts.get(v).copied().unwrap_or(0)
+                );
+            }
+            out.push_str("# HELP rampart_rollbacks_total Rollbacks started.\n# TYPE rampart_rollbacks_total counter\n");
+            let _ = writeln!(
+                out,
+                "rampart_rollbacks_total{{service=\"{svc}\"}} {rollbacks}"
+            );
+            out.push_str("# HELP rampart_releases_total Releases finished, by outcome.\n# TYPE rampart_releases_total counter\n");
+            for o in ["promoted", "rolled_back", "halted", "escalated", "blocked"] {
+                let _ = writeln!(
+                    out,
+                    "rampart_releases_total{{service=\"{svc}\",outcome=\"{o}\"}} {}",
+                    outcomes.get(o).copied().unwrap_or(0)
+                );
+            }
+        }
+        let totals = self.counted.totals();
+        out.push_str("# HELP rampart_requests_total Requests answered, by variant.\n# TYPE rampart_requests_total counter\n");
+        for (v, s) in [
+            (Variant::Stable, &totals.stable),
+            (Variant::Canary, &totals.canary),
+        ] {
+            let _ = writeln!(
+                out,
+                "rampart_requests_total{{service=\"{svc}\",variant=\"{}\"}} {}",
+                v.as_str(),
+                s.requests
+            );
+        }
+        out.push_str("# HELP rampart_request_errors_total Requests answered 5xx or not at all, by variant.\n# TYPE rampart_request_errors_total counter\n");
+        for (v, s) in [
+            (Variant::Stable, &totals.stable),
+            (Variant::Canary, &totals.canary),
+        ] {
+            let _ = writeln!(
+                out,
+                "rampart_request_errors_total{{service=\"{svc}\",variant=\"{}\"}} {}",
+                v.as_str(),
+                s.errors
+            );
+        }
+        out.push_str("# HELP rampart_request_duration_seconds Request latency by variant; the sum is estimated from rampart's finer buckets (within 5 %).\n# TYPE rampart_request_duration_seconds histogram\n");
+        for (v, s) in [
+            (Variant::Stable, &totals.stable),
+            (Variant::Canary, &totals.canary),
+        ] {
+            histogram(&mut out, &svc, v.as_str(), s);
+        }
+        out
+    }
+}
+
+fn histogram(out: &mut String, svc: &str, variant: &str, s: &VariantStats) {
+    let h: &Histogram = &s.latency;
+    let buckets: Vec<(f64, u64)> = h
+        .buckets()
+        .map(|(i, c)| (bucket_upper_ms(i) / 1000.0, c))
+        .collect();
+    for le in LE {
+        let n: u64 = buckets
+            .iter()
+            .filter(|(up, _)| *up <= le)
+            .map(|(_, c)| c)
+            .sum();
+        let _ = writeln!(
+            out,
+            "rampart_request_duration_seconds_bucket{{service=\"{svc}\",variant=\"{variant}\",le=\"{le}\"}} {n}"
+        );
+    }
+    let count: u64 = buckets.iter().map(|(_, c)| c).sum();
+    let _ = writeln!(
+        out,
+        "rampart_request_duration_seconds_bucket{{service=\"{svc}\",variant=\"{variant}\",le=\"+Inf\"}} {count}"
+    );
+    // Each bucket's observations at the bucket's geometric middle (edges ~9 % apart).
+    let sum: f64 = buckets
+        .iter()
+        .map(|(up, c)| up / 1.09f64.sqrt() * *c as f64)
+        .sum();
+    let _ = writeln!(
+        out,
+        "rampart_request_duration_seconds_sum{{service=\"{svc}\",variant=\"{variant}\"}} {sum}"
+    );
+    let _ = writeln!(
+        out,
+        "rampart_request_duration_seconds_count{{service=\"{svc}\",variant=\"{variant}\"}} {count}"
+    );
+}
+
+/// Serves `GET /metrics` until dropped.
+#[derive(Debug)]
+pub struct MetricsServer {
+    task: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Binds `listen` and serves `telemetry`.
+    pub async fn bind(
+        listen: SocketAddr,
+        telemetry: Arc<Telemetry>,
+    ) -> std::io::Result<MetricsServer> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let t = Arc::clone(&telemetry);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let t = Arc::clone(&t);
+                            async move {
+                                let mut resp = if req.uri().path() == "/metrics" {
+                                    let mut r = Response::new(Full::new(Bytes::from(t.render())));
+                                    r.headers_mut().insert(
+                                        hyper::header::CONTENT_TYPE,
+                                        hyper::header::HeaderValue::from_static(
+                                            "text/plain; version=0.0.4",
+                                        ),
+                                    );
+                                    r
+                                } else {
+                                    Response::new(Full::new(Bytes::from_static(b"see /metrics\n")))
+                                };
+                                if req.uri().path() != "/metrics" {
+                                    *resp.status_mut() = StatusCode::NOT_FOUND;
+                                }
+                                Ok::<_, Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(MetricsServer { task, addr })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -122,7 +122,7 @@ impl WithQueries {
 
 /// A Prometheus duration: whole seconds, or milliseconds below a second.
 fn prom_duration(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())

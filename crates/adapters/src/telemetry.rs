@@ -292,3 +292,53 @@ impl Drop for MetricsServer {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rampart_core::metrics::IntervalSample;
+
+    struct Fixed;
+
+    impl Totals for Fixed {
+        fn totals(&self) -> IntervalSample {
+            let mut s = IntervalSample::default();
+            s.canary.requests = 10;
+            s.canary.errors = 2;
+            for ms in [1u64, 3, 40, 400] {
+                s.canary.latency.record_micros(ms * 1000);
+            }
+            s
+        }
+    }
+
+    #[test]
+    fn the_exposition_is_cumulative_and_names_what_the_dashboard_uses() {
+        let t = Telemetry::new("shop", Arc::new(Fixed));
+        t.observe(&Release {
+            id: "r1".into(),
+            phase: Phase::Progressing,
+            ..Release::default()
+        });
+        let text = t.render();
+        assert!(
+            text.contains("rampart_request_errors_total{service=\"shop\",variant=\"canary\"} 2")
+        );
+        assert!(text.contains("rampart_request_duration_seconds_bucket{service=\"shop\",variant=\"canary\",le=\"0.005\"} 2"));
+        assert!(text.contains("rampart_request_duration_seconds_bucket{service=\"shop\",variant=\"canary\",le=\"+Inf\"} 4"));
+        let dashboard = include_str!("../../../deploy/grafana/rampart-release.json");
+        let mut names: Vec<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("rampart_"))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 6, "{names:?}");
+        for name in names {
+            assert!(
+                text.contains(&format!("\n{name}{{")),
+                "the dashboard uses {name}, which /metrics lacks"
+            );
+        }
+    }
+}

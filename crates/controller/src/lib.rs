@@ -183,6 +183,20 @@ impl Controller {
         &self,
         id: &str,
         stable: Option<String>,
+        commands: Option<mpsc::UnboundedReceiver<Input>>,
+    ) -> Result<Release, ControllerError> {
+        use tracing::Instrument;
+        // Every log line of the release, adapters' included, carries its id.
+        let span = tracing::info_span!("release", release = %id, service = %self.policy.service);
+        self.drive_in_span(id, stable, commands)
+            .instrument(span)
+            .await
+    }
+
+    async fn drive_in_span(
+        &self,
+        id: &str,
+        stable: Option<String>,
         mut commands: Option<mpsc::UnboundedReceiver<Input>>,
     ) -> Result<Release, ControllerError> {
         let (record, log) = self.ports.store.load(id).await?;

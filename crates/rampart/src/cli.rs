@@ -16,8 +16,28 @@ use crate::run::{Output, Report, RunError, RunOptions, print_summary, run_releas
 #[derive(Debug, Parser)]
 #[command(name = "rampart", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// Log lines on stderr: `text` for people, `json` (one object per line, each line
+    /// of a release carrying its release id) for machines. The level comes from
+    /// `RAMPART_LOG` (`warn` by default).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "RAMPART_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

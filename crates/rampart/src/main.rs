@@ -10,10 +10,17 @@ fn main() {
         .ok()
         .and_then(|l| l.parse().ok())
         .unwrap_or(tracing::Level::WARN);
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .init();
+        .with_max_level(level);
+    match cli.log_format {
+        rampart::cli::LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        rampart::cli::LogFormat::Text => logs.init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

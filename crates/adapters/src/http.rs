@@ -13,8 +13,19 @@ use tokio::net::TcpStream;
 
 /// POSTs a JSON body and returns the status code, or why there is none.
 pub async fn post_json(url: &str, body: String, timeout: Duration) -> Result<u16, String> {
-    match tokio::time::timeout(timeout, request(url, "POST", Some(body))).await {
-        Ok(r) => r,
+    post_json_with(url, body, &[], timeout).await
+}
+
+/// POSTs a JSON body with extra headers and returns the status code.
+pub async fn post_json_with(
+    url: &str,
+    body: String,
+    headers: &[(&str, String)],
+    timeout: Duration,
+) -> Result<u16, String> {
+    let sent = exchange(url, "POST", Some(body), headers, false);
+    match tokio::time::timeout(timeout, sent).await {
+        Ok(r) => r.map(|(status, _)| status),
         Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
     }
 }
@@ -30,7 +41,7 @@ pub async fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
 /// Sends `GET url` and returns the status code and the body as text.
 pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), String> {
     let exchange = async {
-        let (status, body) = exchange(url, "GET", None, true).await?;
+        let (status, body) = exchange(url, "GET", None, &[], true).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -40,7 +51,7 @@ pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), Str
 }
 
 async fn request(url: &str, method: &str, body: Option<String>) -> Result<u16, String> {
-    exchange(url, method, body, false)
+    exchange(url, method, body, &[], false)
         .await
         .map(|(status, _)| status)
 }
@@ -50,6 +61,7 @@ async fn exchange(
     url: &str,
     method: &str,
     body: Option<String>,
+    headers: &[(&str, String)],
     read_body: bool,
 ) -> Result<(u16, Bytes), String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL `{url}`: {e}"))?;
@@ -69,7 +81,11 @@ async fn exchange(
     });
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host, |a| a.as_str());
-    let req = Request::builder()
+    let mut req = Request::builder();
+    for (name, value) in headers {
+        req = req.header(*name, value.as_str());
+    }
+    let req = req
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, authority)

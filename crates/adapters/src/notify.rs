@@ -1,80 +1,290 @@
-//! Notification hooks: a command or a webhook that hears about pages (and, if asked,
-//! every notice).
+//! Notification hooks: commands, signed webhooks, Slack and PagerDuty, each hearing the
+//! moments of a release its policy asks for.
 //!
-//! Owns delivering one notice to each hook with a time limit. A hook that fails is
-//! logged and never fails the release: paging must not be able to break a rollback.
+//! Owns the payloads (a generic JSON notice signed with HMAC-SHA256 over timestamp and
+//! body, Slack blocks, PagerDuty Events v2 with one dedup key per release), delivery
+//! with retries and backoff, and never failing a release: a hook that keeps failing is
+//! logged and given up on. The controller sends notices from their own task, so a slow
+//! hook never holds up a rollback either.
 
 use std::time::Duration;
 
-use rampart_core::policy::{NotifyHook, NotifyTarget};
-use rampart_core::ports::{BoxFuture, Notifier};
+use hmac::{Hmac, Mac};
+use rampart_core::policy::{NotifyHook, NotifyTarget, Secret};
+use rampart_core::ports::{BoxFuture, Notice, Notifier};
+use rampart_core::release::NoticeKind;
+use serde_json::{Value, json};
+use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
 
-use crate::http::post_json;
+use crate::http::post_json_with;
 
 /// Sends notices to the policy's hooks.
 #[derive(Debug, Clone)]
 pub struct HookNotifier {
-    service: String,
     hooks: Vec<NotifyHook>,
     timeout: Duration,
+    attempts: u32,
+    backoff: Duration,
+}
+
+/// Why one delivery attempt failed, and whether another may succeed.
+struct Failed {
+    why: String,
+    retry: bool,
 }
 
 impl HookNotifier {
-    /// Hooks for `service`.
-    pub fn new(service: &str, hooks: Vec<NotifyHook>) -> Self {
+    /// Hooks for a service: 4 attempts each, 250 ms backoff doubling, 10 s per attempt.
+    pub fn new(hooks: Vec<NotifyHook>) -> Self {
         HookNotifier {
-            service: service.to_string(),
             hooks,
             timeout: Duration::from_secs(10),
+            attempts: 4,
+            backoff: Duration::from_millis(250),
         }
     }
 
-    async fn deliver(&self, hook: &NotifyHook, page: bool, message: &str) -> Result<(), String> {
-        let body = serde_json::json!({"service": self.service, "page": page, "message": message})
-            .to_string();
-        match &hook.target {
-            NotifyTarget::Webhook(url) => match post_json(url, body, self.timeout).await {
-                Ok(code) if (200..300).contains(&code) => Ok(()),
-                Ok(code) => Err(format!("{url} answered {code}")),
-                Err(e) => Err(format!("{url}: {e}")),
-            },
-            NotifyTarget::Command(argv) => {
-                let mut child = tokio::process::Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .env("RAMPART_SERVICE", &self.service)
-                    .env("RAMPART_PAGE", if page { "1" } else { "0" })
-                    .env("RAMPART_MESSAGE", message)
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| format!("`{}`: {e}", argv[0]))?;
-                if let Some(mut stdin) = child.stdin.take() {
-                    let _ = stdin.write_all(body.as_bytes()).await;
+    /// The same hooks with another retry schedule (tests use short ones).
+    pub fn with_retries(mut self, attempts: u32, backoff: Duration, timeout: Duration) -> Self {
+        self.attempts = attempts.max(1);
+        self.backoff = backoff;
+        self.timeout = timeout;
+        self
+    }
+
+    async fn deliver(&self, hook: &NotifyHook, n: &Notice) -> Result<(), String> {
+        let mut wait = self.backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            match self.attempt(&hook.target, n).await {
+                Ok(()) => return Ok(()),
+                Err(f) => {
+                    last = f.why;
+                    if !f.retry || attempt == self.attempts {
+                        break;
+                    }
                 }
-                match tokio::time::timeout(self.timeout, child.wait()).await {
-                    Ok(Ok(status)) if status.success() => Ok(()),
-                    Ok(Ok(status)) => Err(format!("`{}` {status}", argv[0])),
-                    Ok(Err(e)) => Err(format!("`{}`: {e}", argv[0])),
-                    Err(_) => Err(format!(
-                        "`{}` did not finish in {}s",
-                        argv[0],
-                        self.timeout.as_secs()
-                    )),
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        Err(last)
+    }
+
+    async fn attempt(&self, target: &NotifyTarget, n: &Notice) -> Result<(), Failed> {
+        match target {
+            NotifyTarget::Command(argv) => self.run(argv, n).await,
+            NotifyTarget::Webhook { url, secret } => {
+                let body = generic(n).to_string();
+                let mut headers = Vec::new();
+                if let Some(secret) = secret {
+                    let key = reveal(secret).map_err(|why| Failed { why, retry: false })?;
+                    let ts = (n.at / 1000).to_string();
+                    headers.push(("x-rampart-timestamp", ts.clone()));
+                    headers.push((
+                        "x-rampart-signature",
+                        format!("v1={}", sign(&key, &ts, &body)),
+                    ));
+                }
+                self.post(url, body, &headers).await
+            }
+            NotifyTarget::Slack { url, dashboard } => {
+                self.post(url, slack(n, dashboard.as_deref()).to_string(), &[])
+                    .await
+            }
+            NotifyTarget::PagerDuty {
+                url,
+                routing_key,
+                dashboard,
+            } => {
+                let key = reveal(routing_key).map_err(|why| Failed { why, retry: false })?;
+                match pagerduty(n, &key, dashboard.as_deref()) {
+                    Some(event) => self.post(url, event.to_string(), &[]).await,
+                    None => Ok(()),
                 }
             }
         }
     }
+
+    async fn post(
+        &self,
+        url: &str,
+        body: String,
+        headers: &[(&str, String)],
+    ) -> Result<(), Failed> {
+        match post_json_with(url, body, headers, self.timeout).await {
+            Ok(code) if (200..300).contains(&code) => Ok(()),
+            // Throttled or the receiver's fault: worth another try. Our fault: not.
+            Ok(code) => Err(Failed {
+                why: format!("{url} answered {code}"),
+                retry: code == 429 || code >= 500,
+            }),
+            Err(e) => Err(Failed {
+                why: format!("{url}: {e}"),
+                retry: true,
+            }),
+        }
+    }
+
+    async fn run(&self, argv: &[String], n: &Notice) -> Result<(), Failed> {
+        let body = generic(n).to_string();
+        let failed = |why: String| Failed { why, retry: true };
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("RAMPART_SERVICE", &n.service)
+            .env("RAMPART_RELEASE", &n.release)
+            .env("RAMPART_KIND", n.kind.as_str())
+            .env("RAMPART_PAGE", if n.page { "1" } else { "0" })
+            .env("RAMPART_MESSAGE", &n.message)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Failed {
+                why: format!("`{}`: {e}", argv[0]),
+                retry: false,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(body.as_bytes()).await;
+        }
+        match tokio::time::timeout(self.timeout, child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(failed(format!("`{}` {status}", argv[0]))),
+            Ok(Err(e)) => Err(failed(format!("`{}`: {e}", argv[0]))),
+            Err(_) => Err(failed(format!(
+                "`{}` did not finish in {}s",
+                argv[0],
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+}
+
+fn reveal(secret: &Secret) -> Result<String, String> {
+    match secret {
+        Secret::Value(v) => Ok(v.clone()),
+        Secret::Env(name) => std::env::var(name).map_err(|_| {
+            format!("the environment variable {name} (a notification secret) is not set")
+        }),
+    }
+}
+
+/// `hex(HMAC-SHA256(key, timestamp + "." + body))`, the webhook signature.
+pub fn sign(key: &str, timestamp: &str, body: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The generic JSON notice (webhooks and commands).
+pub fn generic(n: &Notice) -> Value {
+    json!({
+        "service": n.service,
+        "release": n.release,
+        "kind": n.kind.as_str(),
+        "page": n.page,
+        "version": n.version,
+        "stable": n.stable,
+        "weight": n.weight,
+        "message": n.message,
+        "at": n.at,
+    })
+}
+
+fn title(n: &Notice) -> String {
+    let what = match n.kind {
+        NoticeKind::Started => "release started",
+        NoticeKind::Step => "step",
+        NoticeKind::Approval => "approval needed",
+        NoticeKind::Rollback => "rolling back",
+        NoticeKind::Halted => "HALTED",
+        NoticeKind::Escalated => "ESCALATED",
+        NoticeKind::Promoted => "promoted",
+        NoticeKind::RolledBack => "rolled back",
+        NoticeKind::Blocked => "blocked",
+    };
+    format!("{} {}: {what}", n.service, n.version)
+}
+
+/// A Slack incoming-webhook message: a header, the service, versions, weight and
+/// release, the reason, and a link to the dashboard.
+pub fn slack(n: &Notice, dashboard: Option<&str>) -> Value {
+    let versions = match &n.stable {
+        Some(s) if *s != n.version => format!("{s} → {}", n.version),
+        _ => n.version.clone(),
+    };
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": title(n)}}),
+        json!({"type": "section", "fields": [
+            {"type": "mrkdwn", "text": format!("*Service*\n{}", n.service)},
+            {"type": "mrkdwn", "text": format!("*Versions*\n{versions}")},
+            {"type": "mrkdwn", "text": format!("*Canary weight*\n{}", n.weight)},
+            {"type": "mrkdwn", "text": format!("*Release*\n`{}`", n.release)},
+        ]}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Reason*\n{}", n.message)}}),
+    ];
+    if let Some(url) = dashboard {
+        blocks.push(json!({"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": "Dashboard"}, "url": url}
+        ]}));
+    }
+    json!({"text": format!("{}: {}", title(n), n.message), "blocks": blocks})
+}
+
+/// A PagerDuty Events v2 event: pages trigger, the outcome resolves, with one dedup key
+/// per release. Other moments send nothing.
+pub fn pagerduty(n: &Notice, routing_key: &str, dashboard: Option<&str>) -> Option<Value> {
+    let dedup_key = format!("rampart-{}", n.release);
+    let action = match n.kind {
+        NoticeKind::Approval | NoticeKind::Halted | NoticeKind::Escalated => "trigger",
+        NoticeKind::Promoted | NoticeKind::RolledBack | NoticeKind::Blocked => "resolve",
+        _ => return None,
+    };
+    if action == "resolve" {
+        return Some(json!({
+            "routing_key": routing_key,
+            "event_action": "resolve",
+            "dedup_key": dedup_key,
+        }));
+    }
+    let severity = match n.kind {
+        NoticeKind::Approval => "warning",
+        _ => "critical",
+    };
+    let mut event = json!({
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": dedup_key,
+        "payload": {
+            "summary": format!("{}: {}", title(n), n.message).chars().take(1024).collect::<String>(),
+            "source": format!("rampart/{}", n.service),
+            "severity": severity,
+            "component": n.service,
+            "custom_details": generic(n),
+        },
+    });
+    if let Some(url) = dashboard {
+        event["links"] = json!([{"href": url, "text": "Dashboard"}]);
+    }
+    Some(event)
 }
 
 impl Notifier for HookNotifier {
-    fn notify<'a>(&'a self, page: bool, message: &'a str) -> BoxFuture<'a, ()> {
+    fn notify<'a>(&'a self, notice: &'a Notice) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            for hook in self.hooks.iter().filter(|h| page || h.all) {
-                if let Err(e) = self.deliver(hook, page, message).await {
-                    tracing::warn!(error = %e, "notification hook failed");
+            for hook in self.hooks.iter().filter(|h| h.wants(notice.kind)) {
+                if let Err(e) = self.deliver(hook, notice).await {
+                    tracing::warn!(error = %e, kind = notice.kind.as_str(), "notification hook failed; giving up on this notice");
                 }
             }
         })
@@ -84,54 +294,93 @@ impl Notifier for HookNotifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rampart_core::Weight;
 
-    #[tokio::test]
-    async fn command_hooks_get_pages_and_only_pages_unless_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("pages.txt");
-        let script = format!(
-            "cat >> {0}; echo \" page=$RAMPART_PAGE\" >> {0}",
-            out.display()
-        );
-        let hook = |all| NotifyHook {
-            target: NotifyTarget::Command(vec!["sh".into(), "-c".into(), script.clone()]),
-            all,
-        };
-        let n = HookNotifier::new("shop", vec![hook(false)]);
-        n.notify(false, "promoted").await;
-        n.notify(true, "halted: stable is unhealthy").await;
-        let text = std::fs::read_to_string(&out).unwrap();
-        assert!(!text.contains("promoted"), "{text}");
-        assert!(
-            text.contains("\"message\":\"halted: stable is unhealthy\"") && text.contains("page=1"),
-            "{text}"
-        );
-        HookNotifier::new("shop", vec![hook(true)])
-            .notify(false, "promoted")
-            .await;
-        assert!(std::fs::read_to_string(&out).unwrap().contains("promoted"));
+    pub(crate) fn notice(kind: NoticeKind) -> Notice {
+        Notice {
+            kind,
+            page: matches!(kind, NoticeKind::Halted),
+            service: "shop".into(),
+            release: "shop-1".into(),
+            version: "v2".into(),
+            stable: Some("v1".into()),
+            weight: Weight::from_percent(20).unwrap(),
+            message: "error-rate 9% > max 2%".into(),
+            at: 1_700_000_000_123,
+        }
     }
 
     #[tokio::test]
-    async fn a_failing_hook_is_not_fatal() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let n = HookNotifier::new(
-            "shop",
-            vec![
-                NotifyHook {
-                    target: NotifyTarget::Webhook(format!("http://127.0.0.1:{port}/hook")),
-                    all: false,
-                },
-                NotifyHook {
-                    target: NotifyTarget::Command(vec!["/nonexistent/pager".into()]),
-                    all: false,
-                },
-            ],
+    async fn command_hooks_hear_only_the_moments_they_ask_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pages.txt");
+        let script = format!(
+            "cat >> {0}; echo \" kind=$RAMPART_KIND page=$RAMPART_PAGE\" >> {0}",
+            out.display()
         );
-        n.notify(true, "halted").await;
+        let hook = |on: Vec<&'static str>| NotifyHook {
+            target: NotifyTarget::Command(vec!["sh".into(), "-c".into(), script.clone()]),
+            on,
+        };
+        let n = HookNotifier::new(vec![hook(rampart_core::policy::PAGES.to_vec())]);
+        n.notify(&notice(NoticeKind::Promoted)).await;
+        n.notify(&notice(NoticeKind::Halted)).await;
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(!text.contains("kind=promoted"), "{text}");
+        assert!(
+            text.contains("kind=halted page=1") && text.contains("\"release\":\"shop-1\""),
+            "{text}"
+        );
+        HookNotifier::new(vec![hook(vec!["done"])])
+            .notify(&notice(NoticeKind::Promoted))
+            .await;
+        assert!(
+            std::fs::read_to_string(&out)
+                .unwrap()
+                .contains("kind=promoted")
+        );
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_over_timestamp_dot_body() {
+        // RFC 4231, test case 2: key "Jefe", data "what do ya want for nothing?".
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        let known: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            known,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // The signed text is the timestamp, a dot, then the body.
+        assert_eq!(sign("Jefe", "what do ya want for nothing", "").len(), 64);
+        assert_eq!(sign("Jefe", "what do ya want for nothing", "")[..], {
+            let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+            mac.update(b"what do ya want for nothing.");
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        });
+    }
+
+    #[test]
+    fn pagerduty_triggers_on_pages_and_resolves_on_the_outcome() {
+        let t = pagerduty(&notice(NoticeKind::Halted), "KEY", Some("http://grafana")).unwrap();
+        assert_eq!(t["event_action"], "trigger");
+        assert_eq!(t["dedup_key"], "rampart-shop-1");
+        assert_eq!(t["payload"]["severity"], "critical");
+        assert_eq!(t["links"][0]["href"], "http://grafana");
+        let r = pagerduty(&notice(NoticeKind::RolledBack), "KEY", None).unwrap();
+        assert_eq!(
+            (r["event_action"].as_str(), r["dedup_key"].as_str()),
+            (Some("resolve"), Some("rampart-shop-1"))
+        );
+        assert!(pagerduty(&notice(NoticeKind::Step), "KEY", None).is_none());
     }
 }

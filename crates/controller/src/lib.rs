@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use rampart_core::policy::{Gate, GateCheck, Policy};
 use rampart_core::ports::{
-    Clock, CommandKind, Deployer, GateRunner, MetricsSource, Notifier, PortError, ReleaseRecord,
-    Store, StoredInput, TrafficRouter,
+    Clock, CommandKind, Deployer, GateRunner, MetricsSource, Notice, Notifier, PortError,
+    ReleaseRecord, Store, StoredInput, TrafficRouter,
 };
 use rampart_core::release::{
     Action, AuditEvent, CheckStage, Effect, GateResult, Input, OutcomeKind, Release, Variant, step,
@@ -87,7 +87,12 @@ pub struct Controller {
     initiator: String,
     /// Why a release started during a freeze is a hotfix, if it is one.
     hotfix: Option<String>,
+    /// Notices waiting for the delivery task, in order, while a release is driven.
+    outbox: Mutex<Option<mpsc::UnboundedSender<Notice>>>,
 }
+
+/// How long queued notices get to go out after a release ends.
+const NOTICE_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The release's migration files, in the order they apply, and their class.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,6 +137,7 @@ impl Controller {
             migrations: None,
             initiator: String::new(),
             hotfix: None,
+            outbox: Mutex::new(None),
         }
     }
 
@@ -188,9 +194,34 @@ impl Controller {
         use tracing::Instrument;
         // Every log line of the release, adapters' included, carries its id.
         let span = tracing::info_span!("release", release = %id, service = %self.policy.service);
-        self.drive_in_span(id, stable, commands)
+        // Notices go out from their own task, in order: a slow or dead webhook must
+        // never hold up a rollback.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Notice>();
+        let notifier = self.ports.notifier.clone();
+        let delivery = tokio::spawn(
+            async move {
+                while let Some(notice) = rx.recv().await {
+                    notifier.notify(&notice).await;
+                }
+            }
+            .instrument(span.clone()),
+        );
+        if let Ok(mut outbox) = self.outbox.lock() {
+            *outbox = Some(tx);
+        }
+        let result = self
+            .drive_in_span(id, stable, commands)
             .instrument(span)
-            .await
+            .await;
+        if let Ok(mut outbox) = self.outbox.lock() {
+            outbox.take();
+        }
+        // The last notices (the outcome) go out before the release returns, within a
+        // bound.
+        if tokio::time::timeout(NOTICE_FLUSH, delivery).await.is_err() {
+            tracing::warn!(release = %id, "notices still undelivered after 30s were dropped");
+        }
+        result
     }
 
     async fn drive_in_span(
@@ -383,8 +414,32 @@ impl Controller {
         }
         self.observer.on_transition(&input, &run.state, &t.events);
         for effect in &t.effects {
-            if let Effect::Notify { page, message } = effect {
-                self.ports.notifier.notify(*page, message).await;
+            if let Effect::Notify {
+                kind,
+                page,
+                message,
+            } = effect
+            {
+                let notice = Notice {
+                    kind: *kind,
+                    page: *page,
+                    service: self.policy.service.clone(),
+                    release: run.id.clone(),
+                    version: run.state.version.clone(),
+                    stable: run.state.stable.clone(),
+                    weight: run.state.weight,
+                    message: message.clone(),
+                    at: self.ports.clock.now(),
+                };
+                let queued = self
+                    .outbox
+                    .lock()
+                    .ok()
+                    .and_then(|o| o.as_ref().map(|tx| tx.send(notice.clone()).is_ok()))
+                    .unwrap_or(false);
+                if !queued {
+                    self.ports.notifier.notify(&notice).await;
+                }
             }
         }
         Ok(())

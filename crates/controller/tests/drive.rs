@@ -144,7 +144,7 @@ impl GateRunner for Fake {
 }
 
 impl Notifier for Fake {
-    fn notify<'a>(&'a self, _page: bool, _m: &'a str) -> BoxFuture<'a, ()> {
+    fn notify<'a>(&'a self, _n: &'a rampart_core::ports::Notice) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
 }
@@ -374,5 +374,48 @@ async fn the_rollback_cap_counts_automatic_rollbacks_across_releases() {
     assert_eq!(
         c.drive("r3", Some("v1".into()), None).await.unwrap().phase,
         Phase::RolledBack
+    );
+}
+
+/// A notifier whose every delivery hangs, like a webhook that never answers.
+struct Hanging;
+
+impl Notifier for Hanging {
+    fn notify<'a>(&'a self, _n: &'a rampart_core::ports::Notice) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_notifier_that_never_answers_never_holds_up_a_rollback() {
+    let world = Arc::new(FakeWorld::default());
+    world.canary_error_rate_pct.store(20, Ordering::SeqCst);
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let mut ports = ports(&world, store.clone());
+    ports.notifier = Arc::new(Hanging);
+    let c = Controller::new(Policy::from_yaml(POLICY).unwrap(), ports, Arc::new(Silent));
+    c.create("r1", "v2", POLICY).await.unwrap();
+    let clock = TokioClock::starting_at(0);
+    let end = tokio::time::timeout(
+        Duration::from_secs(3600),
+        c.drive("r1", Some("v1".into()), None),
+    )
+    .await
+    .expect("the release ended although no notice was ever delivered")
+    .unwrap();
+    assert_eq!(end.phase, Phase::RolledBack);
+    assert_eq!(*world.stops.lock().unwrap(), vec![Variant::Canary]);
+    // The rollback was decided after two bad 30 s intervals and carried out at once; the
+    // only wait after it is the bounded flush of undelivered notices.
+    let decided = end.decision.unwrap().at;
+    let (_, log) = store.load("r1").await.unwrap();
+    let finished = log.last().unwrap().at;
+    assert!(
+        finished - decided < 1_000,
+        "the rollback waited on notices: {decided} -> {finished}"
+    );
+    assert!(
+        rampart_core::ports::Clock::now(&clock) >= 30_000,
+        "the flush is bounded at 30 s"
     );
 }

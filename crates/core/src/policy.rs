@@ -54,8 +54,36 @@ pub struct FlagsSpec {
 pub struct NotifyHook {
     /// Where it goes.
     pub target: NotifyTarget,
-    /// Whether it gets every notice, or only pages (a human must act).
-    pub all: bool,
+    /// Which moments of a release it hears about, by cadence name (`started`, `step`,
+    /// `approval`, `rollback`, `halted`, `escalated`, `done`).
+    pub on: Vec<&'static str>,
+}
+
+impl NotifyHook {
+    /// Whether this hook hears about a notice of `kind`.
+    pub fn wants(&self, kind: crate::release::NoticeKind) -> bool {
+        self.on.contains(&kind.cadence())
+    }
+
+    /// Whether it hears about every moment.
+    pub fn all(&self) -> bool {
+        crate::release::NoticeKind::CADENCE
+            .iter()
+            .all(|c| self.on.contains(c))
+    }
+}
+
+/// The cadence names that page a human.
+pub const PAGES: [&str; 3] = ["approval", "halted", "escalated"];
+
+/// A secret: written in the policy, or (better) read from an environment variable when
+/// rampart runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Secret {
+    /// The value itself.
+    Value(String),
+    /// The name of the environment variable holding it.
+    Env(String),
 }
 
 /// Where a notification goes.
@@ -63,8 +91,29 @@ pub struct NotifyHook {
 pub enum NotifyTarget {
     /// A command; the notice is in `RAMPART_MESSAGE` and, as JSON, on stdin.
     Command(Vec<String>),
-    /// An `http://` URL that receives the notice as a JSON POST.
-    Webhook(String),
+    /// A URL that receives the notice as a JSON POST, signed when there is a secret.
+    Webhook {
+        /// Where.
+        url: String,
+        /// The HMAC-SHA256 key for `X-Rampart-Signature`.
+        secret: Option<Secret>,
+    },
+    /// A Slack incoming webhook.
+    Slack {
+        /// The incoming webhook URL.
+        url: String,
+        /// A dashboard to link from every message.
+        dashboard: Option<String>,
+    },
+    /// PagerDuty Events API v2: pages trigger an incident, the outcome resolves it.
+    PagerDuty {
+        /// The events endpoint.
+        url: String,
+        /// The integration's routing key.
+        routing_key: Secret,
+        /// A dashboard to link from the incident.
+        dashboard: Option<String>,
+    },
 }
 
 /// The release's database migrations.
@@ -1498,33 +1547,145 @@ fn decode_gates(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gates> {
 const GATE_KINDS: &[&str] = &["env", "http", "command"];
 
 fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option<NotifyHook> {
-    let m = cx.map(node, path, &["command", "webhook", "on"])?;
-    let all = matches!(
-        m.optional_with(cx, "on", |cx, n, p| one_of(cx, n, p, &["pages", "all"])),
-        Some("all")
-    );
-    let target = match m.present(&["command", "webhook"]).as_slice() {
-        ["command"] => NotifyTarget::Command(m.required_with(cx, "command", decode_argv)?),
-        ["webhook"] => {
-            let url: String = m.required(cx, "webhook")?;
-            if !url.starts_with("http://") {
-                cx.error(
-                    m.get("webhook").map_or(m.pos(), |n| n.pos),
-                    &m.path_of("webhook"),
-                    format!(
-                        "`{url}` is not an http:// URL; for https, use a command hook with curl"
-                    ),
-                );
-                return None;
-            }
-            NotifyTarget::Webhook(url)
-        }
-        _ => {
-            cx.error(m.pos(), path, "a hook is one `command` or one `webhook`");
-            return None;
+    let m = cx.map(
+        node,
+        path,
+        &[
+            "command",
+            "webhook",
+            "slack",
+            "pagerduty",
+            "on",
+            "secret",
+            "secret_env",
+            "dashboard",
+        ],
+    )?;
+    let kinds = m.present(&["command", "webhook", "slack", "pagerduty"]);
+    let [kind] = kinds.as_slice() else {
+        cx.error(
+            m.pos(),
+            path,
+            "a hook is one of `command`, `webhook`, `slack` or `pagerduty`",
+        );
+        return None;
+    };
+    let url_at = |cx: &mut Decoder, n: &Node, p: &str| -> Option<String> {
+        let url = scalar(cx, n, p, "an http:// or https:// URL")?;
+        if url.starts_with("http://") || url.starts_with("https://") {
+            Some(url.to_string())
+        } else {
+            cx.error(
+                n.pos,
+                p,
+                format!("`{url}` is not an http:// or https:// URL"),
+            );
+            None
         }
     };
-    Some(NotifyHook { target, all })
+    let secret = |cx: &mut Decoder| -> Option<Secret> {
+        match (m.get("secret"), m.get("secret_env")) {
+            (Some(_), Some(_)) => {
+                cx.error(
+                    m.pos(),
+                    &m.path_of("secret"),
+                    "give `secret` or `secret_env`, not both",
+                );
+                None
+            }
+            (Some(_), None) => m.optional::<String>(cx, "secret").map(Secret::Value),
+            (None, Some(_)) => m.optional::<String>(cx, "secret_env").map(Secret::Env),
+            (None, None) => None,
+        }
+    };
+    let dashboard = m.optional_with(cx, "dashboard", url_at);
+    for key in m.present(&["secret", "secret_env"]) {
+        if *kind != "webhook" {
+            cx.error(m.pos(), &m.path_of(key), "only a `webhook` hook is signed");
+        }
+    }
+    if m.get("dashboard").is_some() && matches!(*kind, "command" | "webhook") {
+        cx.error(
+            m.pos(),
+            &m.path_of("dashboard"),
+            "`dashboard` is for `slack` and `pagerduty` hooks",
+        );
+    }
+    let (target, default_on): (NotifyTarget, &[&'static str]) = match *kind {
+        "command" => (
+            NotifyTarget::Command(m.required_with(cx, "command", decode_argv)?),
+            &PAGES,
+        ),
+        "webhook" => (
+            NotifyTarget::Webhook {
+                url: m.required_with(cx, "webhook", url_at)?,
+                secret: secret(cx),
+            },
+            &PAGES,
+        ),
+        "slack" => (
+            NotifyTarget::Slack {
+                url: m.required_with(cx, "slack", url_at)?,
+                dashboard: dashboard.clone(),
+            },
+            &crate::release::NoticeKind::CADENCE,
+        ),
+        _ => {
+            let pd = m.get("pagerduty")?;
+            let p = m.path_of("pagerduty");
+            let pm = cx.map(pd, &p, &["routing_key", "routing_key_env", "url"])?;
+            let routing_key = match (pm.get("routing_key"), pm.get("routing_key_env")) {
+                (Some(_), None) => pm.optional::<String>(cx, "routing_key").map(Secret::Value),
+                (None, Some(_)) => pm
+                    .optional::<String>(cx, "routing_key_env")
+                    .map(Secret::Env),
+                _ => {
+                    cx.error(
+                        pm.pos(),
+                        &pm.path_of("routing_key_env"),
+                        "give the integration's `routing_key_env` (an environment variable) or `routing_key`",
+                    );
+                    None
+                }
+            };
+            let url = pm
+                .optional_with(cx, "url", url_at)
+                .unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into());
+            (
+                NotifyTarget::PagerDuty {
+                    url,
+                    routing_key: routing_key?,
+                    dashboard: dashboard.clone(),
+                },
+                &["approval", "halted", "escalated", "done"],
+            )
+        }
+    };
+    let on = match m.get("on") {
+        None => default_on.to_vec(),
+        Some(n) => decode_cadence(cx, n, &m.path_of("on"))?,
+    };
+    Some(NotifyHook { target, on })
+}
+
+/// `on: pages`, `on: all`, or a list of cadence names.
+fn decode_cadence(cx: &mut Decoder, n: &Node, p: &str) -> Option<Vec<&'static str>> {
+    const NAMES: &[&str] = &[
+        "started",
+        "step",
+        "approval",
+        "rollback",
+        "halted",
+        "escalated",
+        "done",
+    ];
+    if let NodeKind::Scalar { .. } = n.kind {
+        return match one_of(cx, n, p, &["pages", "all"])? {
+            "all" => Some(crate::release::NoticeKind::CADENCE.to_vec()),
+            _ => Some(PAGES.to_vec()),
+        };
+    }
+    cx.seq(n, p, |cx, n, p| one_of(cx, n, p, NAMES))
 }
 
 fn decode_migrations(cx: &mut Decoder, node: &Node, path: &str) -> Option<Migrations> {

@@ -124,11 +124,33 @@ pub trait GateRunner: Send + Sync {
     fn run<'a>(&'a self, gate: &'a Gate) -> BoxFuture<'a, GateResult>;
 }
 
+/// One notice about a release, for people and paging systems.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Notice {
+    /// What happened.
+    pub kind: crate::release::NoticeKind,
+    /// Whether a human must act now.
+    pub page: bool,
+    /// The service.
+    pub service: String,
+    /// The release id.
+    pub release: String,
+    /// The version being released.
+    pub version: String,
+    /// The version serving before, if any.
+    pub stable: Option<String>,
+    /// The canary weight now.
+    pub weight: Weight,
+    /// What happened, in words.
+    pub message: String,
+    /// When, on the controller's clock.
+    pub at: Millis,
+}
+
 /// Tells people what happened.
 pub trait Notifier: Send + Sync {
-    /// Sends a message; `page` means a human must act now. Failures are logged, never
-    /// fatal to the release.
-    fn notify<'a>(&'a self, page: bool, message: &'a str) -> BoxFuture<'a, ()>;
+    /// Delivers a notice. Failures are logged, never fatal to the release.
+    fn notify<'a>(&'a self, notice: &'a Notice) -> BoxFuture<'a, ()>;
 }
 
 /// A release as the store keeps it.

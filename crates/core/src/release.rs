@@ -267,11 +267,73 @@ pub enum Effect {
     Do(Action),
     /// Tell people. Fire and forget.
     Notify {
+        /// What happened, for the comms cadence.
+        kind: NoticeKind,
         /// Whether a human must act now.
         page: bool,
         /// The message.
         message: String,
     },
+}
+
+/// What a notice is about: the moments of a release's comms plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The release started.
+    Started,
+    /// A step's traffic is in force (or the release holds for a window).
+    Step,
+    /// A human must approve.
+    Approval,
+    /// A rollback started.
+    Rollback,
+    /// Stopped where it stood; a human must act.
+    Halted,
+    /// Handed to a human after breaking migrations.
+    Escalated,
+    /// Done: the new version serves all traffic.
+    Promoted,
+    /// Done: rolled back.
+    RolledBack,
+    /// Done: never started.
+    Blocked,
+}
+
+impl NoticeKind {
+    /// `snake_case` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Started => "started",
+            NoticeKind::Step => "step",
+            NoticeKind::Approval => "approval",
+            NoticeKind::Rollback => "rollback",
+            NoticeKind::Halted => "halted",
+            NoticeKind::Escalated => "escalated",
+            NoticeKind::Promoted => "promoted",
+            NoticeKind::RolledBack => "rolled_back",
+            NoticeKind::Blocked => "blocked",
+        }
+    }
+
+    /// The name a policy's `on:` list uses: the three endings are all `done`.
+    pub fn cadence(self) -> &'static str {
+        match self {
+            NoticeKind::Promoted | NoticeKind::RolledBack | NoticeKind::Blocked => "done",
+            k => k.as_str(),
+        }
+    }
+
+    /// Every cadence name, in release order.
+    pub const CADENCE: [&'static str; 7] = [
+        "started",
+        "step",
+        "approval",
+        "rollback",
+        "halted",
+        "escalated",
+        "done",
+    ];
 }
 
 /// The result of one gate.
@@ -685,8 +747,16 @@ impl Builder<'_> {
         self.effects.push(Effect::Do(action));
     }
 
-    fn notify(&mut self, page: bool, message: String) {
-        self.effects.push(Effect::Notify { page, message });
+    fn notify(&mut self, kind: NoticeKind, message: String) {
+        let page = matches!(
+            kind,
+            NoticeKind::Approval | NoticeKind::Halted | NoticeKind::Escalated
+        );
+        self.effects.push(Effect::Notify {
+            kind,
+            page,
+            message,
+        });
     }
 
     fn decide(&mut self, kind: DecisionKind, reason: String) {
@@ -830,7 +900,10 @@ impl Builder<'_> {
         self.s.next_analysis_at = None;
         self.s.timer = None;
         self.event("rollback_started", actor, reason.clone());
-        self.notify(false, format!("rolling back {}: {reason}", self.s.version));
+        self.notify(
+            NoticeKind::Rollback,
+            format!("rolling back {}: {reason}", self.s.version),
+        );
         let flags = self.policy.level_one_flags();
         // Level 1 only helps where users met the new code: some traffic, or a flag ramp.
         if !flags.is_empty() && (self.s.weight > Weight::ZERO || self.policy.strategy.flag_only()) {
@@ -875,7 +948,7 @@ impl Builder<'_> {
         self.s.timer = None;
         self.event("escalated", "rampart", why.clone());
         self.notify(
-            true,
+            NoticeKind::Escalated,
             format!(
                 "release {} of {} ESCALATED at canary weight {}: {why}. Choose: roll forward with a fixed version, or repair the data and roll the code back with `rampart rollback {} --force --reason \"...\"`.",
                 self.s.version, self.policy.service, self.s.weight, self.policy.service
@@ -899,7 +972,7 @@ impl Builder<'_> {
         self.s.approving = kind;
         self.s.timer = Some(self.now + timeout_ms);
         self.event("awaiting_approval", "rampart", ask.clone());
-        self.notify(true, ask);
+        self.notify(NoticeKind::Approval, ask);
     }
 
     /// Stops where it stands. Deliberately emits no traffic action.
@@ -911,7 +984,7 @@ impl Builder<'_> {
         self.s.next_analysis_at = None;
         self.event("halted", "rampart", reason.clone());
         self.notify(
-            true,
+            NoticeKind::Halted,
             format!(
                 "release {} of {} halted at canary weight {}: {reason}. A human must decide; rampart will not move traffic.",
                 self.s.version, self.policy.service, self.s.weight
@@ -1081,11 +1154,9 @@ fn start(b: &mut Builder<'_>, id: &str, version: &str, stable: Option<String>) {
         Some(s) => format!(" (stable {s})"),
         None => " (initial release: nothing to compare with)".into(),
     };
-    b.event(
-        "release_started",
-        "rampart",
-        format!("releasing {} {version}{from}", b.policy.service),
-    );
+    let msg = format!("releasing {} {version}{from}", b.policy.service);
+    b.event("release_started", "rampart", msg.clone());
+    b.notify(NoticeKind::Started, msg);
 }
 
 /// Why releases may not run now and when they next may, from the policy's windows.
@@ -1707,15 +1778,16 @@ fn step_in_force(b: &mut Builder<'_>, weight: Weight) {
     } else {
         b.s.step_started_at = Some(b.now);
         let bake = b.policy.strategy.steps()[b.s.step].bake;
-        b.event(
-            "weight_set",
-            "rampart",
-            format!(
-                "step {}/{}: canary at {weight}, baking {}",
-                b.s.step + 1,
-                b.policy.strategy.steps().len(),
-                crate::units::format_duration(bake)
-            ),
+        let msg = format!(
+            "step {}/{}: canary at {weight}, baking {}",
+            b.s.step + 1,
+            b.policy.strategy.steps().len(),
+            crate::units::format_duration(bake)
+        );
+        b.event("weight_set", "rampart", msg.clone());
+        b.notify(
+            NoticeKind::Step,
+            format!("{} {}: {msg}", b.policy.service, b.s.version),
         );
     }
     b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
@@ -1785,7 +1857,10 @@ fn block(b: &mut Builder<'_>, reason: String) {
     b.s.pending = None;
     b.s.timer = None;
     b.event("blocked", "rampart", reason.clone());
-    b.notify(false, format!("release {} blocked: {reason}", b.s.version));
+    b.notify(
+        NoticeKind::Blocked,
+        format!("release {} blocked: {reason}", b.s.version),
+    );
 }
 
 fn migrated(
@@ -1928,7 +2003,7 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
                 b.not_the_initiator()
             );
             b.event("holding_for_window", "rampart", msg.clone());
-            b.notify(false, msg);
+            b.notify(NoticeKind::Step, msg);
         }
         b.s.window_hold = Some(until);
         b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
@@ -2341,7 +2416,7 @@ fn succeed(b: &mut Builder<'_>) {
         format!("{} is now stable", b.s.version),
     );
     b.notify(
-        false,
+        NoticeKind::Promoted,
         format!("{} {} promoted", b.policy.service, b.s.version),
     );
 }
@@ -2362,5 +2437,12 @@ fn rolled_back(b: &mut Builder<'_>, detail: String) {
         (Some(stable), _) => format!("{stable} serves all traffic; {detail}"),
         (None, _) => format!("the new version is stopped and nothing was serving before; {detail}"),
     };
-    b.event("rolled_back", "rampart", message);
+    b.event("rolled_back", "rampart", message.clone());
+    b.notify(
+        NoticeKind::RolledBack,
+        format!(
+            "{} {} rolled back: {message}",
+            b.policy.service, b.s.version
+        ),
+    );
 }

@@ -346,13 +346,22 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
         for h in &policy.notify {
             let target = match &h.target {
                 NotifyTarget::Command(c) => format!("command `{}`", c.join(" ")),
-                NotifyTarget::Webhook(u) => format!("webhook `{u}`"),
+                NotifyTarget::Webhook { url, secret } => format!(
+                    "webhook `{url}`{}",
+                    if secret.is_some() { ", signed" } else { "" }
+                ),
+                NotifyTarget::Slack { .. } => "Slack".to_string(),
+                NotifyTarget::PagerDuty { .. } => {
+                    "PagerDuty (pages trigger an incident; the outcome resolves it)".to_string()
+                }
             };
-            let _ = writeln!(
-                md,
-                "  - {target} ({})",
-                if h.all { "every notice" } else { "pages only" }
-            );
+            let when = if h.all() {
+                "every moment: start, each step, approvals, rollback, halt or escalation, done"
+                    .to_string()
+            } else {
+                h.on.join(", ")
+            };
+            let _ = writeln!(md, "  - {target}: {when}");
         }
     }
     md.push_str("- The audit trail (every decision, who made it and why) is in the state directory; `--output json` prints it as `timeline`.\n");

@@ -166,13 +166,13 @@ impl Observer for Progress {
 pub struct PrintNotifier(pub Arc<Progress>, pub HookNotifier);
 
 impl Notifier for PrintNotifier {
-    fn notify<'a>(&'a self, page: bool, message: &'a str) -> BoxFuture<'a, ()> {
+    fn notify<'a>(&'a self, notice: &'a rampart_core::ports::Notice) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if page {
+            if notice.page {
                 let text = self.0.paint("41;97;1", " PAGE ");
-                self.0.line(&format!("{text} {message}"));
+                self.0.line(&format!("{text} {}", notice.message));
             }
-            self.1.notify(page, message).await;
+            self.1.notify(notice).await;
         })
     }
 }

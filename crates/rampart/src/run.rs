@@ -297,7 +297,7 @@ pub async fn run_release(
         clock: clock.clone(),
         notifier: Arc::new(PrintNotifier(
             progress.clone(),
-            rampart_adapters::notify::HookNotifier::new(&policy.service, policy.notify.clone()),
+            rampart_adapters::notify::HookNotifier::new(policy.notify.clone()),
         )),
     };
     let watch = Arc::new(RollbackWatch {

@@ -38,16 +38,26 @@ pub async fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
     }
 }
 
-/// Sends `GET url` and returns the status code and the body as text.
-pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+/// Sends `method url` with an optional JSON body; returns the status and the body text.
+pub async fn send(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let exchange = async {
-        let (status, body) = exchange(url, "GET", None, &[], true).await?;
+        let (status, body) = exchange(url, method, body, &[], true).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
     }
+}
+
+/// Sends `GET url` and returns the status code and the body as text.
+pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    send("GET", url, None, timeout).await
 }
 
 async fn request(url: &str, method: &str, body: Option<String>) -> Result<u16, String> {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
+pub mod alertmanager;
 pub mod clock;
 pub mod flags;
 pub mod gates;

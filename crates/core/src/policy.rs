@@ -38,6 +38,35 @@ pub struct Policy {
     pub windows: Option<crate::windows::Windows>,
     /// Feature flags rampart manages: their defaults, allowlists and HTTP endpoint.
     pub flags: Option<FlagsSpec>,
+    /// Alertmanager silences held while the release runs.
+    pub silences: Option<SilencesSpec>,
+}
+
+/// Alerts silenced in Alertmanager during the release, expired when it ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SilencesSpec {
+    /// Alertmanager's base URL.
+    pub alertmanager: String,
+    /// Which alerts: every matcher must match.
+    pub matchers: Vec<SilenceMatcher>,
+    /// How long a silence lasts before rampart renews it; a silence a crashed rampart
+    /// cannot renew lapses after this.
+    pub ttl: Duration,
+}
+
+/// One Alertmanager matcher.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SilenceMatcher {
+    /// The label.
+    pub name: String,
+    /// The value, or a regular expression with `regex`.
+    pub value: String,
+    /// Whether `value` is a regular expression.
+    #[serde(rename = "isRegex")]
+    pub regex: bool,
+    /// Matches when equal (true) or when not equal (false).
+    #[serde(rename = "isEqual")]
+    pub equal: bool,
 }
 
 /// The built-in feature-flag store's configuration.
@@ -772,6 +801,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             "notify",
             "windows",
             "flags",
+            "silences",
         ],
     )?;
     let service = m.required_with(cx, "service", decode_service);
@@ -797,6 +827,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         .unwrap_or_default();
     let windows = m.optional_with(cx, "windows", crate::windows::decode);
     let flags = m.optional_with(cx, "flags", decode_flags);
+    let silences = m.optional_with(cx, "silences", decode_silences);
     let mut strategy = strategy;
     if let (Some(Strategy::Rolling(r)), Some(Deploy::Process(d))) = (&mut strategy, &deploy) {
         let pos = m.get("strategy").map_or(m.pos(), |n| n.pos);
@@ -856,6 +887,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         notify,
         windows,
         flags,
+        silences,
     })
 }
 
@@ -1300,6 +1332,60 @@ fn decode_full(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
         stability,
         steps,
     }))
+}
+
+fn decode_silences(cx: &mut Decoder, node: &Node, path: &str) -> Option<SilencesSpec> {
+    let m = cx.map(node, path, &["alertmanager", "matchers", "ttl"])?;
+    let alertmanager = m.required_with(cx, "alertmanager", |cx, n, p| {
+        let url = scalar(cx, n, p, "a URL such as http://127.0.0.1:9093")?;
+        if url.starts_with("http://") && url.len() > 7 {
+            Some(url.trim_end_matches('/').to_string())
+        } else {
+            cx.error(
+                n.pos,
+                p,
+                format!("`{url}` is not an http:// URL, such as http://127.0.0.1:9093"),
+            );
+            None
+        }
+    });
+    let matchers = m.required_with(cx, "matchers", |cx, n, p| {
+        let list = cx.seq(n, p, |cx, n, p| {
+            let mm = cx.map(n, p, &["name", "value", "regex", "equal"])?;
+            let name = mm.required::<String>(cx, "name");
+            let value = mm.required::<String>(cx, "value");
+            Some(SilenceMatcher {
+                name: name?,
+                value: value?,
+                regex: mm.optional::<bool>(cx, "regex").unwrap_or(false),
+                equal: mm.optional::<bool>(cx, "equal").unwrap_or(true),
+            })
+        })?;
+        if list.is_empty() {
+            cx.error(n.pos, p, "list at least one matcher, such as `{name: service, value: checkout}`; an empty silence would mute everything");
+            return None;
+        }
+        if list.iter().all(|x| !x.equal) {
+            cx.error(n.pos, p, "at least one matcher must be an equality (`equal: true`), as Alertmanager requires");
+            return None;
+        }
+        Some(list)
+    });
+    let ttl = m
+        .optional::<Duration>(cx, "ttl")
+        .unwrap_or(Duration::from_secs(30 * 60));
+    if ttl < Duration::from_secs(60) {
+        cx.error(
+            m.get("ttl").map_or(m.pos(), |n| n.pos),
+            &m.path_of("ttl"),
+            "a silence shorter than 1m would lapse between renewals; use at least 1m",
+        );
+    }
+    Some(SilencesSpec {
+        alertmanager: alertmanager?,
+        matchers: matchers?,
+        ttl,
+    })
 }
 
 fn decode_flags(cx: &mut Decoder, node: &Node, path: &str) -> Option<FlagsSpec> {

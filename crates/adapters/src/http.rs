@@ -45,8 +45,19 @@ pub async fn send(
     body: Option<String>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
+    send_with(method, url, body, &[], timeout).await
+}
+
+/// [`send`] with extra headers.
+pub async fn send_with(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    headers: &[(&str, String)],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let exchange = async {
-        let (status, body) = exchange(url, method, body, &[], true).await?;
+        let (status, body) = exchange(url, method, body, headers, true).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     match tokio::time::timeout(timeout, exchange).await {

@@ -121,6 +121,19 @@ enum Command {
         #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
         state_dir: PathBuf,
     },
+    /// Run the embedded proxy on its own, as a data plane: a controller sets its
+    /// backends and weights through an admin endpoint guarded by a bearer token.
+    Proxy {
+        /// The policy file (its `traffic.proxy` section).
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Where the admin endpoint listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// The environment variable holding the admin token (at least 16 characters).
+        #[arg(long, default_value = "RAMPART_PROXY_TOKEN")]
+        token_env: String,
+    },
     /// Read, change and serve the service's feature flags.
     Flags {
         #[command(subcommand)]
@@ -304,6 +317,11 @@ pub async fn main(cli: Cli) -> i32 {
         }
         Command::Validate { file, output } => validate(&file, output),
         Command::Flags { what } => crate::flags_cmd::run(what).await,
+        Command::Proxy {
+            file,
+            admin,
+            token_env,
+        } => crate::proxy_cmd::run(&file, admin, &token_env).await,
         Command::Windows { file, output } => windows(&file, output),
         Command::Runbook { file, version } => runbook(&file, version.as_deref()),
         Command::Gameday { scenario, output } => {

@@ -15,5 +15,6 @@ pub mod gameday;
 pub mod load;
 pub mod migrations_cmd;
 pub mod progress;
+pub mod proxy_cmd;
 pub mod run;
 pub mod sample;

@@ -10,6 +10,7 @@
 //! change. Sticky assignment hashes a stable key into 10 000 buckets and sends buckets
 //! below the weight to the canary, so a user on the canary at 5 % stays there at 20 %.
 
+pub mod admin;
 mod stats;
 
 use std::convert::Infallible;

@@ -153,11 +153,14 @@ impl HaproxyRouter {
     }
 
     /// Puts the current weight in force on every slot in service, and reads it back.
+    /// Servers that keep some traffic get their weight before any is set to 0, so there
+    /// is never a moment with every server at 0 (which HAProxy answers with 503s).
     async fn apply_weights(&self, state: &State) -> Result<(), PortError> {
         let shares = [
             (Variant::Stable, 10_000 - state.weight.basis_points()),
             (Variant::Canary, state.weight.basis_points()),
         ];
+        let mut plan: Vec<(String, u64)> = Vec::new();
         for (variant, share) in shares {
             let Some(slots) = state.slots.get(&variant) else {
                 continue;
@@ -168,20 +171,22 @@ impl HaproxyRouter {
                 .map(|(s, _)| s)
                 .collect();
             let w = server_weight(share, live.len());
-            for slot in live {
-                self.command(&self.set_server(slot, &format!("weight {w}")))
-                    .await?;
-                let answer = self
-                    .command(&format!("get weight {}/{slot}", self.backend))
-                    .await?;
-                let got = answer.split_whitespace().next().unwrap_or("");
-                if got != w.to_string() {
-                    return Err(err(format!(
-                        "{}/{slot} reports weight `{}` after setting {w}",
-                        self.backend,
-                        answer.trim()
-                    )));
-                }
+            plan.extend(live.into_iter().map(|slot| (slot.clone(), w)));
+        }
+        plan.sort_by_key(|(_, w)| *w == 0);
+        for (slot, w) in plan {
+            self.command(&self.set_server(&slot, &format!("weight {w}")))
+                .await?;
+            let answer = self
+                .command(&format!("get weight {}/{slot}", self.backend))
+                .await?;
+            let got = answer.split_whitespace().next().unwrap_or("");
+            if got != w.to_string() {
+                return Err(err(format!(
+                    "{}/{slot} reports weight `{}` after setting {w}",
+                    self.backend,
+                    answer.trim()
+                )));
             }
         }
         Ok(())

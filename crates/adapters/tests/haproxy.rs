@@ -140,3 +140,61 @@ async fn sessions(r: &HaproxyRouter) -> u64 {
         .filter_map(|l| l.split(',').nth(4)?.parse::<u64>().ok())
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipping_the_weight_under_load_fails_no_request_real_haproxy() {
+    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let h = haproxy("shop", 2, log.local_addr());
+    let hold = Arc::new(Notify::new());
+    let (stable, canary) = (
+        backend("stable", hold.clone()).await,
+        backend("canary", hold.clone()).await,
+    );
+    let router = HaproxyRouter::new(&h.socket, "shop");
+    router
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    router
+        .set_backends(Variant::Canary, &[canary])
+        .await
+        .unwrap();
+    let addr = h.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let mut u = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                u += 1;
+                match get_body(addr, "/", Some(&format!("user-{u}")))
+                    .await
+                    .0
+                    .as_u16()
+                {
+                    200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for i in 0..20 {
+        let w = if i % 2 == 0 {
+            Weight::FULL
+        } else {
+            Weight::ZERO
+        };
+        router.set_weight(w, &[]).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 20, "{ok}");
+    assert_eq!(
+        failed, 0,
+        "no request failed while the weight flipped 0 -> 100 -> 0"
+    );
+}

@@ -158,7 +158,9 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     // Evenly spread ±20 % around the configured latency (golden-ratio sequence).
                     let spread = 0.8 + 0.4 * ((n as f64 * 0.618_033_988_75) % 1.0);
-                    tokio::time::sleep(b.latency.mul_f64(spread)).await;
+                    if !b.latency.is_zero() {
+                        tokio::time::sleep(b.latency.mul_f64(spread)).await;
+                    }
                     let rate = match b.spike {
                         Some((from, len, rate))
                             if (from..from + len).contains(&started.elapsed()) =>

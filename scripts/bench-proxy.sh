@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: wrk against the backend directly, the embedded proxy
+# (`rampart proxy`), nginx and HAProxy, each splitting 80/20 between two upstreams, on
+# loopback. Prints one JSON line per target, then a Markdown table for BENCHMARKS.md.
+#   scripts/bench-proxy.sh            # 10 s per target
+#   BENCH_DURATION=30 scripts/bench-proxy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cargo build --release --locked -p rampart >&2
+exec python3 scripts/bench_proxy.py target/release/rampart

@@ -1,0 +1,289 @@
+"""The data-plane benchmark behind scripts/bench-proxy.sh. Loopback only.
+
+Targets: direct (one backend), rampart (the embedded proxy via `rampart proxy`),
+nginx (split_clients) and haproxy (server weights), the last three splitting 80/20.
+For each: wrk -t1 -c50 throughput and p50/p99 latency, then the time a weight change
+takes to be in force, and the failed requests while the weight flips 0 -> 100 -> 0
+under load.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BIN = os.path.abspath(sys.argv[1])
+DURATION = int(os.environ.get("BENCH_DURATION", "10"))
+TOKEN = "bench-token-0123456789abcdef"
+TMP = tempfile.mkdtemp(prefix="rampart-bench-")
+PROCS = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def spawn(args, **kw):
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    PROCS.append(p)
+    return p
+
+
+def wait_port(port, what):
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"{what} did not start on {port}")
+
+
+def http(method, url, body=None, token=None):
+    req = urllib.request.Request(url, method=method, data=body.encode() if body else None)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.status, r.read().decode()
+
+
+def wrk(port, seconds):
+    out = subprocess.run(
+        ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+def ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {q: ms(v, u) for q, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)}
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return {"rps": round(rps), "p50_ms": round(lat["50"], 3), "p99_ms": round(lat["99"], 3), "errors": errors}
+
+
+def backends():
+    ports = []
+    for version in ("a", "b"):
+        port = free_port()
+        env = dict(os.environ, SAMPLE_LATENCY_MS="0", SAMPLE_ERROR_RATE="0")
+        spawn([BIN, "sample-service", "--port", str(port), "--version", version], env=env)
+        wait_port(port, f"backend {version}")
+        ports.append(port)
+    return ports
+
+
+def rampart_proxy(a, b):
+    port, admin = free_port(), free_port()
+    policy = os.path.join(TMP, "rampart.yaml")
+    with open(policy, "w") as f:
+        f.write(
+            "service: bench\n"
+            "deploy: {process: {command: [x, \"{port}\"]}}\n"
+            f"traffic: {{proxy: {{listen: \"127.0.0.1:{port}\"}}}}\n"
+            "strategy: {canary: {steps: [{weight: 20, bake: 1m}]}}\n"
+            "analysis: {metrics: [{metric: error_rate, judge: {max: 1%}}]}\n"
+        )
+    spawn([BIN, "proxy", "-f", policy, "--admin", f"127.0.0.1:{admin}"],
+          env=dict(os.environ, RAMPART_PROXY_TOKEN=TOKEN))
+    wait_port(admin, "rampart proxy admin")
+    base = f"http://127.0.0.1:{admin}"
+    http("PUT", f"{base}/backends/stable", json.dumps({"endpoints": [f"127.0.0.1:{a}"]}), TOKEN)
+    http("PUT", f"{base}/backends/canary", json.dumps({"endpoints": [f"127.0.0.1:{b}"]}), TOKEN)
+
+    def set_weight(pct):
+        http("PUT", f"{base}/weight", json.dumps({"weight": pct}), TOKEN)
+
+    set_weight(20)
+    wait_port(port, "rampart proxy")
+    return port, set_weight
+
+
+def nginx(a, b):
+    port = free_port()
+    d = os.path.join(TMP, "nginx")
+    os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+
+    def write(pct):
+        split = "* a;" if pct == 0 else ("* b;" if pct == 100 else f"{pct}% b; * a;")
+        with open(conf, "w") as f:
+            f.write(f"""worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    upstream up_a {{ server 127.0.0.1:{a}; keepalive 64; }}
+    upstream up_b {{ server 127.0.0.1:{b}; keepalive 64; }}
+    split_clients "$request_id" $side {{ {split} }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /__bench {{ return 200 "{pct}"; }}
+        location / {{
+            proxy_pass http://up_$side;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+""")
+
+    write(20)
+    spawn(["nginx", "-p", d, "-c", conf, "-g", "daemon off;"])
+    wait_port(port, "nginx")
+
+    def set_weight(pct):
+        write(pct)
+        subprocess.run(["nginx", "-p", d, "-c", conf, "-s", "reload"], check=True)
+        # In force once a fresh connection sees the new configuration.
+        while http("GET", f"http://127.0.0.1:{port}/__bench")[1] != str(pct):
+            time.sleep(0.001)
+
+    return port, set_weight
+
+
+def haproxy(a, b):
+    port = free_port()
+    d = os.path.join(TMP, "haproxy")
+    os.makedirs(d, exist_ok=True)
+    sock = os.path.join(d, "admin.sock")
+    cfg = os.path.join(d, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    stats socket {sock} mode 600 level admin
+    nbthread 1
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    balance roundrobin
+    server a 127.0.0.1:{a} weight 80
+    server b 127.0.0.1:{b} weight 20
+""")
+    spawn(["haproxy", "-db", "-f", cfg])
+    wait_port(port, "haproxy")
+
+    def cmd(c):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall((c + "\n").encode())
+        out = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            out += chunk
+        s.close()
+        return out.decode()
+
+    def set_weight(pct):
+        # The side gaining traffic first: never both at 0.
+        order = [("b", pct), ("a", 100 - pct)] if pct >= 50 else [("a", 100 - pct), ("b", pct)]
+        for server, w in order:
+            cmd(f"set server app/{server} weight {w}")
+
+    return port, set_weight
+
+
+def flip_ms(set_weight):
+    """Milliseconds from asking for a weight change until it is in force."""
+    samples = []
+    for pct in (100, 0, 100, 0, 20):
+        t0 = time.perf_counter()
+        set_weight(pct)
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return round(samples[len(samples) // 2], 3)
+
+
+def flip_under_load(port, set_weight, seconds):
+    """Failed requests while the weight flips 0 -> 100 -> 0 every 250 ms under load."""
+    out = tempfile.TemporaryFile(mode="w+")
+    load = subprocess.Popen(
+        ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        stdout=out, stderr=subprocess.DEVNULL, text=True,
+    )
+    end = time.time() + seconds - 0.5
+    pct = 100
+    flips = 0
+    while time.time() < end:
+        set_weight(pct)
+        flips += 1
+        pct = 100 - pct
+        time.sleep(0.25)
+    load.wait()
+    out.seek(0)
+    result = parse_wrk(out.read())
+    set_weight(20)
+    return result["errors"], flips
+
+
+def main():
+    a, b = backends()
+    targets = [("direct", a, None)]
+    for name, make in (("rampart", rampart_proxy), ("nginx", nginx), ("haproxy", haproxy)):
+        port, set_weight = make(a, b)
+        targets.append((name, port, set_weight))
+    results = []
+    for name, port, set_weight in targets:
+        wrk(port, 2)  # warm up
+        r = {"target": name, **wrk(port, DURATION)}
+        if set_weight:
+            r["flip_ms"] = flip_ms(set_weight)
+            r["flip_errors"], r["flips"] = flip_under_load(port, set_weight, max(4, DURATION // 2))
+        results.append(r)
+    direct = results[0]
+    for r in results:
+        r["rps_ratio"] = round(r["rps"] / direct["rps"], 3)
+        r["p50_ratio"] = round(r["p50_ms"] / direct["p50_ms"], 3)
+        r["p99_ratio"] = round(r["p99_ms"] / direct["p99_ms"], 3)
+        print(json.dumps(r), flush=True)
+    print("\n| target | requests/s | vs direct | p50 ms | p99 ms | p99 vs direct | errors | weight change in force (ms) | failed during 0-100-0 flips |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        flip = f"{r['flip_ms']}" if "flip_ms" in r else "-"
+        flips = f"{r['flip_errors']} in {r['flips']} flips" if "flips" in r else "-"
+        print(f"| {r['target']} | {r['rps']} | {r['rps_ratio']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99_ratio']} | {r['errors']} | {flip} | {flips} |")
+
+
+try:
+    main()
+finally:
+    for p in PROCS:
+        p.terminate()
+    for p in PROCS:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(TMP, ignore_errors=True)

@@ -21,10 +21,17 @@ fn main() {
             .init(),
         rampart::cli::LogFormat::Text => logs.init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // RAMPART_WORKER_THREADS sizes the runtime (a data plane beside its load and its
+    // backends on a small machine does better with fewer threads than cores).
+    if let Some(n) = std::env::var("RAMPART_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
     {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

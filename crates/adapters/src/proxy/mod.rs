@@ -20,8 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
@@ -40,7 +39,9 @@ use tokio::task::JoinHandle;
 
 pub use stats::VariantCounters;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// An upstream's body passed through, or rampart's own short answer: no allocation
+/// per response.
+type Body = Either<Incoming, Full<Bytes>>;
 
 /// The response header that tells which variant answered.
 pub const VARIANT_HEADER: &str = "x-rampart-variant";
@@ -50,6 +51,8 @@ pub const VARIANT_HEADER: &str = "x-rampart-variant";
 #[derive(Debug, Clone)]
 struct Backend {
     addr: SocketAddr,
+    /// `addr` as a URI authority, parsed once.
+    authority: hyper::http::uri::Authority,
     in_flight: Arc<AtomicU64>,
 }
 
@@ -199,9 +202,14 @@ impl Proxy {
     pub fn set_backends(&self, variant: Variant, endpoints: &[SocketAddr]) {
         let backends: Vec<Backend> = endpoints
             .iter()
-            .map(|addr| Backend {
-                addr: *addr,
-                in_flight: self.endpoint_counter(*addr),
+            .filter_map(|addr| {
+                // A socket address is always a valid authority.
+                let authority = addr.to_string().parse().ok()?;
+                Some(Backend {
+                    addr: *addr,
+                    authority,
+                    in_flight: self.endpoint_counter(*addr),
+                })
             })
             .collect();
         self.inner.update(|r| match variant {
@@ -332,10 +340,17 @@ impl Proxy {
         let n = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         let picked = &backends[usize::try_from(n).unwrap_or(0) % backends.len()];
         let backend = picked.addr;
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Uri = match format!("http://{backend}{path}").parse() {
-            Ok(u) => u,
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "rampart: bad request target\n"),
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        parts.authority = Some(picked.authority.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+        );
+        let Ok(uri) = Uri::from_parts(parts) else {
+            return plain(StatusCode::BAD_REQUEST, "rampart: bad request target\n");
         };
         *req.uri_mut() = uri;
         let forwarded = match req
@@ -360,7 +375,7 @@ impl Proxy {
         let mut resp = match result {
             Ok(resp) => {
                 counters.record(resp.status().is_server_error(), elapsed);
-                resp.map(|b| b.boxed())
+                resp.map(Either::Left)
             }
             Err(e) => {
                 counters.record(true, elapsed);
@@ -398,11 +413,9 @@ impl Drop for EndpointFlight<'_> {
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
+        text.as_bytes(),
+    ))));
     *resp.status_mut() = status;
     resp
 }

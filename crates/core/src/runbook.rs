@@ -422,7 +422,7 @@ notify: [{command: [./page.sh]}]
             "Migrating --> Escalated",
             "At most 2 automatic rollback(s) per 1d",
             "escalates instead of rolling back",
-            "command `./page.sh` (pages only)",
+            "command `./page.sh`: approval, halted, escalated",
         ] {
             assert!(md.contains(needle), "missing `{needle}` in:\n{md}");
         }

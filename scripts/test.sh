@@ -31,4 +31,5 @@ done
 set -x
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo check -p rampart-adapters --no-default-features --locked   # the build without TLS
 cargo test --workspace --locked

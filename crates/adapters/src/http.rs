@@ -1,7 +1,9 @@
-//! A minimal HTTP/1.1 GET client for probes and gates.
+//! A minimal HTTP/1.1 client for probes, gates, notifications and adapter APIs.
 //!
-//! Owns one-shot requests with a hard time limit. It must not pool connections or
-//! follow redirects: a probe measures exactly one answer from exactly one endpoint.
+//! Owns one-shot requests with a hard time limit, over plain TCP or (with the `tls`
+//! feature, on by default) TLS with Mozilla's root certificates plus any in
+//! `RAMPART_CA_FILE`. It must not pool connections or follow redirects: a probe
+//! measures exactly one answer from exactly one endpoint.
 
 use std::time::Duration;
 
@@ -86,15 +88,61 @@ async fn exchange(
     read_body: bool,
 ) -> Result<(u16, Bytes), String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL `{url}`: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("`{url}` is not an http:// URL"));
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") if cfg!(feature = "tls") => true,
+        Some("https") => {
+            return Err(format!(
+                "`{url}` is https:// but this rampart was built without the `tls` feature"
+            ));
+        }
+        _ => return Err(format!("`{url}` is not an http:// or https:// URL")),
+    };
     let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port))
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let stream = TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|e| format!("connect {host}:{port}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    #[cfg(feature = "tls")]
+    if https {
+        let tls = tls::connect(host, stream).await?;
+        return over(
+            TokioIo::new(tls),
+            &uri,
+            host,
+            method,
+            body,
+            headers,
+            read_body,
+        )
+        .await;
+    }
+    over(
+        TokioIo::new(stream),
+        &uri,
+        host,
+        method,
+        body,
+        headers,
+        read_body,
+    )
+    .await
+}
+
+/// One request over an open connection.
+async fn over<S>(
+    io: TokioIo<S>,
+    uri: &hyper::Uri,
+    host: &str,
+    method: &str,
+    body: Option<String>,
+    headers: &[(&str, String)],
+    read_body: bool,
+) -> Result<(u16, Bytes), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let driver = tokio::spawn(async move {
@@ -132,4 +180,77 @@ async fn exchange(
     .await;
     driver.abort();
     result
+}
+
+/// TLS for https:// URLs: rustls with ring, Mozilla's roots, and any extra roots.
+#[cfg(feature = "tls")]
+pub mod tls {
+    use std::sync::{Arc, RwLock};
+
+    use rustls::ClientConfig;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio::net::TcpStream;
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::client::TlsStream;
+
+    /// Roots added at run time, and the configuration built from all roots.
+    static EXTRA: RwLock<Vec<CertificateDer<'static>>> = RwLock::new(Vec::new());
+    static CONFIG: RwLock<Option<Arc<ClientConfig>>> = RwLock::new(None);
+
+    /// Trusts the certificates in `pem` too (a private CA). Returns how many.
+    pub fn add_roots(pem: &[u8]) -> Result<usize, String> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("not PEM certificates: {e:?}"))?;
+        let n = certs.len();
+        if let Ok(mut extra) = EXTRA.write() {
+            extra.extend(certs);
+        }
+        if let Ok(mut config) = CONFIG.write() {
+            *config = None;
+        }
+        Ok(n)
+    }
+
+    fn config() -> Result<Arc<ClientConfig>, String> {
+        if let Some(c) = CONFIG.read().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Ok(path) = std::env::var("RAMPART_CA_FILE") {
+            let pem = std::fs::read(&path).map_err(|e| format!("RAMPART_CA_FILE {path}: {e}"))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("RAMPART_CA_FILE {path}: {e:?}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("RAMPART_CA_FILE {path}: {e}"))?;
+            }
+        }
+        for cert in EXTRA.read().map(|e| e.clone()).unwrap_or_default() {
+            roots.add(cert).map_err(|e| e.to_string())?;
+        }
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let config = Arc::new(config);
+        if let Ok(mut slot) = CONFIG.write() {
+            *slot = Some(config.clone());
+        }
+        Ok(config)
+    }
+
+    /// A TLS session to `host` over `stream`, the certificate checked against `host`.
+    pub async fn connect(host: &str, stream: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+            .map_err(|e| format!("`{host}` is not a TLS server name: {e}"))?;
+        TlsConnector::from(config()?)
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))
+    }
 }

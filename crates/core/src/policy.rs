@@ -1334,17 +1334,24 @@ fn decode_full(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
     }))
 }
 
+/// An `http://` or `https://` URL with something after the scheme.
+fn is_http_url(url: &str) -> bool {
+    ["http://", "https://"]
+        .iter()
+        .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()))
+}
+
 fn decode_silences(cx: &mut Decoder, node: &Node, path: &str) -> Option<SilencesSpec> {
     let m = cx.map(node, path, &["alertmanager", "matchers", "ttl"])?;
     let alertmanager = m.required_with(cx, "alertmanager", |cx, n, p| {
         let url = scalar(cx, n, p, "a URL such as http://127.0.0.1:9093")?;
-        if url.starts_with("http://") && url.len() > 7 {
+        if is_http_url(url) {
             Some(url.trim_end_matches('/').to_string())
         } else {
             cx.error(
                 n.pos,
                 p,
-                format!("`{url}` is not an http:// URL, such as http://127.0.0.1:9093"),
+                format!("`{url}` is not an http:// or https:// URL, such as http://127.0.0.1:9093"),
             );
             None
         }
@@ -1970,13 +1977,13 @@ fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis
     )?;
     let prometheus = m.optional_with(cx, "prometheus", |cx, n, p| {
         let url = scalar(cx, n, p, "a URL such as http://127.0.0.1:9090")?;
-        if url.starts_with("http://") && url.len() > "http://".len() {
+        if is_http_url(url) {
             Some(url.trim_end_matches('/').to_string())
         } else {
             cx.error(
                 n.pos,
                 p,
-                format!("`{url}` is not an http:// URL, such as http://127.0.0.1:9090"),
+                format!("`{url}` is not an http:// or https:// URL, such as http://127.0.0.1:9090"),
             );
             None
         }

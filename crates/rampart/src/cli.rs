@@ -740,10 +740,11 @@ fn validate(file: &PathBuf, output: Output) -> i32 {
                     serde_json::json!({"valid": true, "file": file, "service": p.service, "diagnostics": []})
                 ),
                 Output::Text => println!(
-                    "{}: valid (service {}, {} canary step(s), {} metric(s), {} gate(s))",
+                    "{}: valid (service {}, {} {} step(s), {} metric(s), {} gate(s))",
                     file.display(),
                     p.service,
                     p.strategy.steps().len(),
+                    p.strategy.name(),
                     p.analysis.metrics.len(),
                     p.gates.pre.len()
                 ),

@@ -154,7 +154,16 @@ pub fn release_id(service: &str, now_ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let suffix = ((now_ms % 1000) * 65_537) ^ u64::from(std::process::id());
+    // Random per call (std's hasher keys are random per process and per RandomState):
+    // two releases started in the same second do not collide but by chance, and a
+    // collision is retried with a new id.
+    let suffix = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(now_ms);
+        h.write_u32(std::process::id());
+        h.finish()
+    };
     format!(
         "{service}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:04x}",
         rem / 3600,
@@ -337,11 +346,24 @@ pub async fn run_release(
                     .await
                     .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
             };
-            let id = release_id(&policy.service, clock.now());
-            controller
-                .create(&id, &opts.version, &opts.policy_text)
-                .await
-                .map_err(|e| RunError::Blocked(e.to_string()))?;
+            let mut id = release_id(&policy.service, clock.now());
+            let mut attempts = 0;
+            loop {
+                match controller
+                    .create(&id, &opts.version, &opts.policy_text)
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.to_string().contains(rampart_adapters::sqlite::ID_TAKEN)
+                            && attempts < 5 =>
+                    {
+                        attempts += 1;
+                        id = release_id(&policy.service, clock.now());
+                    }
+                    Err(e) => return Err(RunError::Blocked(e.to_string())),
+                }
+            }
             progress.line(&format!(
                 "release {id}: {} {} (stable: {}){}",
                 policy.service,

@@ -189,6 +189,9 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRecord> {
     })
 }
 
+/// The start of the error `create` returns when the release id exists already.
+pub const ID_TAKEN: &str = "release id taken";
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -197,17 +200,26 @@ impl Store for SqliteStore {
     fn create<'a>(&'a self, rel: &'a ReleaseRecord) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
             self.with(|c| {
-                c.execute(
+                let inserted = c.execute(
                     "INSERT INTO releases (id, service, version, policy, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![rel.id, rel.service, rel.version, rel.policy, to_i64(rel.created_at)],
-                )
-                .map_err(|e| match e {
-                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                        PortError(format!("service {} already has an unfinished release", rel.service))
+                );
+                match inserted {
+                    Ok(_) => Ok(()),
+                    Err(rusqlite::Error::SqliteFailure(f, _))
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        let taken: bool = c
+                            .query_row("SELECT EXISTS(SELECT 1 FROM releases WHERE id = ?1)", [&rel.id], |r| r.get(0))
+                            .map_err(db_err)?;
+                        Err(PortError(if taken {
+                            format!("{ID_TAKEN}: {}", rel.id)
+                        } else {
+                            format!("service {} already has an unfinished release", rel.service)
+                        }))
                     }
-                    e => db_err(e),
-                })?;
-                Ok(())
+                    Err(e) => Err(db_err(e)),
+                }
             })
         })
     }
@@ -730,5 +742,20 @@ mod tests {
             audited,
             vec!["shop/new-checkout: ramp 20%, default off (ramp)".to_string()]
         );
+    }
+
+    #[tokio::test]
+    async fn a_taken_id_is_told_apart_from_an_unfinished_release() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create(&rel("r1")).await.unwrap();
+        let again = s.create(&rel("r2")).await.unwrap_err();
+        assert!(
+            again.0.contains("already has an unfinished release"),
+            "{again}"
+        );
+        let mut other = rel("r1");
+        other.service = "other".into();
+        let taken = s.create(&other).await.unwrap_err();
+        assert!(taken.0.starts_with(ID_TAKEN), "{taken}");
     }
 }

@@ -90,7 +90,8 @@ impl HookNotifier {
                 self.post(url, body, &headers).await
             }
             NotifyTarget::Slack { url, dashboard } => {
-                self.post(url, slack(n, dashboard.as_deref()).to_string(), &[])
+                let url = reveal(url).map_err(|why| Failed { why, retry: false })?;
+                self.post(&url, slack(n, dashboard.as_deref()).to_string(), &[])
                     .await
             }
             NotifyTarget::PagerDuty {

@@ -116,7 +116,7 @@ async fn slack_gets_blocks_with_service_versions_reason_and_dashboard() {
     let addr = receiver(got.clone()).await;
     let n = hooks(
         NotifyTarget::Slack {
-            url: format!("http://{addr}/slack"),
+            url: Secret::Value(format!("http://{addr}/slack")),
             dashboard: Some("http://grafana.local/d/rampart-release".into()),
         },
         NoticeKind::CADENCE.to_vec(),

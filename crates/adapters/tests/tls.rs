@@ -78,7 +78,7 @@ async fn https_endpoints_work_once_their_ca_is_trusted() {
     // A Slack hook over https.
     let n = HookNotifier::new(vec![NotifyHook {
         target: NotifyTarget::Slack {
-            url: url.clone(),
+            url: rampart_core::policy::Secret::Value(url.clone()),
             dashboard: None,
         },
         on: NoticeKind::CADENCE.to_vec(),

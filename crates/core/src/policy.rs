@@ -129,8 +129,8 @@ pub enum NotifyTarget {
     },
     /// A Slack incoming webhook.
     Slack {
-        /// The incoming webhook URL.
-        url: String,
+        /// The incoming webhook URL (a secret: it lets anyone post to the channel).
+        url: Secret,
         /// A dashboard to link from every message.
         dashboard: Option<String>,
     },
@@ -1716,13 +1716,34 @@ fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option<NotifyHook
             },
             &PAGES,
         ),
-        "slack" => (
-            NotifyTarget::Slack {
-                url: m.required_with(cx, "slack", url_at)?,
-                dashboard: dashboard.clone(),
-            },
-            &crate::release::NoticeKind::CADENCE,
-        ),
+        "slack" => {
+            // `slack: URL`, or `slack: {webhook_env: NAME}` (the URL is a secret).
+            let node = m.get("slack")?;
+            let p = m.path_of("slack");
+            let url = match &node.kind {
+                NodeKind::Scalar { .. } => url_at(cx, node, &p).map(Secret::Value),
+                _ => {
+                    let sm = cx.map(node, &p, &["webhook", "webhook_env"])?;
+                    match (sm.get("webhook"), sm.get("webhook_env")) {
+                        (Some(n), None) => url_at(cx, n, &sm.path_of("webhook")).map(Secret::Value),
+                        (None, Some(_)) => {
+                            sm.optional::<String>(cx, "webhook_env").map(Secret::Env)
+                        }
+                        _ => {
+                            cx.error(sm.pos(), &p, "give the incoming webhook as `webhook_env` (an environment variable) or `webhook`");
+                            None
+                        }
+                    }
+                }
+            };
+            (
+                NotifyTarget::Slack {
+                    url: url?,
+                    dashboard: dashboard.clone(),
+                },
+                &crate::release::NoticeKind::CADENCE,
+            )
+        }
         _ => {
             let pd = m.get("pagerduty")?;
             let p = m.path_of("pagerduty");
@@ -2645,5 +2666,46 @@ analysis:
                 .iter()
                 .any(|d| d.path.ends_with(".metric"))
         );
+    }
+
+    #[test]
+    fn notify_hooks_take_secrets_from_the_environment_and_a_cadence() {
+        let p = Policy::from_yaml(&format!(
+            "{MINIMAL}notify:\n  - slack: {{webhook_env: SLACK_URL}}\n    dashboard: http://grafana\n  - pagerduty: {{routing_key_env: PD_KEY}}\n  - webhook: https://hooks.internal/x\n    secret_env: HOOK_SECRET\n    on: [started, done]\n  - command: [./page.sh]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            p.notify[0].target,
+            NotifyTarget::Slack {
+                url: Secret::Env("SLACK_URL".into()),
+                dashboard: Some("http://grafana".into())
+            }
+        );
+        assert!(p.notify[0].all());
+        assert!(
+            matches!(&p.notify[1].target, NotifyTarget::PagerDuty { routing_key: Secret::Env(k), url, .. } if k == "PD_KEY" && url.starts_with("https://events.pagerduty.com"))
+        );
+        assert_eq!(
+            p.notify[1].on,
+            vec!["approval", "halted", "escalated", "done"]
+        );
+        assert_eq!(p.notify[2].on, vec!["started", "done"]);
+        assert_eq!(p.notify[3].on, PAGES.to_vec());
+        for (bad, want) in [
+            (
+                "  - webhook: http://x\n    secret: a\n    secret_env: B\n",
+                "not both",
+            ),
+            (
+                "  - webhook: http://x\n    dashboard: http://d\n",
+                "`dashboard` is for",
+            ),
+            ("  - slack: {}\n", "webhook_env"),
+            ("  - command: [x]\n    on: [sometimes]\n", "not valid"),
+            ("  - slack: ftp://x\n", "not an http:// or https:// URL"),
+        ] {
+            let e = errors(&format!("{MINIMAL}notify:\n{bad}"));
+            assert!(e.iter().any(|d| d.message.contains(want)), "{bad}: {e:?}");
+        }
     }
 }

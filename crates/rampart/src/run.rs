@@ -330,22 +330,24 @@ pub async fn run_release(
         controller = controller.with_migrations(plan);
     }
 
+    // The version serving now. A resumed release that had started keeps the one it
+    // recorded; one that was created but stopped before its start needs it again.
+    let stable = match opts.stable.clone() {
+        Some(s) => Some(s),
+        None => store
+            .serving_version(&policy.service)
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
+    };
     let (id, stable) = match resume_id {
         Some(id) => {
             progress.line(&format!(
                 "resuming release {id} of {} {}",
                 policy.service, opts.version
             ));
-            (id, None)
+            (id, stable)
         }
         None => {
-            let stable = match opts.stable.clone() {
-                Some(s) => Some(s),
-                None => store
-                    .serving_version(&policy.service)
-                    .await
-                    .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
-            };
             let mut id = release_id(&policy.service, clock.now());
             let mut attempts = 0;
             loop {

@@ -131,3 +131,44 @@ fn kill_9_during_a_bake_then_rerun_finishes_without_repeating_decisions() {
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_release_killed_before_it_started_resumes_against_the_stable_version() {
+    // The crash window between recording a release and recording its start: the
+    // store holds the release with an empty log.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let text = policy(port).replace(
+        "SAMPLE_ERROR_RATE: \"0\"",
+        "SAMPLE_ERROR_RATE: \"v1=0,v2=30%\"",
+    );
+    let path = dir.path().join("rampart.yaml");
+    std::fs::write(&path, &text).unwrap();
+    {
+        use rampart_core::ports::Store;
+        let store = rampart_adapters::sqlite::SqliteStore::open(&state.join("rampart.db")).unwrap();
+        let record = rampart_core::ports::ReleaseRecord {
+            id: "resumable-created-only".into(),
+            service: "resumable".into(),
+            version: "v2".into(),
+            policy: text,
+            created_at: 0,
+            outcome: None,
+        };
+        runtime().block_on(store.create(&record)).unwrap();
+    }
+    // v2 is bad: judged against v1 it is rolled back. Started as an initial release
+    // (stable forgotten), it would have been promoted without any comparison.
+    let rt = runtime();
+    let (load, _) = start_load(&rt, port, 200);
+    let out = run_cmd(&path, &state)
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    load.abort();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["release_id"], "resumable-created-only");
+    assert_eq!(v["stable_version"], "v1", "{v}");
+    assert_eq!(out.status.code(), Some(3), "{v}");
+}

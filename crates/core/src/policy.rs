@@ -1335,27 +1335,30 @@ fn decode_full(cx: &mut Decoder, node: &Node, path: &str) -> Option<Strategy> {
 }
 
 /// An `http://` or `https://` URL with something after the scheme.
-fn is_http_url(url: &str) -> bool {
-    ["http://", "https://"]
+fn decode_url(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
+    let url = scalar(cx, n, p, "an http:// or https:// URL")?;
+    let valid = ["http://", "https://"]
         .iter()
-        .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()))
+        .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+    if !valid {
+        cx.error(
+            n.pos,
+            p,
+            format!("`{url}` is not an http:// or https:// URL"),
+        );
+        return None;
+    }
+    Some(url.to_string())
+}
+
+/// A server's base URL: [`decode_url`] without a trailing `/`.
+fn decode_base_url(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
+    decode_url(cx, n, p).map(|u| u.trim_end_matches('/').to_string())
 }
 
 fn decode_silences(cx: &mut Decoder, node: &Node, path: &str) -> Option<SilencesSpec> {
     let m = cx.map(node, path, &["alertmanager", "matchers", "ttl"])?;
-    let alertmanager = m.required_with(cx, "alertmanager", |cx, n, p| {
-        let url = scalar(cx, n, p, "a URL such as http://127.0.0.1:9093")?;
-        if is_http_url(url) {
-            Some(url.trim_end_matches('/').to_string())
-        } else {
-            cx.error(
-                n.pos,
-                p,
-                format!("`{url}` is not an http:// or https:// URL, such as http://127.0.0.1:9093"),
-            );
-            None
-        }
-    });
+    let alertmanager = m.required_with(cx, "alertmanager", decode_base_url);
     let matchers = m.required_with(cx, "matchers", |cx, n, p| {
         let list = cx.seq(n, p, |cx, n, p| {
             let mm = cx.map(n, p, &["name", "value", "regex", "equal"])?;
@@ -1397,20 +1400,7 @@ fn decode_silences(cx: &mut Decoder, node: &Node, path: &str) -> Option<Silences
 
 fn decode_flags(cx: &mut Decoder, node: &Node, path: &str) -> Option<FlagsSpec> {
     let m = cx.map(node, path, &["listen", "define"])?;
-    let listen = m.optional_with(cx, "listen", |cx, n, p| {
-        let text = scalar(cx, n, p, "an address such as `127.0.0.1:7071`")?;
-        match text.parse::<std::net::SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                cx.error(
-                    n.pos,
-                    p,
-                    format!("`{text}` is not an address; write IP:PORT, such as `127.0.0.1:7071`"),
-                );
-                None
-            }
-        }
-    });
+    let listen = m.optional_with(cx, "listen", decode_addr);
     let define = m
         .optional_with(cx, "define", |cx, n, p| {
             cx.seq(n, p, crate::flags::decode_def)
@@ -1663,19 +1653,6 @@ fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option<NotifyHook
         );
         return None;
     };
-    let url_at = |cx: &mut Decoder, n: &Node, p: &str| -> Option<String> {
-        let url = scalar(cx, n, p, "an http:// or https:// URL")?;
-        if url.starts_with("http://") || url.starts_with("https://") {
-            Some(url.to_string())
-        } else {
-            cx.error(
-                n.pos,
-                p,
-                format!("`{url}` is not an http:// or https:// URL"),
-            );
-            None
-        }
-    };
     let secret = |cx: &mut Decoder| -> Option<Secret> {
         match (m.get("secret"), m.get("secret_env")) {
             (Some(_), Some(_)) => {
@@ -1691,7 +1668,7 @@ fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option<NotifyHook
             (None, None) => None,
         }
     };
-    let dashboard = m.optional_with(cx, "dashboard", url_at);
+    let dashboard = m.optional_with(cx, "dashboard", decode_url);
     for key in m.present(&["secret", "secret_env"]) {
         if *kind != "webhook" {
             cx.error(m.pos(), &m.path_of(key), "only a `webhook` hook is signed");
@@ -1711,7 +1688,7 @@ fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option<NotifyHook
         ),
         "webhook" => (
             NotifyTarget::Webhook {
-                url: m.required_with(cx, "webhook", url_at)?,
+                url: m.required_with(cx, "webhook", decode_url)?,
                 secret: secret(cx),
             },
             &PAGES,
@@ -1721,11 +1698,13 @@ fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option<NotifyHook
             let node = m.get("slack")?;
             let p = m.path_of("slack");
             let url = match &node.kind {
-                NodeKind::Scalar { .. } => url_at(cx, node, &p).map(Secret::Value),
+                NodeKind::Scalar { .. } => decode_url(cx, node, &p).map(Secret::Value),
                 _ => {
                     let sm = cx.map(node, &p, &["webhook", "webhook_env"])?;
                     match (sm.get("webhook"), sm.get("webhook_env")) {
-                        (Some(n), None) => url_at(cx, n, &sm.path_of("webhook")).map(Secret::Value),
+                        (Some(n), None) => {
+                            decode_url(cx, n, &sm.path_of("webhook")).map(Secret::Value)
+                        }
                         (None, Some(_)) => {
                             sm.optional::<String>(cx, "webhook_env").map(Secret::Env)
                         }
@@ -1763,7 +1742,7 @@ fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option<NotifyHook
                 }
             };
             let url = pm
-                .optional_with(cx, "url", url_at)
+                .optional_with(cx, "url", decode_url)
                 .unwrap_or_else(|| "https://events.pagerduty.com/v2/enqueue".into());
             (
                 NotifyTarget::PagerDuty {
@@ -1996,19 +1975,7 @@ fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis
             "prometheus",
         ],
     )?;
-    let prometheus = m.optional_with(cx, "prometheus", |cx, n, p| {
-        let url = scalar(cx, n, p, "a URL such as http://127.0.0.1:9090")?;
-        if is_http_url(url) {
-            Some(url.trim_end_matches('/').to_string())
-        } else {
-            cx.error(
-                n.pos,
-                p,
-                format!("`{url}` is not an http:// or https:// URL, such as http://127.0.0.1:9090"),
-            );
-            None
-        }
-    });
+    let prometheus = m.optional_with(cx, "prometheus", decode_base_url);
     let interval = positive(cx, &m, "interval").unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
         cx.error(

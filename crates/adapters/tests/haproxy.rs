@@ -19,13 +19,13 @@ use rampart_core::ports::{MetricsSource, TrafficRouter};
 use rampart_core::{Variant, Weight};
 use tokio::sync::Notify;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
+/// HAProxy with `slots` slots per variant and its request log received, and a router
+/// pointing stable and canary at a backend each (answering with their names).
+async fn split(slots: u32) -> (common::servers::Haproxy, AccessLog, HaproxyRouter) {
     let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let h = haproxy("shop", 3, log.local_addr());
-    let metrics = BuiltinMetrics::new(log.clone());
+    let h = haproxy("shop", slots, log.local_addr());
     let hold = Arc::new(Notify::new());
     let (stable, canary) = (
         backend("stable", hold.clone()).await,
@@ -40,6 +40,13 @@ async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
         .set_backends(Variant::Canary, &[canary])
         .await
         .unwrap();
+    (h, log, router)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
+    let (h, log, router) = split(3).await;
+    let metrics = BuiltinMetrics::new(log.clone());
     assert_eq!(
         router.set_weight(Weight::ZERO, &[]).await.unwrap(),
         Weight::ZERO
@@ -143,24 +150,7 @@ async fn sessions(r: &HaproxyRouter) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipping_the_weight_under_load_fails_no_request_real_haproxy() {
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let h = haproxy("shop", 2, log.local_addr());
-    let hold = Arc::new(Notify::new());
-    let (stable, canary) = (
-        backend("stable", hold.clone()).await,
-        backend("canary", hold.clone()).await,
-    );
-    let router = HaproxyRouter::new(&h.socket, "shop");
-    router
-        .set_backends(Variant::Stable, &[stable])
-        .await
-        .unwrap();
-    router
-        .set_backends(Variant::Canary, &[canary])
-        .await
-        .unwrap();
+    let (h, _log, router) = split(2).await;
     let addr = h.addr;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {

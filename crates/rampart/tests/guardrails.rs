@@ -79,27 +79,8 @@ analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    {
-        use std::io::{BufRead, BufReader};
-        let mut lines = BufReader::new(hotfix.stdout.take().unwrap()).lines();
-        assert!(
-            lines.any(|l| l.unwrap().contains("awaiting_approval")),
-            "the hotfix asked for an approval"
-        );
-        let out = rampart()
-            .args(["approve", "frozen", "--as", "bob", "--state-dir"])
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for _ in lines.by_ref() {}
-    }
     assert_eq!(
-        hotfix.wait().unwrap().code(),
+        approve_after(&mut hotfix, "awaiting_approval", "frozen", &state),
         Some(3),
         "the approved hotfix ran (and rolled back)"
     );
@@ -262,7 +243,6 @@ analysis:
 
 #[test]
 fn release_windows_and_the_freeze_calendar_hold_a_release_end_to_end() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     // The window opens three hours from now (UTC), so it is closed while this runs.
@@ -333,14 +313,35 @@ windows:
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(waiting.stdout.take().unwrap()).lines();
+    assert_eq!(
+        approve_after(
+            &mut waiting,
+            "waits for the next window",
+            "windowed",
+            &state
+        ),
+        Some(3),
+        "the approved release ran (and rolled back its broken canary)"
+    );
+}
+
+/// Reads a running release's output until it prints `needle`, approves `service` as
+/// bob, and returns the release's exit code once it ends.
+fn approve_after(
+    child: &mut std::process::Child,
+    needle: &str,
+    service: &str,
+    state: &std::path::Path,
+) -> Option<i32> {
+    use std::io::{BufRead, BufReader};
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert!(
-        lines.any(|l| l.unwrap().contains("waits for the next window")),
-        "the release said it waits"
+        lines.any(|l| l.unwrap().contains(needle)),
+        "the release never printed `{needle}`"
     );
     let out = rampart()
-        .args(["approve", "windowed", "--as", "bob", "--state-dir"])
-        .arg(&state)
+        .args(["approve", service, "--as", "bob", "--state-dir"])
+        .arg(state)
         .output()
         .unwrap();
     assert!(
@@ -349,9 +350,5 @@ windows:
         String::from_utf8_lossy(&out.stderr)
     );
     for _ in lines.by_ref() {}
-    assert_eq!(
-        waiting.wait().unwrap().code(),
-        Some(3),
-        "the approved release ran (and rolled back its broken canary)"
-    );
+    child.wait().unwrap().code()
 }

@@ -7,12 +7,11 @@
 //! - `rampart-s SERVICE VARIANT STATUS SECONDS` (nginx: `$request_time`).
 //!
 //! The server (`stable2`, `canary1`) or variant name says which variant answered.
-//! Anything else on the socket is ignored and counted. It must not block a sender:
+//! Anything else on the socket (HAProxy's own notices, say) is ignored. It must not block a sender:
 //! UDP, so a stalled rampart never slows the data path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rampart_core::Variant;
@@ -26,7 +25,6 @@ use crate::proxy::{Totals, VariantCounters};
 struct Counted {
     stable: VariantCounters,
     canary: VariantCounters,
-    ignored: AtomicU64,
 }
 
 /// A UDP syslog receiver counting per-variant requests. Dropping it stops it.
@@ -105,17 +103,12 @@ impl AccessLog {
                 };
                 let text = String::from_utf8_lossy(&buf[..n]);
                 for line in text.lines() {
-                    match parse(line) {
-                        Some(r) => {
-                            let counters = match r.variant {
-                                Variant::Stable => &into.stable,
-                                Variant::Canary => &into.canary,
-                            };
-                            counters.record(r.status >= 500, r.duration);
-                        }
-                        None => {
-                            into.ignored.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if let Some(r) = parse(line) {
+                        let counters = match r.variant {
+                            Variant::Stable => &into.stable,
+                            Variant::Canary => &into.canary,
+                        };
+                        counters.record(r.status >= 500, r.duration);
                     }
                 }
             }
@@ -129,11 +122,6 @@ impl AccessLog {
     /// Where it listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.task.addr
-    }
-
-    /// Lines that were not a request of this service's variants.
-    pub fn ignored(&self) -> u64 {
-        self.counted.ignored.load(Ordering::Relaxed)
     }
 }
 

@@ -36,8 +36,6 @@ pub struct Split {
 struct State {
     split: Split,
     generation: u64,
-    /// Endpoints removed by the last change (still served by old workers until done).
-    retired: Vec<SocketAddr>,
 }
 
 /// Rewrites, tests and reloads nginx.
@@ -224,14 +222,8 @@ impl NginxRouter {
             state: Mutex::new(State {
                 split: Split::default(),
                 generation,
-                retired: Vec::new(),
             }),
         }
-    }
-
-    /// The split nginx serves now, as far as this router knows.
-    pub async fn split(&self) -> Split {
-        self.state.lock().await.split.clone()
     }
 
     /// Writes, tests, reloads and verifies `next`; on any failure the previous file is
@@ -272,12 +264,6 @@ impl NginxRouter {
             return Err(e);
         }
         self.verify(generation, &serving).await?;
-        state.retired = [&state.split.stable, &state.split.canary]
-            .into_iter()
-            .flatten()
-            .filter(|ep| !next.stable.contains(ep) && !next.canary.contains(ep))
-            .copied()
-            .collect();
         state.split = next;
         state.generation = generation;
         Ok(())

@@ -44,11 +44,6 @@ impl std::fmt::Debug for DataPlane {
     }
 }
 
-impl DataPlane {
-    /// Stops the embedded proxy (if any): nothing reaches the versions through it.
-    pub fn close(self) {}
-}
-
 /// Starts the policy's data plane.
 pub async fn start(
     policy: &Policy,

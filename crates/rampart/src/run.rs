@@ -439,7 +439,8 @@ pub async fn run_release(
     for v in [Variant::Canary, Variant::Stable] {
         let _ = deployer.stop(v).await;
     }
-    plane.close();
+    // Stops the embedded proxy (if any): nothing reaches the versions through it.
+    drop(plane);
 
     let (_, log) = store
         .load(&id)

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use rampart_core::policy::{Gate, GateCheck, Policy};
 use rampart_core::ports::{
-    Clock, CommandKind, Deployer, GateRunner, MetricsSource, Notice, Notifier, PortError,
-    ReleaseRecord, Store, StoredInput, TrafficRouter,
+    Clock, Deployer, GateRunner, MetricsSource, Notice, Notifier, PortError, ReleaseRecord, Store,
+    StoredInput, TrafficRouter,
 };
 use rampart_core::release::{
     Action, AuditEvent, CheckStage, Effect, GateResult, Input, OutcomeKind, Release, Variant, step,
@@ -89,6 +89,8 @@ pub struct Controller {
     hotfix: Option<String>,
     /// Notices waiting for the delivery task, in order, while a release is driven.
     outbox: Mutex<Option<mpsc::UnboundedSender<Notice>>>,
+    /// Operator requests taken from the store and not yet applied.
+    backlog: Mutex<std::collections::VecDeque<Input>>,
 }
 
 /// How long queued notices get to go out after a release ends.
@@ -138,6 +140,7 @@ impl Controller {
             initiator: String::new(),
             hotfix: None,
             outbox: Mutex::new(None),
+            backlog: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -374,20 +377,18 @@ impl Controller {
     }
 
     /// Resolves with the next operator request queued in the store for this release
-    /// (`rampart rollback` from another terminal), polling every quarter second.
+    /// (`rampart rollback`, `approve`, the API), polling every quarter second. Requests
+    /// taken together are handed out one by one, oldest first.
     async fn queued_command(&self, id: &str) -> Result<Input, ControllerError> {
         loop {
+            if let Some(input) = self.backlog.lock().ok().and_then(|mut b| b.pop_front()) {
+                return Ok(input);
+            }
             let next = self.ports.clock.now() + COMMAND_POLL_MS;
             self.ports.clock.sleep_until(next).await;
-            if let Some(cmd) = self.ports.store.take_commands(id).await?.into_iter().next() {
-                return Ok(match cmd.kind {
-                    CommandKind::Approve => Input::Approved { by: cmd.actor },
-                    CommandKind::Rollback => Input::Abort {
-                        actor: cmd.actor,
-                        reason: cmd.reason,
-                        force: cmd.force,
-                    },
-                });
+            let taken = self.ports.store.take_commands(id).await?;
+            if let Ok(mut backlog) = self.backlog.lock() {
+                backlog.extend(taken.iter().map(|cmd| cmd.kind.input(cmd)));
             }
         }
     }

@@ -204,14 +204,60 @@ pub enum CommandKind {
     Rollback,
     /// Approve the current approval point.
     Approve,
+    /// Hold the release at its current step.
+    Pause,
+    /// Let a paused release advance again.
+    Resume,
+    /// Promote now: all traffic to the new version.
+    Promote,
 }
 
 impl CommandKind {
+    /// Every kind, for parsers and documentation.
+    pub const ALL: [CommandKind; 5] = [
+        CommandKind::Rollback,
+        CommandKind::Approve,
+        CommandKind::Pause,
+        CommandKind::Resume,
+        CommandKind::Promote,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
             CommandKind::Rollback => "rollback",
             CommandKind::Approve => "approve",
+            CommandKind::Pause => "pause",
+            CommandKind::Resume => "resume",
+            CommandKind::Promote => "promote",
+        }
+    }
+
+    /// The kind with this stored name; `None` for a name this version does not know.
+    pub fn parse(name: &str) -> Option<CommandKind> {
+        CommandKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The input this request feeds the release.
+    pub fn input(self, command: &OperatorCommand) -> crate::release::Input {
+        use crate::release::Input;
+        let actor = command.actor.clone();
+        match self {
+            CommandKind::Rollback => Input::Abort {
+                actor,
+                reason: command.reason.clone(),
+                force: command.force,
+            },
+            CommandKind::Approve => Input::Approved { by: actor },
+            CommandKind::Pause => Input::Pause {
+                actor,
+                reason: command.reason.clone(),
+            },
+            CommandKind::Resume => Input::Unpause { actor },
+            CommandKind::Promote => Input::Promote {
+                actor,
+                reason: command.reason.clone(),
+            },
         }
     }
 }
@@ -276,7 +322,7 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<(), PortError>>;
     /// The freeze that applies to a service, if any (its own, or the global one).
     fn freeze<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<Option<Freeze>, PortError>>;
-    /// Queues a rollback request for the service's unfinished release and returns that
+    /// Queues an operator request for the service's unfinished release and returns that
     /// release's id. Fails when the service has no unfinished release.
     fn push_command<'a>(
         &'a self,

@@ -472,6 +472,28 @@ pub enum Input {
         /// What happened.
         detail: String,
     },
+    /// An operator holds the release at its current step: analysis goes on (a failure
+    /// still rolls back), but no step advances until [`Input::Unpause`].
+    Pause {
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// An operator lets a paused release advance again.
+    Unpause {
+        /// Who.
+        actor: String,
+    },
+    /// A human promotes the release now: all traffic to the new version, skipping the
+    /// remaining steps and approval points. Someone other than the initiator, and never
+    /// during a freeze.
+    Promote {
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
     /// A person or system asked to stop the release and roll back.
     Abort {
         /// Who asked.
@@ -557,6 +579,9 @@ pub struct Release {
     /// A human approved going to 100 % outside a release window.
     #[serde(default)]
     pub window_attended: bool,
+    /// Who paused the release, while it is paused: no step advances.
+    #[serde(default)]
+    pub paused: Option<String>,
     /// The rollback level reached: 1 flags off, 2 traffic back to stable, 3 the new
     /// version reverted. The release stops at the first level that restores health.
     #[serde(default)]
@@ -608,6 +633,7 @@ impl Default for Release {
             approving: None,
             window_hold: None,
             window_attended: false,
+            paused: None,
             rollback_level: None,
             pending: None,
             queued: Vec::new(),
@@ -1081,6 +1107,9 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
         }
         Input::Resumed => resume(&mut b),
         Input::Approved { by } => approved(&mut b, by),
+        Input::Pause { actor, reason } => pause(&mut b, actor, reason),
+        Input::Unpause { actor } => unpause(&mut b, actor),
+        Input::Promote { actor, reason } => promote(&mut b, actor, reason),
         Input::Tick => tick(&mut b),
         Input::Abort {
             actor,
@@ -2075,6 +2104,112 @@ fn next_step(b: &mut Builder<'_>) {
     b.set_weight(Weight::FULL);
 }
 
+/// Phases an operator's pause applies to: a rollback is never held.
+fn pausable(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Gating
+            | Phase::Migrating
+            | Phase::Deploying
+            | Phase::Previewing
+            | Phase::Progressing
+            | Phase::AwaitingApproval
+    )
+}
+
+fn pause(b: &mut Builder<'_>, actor: &str, reason: &str) {
+    if !pausable(b.s.phase) {
+        return b.event(
+            "pause_refused",
+            actor,
+            format!(
+                "nothing to pause in phase {}: only a release on its way to 100 % can be held",
+                b.s.phase.as_str()
+            ),
+        );
+    }
+    if b.s.paused.is_some() {
+        return;
+    }
+    b.s.paused = Some(actor.to_string());
+    b.event(
+        "paused",
+        actor,
+        format!(
+            "held at {}: analysis goes on and a failure still rolls back, but no step advances until resumed ({reason})",
+            b.s.weight
+        ),
+    );
+}
+
+fn unpause(b: &mut Builder<'_>, actor: &str) {
+    let Some(by) = b.s.paused.take() else {
+        return;
+    };
+    b.event(
+        "unpaused",
+        actor,
+        format!("resumed (paused by {by}); the next clean interval after the bake advances"),
+    );
+}
+
+/// A human's promotion: straight to 100 %, as if every remaining step had passed.
+fn promote(b: &mut Builder<'_>, actor: &str, reason: &str) {
+    let refuse = |b: &mut Builder<'_>, why: String| {
+        b.event("promote_refused", actor, why);
+    };
+    let step_approval = b.s.phase == Phase::AwaitingApproval && b.s.approving.is_none();
+    if b.s.phase != Phase::Progressing && !step_approval {
+        return refuse(
+            b,
+            format!(
+                "a release can be promoted only while its canary steps run (it is {})",
+                b.s.phase.as_str()
+            ),
+        );
+    }
+    if b.policy.strategy.rolling().is_some() {
+        return refuse(
+            b,
+            "a rolling release replaces its batches in order and cannot skip them".into(),
+        );
+    }
+    if actor.is_empty() || actor == b.s.initiator {
+        return refuse(
+            b,
+            "the initiator cannot promote their own release (four eyes)".into(),
+        );
+    }
+    if let Some((why, true, _)) = window_closed(b) {
+        return refuse(
+            b,
+            format!("it is {why}: nothing goes to 100 % during a freeze"),
+        );
+    }
+    b.event(
+        "promoted_by_operator",
+        actor,
+        format!("promoted from {} by {actor}: {reason}", b.s.weight),
+    );
+    b.decide(
+        DecisionKind::Promote,
+        format!("promoted by {actor}: {reason}"),
+    );
+    if let Some(d) = b.s.decision.as_mut()
+        && d.at == b.now
+    {
+        d.by = actor.to_string();
+    }
+    b.s.window_attended = true;
+    b.s.window_hold = None;
+    b.s.paused = None;
+    b.s.timer = None;
+    b.s.next_analysis_at = None;
+    b.s.queued.clear();
+    b.s.phase = Phase::Promoting;
+    b.set_weight(Weight::FULL);
+}
+
 fn approved(b: &mut Builder<'_>, by: &str) {
     let holding = b.s.phase == Phase::Progressing && b.s.window_hold.is_some();
     if b.s.phase != Phase::AwaitingApproval && !holding {
@@ -2360,7 +2495,10 @@ fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
             .iter()
             .zip(&b.s.failure_streaks)
             .all(|(m, s)| !m.critical || *s == 0);
-    if baked && clean {
+    if baked && clean && b.s.paused.is_some() {
+        // Held by an operator: keep analysing at this weight.
+        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    } else if baked && clean {
         b.event(
             "step_completed",
             "rampart",

@@ -484,6 +484,8 @@ enum Choice {
     Resume,
     /// An answer to an action nobody asked for.
     Stale,
+    /// An operator pauses, resumes, or (someone other than the initiator) promotes.
+    Operator(u8),
 }
 
 fn choice() -> impl Strategy<Value = Choice> {
@@ -494,6 +496,7 @@ fn choice() -> impl Strategy<Value = Choice> {
         1 => Just(Choice::Abort),
         1 => Just(Choice::Resume),
         1 => Just(Choice::Stale),
+        1 => (0u8..3).prop_map(Choice::Operator),
     ]
 }
 
@@ -507,6 +510,17 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
             force: false,
         },
         (Choice::Resume, _) => Input::Resumed,
+        (Choice::Operator(0), _) => Input::Pause {
+            actor: "carol".into(),
+            reason: "looking".into(),
+        },
+        (Choice::Operator(1), _) => Input::Unpause {
+            actor: "carol".into(),
+        },
+        (Choice::Operator(_), _) => Input::Promote {
+            actor: "bob".into(),
+            reason: "confident".into(),
+        },
         (Choice::Stale, _) => Input::Stopped {
             variant: Variant::Canary,
             ok: true,
@@ -1627,6 +1641,114 @@ fn an_approval_point_holds_the_weight_until_someone_else_approves() {
     );
     let s = drive_until(&p, t.state, healthy, |_| true, |_, _| {}, |_| false);
     assert_eq!(s.phase, Phase::Succeeded);
+}
+
+#[test]
+fn a_paused_release_holds_its_step_and_still_rolls_back_on_a_failure() {
+    let p = policy();
+    let at_five = |s: &Release| s.phase == Phase::Progressing && s.step_started_at.is_some();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        healthy,
+        |_| true,
+        |_, _| {},
+        at_five,
+    );
+    let five = Weight::from_percent(5).unwrap();
+    assert_eq!(s.weight, five);
+    let paused = step(
+        &p,
+        &s,
+        &Input::Pause {
+            actor: "carol".into(),
+            reason: "checking a dashboard".into(),
+        },
+        s.started_at + 1,
+    );
+    assert!(paused.events.iter().any(|e| e.kind == "paused"));
+    // Hours of clean intervals: analysis goes on, the step never advances.
+    let mut routed = Vec::new();
+    let held = drive_until(
+        &p,
+        paused.state.clone(),
+        healthy,
+        |_| true,
+        |w, _| routed.push(w),
+        |s| s.intervals > 200,
+    );
+    assert_eq!(
+        (held.phase, held.weight, held.step),
+        (Phase::Progressing, five, 0)
+    );
+    assert!(routed.is_empty(), "{routed:?}");
+    // A failure still rolls back while paused.
+    let bad = || IntervalSample {
+        stable: stats(900, 1),
+        canary: stats(100, 50),
+        ..Default::default()
+    };
+    let failed = drive_until(&p, held.clone(), bad, |_| true, |_, _| {}, |_| false);
+    assert_eq!(failed.phase, Phase::RolledBack);
+    // Resumed, it goes on to promotion.
+    let resumed = step(
+        &p,
+        &held,
+        &Input::Unpause {
+            actor: "dave".into(),
+        },
+        held.next_analysis_at.unwrap(),
+    );
+    assert_eq!(resumed.state.paused, None);
+    let done = drive_until(&p, resumed.state, healthy, |_| true, |_, _| {}, |_| false);
+    assert_eq!(done.phase, Phase::Succeeded);
+    // A rollback is never held.
+    let refused = step(
+        &p,
+        &failed,
+        &Input::Pause {
+            actor: "carol".into(),
+            reason: "x".into(),
+        },
+        failed.started_at + 1,
+    );
+    assert_eq!(refused.state, failed, "a finished release does not change");
+}
+
+#[test]
+fn an_operator_promotion_skips_the_remaining_steps_but_not_four_eyes() {
+    let p = Policy::from_yaml(APPROVAL).unwrap();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        healthy,
+        |_| true,
+        |_, _| {},
+        |s| s.phase == Phase::AwaitingApproval,
+    );
+    let promote = |by: &str| Input::Promote {
+        actor: by.into(),
+        reason: "hotfix verified".into(),
+    };
+    let own = step(&p, &s, &promote("alice"), s.started_at + 1);
+    assert_eq!(own.state.phase, Phase::AwaitingApproval);
+    assert!(own.events.iter().any(|e| e.kind == "promote_refused"));
+    assert!(weights_in(&own.effects).is_empty());
+    let t = step(&p, &own.state, &promote("bob"), s.started_at + 2);
+    assert_eq!(t.state.phase, Phase::Promoting);
+    assert_eq!(weights_in(&t.effects), vec![Weight::FULL]);
+    let decision = t.state.decision.clone().unwrap();
+    assert_eq!(
+        (decision.kind, decision.by.as_str()),
+        (DecisionKind::Promote, "bob")
+    );
+    let done = drive_until(&p, t.state, healthy, |_| true, |_, _| {}, |_| false);
+    assert_eq!(done.phase, Phase::Succeeded);
+    // Before the canary steps run (gates), there is nothing to promote.
+    let early = step(&p, &Release::default(), &start_input(), 0).state;
+    let refused = step(&p, &early, &promote("bob"), 1);
+    assert_eq!(refused.state.phase, Phase::Gating);
+    assert!(refused.events.iter().any(|e| e.kind == "promote_refused"));
 }
 
 #[test]

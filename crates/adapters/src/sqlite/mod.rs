@@ -449,16 +449,30 @@ impl Store for SqliteStore {
                         .prepare("SELECT actor, reason, force, kind FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
                         .map_err(db_err)?;
                     let rows = stmt
-                        .query_map([release_id], |r| Ok(OperatorCommand {
-                                kind: if r.get::<_, String>(3)? == "approve" { CommandKind::Approve } else { CommandKind::Rollback },
+                        .query_map([release_id], |r| {
+                            let kind: String = r.get(3)?;
+                            Ok((kind, OperatorCommand {
+                                kind: CommandKind::Rollback,
                                 actor: r.get(0)?,
                                 reason: r.get(1)?,
                                 force: r.get(2)?,
                             }))
+                        })
                         .map_err(db_err)?;
-                    rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
+                    let rows = rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+                    // A request this version does not know (written by a newer rampart) is
+                    // dropped rather than guessed at.
+                    rows.into_iter()
+                        .filter_map(|(kind, cmd)| match CommandKind::parse(&kind) {
+                            Some(kind) => Some(OperatorCommand { kind, ..cmd }),
+                            None => {
+                                tracing::warn!(release = %release_id, kind = %kind, "unknown operator request ignored");
+                                None
+                            }
+                        })
+                        .collect::<Vec<_>>()
                 };
-                if !taken.is_empty() {
+                {
                     tx.execute("UPDATE commands SET taken = 1 WHERE release_id = ?1 AND taken = 0", [release_id])
                         .map_err(db_err)?;
                 }

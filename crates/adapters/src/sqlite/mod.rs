@@ -16,6 +16,9 @@ use rampart_core::ports::{
 use rampart_core::release::OutcomeKind;
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod control;
+pub use control::{ChainRecord, ChainReport, Submission, TOKEN_PREFIX, TokenInfo, sha256_hex};
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -92,6 +95,43 @@ CREATE TABLE flags (
     PRIMARY KEY (service, name)
 );
 "#,
+    r#"
+-- The control plane: API tokens (hashes only), the hash-chained audit log, and the
+-- queue of releases submitted to `rampart serve`.
+CREATE TABLE tokens (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE chain (
+    id         INTEGER PRIMARY KEY,
+    at         INTEGER NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    release_id TEXT,
+    seq        INTEGER,
+    body       TEXT NOT NULL,
+    prev       TEXT NOT NULL,
+    hash       TEXT NOT NULL
+);
+CREATE INDEX chain_release ON chain(release_id);
+CREATE TABLE submissions (
+    id         TEXT PRIMARY KEY,
+    service    TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    stable     TEXT,
+    hotfix     TEXT,
+    initiator  TEXT NOT NULL,
+    policy     TEXT NOT NULL,
+    workdir    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    report     TEXT,
+    created_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// A store in one SQLite file.
@@ -146,9 +186,11 @@ impl SqliteStore {
             ))
             .map_err(db_err)?;
         }
-        Ok(SqliteStore {
+        let store = SqliteStore {
             conn: Mutex::new(conn),
-        })
+        };
+        store.start_chain()?;
+        Ok(store)
     }
 
     fn with<T>(
@@ -160,6 +202,37 @@ impl SqliteStore {
             .lock()
             .map_err(|_| db_err("connection poisoned"))?;
         f(&mut conn)
+    }
+
+    /// Begins the audit chain once, recording how much of the release logs predates it
+    /// (those entries cannot be verified).
+    fn start_chain(&self) -> Result<(), PortError> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let started: bool = tx
+                .query_row("SELECT EXISTS(SELECT 1 FROM chain)", [], |r| r.get(0))
+                .map_err(db_err)?;
+            if !started {
+                let before: i64 = tx
+                    .query_row("SELECT COALESCE(MAX(rowid), 0) FROM events", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(db_err)?;
+                let at: i64 = tx
+                    .query_row("SELECT COALESCE(MAX(at), 0) FROM events", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                let body = serde_json::json!({"log_entries_before": before}).to_string();
+                control::chain(
+                    &tx,
+                    u64::try_from(at).unwrap_or(0),
+                    "rampart",
+                    "chain_started",
+                    None,
+                    &body,
+                )?;
+            }
+            tx.commit().map_err(db_err)
+        })
     }
 
     /// Every release of a service, newest first.
@@ -191,6 +264,13 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRecord> {
 
 /// The start of the error `create` returns when the release id exists already.
 pub const ID_TAKEN: &str = "release id taken";
+
+/// Wall-clock milliseconds, for audit records of requests that carry no time.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -248,6 +328,18 @@ impl Store for SqliteStore {
                     params![release_id, to_i64(entry.seq), to_i64(entry.at), input, audit],
                 )
                 .map_err(db_err)?;
+                let kind = serde_json::to_value(&entry.input)
+                    .ok()
+                    .and_then(|v| v["type"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                control::chain(
+                    &tx,
+                    entry.at,
+                    &control::input_actor(entry),
+                    &format!("input:{kind}"),
+                    Some((release_id, Some(entry.seq))),
+                    &control::input_body(&input, &audit),
+                )?;
                 tx.commit().map_err(db_err)
             })
         })
@@ -335,6 +427,13 @@ impl Store for SqliteStore {
                     )
                     .map_err(db_err)?;
                 }
+                let body = serde_json::json!({
+                    "outcome": outcome.as_str(),
+                    "serving": serving,
+                    "automatic_rollback": automatic_rollback,
+                })
+                .to_string();
+                control::chain(&tx, now_ms(), "rampart", "release_finished", Some((release_id, None)), &body)?;
                 tx.commit().map_err(db_err)
             })
         })
@@ -382,6 +481,8 @@ impl Store for SqliteStore {
                     params![to_i64(by.at), by.actor, kind, format!("{scope}: {}", by.reason)],
                 )
                 .map_err(db_err)?;
+                let body = serde_json::json!({"scope": scope, "reason": by.reason}).to_string();
+                control::chain(&tx, by.at, &by.actor, kind, None, &body)?;
                 tx.commit().map_err(db_err)
             })
         })
@@ -431,6 +532,15 @@ impl Store for SqliteStore {
                     params![id, command.actor, command.reason, command.force, command.kind.as_str()],
                 )
                 .map_err(db_err)?;
+                let body = serde_json::json!({"reason": command.reason, "force": command.force}).to_string();
+                control::chain(
+                    &tx,
+                    now_ms(),
+                    &command.actor,
+                    &format!("request:{}", command.kind.as_str()),
+                    Some((&id, None)),
+                    &body,
+                )?;
                 tx.commit().map_err(db_err)?;
                 Ok(id)
             })
@@ -607,6 +717,15 @@ impl FlagStore for SqliteStore {
                     ],
                 )
                 .map_err(db_err)?;
+                let body = serde_json::json!({
+                    "service": service,
+                    "flag": change.name,
+                    "ramp": after.ramp.to_string(),
+                    "default": after.default,
+                    "reason": change.reason,
+                })
+                .to_string();
+                control::chain(&tx, change.at, &change.actor, "flag_set", None, &body)?;
                 tx.commit().map_err(db_err)?;
                 Ok(after)
             })

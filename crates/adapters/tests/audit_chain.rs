@@ -1,0 +1,159 @@
+//! The hash-chained audit log in the SQLite store: every kind of tampering with the
+//! chain, the release logs or the tokens is found by `verify_chain`.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::Path;
+
+use rampart_adapters::sqlite::SqliteStore;
+use rampart_core::Weight;
+use rampart_core::ports::{
+    CommandKind, Freeze, OperatorCommand, ReleaseRecord, Store, StoredInput,
+};
+use rampart_core::release::{AuditEvent, Input};
+
+/// A store with one release (three log entries), a freeze, a request and a token.
+async fn busy_store(path: &Path) -> SqliteStore {
+    let store = SqliteStore::open(path).unwrap();
+    let rec = ReleaseRecord {
+        id: "shop-1".into(),
+        service: "shop".into(),
+        version: "v2".into(),
+        policy: "service: shop".into(),
+        created_at: 1_000,
+        outcome: None,
+    };
+    store.create(&rec).await.unwrap();
+    let inputs = [
+        Input::Resumed,
+        Input::Approved { by: "bob".into() },
+        Input::Tick,
+    ];
+    for (seq, input) in inputs.into_iter().enumerate() {
+        let entry = StoredInput {
+            seq: seq as u64,
+            at: 2_000 + seq as u64,
+            input,
+            events: vec![AuditEvent {
+                at: 2_000,
+                t_s: 1.0,
+                kind: "approved".into(),
+                actor: "bob".into(),
+                message: format!("entry {seq}"),
+                weight: Weight::ZERO,
+                readings: vec![],
+            }],
+        };
+        store.append("shop-1", &entry).await.unwrap();
+    }
+    let by = Freeze {
+        actor: "carol".into(),
+        reason: "holiday".into(),
+        at: 3_000,
+    };
+    store.set_freeze(Some("shop"), true, &by).await.unwrap();
+    let cmd = OperatorCommand {
+        kind: CommandKind::Pause,
+        actor: "dave".into(),
+        reason: "look".into(),
+        force: false,
+    };
+    store.push_command("shop", &cmd).await.unwrap();
+    store
+        .create_token("ci", "deployer", "admin", 4_000)
+        .unwrap();
+    store
+}
+
+fn tamper(path: &Path, sql: &str) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let changed = c.execute(sql, []).unwrap();
+    assert!(
+        changed > 0,
+        "the tampering statement changed nothing: {sql}"
+    );
+}
+
+#[tokio::test]
+async fn an_untouched_store_verifies_and_reports_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let store = busy_store(&path).await;
+    let report = store.verify_chain().unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    // chain_started, three inputs, freeze, request, token.
+    assert_eq!((report.records, report.log_entries), (7, 3));
+    let records = store.chain_records(Some("shop-1")).unwrap();
+    let actors: Vec<_> = records.iter().map(|r| r.actor.as_str()).collect();
+    assert_eq!(actors, ["rampart", "bob", "rampart", "dave"]);
+    assert_eq!(report.head, store.chain_records(None).unwrap()[6].hash);
+}
+
+#[tokio::test]
+async fn every_kind_of_tampering_is_found() {
+    let cases = [
+        (
+            "UPDATE events SET audit = replace(audit, 'entry 1', 'entry one') WHERE seq = 1",
+            "entry 1: differs",
+        ),
+        (
+            "DELETE FROM events WHERE seq = 2",
+            "entry 2: recorded by chain record",
+        ),
+        (
+            "INSERT INTO events (release_id, seq, at, input, audit) VALUES ('shop-1', 3, 9, '{\"type\":\"tick\"}', '[]')",
+            "entry 3: not in the audit chain",
+        ),
+        (
+            "UPDATE chain SET actor = 'mallory' WHERE action = 'freeze_on'",
+            "does not match its hash",
+        ),
+        (
+            "DELETE FROM chain WHERE action = 'request:pause'",
+            "does not link",
+        ),
+        ("UPDATE tokens SET role = 'admin'", "token ci"),
+        (
+            "UPDATE tokens SET hash = 'f00d' WHERE name = 'ci'",
+            "token ci",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        drop(busy_store(&path).await);
+        tamper(&path, sql);
+        let report = SqliteStore::open(&path).unwrap().verify_chain().unwrap();
+        assert!(!report.ok, "not found: {sql}");
+        assert!(
+            report.problems.iter().any(|p| p.contains(expected)),
+            "{sql}: {:?}",
+            report.problems
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_kept_as_hashes_and_revocation_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("r.db")).unwrap();
+    let secret = store.create_token("ops", "approver", "admin", 1).unwrap();
+    assert!(
+        secret.starts_with("rampart_") && secret.len() > 60,
+        "{secret}"
+    );
+    assert_eq!(
+        store.token(&secret).unwrap(),
+        Some(("ops".into(), "approver".into()))
+    );
+    assert_eq!(store.token("rampart_guess").unwrap(), None);
+    let dump = std::fs::read(dir.path().join("r.db")).unwrap();
+    let text = String::from_utf8_lossy(&dump);
+    assert!(!text.contains(&secret), "the secret is stored in clear");
+    assert!(store.create_token("ops", "admin", "admin", 2).is_err());
+    store.revoke_token("ops", "admin", 3).unwrap();
+    assert_eq!(store.token(&secret).unwrap(), None);
+    let again = store.create_token("ops", "viewer", "admin", 4).unwrap();
+    assert_ne!(again, secret);
+    assert!(store.verify_chain().unwrap().ok);
+}

@@ -57,6 +57,7 @@ async fn busy_store(path: &Path) -> SqliteStore {
         actor: "dave".into(),
         reason: "look".into(),
         force: false,
+        at: 0,
     };
     store.push_command("shop", &cmd).await.unwrap();
     store

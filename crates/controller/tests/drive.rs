@@ -324,6 +324,7 @@ async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
             actor: "bob (cli)".into(),
             reason: "pager went off".into(),
             force: false,
+            at: 0,
         };
         assert_eq!(store.push_command("shop", &cmd).await.unwrap(), "r1");
     };

@@ -195,6 +195,8 @@ pub struct OperatorCommand {
     pub reason: String,
     /// Roll back even after non-backward-compatible migrations.
     pub force: bool,
+    /// When it was asked.
+    pub at: Millis,
 }
 
 /// What an operator asks of a running release.

@@ -548,6 +548,7 @@ async fn approve(release: &str, approver: &str, state_dir: &std::path::Path) -> 
         actor: approver.to_string(),
         reason: String::new(),
         force: false,
+        at: rampart_core::ports::Clock::now(&rampart_adapters::clock::TokioClock::new()),
     };
     match store.push_command(&service, &command).await {
         Ok(id) => {
@@ -602,6 +603,7 @@ async fn rollback(
         actor,
         reason: reason.to_string(),
         force,
+        at: rampart_core::ports::Clock::now(&rampart_adapters::clock::TokioClock::new()),
     };
     let id = match store.push_command(service, &command).await {
         Ok(id) => id,

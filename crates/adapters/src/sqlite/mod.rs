@@ -118,6 +118,7 @@ CREATE TABLE chain (
     hash       TEXT NOT NULL
 );
 CREATE INDEX chain_release ON chain(release_id);
+ALTER TABLE commands ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE submissions (
     id         TEXT PRIMARY KEY,
     service    TEXT NOT NULL,
@@ -264,13 +265,6 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReleaseRecord> {
 
 /// The start of the error `create` returns when the release id exists already.
 pub const ID_TAKEN: &str = "release id taken";
-
-/// Wall-clock milliseconds, for audit records of requests that carry no time.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -433,7 +427,10 @@ impl Store for SqliteStore {
                     "automatic_rollback": automatic_rollback,
                 })
                 .to_string();
-                control::chain(&tx, now_ms(), "rampart", "release_finished", Some((release_id, None)), &body)?;
+                let at: i64 = tx
+                    .query_row("SELECT COALESCE(MAX(at), 0) FROM events WHERE release_id = ?1", [release_id], |r| r.get(0))
+                    .map_err(db_err)?;
+                control::chain(&tx, u64::try_from(at).unwrap_or(0), "rampart", "release_finished", Some((release_id, None)), &body)?;
                 tx.commit().map_err(db_err)
             })
         })
@@ -528,14 +525,14 @@ impl Store for SqliteStore {
                         PortError(format!("service {service} has no release in progress"))
                     })?;
                 tx.execute(
-                    "INSERT INTO commands (release_id, actor, reason, force, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, command.actor, command.reason, command.force, command.kind.as_str()],
+                    "INSERT INTO commands (release_id, actor, reason, force, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, command.actor, command.reason, command.force, command.kind.as_str(), to_i64(command.at)],
                 )
                 .map_err(db_err)?;
                 let body = serde_json::json!({"reason": command.reason, "force": command.force}).to_string();
                 control::chain(
                     &tx,
-                    now_ms(),
+                    command.at,
                     &command.actor,
                     &format!("request:{}", command.kind.as_str()),
                     Some((&id, None)),
@@ -556,7 +553,7 @@ impl Store for SqliteStore {
                 let tx = c.transaction().map_err(db_err)?;
                 let taken = {
                     let mut stmt = tx
-                        .prepare("SELECT actor, reason, force, kind FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
+                        .prepare("SELECT actor, reason, force, kind, at FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
                         .map_err(db_err)?;
                     let rows = stmt
                         .query_map([release_id], |r| {
@@ -566,6 +563,7 @@ impl Store for SqliteStore {
                                 actor: r.get(0)?,
                                 reason: r.get(1)?,
                                 force: r.get(2)?,
+                                at: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
                             }))
                         })
                         .map_err(db_err)?;
@@ -796,6 +794,7 @@ mod tests {
             actor: "alice".into(),
             reason: "tickets".into(),
             force: false,
+            at: 0,
         };
         assert!(
             s.push_command("shop", &cmd).await.is_err(),

@@ -73,11 +73,18 @@ enum Command {
         /// Serve `/metrics` (Prometheus text format) here while the release runs.
         #[arg(long, value_name = "ADDR", env = "RAMPART_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Submit the release to this `rampart serve` and follow it there (same exit
+        /// codes); relative paths in the policy resolve next to the policy file.
+        #[arg(long, value_name = "URL", env = "RAMPART_SERVER")]
+        server: Option<String>,
+        /// The API token, for --server (prefer the environment variable).
+        #[arg(long, env = "RAMPART_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
-    /// Ask the controller driving a service's release to roll it back now (from another
-    /// terminal). Waits for the outcome and exits with its code.
+    /// Roll a release back now (a release id, or a service's release in progress).
+    /// Waits for the outcome and exits with its code.
     Rollback {
-        /// The service.
+        /// The release id or the service.
         service: String,
         /// Why, for the audit trail (required with --force).
         #[arg(long)]
@@ -86,24 +93,107 @@ enum Command {
         /// migrations: say so only once the data is repaired.
         #[arg(long)]
         force: bool,
-        /// Where state is kept (the same as the running release's).
-        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
-        state_dir: PathBuf,
         /// Return as soon as the request is queued.
         #[arg(long)]
         no_wait: bool,
+        /// Who asks (without --server; defaults to $USER).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[command(flatten)]
+        target: crate::client::Target,
     },
     /// Approve a release waiting at an approval point. The approver must not be the
     /// person who started it.
     Approve {
         /// The release id (or the service name).
         release: String,
-        /// Who approves.
+        /// Who approves (without --server; with it, the token's name).
         #[arg(long = "as", value_name = "NAME")]
-        approver: String,
-        /// Where state is kept.
-        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
-        state_dir: PathBuf,
+        approver: Option<String>,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+    /// Promote a release now: all traffic to the new version, skipping its remaining
+    /// steps. Not by its initiator, never during a freeze.
+    Promote {
+        /// The release id (or the service name).
+        release: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+        /// Who promotes (without --server).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+    /// Hold a release at its current step: analysis goes on and a failure still rolls
+    /// back, but no step advances until `resume`.
+    Pause {
+        /// The release id (or the service name).
+        release: String,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "paused from the command line")]
+        reason: String,
+        /// Who pauses (without --server).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+    /// Let a paused release advance again.
+    Resume {
+        /// The release id (or the service name).
+        release: String,
+        /// Who resumes (without --server).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+    /// Abort a release: it rolls back in order (a release still queued is withdrawn).
+    Abort {
+        /// The release id (or the service name).
+        release: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+        /// Who aborts (without --server).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+    /// One release: phase, weight, step, what it waits for, its decision.
+    Status {
+        /// The release id (or a service name, for its latest release).
+        release: String,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+    /// Releases, newest first.
+    List {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+    /// A release's audit events.
+    Events {
+        /// The release id (or a service name, for its latest release).
+        release: String,
+        /// Only events of log entries after this one.
+        #[arg(long)]
+        after: Option<u64>,
+        /// Keep printing new events until the release is over.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        target: crate::client::Target,
     },
     /// Freeze releases (of one service, or all) or lift the freeze. Audited; a frozen
     /// service's new releases are blocked (exit 5).
@@ -117,9 +207,40 @@ enum Command {
         /// Why, for the audit trail.
         #[arg(long)]
         reason: String,
-        /// Where state is kept.
+        /// Who (without --server).
+        #[arg(long = "as", value_name = "NAME")]
+        actor: Option<String>,
+        #[command(flatten)]
+        target: crate::client::Target,
+    },
+    /// Run the control plane: many releases (one per service at a time, queued), the
+    /// API and the dashboard. Releases in flight resume after a restart.
+    Serve {
+        /// Where the API listens (loopback unless told otherwise).
+        #[arg(long, env = "RAMPART_LISTEN", default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+        /// Where state and logs are kept.
         #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
         state_dir: PathBuf,
+        /// The store: `sqlite:PATH`; defaults to the state directory's.
+        #[arg(long, env = "RAMPART_STORE")]
+        store: Option<String>,
+    },
+    /// API tokens for `rampart serve`.
+    Token {
+        #[command(subcommand)]
+        what: crate::ops::TokenCommand,
+    },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        what: crate::ops::AuditCommand,
+    },
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Run the embedded proxy on its own, as a data plane: a controller sets its
     /// backends and weights through an admin endpoint guarded by a bearer token.
@@ -289,7 +410,25 @@ pub async fn main(cli: Cli) -> i32 {
             initiator,
             hotfix,
             metrics_listen,
+            server,
+            token,
         } => {
+            if server.is_some() {
+                let target = crate::client::Target {
+                    server,
+                    token,
+                    state_dir,
+                    output,
+                };
+                return crate::ops::run_remote(
+                    &file,
+                    &version,
+                    stable.as_deref(),
+                    hotfix.as_deref(),
+                    &target,
+                )
+                .await;
+            }
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) => {
@@ -312,6 +451,7 @@ pub async fn main(cli: Cli) -> i32 {
                     .unwrap_or_else(|| "unknown".into()),
                 hotfix,
                 metrics_listen,
+                served: None,
             };
             finish(output, run_release(opts, None).await)
         }
@@ -328,17 +468,6 @@ pub async fn main(cli: Cli) -> i32 {
             let report = crate::gameday::run(scenario, output).await;
             crate::gameday::finish(&report, output)
         }
-        Command::Approve {
-            release,
-            approver,
-            state_dir,
-        } => approve(&release, &approver, &state_dir).await,
-        Command::Freeze {
-            state,
-            service,
-            reason,
-            state_dir,
-        } => freeze(state == "on", service.as_deref(), &reason, &state_dir).await,
         Command::Migrations {
             what: MigrationsCommand::Check { paths, output },
         } => crate::migrations_cmd::run(&paths, output),
@@ -346,17 +475,76 @@ pub async fn main(cli: Cli) -> i32 {
             service,
             reason,
             force,
-            state_dir,
             no_wait,
+            actor,
+            target,
+        } => crate::ops::rollback(&service, reason, force, no_wait, actor.as_deref(), &target).await,
+        Command::Approve {
+            release,
+            approver,
+            target,
+        } => crate::ops::act("approve", &release, "", approver.as_deref(), &target).await,
+        Command::Promote {
+            release,
+            reason,
+            actor,
+            target,
+        } => crate::ops::act("promote", &release, &reason, actor.as_deref(), &target).await,
+        Command::Pause {
+            release,
+            reason,
+            actor,
+            target,
+        } => crate::ops::act("pause", &release, &reason, actor.as_deref(), &target).await,
+        Command::Resume {
+            release,
+            actor,
+            target,
+        } => crate::ops::act("resume", &release, "", actor.as_deref(), &target).await,
+        Command::Abort {
+            release,
+            reason,
+            actor,
+            target,
+        } => crate::ops::act("abort", &release, &reason, actor.as_deref(), &target).await,
+        Command::Status { release, target } => crate::ops::status(&release, &target).await,
+        Command::List {
+            service,
+            limit,
+            target,
+        } => crate::ops::list(service.as_deref(), limit, &target).await,
+        Command::Events {
+            release,
+            after,
+            follow,
+            target,
+        } => crate::ops::events(&release, after, follow, &target).await,
+        Command::Freeze {
+            state,
+            service,
+            reason,
+            actor,
+            target,
+        } => crate::ops::freeze(state == "on", service.as_deref(), &reason, actor.as_deref(), &target).await,
+        Command::Serve {
+            listen,
+            state_dir,
+            store,
         } => {
-            if force && reason.is_none() {
-                eprintln!(
-                    "error: --force needs --reason: say what was repaired, for the audit trail"
-                );
-                return 2;
-            }
-            let reason = reason.unwrap_or_else(|| "requested from the command line".into());
-            rollback(&service, &reason, force, &state_dir, no_wait).await
+            crate::serve::run(crate::serve::ServeOptions {
+                listen,
+                state_dir,
+                store,
+            })
+            .await
+        }
+        Command::Token { what } => crate::ops::token(what),
+        Command::Audit { what } => crate::ops::audit(what),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "rampart", &mut std::io::stdout());
+            0
         }
         Command::Replay {
             file,
@@ -514,130 +702,6 @@ fn runbook(file: &std::path::Path, version: Option<&str>) -> i32 {
     };
     print!("{}", rampart_core::runbook::render(&policy, version, class));
     0
-}
-
-/// The state store under `state_dir`, or exit code 1 after saying why.
-fn open_store(state_dir: &std::path::Path) -> Result<rampart_adapters::sqlite::SqliteStore, i32> {
-    rampart_adapters::sqlite::SqliteStore::open(&state_dir.join("rampart.db")).map_err(|e| {
-        eprintln!("error: {e}");
-        1
-    })
-}
-
-/// The name recorded for an operator acting from this command line.
-fn cli_actor() -> String {
-    format!(
-        "{} (cli)",
-        std::env::var("USER").unwrap_or_else(|_| "operator".into())
-    )
-}
-
-async fn approve(release: &str, approver: &str, state_dir: &std::path::Path) -> i32 {
-    use rampart_core::ports::{CommandKind, OperatorCommand, Store};
-    let store = match open_store(state_dir) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    // A release id names its service; anything else is taken as a service name.
-    let service = match store.load(release).await {
-        Ok((rec, _)) => rec.service,
-        Err(_) => release.to_string(),
-    };
-    let command = OperatorCommand {
-        kind: CommandKind::Approve,
-        actor: approver.to_string(),
-        reason: String::new(),
-        force: false,
-        at: rampart_core::ports::Clock::now(&rampart_adapters::clock::TokioClock::new()),
-    };
-    match store.push_command(&service, &command).await {
-        Ok(id) => {
-            println!("approval of release {id} by {approver} recorded");
-            0
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            5
-        }
-    }
-}
-
-async fn freeze(on: bool, service: Option<&str>, reason: &str, state_dir: &std::path::Path) -> i32 {
-    use rampart_core::ports::{Clock, Freeze, Store};
-    let store = match open_store(state_dir) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let by = Freeze {
-        actor: cli_actor(),
-        reason: reason.to_string(),
-        at: rampart_adapters::clock::TokioClock::new().now(),
-    };
-    if let Err(e) = store.set_freeze(service, on, &by).await {
-        eprintln!("error: {e}");
-        return 1;
-    }
-    let scope = service.map_or("every service".to_string(), |s| format!("service {s}"));
-    println!(
-        "{scope}: releases {}",
-        if on { "frozen" } else { "no longer frozen" }
-    );
-    0
-}
-
-async fn rollback(
-    service: &str,
-    reason: &str,
-    force: bool,
-    state_dir: &std::path::Path,
-    no_wait: bool,
-) -> i32 {
-    use rampart_core::ports::{CommandKind, OperatorCommand, Store};
-    let store = match open_store(state_dir) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let actor = cli_actor();
-    let command = OperatorCommand {
-        kind: CommandKind::Rollback,
-        actor,
-        reason: reason.to_string(),
-        force,
-        at: rampart_core::ports::Clock::now(&rampart_adapters::clock::TokioClock::new()),
-    };
-    let id = match store.push_command(service, &command).await {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 5;
-        }
-    };
-    println!("rollback of release {id} requested");
-    if no_wait {
-        return 0;
-    }
-    let wait = async {
-        loop {
-            if let Ok((rec, _)) = store.load(&id).await
-                && let Some(outcome) = rec.outcome
-            {
-                return outcome;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(600), wait).await {
-        Ok(outcome) => {
-            println!("release {id}: {}", outcome.as_str());
-            outcome.exit_code()
-        }
-        Err(_) => {
-            eprintln!(
-                "release {id}: no controller acted on the request within 10 minutes; it stays queued and is applied when the release resumes"
-            );
-            1
-        }
-    }
 }
 
 fn finish(output: Output, result: Result<Report, RunError>) -> i32 {

@@ -278,6 +278,7 @@ pub async fn run(
             initiator: "demo".into(),
             hotfix: None,
             metrics_listen: None,
+            served: None,
         },
         "/checkout",
         Some(DEMO_RPS),

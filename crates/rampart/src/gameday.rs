@@ -173,6 +173,7 @@ async fn release(
             initiator: "gameday".into(),
             hotfix: None,
             metrics_listen: None,
+            served: None,
         },
         "/",
         rps,

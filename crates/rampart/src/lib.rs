@@ -8,13 +8,16 @@
 
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod dataplane;
 pub mod demo;
 pub mod flags_cmd;
 pub mod gameday;
 pub mod load;
 pub mod migrations_cmd;
+pub mod ops;
 pub mod progress;
 pub mod proxy_cmd;
 pub mod run;
+pub mod serve;
 pub mod sample;

@@ -53,6 +53,23 @@ pub struct RunOptions {
     pub hotfix: Option<String>,
     /// Where to serve `/metrics` (release and data-plane metrics) while it runs.
     pub metrics_listen: Option<SocketAddr>,
+    /// Set when `rampart serve` runs the release rather than a terminal.
+    pub served: Option<Served>,
+}
+
+/// How `rampart serve` runs a release: in its store, under the id the submission got,
+/// with progress to a log file and no signal handling (stopping the server leaves the
+/// release to be resumed, never rolls it back).
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The server's store.
+    pub store: Arc<SqliteStore>,
+    /// The id the release was submitted under.
+    pub release_id: String,
+    /// Where the policy's relative paths resolve.
+    pub base_dir: PathBuf,
+    /// Where progress lines go.
+    pub log: PathBuf,
 }
 
 /// Why `run` ended without an outcome.
@@ -185,10 +202,13 @@ pub async fn run_release(
             opts.version
         )));
     }
-    let store = Arc::new(
-        SqliteStore::open(&opts.state_dir.join("rampart.db"))
-            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
-    );
+    let store = match &opts.served {
+        Some(served) => served.store.clone(),
+        None => Arc::new(
+            SqliteStore::open(&opts.state_dir.join("rampart.db"))
+                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
+        ),
+    };
     let clock = Arc::new(TokioClock::new());
 
     let mut hotfix: Option<String> = None;
@@ -274,17 +294,21 @@ pub async fn run_release(
         f(entry);
     }
 
-    let tty = opts.output == Output::Text && std::io::stdout().is_terminal();
-    let out: Box<dyn std::io::Write + Send> = match opts.output {
-        Output::Text => Box::new(std::io::stdout()),
-        Output::Json => Box::new(std::io::stderr()),
+    let tty = opts.served.is_none() && opts.output == Output::Text && std::io::stdout().is_terminal();
+    let out: Box<dyn std::io::Write + Send> = match (&opts.served, opts.output) {
+        (Some(served), _) => Box::new(open_log(&served.log)?),
+        (None, Output::Text) => Box::new(std::io::stdout()),
+        (None, Output::Json) => Box::new(std::io::stderr()),
     };
     let progress = Progress::new(out, tty, policy.strategy.steps().len());
-    let base_dir = opts
-        .policy_path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let base_dir = match &opts.served {
+        Some(served) => served.base_dir.clone(),
+        None => opts
+            .policy_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
     let base_dir = if base_dir.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {
@@ -348,7 +372,10 @@ pub async fn run_release(
             (id, stable)
         }
         None => {
-            let mut id = release_id(&policy.service, clock.now());
+            let mut id = match &opts.served {
+                Some(served) => served.release_id.clone(),
+                None => release_id(&policy.service, clock.now()),
+            };
             let mut attempts = 0;
             loop {
                 match controller
@@ -358,7 +385,8 @@ pub async fn run_release(
                     Ok(()) => break,
                     Err(e)
                         if e.to_string().contains(rampart_adapters::sqlite::ID_TAKEN)
-                            && attempts < 5 =>
+                            && attempts < 5
+                            && opts.served.is_none() =>
                     {
                         attempts += 1;
                         id = release_id(&policy.service, clock.now());
@@ -392,7 +420,14 @@ pub async fn run_release(
         (silencer, task)
     });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let signals = tokio::spawn(forward_signals(tx, progress.clone()));
+    let signals = match opts.served {
+        None => tokio::spawn(forward_signals(tx, progress.clone())),
+        Some(_) => tokio::spawn(async move {
+            // Stopping the server leaves the release to resume; nothing aborts it.
+            let _keep = tx;
+            std::future::pending::<()>().await
+        }),
+    };
     let status = progress.spawn_status(plane.counted.clone());
     let end = controller
         .drive(&id, stable, Some(rx))
@@ -448,6 +483,19 @@ pub async fn run_release(
         .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
     let timeline: Vec<_> = log.into_iter().flat_map(|e| e.events).collect();
     Ok(report(&policy, &end, timeline, totals, after))
+}
+
+/// Opens (appending) a served release's progress log.
+fn open_log(path: &Path) -> Result<std::fs::File, RunError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RunError::Internal(anyhow::anyhow!("{}: {e}", dir.display())))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| RunError::Internal(anyhow::anyhow!("{}: {e}", path.display())))
 }
 
 /// Classifies the migrations this version ships, before anything runs. A file that does

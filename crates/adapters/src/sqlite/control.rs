@@ -363,6 +363,71 @@ impl SqliteStore {
         })
     }
 
+    /// Claims a submission for running: `false` when it is done (withdrawn) already.
+    pub fn claim_submission(&self, id: &str) -> Result<bool, PortError> {
+        self.with(|c| {
+            let n = c
+                .execute(
+                    "UPDATE submissions SET state = 'running' WHERE id = ?1 AND state != 'done'",
+                    [id],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Withdraws a submission that has not started, with its final report. Fails when
+    /// it has started (or is over).
+    pub fn withdraw(&self, id: &str, by: &str, report: &str, at: Millis) -> Result<(), PortError> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let n = tx
+                .execute(
+                    "UPDATE submissions SET state = 'done', report = ?2 WHERE id = ?1 AND state = 'queued'",
+                    params![id, report],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(PortError(format!(
+                    "release {id} is no longer queued; abort it as a running release"
+                )));
+            }
+            chain(&tx, at, by, "release_withdrawn", Some((id, None)), report)?;
+            tx.commit().map_err(db_err)
+        })
+    }
+
+    /// Every service the store knows of (from releases and submissions), unordered.
+    pub fn services(&self) -> Result<Vec<String>, PortError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT service FROM releases UNION SELECT service FROM submissions")
+                .map_err(db_err)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
+        })
+    }
+
+    /// Every freeze in force: `scope` is a service, or `*` for every service.
+    pub fn freezes(&self) -> Result<Vec<serde_json::Value>, PortError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT scope, actor, reason, at FROM freezes ORDER BY scope")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(serde_json::json!({
+                        "scope": r.get::<_, String>(0)?,
+                        "actor": r.get::<_, String>(1)?,
+                        "reason": r.get::<_, String>(2)?,
+                        "at": r.get::<_, i64>(3)?,
+                    }))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+    }
+
     /// Moves a submission on (`running`, or `done` with its report).
     pub fn set_submission(
         &self,

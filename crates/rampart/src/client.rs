@@ -1,0 +1,439 @@
+//! The operator commands (`status`, `list`, `events`, `approve`, `promote`, `pause`,
+//! `resume`, `abort`, `rollback`, `freeze`) against a `rampart serve` or, without
+//! `--server`, the local state directory. Both give the API's JSON shapes, so
+//! `--output json` is the same either way.
+//!
+//! Owns talking to the server and printing tables. It must not decide anything: the
+//! server (or the controller reading the local store) does.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_adapters::sqlite::SqliteStore;
+use rampart_core::ports::{Clock, CommandKind, Freeze, OperatorCommand, Store};
+use serde_json::{Value, json};
+
+use crate::run::Output;
+use crate::serve::views::{EventView, Loaded, ReleaseView, queued_view};
+
+/// Where the commands act.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// A `rampart serve` to talk to (such as http://127.0.0.1:7070); without it, the
+    /// local state directory's store.
+    #[arg(long, env = "RAMPART_SERVER")]
+    pub server: Option<String>,
+    /// The API token, for --server (prefer the environment variable).
+    #[arg(long, env = "RAMPART_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where state is kept, without --server.
+    #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+    pub state_dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+/// Why a command failed, with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The API's error code, or `unreachable`, `usage`.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: &str, message: impl Into<String>) -> Failure {
+        Failure {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// 2 for a refused or malformed request, 5 for a conflict with the release's state
+    /// (over, not waiting, frozen) or an unknown release, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self.code.as_str() {
+            "unauthorized" | "forbidden" | "four_eyes" | "invalid_request" | "invalid_policy"
+            | "usage" => 2,
+            "conflict" | "frozen" | "not_found" => 5,
+            _ => 1,
+        }
+    }
+
+    /// Prints the failure (JSON on stdout with `--output json`) and returns the code.
+    pub fn report(&self, output: Output) -> i32 {
+        if output == Output::Json {
+            println!(
+                "{}",
+                json!({"error": {"code": self.code, "message": self.message}})
+            );
+        }
+        eprintln!("error: {}", self.message);
+        self.exit_code()
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// A connection to where releases are.
+#[derive(Debug)]
+pub enum Backend {
+    /// A `rampart serve`.
+    Remote {
+        /// Base URL without a trailing slash.
+        base: String,
+        /// The bearer token.
+        token: String,
+    },
+    /// The local store; requests are recorded as `actor`.
+    Local {
+        /// The store.
+        store: Arc<SqliteStore>,
+        /// Who acts, from `--as` or `$USER`.
+        actor: String,
+    },
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Backend {
+    /// The backend `target` names; `actor` is who acts locally.
+    pub fn open(target: &Target, actor: Option<&str>) -> Result<Backend> {
+        match &target.server {
+            Some(server) => {
+                let Some(token) = target.token.clone().filter(|t| !t.is_empty()) else {
+                    return Err(Failure::new(
+                        "usage",
+                        "--server needs a token: set RAMPART_TOKEN (create one with `rampart token create`)",
+                    ));
+                };
+                Ok(Backend::Remote {
+                    base: server.trim_end_matches('/').to_string(),
+                    token,
+                })
+            }
+            None => {
+                let store = crate::serve::open_store(None, &target.state_dir)
+                    .map_err(|e| Failure::new("internal", e))?;
+                let actor = actor.map(str::to_string).unwrap_or_else(|| {
+                    format!(
+                        "{} (cli)",
+                        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+                    )
+                });
+                Ok(Backend::Local { store, actor })
+            }
+        }
+    }
+
+    /// Sends one API request and returns the JSON answer.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let Backend::Remote { base, token } = self else {
+            return Err(Failure::new("internal", "not connected to a server"));
+        };
+        let url = format!("{base}{path}");
+        let headers = [
+            ("authorization", format!("Bearer {token}")),
+            ("content-type", "application/json".to_string()),
+        ];
+        let (status, text) = rampart_adapters::http::send_with(
+            method,
+            &url,
+            body.map(|b| b.to_string()),
+            &headers,
+            TIMEOUT,
+        )
+        .await
+        .map_err(|e| Failure::new("unreachable", format!("{base}: {e}")))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let code = value["error"]["code"].as_str().unwrap_or("internal");
+        let message = value["error"]["message"]
+            .as_str()
+            .map_or_else(|| format!("{method} {url}: HTTP {status}"), str::to_string);
+        Err(Failure::new(code, message))
+    }
+
+    /// A release by id, or the latest release of a service by name.
+    pub async fn release(&self, id_or_service: &str) -> Result<ReleaseView> {
+        match self {
+            Backend::Remote { .. } => {
+                let path = format!("/api/v1/releases/{}", encode(id_or_service));
+                match self.call("GET", &path, None).await {
+                    Ok(v) => parse(v),
+                    Err(f) if f.code == "not_found" => {
+                        let list = self.list(Some(id_or_service), 1).await?;
+                        list.into_iter().next().ok_or(f)
+                    }
+                    Err(f) => Err(f),
+                }
+            }
+            Backend::Local { store, .. } => {
+                let submission = store.submission(id_or_service).ok().flatten();
+                match Loaded::read(store, id_or_service).await {
+                    Some(Ok(l)) => Ok(l.view(submission.and_then(|s| s.report).as_deref())),
+                    Some(Err(e)) => Err(Failure::new("internal", e)),
+                    None => match submission {
+                        Some(s) => Ok(queued_view(&s)),
+                        None => {
+                            let list = self.list(Some(id_or_service), 1).await?;
+                            list.into_iter().next().ok_or_else(|| {
+                                Failure::new(
+                                    "not_found",
+                                    format!("no release or service named {id_or_service}"),
+                                )
+                            })
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Releases, newest first.
+    pub async fn list(&self, service: Option<&str>, limit: usize) -> Result<Vec<ReleaseView>> {
+        match self {
+            Backend::Remote { .. } => {
+                let mut path = format!("/api/v1/releases?limit={limit}");
+                if let Some(s) = service {
+                    path.push_str(&format!("&service={}", encode(s)));
+                }
+                parse(self.call("GET", &path, None).await?)
+            }
+            Backend::Local { store, .. } => {
+                let records = store
+                    .list_releases(service, limit)
+                    .map_err(|e| Failure::new("internal", e.0))?;
+                let mut out = Vec::new();
+                for rec in records {
+                    let report = store.submission(&rec.id).ok().flatten().and_then(|s| s.report);
+                    match Loaded::read(store, &rec.id).await {
+                        Some(Ok(l)) => out.push(l.view(report.as_deref())),
+                        Some(Err(e)) => return Err(Failure::new("internal", e)),
+                        None => {}
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// A release's audit events after log entry `after`.
+    pub async fn events(&self, id: &str, after: Option<u64>) -> Result<Vec<EventView>> {
+        match self {
+            Backend::Remote { .. } => {
+                let mut path = format!("/api/v1/releases/{}/events", encode(id));
+                if let Some(a) = after {
+                    path.push_str(&format!("?after={a}"));
+                }
+                let v = self.call("GET", &path, None).await?;
+                parse(v["events"].clone())
+            }
+            Backend::Local { store, .. } => match Loaded::read(store, id).await {
+                Some(Ok(l)) => Ok(l.events(after)),
+                Some(Err(e)) => Err(Failure::new("internal", e)),
+                None => Ok(Vec::new()),
+            },
+        }
+    }
+
+    /// Asks the release's controller to act; returns the API's answer.
+    pub async fn act(&self, release: &ReleaseView, what: &str, reason: &str, force: bool) -> Result<Value> {
+        match self {
+            Backend::Remote { .. } => {
+                let path = format!("/api/v1/releases/{}/{what}", encode(&release.id));
+                self.call("POST", &path, Some(json!({"reason": reason, "force": force})))
+                    .await
+            }
+            Backend::Local { store, actor } => {
+                if release.outcome.is_some() {
+                    return Err(Failure::new(
+                        "conflict",
+                        format!("release {} is over ({})", release.id, release.phase),
+                    ));
+                }
+                let kind = match what {
+                    "approve" => CommandKind::Approve,
+                    "promote" => CommandKind::Promote,
+                    "pause" => CommandKind::Pause,
+                    "resume" => CommandKind::Resume,
+                    _ => CommandKind::Rollback,
+                };
+                let command = OperatorCommand {
+                    kind,
+                    actor: actor.clone(),
+                    reason: reason.to_string(),
+                    force,
+                    at: rampart_adapters::clock::TokioClock::new().now(),
+                };
+                let id = store
+                    .push_command(&release.service, &command)
+                    .await
+                    .map_err(|e| Failure::new("conflict", e.0))?;
+                Ok(json!({"release": id, "request": what, "queued": true}))
+            }
+        }
+    }
+
+    /// Freezes or unfreezes; returns the freezes in force.
+    pub async fn freeze(&self, on: bool, service: Option<&str>, reason: &str) -> Result<Value> {
+        match self {
+            Backend::Remote { .. } => {
+                let body = json!({"state": if on { "on" } else { "off" }, "service": service, "reason": reason});
+                self.call("POST", "/api/v1/freeze", Some(body)).await
+            }
+            Backend::Local { store, actor } => {
+                let by = Freeze {
+                    actor: actor.clone(),
+                    reason: reason.to_string(),
+                    at: rampart_adapters::clock::TokioClock::new().now(),
+                };
+                store
+                    .set_freeze(service, on, &by)
+                    .await
+                    .map_err(|e| Failure::new("internal", e.0))?;
+                let freezes = store.freezes().map_err(|e| Failure::new("internal", e.0))?;
+                Ok(json!({ "freezes": freezes }))
+            }
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+    serde_json::from_value(v)
+        .map_err(|e| Failure::new("internal", format!("unexpected answer from the server: {e}")))
+}
+
+/// Percent-encodes a path segment or query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// === printing ===
+
+/// Seconds as `1h02m`, `3m20s`, `45s`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+fn now_ms() -> u64 {
+    rampart_adapters::clock::TokioClock::new().now()
+}
+
+/// The release table.
+pub fn print_list(list: &[ReleaseView]) {
+    let now = now_ms();
+    let rows: Vec<[String; 7]> = list
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.service.clone(),
+                r.version.clone(),
+                match &r.paused_by {
+                    Some(_) => format!("{} (paused)", r.phase),
+                    None => r.phase.clone(),
+                },
+                format!("{}%", r.weight),
+                if r.step > 0 {
+                    format!("{}/{}", r.step, r.steps)
+                } else {
+                    "-".into()
+                },
+                age(now.saturating_sub(r.created_at)),
+            ]
+        })
+        .collect();
+    let header = ["RELEASE", "SERVICE", "VERSION", "PHASE", "WEIGHT", "STEP", "AGE"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// One release, for people.
+pub fn print_release(r: &ReleaseView) {
+    println!("release:   {}", r.id);
+    println!(
+        "service:   {} {} (stable: {})",
+        r.service,
+        r.version,
+        r.stable.as_deref().unwrap_or("none")
+    );
+    let step = if r.step > 0 {
+        format!(", step {}/{}", r.step, r.steps)
+    } else {
+        String::new()
+    };
+    println!("phase:     {}{step}, canary weight {}%", r.phase, r.weight);
+    println!("started:   by {}, {} ago", r.initiator, age(now_ms().saturating_sub(r.created_at)));
+    if let Some(by) = &r.paused_by {
+        println!("paused:    by {by}");
+    }
+    if let Some(ask) = &r.awaiting_approval {
+        println!("waiting:   {ask}");
+    }
+    if let Some(v) = &r.last_verdict {
+        println!("analysis:  {} interval(s), last verdict {v}", r.intervals);
+    }
+    if let Some(d) = &r.decision {
+        println!("decision:  {:?} by {}: {}", d.kind, d.by, d.reason);
+    }
+    if let Some(o) = &r.outcome {
+        println!("outcome:   {o}");
+    }
+}
+
+/// Events, one per line.
+pub fn print_events(events: &[EventView]) {
+    for e in events {
+        println!(
+            "{:>8.1}s  {:<22} {:>6}  {}  ({})",
+            e.event.t_s,
+            e.event.kind,
+            e.event.weight.to_string(),
+            e.event.message,
+            e.event.actor
+        );
+    }
+}
+
+/// Prints `value` as JSON or with `text`, and returns 0.
+pub fn show<T: serde::Serialize>(output: Output, value: &T, text: impl FnOnce(&T)) -> i32 {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(value).unwrap_or_default()),
+        Output::Text => text(value),
+    }
+    0
+}

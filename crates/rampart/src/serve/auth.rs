@@ -1,0 +1,165 @@
+//! Who may call the API: bearer tokens, their roles, and what each role may do.
+//!
+//! Owns the role table and the `Caller` extractor. A token is looked up by its hash;
+//! the secret itself is never logged or stored. It must not act on releases.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::api::ApiError;
+use super::App;
+
+/// A token's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Reads; starts, pauses, resumes, aborts and rolls back releases.
+    Deployer,
+    /// Reads; approves and promotes.
+    Approver,
+    /// Everything, including freezes and tokens.
+    Admin,
+}
+
+/// What a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Right {
+    /// Read releases, events, metrics, policies, freezes.
+    Read,
+    /// Start a release.
+    Create,
+    /// Pause, resume, abort or roll back: never towards more traffic on the new version.
+    Hold,
+    /// Approve at an approval point, or promote.
+    Approve,
+    /// Freeze or lift a freeze.
+    Freeze,
+    /// Create, list and revoke tokens.
+    Tokens,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Deployer, Role::Approver, Role::Admin];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role with this name.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// Whether the role has the right.
+    pub fn allows(self, right: Right) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Viewer => right == Right::Read,
+            Role::Deployer => matches!(right, Right::Read | Right::Create | Right::Hold),
+            Role::Approver => matches!(right, Right::Read | Right::Approve),
+        }
+    }
+
+    /// The roles that have a right, for error messages.
+    pub fn with(right: Right) -> Vec<&'static str> {
+        Role::ALL
+            .into_iter()
+            .filter(|r| r.allows(right))
+            .map(Role::as_str)
+            .collect()
+    }
+}
+
+/// The caller of a request: the token's name (recorded as the actor of everything it
+/// does) and role.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Caller {
+    /// The token's name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+impl Caller {
+    /// Fails with 403 unless the caller's role has `right`.
+    pub fn require(&self, right: Right) -> Result<(), ApiError> {
+        if self.role.allows(right) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "token {} has role {}; this needs one of: {}",
+            self.name,
+            self.role.as_str(),
+            Role::with(right).join(", ")
+        )))
+    }
+}
+
+/// The token a request presents: `Authorization: Bearer TOKEN`, or the dashboard's
+/// session cookie.
+fn presented(parts: &Parts) -> Option<String> {
+    if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION)
+        && let Ok(h) = h.to_str()
+    {
+        let (scheme, token) = h.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
+    }
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == super::SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let Some(token) = presented(parts) else {
+            return Err(ApiError::unauthorized(
+                "no token: send `Authorization: Bearer TOKEN` (create one with `rampart token create`)",
+            ));
+        };
+        // A cookie rides along with any request the browser makes; a change made with
+        // one must also carry the dashboard's header, which other sites cannot set.
+        let by_cookie = !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION);
+        if by_cookie
+            && parts.method != axum::http::Method::GET
+            && !parts.headers.contains_key("x-rampart-ui")
+        {
+            return Err(ApiError::forbidden(
+                "a change made with the dashboard's session needs the X-Rampart-UI header",
+            ));
+        }
+        let found = app
+            .store
+            .token(&token)
+            .map_err(|e| ApiError::internal(e.0))?;
+        let Some((name, role)) = found else {
+            return Err(ApiError::unauthorized("the token is unknown or revoked"));
+        };
+        let Some(role) = Role::parse(&role) else {
+            return Err(ApiError::forbidden(format!(
+                "token {name} has a role this server does not know ({role})"
+            )));
+        };
+        Ok(Caller { name, role })
+    }
+}

@@ -1,0 +1,237 @@
+//! `rampart serve`: the long-running controller with its API.
+//!
+//! Owns wiring the store, the release queue, the live feed and the HTTP routes. Each
+//! route's rules are in `api`, who may call it in `auth`, and the answers' shapes in
+//! `views`. It binds to loopback unless told otherwise.
+
+pub mod api;
+pub mod auth;
+pub mod queue;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use rampart_adapters::clock::TokioClock;
+use rampart_adapters::sqlite::SqliteStore;
+
+use api::Act;
+use auth::Caller;
+
+/// The API description, checked in and served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+
+/// The dashboard's session cookie (holds the token the user signed in with).
+pub const SESSION_COOKIE: &str = "rampart_session";
+
+/// How often the live feed looks for new release log entries.
+const FEED_POLL: Duration = Duration::from_millis(250);
+
+/// Shared by every request.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The store.
+    pub store: Arc<SqliteStore>,
+    /// The clock.
+    pub clock: Arc<TokioClock>,
+    /// The release queue.
+    pub queue: Arc<queue::Queue>,
+    /// New release log entries, as JSON, for server-sent events.
+    pub feed: tokio::sync::broadcast::Sender<Arc<String>>,
+    /// Where submitted releases run from unless they say otherwise.
+    pub workdir: PathBuf,
+}
+
+/// Where the store is: `sqlite:PATH` (or a bare path).
+pub fn store_path(url: Option<&str>, state_dir: &std::path::Path) -> Result<PathBuf, String> {
+    let Some(url) = url else {
+        return Ok(state_dir.join("rampart.db"));
+    };
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        return Ok(PathBuf::from(path));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(
+            "this build of rampart has no PostgreSQL store; use sqlite:PATH".to_string(),
+        );
+    }
+    if url.contains("://") {
+        return Err(format!(
+            "--store {url}: unknown scheme; use sqlite:PATH"
+        ));
+    }
+    Ok(PathBuf::from(url))
+}
+
+/// Opens the store for the CLI's server-side commands (`token`, `audit`, `serve`).
+pub fn open_store(url: Option<&str>, state_dir: &std::path::Path) -> Result<Arc<SqliteStore>, String> {
+    let path = store_path(url, state_dir)?;
+    SqliteStore::open(&path)
+        .map(Arc::new)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+macro_rules! action {
+    ($name:ident, $act:expr) => {
+        async fn $name(
+            State(app): State<App>,
+            caller: Caller,
+            Path(id): Path<String>,
+            body: axum::body::Bytes,
+        ) -> Result<
+            (axum::http::StatusCode, axum::Json<serde_json::Value>),
+            api::ApiError,
+        > {
+            api::act(app, caller, id, $act, body).await
+        }
+    };
+}
+
+action!(approve, Act::Approve);
+action!(promote, Act::Promote);
+action!(pause, Act::Pause);
+action!(resume, Act::Resume);
+action!(abort, Act::Abort);
+action!(rollback, Act::Rollback);
+
+/// Every route.
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/whoami", get(api::whoami))
+        .route(
+            "/releases",
+            get(api::list_releases).post(api::create_release),
+        )
+        .route("/releases/{id}", get(api::get_release))
+        .route("/releases/{id}/events", get(api::release_events))
+        .route("/releases/{id}/metrics", get(api::release_metrics))
+        .route("/releases/{id}/audit", get(api::release_audit))
+        .route("/releases/{id}/approve", post(approve))
+        .route("/releases/{id}/promote", post(promote))
+        .route("/releases/{id}/pause", post(pause))
+        .route("/releases/{id}/resume", post(resume))
+        .route("/releases/{id}/abort", post(abort))
+        .route("/releases/{id}/rollback", post(rollback))
+        .route("/freeze", get(api::get_freeze).post(api::set_freeze))
+        .route("/policies/validate", post(api::validate_policy))
+        .route("/policies/{service}", get(api::get_policy))
+        .route("/services", get(api::services))
+        .route("/tokens", get(api::list_tokens).post(api::create_token))
+        .route("/tokens/{name}", axum::routing::delete(api::revoke_token))
+        .route("/audit/verify", get(api::verify_audit))
+        .route("/stream", get(api::stream));
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/openapi.json", get(api::openapi))
+        .nest("/api/v1", api)
+        .fallback(api::no_route)
+        .method_not_allowed_fallback(api::wrong_method)
+        .with_state(app)
+}
+
+/// Follows every release's log and publishes each new entry on the feed.
+async fn follow(app: App) {
+    let mut cursor = app.store.log_cursor().unwrap_or(0);
+    loop {
+        tokio::time::sleep(FEED_POLL).await;
+        let entries = match app.store.entries_after(cursor, 500) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("live feed: {e}");
+                continue;
+            }
+        };
+        for (at, release, entry) in entries {
+            cursor = at;
+            let item = serde_json::json!({
+                "release": release,
+                "seq": entry.seq,
+                "at": entry.at,
+                "events": entry.events,
+            });
+            // Nobody listening is fine.
+            let _ = app.feed.send(Arc::new(item.to_string()));
+        }
+    }
+}
+
+/// Options of `rampart serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Where the API listens.
+    pub listen: SocketAddr,
+    /// Where state and logs are kept.
+    pub state_dir: PathBuf,
+    /// The store URL, overriding the state directory's SQLite file.
+    pub store: Option<String>,
+}
+
+/// Runs the server until SIGINT or SIGTERM. Releases in flight stay in the store and
+/// resume when the server starts again.
+pub async fn run(opts: ServeOptions) -> i32 {
+    let store = match open_store(opts.store.as_deref(), &opts.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(opts.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", opts.listen);
+            return 1;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(opts.listen);
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: serving on {addr}, beyond this machine, over plain HTTP: put a TLS terminator in front"
+        );
+    }
+    let (feed, _) = tokio::sync::broadcast::channel(1024);
+    let app = App {
+        queue: queue::Queue::new(store.clone(), opts.state_dir.clone()),
+        store,
+        clock: Arc::new(TokioClock::new()),
+        feed,
+        workdir: api::default_workdir(),
+    };
+    tokio::spawn(app.queue.clone().run());
+    tokio::spawn(follow(app.clone()));
+    println!("rampart serve: listening on http://{addr}");
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = axum::serve(listener, router(app)) => {
+            if let Err(e) = r {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        }
+        () = shutdown => {
+            eprintln!("rampart serve: stopping; releases in flight resume at the next start");
+        }
+    }
+    0
+}

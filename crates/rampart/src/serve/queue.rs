@@ -1,0 +1,200 @@
+//! The server's release queue: one release per service at a time, in submission order,
+//! many services at once. Submissions live in the store, so a restarted server resumes
+//! the releases it was running and starts the ones still queued.
+//!
+//! Owns which submission runs when. Running a release is `run::run_release`'s job.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart_adapters::sqlite::{SqliteStore, Submission};
+use rampart_core::ports::Store;
+
+use crate::run::{Output, RunError, RunOptions, Served, run_release};
+
+/// How often the queue looks again when it waits on something outside itself (another
+/// controller's release of the same service, a failed run to retry).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a release whose run failed on an internal error waits before it is tried
+/// again (it stays resumable; an operator can abort it meanwhile).
+const RETRY: Duration = Duration::from_secs(15);
+
+/// The queue.
+#[derive(Debug)]
+pub struct Queue {
+    store: Arc<SqliteStore>,
+    state_dir: PathBuf,
+    /// Services with a worker.
+    busy: Mutex<HashSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Queue {
+    /// A queue over the store's submissions.
+    pub fn new(store: Arc<SqliteStore>, state_dir: PathBuf) -> Arc<Queue> {
+        Arc::new(Queue {
+            store,
+            state_dir,
+            busy: Mutex::new(HashSet::new()),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Looks at the queue now (after a submission).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs forever: starts a worker for every service with open submissions.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            match self.store.open_submissions() {
+                Ok(open) => {
+                    for s in open {
+                        let fresh = self
+                            .busy
+                            .lock()
+                            .map(|mut b| b.insert(s.service.clone()))
+                            .unwrap_or(false);
+                        if fresh {
+                            tokio::spawn(self.clone().work(s.service));
+                        }
+                    }
+                }
+                Err(e) => tracing::error!("the release queue cannot be read: {e}"),
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(RECHECK) => {}
+            }
+        }
+    }
+
+    /// The oldest open submission of a service; releases the service when none is left.
+    fn next(&self, service: &str) -> Option<Submission> {
+        let Ok(mut busy) = self.busy.lock() else {
+            return None;
+        };
+        let next = self
+            .store
+            .open_submissions()
+            .ok()?
+            .into_iter()
+            .find(|s| s.service == service);
+        if next.is_none() {
+            busy.remove(service);
+        }
+        next
+    }
+
+    /// Runs a service's submissions one after another.
+    async fn work(self: Arc<Self>, service: String) {
+        while let Some(next) = self.next(&service) {
+            // Another controller (a `rampart run`) may be driving a release of this
+            // service in the same store: wait for it to finish.
+            match self.store.active(&service).await {
+                Ok(Some(active)) if active.id != next.id => {
+                    tokio::time::sleep(RECHECK).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(service = %service, "{e}");
+                    tokio::time::sleep(RECHECK).await;
+                    continue;
+                }
+            }
+            // The server stopped after the release ended but before it noted so.
+            if let Ok((record, log)) = self.store.load(&next.id).await
+                && record.outcome.is_some()
+            {
+                let report = finished_report(&record, &log);
+                if let Err(e) = self.store.set_submission(&next.id, "done", report.as_deref()) {
+                    tracing::error!(release = %next.id, "{e}");
+                    tokio::time::sleep(RECHECK).await;
+                }
+                continue;
+            }
+            match self.store.claim_submission(&next.id) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(release = %next.id, "{e}");
+                    tokio::time::sleep(RECHECK).await;
+                    continue;
+                }
+            }
+            let report = match run_release(self.options(&next), None).await {
+                Ok(report) => serde_json::to_string(&report).ok(),
+                Err(RunError::Internal(e)) => {
+                    tracing::error!(release = %next.id, "the release stopped on an internal error and will be resumed: {e:#}");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Err(e) => Some(
+                    serde_json::json!({
+                        "outcome": if e.exit_code() == 5 { Some("blocked") } else { None },
+                        "reason": e.to_string(),
+                        "decided_at_s": 0.0,
+                        "release_id": next.id,
+                        "service": next.service,
+                        "version": next.version,
+                        "exit_code": e.exit_code(),
+                        "timeline": [],
+                    })
+                    .to_string(),
+                ),
+            };
+            if let Err(e) = self
+                .store
+                .set_submission(&next.id, "done", report.as_deref())
+            {
+                tracing::error!(release = %next.id, "{e}");
+                tokio::time::sleep(RECHECK).await;
+            }
+        }
+    }
+
+    fn options(&self, s: &Submission) -> RunOptions {
+        RunOptions {
+            policy_path: PathBuf::from(format!("release {}", s.id)),
+            policy_text: s.policy.clone(),
+            version: s.version.clone(),
+            stable: s.stable.clone(),
+            state_dir: self.state_dir.clone(),
+            output: Output::Text,
+            keep_running: false,
+            initiator: s.initiator.clone(),
+            hotfix: s.hotfix.clone(),
+            metrics_listen: None,
+            served: Some(Served {
+                store: self.store.clone(),
+                release_id: s.id.clone(),
+                base_dir: PathBuf::from(&s.workdir),
+                log: self.state_dir.join("logs").join(format!("{}.log", s.id)),
+            }),
+        }
+    }
+}
+
+/// The report of a release that ended while nobody was watching, from its log (request
+/// counts are those the analysis saw).
+fn finished_report(
+    record: &rampart_core::ports::ReleaseRecord,
+    log: &[rampart_core::ports::StoredInput],
+) -> Option<String> {
+    let policy = rampart_core::Policy::from_yaml(&record.policy).ok()?;
+    let end = rampart_core::release::Release::replay(&policy, log.iter().map(|e| (&e.input, e.at)));
+    let mut totals = rampart_core::metrics::IntervalSample::default();
+    for e in log {
+        if let rampart_core::release::Input::Measured { sample } = &e.input {
+            totals.stable.requests += sample.stable.requests;
+            totals.canary.requests += sample.canary.requests;
+        }
+    }
+    let timeline = log.iter().flat_map(|e| e.events.clone()).collect();
+    serde_json::to_string(&crate::run::report(&policy, &end, timeline, totals, None)).ok()
+}

@@ -1,0 +1,350 @@
+//! The JSON shapes of the control-plane API, built from the store by replaying release
+//! logs. The CLI client reads the same shapes, so the server and the client cannot
+//! disagree about a field.
+//!
+//! Owns turning stored releases into views. It must not change anything.
+
+use rampart_adapters::sqlite::{SqliteStore, Submission};
+use rampart_core::Policy;
+use rampart_core::metrics::VariantStats;
+use rampart_core::ports::{ReleaseRecord, StoredInput};
+use rampart_core::release::{AuditEvent, Decision, Input, Phase, Release, step};
+use serde::{Deserialize, Serialize};
+
+/// One release as the list and the release page show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseView {
+    /// Release id.
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// The version being released.
+    pub version: String,
+    /// The version serving before, if known.
+    pub stable: Option<String>,
+    /// `queued` before it starts; then the state machine's phase (`progressing`,
+    /// `awaiting_approval`, `rolling_back`, `succeeded`, ...).
+    pub phase: String,
+    /// The canary's confirmed traffic share, in percent.
+    pub weight: f64,
+    /// The current step, from 1 (0 before the steps start).
+    pub step: usize,
+    /// How many steps the policy has.
+    pub steps: usize,
+    /// `promoted`, `rolled_back`, `halted`, `escalated` or `blocked`, once over.
+    pub outcome: Option<String>,
+    /// Who started it.
+    pub initiator: String,
+    /// When it was submitted or created (ms since the epoch).
+    pub created_at: u64,
+    /// When its log last changed (ms since the epoch).
+    pub updated_at: u64,
+    /// Who paused it, while paused.
+    pub paused_by: Option<String>,
+    /// What the approval point it waits at asks, while it waits.
+    pub awaiting_approval: Option<String>,
+    /// The decision that ends it, once made.
+    pub decision: Option<Decision>,
+    /// After a rollback: the level that restored health.
+    pub rollback_level: Option<u8>,
+    /// Analysis intervals judged so far.
+    pub intervals: u32,
+    /// The last interval's verdict (`pass`, `fail`, `inconclusive`, `no_data`).
+    pub last_verdict: Option<String>,
+    /// The final report (the `rampart run --output json` object) of a release run by
+    /// the server, once over.
+    pub report: Option<serde_json::Value>,
+}
+
+/// One audit event with its position in the release log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    /// The log entry that produced it (use as `after` to page).
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// One variant over one analysis interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VariantPoint {
+    /// Requests.
+    pub requests: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Errors over requests, `null` without requests.
+    pub error_rate: Option<f64>,
+    /// Median latency (ms), `null` without latency data.
+    pub p50_ms: Option<f64>,
+    /// 99th-percentile latency (ms), `null` without latency data.
+    pub p99_ms: Option<f64>,
+}
+
+impl From<&VariantStats> for VariantPoint {
+    fn from(v: &VariantStats) -> Self {
+        VariantPoint {
+            requests: v.requests,
+            errors: v.errors,
+            error_rate: v.error_rate(),
+            p50_ms: v.latency.quantile_ms(0.5),
+            p99_ms: v.latency.quantile_ms(0.99),
+        }
+    }
+}
+
+/// One analysis interval: the traffic of both variants and the verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// The log entry.
+    pub seq: u64,
+    /// Seconds since the release started.
+    pub t_s: f64,
+    /// The canary weight during the interval, in percent.
+    pub weight: f64,
+    /// Stable.
+    pub stable: VariantPoint,
+    /// Canary.
+    pub canary: VariantPoint,
+    /// The interval's verdict, or the reason it had none (`measure_failed`).
+    pub verdict: String,
+}
+
+/// The weight after every change, for the weight-over-time chart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightPoint {
+    /// Seconds since the release started.
+    pub t_s: f64,
+    /// The canary weight, in percent.
+    pub weight: f64,
+}
+
+/// A release's metric series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesView {
+    /// Release id.
+    pub release: String,
+    /// Every analysed interval, in order.
+    pub intervals: Vec<MetricPoint>,
+    /// The confirmed weight after every change, in order.
+    pub weights: Vec<WeightPoint>,
+}
+
+/// A release's record, its log and the policy it runs under.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The record.
+    pub record: ReleaseRecord,
+    /// The log.
+    pub log: Vec<StoredInput>,
+    /// The policy it started with.
+    pub policy: Policy,
+}
+
+impl Loaded {
+    /// Reads a release; `None` when there is no such release.
+    pub async fn read(store: &SqliteStore, id: &str) -> Option<Result<Loaded, String>> {
+        use rampart_core::ports::Store;
+        let (record, log) = match store.load(id).await {
+            Ok(x) => x,
+            Err(e) if e.0.starts_with("no release") => return None,
+            Err(e) => return Some(Err(e.0)),
+        };
+        Some(
+            Policy::from_yaml(&record.policy)
+                .map(|policy| Loaded {
+                    record,
+                    log,
+                    policy,
+                })
+                .map_err(|e| format!("the policy of release {id} no longer parses: {e}")),
+        )
+    }
+
+    /// The state now.
+    pub fn state(&self) -> Release {
+        Release::replay(&self.policy, self.log.iter().map(|e| (&e.input, e.at)))
+    }
+
+    /// The list and page view.
+    pub fn view(&self, report: Option<&str>) -> ReleaseView {
+        let s = self.state();
+        let steps = self.policy.strategy.steps().len();
+        ReleaseView {
+            id: self.record.id.clone(),
+            service: self.record.service.clone(),
+            version: self.record.version.clone(),
+            stable: s.stable.clone(),
+            phase: s.phase.as_str().to_string(),
+            weight: s.weight.percent(),
+            step: if matches!(s.phase, Phase::Progressing | Phase::AwaitingApproval)
+                && s.approving.is_none()
+            {
+                s.step + 1
+            } else {
+                0
+            },
+            steps,
+            outcome: self.record.outcome.map(|o| o.as_str().to_string()),
+            initiator: s.initiator.clone(),
+            created_at: self.record.created_at,
+            updated_at: self.log.last().map_or(self.record.created_at, |e| e.at),
+            paused_by: s.paused.clone(),
+            awaiting_approval: (s.phase == Phase::AwaitingApproval)
+                .then(|| {
+                    self.log
+                        .iter()
+                        .flat_map(|e| &e.events)
+                        .rev()
+                        .find(|e| e.kind == "awaiting_approval")
+                        .map(|e| e.message.clone())
+                })
+                .flatten(),
+            decision: s.decision.clone(),
+            rollback_level: s.rollback_level,
+            intervals: s.intervals,
+            last_verdict: s.last_verdict.map(|v| v.label_snake().to_string()),
+            report: report.and_then(|r| serde_json::from_str(r).ok()),
+        }
+    }
+
+    /// Audit events after log entry `after` (all with `None`).
+    pub fn events(&self, after: Option<u64>) -> Vec<EventView> {
+        self.log
+            .iter()
+            .filter(|e| after.is_none_or(|a| e.seq > a))
+            .flat_map(|e| {
+                e.events.iter().map(|ev| EventView {
+                    seq: e.seq,
+                    event: ev.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The metric series, replaying the log to know the weight and verdict of each
+    /// interval.
+    pub fn series(&self) -> SeriesView {
+        let mut state = Release::default();
+        let mut intervals = Vec::new();
+        let mut weights = Vec::new();
+        for e in &self.log {
+            let before = state.weight;
+            let next = step(&self.policy, &state, &e.input, e.at).state;
+            let t_s = e.at.saturating_sub(next.started_at) as f64 / 1000.0;
+            match &e.input {
+                Input::Measured { sample } => intervals.push(MetricPoint {
+                    seq: e.seq,
+                    t_s,
+                    weight: before.percent(),
+                    stable: (&sample.stable).into(),
+                    canary: (&sample.canary).into(),
+                    verdict: next
+                        .last_verdict
+                        .map_or("none", |v| v.label_snake())
+                        .to_string(),
+                }),
+                Input::MeasureFailed { .. } => intervals.push(MetricPoint {
+                    seq: e.seq,
+                    t_s,
+                    weight: before.percent(),
+                    stable: (&VariantStats::default()).into(),
+                    canary: (&VariantStats::default()).into(),
+                    verdict: "measure_failed".into(),
+                }),
+                _ => {}
+            }
+            if next.weight != before || weights.is_empty() && next.started_at > 0 {
+                weights.push(WeightPoint {
+                    t_s,
+                    weight: next.weight.percent(),
+                });
+            }
+            state = next;
+        }
+        SeriesView {
+            release: self.record.id.clone(),
+            intervals,
+            weights,
+        }
+    }
+}
+
+/// A submitted release that has not started yet.
+pub fn queued_view(s: &Submission) -> ReleaseView {
+    let steps = Policy::from_yaml(&s.policy).map_or(0, |p| p.strategy.steps().len());
+    ReleaseView {
+        id: s.id.clone(),
+        service: s.service.clone(),
+        version: s.version.clone(),
+        stable: s.stable.clone(),
+        phase: if s.state == "done" {
+            "blocked".into()
+        } else {
+            "queued".into()
+        },
+        weight: 0.0,
+        step: 0,
+        steps,
+        outcome: (s.state == "done").then(|| "blocked".to_string()),
+        initiator: s.initiator.clone(),
+        created_at: s.created_at,
+        updated_at: s.created_at,
+        paused_by: None,
+        awaiting_approval: None,
+        decision: None,
+        rollback_level: None,
+        intervals: 0,
+        last_verdict: None,
+        report: s.report.as_deref().and_then(|r| serde_json::from_str(r).ok()),
+    }
+}
+
+/// Replaces the values of secret policy fields (webhook signing secrets, Slack webhook
+/// URLs, PagerDuty routing keys) with `<redacted>`, keeping every line where it was.
+pub fn redact_policy(text: &str) -> String {
+    use rampart_core::yaml::{Node, NodeKind, parse};
+    let Ok(root) = parse(text) else {
+        return "<redacted: the policy does not parse>".into();
+    };
+    let mut spots: Vec<(u32, u32, String)> = Vec::new();
+    fn child<'a>(node: &'a Node, key: &str) -> Option<&'a Node> {
+        match &node.kind {
+            NodeKind::Map(entries) => entries.iter().find(|(k, _)| k.text == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+    let mut secret = |node: Option<&Node>| {
+        if let Some(node) = node
+            && let NodeKind::Scalar { text, .. } = &node.kind
+            && !text.is_empty()
+        {
+            spots.push((node.pos.line, node.pos.col, text.clone()));
+        }
+    };
+    if let Some(hooks) = child(&root, "notify")
+        && let NodeKind::Seq(items) = &hooks.kind
+    {
+        for hook in items {
+            secret(child(hook, "secret"));
+            secret(child(hook, "slack"));
+            secret(child(hook, "slack").and_then(|s| child(s, "webhook")));
+            secret(child(hook, "pagerduty").and_then(|p| child(p, "routing_key")));
+        }
+    }
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for (line, col, value) in spots {
+        let Some(l) = lines.get_mut(line.saturating_sub(1) as usize) else {
+            continue;
+        };
+        let from = (col.saturating_sub(1) as usize).min(l.len());
+        if let Some(at) = l.get(from..).and_then(|rest| rest.find(value.as_str())) {
+            l.replace_range(from + at..from + at + value.len(), "<redacted>");
+        }
+    }
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}

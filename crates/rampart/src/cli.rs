@@ -478,7 +478,9 @@ pub async fn main(cli: Cli) -> i32 {
             no_wait,
             actor,
             target,
-        } => crate::ops::rollback(&service, reason, force, no_wait, actor.as_deref(), &target).await,
+        } => {
+            crate::ops::rollback(&service, reason, force, no_wait, actor.as_deref(), &target).await
+        }
         Command::Approve {
             release,
             approver,
@@ -525,7 +527,16 @@ pub async fn main(cli: Cli) -> i32 {
             reason,
             actor,
             target,
-        } => crate::ops::freeze(state == "on", service.as_deref(), &reason, actor.as_deref(), &target).await,
+        } => {
+            crate::ops::freeze(
+                state == "on",
+                service.as_deref(),
+                &reason,
+                actor.as_deref(),
+                &target,
+            )
+            .await
+        }
         Command::Serve {
             listen,
             state_dir,

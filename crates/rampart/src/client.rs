@@ -211,7 +211,11 @@ impl Backend {
                     .map_err(|e| Failure::new("internal", e.0))?;
                 let mut out = Vec::new();
                 for rec in records {
-                    let report = store.submission(&rec.id).ok().flatten().and_then(|s| s.report);
+                    let report = store
+                        .submission(&rec.id)
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.report);
                     match Loaded::read(store, &rec.id).await {
                         Some(Ok(l)) => out.push(l.view(report.as_deref())),
                         Some(Err(e)) => return Err(Failure::new("internal", e)),
@@ -243,12 +247,22 @@ impl Backend {
     }
 
     /// Asks the release's controller to act; returns the API's answer.
-    pub async fn act(&self, release: &ReleaseView, what: &str, reason: &str, force: bool) -> Result<Value> {
+    pub async fn act(
+        &self,
+        release: &ReleaseView,
+        what: &str,
+        reason: &str,
+        force: bool,
+    ) -> Result<Value> {
         match self {
             Backend::Remote { .. } => {
                 let path = format!("/api/v1/releases/{}/{what}", encode(&release.id));
-                self.call("POST", &path, Some(json!({"reason": reason, "force": force})))
-                    .await
+                self.call(
+                    "POST",
+                    &path,
+                    Some(json!({"reason": reason, "force": force})),
+                )
+                .await
             }
             Backend::Local { store, actor } => {
                 if release.outcome.is_some() {
@@ -305,8 +319,12 @@ impl Backend {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
-    serde_json::from_value(v)
-        .map_err(|e| Failure::new("internal", format!("unexpected answer from the server: {e}")))
+    serde_json::from_value(v).map_err(|e| {
+        Failure::new(
+            "internal",
+            format!("unexpected answer from the server: {e}"),
+        )
+    })
 }
 
 /// Percent-encodes a path segment or query value.
@@ -361,7 +379,9 @@ pub fn print_list(list: &[ReleaseView]) {
             ]
         })
         .collect();
-    let header = ["RELEASE", "SERVICE", "VERSION", "PHASE", "WEIGHT", "STEP", "AGE"];
+    let header = [
+        "RELEASE", "SERVICE", "VERSION", "PHASE", "WEIGHT", "STEP", "AGE",
+    ];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -397,7 +417,11 @@ pub fn print_release(r: &ReleaseView) {
         String::new()
     };
     println!("phase:     {}{step}, canary weight {}%", r.phase, r.weight);
-    println!("started:   by {}, {} ago", r.initiator, age(now_ms().saturating_sub(r.created_at)));
+    println!(
+        "started:   by {}, {} ago",
+        r.initiator,
+        age(now_ms().saturating_sub(r.created_at))
+    );
     if let Some(by) = &r.paused_by {
         println!("paused:    by {by}");
     }

@@ -19,5 +19,5 @@ pub mod ops;
 pub mod progress;
 pub mod proxy_cmd;
 pub mod run;
-pub mod serve;
 pub mod sample;
+pub mod serve;

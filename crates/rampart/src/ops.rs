@@ -20,7 +20,13 @@ use crate::run::Output;
 const POLL: Duration = Duration::from_millis(300);
 
 /// `approve`, `promote`, `pause`, `resume`, `abort`.
-pub async fn act(what: &str, release: &str, reason: &str, actor: Option<&str>, target: &Target) -> i32 {
+pub async fn act(
+    what: &str,
+    release: &str,
+    reason: &str,
+    actor: Option<&str>,
+    target: &Target,
+) -> i32 {
     match act_inner(what, release, reason, false, actor, target).await {
         Ok((_, answer)) => show(target.output, &answer, |a| {
             println!(
@@ -66,10 +72,11 @@ pub async fn rollback(
         return 2;
     }
     let reason = reason.unwrap_or_else(|| "requested from the command line".into());
-    let (backend, answer) = match act_inner("rollback", release, &reason, force, actor, target).await {
-        Ok(x) => x,
-        Err(f) => return f.report(target.output),
-    };
+    let (backend, answer) =
+        match act_inner("rollback", release, &reason, force, actor, target).await {
+            Ok(x) => x,
+            Err(f) => return f.report(target.output),
+        };
     let id = answer["release"].as_str().unwrap_or(release).to_string();
     if target.output == Output::Text {
         println!("rollback of release {id} requested");
@@ -83,7 +90,9 @@ pub async fn rollback(
     match wait_for_outcome(&backend, &id, Duration::from_secs(600)).await {
         Ok(Some(view)) => {
             let outcome = view.outcome.clone().unwrap_or_default();
-            show(target.output, &view, |_| println!("release {id}: {outcome}"));
+            show(target.output, &view, |_| {
+                println!("release {id}: {outcome}")
+            });
             outcome_code(&outcome)
         }
         Ok(None) => {
@@ -164,7 +173,9 @@ pub async fn events(release: &str, after: Option<u64>, follow: bool, target: &Ta
                 after = Some(last.seq);
             }
             match (follow, target.output) {
-                (false, Output::Json) => println!("{}", serde_json::to_string(&events).unwrap_or_default()),
+                (false, Output::Json) => {
+                    println!("{}", serde_json::to_string(&events).unwrap_or_default())
+                }
                 (true, Output::Json) => {
                     for e in &events {
                         println!("{}", serde_json::to_string(e).unwrap_or_default());
@@ -186,7 +197,13 @@ pub async fn events(release: &str, after: Option<u64>, follow: bool, target: &Ta
 }
 
 /// `freeze on|off`.
-pub async fn freeze(on: bool, service: Option<&str>, reason: &str, actor: Option<&str>, target: &Target) -> i32 {
+pub async fn freeze(
+    on: bool,
+    service: Option<&str>,
+    reason: &str,
+    actor: Option<&str>,
+    target: &Target,
+) -> i32 {
     let result = async {
         let backend = Backend::open(target, actor)?;
         backend.freeze(on, service, reason).await
@@ -195,7 +212,10 @@ pub async fn freeze(on: bool, service: Option<&str>, reason: &str, actor: Option
     match result {
         Ok(answer) => show(target.output, &answer, |_| {
             let scope = service.map_or("every service".to_string(), |s| format!("service {s}"));
-            println!("{scope}: releases {}", if on { "frozen" } else { "no longer frozen" });
+            println!(
+                "{scope}: releases {}",
+                if on { "frozen" } else { "no longer frozen" }
+            );
         }),
         Err(f) => f.report(target.output),
     }
@@ -263,7 +283,10 @@ pub struct StoreArgs {
 }
 
 fn who() -> String {
-    format!("{} (cli)", std::env::var("USER").unwrap_or_else(|_| "operator".into()))
+    format!(
+        "{} (cli)",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    )
 }
 
 fn open(store: &StoreArgs) -> Result<std::sync::Arc<rampart_adapters::sqlite::SqliteStore>, i32> {
@@ -365,9 +388,9 @@ pub fn audit(what: AuditCommand) -> i32 {
             .unwrap_or(false);
         if !held {
             report.ok = false;
-            report
-                .problems
-                .push(format!("no record has the expected head {head} (records were removed from the end)"));
+            report.problems.push(format!(
+                "no record has the expected head {head} (records were removed from the end)"
+            ));
         }
     }
     show(output, &report, |r| {
@@ -432,7 +455,10 @@ pub async fn run_remote(
         };
         let id = created["id"].as_str().unwrap_or_default().to_string();
         if target.output == Output::Text {
-            println!("release {id} submitted to {}", target.server.as_deref().unwrap_or(""));
+            println!(
+                "release {id} submitted to {}",
+                target.server.as_deref().unwrap_or("")
+            );
         }
         let mut after = None;
         loop {
@@ -444,7 +470,10 @@ pub async fn run_remote(
                 print_events(&events);
             } else {
                 for e in &events {
-                    eprintln!("{:>8.1}s  {}  {}", e.event.t_s, e.event.kind, e.event.message);
+                    eprintln!(
+                        "{:>8.1}s  {}  {}",
+                        e.event.t_s, e.event.kind, e.event.message
+                    );
                 }
             }
             let view = backend.release(&id).await?;
@@ -457,7 +486,10 @@ pub async fn run_remote(
     .await;
     match result {
         Ok(view) => {
-            let report = view.report.clone().unwrap_or_else(|| json!({"outcome": view.outcome}));
+            let report = view
+                .report
+                .clone()
+                .unwrap_or_else(|| json!({"outcome": view.outcome}));
             let outcome = report["outcome"].as_str().unwrap_or_default().to_string();
             let code = report["exit_code"]
                 .as_i64()
@@ -467,7 +499,10 @@ pub async fn run_remote(
                 Output::Json => println!("{report}"),
                 Output::Text => {
                     println!();
-                    println!("outcome: {} {} {outcome} (exit {code})", view.service, view.version);
+                    println!(
+                        "outcome: {} {} {outcome} (exit {code})",
+                        view.service, view.version
+                    );
                     println!("why:     {}", report["reason"].as_str().unwrap_or_default());
                 }
             }
@@ -475,7 +510,10 @@ pub async fn run_remote(
         }
         Err(f) if f.code == "frozen" => {
             if target.output == Output::Json {
-                println!("{}", json!({"outcome": "blocked", "reason": f.message, "decided_at_s": 0.0, "timeline": []}));
+                println!(
+                    "{}",
+                    json!({"outcome": "blocked", "reason": f.message, "decided_at_s": 0.0, "timeline": []})
+                );
             }
             eprintln!("error: {}", f.message);
             5

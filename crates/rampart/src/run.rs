@@ -294,7 +294,8 @@ pub async fn run_release(
         f(entry);
     }
 
-    let tty = opts.served.is_none() && opts.output == Output::Text && std::io::stdout().is_terminal();
+    let tty =
+        opts.served.is_none() && opts.output == Output::Text && std::io::stdout().is_terminal();
     let out: Box<dyn std::io::Write + Send> = match (&opts.served, opts.output) {
         (Some(served), _) => Box::new(open_log(&served.log)?),
         (None, Output::Text) => Box::new(std::io::stdout()),

@@ -174,17 +174,11 @@ pub async fn list_releases(
     let mut out: Vec<ReleaseView> = Vec::new();
     // Queued submissions first: they have no release record yet.
     for s in app.store.open_submissions().map_err(store_err)? {
-        if service.is_none_or(|svc| svc == s.service)
-            && app.store.load(&s.id).await.is_err()
-        {
+        if service.is_none_or(|svc| svc == s.service) && app.store.load(&s.id).await.is_err() {
             out.push(queued_view(&s));
         }
     }
-    for rec in app
-        .store
-        .list_releases(service, limit)
-        .map_err(store_err)?
-    {
+    for rec in app.store.list_releases(service, limit).map_err(store_err)? {
         out.push(view_of(&app, &rec.id).await?);
     }
     out.truncate(limit);
@@ -264,11 +258,7 @@ pub async fn create_release(
             workdir.display()
         )));
     }
-    let freeze = app
-        .store
-        .freeze(&policy.service)
-        .await
-        .map_err(store_err)?;
+    let freeze = app.store.freeze(&policy.service).await.map_err(store_err)?;
     if let (Some(f), None) = (&freeze, &body.hotfix) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -569,7 +559,11 @@ pub async fn set_freeze(
     let on = match body.state.as_str() {
         "on" => true,
         "off" => false,
-        other => return Err(ApiError::invalid(format!("state is on or off, not {other:?}"))),
+        other => {
+            return Err(ApiError::invalid(format!(
+                "state is on or off, not {other:?}"
+            )));
+        }
     };
     if body.reason.trim().is_empty() {
         return Err(ApiError::invalid("a freeze change needs a reason"));
@@ -608,7 +602,9 @@ pub async fn validate_policy(
             let diagnostics: Vec<Value> = e
                 .diagnostics
                 .iter()
-                .map(|d| json!({"line": d.line, "col": d.col, "path": d.path, "message": d.message}))
+                .map(
+                    |d| json!({"line": d.line, "col": d.col, "path": d.path, "message": d.message}),
+                )
                 .collect();
             json!({"valid": false, "service": null, "diagnostics": diagnostics})
         }
@@ -662,9 +658,7 @@ pub async fn services(State(app): State<App>, caller: Caller) -> ApiResult<Json<
             .and_then(|p| p.windows)
             .map(|w| match w.status(now) {
                 rampart_core::windows::Status::Open => json!({"open": true}),
-                rampart_core::windows::Status::Closed {
-                    why, opens_at, ..
-                } => json!({
+                rampart_core::windows::Status::Closed { why, opens_at, .. } => json!({
                     "open": false,
                     "why": why,
                     "opens_at": opens_at,
@@ -770,20 +764,15 @@ pub async fn stream(
     caller.require(Right::Read)?;
     let rx = app.feed.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(item) => {
-                    let event = Event::default().event("entry").data(item.as_str());
-                    return Some((Ok(event), rx));
-                }
-                // A slow reader missed entries: tell it to reload.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    let event = Event::default().event("lagged").data("{}");
-                    return Some((Ok(event), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let event = match rx.recv().await {
+            Ok(item) => Event::default().event("entry").data(item.as_str()),
+            // A slow reader missed entries: tell it to reload.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Event::default().event("lagged").data("{}")
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

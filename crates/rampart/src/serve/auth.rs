@@ -6,8 +6,8 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
-use super::api::ApiError;
 use super::App;
+use super::api::ApiError;
 
 /// A token's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -59,20 +59,19 @@ pub fn store_path(url: Option<&str>, state_dir: &std::path::Path) -> Result<Path
         return Ok(PathBuf::from(path));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(
-            "this build of rampart has no PostgreSQL store; use sqlite:PATH".to_string(),
-        );
+        return Err("this build of rampart has no PostgreSQL store; use sqlite:PATH".to_string());
     }
     if url.contains("://") {
-        return Err(format!(
-            "--store {url}: unknown scheme; use sqlite:PATH"
-        ));
+        return Err(format!("--store {url}: unknown scheme; use sqlite:PATH"));
     }
     Ok(PathBuf::from(url))
 }
 
 /// Opens the store for the CLI's server-side commands (`token`, `audit`, `serve`).
-pub fn open_store(url: Option<&str>, state_dir: &std::path::Path) -> Result<Arc<SqliteStore>, String> {
+pub fn open_store(
+    url: Option<&str>,
+    state_dir: &std::path::Path,
+) -> Result<Arc<SqliteStore>, String> {
     let path = store_path(url, state_dir)?;
     SqliteStore::open(&path)
         .map(Arc::new)
@@ -86,10 +85,7 @@ macro_rules! action {
             caller: Caller,
             Path(id): Path<String>,
             body: axum::body::Bytes,
-        ) -> Result<
-            (axum::http::StatusCode, axum::Json<serde_json::Value>),
-            api::ApiError,
-        > {
+        ) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), api::ApiError> {
             api::act(app, caller, id, $act, body).await
         }
     };

@@ -112,7 +112,10 @@ impl Queue {
                 && record.outcome.is_some()
             {
                 let report = finished_report(&record, &log);
-                if let Err(e) = self.store.set_submission(&next.id, "done", report.as_deref()) {
+                if let Err(e) = self
+                    .store
+                    .set_submission(&next.id, "done", report.as_deref())
+                {
                     tracing::error!(release = %next.id, "{e}");
                     tokio::time::sleep(RECHECK).await;
                 }

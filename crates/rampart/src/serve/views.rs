@@ -296,7 +296,10 @@ pub fn queued_view(s: &Submission) -> ReleaseView {
         rollback_level: None,
         intervals: 0,
         last_verdict: None,
-        report: s.report.as_deref().and_then(|r| serde_json::from_str(r).ok()),
+        report: s
+            .report
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
     }
 }
 

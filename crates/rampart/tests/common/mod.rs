@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+pub mod serve;
+
 use rampart::load::{LoadSpec, LoadStats, generate};
 
 /// The `rampart` binary under test.

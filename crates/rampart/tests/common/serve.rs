@@ -1,0 +1,197 @@
+//! A `rampart serve` for tests: started on a free loopback port with its own state
+//! directory, tokens of every role, and a small JSON client.
+
+#![allow(clippy::unwrap_used, dead_code)] // a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{exe, free_port, rampart};
+
+/// A running server.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub port: u16,
+    pub state: PathBuf,
+}
+
+impl Server {
+    /// Starts `rampart serve` on `state` and waits until it answers.
+    pub fn start(state: &Path) -> Server {
+        Server::start_on(state, free_port())
+    }
+
+    /// Starts it on a given port (to restart it where it was).
+    pub fn start_on(state: &Path, port: u16) -> Server {
+        let child = rampart()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--state-dir",
+            ])
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            state: state.to_path_buf(),
+        };
+        until("the server answers", Duration::from_secs(20), || {
+            call(&s.url, "GET", "/healthz", None, None).0 == 200
+        });
+        s
+    }
+
+    /// Creates a token with `rampart token create` and returns it.
+    pub fn token(&self, role: &str, name: &str) -> String {
+        let out = rampart()
+            .args([
+                "token",
+                "create",
+                "--role",
+                role,
+                "--name",
+                name,
+                "--state-dir",
+            ])
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// One API call.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        call(&self.url, method, path, token, body)
+    }
+
+    /// A release's view, polled until `done` holds (at most `limit`).
+    pub fn wait_release(
+        &self,
+        id: &str,
+        token: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut last = Value::Null;
+        until(&format!("release {id}"), limit, || {
+            let (status, v) =
+                self.call("GET", &format!("/api/v1/releases/{id}"), Some(token), None);
+            let ok = status == 200 && done(&v);
+            last = v;
+            ok
+        });
+        last
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP call with an optional bearer token and JSON body: the status and the JSON
+/// answer (`null` when the body is not JSON).
+pub fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if let Some(t) = token {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    let url = format!("{base}{path}");
+    let answer = rt.block_on(rampart_adapters::http::send_with(
+        method,
+        &url,
+        body.map(|b| b.to_string()),
+        &headers,
+        Duration::from_secs(10),
+    ));
+    match answer {
+        Ok((status, text)) => (status, serde_json::from_str(&text).unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Polls `ready` every 50 ms until it holds; fails the test after `limit`.
+pub fn until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    #[allow(clippy::disallowed_methods)] // a test's own time limit
+    let deadline = std::time::Instant::now() + limit;
+    while !ready() {
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::Instant::now();
+        assert!(now < deadline, "{what}: not reached within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A canary policy of the bundled sample service behind the embedded proxy on `port`:
+/// short bakes, one-second intervals, `extra_steps` inserted before the last step.
+pub fn policy(service: &str, port: u16, extra_steps: &str) -> String {
+    let exe = exe();
+    format!(
+        r#"service: {service}
+deploy:
+  process:
+    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
+    readiness: {{http: /healthz, timeout: 10s}}
+traffic: {{proxy: {{listen: "127.0.0.1:{port}"}}}}
+strategy:
+  canary:
+    steps:
+      - {{weight: 20, bake: 2s}}
+{extra_steps}      - {{weight: 50, bake: 2s}}
+analysis:
+  interval: 1s
+  min_samples: 1
+  no_data: {{limit: 1000, action: halt}}
+  inconclusive: {{limit: 1000, action: halt}}
+  metrics:
+    - {{metric: error_rate, judge: {{max: 5%}}}}
+"#
+    )
+}
+
+/// Submits a release of `policy` (version v2 over v1) and returns its id.
+pub fn submit(server: &Server, token: &str, policy: &str) -> String {
+    let body = serde_json::json!({"policy": policy, "version": "v2", "stable": "v1"});
+    let (status, v) = server.call("POST", "/api/v1/releases", Some(token), Some(body));
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}

@@ -1,0 +1,362 @@
+//! The API's contract on a real `rampart serve`: every route answers 401 without a
+//! valid token (but /healthz and /openapi.json), 403 to a role without the right, and
+//! lets every role with it through; the OpenAPI document lists exactly the routes the
+//! server has; errors are JSON with a stable code; secrets stay out of answers.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::serve::{Server, policy};
+use serde_json::{Value, json};
+
+/// Every API route: method, path (with a release that does not exist, so that allowed
+/// calls end in 404 or 400 without starting anything), a body, and the roles allowed.
+fn routes() -> Vec<(
+    &'static str,
+    &'static str,
+    Option<Value>,
+    &'static [&'static str],
+)> {
+    const ALL: &[&str] = &["viewer", "deployer", "approver", "admin"];
+    const DEPLOY: &[&str] = &["deployer", "admin"];
+    const APPROVE: &[&str] = &["approver", "admin"];
+    const ADMIN: &[&str] = &["admin"];
+    vec![
+        ("GET", "/api/v1/whoami", None, ALL),
+        ("GET", "/api/v1/releases", None, ALL),
+        ("POST", "/api/v1/releases", Some(json!({})), DEPLOY),
+        ("GET", "/api/v1/releases/nope", None, ALL),
+        ("GET", "/api/v1/releases/nope/events", None, ALL),
+        ("GET", "/api/v1/releases/nope/metrics", None, ALL),
+        ("GET", "/api/v1/releases/nope/audit", None, ALL),
+        ("POST", "/api/v1/releases/nope/approve", None, APPROVE),
+        (
+            "POST",
+            "/api/v1/releases/nope/promote",
+            Some(json!({"reason": "r"})),
+            APPROVE,
+        ),
+        ("POST", "/api/v1/releases/nope/pause", None, DEPLOY),
+        ("POST", "/api/v1/releases/nope/resume", None, DEPLOY),
+        (
+            "POST",
+            "/api/v1/releases/nope/abort",
+            Some(json!({"reason": "r"})),
+            DEPLOY,
+        ),
+        (
+            "POST",
+            "/api/v1/releases/nope/rollback",
+            Some(json!({"reason": "r"})),
+            DEPLOY,
+        ),
+        ("GET", "/api/v1/freeze", None, ALL),
+        (
+            "POST",
+            "/api/v1/freeze",
+            Some(json!({"state": "maybe", "reason": "r"})),
+            ADMIN,
+        ),
+        (
+            "POST",
+            "/api/v1/policies/validate",
+            Some(json!({"policy": "service: x"})),
+            ALL,
+        ),
+        ("GET", "/api/v1/policies/nope", None, ALL),
+        ("GET", "/api/v1/services", None, ALL),
+        ("GET", "/api/v1/tokens", None, ADMIN),
+        (
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "n", "role": "king"})),
+            ADMIN,
+        ),
+        ("DELETE", "/api/v1/tokens/nope", None, ADMIN),
+        ("GET", "/api/v1/audit/verify", None, ALL),
+        ("GET", "/api/v1/stream", None, ALL),
+    ]
+}
+
+fn is_error(v: &Value, code: &str) -> bool {
+    v["error"]["code"] == code
+        && v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+}
+
+#[test]
+fn every_route_enforces_its_roles_and_answers_401_without_a_valid_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let tokens: Vec<(&str, String)> = ["viewer", "deployer", "approver", "admin"]
+        .into_iter()
+        .map(|role| (role, server.token(role, &format!("{role}-1"))))
+        .collect();
+    for (method, path, body, allowed) in routes() {
+        if path.ends_with("/stream") {
+            continue; // a stream never ends; checked below
+        }
+        for bad in [None, Some("rampart_0000"), Some("not a token")] {
+            let (status, v) = server.call(method, path, bad, body.clone());
+            assert_eq!(status, 401, "{method} {path} with {bad:?}: {v}");
+            assert!(is_error(&v, "unauthorized"), "{method} {path}: {v}");
+        }
+        for (role, token) in &tokens {
+            let (status, v) = server.call(method, path, Some(token), body.clone());
+            if allowed.contains(role) {
+                assert!(
+                    ![401, 403].contains(&status) && status < 500,
+                    "{method} {path} as {role}: {status} {v}"
+                );
+            } else {
+                assert_eq!(status, 403, "{method} {path} as {role}: {v}");
+                assert!(is_error(&v, "forbidden"), "{method} {path}: {v}");
+            }
+        }
+    }
+    // The open routes.
+    assert_eq!(server.call("GET", "/healthz", None, None).0, 200);
+    let (status, doc) = server.call("GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    // The stream: 401 without a token, and an event stream with one.
+    assert_eq!(server.call("GET", "/api/v1/stream", None, None).0, 401);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        tokens[0].1
+    )
+    .unwrap();
+    let mut head = [0u8; 256];
+    let n = stream.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    // A revoked token is refused from then on.
+    let (status, _) = server.call(
+        "DELETE",
+        "/api/v1/tokens/viewer-1",
+        Some(&tokens[3].1),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        server
+            .call("GET", "/api/v1/releases", Some(&tokens[0].1), None)
+            .0,
+        401
+    );
+    let (_, who) = server.call("GET", "/api/v1/whoami", Some(&tokens[2].1), None);
+    assert_eq!(who, json!({"name": "approver-1", "role": "approver"}));
+}
+
+/// `(METHOD, /path/{param})` pairs from the router's source.
+fn routes_in_source() -> Vec<(String, String)> {
+    let src: String =
+        std::fs::read_to_string(common::repo().join("crates/rampart/src/serve/mod.rs"))
+            .unwrap()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+    let mut out = Vec::new();
+    let mut prefix = "/api/v1";
+    for chunk in src.split(".route(\"").skip(1) {
+        let path = &chunk[..chunk.find('"').unwrap()];
+        let call = &chunk[..chunk.find("))").unwrap_or(chunk.len())];
+        if path == "/healthz" {
+            prefix = "";
+        }
+        for (name, method) in [("get(", "GET"), ("post(", "POST"), ("delete(", "DELETE")] {
+            let bare = call[path.len()..].starts_with(&format!("\",{name}"));
+            if bare || call.contains(&format!(".{name}")) || call.contains(&format!("::{name}")) {
+                out.push((method.to_string(), format!("{prefix}{path}")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_served_routes() {
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("docs/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| ["get", "post", "delete", "put", "patch"].contains(&k.as_str()))
+                .map(|m| (m.to_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    documented.sort();
+    assert_eq!(documented, routes_in_source());
+    // The role table of this test covers every documented API route.
+    let mut tested: Vec<(String, String)> = routes()
+        .into_iter()
+        .map(|(m, p, _, _)| {
+            let p = p.replace("/nope", "/{id}");
+            let p = if p.starts_with("/api/v1/policies/{id}") {
+                "/api/v1/policies/{service}".into()
+            } else if p.starts_with("/api/v1/tokens/{id}") {
+                "/api/v1/tokens/{name}".into()
+            } else {
+                p
+            };
+            (m.to_string(), p)
+        })
+        .collect();
+    tested.extend([
+        ("GET".into(), "/healthz".into()),
+        ("GET".into(), "/openapi.json".into()),
+    ]);
+    tested.sort();
+    assert_eq!(tested, documented);
+    // Every operation documents its security and its error answers.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let open = path == "/healthz" || path == "/openapi.json";
+            assert_eq!(
+                op["security"] == json!([]),
+                open,
+                "{method} {path} security"
+            );
+            if !open {
+                for code in ["401", "403"] {
+                    assert!(
+                        op["responses"][code].is_object(),
+                        "{method} {path} lacks {code}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_are_json_with_stable_codes_and_secrets_never_leave_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let admin = server.token("admin", "root");
+    let call = |m: &str, p: &str, b: Option<Value>| server.call(m, p, Some(&admin), b);
+
+    let (s, v) = call("GET", "/no/such/route", None);
+    assert!(s == 404 && is_error(&v, "not_found"), "{s} {v}");
+    let (s, v) = call("PUT", "/api/v1/releases", None);
+    assert!(s == 405 && is_error(&v, "method_not_allowed"), "{s} {v}");
+    let (s, v) = call(
+        "POST",
+        "/api/v1/releases",
+        Some(json!({"policy": "service: [", "version": "v2"})),
+    );
+    assert!(s == 422 && is_error(&v, "invalid_policy"), "{s} {v}");
+    assert!(
+        v["error"]["details"]["diagnostics"][0]["line"].is_u64(),
+        "{v}"
+    );
+    let (s, v) = call("POST", "/api/v1/releases", Some(json!({"policy": 1})));
+    assert!(s == 400 && is_error(&v, "invalid_request"), "{s} {v}");
+    let (s, v) = call("GET", "/api/v1/releases?limit=many", None);
+    assert!(s == 400 && is_error(&v, "invalid_request"), "{s} {v}");
+    let (s, v) = call(
+        "POST",
+        "/api/v1/releases/x/approve",
+        Some(json!({"nonsense": 1})),
+    );
+    assert!(s == 400 && is_error(&v, "invalid_request"), "{s} {v}");
+    let (s, v) = call(
+        "POST",
+        "/api/v1/policies/validate",
+        Some(json!({"policy": "service: x"})),
+    );
+    assert_eq!((s, &v["valid"]), (200, &json!(false)), "{v}");
+    assert!(
+        v["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["path"].is_string())
+    );
+
+    // A frozen service refuses new releases with `frozen`.
+    let (s, _) = call(
+        "POST",
+        "/api/v1/freeze",
+        Some(json!({"state": "on", "service": "shop", "reason": "sale"})),
+    );
+    assert_eq!(s, 200);
+    let shop = policy("shop", common::free_port(), "");
+    let (s, v) = call(
+        "POST",
+        "/api/v1/releases",
+        Some(json!({"policy": shop, "version": "v2"})),
+    );
+    assert!(s == 409 && is_error(&v, "frozen"), "{s} {v}");
+    let (_, v) = call("GET", "/api/v1/freeze", None);
+    assert_eq!(v["freezes"][0]["scope"], "shop");
+    assert_eq!(
+        v["freezes"][0]["actor"], "root",
+        "recorded as the token's name"
+    );
+
+    // Secrets in a policy are redacted from its API copy; tokens are never listed.
+    let secret_policy = format!(
+        "{}notify:\n  - webhook: http://127.0.0.1:9/hook\n    secret: hunter2-signing-key\n  - slack: https://hooks.slack.example/T000/B000/XXXX\n  - pagerduty: {{routing_key: pd-routing-key-123}}\n",
+        policy("paid", common::free_port(), "")
+    );
+    let deployer = server.token("deployer", "ci");
+    let (s, v) = server.call(
+        "POST",
+        "/api/v1/releases",
+        Some(&deployer),
+        Some(json!({"policy": secret_policy, "version": "v2", "stable": "v1"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    server.wait_release(&id, &admin, std::time::Duration::from_secs(30), |v| {
+        v["phase"] != "queued"
+    });
+    let (_, v) = call("GET", "/api/v1/policies/paid", None);
+    let text = v["policy"].as_str().unwrap();
+    for secret in [
+        "hunter2-signing-key",
+        "hooks.slack.example",
+        "pd-routing-key-123",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    assert!(
+        text.contains("<redacted>") && text.contains("service: paid"),
+        "{text}"
+    );
+    let (_, v) = call("GET", "/api/v1/tokens", None);
+    assert!(
+        !v.to_string().contains(&deployer) && !v.to_string().contains("hash"),
+        "{v}"
+    );
+    let (s, v) = call(
+        "POST",
+        &format!("/api/v1/releases/{id}/abort"),
+        Some(json!({"reason": "done with it"})),
+    );
+    assert_eq!(s, 202, "{v}");
+    server.wait_release(&id, &admin, std::time::Duration::from_secs(30), |v| {
+        v["outcome"].is_string()
+    });
+    let log = std::fs::read_to_string(server.state.join("logs").join(format!("{id}.log"))).unwrap();
+    assert!(
+        !log.contains("hunter2") && !log.contains(&deployer),
+        "{log}"
+    );
+}

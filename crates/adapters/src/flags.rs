@@ -193,6 +193,14 @@ impl FlagServer {
     }
 }
 
+impl FlagServer {
+    /// Stops serving and returns once the listening socket is closed.
+    pub async fn close(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 impl Drop for FlagServer {
     fn drop(&mut self) {
         self.task.abort();

@@ -234,3 +234,32 @@ async fn no_backends_means_503_not_a_hang() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// A server running many releases binds the same address for the next release of a
+/// service as soon as one ends: keep-alive clients must be let go (or they would keep
+/// talking to a proxy whose backends are stopped) and the address must be free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_frees_the_address_and_lets_keep_alive_clients_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_proxy, server, _) = setup(Sticky::None).await;
+    let addr = server.local_addr();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    server.close().await;
+    let (_again, server2) = Proxy::bind(addr, Sticky::None)
+        .await
+        .expect("the address is free at once");
+    // The kept-alive connection is closed by the old proxy (EOF), not left serving.
+    let eof = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+    assert!(matches!(eof, Ok(Ok(0))), "{eof:?}");
+    drop(server2);
+}

@@ -32,8 +32,8 @@ pub struct DataPlane {
     pub proxy: Option<Proxy>,
     /// Where users reach the service, when rampart knows.
     pub entry: Option<SocketAddr>,
-    _proxy_server: Option<ProxyServer>,
-    _flags: Option<FlagServer>,
+    proxy_server: Option<ProxyServer>,
+    flag_endpoint: Option<FlagServer>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -41,6 +41,19 @@ impl std::fmt::Debug for DataPlane {
         f.debug_struct("DataPlane")
             .field("entry", &self.entry)
             .finish_non_exhaustive()
+    }
+}
+
+impl DataPlane {
+    /// Stops the embedded proxy and the flag endpoint and returns once their addresses
+    /// are free again (the next release of the service binds them at once).
+    pub async fn close(self) {
+        if let Some(server) = self.proxy_server {
+            server.close().await;
+        }
+        if let Some(flags) = self.flag_endpoint {
+            flags.close().await;
+        }
     }
 }
 
@@ -77,8 +90,8 @@ pub async fn start(
                 counted: Arc::new(proxy.clone()),
                 entry: Some(server.local_addr()),
                 proxy: Some(proxy),
-                _proxy_server: Some(server),
-                _flags: flag_server,
+                proxy_server: Some(server),
+                flag_endpoint: flag_server,
             })
         }
         Traffic::Nginx(spec) => {
@@ -96,8 +109,8 @@ pub async fn start(
                 counted: Arc::new(log),
                 proxy: None,
                 entry: Some(spec.listen),
-                _proxy_server: None,
-                _flags: flag_server,
+                proxy_server: None,
+                flag_endpoint: flag_server,
             })
         }
         Traffic::Haproxy(spec) => {
@@ -113,8 +126,8 @@ pub async fn start(
                 counted: Arc::new(log),
                 proxy: None,
                 entry: None,
-                _proxy_server: None,
-                _flags: flag_server,
+                proxy_server: None,
+                flag_endpoint: flag_server,
             })
         }
     }

@@ -476,7 +476,7 @@ pub async fn run_release(
         let _ = deployer.stop(v).await;
     }
     // Stops the embedded proxy (if any): nothing reaches the versions through it.
-    drop(plane);
+    plane.close().await;
 
     let (_, log) = store
         .load(&id)

@@ -118,11 +118,13 @@ pub struct Proxy {
     inner: Arc<Inner>,
 }
 
-/// The accept loop. Dropping it stops accepting connections.
+/// The accept loop. Dropping it stops accepting connections and closes the open ones
+/// once their request in flight is answered.
 #[derive(Debug)]
 pub struct ProxyServer {
     task: JoinHandle<()>,
     addr: SocketAddr,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl ProxyServer {
@@ -130,10 +132,21 @@ impl ProxyServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Stops accepting and returns once the listening socket is closed, so the address
+    /// can be bound again at once (dropping only asks the accept loop to stop).
+    pub async fn close(mut self) {
+        let _ = self.closing.send(true);
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for ProxyServer {
     fn drop(&mut self) {
+        // Keep-alive clients must not stay on a proxy whose backends are gone: they
+        // reconnect, to whatever listens next.
+        let _ = self.closing.send(true);
         self.task.abort();
     }
 }
@@ -162,11 +175,19 @@ impl Proxy {
             }),
         };
         let serving = proxy.clone();
-        let task = tokio::spawn(async move { serving.accept_loop(listener).await });
-        Ok((proxy, ProxyServer { task, addr }))
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move { serving.accept_loop(listener, closed).await });
+        Ok((
+            proxy,
+            ProxyServer {
+                task,
+                addr,
+                closing,
+            },
+        ))
     }
 
-    async fn accept_loop(self, listener: TcpListener) {
+    async fn accept_loop(self, listener: TcpListener, closed: tokio::sync::watch::Receiver<bool>) {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -178,6 +199,7 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
+            let mut closed = closed.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let proxy = proxy.clone();
@@ -186,7 +208,15 @@ impl Proxy {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = conn.await {
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    ended = conn.as_mut() => ended,
+                    _ = closed.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "proxy connection ended");
                 }
             });

@@ -356,7 +356,7 @@ impl SqliteStore {
     pub fn open_submissions(&self) -> Result<Vec<Submission>, PortError> {
         self.with(|c| {
             let mut stmt = c
-                .prepare(&format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE state != 'done' ORDER BY created_at, id"))
+                .prepare(&format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE state != 'done' ORDER BY rowid"))
                 .map_err(db_err)?;
             let rows = stmt.query_map([], row_to_submission).map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)

@@ -93,15 +93,22 @@ impl Server {
         limit: Duration,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let mut last = Value::Null;
-        until(&format!("release {id}"), limit, || {
+        #[allow(clippy::disallowed_methods)] // a test's own time limit
+        let deadline = std::time::Instant::now() + limit;
+        loop {
             let (status, v) =
                 self.call("GET", &format!("/api/v1/releases/{id}"), Some(token), None);
-            let ok = status == 200 && done(&v);
-            last = v;
-            ok
-        });
-        last
+            if status == 200 && done(&v) {
+                return v;
+            }
+            #[allow(clippy::disallowed_methods)]
+            let now = std::time::Instant::now();
+            assert!(
+                now < deadline,
+                "release {id}: not reached within {limit:?}; last seen {status} {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL, like a crash.

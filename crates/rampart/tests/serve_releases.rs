@@ -1,0 +1,313 @@
+//! Real releases under `rampart serve`: several services at once, a queue per service,
+//! a server killed mid-release and restarted, approvals with four eyes, pause and
+//! promote from the CLI client, and `rampart run --server` with its exit codes.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::serve::{Server, policy, submit};
+use common::{free_port, rampart, runtime, start_load};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn kinds(server: &Server, token: &str, id: &str) -> Vec<String> {
+    let (_, v) = server.call(
+        "GET",
+        &format!("/api/v1/releases/{id}/events"),
+        Some(token),
+        None,
+    );
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A client command against the server, as `token`; returns the exit code and stdout.
+fn client(server: &Server, token: &str, args: &[&str]) -> (i32, String) {
+    let out = rampart()
+        .args(args)
+        .env("RAMPART_SERVER", &server.url)
+        .env("RAMPART_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn two_services_release_at_once_and_both_finish_after_the_server_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut server = Server::start(&state);
+    let ci = server.token("deployer", "ci");
+    let viewer = server.token("viewer", "watch");
+    let rt = runtime();
+    let slow = "      - {weight: 30, bake: 4s}\n";
+    let mut ids = Vec::new();
+    for service in ["alpha", "beta"] {
+        let port = free_port();
+        let _ = start_load(&rt, port, 150);
+        ids.push(submit(&server, &ci, &policy(service, port, slow)));
+    }
+    // Both run at the same time.
+    for id in &ids {
+        server.wait_release(id, &viewer, LONG, |v| {
+            v["phase"] == "progressing" && v["weight"].as_f64().unwrap() > 0.0
+        });
+    }
+    server.kill();
+    let server = Server::start_on(&state, server.port);
+    for id in &ids {
+        let end = server.wait_release(id, &viewer, LONG, |v| v["report"].is_object());
+        assert_eq!(end["outcome"], "promoted", "{end}");
+        assert_eq!(end["report"]["outcome"], "promoted", "{end}");
+        let kinds = kinds(&server, &viewer, id);
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "release_started").count(),
+            1,
+            "started once: {kinds:?}"
+        );
+        assert!(kinds.iter().any(|k| k == "resumed"), "{kinds:?}");
+    }
+    // Everything the two releases did is in an intact audit chain.
+    let verify = || {
+        rampart()
+            .args(["audit", "verify", "--output", "json", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["log_entries"].as_u64().unwrap() > 10, "{report}");
+    drop(server);
+    let conn = rusqlite::Connection::open(state.join("rampart.db")).unwrap();
+    conn.execute(
+        "UPDATE events SET audit = replace(audit, 'promoting', 'PROMOTING') WHERE audit LIKE '%promoting%'",
+        [],
+    )
+    .unwrap();
+    let out = verify();
+    assert_eq!(out.status.code(), Some(4), "tampering goes unnoticed");
+}
+
+#[test]
+fn a_service_runs_one_release_at_a_time_and_the_next_waits_in_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let ci = server.token("deployer", "ci");
+    let rt = runtime();
+    let port = free_port();
+    let _ = start_load(&rt, port, 150);
+    let text = policy("gamma", port, "");
+    let first = submit(&server, &ci, &text);
+    let body = json!({"policy": text, "version": "v3"});
+    let (status, second) = server.call("POST", "/api/v1/releases", Some(&ci), Some(body));
+    assert_eq!(status, 201, "{second}");
+    let second = second["id"].as_str().unwrap().to_string();
+    server.wait_release(&first, &ci, LONG, |v| v["phase"] == "progressing");
+    let (_, waiting) = server.call(
+        "GET",
+        &format!("/api/v1/releases/{second}"),
+        Some(&ci),
+        None,
+    );
+    assert_eq!(waiting["phase"], "queued", "{waiting}");
+    let (_, list) = server.call("GET", "/api/v1/releases?service=gamma", Some(&ci), None);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let one = server.wait_release(&first, &ci, LONG, |v| v["report"].is_object());
+    assert_eq!(one["outcome"], "promoted");
+    let two = server.wait_release(&second, &ci, LONG, |v| v["report"].is_object());
+    assert_eq!(two["outcome"], "promoted", "{two}");
+    assert_eq!(
+        two["stable"], "v2",
+        "the second starts from what the first left serving"
+    );
+}
+
+#[test]
+fn an_on_call_engineer_approves_pauses_and_promotes_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let ops = server.token("admin", "ops");
+    let alice = server.token("approver", "alice");
+    let ci = server.token("deployer", "ci");
+    let rt = runtime();
+    let port = free_port();
+    let _ = start_load(&rt, port, 150);
+    let steps = "      - {approval: {role: release-manager, timeout: 10m}}\n      - {weight: 30, bake: 2s}\n";
+    let id = submit(&server, &ops, &policy("delta", port, steps));
+    let waiting = server.wait_release(&id, &ops, LONG, |v| v["phase"] == "awaiting_approval");
+    assert!(
+        waiting["awaiting_approval"]
+            .as_str()
+            .unwrap()
+            .contains("approval"),
+        "{waiting}"
+    );
+
+    // Four eyes: the initiator cannot approve, even as admin; a deployer has no right.
+    let (code, _) = client(&server, &ops, &["approve", &id]);
+    assert_eq!(code, 2);
+    let (code, _) = client(&server, &ci, &["approve", &id]);
+    assert_eq!(code, 2);
+    let (code, out) = client(&server, &alice, &["approve", "delta", "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["release"],
+        id.as_str()
+    );
+
+    // Paused at the 30 % step, it keeps analysing but does not advance.
+    server.wait_release(&id, &ops, LONG, |v| v["weight"] == 30.0);
+    let (code, _) = client(
+        &server,
+        &ci,
+        &["pause", &id, "--reason", "checking dashboards"],
+    );
+    assert_eq!(code, 0);
+    let paused = server.wait_release(&id, &ops, LONG, |v| v["paused_by"] == "ci");
+    let seen = paused["intervals"].as_u64().unwrap();
+    // Four more intervals: twice the bake that would have advanced it.
+    let held = server.wait_release(&id, &ops, LONG, |v| {
+        v["intervals"].as_u64().unwrap() >= seen + 4
+    });
+    assert_eq!(
+        (held["weight"].as_f64(), held["phase"].as_str()),
+        (Some(30.0), Some("progressing")),
+        "{held}"
+    );
+
+    // Promote: only someone other than the initiator, with the approver's right.
+    let (code, _) = client(&server, &ci, &["promote", &id, "--reason", "looks good"]);
+    assert_eq!(code, 2, "a deployer cannot promote");
+    let (code, _) = client(&server, &alice, &["promote", &id, "--reason", "looks good"]);
+    assert_eq!(code, 0);
+    let end = server.wait_release(&id, &ops, LONG, |v| v["outcome"].is_string());
+    assert_eq!(end["outcome"], "promoted");
+    assert_eq!(end["decision"]["by"], "alice", "{end}");
+
+    // Every action is recorded under the token's name.
+    let (code, out) = client(&server, &ops, &["events", &id, "--output", "json"]);
+    assert_eq!(code, 0);
+    let events: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let by = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .map(|e| e["actor"].as_str().unwrap().to_string())
+    };
+    assert_eq!(by("approved").as_deref(), Some("alice"));
+    assert_eq!(by("paused").as_deref(), Some("ci"));
+    assert_eq!(by("promoted_by_operator").as_deref(), Some("alice"));
+    let (_, audit) = server.call(
+        "GET",
+        &format!("/api/v1/releases/{id}/audit"),
+        Some(&ops),
+        None,
+    );
+    let actions: Vec<(String, String)> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"].as_str().unwrap().starts_with("request:"))
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().into(),
+                r["actor"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("request:approve".to_string(), "alice".to_string()),
+            ("request:pause".into(), "ci".into()),
+            ("request:promote".into(), "alice".into()),
+        ]
+    );
+    let (code, out) = client(&server, &ops, &["list", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()[0]["id"],
+        id.as_str()
+    );
+    let (code, out) = client(&server, &ops, &["status", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("succeeded"), "{out}");
+    let (code, _) = client(&server, &alice, &["approve", &id]);
+    assert_eq!(code, 5, "nothing to approve on a finished release");
+}
+
+#[test]
+fn run_with_server_follows_the_release_and_keeps_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let ci = server.token("deployer", "ci");
+    let ops = server.token("admin", "ops");
+    let rt = runtime();
+    let port = free_port();
+    let _ = start_load(&rt, port, 150);
+    let path = dir.path().join("rampart.yaml");
+    std::fs::write(&path, policy("epsilon", port, "")).unwrap();
+    let run = || {
+        rampart()
+            .args([
+                "run",
+                "--version",
+                "v2",
+                "--stable",
+                "v1",
+                "--output",
+                "json",
+                "--server",
+                &server.url,
+                "-f",
+            ])
+            .arg(&path)
+            .env("RAMPART_TOKEN", &ci)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["outcome"], "promoted");
+    assert!(report["timeline"].as_array().unwrap().len() > 3, "{report}");
+    assert!(report["decided_at_s"].as_f64().unwrap() > 0.0);
+
+    let (code, _) = client(
+        &server,
+        &ops,
+        &["freeze", "on", "--service", "epsilon", "--reason", "sale"],
+    );
+    assert_eq!(code, 0);
+    let out = run();
+    assert_eq!(out.status.code(), Some(5), "frozen: blocked");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "blocked");
+
+    let out = rampart()
+        .args(["run", "--version", "v2", "--server", &server.url, "-f"])
+        .arg(&path)
+        .env("RAMPART_TOKEN", "rampart_wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a bad token is refused");
+}

@@ -23,6 +23,10 @@ fn routes() -> Vec<(
     const APPROVE: &[&str] = &["approver", "admin"];
     const ADMIN: &[&str] = &["admin"];
     vec![
+        ("GET", "/", None, ALL),
+        ("GET", "/ui/app.js", None, ALL),
+        ("GET", "/ui/app.css", None, ALL),
+        ("POST", "/ui/logout", None, ALL),
         ("GET", "/api/v1/whoami", None, ALL),
         ("GET", "/api/v1/releases", None, ALL),
         ("POST", "/api/v1/releases", Some(json!({})), DEPLOY),
@@ -220,20 +224,27 @@ fn the_openapi_document_lists_exactly_the_served_routes() {
     tested.extend([
         ("GET".into(), "/healthz".into()),
         ("GET".into(), "/openapi.json".into()),
+        ("POST".into(), "/ui/login".into()),
     ]);
     tested.sort();
     assert_eq!(tested, documented);
     // Every operation documents its security and its error answers.
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
-            let open = path == "/healthz" || path == "/openapi.json";
+            let open = ["/healthz", "/openapi.json", "/ui/login"].contains(&path.as_str());
             assert_eq!(
                 op["security"] == json!([]),
                 open,
                 "{method} {path} security"
             );
+            if path != "/healthz" && path != "/openapi.json" {
+                assert!(
+                    op["responses"]["401"].is_object(),
+                    "{method} {path} lacks 401"
+                );
+            }
             if !open {
-                for code in ["401", "403"] {
+                for code in ["403"] {
                     assert!(
                         op["responses"][code].is_object(),
                         "{method} {path} lacks {code}"
@@ -359,4 +370,94 @@ fn errors_are_json_with_stable_codes_and_secrets_never_leave_the_server() {
         !log.contains("hunter2") && !log.contains(&deployer),
         "{log}"
     );
+}
+
+/// Sends one raw HTTP/1.1 request (the connection closes after it) and returns the
+/// whole answer.
+fn raw(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn the_dashboard_signs_in_with_a_token_and_guards_changes_made_with_its_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let token = server.token("admin", "ops");
+    let port = server.port;
+    let page = raw(
+        port,
+        "GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+    );
+    assert!(page.starts_with("HTTP/1.1 401"), "{page}");
+    assert!(
+        page.contains("<form") && page.contains("name=\"token\""),
+        "{page}"
+    );
+    let login = |t: &str| {
+        let body = format!("token={t}");
+        raw(
+            port,
+            &format!(
+                "POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    assert!(login("rampart_nope").starts_with("HTTP/1.1 401"));
+    let ok = login(&token);
+    assert!(ok.starts_with("HTTP/1.1 303"), "{ok}");
+    let cookie = ok
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap();
+    let page = raw(
+        port,
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: {session}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{page}"
+    );
+    assert!(
+        page.contains("/ui/app.js") && !page.contains("http://") && !page.contains("https://"),
+        "no CDN: {page}"
+    );
+    for asset in ["/ui/app.js", "/ui/app.css"] {
+        let a = raw(
+            port,
+            &format!(
+                "GET {asset} HTTP/1.1\r\nHost: x\r\nCookie: {session}\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert!(a.starts_with("HTTP/1.1 200"), "{asset}: {a}");
+        assert!(
+            !a.contains("https://") && !a.contains("http://"),
+            "{asset} loads nothing from elsewhere"
+        );
+    }
+    // A change with the cookie alone (what a cross-site form could send) is refused.
+    let body = r#"{"state":"on","reason":"x"}"#;
+    let change = |extra: &str| {
+        raw(
+            port,
+            &format!(
+                "POST /api/v1/freeze HTTP/1.1\r\nHost: x\r\nCookie: {session}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    assert!(change("").starts_with("HTTP/1.1 403"));
+    assert!(change("X-Rampart-UI: 1\r\n").starts_with("HTTP/1.1 200"));
 }

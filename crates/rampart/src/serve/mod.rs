@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod queue;
+pub mod ui;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -127,6 +128,11 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/openapi.json", get(api::openapi))
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
+        .route("/ui/login", post(ui::login))
+        .route("/ui/logout", post(ui::logout))
         .nest("/api/v1", api)
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)

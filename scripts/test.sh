@@ -15,6 +15,10 @@ command -v nginx >/dev/null 2>&1 || apt_missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || apt_missing+=(haproxy)
 command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || apt_missing+=(prometheus-alertmanager)
+# The dashboard's browser test: headless Chromium driven over WebDriver.
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium fonts-dejavu-core)
+command -v chromedriver >/dev/null 2>&1 || apt_missing+=(chromium-driver)
+python3 -m venv --help >/dev/null 2>&1 || apt_missing+=(python3-venv)
 if ((${#apt_missing[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -27,6 +31,15 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# schemathesis (PyPI) fuzzes the API from its OpenAPI document; kept in a virtual
+# environment under target/ so nothing is installed system-wide.
+venv=target/tools/venv
+if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.*"
+fi
+export RAMPART_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 
 set -x
 cargo fmt --all -- --check

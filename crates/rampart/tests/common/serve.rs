@@ -53,6 +53,11 @@ impl Server {
 
     /// Creates a token with `rampart token create` and returns it.
     pub fn token(&self, role: &str, name: &str) -> String {
+        Server::token_in(&self.state, role, name)
+    }
+
+    /// Creates a token in the store under `state`.
+    pub fn token_in(state: &Path, role: &str, name: &str) -> String {
         let out = rampart()
             .args([
                 "token",
@@ -63,7 +68,7 @@ impl Server {
                 name,
                 "--state-dir",
             ])
-            .arg(&self.state)
+            .arg(state)
             .output()
             .unwrap();
         assert!(

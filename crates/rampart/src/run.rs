@@ -70,6 +70,29 @@ pub struct Served {
     pub base_dir: PathBuf,
     /// Where progress lines go.
     pub log: PathBuf,
+    /// The data plane each service's last release left serving.
+    pub serving: Serving,
+}
+
+/// The data plane (the embedded proxy, the flag endpoint) a served release leaves in
+/// place when it ends, by service: the service keeps answering through it, on the
+/// version the release left serving, until its next release takes the address over.
+pub type Serving = Arc<
+    tokio::sync::Mutex<
+        std::collections::HashMap<String, (crate::dataplane::DataPlane, Arc<ProcessDeployer>)>,
+    >,
+>;
+
+/// Stops what served releases left running (at a server's orderly shutdown: without
+/// its proxy nothing reaches those versions any more).
+pub async fn stop_serving(serving: &Serving) {
+    let kept: Vec<_> = serving.lock().await.drain().collect();
+    for (_, (plane, deployer)) in kept {
+        for v in [Variant::Canary, Variant::Stable] {
+            let _ = deployer.stop(v).await;
+        }
+        plane.close().await;
+    }
 }
 
 /// Why `run` ended without an outcome.
@@ -262,6 +285,12 @@ pub async fn run_release(
         }
     };
 
+    if let Some(served) = &opts.served {
+        let previous = served.serving.lock().await.remove(&policy.service);
+        if let Some((previous, _)) = previous {
+            previous.close().await;
+        }
+    }
     let plane = crate::dataplane::start(&policy, &store, &clock).await?;
     let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(
         &policy.service,
@@ -470,13 +499,27 @@ pub async fn run_release(
         }
         let _ = tokio::signal::ctrl_c().await;
     }
-    // The embedded proxy ends with this process, so nothing would reach the versions:
-    // stop them rather than leave orphans. Logs stay in the state directory.
-    for v in [Variant::Canary, Variant::Stable] {
-        let _ = deployer.stop(v).await;
+    match (&opts.served, end.outcome()) {
+        // Under `rampart serve` the service goes on serving what the release left (a
+        // halted release included: rampart does not touch its traffic), until its next
+        // release.
+        (Some(served), Some(outcome)) if outcome != OutcomeKind::Blocked => {
+            served
+                .serving
+                .lock()
+                .await
+                .insert(policy.service.clone(), (plane, deployer.clone()));
+        }
+        _ => {
+            // The embedded proxy ends with this process, so nothing would reach the
+            // versions: stop them rather than leave orphans. Logs stay in the state
+            // directory.
+            for v in [Variant::Canary, Variant::Stable] {
+                let _ = deployer.stop(v).await;
+            }
+            plane.close().await;
+        }
     }
-    // Stops the embedded proxy (if any): nothing reaches the versions through it.
-    plane.close().await;
 
     let (_, log) = store
         .load(&id)

@@ -207,6 +207,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         feed,
         workdir: api::default_workdir(),
     };
+    let queue = app.queue.clone();
     tokio::spawn(app.queue.clone().run());
     tokio::spawn(follow(app.clone()));
     println!("rampart serve: listening on http://{addr}");
@@ -233,6 +234,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         }
         () = shutdown => {
             eprintln!("rampart serve: stopping; releases in flight resume at the next start");
+            queue.stop_serving().await;
         }
     }
     0

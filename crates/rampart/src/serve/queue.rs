@@ -29,6 +29,8 @@ pub struct Queue {
     state_dir: PathBuf,
     /// Services with a worker.
     busy: Mutex<HashSet<String>>,
+    /// What each service's last release left serving.
+    serving: crate::run::Serving,
     wake: tokio::sync::Notify,
 }
 
@@ -39,8 +41,14 @@ impl Queue {
             store,
             state_dir,
             busy: Mutex::new(HashSet::new()),
+            serving: Default::default(),
             wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Stops the versions that finished releases left serving (orderly shutdown).
+    pub async fn stop_serving(&self) {
+        crate::run::stop_serving(&self.serving).await;
     }
 
     /// Looks at the queue now (after a submission).
@@ -178,6 +186,7 @@ impl Queue {
                 release_id: s.id.clone(),
                 base_dir: PathBuf::from(&s.workdir),
                 log: self.state_dir.join("logs").join(format!("{}.log", s.id)),
+                serving: self.serving.clone(),
             }),
         }
     }

@@ -17,6 +17,8 @@ pub struct Server {
     pub url: String,
     pub port: u16,
     pub state: PathBuf,
+    /// Whether the process was already stopped (and reaped).
+    stopped: bool,
 }
 
 impl Server {
@@ -44,6 +46,7 @@ impl Server {
             url: format!("http://127.0.0.1:{port}"),
             port,
             state: state.to_path_buf(),
+            stopped: false,
         };
         until("the server answers", Duration::from_secs(20), || {
             call(&s.url, "GET", "/healthz", None, None).0 == 200
@@ -120,12 +123,19 @@ impl Server {
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.stopped = true;
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if self.stopped {
+            return;
+        }
+        // An orderly stop, so the versions the server keeps serving are stopped too.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }

@@ -24,6 +24,14 @@ async fn busy_store(path: &Path) -> SqliteStore {
         outcome: None,
     };
     store.create(&rec).await.unwrap();
+    let approve = OperatorCommand {
+        kind: CommandKind::Approve,
+        actor: "bob".into(),
+        reason: "looks fine".into(),
+        force: false,
+        at: 1_500,
+    };
+    store.push_command("shop", &approve).await.unwrap();
     let inputs = [
         Input::Resumed,
         Input::Approved { by: "bob".into() },
@@ -63,6 +71,20 @@ async fn busy_store(path: &Path) -> SqliteStore {
     store
         .create_token("ci", "deployer", "admin", 4_000)
         .unwrap();
+    let sub = rampart_adapters::sqlite::Submission {
+        id: "shop-2".into(),
+        service: "shop".into(),
+        version: "v3".into(),
+        stable: None,
+        hotfix: None,
+        initiator: "ci".into(),
+        policy: "service: shop".into(),
+        workdir: "/".into(),
+        state: "queued".into(),
+        report: None,
+        created_at: 5_000,
+    };
+    store.submit(&sub).unwrap();
     store
 }
 
@@ -82,12 +104,15 @@ async fn an_untouched_store_verifies_and_reports_its_head() {
     let store = busy_store(&path).await;
     let report = store.verify_chain().unwrap();
     assert!(report.ok, "{:?}", report.problems);
-    // chain_started, three inputs, freeze, request, token.
-    assert_eq!((report.records, report.log_entries), (7, 3));
+    // chain_started, created, request, three inputs, freeze, request, token, submission.
+    assert_eq!((report.records, report.log_entries), (10, 3));
     let records = store.chain_records(Some("shop-1")).unwrap();
     let actors: Vec<_> = records.iter().map(|r| r.actor.as_str()).collect();
-    assert_eq!(actors, ["rampart", "bob", "rampart", "dave"]);
-    assert_eq!(report.head, store.chain_records(None).unwrap()[6].hash);
+    assert_eq!(
+        actors,
+        ["rampart", "bob", "rampart", "bob", "rampart", "dave"]
+    );
+    assert_eq!(report.head, store.chain_records(None).unwrap()[9].hash);
 }
 
 #[tokio::test]
@@ -118,6 +143,24 @@ async fn every_kind_of_tampering_is_found() {
             "UPDATE tokens SET hash = 'f00d' WHERE name = 'ci'",
             "token ci",
         ),
+        (
+            "UPDATE events SET at = at + 60000 WHERE seq = 0",
+            "entry 0: differs",
+        ),
+        (
+            "UPDATE releases SET policy = 'service: shop\n# edited'",
+            "release shop-1: its service",
+        ),
+        (
+            "UPDATE releases SET outcome = 'promoted'",
+            "release shop-1: its outcome",
+        ),
+        (
+            "UPDATE submissions SET initiator = 'mallory'",
+            "submission shop-2",
+        ),
+        ("DELETE FROM freezes", "gone from the table"),
+        ("UPDATE freezes SET reason = 'none'", "freeze of shop"),
     ];
     for (sql, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -157,4 +200,31 @@ async fn tokens_are_kept_as_hashes_and_revocation_is_final() {
     let again = store.create_token("ops", "viewer", "admin", 4).unwrap();
     assert_ne!(again, secret);
     assert!(store.verify_chain().unwrap().ok);
+}
+
+#[tokio::test]
+async fn an_approval_nobody_asked_for_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let store = busy_store(&path).await;
+    // A request smuggled into the commands table, applied by a controller: the input
+    // is chained, but no request was.
+    let entry = StoredInput {
+        seq: 3,
+        at: 9_000,
+        input: Input::Approved {
+            by: "mallory".into(),
+        },
+        events: vec![],
+    };
+    store.append("shop-1", &entry).await.unwrap();
+    let report = store.verify_chain().unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("approve by mallory that nobody asked for")),
+        "{:?}",
+        report.problems
+    );
 }

@@ -265,19 +265,35 @@ impl Controller {
             self.feed(&mut run, Input::Resumed).await?;
         }
 
+        // The action being performed. An operator's request that leaves it pending (a
+        // pause, a refused approval) does not restart it; one that replaces it (an abort)
+        // drops it.
+        type Work<'w> = std::pin::Pin<Box<dyn std::future::Future<Output = Input> + Send + 'w>>;
+        let mut inflight: Option<(Action, Work<'_>)> = None;
         while !run.state.phase.is_terminal() {
             let input = if let Some(Action::RunMigrations) = run.state.pending {
                 // Never interrupted: a half-applied migration is worse than a late abort.
+                inflight = None;
                 self.execute(&Action::RunMigrations).await
             } else if let Some(action) = run.state.pending.clone() {
-                let work = self.execute(&action);
-                tokio::pin!(work);
-                tokio::select! {
-                    input = &mut work => input,
-                    Some(cmd) = recv(&mut commands) => cmd,
-                    cmd = self.queued_command(&run.id) => cmd?,
+                if inflight.as_ref().is_none_or(|(a, _)| *a != action) {
+                    let owned = action.clone();
+                    inflight = Some((action, Box::pin(async move { self.execute(&owned).await })));
                 }
+                let (input, done) = match inflight.as_mut() {
+                    Some((_, work)) => tokio::select! {
+                        input = work => (input, true),
+                        Some(cmd) = recv(&mut commands) => (cmd, false),
+                        cmd = self.queued_command(&run.id) => (cmd?, false),
+                    },
+                    None => return Err(ControllerError::Stuck(run.id, run.state.phase.as_str())),
+                };
+                if done {
+                    inflight = None;
+                }
+                input
             } else if let Some(at) = run.state.wake_at() {
+                inflight = None;
                 let sleep = self.ports.clock.sleep_until(at);
                 tokio::select! {
                     () = sleep => Input::Tick,

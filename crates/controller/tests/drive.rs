@@ -39,6 +39,8 @@ struct FakeWorld {
     weight_changes: Mutex<Vec<Weight>>,
     canary_error_rate_pct: AtomicU32,
     deploys: AtomicU32,
+    /// How long each deploy takes (virtual seconds).
+    deploy_secs: AtomicU32,
     stops: Mutex<Vec<Variant>>,
 }
 
@@ -51,7 +53,9 @@ impl Deployer for Fake {
         version: &'a str,
     ) -> BoxFuture<'a, Result<Deployment, PortError>> {
         self.0.deploys.fetch_add(1, Ordering::SeqCst);
+        let secs = self.0.deploy_secs.load(Ordering::SeqCst);
         Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
             Ok(Deployment {
                 endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
                 retired: vec![],
@@ -419,4 +423,36 @@ async fn a_notifier_that_never_answers_never_holds_up_a_rollback() {
         rampart_core::ports::Clock::now(&clock) >= 30_000,
         "the flush is bounded at 30 s"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() {
+    let world = Arc::new(FakeWorld::default());
+    world.deploy_secs.store(60, Ordering::SeqCst);
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let c = controller(&world, &store);
+    c.create("r1", "v2", POLICY).await.unwrap();
+    let operator = async {
+        // While stable deploys (a minute), a pause arrives: refused before the steps.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let cmd = OperatorCommand {
+            kind: CommandKind::Pause,
+            actor: "carol".into(),
+            reason: "looking".into(),
+            force: false,
+            at: 0,
+        };
+        store.push_command("shop", &cmd).await.unwrap();
+    };
+    let (end, ()) = tokio::join!(c.drive("r1", Some("v1".into()), None), operator);
+    let end = end.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    // Stable and canary once each: the deploy in flight was not started over.
+    assert_eq!(world.deploys.load(Ordering::SeqCst), 2);
+    let (_, log) = store.load("r1").await.unwrap();
+    let refused = log
+        .iter()
+        .flat_map(|e| &e.events)
+        .any(|e| e.kind == "pause_refused" && e.actor == "carol");
+    assert!(refused);
 }

@@ -331,7 +331,8 @@ pub trait Store: Send + Sync {
         service: &'a str,
         command: &'a OperatorCommand,
     ) -> BoxFuture<'a, Result<String, PortError>>;
-    /// Takes (and marks taken) the queued requests for a release, oldest first.
+    /// Takes (and marks taken) the oldest queued request for a release, if any: one at
+    /// a time, so a controller that dies holds at most one untaken request in memory.
     fn take_commands<'a>(
         &'a self,
         release_id: &'a str,

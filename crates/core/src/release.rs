@@ -2104,26 +2104,20 @@ fn next_step(b: &mut Builder<'_>) {
     b.set_weight(Weight::FULL);
 }
 
-/// Phases an operator's pause applies to: a rollback is never held.
-fn pausable(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::Gating
-            | Phase::Migrating
-            | Phase::Deploying
-            | Phase::Previewing
-            | Phase::Progressing
-            | Phase::AwaitingApproval
-    )
+/// Whether an operator's pause applies: only while the canary steps run (at a step or
+/// a step's approval point). Earlier phases would put the first step in force anyway,
+/// and a rollback is never held.
+fn pausable(s: &Release) -> bool {
+    s.phase == Phase::Progressing || (s.phase == Phase::AwaitingApproval && s.approving.is_none())
 }
 
 fn pause(b: &mut Builder<'_>, actor: &str, reason: &str) {
-    if !pausable(b.s.phase) {
+    if !pausable(&b.s) {
         return b.event(
             "pause_refused",
             actor,
             format!(
-                "nothing to pause in phase {}: only a release on its way to 100 % can be held",
+                "nothing to pause in phase {}: a release can be held once its canary steps run",
                 b.s.phase.as_str()
             ),
         );
@@ -2221,6 +2215,11 @@ fn approved(b: &mut Builder<'_>, by: &str) {
             by,
             "the initiator cannot approve their own release (four eyes)".into(),
         );
+        return;
+    }
+    if let Some(paused_by) = &b.s.paused {
+        let msg = format!("paused by {paused_by}: resume the release before approving it");
+        b.event("approval_refused", by, msg);
         return;
     }
     let window = holding

@@ -92,11 +92,32 @@ enum Frame {
 
 /// Parses one YAML document into a [`Node`] tree.
 ///
+/// At most this many values, aliases expanded, in one document.
+pub const MAX_VALUES: usize = 100_000;
+
+fn size_of_node(n: &Node) -> usize {
+    match &n.kind {
+        NodeKind::Seq(items) => items
+            .iter()
+            .map(size_of_node)
+            .fold(1, usize::saturating_add),
+        NodeKind::Map(entries) => entries
+            .iter()
+            .map(|(_, v)| size_of_node(v))
+            .fold(1, usize::saturating_add),
+        _ => 1,
+    }
+}
+
 /// Aliases are expanded. Duplicate keys, non-scalar keys and more than one document are
 /// errors, because each would silently drop part of a policy.
 pub fn parse(src: &str) -> Result<Node, SyntaxError> {
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Each anchor with the number of values it holds: aliases copy them, and nested
+    // aliases multiply, so the total is capped (a few hundred bytes could otherwise
+    // expand to billions of values).
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
+    let mut values = 0usize;
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
 
@@ -134,7 +155,18 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 Some((Node { kind, pos: at }, anchor))
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => Some((node.clone(), 0)),
+                Some((node, size)) => {
+                    values = values.saturating_add(*size);
+                    if values > MAX_VALUES {
+                        return Err(SyntaxError {
+                            pos: at,
+                            message: format!(
+                                "the document expands to more than {MAX_VALUES} values through its aliases"
+                            ),
+                        });
+                    }
+                    Some((node.clone(), 0))
+                }
                 None => {
                     return Err(SyntaxError {
                         pos: at,
@@ -175,8 +207,15 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
         let Some((node, anchor)) = finished else {
             continue;
         };
+        values = values.saturating_add(1);
+        if values > MAX_VALUES {
+            return Err(SyntaxError {
+                pos: node.pos,
+                message: format!("the document holds more than {MAX_VALUES} values"),
+            });
+        }
         if anchor != 0 {
-            anchors.insert(anchor, node.clone());
+            anchors.insert(anchor, (node.clone(), size_of_node(&node)));
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -220,6 +259,22 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_aliases_cannot_expand_without_bound() {
+        // Each level multiplies by ten: 10^9 values from a few hundred bytes.
+        let mut doc = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        let mut prev = 'a';
+        for level in ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'] {
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            doc.push_str(&format!("{level}: &{level} [{refs}]\n"));
+            prev = level;
+        }
+        let err = parse(&doc).unwrap_err();
+        assert!(err.message.contains("aliases"), "{err}");
+        // Modest reuse is fine.
+        assert!(parse("a: &a [1, 2]\nb: *a\nc: *a\n").is_ok());
+    }
 
     #[test]
     fn keeps_positions_of_nested_values() {

@@ -1730,6 +1730,26 @@ fn an_operator_promotion_skips_the_remaining_steps_but_not_four_eyes() {
         actor: by.into(),
         reason: "hotfix verified".into(),
     };
+    // Paused at the approval point, an approval is refused until it is resumed.
+    let pause = Input::Pause {
+        actor: "carol".into(),
+        reason: "wait".into(),
+    };
+    let paused = step(&p, &s, &pause, s.started_at + 1).state;
+    let refused = step(
+        &p,
+        &paused,
+        &Input::Approved { by: "bob".into() },
+        s.started_at + 2,
+    );
+    assert_eq!(refused.state.phase, Phase::AwaitingApproval);
+    assert!(refused.events.iter().any(|e| e.kind == "approval_refused"));
+    assert!(weights_in(&refused.effects).is_empty());
+    // Before the steps run there is nothing to pause: the first step would go in force.
+    let deploying = step(&p, &Release::default(), &start_input(), 0).state;
+    let t = step(&p, &deploying, &pause, 1);
+    assert_eq!(t.state.paused, None);
+    assert!(t.events.iter().any(|e| e.kind == "pause_refused"));
     let own = step(&p, &s, &promote("alice"), s.started_at + 1);
     assert_eq!(own.state.phase, Phase::AwaitingApproval);
     assert!(own.events.iter().any(|e| e.kind == "promote_refused"));

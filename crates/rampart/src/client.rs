@@ -285,10 +285,21 @@ impl Backend {
                     force,
                     at: rampart_adapters::clock::TokioClock::new().now(),
                 };
-                let id = store
-                    .push_command(&release.service, &command)
-                    .await
+                if kind == CommandKind::Promote
+                    && let Ok(Some(f)) = store.freeze(&release.service).await
+                {
+                    return Err(Failure::new(
+                        "frozen",
+                        format!(
+                            "releases of {} are frozen by {}: {}; nothing is promoted during a freeze",
+                            release.service, f.actor, f.reason
+                        ),
+                    ));
+                }
+                store
+                    .push_command_to(&release.id, &command)
                     .map_err(|e| Failure::new("conflict", e.0))?;
+                let id = release.id.clone();
                 Ok(json!({"release": id, "request": what, "queued": true}))
             }
         }

@@ -196,6 +196,15 @@ fn an_on_call_engineer_approves_pauses_and_promotes_from_the_cli() {
     // Promote: only someone other than the initiator, with the approver's right.
     let (code, _) = client(&server, &ci, &["promote", &id, "--reason", "looks good"]);
     assert_eq!(code, 2, "a deployer cannot promote");
+    // Never to 100 % during an operator freeze.
+    let freeze = |state: &str| {
+        let (code, _) = client(&server, &ops, &["freeze", state, "--service", "delta", "--reason", "incident"]);
+        assert_eq!(code, 0);
+    };
+    freeze("on");
+    let (code, _) = client(&server, &alice, &["promote", &id, "--reason", "looks good"]);
+    assert_eq!(code, 5, "refused: frozen");
+    freeze("off");
     let (code, _) = client(&server, &alice, &["promote", &id, "--reason", "looks good"]);
     assert_eq!(code, 0);
     let end = server.wait_release(&id, &ops, LONG, |v| v["outcome"].is_string());

@@ -110,9 +110,43 @@ pub(super) fn chain(
     Ok(())
 }
 
-/// The chain body of a stored input: exactly the two columns the log keeps.
-pub(super) fn input_body(input: &str, audit: &str) -> String {
-    format!("{input}\n{audit}")
+/// Queues an operator request for release `id` inside `tx`, and chains who asked.
+pub(super) fn queue_command(
+    tx: &Transaction<'_>,
+    id: &str,
+    command: &rampart_core::ports::OperatorCommand,
+) -> Result<(), PortError> {
+    tx.execute(
+        "INSERT INTO commands (release_id, actor, reason, force, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, command.actor, command.reason, command.force, command.kind.as_str(), to_i64(command.at)],
+    )
+    .map_err(db_err)?;
+    let body = serde_json::json!({"reason": command.reason, "force": command.force}).to_string();
+    chain(
+        tx,
+        command.at,
+        &command.actor,
+        &format!("request:{}", command.kind.as_str()),
+        Some((id, None)),
+        &body,
+    )
+}
+
+/// The chain body of a stored input: exactly the columns the log keeps (its time, the
+/// input, the audit events).
+pub(super) fn input_body(at: Millis, input: &str, audit: &str) -> String {
+    format!("{at}\n{input}\n{audit}")
+}
+
+/// The request an operator input must have been asked for with, by its input type.
+fn request_for(input_type: &str) -> Option<&'static str> {
+    match input_type {
+        "approved" => Some("approve"),
+        "pause" => Some("pause"),
+        "unpause" => Some("resume"),
+        "promote" => Some("promote"),
+        _ => None,
+    }
 }
 
 /// Who an input came from, for the chain.
@@ -363,6 +397,33 @@ impl SqliteStore {
         })
     }
 
+    /// Queues an operator request for exactly release `id`: fails when it does not
+    /// exist or is over (a request meant for one release never reaches the next).
+    pub fn push_command_to(
+        &self,
+        id: &str,
+        command: &rampart_core::ports::OperatorCommand,
+    ) -> Result<(), PortError> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let open: Option<bool> = tx
+                .query_row(
+                    "SELECT outcome IS NULL FROM releases WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            match open {
+                None => return Err(PortError(format!("no release {id}"))),
+                Some(false) => return Err(PortError(format!("release {id} is over"))),
+                Some(true) => {}
+            }
+            queue_command(&tx, id, command)?;
+            tx.commit().map_err(db_err)
+        })
+    }
+
     /// Claims a submission for running: `false` when it is done (withdrawn) already.
     pub fn claim_submission(&self, id: &str) -> Result<bool, PortError> {
         self.with(|c| {
@@ -558,6 +619,16 @@ impl SqliteStore {
         let mut logged = std::collections::HashMap::new();
         let mut tokens = std::collections::HashMap::new();
         let mut since = i64::MAX;
+        // Requests asked and not yet applied, by (release, request, actor).
+        let mut asked: std::collections::HashMap<(String, String, String), u32> =
+            std::collections::HashMap::new();
+        // What the chain says of releases, submissions and freezes.
+        let mut created = std::collections::HashMap::new();
+        let mut finished = std::collections::HashMap::new();
+        let mut submitted = std::collections::HashMap::new();
+        let mut frozen: std::collections::HashMap<String, Option<(String, String)>> =
+            std::collections::HashMap::new();
+        let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
         for r in &records {
             if r.prev != prev {
                 problems.push(format!(
@@ -582,7 +653,55 @@ impl SqliteStore {
                 a if a.starts_with("input:") => {
                     if let (Some(rel), Some(seq)) = (&r.release_id, r.seq) {
                         logged.insert((rel.clone(), seq), (r.id, r.body.clone()));
+                        if let Some(kind) = request_for(&a["input:".len()..]) {
+                            let key = (rel.clone(), kind.to_string(), r.actor.clone());
+                            match asked.get_mut(&key) {
+                                Some(n) if *n > 0 => *n -= 1,
+                                _ => problems.push(format!(
+                                    "record {}: release {rel} entry {seq} applies a {kind} by {} that nobody asked for",
+                                    r.id, r.actor
+                                )),
+                            }
+                        }
                     }
+                }
+                a if a.starts_with("request:") => {
+                    if let Some(rel) = &r.release_id {
+                        let key = (
+                            rel.clone(),
+                            a["request:".len()..].to_string(),
+                            r.actor.clone(),
+                        );
+                        *asked.entry(key).or_default() += 1;
+                    }
+                }
+                "release_created" => {
+                    if let Some(rel) = &r.release_id {
+                        created.insert(rel.clone(), json(&r.body));
+                    }
+                }
+                "release_finished" => {
+                    if let Some(rel) = &r.release_id {
+                        finished.insert(rel.clone(), json(&r.body));
+                    }
+                }
+                "release_submitted" => {
+                    if let Some(rel) = &r.release_id {
+                        let mut v = json(&r.body);
+                        v["initiator"] = r.actor.clone().into();
+                        submitted.insert(rel.clone(), v);
+                    }
+                }
+                "freeze_on" | "freeze_off" => {
+                    let v = json(&r.body);
+                    let scope = v["scope"].as_str().unwrap_or("*").to_string();
+                    let state = (r.action == "freeze_on").then(|| {
+                        (
+                            r.actor.clone(),
+                            v["reason"].as_str().unwrap_or_default().to_string(),
+                        )
+                    });
+                    frozen.insert(scope, state);
                 }
                 "token_created" | "token_revoked" => {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) {
@@ -599,25 +718,25 @@ impl SqliteStore {
                 _ => {}
             }
         }
-        let entries: Vec<(i64, String, i64, String, String)> = self.with(|c| {
+        let entries: Vec<(i64, String, i64, u64, String, String)> = self.with(|c| {
             let mut stmt = c
-                .prepare("SELECT rowid, release_id, seq, input, audit FROM events WHERE rowid > ?1 ORDER BY rowid")
+                .prepare("SELECT rowid, release_id, seq, at, input, audit FROM events WHERE rowid > ?1 ORDER BY rowid")
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map([since], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?.try_into().unwrap_or(0), r.get(4)?, r.get(5)?))
                 })
                 .map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
         })?;
         let log_entries = entries.len() as u64;
-        for (_, release, seq, input, audit) in entries {
+        for (_, release, seq, at, input, audit) in entries {
             let seq = u64::try_from(seq).unwrap_or(0);
             match logged.remove(&(release.clone(), seq)) {
                 None => problems.push(format!(
                     "release {release} entry {seq}: not in the audit chain (inserted after the fact)"
                 )),
-                Some((id, body)) if body != input_body(&input, &audit) => problems.push(format!(
+                Some((id, body)) if body != input_body(at, &input, &audit) => problems.push(format!(
                     "release {release} entry {seq}: differs from what chain record {id} recorded (changed after the fact)"
                 )),
                 Some(_) => {}
@@ -648,6 +767,7 @@ impl SqliteStore {
                 )),
             }
         }
+        self.verify_tables(&created, &finished, &submitted, &frozen, &mut problems)?;
         Ok(ChainReport {
             ok: problems.is_empty(),
             records: records.len() as u64,
@@ -655,5 +775,93 @@ impl SqliteStore {
             head: prev,
             problems,
         })
+    }
+
+    /// Checks the releases, submissions and freezes tables against the chain.
+    fn verify_tables(
+        &self,
+        created: &std::collections::HashMap<String, serde_json::Value>,
+        finished: &std::collections::HashMap<String, serde_json::Value>,
+        submitted: &std::collections::HashMap<String, serde_json::Value>,
+        frozen: &std::collections::HashMap<String, Option<(String, String)>>,
+        problems: &mut Vec<String>,
+    ) -> Result<(), PortError> {
+        type Row = (String, String, String, String, Option<String>);
+        let releases: Vec<Row> = self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT id, service, version, policy, outcome FROM releases")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })?;
+        for (id, service, version, policy, outcome) in releases {
+            // Releases created before the chain began have no record.
+            let Some(c) = created.get(&id) else {
+                continue;
+            };
+            if c["service"] != service.as_str()
+                || c["version"] != version.as_str()
+                || c["policy_sha256"] != sha256_hex(&policy).as_str()
+            {
+                problems.push(format!(
+                    "release {id}: its service, version or policy differs from what the chain recorded"
+                ));
+            }
+            let recorded = finished.get(&id).and_then(|f| f["outcome"].as_str());
+            if recorded != outcome.as_deref() {
+                problems.push(format!(
+                    "release {id}: its outcome ({}) differs from what the chain recorded ({})",
+                    outcome.as_deref().unwrap_or("none"),
+                    recorded.unwrap_or("none")
+                ));
+            }
+        }
+        let subs: Vec<Submission> = self.with(|c| {
+            let mut stmt = c
+                .prepare(&format!("SELECT {SUBMISSION_COLUMNS} FROM submissions"))
+                .map_err(db_err)?;
+            let rows = stmt.query_map([], row_to_submission).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })?;
+        for s in subs {
+            let ok = submitted.get(&s.id).is_some_and(|v| {
+                v["initiator"] == s.initiator.as_str()
+                    && v["version"] == s.version.as_str()
+                    && v["service"] == s.service.as_str()
+                    && v["policy_sha256"] == sha256_hex(&s.policy).as_str()
+            });
+            if !ok {
+                problems.push(format!(
+                    "submission {}: differs from what the chain recorded (initiator, version or policy)",
+                    s.id
+                ));
+            }
+        }
+        let live: Vec<(String, String, String)> = self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT scope, actor, reason FROM freezes")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })?;
+        for (scope, actor, reason) in &live {
+            if frozen.get(scope) != Some(&Some((actor.clone(), reason.clone()))) {
+                problems.push(format!("freeze of {scope}: not what the chain recorded"));
+            }
+        }
+        for (scope, state) in frozen {
+            if state.is_some() && !live.iter().any(|(s, _, _)| s == scope) {
+                problems.push(format!(
+                    "freeze of {scope}: recorded by the chain but gone from the table (lifted without a record)"
+                ));
+            }
+        }
+        Ok(())
     }
 }

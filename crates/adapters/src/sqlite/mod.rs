@@ -274,16 +274,26 @@ impl Store for SqliteStore {
     fn create<'a>(&'a self, rel: &'a ReleaseRecord) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
             self.with(|c| {
-                let inserted = c.execute(
+                let tx = c.transaction().map_err(db_err)?;
+                let inserted = tx.execute(
                     "INSERT INTO releases (id, service, version, policy, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![rel.id, rel.service, rel.version, rel.policy, to_i64(rel.created_at)],
                 );
                 match inserted {
-                    Ok(_) => Ok(()),
+                    Ok(_) => {
+                        let body = serde_json::json!({
+                            "service": rel.service,
+                            "version": rel.version,
+                            "policy_sha256": control::sha256_hex(&rel.policy),
+                        })
+                        .to_string();
+                        control::chain(&tx, rel.created_at, "rampart", "release_created", Some((&rel.id, None)), &body)?;
+                        tx.commit().map_err(db_err)
+                    }
                     Err(rusqlite::Error::SqliteFailure(f, _))
                         if f.code == rusqlite::ErrorCode::ConstraintViolation =>
                     {
-                        let taken: bool = c
+                        let taken: bool = tx
                             .query_row("SELECT EXISTS(SELECT 1 FROM releases WHERE id = ?1)", [&rel.id], |r| r.get(0))
                             .map_err(db_err)?;
                         Err(PortError(if taken {
@@ -332,7 +342,7 @@ impl Store for SqliteStore {
                     &control::input_actor(entry),
                     &format!("input:{kind}"),
                     Some((release_id, Some(entry.seq))),
-                    &control::input_body(&input, &audit),
+                    &control::input_body(entry.at, &input, &audit),
                 )?;
                 tx.commit().map_err(db_err)
             })
@@ -524,20 +534,7 @@ impl Store for SqliteStore {
                     .ok_or_else(|| {
                         PortError(format!("service {service} has no release in progress"))
                     })?;
-                tx.execute(
-                    "INSERT INTO commands (release_id, actor, reason, force, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id, command.actor, command.reason, command.force, command.kind.as_str(), to_i64(command.at)],
-                )
-                .map_err(db_err)?;
-                let body = serde_json::json!({"reason": command.reason, "force": command.force}).to_string();
-                control::chain(
-                    &tx,
-                    command.at,
-                    &command.actor,
-                    &format!("request:{}", command.kind.as_str()),
-                    Some((&id, None)),
-                    &body,
-                )?;
+                control::queue_command(&tx, &id, command)?;
                 tx.commit().map_err(db_err)?;
                 Ok(id)
             })
@@ -553,12 +550,13 @@ impl Store for SqliteStore {
                 let tx = c.transaction().map_err(db_err)?;
                 let taken = {
                     let mut stmt = tx
-                        .prepare("SELECT actor, reason, force, kind, at FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id")
+                        .prepare("SELECT actor, reason, force, kind, at, id FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id LIMIT 1")
                         .map_err(db_err)?;
                     let rows = stmt
                         .query_map([release_id], |r| {
                             let kind: String = r.get(3)?;
-                            Ok((kind, OperatorCommand {
+                            let row: i64 = r.get(5)?;
+                            Ok((kind, row, OperatorCommand {
                                 kind: CommandKind::Rollback,
                                 actor: r.get(0)?,
                                 reason: r.get(1)?,
@@ -568,10 +566,14 @@ impl Store for SqliteStore {
                         })
                         .map_err(db_err)?;
                     let rows = rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+                    for (_, row, _) in &rows {
+                        tx.execute("UPDATE commands SET taken = 1 WHERE id = ?1", [row])
+                            .map_err(db_err)?;
+                    }
                     // A request this version does not know (written by a newer rampart) is
                     // dropped rather than guessed at.
                     rows.into_iter()
-                        .filter_map(|(kind, cmd)| match CommandKind::parse(&kind) {
+                        .filter_map(|(kind, _, cmd)| match CommandKind::parse(&kind) {
                             Some(kind) => Some(OperatorCommand { kind, ..cmd }),
                             None => {
                                 tracing::warn!(release = %release_id, kind = %kind, "unknown operator request ignored");
@@ -580,10 +582,6 @@ impl Store for SqliteStore {
                         })
                         .collect::<Vec<_>>()
                 };
-                {
-                    tx.execute("UPDATE commands SET taken = 1 WHERE release_id = ?1 AND taken = 0", [release_id])
-                        .map_err(db_err)?;
-                }
                 tx.commit().map_err(db_err)?;
                 Ok(taken)
             })

@@ -467,7 +467,7 @@ pub async fn act(
         });
         app.store
             .withdraw(&id, &caller.name, &report.to_string(), app.clock.now())
-            .map_err(store_err)?;
+            .map_err(|e| ApiError::conflict(e.0))?;
         return Ok((
             StatusCode::ACCEPTED,
             Json(json!({"release": id, "request": "abort", "queued": false, "withdrawn": true})),
@@ -500,6 +500,23 @@ pub async fn act(
             state.phase.as_str()
         )));
     }
+    // An operator freeze stops everything going to 100 % but hotfix approvals.
+    if what == Act::Promote
+        && let Some(f) = app
+            .store
+            .freeze(&l.record.service)
+            .await
+            .map_err(store_err)?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "frozen",
+            format!(
+                "releases of {} are frozen by {}: {}; nothing is promoted during a freeze",
+                l.record.service, f.actor, f.reason
+            ),
+        ));
+    }
     let command = OperatorCommand {
         kind: what.kind(),
         actor: caller.name.clone(),
@@ -511,16 +528,9 @@ pub async fn act(
         force: body.force,
         at: app.clock.now(),
     };
-    let queued_for = app
-        .store
-        .push_command(&l.record.service, &command)
-        .await
+    app.store
+        .push_command_to(&id, &command)
         .map_err(|e| ApiError::conflict(e.0))?;
-    if queued_for != id {
-        return Err(ApiError::internal(format!(
-            "the request went to release {queued_for}, not {id}"
-        )));
-    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"release": id, "request": what.name(), "queued": true})),

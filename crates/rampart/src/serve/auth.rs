@@ -104,16 +104,14 @@ impl Caller {
     }
 }
 
-/// The token a request presents: `Authorization: Bearer TOKEN`, or the dashboard's
-/// session cookie.
-fn presented(parts: &Parts) -> Option<String> {
-    if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION)
-        && let Ok(h) = h.to_str()
-    {
-        let (scheme, token) = h.split_once(' ')?;
+/// The token a request presents, and whether it came in the dashboard's session
+/// cookie: `Authorization: Bearer TOKEN` first, else the cookie.
+fn presented(parts: &Parts) -> Option<(String, bool)> {
+    if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let (scheme, token) = h.to_str().ok()?.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string());
+            .then(|| (token.trim().to_string(), false));
     }
     parts
         .headers
@@ -123,23 +121,20 @@ fn presented(parts: &Parts) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == super::SESSION_COOKIE)
-        .map(|(_, v)| v.to_string())
+        .map(|(_, v)| (v.to_string(), true))
 }
 
 impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let Some(token) = presented(parts) else {
+        let Some((token, by_cookie)) = presented(parts) else {
             return Err(ApiError::unauthorized(
                 "no token: send `Authorization: Bearer TOKEN` (create one with `rampart token create`)",
             ));
         };
         // A cookie rides along with any request the browser makes; a change made with
         // one must also carry the dashboard's header, which other sites cannot set.
-        let by_cookie = !parts
-            .headers
-            .contains_key(axum::http::header::AUTHORIZATION);
         if by_cookie
             && parts.method != axum::http::Method::GET
             && !parts.headers.contains_key("x-rampart-ui")

@@ -336,13 +336,38 @@ pub fn redact_policy(text: &str) -> String {
         }
     }
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
     for (line, col, value) in spots {
-        let Some(l) = lines.get_mut(line.saturating_sub(1) as usize) else {
+        let at = line.saturating_sub(1) as usize;
+        let Some(l) = lines.get_mut(at) else {
             continue;
         };
         let from = (col.saturating_sub(1) as usize).min(l.len());
-        if let Some(at) = l.get(from..).and_then(|rest| rest.find(value.as_str())) {
-            l.replace_range(from + at..from + at + value.len(), "<redacted>");
+        if !value.contains('\n')
+            && let Some(found) = l.get(from..).and_then(|rest| rest.find(value.as_str()))
+        {
+            l.replace_range(from + found..from + found + value.len(), "<redacted>");
+            continue;
+        }
+        // Not a plain one-line value (a block scalar, escapes, a folded string): redact
+        // the rest of the line and every more-indented line after it, rather than risk
+        // leaving part of the secret.
+        let base = indent(l);
+        if l.is_char_boundary(from) {
+            l.replace_range(from.., "<redacted>");
+        } else {
+            *l = format!("{}<redacted>", " ".repeat(base));
+        }
+        // A block scalar's lines all belong to it, then anything more indented.
+        let spans = value.lines().count().max(1);
+        for (i, next) in lines.iter_mut().enumerate().skip(at + 1) {
+            if i < at + spans || next.trim().is_empty() || indent(next) > base {
+                if !next.trim().is_empty() {
+                    *next = format!("{}<redacted>", " ".repeat(indent(next)));
+                }
+            } else {
+                break;
+            }
         }
     }
     let mut out = lines.join("\n");
@@ -350,4 +375,26 @@ pub fn redact_policy(text: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_policy;
+
+    #[test]
+    fn secrets_are_redacted_however_they_are_written() {
+        let policy = "service: s\nnotify:\n  - webhook: http://127.0.0.1:9/h\n    secret: \"a\\\"quoted-secret\"\n  - webhook: http://127.0.0.1:9/h\n    secret: |\n      block-secret-1\n      block-secret-2\n  - slack: {webhook: 'https://hooks.example/it''s-secret'}\n  - pagerduty: {routing_key: plain-key}\nanalysis: {interval: 10s}\n";
+        let out = redact_policy(policy);
+        for secret in [
+            "quoted-secret",
+            "block-secret",
+            "hooks.example",
+            "plain-key",
+        ] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        assert!(out.contains("analysis: {interval: 10s}"), "{out}");
+        assert!(out.contains("webhook: http://127.0.0.1:9/h"), "{out}");
+        assert_eq!(out.lines().count(), policy.lines().count());
+    }
 }

@@ -198,7 +198,18 @@ fn an_on_call_engineer_approves_pauses_and_promotes_from_the_cli() {
     assert_eq!(code, 2, "a deployer cannot promote");
     // Never to 100 % during an operator freeze.
     let freeze = |state: &str| {
-        let (code, _) = client(&server, &ops, &["freeze", state, "--service", "delta", "--reason", "incident"]);
+        let (code, _) = client(
+            &server,
+            &ops,
+            &[
+                "freeze",
+                state,
+                "--service",
+                "delta",
+                "--reason",
+                "incident",
+            ],
+        );
         assert_eq!(code, 0);
     };
     freeze("on");

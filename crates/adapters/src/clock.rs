@@ -35,6 +35,14 @@ impl TokioClock {
     }
 }
 
+impl TokioClock {
+    /// [`Clock::now`] in microseconds, for measurements finer than a millisecond.
+    pub fn now_micros(&self) -> u64 {
+        self.origin_ms.saturating_mul(1000)
+            + u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
 impl Default for TokioClock {
     fn default() -> Self {
         Self::new()

@@ -379,6 +379,25 @@ enum MigrationsCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Many concurrent simulated releases on one controller and one store: evaluations
+    /// per second, decision latency, memory per release, and whether it keeps up.
+    Controller {
+        /// Concurrent releases.
+        #[arg(long, default_value_t = 1000)]
+        releases: usize,
+        /// The store: `sqlite` (this build has no PostgreSQL store).
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+        store: String,
+        /// Each release's analysis interval.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        interval: Duration,
+        /// How long to measure, once every release runs.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// False rollbacks, power and time to decision of each judge on simulated releases.
     Decisions {
         /// Trials per error-rate scenario (latency scenarios get a quarter).
@@ -562,6 +581,53 @@ pub async fn main(cli: Cli) -> i32 {
             samples,
             output,
         } => finish(output, replay(&file, &samples, output)),
+        Command::Bench {
+            what:
+                BenchCommand::Controller {
+                    releases,
+                    store,
+                    interval,
+                    duration,
+                    output,
+                },
+        } => {
+            if store != "sqlite" {
+                eprintln!(
+                    "error: this build of rampart has no PostgreSQL store; use --store sqlite"
+                );
+                return 2;
+            }
+            let dir = match tempfile::tempdir() {
+                Ok(d) => d,
+                Err(e) => return fail(output, &RunError::Internal(anyhow::anyhow!(e))),
+            };
+            let report =
+                match crate::bench_controller::run(releases.max(1), interval, duration, dir.path())
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => return fail(output, &RunError::Internal(anyhow::anyhow!(e))),
+                };
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
+                Output::Text => println!(
+                    "{} releases on {}, every {}s, measured {:.0}s: {:.0} evaluations/s (due {:.0}/s), decision p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, RSS {} MiB ({} KiB per release), keeps up: {}",
+                    report.releases,
+                    report.store,
+                    report.interval_s,
+                    report.measured_s,
+                    report.evaluations_per_s,
+                    report.evaluations_due_per_s,
+                    report.decision_p50_ms,
+                    report.decision_p99_ms,
+                    report.decision_max_ms,
+                    report.rss_bytes >> 20,
+                    report.rss_per_release_bytes >> 10,
+                    report.keeps_up
+                ),
+            }
+            0
+        }
         Command::Bench {
             what:
                 BenchCommand::Decisions {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_controller;
 pub mod cli;
 pub mod client;
 pub mod dataplane;

@@ -456,3 +456,36 @@ async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() 
         .any(|e| e.kind == "pause_refused" && e.actor == "carol");
     assert!(refused);
 }
+
+#[tokio::test(start_paused = true)]
+async fn controllers_sharing_an_inbox_get_their_own_requests() {
+    let world = Arc::new(FakeWorld::default());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let inbox = rampart_controller::Inbox::start(
+        store.clone(),
+        Arc::new(TokioClock::starting_at(1_000_000)),
+    );
+    let c = controller(&world, &store).with_inbox(inbox.clone());
+    c.create("r1", "v2", POLICY).await.unwrap();
+    let operator = async {
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let cmd = OperatorCommand {
+            kind: CommandKind::Rollback,
+            actor: "bob".into(),
+            reason: "pager".into(),
+            force: false,
+            at: 0,
+        };
+        store.push_command("shop", &cmd).await.unwrap();
+    };
+    let (end, ()) = tokio::join!(c.drive("r1", Some("v1".into()), None), operator);
+    let end = end.unwrap();
+    assert_eq!(end.phase, Phase::RolledBack);
+    let d = end.decision.unwrap();
+    assert!(d.reason.contains("bob"), "{}", d.reason);
+    assert!(
+        d.at - end.started_at <= 100_000 + 250,
+        "{}",
+        d.at - end.started_at
+    );
+}

@@ -331,6 +331,9 @@ pub trait Store: Send + Sync {
         service: &'a str,
         command: &'a OperatorCommand,
     ) -> BoxFuture<'a, Result<String, PortError>>;
+    /// The releases that have requests not taken yet (one query for every release a
+    /// process drives, instead of one per release).
+    fn releases_with_requests(&self) -> BoxFuture<'_, Result<Vec<String>, PortError>>;
     /// Takes (and marks taken) the oldest queued request for a release, if any: one at
     /// a time, so a controller that dies holds at most one untaken request in memory.
     fn take_commands<'a>(

@@ -52,6 +52,36 @@ pub struct ControllerReport {
     pub rss_per_release_bytes: u64,
     /// Whether every release was evaluated within its interval, all the time.
     pub keeps_up: bool,
+    /// The reference, measured in the same run before the releases start: one writer
+    /// appending log entries to the same store back to back, per second.
+    pub store_appends_per_s: f64,
+}
+
+/// Appends `n` log entries to one release back to back and returns the rate: what the
+/// store can take with nothing else going on.
+async fn store_ceiling(store: &SqliteStore, clock: &TokioClock, n: u64) -> Result<f64, String> {
+    use rampart_core::ports::{ReleaseRecord, Store, StoredInput};
+    let record = ReleaseRecord {
+        id: "reference".into(),
+        service: "reference".into(),
+        version: "v2".into(),
+        policy: String::new(),
+        created_at: 0,
+        outcome: None,
+    };
+    store.create(&record).await.map_err(|e| e.0)?;
+    let started = clock.now_micros();
+    for seq in 0..n {
+        let entry = StoredInput {
+            seq,
+            at: seq,
+            input: Input::Tick,
+            events: Vec::new(),
+        };
+        store.append("reference", &entry).await.map_err(|e| e.0)?;
+    }
+    let secs = clock.now_micros().saturating_sub(started) as f64 / 1e6;
+    Ok(n as f64 / secs.max(1e-9))
 }
 
 /// One simulated release's world: instant deploys, a router that remembers its
@@ -234,6 +264,8 @@ pub async fn run(
 ) -> Result<ControllerReport, String> {
     let store = Arc::new(SqliteStore::open(&dir.join("rampart.db")).map_err(|e| e.0)?);
     let clock = Arc::new(TokioClock::new());
+    let store_appends_per_s = store_ceiling(&store, &clock, 2000).await?;
+    let inbox = rampart_controller::Inbox::start(store.clone(), clock.clone());
     let timings = Arc::new(Timings::default());
     let interval_ms = u64::try_from(interval.as_millis())
         .unwrap_or(u64::MAX)
@@ -260,7 +292,9 @@ pub async fn run(
             timings: timings.clone(),
             interval_ms,
         });
-        let controller = Controller::new(policy, ports, timer).with_initiator("bench");
+        let controller = Controller::new(policy, ports, timer)
+            .with_initiator("bench")
+            .with_inbox(inbox.clone());
         // Spread the starts over one interval, as releases started at random would be.
         let offset = interval.mul_f64(i as f64 / releases.max(1) as f64);
         tasks.push(tokio::spawn(async move {
@@ -315,5 +349,6 @@ pub async fn run(
         rss_per_release_bytes: rss / releases.max(1) as u64,
         // Every release evaluated about once per interval, none of them late.
         keeps_up: late == 0 && evaluations >= 0.95 * due_per_s * measured_s,
+        store_appends_per_s,
     })
 }

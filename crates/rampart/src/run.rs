@@ -72,6 +72,8 @@ pub struct Served {
     pub log: PathBuf,
     /// The data plane each service's last release left serving.
     pub serving: Serving,
+    /// Wakes the server's controllers when requests are queued for their releases.
+    pub inbox: Arc<rampart_controller::Inbox>,
 }
 
 /// The data plane (the embedded proxy, the flag endpoint) a served release leaves in
@@ -374,6 +376,9 @@ pub async fn run_release(
         Controller::new(policy.clone(), ports, watch.clone()).with_initiator(&opts.initiator);
     if let Some(why) = &hotfix {
         controller = controller.with_hotfix(why);
+    }
+    if let Some(served) = &opts.served {
+        controller = controller.with_inbox(served.inbox.clone());
     }
     if let Some(plan) = migration_plan(&policy, &base_dir, &opts.version)? {
         progress.line(&format!(

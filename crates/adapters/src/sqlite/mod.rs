@@ -541,6 +541,18 @@ impl Store for SqliteStore {
         })
     }
 
+    fn releases_with_requests(&self) -> BoxFuture<'_, Result<Vec<String>, PortError>> {
+        Box::pin(async move {
+            self.with(|c| {
+                let mut stmt = c
+                    .prepare_cached("SELECT DISTINCT release_id FROM commands WHERE taken = 0")
+                    .map_err(db_err)?;
+                let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
+                rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
+            })
+        })
+    }
+
     fn take_commands<'a>(
         &'a self,
         release_id: &'a str,

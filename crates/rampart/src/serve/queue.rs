@@ -31,13 +31,18 @@ pub struct Queue {
     busy: Mutex<HashSet<String>>,
     /// What each service's last release left serving.
     serving: crate::run::Serving,
+    /// Wakes the controllers when requests are queued for their releases.
+    inbox: Arc<rampart_controller::Inbox>,
     wake: tokio::sync::Notify,
 }
 
 impl Queue {
     /// A queue over the store's submissions.
     pub fn new(store: Arc<SqliteStore>, state_dir: PathBuf) -> Arc<Queue> {
+        let clock = Arc::new(rampart_adapters::clock::TokioClock::new());
+        let inbox = rampart_controller::Inbox::start(store.clone(), clock);
         Arc::new(Queue {
+            inbox,
             store,
             state_dir,
             busy: Mutex::new(HashSet::new()),
@@ -187,6 +192,7 @@ impl Queue {
                 base_dir: PathBuf::from(&s.workdir),
                 log: self.state_dir.join("logs").join(format!("{}.log", s.id)),
                 serving: self.serving.clone(),
+                inbox: self.inbox.clone(),
             }),
         }
     }

@@ -115,7 +115,30 @@ fn a_service_runs_one_release_at_a_time_and_the_next_waits_in_the_queue() {
     let port = free_port();
     let _ = start_load(&rt, port, 150);
     let text = policy("gamma", port, "");
+    // Follow the live stream from before the first submission.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    {
+        use std::io::Write;
+        write!(
+            stream,
+            "GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ci}\r\n\r\n"
+        )
+        .unwrap();
+    }
     let first = submit(&server, &ci, &text);
+    // The stream carries the release's entries as they are appended.
+    let mut seen = String::new();
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    while !(seen.contains("event: entry")
+        && seen.contains(&first)
+        && seen.contains("release_started"))
+    {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
     let body = json!({"policy": text, "version": "v3"});
     let (status, second) = server.call("POST", "/api/v1/releases", Some(&ci), Some(body));
     assert_eq!(status, 201, "{second}");

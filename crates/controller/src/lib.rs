@@ -147,6 +147,14 @@ impl Inbox {
 /// How long queued notices get to go out after a release ends.
 const NOTICE_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Whether the action in flight starts processes (`Some(true)`), which must not be
+/// dropped half-way.
+fn action_kind<F>(inflight: &Option<(Action, F)>) -> Option<bool> {
+    inflight
+        .as_ref()
+        .map(|(a, _)| matches!(a, Action::Deploy { .. } | Action::Scale { .. }))
+}
+
 /// The release's migration files, in the order they apply, and their class.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MigrationPlan {
@@ -338,14 +346,26 @@ impl Controller {
                 self.execute(&Action::RunMigrations).await
             } else if let Some(action) = run.state.pending.clone() {
                 if inflight.as_ref().is_none_or(|(a, _)| *a != action) {
+                    // Before starting a version (which is not interrupted), apply what
+                    // operators asked meanwhile.
+                    if matches!(action, Action::Deploy { .. } | Action::Scale { .. })
+                        && let Some(cmd) = self.waiting_command(&run.id, &mut commands).await?
+                    {
+                        self.feed(&mut run, cmd).await?;
+                        continue;
+                    }
                     let owned = action.clone();
                     inflight = Some((action, Box::pin(async move { self.execute(&owned).await })));
                 }
+                // Starting a version is not interrupted: a deploy dropped half-way could
+                // leave a process nobody tracks. Requests wait until it is ready or has
+                // failed (at most its readiness timeout).
+                let interruptible = !matches!(action_kind(&inflight), Some(true));
                 let (input, done) = match inflight.as_mut() {
                     Some((_, work)) => tokio::select! {
                         input = work => (input, true),
-                        Some(cmd) = recv(&mut commands) => (cmd, false),
-                        cmd = self.queued_command(&run.id) => (cmd?, false),
+                        Some(cmd) = recv(&mut commands), if interruptible => (cmd, false),
+                        cmd = self.queued_command(&run.id), if interruptible => (cmd?, false),
                     },
                     None => return Err(ControllerError::Stuck(run.id, run.state.phase.as_str())),
                 };
@@ -474,6 +494,24 @@ impl Controller {
                 backlog.extend(taken.iter().map(|cmd| cmd.kind.input(cmd)));
             }
         }
+    }
+
+    /// A request already waiting (from the channel or the store), without waiting.
+    async fn waiting_command(
+        &self,
+        id: &str,
+        commands: &mut Option<mpsc::UnboundedReceiver<Input>>,
+    ) -> Result<Option<Input>, ControllerError> {
+        if let Some(rx) = commands.as_mut()
+            && let Ok(cmd) = rx.try_recv()
+        {
+            return Ok(Some(cmd));
+        }
+        if let Some(input) = self.backlog.lock().ok().and_then(|mut b| b.pop_front()) {
+            return Ok(Some(input));
+        }
+        let taken = self.ports.store.take_commands(id).await?;
+        Ok(taken.first().map(|cmd| cmd.kind.input(cmd)))
     }
 
     /// Applies one input: step, persist, observe, notify.

@@ -41,6 +41,11 @@ struct FakeWorld {
     deploys: AtomicU32,
     /// How long each deploy takes (virtual seconds).
     deploy_secs: AtomicU32,
+    /// How long each gate takes (virtual seconds), and how many ran.
+    gate_secs: AtomicU32,
+    gate_runs: AtomicU32,
+    /// Deploys that ran to the end (were not dropped half-way).
+    deploys_done: AtomicU32,
     stops: Mutex<Vec<Variant>>,
 }
 
@@ -56,6 +61,7 @@ impl Deployer for Fake {
         let secs = self.0.deploy_secs.load(Ordering::SeqCst);
         Box::pin(async move {
             tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+            self.0.deploys_done.fetch_add(1, Ordering::SeqCst);
             Ok(Deployment {
                 endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
                 retired: vec![],
@@ -137,7 +143,10 @@ impl MetricsSource for Fake {
 
 impl GateRunner for Fake {
     fn run<'a>(&'a self, g: &'a Gate) -> BoxFuture<'a, GateResult> {
+        self.0.gate_runs.fetch_add(1, Ordering::SeqCst);
+        let secs = self.0.gate_secs.load(Ordering::SeqCst);
         Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
             GateResult {
                 name: g.name.clone(),
                 ok: true,
@@ -428,12 +437,17 @@ async fn a_notifier_that_never_answers_never_holds_up_a_rollback() {
 #[tokio::test(start_paused = true)]
 async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() {
     let world = Arc::new(FakeWorld::default());
-    world.deploy_secs.store(60, Ordering::SeqCst);
+    world.gate_secs.store(60, Ordering::SeqCst);
     let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let c = controller(&world, &store);
-    c.create("r1", "v2", POLICY).await.unwrap();
+    let text = format!("{POLICY}gates: {{pre: [{{env: [HOME]}}]}}\n");
+    let c = Controller::new(
+        Policy::from_yaml(&text).unwrap(),
+        ports(&world, store.clone()),
+        Arc::new(Silent),
+    );
+    c.create("r1", "v2", &text).await.unwrap();
     let operator = async {
-        // While stable deploys (a minute), a pause arrives: refused before the steps.
+        // While the gate runs (a minute), a pause arrives: refused before the steps.
         tokio::time::sleep(Duration::from_secs(10)).await;
         let cmd = OperatorCommand {
             kind: CommandKind::Pause,
@@ -447,14 +461,41 @@ async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() 
     let (end, ()) = tokio::join!(c.drive("r1", Some("v1".into()), None), operator);
     let end = end.unwrap();
     assert_eq!(end.phase, Phase::Succeeded);
-    // Stable and canary once each: the deploy in flight was not started over.
-    assert_eq!(world.deploys.load(Ordering::SeqCst), 2);
+    // The gate in flight was not started over.
+    assert_eq!(world.gate_runs.load(Ordering::SeqCst), 1);
     let (_, log) = store.load("r1").await.unwrap();
     let refused = log
         .iter()
         .flat_map(|e| &e.events)
         .any(|e| e.kind == "pause_refused" && e.actor == "carol");
     assert!(refused);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_waits_for_the_version_being_started_so_no_process_is_left_behind() {
+    let world = Arc::new(FakeWorld::default());
+    world.deploy_secs.store(60, Ordering::SeqCst);
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let c = controller(&world, &store);
+    c.create("r1", "v2", POLICY).await.unwrap();
+    let operator = async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let cmd = OperatorCommand {
+            kind: CommandKind::Rollback,
+            actor: "carol".into(),
+            reason: "wrong build".into(),
+            force: false,
+            at: 0,
+        };
+        store.push_command("shop", &cmd).await.unwrap();
+    };
+    let (end, ()) = tokio::join!(c.drive("r1", Some("v1".into()), None), operator);
+    let end = end.unwrap();
+    // Stable finished starting (it was not dropped half-way), then the abort applied.
+    assert_eq!(world.deploys.load(Ordering::SeqCst), 1);
+    assert_eq!(world.deploys_done.load(Ordering::SeqCst), 1);
+    // The abort applied before the canary was started.
+    assert_eq!(end.phase, Phase::RolledBack);
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,6 +13,19 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// Percent-encodes a path segment or a query value (everything but unreserved
+/// characters).
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// POSTs a JSON body and returns the status code, or why there is none.
 pub async fn post_json(url: &str, body: String, timeout: Duration) -> Result<u16, String> {
     post_json_with(url, body, &[], timeout).await

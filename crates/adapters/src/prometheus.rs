@@ -94,7 +94,7 @@ impl WithQueries {
             format!(
                 "{}/api/v1/query_range?query={}&start={}&end={}&step={}",
                 self.url,
-                encode(query),
+                crate::http::encode(query),
                 seconds(from),
                 seconds(to),
                 seconds(step)
@@ -103,7 +103,7 @@ impl WithQueries {
             format!(
                 "{}/api/v1/query?query={}&time={}",
                 self.url,
-                encode(query),
+                crate::http::encode(query),
                 seconds(to)
             )
         };
@@ -131,18 +131,6 @@ fn prom_duration(d: Duration) -> String {
 
 fn seconds(ms: Millis) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
-}
-
-/// Percent-encodes a query parameter.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The one number an answer's `data` holds: a scalar, a vector of exactly one series,
@@ -273,7 +261,7 @@ mod tests {
         assert_eq!(prom_duration(Duration::from_secs(30)), "30s");
         assert_eq!(prom_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(
-            encode("a{b=\"c\"}[1m] / 2"),
+            crate::http::encode("a{b=\"c\"}[1m] / 2"),
             "a%7Bb%3D%22c%22%7D%5B1m%5D%20%2F%202"
         );
         assert_eq!(seconds(1_234_567), "1234.567");

@@ -97,6 +97,14 @@ pub enum Backend {
     },
 }
 
+/// Who acts from this command line when nobody says: `$USER (cli)`.
+pub fn cli_actor() -> String {
+    format!(
+        "{} (cli)",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    )
+}
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Backend {
@@ -118,12 +126,7 @@ impl Backend {
             None => {
                 let store = crate::serve::open_store(None, &target.state_dir)
                     .map_err(|e| Failure::new("internal", e))?;
-                let actor = actor.map(str::to_string).unwrap_or_else(|| {
-                    format!(
-                        "{} (cli)",
-                        std::env::var("USER").unwrap_or_else(|_| "operator".into())
-                    )
-                });
+                let actor = actor.map_or_else(cli_actor, str::to_string);
                 Ok(Backend::Local { store, actor })
             }
         }
@@ -271,12 +274,10 @@ impl Backend {
                         format!("release {} is over ({})", release.id, release.phase),
                     ));
                 }
-                let kind = match what {
-                    "approve" => CommandKind::Approve,
-                    "promote" => CommandKind::Promote,
-                    "pause" => CommandKind::Pause,
-                    "resume" => CommandKind::Resume,
-                    _ => CommandKind::Rollback,
+                // `abort` is a rollback request without force.
+                let name = if what == "abort" { "rollback" } else { what };
+                let Some(kind) = CommandKind::parse(name) else {
+                    return Err(Failure::new("usage", format!("unknown action {what}")));
                 };
                 let command = OperatorCommand {
                     kind,
@@ -338,17 +339,7 @@ fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     })
 }
 
-/// Percent-encodes a path segment or query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use rampart_adapters::http::encode;
 
 // === printing ===
 

@@ -105,14 +105,10 @@ pub async fn rollback(
     }
 }
 
+/// The exit code of an outcome named in an answer (1 when it names none).
 fn outcome_code(outcome: &str) -> i32 {
-    match outcome {
-        "promoted" => 0,
-        "rolled_back" => 3,
-        "halted" | "escalated" => 4,
-        "blocked" => 5,
-        _ => 1,
-    }
+    serde_json::from_value::<rampart_core::release::OutcomeKind>(outcome.into())
+        .map_or(1, |o| o.exit_code())
 }
 
 async fn wait_for_outcome(
@@ -282,13 +278,6 @@ pub struct StoreArgs {
     pub store: Option<String>,
 }
 
-fn who() -> String {
-    format!(
-        "{} (cli)",
-        std::env::var("USER").unwrap_or_else(|_| "operator".into())
-    )
-}
-
 fn open(store: &StoreArgs) -> Result<std::sync::Arc<rampart_adapters::sqlite::SqliteStore>, i32> {
     crate::serve::open_store(store.store.as_deref(), &store.state_dir).map_err(|e| {
         eprintln!("error: {e}");
@@ -309,7 +298,7 @@ pub fn token(what: TokenCommand) -> i32 {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match store.create_token(&name, &role, &who(), now) {
+            match store.create_token(&name, &role, &crate::client::cli_actor(), now) {
                 Ok(secret) => {
                     println!("{secret}");
                     eprintln!("token {name} ({role}) created; it is shown only this once");
@@ -349,7 +338,7 @@ pub fn token(what: TokenCommand) -> i32 {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match store.revoke_token(&name, &who(), now) {
+            match store.revoke_token(&name, &crate::client::cli_actor(), now) {
                 Ok(()) => {
                     println!("token {name} revoked");
                     0

@@ -201,12 +201,16 @@ pub struct CreateRelease {
     workdir: Option<String>,
 }
 
-fn invalid_policy(e: &rampart_core::policy::PolicyError) -> ApiError {
-    let diagnostics: Vec<Value> = e
-        .diagnostics
+/// A policy's problems, each with its line, column, field path and message.
+fn diagnostics(e: &rampart_core::policy::PolicyError) -> Vec<Value> {
+    e.diagnostics
         .iter()
         .map(|d| json!({"line": d.line, "col": d.col, "path": d.path, "message": d.message}))
-        .collect();
+        .collect()
+}
+
+fn invalid_policy(e: &rampart_core::policy::PolicyError) -> ApiError {
+    let diagnostics = diagnostics(e);
     let mut err = ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_policy",
@@ -608,16 +612,7 @@ pub async fn validate_policy(
     let Json(body) = body?;
     Ok(Json(match rampart_core::Policy::from_yaml(&body.policy) {
         Ok(p) => json!({"valid": true, "service": p.service, "diagnostics": []}),
-        Err(e) => {
-            let diagnostics: Vec<Value> = e
-                .diagnostics
-                .iter()
-                .map(
-                    |d| json!({"line": d.line, "col": d.col, "path": d.path, "message": d.message}),
-                )
-                .collect();
-            json!({"valid": false, "service": null, "diagnostics": diagnostics})
-        }
+        Err(e) => json!({"valid": false, "service": null, "diagnostics": diagnostics(&e)}),
     }))
 }
 

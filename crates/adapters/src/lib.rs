@@ -18,5 +18,5 @@ pub mod notify;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
-pub mod sqlite;
+pub mod store;
 pub mod telemetry;

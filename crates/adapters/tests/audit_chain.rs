@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rampart_adapters::sqlite::SqliteStore;
+use rampart_adapters::store::StateStore;
 use rampart_core::Weight;
 use rampart_core::ports::{
     CommandKind, Freeze, OperatorCommand, ReleaseRecord, Store, StoredInput,
@@ -13,8 +13,8 @@ use rampart_core::ports::{
 use rampart_core::release::{AuditEvent, Input};
 
 /// A store with one release (three log entries), a freeze, a request and a token.
-async fn busy_store(path: &Path) -> SqliteStore {
-    let store = SqliteStore::open(path).unwrap();
+async fn busy_store(path: &Path) -> StateStore {
+    let store = StateStore::open(path).await.unwrap();
     let rec = ReleaseRecord {
         id: "shop-1".into(),
         service: "shop".into(),
@@ -70,8 +70,9 @@ async fn busy_store(path: &Path) -> SqliteStore {
     store.push_command("shop", &cmd).await.unwrap();
     store
         .create_token("ci", "deployer", "admin", 4_000)
+        .await
         .unwrap();
-    let sub = rampart_adapters::sqlite::Submission {
+    let sub = rampart_adapters::store::Submission {
         id: "shop-2".into(),
         service: "shop".into(),
         version: "v3".into(),
@@ -84,7 +85,7 @@ async fn busy_store(path: &Path) -> SqliteStore {
         report: None,
         created_at: 5_000,
     };
-    store.submit(&sub).unwrap();
+    store.submit(&sub).await.unwrap();
     store
 }
 
@@ -102,17 +103,20 @@ async fn an_untouched_store_verifies_and_reports_its_head() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.db");
     let store = busy_store(&path).await;
-    let report = store.verify_chain().unwrap();
+    let report = store.verify_chain().await.unwrap();
     assert!(report.ok, "{:?}", report.problems);
     // chain_started, created, request, three inputs, freeze, request, token, submission.
     assert_eq!((report.records, report.log_entries), (10, 3));
-    let records = store.chain_records(Some("shop-1")).unwrap();
+    let records = store.chain_records(Some("shop-1")).await.unwrap();
     let actors: Vec<_> = records.iter().map(|r| r.actor.as_str()).collect();
     assert_eq!(
         actors,
         ["rampart", "bob", "rampart", "bob", "rampart", "dave"]
     );
-    assert_eq!(report.head, store.chain_records(None).unwrap()[9].hash);
+    assert_eq!(
+        report.head,
+        store.chain_records(None).await.unwrap()[9].hash
+    );
 }
 
 #[tokio::test]
@@ -167,7 +171,12 @@ async fn every_kind_of_tampering_is_found() {
         let path = dir.path().join("r.db");
         drop(busy_store(&path).await);
         tamper(&path, sql);
-        let report = SqliteStore::open(&path).unwrap().verify_chain().unwrap();
+        let report = StateStore::open(&path)
+            .await
+            .unwrap()
+            .verify_chain()
+            .await
+            .unwrap();
         assert!(!report.ok, "not found: {sql}");
         assert!(
             report.problems.iter().any(|p| p.contains(expected)),
@@ -180,26 +189,37 @@ async fn every_kind_of_tampering_is_found() {
 #[tokio::test]
 async fn tokens_are_kept_as_hashes_and_revocation_is_final() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("r.db")).unwrap();
-    let secret = store.create_token("ops", "approver", "admin", 1).unwrap();
+    let store = StateStore::open(&dir.path().join("r.db")).await.unwrap();
+    let secret = store
+        .create_token("ops", "approver", "admin", 1)
+        .await
+        .unwrap();
     assert!(
         secret.starts_with("rampart_") && secret.len() > 60,
         "{secret}"
     );
     assert_eq!(
-        store.token(&secret).unwrap(),
+        store.token(&secret).await.unwrap(),
         Some(("ops".into(), "approver".into()))
     );
-    assert_eq!(store.token("rampart_guess").unwrap(), None);
+    assert_eq!(store.token("rampart_guess").await.unwrap(), None);
     let dump = std::fs::read(dir.path().join("r.db")).unwrap();
     let text = String::from_utf8_lossy(&dump);
     assert!(!text.contains(&secret), "the secret is stored in clear");
-    assert!(store.create_token("ops", "admin", "admin", 2).is_err());
-    store.revoke_token("ops", "admin", 3).unwrap();
-    assert_eq!(store.token(&secret).unwrap(), None);
-    let again = store.create_token("ops", "viewer", "admin", 4).unwrap();
+    assert!(
+        store
+            .create_token("ops", "admin", "admin", 2)
+            .await
+            .is_err()
+    );
+    store.revoke_token("ops", "admin", 3).await.unwrap();
+    assert_eq!(store.token(&secret).await.unwrap(), None);
+    let again = store
+        .create_token("ops", "viewer", "admin", 4)
+        .await
+        .unwrap();
     assert_ne!(again, secret);
-    assert!(store.verify_chain().unwrap().ok);
+    assert!(store.verify_chain().await.unwrap().ok);
 }
 
 #[tokio::test]
@@ -218,7 +238,7 @@ async fn an_approval_nobody_asked_for_is_found() {
         events: vec![],
     };
     store.append("shop-1", &entry).await.unwrap();
-    let report = store.verify_chain().unwrap();
+    let report = store.verify_chain().await.unwrap();
     assert!(
         report
             .problems

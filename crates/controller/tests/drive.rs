@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_adapters::clock::TokioClock;
-use rampart_adapters::sqlite::SqliteStore;
+use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, Ports, Silent};
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::policy::{Gate, Policy, RouteMatch};
@@ -162,7 +162,7 @@ impl Notifier for Fake {
     }
 }
 
-fn ports(world: &Arc<FakeWorld>, store: Arc<SqliteStore>) -> Ports {
+fn ports(world: &Arc<FakeWorld>, store: Arc<StateStore>) -> Ports {
     Ports {
         deployer: Arc::new(Fake(world.clone())),
         router: Arc::new(Fake(world.clone())),
@@ -175,7 +175,7 @@ fn ports(world: &Arc<FakeWorld>, store: Arc<SqliteStore>) -> Ports {
     }
 }
 
-fn controller(world: &Arc<FakeWorld>, store: &Arc<SqliteStore>) -> Controller {
+fn controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Controller {
     Controller::new(
         Policy::from_yaml(POLICY).unwrap(),
         ports(world, store.clone()),
@@ -186,7 +186,7 @@ fn controller(world: &Arc<FakeWorld>, store: &Arc<SqliteStore>) -> Controller {
 #[tokio::test(start_paused = true)]
 async fn ten_minute_canary_promotes_on_virtual_time() {
     let world = Arc::new(FakeWorld::default());
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
     let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
@@ -211,7 +211,7 @@ async fn ten_minute_canary_promotes_on_virtual_time() {
 #[tokio::test(start_paused = true)]
 async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
     let world = Arc::new(FakeWorld::default());
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let first = controller(&world, &store);
     first.create("r1", "v2", POLICY).await.unwrap();
     // Run until 7 minutes in (inside the second step's bake), then "crash".
@@ -267,7 +267,7 @@ async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
 async fn bad_canary_rolls_back_and_stops_it() {
     let world = Arc::new(FakeWorld::default());
     world.canary_error_rate_pct.store(20, Ordering::SeqCst);
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
     let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
@@ -283,7 +283,7 @@ async fn bad_canary_rolls_back_and_stops_it() {
 #[tokio::test(start_paused = true)]
 async fn operator_abort_rolls_back() {
     let world = Arc::new(FakeWorld::default());
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -305,7 +305,7 @@ async fn operator_abort_rolls_back() {
 #[tokio::test(start_paused = true)]
 async fn a_second_controller_cannot_append_to_the_same_log() {
     let world = Arc::new(FakeWorld::default());
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
     let _ = tokio::time::timeout(
@@ -327,7 +327,7 @@ async fn a_second_controller_cannot_append_to_the_same_log() {
 #[tokio::test(start_paused = true)]
 async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
     let world = Arc::new(FakeWorld::default());
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
     let operator = async {
@@ -362,7 +362,7 @@ async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
 async fn the_rollback_cap_counts_automatic_rollbacks_across_releases() {
     let world = Arc::new(FakeWorld::default());
     world.canary_error_rate_pct.store(20, Ordering::SeqCst);
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let capped = format!("{POLICY}rollback: {{max_automatic: {{count: 1, per: 1h}}}}\n");
     let c = Controller::new(
         Policy::from_yaml(&capped).unwrap(),
@@ -404,7 +404,7 @@ impl Notifier for Hanging {
 async fn a_notifier_that_never_answers_never_holds_up_a_rollback() {
     let world = Arc::new(FakeWorld::default());
     world.canary_error_rate_pct.store(20, Ordering::SeqCst);
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let mut ports = ports(&world, store.clone());
     ports.notifier = Arc::new(Hanging);
     let c = Controller::new(Policy::from_yaml(POLICY).unwrap(), ports, Arc::new(Silent));
@@ -438,7 +438,7 @@ async fn a_notifier_that_never_answers_never_holds_up_a_rollback() {
 async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() {
     let world = Arc::new(FakeWorld::default());
     world.gate_secs.store(60, Ordering::SeqCst);
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let text = format!("{POLICY}gates: {{pre: [{{env: [HOME]}}]}}\n");
     let c = Controller::new(
         Policy::from_yaml(&text).unwrap(),
@@ -475,7 +475,7 @@ async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() 
 async fn an_abort_waits_for_the_version_being_started_so_no_process_is_left_behind() {
     let world = Arc::new(FakeWorld::default());
     world.deploy_secs.store(60, Ordering::SeqCst);
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
     let operator = async {
@@ -501,7 +501,7 @@ async fn an_abort_waits_for_the_version_being_started_so_no_process_is_left_behi
 #[tokio::test(start_paused = true)]
 async fn controllers_sharing_an_inbox_get_their_own_requests() {
     let world = Arc::new(FakeWorld::default());
-    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
     let inbox = rampart_controller::Inbox::start(
         store.clone(),
         Arc::new(TokioClock::starting_at(1_000_000)),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_adapters::clock::TokioClock;
-use rampart_adapters::sqlite::SqliteStore;
+use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, Observer, Ports};
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::policy::{Gate, RouteMatch};
@@ -59,7 +59,7 @@ pub struct ControllerReport {
 
 /// Appends `n` log entries to one release back to back and returns the rate: what the
 /// store can take with nothing else going on.
-async fn store_ceiling(store: &SqliteStore, clock: &TokioClock, n: u64) -> Result<f64, String> {
+async fn store_ceiling(store: &StateStore, clock: &TokioClock, n: u64) -> Result<f64, String> {
     use rampart_core::ports::{ReleaseRecord, Store, StoredInput};
     let record = ReleaseRecord {
         id: "reference".into(),
@@ -262,7 +262,11 @@ pub async fn run(
     duration: Duration,
     dir: &std::path::Path,
 ) -> Result<ControllerReport, String> {
-    let store = Arc::new(SqliteStore::open(&dir.join("rampart.db")).map_err(|e| e.0)?);
+    let store = Arc::new(
+        StateStore::open(&dir.join("rampart.db"))
+            .await
+            .map_err(|e| e.0)?,
+    );
     let clock = Arc::new(TokioClock::new());
     let store_appends_per_s = store_ceiling(&store, &clock, 2000).await?;
     let inbox = rampart_controller::Inbox::start(store.clone(), clock.clone());

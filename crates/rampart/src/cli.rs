@@ -568,8 +568,8 @@ pub async fn main(cli: Cli) -> i32 {
             })
             .await
         }
-        Command::Token { what } => crate::ops::token(what),
-        Command::Audit { what } => crate::ops::audit(what),
+        Command::Token { what } => crate::ops::token(what).await,
+        Command::Audit { what } => crate::ops::audit(what).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

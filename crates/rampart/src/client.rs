@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rampart_adapters::sqlite::SqliteStore;
+use rampart_adapters::store::StateStore;
 use rampart_core::ports::{Clock, CommandKind, Freeze, OperatorCommand, Store};
 use serde_json::{Value, json};
 
@@ -91,7 +91,7 @@ pub enum Backend {
     /// The local store; requests are recorded as `actor`.
     Local {
         /// The store.
-        store: Arc<SqliteStore>,
+        store: Arc<StateStore>,
         /// Who acts, from `--as` or `$USER`.
         actor: String,
     },
@@ -109,7 +109,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Backend {
     /// The backend `target` names; `actor` is who acts locally.
-    pub fn open(target: &Target, actor: Option<&str>) -> Result<Backend> {
+    pub async fn open(target: &Target, actor: Option<&str>) -> Result<Backend> {
         match &target.server {
             Some(server) => {
                 let Some(token) = target.token.clone().filter(|t| !t.is_empty()) else {
@@ -125,6 +125,7 @@ impl Backend {
             }
             None => {
                 let store = crate::serve::open_store(None, &target.state_dir)
+                    .await
                     .map_err(|e| Failure::new("internal", e))?;
                 let actor = actor.map_or_else(cli_actor, str::to_string);
                 Ok(Backend::Local { store, actor })
@@ -177,7 +178,7 @@ impl Backend {
                 }
             }
             Backend::Local { store, .. } => {
-                let submission = store.submission(id_or_service).ok().flatten();
+                let submission = store.submission(id_or_service).await.ok().flatten();
                 match Loaded::read(store, id_or_service).await {
                     Some(Ok(l)) => Ok(l.view(submission.and_then(|s| s.report).as_deref())),
                     Some(Err(e)) => Err(Failure::new("internal", e)),
@@ -211,11 +212,13 @@ impl Backend {
             Backend::Local { store, .. } => {
                 let records = store
                     .list_releases(service, limit)
+                    .await
                     .map_err(|e| Failure::new("internal", e.0))?;
                 let mut out = Vec::new();
                 for rec in records {
                     let report = store
                         .submission(&rec.id)
+                        .await
                         .ok()
                         .flatten()
                         .and_then(|s| s.report);
@@ -299,6 +302,7 @@ impl Backend {
                 }
                 store
                     .push_command_to(&release.id, &command)
+                    .await
                     .map_err(|e| Failure::new("conflict", e.0))?;
                 let id = release.id.clone();
                 Ok(json!({"release": id, "request": what, "queued": true}))
@@ -323,7 +327,10 @@ impl Backend {
                     .set_freeze(service, on, &by)
                     .await
                     .map_err(|e| Failure::new("internal", e.0))?;
-                let freezes = store.freezes().map_err(|e| Failure::new("internal", e.0))?;
+                let freezes = store
+                    .freezes()
+                    .await
+                    .map_err(|e| Failure::new("internal", e.0))?;
                 Ok(json!({ "freezes": freezes }))
             }
         }

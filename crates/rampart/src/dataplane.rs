@@ -14,7 +14,7 @@ use rampart_adapters::flags::{FlagRouter, FlagServer};
 use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyServer, Totals};
-use rampart_adapters::sqlite::SqliteStore;
+use rampart_adapters::store::StateStore;
 use rampart_core::policy::{Policy, Traffic};
 use rampart_core::ports::{FlagStore, MetricsSource, TrafficRouter};
 
@@ -60,7 +60,7 @@ impl DataPlane {
 /// Starts the policy's data plane.
 pub async fn start(
     policy: &Policy,
-    store: &Arc<SqliteStore>,
+    store: &Arc<StateStore>,
     clock: &Arc<TokioClock>,
 ) -> Result<DataPlane, RunError> {
     let flag_server = flag_endpoint(policy, store).await?;
@@ -136,7 +136,7 @@ pub async fn start(
 /// Defines the policy's flags in the store and serves them, if the policy says where.
 async fn flag_endpoint(
     policy: &Policy,
-    store: &Arc<SqliteStore>,
+    store: &Arc<StateStore>,
 ) -> Result<Option<FlagServer>, RunError> {
     let Some(flags) = &policy.flags else {
         return Ok(None);

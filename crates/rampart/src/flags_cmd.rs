@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 use rampart_adapters::flags::FlagServer;
-use rampart_adapters::sqlite::SqliteStore;
+use rampart_adapters::store::StateStore;
 use rampart_core::flags::FlagState;
 use rampart_core::ports::{Clock, FlagChange, FlagStore};
 use rampart_core::{Policy, Weight};
@@ -103,11 +103,13 @@ pub async fn run(cmd: FlagsCommand) -> i32 {
 type Failure = (i32, String);
 
 /// The policy's service and its store, with the policy's flags defined.
-async fn open(file: &Path, state_dir: &Path) -> Result<(Policy, Arc<SqliteStore>), Failure> {
+async fn open(file: &Path, state_dir: &Path) -> Result<(Policy, Arc<StateStore>), Failure> {
     let text =
         std::fs::read_to_string(file).map_err(|e| (2, format!("{}: {e}", file.display())))?;
     let policy = crate::run::load_policy(file, &text).map_err(|e| (2, format!("{e:#}")))?;
-    let store = SqliteStore::open(&state_dir.join("rampart.db")).map_err(|e| (1, e.0))?;
+    let store = StateStore::open(&state_dir.join("rampart.db"))
+        .await
+        .map_err(|e| (1, e.0))?;
     let defs = policy.flags.as_ref().map_or(&[][..], |f| &f.define[..]);
     store
         .define(&policy.service, defs)

@@ -52,7 +52,7 @@ async fn act_inner(
             message: format!("{what} needs --as NAME (or --server with an approver's token)"),
         });
     }
-    let backend = Backend::open(target, actor)?;
+    let backend = Backend::open(target, actor).await?;
     let view = backend.release(release).await?;
     let answer = backend.act(&view, what, reason, force).await?;
     Ok((backend, answer))
@@ -134,7 +134,7 @@ async fn wait_for_outcome(
 /// `status`.
 pub async fn status(release: &str, target: &Target) -> i32 {
     let result = async {
-        let backend = Backend::open(target, None)?;
+        let backend = Backend::open(target, None).await?;
         backend.release(release).await
     }
     .await;
@@ -147,7 +147,7 @@ pub async fn status(release: &str, target: &Target) -> i32 {
 /// `list`.
 pub async fn list(service: Option<&str>, limit: usize, target: &Target) -> i32 {
     let result = async {
-        let backend = Backend::open(target, None)?;
+        let backend = Backend::open(target, None).await?;
         backend.list(service, limit.clamp(1, 500)).await
     }
     .await;
@@ -160,7 +160,7 @@ pub async fn list(service: Option<&str>, limit: usize, target: &Target) -> i32 {
 /// `events`; with `follow`, until the release is over (JSON: one event per line).
 pub async fn events(release: &str, after: Option<u64>, follow: bool, target: &Target) -> i32 {
     let result = async {
-        let backend = Backend::open(target, None)?;
+        let backend = Backend::open(target, None).await?;
         let view = backend.release(release).await?;
         let mut after = after;
         loop {
@@ -201,7 +201,7 @@ pub async fn freeze(
     target: &Target,
 ) -> i32 {
     let result = async {
-        let backend = Backend::open(target, actor)?;
+        let backend = Backend::open(target, actor).await?;
         backend.freeze(on, service, reason).await
     }
     .await;
@@ -273,20 +273,24 @@ pub struct StoreArgs {
     /// Where state is kept.
     #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
     pub state_dir: std::path::PathBuf,
-    /// The store: `sqlite:PATH`; defaults to the state directory's.
+    /// The store: `sqlite:PATH` or `postgres://...`; defaults to the state directory's.
     #[arg(long, env = "RAMPART_STORE")]
     pub store: Option<String>,
 }
 
-fn open(store: &StoreArgs) -> Result<std::sync::Arc<rampart_adapters::sqlite::SqliteStore>, i32> {
-    crate::serve::open_store(store.store.as_deref(), &store.state_dir).map_err(|e| {
-        eprintln!("error: {e}");
-        2
-    })
+async fn open(
+    store: &StoreArgs,
+) -> Result<std::sync::Arc<rampart_adapters::store::StateStore>, i32> {
+    crate::serve::open_store(store.store.as_deref(), &store.state_dir)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            2
+        })
 }
 
 /// `rampart token`.
-pub fn token(what: TokenCommand) -> i32 {
+pub async fn token(what: TokenCommand) -> i32 {
     let now = rampart_adapters::clock::TokioClock::new().now();
     match what {
         TokenCommand::Create { role, name, store } => {
@@ -294,11 +298,14 @@ pub fn token(what: TokenCommand) -> i32 {
                 eprintln!("error: {e}");
                 return 2;
             }
-            let store = match open(&store) {
+            let store = match open(&store).await {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match store.create_token(&name, &role, &crate::client::cli_actor(), now) {
+            match store
+                .create_token(&name, &role, &crate::client::cli_actor(), now)
+                .await
+            {
                 Ok(secret) => {
                     println!("{secret}");
                     eprintln!("token {name} ({role}) created; it is shown only this once");
@@ -311,11 +318,11 @@ pub fn token(what: TokenCommand) -> i32 {
             }
         }
         TokenCommand::List { store, output } => {
-            let store = match open(&store) {
+            let store = match open(&store).await {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match store.tokens() {
+            match store.tokens().await {
                 Ok(tokens) => show(output, &tokens, |ts| {
                     for t in ts {
                         println!(
@@ -334,11 +341,14 @@ pub fn token(what: TokenCommand) -> i32 {
             }
         }
         TokenCommand::Revoke { name, store } => {
-            let store = match open(&store) {
+            let store = match open(&store).await {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match store.revoke_token(&name, &crate::client::cli_actor(), now) {
+            match store
+                .revoke_token(&name, &crate::client::cli_actor(), now)
+                .await
+            {
                 Ok(()) => {
                     println!("token {name} revoked");
                     0
@@ -353,17 +363,17 @@ pub fn token(what: TokenCommand) -> i32 {
 }
 
 /// `rampart audit`.
-pub fn audit(what: AuditCommand) -> i32 {
+pub async fn audit(what: AuditCommand) -> i32 {
     let AuditCommand::Verify {
         store,
         expect_head,
         output,
     } = what;
-    let store = match open(&store) {
+    let store = match open(&store).await {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut report = match store.verify_chain() {
+    let mut report = match store.verify_chain().await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -373,6 +383,7 @@ pub fn audit(what: AuditCommand) -> i32 {
     if let Some(head) = expect_head {
         let held = store
             .chain_records(None)
+            .await
             .map(|rs| rs.iter().any(|r| r.hash == head))
             .unwrap_or(false);
         if !held {
@@ -425,7 +436,7 @@ pub async fn run_remote(
         "workdir": workdir,
     });
     let result = async {
-        let backend = Backend::open(target, None)?;
+        let backend = Backend::open(target, None).await?;
         let created = backend.call("POST", "/api/v1/releases", Some(body)).await;
         let created = match created {
             Err(f) if f.code == "invalid_policy" => {

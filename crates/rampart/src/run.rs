@@ -12,7 +12,7 @@ use rampart_adapters::clock::TokioClock;
 use rampart_adapters::gates::LocalGates;
 use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::proxy::Proxy;
-use rampart_adapters::sqlite::SqliteStore;
+use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, MigrationPlan, Ports};
 use rampart_core::policy::Policy;
 use rampart_core::ports::{Clock, Deployer, Store};
@@ -63,7 +63,7 @@ pub struct RunOptions {
 #[derive(Debug, Clone)]
 pub struct Served {
     /// The server's store.
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<StateStore>,
     /// The id the release was submitted under.
     pub release_id: String,
     /// Where the policy's relative paths resolve.
@@ -230,7 +230,8 @@ pub async fn run_release(
     let store = match &opts.served {
         Some(served) => served.store.clone(),
         None => Arc::new(
-            SqliteStore::open(&opts.state_dir.join("rampart.db"))
+            StateStore::open(&opts.state_dir.join("rampart.db"))
+                .await
                 .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
         ),
     };
@@ -419,7 +420,7 @@ pub async fn run_release(
                 {
                     Ok(()) => break,
                     Err(e)
-                        if e.to_string().contains(rampart_adapters::sqlite::ID_TAKEN)
+                        if e.to_string().contains(rampart_adapters::store::ID_TAKEN)
                             && attempts < 5
                             && opts.served.is_none() =>
                     {

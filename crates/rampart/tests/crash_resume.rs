@@ -147,7 +147,12 @@ fn a_release_killed_before_it_started_resumes_against_the_stable_version() {
     std::fs::write(&path, &text).unwrap();
     {
         use rampart_core::ports::Store;
-        let store = rampart_adapters::sqlite::SqliteStore::open(&state.join("rampart.db")).unwrap();
+        let rt = runtime();
+        let store = rt
+            .block_on(rampart_adapters::store::StateStore::open(
+                &state.join("rampart.db"),
+            ))
+            .unwrap();
         let record = rampart_core::ports::ReleaseRecord {
             id: "resumable-created-only".into(),
             service: "resumable".into(),
@@ -156,7 +161,7 @@ fn a_release_killed_before_it_started_resumes_against_the_stable_version() {
             created_at: 0,
             outcome: None,
         };
-        runtime().block_on(store.create(&record)).unwrap();
+        rt.block_on(store.create(&record)).unwrap();
     }
     // v2 is bad: judged against v1 it is rolled back. Started as an initial release
     // (stable forgotten), it would have been promoted without any comparison.

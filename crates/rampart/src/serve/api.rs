@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use rampart_adapters::sqlite::Submission;
+use rampart_adapters::store::Submission;
 use rampart_core::ports::{Clock, CommandKind, Freeze, OperatorCommand, Store};
 use rampart_core::release::Phase;
 use serde::Deserialize;
@@ -150,7 +150,7 @@ pub struct ListQuery {
 }
 
 async fn view_of(app: &App, id: &str) -> ApiResult<ReleaseView> {
-    let submission = app.store.submission(id).map_err(store_err)?;
+    let submission = app.store.submission(id).await.map_err(store_err)?;
     match Loaded::read(&app.store, id).await {
         Some(Ok(loaded)) => Ok(loaded.view(submission.as_ref().and_then(|s| s.report.as_deref()))),
         Some(Err(e)) => Err(ApiError::internal(e)),
@@ -173,12 +173,17 @@ pub async fn list_releases(
     let service = q.service.as_deref();
     let mut out: Vec<ReleaseView> = Vec::new();
     // Queued submissions first: they have no release record yet.
-    for s in app.store.open_submissions().map_err(store_err)? {
+    for s in app.store.open_submissions().await.map_err(store_err)? {
         if service.is_none_or(|svc| svc == s.service) && app.store.load(&s.id).await.is_err() {
             out.push(queued_view(&s));
         }
     }
-    for rec in app.store.list_releases(service, limit).map_err(store_err)? {
+    for rec in app
+        .store
+        .list_releases(service, limit)
+        .await
+        .map_err(store_err)?
+    {
         out.push(view_of(&app, &rec.id).await?);
     }
     out.truncate(limit);
@@ -288,7 +293,7 @@ pub async fn create_release(
         created_at: now,
     };
     let mut attempts = 0;
-    while let Err(e) = app.store.submit(&submission) {
+    while let Err(e) = app.store.submit(&submission).await {
         attempts += 1;
         if attempts > 5 {
             return Err(store_err(e));
@@ -320,7 +325,7 @@ async fn loaded(app: &App, id: &str) -> ApiResult<Option<Loaded>> {
     match Loaded::read(&app.store, id).await {
         Some(Ok(l)) => Ok(Some(l)),
         Some(Err(e)) => Err(ApiError::internal(e)),
-        None if app.store.submission(id).map_err(store_err)?.is_some() => Ok(None),
+        None if app.store.submission(id).await.map_err(store_err)?.is_some() => Ok(None),
         None => Err(ApiError::not_found(format!("no release {id}"))),
     }
 }
@@ -366,7 +371,11 @@ pub async fn release_audit(
 ) -> ApiResult<Json<Value>> {
     caller.require(Right::Read)?;
     loaded(&app, &id).await?;
-    let records = app.store.chain_records(Some(&id)).map_err(store_err)?;
+    let records = app
+        .store
+        .chain_records(Some(&id))
+        .await
+        .map_err(store_err)?;
     Ok(Json(json!({ "release": id, "records": records })))
 }
 
@@ -471,6 +480,7 @@ pub async fn act(
         });
         app.store
             .withdraw(&id, &caller.name, &report.to_string(), app.clock.now())
+            .await
             .map_err(|e| ApiError::conflict(e.0))?;
         return Ok((
             StatusCode::ACCEPTED,
@@ -534,6 +544,7 @@ pub async fn act(
     };
     app.store
         .push_command_to(&id, &command)
+        .await
         .map_err(|e| ApiError::conflict(e.0))?;
     Ok((
         StatusCode::ACCEPTED,
@@ -546,7 +557,7 @@ pub async fn act(
 /// `GET /api/v1/freeze`.
 pub async fn get_freeze(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(Right::Read)?;
-    let freezes = app.store.freezes().map_err(store_err)?;
+    let freezes = app.store.freezes().await.map_err(store_err)?;
     Ok(Json(json!({ "freezes": freezes })))
 }
 
@@ -591,7 +602,7 @@ pub async fn set_freeze(
         .set_freeze(body.service.as_deref(), on, &by)
         .await
         .map_err(store_err)?;
-    let freezes = app.store.freezes().map_err(store_err)?;
+    let freezes = app.store.freezes().await.map_err(store_err)?;
     Ok(Json(json!({ "freezes": freezes })))
 }
 
@@ -627,6 +638,7 @@ pub async fn get_policy(
     let latest = app
         .store
         .list_releases(Some(&service), 1)
+        .await
         .map_err(store_err)?;
     let Some(rec) = latest.first() else {
         return Err(ApiError::not_found(format!(
@@ -644,13 +656,14 @@ pub async fn get_policy(
 pub async fn services(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(Right::Read)?;
     let now = app.clock.now();
-    let mut names: Vec<String> = app.store.services().map_err(store_err)?;
+    let mut names: Vec<String> = app.store.services().await.map_err(store_err)?;
     names.sort();
     let mut out = Vec::new();
     for service in names {
         let latest = app
             .store
             .list_releases(Some(&service), 1)
+            .await
             .map_err(store_err)?;
         let last = match latest.first() {
             Some(rec) => Some(view_of(&app, &rec.id).await?),
@@ -685,7 +698,7 @@ pub async fn services(State(app): State<App>, caller: Caller) -> ApiResult<Json<
 /// `GET /api/v1/tokens`.
 pub async fn list_tokens(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(Right::Tokens)?;
-    let tokens = app.store.tokens().map_err(store_err)?;
+    let tokens = app.store.tokens().await.map_err(store_err)?;
     Ok(Json(json!({ "tokens": tokens })))
 }
 
@@ -733,6 +746,7 @@ pub async fn create_token(
     let secret = app
         .store
         .create_token(&body.name, role.as_str(), &caller.name, app.clock.now())
+        .await
         .map_err(|e| ApiError::conflict(e.0))?;
     Ok((
         StatusCode::CREATED,
@@ -749,6 +763,7 @@ pub async fn revoke_token(
     caller.require(Right::Tokens)?;
     app.store
         .revoke_token(&name, &caller.name, app.clock.now())
+        .await
         .map_err(|e| ApiError::not_found(e.0))?;
     Ok(Json(json!({"name": name, "revoked": true})))
 }
@@ -756,7 +771,7 @@ pub async fn revoke_token(
 /// `GET /api/v1/audit/verify`.
 pub async fn verify_audit(State(app): State<App>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(Right::Read)?;
-    let report = app.store.verify_chain().map_err(store_err)?;
+    let report = app.store.verify_chain().await.map_err(store_err)?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }
 

@@ -146,6 +146,7 @@ impl FromRequestParts<App> for Caller {
         let found = app
             .store
             .token(&token)
+            .await
             .map_err(|e| ApiError::internal(e.0))?;
         let Some((name, role)) = found else {
             return Err(ApiError::unauthorized("the token is unknown or revoked"));

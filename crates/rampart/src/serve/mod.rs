@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use rampart_adapters::clock::TokioClock;
-use rampart_adapters::sqlite::SqliteStore;
+use rampart_adapters::store::StateStore;
 
 use api::Act;
 use auth::Caller;
@@ -37,7 +37,7 @@ const FEED_POLL: Duration = Duration::from_millis(250);
 #[derive(Clone, Debug)]
 pub struct App {
     /// The store.
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<StateStore>,
     /// The clock.
     pub clock: Arc<TokioClock>,
     /// The release queue.
@@ -48,35 +48,35 @@ pub struct App {
     pub workdir: PathBuf,
 }
 
-/// Where the store is: `sqlite:PATH` (or a bare path).
-pub fn store_path(url: Option<&str>, state_dir: &std::path::Path) -> Result<PathBuf, String> {
-    let Some(url) = url else {
-        return Ok(state_dir.join("rampart.db"));
-    };
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        return Ok(PathBuf::from(path));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err("this build of rampart has no PostgreSQL store; use sqlite:PATH".to_string());
-    }
-    if url.contains("://") {
-        return Err(format!("--store {url}: unknown scheme; use sqlite:PATH"));
-    }
-    Ok(PathBuf::from(url))
-}
-
-/// Opens the store for the CLI's server-side commands (`token`, `audit`, `serve`).
-pub fn open_store(
+/// Opens the store for the CLI's server-side commands (`token`, `audit`, `serve`): the
+/// state directory's SQLite file, or the one `url` names (`sqlite:PATH`, a bare path,
+/// or `postgres://...` in a build with the `postgres` feature).
+pub async fn open_store(
     url: Option<&str>,
     state_dir: &std::path::Path,
-) -> Result<Arc<SqliteStore>, String> {
-    let path = store_path(url, state_dir)?;
-    SqliteStore::open(&path)
-        .map(Arc::new)
-        .map_err(|e| format!("{}: {e}", path.display()))
+) -> Result<Arc<StateStore>, String> {
+    let opened = match url {
+        None => StateStore::open(&state_dir.join("rampart.db")).await,
+        Some(url) => StateStore::open_url(url).await,
+    };
+    opened.map(Arc::new).map_err(|e| match url {
+        None => format!("{}: {e}", state_dir.join("rampart.db").display()),
+        Some(url) => format!("{}: {e}", without_password(url)),
+    })
+}
+
+/// A store URL fit for messages: any password replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
 }
 
 macro_rules! action {
@@ -141,10 +141,10 @@ pub fn router(app: App) -> Router {
 
 /// Follows every release's log and publishes each new entry on the feed.
 async fn follow(app: App) {
-    let mut cursor = app.store.log_cursor().unwrap_or(0);
+    let mut cursor = app.store.log_cursor().await.unwrap_or(0);
     loop {
         tokio::time::sleep(FEED_POLL).await;
-        let entries = match app.store.entries_after(cursor, 500) {
+        let entries = match app.store.entries_after(cursor, 500).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!("live feed: {e}");
@@ -179,7 +179,7 @@ pub struct ServeOptions {
 /// Runs the server until SIGINT or SIGTERM. Releases in flight stay in the store and
 /// resume when the server starts again.
 pub async fn run(opts: ServeOptions) -> i32 {
-    let store = match open_store(opts.store.as_deref(), &opts.state_dir) {
+    let store = match open_store(opts.store.as_deref(), &opts.state_dir).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

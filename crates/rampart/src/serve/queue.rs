@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rampart_adapters::sqlite::{SqliteStore, Submission};
+use rampart_adapters::store::{StateStore, Submission};
 use rampart_core::ports::Store;
 
 use crate::run::{Output, RunError, RunOptions, Served, run_release};
@@ -25,7 +25,7 @@ const RETRY: Duration = Duration::from_secs(15);
 /// The queue.
 #[derive(Debug)]
 pub struct Queue {
-    store: Arc<SqliteStore>,
+    store: Arc<StateStore>,
     state_dir: PathBuf,
     /// Services with a worker.
     busy: Mutex<HashSet<String>>,
@@ -38,7 +38,7 @@ pub struct Queue {
 
 impl Queue {
     /// A queue over the store's submissions.
-    pub fn new(store: Arc<SqliteStore>, state_dir: PathBuf) -> Arc<Queue> {
+    pub fn new(store: Arc<StateStore>, state_dir: PathBuf) -> Arc<Queue> {
         let clock = Arc::new(rampart_adapters::clock::TokioClock::new());
         let inbox = rampart_controller::Inbox::start(store.clone(), clock);
         Arc::new(Queue {
@@ -64,7 +64,7 @@ impl Queue {
     /// Runs forever: starts a worker for every service with open submissions.
     pub async fn run(self: Arc<Self>) {
         loop {
-            match self.store.open_submissions() {
+            match self.store.open_submissions().await {
                 Ok(open) => {
                     for s in open {
                         let fresh = self
@@ -87,16 +87,12 @@ impl Queue {
     }
 
     /// The oldest open submission of a service; releases the service when none is left.
-    fn next(&self, service: &str) -> Option<Submission> {
+    async fn next(&self, service: &str) -> Option<Submission> {
+        let open = self.store.open_submissions().await.ok()?;
+        let next = open.into_iter().find(|s| s.service == service);
         let Ok(mut busy) = self.busy.lock() else {
             return None;
         };
-        let next = self
-            .store
-            .open_submissions()
-            .ok()?
-            .into_iter()
-            .find(|s| s.service == service);
         if next.is_none() {
             busy.remove(service);
         }
@@ -105,7 +101,7 @@ impl Queue {
 
     /// Runs a service's submissions one after another.
     async fn work(self: Arc<Self>, service: String) {
-        while let Some(next) = self.next(&service) {
+        while let Some(next) = self.next(&service).await {
             // Another controller (a `rampart run`) may be driving a release of this
             // service in the same store: wait for it to finish.
             match self.store.active(&service).await {
@@ -128,13 +124,14 @@ impl Queue {
                 if let Err(e) = self
                     .store
                     .set_submission(&next.id, "done", report.as_deref())
+                    .await
                 {
                     tracing::error!(release = %next.id, "{e}");
                     tokio::time::sleep(RECHECK).await;
                 }
                 continue;
             }
-            match self.store.claim_submission(&next.id) {
+            match self.store.claim_submission(&next.id).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -167,6 +164,7 @@ impl Queue {
             if let Err(e) = self
                 .store
                 .set_submission(&next.id, "done", report.as_deref())
+                .await
             {
                 tracing::error!(release = %next.id, "{e}");
                 tokio::time::sleep(RECHECK).await;

@@ -143,7 +143,7 @@ pub async fn login(State(app): State<App>, body: axum::body::Bytes) -> Response 
     let known = !token.is_empty()
         && token.len() <= 200
         && token.bytes().all(|b| b.is_ascii_graphic())
-        && matches!(app.store.token(token), Ok(Some(_)));
+        && matches!(app.store.token(token).await, Ok(Some(_)));
     if !known {
         return html(
             StatusCode::UNAUTHORIZED,

@@ -4,7 +4,7 @@
 //!
 //! Owns turning stored releases into views. It must not change anything.
 
-use rampart_adapters::sqlite::{SqliteStore, Submission};
+use rampart_adapters::store::{StateStore, Submission};
 use rampart_core::Policy;
 use rampart_core::metrics::VariantStats;
 use rampart_core::ports::{ReleaseRecord, StoredInput};
@@ -143,7 +143,7 @@ pub struct Loaded {
 
 impl Loaded {
     /// Reads a release; `None` when there is no such release.
-    pub async fn read(store: &SqliteStore, id: &str) -> Option<Result<Loaded, String>> {
+    pub async fn read(store: &StateStore, id: &str) -> Option<Result<Loaded, String>> {
         use rampart_core::ports::Store;
         let (record, log) = match store.load(id).await {
             Ok(x) => x,

@@ -1,13 +1,13 @@
-//! The control plane's tables in the SQLite store: API tokens (kept as hashes), the
+//! The control plane's tables in the state store: API tokens (kept as hashes), the
 //! hash-chained audit log, and the queue of releases submitted to `rampart serve`.
 //!
 //! Owns the chain's hashing rule and its verification. It must not decide who may do
 //! what (roles are the server's) nor interpret release logs.
 
-use rusqlite::{OptionalExtension, Transaction, params};
 use sha2::{Digest, Sha256};
 
-use super::{SqliteStore, db_err, to_i64};
+use super::StateStore;
+use super::sql::{Row, Tx, args};
 use rampart_core::Millis;
 use rampart_core::ports::{PortError, StoredInput};
 
@@ -62,24 +62,26 @@ impl ChainRecord {
     }
 }
 
-/// Appends a record to the chain inside `tx`, linked to the last one.
-pub(super) fn chain(
-    tx: &Transaction<'_>,
+/// Appends a record to the chain inside `tx`, linked to the last one. The caller holds
+/// the chain lock (`Tx::lock_chain`).
+pub(super) async fn chain(
+    tx: &mut Tx,
     at: Millis,
     actor: &str,
     action: &str,
     release: Option<(&str, Option<u64>)>,
     body: &str,
 ) -> Result<(), PortError> {
-    let last: Option<(i64, String)> = tx
-        .query_row(
+    let last = tx
+        .query_opt(
             "SELECT id, hash FROM chain ORDER BY id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            args![],
         )
-        .optional()
-        .map_err(db_err)?;
-    let (last_id, prev) = last.unwrap_or((0, GENESIS.to_string()));
+        .await?;
+    let (last_id, prev) = match last {
+        Some(r) => (r.int(0)?, r.text(1)?),
+        None => (0, GENESIS.to_string()),
+    };
     let mut rec = ChainRecord {
         id: last_id + 1,
         at,
@@ -94,33 +96,33 @@ pub(super) fn chain(
     rec.hash = rec.digest();
     tx.execute(
         "INSERT INTO chain (id, at, actor, action, release_id, seq, body, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+        args![
             rec.id,
-            to_i64(rec.at),
-            rec.actor,
-            rec.action,
-            rec.release_id,
-            rec.seq.map(to_i64),
-            rec.body,
-            rec.prev,
-            rec.hash
+            rec.at,
+            &rec.actor,
+            &rec.action,
+            rec.release_id.as_deref(),
+            rec.seq,
+            &rec.body,
+            &rec.prev,
+            &rec.hash
         ],
     )
-    .map_err(db_err)?;
+    .await?;
     Ok(())
 }
 
 /// Queues an operator request for release `id` inside `tx`, and chains who asked.
-pub(super) fn queue_command(
-    tx: &Transaction<'_>,
+pub(super) async fn queue_command(
+    tx: &mut Tx,
     id: &str,
     command: &rampart_core::ports::OperatorCommand,
 ) -> Result<(), PortError> {
     tx.execute(
         "INSERT INTO commands (release_id, actor, reason, force, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![id, command.actor, command.reason, command.force, command.kind.as_str(), to_i64(command.at)],
+        args![id, &command.actor, &command.reason, command.force, command.kind.as_str(), command.at],
     )
-    .map_err(db_err)?;
+    .await?;
     let body = serde_json::json!({"reason": command.reason, "force": command.force}).to_string();
     chain(
         tx,
@@ -130,6 +132,7 @@ pub(super) fn queue_command(
         Some((id, None)),
         &body,
     )
+    .await
 }
 
 /// The chain body of a stored input: exactly the columns the log keeps (its time, the
@@ -220,19 +223,33 @@ pub struct Submission {
     pub created_at: Millis,
 }
 
-fn row_to_submission(r: &rusqlite::Row<'_>) -> rusqlite::Result<Submission> {
+fn row_to_submission(r: &Row) -> Result<Submission, PortError> {
     Ok(Submission {
-        id: r.get(0)?,
-        service: r.get(1)?,
-        version: r.get(2)?,
-        stable: r.get(3)?,
-        hotfix: r.get(4)?,
-        initiator: r.get(5)?,
-        policy: r.get(6)?,
-        workdir: r.get(7)?,
-        state: r.get(8)?,
-        report: r.get(9)?,
-        created_at: r.get::<_, i64>(10)?.try_into().unwrap_or(0),
+        id: r.text(0)?,
+        service: r.text(1)?,
+        version: r.text(2)?,
+        stable: r.opt_text(3)?,
+        hotfix: r.opt_text(4)?,
+        initiator: r.text(5)?,
+        policy: r.text(6)?,
+        workdir: r.text(7)?,
+        state: r.text(8)?,
+        report: r.opt_text(9)?,
+        created_at: r.uint(10)?,
+    })
+}
+
+fn row_to_chain(r: &Row) -> Result<ChainRecord, PortError> {
+    Ok(ChainRecord {
+        id: r.int(0)?,
+        at: r.uint(1)?,
+        actor: r.text(2)?,
+        action: r.text(3)?,
+        release_id: r.opt_text(4)?,
+        seq: r.opt_int(5)?.map(|s| u64::try_from(s).unwrap_or(0)),
+        body: r.text(6)?,
+        prev: r.text(7)?,
+        hash: r.text(8)?,
     })
 }
 
@@ -251,12 +268,12 @@ fn random_hex(bytes: usize) -> Result<String, PortError> {
 /// The prefix of every API token (so a leaked one is easy to find and scan for).
 pub const TOKEN_PREFIX: &str = "rampart_";
 
-// === impl SqliteStore: tokens ===
+// === impl StateStore: tokens ===
 
-impl SqliteStore {
+impl StateStore {
     /// Creates a token and returns its secret, which is not kept (only its SHA-256 is).
     /// Fails if an unrevoked token has that name.
-    pub fn create_token(
+    pub async fn create_token(
         &self,
         name: &str,
         role: &str,
@@ -265,355 +282,373 @@ impl SqliteStore {
     ) -> Result<String, PortError> {
         let secret = format!("{TOKEN_PREFIX}{}", random_hex(32)?);
         let hash = sha256_hex(&secret);
-        self.with(|c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let live: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM tokens WHERE name = ?1 AND revoked_at IS NULL)",
-                    [name],
-                    |r| r.get(0),
-                )
-                .map_err(db_err)?;
-            if live {
-                return Err(PortError(format!(
-                    "a token named {name} exists; revoke it first (`rampart token revoke {name}`)"
-                )));
-            }
-            tx.execute("DELETE FROM tokens WHERE name = ?1", [name])
-                .map_err(db_err)?;
-            tx.execute(
-                "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, role, hash, to_i64(at), by],
+        let mut tx = self.chained().await?;
+        let live = tx
+            .one(
+                "SELECT EXISTS(SELECT 1 FROM tokens WHERE name = ?1 AND revoked_at IS NULL)",
+                args![name],
             )
-            .map_err(db_err)?;
-            let body = serde_json::json!({"name": name, "role": role, "hash": hash}).to_string();
-            chain(&tx, at, by, "token_created", None, &body)?;
-            tx.commit().map_err(db_err)
-        })?;
+            .await?
+            .bool(0)?;
+        if live {
+            return Err(PortError(format!(
+                "a token named {name} exists; revoke it first (`rampart token revoke {name}`)"
+            )));
+        }
+        tx.execute("DELETE FROM tokens WHERE name = ?1", args![name])
+            .await?;
+        tx.execute(
+            "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            args![name, role, hash.as_str(), at, by],
+        )
+        .await?;
+        let body = serde_json::json!({"name": name, "role": role, "hash": hash}).to_string();
+        chain(&mut tx, at, by, "token_created", None, &body).await?;
+        tx.commit().await?;
         Ok(secret)
     }
 
     /// Revokes a token by name. Fails if no live token has that name.
-    pub fn revoke_token(&self, name: &str, by: &str, at: Millis) -> Result<(), PortError> {
-        self.with(|c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let n = tx
-                .execute(
-                    "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-                    params![name, to_i64(at)],
-                )
-                .map_err(db_err)?;
-            if n == 0 {
-                return Err(PortError(format!("no live token named {name}")));
-            }
-            let body = serde_json::json!({"name": name}).to_string();
-            chain(&tx, at, by, "token_revoked", None, &body)?;
-            tx.commit().map_err(db_err)
-        })
+    pub async fn revoke_token(&self, name: &str, by: &str, at: Millis) -> Result<(), PortError> {
+        let mut tx = self.chained().await?;
+        let n = tx
+            .execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
+                args![name, at],
+            )
+            .await?;
+        if n == 0 {
+            return Err(PortError(format!("no live token named {name}")));
+        }
+        let body = serde_json::json!({"name": name}).to_string();
+        chain(&mut tx, at, by, "token_revoked", None, &body).await?;
+        tx.commit().await
     }
 
     /// The name and role of the live token with this secret.
-    pub fn token(&self, secret: &str) -> Result<Option<(String, String)>, PortError> {
+    pub async fn token(&self, secret: &str) -> Result<Option<(String, String)>, PortError> {
         let hash = sha256_hex(secret);
-        self.with(|c| {
-            c.query_row(
+        let row = self
+            .db
+            .conn()
+            .await?
+            .query_opt(
                 "SELECT name, role FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
-                [hash],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                args![hash],
             )
-            .optional()
-            .map_err(db_err)
-        })
+            .await?;
+        row.map(|r| Ok((r.text(0)?, r.text(1)?))).transpose()
     }
 
     /// Every token, newest first, without secrets.
-    pub fn tokens(&self) -> Result<Vec<TokenInfo>, PortError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT name, role, created_at, created_by, revoked_at IS NOT NULL FROM tokens ORDER BY created_at DESC, name")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(TokenInfo {
-                        name: r.get(0)?,
-                        role: r.get(1)?,
-                        created_at: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
-                        created_by: r.get(3)?,
-                        revoked: r.get(4)?,
-                    })
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, PortError> {
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                "SELECT name, role, created_at, created_by, revoked_at IS NOT NULL FROM tokens ORDER BY created_at DESC, name",
+                args![],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    name: r.text(0)?,
+                    role: r.text(1)?,
+                    created_at: r.uint(2)?,
+                    created_by: r.text(3)?,
+                    revoked: r.bool(4)?,
                 })
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })
+            })
+            .collect()
     }
 }
 
-// === impl SqliteStore: submissions ===
+// === impl StateStore: submissions ===
 
-impl SqliteStore {
+impl StateStore {
     /// Queues a release for `rampart serve`, and records who asked.
-    pub fn submit(&self, s: &Submission) -> Result<(), PortError> {
-        self.with(|c| {
-            let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                &format!("INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-                params![s.id, s.service, s.version, s.stable, s.hotfix, s.initiator, s.policy, s.workdir, s.state, s.report, to_i64(s.created_at)],
-            )
-            .map_err(db_err)?;
-            let body = serde_json::json!({
-                "service": s.service,
-                "version": s.version,
-                "stable": s.stable,
-                "hotfix": s.hotfix,
-                "policy_sha256": sha256_hex(&s.policy),
-            })
-            .to_string();
-            chain(&tx, s.created_at, &s.initiator, "release_submitted", Some((&s.id, None)), &body)?;
-            tx.commit().map_err(db_err)
+    pub async fn submit(&self, s: &Submission) -> Result<(), PortError> {
+        let mut tx = self.chained().await?;
+        tx.execute(
+            &format!("INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            args![
+                &s.id,
+                &s.service,
+                &s.version,
+                s.stable.as_deref(),
+                s.hotfix.as_deref(),
+                &s.initiator,
+                &s.policy,
+                &s.workdir,
+                &s.state,
+                s.report.as_deref(),
+                s.created_at
+            ],
+        )
+        .await?;
+        let body = serde_json::json!({
+            "service": s.service,
+            "version": s.version,
+            "stable": s.stable,
+            "hotfix": s.hotfix,
+            "policy_sha256": sha256_hex(&s.policy),
         })
+        .to_string();
+        chain(
+            &mut tx,
+            s.created_at,
+            &s.initiator,
+            "release_submitted",
+            Some((&s.id, None)),
+            &body,
+        )
+        .await?;
+        tx.commit().await
     }
 
     /// A submission by release id.
-    pub fn submission(&self, id: &str) -> Result<Option<Submission>, PortError> {
-        self.with(|c| {
-            c.query_row(
+    pub async fn submission(&self, id: &str) -> Result<Option<Submission>, PortError> {
+        let row = self
+            .db
+            .conn()
+            .await?
+            .query_opt(
                 &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"),
-                [id],
-                row_to_submission,
+                args![id],
             )
-            .optional()
-            .map_err(db_err)
-        })
+            .await?;
+        row.as_ref().map(row_to_submission).transpose()
     }
 
     /// Submissions not done yet, oldest first.
-    pub fn open_submissions(&self) -> Result<Vec<Submission>, PortError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare(&format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE state != 'done' ORDER BY rowid"))
-                .map_err(db_err)?;
-            let rows = stmt.query_map([], row_to_submission).map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })
+    pub async fn open_submissions(&self) -> Result<Vec<Submission>, PortError> {
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE state != 'done' ORDER BY rowid"),
+                args![],
+            )
+            .await?;
+        rows.iter().map(row_to_submission).collect()
     }
 
     /// Queues an operator request for exactly release `id`: fails when it does not
     /// exist or is over (a request meant for one release never reaches the next).
-    pub fn push_command_to(
+    pub async fn push_command_to(
         &self,
         id: &str,
         command: &rampart_core::ports::OperatorCommand,
     ) -> Result<(), PortError> {
-        self.with(|c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let open: Option<bool> = tx
-                .query_row(
-                    "SELECT outcome IS NULL FROM releases WHERE id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db_err)?;
-            match open {
-                None => return Err(PortError(format!("no release {id}"))),
-                Some(false) => return Err(PortError(format!("release {id} is over"))),
-                Some(true) => {}
-            }
-            queue_command(&tx, id, command)?;
-            tx.commit().map_err(db_err)
-        })
+        let mut tx = self.chained().await?;
+        let open = tx
+            .query_opt(
+                "SELECT outcome IS NULL FROM releases WHERE id = ?1",
+                args![id],
+            )
+            .await?
+            .map(|r| r.bool(0))
+            .transpose()?;
+        match open {
+            None => return Err(PortError(format!("no release {id}"))),
+            Some(false) => return Err(PortError(format!("release {id} is over"))),
+            Some(true) => {}
+        }
+        queue_command(&mut tx, id, command).await?;
+        tx.commit().await
     }
 
     /// Claims a submission for running: `false` when it is done (withdrawn) already.
-    pub fn claim_submission(&self, id: &str) -> Result<bool, PortError> {
-        self.with(|c| {
-            let n = c
-                .execute(
-                    "UPDATE submissions SET state = 'running' WHERE id = ?1 AND state != 'done'",
-                    [id],
-                )
-                .map_err(db_err)?;
-            Ok(n > 0)
-        })
+    pub async fn claim_submission(&self, id: &str) -> Result<bool, PortError> {
+        let mut tx = self.acting().await?;
+        let n = tx
+            .execute(
+                "UPDATE submissions SET state = 'running' WHERE id = ?1 AND state != 'done'",
+                args![id],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(n > 0)
     }
 
     /// Withdraws a submission that has not started, with its final report. Fails when
     /// it has started (or is over).
-    pub fn withdraw(&self, id: &str, by: &str, report: &str, at: Millis) -> Result<(), PortError> {
-        self.with(|c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let n = tx
-                .execute(
-                    "UPDATE submissions SET state = 'done', report = ?2 WHERE id = ?1 AND state = 'queued'",
-                    params![id, report],
-                )
-                .map_err(db_err)?;
-            if n == 0 {
-                return Err(PortError(format!(
-                    "release {id} is no longer queued; abort it as a running release"
-                )));
-            }
-            chain(&tx, at, by, "release_withdrawn", Some((id, None)), report)?;
-            tx.commit().map_err(db_err)
-        })
+    pub async fn withdraw(
+        &self,
+        id: &str,
+        by: &str,
+        report: &str,
+        at: Millis,
+    ) -> Result<(), PortError> {
+        let mut tx = self.chained().await?;
+        let n = tx
+            .execute(
+                "UPDATE submissions SET state = 'done', report = ?2 WHERE id = ?1 AND state = 'queued'",
+                args![id, report],
+            )
+            .await?;
+        if n == 0 {
+            return Err(PortError(format!(
+                "release {id} is no longer queued; abort it as a running release"
+            )));
+        }
+        chain(
+            &mut tx,
+            at,
+            by,
+            "release_withdrawn",
+            Some((id, None)),
+            report,
+        )
+        .await?;
+        tx.commit().await
     }
 
     /// Every service the store knows of (from releases and submissions), unordered.
-    pub fn services(&self) -> Result<Vec<String>, PortError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT service FROM releases UNION SELECT service FROM submissions")
-                .map_err(db_err)?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(db_err)?;
-            rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
-        })
+    pub async fn services(&self) -> Result<Vec<String>, PortError> {
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                "SELECT service FROM releases UNION SELECT service FROM submissions",
+                args![],
+            )
+            .await?;
+        rows.iter().map(|r| r.text(0)).collect()
     }
 
     /// Every freeze in force: `scope` is a service, or `*` for every service.
-    pub fn freezes(&self) -> Result<Vec<serde_json::Value>, PortError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT scope, actor, reason, at FROM freezes ORDER BY scope")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(serde_json::json!({
-                        "scope": r.get::<_, String>(0)?,
-                        "actor": r.get::<_, String>(1)?,
-                        "reason": r.get::<_, String>(2)?,
-                        "at": r.get::<_, i64>(3)?,
-                    }))
-                })
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })
+    pub async fn freezes(&self) -> Result<Vec<serde_json::Value>, PortError> {
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                "SELECT scope, actor, reason, at FROM freezes ORDER BY scope",
+                args![],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(serde_json::json!({
+                    "scope": r.text(0)?,
+                    "actor": r.text(1)?,
+                    "reason": r.text(2)?,
+                    "at": r.int(3)?,
+                }))
+            })
+            .collect()
     }
 
     /// Moves a submission on (`running`, or `done` with its report).
-    pub fn set_submission(
+    pub async fn set_submission(
         &self,
         id: &str,
         state: &str,
         report: Option<&str>,
     ) -> Result<(), PortError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE submissions SET state = ?2, report = COALESCE(?3, report) WHERE id = ?1",
-                params![id, state, report],
-            )
-            .map_err(db_err)?;
-            Ok(())
-        })
+        let mut tx = self.acting().await?;
+        tx.execute(
+            "UPDATE submissions SET state = ?2, report = COALESCE(?3, report) WHERE id = ?1",
+            args![id, state, report],
+        )
+        .await?;
+        tx.commit().await
     }
 }
 
-// === impl SqliteStore: listing and the chain ===
+// === impl StateStore: listing and the chain ===
 
-impl SqliteStore {
+impl StateStore {
     /// Releases, newest first, optionally of one service, at most `limit`.
-    pub fn list_releases(
+    pub async fn list_releases(
         &self,
         service: Option<&str>,
         limit: usize,
     ) -> Result<Vec<rampart_core::ports::ReleaseRecord>, PortError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT id, service, version, policy, created_at, outcome FROM releases WHERE ?1 IS NULL OR service = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![service, i64::try_from(limit).unwrap_or(i64::MAX)], super::row_to_release)
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                &format!("SELECT {} FROM releases WHERE ?1 IS NULL OR service = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2", super::RELEASE_COLUMNS),
+                args![service, u64::try_from(limit).unwrap_or(u64::MAX)],
+            )
+            .await?;
+        rows.iter().map(super::row_to_release).collect()
     }
 
     /// The position of the newest release log entry (0 when there is none), for
-    /// following the logs of every release with [`SqliteStore::entries_after`].
-    pub fn log_cursor(&self) -> Result<i64, PortError> {
-        self.with(|c| {
-            c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM events", [], |r| {
-                r.get(0)
-            })
-            .map_err(db_err)
-        })
+    /// following the logs of every release with [`StateStore::entries_after`].
+    pub async fn log_cursor(&self) -> Result<i64, PortError> {
+        self.db
+            .conn()
+            .await?
+            .one("SELECT COALESCE(MAX(rowid), 0) FROM events", args![])
+            .await?
+            .int(0)
     }
 
     /// Release log entries appended after `cursor`, oldest first, at most `limit`, with
     /// their release id and their own cursor.
-    pub fn entries_after(
+    pub async fn entries_after(
         &self,
         cursor: i64,
         limit: usize,
     ) -> Result<Vec<(i64, String, StoredInput)>, PortError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT rowid, release_id, seq, at, input, audit FROM events WHERE rowid > ?1 ORDER BY rowid LIMIT ?2")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![cursor, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                    ))
-                })
-                .map_err(db_err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (rowid, release, seq, at, input, audit) = row.map_err(db_err)?;
-                let (Ok(input), Ok(events)) =
-                    (serde_json::from_str(&input), serde_json::from_str(&audit))
-                else {
-                    return Err(db_err(format!("entry {seq} of {release} is unreadable")));
-                };
-                out.push((
-                    rowid,
-                    release,
-                    StoredInput {
-                        seq: u64::try_from(seq).unwrap_or(0),
-                        at: u64::try_from(at).unwrap_or(0),
-                        input,
-                        events,
-                    },
-                ));
-            }
-            Ok(out)
-        })
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                "SELECT seq, at, input, audit, rowid, release_id FROM events WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                args![cursor, u64::try_from(limit).unwrap_or(u64::MAX)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let release = r.text(5)?;
+                let entry = super::row_to_entry(r, &release)?;
+                Ok((r.int(4)?, release, entry))
+            })
+            .collect()
     }
 
     /// Chain records, oldest first; with `release`, only that release's.
-    pub fn chain_records(&self, release: Option<&str>) -> Result<Vec<ChainRecord>, PortError> {
-        self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT id, at, actor, action, release_id, seq, body, prev, hash FROM chain WHERE ?1 IS NULL OR release_id = ?1 ORDER BY id")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([release], |r| {
-                    Ok(ChainRecord {
-                        id: r.get(0)?,
-                        at: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
-                        actor: r.get(2)?,
-                        action: r.get(3)?,
-                        release_id: r.get(4)?,
-                        seq: r.get::<_, Option<i64>>(5)?.map(|s| s.try_into().unwrap_or(0)),
-                        body: r.get(6)?,
-                        prev: r.get(7)?,
-                        hash: r.get(8)?,
-                    })
-                })
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })
+    pub async fn chain_records(
+        &self,
+        release: Option<&str>,
+    ) -> Result<Vec<ChainRecord>, PortError> {
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                "SELECT id, at, actor, action, release_id, seq, body, prev, hash FROM chain WHERE ?1 IS NULL OR release_id = ?1 ORDER BY id",
+                args![release],
+            )
+            .await?;
+        rows.iter().map(row_to_chain).collect()
+    }
+
+    /// Every row of a query the verifier reads whole.
+    pub(super) async fn rows(
+        &self,
+        sql: &str,
+        args: &[super::sql::Value],
+    ) -> Result<Vec<Row>, PortError> {
+        self.db.conn().await?.query(sql, args).await
     }
 
     /// Checks the audit chain: every record's hash, every link, and that every release
     /// log entry and token written since the chain began matches what the chain
     /// recorded. A changed, inserted or deleted record or log entry is reported.
-    pub fn verify_chain(&self) -> Result<ChainReport, PortError> {
-        let records = self.chain_records(None)?;
+    pub async fn verify_chain(&self) -> Result<ChainReport, PortError> {
+        let records = self.chain_records(None).await?;
         let mut problems = Vec::new();
         let mut prev = GENESIS.to_string();
         let mut logged = std::collections::HashMap::new();
@@ -718,17 +753,15 @@ impl SqliteStore {
                 _ => {}
             }
         }
-        let entries: Vec<(i64, String, i64, u64, String, String)> = self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT rowid, release_id, seq, at, input, audit FROM events WHERE rowid > ?1 ORDER BY rowid")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([since], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?.try_into().unwrap_or(0), r.get(4)?, r.get(5)?))
-                })
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })?;
+        let entries = self
+            .rows(
+                "SELECT rowid, release_id, seq, at, input, audit FROM events WHERE rowid > ?1 ORDER BY rowid",
+                args![since],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.int(0)?, r.text(1)?, r.int(2)?, r.uint(3)?, r.text(4)?, r.text(5)?)))
+            .collect::<Result<Vec<_>, PortError>>()?;
         let log_entries = entries.len() as u64;
         for (_, release, seq, at, input, audit) in entries {
             let seq = u64::try_from(seq).unwrap_or(0);
@@ -749,15 +782,15 @@ impl SqliteStore {
                 "release {release} entry {seq}: recorded by chain record {id} but gone from the log (deleted)"
             ));
         }
-        let live: Vec<(String, String, String, bool)> = self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT name, role, hash, revoked_at IS NULL FROM tokens")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })?;
+        let live = self
+            .rows(
+                "SELECT name, role, hash, revoked_at IS NULL FROM tokens",
+                args![],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?, r.bool(3)?)))
+            .collect::<Result<Vec<_>, PortError>>()?;
         for (name, role, hash, is_live) in live {
             match (tokens.get(&name), is_live) {
                 (Some(Some((r, h))), true) if *r == role && *h == hash => {}
@@ -767,7 +800,8 @@ impl SqliteStore {
                 )),
             }
         }
-        self.verify_tables(&created, &finished, &submitted, &frozen, &mut problems)?;
+        self.verify_tables(&created, &finished, &submitted, &frozen, &mut problems)
+            .await?;
         Ok(ChainReport {
             ok: problems.is_empty(),
             records: records.len() as u64,
@@ -778,7 +812,7 @@ impl SqliteStore {
     }
 
     /// Checks the releases, submissions and freezes tables against the chain.
-    fn verify_tables(
+    async fn verify_tables(
         &self,
         created: &std::collections::HashMap<String, serde_json::Value>,
         finished: &std::collections::HashMap<String, serde_json::Value>,
@@ -786,18 +820,23 @@ impl SqliteStore {
         frozen: &std::collections::HashMap<String, Option<(String, String)>>,
         problems: &mut Vec<String>,
     ) -> Result<(), PortError> {
-        type Row = (String, String, String, String, Option<String>);
-        let releases: Vec<Row> = self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT id, service, version, policy, outcome FROM releases")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })?;
+        let releases = self
+            .rows(
+                "SELECT id, service, version, policy, outcome FROM releases",
+                args![],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.text(0)?,
+                    r.text(1)?,
+                    r.text(2)?,
+                    r.text(3)?,
+                    r.opt_text(4)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, PortError>>()?;
         for (id, service, version, policy, outcome) in releases {
             // Releases created before the chain began have no record.
             let Some(c) = created.get(&id) else {
@@ -820,13 +859,15 @@ impl SqliteStore {
                 ));
             }
         }
-        let subs: Vec<Submission> = self.with(|c| {
-            let mut stmt = c
-                .prepare(&format!("SELECT {SUBMISSION_COLUMNS} FROM submissions"))
-                .map_err(db_err)?;
-            let rows = stmt.query_map([], row_to_submission).map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })?;
+        let subs = self
+            .rows(
+                &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions"),
+                args![],
+            )
+            .await?
+            .iter()
+            .map(row_to_submission)
+            .collect::<Result<Vec<_>, _>>()?;
         for s in subs {
             let ok = submitted.get(&s.id).is_some_and(|v| {
                 v["initiator"] == s.initiator.as_str()
@@ -841,15 +882,12 @@ impl SqliteStore {
                 ));
             }
         }
-        let live: Vec<(String, String, String)> = self.with(|c| {
-            let mut stmt = c
-                .prepare("SELECT scope, actor, reason FROM freezes")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })?;
+        let live = self
+            .rows("SELECT scope, actor, reason FROM freezes", args![])
+            .await?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))
+            .collect::<Result<Vec<_>, PortError>>()?;
         for (scope, actor, reason) in &live {
             if frozen.get(scope) != Some(&Some((actor.clone(), reason.clone()))) {
                 problems.push(format!("freeze of {scope}: not what the chain recorded"));

@@ -1,0 +1,295 @@
+//! The leader lease: several `rampart serve` replicas share one store, and only the
+//! one holding the lease acts on releases.
+//!
+//! Owns campaigning for the lease, renewing it, and stepping down. The lease is a row
+//! (holder, fencing token, heartbeat count). A candidate takes it over only after the
+//! row has not changed for a whole lease time *on its own clock*, so replicas never
+//! compare each other's clocks. Every takeover increments the fencing token, and every
+//! acting write checks it (`StateStore::fenced`), so a deposed leader's late write is
+//! refused. It must not decide what a leader does: that is the server's.
+//!
+//! Guarantees: at most one replica's acting writes succeed between two takeovers. A
+//! leader that cannot renew stops acting after half a lease time, before any
+//! candidate can take over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_core::Millis;
+use rampart_core::ports::{Clock, PortError};
+
+use super::sql::args;
+use super::{Fence, StateStore};
+
+/// The lease's row as a candidate observes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseState {
+    /// Who holds it; empty once its holder released it.
+    pub holder: String,
+    /// The fencing token of the current holder.
+    pub token: i64,
+    /// Heartbeats since the holder took it.
+    pub beats: i64,
+}
+
+// === impl StateStore: the lease row ===
+
+impl StateStore {
+    /// The lease's row, if anyone ever held it.
+    pub async fn lease_state(&self, name: &str) -> Result<Option<LeaseState>, PortError> {
+        let row = self
+            .db
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT holder, token, beats FROM leases WHERE name = ?1",
+                args![name],
+            )
+            .await?;
+        row.map(|r| {
+            Ok(LeaseState {
+                holder: r.text(0)?,
+                token: r.int(1)?,
+                beats: r.int(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Takes the lease if its row is still exactly `seen` (or, with `None`, if nobody
+    /// ever held it), and returns the new fencing token. `None` when someone else
+    /// moved first.
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        seen: Option<&LeaseState>,
+    ) -> Result<Option<i64>, PortError> {
+        let mut c = self.db.conn().await?;
+        let Some(seen) = seen else {
+            let n = c
+                .execute(
+                    "INSERT INTO leases (name, holder, token, beats) VALUES (?1, ?2, 1, 0) ON CONFLICT(name) DO NOTHING",
+                    args![name, holder],
+                )
+                .await?;
+            return Ok((n == 1).then_some(1));
+        };
+        // On PostgreSQL this waits for the old holder's acting transactions (they hold
+        // the row FOR SHARE), so none of them commits after the takeover.
+        let n = c
+            .execute(
+                "UPDATE leases SET holder = ?2, token = token + 1, beats = 0 WHERE name = ?1 AND holder = ?3 AND token = ?4 AND beats = ?5",
+                args![name, holder, &seen.holder, seen.token, seen.beats],
+            )
+            .await?;
+        Ok((n == 1).then_some(seen.token + 1))
+    }
+
+    /// Renews a held lease. `false` when it has moved on (this holder is deposed).
+    pub async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        token: i64,
+    ) -> Result<bool, PortError> {
+        let n = self
+            .db
+            .conn()
+            .await?
+            .execute(
+                "UPDATE leases SET beats = beats + 1 WHERE name = ?1 AND holder = ?2 AND token = ?3",
+                args![name, holder, token],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Gives a held lease up, so a candidate takes it at once instead of waiting a
+    /// lease time (an orderly shutdown).
+    pub async fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        token: i64,
+    ) -> Result<(), PortError> {
+        self.set_fence(Fence::Standby);
+        self.db
+            .conn()
+            .await?
+            .execute(
+                "UPDATE leases SET holder = '', beats = beats + 1 WHERE name = ?1 AND holder = ?2 AND token = ?3",
+                args![name, holder, token],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// From now on this store acts only as the holder of lease `name` with `token`.
+    pub fn fence_as_leader(&self, name: &str, holder: &str, token: i64) {
+        self.set_fence(Fence::Leader {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            token,
+        });
+    }
+
+    /// From now on this store refuses every acting write.
+    pub fn fence_as_standby(&self) {
+        self.set_fence(Fence::Standby);
+    }
+}
+
+/// One replica's part in the lease.
+#[derive(Clone)]
+pub struct Lease {
+    store: Arc<StateStore>,
+    clock: Arc<dyn Clock>,
+    name: String,
+    holder: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("name", &self.name)
+            .field("holder", &self.holder)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a leader stopped leading.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Deposed {
+    /// Another replica holds the lease now.
+    #[error("another replica took the lease over (fencing token {0} is stale)")]
+    TakenOver(i64),
+    /// The store could not be reached for half a lease time.
+    #[error("the lease could not be renewed for {0:?}: {1}")]
+    Unreachable(Duration, String),
+}
+
+fn ms(d: Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Lease {
+    /// `holder` names this replica (unique among the replicas); `ttl` is how long a
+    /// silent holder keeps the lease.
+    pub fn new(
+        store: Arc<StateStore>,
+        clock: Arc<dyn Clock>,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Lease {
+        store.fence_as_standby();
+        Lease {
+            store,
+            clock,
+            name: name.to_string(),
+            holder: holder.to_string(),
+            ttl,
+        }
+    }
+
+    /// How often a holder renews and a candidate looks.
+    fn beat(&self) -> Millis {
+        (ms(self.ttl) / 3).max(1)
+    }
+
+    /// Waits until this replica holds the lease, fences the store as its leader, and
+    /// returns the fencing token.
+    pub async fn acquire(&self) -> i64 {
+        // The row as last seen, and when (on this replica's clock) it last changed.
+        let mut seen: Option<(Option<LeaseState>, Millis)> = None;
+        loop {
+            let now = self.clock.now();
+            match self.store.lease_state(&self.name).await {
+                Err(e) => tracing::warn!(lease = %self.name, "cannot read the lease: {e}"),
+                Ok(state) => {
+                    let free = match &state {
+                        None => true,
+                        Some(s) => s.holder.is_empty(),
+                    };
+                    let since = match &seen {
+                        Some((prev, since)) if *prev == state => *since,
+                        _ => now,
+                    };
+                    if free || now.saturating_sub(since) >= ms(self.ttl) {
+                        match self
+                            .store
+                            .take_lease(&self.name, &self.holder, state.as_ref())
+                            .await
+                        {
+                            Ok(Some(token)) => {
+                                self.store.fence_as_leader(&self.name, &self.holder, token);
+                                tracing::info!(lease = %self.name, holder = %self.holder, token, "took the leader lease");
+                                return token;
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(lease = %self.name, "cannot take the lease: {e}");
+                            }
+                        }
+                    }
+                    seen = Some((state, since));
+                }
+            }
+            self.clock.sleep_until(now + self.beat()).await;
+        }
+    }
+
+    /// Renews the lease held with `token` until it is lost, then fences the store as a
+    /// standby and says why. A renewal that fails keeps being retried; after half a
+    /// lease time without one the leader steps down, before any candidate (which
+    /// waits a whole lease time) can take over.
+    pub async fn hold(&self, token: i64) -> Deposed {
+        let mut renewed = self.clock.now();
+        loop {
+            self.clock.sleep_until(self.clock.now() + self.beat()).await;
+            let asked = self.clock.now();
+            // A renewal that hangs (a partition) counts as failing at the deadline.
+            let deadline = renewed + ms(self.ttl) / 2;
+            let outcome = tokio::select! {
+                r = self.store.renew_lease(&self.name, &self.holder, token) => Some(r),
+                () = self.clock.sleep_until(deadline) => None,
+            };
+            let lost = match outcome {
+                Some(Ok(true)) => {
+                    renewed = asked;
+                    None
+                }
+                Some(Ok(false)) => Some(Deposed::TakenOver(token)),
+                None => Some(Deposed::Unreachable(
+                    self.ttl / 2,
+                    "no answer from the store".into(),
+                )),
+                Some(Err(e)) if asked.saturating_sub(renewed) >= ms(self.ttl) / 2 => {
+                    Some(Deposed::Unreachable(self.ttl / 2, e.0))
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(lease = %self.name, "cannot renew the lease (retrying): {e}");
+                    None
+                }
+            };
+            if let Some(lost) = lost {
+                self.store.fence_as_standby();
+                return lost;
+            }
+        }
+    }
+
+    /// Gives the lease up (orderly shutdown).
+    pub async fn release(&self, token: i64) {
+        if let Err(e) = self
+            .store
+            .release_lease(&self.name, &self.holder, token)
+            .await
+        {
+            tracing::warn!(lease = %self.name, "cannot release the lease: {e}");
+        }
+    }
+}

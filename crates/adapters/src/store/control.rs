@@ -575,7 +575,7 @@ impl StateStore {
             .conn()
             .await?
             .query(
-                &format!("SELECT {} FROM releases WHERE ?1 IS NULL OR service = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2", super::RELEASE_COLUMNS),
+                &format!("SELECT {} FROM releases WHERE CAST(?1 AS TEXT) IS NULL OR service = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2", super::RELEASE_COLUMNS),
                 args![service, u64::try_from(limit).unwrap_or(u64::MAX)],
             )
             .await?;
@@ -628,7 +628,7 @@ impl StateStore {
             .conn()
             .await?
             .query(
-                "SELECT id, at, actor, action, release_id, seq, body, prev, hash FROM chain WHERE ?1 IS NULL OR release_id = ?1 ORDER BY id",
+                "SELECT id, at, actor, action, release_id, seq, body, prev, hash FROM chain WHERE CAST(?1 AS TEXT) IS NULL OR release_id = ?1 ORDER BY id",
                 args![release],
             )
             .await?;

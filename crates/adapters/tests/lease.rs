@@ -1,0 +1,135 @@
+//! The leader lease on virtual time, with two replicas sharing one SQLite file: a
+//! holder that keeps renewing is never replaced; a silent one is replaced after one
+//! lease time; a deposed holder's writes are refused by the fencing token.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_adapters::clock::TokioClock;
+use rampart_adapters::store::lease::{Deposed, Lease};
+use rampart_adapters::store::{NOT_LEADER, StateStore};
+use rampart_core::ports::{Clock, ReleaseRecord, Store, StoredInput};
+use rampart_core::release::Input;
+
+const TTL: Duration = Duration::from_secs(9);
+const TTL_MS: u64 = 9_000;
+const BEAT_MS: u64 = 3_000;
+
+fn rel(id: &str) -> ReleaseRecord {
+    ReleaseRecord {
+        id: id.into(),
+        service: "shop".into(),
+        version: "v2".into(),
+        policy: "service: shop".into(),
+        created_at: 0,
+        outcome: None,
+    }
+}
+
+fn entry(seq: u64) -> StoredInput {
+    StoredInput {
+        seq,
+        at: seq,
+        input: Input::Tick,
+        events: vec![],
+    }
+}
+
+struct Replicas {
+    _dir: tempfile::TempDir,
+    a: Arc<StateStore>,
+    b: Arc<StateStore>,
+    clock: Arc<TokioClock>,
+}
+
+async fn replicas() -> Replicas {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    Replicas {
+        a: Arc::new(StateStore::open(&path).await.unwrap()),
+        b: Arc::new(StateStore::open(&path).await.unwrap()),
+        clock: Arc::new(TokioClock::starting_at(1_000_000)),
+        _dir: dir,
+    }
+}
+
+fn lease(store: &Arc<StateStore>, clock: &Arc<TokioClock>, holder: &str) -> Lease {
+    Lease::new(store.clone(), clock.clone(), "serve", holder, TTL)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_leader_is_replaced_after_one_lease_time_and_its_late_writes_are_refused() {
+    let r = replicas().await;
+    let (la, lb) = (lease(&r.a, &r.clock, "a"), lease(&r.b, &r.clock, "b"));
+    let token_a = la.acquire().await;
+    assert_eq!(token_a, 1, "nobody held it: taken at once");
+    r.a.create(&rel("r1")).await.unwrap();
+    let standby = r.b.append("r1", &entry(0)).await.unwrap_err();
+    assert!(standby.0.starts_with(NOT_LEADER), "{standby}");
+
+    let holding = tokio::spawn(async move { la.hold(token_a).await });
+    let campaign = tokio::spawn(async move { lb.acquire().await });
+    // Ten lease times of renewals: the candidate never gets the lease.
+    r.clock.sleep_until(r.clock.now() + 10 * TTL_MS).await;
+    assert!(!campaign.is_finished(), "a renewing leader was replaced");
+    r.a.append("r1", &entry(0)).await.unwrap();
+
+    // The leader goes silent (its process is killed).
+    holding.abort();
+    let silent_at = r.clock.now();
+    let token_b = campaign.await.unwrap();
+    let took = r.clock.now() - silent_at;
+    assert_eq!(token_b, 2);
+    assert!(
+        (TTL_MS - BEAT_MS..=TTL_MS + 2 * BEAT_MS).contains(&took),
+        "taken over after {took} ms"
+    );
+    let late = r.a.append("r1", &entry(1)).await.unwrap_err();
+    assert!(late.0.starts_with(NOT_LEADER), "{late}");
+    r.b.append("r1", &entry(1)).await.unwrap();
+    let (_, log) = r.b.load("r1").await.unwrap();
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_stalled_past_its_lease_learns_it_was_deposed_and_stops_acting() {
+    let r = replicas().await;
+    let (la, lb) = (lease(&r.a, &r.clock, "a"), lease(&r.b, &r.clock, "b"));
+    let token_a = la.acquire().await;
+    r.a.create(&rel("r1")).await.unwrap();
+    // `a` stalls (a long pause) without renewing; `b` takes over meanwhile.
+    let token_b = lb.acquire().await;
+    assert_eq!(token_b, token_a + 1);
+    // When `a` wakes up, its first renewal tells it, and the store refuses it at once.
+    assert_eq!(la.hold(token_a).await, Deposed::TakenOver(token_a));
+    let err = r.a.append("r1", &entry(0)).await.unwrap_err();
+    assert!(err.0.starts_with(NOT_LEADER), "{err}");
+    r.b.append("r1", &entry(0)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_released_lease_is_taken_without_waiting_a_lease_time() {
+    let r = replicas().await;
+    let (la, lb) = (lease(&r.a, &r.clock, "a"), lease(&r.b, &r.clock, "b"));
+    let token_a = la.acquire().await;
+    let campaign = tokio::spawn(async move { lb.acquire().await });
+    r.clock.sleep_until(r.clock.now() + BEAT_MS).await;
+    la.release(token_a).await;
+    let released_at = r.clock.now();
+    assert_eq!(campaign.await.unwrap(), token_a + 1);
+    assert!(
+        r.clock.now() - released_at <= BEAT_MS,
+        "waited for the lease time"
+    );
+    let err = r.a.create(&rel("r1")).await.unwrap_err();
+    assert!(err.0.starts_with(NOT_LEADER), "{err}");
+}
+
+#[tokio::test]
+async fn a_store_without_a_lease_acts_unfenced() {
+    let store = StateStore::in_memory().await.unwrap();
+    store.create(&rel("r1")).await.unwrap();
+    store.append("r1", &entry(0)).await.unwrap();
+}

@@ -43,6 +43,9 @@ export RAMPART_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 
 set -x
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# The optional adapters (cargo features) are linted and tested too.
+features=rampart/postgres
+cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
 cargo check -p rampart-adapters --no-default-features --locked   # the build without TLS
-cargo test --workspace --locked
+cargo check -p rampart --locked                                   # the default build, without the features
+cargo test --workspace --locked --features "$features"

@@ -222,9 +222,19 @@ enum Command {
         /// Where state and logs are kept.
         #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
         state_dir: PathBuf,
-        /// The store: `sqlite:PATH`; defaults to the state directory's.
+        /// The store: `sqlite:PATH`, or `postgres://...` shared by several replicas
+        /// (only the one holding the leader lease acts); defaults to the state
+        /// directory's SQLite file.
         #[arg(long, env = "RAMPART_STORE")]
         store: Option<String>,
+        /// This replica's name in the leader lease (unique among replicas sharing a
+        /// PostgreSQL store); defaults to HOSTNAME-PID.
+        #[arg(long, env = "RAMPART_REPLICA")]
+        replica: Option<String>,
+        /// How long a silent leader keeps the lease before a standby takes over
+        /// (PostgreSQL store only).
+        #[arg(long, env = "RAMPART_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+        lease_ttl: std::time::Duration,
     },
     /// API tokens for `rampart serve`.
     Token {
@@ -560,11 +570,15 @@ pub async fn main(cli: Cli) -> i32 {
             listen,
             state_dir,
             store,
+            replica,
+            lease_ttl,
         } => {
             crate::serve::run(crate::serve::ServeOptions {
                 listen,
                 state_dir,
                 store,
+                replica,
+                lease_ttl,
             })
             .await
         }

@@ -9,10 +9,8 @@ mod common;
 #[path = "../../adapters/tests/common/postgres.rs"]
 mod postgres;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{exe, release_json};
+use common::{exe, free_port, release_json};
 use postgres::Postgres;
 
 fn release(pg: &Postgres, migration: &str) -> (i32, serde_json::Value) {

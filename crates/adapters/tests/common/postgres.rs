@@ -115,10 +115,15 @@ impl Postgres {
     }
 
     pub fn sql(&self, sql: &str) -> String {
+        self.sql_in("postgres", sql)
+    }
+
+    /// Runs `sql` in database `db` and returns what it printed (unaligned, no headers).
+    pub fn sql_in(&self, db: &str, sql: &str) -> String {
         let args = self.psql_args();
         let out = Command::new(&args[0])
             .args(&args[1..])
-            .args(["-tA", "-c", sql])
+            .args(["-d", db, "-tA", "-c", sql])
             .output()
             .unwrap();
         assert!(

@@ -20,6 +20,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
+use rampart_adapters::store::lease::{Deposed, Lease};
 
 use api::Act;
 use auth::Caller;
@@ -174,6 +175,48 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// The store URL, overriding the state directory's SQLite file.
     pub store: Option<String>,
+    /// This replica's name in the leader lease.
+    pub replica: Option<String>,
+    /// How long a silent leader keeps the lease.
+    pub lease_ttl: Duration,
+}
+
+/// The lease replicas sharing a store campaign for.
+pub const LEASE: &str = "serve";
+
+/// This replica's default name in the lease: the host's name and the process id.
+fn default_replica() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "rampart".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
+}
+
+/// Acts on releases: at once with a store of its own; with a shared (PostgreSQL) store
+/// only once this replica holds the leader lease, and only for as long as it does.
+/// Resolves only when the lease is lost, with why.
+async fn lead(
+    queue: Arc<queue::Queue>,
+    lease: Option<Lease>,
+    token: Arc<std::sync::Mutex<Option<i64>>>,
+) -> Deposed {
+    let Some(lease) = lease else {
+        queue.run().await;
+        return std::future::pending().await;
+    };
+    println!("rampart serve: standby; waiting for the leader lease");
+    let held = lease.acquire().await;
+    if let Ok(mut t) = token.lock() {
+        *t = Some(held);
+    }
+    println!("rampart serve: leader (fencing token {held}); resuming releases in flight");
+    tokio::spawn(queue.run());
+    lease.hold(held).await
 }
 
 /// Runs the server until SIGINT or SIGTERM. Releases in flight stay in the store and
@@ -208,7 +251,13 @@ pub async fn run(opts: ServeOptions) -> i32 {
         workdir: api::default_workdir(),
     };
     let queue = app.queue.clone();
-    tokio::spawn(app.queue.clone().run());
+    let clock: Arc<dyn rampart_core::ports::Clock> = app.clock.clone();
+    let lease = app.store.is_postgres().then(|| {
+        let replica = opts.replica.clone().unwrap_or_else(default_replica);
+        Lease::new(app.store.clone(), clock, LEASE, &replica, opts.lease_ttl)
+    });
+    let held = Arc::new(std::sync::Mutex::new(None));
+    let leading = lead(queue.clone(), lease.clone(), held.clone());
     tokio::spawn(follow(app.clone()));
     println!("rampart serve: listening on http://{addr}");
     let shutdown = async {
@@ -232,9 +281,19 @@ pub async fn run(opts: ServeOptions) -> i32 {
                 return 1;
             }
         }
+        deposed = leading => {
+            // Another replica acts now (or will, once its lease time has passed):
+            // stop at once, leaving releases and their processes to it.
+            eprintln!("error: rampart serve: no longer the leader: {deposed}; exiting so that this replica restarts as a standby");
+            return 1;
+        }
         () = shutdown => {
             eprintln!("rampart serve: stopping; releases in flight resume at the next start");
             queue.stop_serving().await;
+            let token = held.lock().ok().and_then(|t| *t);
+            if let (Some(lease), Some(token)) = (lease, token) {
+                lease.release(token).await;
+            }
         }
     }
     0

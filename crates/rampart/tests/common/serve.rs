@@ -29,6 +29,11 @@ impl Server {
 
     /// Starts it on a given port (to restart it where it was).
     pub fn start_on(state: &Path, port: u16) -> Server {
+        Server::start_with(state, port, &[])
+    }
+
+    /// Starts it on a given port with more arguments (`--store`, `--replica`, ...).
+    pub fn start_with(state: &Path, port: u16, args: &[&str]) -> Server {
         let child = rampart()
             .args([
                 "serve",
@@ -37,6 +42,7 @@ impl Server {
                 "--state-dir",
             ])
             .arg(state)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -59,11 +59,17 @@ pub struct ControllerReport {
 
 /// Appends `n` log entries to one release back to back and returns the rate: what the
 /// store can take with nothing else going on.
-async fn store_ceiling(store: &StateStore, clock: &TokioClock, n: u64) -> Result<f64, String> {
+async fn store_ceiling(
+    store: &StateStore,
+    clock: &TokioClock,
+    n: u64,
+    run_id: &str,
+) -> Result<f64, String> {
     use rampart_core::ports::{ReleaseRecord, Store, StoredInput};
+    let id = format!("reference-{run_id}");
     let record = ReleaseRecord {
-        id: "reference".into(),
-        service: "reference".into(),
+        id: id.clone(),
+        service: id.clone(),
         version: "v2".into(),
         policy: String::new(),
         created_at: 0,
@@ -78,7 +84,7 @@ async fn store_ceiling(store: &StateStore, clock: &TokioClock, n: u64) -> Result
             input: Input::Tick,
             events: Vec::new(),
         };
-        store.append("reference", &entry).await.map_err(|e| e.0)?;
+        store.append(&id, &entry).await.map_err(|e| e.0)?;
     }
     let secs = clock.now_micros().saturating_sub(started) as f64 / 1e6;
     Ok(n as f64 / secs.max(1e-9))
@@ -254,21 +260,24 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-/// Runs `releases` simulated releases on a SQLite store in `dir`: starts them spread
-/// over one interval, lets them settle for one more, then measures for `duration`.
+/// Runs `releases` simulated releases on the store `url` names (a SQLite file, or a
+/// PostgreSQL database): starts them spread over one interval, lets them settle for one
+/// more, then measures for `duration`.
 pub async fn run(
     releases: usize,
     interval: Duration,
     duration: Duration,
-    dir: &std::path::Path,
+    url: &str,
 ) -> Result<ControllerReport, String> {
-    let store = Arc::new(
-        StateStore::open(&dir.join("rampart.db"))
-            .await
-            .map_err(|e| e.0)?,
-    );
+    let store = Arc::new(StateStore::open_url(url).await.map_err(|e| e.0)?);
+    // Releases of earlier runs in the same database stay unfinished: a run's services
+    // are its own.
     let clock = Arc::new(TokioClock::new());
-    let store_appends_per_s = store_ceiling(&store, &clock, 2000).await?;
+    let run_id = format!(
+        "{:x}",
+        rampart_core::ports::Clock::now(&*clock) & 0xff_ffff_ffff
+    );
+    let store_appends_per_s = store_ceiling(&store, &clock, 2000, &run_id).await?;
     let inbox = rampart_controller::Inbox::start(store.clone(), clock.clone());
     let timings = Arc::new(Timings::default());
     let interval_ms = u64::try_from(interval.as_millis())
@@ -276,7 +285,7 @@ pub async fn run(
         .max(1);
     let mut tasks = Vec::with_capacity(releases);
     for i in 0..releases {
-        let service = format!("svc-{i:05}");
+        let service = format!("svc-{run_id}-{i:05}");
         let text = policy_text(&service, interval);
         let policy = Policy::from_yaml(&text).map_err(|e| e.to_string())?;
         let sim = Arc::new(Sim::default());
@@ -341,7 +350,12 @@ pub async fn run(
     let late = timings.late.load(Ordering::Relaxed);
     Ok(ControllerReport {
         releases,
-        store: "sqlite".into(),
+        store: if store.is_postgres() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+        .into(),
         interval_s: interval.as_secs_f64(),
         measured_s,
         evaluations_per_s: evaluations / measured_s.max(1e-9),

@@ -395,9 +395,13 @@ enum BenchCommand {
         /// Concurrent releases.
         #[arg(long, default_value_t = 1000)]
         releases: usize,
-        /// The store: `sqlite` (this build has no PostgreSQL store).
+        /// The store: `sqlite` (a file in a temporary directory) or `postgres` (the
+        /// database `--postgres-url` names; needs a build with `--features postgres`).
         #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
         store: String,
+        /// The PostgreSQL database for `--store postgres`.
+        #[arg(long, env = "RAMPART_BENCH_POSTGRES_URL")]
+        postgres_url: Option<String>,
         /// Each release's analysis interval.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         interval: Duration,
@@ -600,24 +604,34 @@ pub async fn main(cli: Cli) -> i32 {
                 BenchCommand::Controller {
                     releases,
                     store,
+                    postgres_url,
                     interval,
                     duration,
                     output,
                 },
         } => {
-            if store != "sqlite" {
-                eprintln!(
-                    "error: this build of rampart has no PostgreSQL store; use --store sqlite"
-                );
-                return 2;
-            }
             let dir = match tempfile::tempdir() {
                 Ok(d) => d,
                 Err(e) => return fail(output, &RunError::Internal(anyhow::anyhow!(e))),
             };
+            let url = match (store.as_str(), postgres_url) {
+                ("postgres", _) if !cfg!(feature = "postgres") => {
+                    eprintln!(
+                        "error: this build of rampart has no PostgreSQL store; build it with `--features postgres`"
+                    );
+                    return 2;
+                }
+                ("postgres", Some(url)) => url,
+                ("postgres", None) => {
+                    eprintln!(
+                        "error: --store postgres needs --postgres-url postgres://USER@HOST/DB (an empty database)"
+                    );
+                    return 2;
+                }
+                _ => format!("sqlite:{}", dir.path().join("rampart.db").display()),
+            };
             let report =
-                match crate::bench_controller::run(releases.max(1), interval, duration, dir.path())
-                    .await
+                match crate::bench_controller::run(releases.max(1), interval, duration, &url).await
                 {
                     Ok(r) => r,
                     Err(e) => return fail(output, &RunError::Internal(anyhow::anyhow!(e))),

@@ -9,7 +9,6 @@ mod common;
 #[path = "../../adapters/tests/common/postgres.rs"]
 mod postgres;
 
-
 use common::{exe, free_port, release_json};
 use postgres::Postgres;
 

@@ -266,3 +266,56 @@ async fn a_deposed_leaders_late_write_is_refused_real_postgres() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_on_one_connection_are_combined_and_each_told_its_own_outcome_real_postgres()
+ {
+    let pg = postgres::Postgres::start();
+    let url = pg.database("combined");
+    let s = Arc::new(StateStore::connect(&url).await.unwrap());
+    let n = 40;
+    for i in 0..n {
+        s.create(&rel(&format!("r{i}"), &format!("svc{i}")))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("r{i}");
+            let mut refused = 0;
+            for seq in 0..10 {
+                s.append(&id, &entry(seq)).await.unwrap();
+                // Every fourth release also tries an entry out of sequence, which must
+                // fail alone without failing the appends written with it.
+                if i % 4 == 0 && seq == 5 {
+                    let err = s.append(&id, &entry(seq + 3)).await.unwrap_err();
+                    assert!(err.0.contains("refusing to append event 8"), "{err}");
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap();
+    }
+    assert_eq!(refused, n / 4);
+    for i in 0..n {
+        let (_, log) = s.load(&format!("r{i}")).await.unwrap();
+        assert_eq!(
+            log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+    }
+    let report = s.verify_chain().await.unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.log_entries, 10 * n as u64);
+    let batches = s.append_batches();
+    assert!(
+        batches < 10 * n as u64,
+        "{batches} transactions: nothing was combined"
+    );
+}

@@ -62,35 +62,43 @@ impl ChainRecord {
     }
 }
 
-/// Appends a record to the chain inside `tx`, linked to the last one. The caller holds
-/// the chain lock (`Tx::lock_chain`).
-pub(super) async fn chain(
-    tx: &mut Tx,
-    at: Millis,
-    actor: &str,
-    action: &str,
-    release: Option<(&str, Option<u64>)>,
-    body: &str,
-) -> Result<(), PortError> {
+/// The chain's last record: its id and hash (0 and the genesis hash when empty).
+pub(super) type Head = (i64, String);
+
+/// Reads the chain's last record inside `tx`. The caller holds the chain lock
+/// (`Tx::lock_chain`), so the head stays the head until it commits.
+pub(super) async fn head(tx: &mut Tx) -> Result<Head, PortError> {
     let last = tx
         .query_opt(
             "SELECT id, hash FROM chain ORDER BY id DESC LIMIT 1",
             args![],
         )
         .await?;
-    let (last_id, prev) = match last {
-        Some(r) => (r.int(0)?, r.text(1)?),
-        None => (0, GENESIS.to_string()),
-    };
+    match last {
+        Some(r) => Ok((r.int(0)?, r.text(1)?)),
+        None => Ok((0, GENESIS.to_string())),
+    }
+}
+
+/// Appends a record linked to `head` inside `tx`, and moves `head` on to it.
+pub(super) async fn link(
+    tx: &mut Tx,
+    head: &mut Head,
+    at: Millis,
+    actor: &str,
+    action: &str,
+    release: Option<(&str, Option<u64>)>,
+    body: &str,
+) -> Result<(), PortError> {
     let mut rec = ChainRecord {
-        id: last_id + 1,
+        id: head.0 + 1,
         at,
         actor: actor.to_string(),
         action: action.to_string(),
         release_id: release.map(|(r, _)| r.to_string()),
         seq: release.and_then(|(_, s)| s),
         body: body.to_string(),
-        prev,
+        prev: head.1.clone(),
         hash: String::new(),
     };
     rec.hash = rec.digest();
@@ -109,7 +117,22 @@ pub(super) async fn chain(
         ],
     )
     .await?;
+    *head = (rec.id, rec.hash);
     Ok(())
+}
+
+/// Appends a record to the chain inside `tx`, linked to the last one. The caller holds
+/// the chain lock (`Tx::lock_chain`).
+pub(super) async fn chain(
+    tx: &mut Tx,
+    at: Millis,
+    actor: &str,
+    action: &str,
+    release: Option<(&str, Option<u64>)>,
+    body: &str,
+) -> Result<(), PortError> {
+    let mut last = head(tx).await?;
+    link(tx, &mut last, at, actor, action, release, body).await
 }
 
 /// Queues an operator request for release `id` inside `tx`, and chains who asked.

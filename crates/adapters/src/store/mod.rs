@@ -52,6 +52,30 @@ pub struct StateStore {
     db: Db,
     fence: Mutex<Fence>,
     postgres: bool,
+    appends: Mutex<Appends>,
+}
+
+/// Appends waiting for the connection.
+#[derive(Debug, Default)]
+struct Appends {
+    next_id: u64,
+    queue: Vec<PendingAppend>,
+    /// Transactions that wrote appends, for the benchmark and tests.
+    batches: u64,
+}
+
+/// One append waiting to be written, serialised already.
+#[derive(Debug)]
+struct PendingAppend {
+    id: u64,
+    release: String,
+    seq: u64,
+    at: u64,
+    kind: String,
+    actor: String,
+    input: String,
+    audit: String,
+    done: tokio::sync::oneshot::Sender<Result<(), PortError>>,
 }
 
 /// The start of the error `create` returns when the release id exists already.
@@ -176,9 +200,16 @@ impl StateStore {
             db,
             fence: Mutex::new(Fence::Unfenced),
             postgres,
+            appends: Mutex::new(Appends::default()),
         };
         store.start_chain().await?;
         Ok(store)
+    }
+
+    /// How many transactions have written appends so far (fewer than the appends when
+    /// concurrent appends were combined).
+    pub fn append_batches(&self) -> u64 {
+        self.appends.lock().map(|w| w.batches).unwrap_or(0)
     }
 
     /// Whether the store is on PostgreSQL.
@@ -336,48 +367,124 @@ impl StateStore {
         tx.commit().await
     }
 
+    /// Appends one entry. Appends from many controllers are combined: whoever gets the
+    /// connection writes every append waiting at that moment in one transaction (one
+    /// commit, one sync to disk), and each caller returns once its own is durable. A
+    /// store with thousands of releases therefore writes in batches as large as the
+    /// queue that formed during the previous commit.
     async fn append_entry(&self, release_id: &str, entry: &StoredInput) -> Result<(), PortError> {
         let input = serde_json::to_string(&entry.input).map_err(db_err)?;
         let audit = serde_json::to_string(&entry.events).map_err(db_err)?;
-        let mut tx = self.acting().await?;
-        let next = tx
-            .one(
-                "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE release_id = ?1",
-                args![release_id],
-            )
-            .await?
-            .uint(0)?;
-        if next != entry.seq {
-            return Err(PortError(format!(
-                "release {release_id}: refusing to append event {} when the log's next is {next} (another controller is acting on this release)",
-                entry.seq
-            )));
+        let (done, result) = tokio::sync::oneshot::channel();
+        let id = {
+            let mut waiting = self
+                .appends
+                .lock()
+                .map_err(|_| db_err("append queue poisoned"))?;
+            waiting.next_id += 1;
+            let id = waiting.next_id;
+            waiting.queue.push(PendingAppend {
+                id,
+                release: release_id.to_string(),
+                seq: entry.seq,
+                at: entry.at,
+                kind: serde_json::to_value(&entry.input)
+                    .ok()
+                    .and_then(|v| v["type"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                actor: control::input_actor(entry),
+                input,
+                audit,
+                done,
+            });
+            id
+        };
+        match self.db.conn().await {
+            Ok(conn) => {
+                let batch = self
+                    .appends
+                    .lock()
+                    .map(|mut w| std::mem::take(&mut w.queue))
+                    .unwrap_or_default();
+                if !batch.is_empty() {
+                    self.write_appends(conn, batch).await;
+                }
+            }
+            Err(e) => {
+                // Withdraw this append unless another writer already took it (then its
+                // outcome is the one to report).
+                let mine = self.appends.lock().ok().and_then(|mut w| {
+                    let at = w.queue.iter().position(|p| p.id == id)?;
+                    Some(w.queue.remove(at))
+                });
+                if mine.is_some() {
+                    return Err(e);
+                }
+            }
         }
-        tx.execute(
-            "INSERT INTO events (release_id, seq, at, input, audit) VALUES (?1, ?2, ?3, ?4, ?5)",
-            args![
-                release_id,
-                entry.seq,
-                entry.at,
-                input.as_str(),
-                audit.as_str()
-            ],
-        )
-        .await?;
-        let kind = serde_json::to_value(&entry.input)
-            .ok()
-            .and_then(|v| v["type"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        control::chain(
-            &mut tx,
-            entry.at,
-            &control::input_actor(entry),
-            &format!("input:{kind}"),
-            Some((release_id, Some(entry.seq))),
-            &control::input_body(entry.at, &input, &audit),
-        )
-        .await?;
-        tx.commit().await
+        result
+            .await
+            .unwrap_or_else(|_| Err(db_err("the append was dropped by its writer")))
+    }
+
+    /// Writes a batch of appends in one transaction and tells each its outcome. An
+    /// append out of sequence fails alone; anything else fails the whole batch (and
+    /// nothing of it is written).
+    async fn write_appends(&self, conn: Tx, batch: Vec<PendingAppend>) {
+        let mut outcomes: Vec<Result<(), PortError>> = Vec::with_capacity(batch.len());
+        let written = async {
+            let mut tx = conn.begin().await?;
+            tx.lock_chain().await?;
+            self.fenced(&mut tx).await?;
+            let mut head = control::head(&mut tx).await?;
+            for p in &batch {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO events (release_id, seq, at, input, audit) SELECT CAST(?1 AS TEXT), CAST(?2 AS BIGINT), CAST(?3 AS BIGINT), CAST(?4 AS TEXT), CAST(?5 AS TEXT) WHERE (SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE release_id = ?1) = ?2",
+                        args![p.release.as_str(), p.seq, p.at, p.input.as_str(), p.audit.as_str()],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    let next = tx
+                        .one(
+                            "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE release_id = ?1",
+                            args![p.release.as_str()],
+                        )
+                        .await?
+                        .uint(0)?;
+                    outcomes.push(Err(PortError(format!(
+                        "release {}: refusing to append event {} when the log's next is {next} (another controller is acting on this release)",
+                        p.release, p.seq
+                    ))));
+                    continue;
+                }
+                control::link(
+                    &mut tx,
+                    &mut head,
+                    p.at,
+                    &p.actor,
+                    &format!("input:{}", p.kind),
+                    Some((&p.release, Some(p.seq))),
+                    &control::input_body(p.at, &p.input, &p.audit),
+                )
+                .await?;
+                outcomes.push(Ok(()));
+            }
+            tx.commit().await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                for (p, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = p.done.send(outcome);
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let _ = p.done.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     async fn load_release(

@@ -173,14 +173,7 @@ impl Db {
 
     /// Begins a transaction.
     pub async fn begin(&self) -> Result<Tx, PortError> {
-        let mut tx = self.conn().await?;
-        match &mut *tx.conn {
-            Backend::Sqlite(c) => c.execute_batch("BEGIN").map_err(db_err)?,
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(pg) => pg.begin().await?,
-        }
-        tx.open = true;
-        Ok(tx)
+        self.conn().await?.begin().await
     }
 
     /// The connection for statements outside a transaction.
@@ -251,6 +244,17 @@ fn sqlite_rows(c: &rusqlite::Connection, sql: &str, args: &[Value]) -> Result<Ve
 }
 
 impl Tx {
+    /// Begins a transaction on this connection.
+    pub async fn begin(mut self) -> Result<Tx, PortError> {
+        match &mut *self.conn {
+            Backend::Sqlite(c) => c.execute_batch("BEGIN").map_err(db_err)?,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pg) => pg.begin().await?,
+        }
+        self.open = true;
+        Ok(self)
+    }
+
     /// Runs statements without arguments (schema changes, transaction control).
     pub async fn batch(&mut self, sql: &str) -> Result<(), PortError> {
         match &mut *self.conn {

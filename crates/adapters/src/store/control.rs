@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 
 use super::StateStore;
-use super::sql::{Row, Tx, args};
+use super::sql::{Row, Tx, Value, args};
 use rampart_core::Millis;
 use rampart_core::ports::{PortError, StoredInput};
 
@@ -80,16 +80,19 @@ pub(super) async fn head(tx: &mut Tx) -> Result<Head, PortError> {
     }
 }
 
-/// Appends a record linked to `head` inside `tx`, and moves `head` on to it.
-pub(super) async fn link(
-    tx: &mut Tx,
+/// The statement that stores a chain record.
+pub(super) const INSERT_CHAIN: &str = "INSERT INTO chain (id, at, actor, action, release_id, seq, body, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// The next record after `head`, hashed, with the arguments of [`INSERT_CHAIN`];
+/// moves `head` on to it.
+pub(super) fn next_record(
     head: &mut Head,
     at: Millis,
     actor: &str,
     action: &str,
     release: Option<(&str, Option<u64>)>,
     body: &str,
-) -> Result<(), PortError> {
+) -> Vec<Value> {
     let mut rec = ChainRecord {
         id: head.0 + 1,
         at,
@@ -102,23 +105,20 @@ pub(super) async fn link(
         hash: String::new(),
     };
     rec.hash = rec.digest();
-    tx.execute(
-        "INSERT INTO chain (id, at, actor, action, release_id, seq, body, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        args![
-            rec.id,
-            rec.at,
-            &rec.actor,
-            &rec.action,
-            rec.release_id.as_deref(),
-            rec.seq,
-            &rec.body,
-            &rec.prev,
-            &rec.hash
-        ],
-    )
-    .await?;
+    let row = args![
+        rec.id,
+        rec.at,
+        &rec.actor,
+        &rec.action,
+        rec.release_id.as_deref(),
+        rec.seq,
+        &rec.body,
+        &rec.prev,
+        &rec.hash
+    ]
+    .to_vec();
     *head = (rec.id, rec.hash);
-    Ok(())
+    row
 }
 
 /// Appends a record to the chain inside `tx`, linked to the last one. The caller holds
@@ -132,7 +132,9 @@ pub(super) async fn chain(
     body: &str,
 ) -> Result<(), PortError> {
     let mut last = head(tx).await?;
-    link(tx, &mut last, at, actor, action, release, body).await
+    let row = next_record(&mut last, at, actor, action, release, body);
+    tx.execute(INSERT_CHAIN, &row).await?;
+    Ok(())
 }
 
 /// Queues an operator request for release `id` inside `tx`, and chains who asked.

@@ -27,7 +27,7 @@ mod schema;
 pub mod sql;
 
 pub use control::{ChainRecord, ChainReport, Submission, TOKEN_PREFIX, TokenInfo, sha256_hex};
-use sql::{Backend, Db, Row, Tx, args, db_err};
+use sql::{Backend, Db, Row, Tx, Value, args, db_err};
 
 /// What a store lets its process do: everything (one process, or no lease in use), or
 /// only while it holds the named lease with this fencing token.
@@ -54,6 +54,18 @@ pub struct StateStore {
     postgres: bool,
     appends: Mutex<Appends>,
 }
+
+/// How many releases one query asks the next log position of.
+const NEXT_SEQ_CHUNK: usize = 64;
+
+/// `SELECT release_id, next seq` for [`NEXT_SEQ_CHUNK`] release ids (unused ones NULL).
+static NEXT_SEQ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let ids: Vec<String> = (1..=NEXT_SEQ_CHUNK).map(|i| format!("?{i}")).collect();
+    format!(
+        "SELECT release_id, MAX(seq) + 1 FROM events WHERE release_id IN ({}) GROUP BY release_id",
+        ids.join(", ")
+    )
+});
 
 /// Appends waiting for the connection.
 #[derive(Debug, Default)]
@@ -399,12 +411,25 @@ impl StateStore {
             });
             id
         };
-        match self.db.conn().await {
+        let mut result = result;
+        // Whichever comes first: the connection (then this caller writes what waits),
+        // or the outcome of this append, written by the caller that got it before.
+        let conn = tokio::select! {
+            biased;
+            outcome = &mut result => {
+                return outcome.unwrap_or_else(|_| Err(db_err("the append was dropped by its writer")));
+            }
+            conn = self.db.conn() => conn,
+        };
+        match conn {
             Ok(conn) => {
                 let batch = self
                     .appends
                     .lock()
-                    .map(|mut w| std::mem::take(&mut w.queue))
+                    .map(|mut w| {
+                        w.batches += u64::from(!w.queue.is_empty());
+                        std::mem::take(&mut w.queue)
+                    })
                     .unwrap_or_default();
                 if !batch.is_empty() {
                     self.write_appends(conn, batch).await;
@@ -437,39 +462,49 @@ impl StateStore {
             tx.lock_chain().await?;
             self.fenced(&mut tx).await?;
             let mut head = control::head(&mut tx).await?;
+            // Each release's next position, read for all of them at once (the chain
+            // lock keeps them so until the commit).
+            let mut next: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+            let releases: Vec<&str> = {
+                let mut seen = std::collections::HashSet::new();
+                batch.iter().map(|p| p.release.as_str()).filter(|r| seen.insert(*r)).collect()
+            };
+            for chunk in releases.chunks(NEXT_SEQ_CHUNK) {
+                let mut ids: Vec<Value> = chunk.iter().map(|r| Value::from(*r)).collect();
+                ids.resize(NEXT_SEQ_CHUNK, Value::Null);
+                for r in tx.query(&NEXT_SEQ, &ids).await? {
+                    next.insert(r.text(0)?, r.uint(1)?);
+                }
+            }
+            let mut writes: Vec<(&str, Vec<Value>)> = Vec::with_capacity(2 * batch.len());
             for p in &batch {
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO events (release_id, seq, at, input, audit) SELECT CAST(?1 AS TEXT), CAST(?2 AS BIGINT), CAST(?3 AS BIGINT), CAST(?4 AS TEXT), CAST(?5 AS TEXT) WHERE (SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE release_id = ?1) = ?2",
-                        args![p.release.as_str(), p.seq, p.at, p.input.as_str(), p.audit.as_str()],
-                    )
-                    .await?;
-                if inserted == 0 {
-                    let next = tx
-                        .one(
-                            "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE release_id = ?1",
-                            args![p.release.as_str()],
-                        )
-                        .await?
-                        .uint(0)?;
+                let expected = next.get(&p.release).copied().unwrap_or(0);
+                if p.seq != expected {
                     outcomes.push(Err(PortError(format!(
-                        "release {}: refusing to append event {} when the log's next is {next} (another controller is acting on this release)",
+                        "release {}: refusing to append event {} when the log's next is {expected} (another controller is acting on this release)",
                         p.release, p.seq
                     ))));
                     continue;
                 }
-                control::link(
-                    &mut tx,
-                    &mut head,
-                    p.at,
-                    &p.actor,
-                    &format!("input:{}", p.kind),
-                    Some((&p.release, Some(p.seq))),
-                    &control::input_body(p.at, &p.input, &p.audit),
-                )
-                .await?;
+                next.insert(p.release.clone(), expected + 1);
+                writes.push((
+                    "INSERT INTO events (release_id, seq, at, input, audit) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    args![p.release.as_str(), p.seq, p.at, p.input.as_str(), p.audit.as_str()].to_vec(),
+                ));
+                writes.push((
+                    control::INSERT_CHAIN,
+                    control::next_record(
+                        &mut head,
+                        p.at,
+                        &p.actor,
+                        &format!("input:{}", p.kind),
+                        Some((&p.release, Some(p.seq))),
+                        &control::input_body(p.at, &p.input, &p.audit),
+                    ),
+                ));
                 outcomes.push(Ok(()));
             }
+            tx.execute_all(&writes).await?;
             tx.commit().await
         }
         .await;

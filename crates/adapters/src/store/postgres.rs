@@ -145,6 +145,32 @@ impl PgConn {
     }
 }
 
+impl PgConn {
+    /// Runs statements that do not depend on each other's results, pipelined: all are
+    /// sent before the first answer is awaited, so a batch costs about one round trip.
+    pub(crate) async fn execute_all(
+        &mut self,
+        statements: &[(&str, Vec<Value>)],
+    ) -> Result<(), PortError> {
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (sql, _) in statements {
+            prepared.push(self.statement(sql).await?);
+        }
+        let client = self.client().await?;
+        let runs = prepared
+            .iter()
+            .zip(statements)
+            .map(|(stmt, (_, args))| async move {
+                let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+                client.execute(stmt, &params).await
+            });
+        futures_util::future::try_join_all(runs)
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+}
+
 fn from_pg(r: &tokio_postgres::Row) -> Result<Row, PortError> {
     let mut out = Vec::with_capacity(r.len());
     for (i, col) in r.columns().iter().enumerate() {

@@ -298,6 +298,25 @@ impl Tx {
         }
     }
 
+    /// Runs statements that do not depend on each other's results: pipelined on
+    /// PostgreSQL (one round trip for all), one after another on SQLite.
+    pub async fn execute_all(
+        &mut self,
+        statements: &[(&str, Vec<Value>)],
+    ) -> Result<(), PortError> {
+        match &mut *self.conn {
+            Backend::Sqlite(c) => {
+                for (sql, args) in statements {
+                    let mut stmt = c.prepare_cached(sql).map_err(db_err)?;
+                    stmt.execute(sqlite_params(args)).map_err(db_err)?;
+                }
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pg) => pg.execute_all(statements).await,
+        }
+    }
+
     /// Serialises writers of the audit chain until this transaction ends. SQLite has
     /// one writer at a time already; PostgreSQL takes a transaction advisory lock, so
     /// two replicas never link two records to the same predecessor.

@@ -24,7 +24,7 @@ pub mod lease;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod schema;
-pub mod sql;
+mod sql;
 
 pub use control::{ChainRecord, ChainReport, Submission, TOKEN_PREFIX, TokenInfo, sha256_hex};
 use sql::{Backend, Db, Row, Tx, Value, args, db_err};

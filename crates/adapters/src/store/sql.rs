@@ -166,11 +166,6 @@ impl Db {
         }
     }
 
-    /// Whether this is a PostgreSQL store.
-    pub async fn is_postgres(&self) -> bool {
-        !matches!(*self.conn.lock().await, Backend::Sqlite(_))
-    }
-
     /// Begins a transaction.
     pub async fn begin(&self) -> Result<Tx, PortError> {
         self.conn().await?.begin().await

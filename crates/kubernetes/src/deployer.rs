@@ -59,11 +59,11 @@ impl Kubernetes {
     /// Applies the canary for `version` with `replicas` and waits for its rollout.
     pub(crate) async fn apply_canary(
         &self,
+        stable: &KubeDeployment,
         version: &str,
         replicas: i32,
     ) -> Result<KubeDeployment, Error> {
-        let stable = self.stable().await?;
-        let body = objects::canary(&stable, &self.deploy, version, replicas)?;
+        let body = objects::canary(stable, &self.deploy, version, replicas)?;
         self.apply_deployment(&self.deploy.canary_name, &body)
             .await?;
         self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
@@ -85,6 +85,7 @@ impl Kubernetes {
     }
 
     async fn deploy_canary(&self, version: &str) -> Result<String, Error> {
+        let stable = self.stable().await?;
         let replicas = match self.ratio_total() {
             // The canary's first pods start with its first step's weight; a resumed
             // release keeps the count it had.
@@ -93,9 +94,10 @@ impl Kubernetes {
                 .await?
                 .filter(|c| objects::canary_version(c).as_deref() == Some(version))
                 .map_or(0, |c| replicas_of(&c)),
-            None => replicas_of(&self.stable().await?),
+            // Blue-green and routed canaries get the stable's capacity.
+            None => replicas_of(&stable),
         };
-        let d = self.apply_canary(version, replicas).await?;
+        let d = self.apply_canary(&stable, version, replicas).await?;
         Ok(format!(
             "Deployment `{}` runs {} ({} ready)",
             self.deploy.canary_name,
@@ -187,7 +189,10 @@ impl Deployer for Kubernetes {
             let n = i32::try_from(replicas).map_err(|_| PortError::new("too many replicas"))?;
             match variant {
                 Variant::Stable => self.apply_stable(version, Some(n)).await?,
-                Variant::Canary => self.apply_canary(version, n).await?,
+                Variant::Canary => {
+                    let stable = self.stable().await?;
+                    self.apply_canary(&stable, version, n).await?
+                }
             };
             Ok(deployed(format!(
                 "Deployment `{}` at {replicas} replica(s)",

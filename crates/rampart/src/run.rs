@@ -424,6 +424,14 @@ pub async fn run_release(
             .await
             .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
     };
+    if stable.is_none() && plane.cluster_runs_versions() {
+        // On a cluster the stable Deployment always exists (it is the canary's
+        // template), so "no stable version" means its image did not match the policy's
+        // template; an initial release would leave the canary serving beside it.
+        return Err(RunError::Invalid(
+            "the stable Deployment's image does not match `deploy.kubernetes.image`, so the version it runs is unknown; fix the template or pass `--stable VERSION`".into(),
+        ));
+    }
     let (id, stable) = match resume_id {
         Some(id) => {
             progress.line(&format!(
@@ -535,11 +543,10 @@ pub async fn run_release(
         // halted release included: rampart does not touch its traffic), until its next
         // release.
         (Some(served), Some(outcome)) if outcome != OutcomeKind::Blocked => {
-            served
-                .serving
-                .lock()
-                .await
-                .insert(policy.service.clone(), (plane, KeptDeployer(deployer.clone())));
+            served.serving.lock().await.insert(
+                policy.service.clone(),
+                (plane, KeptDeployer(deployer.clone())),
+            );
         }
         _ => {
             // The embedded proxy ends with this process, so nothing would reach the

@@ -379,3 +379,5 @@ pub fn at<'v>(v: &'v Value, path: &str) -> &'v Value {
         Err(_) => &v[k],
     })
 }
+
+pub mod cluster;

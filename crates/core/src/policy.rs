@@ -971,6 +971,26 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         strategy.as_ref(),
         analysis.as_ref(),
     );
+    if let Some(Deploy::Kubernetes(_)) = &deploy {
+        let preview = strategy.as_ref().map_or(&[][..], Strategy::preview);
+        let post = post_release
+            .as_ref()
+            .map_or(&[][..], |p| p.checks.as_slice());
+        for (key, path, checks) in [
+            ("strategy", "strategy.blue_green.preview", preview),
+            ("post_release", "post_release.checks", post),
+        ] {
+            for (i, check) in checks.iter().enumerate() {
+                if on_the_new_version(check) {
+                    cx.error(
+                        m.get(key).map_or(m.pos(), |n| n.pos),
+                        &format!("{path}[{i}]"),
+                        "with `deploy.kubernetes` the new version has no address rampart can reach, so a check on a bare path or `{url}` cannot run; give it an absolute URL (the canary's Service DNS name or an ingress host)",
+                    );
+                }
+            }
+        }
+    }
     Some(Policy {
         service: service?,
         deploy: deploy?,
@@ -2598,6 +2618,15 @@ fn decode_kube_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Option<Kube
     }
 }
 
+/// Whether a check runs against the new version's own address.
+fn on_the_new_version(check: &Gate) -> bool {
+    match &check.check {
+        GateCheck::Http { url, .. } => url.starts_with('/') || url.contains("{url}"),
+        GateCheck::Command { run, .. } => run.iter().any(|a| a.contains("{url}")),
+        _ => false,
+    }
+}
+
 /// The nodes of `analysis.metrics`, for positions.
 fn metric_nodes<'n>(root: &MapReader<'n>) -> Option<&'n Vec<Node>> {
     root.get("analysis")
@@ -3220,6 +3249,23 @@ analysis:
         assert!(d[0].message.contains("25%, 50%, 75%, 100%"), "{d:?}");
         let d = errors(&src.replace("replicas: 4", "replicas: 0"));
         assert_eq!(d[0].path, "traffic.kubernetes.replicas", "{d:?}");
+    }
+
+    #[test]
+    fn kubernetes_checks_need_an_absolute_url() {
+        let blue_green = KUBE
+            .replace("mode: http_route", "mode: service_selector")
+            .replace("    route: checkout\n", "")
+            .replace(
+                "  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+                "  blue_green:\n    stability: 1m\n    preview: [{http: /healthz}]\n",
+            );
+        let d = errors(&blue_green);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "strategy.blue_green.preview[0]");
+        assert!(d[0].message.contains("absolute URL"), "{d:?}");
+        let ok = blue_green.replace("/healthz", "http://checkout-canary.shop.svc/healthz");
+        assert!(Policy::from_yaml(&ok).is_ok());
     }
 
     #[test]

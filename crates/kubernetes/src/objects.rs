@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 
 use crate::{Error, TRACK_LABEL, VERSION_LABEL};
 
+/// The canary's annotation naming the Deployment it was derived from.
+pub const DERIVED_FROM: &str = "rampart.dev/derived-from";
+
 /// Where a Deployment's rollout stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -163,7 +166,7 @@ pub fn canary(
             "name": spec.canary_name,
             "namespace": spec.namespace,
             "labels": labels,
-            "annotations": { "rampart.dev/derived-from": spec.deployment },
+            "annotations": { DERIVED_FROM: spec.deployment },
         },
         "spec": d,
     }))
@@ -192,6 +195,15 @@ pub fn stable_patch(spec: &KubeDeploySpec, image: &str, replicas: Option<i32>) -
 pub fn rescaled(canary: &Deployment, replicas: i32) -> Value {
     let mut spec = canary.spec.clone().unwrap_or_default();
     spec.replicas = Some(replicas);
+    // Only rampart's own annotation: the others (the revision) are the controller's.
+    let annotations: BTreeMap<&str, &String> = canary
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() == DERIVED_FROM)
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -199,7 +211,7 @@ pub fn rescaled(canary: &Deployment, replicas: i32) -> Value {
             "name": canary.metadata.name,
             "namespace": canary.metadata.namespace,
             "labels": canary.metadata.labels,
-            "annotations": { "rampart.dev/derived-from": canary.metadata.annotations.as_ref().and_then(|a| a.get("rampart.dev/derived-from")) },
+            "annotations": annotations,
         },
         "spec": spec,
     })

@@ -52,6 +52,10 @@ async fn fake_api_deploy_canary_derives_from_stable_and_waits_for_the_new_genera
                         .get("deployment.kubernetes.io/revision")
                         .is_none()
                 );
+                assert_eq!(
+                    at(b, "metadata/annotations"),
+                    &json!({"rampart.dev/derived-from": "checkout"})
+                );
                 assert!(b.get("status").is_none());
                 assert_eq!(at(b, "spec/replicas"), 3);
                 assert_eq!(
@@ -335,6 +339,11 @@ async fn fake_api_stop_scales_the_canary_to_zero_then_deletes_it() {
                     at(b, "spec/selector/matchLabels")["rampart.dev/track"],
                     "canary"
                 );
+                assert_eq!(
+                    at(b, "metadata/annotations"),
+                    &json!({}),
+                    "the revision annotation stays the controller's"
+                );
                 assert!(at(b, "metadata").get("resourceVersion").is_none());
             },
             200,
@@ -611,6 +620,10 @@ async fn fake_api_http_route_weighs_stable_against_a_canary_service() {
         .apply(
             services("checkout-canary"),
             |b| {
+                assert_eq!(
+                    at(b, "metadata/labels"),
+                    &json!({"rampart.dev/track": "canary"})
+                );
                 assert_eq!(
                     at(b, "spec/selector"),
                     &json!({"app": "checkout", "rampart.dev/track": "canary"})

@@ -2627,6 +2627,28 @@ fn on_the_new_version(check: &Gate) -> bool {
     }
 }
 
+/// Where step `i` (its `key`, when it has one) is written, for positions.
+fn step_pos(root: &MapReader<'_>, i: usize, key: &str) -> Option<crate::yaml::Pos> {
+    let field = |n: &Node, k: &str| match &n.kind {
+        NodeKind::Map(entries) => entries
+            .iter()
+            .find(|(e, _)| e.text == k)
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    let strategy = root.get("strategy")?;
+    let NodeKind::Map(kinds) = &strategy.kind else {
+        return None;
+    };
+    let (_, spec) = kinds.first()?;
+    let steps = field(spec, "steps")?;
+    let NodeKind::Seq(items) = &steps.kind else {
+        return None;
+    };
+    let step = items.get(i)?;
+    Some(field(step, key).map_or(step.pos, |n| n.pos))
+}
+
 /// The nodes of `analysis.metrics`, for positions.
 fn metric_nodes<'n>(root: &MapReader<'n>) -> Option<&'n Vec<Node>> {
     root.get("analysis")
@@ -2703,9 +2725,10 @@ fn check_kubernetes(
     };
     for (i, step) in st.steps().iter().enumerate() {
         let path = format!("strategy.{}.steps[{i}]", st.name());
+        let at = |key: &str| step_pos(root, i, key).unwrap_or(pos("strategy"));
         if !step.matches.is_empty() {
             cx.error(
-                pos("strategy"),
+                at("match"),
                 &format!("{path}.match"),
                 "`traffic.kubernetes` splits by weight only; use the embedded proxy or nginx for `match` steps",
             );
@@ -2713,7 +2736,7 @@ fn check_kubernetes(
         let bp = u32::from(step.weight.basis_points());
         match &kube.mode {
             KubeMode::ServiceSelector { .. } if bp != 0 && bp != 10_000 => cx.error(
-                pos("strategy"),
+                at("weight"),
                 &format!("{path}.weight"),
                 format!("`mode: service_selector` sends all traffic to one Deployment, so a weight is 0 % or 100 %, not {}; use `strategy.blue_green` or `strategy.full`, or `mode: http_route` for a gradual split", step.weight),
             ),
@@ -2724,7 +2747,7 @@ fn check_kubernetes(
                     .take(8)
                     .collect();
                 cx.error(
-                    pos("strategy"),
+                    at("weight"),
                     &format!("{path}.weight"),
                     format!("{} of {replicas} replicas is not a whole number of pods; with `mode: replica_ratio` the weight moves in steps of one replica (possible: {}), or raise `traffic.kubernetes.replicas`", step.weight, achievable.join(", ")),
                 );
@@ -3232,6 +3255,7 @@ analysis:
         let d = errors(&src);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].path, "strategy.canary.steps[0].weight");
+        assert_eq!(d[0].line, 16);
         assert!(d[0].message.contains("blue_green"), "{d:?}");
     }
 
@@ -3246,6 +3270,7 @@ analysis:
         let d = errors(&src);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].path, "strategy.canary.steps[0].weight");
+        assert_eq!(d[0].line, 16);
         assert!(d[0].message.contains("25%, 50%, 75%, 100%"), "{d:?}");
         let d = errors(&src.replace("replicas: 4", "replicas: 0"));
         assert_eq!(d[0].path, "traffic.kubernetes.replicas", "{d:?}");

@@ -775,8 +775,6 @@ impl Controller {
     }
 }
 
-/// A check aimed at the new version: a path becomes a URL on its address, and `{url}`
-/// in a command becomes its base URL.
 /// Whether a check only makes sense on the new version's own address.
 fn needs_target(check: &Gate) -> bool {
     match &check.check {
@@ -786,6 +784,8 @@ fn needs_target(check: &Gate) -> bool {
     }
 }
 
+/// A check aimed at the new version: a path becomes a URL on its address, and `{url}`
+/// in a command becomes its base URL.
 fn on_target(check: &Gate, base: &str) -> Gate {
     let check_on = match &check.check {
         GateCheck::Http {

@@ -43,9 +43,12 @@ export RAMPART_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 
 set -x
 cargo fmt --all -- --check
-# The optional adapters (cargo features) are linted and tested too.
-features=rampart/postgres
-cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
+# The optional adapters (cargo features) are linted too. The tests build the binary
+# with the PostgreSQL store (its HA tests run against a real server) and without
+# Kubernetes; rampart-kubernetes's fake-API tests run as a workspace member.
+cargo clippy --workspace --all-targets --locked --features rampart/postgres,rampart/kubernetes -- -D warnings
 cargo check -p rampart-adapters --no-default-features --locked   # the build without TLS
 cargo check -p rampart --locked                                   # the default build, without the features
-cargo test --workspace --locked --features "$features"
+cargo test --workspace --locked --features rampart/postgres
+# The binary with Kubernetes support: its CLI tests (no cluster is needed for them).
+cargo test -p rampart --features kubernetes --test cli_validate --locked

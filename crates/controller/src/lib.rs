@@ -740,10 +740,13 @@ impl Controller {
                 for check in checks {
                     results.push(match &base {
                         Some(base) => p.gates.run(&on_target(check, base)).await,
+                        // A deployer may report no address (Kubernetes: pods are reached
+                        // through Services); a check that names its own URL still runs.
+                        None if !needs_target(check) => p.gates.run(check).await,
                         None => GateResult {
                             name: check.name.clone(),
                             ok: false,
-                            detail: "the new version's address is unknown".into(),
+                            detail: "the new version reports no address rampart can reach (a Kubernetes deployer reports none), so a check on `{url}` or a bare path cannot run; give the check an absolute URL".into(),
                         },
                     });
                 }
@@ -769,6 +772,15 @@ impl Controller {
                 }
             }
         }
+    }
+}
+
+/// Whether a check only makes sense on the new version's own address.
+fn needs_target(check: &Gate) -> bool {
+    match &check.check {
+        GateCheck::Http { url, .. } => url.starts_with('/') || url.contains("{url}"),
+        GateCheck::Command { run, .. } => run.iter().any(|a| a.contains("{url}")),
+        _ => false,
     }
 }
 

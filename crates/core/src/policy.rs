@@ -188,6 +188,42 @@ pub enum PostFailure {
 pub enum Deploy {
     /// Local processes started by rampart.
     Process(ProcessSpec),
+    /// A canary Deployment derived from the service's stable Deployment.
+    Kubernetes(KubeDeploySpec),
+}
+
+/// The Kubernetes deployer's settings (`deploy.kubernetes`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeDeploySpec {
+    /// The namespace of every object rampart reads and writes.
+    pub namespace: String,
+    /// The stable Deployment: the template the canary is derived from, and what a
+    /// promotion updates.
+    pub deployment: String,
+    /// The container whose image is the version.
+    pub container: String,
+    /// The container image, with `{version}` substituted.
+    pub image: String,
+    /// The canary Deployment's name (`<deployment>-canary` unless given).
+    pub canary_name: String,
+    /// How long a Deployment gets to become ready.
+    pub ready_timeout: Duration,
+    /// The kubeconfig context; `None` is the current context, or the in-cluster config.
+    pub context: Option<String>,
+}
+
+impl KubeDeploySpec {
+    /// The image of `version`.
+    pub fn image_of(&self, version: &str) -> String {
+        self.image.replace("{version}", version)
+    }
+
+    /// The version an image runs, when it matches the template.
+    pub fn version_of(&self, image: &str) -> Option<String> {
+        let (head, tail) = self.image.split_once("{version}")?;
+        let v = image.strip_prefix(head)?.strip_suffix(tail)?;
+        (!v.is_empty() && self.image_of(v) == image).then(|| v.to_string())
+    }
 }
 
 /// The local process deployer's settings.
@@ -227,6 +263,50 @@ pub enum Traffic {
     Nginx(NginxSpec),
     /// An HAProxy whose server weights rampart sets through the runtime API.
     Haproxy(HaproxySpec),
+    /// Kubernetes objects: replica counts, a Service selector or HTTPRoute weights.
+    Kubernetes(KubeTrafficSpec),
+}
+
+/// Kubernetes as the traffic router (`traffic.kubernetes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeTrafficSpec {
+    /// What moves traffic.
+    pub mode: KubeMode,
+}
+
+/// How traffic moves between the stable and the canary Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubeMode {
+    /// One Service selects both Deployments; the share is the canary's share of
+    /// `replicas` (so only multiples of `100 / replicas` percent are possible).
+    ReplicaRatio {
+        /// Replicas of both Deployments together.
+        replicas: u32,
+    },
+    /// Blue-green: the Service selects either the stable or the canary pods.
+    ServiceSelector {
+        /// The Service whose selector rampart switches.
+        service: String,
+    },
+    /// Gateway API: an HTTPRoute's backendRefs weigh the stable Service against
+    /// `<service>-canary`, which rampart creates.
+    HttpRoute {
+        /// The stable Service, named in the route's backendRefs.
+        service: String,
+        /// The HTTPRoute.
+        route: String,
+    },
+}
+
+impl KubeMode {
+    /// The mode's name in the policy.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KubeMode::ReplicaRatio { .. } => "replica_ratio",
+            KubeMode::ServiceSelector { .. } => "service_selector",
+            KubeMode::HttpRoute { .. } => "http_route",
+        }
+    }
 }
 
 /// nginx as the traffic router.
@@ -764,10 +844,19 @@ impl Policy {
         }
     }
 
-    /// The process spec.
-    pub fn process(&self) -> &ProcessSpec {
+    /// The process spec, when local processes run the versions.
+    pub fn process(&self) -> Option<&ProcessSpec> {
         match &self.deploy {
-            Deploy::Process(p) => p,
+            Deploy::Process(p) => Some(p),
+            Deploy::Kubernetes(_) => None,
+        }
+    }
+
+    /// The Kubernetes deployer's and router's specs, when Kubernetes runs the release.
+    pub fn kubernetes(&self) -> Option<(&KubeDeploySpec, &KubeTrafficSpec)> {
+        match (&self.deploy, &self.traffic) {
+            (Deploy::Kubernetes(d), Traffic::Kubernetes(t)) => Some((d, t)),
+            _ => None,
         }
     }
 
@@ -874,6 +963,34 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
     if let (Some(Strategy::BlueGreen(_) | Strategy::Full(_)), Some(a)) = (&strategy, &analysis) {
         check_blue_green_metrics(cx, &m, a);
     }
+    check_kubernetes(
+        cx,
+        &m,
+        deploy.as_ref(),
+        traffic.as_ref(),
+        strategy.as_ref(),
+        analysis.as_ref(),
+    );
+    if let Some(Deploy::Kubernetes(_)) = &deploy {
+        let preview = strategy.as_ref().map_or(&[][..], Strategy::preview);
+        let post = post_release
+            .as_ref()
+            .map_or(&[][..], |p| p.checks.as_slice());
+        for (key, path, checks) in [
+            ("strategy", "strategy.blue_green.preview", preview),
+            ("post_release", "post_release.checks", post),
+        ] {
+            for (i, check) in checks.iter().enumerate() {
+                if on_the_new_version(check) {
+                    cx.error(
+                        m.get(key).map_or(m.pos(), |n| n.pos),
+                        &format!("{path}[{i}]"),
+                        "with `deploy.kubernetes` the new version has no address rampart can reach, so a check on a bare path or `{url}` cannot run; give it an absolute URL (the canary's Service DNS name or an ingress host)",
+                    );
+                }
+            }
+        }
+    }
     Some(Policy {
         service: service?,
         deploy: deploy?,
@@ -940,8 +1057,11 @@ fn one_kind<'n>(
 }
 
 fn decode_deploy(cx: &mut Decoder, node: &Node, path: &str) -> Option<Deploy> {
-    let (_, inner, p) = one_kind(cx, node, path, &["process"])?;
-    decode_process(cx, inner, &p).map(Deploy::Process)
+    let (kind, inner, p) = one_kind(cx, node, path, &["process", "kubernetes"])?;
+    match kind {
+        "kubernetes" => decode_kube_deploy(cx, inner, &p).map(Deploy::Kubernetes),
+        _ => decode_process(cx, inner, &p).map(Deploy::Process),
+    }
 }
 
 fn decode_process(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProcessSpec> {
@@ -1102,8 +1222,9 @@ fn decode_addr(cx: &mut Decoder, n: &Node, p: &str) -> Option<SocketAddr> {
 }
 
 fn decode_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Option<Traffic> {
-    let (kind, inner, p) = one_kind(cx, node, path, &["proxy", "nginx", "haproxy"])?;
+    let (kind, inner, p) = one_kind(cx, node, path, &["proxy", "nginx", "haproxy", "kubernetes"])?;
     match kind {
+        "kubernetes" => decode_kube_traffic(cx, inner, &p).map(Traffic::Kubernetes),
         "nginx" => {
             let m = cx.map(
                 inner,
@@ -1448,7 +1569,7 @@ fn check_flags(
         if !defined(name) {
             cx.error(pos("strategy"), &path, hint(name));
         }
-        if let Some(Traffic::Nginx(_) | Traffic::Haproxy(_)) = traffic {
+        if let Some(Traffic::Nginx(_) | Traffic::Haproxy(_) | Traffic::Kubernetes(_)) = traffic {
             cx.error(
                 pos("traffic"),
                 "traffic",
@@ -2342,6 +2463,300 @@ fn decode_rollback(cx: &mut Decoder, node: &Node, path: &str) -> Option<Rollback
     })
 }
 
+// === Kubernetes ===
+
+/// A Kubernetes object name as the API accepts it (an RFC 1123 label): 1 to 63
+/// lower-case letters, digits and `-`, starting and ending with a letter or digit.
+fn decode_kube_name(cx: &mut Decoder, node: &Node, path: &str) -> Option<String> {
+    let name = scalar(cx, node, path, "a Kubernetes object name")?;
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !valid {
+        cx.error(
+            node.pos,
+            path,
+            format!("`{name}` is not a valid Kubernetes name; use 1 to 63 lower-case letters, digits or `-`, starting and ending with a letter or digit"),
+        );
+        return None;
+    }
+    Some(name.to_string())
+}
+
+fn decode_kube_deploy(cx: &mut Decoder, node: &Node, path: &str) -> Option<KubeDeploySpec> {
+    let m = cx.map(
+        node,
+        path,
+        &[
+            "namespace",
+            "deployment",
+            "container",
+            "image",
+            "canary_name",
+            "ready_timeout",
+            "context",
+        ],
+    )?;
+    let namespace = m
+        .optional_with(cx, "namespace", decode_kube_name)
+        .unwrap_or_else(|| "default".into());
+    let deployment = m.required_with(cx, "deployment", decode_kube_name);
+    let container = m.required_with(cx, "container", decode_kube_name);
+    let image = m.required_with(cx, "image", |cx, n, p| {
+        let image = scalar(cx, n, p, "an image reference with `{version}`")?;
+        if !image.contains("{version}") || image.chars().any(char::is_whitespace) {
+            cx.error(
+                n.pos,
+                p,
+                format!("`{image}` does not mention `{{version}}`; rampart substitutes the release's version into it, like `registry.example.com/checkout:{{version}}`"),
+            );
+            return None;
+        }
+        Some(image.to_string())
+    });
+    let canary_name = m.optional_with(cx, "canary_name", decode_kube_name);
+    let ready_timeout = positive(cx, &m, "ready_timeout").unwrap_or(Duration::from_secs(300));
+    let context = m.optional::<String>(cx, "context");
+    let deployment = deployment?;
+    let canary_name = canary_name.unwrap_or_else(|| format!("{deployment}-canary"));
+    if canary_name == deployment {
+        cx.error(
+            m.get("canary_name").map_or(m.pos(), |n| n.pos),
+            &m.path_of("canary_name"),
+            "the canary needs its own Deployment; choose a name other than `deployment`",
+        );
+    }
+    Some(KubeDeploySpec {
+        namespace,
+        deployment,
+        container: container?,
+        image: image?,
+        canary_name,
+        ready_timeout,
+        context,
+    })
+}
+
+const KUBE_MODES: &[&str] = &["replica_ratio", "service_selector", "http_route"];
+
+fn decode_kube_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Option<KubeTrafficSpec> {
+    let m = cx.map(node, path, &["mode", "service", "route", "replicas"])?;
+    let mode = m.required_with(cx, "mode", |cx, n, p| one_of(cx, n, p, KUBE_MODES));
+    let service = m.optional_with(cx, "service", decode_kube_name);
+    let route = m.optional_with(cx, "route", decode_kube_name);
+    let replicas = m.optional::<u32>(cx, "replicas");
+    let mode = mode?;
+    let pos_of = |key: &str| m.get(key).map_or(m.pos(), |n| n.pos);
+    let misplaced = |cx: &mut Decoder, key: &str, modes: &str| {
+        if m.get(key).is_some() {
+            cx.error(
+                pos_of(key),
+                &m.path_of(key),
+                format!("`{key}` belongs to `mode: {modes}`, not `mode: {mode}`"),
+            );
+        }
+    };
+    match mode {
+        "replica_ratio" => {
+            misplaced(cx, "route", "http_route");
+            let Some(replicas) = replicas else {
+                cx.error(
+                    m.pos(),
+                    &m.path_of("replicas"),
+                    "missing: `replica_ratio` splits this many replicas between stable and canary (for example `replicas: 10` allows steps of 10 %)",
+                );
+                return None;
+            };
+            if replicas == 0 || replicas > 1000 {
+                cx.error(
+                    pos_of("replicas"),
+                    &m.path_of("replicas"),
+                    format!("{replicas} replicas: use 1 to 1000 (stable and canary together)"),
+                );
+                return None;
+            }
+            Some(KubeTrafficSpec {
+                mode: KubeMode::ReplicaRatio { replicas },
+            })
+        }
+        _ => {
+            misplaced(cx, "replicas", "replica_ratio");
+            let Some(service) = service else {
+                if m.get("service").is_none() {
+                    cx.error(
+                        m.pos(),
+                        &m.path_of("service"),
+                        format!("missing: `mode: {mode}` needs the stable Service's name"),
+                    );
+                }
+                return None;
+            };
+            if mode == "service_selector" {
+                misplaced(cx, "route", "http_route");
+                return Some(KubeTrafficSpec {
+                    mode: KubeMode::ServiceSelector { service },
+                });
+            }
+            let Some(route) = route else {
+                if m.get("route").is_none() {
+                    cx.error(
+                        m.pos(),
+                        &m.path_of("route"),
+                        "missing: `mode: http_route` needs the HTTPRoute's name",
+                    );
+                }
+                return None;
+            };
+            Some(KubeTrafficSpec {
+                mode: KubeMode::HttpRoute { service, route },
+            })
+        }
+    }
+}
+
+/// Whether a check runs against the new version's own address.
+fn on_the_new_version(check: &Gate) -> bool {
+    match &check.check {
+        GateCheck::Http { url, .. } => url.starts_with('/') || url.contains("{url}"),
+        GateCheck::Command { run, .. } => run.iter().any(|a| a.contains("{url}")),
+        _ => false,
+    }
+}
+
+/// Where step `i` (its `key`, when it has one) is written, for positions.
+fn step_pos(root: &MapReader<'_>, i: usize, key: &str) -> Option<crate::yaml::Pos> {
+    let field = |n: &Node, k: &str| match &n.kind {
+        NodeKind::Map(entries) => entries
+            .iter()
+            .find(|(e, _)| e.text == k)
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    let strategy = root.get("strategy")?;
+    let NodeKind::Map(kinds) = &strategy.kind else {
+        return None;
+    };
+    let (_, spec) = kinds.first()?;
+    let steps = field(spec, "steps")?;
+    let NodeKind::Seq(items) = &steps.kind else {
+        return None;
+    };
+    let step = items.get(i)?;
+    Some(field(step, key).map_or(step.pos, |n| n.pos))
+}
+
+/// The nodes of `analysis.metrics`, for positions.
+fn metric_nodes<'n>(root: &MapReader<'n>) -> Option<&'n Vec<Node>> {
+    root.get("analysis")
+        .and_then(|a| match &a.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.text == "metrics")
+                .map(|(_, v)| v),
+            _ => None,
+        })
+        .and_then(|n| match &n.kind {
+            NodeKind::Seq(items) => Some(items),
+            _ => None,
+        })
+}
+
+/// The rules that hold only when Kubernetes runs the release: the deployer and the
+/// router come together, nothing measures requests, and every step's weight is one
+/// the mode can make.
+fn check_kubernetes(
+    cx: &mut Decoder,
+    root: &MapReader<'_>,
+    deploy: Option<&Deploy>,
+    traffic: Option<&Traffic>,
+    strategy: Option<&Strategy>,
+    analysis: Option<&Analysis>,
+) {
+    let pos = |key: &str| root.get(key).map_or(root.pos(), |n| n.pos);
+    let kube_deploy = matches!(deploy, Some(Deploy::Kubernetes(_)));
+    let kube_traffic = match traffic {
+        Some(Traffic::Kubernetes(t)) => Some(t),
+        _ => None,
+    };
+    match (kube_deploy, kube_traffic, deploy, traffic) {
+        (false, Some(_), Some(_), _) => cx.error(
+            pos("traffic"),
+            "traffic.kubernetes",
+            "`traffic.kubernetes` moves traffic between Deployments, so it needs `deploy.kubernetes` (the stable Deployment, its container and the image template)",
+        ),
+        (true, None, _, Some(_)) => cx.error(
+            pos("deploy"),
+            "deploy.kubernetes",
+            "`deploy.kubernetes` runs pods that have no address on this machine, so it needs `traffic.kubernetes` (mode `replica_ratio`, `service_selector` or `http_route`)",
+        ),
+        _ => {}
+    }
+    if kube_deploy && let Some(Strategy::Rolling(_)) = strategy {
+        cx.error(
+            pos("strategy"),
+            "strategy.rolling",
+            "with `deploy.kubernetes`, replace replicas batch by batch with `strategy.canary` and `traffic.kubernetes.mode: replica_ratio` (each step moves a share of the replicas)",
+        );
+    }
+    let Some(kube) = kube_traffic else {
+        return;
+    };
+    if let Some(a) = analysis {
+        let items = metric_nodes(root);
+        for (i, metric) in a.metrics.iter().enumerate() {
+            if metric.query.is_none() {
+                let at = items
+                    .and_then(|it| it.get(i))
+                    .map_or(pos("analysis"), |n| n.pos);
+                cx.error(
+                    at,
+                    &format!("analysis.metrics[{i}].source"),
+                    format!("metric `{}` is `source: builtin`, but with `traffic.kubernetes` there is no rampart proxy in the request path to count requests; use `source: prometheus` with a `query` (and `analysis.prometheus`)", metric.name),
+                );
+            }
+        }
+    }
+    let Some(st) = strategy else {
+        return;
+    };
+    for (i, step) in st.steps().iter().enumerate() {
+        let path = format!("strategy.{}.steps[{i}]", st.name());
+        let at = |key: &str| step_pos(root, i, key).unwrap_or(pos("strategy"));
+        if !step.matches.is_empty() {
+            cx.error(
+                at("match"),
+                &format!("{path}.match"),
+                "`traffic.kubernetes` splits by weight only; use the embedded proxy or nginx for `match` steps",
+            );
+        }
+        let bp = u32::from(step.weight.basis_points());
+        match &kube.mode {
+            KubeMode::ServiceSelector { .. } if bp != 0 && bp != 10_000 => cx.error(
+                at("weight"),
+                &format!("{path}.weight"),
+                format!("`mode: service_selector` sends all traffic to one Deployment, so a weight is 0 % or 100 %, not {}; use `strategy.blue_green` or `strategy.full`, or `mode: http_route` for a gradual split", step.weight),
+            ),
+            KubeMode::ReplicaRatio { replicas } if bp * replicas % 10_000 != 0 => {
+                let achievable: Vec<String> = (1..=*replicas)
+                    .filter(|c| c * 10_000 % replicas == 0)
+                    .map(|c| format!("{}%", c * 100 / replicas))
+                    .take(8)
+                    .collect();
+                cx.error(
+                    at("weight"),
+                    &format!("{path}.weight"),
+                    format!("{} of {replicas} replicas is not a whole number of pods; with `mode: replica_ratio` the weight moves in steps of one replica (possible: {}), or raise `traffic.kubernetes.replicas`", step.weight, achievable.join(", ")),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2377,7 +2792,10 @@ analysis:
         assert_eq!(p.analysis.metrics[0].min_samples, 50);
         assert_eq!(p.analysis.metrics[0].failure_limit, 2);
         assert_eq!(p.proxy().unwrap().sticky, Sticky::None);
-        assert_eq!(p.process().readiness.timeout, Duration::from_secs(30));
+        assert_eq!(
+            p.process().unwrap().readiness.timeout,
+            Duration::from_secs(30)
+        );
         assert_eq!(p.rollback.drain, Duration::from_secs(10));
     }
 
@@ -2674,5 +3092,216 @@ analysis:
             let e = errors(&format!("{MINIMAL}notify:\n{bad}"));
             assert!(e.iter().any(|d| d.message.contains(want)), "{bad}: {e:?}");
         }
+    }
+
+    // === Kubernetes ===
+
+    const KUBE: &str = r#"
+service: checkout
+deploy:
+  kubernetes:
+    namespace: shop
+    deployment: checkout
+    container: app
+    image: registry.example.com/checkout:{version}
+traffic:
+  kubernetes:
+    mode: http_route
+    service: checkout
+    route: checkout
+strategy:
+  canary:
+    steps:
+      - weight: 10
+        bake: 1m
+analysis:
+  prometheus: http://prometheus.monitoring:9090
+  metrics:
+    - name: errors
+      source: prometheus
+      query: 'sum(rate(http_errors_total{version="{version}"}[1m]))'
+      judge: { max: 0.01 }
+"#;
+
+    #[test]
+    fn kubernetes_sections_decode_with_defaults() {
+        let p = Policy::from_yaml(KUBE).unwrap();
+        let (d, t) = p.kubernetes().unwrap();
+        assert_eq!(d.namespace, "shop");
+        assert_eq!(d.canary_name, "checkout-canary");
+        assert_eq!(d.ready_timeout, Duration::from_secs(300));
+        assert_eq!(d.context, None);
+        assert_eq!(d.image_of("v2"), "registry.example.com/checkout:v2");
+        assert_eq!(
+            d.version_of("registry.example.com/checkout:v1.4.1")
+                .as_deref(),
+            Some("v1.4.1")
+        );
+        assert_eq!(d.version_of("registry.example.com/other:v1"), None);
+        assert_eq!(
+            t.mode,
+            KubeMode::HttpRoute {
+                service: "checkout".into(),
+                route: "checkout".into()
+            }
+        );
+        assert!(p.process().is_none());
+        let p = Policy::from_yaml(&KUBE.replace("    namespace: shop\n", "")).unwrap();
+        assert_eq!(p.kubernetes().unwrap().0.namespace, "default");
+    }
+
+    #[test]
+    fn kubernetes_modes_decode() {
+        let ratio = KUBE.replace(
+            "mode: http_route\n    service: checkout\n    route: checkout",
+            "mode: replica_ratio\n    replicas: 10",
+        );
+        let p = Policy::from_yaml(&ratio).unwrap();
+        assert_eq!(
+            p.kubernetes().unwrap().1.mode,
+            KubeMode::ReplicaRatio { replicas: 10 }
+        );
+        let selector = KUBE
+            .replace("mode: http_route", "mode: service_selector")
+            .replace("    route: checkout\n", "")
+            .replace("weight: 10", "weight: 100");
+        let p = Policy::from_yaml(&selector).unwrap();
+        assert_eq!(p.kubernetes().unwrap().1.mode.name(), "service_selector");
+    }
+
+    #[test]
+    fn kubernetes_typo_names_line_and_suggests() {
+        let d = errors(&KUBE.replace("    container: app", "    contaner: app"));
+        assert!(
+            d.iter().any(|d| d.path == "deploy.kubernetes.contaner"
+                && d.line == 7
+                && d.message.contains("did you mean `container`")),
+            "{d:?}"
+        );
+        let d = errors(&KUBE.replace("mode: http_route", "mode: http_routes"));
+        assert!(
+            d.iter().any(|d| d.path == "traffic.kubernetes.mode"
+                && d.line == 11
+                && d.message.contains("http_route")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn kubernetes_image_needs_the_version() {
+        let d = errors(&KUBE.replace("checkout:{version}", "checkout:latest"));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "deploy.kubernetes.image");
+        assert_eq!(d[0].line, 8);
+        assert!(d[0].message.contains("{version}"), "{d:?}");
+    }
+
+    #[test]
+    fn kubernetes_names_must_be_valid() {
+        let d = errors(&KUBE.replace("deployment: checkout", "deployment: Checkout_1"));
+        assert_eq!(d[0].path, "deploy.kubernetes.deployment", "{d:?}");
+        assert!(d[0].message.contains("lower-case"), "{d:?}");
+    }
+
+    #[test]
+    fn http_route_mode_needs_a_route() {
+        let d = errors(&KUBE.replace("    route: checkout\n", ""));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "traffic.kubernetes.route");
+        let d = errors(&KUBE.replace(
+            "    route: checkout\n",
+            "    route: checkout\n    replicas: 4\n",
+        ));
+        assert_eq!(d[0].path, "traffic.kubernetes.replicas", "{d:?}");
+        assert!(d[0].message.contains("replica_ratio"), "{d:?}");
+    }
+
+    #[test]
+    fn kubernetes_traffic_needs_kubernetes_deploy() {
+        let src = KUBE.replace(
+            "  kubernetes:\n    namespace: shop\n    deployment: checkout\n    container: app\n    image: registry.example.com/checkout:{version}\n",
+            "  process:\n    command: [\"./checkout\", \"--port\", \"{port}\"]\n",
+        );
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "traffic.kubernetes");
+        assert!(d[0].message.contains("deploy.kubernetes"), "{d:?}");
+        let d = errors(&KUBE.replace(
+            "  kubernetes:\n    mode: http_route\n    service: checkout\n    route: checkout\n",
+            "  proxy:\n    listen: 127.0.0.1:8080\n",
+        ));
+        assert_eq!(d[0].path, "deploy.kubernetes", "{d:?}");
+    }
+
+    #[test]
+    fn kubernetes_rejects_builtin_metrics_at_the_metric() {
+        let src = KUBE.replace(
+            "  metrics:\n",
+            "  metrics:\n    - metric: error_rate\n      judge: { max: 1% }\n",
+        );
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "analysis.metrics[0].source");
+        assert_eq!(d[0].line, 22);
+        assert!(d[0].message.contains("source: prometheus"), "{d:?}");
+        assert!(d[0].message.contains("no rampart proxy"), "{d:?}");
+    }
+
+    #[test]
+    fn service_selector_rejects_partial_weights() {
+        let src = KUBE
+            .replace("mode: http_route", "mode: service_selector")
+            .replace("    route: checkout\n", "");
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "strategy.canary.steps[0].weight");
+        assert_eq!(d[0].line, 16);
+        assert!(d[0].message.contains("blue_green"), "{d:?}");
+    }
+
+    #[test]
+    fn replica_ratio_rejects_weights_no_replica_count_makes() {
+        let src = KUBE
+            .replace(
+                "mode: http_route\n    service: checkout\n    route: checkout",
+                "mode: replica_ratio\n    replicas: 4",
+            )
+            .replace("weight: 10", "weight: 5");
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "strategy.canary.steps[0].weight");
+        assert_eq!(d[0].line, 16);
+        assert!(d[0].message.contains("25%, 50%, 75%, 100%"), "{d:?}");
+        let d = errors(&src.replace("replicas: 4", "replicas: 0"));
+        assert_eq!(d[0].path, "traffic.kubernetes.replicas", "{d:?}");
+    }
+
+    #[test]
+    fn kubernetes_checks_need_an_absolute_url() {
+        let blue_green = KUBE
+            .replace("mode: http_route", "mode: service_selector")
+            .replace("    route: checkout\n", "")
+            .replace(
+                "  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+                "  blue_green:\n    stability: 1m\n    preview: [{http: /healthz}]\n",
+            );
+        let d = errors(&blue_green);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "strategy.blue_green.preview[0]");
+        assert!(d[0].message.contains("absolute URL"), "{d:?}");
+        let ok = blue_green.replace("/healthz", "http://checkout-canary.shop.svc/healthz");
+        assert!(Policy::from_yaml(&ok).is_ok());
+    }
+
+    #[test]
+    fn kubernetes_rejects_rolling_and_match_steps() {
+        let d = errors(&KUBE.replace(
+            "      - weight: 10\n        bake: 1m\n",
+            "      - weight: 10\n        bake: 1m\n        match: {header: x-beta}\n",
+        ));
+        assert!(
+            d.iter().any(|d| d.path == "strategy.canary.steps[0].match"),
+            "{d:?}"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! The data plane a release runs on: the embedded proxy, nginx or HAProxy, with the
-//! router and the `builtin` metrics that go with each, and the flag endpoint.
+//! The data plane a release runs on: the embedded proxy, nginx, HAProxy or Kubernetes,
+//! with the router and the `builtin` metrics that go with each, and the flag endpoint.
 //!
 //! Owns choosing and starting those pieces from the policy's `traffic` section. It must
 //! not decide anything about the release.
@@ -15,8 +15,11 @@ use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyServer, Totals};
 use rampart_adapters::store::StateStore;
+use rampart_core::metrics::IntervalSample;
 use rampart_core::policy::{Policy, Traffic};
-use rampart_core::ports::{FlagStore, MetricsSource, TrafficRouter};
+use rampart_core::ports::{
+    BoxFuture, Deployer, FlagStore, MetricsSource, PortError, TrafficRouter,
+};
 
 use crate::run::RunError;
 
@@ -32,6 +35,11 @@ pub struct DataPlane {
     pub proxy: Option<Proxy>,
     /// Where users reach the service, when rampart knows.
     pub entry: Option<SocketAddr>,
+    /// The deployer that goes with this router, when the router is not independent of
+    /// it (Kubernetes: one adapter owns the Deployments and the traffic between them).
+    pub deployer: Option<Arc<dyn Deployer>>,
+    /// The version the data plane reports serving now, when it can tell.
+    pub running_version: Option<String>,
     proxy_server: Option<ProxyServer>,
     flag_endpoint: Option<FlagServer>,
 }
@@ -45,6 +53,12 @@ impl std::fmt::Debug for DataPlane {
 }
 
 impl DataPlane {
+    /// Whether the versions run on their own (in a cluster) after rampart exits, so
+    /// rampart must leave them serving instead of stopping them.
+    pub fn cluster_runs_versions(&self) -> bool {
+        self.deployer.is_some()
+    }
+
     /// Stops the embedded proxy and the flag endpoint and returns once their addresses
     /// are free again (the next release of the service binds them at once).
     pub async fn close(self) {
@@ -92,6 +106,8 @@ pub async fn start(
                 proxy: Some(proxy),
                 proxy_server: Some(server),
                 flag_endpoint: flag_server,
+                deployer: None,
+                running_version: None,
             })
         }
         Traffic::Nginx(spec) => {
@@ -111,6 +127,8 @@ pub async fn start(
                 entry: Some(spec.listen),
                 proxy_server: None,
                 flag_endpoint: flag_server,
+                deployer: None,
+                running_version: None,
             })
         }
         Traffic::Haproxy(spec) => {
@@ -128,10 +146,77 @@ pub async fn start(
                 entry: None,
                 proxy_server: None,
                 flag_endpoint: flag_server,
+                deployer: None,
+                running_version: None,
             })
         }
+        Traffic::Kubernetes(_) => kubernetes(policy, flag_server).await,
     }
 }
+
+/// Nothing in rampart's path counts requests on Kubernetes: the policy's metrics are
+/// all Prometheus queries (the policy decoder insists), added on top of this.
+#[cfg(feature = "kubernetes")]
+#[derive(Debug)]
+struct Uncounted;
+
+#[cfg(feature = "kubernetes")]
+impl MetricsSource for Uncounted {
+    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+        Box::pin(async { Ok(IntervalSample::default()) })
+    }
+}
+
+#[cfg(feature = "kubernetes")]
+impl Totals for Uncounted {
+    fn totals(&self) -> IntervalSample {
+        IntervalSample::default()
+    }
+}
+
+/// The Kubernetes adapter: one object is both the deployer and the router.
+#[cfg(feature = "kubernetes")]
+async fn kubernetes(
+    policy: &Policy,
+    flag_server: Option<FlagServer>,
+) -> Result<DataPlane, RunError> {
+    let Some((deploy, traffic)) = policy.kubernetes() else {
+        return Err(RunError::Invalid(
+            "`traffic.kubernetes` needs `deploy.kubernetes`".into(),
+        ));
+    };
+    let cluster = rampart_kubernetes::Kubernetes::connect(deploy.clone(), traffic.clone())
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?;
+    let running_version = cluster
+        .stable_version()
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?;
+    let cluster = Arc::new(cluster);
+    Ok(DataPlane {
+        router: cluster.clone(),
+        metrics: Arc::new(Uncounted),
+        counted: Arc::new(Uncounted),
+        proxy: None,
+        entry: None,
+        deployer: Some(cluster),
+        running_version,
+        proxy_server: None,
+        flag_endpoint: flag_server,
+    })
+}
+
+/// This build has no Kubernetes adapter: say how to get one (exit 2).
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes(_: &Policy, flag_server: Option<FlagServer>) -> Result<DataPlane, RunError> {
+    if let Some(flags) = flag_server {
+        flags.close().await;
+    }
+    Err(RunError::Invalid(NO_KUBERNETES.into()))
+}
+
+/// What a build without the `kubernetes` feature says about a Kubernetes policy.
+pub const NO_KUBERNETES: &str = "this policy runs on Kubernetes (`deploy.kubernetes`, `traffic.kubernetes`), but this rampart was built without Kubernetes support; build it with `cargo build --release -p rampart --features kubernetes`";
 
 /// Defines the policy's flags in the store and serves them, if the policy says where.
 async fn flag_endpoint(

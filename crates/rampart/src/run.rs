@@ -81,17 +81,29 @@ pub struct Served {
 /// version the release left serving, until its next release takes the address over.
 pub type Serving = Arc<
     tokio::sync::Mutex<
-        std::collections::HashMap<String, (crate::dataplane::DataPlane, Arc<ProcessDeployer>)>,
+        std::collections::HashMap<String, (crate::dataplane::DataPlane, KeptDeployer)>,
     >,
 >;
+
+/// The deployer that runs a served release's versions after the release ended.
+#[derive(Clone)]
+pub struct KeptDeployer(pub Arc<dyn Deployer>);
+
+impl std::fmt::Debug for KeptDeployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptDeployer").finish_non_exhaustive()
+    }
+}
 
 /// Stops what served releases left running (at a server's orderly shutdown: without
 /// its proxy nothing reaches those versions any more).
 pub async fn stop_serving(serving: &Serving) {
     let kept: Vec<_> = serving.lock().await.drain().collect();
     for (_, (plane, deployer)) in kept {
-        for v in [Variant::Canary, Variant::Stable] {
-            let _ = deployer.stop(v).await;
+        if !plane.cluster_runs_versions() {
+            for v in [Variant::Canary, Variant::Stable] {
+                let _ = deployer.0.stop(v).await;
+            }
         }
         plane.close().await;
     }
@@ -347,12 +359,20 @@ pub async fn run_release(
     } else {
         base_dir
     };
-    let deployer = Arc::new(ProcessDeployer::new(
-        &policy.service,
-        policy.process().clone(),
-        &base_dir,
-        &opts.state_dir,
-    ));
+    let deployer: Arc<dyn Deployer> = match (&plane.deployer, policy.process()) {
+        (Some(cluster), _) => cluster.clone(),
+        (None, Some(process)) => Arc::new(ProcessDeployer::new(
+            &policy.service,
+            process.clone(),
+            &base_dir,
+            &opts.state_dir,
+        )),
+        (None, None) => {
+            return Err(RunError::Invalid(
+                "the policy's `deploy` section has no deployer in this build".into(),
+            ));
+        }
+    };
     let ports = Ports {
         deployer: deployer.clone(),
         router: plane.router.clone(),
@@ -392,13 +412,27 @@ pub async fn run_release(
 
     // The version serving now. A resumed release that had started keeps the one it
     // recorded; one that was created but stopped before its start needs it again.
-    let stable = match opts.stable.clone() {
+    // On Kubernetes the cluster is the truth: the stable Deployment's image says which
+    // version serves, whatever an earlier release recorded.
+    let stable = match opts
+        .stable
+        .clone()
+        .or_else(|| plane.running_version.clone())
+    {
         Some(s) => Some(s),
         None => store
             .serving_version(&policy.service)
             .await
             .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
     };
+    if stable.is_none() && plane.cluster_runs_versions() {
+        // On a cluster the stable Deployment always exists (it is the canary's
+        // template), so "no stable version" means its image did not match the policy's
+        // template; an initial release would leave the canary serving beside it.
+        return Err(RunError::Invalid(
+            "the stable Deployment's image does not match `deploy.kubernetes.image`, so the version it runs is unknown; fix the template or pass `--stable VERSION`".into(),
+        ));
+    }
     let (id, stable) = match resume_id {
         Some(id) => {
             progress.line(&format!(
@@ -510,18 +544,20 @@ pub async fn run_release(
         // halted release included: rampart does not touch its traffic), until its next
         // release.
         (Some(served), Some(outcome)) if outcome != OutcomeKind::Blocked => {
-            served
-                .serving
-                .lock()
-                .await
-                .insert(policy.service.clone(), (plane, deployer.clone()));
+            served.serving.lock().await.insert(
+                policy.service.clone(),
+                (plane, KeptDeployer(deployer.clone())),
+            );
         }
         _ => {
             // The embedded proxy ends with this process, so nothing would reach the
             // versions: stop them rather than leave orphans. Logs stay in the state
-            // directory.
-            for v in [Variant::Canary, Variant::Stable] {
-                let _ = deployer.stop(v).await;
+            // directory. A cluster keeps serving what the release left (stopping the
+            // stable variant there would be a promotion).
+            if !plane.cluster_runs_versions() {
+                for v in [Variant::Canary, Variant::Stable] {
+                    let _ = deployer.stop(v).await;
+                }
             }
             plane.close().await;
         }

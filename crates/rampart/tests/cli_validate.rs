@@ -95,6 +95,8 @@ fn the_shipped_examples_are_valid() {
         "examples/python-service/rampart.yaml",
         "examples/rampart.yaml",
         "examples/flag-release.yaml",
+        "examples/kubernetes.yaml",
+        "examples/kubernetes-http-route.yaml",
     ] {
         let out = rampart()
             .args(["validate", "-f"])
@@ -142,4 +144,40 @@ fn runbook_is_rendered_from_the_policy() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[cfg(not(feature = "kubernetes"))]
+#[test]
+fn a_kubernetes_policy_without_the_feature_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rampart()
+        .args(["run", "--version", "1.27-alpine", "--state-dir"])
+        .arg(dir.path())
+        .arg("-f")
+        .arg(common::repo().join("examples/kubernetes.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--features kubernetes"), "{err}");
+}
+
+#[cfg(feature = "kubernetes")]
+#[test]
+fn a_kubernetes_policy_without_a_cluster_config_fails_before_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rampart()
+        .args(["run", "--version", "1.27-alpine", "--state-dir"])
+        .arg(dir.path())
+        .arg("-f")
+        .arg(common::repo().join("examples/kubernetes.yaml"))
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no Kubernetes configuration"), "{err}");
 }

@@ -1,0 +1,181 @@
+//! The few API calls the adapter makes, each with its error in words.
+//!
+//! Owns reading, server-side applying and deleting the objects, and the readiness
+//! poll. It must not decide what to write: `deployer` and `router` build the bodies
+//! (with `objects`).
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
+use serde_json::Value;
+
+use crate::objects::{self, Readiness};
+use crate::{Error, FIELD_MANAGER, Kubernetes};
+
+/// Gateway API's HTTPRoute, without a typed crate.
+pub(crate) fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ))
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+// === impl Kubernetes ===
+
+impl Kubernetes {
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.deploy.namespace)
+    }
+
+    fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.deploy.namespace)
+    }
+
+    fn routes(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.deploy.namespace,
+            &http_route_resource(),
+        )
+    }
+
+    fn not_found(&self, kind: &'static str, name: &str) -> Error {
+        Error::NotFound {
+            kind,
+            name: name.to_string(),
+            namespace: self.deploy.namespace.clone(),
+        }
+    }
+
+    /// A Deployment, if it exists.
+    pub(crate) async fn deployment_opt(&self, name: &str) -> Result<Option<Deployment>, Error> {
+        self.deployments()
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::api(format!("reading Deployment `{name}`"), source))
+    }
+
+    /// A Deployment that must exist.
+    pub(crate) async fn deployment(&self, name: &str) -> Result<Deployment, Error> {
+        self.deployment_opt(name)
+            .await?
+            .ok_or_else(|| self.not_found("Deployment", name))
+    }
+
+    /// The stable Deployment, checked for the labels rampart relies on.
+    pub(crate) async fn stable(&self) -> Result<Deployment, Error> {
+        let stable = self.deployment(&self.deploy.deployment).await?;
+        objects::check_stable(&stable, &self.deploy.deployment)?;
+        Ok(stable)
+    }
+
+    /// Server-side applies a Deployment body and returns what the server stored.
+    pub(crate) async fn apply_deployment(
+        &self,
+        name: &str,
+        body: &Value,
+    ) -> Result<Deployment, Error> {
+        self.deployments()
+            .patch(name, &apply_params(), &Patch::Apply(body))
+            .await
+            .map_err(|source| Error::api(format!("applying Deployment `{name}`"), source))
+    }
+
+    /// Deletes a Deployment; one already gone counts as deleted. Returns whether it
+    /// existed.
+    pub(crate) async fn delete_deployment(&self, name: &str) -> Result<bool, Error> {
+        match self
+            .deployments()
+            .delete(name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(source) => Err(Error::api(format!("deleting Deployment `{name}`"), source)),
+        }
+    }
+
+    /// A Service that must exist.
+    pub(crate) async fn service(&self, name: &str) -> Result<Service, Error> {
+        self.services()
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::api(format!("reading Service `{name}`"), source))?
+            .ok_or_else(|| self.not_found("Service", name))
+    }
+
+    /// Server-side applies a Service body.
+    pub(crate) async fn apply_service(&self, name: &str, body: &Value) -> Result<Service, Error> {
+        self.services()
+            .patch(name, &apply_params(), &Patch::Apply(body))
+            .await
+            .map_err(|source| Error::api(format!("applying Service `{name}`"), source))
+    }
+
+    /// An HTTPRoute that must exist.
+    pub(crate) async fn route(&self, name: &str) -> Result<DynamicObject, Error> {
+        self.routes()
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::api(format!("reading HTTPRoute `{name}`"), source))?
+            .ok_or_else(|| self.not_found("HTTPRoute", name))
+    }
+
+    /// Server-side applies an HTTPRoute body.
+    pub(crate) async fn apply_route(
+        &self,
+        name: &str,
+        body: &Value,
+    ) -> Result<DynamicObject, Error> {
+        self.routes()
+            .patch(name, &apply_params(), &Patch::Apply(body))
+            .await
+            .map_err(|source| Error::api(format!("applying HTTPRoute `{name}`"), source))
+    }
+
+    /// Polls a Deployment until its rollout is complete, it fails, or `timeout` has
+    /// been spent waiting. Time is only ever spent in `tokio::time::sleep`, so tests
+    /// run it on virtual time.
+    pub(crate) async fn wait_ready(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Deployment, Error> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let d = self.deployment(name).await?;
+            match objects::readiness(&d) {
+                Readiness::Ready => return Ok(d),
+                Readiness::Failed(why) => {
+                    return Err(Error::NotReady(format!("Deployment `{name}`: {why}")));
+                }
+                Readiness::Waiting(why) if waited >= timeout => {
+                    return Err(Error::NotReady(format!(
+                        "Deployment `{name}` not ready after {}: {why}",
+                        rampart_core::units::format_duration(timeout)
+                    )));
+                }
+                Readiness::Waiting(_) => {}
+            }
+            let nap = self
+                .poll
+                .min(timeout.saturating_sub(waited))
+                .max(Duration::from_millis(1));
+            tokio::time::sleep(nap).await;
+            waited += nap;
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! `impl Deployer for Kubernetes`: the canary Deployment's life, and promotion.
+//!
+//! Owns deriving, applying, scaling and deleting the canary, and moving the stable
+//! Deployment to a version. It must not delete or rename the stable Deployment: it is
+//! the user's, and rampart only applies its image (and, for `replica_ratio`, its
+//! replica count).
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment as KubeDeployment;
+use rampart_core::Variant;
+use rampart_core::policy::KubeMode;
+use rampart_core::ports::{BoxFuture, Deployer, Deployment, PortError};
+
+use crate::objects;
+use crate::{Error, Kubernetes};
+
+fn deployed(detail: String) -> Deployment {
+    // Pods have no address rampart routes to: Services and routes do that.
+    Deployment {
+        endpoints: Vec::new(),
+        retired: Vec::new(),
+        detail,
+    }
+}
+
+fn replicas_of(d: &KubeDeployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+// === impl Kubernetes ===
+
+impl Kubernetes {
+    /// The total for `replica_ratio`, when rampart owns replica counts.
+    pub(crate) fn ratio_total(&self) -> Option<i32> {
+        match self.traffic.mode {
+            KubeMode::ReplicaRatio { replicas } => {
+                Some(i32::try_from(replicas).unwrap_or(i32::MAX))
+            }
+            _ => None,
+        }
+    }
+
+    /// Applies `version`'s image (and `replicas`, when given) to the stable Deployment
+    /// and waits for its rollout.
+    pub(crate) async fn apply_stable(
+        &self,
+        version: &str,
+        replicas: Option<i32>,
+    ) -> Result<KubeDeployment, Error> {
+        let image = self.deploy.image_of(version);
+        let body = objects::stable_patch(&self.deploy, &image, replicas);
+        self.apply_deployment(&self.deploy.deployment, &body)
+            .await?;
+        self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
+            .await
+    }
+
+    /// Applies the canary for `version` with `replicas` and waits for its rollout.
+    pub(crate) async fn apply_canary(
+        &self,
+        stable: &KubeDeployment,
+        version: &str,
+        replicas: i32,
+    ) -> Result<KubeDeployment, Error> {
+        let body = objects::canary(stable, &self.deploy, version, replicas)?;
+        self.apply_deployment(&self.deploy.canary_name, &body)
+            .await?;
+        self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
+            .await
+    }
+
+    async fn deploy_stable(&self, version: &str) -> Result<String, Error> {
+        let stable = self.stable().await?;
+        // Under `replica_ratio` rampart owns the count; re-applying the current one keeps
+        // a resumed release's split as it was.
+        let replicas = self.ratio_total().map(|_| replicas_of(&stable));
+        let d = self.apply_stable(version, replicas).await?;
+        Ok(format!(
+            "Deployment `{}` runs {} ({} ready)",
+            self.deploy.deployment,
+            self.deploy.image_of(version),
+            replicas_of(&d)
+        ))
+    }
+
+    async fn deploy_canary(&self, version: &str) -> Result<String, Error> {
+        let stable = self.stable().await?;
+        let replicas = match self.ratio_total() {
+            // The canary's first pods start with its first step's weight; a resumed
+            // release keeps the count it had.
+            Some(_) => self
+                .deployment_opt(&self.deploy.canary_name)
+                .await?
+                .filter(|c| objects::canary_version(c).as_deref() == Some(version))
+                .map_or(0, |c| replicas_of(&c)),
+            // Blue-green and routed canaries get the stable's capacity.
+            None => replicas_of(&stable),
+        };
+        let d = self.apply_canary(&stable, version, replicas).await?;
+        Ok(format!(
+            "Deployment `{}` runs {} ({} ready)",
+            self.deploy.canary_name,
+            self.deploy.image_of(version),
+            replicas_of(&d)
+        ))
+    }
+
+    /// Scales the canary to 0 and deletes it; one already gone is stopped.
+    pub(crate) async fn remove_canary(&self) -> Result<String, Error> {
+        let name = &self.deploy.canary_name;
+        let Some(canary) = self.deployment_opt(name).await? else {
+            return Ok(format!("Deployment `{name}` already gone"));
+        };
+        // Scaled to 0 first, so its pods terminate gracefully while the Deployment is
+        // still there to show it; then deleted.
+        self.apply_deployment(name, &objects::rescaled(&canary, 0))
+            .await?;
+        match self.delete_deployment(name).await? {
+            true => Ok(format!("Deployment `{name}` scaled to 0 and deleted")),
+            false => Ok(format!("Deployment `{name}` scaled to 0; already deleted")),
+        }
+    }
+
+    /// Promotion: the stable Deployment takes the canary's version, traffic returns to
+    /// it, and the canary is removed. Each step is idempotent, so a promotion that was
+    /// interrupted completes when repeated.
+    async fn promote(&self) -> Result<String, Error> {
+        let Some(canary) = self.deployment_opt(&self.deploy.canary_name).await? else {
+            self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
+                .await?;
+            return Ok(format!(
+                "no canary left; Deployment `{}` as it is",
+                self.deploy.deployment
+            ));
+        };
+        let version = objects::canary_version(&canary).ok_or_else(|| {
+            Error::Shape(format!(
+                "Deployment `{}` has no `{}` label; it was not made by rampart",
+                self.deploy.canary_name,
+                crate::VERSION_LABEL
+            ))
+        })?;
+        self.stable().await?;
+        self.apply_stable(&version, self.ratio_total()).await?;
+        self.route_to_stable().await?;
+        let removed = self.remove_canary().await?;
+        Ok(format!(
+            "promoted: Deployment `{}` runs {}; {removed}",
+            self.deploy.deployment,
+            self.deploy.image_of(&version)
+        ))
+    }
+
+    fn name_of(&self, variant: Variant) -> &str {
+        match variant {
+            Variant::Stable => &self.deploy.deployment,
+            Variant::Canary => &self.deploy.canary_name,
+        }
+    }
+}
+
+impl Deployer for Kubernetes {
+    /// Stable: applies `version`'s image to the stable Deployment (a no-op when it runs
+    /// it) and waits. Canary: derives and applies the canary Deployment and waits.
+    fn deploy<'a>(
+        &'a self,
+        variant: Variant,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
+        Box::pin(async move {
+            let detail = match variant {
+                Variant::Stable => self.deploy_stable(version).await?,
+                Variant::Canary => self.deploy_canary(version).await?,
+            };
+            Ok(deployed(detail))
+        })
+    }
+
+    /// Sets the variant's replica count and waits; Kubernetes retires surplus pods
+    /// itself, so nothing is reported retired.
+    fn scale<'a>(
+        &'a self,
+        variant: Variant,
+        version: &'a str,
+        replicas: u32,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
+        Box::pin(async move {
+            let n = i32::try_from(replicas).map_err(|_| PortError::new("too many replicas"))?;
+            match variant {
+                Variant::Stable => self.apply_stable(version, Some(n)).await?,
+                Variant::Canary => {
+                    let stable = self.stable().await?;
+                    self.apply_canary(&stable, version, n).await?
+                }
+            };
+            Ok(deployed(format!(
+                "Deployment `{}` at {replicas} replica(s)",
+                self.name_of(variant)
+            )))
+        })
+    }
+
+    /// Nothing to do: the Deployment controller stops surplus pods after a scale.
+    fn trim(&self, variant: Variant, replicas: u32) -> BoxFuture<'_, Result<String, PortError>> {
+        Box::pin(async move {
+            Ok(format!(
+                "Deployment `{}` keeps {replicas} replica(s); Kubernetes stops the rest",
+                self.name_of(variant)
+            ))
+        })
+    }
+
+    /// Canary: scaled to 0 and deleted (gone already is success). Stable: this is the
+    /// end of a promotion (the state machine stops the previous version once the new
+    /// one serves everything), so the stable Deployment takes the new version and the
+    /// canary goes.
+    fn stop(&self, variant: Variant) -> BoxFuture<'_, Result<String, PortError>> {
+        Box::pin(async move {
+            Ok(match variant {
+                Variant::Canary => self.remove_canary().await?,
+                Variant::Stable => self.promote().await?,
+            })
+        })
+    }
+
+    /// Checks the variant's rollout is complete, waiting at most `timeout`.
+    fn verify(
+        &self,
+        variant: Variant,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<String, PortError>> {
+        Box::pin(async move {
+            let name = self.name_of(variant);
+            let d = self.wait_ready(name, timeout).await?;
+            Ok(format!(
+                "Deployment `{name}`: {} replica(s) ready",
+                replicas_of(&d)
+            ))
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! rampart-kubernetes: the Kubernetes adapter, one object that is both the `Deployer`
+//! and the `TrafficRouter` of a release.
+//!
+//! Owns the translation from the ports to Kubernetes objects: a canary Deployment
+//! derived from the stable one, replica counts, a Service selector or an HTTPRoute's
+//! weights. Every write is a server-side apply by the field manager `rampart`, so a
+//! resumed release re-applies safely. It must not make release decisions, and it must
+//! not touch objects other than the ones the policy names (and the canary Deployment
+//! and canary Service it derives from them).
+//!
+//! One type serves both ports because a promotion is both: the stable Deployment takes
+//! the new image, traffic returns to it, and only then is the canary removed.
+
+#![forbid(unsafe_code)]
+
+mod api;
+mod deployer;
+mod error;
+pub mod objects;
+mod router;
+
+use std::time::Duration;
+
+use rampart_core::policy::{KubeDeploySpec, KubeTrafficSpec};
+
+pub use error::Error;
+
+/// The field manager of every write rampart makes.
+pub const FIELD_MANAGER: &str = "rampart";
+/// The label that tells stable pods from canary pods.
+pub const TRACK_LABEL: &str = "rampart.dev/track";
+/// The label carrying the canary's version.
+pub const VERSION_LABEL: &str = "rampart.dev/version";
+
+/// A release's Deployments and the traffic between them, in one namespace.
+///
+/// Guarantees: every method is idempotent (server-side apply with `force`; a delete of
+/// something already gone succeeds). Assumptions: the stable Deployment, and the
+/// Service or HTTPRoute the mode names, exist before the release starts; the stable
+/// Deployment's selector and pod template carry `rampart.dev/track: stable`.
+#[derive(Clone)]
+pub struct Kubernetes {
+    client: kube::Client,
+    deploy: KubeDeploySpec,
+    traffic: KubeTrafficSpec,
+    poll: Duration,
+}
+
+impl std::fmt::Debug for Kubernetes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubernetes")
+            .field("deploy", &self.deploy)
+            .field("traffic", &self.traffic)
+            .field("poll", &self.poll)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kubernetes {
+    /// An adapter over an existing client (tests pass one over a fake transport).
+    pub fn new(client: kube::Client, deploy: KubeDeploySpec, traffic: KubeTrafficSpec) -> Self {
+        Kubernetes {
+            client,
+            deploy,
+            traffic,
+            poll: Duration::from_secs(2),
+        }
+    }
+
+    /// Connects with the kubeconfig (`KUBECONFIG`, then `~/.kube/config`; the policy's
+    /// `context` when given) or, inside a pod, the service account.
+    pub async fn connect(deploy: KubeDeploySpec, traffic: KubeTrafficSpec) -> Result<Self, Error> {
+        let config = match &deploy.context {
+            Some(context) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                context: Some(context.clone()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Config(format!("kubeconfig context `{context}`: {e}")))?,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?,
+        };
+        let client = kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Kubernetes::new(client, deploy, traffic))
+    }
+
+    /// How often readiness is polled (2 s unless changed).
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The version the stable Deployment runs now, read from its image through the
+    /// policy's template; `None` when the image does not match the template. Fails
+    /// when the stable Deployment is missing or lacks the labels rampart needs, so a
+    /// misconfigured release stops before anything changes.
+    pub async fn stable_version(&self) -> Result<Option<String>, Error> {
+        let stable = self.stable().await?;
+        let image = objects::container_image(&stable, &self.deploy.container)?;
+        Ok(self.deploy.version_of(&image))
+    }
+}

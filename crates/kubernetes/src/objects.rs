@@ -1,0 +1,446 @@
+//! Pure functions over Kubernetes objects: deriving the canary, reading readiness,
+//! building apply bodies and reading weights back.
+//!
+//! Owns every rule about object shape (which labels, which fields rampart applies).
+//! It must not do I/O, so each rule is unit-testable on plain values.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::DynamicObject;
+use rampart_core::Weight;
+use rampart_core::policy::KubeDeploySpec;
+use serde_json::{Value, json};
+
+use crate::{Error, TRACK_LABEL, VERSION_LABEL};
+
+/// The canary's annotation naming the Deployment it was derived from.
+pub const DERIVED_FROM: &str = "rampart.dev/derived-from";
+
+/// Where a Deployment's rollout stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// The controller has seen the latest spec and every replica is updated and available.
+    Ready,
+    /// Not yet, and why.
+    Waiting(String),
+    /// The rollout failed (`ProgressDeadlineExceeded`); waiting longer will not help.
+    Failed(String),
+}
+
+/// Where `d`'s rollout stands, by the same rules as `kubectl rollout status`.
+pub fn readiness(d: &Deployment) -> Readiness {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let status = d.status.clone().unwrap_or_default();
+    let observed = status.observed_generation.unwrap_or(0);
+    if observed < generation {
+        return Readiness::Waiting(format!(
+            "the Deployment controller has not observed generation {generation} yet (at {observed})"
+        ));
+    }
+    if let Some(c) = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) {
+        return Readiness::Failed(format!(
+            "rollout failed: ProgressDeadlineExceeded{}",
+            c.message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        ));
+    }
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    if updated < want {
+        return Readiness::Waiting(format!("{updated} of {want} replicas updated"));
+    }
+    if total > updated {
+        return Readiness::Waiting(format!(
+            "{} old replica(s) pending termination",
+            total - updated
+        ));
+    }
+    if available != want {
+        return Readiness::Waiting(format!("{available} of {want} replicas available"));
+    }
+    Readiness::Ready
+}
+
+/// Checks the stable Deployment carries `rampart.dev/track: stable` in its selector
+/// and its pod template, so stable and canary pods can be selected apart.
+pub fn check_stable(d: &Deployment, name: &str) -> Result<(), Error> {
+    let spec = d.spec.as_ref();
+    let selected = spec
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .and_then(|l| l.get(TRACK_LABEL))
+        .map(String::as_str);
+    let labelled = spec
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|l| l.get(TRACK_LABEL))
+        .map(String::as_str);
+    if selected != Some("stable") || labelled != Some("stable") {
+        return Err(Error::Shape(format!(
+            "Deployment `{name}` needs the label `{TRACK_LABEL}: stable` in `spec.selector.matchLabels` and in `spec.template.metadata.labels`, so that its pods and the canary's can be selected apart (see docs/kubernetes.md)"
+        )));
+    }
+    Ok(())
+}
+
+/// The image `container` runs in `d`.
+pub fn container_image(d: &Deployment, container: &str) -> Result<String, Error> {
+    let name = d.metadata.name.as_deref().unwrap_or("?");
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.iter().find(|c| c.name == container))
+        .and_then(|c| c.image.clone())
+        .ok_or_else(|| {
+            Error::Shape(format!(
+                "Deployment `{name}` has no container `{container}` with an image; `deploy.kubernetes.container` names the container whose image is the version"
+            ))
+        })
+}
+
+/// The labels that select one track's pods: the stable selector with the track set.
+pub fn track_labels(stable: &Deployment, track: &str) -> BTreeMap<String, String> {
+    let mut labels = stable
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    labels.insert(TRACK_LABEL.into(), track.into());
+    labels
+}
+
+/// The version a canary Deployment runs, from its label.
+pub fn canary_version(d: &Deployment) -> Option<String> {
+    d.metadata.labels.as_ref()?.get(VERSION_LABEL).cloned()
+}
+
+/// The canary Deployment for `version`, derived from `stable`: the same spec with the
+/// container's image replaced, `rampart.dev/track: canary` in its labels, selector
+/// and pod template, and `rampart.dev/version` on the Deployment and its pods.
+///
+/// The version stays out of the selector: a selector cannot change, and a leftover
+/// canary of another version must still be updatable in place.
+pub fn canary(
+    stable: &Deployment,
+    spec: &KubeDeploySpec,
+    version: &str,
+    replicas: i32,
+) -> Result<Value, Error> {
+    let mut d = stable
+        .spec
+        .clone()
+        .ok_or_else(|| Error::Shape(format!("Deployment `{}` has no spec", spec.deployment)))?;
+    d.replicas = Some(replicas);
+    d.selector.match_labels = Some(track_labels(stable, "canary"));
+    let template_meta = d.template.metadata.get_or_insert_with(Default::default);
+    let labels = template_meta.labels.get_or_insert_with(Default::default);
+    labels.insert(TRACK_LABEL.into(), "canary".into());
+    labels.insert(VERSION_LABEL.into(), version.into());
+    let image = spec.image_of(version);
+    let container = d
+        .template
+        .spec
+        .as_mut()
+        .and_then(|p| p.containers.iter_mut().find(|c| c.name == spec.container))
+        .ok_or_else(|| {
+            Error::Shape(format!(
+                "Deployment `{}` has no container `{}`",
+                spec.deployment, spec.container
+            ))
+        })?;
+    container.image = Some(image);
+    let mut labels = stable.metadata.labels.clone().unwrap_or_default();
+    labels.insert(TRACK_LABEL.into(), "canary".into());
+    labels.insert(VERSION_LABEL.into(), version.into());
+    Ok(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": spec.canary_name,
+            "namespace": spec.namespace,
+            "labels": labels,
+            "annotations": { DERIVED_FROM: spec.deployment },
+        },
+        "spec": d,
+    }))
+}
+
+/// The fields rampart applies to the stable Deployment: the container's image, and
+/// the replica count when rampart owns it (`replica_ratio`). Nothing else, so the
+/// rest of the object stays the owner's.
+pub fn stable_patch(spec: &KubeDeploySpec, image: &str, replicas: Option<i32>) -> Value {
+    let mut body = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": spec.deployment, "namespace": spec.namespace },
+        "spec": {
+            "template": { "spec": { "containers": [ { "name": spec.container, "image": image } ] } }
+        }
+    });
+    if let (Some(r), Some(s)) = (replicas, body.get_mut("spec")) {
+        s["replicas"] = json!(r);
+    }
+    body
+}
+
+/// The canary's whole body as stored, with `replicas` changed: rampart owns every
+/// field of the canary, so it re-applies all of them.
+pub fn rescaled(canary: &Deployment, replicas: i32) -> Value {
+    let mut spec = canary.spec.clone().unwrap_or_default();
+    spec.replicas = Some(replicas);
+    // Only rampart's own annotation: the others (the revision) are the controller's.
+    let annotations: BTreeMap<&str, &String> = canary
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() == DERIVED_FROM)
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": canary.metadata.name,
+            "namespace": canary.metadata.namespace,
+            "labels": canary.metadata.labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    })
+}
+
+/// Replicas of the canary for `weight` out of `total`: rounded, and at least one when
+/// the weight is above 0.
+pub fn canary_replicas(total: u32, weight: Weight) -> u32 {
+    let bp = u64::from(weight.basis_points());
+    if bp == 0 {
+        return 0;
+    }
+    let c = (u64::from(total) * bp + 5_000) / 10_000;
+    u32::try_from(c.clamp(1, u64::from(total))).unwrap_or(total)
+}
+
+/// The weight `canary` of `canary + stable` replicas makes.
+pub fn replica_weight(canary: i32, stable: i32) -> Result<Weight, Error> {
+    let (c, s) = (
+        u64::try_from(canary).unwrap_or(0),
+        u64::try_from(stable).unwrap_or(0),
+    );
+    if c + s == 0 {
+        return Err(Error::Weight("neither Deployment has replicas".into()));
+    }
+    ratio(c, c + s)
+}
+
+fn ratio(part: u64, whole: u64) -> Result<Weight, Error> {
+    let bp = (part * 10_000 + whole / 2) / whole;
+    u16::try_from(bp)
+        .ok()
+        .and_then(Weight::from_basis_points)
+        .ok_or_else(|| Error::Weight(format!("{part} of {whole} is not a weight")))
+}
+
+/// The Service's selector, as rampart applies it.
+pub fn selector_patch(name: &str, namespace: &str, labels: &BTreeMap<String, String>) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": { "selector": labels },
+    })
+}
+
+/// Which track a Service selects: 100 % for the canary's labels, 0 % for stable's.
+pub fn selector_weight(
+    svc: &Service,
+    stable: &BTreeMap<String, String>,
+    canary: &BTreeMap<String, String>,
+) -> Result<Weight, Error> {
+    let selector = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    let selects =
+        |want: &BTreeMap<String, String>| want.iter().all(|(k, v)| selector.get(k) == Some(v));
+    match (selects(canary), selects(stable)) {
+        (true, false) => Ok(Weight::FULL),
+        (false, true) => Ok(Weight::ZERO),
+        _ => Err(Error::Weight(format!(
+            "Service `{}` selects {selector:?}, which is neither the stable nor the canary pods",
+            svc.metadata.name.as_deref().unwrap_or("?")
+        ))),
+    }
+}
+
+/// The canary Service for the `http_route` mode: the stable Service's ports,
+/// selecting the canary's pods.
+pub fn canary_service(
+    stable: &Service,
+    name: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Value {
+    let ports: Vec<Value> = stable
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let mut port = json!({ "port": p.port });
+            for (key, value) in [
+                ("name", p.name.map(Value::from)),
+                ("protocol", p.protocol.map(Value::from)),
+                (
+                    "targetPort",
+                    p.target_port.and_then(|t| serde_json::to_value(t).ok()),
+                ),
+            ] {
+                if let Some(v) = value {
+                    port[key] = v;
+                }
+            }
+            port
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": { TRACK_LABEL: "canary" },
+        },
+        "spec": { "selector": labels, "ports": ports },
+    })
+}
+
+fn rules(route: &DynamicObject) -> Vec<Value> {
+    route
+        .data
+        .get("spec")
+        .and_then(|s| s.get("rules"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn refs(rule: &Value) -> Vec<Value> {
+    rule.get("backendRefs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn names(r: &Value, service: &str) -> bool {
+    r.get("name").and_then(Value::as_str) == Some(service)
+        && r.get("kind")
+            .and_then(Value::as_str)
+            .is_none_or(|k| k == "Service")
+}
+
+/// The HTTPRoute body that weighs `service` against `canary_service` at `weight` in
+/// every rule that sends to `service`. The whole `spec.rules` list is applied (it is
+/// one atomic field); each stable backendRef is kept as it was (port, namespace,
+/// filters) and copied for the canary.
+pub fn weighted_route(
+    route: &DynamicObject,
+    service: &str,
+    canary_service: &str,
+    weight: Weight,
+) -> Result<Value, Error> {
+    let bp = i64::from(weight.basis_points());
+    let mut touched = 0;
+    let rules: Vec<Value> = rules(route)
+        .into_iter()
+        .map(|mut rule| {
+            let refs = refs(&rule);
+            let Some(stable) = refs.iter().find(|r| names(r, service)).cloned() else {
+                return rule;
+            };
+            touched += 1;
+            let mut stable_ref = stable.clone();
+            stable_ref["weight"] = json!(10_000 - bp);
+            let mut canary_ref = stable;
+            canary_ref["name"] = json!(canary_service);
+            canary_ref["weight"] = json!(bp);
+            let mut kept: Vec<Value> = refs
+                .into_iter()
+                .filter(|r| !names(r, service) && !names(r, canary_service))
+                .collect();
+            kept.splice(0..0, [stable_ref, canary_ref]);
+            rule["backendRefs"] = Value::Array(kept);
+            rule
+        })
+        .collect();
+    let name = route.metadata.name.clone().unwrap_or_default();
+    if touched == 0 {
+        return Err(Error::Shape(format!(
+            "HTTPRoute `{name}` has no rule with a backendRef to Service `{service}`"
+        )));
+    }
+    Ok(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": { "name": name, "namespace": route.metadata.namespace },
+        "spec": { "rules": rules },
+    }))
+}
+
+/// The canary's share in the first rule that sends to `service`, read from the
+/// route's weights.
+pub fn route_weight(
+    route: &DynamicObject,
+    service: &str,
+    canary_service: &str,
+) -> Result<Weight, Error> {
+    let name = route.metadata.name.as_deref().unwrap_or("?");
+    let weight_of = |refs: &[Value], svc: &str| -> u64 {
+        refs.iter()
+            .filter(|r| names(r, svc))
+            // Gateway API's default weight is 1.
+            .map(|r| r.get("weight").and_then(Value::as_u64).unwrap_or(1))
+            .sum()
+    };
+    let rule = rules(route)
+        .into_iter()
+        .map(|r| refs(&r))
+        .find(|refs| refs.iter().any(|r| names(r, service)))
+        .ok_or_else(|| {
+            Error::Shape(format!(
+                "HTTPRoute `{name}` has no rule with a backendRef to Service `{service}`"
+            ))
+        })?;
+    let (s, c) = (weight_of(&rule, service), weight_of(&rule, canary_service));
+    if s + c == 0 {
+        return Err(Error::Weight(format!(
+            "HTTPRoute `{name}` gives both Services weight 0"
+        )));
+    }
+    ratio(c, s + c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canary_replicas_round_and_keep_one_above_zero() {
+        let w = |p| Weight::from_percent(p).unwrap();
+        assert_eq!(canary_replicas(4, w(0)), 0);
+        assert_eq!(canary_replicas(4, w(5)), 1);
+        assert_eq!(canary_replicas(4, w(50)), 2);
+        assert_eq!(canary_replicas(10, w(25)), 3);
+        assert_eq!(canary_replicas(4, w(100)), 4);
+        assert_eq!(replica_weight(1, 3).unwrap(), w(25));
+    }
+}

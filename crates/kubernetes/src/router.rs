@@ -1,0 +1,185 @@
+//! `impl TrafficRouter for Kubernetes`: the three ways a share of traffic reaches the
+//! canary.
+//!
+//! Owns `replica_ratio` (replica counts behind one Service), `service_selector` (the
+//! Service selects one track) and `http_route` (HTTPRoute backendRef weights), each
+//! read back after the change. It must not create or delete Deployments (except
+//! scaling them in `replica_ratio`), and it never touches the Gateway.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rampart_core::policy::{KubeMode, RouteMatch};
+use rampart_core::ports::{BoxFuture, PortError, TrafficRouter};
+use rampart_core::{Variant, Weight};
+
+use crate::objects;
+use crate::{Error, Kubernetes};
+
+// === impl Kubernetes ===
+
+impl Kubernetes {
+    async fn set_replica_ratio(&self, total: u32, weight: Weight) -> Result<Weight, Error> {
+        let c = objects::canary_replicas(total, weight);
+        let (c, s) = (
+            i32::try_from(c).unwrap_or(i32::MAX),
+            i32::try_from(total - c).unwrap_or(i32::MAX),
+        );
+        let stable = self.stable().await?;
+        let stable_image = objects::container_image(&stable, &self.deploy.container)?;
+        let canary = self.deployment_opt(&self.deploy.canary_name).await?;
+        let Some(canary) = canary else {
+            if c > 0 {
+                return Err(Error::Weight(format!(
+                    "Deployment `{}` does not exist, so it cannot take {weight}",
+                    self.deploy.canary_name
+                )));
+            }
+            return self.scale_stable_only(&stable_image, s).await;
+        };
+        let canary_now = canary.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let stable_body = objects::stable_patch(&self.deploy, &stable_image, Some(s));
+        let canary_body = objects::rescaled(&canary, c);
+        // The side that grows goes first, so capacity never dips during the change.
+        if c >= canary_now {
+            self.apply_deployment(&self.deploy.canary_name, &canary_body)
+                .await?;
+            self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
+                .await?;
+            self.apply_deployment(&self.deploy.deployment, &stable_body)
+                .await?;
+        } else {
+            self.apply_deployment(&self.deploy.deployment, &stable_body)
+                .await?;
+            self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
+                .await?;
+            self.apply_deployment(&self.deploy.canary_name, &canary_body)
+                .await?;
+        }
+        let stable = self
+            .wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
+            .await?;
+        let canary = self
+            .wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
+            .await?;
+        let read = |d: &k8s_openapi::api::apps::v1::Deployment| {
+            d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+        };
+        objects::replica_weight(read(&canary), read(&stable))
+    }
+
+    async fn scale_stable_only(&self, image: &str, replicas: i32) -> Result<Weight, Error> {
+        let body = objects::stable_patch(&self.deploy, image, Some(replicas));
+        self.apply_deployment(&self.deploy.deployment, &body)
+            .await?;
+        self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
+            .await?;
+        Ok(Weight::ZERO)
+    }
+
+    async fn set_selector(&self, service: &str, weight: Weight) -> Result<Weight, Error> {
+        let track = match weight {
+            Weight::ZERO => "stable",
+            Weight::FULL => "canary",
+            other => {
+                return Err(Error::Weight(format!(
+                    "`mode: service_selector` sends all traffic to one Deployment: 0 % or 100 %, not {other}"
+                )));
+            }
+        };
+        let stable = self.stable().await?;
+        let labels = objects::track_labels(&stable, track);
+        let body = objects::selector_patch(service, &self.deploy.namespace, &labels);
+        self.apply_service(service, &body).await?;
+        let svc = self.service(service).await?;
+        objects::selector_weight(
+            &svc,
+            &objects::track_labels(&stable, "stable"),
+            &objects::track_labels(&stable, "canary"),
+        )
+    }
+
+    async fn set_route(&self, service: &str, route: &str, weight: Weight) -> Result<Weight, Error> {
+        let canary_service = format!("{service}-canary");
+        let stable = self.stable().await?;
+        let stable_svc = self.service(service).await?;
+        let body = objects::canary_service(
+            &stable_svc,
+            &canary_service,
+            &self.deploy.namespace,
+            &objects::track_labels(&stable, "canary"),
+        );
+        self.apply_service(&canary_service, &body).await?;
+        let current = self.route(route).await?;
+        let body = objects::weighted_route(&current, service, &canary_service, weight)?;
+        self.apply_route(route, &body).await?;
+        let read = self.route(route).await?;
+        objects::route_weight(&read, service, &canary_service)
+    }
+
+    /// All traffic to the stable Deployment, as the end of a promotion needs before the
+    /// canary goes. Under `replica_ratio` the stable Deployment's count already did it.
+    pub(crate) async fn route_to_stable(&self) -> Result<(), Error> {
+        match &self.traffic.mode {
+            KubeMode::ReplicaRatio { .. } => Ok(()),
+            KubeMode::ServiceSelector { service } => {
+                self.set_selector(service, Weight::ZERO).await.map(drop)
+            }
+            KubeMode::HttpRoute { service, route } => {
+                self.set_route(service, route, Weight::ZERO).await.map(drop)
+            }
+        }
+    }
+}
+
+impl TrafficRouter for Kubernetes {
+    /// A no-op: traffic reaches pods through Services, which track pod readiness
+    /// themselves; rampart's endpoints are empty here.
+    fn set_backends<'a>(
+        &'a self,
+        _variant: Variant,
+        _endpoints: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Applies the share (see the modes) and returns the one read back.
+    fn set_weight<'a>(
+        &'a self,
+        weight: Weight,
+        matches: &'a [RouteMatch],
+    ) -> BoxFuture<'a, Result<Weight, PortError>> {
+        Box::pin(async move {
+            if !matches.is_empty() {
+                return Err(PortError::new(
+                    "traffic.kubernetes splits by weight only; match rules are not supported",
+                ));
+            }
+            let got = match &self.traffic.mode {
+                KubeMode::ReplicaRatio { replicas } => {
+                    self.set_replica_ratio(*replicas, weight).await?
+                }
+                KubeMode::ServiceSelector { service } => self.set_selector(service, weight).await?,
+                KubeMode::HttpRoute { service, route } => {
+                    self.set_route(service, route, weight).await?
+                }
+            };
+            Ok(got)
+        })
+    }
+
+    /// A no-op: a pod leaving a Service's endpoints finishes its requests within its
+    /// own `terminationGracePeriodSeconds`, which Kubernetes enforces.
+    fn drain(&self, _variant: Variant, _timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A no-op, as `drain`: there are never endpoints to drain here.
+    fn drain_endpoints<'a>(
+        &'a self,
+        _endpoints: &'a [SocketAddr],
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,344 @@
+//! Whole releases through the real controller, state machine and SQLite store, with
+//! the Kubernetes adapter as deployer and router, against a FAKE cluster (an in-memory
+//! object store behind the mock transport, see `support::cluster`), on tokio's paused
+//! clock. No Kubernetes API server is involved.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart_adapters::clock::TokioClock;
+use rampart_adapters::store::StateStore;
+use rampart_controller::{Controller, Ports, Silent};
+use rampart_core::metrics::{IntervalSample, QueryReading};
+use rampart_core::policy::{Gate, Policy};
+use rampart_core::ports::*;
+use rampart_core::release::{GateResult, Phase};
+use rampart_kubernetes::Kubernetes;
+use serde_json::{Value, json};
+use support::cluster::{self, World};
+use support::*;
+
+/// The Prometheus stand-in: the canary's error rate, in thousandths.
+#[derive(Default)]
+struct Queries(AtomicU64);
+
+impl MetricsSource for Queries {
+    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+        let canary = self.0.load(Ordering::SeqCst) as f64 / 1000.0;
+        Box::pin(async move {
+            Ok(IntervalSample {
+                queries: vec![QueryReading {
+                    name: "errors".into(),
+                    stable: Some(0.0),
+                    canary: Some(canary),
+                    detail: String::new(),
+                }],
+                ..Default::default()
+            })
+        })
+    }
+}
+
+struct Nothing;
+
+impl GateRunner for Nothing {
+    fn run<'a>(&'a self, g: &'a Gate) -> BoxFuture<'a, GateResult> {
+        Box::pin(async move {
+            GateResult {
+                name: g.name.clone(),
+                ok: true,
+                detail: String::new(),
+            }
+        })
+    }
+}
+
+impl Notifier for Nothing {
+    fn notify<'a>(&'a self, _: &'a Notice) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn policy(traffic: &str, strategy: &str) -> String {
+    format!(
+        r#"
+service: checkout
+deploy:
+  kubernetes:
+    namespace: {NS}
+    deployment: checkout
+    container: app
+    image: "registry.example.com/checkout:{{version}}"
+traffic:
+  kubernetes: {traffic}
+strategy: {strategy}
+analysis:
+  interval: 10s
+  prometheus: http://127.0.0.1:9
+  metrics:
+    - name: errors
+      source: prometheus
+      query: 'sum(rate(errors{{track="{{variant}}"}}[1m]))'
+      judge: {{max: 0.05}}
+"#
+    )
+}
+
+struct Release {
+    world: Arc<Mutex<World>>,
+    metrics: Arc<Queries>,
+    controller: Controller,
+}
+
+async fn release(policy_text: &str, objects: Vec<(String, Value)>) -> Release {
+    let policy = Policy::from_yaml(policy_text).unwrap();
+    let (deploy, traffic) = policy.kubernetes().unwrap();
+    let (client, world) = cluster::start(objects);
+    let k = Arc::new(
+        Kubernetes::new(client, deploy.clone(), traffic.clone())
+            .with_poll_interval(Duration::from_secs(1)),
+    );
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let metrics = Arc::new(Queries::default());
+    let ports = Ports {
+        deployer: k.clone(),
+        router: k,
+        metrics: metrics.clone(),
+        gates: Arc::new(Nothing),
+        flags: store.clone(),
+        store,
+        clock: Arc::new(TokioClock::starting_at(1_000_000)),
+        notifier: Arc::new(Nothing),
+    };
+    Release {
+        world,
+        metrics,
+        controller: Controller::new(policy, ports, Arc::new(Silent)),
+    }
+}
+
+fn controller_over(
+    r: &Release,
+    policy_text: &str,
+    store: Arc<StateStore>,
+    client: kube::Client,
+) -> Controller {
+    let policy = Policy::from_yaml(policy_text).unwrap();
+    let (deploy, traffic) = policy.kubernetes().unwrap();
+    let k = Arc::new(
+        Kubernetes::new(client, deploy.clone(), traffic.clone())
+            .with_poll_interval(Duration::from_secs(1)),
+    );
+    let ports = Ports {
+        deployer: k.clone(),
+        router: k,
+        metrics: r.metrics.clone(),
+        gates: Arc::new(Nothing),
+        flags: store.clone(),
+        store,
+        clock: Arc::new(TokioClock::starting_at(1_000_000)),
+        notifier: Arc::new(Nothing),
+    };
+    Controller::new(policy, ports, Arc::new(Silent))
+}
+
+impl Release {
+    async fn run(&self, policy_text: &str) -> rampart_core::Release {
+        self.controller
+            .create("r1", "v2", policy_text)
+            .await
+            .unwrap();
+        self.controller
+            .drive("r1", Some("v1".into()), None)
+            .await
+            .unwrap()
+    }
+
+    fn client(&self) -> kube::Client {
+        cluster::connect(&self.world)
+    }
+
+    fn object(&self, path: &str) -> Option<Value> {
+        self.world.lock().unwrap().objects.get(path).cloned()
+    }
+}
+
+fn image(d: &Value) -> &str {
+    at(d, "spec/template/spec/containers/0/image")
+        .as_str()
+        .unwrap()
+}
+
+const CANARY_STEPS: &str = "{canary: {steps: [{weight: 25, bake: 1m}, {weight: 50, bake: 1m}]}}";
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_replica_ratio_promotes_and_leaves_stable_on_the_new_image() {
+    let text = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let r = release(&text, vec![(deployments("checkout"), stable("v1", 4))]).await;
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+    let stable = r.object(&deployments("checkout")).unwrap();
+    assert_eq!(image(&stable), "registry.example.com/checkout:v2");
+    assert_eq!(at(&stable, "spec/replicas"), 4);
+    assert_eq!(
+        at(&stable, "spec/template/spec/containers/1/image"),
+        "registry.example.com/proxy:1",
+        "the rest of the stable Deployment is untouched"
+    );
+    assert!(
+        r.object(&deployments("checkout-canary")).is_none(),
+        "canary removed"
+    );
+    let writes = r.world.lock().unwrap().writes.clone();
+    assert_eq!(
+        writes.last().unwrap(),
+        &format!("DELETE {}", deployments("checkout-canary"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_http_route_failing_canary_rolls_back_to_stable() {
+    let text = policy(
+        "{mode: http_route, service: checkout, route: checkout}",
+        "{canary: {steps: [{weight: 10, bake: 1m}, {weight: 50, bake: 1m}]}}",
+    );
+    let r = release(
+        &text,
+        vec![
+            (deployments("checkout"), stable("v1", 3)),
+            (
+                services("checkout"),
+                service(
+                    "checkout",
+                    json!({"app": "checkout", "rampart.dev/track": "stable"}),
+                ),
+            ),
+            (routes("checkout"), route(None, None)),
+        ],
+    )
+    .await;
+    r.metrics.0.store(200, Ordering::SeqCst); // 0.2 errors/s > 0.05
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::RolledBack, "{end:?}");
+    let route = r.object(&routes("checkout")).unwrap();
+    assert_eq!(
+        at(&route, "spec/rules/0/backendRefs"),
+        &json!([
+            {"name": "checkout", "port": 80, "weight": 10000},
+            {"name": "checkout-canary", "port": 80, "weight": 0}
+        ])
+    );
+    assert_eq!(at(&route, "spec/parentRefs/0/name"), "public");
+    let stable = r.object(&deployments("checkout")).unwrap();
+    assert_eq!(image(&stable), "registry.example.com/checkout:v1");
+    assert!(
+        r.object(&deployments("checkout-canary")).is_none(),
+        "canary removed"
+    );
+    let canary_svc = r.object(&services("checkout-canary")).unwrap();
+    assert_eq!(
+        at(&canary_svc, "spec/selector")["rampart.dev/track"],
+        "canary"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_blue_green_switches_the_selector_and_back_to_promoted_stable() {
+    let text = policy(
+        "{mode: service_selector, service: checkout}",
+        "{blue_green: {stability: 1m}}",
+    );
+    let r = release(
+        &text,
+        vec![
+            (deployments("checkout"), stable("v1", 3)),
+            (
+                services("checkout"),
+                service(
+                    "checkout",
+                    json!({"app": "checkout", "rampart.dev/track": "stable"}),
+                ),
+            ),
+        ],
+    )
+    .await;
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+    let svc = r.object(&services("checkout")).unwrap();
+    assert_eq!(at(&svc, "spec/selector")["rampart.dev/track"], "stable");
+    let stable = r.object(&deployments("checkout")).unwrap();
+    assert_eq!(image(&stable), "registry.example.com/checkout:v2");
+    assert!(r.object(&deployments("checkout-canary")).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_resumed_after_a_crash_re_applies_without_moving_traffic_back() {
+    let text = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let r = release(&text, vec![(deployments("checkout"), stable("v1", 4))]).await;
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    // One cluster, two controllers: the first "crashes" inside the second step's bake.
+    let first = controller_over(&r, &text, store.clone(), r.client());
+    first.create("r1", "v2", &text).await.unwrap();
+    let crashed = tokio::time::timeout(
+        Duration::from_secs(90),
+        first.drive("r1", Some("v1".into()), None),
+    )
+    .await;
+    assert!(crashed.is_err(), "still running at the crash");
+    drop(first);
+    let canary_at_crash = at(
+        &r.object(&deployments("checkout-canary")).unwrap(),
+        "spec/replicas",
+    )
+    .clone();
+    assert_eq!(canary_at_crash, 2, "50 % of 4");
+    let written_before = r.world.lock().unwrap().replicas.len();
+
+    let second = controller_over(&r, &text, store, r.client());
+    let end = second.drive("r1", None, None).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+    // Re-applied on resume: the canary kept its 2 replicas until the weight went to 100 %.
+    let after: Vec<i64> = r.world.lock().unwrap().replicas[written_before..]
+        .iter()
+        .filter(|(p, _)| *p == deployments("checkout-canary"))
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        after,
+        vec![2, 2, 4, 0],
+        "resume re-applies 2, then 100 %, then scale-down before delete"
+    );
+    let stable = r.object(&deployments("checkout")).unwrap();
+    assert_eq!(image(&stable), "registry.example.com/checkout:v2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_preview_checks_run_without_an_address_when_they_name_their_url() {
+    // The Kubernetes deployer reports no endpoints: a check with its own URL still runs
+    // (a bare path is refused by the policy decoder, at its line).
+    let text = policy(
+        "{mode: service_selector, service: checkout}",
+        "{blue_green: {stability: 1m, preview: [{http: 'http://checkout-canary.shop.svc/healthz'}]}}",
+    );
+    let r = release(
+        &text,
+        vec![
+            (deployments("checkout"), stable("v1", 3)),
+            (
+                services("checkout"),
+                service(
+                    "checkout",
+                    json!({"app": "checkout", "rampart.dev/track": "stable"}),
+                ),
+            ),
+        ],
+    )
+    .await;
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+}

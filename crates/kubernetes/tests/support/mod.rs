@@ -1,0 +1,383 @@
+//! A FAKE Kubernetes API server for the adapter's tests: no cluster runs here.
+//!
+//! Owns the scripted transport: `kube::Client::new` over a `tower_test::mock::pair`, and
+//! a task that answers each request from a named scenario, asserting its method, path,
+//! query and (for writes) its JSON body. It must not reach the network: every byte
+//! stays in memory. Tests against a real cluster live in `scripts/e2e-kind.sh` and in
+//! tests marked `#[ignore = "needs cluster"]`.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use rampart_core::policy::{KubeDeploySpec, KubeMode, KubeTrafficSpec};
+use rampart_kubernetes::Kubernetes;
+use serde_json::{Value, json};
+
+pub const NS: &str = "shop";
+
+pub fn deployments(name: &str) -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}")
+}
+
+pub fn services(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/services/{name}")
+}
+
+pub fn routes(name: &str) -> String {
+    format!("/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/{name}")
+}
+
+type Check = Box<dyn Fn(&Value) + Send>;
+
+/// What the fake answers.
+pub enum Answer {
+    /// A status and a JSON body.
+    Json(u16, Value),
+    /// A transport failure (connection refused).
+    Refused,
+}
+
+/// One expected request and its canned answer.
+pub struct Exchange {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, &'static str)>,
+    check: Option<Check>,
+    answer: Answer,
+}
+
+/// A named, ordered list of exchanges.
+pub struct Scenario {
+    name: &'static str,
+    steps: Vec<Exchange>,
+}
+
+impl Scenario {
+    pub fn new(name: &'static str) -> Scenario {
+        Scenario {
+            name,
+            steps: Vec::new(),
+        }
+    }
+
+    pub fn get(mut self, path: String, status: u16, body: Value) -> Scenario {
+        self.steps.push(Exchange {
+            method: Method::GET,
+            path,
+            query: Vec::new(),
+            check: None,
+            answer: Answer::Json(status, body),
+        });
+        self
+    }
+
+    /// A server-side apply by the field manager `rampart`, with `force`.
+    pub fn apply(
+        mut self,
+        path: String,
+        check: impl Fn(&Value) + Send + 'static,
+        status: u16,
+        body: Value,
+    ) -> Scenario {
+        self.steps.push(Exchange {
+            method: Method::PATCH,
+            path,
+            query: vec![("fieldManager", "rampart"), ("force", "true")],
+            check: Some(Box::new(check)),
+            answer: Answer::Json(status, body),
+        });
+        self
+    }
+
+    pub fn delete(mut self, path: String, status: u16, body: Value) -> Scenario {
+        self.steps.push(Exchange {
+            method: Method::DELETE,
+            path,
+            query: Vec::new(),
+            check: None,
+            answer: Answer::Json(status, body),
+        });
+        self
+    }
+
+    pub fn refused(mut self, method: Method, path: String) -> Scenario {
+        self.steps.push(Exchange {
+            method,
+            path,
+            query: Vec::new(),
+            check: None,
+            answer: Answer::Refused,
+        });
+        self
+    }
+
+    /// Starts the fake; returns a client over it and a handle that checks, when
+    /// awaited, that every exchange happened and nothing more was asked. The bodies of
+    /// every write are returned in order.
+    pub fn serve(self) -> (kube::Client, tokio::task::JoinHandle<Vec<Value>>) {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let name = self.name;
+        let task = tokio::spawn(async move {
+            let mut written = Vec::new();
+            for (i, step) in self.steps.into_iter().enumerate() {
+                let Some((req, send)) = handle.next_request().await else {
+                    panic!(
+                        "scenario `{name}`: the client stopped before exchange {i} ({} {})",
+                        step.method, step.path
+                    );
+                };
+                let at = format!("scenario `{name}`, exchange {i}");
+                assert_eq!(req.method(), step.method, "{at}: method of {}", req.uri());
+                assert_eq!(req.uri().path(), step.path, "{at}: path");
+                let query: Vec<(String, String)> = req
+                    .uri()
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                for (k, v) in &step.query {
+                    assert!(
+                        query.iter().any(|(qk, qv)| qk == k && qv == v),
+                        "{at}: query {:?} lacks {k}={v}",
+                        req.uri().query()
+                    );
+                }
+                if step.method == Method::PATCH {
+                    let ct = req
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    assert_eq!(ct, "application/apply-patch+yaml", "{at}: content type");
+                }
+                let bytes = req.into_body().collect_bytes().await.expect("request body");
+                if let Some(check) = &step.check {
+                    let body: Value = serde_json::from_slice(&bytes).expect("JSON body");
+                    check(&body);
+                    written.push(body);
+                }
+                match step.answer {
+                    Answer::Json(status, body) => send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Body::from(serde_json::to_vec(&body).expect("JSON")))
+                            .expect("response"),
+                    ),
+                    Answer::Refused => send.send_error(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "connection refused",
+                    )),
+                }
+            }
+            if let Some((req, _)) = handle.next_request().await {
+                panic!(
+                    "scenario `{name}`: unexpected extra request {} {}",
+                    req.method(),
+                    req.uri()
+                );
+            }
+            written
+        });
+        (kube::Client::new(mock, NS), task)
+    }
+}
+
+/// Runs `op` against the scenario and returns its result and the bodies written.
+/// The adapter (and so the client) is dropped before the scenario's end is checked.
+pub async fn run<T>(
+    scenario: Scenario,
+    mode: KubeMode,
+    op: impl AsyncFnOnce(&Kubernetes) -> T,
+) -> (T, Vec<Value>) {
+    run_with(scenario, deploy_spec(), mode, op).await
+}
+
+/// As [`run`], with another deploy spec.
+pub async fn run_with<T>(
+    scenario: Scenario,
+    spec: KubeDeploySpec,
+    mode: KubeMode,
+    op: impl AsyncFnOnce(&Kubernetes) -> T,
+) -> (T, Vec<Value>) {
+    let (client, task) = scenario.serve();
+    let k = Kubernetes::new(client, spec, KubeTrafficSpec { mode })
+        .with_poll_interval(Duration::from_secs(1));
+    let out = op(&k).await;
+    drop(k);
+    (out, task.await.expect("the fake API server panicked"))
+}
+
+pub fn deploy_spec() -> KubeDeploySpec {
+    KubeDeploySpec {
+        namespace: NS.into(),
+        deployment: "checkout".into(),
+        container: "app".into(),
+        image: "registry.example.com/checkout:{version}".into(),
+        canary_name: "checkout-canary".into(),
+        ready_timeout: Duration::from_secs(60),
+        context: None,
+    }
+}
+
+pub fn selector() -> KubeMode {
+    KubeMode::ServiceSelector {
+        service: "checkout".into(),
+    }
+}
+
+pub fn http_route() -> KubeMode {
+    KubeMode::HttpRoute {
+        service: "checkout".into(),
+        route: "checkout".into(),
+    }
+}
+
+pub fn ratio(replicas: u32) -> KubeMode {
+    KubeMode::ReplicaRatio { replicas }
+}
+
+/// The rollout status of a Deployment: observed generation, updated, available and
+/// total replicas.
+#[derive(Clone, Copy, Debug)]
+pub struct Status {
+    pub observed: i64,
+    pub updated: i32,
+    pub available: i32,
+    pub total: i32,
+}
+
+impl Status {
+    pub fn ready(replicas: i32) -> Status {
+        Status {
+            observed: 1,
+            updated: replicas,
+            available: replicas,
+            total: replicas,
+        }
+    }
+}
+
+/// A Deployment as the API server returns it (generation 1).
+pub fn deployment(name: &str, track: &str, version: &str, replicas: i32, status: Status) -> Value {
+    let mut labels = json!({ "app": "checkout", "rampart.dev/track": track });
+    let mut pod_labels = labels.clone();
+    if track == "canary" {
+        labels["rampart.dev/version"] = json!(version);
+        pod_labels["rampart.dev/version"] = json!(version);
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "generation": 1,
+            "resourceVersion": "42",
+            "uid": "0000",
+            "labels": labels,
+            "annotations": { "deployment.kubernetes.io/revision": "3" },
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": "checkout", "rampart.dev/track": track } },
+            "template": {
+                "metadata": { "labels": pod_labels },
+                "spec": { "containers": [
+                    { "name": "app", "image": format!("registry.example.com/checkout:{version}"),
+                      "ports": [ { "containerPort": 8080 } ] },
+                    { "name": "sidecar", "image": "registry.example.com/proxy:1" }
+                ] }
+            }
+        },
+        "status": {
+            "observedGeneration": status.observed,
+            "updatedReplicas": status.updated,
+            "availableReplicas": status.available,
+            "readyReplicas": status.available,
+            "replicas": status.total,
+        }
+    })
+}
+
+pub fn stable(version: &str, replicas: i32) -> Value {
+    deployment(
+        "checkout",
+        "stable",
+        version,
+        replicas,
+        Status::ready(replicas),
+    )
+}
+
+pub fn canary(version: &str, replicas: i32) -> Value {
+    deployment(
+        "checkout-canary",
+        "canary",
+        version,
+        replicas,
+        Status::ready(replicas),
+    )
+}
+
+pub fn not_found(kind: &str, name: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("{kind} \"{name}\" not found"), "reason": "NotFound", "code": 404
+    })
+}
+
+pub fn server_error() -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500
+    })
+}
+
+pub fn service(name: &str, selector: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name, "namespace": NS },
+        "spec": {
+            "selector": selector,
+            "ports": [ { "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" } ]
+        }
+    })
+}
+
+pub fn route(stable_weight: Option<i64>, canary_weight: Option<i64>) -> Value {
+    let mut refs = vec![json!({ "name": "checkout", "port": 80 })];
+    if let Some(w) = stable_weight {
+        refs[0]["weight"] = json!(w);
+    }
+    if let Some(w) = canary_weight {
+        refs.push(json!({ "name": "checkout-canary", "port": 80, "weight": w }));
+    }
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": { "name": "checkout", "namespace": NS, "resourceVersion": "7" },
+        "spec": {
+            "parentRefs": [ { "name": "public" } ],
+            "rules": [
+                { "matches": [ { "path": { "type": "PathPrefix", "value": "/" } } ], "backendRefs": refs },
+                { "matches": [ { "path": { "type": "PathPrefix", "value": "/admin" } } ],
+                  "backendRefs": [ { "name": "admin", "port": 80 } ] }
+            ]
+        }
+    })
+}
+
+/// A JSON value at a `/`-separated path (`spec/template/metadata/labels`).
+pub fn at<'v>(v: &'v Value, path: &str) -> &'v Value {
+    path.split('/').fold(v, |v, k| match k.parse::<usize>() {
+        Ok(i) => &v[i],
+        Err(_) => &v[k],
+    })
+}
+
+pub mod cluster;

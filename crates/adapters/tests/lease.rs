@@ -64,7 +64,7 @@ async fn a_silent_leader_is_replaced_after_one_lease_time_and_its_late_writes_ar
     let r = replicas().await;
     let (la, lb) = (lease(&r.a, &r.clock, "a"), lease(&r.b, &r.clock, "b"));
     let token_a = la.acquire().await;
-    assert_eq!(token_a, 1, "nobody held it: taken at once");
+    assert_eq!(token_a.token, 1, "nobody held it: taken at once");
     r.a.create(&rel("r1")).await.unwrap();
     let standby = r.b.append("r1", &entry(0)).await.unwrap_err();
     assert!(standby.0.starts_with(NOT_LEADER), "{standby}");
@@ -81,7 +81,7 @@ async fn a_silent_leader_is_replaced_after_one_lease_time_and_its_late_writes_ar
     let silent_at = r.clock.now();
     let token_b = campaign.await.unwrap();
     let took = r.clock.now() - silent_at;
-    assert_eq!(token_b, 2);
+    assert_eq!(token_b.token, 2);
     assert!(
         (TTL_MS - BEAT_MS..=TTL_MS + 2 * BEAT_MS).contains(&took),
         "taken over after {took} ms"
@@ -94,31 +94,56 @@ async fn a_silent_leader_is_replaced_after_one_lease_time_and_its_late_writes_ar
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_leader_that_stalled_past_its_lease_learns_it_was_deposed_and_stops_acting() {
+async fn a_leader_that_stalled_past_half_its_lease_steps_down_at_once() {
     let r = replicas().await;
     let (la, lb) = (lease(&r.a, &r.clock, "a"), lease(&r.b, &r.clock, "b"));
-    let token_a = la.acquire().await;
+    let held_a = la.acquire().await;
     r.a.create(&rel("r1")).await.unwrap();
     // `a` stalls (a long pause) without renewing; `b` takes over meanwhile.
-    let token_b = lb.acquire().await;
-    assert_eq!(token_b, token_a + 1);
-    // When `a` wakes up, its first renewal tells it, and the store refuses it at once.
-    assert_eq!(la.hold(token_a).await, Deposed::TakenOver(token_a));
+    let held_b = lb.acquire().await;
+    assert_eq!(held_b.token, held_a.token + 1);
+    // When `a` wakes up, more than half a lease time has passed since it last renewed:
+    // it steps down before asking anything, and the store refuses it at once.
+    assert!(matches!(la.hold(held_a).await, Deposed::Stalled(_)));
     let err = r.a.append("r1", &entry(0)).await.unwrap_err();
     assert!(err.0.starts_with(NOT_LEADER), "{err}");
     r.b.append("r1", &entry(0)).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_leader_whose_lease_was_taken_over_learns_it_at_its_next_renewal() {
+    let r = replicas().await;
+    let la = lease(&r.a, &r.clock, "a");
+    let held_a = la.acquire().await;
+    let holding = tokio::spawn(async move { la.hold(held_a).await });
+    // Another replica takes the row over from under it (its clock ran fast, say).
+    let seen = r.b.lease_state("serve").await.unwrap().unwrap();
+    let token_b =
+        r.b.take_lease("serve", "b", Some(&seen))
+            .await
+            .unwrap()
+            .unwrap();
+    r.b.fence_as_leader("serve", "b", token_b);
+    let started = r.clock.now();
+    assert_eq!(holding.await.unwrap(), Deposed::TakenOver(held_a.token));
+    assert!(
+        r.clock.now() - started <= BEAT_MS,
+        "learnt it after more than a beat"
+    );
+    let err = r.a.create(&rel("r1")).await.unwrap_err();
+    assert!(err.0.starts_with(NOT_LEADER), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_released_lease_is_taken_without_waiting_a_lease_time() {
     let r = replicas().await;
     let (la, lb) = (lease(&r.a, &r.clock, "a"), lease(&r.b, &r.clock, "b"));
-    let token_a = la.acquire().await;
+    let held_a = la.acquire().await;
     let campaign = tokio::spawn(async move { lb.acquire().await });
     r.clock.sleep_until(r.clock.now() + BEAT_MS).await;
-    la.release(token_a).await;
+    la.release(held_a).await;
     let released_at = r.clock.now();
-    assert_eq!(campaign.await.unwrap(), token_a + 1);
+    assert_eq!(campaign.await.unwrap().token, held_a.token + 1);
     assert!(
         r.clock.now() - released_at <= BEAT_MS,
         "waited for the lease time"

@@ -361,25 +361,40 @@ impl Controller {
                 // leave a process nobody tracks. Requests wait until it is ready or has
                 // failed (at most its readiness timeout).
                 let interruptible = !matches!(action_kind(&inflight), Some(true));
-                let (input, done) = match inflight.as_mut() {
+                let (next, done) = match inflight.as_mut() {
                     Some((_, work)) => tokio::select! {
-                        input = work => (input, true),
-                        Some(cmd) = recv(&mut commands), if interruptible => (cmd, false),
-                        cmd = self.queued_command(&run.id), if interruptible => (cmd?, false),
+                        input = work => (Some(input), true),
+                        Some(cmd) = recv(&mut commands), if interruptible => (Some(cmd), false),
+                        () = self.request_signal(&run.id), if interruptible => (None, false),
                     },
                     None => return Err(ControllerError::Stuck(run.id, run.state.phase.as_str())),
                 };
                 if done {
                     inflight = None;
                 }
-                input
+                // Taken outside the select: a take cut short there could mark a
+                // request taken and lose it.
+                match next {
+                    Some(input) => input,
+                    None => match self.take_queued(&run.id).await? {
+                        Some(input) => input,
+                        None => continue,
+                    },
+                }
             } else if let Some(at) = run.state.wake_at() {
                 inflight = None;
                 let sleep = self.ports.clock.sleep_until(at);
-                tokio::select! {
-                    () = sleep => Input::Tick,
-                    Some(cmd) = recv(&mut commands) => cmd,
-                    cmd = self.queued_command(&run.id) => cmd?,
+                let next = tokio::select! {
+                    () = sleep => Some(Input::Tick),
+                    Some(cmd) = recv(&mut commands) => Some(cmd),
+                    () = self.request_signal(&run.id) => None,
+                };
+                match next {
+                    Some(input) => input,
+                    None => match self.take_queued(&run.id).await? {
+                        Some(input) => input,
+                        None => continue,
+                    },
                 }
             } else {
                 return Err(ControllerError::Stuck(run.id, run.state.phase.as_str()));
@@ -473,27 +488,36 @@ impl Controller {
         }
     }
 
-    /// Resolves with the next operator request queued in the store for this release
-    /// (`rampart rollback`, `approve`, the API), polling every quarter second. Requests
-    /// taken together are handed out one by one, oldest first.
-    async fn queued_command(&self, id: &str) -> Result<Input, ControllerError> {
-        let wake = self.inbox.as_ref().and_then(|i| i.register(id));
-        loop {
-            if let Some(input) = self.backlog.lock().ok().and_then(|mut b| b.pop_front()) {
-                return Ok(input);
-            }
-            match &wake {
-                Some(n) => n.notified().await,
-                None => {
-                    let next = self.ports.clock.now() + COMMAND_POLL_MS;
-                    self.ports.clock.sleep_until(next).await;
-                }
-            }
-            let taken = self.ports.store.take_commands(id).await?;
-            if let Ok(mut backlog) = self.backlog.lock() {
-                backlog.extend(taken.iter().map(|cmd| cmd.kind.input(cmd)));
+    /// Resolves when an operator request may be queued in the store for this release
+    /// (`rampart rollback`, `approve`, the API): at once when some were taken already,
+    /// else when the inbox says so, or every quarter second without one. Takes nothing,
+    /// so it is safe to drop.
+    async fn request_signal(&self, id: &str) {
+        if self.backlog.lock().is_ok_and(|b| !b.is_empty()) {
+            return;
+        }
+        match self.inbox.as_ref().and_then(|i| i.register(id)) {
+            Some(n) => n.notified().await,
+            None => {
+                let next = self.ports.clock.now() + COMMAND_POLL_MS;
+                self.ports.clock.sleep_until(next).await;
             }
         }
+    }
+
+    /// The next operator request for this release: one taken before, else the oldest
+    /// queued in the store. Requests taken together are handed out one by one.
+    async fn take_queued(&self, id: &str) -> Result<Option<Input>, ControllerError> {
+        if let Some(input) = self.backlog.lock().ok().and_then(|mut b| b.pop_front()) {
+            return Ok(Some(input));
+        }
+        let taken = self.ports.store.take_commands(id).await?;
+        let mut backlog = self
+            .backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        backlog.extend(taken.iter().map(|cmd| cmd.kind.input(cmd)));
+        Ok(backlog.pop_front())
     }
 
     /// A request already waiting (from the channel or the store), without waiting.

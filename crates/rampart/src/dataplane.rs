@@ -15,11 +15,8 @@ use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyServer, Totals};
 use rampart_adapters::store::StateStore;
-use rampart_core::metrics::IntervalSample;
 use rampart_core::policy::{Policy, Traffic};
-use rampart_core::ports::{
-    BoxFuture, Deployer, FlagStore, MetricsSource, PortError, TrafficRouter,
-};
+use rampart_core::ports::{Deployer, FlagStore, MetricsSource, TrafficRouter};
 
 use crate::run::RunError;
 
@@ -162,15 +159,20 @@ struct Uncounted;
 
 #[cfg(feature = "kubernetes")]
 impl MetricsSource for Uncounted {
-    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
-        Box::pin(async { Ok(IntervalSample::default()) })
+    fn measure(
+        &self,
+    ) -> rampart_core::ports::BoxFuture<
+        '_,
+        Result<rampart_core::metrics::IntervalSample, rampart_core::ports::PortError>,
+    > {
+        Box::pin(async { Ok(rampart_core::metrics::IntervalSample::default()) })
     }
 }
 
 #[cfg(feature = "kubernetes")]
 impl Totals for Uncounted {
-    fn totals(&self) -> IntervalSample {
-        IntervalSample::default()
+    fn totals(&self) -> rampart_core::metrics::IntervalSample {
+        rampart_core::metrics::IntervalSample::default()
     }
 }
 

@@ -293,6 +293,35 @@ fn random_hex(bytes: usize) -> Result<String, PortError> {
 /// The prefix of every API token (so a leaked one is easy to find and scan for).
 pub const TOKEN_PREFIX: &str = "rampart_";
 
+// === impl StateStore: notes ===
+
+impl StateStore {
+    /// Records an action that changes no table (an approval asked for, say) in the
+    /// audit chain, and returns the record's position.
+    pub async fn note(
+        &self,
+        at: Millis,
+        actor: &str,
+        action: &str,
+        release: Option<&str>,
+        body: &str,
+    ) -> Result<i64, PortError> {
+        let mut tx = self.chained().await?;
+        let mut last = head(&mut tx).await?;
+        let row = next_record(
+            &mut last,
+            at,
+            actor,
+            action,
+            release.map(|r| (r, None)),
+            body,
+        );
+        tx.execute(INSERT_CHAIN, &row).await?;
+        tx.commit().await?;
+        Ok(last.0)
+    }
+}
+
 // === impl StateStore: tokens ===
 
 impl StateStore {

@@ -38,7 +38,7 @@ impl StateStore {
     /// The lease's row, if anyone ever held it.
     pub async fn lease_state(&self, name: &str) -> Result<Option<LeaseState>, PortError> {
         let row = self
-            .db
+            .lease_db
             .conn()
             .await?
             .query_opt(
@@ -65,7 +65,7 @@ impl StateStore {
         holder: &str,
         seen: Option<&LeaseState>,
     ) -> Result<Option<i64>, PortError> {
-        let mut c = self.db.conn().await?;
+        let mut c = self.lease_db.conn().await?;
         let Some(seen) = seen else {
             let n = c
                 .execute(
@@ -94,7 +94,7 @@ impl StateStore {
         token: i64,
     ) -> Result<bool, PortError> {
         let n = self
-            .db
+            .lease_db
             .conn()
             .await?
             .execute(
@@ -114,7 +114,7 @@ impl StateStore {
         token: i64,
     ) -> Result<(), PortError> {
         self.set_fence(Fence::Standby);
-        self.db
+        self.lease_db
             .conn()
             .await?
             .execute(
@@ -169,6 +169,19 @@ pub enum Deposed {
     /// The store could not be reached for half a lease time.
     #[error("the lease could not be renewed for {0:?}: {1}")]
     Unreachable(Duration, String),
+    /// This replica did not get to renew for half a lease time (it was paused, or its
+    /// machine was overloaded).
+    #[error("the lease was not renewed for {0:?} (this replica stalled)")]
+    Stalled(Duration),
+}
+
+/// The lease as this replica holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The fencing token.
+    pub token: i64,
+    /// When it was taken, on this replica's clock (before it asked).
+    pub since: Millis,
 }
 
 fn ms(d: Duration) -> Millis {
@@ -201,24 +214,26 @@ impl Lease {
     }
 
     /// Waits until this replica holds the lease, fences the store as its leader, and
-    /// returns the fencing token.
-    pub async fn acquire(&self) -> i64 {
-        // The row as last seen, and when (on this replica's clock) it last changed.
+    /// returns the fencing token with when it was taken.
+    pub async fn acquire(&self) -> Held {
+        // The row as last seen, and when (on this replica's clock, read after the row
+        // came back) it was first seen so.
         let mut seen: Option<(Option<LeaseState>, Millis)> = None;
         loop {
-            let now = self.clock.now();
+            let started = self.clock.now();
             match self.store.lease_state(&self.name).await {
                 Err(e) => tracing::warn!(lease = %self.name, "cannot read the lease: {e}"),
                 Ok(state) => {
-                    let free = match &state {
-                        None => true,
-                        Some(s) => s.holder.is_empty(),
-                    };
+                    // A read that waited counts from its answer: the row may have been
+                    // renewed just before it was read.
+                    let now = self.clock.now();
+                    let free = state.as_ref().is_none_or(|s| s.holder.is_empty());
                     let since = match &seen {
                         Some((prev, since)) if *prev == state => *since,
                         _ => now,
                     };
                     if free || now.saturating_sub(since) >= ms(self.ttl) {
+                        let asked = self.clock.now();
                         match self
                             .store
                             .take_lease(&self.name, &self.holder, state.as_ref())
@@ -227,7 +242,10 @@ impl Lease {
                             Ok(Some(token)) => {
                                 self.store.fence_as_leader(&self.name, &self.holder, token);
                                 tracing::info!(lease = %self.name, holder = %self.holder, token, "took the leader lease");
-                                return token;
+                                return Held {
+                                    token,
+                                    since: asked,
+                                };
                             }
                             Ok(None) => {}
                             Err(e) => {
@@ -238,55 +256,60 @@ impl Lease {
                     seen = Some((state, since));
                 }
             }
-            self.clock.sleep_until(now + self.beat()).await;
+            self.clock.sleep_until(started + self.beat()).await;
         }
     }
 
-    /// Renews the lease held with `token` until it is lost, then fences the store as a
-    /// standby and says why. A renewal that fails keeps being retried; after half a
-    /// lease time without one the leader steps down, before any candidate (which
-    /// waits a whole lease time) can take over.
-    pub async fn hold(&self, token: i64) -> Deposed {
-        let mut renewed = self.clock.now();
-        loop {
-            self.clock.sleep_until(self.clock.now() + self.beat()).await;
+    /// Renews the lease until it is lost, then fences the store as a standby and says
+    /// why. A renewal that fails is retried soon; the leader steps down once half a
+    /// lease time has passed since its last renewal (or since it took the lease)
+    /// without another, before any candidate (which waits a whole lease time of no
+    /// change) can take over.
+    pub async fn hold(&self, held: Held) -> Deposed {
+        let half = ms(self.ttl) / 2;
+        let mut renewed = held.since;
+        let mut wait = self.beat();
+        let lost = loop {
+            let deadline = renewed + half;
+            self.clock
+                .sleep_until((self.clock.now() + wait).min(deadline))
+                .await;
             let asked = self.clock.now();
+            if asked >= deadline {
+                break Deposed::Stalled(self.ttl / 2);
+            }
             // A renewal that hangs (a partition) counts as failing at the deadline.
-            let deadline = renewed + ms(self.ttl) / 2;
             let outcome = tokio::select! {
-                r = self.store.renew_lease(&self.name, &self.holder, token) => Some(r),
+                r = self.store.renew_lease(&self.name, &self.holder, held.token) => Some(r),
                 () = self.clock.sleep_until(deadline) => None,
             };
-            let lost = match outcome {
+            match outcome {
                 Some(Ok(true)) => {
                     renewed = asked;
-                    None
+                    wait = self.beat();
                 }
-                Some(Ok(false)) => Some(Deposed::TakenOver(token)),
-                None => Some(Deposed::Unreachable(
-                    self.ttl / 2,
-                    "no answer from the store".into(),
-                )),
-                Some(Err(e)) if asked.saturating_sub(renewed) >= ms(self.ttl) / 2 => {
-                    Some(Deposed::Unreachable(self.ttl / 2, e.0))
+                Some(Ok(false)) => break Deposed::TakenOver(held.token),
+                None => {
+                    break Deposed::Unreachable(self.ttl / 2, "no answer from the store".into());
                 }
                 Some(Err(e)) => {
                     tracing::warn!(lease = %self.name, "cannot renew the lease (retrying): {e}");
-                    None
+                    wait = (self.beat() / 4).max(1);
+                    if self.clock.now() >= deadline {
+                        break Deposed::Unreachable(self.ttl / 2, e.0);
+                    }
                 }
-            };
-            if let Some(lost) = lost {
-                self.store.fence_as_standby();
-                return lost;
             }
-        }
+        };
+        self.store.fence_as_standby();
+        lost
     }
 
     /// Gives the lease up (orderly shutdown).
-    pub async fn release(&self, token: i64) {
+    pub async fn release(&self, held: Held) {
         if let Err(e) = self
             .store
-            .release_lease(&self.name, &self.holder, token)
+            .release_lease(&self.name, &self.holder, held.token)
             .await
         {
             tracing::warn!(lease = %self.name, "cannot release the lease: {e}");

@@ -50,10 +50,16 @@ enum Fence {
 #[derive(Debug)]
 pub struct StateStore {
     db: Db,
+    /// The lease's own connection (the same one on SQLite): a renewal never waits
+    /// behind API reads or a batch of appends.
+    lease_db: Db,
     fence: Mutex<Fence>,
     postgres: bool,
     appends: Mutex<Appends>,
 }
+
+/// The most appends one transaction writes; the rest wait for the next writer.
+const MAX_BATCH: usize = 512;
 
 /// How many releases one query asks the next log position of.
 const NEXT_SEQ_CHUNK: usize = 64;
@@ -165,26 +171,31 @@ impl StateStore {
                 .map_err(|e| db_err(format!("creating {}: {e}", dir.display())))?;
         }
         let conn = rusqlite::Connection::open(path).map_err(db_err)?;
-        Self::init(sqlite(conn)?).await
+        Self::init(sqlite(conn)?, None).await
     }
 
     /// An in-memory SQLite store, for tests.
     pub async fn in_memory() -> Result<StateStore, PortError> {
         let conn = rusqlite::Connection::open_in_memory().map_err(db_err)?;
-        Self::init(sqlite(conn)?).await
+        Self::init(sqlite(conn)?, None).await
     }
 
     /// Connects to the PostgreSQL store at `url` and migrates it (replicas starting
     /// together migrate one after another).
     #[cfg(feature = "postgres")]
     pub async fn connect(url: &str) -> Result<StateStore, PortError> {
-        Self::init(Backend::Postgres(postgres::PgConn::connect(url).await?)).await
+        let main = Backend::Postgres(Box::new(postgres::PgConn::connect(url).await?));
+        let lease = Db::new(Backend::Postgres(Box::new(
+            postgres::PgConn::connect(url).await?,
+        )));
+        Self::init(main, Some(lease)).await
     }
 
     /// Opens the store a URL names: `sqlite:PATH` (or a bare path), or
     /// `postgres://...` in a build with the `postgres` feature.
     pub async fn open_url(url: &str) -> Result<StateStore, PortError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let key_value = !url.contains("://") && url.contains('=') && url.contains(' ');
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") || key_value {
             #[cfg(feature = "postgres")]
             return Self::connect(url).await;
             #[cfg(not(feature = "postgres"))]
@@ -197,18 +208,19 @@ impl StateStore {
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
         if path.contains("://") {
-            return Err(PortError(format!(
-                "store {url}: unknown scheme; use sqlite:PATH or postgres://..."
-            )));
+            return Err(PortError::new(
+                "the store URL has an unknown scheme; use sqlite:PATH or postgres://...",
+            ));
         }
         Self::open(Path::new(path)).await
     }
 
-    async fn init(backend: Backend) -> Result<StateStore, PortError> {
+    async fn init(backend: Backend, lease_db: Option<Db>) -> Result<StateStore, PortError> {
         let postgres = !matches!(backend, Backend::Sqlite(_));
         let db = Db::new(backend);
         schema::migrate(&db).await?;
         let store = StateStore {
+            lease_db: lease_db.unwrap_or_else(|| db.clone()),
             db,
             fence: Mutex::new(Fence::Unfenced),
             postgres,
@@ -412,44 +424,46 @@ impl StateStore {
             id
         };
         let mut result = result;
-        // Whichever comes first: the connection (then this caller writes what waits),
-        // or the outcome of this append, written by the caller that got it before.
-        let conn = tokio::select! {
-            biased;
-            outcome = &mut result => {
-                return outcome.unwrap_or_else(|_| Err(db_err("the append was dropped by its writer")));
-            }
-            conn = self.db.conn() => conn,
-        };
-        match conn {
-            Ok(conn) => {
-                let batch = self
-                    .appends
-                    .lock()
-                    .map(|mut w| {
-                        w.batches += u64::from(!w.queue.is_empty());
-                        std::mem::take(&mut w.queue)
-                    })
-                    .unwrap_or_default();
-                if !batch.is_empty() {
-                    self.write_appends(conn, batch).await;
+        loop {
+            // Whichever comes first: the outcome of this append, written by a caller
+            // that got the connection before, or the connection (then this caller
+            // writes what waits, at most a batch at a time, until its own is written).
+            let conn = tokio::select! {
+                biased;
+                outcome = &mut result => {
+                    return outcome.unwrap_or_else(|_| Err(db_err("the append was dropped by its writer")));
                 }
-            }
-            Err(e) => {
-                // Withdraw this append unless another writer already took it (then its
-                // outcome is the one to report).
-                let mine = self.appends.lock().ok().and_then(|mut w| {
-                    let at = w.queue.iter().position(|p| p.id == id)?;
-                    Some(w.queue.remove(at))
-                });
-                if mine.is_some() {
-                    return Err(e);
+                conn = self.db.conn() => conn,
+            };
+            match conn {
+                Ok(conn) => {
+                    let batch = self
+                        .appends
+                        .lock()
+                        .map(|mut w| {
+                            w.batches += u64::from(!w.queue.is_empty());
+                            let take = w.queue.len().min(MAX_BATCH);
+                            let rest = w.queue.split_off(take);
+                            std::mem::replace(&mut w.queue, rest)
+                        })
+                        .unwrap_or_default();
+                    if !batch.is_empty() {
+                        self.write_appends(conn, batch).await;
+                    }
+                }
+                Err(e) => {
+                    // Withdraw this append unless another writer already took it (then
+                    // its outcome is the one to report).
+                    let mine = self.appends.lock().ok().and_then(|mut w| {
+                        let at = w.queue.iter().position(|p| p.id == id)?;
+                        Some(w.queue.remove(at))
+                    });
+                    if mine.is_some() {
+                        return Err(e);
+                    }
                 }
             }
         }
-        result
-            .await
-            .unwrap_or_else(|_| Err(db_err("the append was dropped by its writer")))
     }
 
     /// Writes a batch of appends in one transaction and tells each its outcome. An

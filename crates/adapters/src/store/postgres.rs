@@ -9,22 +9,35 @@ use std::error::Error;
 
 use bytes::BytesMut;
 use rampart_core::ports::PortError;
+use std::time::Duration;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls, Statement};
+
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::sql::{Row, Value, db_err, dollar_placeholders};
 
+/// How long one round trip may take before the connection counts as lost.
+const ROUND_TRIP: Duration = Duration::from_secs(10);
+
+/// Server-side limits of every session: a transaction left idle (its client cut off)
+/// is ended and its locks freed, and a statement waits at most this long for a lock,
+/// so a lost replica never holds the lease row or the chain lock for long.
+const SESSION_LIMITS: &str =
+    "SET idle_in_transaction_session_timeout = '5s'; SET lock_timeout = '8s'";
+
 /// One connection to PostgreSQL.
 pub struct PgConn {
-    url: String,
+    config: Config,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
+    /// Set before `BEGIN` is sent and cleared once `COMMIT` or `ROLLBACK` returned:
+    /// while set, the session may be inside a transaction.
     in_tx: bool,
 }
 
 impl std::fmt::Debug for PgConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password.
+        // The configuration may carry a password.
         f.debug_struct("PgConn")
             .field("connected", &self.client.is_some())
             .finish_non_exhaustive()
@@ -39,32 +52,49 @@ fn pg_err(e: tokio_postgres::Error) -> PortError {
 }
 
 impl PgConn {
-    /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, or the key=value
-    /// form). The connection is plain TCP: keep the server on a private network or a
-    /// local socket, or put a TLS tunnel in front (see docs/ha.md).
+    /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, or the
+    /// `host=... dbname=...` form). The connection is plain TCP: keep the server on a
+    /// private network or a local socket, or put a TLS tunnel in front (docs/ha.md).
     pub async fn connect(url: &str) -> Result<PgConn, PortError> {
+        // The error would quote the URL, password included.
+        let mut config: Config = url
+            .parse()
+            .map_err(|_| db_err("the PostgreSQL URL is not valid (postgres://USER@HOST/DB)"))?;
+        config
+            .connect_timeout(ROUND_TRIP)
+            .keepalives_idle(Duration::from_secs(5))
+            .tcp_user_timeout(ROUND_TRIP);
         let mut conn = PgConn {
-            url: url.to_string(),
+            config,
             client: None,
             statements: HashMap::new(),
             in_tx: false,
         };
-        conn.client().await?;
+        conn.connected().await?;
         Ok(conn)
     }
 
-    async fn client(&mut self) -> Result<&Client, PortError> {
+    /// Connects, or reconnects after the server or the network dropped the connection.
+    /// Never inside a transaction: statements after a silent reconnect would run
+    /// outside it (each committing on its own) while the caller believes them atomic.
+    async fn connected(&mut self) -> Result<&Client, PortError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
+            if self.in_tx {
+                return Err(db_err(
+                    "the connection to PostgreSQL was lost in the middle of a transaction; its outcome is unknown until the log is read again",
+                ));
+            }
             self.statements.clear();
-            self.in_tx = false;
-            let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            let (client, connection) = tokio::time::timeout(ROUND_TRIP, self.config.connect(NoTls))
                 .await
+                .map_err(|_| db_err("cannot connect to PostgreSQL: timed out"))?
                 .map_err(|e| db_err(format!("cannot connect to PostgreSQL: {e}")))?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::warn!("PostgreSQL connection ended: {e}");
                 }
             });
+            bounded(client.batch_execute(SESSION_LIMITS)).await?;
             self.client = Some(client);
         }
         self.client
@@ -72,44 +102,63 @@ impl PgConn {
             .ok_or_else(|| db_err("no PostgreSQL connection"))
     }
 
-    /// Makes the connection usable: reconnects if it dropped, and rolls back a
-    /// transaction that was abandoned half-way.
+    /// Makes the connection usable: a transaction abandoned half-way is rolled back
+    /// (or, when the connection itself was lost, was rolled back by the server), and a
+    /// lost connection is opened again.
     pub(crate) async fn recover(&mut self) -> Result<(), PortError> {
-        let in_tx = self.in_tx;
-        let client = self.client().await?;
-        if in_tx {
-            client.batch_execute("ROLLBACK").await.map_err(pg_err)?;
+        if self.in_tx {
+            let alive = self.client.as_ref().is_some_and(|c| !c.is_closed());
+            if alive {
+                let client = self
+                    .client
+                    .as_ref()
+                    .ok_or_else(|| db_err("no PostgreSQL connection"))?;
+                if bounded(client.batch_execute("ROLLBACK")).await.is_err() {
+                    // Not answered in time: give the session up (the server ends it).
+                    self.client = None;
+                }
+            } else {
+                self.client = None;
+            }
             self.in_tx = false;
         }
+        self.connected().await?;
         Ok(())
+    }
+
+    /// Runs one round trip, bounded: a connection that does not answer in time is
+    /// given up (its session ends on the server within its limits).
+    async fn round_trip<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, PortError> {
+        let client = self.connected().await?;
+        match tokio::time::timeout(ROUND_TRIP, work(client)).await {
+            Ok(r) => r.map_err(pg_err),
+            Err(_) => {
+                self.client = None;
+                Err(db_err("PostgreSQL did not answer in time"))
+            }
+        }
     }
 
     pub(crate) async fn begin(&mut self) -> Result<(), PortError> {
-        self.client()
-            .await?
-            .batch_execute("BEGIN")
-            .await
-            .map_err(pg_err)?;
+        // Marked first: if the answer is lost, the session may be in a transaction.
+        self.connected().await?;
         self.in_tx = true;
-        Ok(())
+        self.round_trip(async |c| c.batch_execute("BEGIN").await)
+            .await
     }
 
     pub(crate) async fn commit(&mut self) -> Result<(), PortError> {
-        self.client()
-            .await?
-            .batch_execute("COMMIT")
-            .await
-            .map_err(pg_err)?;
+        self.round_trip(async |c| c.batch_execute("COMMIT").await)
+            .await?;
         self.in_tx = false;
         Ok(())
     }
 
     pub(crate) async fn batch(&mut self, sql: &str) -> Result<(), PortError> {
-        self.client()
-            .await?
-            .batch_execute(sql)
-            .await
-            .map_err(pg_err)
+        self.round_trip(async |c| c.batch_execute(sql).await).await
     }
 
     async fn statement(&mut self, sql: &str) -> Result<Statement, PortError> {
@@ -117,35 +166,31 @@ impl PgConn {
             return Ok(s.clone());
         }
         let text = dollar_placeholders(sql);
-        let stmt = self.client().await?.prepare(&text).await.map_err(pg_err)?;
+        let stmt = self.round_trip(async |c| c.prepare(&text).await).await?;
         self.statements.insert(sql.to_string(), stmt.clone());
         Ok(stmt)
     }
 
     pub(crate) async fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, PortError> {
         let stmt = self.statement(sql).await?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
         let rows = self
-            .client()
-            .await?
-            .query(&stmt, &params)
-            .await
-            .map_err(pg_err)?;
+            .round_trip(async |c| {
+                let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+                c.query(&stmt, &params).await
+            })
+            .await?;
         rows.iter().map(from_pg).collect()
     }
 
     pub(crate) async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, PortError> {
         let stmt = self.statement(sql).await?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        self.client()
-            .await?
-            .execute(&stmt, &params)
-            .await
-            .map_err(pg_err)
+        self.round_trip(async |c| {
+            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+            c.execute(&stmt, &params).await
+        })
+        .await
     }
-}
 
-impl PgConn {
     /// Runs statements that do not depend on each other's results, pipelined: all are
     /// sent before the first answer is awaited, so a batch costs about one round trip.
     pub(crate) async fn execute_all(
@@ -156,19 +201,28 @@ impl PgConn {
         for (sql, _) in statements {
             prepared.push(self.statement(sql).await?);
         }
-        let client = self.client().await?;
-        let runs = prepared
-            .iter()
-            .zip(statements)
-            .map(|(stmt, (_, args))| async move {
-                let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-                client.execute(stmt, &params).await
-            });
-        futures_util::future::try_join_all(runs)
-            .await
-            .map_err(pg_err)?;
-        Ok(())
+        self.round_trip(async |client| {
+            let runs = prepared
+                .iter()
+                .zip(statements)
+                .map(|(stmt, (_, args))| async move {
+                    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+                    client.execute(stmt, &params).await
+                });
+            futures_util::future::try_join_all(runs).await.map(|_| ())
+        })
+        .await
     }
+}
+
+/// A round trip outside `PgConn::round_trip` (while connecting), bounded the same way.
+async fn bounded<T>(
+    work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, PortError> {
+    tokio::time::timeout(ROUND_TRIP, work)
+        .await
+        .map_err(|_| db_err("PostgreSQL did not answer in time"))?
+        .map_err(pg_err)
 }
 
 fn from_pg(r: &tokio_postgres::Row) -> Result<Row, PortError> {

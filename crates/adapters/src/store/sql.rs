@@ -141,7 +141,7 @@ pub enum Backend {
     Sqlite(rusqlite::Connection),
     /// A PostgreSQL server.
     #[cfg(feature = "postgres")]
-    Postgres(super::postgres::PgConn),
+    Postgres(Box<super::postgres::PgConn>),
 }
 
 /// A connection, shared by the store's methods one at a time.
@@ -154,7 +154,8 @@ pub struct Db {
 /// statements that each commit on their own.
 #[derive(Debug)]
 pub struct Tx {
-    conn: tokio::sync::OwnedMutexGuard<Backend>,
+    /// Always `Some` until dropped (then a transaction still open is rolled back).
+    guard: Option<tokio::sync::OwnedMutexGuard<Backend>>,
     open: bool,
 }
 
@@ -185,7 +186,10 @@ impl Db {
             #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.recover().await?,
         }
-        Ok(Tx { conn, open: false })
+        Ok(Tx {
+            guard: Some(conn),
+            open: false,
+        })
     }
 }
 
@@ -238,11 +242,53 @@ fn sqlite_rows(c: &rusqlite::Connection, sql: &str, args: &[Value]) -> Result<Ve
     Ok(out)
 }
 
+/// A transaction dropped before its commit (an error returned early, a cancelled task)
+/// is rolled back at once, so it never keeps its locks: synchronously on SQLite, by a
+/// task that holds the connection until the rollback is done on PostgreSQL.
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        match &mut *guard {
+            Backend::Sqlite(c) => {
+                if !c.is_autocommit() {
+                    let _ = c.execute_batch("ROLLBACK");
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Backend::Postgres(pg) = &mut *guard {
+                            let _ = pg.recover().await;
+                        }
+                    });
+                }
+                // Without a runtime the next use of the connection rolls it back.
+            }
+        }
+    }
+}
+
 impl Tx {
+    fn backend(&mut self) -> &mut Backend {
+        // The guard is taken only by `drop`.
+        match self.guard.as_mut() {
+            Some(g) => g,
+            None => unreachable!("a transaction is used after it was dropped"),
+        }
+    }
+
     /// Begins a transaction on this connection.
     pub async fn begin(mut self) -> Result<Tx, PortError> {
-        match &mut *self.conn {
-            Backend::Sqlite(c) => c.execute_batch("BEGIN").map_err(db_err)?,
+        match self.backend() {
+            // Every transaction here writes: take the write lock at once, so another
+            // process's write cannot turn this one into a busy error half-way.
+            Backend::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?,
             #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.begin().await?,
         }
@@ -252,7 +298,7 @@ impl Tx {
 
     /// Runs statements without arguments (schema changes, transaction control).
     pub async fn batch(&mut self, sql: &str) -> Result<(), PortError> {
-        match &mut *self.conn {
+        match self.backend() {
             Backend::Sqlite(c) => c.execute_batch(sql).map_err(db_err),
             #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.batch(sql).await,
@@ -261,7 +307,7 @@ impl Tx {
 
     /// Every row a query returns.
     pub async fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, PortError> {
-        match &mut *self.conn {
+        match self.backend() {
             Backend::Sqlite(c) => sqlite_rows(c, sql, args),
             #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.query(sql, args).await,
@@ -282,7 +328,7 @@ impl Tx {
 
     /// Runs a statement and returns how many rows it changed.
     pub async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, PortError> {
-        match &mut *self.conn {
+        match self.backend() {
             Backend::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql).map_err(db_err)?;
                 let n = stmt.execute(sqlite_params(args)).map_err(db_err)?;
@@ -299,7 +345,7 @@ impl Tx {
         &mut self,
         statements: &[(&str, Vec<Value>)],
     ) -> Result<(), PortError> {
-        match &mut *self.conn {
+        match self.backend() {
             Backend::Sqlite(c) => {
                 for (sql, args) in statements {
                     let mut stmt = c.prepare_cached(sql).map_err(db_err)?;
@@ -316,7 +362,7 @@ impl Tx {
     /// one writer at a time already; PostgreSQL takes a transaction advisory lock, so
     /// two replicas never link two records to the same predecessor.
     pub async fn lock_chain(&mut self) -> Result<(), PortError> {
-        match &mut *self.conn {
+        match self.backend() {
             Backend::Sqlite(_) => Ok(()),
             #[cfg(feature = "postgres")]
             Backend::Postgres(pg) => pg.batch("SELECT pg_advisory_xact_lock(7243517)").await,
@@ -325,13 +371,13 @@ impl Tx {
 
     /// Whether this is a PostgreSQL connection.
     pub fn is_postgres(&self) -> bool {
-        !matches!(*self.conn, Backend::Sqlite(_))
+        !matches!(self.guard.as_deref(), Some(Backend::Sqlite(_)))
     }
 
     /// Commits the transaction.
     pub async fn commit(mut self) -> Result<(), PortError> {
         if self.open {
-            match &mut *self.conn {
+            match self.backend() {
                 Backend::Sqlite(c) => c.execute_batch("COMMIT").map_err(db_err)?,
                 #[cfg(feature = "postgres")]
                 Backend::Postgres(pg) => pg.commit().await?,

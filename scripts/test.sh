@@ -32,14 +32,20 @@ for component in rustfmt clippy; do
   fi
 done
 
-# schemathesis (PyPI) fuzzes the API from its OpenAPI document; kept in a virtual
-# environment under target/ so nothing is installed system-wide.
+# schemathesis (PyPI) fuzzes the API from its OpenAPI document, and the MCP SDK drives
+# `rampart mcp`; both are kept in a virtual environment under target/ so nothing is
+# installed system-wide.
 venv=target/tools/venv
 if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.*"
 fi
 export RAMPART_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
+# The Python MCP SDK (PyPI `mcp`) is the real client of `rampart mcp` in its test.
+if ! "$venv/bin/python" -c "import mcp.client.stdio" >/dev/null 2>&1; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "mcp==2.*"
+fi
+export RAMPART_MCP_PYTHON="$PWD/$venv/bin/python"
 
 set -x
 cargo fmt --all -- --check

@@ -19,6 +19,7 @@ pub mod runbook;
 pub mod samples;
 pub mod sequential;
 pub mod sim;
+pub mod skill;
 pub mod units;
 pub mod windows;
 pub mod yaml;

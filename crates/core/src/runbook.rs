@@ -91,6 +91,68 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
     );
     md.push('\n');
 
+    exposure(&mut md, policy);
+    triggers(&mut md, policy);
+    states(&mut md, policy);
+    approvals(&mut md, policy);
+    rollback_order(&mut md, policy);
+    md.push_str("## Migration safety\n\n");
+    match (&policy.migrations, migrations) {
+        (None, _) => md.push_str("This policy ships no migrations.\n\n"),
+        (Some(m), class) => {
+            let verdict = class.map_or("unknown until classified".to_string(), |c| {
+                c.as_str().to_string()
+            });
+            let _ = writeln!(
+                md,
+                "Migrations from `{}`, applied with `{}` before anything deploys. Class: **{verdict}**. If a release that shipped contract or irreversible changes fails, rampart {} (exit 4) and pages: roll forward, or repair the data and `rampart rollback {svc} --force --reason \"...\"`.\n",
+                m.dir,
+                m.command.join(" "),
+                if m.escalate {
+                    "escalates instead of rolling back"
+                } else {
+                    "rolls back the code anyway (`on_incompatible: rollback`)"
+                }
+            );
+        }
+    }
+
+    md.push_str("## Comms\n\n");
+    md.push_str(
+        "- Pages (halted, escalated, approval needed) print on the terminal running `rampart run`",
+    );
+    if policy.notify.is_empty() {
+        md.push_str("; no notify hooks are configured.\n");
+    } else {
+        md.push_str(" and go to:\n");
+        for h in &policy.notify {
+            let target = match &h.target {
+                NotifyTarget::Command(c) => format!("command `{}`", c.join(" ")),
+                NotifyTarget::Webhook { url, secret } => format!(
+                    "webhook `{url}`{}",
+                    if secret.is_some() { ", signed" } else { "" }
+                ),
+                NotifyTarget::Slack { .. } => "Slack".to_string(),
+                NotifyTarget::PagerDuty { .. } => {
+                    "PagerDuty (pages trigger an incident; the outcome resolves it)".to_string()
+                }
+            };
+            let when = if h.all() {
+                "every moment: start, each step, approvals, rollback, halt or escalation, done"
+                    .to_string()
+            } else {
+                h.on.join(", ")
+            };
+            let _ = writeln!(md, "  - {target}: {when}");
+        }
+    }
+    md.push_str("- The audit trail (every decision, who made it and why) is in the state directory; `--output json` prints it as `timeline`.\n");
+    md
+}
+
+/// The exposure plan: each step's traffic and minimum time, and what happens around them.
+pub(crate) fn exposure(md: &mut String, policy: &Policy) {
+    let svc = &policy.service;
     md.push_str("## Exposure\n\n| step | traffic to the new version | minimum time |\n| --- | --- | --- |\n");
     for (i, s) in policy.strategy.steps().iter().enumerate() {
         let traffic = match &s.approval {
@@ -135,7 +197,10 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
         );
     }
     md.push('\n');
+}
 
+/// The rollback triggers: every signal, its judge, when it fails and what follows.
+pub(crate) fn triggers(md: &mut String, policy: &Policy) {
     let a = &policy.analysis;
     let _ = writeln!(
         md,
@@ -205,7 +270,10 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
         md,
         "| both versions unhealthy | - | stable breaks the same absolute limit | - | halt and page |\n"
     );
+}
 
+/// The state diagram (Mermaid).
+pub(crate) fn states(md: &mut String, policy: &Policy) {
     md.push_str("## States\n\n```mermaid\nstateDiagram-v2\n    [*] --> Gating\n    Gating --> Blocked: gate failed or frozen\n");
     if policy.migrations.is_some() {
         md.push_str("    Gating --> Migrating\n    Migrating --> Deploying\n    Migrating --> Escalated: breaking migration failed\n");
@@ -230,7 +298,10 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
         md.push_str("    Promoting --> Succeeded\n");
     }
     md.push_str("    RollingBack --> RolledBack: stable verified\n    RollingBack --> Halted: stable unhealthy\n    Succeeded --> [*]\n    RolledBack --> [*]\n    Halted --> [*]\n    Blocked --> [*]\n```\n\n");
+}
 
+/// The approval points, and who may approve.
+pub(crate) fn approvals(md: &mut String, policy: &Policy) {
     md.push_str("## Approval points\n\n");
     let approvals: Vec<String> = policy
         .strategy
@@ -261,7 +332,11 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
             approvals.join("\n")
         );
     }
+}
 
+/// The rollback order, level by level, and the rollback cap.
+pub(crate) fn rollback_order(md: &mut String, policy: &Policy) {
+    let svc = &policy.service;
     md.push_str("## Rollback order\n\n");
     let flags = policy.level_one_flags();
     if policy.strategy.flag_only() {
@@ -313,59 +388,6 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
     }
     md.push_str("\nEach level is verified before the next; rampart stops at the first level that restores health. An operator's rollback does not wait at level 1. Operators: `rampart rollback ");
     let _ = writeln!(md, "{svc} --reason \"...\"`.\n");
-
-    md.push_str("## Migration safety\n\n");
-    match (&policy.migrations, migrations) {
-        (None, _) => md.push_str("This policy ships no migrations.\n\n"),
-        (Some(m), class) => {
-            let verdict = class.map_or("unknown until classified".to_string(), |c| {
-                c.as_str().to_string()
-            });
-            let _ = writeln!(
-                md,
-                "Migrations from `{}`, applied with `{}` before anything deploys. Class: **{verdict}**. If a release that shipped contract or irreversible changes fails, rampart {} (exit 4) and pages: roll forward, or repair the data and `rampart rollback {svc} --force --reason \"...\"`.\n",
-                m.dir,
-                m.command.join(" "),
-                if m.escalate {
-                    "escalates instead of rolling back"
-                } else {
-                    "rolls back the code anyway (`on_incompatible: rollback`)"
-                }
-            );
-        }
-    }
-
-    md.push_str("## Comms\n\n");
-    md.push_str(
-        "- Pages (halted, escalated, approval needed) print on the terminal running `rampart run`",
-    );
-    if policy.notify.is_empty() {
-        md.push_str("; no notify hooks are configured.\n");
-    } else {
-        md.push_str(" and go to:\n");
-        for h in &policy.notify {
-            let target = match &h.target {
-                NotifyTarget::Command(c) => format!("command `{}`", c.join(" ")),
-                NotifyTarget::Webhook { url, secret } => format!(
-                    "webhook `{url}`{}",
-                    if secret.is_some() { ", signed" } else { "" }
-                ),
-                NotifyTarget::Slack { .. } => "Slack".to_string(),
-                NotifyTarget::PagerDuty { .. } => {
-                    "PagerDuty (pages trigger an incident; the outcome resolves it)".to_string()
-                }
-            };
-            let when = if h.all() {
-                "every moment: start, each step, approvals, rollback, halt or escalation, done"
-                    .to_string()
-            } else {
-                h.on.join(", ")
-            };
-            let _ = writeln!(md, "  - {target}: {when}");
-        }
-    }
-    md.push_str("- The audit trail (every decision, who made it and why) is in the state directory; `--output json` prints it as `timeline`.\n");
-    md
 }
 
 fn describe(m: &crate::policy::RouteMatch) -> String {

@@ -225,7 +225,7 @@ enum Command {
         /// The store: `sqlite:PATH`, or `postgres://...` shared by several replicas
         /// (only the one holding the leader lease acts); defaults to the state
         /// directory's SQLite file.
-        #[arg(long, env = "RAMPART_STORE")]
+        #[arg(long, env = "RAMPART_STORE", hide_env_values = true)]
         store: Option<String>,
         /// This replica's name in the leader lease (unique among replicas sharing a
         /// PostgreSQL store); defaults to HOSTNAME-PID.
@@ -233,8 +233,23 @@ enum Command {
         replica: Option<String>,
         /// How long a silent leader keeps the lease before a standby takes over
         /// (PostgreSQL store only).
-        #[arg(long, env = "RAMPART_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+        #[arg(long, env = "RAMPART_LEASE_TTL", default_value = "15s", value_parser = lease_ttl)]
         lease_ttl: std::time::Duration,
+    },
+    /// A Model Context Protocol server on stdio, for AI agents: tools to validate,
+    /// start, watch, pause, abort and roll back releases against a `rampart serve`
+    /// (with an `agent` token, which the server never lets approve, promote, resume,
+    /// force a rollback or lift a freeze).
+    Mcp {
+        /// The `rampart serve` the release tools act on.
+        #[arg(long, env = "RAMPART_SERVER")]
+        server: Option<String>,
+        /// Its API token; an `agent` token (prefer the environment variable).
+        #[arg(long, env = "RAMPART_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Accept a token of a human role too (then the agent can do what it can).
+        #[arg(long)]
+        any_role: bool,
     },
     /// API tokens for `rampart serve`.
     Token {
@@ -334,6 +349,20 @@ enum Command {
         #[arg(long)]
         version: Option<String>,
     },
+    /// Writes the agent skill (SKILL.md) for the service's releases, generated from the
+    /// policy: when to use it, gates, verification signals, approval points, rollback
+    /// order, and the exact commands and MCP tools.
+    Skill {
+        /// The policy file.
+        #[arg(short = 'f', long = "file", value_name = "POLICY")]
+        file: PathBuf,
+        /// Write DIR/SKILL.md instead of printing it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Output format (`json` prints `{"service", "path", "skill"}`).
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Database migrations.
     Migrations {
         #[command(subcommand)]
@@ -387,6 +416,16 @@ enum MigrationsCommand {
     },
 }
 
+/// A lease time: a duration of at least 3 s (shorter ones make replicas take the
+/// lease from each other on any hiccup).
+fn lease_ttl(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(3) {
+        return Err(format!("{text} is too short for a lease; give at least 3s"));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Many concurrent simulated releases on one controller and one store: evaluations
@@ -400,7 +439,7 @@ enum BenchCommand {
         #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
         store: String,
         /// The PostgreSQL database for `--store postgres`.
-        #[arg(long, env = "RAMPART_BENCH_POSTGRES_URL")]
+        #[arg(long, env = "RAMPART_BENCH_POSTGRES_URL", hide_env_values = true)]
         postgres_url: Option<String>,
         /// Each release's analysis interval.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -497,6 +536,7 @@ pub async fn main(cli: Cli) -> i32 {
         } => crate::proxy_cmd::run(&file, admin, &token_env).await,
         Command::Windows { file, output } => windows(&file, output),
         Command::Runbook { file, version } => runbook(&file, version.as_deref()),
+        Command::Skill { file, out, output } => skill(&file, out.as_deref(), output),
         Command::Gameday { scenario, output } => {
             let report = crate::gameday::run(scenario, output).await;
             crate::gameday::finish(&report, output)
@@ -583,6 +623,18 @@ pub async fn main(cli: Cli) -> i32 {
                 store,
                 replica,
                 lease_ttl,
+            })
+            .await
+        }
+        Command::Mcp {
+            server,
+            token,
+            any_role,
+        } => {
+            crate::mcp::run(crate::mcp::McpOptions {
+                server,
+                token,
+                any_role,
             })
             .await
         }
@@ -747,7 +799,13 @@ pub async fn main(cli: Cli) -> i32 {
     }
 }
 
-fn replay(file: &PathBuf, samples: &PathBuf, output: Output) -> Result<Report, RunError> {
+/// Replays a policy on recorded samples; progress lines go to stdout with text output,
+/// to stderr with JSON.
+pub(crate) fn replay(
+    file: &PathBuf,
+    samples: &PathBuf,
+    output: Output,
+) -> Result<Report, RunError> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).map_err(|e| RunError::Invalid(format!("{}: {e}", p.display())))
     };
@@ -771,6 +829,44 @@ fn replay(file: &PathBuf, samples: &PathBuf, output: Output) -> Result<Report, R
         totals,
         None,
     ))
+}
+
+fn skill(file: &std::path::Path, out: Option<&std::path::Path>, output: Output) -> i32 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let policy = match crate::run::load_policy(file, &text) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let md = rampart_core::skill::render(&policy, &file.display().to_string());
+    let path = match out {
+        None => None,
+        Some(dir) => {
+            let path = dir.join("SKILL.md");
+            if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &md)) {
+                eprintln!("error: {}: {e}", path.display());
+                return 1;
+            }
+            Some(path)
+        }
+    };
+    match (output, &path) {
+        (Output::Json, _) => println!(
+            "{}",
+            serde_json::json!({"service": policy.service, "path": path.as_ref().map(|p| p.display().to_string()), "skill": md})
+        ),
+        (Output::Text, None) => print!("{md}"),
+        (Output::Text, Some(p)) => println!("{}", p.display()),
+    }
+    0
 }
 
 fn runbook(file: &std::path::Path, version: Option<&str>) -> i32 {

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod flags_cmd;
 pub mod gameday;
 pub mod load;
+pub mod mcp;
 pub mod migrations_cmd;
 pub mod ops;
 pub mod progress;

@@ -223,8 +223,9 @@ pub async fn freeze(
 pub enum TokenCommand {
     /// Create a token; prints it once, on stdout. Only its hash is kept.
     Create {
-        /// `viewer`, `deployer`, `approver` or `admin`.
-        #[arg(long, value_parser = ["viewer", "deployer", "approver", "admin"])]
+        /// `viewer`, `deployer`, `approver`, `admin`, or `agent` (an AI agent through
+        /// `rampart mcp`: never approves, promotes, resumes or lifts a freeze).
+        #[arg(long, value_parser = ["viewer", "deployer", "approver", "admin", "agent"])]
         role: String,
         /// A unique name: what the token does is recorded under it.
         #[arg(long)]
@@ -274,7 +275,7 @@ pub struct StoreArgs {
     #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
     pub state_dir: std::path::PathBuf,
     /// The store: `sqlite:PATH` or `postgres://...`; defaults to the state directory's.
-    #[arg(long, env = "RAMPART_STORE")]
+    #[arg(long, env = "RAMPART_STORE", hide_env_values = true)]
     pub store: Option<String>,
 }
 

@@ -18,9 +18,13 @@ fn routes() -> Vec<(
     Option<Value>,
     &'static [&'static str],
 )> {
-    const ALL: &[&str] = &["viewer", "deployer", "approver", "admin"];
+    const ALL: &[&str] = &["viewer", "deployer", "approver", "admin", "agent"];
+    // What an agent may do too: start releases and move them the safe way.
+    const SAFE: &[&str] = &["deployer", "admin", "agent"];
     const DEPLOY: &[&str] = &["deployer", "admin"];
     const APPROVE: &[&str] = &["approver", "admin"];
+    const ASK: &[&str] = &["deployer", "approver", "admin", "agent"];
+    const FREEZE: &[&str] = &["admin", "agent"];
     const ADMIN: &[&str] = &["admin"];
     vec![
         ("GET", "/", None, ALL),
@@ -29,7 +33,7 @@ fn routes() -> Vec<(
         ("POST", "/ui/logout", None, ALL),
         ("GET", "/api/v1/whoami", None, ALL),
         ("GET", "/api/v1/releases", None, ALL),
-        ("POST", "/api/v1/releases", Some(json!({})), DEPLOY),
+        ("POST", "/api/v1/releases", Some(json!({})), SAFE),
         ("GET", "/api/v1/releases/nope", None, ALL),
         ("GET", "/api/v1/releases/nope/events", None, ALL),
         ("GET", "/api/v1/releases/nope/metrics", None, ALL),
@@ -41,26 +45,32 @@ fn routes() -> Vec<(
             Some(json!({"reason": "r"})),
             APPROVE,
         ),
-        ("POST", "/api/v1/releases/nope/pause", None, DEPLOY),
+        ("POST", "/api/v1/releases/nope/pause", None, SAFE),
         ("POST", "/api/v1/releases/nope/resume", None, DEPLOY),
         (
             "POST",
             "/api/v1/releases/nope/abort",
             Some(json!({"reason": "r"})),
-            DEPLOY,
+            SAFE,
         ),
         (
             "POST",
             "/api/v1/releases/nope/rollback",
             Some(json!({"reason": "r"})),
-            DEPLOY,
+            SAFE,
+        ),
+        (
+            "POST",
+            "/api/v1/releases/nope/request-approval",
+            Some(json!({"reason": "r"})),
+            ASK,
         ),
         ("GET", "/api/v1/freeze", None, ALL),
         (
             "POST",
             "/api/v1/freeze",
             Some(json!({"state": "maybe", "reason": "r"})),
-            ADMIN,
+            FREEZE,
         ),
         (
             "POST",
@@ -94,7 +104,7 @@ fn is_error(v: &Value, code: &str) -> bool {
 fn every_route_enforces_its_roles_and_answers_401_without_a_valid_token() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("state"));
-    let tokens: Vec<(&str, String)> = ["viewer", "deployer", "approver", "admin"]
+    let tokens: Vec<(&str, String)> = ["viewer", "deployer", "approver", "admin", "agent"]
         .into_iter()
         .map(|role| (role, server.token(role, &format!("{role}-1"))))
         .collect();
@@ -228,6 +238,27 @@ fn the_openapi_document_lists_exactly_the_served_routes() {
     ]);
     tested.sort();
     assert_eq!(tested, documented);
+    // The roles each operation documents are the roles the server lets through.
+    for (method, path, _, allowed) in routes() {
+        let key = path
+            .replace("/nope", "/{id}")
+            .replace("/policies/{id}", "/policies/{service}")
+            .replace("/tokens/{id}", "/tokens/{name}");
+        let Some(op) = doc["paths"][key.as_str()][method.to_lowercase()].as_object() else {
+            continue; // the dashboard's routes are documented without a role line
+        };
+        let Some(line) = op["description"]
+            .as_str()
+            .and_then(|d| d.strip_prefix("Roles: "))
+        else {
+            continue;
+        };
+        let listed: Vec<&str> = line.split('.').next().unwrap().split(", ").collect();
+        let (mut listed, mut allowed) = (listed, allowed.to_vec());
+        listed.sort_unstable();
+        allowed.sort_unstable();
+        assert_eq!(listed, allowed, "{method} {path}: documented roles");
+    }
     // Every operation documents its security and its error answers.
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {

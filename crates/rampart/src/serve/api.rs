@@ -43,6 +43,11 @@ impl ApiError {
             details: None,
         }
     }
+    /// The same error with machine-readable details (`error.details`).
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
     /// 401 `unauthorized`.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -238,6 +243,32 @@ fn check_version(what: &str, v: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// An agent may start a release only of a policy a human attends: one with an approval
+/// point, or exactly the policy of the service's latest release (which was either a
+/// human's, or an agent's that passed this same rule). So an agent can never write
+/// itself a policy that goes to 100 % unattended.
+async fn agent_may_release(app: &App, policy: &rampart_core::Policy, text: &str) -> ApiResult<()> {
+    if policy.strategy.steps().iter().any(|s| s.approval.is_some()) {
+        return Ok(());
+    }
+    let latest = app
+        .store
+        .list_releases(Some(&policy.service), 1)
+        .await
+        .map_err(store_err)?;
+    if latest.first().is_some_and(|r| r.policy == text) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "an agent may start a release of {} only with an approval point in its policy, or with exactly the policy of its latest release",
+        policy.service
+    ))
+    .with_details(json!({
+        "role": "agent",
+        "instead": "use the service's checked-in policy as it was last released, or ask a human (role deployer) to start this release",
+    })))
+}
+
 /// `POST /api/v1/releases`: queues a release; the server runs it when the service has
 /// no other release in progress.
 pub async fn create_release(
@@ -266,6 +297,9 @@ pub async fn create_release(
             "workdir {} is not a directory on the server",
             workdir.display()
         )));
+    }
+    if caller.role == Role::Agent {
+        agent_may_release(&app, &policy, &body.policy).await?;
     }
     let freeze = app.store.freeze(&policy.service).await.map_err(store_err)?;
     if let (Some(f), None) = (&freeze, &body.hotfix) {
@@ -409,10 +443,12 @@ pub enum Act {
 }
 
 impl Act {
-    fn right(self) -> Right {
+    fn right(self, force: bool) -> Right {
         match self {
             Act::Approve | Act::Promote => Right::Approve,
-            _ => Right::Hold,
+            Act::Resume => Right::Resume,
+            Act::Rollback if force => Right::Force,
+            Act::Pause | Act::Abort | Act::Rollback => Right::Hold,
         }
     }
     fn kind(self) -> CommandKind {
@@ -445,7 +481,7 @@ pub async fn act(
     what: Act,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    caller.require(what.right())?;
+    caller.require(what.right(false))?;
     // The body is optional: no body is `{}`.
     let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
         ActionBody::default()
@@ -453,6 +489,7 @@ pub async fn act(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::invalid(format!("request body: {e}")))?
     };
+    caller.require(what.right(body.force))?;
     if body.force && what != Act::Rollback {
         return Err(ApiError::invalid("force applies to rollback only"));
     }
@@ -552,6 +589,99 @@ pub async fn act(
     ))
 }
 
+/// Body of `POST /api/v1/releases/{id}/request-approval`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequestBody {
+    /// Why, for the humans asked.
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /api/v1/releases/{id}/request-approval`: asks the humans for an approval of an
+/// unfinished release. Notifies the release's notification hooks (as an `approval`
+/// notice, paging), records who asked in the audit chain, and answers 202 with a
+/// handle. It approves nothing: an approver still must.
+pub async fn request_approval(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Right::RequestApproval)?;
+    let body: ApprovalRequestBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ApprovalRequestBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("request body: {e}")))?
+    };
+    if body.reason.len() > 2000 {
+        return Err(ApiError::invalid("reason is longer than 2000 characters"));
+    }
+    let l = loaded(&app, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no release {id} has started")))?;
+    if let Some(outcome) = l.record.outcome {
+        return Err(ApiError::conflict(format!(
+            "release {id} is over ({})",
+            outcome.as_str()
+        )));
+    }
+    let state = l.state();
+    let now = app.clock.now();
+    let reason = if body.reason.trim().is_empty() {
+        "no reason given".to_string()
+    } else {
+        body.reason
+    };
+    let record = json!({"reason": reason, "phase": state.phase.as_str(), "weight": state.weight.to_string()});
+    let handle = app
+        .store
+        .note(
+            now,
+            &caller.name,
+            "approval_requested",
+            Some(&id),
+            &record.to_string(),
+        )
+        .await
+        .map_err(store_err)?;
+    let notice = rampart_core::ports::Notice {
+        kind: rampart_core::release::NoticeKind::Approval,
+        page: true,
+        service: l.record.service.clone(),
+        release: id.clone(),
+        version: l.record.version.clone(),
+        stable: state.stable.clone(),
+        weight: state.weight,
+        message: format!(
+            "{} asks a human to approve release {id} of {} {} ({}, {}): {reason}. Approve with `rampart approve {id}` or on the dashboard.",
+            caller.name,
+            l.record.service,
+            l.record.version,
+            state.phase.as_str(),
+            state.weight
+        ),
+        at: now,
+    };
+    let hooks = l.policy.notify.len();
+    let notifier = rampart_adapters::notify::HookNotifier::new(l.policy.notify.clone());
+    tokio::spawn(async move {
+        use rampart_core::ports::Notifier;
+        notifier.notify(&notice).await;
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "release": id,
+            "handle": format!("approval-{handle}"),
+            "requested_by": caller.name,
+            "phase": state.phase.as_str(),
+            "hooks_notified": hooks,
+        })),
+    ))
+}
+
 // === freeze, policies, services ===
 
 /// `GET /api/v1/freeze`.
@@ -579,7 +709,7 @@ pub async fn set_freeze(
     caller: Caller,
     body: Result<Json<FreezeBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Right::Freeze)?;
+    caller.require_any(&[Right::FreezeOff, Right::FreezeOn])?;
     let Json(body) = body?;
     let on = match body.state.as_str() {
         "on" => true,
@@ -590,6 +720,11 @@ pub async fn set_freeze(
             )));
         }
     };
+    caller.require(if on {
+        Right::FreezeOn
+    } else {
+        Right::FreezeOff
+    })?;
     if body.reason.trim().is_empty() {
         return Err(ApiError::invalid("a freeze change needs a reason"));
     }
@@ -739,7 +874,7 @@ pub async fn create_token(
     check_token_name(&body.name).map_err(ApiError::invalid)?;
     let Some(role) = Role::parse(&body.role) else {
         return Err(ApiError::invalid(format!(
-            "role is one of viewer, deployer, approver, admin, not {:?}",
+            "role is one of viewer, deployer, approver, admin, agent, not {:?}",
             body.role
         )));
     };

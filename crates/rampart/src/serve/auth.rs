@@ -21,6 +21,11 @@ pub enum Role {
     Approver,
     /// Everything, including freezes and tokens.
     Admin,
+    /// An automated operator (an AI agent through `rampart mcp`): reads, starts
+    /// releases, and moves them only in the safe direction (pause, abort, roll back
+    /// without force, freeze on), and asks humans for approvals. It never approves,
+    /// promotes, resumes, forces a rollback, lifts a freeze or manages tokens.
+    Agent,
 }
 
 /// What a request needs.
@@ -30,19 +35,57 @@ pub enum Right {
     Read,
     /// Start a release.
     Create,
-    /// Pause, resume, abort or roll back: never towards more traffic on the new version.
+    /// Pause, abort or roll back: never towards more traffic on the new version.
     Hold,
+    /// Let a paused release advance again.
+    Resume,
+    /// Roll back past non-backward-compatible migrations (the data was repaired).
+    Force,
     /// Approve at an approval point, or promote.
     Approve,
-    /// Freeze or lift a freeze.
-    Freeze,
+    /// Freeze releases.
+    FreezeOn,
+    /// Lift a freeze.
+    FreezeOff,
     /// Create, list and revoke tokens.
     Tokens,
+    /// Ask the humans for an approval (they are notified).
+    RequestApproval,
+}
+
+impl Right {
+    /// What an agent refused this right should do instead, in words for its model.
+    fn instead(self) -> &'static str {
+        match self {
+            Right::Approve => {
+                "an approval from a human with role approver is needed: call request_approval and wait for the release to move on"
+            }
+            Right::Resume => {
+                "a paused release is resumed by a human (role deployer): call request_approval"
+            }
+            Right::Force => {
+                "a forced rollback past contract migrations needs a human who repaired the data: call request_approval, or roll back without force"
+            }
+            Right::FreezeOff => "a freeze is lifted by a human admin: call request_approval",
+            Right::Tokens => "tokens are managed by a human admin",
+            Right::Create
+            | Right::Hold
+            | Right::FreezeOn
+            | Right::RequestApproval
+            | Right::Read => "ask a human operator",
+        }
+    }
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Deployer, Role::Approver, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Deployer,
+        Role::Approver,
+        Role::Admin,
+        Role::Agent,
+    ];
 
     /// The stored name.
     pub fn as_str(self) -> &'static str {
@@ -51,6 +94,7 @@ impl Role {
             Role::Deployer => "deployer",
             Role::Approver => "approver",
             Role::Admin => "admin",
+            Role::Agent => "agent",
         }
     }
 
@@ -64,8 +108,26 @@ impl Role {
         match self {
             Role::Admin => true,
             Role::Viewer => right == Right::Read,
-            Role::Deployer => matches!(right, Right::Read | Right::Create | Right::Hold),
-            Role::Approver => matches!(right, Right::Read | Right::Approve),
+            Role::Deployer => matches!(
+                right,
+                Right::Read
+                    | Right::Create
+                    | Right::Hold
+                    | Right::Resume
+                    | Right::Force
+                    | Right::RequestApproval
+            ),
+            Role::Approver => {
+                matches!(right, Right::Read | Right::Approve | Right::RequestApproval)
+            }
+            Role::Agent => matches!(
+                right,
+                Right::Read
+                    | Right::Create
+                    | Right::Hold
+                    | Right::FreezeOn
+                    | Right::RequestApproval
+            ),
         }
     }
 
@@ -90,17 +152,39 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Fails with 403 unless the caller's role has `right`.
+    /// Fails with 403 unless the caller's role has `right`. The error's details name
+    /// the roles that have it and, for an agent, what it may do instead.
     pub fn require(&self, right: Right) -> Result<(), ApiError> {
         if self.role.allows(right) {
             return Ok(());
         }
+        let needs = Role::with(right);
+        let humans: Vec<&str> = needs.iter().copied().filter(|r| *r != "agent").collect();
+        let mut details = serde_json::json!({"role": self.role.as_str(), "needs": needs});
+        if self.role == Role::Agent {
+            details["instead"] = right.instead().into();
+        }
         Err(ApiError::forbidden(format!(
-            "token {} has role {}; this needs one of: {}",
+            "token {} has role {}; this needs one of: {}{}",
             self.name,
             self.role.as_str(),
-            Role::with(right).join(", ")
-        )))
+            humans.join(", "),
+            if self.role == Role::Agent {
+                format!(" ({})", right.instead())
+            } else {
+                String::new()
+            }
+        ))
+        .with_details(details))
+    }
+
+    /// Fails with 403 unless the caller's role has at least one of `rights` (the
+    /// precise one is checked once the request says which it needs).
+    pub fn require_any(&self, rights: &[Right]) -> Result<(), ApiError> {
+        match rights.iter().find(|r| self.role.allows(**r)) {
+            Some(_) => Ok(()),
+            None => rights.first().map_or(Ok(()), |r| self.require(*r)),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
-use rampart_adapters::store::lease::{Deposed, Lease};
+use rampart_adapters::store::lease::{Deposed, Held, Lease};
 
 use api::Act;
 use auth::Caller;
@@ -66,18 +66,54 @@ pub async fn open_store(
     })
 }
 
-/// A store URL fit for messages: any password replaced by `***`.
-pub fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(
+            without_password("postgres://rampart:s3cret@db:5432/r"),
+            "postgres://rampart:***@db:5432/r"
+        );
+        assert_eq!(
+            without_password("postgres://db/r?user=u&password=s3cret&sslmode=disable"),
+            "postgres://db/r?user=u&password=***&sslmode=disable"
+        );
+        assert_eq!(
+            without_password("host=db password=s3cret dbname=r password=again"),
+            "host=db password=*** dbname=r password=***"
+        );
+        assert_eq!(
+            without_password("sqlite:/var/lib/r.db"),
+            "sqlite:/var/lib/r.db"
+        );
     }
+}
+
+/// A store URL fit for messages: any password (in the authority, a `password=`
+/// parameter, or the `key=value` form) replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    let mut out = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((auth, host)) if auth.contains(':') => {
+                let user = auth.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => url.to_string(),
+        },
+        None => url.to_string(),
+    };
+    let mut from = 0;
+    while let Some(at) = out[from..].find("password=") {
+        let start = from + at + "password=".len();
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
 }
 
 macro_rules! action {
@@ -118,6 +154,10 @@ pub fn router(app: App) -> Router {
         .route("/releases/{id}/resume", post(resume))
         .route("/releases/{id}/abort", post(abort))
         .route("/releases/{id}/rollback", post(rollback))
+        .route(
+            "/releases/{id}/request-approval",
+            post(api::request_approval),
+        )
         .route("/freeze", get(api::get_freeze).post(api::set_freeze))
         .route("/policies/validate", post(api::validate_policy))
         .route("/policies/{service}", get(api::get_policy))
@@ -203,7 +243,7 @@ fn default_replica() -> String {
 async fn lead(
     queue: Arc<queue::Queue>,
     lease: Option<Lease>,
-    token: Arc<std::sync::Mutex<Option<i64>>>,
+    token: Arc<std::sync::Mutex<Option<Held>>>,
 ) -> Deposed {
     let Some(lease) = lease else {
         queue.run().await;
@@ -214,7 +254,10 @@ async fn lead(
     if let Ok(mut t) = token.lock() {
         *t = Some(held);
     }
-    println!("rampart serve: leader (fencing token {held}); resuming releases in flight");
+    println!(
+        "rampart serve: leader (fencing token {}); resuming releases in flight",
+        held.token
+    );
     tokio::spawn(queue.run());
     lease.hold(held).await
 }

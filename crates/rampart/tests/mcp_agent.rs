@@ -1,0 +1,116 @@
+//! An AI agent drives a release through `rampart mcp` with the Python MCP SDK (PyPI
+//! `mcp`, installed by `scripts/test.sh` into a virtual environment named in
+//! `RAMPART_MCP_PYTHON`): it lists the tools, starts a release, watches it reach its
+//! approval point, is refused when it tries to approve (by the server, for its `agent`
+//! token), asks for an approval, a human approves with the CLI, and the release is
+//! promoted. The audit log records the agent's actions under its token's name.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use common::serve::{Server, policy};
+use common::{exe, free_port, rampart, runtime, start_load};
+
+#[test]
+fn an_agent_is_refused_the_approval_asks_a_human_and_the_release_is_promoted() {
+    let python = std::env::var("RAMPART_MCP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let agent = server.token("agent", "release-bot");
+    let human = server.token("approver", "alice");
+    let port = free_port();
+    let rt = runtime();
+    let _load = start_load(&rt, port, 150);
+    let steps = "      - {approval: {role: release-manager, timeout: 10m}}\n";
+    let file = dir.path().join("rampart.yaml");
+    std::fs::write(&file, policy("mcp-svc", port, steps)).unwrap();
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mcp_agent.py");
+    let mut client = Command::new(&python)
+        .arg(script)
+        .arg(exe())
+        .arg(&server.url)
+        .arg(&file)
+        .env("RAMPART_TOKEN", &agent)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let waiting = lines.next().expect("the agent ended early").unwrap();
+    let mut words = waiting.split_whitespace();
+    assert_eq!(words.next(), Some("WAITING"), "{waiting}");
+    let release = words.next().unwrap().to_string();
+    assert!(words.next().unwrap().starts_with("approval-"), "{waiting}");
+
+    // The request reached the audit chain under the agent's name; nothing was approved.
+    let (_, audit) = server.call(
+        "GET",
+        &format!("/api/v1/releases/{release}/audit"),
+        Some(&human),
+        None,
+    );
+    let actions: Vec<(String, String)> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_string(),
+                r["actor"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&("approval_requested".into(), "release-bot".into())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("release_submitted".into(), "release-bot".into())),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|(a, _)| a == "request:approve"),
+        "{actions:?}"
+    );
+
+    // A human approves with the CLI.
+    let out = rampart()
+        .args(["approve", &release, "--server", &server.url])
+        .env("RAMPART_TOKEN", &human)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    writeln!(client.stdin.as_mut().unwrap(), "approved").unwrap();
+
+    let promoted = lines.next().expect("the agent ended early").unwrap();
+    assert_eq!(promoted, format!("PROMOTED {release}"));
+    assert!(client.wait().unwrap().success());
+}
+
+#[test]
+fn rampart_mcp_refuses_a_token_that_could_approve() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let admin = server.token("admin", "root");
+    let out = rampart()
+        .args(["mcp", "--server", &server.url])
+        .env("RAMPART_TOKEN", &admin)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--role agent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -348,6 +348,9 @@ enum Command {
         /// The version, to include its migration verdict.
         #[arg(long)]
         version: Option<String>,
+        /// Output format (`json` prints `{"service", "version", "runbook"}`).
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Writes the agent skill (SKILL.md) for the service's releases, generated from the
     /// policy: when to use it, gates, verification signals, approval points, rollback
@@ -399,6 +402,9 @@ enum Command {
         /// Distinct users to simulate.
         #[arg(long, default_value_t = 1000)]
         users: u64,
+        /// Output format (`json` prints `{"url", "sent", "ok", "failed", "canary"}`).
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -535,7 +541,11 @@ pub async fn main(cli: Cli) -> i32 {
             token_env,
         } => crate::proxy_cmd::run(&file, admin, &token_env).await,
         Command::Windows { file, output } => windows(&file, output),
-        Command::Runbook { file, version } => runbook(&file, version.as_deref()),
+        Command::Runbook {
+            file,
+            version,
+            output,
+        } => runbook(&file, version.as_deref(), output),
         Command::Skill { file, out, output } => skill(&file, out.as_deref(), output),
         Command::Gameday { scenario, output } => {
             let report = crate::gameday::run(scenario, output).await;
@@ -773,10 +783,11 @@ pub async fn main(cli: Cli) -> i32 {
             duration,
             user_header,
             users,
+            output,
         } => {
             let stats = std::sync::Arc::new(crate::load::LoadStats::default());
             let spec = crate::load::LoadSpec {
-                url,
+                url: url.clone(),
                 rps,
                 user_header,
                 users,
@@ -787,13 +798,19 @@ pub async fn main(cli: Cli) -> i32 {
                 _ = tokio::signal::ctrl_c() => {},
             }
             use std::sync::atomic::Ordering::Relaxed;
-            println!(
-                "sent {} ok {} failed {} canary {}",
+            let (sent, ok, failed, canary) = (
                 stats.sent.load(Relaxed),
                 stats.ok.load(Relaxed),
                 stats.failed.load(Relaxed),
-                stats.canary.load(Relaxed)
+                stats.canary.load(Relaxed),
             );
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"url": url, "sent": sent, "ok": ok, "failed": failed, "canary": canary})
+                ),
+                Output::Text => println!("sent {sent} ok {ok} failed {failed} canary {canary}"),
+            }
             0
         }
     }
@@ -869,7 +886,7 @@ fn skill(file: &std::path::Path, out: Option<&std::path::Path>, output: Output) 
     0
 }
 
-fn runbook(file: &std::path::Path, version: Option<&str>) -> i32 {
+fn runbook(file: &std::path::Path, version: Option<&str>, output: Output) -> i32 {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -902,7 +919,14 @@ fn runbook(file: &std::path::Path, version: Option<&str>) -> i32 {
         }
         _ => None,
     };
-    print!("{}", rampart_core::runbook::render(&policy, version, class));
+    let md = rampart_core::runbook::render(&policy, version, class);
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"service": policy.service, "version": version, "runbook": md})
+        ),
+        Output::Text => print!("{md}"),
+    }
     0
 }
 

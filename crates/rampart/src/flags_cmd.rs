@@ -70,6 +70,9 @@ pub enum FlagsCommand {
         /// Where state is kept.
         #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
         state_dir: PathBuf,
+        /// Output format (`json` prints the flag's new state).
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Serve the flag endpoint on its own, until interrupted.
     Serve {
@@ -195,6 +198,7 @@ async fn go(cmd: FlagsCommand) -> Result<(), Failure> {
             actor,
             file,
             state_dir,
+            output,
         } => {
             if ramp.is_none() && default.is_none() {
                 return Err((
@@ -217,7 +221,13 @@ async fn go(cmd: FlagsCommand) -> Result<(), Failure> {
                 .set_flag(&policy.service, &change)
                 .await
                 .map_err(|e| (2, e.0))?;
-            println!("{}", line(&after));
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"service": policy.service, "flag": after})
+                ),
+                Output::Text => println!("{}", line(&after)),
+            }
             Ok(())
         }
         FlagsCommand::Serve {

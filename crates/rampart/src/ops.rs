@@ -232,6 +232,9 @@ pub enum TokenCommand {
         name: String,
         #[command(flatten)]
         store: StoreArgs,
+        /// Output format (`json` prints `{"name", "role", "token"}`).
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// List tokens (names and roles; never secrets).
     List {
@@ -247,6 +250,9 @@ pub enum TokenCommand {
         name: String,
         #[command(flatten)]
         store: StoreArgs,
+        /// Output format (`json` prints `{"name", "revoked"}`).
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -294,7 +300,12 @@ async fn open(
 pub async fn token(what: TokenCommand) -> i32 {
     let now = rampart_adapters::clock::TokioClock::new().now();
     match what {
-        TokenCommand::Create { role, name, store } => {
+        TokenCommand::Create {
+            role,
+            name,
+            store,
+            output,
+        } => {
             if let Err(e) = crate::serve::api::check_token_name(&name) {
                 eprintln!("error: {e}");
                 return 2;
@@ -308,7 +319,13 @@ pub async fn token(what: TokenCommand) -> i32 {
                 .await
             {
                 Ok(secret) => {
-                    println!("{secret}");
+                    match output {
+                        Output::Json => println!(
+                            "{}",
+                            serde_json::json!({"name": name, "role": role, "token": secret})
+                        ),
+                        Output::Text => println!("{secret}"),
+                    }
                     eprintln!("token {name} ({role}) created; it is shown only this once");
                     0
                 }
@@ -341,7 +358,11 @@ pub async fn token(what: TokenCommand) -> i32 {
                 }
             }
         }
-        TokenCommand::Revoke { name, store } => {
+        TokenCommand::Revoke {
+            name,
+            store,
+            output,
+        } => {
             let store = match open(&store).await {
                 Ok(s) => s,
                 Err(code) => return code,
@@ -351,7 +372,12 @@ pub async fn token(what: TokenCommand) -> i32 {
                 .await
             {
                 Ok(()) => {
-                    println!("token {name} revoked");
+                    match output {
+                        Output::Json => {
+                            println!("{}", serde_json::json!({"name": name, "revoked": true}));
+                        }
+                        Output::Text => println!("token {name} revoked"),
+                    }
                     0
                 }
                 Err(e) => {

@@ -180,10 +180,7 @@ pub fn render(policy: &Policy, source: &str) -> String {
         );
     }
     md.push_str("- No freeze in force: a frozen service's release is blocked. A freeze is lifted by a human only.\n");
-    if approvals == 0 {
-        md.push_str("- This policy has no approval point, so rampart lets an agent start a release of it only when the policy is exactly the one of the service's latest release: a changed policy is released by a human first.\n");
-    }
-    md.push('\n');
+    md.push_str("- rampart lets an agent release only exactly the policy a human last released on the server (this file, unchanged, from the same directory), without naming the stable version or claiming a hotfix: a changed policy is released by a human first.\n\n");
 
     runbook::exposure(&mut md, policy);
     md.push_str("The weights and the bakes are rampart's: it moves traffic by itself when each step's analysis passes. Never try to go faster.\n\n");
@@ -197,7 +194,7 @@ pub fn render(policy: &Policy, source: &str) -> String {
     }
     runbook::rollback_order(&mut md, policy);
 
-    md.push_str("## What you may do\n\n| MCP tool | CLI | what it does |\n| --- | --- | --- |\n");
+    md.push_str("## What you may do\n\nThe CLI forms act on the server named by `--server URL` or `RAMPART_SERVER`, with the token in `RAMPART_TOKEN`; without a server they act on a local state directory, where no role applies, so always name the server.\n\n| MCP tool | CLI | what it does |\n| --- | --- | --- |\n");
     for (tool, cli, what) in MAY {
         let _ = writeln!(md, "| `{tool}` | `{cli}` | {what} |");
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::run::Output;
 
@@ -254,7 +254,20 @@ impl Api {
             return Ok(value);
         }
         let error = &value["error"];
-        let code = error["code"].as_str().unwrap_or("internal");
+        // An answer without rampart's error body (a proxy's page, a framework's
+        // rejection) is named by its status.
+        let code = error["code"].as_str().unwrap_or(match status {
+            400 | 413 | 422 => "invalid_request",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            409 => "conflict",
+            _ => "internal",
+        });
+        let fallback = format!(
+            "HTTP {status}: {}",
+            text.chars().take(200).collect::<String>().trim()
+        );
         let details = error["details"].clone();
         let instead = details["instead"]
             .as_str()
@@ -267,7 +280,7 @@ impl Api {
         }
         Err(refusal(
             code,
-            error["message"].as_str().unwrap_or("the server refused"),
+            error["message"].as_str().unwrap_or(&fallback),
             &instead,
             details,
         ))
@@ -547,8 +560,14 @@ fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
 }
 
 async fn handle(api: &Api, message: &Value) -> Option<Value> {
+    // A notification (no id) is not answered; neither is a response to us (no method).
     let id = message.get("id")?.clone();
-    let method = message["method"].as_str().unwrap_or_default();
+    let Some(method) = message.get("method").and_then(Value::as_str) else {
+        if message.get("result").is_some() || message.get("error").is_some() {
+            return None;
+        }
+        return Some(rpc_error(&id, -32600, "a request needs a method"));
+    };
     let params = &message["params"];
     let result = match method {
         "initialize" => {
@@ -588,7 +607,9 @@ async fn handle(api: &Api, message: &Value) -> Option<Value> {
         }
         "resources/list" => list_resources(api).await,
         "resources/read" => {
-            let uri = params["uri"].as_str().unwrap_or_default();
+            let Some(uri) = params["uri"].as_str() else {
+                return Some(rpc_error(&id, -32602, "resources/read needs a uri"));
+            };
             match read_resource(api, uri).await {
                 Ok(v) => v,
                 Err(e) => return Some(rpc_error(&id, -32002, &e)),
@@ -636,21 +657,42 @@ pub async fn run(opts: McpOptions) -> i32 {
             }
         }
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut input = BufReader::new(tokio::io::stdin());
     let mut stdout = tokio::io::stdout();
+    let mut line = Vec::new();
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(l)) => l,
-            Ok(None) => return 0,
+        line.clear();
+        // Bytes, not text: a line that is not UTF-8 is answered as a parse error
+        // instead of ending the server.
+        match (&mut input)
+            .take(MAX_MESSAGE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) => return 0,
+            Ok(_) => {}
             Err(e) => {
                 eprintln!("error: reading stdin: {e}");
                 return 1;
             }
-        };
-        if line.trim().is_empty() {
+        }
+        if line.len() as u64 >= MAX_MESSAGE && !line.ends_with(b"\n") {
+            // Too long: skip the rest of it.
+            let mut rest = Vec::new();
+            let _ = input.read_until(b'\n', &mut rest).await;
+            let answer = rpc_error(&Value::Null, -32600, "message too long");
+            if write_line(&mut stdout, &answer).await.is_err() {
+                return 0;
+            }
             continue;
         }
-        let answer = match serde_json::from_str::<Value>(&line) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let answer = match serde_json::from_slice::<Value>(&line) {
+            Ok(Value::Array(batch)) if batch.is_empty() => {
+                Some(rpc_error(&Value::Null, -32600, "an empty batch"))
+            }
             Ok(Value::Array(batch)) => {
                 let mut out = Vec::new();
                 for m in &batch {
@@ -667,12 +709,20 @@ pub async fn run(opts: McpOptions) -> i32 {
                 &format!("parse error: {e}"),
             )),
         };
-        if let Some(a) = answer {
-            let mut text = a.to_string();
-            text.push('\n');
-            if stdout.write_all(text.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
-                return 0;
-            }
+        if let Some(a) = answer
+            && write_line(&mut stdout, &a).await.is_err()
+        {
+            return 0;
         }
     }
+}
+
+/// The longest message read, in bytes.
+const MAX_MESSAGE: u64 = 4 << 20;
+
+async fn write_line(out: &mut tokio::io::Stdout, message: &Value) -> std::io::Result<()> {
+    let mut text = message.to_string();
+    text.push('\n');
+    out.write_all(text.as_bytes()).await?;
+    out.flush().await
 }

@@ -12,7 +12,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::Duration;
 
 use common::serve::{Server, policy, submit};
@@ -110,7 +110,8 @@ fn no_sequence_of_agent_calls_passes_an_approval_point_or_lifts_a_freeze() {
     let rt = runtime();
     let _load = start_load(&rt, port, 150);
     let steps = "      - {approval: {role: release-manager, timeout: 30m}}\n";
-    let release = submit(&server, &admin, &policy("guarded", port, steps));
+    let guarded = policy("guarded", port, steps);
+    let release = submit(&server, &admin, &guarded);
     server.wait_release(&release, &admin, LONG, |v| {
         v["phase"] == "awaiting_approval"
     });
@@ -133,7 +134,7 @@ fn no_sequence_of_agent_calls_passes_an_approval_point_or_lifts_a_freeze() {
         let n = 1 + rng.below(8);
         let mut calls = Vec::new();
         for _ in 0..n {
-            let pick = rng.below(12);
+            let pick = rng.below(13);
             calls.push(pick);
             let refused = match pick {
                 0 => mcp.tool("approve_release", json!({"release": release})).1,
@@ -269,16 +270,7 @@ fn no_sequence_of_agent_calls_passes_an_approval_point_or_lifts_a_freeze() {
 
     // A human approves, and the release moves on: it was live all along.
     let approver = server.token("approver", "alice");
-    let out = Command::new(common::exe())
-        .args(["approve", &release, "--server", &server.url])
-        .env("RAMPART_TOKEN", &approver)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.approve_with_cli(&release, &approver);
     let end = server.wait_release(&release, &admin, LONG, |v| v["report"].is_object());
     assert_eq!(end["outcome"], "promoted", "{end}");
 }

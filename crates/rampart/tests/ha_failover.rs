@@ -21,27 +21,7 @@ const LONG: Duration = Duration::from_secs(120);
 const TTL_S: u64 = 3;
 
 fn token(state: &std::path::Path, store: &str, role: &str, name: &str) -> String {
-    let out = rampart()
-        .args([
-            "token",
-            "create",
-            "--role",
-            role,
-            "--name",
-            name,
-            "--store",
-            store,
-            "--state-dir",
-        ])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    Server::token_with(state, role, name, &["--store", store])
 }
 
 fn replica(state: &std::path::Path, store: &str, name: &str) -> Server {

@@ -13,6 +13,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use common::serve::{Server, policy};
+
+const LONG: std::time::Duration = std::time::Duration::from_secs(120);
 use common::{exe, free_port, rampart, runtime, start_load};
 
 #[test]
@@ -27,7 +29,18 @@ fn an_agent_is_refused_the_approval_asks_a_human_and_the_release_is_promoted() {
     let _load = start_load(&rt, port, 150);
     let steps = "      - {approval: {role: release-manager, timeout: 10m}}\n";
     let file = dir.path().join("rampart.yaml");
-    std::fs::write(&file, policy("mcp-svc", port, steps)).unwrap();
+    let text = policy("mcp-svc", port, steps);
+    std::fs::write(&file, &text).unwrap();
+    // Humans released this policy before (v1, the service's first release): an agent
+    // may release exactly that policy, from the same directory.
+    let ci = server.token("deployer", "ci");
+    let workdir = std::fs::canonicalize(dir.path()).unwrap();
+    let body = serde_json::json!({"policy": text, "version": "v1", "workdir": workdir});
+    let (status, v) = server.call("POST", "/api/v1/releases", Some(&ci), Some(body));
+    assert_eq!(status, 201, "{v}");
+    let first = v["id"].as_str().unwrap().to_string();
+    let done = server.wait_release(&first, &human, LONG, |v| v["report"].is_object());
+    assert_eq!(done["outcome"], "promoted", "{done}");
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/mcp_agent.py");
     let mut client = Command::new(&python)
@@ -79,16 +92,7 @@ fn an_agent_is_refused_the_approval_asks_a_human_and_the_release_is_promoted() {
     );
 
     // A human approves with the CLI.
-    let out = rampart()
-        .args(["approve", &release, "--server", &server.url])
-        .env("RAMPART_TOKEN", &human)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.approve_with_cli(&release, &human);
     writeln!(client.stdin.as_mut().unwrap(), "approved").unwrap();
 
     let promoted = lines.next().expect("the agent ended early").unwrap();

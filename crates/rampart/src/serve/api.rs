@@ -240,33 +240,78 @@ fn check_version(what: &str, v: &str) -> ApiResult<()> {
             "{what} must be 1 to 128 characters without spaces"
         )));
     }
+    // Versions are substituted into commands and paths (`{version}`).
+    if v.contains(['/', '\\']) || v.contains("..") {
+        return Err(ApiError::invalid(format!(
+            "{what} must not contain /, \\ or .."
+        )));
+    }
     Ok(())
 }
 
-/// An agent may start a release only of a policy a human attends: one with an approval
-/// point, or exactly the policy of the service's latest release (which was either a
-/// human's, or an agent's that passed this same rule). So an agent can never write
-/// itself a policy that goes to 100 % unattended.
-async fn agent_may_release(app: &App, policy: &rampart_core::Policy, text: &str) -> ApiResult<()> {
-    if policy.strategy.steps().iter().any(|s| s.approval.is_some()) {
-        return Ok(());
+/// What an agent may release: exactly what humans released last for the service, the
+/// same policy text run from the same directory, only with a new version. A policy
+/// names commands the server runs (gates, migrations, deploys, hooks) and the steps
+/// that move traffic, so an agent never writes its own; it cannot name the version
+/// that serves as stable, nor claim a hotfix during a freeze. Releases an agent starts
+/// this way pass the same rule, so the policy an agent runs is always one a human ran.
+async fn agent_may_release(
+    app: &App,
+    policy: &rampart_core::Policy,
+    body: &CreateRelease,
+    workdir: &std::path::Path,
+) -> ApiResult<()> {
+    let refuse = |message: String, instead: &str| {
+        ApiError::forbidden(message).with_details(json!({"role": "agent", "instead": instead}))
+    };
+    if body.hotfix.is_some() {
+        return Err(refuse(
+            "an agent cannot start a hotfix during a freeze".into(),
+            "a hotfix during a freeze is a human's call: call request_approval on the release in trouble, or tell a human",
+        ));
     }
     let latest = app
         .store
         .list_releases(Some(&policy.service), 1)
         .await
         .map_err(store_err)?;
-    if latest.first().is_some_and(|r| r.policy == text) {
-        return Ok(());
+    let submitted = match latest.first() {
+        Some(r) => app.store.submission(&r.id).await.map_err(store_err)?,
+        None => None,
+    };
+    let same = latest
+        .first()
+        .zip(submitted.as_ref())
+        .is_some_and(|(r, s)| {
+            r.policy == body.policy && std::path::Path::new(&s.workdir) == workdir
+        });
+    if !same {
+        return Err(refuse(
+            format!(
+                "an agent may release {} only with exactly the policy of its latest release on this server, from the same directory",
+                policy.service
+            ),
+            "use the service's checked-in policy as it was last released (its file, unchanged), or ask a human (role deployer) to release this policy first",
+        ));
     }
-    Err(ApiError::forbidden(format!(
-        "an agent may start a release of {} only with an approval point in its policy, or with exactly the policy of its latest release",
-        policy.service
-    ))
-    .with_details(json!({
-        "role": "agent",
-        "instead": "use the service's checked-in policy as it was last released, or ask a human (role deployer) to start this release",
-    })))
+    if let Some(stable) = &body.stable {
+        let serving = app
+            .store
+            .serving_version(&policy.service)
+            .await
+            .map_err(store_err)?;
+        if serving.as_deref() != Some(stable.as_str()) {
+            return Err(refuse(
+                format!(
+                    "an agent cannot name the stable version ({stable}); {} serves {}",
+                    policy.service,
+                    serving.as_deref().unwrap_or("nothing rampart knows of")
+                ),
+                "leave stable out: rampart uses the version serving now",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `POST /api/v1/releases`: queues a release; the server runs it when the service has
@@ -299,7 +344,7 @@ pub async fn create_release(
         )));
     }
     if caller.role == Role::Agent {
-        agent_may_release(&app, &policy, &body.policy).await?;
+        agent_may_release(&app, &policy, &body, &workdir).await?;
     }
     let freeze = app.store.freeze(&policy.service).await.map_err(store_err)?;
     if let (Some(f), None) = (&freeze, &body.hotfix) {
@@ -618,9 +663,20 @@ pub async fn request_approval(
     if body.reason.len() > 2000 {
         return Err(ApiError::invalid("reason is longer than 2000 characters"));
     }
-    let l = loaded(&app, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no release {id} has started")))?;
+    let Some(l) = loaded(&app, &id).await? else {
+        if app
+            .store
+            .submission(&id)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::conflict(format!(
+                "release {id} has not started yet; nothing waits for a human"
+            )));
+        }
+        return Err(ApiError::not_found(format!("no release {id}")));
+    };
     if let Some(outcome) = l.record.outcome {
         return Err(ApiError::conflict(format!(
             "release {id} is over ({})",
@@ -628,6 +684,17 @@ pub async fn request_approval(
         )));
     }
     let state = l.state();
+    // Only what a human can unblock pages a human: an approval point, a pause, a hold
+    // for a release window.
+    let waiting = state.phase == Phase::AwaitingApproval
+        || state.paused.is_some()
+        || state.window_hold.is_some();
+    if !waiting {
+        return Err(ApiError::conflict(format!(
+            "release {id} is {} and waits for nobody; rampart moves it on by itself",
+            state.phase.as_str()
+        )));
+    }
     let now = app.clock.now();
     let reason = if body.reason.trim().is_empty() {
         "no reason given".to_string()
@@ -655,7 +722,7 @@ pub async fn request_approval(
         stable: state.stable.clone(),
         weight: state.weight,
         message: format!(
-            "{} asks a human to approve release {id} of {} {} ({}, {}): {reason}. Approve with `rampart approve {id}` or on the dashboard.",
+            "{} asks a human to look at release {id} of {} {} ({}, {}): {reason}. Approve it with `rampart approve {id}` (or resume it, if paused) or on the dashboard.",
             caller.name,
             l.record.service,
             l.record.version,
@@ -843,7 +910,7 @@ pub async fn list_tokens(State(app): State<App>, caller: Caller) -> ApiResult<Js
 pub struct TokenBody {
     /// Unique name: who the token's actions are recorded as.
     name: String,
-    /// `viewer`, `deployer`, `approver` or `admin`.
+    /// `viewer`, `deployer`, `approver`, `admin` or `agent`.
     role: String,
 }
 

@@ -95,7 +95,7 @@ mod tests {
 /// parameter, or the `key=value` form) replaced by `***`.
 pub fn without_password(url: &str) -> String {
     let mut out = match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((auth, host)) if auth.contains(':') => {
                 let user = auth.split(':').next().unwrap_or_default();
                 format!("{scheme}://{user}:***@{host}")

@@ -67,6 +67,11 @@ impl Server {
 
     /// Creates a token in the store under `state`.
     pub fn token_in(state: &Path, role: &str, name: &str) -> String {
+        Server::token_with(state, role, name, &[])
+    }
+
+    /// Creates a token with more arguments (`--store URL`).
+    pub fn token_with(state: &Path, role: &str, name: &str, args: &[&str]) -> String {
         let out = rampart()
             .args([
                 "token",
@@ -78,6 +83,7 @@ impl Server {
                 "--state-dir",
             ])
             .arg(state)
+            .args(args)
             .output()
             .unwrap();
         assert!(
@@ -123,6 +129,20 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A human approves `release` with the CLI client and `token`.
+    pub fn approve_with_cli(&self, release: &str, token: &str) {
+        let out = rampart()
+            .args(["approve", release, "--server", &self.url])
+            .env("RAMPART_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// SIGKILL, like a crash.

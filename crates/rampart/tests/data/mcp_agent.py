@@ -47,7 +47,13 @@ async def main():
             for needed in ["start_release", "release_status", "approve_release", "request_approval", "pause_release", "freeze_releases"]:
                 assert needed in names, f"{needed} not in {names}"
 
-            started = await session.call_tool("start_release", {"file": policy, "version": "v2", "stable": "v1"})
+            # A changed policy, or naming the stable version, is refused to an agent.
+            changed = await session.call_tool("start_release", {"policy": open(policy).read() + "\n# tweak\n", "version": "v2"})
+            assert changed.is_error and structured(changed)["error"]["code"] == "forbidden", structured(changed)
+            named = await session.call_tool("start_release", {"file": policy, "version": "v2", "stable": "v0"})
+            assert named.is_error and structured(named)["error"]["code"] == "forbidden", structured(named)
+
+            started = await session.call_tool("start_release", {"file": policy, "version": "v2"})
             assert not started.is_error, structured(started)
             release = structured(started)["id"]
 

@@ -241,9 +241,14 @@ enum Command {
     /// (with an `agent` token, which the server never lets approve, promote, resume,
     /// force a rollback or lift a freeze).
     Mcp {
-        /// The `rampart serve` the release tools act on.
+        /// The `rampart serve` the release tools act on; without it, the local state
+        /// directory's store, through a server of its own on loopback (with a
+        /// one-session agent token).
         #[arg(long, env = "RAMPART_SERVER")]
         server: Option<String>,
+        /// Where state is kept, without --server.
+        #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
+        state_dir: PathBuf,
         /// Its API token; an `agent` token (prefer the environment variable).
         #[arg(long, env = "RAMPART_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -633,16 +638,19 @@ pub async fn main(cli: Cli) -> i32 {
                 store,
                 replica,
                 lease_ttl,
+                announce: None,
             })
             .await
         }
         Command::Mcp {
             server,
+            state_dir,
             token,
             any_role,
         } => {
             crate::mcp::run(crate::mcp::McpOptions {
                 server,
+                state_dir,
                 token,
                 any_role,
             })

@@ -25,8 +25,10 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the server's tools act.
 #[derive(Debug, Clone)]
 pub struct McpOptions {
-    /// The `rampart serve` the release tools act on.
+    /// The `rampart serve` the release tools act on; without one, the local store.
     pub server: Option<String>,
+    /// The local state directory, without a server.
+    pub state_dir: PathBuf,
     /// Its API token (an `agent` token).
     pub token: Option<String>,
     /// Accept a token of a human role (approver, admin), which lets the agent do
@@ -211,20 +213,13 @@ fn instead_of(code: &str) -> &'static str {
 }
 
 struct Api {
-    base: Option<String>,
+    base: String,
     token: String,
 }
 
 impl Api {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Outcome> {
-        let Some(base) = &self.base else {
-            return Err(refusal(
-                "no_server",
-                "this tool acts on a rampart serve; rampart mcp was started without --server (or RAMPART_SERVER)",
-                "use the local tools (validate_policy, replay_policy, check_migrations, render_runbook), or ask a human to configure the server",
-                Value::Null,
-            ));
-        };
+        let base = &self.base;
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let headers = [
             ("authorization", format!("Bearer {}", self.token)),
@@ -631,10 +626,95 @@ async fn handle(api: &Api, message: &Value) -> Option<Value> {
 /// Runs the server until stdin closes. Exit code 0, or 2 when the token's role would
 /// let an agent do what only humans may (unless told to accept it).
 pub async fn run(opts: McpOptions) -> i32 {
-    let api = Api {
-        base: opts.server.clone(),
-        token: opts.token.clone().unwrap_or_default(),
+    let local = match &opts.server {
+        Some(_) => None,
+        None => match local_server(&opts.state_dir).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
     };
+    let api = match &local {
+        Some(l) => Api {
+            base: format!("http://{}", l.addr),
+            token: l.token.clone(),
+        },
+        None => Api {
+            base: opts.server.clone().unwrap_or_default(),
+            token: opts.token.clone().unwrap_or_default(),
+        },
+    };
+    let code = serve_stdio(&api, &opts).await;
+    if let Some(l) = local {
+        l.close().await;
+    }
+    code
+}
+
+/// The local store behind a `rampart serve` of this process on loopback, with an agent
+/// token for this session only: the same rules as against a real server, enforced the
+/// same way.
+struct Local {
+    addr: std::net::SocketAddr,
+    token: String,
+    name: String,
+    store: std::sync::Arc<rampart_adapters::store::StateStore>,
+}
+
+impl Local {
+    async fn close(self) {
+        use rampart_core::ports::Clock;
+        let now = rampart_adapters::clock::TokioClock::new().now();
+        if let Err(e) = self
+            .store
+            .revoke_token(&self.name, "rampart mcp", now)
+            .await
+        {
+            eprintln!(
+                "warning: the session's agent token {} stays live: {e}",
+                self.name
+            );
+        }
+    }
+}
+
+async fn local_server(state_dir: &Path) -> Result<Local, String> {
+    use rampart_core::ports::Clock;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = crate::serve::ServeOptions {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        state_dir: state_dir.to_path_buf(),
+        store: None,
+        replica: None,
+        lease_ttl: Duration::from_secs(15),
+        announce: Some(tx),
+    };
+    let server = tokio::spawn(crate::serve::run(opts));
+    // The server holds the store's lock once it listens; only then is a token made.
+    let Some(addr) = rx.recv().await else {
+        let code = server.await.unwrap_or(1);
+        return Err(format!(
+            "the local server did not start (exit {code}); see the message above"
+        ));
+    };
+    let store = crate::serve::open_store(None, state_dir).await?;
+    let name = format!("mcp-agent-{}", std::process::id());
+    let now = rampart_adapters::clock::TokioClock::new().now();
+    let token = store
+        .create_token(&name, "agent", "rampart mcp", now)
+        .await
+        .map_err(|e| e.0)?;
+    Ok(Local {
+        addr,
+        token,
+        name,
+        store,
+    })
+}
+
+async fn serve_stdio(api: &Api, opts: &McpOptions) -> i32 {
     if opts.server.is_some() {
         match api.call("GET", "/api/v1/whoami", None).await {
             Ok(who) => {
@@ -696,13 +776,13 @@ pub async fn run(opts: McpOptions) -> i32 {
             Ok(Value::Array(batch)) => {
                 let mut out = Vec::new();
                 for m in &batch {
-                    if let Some(a) = handle(&api, m).await {
+                    if let Some(a) = handle(api, m).await {
                         out.push(a);
                     }
                 }
                 (!out.is_empty()).then_some(Value::Array(out))
             }
-            Ok(m) => handle(&api, &m).await,
+            Ok(m) => handle(api, &m).await,
             Err(e) => Some(rpc_error(
                 &Value::Null,
                 -32700,

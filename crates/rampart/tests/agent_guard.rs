@@ -11,81 +11,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::Duration;
 
+use common::mcp::Mcp;
 use common::serve::{Server, policy, submit};
-use common::{free_port, rampart, runtime, start_load};
+use common::{free_port, runtime, start_load};
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// `rampart mcp` as a child, one JSON-RPC message a line.
-struct Mcp {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    next: u64,
-}
-
-impl Mcp {
-    fn start(server: &Server, token: &str) -> Mcp {
-        let mut child = rampart()
-            .args(["mcp", "--server", &server.url])
-            .env("RAMPART_TOKEN", token)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut mcp = Mcp {
-            stdin: child.stdin.take().unwrap(),
-            stdout: BufReader::new(child.stdout.take().unwrap()),
-            child,
-            next: 0,
-        };
-        let init = mcp.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "guard-test", "version": "1"}}),
-        );
-        assert_eq!(init["result"]["serverInfo"]["name"], "rampart", "{init}");
-        writeln!(
-            mcp.stdin,
-            "{}",
-            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        )
-        .unwrap();
-        mcp
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        self.next += 1;
-        let msg = json!({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params});
-        writeln!(self.stdin, "{msg}").unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let answer: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(answer["id"], self.next, "{answer}");
-        answer
-    }
-
-    /// A tool's structured result and whether it is an error.
-    fn tool(&mut self, name: &str, args: Value) -> (Value, bool) {
-        let a = self.request("tools/call", json!({"name": name, "arguments": args}));
-        let r = &a["result"];
-        (
-            r["structuredContent"].clone(),
-            r["isError"].as_bool().unwrap(),
-        )
-    }
-}
-
-impl Drop for Mcp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// SplitMix64: a seeded, reproducible choice of calls.
 struct Rng(u64);
@@ -125,7 +58,7 @@ fn no_sequence_of_agent_calls_passes_an_approval_point_or_lifts_a_freeze() {
     // A policy with its approval point taken out, for another service.
     let stripped = policy("sneaky", free_port(), "");
 
-    let mut mcp = Mcp::start(&server, &agent);
+    let mut mcp = Mcp::start(&["--server", &server.url], Some(&agent));
     let api = |method: &str, path: &str, body: Value| {
         server.call(method, path, Some(&agent), Some(body)).0
     };

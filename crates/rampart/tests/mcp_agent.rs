@@ -118,3 +118,63 @@ fn rampart_mcp_refuses_a_token_that_could_approve() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn without_a_server_rampart_mcp_serves_the_local_store_with_the_same_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let mut mcp = common::mcp::Mcp::start(&["--state-dir", state_arg], None);
+    let (v, err) = mcp.tool(
+        "validate_policy",
+        serde_json::json!({"policy": "service: x"}),
+    );
+    assert!(!err && v["valid"] == false, "{v}");
+    let (v, err) = mcp.tool("release_status", serde_json::json!({"release": "nope"}));
+    assert!(err && v["error"]["code"] == "not_found", "{v}");
+    // A policy no human released is refused to the session's agent token.
+    let text = policy("local-svc", common::free_port(), "");
+    let (v, err) = mcp.tool(
+        "start_release",
+        serde_json::json!({"policy": text, "version": "v2"}),
+    );
+    assert!(err && v["error"]["code"] == "forbidden", "{v}");
+    assert!(
+        v["error"]["instead"].as_str().unwrap().contains("human"),
+        "{v}"
+    );
+    // One server per SQLite store: a second one on the same directory says so.
+    let second = rampart()
+        .args(["mcp", "--state-dir", state_arg])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another rampart serve"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // The session's token is revoked when the session ends.
+    drop(mcp);
+    let out = rampart()
+        .args([
+            "token",
+            "list",
+            "--output",
+            "json",
+            "--state-dir",
+            state_arg,
+        ])
+        .output()
+        .unwrap();
+    let tokens: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agents: Vec<&serde_json::Value> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["role"] == "agent")
+        .collect();
+    assert_eq!(agents.len(), 1, "{tokens}");
+    assert_eq!(agents[0]["revoked"], true, "{tokens}");
+}

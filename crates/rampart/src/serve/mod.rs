@@ -219,6 +219,43 @@ pub struct ServeOptions {
     pub replica: Option<String>,
     /// How long a silent leader keeps the lease.
     pub lease_ttl: Duration,
+    /// Set when the server runs inside another command (`rampart mcp`): it is told the
+    /// address the API listens on, and status lines go to stderr (stdout is not ours).
+    pub announce: Option<tokio::sync::mpsc::UnboundedSender<SocketAddr>>,
+}
+
+/// One `rampart serve` per SQLite store: two would both run the release queue. The lock
+/// is the operating system's, so it goes with the process, however it ends.
+fn lock_sqlite_store(opts: &ServeOptions) -> Result<Option<std::fs::File>, String> {
+    let db = match opts.store.as_deref() {
+        None => opts.state_dir.join("rampart.db"),
+        Some(url) if url.starts_with("postgres") || (url.contains('=') && url.contains(' ')) => {
+            return Ok(None);
+        }
+        Some(url) => PathBuf::from(
+            url.strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url),
+        ),
+    };
+    let path = PathBuf::from(format!("{}.serve-lock", db.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another rampart serve (or rampart mcp) runs on {}; talk to it with --server, or use a PostgreSQL store for several replicas",
+            db.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 /// The lease replicas sharing a store campaign for.
@@ -244,20 +281,21 @@ async fn lead(
     queue: Arc<queue::Queue>,
     lease: Option<Lease>,
     token: Arc<std::sync::Mutex<Option<Held>>>,
+    say: &(dyn Fn(String) + Sync),
 ) -> Deposed {
     let Some(lease) = lease else {
         queue.run().await;
         return std::future::pending().await;
     };
-    println!("rampart serve: standby; waiting for the leader lease");
+    say("rampart serve: standby; waiting for the leader lease".into());
     let held = lease.acquire().await;
     if let Ok(mut t) = token.lock() {
         *t = Some(held);
     }
-    println!(
+    say(format!(
         "rampart serve: leader (fencing token {}); resuming releases in flight",
         held.token
-    );
+    ));
     tokio::spawn(queue.run());
     lease.hold(held).await
 }
@@ -265,6 +303,20 @@ async fn lead(
 /// Runs the server until SIGINT or SIGTERM. Releases in flight stay in the store and
 /// resume when the server starts again.
 pub async fn run(opts: ServeOptions) -> i32 {
+    let _lock = match lock_sqlite_store(&opts) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let say = |line: String| {
+        if opts.announce.is_some() {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let store = match open_store(opts.store.as_deref(), &opts.state_dir).await {
         Ok(s) => s,
         Err(e) => {
@@ -300,9 +352,12 @@ pub async fn run(opts: ServeOptions) -> i32 {
         Lease::new(app.store.clone(), clock, LEASE, &replica, opts.lease_ttl)
     });
     let held = Arc::new(std::sync::Mutex::new(None));
-    let leading = lead(queue.clone(), lease.clone(), held.clone());
+    let leading = lead(queue.clone(), lease.clone(), held.clone(), &say);
     tokio::spawn(follow(app.clone()));
-    println!("rampart serve: listening on http://{addr}");
+    say(format!("rampart serve: listening on http://{addr}"));
+    if let Some(tx) = &opts.announce {
+        let _ = tx.send(addr);
+    }
     let shutdown = async {
         use tokio::signal::unix::{SignalKind, signal};
         if let (Ok(mut int), Ok(mut term)) = (

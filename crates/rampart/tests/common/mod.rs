@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+pub mod mcp;
 pub mod serve;
 
 use rampart::load::{LoadSpec, LoadStats, generate};

@@ -1,0 +1,92 @@
+//! `rampart mcp` driven over its stdio protocol by the tests, one JSON-RPC message a
+//! line: enough of a client to check the server's answers (the end-to-end test uses the
+//! Python MCP SDK instead).
+
+#![allow(clippy::unwrap_used, dead_code)] // a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+
+use serde_json::{Value, json};
+
+use super::rampart;
+
+/// `rampart mcp` as a child, one JSON-RPC message a line.
+pub struct Mcp {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    next: u64,
+}
+
+impl Mcp {
+    /// Starts `rampart mcp ARGS` (with `RAMPART_TOKEN`, if given) and does the
+    /// handshake.
+    pub fn start(args: &[&str], token: Option<&str>) -> Mcp {
+        let mut cmd = rampart();
+        cmd.arg("mcp").args(args);
+        if let Some(t) = token {
+            cmd.env("RAMPART_TOKEN", t);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut mcp = Mcp {
+            stdin: child.stdin.take(),
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            child,
+            next: 0,
+        };
+        let init = mcp.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "guard-test", "version": "1"}}),
+        );
+        assert_eq!(init["result"]["serverInfo"]["name"], "rampart", "{init}");
+        writeln!(
+            mcp.stdin.as_mut().unwrap(),
+            "{}",
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        )
+        .unwrap();
+        mcp
+    }
+
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let msg = json!({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params});
+        writeln!(self.stdin.as_mut().unwrap(), "{msg}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let answer: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(answer["id"], self.next, "{answer}");
+        answer
+    }
+
+    /// A tool's structured result and whether it is an error.
+    pub fn tool(&mut self, name: &str, args: Value) -> (Value, bool) {
+        let a = self.request("tools/call", json!({"name": name, "arguments": args}));
+        let r = &a["result"];
+        (
+            r["structuredContent"].clone(),
+            r["isError"].as_bool().unwrap(),
+        )
+    }
+}
+
+impl Drop for Mcp {
+    /// Closes stdin, the end of a session, and waits for the server to finish (killing
+    /// it after ten seconds).
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -857,19 +857,9 @@ pub(crate) fn replay(
 }
 
 fn skill(file: &std::path::Path, out: Option<&std::path::Path>, output: Output) -> i32 {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {}: {e}", file.display());
-            return 2;
-        }
-    };
-    let policy = match crate::run::load_policy(file, &text) {
+    let policy = match crate::run::policy_file(file) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let md = rampart_core::skill::render(&policy, &file.display().to_string());
     let path = match out {
@@ -895,19 +885,9 @@ fn skill(file: &std::path::Path, out: Option<&std::path::Path>, output: Output) 
 }
 
 fn runbook(file: &std::path::Path, version: Option<&str>, output: Output) -> i32 {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {}: {e}", file.display());
-            return 2;
-        }
-    };
-    let policy = match crate::run::load_policy(file, &text) {
+    let policy = match crate::run::policy_file(file) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let class = match (&policy.migrations, version) {
         (Some(m), Some(v)) => {

@@ -11,19 +11,9 @@ use rampart_adapters::telemetry::Telemetry;
 
 /// Runs until interrupted; returns the exit code.
 pub async fn run(file: &Path, admin: SocketAddr, token_env: &str) -> i32 {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {}: {e}", file.display());
-            return 2;
-        }
-    };
-    let policy = match crate::run::load_policy(file, &text) {
+    let policy = match crate::run::policy_file(file) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let Some(spec) = policy.proxy() else {
         eprintln!(

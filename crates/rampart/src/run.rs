@@ -181,6 +181,19 @@ impl Report {
     }
 }
 
+/// Reads and checks the policy file a command was given. On a problem it prints it
+/// and gives exit code 2.
+pub fn policy_file(file: &Path) -> Result<Policy, i32> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        eprintln!("error: {}: {e}", file.display());
+        2
+    })?;
+    load_policy(file, &text).map_err(|e| {
+        eprintln!("{e}");
+        2
+    })
+}
+
 /// Parses a policy and turns diagnostics into `file:line:col: path: message` lines.
 pub fn load_policy(path: &Path, text: &str) -> Result<Policy, RunError> {
     Policy::from_yaml(text).map_err(|e| {

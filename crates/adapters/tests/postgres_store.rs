@@ -186,7 +186,7 @@ async fn the_store_contract_holds_on_real_postgres() {
     assert_eq!(report.log_entries, 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_on_several_connections_never_fork_the_audit_chain_real_postgres() {
     let pg = postgres::Postgres::start();
     let url = pg.database("chain");
@@ -207,9 +207,29 @@ async fn writers_on_several_connections_never_fork_the_audit_chain_real_postgres
             }
         }));
     }
+    // Meanwhile, verification on another connection never takes the appends landing
+    // under it for tampering (it reads one snapshot).
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let verifier = {
+        let (s, done) = (
+            Arc::new(StateStore::connect(&url).await.unwrap()),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            let mut runs = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || runs == 0 {
+                let report = s.verify_chain().await.unwrap();
+                assert!(report.ok, "verified while writing: {:?}", report.problems);
+                runs += 1;
+            }
+            runs
+        })
+    };
     for t in tasks {
         t.await.unwrap();
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(verifier.await.unwrap() >= 1);
     let report = stores[0].verify_chain().await.unwrap();
     assert!(report.ok, "{:?}", report.problems);
     assert_eq!(report.log_entries, 100);

@@ -690,6 +690,7 @@ impl StateStore {
     }
 
     /// Every row of a query the verifier reads whole.
+    #[cfg(test)]
     pub(super) async fn rows(
         &self,
         sql: &str,
@@ -702,7 +703,18 @@ impl StateStore {
     /// log entry and token written since the chain began matches what the chain
     /// recorded. A changed, inserted or deleted record or log entry is reported.
     pub async fn verify_chain(&self) -> Result<ChainReport, PortError> {
-        let records = self.chain_records(None).await?;
+        // One snapshot for every read, so appends landing meanwhile (another replica,
+        // a running release) are neither half seen nor taken for tampering.
+        let mut snap = self.db.snapshot().await?;
+        let records = snap
+            .query(
+                "SELECT id, at, actor, action, release_id, seq, body, prev, hash FROM chain ORDER BY id",
+                args![],
+            )
+            .await?
+            .iter()
+            .map(row_to_chain)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut problems = Vec::new();
         let mut prev = GENESIS.to_string();
         let mut logged = std::collections::HashMap::new();
@@ -807,8 +819,7 @@ impl StateStore {
                 _ => {}
             }
         }
-        let entries = self
-            .rows(
+        let entries = snap.query(
                 "SELECT rowid, release_id, seq, at, input, audit FROM events WHERE rowid > ?1 ORDER BY rowid",
                 args![since],
             )
@@ -836,8 +847,8 @@ impl StateStore {
                 "release {release} entry {seq}: recorded by chain record {id} but gone from the log (deleted)"
             ));
         }
-        let live = self
-            .rows(
+        let live = snap
+            .query(
                 "SELECT name, role, hash, revoked_at IS NULL FROM tokens",
                 args![],
             )
@@ -854,8 +865,15 @@ impl StateStore {
                 )),
             }
         }
-        self.verify_tables(&created, &finished, &submitted, &frozen, &mut problems)
-            .await?;
+        self.verify_tables(
+            &mut snap,
+            &created,
+            &finished,
+            &submitted,
+            &frozen,
+            &mut problems,
+        )
+        .await?;
         Ok(ChainReport {
             ok: problems.is_empty(),
             records: records.len() as u64,
@@ -868,14 +886,15 @@ impl StateStore {
     /// Checks the releases, submissions and freezes tables against the chain.
     async fn verify_tables(
         &self,
+        snap: &mut Tx,
         created: &std::collections::HashMap<String, serde_json::Value>,
         finished: &std::collections::HashMap<String, serde_json::Value>,
         submitted: &std::collections::HashMap<String, serde_json::Value>,
         frozen: &std::collections::HashMap<String, Option<(String, String)>>,
         problems: &mut Vec<String>,
     ) -> Result<(), PortError> {
-        let releases = self
-            .rows(
+        let releases = snap
+            .query(
                 "SELECT id, service, version, policy, outcome FROM releases",
                 args![],
             )
@@ -913,8 +932,8 @@ impl StateStore {
                 ));
             }
         }
-        let subs = self
-            .rows(
+        let subs = snap
+            .query(
                 &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions"),
                 args![],
             )
@@ -936,8 +955,8 @@ impl StateStore {
                 ));
             }
         }
-        let live = self
-            .rows("SELECT scope, actor, reason FROM freezes", args![])
+        let live = snap
+            .query("SELECT scope, actor, reason FROM freezes", args![])
             .await?
             .iter()
             .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))

@@ -150,6 +150,16 @@ impl PgConn {
             .await
     }
 
+    pub(crate) async fn begin_snapshot(&mut self) -> Result<(), PortError> {
+        self.connected().await?;
+        self.in_tx = true;
+        self.round_trip(async |c| {
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+        })
+        .await
+    }
+
     pub(crate) async fn commit(&mut self) -> Result<(), PortError> {
         self.round_trip(async |c| c.batch_execute("COMMIT").await)
             .await?;

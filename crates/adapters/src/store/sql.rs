@@ -172,6 +172,20 @@ impl Db {
         self.conn().await?.begin().await
     }
 
+    /// Begins a read-only transaction that sees one snapshot of the whole store.
+    pub async fn snapshot(&self) -> Result<Tx, PortError> {
+        let mut tx = self.conn().await?;
+        match tx.backend() {
+            // A deferred transaction's first read fixes its snapshot (WAL), and it takes
+            // no write lock.
+            Backend::Sqlite(c) => c.execute_batch("BEGIN DEFERRED").map_err(db_err)?,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pg) => pg.begin_snapshot().await?,
+        }
+        tx.open = true;
+        Ok(tx)
+    }
+
     /// The connection for statements outside a transaction.
     pub async fn conn(&self) -> Result<Tx, PortError> {
         let mut conn = self.conn.clone().lock_owned().await;

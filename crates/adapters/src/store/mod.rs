@@ -46,6 +46,34 @@ enum Fence {
     },
 }
 
+/// Where a store URL points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// A SQLite file.
+    Sqlite(&'a Path),
+    /// A PostgreSQL server (`postgres://`, `postgresql://`, or `host=... dbname=...`).
+    Postgres,
+}
+
+/// Reads a store URL: `sqlite:PATH`, `sqlite://PATH` or a bare path, or a PostgreSQL
+/// one. The error never quotes the URL (it may carry a password).
+pub fn locate(url: &str) -> Result<Location<'_>, PortError> {
+    let key_value = !url.contains("://") && url.contains('=') && url.contains(' ');
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") || key_value {
+        return Ok(Location::Postgres);
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    if path.contains("://") {
+        return Err(PortError::new(
+            "the store URL has an unknown scheme; use sqlite:PATH or postgres://...",
+        ));
+    }
+    Ok(Location::Sqlite(Path::new(path)))
+}
+
 /// The state store.
 #[derive(Debug)]
 pub struct StateStore {
@@ -194,25 +222,15 @@ impl StateStore {
     /// Opens the store a URL names: `sqlite:PATH` (or a bare path), or
     /// `postgres://...` in a build with the `postgres` feature.
     pub async fn open_url(url: &str) -> Result<StateStore, PortError> {
-        let key_value = !url.contains("://") && url.contains('=') && url.contains(' ');
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") || key_value {
+        match locate(url)? {
+            Location::Sqlite(path) => Self::open(path).await,
             #[cfg(feature = "postgres")]
-            return Self::connect(url).await;
+            Location::Postgres => Self::connect(url).await,
             #[cfg(not(feature = "postgres"))]
-            return Err(PortError::new(
+            Location::Postgres => Err(PortError::new(
                 "this build of rampart has no PostgreSQL store: build it with `--features postgres`, or use sqlite:PATH",
-            ));
+            )),
         }
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .unwrap_or(url);
-        if path.contains("://") {
-            return Err(PortError::new(
-                "the store URL has an unknown scheme; use sqlite:PATH or postgres://...",
-            ));
-        }
-        Self::open(Path::new(path)).await
     }
 
     async fn init(backend: Backend, lease_db: Option<Db>) -> Result<StateStore, PortError> {

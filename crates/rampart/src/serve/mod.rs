@@ -227,16 +227,12 @@ pub struct ServeOptions {
 /// One `rampart serve` per SQLite store: two would both run the release queue. The lock
 /// is the operating system's, so it goes with the process, however it ends.
 fn lock_sqlite_store(opts: &ServeOptions) -> Result<Option<std::fs::File>, String> {
-    let db = match opts.store.as_deref() {
+    use rampart_adapters::store::{Location, locate};
+    let db = match opts.store.as_deref().map(locate) {
         None => opts.state_dir.join("rampart.db"),
-        Some(url) if url.starts_with("postgres") || (url.contains('=') && url.contains(' ')) => {
-            return Ok(None);
-        }
-        Some(url) => PathBuf::from(
-            url.strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-                .unwrap_or(url),
-        ),
+        Some(Ok(Location::Sqlite(path))) => path.to_path_buf(),
+        // PostgreSQL has the lease; a bad URL is reported when the store opens.
+        Some(Ok(Location::Postgres) | Err(_)) => return Ok(None),
     };
     let path = PathBuf::from(format!("{}.serve-lock", db.display()));
     if let Some(dir) = path.parent() {

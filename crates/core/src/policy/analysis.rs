@@ -1,0 +1,506 @@
+//! The `analysis` section: the interval, the judged metrics, their judges and
+//! thresholds, and the escalation limits, with its decoder. It says how to judge; it
+//! must not judge (that is `crate::judge`).
+
+use std::time::Duration;
+
+use super::values::{decode_base_url, limit, positive};
+use crate::decode::{Decoder, MapReader, join, one_of, scalar};
+use crate::units::{Rate, format_duration};
+use crate::yaml::{Node, NodeKind};
+
+/// Canary analysis settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysis {
+    /// Time between measurements.
+    pub interval: Duration,
+    /// What to do after consecutive inconclusive intervals.
+    pub inconclusive: Escalation,
+    /// What to do after consecutive intervals without any canary traffic.
+    pub no_data: Escalation,
+    /// The metrics judged each interval.
+    pub metrics: Vec<MetricSpec>,
+    /// The summed `weight` of failing non-critical metrics that fails the release.
+    pub fail_score: f64,
+    /// The Prometheus server `source: prometheus` metrics query (`http://HOST:PORT`).
+    pub prometheus: Option<String>,
+}
+
+/// A limit on consecutive unusable intervals, and what happens when it is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    /// Consecutive intervals tolerated (the release holds its weight meanwhile).
+    pub limit: u32,
+    /// What happens at the limit.
+    pub action: EscalationAction,
+}
+
+/// The action at an escalation limit. Neither is ever a promotion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationAction {
+    /// Stop where it stands and page a human.
+    Halt,
+    /// Roll back to stable.
+    Rollback,
+}
+
+/// One judged metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricSpec {
+    /// Unique label.
+    pub name: String,
+    /// Which measurement.
+    pub metric: BuiltinMetric,
+    /// How values are judged.
+    pub judge: Judge,
+    /// Requests a variant needs before it can be judged: per interval for the threshold
+    /// judge, since analysis began for the sequential judge.
+    pub min_samples: u64,
+    /// Consecutive failing intervals that fail the release (threshold judge only; a
+    /// sequential judge decides the moment its evidence suffices).
+    pub failure_limit: u32,
+    /// Whether this metric fails the release on its own. A non-critical metric only
+    /// adds its `weight` to the failure score.
+    pub critical: bool,
+    /// This metric's share of the failure score when it is not critical.
+    pub weight: f64,
+    /// For `source: prometheus`: the PromQL query, read for each variant.
+    pub query: Option<QuerySpec>,
+}
+
+/// A Prometheus query judged like a builtin metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuerySpec {
+    /// PromQL with `{service}`, `{variant}`, `{version}` and `{interval}` placeholders.
+    pub query: String,
+    /// Read over the analysis interval with a range query and averaged, rather than
+    /// as one instant value.
+    pub range: bool,
+}
+
+/// How a metric is judged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Judge {
+    /// Fixed limits, judged interval by interval.
+    Threshold(Threshold),
+    /// An anytime-valid test of "canary worse than stable".
+    Sequential(Sequential),
+}
+
+/// Settings of the sequential judge.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sequential {
+    /// Bound on the probability of failing a canary that is no worse than stable, over
+    /// the whole release however often it is checked.
+    pub alpha: f64,
+    /// How much worse the canary may be before it counts as worse, as an odds ratio:
+    /// 1 means any degradation, 1.25 tolerates 25 % higher odds of a bad outcome.
+    pub tolerance: f64,
+}
+
+/// The default false-alarm bound of the sequential judge.
+pub const DEFAULT_ALPHA: f64 = 0.01;
+
+/// Metrics the embedded proxy measures itself.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuiltinMetric {
+    /// 5xx responses plus upstream connection failures, over requests.
+    ErrorRate,
+    /// A latency quantile, such as 0.99.
+    Latency(f64),
+    /// The value of the metric's Prometheus query, in its own unit.
+    Query,
+}
+
+impl BuiltinMetric {
+    /// The metric's policy name.
+    pub fn id(&self) -> String {
+        match self {
+            BuiltinMetric::ErrorRate => "error_rate".into(),
+            BuiltinMetric::Latency(q) => LATENCY_METRICS
+                .iter()
+                .find(|(_, v)| v == q)
+                .map(|(n, _)| (*n).to_string())
+                .unwrap_or_else(|| format!("latency_q{q}")),
+            BuiltinMetric::Query => "query".into(),
+        }
+    }
+
+    /// Formats a value of this metric for people.
+    pub fn format(&self, v: f64) -> String {
+        match self {
+            BuiltinMetric::ErrorRate => Rate(v).to_string(),
+            BuiltinMetric::Latency(_) => format!("{}ms", crate::units::trim_float(v, 1)),
+            BuiltinMetric::Query => crate::units::trim_float(v, 4),
+        }
+    }
+}
+
+const LATENCY_METRICS: [(&str, f64); 5] = [
+    ("latency_p50", 0.5),
+    ("latency_p90", 0.9),
+    ("latency_p95", 0.95),
+    ("latency_p99", 0.99),
+    ("latency_p999", 0.999),
+];
+const METRIC_NAMES: &[&str] = &[
+    "error_rate",
+    "latency_p50",
+    "latency_p90",
+    "latency_p95",
+    "latency_p99",
+    "latency_p999",
+];
+
+/// The threshold judge: absolute and relative limits. A metric passes an interval when
+/// every limit it sets holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    /// Upper limit in the metric's unit (a fraction for rates, milliseconds for latency).
+    pub max: Option<f64>,
+    /// Upper limit on canary / stable.
+    pub max_ratio_to_stable: Option<f64>,
+}
+
+pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis> {
+    let m = cx.map(
+        node,
+        path,
+        &[
+            "interval",
+            "min_samples",
+            "failure_limit",
+            "inconclusive",
+            "no_data",
+            "metrics",
+            "fail_score",
+            "prometheus",
+        ],
+    )?;
+    let prometheus = m.optional_with(cx, "prometheus", decode_base_url);
+    let interval = positive(cx, &m, "interval").unwrap_or(Duration::from_secs(10));
+    if interval < Duration::from_millis(100) {
+        cx.error(
+            m.get("interval").map_or(m.pos(), |n| n.pos),
+            &m.path_of("interval"),
+            format!(
+                "{} is too short to measure anything; use at least 100ms",
+                format_duration(interval)
+            ),
+        );
+    }
+    let min_samples = m.optional::<u64>(cx, "min_samples").unwrap_or(50);
+    let failure_limit = limit(cx, &m, "failure_limit").unwrap_or(2);
+    let inconclusive = m
+        .optional_with(cx, "inconclusive", decode_escalation)
+        .unwrap_or(Escalation {
+            limit: 10,
+            action: EscalationAction::Halt,
+        });
+    let no_data = m
+        .optional_with(cx, "no_data", decode_escalation)
+        .unwrap_or(Escalation {
+            limit: 5,
+            action: EscalationAction::Halt,
+        });
+    let metrics = m.required_with(cx, "metrics", |cx, n, p| {
+        let metrics = cx.seq(n, p, |cx, n, p| decode_metric(cx, n, p, min_samples, failure_limit))?;
+        if metrics.is_empty() {
+            cx.error(n.pos, p, "list at least one metric; a canary nobody measures cannot fail, so it proves nothing");
+            return None;
+        }
+        if let NodeKind::Seq(items) = &n.kind {
+            for (i, metric) in metrics.iter().enumerate() {
+                if metrics[..i].iter().any(|m| m.name == metric.name) {
+                    cx.error(
+                        items[i].pos,
+                        &format!("{p}[{i}].name"),
+                        format!("metric name `{}` is used twice; give each metric its own name", metric.name),
+                    );
+                }
+            }
+        }
+        Some(metrics)
+    });
+    let fail_score = m.optional::<f64>(cx, "fail_score").unwrap_or(1.0);
+    if fail_score <= 0.0 {
+        cx.error(
+            m.get("fail_score").map_or(m.pos(), |n| n.pos),
+            &m.path_of("fail_score"),
+            "must be above 0, or every interval would fail",
+        );
+    }
+    let metrics = metrics?;
+    if prometheus.is_none()
+        && m.get("prometheus").is_none()
+        && let Some(i) = metrics.iter().position(|x| x.query.is_some())
+    {
+        cx.error(
+            m.pos(),
+            &format!("{}.metrics[{i}].source", m.path()),
+            "a `prometheus` metric needs the server to ask: set `analysis.prometheus: http://HOST:9090`",
+        );
+    }
+    Some(Analysis {
+        interval,
+        inconclusive,
+        no_data,
+        metrics,
+        fail_score,
+        prometheus,
+    })
+}
+
+fn decode_escalation(cx: &mut Decoder, node: &Node, path: &str) -> Option<Escalation> {
+    let m = cx.map(node, path, &["limit", "action"])?;
+    let limit = limit(cx, &m, "limit");
+    let action = m.optional_with(cx, "action", |cx, n, p| {
+        one_of(cx, n, p, &["halt", "rollback"])
+    });
+    Some(Escalation {
+        limit: limit.unwrap_or(5),
+        action: match action {
+            Some("rollback") => EscalationAction::Rollback,
+            _ => EscalationAction::Halt,
+        },
+    })
+}
+
+fn decode_metric(
+    cx: &mut Decoder,
+    node: &Node,
+    path: &str,
+    default_min_samples: u64,
+    default_failure_limit: u32,
+) -> Option<MetricSpec> {
+    let m = cx.map(
+        node,
+        path,
+        &[
+            "name",
+            "source",
+            "metric",
+            "judge",
+            "min_samples",
+            "failure_limit",
+            "critical",
+            "weight",
+            "query",
+            "range",
+        ],
+    )?;
+    let source = match m.get("source") {
+        Some(n) => one_of(cx, n, &m.path_of("source"), &["builtin", "prometheus"]),
+        None => Some("builtin"),
+    };
+    if source == Some("prometheus") {
+        return decode_query_metric(cx, &m, default_failure_limit);
+    }
+    for key in m.present(&["query", "range"]) {
+        cx.error(
+            m.pos(),
+            &m.path_of(key),
+            format!("`{key}` belongs to `source: prometheus` metrics"),
+        );
+    }
+    let metric = m.required_with(cx, "metric", |cx, n, p| {
+        let id = one_of(cx, n, p, METRIC_NAMES)?;
+        Some(match LATENCY_METRICS.iter().find(|(name, _)| *name == id) {
+            Some((_, q)) => BuiltinMetric::Latency(*q),
+            None => BuiltinMetric::ErrorRate,
+        })
+    });
+    let name = m
+        .optional::<String>(cx, "name")
+        .or_else(|| metric.map(|k| k.id()));
+    let min_samples = m
+        .optional::<u64>(cx, "min_samples")
+        .unwrap_or(default_min_samples);
+    let failure_limit = limit(cx, &m, "failure_limit").unwrap_or(default_failure_limit);
+    let critical = m.optional::<bool>(cx, "critical").unwrap_or(true);
+    let weight = m.optional::<f64>(cx, "weight").unwrap_or(1.0);
+    if weight < 0.0 {
+        cx.error(
+            m.get("weight").map_or(m.pos(), |n| n.pos),
+            &m.path_of("weight"),
+            "a weight cannot be negative",
+        );
+    }
+    let metric = metric?;
+    let judge = m.required_with(cx, "judge", |cx, n, p| decode_judge(cx, n, p, metric))?;
+    Some(MetricSpec {
+        name: name?,
+        metric,
+        judge,
+        min_samples,
+        failure_limit,
+        critical,
+        weight,
+        query: None,
+    })
+}
+
+/// A `source: prometheus` metric: a named PromQL query judged by thresholds.
+fn decode_query_metric(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    default_failure_limit: u32,
+) -> Option<MetricSpec> {
+    if m.get("metric").is_some() {
+        cx.error(
+            m.pos(),
+            &m.path_of("metric"),
+            "a `prometheus` metric is its `query`; `metric` names builtin measurements",
+        );
+    }
+    let name = m.required::<String>(cx, "name");
+    let query = m.required_with(cx, "query", |cx, n, p| {
+        let q = scalar(cx, n, p, "a PromQL query")?;
+        if q.trim().is_empty() {
+            cx.error(n.pos, p, "the query is empty");
+            return None;
+        }
+        Some(q.to_string())
+    });
+    let range = m.optional::<bool>(cx, "range").unwrap_or(false);
+    let failure_limit = limit(cx, m, "failure_limit").unwrap_or(default_failure_limit);
+    let critical = m.optional::<bool>(cx, "critical").unwrap_or(true);
+    let weight = m.optional::<f64>(cx, "weight").unwrap_or(1.0);
+    let judge = m.required_with(cx, "judge", |cx, n, p| {
+        if matches!(&n.kind, NodeKind::Scalar { .. })
+            || matches!(&n.kind, NodeKind::Map(e) if e.iter().any(|(k, _)| k.text == "sequential"))
+        {
+            cx.error(
+                n.pos,
+                p,
+                "a query's value is judged by thresholds (`max`, `max_ratio_to_stable`); the sequential judge needs request counts",
+            );
+            return None;
+        }
+        decode_judge(cx, n, p, BuiltinMetric::Query)
+    });
+    Some(MetricSpec {
+        name: name?,
+        metric: BuiltinMetric::Query,
+        judge: judge?,
+        min_samples: 0,
+        failure_limit,
+        critical,
+        weight,
+        query: Some(QuerySpec {
+            query: query?,
+            range,
+        }),
+    })
+}
+
+const JUDGES: &[&str] = &["sequential", "threshold"];
+
+/// `judge: sequential`, `judge: {sequential: {alpha, tolerance}}`,
+/// `judge: {threshold: {max, max_ratio_to_stable}}` or, for short,
+/// `judge: {max, max_ratio_to_stable}`.
+fn decode_judge(cx: &mut Decoder, node: &Node, path: &str, metric: BuiltinMetric) -> Option<Judge> {
+    let default_tolerance = match metric {
+        BuiltinMetric::ErrorRate | BuiltinMetric::Query => 1.0,
+        BuiltinMetric::Latency(_) => 1.25,
+    };
+    let default = Judge::Sequential(Sequential {
+        alpha: DEFAULT_ALPHA,
+        tolerance: default_tolerance,
+    });
+    if let NodeKind::Scalar { .. } = node.kind {
+        return one_of(cx, node, path, &["sequential"]).map(|_| default);
+    }
+    let NodeKind::Map(entries) = &node.kind else {
+        cx.error(
+            node.pos,
+            path,
+            format!(
+                "expected `sequential` or a mapping, found {}",
+                node.type_name()
+            ),
+        );
+        return None;
+    };
+    let named = entries
+        .iter()
+        .find(|(k, _)| JUDGES.contains(&k.text.as_str()));
+    match named {
+        Some((key, inner)) if entries.len() == 1 && key.text == "threshold" => {
+            decode_threshold(cx, inner, &join(path, "threshold"), metric).map(Judge::Threshold)
+        }
+        Some((key, inner)) if entries.len() == 1 => {
+            if inner.kind == NodeKind::Null {
+                return Some(default);
+            }
+            let m = cx.map(inner, &join(path, &key.text), &["alpha", "tolerance"])?;
+            let alpha = m.optional::<f64>(cx, "alpha").unwrap_or(DEFAULT_ALPHA);
+            if !(alpha > 0.0 && alpha < 0.5) {
+                cx.error(
+                    m.get("alpha").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("alpha"),
+                    format!("alpha {alpha} is not a useful false-alarm bound; use a probability above 0 and below 0.5, such as 0.01"),
+                );
+            }
+            let tolerance = m
+                .optional::<f64>(cx, "tolerance")
+                .unwrap_or(default_tolerance);
+            if tolerance < 1.0 {
+                cx.error(
+                    m.get("tolerance").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("tolerance"),
+                    format!("tolerance {tolerance} is below 1: it would fail canaries that are better than stable"),
+                );
+            }
+            Some(Judge::Sequential(Sequential { alpha, tolerance }))
+        }
+        Some(_) => {
+            cx.error(
+                node.pos,
+                path,
+                "choose one judge: `sequential` or `threshold`, without other fields",
+            );
+            None
+        }
+        None => decode_threshold(cx, node, path, metric).map(Judge::Threshold),
+    }
+}
+
+fn decode_threshold(
+    cx: &mut Decoder,
+    node: &Node,
+    path: &str,
+    metric: BuiltinMetric,
+) -> Option<Threshold> {
+    let m = cx.map(node, path, &["max", "max_ratio_to_stable"])?;
+    let max = match metric {
+        BuiltinMetric::ErrorRate => m.optional::<Rate>(cx, "max").map(|r| r.0),
+        BuiltinMetric::Latency(_) => m
+            .optional::<Duration>(cx, "max")
+            .map(|d| d.as_secs_f64() * 1000.0),
+        BuiltinMetric::Query => m.optional::<f64>(cx, "max"),
+    };
+    let ratio = m.optional::<f64>(cx, "max_ratio_to_stable");
+    if let Some(r) = ratio
+        && r <= 0.0
+    {
+        cx.error(
+            m.get("max_ratio_to_stable").map_or(m.pos(), |n| n.pos),
+            &m.path_of("max_ratio_to_stable"),
+            format!("{r} is not a useful ratio; use a number above 0, such as 1.5 (canary may be 50 % worse than stable)"),
+        );
+    }
+    if m.get("max").is_none() && m.get("max_ratio_to_stable").is_none() {
+        cx.error(
+            m.pos(),
+            path,
+            "the judge sets no limit; give `max`, `max_ratio_to_stable` or both",
+        );
+    }
+    Some(Threshold {
+        max,
+        max_ratio_to_stable: ratio,
+    })
+}

@@ -1,0 +1,552 @@
+//! Policy decoding tests: documented defaults, every diagnostic's line, field and
+//! hint. Tests only; nothing here is compiled into rampart.
+
+use super::*;
+use crate::units::Weight;
+
+pub(crate) const MINIMAL: &str = r#"
+service: checkout
+deploy:
+  process:
+    command: ["./checkout", "--port", "{port}"]
+traffic:
+  proxy:
+    listen: 127.0.0.1:8080
+strategy:
+  canary:
+    steps:
+      - weight: 10
+        bake: 1m
+analysis:
+  metrics:
+    - metric: error_rate
+      judge: { max: 1% }
+"#;
+
+fn errors(src: &str) -> Vec<Diagnostic> {
+    Policy::from_yaml(src).unwrap_err().diagnostics
+}
+
+#[test]
+fn minimal_policy_gets_documented_defaults() {
+    let p = Policy::from_yaml(MINIMAL).unwrap();
+    assert_eq!(p.analysis.interval, Duration::from_secs(10));
+    assert_eq!(p.analysis.metrics[0].name, "error_rate");
+    assert_eq!(p.analysis.metrics[0].min_samples, 50);
+    assert_eq!(p.analysis.metrics[0].failure_limit, 2);
+    assert_eq!(p.proxy().unwrap().sticky, Sticky::None);
+    assert_eq!(
+        p.process().unwrap().readiness.timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(p.rollback.drain, Duration::from_secs(10));
+}
+
+#[test]
+fn typo_in_field_name_names_line_and_field() {
+    let src = MINIMAL.replace("bake: 1m", "baek: 1m");
+    let d = errors(&src);
+    assert!(
+        d.iter().any(|d| d.path == "strategy.canary.steps[0].baek"
+            && d.line == 13
+            && d.message.contains("did you mean `bake`")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter()
+            .any(|d| d.path == "strategy.canary.steps[0].bake" && d.message.contains("missing")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn weight_over_100_is_rejected_at_its_line() {
+    let d = errors(&MINIMAL.replace("weight: 10", "weight: 120"));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].path, "strategy.canary.steps[0].weight");
+    assert_eq!(d[0].line, 12);
+    assert!(d[0].message.contains("0 to 100"));
+}
+
+#[test]
+fn bad_duration_is_rejected_with_a_fix() {
+    let d = errors(&MINIMAL.replace("bake: 1m", "bake: 10 minutes"));
+    assert_eq!(d[0].path, "strategy.canary.steps[0].bake");
+    assert!(d[0].message.contains("duration unit"), "{d:?}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let src = MINIMAL
+        .replace("weight: 10", "weight: 120")
+        .replace("127.0.0.1:8080", "localhost")
+        .replace("error_rate", "eror_rate");
+    let d = errors(&src);
+    assert_eq!(d.len(), 3, "{d:?}");
+    assert!(d.windows(2).all(|w| w[0].line <= w[1].line));
+}
+
+#[test]
+fn decreasing_weights_are_rejected() {
+    let src = MINIMAL.replace(
+        "      - weight: 10\n        bake: 1m\n",
+        "      - weight: 50\n        bake: 1m\n      - weight: 10\n        bake: 1m\n",
+    );
+    let d = errors(&src);
+    assert_eq!(d[0].path, "strategy.canary.steps[1].weight", "{d:?}");
+}
+
+#[test]
+fn command_must_receive_the_port() {
+    let d = errors(&MINIMAL.replace(r#", "--port", "{port}""#, ""));
+    assert!(d[0].message.contains("{port}"), "{d:?}");
+}
+
+#[test]
+fn latency_max_is_a_duration_and_error_rate_max_is_a_rate() {
+    let src = MINIMAL.replace(
+            "judge: { max: 1% }",
+            "judge: { max: 1% }\n    - metric: latency_p99\n      judge: { max: 800ms, max_ratio_to_stable: 1.5 }",
+        );
+    let p = Policy::from_yaml(&src).unwrap();
+    let max = |i: usize| match p.analysis.metrics[i].judge {
+        Judge::Threshold(t) => t.max,
+        Judge::Sequential(_) => None,
+    };
+    assert_eq!(max(0), Some(0.01));
+    assert_eq!(max(1), Some(800.0));
+    assert_eq!(p.analysis.metrics[1].metric, BuiltinMetric::Latency(0.99));
+    let bad = src.replace("max: 800ms", "max: 5%");
+    assert!(errors(&bad)[0].path.ends_with("judge.max"));
+}
+
+#[test]
+fn judge_forms() {
+    let with = |judge: &str| MINIMAL.replace("judge: { max: 1% }", &format!("judge: {judge}"));
+    let p = Policy::from_yaml(&with("sequential")).unwrap();
+    let seq = |alpha| {
+        Judge::Sequential(Sequential {
+            alpha,
+            tolerance: 1.0,
+        })
+    };
+    assert_eq!(p.analysis.metrics[0].judge, seq(DEFAULT_ALPHA));
+    let p = Policy::from_yaml(&with("{sequential: {alpha: 0.05}}")).unwrap();
+    assert_eq!(p.analysis.metrics[0].judge, seq(0.05));
+    let p = Policy::from_yaml(&with("{threshold: {max: 2%}}")).unwrap();
+    assert!(
+        matches!(p.analysis.metrics[0].judge, Judge::Threshold(Threshold { max: Some(m), .. }) if (m - 0.02).abs() < 1e-12)
+    );
+    assert!(p.analysis.metrics[0].critical);
+    for bad in [
+        "sequentail",
+        "{sequential: {alpha: 0.7}}",
+        "{sequential: {}, max: 1%}",
+        "{sequential: {tolerance: 0.5}}",
+    ] {
+        assert!(Policy::from_yaml(&with(bad)).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn gates_accept_short_and_long_forms() {
+    let src = format!(
+        "{MINIMAL}gates:\n  pre:\n    - env: [DATABASE_URL]\n    - http: http://127.0.0.1:9/health\n    - command: [\"true\"]\n    - name: slow\n      command: {{run: [\"sleep\", \"1\"], timeout: 2s}}\n"
+    );
+    let p = Policy::from_yaml(&src).unwrap();
+    assert_eq!(p.gates.pre.len(), 4);
+    assert_eq!(p.gates.pre[3].name, "slow");
+    let https = src.replace("http://127.0.0.1:9/health", "https://x/health");
+    assert!(errors(&https)[0].message.contains("command gate"));
+}
+
+#[test]
+fn match_steps_come_before_and_alongside_weights() {
+    let src = MINIMAL.replace(
+            "      - weight: 10\n        bake: 1m\n",
+            "      - match: {header: X-Internal-User}\n        bake: 1m\n      - match: {cookie: beta, values: [\"1\"]}\n        weight: 5\n        bake: 1m\n      - weight: 20\n        bake: 1m\n",
+        );
+    let p = Policy::from_yaml(&src).unwrap();
+    let steps = p.strategy.steps();
+    assert_eq!(steps[0].weight, Weight::ZERO);
+    assert_eq!(
+        steps[0].matches[0].source,
+        MatchSource::Header("x-internal-user".into())
+    );
+    assert_eq!(steps[1].weight, Weight::from_percent(5).unwrap());
+    assert_eq!(p.strategy.matches_at(2).len(), 2, "matches stay in force");
+    assert_eq!(p.strategy.matches_at(0).len(), 1);
+    let bad = src.replace("{header: X-Internal-User}", "{header: x, cookie: y}");
+    assert!(
+        errors(&bad)[0]
+            .message
+            .contains("one `header` or one `cookie`")
+    );
+}
+
+#[test]
+fn blue_green_with_preview_post_release_and_absolute_metrics() {
+    let src = MINIMAL.replace(
+            "  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+            "  blue_green:\n    preview:\n      - http: /healthz\n      - command: [\"./smoke.sh\", \"{url}\"]\n    stability: 2m\n    keep_previous: 10m\n",
+        ) + "post_release:\n  wait: 30s\n  checks: [{http: /ready}]\n  on_failure: halt\n";
+    let p = Policy::from_yaml(&src).unwrap();
+    assert_eq!(p.strategy.name(), "blue_green");
+    assert_eq!(p.strategy.steps()[0].weight, Weight::FULL);
+    assert_eq!(p.strategy.steps()[0].bake, Duration::from_secs(120));
+    assert_eq!(p.strategy.preview().len(), 2);
+    assert_eq!(p.strategy.keep_previous(), Duration::from_secs(600));
+    let post = p.post_release.unwrap();
+    assert_eq!(
+        (post.wait, post.checks.len(), post.on_failure),
+        (Duration::from_secs(30), 1, PostFailure::Halt)
+    );
+    // A ratio-only or sequential metric cannot judge a blue-green release.
+    let d = errors(&src.replace("judge: { max: 1% }", "judge: sequential"));
+    assert_eq!(d[0].path, "analysis.metrics[0].judge", "{d:?}");
+    // Relative paths are only for checks on the new version, not for pre-gates.
+    let gate = format!("{MINIMAL}gates:\n  pre:\n    - http: /healthz\n");
+    assert!(errors(&gate)[0].message.contains("not an http:// URL"));
+}
+
+#[test]
+fn rolling_plans_one_step_per_batch() {
+    let src = MINIMAL
+        .replace(
+            "command: [\"./checkout\", \"--port\", \"{port}\"]",
+            "command: [\"./checkout\", \"--port\", \"{port}\"]\n    replicas: 5",
+        )
+        .replace(
+            "  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+            "  rolling: {batch: 2, bake: 30s}\n",
+        );
+    let p = Policy::from_yaml(&src).unwrap();
+    let r = p.strategy.rolling().unwrap();
+    let weights: Vec<u16> = p
+        .strategy
+        .steps()
+        .iter()
+        .map(|s| s.weight.basis_points())
+        .collect();
+    assert_eq!(weights, vec![4000, 8000, 10_000]);
+    assert_eq!(
+        (r.replicas_at(0), r.replicas_at(1), r.replicas_at(2)),
+        (2, 4, 5)
+    );
+    let too_big = src.replace("batch: 2", "batch: 6");
+    assert!(
+        errors(&too_big)[0]
+            .message
+            .contains("more than the 5 replica")
+    );
+}
+
+#[test]
+fn sticky_forms() {
+    for (text, want) in [
+        ("client-ip", Sticky::ClientIp),
+        ("{header: X-User}", Sticky::Header("x-user".into())),
+        ("{cookie: sid}", Sticky::Cookie("sid".into())),
+    ] {
+        let src = MINIMAL.replace(
+            "listen: 127.0.0.1:8080",
+            &format!("listen: 127.0.0.1:8080\n    sticky: {text}"),
+        );
+        assert_eq!(
+            Policy::from_yaml(&src).unwrap().proxy().unwrap().sticky,
+            want
+        );
+    }
+}
+
+#[test]
+fn empty_and_non_mapping_documents_are_errors_not_panics() {
+    for src in ["", "- 1\n- 2\n", "just text", "service: [", "{service: 5}"] {
+        assert!(Policy::from_yaml(src).is_err(), "{src}");
+    }
+}
+
+#[test]
+fn prometheus_metrics_need_a_server_a_query_and_a_threshold() {
+    let base = MINIMAL.replace("    - metric: error_rate\n      judge: { max: 1% }\n", "");
+    let ok = format!(
+            "{base}  prometheus: http://127.0.0.1:9090\n  metrics:\n    - {{name: q, source: prometheus, query: 'sum(up)', range: true, judge: {{max: 0.5, max_ratio_to_stable: 2}}}}\n"
+        )
+        .replace("  metrics:\n  prometheus", "  prometheus");
+    let p = Policy::from_yaml(&ok).unwrap_or_else(|e| panic!("{ok}\n{e:?}"));
+    let q = p.analysis.metrics[0].query.clone().unwrap();
+    assert_eq!((q.query.as_str(), q.range), ("sum(up)", true));
+    let no_server = ok.replace("  prometheus: http://127.0.0.1:9090\n", "");
+    assert!(
+        errors(&no_server)
+            .iter()
+            .any(|d| d.message.contains("analysis.prometheus"))
+    );
+    let sequential = ok.replace(
+        "judge: {max: 0.5, max_ratio_to_stable: 2}",
+        "judge: sequential",
+    );
+    assert!(
+        errors(&sequential)
+            .iter()
+            .any(|d| d.message.contains("judged by thresholds"))
+    );
+    let metric_too = ok.replace("query: 'sum(up)'", "query: 'sum(up)', metric: error_rate");
+    assert!(
+        errors(&metric_too)
+            .iter()
+            .any(|d| d.path.ends_with(".metric"))
+    );
+}
+
+#[test]
+fn notify_hooks_take_secrets_from_the_environment_and_a_cadence() {
+    let p = Policy::from_yaml(&format!(
+            "{MINIMAL}notify:\n  - slack: {{webhook_env: SLACK_URL}}\n    dashboard: http://grafana\n  - pagerduty: {{routing_key_env: PD_KEY}}\n  - webhook: https://hooks.internal/x\n    secret_env: HOOK_SECRET\n    on: [started, done]\n  - command: [./page.sh]\n"
+        ))
+        .unwrap();
+    assert_eq!(
+        p.notify[0].target,
+        NotifyTarget::Slack {
+            url: Secret::Env("SLACK_URL".into()),
+            dashboard: Some("http://grafana".into())
+        }
+    );
+    assert!(p.notify[0].all());
+    assert!(
+        matches!(&p.notify[1].target, NotifyTarget::PagerDuty { routing_key: Secret::Env(k), url, .. } if k == "PD_KEY" && url.starts_with("https://events.pagerduty.com"))
+    );
+    assert_eq!(
+        p.notify[1].on,
+        vec!["approval", "halted", "escalated", "done"]
+    );
+    assert_eq!(p.notify[2].on, vec!["started", "done"]);
+    assert_eq!(p.notify[3].on, PAGES.to_vec());
+    for (bad, want) in [
+        (
+            "  - webhook: http://x\n    secret: a\n    secret_env: B\n",
+            "not both",
+        ),
+        (
+            "  - webhook: http://x\n    dashboard: http://d\n",
+            "`dashboard` is for",
+        ),
+        ("  - slack: {}\n", "webhook_env"),
+        ("  - command: [x]\n    on: [sometimes]\n", "not valid"),
+        ("  - slack: ftp://x\n", "not an http:// or https:// URL"),
+    ] {
+        let e = errors(&format!("{MINIMAL}notify:\n{bad}"));
+        assert!(e.iter().any(|d| d.message.contains(want)), "{bad}: {e:?}");
+    }
+}
+
+// === Kubernetes ===
+
+const KUBE: &str = r#"
+service: checkout
+deploy:
+  kubernetes:
+    namespace: shop
+    deployment: checkout
+    container: app
+    image: registry.example.com/checkout:{version}
+traffic:
+  kubernetes:
+    mode: http_route
+    service: checkout
+    route: checkout
+strategy:
+  canary:
+    steps:
+      - weight: 10
+        bake: 1m
+analysis:
+  prometheus: http://prometheus.monitoring:9090
+  metrics:
+    - name: errors
+      source: prometheus
+      query: 'sum(rate(http_errors_total{version="{version}"}[1m]))'
+      judge: { max: 0.01 }
+"#;
+
+#[test]
+fn kubernetes_sections_decode_with_defaults() {
+    let p = Policy::from_yaml(KUBE).unwrap();
+    let (d, t) = p.kubernetes().unwrap();
+    assert_eq!(d.namespace, "shop");
+    assert_eq!(d.canary_name, "checkout-canary");
+    assert_eq!(d.ready_timeout, Duration::from_secs(300));
+    assert_eq!(d.context, None);
+    assert_eq!(d.image_of("v2"), "registry.example.com/checkout:v2");
+    assert_eq!(
+        d.version_of("registry.example.com/checkout:v1.4.1")
+            .as_deref(),
+        Some("v1.4.1")
+    );
+    assert_eq!(d.version_of("registry.example.com/other:v1"), None);
+    assert_eq!(
+        t.mode,
+        KubeMode::HttpRoute {
+            service: "checkout".into(),
+            route: "checkout".into()
+        }
+    );
+    assert!(p.process().is_none());
+    let p = Policy::from_yaml(&KUBE.replace("    namespace: shop\n", "")).unwrap();
+    assert_eq!(p.kubernetes().unwrap().0.namespace, "default");
+}
+
+#[test]
+fn kubernetes_modes_decode() {
+    let ratio = KUBE.replace(
+        "mode: http_route\n    service: checkout\n    route: checkout",
+        "mode: replica_ratio\n    replicas: 10",
+    );
+    let p = Policy::from_yaml(&ratio).unwrap();
+    assert_eq!(
+        p.kubernetes().unwrap().1.mode,
+        KubeMode::ReplicaRatio { replicas: 10 }
+    );
+    let selector = KUBE
+        .replace("mode: http_route", "mode: service_selector")
+        .replace("    route: checkout\n", "")
+        .replace("weight: 10", "weight: 100");
+    let p = Policy::from_yaml(&selector).unwrap();
+    assert_eq!(p.kubernetes().unwrap().1.mode.name(), "service_selector");
+}
+
+#[test]
+fn kubernetes_typo_names_line_and_suggests() {
+    let d = errors(&KUBE.replace("    container: app", "    contaner: app"));
+    assert!(
+        d.iter().any(|d| d.path == "deploy.kubernetes.contaner"
+            && d.line == 7
+            && d.message.contains("did you mean `container`")),
+        "{d:?}"
+    );
+    let d = errors(&KUBE.replace("mode: http_route", "mode: http_routes"));
+    assert!(
+        d.iter().any(|d| d.path == "traffic.kubernetes.mode"
+            && d.line == 11
+            && d.message.contains("http_route")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn kubernetes_image_needs_the_version() {
+    let d = errors(&KUBE.replace("checkout:{version}", "checkout:latest"));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].path, "deploy.kubernetes.image");
+    assert_eq!(d[0].line, 8);
+    assert!(d[0].message.contains("{version}"), "{d:?}");
+}
+
+#[test]
+fn kubernetes_names_must_be_valid() {
+    let d = errors(&KUBE.replace("deployment: checkout", "deployment: Checkout_1"));
+    assert_eq!(d[0].path, "deploy.kubernetes.deployment", "{d:?}");
+    assert!(d[0].message.contains("lower-case"), "{d:?}");
+}
+
+#[test]
+fn http_route_mode_needs_a_route() {
+    let d = errors(&KUBE.replace("    route: checkout\n", ""));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].path, "traffic.kubernetes.route");
+    let d = errors(&KUBE.replace(
+        "    route: checkout\n",
+        "    route: checkout\n    replicas: 4\n",
+    ));
+    assert_eq!(d[0].path, "traffic.kubernetes.replicas", "{d:?}");
+    assert!(d[0].message.contains("replica_ratio"), "{d:?}");
+}
+
+#[test]
+fn kubernetes_traffic_needs_kubernetes_deploy() {
+    let src = KUBE.replace(
+            "  kubernetes:\n    namespace: shop\n    deployment: checkout\n    container: app\n    image: registry.example.com/checkout:{version}\n",
+            "  process:\n    command: [\"./checkout\", \"--port\", \"{port}\"]\n",
+        );
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].path, "traffic.kubernetes");
+    assert!(d[0].message.contains("deploy.kubernetes"), "{d:?}");
+    let d = errors(&KUBE.replace(
+        "  kubernetes:\n    mode: http_route\n    service: checkout\n    route: checkout\n",
+        "  proxy:\n    listen: 127.0.0.1:8080\n",
+    ));
+    assert_eq!(d[0].path, "deploy.kubernetes", "{d:?}");
+}
+
+#[test]
+fn kubernetes_rejects_builtin_metrics_at_the_metric() {
+    let src = KUBE.replace(
+        "  metrics:\n",
+        "  metrics:\n    - metric: error_rate\n      judge: { max: 1% }\n",
+    );
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].path, "analysis.metrics[0].source");
+    assert_eq!(d[0].line, 22);
+    assert!(d[0].message.contains("source: prometheus"), "{d:?}");
+    assert!(d[0].message.contains("no rampart proxy"), "{d:?}");
+}
+
+#[test]
+fn service_selector_rejects_partial_weights() {
+    let src = KUBE
+        .replace("mode: http_route", "mode: service_selector")
+        .replace("    route: checkout\n", "");
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].path, "strategy.canary.steps[0].weight");
+    assert_eq!(d[0].line, 16);
+    assert!(d[0].message.contains("blue_green"), "{d:?}");
+}
+
+#[test]
+fn replica_ratio_rejects_weights_no_replica_count_makes() {
+    let src = KUBE
+        .replace(
+            "mode: http_route\n    service: checkout\n    route: checkout",
+            "mode: replica_ratio\n    replicas: 4",
+        )
+        .replace("weight: 10", "weight: 5");
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].path, "strategy.canary.steps[0].weight");
+    assert_eq!(d[0].line, 16);
+    assert!(d[0].message.contains("25%, 50%, 75%, 100%"), "{d:?}");
+    let d = errors(&src.replace("replicas: 4", "replicas: 0"));
+    assert_eq!(d[0].path, "traffic.kubernetes.replicas", "{d:?}");
+}
+
+#[test]
+fn kubernetes_checks_need_an_absolute_url() {
+    let blue_green = KUBE
+        .replace("mode: http_route", "mode: service_selector")
+        .replace("    route: checkout\n", "")
+        .replace(
+            "  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+            "  blue_green:\n    stability: 1m\n    preview: [{http: /healthz}]\n",
+        );
+    let d = errors(&blue_green);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].path, "strategy.blue_green.preview[0]");
+    assert!(d[0].message.contains("absolute URL"), "{d:?}");
+    let ok = blue_green.replace("/healthz", "http://checkout-canary.shop.svc/healthz");
+    assert!(Policy::from_yaml(&ok).is_ok());
+}
+
+#[test]
+fn kubernetes_rejects_rolling_and_match_steps() {
+    let d = errors(&KUBE.replace(
+        "      - weight: 10\n        bake: 1m\n",
+        "      - weight: 10\n        bake: 1m\n        match: {header: x-beta}\n",
+    ));
+    assert!(
+        d.iter().any(|d| d.path == "strategy.canary.steps[0].match"),
+        "{d:?}"
+    );
+}

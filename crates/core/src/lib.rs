@@ -11,6 +11,7 @@ pub mod flags;
 pub mod judge;
 pub mod metrics;
 pub mod migrations;
+pub mod notice;
 pub mod policy;
 pub mod ports;
 pub mod release;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::values::{decode_argv, decode_base_url, decode_url};
 use crate::decode::{Decoder, one_of};
+use crate::notice::NoticeKind;
 use crate::yaml::{Node, NodeKind};
 
 /// Alerts silenced in Alertmanager during the release, expired when it ends.
@@ -47,15 +48,13 @@ pub struct NotifyHook {
 
 impl NotifyHook {
     /// Whether this hook hears about a notice of `kind`.
-    pub fn wants(&self, kind: crate::release::NoticeKind) -> bool {
+    pub fn wants(&self, kind: NoticeKind) -> bool {
         self.on.contains(&kind.cadence())
     }
 
     /// Whether it hears about every moment.
     pub fn all(&self) -> bool {
-        crate::release::NoticeKind::CADENCE
-            .iter()
-            .all(|c| self.on.contains(c))
+        NoticeKind::CADENCE.iter().all(|c| self.on.contains(c))
     }
 }
 
@@ -235,7 +234,7 @@ pub(super) fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option
                     url: url?,
                     dashboard: dashboard.clone(),
                 },
-                &crate::release::NoticeKind::CADENCE,
+                &NoticeKind::CADENCE,
             )
         }
         _ => {
@@ -289,7 +288,7 @@ fn decode_cadence(cx: &mut Decoder, n: &Node, p: &str) -> Option<Vec<&'static st
     ];
     if let NodeKind::Scalar { .. } = n.kind {
         return match one_of(cx, n, p, &["pages", "all"])? {
-            "all" => Some(crate::release::NoticeKind::CADENCE.to_vec()),
+            "all" => Some(NoticeKind::CADENCE.to_vec()),
             _ => Some(PAGES.to_vec()),
         };
     }

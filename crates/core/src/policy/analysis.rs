@@ -1,6 +1,6 @@
 //! The `analysis` section: the interval, the judged metrics, their judges and
 //! thresholds, and the escalation limits, with its decoder. It says how to judge; it
-//! must not judge (that is `crate::judge`).
+//! must not judge (the `judge` module does).
 
 use std::time::Duration;
 

@@ -1,0 +1,117 @@
+//! One analysis interval judged for the release: each metric's reading, the streaks,
+//! the failure score and the interval's verdict, recorded in the audit trail. It must
+//! not act on the verdict; progress and rollback do.
+
+use super::builder::Builder;
+use crate::judge::{self, MetricReading, Verdict};
+use crate::metrics::IntervalSample;
+use crate::policy::Judge;
+
+/// One interval judged: every metric's reading, the overall verdict, and the metrics
+/// whose failures decide the release.
+pub(super) struct Judged {
+    pub(super) readings: Vec<MetricReading>,
+    pub(super) verdict: Verdict,
+    pub(super) deciding: Vec<usize>,
+}
+
+/// Judges one interval, updates the evidence and streaks, and records the analysis.
+pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Judged {
+    let metrics = &b.policy.analysis.metrics;
+    let mut readings: Vec<MetricReading> = Vec::with_capacity(metrics.len());
+    for (i, m) in metrics.iter().enumerate() {
+        readings.push(match &m.judge {
+            Judge::Threshold(t) => judge::threshold(m, t, sample),
+            Judge::Sequential(seq) => judge::sequential(
+                m,
+                seq,
+                sample,
+                &mut b.s.evidence[i],
+                &b.s.stable_latency,
+                b.s.canary_seen,
+            ),
+        });
+    }
+    // Only after judging: the null for this interval came from earlier intervals.
+    b.s.stable_latency.merge(&sample.stable.latency);
+    b.s.canary_seen += sample.canary.requests;
+    b.s.intervals += 1;
+
+    let mut tripped: Vec<usize> = Vec::new();
+    for (i, r) in readings.iter().enumerate() {
+        match r.verdict {
+            Verdict::Pass => b.s.failure_streaks[i] = 0,
+            Verdict::Fail => b.s.failure_streaks[i] += 1,
+            Verdict::Inconclusive | Verdict::NoData => {}
+        }
+        let trips = match metrics[i].judge {
+            Judge::Threshold(_) => b.s.failure_streaks[i] >= metrics[i].failure_limit,
+            // Anytime-valid: the first rejection is the decision.
+            Judge::Sequential(_) => r.verdict == Verdict::Fail,
+        };
+        if trips {
+            tripped.push(i);
+        }
+    }
+    // Critical metrics fail the release alone; the others only together, once their
+    // weights reach the failure score. Below it, their failures are warnings.
+    let score: f64 = tripped
+        .iter()
+        .filter(|i| !metrics[**i].critical)
+        .map(|i| metrics[*i].weight)
+        .sum();
+    let failing_score: f64 = readings
+        .iter()
+        .zip(metrics)
+        .filter(|(r, m)| !m.critical && r.verdict == Verdict::Fail)
+        .map(|(_, m)| m.weight)
+        .sum();
+    let counts = |i: usize| {
+        metrics[i].critical
+            || readings[i].verdict != Verdict::Fail
+            || failing_score >= b.policy.analysis.fail_score
+    };
+    let counted: Vec<&MetricReading> = (0..readings.len())
+        .filter(|i| counts(*i))
+        .map(|i| &readings[i])
+        .collect();
+    let deciding: Vec<usize> =
+        if tripped.iter().any(|i| metrics[*i].critical) || score >= b.policy.analysis.fail_score {
+            tripped
+                .into_iter()
+                .filter(|i| counts(*i) || score >= b.policy.analysis.fail_score)
+                .collect()
+        } else {
+            Vec::new()
+        };
+    let verdict = if counted.iter().any(|r| r.verdict == Verdict::Fail) {
+        Verdict::Fail
+    } else if !counted.is_empty() && counted.iter().all(|r| r.verdict == Verdict::NoData) {
+        Verdict::NoData
+    } else if counted.iter().any(|r| r.verdict != Verdict::Pass) {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Pass
+    };
+    b.s.last_verdict = Some(verdict);
+    let summary: Vec<String> = readings
+        .iter()
+        .map(|r| format!("{} {}: {}", r.name, r.verdict.label(), r.detail))
+        .collect();
+    b.event_with(
+        "analysis",
+        "rampart",
+        format!(
+            "interval {} {}: {}",
+            b.s.intervals,
+            verdict.label(),
+            summary.join("; ")
+        ),
+        readings.clone(),
+    );
+    Judged {
+        readings,
+        verdict,
+        deciding,
+    }
+}

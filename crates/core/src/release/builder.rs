@@ -1,0 +1,187 @@
+//! The transition under construction: a copy of the state, the effects and the audit
+//! events one step emits, and the primitives every phase uses to add to them. It must
+//! not make a phase's decisions itself; the phase files do.
+
+use std::time::Duration;
+
+use super::model::{AuditEvent, Decision, DecisionKind, Phase, PreApproval, Release, Transition};
+use super::protocol::{Action, Effect, Variant};
+use crate::judge::MetricReading;
+use crate::notice::NoticeKind;
+use crate::policy::Policy;
+use crate::units::{Millis, Weight};
+
+pub(super) fn ms(d: Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Builds one transition: a mutable copy of the state plus what to emit.
+pub(super) struct Builder<'a> {
+    pub(super) policy: &'a Policy,
+    pub(super) now: Millis,
+    pub(super) s: Release,
+    pub(super) effects: Vec<Effect>,
+    pub(super) events: Vec<AuditEvent>,
+}
+
+impl Builder<'_> {
+    pub(super) fn event(&mut self, kind: &str, actor: &str, message: String) {
+        self.event_with(kind, actor, message, Vec::new());
+    }
+
+    pub(super) fn event_with(
+        &mut self,
+        kind: &str,
+        actor: &str,
+        message: String,
+        readings: Vec<MetricReading>,
+    ) {
+        let t_ms = self.now.saturating_sub(self.s.started_at);
+        self.events.push(AuditEvent {
+            at: self.now,
+            t_s: t_ms as f64 / 1000.0,
+            kind: kind.to_string(),
+            actor: actor.to_string(),
+            message,
+            weight: self.s.weight,
+            readings,
+        });
+    }
+
+    pub(super) fn act(&mut self, action: Action) {
+        self.s.pending = Some(action.clone());
+        self.effects.push(Effect::Do(action));
+    }
+
+    pub(super) fn notify(&mut self, kind: NoticeKind, message: String) {
+        let page = matches!(
+            kind,
+            NoticeKind::Approval | NoticeKind::Halted | NoticeKind::Escalated
+        );
+        self.effects.push(Effect::Notify {
+            kind,
+            page,
+            message,
+        });
+    }
+
+    pub(super) fn decide(&mut self, kind: DecisionKind, reason: String) {
+        // A promotion can still be undone (post-release checks, an operator while the
+        // previous version runs); any other decision is final.
+        let open = match &self.s.decision {
+            None => true,
+            Some(d) => d.kind == DecisionKind::Promote && kind != DecisionKind::Promote,
+        };
+        if open {
+            self.s.decision = Some(Decision {
+                kind,
+                reason,
+                at: self.now,
+                by: "rampart".into(),
+            });
+        }
+    }
+
+    /// Sets a weight with no match rules (rollback, promotion).
+    pub(super) fn set_weight(&mut self, weight: Weight) {
+        self.act(Action::SetWeight {
+            weight,
+            matches: Vec::new(),
+        });
+    }
+
+    /// Sets the current step's weight and match rules.
+    pub(super) fn route_step(&mut self) {
+        let chain = self.step_chain();
+        self.chain(chain);
+    }
+
+    /// The actions that put the current step in force. Rolling: start the batch's new
+    /// replicas, move their share of traffic, then retire as many old ones.
+    pub(super) fn step_chain(&self) -> Vec<Action> {
+        let step = self.s.step;
+        let weight = self.policy.strategy.steps()[step].weight;
+        let Some(r) = self.policy.strategy.rolling() else {
+            return vec![Action::SetWeight {
+                weight,
+                matches: self.policy.strategy.matches_at(step),
+            }];
+        };
+        let k = r.replicas_at(step);
+        vec![
+            self.scale(Variant::Canary, k),
+            Action::SetWeight {
+                weight,
+                matches: Vec::new(),
+            },
+            self.scale(Variant::Stable, r.replicas - k),
+        ]
+    }
+
+    pub(super) fn scale(&self, variant: Variant, replicas: u32) -> Action {
+        let version = match variant {
+            Variant::Stable => self.s.stable.clone().unwrap_or_default(),
+            Variant::Canary => self.s.version.clone(),
+        };
+        Action::Scale {
+            variant,
+            version,
+            replicas,
+        }
+    }
+
+    /// Issues the first action of `chain` and queues the rest.
+    pub(super) fn chain(&mut self, mut chain: Vec<Action>) {
+        if chain.is_empty() {
+            return;
+        }
+        let first = chain.remove(0);
+        self.s.queued = chain;
+        self.act(first);
+    }
+
+    /// Who may not approve: the person who started the release.
+    pub(super) fn not_the_initiator(&self) -> String {
+        if self.s.initiator.is_empty() {
+            "the initiator".into()
+        } else {
+            self.s.initiator.clone()
+        }
+    }
+
+    /// Holds the release at an approval point until `timeout_ms` passes, and asks for it.
+    pub(super) fn await_approval(
+        &mut self,
+        kind: Option<PreApproval>,
+        timeout_ms: Millis,
+        ask: String,
+    ) {
+        self.s.pending = None;
+        self.s.phase = Phase::AwaitingApproval;
+        self.s.approving = kind;
+        self.s.timer = Some(self.now + timeout_ms);
+        self.event("awaiting_approval", "rampart", ask.clone());
+        self.notify(NoticeKind::Approval, ask);
+    }
+
+    pub(super) fn finish(self) -> Transition {
+        Transition {
+            state: self.s,
+            effects: self.effects,
+            events: self.events,
+        }
+    }
+}
+
+/// Why releases may not run now and when they next may, from the policy's windows.
+pub(super) fn window_closed(b: &Builder<'_>) -> Option<(String, bool, Option<Millis>)> {
+    let w = b.policy.windows.as_ref()?;
+    match w.status(b.now) {
+        crate::windows::Status::Open => None,
+        crate::windows::Status::Closed {
+            why,
+            freeze,
+            opens_at,
+        } => Some((why, freeze, opens_at)),
+    }
+}

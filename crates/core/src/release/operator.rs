@@ -1,0 +1,251 @@
+//! What people ask of a running release: approve, pause, resume, promote now and
+//! abort. Every request is checked (four eyes, freezes, the phase); a refused one is
+//! recorded and must change nothing else.
+
+use super::builder::{Builder, window_closed};
+use super::gating::block;
+use super::model::{DecisionKind, Phase, PreApproval, Release};
+use super::progress::{next_step, start_progressing};
+use super::protocol::Action;
+use crate::units::Weight;
+
+pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
+    match b.s.phase {
+        // Migrations are never interrupted half-way; the abort is refused.
+        Phase::Migrating => {}
+        Phase::AwaitingApproval if b.s.approving.is_some_and(PreApproval::before_anything) => {
+            b.event("aborted", actor, reason.to_string());
+            block(
+                b,
+                format!("aborted by {actor} before anything ran: {reason}"),
+            );
+        }
+        Phase::Pending | Phase::Gating => {
+            b.decide(DecisionKind::Block, format!("aborted by {actor}: {reason}"));
+            b.s.phase = Phase::Blocked;
+            b.s.pending = None;
+            b.event(
+                "aborted",
+                actor,
+                format!("aborted before deployment: {reason}"),
+            );
+        }
+        Phase::Deploying
+        | Phase::Previewing
+        | Phase::AwaitingApproval
+        | Phase::Progressing
+        | Phase::Promoting
+        | Phase::Verifying
+        | Phase::KeepingPrevious => {
+            b.event("aborted", actor, reason.to_string());
+            b.rollback_with(actor, format!("aborted by {actor}: {reason}"), force);
+        }
+        // Waiting to see whether flags off was enough: the operator does not wait.
+        Phase::RollingBack if b.s.rollback_level == Some(1) && b.s.pending.is_none() => {
+            b.event("aborted", actor, reason.to_string());
+            b.rollback_traffic();
+        }
+        // Already rolling back, or over: nothing more to do.
+        _ => {}
+    }
+}
+
+/// Whether an operator's pause applies: only while the canary steps run (at a step or
+/// a step's approval point). Earlier phases would put the first step in force anyway,
+/// and a rollback is never held.
+fn pausable(s: &Release) -> bool {
+    s.phase == Phase::Progressing || (s.phase == Phase::AwaitingApproval && s.approving.is_none())
+}
+
+pub(super) fn pause(b: &mut Builder<'_>, actor: &str, reason: &str) {
+    if !pausable(&b.s) {
+        return b.event(
+            "pause_refused",
+            actor,
+            format!(
+                "nothing to pause in phase {}: a release can be held once its canary steps run",
+                b.s.phase.as_str()
+            ),
+        );
+    }
+    if b.s.paused.is_some() {
+        return;
+    }
+    b.s.paused = Some(actor.to_string());
+    b.event(
+        "paused",
+        actor,
+        format!(
+            "held at {}: analysis goes on and a failure still rolls back, but no step advances until resumed ({reason})",
+            b.s.weight
+        ),
+    );
+}
+
+pub(super) fn unpause(b: &mut Builder<'_>, actor: &str) {
+    let Some(by) = b.s.paused.take() else {
+        return;
+    };
+    b.event(
+        "unpaused",
+        actor,
+        format!("resumed (paused by {by}); the next clean interval after the bake advances"),
+    );
+}
+
+/// A human's promotion: straight to 100 %, as if every remaining step had passed.
+pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str) {
+    let refuse = |b: &mut Builder<'_>, why: String| {
+        b.event("promote_refused", actor, why);
+    };
+    let step_approval = b.s.phase == Phase::AwaitingApproval && b.s.approving.is_none();
+    if b.s.phase != Phase::Progressing && !step_approval {
+        return refuse(
+            b,
+            format!(
+                "a release can be promoted only while its canary steps run (it is {})",
+                b.s.phase.as_str()
+            ),
+        );
+    }
+    if b.policy.strategy.rolling().is_some() {
+        return refuse(
+            b,
+            "a rolling release replaces its batches in order and cannot skip them".into(),
+        );
+    }
+    if actor.is_empty() || actor == b.s.initiator {
+        return refuse(
+            b,
+            "the initiator cannot promote their own release (four eyes)".into(),
+        );
+    }
+    if let Some((why, true, _)) = window_closed(b) {
+        return refuse(
+            b,
+            format!("it is {why}: nothing goes to 100 % during a freeze"),
+        );
+    }
+    b.event(
+        "promoted_by_operator",
+        actor,
+        format!("promoted from {} by {actor}: {reason}", b.s.weight),
+    );
+    b.decide(
+        DecisionKind::Promote,
+        format!("promoted by {actor}: {reason}"),
+    );
+    if let Some(d) = b.s.decision.as_mut()
+        && d.at == b.now
+    {
+        d.by = actor.to_string();
+    }
+    b.s.window_attended = true;
+    b.s.window_hold = None;
+    b.s.paused = None;
+    b.s.timer = None;
+    b.s.next_analysis_at = None;
+    b.s.queued.clear();
+    b.s.phase = Phase::Promoting;
+    b.set_weight(Weight::FULL);
+}
+
+pub(super) fn approved(b: &mut Builder<'_>, by: &str) {
+    let holding = b.s.phase == Phase::Progressing && b.s.window_hold.is_some();
+    if b.s.phase != Phase::AwaitingApproval && !holding {
+        return;
+    }
+    if by.is_empty() || by == b.s.initiator {
+        b.event(
+            "approval_refused",
+            by,
+            "the initiator cannot approve their own release (four eyes)".into(),
+        );
+        return;
+    }
+    if let Some(paused_by) = &b.s.paused {
+        let msg = format!("paused by {paused_by}: resume the release before approving it");
+        b.event("approval_refused", by, msg);
+        return;
+    }
+    let window = holding
+        || matches!(
+            b.s.approving,
+            Some(PreApproval::Window | PreApproval::FullTraffic)
+        );
+    if window && let Some((why, true, _)) = window_closed(b) {
+        b.event(
+            "approval_refused",
+            by,
+            format!(
+                "it is {why}: only a hotfix may run during a freeze (`rampart run --hotfix REASON`)"
+            ),
+        );
+        return;
+    }
+    if holding {
+        b.event(
+            "approved",
+            by,
+            "going to 100 % outside the release window approved (attended)".into(),
+        );
+        b.s.window_attended = true;
+        b.s.window_hold = None;
+        if b.s.pending.is_none() {
+            next_step(b);
+        }
+        return;
+    }
+    b.s.timer = None;
+    match b.s.approving.take() {
+        Some(PreApproval::Window) => {
+            b.event(
+                "approved",
+                by,
+                "releasing outside the release window approved (attended)".into(),
+            );
+            b.s.window_attended = true;
+            b.s.phase = Phase::Gating;
+            return b.act(Action::RunGates);
+        }
+        Some(PreApproval::FullTraffic) => {
+            b.event(
+                "approved",
+                by,
+                "switching all traffic outside the release window approved (attended)".into(),
+            );
+            b.s.window_attended = true;
+            return start_progressing(b);
+        }
+        Some(PreApproval::Migrations) => {
+            b.event("approved", by, "breaking migrations approved".into());
+            b.s.phase = Phase::Migrating;
+            return b.act(Action::RunMigrations);
+        }
+        Some(PreApproval::Hotfix) => {
+            b.event("approved", by, "hotfix during a freeze approved".into());
+            b.s.window_attended = true;
+            b.s.phase = Phase::Gating;
+            return b.act(Action::RunGates);
+        }
+        None => {}
+    }
+    let steps = b.policy.strategy.steps();
+    let role = steps[b.s.step]
+        .approval
+        .as_ref()
+        .map_or(String::new(), |a| a.role.clone());
+    // A human approving the move to 100 % attends it.
+    if steps
+        .get(b.s.step + 1)
+        .is_none_or(|s| s.weight == Weight::FULL)
+    {
+        b.s.window_attended = true;
+    }
+    b.event(
+        "approved",
+        by,
+        format!("approved as {role} at {}", b.s.weight),
+    );
+    next_step(b);
+}

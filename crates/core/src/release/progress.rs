@@ -1,0 +1,397 @@
+//! A release on its way forward: deploying the versions, the canary steps and their
+//! bakes, analysis verdicts, holds for release windows, promotion, post-release checks
+//! and keeping the previous version. It must not move weight back; that is rollback.
+
+use super::analysis::{Judged, judge_interval};
+use super::builder::{Builder, ms, window_closed};
+use super::model::{DecisionKind, Phase, PreApproval};
+use super::protocol::{Action, CheckStage, Variant};
+use crate::judge::Verdict;
+use crate::metrics::IntervalSample;
+use crate::notice::NoticeKind;
+use crate::policy::{EscalationAction, Judge};
+use crate::units::Weight;
+
+/// The current step's traffic is confirmed: its bake starts (or, after a restart,
+/// continues).
+pub(super) fn step_in_force(b: &mut Builder<'_>, weight: Weight) {
+    if b.s.step_started_at.is_some() {
+        b.event(
+            "traffic_restored",
+            "rampart",
+            format!("canary weight re-applied at {weight}"),
+        );
+    } else {
+        b.s.step_started_at = Some(b.now);
+        let bake = b.policy.strategy.steps()[b.s.step].bake;
+        let msg = format!(
+            "step {}/{}: canary at {weight}, baking {}",
+            b.s.step + 1,
+            b.policy.strategy.steps().len(),
+            crate::units::format_duration(bake)
+        );
+        b.event("weight_set", "rampart", msg.clone());
+        b.notify(
+            NoticeKind::Step,
+            format!("{} {}: {msg}", b.policy.service, b.s.version),
+        );
+    }
+    b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+}
+
+pub(super) fn start_deploying(b: &mut Builder<'_>) {
+    b.s.phase = Phase::Deploying;
+    match b.s.stable.clone() {
+        Some(version) => b.act(Action::Deploy {
+            variant: Variant::Stable,
+            version,
+        }),
+        None => b.act(Action::Deploy {
+            variant: Variant::Canary,
+            version: b.s.version.clone(),
+        }),
+    }
+}
+
+pub(super) fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
+    match (variant, ok) {
+        (Variant::Stable, true) => {
+            b.event(
+                "version_ready",
+                "rampart",
+                format!("stable ready: {detail}"),
+            );
+            if let Some(r) = b.policy.strategy.rolling() {
+                // Rolling: the new version's replicas start batch by batch.
+                b.s.stable_replicas = r.replicas;
+                start_progressing(b);
+                return;
+            }
+            if b.policy.strategy.flag_only() {
+                // The flag-on users are the canary, on the same processes.
+                start_progressing(b);
+                return;
+            }
+            b.act(Action::Deploy {
+                variant: Variant::Canary,
+                version: b.s.version.clone(),
+            });
+        }
+        (Variant::Stable, false) => {
+            b.halt(format!("stable did not start, so there is nothing safe to compare with or fall back to: {detail}"));
+        }
+        (Variant::Canary, true) => {
+            b.event(
+                "version_ready",
+                "rampart",
+                format!("canary ready: {detail}"),
+            );
+            if b.s.stable.is_none() {
+                b.decide(DecisionKind::Promote, "initial release is ready".into());
+                b.s.phase = Phase::Promoting;
+                b.set_weight(Weight::FULL);
+                return;
+            }
+            if b.policy.strategy.preview().is_empty() {
+                start_progressing(b);
+            } else {
+                b.s.phase = Phase::Previewing;
+                b.act(Action::RunChecks {
+                    stage: CheckStage::Preview,
+                });
+            }
+        }
+        (Variant::Canary, false) => {
+            b.event(
+                "version_failed",
+                "rampart",
+                format!("canary never became ready: {detail}"),
+            );
+            b.rollback("rampart", format!("canary never became ready: {detail}"));
+        }
+    }
+}
+
+pub(super) fn start_progressing(b: &mut Builder<'_>) {
+    b.s.step = 0;
+    let first = &b.policy.strategy.steps()[0];
+    if first.approval.is_none() && first.weight == Weight::FULL && hold_for_window(b) {
+        return;
+    }
+    enter_step(b);
+}
+
+/// Never 100 % unattended outside a release window: when the next move would put all
+/// traffic on the new version while the windows are closed, hold. With traffic on the
+/// canary, analysis goes on at the current weight (a failure still rolls back) and the
+/// move happens at the first clean interval once the window opens; with none (a
+/// blue-green switch), the release waits for the window. A human's approval at the hold
+/// counts as attending. Returns whether the release holds.
+fn hold_for_window(b: &mut Builder<'_>) -> bool {
+    if b.s.window_attended {
+        return false;
+    }
+    let (Some((why, _, opens_at)), Some(w)) = (window_closed(b), b.policy.windows.as_ref()) else {
+        b.s.window_hold = None;
+        return false;
+    };
+    let until = opens_at.unwrap_or(b.now + ms(w.max_wait));
+    let when = w.show(until);
+    if b.s.phase == Phase::Progressing && b.s.weight > Weight::ZERO {
+        if b.s.window_hold.is_none() {
+            let msg = format!(
+                "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}; `rampart approve {} --as NAME` (anyone but {}) promotes now, attended",
+                b.s.version,
+                b.policy.service,
+                b.s.weight,
+                b.s.id,
+                b.not_the_initiator()
+            );
+            b.event("holding_for_window", "rampart", msg.clone());
+            b.notify(NoticeKind::Step, msg);
+        }
+        b.s.window_hold = Some(until);
+        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+        return true;
+    }
+    let ask = format!(
+        "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; `rampart approve {} --as NAME` (anyone but {}) switches now, attended",
+        b.s.version,
+        b.policy.service,
+        b.s.id,
+        b.not_the_initiator()
+    );
+    b.await_approval(
+        Some(PreApproval::FullTraffic),
+        until.saturating_sub(b.now),
+        ask,
+    );
+    true
+}
+
+/// Puts the current step in force: an approval point waits for a human; any other
+/// step sets its traffic.
+fn enter_step(b: &mut Builder<'_>) {
+    b.s.step_started_at = None;
+    b.s.next_analysis_at = None;
+    let Some(approval) = b.policy.strategy.steps()[b.s.step].approval.clone() else {
+        b.s.phase = Phase::Progressing;
+        return b.route_step();
+    };
+    let ask = format!(
+        "release {} of {} waits at {} for approval by {}: `rampart approve {} --as NAME` (anyone but {}); it rolls back if none comes within {}",
+        b.s.version,
+        b.policy.service,
+        b.s.weight,
+        approval.role,
+        b.s.id,
+        b.not_the_initiator(),
+        crate::units::format_duration(approval.timeout)
+    );
+    b.await_approval(None, ms(approval.timeout), ask);
+}
+
+/// Leaves the current step: the next one, or promotion after the last.
+pub(super) fn next_step(b: &mut Builder<'_>) {
+    let steps = b.policy.strategy.steps();
+    let next = b.s.step + 1;
+    let to_full = steps
+        .get(next)
+        .is_none_or(|s| s.approval.is_none() && s.weight == Weight::FULL);
+    if to_full && hold_for_window(b) {
+        return;
+    }
+    b.s.window_hold = None;
+    if next < steps.len() {
+        b.s.step = next;
+        return enter_step(b);
+    }
+    b.decide(
+        DecisionKind::Promote,
+        format!("all {} step(s) passed", steps.len()),
+    );
+    b.s.phase = Phase::Promoting;
+    b.s.next_analysis_at = None;
+    b.event(
+        "promoting",
+        "rampart",
+        "every step passed; promoting".into(),
+    );
+    b.set_weight(Weight::FULL);
+}
+
+pub(super) fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
+    let Judged {
+        readings,
+        verdict,
+        deciding,
+    } = judge_interval(b, sample);
+    let metrics = &b.policy.analysis.metrics;
+    if !deciding.is_empty() {
+        let tripped = deciding;
+        let why: Vec<String> = tripped
+            .iter()
+            .map(|i| match metrics[*i].judge {
+                Judge::Threshold(_) => format!(
+                    "{} {} for {} consecutive interval(s)",
+                    readings[*i].name, readings[*i].detail, b.s.failure_streaks[*i]
+                ),
+                Judge::Sequential(_) => format!("{} {}", readings[*i].name, readings[*i].detail),
+            })
+            .collect();
+        if tripped.iter().all(|i| readings[*i].stable_breached) {
+            b.halt(format!(
+                "both versions are unhealthy ({}); rolling back would not help",
+                why.join("; ")
+            ));
+        } else {
+            b.rollback("rampart", why.join("; "));
+        }
+        return;
+    }
+    match verdict {
+        Verdict::Pass => {
+            b.s.inconclusive_streak = 0;
+            b.s.no_data_streak = 0;
+        }
+        Verdict::Fail => {
+            b.s.inconclusive_streak = 0;
+            b.s.no_data_streak = 0;
+        }
+        Verdict::NoData => {
+            if inconclusive(b, true) {
+                return;
+            }
+        }
+        Verdict::Inconclusive => {
+            if inconclusive(b, false) {
+                return;
+            }
+        }
+    }
+    let steps = b.policy.strategy.steps();
+    let baked =
+        b.s.step_started_at
+            .is_some_and(|t| b.now >= t + ms(steps[b.s.step].bake));
+    let clean = verdict == Verdict::Pass
+        && metrics
+            .iter()
+            .zip(&b.s.failure_streaks)
+            .all(|(m, s)| !m.critical || *s == 0);
+    if baked && clean && b.s.paused.is_some() {
+        // Held by an operator: keep analysing at this weight.
+        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    } else if baked && clean {
+        b.event(
+            "step_completed",
+            "rampart",
+            format!(
+                "step {}/{} passed at {}",
+                b.s.step + 1,
+                steps.len(),
+                b.s.weight
+            ),
+        );
+        next_step(b);
+    } else {
+        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    }
+}
+
+/// Counts an interval that could not be judged. Returns whether the release stopped.
+pub(super) fn inconclusive(b: &mut Builder<'_>, no_data: bool) -> bool {
+    let (streak, escalation, what) = if no_data {
+        b.s.no_data_streak += 1;
+        (
+            b.s.no_data_streak,
+            b.policy.analysis.no_data,
+            "without canary traffic or metric values",
+        )
+    } else {
+        b.s.inconclusive_streak += 1;
+        (
+            b.s.inconclusive_streak,
+            b.policy.analysis.inconclusive,
+            "inconclusive",
+        )
+    };
+    if streak >= escalation.limit {
+        let reason = format!(
+            "{streak} consecutive interval(s) {what}; a release that cannot be judged is never promoted"
+        );
+        match escalation.action {
+            EscalationAction::Halt => b.halt(reason),
+            EscalationAction::Rollback => b.rollback("rampart", reason),
+        }
+        return true;
+    }
+    b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    false
+}
+
+/// All traffic is on the new version: verify, keep the previous version, or stop it.
+pub(super) fn after_full(b: &mut Builder<'_>) {
+    if b.s.stable.is_none() {
+        return succeed(b);
+    }
+    match &b.policy.post_release {
+        Some(post) => {
+            b.s.phase = Phase::Verifying;
+            b.event(
+                "verifying",
+                "rampart",
+                format!(
+                    "post-release checks in {}; the previous version stays up until they pass",
+                    crate::units::format_duration(post.wait)
+                ),
+            );
+            if post.wait.is_zero() {
+                b.act(Action::RunChecks {
+                    stage: CheckStage::PostRelease,
+                });
+            } else {
+                b.s.timer = Some(b.now + ms(post.wait));
+            }
+        }
+        None => keep_or_stop_previous(b),
+    }
+}
+
+pub(super) fn keep_or_stop_previous(b: &mut Builder<'_>) {
+    if b.policy.strategy.flag_only() {
+        // Nothing was deployed, so nothing is stopped: the flag is on for everyone.
+        return succeed(b);
+    }
+    let keep = b.policy.strategy.keep_previous();
+    if keep.is_zero() {
+        b.s.phase = Phase::Promoting;
+        b.act(Action::Stop {
+            variant: Variant::Stable,
+        });
+        return;
+    }
+    b.s.phase = Phase::KeepingPrevious;
+    b.s.timer = Some(b.now + ms(keep));
+    b.event(
+        "keeping_previous",
+        "rampart",
+        format!(
+            "previous version kept for {} for an instant switch back (rampart rollback {})",
+            crate::units::format_duration(keep),
+            b.policy.service
+        ),
+    );
+}
+
+pub(super) fn succeed(b: &mut Builder<'_>) {
+    b.s.phase = Phase::Succeeded;
+    b.event(
+        "promoted",
+        "rampart",
+        format!("{} is now stable", b.s.version),
+    );
+    b.notify(
+        NoticeKind::Promoted,
+        format!("{} {} promoted", b.policy.service, b.s.version),
+    );
+}

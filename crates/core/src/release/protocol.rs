@@ -1,0 +1,288 @@
+//! What the state machine and the controller say to each other: the actions it asks
+//! for, the inputs that answer them (and every other event), the effects of a step, and
+//! the names they share (variants, check stages, gate results). Vocabulary only: it
+//! must not hold a release's state or decide anything.
+
+use crate::metrics::IntervalSample;
+use crate::notice::NoticeKind;
+use crate::policy::RouteMatch;
+use crate::units::Weight;
+
+/// Which copy of the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The version users had before this release.
+    Stable,
+    /// The version being released.
+    Canary,
+}
+
+impl Variant {
+    /// `stable` or `canary`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Stable => "stable",
+            Variant::Canary => "canary",
+        }
+    }
+}
+
+/// Something the controller must do and report back on.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Run the pre-release gates. Answered by [`Input::GatesChecked`].
+    RunGates,
+    /// Start a version (or adopt it if already running) and wait for readiness, then
+    /// register it with the traffic router at weight unchanged. Answered by
+    /// [`Input::Deployed`]. Idempotent.
+    Deploy {
+        /// Which copy.
+        variant: Variant,
+        /// Which version.
+        version: String,
+    },
+    /// Set the canary's share of traffic. Answered by [`Input::TrafficSet`] or
+    /// [`Input::TrafficFailed`]. Idempotent.
+    SetWeight {
+        /// New canary weight.
+        weight: Weight,
+        /// Requests sent to the canary whatever the weight (replaces earlier rules).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        matches: Vec<RouteMatch>,
+    },
+    /// Measure both variants since the last measurement. Answered by
+    /// [`Input::Measured`] or [`Input::MeasureFailed`].
+    Measure,
+    /// Drain and stop a version. Answered by [`Input::Stopped`]. Idempotent.
+    Stop {
+        /// Which copy.
+        variant: Variant,
+    },
+    /// Check that stable is healthy after a rollback. Answered by
+    /// [`Input::StableVerified`].
+    VerifyStable,
+    /// Run exactly `replicas` replicas of a variant (starting missing ones, draining and
+    /// stopping extra ones) and route to all of them. Answered by [`Input::Scaled`].
+    /// Idempotent.
+    Scale {
+        /// Which copy.
+        variant: Variant,
+        /// Which version.
+        version: String,
+        /// How many replicas.
+        replicas: u32,
+    },
+    /// Apply the release's database migrations. Answered by [`Input::Migrated`].
+    RunMigrations,
+    /// Run checks against the new version. Answered by [`Input::ChecksDone`].
+    RunChecks {
+        /// Which checks.
+        stage: CheckStage,
+    },
+    /// Rollback level 1: switch these feature flags off for everyone outside their
+    /// allowlists (ramp 0, default off). Answered by [`Input::FlagsOff`]. Idempotent.
+    FlagsOff {
+        /// The flags.
+        flags: Vec<String>,
+    },
+}
+
+/// Which checks against the new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStage {
+    /// The strategy's preview checks, before any user reaches the new version.
+    Preview,
+    /// The post-release checks, after promotion.
+    PostRelease,
+}
+
+/// What the state machine asks of the world.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    /// Perform an action and report its result.
+    Do(Action),
+    /// Tell people. Fire and forget.
+    Notify {
+        /// What happened, for the comms cadence.
+        kind: NoticeKind,
+        /// Whether a human must act now.
+        page: bool,
+        /// The message.
+        message: String,
+    },
+}
+
+/// The result of one gate.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GateResult {
+    /// The gate's name.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// Everything that can happen to a release. Inputs are persisted, in order, before
+/// their effects run; replaying them through [`step`](crate::step()) rebuilds the state exactly.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Input {
+    /// Begin a release.
+    Start {
+        /// Unique release id.
+        release_id: String,
+        /// The version to release.
+        version: String,
+        /// The version currently serving, if any. Without one, the release is an
+        /// initial deployment: there is nothing to compare with or roll back to.
+        stable: Option<String>,
+        /// Automatic rollbacks of this service within the policy's cap window before
+        /// this release (0 without a cap).
+        #[serde(default)]
+        automatic_rollbacks: u32,
+        /// Who started the release (an approver must be someone else).
+        #[serde(default)]
+        initiator: String,
+        /// The class of the migrations the release will apply, classified beforehand.
+        #[serde(default)]
+        planned_migrations: Option<crate::migrations::Class>,
+        /// Set when the release is a hotfix started during a freeze: why. It needs an
+        /// approval before anything runs.
+        #[serde(default)]
+        hotfix: Option<String>,
+    },
+    /// Someone approved the release at its current approval point.
+    Approved {
+        /// Who.
+        by: String,
+    },
+    /// The controller restarted and is taking the release up again.
+    Resumed,
+    /// Answer to [`Action::RunGates`].
+    GatesChecked {
+        /// One result per gate, in policy order.
+        results: Vec<GateResult>,
+    },
+    /// Answer to [`Action::Deploy`].
+    Deployed {
+        /// Which copy.
+        variant: Variant,
+        /// Whether it is running and ready.
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// Answer to [`Action::SetWeight`]: the router now sends `weight` to the canary.
+    TrafficSet {
+        /// The weight now in effect.
+        weight: Weight,
+    },
+    /// Answer to [`Action::SetWeight`]: the router refused.
+    TrafficFailed {
+        /// What went wrong.
+        detail: String,
+    },
+    /// Time passed. Carries nothing: `now` is the step's argument.
+    Tick,
+    /// Answer to [`Action::Measure`].
+    Measured {
+        /// Both variants over the interval.
+        sample: IntervalSample,
+    },
+    /// Answer to [`Action::Measure`]: the metrics source failed. Never a pass.
+    MeasureFailed {
+        /// What went wrong.
+        detail: String,
+    },
+    /// Answer to [`Action::Stop`].
+    Stopped {
+        /// Which copy.
+        variant: Variant,
+        /// Whether it stopped cleanly.
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// Answer to [`Action::VerifyStable`].
+    StableVerified {
+        /// Whether stable is healthy.
+        healthy: bool,
+        /// What was seen.
+        detail: String,
+    },
+    /// Answer to [`Action::RunMigrations`].
+    Migrated {
+        /// Whether every migration applied.
+        ok: bool,
+        /// The class of what was shipped (classified before it ran).
+        class: crate::migrations::Class,
+        /// What happened.
+        detail: String,
+        /// Reviewer annotations that marked statements safe, for the audit trail.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        annotations: Vec<String>,
+    },
+    /// Answer to [`Action::Scale`].
+    Scaled {
+        /// Which copy.
+        variant: Variant,
+        /// The replica count asked for.
+        replicas: u32,
+        /// Whether exactly that many run, ready and routed.
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// Answer to [`Action::RunChecks`].
+    ChecksDone {
+        /// Which checks.
+        stage: CheckStage,
+        /// One result per check, in policy order.
+        results: Vec<GateResult>,
+    },
+    /// Answer to [`Action::FlagsOff`].
+    FlagsOff {
+        /// Whether every flag is off.
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
+    /// An operator holds the release at its current step: analysis goes on (a failure
+    /// still rolls back), but no step advances until [`Input::Unpause`].
+    Pause {
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// An operator lets a paused release advance again.
+    Unpause {
+        /// Who.
+        actor: String,
+    },
+    /// A human promotes the release now: all traffic to the new version, skipping the
+    /// remaining steps and approval points. Someone other than the initiator, and never
+    /// during a freeze.
+    Promote {
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// A person or system asked to stop the release and roll back.
+    Abort {
+        /// Who asked.
+        actor: String,
+        /// Why.
+        reason: String,
+        /// Roll the code back even after non-backward-compatible migrations (a human
+        /// who has repaired the data says so).
+        #[serde(default)]
+        force: bool,
+    },
+}

@@ -1,0 +1,189 @@
+//! Taking a release up again after the controller restarted: re-establish the world
+//! the persisted state assumes, with idempotent actions. It must not re-make a
+//! decision the state already records.
+
+use super::builder::Builder;
+use super::model::{Phase, PreApproval};
+use super::protocol::{Action, CheckStage, Variant};
+use crate::units::Weight;
+
+pub(super) fn resume(b: &mut Builder<'_>) {
+    if b.policy.strategy.rolling().is_some()
+        && matches!(b.s.phase, Phase::Progressing | Phase::RollingBack)
+    {
+        return resume_rolling(b);
+    }
+    let stable = b.s.stable.clone();
+    let ensure_stable = stable.clone().map(|version| Action::Deploy {
+        variant: Variant::Stable,
+        version,
+    });
+    // A flag release runs no second copy: its canary is the flag-on users.
+    let canary = (!b.policy.strategy.flag_only()).then(|| Action::Deploy {
+        variant: Variant::Canary,
+        version: b.s.version.clone(),
+    });
+    // The processes and the router may have died with the controller. Re-establish
+    // the world this state assumes, with idempotent actions, before going on. No
+    // decision is re-made: the chain only repeats what the state already records.
+    let mut chain: Vec<Action> = Vec::new();
+    match b.s.phase {
+        Phase::Pending => return,
+        Phase::Gating => chain.push(Action::RunGates),
+        // The migration tool must be idempotent (it records what it applied), as every
+        // real one is: the command runs again and applies what is left.
+        Phase::Migrating => chain.push(Action::RunMigrations),
+        Phase::Deploying => {
+            chain.extend(ensure_stable);
+            if matches!(
+                b.s.pending,
+                Some(Action::Deploy {
+                    variant: Variant::Canary,
+                    ..
+                })
+            ) {
+                chain.extend(canary.clone());
+            }
+        }
+        Phase::Progressing => {
+            chain.extend(ensure_stable);
+            chain.extend(canary.clone());
+            // Mid-step, re-apply the confirmed weight; between steps, finish setting the
+            // next step's weight (the decision to advance is already recorded).
+            let weight = match b.s.step_started_at {
+                Some(_) => b.s.weight,
+                None => b.policy.strategy.steps()[b.s.step].weight,
+            };
+            let matches = b.policy.strategy.matches_at(b.s.step);
+            chain.push(Action::SetWeight { weight, matches });
+            // Counters restarted with the controller: measure a fresh full interval.
+            b.s.next_analysis_at = None;
+        }
+        Phase::Previewing => {
+            chain.extend(ensure_stable);
+            chain.extend(canary.clone());
+            chain.push(Action::RunChecks {
+                stage: CheckStage::Preview,
+            });
+        }
+        // Waiting to approve migrations: nothing runs yet, nothing to re-establish.
+        Phase::AwaitingApproval if b.s.approving.is_some_and(PreApproval::before_anything) => {
+            return;
+        }
+        Phase::AwaitingApproval => {
+            chain.extend(ensure_stable);
+            chain.extend(canary.clone());
+            chain.push(Action::SetWeight {
+                weight: b.s.weight,
+                matches: b.policy.strategy.matches_at(b.s.step),
+            });
+        }
+        Phase::Promoting => {
+            match canary.clone() {
+                Some(c) => chain.push(c),
+                None => chain.extend(ensure_stable),
+            }
+            chain.push(Action::SetWeight {
+                weight: Weight::FULL,
+                matches: Vec::new(),
+            });
+        }
+        Phase::Verifying | Phase::KeepingPrevious => {
+            let checks_pending = matches!(b.s.pending, Some(Action::RunChecks { .. }));
+            chain.extend(ensure_stable);
+            chain.extend(canary.clone());
+            chain.push(Action::SetWeight {
+                weight: Weight::FULL,
+                matches: Vec::new(),
+            });
+            if checks_pending {
+                chain.push(Action::RunChecks {
+                    stage: CheckStage::PostRelease,
+                });
+            }
+        }
+        // Waiting to see whether flags off was enough: switch them off again (it is
+        // idempotent) and verify afresh.
+        Phase::RollingBack if b.s.rollback_level == Some(1) && !b.policy.strategy.flag_only() => {
+            chain.extend(ensure_stable);
+            chain.extend(canary.clone());
+            chain.push(Action::FlagsOff {
+                flags: b.policy.level_one_flags(),
+            });
+        }
+        Phase::RollingBack => {
+            chain.extend(ensure_stable);
+            chain.push(Action::SetWeight {
+                weight: Weight::ZERO,
+                matches: Vec::new(),
+            });
+        }
+        _ => return,
+    }
+    b.event(
+        "resumed",
+        "rampart",
+        format!(
+            "controller restarted; resuming in phase {}",
+            b.s.phase.as_str()
+        ),
+    );
+    let first = chain.remove(0);
+    b.s.queued = chain;
+    b.act(first);
+}
+
+/// Rolling: re-establish the confirmed replica counts, then either re-apply the step's
+/// traffic or go on with the step (or rollback) being put in force.
+fn resume_rolling(b: &mut Builder<'_>) {
+    let mut chain = vec![
+        b.scale(Variant::Stable, b.s.stable_replicas),
+        b.scale(Variant::Canary, b.s.canary_replicas),
+    ];
+    match (b.s.phase, b.s.step_started_at) {
+        (Phase::RollingBack, _) => {
+            let r = b.policy.strategy.rolling().cloned();
+            if let Some(r) = r {
+                chain.extend(b.rolling_back_chain(&r));
+            }
+        }
+        (_, Some(_)) => chain.push(Action::SetWeight {
+            weight: b.s.weight,
+            matches: Vec::new(),
+        }),
+        (_, None) => chain.extend(b.step_chain()),
+    }
+    b.s.next_analysis_at = None;
+    b.event(
+        "resumed",
+        "rampart",
+        format!(
+            "controller restarted; resuming in phase {}",
+            b.s.phase.as_str()
+        ),
+    );
+    b.chain(chain);
+}
+
+/// Answer to a re-establishing deploy during resume, in a phase past Deploying.
+pub(super) fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &str) {
+    if ok {
+        return;
+    }
+    match (b.s.phase, variant) {
+        (
+            Phase::Previewing
+            | Phase::Progressing
+            | Phase::Promoting
+            | Phase::Verifying
+            | Phase::KeepingPrevious,
+            Variant::Canary,
+        ) => {
+            b.rollback(
+                "rampart",
+                format!("canary did not come back after restart: {detail}"),
+            );
+        }
+        _ => b.halt(format!("stable did not come back after restart: {detail}")),
+    }
+}

@@ -1,0 +1,436 @@
+//! The state machine's entry point: [`step`] dispatches one input (and a stale answer
+//! or a tick) to the phase that handles it, and replaying inputs through it rebuilds a
+//! release. It must not hold a phase's logic itself beyond that dispatch.
+
+use super::builder::Builder;
+use super::gating::{ask_hotfix_approval, block, gates_checked, migrated, open_or_wait, start};
+use super::model::{Phase, PreApproval, Release, Transition};
+use super::operator::{abort, approved, pause, promote, unpause};
+use super::progress::{
+    after_full, deployed, inconclusive, keep_or_stop_previous, measured, start_progressing,
+    step_in_force, succeed,
+};
+use super::protocol::{Action, CheckStage, Input, Variant};
+use super::resume::{ensured, resume};
+use super::rollback::{flags_off, rolled_back, verify_level_one};
+use crate::policy::Policy;
+use crate::units::Millis;
+
+impl Release {
+    /// Rebuilds a release from its persisted inputs.
+    pub fn replay<'a>(
+        policy: &Policy,
+        inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
+    ) -> Release {
+        inputs
+            .into_iter()
+            .fold(Release::default(), |state, (input, at)| {
+                step(policy, &state, input, at).state
+            })
+    }
+}
+
+/// Whether `input` answers `pending`.
+fn answers(pending: Option<&Action>, input: &Input) -> bool {
+    match (pending, input) {
+        (Some(Action::RunGates), Input::GatesChecked { .. }) => true,
+        (Some(Action::Deploy { variant, .. }), Input::Deployed { variant: v, .. }) => variant == v,
+        (Some(Action::SetWeight { weight, .. }), Input::TrafficSet { weight: w }) => weight == w,
+        (Some(Action::SetWeight { .. }), Input::TrafficFailed { .. }) => true,
+        (Some(Action::Measure), Input::Measured { .. } | Input::MeasureFailed { .. }) => true,
+        (Some(Action::Stop { variant }), Input::Stopped { variant: v, .. }) => variant == v,
+        (Some(Action::VerifyStable), Input::StableVerified { .. }) => true,
+        (Some(Action::RunChecks { stage }), Input::ChecksDone { stage: s, .. }) => stage == s,
+        (Some(Action::RunMigrations), Input::Migrated { .. }) => true,
+        (Some(Action::FlagsOff { .. }), Input::FlagsOff { .. }) => true,
+        (
+            Some(Action::Scale {
+                variant, replicas, ..
+            }),
+            Input::Scaled {
+                variant: v,
+                replicas: r,
+                ..
+            },
+        ) => variant == v && replicas == r,
+        _ => false,
+    }
+}
+
+fn is_success(input: &Input) -> bool {
+    match input {
+        Input::Deployed { ok, .. } | Input::Stopped { ok, .. } | Input::Scaled { ok, .. } => *ok,
+        Input::GatesChecked { results } => results.iter().all(|r| r.ok),
+        Input::TrafficSet { .. } | Input::Measured { .. } => true,
+        Input::StableVerified { healthy, .. } => *healthy,
+        Input::ChecksDone { results, .. } => results.iter().all(|r| r.ok),
+        Input::FlagsOff { ok, .. } => *ok,
+        _ => false,
+    }
+}
+
+/// Advances a release by one input.
+///
+/// Guarantees:
+/// - Pure and deterministic: same `(policy, state, input, now)`, same transition.
+/// - At most one [`Effect::Do`] per transition.
+/// - Once a rollback or halt is decided, no emitted weight is above the current one.
+/// - In [`Phase::Halted`] nothing but human-driven inputs (none yet) changes anything.
+pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Transition {
+    let mut b = Builder {
+        policy,
+        now,
+        s: state.clone(),
+        effects: Vec::new(),
+        events: Vec::new(),
+    };
+    if state.phase.is_terminal() {
+        return b.finish();
+    }
+    match input {
+        Input::Start {
+            release_id,
+            version,
+            stable,
+            automatic_rollbacks,
+            initiator,
+            planned_migrations,
+            hotfix,
+        } => {
+            if state.phase == Phase::Pending {
+                b.s.prior_automatic_rollbacks = *automatic_rollbacks;
+                b.s.initiator = initiator.clone();
+                b.s.planned_migrations = *planned_migrations;
+                start(&mut b, release_id, version, stable.clone());
+                match hotfix {
+                    Some(why) => ask_hotfix_approval(&mut b, why),
+                    None => open_or_wait(&mut b),
+                }
+            }
+        }
+        Input::Resumed => resume(&mut b),
+        Input::Approved { by } => approved(&mut b, by),
+        Input::Pause { actor, reason } => pause(&mut b, actor, reason),
+        Input::Unpause { actor } => unpause(&mut b, actor),
+        Input::Promote { actor, reason } => promote(&mut b, actor, reason),
+        Input::Tick => tick(&mut b),
+        Input::Abort {
+            actor,
+            reason,
+            force,
+        } => abort(&mut b, actor, reason, *force),
+        answer => {
+            if !answers(state.pending.as_ref(), answer) {
+                return b.finish();
+            }
+            b.s.pending = None;
+            if let Input::TrafficSet { weight } = answer {
+                b.s.weight = *weight;
+            }
+            if let Input::Scaled {
+                variant,
+                replicas,
+                ok: true,
+                detail,
+            } = answer
+            {
+                match variant {
+                    Variant::Stable => b.s.stable_replicas = *replicas,
+                    Variant::Canary => b.s.canary_replicas = *replicas,
+                }
+                b.event(
+                    "scaled",
+                    "rampart",
+                    format!("{} at {replicas} replica(s): {detail}", variant.as_str()),
+                );
+            }
+            if is_success(answer) && !b.s.queued.is_empty() {
+                if let Input::TrafficSet { weight } = answer {
+                    b.event("weight_set", "rampart", format!("canary weight {weight}"));
+                }
+                if let Input::Deployed {
+                    variant, detail, ..
+                } = answer
+                {
+                    b.event(
+                        "version_ready",
+                        "rampart",
+                        format!("{} ready: {detail}", variant.as_str()),
+                    );
+                }
+                let next = b.s.queued.remove(0);
+                b.act(next);
+                return b.finish();
+            }
+            b.s.queued.clear();
+            on_answer(&mut b, answer);
+        }
+    }
+    b.finish()
+}
+
+fn tick(b: &mut Builder<'_>) {
+    if b.s.pending.is_some() {
+        return;
+    }
+    let due = |t: Option<Millis>| t.is_some_and(|t| t <= b.now);
+    match b.s.phase {
+        Phase::Progressing | Phase::RollingBack if due(b.s.next_analysis_at) => {
+            b.act(Action::Measure);
+        }
+        Phase::Verifying if due(b.s.timer) => {
+            b.s.timer = None;
+            b.act(Action::RunChecks {
+                stage: CheckStage::PostRelease,
+            });
+        }
+        Phase::AwaitingApproval if due(b.s.timer) && b.s.approving == Some(PreApproval::Window) => {
+            b.s.timer = None;
+            b.s.approving = None;
+            b.event(
+                "window_opened",
+                "rampart",
+                "the release window is open; starting".into(),
+            );
+            b.s.phase = Phase::Gating;
+            b.act(Action::RunGates);
+        }
+        Phase::AwaitingApproval
+            if due(b.s.timer) && b.s.approving == Some(PreApproval::FullTraffic) =>
+        {
+            b.s.timer = None;
+            b.s.approving = None;
+            start_progressing(b);
+        }
+        Phase::AwaitingApproval if due(b.s.timer) && b.s.approving.is_some() => {
+            let what = match b.s.approving {
+                Some(PreApproval::Hotfix) => "the hotfix during a freeze",
+                _ => "the breaking migrations",
+            };
+            block(
+                b,
+                format!("{what} were not approved in time; nothing was applied or deployed"),
+            );
+        }
+        Phase::AwaitingApproval if due(b.s.timer) => {
+            b.s.timer = None;
+            b.rollback(
+                "rampart",
+                "no approval came before the approval point timed out".into(),
+            );
+        }
+        Phase::KeepingPrevious if due(b.s.timer) => {
+            b.s.timer = None;
+            b.s.phase = Phase::Promoting;
+            b.event(
+                "previous_released",
+                "rampart",
+                "keep_previous ended; stopping the previous version".into(),
+            );
+            b.act(Action::Stop {
+                variant: Variant::Stable,
+            });
+        }
+        _ => {}
+    }
+}
+
+fn on_answer(b: &mut Builder<'_>, input: &Input) {
+    match (b.s.phase, input) {
+        (Phase::Gating, Input::GatesChecked { results }) => gates_checked(b, results),
+        (
+            Phase::Migrating,
+            Input::Migrated {
+                ok,
+                class,
+                detail,
+                annotations,
+            },
+        ) => migrated(b, *ok, *class, detail, annotations),
+        (
+            Phase::Deploying,
+            Input::Deployed {
+                variant,
+                ok,
+                detail,
+            },
+        ) => deployed(b, *variant, *ok, detail),
+        (
+            _,
+            Input::Deployed {
+                variant,
+                ok,
+                detail,
+            },
+        ) => ensured(b, *variant, *ok, detail),
+        (Phase::Progressing, Input::TrafficSet { weight }) => step_in_force(b, *weight),
+        (Phase::Progressing, Input::Scaled { ok: true, .. }) => step_in_force(b, b.s.weight),
+        (
+            Phase::Progressing | Phase::Promoting,
+            Input::Scaled {
+                variant, detail, ..
+            },
+        ) => {
+            b.rollback(
+                "rampart",
+                format!("could not scale {}: {detail}", variant.as_str()),
+            );
+        }
+        (Phase::RollingBack, Input::Scaled { ok, detail, .. }) => {
+            if *ok {
+                b.event(
+                    "canary_stopped",
+                    "rampart",
+                    "every replaced batch restored; the new replicas are stopped".into(),
+                );
+                b.act(Action::VerifyStable);
+            } else {
+                b.halt(format!("could not restore the previous replicas: {detail}"));
+            }
+        }
+        (Phase::Progressing | Phase::Promoting, Input::TrafficFailed { detail }) => {
+            b.rollback(
+                "rampart",
+                format!("could not set the canary weight: {detail}"),
+            );
+        }
+        (Phase::Progressing, Input::Measured { sample }) => measured(b, sample),
+        (Phase::Progressing, Input::MeasureFailed { detail }) => {
+            b.event(
+                "analysis",
+                "rampart",
+                format!("metrics unavailable: {detail}; holding at {}", b.s.weight),
+            );
+            inconclusive(b, false);
+        }
+        (Phase::Promoting, Input::TrafficSet { .. }) => {
+            b.event(
+                "weight_set",
+                "rampart",
+                format!("all traffic on {}", b.s.version),
+            );
+            after_full(b);
+        }
+        (Phase::AwaitingApproval, Input::TrafficSet { weight }) => {
+            b.event(
+                "traffic_restored",
+                "rampart",
+                format!("canary weight re-applied at {weight}"),
+            );
+        }
+        (Phase::Verifying | Phase::KeepingPrevious, Input::TrafficSet { .. }) => {
+            b.event(
+                "traffic_restored",
+                "rampart",
+                format!("all traffic on {}", b.s.version),
+            );
+        }
+        (Phase::Previewing, Input::ChecksDone { results, .. }) => {
+            if let Some(failed) = results.iter().find(|r| !r.ok) {
+                b.event(
+                    "preview_failed",
+                    "rampart",
+                    format!("{}: {}", failed.name, failed.detail),
+                );
+                b.rollback(
+                    "rampart",
+                    format!(
+                        "preview check `{}` failed before any user reached the new version: {}",
+                        failed.name, failed.detail
+                    ),
+                );
+            } else {
+                b.event(
+                    "preview_passed",
+                    "rampart",
+                    format!("{} preview check(s) passed", results.len()),
+                );
+                start_progressing(b);
+            }
+        }
+        (Phase::Verifying, Input::ChecksDone { results, .. }) => {
+            if let Some(failed) = results.iter().find(|r| !r.ok) {
+                let reason = format!(
+                    "post-release check `{}` failed: {}",
+                    failed.name, failed.detail
+                );
+                b.event("post_release_failed", "rampart", reason.clone());
+                match b.policy.post_release.as_ref().map(|p| p.on_failure) {
+                    Some(crate::policy::PostFailure::Halt) => b.halt(reason),
+                    _ => b.rollback("rampart", reason),
+                }
+            } else {
+                b.event(
+                    "post_release_passed",
+                    "rampart",
+                    format!("{} post-release check(s) passed", results.len()),
+                );
+                keep_or_stop_previous(b);
+            }
+        }
+        (Phase::Promoting, Input::Stopped { detail, ok, .. }) => {
+            if !*ok {
+                b.event(
+                    "stop_failed",
+                    "rampart",
+                    format!("old version did not stop cleanly: {detail}"),
+                );
+            }
+            succeed(b);
+        }
+        (Phase::RollingBack, Input::TrafficSet { .. }) if b.policy.strategy.flag_only() => {
+            b.event(
+                "flag_ramp_cleared",
+                "rampart",
+                "no user is in the flag's ramp".into(),
+            );
+            b.act(Action::VerifyStable);
+        }
+        (Phase::RollingBack, Input::TrafficSet { .. }) => {
+            b.event(
+                "traffic_restored",
+                "rampart",
+                "level 2: all traffic on stable".into(),
+            );
+            b.s.rollback_level = Some(3);
+            b.act(Action::Stop {
+                variant: Variant::Canary,
+            });
+        }
+        (Phase::RollingBack, Input::FlagsOff { ok, detail }) => flags_off(b, *ok, detail),
+        (Phase::RollingBack, Input::Measured { sample }) => verify_level_one(b, Some(sample)),
+        (Phase::RollingBack, Input::MeasureFailed { detail }) => {
+            b.event(
+                "analysis",
+                "rampart",
+                format!("metrics unavailable while verifying level 1: {detail}"),
+            );
+            verify_level_one(b, None);
+        }
+        (Phase::RollingBack, Input::TrafficFailed { detail }) => {
+            b.halt(format!("could not move traffic back to stable: {detail}"));
+        }
+        (Phase::RollingBack, Input::Stopped { ok, detail, .. }) => {
+            let msg = if *ok {
+                "canary stopped".to_string()
+            } else {
+                format!("canary did not stop cleanly ({detail}); it receives no traffic")
+            };
+            b.event("canary_stopped", "rampart", msg);
+            if b.s.stable.is_some() {
+                b.act(Action::VerifyStable);
+            } else {
+                rolled_back(b, "nothing to verify: there was no previous version".into());
+            }
+        }
+        (Phase::RollingBack, Input::StableVerified { healthy, detail }) => {
+            if *healthy {
+                rolled_back(b, detail.clone());
+            } else {
+                b.halt(format!("stable is unhealthy after the rollback: {detail}"));
+            }
+        }
+        // Anything else answers an action of an earlier phase; nothing to do.
+        _ => {}
+    }
+}

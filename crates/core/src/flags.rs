@@ -198,22 +198,54 @@ mod tests {
         );
     }
 
+    /// Buckets of `user-0` to `user-7`, unsalted (traffic splitting) and under three
+    /// flag names, computed once. A user's bucket decides their variant and their flags,
+    /// so if these moved between rampart versions an upgrade would silently move users
+    /// between cohorts mid-release.
+    const GOLDEN: [(&str, [u16; 8]); 4] = [
+        ("", [1564, 7624, 8795, 7394, 2039, 4217, 6051, 9534]),
+        ("a", [4624, 5233, 4662, 2881, 4485, 460, 9881, 9200]),
+        ("b", [7317, 7160, 1420, 2693, 8639, 6300, 2943, 2989]),
+        (
+            "new-checkout",
+            [6970, 8393, 5824, 7329, 2303, 1059, 7549, 7817],
+        ),
+    ];
+
+    #[test]
+    fn buckets_never_move_between_versions() {
+        for (salt, buckets) in GOLDEN {
+            for (i, want) in buckets.into_iter().enumerate() {
+                let key = format!("user-{i}");
+                assert_eq!(
+                    bucket(salt, key.as_bytes()),
+                    want,
+                    "bucket({salt:?}, {key:?})"
+                );
+            }
+        }
+    }
+
     #[test]
     fn flags_are_salted_so_early_users_are_not_always_the_same() {
-        let same = (0..1000)
-            .filter(|i| {
-                let k = format!("user-{i}");
-                (bucket("a", k.as_bytes()) < 1000) == (bucket("b", k.as_bytes()) < 1000)
-            })
-            .count();
-        assert!(
-            same < 900,
-            "independent ramps agree ~82 % of the time: {same}"
-        );
-        // Unsalted buckets keep the proxy's historical assignment.
-        assert_eq!(
-            bucket("", b"user-1"),
-            u16::try_from(mix(fnv1a(FNV_OFFSET, b"user-1")) % 10_000).unwrap()
-        );
+        // Every flag (and the unsalted split) puts each pinned user in its own bucket...
+        for i in 0..8 {
+            let mut seen: Vec<u16> = GOLDEN.iter().map(|(_, b)| b[i]).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), GOLDEN.len(), "user-{i}: {GOLDEN:?}");
+        }
+        // ...so a 10 % ramp of flag `a` (buckets below 1000) reaches user-5, whom flag
+        // `b` and the unsalted split leave out, and leaves out user-0.
+        let ten_percent = |name: &str| FlagState {
+            name: name.into(),
+            default: false,
+            ramp: Weight::from_basis_points(1000).unwrap(),
+            allow: Vec::new(),
+        };
+        assert!(ten_percent("a").evaluate(Some("user-5")).on);
+        assert!(!ten_percent("b").evaluate(Some("user-5")).on);
+        assert!(!ten_percent("a").evaluate(Some("user-0")).on);
+        assert!(bucket("", b"user-5") >= 1000);
     }
 }

@@ -87,7 +87,7 @@ macro_rules! rules {
 
 rules! {
     ADD_TABLE = "add-table", Some(Class::Expand), "A new table: old code does not know it and is not affected.";
-    ADD_NULLABLE_COLUMN = "add-nullable-column", Some(Class::Expand), "A new nullable column, or one with a default: old inserts still work.";
+    ADD_NULLABLE_COLUMN = "add-nullable-column", Some(Class::Expand), "A new nullable column, or one with a default or generated: old inserts still work.";
     ADD_INDEX = "add-index", Some(Class::Expand), "A new index: queries only get faster.";
     ADD_CONSTRAINT = "add-constraint", Some(Class::Expand), "A new CHECK, UNIQUE or foreign key: old code keeps working if its writes satisfy it.";
     DROP_INDEX = "drop-index", Some(Class::Expand), "An index dropped: queries may slow down, none fails.";
@@ -105,7 +105,7 @@ rules! {
     DROP_VIEW = "drop-view", Some(Class::Contract), "A view or function dropped: old code that uses it fails.";
     UNRECOGNISED = "unrecognised-statement", Some(Class::Contract), "A statement rampart does not classify: treated as breaking until a reviewer marks it safe.";
     DROP_COLUMN = "drop-column", Some(Class::Irreversible), "A column dropped: its data is gone, and old code that reads it fails.";
-    DROP_TABLE = "drop-table", Some(Class::Irreversible), "A table (or schema) dropped: its data is gone.";
+    DROP_TABLE = "drop-table", Some(Class::Irreversible), "A table (or schema, or database) dropped: its data is gone.";
     TRUNCATE = "truncate", Some(Class::Irreversible), "A table emptied: its data is gone.";
     DELETE_ROWS = "delete-rows", Some(Class::Irreversible), "Rows deleted: their data is gone.";
     UPDATE_ROWS = "update-rows", Some(Class::Irreversible), "Rows overwritten: the old values are gone (mark backfills of new columns safe).";
@@ -376,9 +376,10 @@ fn judge(
             }
         }
         Statement::Drop { object_type, .. } => match object_type {
-            ObjectType::Table | ObjectType::Schema | ObjectType::MaterializedView => {
-                f.add(DROP_TABLE)
-            }
+            ObjectType::Table
+            | ObjectType::Schema
+            | ObjectType::Database
+            | ObjectType::MaterializedView => f.add(DROP_TABLE),
             ObjectType::Index => {
                 f.add(DROP_INDEX);
                 f.add(INDEX_WITHOUT_CONCURRENTLY);
@@ -418,10 +419,14 @@ fn alter(op: &AlterTableOperation, f: &mut Findings, fresh: bool, exclusive: &mu
                 .options
                 .iter()
                 .any(|o| matches!(o.option, ColumnOption::NotNull));
-            let default = column_def
-                .options
-                .iter()
-                .any(|o| matches!(o.option, ColumnOption::Default(_)));
+            // PostgreSQL fills a generated column itself, as it does a default: old
+            // code never writes it, so its inserts still work.
+            let default = column_def.options.iter().any(|o| {
+                matches!(
+                    o.option,
+                    ColumnOption::Default(_) | ColumnOption::Generated { .. }
+                )
+            });
             f.add(if not_null && !default && !fresh {
                 ADD_NOT_NULL_COLUMN
             } else {
@@ -510,6 +515,21 @@ mod tests {
     }
 
     #[test]
+    fn generated_columns_are_expand_with_or_without_not_null() {
+        // PostgreSQL computes a generated column itself (old code cannot write it), so
+        // old inserts that do not name it keep working, NOT NULL or not.
+        for sql in [
+            "ALTER TABLE t ADD COLUMN total int GENERATED ALWAYS AS (a + b) STORED",
+            "ALTER TABLE t ADD COLUMN total int GENERATED ALWAYS AS (a + b) STORED NOT NULL",
+            "ALTER TABLE t ADD COLUMN total int NOT NULL GENERATED ALWAYS AS (a + b) STORED",
+        ] {
+            let r = one(sql);
+            assert_eq!(r.class, Class::Expand, "{sql}: {r:?}");
+            assert_eq!(r.rules, vec!["add-nullable-column"], "{sql}: {r:?}");
+        }
+    }
+
+    #[test]
     fn contract_statements() {
         for (sql, rule) in [
             (
@@ -537,6 +557,7 @@ mod tests {
         for (sql, rule) in [
             ("ALTER TABLE t DROP COLUMN a", "drop-column"),
             ("DROP TABLE t", "drop-table"),
+            ("DROP DATABASE shop", "drop-table"),
             ("TRUNCATE t", "truncate"),
             ("DELETE FROM t WHERE a < 5", "delete-rows"),
             ("UPDATE t SET a = 1", "update-rows"),

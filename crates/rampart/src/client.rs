@@ -14,7 +14,7 @@ use rampart_adapters::store::StateStore;
 use rampart_core::ports::{Clock, CommandKind, Freeze, OperatorCommand, Store};
 use serde_json::{Value, json};
 
-use crate::run::Output;
+use crate::report::Output;
 use crate::serve::views::{EventView, Loaded, ReleaseView, queued_view};
 
 /// Where the commands act.
@@ -104,6 +104,9 @@ pub fn cli_actor() -> String {
         std::env::var("USER").unwrap_or_else(|_| "operator".into())
     )
 }
+
+/// How often a waiting command looks at the release again.
+pub const POLL: Duration = Duration::from_millis(300);
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 

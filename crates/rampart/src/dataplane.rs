@@ -18,7 +18,7 @@ use rampart_adapters::store::StateStore;
 use rampart_core::policy::{Policy, Traffic};
 use rampart_core::ports::{Deployer, FlagStore, MetricsSource, TrafficRouter};
 
-use crate::run::RunError;
+use crate::report::RunError;
 
 /// What routes and measures a release's traffic.
 pub struct DataPlane {

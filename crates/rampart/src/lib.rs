@@ -6,20 +6,16 @@
 
 #![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod bench_controller;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod dataplane;
-pub mod demo;
-pub mod flags_cmd;
-pub mod gameday;
 pub mod load;
 pub mod mcp;
-pub mod migrations_cmd;
-pub mod ops;
+pub mod migrations;
 pub mod progress;
-pub mod proxy_cmd;
+pub mod replay;
+pub mod report;
 pub mod run;
 pub mod sample;
 pub mod serve;

@@ -108,7 +108,7 @@ pub async fn release_under_load(
     opts: crate::run::RunOptions,
     path: &str,
     rps: Option<u32>,
-) -> Result<crate::run::Report, crate::run::RunError> {
+) -> Result<crate::report::Report, crate::report::RunError> {
     let load = Arc::new(std::sync::Mutex::new(None::<tokio::task::JoinHandle<()>>));
     let slot = load.clone();
     let path = path.to_string();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::run::Output;
+use crate::report::Output;
 
 /// Protocol revisions this server speaks through the `initialize` handshake, oldest
 /// first; a client asking for another gets the newest.
@@ -441,7 +441,7 @@ fn replay(args: &Value) -> Result<Value, Outcome> {
     let samples = PathBuf::from(required(args, "samples")?);
     // Progress goes to stderr (stdout carries the protocol).
     let report =
-        crate::cli::replay(&file, &samples, Output::Json).map_err(|e| invalid(e.to_string()))?;
+        crate::replay::replay(&file, &samples, Output::Json).map_err(|e| invalid(e.to_string()))?;
     serde_json::to_value(report).map_err(|e| invalid(e.to_string()))
 }
 
@@ -458,7 +458,7 @@ fn migrations(args: &Value) -> Result<Value, Outcome> {
     if paths.is_empty() {
         return Err(invalid("paths: give at least one SQL file or directory"));
     }
-    let report = crate::migrations_cmd::check(&paths).map_err(invalid)?;
+    let report = crate::migrations::check(&paths).map_err(invalid)?;
     serde_json::to_value(report).map_err(|e| invalid(e.to_string()))
 }
 

@@ -1,15 +1,14 @@
-//! `rampart migrations check FILES|DIR [--output json]`: classify PostgreSQL
-//! migrations as expand, contract or irreversible, with lock-risk warnings.
+//! Reading migration files and classifying them (expand, contract or irreversible,
+//! with lock-risk warnings), for `rampart migrations check`, `rampart run`, the
+//! runbook and the MCP tools.
 //!
-//! Exit codes: 0 when the overall class is `expand`, 3 for `contract`, 4 for
-//! `irreversible`, 2 for a file that does not parse (or cannot be read).
+//! Owns finding the `.sql` files and the per-file report; the rules are in
+//! `rampart-core`. It must not print or run a migration.
 
 use std::path::{Path, PathBuf};
 
 use rampart_core::migrations::{self, Class, StatementReport};
 use serde::Serialize;
-
-use crate::run::Output;
 
 /// One file's verdict.
 #[derive(Debug, Serialize)]
@@ -91,42 +90,4 @@ pub fn check(paths: &[PathBuf]) -> Result<CheckReport, String> {
         class: files.iter().map(|f| f.class).max().unwrap_or(Class::Expand),
         files,
     })
-}
-
-/// Runs the command; returns the exit code.
-pub fn run(paths: &[PathBuf], output: Output) -> i32 {
-    let report = match check(paths) {
-        Ok(r) => r,
-        Err(e) => {
-            if output == Output::Json {
-                println!("{}", serde_json::json!({"error": "invalid", "message": e}));
-            }
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
-    match output {
-        Output::Json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
-        Output::Text => {
-            for f in &report.files {
-                println!("{}: {}", f.path, f.class);
-                for s in &f.statements {
-                    let mut notes: Vec<String> = s.rules.iter().map(|r| r.to_string()).collect();
-                    notes.extend(s.warnings.iter().map(|w| format!("warning: {w}")));
-                    if let Some(reason) = &s.safe {
-                        notes.push(format!("marked safe: {reason}"));
-                    }
-                    println!(
-                        "  {:>4}  {:<12} {}  [{}]",
-                        s.line,
-                        s.class.as_str(),
-                        s.sql,
-                        notes.join(", ")
-                    );
-                }
-            }
-            println!("overall: {}", report.class);
-        }
-    }
-    report.class.exit_code()
 }

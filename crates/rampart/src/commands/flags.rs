@@ -14,7 +14,14 @@ use rampart_core::flags::FlagState;
 use rampart_core::ports::{Clock, FlagChange, FlagStore};
 use rampart_core::{Policy, Weight};
 
-use crate::run::Output;
+use crate::report::Output;
+
+/// The arguments of `rampart flags`.
+#[derive(Debug, clap::Args)]
+pub struct FlagsArgs {
+    #[command(subcommand)]
+    pub what: FlagsCommand,
+}
 
 /// What to do with flags.
 #[derive(Debug, Subcommand)]
@@ -92,8 +99,13 @@ fn parse_ramp(s: &str) -> Result<Weight, String> {
     Weight::parse(s)
 }
 
+/// Runs `rampart flags`.
+pub async fn main(args: FlagsArgs) -> i32 {
+    run(args.what).await
+}
+
 /// Runs a `flags` command and returns the exit code.
-pub async fn run(cmd: FlagsCommand) -> i32 {
+async fn run(cmd: FlagsCommand) -> i32 {
     match go(cmd).await {
         Ok(()) => 0,
         Err((code, message)) => {

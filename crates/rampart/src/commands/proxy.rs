@@ -2,15 +2,34 @@
 //! weights a controller (or an operator) sets through an authenticated admin endpoint.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rampart_adapters::proxy::Proxy;
 use rampart_adapters::proxy::admin::AdminServer;
 use rampart_adapters::telemetry::Telemetry;
 
+/// The arguments of `rampart proxy`.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The policy file (its `traffic.proxy` section).
+    #[arg(short = 'f', long = "file", value_name = "POLICY")]
+    pub file: PathBuf,
+    /// Where the admin endpoint listens.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: std::net::SocketAddr,
+    /// The environment variable holding the admin token (at least 16 characters).
+    #[arg(long, default_value = "RAMPART_PROXY_TOKEN")]
+    pub token_env: String,
+}
+
+/// Runs `rampart proxy`.
+pub async fn main(args: ProxyArgs) -> i32 {
+    run(&args.file, args.admin, &args.token_env).await
+}
+
 /// Runs until interrupted; returns the exit code.
-pub async fn run(file: &Path, admin: SocketAddr, token_env: &str) -> i32 {
+async fn run(file: &Path, admin: SocketAddr, token_env: &str) -> i32 {
     let policy = match crate::run::policy_file(file) {
         Ok(p) => p,
         Err(code) => return code,

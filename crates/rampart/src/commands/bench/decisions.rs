@@ -161,7 +161,7 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 /// The reference script, run with `--savvi PYTHON`.
-const SAVVI_SCRIPT: &str = include_str!("../../../scripts/bench_savvi.py");
+const SAVVI_SCRIPT: &str = include_str!("../../../../../scripts/bench_savvi.py");
 
 /// Runs savvi's multinomial test on the error counts of `streams`; returns the decision
 /// second of each trial, or why it could not run.

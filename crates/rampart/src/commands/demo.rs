@@ -9,7 +9,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use anyhow::Context;
 
 use crate::load::release_under_load;
-use crate::run::{Output, Report, RunError, RunOptions};
+use crate::report::{Output, Report, RunError, finish};
+use crate::run::RunOptions;
 
 /// A demo scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -284,4 +285,38 @@ pub async fn run(
         Some(DEMO_RPS),
     )
     .await
+}
+
+/// The arguments of `rampart demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// What the new version does.
+    #[arg(long, value_enum, default_value = "healthy")]
+    pub scenario: Scenario,
+    /// How the new version is exposed.
+    #[arg(long, value_enum, default_value = "canary")]
+    pub strategy: DemoStrategy,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+/// Runs `rampart demo`: one scenario, then its report.
+pub async fn main(args: DemoArgs) -> i32 {
+    let DemoArgs {
+        scenario,
+        strategy,
+        output,
+    } = args;
+    let result = run(scenario, strategy, output).await;
+    if let (Ok(r), Output::Json) = (&result, output) {
+        let mut value = serde_json::to_value(r).unwrap_or_default();
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("scenario".into(), scenario.name().into());
+            obj.insert("strategy".into(), strategy.name().into());
+        }
+        println!("{value}");
+        return r.exit_code();
+    }
+    finish(output, result)
 }

@@ -12,7 +12,8 @@ use rampart_core::release::OutcomeKind;
 use serde::Serialize;
 
 use crate::load::release_under_load;
-use crate::run::{Output, RunError, RunOptions};
+use crate::report::{Output, RunError};
+use crate::run::RunOptions;
 
 /// One rehearsal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -142,7 +143,7 @@ async fn release(
     s: GameScenario,
     dir: &Path,
     output: Output,
-) -> Result<crate::run::Report, RunError> {
+) -> Result<crate::report::Report, RunError> {
     let exe = std::env::current_exe().context("finding the rampart executable")?;
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
@@ -255,4 +256,21 @@ pub fn finish(report: &GameReport, output: Output) -> i32 {
         }
     }
     if report.passed { 0 } else { 1 }
+}
+
+/// The arguments of `rampart gameday`.
+#[derive(Debug, clap::Args)]
+pub struct GamedayArgs {
+    /// One scenario only.
+    #[arg(long, value_enum)]
+    pub scenario: Option<GameScenario>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+/// Runs `rampart gameday`.
+pub async fn main(args: GamedayArgs) -> i32 {
+    let report = run(args.scenario, args.output).await;
+    finish(&report, args.output)
 }

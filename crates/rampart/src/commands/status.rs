@@ -1,0 +1,32 @@
+//! `rampart status`: one release (phase, weight, step, what it waits for, its decision).
+//!
+//! Only reads and prints; it must not change the release.
+
+use crate::client::{Backend, Target, print_release, show};
+
+/// The arguments of `rampart status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The release id (or a service name, for its latest release).
+    pub release: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Runs `rampart status`.
+pub async fn main(args: StatusArgs) -> i32 {
+    status(&args.release, &args.target).await
+}
+
+/// `status`.
+async fn status(release: &str, target: &Target) -> i32 {
+    let result = async {
+        let backend = Backend::open(target, None).await?;
+        backend.release(release).await
+    }
+    .await;
+    match result {
+        Ok(view) => show(target.output, &view, print_release),
+        Err(f) => f.report(target.output),
+    }
+}

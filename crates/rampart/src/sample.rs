@@ -235,4 +235,115 @@ mod tests {
         assert_eq!(for_version("v1=0.5%,*=1%", "v9"), Some("1%"));
         assert_eq!(for_version("v1=0.5%", "v9"), None);
     }
+
+    /// The whole answer to `head` on a fresh connection, without its `date` header.
+    async fn exchange(port: u16, head: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        let request = format!("{head}\r\nhost: test\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8(answer)
+            .unwrap()
+            .split("\r\n")
+            .filter(|line| !line.starts_with("date:"))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    /// Pinned on the wire, captured from the hand-written server: the demo and the
+    /// tests read these answers (no content type, `ok` for health, the version).
+    #[tokio::test]
+    async fn the_sample_service_answers_as_it_always_has() {
+        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let b = Behaviour {
+            version: "v2".into(),
+            error_rate: 0.5,
+            latency: Duration::ZERO,
+            crash_on_start: false,
+            spike: None,
+            flag: None,
+        };
+        tokio::spawn(serve(port, b));
+        let mut up = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                .await
+                .is_ok()
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(up, "the sample service never listened");
+        let mut got = String::new();
+        for head in [
+            "GET /healthz HTTP/1.1",
+            "POST /healthz HTTP/1.1",
+            "GET / HTTP/1.1",
+            "GET /anything?x=1 HTTP/1.1",
+            "POST /orders HTTP/1.1",
+            "HEAD / HTTP/1.1",
+        ] {
+            got.push_str(&format!(">>> {head}\n{}\n", exchange(port, head).await));
+        }
+        // Line ends as `\n`, to keep the literal readable.
+        let got = got.replace("\r\n", "\n");
+        if std::env::var_os("RAMPART_PRINT_GOLDEN").is_some() {
+            println!("{got}");
+            return;
+        }
+        assert_eq!(got, SAMPLE);
+    }
+
+    const SAMPLE: &str = r#">>> GET /healthz HTTP/1.1
+HTTP/1.1 200 OK
+connection: close
+content-length: 3
+
+ok
+
+>>> POST /healthz HTTP/1.1
+HTTP/1.1 200 OK
+connection: close
+content-length: 3
+
+ok
+
+>>> GET / HTTP/1.1
+HTTP/1.1 200 OK
+connection: close
+content-length: 3
+
+v2
+
+>>> GET /anything?x=1 HTTP/1.1
+HTTP/1.1 500 Internal Server Error
+connection: close
+content-length: 3
+
+v2
+
+>>> POST /orders HTTP/1.1
+HTTP/1.1 200 OK
+connection: close
+content-length: 3
+
+v2
+
+>>> HEAD / HTTP/1.1
+HTTP/1.1 500 Internal Server Error
+connection: close
+content-length: 3
+
+
+"#;
 }

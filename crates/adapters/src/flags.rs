@@ -6,21 +6,20 @@
 //! state machine says when a ramp moves and when flags go off.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::extract::{Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any};
+use axum::{Json, Router};
 use rampart_core::flags::FlagState;
 use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::{BoxFuture, Clock, FlagChange, FlagStore, PortError, TrafficRouter};
 use rampart_core::{Variant, Weight};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -165,24 +164,13 @@ impl FlagServer {
     ) -> std::io::Result<FlagServer> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let service: Arc<str> = Arc::from(service);
+        let app = router(Endpoint {
+            store,
+            service: Arc::from(service),
+        });
         let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let (store, service) = (Arc::clone(&store), Arc::clone(&service));
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let (store, service) = (Arc::clone(&store), Arc::clone(&service));
-                        async move { Ok::<_, Infallible>(answer(&*store, &service, &req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+            // It only returns when the task is aborted: accept errors are retried.
+            let _ = axum::serve(listener, app).await;
         });
         Ok(FlagServer { task, addr })
     }
@@ -207,25 +195,108 @@ impl Drop for FlagServer {
     }
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    resp
+/// Why the flag endpoint answered with an error instead of flags. Each variant is a
+/// JSON error `{"error": {"code", "message"}}` whose `code` applications may branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagEndpointError {
+    /// Anything but GET: flags change through rampart, which audits the change.
+    #[error("flags are read with GET; change them with `rampart flags set`")]
+    MethodNotAllowed,
+    /// A path outside `/flags`.
+    #[error("try GET /flags or GET /flags/NAME?key=KEY")]
+    NotFound,
+    /// The flag store could not be read; the application should use its default.
+    #[error(transparent)]
+    StoreUnavailable(PortError),
+    /// The service defines no flag of that name.
+    #[error("{service} has no flag `{name}`")]
+    UnknownFlag {
+        /// The service served.
+        service: String,
+        /// The name asked for, as it appeared in the path.
+        name: String,
+    },
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json(
-        status,
-        &serde_json::json!({"error": {"code": code, "message": message}}),
-    )
+impl FlagEndpointError {
+    /// The stable, machine-readable code in the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FlagEndpointError::MethodNotAllowed => "method_not_allowed",
+            FlagEndpointError::NotFound => "not_found",
+            FlagEndpointError::StoreUnavailable(_) => "store_unavailable",
+            FlagEndpointError::UnknownFlag { .. } => "unknown_flag",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            FlagEndpointError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            FlagEndpointError::NotFound | FlagEndpointError::UnknownFlag { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            FlagEndpointError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
 }
 
-fn describe(f: &FlagState) -> serde_json::Value {
-    serde_json::json!({
+impl IntoResponse for FlagEndpointError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// What every request needs: where flags are kept, and whose.
+#[derive(Clone)]
+struct Endpoint {
+    store: Arc<dyn FlagStore>,
+    service: Arc<str>,
+}
+
+fn router(endpoint: Endpoint) -> Router {
+    Router::new()
+        .route("/flags", read())
+        .route("/flags/", read())
+        .route("/flags/{*name}", read())
+        .fallback(outside)
+        .with_state(endpoint)
+}
+
+/// GET answers; every other method is refused with the JSON 405. `any` first, so
+/// axum adds no `Allow` header (the endpoint never sent one), and HEAD explicitly,
+/// since axum would otherwise answer HEAD with the GET handler.
+fn read() -> MethodRouter<Endpoint> {
+    any(refuse).get(flags).head(refuse)
+}
+
+async fn refuse() -> FlagEndpointError {
+    FlagEndpointError::MethodNotAllowed
+}
+
+async fn flags(State(e): State<Endpoint>, uri: Uri) -> Result<Json<Value>, FlagEndpointError> {
+    let rest = uri.path().strip_prefix("/flags").unwrap_or_default();
+    lookup(&e, rest, &uri).await
+}
+
+/// Everything the routes miss. The endpoint has always read any path starting with
+/// `/flags` as a flag (`/flagsNAME` as `/flags/NAME`), so that stays.
+async fn outside(
+    State(e): State<Endpoint>,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<Value>, FlagEndpointError> {
+    if method != Method::GET {
+        return Err(FlagEndpointError::MethodNotAllowed);
+    }
+    match uri.path().strip_prefix("/flags") {
+        Some(rest) => lookup(&e, rest, &uri).await,
+        None => Err(FlagEndpointError::NotFound),
+    }
+}
+
+fn describe(f: &FlagState) -> Value {
+    json!({
         "name": f.name,
         "default": f.default,
         "ramp": f.ramp,
@@ -233,103 +304,58 @@ fn describe(f: &FlagState) -> serde_json::Value {
     })
 }
 
-async fn answer(
-    store: &dyn FlagStore,
-    service: &str,
-    req: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "flags are read with GET; change them with `rampart flags set`",
-        );
-    }
-    let path = req.uri().path();
-    let Some(rest) = path.strip_prefix("/flags") else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "try GET /flags or GET /flags/NAME?key=KEY",
-        );
-    };
-    let flags = match store.flags(service).await {
-        Ok(f) => f,
-        // The store is unreachable: say so, and let the application use its default.
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e.0),
-    };
+/// Every flag (`rest` empty), or the one named by `rest` evaluated for `?key=`. The
+/// name is the raw path: it is not percent-decoded.
+async fn lookup(e: &Endpoint, rest: &str, uri: &Uri) -> Result<Json<Value>, FlagEndpointError> {
+    let flags = e
+        .store
+        .flags(&e.service)
+        .await
+        .map_err(FlagEndpointError::StoreUnavailable)?;
     let name = rest.trim_start_matches('/');
     if name.is_empty() {
-        let all: Vec<serde_json::Value> = flags.iter().map(describe).collect();
-        return json(
-            StatusCode::OK,
-            &serde_json::json!({"service": service, "flags": all}),
-        );
+        let all: Vec<Value> = flags.iter().map(describe).collect();
+        return Ok(Json(json!({"service": &*e.service, "flags": all})));
     }
     let Some(flag) = flags.iter().find(|f| f.name == name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown_flag",
-            &format!("{service} has no flag `{name}`"),
-        );
+        return Err(FlagEndpointError::UnknownFlag {
+            service: e.service.to_string(),
+            name: name.to_string(),
+        });
     };
-    let query = parse_query(req.uri().query().unwrap_or(""));
-    let key = query.get("key").map(String::as_str);
-    let e = flag.evaluate(key);
-    json(
-        StatusCode::OK,
-        &serde_json::json!({"name": flag.name, "on": e.on, "reason": e.reason}),
-    )
+    let key = key(uri);
+    let e = flag.evaluate(key.as_deref());
+    Ok(Json(
+        json!({"name": flag.name, "on": e.on, "reason": e.reason}),
+    ))
 }
 
-/// `a=b&c=d` with percent-decoding (and `+` as a space).
-fn parse_query(query: &str) -> HashMap<String, String> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (decode(k), decode(v)))
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// `?key=`, percent-decoded with `+` as a space; a query that does not parse (it
+/// always does) reads as no key.
+fn key(uri: &Uri) -> Option<String> {
+    Query::<HashMap<String, String>>::try_from_uri(uri)
+        .ok()
+        .and_then(|Query(mut q)| q.remove("key"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key_of(query: &str) -> Option<String> {
+        key(&format!("/flags/f?{query}").parse().expect("a test URI"))
+    }
+
     #[test]
-    fn queries_are_percent_decoded() {
-        let q = parse_query("key=user%2042&x=a+b&bad=%zz&end=%4");
-        assert_eq!(q["key"], "user 42");
-        assert_eq!(q["x"], "a b");
-        assert_eq!(q["bad"], "%zz");
-        assert_eq!(q["end"], "%4");
+    fn keys_are_percent_decoded() {
+        assert_eq!(key_of("key=user%2042").as_deref(), Some("user 42"));
+        assert_eq!(key_of("x=1&key=a+b").as_deref(), Some("a b"));
+        assert_eq!(key_of("key=%zz").as_deref(), Some("%zz"));
+        assert_eq!(key_of("key=%4").as_deref(), Some("%4"));
+        assert_eq!(key_of("key=%2B").as_deref(), Some("+"));
+        assert_eq!(key_of("k%65y=v").as_deref(), Some("v"));
+        assert_eq!(key_of("key=a&key=b").as_deref(), Some("b"));
+        assert_eq!(key_of("key").as_deref(), Some(""));
+        assert_eq!(key_of("other=1"), None);
     }
 }

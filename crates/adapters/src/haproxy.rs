@@ -100,7 +100,7 @@ impl HaproxyRouter {
             s.read_to_string(&mut out)
                 .await
                 .map_err(|e| err(format!("HAProxy runtime API: {e}")))?;
-            Ok(out)
+            Ok::<_, PortError>(out)
         };
         let out = tokio::time::timeout(COMMAND_TIMEOUT, exchange)
             .await

@@ -7,6 +7,7 @@
 //! logged and given up on. The controller sends notices from their own task, so a slow
 //! hook never holds up a rollback either.
 
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -28,10 +29,78 @@ pub struct HookNotifier {
     backoff: Duration,
 }
 
-/// Why one delivery attempt failed, and whether another may succeed.
-struct Failed {
-    why: String,
-    retry: bool,
+/// Why one delivery attempt failed. [`NotifyError::retryable`] says whether another
+/// attempt may succeed; the message is what the log says when rampart gives up.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// A secret the hook needs is in an environment variable that is not set.
+    #[error("the environment variable {0} (a notification secret) is not set")]
+    MissingSecret(String),
+    /// The receiver answered, with a status that is not 2xx.
+    #[error("{url} answered {code}")]
+    Status {
+        /// Where the notice was posted.
+        url: String,
+        /// The HTTP status.
+        code: u16,
+    },
+    /// The receiver did not answer (refused, timed out, TLS), in the HTTP client's
+    /// words.
+    #[error("{url}: {why}")]
+    Unanswered {
+        /// Where the notice was posted.
+        url: String,
+        /// What the HTTP client saw.
+        why: String,
+    },
+    /// The hook command could not be started.
+    #[error("`{program}`: {source}")]
+    Spawn {
+        /// The command's program.
+        program: String,
+        /// Why it did not start.
+        source: std::io::Error,
+    },
+    /// The hook command exited unsuccessfully.
+    #[error("`{program}` {status}")]
+    Exited {
+        /// The command's program.
+        program: String,
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// Waiting for the hook command failed.
+    #[error("`{program}`: {source}")]
+    Wait {
+        /// The command's program.
+        program: String,
+        /// Why waiting failed.
+        source: std::io::Error,
+    },
+    /// The hook command ran past the attempt's time limit (it is killed).
+    #[error("`{program}` did not finish in {}s", .timeout.as_secs())]
+    TimedOut {
+        /// The command's program.
+        program: String,
+        /// The time limit.
+        timeout: Duration,
+    },
+}
+
+impl NotifyError {
+    /// Whether another attempt may succeed: throttling and the receiver's faults are
+    /// worth retrying; ours (a missing secret, a 4xx, a command that does not exist)
+    /// are not.
+    pub fn retryable(&self) -> bool {
+        match self {
+            NotifyError::MissingSecret(_) | NotifyError::Spawn { .. } => false,
+            NotifyError::Status { code, .. } => *code == 429 || *code >= 500,
+            NotifyError::Unanswered { .. }
+            | NotifyError::Exited { .. }
+            | NotifyError::Wait { .. }
+            | NotifyError::TimedOut { .. } => true,
+        }
+    }
 }
 
 impl HookNotifier {
@@ -53,33 +122,29 @@ impl HookNotifier {
         self
     }
 
-    async fn deliver(&self, hook: &NotifyHook, n: &Notice) -> Result<(), String> {
+    async fn deliver(&self, hook: &NotifyHook, n: &Notice) -> Result<(), NotifyError> {
         let mut wait = self.backoff;
-        let mut last = String::new();
-        for attempt in 1..=self.attempts {
+        let mut attempt = 1;
+        loop {
             match self.attempt(&hook.target, n).await {
                 Ok(()) => return Ok(()),
-                Err(f) => {
-                    last = f.why;
-                    if !f.retry || attempt == self.attempts {
-                        break;
-                    }
-                }
+                Err(e) if !e.retryable() || attempt >= self.attempts => return Err(e),
+                Err(_) => {}
             }
             tokio::time::sleep(wait).await;
             wait *= 2;
+            attempt += 1;
         }
-        Err(last)
     }
 
-    async fn attempt(&self, target: &NotifyTarget, n: &Notice) -> Result<(), Failed> {
+    async fn attempt(&self, target: &NotifyTarget, n: &Notice) -> Result<(), NotifyError> {
         match target {
             NotifyTarget::Command(argv) => self.run(argv, n).await,
             NotifyTarget::Webhook { url, secret } => {
                 let body = generic(n).to_string();
                 let mut headers = Vec::new();
                 if let Some(secret) = secret {
-                    let key = reveal(secret).map_err(|why| Failed { why, retry: false })?;
+                    let key = reveal(secret)?;
                     let ts = (n.at / 1000).to_string();
                     headers.push(("x-rampart-timestamp", ts.clone()));
                     headers.push((
@@ -90,7 +155,7 @@ impl HookNotifier {
                 self.post(url, body, &headers).await
             }
             NotifyTarget::Slack { url, dashboard } => {
-                let url = reveal(url).map_err(|why| Failed { why, retry: false })?;
+                let url = reveal(url)?;
                 self.post(&url, slack(n, dashboard.as_deref()).to_string(), &[])
                     .await
             }
@@ -99,7 +164,7 @@ impl HookNotifier {
                 routing_key,
                 dashboard,
             } => {
-                let key = reveal(routing_key).map_err(|why| Failed { why, retry: false })?;
+                let key = reveal(routing_key)?;
                 match pagerduty(n, &key, dashboard.as_deref()) {
                     Some(event) => self.post(url, event.to_string(), &[]).await,
                     None => Ok(()),
@@ -113,24 +178,23 @@ impl HookNotifier {
         url: &str,
         body: String,
         headers: &[(&str, String)],
-    ) -> Result<(), Failed> {
+    ) -> Result<(), NotifyError> {
         match post_json_with(url, body, headers, self.timeout).await {
             Ok(code) if (200..300).contains(&code) => Ok(()),
-            // Throttled or the receiver's fault: worth another try. Our fault: not.
-            Ok(code) => Err(Failed {
-                why: format!("{url} answered {code}"),
-                retry: code == 429 || code >= 500,
+            Ok(code) => Err(NotifyError::Status {
+                url: url.to_string(),
+                code,
             }),
-            Err(e) => Err(Failed {
-                why: format!("{url}: {e}"),
-                retry: true,
+            Err(why) => Err(NotifyError::Unanswered {
+                url: url.to_string(),
+                why,
             }),
         }
     }
 
-    async fn run(&self, argv: &[String], n: &Notice) -> Result<(), Failed> {
+    async fn run(&self, argv: &[String], n: &Notice) -> Result<(), NotifyError> {
         let body = generic(n).to_string();
-        let failed = |why: String| Failed { why, retry: true };
+        let program = || argv[0].clone();
         let mut child = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
             .env("RAMPART_SERVICE", &n.service)
@@ -143,32 +207,37 @@ impl HookNotifier {
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| Failed {
-                why: format!("`{}`: {e}", argv[0]),
-                retry: false,
+            .map_err(|source| NotifyError::Spawn {
+                program: program(),
+                source,
             })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(body.as_bytes()).await;
         }
         match tokio::time::timeout(self.timeout, child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(failed(format!("`{}` {status}", argv[0]))),
-            Ok(Err(e)) => Err(failed(format!("`{}`: {e}", argv[0]))),
-            Err(_) => Err(failed(format!(
-                "`{}` did not finish in {}s",
-                argv[0],
-                self.timeout.as_secs()
-            ))),
+            Ok(Ok(status)) => Err(NotifyError::Exited {
+                program: program(),
+                status,
+            }),
+            Ok(Err(source)) => Err(NotifyError::Wait {
+                program: program(),
+                source,
+            }),
+            Err(_) => Err(NotifyError::TimedOut {
+                program: program(),
+                timeout: self.timeout,
+            }),
         }
     }
 }
 
-fn reveal(secret: &Secret) -> Result<String, String> {
+fn reveal(secret: &Secret) -> Result<String, NotifyError> {
     match secret {
         Secret::Value(v) => Ok(v.clone()),
-        Secret::Env(name) => std::env::var(name).map_err(|_| {
-            format!("the environment variable {name} (a notification secret) is not set")
-        }),
+        Secret::Env(name) => {
+            std::env::var(name).map_err(|_| NotifyError::MissingSecret(name.clone()))
+        }
     }
 }
 
@@ -368,6 +437,18 @@ mod tests {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         });
+    }
+
+    #[test]
+    fn only_throttling_and_the_receivers_faults_are_retried() {
+        let status = |code| NotifyError::Status {
+            url: "http://hook".into(),
+            code,
+        };
+        assert!(status(429).retryable() && status(500).retryable() && status(503).retryable());
+        assert!(!status(400).retryable() && !status(404).retryable());
+        assert!(!NotifyError::MissingSecret("SLACK_URL".into()).retryable());
+        assert_eq!(status(503).to_string(), "http://hook answered 503");
     }
 
     #[test]

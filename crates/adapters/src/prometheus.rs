@@ -45,6 +45,57 @@ impl std::fmt::Debug for WithQueries {
     }
 }
 
+/// Why a query gave no value. Every one of them is "no data" to the judges, never a
+/// pass; the message goes into the reading's detail, where operators see it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PrometheusError {
+    /// The HTTP request got no answer (bad URL, refused, timed out), in the HTTP
+    /// client's words.
+    #[error("{0}")]
+    Unanswered(String),
+    /// The answer's body is not JSON (a proxy's error page, a wrong URL).
+    #[error("Prometheus answered {status} with a body that is not JSON")]
+    NotJson {
+        /// The HTTP status of the answer.
+        status: u16,
+    },
+    /// Prometheus answered with `"status": "error"` (a bad query, a timeout).
+    #[error("Prometheus answered {status}: {message}")]
+    Failed {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// Prometheus's `error`, or "no error message".
+        message: String,
+    },
+    /// `data.result` is not a list of series.
+    #[error("no result")]
+    NoResult,
+    /// No series matched the query.
+    #[error("the query returned an empty vector")]
+    EmptyVector,
+    /// More than one series: rampart needs one number per variant.
+    #[error("the query returned {0} series; aggregate it to one (sum, avg, max)")]
+    ManySeries(usize),
+    /// A sample without its value.
+    #[error("a sample without a value")]
+    NoValue,
+    /// A sample whose value does not parse.
+    #[error("`{0}` is not a number")]
+    NotANumber(String),
+    /// A sample that is NaN or infinite (a division by zero, mostly).
+    #[error("the value is {0}")]
+    NotFinite(String),
+    /// A range series without values.
+    #[error("a series without values")]
+    NoValues,
+    /// A range whose every value is NaN or infinite.
+    #[error("no finite value in the range")]
+    NoFiniteValue,
+    /// A result type other than scalar, vector or matrix.
+    #[error("unexpected result type {0:?}")]
+    UnexpectedType(Option<String>),
+}
+
 /// How long one query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -88,7 +139,7 @@ impl WithQueries {
         query: &str,
         from: Millis,
         to: Millis,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, PrometheusError> {
         let url = if spec.range {
             let step = ((to.saturating_sub(from)) / 10).max(1000);
             format!(
@@ -107,14 +158,19 @@ impl WithQueries {
                 seconds(to)
             )
         };
-        let (status, body) = crate::http::get_text(&url, QUERY_TIMEOUT).await?;
-        let v: Value = serde_json::from_str(&body)
-            .map_err(|_| format!("Prometheus answered {status} with a body that is not JSON"))?;
+        let (status, body) = crate::http::get_text(&url, QUERY_TIMEOUT)
+            .await
+            .map_err(PrometheusError::Unanswered)?;
+        let v: Value =
+            serde_json::from_str(&body).map_err(|_| PrometheusError::NotJson { status })?;
         if v["status"] != "success" {
-            return Err(format!(
-                "Prometheus answered {status}: {}",
-                v["error"].as_str().unwrap_or("no error message")
-            ));
+            return Err(PrometheusError::Failed {
+                status,
+                message: v["error"]
+                    .as_str()
+                    .unwrap_or("no error message")
+                    .to_string(),
+            });
         }
         value_of(&v["data"])
     }
@@ -135,29 +191,27 @@ fn seconds(ms: Millis) -> String {
 
 /// The one number an answer's `data` holds: a scalar, a vector of exactly one series,
 /// or the mean of a matrix of exactly one series.
-pub fn value_of(data: &Value) -> Result<f64, String> {
-    let number = |pair: &Value| -> Result<f64, String> {
+pub fn value_of(data: &Value) -> Result<f64, PrometheusError> {
+    let number = |pair: &Value| -> Result<f64, PrometheusError> {
         let text = pair
             .get(1)
             .and_then(Value::as_str)
-            .ok_or("a sample without a value")?;
+            .ok_or(PrometheusError::NoValue)?;
         let v: f64 = text
             .parse()
-            .map_err(|_| format!("`{text}` is not a number"))?;
+            .map_err(|_| PrometheusError::NotANumber(text.to_string()))?;
         if v.is_finite() {
             Ok(v)
         } else {
-            Err(format!("the value is {text}"))
+            Err(PrometheusError::NotFinite(text.to_string()))
         }
     };
-    let one = |result: &Value| -> Result<Value, String> {
-        let series = result.as_array().ok_or("no result")?;
+    let one = |result: &Value| -> Result<Value, PrometheusError> {
+        let series = result.as_array().ok_or(PrometheusError::NoResult)?;
         match series.len() {
-            0 => Err("the query returned an empty vector".into()),
+            0 => Err(PrometheusError::EmptyVector),
             1 => Ok(series[0].clone()),
-            n => Err(format!(
-                "the query returned {n} series; aggregate it to one (sum, avg, max)"
-            )),
+            n => Err(PrometheusError::ManySeries(n)),
         }
     };
     match data["resultType"].as_str() {
@@ -166,16 +220,16 @@ pub fn value_of(data: &Value) -> Result<f64, String> {
         Some("matrix") => {
             let values: Vec<f64> = one(&data["result"])?["values"]
                 .as_array()
-                .ok_or("a series without values")?
+                .ok_or(PrometheusError::NoValues)?
                 .iter()
                 .filter_map(|p| number(p).ok())
                 .collect();
             if values.is_empty() {
-                return Err("no finite value in the range".into());
+                return Err(PrometheusError::NoFiniteValue);
             }
             Ok(values.iter().sum::<f64>() / values.len() as f64)
         }
-        other => Err(format!("unexpected result type {other:?}")),
+        other => Err(PrometheusError::UnexpectedType(other.map(str::to_string))),
     }
 }
 
@@ -235,20 +289,34 @@ mod tests {
             v(r#"{"resultType":"vector","result":[{"metric":{},"value":[1,"3"]}]}"#),
             Ok(3.0)
         );
-        assert!(
-            v(r#"{"resultType":"vector","result":[]}"#)
-                .unwrap_err()
-                .contains("empty vector")
+        assert_eq!(
+            v(r#"{"resultType":"vector","result":[]}"#),
+            Err(PrometheusError::EmptyVector)
         );
-        assert!(
-            v(r#"{"resultType":"vector","result":[{"value":[1,"NaN"]}]}"#)
-                .unwrap_err()
-                .contains("NaN")
+        assert_eq!(
+            v(r#"{"resultType":"vector","result":[{"value":[1,"NaN"]}]}"#),
+            Err(PrometheusError::NotFinite("NaN".into()))
         );
-        assert!(
-            v(r#"{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}"#)
-                .unwrap_err()
-                .contains("2 series")
+        assert_eq!(
+            v(r#"{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}"#),
+            Err(PrometheusError::ManySeries(2))
+        );
+        assert_eq!(
+            v(r#"{"resultType":"matrix","result":[{"values":[[1,"NaN"]]}]}"#),
+            Err(PrometheusError::NoFiniteValue)
+        );
+        assert_eq!(
+            v(r#"{"resultType":"string","result":[1,"x"]}"#),
+            Err(PrometheusError::UnexpectedType(Some("string".into())))
+        );
+        // The messages operators read in the reading's detail.
+        assert_eq!(
+            PrometheusError::ManySeries(2).to_string(),
+            "the query returned 2 series; aggregate it to one (sum, avg, max)"
+        );
+        assert_eq!(
+            PrometheusError::UnexpectedType(None).to_string(),
+            "unexpected result type None"
         );
         assert_eq!(
             v(r#"{"resultType":"matrix","result":[{"values":[[1,"1"],[2,"NaN"],[3,"3"]]}]}"#),

@@ -4,16 +4,16 @@
 //! Owns the metric names and the exposition. It observes; it never decides.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use rampart_core::metrics::{Histogram, VariantStats, bucket_upper_ms};
 use rampart_core::release::{Phase, Release};
 use rampart_core::{Variant, Weight};
@@ -226,6 +226,15 @@ fn histogram(out: &mut String, svc: &str, variant: &str, s: &VariantStats) {
     );
 }
 
+/// The exposition as an HTTP answer, with the content type Prometheus scrapes.
+pub fn exposition(telemetry: &Telemetry) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry.render(),
+    )
+        .into_response()
+}
+
 /// Serves `GET /metrics` until dropped.
 #[derive(Debug)]
 pub struct MetricsServer {
@@ -241,42 +250,20 @@ impl MetricsServer {
     ) -> std::io::Result<MetricsServer> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        // Any method: a scraper's HEAD or POST has always had the exposition.
+        let app = Router::new()
+            .route(
+                "/metrics",
+                any(|State(t): State<Arc<Telemetry>>| async move { exposition(&t) }),
+            )
+            .fallback(|| async {
+                // No content type, as the hand-written server answered.
+                (StatusCode::NOT_FOUND, Body::from("see /metrics\n"))
+            })
+            .with_state(telemetry);
         let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let t = Arc::clone(&telemetry);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let t = Arc::clone(&t);
-                            async move {
-                                let mut resp = if req.uri().path() == "/metrics" {
-                                    let mut r = Response::new(Full::new(Bytes::from(t.render())));
-                                    r.headers_mut().insert(
-                                        hyper::header::CONTENT_TYPE,
-                                        hyper::header::HeaderValue::from_static(
-                                            "text/plain; version=0.0.4",
-                                        ),
-                                    );
-                                    r
-                                } else {
-                                    Response::new(Full::new(Bytes::from_static(b"see /metrics\n")))
-                                };
-                                if req.uri().path() != "/metrics" {
-                                    *resp.status_mut() = StatusCode::NOT_FOUND;
-                                }
-                                Ok::<_, Infallible>(resp)
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+            // It only returns when the task is aborted: accept errors are retried.
+            let _ = axum::serve(listener, app).await;
         });
         Ok(MetricsServer { task, addr })
     }

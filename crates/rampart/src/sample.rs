@@ -7,20 +7,20 @@
 //! demo's outcomes repeatable; real services are noisier, which is what the analysis
 //! settings (`min_samples`, `failure_limit`) are for.
 
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::any;
 use rampart_core::units::Rate;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 /// How the sample service behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,67 +140,66 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
         Rate(b.error_rate),
         b.latency.as_millis()
     );
-    let started = tokio::time::Instant::now();
-    let shared = Arc::new((b, AtomicU64::new(0), AtomicU64::new(0)));
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move {
-                    let (b, counter, flagged) = &*shared;
-                    if req.uri().path() == "/healthz" {
-                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                            b"ok\n",
-                        ))));
-                    }
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    // Evenly spread ±20 % around the configured latency (golden-ratio sequence).
-                    let spread = 0.8 + 0.4 * ((n as f64 * 0.618_033_988_75) % 1.0);
-                    if !b.latency.is_zero() {
-                        tokio::time::sleep(b.latency.mul_f64(spread)).await;
-                    }
-                    let rate = match b.spike {
-                        Some((from, len, rate))
-                            if (from..from + len).contains(&started.elapsed()) =>
-                        {
-                            rate
-                        }
-                        _ => b.error_rate,
-                    };
-                    // Behind a flag, only flag-on requests count toward the error rate.
-                    let n = match &b.flag {
-                        None => n,
-                        Some((url, header)) => {
-                            let key = req
-                                .headers()
-                                .get(header.as_str())
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("");
-                            if !flag_on(url, key).await {
-                                return Ok(Response::new(Full::new(Bytes::from(format!(
-                                    "{}\n",
-                                    b.version
-                                )))));
-                            }
-                            flagged.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                    let fail = ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor();
-                    let mut resp =
-                        Response::new(Full::new(Bytes::from(format!("{}\n", b.version))));
-                    if fail {
-                        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    }
-                    Ok(resp)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+    let sample = Arc::new(Sample {
+        b,
+        started: Instant::now(),
+        requests: AtomicU64::new(0),
+        flagged: AtomicU64::new(0),
+    });
+    // Any method, any path; answers carry no content type, as they always have.
+    let app = Router::new()
+        .route("/healthz", any(|| async { Body::from("ok\n") }))
+        .fallback(answer)
+        .with_state(sample);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// The service's behaviour and what it has counted since it started.
+#[derive(Debug)]
+struct Sample {
+    b: Behaviour,
+    started: Instant,
+    /// Requests answered (health checks aside).
+    requests: AtomicU64,
+    /// Requests the flag was on for, when the bug sits behind a flag.
+    flagged: AtomicU64,
+}
+
+async fn answer(State(s): State<Arc<Sample>>, headers: HeaderMap) -> (StatusCode, Body) {
+    let b = &s.b;
+    let n = s.requests.fetch_add(1, Ordering::Relaxed);
+    // Evenly spread ±20 % around the configured latency (golden-ratio sequence).
+    let spread = 0.8 + 0.4 * ((n as f64 * 0.618_033_988_75) % 1.0);
+    if !b.latency.is_zero() {
+        tokio::time::sleep(b.latency.mul_f64(spread)).await;
     }
+    let rate = match b.spike {
+        Some((from, len, rate)) if (from..from + len).contains(&s.started.elapsed()) => rate,
+        _ => b.error_rate,
+    };
+    let version = || Body::from(format!("{}\n", b.version));
+    // Behind a flag, only flag-on requests count toward the error rate.
+    let n = match &b.flag {
+        None => n,
+        Some((url, header)) => {
+            let key = headers
+                .get(header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !flag_on(url, key).await {
+                return (StatusCode::OK, version());
+            }
+            s.flagged.fetch_add(1, Ordering::Relaxed)
+        }
+    };
+    let fail = ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor();
+    let status = if fail {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    (status, version())
 }
 
 /// Asks the flag endpoint, as an application would; an unreachable endpoint means the
@@ -235,4 +234,118 @@ mod tests {
         assert_eq!(for_version("v1=0.5%,*=1%", "v9"), Some("1%"));
         assert_eq!(for_version("v1=0.5%", "v9"), None);
     }
+
+    /// The whole answer to `head` on a fresh connection, its headers in order and
+    /// without `date`.
+    async fn exchange(port: u16, head: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        let request = format!("{head}\r\nhost: test\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        // Header lines in order: the order of different fields means nothing in HTTP.
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap();
+        let mut headers: Vec<&str> = lines.filter(|l| !l.starts_with("date:")).collect();
+        headers.sort_unstable();
+        format!("{status}\r\n{}\r\n\r\n{body}", headers.join("\r\n"))
+    }
+
+    /// Pinned on the wire, captured from the hand-written server: the demo and the
+    /// tests read these answers (no content type, `ok` for health, the version).
+    #[tokio::test]
+    async fn the_sample_service_answers_as_it_always_has() {
+        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let b = Behaviour {
+            version: "v2".into(),
+            error_rate: 0.5,
+            latency: Duration::ZERO,
+            crash_on_start: false,
+            spike: None,
+            flag: None,
+        };
+        tokio::spawn(serve(port, b));
+        let mut up = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                .await
+                .is_ok()
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(up, "the sample service never listened");
+        let mut got = String::new();
+        for head in [
+            "GET /healthz HTTP/1.1",
+            "POST /healthz HTTP/1.1",
+            "GET / HTTP/1.1",
+            "GET /anything?x=1 HTTP/1.1",
+            "POST /orders HTTP/1.1",
+            "HEAD / HTTP/1.1",
+        ] {
+            got.push_str(&format!(">>> {head}\n{}\n", exchange(port, head).await));
+        }
+        // Line ends as `\n`, to keep the literal readable.
+        let got = got.replace("\r\n", "\n");
+        if std::env::var_os("RAMPART_PRINT_GOLDEN").is_some() {
+            println!("{got}");
+            return;
+        }
+        assert_eq!(got, SAMPLE);
+    }
+
+    const SAMPLE: &str = r#">>> GET /healthz HTTP/1.1
+HTTP/1.1 200 OK
+connection: close
+content-length: 3
+
+ok
+
+>>> POST /healthz HTTP/1.1
+HTTP/1.1 200 OK
+connection: close
+content-length: 3
+
+ok
+
+>>> GET / HTTP/1.1
+HTTP/1.1 200 OK
+connection: close
+content-length: 3
+
+v2
+
+>>> GET /anything?x=1 HTTP/1.1
+HTTP/1.1 500 Internal Server Error
+connection: close
+content-length: 3
+
+v2
+
+>>> POST /orders HTTP/1.1
+HTTP/1.1 200 OK
+connection: close
+content-length: 3
+
+v2
+
+>>> HEAD / HTTP/1.1
+HTTP/1.1 500 Internal Server Error
+connection: close
+content-length: 3
+
+
+"#;
 }

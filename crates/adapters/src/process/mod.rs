@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,100 @@ use tokio::sync::Mutex;
 
 use crate::gates::tail;
 use crate::http::get_status;
+
+/// Why starting, probing or keeping a process failed. The deployer's callers see it
+/// as a [`PortError`] with the same words, in the audit trail.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The readiness path answered with a status that is not 2xx.
+    #[error("{path} answered {code}")]
+    ProbeStatus {
+        /// The readiness path.
+        path: String,
+        /// The HTTP status.
+        code: u16,
+    },
+    /// The readiness request got no answer, in the HTTP client's words.
+    #[error("{0}")]
+    ProbeUnanswered(String),
+    /// Nothing accepts TCP connections on the process's port yet.
+    #[error("tcp connect: {0}")]
+    ProbeConnect(#[source] std::io::Error),
+    /// The process exited before its readiness probe passed.
+    #[error("exited ({status}) before becoming ready; stderr: {stderr}")]
+    ExitedBeforeReady {
+        /// How it exited.
+        status: ExitStatus,
+        /// The end of its stderr log, on one line.
+        stderr: String,
+    },
+    /// The readiness probe kept failing until the readiness timeout.
+    #[error("not ready after {}s (last probe: {last})", .timeout.as_secs())]
+    NotReady {
+        /// The readiness timeout.
+        timeout: Duration,
+        /// The last probe's failure.
+        #[source]
+        last: Box<ProcessError>,
+    },
+    /// No port could be reserved for the process.
+    #[error("no free port: {0}")]
+    NoFreePort(#[source] std::io::Error),
+    /// A log or state file could not be created, opened or written.
+    #[error("{doing} {}: {source}", .path.display())]
+    File {
+        /// `creating`, `opening` or `writing`.
+        doing: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// What the filesystem said.
+        source: std::io::Error,
+    },
+    /// The state file's records could not be encoded.
+    #[error("{0}")]
+    Records(#[source] serde_json::Error),
+    /// The command could not be started.
+    #[error("could not start `{program}` in {}: {source}", .workdir.display())]
+    Spawn {
+        /// The command's program.
+        program: String,
+        /// Where it was started.
+        workdir: PathBuf,
+        /// Why it did not start.
+        source: std::io::Error,
+    },
+    /// The process was gone before its pid could be read.
+    #[error("process exited at once")]
+    ExitedAtOnce,
+    /// `verify` found no process of the variant.
+    #[error("{} is not running", .0.as_str())]
+    NotRunning(Variant),
+    /// `verify` found a replica that has exited.
+    #[error("{} pid {pid} exited", .variant.as_str())]
+    Exited {
+        /// Its variant.
+        variant: Variant,
+        /// Its pid.
+        pid: u32,
+    },
+    /// `verify` found a replica whose readiness probe kept failing.
+    #[error("{} not ready on port {port}: {last}", .variant.as_str())]
+    Unready {
+        /// Its variant.
+        variant: Variant,
+        /// Its port.
+        port: u16,
+        /// The last probe's failure.
+        #[source]
+        last: Box<ProcessError>,
+    },
+}
+
+impl From<ProcessError> for PortError {
+    fn from(e: ProcessError) -> PortError {
+        PortError(e.to_string())
+    }
+}
 
 /// What the state file records about one running replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,19 +216,23 @@ impl ProcessDeployer {
             .unwrap_or_default()
     }
 
-    fn write_records(&self, variant: Variant, list: &[Running]) -> Result<(), PortError> {
+    fn write_records(&self, variant: Variant, list: &[Running]) -> Result<(), ProcessError> {
         let path = self.record_path(variant);
         if list.is_empty() {
             let _ = std::fs::remove_file(&path);
             return Ok(());
         }
-        let io = |e: std::io::Error| PortError(format!("writing {}: {e}", path.display()));
+        let io = |source| ProcessError::File {
+            doing: "writing",
+            path: path.clone(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let records: Vec<&ProcessRecord> = list.iter().map(|r| &r.record).collect();
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string(&records).map_err(PortError::new)?;
+        let text = serde_json::to_string(&records).map_err(ProcessError::Records)?;
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
     }
@@ -149,20 +247,23 @@ impl ProcessDeployer {
             && has(format!("RAMPART_VARIANT={}", variant.as_str()))
     }
 
-    async fn probe(&self, port: u16) -> Result<(), String> {
+    async fn probe(&self, port: u16) -> Result<(), ProcessError> {
         match &self.spec.readiness.http {
             Some(path) => {
                 let url = format!("http://127.0.0.1:{port}{path}");
                 match get_status(&url, Duration::from_secs(2)).await {
                     Ok(code) if (200..300).contains(&code) => Ok(()),
-                    Ok(code) => Err(format!("{path} answered {code}")),
-                    Err(e) => Err(e),
+                    Ok(code) => Err(ProcessError::ProbeStatus {
+                        path: path.clone(),
+                        code,
+                    }),
+                    Err(e) => Err(ProcessError::ProbeUnanswered(e)),
                 }
             }
             None => tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
                 .await
                 .map(drop)
-                .map_err(|e| format!("tcp connect: {e}")),
+                .map_err(ProcessError::ProbeConnect),
         }
     }
 
@@ -171,8 +272,8 @@ impl ProcessDeployer {
         variant: Variant,
         version: &str,
         replica: usize,
-    ) -> Result<Running, PortError> {
-        let port = free_port().map_err(|e| PortError(format!("no free port: {e}")))?;
+    ) -> Result<Running, ProcessError> {
+        let port = free_port().map_err(ProcessError::NoFreePort)?;
         let fill = |s: &str| {
             s.replace("{port}", &port.to_string())
                 .replace("{version}", version)
@@ -180,15 +281,22 @@ impl ProcessDeployer {
         let argv: Vec<String> = self.spec.command.iter().map(|a| fill(a)).collect();
         let (out_path, err_path) = self.log_paths(variant, version, replica);
         if let Some(dir) = out_path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| PortError(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|source| ProcessError::File {
+                doing: "creating",
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let open = |p: &Path| {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|e| PortError(format!("opening {}: {e}", p.display())))
+                .map_err(|source| ProcessError::File {
+                    doing: "opening",
+                    path: p.to_path_buf(),
+                    source,
+                })
         };
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
@@ -206,16 +314,12 @@ impl ProcessDeployer {
         for (k, v) in &self.spec.env {
             cmd.env(k, fill(v));
         }
-        let child = cmd.spawn().map_err(|e| {
-            PortError(format!(
-                "could not start `{}` in {}: {e}",
-                argv[0],
-                self.workdir.display()
-            ))
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            program: argv[0].clone(),
+            workdir: self.workdir.clone(),
+            source,
         })?;
-        let pid = child
-            .id()
-            .ok_or_else(|| PortError::new("process exited at once"))?;
+        let pid = child.id().ok_or(ProcessError::ExitedAtOnce)?;
         Ok(Running {
             record: ProcessRecord {
                 version: version.to_string(),
@@ -232,7 +336,7 @@ impl ProcessDeployer {
         variant: Variant,
         run: &mut Running,
         replica: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProcessError> {
         let deadline = tokio::time::Instant::now() + self.spec.readiness.timeout;
         loop {
             if let Some(child) = run.child.as_mut()
@@ -240,20 +344,20 @@ impl ProcessDeployer {
             {
                 let (_, err_path) = self.log_paths(variant, &run.record.version, replica);
                 let stderr = std::fs::read(&err_path).unwrap_or_default();
-                return Err(format!(
-                    "exited ({status}) before becoming ready; stderr: {}",
-                    tail(&stderr)
-                ));
+                return Err(ProcessError::ExitedBeforeReady {
+                    status,
+                    stderr: tail(&stderr),
+                });
             }
             let last = match self.probe(run.record.port).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "not ready after {}s (last probe: {last})",
-                    self.spec.readiness.timeout.as_secs()
-                ));
+                return Err(ProcessError::NotReady {
+                    timeout: self.spec.readiness.timeout,
+                    last: Box::new(last),
+                });
             }
             tokio::time::sleep(self.spec.readiness.period).await;
         }
@@ -333,7 +437,7 @@ impl ProcessDeployer {
         variant: Variant,
         version: &str,
         n: usize,
-    ) -> Result<Deployment, PortError> {
+    ) -> Result<Deployment, ProcessError> {
         let mut running = self.running.lock().await;
         let set = running.entry(variant).or_default();
         let mut notes = self.load(variant, version, set).await;
@@ -354,7 +458,7 @@ impl ProcessDeployer {
             if let Err(e) = self.wait_ready(variant, &mut run, replica).await {
                 self.terminate(&mut run).await;
                 self.write_records(variant, &set.list)?;
-                return Err(PortError(e));
+                return Err(e);
             }
             set.list.push(run);
             started += 1;
@@ -387,7 +491,7 @@ impl ProcessDeployer {
         })
     }
 
-    async fn trim_inner(&self, variant: Variant, n: usize) -> Result<String, PortError> {
+    async fn trim_inner(&self, variant: Variant, n: usize) -> Result<String, ProcessError> {
         let mut running = self.running.lock().await;
         let set = running.entry(variant).or_default();
         let mut notes = Vec::new();
@@ -458,15 +562,19 @@ impl Deployer for ProcessDeployer {
         version: &'a str,
         replicas: u32,
     ) -> BoxFuture<'a, Result<Deployment, PortError>> {
-        Box::pin(self.scale_inner(variant, version, replicas as usize))
+        Box::pin(async move {
+            Ok(self
+                .scale_inner(variant, version, replicas as usize)
+                .await?)
+        })
     }
 
     fn trim(&self, variant: Variant, replicas: u32) -> BoxFuture<'_, Result<String, PortError>> {
-        Box::pin(self.trim_inner(variant, replicas as usize))
+        Box::pin(async move { Ok(self.trim_inner(variant, replicas as usize).await?) })
     }
 
     fn stop(&self, variant: Variant) -> BoxFuture<'_, Result<String, PortError>> {
-        Box::pin(self.trim_inner(variant, 0))
+        Box::pin(async move { Ok(self.trim_inner(variant, 0).await?) })
     }
 
     fn verify(
@@ -478,15 +586,15 @@ impl Deployer for ProcessDeployer {
             let ports: Vec<u16> = {
                 let mut running = self.running.lock().await;
                 let Some(set) = running.get_mut(&variant).filter(|s| !s.list.is_empty()) else {
-                    return Err(PortError(format!("{} is not running", variant.as_str())));
+                    return Err(ProcessError::NotRunning(variant).into());
                 };
                 for run in &mut set.list {
                     if !run.alive() {
-                        return Err(PortError(format!(
-                            "{} pid {} exited",
-                            variant.as_str(),
-                            run.record.pid
-                        )));
+                        return Err(ProcessError::Exited {
+                            variant,
+                            pid: run.record.pid,
+                        }
+                        .into());
                     }
                 }
                 set.list.iter().map(|r| r.record.port).collect()
@@ -497,10 +605,12 @@ impl Deployer for ProcessDeployer {
                     match self.probe(*port).await {
                         Ok(()) => break,
                         Err(e) if tokio::time::Instant::now() >= deadline => {
-                            return Err(PortError(format!(
-                                "{} not ready on port {port}: {e}",
-                                variant.as_str()
-                            )));
+                            return Err(ProcessError::Unready {
+                                variant,
+                                port: *port,
+                                last: Box::new(e),
+                            }
+                            .into());
                         }
                         Err(_) => tokio::time::sleep(self.spec.readiness.period).await,
                     }

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod decode;
 pub mod flags;
 pub mod judge;

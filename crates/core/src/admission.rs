@@ -1,0 +1,313 @@
+//! Admission: whether a release may start or resume, which version serves as stable, and
+//! whether an operator's request may reach a running release.
+//!
+//! Every front end (`rampart run`, `rampart serve`, the MCP server, the local CLI) asks
+//! these questions with facts it read from the store and the data plane, and renders the
+//! answer its own way. Nothing here reads state or words a command line: a refusal names
+//! what stood in the way, and the caller says what to do instead.
+
+use crate::ports::{CommandKind, Freeze, ReleaseRecord};
+use crate::release::{OutcomeKind, Phase};
+
+/// How a requested release goes ahead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The service has an unfinished release of the same version: it resumes, with the
+    /// policy it started with (a policy edited since does not apply to it).
+    Resume {
+        /// The unfinished release.
+        id: String,
+        /// The policy text it started with.
+        policy: String,
+        /// Whether the policy the caller holds differs from that one.
+        policy_changed: bool,
+    },
+    /// A new release.
+    New {
+        /// Set when it runs during a freeze as a hotfix: why, and whose freeze. A
+        /// hotfix waits for an approval by someone other than its initiator.
+        hotfix: Option<String>,
+    },
+}
+
+/// Why a release may not start.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StartRefusal {
+    /// Another version of the service is still being released; it must finish first.
+    Unfinished(ReleaseRecord),
+    /// An operator froze the service (or every service) and this is no hotfix.
+    Frozen(Freeze),
+}
+
+/// Decides whether `version` of a service may be released now.
+///
+/// `active` is the service's unfinished release, `freeze` the operator freeze that
+/// applies to it, `hotfix` the reason the caller gave for releasing during a freeze.
+///
+/// Guarantees: an unfinished release of the same version is resumed, never started
+/// twice; one of another version blocks; a freeze blocks new releases but never one
+/// already under way, and lets a hotfix through (which then needs an approval).
+pub fn admit_release(
+    version: &str,
+    policy: &str,
+    hotfix: Option<&str>,
+    active: Option<&ReleaseRecord>,
+    freeze: Option<&Freeze>,
+) -> Result<Start, StartRefusal> {
+    match active {
+        Some(rec) if rec.version == version => Ok(Start::Resume {
+            id: rec.id.clone(),
+            policy: rec.policy.clone(),
+            policy_changed: rec.policy != policy,
+        }),
+        Some(rec) => Err(StartRefusal::Unfinished(rec.clone())),
+        None => Ok(Start::New {
+            hotfix: freeze_gate(freeze, hotfix)?,
+        }),
+    }
+}
+
+/// The freeze rule for a new release: blocked while frozen unless it is a hotfix.
+/// Returns the hotfix note the release carries (`None` when nothing is frozen: a hotfix
+/// reason outside a freeze changes nothing).
+pub fn freeze_gate(
+    freeze: Option<&Freeze>,
+    hotfix: Option<&str>,
+) -> Result<Option<String>, StartRefusal> {
+    match (freeze, hotfix) {
+        (Some(f), None) => Err(StartRefusal::Frozen(f.clone())),
+        (Some(f), Some(why)) => Ok(Some(format!("{why}; freeze by {}: {}", f.actor, f.reason))),
+        (None, _) => Ok(None),
+    }
+}
+
+/// The version serving before this release, from the most to the least authoritative
+/// fact: what the operator named, what the data plane runs (a cluster's stable
+/// Deployment), what the store remembers the last release left serving.
+pub fn stable_version(
+    named: Option<&str>,
+    running: Option<&str>,
+    remembered: Option<&str>,
+) -> Option<String> {
+    named.or(running).or(remembered).map(str::to_string)
+}
+
+/// What is known of a running release when an operator's request arrives.
+#[derive(Clone, Copy, Debug)]
+pub struct CommandFacts<'a> {
+    /// The release's outcome, once it is over.
+    pub outcome: Option<OutcomeKind>,
+    /// Its phase.
+    pub phase: Phase,
+    /// Whether it holds at 100 % outside its release window (an approval ends the hold).
+    pub holding_for_window: bool,
+    /// Who started it.
+    pub initiator: &'a str,
+    /// The operator freeze that applies to its service.
+    pub freeze: Option<&'a Freeze>,
+}
+
+/// Why an operator's request is refused before it reaches the release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandRefusal {
+    /// The release is over.
+    Over(OutcomeKind),
+    /// The initiator (or someone unnamed) asked to approve or promote their own
+    /// release: someone else must.
+    FourEyes,
+    /// An approval for a release that waits for none.
+    NotAwaitingApproval(Phase),
+    /// A promotion during an operator freeze: nothing goes to 100 % then.
+    Frozen(Freeze),
+}
+
+/// Decides whether `actor`'s request `kind` may be queued for a release.
+///
+/// The state machine enforces the same rules again when the request arrives (a request
+/// can wait in the queue while the release moves on); this answers the operator at
+/// once, the same way whichever path the request took.
+pub fn admit_command(
+    kind: CommandKind,
+    actor: &str,
+    facts: &CommandFacts<'_>,
+) -> Result<(), CommandRefusal> {
+    if let Some(outcome) = facts.outcome {
+        return Err(CommandRefusal::Over(outcome));
+    }
+    if matches!(kind, CommandKind::Approve | CommandKind::Promote)
+        && (actor.is_empty() || actor == facts.initiator)
+    {
+        return Err(CommandRefusal::FourEyes);
+    }
+    if kind == CommandKind::Approve
+        && facts.phase != Phase::AwaitingApproval
+        && !(facts.phase == Phase::Progressing && facts.holding_for_window)
+    {
+        return Err(CommandRefusal::NotAwaitingApproval(facts.phase));
+    }
+    if kind == CommandKind::Promote
+        && let Some(f) = facts.freeze
+    {
+        return Err(CommandRefusal::Frozen(f.clone()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: &str, policy: &str) -> ReleaseRecord {
+        ReleaseRecord {
+            id: "svc-1".into(),
+            service: "svc".into(),
+            version: version.into(),
+            policy: policy.into(),
+            created_at: 0,
+            outcome: None,
+        }
+    }
+
+    fn freeze() -> Freeze {
+        Freeze {
+            actor: "ops".into(),
+            reason: "black friday".into(),
+            at: 5,
+        }
+    }
+
+    #[test]
+    fn an_unfinished_release_of_the_same_version_resumes_with_its_own_policy() {
+        let rec = record("v2", "old policy");
+        let start = admit_release("v2", "new policy", None, Some(&rec), Some(&freeze()));
+        assert_eq!(
+            start,
+            Ok(Start::Resume {
+                id: "svc-1".into(),
+                policy: "old policy".into(),
+                policy_changed: true,
+            })
+        );
+        let same = admit_release("v2", "old policy", None, Some(&rec), None);
+        assert!(matches!(
+            same,
+            Ok(Start::Resume {
+                policy_changed: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_unfinished_release_of_another_version_blocks() {
+        let rec = record("v2", "p");
+        assert_eq!(
+            admit_release("v3", "p", Some("urgent"), Some(&rec), None),
+            Err(StartRefusal::Unfinished(rec))
+        );
+    }
+
+    #[test]
+    fn a_freeze_blocks_new_releases_but_lets_a_hotfix_through_with_its_reason() {
+        assert_eq!(
+            admit_release("v3", "p", None, None, Some(&freeze())),
+            Err(StartRefusal::Frozen(freeze()))
+        );
+        assert_eq!(
+            admit_release("v3", "p", Some("cve"), None, Some(&freeze())),
+            Ok(Start::New {
+                hotfix: Some("cve; freeze by ops: black friday".into())
+            })
+        );
+        assert_eq!(
+            admit_release("v3", "p", Some("cve"), None, None),
+            Ok(Start::New { hotfix: None })
+        );
+    }
+
+    #[test]
+    fn the_named_stable_wins_over_the_running_one_over_the_remembered_one() {
+        assert_eq!(
+            stable_version(Some("a"), Some("b"), Some("c")).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            stable_version(None, Some("b"), Some("c")).as_deref(),
+            Some("b")
+        );
+        assert_eq!(stable_version(None, None, Some("c")).as_deref(), Some("c"));
+        assert_eq!(stable_version(None, None, None), None);
+    }
+
+    fn facts(phase: Phase) -> CommandFacts<'static> {
+        CommandFacts {
+            outcome: None,
+            phase,
+            holding_for_window: false,
+            initiator: "alice",
+            freeze: None,
+        }
+    }
+
+    #[test]
+    fn nobody_approves_or_promotes_their_own_release() {
+        let f = facts(Phase::AwaitingApproval);
+        for kind in [CommandKind::Approve, CommandKind::Promote] {
+            assert_eq!(
+                admit_command(kind, "alice", &f),
+                Err(CommandRefusal::FourEyes)
+            );
+            assert_eq!(admit_command(kind, "", &f), Err(CommandRefusal::FourEyes));
+        }
+        assert_eq!(admit_command(CommandKind::Approve, "bob", &f), Ok(()));
+        assert_eq!(admit_command(CommandKind::Rollback, "alice", &f), Ok(()));
+    }
+
+    #[test]
+    fn an_approval_needs_a_release_that_waits_for_one() {
+        let progressing = facts(Phase::Progressing);
+        assert_eq!(
+            admit_command(CommandKind::Approve, "bob", &progressing),
+            Err(CommandRefusal::NotAwaitingApproval(Phase::Progressing))
+        );
+        let holding = CommandFacts {
+            holding_for_window: true,
+            ..progressing
+        };
+        assert_eq!(admit_command(CommandKind::Approve, "bob", &holding), Ok(()));
+    }
+
+    #[test]
+    fn a_freeze_refuses_promotion_only() {
+        let fz = freeze();
+        let f = CommandFacts {
+            freeze: Some(&fz),
+            ..facts(Phase::Progressing)
+        };
+        assert_eq!(
+            admit_command(CommandKind::Promote, "bob", &f),
+            Err(CommandRefusal::Frozen(freeze()))
+        );
+        for kind in [
+            CommandKind::Rollback,
+            CommandKind::Pause,
+            CommandKind::Resume,
+        ] {
+            assert_eq!(admit_command(kind, "bob", &f), Ok(()));
+        }
+    }
+
+    #[test]
+    fn nothing_reaches_a_release_that_is_over() {
+        let f = CommandFacts {
+            outcome: Some(OutcomeKind::Promoted),
+            ..facts(Phase::Succeeded)
+        };
+        for kind in CommandKind::ALL {
+            assert_eq!(
+                admit_command(kind, "bob", &f),
+                Err(CommandRefusal::Over(OutcomeKind::Promoted))
+            );
+        }
+    }
+}

@@ -14,6 +14,7 @@ use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::proxy::Proxy;
 use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, MigrationPlan, Ports};
+use rampart_core::admission::{self, Start, StartRefusal};
 use rampart_core::policy::Policy;
 use rampart_core::ports::{Clock, Deployer, Store};
 use rampart_core::release::{Input, OutcomeKind, Release, Variant};
@@ -182,25 +183,42 @@ pub async fn run_release(
     };
     let clock = Arc::new(TokioClock::new());
 
-    let mut hotfix: Option<String> = None;
-    // An unfinished release of this service is resumed with the policy it started with.
+    // An unfinished release of this service is resumed with the policy it started with;
+    // a freeze blocks new releases (the rule is core's, read from these two facts).
     let active = store
         .active(&file_policy.service)
         .await
         .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
-    let (policy, resume_id) = match &active {
-        Some(rec) if rec.version == opts.version => {
-            let policy = load_policy(&opts.policy_path, &rec.policy)?;
-            if rec.policy != opts.policy_text {
+    let freeze = match active {
+        Some(_) => None,
+        None => store
+            .freeze(&file_policy.service)
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
+    };
+    let admitted = admission::admit_release(
+        &opts.version,
+        &opts.policy_text,
+        opts.hotfix.as_deref(),
+        active.as_ref(),
+        freeze.as_ref(),
+    );
+    let (policy, resume_id, hotfix) = match admitted {
+        Ok(Start::Resume {
+            id,
+            policy,
+            policy_changed,
+        }) => {
+            if policy_changed {
                 eprintln!(
-                    "note: {} changed since release {} started; the release continues with the policy it started with",
+                    "note: {} changed since release {id} started; the release continues with the policy it started with",
                     opts.policy_path.display(),
-                    rec.id
                 );
             }
-            (policy, Some(rec.id.clone()))
+            (load_policy(&opts.policy_path, &policy)?, Some(id), None)
         }
-        Some(rec) => {
+        Ok(Start::New { hotfix }) => (file_policy, None, hotfix),
+        Err(StartRefusal::Unfinished(rec)) => {
             return Err(RunError::Blocked(format!(
                 "release {} of {} {} is unfinished; finish it with `rampart run -f {} --version {}` before releasing {}",
                 rec.id,
@@ -211,25 +229,11 @@ pub async fn run_release(
                 opts.version
             )));
         }
-        None => {
-            // A freeze blocks new releases; a release already under way can finish.
-            let freeze = store
-                .freeze(&file_policy.service)
-                .await
-                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
-            match (freeze, &opts.hotfix) {
-                (Some(f), None) => {
-                    return Err(RunError::Blocked(format!(
-                        "releases of {} are frozen by {}: {} (lift with `rampart freeze off`, or run a hotfix with `--hotfix REASON`, which needs an approval)",
-                        file_policy.service, f.actor, f.reason
-                    )));
-                }
-                (Some(f), Some(why)) => {
-                    hotfix = Some(format!("{why}; freeze by {}: {}", f.actor, f.reason));
-                }
-                (None, _) => {}
-            }
-            (file_policy, None)
+        Err(StartRefusal::Frozen(f)) => {
+            return Err(RunError::Blocked(format!(
+                "releases of {} are frozen by {}: {} (lift with `rampart freeze off`, or run a hotfix with `--hotfix REASON`, which needs an approval)",
+                file_policy.service, f.actor, f.reason
+            )));
         }
     };
 
@@ -347,17 +351,19 @@ pub async fn run_release(
     // recorded; one that was created but stopped before its start needs it again.
     // On Kubernetes the cluster is the truth: the stable Deployment's image says which
     // version serves, whatever an earlier release recorded.
-    let stable = match opts
-        .stable
-        .clone()
-        .or_else(|| plane.running_version.clone())
-    {
-        Some(s) => Some(s),
-        None => store
+    let remembered = if opts.stable.is_none() && plane.running_version.is_none() {
+        store
             .serving_version(&policy.service)
             .await
-            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
+    } else {
+        None
     };
+    let stable = admission::stable_version(
+        opts.stable.as_deref(),
+        plane.running_version.as_deref(),
+        remembered.as_deref(),
+    );
     if stable.is_none() && plane.cluster_runs_versions() {
         // On a cluster the stable Deployment always exists (it is the canary's
         // template), so "no stable version" means its image did not match the policy's

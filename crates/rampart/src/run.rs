@@ -129,19 +129,6 @@ pub fn load_policy(path: &Path, text: &str) -> Result<Policy, RunError> {
 
 /// A readable, unique release id: `service-YYYYMMDD-HHMMSS-xxxx`.
 pub fn release_id(service: &str, now_ms: u64) -> String {
-    let secs = now_ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
     // Random per call (std's hasher keys are random per process and per RandomState):
     // two releases started in the same second do not collide but by chance, and a
     // collision is retried with a new id.
@@ -152,11 +139,16 @@ pub fn release_id(service: &str, now_ms: u64) -> String {
         h.write_u32(std::process::id());
         h.finish()
     };
+    // A clock reading too large for a calendar date (past the year 9999) is no real
+    // time: it is shown as the epoch rather than refused, the suffix keeps ids apart.
+    let at = i64::try_from(now_ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     format!(
-        "{service}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:04x}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
+        "{service}-{}-{:04x}",
+        at.to_zoned(jiff::tz::TimeZone::UTC)
+            .strftime("%Y%m%d-%H%M%S"),
         suffix & 0xffff
     )
 }
@@ -704,4 +696,27 @@ async fn forward_signals(tx: tokio::sync::mpsc::UnboundedSender<Input>, progress
         _ = term.recv() => {},
     }
     std::process::exit(130);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_id;
+
+    #[test]
+    fn release_ids_carry_the_utc_date_and_time_of_their_start() {
+        // Expected values from an independent calendar (Python's datetime), including a
+        // leap day and the last millisecond of a year.
+        for (ms, when) in [
+            (0, "19700101-000000"),
+            (951_782_400_000, "20000229-000000"),
+            (1_764_633_600_123, "20251202-000000"),
+            (4_102_444_799_999, "20991231-235959"),
+        ] {
+            let id = release_id("checkout", ms);
+            let (prefix, suffix) = id.rsplit_once('-').expect("a suffix");
+            assert_eq!(prefix, format!("checkout-{when}"));
+            assert_eq!(suffix.len(), 4, "{id}");
+            assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+    }
 }

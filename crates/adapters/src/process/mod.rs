@@ -128,7 +128,7 @@ impl ProcessDeployer {
             let _ = std::fs::remove_file(&path);
             return Ok(());
         }
-        let io = |e: std::io::Error| PortError(format!("writing {}: {e}", path.display()));
+        let io = |e: std::io::Error| PortError::new(format!("writing {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -172,7 +172,7 @@ impl ProcessDeployer {
         version: &str,
         replica: usize,
     ) -> Result<Running, PortError> {
-        let port = free_port().map_err(|e| PortError(format!("no free port: {e}")))?;
+        let port = free_port().map_err(|e| PortError::new(format!("no free port: {e}")))?;
         let fill = |s: &str| {
             s.replace("{port}", &port.to_string())
                 .replace("{version}", version)
@@ -181,14 +181,14 @@ impl ProcessDeployer {
         let (out_path, err_path) = self.log_paths(variant, version, replica);
         if let Some(dir) = out_path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| PortError(format!("creating {}: {e}", dir.display())))?;
+                .map_err(|e| PortError::new(format!("creating {}: {e}", dir.display())))?;
         }
         let open = |p: &Path| {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|e| PortError(format!("opening {}: {e}", p.display())))
+                .map_err(|e| PortError::new(format!("opening {}: {e}", p.display())))
         };
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
@@ -207,7 +207,7 @@ impl ProcessDeployer {
             cmd.env(k, fill(v));
         }
         let child = cmd.spawn().map_err(|e| {
-            PortError(format!(
+            PortError::new(format!(
                 "could not start `{}` in {}: {e}",
                 argv[0],
                 self.workdir.display()
@@ -354,7 +354,7 @@ impl ProcessDeployer {
             if let Err(e) = self.wait_ready(variant, &mut run, replica).await {
                 self.terminate(&mut run).await;
                 self.write_records(variant, &set.list)?;
-                return Err(PortError(e));
+                return Err(PortError::new(e));
             }
             set.list.push(run);
             started += 1;
@@ -478,11 +478,14 @@ impl Deployer for ProcessDeployer {
             let ports: Vec<u16> = {
                 let mut running = self.running.lock().await;
                 let Some(set) = running.get_mut(&variant).filter(|s| !s.list.is_empty()) else {
-                    return Err(PortError(format!("{} is not running", variant.as_str())));
+                    return Err(PortError::new(format!(
+                        "{} is not running",
+                        variant.as_str()
+                    )));
                 };
                 for run in &mut set.list {
                     if !run.alive() {
-                        return Err(PortError(format!(
+                        return Err(PortError::new(format!(
                             "{} pid {} exited",
                             variant.as_str(),
                             run.record.pid
@@ -497,7 +500,7 @@ impl Deployer for ProcessDeployer {
                     match self.probe(*port).await {
                         Ok(()) => break,
                         Err(e) if tokio::time::Instant::now() >= deadline => {
-                            return Err(PortError(format!(
+                            return Err(PortError::new(format!(
                                 "{} not ready on port {port}: {e}",
                                 variant.as_str()
                             )));

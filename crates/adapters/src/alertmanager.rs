@@ -26,7 +26,7 @@ pub struct Silencer {
 }
 
 fn err(msg: impl Into<String>) -> PortError {
-    PortError(msg.into())
+    PortError::new(Into::<String>::into(msg))
 }
 
 fn rfc3339(ms: Millis) -> String {

@@ -43,7 +43,7 @@ pub struct HaproxyRouter {
 }
 
 fn err(msg: impl Into<String>) -> PortError {
-    PortError(msg.into())
+    PortError::new(Into::<String>::into(msg))
 }
 
 /// Runtime-API answers that mean the command was refused.

@@ -48,7 +48,7 @@ pub struct NginxRouter {
 }
 
 fn err(msg: impl Into<String>) -> PortError {
-    PortError(msg.into())
+    PortError::new(Into::<String>::into(msg))
 }
 
 /// An nginx variable-safe form of `name`.

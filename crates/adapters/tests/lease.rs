@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_adapters::clock::TokioClock;
+use rampart_adapters::store::StateStore;
 use rampart_adapters::store::lease::{Deposed, Lease};
-use rampart_adapters::store::{NOT_LEADER, StateStore};
-use rampart_core::ports::{Clock, ReleaseRecord, Store, StoredInput};
+use rampart_core::ports::{Clock, PortErrorKind, ReleaseRecord, Store, StoredInput};
 use rampart_core::release::Input;
 
 const TTL: Duration = Duration::from_secs(9);
@@ -67,7 +67,7 @@ async fn a_silent_leader_is_replaced_after_one_lease_time_and_its_late_writes_ar
     assert_eq!(token_a.token, 1, "nobody held it: taken at once");
     r.a.create(&rel("r1")).await.unwrap();
     let standby = r.b.append("r1", &entry(0)).await.unwrap_err();
-    assert!(standby.0.starts_with(NOT_LEADER), "{standby}");
+    assert_eq!(standby.kind(), PortErrorKind::Fenced, "{standby}");
 
     let holding = tokio::spawn(async move { la.hold(token_a).await });
     let campaign = tokio::spawn(async move { lb.acquire().await });
@@ -87,7 +87,7 @@ async fn a_silent_leader_is_replaced_after_one_lease_time_and_its_late_writes_ar
         "taken over after {took} ms"
     );
     let late = r.a.append("r1", &entry(1)).await.unwrap_err();
-    assert!(late.0.starts_with(NOT_LEADER), "{late}");
+    assert_eq!(late.kind(), PortErrorKind::Fenced, "{late}");
     r.b.append("r1", &entry(1)).await.unwrap();
     let (_, log) = r.b.load("r1").await.unwrap();
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1]);
@@ -106,7 +106,7 @@ async fn a_leader_that_stalled_past_half_its_lease_steps_down_at_once() {
     // it steps down before asking anything, and the store refuses it at once.
     assert!(matches!(la.hold(held_a).await, Deposed::Stalled(_)));
     let err = r.a.append("r1", &entry(0)).await.unwrap_err();
-    assert!(err.0.starts_with(NOT_LEADER), "{err}");
+    assert_eq!(err.kind(), PortErrorKind::Fenced, "{err}");
     r.b.append("r1", &entry(0)).await.unwrap();
 }
 
@@ -131,7 +131,7 @@ async fn a_leader_whose_lease_was_taken_over_learns_it_at_its_next_renewal() {
         "learnt it after more than a beat"
     );
     let err = r.a.create(&rel("r1")).await.unwrap_err();
-    assert!(err.0.starts_with(NOT_LEADER), "{err}");
+    assert_eq!(err.kind(), PortErrorKind::Fenced, "{err}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -149,12 +149,27 @@ async fn a_released_lease_is_taken_without_waiting_a_lease_time() {
         "waited for the lease time"
     );
     let err = r.a.create(&rel("r1")).await.unwrap_err();
-    assert!(err.0.starts_with(NOT_LEADER), "{err}");
+    assert_eq!(err.kind(), PortErrorKind::Fenced, "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_store_without_a_lease_acts_unfenced() {
-    let store = StateStore::in_memory().await.unwrap();
-    store.create(&rel("r1")).await.unwrap();
-    store.append("r1", &entry(0)).await.unwrap();
+    let r = replicas().await;
+    // Neither handle takes part in a lease: both act on the same file, one after the
+    // other, with nobody's fencing token checked.
+    r.a.create(&rel("r1")).await.unwrap();
+    r.a.append("r1", &entry(0)).await.unwrap();
+    r.b.append("r1", &entry(1)).await.unwrap();
+    let (_, log) = r.a.load("r1").await.unwrap();
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(
+        r.a.lease_state("serve").await.unwrap(),
+        None,
+        "acting unfenced takes no lease"
+    );
+    // The same handle once a replica of a lease acts only as its leader.
+    let _candidate = lease(&r.b, &r.clock, "b");
+    let err = r.b.append("r1", &entry(2)).await.unwrap_err();
+    assert_eq!(err.kind(), PortErrorKind::Fenced, "{err}");
+    r.a.append("r1", &entry(2)).await.unwrap();
 }

@@ -11,11 +11,12 @@ mod postgres;
 
 use std::sync::Arc;
 
-use rampart_adapters::store::{ID_TAKEN, NOT_LEADER, StateStore, Submission};
+use rampart_adapters::store::{StateStore, Submission};
 use rampart_core::Weight;
 use rampart_core::flags::FlagDef;
 use rampart_core::ports::{
-    CommandKind, FlagChange, FlagStore, Freeze, OperatorCommand, ReleaseRecord, Store, StoredInput,
+    CommandKind, FlagChange, FlagStore, Freeze, OperatorCommand, PortErrorKind, ReleaseRecord,
+    Store, StoredInput,
 };
 use rampart_core::release::{Input, OutcomeKind};
 
@@ -63,7 +64,7 @@ async fn the_store_contract_holds_on_real_postgres() {
         "{busy}"
     );
     let taken = s.create(&rel("r1", "other")).await.unwrap_err();
-    assert!(taken.0.starts_with(ID_TAKEN), "{taken}");
+    assert_eq!(taken.kind(), PortErrorKind::AlreadyExists, "{taken}");
     s.append("r1", &entry(0)).await.unwrap();
     s.append("r1", &entry(1)).await.unwrap();
     assert!(s.append("r1", &entry(1)).await.is_err(), "duplicate seq");
@@ -262,7 +263,7 @@ async fn a_deposed_leaders_late_write_is_refused_real_postgres() {
     a.create(&rel("r1", "shop")).await.unwrap();
     a.append("r1", &entry(0)).await.unwrap();
     let standby = b.append("r1", &entry(1)).await.unwrap_err();
-    assert!(standby.0.starts_with(NOT_LEADER), "{standby}");
+    assert_eq!(standby.kind(), PortErrorKind::Fenced, "{standby}");
     // `b` takes the lease over from the row as it saw it (a's lease ran out).
     let seen = b.lease_state("serve").await.unwrap().unwrap();
     let token_b = b
@@ -275,7 +276,7 @@ async fn a_deposed_leaders_late_write_is_refused_real_postgres() {
     // A second takeover from the same stale view loses the race.
     assert_eq!(b.take_lease("serve", "c", Some(&seen)).await.unwrap(), None);
     let late = a.append("r1", &entry(1)).await.unwrap_err();
-    assert!(late.0.starts_with(NOT_LEADER), "{late}");
+    assert_eq!(late.kind(), PortErrorKind::Fenced, "{late}");
     assert!(!a.renew_lease("serve", "a", token_a).await.unwrap());
     b.append("r1", &entry(1)).await.unwrap();
     assert!(b.renew_lease("serve", "b", token_b).await.unwrap());

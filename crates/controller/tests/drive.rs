@@ -304,24 +304,37 @@ async fn operator_abort_rolls_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_second_controller_cannot_append_to_the_same_log() {
+    // Two controllers, each with its own handle on one store file (two processes), drive
+    // the same release: the second resumes from the log as the first left it, and both
+    // then record the next decision at the same position. The store refuses whichever
+    // comes second, by its sequence check, and that controller stops without acting.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
     let world = Arc::new(FakeWorld::default());
-    let store = Arc::new(StateStore::in_memory().await.unwrap());
-    let c = controller(&world, &store);
-    c.create("r1", "v2", POLICY).await.unwrap();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(60),
-        c.drive("r1", Some("v1".into()), None),
-    )
-    .await;
-    let (_, log) = store.load("r1").await.unwrap();
-    let dup = StoredInput {
-        seq: 1,
-        at: 0,
-        input: Input::Tick,
-        events: vec![],
+    let first_store = Arc::new(StateStore::open(&path).await.unwrap());
+    let second_store = Arc::new(StateStore::open(&path).await.unwrap());
+    let first = controller(&world, &first_store);
+    let second = controller(&world, &second_store);
+    first.create("r1", "v2", POLICY).await.unwrap();
+    let (a, b) = tokio::join!(
+        first.drive("r1", Some("v1".into()), None),
+        second.drive("r1", Some("v1".into()), None)
+    );
+    let (won, refused) = match (a, b) {
+        (Ok(end), Err(e)) | (Err(e), Ok(end)) => (end, e.to_string()),
+        (a, b) => panic!("exactly one controller must be refused: {a:?} / {b:?}"),
     };
-    assert!(store.append("r1", &dup).await.is_err());
-    assert!(log.len() > 2);
+    assert!(
+        refused.contains("another controller is acting on this release"),
+        "refused by the sequence check, not by anything else: {refused}"
+    );
+    assert_eq!(won.phase, Phase::Succeeded);
+    let (_, log) = first_store.load("r1").await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (0..log.len() as u64).collect::<Vec<_>>(),
+        "one log, without gaps or repeats"
+    );
 }
 
 #[tokio::test(start_paused = true)]

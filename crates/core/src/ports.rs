@@ -17,15 +17,42 @@ use crate::units::{Millis, Weight};
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A failure reported by an adapter, in words fit for the audit trail.
+/// A failure reported by an adapter, in words fit for the audit trail, and what kind
+/// of failure it is for the few callers that must react to one in particular.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct PortError(pub String);
+pub struct PortError(pub String, PortErrorKind);
+
+/// What kind of failure a [`PortError`] is. Most are [`PortErrorKind::Other`]: a caller
+/// branches on the kind, never on the words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PortErrorKind {
+    /// Anything a caller does not tell apart.
+    #[default]
+    Other,
+    /// What was to be created exists already (a release id that is taken).
+    AlreadyExists,
+    /// What was named does not exist (no such release).
+    NotFound,
+    /// This process may no longer act: another one holds the lease it acted under.
+    Fenced,
+}
 
 impl PortError {
-    /// Wraps anything displayable.
+    /// Wraps anything displayable, as [`PortErrorKind::Other`].
     pub fn new(msg: impl std::fmt::Display) -> Self {
-        PortError(msg.to_string())
+        PortError(msg.to_string(), PortErrorKind::Other)
+    }
+
+    /// Wraps anything displayable as a failure of a kind callers tell apart.
+    pub fn with_kind(kind: PortErrorKind, msg: impl std::fmt::Display) -> Self {
+        PortError(msg.to_string(), kind)
+    }
+
+    /// What kind of failure it is.
+    pub fn kind(&self) -> PortErrorKind {
+        self.1
     }
 }
 

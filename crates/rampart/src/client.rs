@@ -216,7 +216,7 @@ impl Backend {
                 let records = store
                     .list_releases(service, limit)
                     .await
-                    .map_err(|e| Failure::new("internal", e.0))?;
+                    .map_err(|e| Failure::new("internal", e.to_string()))?;
                 let mut out = Vec::new();
                 for rec in records {
                     let report = store
@@ -306,7 +306,7 @@ impl Backend {
                 store
                     .push_command_to(&release.id, &command)
                     .await
-                    .map_err(|e| Failure::new("conflict", e.0))?;
+                    .map_err(|e| Failure::new("conflict", e.to_string()))?;
                 let id = release.id.clone();
                 Ok(json!({"release": id, "request": what, "queued": true}))
             }
@@ -333,7 +333,7 @@ impl Backend {
                 let freezes = store
                     .freezes()
                     .await
-                    .map_err(|e| Failure::new("internal", e.0))?;
+                    .map_err(|e| Failure::new("internal", e.to_string()))?;
                 Ok(json!({ "freezes": freezes }))
             }
         }

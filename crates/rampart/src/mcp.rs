@@ -705,7 +705,7 @@ async fn local_server(state_dir: &Path) -> Result<Local, String> {
     let token = store
         .create_token(&name, "agent", "rampart mcp", now)
         .await
-        .map_err(|e| e.0)?;
+        .map_err(|e| e.to_string())?;
     Ok(Local {
         addr,
         token,

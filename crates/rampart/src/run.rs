@@ -384,8 +384,8 @@ pub async fn run_release(
                     .await
                 {
                     Ok(()) => break,
-                    Err(e)
-                        if e.to_string().contains(rampart_adapters::store::ID_TAKEN)
+                    Err(rampart_controller::ControllerError::Store(e))
+                        if e.kind() == rampart_core::ports::PortErrorKind::AlreadyExists
                             && attempts < 5
                             && opts.served.is_none() =>
                     {

@@ -1,7 +1,8 @@
 //! The API's contract on a real `rampart serve`: every route answers 401 without a
 //! valid token (but /healthz and /openapi.json), 403 to a role without the right, and
-//! lets every role with it through; the OpenAPI document lists exactly the routes the
-//! server has; errors are JSON with a stable code; secrets stay out of answers.
+//! lets every role with it through (also on the API's router over the in-memory store);
+//! the OpenAPI document lists exactly the routes the router serves; errors are JSON
+//! with a stable code; secrets stay out of answers.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -100,25 +101,25 @@ fn is_error(v: &Value, code: &str) -> bool {
             .is_some_and(|m| !m.is_empty())
 }
 
-#[test]
-fn every_route_enforces_its_roles_and_answers_401_without_a_valid_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("state"));
-    let tokens: Vec<(&str, String)> = ["viewer", "deployer", "approver", "admin", "agent"]
-        .into_iter()
-        .map(|role| (role, server.token(role, &format!("{role}-1"))))
-        .collect();
+const ROLES: [&str; 5] = ["viewer", "deployer", "approver", "admin", "agent"];
+
+/// Checks every route against every role on the API at `url` (port `port`), given a
+/// token of each role named `ROLE-1` (in `ROLES` order).
+fn every_route_enforces_its_roles(url: &str, port: u16, tokens: &[(&str, String)]) {
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<Value>| {
+        common::serve::call(url, method, path, token, body)
+    };
     for (method, path, body, allowed) in routes() {
         if path.ends_with("/stream") {
             continue; // a stream never ends; checked below
         }
         for bad in [None, Some("rampart_0000"), Some("not a token")] {
-            let (status, v) = server.call(method, path, bad, body.clone());
+            let (status, v) = call(method, path, bad, body.clone());
             assert_eq!(status, 401, "{method} {path} with {bad:?}: {v}");
             assert!(is_error(&v, "unauthorized"), "{method} {path}: {v}");
         }
-        for (role, token) in &tokens {
-            let (status, v) = server.call(method, path, Some(token), body.clone());
+        for (role, token) in tokens {
+            let (status, v) = call(method, path, Some(token), body.clone());
             if allowed.contains(role) {
                 assert!(
                     ![401, 403].contains(&status) && status < 500,
@@ -131,13 +132,13 @@ fn every_route_enforces_its_roles_and_answers_401_without_a_valid_token() {
         }
     }
     // The open routes.
-    assert_eq!(server.call("GET", "/healthz", None, None).0, 200);
-    let (status, doc) = server.call("GET", "/openapi.json", None, None);
+    assert_eq!(call("GET", "/healthz", None, None).0, 200);
+    let (status, doc) = call("GET", "/openapi.json", None, None);
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
     // The stream: 401 without a token, and an event stream with one.
-    assert_eq!(server.call("GET", "/api/v1/stream", None, None).0, 401);
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    assert_eq!(call("GET", "/api/v1/stream", None, None).0, 401);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     use std::io::{Read, Write};
     write!(
         stream,
@@ -151,7 +152,7 @@ fn every_route_enforces_its_roles_and_answers_401_without_a_valid_token() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/event-stream"), "{head}");
     // A revoked token is refused from then on.
-    let (status, _) = server.call(
+    let (status, _) = call(
         "DELETE",
         "/api/v1/tokens/viewer-1",
         Some(&tokens[3].1),
@@ -159,38 +160,84 @@ fn every_route_enforces_its_roles_and_answers_401_without_a_valid_token() {
     );
     assert_eq!(status, 200);
     assert_eq!(
-        server
-            .call("GET", "/api/v1/releases", Some(&tokens[0].1), None)
-            .0,
+        call("GET", "/api/v1/releases", Some(&tokens[0].1), None).0,
         401
     );
-    let (_, who) = server.call("GET", "/api/v1/whoami", Some(&tokens[2].1), None);
+    let (_, who) = call("GET", "/api/v1/whoami", Some(&tokens[2].1), None);
     assert_eq!(who, json!({"name": "approver-1", "role": "approver"}));
 }
 
-/// `(METHOD, /path/{param})` pairs from the router's source.
-fn routes_in_source() -> Vec<(String, String)> {
-    let src: String =
-        std::fs::read_to_string(common::repo().join("crates/rampart/src/serve/mod.rs"))
-            .unwrap()
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-    let mut out = Vec::new();
-    let mut prefix = "/api/v1";
-    for chunk in src.split(".route(\"").skip(1) {
-        let path = &chunk[..chunk.find('"').unwrap()];
-        let call = &chunk[..chunk.find("))").unwrap_or(chunk.len())];
-        if path == "/healthz" {
-            prefix = "";
-        }
-        for (name, method) in [("get(", "GET"), ("post(", "POST"), ("delete(", "DELETE")] {
-            let bare = call[path.len()..].starts_with(&format!("\",{name}"));
-            if bare || call.contains(&format!(".{name}")) || call.contains(&format!("::{name}")) {
-                out.push((method.to_string(), format!("{prefix}{path}")));
-            }
-        }
-    }
+#[test]
+fn every_route_enforces_its_roles_and_answers_401_without_a_valid_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let tokens: Vec<(&str, String)> = ROLES
+        .into_iter()
+        .map(|role| (role, server.token(role, &format!("{role}-1"))))
+        .collect();
+    every_route_enforces_its_roles(&server.url, server.port, &tokens);
+}
+
+/// The API's router over the in-memory store, served in this process (on a thread of
+/// its own) on a free loopback port; returns its URL, its port and the store.
+fn in_memory_api() -> (
+    String,
+    u16,
+    std::sync::Arc<rampart_adapters::store::memory::MemoryStore>,
+) {
+    use std::sync::Arc;
+    let store = Arc::new(rampart_adapters::store::memory::MemoryStore::new());
+    let app = rampart::serve::App {
+        store: store.clone(),
+        clock: Arc::new(rampart_adapters::clock::TokioClock::new()),
+        submitted: Arc::new(tokio::sync::Notify::new()),
+        feed: tokio::sync::broadcast::channel(16).0,
+        workdir: std::env::temp_dir(),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, rampart::serve::router(app))
+                .await
+                .unwrap();
+        });
+    });
+    (format!("http://127.0.0.1:{port}"), port, store)
+}
+
+#[test]
+fn every_route_enforces_its_roles_on_the_in_memory_store() {
+    use rampart_adapters::store::Tokens;
+    let (url, port, store) = in_memory_api();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let tokens: Vec<(&str, String)> = ROLES
+        .into_iter()
+        .map(|role| {
+            let secret = rt
+                .block_on(store.create_token(&format!("{role}-1"), role, "test", 1))
+                .unwrap();
+            (role, secret)
+        })
+        .collect();
+    every_route_enforces_its_roles(&url, port, &tokens);
+}
+
+/// `(METHOD, /path/{param})` pairs the server serves: the router's own route table.
+fn served_routes() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = rampart::serve::routes()
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
     out.sort();
     out
 }
@@ -215,7 +262,7 @@ fn the_openapi_document_lists_exactly_the_served_routes() {
         })
         .collect();
     documented.sort();
-    assert_eq!(documented, routes_in_source());
+    assert_eq!(documented, served_routes());
     // The role table of this test covers every documented API route.
     let mut tested: Vec<(String, String)> = routes()
         .into_iter()

@@ -119,7 +119,7 @@ pub enum ProcessError {
 
 impl From<ProcessError> for PortError {
     fn from(e: ProcessError) -> PortError {
-        PortError(e.to_string())
+        PortError::new(e.to_string())
     }
 }
 

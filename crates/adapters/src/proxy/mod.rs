@@ -526,7 +526,7 @@ impl TrafficRouter for Proxy {
             if Proxy::drain_endpoints(self, endpoints, timeout).await {
                 Ok(())
             } else {
-                Err(PortError(format!(
+                Err(PortError::new(format!(
                     "requests still in flight to retired endpoints after {}ms",
                     timeout.as_millis()
                 )))
@@ -539,7 +539,7 @@ impl TrafficRouter for Proxy {
             if Proxy::drain(self, variant, timeout).await {
                 Ok(())
             } else {
-                Err(PortError(format!(
+                Err(PortError::new(format!(
                     "{} request(s) still in flight to {} after {}ms",
                     self.in_flight(variant),
                     variant.as_str(),

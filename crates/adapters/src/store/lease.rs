@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_core::Millis;
-use rampart_core::ports::{Clock, PortError};
+use rampart_core::ports::Clock;
+
+use super::error::StoreError;
 
 use super::sql::args;
 use super::{Fence, StateStore};
@@ -36,7 +38,7 @@ pub struct LeaseState {
 
 impl StateStore {
     /// The lease's row, if anyone ever held it.
-    pub async fn lease_state(&self, name: &str) -> Result<Option<LeaseState>, PortError> {
+    pub async fn lease_state(&self, name: &str) -> Result<Option<LeaseState>, StoreError> {
         let row = self
             .lease_db
             .conn()
@@ -64,7 +66,7 @@ impl StateStore {
         name: &str,
         holder: &str,
         seen: Option<&LeaseState>,
-    ) -> Result<Option<i64>, PortError> {
+    ) -> Result<Option<i64>, StoreError> {
         let mut c = self.lease_db.conn().await?;
         let Some(seen) = seen else {
             let n = c
@@ -92,7 +94,7 @@ impl StateStore {
         name: &str,
         holder: &str,
         token: i64,
-    ) -> Result<bool, PortError> {
+    ) -> Result<bool, StoreError> {
         let n = self
             .lease_db
             .conn()
@@ -112,7 +114,7 @@ impl StateStore {
         name: &str,
         holder: &str,
         token: i64,
-    ) -> Result<(), PortError> {
+    ) -> Result<(), StoreError> {
         self.set_fence(Fence::Standby);
         self.lease_db
             .conn()
@@ -296,7 +298,7 @@ impl Lease {
                     tracing::warn!(lease = %self.name, "cannot renew the lease (retrying): {e}");
                     wait = (self.beat() / 4).max(1);
                     if self.clock.now() >= deadline {
-                        break Deposed::Unreachable(self.ttl / 2, e.0);
+                        break Deposed::Unreachable(self.ttl / 2, e.to_string());
                     }
                 }
             }

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::error::Error;
 
 use bytes::BytesMut;
-use rampart_core::ports::PortError;
 use std::time::Duration;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use super::sql::{Row, Value, db_err, dollar_placeholders};
+use super::error::StoreError;
+use super::value::{Row, Value, db_err, dollar_placeholders};
 
 /// How long one round trip may take before the connection counts as lost.
 const ROUND_TRIP: Duration = Duration::from_secs(10);
@@ -44,7 +44,7 @@ impl std::fmt::Debug for PgConn {
     }
 }
 
-fn pg_err(e: tokio_postgres::Error) -> PortError {
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => db_err(format!("{}: {}", db.code().code(), db.message())),
         None => db_err(e),
@@ -55,7 +55,7 @@ impl PgConn {
     /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, or the
     /// `host=... dbname=...` form). The connection is plain TCP: keep the server on a
     /// private network or a local socket, or put a TLS tunnel in front (docs/ha.md).
-    pub async fn connect(url: &str) -> Result<PgConn, PortError> {
+    pub async fn connect(url: &str) -> Result<PgConn, StoreError> {
         // The error would quote the URL, password included.
         let mut config: Config = url
             .parse()
@@ -77,7 +77,7 @@ impl PgConn {
     /// Connects, or reconnects after the server or the network dropped the connection.
     /// Never inside a transaction: statements after a silent reconnect would run
     /// outside it (each committing on its own) while the caller believes them atomic.
-    async fn connected(&mut self) -> Result<&Client, PortError> {
+    async fn connected(&mut self) -> Result<&Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             if self.in_tx {
                 return Err(db_err(
@@ -105,7 +105,7 @@ impl PgConn {
     /// Makes the connection usable: a transaction abandoned half-way is rolled back
     /// (or, when the connection itself was lost, was rolled back by the server), and a
     /// lost connection is opened again.
-    pub(crate) async fn recover(&mut self) -> Result<(), PortError> {
+    pub(crate) async fn recover(&mut self) -> Result<(), StoreError> {
         if self.in_tx {
             let alive = self.client.as_ref().is_some_and(|c| !c.is_closed());
             if alive {
@@ -131,7 +131,7 @@ impl PgConn {
     async fn round_trip<T>(
         &mut self,
         work: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
-    ) -> Result<T, PortError> {
+    ) -> Result<T, StoreError> {
         let client = self.connected().await?;
         match tokio::time::timeout(ROUND_TRIP, work(client)).await {
             Ok(r) => r.map_err(pg_err),
@@ -142,7 +142,7 @@ impl PgConn {
         }
     }
 
-    pub(crate) async fn begin(&mut self) -> Result<(), PortError> {
+    pub(crate) async fn begin(&mut self) -> Result<(), StoreError> {
         // Marked first: if the answer is lost, the session may be in a transaction.
         self.connected().await?;
         self.in_tx = true;
@@ -150,7 +150,7 @@ impl PgConn {
             .await
     }
 
-    pub(crate) async fn begin_snapshot(&mut self) -> Result<(), PortError> {
+    pub(crate) async fn begin_snapshot(&mut self) -> Result<(), StoreError> {
         self.connected().await?;
         self.in_tx = true;
         self.round_trip(async |c| {
@@ -160,18 +160,18 @@ impl PgConn {
         .await
     }
 
-    pub(crate) async fn commit(&mut self) -> Result<(), PortError> {
+    pub(crate) async fn commit(&mut self) -> Result<(), StoreError> {
         self.round_trip(async |c| c.batch_execute("COMMIT").await)
             .await?;
         self.in_tx = false;
         Ok(())
     }
 
-    pub(crate) async fn batch(&mut self, sql: &str) -> Result<(), PortError> {
+    pub(crate) async fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
         self.round_trip(async |c| c.batch_execute(sql).await).await
     }
 
-    async fn statement(&mut self, sql: &str) -> Result<Statement, PortError> {
+    async fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -181,7 +181,11 @@ impl PgConn {
         Ok(stmt)
     }
 
-    pub(crate) async fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, PortError> {
+    pub(crate) async fn query(
+        &mut self,
+        sql: &str,
+        args: &[Value],
+    ) -> Result<Vec<Row>, StoreError> {
         let stmt = self.statement(sql).await?;
         let rows = self
             .round_trip(async |c| {
@@ -192,7 +196,7 @@ impl PgConn {
         rows.iter().map(from_pg).collect()
     }
 
-    pub(crate) async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, PortError> {
+    pub(crate) async fn execute(&mut self, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
         let stmt = self.statement(sql).await?;
         self.round_trip(async |c| {
             let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
@@ -206,7 +210,7 @@ impl PgConn {
     pub(crate) async fn execute_all(
         &mut self,
         statements: &[(&str, Vec<Value>)],
-    ) -> Result<(), PortError> {
+    ) -> Result<(), StoreError> {
         let mut prepared = Vec::with_capacity(statements.len());
         for (sql, _) in statements {
             prepared.push(self.statement(sql).await?);
@@ -228,14 +232,14 @@ impl PgConn {
 /// A round trip outside `PgConn::round_trip` (while connecting), bounded the same way.
 async fn bounded<T>(
     work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, PortError> {
+) -> Result<T, StoreError> {
     tokio::time::timeout(ROUND_TRIP, work)
         .await
         .map_err(|_| db_err("PostgreSQL did not answer in time"))?
         .map_err(pg_err)
 }
 
-fn from_pg(r: &tokio_postgres::Row) -> Result<Row, PortError> {
+fn from_pg(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
     let mut out = Vec::with_capacity(r.len());
     for (i, col) in r.columns().iter().enumerate() {
         let ty = col.type_();

@@ -6,7 +6,7 @@
 //! together migrate one after another). It must not hold queries: those are the
 //! store's, the same on both databases.
 
-use rampart_core::ports::PortError;
+use super::error::StoreError;
 
 use super::sql::{Db, args, db_err};
 
@@ -240,14 +240,14 @@ CREATE TABLE leases (
 );
 "#];
 
-fn too_new(applied: usize, known: usize) -> PortError {
+fn too_new(applied: usize, known: usize) -> StoreError {
     db_err(format!(
         "the store has schema version {applied}, newer than this rampart knows ({known}); upgrade rampart"
     ))
 }
 
 /// Brings the store's schema up to date.
-pub(super) async fn migrate(db: &Db) -> Result<(), PortError> {
+pub(super) async fn migrate(db: &Db) -> Result<(), StoreError> {
     let mut c = db.conn().await?;
     if !c.is_postgres() {
         let applied = c.one("PRAGMA user_version", args![]).await?.uint(0)?;

@@ -4,7 +4,12 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use super::*;
+use rampart_core::Weight;
+use rampart_core::ports::{
+    CommandKind, FlagChange, FlagStore, OperatorCommand, ReleaseRecord, Store, StoredInput,
+};
 use rampart_core::release::Input;
+use rampart_core::release::OutcomeKind;
 use sql::args;
 
 fn rel(id: &str) -> ReleaseRecord {
@@ -149,13 +154,23 @@ async fn flags_keep_their_runtime_state_and_every_change_is_audited() {
 async fn a_taken_id_is_told_apart_from_an_unfinished_release() {
     let s = StateStore::in_memory().await.unwrap();
     s.create(&rel("r1")).await.unwrap();
-    let again = s.create(&rel("r2")).await.unwrap_err();
+    let again = s.create_release(&rel("r2")).await.unwrap_err();
+    assert_eq!(again, StoreError::Busy("shop".into()));
     assert!(
-        again.0.contains("already has an unfinished release"),
+        again
+            .to_string()
+            .contains("already has an unfinished release"),
         "{again}"
     );
     let mut other = rel("r1");
     other.service = "other".into();
+    let taken = s.create_release(&other).await.unwrap_err();
+    assert_eq!(taken, StoreError::IdTaken("r1".into()));
+    // Through the core port, the kind travels with the words.
     let taken = s.create(&other).await.unwrap_err();
-    assert!(taken.0.starts_with(ID_TAKEN), "{taken}");
+    assert_eq!(
+        taken.kind(),
+        rampart_core::ports::PortErrorKind::AlreadyExists
+    );
+    assert_eq!(taken.0, "release id taken: r1");
 }

@@ -124,7 +124,7 @@ async fn open(file: &Path, state_dir: &Path) -> Result<(Policy, Arc<StateStore>)
     let policy = crate::run::load_policy(file, &text).map_err(|e| (2, format!("{e:#}")))?;
     let store = StateStore::open(&state_dir.join("rampart.db"))
         .await
-        .map_err(|e| (1, e.0))?;
+        .map_err(|e| (1, e.to_string()))?;
     let defs = policy.flags.as_ref().map_or(&[][..], |f| &f.define[..]);
     store
         .define(&policy.service, defs)

@@ -7,7 +7,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::App;
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// A token's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -231,7 +231,7 @@ impl FromRequestParts<App> for Caller {
             .store
             .token(&token)
             .await
-            .map_err(|e| ApiError::internal(e.0))?;
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let Some((name, role)) = found else {
             return Err(ApiError::unauthorized("the token is unknown or revoked"));
         };

@@ -1,11 +1,13 @@
 //! `rampart serve`: the long-running controller with its API.
 //!
-//! Owns wiring the store, the release queue, the live feed and the HTTP routes. Each
-//! route's rules are in `api`, who may call it in `auth`, and the answers' shapes in
-//! `views`. It binds to loopback unless told otherwise.
+//! Owns wiring the store, the release queue, the live feed and the HTTP routes (the
+//! route table, [`routes`], is the one list both the router and the tests read). Each
+//! route's rules are in `api`, who may call it in `auth`, its errors in `error`, and the
+//! answers' shapes in `views`. It binds to loopback unless told otherwise.
 
 pub mod api;
 pub mod auth;
+pub mod error;
 pub mod queue;
 pub mod ui;
 pub mod views;
@@ -17,12 +19,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::MethodRouter;
 use rampart_adapters::clock::TokioClock;
-use rampart_adapters::store::StateStore;
 use rampart_adapters::store::lease::{Deposed, Held, Lease};
+use rampart_adapters::store::{ControlPlane, StateStore};
 
-use api::Act;
+use api::actions::Act;
 use auth::Caller;
 
 /// The API description, checked in and served at `/openapi.json`.
@@ -35,18 +39,27 @@ pub const SESSION_COOKIE: &str = "rampart_session";
 const FEED_POLL: Duration = Duration::from_millis(250);
 
 /// Shared by every request.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct App {
-    /// The store.
-    pub store: Arc<StateStore>,
+    /// The store, through the control plane's port: the SQL store when serving, the
+    /// in-memory one in tests of the API.
+    pub store: Arc<dyn ControlPlane>,
     /// The clock.
     pub clock: Arc<TokioClock>,
-    /// The release queue.
-    pub queue: Arc<queue::Queue>,
+    /// Wakes the release queue after a submission.
+    pub submitted: Arc<tokio::sync::Notify>,
     /// New release log entries, as JSON, for server-sent events.
     pub feed: tokio::sync::broadcast::Sender<Arc<String>>,
     /// Where submitted releases run from unless they say otherwise.
     pub workdir: PathBuf,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("workdir", &self.workdir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Opens the store for the CLI's server-side commands (`token`, `audit`, `serve`): the
@@ -123,8 +136,8 @@ macro_rules! action {
             caller: Caller,
             Path(id): Path<String>,
             body: axum::body::Bytes,
-        ) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), api::ApiError> {
-            api::act(app, caller, id, $act, body).await
+        ) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), error::ApiError> {
+            api::actions::act(app, caller, id, $act, body).await
         }
     };
 }
@@ -136,45 +149,106 @@ action!(resume, Act::Resume);
 action!(abort, Act::Abort);
 action!(rollback, Act::Rollback);
 
-/// Every route.
+/// One route the server serves: its method, its whole path, and its handler.
+#[derive(Debug)]
+pub struct Route {
+    /// The method.
+    pub method: Method,
+    /// The path, with `{param}` placeholders, as the router matches it.
+    pub path: &'static str,
+    handler: MethodRouter<App>,
+}
+
+impl Route {
+    fn new<H, T>(method: Method, path: &'static str, handler: H) -> Route
+    where
+        H: Handler<T, App>,
+        T: 'static,
+    {
+        let handler = match method {
+            Method::POST => axum::routing::post(handler),
+            Method::DELETE => axum::routing::delete(handler),
+            _ => axum::routing::get(handler),
+        };
+        Route {
+            method,
+            path,
+            handler,
+        }
+    }
+}
+
+/// Every route the server serves; [`router`] is built from exactly this list.
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    vec![
+        Route::new(M::GET, "/healthz", api::healthz),
+        Route::new(M::GET, "/openapi.json", api::openapi),
+        Route::new(M::GET, "/", ui::index),
+        Route::new(M::GET, "/ui/app.js", ui::script),
+        Route::new(M::GET, "/ui/app.css", ui::style),
+        Route::new(M::POST, "/ui/login", ui::login),
+        Route::new(M::POST, "/ui/logout", ui::logout),
+        Route::new(M::GET, "/api/v1/whoami", api::whoami),
+        Route::new(M::GET, "/api/v1/releases", api::releases::list_releases),
+        Route::new(M::POST, "/api/v1/releases", api::releases::create_release),
+        Route::new(M::GET, "/api/v1/releases/{id}", api::releases::get_release),
+        Route::new(
+            M::GET,
+            "/api/v1/releases/{id}/events",
+            api::releases::release_events,
+        ),
+        Route::new(
+            M::GET,
+            "/api/v1/releases/{id}/metrics",
+            api::releases::release_metrics,
+        ),
+        Route::new(
+            M::GET,
+            "/api/v1/releases/{id}/audit",
+            api::releases::release_audit,
+        ),
+        Route::new(M::POST, "/api/v1/releases/{id}/approve", approve),
+        Route::new(M::POST, "/api/v1/releases/{id}/promote", promote),
+        Route::new(M::POST, "/api/v1/releases/{id}/pause", pause),
+        Route::new(M::POST, "/api/v1/releases/{id}/resume", resume),
+        Route::new(M::POST, "/api/v1/releases/{id}/abort", abort),
+        Route::new(M::POST, "/api/v1/releases/{id}/rollback", rollback),
+        Route::new(
+            M::POST,
+            "/api/v1/releases/{id}/request-approval",
+            api::approvals::request_approval,
+        ),
+        Route::new(M::GET, "/api/v1/freeze", api::freeze::get_freeze),
+        Route::new(M::POST, "/api/v1/freeze", api::freeze::set_freeze),
+        Route::new(
+            M::POST,
+            "/api/v1/policies/validate",
+            api::policies::validate_policy,
+        ),
+        Route::new(
+            M::GET,
+            "/api/v1/policies/{service}",
+            api::policies::get_policy,
+        ),
+        Route::new(M::GET, "/api/v1/services", api::services::services),
+        Route::new(M::GET, "/api/v1/tokens", api::tokens::list_tokens),
+        Route::new(M::POST, "/api/v1/tokens", api::tokens::create_token),
+        Route::new(
+            M::DELETE,
+            "/api/v1/tokens/{name}",
+            api::tokens::revoke_token,
+        ),
+        Route::new(M::GET, "/api/v1/audit/verify", api::audit::verify_audit),
+        Route::new(M::GET, "/api/v1/stream", api::stream::stream),
+    ]
+}
+
+/// Every route, from [`routes`]; the methods of one path are merged into one route.
 pub fn router(app: App) -> Router {
-    let api = Router::new()
-        .route("/whoami", get(api::whoami))
-        .route(
-            "/releases",
-            get(api::list_releases).post(api::create_release),
-        )
-        .route("/releases/{id}", get(api::get_release))
-        .route("/releases/{id}/events", get(api::release_events))
-        .route("/releases/{id}/metrics", get(api::release_metrics))
-        .route("/releases/{id}/audit", get(api::release_audit))
-        .route("/releases/{id}/approve", post(approve))
-        .route("/releases/{id}/promote", post(promote))
-        .route("/releases/{id}/pause", post(pause))
-        .route("/releases/{id}/resume", post(resume))
-        .route("/releases/{id}/abort", post(abort))
-        .route("/releases/{id}/rollback", post(rollback))
-        .route(
-            "/releases/{id}/request-approval",
-            post(api::request_approval),
-        )
-        .route("/freeze", get(api::get_freeze).post(api::set_freeze))
-        .route("/policies/validate", post(api::validate_policy))
-        .route("/policies/{service}", get(api::get_policy))
-        .route("/services", get(api::services))
-        .route("/tokens", get(api::list_tokens).post(api::create_token))
-        .route("/tokens/{name}", axum::routing::delete(api::revoke_token))
-        .route("/audit/verify", get(api::verify_audit))
-        .route("/stream", get(api::stream));
-    Router::new()
-        .route("/healthz", get(api::healthz))
-        .route("/openapi.json", get(api::openapi))
-        .route("/", get(ui::index))
-        .route("/ui/app.js", get(ui::script))
-        .route("/ui/app.css", get(ui::style))
-        .route("/ui/login", post(ui::login))
-        .route("/ui/logout", post(ui::logout))
-        .nest("/api/v1", api)
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, route| r.route(route.path, route.handler))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .with_state(app)
@@ -334,18 +408,18 @@ pub async fn run(opts: ServeOptions) -> i32 {
         );
     }
     let (feed, _) = tokio::sync::broadcast::channel(1024);
+    let queue = queue::Queue::new(store.clone(), opts.state_dir.clone());
     let app = App {
-        queue: queue::Queue::new(store.clone(), opts.state_dir.clone()),
-        store,
+        submitted: queue.waker(),
+        store: store.clone(),
         clock: Arc::new(TokioClock::new()),
         feed,
         workdir: api::default_workdir(),
     };
-    let queue = app.queue.clone();
     let clock: Arc<dyn rampart_core::ports::Clock> = app.clock.clone();
-    let lease = app.store.is_postgres().then(|| {
+    let lease = store.is_postgres().then(|| {
         let replica = opts.replica.clone().unwrap_or_else(default_replica);
-        Lease::new(app.store.clone(), clock, LEASE, &replica, opts.lease_ttl)
+        Lease::new(store.clone(), clock, LEASE, &replica, opts.lease_ttl)
     });
     let held = Arc::new(std::sync::Mutex::new(None));
     let leading = lead(queue.clone(), lease.clone(), held.clone(), &say);

@@ -33,7 +33,7 @@ pub struct Queue {
     serving: crate::run::Serving,
     /// Wakes the controllers when requests are queued for their releases.
     inbox: Arc<rampart_controller::Inbox>,
-    wake: tokio::sync::Notify,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Queue {
@@ -47,7 +47,7 @@ impl Queue {
             state_dir,
             busy: Mutex::new(HashSet::new()),
             serving: Default::default(),
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -56,9 +56,9 @@ impl Queue {
         crate::run::stop_serving(&self.serving).await;
     }
 
-    /// Looks at the queue now (after a submission).
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// What wakes the queue to look at once (after a submission), for the API.
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
     }
 
     /// Runs forever: starts a worker for every service with open submissions.

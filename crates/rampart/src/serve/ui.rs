@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::api::ApiError;
 use super::auth::Caller;
+use super::error::ApiError;
 use super::{App, SESSION_COOKIE};
 
 const APP_JS: &str = include_str!("ui/app.js");

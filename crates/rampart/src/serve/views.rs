@@ -4,10 +4,10 @@
 //!
 //! Owns turning stored releases into views. It must not change anything.
 
-use rampart_adapters::store::{StateStore, Submission};
+use rampart_adapters::store::Submission;
 use rampart_core::Policy;
 use rampart_core::metrics::VariantStats;
-use rampart_core::ports::{ReleaseRecord, StoredInput};
+use rampart_core::ports::{PortErrorKind, ReleaseRecord, Store, StoredInput};
 use rampart_core::release::{AuditEvent, Decision, Input, Phase, Release, step};
 use serde::{Deserialize, Serialize};
 
@@ -143,11 +143,14 @@ pub struct Loaded {
 
 impl Loaded {
     /// Reads a release; `None` when there is no such release.
-    pub async fn read(store: &StateStore, id: &str) -> Option<Result<Loaded, String>> {
-        use rampart_core::ports::Store;
+    /// Takes any handle on a store (`&Arc<StateStore>`, `&Arc<dyn ControlPlane>`).
+    pub async fn read<S>(store: &S, id: &str) -> Option<Result<Loaded, String>>
+    where
+        S: std::ops::Deref<Target: Store>,
+    {
         let (record, log) = match store.load(id).await {
             Ok(x) => x,
-            Err(e) if e.0.starts_with("no release") => return None,
+            Err(e) if e.kind() == PortErrorKind::NotFound => return None,
             Err(e) => return Some(Err(e.0)),
         };
         Some(

@@ -269,7 +269,7 @@ pub async fn run(
     duration: Duration,
     url: &str,
 ) -> Result<ControllerReport, String> {
-    let store = Arc::new(StateStore::open_url(url).await.map_err(|e| e.0)?);
+    let store = Arc::new(StateStore::open_url(url).await.map_err(|e| e.to_string())?);
     // Releases of earlier runs in the same database stay unfinished: a run's services
     // are its own.
     let clock = Arc::new(TokioClock::new());

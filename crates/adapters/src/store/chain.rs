@@ -1,26 +1,25 @@
-//! The control plane's tables in the state store: API tokens (kept as hashes), the
-//! hash-chained audit log, and the queue of releases submitted to `rampart serve`.
+//! The audit chain: a hash-chained record of everything done to the store (each
+//! record's hash covers the previous one's), and its verification against the tables.
 //!
-//! Owns the chain's hashing rule and its verification. It must not decide who may do
-//! what (roles are the server's) nor interpret release logs.
+//! Owns the chain's hashing rule, appending records inside a caller's transaction, and
+//! `verify_chain`. It must not decide who may do what (roles are the server's) nor
+//! interpret release logs beyond comparing them with what the chain recorded.
 
 use sha2::{Digest, Sha256};
 
 use super::StateStore;
+use super::error::StoreError;
 use super::sql::{Row, Tx, Value, args};
+use super::submissions::{SUBMISSION_COLUMNS, row_to_submission};
 use rampart_core::Millis;
-use rampart_core::ports::{PortError, StoredInput};
+use rampart_core::ports::StoredInput;
 
 /// The hash the first chain record links to.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// SHA-256 of `text`, in lower-case hex.
 pub fn sha256_hex(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// One record of the audit chain.
@@ -47,7 +46,32 @@ pub struct ChainRecord {
 }
 
 impl ChainRecord {
-    fn digest(&self) -> String {
+    /// The record after `head`, hashed: the one rule both stores link records by.
+    pub(crate) fn next(
+        head: &Head,
+        at: Millis,
+        actor: &str,
+        action: &str,
+        release: Option<(&str, Option<u64>)>,
+        body: &str,
+    ) -> ChainRecord {
+        let mut rec = ChainRecord {
+            id: head.0 + 1,
+            at,
+            actor: actor.to_string(),
+            action: action.to_string(),
+            release_id: release.map(|(r, _)| r.to_string()),
+            seq: release.and_then(|(_, s)| s),
+            body: body.to_string(),
+            prev: head.1.clone(),
+            hash: String::new(),
+        };
+        rec.hash = rec.digest();
+        rec
+    }
+
+    /// SHA-256 over the previous hash and every field of this record.
+    pub(crate) fn digest(&self) -> String {
         sha256_hex(&format!(
             "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
             self.prev,
@@ -63,11 +87,11 @@ impl ChainRecord {
 }
 
 /// The chain's last record: its id and hash (0 and the genesis hash when empty).
-pub(super) type Head = (i64, String);
+pub(crate) type Head = (i64, String);
 
 /// Reads the chain's last record inside `tx`. The caller holds the chain lock
 /// (`Tx::lock_chain`), so the head stays the head until it commits.
-pub(super) async fn head(tx: &mut Tx) -> Result<Head, PortError> {
+pub(super) async fn head(tx: &mut Tx) -> Result<Head, StoreError> {
     let last = tx
         .query_opt(
             "SELECT id, hash FROM chain ORDER BY id DESC LIMIT 1",
@@ -76,7 +100,7 @@ pub(super) async fn head(tx: &mut Tx) -> Result<Head, PortError> {
         .await?;
     match last {
         Some(r) => Ok((r.int(0)?, r.text(1)?)),
-        None => Ok((0, GENESIS.to_string())),
+        None => Ok(genesis()),
     }
 }
 
@@ -93,18 +117,7 @@ pub(super) fn next_record(
     release: Option<(&str, Option<u64>)>,
     body: &str,
 ) -> Vec<Value> {
-    let mut rec = ChainRecord {
-        id: head.0 + 1,
-        at,
-        actor: actor.to_string(),
-        action: action.to_string(),
-        release_id: release.map(|(r, _)| r.to_string()),
-        seq: release.and_then(|(_, s)| s),
-        body: body.to_string(),
-        prev: head.1.clone(),
-        hash: String::new(),
-    };
-    rec.hash = rec.digest();
+    let rec = ChainRecord::next(head, at, actor, action, release, body);
     let row = args![
         rec.id,
         rec.at,
@@ -130,44 +143,26 @@ pub(super) async fn chain(
     action: &str,
     release: Option<(&str, Option<u64>)>,
     body: &str,
-) -> Result<(), PortError> {
+) -> Result<(), StoreError> {
     let mut last = head(tx).await?;
     let row = next_record(&mut last, at, actor, action, release, body);
     tx.execute(INSERT_CHAIN, &row).await?;
     Ok(())
 }
 
-/// Queues an operator request for release `id` inside `tx`, and chains who asked.
-pub(super) async fn queue_command(
-    tx: &mut Tx,
-    id: &str,
-    command: &rampart_core::ports::OperatorCommand,
-) -> Result<(), PortError> {
-    tx.execute(
-        "INSERT INTO commands (release_id, actor, reason, force, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        args![id, &command.actor, &command.reason, command.force, command.kind.as_str(), command.at],
-    )
-    .await?;
-    let body = serde_json::json!({"reason": command.reason, "force": command.force}).to_string();
-    chain(
-        tx,
-        command.at,
-        &command.actor,
-        &format!("request:{}", command.kind.as_str()),
-        Some((id, None)),
-        &body,
-    )
-    .await
+/// The head of an empty chain.
+pub(crate) fn genesis() -> Head {
+    (0, GENESIS.to_string())
 }
 
 /// The chain body of a stored input: exactly the columns the log keeps (its time, the
 /// input, the audit events).
-pub(super) fn input_body(at: Millis, input: &str, audit: &str) -> String {
+pub(crate) fn input_body(at: Millis, input: &str, audit: &str) -> String {
     format!("{at}\n{input}\n{audit}")
 }
 
 /// The request an operator input must have been asked for with, by its input type.
-fn request_for(input_type: &str) -> Option<&'static str> {
+pub(crate) fn request_for(input_type: &str) -> Option<&'static str> {
     match input_type {
         "approved" => Some("approve"),
         "pause" => Some("pause"),
@@ -178,7 +173,7 @@ fn request_for(input_type: &str) -> Option<&'static str> {
 }
 
 /// Who an input came from, for the chain.
-pub(super) fn input_actor(entry: &StoredInput) -> String {
+pub(crate) fn input_actor(entry: &StoredInput) -> String {
     use rampart_core::release::Input;
     match &entry.input {
         Input::Approved { by } => by.clone(),
@@ -206,65 +201,7 @@ pub struct ChainReport {
     pub problems: Vec<String>,
 }
 
-/// An API token as listed: never its secret or hash.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct TokenInfo {
-    /// Unique name: the identity recorded for what the token does.
-    pub name: String,
-    /// `viewer`, `deployer`, `approver`, `admin` (checked by the server).
-    pub role: String,
-    /// When it was created.
-    pub created_at: Millis,
-    /// Who created it.
-    pub created_by: String,
-    /// Whether it was revoked.
-    pub revoked: bool,
-}
-
-/// A release submitted to `rampart serve`, as queued.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Submission {
-    /// The release id it gets.
-    pub id: String,
-    /// Service name.
-    pub service: String,
-    /// The version to release.
-    pub version: String,
-    /// The version serving now, if the submitter named it.
-    pub stable: Option<String>,
-    /// Why this is a hotfix during a freeze, if it is one.
-    pub hotfix: Option<String>,
-    /// Who submitted it.
-    pub initiator: String,
-    /// The policy text.
-    pub policy: String,
-    /// Where the policy's relative paths resolve.
-    pub workdir: String,
-    /// `queued`, `running` or `done`.
-    pub state: String,
-    /// The final report (JSON), once done.
-    pub report: Option<String>,
-    /// When it was submitted.
-    pub created_at: Millis,
-}
-
-fn row_to_submission(r: &Row) -> Result<Submission, PortError> {
-    Ok(Submission {
-        id: r.text(0)?,
-        service: r.text(1)?,
-        version: r.text(2)?,
-        stable: r.opt_text(3)?,
-        hotfix: r.opt_text(4)?,
-        initiator: r.text(5)?,
-        policy: r.text(6)?,
-        workdir: r.text(7)?,
-        state: r.text(8)?,
-        report: r.opt_text(9)?,
-        created_at: r.uint(10)?,
-    })
-}
-
-fn row_to_chain(r: &Row) -> Result<ChainRecord, PortError> {
+fn row_to_chain(r: &Row) -> Result<ChainRecord, StoreError> {
     Ok(ChainRecord {
         id: r.int(0)?,
         at: r.uint(1)?,
@@ -278,24 +215,30 @@ fn row_to_chain(r: &Row) -> Result<ChainRecord, PortError> {
     })
 }
 
-const SUBMISSION_COLUMNS: &str =
-    "id, service, version, stable, hotfix, initiator, policy, workdir, state, report, created_at";
-
-fn random_hex(bytes: usize) -> Result<String, PortError> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| PortError(format!("no randomness for a token: {e}")))?;
-    Ok(hex(&buf))
-}
-
-/// The prefix of every API token (so a leaked one is easy to find and scan for).
-pub const TOKEN_PREFIX: &str = "rampart_";
-
-// === impl StateStore: notes ===
+// === impl StateStore: the chain ===
 
 impl StateStore {
+    /// Begins the audit chain once, recording how much of the release logs predates it
+    /// (those entries cannot be verified).
+    pub(super) async fn start_chain(&self) -> Result<(), StoreError> {
+        let mut tx = self.chained().await?;
+        let started = tx
+            .one("SELECT EXISTS(SELECT 1 FROM chain)", args![])
+            .await?
+            .bool(0)?;
+        if !started {
+            let r = tx
+                .one(
+                    "SELECT COALESCE(MAX(rowid), 0), COALESCE(MAX(at), 0) FROM events",
+                    args![],
+                )
+                .await?;
+            let body = serde_json::json!({"log_entries_before": r.int(0)?}).to_string();
+            chain(&mut tx, r.uint(1)?, "rampart", "chain_started", None, &body).await?;
+        }
+        tx.commit().await
+    }
+
     /// Records an action that changes no table (an approval asked for, say) in the
     /// audit chain, and returns the record's position.
     pub async fn note(
@@ -305,7 +248,7 @@ impl StateStore {
         action: &str,
         release: Option<&str>,
         body: &str,
-    ) -> Result<i64, PortError> {
+    ) -> Result<i64, StoreError> {
         let mut tx = self.chained().await?;
         let mut last = head(&mut tx).await?;
         let row = next_record(
@@ -320,363 +263,12 @@ impl StateStore {
         tx.commit().await?;
         Ok(last.0)
     }
-}
-
-// === impl StateStore: tokens ===
-
-impl StateStore {
-    /// Creates a token and returns its secret, which is not kept (only its SHA-256 is).
-    /// Fails if an unrevoked token has that name.
-    pub async fn create_token(
-        &self,
-        name: &str,
-        role: &str,
-        by: &str,
-        at: Millis,
-    ) -> Result<String, PortError> {
-        let secret = format!("{TOKEN_PREFIX}{}", random_hex(32)?);
-        let hash = sha256_hex(&secret);
-        let mut tx = self.chained().await?;
-        let live = tx
-            .one(
-                "SELECT EXISTS(SELECT 1 FROM tokens WHERE name = ?1 AND revoked_at IS NULL)",
-                args![name],
-            )
-            .await?
-            .bool(0)?;
-        if live {
-            return Err(PortError(format!(
-                "a token named {name} exists; revoke it first (`rampart token revoke {name}`)"
-            )));
-        }
-        tx.execute("DELETE FROM tokens WHERE name = ?1", args![name])
-            .await?;
-        tx.execute(
-            "INSERT INTO tokens (name, role, hash, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
-            args![name, role, hash.as_str(), at, by],
-        )
-        .await?;
-        let body = serde_json::json!({"name": name, "role": role, "hash": hash}).to_string();
-        chain(&mut tx, at, by, "token_created", None, &body).await?;
-        tx.commit().await?;
-        Ok(secret)
-    }
-
-    /// Revokes a token by name. Fails if no live token has that name.
-    pub async fn revoke_token(&self, name: &str, by: &str, at: Millis) -> Result<(), PortError> {
-        let mut tx = self.chained().await?;
-        let n = tx
-            .execute(
-                "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-                args![name, at],
-            )
-            .await?;
-        if n == 0 {
-            return Err(PortError(format!("no live token named {name}")));
-        }
-        let body = serde_json::json!({"name": name}).to_string();
-        chain(&mut tx, at, by, "token_revoked", None, &body).await?;
-        tx.commit().await
-    }
-
-    /// The name and role of the live token with this secret.
-    pub async fn token(&self, secret: &str) -> Result<Option<(String, String)>, PortError> {
-        let hash = sha256_hex(secret);
-        let row = self
-            .db
-            .conn()
-            .await?
-            .query_opt(
-                "SELECT name, role FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
-                args![hash],
-            )
-            .await?;
-        row.map(|r| Ok((r.text(0)?, r.text(1)?))).transpose()
-    }
-
-    /// Every token, newest first, without secrets.
-    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, PortError> {
-        let rows = self
-            .db
-            .conn()
-            .await?
-            .query(
-                "SELECT name, role, created_at, created_by, revoked_at IS NOT NULL FROM tokens ORDER BY created_at DESC, name",
-                args![],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TokenInfo {
-                    name: r.text(0)?,
-                    role: r.text(1)?,
-                    created_at: r.uint(2)?,
-                    created_by: r.text(3)?,
-                    revoked: r.bool(4)?,
-                })
-            })
-            .collect()
-    }
-}
-
-// === impl StateStore: submissions ===
-
-impl StateStore {
-    /// Queues a release for `rampart serve`, and records who asked.
-    pub async fn submit(&self, s: &Submission) -> Result<(), PortError> {
-        let mut tx = self.chained().await?;
-        tx.execute(
-            &format!("INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-            args![
-                &s.id,
-                &s.service,
-                &s.version,
-                s.stable.as_deref(),
-                s.hotfix.as_deref(),
-                &s.initiator,
-                &s.policy,
-                &s.workdir,
-                &s.state,
-                s.report.as_deref(),
-                s.created_at
-            ],
-        )
-        .await?;
-        let body = serde_json::json!({
-            "service": s.service,
-            "version": s.version,
-            "stable": s.stable,
-            "hotfix": s.hotfix,
-            "policy_sha256": sha256_hex(&s.policy),
-        })
-        .to_string();
-        chain(
-            &mut tx,
-            s.created_at,
-            &s.initiator,
-            "release_submitted",
-            Some((&s.id, None)),
-            &body,
-        )
-        .await?;
-        tx.commit().await
-    }
-
-    /// A submission by release id.
-    pub async fn submission(&self, id: &str) -> Result<Option<Submission>, PortError> {
-        let row = self
-            .db
-            .conn()
-            .await?
-            .query_opt(
-                &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = ?1"),
-                args![id],
-            )
-            .await?;
-        row.as_ref().map(row_to_submission).transpose()
-    }
-
-    /// Submissions not done yet, oldest first.
-    pub async fn open_submissions(&self) -> Result<Vec<Submission>, PortError> {
-        let rows = self
-            .db
-            .conn()
-            .await?
-            .query(
-                &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE state != 'done' ORDER BY rowid"),
-                args![],
-            )
-            .await?;
-        rows.iter().map(row_to_submission).collect()
-    }
-
-    /// Queues an operator request for exactly release `id`: fails when it does not
-    /// exist or is over (a request meant for one release never reaches the next).
-    pub async fn push_command_to(
-        &self,
-        id: &str,
-        command: &rampart_core::ports::OperatorCommand,
-    ) -> Result<(), PortError> {
-        let mut tx = self.chained().await?;
-        let open = tx
-            .query_opt(
-                "SELECT outcome IS NULL FROM releases WHERE id = ?1",
-                args![id],
-            )
-            .await?
-            .map(|r| r.bool(0))
-            .transpose()?;
-        match open {
-            None => return Err(PortError(format!("no release {id}"))),
-            Some(false) => return Err(PortError(format!("release {id} is over"))),
-            Some(true) => {}
-        }
-        queue_command(&mut tx, id, command).await?;
-        tx.commit().await
-    }
-
-    /// Claims a submission for running: `false` when it is done (withdrawn) already.
-    pub async fn claim_submission(&self, id: &str) -> Result<bool, PortError> {
-        let mut tx = self.acting().await?;
-        let n = tx
-            .execute(
-                "UPDATE submissions SET state = 'running' WHERE id = ?1 AND state != 'done'",
-                args![id],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(n > 0)
-    }
-
-    /// Withdraws a submission that has not started, with its final report. Fails when
-    /// it has started (or is over).
-    pub async fn withdraw(
-        &self,
-        id: &str,
-        by: &str,
-        report: &str,
-        at: Millis,
-    ) -> Result<(), PortError> {
-        let mut tx = self.chained().await?;
-        let n = tx
-            .execute(
-                "UPDATE submissions SET state = 'done', report = ?2 WHERE id = ?1 AND state = 'queued'",
-                args![id, report],
-            )
-            .await?;
-        if n == 0 {
-            return Err(PortError(format!(
-                "release {id} is no longer queued; abort it as a running release"
-            )));
-        }
-        chain(
-            &mut tx,
-            at,
-            by,
-            "release_withdrawn",
-            Some((id, None)),
-            report,
-        )
-        .await?;
-        tx.commit().await
-    }
-
-    /// Every service the store knows of (from releases and submissions), unordered.
-    pub async fn services(&self) -> Result<Vec<String>, PortError> {
-        let rows = self
-            .db
-            .conn()
-            .await?
-            .query(
-                "SELECT service FROM releases UNION SELECT service FROM submissions",
-                args![],
-            )
-            .await?;
-        rows.iter().map(|r| r.text(0)).collect()
-    }
-
-    /// Every freeze in force: `scope` is a service, or `*` for every service.
-    pub async fn freezes(&self) -> Result<Vec<serde_json::Value>, PortError> {
-        let rows = self
-            .db
-            .conn()
-            .await?
-            .query(
-                "SELECT scope, actor, reason, at FROM freezes ORDER BY scope",
-                args![],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(serde_json::json!({
-                    "scope": r.text(0)?,
-                    "actor": r.text(1)?,
-                    "reason": r.text(2)?,
-                    "at": r.int(3)?,
-                }))
-            })
-            .collect()
-    }
-
-    /// Moves a submission on (`running`, or `done` with its report).
-    pub async fn set_submission(
-        &self,
-        id: &str,
-        state: &str,
-        report: Option<&str>,
-    ) -> Result<(), PortError> {
-        let mut tx = self.acting().await?;
-        tx.execute(
-            "UPDATE submissions SET state = ?2, report = COALESCE(?3, report) WHERE id = ?1",
-            args![id, state, report],
-        )
-        .await?;
-        tx.commit().await
-    }
-}
-
-// === impl StateStore: listing and the chain ===
-
-impl StateStore {
-    /// Releases, newest first, optionally of one service, at most `limit`.
-    pub async fn list_releases(
-        &self,
-        service: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<rampart_core::ports::ReleaseRecord>, PortError> {
-        let rows = self
-            .db
-            .conn()
-            .await?
-            .query(
-                &format!("SELECT {} FROM releases WHERE CAST(?1 AS TEXT) IS NULL OR service = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2", super::RELEASE_COLUMNS),
-                args![service, u64::try_from(limit).unwrap_or(u64::MAX)],
-            )
-            .await?;
-        rows.iter().map(super::row_to_release).collect()
-    }
-
-    /// The position of the newest release log entry (0 when there is none), for
-    /// following the logs of every release with [`StateStore::entries_after`].
-    pub async fn log_cursor(&self) -> Result<i64, PortError> {
-        self.db
-            .conn()
-            .await?
-            .one("SELECT COALESCE(MAX(rowid), 0) FROM events", args![])
-            .await?
-            .int(0)
-    }
-
-    /// Release log entries appended after `cursor`, oldest first, at most `limit`, with
-    /// their release id and their own cursor.
-    pub async fn entries_after(
-        &self,
-        cursor: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, String, StoredInput)>, PortError> {
-        let rows = self
-            .db
-            .conn()
-            .await?
-            .query(
-                "SELECT seq, at, input, audit, rowid, release_id FROM events WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-                args![cursor, u64::try_from(limit).unwrap_or(u64::MAX)],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let release = r.text(5)?;
-                let entry = super::row_to_entry(r, &release)?;
-                Ok((r.int(4)?, release, entry))
-            })
-            .collect()
-    }
 
     /// Chain records, oldest first; with `release`, only that release's.
     pub async fn chain_records(
         &self,
         release: Option<&str>,
-    ) -> Result<Vec<ChainRecord>, PortError> {
+    ) -> Result<Vec<ChainRecord>, StoreError> {
         let rows = self
             .db
             .conn()
@@ -695,14 +287,14 @@ impl StateStore {
         &self,
         sql: &str,
         args: &[super::sql::Value],
-    ) -> Result<Vec<Row>, PortError> {
+    ) -> Result<Vec<Row>, StoreError> {
         self.db.conn().await?.query(sql, args).await
     }
 
     /// Checks the audit chain: every record's hash, every link, and that every release
     /// log entry and token written since the chain began matches what the chain
     /// recorded. A changed, inserted or deleted record or log entry is reported.
-    pub async fn verify_chain(&self) -> Result<ChainReport, PortError> {
+    pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
         // One snapshot for every read, so appends landing meanwhile (another replica,
         // a running release) are neither half seen nor taken for tampering.
         let mut snap = self.db.snapshot().await?;
@@ -826,7 +418,7 @@ impl StateStore {
             .await?
             .iter()
             .map(|r| Ok((r.int(0)?, r.text(1)?, r.int(2)?, r.uint(3)?, r.text(4)?, r.text(5)?)))
-            .collect::<Result<Vec<_>, PortError>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let log_entries = entries.len() as u64;
         for (_, release, seq, at, input, audit) in entries {
             let seq = u64::try_from(seq).unwrap_or(0);
@@ -855,7 +447,7 @@ impl StateStore {
             .await?
             .iter()
             .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?, r.bool(3)?)))
-            .collect::<Result<Vec<_>, PortError>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         for (name, role, hash, is_live) in live {
             match (tokens.get(&name), is_live) {
                 (Some(Some((r, h))), true) if *r == role && *h == hash => {}
@@ -892,7 +484,7 @@ impl StateStore {
         submitted: &std::collections::HashMap<String, serde_json::Value>,
         frozen: &std::collections::HashMap<String, Option<(String, String)>>,
         problems: &mut Vec<String>,
-    ) -> Result<(), PortError> {
+    ) -> Result<(), StoreError> {
         let releases = snap
             .query(
                 "SELECT id, service, version, policy, outcome FROM releases",
@@ -909,7 +501,7 @@ impl StateStore {
                     r.opt_text(4)?,
                 ))
             })
-            .collect::<Result<Vec<_>, PortError>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         for (id, service, version, policy, outcome) in releases {
             // Releases created before the chain began have no record.
             let Some(c) = created.get(&id) else {
@@ -960,7 +552,7 @@ impl StateStore {
             .await?
             .iter()
             .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))
-            .collect::<Result<Vec<_>, PortError>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         for (scope, actor, reason) in &live {
             if frozen.get(scope) != Some(&Some((actor.clone(), reason.clone()))) {
                 problems.push(format!("freeze of {scope}: not what the chain recorded"));

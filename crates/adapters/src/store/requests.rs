@@ -1,0 +1,131 @@
+//! Operator requests (approve, pause, roll back...) queued for a release, for whichever
+//! controller drives it to take one at a time; who asked is chained.
+//!
+//! Owns the commands table. It must not apply a request: the controller turns it into
+//! an input of the release.
+
+use rampart_core::ports::{CommandKind, OperatorCommand};
+
+use super::StateStore;
+use super::chain::chain;
+use super::error::StoreError;
+use super::sql::{Tx, args};
+
+/// Queues an operator request for release `id` inside `tx`, and chains who asked.
+async fn queue_command(tx: &mut Tx, id: &str, command: &OperatorCommand) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO commands (release_id, actor, reason, force, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        args![id, &command.actor, &command.reason, command.force, command.kind.as_str(), command.at],
+    )
+    .await?;
+    let body = serde_json::json!({"reason": command.reason, "force": command.force}).to_string();
+    chain(
+        tx,
+        command.at,
+        &command.actor,
+        &format!("request:{}", command.kind.as_str()),
+        Some((id, None)),
+        &body,
+    )
+    .await
+}
+
+// === impl StateStore: operator requests ===
+
+impl StateStore {
+    /// Queues an operator request for exactly release `id`: fails when it does not
+    /// exist or is over (a request meant for one release never reaches the next).
+    pub async fn push_command_to(
+        &self,
+        id: &str,
+        command: &OperatorCommand,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.chained().await?;
+        let open = tx
+            .query_opt(
+                "SELECT outcome IS NULL FROM releases WHERE id = ?1",
+                args![id],
+            )
+            .await?
+            .map(|r| r.bool(0))
+            .transpose()?;
+        match open {
+            None => return Err(StoreError::NoRelease(id.to_string())),
+            Some(false) => return Err(StoreError::Conflict(format!("release {id} is over"))),
+            Some(true) => {}
+        }
+        queue_command(&mut tx, id, command).await?;
+        tx.commit().await
+    }
+
+    pub(super) async fn queue_for_service(
+        &self,
+        service: &str,
+        command: &OperatorCommand,
+    ) -> Result<String, StoreError> {
+        let mut tx = self.chained().await?;
+        let id = tx
+            .query_opt(
+                "SELECT id FROM releases WHERE service = ?1 AND outcome IS NULL",
+                args![service],
+            )
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("service {service} has no release in progress"))
+            })?
+            .text(0)?;
+        queue_command(&mut tx, &id, command).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub(super) async fn take_one_command(
+        &self,
+        release_id: &str,
+    ) -> Result<Vec<OperatorCommand>, StoreError> {
+        let mut tx = self.acting().await?;
+        let Some(r) = tx
+            .query_opt(
+                "SELECT actor, reason, force, kind, at, id FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id LIMIT 1",
+                args![release_id],
+            )
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        tx.execute(
+            "UPDATE commands SET taken = 1 WHERE id = ?1",
+            args![r.int(5)?],
+        )
+        .await?;
+        tx.commit().await?;
+        // A request this version does not know (written by a newer rampart) is
+        // dropped rather than guessed at.
+        let kind = r.text(3)?;
+        let Some(kind) = CommandKind::parse(&kind) else {
+            tracing::warn!(release = %release_id, kind = %kind, "unknown operator request ignored");
+            return Ok(Vec::new());
+        };
+        Ok(vec![OperatorCommand {
+            kind,
+            actor: r.text(0)?,
+            reason: r.text(1)?,
+            force: r.bool(2)?,
+            at: r.uint(4)?,
+        }])
+    }
+
+    /// The releases that have requests not taken yet.
+    pub(super) async fn releases_with_requests_now(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                "SELECT DISTINCT release_id FROM commands WHERE taken = 0",
+                args![],
+            )
+            .await?;
+        rows.iter().map(|r| r.text(0)).collect()
+    }
+}

@@ -1,0 +1,193 @@
+//! The operator actions on a release (approve, promote, pause, resume, abort, roll
+//! back): each becomes a request queued in the store for the controller driving it.
+//!
+//! Owns the rules of each action (the four-eyes rule, what a freeze stops, what applies
+//! before a release starts). It must not step a release itself.
+
+use axum::Json;
+use axum::http::StatusCode;
+use rampart_core::ports::{Clock, CommandKind, OperatorCommand};
+use rampart_core::release::Phase;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::releases::loaded;
+use crate::serve::App;
+use crate::serve::auth::{Caller, Right};
+use crate::serve::error::{ApiError, ApiResult, store_err};
+
+/// Body of an action on a release.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    /// Why, for the audit trail.
+    #[serde(default)]
+    reason: String,
+    /// Rollback only: roll the code back even after non-backward-compatible migrations.
+    #[serde(default)]
+    force: bool,
+}
+
+/// What an action route asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Approve the current approval point.
+    Approve,
+    /// Promote now.
+    Promote,
+    /// Hold at the current step.
+    Pause,
+    /// Let a paused release advance.
+    Resume,
+    /// Stop and roll back.
+    Abort,
+    /// Roll back (optionally forced past contract migrations).
+    Rollback,
+}
+
+impl Act {
+    fn right(self, force: bool) -> Right {
+        match self {
+            Act::Approve | Act::Promote => Right::Approve,
+            Act::Resume => Right::Resume,
+            Act::Rollback if force => Right::Force,
+            Act::Pause | Act::Abort | Act::Rollback => Right::Hold,
+        }
+    }
+    fn kind(self) -> CommandKind {
+        match self {
+            Act::Approve => CommandKind::Approve,
+            Act::Promote => CommandKind::Promote,
+            Act::Pause => CommandKind::Pause,
+            Act::Resume => CommandKind::Resume,
+            Act::Abort | Act::Rollback => CommandKind::Rollback,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Act::Approve => "approve",
+            Act::Promote => "promote",
+            Act::Pause => "pause",
+            Act::Resume => "resume",
+            Act::Abort => "abort",
+            Act::Rollback => "rollback",
+        }
+    }
+}
+
+/// `POST /api/v1/releases/{id}/{action}`: queues the request for the controller
+/// driving the release and answers 202 once it is durably queued.
+pub async fn act(
+    app: App,
+    caller: Caller,
+    id: String,
+    what: Act,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(what.right(false))?;
+    // The body is optional: no body is `{}`.
+    let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("request body: {e}")))?
+    };
+    caller.require(what.right(body.force))?;
+    if body.force && what != Act::Rollback {
+        return Err(ApiError::invalid("force applies to rollback only"));
+    }
+    if body.force && body.reason.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "a forced rollback needs a reason: say how the data was repaired",
+        ));
+    }
+    if body.reason.len() > 2000 {
+        return Err(ApiError::invalid("reason is longer than 2000 characters"));
+    }
+    let Some(l) = loaded(&app, &id).await? else {
+        // Not started yet: only an abort applies, and it withdraws the submission.
+        if what != Act::Abort {
+            return Err(ApiError::conflict(format!(
+                "release {id} has not started yet; only abort applies"
+            )));
+        }
+        let report = json!({
+            "outcome": "blocked",
+            "reason": format!("withdrawn by {} before it started: {}", caller.name, body.reason),
+            "decided_at_s": 0.0,
+            "release_id": id,
+            "timeline": [],
+        });
+        app.store
+            .withdraw(&id, &caller.name, &report.to_string(), app.clock.now())
+            .await
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"release": id, "request": "abort", "queued": false, "withdrawn": true})),
+        ));
+    };
+    if let Some(outcome) = l.record.outcome {
+        return Err(ApiError::conflict(format!(
+            "release {id} is over ({})",
+            outcome.as_str()
+        )));
+    }
+    let state = l.state();
+    if matches!(what, Act::Approve | Act::Promote)
+        && (state.initiator == caller.name || caller.name.is_empty())
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "four_eyes",
+            format!(
+                "{} started release {id}; someone else must {}",
+                caller.name,
+                what.name()
+            ),
+        ));
+    }
+    let holding = state.phase == Phase::Progressing && state.window_hold.is_some();
+    if what == Act::Approve && state.phase != Phase::AwaitingApproval && !holding {
+        return Err(ApiError::conflict(format!(
+            "release {id} is not waiting for an approval (it is {})",
+            state.phase.as_str()
+        )));
+    }
+    // An operator freeze stops everything going to 100 % but hotfix approvals.
+    if what == Act::Promote
+        && let Some(f) = app
+            .store
+            .freeze(&l.record.service)
+            .await
+            .map_err(store_err)?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "frozen",
+            format!(
+                "releases of {} are frozen by {}: {}; nothing is promoted during a freeze",
+                l.record.service, f.actor, f.reason
+            ),
+        ));
+    }
+    let command = OperatorCommand {
+        kind: what.kind(),
+        actor: caller.name.clone(),
+        reason: if body.reason.is_empty() {
+            format!("{} through the API", what.name())
+        } else {
+            body.reason
+        },
+        force: body.force,
+        at: app.clock.now(),
+    };
+    app.store
+        .push_command_to(&id, &command)
+        .await
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"release": id, "request": what.name(), "queued": true})),
+    ))
+}

@@ -37,7 +37,7 @@ fn answers(pending: Option<&Action>, input: &Input) -> bool {
         (Some(Action::Deploy { variant, .. }), Input::Deployed { variant: v, .. }) => variant == v,
         (Some(Action::SetWeight { weight, .. }), Input::TrafficSet { weight: w }) => weight == w,
         (Some(Action::SetWeight { .. }), Input::TrafficFailed { .. }) => true,
-        (Some(Action::Measure), Input::Measured { .. } | Input::MeasureFailed { .. }) => true,
+        (Some(Action::Measure(_)), Input::Measured { .. } | Input::MeasureFailed { .. }) => true,
         (Some(Action::Stop { variant }), Input::Stopped { variant: v, .. }) => variant == v,
         (Some(Action::VerifyStable), Input::StableVerified { .. }) => true,
         (Some(Action::RunChecks { stage }), Input::ChecksDone { stage: s, .. }) => stage == s,
@@ -176,7 +176,8 @@ fn tick(b: &mut Builder<'_>) {
     let due = |t: Option<Millis>| t.is_some_and(|t| t <= b.now);
     match b.s.phase {
         Phase::Progressing | Phase::RollingBack if due(b.s.next_analysis_at) => {
-            b.act(Action::Measure);
+            let window = b.measure_window();
+            b.act(Action::Measure(window));
         }
         Phase::Verifying if due(b.s.timer) => {
             b.s.timer = None;

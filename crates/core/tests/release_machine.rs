@@ -274,7 +274,7 @@ fn consecutive_measurements_carry_contiguous_windows_with_the_release_versions()
 }
 
 #[test]
-fn a_late_measurement_window_ends_when_it_is_taken_and_the_next_starts_there() {
+fn a_window_ends_when_the_measurement_is_taken_and_the_next_starts_there() {
     let mut w = World::new(5, 5);
     w.run_until(|s| s.phase == Phase::Progressing && s.pending.is_none());
     let due = w.state.next_analysis_at.unwrap();
@@ -285,12 +285,33 @@ fn a_late_measurement_window_ends_when_it_is_taken_and_the_next_starts_there() {
         panic!("no measurement: {:?}", w.state.pending);
     };
     assert_eq!((first.from, first.to), (due - 30_000, due + 7_000));
+    // Measuring takes 2s; the next interval is due 30s after the answer, but its
+    // window starts where the first ended: no gap between windows.
+    w.now += 2_000;
     w.advance();
     w.advance();
     let Some(Action::Measure(second)) = w.state.pending.clone() else {
         panic!("no measurement: {:?}", w.state.pending);
     };
-    assert_eq!((second.from, second.to), (first.to, first.to + 30_000));
+    assert_eq!((second.from, second.to), (first.to, first.to + 32_000));
+}
+
+#[test]
+fn after_a_restart_the_next_window_is_a_fresh_interval() {
+    let mut w = World::new(5, 5);
+    w.run_until(|s| s.intervals >= 2 && s.phase == Phase::Progressing && s.pending.is_none());
+    let before = w.state.measured_until.unwrap();
+    w.now += 10_000;
+    w.feed(Input::Resumed);
+    // Re-establish the versions and the weight; the interval starts when it holds.
+    w.run_until(|s| s.pending.is_none());
+    let restarted = w.now;
+    w.advance();
+    let Some(Action::Measure(window)) = w.state.pending.clone() else {
+        panic!("no measurement: {:?}", w.state.pending);
+    };
+    assert!(restarted > before);
+    assert_eq!((window.from, window.to), (restarted, restarted + 30_000));
 }
 
 #[test]

@@ -59,14 +59,21 @@ impl Builder<'_> {
         self.s.next_analysis_at = Some(self.now + ms(self.policy.analysis.interval));
     }
 
-    /// The window of the measurement due now: from the start of the interval it closes
-    /// (one policy interval before it was due, see [`Builder::start_interval`]) to now,
-    /// with the release's versions. The only place a window is computed.
+    /// The window of the measurement due now, up to now, with the release's versions:
+    /// it starts where the last measurement's window ended, or, without one (the first
+    /// measurement, or the first after a restart), when the current interval started
+    /// (one policy interval before it was due, see [`Builder::start_interval`]). The
+    /// only place a window is computed.
     pub(super) fn measure_window(&self) -> MeasureWindow {
         let interval = ms(self.policy.analysis.interval);
         let due = self.s.next_analysis_at.unwrap_or(self.now).min(self.now);
+        let from = self
+            .s
+            .measured_until
+            .unwrap_or(due.saturating_sub(interval))
+            .min(self.now);
         MeasureWindow {
-            from: due.saturating_sub(interval),
+            from,
             to: self.now,
             stable: self.s.stable.clone(),
             canary: self.s.version.clone(),

@@ -94,9 +94,9 @@ pub enum Action {
 ///
 /// Guarantees (the state machine computes it, once, when it asks for the measurement):
 /// - `from <= to`.
-/// - Consecutive windows of one release are contiguous: a window starts when the
-///   interval it closes started, which is the previous measurement or the moment the
-///   current traffic took effect.
+/// - Consecutive windows of one release are contiguous: a window starts where the
+///   previous one ended. The first one (and the first after a controller restart)
+///   covers the interval it closes, from when that interval started.
 /// - Derived from the release's state alone, so replaying its inputs rebuilds it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MeasureWindow {

@@ -124,6 +124,11 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
                 return b.finish();
             }
             b.s.pending = None;
+            if let (Some(Action::Measure(window)), Input::Measured { .. }) =
+                (state.pending.as_ref(), answer)
+            {
+                b.s.measured_until = Some(window.to);
+            }
             if let Input::TrafficSet { weight } = answer {
                 b.s.weight = *weight;
             }

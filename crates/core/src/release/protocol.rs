@@ -100,9 +100,10 @@ pub enum Action {
 /// - Derived from the release's state alone, so replaying its inputs rebuilds it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MeasureWindow {
-    /// When the interval started.
+    /// Where the window starts: where the previous one ended, or when the interval it
+    /// closes started.
     pub from: Millis,
-    /// When the measurement was due to be taken (the step that asked for it).
+    /// When the measurement was asked for (the time of the step that emitted it).
     pub to: Millis,
     /// The version serving before, if any (`{version}` for stable).
     pub stable: Option<String>,

@@ -6,23 +6,15 @@
 //! an error status, an empty vector, several series, NaN) into a missing value, which
 //! the judges treat as no data: never a pass.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_core::Millis;
 use rampart_core::metrics::{IntervalSample, QueryReading};
 use rampart_core::policy::{Analysis, QuerySpec};
-use rampart_core::ports::{BoxFuture, Clock, MetricsSource, PortError};
+use rampart_core::ports::{BoxFuture, MetricsSource, PortError};
+use rampart_core::release::MeasureWindow;
 use serde_json::Value;
-
-/// The versions a release compares, for `{version}`.
-#[derive(Debug, Default, Clone)]
-pub struct Versions {
-    /// The version serving before.
-    pub stable: String,
-    /// The version being released.
-    pub canary: String,
-}
 
 /// Builtin measurements plus the policy's Prometheus queries.
 pub struct WithQueries {
@@ -31,9 +23,6 @@ pub struct WithQueries {
     service: String,
     interval: Duration,
     queries: Vec<(String, QuerySpec)>,
-    versions: Arc<Mutex<Versions>>,
-    clock: Arc<dyn Clock>,
-    last: Mutex<Option<Millis>>,
 }
 
 impl std::fmt::Debug for WithQueries {
@@ -100,15 +89,9 @@ pub enum PrometheusError {
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl WithQueries {
-    /// Adds `analysis`'s query metrics to `builtin`; `versions` is kept current by the
-    /// caller as the release learns them.
-    pub fn new(
-        builtin: Arc<dyn MetricsSource>,
-        service: &str,
-        analysis: &Analysis,
-        versions: Arc<Mutex<Versions>>,
-        clock: Arc<dyn Clock>,
-    ) -> WithQueries {
+    /// Adds `analysis`'s query metrics to `builtin`. The time range and the versions
+    /// come with each measurement's window.
+    pub fn new(builtin: Arc<dyn MetricsSource>, service: &str, analysis: &Analysis) -> WithQueries {
         WithQueries {
             builtin,
             url: analysis.prometheus.clone().unwrap_or_default(),
@@ -119,9 +102,6 @@ impl WithQueries {
                 .iter()
                 .filter_map(|m| m.query.clone().map(|q| (m.name.clone(), q)))
                 .collect(),
-            versions,
-            clock,
-            last: Mutex::new(None),
         }
     }
 
@@ -234,31 +214,23 @@ pub fn value_of(data: &Value) -> Result<f64, PrometheusError> {
 }
 
 impl MetricsSource for WithQueries {
-    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+    /// Range queries read `window.from..window.to`, instant queries `window.to`, and
+    /// `{version}` is the window's stable (empty without one) or canary version.
+    fn measure<'a>(
+        &'a self,
+        window: &'a MeasureWindow,
+    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
         Box::pin(async move {
-            let mut sample = self.builtin.measure().await?;
-            let to = self.clock.now();
-            let from = {
-                let mut last = self
-                    .last
-                    .lock()
-                    .map_err(|_| PortError::new("query state poisoned"))?;
-                let from = last.unwrap_or(
-                    to.saturating_sub(u64::try_from(self.interval.as_millis()).unwrap_or(0)),
-                );
-                *last = Some(to);
-                from
-            };
-            let versions = self.versions.lock().map(|v| v.clone()).unwrap_or_default();
+            let mut sample = self.builtin.measure(window).await?;
+            let (from, to) = (window.from, window.to);
+            let stable = window.stable.as_deref().unwrap_or_default();
             for (name, spec) in &self.queries {
                 let mut reading = QueryReading {
                     name: name.clone(),
                     ..QueryReading::default()
                 };
                 let mut why = Vec::new();
-                for (variant, version) in
-                    [("stable", &versions.stable), ("canary", &versions.canary)]
-                {
+                for (variant, version) in [("stable", stable), ("canary", window.canary.as_str())] {
                     let q = self.substitute(&spec.query, variant, version);
                     match self.read(spec, &q, from, to).await {
                         Ok(v) if variant == "stable" => reading.stable = Some(v),
@@ -338,9 +310,129 @@ mod tests {
     struct Nothing;
 
     impl MetricsSource for Nothing {
-        fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+        fn measure<'a>(
+            &'a self,
+            _: &'a MeasureWindow,
+        ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
             Box::pin(async { Ok(IntervalSample::default()) })
         }
+    }
+
+    fn window(from: Millis, to: Millis) -> MeasureWindow {
+        MeasureWindow {
+            from,
+            to,
+            stable: Some("v1".into()),
+            canary: "v2".into(),
+        }
+    }
+
+    fn policy(query: &str, range: bool, url: &str) -> rampart_core::Policy {
+        rampart_core::Policy::from_yaml(&format!(
+            r#"service: shop
+deploy: {{process: {{command: ["x", "{{port}}"]}}}}
+traffic: {{proxy: {{listen: "127.0.0.1:1"}}}}
+strategy: {{canary: {{steps: [{{weight: 10, bake: 1m}}]}}}}
+analysis:
+  interval: 30s
+  prometheus: {url}
+  metrics: [{{name: q, source: prometheus, query: '{query}', range: {range}, judge: {{max: 1}}}}]
+"#
+        ))
+        .unwrap()
+    }
+
+    /// A Prometheus stand-in that answers every query with one series of value 1 and
+    /// keeps the request targets it was sent.
+    async fn fake_prometheus() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let target = head.split(' ').nth(1).unwrap_or_default().to_string();
+                let matrix = target.contains("query_range");
+                log.lock().unwrap().push(target);
+                let body = if matrix {
+                    r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[1,"1"]]}]}}"#
+                } else {
+                    r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn queries_read_the_window_they_are_given_not_a_clock() {
+        let (url, seen) = fake_prometheus().await;
+        let p = policy("errors{version=\"{version}\"}", true, &url);
+        let source = WithQueries::new(Arc::new(Nothing), "shop", &p.analysis);
+        // Two contiguous windows, far from any clock's now.
+        let first = source.measure(&window(1_000_000, 1_030_000)).await.unwrap();
+        assert_eq!(
+            (first.queries[0].stable, first.queries[0].canary),
+            (Some(1.0), Some(1.0)),
+            "{}",
+            first.queries[0].detail
+        );
+        source.measure(&window(1_030_000, 1_061_500)).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let version = |v: &str| crate::http::encode(&format!("errors{{version=\"{v}\"}}"));
+        assert_eq!(
+            seen,
+            vec![
+                format!(
+                    "/api/v1/query_range?query={}&start=1000.000&end=1030.000&step=3.000",
+                    version("v1")
+                ),
+                format!(
+                    "/api/v1/query_range?query={}&start=1000.000&end=1030.000&step=3.000",
+                    version("v2")
+                ),
+                format!(
+                    "/api/v1/query_range?query={}&start=1030.000&end=1061.500&step=3.150",
+                    version("v1")
+                ),
+                format!(
+                    "/api/v1/query_range?query={}&start=1030.000&end=1061.500&step=3.150",
+                    version("v2")
+                ),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn instant_queries_read_at_the_end_of_the_window() {
+        let (url, seen) = fake_prometheus().await;
+        let p = policy("up", false, &url);
+        let source = WithQueries::new(Arc::new(Nothing), "shop", &p.analysis);
+        let mut w = window(5_000, 35_250);
+        w.stable = None;
+        source.measure(&w).await.unwrap();
+        assert_eq!(
+            seen.lock().unwrap().clone(),
+            vec![
+                "/api/v1/query?query=up&time=35.250",
+                "/api/v1/query?query=up&time=35.250"
+            ]
+        );
     }
 
     #[tokio::test]
@@ -356,14 +448,8 @@ analysis:
 "#,
         )
         .unwrap();
-        let source = WithQueries::new(
-            Arc::new(Nothing),
-            "shop",
-            &policy.analysis,
-            Arc::default(),
-            Arc::new(crate::clock::TokioClock::new()),
-        );
-        let sample = source.measure().await.unwrap();
+        let source = WithQueries::new(Arc::new(Nothing), "shop", &policy.analysis);
+        let sample = source.measure(&window(0, 30_000)).await.unwrap();
         let q = &sample.queries[0];
         assert_eq!((q.stable, q.canary), (None, None));
         assert!(q.detail.contains("connect"), "{}", q.detail);

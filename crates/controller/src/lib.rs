@@ -670,7 +670,7 @@ impl Controller {
                 }
                 Input::TrafficFailed { detail: last }
             }
-            Action::Measure => match p.metrics.measure().await {
+            Action::Measure(window) => match p.metrics.measure(window).await {
                 Ok(sample) => Input::Measured { sample },
                 Err(e) => Input::MeasureFailed { detail: e.0 },
             },

@@ -119,7 +119,10 @@ impl TrafficRouter for Fake {
 }
 
 impl MetricsSource for Fake {
-    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+    fn measure<'a>(
+        &'a self,
+        _: &'a rampart_core::release::MeasureWindow,
+    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
         let w = u64::from(self.0.weight.lock().unwrap().basis_points());
         let canary = w / 10;
         let pct = u64::from(self.0.canary_error_rate_pct.load(Ordering::SeqCst));

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::metrics::IntervalSample;
 use crate::policy::{Gate, RouteMatch};
-use crate::release::{AuditEvent, GateResult, Input, OutcomeKind, Variant};
+use crate::release::{AuditEvent, GateResult, Input, MeasureWindow, OutcomeKind, Variant};
 use crate::units::{Millis, Weight};
 
 /// A boxed, sendable future.
@@ -141,8 +141,17 @@ pub trait TrafficRouter: Send + Sync {
 
 /// Measures both variants.
 pub trait MetricsSource: Send + Sync {
-    /// Counts since the previous call (or since the source started).
-    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>>;
+    /// Measures both variants over `window` (from the state machine's
+    /// [`Action::Measure`](crate::release::Action::Measure)).
+    ///
+    /// Assumptions: sources that read stored series (Prometheus) query `window`'s
+    /// range and versions; sources that count as requests pass (rampart's own data
+    /// path) report what they counted since the previous call, which is the window
+    /// because the controller measures only when asked, one window after the other.
+    fn measure<'a>(
+        &'a self,
+        window: &'a MeasureWindow,
+    ) -> BoxFuture<'a, Result<IntervalSample, PortError>>;
 }
 
 /// Runs pre-release gates.

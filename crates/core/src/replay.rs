@@ -2,9 +2,9 @@
 //!
 //! Owns the simulated world of a replay: every action succeeds at once (gates are not
 //! run, versions are "ready", the router obeys), and measurements read the recorded
-//! seconds since the previous measurement. The recorded split between the variants is
-//! used as recorded; the policy's weights do not re-split it. Approval points count as
-//! approved. Pure and deterministic.
+//! seconds of the window each [`Action::Measure`] carries. The recorded split between
+//! the variants is used as recorded; the policy's weights do not re-split it. Approval
+//! points count as approved. Pure and deterministic.
 
 use crate::policy::Policy;
 use crate::release::{Action, AuditEvent, GateResult, Input, Release, step};
@@ -33,7 +33,6 @@ pub fn replay(
     let mut state = Release::default();
     let mut timeline = Vec::new();
     let mut now: Millis = 0;
-    let mut measured_until_s: u64 = 0;
     let mut input = Input::Start {
         release_id: "replay".into(),
         version: "canary".into(),
@@ -72,12 +71,9 @@ pub fn replay(
                 detail: "recorded".into(),
             },
             Some(Action::SetWeight { weight, .. }) => Input::TrafficSet { weight: *weight },
-            Some(Action::Measure) => {
-                let until = now / 1000;
-                let sample = samples.window(measured_until_s, until);
-                measured_until_s = until;
-                Input::Measured { sample }
-            }
+            Some(Action::Measure(window)) => Input::Measured {
+                sample: samples.window(window.from / 1000, window.to / 1000),
+            },
             Some(Action::Stop { variant }) => Input::Stopped {
                 variant: *variant,
                 ok: true,

@@ -131,10 +131,10 @@ impl World {
                 detail: "ready".into(),
             },
             Action::SetWeight { weight, .. } => Input::TrafficSet { weight: *weight },
-            Action::Measure if self.measure_override.is_some() => {
+            Action::Measure(_) if self.measure_override.is_some() => {
                 self.measure_override.clone().unwrap()
             }
-            Action::Measure => {
+            Action::Measure(_) => {
                 // 1000 requests per interval in total, split by weight.
                 let canary = u64::from(self.state.weight.basis_points()) / 10;
                 let stable = 1000 - canary;
@@ -239,6 +239,79 @@ fn healthy_ten_minute_canary_is_promoted_on_virtual_time() {
             variant: Variant::Stable
         })]
     );
+}
+
+#[test]
+fn consecutive_measurements_carry_contiguous_windows_with_the_release_versions() {
+    let mut w = World::new(5, 5);
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::Succeeded);
+    let windows: Vec<_> = w
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Do(Action::Measure(window)) => Some(window.clone()),
+            _ => None,
+        })
+        .collect();
+    // 2m + 3m + 5m of bake on 30s intervals, across three steps.
+    assert_eq!(windows.len(), 20);
+    // The first interval starts when the first step's traffic took effect.
+    assert_eq!(windows[0].from, w.state.started_at);
+    for pair in windows.windows(2) {
+        assert_eq!(pair[1].from, pair[0].to, "{pair:?}");
+    }
+    for window in &windows {
+        assert_eq!(window.to - window.from, 30_000, "{window:?}");
+        assert_eq!(
+            (window.stable.as_deref(), window.canary.as_str()),
+            (Some("v1"), "v2")
+        );
+    }
+    // The windows are part of the replayed state: the log rebuilds it exactly.
+    let replayed = Release::replay(&w.policy, w.log.iter().map(|(i, at)| (i, *at)));
+    assert_eq!(replayed, w.state);
+}
+
+#[test]
+fn a_window_ends_when_the_measurement_is_taken_and_the_next_starts_there() {
+    let mut w = World::new(5, 5);
+    w.run_until(|s| s.phase == Phase::Progressing && s.pending.is_none());
+    let due = w.state.next_analysis_at.unwrap();
+    // The controller wakes 7s late.
+    w.now = due + 7_000;
+    w.feed(Input::Tick);
+    let Some(Action::Measure(first)) = w.state.pending.clone() else {
+        panic!("no measurement: {:?}", w.state.pending);
+    };
+    assert_eq!((first.from, first.to), (due - 30_000, due + 7_000));
+    // Measuring takes 2s; the next interval is due 30s after the answer, but its
+    // window starts where the first ended: no gap between windows.
+    w.now += 2_000;
+    w.advance();
+    w.advance();
+    let Some(Action::Measure(second)) = w.state.pending.clone() else {
+        panic!("no measurement: {:?}", w.state.pending);
+    };
+    assert_eq!((second.from, second.to), (first.to, first.to + 32_000));
+}
+
+#[test]
+fn after_a_restart_the_next_window_is_a_fresh_interval() {
+    let mut w = World::new(5, 5);
+    w.run_until(|s| s.intervals >= 2 && s.phase == Phase::Progressing && s.pending.is_none());
+    let before = w.state.measured_until.unwrap();
+    w.now += 10_000;
+    w.feed(Input::Resumed);
+    // Re-establish the versions and the weight; the interval starts when it holds.
+    w.run_until(|s| s.pending.is_none());
+    let restarted = w.now;
+    w.advance();
+    let Some(Action::Measure(window)) = w.state.pending.clone() else {
+        panic!("no measurement: {:?}", w.state.pending);
+    };
+    assert!(restarted > before);
+    assert_eq!((window.from, window.to), (restarted, restarted + 30_000));
 }
 
 #[test]
@@ -551,14 +624,14 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
         (Choice::Fail, Some(Action::SetWeight { .. })) => Input::TrafficFailed {
             detail: "refused".into(),
         },
-        (Choice::Ok(s, c), Some(Action::Measure)) => Input::Measured {
+        (Choice::Ok(s, c), Some(Action::Measure(_))) => Input::Measured {
             sample: IntervalSample {
                 stable: stats(900, s * 900 / 1000),
                 canary: stats(100, c * 100 / 1000),
                 ..Default::default()
             },
         },
-        (Choice::Fail, Some(Action::Measure)) => Input::MeasureFailed {
+        (Choice::Fail, Some(Action::Measure(_))) => Input::MeasureFailed {
             detail: "down".into(),
         },
         (Choice::Ok(..), Some(Action::RunMigrations)) => Input::Migrated {
@@ -712,7 +785,7 @@ fn drive_full(
                 on_route(weight, matches.len());
                 Input::TrafficSet { weight }
             }
-            Some(Action::Measure) => Input::Measured { sample: measure() },
+            Some(Action::Measure(_)) => Input::Measured { sample: measure() },
             Some(Action::FlagsOff { .. }) => Input::FlagsOff {
                 ok: true,
                 detail: String::new(),
@@ -1077,7 +1150,7 @@ fn blue_green_failure_switches_back_in_the_very_next_action() {
                 routes.push(weight);
                 Input::TrafficSet { weight }
             }
-            Some(Action::Measure) => Input::Measured { sample: full(100) },
+            Some(Action::Measure(_)) => Input::Measured { sample: full(100) },
             _ => {
                 now = s.wake_at().unwrap();
                 Input::Tick
@@ -2020,7 +2093,7 @@ fn drive_recorded(
                 detail: String::new(),
             },
             Some(Action::SetWeight { weight, .. }) => Input::TrafficSet { weight },
-            Some(Action::Measure) => Input::Measured {
+            Some(Action::Measure(_)) => Input::Measured {
                 sample: measure(now),
             },
             Some(Action::Stop { variant }) => Input::Stopped {

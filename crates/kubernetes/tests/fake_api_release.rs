@@ -28,7 +28,10 @@ use support::*;
 struct Queries(AtomicU64);
 
 impl MetricsSource for Queries {
-    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+    fn measure<'a>(
+        &'a self,
+        _: &'a rampart_core::release::MeasureWindow,
+    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
         let canary = self.0.load(Ordering::SeqCst) as f64 / 1000.0;
         Box::pin(async move {
             Ok(IntervalSample {

@@ -159,10 +159,11 @@ struct Uncounted;
 
 #[cfg(feature = "kubernetes")]
 impl MetricsSource for Uncounted {
-    fn measure(
-        &self,
+    fn measure<'a>(
+        &'a self,
+        _: &'a rampart_core::release::MeasureWindow,
     ) -> rampart_core::ports::BoxFuture<
-        '_,
+        'a,
         Result<rampart_core::metrics::IntervalSample, rampart_core::ports::PortError>,
     > {
         Box::pin(async { Ok(rampart_core::metrics::IntervalSample::default()) })

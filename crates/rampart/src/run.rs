@@ -250,17 +250,12 @@ pub async fn run_release(
         ),
         None => None,
     };
-    let versions = Arc::new(std::sync::Mutex::new(
-        rampart_adapters::prometheus::Versions::default(),
-    ));
     let metrics: Arc<dyn rampart_core::ports::MetricsSource> = match &policy.analysis.prometheus {
         None => plane.metrics.clone(),
         Some(_) => Arc::new(rampart_adapters::prometheus::WithQueries::new(
             plane.metrics.clone(),
             &policy.service,
             &policy.analysis,
-            versions.clone(),
-            clock.clone(),
         )),
     };
     if let (Some(f), Some(entry)) = (on_proxy, plane.entry) {
@@ -319,7 +314,6 @@ pub async fn run_release(
         progress: progress.clone(),
         proxy: plane.proxy.clone(),
         telemetry,
-        versions,
         canary_routed_at_zero: std::sync::Mutex::new(None),
     });
     let mut controller =
@@ -569,7 +563,6 @@ struct RollbackWatch {
     progress: Arc<Progress>,
     proxy: Option<Proxy>,
     telemetry: Arc<rampart_adapters::telemetry::Telemetry>,
-    versions: Arc<std::sync::Mutex<rampart_adapters::prometheus::Versions>>,
     canary_routed_at_zero: std::sync::Mutex<Option<u64>>,
 }
 
@@ -589,10 +582,6 @@ impl rampart_controller::Observer for RollbackWatch {
             *at = Some(proxy.routed(Variant::Canary));
         }
         self.telemetry.observe(state);
-        if let Ok(mut v) = self.versions.lock() {
-            v.stable = state.stable.clone().unwrap_or_default();
-            v.canary = state.version.clone();
-        }
         self.progress.on_transition(input, state, events);
     }
 }

@@ -32,6 +32,7 @@ use rampart_core::flags::{bucket, mix};
 use rampart_core::metrics::IntervalSample;
 use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::{BoxFuture, MetricsSource, PortError, TrafficRouter};
+use rampart_core::release::MeasureWindow;
 use rampart_core::{Variant, Weight};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -579,7 +580,12 @@ impl<T: Totals> BuiltinMetrics<T> {
 }
 
 impl<T: Totals> MetricsSource for BuiltinMetrics<T> {
-    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+    /// What was counted since the previous call: counters have no history to query, so
+    /// the window is the time between calls.
+    fn measure<'a>(
+        &'a self,
+        _window: &'a MeasureWindow,
+    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
         Box::pin(async move {
             let now = self.counted.totals();
             let mut last = self

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::model::{AuditEvent, Decision, DecisionKind, Phase, PreApproval, Release, Transition};
-use super::protocol::{Action, Effect, Variant};
+use super::protocol::{Action, Effect, MeasureWindow, Variant};
 use crate::judge::MetricReading;
 use crate::notice::NoticeKind;
 use crate::policy::Policy;
@@ -51,6 +51,33 @@ impl Builder<'_> {
     pub(super) fn act(&mut self, action: Action) {
         self.s.pending = Some(action.clone());
         self.effects.push(Effect::Do(action));
+    }
+
+    /// Starts an analysis interval now: the measurement that closes it is due one
+    /// policy interval later.
+    pub(super) fn start_interval(&mut self) {
+        self.s.next_analysis_at = Some(self.now + ms(self.policy.analysis.interval));
+    }
+
+    /// The window of the measurement due now, up to now, with the release's versions:
+    /// it starts where the last measurement's window ended, or, without one (the first
+    /// measurement, or the first after a restart), when the current interval started
+    /// (one policy interval before it was due, see [`Builder::start_interval`]). The
+    /// only place a window is computed.
+    pub(super) fn measure_window(&self) -> MeasureWindow {
+        let interval = ms(self.policy.analysis.interval);
+        let due = self.s.next_analysis_at.unwrap_or(self.now).min(self.now);
+        let from = self
+            .s
+            .measured_until
+            .unwrap_or(due.saturating_sub(interval))
+            .min(self.now);
+        MeasureWindow {
+            from,
+            to: self.now,
+            stable: self.s.stable.clone(),
+            canary: self.s.version.clone(),
+        }
     }
 
     pub(super) fn notify(&mut self, kind: NoticeKind, message: String) {

@@ -30,5 +30,5 @@ pub use crate::notice::NoticeKind;
 pub use model::{
     AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, PreApproval, Release, Transition,
 };
-pub use protocol::{Action, CheckStage, Effect, GateResult, Input, Variant};
+pub use protocol::{Action, CheckStage, Effect, GateResult, Input, MeasureWindow, Variant};
 pub use step::step;

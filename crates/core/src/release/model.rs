@@ -200,6 +200,11 @@ pub struct Release {
     pub step_started_at: Option<Millis>,
     /// When the next measurement is due.
     pub next_analysis_at: Option<Millis>,
+    /// Where the last measurement's window ended, so that the next one starts there.
+    /// Unset until the first measurement and after a restart (the counters restarted
+    /// with the controller): the next window is then the current interval.
+    #[serde(default)]
+    pub measured_until: Option<Millis>,
     /// When the current wait (post-release wait, keeping the previous version) ends.
     #[serde(default)]
     pub timer: Option<Millis>,
@@ -275,6 +280,7 @@ impl Default for Release {
             step: 0,
             step_started_at: None,
             next_analysis_at: None,
+            measured_until: None,
             timer: None,
             stable_replicas: 0,
             canary_replicas: 0,

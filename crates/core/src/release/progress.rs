@@ -36,7 +36,7 @@ pub(super) fn step_in_force(b: &mut Builder<'_>, weight: Weight) {
             format!("{} {}: {msg}", b.policy.service, b.s.version),
         );
     }
-    b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    b.start_interval();
 }
 
 pub(super) fn start_deploying(b: &mut Builder<'_>) {
@@ -151,7 +151,7 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
             b.notify(NoticeKind::Step, msg);
         }
         b.s.window_hold = Some(until);
-        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+        b.start_interval();
         return true;
     }
     let ask = format!(
@@ -280,7 +280,7 @@ pub(super) fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
             .all(|(m, s)| !m.critical || *s == 0);
     if baked && clean && b.s.paused.is_some() {
         // Held by an operator: keep analysing at this weight.
-        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+        b.start_interval();
     } else if baked && clean {
         b.event(
             "step_completed",
@@ -294,7 +294,7 @@ pub(super) fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
         );
         next_step(b);
     } else {
-        b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+        b.start_interval();
     }
 }
 
@@ -325,7 +325,7 @@ pub(super) fn inconclusive(b: &mut Builder<'_>, no_data: bool) -> bool {
         }
         return true;
     }
-    b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    b.start_interval();
     false
 }
 

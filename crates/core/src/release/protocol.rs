@@ -6,7 +6,7 @@
 use crate::metrics::IntervalSample;
 use crate::notice::NoticeKind;
 use crate::policy::RouteMatch;
-use crate::units::Weight;
+use crate::units::{Millis, Weight};
 
 /// Which copy of the service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -52,9 +52,9 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         matches: Vec<RouteMatch>,
     },
-    /// Measure both variants since the last measurement. Answered by
-    /// [`Input::Measured`] or [`Input::MeasureFailed`].
-    Measure,
+    /// Measure both variants over the window. Answered by [`Input::Measured`] or
+    /// [`Input::MeasureFailed`].
+    Measure(MeasureWindow),
     /// Drain and stop a version. Answered by [`Input::Stopped`]. Idempotent.
     Stop {
         /// Which copy.
@@ -87,6 +87,28 @@ pub enum Action {
         /// The flags.
         flags: Vec<String>,
     },
+}
+
+/// What one [`Action::Measure`] covers: an analysis interval on the release's clock and
+/// the versions it compares.
+///
+/// Guarantees (the state machine computes it, once, when it asks for the measurement):
+/// - `from <= to`.
+/// - Consecutive windows of one release are contiguous: a window starts where the
+///   previous one ended. The first one (and the first after a controller restart)
+///   covers the interval it closes, from when that interval started.
+/// - Derived from the release's state alone, so replaying its inputs rebuilds it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MeasureWindow {
+    /// Where the window starts: where the previous one ended, or when the interval it
+    /// closes started.
+    pub from: Millis,
+    /// When the measurement was asked for (the time of the step that emitted it).
+    pub to: Millis,
+    /// The version serving before, if any (`{version}` for stable).
+    pub stable: Option<String>,
+    /// The version being released (`{version}` for the canary).
+    pub canary: String,
 }
 
 /// Which checks against the new version.

@@ -120,6 +120,9 @@ pub(super) fn resume(b: &mut Builder<'_>) {
         }
         _ => return,
     }
+    // The builtin counters restarted with the controller: the next window is a
+    // fresh interval, not the time since the last measurement before the restart.
+    b.s.measured_until = None;
     b.event(
         "resumed",
         "rampart",
@@ -154,6 +157,9 @@ fn resume_rolling(b: &mut Builder<'_>) {
         (_, None) => chain.extend(b.step_chain()),
     }
     b.s.next_analysis_at = None;
+    // The builtin counters restarted with the controller: the next window is a
+    // fresh interval, not the time since the last measurement before the restart.
+    b.s.measured_until = None;
     b.event(
         "resumed",
         "rampart",

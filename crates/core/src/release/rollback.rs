@@ -3,7 +3,7 @@
 //! and halting. Once a rollback is decided it must never move weight up.
 
 use super::analysis::judge_interval;
-use super::builder::{Builder, ms};
+use super::builder::Builder;
 use super::model::{DecisionKind, Phase};
 use super::protocol::{Action, Variant};
 use crate::judge::{Evidence, Verdict};
@@ -174,7 +174,7 @@ pub(super) fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
     let n = b.policy.analysis.metrics.len();
     b.s.evidence = vec![Evidence::default(); n];
     b.s.failure_streaks = vec![0; n];
-    b.s.next_analysis_at = Some(b.now + ms(b.policy.analysis.interval));
+    b.start_interval();
 }
 
 /// Whether flags off restored health: the first interval after it must pass outright.

@@ -37,7 +37,7 @@ fn answers(pending: Option<&Action>, input: &Input) -> bool {
         (Some(Action::Deploy { variant, .. }), Input::Deployed { variant: v, .. }) => variant == v,
         (Some(Action::SetWeight { weight, .. }), Input::TrafficSet { weight: w }) => weight == w,
         (Some(Action::SetWeight { .. }), Input::TrafficFailed { .. }) => true,
-        (Some(Action::Measure), Input::Measured { .. } | Input::MeasureFailed { .. }) => true,
+        (Some(Action::Measure(_)), Input::Measured { .. } | Input::MeasureFailed { .. }) => true,
         (Some(Action::Stop { variant }), Input::Stopped { variant: v, .. }) => variant == v,
         (Some(Action::VerifyStable), Input::StableVerified { .. }) => true,
         (Some(Action::RunChecks { stage }), Input::ChecksDone { stage: s, .. }) => stage == s,
@@ -124,6 +124,11 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
                 return b.finish();
             }
             b.s.pending = None;
+            if let (Some(Action::Measure(window)), Input::Measured { .. }) =
+                (state.pending.as_ref(), answer)
+            {
+                b.s.measured_until = Some(window.to);
+            }
             if let Input::TrafficSet { weight } = answer {
                 b.s.weight = *weight;
             }
@@ -176,7 +181,8 @@ fn tick(b: &mut Builder<'_>) {
     let due = |t: Option<Millis>| t.is_some_and(|t| t <= b.now);
     match b.s.phase {
         Phase::Progressing | Phase::RollingBack if due(b.s.next_analysis_at) => {
-            b.act(Action::Measure);
+            let window = b.measure_window();
+            b.act(Action::Measure(window));
         }
         Phase::Verifying if due(b.s.timer) => {
             b.s.timer = None;

@@ -162,7 +162,10 @@ impl TrafficRouter for Sim {
 }
 
 impl MetricsSource for Sim {
-    fn measure(&self) -> BoxFuture<'_, Result<IntervalSample, PortError>> {
+    fn measure<'a>(
+        &'a self,
+        _: &'a rampart_core::release::MeasureWindow,
+    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
         let canary = u64::from(self.weight_bp.load(Ordering::Relaxed)) / 10;
         let stats = |requests: u64| VariantStats {
             requests,

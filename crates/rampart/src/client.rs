@@ -274,17 +274,26 @@ impl Backend {
                 .await
             }
             Backend::Local { store, actor } => {
-                if release.outcome.is_some() {
-                    return Err(Failure::new(
-                        "conflict",
-                        format!("release {} is over ({})", release.id, release.phase),
-                    ));
-                }
                 // `abort` is a rollback request without force.
                 let name = if what == "abort" { "rollback" } else { what };
                 let Some(kind) = CommandKind::parse(name) else {
                     return Err(Failure::new("usage", format!("unknown action {what}")));
                 };
+                let loaded = match Loaded::read(store, &release.id).await {
+                    Some(Ok(l)) => l,
+                    Some(Err(e)) => return Err(Failure::new("internal", e)),
+                    None => {
+                        return Err(Failure::new(
+                            "not_found",
+                            format!("no release {}", release.id),
+                        ));
+                    }
+                };
+                // The same admission as the API's: four eyes, approvals only when one
+                // is awaited, no promotion during a freeze.
+                crate::operator::admit(store, &loaded, kind, actor, what)
+                    .await
+                    .map_err(|r| Failure::new(r.code, r.message))?;
                 let command = OperatorCommand {
                     kind,
                     actor: actor.clone(),
@@ -292,17 +301,6 @@ impl Backend {
                     force,
                     at: rampart_adapters::clock::TokioClock::new().now(),
                 };
-                if kind == CommandKind::Promote
-                    && let Ok(Some(f)) = store.freeze(&release.service).await
-                {
-                    return Err(Failure::new(
-                        "frozen",
-                        format!(
-                            "releases of {} are frozen by {}: {}; nothing is promoted during a freeze",
-                            release.service, f.actor, f.reason
-                        ),
-                    ));
-                }
                 store
                     .push_command_to(&release.id, &command)
                     .await

@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod load;
 pub mod mcp;
 pub mod migrations;
+pub mod operator;
 pub mod progress;
 pub mod replay;
 pub mod report;

@@ -221,20 +221,27 @@ analysis:
     };
     wait_for("awaiting_approval");
     let approve = |who: &str| {
-        let out = rampart()
+        rampart()
             .args(["approve", "approved", "--as", who, "--state-dir"])
             .arg(&state)
             .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap()
     };
-    approve("alice");
-    wait_for("approval_refused");
-    approve("bob");
+    // The local CLI admits a request as the API does: the initiator is refused at once
+    // (four eyes, exit 2) and nothing is queued for the release.
+    let own = approve("alice");
+    assert_eq!(own.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&own.stderr);
+    assert!(
+        said.contains("alice started release") && said.contains("someone else must approve"),
+        "{said}"
+    );
+    let out = approve("bob");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("approved");
     let status = run.wait().unwrap();
     load.abort();

@@ -7,14 +7,13 @@
 use axum::Json;
 use axum::http::StatusCode;
 use rampart_core::ports::{Clock, CommandKind, OperatorCommand};
-use rampart_core::release::Phase;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::releases::loaded;
 use crate::serve::App;
 use crate::serve::auth::{Caller, Right};
-use crate::serve::error::{ApiError, ApiResult, store_err};
+use crate::serve::error::{ApiError, ApiResult};
 
 /// Body of an action on a release.
 #[derive(Debug, Default, Deserialize)]
@@ -127,50 +126,16 @@ pub async fn act(
             Json(json!({"release": id, "request": "abort", "queued": false, "withdrawn": true})),
         ));
     };
-    if let Some(outcome) = l.record.outcome {
-        return Err(ApiError::conflict(format!(
-            "release {id} is over ({})",
-            outcome.as_str()
-        )));
-    }
-    let state = l.state();
-    if matches!(what, Act::Approve | Act::Promote)
-        && (state.initiator == caller.name || caller.name.is_empty())
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "four_eyes",
-            format!(
-                "{} started release {id}; someone else must {}",
-                caller.name,
-                what.name()
-            ),
-        ));
-    }
-    let holding = state.phase == Phase::Progressing && state.window_hold.is_some();
-    if what == Act::Approve && state.phase != Phase::AwaitingApproval && !holding {
-        return Err(ApiError::conflict(format!(
-            "release {id} is not waiting for an approval (it is {})",
-            state.phase.as_str()
-        )));
-    }
-    // An operator freeze stops everything going to 100 % but hotfix approvals.
-    if what == Act::Promote
-        && let Some(f) = app
-            .store
-            .freeze(&l.record.service)
-            .await
-            .map_err(store_err)?
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "frozen",
-            format!(
-                "releases of {} are frozen by {}: {}; nothing is promoted during a freeze",
-                l.record.service, f.actor, f.reason
-            ),
-        ));
-    }
+    crate::operator::admit(&app.store, &l, what.kind(), &caller.name, what.name())
+        .await
+        .map_err(|r| {
+            let status = match r.code {
+                "four_eyes" => StatusCode::FORBIDDEN,
+                "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::CONFLICT,
+            };
+            ApiError::new(status, r.code, r.message)
+        })?;
     let command = OperatorCommand {
         kind: what.kind(),
         actor: caller.name.clone(),

@@ -9,6 +9,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use rampart_adapters::store::Submission;
+use rampart_core::admission::{self, StartRefusal};
 use rampart_core::ports::Clock;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -213,7 +214,11 @@ pub async fn create_release(
         agent_may_release(&app, &policy, &body, &workdir).await?;
     }
     let freeze = app.store.freeze(&policy.service).await.map_err(store_err)?;
-    if let (Some(f), None) = (&freeze, &body.hotfix) {
+    // The release itself applies the freeze again when it starts (a freeze set while it
+    // queues still holds it); this answers the submitter at once, by the same rule.
+    if let Err(StartRefusal::Frozen(f)) =
+        admission::freeze_gate(freeze.as_ref(), body.hotfix.as_deref())
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "frozen",

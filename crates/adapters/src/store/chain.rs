@@ -71,6 +71,23 @@ impl ChainRecord {
     }
 
     /// SHA-256 over the previous hash and every field of this record.
+    /// Adds to `problems` what is wrong with this record's place after the record whose
+    /// hash is `prev`: a broken link, or content that does not match its hash.
+    pub(crate) fn link_problems(&self, prev: &str, problems: &mut Vec<String>) {
+        if self.prev != prev {
+            problems.push(format!(
+                "record {}: does not link to the record before it (one was changed, inserted or removed)",
+                self.id
+            ));
+        }
+        if self.digest() != self.hash {
+            problems.push(format!(
+                "record {} ({} by {}): its content does not match its hash",
+                self.id, self.action, self.actor
+            ));
+        }
+    }
+
     pub(crate) fn digest(&self) -> String {
         sha256_hex(&format!(
             "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
@@ -323,18 +340,7 @@ impl StateStore {
             std::collections::HashMap::new();
         let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
         for r in &records {
-            if r.prev != prev {
-                problems.push(format!(
-                    "record {}: does not link to the record before it (one was changed, inserted or removed)",
-                    r.id
-                ));
-            }
-            if r.digest() != r.hash {
-                problems.push(format!(
-                    "record {} ({} by {}): its content does not match its hash",
-                    r.id, r.action, r.actor
-                ));
-            }
+            r.link_problems(&prev, &mut problems);
             prev = r.hash.clone();
             match r.action.as_str() {
                 "chain_started" => {

@@ -515,18 +515,7 @@ impl AuditChain for MemoryStore {
             let mut logged = BTreeMap::new();
             let mut asked: BTreeMap<(String, String, String), u32> = BTreeMap::new();
             for r in &s.chain {
-                if r.prev != prev {
-                    problems.push(format!(
-                        "record {}: does not link to the record before it (one was changed, inserted or removed)",
-                        r.id
-                    ));
-                }
-                if r.digest() != r.hash {
-                    problems.push(format!(
-                        "record {} ({} by {}): its content does not match its hash",
-                        r.id, r.action, r.actor
-                    ));
-                }
+                r.link_problems(&prev, &mut problems);
                 prev = r.hash.clone();
                 if let Some(kind) = r.action.strip_prefix("request:")
                     && let Some(rel) = &r.release_id

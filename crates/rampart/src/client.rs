@@ -293,7 +293,7 @@ impl Backend {
                 // is awaited, no promotion during a freeze.
                 crate::operator::admit(store, &loaded, kind, actor, what)
                     .await
-                    .map_err(|r| Failure::new(r.code, r.message))?;
+                    .map_err(|r| Failure::new(r.why.code(), r.message))?;
                 let command = OperatorCommand {
                     kind,
                     actor: actor.clone(),

@@ -11,12 +11,36 @@ use rampart_core::ports::{CommandKind, Store};
 
 use crate::serve::views::Loaded;
 
-/// A request refused before it reaches the release: the API's error code and the words
-/// for people.
+/// Why a request was refused, as the API's error codes name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The release is over, or waits for no approval.
+    Conflict,
+    /// The initiator asked to approve or promote their own release.
+    FourEyes,
+    /// A promotion during a freeze.
+    Frozen,
+    /// The facts could not be read.
+    Internal,
+}
+
+impl Why {
+    /// The API's error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Why::Conflict => "conflict",
+            Why::FourEyes => "four_eyes",
+            Why::Frozen => "frozen",
+            Why::Internal => "internal",
+        }
+    }
+}
+
+/// A request refused before it reaches the release: why, and the words for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
-    /// `conflict`, `four_eyes`, `frozen`, or `internal` when the facts could not be read.
-    pub code: &'static str,
+    /// Why.
+    pub why: Why,
     /// For people.
     pub message: String,
 }
@@ -36,7 +60,7 @@ where
     // Only a promotion of a running release is judged on the freeze: read it then only.
     let freeze = if kind == CommandKind::Promote && l.record.outcome.is_none() {
         store.freeze(&l.record.service).await.map_err(|e| Refused {
-            code: "internal",
+            why: Why::Internal,
             message: e.to_string(),
         })?
     } else {
@@ -53,22 +77,22 @@ where
         let id = &l.record.id;
         match refusal {
             CommandRefusal::Over(outcome) => Refused {
-                code: "conflict",
+                why: Why::Conflict,
                 message: format!("release {id} is over ({})", outcome.as_str()),
             },
             CommandRefusal::FourEyes => Refused {
-                code: "four_eyes",
+                why: Why::FourEyes,
                 message: format!("{actor} started release {id}; someone else must {verb}"),
             },
             CommandRefusal::NotAwaitingApproval(phase) => Refused {
-                code: "conflict",
+                why: Why::Conflict,
                 message: format!(
                     "release {id} is not waiting for an approval (it is {})",
                     phase.as_str()
                 ),
             },
             CommandRefusal::Frozen(f) => Refused {
-                code: "frozen",
+                why: Why::Frozen,
                 message: format!(
                     "releases of {} are frozen by {}: {}; nothing is promoted during a freeze",
                     l.record.service, f.actor, f.reason

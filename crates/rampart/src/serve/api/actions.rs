@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::releases::loaded;
+use crate::operator::{self, Why};
 use crate::serve::App;
 use crate::serve::auth::{Caller, Right};
 use crate::serve::error::{ApiError, ApiResult};
@@ -126,15 +127,15 @@ pub async fn act(
             Json(json!({"release": id, "request": "abort", "queued": false, "withdrawn": true})),
         ));
     };
-    crate::operator::admit(&app.store, &l, what.kind(), &caller.name, what.name())
+    operator::admit(&app.store, &l, what.kind(), &caller.name, what.name())
         .await
         .map_err(|r| {
-            let status = match r.code {
-                "four_eyes" => StatusCode::FORBIDDEN,
-                "internal" => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::CONFLICT,
+            let status = match r.why {
+                Why::FourEyes => StatusCode::FORBIDDEN,
+                Why::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                Why::Conflict | Why::Frozen => StatusCode::CONFLICT,
             };
-            ApiError::new(status, r.code, r.message)
+            ApiError::new(status, r.why.code(), r.message)
         })?;
     let command = OperatorCommand {
         kind: what.kind(),

@@ -64,6 +64,17 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> Millis;
     /// Resolves at or after `at`.
     fn sleep_until(&self, at: Millis) -> BoxFuture<'_, ()>;
+    /// [`Clock::now`] in microseconds, for measurements finer than a millisecond; a
+    /// clock that knows only milliseconds gives them times 1,000.
+    fn now_micros(&self) -> u64 {
+        self.now().saturating_mul(1000)
+    }
+}
+
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock(now: {})", self.now())
+    }
 }
 
 /// What a deployment produced.

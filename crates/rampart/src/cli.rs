@@ -4,7 +4,11 @@
 //! Exit codes (a contract): 0 promoted; 3 rolled back; 4 halted or escalated; 5 blocked
 //! before start; 2 bad usage or invalid policy; 1 internal error.
 
+use std::sync::Arc;
+
 use clap::{CommandFactory, Parser, Subcommand};
+use rampart_adapters::clock::TokioClock;
+use rampart_core::ports::Clock;
 
 use crate::commands;
 
@@ -116,34 +120,37 @@ enum Command {
 
 /// Runs the CLI and returns the process exit code.
 pub async fn main(cli: Cli) -> i32 {
+    // The one wall clock, read here and handed down as the `Clock` port.
+    #[allow(clippy::disallowed_methods)]
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     match cli.command {
-        Command::Run(args) => commands::run::main(args).await,
-        Command::Rollback(args) => commands::rollback::main(args).await,
-        Command::Approve(args) => commands::operator::approve(args).await,
-        Command::Promote(args) => commands::operator::promote(args).await,
-        Command::Pause(args) => commands::operator::pause(args).await,
-        Command::Resume(args) => commands::operator::resume(args).await,
-        Command::Abort(args) => commands::operator::abort(args).await,
-        Command::Status(args) => commands::status::main(args).await,
-        Command::List(args) => commands::list::main(args).await,
-        Command::Events(args) => commands::events::main(args).await,
-        Command::Freeze(args) => commands::freeze::main(args).await,
-        Command::Serve(args) => commands::serve::main(args).await,
-        Command::Mcp(args) => commands::mcp::main(args).await,
-        Command::Token(args) => commands::token::main(args).await,
+        Command::Run(args) => commands::run::main(args, clock).await,
+        Command::Rollback(args) => commands::rollback::main(args, clock).await,
+        Command::Approve(args) => commands::operator::approve(args, clock).await,
+        Command::Promote(args) => commands::operator::promote(args, clock).await,
+        Command::Pause(args) => commands::operator::pause(args, clock).await,
+        Command::Resume(args) => commands::operator::resume(args, clock).await,
+        Command::Abort(args) => commands::operator::abort(args, clock).await,
+        Command::Status(args) => commands::status::main(args, clock).await,
+        Command::List(args) => commands::list::main(args, clock).await,
+        Command::Events(args) => commands::events::main(args, clock).await,
+        Command::Freeze(args) => commands::freeze::main(args, clock).await,
+        Command::Serve(args) => commands::serve::main(args, clock).await,
+        Command::Mcp(args) => commands::mcp::main(args, clock).await,
+        Command::Token(args) => commands::token::main(args, clock).await,
         Command::Audit(args) => commands::audit::main(args).await,
         Command::Completions(args) => commands::completions::main(args, Cli::command()),
         Command::Proxy(args) => commands::proxy::main(args).await,
-        Command::Flags(args) => commands::flags::main(args).await,
-        Command::Windows(args) => commands::windows::main(args),
+        Command::Flags(args) => commands::flags::main(args, clock).await,
+        Command::Windows(args) => commands::windows::main(args, clock),
         Command::Validate(args) => commands::validate::main(args),
-        Command::Demo(args) => commands::demo::main(args).await,
+        Command::Demo(args) => commands::demo::main(args, clock).await,
         Command::Replay(args) => commands::replay::main(args),
-        Command::Gameday(args) => commands::gameday::main(args).await,
+        Command::Gameday(args) => commands::gameday::main(args, clock).await,
         Command::Runbook(args) => commands::runbook::main(args),
         Command::Skill(args) => commands::skill::main(args),
         Command::Migrations(args) => commands::migrations::main(args),
-        Command::Bench(args) => commands::bench::main(args).await,
+        Command::Bench(args) => commands::bench::main(args, clock).await,
         Command::SampleService(args) => commands::sample_service::main(args).await,
         Command::Load(args) => commands::load::main(args).await,
     }

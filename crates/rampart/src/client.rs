@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_adapters::store::StateStore;
+use rampart_core::Millis;
 use rampart_core::ports::{Clock, CommandKind, Freeze, OperatorCommand, Store};
 use serde_json::{Value, json};
 
@@ -94,6 +95,8 @@ pub enum Backend {
         store: Arc<StateStore>,
         /// Who acts, from `--as` or `$USER`.
         actor: String,
+        /// When requests are recorded.
+        clock: Arc<dyn Clock>,
     },
 }
 
@@ -111,8 +114,12 @@ pub const POLL: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Backend {
-    /// The backend `target` names; `actor` is who acts locally.
-    pub async fn open(target: &Target, actor: Option<&str>) -> Result<Backend> {
+    /// The backend `target` names; `actor` is who acts locally, at `clock`'s time.
+    pub async fn open(
+        target: &Target,
+        actor: Option<&str>,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<Backend> {
         match &target.server {
             Some(server) => {
                 let Some(token) = target.token.clone().filter(|t| !t.is_empty()) else {
@@ -131,7 +138,11 @@ impl Backend {
                     .await
                     .map_err(|e| Failure::new("internal", e))?;
                 let actor = actor.map_or_else(cli_actor, str::to_string);
-                Ok(Backend::Local { store, actor })
+                Ok(Backend::Local {
+                    store,
+                    actor,
+                    clock: clock.clone(),
+                })
             }
         }
     }
@@ -273,7 +284,11 @@ impl Backend {
                 )
                 .await
             }
-            Backend::Local { store, actor } => {
+            Backend::Local {
+                store,
+                actor,
+                clock,
+            } => {
                 // `abort` is a rollback request without force.
                 let name = if what == "abort" { "rollback" } else { what };
                 let Some(kind) = CommandKind::parse(name) else {
@@ -299,7 +314,7 @@ impl Backend {
                     actor: actor.clone(),
                     reason: reason.to_string(),
                     force,
-                    at: rampart_adapters::clock::TokioClock::new().now(),
+                    at: clock.now(),
                 };
                 store
                     .push_command_to(&release.id, &command)
@@ -318,11 +333,15 @@ impl Backend {
                 let body = json!({"state": if on { "on" } else { "off" }, "service": service, "reason": reason});
                 self.call("POST", "/api/v1/freeze", Some(body)).await
             }
-            Backend::Local { store, actor } => {
+            Backend::Local {
+                store,
+                actor,
+                clock,
+            } => {
                 let by = Freeze {
                     actor: actor.clone(),
                     reason: reason.to_string(),
-                    at: rampart_adapters::clock::TokioClock::new().now(),
+                    at: clock.now(),
                 };
                 store
                     .set_freeze(service, on, &by)
@@ -361,13 +380,8 @@ fn age(ms: u64) -> String {
     }
 }
 
-fn now_ms() -> u64 {
-    rampart_adapters::clock::TokioClock::new().now()
-}
-
-/// The release table.
-pub fn print_list(list: &[ReleaseView]) {
-    let now = now_ms();
+/// The release table; ages are counted to `now`.
+pub fn print_list(list: &[ReleaseView], now: Millis) {
     let rows: Vec<[String; 7]> = list
         .iter()
         .map(|r| {
@@ -412,8 +426,8 @@ pub fn print_list(list: &[ReleaseView]) {
     }
 }
 
-/// One release, for people.
-pub fn print_release(r: &ReleaseView) {
+/// One release, for people; its age is counted to `now`.
+pub fn print_release(r: &ReleaseView, now: Millis) {
     println!("release:   {}", r.id);
     println!(
         "service:   {} {} (stable: {})",
@@ -430,7 +444,7 @@ pub fn print_release(r: &ReleaseView) {
     println!(
         "started:   by {}, {} ago",
         r.initiator,
-        age(now_ms().saturating_sub(r.created_at))
+        age(now.saturating_sub(r.created_at))
     );
     if let Some(by) = &r.paused_by {
         println!("paused:    by {by}");

@@ -9,14 +9,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rampart_adapters::accesslog::AccessLog;
-use rampart_adapters::clock::TokioClock;
 use rampart_adapters::flags::{FlagRouter, FlagServer};
 use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyServer, Totals};
 use rampart_adapters::store::StateStore;
 use rampart_core::policy::{Policy, Traffic};
-use rampart_core::ports::{Deployer, FlagStore, MetricsSource, TrafficRouter};
+use rampart_core::ports::{Clock, Deployer, FlagStore, MetricsSource, TrafficRouter};
 
 use crate::report::RunError;
 
@@ -72,7 +71,7 @@ impl DataPlane {
 pub async fn start(
     policy: &Policy,
     store: &Arc<StateStore>,
-    clock: &Arc<TokioClock>,
+    clock: &Arc<dyn Clock>,
 ) -> Result<DataPlane, RunError> {
     let flag_server = flag_endpoint(policy, store).await?;
     match &policy.traffic {

@@ -9,8 +9,10 @@
 //! Nothing but protocol messages goes to stdout.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rampart_core::ports::Clock;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -34,6 +36,8 @@ pub struct McpOptions {
     /// Accept a token of a human role (approver, admin), which lets the agent do
     /// what only humans should.
     pub any_role: bool,
+    /// The clock of the local server and its session token.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// One tool: its name, what it does, its arguments' JSON schema.
@@ -628,7 +632,7 @@ async fn handle(api: &Api, message: &Value) -> Option<Value> {
 pub async fn run(opts: McpOptions) -> i32 {
     let local = match &opts.server {
         Some(_) => None,
-        None => match local_server(&opts.state_dir).await {
+        None => match local_server(&opts.state_dir, &opts.clock).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -660,13 +664,13 @@ struct Local {
     addr: std::net::SocketAddr,
     token: String,
     name: String,
-    store: std::sync::Arc<rampart_adapters::store::StateStore>,
+    store: Arc<rampart_adapters::store::StateStore>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Local {
     async fn close(self) {
-        use rampart_core::ports::Clock;
-        let now = rampart_adapters::clock::TokioClock::new().now();
+        let now = self.clock.now();
         if let Err(e) = self
             .store
             .revoke_token(&self.name, "rampart mcp", now)
@@ -680,8 +684,7 @@ impl Local {
     }
 }
 
-async fn local_server(state_dir: &Path) -> Result<Local, String> {
-    use rampart_core::ports::Clock;
+async fn local_server(state_dir: &Path, clock: &Arc<dyn Clock>) -> Result<Local, String> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = crate::serve::ServeOptions {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -690,6 +693,7 @@ async fn local_server(state_dir: &Path) -> Result<Local, String> {
         replica: None,
         lease_ttl: Duration::from_secs(15),
         announce: Some(tx),
+        clock: clock.clone(),
     };
     let server = tokio::spawn(crate::serve::run(opts));
     // The server holds the store's lock once it listens; only then is a token made.
@@ -701,7 +705,7 @@ async fn local_server(state_dir: &Path) -> Result<Local, String> {
     };
     let store = crate::serve::open_store(None, state_dir).await?;
     let name = format!("mcp-agent-{}", std::process::id());
-    let now = rampart_adapters::clock::TokioClock::new().now();
+    let now = clock.now();
     let token = store
         .create_token(&name, "agent", "rampart mcp", now)
         .await
@@ -711,6 +715,7 @@ async fn local_server(state_dir: &Path) -> Result<Local, String> {
         token,
         name,
         store,
+        clock: clock.clone(),
     })
 }
 

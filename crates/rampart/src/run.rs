@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rampart_adapters::clock::TokioClock;
 use rampart_adapters::gates::LocalGates;
 use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::proxy::Proxy;
@@ -48,6 +47,8 @@ pub struct RunOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Set when `rampart serve` runs the release rather than a terminal.
     pub served: Option<Served>,
+    /// The clock the release runs on.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How `rampart serve` runs a release: in its store, under the id the submission got,
@@ -173,7 +174,7 @@ pub async fn run_release(
                 .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
         ),
     };
-    let clock = Arc::new(TokioClock::new());
+    let clock = opts.clock.clone();
 
     // An unfinished release of this service is resumed with the policy it started with;
     // a freeze blocks new releases (the rule is core's, read from these two facts).
@@ -629,7 +630,7 @@ async fn hold_silence(
     silencer: rampart_adapters::alertmanager::Silencer,
     id: String,
     version: String,
-    clock: Arc<TokioClock>,
+    clock: Arc<dyn Clock>,
     progress: Arc<Progress>,
 ) {
     let mut current = match silencer.reconcile(&id).await {

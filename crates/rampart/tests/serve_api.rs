@@ -189,7 +189,10 @@ fn in_memory_api() -> (
     let store = Arc::new(rampart_adapters::store::memory::MemoryStore::new());
     let app = rampart::serve::App {
         store: store.clone(),
-        clock: Arc::new(rampart_adapters::clock::TokioClock::new()),
+        // A fixed origin: nothing here depends on the calendar.
+        clock: Arc::new(rampart_adapters::clock::TokioClock::starting_at(
+            1_700_000_000_000,
+        )),
         submitted: Arc::new(tokio::sync::Notify::new()),
         feed: tokio::sync::broadcast::channel(16).0,
         workdir: std::env::temp_dir(),

@@ -5,8 +5,10 @@
 //! load generator, and runs the same release path as `rampart run`.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::sync::Arc;
 
 use anyhow::Context;
+use rampart_core::ports::Clock;
 
 use crate::load::release_under_load;
 use crate::report::{Output, Report, RunError, finish};
@@ -234,6 +236,7 @@ pub async fn run(
     scenario: Scenario,
     strategy: DemoStrategy,
     output: Output,
+    clock: Arc<dyn Clock>,
 ) -> Result<Report, RunError> {
     let dir = tempfile::Builder::new()
         .prefix("rampart-demo-")
@@ -280,6 +283,7 @@ pub async fn run(
             hotfix: None,
             metrics_listen: None,
             served: None,
+            clock,
         },
         "/checkout",
         Some(DEMO_RPS),
@@ -302,13 +306,13 @@ pub struct DemoArgs {
 }
 
 /// Runs `rampart demo`: one scenario, then its report.
-pub async fn main(args: DemoArgs) -> i32 {
+pub async fn main(args: DemoArgs, clock: Arc<dyn Clock>) -> i32 {
     let DemoArgs {
         scenario,
         strategy,
         output,
     } = args;
-    let result = run(scenario, strategy, output).await;
+    let result = run(scenario, strategy, output, clock).await;
     if let (Ok(r), Output::Json) = (&result, output) {
         let mut value = serde_json::to_value(r).unwrap_or_default();
         if let Some(obj) = value.as_object_mut() {

@@ -2,6 +2,10 @@
 //!
 //! Only reads and prints; it must not change the release.
 
+use std::sync::Arc;
+
+use rampart_core::ports::Clock;
+
 use crate::client::{Backend, Failure, POLL, Target, print_events};
 use crate::report::Output;
 
@@ -21,14 +25,20 @@ pub struct EventsArgs {
 }
 
 /// Runs `rampart events`.
-pub async fn main(args: EventsArgs) -> i32 {
-    events(&args.release, args.after, args.follow, &args.target).await
+pub async fn main(args: EventsArgs, clock: Arc<dyn Clock>) -> i32 {
+    events(&args.release, args.after, args.follow, &args.target, &clock).await
 }
 
 /// `events`; with `follow`, until the release is over (JSON: one event per line).
-async fn events(release: &str, after: Option<u64>, follow: bool, target: &Target) -> i32 {
+async fn events(
+    release: &str,
+    after: Option<u64>,
+    follow: bool,
+    target: &Target,
+    clock: &Arc<dyn Clock>,
+) -> i32 {
     let result = async {
-        let backend = Backend::open(target, None).await?;
+        let backend = Backend::open(target, None, clock).await?;
         let view = backend.release(release).await?;
         let mut after = after;
         loop {

@@ -12,7 +12,7 @@ use rampart_adapters::flags::FlagServer;
 use rampart_adapters::store::StateStore;
 use rampart_core::flags::FlagState;
 use rampart_core::ports::{Clock, FlagChange, FlagStore};
-use rampart_core::{Policy, Weight};
+use rampart_core::{Millis, Policy, Weight};
 
 use crate::report::Output;
 
@@ -100,13 +100,13 @@ fn parse_ramp(s: &str) -> Result<Weight, String> {
 }
 
 /// Runs `rampart flags`.
-pub async fn main(args: FlagsArgs) -> i32 {
-    run(args.what).await
+pub async fn main(args: FlagsArgs, clock: Arc<dyn Clock>) -> i32 {
+    run(args.what, clock.now()).await
 }
 
 /// Runs a `flags` command and returns the exit code.
-async fn run(cmd: FlagsCommand) -> i32 {
-    match go(cmd).await {
+async fn run(cmd: FlagsCommand, now: Millis) -> i32 {
+    match go(cmd, now).await {
         Ok(()) => 0,
         Err((code, message)) => {
             eprintln!("error: {message}");
@@ -147,7 +147,7 @@ fn line(f: &FlagState) -> String {
     )
 }
 
-async fn go(cmd: FlagsCommand) -> Result<(), Failure> {
+async fn go(cmd: FlagsCommand, now: Millis) -> Result<(), Failure> {
     match cmd {
         FlagsCommand::List {
             file,
@@ -227,7 +227,7 @@ async fn go(cmd: FlagsCommand) -> Result<(), Failure> {
                     .or_else(|| std::env::var("USER").ok())
                     .unwrap_or_else(|| "operator".into()),
                 reason,
-                at: rampart_adapters::clock::TokioClock::new().now(),
+                at: now,
             };
             let after = store
                 .set_flag(&policy.service, &change)

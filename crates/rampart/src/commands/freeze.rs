@@ -3,6 +3,10 @@
 //!
 //! It must not decide who may freeze: the server (or the local store) does.
 
+use std::sync::Arc;
+
+use rampart_core::ports::Clock;
+
 use crate::client::{Backend, Target, show};
 
 /// The arguments of `rampart freeze`.
@@ -25,7 +29,7 @@ pub struct FreezeArgs {
 }
 
 /// Runs `rampart freeze`.
-pub async fn main(args: FreezeArgs) -> i32 {
+pub async fn main(args: FreezeArgs, clock: Arc<dyn Clock>) -> i32 {
     let FreezeArgs {
         state,
         service,
@@ -39,6 +43,7 @@ pub async fn main(args: FreezeArgs) -> i32 {
         &reason,
         actor.as_deref(),
         &target,
+        &clock,
     )
     .await
 }
@@ -50,9 +55,10 @@ async fn freeze(
     reason: &str,
     actor: Option<&str>,
     target: &Target,
+    clock: &Arc<dyn Clock>,
 ) -> i32 {
     let result = async {
-        let backend = Backend::open(target, actor).await?;
+        let backend = Backend::open(target, actor, clock).await?;
         backend.freeze(on, service, reason).await
     }
     .await;

@@ -6,8 +6,10 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
+use rampart_core::ports::Clock;
 use rampart_core::release::OutcomeKind;
 use serde::Serialize;
 
@@ -143,6 +145,7 @@ async fn release(
     s: GameScenario,
     dir: &Path,
     output: Output,
+    clock: &Arc<dyn Clock>,
 ) -> Result<crate::report::Report, RunError> {
     let exe = std::env::current_exe().context("finding the rampart executable")?;
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -175,6 +178,7 @@ async fn release(
             hotfix: None,
             metrics_listen: None,
             served: None,
+            clock: clock.clone(),
         },
         "/",
         rps,
@@ -183,7 +187,7 @@ async fn release(
 }
 
 /// Runs the scenarios (all of them when `only` is `None`).
-pub async fn run(only: Option<GameScenario>, output: Output) -> GameReport {
+pub async fn run(only: Option<GameScenario>, output: Output, clock: Arc<dyn Clock>) -> GameReport {
     let mut scenarios = Vec::new();
     for s in ALL.into_iter().filter(|s| only.is_none_or(|o| o == *s)) {
         let say = format!("gameday: {} (must end {})", s.name(), s.expect().as_str());
@@ -208,11 +212,11 @@ pub async fn run(only: Option<GameScenario>, output: Output) -> GameReport {
             }
         };
         // The cap scenario first spends the one automatic rollback the cap allows.
-        let mut result = release(s, dir.path(), output).await;
+        let mut result = release(s, dir.path(), output, &clock).await;
         if s == GameScenario::CapReached
             && matches!(&result, Ok(r) if r.outcome == OutcomeKind::RolledBack)
         {
-            result = release(s, dir.path(), output).await;
+            result = release(s, dir.path(), output, &clock).await;
         }
         scenarios.push(match result {
             Ok(r) => GameResult {
@@ -270,7 +274,7 @@ pub struct GamedayArgs {
 }
 
 /// Runs `rampart gameday`.
-pub async fn main(args: GamedayArgs) -> i32 {
-    let report = run(args.scenario, args.output).await;
+pub async fn main(args: GamedayArgs, clock: Arc<dyn Clock>) -> i32 {
+    let report = run(args.scenario, args.output, clock).await;
     finish(&report, args.output)
 }

@@ -2,6 +2,10 @@
 //!
 //! Only reads and prints; it must not change anything.
 
+use std::sync::Arc;
+
+use rampart_core::ports::Clock;
+
 use crate::client::{Backend, Target, print_list, show};
 
 /// The arguments of `rampart list`.
@@ -18,19 +22,19 @@ pub struct ListArgs {
 }
 
 /// Runs `rampart list`.
-pub async fn main(args: ListArgs) -> i32 {
-    list(args.service.as_deref(), args.limit, &args.target).await
+pub async fn main(args: ListArgs, clock: Arc<dyn Clock>) -> i32 {
+    list(args.service.as_deref(), args.limit, &args.target, &clock).await
 }
 
 /// `list`.
-async fn list(service: Option<&str>, limit: usize, target: &Target) -> i32 {
+async fn list(service: Option<&str>, limit: usize, target: &Target, clock: &Arc<dyn Clock>) -> i32 {
     let result = async {
-        let backend = Backend::open(target, None).await?;
+        let backend = Backend::open(target, None, clock).await?;
         backend.list(service, limit.clamp(1, 500)).await
     }
     .await;
     match result {
-        Ok(list) => show(target.output, &list, |l| print_list(l)),
+        Ok(list) => show(target.output, &list, |l| print_list(l, clock.now())),
         Err(f) => f.report(target.output),
     }
 }

@@ -3,6 +3,9 @@
 //! It must not do more than turn its arguments into `McpOptions`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use rampart_core::ports::Clock;
 
 /// The arguments of `rampart mcp`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +27,7 @@ pub struct McpArgs {
 }
 
 /// Runs `rampart mcp`.
-pub async fn main(args: McpArgs) -> i32 {
+pub async fn main(args: McpArgs, clock: Arc<dyn Clock>) -> i32 {
     let McpArgs {
         server,
         state_dir,
@@ -36,6 +39,7 @@ pub async fn main(args: McpArgs) -> i32 {
         state_dir,
         token,
         any_role,
+        clock,
     })
     .await
 }

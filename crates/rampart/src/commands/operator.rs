@@ -6,6 +6,10 @@
 //! waiting, unknown, frozen); 1 anything else. They must not decide anything: the
 //! server (or the controller reading the local store) does.
 
+use std::sync::Arc;
+
+use rampart_core::ports::Clock;
+
 use crate::client::{Backend, Failure, Target, show};
 
 /// The arguments of `rampart approve`.
@@ -78,68 +82,80 @@ pub struct AbortArgs {
 }
 
 /// Runs `rampart approve`.
-pub async fn approve(args: ApproveArgs) -> i32 {
+pub async fn approve(args: ApproveArgs, clock: Arc<dyn Clock>) -> i32 {
     act(
         "approve",
         &args.release,
         "",
         args.approver.as_deref(),
         &args.target,
+        &clock,
     )
     .await
 }
 
 /// Runs `rampart promote`.
-pub async fn promote(args: PromoteArgs) -> i32 {
+pub async fn promote(args: PromoteArgs, clock: Arc<dyn Clock>) -> i32 {
     act(
         "promote",
         &args.release,
         &args.reason,
         args.actor.as_deref(),
         &args.target,
+        &clock,
     )
     .await
 }
 
 /// Runs `rampart pause`.
-pub async fn pause(args: PauseArgs) -> i32 {
+pub async fn pause(args: PauseArgs, clock: Arc<dyn Clock>) -> i32 {
     act(
         "pause",
         &args.release,
         &args.reason,
         args.actor.as_deref(),
         &args.target,
+        &clock,
     )
     .await
 }
 
 /// Runs `rampart resume`.
-pub async fn resume(args: ResumeArgs) -> i32 {
+pub async fn resume(args: ResumeArgs, clock: Arc<dyn Clock>) -> i32 {
     act(
         "resume",
         &args.release,
         "",
         args.actor.as_deref(),
         &args.target,
+        &clock,
     )
     .await
 }
 
 /// Runs `rampart abort`.
-pub async fn abort(args: AbortArgs) -> i32 {
+pub async fn abort(args: AbortArgs, clock: Arc<dyn Clock>) -> i32 {
     act(
         "abort",
         &args.release,
         &args.reason,
         args.actor.as_deref(),
         &args.target,
+        &clock,
     )
     .await
 }
 
 /// `approve`, `promote`, `pause`, `resume`, `abort`.
-async fn act(what: &str, release: &str, reason: &str, actor: Option<&str>, target: &Target) -> i32 {
-    match act_inner(what, release, reason, false, actor, target).await {
+async fn act(
+    what: &str,
+    release: &str,
+    reason: &str,
+    actor: Option<&str>,
+    target: &Target,
+    clock: &Arc<dyn Clock>,
+) -> i32 {
+    match act_inner(what, release, reason, false, actor, target, clock).await {
         Ok((_, answer)) => show(target.output, &answer, |a| {
             println!(
                 "{what} of release {} requested",
@@ -158,6 +174,7 @@ pub(super) async fn act_inner(
     force: bool,
     actor: Option<&str>,
     target: &Target,
+    clock: &Arc<dyn Clock>,
 ) -> Result<(Backend, serde_json::Value), Failure> {
     if target.server.is_none() && actor.is_none() && matches!(what, "approve" | "promote") {
         return Err(Failure {
@@ -165,7 +182,7 @@ pub(super) async fn act_inner(
             message: format!("{what} needs --as NAME (or --server with an approver's token)"),
         });
     }
-    let backend = Backend::open(target, actor).await?;
+    let backend = Backend::open(target, actor, clock).await?;
     let view = backend.release(release).await?;
     let answer = backend.act(&view, what, reason, force).await?;
     Ok((backend, answer))

@@ -4,7 +4,10 @@
 //! It must not roll anything back itself: the server (or the controller reading the
 //! local store) does, in order.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rampart_core::ports::Clock;
 
 use super::operator::act_inner;
 use crate::client::{Backend, Failure, POLL, Target, show};
@@ -33,7 +36,7 @@ pub struct RollbackArgs {
 }
 
 /// Runs `rampart rollback`.
-pub async fn main(args: RollbackArgs) -> i32 {
+pub async fn main(args: RollbackArgs, clock: Arc<dyn Clock>) -> i32 {
     let RollbackArgs {
         service,
         reason,
@@ -42,7 +45,16 @@ pub async fn main(args: RollbackArgs) -> i32 {
         actor,
         target,
     } = args;
-    rollback(&service, reason, force, no_wait, actor.as_deref(), &target).await
+    rollback(
+        &service,
+        reason,
+        force,
+        no_wait,
+        actor.as_deref(),
+        &target,
+        &clock,
+    )
+    .await
 }
 
 /// `rollback`: requests it, then waits for the outcome unless `no_wait`.
@@ -53,6 +65,7 @@ async fn rollback(
     no_wait: bool,
     actor: Option<&str>,
     target: &Target,
+    clock: &Arc<dyn Clock>,
 ) -> i32 {
     if force && reason.is_none() {
         eprintln!("error: --force needs --reason: say what was repaired, for the audit trail");
@@ -60,7 +73,7 @@ async fn rollback(
     }
     let reason = reason.unwrap_or_else(|| "requested from the command line".into());
     let (backend, answer) =
-        match act_inner("rollback", release, &reason, force, actor, target).await {
+        match act_inner("rollback", release, &reason, force, actor, target, clock).await {
             Ok(x) => x,
             Err(f) => return f.report(target.output),
         };

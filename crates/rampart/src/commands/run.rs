@@ -5,6 +5,9 @@
 //! It must not decide anything about the release: the controller does.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rampart_core::ports::Clock;
 
 use serde_json::json;
 
@@ -54,7 +57,7 @@ pub struct RunArgs {
 }
 
 /// Runs `rampart run`.
-pub async fn main(args: RunArgs) -> i32 {
+pub async fn main(args: RunArgs, clock: Arc<dyn Clock>) -> i32 {
     let RunArgs {
         file,
         version,
@@ -81,6 +84,7 @@ pub async fn main(args: RunArgs) -> i32 {
             stable.as_deref(),
             hotfix.as_deref(),
             &target,
+            &clock,
         )
         .await;
     }
@@ -107,6 +111,7 @@ pub async fn main(args: RunArgs) -> i32 {
         hotfix,
         metrics_listen,
         served: None,
+        clock,
     };
     finish(output, run_release(opts, None).await)
 }
@@ -118,6 +123,7 @@ async fn run_remote(
     stable: Option<&str>,
     hotfix: Option<&str>,
     target: &Target,
+    clock: &Arc<dyn Clock>,
 ) -> i32 {
     let text = match std::fs::read_to_string(policy_path) {
         Ok(t) => t,
@@ -139,7 +145,7 @@ async fn run_remote(
         "workdir": workdir,
     });
     let result = async {
-        let backend = Backend::open(target, None).await?;
+        let backend = Backend::open(target, None, clock).await?;
         let created = backend.call("POST", "/api/v1/releases", Some(body)).await;
         let created = match created {
             Err(f) if f.code == "invalid_policy" => {

@@ -4,8 +4,10 @@
 //! It must not do more than turn its arguments into `ServeOptions`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rampart_core::ports::Clock;
 use rampart_core::units::parse_duration;
 
 /// The arguments of `rampart serve`.
@@ -43,7 +45,7 @@ fn lease_ttl(text: &str) -> Result<Duration, String> {
 }
 
 /// Runs `rampart serve`.
-pub async fn main(args: ServeArgs) -> i32 {
+pub async fn main(args: ServeArgs, clock: Arc<dyn Clock>) -> i32 {
     let ServeArgs {
         listen,
         state_dir,
@@ -58,6 +60,7 @@ pub async fn main(args: ServeArgs) -> i32 {
         replica,
         lease_ttl,
         announce: None,
+        clock,
     })
     .await
 }

@@ -2,6 +2,10 @@
 //!
 //! Only reads and prints; it must not change the release.
 
+use std::sync::Arc;
+
+use rampart_core::ports::Clock;
+
 use crate::client::{Backend, Target, print_release, show};
 
 /// The arguments of `rampart status`.
@@ -14,19 +18,19 @@ pub struct StatusArgs {
 }
 
 /// Runs `rampart status`.
-pub async fn main(args: StatusArgs) -> i32 {
-    status(&args.release, &args.target).await
+pub async fn main(args: StatusArgs, clock: Arc<dyn Clock>) -> i32 {
+    status(&args.release, &args.target, &clock).await
 }
 
 /// `status`.
-async fn status(release: &str, target: &Target) -> i32 {
+async fn status(release: &str, target: &Target, clock: &Arc<dyn Clock>) -> i32 {
     let result = async {
-        let backend = Backend::open(target, None).await?;
+        let backend = Backend::open(target, None, clock).await?;
         backend.release(release).await
     }
     .await;
     match result {
-        Ok(view) => show(target.output, &view, print_release),
+        Ok(view) => show(target.output, &view, |r| print_release(r, clock.now())),
         Err(f) => f.report(target.output),
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! Only the token's hash is kept; the secret is printed once and never again.
 
+use std::sync::Arc;
+
+use rampart_core::Millis;
 use rampart_core::ports::Clock;
 
 use super::store_args::{StoreArgs, open};
@@ -56,13 +59,13 @@ pub enum TokenCommand {
 }
 
 /// Runs `rampart token`.
-pub async fn main(args: TokenArgs) -> i32 {
-    token(args.what).await
+pub async fn main(args: TokenArgs, clock: Arc<dyn Clock>) -> i32 {
+    token(args.what, clock.now()).await
 }
 
 /// `rampart token`.
-async fn token(what: TokenCommand) -> i32 {
-    let now = rampart_adapters::clock::TokioClock::new().now();
+/// `now` is when a token is created or revoked.
+async fn token(what: TokenCommand, now: Millis) -> i32 {
     match what {
         TokenCommand::Create {
             role,

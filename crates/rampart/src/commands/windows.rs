@@ -4,6 +4,10 @@
 //! Only reads the policy and the clock; it must not change anything.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use rampart_core::Millis;
+use rampart_core::ports::Clock;
 
 use crate::report::{Output, RunError, fail};
 
@@ -19,13 +23,12 @@ pub struct WindowsArgs {
 }
 
 /// Runs `rampart windows`.
-pub fn main(args: WindowsArgs) -> i32 {
-    windows(&args.file, args.output)
+pub fn main(args: WindowsArgs, clock: Arc<dyn Clock>) -> i32 {
+    windows(&args.file, args.output, clock.now())
 }
 
 /// `rampart windows`: 0 when releases may run now, 5 when they may not.
-fn windows(file: &PathBuf, output: Output) -> i32 {
-    use rampart_core::ports::Clock;
+fn windows(file: &PathBuf, output: Output, now: Millis) -> i32 {
     use rampart_core::windows::Status;
     let policy = match std::fs::read_to_string(file)
         .map_err(|e| RunError::Invalid(format!("{}: {e}", file.display())))
@@ -34,7 +37,6 @@ fn windows(file: &PathBuf, output: Output) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(output, &e),
     };
-    let now = rampart_adapters::clock::TokioClock::new().now();
     let Some(w) = &policy.windows else {
         match output {
             Output::Json => println!(

@@ -22,9 +22,9 @@ use axum::extract::{Path, State};
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::routing::MethodRouter;
-use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::lease::{Deposed, Held, Lease};
 use rampart_adapters::store::{ControlPlane, StateStore};
+use rampart_core::ports::Clock;
 
 use api::actions::Act;
 use auth::Caller;
@@ -45,7 +45,7 @@ pub struct App {
     /// in-memory one in tests of the API.
     pub store: Arc<dyn ControlPlane>,
     /// The clock.
-    pub clock: Arc<TokioClock>,
+    pub clock: Arc<dyn Clock>,
     /// Wakes the release queue after a submission.
     pub submitted: Arc<tokio::sync::Notify>,
     /// New release log entries, as JSON, for server-sent events.
@@ -296,6 +296,8 @@ pub struct ServeOptions {
     /// Set when the server runs inside another command (`rampart mcp`): it is told the
     /// address the API listens on, and status lines go to stderr (stdout is not ours).
     pub announce: Option<tokio::sync::mpsc::UnboundedSender<SocketAddr>>,
+    /// The clock the server, its lease and its releases run on.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// One `rampart serve` per SQLite store: two would both run the release queue. The lock
@@ -408,15 +410,15 @@ pub async fn run(opts: ServeOptions) -> i32 {
         );
     }
     let (feed, _) = tokio::sync::broadcast::channel(1024);
-    let queue = queue::Queue::new(store.clone(), opts.state_dir.clone());
+    let queue = queue::Queue::new(store.clone(), opts.state_dir.clone(), opts.clock.clone());
     let app = App {
         submitted: queue.waker(),
         store: store.clone(),
-        clock: Arc::new(TokioClock::new()),
+        clock: opts.clock.clone(),
         feed,
         workdir: api::default_workdir(),
     };
-    let clock: Arc<dyn rampart_core::ports::Clock> = app.clock.clone();
+    let clock = app.clock.clone();
     let lease = store.is_postgres().then(|| {
         let replica = opts.replica.clone().unwrap_or_else(default_replica);
         Lease::new(store.clone(), clock, LEASE, &replica, opts.lease_ttl)

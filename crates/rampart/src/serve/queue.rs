@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_adapters::store::{StateStore, Submission};
-use rampart_core::ports::Store;
+use rampart_core::ports::{Clock, Store};
 
 use crate::run::{Output, RunError, RunOptions, Served, run_release};
 
@@ -34,14 +34,16 @@ pub struct Queue {
     /// Wakes the controllers when requests are queued for their releases.
     inbox: Arc<rampart_controller::Inbox>,
     wake: Arc<tokio::sync::Notify>,
+    /// The clock releases run on.
+    clock: Arc<dyn Clock>,
 }
 
 impl Queue {
     /// A queue over the store's submissions.
-    pub fn new(store: Arc<StateStore>, state_dir: PathBuf) -> Arc<Queue> {
-        let clock = Arc::new(rampart_adapters::clock::TokioClock::new());
-        let inbox = rampart_controller::Inbox::start(store.clone(), clock);
+    pub fn new(store: Arc<StateStore>, state_dir: PathBuf, clock: Arc<dyn Clock>) -> Arc<Queue> {
+        let inbox = rampart_controller::Inbox::start(store.clone(), clock.clone());
         Arc::new(Queue {
+            clock,
             inbox,
             store,
             state_dir,
@@ -192,6 +194,7 @@ impl Queue {
                 serving: self.serving.clone(),
                 inbox: self.inbox.clone(),
             }),
+            clock: self.clock.clone(),
         }
     }
 }

@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, Observer, Ports};
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::policy::{Gate, RouteMatch};
 use rampart_core::ports::{
-    BoxFuture, Deployer, Deployment, GateRunner, MetricsSource, Notice, Notifier, PortError,
+    BoxFuture, Clock, Deployer, Deployment, GateRunner, MetricsSource, Notice, Notifier, PortError,
     TrafficRouter,
 };
 use rampart_core::release::{AuditEvent, GateResult, Input, Release};
@@ -61,7 +60,7 @@ pub struct ControllerReport {
 /// store can take with nothing else going on.
 async fn store_ceiling(
     store: &StateStore,
-    clock: &TokioClock,
+    clock: &dyn Clock,
     n: u64,
     run_id: &str,
 ) -> Result<f64, String> {
@@ -211,7 +210,7 @@ struct Timings {
 /// Times one release's evaluations: from when the interval was due to the moment its
 /// result is persisted (the observer runs right after the append).
 struct Timer {
-    clock: Arc<TokioClock>,
+    clock: Arc<dyn Clock>,
     due: AtomicU64,
     timings: Arc<Timings>,
     interval_ms: u64,
@@ -271,16 +270,13 @@ pub async fn run(
     interval: Duration,
     duration: Duration,
     url: &str,
+    clock: Arc<dyn Clock>,
 ) -> Result<ControllerReport, String> {
     let store = Arc::new(StateStore::open_url(url).await.map_err(|e| e.to_string())?);
     // Releases of earlier runs in the same database stay unfinished: a run's services
     // are its own.
-    let clock = Arc::new(TokioClock::new());
-    let run_id = format!(
-        "{:x}",
-        rampart_core::ports::Clock::now(&*clock) & 0xff_ffff_ffff
-    );
-    let store_appends_per_s = store_ceiling(&store, &clock, 2000, &run_id).await?;
+    let run_id = format!("{:x}", clock.now() & 0xff_ffff_ffff);
+    let store_appends_per_s = store_ceiling(&store, &*clock, 2000, &run_id).await?;
     let inbox = rampart_controller::Inbox::start(store.clone(), clock.clone());
     let timings = Arc::new(Timings::default());
     let interval_ms = u64::try_from(interval.as_millis())

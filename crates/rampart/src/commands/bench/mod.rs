@@ -6,9 +6,11 @@
 pub mod controller;
 pub mod decisions;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
+use rampart_core::ports::Clock;
 use rampart_core::units::parse_duration;
 
 use crate::report::{Output, RunError, fail};
@@ -65,7 +67,7 @@ pub enum BenchCommand {
 }
 
 /// Runs `rampart bench`.
-pub async fn main(args: BenchArgs) -> i32 {
+pub async fn main(args: BenchArgs, clock: Arc<dyn Clock>) -> i32 {
     match args.what {
         BenchCommand::Controller {
             releases,
@@ -74,7 +76,18 @@ pub async fn main(args: BenchArgs) -> i32 {
             interval,
             duration,
             output,
-        } => controller_main(releases, store, postgres_url, interval, duration, output).await,
+        } => {
+            controller_main(
+                releases,
+                store,
+                postgres_url,
+                interval,
+                duration,
+                output,
+                clock,
+            )
+            .await
+        }
         BenchCommand::Decisions {
             trials,
             seed,
@@ -92,6 +105,7 @@ async fn controller_main(
     interval: Duration,
     duration: Duration,
     output: Output,
+    clock: Arc<dyn Clock>,
 ) -> i32 {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
@@ -113,7 +127,7 @@ async fn controller_main(
         }
         _ => format!("sqlite:{}", dir.path().join("rampart.db").display()),
     };
-    let report = match controller::run(releases.max(1), interval, duration, &url).await {
+    let report = match controller::run(releases.max(1), interval, duration, &url, clock).await {
         Ok(r) => r,
         Err(e) => return fail(output, &RunError::Internal(anyhow::anyhow!(e))),
     };

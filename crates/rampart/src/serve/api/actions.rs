@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::http::StatusCode;
-use rampart_core::ports::{Clock, CommandKind, OperatorCommand};
+use rampart_core::ports::{CommandKind, OperatorCommand};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use rampart_core::ports::{Clock, Freeze};
+use rampart_core::ports::Freeze;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

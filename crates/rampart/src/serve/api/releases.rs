@@ -10,7 +10,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use rampart_adapters::store::Submission;
 use rampart_core::admission::{self, StartRefusal};
-use rampart_core::ports::Clock;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

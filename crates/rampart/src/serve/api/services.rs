@@ -4,7 +4,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use rampart_core::ports::Clock;
 use serde_json::{Value, json};
 
 use super::releases::view_of;

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use rampart_core::ports::Clock;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

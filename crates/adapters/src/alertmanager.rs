@@ -55,7 +55,9 @@ impl Silencer {
     /// This service's active silences that rampart created: (id, comment).
     async fn ours(&self) -> Result<Vec<(String, String)>, PortError> {
         let url = format!("{}/api/v2/silences", self.spec.alertmanager);
-        let (status, body) = send("GET", &url, None, TIMEOUT).await.map_err(err)?;
+        let (status, body) = send("GET", &url, None, TIMEOUT)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         if status != 200 {
             return Err(err(format!("Alertmanager answered {status} to GET {url}")));
         }
@@ -118,7 +120,7 @@ impl Silencer {
         let url = format!("{}/api/v2/silences", self.spec.alertmanager);
         let (status, answer) = send("POST", &url, Some(body.to_string()), TIMEOUT)
             .await
-            .map_err(err)?;
+            .map_err(|e| err(e.to_string()))?;
         if status != 200 {
             return Err(err(format!(
                 "Alertmanager answered {status} to a silence: {}",
@@ -136,7 +138,9 @@ impl Silencer {
     /// Expires one silence.
     pub async fn expire(&self, id: &str) -> Result<(), PortError> {
         let url = format!("{}/api/v2/silence/{id}", self.spec.alertmanager);
-        let (status, body) = send("DELETE", &url, None, TIMEOUT).await.map_err(err)?;
+        let (status, body) = send("DELETE", &url, None, TIMEOUT)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         match status {
             200 | 404 => Ok(()),
             _ => Err(err(format!(

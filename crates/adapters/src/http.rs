@@ -22,6 +22,82 @@ const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// Why a request got no answer. The text is for people; callers match the variant.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The URL does not parse.
+    #[error("bad URL `{url}`: {source}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it does not parse.
+        source: hyper::http::uri::InvalidUri,
+    },
+    /// An https:// URL, and this build has no TLS.
+    #[error("`{url}` is https:// but this rampart was built without the `tls` feature")]
+    NoTls {
+        /// The URL as given.
+        url: String,
+    },
+    /// Neither http:// nor https://.
+    #[error("`{url}` is not an http:// or https:// URL")]
+    Scheme {
+        /// The URL as given.
+        url: String,
+    },
+    /// The URL names no host.
+    #[error("`{url}` has no host")]
+    NoHost {
+        /// The URL as given.
+        url: String,
+    },
+    /// No TCP connection (refused, unreachable, no such host).
+    #[error("connect {host}:{port}: {source}")]
+    Connect {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The trusted roots could not be loaded (`RAMPART_CA_FILE`).
+    #[error("{0}")]
+    TlsRoots(String),
+    /// The host is not a name a certificate can be checked against.
+    #[error("`{host}` is not a TLS server name: {why}")]
+    TlsName {
+        /// The host.
+        host: String,
+        /// Why not.
+        why: String,
+    },
+    /// The TLS handshake failed (an untrusted or mismatched certificate, a protocol
+    /// error).
+    #[error("TLS with {host}: {source}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// What the TLS library said.
+        source: std::io::Error,
+    },
+    /// The HTTP/1.1 handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The request could not be built (a header value that is not allowed).
+    #[error("{0}")]
+    Build(#[from] hyper::http::Error),
+    /// The request was sent and no answer came back (the connection closed).
+    #[error("request: {0}")]
+    Request(#[source] hyper::Error),
+    /// The answer's body could not be read to its end.
+    #[error("reading the body: {0}")]
+    Body(#[source] hyper::Error),
+    /// No answer within the time limit.
+    #[error("no answer within {}ms", .0.as_millis())]
+    Timeout(Duration),
+}
+
 /// Percent-encodes a path segment or a query value (everything but unreserved
 /// characters, in upper-case hex).
 pub fn encode(s: &str) -> String {
@@ -29,7 +105,7 @@ pub fn encode(s: &str) -> String {
 }
 
 /// POSTs a JSON body and returns the status code, or why there is none.
-pub async fn post_json(url: &str, body: String, timeout: Duration) -> Result<u16, String> {
+pub async fn post_json(url: &str, body: String, timeout: Duration) -> Result<u16, HttpError> {
     post_json_with(url, body, &[], timeout).await
 }
 
@@ -39,19 +115,19 @@ pub async fn post_json_with(
     body: String,
     headers: &[(&str, String)],
     timeout: Duration,
-) -> Result<u16, String> {
+) -> Result<u16, HttpError> {
     let sent = exchange(url, "POST", Some(body), headers, false);
     match tokio::time::timeout(timeout, sent).await {
         Ok(r) => r.map(|(status, _)| status),
-        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+        Err(_) => Err(HttpError::Timeout(timeout)),
     }
 }
 
 /// Sends `GET url` and returns the status code, or why there is none.
-pub async fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
+pub async fn get_status(url: &str, timeout: Duration) -> Result<u16, HttpError> {
     match tokio::time::timeout(timeout, request(url, "GET", None)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+        Err(_) => Err(HttpError::Timeout(timeout)),
     }
 }
 
@@ -61,7 +137,7 @@ pub async fn send(
     url: &str,
     body: Option<String>,
     timeout: Duration,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String), HttpError> {
     send_with(method, url, body, &[], timeout).await
 }
 
@@ -72,23 +148,23 @@ pub async fn send_with(
     body: Option<String>,
     headers: &[(&str, String)],
     timeout: Duration,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String), HttpError> {
     let exchange = async {
         let (status, body) = exchange(url, method, body, headers, true).await?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+        Err(_) => Err(HttpError::Timeout(timeout)),
     }
 }
 
 /// Sends `GET url` and returns the status code and the body as text.
-pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
     send("GET", url, None, timeout).await
 }
 
-async fn request(url: &str, method: &str, body: Option<String>) -> Result<u16, String> {
+async fn request(url: &str, method: &str, body: Option<String>) -> Result<u16, HttpError> {
     exchange(url, method, body, &[], false)
         .await
         .map(|(status, _)| status)
@@ -101,23 +177,30 @@ async fn exchange(
     body: Option<String>,
     headers: &[(&str, String)],
     read_body: bool,
-) -> Result<(u16, Bytes), String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL `{url}`: {e}"))?;
+) -> Result<(u16, Bytes), HttpError> {
+    let uri: hyper::Uri = url.parse().map_err(|source| HttpError::BadUrl {
+        url: url.to_string(),
+        source,
+    })?;
     let https = match uri.scheme_str() {
         Some("http") => false,
         Some("https") if cfg!(feature = "tls") => true,
         Some("https") => {
-            return Err(format!(
-                "`{url}` is https:// but this rampart was built without the `tls` feature"
-            ));
+            return Err(HttpError::NoTls { url: url.into() });
         }
-        _ => return Err(format!("`{url}` is not an http:// or https:// URL")),
+        _ => return Err(HttpError::Scheme { url: url.into() }),
     };
-    let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| HttpError::NoHost { url: url.into() })?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let stream = TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
-        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        .map_err(|source| HttpError::Connect {
+            host: host.to_string(),
+            port,
+            source,
+        })?;
     #[cfg(feature = "tls")]
     if https {
         let tls = tls::connect(host, stream).await?;
@@ -153,13 +236,13 @@ async fn over<S>(
     body: Option<String>,
     headers: &[(&str, String)],
     read_body: bool,
-) -> Result<(u16, Bytes), String>
+) -> Result<(u16, Bytes), HttpError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(HttpError::Handshake)?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -175,20 +258,16 @@ where
         .header(hyper::header::HOST, authority)
         .header(hyper::header::USER_AGENT, "rampart")
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| e.to_string())?;
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let result = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender.send_request(req).await.map_err(HttpError::Request)?;
         let status = resp.status().as_u16();
         if !read_body {
             return Ok((status, Bytes::new()));
         }
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
-            .map_err(|e| format!("reading the body: {e}"))?
+            .map_err(HttpError::Body)?
             .to_bytes();
         Ok((status, body))
     }
@@ -209,15 +288,17 @@ pub mod tls {
     use tokio_rustls::TlsConnector;
     use tokio_rustls::client::TlsStream;
 
+    use super::HttpError;
+
     /// Roots added at run time, and the configuration built from all roots.
     static EXTRA: RwLock<Vec<CertificateDer<'static>>> = RwLock::new(Vec::new());
     static CONFIG: RwLock<Option<Arc<ClientConfig>>> = RwLock::new(None);
 
     /// Trusts the certificates in `pem` too (a private CA). Returns how many.
-    pub fn add_roots(pem: &[u8]) -> Result<usize, String> {
+    pub fn add_roots(pem: &[u8]) -> Result<usize, HttpError> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("not PEM certificates: {e:?}"))?;
+            .map_err(|e| HttpError::TlsRoots(format!("not PEM certificates: {e:?}")))?;
         let n = certs.len();
         if let Ok(mut extra) = EXTRA.write() {
             extra.extend(certs);
@@ -260,13 +341,21 @@ pub mod tls {
     }
 
     /// A TLS session to `host` over `stream`, the certificate checked against `host`.
-    pub async fn connect(host: &str, stream: TcpStream) -> Result<TlsStream<TcpStream>, String> {
-        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-            .map_err(|e| format!("`{host}` is not a TLS server name: {e}"))?;
-        TlsConnector::from(config()?)
+    pub async fn connect(host: &str, stream: TcpStream) -> Result<TlsStream<TcpStream>, HttpError> {
+        let name =
+            ServerName::try_from(host.trim_matches(['[', ']']).to_string()).map_err(|e| {
+                HttpError::TlsName {
+                    host: host.to_string(),
+                    why: e.to_string(),
+                }
+            })?;
+        TlsConnector::from(config().map_err(HttpError::TlsRoots)?)
             .connect(name, stream)
             .await
-            .map_err(|e| format!("TLS with {host}: {e}"))
+            .map_err(|source| HttpError::Tls {
+                host: host.to_string(),
+                source,
+            })
     }
 }
 

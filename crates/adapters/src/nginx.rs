@@ -293,7 +293,7 @@ impl NginxRouter {
                     )
                 }
                 Ok((status, body)) => format!("{status} {}", body.trim()),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(err(format!(

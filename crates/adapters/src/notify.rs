@@ -44,14 +44,13 @@ pub enum NotifyError {
         /// The HTTP status.
         code: u16,
     },
-    /// The receiver did not answer (refused, timed out, TLS), in the HTTP client's
-    /// words.
+    /// The receiver did not answer (refused, timed out, TLS).
     #[error("{url}: {why}")]
     Unanswered {
         /// Where the notice was posted.
         url: String,
         /// What the HTTP client saw.
-        why: String,
+        why: crate::http::HttpError,
     },
     /// The hook command could not be started.
     #[error("`{program}`: {source}")]

@@ -39,7 +39,9 @@ fn prometheus(target: &str) -> (servers::Daemon, tempfile::TempDir, String) {
         rt.block_on(rampart_adapters::http::get_status(
             &format!("{url}/-/ready"),
             std::time::Duration::from_secs(1),
-        )) == Ok(200)
+        ))
+        .ok()
+            == Some(200)
     });
     (daemon, dir, url)
 }

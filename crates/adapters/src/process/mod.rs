@@ -41,9 +41,9 @@ pub enum ProcessError {
         /// The HTTP status.
         code: u16,
     },
-    /// The readiness request got no answer, in the HTTP client's words.
-    #[error("{0}")]
-    ProbeUnanswered(String),
+    /// The readiness request got no answer.
+    #[error(transparent)]
+    ProbeUnanswered(crate::http::HttpError),
     /// Nothing accepts TCP connections on the process's port yet.
     #[error("tcp connect: {0}")]
     ProbeConnect(#[source] std::io::Error),

@@ -11,6 +11,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+use rampart_core::instead::{Instead, with_command};
 use rampart_core::policy::{NotifyHook, NotifyTarget, Secret};
 use rampart_core::ports::{BoxFuture, Notice, Notifier};
 use rampart_core::release::NoticeKind;
@@ -201,6 +202,13 @@ impl HookNotifier {
             .env("RAMPART_KIND", n.kind.as_str())
             .env("RAMPART_PAGE", if n.page { "1" } else { "0" })
             .env("RAMPART_MESSAGE", &n.message)
+            .env(
+                "RAMPART_INSTEAD",
+                n.instead
+                    .as_ref()
+                    .map(Instead::command_line)
+                    .unwrap_or_default(),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -266,8 +274,14 @@ pub fn generic(n: &Notice) -> Value {
         "stable": n.stable,
         "weight": n.weight,
         "message": n.message,
+        "instead": n.instead,
         "at": n.at,
     })
+}
+
+/// The message with the command that acts on it, for chat and pager text.
+fn said(n: &Notice) -> String {
+    with_command(&n.message, n.instead.as_ref())
 }
 
 fn title(n: &Notice) -> String {
@@ -302,12 +316,15 @@ pub fn slack(n: &Notice, dashboard: Option<&str>) -> Value {
         ]}),
         json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*Reason*\n{}", n.message)}}),
     ];
+    if let Some(i) = &n.instead {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*To act*\n{}", i.command_line())}}));
+    }
     if let Some(url) = dashboard {
         blocks.push(json!({"type": "actions", "elements": [
             {"type": "button", "text": {"type": "plain_text", "text": "Dashboard"}, "url": url}
         ]}));
     }
-    json!({"text": format!("{}: {}", title(n), n.message), "blocks": blocks})
+    json!({"text": format!("{}: {}", title(n), said(n)), "blocks": blocks})
 }
 
 /// A PagerDuty Events v2 event: pages trigger, the outcome resolves, with one dedup key
@@ -335,7 +352,7 @@ pub fn pagerduty(n: &Notice, routing_key: &str, dashboard: Option<&str>) -> Opti
         "event_action": "trigger",
         "dedup_key": dedup_key,
         "payload": {
-            "summary": format!("{}: {}", title(n), n.message).chars().take(1024).collect::<String>(),
+            "summary": format!("{}: {}", title(n), said(n)).chars().take(1024).collect::<String>(),
             "source": format!("rampart/{}", n.service),
             "severity": severity,
             "component": n.service,
@@ -375,6 +392,7 @@ mod tests {
             stable: Some("v1".into()),
             weight: Weight::from_percent(20).unwrap(),
             message: "error-rate 9% > max 2%".into(),
+            instead: None,
             at: 1_700_000_000_123,
         }
     }

@@ -50,6 +50,7 @@ async fn busy_store(path: &Path) -> StateStore {
                 message: format!("entry {seq}"),
                 weight: Weight::ZERO,
                 readings: vec![],
+                instead: None,
             }],
         };
         store.append("shop-1", &entry).await.unwrap();

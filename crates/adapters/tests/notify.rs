@@ -20,7 +20,7 @@ use rampart_adapters::notify::HookNotifier;
 use rampart_core::Weight;
 use rampart_core::policy::{NotifyHook, NotifyTarget, Secret};
 use rampart_core::ports::{Notice, Notifier};
-use rampart_core::release::NoticeKind;
+use rampart_core::release::{Instead, NoticeKind};
 use serde_json::Value;
 use sha2::Sha256;
 use tokio::net::TcpListener;
@@ -98,6 +98,7 @@ fn notice(kind: NoticeKind) -> Notice {
         stable: Some("v1".into()),
         weight: Weight::from_percent(20).unwrap(),
         message: "both versions are unhealthy".into(),
+        instead: None,
         at: 1_795_000_000_500,
     }
 }
@@ -146,6 +147,61 @@ async fn slack_gets_blocks_with_service_versions_reason_and_dashboard() {
     assert!(
         body["text"].as_str().unwrap().contains("HALTED"),
         "a text fallback"
+    );
+}
+
+/// What a person may do travels as data: a chat renders it as the command to run, a
+/// webhook gets the structure (and never a command line inside the message).
+#[tokio::test]
+async fn what_to_do_is_a_command_in_chat_and_data_in_a_webhook() {
+    let got = Arc::new(Received::default());
+    let addr = receiver(got.clone()).await;
+    let slack = hooks(
+        NotifyTarget::Slack {
+            url: Secret::Value(format!("http://{addr}/slack")),
+            dashboard: None,
+        },
+        NoticeKind::CADENCE.to_vec(),
+    );
+    let webhook = hooks(
+        NotifyTarget::Webhook {
+            url: format!("http://{addr}/hook"),
+            secret: None,
+        },
+        NoticeKind::CADENCE.to_vec(),
+    );
+    let mut ask = notice(NoticeKind::Approval);
+    ask.message = "release v2 of shop waits at 50 % for approval by ops (anyone but alice)".into();
+    ask.instead = Some(Instead::Approve {
+        release: "shop-20261122-1".into(),
+        not_by: "alice".into(),
+    });
+    slack.notify(&ask).await;
+    webhook.notify(&ask).await;
+    let reqs = got.requests.lock().unwrap();
+    let slack_body = &reqs.iter().find(|r| r.0 == "/slack").unwrap().2;
+    assert_eq!(
+        slack_body["blocks"][3]["text"]["text"],
+        "*To act*\n`rampart approve shop-20261122-1 --as NAME` (anyone but alice)"
+    );
+    assert!(
+        slack_body["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("To act: `rampart approve shop-20261122-1 --as NAME` (anyone but alice)"),
+        "{}",
+        slack_body["text"]
+    );
+    let hook_body = &reqs.iter().find(|r| r.0 == "/hook").unwrap().2;
+    assert_eq!(
+        hook_body["instead"],
+        serde_json::json!({"action": "approve", "release": "shop-20261122-1", "not_by": "alice"})
+    );
+    assert!(
+        !hook_body["message"]
+            .as_str()
+            .unwrap()
+            .contains("rampart approve")
     );
 }
 

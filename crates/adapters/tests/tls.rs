@@ -95,6 +95,7 @@ async fn https_endpoints_work_once_their_ca_is_trusted() {
         stable: Some("v1".into()),
         weight: rampart_core::Weight::FULL,
         message: "all steps passed".into(),
+        instead: None,
         at: 0,
     })
     .await;

@@ -564,6 +564,7 @@ impl Controller {
                 kind,
                 page,
                 message,
+                instead,
             } = effect
             {
                 let notice = Notice {
@@ -575,6 +576,7 @@ impl Controller {
                     stable: run.state.stable.clone(),
                     weight: run.state.weight,
                     message: message.clone(),
+                    instead: instead.clone(),
                     at: self.ports.clock.now(),
                 };
                 let queued = self

@@ -190,6 +190,8 @@ pub struct Notice {
     pub weight: Weight,
     /// What happened, in words.
     pub message: String,
+    /// What a person may do about it, for the hook to render its own way.
+    pub instead: Option<crate::instead::Instead>,
     /// When, on the controller's clock.
     pub at: Millis,
 }

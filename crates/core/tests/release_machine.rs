@@ -6,7 +6,8 @@
 use proptest::prelude::*;
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::release::{
-    Action, CheckStage, DecisionKind, Effect, GateResult, Input, Phase, Release, Variant, step,
+    Action, AuditEvent, CheckStage, DecisionKind, Effect, GateResult, Input, Instead, Phase,
+    Release, Variant, step,
 };
 use rampart_core::{Millis, Policy, Weight};
 
@@ -812,9 +813,61 @@ fn drive_full(
                 Input::Tick
             }
         };
-        s = step(p, &s, &input, now).state;
+        let t = step(p, &s, &input, now);
+        SEEN.with(|seen| seen.borrow_mut().push((t.events, t.effects)));
+        s = t.state;
     }
     s
+}
+
+thread_local! {
+    /// The events and effects of every step [`drive_full`] took on this thread.
+    static SEEN: std::cell::RefCell<Vec<(Vec<AuditEvent>, Vec<Effect>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Takes what [`drive_full`] saw on this thread: every event, and every notice as
+/// (message, instead).
+fn take_seen() -> (Vec<AuditEvent>, Vec<(String, Option<Instead>)>) {
+    let seen = SEEN.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let mut events = Vec::new();
+    let mut notices = Vec::new();
+    for (e, effects) in seen {
+        events.extend(e);
+        for effect in effects {
+            if let Effect::Notify {
+                message, instead, ..
+            } = effect
+            {
+                notices.push((message, instead));
+            }
+        }
+    }
+    (events, notices)
+}
+
+/// An audit message or a notice names no command: the way to act is the `instead`
+/// field, which each interface renders its own way.
+fn assert_no_command_syntax(events: &[AuditEvent], notices: &[(String, Option<Instead>)]) {
+    let texts = events
+        .iter()
+        .map(|e| &e.message)
+        .chain(notices.iter().map(|(m, _)| m));
+    for t in texts {
+        assert!(
+            [
+                "`rampart",
+                "rampart approve",
+                "rampart rollback",
+                "rampart run",
+                "--as ",
+                "--force",
+                "--hotfix"
+            ]
+            .iter()
+            .all(|c| !t.contains(c)),
+            "command syntax in an audit message: {t}"
+        );
+    }
 }
 
 fn start_input() -> Input {
@@ -1230,6 +1283,7 @@ fn failed_post_release_checks_roll_back_while_the_previous_version_runs() {
 #[test]
 fn an_operator_can_switch_back_while_the_previous_colour_is_kept() {
     let p = blue_green("");
+    take_seen();
     let s = drive_until(
         &p,
         Release::default(),
@@ -1239,6 +1293,18 @@ fn an_operator_can_switch_back_while_the_previous_colour_is_kept() {
         |s| s.phase == Phase::KeepingPrevious,
     );
     assert_eq!(s.phase, Phase::KeepingPrevious);
+    let (events, notices) = take_seen();
+    let kept = events
+        .iter()
+        .rfind(|e| e.kind == "keeping_previous")
+        .unwrap();
+    assert_eq!(
+        kept.instead,
+        Some(Instead::Rollback {
+            service: "shop".into()
+        })
+    );
+    assert_no_command_syntax(&events, &notices);
     let now = s.timer.unwrap() - 1000;
     let t = step(
         &p,
@@ -1500,6 +1566,7 @@ fn a_failing_release_with_contract_migrations_escalates_instead_of_rolling_back(
     use rampart_core::migrations::Class;
     let p = with_migrations("escalate");
     let s = migrated(&p, Class::Contract, true);
+    take_seen();
     assert_eq!(s.phase, Phase::Deploying);
     let mut routes = Vec::new();
     let s = drive_until(
@@ -1519,6 +1586,15 @@ fn a_failing_release_with_contract_migrations_escalates_instead_of_rolling_back(
     );
     let reason = s.decision.unwrap().reason;
     assert!(reason.contains("contract database migrations"), "{reason}");
+    // The one way out, as data: force the rollback once the data is repaired.
+    let (events, notices) = take_seen();
+    let force = Some(Instead::ForceRollback {
+        service: "shop".into(),
+    });
+    let escalated = events.iter().find(|e| e.kind == "escalated").unwrap();
+    assert_eq!(escalated.instead, force);
+    assert_eq!(notices.last().map(|n| &n.1), Some(&force));
+    assert_no_command_syntax(&events, &notices);
 }
 
 #[test]
@@ -1682,6 +1758,7 @@ fn healthy() -> IntervalSample {
 #[test]
 fn an_approval_point_holds_the_weight_until_someone_else_approves() {
     let p = Policy::from_yaml(APPROVAL).unwrap();
+    take_seen();
     let s = drive_until(
         &p,
         Release::default(),
@@ -1691,6 +1768,20 @@ fn an_approval_point_holds_the_weight_until_someone_else_approves() {
         |s| s.phase == Phase::AwaitingApproval,
     );
     assert_eq!(s.phase, Phase::AwaitingApproval);
+    // The ask says what it waits for in words; how to approve is data.
+    let (events, notices) = take_seen();
+    let approve = Some(Instead::Approve {
+        release: "r".into(),
+        not_by: "alice".into(),
+    });
+    let ask = events
+        .iter()
+        .rfind(|e| e.kind == "awaiting_approval")
+        .unwrap();
+    assert_eq!(ask.instead, approve, "{}", ask.message);
+    assert!(ask.message.contains("anyone but alice"), "{}", ask.message);
+    assert_eq!(notices.last().map(|n| &n.1), Some(&approve));
+    assert_no_command_syntax(&events, &notices);
     assert_eq!(s.weight, Weight::from_percent(10).unwrap());
     assert_eq!(s.wake_at(), s.timer, "only the timeout wakes it");
     // Four eyes: the initiator's own approval is refused and changes nothing.
@@ -1925,6 +2016,19 @@ fn a_hotfix_during_a_freeze_waits_for_an_approval_before_anything_runs() {
         (Phase::AwaitingApproval, None),
         "not even the gates run"
     );
+    let ask = t
+        .events
+        .iter()
+        .find(|e| e.kind == "awaiting_approval")
+        .unwrap();
+    assert_eq!(
+        ask.instead,
+        Some(Instead::Approve {
+            release: "r".into(),
+            not_by: "alice".into()
+        })
+    );
+    assert_no_command_syntax(&t.events, &[]);
     assert!(
         t.effects
             .iter()
@@ -2028,7 +2132,20 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
     assert_eq!(t.state.phase, Phase::AwaitingApproval);
     assert_eq!(t.state.wake_at(), Some(new_york("2026-12-28 09:00")));
     let refused = step(&p, &t.state, &Input::Approved { by: "bob".into() }, at + 1);
-    assert!(refused.events.iter().any(|e| e.kind == "approval_refused"));
+    let why = refused
+        .events
+        .iter()
+        .find(|e| e.kind == "approval_refused")
+        .unwrap();
+    assert_eq!(
+        why.instead,
+        Some(Instead::Hotfix {
+            service: "shop".into()
+        }),
+        "{}",
+        why.message
+    );
+    assert_no_command_syntax(&refused.events, &[]);
     assert_eq!(
         refused.state.pending, None,
         "a freeze is not lifted by approving"

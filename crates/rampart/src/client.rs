@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rampart_adapters::store::StateStore;
 use rampart_core::Millis;
+use rampart_core::instead::with_command;
 use rampart_core::ports::{Clock, CommandKind, Freeze, OperatorCommand, Store};
 use serde_json::{Value, json};
 
@@ -450,7 +451,7 @@ pub fn print_release(r: &ReleaseView, now: Millis) {
         println!("paused:    by {by}");
     }
     if let Some(ask) = &r.awaiting_approval {
-        println!("waiting:   {ask}");
+        println!("waiting:   {}", with_command(ask, r.instead.as_ref()));
     }
     if let Some(v) = &r.last_verdict {
         println!("analysis:  {} interval(s), last verdict {v}", r.intervals);
@@ -471,7 +472,7 @@ pub fn print_events(events: &[EventView]) {
             e.event.t_s,
             e.event.kind,
             e.event.weight.to_string(),
-            e.event.message,
+            with_command(&e.event.message, e.event.instead.as_ref()),
             e.event.actor
         );
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rampart_adapters::notify::HookNotifier;
 use rampart_controller::Observer;
+use rampart_core::instead::with_command;
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::ports::{BoxFuture, Notifier};
 use rampart_core::release::{AuditEvent, Input, Release};
@@ -120,7 +121,11 @@ impl Progress {
             }
             _ => format!("{:<17}", e.kind),
         };
-        format!("[{:>7.1}s] {kind} {}", e.t_s, e.message)
+        format!(
+            "[{:>7.1}s] {kind} {}",
+            e.t_s,
+            with_command(&e.message, e.instead.as_ref())
+        )
     }
 }
 
@@ -170,7 +175,8 @@ impl Notifier for PrintNotifier {
         Box::pin(async move {
             if notice.page {
                 let text = self.0.paint("41;97;1", " PAGE ");
-                self.0.line(&format!("{text} {}", notice.message));
+                let said = with_command(&notice.message, notice.instead.as_ref());
+                self.0.line(&format!("{text} {said}"));
             }
             self.1.notify(notice).await;
         })

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::model::{AuditEvent, Decision, DecisionKind, Phase, PreApproval, Release, Transition};
 use super::protocol::{Action, Effect, MeasureWindow, Variant};
+use crate::instead::Instead;
 use crate::judge::MetricReading;
 use crate::notice::NoticeKind;
 use crate::policy::Policy;
@@ -26,7 +27,7 @@ pub(super) struct Builder<'a> {
 
 impl Builder<'_> {
     pub(super) fn event(&mut self, kind: &str, actor: &str, message: String) {
-        self.event_with(kind, actor, message, Vec::new());
+        self.push_event(kind, actor, message, Vec::new(), None);
     }
 
     pub(super) fn event_with(
@@ -35,6 +36,28 @@ impl Builder<'_> {
         actor: &str,
         message: String,
         readings: Vec<MetricReading>,
+    ) {
+        self.push_event(kind, actor, message, readings, None);
+    }
+
+    /// An event with what a person may do about it.
+    pub(super) fn event_offering(
+        &mut self,
+        kind: &str,
+        actor: &str,
+        message: String,
+        instead: Instead,
+    ) {
+        self.push_event(kind, actor, message, Vec::new(), Some(instead));
+    }
+
+    fn push_event(
+        &mut self,
+        kind: &str,
+        actor: &str,
+        message: String,
+        readings: Vec<MetricReading>,
+        instead: Option<Instead>,
     ) {
         let t_ms = self.now.saturating_sub(self.s.started_at);
         self.events.push(AuditEvent {
@@ -45,6 +68,7 @@ impl Builder<'_> {
             message,
             weight: self.s.weight,
             readings,
+            instead,
         });
     }
 
@@ -81,6 +105,16 @@ impl Builder<'_> {
     }
 
     pub(super) fn notify(&mut self, kind: NoticeKind, message: String) {
+        self.notify_offering(kind, message, None);
+    }
+
+    /// A notice with what a person may do about it.
+    pub(super) fn notify_offering(
+        &mut self,
+        kind: NoticeKind,
+        message: String,
+        instead: Option<Instead>,
+    ) {
         let page = matches!(
             kind,
             NoticeKind::Approval | NoticeKind::Halted | NoticeKind::Escalated
@@ -89,6 +123,7 @@ impl Builder<'_> {
             kind,
             page,
             message,
+            instead,
         });
     }
 
@@ -187,8 +222,12 @@ impl Builder<'_> {
         self.s.phase = Phase::AwaitingApproval;
         self.s.approving = kind;
         self.s.timer = Some(self.now + timeout_ms);
-        self.event("awaiting_approval", "rampart", ask.clone());
-        self.notify(NoticeKind::Approval, ask);
+        let instead = Instead::Approve {
+            release: self.s.id.clone(),
+            not_by: self.not_the_initiator(),
+        };
+        self.event_offering("awaiting_approval", "rampart", ask.clone(), instead.clone());
+        self.notify_offering(NoticeKind::Approval, ask, Some(instead));
     }
 
     pub(super) fn finish(self) -> Transition {

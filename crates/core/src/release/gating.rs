@@ -50,10 +50,9 @@ pub(super) fn open_or_wait(b: &mut Builder<'_>) {
     match (w.outside, waitable) {
         (crate::windows::Outside::Wait, Some(t)) => {
             let ask = format!(
-                "release {} of {} started {why}; it waits for the next window, which opens {when}. Nothing runs until then; `rampart approve {} --as NAME` (anyone but {}) releases it now, attended",
+                "release {} of {} started {why}; it waits for the next window, which opens {when}. Nothing runs until then; an approval (by anyone but {}) releases it now, attended",
                 b.s.version,
                 b.policy.service,
-                b.s.id,
                 b.not_the_initiator()
             );
             b.await_approval(Some(PreApproval::Window), t - b.now, ask);
@@ -88,11 +87,10 @@ pub(super) fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
             // An irreversible step needs a human before it happens, not after.
             let class = b.s.planned_migrations.map_or("?", |c| c.as_str());
             let ask = format!(
-                "release {} of {} ships {class} database migrations and waits for approval by {} before applying them: `rampart approve {} --as NAME` (anyone but {}); nothing is applied or deployed until then, and it is blocked if none comes within {}",
+                "release {} of {} ships {class} database migrations and waits for approval by {} (anyone but {}) before applying them; nothing is applied or deployed until then, and it is blocked if none comes within {}",
                 b.s.version,
                 b.policy.service,
                 approval.role,
-                b.s.id,
                 b.not_the_initiator(),
                 crate::units::format_duration(approval.timeout)
             );
@@ -110,10 +108,9 @@ pub(super) fn gates_checked(b: &mut Builder<'_>, results: &[GateResult]) {
 /// runs, gates included.
 pub(super) fn ask_hotfix_approval(b: &mut Builder<'_>, why: &str) {
     let ask = format!(
-        "hotfix {} of {} during a freeze ({why}) waits for approval: `rampart approve {} --as NAME` (anyone but {}); it is blocked if none comes within 1h",
+        "hotfix {} of {} during a freeze ({why}) waits for approval (by anyone but {}); it is blocked if none comes within 1h",
         b.s.version,
         b.policy.service,
-        b.s.id,
         b.not_the_initiator()
     );
     b.await_approval(Some(PreApproval::Hotfix), HOTFIX_APPROVAL_MS, ask);

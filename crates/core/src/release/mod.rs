@@ -26,6 +26,7 @@ mod resume;
 mod rollback;
 mod step;
 
+pub use crate::instead::Instead;
 pub use crate::notice::NoticeKind;
 pub use model::{
     AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, PreApproval, Release, Transition,

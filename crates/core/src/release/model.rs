@@ -177,6 +177,9 @@ pub struct AuditEvent {
     /// Metric readings, for analysis events.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub readings: Vec<MetricReading>,
+    /// What a person may do about it, for each interface to render its own way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instead: Option<crate::instead::Instead>,
 }
 
 /// The full state of one release.

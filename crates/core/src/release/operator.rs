@@ -7,6 +7,7 @@ use super::gating::block;
 use super::model::{DecisionKind, Phase, PreApproval, Release};
 use super::progress::{next_step, start_progressing};
 use super::protocol::Action;
+use crate::instead::Instead;
 use crate::units::Weight;
 
 pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
@@ -174,12 +175,13 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str) {
             Some(PreApproval::Window | PreApproval::FullTraffic)
         );
     if window && let Some((why, true, _)) = window_closed(b) {
-        b.event(
+        b.event_offering(
             "approval_refused",
             by,
-            format!(
-                "it is {why}: only a hotfix may run during a freeze (`rampart run --hotfix REASON`)"
-            ),
+            format!("it is {why}: only a hotfix may run during a freeze"),
+            Instead::Hotfix {
+                service: b.policy.service.clone(),
+            },
         );
         return;
     }

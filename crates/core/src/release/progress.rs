@@ -6,6 +6,7 @@ use super::analysis::{Judged, judge_interval};
 use super::builder::{Builder, ms, window_closed};
 use super::model::{DecisionKind, Phase, PreApproval};
 use super::protocol::{Action, CheckStage, Variant};
+use crate::instead::Instead;
 use crate::judge::Verdict;
 use crate::metrics::IntervalSample;
 use crate::notice::NoticeKind;
@@ -140,25 +141,32 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
     if b.s.phase == Phase::Progressing && b.s.weight > Weight::ZERO {
         if b.s.window_hold.is_none() {
             let msg = format!(
-                "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}; `rampart approve {} --as NAME` (anyone but {}) promotes now, attended",
+                "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}; an approval (by anyone but {}) promotes now, attended",
                 b.s.version,
                 b.policy.service,
                 b.s.weight,
-                b.s.id,
                 b.not_the_initiator()
             );
-            b.event("holding_for_window", "rampart", msg.clone());
-            b.notify(NoticeKind::Step, msg);
+            let instead = Instead::Approve {
+                release: b.s.id.clone(),
+                not_by: b.not_the_initiator(),
+            };
+            b.event_offering(
+                "holding_for_window",
+                "rampart",
+                msg.clone(),
+                instead.clone(),
+            );
+            b.notify_offering(NoticeKind::Step, msg, Some(instead));
         }
         b.s.window_hold = Some(until);
         b.start_interval();
         return true;
     }
     let ask = format!(
-        "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; `rampart approve {} --as NAME` (anyone but {}) switches now, attended",
+        "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; an approval (by anyone but {}) switches now, attended",
         b.s.version,
         b.policy.service,
-        b.s.id,
         b.not_the_initiator()
     );
     b.await_approval(
@@ -179,12 +187,11 @@ fn enter_step(b: &mut Builder<'_>) {
         return b.route_step();
     };
     let ask = format!(
-        "release {} of {} waits at {} for approval by {}: `rampart approve {} --as NAME` (anyone but {}); it rolls back if none comes within {}",
+        "release {} of {} waits at {} for approval by {} (anyone but {}); it rolls back if none comes within {}",
         b.s.version,
         b.policy.service,
         b.s.weight,
         approval.role,
-        b.s.id,
         b.not_the_initiator(),
         crate::units::format_duration(approval.timeout)
     );
@@ -372,14 +379,16 @@ pub(super) fn keep_or_stop_previous(b: &mut Builder<'_>) {
     }
     b.s.phase = Phase::KeepingPrevious;
     b.s.timer = Some(b.now + ms(keep));
-    b.event(
+    b.event_offering(
         "keeping_previous",
         "rampart",
         format!(
-            "previous version kept for {} for an instant switch back (rampart rollback {})",
+            "previous version kept for {} for an instant switch back",
             crate::units::format_duration(keep),
-            b.policy.service
         ),
+        Instead::Rollback {
+            service: b.policy.service.clone(),
+        },
     );
 }
 

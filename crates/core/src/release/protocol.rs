@@ -135,6 +135,8 @@ pub enum Effect {
         page: bool,
         /// The message.
         message: String,
+        /// What a person may do about it.
+        instead: Option<crate::instead::Instead>,
     },
 }
 

@@ -6,6 +6,7 @@ use super::analysis::judge_interval;
 use super::builder::Builder;
 use super::model::{DecisionKind, Phase};
 use super::protocol::{Action, Variant};
+use crate::instead::Instead;
 use crate::judge::{Evidence, Verdict};
 use crate::metrics::IntervalSample;
 use crate::notice::NoticeKind;
@@ -126,13 +127,17 @@ impl Builder<'_> {
         self.s.queued.clear();
         self.s.next_analysis_at = None;
         self.s.timer = None;
-        self.event("escalated", "rampart", why.clone());
-        self.notify(
+        let instead = Instead::ForceRollback {
+            service: self.policy.service.clone(),
+        };
+        self.event_offering("escalated", "rampart", why.clone(), instead.clone());
+        self.notify_offering(
             NoticeKind::Escalated,
             format!(
-                "release {} of {} ESCALATED at canary weight {}: {why}. Choose: roll forward with a fixed version, or repair the data and roll the code back with `rampart rollback {} --force --reason \"...\"`.",
-                self.s.version, self.policy.service, self.s.weight, self.policy.service
+                "release {} of {} ESCALATED at canary weight {}: {why}. Choose: roll forward with a fixed version, or repair the data and force the code's rollback.",
+                self.s.version, self.policy.service, self.s.weight
             ),
+            Some(instead),
         );
     }
 

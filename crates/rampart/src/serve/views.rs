@@ -8,7 +8,7 @@ use rampart_adapters::store::Submission;
 use rampart_core::Policy;
 use rampart_core::metrics::VariantStats;
 use rampart_core::ports::{PortErrorKind, ReleaseRecord, Store, StoredInput};
-use rampart_core::release::{AuditEvent, Decision, Input, Phase, Release, step};
+use rampart_core::release::{AuditEvent, Decision, Input, Instead, Phase, Release, step};
 use serde::{Deserialize, Serialize};
 
 /// One release as the list and the release page show it.
@@ -43,6 +43,9 @@ pub struct ReleaseView {
     pub paused_by: Option<String>,
     /// What the approval point it waits at asks, while it waits.
     pub awaiting_approval: Option<String>,
+    /// What a person may do now (approve it while it waits, force the rollback of an
+    /// escalated release, switch back while the previous version is kept).
+    pub instead: Option<Instead>,
     /// The decision that ends it, once made.
     pub decision: Option<Decision>,
     /// After a rollback: the level that restored health.
@@ -203,6 +206,18 @@ impl Loaded {
                         .map(|e| e.message.clone())
                 })
                 .flatten(),
+            instead: matches!(
+                s.phase,
+                Phase::AwaitingApproval | Phase::Escalated | Phase::KeepingPrevious
+            )
+            .then(|| {
+                self.log
+                    .iter()
+                    .flat_map(|e| &e.events)
+                    .rev()
+                    .find_map(|e| e.instead.clone())
+            })
+            .flatten(),
             decision: s.decision.clone(),
             rollback_level: s.rollback_level,
             intervals: s.intervals,
@@ -295,6 +310,7 @@ pub fn queued_view(s: &Submission) -> ReleaseView {
         updated_at: s.created_at,
         paused_by: None,
         awaiting_approval: None,
+        instead: None,
         decision: None,
         rollback_level: None,
         intervals: 0,

@@ -103,13 +103,17 @@ pub async fn request_approval(
         stable: state.stable.clone(),
         weight: state.weight,
         message: format!(
-            "{} asks a human to look at release {id} of {} {} ({}, {}): {reason}. Approve it with `rampart approve {id}` (or resume it, if paused) or on the dashboard.",
+            "{} asks a human to look at release {id} of {} {} ({}, {}): {reason}. Approve it (or resume it, if paused) if it should go on.",
             caller.name,
             l.record.service,
             l.record.version,
             state.phase.as_str(),
             state.weight
         ),
+        instead: Some(rampart_core::release::Instead::Approve {
+            release: id.clone(),
+            not_by: state.initiator.clone(),
+        }),
         at: now,
     };
     let hooks = l.policy.notify.len();

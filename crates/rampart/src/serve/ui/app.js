@@ -86,6 +86,19 @@ function stepChart(weights, now) {
   return chart([{ name: "canary", cls: "canary", points: pts }], "%", 100);
 }
 
+// What a person may do about an event, the dashboard's way: the button on this page,
+// or the command where the page has none.
+function instead(i) {
+  if (!i) return "";
+  const say = {
+    approve: () => `Approve it on this page (anyone but ${esc(i.not_by)}).`,
+    rollback: () => `Abort and roll back switches to the previous version at once.`,
+    force_rollback: () => `After repairing the data, force the rollback: <code>rampart rollback ${esc(i.service)} --force --reason ...</code>`,
+    hotfix: () => `Only a hotfix may run now: <code>rampart run --hotfix REASON</code>`,
+  }[i.action];
+  return say ? ` <span class="instead">${say()}</span>` : "";
+}
+
 function buttons(r) {
   if (r.outcome || !me) return "";
   const approver = me.role === "approver" || me.role === "admin";
@@ -115,7 +128,7 @@ async function showRelease(id) {
   $("#view").innerHTML = `
     <p><a href="#/">&larr; all releases</a></p>
     <div id="message"></div>
-    ${r.awaiting_approval ? `<div class="banner ask" id="ask">${esc(r.awaiting_approval)}</div>` : ""}
+    ${r.awaiting_approval ? `<div class="banner ask" id="ask">${esc(r.awaiting_approval)}${instead(r.instead)}</div>` : ""}
     <section><h2>${esc(r.service)} ${esc(r.version)} <span class="muted">${esc(r.id)}</span></h2>
       <dl class="facts">
         <dt>Phase</dt><dd id="phase">${esc(r.phase)}</dd>
@@ -140,7 +153,7 @@ async function showRelease(id) {
         <p class="legend">green pass, red fail, amber inconclusive or no data</p></section>
     </div>
     <section><h2>Timeline</h2><table id="timeline"><thead><tr><th>t</th><th>Event</th><th>Weight</th><th>What</th><th>Who</th></tr></thead><tbody>
-      ${ev.events.map((e) => `<tr><td>${e.t_s.toFixed(1)}s</td><td>${esc(e.kind)}</td><td>${e.weight}%</td><td>${esc(e.message)}</td><td>${esc(e.actor)}</td></tr>`).join("")}
+      ${ev.events.map((e) => `<tr><td>${e.t_s.toFixed(1)}s</td><td>${esc(e.kind)}</td><td>${e.weight}%</td><td>${esc(e.message)}${instead(e.instead)}</td><td>${esc(e.actor)}</td></tr>`).join("")}
     </tbody></table></section>`;
   for (const what of ["approve", "promote", "pause", "resume", "abort"]) {
     const b = document.getElementById(what);

@@ -92,6 +92,8 @@ async fn busy_store(path: &Path) -> StateStore {
 
 fn tamper(path: &Path, sql: &str) {
     let c = rusqlite::Connection::open(path).unwrap();
+    // An attacker with write access is not held back by foreign keys.
+    c.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
     let changed = c.execute(sql, []).unwrap();
     assert!(
         changed > 0,
@@ -165,6 +167,21 @@ async fn every_kind_of_tampering_is_found() {
             "submission shop-2",
         ),
         ("DELETE FROM freezes", "gone from the table"),
+        // A forged entry at an explicit row position before the chain began (both
+        // databases accept one) is no less forged.
+        (
+            "INSERT INTO events (rowid, release_id, seq, at, input, audit) VALUES (0, 'shop-1', 3, 9, '{\"type\":\"approved\",\"by\":\"bob\"}', '[]')",
+            "entry 3: not in the audit chain",
+        ),
+        (
+            "DELETE FROM releases WHERE id = 'shop-1'",
+            "release shop-1: created in the chain but its row is gone",
+        ),
+        (
+            "DELETE FROM chain WHERE action = 'chain_started'",
+            "does not begin with its chain_started record",
+        ),
+        ("DELETE FROM chain", "no audit chain: the chain was emptied"),
         ("UPDATE freezes SET reason = 'none'", "freeze of shop"),
     ];
     for (sql, expected) in cases {
@@ -185,6 +202,79 @@ async fn every_kind_of_tampering_is_found() {
             report.problems
         );
     }
+}
+
+/// Verifying never writes: an emptied chain stays empty (and reported) however often
+/// the store is opened and verified, and a later write does not hide it either.
+#[tokio::test]
+async fn an_emptied_chain_is_never_restarted_over_the_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    drop(busy_store(&path).await);
+    tamper(&path, "DELETE FROM chain");
+    for _ in 0..2 {
+        let store = StateStore::open(&path).await.unwrap();
+        let report = store.verify_chain().await.unwrap();
+        assert!(!report.ok);
+        assert_eq!(report.records, 0, "the verifier or the open wrote a record");
+    }
+    // A write after the emptying links from nothing: still reported.
+    let store = StateStore::open(&path).await.unwrap();
+    store
+        .create_token("late", "viewer", "admin", 9_000)
+        .await
+        .unwrap();
+    let report = store.verify_chain().await.unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("does not begin with its chain_started record")),
+        "{:?}",
+        report.problems
+    );
+}
+
+/// A resume reads the log through `check_log` first: a forged approval (at any row
+/// position), an edited or a deleted entry is refused before anything acts on it.
+#[tokio::test]
+async fn a_release_log_that_differs_from_the_chain_is_refused_before_a_resume() {
+    let cases = [
+        "INSERT INTO events (rowid, release_id, seq, at, input, audit) VALUES (0, 'shop-1', 3, 9, '{\"type\":\"approved\",\"by\":\"bob\"}', '[]')",
+        "UPDATE events SET input = '{\"type\":\"approved\",\"by\":\"mallory\"}' WHERE seq = 1",
+        "DELETE FROM events WHERE seq = 2",
+    ];
+    for sql in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let store = busy_store(&path).await;
+        store.check_log("shop-1").await.unwrap();
+        drop(store);
+        tamper(&path, sql);
+        let store = StateStore::open(&path).await.unwrap();
+        let refused = store.check_log("shop-1").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("rampart will not act on it"),
+            "{sql}: {refused}"
+        );
+    }
+}
+
+/// A new store starts its chain at once; so does a wiped one that holds nothing.
+#[tokio::test]
+async fn an_empty_store_starts_its_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    drop(StateStore::open(&path).await.unwrap());
+    tamper(&path, "DELETE FROM chain");
+    let report = StateStore::open(&path)
+        .await
+        .unwrap()
+        .verify_chain()
+        .await
+        .unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.records, 1);
 }
 
 #[tokio::test]

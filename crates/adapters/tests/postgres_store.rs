@@ -187,6 +187,41 @@ async fn the_store_contract_holds_on_real_postgres() {
     assert_eq!(report.log_entries, 2);
 }
 
+/// PostgreSQL, like SQLite, takes an explicit row position: a forged approval placed
+/// before the chain began is still found, and so is a deleted release row.
+#[tokio::test]
+async fn a_forged_entry_at_an_early_row_position_is_found_real_postgres() {
+    let pg = postgres::Postgres::start();
+    let url = pg.database("forged");
+    let s = StateStore::connect(&url).await.unwrap();
+    s.create(&rel("r1", "shop")).await.unwrap();
+    s.append("r1", &entry(0)).await.unwrap();
+    assert!(s.verify_chain().await.unwrap().ok);
+    pg.sql_in(
+        "forged",
+        "INSERT INTO events (rowid, release_id, seq, at, input, audit) VALUES (0, 'r1', 1, 9, '{\"type\":\"approved\",\"by\":\"bob\"}', '[]')",
+    );
+    let report = s.verify_chain().await.unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("entry 1: not in the audit chain")),
+        "{:?}",
+        report.problems
+    );
+    pg.sql_in("forged", "DELETE FROM events; DELETE FROM releases");
+    let report = s.verify_chain().await.unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("release r1: created in the chain but its row is gone")),
+        "{:?}",
+        report.problems
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_on_several_connections_never_fork_the_audit_chain_real_postgres() {
     let pg = postgres::Postgres::start();

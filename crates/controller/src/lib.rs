@@ -303,6 +303,10 @@ impl Controller {
         mut commands: Option<mpsc::UnboundedReceiver<Input>>,
     ) -> Result<Release, ControllerError> {
         let (record, log) = self.ports.store.load(id).await?;
+        if !log.is_empty() {
+            // A resume acts on the log: a forged or edited entry is refused, not obeyed.
+            self.ports.store.check_log(id).await?;
+        }
         let mut run = Run {
             id: id.to_string(),
             state: Release::replay(&self.policy, log.iter().map(|e| (&e.input, e.at))),

@@ -343,6 +343,14 @@ pub trait Store: Send + Sync {
         &'a self,
         release_id: &'a str,
     ) -> BoxFuture<'a, Result<(ReleaseRecord, Vec<StoredInput>), PortError>>;
+    /// Checks, before a controller acts on a release's log again (a resume), that
+    /// every entry is what the store's audit trail recorded, so that a forged or edited
+    /// entry is refused instead of acted on. A store without an audit trail has nothing
+    /// to check.
+    fn check_log<'a>(&'a self, release_id: &'a str) -> BoxFuture<'a, Result<(), PortError>> {
+        let _ = release_id;
+        Box::pin(async { Ok(()) })
+    }
     /// The service's unfinished release, if any.
     fn active<'a>(
         &'a self,

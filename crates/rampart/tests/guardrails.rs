@@ -248,6 +248,124 @@ analysis:
     assert_eq!(status.code(), Some(0));
 }
 
+/// An attacker with write access to the store forges the approval a killed release
+/// waits for (at row position 0, which both databases accept). `audit verify` finds it,
+/// and the next run refuses to act on the log instead of promoting.
+#[test]
+fn a_forged_approval_is_found_by_verify_and_refused_on_resume() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let policy = format!(
+        r#"service: forged
+deploy:
+  process:
+    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
+    env: {{SAMPLE_ERROR_RATE: "0", SAMPLE_LATENCY_MS: "2"}}
+    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
+traffic: {{proxy: {{listen: "127.0.0.1:{port}"}}}}
+strategy:
+  canary:
+    steps:
+      - {{approval: {{role: release-manager, timeout: 5m}}}}
+      - {{weight: 50, bake: 1s}}
+analysis:
+  interval: 1s
+  min_samples: 1
+  metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]
+"#,
+        exe = common::exe()
+    );
+    let policy_path = dir.path().join("rampart.yaml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let run = || {
+        let mut c = rampart();
+        c.args([
+            "run",
+            "--version",
+            "v2",
+            "--stable",
+            "v1",
+            "--as",
+            "alice",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .arg("-f")
+        .arg(&policy_path);
+        c
+    };
+    let mut first = run().stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    for line in lines {
+        if line.unwrap().contains("awaiting_approval") {
+            break;
+        }
+    }
+    first.kill().unwrap(); // SIGKILL: the versions it started keep running
+    first.wait().unwrap();
+    let db = state.join("rampart.db");
+    let release: String = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let id: String = c
+            .query_row("SELECT id FROM releases", [], |r| r.get(0))
+            .unwrap();
+        let next: i64 = c
+            .query_row(
+                "SELECT MAX(seq) + 1 FROM events WHERE release_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        c.execute(
+            "INSERT INTO events (rowid, release_id, seq, at, input, audit) VALUES (0, ?1, ?2, 0, '{\"type\":\"approved\",\"by\":\"bob\"}', '[]')",
+            rusqlite::params![id, next],
+        )
+        .unwrap();
+        id
+    };
+    let verify = rampart()
+        .args(["audit", "verify", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_ne!(verify.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(said.contains("not in the audit chain"), "{said}");
+    let second = run().args(["--output", "json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    // Stop what the first run left before asserting, so a failure leaves nothing behind.
+    for record in std::fs::read_dir(state.join("processes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(record.path()).unwrap_or_default();
+        let records: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        for r in records {
+            if let Some(pid) = r["pid"].as_u64().filter(|p| *p > 1) {
+                eprintln!("stopping the version left running, pid {pid}");
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rampart will not act on it"), "{stderr}");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let outcome: Option<String> = c
+        .query_row(
+            "SELECT outcome FROM releases WHERE id = ?1",
+            [&release],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(outcome, None, "the forged approval promoted the release");
+}
+
 #[test]
 fn release_windows_and_the_freeze_calendar_hold_a_release_end_to_end() {
     let dir = tempfile::tempdir().unwrap();

@@ -232,27 +232,93 @@ fn row_to_chain(r: &Row) -> Result<ChainRecord, StoreError> {
     })
 }
 
+/// Whether the store holds anything the chain covers.
+async fn holds_chained_data(tx: &mut Tx) -> Result<bool, StoreError> {
+    tx.one(
+        "SELECT EXISTS(SELECT 1 FROM releases) OR EXISTS(SELECT 1 FROM tokens) OR EXISTS(SELECT 1 FROM submissions) OR EXISTS(SELECT 1 FROM freezes)",
+        args![],
+    )
+    .await?
+    .bool(0)
+}
+
+/// Which release log entries predate the chain, from its `chain_started` record.
+#[derive(Debug, Default)]
+enum Before {
+    /// No `chain_started` record: every entry must be in the chain.
+    #[default]
+    Nothing,
+    /// A chain started by an older rampart: entries at or below this row position.
+    Rows(i64),
+    /// The last entry of each release that had one when the chain started.
+    Entries(std::collections::HashMap<String, i64>),
+}
+
+impl Before {
+    fn from_body(body: &str) -> Before {
+        let v = serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
+        match v["releases_before"].as_object() {
+            Some(m) => Before::Entries(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_i64().unwrap_or(-1)))
+                    .collect(),
+            ),
+            None => Before::Rows(v["log_entries_before"].as_i64().unwrap_or(0)),
+        }
+    }
+
+    /// Whether an entry predates the chain. An entry of a release the chain saw
+    /// created never does, wherever the database put its row.
+    fn covers(&self, chained_release: bool, release: &str, seq: i64, rowid: i64) -> bool {
+        !chained_release
+            && match self {
+                Before::Nothing => false,
+                Before::Rows(n) => rowid <= *n,
+                Before::Entries(m) => m.get(release).is_some_and(|last| seq <= *last),
+            }
+    }
+}
+
 // === impl StateStore: the chain ===
 
 impl StateStore {
-    /// Begins the audit chain once, recording how much of the release logs predates it
-    /// (those entries cannot be verified).
-    pub(super) async fn start_chain(&self) -> Result<(), StoreError> {
+    /// Begins the audit chain once: when this open created the chain's table (a new
+    /// store, or one from before the chain), recording which release log entries
+    /// predate it (those cannot be verified); or when the store holds nothing the
+    /// chain covers. A chain found empty in a store that holds releases, tokens,
+    /// submissions or freezes was emptied: it is left so, for `verify_chain` to
+    /// report, never restarted over the evidence.
+    pub(super) async fn start_chain(&self, table_is_new: bool) -> Result<(), StoreError> {
         let mut tx = self.chained().await?;
         let started = tx
             .one("SELECT EXISTS(SELECT 1 FROM chain)", args![])
             .await?
             .bool(0)?;
-        if !started {
-            let r = tx
-                .one(
-                    "SELECT COALESCE(MAX(rowid), 0), COALESCE(MAX(at), 0) FROM events",
-                    args![],
-                )
-                .await?;
-            let body = serde_json::json!({"log_entries_before": r.int(0)?}).to_string();
-            chain(&mut tx, r.uint(1)?, "rampart", "chain_started", None, &body).await?;
+        // An existing table, found empty while the store holds what it covers: emptied.
+        let emptied = !table_is_new && holds_chained_data(&mut tx).await?;
+        if started || emptied {
+            return tx.commit().await;
         }
+        let r = tx
+            .one(
+                "SELECT COALESCE(MAX(rowid), 0), COALESCE(MAX(at), 0) FROM events",
+                args![],
+            )
+            .await?;
+        let (rowid, at) = (r.int(0)?, r.uint(1)?);
+        let mut before = serde_json::Map::new();
+        for r in tx
+            .query(
+                "SELECT release_id, MAX(seq) FROM events GROUP BY release_id",
+                args![],
+            )
+            .await?
+        {
+            before.insert(r.text(0)?, r.int(1)?.into());
+        }
+        let body =
+            serde_json::json!({"log_entries_before": rowid, "releases_before": before}).to_string();
+        chain(&mut tx, at, "rampart", "chain_started", None, &body).await?;
         tx.commit().await
     }
 
@@ -279,6 +345,45 @@ impl StateStore {
         tx.execute(INSERT_CHAIN, &row).await?;
         tx.commit().await?;
         Ok(last.0)
+    }
+
+    /// Checks one release's log against the chain before it is acted on again: every
+    /// entry must be the one the chain recorded at its position. A release created
+    /// before the chain began has nothing to check against.
+    pub(super) async fn check_release_log(&self, release_id: &str) -> Result<(), StoreError> {
+        let records = self.chain_records(Some(release_id)).await?;
+        if !records.iter().any(|r| r.action == "release_created") {
+            return Ok(());
+        }
+        let mut logged: std::collections::HashMap<u64, String> = records
+            .into_iter()
+            .filter(|r| r.action.starts_with("input:"))
+            .filter_map(|r| Some((r.seq?, r.body)))
+            .collect();
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                "SELECT seq, at, input, audit FROM events WHERE release_id = ?1 ORDER BY seq",
+                args![release_id],
+            )
+            .await?;
+        for r in &rows {
+            let seq = r.uint(0)?;
+            let body = input_body(r.uint(1)?, &r.text(2)?, &r.text(3)?);
+            if logged.remove(&seq).as_deref() != Some(body.as_str()) {
+                return Err(StoreError::Tampered(format!(
+                    "release {release_id}'s log entry {seq} is not what the audit chain recorded: rampart will not act on it (check the store with `rampart audit verify`)"
+                )));
+            }
+        }
+        if let Some(seq) = logged.keys().min() {
+            return Err(StoreError::Tampered(format!(
+                "release {release_id}'s log entry {seq} was recorded by the audit chain but is gone: rampart will not act on it (check the store with `rampart audit verify`)"
+            )));
+        }
+        Ok(())
     }
 
     /// Chain records, oldest first; with `release`, only that release's.
@@ -328,7 +433,7 @@ impl StateStore {
         let mut prev = GENESIS.to_string();
         let mut logged = std::collections::HashMap::new();
         let mut tokens = std::collections::HashMap::new();
-        let mut since = i64::MAX;
+        let mut before = Before::Nothing;
         // Requests asked and not yet applied, by (release, request, actor).
         let mut asked: std::collections::HashMap<(String, String, String), u32> =
             std::collections::HashMap::new();
@@ -343,12 +448,7 @@ impl StateStore {
             r.link_problems(&prev, &mut problems);
             prev = r.hash.clone();
             match r.action.as_str() {
-                "chain_started" => {
-                    since = serde_json::from_str::<serde_json::Value>(&r.body)
-                        .ok()
-                        .and_then(|v| v["log_entries_before"].as_i64())
-                        .unwrap_or(0);
-                }
+                "chain_started" => before = Before::from_body(&r.body),
                 a if a.starts_with("input:") => {
                     if let (Some(rel), Some(seq)) = (&r.release_id, r.seq) {
                         logged.insert((rel.clone(), seq), (r.id, r.body.clone()));
@@ -417,16 +517,42 @@ impl StateStore {
                 _ => {}
             }
         }
-        let entries = snap.query(
-                "SELECT rowid, release_id, seq, at, input, audit FROM events WHERE rowid > ?1 ORDER BY rowid",
-                args![since],
+        match records.first() {
+            Some(first) if first.action != "chain_started" => problems.push(format!(
+                "the chain does not begin with its chain_started record: records before {} were deleted",
+                first.id
+            )),
+            None if holds_chained_data(&mut snap).await? => problems.push(
+                "the store holds releases, tokens, submissions or freezes but no audit chain: the chain was emptied".into(),
+            ),
+            _ => {}
+        }
+        // Every entry is read, whatever its row position: a row id is the database's
+        // to give, and an explicit one puts a forged entry anywhere.
+        let entries = snap
+            .query(
+                "SELECT rowid, release_id, seq, at, input, audit FROM events ORDER BY rowid",
+                args![],
             )
             .await?
             .iter()
-            .map(|r| Ok((r.int(0)?, r.text(1)?, r.int(2)?, r.uint(3)?, r.text(4)?, r.text(5)?)))
+            .map(|r| {
+                Ok((
+                    r.int(0)?,
+                    r.text(1)?,
+                    r.int(2)?,
+                    r.uint(3)?,
+                    r.text(4)?,
+                    r.text(5)?,
+                ))
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let log_entries = entries.len() as u64;
-        for (_, release, seq, at, input, audit) in entries {
+        let mut log_entries = 0;
+        for (rowid, release, seq, at, input, audit) in entries {
+            if before.covers(created.contains_key(&release), &release, seq, rowid) {
+                continue;
+            }
+            log_entries += 1;
             let seq = u64::try_from(seq).unwrap_or(0);
             match logged.remove(&(release.clone(), seq)) {
                 None => problems.push(format!(
@@ -508,6 +634,13 @@ impl StateStore {
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        for id in created.keys() {
+            if !releases.iter().any(|r| &r.0 == id) {
+                problems.push(format!(
+                    "release {id}: created in the chain but its row is gone from the releases table (deleted)"
+                ));
+            }
+        }
         for (id, service, version, policy, outcome) in releases {
             // Releases created before the chain began have no record.
             let Some(c) = created.get(&id) else {

@@ -50,6 +50,9 @@ pub enum StoreError {
     /// The operating system gave no randomness for a token's secret.
     #[error("no randomness for a token: {0}")]
     NoRandomness(String),
+    /// The store's contents disagree with its audit chain; the message says where.
+    #[error("{0}")]
+    Tampered(String),
     /// The database failed, or holds something unreadable.
     #[error("state store: {0}")]
     Database(String),

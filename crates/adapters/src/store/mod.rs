@@ -131,6 +131,7 @@ impl StateStore {
     async fn init(backend: Backend, lease_db: Option<Db>) -> Result<StateStore, StoreError> {
         let postgres = !matches!(backend, Backend::Sqlite(_));
         let db = Db::new(backend);
+        let chain_table_is_new = !schema::has_chain(&db).await?;
         schema::migrate(&db).await?;
         let store = StateStore {
             lease_db: lease_db.unwrap_or_else(|| db.clone()),
@@ -139,7 +140,7 @@ impl StateStore {
             postgres,
             appends: Mutex::new(appends::Appends::default()),
         };
-        store.start_chain().await?;
+        store.start_chain(chain_table_is_new).await?;
         Ok(store)
     }
 

@@ -52,6 +52,14 @@ impl Store for StateStore {
         })
     }
 
+    fn check_log<'a>(&'a self, release_id: &'a str) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.check_release_log(release_id)
+                .await
+                .map_err(StoreError::into_port)
+        })
+    }
+
     fn active<'a>(
         &'a self,
         service: &'a str,

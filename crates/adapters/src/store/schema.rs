@@ -246,6 +246,17 @@ fn too_new(applied: usize, known: usize) -> StoreError {
     ))
 }
 
+/// Whether the store has its audit chain's table yet (it is created by a migration).
+pub(super) async fn has_chain(db: &Db) -> Result<bool, StoreError> {
+    let mut c = db.conn().await?;
+    let sql = if c.is_postgres() {
+        "SELECT to_regclass('chain') IS NOT NULL"
+    } else {
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chain')"
+    };
+    c.one(sql, args![]).await?.bool(0)
+}
+
 /// Brings the store's schema up to date.
 pub(super) async fn migrate(db: &Db) -> Result<(), StoreError> {
     let mut c = db.conn().await?;

@@ -357,6 +357,20 @@ fn errors_are_json_with_stable_codes_and_secrets_never_leave_the_server() {
     assert!(s == 400 && is_error(&v, "invalid_request"), "{s} {v}");
     let (s, v) = call("GET", "/api/v1/releases?limit=many", None);
     assert!(s == 400 && is_error(&v, "invalid_request"), "{s} {v}");
+    // A body over the size limit is refused in the same JSON shape, on every kind of
+    // route that reads one.
+    let huge = json!({"reason": "x".repeat(3 << 20)});
+    for path in [
+        "/api/v1/releases/nope/abort",
+        "/api/v1/releases/nope/request-approval",
+        "/api/v1/releases",
+    ] {
+        let (s, v) = call("POST", path, Some(huge.clone()));
+        assert!(
+            s == 413 && is_error(&v, "invalid_request"),
+            "{path}: {s} {v}"
+        );
+    }
     let (s, v) = call(
         "POST",
         "/api/v1/releases/x/approve",

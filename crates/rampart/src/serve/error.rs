@@ -5,7 +5,7 @@
 //! the handlers and the role check do.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -80,7 +80,26 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        ApiError::invalid(format!("request body: {}", r.body_text()))
+        Self::body(r.status(), &r.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        Self::body(r.status(), &r.body_text())
+    }
+}
+
+impl ApiError {
+    /// A request body refused: 413 `invalid_request` over the size limit, 400 otherwise,
+    /// in the API's JSON shape like every other error.
+    fn body(status: StatusCode, why: &str) -> Self {
+        let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        Self::new(status, "invalid_request", format!("request body: {why}"))
     }
 }
 

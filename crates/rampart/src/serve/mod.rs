@@ -135,9 +135,9 @@ macro_rules! action {
             State(app): State<App>,
             caller: Caller,
             Path(id): Path<String>,
-            body: axum::body::Bytes,
+            body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
         ) -> Result<(axum::http::StatusCode, axum::Json<serde_json::Value>), error::ApiError> {
-            api::actions::act(app, caller, id, $act, body).await
+            api::actions::act(app, caller, id, $act, body?).await
         }
     };
 }

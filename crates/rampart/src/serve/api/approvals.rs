@@ -32,9 +32,10 @@ pub async fn request_approval(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Right::RequestApproval)?;
+    let body = body?;
     let body: ApprovalRequestBody = if body.iter().all(u8::is_ascii_whitespace) {
         ApprovalRequestBody::default()
     } else {

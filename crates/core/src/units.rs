@@ -13,8 +13,13 @@ use crate::yaml::{Node, NodeKind};
 /// time or virtual time; core only ever compares and subtracts them.
 pub type Millis = u64;
 
-/// Parses `250ms`, `10s`, `5m`, `1h30m` or `2d`. A bare number is rejected, because a
-/// unit-less duration is the classic source of "10 means ms or s?" outages.
+/// The longest duration anything takes: a year. Longer ones are typing mistakes, and
+/// a wait that never ends defeats its purpose.
+const MAX_DURATION_MS: u128 = 365 * 86_400_000;
+
+/// Parses `250ms`, `10s`, `5m`, `1h30m` or `2d`, up to 365 days. A bare number is
+/// rejected, because a unit-less duration is the classic source of "10 means ms or s?"
+/// outages.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
@@ -57,6 +62,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .checked_add(n.saturating_mul(ms))
             .ok_or_else(|| format!("`{text}` is too long"))?;
         rest = tail.trim_start();
+    }
+    if total > MAX_DURATION_MS {
+        return Err(format!("`{text}` is too long; a duration is at most 365d"));
     }
     let ms = u64::try_from(total).map_err(|_| format!("`{text}` is too long"))?;
     Ok(Duration::from_millis(ms))
@@ -261,6 +269,15 @@ mod tests {
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(
+            parse_duration("365d").unwrap(),
+            Duration::from_secs(365 * 86_400)
+        );
+        assert!(
+            parse_duration("9223372036854775807ms")
+                .unwrap_err()
+                .contains("at most 365d")
+        );
     }
 
     #[test]

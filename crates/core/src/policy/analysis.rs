@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::values::{decode_base_url, limit, positive};
+use super::values::{HOUR, decode_base_url, limit, positive};
 use crate::decode::{Decoder, MapReader, join, one_of, scalar};
 use crate::units::{Rate, format_duration};
 use crate::yaml::{Node, NodeKind};
@@ -180,7 +180,7 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         ],
     )?;
     let prometheus = m.optional_with(cx, "prometheus", decode_base_url);
-    let interval = positive(cx, &m, "interval").unwrap_or(Duration::from_secs(10));
+    let interval = positive(cx, &m, "interval", HOUR).unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
         cx.error(
             m.get("interval").map_or(m.pos(), |n| n.pos),

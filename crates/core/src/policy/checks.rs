@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::values::{decode_argv, positive};
+use super::values::{HOUR, decode_argv, positive};
 use crate::decode::{Decoder, list, one_of};
 use crate::yaml::{Node, NodeKind};
 
@@ -186,7 +186,7 @@ fn decode_http_gate(
                     format!("{s} is not an HTTP status; use 100 to 599"),
                 );
             }
-            let timeout = positive(cx, &m, "timeout").unwrap_or(Duration::from_secs(5));
+            let timeout = positive(cx, &m, "timeout", HOUR).unwrap_or(Duration::from_secs(5));
             let pos = m.get("url").map_or(m.pos(), |n| n.pos);
             (url?, status, timeout, pos, m.path_of("url"))
         }
@@ -226,7 +226,7 @@ fn decode_command_gate(cx: &mut Decoder, node: &Node, path: &str) -> Option<Gate
         _ => {
             let m = cx.map(node, path, &["run", "timeout"])?;
             let run = m.required_with(cx, "run", decode_argv);
-            let timeout = positive(cx, &m, "timeout").unwrap_or(Duration::from_secs(60));
+            let timeout = positive(cx, &m, "timeout", HOUR).unwrap_or(Duration::from_secs(60));
             Some(GateCheck::Command { run: run?, timeout })
         }
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::values::{decode_argv, decode_kube_name, one_kind, positive};
+use super::values::{HOUR, decode_argv, decode_kube_name, one_kind, positive};
 use crate::decode::{Decoder, join, scalar};
 use crate::yaml::{Node, NodeKind};
 
@@ -192,8 +192,8 @@ fn decode_readiness(cx: &mut Decoder, node: &Node, path: &str) -> Option<Readine
             format!("`{p}` is not a path; the probe is a path on the process's own port, such as /healthz"),
         );
     }
-    let timeout = positive(cx, &m, "timeout").unwrap_or(Duration::from_secs(30));
-    let period = positive(cx, &m, "period").unwrap_or(Duration::from_millis(250));
+    let timeout = positive(cx, &m, "timeout", HOUR).unwrap_or(Duration::from_secs(30));
+    let period = positive(cx, &m, "period", HOUR).unwrap_or(Duration::from_millis(250));
     Some(Readiness {
         http,
         timeout,
@@ -235,7 +235,7 @@ fn decode_kube_deploy(cx: &mut Decoder, node: &Node, path: &str) -> Option<KubeD
         Some(image.to_string())
     });
     let canary_name = m.optional_with(cx, "canary_name", decode_kube_name);
-    let ready_timeout = positive(cx, &m, "ready_timeout").unwrap_or(Duration::from_secs(300));
+    let ready_timeout = positive(cx, &m, "ready_timeout", HOUR).unwrap_or(Duration::from_secs(300));
     let context = m.optional::<String>(cx, "context");
     let deployment = deployment?;
     let canary_name = canary_name.unwrap_or_else(|| format!("{deployment}-canary"));

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::strategy::{Approval, decode_approval};
-use super::values::{decode_argv, positive};
+use super::values::{DAY, decode_argv, positive};
 use crate::decode::{Decoder, one_of};
 use crate::yaml::{Node, NodeKind};
 
@@ -52,7 +52,7 @@ pub(super) fn decode_migrations(cx: &mut Decoder, node: &Node, path: &str) -> Op
         )),
         Some("rollback")
     );
-    let timeout = positive(cx, &m, "timeout").unwrap_or(Duration::from_secs(600));
+    let timeout = positive(cx, &m, "timeout", DAY).unwrap_or(Duration::from_secs(600));
     Some(Migrations {
         dir: dir?,
         command: command?,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::values::positive;
+use super::values::{HOUR, positive};
 use crate::decode::Decoder;
 use crate::yaml::Node;
 
@@ -48,7 +48,8 @@ pub(super) fn decode_rollback(cx: &mut Decoder, node: &Node, path: &str) -> Opti
     let drain = m
         .optional::<Duration>(cx, "drain")
         .unwrap_or(Duration::from_secs(10));
-    let verify_timeout = positive(cx, &m, "verify_timeout").unwrap_or(Duration::from_secs(30));
+    let verify_timeout =
+        positive(cx, &m, "verify_timeout", HOUR).unwrap_or(Duration::from_secs(30));
     let flags = m.optional::<Vec<String>>(cx, "flags").unwrap_or_default();
     Some(Rollback {
         drain,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::checks::{Gate, decode_check};
-use super::values::{limit, one_kind, positive};
+use super::values::{DAY, limit, one_kind, positive};
 use crate::decode::Decoder;
 use crate::units::Weight;
 use crate::yaml::{Node, NodeKind};
@@ -433,7 +433,8 @@ pub(super) fn decode_approval(cx: &mut Decoder, n: &Node, p: &str) -> Option<App
         _ => {
             let a = cx.map(n, p, &["role", "timeout"])?;
             let role = a.required::<String>(cx, "role");
-            let timeout = positive(cx, &a, "timeout").unwrap_or(Duration::from_secs(24 * 3600));
+            let timeout =
+                positive(cx, &a, "timeout", 30 * DAY).unwrap_or(Duration::from_secs(24 * 3600));
             Approval {
                 role: role?,
                 timeout,

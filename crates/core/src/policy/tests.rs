@@ -75,6 +75,32 @@ fn bad_duration_is_rejected_with_a_fix() {
     assert!(d[0].message.contains("duration unit"), "{d:?}");
 }
 
+/// A wait that would never end is refused at its line, not accepted and waited on.
+#[test]
+fn durations_that_defeat_their_purpose_are_refused_at_their_line() {
+    for (readiness, expected) in [
+        ("9223372036854775807ms", "at most 365d"),
+        ("2h", "2h is too long; at most 1h"),
+    ] {
+        let src = MINIMAL.replace(
+            r#"    command: ["./checkout", "--port", "{port}"]"#,
+            &format!(
+                "    command: [\"./checkout\", \"--port\", \"{{port}}\"]\n    readiness: {{http: /healthz, timeout: {readiness}}}"
+            ),
+        );
+        let d = errors(&src);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "deploy.process.readiness.timeout");
+        assert_eq!(d[0].line, 6);
+        assert!(d[0].message.contains(expected), "{d:?}");
+    }
+    let ok = MINIMAL.replace(
+        r#"    command: ["./checkout", "--port", "{port}"]"#,
+        "    command: [\"./checkout\", \"--port\", \"{port}\"]\n    readiness: {http: /healthz, timeout: 1h}",
+    );
+    assert!(Policy::from_yaml(&ok).is_ok());
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let src = MINIMAL

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::decode::{Decoder, MapReader, list, scalar};
+use crate::units::format_duration;
 use crate::yaml::Node;
 
 /// Opens a mapping that must hold exactly one of `kinds` (such as `deploy: {process: ..}`).
@@ -47,18 +48,40 @@ pub(super) fn decode_argv(cx: &mut Decoder, node: &Node, path: &str) -> Option<V
     Some(argv)
 }
 
-pub(super) fn positive(cx: &mut Decoder, m: &MapReader<'_>, key: &str) -> Option<Duration> {
+pub(super) fn positive(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    key: &str,
+    at_most: Duration,
+) -> Option<Duration> {
     let d = m.optional::<Duration>(cx, key)?;
+    let pos = m.get(key).map_or(m.pos(), |n| n.pos);
     if d.is_zero() {
+        cx.error(pos, &m.path_of(key), "must be longer than 0s");
+        return None;
+    }
+    if d > at_most {
+        // A wait so long that it never ends defeats its purpose (a dead version would
+        // never be noticed, a release never decided).
         cx.error(
-            m.get(key).map_or(m.pos(), |n| n.pos),
+            pos,
             &m.path_of(key),
-            "must be longer than 0s",
+            format!(
+                "{} is too long; at most {}",
+                format_duration(d),
+                format_duration(at_most)
+            ),
         );
         return None;
     }
     Some(d)
 }
+
+/// One hour: the longest a single probe, check, readiness wait or analysis interval
+/// may take.
+pub(super) const HOUR: Duration = Duration::from_secs(3600);
+/// One day.
+pub(super) const DAY: Duration = Duration::from_secs(86_400);
 
 pub(super) fn decode_addr(cx: &mut Decoder, n: &Node, p: &str) -> Option<SocketAddr> {
     let text = scalar(cx, n, p, "an address like 127.0.0.1:8080")?;

@@ -34,12 +34,17 @@ pub struct ServeArgs {
     pub lease_ttl: std::time::Duration,
 }
 
-/// A lease time: a duration of at least 3 s (shorter ones make replicas take the
-/// lease from each other on any hiccup).
+/// A lease time: from 3 s (shorter ones make replicas take the lease from each other
+/// on any hiccup) to 5 min (a dead leader is replaced within one lease time).
 fn lease_ttl(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d < Duration::from_secs(3) {
         return Err(format!("{text} is too short for a lease; give at least 3s"));
+    }
+    if d > Duration::from_secs(300) {
+        return Err(format!(
+            "{text} is too long for a lease: a dead leader would be replaced only after it; give at most 5m"
+        ));
     }
     Ok(d)
 }
@@ -63,4 +68,22 @@ pub async fn main(args: ServeArgs, clock: Arc<dyn Clock>) -> i32 {
         clock,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_long_enough_to_ride_out_a_hiccup_and_short_enough_to_replace_a_dead_leader() {
+        assert_eq!(lease_ttl("15s").unwrap(), Duration::from_secs(15));
+        assert_eq!(lease_ttl("5m").unwrap(), Duration::from_secs(300));
+        assert!(lease_ttl("2s").unwrap_err().contains("at least 3s"));
+        assert!(lease_ttl("6m").unwrap_err().contains("at most 5m"));
+        assert!(
+            lease_ttl("9223372036854775807ms")
+                .unwrap_err()
+                .contains("too long")
+        );
+    }
 }

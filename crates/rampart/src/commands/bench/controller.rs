@@ -2,24 +2,20 @@
 //! process and one store, each analysed every interval, to see whether the controller
 //! keeps up and what each release costs.
 //!
-//! Owns the simulated world (instant deploys, an in-memory router and a healthy metrics
-//! source per release) and the timing. The releases run through the real controller,
-//! state machine and store: only the outside world is simulated.
+//! Owns the timing. The world each release runs in is the test kit's fake one
+//! (`rampart_testkit::FakeWorld`: instant deploys, an in-memory router and healthy
+//! traffic); the releases run through the real controller, state machine and store.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_adapters::store::StateStore;
-use rampart_controller::{Controller, Observer, Ports};
-use rampart_core::metrics::{IntervalSample, VariantStats};
-use rampart_core::policy::{Gate, RouteMatch};
-use rampart_core::ports::{
-    BoxFuture, Clock, Deployer, Deployment, GateRunner, MetricsSource, Notice, Notifier, PortError,
-    TrafficRouter,
-};
-use rampart_core::release::{AuditEvent, GateResult, Input, Release};
-use rampart_core::{Policy, Variant, Weight};
+use rampart_controller::{Controller, Observer};
+use rampart_core::Policy;
+use rampart_core::ports::Clock;
+use rampart_core::release::{AuditEvent, Input, Release};
+use rampart_testkit::FakeWorld;
 use serde::Serialize;
 
 /// What the benchmark measured.
@@ -87,116 +83,6 @@ async fn store_ceiling(
     }
     let secs = clock.now_micros().saturating_sub(started) as f64 / 1e6;
     Ok(n as f64 / secs.max(1e-9))
-}
-
-/// One simulated release's world: instant deploys, a router that remembers its
-/// weight, and healthy traffic split by that weight.
-#[derive(Debug, Default)]
-struct Sim {
-    weight_bp: AtomicU32,
-}
-
-fn ok_deployment() -> Deployment {
-    Deployment {
-        endpoints: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 9))],
-        retired: Vec::new(),
-        detail: "simulated".into(),
-    }
-}
-
-impl Deployer for Sim {
-    fn deploy<'a>(
-        &'a self,
-        _: Variant,
-        _: &'a str,
-    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
-        Box::pin(async { Ok(ok_deployment()) })
-    }
-    fn scale<'a>(
-        &'a self,
-        _: Variant,
-        _: &'a str,
-        _: u32,
-    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
-        Box::pin(async { Ok(ok_deployment()) })
-    }
-    fn trim(&self, _: Variant, _: u32) -> BoxFuture<'_, Result<String, PortError>> {
-        Box::pin(async { Ok(String::new()) })
-    }
-    fn stop(&self, _: Variant) -> BoxFuture<'_, Result<String, PortError>> {
-        Box::pin(async { Ok(String::new()) })
-    }
-    fn verify(&self, _: Variant, _: Duration) -> BoxFuture<'_, Result<String, PortError>> {
-        Box::pin(async { Ok(String::new()) })
-    }
-}
-
-impl TrafficRouter for Sim {
-    fn set_backends<'a>(
-        &'a self,
-        _: Variant,
-        _: &'a [std::net::SocketAddr],
-    ) -> BoxFuture<'a, Result<(), PortError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn set_weight<'a>(
-        &'a self,
-        weight: Weight,
-        _: &'a [RouteMatch],
-    ) -> BoxFuture<'a, Result<Weight, PortError>> {
-        self.weight_bp
-            .store(u32::from(weight.basis_points()), Ordering::Relaxed);
-        Box::pin(async move { Ok(weight) })
-    }
-    fn drain(&self, _: Variant, _: Duration) -> BoxFuture<'_, Result<(), PortError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn drain_endpoints<'a>(
-        &'a self,
-        _: &'a [std::net::SocketAddr],
-        _: Duration,
-    ) -> BoxFuture<'a, Result<(), PortError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
-impl MetricsSource for Sim {
-    fn measure<'a>(
-        &'a self,
-        _: &'a rampart_core::release::MeasureWindow,
-    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
-        let canary = u64::from(self.weight_bp.load(Ordering::Relaxed)) / 10;
-        let stats = |requests: u64| VariantStats {
-            requests,
-            errors: requests / 1000,
-            latency: Default::default(),
-        };
-        Box::pin(async move {
-            Ok(IntervalSample {
-                stable: stats(1000 - canary),
-                canary: stats(canary),
-                ..Default::default()
-            })
-        })
-    }
-}
-
-impl GateRunner for Sim {
-    fn run<'a>(&'a self, gate: &'a Gate) -> BoxFuture<'a, GateResult> {
-        Box::pin(async move {
-            GateResult {
-                name: gate.name.clone(),
-                ok: true,
-                detail: String::new(),
-            }
-        })
-    }
-}
-
-impl Notifier for Sim {
-    fn notify<'a>(&'a self, _: &'a Notice) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
-    }
 }
 
 /// Decision latencies of every release, in microseconds, while measuring.
@@ -287,17 +173,12 @@ pub async fn run(
         let service = format!("svc-{run_id}-{i:05}");
         let text = policy_text(&service, interval);
         let policy = Policy::from_yaml(&text).map_err(|e| e.to_string())?;
-        let sim = Arc::new(Sim::default());
-        let ports = Ports {
-            deployer: sim.clone(),
-            router: sim.clone(),
-            metrics: sim.clone(),
-            gates: sim.clone(),
-            store: store.clone(),
-            flags: store.clone(),
-            clock: clock.clone(),
-            notifier: sim,
-        };
+        // One simulated release's world: instant deploys, a router that remembers its
+        // weight, and healthy traffic (0.1 % errors on both versions) split by it.
+        let world = FakeWorld::new();
+        world.set_stable_errors_per_mille(1);
+        world.set_canary_errors_per_mille(1);
+        let ports = world.ports(store.clone(), store.clone(), clock.clone());
         let timer = Arc::new(Timer {
             clock: clock.clone(),
             due: AtomicU64::new(0),

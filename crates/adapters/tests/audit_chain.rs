@@ -90,6 +90,15 @@ async fn busy_store(path: &Path) -> StateStore {
     store
 }
 
+/// Fails unless `verify_chain` reported a problem containing `needle`.
+fn assert_found(report: &rampart_adapters::store::ChainReport, needle: &str) {
+    assert!(
+        report.problems.iter().any(|p| p.contains(needle)),
+        "{needle}: {:?}",
+        report.problems
+    );
+}
+
 fn tamper(path: &Path, sql: &str) {
     let c = rusqlite::Connection::open(path).unwrap();
     // An attacker with write access is not held back by foreign keys.
@@ -225,14 +234,7 @@ async fn an_emptied_chain_is_never_restarted_over_the_evidence() {
         .await
         .unwrap();
     let report = store.verify_chain().await.unwrap();
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains("does not begin with its chain_started record")),
-        "{:?}",
-        report.problems
-    );
+    assert_found(&report, "does not begin with its chain_started record");
 }
 
 /// A resume reads the log through `check_log` first: a forged approval (at any row
@@ -330,12 +332,5 @@ async fn an_approval_nobody_asked_for_is_found() {
     };
     store.append("shop-1", &entry).await.unwrap();
     let report = store.verify_chain().await.unwrap();
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains("approve by mallory that nobody asked for")),
-        "{:?}",
-        report.problems
-    );
+    assert_found(&report, "approve by mallory that nobody asked for");
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use common::{free_port, rampart};
 
 #[test]
@@ -162,14 +164,11 @@ notify:
     );
 }
 
-#[test]
-fn an_approval_point_waits_for_someone_other_than_the_initiator() {
-    use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let port = free_port();
+/// Writes a policy for `service` on the sample service behind the proxy on `port`:
+/// `steps` (YAML list items), then 50 % for a second; returns its path.
+fn approval_policy(dir: &std::path::Path, service: &str, port: u16, steps: &str) -> PathBuf {
     let policy = format!(
-        r#"service: approved
+        r#"service: {service}
 deploy:
   process:
     command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
@@ -179,18 +178,31 @@ traffic: {{proxy: {{listen: "127.0.0.1:{port}"}}}}
 strategy:
   canary:
     steps:
-      - {{weight: 10, bake: 1s}}
-      - {{approval: {{role: release-manager, timeout: 5m}}}}
-      - {{weight: 50, bake: 1s}}
+{steps}      - {{weight: 50, bake: 1s}}
 analysis:
   interval: 1s
-  min_samples: 5
+  min_samples: 1
   metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]
 "#,
         exe = common::exe()
     );
-    let policy_path = dir.path().join("rampart.yaml");
-    std::fs::write(&policy_path, policy).unwrap();
+    let path = dir.join("rampart.yaml");
+    std::fs::write(&path, policy).unwrap();
+    path
+}
+
+#[test]
+fn an_approval_point_waits_for_someone_other_than_the_initiator() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let policy_path = approval_policy(
+        dir.path(),
+        "approved",
+        port,
+        "      - {weight: 10, bake: 1s}\n      - {approval: {role: release-manager, timeout: 5m}}\n",
+    );
     let mut run = rampart()
         .args([
             "run",
@@ -257,28 +269,12 @@ fn a_forged_approval_is_found_by_verify_and_refused_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let port = free_port();
-    let policy = format!(
-        r#"service: forged
-deploy:
-  process:
-    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
-    env: {{SAMPLE_ERROR_RATE: "0", SAMPLE_LATENCY_MS: "2"}}
-    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
-traffic: {{proxy: {{listen: "127.0.0.1:{port}"}}}}
-strategy:
-  canary:
-    steps:
-      - {{approval: {{role: release-manager, timeout: 5m}}}}
-      - {{weight: 50, bake: 1s}}
-analysis:
-  interval: 1s
-  min_samples: 1
-  metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]
-"#,
-        exe = common::exe()
+    let policy_path = approval_policy(
+        dir.path(),
+        "forged",
+        port,
+        "      - {approval: {role: release-manager, timeout: 5m}}\n",
     );
-    let policy_path = dir.path().join("rampart.yaml");
-    std::fs::write(&policy_path, policy).unwrap();
     let run = || {
         let mut c = rampart();
         c.args([

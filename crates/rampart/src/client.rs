@@ -274,12 +274,13 @@ impl Backend {
         match self {
             Backend::Remote { .. } => {
                 let path = format!("/api/v1/releases/{}/{what}", encode(&release.id));
-                self.call(
-                    "POST",
-                    &path,
-                    Some(json!({"reason": reason, "force": force})),
-                )
-                .await
+                // `force` only when asked: only a rollback takes it (`request-approval`
+                // refuses a body with it).
+                let mut body = json!({ "reason": reason });
+                if force {
+                    body["force"] = true.into();
+                }
+                self.call("POST", &path, Some(body)).await
             }
             Backend::Local { store, actor } => {
                 // `abort` is a rollback request without force.

@@ -7,7 +7,8 @@
 //!
 //! The other tests speak the protocol line by line (`common::mcp`): the tools an agent
 //! sees (names, descriptions, arguments), refusals of arguments outside a tool's
-//! schema, and the protocol rules the MCP SDK sets (version negotiation, no batches).
+//! schema, and the protocol rules the MCP SDK sets (version negotiation, no batches,
+//! a 2026-07-28 client without a handshake).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -437,4 +438,29 @@ fn the_protocol_rules_are_the_sdk_s() {
         serde_json::json!({"uri": "rampart://policies/nothing"}),
     );
     assert_eq!(missing["error"]["code"], -32002, "{missing}");
+    drop(mcp);
+
+    // A client of 2026-07-28 has no handshake: it discovers the server and names the
+    // version in every request.
+    let mut mcp = common::mcp::Mcp::spawn(&args, None);
+    let meta = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let found = mcp.request("server/discover", serde_json::json!({ "_meta": meta }));
+    let versions = &found["result"]["supportedVersions"];
+    assert!(
+        versions.as_array().unwrap().contains(&"2026-07-28".into()),
+        "{found}"
+    );
+    let status = mcp.request(
+        "tools/call",
+        serde_json::json!({"_meta": meta, "name": "release_status", "arguments": {"release": "nope"}}),
+    );
+    assert_eq!(status["result"]["isError"], true, "{status}");
+    assert_eq!(
+        status["result"]["structuredContent"]["error"]["code"], "not_found",
+        "{status}"
+    );
 }

@@ -30,6 +30,19 @@ impl Mcp {
 
     /// `start`, asking for protocol version `version` in the handshake.
     pub fn start_asking(args: &[&str], token: Option<&str>, version: &str) -> Mcp {
+        let mut mcp = Mcp::spawn(args, token);
+        let init = mcp.request(
+            "initialize",
+            json!({"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "guard-test", "version": "1"}}),
+        );
+        assert_eq!(init["result"]["serverInfo"]["name"], "rampart", "{init}");
+        mcp.init = init;
+        mcp.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
+        mcp
+    }
+
+    /// Starts `rampart mcp ARGS` without a handshake.
+    pub fn spawn(args: &[&str], token: Option<&str>) -> Mcp {
         let mut cmd = rampart();
         cmd.arg("mcp").args(args);
         if let Some(t) = token {
@@ -40,21 +53,13 @@ impl Mcp {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut mcp = Mcp {
+        Mcp {
             stdin: child.stdin.take(),
             stdout: BufReader::new(child.stdout.take().unwrap()),
             child,
             next: 0,
             init: Value::Null,
-        };
-        let init = mcp.request(
-            "initialize",
-            json!({"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "guard-test", "version": "1"}}),
-        );
-        assert_eq!(init["result"]["serverInfo"]["name"], "rampart", "{init}");
-        mcp.init = init;
-        mcp.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
-        mcp
+        }
     }
 
     /// Writes one line as it is.

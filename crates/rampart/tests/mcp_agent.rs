@@ -260,13 +260,13 @@ const TOOLS: &[Tool] = &[
     Tool {
         name: "pause_release",
         description: "Holds a release at its current step (analysis goes on, a failure still rolls back).",
-        args: &[("release", RELEASE), ("reason", REASON)],
+        args: ACTION,
         required: &["release", "reason"],
     },
     Tool {
         name: "abort_release",
         description: "Stops a release and rolls it back in order (flags, traffic, artifact).",
-        args: &[("release", RELEASE), ("reason", REASON)],
+        args: ACTION,
         required: &["release", "reason"],
     },
     Tool {
@@ -291,16 +291,18 @@ const TOOLS: &[Tool] = &[
     Tool {
         name: "request_approval",
         description: "Asks the humans to approve a release (they are notified through the policy's hooks) and returns a handle; the release moves on once an approver approves.",
-        args: &[("release", RELEASE), ("reason", REASON)],
+        args: ACTION,
         required: &["release", "reason"],
     },
     Tool {
         name: "approve_release",
         description: "Approves the approval point a release waits at. Needs a human approver: an agent's token is refused, and the refusal says what to do instead.",
-        args: &[("release", RELEASE), ("reason", REASON)],
+        args: ACTION,
         required: &["release"],
     },
 ];
+/// The arguments of an action on a release.
+const ACTION: &[(&str, &str)] = &[("release", RELEASE), ("reason", REASON)];
 const FILE: &str = "path of the policy file (rampart.yaml), relative to where rampart mcp runs";
 const POLICY: &str = "the policy as YAML text, instead of file";
 const RELEASE: &str = "the release id";

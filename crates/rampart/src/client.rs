@@ -6,7 +6,7 @@
 //! Owns talking to the server and printing tables. It must not decide anything: the
 //! server (or the controller reading the local store) does.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,13 +44,21 @@ pub struct Failure {
     pub code: String,
     /// For people.
     pub message: String,
+    /// The HTTP status of the server's answer, when a server answered.
+    pub status: Option<u16>,
+    /// The `details` of the server's error (such as `instead`, what to do about it),
+    /// or null.
+    pub details: Value,
 }
 
 impl Failure {
-    fn new(code: &str, message: impl Into<String>) -> Failure {
+    /// A failure that no server answered (or not with an error body).
+    pub fn new(code: &str, message: impl Into<String>) -> Failure {
         Failure {
             code: code.into(),
             message: message.into(),
+            status: None,
+            details: Value::Null,
         }
     }
 
@@ -167,15 +175,15 @@ impl Backend {
         )
         .await
         .map_err(|e| Failure::new("unreachable", format!("{base}: {e}")))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            return Ok(value);
-        }
-        let code = value["error"]["code"].as_str().unwrap_or("internal");
-        let message = value["error"]["message"]
-            .as_str()
-            .map_or_else(|| format!("{method} {url}: HTTP {status}"), str::to_string);
-        Err(Failure::new(code, message))
+        answer(method, &url, status, &text)
+    }
+
+    /// Submits a release to the server (`rampart serve` queues it) and returns its
+    /// queued view.
+    pub async fn submit(&self, release: &NewRelease<'_>) -> Result<Value> {
+        let body = serde_json::to_value(release)
+            .map_err(|e| Failure::new("internal", format!("the release to submit: {e}")))?;
+        self.call("POST", "/api/v1/releases", Some(body)).await
     }
 
     /// A release by id, or the latest release of a service by name.
@@ -278,12 +286,13 @@ impl Backend {
         match self {
             Backend::Remote { .. } => {
                 let path = format!("/api/v1/releases/{}/{what}", encode(&release.id));
-                self.call(
-                    "POST",
-                    &path,
-                    Some(json!({"reason": reason, "force": force})),
-                )
-                .await
+                // `force` only when asked: only a rollback takes it (`request-approval`
+                // refuses a body with it).
+                let mut body = json!({ "reason": reason });
+                if force {
+                    body["force"] = true.into();
+                }
+                self.call("POST", &path, Some(body)).await
             }
             Backend::Local {
                 store,
@@ -356,6 +365,65 @@ impl Backend {
             }
         }
     }
+}
+
+/// A server's answer: its JSON on a 2xx, else the failure its error body names. An
+/// answer without rampart's error body (a proxy's page, a framework's rejection) is
+/// named by its status.
+fn answer(method: &str, url: &str, status: u16, text: &str) -> Result<Value> {
+    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    if (200..300).contains(&status) {
+        return Ok(value);
+    }
+    let error = &value["error"];
+    let code = error["code"].as_str().unwrap_or(match status {
+        400 | 413 | 422 => "invalid_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        _ => "internal",
+    });
+    let message = error["message"].as_str().map_or_else(
+        || {
+            let start: String = text.chars().take(200).collect();
+            match start.trim() {
+                "" => format!("{method} {url}: HTTP {status}"),
+                start => format!("{method} {url}: HTTP {status}: {start}"),
+            }
+        },
+        str::to_string,
+    );
+    Err(Failure {
+        status: Some(status),
+        details: error["details"].clone(),
+        ..Failure::new(code, message)
+    })
+}
+
+/// A release to submit: the body of `POST /api/v1/releases`.
+#[derive(Debug, serde::Serialize)]
+pub struct NewRelease<'a> {
+    /// The policy, as YAML text.
+    pub policy: &'a str,
+    /// The version to release.
+    pub version: &'a str,
+    /// The version serving now, if the submitter names it.
+    pub stable: Option<&'a str>,
+    /// Why it may run during a freeze (it then needs an approval).
+    pub hotfix: Option<&'a str>,
+    /// Where the policy's relative paths resolve on the server (`workdir_of`).
+    pub workdir: Option<String>,
+}
+
+/// Where a policy file's relative paths resolve: the directory of the file, canonical
+/// (so a server, and the rule that an agent releases only what humans released from
+/// the same directory, see one name for it).
+pub fn workdir_of(policy_file: &Path) -> Option<String> {
+    policy_file
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.display().to_string()))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
@@ -485,4 +553,46 @@ pub fn show<T: serde::Serialize>(output: Output, value: &T, text: impl FnOnce(&T
         Output::Text => text(value),
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use serde_json::json;
+
+    use super::answer;
+
+    #[test]
+    fn an_error_without_rampart_s_body_is_named_by_its_status() {
+        let f = answer("GET", "http://h/api/v1/x", 404, "<html>no such page</html>").unwrap_err();
+        assert_eq!(f.code, "not_found");
+        assert_eq!(f.exit_code(), 5);
+        assert_eq!(f.status, Some(404));
+        assert_eq!(
+            f.message,
+            "GET http://h/api/v1/x: HTTP 404: <html>no such page</html>"
+        );
+        let f = answer("POST", "http://h/api/v1/x", 401, "").unwrap_err();
+        assert_eq!((f.code.as_str(), f.exit_code()), ("unauthorized", 2));
+        assert_eq!(f.message, "POST http://h/api/v1/x: HTTP 401");
+        let f = answer("GET", "http://h/", 502, "bad gateway").unwrap_err();
+        assert_eq!((f.code.as_str(), f.exit_code()), ("internal", 1));
+    }
+
+    #[test]
+    fn an_error_keeps_the_server_s_code_message_and_details() {
+        let body = json!({"error": {"code": "forbidden", "message": "agents may not", "details": {"role": "agent", "instead": "ask a human"}}});
+        let f = answer("POST", "http://h/", 403, &body.to_string()).unwrap_err();
+        assert_eq!(f.code, "forbidden");
+        assert_eq!(f.message, "agents may not");
+        assert_eq!(f.details["instead"], "ask a human");
+        assert_eq!(f.status, Some(403));
+    }
+
+    #[test]
+    fn a_success_is_the_answer_s_json() {
+        let v = answer("GET", "http://h/", 200, r#"{"id": "r1"}"#).unwrap();
+        assert_eq!(v["id"], "r1");
+    }
 }

@@ -59,6 +59,9 @@ fn no_sequence_of_agent_calls_passes_an_approval_point_or_lifts_a_freeze() {
     let stripped = policy("sneaky", free_port(), "");
 
     let mut mcp = Mcp::start(&["--server", &server.url], Some(&agent));
+    // The tools find a release as the CLI does: by id, or by its service's name.
+    let (v, err) = mcp.tool("release_status", json!({"release": "guarded"}));
+    assert!(!err && v["id"] == release.as_str(), "{v}");
     let api = |method: &str, path: &str, body: Value| {
         server.call(method, path, Some(&agent), Some(body)).0
     };

@@ -4,6 +4,11 @@
 //! approval point, is refused when it tries to approve (by the server, for its `agent`
 //! token), asks for an approval, a human approves with the CLI, and the release is
 //! promoted. The audit log records the agent's actions under its token's name.
+//!
+//! The other tests speak the protocol line by line (`common::mcp`): the tools an agent
+//! sees (names, descriptions, arguments), refusals of arguments outside a tool's
+//! schema, and the protocol rules the MCP SDK sets (version negotiation, no batches,
+//! a 2026-07-28 client without a handshake).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -177,4 +182,287 @@ fn without_a_server_rampart_mcp_serves_the_local_store_with_the_same_rules() {
         .collect();
     assert_eq!(agents.len(), 1, "{tokens}");
     assert_eq!(agents[0]["revoked"], true, "{tokens}");
+}
+
+/// A tool as agents know it.
+struct Tool {
+    name: &'static str,
+    description: &'static str,
+    /// Each argument with its description.
+    args: &'static [(&'static str, &'static str)],
+    required: &'static [&'static str],
+}
+
+/// The tools as agents know them.
+const TOOLS: &[Tool] = &[
+    Tool {
+        name: "validate_policy",
+        description: "Checks a release policy and lists every problem with its line and field.",
+        args: &[("file", FILE), ("policy", POLICY)],
+        required: &[],
+    },
+    Tool {
+        name: "start_release",
+        description: "Submits a release of VERSION under the policy to rampart serve and returns its id at once; follow it with release_status.",
+        args: &[
+            ("file", FILE),
+            ("policy", POLICY),
+            ("version", "the version to release"),
+            (
+                "stable",
+                "the version serving now, if rampart does not know it",
+            ),
+        ],
+        required: &["version"],
+    },
+    Tool {
+        name: "release_status",
+        description: "A release's phase, weight, step, what it waits for, and its outcome once over.",
+        args: &[("release", RELEASE)],
+        required: &["release"],
+    },
+    Tool {
+        name: "list_releases",
+        description: "The newest releases, optionally of one service.",
+        args: &[("service", "")],
+        required: &[],
+    },
+    Tool {
+        name: "release_events",
+        description: "A release's audit events (decisions, weights, verdicts, who acted), optionally only after a log position.",
+        args: &[
+            ("release", RELEASE),
+            ("after", "only events after this log position"),
+        ],
+        required: &["release"],
+    },
+    Tool {
+        name: "replay_policy",
+        description: "Backtests a policy on recorded traffic (a CSV of t_s,variant,requests,errors) in simulated time: the outcome it would have reached and when.",
+        args: &[
+            ("file", "the policy file"),
+            ("samples", "the samples CSV file"),
+        ],
+        required: &["file", "samples"],
+    },
+    Tool {
+        name: "check_migrations",
+        description: "Classifies PostgreSQL migrations: expand (safe to roll back), contract or irreversible (automatic rollback blocked, a human decides).",
+        args: &[("paths", "SQL files or directories")],
+        required: &["paths"],
+    },
+    Tool {
+        name: "render_runbook",
+        description: "The release runbook derived from the policy: checklist, triggers, approval points, rollback order.",
+        args: &[("file", FILE), ("policy", POLICY), ("version", "")],
+        required: &[],
+    },
+    Tool {
+        name: "pause_release",
+        description: "Holds a release at its current step (analysis goes on, a failure still rolls back).",
+        args: ACTION,
+        required: &["release", "reason"],
+    },
+    Tool {
+        name: "abort_release",
+        description: "Stops a release and rolls it back in order (flags, traffic, artifact).",
+        args: ACTION,
+        required: &["release", "reason"],
+    },
+    Tool {
+        name: "rollback_release",
+        description: "Rolls a release back now. A release that shipped a contract migration is escalated instead; only a human may force that rollback.",
+        args: &[
+            ("release", RELEASE),
+            ("reason", REASON),
+            ("force", "roll back past contract migrations (humans only)"),
+        ],
+        required: &["release", "reason"],
+    },
+    Tool {
+        name: "freeze_releases",
+        description: "Freezes new releases of one service, or of every service (audited). Lifting a freeze is for humans.",
+        args: &[
+            ("reason", REASON),
+            ("service", "one service; every service without it"),
+        ],
+        required: &["reason"],
+    },
+    Tool {
+        name: "request_approval",
+        description: "Asks the humans to approve a release (they are notified through the policy's hooks) and returns a handle; the release moves on once an approver approves.",
+        args: ACTION,
+        required: &["release", "reason"],
+    },
+    Tool {
+        name: "approve_release",
+        description: "Approves the approval point a release waits at. Needs a human approver: an agent's token is refused, and the refusal says what to do instead.",
+        args: ACTION,
+        required: &["release"],
+    },
+];
+/// The arguments of an action on a release.
+const ACTION: &[(&str, &str)] = &[("release", RELEASE), ("reason", REASON)];
+const FILE: &str = "path of the policy file (rampart.yaml), relative to where rampart mcp runs";
+const POLICY: &str = "the policy as YAML text, instead of file";
+const RELEASE: &str = "the release id";
+const REASON: &str = "why, in words for the humans reading the audit log";
+
+#[test]
+fn the_tools_keep_their_names_descriptions_and_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut mcp = common::mcp::Mcp::start(&["--state-dir", state.to_str().unwrap()], None);
+    let listed = mcp.request("tools/list", serde_json::json!({}));
+    let tools = listed["result"]["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), TOOLS.len(), "{listed}");
+    for Tool {
+        name,
+        description,
+        args,
+        required,
+    } in TOOLS
+    {
+        let tool = tools
+            .iter()
+            .find(|t| t["name"] == *name)
+            .unwrap_or_else(|| panic!("no tool {name} in {listed}"));
+        assert_eq!(tool["description"], *description, "{tool}");
+        let schema = &tool["inputSchema"];
+        assert_eq!(schema["type"], "object", "{tool}");
+        assert_eq!(schema["additionalProperties"], false, "{tool}");
+        let properties = schema["properties"].as_object().unwrap();
+        let mut names: Vec<&str> = properties.keys().map(String::as_str).collect();
+        let mut expected: Vec<&str> = args.iter().map(|(a, _)| *a).collect();
+        names.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(names, expected, "{tool}");
+        for (arg, text) in *args {
+            let found = properties[*arg]["description"].as_str().unwrap_or_default();
+            assert_eq!(found, *text, "{name}.{arg}: {tool}");
+        }
+        let mut found: Vec<&str> = schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        let mut required = required.to_vec();
+        found.sort_unstable();
+        required.sort_unstable();
+        assert_eq!(found, required, "{tool}");
+    }
+}
+
+#[test]
+fn arguments_outside_a_tool_s_schema_are_refused_with_what_to_do_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut mcp = common::mcp::Mcp::start(&["--state-dir", state.to_str().unwrap()], None);
+    let invalid = |(v, err): (serde_json::Value, bool), naming: &str| {
+        assert!(err, "{v}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(naming), "{v}");
+        assert!(
+            v["error"]["instead"]
+                .as_str()
+                .unwrap()
+                .contains("fix the arguments"),
+            "{v}"
+        );
+    };
+    // An argument no tool takes (a typo of `file`) is refused, not ignored.
+    invalid(
+        mcp.tool(
+            "validate_policy",
+            serde_json::json!({"policy": "service: x", "fiel": "rampart.yaml"}),
+        ),
+        "fiel",
+    );
+    invalid(mcp.tool("release_status", serde_json::json!({})), "release");
+    invalid(
+        mcp.tool("release_status", serde_json::json!({"release": ""})),
+        "argument release is required",
+    );
+    invalid(
+        mcp.tool(
+            "release_events",
+            serde_json::json!({"release": "r", "after": "soon"}),
+        ),
+        "soon",
+    );
+    // A tool that does not exist is a protocol error, not a tool's answer.
+    let unknown = mcp.request(
+        "tools/call",
+        serde_json::json!({"name": "promote_release", "arguments": {}}),
+    );
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+}
+
+#[test]
+fn the_protocol_rules_are_the_sdk_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let args = ["--state-dir", state.to_str().unwrap()];
+    // A version the server speaks is agreed to; any other gets the newest with a
+    // handshake.
+    let mut mcp = common::mcp::Mcp::start_asking(&args, None, "2024-11-05");
+    assert_eq!(mcp.init["result"]["protocolVersion"], "2024-11-05");
+    assert_eq!(
+        mcp.init["result"]["capabilities"],
+        serde_json::json!({"tools": {}, "resources": {}})
+    );
+    // A batch is not a message since protocol 2025-06-18: one Invalid Request answers it.
+    mcp.send(r#"[{"jsonrpc": "2.0", "id": "b1", "method": "ping"}]"#);
+    let batch = mcp.answer();
+    assert_eq!(batch["error"]["code"], -32600, "{batch}");
+    assert!(batch["id"].is_null(), "{batch}");
+    // A line that is not JSON is not answered; the next request is.
+    mcp.send("not json");
+    let ping = mcp.request("ping", serde_json::json!({}));
+    assert_eq!(ping["result"], serde_json::json!({}), "{ping}");
+    // No prompts here.
+    let prompts = mcp.request("prompts/list", serde_json::json!({}));
+    assert_eq!(prompts["error"]["code"], -32601, "{prompts}");
+    drop(mcp);
+
+    let mut mcp = common::mcp::Mcp::start_asking(&args, None, "1999-01-01");
+    assert_eq!(mcp.init["result"]["protocolVersion"], "2025-11-25");
+    let listed = mcp.request("resources/list", serde_json::json!({}));
+    assert_eq!(
+        listed["result"]["resources"],
+        serde_json::json!([]),
+        "{listed}"
+    );
+    let missing = mcp.request(
+        "resources/read",
+        serde_json::json!({"uri": "rampart://policies/nothing"}),
+    );
+    assert_eq!(missing["error"]["code"], -32002, "{missing}");
+    drop(mcp);
+
+    // A client of 2026-07-28 has no handshake: it discovers the server and names the
+    // version in every request.
+    let mut mcp = common::mcp::Mcp::spawn(&args, None);
+    let meta = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let found = mcp.request("server/discover", serde_json::json!({ "_meta": meta }));
+    let versions = &found["result"]["supportedVersions"];
+    assert!(
+        versions.as_array().unwrap().contains(&"2026-07-28".into()),
+        "{found}"
+    );
+    let status = mcp.request(
+        "tools/call",
+        serde_json::json!({"_meta": meta, "name": "release_status", "arguments": {"release": "nope"}}),
+    );
+    assert_eq!(status["result"]["isError"], true, "{status}");
+    assert_eq!(
+        status["result"]["structuredContent"]["error"]["code"], "not_found",
+        "{status}"
+    );
 }

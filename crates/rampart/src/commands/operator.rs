@@ -177,10 +177,10 @@ pub(super) async fn act_inner(
     clock: &Arc<dyn Clock>,
 ) -> Result<(Backend, serde_json::Value), Failure> {
     if target.server.is_none() && actor.is_none() && matches!(what, "approve" | "promote") {
-        return Err(Failure {
-            code: "usage".into(),
-            message: format!("{what} needs --as NAME (or --server with an approver's token)"),
-        });
+        return Err(Failure::new(
+            "usage",
+            format!("{what} needs --as NAME (or --server with an approver's token)"),
+        ));
     }
     let backend = Backend::open(target, actor, clock).await?;
     let view = backend.release(release).await?;

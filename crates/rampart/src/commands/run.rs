@@ -11,7 +11,7 @@ use rampart_core::ports::Clock;
 
 use serde_json::json;
 
-use crate::client::{Backend, Failure, POLL, Target, print_events};
+use crate::client::{Backend, Failure, NewRelease, POLL, Target, print_events, workdir_of};
 use crate::report::{Output, RunError, fail, finish, outcome_code};
 use crate::run::{RunOptions, run_release};
 
@@ -132,22 +132,16 @@ async fn run_remote(
             return 2;
         }
     };
-    let workdir = policy_path
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .map(|p| p.display().to_string());
-    let body = json!({
-        "policy": text,
-        "version": version,
-        "stable": stable,
-        "hotfix": hotfix,
-        "workdir": workdir,
-    });
+    let release = NewRelease {
+        policy: &text,
+        version,
+        stable,
+        hotfix,
+        workdir: workdir_of(policy_path),
+    };
     let result = async {
         let backend = Backend::open(target, None, clock).await?;
-        let created = backend.call("POST", "/api/v1/releases", Some(body)).await;
-        let created = match created {
+        let created = match backend.submit(&release).await {
             Err(f) if f.code == "invalid_policy" => {
                 // Point at the file, as a local run does.
                 let lines: Vec<String> = f
@@ -156,8 +150,8 @@ async fn run_remote(
                     .map(|l| format!("{}:{l}", policy_path.display()))
                     .collect();
                 return Err(Failure {
-                    code: f.code,
                     message: lines.join("\n"),
+                    ..f
                 });
             }
             other => other?,

@@ -17,12 +17,32 @@ pub struct Mcp {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     next: u64,
+    /// The answer to `initialize`.
+    pub init: Value,
 }
 
 impl Mcp {
     /// Starts `rampart mcp ARGS` (with `RAMPART_TOKEN`, if given) and does the
     /// handshake.
     pub fn start(args: &[&str], token: Option<&str>) -> Mcp {
+        Mcp::start_asking(args, token, "2025-06-18")
+    }
+
+    /// `start`, asking for protocol version `version` in the handshake.
+    pub fn start_asking(args: &[&str], token: Option<&str>, version: &str) -> Mcp {
+        let mut mcp = Mcp::spawn(args, token);
+        let init = mcp.request(
+            "initialize",
+            json!({"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "guard-test", "version": "1"}}),
+        );
+        assert_eq!(init["result"]["serverInfo"]["name"], "rampart", "{init}");
+        mcp.init = init;
+        mcp.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
+        mcp
+    }
+
+    /// Starts `rampart mcp ARGS` without a handshake.
+    pub fn spawn(args: &[&str], token: Option<&str>) -> Mcp {
         let mut cmd = rampart();
         cmd.arg("mcp").args(args);
         if let Some(t) = token {
@@ -33,33 +53,32 @@ impl Mcp {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut mcp = Mcp {
+        Mcp {
             stdin: child.stdin.take(),
             stdout: BufReader::new(child.stdout.take().unwrap()),
             child,
             next: 0,
-        };
-        let init = mcp.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "guard-test", "version": "1"}}),
-        );
-        assert_eq!(init["result"]["serverInfo"]["name"], "rampart", "{init}");
-        writeln!(
-            mcp.stdin.as_mut().unwrap(),
-            "{}",
-            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        )
-        .unwrap();
-        mcp
+            init: Value::Null,
+        }
+    }
+
+    /// Writes one line as it is.
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin.as_mut().unwrap(), "{line}").unwrap();
+    }
+
+    /// Reads the next message.
+    pub fn answer(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
     }
 
     pub fn request(&mut self, method: &str, params: Value) -> Value {
         self.next += 1;
         let msg = json!({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params});
-        writeln!(self.stdin.as_mut().unwrap(), "{msg}").unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let answer: Value = serde_json::from_str(&line).unwrap();
+        self.send(&msg.to_string());
+        let answer = self.answer();
         assert_eq!(answer["id"], self.next, "{answer}");
         answer
     }

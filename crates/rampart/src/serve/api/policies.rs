@@ -15,7 +15,7 @@ use crate::serve::error::{ApiError, ApiResult, store_err};
 use crate::serve::views::redact_policy;
 
 /// A policy's problems, each with its line, column, field path and message.
-pub(super) fn diagnostics(e: &rampart_core::policy::PolicyError) -> Vec<Value> {
+pub(crate) fn diagnostics(e: &rampart_core::policy::PolicyError) -> Vec<Value> {
     e.diagnostics
         .iter()
         .map(|d| json!({"line": d.line, "col": d.col, "path": d.path, "message": d.message}))

@@ -309,6 +309,12 @@ pub async fn run_release(
             progress.clone(),
             rampart_adapters::notify::HookNotifier::new(policy.notify.clone()),
         )),
+        silencer: policy.silences.clone().map(|spec| {
+            Arc::new(rampart_adapters::alertmanager::Silencer::new(
+                spec,
+                &policy.service,
+            )) as Arc<dyn rampart_core::ports::Silencer>
+        }),
     };
     let watch = Arc::new(RollbackWatch {
         progress: progress.clone(),
@@ -403,17 +409,6 @@ pub async fn run_release(
         }
     };
 
-    let silence = policy.silences.clone().map(|spec| {
-        let silencer = rampart_adapters::alertmanager::Silencer::new(spec, &policy.service);
-        let task = tokio::spawn(hold_silence(
-            silencer.clone(),
-            id.clone(),
-            opts.version.clone(),
-            clock.clone(),
-            progress.clone(),
-        ));
-        (silencer, task)
-    });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let signals = match opts.served {
         None => tokio::spawn(forward_signals(tx, progress.clone())),
@@ -440,17 +435,8 @@ pub async fn run_release(
         .zip(plane.proxy.as_ref())
         .map(|(at_zero, p)| p.routed(Variant::Canary).saturating_sub(at_zero));
 
-    // The release is over: signals no longer abort it, and alerts are live again.
+    // The release is over: signals no longer abort it.
     signals.abort();
-    if let Some((silencer, task)) = silence {
-        task.abort();
-        match silencer.release_ended(&id).await {
-            Ok(()) => progress.line("alert silence expired"),
-            Err(e) => progress.line(&format!(
-                "warning: the alert silence could not be expired ({e}); it lapses on its own"
-            )),
-        }
-    }
     if opts.keep_running
         && matches!(
             end.outcome(),
@@ -619,44 +605,6 @@ pub fn report(
             .then_some(end.rollback_level)
             .flatten(),
         timeline,
-    }
-}
-
-/// Holds the release's Alertmanager silence: adopts the one a previous run of this
-/// release left (expiring any other release's), then renews it every half of its time
-/// to live. Failures are reported and never touch the release.
-async fn hold_silence(
-    silencer: rampart_adapters::alertmanager::Silencer,
-    id: String,
-    version: String,
-    clock: Arc<TokioClock>,
-    progress: Arc<Progress>,
-) {
-    let mut current = match silencer.reconcile(&id).await {
-        Ok(kept) => kept,
-        Err(e) => {
-            progress.line(&format!("warning: alert silences not reconciled: {e}"));
-            None
-        }
-    };
-    let mut announced = false;
-    loop {
-        match silencer
-            .hold(&id, &version, current.as_deref(), clock.now())
-            .await
-        {
-            Ok(silence) => {
-                if !announced {
-                    progress.line(&format!(
-                        "alerts silenced while the release runs ({silence})"
-                    ));
-                    announced = true;
-                }
-                current = Some(silence);
-            }
-            Err(e) => progress.line(&format!("warning: alerts not silenced: {e}")),
-        }
-        tokio::time::sleep(silencer.renew_every()).await;
     }
 }
 

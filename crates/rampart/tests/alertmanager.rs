@@ -154,12 +154,16 @@ fn a_silence_is_held_while_the_release_runs_and_expired_at_the_end_real_alertman
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["service", "alertname"]);
-    for _ in rest {}
+    let rest: Vec<String> = rest.collect();
     assert_eq!(child.wait().unwrap().code(), Some(3));
     assert!(
         active(&url, "rampart:shop:").is_empty(),
         "expired at the end"
     );
+    // The expiry is an audit event of the release, after its outcome.
+    let rolled_back = rest.iter().position(|l| l.contains("rolled_back"));
+    let expired = rest.iter().position(|l| l.contains("silence_expired"));
+    assert!(rolled_back.is_some() && expired > rolled_back, "{rest:#?}");
 }
 
 #[test]

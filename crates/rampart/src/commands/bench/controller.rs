@@ -301,6 +301,7 @@ pub async fn run(
             flags: store.clone(),
             clock: clock.clone(),
             notifier: sim,
+            silencer: None,
         };
         let timer = Arc::new(Timer {
             clock: clock.clone(),

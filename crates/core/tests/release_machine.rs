@@ -2790,3 +2790,25 @@ fn a_log_stored_before_silences_replays_and_resumes() {
         }]
     );
 }
+
+#[test]
+fn a_replay_on_recorded_traffic_touches_no_silence_and_decides_the_same() {
+    // 15 minutes of healthy traffic, then a bad canary: the replay rolls back.
+    let samples = rampart_core::samples::Samples::from_seconds((0..900).map(|t| {
+        let canary_errors = if t < 400 { 0 } else { 5 };
+        (
+            t,
+            IntervalSample {
+                stable: stats(90, 0),
+                canary: stats(10, canary_errors),
+                ..Default::default()
+            },
+        )
+    }));
+    let plain = rampart_core::replay::replay(&policy(), &samples, |_, _, _| {});
+    let silenced = with_silences(World::new(5, 5), "", None).policy;
+    let replayed = rampart_core::replay::replay(&silenced, &samples, |_, _, _| {});
+    assert_eq!(replayed.release.phase, Phase::RolledBack);
+    assert_eq!(replayed.timeline, plain.timeline, "no silence event");
+    assert_eq!(replayed.release.decision, plain.release.decision);
+}

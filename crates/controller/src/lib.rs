@@ -168,16 +168,9 @@ fn action_kind<F>(inflight: &Option<(Action, F)>) -> Option<bool> {
     })
 }
 
-/// The release's migration files, in the order they apply, and their class.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MigrationPlan {
-    /// Files, in name order.
-    pub files: Vec<std::path::PathBuf>,
-    /// The worst class over them.
-    pub class: rampart_core::migrations::Class,
-    /// Reviewer annotations (`file:line: reason`) that marked statements safe.
-    pub annotations: Vec<String>,
-}
+/// The release's migration files, in the order they apply, and their class (decided in
+/// core's admission).
+pub use rampart_core::admission::MigrationPlan;
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

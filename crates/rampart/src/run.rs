@@ -495,51 +495,36 @@ fn open_log(path: &Path) -> Result<std::fs::File, RunError> {
         .map_err(|e| RunError::Internal(anyhow::anyhow!("{}: {e}", path.display())))
 }
 
-/// Classifies the migrations this version ships, before anything runs. A file that does
-/// not parse stops the release here (exit 2).
+/// Reads and classifies the migrations this version ships, before anything runs; which
+/// of them apply is core's decision. A file that does not parse stops the release here
+/// (exit 2).
 fn migration_plan(
     policy: &Policy,
     base_dir: &Path,
     version: &str,
 ) -> Result<Option<MigrationPlan>, RunError> {
-    let Some(spec) = &policy.migrations else {
-        return Ok(None);
+    let shipped = match &policy.migrations {
+        Some(spec) => {
+            let dir = base_dir.join(spec.dir_for(version));
+            let has_sql = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        e.path().extension().is_some_and(|x| x == "sql") || e.path().is_dir()
+                    })
+                })
+                .unwrap_or(false);
+            if has_sql {
+                Some(crate::migrations::check(&[dir]).map_err(RunError::Invalid)?)
+            } else {
+                None
+            }
+        }
+        None => None,
     };
-    let dir = base_dir.join(spec.dir.replace("{version}", version));
-    let has_sql = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.path().extension().is_some_and(|x| x == "sql") || e.path().is_dir())
-        })
-        .unwrap_or(false);
-    if !has_sql {
-        return Ok(Some(MigrationPlan {
-            files: Vec::new(),
-            class: rampart_core::migrations::Class::Expand,
-            annotations: Vec::new(),
-        }));
-    }
-    let report = crate::migrations::check(&[dir]).map_err(RunError::Invalid)?;
-    let annotations = report
-        .files
-        .iter()
-        .flat_map(|f| {
-            f.statements.iter().filter_map(move |s| {
-                s.safe
-                    .as_ref()
-                    .map(|r| format!("{}:{}: {r}", f.path, s.line))
-            })
-        })
-        .collect();
-    Ok(Some(MigrationPlan {
-        files: report
-            .files
-            .iter()
-            .map(|f| PathBuf::from(&f.path))
-            .collect(),
-        class: report.class,
-        annotations,
-    }))
+    Ok(admission::migration_plan(
+        policy.migrations.as_ref(),
+        shipped.as_ref(),
+    ))
 }
 
 /// Passes transitions to the progress printer and remembers how many requests had been

@@ -15,7 +15,7 @@ use rampart_controller::{Controller, Ports, Silent};
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::policy::{Gate, Policy, RouteMatch};
 use rampart_core::ports::*;
-use rampart_core::release::{GateResult, Input, Phase, SilenceOp};
+use rampart_core::release::{GateResult, Input, Phase, Release, SilenceOp};
 use rampart_core::{Variant, Weight};
 
 const POLICY: &str = r#"
@@ -230,6 +230,22 @@ fn controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Controller {
     )
 }
 
+/// Creates release `r1` of `policy_text` and drives it with `c` for `secs` virtual
+/// seconds, then "crashes": the driving future and the controller are dropped while
+/// the release still runs.
+async fn crash_after(c: Controller, policy_text: &str, secs: u64) {
+    c.create("r1", "v2", policy_text).await.unwrap();
+    let crashed = tokio::time::timeout(
+        Duration::from_secs(secs),
+        c.drive("r1", Some("v1".into()), None),
+    )
+    .await;
+    assert!(
+        crashed.is_err(),
+        "release must still be running at the crash"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn ten_minute_canary_promotes_on_virtual_time() {
     let world = Arc::new(FakeWorld::default());
@@ -259,19 +275,8 @@ async fn ten_minute_canary_promotes_on_virtual_time() {
 async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
     let world = Arc::new(FakeWorld::default());
     let store = Arc::new(StateStore::in_memory().await.unwrap());
-    let first = controller(&world, &store);
-    first.create("r1", "v2", POLICY).await.unwrap();
     // Run until 7 minutes in (inside the second step's bake), then "crash".
-    let crashed = tokio::time::timeout(
-        Duration::from_secs(7 * 60),
-        first.drive("r1", Some("v1".into()), None),
-    )
-    .await;
-    assert!(
-        crashed.is_err(),
-        "release must still be running at the crash"
-    );
-    drop(first);
+    crash_after(controller(&world, &store), POLICY, 7 * 60).await;
     let (_, log_at_crash) = store.load("r1").await.unwrap();
     let steps_done = log_at_crash
         .iter()
@@ -606,6 +611,15 @@ fn silence_controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Contro
     )
 }
 
+/// Drives release `r1` of the silenced policy in `world` to its end.
+async fn drive_silenced(world: &Arc<FakeWorld>) -> (Arc<StateStore>, Release) {
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let c = silence_controller(world, &store);
+    c.create("r1", "v2", &silenced()).await.unwrap();
+    let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
+    (store, end)
+}
+
 /// The kinds of a release's audit events about its silence, in order.
 async fn silence_events(store: &StateStore, id: &str) -> Vec<String> {
     let (_, log) = store.load(id).await.unwrap();
@@ -622,10 +636,7 @@ async fn a_silence_is_held_renewed_on_the_controllers_clock_and_expired_after_th
     // Each version takes 2.5 virtual minutes to start: renewals fall due while a start
     // that must not be interrupted is in flight.
     world.deploy_secs.store(150, Ordering::SeqCst);
-    let store = Arc::new(StateStore::in_memory().await.unwrap());
-    let c = silence_controller(&world, &store);
-    c.create("r1", "v2", &silenced()).await.unwrap();
-    let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
+    let (store, end) = drive_silenced(&world).await;
     assert_eq!(end.phase, Phase::Succeeded);
     let d = end.decision.unwrap();
     assert_eq!(
@@ -663,10 +674,7 @@ async fn a_failing_alertmanager_is_on_the_record_and_never_holds_the_release_up(
         let world = Arc::new(FakeWorld::default());
         world.canary_error_rate_pct.store(20, Ordering::SeqCst);
         world.silences_fail.store(fail, Ordering::SeqCst);
-        let store = Arc::new(StateStore::in_memory().await.unwrap());
-        let c = silence_controller(&world, &store);
-        c.create("r1", "v2", &silenced()).await.unwrap();
-        let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
+        let (store, end) = drive_silenced(&world).await;
         // The same rollback as without a silence, decided after two bad 30 s intervals.
         assert_eq!(end.phase, Phase::RolledBack, "fail: {fail}");
         let d = end.decision.unwrap();
@@ -687,15 +695,7 @@ async fn a_failing_alertmanager_is_on_the_record_and_never_holds_the_release_up(
 async fn a_resumed_release_holds_the_silence_again_and_expires_it_at_the_end() {
     let world = Arc::new(FakeWorld::default());
     let store = Arc::new(StateStore::in_memory().await.unwrap());
-    let first = silence_controller(&world, &store);
-    first.create("r1", "v2", &silenced()).await.unwrap();
-    let crashed = tokio::time::timeout(
-        Duration::from_secs(7 * 60 + 30),
-        first.drive("r1", Some("v1".into()), None),
-    )
-    .await;
-    assert!(crashed.is_err(), "still running at the crash");
-    drop(first);
+    crash_after(silence_controller(&world, &store), &silenced(), 7 * 60 + 30).await;
     let before = world.silences.lock().unwrap().len();
     assert!(
         world

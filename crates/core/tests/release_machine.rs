@@ -2812,3 +2812,64 @@ fn a_replay_on_recorded_traffic_touches_no_silence_and_decides_the_same() {
     assert_eq!(replayed.timeline, plain.timeline, "no silence event");
     assert_eq!(replayed.release.decision, plain.release.decision);
 }
+
+/// An Alertmanager answer (or none) beside a random history.
+fn silence_input(which: u8, now: Millis) -> Option<Input> {
+    let failed = |op| Input::SilenceFailed {
+        op,
+        detail: "timed out".into(),
+    };
+    match which {
+        1 => Some(Input::Silenced {
+            id: format!("s{}", now % 3),
+            until: now + 120_000,
+        }),
+        2 => Some(failed(SilenceOp::Hold {
+            from: now,
+            until: now + 120_000,
+        })),
+        3 => Some(Input::SilenceExpired),
+        4 => Some(failed(SilenceOp::Expire)),
+        _ => None,
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_silence_never_changes_the_course_of_a_release(
+        history in prop::collection::vec((choice(), 0u8..6), 1..120),
+    ) {
+        let plain = policy();
+        let silenced = with_silences(World::new(5, 5), "", None).policy;
+        let without = |s: &Release| Release { silence: None, ..s.clone() };
+        let not_silence = |effects: &[Effect]| -> Vec<Effect> {
+            effects.iter().filter(|e| !matches!(e, Effect::Silence(_))).cloned().collect()
+        };
+        let mut now: Millis = 0;
+        let mut a = step(&plain, &Release::default(), &start_input(), now).state;
+        let mut b = step(&silenced, &Release::default(), &start_input(), now).state;
+        for (c, answer) in &history {
+            if let Choice::Wait(ms) = c { now += u64::from(*ms); }
+            if let Some(input) = silence_input(*answer, now) {
+                let t = step(&silenced, &b, &input, now);
+                prop_assert!(t.effects.is_empty());
+                prop_assert!(t.events.iter().all(|e| e.kind.starts_with("silence")));
+                prop_assert_eq!(without(&t.state), without(&b));
+                b = t.state;
+            }
+            if let Some(input) = input_for(&a, c) {
+                let ta = step(&plain, &a, &input, now);
+                let tb = step(&silenced, &b, &input, now);
+                prop_assert_eq!(without(&tb.state), ta.state.clone());
+                prop_assert_eq!(not_silence(&tb.effects), ta.effects.clone());
+                let events: Vec<_> = tb.events.iter().filter(|e| !e.kind.starts_with("silence")).collect();
+                prop_assert_eq!(events, ta.events.iter().collect::<Vec<_>>());
+                if tb.state.phase.is_terminal() {
+                    prop_assert_eq!(tb.state.silence_renewal_at(), None, "no renewal once over");
+                }
+                a = ta.state;
+                b = tb.state;
+            }
+        }
+    }
+}

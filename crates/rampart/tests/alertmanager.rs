@@ -172,8 +172,13 @@ fn a_silence_left_by_a_crash_is_reconciled_on_resume_real_alertmanager() {
     let dir = tempfile::tempdir().unwrap();
     let path = policy(dir.path(), &url);
     let mut child = run(&path);
-    let _rest = until_silenced(&mut child);
-    // kill -9: nothing runs to expire the silence.
+    let mut rest = until_silenced(&mut child);
+    // kill -9 once both versions run (killed while one starts, a process could be left
+    // that nobody tracks): nothing runs to expire the silence.
+    assert!(
+        rest.any(|l| l.contains("weight_set")),
+        "the first step began"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let left = active(&url, "rampart:shop:");

@@ -1,17 +1,19 @@
-//! Alertmanager silences held while a release runs, through the v2 API.
+//! Alertmanager silences held while a release runs, through the v2 API: the
+//! [`Silencer`](rampart_core::ports::Silencer) port. When to hold, renew and expire is
+//! the state machine's decision.
 //!
 //! Owns creating, renewing and expiring the silence, and reconciling after a crash:
 //! every silence rampart creates names the service and the release in its comment
-//! (`rampart:SERVICE:RELEASE`), so on start or resume rampart can find its own, keep
-//! the current release's, and expire any a previous run left behind. A silence also
-//! lapses on its own after its time to live, so a rampart that died and never came
-//! back cannot mute alerts for long.
+//! (`rampart:SERVICE:RELEASE`), so each hold finds its own, keeps the current release's,
+//! and expires any a previous run left behind. A silence also lapses on its own after
+//! its time to live, so a rampart that died and never came back cannot mute alerts for
+//! long.
 
 use std::time::Duration;
 
 use rampart_core::Millis;
 use rampart_core::policy::SilencesSpec;
-use rampart_core::ports::PortError;
+use rampart_core::ports::{BoxFuture, PortError};
 use serde_json::{Value, json};
 
 use crate::http::send;
@@ -83,34 +85,34 @@ impl Silencer {
             .collect())
     }
 
-    /// After a start or a restart: expires this service's silences left by other
-    /// releases and returns the current release's, if it is still active.
-    pub async fn reconcile(&self, release: &str) -> Result<Option<String>, PortError> {
+    /// Expires this service's silences left by other releases and returns the current
+    /// release's, if it is still active.
+    async fn reconcile(&self, release: &str) -> Result<Option<String>, PortError> {
         let mine = self.tag(release);
         let mut keep = None;
         for (id, tag) in self.ours().await? {
             if tag == mine && keep.is_none() {
                 keep = Some(id);
             } else {
-                self.expire(&id).await?;
+                self.expire_id(&id).await?;
             }
         }
         Ok(keep)
     }
 
-    /// Creates the release's silence, or extends `existing`, until `now + ttl`.
-    pub async fn hold(
+    /// Creates the release's silence, or extends `existing`, from `from` until `until`.
+    async fn post(
         &self,
         release: &str,
         version: &str,
         existing: Option<&str>,
-        now: Millis,
+        from: Millis,
+        until: Millis,
     ) -> Result<String, PortError> {
-        let ttl = u64::try_from(self.spec.ttl.as_millis()).unwrap_or(u64::MAX);
         let mut body = json!({
             "matchers": self.spec.matchers,
-            "startsAt": rfc3339(now),
-            "endsAt": rfc3339(now.saturating_add(ttl)),
+            "startsAt": rfc3339(from),
+            "endsAt": rfc3339(until),
             "createdBy": "rampart",
             "comment": format!("{} silenced while rampart releases {} {version}; expired when the release ends", self.tag(release), self.service),
         });
@@ -136,7 +138,7 @@ impl Silencer {
     }
 
     /// Expires one silence.
-    pub async fn expire(&self, id: &str) -> Result<(), PortError> {
+    async fn expire_id(&self, id: &str) -> Result<(), PortError> {
         let url = format!("{}/api/v2/silence/{id}", self.spec.alertmanager);
         let (status, body) = send("DELETE", &url, None, TIMEOUT)
             .await
@@ -151,18 +153,43 @@ impl Silencer {
     }
 
     /// Expires every silence of `release`.
-    pub async fn release_ended(&self, release: &str) -> Result<(), PortError> {
+    async fn release_ended(&self, release: &str) -> Result<(), PortError> {
         let mine = self.tag(release);
         for (id, tag) in self.ours().await? {
             if tag == mine {
-                self.expire(&id).await?;
+                self.expire_id(&id).await?;
             }
         }
         Ok(())
     }
+}
 
-    /// How often to renew: half the time to live.
-    pub fn renew_every(&self) -> Duration {
-        self.spec.ttl / 2
+// === impl Silencer: the port ===
+
+impl rampart_core::ports::Silencer for Silencer {
+    fn hold<'a>(
+        &'a self,
+        release: &'a str,
+        version: &'a str,
+        from: Millis,
+        until: Millis,
+    ) -> BoxFuture<'a, Result<String, PortError>> {
+        Box::pin(async move {
+            // Other releases' silences that cannot be expired now are tried again at the
+            // next renewal; this release's silence matters more than tidying up.
+            let existing = match self.reconcile(release).await {
+                Ok(kept) => kept,
+                Err(e) => {
+                    tracing::warn!("alert silences not reconciled: {e}");
+                    None
+                }
+            };
+            self.post(release, version, existing.as_deref(), from, until)
+                .await
+        })
+    }
+
+    fn expire<'a>(&'a self, release: &'a str) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(self.release_ended(release))
     }
 }

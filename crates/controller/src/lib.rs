@@ -12,13 +12,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use rampart_core::Millis;
 use rampart_core::policy::{Gate, GateCheck, Policy};
 use rampart_core::ports::{
-    Clock, Deployer, GateRunner, MetricsSource, Notice, Notifier, PortError, ReleaseRecord, Store,
-    StoredInput, TrafficRouter,
+    Clock, Deployer, GateRunner, MetricsSource, Notice, Notifier, PortError, ReleaseRecord,
+    Silencer, Store, StoredInput, TrafficRouter,
 };
 use rampart_core::release::{
-    Action, AuditEvent, CheckStage, Effect, GateResult, Input, OutcomeKind, Release, Variant, step,
+    Action, AuditEvent, CheckStage, Effect, GateResult, Input, OutcomeKind, Release, SilenceOp,
+    Variant, step,
 };
 use tokio::sync::mpsc;
 
@@ -41,6 +43,9 @@ pub struct Ports {
     pub notifier: Arc<dyn Notifier>,
     /// Keeps feature flags.
     pub flags: Arc<dyn rampart_core::ports::FlagStore>,
+    /// Silences the release's alerts in Alertmanager; `None` when the policy asks for
+    /// no silence.
+    pub silencer: Option<Arc<dyn Silencer>>,
 }
 
 impl std::fmt::Debug for Ports {
@@ -147,24 +152,25 @@ impl Inbox {
 /// How long queued notices get to go out after a release ends.
 const NOTICE_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Whether the action in flight starts processes (`Some(true)`), which must not be
-/// dropped half-way.
+/// How long the silence's last answers (its expiry) get after a release ends, on the
+/// controller's clock, before the release is recorded finished without them.
+const SILENCE_FLUSH_MS: Millis = 30_000;
+
+/// Whether the action in flight must run to its end (`Some(true)`): one that starts
+/// processes (dropped half-way, it could leave one nobody tracks) or applies migrations
+/// (a half-applied migration is worse than a late abort).
 fn action_kind<F>(inflight: &Option<(Action, F)>) -> Option<bool> {
-    inflight
-        .as_ref()
-        .map(|(a, _)| matches!(a, Action::Deploy { .. } | Action::Scale { .. }))
+    inflight.as_ref().map(|(a, _)| {
+        matches!(
+            a,
+            Action::Deploy { .. } | Action::Scale { .. } | Action::RunMigrations
+        )
+    })
 }
 
-/// The release's migration files, in the order they apply, and their class.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MigrationPlan {
-    /// Files, in name order.
-    pub files: Vec<std::path::PathBuf>,
-    /// The worst class over them.
-    pub class: rampart_core::migrations::Class,
-    /// Reviewer annotations (`file:line: reason`) that marked statements safe.
-    pub annotations: Vec<String>,
-}
+/// The release's migration files, in the order they apply, and their class (decided in
+/// core's admission).
+pub use rampart_core::admission::MigrationPlan;
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -174,11 +180,13 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-/// A release being driven: its id, state and the next log position.
+/// A release being driven: its id, state, the next log position, and where its
+/// silence's operations go (to run beside the pending action).
 struct Run {
     id: String,
     state: Release,
     seq: u64,
+    silences: Option<mpsc::UnboundedSender<SilenceOp>>,
 }
 
 /// How often the store is asked for operator requests.
@@ -307,10 +315,13 @@ impl Controller {
             // A resume acts on the log: a forged or edited entry is refused, not obeyed.
             self.ports.store.check_log(id).await?;
         }
+        let (silences, answers) = self.silence_worker(id, &record.version);
+        let mut answers = Some(answers);
         let mut run = Run {
             id: id.to_string(),
             state: Release::replay(&self.policy, log.iter().map(|e| (&e.input, e.at))),
             seq: log.len() as u64,
+            silences: Some(silences),
         };
         if log.is_empty() {
             let automatic_rollbacks = match self.policy.rollback.max_automatic {
@@ -334,7 +345,9 @@ impl Controller {
                 hotfix: self.hotfix.clone(),
             };
             self.feed(&mut run, start).await?;
-        } else if !run.state.phase.is_terminal() {
+        } else {
+            // A release that ended but was not recorded finished may still hold its
+            // silence: resuming it expires that (and changes nothing else).
             self.feed(&mut run, Input::Resumed).await?;
         }
 
@@ -344,11 +357,10 @@ impl Controller {
         type Work<'w> = std::pin::Pin<Box<dyn std::future::Future<Output = Input> + Send + 'w>>;
         let mut inflight: Option<(Action, Work<'_>)> = None;
         while !run.state.phase.is_terminal() {
-            let input = if let Some(Action::RunMigrations) = run.state.pending {
-                // Never interrupted: a half-applied migration is worse than a late abort.
-                inflight = None;
-                self.execute(&Action::RunMigrations).await
-            } else if let Some(action) = run.state.pending.clone() {
+            // The silence is renewed on time whatever the release waits for, and its
+            // answers are taken as they come: neither changes the pending action.
+            let renewal = run.state.silence_renewal_at();
+            let input = if let Some(action) = run.state.pending.clone() {
                 if inflight.as_ref().is_none_or(|(a, _)| *a != action) {
                     // Before starting a version (which is not interrupted), apply what
                     // operators asked meanwhile.
@@ -361,13 +373,15 @@ impl Controller {
                     let owned = action.clone();
                     inflight = Some((action, Box::pin(async move { self.execute(&owned).await })));
                 }
-                // Starting a version is not interrupted: a deploy dropped half-way could
-                // leave a process nobody tracks. Requests wait until it is ready or has
-                // failed (at most its readiness timeout).
+                // Starting a version or applying migrations is not interrupted.
+                // Requests wait until it is done (at most its readiness or migration
+                // timeout).
                 let interruptible = !matches!(action_kind(&inflight), Some(true));
                 let (next, done) = match inflight.as_mut() {
                     Some((_, work)) => tokio::select! {
                         input = work => (Some(input), true),
+                        Some(answer) = recv(&mut answers) => (Some(answer), false),
+                        () = at(&*self.ports.clock, renewal) => (Some(Input::Tick), false),
                         Some(cmd) = recv(&mut commands), if interruptible => (Some(cmd), false),
                         () = self.request_signal(&run.id), if interruptible => (None, false),
                     },
@@ -385,11 +399,15 @@ impl Controller {
                         None => continue,
                     },
                 }
-            } else if let Some(at) = run.state.wake_at() {
+            } else if let Some(wake) = run.state.wake_at() {
                 inflight = None;
-                let sleep = self.ports.clock.sleep_until(at);
+                let sleep = self
+                    .ports
+                    .clock
+                    .sleep_until(renewal.map_or(wake, |r| r.min(wake)));
                 let next = tokio::select! {
                     () = sleep => Some(Input::Tick),
+                    Some(answer) = recv(&mut answers) => Some(answer),
                     Some(cmd) = recv(&mut commands) => Some(cmd),
                     () = self.request_signal(&run.id) => None,
                 };
@@ -404,6 +422,18 @@ impl Controller {
                 return Err(ControllerError::Stuck(run.id, run.state.phase.as_str()));
             };
             self.feed(&mut run, input).await?;
+        }
+        // Over: the silence's last operations (the expiry the end asked for) run out
+        // and their answers are recorded before the release is marked finished.
+        run.silences = None;
+        if let Some(mut answers) = answers.take() {
+            let deadline = self.ports.clock.now().saturating_add(SILENCE_FLUSH_MS);
+            while let Some(answer) = tokio::select! {
+                answer = answers.recv() => answer,
+                () = self.ports.clock.sleep_until(deadline) => None,
+            } {
+                self.feed(&mut run, answer).await?;
+            }
         }
         if let Some(outcome) = run.state.outcome() {
             let serving = match outcome {
@@ -592,9 +622,41 @@ impl Controller {
                 if !queued {
                     self.ports.notifier.notify(&notice).await;
                 }
+            } else if let (Effect::Silence(op), Some(silences)) = (effect, &run.silences) {
+                let _ = silences.send(op.clone());
             }
         }
         Ok(())
+    }
+
+    /// Starts the task that performs the release's silence operations, in order, beside
+    /// whatever the release does: it takes operations and gives back their answers, and
+    /// ends once the operations' sender is dropped and the last one is answered.
+    fn silence_worker(
+        &self,
+        release: &str,
+        version: &str,
+    ) -> (
+        mpsc::UnboundedSender<SilenceOp>,
+        mpsc::UnboundedReceiver<Input>,
+    ) {
+        use tracing::Instrument;
+        let (ops, mut todo) = mpsc::unbounded_channel::<SilenceOp>();
+        let (done, answers) = mpsc::unbounded_channel::<Input>();
+        let silencer = self.ports.silencer.clone();
+        let (release, version) = (release.to_string(), version.to_string());
+        tokio::spawn(
+            async move {
+                while let Some(op) = todo.recv().await {
+                    let answer = silence(silencer.as_deref(), &release, &version, op).await;
+                    if done.send(answer).is_err() {
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        (ops, answers)
     }
 
     /// Performs one action and turns its result into the answering input.
@@ -840,6 +902,40 @@ fn on_target(check: &Gate, base: &str) -> Gate {
     Gate {
         name: check.name.clone(),
         check: check_on,
+    }
+}
+
+/// Performs one silence operation and turns its result into the answering input.
+async fn silence(
+    silencer: Option<&dyn Silencer>,
+    release: &str,
+    version: &str,
+    op: SilenceOp,
+) -> Input {
+    let Some(silencer) = silencer else {
+        return Input::SilenceFailed {
+            op,
+            detail: "no Alertmanager silencer is wired to this controller".into(),
+        };
+    };
+    let done = match &op {
+        SilenceOp::Hold { from, until } => silencer
+            .hold(release, version, *from, *until)
+            .await
+            .map(|id| Input::Silenced { id, until: *until }),
+        SilenceOp::Expire => silencer
+            .expire(release)
+            .await
+            .map(|()| Input::SilenceExpired),
+    };
+    done.unwrap_or_else(|e| Input::SilenceFailed { op, detail: e.0 })
+}
+
+/// Resolves at `at` on `clock`; without a time, never.
+async fn at(clock: &dyn Clock, at: Option<Millis>) {
+    match at {
+        Some(t) => clock.sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -15,7 +15,7 @@ use rampart_controller::{Controller, Ports, Silent};
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::policy::{Gate, Policy, RouteMatch};
 use rampart_core::ports::*;
-use rampart_core::release::{GateResult, Input, Phase};
+use rampart_core::release::{GateResult, Input, Phase, Release, SilenceOp};
 use rampart_core::{Variant, Weight};
 
 const POLICY: &str = r#"
@@ -47,6 +47,10 @@ struct FakeWorld {
     /// Deploys that ran to the end (were not dropped half-way).
     deploys_done: AtomicU32,
     stops: Mutex<Vec<Variant>>,
+    /// Every silence operation asked of Alertmanager, by release and version.
+    silences: Mutex<Vec<(String, String, SilenceOp)>>,
+    /// Whether Alertmanager refuses them (after a virtual second each).
+    silences_fail: std::sync::atomic::AtomicBool,
 }
 
 struct Fake(Arc<FakeWorld>);
@@ -165,6 +169,45 @@ impl Notifier for Fake {
     }
 }
 
+impl Fake {
+    fn silence(
+        &self,
+        release: &str,
+        version: &str,
+        op: SilenceOp,
+    ) -> BoxFuture<'_, Result<(), PortError>> {
+        self.0
+            .silences
+            .lock()
+            .unwrap()
+            .push((release.into(), version.into(), op));
+        let fail = self.0.silences_fail.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if fail {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Err(PortError::new("connection refused"));
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Silencer for Fake {
+    fn hold<'a>(
+        &'a self,
+        release: &'a str,
+        version: &'a str,
+        from: rampart_core::Millis,
+        until: rampart_core::Millis,
+    ) -> BoxFuture<'a, Result<String, PortError>> {
+        let held = self.silence(release, version, SilenceOp::Hold { from, until });
+        Box::pin(async move { held.await.map(|()| format!("silence-of-{release}")) })
+    }
+    fn expire<'a>(&'a self, release: &'a str) -> BoxFuture<'a, Result<(), PortError>> {
+        self.silence(release, "", SilenceOp::Expire)
+    }
+}
+
 fn ports(world: &Arc<FakeWorld>, store: Arc<StateStore>) -> Ports {
     Ports {
         deployer: Arc::new(Fake(world.clone())),
@@ -175,6 +218,7 @@ fn ports(world: &Arc<FakeWorld>, store: Arc<StateStore>) -> Ports {
         store,
         clock: Arc::new(TokioClock::starting_at(1_000_000)),
         notifier: Arc::new(Fake(world.clone())),
+        silencer: Some(Arc::new(Fake(world.clone()))),
     }
 }
 
@@ -184,6 +228,22 @@ fn controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Controller {
         ports(world, store.clone()),
         Arc::new(Silent),
     )
+}
+
+/// Creates release `r1` of `policy_text` and drives it with `c` for `secs` virtual
+/// seconds, then "crashes": the driving future and the controller are dropped while
+/// the release still runs.
+async fn crash_after(c: Controller, policy_text: &str, secs: u64) {
+    c.create("r1", "v2", policy_text).await.unwrap();
+    let crashed = tokio::time::timeout(
+        Duration::from_secs(secs),
+        c.drive("r1", Some("v1".into()), None),
+    )
+    .await;
+    assert!(
+        crashed.is_err(),
+        "release must still be running at the crash"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -215,19 +275,8 @@ async fn ten_minute_canary_promotes_on_virtual_time() {
 async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
     let world = Arc::new(FakeWorld::default());
     let store = Arc::new(StateStore::in_memory().await.unwrap());
-    let first = controller(&world, &store);
-    first.create("r1", "v2", POLICY).await.unwrap();
     // Run until 7 minutes in (inside the second step's bake), then "crash".
-    let crashed = tokio::time::timeout(
-        Duration::from_secs(7 * 60),
-        first.drive("r1", Some("v1".into()), None),
-    )
-    .await;
-    assert!(
-        crashed.is_err(),
-        "release must still be running at the crash"
-    );
-    drop(first);
+    crash_after(controller(&world, &store), POLICY, 7 * 60).await;
     let (_, log_at_crash) = store.load("r1").await.unwrap();
     let steps_done = log_at_crash
         .iter()
@@ -545,4 +594,134 @@ async fn controllers_sharing_an_inbox_get_their_own_requests() {
         "{}",
         d.at - end.started_at
     );
+}
+
+/// The test policy with a 2-minute Alertmanager silence (renewed every minute).
+fn silenced() -> String {
+    format!(
+        "{POLICY}silences: {{alertmanager: \"http://127.0.0.1:9093\", matchers: [{{name: service, value: shop}}], ttl: 2m}}\n"
+    )
+}
+
+fn silence_controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Controller {
+    Controller::new(
+        Policy::from_yaml(&silenced()).unwrap(),
+        ports(world, store.clone()),
+        Arc::new(Silent),
+    )
+}
+
+/// Drives release `r1` of the silenced policy in `world` to its end.
+async fn drive_silenced(world: &Arc<FakeWorld>) -> (Arc<StateStore>, Release) {
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let c = silence_controller(world, &store);
+    c.create("r1", "v2", &silenced()).await.unwrap();
+    let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
+    (store, end)
+}
+
+/// The kinds of a release's audit events about its silence, in order.
+async fn silence_events(store: &StateStore, id: &str) -> Vec<String> {
+    let (_, log) = store.load(id).await.unwrap();
+    log.iter()
+        .flat_map(|e| &e.events)
+        .filter(|e| e.kind.starts_with("silence"))
+        .map(|e| e.kind.clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silence_is_held_renewed_on_the_controllers_clock_and_expired_after_the_end() {
+    let world = Arc::new(FakeWorld::default());
+    // Each version takes 2.5 virtual minutes to start: renewals fall due while a start
+    // that must not be interrupted is in flight.
+    world.deploy_secs.store(150, Ordering::SeqCst);
+    let (store, end) = drive_silenced(&world).await;
+    assert_eq!(end.phase, Phase::Succeeded);
+    let d = end.decision.unwrap();
+    assert_eq!(
+        (d.at - end.started_at) / 1000,
+        300 + 600,
+        "the silence delays nothing"
+    );
+    assert_eq!(world.deploys_done.load(Ordering::SeqCst), 2);
+    // Held for 2m from the start, renewed every minute through 5 minutes of deploys and
+    // the 10-minute canary, then expired once, after the promotion.
+    let calls = world.silences.lock().unwrap().clone();
+    let mut expected: Vec<(String, String, SilenceOp)> = (0..=15)
+        .map(|k| {
+            let from = end.started_at + k * 60_000;
+            let until = from + 120_000;
+            ("r1".into(), "v2".into(), SilenceOp::Hold { from, until })
+        })
+        .collect();
+    expected.push(("r1".into(), String::new(), SilenceOp::Expire));
+    assert_eq!(calls, expected);
+    let mut kinds = vec!["silenced".to_string()];
+    kinds.extend(std::iter::repeat_n("silence_renewed".to_string(), 15));
+    kinds.push("silence_expired".into());
+    assert_eq!(silence_events(&store, "r1").await, kinds);
+    // The expiry is on the record before the release is recorded finished.
+    let (record, log) = store.load("r1").await.unwrap();
+    assert_eq!(record.outcome, Some(rampart_core::OutcomeKind::Promoted));
+    assert_eq!(log.last().unwrap().input, Input::SilenceExpired);
+    assert!(store.active("shop").await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_alertmanager_is_on_the_record_and_never_holds_the_release_up() {
+    for fail in [false, true] {
+        let world = Arc::new(FakeWorld::default());
+        world.canary_error_rate_pct.store(20, Ordering::SeqCst);
+        world.silences_fail.store(fail, Ordering::SeqCst);
+        let (store, end) = drive_silenced(&world).await;
+        // The same rollback as without a silence, decided after two bad 30 s intervals.
+        assert_eq!(end.phase, Phase::RolledBack, "fail: {fail}");
+        let d = end.decision.unwrap();
+        assert_eq!(d.at - end.started_at, 60_000, "fail: {fail}");
+        assert_eq!(*world.stops.lock().unwrap(), vec![Variant::Canary]);
+        // Held at the start, renewed a minute in (when the rollback is decided), expired.
+        let expected = if fail {
+            vec!["silence_failed"; 3]
+        } else {
+            vec!["silenced", "silence_renewed", "silence_expired"]
+        };
+        assert_eq!(silence_events(&store, "r1").await, expected);
+        assert!(store.active("shop").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_release_holds_the_silence_again_and_expires_it_at_the_end() {
+    let world = Arc::new(FakeWorld::default());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    crash_after(silence_controller(&world, &store), &silenced(), 7 * 60 + 30).await;
+    let before = world.silences.lock().unwrap().len();
+    assert!(
+        world
+            .silences
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, _, op)| *op != SilenceOp::Expire),
+        "a crash expires nothing"
+    );
+    let second = silence_controller(&world, &store);
+    let end = second.drive("r1", None, None).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    let calls = world.silences.lock().unwrap()[before..].to_vec();
+    // The resumed run holds the silence at once (the adapter adopts the one left),
+    // renews it, and expires it at the end.
+    assert!(
+        matches!(calls.first(), Some((_, _, SilenceOp::Hold { .. }))),
+        "{calls:?}"
+    );
+    assert_eq!(calls.last().unwrap().2, SilenceOp::Expire);
+    let kinds = silence_events(&store, "r1").await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "silenced").count(),
+        2,
+        "one per run: {kinds:?}"
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("silence_expired"));
 }

@@ -1,11 +1,16 @@
-//! Admission: whether a release may start or resume, which version serves as stable, and
-//! whether an operator's request may reach a running release.
+//! Admission: whether a release may start or resume, which version serves as stable,
+//! which migrations it applies, and whether an operator's request may reach a running
+//! release.
 //!
 //! Every front end (`rampart run`, `rampart serve`, the MCP server, the local CLI) asks
-//! these questions with facts it read from the store and the data plane, and renders the
-//! answer its own way. Nothing here reads state or words a command line: a refusal names
-//! what stood in the way, and the caller says what to do instead.
+//! these questions with facts it read from the store, the data plane and the disk, and
+//! renders the answer its own way. Nothing here reads state or words a command line: a
+//! refusal names what stood in the way, and the caller says what to do instead.
 
+use std::path::PathBuf;
+
+use crate::migrations::{CheckReport, Class};
+use crate::policy::Migrations;
 use crate::ports::{CommandKind, Freeze, ReleaseRecord};
 use crate::release::{OutcomeKind, Phase};
 
@@ -90,6 +95,61 @@ pub fn stable_version(
     remembered: Option<&str>,
 ) -> Option<String> {
     named.or(running).or(remembered).map(str::to_string)
+}
+
+/// The migrations a release applies before it deploys, classified before anything runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationPlan {
+    /// Files, in the order they apply.
+    pub files: Vec<PathBuf>,
+    /// The worst class over them: from `contract` on, a failure after they applied
+    /// escalates to a human instead of rolling the code back (policy `on_incompatible`),
+    /// and they wait for an approval before they apply (policy `approval`).
+    pub class: Class,
+    /// Reviewer annotations (`file:line: reason`) that marked statements safe, for the
+    /// audit trail.
+    pub annotations: Vec<String>,
+}
+
+/// Which migrations a release of a version applies, from the policy's `migrations`
+/// section and what the version's directory ([`Migrations::dir_for`]) ships: its
+/// check report, or `None` when it holds no SQL.
+///
+/// Guarantees: no plan without a `migrations` section; a version that ships no SQL
+/// applies nothing, as `expand`; otherwise every file in the report's order, the worst
+/// class over them, and every reviewer annotation.
+pub fn migration_plan(
+    spec: Option<&Migrations>,
+    shipped: Option<&CheckReport>,
+) -> Option<MigrationPlan> {
+    spec?;
+    let Some(report) = shipped else {
+        return Some(MigrationPlan {
+            files: Vec::new(),
+            class: Class::Expand,
+            annotations: Vec::new(),
+        });
+    };
+    let annotations = report
+        .files
+        .iter()
+        .flat_map(|f| {
+            f.statements.iter().filter_map(move |s| {
+                s.safe
+                    .as_ref()
+                    .map(|r| format!("{}:{}: {r}", f.path, s.line))
+            })
+        })
+        .collect();
+    Some(MigrationPlan {
+        files: report
+            .files
+            .iter()
+            .map(|f| PathBuf::from(&f.path))
+            .collect(),
+        class: report.class,
+        annotations,
+    })
 }
 
 /// What is known of a running release when an operator's request arrives.
@@ -309,5 +369,43 @@ mod tests {
                 Err(CommandRefusal::Over(OutcomeKind::Promoted))
             );
         }
+    }
+
+    fn spec() -> Migrations {
+        Migrations {
+            dir: "migrations/{version}".into(),
+            command: vec!["psql".into(), "-f".into(), "{file}".into()],
+            escalate: true,
+            timeout: std::time::Duration::from_secs(600),
+            approval: None,
+        }
+    }
+
+    #[test]
+    fn the_migration_plan_is_the_versions_files_their_worst_class_and_their_annotations() {
+        use crate::migrations::{FileReport, classify};
+        assert_eq!(spec().dir_for("v2"), "migrations/v2");
+        assert_eq!(migration_plan(None, None), None, "no `migrations` section");
+        let nothing = migration_plan(Some(&spec()), None).unwrap();
+        assert_eq!(nothing.class, Class::Expand, "a version that ships no SQL");
+        assert!(nothing.files.is_empty() && nothing.annotations.is_empty());
+        let file = |path: &str, sql: &str| FileReport::new(path.into(), classify(sql).unwrap());
+        let shipped = CheckReport::new(vec![
+            file(
+                "m/001.sql",
+                "ALTER TABLE t ADD COLUMN c int;\n-- rampart:safe backfill of c, reviewed by dana\nUPDATE t SET c = 0;\n",
+            ),
+            file("m/002.sql", "ALTER TABLE t DROP COLUMN old;\n"),
+        ]);
+        let plan = migration_plan(Some(&spec()), Some(&shipped)).unwrap();
+        assert_eq!(
+            plan.files,
+            vec![PathBuf::from("m/001.sql"), PathBuf::from("m/002.sql")]
+        );
+        assert_eq!(plan.class, Class::Irreversible, "the worst over every file");
+        assert_eq!(
+            plan.annotations,
+            vec!["m/001.sql:3: backfill of c, reviewed by dana".to_string()]
+        );
     }
 }

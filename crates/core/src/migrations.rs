@@ -294,6 +294,47 @@ pub fn worst(statements: &[StatementReport]) -> Class {
         .unwrap_or(Class::Expand)
 }
 
+/// One migration file's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FileReport {
+    /// The file.
+    pub path: String,
+    /// Its worst statement's class.
+    pub class: Class,
+    /// Every statement.
+    pub statements: Vec<StatementReport>,
+}
+
+impl FileReport {
+    /// The verdict on the file at `path` with these classified statements.
+    pub fn new(path: String, statements: Vec<StatementReport>) -> FileReport {
+        FileReport {
+            path,
+            class: worst(&statements),
+            statements,
+        }
+    }
+}
+
+/// The verdict on a set of migration files.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CheckReport {
+    /// The worst class over all files.
+    pub class: Class,
+    /// Each file, in the order checked.
+    pub files: Vec<FileReport>,
+}
+
+impl CheckReport {
+    /// The verdict on these files, in this order.
+    pub fn new(files: Vec<FileReport>) -> CheckReport {
+        CheckReport {
+            class: files.iter().map(|f| f.class).max().unwrap_or(Class::Expand),
+            files,
+        }
+    }
+}
+
 /// A statement as parsed, or as recognised from its words when the parser lacks it.
 enum Parsed {
     Statement(Box<Statement>),

@@ -202,6 +202,27 @@ pub trait Notifier: Send + Sync {
     fn notify<'a>(&'a self, notice: &'a Notice) -> BoxFuture<'a, ()>;
 }
 
+/// Holds an Alertmanager silence over a release's alerts while it runs (the state
+/// machine's [`SilenceOp`](crate::release::SilenceOp)s).
+///
+/// Guarantees required of implementations: both methods are idempotent, and a release
+/// has at most one silence: `hold` adopts the one a previous run of the release left
+/// and expires those other releases of the service left; `expire` of a release that
+/// has none succeeds. Each call ends within a bounded time.
+pub trait Silencer: Send + Sync {
+    /// Silences the release's alerts from `from` until `until`, creating its silence or
+    /// extending the one it has, and returns the silence's id.
+    fn hold<'a>(
+        &'a self,
+        release: &'a str,
+        version: &'a str,
+        from: Millis,
+        until: Millis,
+    ) -> BoxFuture<'a, Result<String, PortError>>;
+    /// Expires the release's silence.
+    fn expire<'a>(&'a self, release: &'a str) -> BoxFuture<'a, Result<(), PortError>>;
+}
+
 /// A release as the store keeps it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReleaseRecord {

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::release::{
     Action, AuditEvent, CheckStage, DecisionKind, Effect, GateResult, Input, Instead, Phase,
-    Release, Variant, step,
+    Release, SilenceOp, Variant, step,
 };
 use rampart_core::{Millis, Policy, Weight};
 
@@ -63,6 +63,11 @@ struct World {
     measure_override: Option<Input>,
     /// Whether preview and post-release checks pass.
     checks_ok: bool,
+    /// Every audit event, in order.
+    events: Vec<AuditEvent>,
+    /// Whether Alertmanager silences (answered at once, beside the pending action);
+    /// `None` never answers.
+    silences_ok: Option<bool>,
 }
 
 impl World {
@@ -79,6 +84,8 @@ impl World {
             canary_requests_total: 0,
             measure_override: None,
             checks_ok: true,
+            events: Vec::new(),
+            silences_ok: None,
         }
     }
 
@@ -88,7 +95,13 @@ impl World {
             self.log.push((input, self.now));
         }
         self.effects.extend(t.effects.clone());
+        self.events.extend(t.events);
         self.state = t.state;
+        for effect in t.effects {
+            if let (Effect::Silence(op), Some(ok)) = (effect, self.silences_ok) {
+                self.feed(silence_answer(op, ok));
+            }
+        }
     }
 
     fn answer(&mut self, action: &Action) -> Input {
@@ -189,6 +202,8 @@ impl World {
             let input = self.answer(&action);
             self.feed(input);
         } else if let Some(at) = self.state.wake_at() {
+            // Renewing the silence wakes the release too.
+            let at = self.state.silence_renewal_at().map_or(at, |r| r.min(at));
             self.now = self.now.max(at);
             self.feed(Input::Tick);
         } else {
@@ -2582,4 +2597,395 @@ fn flag_references_and_ramps_are_validated() {
         "{FLAGGED}strategy: {{flag: {{steps: [{{weight: 10, bake: 1m}}]}}}}\n"
     ));
     assert!(e.contains("strategy.flag.flag"), "{e}");
+}
+
+// === the Alertmanager silence ===
+
+const SILENCES: &str = "silences: {alertmanager: \"http://127.0.0.1:9093\", matchers: [{name: service, value: shop}], ttl: 2m}\n";
+
+/// `w` under the test policy with a 2-minute silence (and `extra` sections), its
+/// Alertmanager answering as `answers` says.
+fn with_silences(mut w: World, extra: &str, answers: Option<bool>) -> World {
+    w.policy = Policy::from_yaml(&format!("{POLICY}{SILENCES}{extra}")).unwrap();
+    w.silences_ok = answers;
+    w
+}
+
+/// What Alertmanager answers: the silence `s1`, or a refused connection.
+fn silence_answer(op: SilenceOp, ok: bool) -> Input {
+    match (op, ok) {
+        (SilenceOp::Hold { until, .. }, true) => Input::Silenced {
+            id: "s1".into(),
+            until,
+        },
+        (SilenceOp::Expire, true) => Input::SilenceExpired,
+        (op, false) => Input::SilenceFailed {
+            op,
+            detail: "connection refused".into(),
+        },
+    }
+}
+
+fn silence_ops(effects: &[Effect]) -> Vec<SilenceOp> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Silence(op) => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kinds(events: &[AuditEvent], prefix: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.kind.starts_with(prefix))
+        .map(|e| e.kind.clone())
+        .collect()
+}
+
+#[test]
+fn a_silence_is_held_from_the_start_renewed_every_half_ttl_and_expired_after_the_promotion() {
+    let mut w = with_silences(World::new(5, 5), "", Some(true));
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::Succeeded);
+    assert_eq!(w.decided_after_s(), 600.0, "the silence changes nothing");
+    // Held for 2m from the start, renewed every minute on the release's clock while the
+    // 10-minute canary runs, and expired once, after the end.
+    let start = w.state.started_at;
+    let mut expected: Vec<SilenceOp> = (0..=10)
+        .map(|k| SilenceOp::Hold {
+            from: start + k * 60_000,
+            until: start + k * 60_000 + 120_000,
+        })
+        .collect();
+    expected.push(SilenceOp::Expire);
+    assert_eq!(silence_ops(&w.effects), expected);
+    let mut recorded = vec!["silenced".to_string()];
+    recorded.extend(std::iter::repeat_n("silence_renewed".to_string(), 10));
+    recorded.push("silence_expired".into());
+    assert_eq!(kinds(&w.events, "silence"), recorded);
+    let promoted = w.events.iter().position(|e| e.kind == "promoted").unwrap();
+    let expired = w.events.iter().position(|e| e.kind == "silence_expired");
+    assert_eq!(
+        expired,
+        Some(promoted + 1),
+        "expired after the release ended"
+    );
+    assert_eq!(w.state.silence, None);
+    assert!(
+        w.events[1].message.contains("alerts silenced") && w.events[1].message.contains("s1"),
+        "{:?}",
+        w.events[1]
+    );
+}
+
+#[test]
+fn the_silence_is_held_through_a_rollback_and_expired_once_whatever_the_end() {
+    use rampart_core::migrations::Class;
+    let migrations =
+        "migrations: {dir: \"migrations/{version}\", command: [psql, -f, \"{file}\"]}\n";
+    for end in [
+        Phase::RolledBack,
+        Phase::Halted,
+        Phase::Blocked,
+        Phase::Escalated,
+    ] {
+        let (stable, canary) = match end {
+            Phase::Halted => (200, 200),
+            _ => (5, 200),
+        };
+        let extra = if end == Phase::Escalated {
+            migrations
+        } else {
+            ""
+        };
+        let mut w = with_silences(World::new(stable, canary), extra, Some(true));
+        match end {
+            Phase::Blocked => {
+                w.run_until(|s| s.pending == Some(Action::RunGates));
+                w.feed(Input::Abort {
+                    actor: "bob".into(),
+                    reason: "wrong version".into(),
+                    force: false,
+                });
+            }
+            Phase::Escalated => {
+                w.run_until(|s| s.pending == Some(Action::RunMigrations));
+                w.feed(Input::Migrated {
+                    ok: true,
+                    class: Class::Contract,
+                    detail: "applied".into(),
+                    annotations: vec![],
+                });
+            }
+            Phase::RolledBack => {
+                w.run_until(|s| s.phase == Phase::RollingBack);
+                // Rolling back: the silence is still held, and renewed when due even
+                // while the rollback's action is in flight (which it leaves alone).
+                assert!(!silence_ops(&w.effects).contains(&SilenceOp::Expire));
+                let pending = w.state.pending.clone();
+                assert!(pending.is_some());
+                w.now = w.state.silence_renewal_at().unwrap();
+                let before = w.effects.len();
+                w.feed(Input::Tick);
+                assert_eq!(
+                    silence_ops(&w.effects[before..]),
+                    vec![SilenceOp::Hold {
+                        from: w.now,
+                        until: w.now + 120_000
+                    }]
+                );
+                assert_eq!(w.state.pending, pending);
+                assert_eq!(w.state.phase, Phase::RollingBack);
+            }
+            _ => {}
+        }
+        w.run(1000);
+        assert_eq!(w.state.phase, end);
+        let ops = silence_ops(&w.effects);
+        assert_eq!(ops.last(), Some(&SilenceOp::Expire), "{end:?}");
+        assert_eq!(
+            ops.iter().filter(|o| **o == SilenceOp::Expire).count(),
+            1,
+            "{end:?}"
+        );
+        assert_eq!(
+            w.events.last().map(|e| e.kind.as_str()),
+            Some("silence_expired"),
+            "{end:?}: the last thing the release records"
+        );
+        assert_eq!(w.state.silence, None);
+    }
+}
+
+#[test]
+fn a_failing_or_silent_alertmanager_never_changes_the_release() {
+    let not_silence = |e: &&AuditEvent| !e.kind.starts_with("silence");
+    for (stable, canary) in [(5, 5), (5, 200), (200, 200)] {
+        let mut plain = World::new(stable, canary);
+        plain.run(1000);
+        for answers in [Some(false), Some(true), None] {
+            let mut w = with_silences(World::new(stable, canary), "", answers);
+            w.run(1000);
+            let case = format!("{stable}/{canary} answers {answers:?}");
+            assert_eq!(w.state.phase, plain.state.phase, "{case}");
+            assert_eq!(w.state.decision, plain.state.decision, "{case}");
+            assert_eq!(w.state.weight, plain.state.weight, "{case}");
+            let events: Vec<_> = w.events.iter().filter(not_silence).collect();
+            let plain_events: Vec<_> = plain.events.iter().filter(not_silence).collect();
+            assert_eq!(events, plain_events, "{case}");
+            let others: Vec<_> = w
+                .effects
+                .iter()
+                .filter(|e| !matches!(e, Effect::Silence(_)))
+                .collect();
+            assert_eq!(others, plain.effects.iter().collect::<Vec<_>>(), "{case}");
+            if answers == Some(false) {
+                // Every failure is on the record, the last one saying the silence lapses.
+                let failed: Vec<_> = w
+                    .events
+                    .iter()
+                    .filter(|e| e.kind == "silence_failed")
+                    .collect();
+                assert_eq!(failed.len(), silence_ops(&w.effects).len(), "{case}");
+                assert!(
+                    failed.last().unwrap().message.contains("lapses on its own"),
+                    "{case}"
+                );
+                assert!(failed[0].message.contains("the release goes on"), "{case}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_resumed_release_holds_its_silence_again_and_one_over_expires_it_again() {
+    let mut w = with_silences(World::new(5, 5), "", Some(true));
+    w.run_until(|s| s.step >= 1 && s.step_started_at.is_some());
+    // A new controller: the log rebuilds the state, silence included, and the restart
+    // holds the silence again (the port adopts the one the previous run left).
+    let rebuilt = Release::replay(&w.policy, w.log.iter().map(|(i, t)| (i, *t)));
+    assert_eq!(rebuilt, w.state);
+    let later = w.now + 7_000;
+    let t = step(&w.policy, &rebuilt, &Input::Resumed, later);
+    assert_eq!(
+        silence_ops(&t.effects),
+        vec![SilenceOp::Hold {
+            from: later,
+            until: later + 120_000
+        }]
+    );
+    let resumed = t.state;
+    assert_eq!(resumed.silence.as_ref().unwrap().id, None);
+    let t = step(
+        &w.policy,
+        &resumed,
+        &Input::Silenced {
+            id: "s2".into(),
+            until: later + 120_000,
+        },
+        later,
+    );
+    assert_eq!(
+        kinds(&t.events, ""),
+        vec!["silenced"],
+        "this run confirms it"
+    );
+    assert_eq!(
+        Release {
+            silence: None,
+            ..t.state.clone()
+        },
+        Release {
+            silence: None,
+            ..resumed.clone()
+        },
+        "an answer changes nothing but the silence"
+    );
+
+    // Over, but the expiry was never answered (the controller died): a restart expires
+    // it again and changes nothing else.
+    let mut w = with_silences(World::new(5, 200), "", None);
+    w.run(1000);
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    let t = step(&w.policy, &w.state, &Input::Resumed, w.now + 1);
+    assert_eq!(t.effects, vec![Effect::Silence(SilenceOp::Expire)]);
+    assert_eq!(t.state, w.state);
+    // Once expired, a restart of a release that is over changes nothing, as before.
+    let done = step(&w.policy, &t.state, &Input::SilenceExpired, w.now + 1).state;
+    assert_eq!(done.silence, None);
+    assert!(step(&w.policy, &done, &Input::Resumed, w.now + 2).is_noop(&done));
+}
+
+/// The first inputs of a release as stored before silences existed (their JSON is the
+/// same today): started, gates passed, both versions ready, the first step in force.
+const LOG_WITHOUT_SILENCES: &str = r#"[
+  [{"type":"start","release_id":"r1","version":"v2","stable":"v1","automatic_rollbacks":0,"initiator":"alice","planned_migrations":null,"hotfix":null}, 1000000],
+  [{"type":"gates_checked","results":[{"name":"env","ok":true,"detail":"set"}]}, 1000000],
+  [{"type":"deployed","variant":"stable","ok":true,"detail":"ready"}, 1000000],
+  [{"type":"deployed","variant":"canary","ok":true,"detail":"ready"}, 1000000],
+  [{"type":"traffic_set","weight":5.0}, 1000000]
+]"#;
+
+#[test]
+fn a_log_stored_before_silences_replays_and_resumes() {
+    let log: Vec<(Input, Millis)> = serde_json::from_str(LOG_WITHOUT_SILENCES).unwrap();
+    let replay = |p: &Policy| Release::replay(p, log.iter().map(|(i, t)| (i, *t)));
+    let plain = replay(&policy());
+    assert_eq!(plain.phase, Phase::Progressing);
+    assert_eq!(plain.weight, Weight::from_percent(5).unwrap());
+    assert_eq!(plain.silence, None);
+    let resumed = step(&policy(), &plain, &Input::Resumed, 1_010_000);
+    assert!(silence_ops(&resumed.effects).is_empty());
+    assert_eq!(
+        resumed.state.pending,
+        Some(Action::Deploy {
+            variant: Variant::Stable,
+            version: "v1".into()
+        })
+    );
+    // The same log under a policy with a silence (whose earlier holds the log does not
+    // record) rebuilds the same release, and the restart holds the silence.
+    let silenced = with_silences(World::new(5, 5), "", None).policy;
+    let s = replay(&silenced);
+    assert_eq!(
+        Release {
+            silence: None,
+            ..s.clone()
+        },
+        plain
+    );
+    let t = step(&silenced, &s, &Input::Resumed, 1_010_000);
+    assert_eq!(t.state.pending, resumed.state.pending);
+    assert_eq!(
+        silence_ops(&t.effects),
+        vec![SilenceOp::Hold {
+            from: 1_010_000,
+            until: 1_130_000
+        }]
+    );
+}
+
+#[test]
+fn a_replay_on_recorded_traffic_touches_no_silence_and_decides_the_same() {
+    // 15 minutes of healthy traffic, then a bad canary: the replay rolls back.
+    let samples = rampart_core::samples::Samples::from_seconds((0..900).map(|t| {
+        let canary_errors = if t < 400 { 0 } else { 5 };
+        (
+            t,
+            IntervalSample {
+                stable: stats(90, 0),
+                canary: stats(10, canary_errors),
+                ..Default::default()
+            },
+        )
+    }));
+    let plain = rampart_core::replay::replay(&policy(), &samples, |_, _, _| {});
+    let silenced = with_silences(World::new(5, 5), "", None).policy;
+    let replayed = rampart_core::replay::replay(&silenced, &samples, |_, _, _| {});
+    assert_eq!(replayed.release.phase, Phase::RolledBack);
+    assert_eq!(replayed.timeline, plain.timeline, "no silence event");
+    assert_eq!(replayed.release.decision, plain.release.decision);
+}
+
+/// An Alertmanager answer (or none) beside a random history.
+fn silence_input(which: u8, now: Millis) -> Option<Input> {
+    let failed = |op| Input::SilenceFailed {
+        op,
+        detail: "timed out".into(),
+    };
+    match which {
+        1 => Some(Input::Silenced {
+            id: format!("s{}", now % 3),
+            until: now + 120_000,
+        }),
+        2 => Some(failed(SilenceOp::Hold {
+            from: now,
+            until: now + 120_000,
+        })),
+        3 => Some(Input::SilenceExpired),
+        4 => Some(failed(SilenceOp::Expire)),
+        _ => None,
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_silence_never_changes_the_course_of_a_release(
+        history in prop::collection::vec((choice(), 0u8..6), 1..120),
+    ) {
+        let plain = policy();
+        let silenced = with_silences(World::new(5, 5), "", None).policy;
+        let without = |s: &Release| Release { silence: None, ..s.clone() };
+        let not_silence = |effects: &[Effect]| -> Vec<Effect> {
+            effects.iter().filter(|e| !matches!(e, Effect::Silence(_))).cloned().collect()
+        };
+        let mut now: Millis = 0;
+        let mut a = step(&plain, &Release::default(), &start_input(), now).state;
+        let mut b = step(&silenced, &Release::default(), &start_input(), now).state;
+        for (c, answer) in &history {
+            if let Choice::Wait(ms) = c { now += u64::from(*ms); }
+            if let Some(input) = silence_input(*answer, now) {
+                let t = step(&silenced, &b, &input, now);
+                prop_assert!(t.effects.is_empty());
+                prop_assert!(t.events.iter().all(|e| e.kind.starts_with("silence")));
+                prop_assert_eq!(without(&t.state), without(&b));
+                b = t.state;
+            }
+            if let Some(input) = input_for(&a, c) {
+                let ta = step(&plain, &a, &input, now);
+                let tb = step(&silenced, &b, &input, now);
+                prop_assert_eq!(without(&tb.state), ta.state.clone());
+                prop_assert_eq!(not_silence(&tb.effects), ta.effects.clone());
+                let events: Vec<_> = tb.events.iter().filter(|e| !e.kind.starts_with("silence")).collect();
+                prop_assert_eq!(events, ta.events.iter().collect::<Vec<_>>());
+                if tb.state.phase.is_terminal() {
+                    prop_assert_eq!(tb.state.silence_renewal_at(), None, "no renewal once over");
+                }
+                a = ta.state;
+                b = tb.state;
+            }
+        }
+    }
 }

@@ -117,6 +117,7 @@ async fn release(policy_text: &str, objects: Vec<(String, Value)>) -> Release {
         store,
         clock: Arc::new(TokioClock::starting_at(1_000_000)),
         notifier: Arc::new(Nothing),
+        silencer: None,
     };
     Release {
         world,
@@ -146,6 +147,7 @@ fn controller_over(
         store,
         clock: Arc::new(TokioClock::starting_at(1_000_000)),
         notifier: Arc::new(Nothing),
+        silencer: None,
     };
     Controller::new(policy, ports, Arc::new(Silent))
 }

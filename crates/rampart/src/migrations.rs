@@ -2,33 +2,12 @@
 //! with lock-risk warnings), for `rampart migrations check`, `rampart run`, the
 //! runbook and the MCP tools.
 //!
-//! Owns finding the `.sql` files and the per-file report; the rules are in
+//! Owns finding and reading the `.sql` files; the rules and the report are in
 //! `rampart-core`. It must not print or run a migration.
 
 use std::path::{Path, PathBuf};
 
-use rampart_core::migrations::{self, Class, StatementReport};
-use serde::Serialize;
-
-/// One file's verdict.
-#[derive(Debug, Serialize)]
-pub struct FileReport {
-    /// The file.
-    pub path: String,
-    /// Its worst statement's class.
-    pub class: Class,
-    /// Every statement.
-    pub statements: Vec<StatementReport>,
-}
-
-/// The whole check.
-#[derive(Debug, Serialize)]
-pub struct CheckReport {
-    /// The worst class over all files.
-    pub class: Class,
-    /// Each file, in the order checked.
-    pub files: Vec<FileReport>,
-}
+use rampart_core::migrations::{self, CheckReport, FileReport};
 
 /// The `.sql` files named, with directories expanded (sorted, recursively).
 fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
@@ -80,14 +59,7 @@ pub fn check(paths: &[PathBuf]) -> Result<CheckReport, String> {
         }
         let statements = migrations::classify(&text)
             .map_err(|e| format!("{}:{}: {}", path.display(), e.line, e.message))?;
-        files.push(FileReport {
-            path: path.display().to_string(),
-            class: migrations::worst(&statements),
-            statements,
-        });
+        files.push(FileReport::new(path.display().to_string(), statements));
     }
-    Ok(CheckReport {
-        class: files.iter().map(|f| f.class).max().unwrap_or(Class::Expand),
-        files,
-    })
+    Ok(CheckReport::new(files))
 }

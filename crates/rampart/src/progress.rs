@@ -119,6 +119,8 @@ impl Progress {
             "promoted" | "rolled_back" | "step_completed" | "gates_passed" => {
                 self.paint("32", &format!("{:<17}", e.kind))
             }
+            // A warning: the release goes on.
+            "silence_failed" => self.paint("33", &format!("{:<17}", e.kind)),
             _ => format!("{:<17}", e.kind),
         };
         format!(

@@ -310,6 +310,12 @@ pub async fn run_release(
             progress.clone(),
             rampart_adapters::notify::HookNotifier::new(policy.notify.clone()),
         )),
+        silencer: policy.silences.clone().map(|spec| {
+            Arc::new(rampart_adapters::alertmanager::Silencer::new(
+                spec,
+                &policy.service,
+            )) as Arc<dyn rampart_core::ports::Silencer>
+        }),
     };
     let watch = Arc::new(RollbackWatch {
         progress: progress.clone(),
@@ -404,17 +410,6 @@ pub async fn run_release(
         }
     };
 
-    let silence = policy.silences.clone().map(|spec| {
-        let silencer = rampart_adapters::alertmanager::Silencer::new(spec, &policy.service);
-        let task = tokio::spawn(hold_silence(
-            silencer.clone(),
-            id.clone(),
-            opts.version.clone(),
-            clock.clone(),
-            progress.clone(),
-        ));
-        (silencer, task)
-    });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let signals = match opts.served {
         None => tokio::spawn(forward_signals(tx, progress.clone())),
@@ -441,17 +436,8 @@ pub async fn run_release(
         .zip(plane.proxy.as_ref())
         .map(|(at_zero, p)| p.routed(Variant::Canary).saturating_sub(at_zero));
 
-    // The release is over: signals no longer abort it, and alerts are live again.
+    // The release is over: signals no longer abort it.
     signals.abort();
-    if let Some((silencer, task)) = silence {
-        task.abort();
-        match silencer.release_ended(&id).await {
-            Ok(()) => progress.line("alert silence expired"),
-            Err(e) => progress.line(&format!(
-                "warning: the alert silence could not be expired ({e}); it lapses on its own"
-            )),
-        }
-    }
     if opts.keep_running
         && matches!(
             end.outcome(),
@@ -510,51 +496,36 @@ fn open_log(path: &Path) -> Result<std::fs::File, RunError> {
         .map_err(|e| RunError::Internal(anyhow::anyhow!("{}: {e}", path.display())))
 }
 
-/// Classifies the migrations this version ships, before anything runs. A file that does
-/// not parse stops the release here (exit 2).
+/// Reads and classifies the migrations this version ships, before anything runs; which
+/// of them apply is core's decision. A file that does not parse stops the release here
+/// (exit 2).
 fn migration_plan(
     policy: &Policy,
     base_dir: &Path,
     version: &str,
 ) -> Result<Option<MigrationPlan>, RunError> {
-    let Some(spec) = &policy.migrations else {
-        return Ok(None);
+    let shipped = match &policy.migrations {
+        Some(spec) => {
+            let dir = base_dir.join(spec.dir_for(version));
+            let has_sql = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        e.path().extension().is_some_and(|x| x == "sql") || e.path().is_dir()
+                    })
+                })
+                .unwrap_or(false);
+            if has_sql {
+                Some(crate::migrations::check(&[dir]).map_err(RunError::Invalid)?)
+            } else {
+                None
+            }
+        }
+        None => None,
     };
-    let dir = base_dir.join(spec.dir.replace("{version}", version));
-    let has_sql = std::fs::read_dir(&dir)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.path().extension().is_some_and(|x| x == "sql") || e.path().is_dir())
-        })
-        .unwrap_or(false);
-    if !has_sql {
-        return Ok(Some(MigrationPlan {
-            files: Vec::new(),
-            class: rampart_core::migrations::Class::Expand,
-            annotations: Vec::new(),
-        }));
-    }
-    let report = crate::migrations::check(&[dir]).map_err(RunError::Invalid)?;
-    let annotations = report
-        .files
-        .iter()
-        .flat_map(|f| {
-            f.statements.iter().filter_map(move |s| {
-                s.safe
-                    .as_ref()
-                    .map(|r| format!("{}:{}: {r}", f.path, s.line))
-            })
-        })
-        .collect();
-    Ok(Some(MigrationPlan {
-        files: report
-            .files
-            .iter()
-            .map(|f| PathBuf::from(&f.path))
-            .collect(),
-        class: report.class,
-        annotations,
-    }))
+    Ok(admission::migration_plan(
+        policy.migrations.as_ref(),
+        shipped.as_ref(),
+    ))
 }
 
 /// Passes transitions to the progress printer and remembers how many requests had been
@@ -620,44 +591,6 @@ pub fn report(
             .then_some(end.rollback_level)
             .flatten(),
         timeline,
-    }
-}
-
-/// Holds the release's Alertmanager silence: adopts the one a previous run of this
-/// release left (expiring any other release's), then renews it every half of its time
-/// to live. Failures are reported and never touch the release.
-async fn hold_silence(
-    silencer: rampart_adapters::alertmanager::Silencer,
-    id: String,
-    version: String,
-    clock: Arc<dyn Clock>,
-    progress: Arc<Progress>,
-) {
-    let mut current = match silencer.reconcile(&id).await {
-        Ok(kept) => kept,
-        Err(e) => {
-            progress.line(&format!("warning: alert silences not reconciled: {e}"));
-            None
-        }
-    };
-    let mut announced = false;
-    loop {
-        match silencer
-            .hold(&id, &version, current.as_deref(), clock.now())
-            .await
-        {
-            Ok(silence) => {
-                if !announced {
-                    progress.line(&format!(
-                        "alerts silenced while the release runs ({silence})"
-                    ));
-                    announced = true;
-                }
-                current = Some(silence);
-            }
-            Err(e) => progress.line(&format!("warning: alerts not silenced: {e}")),
-        }
-        tokio::time::sleep(silencer.renew_every()).await;
     }
 }
 

@@ -154,12 +154,16 @@ fn a_silence_is_held_while_the_release_runs_and_expired_at_the_end_real_alertman
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["service", "alertname"]);
-    for _ in rest {}
+    let rest: Vec<String> = rest.collect();
     assert_eq!(child.wait().unwrap().code(), Some(3));
     assert!(
         active(&url, "rampart:shop:").is_empty(),
         "expired at the end"
     );
+    // The expiry is an audit event of the release, after its outcome.
+    let rolled_back = rest.iter().position(|l| l.contains("rolled_back"));
+    let expired = rest.iter().position(|l| l.contains("silence_expired"));
+    assert!(rolled_back.is_some() && expired > rolled_back, "{rest:#?}");
 }
 
 #[test]
@@ -168,8 +172,13 @@ fn a_silence_left_by_a_crash_is_reconciled_on_resume_real_alertmanager() {
     let dir = tempfile::tempdir().unwrap();
     let path = policy(dir.path(), &url);
     let mut child = run(&path);
-    let _rest = until_silenced(&mut child);
-    // kill -9: nothing runs to expire the silence.
+    let mut rest = until_silenced(&mut child);
+    // kill -9 once both versions run (killed while one starts, a process could be left
+    // that nobody tracks): nothing runs to expire the silence.
+    assert!(
+        rest.any(|l| l.contains("weight_set")),
+        "the first step began"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let left = active(&url, "rampart:shop:");

@@ -73,6 +73,7 @@ impl FakeWorld {
             clock,
             notifier: self.clone(),
             flags,
+            silencer: None,
         }
     }
 

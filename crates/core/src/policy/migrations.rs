@@ -27,6 +27,13 @@ pub struct Migrations {
     pub approval: Option<Approval>,
 }
 
+impl Migrations {
+    /// The directory of the migrations `version` ships, relative to the policy file.
+    pub fn dir_for(&self, version: &str) -> String {
+        self.dir.replace("{version}", version)
+    }
+}
+
 pub(super) fn decode_migrations(cx: &mut Decoder, node: &Node, path: &str) -> Option<Migrations> {
     let m = cx.map(
         node,

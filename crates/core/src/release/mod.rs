@@ -7,13 +7,16 @@
 //!
 //! Protocol: a release has at most one outstanding action ([`Release::pending`]). An
 //! input that answers a different action than the pending one is stale and ignored.
+//! The Alertmanager silence ([`Effect::Silence`]) is no such action: it runs beside
+//! the pending one, and its answers change nothing but the silence's record.
 //!
 //! Layout: `protocol` is the vocabulary (actions, inputs, effects), `model` the state,
 //! `step` the entry point that dispatches each input, `builder` the transition under
 //! construction; the phases' logic is in `gating` (before the first deploy), `progress`
 //! (forward to promotion), `analysis` (one interval judged), `rollback` (and halting),
-//! `operator` (people's requests) and `resume` (after a restart). Every public item is
-//! re-exported here: `release::X` is the one path callers use.
+//! `operator` (people's requests), `resume` (after a restart) and `silence` (the
+//! Alertmanager silence held while it runs). Every public item is re-exported here:
+//! `release::X` is the one path callers use.
 
 mod analysis;
 mod builder;
@@ -24,12 +27,16 @@ mod progress;
 mod protocol;
 mod resume;
 mod rollback;
+mod silence;
 mod step;
 
 pub use crate::instead::Instead;
 pub use crate::notice::NoticeKind;
 pub use model::{
-    AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, PreApproval, Release, Transition,
+    AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, PreApproval, Release, SilenceHold,
+    Transition,
 };
-pub use protocol::{Action, CheckStage, Effect, GateResult, Input, MeasureWindow, Variant};
+pub use protocol::{
+    Action, CheckStage, Effect, GateResult, Input, MeasureWindow, SilenceOp, Variant,
+};
 pub use step::step;

@@ -269,6 +269,21 @@ pub struct Release {
     pub last_verdict: Option<Verdict>,
     /// The decision that ends the release, once made.
     pub decision: Option<Decision>,
+    /// The Alertmanager silence held for the release, from its start until it is
+    /// expired after the end (policy `silences`).
+    #[serde(default)]
+    pub silence: Option<SilenceHold>,
+}
+
+/// The release's Alertmanager silence, as its answers recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SilenceHold {
+    /// Alertmanager's id of it, once this run of the controller got one.
+    pub id: Option<String>,
+    /// When it lapses unless renewed: the last hold asked for.
+    pub until: Millis,
+    /// When to renew it; `None` once the release is over and it is being expired.
+    pub renew_at: Option<Millis>,
 }
 
 impl Default for Release {
@@ -307,6 +322,7 @@ impl Default for Release {
             intervals: 0,
             last_verdict: None,
             decision: None,
+            silence: None,
         }
     }
 }
@@ -362,6 +378,12 @@ impl Release {
             }
             _ => None,
         }
+    }
+
+    /// When the controller must feed a [`Input::Tick`](super::Input::Tick) to renew the
+    /// release's silence, whatever else it waits for (an action in flight included).
+    pub fn silence_renewal_at(&self) -> Option<Millis> {
+        self.silence.as_ref().and_then(|s| s.renew_at)
     }
 
     /// The final outcome, once the release is over.

@@ -121,12 +121,33 @@ pub enum CheckStage {
     PostRelease,
 }
 
+/// What to do with the release's Alertmanager silence (policy `silences`). Answered by
+/// [`Input::Silenced`], [`Input::SilenceExpired`] or [`Input::SilenceFailed`].
+/// Idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SilenceOp {
+    /// Silence the release's alerts from `from` until `until`: create its silence, or
+    /// extend the one it has (a previous run's included).
+    Hold {
+        /// When the silence starts (the time of the step that asked).
+        from: Millis,
+        /// When it lapses unless renewed.
+        until: Millis,
+    },
+    /// The release is over: expire its silence.
+    Expire,
+}
+
 /// What the state machine asks of the world.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
     /// Perform an action and report its result.
     Do(Action),
+    /// Hold or expire the release's silence, beside the pending action: it is never the
+    /// one outstanding action, so a slow or failing Alertmanager holds nothing up.
+    Silence(SilenceOp),
     /// Tell people. Fire and forget.
     Notify {
         /// What happened, for the comms cadence.
@@ -297,6 +318,22 @@ pub enum Input {
         actor: String,
         /// Why.
         reason: String,
+    },
+    /// Answer to [`SilenceOp::Hold`]: the release's alerts are silenced.
+    Silenced {
+        /// Alertmanager's id of the silence.
+        id: String,
+        /// When it lapses unless renewed.
+        until: Millis,
+    },
+    /// Answer to [`SilenceOp::Expire`]: the silence is expired.
+    SilenceExpired,
+    /// Answer to a [`SilenceOp`] that failed. Recorded, never fatal to the release.
+    SilenceFailed {
+        /// What was asked.
+        op: SilenceOp,
+        /// What went wrong.
+        detail: String,
     },
     /// A person or system asked to stop the release and roll back.
     Abort {

@@ -13,6 +13,7 @@ use super::progress::{
 use super::protocol::{Action, CheckStage, Input, Variant};
 use super::resume::{ensured, resume};
 use super::rollback::{flags_off, rolled_back, verify_level_one};
+use super::silence;
 use crate::policy::Policy;
 use crate::units::Millis;
 
@@ -76,6 +77,9 @@ fn is_success(input: &Input) -> bool {
 /// - At most one [`Effect::Do`] per transition.
 /// - Once a rollback or halt is decided, no emitted weight is above the current one.
 /// - In [`Phase::Halted`] nothing but human-driven inputs (none yet) changes anything.
+/// - A release over changes nothing but its silence's record: the silence is expired
+///   after the end (again after a restart, until an answer says it is).
+/// - An answer about the silence changes nothing but the silence's record.
 pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Transition {
     let mut b = Builder {
         policy,
@@ -84,9 +88,21 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
         effects: Vec::new(),
         events: Vec::new(),
     };
-    if state.phase.is_terminal() {
-        return b.finish();
+    if silence::is_answer(input) {
+        silence::answered(&mut b, input);
+    } else if state.phase.is_terminal() {
+        if let Input::Resumed = input {
+            silence::expire(&mut b);
+        }
+    } else {
+        dispatch(&mut b, state, input);
+        silence::follow(&mut b, state.phase == Phase::Pending, input);
     }
+    b.finish()
+}
+
+/// Hands one input to the phase that handles it.
+fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
     match input {
         Input::Start {
             release_id,
@@ -101,27 +117,27 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
                 b.s.prior_automatic_rollbacks = *automatic_rollbacks;
                 b.s.initiator = initiator.clone();
                 b.s.planned_migrations = *planned_migrations;
-                start(&mut b, release_id, version, stable.clone());
+                start(b, release_id, version, stable.clone());
                 match hotfix {
-                    Some(why) => ask_hotfix_approval(&mut b, why),
-                    None => open_or_wait(&mut b),
+                    Some(why) => ask_hotfix_approval(b, why),
+                    None => open_or_wait(b),
                 }
             }
         }
-        Input::Resumed => resume(&mut b),
-        Input::Approved { by } => approved(&mut b, by),
-        Input::Pause { actor, reason } => pause(&mut b, actor, reason),
-        Input::Unpause { actor } => unpause(&mut b, actor),
-        Input::Promote { actor, reason } => promote(&mut b, actor, reason),
-        Input::Tick => tick(&mut b),
+        Input::Resumed => resume(b),
+        Input::Approved { by } => approved(b, by),
+        Input::Pause { actor, reason } => pause(b, actor, reason),
+        Input::Unpause { actor } => unpause(b, actor),
+        Input::Promote { actor, reason } => promote(b, actor, reason),
+        Input::Tick => tick(b),
         Input::Abort {
             actor,
             reason,
             force,
-        } => abort(&mut b, actor, reason, *force),
+        } => abort(b, actor, reason, *force),
         answer => {
             if !answers(state.pending.as_ref(), answer) {
-                return b.finish();
+                return;
             }
             b.s.pending = None;
             if let (Some(Action::Measure(window)), Input::Measured { .. }) =
@@ -165,13 +181,12 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
                 }
                 let next = b.s.queued.remove(0);
                 b.act(next);
-                return b.finish();
+                return;
             }
             b.s.queued.clear();
-            on_answer(&mut b, answer);
+            on_answer(b, answer);
         }
     }
-    b.finish()
 }
 
 fn tick(b: &mut Builder<'_>) {

@@ -34,18 +34,19 @@ fn runbook(file: &std::path::Path, version: Option<&str>, output: Output) -> i32
     let class = match (&policy.migrations, version) {
         (Some(m), Some(v)) => {
             let base = file.parent().unwrap_or(std::path::Path::new("."));
-            let dir = base.join(m.dir.replace("{version}", v));
-            if dir.exists() {
+            let dir = base.join(m.dir_for(v));
+            let shipped = if dir.exists() {
                 match crate::migrations::check(&[dir]) {
-                    Ok(r) => Some(r.class),
+                    Ok(r) => Some(r),
                     Err(e) => {
                         eprintln!("error: {e}");
                         return 2;
                     }
                 }
             } else {
-                Some(rampart_core::migrations::Class::Expand)
-            }
+                None
+            };
+            rampart_core::admission::migration_plan(Some(m), shipped.as_ref()).map(|p| p.class)
         }
         _ => None,
     };

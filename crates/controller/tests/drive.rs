@@ -1,22 +1,21 @@
-//! The controller loop with in-memory fakes for the world (deployer, router, metrics)
-//! and the real SQLite store, on tokio's paused clock: a 10-minute canary takes
-//! milliseconds, and a "crash" is dropping the driving future mid-bake.
+//! The controller loop in the test kit's fake world (deployer, router, metrics,
+//! Alertmanager: `rampart_testkit::FakeWorld`) and the real SQLite store, on tokio's
+//! paused clock: a 10-minute canary takes milliseconds, and a "crash" is dropping the
+//! driving future mid-bake.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, Ports, Silent};
-use rampart_core::metrics::{IntervalSample, VariantStats};
-use rampart_core::policy::{Gate, Policy, RouteMatch};
+use rampart_core::policy::Policy;
 use rampart_core::ports::*;
-use rampart_core::release::{GateResult, Input, Phase, Release, SilenceOp};
+use rampart_core::release::{Input, Phase, Release, SilenceOp};
 use rampart_core::{Variant, Weight};
+use rampart_testkit::FakeWorld;
 
 const POLICY: &str = r#"
 service: shop
@@ -33,193 +32,12 @@ analysis:
       judge: {max: 5%}
 "#;
 
-#[derive(Default)]
-struct FakeWorld {
-    weight: Mutex<Weight>,
-    weight_changes: Mutex<Vec<Weight>>,
-    canary_error_rate_pct: AtomicU32,
-    deploys: AtomicU32,
-    /// How long each deploy takes (virtual seconds).
-    deploy_secs: AtomicU32,
-    /// How long each gate takes (virtual seconds), and how many ran.
-    gate_secs: AtomicU32,
-    gate_runs: AtomicU32,
-    /// Deploys that ran to the end (were not dropped half-way).
-    deploys_done: AtomicU32,
-    stops: Mutex<Vec<Variant>>,
-    /// Every silence operation asked of Alertmanager, by release and version.
-    silences: Mutex<Vec<(String, String, SilenceOp)>>,
-    /// Whether Alertmanager refuses them (after a virtual second each).
-    silences_fail: std::sync::atomic::AtomicBool,
-}
-
-struct Fake(Arc<FakeWorld>);
-
-impl Deployer for Fake {
-    fn deploy<'a>(
-        &'a self,
-        _v: Variant,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
-        self.0.deploys.fetch_add(1, Ordering::SeqCst);
-        let secs = self.0.deploy_secs.load(Ordering::SeqCst);
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-            self.0.deploys_done.fetch_add(1, Ordering::SeqCst);
-            Ok(Deployment {
-                endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 9))],
-                retired: vec![],
-                detail: format!("{version} up"),
-            })
-        })
-    }
-    fn stop(&self, v: Variant) -> BoxFuture<'_, Result<String, PortError>> {
-        self.0.stops.lock().unwrap().push(v);
-        Box::pin(async { Ok("stopped".into()) })
-    }
-    fn verify(&self, _v: Variant, _t: Duration) -> BoxFuture<'_, Result<String, PortError>> {
-        Box::pin(async { Ok("ready".into()) })
-    }
-    fn scale<'a>(
-        &'a self,
-        v: Variant,
-        version: &'a str,
-        _n: u32,
-    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
-        self.deploy(v, version)
-    }
-    fn trim(&self, _v: Variant, _n: u32) -> BoxFuture<'_, Result<String, PortError>> {
-        Box::pin(async { Ok("trimmed".into()) })
-    }
-}
-
-impl TrafficRouter for Fake {
-    fn set_backends<'a>(
-        &'a self,
-        _v: Variant,
-        _e: &'a [SocketAddr],
-    ) -> BoxFuture<'a, Result<(), PortError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn set_weight<'a>(
-        &'a self,
-        w: Weight,
-        _m: &'a [RouteMatch],
-    ) -> BoxFuture<'a, Result<Weight, PortError>> {
-        *self.0.weight.lock().unwrap() = w;
-        self.0.weight_changes.lock().unwrap().push(w);
-        Box::pin(async move { Ok(w) })
-    }
-    fn drain(&self, _v: Variant, _t: Duration) -> BoxFuture<'_, Result<(), PortError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn drain_endpoints<'a>(
-        &'a self,
-        _e: &'a [SocketAddr],
-        _t: Duration,
-    ) -> BoxFuture<'a, Result<(), PortError>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
-impl MetricsSource for Fake {
-    fn measure<'a>(
-        &'a self,
-        _: &'a rampart_core::release::MeasureWindow,
-    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
-        let w = u64::from(self.0.weight.lock().unwrap().basis_points());
-        let canary = w / 10;
-        let pct = u64::from(self.0.canary_error_rate_pct.load(Ordering::SeqCst));
-        Box::pin(async move {
-            Ok(IntervalSample {
-                stable: VariantStats {
-                    requests: 1000 - canary,
-                    errors: 0,
-                    latency: Default::default(),
-                },
-                canary: VariantStats {
-                    requests: canary,
-                    errors: canary * pct / 100,
-                    latency: Default::default(),
-                },
-                ..Default::default()
-            })
-        })
-    }
-}
-
-impl GateRunner for Fake {
-    fn run<'a>(&'a self, g: &'a Gate) -> BoxFuture<'a, GateResult> {
-        self.0.gate_runs.fetch_add(1, Ordering::SeqCst);
-        let secs = self.0.gate_secs.load(Ordering::SeqCst);
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-            GateResult {
-                name: g.name.clone(),
-                ok: true,
-                detail: String::new(),
-            }
-        })
-    }
-}
-
-impl Notifier for Fake {
-    fn notify<'a>(&'a self, _n: &'a rampart_core::ports::Notice) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
-    }
-}
-
-impl Fake {
-    fn silence(
-        &self,
-        release: &str,
-        version: &str,
-        op: SilenceOp,
-    ) -> BoxFuture<'_, Result<(), PortError>> {
-        self.0
-            .silences
-            .lock()
-            .unwrap()
-            .push((release.into(), version.into(), op));
-        let fail = self.0.silences_fail.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if fail {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return Err(PortError::new("connection refused"));
-            }
-            Ok(())
-        })
-    }
-}
-
-impl Silencer for Fake {
-    fn hold<'a>(
-        &'a self,
-        release: &'a str,
-        version: &'a str,
-        from: rampart_core::Millis,
-        until: rampart_core::Millis,
-    ) -> BoxFuture<'a, Result<String, PortError>> {
-        let held = self.silence(release, version, SilenceOp::Hold { from, until });
-        Box::pin(async move { held.await.map(|()| format!("silence-of-{release}")) })
-    }
-    fn expire<'a>(&'a self, release: &'a str) -> BoxFuture<'a, Result<(), PortError>> {
-        self.silence(release, "", SilenceOp::Expire)
-    }
-}
-
 fn ports(world: &Arc<FakeWorld>, store: Arc<StateStore>) -> Ports {
-    Ports {
-        deployer: Arc::new(Fake(world.clone())),
-        router: Arc::new(Fake(world.clone())),
-        metrics: Arc::new(Fake(world.clone())),
-        gates: Arc::new(Fake(world.clone())),
-        flags: store.clone(),
+    world.ports(
+        store.clone(),
         store,
-        clock: Arc::new(TokioClock::starting_at(1_000_000)),
-        notifier: Arc::new(Fake(world.clone())),
-        silencer: Some(Arc::new(Fake(world.clone()))),
-    }
+        Arc::new(TokioClock::starting_at(1_000_000)),
+    )
 }
 
 fn controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Controller {
@@ -248,7 +66,7 @@ async fn crash_after(c: Controller, policy_text: &str, secs: u64) {
 
 #[tokio::test(start_paused = true)]
 async fn ten_minute_canary_promotes_on_virtual_time() {
-    let world = Arc::new(FakeWorld::default());
+    let world = FakeWorld::new();
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
@@ -257,7 +75,7 @@ async fn ten_minute_canary_promotes_on_virtual_time() {
     let d = end.decision.unwrap();
     assert_eq!((d.at - end.started_at) / 1000, 600);
     assert_eq!(
-        *world.weight_changes.lock().unwrap(),
+        world.weight_changes(),
         vec![
             Weight::from_percent(10).unwrap(),
             Weight::from_percent(50).unwrap(),
@@ -273,7 +91,7 @@ async fn ten_minute_canary_promotes_on_virtual_time() {
 
 #[tokio::test(start_paused = true)]
 async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
-    let world = Arc::new(FakeWorld::default());
+    let world = FakeWorld::new();
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     // Run until 7 minutes in (inside the second step's bake), then "crash".
     crash_after(controller(&world, &store), POLICY, 7 * 60).await;
@@ -305,7 +123,7 @@ async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
         1
     );
     // The resumed controller re-applied the 50 % weight rather than starting over at 10 %.
-    let changes = world.weight_changes.lock().unwrap().clone();
+    let changes = world.weight_changes();
     assert_eq!(
         changes
             .iter()
@@ -317,15 +135,15 @@ async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
 
 #[tokio::test(start_paused = true)]
 async fn bad_canary_rolls_back_and_stops_it() {
-    let world = Arc::new(FakeWorld::default());
-    world.canary_error_rate_pct.store(20, Ordering::SeqCst);
+    let world = FakeWorld::new();
+    world.set_canary_errors_per_mille(200);
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
     let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
     assert_eq!(end.phase, Phase::RolledBack);
-    assert_eq!(*world.weight.lock().unwrap(), Weight::ZERO);
-    assert_eq!(*world.stops.lock().unwrap(), vec![Variant::Canary]);
+    assert_eq!(world.weight(), Weight::ZERO);
+    assert_eq!(world.stops(), vec![Variant::Canary]);
     assert_eq!(
         store.serving_version("shop").await.unwrap().as_deref(),
         Some("v1")
@@ -334,7 +152,7 @@ async fn bad_canary_rolls_back_and_stops_it() {
 
 #[tokio::test(start_paused = true)]
 async fn operator_abort_rolls_back() {
-    let world = Arc::new(FakeWorld::default());
+    let world = FakeWorld::new();
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
@@ -362,7 +180,7 @@ async fn a_second_controller_cannot_append_to_the_same_log() {
     // comes second, by its sequence check, and that controller stops without acting.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared.db");
-    let world = Arc::new(FakeWorld::default());
+    let world = FakeWorld::new();
     let first_store = Arc::new(StateStore::open(&path).await.unwrap());
     let second_store = Arc::new(StateStore::open(&path).await.unwrap());
     let first = controller(&world, &first_store);
@@ -391,7 +209,7 @@ async fn a_second_controller_cannot_append_to_the_same_log() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
-    let world = Arc::new(FakeWorld::default());
+    let world = FakeWorld::new();
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
@@ -425,8 +243,8 @@ async fn a_rollback_queued_in_the_store_reaches_the_driving_controller() {
 
 #[tokio::test(start_paused = true)]
 async fn the_rollback_cap_counts_automatic_rollbacks_across_releases() {
-    let world = Arc::new(FakeWorld::default());
-    world.canary_error_rate_pct.store(20, Ordering::SeqCst);
+    let world = FakeWorld::new();
+    world.set_canary_errors_per_mille(200);
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let capped = format!("{POLICY}rollback: {{max_automatic: {{count: 1, per: 1h}}}}\n");
     let c = Controller::new(
@@ -467,8 +285,8 @@ impl Notifier for Hanging {
 
 #[tokio::test(start_paused = true)]
 async fn a_notifier_that_never_answers_never_holds_up_a_rollback() {
-    let world = Arc::new(FakeWorld::default());
-    world.canary_error_rate_pct.store(20, Ordering::SeqCst);
+    let world = FakeWorld::new();
+    world.set_canary_errors_per_mille(200);
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let mut ports = ports(&world, store.clone());
     ports.notifier = Arc::new(Hanging);
@@ -483,7 +301,7 @@ async fn a_notifier_that_never_answers_never_holds_up_a_rollback() {
     .expect("the release ended although no notice was ever delivered")
     .unwrap();
     assert_eq!(end.phase, Phase::RolledBack);
-    assert_eq!(*world.stops.lock().unwrap(), vec![Variant::Canary]);
+    assert_eq!(world.stops(), vec![Variant::Canary]);
     // The rollback was decided after two bad 30 s intervals and carried out at once; the
     // only wait after it is the bounded flush of undelivered notices.
     let decided = end.decision.unwrap().at;
@@ -501,8 +319,8 @@ async fn a_notifier_that_never_answers_never_holds_up_a_rollback() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() {
-    let world = Arc::new(FakeWorld::default());
-    world.gate_secs.store(60, Ordering::SeqCst);
+    let world = FakeWorld::new();
+    world.set_gate_secs(60);
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let text = format!("{POLICY}gates: {{pre: [{{env: [HOME]}}]}}\n");
     let c = Controller::new(
@@ -527,7 +345,7 @@ async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() 
     let end = end.unwrap();
     assert_eq!(end.phase, Phase::Succeeded);
     // The gate in flight was not started over.
-    assert_eq!(world.gate_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(world.gate_runs(), 1);
     let (_, log) = store.load("r1").await.unwrap();
     let refused = log
         .iter()
@@ -538,8 +356,8 @@ async fn a_request_that_changes_nothing_does_not_restart_the_action_in_flight() 
 
 #[tokio::test(start_paused = true)]
 async fn an_abort_waits_for_the_version_being_started_so_no_process_is_left_behind() {
-    let world = Arc::new(FakeWorld::default());
-    world.deploy_secs.store(60, Ordering::SeqCst);
+    let world = FakeWorld::new();
+    world.set_deploy_secs(60);
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let c = controller(&world, &store);
     c.create("r1", "v2", POLICY).await.unwrap();
@@ -557,15 +375,15 @@ async fn an_abort_waits_for_the_version_being_started_so_no_process_is_left_behi
     let (end, ()) = tokio::join!(c.drive("r1", Some("v1".into()), None), operator);
     let end = end.unwrap();
     // Stable finished starting (it was not dropped half-way), then the abort applied.
-    assert_eq!(world.deploys.load(Ordering::SeqCst), 1);
-    assert_eq!(world.deploys_done.load(Ordering::SeqCst), 1);
+    assert_eq!(world.deploys(), 1);
+    assert_eq!(world.deploys_done(), 1);
     // The abort applied before the canary was started.
     assert_eq!(end.phase, Phase::RolledBack);
 }
 
 #[tokio::test(start_paused = true)]
 async fn controllers_sharing_an_inbox_get_their_own_requests() {
-    let world = Arc::new(FakeWorld::default());
+    let world = FakeWorld::new();
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let inbox = rampart_controller::Inbox::start(
         store.clone(),
@@ -632,10 +450,10 @@ async fn silence_events(store: &StateStore, id: &str) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn a_silence_is_held_renewed_on_the_controllers_clock_and_expired_after_the_end() {
-    let world = Arc::new(FakeWorld::default());
+    let world = FakeWorld::new();
     // Each version takes 2.5 virtual minutes to start: renewals fall due while a start
     // that must not be interrupted is in flight.
-    world.deploy_secs.store(150, Ordering::SeqCst);
+    world.set_deploy_secs(150);
     let (store, end) = drive_silenced(&world).await;
     assert_eq!(end.phase, Phase::Succeeded);
     let d = end.decision.unwrap();
@@ -644,10 +462,10 @@ async fn a_silence_is_held_renewed_on_the_controllers_clock_and_expired_after_th
         300 + 600,
         "the silence delays nothing"
     );
-    assert_eq!(world.deploys_done.load(Ordering::SeqCst), 2);
+    assert_eq!(world.deploys_done(), 2);
     // Held for 2m from the start, renewed every minute through 5 minutes of deploys and
     // the 10-minute canary, then expired once, after the promotion.
-    let calls = world.silences.lock().unwrap().clone();
+    let calls = world.silences();
     let mut expected: Vec<(String, String, SilenceOp)> = (0..=15)
         .map(|k| {
             let from = end.started_at + k * 60_000;
@@ -671,15 +489,15 @@ async fn a_silence_is_held_renewed_on_the_controllers_clock_and_expired_after_th
 #[tokio::test(start_paused = true)]
 async fn a_failing_alertmanager_is_on_the_record_and_never_holds_the_release_up() {
     for fail in [false, true] {
-        let world = Arc::new(FakeWorld::default());
-        world.canary_error_rate_pct.store(20, Ordering::SeqCst);
-        world.silences_fail.store(fail, Ordering::SeqCst);
+        let world = FakeWorld::new();
+        world.set_canary_errors_per_mille(200);
+        world.set_silences_fail(fail);
         let (store, end) = drive_silenced(&world).await;
         // The same rollback as without a silence, decided after two bad 30 s intervals.
         assert_eq!(end.phase, Phase::RolledBack, "fail: {fail}");
         let d = end.decision.unwrap();
         assert_eq!(d.at - end.started_at, 60_000, "fail: {fail}");
-        assert_eq!(*world.stops.lock().unwrap(), vec![Variant::Canary]);
+        assert_eq!(world.stops(), vec![Variant::Canary]);
         // Held at the start, renewed a minute in (when the rollback is decided), expired.
         let expected = if fail {
             vec!["silence_failed"; 3]
@@ -693,15 +511,13 @@ async fn a_failing_alertmanager_is_on_the_record_and_never_holds_the_release_up(
 
 #[tokio::test(start_paused = true)]
 async fn a_resumed_release_holds_the_silence_again_and_expires_it_at_the_end() {
-    let world = Arc::new(FakeWorld::default());
+    let world = FakeWorld::new();
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     crash_after(silence_controller(&world, &store), &silenced(), 7 * 60 + 30).await;
-    let before = world.silences.lock().unwrap().len();
+    let before = world.silences().len();
     assert!(
         world
-            .silences
-            .lock()
-            .unwrap()
+            .silences()
             .iter()
             .all(|(_, _, op)| *op != SilenceOp::Expire),
         "a crash expires nothing"
@@ -709,7 +525,7 @@ async fn a_resumed_release_holds_the_silence_again_and_expires_it_at_the_end() {
     let second = silence_controller(&world, &store);
     let end = second.drive("r1", None, None).await.unwrap();
     assert_eq!(end.phase, Phase::Succeeded);
-    let calls = world.silences.lock().unwrap()[before..].to_vec();
+    let calls = world.silences()[before..].to_vec();
     // The resumed run holds the silence at once (the adapter adopts the one left),
     // renews it, and expires it at the end.
     assert!(

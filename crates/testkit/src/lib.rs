@@ -1,7 +1,8 @@
 //! The fake world rampart's controller is tested and benchmarked against: one
 //! service's versions, router, traffic and gates, in memory.
 //!
-//! Owns what a deployer, a router, a metrics source, a gate runner and a notifier do
+//! Owns what a deployer, a router, a metrics source, a gate runner, a notifier and an
+//! Alertmanager do
 //! when nothing real is behind them: deploys succeed (after a set virtual delay), the
 //! router remembers its weight, and traffic splits by that weight with set error rates.
 //! It must not decide anything about a release: the controller and core do, exactly
@@ -10,7 +11,7 @@
 //! in-memory one).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,10 +20,10 @@ use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::policy::{Gate, RouteMatch};
 use rampart_core::ports::{
     BoxFuture, Clock, Deployer, Deployment, FlagStore, GateRunner, MetricsSource, Notice, Notifier,
-    PortError, Store, TrafficRouter,
+    PortError, Silencer, Store, TrafficRouter,
 };
-use rampart_core::release::{GateResult, MeasureWindow};
-use rampart_core::{Variant, Weight};
+use rampart_core::release::{GateResult, MeasureWindow, SilenceOp};
+use rampart_core::{Millis, Variant, Weight};
 
 /// Requests the fake traffic sends per measured interval, split by the weight.
 pub const REQUESTS_PER_INTERVAL: u64 = 1000;
@@ -42,6 +43,8 @@ pub struct FakeWorld {
     gate_runs: AtomicU32,
     stops: Mutex<Vec<Variant>>,
     notices: AtomicU64,
+    silences: Mutex<Vec<(String, String, SilenceOp)>>,
+    silences_fail: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,7 +76,7 @@ impl FakeWorld {
             clock,
             notifier: self.clone(),
             flags,
-            silencer: None,
+            silencer: Some(self.clone()),
         }
     }
 
@@ -130,6 +133,33 @@ impl FakeWorld {
     /// Notices sent.
     pub fn notices(&self) -> u64 {
         self.notices.load(Ordering::SeqCst)
+    }
+
+    /// Makes Alertmanager refuse every silence operation (after a virtual second).
+    pub fn set_silences_fail(&self, fail: bool) {
+        self.silences_fail.store(fail, Ordering::SeqCst);
+    }
+
+    /// Every silence operation asked for, with its release and version, in order.
+    pub fn silences(&self) -> Vec<(String, String, SilenceOp)> {
+        lock(&self.silences).clone()
+    }
+
+    fn silence(
+        &self,
+        release: &str,
+        version: &str,
+        op: SilenceOp,
+    ) -> BoxFuture<'_, Result<(), PortError>> {
+        lock(&self.silences).push((release.into(), version.into(), op));
+        let fail = self.silences_fail.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if fail {
+                take(1).await;
+                return Err(PortError::new("connection refused"));
+            }
+            Ok(())
+        })
     }
 
     fn deployment(version: &str) -> Deployment {
@@ -255,6 +285,23 @@ impl GateRunner for FakeWorld {
                 detail: String::new(),
             }
         })
+    }
+}
+
+impl Silencer for FakeWorld {
+    fn hold<'a>(
+        &'a self,
+        release: &'a str,
+        version: &'a str,
+        from: Millis,
+        until: Millis,
+    ) -> BoxFuture<'a, Result<String, PortError>> {
+        let held = self.silence(release, version, SilenceOp::Hold { from, until });
+        Box::pin(async move { held.await.map(|()| format!("silence-of-{release}")) })
+    }
+
+    fn expire<'a>(&'a self, release: &'a str) -> BoxFuture<'a, Result<(), PortError>> {
+        self.silence(release, "", SilenceOp::Expire)
     }
 }
 

@@ -94,6 +94,26 @@ impl Kubernetes {
             .map_err(|source| Error::api(format!("applying Deployment `{name}`"), source))
     }
 
+    /// Sets a Deployment's `spec.replicas` through its scale subresource: an update, not
+    /// an apply, so rampart never becomes the field's applier. Under server-side apply
+    /// an applier that leaves a field out of a later apply removes it (and the
+    /// Deployment falls back to 1 replica); an update's fields are never removed that
+    /// way, so a later release in another mode keeps the count.
+    pub(crate) async fn scale_deployment(&self, name: &str, replicas: i32) -> Result<(), Error> {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+        self.deployments()
+            .patch_scale(name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(|source| {
+                Error::api(format!("scaling Deployment `{name}` to {replicas}"), source)
+            })?;
+        Ok(())
+    }
+
     /// Deletes a Deployment; one already gone counts as deleted. Returns whether it
     /// existed.
     pub(crate) async fn delete_deployment(&self, name: &str) -> Result<bool, Error> {

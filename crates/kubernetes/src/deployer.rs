@@ -41,17 +41,22 @@ impl Kubernetes {
         }
     }
 
-    /// Applies `version`'s image (and `replicas`, when given) to the stable Deployment
-    /// and waits for its rollout.
+    /// Applies `version`'s image to the stable Deployment (`live`, as just read), sets
+    /// its `replicas` when given, and waits for its rollout.
     pub(crate) async fn apply_stable(
         &self,
+        live: &KubeDeployment,
         version: &str,
         replicas: Option<i32>,
     ) -> Result<KubeDeployment, Error> {
         let image = self.deploy.image_of(version);
-        let body = objects::stable_patch(&self.deploy, &image, replicas);
+        let keep = objects::applies_replicas(live).then(|| replicas.unwrap_or(replicas_of(live)));
+        let body = objects::stable_patch(&self.deploy, &image, keep);
         self.apply_deployment(&self.deploy.deployment, &body)
             .await?;
+        if let Some(n) = replicas.filter(|_| keep.is_none()) {
+            self.scale_deployment(&self.deploy.deployment, n).await?;
+        }
         self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
             .await
     }
@@ -72,10 +77,8 @@ impl Kubernetes {
 
     async fn deploy_stable(&self, version: &str) -> Result<String, Error> {
         let stable = self.stable().await?;
-        // Under `replica_ratio` rampart owns the count; re-applying the current one keeps
-        // a resumed release's split as it was.
-        let replicas = self.ratio_total().map(|_| replicas_of(&stable));
-        let d = self.apply_stable(version, replicas).await?;
+        // The count is left as it is: a resumed release's split stays as it was.
+        let d = self.apply_stable(&stable, version, None).await?;
         Ok(format!(
             "Deployment `{}` runs {} ({} ready)",
             self.deploy.deployment,
@@ -141,8 +144,9 @@ impl Kubernetes {
                 crate::VERSION_LABEL
             ))
         })?;
-        self.stable().await?;
-        self.apply_stable(&version, self.ratio_total()).await?;
+        let stable = self.stable().await?;
+        self.apply_stable(&stable, &version, self.ratio_total())
+            .await?;
         self.route_to_stable().await?;
         let removed = self.remove_canary().await?;
         Ok(format!(
@@ -188,7 +192,10 @@ impl Deployer for Kubernetes {
         Box::pin(async move {
             let n = i32::try_from(replicas).map_err(|_| PortError::new("too many replicas"))?;
             match variant {
-                Variant::Stable => self.apply_stable(version, Some(n)).await?,
+                Variant::Stable => {
+                    let stable = self.stable().await?;
+                    self.apply_stable(&stable, version, Some(n)).await?
+                }
                 Variant::Canary => {
                     let stable = self.stable().await?;
                     self.apply_canary(&stable, version, n).await?

@@ -3,8 +3,8 @@
 //!
 //! Owns the translation from the ports to Kubernetes objects: a canary Deployment
 //! derived from the stable one, replica counts, a Service selector or an HTTPRoute's
-//! weights. Every write is a server-side apply by the field manager `rampart`, so a
-//! resumed release re-applies safely. It must not make release decisions, and it must
+//! weights. Every write is a server-side apply by the field manager `rampart` (replica
+//! counts: an update of the scale subresource), so a resumed release re-applies safely. It must not make release decisions, and it must
 //! not touch objects other than the ones the policy names (and the canary Deployment
 //! and canary Service it derives from them).
 //!

@@ -173,9 +173,13 @@ pub fn canary(
 }
 
 /// The fields rampart applies to the stable Deployment: the container's image, and
-/// the replica count when rampart owns it (`replica_ratio`). Nothing else, so the
-/// rest of the object stays the owner's.
-pub fn stable_patch(spec: &KubeDeploySpec, image: &str, replicas: Option<i32>) -> Value {
+/// nothing else, so the rest of the object stays the owner's. Replica counts go
+/// through the scale subresource (see `Kubernetes::scale_deployment`).
+///
+/// `keep_replicas` is for a Deployment whose `spec.replicas` an earlier rampart
+/// applied (see [`applies_replicas`]): leaving the field out would remove it, so the
+/// live count is applied again.
+pub fn stable_patch(spec: &KubeDeploySpec, image: &str, keep_replicas: Option<i32>) -> Value {
     let mut body = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -184,10 +188,25 @@ pub fn stable_patch(spec: &KubeDeploySpec, image: &str, replicas: Option<i32>) -
             "template": { "spec": { "containers": [ { "name": spec.container, "image": image } ] } }
         }
     });
-    if let (Some(r), Some(s)) = (replicas, body.get_mut("spec")) {
+    if let (Some(r), Some(s)) = (keep_replicas, body.get_mut("spec")) {
         s["replicas"] = json!(r);
     }
     body
+}
+
+/// Whether rampart's server-side apply owns `d`'s `spec.replicas` (an earlier rampart
+/// applied it), read from `metadata.managedFields`.
+pub fn applies_replicas(d: &Deployment) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(crate::FIELD_MANAGER)
+            && m.operation.as_deref() == Some("Apply")
+            && m.subresource.as_deref().unwrap_or("").is_empty()
+            && m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|s| s.get("f:replicas"))
+                .is_some()
+    })
 }
 
 /// The canary's whole body as stored, with `replicas` changed: rampart owns every

@@ -25,8 +25,7 @@ impl Kubernetes {
             i32::try_from(c).unwrap_or(i32::MAX),
             i32::try_from(total - c).unwrap_or(i32::MAX),
         );
-        let stable = self.stable().await?;
-        let stable_image = objects::container_image(&stable, &self.deploy.container)?;
+        self.stable().await?;
         let canary = self.deployment_opt(&self.deploy.canary_name).await?;
         let Some(canary) = canary else {
             if c > 0 {
@@ -35,10 +34,9 @@ impl Kubernetes {
                     self.deploy.canary_name
                 )));
             }
-            return self.scale_stable_only(&stable_image, s).await;
+            return self.scale_stable_only(s).await;
         };
         let canary_now = canary.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let stable_body = objects::stable_patch(&self.deploy, &stable_image, Some(s));
         let canary_body = objects::rescaled(&canary, c);
         // The side that grows goes first, so capacity never dips during the change.
         if c >= canary_now {
@@ -46,11 +44,9 @@ impl Kubernetes {
                 .await?;
             self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
                 .await?;
-            self.apply_deployment(&self.deploy.deployment, &stable_body)
-                .await?;
+            self.scale_deployment(&self.deploy.deployment, s).await?;
         } else {
-            self.apply_deployment(&self.deploy.deployment, &stable_body)
-                .await?;
+            self.scale_deployment(&self.deploy.deployment, s).await?;
             self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
                 .await?;
             self.apply_deployment(&self.deploy.canary_name, &canary_body)
@@ -68,9 +64,8 @@ impl Kubernetes {
         objects::replica_weight(read(&canary), read(&stable))
     }
 
-    async fn scale_stable_only(&self, image: &str, replicas: i32) -> Result<Weight, Error> {
-        let body = objects::stable_patch(&self.deploy, image, Some(replicas));
-        self.apply_deployment(&self.deploy.deployment, &body)
+    async fn scale_stable_only(&self, replicas: i32) -> Result<Weight, Error> {
+        self.scale_deployment(&self.deploy.deployment, replicas)
             .await?;
         self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
             .await?;

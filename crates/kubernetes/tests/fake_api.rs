@@ -139,9 +139,35 @@ async fn fake_api_deploy_stable_applies_only_the_image() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fake_api_deploy_stable_under_replica_ratio_keeps_its_replica_count() {
-    let scenario = Scenario::new("replica_ratio owns the count")
+async fn fake_api_deploy_stable_under_replica_ratio_applies_only_the_image() {
+    // Replica counts go through the scale subresource: were `spec.replicas` in an
+    // apply, a later apply without it (another mode) would remove it.
+    let scenario = Scenario::new("replica_ratio applies no count")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .apply(
+            deployments("checkout"),
+            |b| assert!(at(b, "spec").get("replicas").is_none(), "{b}"),
+            200,
+            stable("v1", 3),
+        )
+        .get(deployments("checkout"), 200, stable("v1", 3));
+    let (out, _) = run(scenario, ratio(4), async |k| {
+        k.deploy(Variant::Stable, "v1").await
+    })
+    .await;
+    out.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_stable_replicas_an_earlier_rampart_applied_are_applied_again() {
+    // An earlier rampart applied `spec.replicas`: leaving it out now would remove it.
+    let mut owned = stable("v1", 3);
+    owned["metadata"]["managedFields"] = json!([{
+        "manager": "rampart", "operation": "Apply", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:replicas": {}}}
+    }]);
+    let scenario = Scenario::new("replicas applied before")
+        .get(deployments("checkout"), 200, owned)
         .apply(
             deployments("checkout"),
             |b| assert_eq!(at(b, "spec/replicas"), 3),
@@ -149,7 +175,7 @@ async fn fake_api_deploy_stable_under_replica_ratio_keeps_its_replica_count() {
             stable("v1", 3),
         )
         .get(deployments("checkout"), 200, stable("v1", 3));
-    let (out, _) = run(scenario, ratio(4), async |k| {
+    let (out, _) = run(scenario, selector(), async |k| {
         k.deploy(Variant::Stable, "v1").await
     })
     .await;
@@ -450,15 +476,16 @@ async fn fake_api_promotion_under_replica_ratio_gives_stable_every_replica() {
         .apply(
             deployments("checkout"),
             |b| {
-                assert_eq!(at(b, "spec/replicas"), 4);
+                assert!(at(b, "spec").get("replicas").is_none());
                 assert_eq!(
                     at(b, "spec/template/spec/containers/0/image"),
                     "registry.example.com/checkout:v2"
                 );
             },
             200,
-            stable("v2", 4),
+            stable("v2", 0),
         )
+        .scale(deployments("checkout"), 4)
         .get(deployments("checkout"), 200, stable("v2", 4))
         .get(deployments("checkout-canary"), 200, canary("v2", 4))
         .apply(
@@ -496,19 +523,8 @@ fn ratio_split() -> Scenario {
             canary("v2", 1),
         )
         .get(deployments("checkout-canary"), 200, canary("v2", 1))
-        .apply(
-            deployments("checkout"),
-            |b| {
-                assert_eq!(at(b, "spec/replicas"), 3);
-                // The stable keeps its own image while it shrinks.
-                assert_eq!(
-                    at(b, "spec/template/spec/containers/0/image"),
-                    "registry.example.com/checkout:v1"
-                );
-            },
-            200,
-            stable("v1", 3),
-        )
+        // The stable shrinks through its scale subresource: its image is not touched.
+        .scale(deployments("checkout"), 3)
         .get(deployments("checkout"), 200, stable("v1", 3))
         .get(deployments("checkout-canary"), 200, canary("v2", 1))
 }

@@ -345,3 +345,77 @@ async fn fake_api_release_preview_checks_run_without_an_address_when_they_name_t
     let end = r.run(&text).await;
     assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
 }
+
+fn stable_service() -> (String, Value) {
+    (
+        services("checkout"),
+        service(
+            "checkout",
+            json!({"app": "checkout", "rampart.dev/track": "stable"}),
+        ),
+    )
+}
+
+/// A second release on the same cluster, with its own policy and store.
+async fn next_release(
+    r: &Release,
+    text: &str,
+    id: &str,
+    version: &str,
+    stable: &str,
+) -> rampart_core::Release {
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let c = controller_over(r, text, store, r.client());
+    c.create(id, version, text).await.unwrap();
+    c.drive(id, Some(stable.into()), None).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_switching_from_replica_ratio_to_service_selector_keeps_the_stable_replicas()
+ {
+    // Issue 22, item 1: under server-side apply, a field the manager applied before and
+    // leaves out now is removed. The stable's `spec.replicas` must survive a release in
+    // a mode that does not size it.
+    let ratio = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let r = release(
+        &ratio,
+        vec![(deployments("checkout"), stable("v1", 4)), stable_service()],
+    )
+    .await;
+    assert_eq!(r.run(&ratio).await.phase, Phase::Succeeded);
+    assert_eq!(
+        at(
+            &r.object(&deployments("checkout")).unwrap(),
+            "spec/replicas"
+        ),
+        4
+    );
+
+    let blue_green = policy(
+        "{mode: service_selector, service: checkout}",
+        "{blue_green: {stability: 1m}}",
+    );
+    let end = next_release(&r, &blue_green, "r2", "v3", "v2").await;
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+    let stable = r.object(&deployments("checkout")).unwrap();
+    assert_eq!(image(&stable), "registry.example.com/checkout:v3");
+    assert_eq!(
+        at(&stable, "spec/replicas"),
+        4,
+        "the stable kept its 4 replicas"
+    );
+    let canary_sizes: Vec<i64> = r
+        .world
+        .lock()
+        .unwrap()
+        .replicas
+        .iter()
+        .filter(|(p, n)| *p == deployments("checkout-canary") && *n > 0)
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        canary_sizes.last(),
+        Some(&4),
+        "the blue-green canary had the stable's capacity"
+    );
+}

@@ -45,6 +45,7 @@ pub struct Exchange {
     method: Method,
     path: String,
     query: Vec<(&'static str, &'static str)>,
+    content_type: &'static str,
     check: Option<Check>,
     answer: Answer,
 }
@@ -68,6 +69,7 @@ impl Scenario {
             method: Method::GET,
             path,
             query: Vec::new(),
+            content_type: "",
             check: None,
             answer: Answer::Json(status, body),
         });
@@ -86,8 +88,31 @@ impl Scenario {
             method: Method::PATCH,
             path,
             query: vec![("fieldManager", "rampart"), ("force", "true")],
+            content_type: "application/apply-patch+yaml",
             check: Some(Box::new(check)),
             answer: Answer::Json(status, body),
+        });
+        self
+    }
+
+    /// A Deployment's replicas set through its scale subresource: a merge patch by the
+    /// field manager `rampart`, answered with the Scale.
+    pub fn scale(mut self, deployment: String, replicas: i32) -> Scenario {
+        let name = deployment.rsplit('/').next().unwrap_or("").to_string();
+        self.steps.push(Exchange {
+            method: Method::PATCH,
+            path: format!("{deployment}/scale"),
+            query: vec![("fieldManager", "rampart")],
+            content_type: "application/merge-patch+json",
+            check: Some(Box::new(move |b| {
+                assert_eq!(b, &json!({"spec": {"replicas": replicas}}), "scale body")
+            })),
+            answer: Answer::Json(
+                200,
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                       "metadata": {"name": name, "namespace": NS},
+                       "spec": {"replicas": replicas}, "status": {"replicas": replicas}}),
+            ),
         });
         self
     }
@@ -97,6 +122,7 @@ impl Scenario {
             method: Method::DELETE,
             path,
             query: Vec::new(),
+            content_type: "",
             check: None,
             answer: Answer::Json(status, body),
         });
@@ -108,6 +134,7 @@ impl Scenario {
             method,
             path,
             query: Vec::new(),
+            content_type: "",
             check: None,
             answer: Answer::Refused,
         });
@@ -153,7 +180,7 @@ impl Scenario {
                         .get("content-type")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    assert_eq!(ct, "application/apply-patch+yaml", "{at}: content type");
+                    assert_eq!(ct, step.content_type, "{at}: content type");
                 }
                 let bytes = req.into_body().collect_bytes().await.expect("request body");
                 if let Some(check) = &step.check {

@@ -127,7 +127,8 @@ impl Kubernetes {
 
     /// Promotion: the stable Deployment takes the canary's version, traffic returns to
     /// it, and the canary is removed. Each step is idempotent, so a promotion that was
-    /// interrupted completes when repeated.
+    /// interrupted completes when repeated; each is verified (the stable's rollout,
+    /// the traffic read back), and a failure says where traffic is.
     async fn promote(&self) -> Result<String, Error> {
         let Some(canary) = self.deployment_opt(&self.deploy.canary_name).await? else {
             self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
@@ -144,14 +145,35 @@ impl Kubernetes {
                 crate::VERSION_LABEL
             ))
         })?;
-        let stable = self.stable().await?;
+        let (stable_name, canary_name) = (&self.deploy.deployment, &self.deploy.canary_name);
+        let half_way = |traffic: String| {
+            move |e: Error| Error::Promotion {
+                source: Box::new(e),
+                traffic,
+            }
+        };
+        let on_canary = match self.ratio_total() {
+            Some(_) => format!(
+                "traffic: the canary `{canary_name}` ({version}) keeps serving, with the stable `{stable_name}` pods that are ready; the canary is kept"
+            ),
+            None => format!(
+                "traffic: all on the canary `{canary_name}` ({version}), which is kept; the stable `{stable_name}` has none"
+            ),
+        };
+        let stable = self.stable().await.map_err(half_way(on_canary.clone()))?;
         self.apply_stable(&stable, &version, self.ratio_total())
-            .await?;
-        self.route_to_stable().await?;
-        let removed = self.remove_canary().await?;
+            .await
+            .map_err(half_way(on_canary.clone()))?;
+        self.route_to_stable()
+            .await
+            .map_err(half_way(format!(
+                "{on_canary}, unless the switch back to the stable `{stable_name}` (now {version}) took effect"
+            )))?;
+        let removed = self.remove_canary().await.map_err(half_way(format!(
+            "traffic: all on the stable `{stable_name}`, now {version}; the canary `{canary_name}` is left"
+        )))?;
         Ok(format!(
-            "promoted: Deployment `{}` runs {}; {removed}",
-            self.deploy.deployment,
+            "promoted: Deployment `{stable_name}` runs {}; {removed}",
             self.deploy.image_of(&version)
         ))
     }

@@ -114,16 +114,23 @@ impl Kubernetes {
 
     /// All traffic to the stable Deployment, as the end of a promotion needs before the
     /// canary goes. Under `replica_ratio` the stable Deployment's count already did it.
+    /// The weight read back must be 0: the canary is removed next.
     pub(crate) async fn route_to_stable(&self) -> Result<(), Error> {
-        match &self.traffic.mode {
-            KubeMode::ReplicaRatio { .. } => Ok(()),
+        let got = match &self.traffic.mode {
+            KubeMode::ReplicaRatio { .. } => return Ok(()),
             KubeMode::ServiceSelector { service } => {
-                self.set_selector(service, Weight::ZERO).await.map(drop)
+                self.set_selector(service, Weight::ZERO).await?
             }
             KubeMode::HttpRoute { service, route } => {
-                self.set_route(service, route, Weight::ZERO).await.map(drop)
+                self.set_route(service, route, Weight::ZERO).await?
             }
+        };
+        if got != Weight::ZERO {
+            return Err(Error::Weight(format!(
+                "traffic did not return to the stable Deployment: the canary still has {got} after the switch back"
+            )));
         }
+        Ok(())
     }
 }
 

@@ -419,3 +419,40 @@ async fn fake_api_release_switching_from_replica_ratio_to_service_selector_keeps
         "the blue-green canary had the stable's capacity"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_a_promotion_whose_stable_rollout_fails_halts_with_traffic_on_the_canary()
+{
+    // Issue 22, item 2: the stable Deployment's rollout of the new version fails at
+    // promotion (here its pods never become ready: ProgressDeadlineExceeded). The
+    // release must not end "promoted"; it halts and says where traffic is.
+    let text = policy(
+        "{mode: service_selector, service: checkout}",
+        "{blue_green: {stability: 1m}}",
+    );
+    let r = release(
+        &text,
+        vec![(deployments("checkout"), stable("v1", 3)), stable_service()],
+    )
+    .await;
+    r.world
+        .lock()
+        .unwrap()
+        .broken
+        .insert(deployments("checkout"));
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::Halted, "{end:?}");
+    let reason = end.decision.unwrap().reason;
+    assert!(reason.contains("ProgressDeadlineExceeded"), "{reason}");
+    assert!(
+        reason.contains("all on the canary `checkout-canary` (v2), which is kept"),
+        "{reason}"
+    );
+    let svc = r.object(&services("checkout")).unwrap();
+    assert_eq!(
+        at(&svc, "spec/selector")["rampart.dev/track"],
+        "canary",
+        "traffic stays on the working canary"
+    );
+    assert!(r.object(&deployments("checkout-canary")).is_some());
+}

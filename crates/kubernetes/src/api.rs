@@ -167,24 +167,62 @@ impl Kubernetes {
     }
 
     /// Polls a Deployment until its rollout is complete, it fails, or `timeout` has
-    /// been spent waiting. Time is only ever spent in `tokio::time::sleep`, so tests
-    /// run it on virtual time.
+    /// been spent waiting.
     pub(crate) async fn wait_ready(
         &self,
         name: &str,
         timeout: Duration,
     ) -> Result<Deployment, Error> {
+        self.poll(
+            &format!("Deployment `{name}`"),
+            timeout,
+            || self.deployment(name),
+            objects::readiness,
+        )
+        .await
+    }
+
+    /// Polls an HTTPRoute until every Gateway it names has accepted its current
+    /// generation with all its backends resolved, one refused it, or `timeout` has
+    /// been spent waiting: only then does its weight count as in force.
+    pub(crate) async fn wait_route(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<DynamicObject, Error> {
+        self.poll(
+            &format!("HTTPRoute `{name}`"),
+            timeout,
+            || self.route(name),
+            objects::route_readiness,
+        )
+        .await
+    }
+
+    /// Reads `what` until `check` says it is ready or failed, or `timeout` has been
+    /// spent. Time is only ever spent in `tokio::time::sleep`, so tests run it on
+    /// virtual time.
+    async fn poll<T, F>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        read: impl Fn() -> F,
+        check: impl Fn(&T) -> Readiness,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
         let mut waited = Duration::ZERO;
         loop {
-            let d = self.deployment(name).await?;
-            match objects::readiness(&d) {
-                Readiness::Ready => return Ok(d),
+            let object = read().await?;
+            match check(&object) {
+                Readiness::Ready => return Ok(object),
                 Readiness::Failed(why) => {
-                    return Err(Error::NotReady(format!("Deployment `{name}`: {why}")));
+                    return Err(Error::NotReady(format!("{what}: {why}")));
                 }
                 Readiness::Waiting(why) if waited >= timeout => {
                     return Err(Error::NotReady(format!(
-                        "Deployment `{name}` not ready after {}: {why}",
+                        "{what} not ready after {}: {why}",
                         rampart_core::units::format_duration(timeout)
                     )));
                 }

@@ -319,6 +319,7 @@ pub fn canary_service(
             for (key, value) in [
                 ("name", p.name.map(Value::from)),
                 ("protocol", p.protocol.map(Value::from)),
+                ("appProtocol", p.app_protocol.map(Value::from)),
                 (
                     "targetPort",
                     p.target_port.and_then(|t| serde_json::to_value(t).ok()),
@@ -331,6 +332,15 @@ pub fn canary_service(
             port
         })
         .collect();
+    // Gateways read a backend's protocol from Service annotations too (h2c, gRPC,
+    // TLS to the backend); the canary share must reach the pods the same way.
+    let annotations: BTreeMap<&String, &String> = stable
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !is_tool_owned(k))
+        .collect();
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -338,9 +348,29 @@ pub fn canary_service(
             "name": name,
             "namespace": namespace,
             "labels": { TRACK_LABEL: "canary" },
+            "annotations": annotations,
         },
         "spec": { "selector": labels, "ports": ports },
     })
+}
+
+/// Labels and annotations that belong to the tool that applied an object, not to the
+/// object: copied onto rampart's canary they would make a GitOps tool adopt it (and
+/// prune it, as Argo CD does with its tracking label or annotation) or a client think
+/// it applied it.
+pub fn is_tool_owned(key: &str) -> bool {
+    const KEYS: &[&str] = &[
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+        "kubectl.kubernetes.io/last-applied-configuration",
+    ];
+    const PREFIXES: &[&str] = &[
+        "argocd.argoproj.io/",
+        "kustomize.toolkit.fluxcd.io/",
+        "helm.toolkit.fluxcd.io/",
+        "meta.helm.sh/",
+    ];
+    KEYS.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
 fn rules(route: &DynamicObject) -> Vec<Value> {
@@ -413,6 +443,79 @@ pub fn weighted_route(
         "metadata": { "name": name, "namespace": route.metadata.namespace },
         "spec": { "rules": rules },
     }))
+}
+
+/// Whether the Gateways an HTTPRoute names have taken its current spec: for every
+/// `spec.parentRefs` entry, the `status.parents` entries for it have observed the
+/// route's generation with `Accepted` and `ResolvedRefs` true. A route a Gateway
+/// refused, or whose backends it cannot resolve, routes nothing by these weights.
+pub fn route_readiness(route: &DynamicObject) -> Readiness {
+    let generation = route.metadata.generation.unwrap_or(0);
+    let parents = route
+        .data
+        .get("status")
+        .and_then(|s| s.get("parents"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let wanted = route
+        .data
+        .get("spec")
+        .and_then(|s| s.get("parentRefs"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if wanted.is_empty() {
+        return Readiness::Failed("it has no `parentRefs`, so no Gateway routes by it".into());
+    }
+    let same = |a: &Value, b: &Value, key: &str| a.get(key).is_none() || a.get(key) == b.get(key);
+    for parent in &wanted {
+        let name = parent.get("name").and_then(Value::as_str).unwrap_or("?");
+        let reports: Vec<&Value> = parents
+            .iter()
+            .filter(|p| {
+                let r = p.get("parentRef").unwrap_or(&Value::Null);
+                r.get("name") == parent.get("name")
+                    && ["namespace", "sectionName", "port"]
+                        .iter()
+                        .all(|k| same(parent, r, k))
+            })
+            .collect();
+        if reports.is_empty() {
+            return Readiness::Waiting(format!(
+                "no Gateway controller has reported on parent `{name}` yet"
+            ));
+        }
+        for report in reports {
+            let conditions = report
+                .get("conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for type_ in ["Accepted", "ResolvedRefs"] {
+                let Some(c) = conditions.iter().find(|c| c["type"] == type_) else {
+                    return Readiness::Waiting(format!(
+                        "parent `{name}` reports no `{type_}` condition yet"
+                    ));
+                };
+                let observed = c["observedGeneration"].as_i64().unwrap_or(0);
+                if observed < generation {
+                    return Readiness::Waiting(format!(
+                        "parent `{name}` has not observed generation {generation} yet (at {observed})"
+                    ));
+                }
+                if c["status"] != "True" {
+                    return Readiness::Failed(format!(
+                        "parent `{name}` reports {type_}={} ({}): {}",
+                        c["status"].as_str().unwrap_or("?"),
+                        c["reason"].as_str().unwrap_or(""),
+                        c["message"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+    }
+    Readiness::Ready
 }
 
 /// The canary's share in the first rule that sends to `service`, read from the

@@ -108,7 +108,7 @@ impl Kubernetes {
         let current = self.route(route).await?;
         let body = objects::weighted_route(&current, service, &canary_service, weight)?;
         self.apply_route(route, &body).await?;
-        let read = self.route(route).await?;
+        let read = self.wait_route(route, self.deploy.ready_timeout).await?;
         objects::route_weight(&read, service, &canary_service)
     }
 

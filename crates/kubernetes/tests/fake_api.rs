@@ -623,16 +623,19 @@ async fn fake_api_service_selector_rejects_a_partial_weight_without_a_request() 
 
 #[tokio::test(start_paused = true)]
 async fn fake_api_http_route_weighs_stable_against_a_canary_service() {
+    let mut stable_svc = service(
+        "checkout",
+        json!({"app": "checkout", "rampart.dev/track": "stable"}),
+    );
+    stable_svc["spec"]["ports"][0]["appProtocol"] = json!("kubernetes.io/h2c");
+    stable_svc["metadata"]["annotations"] = json!({
+        "konghq.com/protocol": "grpc",
+        "argocd.argoproj.io/tracking-id": "shop:/Service:shop/checkout",
+        "kubectl.kubernetes.io/last-applied-configuration": "{}",
+    });
     let scenario = Scenario::new("route at 10 %")
         .get(deployments("checkout"), 200, stable("v1", 3))
-        .get(
-            services("checkout"),
-            200,
-            service(
-                "checkout",
-                json!({"app": "checkout", "rampart.dev/track": "stable"}),
-            ),
-        )
+        .get(services("checkout"), 200, stable_svc)
         .apply(
             services("checkout-canary"),
             |b| {
@@ -646,7 +649,14 @@ async fn fake_api_http_route_weighs_stable_against_a_canary_service() {
                 );
                 assert_eq!(
                     at(b, "spec/ports"),
-                    &json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}])
+                    &json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP",
+                             "appProtocol": "kubernetes.io/h2c"}]),
+                    "the canary share reaches the pods with the same protocol"
+                );
+                assert_eq!(
+                    at(b, "metadata/annotations"),
+                    &json!({"konghq.com/protocol": "grpc"}),
+                    "a gateway's annotations are kept; a GitOps tool's and kubectl's are not"
                 );
             },
             200,
@@ -722,6 +732,91 @@ async fn fake_api_http_route_reads_back_the_weight_in_force() {
     })
     .await;
     assert_eq!(out.unwrap(), pct(5));
+}
+
+/// The exchanges of `set_weight(10 %)` under `http_route` up to the route's apply.
+fn route_change() -> Scenario {
+    Scenario::new("route at 10 %")
+        .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(
+            services("checkout"),
+            200,
+            service(
+                "checkout",
+                json!({"app": "checkout", "rampart.dev/track": "stable"}),
+            ),
+        )
+        .apply(
+            services("checkout-canary"),
+            no_check,
+            200,
+            service("checkout-canary", json!({})),
+        )
+        .get(routes("checkout"), 200, route(None, None))
+}
+
+fn route_at(generation: i64, parent: Value) -> Value {
+    let mut r = route(Some(9000), Some(1000));
+    r["metadata"]["generation"] = json!(generation);
+    r["status"]["parents"] = json!([parent]);
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_http_route_weight_counts_once_the_gateway_has_accepted_it() {
+    // Issue 22, item 3: the spec alone is not the weight in force; the Gateway's
+    // status for the route's current generation is.
+    let scenario = route_change()
+        .apply(
+            routes("checkout"),
+            no_check,
+            200,
+            route_at(2, route_parent(1, "True", "Accepted")),
+        )
+        .get(
+            routes("checkout"),
+            200,
+            route_at(2, route_parent(1, "True", "Accepted")),
+        )
+        .get(
+            routes("checkout"),
+            200,
+            route_at(2, route_parent(2, "True", "Accepted")),
+        );
+    let started = tokio::time::Instant::now();
+    let (out, _) = run(scenario, http_route(), async |k| {
+        k.set_weight(pct(10), &[]).await
+    })
+    .await;
+    assert_eq!(out.unwrap(), pct(10));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "one poll for the Gateway"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_http_route_refused_by_the_gateway_is_no_weight() {
+    let refused = route_parent(2, "False", "NotAllowedByListeners");
+    let scenario = route_change()
+        .apply(
+            routes("checkout"),
+            no_check,
+            200,
+            route_at(2, refused.clone()),
+        )
+        .get(routes("checkout"), 200, route_at(2, refused));
+    let (out, _) = run(scenario, http_route(), async |k| {
+        k.set_weight(pct(10), &[]).await
+    })
+    .await;
+    let e = out.unwrap_err();
+    assert!(e.0.contains("HTTPRoute `checkout`"), "{e}");
+    assert!(
+        e.0.contains("Accepted=False (NotAllowedByListeners)"),
+        "{e}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -222,6 +222,7 @@ async fn fake_api_release_http_route_failing_canary_rolls_back_to_stable() {
                 ),
             ),
             (routes("checkout"), route(None, None)),
+            admin_service(),
         ],
     )
     .await;
@@ -356,6 +357,11 @@ fn stable_service() -> (String, Value) {
     )
 }
 
+/// The other backend of the route's second rule.
+fn admin_service() -> (String, Value) {
+    (services("admin"), service("admin", json!({"app": "admin"})))
+}
+
 /// A second release on the same cluster, with its own policy and store.
 async fn next_release(
     r: &Release,
@@ -455,4 +461,30 @@ async fn fake_api_release_a_promotion_whose_stable_rollout_fails_halts_with_traf
         "traffic stays on the working canary"
     );
     assert!(r.object(&deployments("checkout-canary")).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_an_http_route_the_gateway_refuses_is_never_promoted() {
+    // Issue 22, item 3: the Gateway refuses the route, so no request reaches the
+    // canary whatever the weights say; a query that reads 0 without traffic must not
+    // promote it.
+    let text = policy(
+        "{mode: http_route, service: checkout, route: checkout}",
+        "{canary: {steps: [{weight: 10, bake: 1m}, {weight: 50, bake: 1m}]}}",
+    );
+    let r = release(
+        &text,
+        vec![
+            (deployments("checkout"), stable("v1", 3)),
+            stable_service(),
+            (routes("checkout"), route(None, None)),
+            admin_service(),
+        ],
+    )
+    .await;
+    r.world.lock().unwrap().gateway = cluster::Gateway::Refuses;
+    let end = r.run(&text).await;
+    assert_ne!(end.phase, Phase::Succeeded, "{end:?}");
+    let reason = end.decision.unwrap().reason;
+    assert!(reason.contains("Accepted=False"), "{reason}");
 }

@@ -387,7 +387,8 @@ pub fn route(stable_weight: Option<i64>, canary_weight: Option<i64>) -> Value {
     }
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": { "name": "checkout", "namespace": NS, "resourceVersion": "7" },
+        "metadata": { "name": "checkout", "namespace": NS, "resourceVersion": "7", "generation": 1 },
+        "status": { "parents": [ route_parent(1, "True", "Accepted") ] },
         "spec": {
             "parentRefs": [ { "name": "public" } ],
             "rules": [
@@ -396,6 +397,21 @@ pub fn route(stable_weight: Option<i64>, canary_weight: Option<i64>) -> Value {
                   "backendRefs": [ { "name": "admin", "port": 80 } ] }
             ]
         }
+    })
+}
+
+/// A Gateway's report on the route's parent `public`: `Accepted` with `accepted`
+/// (`True` or `False`) and `reason`, `ResolvedRefs` true, both at `observed`.
+pub fn route_parent(observed: i64, accepted: &str, reason: &str) -> Value {
+    json!({
+        "parentRef": { "name": "public" },
+        "controllerName": "example.com/gateway",
+        "conditions": [
+            { "type": "Accepted", "status": accepted, "reason": reason,
+              "message": "by the listener", "observedGeneration": observed },
+            { "type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs",
+              "message": "", "observedGeneration": observed },
+        ]
     })
 }
 

@@ -39,7 +39,7 @@ impl MetricsSource for Queries {
                     name: "errors".into(),
                     stable: Some(0.0),
                     canary: Some(canary),
-                    detail: String::new(),
+                    ..QueryReading::default()
                 }],
                 ..Default::default()
             })

@@ -291,6 +291,44 @@ fn prometheus_metrics_need_a_server_a_query_and_a_threshold() {
             .iter()
             .any(|d| d.message.contains("judged by thresholds"))
     );
+    assert_eq!(
+        (q.samples, p.analysis.metrics[0].min_samples),
+        (None, 0),
+        "no floor unless asked"
+    );
+    let floored = ok.replace(
+        "range: true,",
+        "range: true, samples: 'sum(increase(requests[{interval}]))',",
+    );
+    let p = Policy::from_yaml(&floored).unwrap_or_else(|e| panic!("{floored}\n{e:?}"));
+    let q = p.analysis.metrics[0].query.clone().unwrap();
+    assert_eq!(
+        (q.samples.as_deref(), p.analysis.metrics[0].min_samples),
+        (Some("sum(increase(requests[{interval}]))"), 50),
+        "the floor defaults to analysis.min_samples"
+    );
+    let p = Policy::from_yaml(&floored.replace("range: true,", "range: true, min_samples: 20,"))
+        .unwrap();
+    assert_eq!(p.analysis.metrics[0].min_samples, 20);
+    let floor_alone = ok.replace("range: true,", "range: true, min_samples: 20,");
+    let d = errors(&floor_alone);
+    assert!(
+        d.iter().any(|d| d.path == "analysis.metrics[0].min_samples"
+            && d.line == 17
+            && d.message.contains("needs `samples`")),
+        "{d:?}"
+    );
+    let builtin_samples = MINIMAL.replace(
+        "judge: { max: 1% }",
+        "judge: { max: 1% }\n      samples: 'x'",
+    );
+    assert!(
+        errors(&builtin_samples)
+            .iter()
+            .any(|d| d.path.ends_with(".samples") && d.message.contains("source: prometheus")),
+        "{:?}",
+        errors(&builtin_samples)
+    );
     let metric_too = ok.replace("query: 'sum(up)'", "query: 'sum(up)', metric: error_rate");
     assert!(
         errors(&metric_too)

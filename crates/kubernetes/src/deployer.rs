@@ -169,6 +169,11 @@ impl Kubernetes {
             .map_err(half_way(format!(
                 "{on_canary}, unless the switch back to the stable `{stable_name}` (now {version}) took effect"
             )))?;
+        if self.ratio_total().is_none() {
+            // Traffic left the canary with the switch; Gateways and kube-proxy take a
+            // moment to follow it (see `drain`).
+            tokio::time::sleep(self.drain).await;
+        }
         let removed = self.remove_canary().await.map_err(half_way(format!(
             "traffic: all on the stable `{stable_name}`, now {version}; the canary `{canary_name}` is left"
         )))?;

@@ -44,6 +44,7 @@ pub struct Kubernetes {
     deploy: KubeDeploySpec,
     traffic: KubeTrafficSpec,
     poll: Duration,
+    drain: Duration,
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -52,6 +53,7 @@ impl std::fmt::Debug for Kubernetes {
             .field("deploy", &self.deploy)
             .field("traffic", &self.traffic)
             .field("poll", &self.poll)
+            .field("drain", &self.drain)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +66,7 @@ impl Kubernetes {
             deploy,
             traffic,
             poll: Duration::from_secs(2),
+            drain: Duration::from_secs(10),
         }
     }
 
@@ -88,6 +91,14 @@ impl Kubernetes {
     /// How often readiness is polled (2 s unless changed).
     pub fn with_poll_interval(mut self, poll: Duration) -> Self {
         self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long the canary keeps its pods after traffic left it, before they stop (the
+    /// policy's `rollback.drain`; 10 s unless changed): kube-proxy and Gateways send
+    /// requests to a backend for a moment after a Service or route stops naming it.
+    pub fn with_drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
         self
     }
 

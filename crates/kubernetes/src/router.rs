@@ -170,10 +170,19 @@ impl TrafficRouter for Kubernetes {
         })
     }
 
-    /// A no-op: a pod leaving a Service's endpoints finishes its requests within its
-    /// own `terminationGracePeriodSeconds`, which Kubernetes enforces.
-    fn drain(&self, _variant: Variant, _timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
-        Box::pin(async { Ok(()) })
+    /// The canary, once traffic has left it (a rollback): waits `timeout` before it is
+    /// stopped, because kube-proxy and Gateways go on sending it requests for a moment
+    /// after the selector or the route changed; nothing tells rampart when they are
+    /// done. Under `replica_ratio` traffic left with the pods themselves (scaled to
+    /// 0), so there is nothing to wait for. The stable: nothing here, its promotion
+    /// waits between the switch back and the canary's removal (`promote`).
+    fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
+        Box::pin(async move {
+            if variant == Variant::Canary && self.ratio_total().is_none() {
+                tokio::time::sleep(timeout).await;
+            }
+            Ok(())
+        })
     }
 
     /// A no-op, as `drain`: there are never endpoints to drain here.

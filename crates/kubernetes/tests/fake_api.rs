@@ -820,7 +820,8 @@ async fn fake_api_http_route_refused_by_the_gateway_is_no_weight() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fake_api_backends_and_drains_are_no_ops() {
+async fn fake_api_backends_are_no_ops_and_a_canary_drain_waits_its_time() {
+    let started = tokio::time::Instant::now();
     let (out, _) = run(Scenario::new("nothing asked"), http_route(), async |k| {
         (
             k.set_backends(Variant::Canary, &[]).await,
@@ -830,6 +831,22 @@ async fn fake_api_backends_and_drains_are_no_ops() {
     })
     .await;
     assert_eq!(out, (Ok(()), Ok(()), Ok(())));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // Nothing tells rampart when kube-proxy and the Gateway stopped sending the canary
+    // requests: its drain is the whole time given.
+    let (out, _) = run(Scenario::new("nothing asked"), http_route(), async |k| {
+        k.drain(Variant::Canary, Duration::from_secs(10)).await
+    })
+    .await;
+    out.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    // Under replica_ratio traffic left with the canary's pods.
+    let (out, _) = run(Scenario::new("nothing asked"), ratio(4), async |k| {
+        k.drain(Variant::Canary, Duration::from_secs(10)).await
+    })
+    .await;
+    out.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
 }
 
 // === failures ===

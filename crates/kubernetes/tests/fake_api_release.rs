@@ -104,7 +104,8 @@ async fn release(policy_text: &str, objects: Vec<(String, Value)>) -> Release {
     let (client, world) = cluster::start(objects);
     let k = Arc::new(
         Kubernetes::new(client, deploy.clone(), traffic.clone())
-            .with_poll_interval(Duration::from_secs(1)),
+            .with_poll_interval(Duration::from_secs(1))
+            .with_drain(policy.rollback.drain),
     );
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let metrics = Arc::new(Queries::default());
@@ -135,7 +136,8 @@ fn controller_over(
     let (deploy, traffic) = policy.kubernetes().unwrap();
     let k = Arc::new(
         Kubernetes::new(client, deploy.clone(), traffic.clone())
-            .with_poll_interval(Duration::from_secs(1)),
+            .with_poll_interval(Duration::from_secs(1))
+            .with_drain(policy.rollback.drain),
     );
     let ports = Ports {
         deployer: k.clone(),
@@ -487,4 +489,62 @@ async fn fake_api_release_an_http_route_the_gateway_refuses_is_never_promoted() 
     assert_ne!(end.phase, Phase::Succeeded, "{end:?}");
     let reason = end.decision.unwrap().reason;
     assert!(reason.contains("Accepted=False"), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_the_canary_keeps_its_pods_for_the_drain_after_traffic_left_it() {
+    // Issue 22, item 4: kube-proxy and Gateways go on sending requests to a backend for
+    // a moment after the selector or route changed. The canary's pods stop only after
+    // `rollback.drain`, on promotion as on rollback.
+    let blue_green = format!(
+        "{}rollback: {{drain: 30s}}\n",
+        policy(
+            "{mode: service_selector, service: checkout}",
+            "{blue_green: {stability: 1m}}",
+        )
+    );
+    let r = release(
+        &blue_green,
+        vec![(deployments("checkout"), stable("v1", 3)), stable_service()],
+    )
+    .await;
+    assert_eq!(r.run(&blue_green).await.phase, Phase::Succeeded);
+    let waited = |r: &Release, traffic: &str| {
+        let w = r.world.lock().unwrap();
+        let switched = w.last(&format!("PATCH {traffic}")).unwrap();
+        let stopped = w
+            .last(&format!("PATCH {}", deployments("checkout-canary")))
+            .unwrap();
+        stopped - switched
+    };
+    assert!(
+        waited(&r, &services("checkout")) >= Duration::from_secs(30),
+        "promotion: {:?}",
+        waited(&r, &services("checkout"))
+    );
+
+    let routed = format!(
+        "{}rollback: {{drain: 30s}}\n",
+        policy(
+            "{mode: http_route, service: checkout, route: checkout}",
+            "{canary: {steps: [{weight: 10, bake: 1m}]}}",
+        )
+    );
+    let r = release(
+        &routed,
+        vec![
+            (deployments("checkout"), stable("v1", 3)),
+            stable_service(),
+            (routes("checkout"), route(None, None)),
+            admin_service(),
+        ],
+    )
+    .await;
+    r.metrics.0.store(200, Ordering::SeqCst);
+    assert_eq!(r.run(&routed).await.phase, Phase::RolledBack);
+    assert!(
+        waited(&r, &routes("checkout")) >= Duration::from_secs(30),
+        "rollback: {:?}",
+        waited(&r, &routes("checkout"))
+    );
 }

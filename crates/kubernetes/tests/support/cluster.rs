@@ -59,6 +59,8 @@ pub struct World {
     pub owners: BTreeMap<String, BTreeMap<String, BTreeSet<Field>>>,
     /// `METHOD path` of every write, in order.
     pub writes: Vec<String>,
+    /// When each of `writes` happened (virtual time).
+    pub written_at: Vec<Instant>,
     /// `spec.replicas` of each Deployment after each write, by path.
     pub replicas: Vec<(String, i64)>,
     /// How long a Deployment's rollout takes.
@@ -74,6 +76,20 @@ pub struct World {
 }
 
 impl World {
+    fn wrote(&mut self, what: String) {
+        self.writes.push(what);
+        self.written_at.push(Instant::now());
+    }
+
+    /// When the last write whose `METHOD path` is `what` happened.
+    pub fn last(&self, what: &str) -> Option<Instant> {
+        self.writes
+            .iter()
+            .zip(&self.written_at)
+            .rfind(|(w, _)| *w == what)
+            .map(|(_, at)| *at)
+    }
+
     /// Whether `manager` owns `field` (`.`-separated) of the object at `path`.
     pub fn owns(&self, path: &str, manager: &str, field: &str) -> bool {
         let f: Field = field.split('.').map(str::to_string).collect();
@@ -580,13 +596,13 @@ fn serve_one(
                 "every apply is forced, by rampart: {query}"
             );
             let body: Value = serde_json::from_slice(bytes).expect("JSON");
-            w.writes.push(format!("PATCH {path}"));
+            w.wrote(format!("PATCH {path}"));
             (200, apply(w, path, &body, "rampart"))
         }
         Method::PATCH if ct == "application/merge-patch+json" => {
             let patch: Value = serde_json::from_slice(bytes).expect("JSON");
             let manager = query_value(query, "fieldManager").unwrap_or("unknown");
-            w.writes.push(format!("PATCH {path}"));
+            w.wrote(format!("PATCH {path}"));
             let (object, sub) = match path.strip_suffix("/scale") {
                 Some(object) => (object.to_string(), "/scale"),
                 None => (path.to_string(), ""),
@@ -600,7 +616,7 @@ fn serve_one(
             (200, if sub.is_empty() { obj } else { scale_of(&obj) })
         }
         Method::DELETE => {
-            w.writes.push(format!("DELETE {path}"));
+            w.wrote(format!("DELETE {path}"));
             w.owners.remove(path);
             w.rollouts.remove(path);
             match w.objects.remove(path) {
@@ -619,6 +635,7 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
         objects: BTreeMap::new(),
         owners: BTreeMap::new(),
         writes: Vec::new(),
+        written_at: Vec::new(),
         replicas: Vec::new(),
         rollout: Duration::from_secs(3),
         broken: BTreeSet::new(),

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
 use serde_json::Value;
 
@@ -126,6 +127,30 @@ impl Kubernetes {
             Err(e) if is_not_found(&e) => Ok(false),
             Err(source) => Err(Error::api(format!("deleting Deployment `{name}`"), source)),
         }
+    }
+
+    /// The bounds (`minReplicas`, `maxReplicas`) of an HPA that scales the Deployment
+    /// `name`, if one does. KEDA's ScaledObjects work through such an HPA too.
+    pub(crate) async fn hpa_bounds(&self, name: &str) -> Result<Option<(u32, u32)>, Error> {
+        let hpas: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.client.clone(), &self.deploy.namespace);
+        let list = hpas.list(&ListParams::default()).await.map_err(|source| {
+            Error::api(
+                "listing HorizontalPodAutoscalers (replica_ratio keeps the stable within an HPA's bounds; grant `list` on `autoscaling/horizontalpodautoscalers`)".into(),
+                source,
+            )
+        })?;
+        Ok(list.items.iter().find_map(|h| {
+            let spec = &h.spec;
+            let target = &spec.scale_target_ref;
+            (target.kind == "Deployment" && target.name == name).then(|| {
+                let min = spec.min_replicas.unwrap_or(1);
+                (
+                    u32::try_from(min).unwrap_or(1),
+                    u32::try_from(spec.max_replicas).unwrap_or(u32::MAX),
+                )
+            })
+        }))
     }
 
     /// A Service that must exist.

@@ -24,15 +24,12 @@ fn deployed(detail: String) -> Deployment {
     }
 }
 
-fn replicas_of(d: &KubeDeployment) -> i32 {
-    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-}
-
 // === impl Kubernetes ===
 
 impl Kubernetes {
-    /// The total for `replica_ratio`, when rampart owns replica counts.
-    pub(crate) fn ratio_total(&self) -> Option<i32> {
+    /// The policy's `replicas` for `replica_ratio` (the grid of its weights), when
+    /// rampart sizes the Deployments.
+    pub(crate) fn ratio_grid(&self) -> Option<i32> {
         match self.traffic.mode {
             KubeMode::ReplicaRatio { replicas } => {
                 Some(i32::try_from(replicas).unwrap_or(i32::MAX))
@@ -50,7 +47,8 @@ impl Kubernetes {
         replicas: Option<i32>,
     ) -> Result<KubeDeployment, Error> {
         let image = self.deploy.image_of(version);
-        let keep = objects::applies_replicas(live).then(|| replicas.unwrap_or(replicas_of(live)));
+        let keep =
+            objects::applies_replicas(live).then(|| replicas.unwrap_or(objects::replicas(live)));
         let body = objects::stable_patch(&self.deploy, &image, keep);
         self.apply_deployment(&self.deploy.deployment, &body)
             .await?;
@@ -62,13 +60,22 @@ impl Kubernetes {
     }
 
     /// Applies the canary for `version` with `replicas` and waits for its rollout.
+    /// Under `replica_ratio` it keeps the stable's count when the release began (the
+    /// one an existing canary of `version` kept, else the stable's now).
     pub(crate) async fn apply_canary(
         &self,
         stable: &KubeDeployment,
         version: &str,
         replicas: i32,
+        existing: Option<&KubeDeployment>,
     ) -> Result<KubeDeployment, Error> {
-        let body = objects::canary(stable, &self.deploy, version, replicas)?;
+        let start = self.ratio_grid().map(|_| {
+            existing
+                .filter(|c| objects::canary_version(c).as_deref() == Some(version))
+                .and_then(objects::start_replicas)
+                .unwrap_or(objects::replicas(stable))
+        });
+        let body = objects::canary(stable, &self.deploy, version, replicas, start)?;
         self.apply_deployment(&self.deploy.canary_name, &body)
             .await?;
         self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
@@ -83,29 +90,33 @@ impl Kubernetes {
             "Deployment `{}` runs {} ({} ready)",
             self.deploy.deployment,
             self.deploy.image_of(version),
-            replicas_of(&d)
+            objects::replicas(&d)
         ))
     }
 
     async fn deploy_canary(&self, version: &str) -> Result<String, Error> {
         let stable = self.stable().await?;
-        let replicas = match self.ratio_total() {
+        let (replicas, existing) = match self.ratio_grid() {
             // The canary's first pods start with its first step's weight; a resumed
             // release keeps the count it had.
-            Some(_) => self
-                .deployment_opt(&self.deploy.canary_name)
-                .await?
-                .filter(|c| objects::canary_version(c).as_deref() == Some(version))
-                .map_or(0, |c| replicas_of(&c)),
+            Some(_) => {
+                let existing = self.deployment_opt(&self.deploy.canary_name).await?;
+                let same = existing
+                    .as_ref()
+                    .filter(|c| objects::canary_version(c).as_deref() == Some(version));
+                (same.map_or(0, objects::replicas), existing)
+            }
             // Blue-green and routed canaries get the stable's capacity.
-            None => replicas_of(&stable),
+            None => (objects::replicas(&stable), None),
         };
-        let d = self.apply_canary(&stable, version, replicas).await?;
+        let d = self
+            .apply_canary(&stable, version, replicas, existing.as_ref())
+            .await?;
         Ok(format!(
             "Deployment `{}` runs {} ({} ready)",
             self.deploy.canary_name,
             self.deploy.image_of(version),
-            replicas_of(&d)
+            objects::replicas(&d)
         ))
     }
 
@@ -152,7 +163,7 @@ impl Kubernetes {
                 traffic,
             }
         };
-        let on_canary = match self.ratio_total() {
+        let on_canary = match self.ratio_grid() {
             Some(_) => format!(
                 "traffic: the canary `{canary_name}` ({version}) keeps serving, with the stable `{stable_name}` pods that are ready; the canary is kept"
             ),
@@ -161,7 +172,23 @@ impl Kubernetes {
             ),
         };
         let stable = self.stable().await.map_err(half_way(on_canary.clone()))?;
-        self.apply_stable(&stable, &version, self.ratio_total())
+        let replicas = match self.ratio_grid() {
+            // The count the stable had when the release began, within an HPA's bounds.
+            Some(grid) => {
+                let start = objects::start_replicas(&canary).unwrap_or(grid);
+                let hpa = self
+                    .hpa_bounds(stable_name)
+                    .await
+                    .map_err(half_way(on_canary.clone()))?;
+                let (min, max) = hpa.map_or((1, i32::MAX), |(min, max)| {
+                    let n = |x: u32| i32::try_from(x).unwrap_or(i32::MAX);
+                    (n(min).max(1), n(max).max(1))
+                });
+                Some(start.clamp(min, max.max(min)))
+            }
+            None => None,
+        };
+        self.apply_stable(&stable, &version, replicas)
             .await
             .map_err(half_way(on_canary.clone()))?;
         self.route_to_stable()
@@ -169,7 +196,7 @@ impl Kubernetes {
             .map_err(half_way(format!(
                 "{on_canary}, unless the switch back to the stable `{stable_name}` (now {version}) took effect"
             )))?;
-        if self.ratio_total().is_none() {
+        if self.ratio_grid().is_none() {
             // Traffic left the canary with the switch; Gateways and kube-proxy take a
             // moment to follow it (see `drain`).
             tokio::time::sleep(self.drain).await;
@@ -225,7 +252,12 @@ impl Deployer for Kubernetes {
                 }
                 Variant::Canary => {
                     let stable = self.stable().await?;
-                    self.apply_canary(&stable, version, n).await?
+                    let existing = match self.ratio_grid() {
+                        Some(_) => self.deployment_opt(&self.deploy.canary_name).await?,
+                        None => None,
+                    };
+                    self.apply_canary(&stable, version, n, existing.as_ref())
+                        .await?
                 }
             };
             Ok(deployed(format!(
@@ -269,7 +301,7 @@ impl Deployer for Kubernetes {
             let d = self.wait_ready(name, timeout).await?;
             Ok(format!(
                 "Deployment `{name}`: {} replica(s) ready",
-                replicas_of(&d)
+                objects::replicas(&d)
             ))
         })
     }

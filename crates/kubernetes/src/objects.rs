@@ -17,6 +17,13 @@ use crate::{Error, TRACK_LABEL, VERSION_LABEL};
 
 /// The canary's annotation naming the Deployment it was derived from.
 pub const DERIVED_FROM: &str = "rampart.dev/derived-from";
+/// The canary's annotation keeping the stable's replica count when the release began
+/// (`replica_ratio`): what the split is sized from, and what a promotion restores.
+pub const STABLE_REPLICAS: &str = "rampart.dev/stable-replicas";
+
+fn is_rampart_own(key: &str) -> bool {
+    key.starts_with("rampart.dev/")
+}
 
 /// Where a Deployment's rollout stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +139,7 @@ pub fn canary(
     spec: &KubeDeploySpec,
     version: &str,
     replicas: i32,
+    stable_replicas: Option<i32>,
 ) -> Result<Value, Error> {
     let mut d = stable
         .spec
@@ -159,6 +167,10 @@ pub fn canary(
     let mut labels = stable.metadata.labels.clone().unwrap_or_default();
     labels.insert(TRACK_LABEL.into(), "canary".into());
     labels.insert(VERSION_LABEL.into(), version.into());
+    let mut annotations = BTreeMap::from([(DERIVED_FROM.to_string(), spec.deployment.clone())]);
+    if let Some(n) = stable_replicas {
+        annotations.insert(STABLE_REPLICAS.into(), n.to_string());
+    }
     Ok(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -166,7 +178,7 @@ pub fn canary(
             "name": spec.canary_name,
             "namespace": spec.namespace,
             "labels": labels,
-            "annotations": { DERIVED_FROM: spec.deployment },
+            "annotations": annotations,
         },
         "spec": d,
     }))
@@ -214,13 +226,13 @@ pub fn applies_replicas(d: &Deployment) -> bool {
 pub fn rescaled(canary: &Deployment, replicas: i32) -> Value {
     let mut spec = canary.spec.clone().unwrap_or_default();
     spec.replicas = Some(replicas);
-    // Only rampart's own annotation: the others (the revision) are the controller's.
+    // Only rampart's own annotations: the others (the revision) are the controller's.
     let annotations: BTreeMap<&str, &String> = canary
         .metadata
         .annotations
         .iter()
         .flatten()
-        .filter(|(k, _)| k.as_str() == DERIVED_FROM)
+        .filter(|(k, _)| is_rampart_own(k))
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     json!({
@@ -234,6 +246,57 @@ pub fn rescaled(canary: &Deployment, replicas: i32) -> Value {
         },
         "spec": spec,
     })
+}
+
+/// A Deployment's `spec.replicas` (1 when unset, as the API server defaults it).
+pub fn replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+/// The stable's replica count when the release began, as the canary keeps it.
+pub fn start_replicas(canary: &Deployment) -> Option<i32> {
+    canary
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(STABLE_REPLICAS)?
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+}
+
+/// `replica_ratio`'s (canary, stable) replicas for `weight`. `start` is the stable's
+/// count when the release began, `grid` the policy's `replicas` (steps are multiples
+/// of `100 / grid` %), `hpa` the bounds of an HPA that scales the stable.
+///
+/// At 0 % the stable gets `start` back and at 100 % the canary has `start`. In
+/// between, the total is `start` rounded up to a multiple of `grid`, so the split is
+/// exact and capacity never drops below what the stable had. An HPA puts a stable
+/// below its `minReplicas` back up (and would change the weight), so the total grows
+/// by `grid` until the stable's share reaches it; an HPA leaves a Deployment scaled to
+/// 0 alone.
+pub fn ratio_split(grid: u32, start: u32, weight: Weight, hpa: Option<(u32, u32)>) -> (u32, u32) {
+    let start = start.max(1);
+    let (min, max) = hpa.unwrap_or((0, u32::MAX));
+    if weight == Weight::ZERO {
+        return (0, start.clamp(min.max(1), max.max(1)));
+    }
+    if weight == Weight::FULL {
+        return (start, 0);
+    }
+    let grid = grid.max(1);
+    let split = |total: u32| {
+        let c = canary_replicas(total, weight);
+        (c, total - c)
+    };
+    let mut total = start.div_ceil(grid).saturating_mul(grid);
+    while split(total).1 < min && total < u32::MAX / 2 {
+        total += grid;
+    }
+    while split(total).1 > max && total > grid && split(total - grid).1 >= min {
+        total -= grid;
+    }
+    split(total)
 }
 
 /// Replicas of the canary for `weight` out of `total`: rounded, and at least one when
@@ -564,5 +627,21 @@ mod tests {
         assert_eq!(canary_replicas(10, w(25)), 3);
         assert_eq!(canary_replicas(4, w(100)), 4);
         assert_eq!(replica_weight(1, 3).unwrap(), w(25));
+    }
+
+    #[test]
+    fn ratio_split_keeps_the_stables_capacity_and_an_hpas_minimum() {
+        let w = |p| Weight::from_percent(p).unwrap();
+        // The policy's 4 replicas are the grid; a stable of 10 keeps its capacity.
+        assert_eq!(ratio_split(4, 10, w(25), None), (3, 9));
+        assert_eq!(ratio_split(4, 10, w(50), None), (6, 6));
+        assert_eq!(ratio_split(4, 10, w(100), None), (10, 0));
+        assert_eq!(ratio_split(4, 10, w(0), None), (0, 10));
+        assert_eq!(ratio_split(4, 4, w(25), None), (1, 3));
+        // An HPA with minReplicas 3: the canary grows rather than the stable shrink.
+        assert_eq!(ratio_split(4, 4, w(50), Some((3, 10))), (4, 4));
+        assert_eq!(ratio_split(4, 4, w(75), Some((3, 10))), (9, 3));
+        assert_eq!(ratio_split(4, 2, w(0), Some((3, 10))), (0, 3));
+        assert_eq!(ratio_split(4, 4, w(100), Some((3, 10))), (4, 0));
     }
 }

@@ -19,14 +19,22 @@ use crate::{Error, Kubernetes};
 // === impl Kubernetes ===
 
 impl Kubernetes {
-    async fn set_replica_ratio(&self, total: u32, weight: Weight) -> Result<Weight, Error> {
-        let c = objects::canary_replicas(total, weight);
+    async fn set_replica_ratio(&self, grid: u32, weight: Weight) -> Result<Weight, Error> {
+        let stable = self.stable().await?;
+        let canary = self.deployment_opt(&self.deploy.canary_name).await?;
+        // Sized from the stable's count when the release began (kept on the canary),
+        // else from what runs now.
+        let live = objects::replicas(&stable) + canary.as_ref().map_or(0, objects::replicas);
+        let start = canary
+            .as_ref()
+            .and_then(objects::start_replicas)
+            .unwrap_or(live);
+        let hpa = self.hpa_bounds(&self.deploy.deployment).await?;
+        let (c, s) = objects::ratio_split(grid, u32::try_from(start).unwrap_or(1), weight, hpa);
         let (c, s) = (
             i32::try_from(c).unwrap_or(i32::MAX),
-            i32::try_from(total - c).unwrap_or(i32::MAX),
+            i32::try_from(s).unwrap_or(i32::MAX),
         );
-        self.stable().await?;
-        let canary = self.deployment_opt(&self.deploy.canary_name).await?;
         let Some(canary) = canary else {
             if c > 0 {
                 return Err(Error::Weight(format!(
@@ -36,10 +44,9 @@ impl Kubernetes {
             }
             return self.scale_stable_only(s).await;
         };
-        let canary_now = canary.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
         let canary_body = objects::rescaled(&canary, c);
         // The side that grows goes first, so capacity never dips during the change.
-        if c >= canary_now {
+        if c >= objects::replicas(&canary) {
             self.apply_deployment(&self.deploy.canary_name, &canary_body)
                 .await?;
             self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
@@ -58,10 +65,7 @@ impl Kubernetes {
         let canary = self
             .wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
             .await?;
-        let read = |d: &k8s_openapi::api::apps::v1::Deployment| {
-            d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
-        };
-        objects::replica_weight(read(&canary), read(&stable))
+        objects::replica_weight(objects::replicas(&canary), objects::replicas(&stable))
     }
 
     async fn scale_stable_only(&self, replicas: i32) -> Result<Weight, Error> {
@@ -178,7 +182,7 @@ impl TrafficRouter for Kubernetes {
     /// waits between the switch back and the canary's removal (`promote`).
     fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
         Box::pin(async move {
-            if variant == Variant::Canary && self.ratio_total().is_none() {
+            if variant == Variant::Canary && self.ratio_grid().is_none() {
                 tokio::time::sleep(timeout).await;
             }
             Ok(())

@@ -473,6 +473,7 @@ async fn fake_api_promotion_under_replica_ratio_gives_stable_every_replica() {
     let scenario = Scenario::new("promote under replica_ratio")
         .get(deployments("checkout-canary"), 200, canary("v2", 4))
         .get(deployments("checkout"), 200, stable("v1", 0))
+        .get(hpas(), 200, hpa_list(vec![]))
         .apply(
             deployments("checkout"),
             |b| {
@@ -516,6 +517,7 @@ fn ratio_split() -> Scenario {
     Scenario::new("replica_ratio 1 of 4")
         .get(deployments("checkout"), 200, stable("v1", 4))
         .get(deployments("checkout-canary"), 200, canary("v2", 0))
+        .get(hpas(), 200, hpa_list(vec![]))
         .apply(
             deployments("checkout-canary"),
             |b| assert_eq!(at(b, "spec/replicas"), 1),

@@ -548,3 +548,82 @@ async fn fake_api_release_the_canary_keeps_its_pods_for_the_drain_after_traffic_
         waited(&r, &routes("checkout"))
     );
 }
+
+/// The (stable, canary) replica counts after each write, and the smallest total seen
+/// while the canary existed.
+fn capacity(r: &Release) -> i64 {
+    let w = r.world.lock().unwrap();
+    let (mut stable, mut canary, mut least) = (None, None, i64::MAX);
+    for (path, n) in &w.replicas {
+        if *path == deployments("checkout") {
+            stable = Some(*n);
+        } else {
+            canary = Some(*n);
+        }
+        if let (Some(s), Some(c)) = (stable, canary) {
+            least = least.min(s + c);
+        }
+    }
+    least
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_replica_ratio_sizes_from_the_stables_live_replicas() {
+    // Issue 22, item 5: the stable runs 10 replicas, the policy's grid is 4. The split
+    // must not shrink the service to 4 pods.
+    let text = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let r = release(&text, vec![(deployments("checkout"), stable("v1", 10))]).await;
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+    assert!(capacity(&r) >= 10, "capacity dropped to {}", capacity(&r));
+    let canary: Vec<i64> = r
+        .world
+        .lock()
+        .unwrap()
+        .replicas
+        .iter()
+        .filter(|(p, _)| *p == deployments("checkout-canary"))
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        canary,
+        vec![0, 3, 6, 10, 0],
+        "25 % and 50 % of 12, then all 10"
+    );
+    let stable = r.object(&deployments("checkout")).unwrap();
+    assert_eq!(
+        at(&stable, "spec/replicas"),
+        10,
+        "the promoted stable has its 10 back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_replica_ratio_keeps_the_stable_within_its_hpas_bounds() {
+    // Issue 22, item 5: an HPA (min 3) scales the stable. At 50 % of 4 the stable would
+    // get 2, the HPA would put it back to 3, and the weight read back (40 %) would fail
+    // the step: the canary grows instead.
+    let text = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let r = release(
+        &text,
+        vec![
+            (deployments("checkout"), stable("v1", 4)),
+            (format!("{}/checkout", hpas()), hpa("checkout", 3, 10)),
+        ],
+    )
+    .await;
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+    let w = r.world.lock().unwrap();
+    let stable_counts: Vec<i64> = w
+        .replicas
+        .iter()
+        .filter(|(p, _)| *p == deployments("checkout"))
+        .map(|(_, n)| *n)
+        .collect();
+    assert!(
+        stable_counts.iter().all(|n| *n == 0 || *n >= 3),
+        "the stable never went below the HPA's minimum: {stable_counts:?}"
+    );
+    assert_eq!(stable_counts.last(), Some(&4));
+}

@@ -26,6 +26,28 @@ pub fn services(name: &str) -> String {
     format!("/api/v1/namespaces/{NS}/services/{name}")
 }
 
+pub fn hpas() -> String {
+    format!("/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers")
+}
+
+/// A list of HPAs as the API server answers it.
+pub fn hpa_list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
+           "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// An HPA scaling the Deployment `target` between `min` and `max` replicas.
+pub fn hpa(target: &str, min: i32, max: i32) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": target, "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": min, "maxReplicas": max,
+        }
+    })
+}
+
 pub fn routes(name: &str) -> String {
     format!("/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/{name}")
 }

@@ -164,8 +164,7 @@ pub fn canary(
             ))
         })?;
     container.image = Some(image);
-    let mut labels = stable.metadata.labels.clone().unwrap_or_default();
-    labels.insert(TRACK_LABEL.into(), "canary".into());
+    let mut labels = canary_labels(stable);
     labels.insert(VERSION_LABEL.into(), version.into());
     let mut annotations = BTreeMap::from([(DERIVED_FROM.to_string(), spec.deployment.clone())]);
     if let Some(n) = stable_replicas {
@@ -182,6 +181,36 @@ pub fn canary(
         },
         "spec": d,
     }))
+}
+
+/// Labels of the stable Deployment (not its pods) the canary Deployment carries too.
+const KEPT_LABELS: &[&str] = &[
+    "app",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+];
+
+/// The canary Deployment's own labels: its selector's (stable's, with the canary
+/// track) and the few of the stable Deployment's that name the application
+/// ([`KEPT_LABELS`]), never a GitOps tool's tracking label ([`is_tool_owned`]): the
+/// canary is not in git, and Argo CD prunes what carries its label but is not.
+/// `app.kubernetes.io/managed-by` says who does manage it. The pod template keeps
+/// every label of the stable's pods: Services, policies and monitors select by them.
+pub fn canary_labels(stable: &Deployment) -> BTreeMap<String, String> {
+    let own = stable
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| KEPT_LABELS.contains(&k.as_str()));
+    let mut labels: BTreeMap<String, String> = track_labels(stable, "canary")
+        .into_iter()
+        .chain(own.map(|(k, v)| (k.clone(), v.clone())))
+        .filter(|(k, _)| !is_tool_owned(k))
+        .collect();
+    labels.insert("app.kubernetes.io/managed-by".into(), "rampart".into());
+    labels
 }
 
 /// The fields rampart applies to the stable Deployment: the container's image, and

@@ -114,6 +114,59 @@ async fn fake_api_deploy_canary_derives_from_stable_and_waits_for_the_new_genera
 }
 
 #[tokio::test(start_paused = true)]
+async fn fake_api_canary_carries_no_gitops_tracking_label() {
+    // Issue 22, item 6: with auto-sync and prune, Argo CD deletes what carries its
+    // tracking label but is not in git. The canary Deployment is not in git.
+    let mut tracked = stable("v1", 3);
+    tracked["metadata"]["labels"] = json!({
+        "app": "checkout",
+        "app.kubernetes.io/instance": "shop-checkout",
+        "app.kubernetes.io/managed-by": "Helm",
+        "kustomize.toolkit.fluxcd.io/name": "apps",
+        "helm.toolkit.fluxcd.io/name": "checkout",
+        "team": "payments",
+    });
+    tracked["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] =
+        json!("shop-checkout");
+    tracked["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] =
+        json!("shop-checkout");
+    let scenario = Scenario::new("canary without tracking labels")
+        .get(deployments("checkout"), 200, tracked)
+        .apply(
+            deployments("checkout-canary"),
+            |b| {
+                assert_eq!(
+                    at(b, "metadata/labels"),
+                    &json!({
+                        "app": "checkout",
+                        "app.kubernetes.io/managed-by": "rampart",
+                        "rampart.dev/track": "canary",
+                        "rampart.dev/version": "v2",
+                    })
+                );
+                // Selecting its pods still takes every label of the stable's selector.
+                assert_eq!(
+                    at(b, "spec/selector/matchLabels"),
+                    &json!({"app": "checkout", "app.kubernetes.io/instance": "shop-checkout",
+                            "rampart.dev/track": "canary"})
+                );
+                assert_eq!(
+                    at(b, "spec/template/metadata/labels")["app.kubernetes.io/instance"],
+                    "shop-checkout"
+                );
+            },
+            200,
+            canary("v2", 3),
+        )
+        .get(deployments("checkout-canary"), 200, canary("v2", 3));
+    let (out, _) = run(scenario, selector(), async |k| {
+        k.deploy(Variant::Canary, "v2").await
+    })
+    .await;
+    out.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn fake_api_deploy_stable_applies_only_the_image() {
     let scenario = Scenario::new("stable keeps everything but the image")
         .get(deployments("checkout"), 200, stable("v1", 3))

@@ -627,3 +627,137 @@ async fn fake_api_release_replica_ratio_keeps_the_stable_within_its_hpas_bounds(
     );
     assert_eq!(stable_counts.last(), Some(&4));
 }
+
+/// The JSON pointers of a recipe block in docs/kubernetes.md, by the kind of the rule
+/// they follow.
+fn recipe(name: &str) -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/kubernetes.md"
+    ))
+    .unwrap();
+    let start = doc.find(&format!("<!-- recipe: {name} -->")).unwrap();
+    let block = doc[start..].split("```").nth(1).unwrap();
+    let mut kind = String::new();
+    let mut out = Vec::new();
+    for line in block.lines() {
+        if let Some(i) = line.find("kind: ") {
+            kind = line[i + 6..]
+                .split([',', '}', ' '])
+                .next()
+                .unwrap()
+                .to_string();
+        }
+        for token in line.split([' ', '[', ']', ',']) {
+            if token.starts_with("/spec/") || token.starts_with("/metadata/") {
+                out.push((kind.clone(), token.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The JSON pointers of the fields a manager named `rampart` owns on the object at
+/// `path`, leaving out list items' keys (`name` of a container).
+fn owned_by_rampart(w: &World, path: &str) -> Vec<String> {
+    let Some(object) = w.objects.get(path) else {
+        return Vec::new();
+    };
+    let mut pointers = Vec::new();
+    for (manager, fields) in w.owners.get(path).into_iter().flatten() {
+        if manager.split('/').next() != Some("rampart") {
+            continue;
+        }
+        for field in fields {
+            let (mut at, mut pointer, mut keyed) = (object, String::new(), None::<Value>);
+            for seg in field {
+                let next = match seg.strip_prefix("k:") {
+                    Some(key) => {
+                        let key: Value = serde_json::from_str(key).unwrap();
+                        let items = at.as_array().unwrap();
+                        let i = items
+                            .iter()
+                            .position(|item| {
+                                key.as_object().unwrap().iter().all(|(k, v)| &item[k] == v)
+                            })
+                            .unwrap();
+                        keyed = Some(key);
+                        pointer.push_str(&format!("/{i}"));
+                        &items[i]
+                    }
+                    None => {
+                        pointer
+                            .push_str(&format!("/{}", seg.replace('~', "~0").replace('/', "~1")));
+                        &at[seg]
+                    }
+                };
+                at = next;
+            }
+            let is_key = keyed.is_some_and(|k| field.last().is_some_and(|l| k.get(l).is_some()));
+            if !is_key {
+                pointers.push(pointer);
+            }
+        }
+    }
+    pointers
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_the_gitops_recipes_cover_every_field_rampart_writes() {
+    // Issue 22, item 6: the Argo CD and Flux recipes in docs/kubernetes.md must name
+    // every field rampart writes on the user's objects, and nothing else.
+    let mut written: Vec<(String, String)> = Vec::new();
+    let objects = |extra: Vec<(String, Value)>| {
+        let mut o = vec![(deployments("checkout"), stable("v1", 4)), stable_service()];
+        o.extend(extra);
+        o
+    };
+    for (traffic, strategy, extra) in [
+        ("{mode: replica_ratio, replicas: 4}", CANARY_STEPS, vec![]),
+        (
+            "{mode: service_selector, service: checkout}",
+            "{blue_green: {stability: 1m}}",
+            vec![],
+        ),
+        (
+            "{mode: http_route, service: checkout, route: checkout}",
+            CANARY_STEPS,
+            vec![(routes("checkout"), route(None, None)), admin_service()],
+        ),
+    ] {
+        let text = policy(traffic, strategy);
+        let r = release(&text, objects(extra)).await;
+        assert_eq!(r.run(&text).await.phase, Phase::Succeeded);
+        let w = r.world.lock().unwrap();
+        for (kind, path) in [
+            ("Deployment", deployments("checkout")),
+            ("Service", services("checkout")),
+            ("HTTPRoute", routes("checkout")),
+        ] {
+            for p in owned_by_rampart(&w, &path) {
+                written.push((kind.to_string(), p));
+            }
+        }
+    }
+    written.sort();
+    written.dedup();
+    for name in ["argo-cd", "flux"] {
+        let ignored = recipe(name);
+        for (kind, field) in &written {
+            assert!(
+                ignored
+                    .iter()
+                    .any(|(k, p)| k == kind && (field == p || field.starts_with(&format!("{p}/")))),
+                "the {name} recipe misses {kind} {field}: {ignored:?}"
+            );
+        }
+        for (kind, p) in &ignored {
+            assert!(
+                written
+                    .iter()
+                    .any(|(k, f)| k == kind && (f == p || f.starts_with(&format!("{p}/")))),
+                "the {name} recipe names {kind} {p}, which rampart does not write: {written:?}"
+            );
+        }
+    }
+}

@@ -106,8 +106,12 @@ impl Kubernetes {
                     .filter(|c| objects::canary_version(c).as_deref() == Some(version));
                 (same.map_or(0, objects::replicas), existing)
             }
-            // Blue-green and routed canaries get the stable's capacity.
-            None => (objects::replicas(&stable), None),
+            // Blue-green and routed canaries get the stable's capacity, once their
+            // Service is known to select one track only.
+            None => {
+                self.check_service(&stable).await?;
+                (objects::replicas(&stable), None)
+            }
         };
         let d = self
             .apply_canary(&stable, version, replicas, existing.as_ref())

@@ -97,6 +97,48 @@ pub fn check_stable(d: &Deployment, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks that the Service a traffic mode names selects one track of the stable
+/// Deployment's pods: its selector has `rampart.dev/track` (`stable`, or under
+/// `service_selector` also `canary`, as a resumed blue-green release finds it) and
+/// its other labels are the stable pods'. A Service that selects `{app: checkout}`
+/// would send the canary its share of traffic the moment its pods are ready, before
+/// any analysis.
+pub fn check_service(
+    svc: &Service,
+    stable: &Deployment,
+    tracks: &[&str],
+    why: &str,
+) -> Result<(), Error> {
+    let name = svc.metadata.name.as_deref().unwrap_or("?");
+    let selector = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    let pods = stable
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let track = selector.get(TRACK_LABEL).map(String::as_str);
+    if !track.is_some_and(|t| tracks.contains(&t)) {
+        return Err(Error::Shape(format!(
+            "Service `{name}` selects {selector:?}: {why}, so its selector needs `{TRACK_LABEL}: stable`; without it the canary's pods would get traffic as soon as they are ready, before any analysis (see docs/kubernetes.md)"
+        )));
+    }
+    if let Some((k, v)) = selector
+        .iter()
+        .find(|(k, v)| k.as_str() != TRACK_LABEL && pods.get(*k) != Some(*v))
+    {
+        return Err(Error::Shape(format!(
+            "Service `{name}` selects `{k}: {v}`, which the pods of Deployment `{}` do not carry: it is not the stable Deployment's Service",
+            stable.metadata.name.as_deref().unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
+
 /// The image `container` runs in `d`.
 pub fn container_image(d: &Deployment, container: &str) -> Result<String, Error> {
     let name = d.metadata.name.as_deref().unwrap_or("?");

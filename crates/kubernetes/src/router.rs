@@ -116,6 +116,29 @@ impl Kubernetes {
         objects::route_weight(&read, service, &canary_service)
     }
 
+    /// Checks the Service the mode names before a canary starts (see
+    /// [`objects::check_service`]); `replica_ratio` names none.
+    pub(crate) async fn check_service(
+        &self,
+        stable: &k8s_openapi::api::apps::v1::Deployment,
+    ) -> Result<(), Error> {
+        let (service, tracks, why): (&str, &[&str], &str) = match &self.traffic.mode {
+            KubeMode::ReplicaRatio { .. } => return Ok(()),
+            KubeMode::ServiceSelector { service } => (
+                service,
+                &["stable", "canary"],
+                "`mode: service_selector` switches it between the tracks",
+            ),
+            KubeMode::HttpRoute { service, .. } => (
+                service,
+                &["stable"],
+                "`mode: http_route` weighs it, the stable backend, against the canary's Service",
+            ),
+        };
+        let svc = self.service(service).await?;
+        objects::check_service(&svc, stable, tracks, why)
+    }
+
     /// All traffic to the stable Deployment, as the end of a promotion needs before the
     /// canary goes. Under `replica_ratio` the stable Deployment's count already did it.
     /// The weight read back must be 0: the canary is removed next.

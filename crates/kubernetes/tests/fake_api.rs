@@ -19,6 +19,14 @@ fn pct(p: u8) -> Weight {
 
 fn no_check(_: &Value) {}
 
+/// The Service of `service_selector` and `http_route`, selecting stable pods.
+fn stable_service() -> Value {
+    service(
+        "checkout",
+        json!({"app": "checkout", "rampart.dev/track": "stable"}),
+    )
+}
+
 // === deploy ===
 
 #[tokio::test(start_paused = true)]
@@ -31,6 +39,7 @@ async fn fake_api_deploy_canary_derives_from_stable_and_waits_for_the_new_genera
     };
     let scenario = Scenario::new("derive and apply the canary")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(services("checkout"), 200, stable_service())
         .apply(
             deployments("checkout-canary"),
             |b| {
@@ -132,6 +141,7 @@ async fn fake_api_canary_carries_no_gitops_tracking_label() {
         json!("shop-checkout");
     let scenario = Scenario::new("canary without tracking labels")
         .get(deployments("checkout"), 200, tracked)
+        .get(services("checkout"), 200, stable_service())
         .apply(
             deployments("checkout-canary"),
             |b| {
@@ -255,6 +265,7 @@ async fn fake_api_deploy_fails_at_once_when_the_progress_deadline_passed() {
     }]);
     let scenario = Scenario::new("progress deadline exceeded")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(services("checkout"), 200, stable_service())
         .apply(
             deployments("checkout-canary"),
             no_check,
@@ -293,6 +304,7 @@ async fn fake_api_deploy_times_out_on_virtual_time() {
     );
     let mut scenario = Scenario::new("never ready")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(services("checkout"), 200, stable_service())
         .apply(deployments("checkout-canary"), no_check, 200, stuck.clone());
     // Polled at 0 s, 1 s, 2 s and 3 s: then the 3 s budget is spent.
     for _ in 0..4 {
@@ -330,6 +342,44 @@ async fn fake_api_stable_without_the_track_label_is_refused_before_any_write() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn fake_api_a_service_that_would_select_the_canary_is_refused_before_it_starts() {
+    // Issue 22, item 7: a Service selecting `{app: checkout}` selects the canary's pods
+    // too, and would send them traffic before any analysis.
+    for (mode, selector_labels, expected) in [
+        (
+            selector(),
+            json!({"app": "checkout"}),
+            "needs `rampart.dev/track: stable`",
+        ),
+        (
+            http_route(),
+            json!({"app": "checkout", "rampart.dev/track": "canary"}),
+            "needs `rampart.dev/track: stable`",
+        ),
+        (
+            selector(),
+            json!({"app": "payments", "rampart.dev/track": "stable"}),
+            "selects `app: payments`",
+        ),
+    ] {
+        let scenario = Scenario::new("Service checked")
+            .get(deployments("checkout"), 200, stable("v1", 3))
+            .get(
+                services("checkout"),
+                200,
+                service("checkout", selector_labels),
+            );
+        let (out, written) = run(scenario, mode, async |k| {
+            k.deploy(Variant::Canary, "v2").await
+        })
+        .await;
+        let e = out.unwrap_err();
+        assert!(e.0.contains(expected), "{e}");
+        assert!(written.is_empty(), "nothing written");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn fake_api_missing_stable_deployment_is_named() {
     let scenario = Scenario::new("no stable Deployment").get(
         deployments("checkout"),
@@ -361,6 +411,7 @@ async fn fake_api_reapplying_the_canary_twice_writes_the_same_body() {
     for _ in 0..2 {
         scenario = scenario
             .get(deployments("checkout"), 200, stable("v1", 3))
+            .get(services("checkout"), 200, stable_service())
             .apply(
                 deployments("checkout-canary"),
                 no_check,

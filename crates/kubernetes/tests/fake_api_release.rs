@@ -761,3 +761,34 @@ async fn fake_api_release_the_gitops_recipes_cover_every_field_rampart_writes() 
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_a_service_selecting_both_tracks_stops_the_release_before_the_canary_runs()
+{
+    // Issue 22, item 7: the Service selects `{app: checkout}`, so a blue-green canary at
+    // full capacity would get about half the traffic as soon as its pods are ready.
+    let text = policy(
+        "{mode: service_selector, service: checkout}",
+        "{blue_green: {stability: 1m}}",
+    );
+    let r = release(
+        &text,
+        vec![
+            (deployments("checkout"), stable("v1", 3)),
+            (
+                services("checkout"),
+                service("checkout", json!({"app": "checkout"})),
+            ),
+        ],
+    )
+    .await;
+    let end = r.run(&text).await;
+    assert_ne!(end.phase, Phase::Succeeded, "{end:?}");
+    let reason = end.decision.unwrap().reason;
+    assert!(reason.contains("rampart.dev/track: stable"), "{reason}");
+    let writes = r.world.lock().unwrap().writes.clone();
+    assert!(
+        !writes.contains(&format!("PATCH {}", deployments("checkout-canary"))),
+        "the canary never started: {writes:?}"
+    );
+}

@@ -29,7 +29,8 @@ pub use error::Error;
 pub const FIELD_MANAGER: &str = "rampart";
 /// The label that tells stable pods from canary pods.
 pub const TRACK_LABEL: &str = "rampart.dev/track";
-/// The label carrying the canary's version.
+/// The canary's version: an annotation with the version, and a label with the version
+/// or, when it is no label value, a hash of it (`objects::version_label`).
 pub const VERSION_LABEL: &str = "rampart.dev/version";
 
 /// A release's Deployments and the traffic between them, in one namespace.

@@ -165,14 +165,42 @@ pub fn track_labels(stable: &Deployment, track: &str) -> BTreeMap<String, String
     labels
 }
 
-/// The version a canary Deployment runs, from its label.
+/// The version a canary Deployment runs: its `rampart.dev/version` annotation (the
+/// label of a canary an older rampart made).
 pub fn canary_version(d: &Deployment) -> Option<String> {
-    d.metadata.labels.as_ref()?.get(VERSION_LABEL).cloned()
+    let m = &d.metadata;
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(VERSION_LABEL))
+        .or_else(|| m.labels.as_ref()?.get(VERSION_LABEL))
+        .cloned()
+}
+
+/// `version` as a label value: itself when it is one (at most 63 characters,
+/// alphanumeric at both ends, `-`, `_` and `.` between), else `h-` and a 64-bit hash
+/// of it (a digest, a long CI tag, `1.4.2+build.7`). The full version is in the
+/// annotation of the same name.
+pub fn version_label(version: &str) -> String {
+    let valid = version.len() <= 63
+        && version.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && version.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        return version.to_string();
+    }
+    // FNV-1a: stable across Rust versions and platforms, unlike the std hasher.
+    let hash = version.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("h-{hash:016x}")
 }
 
 /// The canary Deployment for `version`, derived from `stable`: the same spec with the
 /// container's image replaced, `rampart.dev/track: canary` in its labels, selector
-/// and pod template, and `rampart.dev/version` on the Deployment and its pods.
+/// and pod template, and `rampart.dev/version` on the Deployment and its pods, as a
+/// label ([`version_label`]) and an annotation (the version itself).
 ///
 /// The version stays out of the selector: a selector cannot change, and a leftover
 /// canary of another version must still be updatable in place.
@@ -192,7 +220,11 @@ pub fn canary(
     let template_meta = d.template.metadata.get_or_insert_with(Default::default);
     let labels = template_meta.labels.get_or_insert_with(Default::default);
     labels.insert(TRACK_LABEL.into(), "canary".into());
-    labels.insert(VERSION_LABEL.into(), version.into());
+    labels.insert(VERSION_LABEL.into(), version_label(version));
+    template_meta
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(VERSION_LABEL.into(), version.into());
     let image = spec.image_of(version);
     let container = d
         .template
@@ -207,8 +239,11 @@ pub fn canary(
         })?;
     container.image = Some(image);
     let mut labels = canary_labels(stable);
-    labels.insert(VERSION_LABEL.into(), version.into());
-    let mut annotations = BTreeMap::from([(DERIVED_FROM.to_string(), spec.deployment.clone())]);
+    labels.insert(VERSION_LABEL.into(), version_label(version));
+    let mut annotations = BTreeMap::from([
+        (DERIVED_FROM.to_string(), spec.deployment.clone()),
+        (VERSION_LABEL.to_string(), version.to_string()),
+    ]);
     if let Some(n) = stable_replicas {
         annotations.insert(STABLE_REPLICAS.into(), n.to_string());
     }
@@ -698,6 +733,22 @@ mod tests {
         assert_eq!(canary_replicas(10, w(25)), 3);
         assert_eq!(canary_replicas(4, w(100)), 4);
         assert_eq!(replica_weight(1, 3).unwrap(), w(25));
+    }
+
+    #[test]
+    fn a_version_that_is_no_label_value_is_hashed() {
+        assert_eq!(version_label("v1.4.2"), "v1.4.2");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let label = version_label(&digest);
+        assert_eq!(label.len(), 18);
+        assert!(label.starts_with("h-"), "{label}");
+        assert_eq!(
+            label,
+            version_label(&digest),
+            "the same version, the same label"
+        );
+        assert_ne!(label, version_label("1.4.2+build.7"));
+        assert_eq!(version_label(&"7".repeat(64)).len(), 18, "too long");
     }
 
     #[test]

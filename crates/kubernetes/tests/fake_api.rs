@@ -63,7 +63,7 @@ async fn fake_api_deploy_canary_derives_from_stable_and_waits_for_the_new_genera
                 );
                 assert_eq!(
                     at(b, "metadata/annotations"),
-                    &json!({"rampart.dev/derived-from": "checkout"})
+                    &json!({"rampart.dev/derived-from": "checkout", "rampart.dev/version": "v2"})
                 );
                 assert!(b.get("status").is_none());
                 assert_eq!(at(b, "spec/replicas"), 3);

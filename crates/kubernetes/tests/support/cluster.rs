@@ -532,6 +532,33 @@ fn value_at<'v>(v: &'v Value, f: &Field) -> Option<&'v Value> {
     f.iter().try_fold(v, |v, seg| v.get(seg))
 }
 
+/// The API server's validation of label values: at most 63 characters, alphanumeric
+/// at both ends, `-`, `_` and `.` between.
+fn invalid_label(body: &Value) -> Option<String> {
+    let valid = |v: &str| {
+        v.is_empty()
+            || (v.len() <= 63
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    };
+    [
+        &body["metadata"]["labels"],
+        &body["spec"]["selector"]["matchLabels"],
+        &body["spec"]["template"]["metadata"]["labels"],
+    ]
+    .into_iter()
+    .filter_map(Value::as_object)
+    .flatten()
+    .find(|(_, v)| !v.as_str().is_some_and(valid))
+    .map(|(k, v)| {
+        format!(
+            "metadata.labels: Invalid value: {v}: a valid label must be 63 characters or less ({k})"
+        )
+    })
+}
+
 fn status(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
            "code": code, "message": reason})
@@ -596,6 +623,9 @@ fn serve_one(
                 "every apply is forced, by rampart: {query}"
             );
             let body: Value = serde_json::from_slice(bytes).expect("JSON");
+            if let Some(why) = invalid_label(&body) {
+                return (422, status(422, &why));
+            }
             w.wrote(format!("PATCH {path}"));
             (200, apply(w, path, &body, "rampart"))
         }

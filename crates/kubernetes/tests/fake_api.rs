@@ -983,21 +983,25 @@ async fn fake_api_refused_connection_is_a_port_error() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fake_api_conflicting_apply_is_a_port_error() {
-    let mut conflict = server_error();
-    conflict["code"] = json!(409);
-    conflict["reason"] = json!("Conflict");
-    conflict["message"] = json!("Apply failed with 1 conflict");
+async fn fake_api_refused_apply_is_a_port_error_with_the_servers_words() {
+    // A forced apply never gets a 409 (it takes the fields over); what refuses it is
+    // RBAC, an admission webhook or a quota, and their words must reach the operator.
+    let mut forbidden = server_error();
+    forbidden["code"] = json!(403);
+    forbidden["reason"] = json!("Forbidden");
+    forbidden["message"] = json!(
+        "deployments.apps \"checkout\" is forbidden: User \"system:serviceaccount:shop:rampart\" cannot patch resource \"deployments\""
+    );
     let scenario = Scenario::new("apply refused")
         .get(deployments("checkout"), 200, stable("v1", 3))
-        .apply(deployments("checkout"), no_check, 409, conflict);
+        .apply(deployments("checkout"), no_check, 403, forbidden);
     let (out, _) = run(scenario, selector(), async |k| {
         k.deploy(Variant::Stable, "v1").await
     })
     .await;
     let e = out.unwrap_err();
     assert!(e.0.contains("applying Deployment `checkout`"), "{e}");
-    assert!(e.0.contains("conflict"), "{e}");
+    assert!(e.0.contains("cannot patch resource"), "{e}");
 }
 
 // === a real cluster ===
@@ -1009,6 +1013,9 @@ async fn cluster_reads_the_stable_version() {
     // examples/kubernetes/ applied (scripts/e2e-kind.sh does that).
     let mut spec = deploy_spec();
     spec.namespace = "default".into();
+    // examples/kubernetes/manifests.yaml: nginx in the container `web`.
+    spec.container = "web".into();
+    spec.image = "docker.io/library/nginx:{version}".into();
     let k = rampart_kubernetes::Kubernetes::connect(
         spec,
         rampart_core::policy::KubeTrafficSpec { mode: selector() },

@@ -558,6 +558,17 @@ fn replica_ratio_rejects_weights_no_replica_count_makes() {
     assert!(d[0].message.contains("25%, 50%, 75%, 100%"), "{d:?}");
     let d = errors(&src.replace("replicas: 4", "replicas: 0"));
     assert_eq!(d[0].path, "traffic.kubernetes.replicas", "{d:?}");
+    // Issue 22, item 14: one pod of 8 is 12.5 %, and the hint must say a weight the
+    // decoder then takes.
+    let d = errors(&src.replace("replicas: 4", "replicas: 8"));
+    assert!(
+        d[0].message.contains("(possible: 12.5%, 25%, 37.5%"),
+        "{d:?}"
+    );
+    let ok = src
+        .replace("replicas: 4", "replicas: 8")
+        .replace("weight: 5", "weight: 12.5");
+    Policy::from_yaml(&ok).unwrap_or_else(|e| panic!("{ok}\n{e:?}"));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -702,32 +703,159 @@ fn owned_by_rampart(w: &World, path: &str) -> Vec<String> {
     pointers
 }
 
-#[tokio::test(start_paused = true)]
-async fn fake_api_release_the_gitops_recipes_cover_every_field_rampart_writes() {
-    // Issue 22, item 6: the Argo CD and Flux recipes in docs/kubernetes.md must name
-    // every field rampart writes on the user's objects, and nothing else.
-    let mut written: Vec<(String, String)> = Vec::new();
+/// A promoted release in each traffic mode (the replica_ratio one under an HPA) and a
+/// rolled-back http_route one, each on its own fake cluster.
+async fn one_release_per_mode() -> Vec<Release> {
     let objects = |extra: Vec<(String, Value)>| {
         let mut o = vec![(deployments("checkout"), stable("v1", 4)), stable_service()];
         o.extend(extra);
         o
     };
-    for (traffic, strategy, extra) in [
-        ("{mode: replica_ratio, replicas: 4}", CANARY_STEPS, vec![]),
+    let routed = || vec![(routes("checkout"), route(None, None)), admin_service()];
+    let mut done = Vec::new();
+    for (traffic, strategy, extra, errors) in [
+        (
+            "{mode: replica_ratio, replicas: 4}",
+            CANARY_STEPS,
+            vec![(format!("{}/checkout", hpas()), hpa("checkout", 1, 10))],
+            0,
+        ),
         (
             "{mode: service_selector, service: checkout}",
             "{blue_green: {stability: 1m}}",
             vec![],
+            0,
         ),
         (
             "{mode: http_route, service: checkout, route: checkout}",
             CANARY_STEPS,
-            vec![(routes("checkout"), route(None, None)), admin_service()],
+            routed(),
+            0,
+        ),
+        (
+            "{mode: http_route, service: checkout, route: checkout}",
+            CANARY_STEPS,
+            routed(),
+            200,
         ),
     ] {
         let text = policy(traffic, strategy);
         let r = release(&text, objects(extra)).await;
-        assert_eq!(r.run(&text).await.phase, Phase::Succeeded);
+        r.metrics.0.store(errors, Ordering::SeqCst);
+        let end = r.run(&text).await;
+        let expected = if errors > 0 {
+            Phase::RolledBack
+        } else {
+            Phase::Succeeded
+        };
+        assert_eq!(end.phase, expected, "{end:?}");
+        done.push(r);
+    }
+    done
+}
+
+/// The rules of the Role in a YAML text (several documents): (API group, resource,
+/// verb, the names it is limited to).
+fn role_rules(text: &str) -> BTreeSet<(String, String, String, Vec<String>)> {
+    use rampart_core::yaml::{Node, NodeKind};
+    let list = |n: Option<&Node>| -> Vec<String> {
+        match n.map(|n| &n.kind) {
+            Some(NodeKind::Seq(items)) => items
+                .iter()
+                .map(|i| match &i.kind {
+                    NodeKind::Scalar { text, .. } => text.clone(),
+                    _ => String::new(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let get = |n: &Node, key: &str| -> Option<Node> {
+        match &n.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.text == key)
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    };
+    let mut out = BTreeSet::new();
+    for doc in text.split("\n---\n") {
+        let doc = rampart_core::yaml::parse(doc).unwrap();
+        let kind = get(&doc, "kind");
+        if !matches!(kind.map(|k| k.kind), Some(NodeKind::Scalar { text, .. }) if text == "Role") {
+            continue;
+        }
+        let Some(Node {
+            kind: NodeKind::Seq(rules),
+            ..
+        }) = get(&doc, "rules")
+        else {
+            panic!("a Role without rules");
+        };
+        for rule in &rules {
+            let names = list(get(rule, "resourceNames").as_ref());
+            for group in list(get(rule, "apiGroups").as_ref()) {
+                for resource in list(get(rule, "resources").as_ref()) {
+                    for verb in list(get(rule, "verbs").as_ref()) {
+                        out.insert((group.clone(), resource.clone(), verb, names.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_the_role_grants_what_rampart_asks_and_nothing_more() {
+    // Issue 22, item 12: the documented Role (examples/kubernetes/rbac.yaml and the
+    // one in docs/kubernetes.md) against every request of a release in each mode.
+    let mut asked = BTreeSet::new();
+    for r in one_release_per_mode().await {
+        asked.extend(r.world.lock().unwrap().asked.iter().cloned());
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let example = role_rules(
+        &std::fs::read_to_string(format!("{root}/examples/kubernetes/rbac.yaml")).unwrap(),
+    );
+    let doc = std::fs::read_to_string(format!("{root}/docs/kubernetes.md")).unwrap();
+    let block = doc[doc.find("## RBAC").unwrap()..]
+        .split("```")
+        .nth(1)
+        .unwrap();
+    let documented = role_rules(block.trim_start_matches("yaml\n"));
+    assert_eq!(
+        documented, example,
+        "docs/kubernetes.md and examples/kubernetes/rbac.yaml differ"
+    );
+    // The examples name the canary `checkout-canary`, as these releases do.
+    for (group, resource, verb, name) in &asked {
+        assert!(
+            example.iter().any(|(g, r, v, names)| g == group
+                && r == resource
+                && v == verb
+                && (names.is_empty() || names.contains(name))),
+            "the Role does not grant {verb} on {group}/{resource} {name}: {example:?}"
+        );
+    }
+    for (group, resource, verb, names) in &example {
+        let used = asked.iter().any(|(g, r, v, name)| {
+            g == group && r == resource && v == verb && (names.is_empty() || names.contains(name))
+        });
+        assert!(
+            used,
+            "the Role grants {verb} on {group}/{resource} {names:?}, which rampart never asks: {asked:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_the_gitops_recipes_cover_every_field_rampart_writes() {
+    // Issue 22, item 6: the Argo CD and Flux recipes in docs/kubernetes.md must name
+    // every field rampart writes on the user's objects, and nothing else.
+    let mut written: Vec<(String, String)> = Vec::new();
+    for r in one_release_per_mode().await {
         let w = r.world.lock().unwrap();
         for (kind, path) in [
             ("Deployment", deployments("checkout")),

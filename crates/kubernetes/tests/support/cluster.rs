@@ -61,6 +61,8 @@ pub struct World {
     pub writes: Vec<String>,
     /// When each of `writes` happened (virtual time).
     pub written_at: Vec<Instant>,
+    /// Every request as RBAC sees it: (API group, resource, verb, object name).
+    pub asked: BTreeSet<(String, String, String, String)>,
     /// `spec.replicas` of each Deployment after each write, by path.
     pub replicas: Vec<(String, i64)>,
     /// How long a Deployment's rollout takes.
@@ -583,6 +585,44 @@ fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
 
 const COLLECTIONS: &[&str] = &["horizontalpodautoscalers", "deployments", "services"];
 
+/// A request as RBAC sees it: the API group, the resource (with a subresource), the
+/// verb and the object's name. A server-side apply of an object that does not exist
+/// yet is also a create.
+fn authorized(w: &mut World, method: &Method, path: &str) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _, rest @ ..] => (String::new(), rest),
+        ["apis", group, _, rest @ ..] => ((*group).to_string(), rest),
+        _ => return,
+    };
+    let (resource, name) = match rest {
+        ["namespaces", _, resource] => ((*resource).to_string(), String::new()),
+        ["namespaces", _, resource, name] => ((*resource).to_string(), (*name).to_string()),
+        ["namespaces", _, resource, name, sub] => {
+            (format!("{resource}/{sub}"), (*name).to_string())
+        }
+        _ => return,
+    };
+    let mut verbs = vec![match *method {
+        Method::GET if name.is_empty() => "list",
+        Method::GET => "get",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }];
+    if *method == Method::PATCH && !w.objects.contains_key(path) && !resource.contains('/') {
+        verbs.push("create");
+    }
+    for verb in verbs {
+        w.asked.insert((
+            group.clone(),
+            resource.clone(),
+            verb.to_string(),
+            name.clone(),
+        ));
+    }
+}
+
 fn serve_one(
     w: &mut World,
     method: &Method,
@@ -591,6 +631,7 @@ fn serve_one(
     ct: &str,
     bytes: &[u8],
 ) -> (u16, Value) {
+    authorized(w, method, path);
     match *method {
         Method::GET => {
             if let Some(o) = shown(w, path) {
@@ -666,6 +707,7 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
         owners: BTreeMap::new(),
         writes: Vec::new(),
         written_at: Vec::new(),
+        asked: BTreeSet::new(),
         replicas: Vec::new(),
         rollout: Duration::from_secs(3),
         broken: BTreeSet::new(),

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment as KubeDeployment;
-use rampart_core::Variant;
 use rampart_core::policy::KubeMode;
 use rampart_core::ports::{BoxFuture, Deployer, Deployment, PortError};
+use rampart_core::{Variant, Weight};
 
 use crate::objects;
 use crate::{Error, Kubernetes};
@@ -96,6 +96,9 @@ impl Kubernetes {
 
     async fn deploy_canary(&self, version: &str) -> Result<String, Error> {
         let stable = self.stable().await?;
+        if let Some(done) = self.promotion_done(&stable, version).await? {
+            return Ok(done);
+        }
         let (replicas, existing) = match self.ratio_grid() {
             // The canary's first pods start with its first step's weight; a resumed
             // release keeps the count it had.
@@ -122,6 +125,48 @@ impl Kubernetes {
             self.deploy.image_of(version),
             objects::replicas(&d)
         ))
+    }
+
+    /// When the stable already runs `version` and no canary is left, a promotion of
+    /// `version` completed (the controller that made it died before recording it):
+    /// nothing is started, and the weight 100 % is in force as it is (see
+    /// `promoted_weight`). Re-creating the canary would undo the promotion's end, and
+    /// under `replica_ratio` take the promoted stable to 0 and back.
+    async fn promotion_done(
+        &self,
+        stable: &KubeDeployment,
+        version: &str,
+    ) -> Result<Option<String>, Error> {
+        let image = self.deploy.image_of(version);
+        if objects::container_image(stable, &self.deploy.container)? != image
+            || self
+                .deployment_opt(&self.deploy.canary_name)
+                .await?
+                .is_some()
+        {
+            return Ok(None);
+        }
+        if let Ok(mut promoted) = self.promoted.lock() {
+            *promoted = Some(version.to_string());
+        }
+        Ok(Some(format!(
+            "Deployment `{}` already runs {image} and no canary is left: its promotion completed",
+            self.deploy.deployment
+        )))
+    }
+
+    /// After [`promotion_done`](Self::promotion_done): 100 % is in force (the stable
+    /// runs the new version); any other share has no canary to go to. `None` when no
+    /// completed promotion was found.
+    pub(crate) fn promoted_weight(&self, weight: Weight) -> Option<Result<Weight, Error>> {
+        let version = self.promoted.lock().ok()?.clone()?;
+        Some(match weight {
+            Weight::FULL => Ok(Weight::FULL),
+            other => Err(Error::Weight(format!(
+                "Deployment `{}` already runs {version} and no canary is left, so it cannot take {other}",
+                self.deploy.deployment
+            ))),
+        })
     }
 
     /// Scales the canary to 0 and deletes it; one already gone is stopped.

@@ -19,6 +19,7 @@ mod error;
 pub mod objects;
 mod router;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_core::policy::{KubeDeploySpec, KubeTrafficSpec};
@@ -46,6 +47,9 @@ pub struct Kubernetes {
     traffic: KubeTrafficSpec,
     poll: Duration,
     drain: Duration,
+    /// The version whose promotion this adapter found complete: the stable runs it and
+    /// no canary is left (a controller resumed after the promotion deleted the canary).
+    promoted: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -68,6 +72,7 @@ impl Kubernetes {
             traffic,
             poll: Duration::from_secs(2),
             drain: Duration::from_secs(10),
+            promoted: Arc::default(),
         }
     }
 

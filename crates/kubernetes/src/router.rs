@@ -184,6 +184,11 @@ impl TrafficRouter for Kubernetes {
                     "traffic.kubernetes splits by weight only; match rules are not supported",
                 ));
             }
+            if weight != Weight::ZERO
+                && let Some(done) = self.promoted_weight(weight)
+            {
+                return Ok(done?);
+            }
             let got = match &self.traffic.mode {
                 KubeMode::ReplicaRatio { replicas } => {
                     self.set_replica_ratio(*replicas, weight).await?

@@ -942,3 +942,56 @@ async fn fake_api_release_a_version_that_is_no_label_value_is_hashed_into_the_la
         format!("registry.example.com/checkout:{version}")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_resumed_after_the_canary_was_deleted_completes_the_promotion() {
+    // Issue 22, item 10: the controller dies after the promotion deleted the canary and
+    // before it recorded that. Its successor must just complete the promotion: no
+    // canary re-created, the promoted stable never scaled to 0 and back up.
+    let text = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let r = release(&text, vec![(deployments("checkout"), stable("v1", 4))]).await;
+    let canary_delete = format!("DELETE {}", deployments("checkout-canary"));
+    r.world.lock().unwrap().hang_after = Some(canary_delete.clone());
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let first = controller_over(&r, &text, store.clone(), r.client());
+    first.create("r1", "v2", &text).await.unwrap();
+    let crashed = tokio::time::timeout(
+        Duration::from_secs(3600),
+        first.drive("r1", Some("v1".into()), None),
+    )
+    .await;
+    assert!(crashed.is_err(), "the first controller never heard back");
+    drop(first);
+    let (writes_before, replicas_before) = {
+        let mut w = r.world.lock().unwrap();
+        w.hang_after = None;
+        assert_eq!(w.writes.last(), Some(&canary_delete));
+        (w.writes.len(), w.replicas.len())
+    };
+    assert_eq!(
+        image(&r.object(&deployments("checkout")).unwrap()),
+        "registry.example.com/checkout:v2"
+    );
+
+    let second = controller_over(&r, &text, store, r.client());
+    let end = second.drive("r1", None, None).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+    let w = r.world.lock().unwrap();
+    let canary_writes: Vec<&String> = w.writes[writes_before..]
+        .iter()
+        .filter(|x| x.contains("checkout-canary"))
+        .collect();
+    assert!(
+        canary_writes.is_empty(),
+        "the canary was re-created: {canary_writes:?}"
+    );
+    let stable_counts: Vec<i64> = w.replicas[replicas_before..]
+        .iter()
+        .filter(|(p, _)| *p == deployments("checkout"))
+        .map(|(_, n)| *n)
+        .collect();
+    assert!(
+        stable_counts.iter().all(|n| *n == 4),
+        "the stable moved: {stable_counts:?}"
+    );
+}

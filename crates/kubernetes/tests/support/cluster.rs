@@ -61,6 +61,9 @@ pub struct World {
     pub writes: Vec<String>,
     /// When each of `writes` happened (virtual time).
     pub written_at: Vec<Instant>,
+    /// A write (`METHOD path`) the cluster performs but never answers, as if the
+    /// controller died before it heard back.
+    pub hang_after: Option<String>,
     /// Every request as RBAC sees it: (API group, resource, verb, object name).
     pub asked: BTreeSet<(String, String, String, String)>,
     /// `spec.replicas` of each Deployment after each write, by path.
@@ -708,6 +711,7 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
         writes: Vec::new(),
         written_at: Vec::new(),
         asked: BTreeSet::new(),
+        hang_after: None,
         replicas: Vec::new(),
         rollout: Duration::from_secs(3),
         broken: BTreeSet::new(),
@@ -737,6 +741,7 @@ pub fn connect(world: &Arc<Mutex<World>>) -> kube::Client {
     let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let shared = world.clone();
     tokio::spawn(async move {
+        let mut unanswered = Vec::new();
         while let Some((req, send)) = handle.next_request().await {
             let method = req.method().clone();
             let path = req.uri().path().to_string();
@@ -748,10 +753,17 @@ pub fn connect(world: &Arc<Mutex<World>>) -> kube::Client {
                 .unwrap_or("")
                 .to_string();
             let bytes = req.into_body().collect_bytes().await.expect("body");
-            let (code, answer) = {
+            let (code, answer, hang) = {
                 let mut w = shared.lock().expect("world");
-                serve_one(&mut w, &method, &path, &query, &ct, &bytes)
+                let (code, answer) = serve_one(&mut w, &method, &path, &query, &ct, &bytes);
+                let hang = w.hang_after.as_deref() == Some(&format!("{method} {path}"));
+                (code, answer, hang)
             };
+            if hang {
+                // Done, never answered: the client waits until it is dropped.
+                unanswered.push(send);
+                continue;
+            }
             send.send_response(
                 Response::builder()
                     .status(code)

@@ -405,6 +405,24 @@ pub fn ratio_split(grid: u32, start: u32, weight: Weight, hpa: Option<(u32, u32)
     split(total)
 }
 
+/// The pod template annotation that marks a canary's first pods.
+pub const FIRST_PODS: &str = "rampart.dev/first-pods";
+
+/// Marks a canary body's pod template for its first pods (a `replica_ratio` canary
+/// created with 0 replicas, at its first step). The Deployment controller checks
+/// `progressDeadlineSeconds` only on a rollout of a new template, never on a mere
+/// scale of a complete Deployment, and one of 0 replicas is complete at once: without
+/// a new template, pods that never get ready would hold the step for the whole
+/// `ready_timeout` instead of failing at the deadline. No pod exists yet, so the new
+/// template replaces nothing.
+pub fn start_pods(body: &mut Value) {
+    let meta = &mut body["spec"]["template"]["metadata"];
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    meta["annotations"][FIRST_PODS] = json!("true");
+}
+
 /// Replicas of the canary for `weight` out of `total`: rounded, and at least one when
 /// the weight is above 0.
 pub fn canary_replicas(total: u32, weight: Weight) -> u32 {

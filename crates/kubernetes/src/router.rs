@@ -44,7 +44,10 @@ impl Kubernetes {
             }
             return self.scale_stable_only(s).await;
         };
-        let canary_body = objects::rescaled(&canary, c);
+        let mut canary_body = objects::rescaled(&canary, c);
+        if objects::replicas(&canary) == 0 && c > 0 {
+            objects::start_pods(&mut canary_body);
+        }
         // The side that grows goes first, so capacity never dips during the change.
         if c >= objects::replicas(&canary) {
             self.apply_deployment(&self.deploy.canary_name, &canary_body)

@@ -995,3 +995,32 @@ async fn fake_api_release_resumed_after_the_canary_was_deleted_completes_the_pro
         "the stable moved: {stable_counts:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_a_replica_ratio_canary_that_never_gets_ready_fails_at_its_progress_deadline()
+ {
+    // Issue 22, item 9: the canary is created with 0 replicas (complete at once) and
+    // scaled up at its first step. Kubernetes checks no progress deadline on a mere
+    // scale, so a canary whose pods never get ready was held for the whole ready
+    // timeout, several times over.
+    let text = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let r = release(&text, vec![(deployments("checkout"), stable("v1", 4))]).await;
+    r.world
+        .lock()
+        .unwrap()
+        .broken
+        .insert(deployments("checkout-canary"));
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::RolledBack, "{end:?}");
+    let decision = end.decision.unwrap();
+    assert!(
+        decision.reason.contains("ProgressDeadlineExceeded"),
+        "{}",
+        decision.reason
+    );
+    assert!(
+        decision.at - end.started_at < 60_000,
+        "decided after {} ms",
+        decision.at - end.started_at
+    );
+}

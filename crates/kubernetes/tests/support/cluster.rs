@@ -450,7 +450,13 @@ fn record(w: &mut World, path: &str, before: Option<&Value>) {
         let template_changed =
             before.is_none_or(|b| b["spec"]["template"] != obj["spec"]["template"]);
         if changed {
-            let deadline = template_changed || w.rollouts.get(path).is_some_and(|r| r.deadline);
+            // A rollout still under way keeps its deadline; once complete (its pods
+            // ready, or none wanted), a mere scale gets none, as in Kubernetes.
+            let was_zero = before.is_some_and(|b| b["spec"]["replicas"] == json!(0));
+            let under_way = w.rollouts.get(path).is_some_and(|r| {
+                r.deadline && !was_zero && (Instant::now() < r.done_at || w.broken.contains(path))
+            });
+            let deadline = template_changed || under_way;
             let done_at = Instant::now() + w.rollout;
             w.rollouts
                 .insert(path.to_string(), Rollout { done_at, deadline });

@@ -96,24 +96,24 @@ impl Kubernetes {
 
     async fn deploy_canary(&self, version: &str) -> Result<String, Error> {
         let stable = self.stable().await?;
-        if let Some(done) = self.promotion_done(&stable, version).await? {
+        let existing = self.canary_opt().await?;
+        if existing.is_none()
+            && let Some(done) = self.promotion_done(&stable, version)?
+        {
             return Ok(done);
         }
-        let (replicas, existing) = match self.ratio_grid() {
+        let replicas = match self.ratio_grid() {
             // The canary's first pods start with its first step's weight; a resumed
             // release keeps the count it had.
-            Some(_) => {
-                let existing = self.deployment_opt(&self.deploy.canary_name).await?;
-                let same = existing
-                    .as_ref()
-                    .filter(|c| objects::canary_version(c).as_deref() == Some(version));
-                (same.map_or(0, objects::replicas), existing)
-            }
+            Some(_) => existing
+                .as_ref()
+                .filter(|c| objects::canary_version(c).as_deref() == Some(version))
+                .map_or(0, objects::replicas),
             // Blue-green and routed canaries get the stable's capacity, once their
             // Service is known to select one track only.
             None => {
                 self.check_service(&stable).await?;
-                (objects::replicas(&stable), None)
+                objects::replicas(&stable)
             }
         };
         let d = self
@@ -127,23 +127,29 @@ impl Kubernetes {
         ))
     }
 
+    /// The canary Deployment, if it exists, checked to be rampart's: a Deployment of
+    /// that name that rampart did not derive (no `rampart.dev/derived-from` naming the
+    /// stable) is someone else's, and is neither overwritten nor deleted.
+    pub(crate) async fn canary_opt(&self) -> Result<Option<KubeDeployment>, Error> {
+        let canary = self.deployment_opt(&self.deploy.canary_name).await?;
+        if let Some(c) = &canary {
+            objects::check_derived(c, &self.deploy)?;
+        }
+        Ok(canary)
+    }
+
     /// When the stable already runs `version` and no canary is left, a promotion of
     /// `version` completed (the controller that made it died before recording it):
     /// nothing is started, and the weight 100 % is in force as it is (see
     /// `promoted_weight`). Re-creating the canary would undo the promotion's end, and
     /// under `replica_ratio` take the promoted stable to 0 and back.
-    async fn promotion_done(
+    fn promotion_done(
         &self,
         stable: &KubeDeployment,
         version: &str,
     ) -> Result<Option<String>, Error> {
         let image = self.deploy.image_of(version);
-        if objects::container_image(stable, &self.deploy.container)? != image
-            || self
-                .deployment_opt(&self.deploy.canary_name)
-                .await?
-                .is_some()
-        {
+        if objects::container_image(stable, &self.deploy.container)? != image {
             return Ok(None);
         }
         if let Ok(mut promoted) = self.promoted.lock() {
@@ -172,7 +178,7 @@ impl Kubernetes {
     /// Scales the canary to 0 and deletes it; one already gone is stopped.
     pub(crate) async fn remove_canary(&self) -> Result<String, Error> {
         let name = &self.deploy.canary_name;
-        let Some(canary) = self.deployment_opt(name).await? else {
+        let Some(canary) = self.canary_opt().await? else {
             return Ok(format!("Deployment `{name}` already gone"));
         };
         // Scaled to 0 first, so its pods terminate gracefully while the Deployment is
@@ -190,7 +196,7 @@ impl Kubernetes {
     /// interrupted completes when repeated; each is verified (the stable's rollout,
     /// the traffic read back), and a failure says where traffic is.
     async fn promote(&self) -> Result<String, Error> {
-        let Some(canary) = self.deployment_opt(&self.deploy.canary_name).await? else {
+        let Some(canary) = self.canary_opt().await? else {
             self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
                 .await?;
             return Ok(format!(

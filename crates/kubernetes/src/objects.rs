@@ -139,6 +139,25 @@ pub fn check_service(
     Ok(())
 }
 
+/// Checks that `canary` was derived by rampart from the policy's stable Deployment
+/// (its `rampart.dev/derived-from` annotation names it).
+pub fn check_derived(canary: &Deployment, spec: &KubeDeploySpec) -> Result<(), Error> {
+    let from = canary
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DERIVED_FROM));
+    if from != Some(&spec.deployment) {
+        return Err(Error::Shape(format!(
+            "Deployment `{}` exists but rampart did not derive it from `{}` (its `{DERIVED_FROM}` annotation is {}): it is not rampart's to overwrite or delete; remove it or set `deploy.kubernetes.canary_name`",
+            spec.canary_name,
+            spec.deployment,
+            from.map_or("missing".to_string(), |f| format!("`{f}`"))
+        )));
+    }
+    Ok(())
+}
+
 /// The image `container` runs in `d`.
 pub fn container_image(d: &Deployment, container: &str) -> Result<String, Error> {
     let name = d.metadata.name.as_deref().unwrap_or("?");

@@ -39,6 +39,7 @@ async fn fake_api_deploy_canary_derives_from_stable_and_waits_for_the_new_genera
     };
     let scenario = Scenario::new("derive and apply the canary")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(deployments("checkout-canary"), 404, no_canary())
         .get(services("checkout"), 200, stable_service())
         .apply(
             deployments("checkout-canary"),
@@ -141,6 +142,7 @@ async fn fake_api_canary_carries_no_gitops_tracking_label() {
         json!("shop-checkout");
     let scenario = Scenario::new("canary without tracking labels")
         .get(deployments("checkout"), 200, tracked)
+        .get(deployments("checkout-canary"), 404, no_canary())
         .get(services("checkout"), 200, stable_service())
         .apply(
             deployments("checkout-canary"),
@@ -265,6 +267,7 @@ async fn fake_api_deploy_fails_at_once_when_the_progress_deadline_passed() {
     }]);
     let scenario = Scenario::new("progress deadline exceeded")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(deployments("checkout-canary"), 404, no_canary())
         .get(services("checkout"), 200, stable_service())
         .apply(
             deployments("checkout-canary"),
@@ -304,6 +307,7 @@ async fn fake_api_deploy_times_out_on_virtual_time() {
     );
     let mut scenario = Scenario::new("never ready")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(deployments("checkout-canary"), 404, no_canary())
         .get(services("checkout"), 200, stable_service())
         .apply(deployments("checkout-canary"), no_check, 200, stuck.clone());
     // Polled at 0 s, 1 s, 2 s and 3 s: then the 3 s budget is spent.
@@ -364,6 +368,7 @@ async fn fake_api_a_service_that_would_select_the_canary_is_refused_before_it_st
     ] {
         let scenario = Scenario::new("Service checked")
             .get(deployments("checkout"), 200, stable("v1", 3))
+            .get(deployments("checkout-canary"), 404, no_canary())
             .get(
                 services("checkout"),
                 200,
@@ -411,6 +416,7 @@ async fn fake_api_reapplying_the_canary_twice_writes_the_same_body() {
     for _ in 0..2 {
         scenario = scenario
             .get(deployments("checkout"), 200, stable("v1", 3))
+            .get(deployments("checkout-canary"), 404, no_canary())
             .get(services("checkout"), 200, stable_service())
             .apply(
                 deployments("checkout-canary"),
@@ -471,8 +477,8 @@ async fn fake_api_stop_scales_the_canary_to_zero_then_deletes_it() {
                 );
                 assert_eq!(
                     at(b, "metadata/annotations"),
-                    &json!({}),
-                    "the revision annotation stays the controller's"
+                    &json!({"rampart.dev/derived-from": "checkout"}),
+                    "rampart's own annotations only: the revision stays the controller's"
                 );
                 assert!(at(b, "metadata").get("resourceVersion").is_none());
             },
@@ -516,6 +522,31 @@ async fn fake_api_stop_of_a_canary_that_is_gone_succeeds() {
         out.1.unwrap().contains("already deleted"),
         "a 404 on delete is success"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_a_deployment_rampart_did_not_derive_is_neither_overwritten_nor_deleted() {
+    // Issue 22, item 11: someone's own `checkout-canary` is not rampart's canary.
+    let mut theirs = canary("v7", 2);
+    theirs["metadata"]["annotations"] = json!({"deployment.kubernetes.io/revision": "1"});
+    let scenario = Scenario::new("not rampart's canary")
+        .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(deployments("checkout-canary"), 200, theirs.clone())
+        .get(deployments("checkout-canary"), 200, theirs);
+    let (out, written) = run(scenario, selector(), async |k| {
+        (
+            k.deploy(Variant::Canary, "v2").await,
+            k.stop(Variant::Canary).await,
+        )
+    })
+    .await;
+    for e in [out.0.unwrap_err(), out.1.unwrap_err()] {
+        assert!(
+            e.0.contains("rampart did not derive it from `checkout`"),
+            "{e}"
+        );
+    }
+    assert!(written.is_empty(), "nothing written");
 }
 
 #[tokio::test(start_paused = true)]

@@ -316,9 +316,11 @@ impl Status {
 pub fn deployment(name: &str, track: &str, version: &str, replicas: i32, status: Status) -> Value {
     let mut labels = json!({ "app": "checkout", "rampart.dev/track": track });
     let mut pod_labels = labels.clone();
+    let mut annotations = json!({ "deployment.kubernetes.io/revision": "3" });
     if track == "canary" {
         labels["rampart.dev/version"] = json!(version);
         pod_labels["rampart.dev/version"] = json!(version);
+        annotations["rampart.dev/derived-from"] = json!("checkout");
     }
     json!({
         "apiVersion": "apps/v1",
@@ -330,7 +332,7 @@ pub fn deployment(name: &str, track: &str, version: &str, replicas: i32, status:
             "resourceVersion": "42",
             "uid": "0000",
             "labels": labels,
-            "annotations": { "deployment.kubernetes.io/revision": "3" },
+            "annotations": annotations,
         },
         "spec": {
             "replicas": replicas,
@@ -372,6 +374,11 @@ pub fn canary(version: &str, replicas: i32) -> Value {
         replicas,
         Status::ready(replicas),
     )
+}
+
+/// The answer to a GET of the canary before it exists.
+pub fn no_canary() -> Value {
+    not_found("deployments.apps", "checkout-canary")
 }
 
 pub fn not_found(kind: &str, name: &str) -> Value {

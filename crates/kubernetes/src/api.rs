@@ -83,6 +83,30 @@ impl Kubernetes {
         Ok(stable)
     }
 
+    /// The stable Deployment before a step sends the canary `weight`: unless the weight
+    /// is 0, it must still run the version it ran when the release began. Someone
+    /// else's change (a `kubectl apply`, a GitOps sync) mid-release means the canary
+    /// is no longer compared with that version: the step fails, and the release rolls
+    /// back, leaving the stable as they left it.
+    pub(crate) async fn stable_for(
+        &self,
+        weight: rampart_core::Weight,
+    ) -> Result<Deployment, Error> {
+        let stable = self.stable().await?;
+        let began = self.stable_version.lock().ok().and_then(|v| v.clone());
+        if let Some(version) = began.filter(|_| weight != rampart_core::Weight::ZERO) {
+            let expected = self.deploy.image_of(&version);
+            let now = objects::container_image(&stable, &self.deploy.container)?;
+            if now != expected {
+                return Err(Error::Shape(format!(
+                    "Deployment `{}` runs {now}, not {expected} as when the release began: it was changed mid-release (a kubectl apply, a GitOps sync?), so the canary is no longer compared with the version it replaces; rampart sends it no more traffic",
+                    self.deploy.deployment
+                )));
+            }
+        }
+        Ok(stable)
+    }
+
     /// Server-side applies a Deployment body and returns what the server stored.
     pub(crate) async fn apply_deployment(
         &self,

@@ -86,6 +86,9 @@ impl Kubernetes {
         let stable = self.stable().await?;
         // The count is left as it is: a resumed release's split stays as it was.
         let d = self.apply_stable(&stable, version, None).await?;
+        if let Ok(mut v) = self.stable_version.lock() {
+            *v = Some(version.to_string());
+        }
         Ok(format!(
             "Deployment `{}` runs {} ({} ready)",
             self.deploy.deployment,

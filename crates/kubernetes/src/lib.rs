@@ -50,6 +50,9 @@ pub struct Kubernetes {
     /// The version whose promotion this adapter found complete: the stable runs it and
     /// no canary is left (a controller resumed after the promotion deleted the canary).
     promoted: Arc<Mutex<Option<String>>>,
+    /// The version the stable ran when the release began (or resumed): a step checks
+    /// nobody else changed it since.
+    stable_version: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -73,6 +76,7 @@ impl Kubernetes {
             poll: Duration::from_secs(2),
             drain: Duration::from_secs(10),
             promoted: Arc::default(),
+            stable_version: Arc::default(),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::{Error, Kubernetes};
 
 impl Kubernetes {
     async fn set_replica_ratio(&self, grid: u32, weight: Weight) -> Result<Weight, Error> {
-        let stable = self.stable().await?;
+        let stable = self.stable_for(weight).await?;
         let canary = self.deployment_opt(&self.deploy.canary_name).await?;
         // Sized from the stable's count when the release began (kept on the canary),
         // else from what runs now.
@@ -89,7 +89,7 @@ impl Kubernetes {
                 )));
             }
         };
-        let stable = self.stable().await?;
+        let stable = self.stable_for(weight).await?;
         let labels = objects::track_labels(&stable, track);
         let body = objects::selector_patch(service, &self.deploy.namespace, &labels);
         self.apply_service(service, &body).await?;
@@ -103,7 +103,7 @@ impl Kubernetes {
 
     async fn set_route(&self, service: &str, route: &str, weight: Weight) -> Result<Weight, Error> {
         let canary_service = format!("{service}-canary");
-        let stable = self.stable().await?;
+        let stable = self.stable_for(weight).await?;
         let stable_svc = self.service(service).await?;
         let body = objects::canary_service(
             &stable_svc,

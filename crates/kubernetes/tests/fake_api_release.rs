@@ -1024,3 +1024,27 @@ async fn fake_api_release_a_replica_ratio_canary_that_never_gets_ready_fails_at_
         decision.at - end.started_at
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_a_stable_someone_else_changed_mid_release_stops_the_canary() {
+    // Issue 22, item 11: after the first step, someone (kubectl, a GitOps sync) puts
+    // another version on the stable Deployment. The canary is no longer compared with
+    // the version the release began from: the next step fails and the release rolls
+    // back, leaving the stable as they left it.
+    let text = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let r = release(&text, vec![(deployments("checkout"), stable("v1", 4))]).await;
+    r.world.lock().unwrap().edit_after = Some((
+        format!("PATCH {}/scale", deployments("checkout")),
+        deployments("checkout"),
+        "/spec/template/spec/containers/0/image".into(),
+        json!("registry.example.com/checkout:v9"),
+    ));
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::RolledBack, "{end:?}");
+    let reason = end.decision.unwrap().reason;
+    assert!(reason.contains("changed mid-release"), "{reason}");
+    assert!(reason.contains("checkout:v9"), "{reason}");
+    let stable = r.object(&deployments("checkout")).unwrap();
+    assert_eq!(image(&stable), "registry.example.com/checkout:v9");
+    assert!(r.object(&deployments("checkout-canary")).is_none());
+}

@@ -64,6 +64,9 @@ pub struct World {
     /// A write (`METHOD path`) the cluster performs but never answers, as if the
     /// controller died before it heard back.
     pub hang_after: Option<String>,
+    /// Someone else's change: after the write `.0` (`METHOD path`), the value at the
+    /// JSON pointer `.2` of the object at `.1` becomes `.3`, once.
+    pub edit_after: Option<(String, String, String, Value)>,
     /// Every request as RBAC sees it: (API group, resource, verb, object name).
     pub asked: BTreeSet<(String, String, String, String)>,
     /// `spec.replicas` of each Deployment after each write, by path.
@@ -594,6 +597,27 @@ fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
 
 const COLLECTIONS: &[&str] = &["horizontalpodautoscalers", "deployments", "services"];
 
+/// Applies `World::edit_after` once its write happened.
+fn someone_else(w: &mut World, write: &str) {
+    if w.edit_after.as_ref().is_none_or(|e| e.0 != write) {
+        return;
+    }
+    let Some((_, path, pointer, value)) = w.edit_after.take() else {
+        return;
+    };
+    let Some(before) = w.objects.get(&path).cloned() else {
+        return;
+    };
+    if let Some(slot) = w
+        .objects
+        .get_mut(&path)
+        .and_then(|o| o.pointer_mut(&pointer))
+    {
+        *slot = value;
+    }
+    record(w, &path, Some(&before));
+}
+
 /// A request as RBAC sees it: the API group, the resource (with a subresource), the
 /// verb and the object's name. A server-side apply of an object that does not exist
 /// yet is also a create.
@@ -718,6 +742,7 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
         written_at: Vec::new(),
         asked: BTreeSet::new(),
         hang_after: None,
+        edit_after: None,
         replicas: Vec::new(),
         rollout: Duration::from_secs(3),
         broken: BTreeSet::new(),
@@ -763,6 +788,7 @@ pub fn connect(world: &Arc<Mutex<World>>) -> kube::Client {
                 let mut w = shared.lock().expect("world");
                 let (code, answer) = serve_one(&mut w, &method, &path, &query, &ct, &bytes);
                 let hang = w.hang_after.as_deref() == Some(&format!("{method} {path}"));
+                someone_else(&mut w, &format!("{method} {path}"));
                 (code, answer, hang)
             };
             if hang {

@@ -579,14 +579,19 @@ pub fn is_tool_owned(key: &str) -> bool {
     KEYS.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
-fn rules(route: &DynamicObject) -> Vec<Value> {
+/// The list at `section.field` of a route (`spec.rules`, `status.parents`).
+fn list_in(route: &DynamicObject, section: &str, field: &str) -> Vec<Value> {
     route
         .data
-        .get("spec")
-        .and_then(|s| s.get("rules"))
+        .get(section)
+        .and_then(|s| s.get(field))
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
+}
+
+fn rules(route: &DynamicObject) -> Vec<Value> {
+    list_in(route, "spec", "rules")
 }
 
 fn refs(rule: &Value) -> Vec<Value> {
@@ -657,20 +662,8 @@ pub fn weighted_route(
 /// refused, or whose backends it cannot resolve, routes nothing by these weights.
 pub fn route_readiness(route: &DynamicObject) -> Readiness {
     let generation = route.metadata.generation.unwrap_or(0);
-    let parents = route
-        .data
-        .get("status")
-        .and_then(|s| s.get("parents"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let wanted = route
-        .data
-        .get("spec")
-        .and_then(|s| s.get("parentRefs"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let parents = list_in(route, "status", "parents");
+    let wanted = list_in(route, "spec", "parentRefs");
     if wanted.is_empty() {
         return Readiness::Failed("it has no `parentRefs`, so no Gateway routes by it".into());
     }

@@ -838,58 +838,32 @@ async fn fake_api_http_route_weighs_stable_against_a_canary_service() {
     assert_eq!(out.unwrap(), pct(10));
 }
 
-#[tokio::test(start_paused = true)]
-async fn fake_api_http_route_reads_back_the_weight_in_force() {
-    let scenario = Scenario::new("route kept at 5 %")
+/// The exchanges of a weight change under `http_route` up to the route's apply, the
+/// route as `before`.
+fn route_change(before: Value) -> Scenario {
+    Scenario::new("route change")
         .get(deployments("checkout"), 200, stable("v1", 3))
-        .get(
-            services("checkout"),
-            200,
-            service(
-                "checkout",
-                json!({"app": "checkout", "rampart.dev/track": "stable"}),
-            ),
-        )
+        .get(services("checkout"), 200, stable_service())
         .apply(
             services("checkout-canary"),
             no_check,
             200,
             service("checkout-canary", json!({})),
         )
-        .get(routes("checkout"), 200, route(Some(9500), Some(500)))
-        .apply(
-            routes("checkout"),
-            no_check,
-            200,
-            route(Some(9500), Some(500)),
-        )
-        .get(routes("checkout"), 200, route(Some(9500), Some(500)));
+        .get(routes("checkout"), 200, before)
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_http_route_reads_back_the_weight_in_force() {
+    let kept = route(Some(9500), Some(500));
+    let scenario = route_change(kept.clone())
+        .apply(routes("checkout"), no_check, 200, kept.clone())
+        .get(routes("checkout"), 200, kept);
     let (out, _) = run(scenario, http_route(), async |k| {
         k.set_weight(pct(20), &[]).await
     })
     .await;
     assert_eq!(out.unwrap(), pct(5));
-}
-
-/// The exchanges of `set_weight(10 %)` under `http_route` up to the route's apply.
-fn route_change() -> Scenario {
-    Scenario::new("route at 10 %")
-        .get(deployments("checkout"), 200, stable("v1", 3))
-        .get(
-            services("checkout"),
-            200,
-            service(
-                "checkout",
-                json!({"app": "checkout", "rampart.dev/track": "stable"}),
-            ),
-        )
-        .apply(
-            services("checkout-canary"),
-            no_check,
-            200,
-            service("checkout-canary", json!({})),
-        )
-        .get(routes("checkout"), 200, route(None, None))
 }
 
 fn route_at(generation: i64, parent: Value) -> Value {
@@ -903,7 +877,7 @@ fn route_at(generation: i64, parent: Value) -> Value {
 async fn fake_api_http_route_weight_counts_once_the_gateway_has_accepted_it() {
     // Issue 22, item 3: the spec alone is not the weight in force; the Gateway's
     // status for the route's current generation is.
-    let scenario = route_change()
+    let scenario = route_change(route(None, None))
         .apply(
             routes("checkout"),
             no_check,
@@ -936,7 +910,7 @@ async fn fake_api_http_route_weight_counts_once_the_gateway_has_accepted_it() {
 #[tokio::test(start_paused = true)]
 async fn fake_api_http_route_refused_by_the_gateway_is_no_weight() {
     let refused = route_parent(2, "False", "NotAllowedByListeners");
-    let scenario = route_change()
+    let scenario = route_change(route(None, None))
         .apply(
             routes("checkout"),
             no_check,

@@ -213,22 +213,7 @@ async fn fake_api_release_http_route_failing_canary_rolls_back_to_stable() {
         "{mode: http_route, service: checkout, route: checkout}",
         "{canary: {steps: [{weight: 10, bake: 1m}, {weight: 50, bake: 1m}]}}",
     );
-    let r = release(
-        &text,
-        vec![
-            (deployments("checkout"), stable("v1", 3)),
-            (
-                services("checkout"),
-                service(
-                    "checkout",
-                    json!({"app": "checkout", "rampart.dev/track": "stable"}),
-                ),
-            ),
-            (routes("checkout"), route(None, None)),
-            admin_service(),
-        ],
-    )
-    .await;
+    let r = release(&text, routed_cluster()).await;
     r.metrics.0.store(200, Ordering::SeqCst); // 0.2 errors/s > 0.05
     let end = r.run(&text).await;
     assert_eq!(end.phase, Phase::RolledBack, "{end:?}");
@@ -256,24 +241,8 @@ async fn fake_api_release_http_route_failing_canary_rolls_back_to_stable() {
 
 #[tokio::test(start_paused = true)]
 async fn fake_api_release_blue_green_switches_the_selector_and_back_to_promoted_stable() {
-    let text = policy(
-        "{mode: service_selector, service: checkout}",
-        "{blue_green: {stability: 1m}}",
-    );
-    let r = release(
-        &text,
-        vec![
-            (deployments("checkout"), stable("v1", 3)),
-            (
-                services("checkout"),
-                service(
-                    "checkout",
-                    json!({"app": "checkout", "rampart.dev/track": "stable"}),
-                ),
-            ),
-        ],
-    )
-    .await;
+    let text = blue_green();
+    let r = release(&text, blue_green_cluster()).await;
     let end = r.run(&text).await;
     assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
     let svc = r.object(&services("checkout")).unwrap();
@@ -332,24 +301,12 @@ async fn fake_api_release_preview_checks_run_without_an_address_when_they_name_t
         "{mode: service_selector, service: checkout}",
         "{blue_green: {stability: 1m, preview: [{http: 'http://checkout-canary.shop.svc/healthz'}]}}",
     );
-    let r = release(
-        &text,
-        vec![
-            (deployments("checkout"), stable("v1", 3)),
-            (
-                services("checkout"),
-                service(
-                    "checkout",
-                    json!({"app": "checkout", "rampart.dev/track": "stable"}),
-                ),
-            ),
-        ],
-    )
-    .await;
+    let r = release(&text, blue_green_cluster()).await;
     let end = r.run(&text).await;
     assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
 }
 
+/// The Service of `service_selector` and `http_route`, selecting stable pods.
 fn stable_service() -> (String, Value) {
     (
         services("checkout"),
@@ -358,6 +315,30 @@ fn stable_service() -> (String, Value) {
             json!({"app": "checkout", "rampart.dev/track": "stable"}),
         ),
     )
+}
+
+/// A blue-green policy: `service_selector` on the Service `checkout`.
+fn blue_green() -> String {
+    policy(
+        "{mode: service_selector, service: checkout}",
+        "{blue_green: {stability: 1m}}",
+    )
+}
+
+/// A cluster for `service_selector`: the stable Deployment of 3 and its Service.
+fn blue_green_cluster() -> Vec<(String, Value)> {
+    vec![(deployments("checkout"), stable("v1", 3)), stable_service()]
+}
+
+/// A cluster for `http_route`: the stable Deployment of 3, its Service, the route and
+/// the other backend of the route's second rule.
+fn routed_cluster() -> Vec<(String, Value)> {
+    vec![
+        (deployments("checkout"), stable("v1", 3)),
+        stable_service(),
+        (routes("checkout"), route(None, None)),
+        admin_service(),
+    ]
 }
 
 /// The other backend of the route's second rule.
@@ -400,10 +381,7 @@ async fn fake_api_release_switching_from_replica_ratio_to_service_selector_keeps
         4
     );
 
-    let blue_green = policy(
-        "{mode: service_selector, service: checkout}",
-        "{blue_green: {stability: 1m}}",
-    );
+    let blue_green = blue_green();
     let end = next_release(&r, &blue_green, "r2", "v3", "v2").await;
     assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
     let stable = r.object(&deployments("checkout")).unwrap();
@@ -435,15 +413,8 @@ async fn fake_api_release_a_promotion_whose_stable_rollout_fails_halts_with_traf
     // Issue 22, item 2: the stable Deployment's rollout of the new version fails at
     // promotion (here its pods never become ready: ProgressDeadlineExceeded). The
     // release must not end "promoted"; it halts and says where traffic is.
-    let text = policy(
-        "{mode: service_selector, service: checkout}",
-        "{blue_green: {stability: 1m}}",
-    );
-    let r = release(
-        &text,
-        vec![(deployments("checkout"), stable("v1", 3)), stable_service()],
-    )
-    .await;
+    let text = blue_green();
+    let r = release(&text, blue_green_cluster()).await;
     r.world
         .lock()
         .unwrap()
@@ -475,16 +446,7 @@ async fn fake_api_release_an_http_route_the_gateway_refuses_is_never_promoted() 
         "{mode: http_route, service: checkout, route: checkout}",
         "{canary: {steps: [{weight: 10, bake: 1m}, {weight: 50, bake: 1m}]}}",
     );
-    let r = release(
-        &text,
-        vec![
-            (deployments("checkout"), stable("v1", 3)),
-            stable_service(),
-            (routes("checkout"), route(None, None)),
-            admin_service(),
-        ],
-    )
-    .await;
+    let r = release(&text, routed_cluster()).await;
     r.world.lock().unwrap().gateway = cluster::Gateway::Refuses;
     let end = r.run(&text).await;
     assert_ne!(end.phase, Phase::Succeeded, "{end:?}");
@@ -497,18 +459,8 @@ async fn fake_api_release_the_canary_keeps_its_pods_for_the_drain_after_traffic_
     // Issue 22, item 4: kube-proxy and Gateways go on sending requests to a backend for
     // a moment after the selector or route changed. The canary's pods stop only after
     // `rollback.drain`, on promotion as on rollback.
-    let blue_green = format!(
-        "{}rollback: {{drain: 30s}}\n",
-        policy(
-            "{mode: service_selector, service: checkout}",
-            "{blue_green: {stability: 1m}}",
-        )
-    );
-    let r = release(
-        &blue_green,
-        vec![(deployments("checkout"), stable("v1", 3)), stable_service()],
-    )
-    .await;
+    let blue_green = format!("{}rollback: {{drain: 30s}}\n", blue_green());
+    let r = release(&blue_green, blue_green_cluster()).await;
     assert_eq!(r.run(&blue_green).await.phase, Phase::Succeeded);
     let waited = |r: &Release, traffic: &str| {
         let w = r.world.lock().unwrap();
@@ -531,16 +483,7 @@ async fn fake_api_release_the_canary_keeps_its_pods_for_the_drain_after_traffic_
             "{canary: {steps: [{weight: 10, bake: 1m}]}}",
         )
     );
-    let r = release(
-        &routed,
-        vec![
-            (deployments("checkout"), stable("v1", 3)),
-            stable_service(),
-            (routes("checkout"), route(None, None)),
-            admin_service(),
-        ],
-    )
-    .await;
+    let r = release(&routed, routed_cluster()).await;
     r.metrics.0.store(200, Ordering::SeqCst);
     assert_eq!(r.run(&routed).await.phase, Phase::RolledBack);
     assert!(
@@ -895,10 +838,7 @@ async fn fake_api_release_a_service_selecting_both_tracks_stops_the_release_befo
 {
     // Issue 22, item 7: the Service selects `{app: checkout}`, so a blue-green canary at
     // full capacity would get about half the traffic as soon as its pods are ready.
-    let text = policy(
-        "{mode: service_selector, service: checkout}",
-        "{blue_green: {stability: 1m}}",
-    );
+    let text = blue_green();
     let r = release(
         &text,
         vec![

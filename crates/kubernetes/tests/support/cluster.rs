@@ -15,10 +15,14 @@
 //!   as the Deployment controller does;
 //! - an HPA that puts its target back within its bounds after each write;
 //! - a Gateway that writes an HTTPRoute's `status.parents` a moment after each change:
-//!   accepted, refused, or missing backends.
+//!   accepted, refused, or missing backends;
+//! - label values validated as the API server does (422);
+//! - every request recorded as RBAC sees it, and two ways to play the world around a
+//!   controller: a write performed but never answered (the controller died before it
+//!   heard back), and someone else's edit after a given write.
 //!
-//! It must not be mistaken for Kubernetes: no admission, no garbage collection, no
-//! pods; `fake_api.rs` pins the exact requests instead.
+//! It must not be mistaken for Kubernetes: no other admission, no garbage collection,
+//! no pods; `fake_api.rs` pins the exact requests instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

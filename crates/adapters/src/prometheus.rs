@@ -236,6 +236,21 @@ impl MetricsSource for WithQueries {
                         Ok(v) => reading.canary = Some(v),
                         Err(e) => why.push(format!("{variant}: {e}")),
                     }
+                    // The request count behind the value: one instant read of the
+                    // interval, whatever `range` says.
+                    let Some(samples) = &spec.samples else {
+                        continue;
+                    };
+                    let q = self.substitute(samples, variant, version);
+                    let instant = QuerySpec {
+                        range: false,
+                        ..spec.clone()
+                    };
+                    match self.read(&instant, &q, from, to).await {
+                        Ok(n) if variant == "stable" => reading.stable_samples = Some(n),
+                        Ok(n) => reading.canary_samples = Some(n),
+                        Err(e) => why.push(format!("{variant} samples: {e}")),
+                    }
                 }
                 reading.detail = why.join("; ");
                 sample.queries.push(reading);
@@ -431,6 +446,34 @@ analysis:
                 "/api/v1/query?query=up&time=35.250",
                 "/api/v1/query?query=up&time=35.250"
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sample_count_is_read_for_each_variant_at_the_end_of_the_window() {
+        let (url, seen) = fake_prometheus().await;
+        let mut p = policy("errors", true, &url);
+        if let Some(q) = p.analysis.metrics[0].query.as_mut() {
+            q.samples = Some("requests{track=\"{variant}\"}".into());
+        }
+        let source = WithQueries::new(Arc::new(Nothing), "shop", &p.analysis);
+        let s = source.measure(&window(1_000_000, 1_030_000)).await.unwrap();
+        let q = &s.queries[0];
+        assert_eq!(
+            (q.stable_samples, q.canary_samples),
+            (Some(1.0), Some(1.0)),
+            "{}",
+            q.detail
+        );
+        let seen = seen.lock().unwrap().clone();
+        let count = |v: &str| crate::http::encode(&format!("requests{{track=\"{v}\"}}"));
+        assert_eq!(
+            seen[1],
+            format!("/api/v1/query?query={}&time=1030.000", count("stable"))
+        );
+        assert_eq!(
+            seen[3],
+            format!("/api/v1/query?query={}&time=1030.000", count("canary"))
         );
     }
 

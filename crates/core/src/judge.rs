@@ -86,6 +86,24 @@ fn queried(spec: &MetricSpec, sample: &IntervalSample) -> (Option<f64>, Option<f
     }
 }
 
+/// A query metric's request counts from its `samples` query: (stable, canary, why one
+/// is missing). A count that is not a finite number is missing.
+fn counted(spec: &MetricSpec, sample: &IntervalSample) -> (Option<u64>, Option<u64>, String) {
+    let count = |v: Option<f64>| {
+        v.filter(|x| x.is_finite())
+            // A saturating conversion: a negative count is none.
+            .map(|x| x.max(0.0).round() as u64)
+    };
+    match sample.queries.iter().find(|q| q.name == spec.name) {
+        Some(q) => (
+            count(q.stable_samples),
+            count(q.canary_samples),
+            q.detail.clone(),
+        ),
+        None => (None, None, "the query was not read".into()),
+    }
+}
+
 fn reading(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
     let (stable, canary) = match spec.metric {
         BuiltinMetric::Query => {
@@ -196,6 +214,37 @@ fn judge_query(
 ) -> MetricReading {
     let fmt = |v: f64| BuiltinMetric::Query.format(v);
     let (stable, canary, why) = queried(spec, sample);
+    // The floor: with a `samples` query, a variant's requests are what it counts. A
+    // value read without enough requests behind it (a query ending in `or vector(0)`
+    // reads 0 for a canary that got none) is never judged.
+    let floor = spec
+        .query
+        .as_ref()
+        .is_some_and(|q| q.samples.is_some())
+        .then(|| counted(spec, sample));
+    let mut stable_enough = true;
+    if let Some((stable_n, canary_n, count_why)) = &floor {
+        reading.canary_requests = canary_n.unwrap_or(0);
+        reading.stable_requests = stable_n.unwrap_or(0);
+        match *canary_n {
+            None => {
+                reading.verdict = Verdict::NoData;
+                reading.detail = format!("no canary request count ({count_why})");
+                return reading;
+            }
+            Some(0) => {
+                reading.verdict = Verdict::NoData;
+                reading.detail = "no canary requests in this interval".into();
+                return reading;
+            }
+            Some(n) if n < spec.min_samples => {
+                reading.detail = format!("{n} canary requests, {} needed", spec.min_samples);
+                return reading;
+            }
+            Some(_) => {}
+        }
+        stable_enough = stable_n.is_some_and(|n| n >= spec.min_samples);
+    }
     let Some(c) = canary else {
         reading.verdict = Verdict::NoData;
         reading.detail = if why.is_empty() {
@@ -211,15 +260,27 @@ fn judge_query(
         if c > max {
             failures.push(format!("{} > max {}", fmt(c), fmt(max)));
         }
-        reading.stable_breached = stable.is_some_and(|s| s > max);
+        reading.stable_breached = stable_enough && stable.is_some_and(|s| s > max);
     }
     if let Some(ratio) = t.max_ratio_to_stable {
-        match stable {
+        // A stable value without enough requests behind it is no value.
+        let compared = stable.filter(|_| stable_enough);
+        let stable_idle = match &floor {
+            Some((n, _, _)) => n.unwrap_or(0) == 0,
+            None => sample.stable.requests == 0,
+        };
+        match compared {
             Some(s) if c > s * ratio => {
                 failures.push(format!("{} is above {ratio}x stable's {}", fmt(c), fmt(s)))
             }
             Some(_) => {}
-            None if t.max.is_some() && sample.stable.requests == 0 => {}
+            // With stable serving nothing (after a blue-green switch, or at 100 %),
+            // there is nothing to compare with: the absolute limit decides.
+            None if t.max.is_some() && stable_idle => {}
+            None if floor.is_some() => unknown.push(format!(
+                "{} stable requests, {} needed for the ratio",
+                reading.stable_requests, spec.min_samples
+            )),
             None => unknown.push(format!("no stable value for the ratio ({why})")),
         }
     }
@@ -564,5 +625,67 @@ mod tests {
             },
         );
         assert_eq!(r.verdict, Verdict::Pass);
+    }
+
+    fn query_spec(samples: bool) -> MetricSpec {
+        let mut s = spec(Some(0.5), Some(2.0));
+        s.metric = BuiltinMetric::Query;
+        s.min_samples = 50;
+        s.query = Some(crate::policy::QuerySpec {
+            query: "sum(rate(errors{track=\"{variant}\"}[1m])) or vector(0)".into(),
+            range: false,
+            samples: samples
+                .then(|| "sum(increase(requests{track=\"{variant}\"}[{interval}]))".into()),
+        });
+        s
+    }
+
+    /// Both variants read 0 (`or vector(0)`), with these request counts.
+    fn queried_zero(stable: Option<f64>, canary: Option<f64>) -> IntervalSample {
+        IntervalSample {
+            queries: vec![crate::metrics::QueryReading {
+                name: "errors".into(),
+                stable: Some(0.0),
+                canary: Some(0.0),
+                stable_samples: stable,
+                canary_samples: canary,
+                detail: String::new(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_query_metric_with_a_sample_floor_never_passes_a_canary_without_requests() {
+        // Issue 22, item 3: without a floor, a query that reads 0 for a canary that got
+        // no request passes it.
+        let bare = query_spec(false);
+        assert_eq!(
+            judge(&bare, &queried_zero(None, None)).verdict,
+            Verdict::Pass
+        );
+        let s = query_spec(true);
+        let r = judge(&s, &queried_zero(Some(900.0), Some(0.0)));
+        assert_eq!(r.verdict, Verdict::NoData, "{r:?}");
+        let r = judge(&s, &queried_zero(Some(900.0), None));
+        assert_eq!(
+            r.verdict,
+            Verdict::NoData,
+            "a missing count is no data: {r:?}"
+        );
+        let r = judge(&s, &queried_zero(Some(900.0), Some(12.0)));
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        assert_eq!(r.detail, "12 canary requests, 50 needed");
+        let r = judge(&s, &queried_zero(Some(900.0), Some(80.0)));
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        assert_eq!((r.canary_requests, r.stable_requests), (80, 900));
+        // The ratio needs enough stable requests too; with none, the absolute limit
+        // decides.
+        let r = judge(&s, &queried_zero(Some(10.0), Some(80.0)));
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        assert_eq!(
+            judge(&s, &queried_zero(Some(0.0), Some(80.0))).verdict,
+            Verdict::Pass
+        );
     }
 }

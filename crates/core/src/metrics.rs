@@ -194,6 +194,12 @@ pub struct QueryReading {
     /// Why a value is missing, if one is.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// Stable's requests in the interval, from the metric's `samples` query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_samples: Option<f64>,
+    /// The canary's requests in the interval, from the metric's `samples` query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_samples: Option<f64>,
 }
 
 #[cfg(test)]

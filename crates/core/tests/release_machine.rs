@@ -258,6 +258,43 @@ fn healthy_ten_minute_canary_is_promoted_on_virtual_time() {
 }
 
 #[test]
+fn a_promotion_whose_last_step_fails_halts_and_is_never_reported_promoted() {
+    let mut w = World::new(5, 5);
+    w.run_until(|s| {
+        s.pending
+            == Some(Action::Stop {
+                variant: Variant::Stable,
+            })
+    });
+    w.effects.clear();
+    w.feed(Input::Stopped {
+        variant: Variant::Stable,
+        ok: false,
+        detail: "exceeded quota; traffic stays on the canary".into(),
+    });
+    assert_eq!(w.state.phase, Phase::Halted);
+    assert_eq!(w.state.outcome().map(|o| o.exit_code()), Some(4));
+    let reason = &w.state.decision.as_ref().unwrap().reason;
+    assert!(reason.contains("did not complete"), "{reason}");
+    assert!(reason.contains("exceeded quota"), "{reason}");
+    assert!(
+        reason.contains("canary weight 100"),
+        "the traffic state: {reason}"
+    );
+    assert!(
+        w.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Notify { page: true, .. })),
+        "a human is paged"
+    );
+    assert!(
+        weights_in(&w.effects).is_empty(),
+        "nothing moves: {:?}",
+        w.effects
+    );
+}
+
+#[test]
 fn consecutive_measurements_carry_contiguous_windows_with_the_release_versions() {
     let mut w = World::new(5, 5);
     w.run(1000);

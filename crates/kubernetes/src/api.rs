@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
 use serde_json::Value;
 
@@ -82,6 +83,30 @@ impl Kubernetes {
         Ok(stable)
     }
 
+    /// The stable Deployment before a step sends the canary `weight`: unless the weight
+    /// is 0, it must still run the version it ran when the release began. Someone
+    /// else's change (a `kubectl apply`, a GitOps sync) mid-release means the canary
+    /// is no longer compared with that version: the step fails, and the release rolls
+    /// back, leaving the stable as they left it.
+    pub(crate) async fn stable_for(
+        &self,
+        weight: rampart_core::Weight,
+    ) -> Result<Deployment, Error> {
+        let stable = self.stable().await?;
+        let began = self.stable_version.lock().ok().and_then(|v| v.clone());
+        if let Some(version) = began.filter(|_| weight != rampart_core::Weight::ZERO) {
+            let expected = self.deploy.image_of(&version);
+            let now = objects::container_image(&stable, &self.deploy.container)?;
+            if now != expected {
+                return Err(Error::Shape(format!(
+                    "Deployment `{}` runs {now}, not {expected} as when the release began: it was changed mid-release (a kubectl apply, a GitOps sync?), so the canary is no longer compared with the version it replaces; rampart sends it no more traffic",
+                    self.deploy.deployment
+                )));
+            }
+        }
+        Ok(stable)
+    }
+
     /// Server-side applies a Deployment body and returns what the server stored.
     pub(crate) async fn apply_deployment(
         &self,
@@ -92,6 +117,26 @@ impl Kubernetes {
             .patch(name, &apply_params(), &Patch::Apply(body))
             .await
             .map_err(|source| Error::api(format!("applying Deployment `{name}`"), source))
+    }
+
+    /// Sets a Deployment's `spec.replicas` through its scale subresource: an update, not
+    /// an apply, so rampart never becomes the field's applier. Under server-side apply
+    /// an applier that leaves a field out of a later apply removes it (and the
+    /// Deployment falls back to 1 replica); an update's fields are never removed that
+    /// way, so a later release in another mode keeps the count.
+    pub(crate) async fn scale_deployment(&self, name: &str, replicas: i32) -> Result<(), Error> {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+        self.deployments()
+            .patch_scale(name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(|source| {
+                Error::api(format!("scaling Deployment `{name}` to {replicas}"), source)
+            })?;
+        Ok(())
     }
 
     /// Deletes a Deployment; one already gone counts as deleted. Returns whether it
@@ -106,6 +151,30 @@ impl Kubernetes {
             Err(e) if is_not_found(&e) => Ok(false),
             Err(source) => Err(Error::api(format!("deleting Deployment `{name}`"), source)),
         }
+    }
+
+    /// The bounds (`minReplicas`, `maxReplicas`) of an HPA that scales the Deployment
+    /// `name`, if one does. KEDA's ScaledObjects work through such an HPA too.
+    pub(crate) async fn hpa_bounds(&self, name: &str) -> Result<Option<(u32, u32)>, Error> {
+        let hpas: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.client.clone(), &self.deploy.namespace);
+        let list = hpas.list(&ListParams::default()).await.map_err(|source| {
+            Error::api(
+                "listing HorizontalPodAutoscalers (replica_ratio keeps the stable within an HPA's bounds; grant `list` on `autoscaling/horizontalpodautoscalers`)".into(),
+                source,
+            )
+        })?;
+        Ok(list.items.iter().find_map(|h| {
+            let spec = &h.spec;
+            let target = &spec.scale_target_ref;
+            (target.kind == "Deployment" && target.name == name).then(|| {
+                let min = spec.min_replicas.unwrap_or(1);
+                (
+                    u32::try_from(min).unwrap_or(1),
+                    u32::try_from(spec.max_replicas).unwrap_or(u32::MAX),
+                )
+            })
+        }))
     }
 
     /// A Service that must exist.
@@ -147,24 +216,62 @@ impl Kubernetes {
     }
 
     /// Polls a Deployment until its rollout is complete, it fails, or `timeout` has
-    /// been spent waiting. Time is only ever spent in `tokio::time::sleep`, so tests
-    /// run it on virtual time.
+    /// been spent waiting.
     pub(crate) async fn wait_ready(
         &self,
         name: &str,
         timeout: Duration,
     ) -> Result<Deployment, Error> {
+        self.poll(
+            &format!("Deployment `{name}`"),
+            timeout,
+            || self.deployment(name),
+            objects::readiness,
+        )
+        .await
+    }
+
+    /// Polls an HTTPRoute until every Gateway it names has accepted its current
+    /// generation with all its backends resolved, one refused it, or `timeout` has
+    /// been spent waiting: only then does its weight count as in force.
+    pub(crate) async fn wait_route(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<DynamicObject, Error> {
+        self.poll(
+            &format!("HTTPRoute `{name}`"),
+            timeout,
+            || self.route(name),
+            objects::route_readiness,
+        )
+        .await
+    }
+
+    /// Reads `what` until `check` says it is ready or failed, or `timeout` has been
+    /// spent. Time is only ever spent in `tokio::time::sleep`, so tests run it on
+    /// virtual time.
+    async fn poll<T, F>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        read: impl Fn() -> F,
+        check: impl Fn(&T) -> Readiness,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
         let mut waited = Duration::ZERO;
         loop {
-            let d = self.deployment(name).await?;
-            match objects::readiness(&d) {
-                Readiness::Ready => return Ok(d),
+            let object = read().await?;
+            match check(&object) {
+                Readiness::Ready => return Ok(object),
                 Readiness::Failed(why) => {
-                    return Err(Error::NotReady(format!("Deployment `{name}`: {why}")));
+                    return Err(Error::NotReady(format!("{what}: {why}")));
                 }
                 Readiness::Waiting(why) if waited >= timeout => {
                     return Err(Error::NotReady(format!(
-                        "Deployment `{name}` not ready after {}: {why}",
+                        "{what} not ready after {}: {why}",
                         rampart_core::units::format_duration(timeout)
                     )));
                 }

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment as KubeDeployment;
-use rampart_core::Variant;
 use rampart_core::policy::KubeMode;
 use rampart_core::ports::{BoxFuture, Deployer, Deployment, PortError};
+use rampart_core::{Variant, Weight};
 
 use crate::objects;
 use crate::{Error, Kubernetes};
@@ -24,15 +24,12 @@ fn deployed(detail: String) -> Deployment {
     }
 }
 
-fn replicas_of(d: &KubeDeployment) -> i32 {
-    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-}
-
 // === impl Kubernetes ===
 
 impl Kubernetes {
-    /// The total for `replica_ratio`, when rampart owns replica counts.
-    pub(crate) fn ratio_total(&self) -> Option<i32> {
+    /// The policy's `replicas` for `replica_ratio` (the grid of its weights), when
+    /// rampart sizes the Deployments.
+    pub(crate) fn ratio_grid(&self) -> Option<i32> {
         match self.traffic.mode {
             KubeMode::ReplicaRatio { replicas } => {
                 Some(i32::try_from(replicas).unwrap_or(i32::MAX))
@@ -41,29 +38,44 @@ impl Kubernetes {
         }
     }
 
-    /// Applies `version`'s image (and `replicas`, when given) to the stable Deployment
-    /// and waits for its rollout.
+    /// Applies `version`'s image to the stable Deployment (`live`, as just read), sets
+    /// its `replicas` when given, and waits for its rollout.
     pub(crate) async fn apply_stable(
         &self,
+        live: &KubeDeployment,
         version: &str,
         replicas: Option<i32>,
     ) -> Result<KubeDeployment, Error> {
         let image = self.deploy.image_of(version);
-        let body = objects::stable_patch(&self.deploy, &image, replicas);
+        let keep =
+            objects::applies_replicas(live).then(|| replicas.unwrap_or(objects::replicas(live)));
+        let body = objects::stable_patch(&self.deploy, &image, keep);
         self.apply_deployment(&self.deploy.deployment, &body)
             .await?;
+        if let Some(n) = replicas.filter(|_| keep.is_none()) {
+            self.scale_deployment(&self.deploy.deployment, n).await?;
+        }
         self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
             .await
     }
 
     /// Applies the canary for `version` with `replicas` and waits for its rollout.
+    /// Under `replica_ratio` it keeps the stable's count when the release began (the
+    /// one an existing canary of `version` kept, else the stable's now).
     pub(crate) async fn apply_canary(
         &self,
         stable: &KubeDeployment,
         version: &str,
         replicas: i32,
+        existing: Option<&KubeDeployment>,
     ) -> Result<KubeDeployment, Error> {
-        let body = objects::canary(stable, &self.deploy, version, replicas)?;
+        let start = self.ratio_grid().map(|_| {
+            existing
+                .filter(|c| objects::canary_version(c).as_deref() == Some(version))
+                .and_then(objects::start_replicas)
+                .unwrap_or(objects::replicas(stable))
+        });
+        let body = objects::canary(stable, &self.deploy, version, replicas, start)?;
         self.apply_deployment(&self.deploy.canary_name, &body)
             .await?;
         self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
@@ -72,44 +84,104 @@ impl Kubernetes {
 
     async fn deploy_stable(&self, version: &str) -> Result<String, Error> {
         let stable = self.stable().await?;
-        // Under `replica_ratio` rampart owns the count; re-applying the current one keeps
-        // a resumed release's split as it was.
-        let replicas = self.ratio_total().map(|_| replicas_of(&stable));
-        let d = self.apply_stable(version, replicas).await?;
+        // The count is left as it is: a resumed release's split stays as it was.
+        let d = self.apply_stable(&stable, version, None).await?;
+        if let Ok(mut v) = self.stable_version.lock() {
+            *v = Some(version.to_string());
+        }
         Ok(format!(
             "Deployment `{}` runs {} ({} ready)",
             self.deploy.deployment,
             self.deploy.image_of(version),
-            replicas_of(&d)
+            objects::replicas(&d)
         ))
     }
 
     async fn deploy_canary(&self, version: &str) -> Result<String, Error> {
         let stable = self.stable().await?;
-        let replicas = match self.ratio_total() {
+        let existing = self.canary_opt().await?;
+        if existing.is_none()
+            && let Some(done) = self.promotion_done(&stable, version)?
+        {
+            return Ok(done);
+        }
+        let replicas = match self.ratio_grid() {
             // The canary's first pods start with its first step's weight; a resumed
             // release keeps the count it had.
-            Some(_) => self
-                .deployment_opt(&self.deploy.canary_name)
-                .await?
+            Some(_) => existing
+                .as_ref()
                 .filter(|c| objects::canary_version(c).as_deref() == Some(version))
-                .map_or(0, |c| replicas_of(&c)),
-            // Blue-green and routed canaries get the stable's capacity.
-            None => replicas_of(&stable),
+                .map_or(0, objects::replicas),
+            // Blue-green and routed canaries get the stable's capacity, once their
+            // Service is known to select one track only.
+            None => {
+                self.check_service(&stable).await?;
+                objects::replicas(&stable)
+            }
         };
-        let d = self.apply_canary(&stable, version, replicas).await?;
+        let d = self
+            .apply_canary(&stable, version, replicas, existing.as_ref())
+            .await?;
         Ok(format!(
             "Deployment `{}` runs {} ({} ready)",
             self.deploy.canary_name,
             self.deploy.image_of(version),
-            replicas_of(&d)
+            objects::replicas(&d)
         ))
+    }
+
+    /// The canary Deployment, if it exists, checked to be rampart's: a Deployment of
+    /// that name that rampart did not derive (no `rampart.dev/derived-from` naming the
+    /// stable) is someone else's, and is neither overwritten nor deleted.
+    pub(crate) async fn canary_opt(&self) -> Result<Option<KubeDeployment>, Error> {
+        let canary = self.deployment_opt(&self.deploy.canary_name).await?;
+        if let Some(c) = &canary {
+            objects::check_derived(c, &self.deploy)?;
+        }
+        Ok(canary)
+    }
+
+    /// When the stable already runs `version` and no canary is left, a promotion of
+    /// `version` completed (the controller that made it died before recording it):
+    /// nothing is started, and the weight 100 % is in force as it is (see
+    /// `promoted_weight`). Re-creating the canary would undo the promotion's end, and
+    /// under `replica_ratio` take the promoted stable to 0 and back.
+    fn promotion_done(
+        &self,
+        stable: &KubeDeployment,
+        version: &str,
+    ) -> Result<Option<String>, Error> {
+        let image = self.deploy.image_of(version);
+        if objects::container_image(stable, &self.deploy.container)? != image {
+            return Ok(None);
+        }
+        if let Ok(mut promoted) = self.promoted.lock() {
+            *promoted = Some(version.to_string());
+        }
+        Ok(Some(format!(
+            "Deployment `{}` already runs {image} and no canary is left: its promotion completed",
+            self.deploy.deployment
+        )))
+    }
+
+    /// After [`promotion_done`](Self::promotion_done): 100 % is in force (the stable
+    /// runs the new version); any other share has no canary to go to. `None` when no
+    /// completed promotion was found.
+    pub(crate) fn promoted_weight(&self, weight: Weight) -> Option<Result<Weight, Error>> {
+        let version = self.promoted.lock().ok()?.clone()?;
+        Some(match weight {
+            Weight::FULL => Ok(Weight::FULL),
+            other => Err(Error::Weight(format!(
+                "Deployment `{}` already runs {version} and no canary is left, so it cannot take {other}",
+                self.deploy.deployment
+            ))),
+        })
     }
 
     /// Scales the canary to 0 and deletes it; one already gone is stopped.
     pub(crate) async fn remove_canary(&self) -> Result<String, Error> {
         let name = &self.deploy.canary_name;
-        let Some(canary) = self.deployment_opt(name).await? else {
+        let Some(canary) = self.canary_opt().await? else {
             return Ok(format!("Deployment `{name}` already gone"));
         };
         // Scaled to 0 first, so its pods terminate gracefully while the Deployment is
@@ -124,9 +196,10 @@ impl Kubernetes {
 
     /// Promotion: the stable Deployment takes the canary's version, traffic returns to
     /// it, and the canary is removed. Each step is idempotent, so a promotion that was
-    /// interrupted completes when repeated.
+    /// interrupted completes when repeated; each is verified (the stable's rollout,
+    /// the traffic read back), and a failure says where traffic is.
     async fn promote(&self) -> Result<String, Error> {
-        let Some(canary) = self.deployment_opt(&self.deploy.canary_name).await? else {
+        let Some(canary) = self.canary_opt().await? else {
             self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
                 .await?;
             return Ok(format!(
@@ -141,13 +214,56 @@ impl Kubernetes {
                 crate::VERSION_LABEL
             ))
         })?;
-        self.stable().await?;
-        self.apply_stable(&version, self.ratio_total()).await?;
-        self.route_to_stable().await?;
-        let removed = self.remove_canary().await?;
+        let (stable_name, canary_name) = (&self.deploy.deployment, &self.deploy.canary_name);
+        let half_way = |traffic: String| {
+            move |e: Error| Error::Promotion {
+                source: Box::new(e),
+                traffic,
+            }
+        };
+        let on_canary = match self.ratio_grid() {
+            Some(_) => format!(
+                "traffic: the canary `{canary_name}` ({version}) keeps serving, with the stable `{stable_name}` pods that are ready; the canary is kept"
+            ),
+            None => format!(
+                "traffic: all on the canary `{canary_name}` ({version}), which is kept; the stable `{stable_name}` has none"
+            ),
+        };
+        let stable = self.stable().await.map_err(half_way(on_canary.clone()))?;
+        let replicas = match self.ratio_grid() {
+            // The count the stable had when the release began, within an HPA's bounds.
+            Some(grid) => {
+                let start = objects::start_replicas(&canary).unwrap_or(grid);
+                let hpa = self
+                    .hpa_bounds(stable_name)
+                    .await
+                    .map_err(half_way(on_canary.clone()))?;
+                let (min, max) = hpa.map_or((1, i32::MAX), |(min, max)| {
+                    let n = |x: u32| i32::try_from(x).unwrap_or(i32::MAX);
+                    (n(min).max(1), n(max).max(1))
+                });
+                Some(start.clamp(min, max.max(min)))
+            }
+            None => None,
+        };
+        self.apply_stable(&stable, &version, replicas)
+            .await
+            .map_err(half_way(on_canary.clone()))?;
+        self.route_to_stable()
+            .await
+            .map_err(half_way(format!(
+                "{on_canary}, unless the switch back to the stable `{stable_name}` (now {version}) took effect"
+            )))?;
+        if self.ratio_grid().is_none() {
+            // Traffic left the canary with the switch; Gateways and kube-proxy take a
+            // moment to follow it (see `drain`).
+            tokio::time::sleep(self.drain).await;
+        }
+        let removed = self.remove_canary().await.map_err(half_way(format!(
+            "traffic: all on the stable `{stable_name}`, now {version}; the canary `{canary_name}` is left"
+        )))?;
         Ok(format!(
-            "promoted: Deployment `{}` runs {}; {removed}",
-            self.deploy.deployment,
+            "promoted: Deployment `{stable_name}` runs {}; {removed}",
             self.deploy.image_of(&version)
         ))
     }
@@ -188,10 +304,18 @@ impl Deployer for Kubernetes {
         Box::pin(async move {
             let n = i32::try_from(replicas).map_err(|_| PortError::new("too many replicas"))?;
             match variant {
-                Variant::Stable => self.apply_stable(version, Some(n)).await?,
+                Variant::Stable => {
+                    let stable = self.stable().await?;
+                    self.apply_stable(&stable, version, Some(n)).await?
+                }
                 Variant::Canary => {
                     let stable = self.stable().await?;
-                    self.apply_canary(&stable, version, n).await?
+                    let existing = match self.ratio_grid() {
+                        Some(_) => self.deployment_opt(&self.deploy.canary_name).await?,
+                        None => None,
+                    };
+                    self.apply_canary(&stable, version, n, existing.as_ref())
+                        .await?
                 }
             };
             Ok(deployed(format!(
@@ -235,7 +359,7 @@ impl Deployer for Kubernetes {
             let d = self.wait_ready(name, timeout).await?;
             Ok(format!(
                 "Deployment `{name}`: {} replica(s) ready",
-                replicas_of(&d)
+                objects::replicas(&d)
             ))
         })
     }

@@ -39,6 +39,15 @@ pub enum Error {
     /// A weight the traffic mode cannot make.
     #[error("{0}")]
     Weight(String),
+    /// A promotion stopped half-way: what failed, and where traffic is now.
+    #[error("{source}; {traffic}")]
+    Promotion {
+        /// The step that failed.
+        #[source]
+        source: Box<Error>,
+        /// Where traffic is, in words.
+        traffic: String,
+    },
 }
 
 impl Error {

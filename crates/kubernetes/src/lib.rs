@@ -3,8 +3,8 @@
 //!
 //! Owns the translation from the ports to Kubernetes objects: a canary Deployment
 //! derived from the stable one, replica counts, a Service selector or an HTTPRoute's
-//! weights. Every write is a server-side apply by the field manager `rampart`, so a
-//! resumed release re-applies safely. It must not make release decisions, and it must
+//! weights. Every write is a server-side apply by the field manager `rampart` (replica
+//! counts: an update of the scale subresource), so a resumed release re-applies safely. It must not make release decisions, and it must
 //! not touch objects other than the ones the policy names (and the canary Deployment
 //! and canary Service it derives from them).
 //!
@@ -19,6 +19,7 @@ mod error;
 pub mod objects;
 mod router;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_core::policy::{KubeDeploySpec, KubeTrafficSpec};
@@ -29,7 +30,8 @@ pub use error::Error;
 pub const FIELD_MANAGER: &str = "rampart";
 /// The label that tells stable pods from canary pods.
 pub const TRACK_LABEL: &str = "rampart.dev/track";
-/// The label carrying the canary's version.
+/// The canary's version: an annotation with the version, and a label with the version
+/// or, when it is no label value, a hash of it (`objects::version_label`).
 pub const VERSION_LABEL: &str = "rampart.dev/version";
 
 /// A release's Deployments and the traffic between them, in one namespace.
@@ -44,6 +46,13 @@ pub struct Kubernetes {
     deploy: KubeDeploySpec,
     traffic: KubeTrafficSpec,
     poll: Duration,
+    drain: Duration,
+    /// The version whose promotion this adapter found complete: the stable runs it and
+    /// no canary is left (a controller resumed after the promotion deleted the canary).
+    promoted: Arc<Mutex<Option<String>>>,
+    /// The version the stable ran when the release began (or resumed): a step checks
+    /// nobody else changed it since.
+    stable_version: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -52,6 +61,7 @@ impl std::fmt::Debug for Kubernetes {
             .field("deploy", &self.deploy)
             .field("traffic", &self.traffic)
             .field("poll", &self.poll)
+            .field("drain", &self.drain)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +74,9 @@ impl Kubernetes {
             deploy,
             traffic,
             poll: Duration::from_secs(2),
+            drain: Duration::from_secs(10),
+            promoted: Arc::default(),
+            stable_version: Arc::default(),
         }
     }
 
@@ -88,6 +101,14 @@ impl Kubernetes {
     /// How often readiness is polled (2 s unless changed).
     pub fn with_poll_interval(mut self, poll: Duration) -> Self {
         self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long the canary keeps its pods after traffic left it, before they stop (the
+    /// policy's `rollback.drain`; 10 s unless changed): kube-proxy and Gateways send
+    /// requests to a backend for a moment after a Service or route stops naming it.
+    pub fn with_drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
         self
     }
 

@@ -17,6 +17,13 @@ use crate::{Error, TRACK_LABEL, VERSION_LABEL};
 
 /// The canary's annotation naming the Deployment it was derived from.
 pub const DERIVED_FROM: &str = "rampart.dev/derived-from";
+/// The canary's annotation keeping the stable's replica count when the release began
+/// (`replica_ratio`): what the split is sized from, and what a promotion restores.
+pub const STABLE_REPLICAS: &str = "rampart.dev/stable-replicas";
+
+fn is_rampart_own(key: &str) -> bool {
+    key.starts_with("rampart.dev/")
+}
 
 /// Where a Deployment's rollout stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +97,67 @@ pub fn check_stable(d: &Deployment, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks that the Service a traffic mode names selects one track of the stable
+/// Deployment's pods: its selector has `rampart.dev/track` (`stable`, or under
+/// `service_selector` also `canary`, as a resumed blue-green release finds it) and
+/// its other labels are the stable pods'. A Service that selects `{app: checkout}`
+/// would send the canary its share of traffic the moment its pods are ready, before
+/// any analysis.
+pub fn check_service(
+    svc: &Service,
+    stable: &Deployment,
+    tracks: &[&str],
+    why: &str,
+) -> Result<(), Error> {
+    let name = svc.metadata.name.as_deref().unwrap_or("?");
+    let selector = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    let pods = stable
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let track = selector.get(TRACK_LABEL).map(String::as_str);
+    if !track.is_some_and(|t| tracks.contains(&t)) {
+        return Err(Error::Shape(format!(
+            "Service `{name}` selects {selector:?}: {why}, so its selector needs `{TRACK_LABEL}: stable`; without it the canary's pods would get traffic as soon as they are ready, before any analysis (see docs/kubernetes.md)"
+        )));
+    }
+    if let Some((k, v)) = selector
+        .iter()
+        .find(|(k, v)| k.as_str() != TRACK_LABEL && pods.get(*k) != Some(*v))
+    {
+        return Err(Error::Shape(format!(
+            "Service `{name}` selects `{k}: {v}`, which the pods of Deployment `{}` do not carry: it is not the stable Deployment's Service",
+            stable.metadata.name.as_deref().unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `canary` was derived by rampart from the policy's stable Deployment
+/// (its `rampart.dev/derived-from` annotation names it).
+pub fn check_derived(canary: &Deployment, spec: &KubeDeploySpec) -> Result<(), Error> {
+    let from = canary
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DERIVED_FROM));
+    if from != Some(&spec.deployment) {
+        return Err(Error::Shape(format!(
+            "Deployment `{}` exists but rampart did not derive it from `{}` (its `{DERIVED_FROM}` annotation is {}): it is not rampart's to overwrite or delete; remove it or set `deploy.kubernetes.canary_name`",
+            spec.canary_name,
+            spec.deployment,
+            from.map_or("missing".to_string(), |f| format!("`{f}`"))
+        )));
+    }
+    Ok(())
+}
+
 /// The image `container` runs in `d`.
 pub fn container_image(d: &Deployment, container: &str) -> Result<String, Error> {
     let name = d.metadata.name.as_deref().unwrap_or("?");
@@ -116,14 +184,42 @@ pub fn track_labels(stable: &Deployment, track: &str) -> BTreeMap<String, String
     labels
 }
 
-/// The version a canary Deployment runs, from its label.
+/// The version a canary Deployment runs: its `rampart.dev/version` annotation (the
+/// label of a canary an older rampart made).
 pub fn canary_version(d: &Deployment) -> Option<String> {
-    d.metadata.labels.as_ref()?.get(VERSION_LABEL).cloned()
+    let m = &d.metadata;
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(VERSION_LABEL))
+        .or_else(|| m.labels.as_ref()?.get(VERSION_LABEL))
+        .cloned()
+}
+
+/// `version` as a label value: itself when it is one (at most 63 characters,
+/// alphanumeric at both ends, `-`, `_` and `.` between), else `h-` and a 64-bit hash
+/// of it (a digest, a long CI tag, `1.4.2+build.7`). The full version is in the
+/// annotation of the same name.
+pub fn version_label(version: &str) -> String {
+    let valid = version.len() <= 63
+        && version.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && version.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        return version.to_string();
+    }
+    // FNV-1a: stable across Rust versions and platforms, unlike the std hasher.
+    let hash = version.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("h-{hash:016x}")
 }
 
 /// The canary Deployment for `version`, derived from `stable`: the same spec with the
 /// container's image replaced, `rampart.dev/track: canary` in its labels, selector
-/// and pod template, and `rampart.dev/version` on the Deployment and its pods.
+/// and pod template, and `rampart.dev/version` on the Deployment and its pods, as a
+/// label ([`version_label`]) and an annotation (the version itself).
 ///
 /// The version stays out of the selector: a selector cannot change, and a leftover
 /// canary of another version must still be updatable in place.
@@ -132,6 +228,7 @@ pub fn canary(
     spec: &KubeDeploySpec,
     version: &str,
     replicas: i32,
+    stable_replicas: Option<i32>,
 ) -> Result<Value, Error> {
     let mut d = stable
         .spec
@@ -142,7 +239,11 @@ pub fn canary(
     let template_meta = d.template.metadata.get_or_insert_with(Default::default);
     let labels = template_meta.labels.get_or_insert_with(Default::default);
     labels.insert(TRACK_LABEL.into(), "canary".into());
-    labels.insert(VERSION_LABEL.into(), version.into());
+    labels.insert(VERSION_LABEL.into(), version_label(version));
+    template_meta
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(VERSION_LABEL.into(), version.into());
     let image = spec.image_of(version);
     let container = d
         .template
@@ -156,9 +257,15 @@ pub fn canary(
             ))
         })?;
     container.image = Some(image);
-    let mut labels = stable.metadata.labels.clone().unwrap_or_default();
-    labels.insert(TRACK_LABEL.into(), "canary".into());
-    labels.insert(VERSION_LABEL.into(), version.into());
+    let mut labels = canary_labels(stable);
+    labels.insert(VERSION_LABEL.into(), version_label(version));
+    let mut annotations = BTreeMap::from([
+        (DERIVED_FROM.to_string(), spec.deployment.clone()),
+        (VERSION_LABEL.to_string(), version.to_string()),
+    ]);
+    if let Some(n) = stable_replicas {
+        annotations.insert(STABLE_REPLICAS.into(), n.to_string());
+    }
     Ok(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -166,16 +273,50 @@ pub fn canary(
             "name": spec.canary_name,
             "namespace": spec.namespace,
             "labels": labels,
-            "annotations": { DERIVED_FROM: spec.deployment },
+            "annotations": annotations,
         },
         "spec": d,
     }))
 }
 
+/// Labels of the stable Deployment (not its pods) the canary Deployment carries too.
+const KEPT_LABELS: &[&str] = &[
+    "app",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+];
+
+/// The canary Deployment's own labels: its selector's (stable's, with the canary
+/// track) and the few of the stable Deployment's that name the application
+/// ([`KEPT_LABELS`]), never a GitOps tool's tracking label ([`is_tool_owned`]): the
+/// canary is not in git, and Argo CD prunes what carries its label but is not.
+/// `app.kubernetes.io/managed-by` says who does manage it. The pod template keeps
+/// every label of the stable's pods: Services, policies and monitors select by them.
+pub fn canary_labels(stable: &Deployment) -> BTreeMap<String, String> {
+    let own = stable
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| KEPT_LABELS.contains(&k.as_str()));
+    let mut labels: BTreeMap<String, String> = track_labels(stable, "canary")
+        .into_iter()
+        .chain(own.map(|(k, v)| (k.clone(), v.clone())))
+        .filter(|(k, _)| !is_tool_owned(k))
+        .collect();
+    labels.insert("app.kubernetes.io/managed-by".into(), "rampart".into());
+    labels
+}
+
 /// The fields rampart applies to the stable Deployment: the container's image, and
-/// the replica count when rampart owns it (`replica_ratio`). Nothing else, so the
-/// rest of the object stays the owner's.
-pub fn stable_patch(spec: &KubeDeploySpec, image: &str, replicas: Option<i32>) -> Value {
+/// nothing else, so the rest of the object stays the owner's. Replica counts go
+/// through the scale subresource (see `Kubernetes::scale_deployment`).
+///
+/// `keep_replicas` is for a Deployment whose `spec.replicas` an earlier rampart
+/// applied (see [`applies_replicas`]): leaving the field out would remove it, so the
+/// live count is applied again.
+pub fn stable_patch(spec: &KubeDeploySpec, image: &str, keep_replicas: Option<i32>) -> Value {
     let mut body = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -184,10 +325,25 @@ pub fn stable_patch(spec: &KubeDeploySpec, image: &str, replicas: Option<i32>) -
             "template": { "spec": { "containers": [ { "name": spec.container, "image": image } ] } }
         }
     });
-    if let (Some(r), Some(s)) = (replicas, body.get_mut("spec")) {
+    if let (Some(r), Some(s)) = (keep_replicas, body.get_mut("spec")) {
         s["replicas"] = json!(r);
     }
     body
+}
+
+/// Whether rampart's server-side apply owns `d`'s `spec.replicas` (an earlier rampart
+/// applied it), read from `metadata.managedFields`.
+pub fn applies_replicas(d: &Deployment) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(crate::FIELD_MANAGER)
+            && m.operation.as_deref() == Some("Apply")
+            && m.subresource.as_deref().unwrap_or("").is_empty()
+            && m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|s| s.get("f:replicas"))
+                .is_some()
+    })
 }
 
 /// The canary's whole body as stored, with `replicas` changed: rampart owns every
@@ -195,13 +351,13 @@ pub fn stable_patch(spec: &KubeDeploySpec, image: &str, replicas: Option<i32>) -
 pub fn rescaled(canary: &Deployment, replicas: i32) -> Value {
     let mut spec = canary.spec.clone().unwrap_or_default();
     spec.replicas = Some(replicas);
-    // Only rampart's own annotation: the others (the revision) are the controller's.
+    // Only rampart's own annotations: the others (the revision) are the controller's.
     let annotations: BTreeMap<&str, &String> = canary
         .metadata
         .annotations
         .iter()
         .flatten()
-        .filter(|(k, _)| k.as_str() == DERIVED_FROM)
+        .filter(|(k, _)| is_rampart_own(k))
         .map(|(k, v)| (k.as_str(), v))
         .collect();
     json!({
@@ -215,6 +371,75 @@ pub fn rescaled(canary: &Deployment, replicas: i32) -> Value {
         },
         "spec": spec,
     })
+}
+
+/// A Deployment's `spec.replicas` (1 when unset, as the API server defaults it).
+pub fn replicas(d: &Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+/// The stable's replica count when the release began, as the canary keeps it.
+pub fn start_replicas(canary: &Deployment) -> Option<i32> {
+    canary
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(STABLE_REPLICAS)?
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+}
+
+/// `replica_ratio`'s (canary, stable) replicas for `weight`. `start` is the stable's
+/// count when the release began, `grid` the policy's `replicas` (steps are multiples
+/// of `100 / grid` %), `hpa` the bounds of an HPA that scales the stable.
+///
+/// At 0 % the stable gets `start` back and at 100 % the canary has `start`. In
+/// between, the total is `start` rounded up to a multiple of `grid`, so the split is
+/// exact and capacity never drops below what the stable had. An HPA puts a stable
+/// below its `minReplicas` back up (and would change the weight), so the total grows
+/// by `grid` until the stable's share reaches it; an HPA leaves a Deployment scaled to
+/// 0 alone.
+pub fn ratio_split(grid: u32, start: u32, weight: Weight, hpa: Option<(u32, u32)>) -> (u32, u32) {
+    let start = start.max(1);
+    let (min, max) = hpa.unwrap_or((0, u32::MAX));
+    if weight == Weight::ZERO {
+        return (0, start.clamp(min.max(1), max.max(1)));
+    }
+    if weight == Weight::FULL {
+        return (start, 0);
+    }
+    let grid = grid.max(1);
+    let split = |total: u32| {
+        let c = canary_replicas(total, weight);
+        (c, total - c)
+    };
+    let mut total = start.div_ceil(grid).saturating_mul(grid);
+    while split(total).1 < min && total < u32::MAX / 2 {
+        total += grid;
+    }
+    while split(total).1 > max && total > grid && split(total - grid).1 >= min {
+        total -= grid;
+    }
+    split(total)
+}
+
+/// The pod template annotation that marks a canary's first pods.
+pub const FIRST_PODS: &str = "rampart.dev/first-pods";
+
+/// Marks a canary body's pod template for its first pods (a `replica_ratio` canary
+/// created with 0 replicas, at its first step). The Deployment controller checks
+/// `progressDeadlineSeconds` only on a rollout of a new template, never on a mere
+/// scale of a complete Deployment, and one of 0 replicas is complete at once: without
+/// a new template, pods that never get ready would hold the step for the whole
+/// `ready_timeout` instead of failing at the deadline. No pod exists yet, so the new
+/// template replaces nothing.
+pub fn start_pods(body: &mut Value) {
+    let meta = &mut body["spec"]["template"]["metadata"];
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    meta["annotations"][FIRST_PODS] = json!("true");
 }
 
 /// Replicas of the canary for `weight` out of `total`: rounded, and at least one when
@@ -300,6 +525,7 @@ pub fn canary_service(
             for (key, value) in [
                 ("name", p.name.map(Value::from)),
                 ("protocol", p.protocol.map(Value::from)),
+                ("appProtocol", p.app_protocol.map(Value::from)),
                 (
                     "targetPort",
                     p.target_port.and_then(|t| serde_json::to_value(t).ok()),
@@ -312,6 +538,15 @@ pub fn canary_service(
             port
         })
         .collect();
+    // Gateways read a backend's protocol from Service annotations too (h2c, gRPC,
+    // TLS to the backend); the canary share must reach the pods the same way.
+    let annotations: BTreeMap<&String, &String> = stable
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !is_tool_owned(k))
+        .collect();
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -319,19 +554,44 @@ pub fn canary_service(
             "name": name,
             "namespace": namespace,
             "labels": { TRACK_LABEL: "canary" },
+            "annotations": annotations,
         },
         "spec": { "selector": labels, "ports": ports },
     })
 }
 
-fn rules(route: &DynamicObject) -> Vec<Value> {
+/// Labels and annotations that belong to the tool that applied an object, not to the
+/// object: copied onto rampart's canary they would make a GitOps tool adopt it (and
+/// prune it, as Argo CD does with its tracking label or annotation) or a client think
+/// it applied it.
+pub fn is_tool_owned(key: &str) -> bool {
+    const KEYS: &[&str] = &[
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+        "kubectl.kubernetes.io/last-applied-configuration",
+    ];
+    const PREFIXES: &[&str] = &[
+        "argocd.argoproj.io/",
+        "kustomize.toolkit.fluxcd.io/",
+        "helm.toolkit.fluxcd.io/",
+        "meta.helm.sh/",
+    ];
+    KEYS.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// The list at `section.field` of a route (`spec.rules`, `status.parents`).
+fn list_in(route: &DynamicObject, section: &str, field: &str) -> Vec<Value> {
     route
         .data
-        .get("spec")
-        .and_then(|s| s.get("rules"))
+        .get(section)
+        .and_then(|s| s.get(field))
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default()
+}
+
+fn rules(route: &DynamicObject) -> Vec<Value> {
+    list_in(route, "spec", "rules")
 }
 
 fn refs(rule: &Value) -> Vec<Value> {
@@ -396,6 +656,67 @@ pub fn weighted_route(
     }))
 }
 
+/// Whether the Gateways an HTTPRoute names have taken its current spec: for every
+/// `spec.parentRefs` entry, the `status.parents` entries for it have observed the
+/// route's generation with `Accepted` and `ResolvedRefs` true. A route a Gateway
+/// refused, or whose backends it cannot resolve, routes nothing by these weights.
+pub fn route_readiness(route: &DynamicObject) -> Readiness {
+    let generation = route.metadata.generation.unwrap_or(0);
+    let parents = list_in(route, "status", "parents");
+    let wanted = list_in(route, "spec", "parentRefs");
+    if wanted.is_empty() {
+        return Readiness::Failed("it has no `parentRefs`, so no Gateway routes by it".into());
+    }
+    let same = |a: &Value, b: &Value, key: &str| a.get(key).is_none() || a.get(key) == b.get(key);
+    for parent in &wanted {
+        let name = parent.get("name").and_then(Value::as_str).unwrap_or("?");
+        let reports: Vec<&Value> = parents
+            .iter()
+            .filter(|p| {
+                let r = p.get("parentRef").unwrap_or(&Value::Null);
+                r.get("name") == parent.get("name")
+                    && ["namespace", "sectionName", "port"]
+                        .iter()
+                        .all(|k| same(parent, r, k))
+            })
+            .collect();
+        if reports.is_empty() {
+            return Readiness::Waiting(format!(
+                "no Gateway controller has reported on parent `{name}` yet"
+            ));
+        }
+        for report in reports {
+            let conditions = report
+                .get("conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for type_ in ["Accepted", "ResolvedRefs"] {
+                let Some(c) = conditions.iter().find(|c| c["type"] == type_) else {
+                    return Readiness::Waiting(format!(
+                        "parent `{name}` reports no `{type_}` condition yet"
+                    ));
+                };
+                let observed = c["observedGeneration"].as_i64().unwrap_or(0);
+                if observed < generation {
+                    return Readiness::Waiting(format!(
+                        "parent `{name}` has not observed generation {generation} yet (at {observed})"
+                    ));
+                }
+                if c["status"] != "True" {
+                    return Readiness::Failed(format!(
+                        "parent `{name}` reports {type_}={} ({}): {}",
+                        c["status"].as_str().unwrap_or("?"),
+                        c["reason"].as_str().unwrap_or(""),
+                        c["message"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+    }
+    Readiness::Ready
+}
+
 /// The canary's share in the first rule that sends to `service`, read from the
 /// route's weights.
 pub fn route_weight(
@@ -442,5 +763,37 @@ mod tests {
         assert_eq!(canary_replicas(10, w(25)), 3);
         assert_eq!(canary_replicas(4, w(100)), 4);
         assert_eq!(replica_weight(1, 3).unwrap(), w(25));
+    }
+
+    #[test]
+    fn a_version_that_is_no_label_value_is_hashed() {
+        assert_eq!(version_label("v1.4.2"), "v1.4.2");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let label = version_label(&digest);
+        assert_eq!(label.len(), 18);
+        assert!(label.starts_with("h-"), "{label}");
+        assert_eq!(
+            label,
+            version_label(&digest),
+            "the same version, the same label"
+        );
+        assert_ne!(label, version_label("1.4.2+build.7"));
+        assert_eq!(version_label(&"7".repeat(64)).len(), 18, "too long");
+    }
+
+    #[test]
+    fn ratio_split_keeps_the_stables_capacity_and_an_hpas_minimum() {
+        let w = |p| Weight::from_percent(p).unwrap();
+        // The policy's 4 replicas are the grid; a stable of 10 keeps its capacity.
+        assert_eq!(ratio_split(4, 10, w(25), None), (3, 9));
+        assert_eq!(ratio_split(4, 10, w(50), None), (6, 6));
+        assert_eq!(ratio_split(4, 10, w(100), None), (10, 0));
+        assert_eq!(ratio_split(4, 10, w(0), None), (0, 10));
+        assert_eq!(ratio_split(4, 4, w(25), None), (1, 3));
+        // An HPA with minReplicas 3: the canary grows rather than the stable shrink.
+        assert_eq!(ratio_split(4, 4, w(50), Some((3, 10))), (4, 4));
+        assert_eq!(ratio_split(4, 4, w(75), Some((3, 10))), (9, 3));
+        assert_eq!(ratio_split(4, 2, w(0), Some((3, 10))), (0, 3));
+        assert_eq!(ratio_split(4, 4, w(100), Some((3, 10))), (4, 0));
     }
 }

@@ -19,15 +19,22 @@ use crate::{Error, Kubernetes};
 // === impl Kubernetes ===
 
 impl Kubernetes {
-    async fn set_replica_ratio(&self, total: u32, weight: Weight) -> Result<Weight, Error> {
-        let c = objects::canary_replicas(total, weight);
+    async fn set_replica_ratio(&self, grid: u32, weight: Weight) -> Result<Weight, Error> {
+        let stable = self.stable_for(weight).await?;
+        let canary = self.deployment_opt(&self.deploy.canary_name).await?;
+        // Sized from the stable's count when the release began (kept on the canary),
+        // else from what runs now.
+        let live = objects::replicas(&stable) + canary.as_ref().map_or(0, objects::replicas);
+        let start = canary
+            .as_ref()
+            .and_then(objects::start_replicas)
+            .unwrap_or(live);
+        let hpa = self.hpa_bounds(&self.deploy.deployment).await?;
+        let (c, s) = objects::ratio_split(grid, u32::try_from(start).unwrap_or(1), weight, hpa);
         let (c, s) = (
             i32::try_from(c).unwrap_or(i32::MAX),
-            i32::try_from(total - c).unwrap_or(i32::MAX),
+            i32::try_from(s).unwrap_or(i32::MAX),
         );
-        let stable = self.stable().await?;
-        let stable_image = objects::container_image(&stable, &self.deploy.container)?;
-        let canary = self.deployment_opt(&self.deploy.canary_name).await?;
         let Some(canary) = canary else {
             if c > 0 {
                 return Err(Error::Weight(format!(
@@ -35,22 +42,21 @@ impl Kubernetes {
                     self.deploy.canary_name
                 )));
             }
-            return self.scale_stable_only(&stable_image, s).await;
+            return self.scale_stable_only(s).await;
         };
-        let canary_now = canary.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let stable_body = objects::stable_patch(&self.deploy, &stable_image, Some(s));
-        let canary_body = objects::rescaled(&canary, c);
+        let mut canary_body = objects::rescaled(&canary, c);
+        if objects::replicas(&canary) == 0 && c > 0 {
+            objects::start_pods(&mut canary_body);
+        }
         // The side that grows goes first, so capacity never dips during the change.
-        if c >= canary_now {
+        if c >= objects::replicas(&canary) {
             self.apply_deployment(&self.deploy.canary_name, &canary_body)
                 .await?;
             self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
                 .await?;
-            self.apply_deployment(&self.deploy.deployment, &stable_body)
-                .await?;
+            self.scale_deployment(&self.deploy.deployment, s).await?;
         } else {
-            self.apply_deployment(&self.deploy.deployment, &stable_body)
-                .await?;
+            self.scale_deployment(&self.deploy.deployment, s).await?;
             self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
                 .await?;
             self.apply_deployment(&self.deploy.canary_name, &canary_body)
@@ -62,15 +68,11 @@ impl Kubernetes {
         let canary = self
             .wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
             .await?;
-        let read = |d: &k8s_openapi::api::apps::v1::Deployment| {
-            d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
-        };
-        objects::replica_weight(read(&canary), read(&stable))
+        objects::replica_weight(objects::replicas(&canary), objects::replicas(&stable))
     }
 
-    async fn scale_stable_only(&self, image: &str, replicas: i32) -> Result<Weight, Error> {
-        let body = objects::stable_patch(&self.deploy, image, Some(replicas));
-        self.apply_deployment(&self.deploy.deployment, &body)
+    async fn scale_stable_only(&self, replicas: i32) -> Result<Weight, Error> {
+        self.scale_deployment(&self.deploy.deployment, replicas)
             .await?;
         self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
             .await?;
@@ -87,7 +89,7 @@ impl Kubernetes {
                 )));
             }
         };
-        let stable = self.stable().await?;
+        let stable = self.stable_for(weight).await?;
         let labels = objects::track_labels(&stable, track);
         let body = objects::selector_patch(service, &self.deploy.namespace, &labels);
         self.apply_service(service, &body).await?;
@@ -101,7 +103,7 @@ impl Kubernetes {
 
     async fn set_route(&self, service: &str, route: &str, weight: Weight) -> Result<Weight, Error> {
         let canary_service = format!("{service}-canary");
-        let stable = self.stable().await?;
+        let stable = self.stable_for(weight).await?;
         let stable_svc = self.service(service).await?;
         let body = objects::canary_service(
             &stable_svc,
@@ -113,22 +115,52 @@ impl Kubernetes {
         let current = self.route(route).await?;
         let body = objects::weighted_route(&current, service, &canary_service, weight)?;
         self.apply_route(route, &body).await?;
-        let read = self.route(route).await?;
+        let read = self.wait_route(route, self.deploy.ready_timeout).await?;
         objects::route_weight(&read, service, &canary_service)
+    }
+
+    /// Checks the Service the mode names before a canary starts (see
+    /// [`objects::check_service`]); `replica_ratio` names none.
+    pub(crate) async fn check_service(
+        &self,
+        stable: &k8s_openapi::api::apps::v1::Deployment,
+    ) -> Result<(), Error> {
+        let (service, tracks, why): (&str, &[&str], &str) = match &self.traffic.mode {
+            KubeMode::ReplicaRatio { .. } => return Ok(()),
+            KubeMode::ServiceSelector { service } => (
+                service,
+                &["stable", "canary"],
+                "`mode: service_selector` switches it between the tracks",
+            ),
+            KubeMode::HttpRoute { service, .. } => (
+                service,
+                &["stable"],
+                "`mode: http_route` weighs it, the stable backend, against the canary's Service",
+            ),
+        };
+        let svc = self.service(service).await?;
+        objects::check_service(&svc, stable, tracks, why)
     }
 
     /// All traffic to the stable Deployment, as the end of a promotion needs before the
     /// canary goes. Under `replica_ratio` the stable Deployment's count already did it.
+    /// The weight read back must be 0: the canary is removed next.
     pub(crate) async fn route_to_stable(&self) -> Result<(), Error> {
-        match &self.traffic.mode {
-            KubeMode::ReplicaRatio { .. } => Ok(()),
+        let got = match &self.traffic.mode {
+            KubeMode::ReplicaRatio { .. } => return Ok(()),
             KubeMode::ServiceSelector { service } => {
-                self.set_selector(service, Weight::ZERO).await.map(drop)
+                self.set_selector(service, Weight::ZERO).await?
             }
             KubeMode::HttpRoute { service, route } => {
-                self.set_route(service, route, Weight::ZERO).await.map(drop)
+                self.set_route(service, route, Weight::ZERO).await?
             }
+        };
+        if got != Weight::ZERO {
+            return Err(Error::Weight(format!(
+                "traffic did not return to the stable Deployment: the canary still has {got} after the switch back"
+            )));
         }
+        Ok(())
     }
 }
 
@@ -155,6 +187,11 @@ impl TrafficRouter for Kubernetes {
                     "traffic.kubernetes splits by weight only; match rules are not supported",
                 ));
             }
+            if weight != Weight::ZERO
+                && let Some(done) = self.promoted_weight(weight)
+            {
+                return Ok(done?);
+            }
             let got = match &self.traffic.mode {
                 KubeMode::ReplicaRatio { replicas } => {
                     self.set_replica_ratio(*replicas, weight).await?
@@ -168,10 +205,19 @@ impl TrafficRouter for Kubernetes {
         })
     }
 
-    /// A no-op: a pod leaving a Service's endpoints finishes its requests within its
-    /// own `terminationGracePeriodSeconds`, which Kubernetes enforces.
-    fn drain(&self, _variant: Variant, _timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
-        Box::pin(async { Ok(()) })
+    /// The canary, once traffic has left it (a rollback): waits `timeout` before it is
+    /// stopped, because kube-proxy and Gateways go on sending it requests for a moment
+    /// after the selector or the route changed; nothing tells rampart when they are
+    /// done. Under `replica_ratio` traffic left with the pods themselves (scaled to
+    /// 0), so there is nothing to wait for. The stable: nothing here, its promotion
+    /// waits between the switch back and the canary's removal (`promote`).
+    fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
+        Box::pin(async move {
+            if variant == Variant::Canary && self.ratio_grid().is_none() {
+                tokio::time::sleep(timeout).await;
+            }
+            Ok(())
+        })
     }
 
     /// A no-op, as `drain`: there are never endpoints to drain here.

@@ -19,6 +19,14 @@ fn pct(p: u8) -> Weight {
 
 fn no_check(_: &Value) {}
 
+/// The Service of `service_selector` and `http_route`, selecting stable pods.
+fn stable_service() -> Value {
+    service(
+        "checkout",
+        json!({"app": "checkout", "rampart.dev/track": "stable"}),
+    )
+}
+
 // === deploy ===
 
 #[tokio::test(start_paused = true)]
@@ -31,6 +39,8 @@ async fn fake_api_deploy_canary_derives_from_stable_and_waits_for_the_new_genera
     };
     let scenario = Scenario::new("derive and apply the canary")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(deployments("checkout-canary"), 404, no_canary())
+        .get(services("checkout"), 200, stable_service())
         .apply(
             deployments("checkout-canary"),
             |b| {
@@ -54,7 +64,7 @@ async fn fake_api_deploy_canary_derives_from_stable_and_waits_for_the_new_genera
                 );
                 assert_eq!(
                     at(b, "metadata/annotations"),
-                    &json!({"rampart.dev/derived-from": "checkout"})
+                    &json!({"rampart.dev/derived-from": "checkout", "rampart.dev/version": "v2"})
                 );
                 assert!(b.get("status").is_none());
                 assert_eq!(at(b, "spec/replicas"), 3);
@@ -114,6 +124,61 @@ async fn fake_api_deploy_canary_derives_from_stable_and_waits_for_the_new_genera
 }
 
 #[tokio::test(start_paused = true)]
+async fn fake_api_canary_carries_no_gitops_tracking_label() {
+    // Issue 22, item 6: with auto-sync and prune, Argo CD deletes what carries its
+    // tracking label but is not in git. The canary Deployment is not in git.
+    let mut tracked = stable("v1", 3);
+    tracked["metadata"]["labels"] = json!({
+        "app": "checkout",
+        "app.kubernetes.io/instance": "shop-checkout",
+        "app.kubernetes.io/managed-by": "Helm",
+        "kustomize.toolkit.fluxcd.io/name": "apps",
+        "helm.toolkit.fluxcd.io/name": "checkout",
+        "team": "payments",
+    });
+    tracked["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] =
+        json!("shop-checkout");
+    tracked["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] =
+        json!("shop-checkout");
+    let scenario = Scenario::new("canary without tracking labels")
+        .get(deployments("checkout"), 200, tracked)
+        .get(deployments("checkout-canary"), 404, no_canary())
+        .get(services("checkout"), 200, stable_service())
+        .apply(
+            deployments("checkout-canary"),
+            |b| {
+                assert_eq!(
+                    at(b, "metadata/labels"),
+                    &json!({
+                        "app": "checkout",
+                        "app.kubernetes.io/managed-by": "rampart",
+                        "rampart.dev/track": "canary",
+                        "rampart.dev/version": "v2",
+                    })
+                );
+                // Selecting its pods still takes every label of the stable's selector.
+                assert_eq!(
+                    at(b, "spec/selector/matchLabels"),
+                    &json!({"app": "checkout", "app.kubernetes.io/instance": "shop-checkout",
+                            "rampart.dev/track": "canary"})
+                );
+                assert_eq!(
+                    at(b, "spec/template/metadata/labels")["app.kubernetes.io/instance"],
+                    "shop-checkout"
+                );
+            },
+            200,
+            canary("v2", 3),
+        )
+        .get(deployments("checkout-canary"), 200, canary("v2", 3));
+    let (out, _) = run(scenario, selector(), async |k| {
+        k.deploy(Variant::Canary, "v2").await
+    })
+    .await;
+    out.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn fake_api_deploy_stable_applies_only_the_image() {
     let scenario = Scenario::new("stable keeps everything but the image")
         .get(deployments("checkout"), 200, stable("v1", 3))
@@ -139,9 +204,35 @@ async fn fake_api_deploy_stable_applies_only_the_image() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fake_api_deploy_stable_under_replica_ratio_keeps_its_replica_count() {
-    let scenario = Scenario::new("replica_ratio owns the count")
+async fn fake_api_deploy_stable_under_replica_ratio_applies_only_the_image() {
+    // Replica counts go through the scale subresource: were `spec.replicas` in an
+    // apply, a later apply without it (another mode) would remove it.
+    let scenario = Scenario::new("replica_ratio applies no count")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .apply(
+            deployments("checkout"),
+            |b| assert!(at(b, "spec").get("replicas").is_none(), "{b}"),
+            200,
+            stable("v1", 3),
+        )
+        .get(deployments("checkout"), 200, stable("v1", 3));
+    let (out, _) = run(scenario, ratio(4), async |k| {
+        k.deploy(Variant::Stable, "v1").await
+    })
+    .await;
+    out.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_stable_replicas_an_earlier_rampart_applied_are_applied_again() {
+    // An earlier rampart applied `spec.replicas`: leaving it out now would remove it.
+    let mut owned = stable("v1", 3);
+    owned["metadata"]["managedFields"] = json!([{
+        "manager": "rampart", "operation": "Apply", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:replicas": {}}}
+    }]);
+    let scenario = Scenario::new("replicas applied before")
+        .get(deployments("checkout"), 200, owned)
         .apply(
             deployments("checkout"),
             |b| assert_eq!(at(b, "spec/replicas"), 3),
@@ -149,7 +240,7 @@ async fn fake_api_deploy_stable_under_replica_ratio_keeps_its_replica_count() {
             stable("v1", 3),
         )
         .get(deployments("checkout"), 200, stable("v1", 3));
-    let (out, _) = run(scenario, ratio(4), async |k| {
+    let (out, _) = run(scenario, selector(), async |k| {
         k.deploy(Variant::Stable, "v1").await
     })
     .await;
@@ -176,6 +267,8 @@ async fn fake_api_deploy_fails_at_once_when_the_progress_deadline_passed() {
     }]);
     let scenario = Scenario::new("progress deadline exceeded")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(deployments("checkout-canary"), 404, no_canary())
+        .get(services("checkout"), 200, stable_service())
         .apply(
             deployments("checkout-canary"),
             no_check,
@@ -214,6 +307,8 @@ async fn fake_api_deploy_times_out_on_virtual_time() {
     );
     let mut scenario = Scenario::new("never ready")
         .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(deployments("checkout-canary"), 404, no_canary())
+        .get(services("checkout"), 200, stable_service())
         .apply(deployments("checkout-canary"), no_check, 200, stuck.clone());
     // Polled at 0 s, 1 s, 2 s and 3 s: then the 3 s budget is spent.
     for _ in 0..4 {
@@ -251,6 +346,45 @@ async fn fake_api_stable_without_the_track_label_is_refused_before_any_write() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn fake_api_a_service_that_would_select_the_canary_is_refused_before_it_starts() {
+    // Issue 22, item 7: a Service selecting `{app: checkout}` selects the canary's pods
+    // too, and would send them traffic before any analysis.
+    for (mode, selector_labels, expected) in [
+        (
+            selector(),
+            json!({"app": "checkout"}),
+            "needs `rampart.dev/track: stable`",
+        ),
+        (
+            http_route(),
+            json!({"app": "checkout", "rampart.dev/track": "canary"}),
+            "needs `rampart.dev/track: stable`",
+        ),
+        (
+            selector(),
+            json!({"app": "payments", "rampart.dev/track": "stable"}),
+            "selects `app: payments`",
+        ),
+    ] {
+        let scenario = Scenario::new("Service checked")
+            .get(deployments("checkout"), 200, stable("v1", 3))
+            .get(deployments("checkout-canary"), 404, no_canary())
+            .get(
+                services("checkout"),
+                200,
+                service("checkout", selector_labels),
+            );
+        let (out, written) = run(scenario, mode, async |k| {
+            k.deploy(Variant::Canary, "v2").await
+        })
+        .await;
+        let e = out.unwrap_err();
+        assert!(e.0.contains(expected), "{e}");
+        assert!(written.is_empty(), "nothing written");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn fake_api_missing_stable_deployment_is_named() {
     let scenario = Scenario::new("no stable Deployment").get(
         deployments("checkout"),
@@ -282,6 +416,8 @@ async fn fake_api_reapplying_the_canary_twice_writes_the_same_body() {
     for _ in 0..2 {
         scenario = scenario
             .get(deployments("checkout"), 200, stable("v1", 3))
+            .get(deployments("checkout-canary"), 404, no_canary())
+            .get(services("checkout"), 200, stable_service())
             .apply(
                 deployments("checkout-canary"),
                 no_check,
@@ -341,8 +477,8 @@ async fn fake_api_stop_scales_the_canary_to_zero_then_deletes_it() {
                 );
                 assert_eq!(
                     at(b, "metadata/annotations"),
-                    &json!({}),
-                    "the revision annotation stays the controller's"
+                    &json!({"rampart.dev/derived-from": "checkout"}),
+                    "rampart's own annotations only: the revision stays the controller's"
                 );
                 assert!(at(b, "metadata").get("resourceVersion").is_none());
             },
@@ -386,6 +522,31 @@ async fn fake_api_stop_of_a_canary_that_is_gone_succeeds() {
         out.1.unwrap().contains("already deleted"),
         "a 404 on delete is success"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_a_deployment_rampart_did_not_derive_is_neither_overwritten_nor_deleted() {
+    // Issue 22, item 11: someone's own `checkout-canary` is not rampart's canary.
+    let mut theirs = canary("v7", 2);
+    theirs["metadata"]["annotations"] = json!({"deployment.kubernetes.io/revision": "1"});
+    let scenario = Scenario::new("not rampart's canary")
+        .get(deployments("checkout"), 200, stable("v1", 3))
+        .get(deployments("checkout-canary"), 200, theirs.clone())
+        .get(deployments("checkout-canary"), 200, theirs);
+    let (out, written) = run(scenario, selector(), async |k| {
+        (
+            k.deploy(Variant::Canary, "v2").await,
+            k.stop(Variant::Canary).await,
+        )
+    })
+    .await;
+    for e in [out.0.unwrap_err(), out.1.unwrap_err()] {
+        assert!(
+            e.0.contains("rampart did not derive it from `checkout`"),
+            "{e}"
+        );
+    }
+    assert!(written.is_empty(), "nothing written");
 }
 
 #[tokio::test(start_paused = true)]
@@ -447,18 +608,20 @@ async fn fake_api_promotion_under_replica_ratio_gives_stable_every_replica() {
     let scenario = Scenario::new("promote under replica_ratio")
         .get(deployments("checkout-canary"), 200, canary("v2", 4))
         .get(deployments("checkout"), 200, stable("v1", 0))
+        .get(hpas(), 200, hpa_list(vec![]))
         .apply(
             deployments("checkout"),
             |b| {
-                assert_eq!(at(b, "spec/replicas"), 4);
+                assert!(at(b, "spec").get("replicas").is_none());
                 assert_eq!(
                     at(b, "spec/template/spec/containers/0/image"),
                     "registry.example.com/checkout:v2"
                 );
             },
             200,
-            stable("v2", 4),
+            stable("v2", 0),
         )
+        .scale(deployments("checkout"), 4)
         .get(deployments("checkout"), 200, stable("v2", 4))
         .get(deployments("checkout-canary"), 200, canary("v2", 4))
         .apply(
@@ -489,6 +652,7 @@ fn ratio_split() -> Scenario {
     Scenario::new("replica_ratio 1 of 4")
         .get(deployments("checkout"), 200, stable("v1", 4))
         .get(deployments("checkout-canary"), 200, canary("v2", 0))
+        .get(hpas(), 200, hpa_list(vec![]))
         .apply(
             deployments("checkout-canary"),
             |b| assert_eq!(at(b, "spec/replicas"), 1),
@@ -496,19 +660,8 @@ fn ratio_split() -> Scenario {
             canary("v2", 1),
         )
         .get(deployments("checkout-canary"), 200, canary("v2", 1))
-        .apply(
-            deployments("checkout"),
-            |b| {
-                assert_eq!(at(b, "spec/replicas"), 3);
-                // The stable keeps its own image while it shrinks.
-                assert_eq!(
-                    at(b, "spec/template/spec/containers/0/image"),
-                    "registry.example.com/checkout:v1"
-                );
-            },
-            200,
-            stable("v1", 3),
-        )
+        // The stable shrinks through its scale subresource: its image is not touched.
+        .scale(deployments("checkout"), 3)
         .get(deployments("checkout"), 200, stable("v1", 3))
         .get(deployments("checkout-canary"), 200, canary("v2", 1))
 }
@@ -607,16 +760,19 @@ async fn fake_api_service_selector_rejects_a_partial_weight_without_a_request() 
 
 #[tokio::test(start_paused = true)]
 async fn fake_api_http_route_weighs_stable_against_a_canary_service() {
+    let mut stable_svc = service(
+        "checkout",
+        json!({"app": "checkout", "rampart.dev/track": "stable"}),
+    );
+    stable_svc["spec"]["ports"][0]["appProtocol"] = json!("kubernetes.io/h2c");
+    stable_svc["metadata"]["annotations"] = json!({
+        "konghq.com/protocol": "grpc",
+        "argocd.argoproj.io/tracking-id": "shop:/Service:shop/checkout",
+        "kubectl.kubernetes.io/last-applied-configuration": "{}",
+    });
     let scenario = Scenario::new("route at 10 %")
         .get(deployments("checkout"), 200, stable("v1", 3))
-        .get(
-            services("checkout"),
-            200,
-            service(
-                "checkout",
-                json!({"app": "checkout", "rampart.dev/track": "stable"}),
-            ),
-        )
+        .get(services("checkout"), 200, stable_svc)
         .apply(
             services("checkout-canary"),
             |b| {
@@ -630,7 +786,14 @@ async fn fake_api_http_route_weighs_stable_against_a_canary_service() {
                 );
                 assert_eq!(
                     at(b, "spec/ports"),
-                    &json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}])
+                    &json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP",
+                             "appProtocol": "kubernetes.io/h2c"}]),
+                    "the canary share reaches the pods with the same protocol"
+                );
+                assert_eq!(
+                    at(b, "metadata/annotations"),
+                    &json!({"konghq.com/protocol": "grpc"}),
+                    "a gateway's annotations are kept; a GitOps tool's and kubectl's are not"
                 );
             },
             200,
@@ -675,32 +838,27 @@ async fn fake_api_http_route_weighs_stable_against_a_canary_service() {
     assert_eq!(out.unwrap(), pct(10));
 }
 
-#[tokio::test(start_paused = true)]
-async fn fake_api_http_route_reads_back_the_weight_in_force() {
-    let scenario = Scenario::new("route kept at 5 %")
+/// The exchanges of a weight change under `http_route` up to the route's apply, the
+/// route as `before`.
+fn route_change(before: Value) -> Scenario {
+    Scenario::new("route change")
         .get(deployments("checkout"), 200, stable("v1", 3))
-        .get(
-            services("checkout"),
-            200,
-            service(
-                "checkout",
-                json!({"app": "checkout", "rampart.dev/track": "stable"}),
-            ),
-        )
+        .get(services("checkout"), 200, stable_service())
         .apply(
             services("checkout-canary"),
             no_check,
             200,
             service("checkout-canary", json!({})),
         )
-        .get(routes("checkout"), 200, route(Some(9500), Some(500)))
-        .apply(
-            routes("checkout"),
-            no_check,
-            200,
-            route(Some(9500), Some(500)),
-        )
-        .get(routes("checkout"), 200, route(Some(9500), Some(500)));
+        .get(routes("checkout"), 200, before)
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_http_route_reads_back_the_weight_in_force() {
+    let kept = route(Some(9500), Some(500));
+    let scenario = route_change(kept.clone())
+        .apply(routes("checkout"), no_check, 200, kept.clone())
+        .get(routes("checkout"), 200, kept);
     let (out, _) = run(scenario, http_route(), async |k| {
         k.set_weight(pct(20), &[]).await
     })
@@ -708,8 +866,73 @@ async fn fake_api_http_route_reads_back_the_weight_in_force() {
     assert_eq!(out.unwrap(), pct(5));
 }
 
+fn route_at(generation: i64, parent: Value) -> Value {
+    let mut r = route(Some(9000), Some(1000));
+    r["metadata"]["generation"] = json!(generation);
+    r["status"]["parents"] = json!([parent]);
+    r
+}
+
 #[tokio::test(start_paused = true)]
-async fn fake_api_backends_and_drains_are_no_ops() {
+async fn fake_api_http_route_weight_counts_once_the_gateway_has_accepted_it() {
+    // Issue 22, item 3: the spec alone is not the weight in force; the Gateway's
+    // status for the route's current generation is.
+    let scenario = route_change(route(None, None))
+        .apply(
+            routes("checkout"),
+            no_check,
+            200,
+            route_at(2, route_parent(1, "True", "Accepted")),
+        )
+        .get(
+            routes("checkout"),
+            200,
+            route_at(2, route_parent(1, "True", "Accepted")),
+        )
+        .get(
+            routes("checkout"),
+            200,
+            route_at(2, route_parent(2, "True", "Accepted")),
+        );
+    let started = tokio::time::Instant::now();
+    let (out, _) = run(scenario, http_route(), async |k| {
+        k.set_weight(pct(10), &[]).await
+    })
+    .await;
+    assert_eq!(out.unwrap(), pct(10));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "one poll for the Gateway"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_http_route_refused_by_the_gateway_is_no_weight() {
+    let refused = route_parent(2, "False", "NotAllowedByListeners");
+    let scenario = route_change(route(None, None))
+        .apply(
+            routes("checkout"),
+            no_check,
+            200,
+            route_at(2, refused.clone()),
+        )
+        .get(routes("checkout"), 200, route_at(2, refused));
+    let (out, _) = run(scenario, http_route(), async |k| {
+        k.set_weight(pct(10), &[]).await
+    })
+    .await;
+    let e = out.unwrap_err();
+    assert!(e.0.contains("HTTPRoute `checkout`"), "{e}");
+    assert!(
+        e.0.contains("Accepted=False (NotAllowedByListeners)"),
+        "{e}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fake_api_backends_are_no_ops_and_a_canary_drain_waits_its_time() {
+    let started = tokio::time::Instant::now();
     let (out, _) = run(Scenario::new("nothing asked"), http_route(), async |k| {
         (
             k.set_backends(Variant::Canary, &[]).await,
@@ -719,6 +942,22 @@ async fn fake_api_backends_and_drains_are_no_ops() {
     })
     .await;
     assert_eq!(out, (Ok(()), Ok(()), Ok(())));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // Nothing tells rampart when kube-proxy and the Gateway stopped sending the canary
+    // requests: its drain is the whole time given.
+    let (out, _) = run(Scenario::new("nothing asked"), http_route(), async |k| {
+        k.drain(Variant::Canary, Duration::from_secs(10)).await
+    })
+    .await;
+    out.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    // Under replica_ratio traffic left with the canary's pods.
+    let (out, _) = run(Scenario::new("nothing asked"), ratio(4), async |k| {
+        k.drain(Variant::Canary, Duration::from_secs(10)).await
+    })
+    .await;
+    out.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
 }
 
 // === failures ===
@@ -749,21 +988,25 @@ async fn fake_api_refused_connection_is_a_port_error() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fake_api_conflicting_apply_is_a_port_error() {
-    let mut conflict = server_error();
-    conflict["code"] = json!(409);
-    conflict["reason"] = json!("Conflict");
-    conflict["message"] = json!("Apply failed with 1 conflict");
+async fn fake_api_refused_apply_is_a_port_error_with_the_servers_words() {
+    // A forced apply never gets a 409 (it takes the fields over); what refuses it is
+    // RBAC, an admission webhook or a quota, and their words must reach the operator.
+    let mut forbidden = server_error();
+    forbidden["code"] = json!(403);
+    forbidden["reason"] = json!("Forbidden");
+    forbidden["message"] = json!(
+        "deployments.apps \"checkout\" is forbidden: User \"system:serviceaccount:shop:rampart\" cannot patch resource \"deployments\""
+    );
     let scenario = Scenario::new("apply refused")
         .get(deployments("checkout"), 200, stable("v1", 3))
-        .apply(deployments("checkout"), no_check, 409, conflict);
+        .apply(deployments("checkout"), no_check, 403, forbidden);
     let (out, _) = run(scenario, selector(), async |k| {
         k.deploy(Variant::Stable, "v1").await
     })
     .await;
     let e = out.unwrap_err();
     assert!(e.0.contains("applying Deployment `checkout`"), "{e}");
-    assert!(e.0.contains("conflict"), "{e}");
+    assert!(e.0.contains("cannot patch resource"), "{e}");
 }
 
 // === a real cluster ===
@@ -775,6 +1018,9 @@ async fn cluster_reads_the_stable_version() {
     // examples/kubernetes/ applied (scripts/e2e-kind.sh does that).
     let mut spec = deploy_spec();
     spec.namespace = "default".into();
+    // examples/kubernetes/manifests.yaml: nginx in the container `web`.
+    spec.container = "web".into();
+    spec.image = "docker.io/library/nginx:{version}".into();
     let k = rampart_kubernetes::Kubernetes::connect(
         spec,
         rampart_core::policy::KubeTrafficSpec { mode: selector() },

@@ -189,7 +189,8 @@ async fn kubernetes(
     };
     let cluster = rampart_kubernetes::Kubernetes::connect(deploy.clone(), traffic.clone())
         .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?;
+        .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?
+        .with_drain(policy.rollback.drain);
     let running_version = cluster
         .stable_version()
         .await

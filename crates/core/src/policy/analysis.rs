@@ -77,6 +77,9 @@ pub struct QuerySpec {
     /// Read over the analysis interval with a range query and averaged, rather than
     /// as one instant value.
     pub range: bool,
+    /// PromQL counting a variant's requests in the interval (same placeholders): below
+    /// the metric's `min_samples` the value is not judged. `None`: no floor.
+    pub samples: Option<String>,
 }
 
 /// How a metric is judged.
@@ -289,6 +292,7 @@ fn decode_metric(
             "weight",
             "query",
             "range",
+            "samples",
         ],
     )?;
     let source = match m.get("source") {
@@ -296,9 +300,9 @@ fn decode_metric(
         None => Some("builtin"),
     };
     if source == Some("prometheus") {
-        return decode_query_metric(cx, &m, default_failure_limit);
+        return decode_query_metric(cx, &m, default_min_samples, default_failure_limit);
     }
-    for key in m.present(&["query", "range"]) {
+    for key in m.present(&["query", "range", "samples"]) {
         cx.error(
             m.pos(),
             &m.path_of(key),
@@ -346,6 +350,7 @@ fn decode_metric(
 fn decode_query_metric(
     cx: &mut Decoder,
     m: &MapReader<'_>,
+    default_min_samples: u64,
     default_failure_limit: u32,
 ) -> Option<MetricSpec> {
     if m.get("metric").is_some() {
@@ -356,15 +361,21 @@ fn decode_query_metric(
         );
     }
     let name = m.required::<String>(cx, "name");
-    let query = m.required_with(cx, "query", |cx, n, p| {
-        let q = scalar(cx, n, p, "a PromQL query")?;
-        if q.trim().is_empty() {
-            cx.error(n.pos, p, "the query is empty");
-            return None;
-        }
-        Some(q.to_string())
-    });
+    let query = m.required_with(cx, "query", decode_promql);
     let range = m.optional::<bool>(cx, "range").unwrap_or(false);
+    let samples = m.optional_with(cx, "samples", decode_promql);
+    let min_samples = m.optional::<u64>(cx, "min_samples");
+    if min_samples.is_some() && m.get("samples").is_none() {
+        cx.error(
+            m.get("min_samples").map_or(m.pos(), |n| n.pos),
+            &m.path_of("min_samples"),
+            "a `prometheus` metric's floor needs `samples`, the query that counts a variant's requests in the interval (for example `sum(increase(http_requests_total{track=\"{variant}\"}[{interval}]))`)",
+        );
+    }
+    let min_samples = match samples {
+        Some(_) => min_samples.unwrap_or(default_min_samples),
+        None => 0,
+    };
     let failure_limit = limit(cx, m, "failure_limit").unwrap_or(default_failure_limit);
     let critical = m.optional::<bool>(cx, "critical").unwrap_or(true);
     let weight = m.optional::<f64>(cx, "weight").unwrap_or(1.0);
@@ -385,15 +396,25 @@ fn decode_query_metric(
         name: name?,
         metric: BuiltinMetric::Query,
         judge: judge?,
-        min_samples: 0,
+        min_samples,
         failure_limit,
         critical,
         weight,
         query: Some(QuerySpec {
             query: query?,
             range,
+            samples,
         }),
     })
+}
+
+fn decode_promql(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
+    let q = scalar(cx, n, p, "a PromQL query")?;
+    if q.trim().is_empty() {
+        cx.error(n.pos, p, "the query is empty");
+        return None;
+    }
+    Some(q.to_string())
 }
 
 const JUDGES: &[&str] = &["sequential", "threshold"];

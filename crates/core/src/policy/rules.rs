@@ -219,9 +219,12 @@ pub(super) fn check_kubernetes(
                 format!("`mode: service_selector` sends all traffic to one Deployment, so a weight is 0 % or 100 %, not {}; use `strategy.blue_green` or `strategy.full`, or `mode: http_route` for a gradual split", step.weight),
             ),
             KubeMode::ReplicaRatio { replicas } if bp * replicas % 10_000 != 0 => {
+                // Written as the decoder reads weights: one pod of 8 is 12.5 %, not 12 %.
                 let achievable: Vec<String> = (1..=*replicas)
                     .filter(|c| c * 10_000 % replicas == 0)
-                    .map(|c| format!("{}%", c * 100 / replicas))
+                    .filter_map(|c| u16::try_from(c * 10_000 / replicas).ok())
+                    .filter_map(crate::units::Weight::from_basis_points)
+                    .map(|w| w.to_string())
                     .take(8)
                     .collect();
                 cx.error(

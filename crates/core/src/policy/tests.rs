@@ -317,6 +317,44 @@ fn prometheus_metrics_need_a_server_a_query_and_a_threshold() {
             .iter()
             .any(|d| d.message.contains("judged by thresholds"))
     );
+    assert_eq!(
+        (q.samples, p.analysis.metrics[0].min_samples),
+        (None, 0),
+        "no floor unless asked"
+    );
+    let floored = ok.replace(
+        "range: true,",
+        "range: true, samples: 'sum(increase(requests[{interval}]))',",
+    );
+    let p = Policy::from_yaml(&floored).unwrap_or_else(|e| panic!("{floored}\n{e:?}"));
+    let q = p.analysis.metrics[0].query.clone().unwrap();
+    assert_eq!(
+        (q.samples.as_deref(), p.analysis.metrics[0].min_samples),
+        (Some("sum(increase(requests[{interval}]))"), 50),
+        "the floor defaults to analysis.min_samples"
+    );
+    let p = Policy::from_yaml(&floored.replace("range: true,", "range: true, min_samples: 20,"))
+        .unwrap();
+    assert_eq!(p.analysis.metrics[0].min_samples, 20);
+    let floor_alone = ok.replace("range: true,", "range: true, min_samples: 20,");
+    let d = errors(&floor_alone);
+    assert!(
+        d.iter().any(|d| d.path == "analysis.metrics[0].min_samples"
+            && d.line == 17
+            && d.message.contains("needs `samples`")),
+        "{d:?}"
+    );
+    let builtin_samples = MINIMAL.replace(
+        "judge: { max: 1% }",
+        "judge: { max: 1% }\n      samples: 'x'",
+    );
+    assert!(
+        errors(&builtin_samples)
+            .iter()
+            .any(|d| d.path.ends_with(".samples") && d.message.contains("source: prometheus")),
+        "{:?}",
+        errors(&builtin_samples)
+    );
     let metric_too = ok.replace("query: 'sum(up)'", "query: 'sum(up)', metric: error_rate");
     assert!(
         errors(&metric_too)
@@ -546,6 +584,17 @@ fn replica_ratio_rejects_weights_no_replica_count_makes() {
     assert!(d[0].message.contains("25%, 50%, 75%, 100%"), "{d:?}");
     let d = errors(&src.replace("replicas: 4", "replicas: 0"));
     assert_eq!(d[0].path, "traffic.kubernetes.replicas", "{d:?}");
+    // Issue 22, item 14: one pod of 8 is 12.5 %, and the hint must say a weight the
+    // decoder then takes.
+    let d = errors(&src.replace("replicas: 4", "replicas: 8"));
+    assert!(
+        d[0].message.contains("(possible: 12.5%, 25%, 37.5%"),
+        "{d:?}"
+    );
+    let ok = src
+        .replace("replicas: 4", "replicas: 8")
+        .replace("weight: 5", "weight: 12.5");
+    Policy::from_yaml(&ok).unwrap_or_else(|e| panic!("{ok}\n{e:?}"));
 }
 
 #[test]

@@ -31,10 +31,10 @@ pub struct KubeTrafficSpec {
 /// How traffic moves between the stable and the canary Deployment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KubeMode {
-    /// One Service selects both Deployments; the share is the canary's share of
-    /// `replicas` (so only multiples of `100 / replicas` percent are possible).
+    /// One Service selects both Deployments; the share is the canary's share of the
+    /// pods, in multiples of `100 / replicas` percent.
     ReplicaRatio {
-        /// Replicas of both Deployments together.
+        /// The grid of the split (the pods are sized from the live Deployments).
         replicas: u32,
     },
     /// Blue-green: the Service selects either the stable or the canary pods.

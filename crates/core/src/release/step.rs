@@ -389,15 +389,20 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
                 keep_or_stop_previous(b);
             }
         }
-        (Phase::Promoting, Input::Stopped { detail, ok, .. }) => {
-            if !*ok {
-                b.event(
-                    "stop_failed",
-                    "rampart",
-                    format!("old version did not stop cleanly: {detail}"),
-                );
-            }
-            succeed(b);
+        (Phase::Promoting, Input::Stopped { ok: true, .. }) => succeed(b),
+        (Phase::Promoting, Input::Stopped { detail, .. }) => {
+            // The promotion's last step is verified like every other: on some
+            // deployers it is the promotion itself (Kubernetes applies the new version
+            // to the stable Deployment here). Never reported promoted; nothing moves.
+            b.event(
+                "stop_failed",
+                "rampart",
+                format!("promotion incomplete: {detail}"),
+            );
+            b.halt(format!(
+                "the promotion of {} did not complete: {detail}. Traffic: the router last confirmed canary weight {} and rampart moved nothing since",
+                b.s.version, b.s.weight
+            ));
         }
         (Phase::RollingBack, Input::TrafficSet { .. }) if b.policy.strategy.flag_only() => {
             b.event(

@@ -26,6 +26,28 @@ pub fn services(name: &str) -> String {
     format!("/api/v1/namespaces/{NS}/services/{name}")
 }
 
+pub fn hpas() -> String {
+    format!("/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers")
+}
+
+/// A list of HPAs as the API server answers it.
+pub fn hpa_list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
+           "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// An HPA scaling the Deployment `target` between `min` and `max` replicas.
+pub fn hpa(target: &str, min: i32, max: i32) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": target, "namespace": NS},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": min, "maxReplicas": max,
+        }
+    })
+}
+
 pub fn routes(name: &str) -> String {
     format!("/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/{name}")
 }
@@ -45,6 +67,7 @@ pub struct Exchange {
     method: Method,
     path: String,
     query: Vec<(&'static str, &'static str)>,
+    content_type: &'static str,
     check: Option<Check>,
     answer: Answer,
 }
@@ -68,6 +91,7 @@ impl Scenario {
             method: Method::GET,
             path,
             query: Vec::new(),
+            content_type: "",
             check: None,
             answer: Answer::Json(status, body),
         });
@@ -86,8 +110,31 @@ impl Scenario {
             method: Method::PATCH,
             path,
             query: vec![("fieldManager", "rampart"), ("force", "true")],
+            content_type: "application/apply-patch+yaml",
             check: Some(Box::new(check)),
             answer: Answer::Json(status, body),
+        });
+        self
+    }
+
+    /// A Deployment's replicas set through its scale subresource: a merge patch by the
+    /// field manager `rampart`, answered with the Scale.
+    pub fn scale(mut self, deployment: String, replicas: i32) -> Scenario {
+        let name = deployment.rsplit('/').next().unwrap_or("").to_string();
+        self.steps.push(Exchange {
+            method: Method::PATCH,
+            path: format!("{deployment}/scale"),
+            query: vec![("fieldManager", "rampart")],
+            content_type: "application/merge-patch+json",
+            check: Some(Box::new(move |b| {
+                assert_eq!(b, &json!({"spec": {"replicas": replicas}}), "scale body")
+            })),
+            answer: Answer::Json(
+                200,
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                       "metadata": {"name": name, "namespace": NS},
+                       "spec": {"replicas": replicas}, "status": {"replicas": replicas}}),
+            ),
         });
         self
     }
@@ -97,6 +144,7 @@ impl Scenario {
             method: Method::DELETE,
             path,
             query: Vec::new(),
+            content_type: "",
             check: None,
             answer: Answer::Json(status, body),
         });
@@ -108,6 +156,7 @@ impl Scenario {
             method,
             path,
             query: Vec::new(),
+            content_type: "",
             check: None,
             answer: Answer::Refused,
         });
@@ -153,7 +202,7 @@ impl Scenario {
                         .get("content-type")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    assert_eq!(ct, "application/apply-patch+yaml", "{at}: content type");
+                    assert_eq!(ct, step.content_type, "{at}: content type");
                 }
                 let bytes = req.into_body().collect_bytes().await.expect("request body");
                 if let Some(check) = &step.check {
@@ -267,9 +316,11 @@ impl Status {
 pub fn deployment(name: &str, track: &str, version: &str, replicas: i32, status: Status) -> Value {
     let mut labels = json!({ "app": "checkout", "rampart.dev/track": track });
     let mut pod_labels = labels.clone();
+    let mut annotations = json!({ "deployment.kubernetes.io/revision": "3" });
     if track == "canary" {
         labels["rampart.dev/version"] = json!(version);
         pod_labels["rampart.dev/version"] = json!(version);
+        annotations["rampart.dev/derived-from"] = json!("checkout");
     }
     json!({
         "apiVersion": "apps/v1",
@@ -281,7 +332,7 @@ pub fn deployment(name: &str, track: &str, version: &str, replicas: i32, status:
             "resourceVersion": "42",
             "uid": "0000",
             "labels": labels,
-            "annotations": { "deployment.kubernetes.io/revision": "3" },
+            "annotations": annotations,
         },
         "spec": {
             "replicas": replicas,
@@ -325,6 +376,11 @@ pub fn canary(version: &str, replicas: i32) -> Value {
     )
 }
 
+/// The answer to a GET of the canary before it exists.
+pub fn no_canary() -> Value {
+    not_found("deployments.apps", "checkout-canary")
+}
+
 pub fn not_found(kind: &str, name: &str) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -360,7 +416,8 @@ pub fn route(stable_weight: Option<i64>, canary_weight: Option<i64>) -> Value {
     }
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": { "name": "checkout", "namespace": NS, "resourceVersion": "7" },
+        "metadata": { "name": "checkout", "namespace": NS, "resourceVersion": "7", "generation": 1 },
+        "status": { "parents": [ route_parent(1, "True", "Accepted") ] },
         "spec": {
             "parentRefs": [ { "name": "public" } ],
             "rules": [
@@ -369,6 +426,21 @@ pub fn route(stable_weight: Option<i64>, canary_weight: Option<i64>) -> Value {
                   "backendRefs": [ { "name": "admin", "port": 80 } ] }
             ]
         }
+    })
+}
+
+/// A Gateway's report on the route's parent `public`: `Accepted` with `accepted`
+/// (`True` or `False`) and `reason`, `ResolvedRefs` true, both at `observed`.
+pub fn route_parent(observed: i64, accepted: &str, reason: &str) -> Value {
+    json!({
+        "parentRef": { "name": "public" },
+        "controllerName": "example.com/gateway",
+        "conditions": [
+            { "type": "Accepted", "status": accepted, "reason": reason,
+              "message": "by the listener", "observedGeneration": observed },
+            { "type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs",
+              "message": "", "observedGeneration": observed },
+        ]
     })
 }
 

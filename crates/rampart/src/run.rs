@@ -103,6 +103,46 @@ pub async fn stop_serving(serving: &Serving) {
     }
 }
 
+/// This machine's name, as the kernel has it (`rampart` when it has none).
+pub fn host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        "rampart".to_string()
+    } else {
+        host
+    }
+}
+
+/// The state directory whose records of the service's local processes this run uses.
+/// With a store of its own, its own. Replicas sharing a PostgreSQL store agree through
+/// it: the directory on record wins, so a replica that takes a release over adopts the
+/// processes the old leader started (each replica may have a state directory of its
+/// own); a replica on another host refuses, since it could neither adopt nor stop them
+/// and would only start copies.
+async fn process_dir(
+    store: &StateStore,
+    service: &str,
+    state_dir: &Path,
+) -> Result<PathBuf, RunError> {
+    if !store.is_postgres() {
+        return Ok(state_dir.to_path_buf());
+    }
+    let ours = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let host = host_name();
+    let (owner_host, owner_dir) = store
+        .claim_processes(service, &host, &ours.display().to_string())
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    if owner_host != host {
+        return Err(RunError::Internal(anyhow::anyhow!(
+            "the local processes of {service} were started on host {owner_host} (recorded in {owner_dir}); this replica runs on {host} and can neither adopt nor stop them, so it does not start copies. Run the replicas that share a store on one host, or deploy with Kubernetes (docs/ha.md)"
+        )));
+    }
+    Ok(PathBuf::from(owner_dir))
+}
+
 /// Reads and checks the policy file a command was given. On a problem it prints it
 /// and gives exit code 2.
 pub fn policy_file(file: &Path) -> Result<Policy, i32> {
@@ -290,7 +330,7 @@ pub async fn run_release(
             &policy.service,
             process.clone(),
             &base_dir,
-            &opts.state_dir,
+            &process_dir(&store, &policy.service, &opts.state_dir).await?,
         )),
         (None, None) => {
             return Err(RunError::Invalid(

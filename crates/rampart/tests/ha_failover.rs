@@ -44,6 +44,21 @@ fn events(server: &Server, token: &str, id: &str) -> Vec<Value> {
     v["events"].as_array().unwrap().clone()
 }
 
+/// How many live processes carry rampart's mark for `service`.
+fn processes_of(service: &str) -> usize {
+    let mark = format!("RAMPART_SERVICE={service}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
 #[test]
 fn the_standby_takes_over_a_killed_leaders_release_and_finishes_it_real_postgres() {
     let pg = postgres::Postgres::start();
@@ -68,7 +83,9 @@ fn the_standby_takes_over_a_killed_leaders_release_and_finishes_it_real_postgres
     let _load = start_load(&rt, port, 150);
     let slow = "      - {weight: 30, bake: 4s}\n";
     // Submitted through the standby: any replica's API queues releases.
-    let id = submit(&b, &ci, &policy("ha-svc", port, slow));
+    // A service name of this run's own, so that nothing an earlier run left counts.
+    let service = format!("ha-{}", std::process::id());
+    let id = submit(&b, &ci, &policy(&service, port, slow));
     a.wait_release(&id, &viewer, LONG, |v| {
         v["phase"] == "progressing" && v["weight"].as_f64().unwrap() >= 20.0
     });
@@ -77,6 +94,14 @@ fn the_standby_takes_over_a_killed_leaders_release_and_finishes_it_real_postgres
 
     let end = b.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
     assert_eq!(end["outcome"], "promoted", "{end}");
+    // Each replica has a state directory of its own, yet b adopted the versions a
+    // started (their records' directory is in the shared store): what runs now is the
+    // promoted version alone, with no orphan of a's left beside it.
+    assert_eq!(
+        processes_of(&service),
+        1,
+        "versions of the old leader left running"
+    );
     assert_eq!(
         leader(),
         "b 2",

@@ -211,6 +211,37 @@ impl StateStore {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
+    /// Where the service's local version processes are recorded: the owner already on
+    /// record (a host and a directory there), or, when none is, `(host, dir)`, recorded
+    /// now. Whoever drives the service's next release adopts its processes from there.
+    pub async fn claim_processes(
+        &self,
+        service: &str,
+        host: &str,
+        dir: &str,
+    ) -> Result<(String, String), StoreError> {
+        let mut tx = self.db.begin().await?;
+        tx.execute(
+            "INSERT INTO services (service) VALUES (?1) ON CONFLICT(service) DO NOTHING",
+            args![service],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE services SET process_host = ?2, process_dir = ?3 WHERE service = ?1 AND process_host IS NULL",
+            args![service, host, dir],
+        )
+        .await?;
+        let r = tx
+            .one(
+                "SELECT process_host, process_dir FROM services WHERE service = ?1",
+                args![service],
+            )
+            .await?;
+        let owner = (r.text(0)?, r.text(1)?);
+        tx.commit().await?;
+        Ok(owner)
+    }
+
     /// The version the service last finished on.
     pub(super) async fn serving(&self, service: &str) -> Result<Option<String>, StoreError> {
         let row = self

@@ -134,12 +134,22 @@ CREATE TABLE leases (
     beats  INTEGER NOT NULL
 );
 "#,
+    PROCESS_OWNER,
 ];
+
+/// Which host, and which directory there, records a service's local version processes:
+/// a replica that takes a release over adopts them from there (issue of one state
+/// directory per replica), and one on another host refuses instead of starting copies.
+const PROCESS_OWNER: &str = r#"
+ALTER TABLE services ADD COLUMN process_host TEXT;
+ALTER TABLE services ADD COLUMN process_dir TEXT;
+"#;
 
 /// PostgreSQL migrations, applied in order; `rampart_schema` records how many ran. The
 /// first is the whole schema of SQLite's migrations 1 to 8, with 64-bit integers
 /// everywhere and `rowid` columns where SQLite has its implicit one.
-const POSTGRES: &[&str] = &[r#"
+const POSTGRES: &[&str] = &[
+    r#"
 CREATE TABLE releases (
     id                 TEXT PRIMARY KEY,
     service            TEXT NOT NULL,
@@ -238,7 +248,9 @@ CREATE TABLE leases (
     token  BIGINT NOT NULL,
     beats  BIGINT NOT NULL
 );
-"#];
+"#,
+    PROCESS_OWNER,
+];
 
 fn too_new(applied: usize, known: usize) -> StoreError {
     db_err(format!(

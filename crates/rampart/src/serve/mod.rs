@@ -335,15 +335,7 @@ pub const LEASE: &str = "serve";
 
 /// This replica's default name in the lease: the host's name and the process id.
 fn default_replica() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let host = if host.is_empty() {
-        "rampart".to_string()
-    } else {
-        host
-    };
-    format!("{host}-{}", std::process::id())
+    format!("{}-{}", crate::run::host_name(), std::process::id())
 }
 
 /// Acts on releases: at once with a store of its own; with a shared (PostgreSQL) store

@@ -108,7 +108,8 @@ pub async fn start(
         }
         Traffic::Nginx(spec) => {
             // nginx sends its request log to a port rampart picks and renders.
-            let log = AccessLog::bind("127.0.0.1:0".parse().map_err(anyhow::Error::from)?)
+            let any_port = "127.0.0.1:0".parse().map_err(anyhow::Error::from)?;
+            let log = AccessLog::bind(any_port, &policy.service)
                 .await
                 .context("the request log receiver cannot bind a UDP port on 127.0.0.1")?;
             Ok(DataPlane {
@@ -128,12 +129,14 @@ pub async fn start(
             })
         }
         Traffic::Haproxy(spec) => {
-            let log = AccessLog::bind(spec.log_listen).await.with_context(|| {
-                format!(
-                    "the request log receiver cannot bind UDP {}",
-                    spec.log_listen
-                )
-            })?;
+            let log = AccessLog::bind(spec.log_listen, &spec.backend)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the request log receiver cannot bind UDP {}",
+                        spec.log_listen
+                    )
+                })?;
             Ok(DataPlane {
                 router: Arc::new(HaproxyRouter::new(&spec.socket, &spec.backend)),
                 metrics: Arc::new(BuiltinMetrics::new(log.clone())),

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 /// A server process in a process group of its own, the whole group killed when
 /// dropped: on success, on failure and on a panic (a worker nginx forked is stopped
-/// with its master, never left to PID 1).
+/// with its master, never left to PID 1). It derefs to the `Child`, so a test can
+/// still read its output, signal it or wait for it.
 pub struct Daemon(pub Child);
 
 impl Daemon {
@@ -22,22 +23,55 @@ impl Daemon {
         cmd.process_group(0).spawn().map(Daemon)
     }
 
-    /// The process group (the leader's pid).
-    pub fn pgid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// SIGKILL to the group, then reaps the leader.
-    pub fn kill(&mut self) {
-        kill_group(self.pgid());
+    /// SIGKILL to the group, then reaps the leader. The group is signalled only while
+    /// the leader is still this process's child (alive, or exited but not reaped):
+    /// then its id cannot have been reused by anyone else.
+    pub fn stop(&mut self) {
+        let pgid = self.0.id();
+        if parent_of(pgid) == Some(std::process::id()) {
+            kill_group(pgid);
+        }
         let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
+}
+
+/// Spawns a command as a [`Daemon`].
+pub trait SpawnGuarded {
+    /// Spawns it in a process group of its own, killed when the guard drops.
+    fn spawn_guarded(&mut self) -> Daemon;
+}
+
+impl SpawnGuarded for Command {
+    fn spawn_guarded(&mut self) -> Daemon {
+        Daemon::start(self).unwrap_or_else(|e| panic!("cannot start {self:?}: {e}"))
+    }
+}
+
+/// The parent of `pid`, from `/proc`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// SIGKILL to the process group `pgid`, which a test created (never 0 or 1: those
@@ -53,8 +87,9 @@ pub fn kill_group(pgid: u32) {
 
 /// Runs `cmd` in the foreground as a daemon for the test.
 pub fn spawn(cmd: &mut Command) -> Daemon {
-    Daemon::start(cmd.stdout(Stdio::null()).stderr(Stdio::inherit()))
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn_guarded()
 }
 
 /// Polls until `ready` holds (a server came up), for at most 10 s.

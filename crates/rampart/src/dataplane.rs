@@ -55,6 +55,25 @@ impl DataPlane {
         self.deployer.is_some()
     }
 
+    /// The router outside rampart (nginx, HAProxy) that keeps pointing users at the
+    /// versions after rampart exits, if the policy routes through one.
+    pub fn external_router(policy: &Policy) -> Option<String> {
+        match &policy.traffic {
+            Traffic::Nginx(spec) => Some(format!("nginx (http://{})", spec.listen)),
+            Traffic::Haproxy(spec) => Some(format!("HAProxy (backend `{}`)", spec.backend)),
+            Traffic::Proxy(_) | Traffic::Kubernetes(_) => None,
+        }
+    }
+
+    /// Where users reach the service, in words: its address, or the router's.
+    pub fn serving_on(&self, policy: &Policy) -> String {
+        match (self.entry, DataPlane::external_router(policy)) {
+            (_, Some(router)) => router,
+            (Some(entry), None) => format!("http://{entry}"),
+            (None, None) => "the cluster".to_string(),
+        }
+    }
+
     /// Stops the embedded proxy and the flag endpoint and returns once their addresses
     /// are free again (the next release of the service binds them at once).
     pub async fn close(self) {

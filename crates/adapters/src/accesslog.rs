@@ -80,8 +80,7 @@ pub fn parse(line: &str) -> Option<LoggedRequest<'_>> {
     // is the answer the client got.
     let time = fields
         .flat_map(|f| f.split([',', ':']))
-        .filter(|f| !f.is_empty())
-        .last()?;
+        .rfind(|f| !f.is_empty())?;
     let variant = match server.trim_end_matches(|c: char| c.is_ascii_digit()) {
         "stable" => Variant::Stable,
         "canary" => Variant::Canary,

@@ -22,25 +22,20 @@ use tokio::sync::Notify;
 /// HAProxy with `slots` slots per variant and its request log received, and a router
 /// pointing stable and canary at a backend each (answering with their names).
 async fn split(slots: u32) -> (common::servers::Haproxy, AccessLog, HaproxyRouter) {
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap(), "shop")
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let h = haproxy("shop", slots, log.local_addr());
-    let hold = Arc::new(Notify::new());
-    let (stable, canary) = (
-        backend("stable", hold.clone()).await,
-        backend("canary", hold.clone()).await,
-    );
     let router = HaproxyRouter::new(&h.socket, "shop");
-    router
-        .set_backends(Variant::Stable, &[stable])
-        .await
-        .unwrap();
-    router
-        .set_backends(Variant::Canary, &[canary])
-        .await
-        .unwrap();
+    named_backends(&router).await;
     (h, log, router)
+}
+
+/// Points the router's stable and canary at a backend each, answering with their names.
+async fn named_backends(router: &HaproxyRouter) {
+    let hold = Arc::new(Notify::new());
+    for (variant, name) in [(Variant::Stable, "stable"), (Variant::Canary, "canary")] {
+        let addr = backend(name, hold.clone()).await;
+        router.set_backends(variant, &[addr]).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,9 +94,7 @@ async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_slots_drain_before_they_are_reported_idle_real_haproxy() {
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap(), "shop")
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let h = haproxy("shop", 3, log.local_addr());
     let hold = Arc::new(Notify::new());
     let a = backend("stable", hold.clone()).await;
@@ -194,25 +187,11 @@ async fn flipping_the_weight_under_load_fails_no_request_real_haproxy() {
 /// (with the same slot names) was counted as this one's traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_backend_on_the_same_haproxy_is_not_counted_real_haproxy() {
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap(), "shop")
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let h = haproxy_backends(&["shop", "other"], 1, log.local_addr());
-    let hold = Arc::new(Notify::new());
     for name in ["shop", "other"] {
         let router = HaproxyRouter::new(&h.socket, name);
-        let (stable, canary) = (
-            backend("stable", hold.clone()).await,
-            backend("canary", hold.clone()).await,
-        );
-        router
-            .set_backends(Variant::Stable, &[stable])
-            .await
-            .unwrap();
-        router
-            .set_backends(Variant::Canary, &[canary])
-            .await
-            .unwrap();
+        named_backends(&router).await;
         router
             .set_weight(Weight::from_percent(50).unwrap(), &[])
             .await
@@ -254,9 +233,7 @@ async fn another_backend_on_the_same_haproxy_is_not_counted_real_haproxy() {
 /// vanish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_no_server_answered_counts_as_an_error_real_haproxy() {
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap(), "shop")
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let h = haproxy("shop", 1, log.local_addr());
     let router = HaproxyRouter::new(&h.socket, "shop");
     let hold = Arc::new(Notify::new());

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{backend, get_body, listening, share_of, until};
-use rampart_adapters::accesslog::AccessLog;
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::proxy::BuiltinMetrics;
 use rampart_core::policy::{MatchSource, NginxSpec, RouteMatch, Sticky};
@@ -37,9 +36,7 @@ fn nginx() -> (common::servers::Nginx, NginxSpec) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_split_is_validated_reloaded_and_live_real_nginx() {
     let (_n, spec) = nginx();
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap(), "shop")
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
     let metrics = BuiltinMetrics::new(log.clone());
     let hold = Arc::new(Notify::new());
@@ -114,9 +111,7 @@ async fn the_split_is_validated_reloaded_and_live_real_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
     let (n, spec) = nginx();
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap(), "shop")
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
     let hold = Arc::new(Notify::new());
     let stable = backend("stable", hold.clone()).await;
@@ -156,9 +151,7 @@ async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retired_replica_drains_on_the_old_workers_real_nginx() {
     let (_n, spec) = nginx();
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap(), "shop")
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
     let hold = Arc::new(Notify::new());
     let a: SocketAddr = backend("a", hold.clone()).await;
@@ -207,9 +200,7 @@ async fn a_retired_replica_drains_on_the_old_workers_real_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_is_the_time_to_response_headers_like_the_embedded_proxy_real_nginx() {
     let (_n, spec) = nginx();
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap(), "shop")
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
     let metrics = BuiltinMetrics::new(log.clone());
     let slow = common::slow_body_backend("stable", Duration::from_millis(400)).await;

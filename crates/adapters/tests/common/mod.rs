@@ -98,6 +98,13 @@ pub fn refusing() -> SocketAddr {
         .unwrap()
 }
 
+/// rampart's request-log receiver for `service`, on a free loopback UDP port.
+pub async fn request_log(service: &str) -> rampart_adapters::accesslog::AccessLog {
+    rampart_adapters::accesslog::AccessLog::bind("127.0.0.1:0".parse().unwrap(), service)
+        .await
+        .unwrap()
+}
+
 /// A plain HTTP/1 client.
 pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())

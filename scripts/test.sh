@@ -47,6 +47,36 @@ if ! "$venv/bin/python" -c "import mcp.client.stdio" >/dev/null 2>&1; then
 fi
 export RAMPART_MCP_PYTHON="$PWD/$venv/bin/python"
 
+# Every process the tests start inherits this mark, so the end of the run can tell
+# them from anything else on the machine (see leftovers below).
+RAMPART_TEST_RUN="$$-$(date +%s%N)"
+export RAMPART_TEST_RUN
+
+# Lists the processes of this run still alive (their environment carries the mark),
+# stops them, and fails: a test must stop every server it starts. Only processes with
+# this run's mark are signalled.
+leftovers() {
+  local status=$? found=0 d pid
+  set +x
+  for d in /proc/[0-9]*; do
+    pid=${d#/proc/}
+    [ "$pid" = "$$" ] && continue
+    [ "$pid" = "$BASHPID" ] && continue
+    if { tr '\0' '\n' <"$d/environ"; } 2>/dev/null | grep -qx "RAMPART_TEST_RUN=$RAMPART_TEST_RUN"; then
+      [ -r "$d/cmdline" ] || continue
+      found=1
+      echo "LEFT RUNNING by the tests: pid $pid ($(readlink "$d/cwd" 2>/dev/null)): $({ tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null)" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  if [ "$found" -ne 0 ]; then
+    echo "FAILED: the tests left the processes above running (now stopped); every test must stop what it starts, on failure and panic too" >&2
+    exit 1
+  fi
+  exit "$status"
+}
+trap leftovers EXIT
+
 set -x
 cargo fmt --all -- --check
 # The optional adapters (cargo features) are linted too. The tests build the binary

@@ -147,7 +147,7 @@ pub fn render(
     );
     let _ = writeln!(
         f,
-        "log_format rampart_{id} 'rampart-s {service} $rampart_{id}_variant $status $request_time';"
+        "log_format rampart_{id} 'rampart-s {service} $rampart_{id}_variant $status $upstream_header_time';"
     );
     let _ = writeln!(
         f,
@@ -447,6 +447,12 @@ mod tests {
         assert!(text.contains("map \"$rampart_check_out_m0\" $rampart_check_out_variant"));
         assert!(
             text.contains("access_log syslog:server=127.0.0.1:5140,nohostname rampart_check_out;")
+        );
+        assert!(
+            text.contains(
+                "'rampart-s check-out $rampart_check_out_variant $status $upstream_header_time'"
+            ),
+            "time to response headers, like the embedded proxy: {text}"
         );
         assert_eq!(generation_of(&text), Some(7));
         let zero = render("s", &spec(), &Split::default(), 1, log);

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::servers::haproxy;
+use common::servers::{haproxy, haproxy_backends};
 use common::{backend, get_body, share_of, until};
 use rampart_adapters::accesslog::AccessLog;
 use rampart_adapters::haproxy::HaproxyRouter;
@@ -22,25 +22,20 @@ use tokio::sync::Notify;
 /// HAProxy with `slots` slots per variant and its request log received, and a router
 /// pointing stable and canary at a backend each (answering with their names).
 async fn split(slots: u32) -> (common::servers::Haproxy, AccessLog, HaproxyRouter) {
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let h = haproxy("shop", slots, log.local_addr());
-    let hold = Arc::new(Notify::new());
-    let (stable, canary) = (
-        backend("stable", hold.clone()).await,
-        backend("canary", hold.clone()).await,
-    );
     let router = HaproxyRouter::new(&h.socket, "shop");
-    router
-        .set_backends(Variant::Stable, &[stable])
-        .await
-        .unwrap();
-    router
-        .set_backends(Variant::Canary, &[canary])
-        .await
-        .unwrap();
+    named_backends(&router).await;
     (h, log, router)
+}
+
+/// Points the router's stable and canary at a backend each, answering with their names.
+async fn named_backends(router: &HaproxyRouter) {
+    let hold = Arc::new(Notify::new());
+    for (variant, name) in [(Variant::Stable, "stable"), (Variant::Canary, "canary")] {
+        let addr = backend(name, hold.clone()).await;
+        router.set_backends(variant, &[addr]).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,9 +94,7 @@ async fn weights_split_sticky_users_and_are_read_back_real_haproxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_slots_drain_before_they_are_reported_idle_real_haproxy() {
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let h = haproxy("shop", 3, log.local_addr());
     let hold = Arc::new(Notify::new());
     let a = backend("stable", hold.clone()).await;
@@ -187,6 +180,95 @@ async fn flipping_the_weight_under_load_fails_no_request_real_haproxy() {
         failed, 0,
         "no request failed while the weight flipped 0 -> 100 -> 0"
     );
+}
+
+/// Regression (issue 21): the request log counted every line with a `stable<N>` or
+/// `canary<N>` server, whatever its backend, so another service on the same HAProxy
+/// (with the same slot names) was counted as this one's traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_backend_on_the_same_haproxy_is_not_counted_real_haproxy() {
+    let log = common::request_log("shop").await;
+    let h = haproxy_backends(&["shop", "other"], 1, log.local_addr());
+    for name in ["shop", "other"] {
+        let router = HaproxyRouter::new(&h.socket, name);
+        named_backends(&router).await;
+        router
+            .set_weight(Weight::from_percent(50).unwrap(), &[])
+            .await
+            .unwrap();
+    }
+    // The other service fails every request, first; then ten good ones of ours.
+    for u in 0..50 {
+        assert_eq!(
+            get_body(h.addrs[1], "/fail", Some(&format!("u{u}")))
+                .await
+                .0,
+            503
+        );
+    }
+    for u in 0..10 {
+        assert_eq!(
+            get_body(h.addrs[0], "/", Some(&format!("u{u}"))).await.0,
+            200
+        );
+    }
+    until("our ten requests logged", async || {
+        let t = rampart_adapters::proxy::Totals::totals(&log);
+        t.stable.requests + t.canary.requests >= 10
+    })
+    .await;
+    let t = rampart_adapters::proxy::Totals::totals(&log);
+    assert_eq!(
+        (
+            t.stable.requests + t.canary.requests,
+            t.stable.errors + t.canary.errors
+        ),
+        (10, 0),
+        "only backend shop's requests count"
+    );
+}
+
+/// Regression (issue 21): with `%Tr` (time to response headers, like the embedded
+/// proxy), a request no server answered logs `-1`; it must count as an error, not
+/// vanish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_no_server_answered_counts_as_an_error_real_haproxy() {
+    let log = common::request_log("shop").await;
+    let h = haproxy("shop", 1, log.local_addr());
+    let router = HaproxyRouter::new(&h.socket, "shop");
+    let hold = Arc::new(Notify::new());
+    router
+        .set_backends(Variant::Stable, &[common::refusing()])
+        .await
+        .unwrap();
+    router
+        .set_backends(Variant::Canary, &[backend("canary", hold).await])
+        .await
+        .unwrap();
+    router
+        .set_weight(Weight::from_percent(50).unwrap(), &[])
+        .await
+        .unwrap();
+    let mut refused = 0u64;
+    for u in 0..20 {
+        if get_body(h.addr, "/", Some(&format!("u{u}"))).await.0 == 503 {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "some users hash to the refusing stable");
+    until("the request log", async || {
+        let t = rampart_adapters::proxy::Totals::totals(&log);
+        t.stable.requests + t.canary.requests == 20
+    })
+    .await;
+    let t = rampart_adapters::proxy::Totals::totals(&log);
+    assert_eq!(t.stable.errors, refused);
+    assert_eq!(
+        t.stable.latency.count(),
+        0,
+        "no server answered: no latency"
+    );
+    assert_eq!(t.canary.latency.count(), 20 - refused);
 }
 
 /// A window for counting sources, which report what they counted since the previous

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{backend, get_body, listening, share_of, until};
-use rampart_adapters::accesslog::AccessLog;
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::proxy::BuiltinMetrics;
 use rampart_core::policy::{MatchSource, NginxSpec, RouteMatch, Sticky};
@@ -37,9 +36,7 @@ fn nginx() -> (common::servers::Nginx, NginxSpec) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_split_is_validated_reloaded_and_live_real_nginx() {
     let (_n, spec) = nginx();
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
     let metrics = BuiltinMetrics::new(log.clone());
     let hold = Arc::new(Notify::new());
@@ -114,9 +111,7 @@ async fn the_split_is_validated_reloaded_and_live_real_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
     let (n, spec) = nginx();
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
     let hold = Arc::new(Notify::new());
     let stable = backend("stable", hold.clone()).await;
@@ -156,9 +151,7 @@ async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retired_replica_drains_on_the_old_workers_real_nginx() {
     let (_n, spec) = nginx();
-    let log = AccessLog::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let log = common::request_log("shop").await;
     let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
     let hold = Arc::new(Notify::new());
     let a: SocketAddr = backend("a", hold.clone()).await;
@@ -199,6 +192,48 @@ async fn a_retired_replica_drains_on_the_old_workers_real_nginx() {
         .await
         .unwrap();
     assert_eq!(share_of(addr, "a", 30).await, 30);
+}
+
+/// Regression (issue 21): nginx logged `$request_time`, the total time, where the
+/// embedded proxy and docs/policy.md mean the time to response headers, so a service
+/// whose body came in a later write looked slow behind nginx only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_is_the_time_to_response_headers_like_the_embedded_proxy_real_nginx() {
+    let (_n, spec) = nginx();
+    let log = common::request_log("shop").await;
+    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
+    let metrics = BuiltinMetrics::new(log.clone());
+    let slow = common::slow_body_backend("stable", Duration::from_millis(400)).await;
+    router.set_backends(Variant::Stable, &[slow]).await.unwrap();
+    router
+        .set_backends(Variant::Canary, &[common::refusing()])
+        .await
+        .unwrap();
+    let addr = spec.listen;
+    until("the service", async || listening(addr).await).await;
+    for u in 0..5 {
+        assert_eq!(
+            get_body(addr, "/", Some(&format!("u{u}"))).await.1,
+            "stable"
+        );
+    }
+    // A canary that refuses connections: nginx answers 502 and logs `-` for the time.
+    router.set_weight(Weight::FULL, &[]).await.unwrap();
+    assert_eq!(get_body(addr, "/", Some("u0")).await.0.as_u16(), 502);
+    until("the request log", async || {
+        let t = rampart_adapters::proxy::Totals::totals(&log);
+        t.stable.requests == 5 && t.canary.requests == 1
+    })
+    .await;
+    let s = metrics.measure(&any_window()).await.unwrap();
+    let p99 = s.stable.latency.quantile_ms(0.99).unwrap();
+    assert!(p99 < 200.0, "p99 {p99}ms counts the 400ms body: total time");
+    assert_eq!(s.canary.errors, 1, "the 502 counts as an error");
+    assert_eq!(
+        s.canary.latency.count(),
+        0,
+        "with no latency: nothing answered"
+    );
 }
 
 /// A window for counting sources, which report what they counted since the previous

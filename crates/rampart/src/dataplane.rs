@@ -55,6 +55,25 @@ impl DataPlane {
         self.deployer.is_some()
     }
 
+    /// The router outside rampart (nginx, HAProxy) that keeps pointing users at the
+    /// versions after rampart exits, if the policy routes through one.
+    pub fn external_router(policy: &Policy) -> Option<String> {
+        match &policy.traffic {
+            Traffic::Nginx(spec) => Some(format!("nginx (http://{})", spec.listen)),
+            Traffic::Haproxy(spec) => Some(format!("HAProxy (backend `{}`)", spec.backend)),
+            Traffic::Proxy(_) | Traffic::Kubernetes(_) => None,
+        }
+    }
+
+    /// Where users reach the service, in words: its address, or the router's.
+    pub fn serving_on(&self, policy: &Policy) -> String {
+        match (self.entry, DataPlane::external_router(policy)) {
+            (_, Some(router)) => router,
+            (Some(entry), None) => format!("http://{entry}"),
+            (None, None) => "the cluster".to_string(),
+        }
+    }
+
     /// Stops the embedded proxy and the flag endpoint and returns once their addresses
     /// are free again (the next release of the service binds them at once).
     pub async fn close(self) {
@@ -108,7 +127,8 @@ pub async fn start(
         }
         Traffic::Nginx(spec) => {
             // nginx sends its request log to a port rampart picks and renders.
-            let log = AccessLog::bind("127.0.0.1:0".parse().map_err(anyhow::Error::from)?)
+            let any_port = "127.0.0.1:0".parse().map_err(anyhow::Error::from)?;
+            let log = AccessLog::bind(any_port, &policy.service)
                 .await
                 .context("the request log receiver cannot bind a UDP port on 127.0.0.1")?;
             Ok(DataPlane {
@@ -128,12 +148,14 @@ pub async fn start(
             })
         }
         Traffic::Haproxy(spec) => {
-            let log = AccessLog::bind(spec.log_listen).await.with_context(|| {
-                format!(
-                    "the request log receiver cannot bind UDP {}",
-                    spec.log_listen
-                )
-            })?;
+            let log = AccessLog::bind(spec.log_listen, &spec.backend)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the request log receiver cannot bind UDP {}",
+                        spec.log_listen
+                    )
+                })?;
             Ok(DataPlane {
                 router: Arc::new(HaproxyRouter::new(&spec.socket, &spec.backend)),
                 metrics: Arc::new(BuiltinMetrics::new(log.clone())),

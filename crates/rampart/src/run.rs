@@ -484,12 +484,11 @@ pub async fn run_release(
             Some(OutcomeKind::Promoted | OutcomeKind::RolledBack)
         )
     {
-        if let Some(entry) = plane.entry {
-            progress.line(&format!(
-                "serving on http://{entry} until interrupted (Ctrl-C)"
-            ));
-        }
-        let _ = tokio::signal::ctrl_c().await;
+        progress.line(&format!(
+            "serving on {} until interrupted (Ctrl-C or SIGTERM)",
+            plane.serving_on(&policy)
+        ));
+        until_interrupted().await;
     }
     match (&opts.served, end.outcome()) {
         // Under `rampart serve` the service goes on serving what the release left (a
@@ -507,6 +506,11 @@ pub async fn run_release(
             // directory. A cluster keeps serving what the release left (stopping the
             // stable variant there would be a promotion).
             if !plane.cluster_runs_versions() {
+                if let Some(router) = crate::dataplane::DataPlane::external_router(&policy)
+                    && end.outcome() != Some(OutcomeKind::Blocked)
+                {
+                    progress.line(&stopping_behind(&policy.service, &router));
+                }
                 for v in [Variant::Canary, Variant::Stable] {
                     let _ = deployer.stop(v).await;
                 }
@@ -631,6 +635,31 @@ pub fn report(
             .then_some(end.rollback_level)
             .flatten(),
         timeline,
+    }
+}
+
+/// What `rampart run` says when it stops the versions an external router still
+/// points at (until rampart leaves the winner serving by itself).
+fn stopping_behind(service: &str, router: &str) -> String {
+    format!(
+        "WARNING: stopping {service}'s versions while {router} still routes its users to them: they get 502/503 from now on. Run with --keep-running to keep serving after the outcome (until Ctrl-C or SIGTERM), or point the router elsewhere first."
+    )
+}
+
+/// Returns at the first SIGINT or SIGTERM (either ends `--keep-running`, as it ends
+/// the release before the outcome).
+async fn until_interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
     }
 }
 

@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
-#[path = "../../adapters/tests/common/servers.rs"]
-mod servers;
+
+use common::servers::SpawnGuarded as _;
+
+use common::servers;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -91,15 +93,14 @@ silences:
     path
 }
 
-fn run(path: &std::path::Path) -> std::process::Child {
+fn run(path: &std::path::Path) -> servers::Daemon {
     rampart()
         .args(["run", "--version", "v2", "--stable", "v1", "--state-dir"])
         .arg(path.parent().unwrap().join("state"))
         .arg("-f")
         .arg(path)
         .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .spawn_guarded()
 }
 
 /// Reads the run's output until it says the alerts are silenced.
@@ -137,6 +138,7 @@ fn a_silence_is_held_while_the_release_runs_and_expired_at_the_end_real_alertman
     assert_eq!(status, 200);
     let dir = tempfile::tempdir().unwrap();
     let path = policy(dir.path(), &url);
+    let _versions = common::Versions(dir.path().join("state"));
     let mut child = run(&path);
     let rest = until_silenced(&mut child);
     let held = active(&url, "rampart:shop:");
@@ -171,6 +173,7 @@ fn a_silence_left_by_a_crash_is_reconciled_on_resume_real_alertmanager() {
     let (_am, _amdir, url) = alertmanager();
     let dir = tempfile::tempdir().unwrap();
     let path = policy(dir.path(), &url);
+    let _versions = common::Versions(dir.path().join("state"));
     let mut child = run(&path);
     let mut rest = until_silenced(&mut child);
     // kill -9 once both versions run (killed while one starts, a process could be left

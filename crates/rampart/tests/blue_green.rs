@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::servers::SpawnGuarded as _;
+
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -62,6 +64,7 @@ fn switching_colours_and_back_under_load_fails_no_request() {
     let policy_path = dir.path().join("rampart.yaml");
     std::fs::write(&policy_path, policy(port)).unwrap();
     let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
 
     let mut run = rampart()
         .args([
@@ -77,8 +80,7 @@ fn switching_colours_and_back_under_load_fails_no_request() {
         .arg("-f")
         .arg(&policy_path)
         .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
     // Load starts once the proxy listens and v1 serves.
     read_until(&mut lines, "stable ready");

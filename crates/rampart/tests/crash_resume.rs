@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::servers::SpawnGuarded as _;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -69,14 +71,14 @@ fn kill_9_during_a_bake_then_rerun_finishes_without_repeating_decisions() {
     let policy_path = dir.path().join("rampart.yaml");
     std::fs::write(&policy_path, policy(port)).unwrap();
     let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
     let rt = runtime();
     let (load, _) = start_load(&rt, port, 200);
 
     // First run: wait until the first step has passed an analysis interval, mid-bake.
     let mut first = run_cmd(&policy_path, &state)
         .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let stdout = BufReader::new(first.stdout.take().unwrap());
     let mut seen = Vec::new();
     for line in stdout.lines() {

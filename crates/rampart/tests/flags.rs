@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::servers::SpawnGuarded as _;
+
 use common::{free_port, rampart, release_json};
 
 /// A policy for a service whose `error_rate` only hits users with `new-checkout` on.
@@ -172,8 +174,7 @@ fn the_flag_endpoint_answers_applications_and_the_cli_changes_are_audited() {
         .arg("-f")
         .arg(&path)
         .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     {
         use std::io::{BufRead, BufReader};
         let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();

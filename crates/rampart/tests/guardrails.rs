@@ -332,23 +332,7 @@ fn a_forged_approval_is_found_by_verify_and_refused_on_resume() {
     let second = run().args(["--output", "json"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     // Stop what the first run left before asserting, so a failure leaves nothing behind.
-    for record in std::fs::read_dir(state.join("processes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let text = std::fs::read_to_string(record.path()).unwrap_or_default();
-        let records: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
-        for r in records {
-            if let Some(pid) = r["pid"].as_u64().filter(|p| *p > 1) {
-                eprintln!("stopping the version left running, pid {pid}");
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
-    }
+    common::stop_versions(&state);
     assert_eq!(second.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("rampart will not act on it"), "{stderr}");
     let c = rusqlite::Connection::open(&db).unwrap();

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
-#[path = "../../adapters/tests/common/servers.rs"]
-mod servers;
+
+use common::servers;
 
 use std::process::Command;
 

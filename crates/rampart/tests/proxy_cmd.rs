@@ -4,13 +4,11 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
-#[path = "../../adapters/tests/common/servers.rs"]
-mod servers;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{exe, free_port};
+use common::{exe, free_port, servers};
 use rampart_adapters::http::{get_text, send_with};
 
 const TOKEN: &str = "test-token-0123456789";

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::servers::SpawnGuarded as _;
+
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -39,6 +41,7 @@ rollback: {{drain: 5s}}
     );
     let policy_path = dir.path().join("rampart.yaml");
     std::fs::write(&policy_path, policy).unwrap();
+    let _versions = common::Versions(dir.path().join("state"));
     let mut run = rampart()
         .args([
             "run",
@@ -53,8 +56,7 @@ rollback: {{drain: 5s}}
         .arg("-f")
         .arg(&policy_path)
         .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_guarded();
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     let rt = runtime();

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
-#[path = "../../adapters/tests/common/servers.rs"]
-mod servers;
+
+use common::servers;
 
 use common::release_json;
 
@@ -94,4 +94,101 @@ fn a_canary_through_haproxy_is_promoted_when_healthy_and_rolled_back_when_bad() 
         let (code, v) = release_json(&path, h.addr.port(), 200);
         assert_outcome(code, &v, want);
     }
+}
+
+/// Regression (issue 21, item 5): behind HAProxy, `--keep-running` printed no "serving
+/// on" line and only SIGINT ended it (SIGTERM, as a service manager sends, was
+/// ignored once the outcome was reached); and a run without it stopped the versions
+/// HAProxy still routed users to, without a word.
+#[test]
+fn keep_running_behind_haproxy_serves_until_sigterm_and_a_plain_run_warns() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use common::servers::SpawnGuarded as _;
+
+    let log: std::net::SocketAddr = format!("127.0.0.1:{}", udp_port()).parse().unwrap();
+    let h = servers::haproxy("shop", 2, log);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
+    let traffic = format!(
+        "  haproxy:\n    socket: {:?}\n    backend: shop\n    log_listen: \"{log}\"\n",
+        h.socket
+    );
+    let path = policy(dir.path(), &traffic, "0");
+    let rt = common::runtime();
+    let (load, _) = common::start_load(&rt, h.addr.port(), 200);
+    let mut run = common::rampart()
+        .args(["run", "--version", "v2", "--stable", "v1", "--keep-running"])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn_guarded();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = run.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen
+        .last()
+        .is_some_and(|l: &String| l.contains("until interrupted"))
+    {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no \"serving on\" line:\n{}", seen.join("\n")),
+        }
+    }
+    load.abort();
+    assert!(
+        seen.last()
+            .unwrap()
+            .contains("serving on HAProxy (backend `shop`) until interrupted"),
+        "{seen:?}"
+    );
+    let served = rt.block_on(rampart_adapters::http::get_status(
+        &format!("http://{}/", h.addr),
+        Duration::from_secs(5),
+    ));
+    assert_eq!(served.ok(), Some(200), "the winner keeps serving");
+    std::process::Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    servers::wait_until("rampart run to end on SIGTERM", || {
+        run.try_wait().unwrap().is_some()
+    });
+    assert_eq!(run.wait().unwrap().code(), Some(0));
+
+    // Without --keep-running the versions stop while HAProxy still points at them.
+    let (load, _) = common::start_load(&rt, h.addr.port(), 200);
+    let plain = common::rampart()
+        .args([
+            "run",
+            "--version",
+            "v3",
+            "--stable",
+            "v2",
+            "--output",
+            "json",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    load.abort();
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        stderr.contains("WARNING: stopping shop's versions while HAProxy (backend `shop`) still routes its users to them"),
+        "{stderr}"
+    );
 }

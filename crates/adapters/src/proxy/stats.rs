@@ -36,8 +36,16 @@ impl VariantCounters {
 
     /// Counts one finished request.
     pub fn record(&self, error: bool, elapsed: Duration) {
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.latency[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        self.record_logged(error, Some(elapsed));
+    }
+
+    /// Counts one finished request whose latency is known only when `elapsed` is
+    /// given (a router's request log says when no version answered).
+    pub fn record_logged(&self, error: bool, elapsed: Option<Duration>) {
+        if let Some(elapsed) = elapsed {
+            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            self.latency[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        }
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }

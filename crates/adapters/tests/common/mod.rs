@@ -51,6 +51,60 @@ pub async fn backend(name: &'static str, release: Arc<Notify>) -> SocketAddr {
     addr
 }
 
+/// A backend that sends its response headers at once and its body (its name) `delay`
+/// later in a second write, like a service whose body is slow to compute: the time
+/// to headers and the total time differ by `delay`.
+pub async fn slow_body_backend(name: &'static str, delay: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One response per request head on this keep-alive connection.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", name.len());
+                        if stream.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let _ = stream.flush().await;
+                        tokio::time::sleep(delay).await;
+                        if stream.write_all(name.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on: a connection to it is refused.
+pub fn refusing() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// rampart's request-log receiver for `service`, on a free loopback UDP port.
+pub async fn request_log(service: &str) -> rampart_adapters::accesslog::AccessLog {
+    rampart_adapters::accesslog::AccessLog::bind("127.0.0.1:0".parse().unwrap(), service)
+        .await
+        .unwrap()
+}
+
 /// A plain HTTP/1 client.
 pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())

@@ -1,32 +1,95 @@
 //! Real nginx and HAProxy servers for tests, run in the foreground from a temporary
-//! directory on loopback and killed when dropped. Shared by the adapter tests and the
+//! directory on loopback, each in a process group of its own that is killed when
+//! dropped. Shared by the adapter tests and the
 //! end-to-end release tests (the latter include this file by path).
 
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A server process, killed when dropped.
+/// A server process in a process group of its own, the whole group killed when
+/// dropped: on success, on failure and on a panic (a worker nginx forked is stopped
+/// with its master, never left to PID 1). It derefs to the `Child`, so a test can
+/// still read its output, signal it or wait for it.
 pub struct Daemon(pub Child);
+
+impl Daemon {
+    /// Starts `cmd` as the leader of a new process group.
+    pub fn start(cmd: &mut Command) -> std::io::Result<Daemon> {
+        cmd.process_group(0).spawn().map(Daemon)
+    }
+
+    /// SIGKILL to the group, then reaps the leader. The group is signalled only while
+    /// the leader is still this process's child (alive, or exited but not reaped):
+    /// then its id cannot have been reused by anyone else.
+    pub fn stop(&mut self) {
+        let pgid = self.0.id();
+        if parent_of(pgid) == Some(std::process::id()) {
+            kill_group(pgid);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.stop();
+    }
+}
+
+/// Spawns a command as a [`Daemon`].
+pub trait SpawnGuarded {
+    /// Spawns it in a process group of its own, killed when the guard drops.
+    fn spawn_guarded(&mut self) -> Daemon;
+}
+
+impl SpawnGuarded for Command {
+    fn spawn_guarded(&mut self) -> Daemon {
+        Daemon::start(self).unwrap_or_else(|e| panic!("cannot start {self:?}: {e}"))
+    }
+}
+
+/// The parent of `pid`, from `/proc`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// SIGKILL to the process group `pgid`, which a test created (never 0 or 1: those
+/// would reach the test itself or every process).
+pub fn kill_group(pgid: u32) {
+    if pgid > 1 {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 /// Runs `cmd` in the foreground as a daemon for the test.
 pub fn spawn(cmd: &mut Command) -> Daemon {
-    Daemon(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
-    )
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn_guarded()
 }
 
 /// Polls until `ready` holds (a server came up), for at most 10 s.
@@ -122,28 +185,46 @@ pub struct Haproxy {
     _dir: tempfile::TempDir,
     /// The runtime API socket.
     pub socket: PathBuf,
-    /// Where users connect.
+    /// Where users connect (to the first backend).
     pub addr: SocketAddr,
+    /// Where users connect to each backend, in order.
+    pub addrs: Vec<SocketAddr>,
 }
+
+/// The `log-format` rampart documents for HAProxy: backend, server, status and the
+/// time to response headers.
+pub const HAPROXY_LOG_FORMAT: &str = "rampart-ms %b %s %ST %Tr";
 
 /// Starts HAProxy: backend `backend` hashes `x-user` over `stable<N>` and `canary<N>`
 /// slots, and every request is logged to `log` in rampart's format.
 pub fn haproxy(backend: &str, slots: u32, log: SocketAddr) -> Haproxy {
+    haproxy_backends(&[backend], slots, log)
+}
+
+/// [`haproxy`] with several backends of the same slot names on one HAProxy, each
+/// behind a frontend of its own (`addrs`), all logging to `log`.
+pub fn haproxy_backends(backends: &[&str], slots: u32, log: SocketAddr) -> Haproxy {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("admin.sock");
-    let port = free_port();
-    let cfg = format!(
+    let mut cfg = format!(
         r#"global
     stats socket {sock} mode 600 level admin
     log {log} local0
 defaults
     mode http
     log global
-    log-format "rampart-ms %b %s %ST %Ta"
+    log-format "{HAPROXY_LOG_FORMAT}"
     timeout connect 2s
     timeout client 30s
     timeout server 30s
-frontend web
+"#,
+        sock = socket.display()
+    );
+    let mut addrs = Vec::new();
+    for backend in backends {
+        let port = free_port();
+        cfg.push_str(&format!(
+            r#"frontend web-{backend}
     bind 127.0.0.1:{port}
     default_backend {backend}
 backend {backend}
@@ -151,9 +232,10 @@ backend {backend}
     hash-type consistent
     server-template stable 1-{slots} 127.0.0.1:9 disabled
     server-template canary 1-{slots} 127.0.0.1:9 disabled
-"#,
-        sock = socket.display()
-    );
+"#
+        ));
+        addrs.push(format!("127.0.0.1:{port}").parse().unwrap());
+    }
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
     let daemon = spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&path));
@@ -162,7 +244,8 @@ backend {backend}
         _daemon: daemon,
         _dir: dir,
         socket,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        addr: addrs[0],
+        addrs,
     }
 }
 

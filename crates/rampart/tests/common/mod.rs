@@ -3,12 +3,14 @@
 #![allow(clippy::unwrap_used, dead_code)] // a failed unwrap is a failed test
 
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 pub mod mcp;
 pub mod serve;
+#[path = "../../../adapters/tests/common/servers.rs"]
+pub mod servers;
 
 use rampart::load::{LoadSpec, LoadStats, generate};
 
@@ -20,6 +22,39 @@ pub fn rampart() -> Command {
 /// Path of the binary, for policies that run the bundled sample service.
 pub fn exe() -> String {
     env!("CARGO_BIN_EXE_rampart").to_string()
+}
+
+/// Stops, when dropped, every version process a `rampart` under test recorded in the
+/// state directory it holds: what a `rampart` killed mid-release, or a failed test,
+/// would otherwise leave running. Hold one from before the first `rampart run`.
+pub struct Versions(pub PathBuf);
+
+impl Drop for Versions {
+    fn drop(&mut self) {
+        stop_versions(&self.0);
+    }
+}
+
+/// SIGKILL to the process group of every version recorded in `state/processes/`
+/// (each version leads a group of its own). Only a pid that still carries rampart's
+/// `RAMPART_SERVICE` mark is signalled, so a recycled pid is never touched.
+pub fn stop_versions(state: &Path) {
+    let records = std::fs::read_dir(state.join("processes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .filter_map(|text| serde_json::from_str::<Vec<serde_json::Value>>(&text).ok());
+    for pid in records.flatten().filter_map(|r| r["pid"].as_u64()) {
+        let marked = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|e| e.starts_with(b"RAMPART_SERVICE="))
+        });
+        if marked && let Ok(pgid) = u32::try_from(pid) {
+            eprintln!("stopping version process group {pgid}, left running");
+            servers::kill_group(pgid);
+        }
+    }
 }
 
 /// A port nothing listens on right now.
@@ -82,6 +117,8 @@ pub fn release_json_with(
     rps: u32,
     extra: &[&str],
 ) -> (i32, serde_json::Value) {
+    let state = policy.parent().unwrap().join("state");
+    let _versions = Versions(state.clone());
     let rt = runtime();
     let (load, _) = start_load(&rt, port, rps);
     let out = rampart()
@@ -95,7 +132,7 @@ pub fn release_json_with(
             "json",
             "--state-dir",
         ])
-        .arg(policy.parent().unwrap().join("state"))
+        .arg(&state)
         .arg("-f")
         .arg(policy)
         .args(extra)

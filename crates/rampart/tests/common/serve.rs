@@ -155,14 +155,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.stopped {
-            return;
+        if !self.stopped {
+            // An orderly stop, so the versions the server keeps serving are stopped too.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
         }
-        // An orderly stop, so the versions the server keeps serving are stopped too.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        // Whatever a killed server (or a failed orderly stop) left behind.
+        super::stop_versions(&self.state);
     }
 }
 

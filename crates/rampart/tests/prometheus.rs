@@ -108,13 +108,14 @@ fn prom_readings(v: &serde_json::Value) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn a_prometheus_query_judges_the_canary_beside_the_builtin_source_real_prometheus() {
+/// A healthy v2 is promoted and one failing 30 % of requests rolled back, decided by
+/// the Prometheus metric `measured`, whose readings carry the number `judged`.
+fn healthy_promoted_failing_rolled_back(measured: &str, judged: &str) {
     for (errors, want) in [("0", 0), ("30%", 3)] {
         let metrics_port = free_port();
         let (_prom, _pdir, url) = prometheus(&format!("127.0.0.1:{metrics_port}"));
         let dir = tempfile::tempdir().unwrap();
-        let (path, port) = policy(dir.path(), &url, errors, &query_metric(ERROR_RATIO));
+        let (path, port) = policy(dir.path(), &url, errors, measured);
         let listen = format!("127.0.0.1:{metrics_port}");
         let (code, v) = release_json_with(&path, port, 200, &["--metrics-listen", &listen]);
         assert_eq!(code, want, "{}", serde_json::to_string_pretty(&v).unwrap());
@@ -123,14 +124,19 @@ fn a_prometheus_query_judges_the_canary_beside_the_builtin_source_real_prometheu
         assert!(
             readings
                 .iter()
-                .any(|r| r["verdict"] == verdict && r["canary"].is_f64()),
-            "the query was read and decided: {readings:#?}"
+                .any(|r| r["verdict"] == verdict && r[judged].is_f64()),
+            "the metric was read and decided: {readings:#?}"
         );
         if want == 3 {
             let reason = v["reason"].as_str().unwrap();
             assert!(reason.contains("prom-error-ratio"), "{reason}");
         }
     }
+}
+
+#[test]
+fn a_prometheus_query_judges_the_canary_beside_the_builtin_source_real_prometheus() {
+    healthy_promoted_failing_rolled_back(&query_metric(ERROR_RATIO), "canary");
 }
 
 #[test]
@@ -174,24 +180,6 @@ fn the_sequential_judge_runs_on_counts_from_prometheus_real_prometheus() {
     let counts = r#"bad: 'sum(increase(rampart_request_errors_total{service="{service}",variant="{variant}"}[{interval}])) or vector(0)'
       total: 'sum(increase(rampart_requests_total{service="{service}",variant="{variant}"}[{interval}]))'
       judge: sequential"#;
-    for (errors, want, verdict) in [("0", 0, "pass"), ("30%", 3, "fail")] {
-        let metrics_port = free_port();
-        let (_prom, _pdir, url) = prometheus(&format!("127.0.0.1:{metrics_port}"));
-        let dir = tempfile::tempdir().unwrap();
-        let (path, port) = policy(dir.path(), &url, errors, counts);
-        let listen = format!("127.0.0.1:{metrics_port}");
-        let (code, v) = release_json_with(&path, port, 200, &["--metrics-listen", &listen]);
-        assert_eq!(code, want, "{}", serde_json::to_string_pretty(&v).unwrap());
-        let readings = prom_readings(&v);
-        assert!(
-            readings
-                .iter()
-                .any(|r| r["verdict"] == verdict && r["log_evidence"].is_f64()),
-            "the counts were read and judged sequentially: {readings:#?}"
-        );
-        if want == 3 {
-            let reason = v["reason"].as_str().unwrap();
-            assert!(reason.contains("prom-error-ratio"), "{reason}");
-        }
-    }
+    // The sequential judge's evidence is on its readings.
+    healthy_promoted_failing_rolled_back(counts, "log_evidence");
 }

@@ -1,5 +1,6 @@
 //! The `prometheus` metrics source: the policy's PromQL queries, read for each variant
-//! over Prometheus's HTTP API, beside the builtin measurements.
+//! over Prometheus's HTTP API, beside the builtin measurements. A counts metric's
+//! `bad`/`good` and `total` are its query and its `samples` query: the same two reads.
 //!
 //! Owns placeholder substitution (`{service}`, `{variant}`, `{version}`, `{interval}`),
 //! instant and range reads, and turning every way a read can go wrong (an HTTP error,

@@ -5,7 +5,7 @@
 //! rollbacks; that is the release state machine's job.
 
 use crate::metrics::{Histogram, IntervalSample, VariantStats};
-use crate::policy::{BuiltinMetric, MetricSpec, Sequential, Threshold};
+use crate::policy::{BuiltinMetric, Direction, MetricSpec, Sequential, Threshold};
 use crate::sequential::{EProcess, tolerate};
 
 /// The verdict on one metric for one interval.
@@ -72,32 +72,45 @@ fn value(metric: BuiltinMetric, stats: &VariantStats) -> Option<f64> {
     let v = match metric {
         BuiltinMetric::ErrorRate => stats.error_rate(),
         BuiltinMetric::Latency(q) => stats.latency.quantile_ms(q),
-        BuiltinMetric::Query => None,
+        BuiltinMetric::Query | BuiltinMetric::Counts => None,
     }?;
     v.is_finite().then_some(v)
 }
 
-/// A query metric's value for each variant: (stable, canary, why one is missing).
+/// A count read from a source: a finite number, rounded (Prometheus's `increase`
+/// extrapolates), and none when negative.
+fn as_count(v: Option<f64>) -> Option<u64> {
+    v.filter(|x| x.is_finite() && *x >= 0.0)
+        .map(|x| x.round() as u64)
+}
+
+/// A query metric's value for each variant: (stable, canary, why one is missing). A
+/// counts metric's value is its events' share of its total.
 fn queried(spec: &MetricSpec, sample: &IntervalSample) -> (Option<f64>, Option<f64>, String) {
     let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
+    let share = |events: Option<f64>, total: Option<f64>| {
+        let (e, n) = (as_count(events)?, as_count(total)?);
+        (n > 0).then(|| e.min(n) as f64 / n as f64)
+    };
     match sample.queries.iter().find(|q| q.name == spec.name) {
+        Some(q) if spec.metric == BuiltinMetric::Counts => (
+            share(q.stable, q.stable_samples),
+            share(q.canary, q.canary_samples),
+            q.detail.clone(),
+        ),
         Some(q) => (finite(q.stable), finite(q.canary), q.detail.clone()),
         None => (None, None, "the query was not read".into()),
     }
 }
 
-/// A query metric's request counts from its `samples` query: (stable, canary, why one
-/// is missing). A count that is not a finite number is missing.
+/// A query metric's request counts from its `samples` query (a counts metric's
+/// `total`): (stable, canary, why one is missing). A count that is not a finite number
+/// is missing.
 fn counted(spec: &MetricSpec, sample: &IntervalSample) -> (Option<u64>, Option<u64>, String) {
-    let count = |v: Option<f64>| {
-        v.filter(|x| x.is_finite())
-            // A saturating conversion: a negative count is none.
-            .map(|x| x.max(0.0).round() as u64)
-    };
     match sample.queries.iter().find(|q| q.name == spec.name) {
         Some(q) => (
-            count(q.stable_samples),
-            count(q.canary_samples),
+            as_count(q.stable_samples),
+            as_count(q.canary_samples),
             q.detail.clone(),
         ),
         None => (None, None, "the query was not read".into()),
@@ -106,7 +119,7 @@ fn counted(spec: &MetricSpec, sample: &IntervalSample) -> (Option<u64>, Option<u
 
 fn reading(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
     let (stable, canary) = match spec.metric {
-        BuiltinMetric::Query => {
+        BuiltinMetric::Query | BuiltinMetric::Counts => {
             let (s, c, _) = queried(spec, sample);
             (s, c)
         }
@@ -125,6 +138,87 @@ fn reading(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
     }
 }
 
+/// The absolute limits (`max`, `min`) the canary's value `c` breaks, and whether stable
+/// broke one too (both versions unhealthy), judged only with enough requests behind it.
+fn absolute_failures(
+    t: &Threshold,
+    fmt: impl Fn(f64) -> String,
+    c: f64,
+    stable: Option<f64>,
+    stable_enough: bool,
+) -> (Vec<String>, bool) {
+    let s = stable.filter(|_| stable_enough);
+    let mut failures = Vec::new();
+    let mut breached = false;
+    if let Some(max) = t.max {
+        if c > max {
+            failures.push(format!("{} > max {}", fmt(c), fmt(max)));
+        }
+        breached |= s.is_some_and(|s| s > max);
+    }
+    if let Some(min) = t.min {
+        if c < min {
+            failures.push(format!("{} < min {}", fmt(c), fmt(min)));
+        }
+        breached |= s.is_some_and(|s| s < min);
+    }
+    (failures, breached)
+}
+
+/// The ratio limits the canary's value `c` breaks against stable's `s`.
+fn ratio_failures(t: &Threshold, fmt: impl Fn(f64) -> String, c: f64, s: f64) -> Vec<String> {
+    let shown = if s > 0.0 {
+        format!("{:.2}x", c / s)
+    } else {
+        "more than any multiple of".into()
+    };
+    let mut failures = Vec::new();
+    // A stable value of zero (no errors) makes any canary error an infinite ratio;
+    // that is a failure, because the canary is measurably worse.
+    if let Some(ratio) = t.max_ratio_to_stable
+        && c > s * ratio
+    {
+        failures.push(format!(
+            "{} is {shown} stable's {} (limit {ratio}x)",
+            fmt(c),
+            fmt(s)
+        ));
+    }
+    if let Some(ratio) = t.min_ratio_to_stable
+        && c < s * ratio
+    {
+        failures.push(format!(
+            "{} is only {shown} stable's {} (limit {ratio}x)",
+            fmt(c),
+            fmt(s)
+        ));
+    }
+    failures
+}
+
+/// The verdict from the limits broken and the ones that could not be judged.
+fn conclude(
+    mut reading: MetricReading,
+    failures: Vec<String>,
+    unknown: Vec<String>,
+    fmt: impl Fn(f64) -> String,
+    c: f64,
+) -> MetricReading {
+    if !failures.is_empty() {
+        reading.verdict = Verdict::Fail;
+        reading.detail = failures.join("; ");
+    } else if !unknown.is_empty() {
+        reading.detail = unknown.join("; ");
+    } else {
+        reading.verdict = Verdict::Pass;
+        reading.detail = match reading.stable {
+            Some(s) => format!("{} (stable {})", fmt(c), fmt(s)),
+            None => fmt(c),
+        };
+    }
+    reading
+}
+
 /// Judges one metric against its threshold, on this interval alone.
 ///
 /// Guarantees: no data, NaN, or fewer than `min_samples` canary requests is never a
@@ -134,7 +228,7 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
     let m = spec.metric;
     let mut reading = reading(spec, sample);
     let (canary, stable) = (reading.canary, reading.stable);
-    if m == BuiltinMetric::Query {
+    if matches!(m, BuiltinMetric::Query | BuiltinMetric::Counts) {
         return judge_query(t, reading, sample, spec);
     }
     if sample.canary.requests == 0 {
@@ -153,55 +247,24 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
         );
         return reading;
     }
+    let fmt = |v: f64| m.format(v);
     let stable_enough = sample.stable.requests >= spec.min_samples;
-    let mut failures = Vec::new();
+    let (mut failures, breached) = absolute_failures(t, fmt, c, stable, stable_enough);
+    reading.stable_breached = breached;
     let mut unknown = Vec::new();
-    if let Some(max) = t.max {
-        if c > max {
-            failures.push(format!("{} > max {}", m.format(c), m.format(max)));
-        }
-        reading.stable_breached = stable_enough && stable.is_some_and(|s| s > max);
-    }
-    if let Some(ratio) = t.max_ratio_to_stable {
+    if t.relative() {
         match stable {
-            Some(s) if stable_enough => {
-                // A stable value of zero (no errors) makes any canary error an infinite
-                // ratio; that is a failure, because the canary is measurably worse.
-                if c > s * ratio {
-                    let shown = if s > 0.0 {
-                        format!("{:.2}x", c / s)
-                    } else {
-                        "more than any multiple".into()
-                    };
-                    failures.push(format!(
-                        "{} is {shown} stable's {} (limit {ratio}x)",
-                        m.format(c),
-                        m.format(s)
-                    ));
-                }
-            }
+            Some(s) if stable_enough => failures.extend(ratio_failures(t, fmt, c, s)),
             // With stable serving nothing at all (after a blue-green switch, or at
             // 100 %), there is nothing to compare with: the absolute limit decides.
-            _ if sample.stable.requests == 0 && t.max.is_some() => {}
+            _ if sample.stable.requests == 0 && t.absolute() => {}
             _ => unknown.push(format!(
                 "{} stable requests, {} needed for the ratio",
                 sample.stable.requests, spec.min_samples
             )),
         }
     }
-    if !failures.is_empty() {
-        reading.verdict = Verdict::Fail;
-        reading.detail = failures.join("; ");
-    } else if !unknown.is_empty() {
-        reading.detail = unknown.join("; ");
-    } else {
-        reading.verdict = Verdict::Pass;
-        reading.detail = match stable {
-            Some(s) => format!("{} (stable {})", m.format(c), m.format(s)),
-            None => m.format(c),
-        };
-    }
-    reading
+    conclude(reading, failures, unknown, fmt, c)
 }
 
 /// A Prometheus query's values against the limits. A missing canary value is no data;
@@ -212,7 +275,7 @@ fn judge_query(
     sample: &IntervalSample,
     spec: &MetricSpec,
 ) -> MetricReading {
-    let fmt = |v: f64| BuiltinMetric::Query.format(v);
+    let fmt = |v: f64| spec.metric.format(v);
     let (stable, canary, why) = queried(spec, sample);
     // The floor: with a `samples` query, a variant's requests are what it counts. A
     // value read without enough requests behind it (a query ending in `or vector(0)`
@@ -254,15 +317,10 @@ fn judge_query(
         };
         return reading;
     };
-    let mut failures = Vec::new();
+    let (mut failures, breached) = absolute_failures(t, fmt, c, stable, stable_enough);
+    reading.stable_breached = breached;
     let mut unknown = Vec::new();
-    if let Some(max) = t.max {
-        if c > max {
-            failures.push(format!("{} > max {}", fmt(c), fmt(max)));
-        }
-        reading.stable_breached = stable_enough && stable.is_some_and(|s| s > max);
-    }
-    if let Some(ratio) = t.max_ratio_to_stable {
+    if t.relative() {
         // A stable value without enough requests behind it is no value.
         let compared = stable.filter(|_| stable_enough);
         let stable_idle = match &floor {
@@ -270,13 +328,10 @@ fn judge_query(
             None => sample.stable.requests == 0,
         };
         match compared {
-            Some(s) if c > s * ratio => {
-                failures.push(format!("{} is above {ratio}x stable's {}", fmt(c), fmt(s)))
-            }
-            Some(_) => {}
+            Some(s) => failures.extend(ratio_failures(t, fmt, c, s)),
             // With stable serving nothing (after a blue-green switch, or at 100 %),
             // there is nothing to compare with: the absolute limit decides.
-            None if t.max.is_some() && stable_idle => {}
+            None if t.absolute() && stable_idle => {}
             None if floor.is_some() => unknown.push(format!(
                 "{} stable requests, {} needed for the ratio",
                 reading.stable_requests, spec.min_samples
@@ -284,19 +339,28 @@ fn judge_query(
             None => unknown.push(format!("no stable value for the ratio ({why})")),
         }
     }
-    if !failures.is_empty() {
-        reading.verdict = Verdict::Fail;
-        reading.detail = failures.join("; ");
-    } else if !unknown.is_empty() {
-        reading.detail = unknown.join("; ");
-    } else {
-        reading.verdict = Verdict::Pass;
-        reading.detail = match stable {
-            Some(s) => format!("{} (stable {})", fmt(c), fmt(s)),
-            None => fmt(c),
-        };
-    }
-    reading
+    conclude(reading, failures, unknown, fmt, c)
+}
+
+/// The share test: under "the canary is no worse", each bad outcome of the interval
+/// falls on the canary with the canary's share of the requests. (canary bad, all bad,
+/// that share, in words); `None` without stable requests to compare with.
+fn share_test(
+    canary_bad: u64,
+    stable_bad: u64,
+    canary_n: u64,
+    stable_n: u64,
+    what: &str,
+) -> Option<(u64, u64, f64, String)> {
+    (stable_n > 0).then(|| {
+        let share = canary_n as f64 / (canary_n + stable_n) as f64;
+        let shown = format!(
+            "{canary_bad} of {} {what} on a {:.1}% traffic share",
+            canary_bad + stable_bad,
+            share * 100.0
+        );
+        (canary_bad, canary_bad + stable_bad, share, shown)
+    })
 }
 
 /// What a sequential judge carries from interval to interval.
@@ -306,6 +370,10 @@ pub struct Evidence {
     pub process: EProcess,
     /// Whether it has ever rejected; a rejection stands for the rest of the release.
     pub rejected: bool,
+    /// Canary requests this judge has seen: a counts metric's own `total`s, the gate
+    /// of its `min_samples` (builtin metrics share the release's count).
+    #[serde(default)]
+    pub seen: u64,
 }
 
 /// Judges one metric sequentially: updates `evidence` with this interval and fails the
@@ -328,23 +396,55 @@ pub fn sequential(
     let mut r = reading(spec, sample);
     let (c, s) = (&sample.canary, &sample.stable);
     r.log_evidence = Some(evidence.process.log_e());
-    if c.requests == 0 {
+    // A counts metric's totals are its own requests, read beside its events.
+    let counts = (spec.metric == BuiltinMetric::Counts).then(|| {
+        let q = sample.queries.iter().find(|q| q.name == spec.name);
+        let (stable_n, canary_n, why) = counted(spec, sample);
+        let events = |v: Option<f64>, n: Option<u64>| Some(as_count(v)?.min(n?));
+        let stable_e = events(q.and_then(|q| q.stable), stable_n);
+        let canary_e = events(q.and_then(|q| q.canary), canary_n);
+        (stable_n, canary_n, stable_e, canary_e, why)
+    });
+    let canary_n = match &counts {
+        Some((_, n, ..)) => n.unwrap_or(0),
+        None => c.requests,
+    };
+    let seen_before = if counts.is_some() {
+        evidence.seen
+    } else {
+        canary_seen
+    };
+    evidence.seen += canary_n;
+    if let Some((stable_n, _, _, _, why)) = &counts {
+        r.canary_requests = canary_n;
+        r.stable_requests = stable_n.unwrap_or(0);
+        if canary_n == 0 && !why.is_empty() {
+            r.verdict = Verdict::NoData;
+            r.detail = format!("no canary request count ({why})");
+            return r;
+        }
+    }
+    if canary_n == 0 {
         r.verdict = Verdict::NoData;
         r.detail = "no canary requests in this interval".into();
         return r;
     }
     let observed = match spec.metric {
         // Under "no worse", each error falls on the canary with its traffic share.
-        BuiltinMetric::ErrorRate => (s.requests > 0).then(|| {
-            let share = c.requests as f64 / (c.requests + s.requests) as f64;
-            let what = format!(
-                "{} of {} errors on a {:.1}% traffic share",
-                c.errors,
-                c.errors + s.errors,
-                share * 100.0
-            );
-            (c.errors, c.errors + s.errors, share, what)
-        }),
+        BuiltinMetric::ErrorRate => {
+            share_test(c.errors, s.errors, c.requests, s.requests, "errors")
+        }
+        // The same test on a source's counts; for a higher-is-better metric the bad
+        // outcomes are the events that were not good.
+        BuiltinMetric::Counts => match counts {
+            Some((Some(sn), Some(cn), Some(se), Some(ce), _)) => match spec.direction {
+                Direction::LowerIsBetter => share_test(ce, se, cn, sn, "bad events"),
+                Direction::HigherIsBetter => {
+                    share_test(cn - ce, sn - se, cn, sn, "events that were not good")
+                }
+            },
+            _ => None,
+        },
         // A canary request is "bad" when slower than stable's quantile; ties (the same
         // histogram bucket) say nothing and are left out on both sides.
         BuiltinMetric::Latency(q) => stable_history
@@ -363,7 +463,7 @@ pub fn sequential(
                     (above_c, above_c + below_c, p0, what)
                 })
             }),
-        // Policy validation keeps query metrics on thresholds; nothing to count here.
+        // Policy validation keeps query values on thresholds; nothing to count here.
         BuiltinMetric::Query => None,
     };
     let Some((bad, trials, p0, what)) = observed else {
@@ -380,7 +480,7 @@ pub fn sequential(
         "evidence {log_e:.1} of {:.1} needed",
         (1.0 / seq.alpha).ln()
     );
-    let seen = canary_seen + c.requests;
+    let seen = seen_before + canary_n;
     if evidence.rejected {
         r.verdict = Verdict::Fail;
         r.detail = format!("worse than stable at alpha {}: {what}; {shown}", seq.alpha);
@@ -408,11 +508,13 @@ mod tests {
             judge: Judge::Threshold(Threshold {
                 max,
                 max_ratio_to_stable: ratio,
+                ..Threshold::default()
             }),
             min_samples: 10,
             failure_limit: 1,
             critical: true,
             weight: 1.0,
+            direction: Direction::LowerIsBetter,
             query: None,
         }
     }
@@ -636,6 +738,7 @@ mod tests {
             range: false,
             samples: samples
                 .then(|| "sum(increase(requests{track=\"{variant}\"}[{interval}]))".into()),
+            counts: false,
         });
         s
     }
@@ -687,5 +790,47 @@ mod tests {
             judge(&s, &queried_zero(Some(0.0), Some(80.0))).verdict,
             Verdict::Pass
         );
+    }
+
+    /// A query read as (stable, canary), no floor.
+    fn read(stable: f64, canary: f64) -> IntervalSample {
+        IntervalSample {
+            queries: vec![crate::metrics::QueryReading {
+                name: "errors".into(),
+                stable: Some(stable),
+                canary: Some(canary),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lower_limits_fail_a_higher_is_better_value_only_when_it_drops() {
+        let mut s = query_spec(false);
+        s.direction = Direction::HigherIsBetter;
+        s.judge = Judge::Threshold(Threshold {
+            min: Some(0.9),
+            min_ratio_to_stable: Some(0.95),
+            ..Threshold::default()
+        });
+        let r = judge(&s, &read(0.99, 0.85));
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.detail.contains("0.85 < min 0.9"), "{}", r.detail);
+        assert!(
+            r.detail.contains("only 0.86x stable's 0.99"),
+            "{}",
+            r.detail
+        );
+        let r = judge(&s, &read(0.99, 0.93));
+        assert_eq!(r.verdict, Verdict::Fail, "the ratio alone: {r:?}");
+        assert!(!r.stable_breached);
+        // A canary far above stable is better, never a failure.
+        assert_eq!(judge(&s, &read(0.91, 5.0)).verdict, Verdict::Pass);
+        assert_eq!(judge(&s, &read(0.99, 0.99)).verdict, Verdict::Pass);
+        // Both under the absolute limit: both versions unhealthy.
+        let r = judge(&s, &read(0.8, 0.8));
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(r.stable_breached);
     }
 }

@@ -6,6 +6,7 @@
 //! the variants is used as recorded; the policy's weights do not re-split it. Approval
 //! points count as approved. Pure and deterministic.
 
+use crate::metrics::IntervalSample;
 use crate::policy::Policy;
 use crate::release::{Action, AuditEvent, GateResult, Input, Release, step};
 use crate::samples::Samples;
@@ -28,6 +29,17 @@ const MAX_INPUTS: usize = 10_000_000;
 pub fn replay(
     policy: &Policy,
     samples: &Samples,
+    observe: impl FnMut(&Input, &Release, &[AuditEvent]),
+) -> Replayed {
+    replay_with(policy, |from_s, to_s| samples.window(from_s, to_s), observe)
+}
+
+/// [`replay`] with the measurements `measure(from_s, to_s)` gives for each window, in
+/// simulated seconds: a simulation can add what recorded samples do not hold (the
+/// readings of a policy's queries).
+pub fn replay_with(
+    policy: &Policy,
+    mut measure: impl FnMut(u64, u64) -> IntervalSample,
     mut observe: impl FnMut(&Input, &Release, &[AuditEvent]),
 ) -> Replayed {
     let mut state = Release::default();
@@ -72,7 +84,7 @@ pub fn replay(
             },
             Some(Action::SetWeight { weight, .. }) => Input::TrafficSet { weight: *weight },
             Some(Action::Measure(window)) => Input::Measured {
-                sample: samples.window(window.from / 1000, window.to / 1000),
+                sample: measure(window.from / 1000, window.to / 1000),
             },
             Some(Action::Stop { variant }) => Input::Stopped {
                 variant: *variant,

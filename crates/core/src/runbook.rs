@@ -211,26 +211,10 @@ pub(crate) fn triggers(md: &mut String, policy: &Policy) {
         "| signal | judge | fails when | counts | on failure |\n| --- | --- | --- | --- | --- |\n",
     );
     for m in &a.metrics {
-        let (judge, fails, counts) = match &m.judge {
-            Judge::Threshold(t) => {
-                let mut limits = Vec::new();
-                if let Some(max) = t.max {
-                    limits.push(format!("value > {}", m.metric.format(max)));
-                }
-                if let Some(r) = t.max_ratio_to_stable {
-                    limits.push(format!("value > {r} x stable"));
-                }
-                (
-                    "threshold".to_string(),
-                    limits.join(" or "),
-                    format!("{} interval(s) in a row", m.failure_limit),
-                )
-            }
-            Judge::Sequential(s) => (
-                format!("sequential (alpha {})", s.alpha),
-                "evidence that it is worse than stable reaches 1/alpha".to_string(),
-                "at once, at any interval".to_string(),
-            ),
+        let (judge, fails) = m.judged_as();
+        let counts = match m.judge {
+            Judge::Threshold(_) => format!("{} interval(s) in a row", m.failure_limit),
+            Judge::Sequential(_) => "at once, at any interval".to_string(),
         };
         let action = if m.critical {
             "roll back".to_string()
@@ -241,7 +225,19 @@ pub(crate) fn triggers(md: &mut String, policy: &Policy) {
             )
         };
         let signal = match &m.query {
-            Some(q) => format!("{} (Prometheus: `{}`)", m.name, q.query.replace('|', "\\|")),
+            Some(q) if q.counts => format!(
+                "{} ({}; Prometheus: `{}` out of `{}`)",
+                m.name,
+                m.direction.label(),
+                q.query.replace('|', "\\|"),
+                q.samples.as_deref().unwrap_or_default().replace('|', "\\|")
+            ),
+            Some(q) => format!(
+                "{} ({}; Prometheus: `{}`)",
+                m.name,
+                m.direction.label(),
+                q.query.replace('|', "\\|")
+            ),
             None => m.name.clone(),
         };
         let _ = writeln!(md, "| {signal} | {judge} | {fails} | {counts} | {action} |");
@@ -447,6 +443,33 @@ notify: [{command: [./page.sh]}]
             "command `./page.sh`: approval, halted, escalated",
         ] {
             assert!(md.contains(needle), "missing `{needle}` in:\n{md}");
+        }
+    }
+
+    #[test]
+    fn runbook_and_skill_say_which_way_a_metric_gets_worse() {
+        let p = Policy::from_yaml(
+            r#"
+service: shop
+deploy: {process: {command: ["./c", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 5, bake: 10m}]}}
+analysis:
+  prometheus: http://127.0.0.1:9090
+  metrics:
+    - {name: conversions, source: prometheus, good: 'sum(increase(paid[{interval}]))', total: 'sum(increase(carts[{interval}]))', judge: sequential}
+    - {name: rps, source: prometheus, query: 'sum(rate(http_requests_total[1m]))', judge: {min: 5, min_ratio_to_stable: 0.8}}
+"#,
+        )
+        .unwrap();
+        let skill = crate::skill::render(&p, "rampart.yaml");
+        for md in [render(&p, Some("v2"), None), skill] {
+            for needle in [
+                "| conversions (higher is better; Prometheus: `sum(increase(paid[{interval}]))` out of `sum(increase(carts[{interval}]))`) | sequential (alpha 0.01) | evidence that it is lower than stable reaches 1/alpha |",
+                "| rps (higher is better; Prometheus: `sum(rate(http_requests_total[1m]))`) | threshold | value < 5 or value < 0.8 x stable |",
+            ] {
+                assert!(md.contains(needle), "missing `{needle}` in:\n{md}");
+            }
         }
     }
 }

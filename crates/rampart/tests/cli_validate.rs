@@ -97,6 +97,7 @@ fn the_shipped_examples_are_valid() {
         "examples/flag-release.yaml",
         "examples/kubernetes.yaml",
         "examples/kubernetes-http-route.yaml",
+        "examples/kubernetes-sequential.yaml",
     ] {
         let out = rampart()
             .args(["validate", "-f"])

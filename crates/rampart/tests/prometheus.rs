@@ -46,14 +46,15 @@ fn prometheus(target: &str) -> (servers::Daemon, tempfile::TempDir, String) {
     (daemon, dir, url)
 }
 
-/// A canary judged on a Prometheus query of rampart's own counters, and on the builtin
-/// error rate, with v2 failing `v2_errors` of requests. The first intervals may have no
-/// data while Prometheus gathers its first samples; they count as inconclusive.
+/// A canary judged on a Prometheus metric of rampart's own counters (`measured`: its
+/// query or counts and its judge), and on the builtin error rate, with v2 failing
+/// `v2_errors` of requests. The first intervals may have no data while Prometheus
+/// gathers its first samples; they count as inconclusive.
 fn policy(
     dir: &std::path::Path,
     prom: &str,
     v2_errors: &str,
-    query: &str,
+    measured: &str,
 ) -> (std::path::PathBuf, u16) {
     let port = free_port();
     let text = format!(
@@ -78,8 +79,7 @@ analysis:
   metrics:
     - name: prom-error-ratio
       source: prometheus
-      query: '{query}'
-      judge: {{max: 0.05}}
+      {measured}
     # Alone, the builtin metric cannot fail the release: the query decides.
     - {{name: builtin-errors, metric: error_rate, judge: {{max: 5%}}, critical: false, weight: 0.5}}
 "#,
@@ -88,6 +88,11 @@ analysis:
     let path = dir.join("rampart.yaml");
     std::fs::write(&path, text).unwrap();
     (path, port)
+}
+
+/// A query metric judged by `max: 0.05`.
+fn query_metric(query: &str) -> String {
+    format!("query: '{query}'\n      judge: {{max: 0.05}}")
 }
 
 const ERROR_RATIO: &str = r#"sum(rate(rampart_request_errors_total{service="{service}",variant="{variant}"}[4s])) / sum(rate(rampart_requests_total{service="{service}",variant="{variant}"}[4s]))"#;
@@ -103,13 +108,14 @@ fn prom_readings(v: &serde_json::Value) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn a_prometheus_query_judges_the_canary_beside_the_builtin_source_real_prometheus() {
+/// A healthy v2 is promoted and one failing 30 % of requests rolled back, decided by
+/// the Prometheus metric `measured`, whose readings carry the number `judged`.
+fn healthy_promoted_failing_rolled_back(measured: &str, judged: &str) {
     for (errors, want) in [("0", 0), ("30%", 3)] {
         let metrics_port = free_port();
         let (_prom, _pdir, url) = prometheus(&format!("127.0.0.1:{metrics_port}"));
         let dir = tempfile::tempdir().unwrap();
-        let (path, port) = policy(dir.path(), &url, errors, ERROR_RATIO);
+        let (path, port) = policy(dir.path(), &url, errors, measured);
         let listen = format!("127.0.0.1:{metrics_port}");
         let (code, v) = release_json_with(&path, port, 200, &["--metrics-listen", &listen]);
         assert_eq!(code, want, "{}", serde_json::to_string_pretty(&v).unwrap());
@@ -118,14 +124,19 @@ fn a_prometheus_query_judges_the_canary_beside_the_builtin_source_real_prometheu
         assert!(
             readings
                 .iter()
-                .any(|r| r["verdict"] == verdict && r["canary"].is_f64()),
-            "the query was read and decided: {readings:#?}"
+                .any(|r| r["verdict"] == verdict && r[judged].is_f64()),
+            "the metric was read and decided: {readings:#?}"
         );
         if want == 3 {
             let reason = v["reason"].as_str().unwrap();
             assert!(reason.contains("prom-error-ratio"), "{reason}");
         }
     }
+}
+
+#[test]
+fn a_prometheus_query_judges_the_canary_beside_the_builtin_source_real_prometheus() {
+    healthy_promoted_failing_rolled_back(&query_metric(ERROR_RATIO), "canary");
 }
 
 #[test]
@@ -137,7 +148,7 @@ fn an_empty_vector_is_no_data_and_never_promotes_real_prometheus() {
         dir.path(),
         &url,
         "0",
-        r#"sum(rate(no_such_metric_total{variant="{variant}"}[4s]))"#,
+        &query_metric(r#"sum(rate(no_such_metric_total{variant="{variant}"}[4s]))"#),
     );
     let listen = format!("127.0.0.1:{metrics_port}");
     let (code, v) = release_json_with(&path, port, 200, &["--metrics-listen", &listen]);
@@ -160,4 +171,15 @@ fn an_empty_vector_is_no_data_and_never_promotes_real_prometheus() {
             .contains("empty vector"),
         "{readings:#?}"
     );
+}
+
+#[test]
+fn the_sequential_judge_runs_on_counts_from_prometheus_real_prometheus() {
+    // Issue 17, item 2: errors out of requests, two PromQL queries per variant, judged
+    // by the sequential test with no help from the builtin counters.
+    let counts = r#"bad: 'sum(increase(rampart_request_errors_total{service="{service}",variant="{variant}"}[{interval}])) or vector(0)'
+      total: 'sum(increase(rampart_requests_total{service="{service}",variant="{variant}"}[{interval}]))'
+      judge: sequential"#;
+    // The sequential judge's evidence is on its readings.
+    healthy_promoted_failing_rolled_back(counts, "log_evidence");
 }

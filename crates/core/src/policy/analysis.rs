@@ -65,8 +65,74 @@ pub struct MetricSpec {
     pub critical: bool,
     /// This metric's share of the failure score when it is not critical.
     pub weight: f64,
+    /// Which way the metric gets worse: its limits and the sequential judge's bad
+    /// outcome are on that side.
+    pub direction: Direction,
     /// For `source: prometheus`: the PromQL query, read for each variant.
     pub query: Option<QuerySpec>,
+}
+
+impl MetricSpec {
+    /// Its judge and when it fails the metric, in words, as runbooks, skills and the
+    /// dashboard say it: (`threshold`, `value > 2% or value < 0.9 x stable`).
+    pub fn judged_as(&self) -> (String, String) {
+        match &self.judge {
+            Judge::Threshold(t) => {
+                let f = |v: f64| self.metric.format(v);
+                let limits = [
+                    t.max.map(|v| format!("value > {}", f(v))),
+                    t.max_ratio_to_stable
+                        .map(|r| format!("value > {r} x stable")),
+                    t.min.map(|v| format!("value < {}", f(v))),
+                    t.min_ratio_to_stable
+                        .map(|r| format!("value < {r} x stable")),
+                ];
+                let limits: Vec<String> = limits.into_iter().flatten().collect();
+                ("threshold".into(), limits.join(" or "))
+            }
+            Judge::Sequential(s) => (
+                format!("sequential (alpha {})", s.alpha),
+                format!(
+                    "evidence that it is {} than stable reaches 1/alpha",
+                    match self.direction {
+                        Direction::LowerIsBetter => "worse",
+                        Direction::HigherIsBetter => "lower",
+                    }
+                ),
+            ),
+        }
+    }
+}
+
+/// Which way a metric gets worse. A metric has one: its limits bound that side, and a
+/// canary that moves the other way is never failed for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Errors, latency, failed checkouts: limited by `max` and `max_ratio_to_stable`.
+    #[default]
+    LowerIsBetter,
+    /// Success rate, throughput, conversions: limited by `min` and
+    /// `min_ratio_to_stable`.
+    HigherIsBetter,
+}
+
+impl Direction {
+    /// The policy's spelling.
+    pub fn id(self) -> &'static str {
+        match self {
+            Direction::LowerIsBetter => "lower_is_better",
+            Direction::HigherIsBetter => "higher_is_better",
+        }
+    }
+
+    /// How runbooks and the dashboard say it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::LowerIsBetter => "lower is better",
+            Direction::HigherIsBetter => "higher is better",
+        }
+    }
 }
 
 /// A Prometheus query judged like a builtin metric.
@@ -80,6 +146,10 @@ pub struct QuerySpec {
     /// PromQL counting a variant's requests in the interval (same placeholders): below
     /// the metric's `min_samples` the value is not judged. `None`: no floor.
     pub samples: Option<String>,
+    /// Whether `query` counts events (`bad` or `good`, by the metric's direction) out
+    /// of the `samples` total: the value judged is their share, and the sequential
+    /// judge runs on the counts.
+    pub counts: bool,
 }
 
 /// How a metric is judged.
@@ -115,6 +185,8 @@ pub enum BuiltinMetric {
     Latency(f64),
     /// The value of the metric's Prometheus query, in its own unit.
     Query,
+    /// A counts metric's events (bad or good) over its total, a fraction.
+    Counts,
 }
 
 impl BuiltinMetric {
@@ -128,13 +200,14 @@ impl BuiltinMetric {
                 .map(|(n, _)| (*n).to_string())
                 .unwrap_or_else(|| format!("latency_q{q}")),
             BuiltinMetric::Query => "query".into(),
+            BuiltinMetric::Counts => "counts".into(),
         }
     }
 
     /// Formats a value of this metric for people.
     pub fn format(&self, v: f64) -> String {
         match self {
-            BuiltinMetric::ErrorRate => Rate(v).to_string(),
+            BuiltinMetric::ErrorRate | BuiltinMetric::Counts => Rate(v).to_string(),
             BuiltinMetric::Latency(_) => format!("{}ms", crate::units::trim_float(v, 1)),
             BuiltinMetric::Query => crate::units::trim_float(v, 4),
         }
@@ -158,14 +231,36 @@ const METRIC_NAMES: &[&str] = &[
 ];
 
 /// The threshold judge: absolute and relative limits. A metric passes an interval when
-/// every limit it sets holds.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// every limit it sets holds. The limits are on the side its [`Direction`] gets worse:
+/// `max` for lower-is-better metrics, `min` for higher-is-better ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Threshold {
     /// Upper limit in the metric's unit (a fraction for rates, milliseconds for latency).
     pub max: Option<f64>,
     /// Upper limit on canary / stable.
     pub max_ratio_to_stable: Option<f64>,
+    /// Lower limit in the metric's unit.
+    pub min: Option<f64>,
+    /// Lower limit on canary / stable.
+    pub min_ratio_to_stable: Option<f64>,
 }
+
+impl Threshold {
+    /// Whether an absolute limit (`max` or `min`) is set: it can judge a canary with no
+    /// stable to compare with.
+    pub fn absolute(&self) -> bool {
+        self.max.is_some() || self.min.is_some()
+    }
+
+    /// Whether a ratio limit is set.
+    pub fn relative(&self) -> bool {
+        self.max_ratio_to_stable.is_some() || self.min_ratio_to_stable.is_some()
+    }
+}
+
+const UPPER_LIMITS: [&str; 2] = ["max", "max_ratio_to_stable"];
+const LOWER_LIMITS: [&str; 2] = ["min", "min_ratio_to_stable"];
+const LIMITS: [&str; 4] = ["max", "max_ratio_to_stable", "min", "min_ratio_to_stable"];
 
 pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Option<Analysis> {
     let m = cx.map(
@@ -286,6 +381,7 @@ fn decode_metric(
             "source",
             "metric",
             "judge",
+            "direction",
             "min_samples",
             "failure_limit",
             "critical",
@@ -293,6 +389,9 @@ fn decode_metric(
             "query",
             "range",
             "samples",
+            "bad",
+            "good",
+            "total",
         ],
     )?;
     let source = match m.get("source") {
@@ -302,7 +401,7 @@ fn decode_metric(
     if source == Some("prometheus") {
         return decode_query_metric(cx, &m, default_min_samples, default_failure_limit);
     }
-    for key in m.present(&["query", "range", "samples"]) {
+    for key in m.present(&["query", "range", "samples", "bad", "good", "total"]) {
         cx.error(
             m.pos(),
             &m.path_of(key),
@@ -322,7 +421,42 @@ fn decode_metric(
     let min_samples = m
         .optional::<u64>(cx, "min_samples")
         .unwrap_or(default_min_samples);
-    let failure_limit = limit(cx, &m, "failure_limit").unwrap_or(default_failure_limit);
+    let (failure_limit, critical, weight) = decode_scoring(cx, &m, default_failure_limit);
+    let declared = m.optional_with(cx, "direction", decode_direction);
+    let metric = metric?;
+    // Errors and latency only get worse as they rise.
+    let why = format!("`{}` gets worse as it rises", metric.id());
+    if declared == Some(Direction::HigherIsBetter) {
+        cx.error(
+            m.get("direction").map_or(m.pos(), |n| n.pos),
+            &m.path_of("direction"),
+            format!("{why}: it is `lower_is_better`"),
+        );
+    }
+    let fixed = Some((Direction::LowerIsBetter, why));
+    let (judge, direction) = m.required_with(cx, "judge", |cx, n, p| {
+        decode_judge(cx, n, p, metric, fixed)
+    })?;
+    Some(MetricSpec {
+        name: name?,
+        metric,
+        judge,
+        min_samples,
+        failure_limit,
+        critical,
+        weight,
+        direction,
+        query: None,
+    })
+}
+
+/// `failure_limit`, `critical` and `weight`, with their defaults.
+fn decode_scoring(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    default_failure_limit: u32,
+) -> (u32, bool, f64) {
+    let failure_limit = limit(cx, m, "failure_limit").unwrap_or(default_failure_limit);
     let critical = m.optional::<bool>(cx, "critical").unwrap_or(true);
     let weight = m.optional::<f64>(cx, "weight").unwrap_or(1.0);
     if weight < 0.0 {
@@ -332,21 +466,20 @@ fn decode_metric(
             "a weight cannot be negative",
         );
     }
-    let metric = metric?;
-    let judge = m.required_with(cx, "judge", |cx, n, p| decode_judge(cx, n, p, metric))?;
-    Some(MetricSpec {
-        name: name?,
-        metric,
-        judge,
-        min_samples,
-        failure_limit,
-        critical,
-        weight,
-        query: None,
-    })
+    (failure_limit, critical, weight)
 }
 
-/// A `source: prometheus` metric: a named PromQL query judged by thresholds.
+fn decode_direction(cx: &mut Decoder, n: &Node, p: &str) -> Option<Direction> {
+    Some(
+        match one_of(cx, n, p, &["lower_is_better", "higher_is_better"])? {
+            "higher_is_better" => Direction::HigherIsBetter,
+            _ => Direction::LowerIsBetter,
+        },
+    )
+}
+
+/// A `source: prometheus` metric: a named PromQL query judged by thresholds, or a pair
+/// of counts (`bad` or `good` events out of a `total`) any judge can run on.
 fn decode_query_metric(
     cx: &mut Decoder,
     m: &MapReader<'_>,
@@ -357,15 +490,64 @@ fn decode_query_metric(
         cx.error(
             m.pos(),
             &m.path_of("metric"),
-            "a `prometheus` metric is its `query`; `metric` names builtin measurements",
+            "a `prometheus` metric is its `query` (or its `bad` or `good` count); `metric` names builtin measurements",
         );
     }
     let name = m.required::<String>(cx, "name");
-    let query = m.required_with(cx, "query", decode_promql);
+    let declared = m.optional_with(cx, "direction", decode_direction);
+    let events = m.present(&["bad", "good"]);
+    let (query, samples, metric, fixed) = match events.first() {
+        None => {
+            if m.get("total").is_some() {
+                cx.error(
+                    m.get("total").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("total"),
+                    "`total` is what `bad` or `good` events are counted out of; a `query` value counts its requests with `samples`",
+                );
+            }
+            let query = m.required_with(cx, "query", decode_promql);
+            let samples = m.optional_with(cx, "samples", decode_promql);
+            let fixed = declared.map(|d| (d, format!("the metric is `direction: {}`", d.id())));
+            (query, samples, BuiltinMetric::Query, fixed)
+        }
+        Some(&key) => {
+            if events.len() > 1 {
+                cx.error(
+                    m.get("good").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("good"),
+                    "count either `bad` events (lower is better) or `good` ones (higher is better), not both",
+                );
+            }
+            for other in m.present(&["query", "samples", "range"]) {
+                cx.error(
+                    m.get(other).map_or(m.pos(), |n| n.pos),
+                    &m.path_of(other),
+                    format!("`{other}` belongs to a `query` value; a counts metric is `{key}` events out of `total`, read at the interval's end"),
+                );
+            }
+            let direction = match key {
+                "good" => Direction::HigherIsBetter,
+                _ => Direction::LowerIsBetter,
+            };
+            if declared.is_some_and(|d| d != direction) {
+                cx.error(
+                    m.get("direction").map_or(m.pos(), |n| n.pos),
+                    &m.path_of("direction"),
+                    format!(
+                        "counting `{key}` events makes the metric `{}`; drop `direction`, or count the other kind",
+                        direction.id()
+                    ),
+                );
+            }
+            let query = m.required_with(cx, key, decode_promql);
+            let total = m.required_with(cx, "total", decode_promql);
+            let why = format!("a `{key}` count is {}", direction.label());
+            (query, total, BuiltinMetric::Counts, Some((direction, why)))
+        }
+    };
     let range = m.optional::<bool>(cx, "range").unwrap_or(false);
-    let samples = m.optional_with(cx, "samples", decode_promql);
     let min_samples = m.optional::<u64>(cx, "min_samples");
-    if min_samples.is_some() && m.get("samples").is_none() {
+    if min_samples.is_some() && m.get("samples").is_none() && events.is_empty() {
         cx.error(
             m.get("min_samples").map_or(m.pos(), |n| n.pos),
             &m.path_of("min_samples"),
@@ -376,34 +558,35 @@ fn decode_query_metric(
         Some(_) => min_samples.unwrap_or(default_min_samples),
         None => 0,
     };
-    let failure_limit = limit(cx, m, "failure_limit").unwrap_or(default_failure_limit);
-    let critical = m.optional::<bool>(cx, "critical").unwrap_or(true);
-    let weight = m.optional::<f64>(cx, "weight").unwrap_or(1.0);
+    let (failure_limit, critical, weight) = decode_scoring(cx, m, default_failure_limit);
     let judge = m.required_with(cx, "judge", |cx, n, p| {
-        if matches!(&n.kind, NodeKind::Scalar { .. })
-            || matches!(&n.kind, NodeKind::Map(e) if e.iter().any(|(k, _)| k.text == "sequential"))
-        {
+        let sequential = matches!(&n.kind, NodeKind::Scalar { .. })
+            || matches!(&n.kind, NodeKind::Map(e) if e.iter().any(|(k, _)| k.text == "sequential"));
+        if sequential && metric == BuiltinMetric::Query {
             cx.error(
                 n.pos,
                 p,
-                "a query's value is judged by thresholds (`max`, `max_ratio_to_stable`); the sequential judge needs request counts",
+                "a query's value is judged by thresholds (`max`, `min` and their ratios to stable); the sequential judge needs counts: `bad` or `good` events out of a `total`",
             );
             return None;
         }
-        decode_judge(cx, n, p, BuiltinMetric::Query)
+        decode_judge(cx, n, p, metric, fixed)
     });
+    let (judge, direction) = judge?;
     Some(MetricSpec {
         name: name?,
-        metric: BuiltinMetric::Query,
-        judge: judge?,
+        metric,
+        judge,
         min_samples,
         failure_limit,
         critical,
         weight,
+        direction,
         query: Some(QuerySpec {
             query: query?,
             range,
             samples,
+            counts: metric == BuiltinMetric::Counts,
         }),
     })
 }
@@ -419,20 +602,31 @@ fn decode_promql(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
 
 const JUDGES: &[&str] = &["sequential", "threshold"];
 
+/// A metric's direction as its kind fixes it, with why (for the errors that refuse a
+/// limit on the other side); `None` when its limits say it.
+type Fixed = Option<(Direction, String)>;
+
 /// `judge: sequential`, `judge: {sequential: {alpha, tolerance}}`,
-/// `judge: {threshold: {max, max_ratio_to_stable}}` or, for short,
-/// `judge: {max, max_ratio_to_stable}`.
-fn decode_judge(cx: &mut Decoder, node: &Node, path: &str, metric: BuiltinMetric) -> Option<Judge> {
+/// `judge: {threshold: {max, max_ratio_to_stable, min, min_ratio_to_stable}}` or, for
+/// short, the limits alone. Returns the judge and the metric's direction.
+fn decode_judge(
+    cx: &mut Decoder,
+    node: &Node,
+    path: &str,
+    metric: BuiltinMetric,
+    fixed: Fixed,
+) -> Option<(Judge, Direction)> {
     let default_tolerance = match metric {
-        BuiltinMetric::ErrorRate | BuiltinMetric::Query => 1.0,
+        BuiltinMetric::ErrorRate | BuiltinMetric::Query | BuiltinMetric::Counts => 1.0,
         BuiltinMetric::Latency(_) => 1.25,
     };
+    let direction = fixed.as_ref().map_or(Direction::LowerIsBetter, |f| f.0);
     let default = Judge::Sequential(Sequential {
         alpha: DEFAULT_ALPHA,
         tolerance: default_tolerance,
     });
     if let NodeKind::Scalar { .. } = node.kind {
-        return one_of(cx, node, path, &["sequential"]).map(|_| default);
+        return one_of(cx, node, path, &["sequential"]).map(|_| (default, direction));
     }
     let NodeKind::Map(entries) = &node.kind else {
         cx.error(
@@ -450,11 +644,12 @@ fn decode_judge(cx: &mut Decoder, node: &Node, path: &str, metric: BuiltinMetric
         .find(|(k, _)| JUDGES.contains(&k.text.as_str()));
     match named {
         Some((key, inner)) if entries.len() == 1 && key.text == "threshold" => {
-            decode_threshold(cx, inner, &join(path, "threshold"), metric).map(Judge::Threshold)
+            decode_threshold(cx, inner, &join(path, "threshold"), metric, fixed)
+                .map(|(t, d)| (Judge::Threshold(t), d))
         }
         Some((key, inner)) if entries.len() == 1 => {
             if inner.kind == NodeKind::Null {
-                return Some(default);
+                return Some((default, direction));
             }
             let m = cx.map(inner, &join(path, &key.text), &["alpha", "tolerance"])?;
             let alpha = m.optional::<f64>(cx, "alpha").unwrap_or(DEFAULT_ALPHA);
@@ -475,7 +670,10 @@ fn decode_judge(cx: &mut Decoder, node: &Node, path: &str, metric: BuiltinMetric
                     format!("tolerance {tolerance} is below 1: it would fail canaries that are better than stable"),
                 );
             }
-            Some(Judge::Sequential(Sequential { alpha, tolerance }))
+            Some((
+                Judge::Sequential(Sequential { alpha, tolerance }),
+                direction,
+            ))
         }
         Some(_) => {
             cx.error(
@@ -485,43 +683,95 @@ fn decode_judge(cx: &mut Decoder, node: &Node, path: &str, metric: BuiltinMetric
             );
             None
         }
-        None => decode_threshold(cx, node, path, metric).map(Judge::Threshold),
+        None => {
+            decode_threshold(cx, node, path, metric, fixed).map(|(t, d)| (Judge::Threshold(t), d))
+        }
     }
 }
 
+/// The limits, and the direction they are on. A limit on the side where the metric
+/// gets better (`min` on an error rate) is refused at its line: it would fail a canary
+/// for being better.
 fn decode_threshold(
     cx: &mut Decoder,
     node: &Node,
     path: &str,
     metric: BuiltinMetric,
-) -> Option<Threshold> {
-    let m = cx.map(node, path, &["max", "max_ratio_to_stable"])?;
-    let max = match metric {
-        BuiltinMetric::ErrorRate => m.optional::<Rate>(cx, "max").map(|r| r.0),
+    fixed: Fixed,
+) -> Option<(Threshold, Direction)> {
+    let m = cx.map(node, path, &LIMITS)?;
+    let bound = |cx: &mut Decoder, key: &str| match metric {
+        BuiltinMetric::ErrorRate | BuiltinMetric::Counts => {
+            m.optional::<Rate>(cx, key).map(|r| r.0)
+        }
         BuiltinMetric::Latency(_) => m
-            .optional::<Duration>(cx, "max")
+            .optional::<Duration>(cx, key)
             .map(|d| d.as_secs_f64() * 1000.0),
-        BuiltinMetric::Query => m.optional::<f64>(cx, "max"),
+        BuiltinMetric::Query => m.optional::<f64>(cx, key),
     };
-    let ratio = m.optional::<f64>(cx, "max_ratio_to_stable");
-    if let Some(r) = ratio
-        && r <= 0.0
-    {
-        cx.error(
-            m.get("max_ratio_to_stable").map_or(m.pos(), |n| n.pos),
-            &m.path_of("max_ratio_to_stable"),
-            format!("{r} is not a useful ratio; use a number above 0, such as 1.5 (canary may be 50 % worse than stable)"),
-        );
-    }
-    if m.get("max").is_none() && m.get("max_ratio_to_stable").is_none() {
+    let ratio = |cx: &mut Decoder, key: &str, example: &str| {
+        let r = m.optional::<f64>(cx, key)?;
+        if r <= 0.0 {
+            cx.error(
+                m.get(key).map_or(m.pos(), |n| n.pos),
+                &m.path_of(key),
+                format!("{r} is not a useful ratio; use a number above 0, such as {example}"),
+            );
+        }
+        Some(r)
+    };
+    let t = Threshold {
+        max: bound(cx, "max"),
+        max_ratio_to_stable: ratio(
+            cx,
+            "max_ratio_to_stable",
+            "1.5 (canary may be 50 % worse than stable)",
+        ),
+        min: bound(cx, "min"),
+        min_ratio_to_stable: ratio(
+            cx,
+            "min_ratio_to_stable",
+            "0.9 (canary may be 10 % lower than stable)",
+        ),
+    };
+    let upper = m.present(&UPPER_LIMITS);
+    let lower = m.present(&LOWER_LIMITS);
+    if upper.is_empty() && lower.is_empty() {
         cx.error(
             m.pos(),
             path,
-            "the judge sets no limit; give `max`, `max_ratio_to_stable` or both",
+            "the judge sets no limit; give `max` or `max_ratio_to_stable` (lower is better), or `min` or `min_ratio_to_stable` (higher is better)",
         );
     }
-    Some(Threshold {
-        max,
-        max_ratio_to_stable: ratio,
-    })
+    let (direction, why) = match fixed {
+        Some(f) => f,
+        None if lower.is_empty() => return Some((t, Direction::LowerIsBetter)),
+        None if upper.is_empty() => return Some((t, Direction::HigherIsBetter)),
+        None => (
+            Direction::LowerIsBetter,
+            format!(
+                "`{}` bounds a lower-is-better metric and `{}` a higher-is-better one; a metric has one direction (set `direction` to say which)",
+                upper[0], lower[0]
+            ),
+        ),
+    };
+    let (wrong, right) = match direction {
+        Direction::LowerIsBetter => (&lower, &UPPER_LIMITS),
+        Direction::HigherIsBetter => (&upper, &LOWER_LIMITS),
+    };
+    for key in wrong.iter() {
+        let instead = if key.contains("ratio") {
+            right[1]
+        } else {
+            right[0]
+        };
+        cx.error(
+            m.get(key).map_or(m.pos(), |n| n.pos),
+            &m.path_of(key),
+            format!(
+                "{why}: `{key}` would fail a canary for being better; limit it with `{instead}`"
+            ),
+        );
+    }
+    Some((t, direction))
 }

@@ -41,8 +41,8 @@ use crate::decode::{Decoder, Diagnostic, scalar};
 use crate::yaml::{self, Node, NodeKind};
 
 pub use analysis::{
-    Analysis, BuiltinMetric, DEFAULT_ALPHA, Escalation, EscalationAction, Judge, MetricSpec,
-    QuerySpec, Sequential, Threshold,
+    Analysis, BuiltinMetric, DEFAULT_ALPHA, Direction, Escalation, EscalationAction, Judge,
+    MetricSpec, QuerySpec, Sequential, Threshold,
 };
 pub use checks::{Gate, GateCheck, Gates, PostFailure, PostRelease};
 pub use deploy::{Deploy, KubeDeploySpec, ProcessSpec, Readiness};

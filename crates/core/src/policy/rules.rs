@@ -2,7 +2,7 @@
 //! metrics, Kubernetes), checked once every section is decoded. It reports problems;
 //! it must not change a decoded section.
 
-use super::analysis::{Analysis, Judge, Threshold};
+use super::analysis::{Analysis, Judge};
 use super::checks::{Gate, GateCheck};
 use super::deploy::Deploy;
 use super::flags::FlagsSpec;
@@ -81,16 +81,13 @@ pub(super) fn check_blue_green_metrics(
             _ => None,
         });
     for (i, metric) in analysis.metrics.iter().enumerate() {
-        let absolute = matches!(
-            metric.judge,
-            Judge::Threshold(Threshold { max: Some(_), .. })
-        );
+        let absolute = matches!(metric.judge, Judge::Threshold(t) if t.absolute());
         if !absolute {
             let pos = items.and_then(|it| it.get(i)).map_or(root.pos(), |n| n.pos);
             cx.error(
                 pos,
                 &format!("analysis.metrics[{i}].judge"),
-                "a blue-green or full release sends stable no traffic after the switch, so there is nothing to compare with; give this metric an absolute `max`",
+                "a blue-green or full release sends stable no traffic after the switch, so there is nothing to compare with; give this metric an absolute `max` (or `min`, where higher is better)",
             );
         }
     }

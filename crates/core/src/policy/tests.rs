@@ -625,3 +625,180 @@ fn kubernetes_rejects_rolling_and_match_steps() {
         "{d:?}"
     );
 }
+
+/// The minimal policy with its metric replaced by `metric` (a flow mapping), a
+/// Prometheus server set.
+fn with_metric(metric: &str) -> String {
+    MINIMAL.replace(
+        "  metrics:\n    - metric: error_rate\n      judge: { max: 1% }\n",
+        &format!("  prometheus: http://127.0.0.1:9090\n  metrics:\n    - {metric}\n"),
+    )
+}
+
+#[test]
+fn a_limit_on_the_side_where_a_metric_gets_better_is_refused_at_its_line() {
+    // Issue 17: `min` on an error rate would fail a canary for having fewer errors.
+    let src = MINIMAL.replace("judge: { max: 1% }", "judge:\n        min: 1%");
+    let d = errors(&src);
+    assert!(
+        d.iter().any(|d| d.path == "analysis.metrics[0].judge.min"
+            && d.line == 18
+            && d.message.contains("`error_rate` gets worse as it rises")
+            && d.message.contains("`max`")),
+        "{d:?}"
+    );
+    let ratio = MINIMAL.replace(
+        "judge: { max: 1% }",
+        "judge: {threshold: {min_ratio_to_stable: 0.9}}",
+    );
+    assert!(
+        errors(&ratio).iter().any(|d| d.path
+            == "analysis.metrics[0].judge.threshold.min_ratio_to_stable"
+            && d.message.contains("`max_ratio_to_stable`")),
+        "{:?}",
+        errors(&ratio)
+    );
+    // Builtin metrics have a direction of their own.
+    let latency = MINIMAL.replace(
+        "metric: error_rate\n      judge: { max: 1% }",
+        "metric: latency_p99\n      direction: higher_is_better\n      judge: { max: 800ms }",
+    );
+    let d = errors(&latency);
+    assert!(
+        d.iter().any(|d| d.path == "analysis.metrics[0].direction"
+            && d.line == 17
+            && d.message.contains("lower_is_better")),
+        "{d:?}"
+    );
+    // A query's declared direction and its limits must agree.
+    let q =
+        "{name: ok, source: prometheus, query: 'x', direction: higher_is_better, judge: {max: 5}}";
+    let d = errors(&with_metric(q));
+    assert!(
+        d.iter().any(|d| d.path == "analysis.metrics[0].judge.max"
+            && d.message.contains("`direction: higher_is_better`")
+            && d.message.contains("`min`")),
+        "{d:?}"
+    );
+    // Without `direction`, one side is all a metric may limit.
+    let q = "{name: ok, source: prometheus, query: 'x', judge: {max: 5, min: 1}}";
+    let d = errors(&with_metric(q));
+    assert!(
+        d.iter()
+            .any(|d| d.path == "analysis.metrics[0].judge.min"
+                && d.message.contains("one direction")),
+        "{d:?}"
+    );
+    // Counting good events makes a metric higher-is-better.
+    let q = "{name: ok, source: prometheus, good: 'x', total: 'y', direction: lower_is_better, judge: {min: 99%}}";
+    let d = errors(&with_metric(q));
+    assert!(
+        d.iter().any(|d| d.path == "analysis.metrics[0].direction"
+            && d.message.contains("`higher_is_better`")),
+        "{d:?}"
+    );
+    let q = "{name: ok, source: prometheus, bad: 'x', total: 'y', judge: {min: 1%}}";
+    assert!(
+        errors(&with_metric(q))
+            .iter()
+            .any(|d| d.path == "analysis.metrics[0].judge.min"
+                && d.message.contains("a `bad` count is lower is better")),
+    );
+}
+
+#[test]
+fn metrics_know_their_direction() {
+    let p = Policy::from_yaml(MINIMAL).unwrap();
+    assert_eq!(p.analysis.metrics[0].direction, Direction::LowerIsBetter);
+    let q =
+        "{name: rps, source: prometheus, query: 'x', judge: {min: 10, min_ratio_to_stable: 0.8}}";
+    let p = Policy::from_yaml(&with_metric(q)).unwrap();
+    let m = &p.analysis.metrics[0];
+    assert_eq!(
+        m.direction,
+        Direction::HigherIsBetter,
+        "inferred from `min`"
+    );
+    assert!(matches!(
+        m.judge,
+        Judge::Threshold(Threshold {
+            min: Some(10.0),
+            min_ratio_to_stable: Some(0.8),
+            max: None,
+            ..
+        })
+    ));
+    let q = "{name: rps, source: prometheus, query: 'x', judge: {max: 10}}";
+    let p = Policy::from_yaml(&with_metric(q)).unwrap();
+    assert_eq!(p.analysis.metrics[0].direction, Direction::LowerIsBetter);
+}
+
+#[test]
+fn counts_metrics_are_bad_or_good_events_out_of_a_total() {
+    let q = "{name: checkout, source: prometheus, good: 'sum(increase(ok[{interval}]))', total: 'sum(increase(all[{interval}]))', judge: sequential}";
+    let p = Policy::from_yaml(&with_metric(q)).unwrap_or_else(|e| panic!("{e:?}"));
+    let m = &p.analysis.metrics[0];
+    assert_eq!(
+        (m.metric, m.direction, m.min_samples),
+        (BuiltinMetric::Counts, Direction::HigherIsBetter, 50)
+    );
+    let spec = m.query.clone().unwrap();
+    assert!(spec.counts);
+    assert_eq!(spec.query, "sum(increase(ok[{interval}]))");
+    assert_eq!(
+        spec.samples.as_deref(),
+        Some("sum(increase(all[{interval}]))")
+    );
+    let q = "{name: e, source: prometheus, bad: 'x', total: 'y', judge: {max: 2%, max_ratio_to_stable: 2}, min_samples: 20}";
+    let p = Policy::from_yaml(&with_metric(q)).unwrap_or_else(|e| panic!("{e:?}"));
+    let m = &p.analysis.metrics[0];
+    assert_eq!((m.direction, m.min_samples), (Direction::LowerIsBetter, 20));
+    assert!(
+        matches!(m.judge, Judge::Threshold(Threshold { max: Some(x), .. }) if (x - 0.02).abs() < 1e-12)
+    );
+    for (bad, path, says) in [
+        (
+            "{name: e, source: prometheus, bad: 'x', judge: sequential}",
+            "total",
+            "missing",
+        ),
+        (
+            "{name: e, source: prometheus, bad: 'x', good: 'z', total: 'y', judge: sequential}",
+            "good",
+            "not both",
+        ),
+        (
+            "{name: e, source: prometheus, bad: 'x', total: 'y', query: 'q', judge: sequential}",
+            "query",
+            "belongs to a `query` value",
+        ),
+        (
+            "{name: e, source: prometheus, bad: 'x', total: 'y', range: true, judge: sequential}",
+            "range",
+            "belongs to a `query` value",
+        ),
+        (
+            "{name: e, source: prometheus, query: 'x', total: 'y', judge: {max: 1}}",
+            "total",
+            "`samples`",
+        ),
+        (
+            "{name: e, source: prometheus, query: 'x', judge: sequential}",
+            "judge",
+            "needs counts",
+        ),
+        (
+            "{name: e, metric: error_rate, bad: 'x', judge: sequential}",
+            "bad",
+            "source: prometheus",
+        ),
+    ] {
+        let d = errors(&with_metric(bad));
+        assert!(
+            d.iter().any(
+                |d| d.path == format!("analysis.metrics[0].{path}") && d.message.contains(says)
+            ),
+            "{bad}: {d:?}"
+        );
+    }
+}

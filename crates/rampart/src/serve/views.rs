@@ -57,6 +57,40 @@ pub struct ReleaseView {
     /// The final report (the `rampart run --output json` object) of a release run by
     /// the server, once over.
     pub report: Option<serde_json::Value>,
+    /// The metrics it is judged on, as its policy says.
+    #[serde(default)]
+    pub metrics: Vec<MetricView>,
+}
+
+/// One judged metric, as the release page lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricView {
+    /// The metric's name.
+    pub name: String,
+    /// `lower_is_better` or `higher_is_better`.
+    pub direction: String,
+    /// `threshold` or `sequential (alpha A)`.
+    pub judge: String,
+    /// When the judge fails it, in words.
+    pub fails_when: String,
+}
+
+/// The policy's metrics as the release page lists them.
+fn metric_views(policy: &Policy) -> Vec<MetricView> {
+    policy
+        .analysis
+        .metrics
+        .iter()
+        .map(|m| {
+            let (judge, fails_when) = m.judged_as();
+            MetricView {
+                name: m.name.clone(),
+                direction: m.direction.id().to_string(),
+                judge,
+                fails_when,
+            }
+        })
+        .collect()
 }
 
 /// One audit event with its position in the release log.
@@ -223,6 +257,7 @@ impl Loaded {
             intervals: s.intervals,
             last_verdict: s.last_verdict.map(|v| v.label_snake().to_string()),
             report: report.and_then(|r| serde_json::from_str(r).ok()),
+            metrics: metric_views(&self.policy),
         }
     }
 
@@ -290,7 +325,8 @@ impl Loaded {
 
 /// A submitted release that has not started yet.
 pub fn queued_view(s: &Submission) -> ReleaseView {
-    let steps = Policy::from_yaml(&s.policy).map_or(0, |p| p.strategy.steps().len());
+    let policy = Policy::from_yaml(&s.policy).ok();
+    let steps = policy.as_ref().map_or(0, |p| p.strategy.steps().len());
     ReleaseView {
         id: s.id.clone(),
         service: s.service.clone(),
@@ -319,6 +355,7 @@ pub fn queued_view(s: &Submission) -> ReleaseView {
             .report
             .as_deref()
             .and_then(|r| serde_json::from_str(r).ok()),
+        metrics: policy.as_ref().map(metric_views).unwrap_or_default(),
     }
 }
 
@@ -398,7 +435,36 @@ pub fn redact_policy(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_policy;
+    use super::{metric_views, redact_policy};
+
+    #[test]
+    fn the_release_page_lists_each_metric_with_its_direction() {
+        let policy = rampart_core::Policy::from_yaml(
+            r#"service: shop
+deploy: {process: {command: ["./c", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 5, bake: 1m}]}}
+analysis:
+  prometheus: http://127.0.0.1:9090
+  metrics:
+    - {metric: error_rate, judge: {max: 1%}}
+    - {name: paid, source: prometheus, good: 'x', total: 'y', judge: {min_ratio_to_stable: 0.9}}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shown: Vec<(String, String, String)> = metric_views(&policy)
+            .into_iter()
+            .map(|m| (m.name, m.direction, m.fails_when))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("error_rate", "lower_is_better", "value > 1%"),
+                ("paid", "higher_is_better", "value < 0.9 x stable"),
+            ]
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        );
+    }
 
     #[test]
     fn secrets_are_redacted_however_they_are_written() {

@@ -149,6 +149,9 @@ async function showRelease(id) {
         <div class="legend"><span class="stable">&#9632; stable</span> <span class="canary">&#9632; canary</span></div></section>
       <section><h2>Latency p99</h2>${chart([{ name: "stable", cls: "stable", points: latPts("stable") }, { name: "canary", cls: "canary", points: latPts("canary") }], "ms", 10)}
         <div class="legend"><span class="stable">&#9632; stable</span> <span class="canary">&#9632; canary</span></div></section>
+      <section><h2>Judged on</h2><table id="judged"><thead><tr><th>Metric</th><th>Better</th><th>Judge</th><th>Fails when</th></tr></thead><tbody>
+        ${(r.metrics || []).map((x) => `<tr><td>${esc(x.name)}</td><td>${x.direction === "higher_is_better" ? "higher" : "lower"}</td><td>${esc(x.judge)}</td><td>${esc(x.fails_when)}</td></tr>`).join("")}
+      </tbody></table></section>
       <section><h2>Verdict of each interval</h2><div class="verdicts" id="verdicts">${iv.map((p) => `<span class="${esc(p.verdict)}" title="${p.t_s.toFixed(0)}s: ${esc(p.verdict)}"></span>`).join("")}</div>
         <p class="legend">green pass, red fail, amber inconclusive or no data</p></section>
     </div>

@@ -4,7 +4,7 @@
 //! or resource, and `impl Port for Type`. Adapters translate their own failures into
 //! [`rampart_core::ports::PortError`] at the boundary and never make release decisions.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: a socket received from another process (proxy::plane)
 
 pub mod accesslog;
 pub mod alertmanager;

@@ -84,8 +84,11 @@ enum Command {
     /// Print a shell completion script (bash, zsh or fish).
     Completions(commands::completions::CompletionsArgs),
     /// Run the embedded proxy on its own, as a data plane: a controller sets its
-    /// backends and weights through an admin endpoint guarded by a bearer token.
+    /// backends and weights through an admin endpoint guarded by a bearer token. With
+    /// --state-dir, the service's long-lived data plane that `run` and `serve` attach to.
     Proxy(commands::proxy::ProxyArgs),
+    /// Stop a service that releases left serving: its data plane, then its versions.
+    Stop(commands::stop::StopArgs),
     /// Read, change and serve the service's feature flags.
     Flags(commands::flags::FlagsArgs),
     /// Whether releases may run now under the policy's windows and freeze calendar,
@@ -141,6 +144,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Audit(args) => commands::audit::main(args).await,
         Command::Completions(args) => commands::completions::main(args, Cli::command()),
         Command::Proxy(args) => commands::proxy::main(args).await,
+        Command::Stop(args) => commands::stop::main(args).await,
         Command::Flags(args) => commands::flags::main(args, clock).await,
         Command::Windows(args) => commands::windows::main(args, clock),
         Command::Validate(args) => commands::validate::main(args),

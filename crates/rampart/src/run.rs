@@ -37,8 +37,14 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Output format.
     pub output: Output,
-    /// Keep serving after the release ends, until interrupted.
+    /// Wait for an interruption (Ctrl-C, SIGTERM) after the release ends.
     pub keep_running: bool,
+    /// Route through the service's long-lived data plane (started when absent) rather
+    /// than a proxy in this process, and leave the service serving when the release
+    /// ends (the embedded proxy; versions are left running whatever the router).
+    pub attach: bool,
+    /// Stop the service (its versions, and its data plane) when the release ends.
+    pub stop_after: bool,
     /// Who starts the release.
     pub initiator: String,
     /// Why this release may run during a freeze (it then needs an approval first).
@@ -89,16 +95,12 @@ impl std::fmt::Debug for KeptDeployer {
     }
 }
 
-/// Stops what served releases left running (at a server's orderly shutdown: without
-/// its proxy nothing reaches those versions any more).
+/// Closes what served releases left in this process, at a server's orderly shutdown.
+/// The services keep serving: their versions run on, behind their long-lived data
+/// plane (or nginx, HAProxy, a cluster). `rampart stop` stops one.
 pub async fn stop_serving(serving: &Serving) {
     let kept: Vec<_> = serving.lock().await.drain().collect();
-    for (_, (plane, deployer)) in kept {
-        if !plane.cluster_runs_versions() {
-            for v in [Variant::Canary, Variant::Stable] {
-                let _ = deployer.0.stop(v).await;
-            }
-        }
+    for (_, (plane, _)) in kept {
         plane.close().await;
     }
 }
@@ -121,7 +123,7 @@ pub fn host_name() -> String {
 /// processes the old leader started (each replica may have a state directory of its
 /// own); a replica on another host refuses, since it could neither adopt nor stop them
 /// and would only start copies.
-async fn process_dir(
+pub(crate) async fn process_dir(
     store: &StateStore,
     service: &str,
     state_dir: &Path,
@@ -276,7 +278,23 @@ pub async fn run_release(
             previous.close().await;
         }
     }
-    let plane = crate::dataplane::start(&policy, &store, &clock).await?;
+    // The service's local processes (its versions, its data plane) live in one
+    // directory: with a shared store, the one on record, so that a replica taking a
+    // release over finds them.
+    let local_dir = match (&policy.traffic, policy.process()) {
+        (rampart_core::policy::Traffic::Proxy(_), _) | (_, Some(_)) => {
+            process_dir(&store, &policy.service, &opts.state_dir).await?
+        }
+        _ => opts.state_dir.clone(),
+    };
+    let reaching = clock.now_micros();
+    let plane = crate::dataplane::start(
+        &policy,
+        &store,
+        &clock,
+        opts.attach.then_some(local_dir.as_path()),
+    )
+    .await?;
     let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(
         &policy.service,
         plane.counted.clone(),
@@ -311,6 +329,13 @@ pub async fn run_release(
         (None, Output::Json) => Box::new(std::io::stderr()),
     };
     let progress = Progress::new(out, tty, policy.strategy.steps().len());
+    if let Some(reached) = &plane.reached {
+        progress.line(&format!(
+            "{reached} of {} in {:.1} ms",
+            policy.service,
+            clock.now_micros().saturating_sub(reaching) as f64 / 1000.0
+        ));
+    }
     let base_dir = match &opts.served {
         Some(served) => served.base_dir.clone(),
         None => opts
@@ -324,14 +349,18 @@ pub async fn run_release(
     } else {
         base_dir
     };
-    let deployer: Arc<dyn Deployer> = match (&plane.deployer, policy.process()) {
-        (Some(cluster), _) => cluster.clone(),
-        (None, Some(process)) => Arc::new(ProcessDeployer::new(
+    let processes = match (&plane.deployer, policy.process()) {
+        (None, Some(process)) => Some(Arc::new(ProcessDeployer::new(
             &policy.service,
             process.clone(),
             &base_dir,
-            &process_dir(&store, &policy.service, &opts.state_dir).await?,
-        )),
+            &local_dir,
+        ))),
+        _ => None,
+    };
+    let deployer: Arc<dyn Deployer> = match (&plane.deployer, &processes) {
+        (Some(cluster), _) => cluster.clone(),
+        (None, Some(processes)) => processes.clone(),
         (None, None) => {
             return Err(RunError::Invalid(
                 "the policy's `deploy` section has no deployer in this build".into(),
@@ -467,14 +496,23 @@ pub async fn run_release(
     if let Some(t) = status {
         t.abort();
     }
+    let after = match &plane.remote {
+        Some(remote) => {
+            // The latest counts, for the report (the status line reads a cached copy).
+            let _ = remote.refresh().await;
+            (end.outcome() == Some(OutcomeKind::RolledBack))
+                .then(|| remote.canary_routed_since_closed())
+                .flatten()
+        }
+        None => watch
+            .canary_routed_at_zero
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .zip(plane.proxy.as_ref())
+            .map(|(at_zero, p)| p.routed(Variant::Canary).saturating_sub(at_zero)),
+    };
     let totals = plane.counted.totals();
-    let after = watch
-        .canary_routed_at_zero
-        .lock()
-        .ok()
-        .and_then(|g| *g)
-        .zip(plane.proxy.as_ref())
-        .map(|(at_zero, p)| p.routed(Variant::Canary).saturating_sub(at_zero));
 
     // The release is over: signals no longer abort it.
     signals.abort();
@@ -490,17 +528,61 @@ pub async fn run_release(
         ));
         until_interrupted().await;
     }
-    match (&opts.served, end.outcome()) {
-        // Under `rampart serve` the service goes on serving what the release left (a
-        // halted release included: rampart does not touch its traffic), until its next
-        // release.
-        (Some(served), Some(outcome)) if outcome != OutcomeKind::Blocked => {
-            served.serving.lock().await.insert(
-                policy.service.clone(),
-                (plane, KeptDeployer(deployer.clone())),
-            );
+    let leave = !opts.stop_after
+        && (opts.attach || opts.served.is_some())
+        && (plane.remote.is_some() || end.outcome().is_some_and(|o| o != OutcomeKind::Blocked));
+    match (&opts.served, leave) {
+        // The service goes on serving what the release left (a halted release
+        // included: rampart does not touch its traffic), until its next release: on
+        // the winner, which becomes the next release's stable.
+        (served, true) => {
+            if end.outcome() == Some(OutcomeKind::Promoted)
+                && let Some(processes) = &processes
+            {
+                match hand_over(processes, plane.routes.as_ref()).await {
+                    Ok(Some(n)) => progress.line(&format!(
+                        "{} {} serves as stable ({n} replica(s)); the next release starts from it",
+                        policy.service, end.version
+                    )),
+                    Ok(None) => {}
+                    Err(e) => progress.line(&format!(
+                        "WARNING: the winner serves, but as the canary: {e}; the next release starts it again as stable"
+                    )),
+                }
+            }
+            // A data plane that routes to nothing (a first release blocked or rolled
+            // back) has nothing to keep serving.
+            let idle = match &plane.remote {
+                Some(remote) => remote
+                    .table()
+                    .await
+                    .is_ok_and(|t| t.stable.is_empty() && t.canary.is_empty()),
+                None => false,
+            };
+            if idle {
+                crate::dataplane::attach::stop(&policy.service, &local_dir).await?;
+            }
+            match served {
+                Some(served) => {
+                    served.serving.lock().await.insert(
+                        policy.service.clone(),
+                        (plane, KeptDeployer(deployer.clone())),
+                    );
+                }
+                None => {
+                    if !idle && end.outcome() != Some(OutcomeKind::Blocked) {
+                        progress.line(&format!(
+                            "{} keeps serving on {}; `rampart stop -f {}` stops it",
+                            policy.service,
+                            plane.serving_on(&policy),
+                            opts.policy_path.display()
+                        ));
+                    }
+                    plane.close().await;
+                }
+            }
         }
-        _ => {
+        (_, false) => {
             // The embedded proxy ends with this process, so nothing would reach the
             // versions: stop them rather than leave orphans. Logs stay in the state
             // directory. A cluster keeps serving what the release left (stopping the
@@ -515,7 +597,11 @@ pub async fn run_release(
                     let _ = deployer.stop(v).await;
                 }
             }
+            let attached = plane.remote.is_some();
             plane.close().await;
+            if attached {
+                crate::dataplane::attach::stop(&policy.service, &local_dir).await?;
+            }
         }
     }
 
@@ -525,6 +611,23 @@ pub async fn run_release(
         .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
     let timeline: Vec<_> = log.into_iter().flat_map(|e| e.events).collect();
     Ok(report(&policy, &end, timeline, totals, after))
+}
+
+/// After a promotion: the winner's replicas become the service's stable (they keep
+/// running), and the router sends everything to them as stable, through states that
+/// each route every request to the winner. Returns how many replicas serve, or `None`
+/// when there was no canary replica to hand over (a flag-only release).
+async fn hand_over(
+    processes: &ProcessDeployer,
+    router: &dyn rampart_core::ports::TrafficRouter,
+) -> Result<Option<usize>, rampart_core::ports::PortError> {
+    let Some(winner) = processes.rebase().await? else {
+        return Ok(None);
+    };
+    router.set_backends(Variant::Stable, &winner).await?;
+    router.set_weight(rampart_core::Weight::ZERO, &[]).await?;
+    router.set_backends(Variant::Canary, &[]).await?;
+    Ok(Some(winner.len()))
 }
 
 /// Opens (appending) a served release's progress log.
@@ -638,11 +741,11 @@ pub fn report(
     }
 }
 
-/// What `rampart run` says when it stops the versions an external router still
-/// points at (until rampart leaves the winner serving by itself).
+/// What `rampart run --stop-after` says when it stops the versions an external router
+/// still points at.
 fn stopping_behind(service: &str, router: &str) -> String {
     format!(
-        "WARNING: stopping {service}'s versions while {router} still routes its users to them: they get 502/503 from now on. Run with --keep-running to keep serving after the outcome (until Ctrl-C or SIGTERM), or point the router elsewhere first."
+        "WARNING: stopping {service}'s versions while {router} still routes its users to them: they get 502/503 from now on (--stop-after). Without --stop-after the winner keeps serving after the release; or point the router elsewhere first."
     )
 }
 

@@ -95,7 +95,15 @@ silences:
 
 fn run(path: &std::path::Path) -> servers::Daemon {
     rampart()
-        .args(["run", "--version", "v2", "--stable", "v1", "--state-dir"])
+        .args([
+            "run",
+            "--stop-after",
+            "--version",
+            "v2",
+            "--stable",
+            "v1",
+            "--state-dir",
+        ])
         .arg(path.parent().unwrap().join("state"))
         .arg("-f")
         .arg(path)

@@ -69,6 +69,7 @@ fn switching_colours_and_back_under_load_fails_no_request() {
     let mut run = rampart()
         .args([
             "run",
+            "--stop-after",
             "--version",
             "v2",
             "--stable",

@@ -73,7 +73,15 @@ fn validate_json_lists_diagnostics() {
 fn run_refuses_an_invalid_policy_with_exit_2_before_doing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let out = rampart()
-        .args(["run", "--version", "v2", "--output", "json", "--state-dir"])
+        .args([
+            "run",
+            "--stop-after",
+            "--version",
+            "v2",
+            "--output",
+            "json",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .arg("-f")
         .arg(data("weight-120.yaml"))
@@ -152,7 +160,13 @@ fn runbook_is_rendered_from_the_policy() {
 fn a_kubernetes_policy_without_the_feature_says_how_to_build_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = rampart()
-        .args(["run", "--version", "1.27-alpine", "--state-dir"])
+        .args([
+            "run",
+            "--stop-after",
+            "--version",
+            "1.27-alpine",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .arg("-f")
         .arg(common::repo().join("examples/kubernetes.yaml"))
@@ -168,7 +182,13 @@ fn a_kubernetes_policy_without_the_feature_says_how_to_build_it() {
 fn a_kubernetes_policy_without_a_cluster_config_fails_before_the_release() {
     let dir = tempfile::tempdir().unwrap();
     let out = rampart()
-        .args(["run", "--version", "1.27-alpine", "--state-dir"])
+        .args([
+            "run",
+            "--stop-after",
+            "--version",
+            "1.27-alpine",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .arg("-f")
         .arg(common::repo().join("examples/kubernetes.yaml"))

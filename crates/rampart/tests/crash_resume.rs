@@ -127,11 +127,31 @@ fn kill_9_during_a_bake_then_rerun_finishes_without_repeating_decisions() {
             .any(|e| e["message"].as_str().unwrap_or("").contains("adopted")),
         "the resumed run adopted the running versions"
     );
-    // Nothing is left running: the process records are gone.
-    let leftovers: Vec<_> = std::fs::read_dir(state.join("processes"))
-        .map(|d| d.flatten().collect())
+    // The winner keeps serving, as the service's stable, and nothing else runs.
+    let records: Vec<String> = std::fs::read_dir(state.join("processes"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(records, ["resumable.stable.json"], "{records:?}");
+    let stable = std::fs::read_to_string(state.join("processes/resumable.stable.json")).unwrap();
+    assert!(stable.contains("\"v2\""), "{stable}");
+    let stopped = rampart()
+        .args(["stop", "--state-dir"])
+        .arg(&state)
+        .arg("-f")
+        .arg(&policy_path)
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert!(
+        std::fs::read_dir(state.join("processes"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 #[test]
@@ -140,6 +160,7 @@ fn a_release_killed_before_it_started_resumes_against_the_stable_version() {
     // store holds the release with an empty log.
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
     let port = free_port();
     let text = policy(port).replace(
         "SAMPLE_ERROR_RATE: \"0\"",

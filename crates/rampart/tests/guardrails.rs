@@ -27,7 +27,15 @@ analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
     std::fs::write(&policy_path, policy).unwrap();
     let run = || {
         rampart()
-            .args(["run", "--version", "v2", "--output", "json", "--state-dir"])
+            .args([
+                "run",
+                "--stop-after",
+                "--version",
+                "v2",
+                "--output",
+                "json",
+                "--state-dir",
+            ])
             .arg(&state)
             .arg("-f")
             .arg(&policy_path)
@@ -67,6 +75,7 @@ analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
     let mut hotfix = rampart()
         .args([
             "run",
+            "--stop-after",
             "--version",
             "v2",
             "--as",
@@ -135,6 +144,7 @@ notify:
     let out = rampart()
         .args([
             "run",
+            "--stop-after",
             "--version",
             "v2",
             "--stable",
@@ -206,6 +216,7 @@ fn an_approval_point_waits_for_someone_other_than_the_initiator() {
     let mut run = rampart()
         .args([
             "run",
+            "--stop-after",
             "--version",
             "v2",
             "--stable",
@@ -279,6 +290,7 @@ fn a_forged_approval_is_found_by_verify_and_refused_on_resume() {
         let mut c = rampart();
         c.args([
             "run",
+            "--stop-after",
             "--version",
             "v2",
             "--stable",
@@ -375,11 +387,19 @@ windows:
         let path = dir.path().join("rampart.yaml");
         std::fs::write(&path, text).unwrap();
         let mut c = rampart();
-        c.args(["run", "--version", "v2", "--as", "alice", "--state-dir"])
-            .arg(&state)
-            .arg("-f")
-            .arg(&path)
-            .args(extra);
+        c.args([
+            "run",
+            "--stop-after",
+            "--version",
+            "v2",
+            "--as",
+            "alice",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .arg("-f")
+        .arg(&path)
+        .args(extra);
         c
     };
 

@@ -34,6 +34,7 @@ analysis:
             "--log-format",
             "json",
             "run",
+            "--stop-after",
             "--version",
             "v2",
             "--stable",

@@ -45,6 +45,7 @@ rollback: {{drain: 5s}}
     let mut run = rampart()
         .args([
             "run",
+            "--stop-after",
             "--version",
             "v2",
             "--stable",

@@ -121,7 +121,15 @@ fn keep_running_behind_haproxy_serves_until_sigterm_and_a_plain_run_warns() {
     let rt = common::runtime();
     let (load, _) = common::start_load(&rt, h.addr.port(), 200);
     let mut run = common::rampart()
-        .args(["run", "--version", "v2", "--stable", "v1", "--keep-running"])
+        .args([
+            "run",
+            "--stop-after",
+            "--version",
+            "v2",
+            "--stable",
+            "v1",
+            "--keep-running",
+        ])
         .arg("--state-dir")
         .arg(&state)
         .arg("-f")
@@ -167,11 +175,12 @@ fn keep_running_behind_haproxy_serves_until_sigterm_and_a_plain_run_warns() {
     });
     assert_eq!(run.wait().unwrap().code(), Some(0));
 
-    // Without --keep-running the versions stop while HAProxy still points at them.
+    // With --stop-after the versions stop while HAProxy still points at them: said.
     let (load, _) = common::start_load(&rt, h.addr.port(), 200);
     let plain = common::rampart()
         .args([
             "run",
+            "--stop-after",
             "--version",
             "v3",
             "--stable",

@@ -243,8 +243,68 @@ impl ProcessDeployer {
             return false;
         };
         let has = |kv: String| environ.split(|b| *b == 0).any(|e| e == kv.as_bytes());
+        // A replica started as the canary serves as stable once its release is
+        // promoted ([`ProcessDeployer::rebase`]): its record says which it is now.
         has(format!("RAMPART_SERVICE={}", self.service))
-            && has(format!("RAMPART_VARIANT={}", variant.as_str()))
+            && (has(format!("RAMPART_VARIANT={}", variant.as_str()))
+                || has(format!("RAMPART_VARIANT={}", variant.other().as_str())))
+    }
+
+    /// After a promotion: the canary's replicas become stable's (they keep running
+    /// and serving; only their records move) and their endpoints are returned, so the
+    /// next release adopts them as its stable instead of starting it again. Stable
+    /// replicas still running (none, after a promotion) are stopped. With no canary
+    /// replica alive (a release that only ramped a flag), nothing changes: `None`.
+    pub async fn rebase(&self) -> Result<Option<Vec<SocketAddr>>, PortError> {
+        let mut running = self.running.lock().await;
+        let mut canary = running.remove(&Variant::Canary).unwrap_or_default();
+        if !canary.loaded {
+            for rec in self.read_records(Variant::Canary) {
+                if self.owns(rec.pid, Variant::Canary) {
+                    canary.list.push(Running {
+                        record: rec,
+                        child: None,
+                    });
+                }
+            }
+        }
+        canary.list.retain_mut(Running::alive);
+        if canary.list.is_empty() {
+            running.insert(Variant::Canary, canary);
+            return Ok(None);
+        }
+        let stable = running.entry(Variant::Stable).or_default();
+        if !stable.loaded {
+            stable.loaded = true;
+            for rec in self.read_records(Variant::Stable) {
+                if self.owns(rec.pid, Variant::Stable) {
+                    stable.list.push(Running {
+                        record: rec,
+                        child: None,
+                    });
+                }
+            }
+        }
+        for mut old in std::mem::take(&mut stable.list) {
+            // The winner already recorded as stable (an earlier hand-over cut short)
+            // is the one being handed over: never stopped here.
+            if canary.list.iter().any(|c| c.record.pid == old.record.pid) {
+                continue;
+            }
+            self.terminate(&mut old).await;
+        }
+        stable.list = canary.list;
+        let endpoints = stable.list.iter().map(Running::endpoint).collect();
+        self.write_records(Variant::Stable, &stable.list)?;
+        self.write_records(Variant::Canary, &[])?;
+        running.insert(
+            Variant::Canary,
+            Replicas {
+                loaded: true,
+                list: Vec::new(),
+            },
+        );
+        Ok(Some(endpoints))
     }
 
     async fn probe(&self, port: u16) -> Result<(), ProcessError> {
@@ -409,8 +469,18 @@ impl ProcessDeployer {
             return notes;
         }
         set.loaded = true;
+        // A crash in the middle of a hand-over ([`ProcessDeployer::rebase`]) can leave
+        // the winner in both record files: it is stable's, never a canary to replace.
+        let stable: Vec<u32> = match variant {
+            Variant::Canary => self
+                .read_records(Variant::Stable)
+                .iter()
+                .map(|r| r.pid)
+                .collect(),
+            Variant::Stable => Vec::new(),
+        };
         for rec in self.read_records(variant) {
-            if !self.owns(rec.pid, variant) {
+            if !self.owns(rec.pid, variant) || stable.contains(&rec.pid) {
                 continue;
             }
             let mut run = Running {

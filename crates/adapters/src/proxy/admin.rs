@@ -1,8 +1,11 @@
 //! The embedded proxy's admin endpoint, for `rampart proxy`: a controller (or an
-//! operator) sets backends, weight and match rules over HTTP with a bearer token.
+//! operator) sets backends, weight and match rules over HTTP with a bearer token, on
+//! TCP or on a Unix socket (the data plane `rampart run` and `serve` attach to).
 //!
 //! Owns the routes, their JSON and the token check. `/healthz` and `/metrics` are open;
-//! everything else needs `Authorization: Bearer TOKEN`.
+//! everything else needs `Authorization: Bearer TOKEN`. Every change of the routes is
+//! persisted (when the server was given somewhere to persist it) before it is
+//! acknowledged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +29,30 @@ use crate::telemetry::{Telemetry, exposition};
 #[derive(Debug)]
 pub struct AdminServer {
     task: JoinHandle<()>,
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
+    /// Asks a Unix-socket server to stop accepting and finish the requests it has.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Saves the routes a change is about to put in effect; an error refuses the change.
+pub type Persist = Arc<dyn Fn(&super::RouteTable) -> Result<(), String> + Send + Sync>;
+
+/// What a data plane adds to the admin API: persistence, and a way to be stopped.
+#[derive(Clone, Default)]
+pub struct PlaneHooks {
+    /// Called after every change of the routes.
+    pub persist: Option<Persist>,
+    /// Notified by `POST /shutdown`.
+    pub shutdown: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl std::fmt::Debug for PlaneHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaneHooks")
+            .field("persist", &self.persist.is_some())
+            .field("shutdown", &self.shutdown.is_some())
+            .finish()
+    }
 }
 
 impl AdminServer {
@@ -43,17 +69,75 @@ impl AdminServer {
             proxy,
             token: Arc::from(token),
             telemetry,
+            hooks: PlaneHooks::default(),
+            changing: Arc::default(),
         });
         let task = tokio::spawn(async move {
             // It only returns when the task is aborted: accept errors are retried.
             let _ = axum::serve(listener, app).await;
         });
-        Ok(AdminServer { task, addr })
+        Ok(AdminServer {
+            task,
+            addr: Some(addr),
+            stop: None,
+        })
     }
 
-    /// Where it listens.
+    /// Serves `proxy`'s admin API on the Unix socket `path` (replacing a stale one),
+    /// readable and writable by its owner only, guarded by `token` too.
+    pub async fn bind_unix(
+        path: &std::path::Path,
+        proxy: Proxy,
+        token: String,
+        telemetry: Arc<Telemetry>,
+        hooks: PlaneHooks,
+    ) -> std::io::Result<AdminServer> {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let app = router(Admin {
+            proxy,
+            token: Arc::from(token),
+            telemetry,
+            hooks,
+            changing: Arc::default(),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(AdminServer {
+            task,
+            addr: None,
+            stop: Some(stop),
+        })
+    }
+
+    /// Where it listens (on TCP).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Stops accepting and returns once the requests in progress are answered (a
+    /// change in progress is saved and applied first), at most 10 s.
+    pub async fn close(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+            if tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.task)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -88,9 +172,15 @@ pub enum ProxyAdminError {
     /// `endpoints` is missing or holds something that is not `IP:PORT`.
     #[error("`endpoints` must be a list of IP:PORT")]
     BadEndpoints,
+    /// A body field is missing or malformed (`/salt`, `/drain`).
+    #[error("{0}")]
+    BadField(String),
+    /// The change could not be saved, so it was not made.
+    #[error("the change was not made: it could not be saved: {0}")]
+    Persist(String),
     /// No such route (or not with that method).
     #[error(
-        "routes: GET /healthz, GET /metrics, GET /state, PUT /weight, PUT /backends/{{stable|canary}}"
+        "routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{{stable|canary}}, PUT /salt, POST /drain, POST /shutdown"
     )]
     NotFound,
 }
@@ -106,6 +196,8 @@ impl ProxyAdminError {
             ProxyAdminError::BadMatches(_) => "bad_matches",
             ProxyAdminError::UnknownVariant(_) => "unknown_variant",
             ProxyAdminError::BadEndpoints => "bad_endpoints",
+            ProxyAdminError::BadField(_) => "bad_field",
+            ProxyAdminError::Persist(_) => "persist_failed",
             ProxyAdminError::NotFound => "not_found",
         }
     }
@@ -118,7 +210,9 @@ impl ProxyAdminError {
             | ProxyAdminError::BadJson(_)
             | ProxyAdminError::BadWeight(_)
             | ProxyAdminError::BadMatches(_)
-            | ProxyAdminError::BadEndpoints => StatusCode::BAD_REQUEST,
+            | ProxyAdminError::BadEndpoints
+            | ProxyAdminError::BadField(_) => StatusCode::BAD_REQUEST,
+            ProxyAdminError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -136,6 +230,20 @@ struct Admin {
     proxy: Proxy,
     token: Arc<str>,
     telemetry: Arc<Telemetry>,
+    hooks: PlaneHooks,
+    /// One change of the routes at a time: saved, then applied.
+    changing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Admin {
+    /// Saves the routes a change is about to put in effect (under `changing`): a
+    /// change that cannot be saved is refused, not applied.
+    fn persist(&self, next: &super::RouteTable) -> Result<(), ProxyAdminError> {
+        match &self.hooks.persist {
+            Some(save) => save(next).map_err(ProxyAdminError::Persist),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The routes. Every guarded request is checked in the same order, whatever its
@@ -150,6 +258,10 @@ fn router(admin: Admin) -> Router {
         .route("/healthz", guarded().get(healthz))
         .route("/metrics", guarded().get(metrics))
         .route("/state", guarded().get(state))
+        .route("/counters", guarded().get(counters))
+        .route("/salt", guarded().put(salt))
+        .route("/drain", guarded().post(drain))
+        .route("/shutdown", guarded().post(shutdown))
         .route("/weight", guarded().put(weight))
         .route("/backends/", guarded().put(backends))
         .route("/backends/{*variant}", guarded().put(backends))
@@ -199,7 +311,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 }
 
 /// Compares without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -244,9 +356,93 @@ async fn weight(
         Value::Null => Vec::new(),
         m => serde_json::from_value(m.clone()).map_err(ProxyAdminError::BadMatches)?,
     };
+    let _one = admin.changing.lock().await;
+    let mut next = admin.proxy.table();
+    next.weight = weight;
+    next.matches.clone_from(&matches);
+    admin.persist(&next)?;
     let now = admin.proxy.set_route(weight, &matches);
     Ok(Json(json!({"weight": now})))
 }
+
+/// Cumulative counters per variant, for a controller's metrics.
+async fn counters(_: Authorized, State(admin): State<Admin>, _: JsonBody) -> Json<Value> {
+    Json(json!({
+        "instance": admin.proxy.instance(),
+        "totals": admin.proxy.totals(),
+        "canary_routed_since_closed": admin.proxy.canary_routed_since_closed(),
+    }))
+}
+
+async fn salt(
+    _: Authorized,
+    State(admin): State<Admin>,
+    JsonBody(json): JsonBody,
+) -> Result<Json<Value>, ProxyAdminError> {
+    let salt = json["salt"]
+        .as_str()
+        .ok_or_else(|| ProxyAdminError::BadField("`salt` must be a string".into()))?;
+    let _one = admin.changing.lock().await;
+    let mut next = admin.proxy.table();
+    next.salt = salt.to_string();
+    admin.persist(&next)?;
+    admin.proxy.set_salt(salt);
+    Ok(Json(describe(&admin.proxy)))
+}
+
+/// Waits until a variant, or some endpoints, have nothing in flight:
+/// `{"variant": "stable"}` or `{"endpoints": [...]}`, with `timeout_ms`.
+async fn drain(
+    _: Authorized,
+    State(admin): State<Admin>,
+    JsonBody(json): JsonBody,
+) -> Result<Json<Value>, ProxyAdminError> {
+    let timeout = json["timeout_ms"]
+        .as_u64()
+        .filter(|ms| *ms <= 3_600_000)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| {
+            ProxyAdminError::BadField("`timeout_ms` must be milliseconds, at most an hour".into())
+        })?;
+    let drained = match (&json["variant"], &json["endpoints"]) {
+        (Value::String(v), Value::Null) => {
+            let variant = match v.as_str() {
+                "stable" => Variant::Stable,
+                "canary" => Variant::Canary,
+                other => return Err(ProxyAdminError::UnknownVariant(other.to_string())),
+            };
+            let drained = admin.proxy.drain(variant, timeout).await;
+            json!({"drained": drained, "in_flight": admin.proxy.in_flight(variant)})
+        }
+        (Value::Null, Value::Array(list)) => {
+            let endpoints = list
+                .iter()
+                .map(|e| e.as_str().unwrap_or("").parse::<SocketAddr>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| ProxyAdminError::BadEndpoints)?;
+            json!({"drained": admin.proxy.drain_endpoints(&endpoints, timeout).await})
+        }
+        _ => {
+            return Err(ProxyAdminError::BadField(
+                "name either `variant` or `endpoints`".into(),
+            ));
+        }
+    };
+    Ok(Json(drained))
+}
+
+/// Stops the data plane (`rampart stop`), when it was started as one.
+async fn shutdown(_: Authorized, State(admin): State<Admin>, _: JsonBody) -> ProxyAdminErrorOr {
+    match &admin.hooks.shutdown {
+        Some(stop) => {
+            stop.notify_one();
+            Ok(Json(json!({"stopping": true})))
+        }
+        None => Err(ProxyAdminError::NotFound),
+    }
+}
+
+type ProxyAdminErrorOr = Result<Json<Value>, ProxyAdminError>;
 
 async fn backends(
     _: Authorized,
@@ -267,6 +463,13 @@ async fn backends(
         .map(|e| e.as_str().unwrap_or("").parse::<SocketAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| ProxyAdminError::BadEndpoints)?;
+    let _one = admin.changing.lock().await;
+    let mut next = admin.proxy.table();
+    match variant {
+        Variant::Stable => next.stable.clone_from(&endpoints),
+        Variant::Canary => next.canary.clone_from(&endpoints),
+    }
+    admin.persist(&next)?;
     admin.proxy.set_backends(variant, &endpoints);
     Ok(Json(describe(&admin.proxy)))
 }

@@ -11,6 +11,8 @@
 //! below the weight to the canary, so a user on the canary at 5 % stays there at 20 %.
 
 pub mod admin;
+pub mod plane;
+pub mod remote;
 mod stats;
 
 use std::convert::Infallible;
@@ -78,6 +80,17 @@ struct Inner {
     sequence: AtomicU64,
     idle: Notify,
     endpoints: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AtomicU64>>>,
+    /// Woken at every route change (requests waiting for a first backend).
+    changed: Notify,
+    /// How long a request waits for a backend when its variant has none.
+    hold: std::sync::Mutex<Duration>,
+    /// Requests routed to the canary when the weight last became 0 with no match rule.
+    canary_at_zero: AtomicU64,
+    /// Client connections open now.
+    connections: AtomicU64,
+    /// Tells this proxy's counters from another's (a restarted data plane counts from
+    /// zero again).
+    instance: u64,
 }
 
 impl Inner {
@@ -108,9 +121,38 @@ impl Inner {
             salt: guard.salt.clone(),
         };
         f(&mut next);
+        if next.weight == Weight::ZERO && next.matches.is_empty() && !guard.is_closed() {
+            self.canary_at_zero
+                .store(self.canary.routed(), Ordering::Release);
+        }
         *guard = Arc::new(next);
+        self.changed.notify_waiters();
         Arc::clone(&guard)
     }
+}
+
+impl Routes {
+    /// Whether nothing reaches the canary through these routes.
+    fn is_closed(&self) -> bool {
+        self.weight == Weight::ZERO && self.matches.is_empty()
+    }
+}
+
+/// The routes of a proxy, as addresses: what the data plane persists and restores.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteTable {
+    /// Stable's endpoints.
+    pub stable: Vec<SocketAddr>,
+    /// The canary's endpoints.
+    pub canary: Vec<SocketAddr>,
+    /// The canary's share.
+    pub weight: Weight,
+    /// Rules that send matching requests to the canary whatever the weight.
+    #[serde(default)]
+    pub matches: Vec<RouteMatch>,
+    /// The sticky hash's salt (a ramped flag's name), empty for plain splitting.
+    #[serde(default)]
+    pub salt: String,
 }
 
 /// A running proxy. Cloning shares it; dropping the last [`ProxyServer`] stops it.
@@ -126,12 +168,38 @@ pub struct ProxyServer {
     task: JoinHandle<()>,
     addr: SocketAddr,
     closing: tokio::sync::watch::Sender<bool>,
+    /// A second descriptor of the listening socket, to hand it to the next data plane.
+    shared: std::os::fd::OwnedFd,
 }
 
 impl ProxyServer {
     /// Where the proxy listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The listening socket, for handing it over to another process.
+    pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.shared)
+    }
+
+    /// Stops accepting (the listening socket stays open while another process holds
+    /// it) and asks open connections to close once their request in flight is
+    /// answered; returns when every connection of this proxy has closed, or `timeout`.
+    pub async fn stop_accepting(mut self, proxy: &Proxy, timeout: Duration) {
+        let _ = self.closing.send(true);
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let open = async {
+            loop {
+                let notified = proxy.inner.idle.notified();
+                if proxy.inner.connections.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, open).await;
     }
 
     /// Stops accepting and returns once the listening socket is closed, so the address
@@ -156,7 +224,20 @@ impl Proxy {
     /// Binds `listen` and starts serving. With no backends, every request gets 503.
     pub async fn bind(listen: SocketAddr, sticky: Sticky) -> std::io::Result<(Proxy, ProxyServer)> {
         let listener = TcpListener::bind(listen).await?;
+        Proxy::serve(listener, sticky, &RouteTable::default(), Duration::ZERO)
+    }
+
+    /// Starts serving on a listening socket bound elsewhere (handed over by an earlier
+    /// data plane, say), with `routes` in effect and requests held up to `hold` for a
+    /// backend, from the first connection accepted.
+    pub fn serve(
+        listener: TcpListener,
+        sticky: Sticky,
+        routes: &RouteTable,
+        hold: Duration,
+    ) -> std::io::Result<(Proxy, ProxyServer)> {
         let addr = listener.local_addr()?;
+        let shared = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -173,8 +254,21 @@ impl Proxy {
                 sequence: AtomicU64::new(0),
                 idle: Notify::new(),
                 endpoints: std::sync::Mutex::new(std::collections::HashMap::new()),
+                changed: Notify::new(),
+                hold: std::sync::Mutex::new(hold),
+                canary_at_zero: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
+                instance: {
+                    let mut raw = [0u8; 8];
+                    // Without randomness, the pid still tells most restarts apart.
+                    if getrandom::fill(&mut raw).is_err() {
+                        raw[..4].copy_from_slice(&std::process::id().to_le_bytes());
+                    }
+                    u64::from_le_bytes(raw)
+                },
             }),
         };
+        proxy.restore(routes);
         let serving = proxy.clone();
         let (closing, closed) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move { serving.accept_loop(listener, closed).await });
@@ -184,6 +278,7 @@ impl Proxy {
                 task,
                 addr,
                 closing,
+                shared,
             },
         ))
     }
@@ -202,6 +297,7 @@ impl Proxy {
             let proxy = self.clone();
             let mut closed = closed.clone();
             tokio::spawn(async move {
+                let _open = OpenConnection::enter(proxy.inner.clone());
                 let svc = service_fn(move |req| {
                     let proxy = proxy.clone();
                     async move { Ok::<_, Infallible>(proxy.forward(peer, req).await) }
@@ -231,7 +327,15 @@ impl Proxy {
 
     /// Points `variant` at `endpoints`.
     pub fn set_backends(&self, variant: Variant, endpoints: &[SocketAddr]) {
-        let backends: Vec<Backend> = endpoints
+        let backends = self.backends(endpoints);
+        self.inner.update(|r| match variant {
+            Variant::Stable => r.stable = backends,
+            Variant::Canary => r.canary = backends,
+        });
+    }
+
+    fn backends(&self, endpoints: &[SocketAddr]) -> Vec<Backend> {
+        endpoints
             .iter()
             .filter_map(|addr| {
                 // A socket address is always a valid authority.
@@ -242,11 +346,7 @@ impl Proxy {
                     in_flight: self.endpoint_counter(*addr),
                 })
             })
-            .collect();
-        self.inner.update(|r| match variant {
-            Variant::Stable => r.stable = backends,
-            Variant::Canary => r.canary = backends,
-        });
+            .collect()
     }
 
     fn endpoint_counter(&self, addr: SocketAddr) -> Arc<AtomicU64> {
@@ -288,6 +388,57 @@ impl Proxy {
                 r.matches = matches.to_vec();
             })
             .weight
+    }
+
+    /// Makes a request whose variant has no backend wait up to `hold` for one, instead
+    /// of answering 503 at once (a data plane started before its first version is
+    /// ready).
+    pub fn set_hold(&self, hold: Duration) {
+        *self.inner.hold.lock().unwrap_or_else(|p| p.into_inner()) = hold;
+    }
+
+    /// The routes in effect, as addresses.
+    pub fn table(&self) -> RouteTable {
+        let r = self.inner.routes();
+        RouteTable {
+            stable: r.stable.iter().map(|b| b.addr).collect(),
+            canary: r.canary.iter().map(|b| b.addr).collect(),
+            weight: r.weight,
+            matches: r.matches.clone(),
+            salt: r.salt.clone(),
+        }
+    }
+
+    /// Puts `table` in effect, in one change.
+    pub fn restore(&self, table: &RouteTable) {
+        let stable = self.backends(&table.stable);
+        let canary = self.backends(&table.canary);
+        self.inner.update(|r| {
+            r.stable = stable;
+            r.canary = canary;
+            r.weight = table.weight;
+            r.matches = table.matches.clone();
+            r.salt = table.salt.clone();
+        });
+    }
+
+    /// This proxy's counters' identity: another value means counting started again.
+    pub fn instance(&self) -> u64 {
+        self.inner.instance
+    }
+
+    /// How requests are kept on one variant.
+    pub fn sticky(&self) -> &Sticky {
+        &self.inner.sticky
+    }
+
+    /// Requests routed to the canary since the weight last became 0 with no match rule
+    /// (after a rollback: none, if the rollback held).
+    pub fn canary_routed_since_closed(&self) -> Option<u64> {
+        self.inner.routes().is_closed().then(|| {
+            self.routed(Variant::Canary)
+                .saturating_sub(self.inner.canary_at_zero.load(Ordering::Acquire))
+        })
     }
 
     /// The canary weight in effect.
@@ -356,9 +507,29 @@ impl Proxy {
         }
     }
 
+    /// The routes and the variant for `req`; when that variant has no backend, waits
+    /// (up to the hold) for a route change that gives it one.
+    async fn route(&self, peer: SocketAddr, req: &Request<Incoming>) -> (Arc<Routes>, Variant) {
+        let hold = *self.inner.hold.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let routes = self.inner.routes();
+            let variant = self.choose(&routes, peer, req);
+            let empty = match variant {
+                Variant::Stable => routes.stable.is_empty(),
+                Variant::Canary => routes.canary.is_empty(),
+            };
+            if !empty || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return (routes, variant);
+            }
+        }
+    }
+
     async fn forward(&self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
-        let routes = self.inner.routes();
-        let variant = self.choose(&routes, peer, &req);
+        let (routes, variant) = self.route(peer, &req).await;
         let backends = match variant {
             Variant::Stable => &routes.stable,
             Variant::Canary => &routes.canary,
@@ -420,6 +591,24 @@ impl Proxy {
             HeaderValue::from_static(variant.as_str()),
         );
         resp
+    }
+}
+
+/// Counts an open client connection until dropped.
+struct OpenConnection(Arc<Inner>);
+
+impl OpenConnection {
+    fn enter(inner: Arc<Inner>) -> Self {
+        inner.connections.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(inner)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

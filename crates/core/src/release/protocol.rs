@@ -26,6 +26,14 @@ impl Variant {
             Variant::Canary => "canary",
         }
     }
+
+    /// The other copy.
+    pub fn other(self) -> Variant {
+        match self {
+            Variant::Stable => Variant::Canary,
+            Variant::Canary => Variant::Stable,
+        }
+    }
 }
 
 /// Something the controller must do and report back on.

@@ -279,6 +279,8 @@ pub async fn run(
             state_dir: dir.path().join("state"),
             output,
             keep_running: false,
+            attach: false,
+            stop_after: true,
             initiator: "demo".into(),
             hotfix: None,
             metrics_listen: None,

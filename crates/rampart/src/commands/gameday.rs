@@ -174,6 +174,8 @@ async fn release(
             state_dir: dir.join("state"),
             output,
             keep_running: false,
+            attach: false,
+            stop_after: true,
             initiator: "gameday".into(),
             hotfix: None,
             metrics_listen: None,

@@ -28,6 +28,7 @@ pub mod sample_service;
 pub mod serve;
 pub mod skill;
 pub mod status;
+pub mod stop;
 pub mod store_args;
 pub mod token;
 pub mod validate;

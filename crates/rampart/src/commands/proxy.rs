@@ -1,5 +1,9 @@
 //! `rampart proxy`: the embedded proxy on its own, as a data plane whose backends and
 //! weights a controller (or an operator) sets through an authenticated admin endpoint.
+//!
+//! With `--state-dir` it is the long-lived data plane `rampart run` and `serve` start
+//! and attach to (one per service): admin on a Unix socket, routes persisted, the
+//! listening socket handed over to a newer process with `--take-over`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,21 +15,63 @@ use rampart_adapters::telemetry::Telemetry;
 
 /// The arguments of `rampart proxy`.
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["file", "service"]))]
 pub struct ProxyArgs {
     /// The policy file (its `traffic.proxy` section).
     #[arg(short = 'f', long = "file", value_name = "POLICY")]
-    pub file: PathBuf,
-    /// Where the admin endpoint listens.
-    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub file: Option<PathBuf>,
+    /// Where the admin endpoint listens (without --state-dir).
+    #[arg(long, default_value = "127.0.0.1:9901", conflicts_with = "state_dir")]
     pub admin: std::net::SocketAddr,
-    /// The environment variable holding the admin token (at least 16 characters).
-    #[arg(long, default_value = "RAMPART_PROXY_TOKEN")]
+    /// The environment variable holding the admin token (at least 16 characters;
+    /// without --state-dir).
+    #[arg(
+        long,
+        default_value = "RAMPART_PROXY_TOKEN",
+        conflicts_with = "state_dir"
+    )]
     pub token_env: String,
+    /// Run as the service's long-lived data plane, with its files (admin socket,
+    /// token, routes, lock) in DIR/dataplane/.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The service whose data plane to run from its saved state (with --state-dir).
+    #[arg(long, requires = "state_dir", conflicts_with = "file")]
+    pub service: Option<String>,
+    /// Take over from the data plane running now: its listening socket passes to this
+    /// process, which serves from then on while the old one drains and exits.
+    #[arg(long, requires = "state_dir")]
+    pub take_over: bool,
+    /// How long a request waits for a ready backend when there is none yet, rather
+    /// than getting 503 at once (with --state-dir).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub hold: std::time::Duration,
+    /// Start the data plane in the background and return once it serves (exit 0) or
+    /// has failed (its exit code): for a service manager's reload command, with
+    /// --take-over.
+    #[arg(long, requires = "state_dir")]
+    pub detach: bool,
+    /// How long open connections may take to finish when this data plane stops or
+    /// hands over.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub drain: std::time::Duration,
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    rampart_core::units::parse_duration(text)
 }
 
 /// Runs `rampart proxy`.
 pub async fn main(args: ProxyArgs) -> i32 {
-    run(&args.file, args.admin, &args.token_env).await
+    match (&args.state_dir, &args.file) {
+        (Some(dir), _) if args.detach => crate::dataplane::agent::detach(dir, &args).await,
+        (Some(dir), _) => crate::dataplane::agent::run(dir, &args).await,
+        (None, Some(file)) => run(file, args.admin, &args.token_env).await,
+        (None, None) => {
+            eprintln!("error: name the policy (-f) or, with --state-dir, the service");
+            2
+        }
+    }
 }
 
 /// Runs until interrupted; returns the exit code.

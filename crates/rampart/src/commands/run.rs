@@ -34,9 +34,14 @@ pub struct RunArgs {
     /// Where state and logs are kept.
     #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
     pub state_dir: PathBuf,
-    /// After the release ends, keep serving through the proxy until interrupted.
+    /// After the release ends, wait until interrupted (Ctrl-C or SIGTERM) before
+    /// exiting. The service keeps serving either way, unless --stop-after.
     #[arg(long)]
     pub keep_running: bool,
+    /// Stop the service when the release ends: its versions, and its data plane (by
+    /// default the winner keeps serving, and `rampart stop` stops it).
+    #[arg(long)]
+    pub stop_after: bool,
     /// Who starts the release (approvers must be someone else); defaults to $USER.
     #[arg(long = "as", value_name = "NAME")]
     pub initiator: Option<String>,
@@ -65,6 +70,7 @@ pub async fn main(args: RunArgs, clock: Arc<dyn Clock>) -> i32 {
         output,
         state_dir,
         keep_running,
+        stop_after,
         initiator,
         hotfix,
         metrics_listen,
@@ -105,6 +111,8 @@ pub async fn main(args: RunArgs, clock: Arc<dyn Clock>) -> i32 {
         state_dir,
         output,
         keep_running,
+        attach: true,
+        stop_after,
         initiator: initiator
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "unknown".into()),

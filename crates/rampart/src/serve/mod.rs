@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod queue;
+pub mod restore;
 pub mod ui;
 pub mod views;
 

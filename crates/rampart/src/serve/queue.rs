@@ -53,7 +53,8 @@ impl Queue {
         })
     }
 
-    /// Stops the versions that finished releases left serving (orderly shutdown).
+    /// Closes what served releases left in this process (request-log receivers, flag
+    /// endpoints) at an orderly shutdown; the services keep serving.
     pub async fn stop_serving(&self) {
         crate::run::stop_serving(&self.serving).await;
     }
@@ -63,8 +64,12 @@ impl Queue {
         self.wake.clone()
     }
 
-    /// Runs forever: starts a worker for every service with open submissions.
+    /// Runs forever: first brings every service back on the version its last release
+    /// left serving, then starts a worker for every service with open submissions.
     pub async fn run(self: Arc<Self>) {
+        for line in super::restore::restore(&self.store, &self.state_dir).await {
+            eprintln!("{line}");
+        }
         loop {
             match self.store.open_submissions().await {
                 Ok(open) => {
@@ -183,6 +188,8 @@ impl Queue {
             state_dir: self.state_dir.clone(),
             output: Output::Text,
             keep_running: false,
+            attach: true,
+            stop_after: false,
             initiator: s.initiator.clone(),
             hotfix: s.hotfix.clone(),
             metrics_listen: None,

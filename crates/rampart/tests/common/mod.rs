@@ -36,9 +36,11 @@ impl Drop for Versions {
 }
 
 /// SIGKILL to the process group of every version recorded in `state/processes/`
-/// (each version leads a group of its own). Only a pid that still carries rampart's
-/// `RAMPART_SERVICE` mark is signalled, so a recycled pid is never touched.
+/// (each version leads a group of its own), and of every data plane whose lock is in
+/// `state/dataplane/`. Only a pid that still carries rampart's `RAMPART_SERVICE` or
+/// `RAMPART_DATAPLANE` mark is signalled, so a recycled pid is never touched.
 pub fn stop_versions(state: &Path) {
+    stop_data_planes(state);
     let records = std::fs::read_dir(state.join("processes"))
         .into_iter()
         .flatten()
@@ -53,6 +55,27 @@ pub fn stop_versions(state: &Path) {
         if marked && let Ok(pgid) = u32::try_from(pid) {
             eprintln!("stopping version process group {pgid}, left running");
             servers::kill_group(pgid);
+        }
+    }
+}
+
+/// SIGKILL to every data plane recorded in `state/dataplane/*.lock` that still runs.
+pub fn stop_data_planes(state: &Path) {
+    let pids = std::fs::read_dir(state.join("dataplane"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|f| f.path().extension().is_some_and(|e| e == "lock"))
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .filter_map(|t| t.trim().parse::<u32>().ok());
+    for pid in pids {
+        let marked = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|e| e.starts_with(b"RAMPART_DATAPLANE="))
+        });
+        if marked {
+            eprintln!("stopping data plane {pid}, left running");
+            servers::kill_group(pid);
         }
     }
 }
@@ -124,6 +147,7 @@ pub fn release_json_with(
     let out = rampart()
         .args([
             "run",
+            "--stop-after",
             "--version",
             "v2",
             "--stable",

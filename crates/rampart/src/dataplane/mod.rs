@@ -12,6 +12,7 @@ use rampart_adapters::accesslog::AccessLog;
 use rampart_adapters::flags::{FlagRouter, FlagServer};
 use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::nginx::NginxRouter;
+use rampart_adapters::proxy::remote::RemotePlane;
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyServer, Totals};
 use rampart_adapters::store::StateStore;
 use rampart_core::policy::{Policy, Traffic};
@@ -19,16 +20,24 @@ use rampart_core::ports::{Clock, Deployer, FlagStore, MetricsSource, TrafficRout
 
 use crate::report::RunError;
 
+pub mod agent;
+pub mod attach;
+
 /// What routes and measures a release's traffic.
 pub struct DataPlane {
     /// Moves traffic.
     pub router: Arc<dyn TrafficRouter>,
+    /// Moves traffic, with no flag ramp in front (for handing the winner over after
+    /// a release; the same as `router` when no flag is ramped).
+    pub routes: Arc<dyn TrafficRouter>,
     /// Measures both variants.
     pub metrics: Arc<dyn MetricsSource>,
     /// Cumulative per-variant counts, for the report and the status line.
     pub counted: Arc<dyn Totals>,
-    /// The embedded proxy, when it routes.
+    /// The embedded proxy, when it routes in this process.
     pub proxy: Option<Proxy>,
+    /// The long-lived data plane, when the embedded proxy runs as its own process.
+    pub remote: Option<Arc<RemotePlane>>,
     /// Where users reach the service, when rampart knows.
     pub entry: Option<SocketAddr>,
     /// The deployer that goes with this router, when the router is not independent of
@@ -36,6 +45,8 @@ pub struct DataPlane {
     pub deployer: Option<Arc<dyn Deployer>>,
     /// The version the data plane reports serving now, when it can tell.
     pub running_version: Option<String>,
+    /// How the long-lived data plane was reached ("started ...", "attached to ...").
+    pub reached: Option<String>,
     proxy_server: Option<ProxyServer>,
     flag_endpoint: Option<FlagServer>,
 }
@@ -86,14 +97,59 @@ impl DataPlane {
     }
 }
 
-/// Starts the policy's data plane.
+/// Starts the policy's data plane. With `attach_in` (a state directory), the embedded
+/// proxy is the service's long-lived data plane process there, started if absent;
+/// without, it runs in this process and ends with it.
 pub async fn start(
     policy: &Policy,
     store: &Arc<StateStore>,
     clock: &Arc<dyn Clock>,
+    attach_in: Option<&std::path::Path>,
 ) -> Result<DataPlane, RunError> {
     let flag_server = flag_endpoint(policy, store).await?;
     match &policy.traffic {
+        Traffic::Proxy(spec) if let Some(state_dir) = attach_in => {
+            let (remote, reached) =
+                attach::attach_telling(&policy.service, spec, state_dir).await?;
+            remote.keep_fresh(std::time::Duration::from_millis(250));
+            remote
+                .set_salt(policy.strategy.ramped_flag().unwrap_or(""))
+                .await
+                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+            let router: Arc<dyn TrafficRouter> = match policy.strategy.ramped_flag() {
+                None => remote.clone(),
+                Some(flag) => Arc::new(FlagRouter::new(
+                    remote.clone(),
+                    store.clone(),
+                    clock.clone(),
+                    &policy.service,
+                    flag,
+                    policy.strategy.flag_only(),
+                    spec.sticky.clone(),
+                )),
+            };
+            let entry = rampart_adapters::proxy::plane::PlaneState::load(
+                &rampart_adapters::proxy::plane::PlaneFiles::new(state_dir, &policy.service)
+                    .state(),
+            )
+            .ok()
+            .flatten()
+            .map_or(spec.listen, |s| s.listen);
+            Ok(DataPlane {
+                router,
+                routes: remote.clone(),
+                metrics: remote.clone(),
+                counted: remote.clone(),
+                entry: Some(entry),
+                proxy: None,
+                remote: Some(remote),
+                proxy_server: None,
+                flag_endpoint: flag_server,
+                deployer: None,
+                running_version: None,
+                reached: Some(reached),
+            })
+        }
         Traffic::Proxy(spec) => {
             let (proxy, server) = Proxy::bind(spec.listen, spec.sticky.clone())
                 .await
@@ -115,14 +171,17 @@ pub async fn start(
             };
             Ok(DataPlane {
                 router,
+                routes: Arc::new(proxy.clone()),
                 metrics: Arc::new(BuiltinMetrics::new(proxy.clone())),
                 counted: Arc::new(proxy.clone()),
                 entry: Some(server.local_addr()),
                 proxy: Some(proxy),
+                remote: None,
                 proxy_server: Some(server),
                 flag_endpoint: flag_server,
                 deployer: None,
                 running_version: None,
+                reached: None,
             })
         }
         Traffic::Nginx(spec) => {
@@ -131,20 +190,24 @@ pub async fn start(
             let log = AccessLog::bind(any_port, &policy.service)
                 .await
                 .context("the request log receiver cannot bind a UDP port on 127.0.0.1")?;
+            let router: Arc<dyn TrafficRouter> = Arc::new(NginxRouter::new(
+                spec.clone(),
+                &policy.service,
+                log.local_addr(),
+            ));
             Ok(DataPlane {
-                router: Arc::new(NginxRouter::new(
-                    spec.clone(),
-                    &policy.service,
-                    log.local_addr(),
-                )),
+                routes: router.clone(),
+                router,
                 metrics: Arc::new(BuiltinMetrics::new(log.clone())),
                 counted: Arc::new(log),
                 proxy: None,
+                remote: None,
                 entry: Some(spec.listen),
                 proxy_server: None,
                 flag_endpoint: flag_server,
                 deployer: None,
                 running_version: None,
+                reached: None,
             })
         }
         Traffic::Haproxy(spec) => {
@@ -156,16 +219,21 @@ pub async fn start(
                         spec.log_listen
                     )
                 })?;
+            let router: Arc<dyn TrafficRouter> =
+                Arc::new(HaproxyRouter::new(&spec.socket, &spec.backend));
             Ok(DataPlane {
-                router: Arc::new(HaproxyRouter::new(&spec.socket, &spec.backend)),
+                routes: router.clone(),
+                router,
                 metrics: Arc::new(BuiltinMetrics::new(log.clone())),
                 counted: Arc::new(log),
                 proxy: None,
+                remote: None,
                 entry: None,
                 proxy_server: None,
                 flag_endpoint: flag_server,
                 deployer: None,
                 running_version: None,
+                reached: None,
             })
         }
         Traffic::Kubernetes(_) => kubernetes(policy, flag_server).await,
@@ -220,12 +288,15 @@ async fn kubernetes(
     let cluster = Arc::new(cluster);
     Ok(DataPlane {
         router: cluster.clone(),
+        routes: cluster.clone(),
         metrics: Arc::new(Uncounted),
         counted: Arc::new(Uncounted),
         proxy: None,
+        remote: None,
         entry: None,
         deployer: Some(cluster),
         running_version,
+        reached: None,
         proxy_server: None,
         flag_endpoint: flag_server,
     })

@@ -1,0 +1,601 @@
+//! The embedded proxy as a data plane of its own: one long-lived process per service
+//! address, which outlives every controller that drives it.
+//!
+//! Owns the data plane's files in `STATE_DIR/dataplane/` and what they mean:
+//! - `SERVICE.sock`: the admin API, a Unix socket only its owner may open (the
+//!   directory is 0700), which also asks for the token in `SERVICE.token` (0600);
+//! - `SERVICE.json`: the routes, rewritten (atomically) at every change, so that a
+//!   restarted data plane comes back with them;
+//! - `SERVICE.lock`: held (`flock`) by the running data plane, with its pid, so a
+//!   second one for the same service is refused while the first keeps serving;
+//! - `SERVICE.handover`: where a newer data plane asks for the listening socket, which
+//!   passes over (`SCM_RIGHTS`) with no connection refused or reset.
+//!
+//! It must not decide anything about a release: a controller sets the routes.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use rampart_core::policy::Sticky;
+use serde::{Deserialize, Serialize};
+
+use super::RouteTable;
+
+/// The version of `SERVICE.json` this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// Why a data plane cannot start, or a controller cannot reach one.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    /// A file of the data plane could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The state file does not parse: it is never reset while traffic may flow.
+    #[error(
+        "{path}: not a data-plane state file ({detail}); rampart will not guess the routes. Restore it from a backup, or delete it to start with no routes (users get no answer until the next release)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The state file was written by a newer rampart.
+    #[error(
+        "{path}: written by a newer rampart (state format {found}; this one reads {FORMAT}); run that version, or upgrade this one"
+    )]
+    Future {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        found: u32,
+    },
+    /// Another data plane holds the service's lock.
+    #[error(
+        "a data plane for {service} already runs (pid {pid}, lock {path}); it keeps serving. Upgrade it in place with `rampart proxy --state-dir DIR --service {service} --take-over`, or stop it with `rampart stop`"
+    )]
+    Running {
+        /// The service.
+        service: String,
+        /// The running one's pid, as it wrote it.
+        pid: String,
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The hand-over of the listening socket failed.
+    #[error("hand-over from the running data plane: {0}")]
+    Handover(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PlaneError + '_ {
+    move |source| PlaneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where one service's data plane keeps its files.
+#[derive(Clone, Debug)]
+pub struct PlaneFiles {
+    dir: PathBuf,
+    name: String,
+}
+
+impl PlaneFiles {
+    /// The files of `service`'s data plane under `state_dir`.
+    pub fn new(state_dir: &Path, service: &str) -> Self {
+        let name = service
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        PlaneFiles {
+            dir: state_dir.join("dataplane"),
+            name,
+        }
+    }
+
+    fn file(&self, ext: &str) -> PathBuf {
+        self.dir.join(format!("{}.{ext}", self.name))
+    }
+
+    /// The admin API's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.file("sock")
+    }
+
+    /// Where a newer data plane asks for the listening socket.
+    pub fn handover(&self) -> PathBuf {
+        self.file("handover")
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> PathBuf {
+        self.file("token")
+    }
+
+    /// The persisted routes.
+    pub fn state(&self) -> PathBuf {
+        self.file("json")
+    }
+
+    /// The lock the running data plane holds.
+    pub fn lock(&self) -> PathBuf {
+        self.file("lock")
+    }
+
+    /// Present while the service is stopped on purpose (`rampart stop`): `serve` does
+    /// not bring it back at start; its next release does.
+    pub fn stopped(&self) -> PathBuf {
+        self.file("stopped")
+    }
+
+    /// The data plane's own log (its standard output and error, when rampart starts it).
+    pub fn log(&self) -> PathBuf {
+        self.file("log")
+    }
+
+    /// Creates the directory, readable by its owner only.
+    pub fn create_dir(&self) -> Result<(), PlaneError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&self.dir))
+    }
+
+    /// The admin token, created (random, 0600, written to a new file then linked into
+    /// place, so nobody reads half of it) if there is none yet.
+    pub fn ensure_token(&self) -> Result<String, PlaneError> {
+        let path = self.token();
+        if path.exists() {
+            return self.read_token();
+        }
+        self.create_dir()?;
+        let mut raw = [0u8; 24];
+        getrandom::fill(&mut raw).map_err(|e| io(&path)(std::io::Error::other(e.to_string())))?;
+        let token = hex::encode(raw);
+        let tmp = path.with_extension(format!("token.{}.new", std::process::id()));
+        write_private(&tmp, token.as_bytes())?;
+        // Whoever links first wins; a second creator reads the winner's token.
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(token),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.read_token(),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// The admin token; one shorter than 16 characters (an empty or damaged file) is
+    /// refused, so it never lets a request through.
+    pub fn read_token(&self) -> Result<String, PlaneError> {
+        let path = self.token();
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let token = text.trim().to_string();
+        if token.len() < 16 {
+            return Err(io(&path)(std::io::Error::other(
+                "the admin token is shorter than 16 characters; delete the file and restart the data plane to make a new one",
+            )));
+        }
+        Ok(token)
+    }
+
+    /// The pid the running data plane wrote in its lock file, if any.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.lock())
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    /// Takes the service's lock, refusing when another data plane holds it.
+    pub fn try_lock(&self, service: &str) -> Result<PlaneLock, PlaneError> {
+        self.create_dir()?;
+        let path = self.lock();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut held) => {
+                held.set_len(0).map_err(io(&path))?;
+                writeln!(held, "{}", std::process::id()).map_err(io(&path))?;
+                held.sync_all().map_err(io(&path))?;
+                Ok(PlaneLock { _held: held })
+            }
+            Err((mut file, _)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Err(PlaneError::Running {
+                    service: service.to_string(),
+                    pid: pid.trim().to_string(),
+                    path,
+                })
+            }
+        }
+    }
+
+    /// Whether a data plane holds the lock now.
+    pub fn is_running(&self) -> bool {
+        let Ok(file) = File::open(self.lock()) else {
+            return false;
+        };
+        Flock::lock(file, FlockArg::LockSharedNonblock).is_err()
+    }
+}
+
+/// The lock of a running data plane; released when dropped (or the process ends).
+#[derive(Debug)]
+pub struct PlaneLock {
+    _held: Flock<File>,
+}
+
+/// How the proxy keeps a user on one variant, as the state file spells it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", content = "name", rename_all = "snake_case")]
+pub enum StickyBy {
+    /// Every request on its own.
+    None,
+    /// The client's IP address.
+    ClientIp,
+    /// A request header.
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+impl From<&Sticky> for StickyBy {
+    fn from(s: &Sticky) -> Self {
+        match s {
+            Sticky::None => StickyBy::None,
+            Sticky::ClientIp => StickyBy::ClientIp,
+            Sticky::Header(h) => StickyBy::Header(h.clone()),
+            Sticky::Cookie(c) => StickyBy::Cookie(c.clone()),
+        }
+    }
+}
+
+impl From<StickyBy> for Sticky {
+    fn from(s: StickyBy) -> Self {
+        match s {
+            StickyBy::None => Sticky::None,
+            StickyBy::ClientIp => Sticky::ClientIp,
+            StickyBy::Header(h) => Sticky::Header(h),
+            StickyBy::Cookie(c) => Sticky::Cookie(c),
+        }
+    }
+}
+
+/// What a data plane persists: where it listens, how it keeps users on a variant, and
+/// its routes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaneState {
+    /// The file's format ([`FORMAT`]).
+    pub format: u32,
+    /// The service.
+    pub service: String,
+    /// Where users reach it.
+    pub listen: SocketAddr,
+    /// How users stay on one variant.
+    pub sticky: StickyBy,
+    /// The routes.
+    pub routes: RouteTable,
+}
+
+impl PlaneState {
+    /// Reads the state file: `None` when there is none. A file that does not parse, or
+    /// that a newer rampart wrote, is an error (never silently replaced).
+    pub fn load(path: &Path) -> Result<Option<PlaneState>, PlaneError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(path)(e)),
+        };
+        let corrupt = |detail: String| PlaneError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let found = value
+            .get("format")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| corrupt("no `format`".into()))?;
+        if found > u64::from(FORMAT) {
+            return Err(PlaneError::Future {
+                path: path.to_path_buf(),
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+            });
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Writes the state file atomically (a new file renamed over the old, both synced).
+    pub fn save(&self, path: &Path) -> Result<(), PlaneError> {
+        let text = serde_json::to_vec_pretty(self)
+            .map_err(|e| io(path)(std::io::Error::other(e.to_string())))?;
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("json.{}-{n}.new", std::process::id()));
+        write_private(&tmp, &text)?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a file only its owner can read, synced.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PlaneError> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Listens for a newer data plane asking for the listening socket.
+pub fn handover_listener(files: &PlaneFiles) -> Result<UnixListener, PlaneError> {
+    let path = files.handover();
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(io(&path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io(&path))?;
+    Ok(listener)
+}
+
+/// What the new data plane sends back once it serves with the socket it was given.
+pub const SERVING: &[u8] = b"serving\n";
+
+/// Waits for the new data plane's [`SERVING`] on `stream`, at most `limit`.
+pub fn await_serving(mut stream: UnixStream, limit: std::time::Duration) -> Result<(), PlaneError> {
+    stream
+        .set_read_timeout(Some(limit))
+        .map_err(|e| PlaneError::Handover(e.to_string()))?;
+    let mut got = [0u8; 8];
+    stream.read_exact(&mut got).map_err(|e| {
+        PlaneError::Handover(format!(
+            "the new data plane did not confirm that it serves ({e})"
+        ))
+    })?;
+    if got == SERVING {
+        Ok(())
+    } else {
+        Err(PlaneError::Handover(
+            "the new data plane did not confirm that it serves".into(),
+        ))
+    }
+}
+
+/// Reads one hand-over request from `stream` and checks its token (a line).
+pub fn read_handover_request(stream: &mut UnixStream, token: &str) -> Result<(), PlaneError> {
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(|e| PlaneError::Handover(e.to_string()))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 256 {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(PlaneError::Handover(e.to_string())),
+        }
+    }
+    let presented = String::from_utf8_lossy(&line);
+    let presented = presented.strip_prefix("take-over ").unwrap_or("");
+    if super::admin::same(presented.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        let _ = stream.write_all(b"refused: wrong token\n");
+        Err(PlaneError::Handover(
+            "a hand-over request without the data plane's token was refused".into(),
+        ))
+    }
+}
+
+/// Sends the listening socket over `stream` (after [`read_handover_request`]).
+pub fn send_listener(stream: &UnixStream, listener: BorrowedFd<'_>) -> Result<(), PlaneError> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [listener.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"ok")];
+    sendmsg::<()>(
+        stream.as_fd().as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| PlaneError::Handover(format!("sending the listening socket: {e}")))?;
+    Ok(())
+}
+
+/// Asks the running data plane for its listening socket. It goes on accepting until
+/// this process writes [`SERVING`] on the returned stream; then it stops, and its open
+/// connections drain while this process serves new ones.
+pub fn take_listener(
+    files: &PlaneFiles,
+    token: &str,
+) -> Result<(std::net::TcpListener, UnixStream), PlaneError> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let path = files.handover();
+    let mut stream = UnixStream::connect(&path).map_err(|e| {
+        PlaneError::Handover(format!(
+            "{}: {e} (is a data plane of this rampart version running?)",
+            path.display()
+        ))
+    })?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .map_err(|e| PlaneError::Handover(e.to_string()))?;
+    stream
+        .write_all(format!("take-over {token}\n").as_bytes())
+        .map_err(|e| PlaneError::Handover(e.to_string()))?;
+    let mut buf = [0u8; 64];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (bytes, fd) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| PlaneError::Handover(format!("receiving the listening socket: {e}")))?;
+        let mut fd = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for cmsg in cmsgs {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    fd = fds.first().copied();
+                }
+            }
+        }
+        (msg.bytes, fd)
+    };
+    let Some(fd) = fd else {
+        let said = String::from_utf8_lossy(&buf[..bytes]).trim().to_string();
+        return Err(PlaneError::Handover(if said.is_empty() {
+            "the running data plane sent no socket".into()
+        } else {
+            said
+        }));
+    };
+    // SAFETY: `fd` arrived in this process by SCM_RIGHTS a moment ago: the kernel made
+    // it for us and nothing else in this process knows or owns it.
+    #[allow(unsafe_code)]
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listener = std::net::TcpListener::from(owned);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| PlaneError::Handover(e.to_string()))?;
+    Ok((listener, stream))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use rampart_core::Weight;
+
+    fn state() -> PlaneState {
+        PlaneState {
+            format: FORMAT,
+            service: "checkout".into(),
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            sticky: StickyBy::Header("x-user".into()),
+            routes: RouteTable {
+                stable: vec!["127.0.0.1:9001".parse().unwrap()],
+                canary: vec!["127.0.0.1:9002".parse().unwrap()],
+                weight: Weight::from_basis_points(1250).unwrap(),
+                matches: Vec::new(),
+                salt: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn state_survives_a_save_and_a_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        assert_eq!(PlaneState::load(&path).unwrap(), None);
+        state().save(&path).unwrap();
+        assert_eq!(PlaneState::load(&path).unwrap(), Some(state()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_corrupt_or_future_state_file_is_refused_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        for text in [
+            "{\"format\": 1, \"service\": ",
+            "[]",
+            "{\"service\": \"x\"}",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = PlaneState::load(&path).unwrap_err();
+            assert!(matches!(e, PlaneError::Corrupt { .. }), "{text}: {e}");
+        }
+        let mut future = serde_json::to_value(state()).unwrap();
+        future["format"] = 2.into();
+        std::fs::write(&path, future.to_string()).unwrap();
+        let e = PlaneState::load(&path).unwrap_err();
+        assert!(e.to_string().contains("newer rampart"), "{e}");
+        // The refused file is still there, as it was.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), future.to_string());
+    }
+
+    #[test]
+    fn a_second_lock_holder_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = PlaneFiles::new(dir.path(), "checkout");
+        assert!(!files.is_running());
+        let held = files.try_lock("checkout").unwrap();
+        assert!(files.is_running());
+        let e = files.try_lock("checkout").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(held);
+        assert!(!files.is_running());
+        files.try_lock("checkout").unwrap();
+    }
+
+    #[test]
+    fn the_listening_socket_passes_to_a_process_with_the_token_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = PlaneFiles::new(dir.path(), "checkout");
+        files.create_dir().unwrap();
+        let token = files.ensure_token().unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let handover = handover_listener(&files).unwrap();
+        let serve = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = handover.accept().unwrap();
+                if read_handover_request(&mut s, &token).is_ok() {
+                    send_listener(&s, tcp.as_fd()).unwrap();
+                }
+            }
+        });
+        let wrong = take_listener(&files, "not-the-token").unwrap_err();
+        assert!(wrong.to_string().contains("wrong token"), "{wrong}");
+        let (taken, _confirm) = take_listener(&files, &files.read_token().unwrap()).unwrap();
+        serve.join().unwrap();
+        assert_eq!(taken.local_addr().unwrap(), addr);
+        // It is the same socket: a connection to the address is accepted through it.
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        taken.set_nonblocking(false).unwrap();
+        taken.accept().unwrap();
+    }
+}

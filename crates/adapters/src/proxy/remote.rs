@@ -1,0 +1,402 @@
+//! A controller's side of a data plane that runs as its own process: the router, the
+//! `builtin` metrics and the counts, over the data plane's admin socket.
+//!
+//! Owns the admin API's client: one short HTTP/1 exchange per call on the Unix socket,
+//! with the token. It must not decide anything: it forwards what the controller asks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use rampart_core::metrics::IntervalSample;
+use rampart_core::policy::RouteMatch;
+use rampart_core::ports::{BoxFuture, MetricsSource, PortError, TrafficRouter};
+use rampart_core::release::MeasureWindow;
+use rampart_core::{Variant, Weight};
+use serde_json::{Value, json};
+
+use super::{RouteTable, Totals};
+
+/// How long one admin call may take (a drain adds its own timeout).
+const CALL: Duration = Duration::from_secs(10);
+
+/// Why a call to the data plane failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// Nothing answers on the socket.
+    #[error("the data plane's admin socket {path}: {source}")]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The data plane refused the token.
+    #[error(
+        "the data plane refused this controller's credential (the token in {0}); was the data plane started with another state directory?"
+    )]
+    Refused(PathBuf),
+    /// The data plane answered with an error.
+    #[error("the data plane answered {status} {code}: {message}")]
+    Answer {
+        /// The HTTP status.
+        status: u16,
+        /// Its machine-readable code.
+        code: String,
+        /// What it said.
+        message: String,
+    },
+    /// The exchange broke off, or did not finish in time.
+    #[error("the data plane: {0}")]
+    Exchange(String),
+}
+
+impl From<RemoteError> for PortError {
+    fn from(e: RemoteError) -> Self {
+        PortError::new(e.to_string())
+    }
+}
+
+/// A data plane reached through its admin socket.
+#[derive(Debug)]
+pub struct RemotePlane {
+    socket: PathBuf,
+    token: String,
+    token_file: PathBuf,
+    /// The counts when this controller attached: the report counts its release only.
+    base: IntervalSample,
+    /// The latest counts read, for [`Totals`].
+    latest: Mutex<IntervalSample>,
+    /// The counts at the previous measurement.
+    last: Mutex<IntervalSample>,
+    /// Read along with the counts.
+    since_closed: Mutex<Option<u64>>,
+    /// The data plane's counter identity at the previous measurement.
+    instance: Mutex<Option<u64>>,
+    /// Set once attached: from then on a briefly absent socket is a hand-over.
+    attached: std::sync::atomic::AtomicBool,
+}
+
+impl RemotePlane {
+    /// Attaches to the data plane listening on `socket`, with the token in
+    /// `token_file`; checks the credential with one read of the counts.
+    pub async fn attach(socket: &Path, token_file: &Path) -> Result<RemotePlane, RemoteError> {
+        let token = std::fs::read_to_string(token_file)
+            .map_err(|source| RemoteError::Unreachable {
+                path: token_file.to_path_buf(),
+                source,
+            })?
+            .trim()
+            .to_string();
+        RemotePlane::attach_with(socket, token_file, token).await
+    }
+
+    /// [`RemotePlane::attach`] with the token given.
+    pub async fn attach_with(
+        socket: &Path,
+        token_file: &Path,
+        token: String,
+    ) -> Result<RemotePlane, RemoteError> {
+        let mut plane = RemotePlane {
+            socket: socket.to_path_buf(),
+            token,
+            token_file: token_file.to_path_buf(),
+            base: IntervalSample::default(),
+            latest: Mutex::default(),
+            last: Mutex::default(),
+            since_closed: Mutex::default(),
+            instance: Mutex::default(),
+            attached: std::sync::atomic::AtomicBool::new(false),
+        };
+        let (now, instance) = plane.counters().await?;
+        *plane.instance.lock().unwrap_or_else(|p| p.into_inner()) = instance;
+        plane.base = now.clone();
+        plane
+            .attached
+            .store(true, std::sync::atomic::Ordering::Release);
+        *plane.last.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        Ok(plane)
+    }
+
+    /// One admin call: `method path` with an optional JSON body; the JSON answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        extra: Duration,
+    ) -> Result<Value, RemoteError> {
+        let exchange = async {
+            let stream = self.connect().await?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| RemoteError::Exchange(e.to_string()))?;
+            let conn = tokio::spawn(conn);
+            let body = body.map(|b| b.to_string()).unwrap_or_default();
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, "rampart-dataplane")
+                .header(
+                    hyper::header::AUTHORIZATION,
+                    format!("Bearer {}", self.token),
+                )
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| RemoteError::Exchange(e.to_string()))?;
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| RemoteError::Exchange(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| RemoteError::Exchange(e.to_string()))?
+                .to_bytes();
+            conn.abort();
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if status == hyper::StatusCode::UNAUTHORIZED {
+                return Err(RemoteError::Refused(self.token_file.clone()));
+            }
+            if !status.is_success() {
+                return Err(RemoteError::Answer {
+                    status: status.as_u16(),
+                    code: value["error"]["code"].as_str().unwrap_or("").to_string(),
+                    message: value["error"]["message"]
+                        .as_str()
+                        .unwrap_or("no message")
+                        .to_string(),
+                });
+            }
+            Ok(value)
+        };
+        tokio::time::timeout(CALL + extra, exchange)
+            .await
+            .map_err(|_| {
+                RemoteError::Exchange(format!("no answer within {}s", (CALL + extra).as_secs()))
+            })?
+    }
+
+    /// Connects to the admin socket. While a data plane hands over to a newer one the
+    /// socket is briefly absent or refuses: tried again for up to 5 s.
+    async fn connect(&self) -> Result<tokio::net::UnixStream, RemoteError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::net::UnixStream::connect(&self.socket).await {
+                Ok(s) => return Ok(s),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) && tokio::time::Instant::now() < deadline
+                        && self.attached.load(std::sync::atomic::Ordering::Acquire) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(source) => {
+                    return Err(RemoteError::Unreachable {
+                        path: self.socket.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads the cumulative counts now (and keeps them for [`Totals`]).
+    pub async fn refresh(&self) -> Result<IntervalSample, RemoteError> {
+        self.counters().await.map(|(totals, _)| totals)
+    }
+
+    /// The cumulative counts and the data plane's counter identity.
+    async fn counters(&self) -> Result<(IntervalSample, Option<u64>), RemoteError> {
+        let v = self
+            .call(Method::GET, "/counters", None, Duration::ZERO)
+            .await?;
+        let totals: IntervalSample = serde_json::from_value(v["totals"].clone())
+            .map_err(|e| RemoteError::Exchange(format!("counters: {e}")))?;
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = totals.clone();
+        *self.since_closed.lock().unwrap_or_else(|p| p.into_inner()) =
+            v["canary_routed_since_closed"].as_u64();
+        Ok((totals, v["instance"].as_u64()))
+    }
+
+    /// Reads the counts every `period` in the background, for [`Totals`] readers (the
+    /// status line, `/metrics`), for as long as the plane is in use elsewhere.
+    pub fn keep_fresh(self: &std::sync::Arc<Self>, period: Duration) {
+        let weak = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(plane) = weak.upgrade() else { return };
+                let _ = plane.refresh().await;
+            }
+        });
+    }
+
+    /// Requests routed to the canary since traffic to it was last closed (weight 0,
+    /// no match rule), as of the latest [`RemotePlane::refresh`].
+    pub fn canary_routed_since_closed(&self) -> Option<u64> {
+        *self.since_closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The routes in effect.
+    pub async fn table(&self) -> Result<RouteTable, RemoteError> {
+        let v = self
+            .call(Method::GET, "/state", None, Duration::ZERO)
+            .await?;
+        let addrs = |key: &str| -> Vec<SocketAddr> {
+            v[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .collect()
+        };
+        Ok(RouteTable {
+            stable: addrs("stable"),
+            canary: addrs("canary"),
+            weight: serde_json::from_value(v["weight"].clone()).unwrap_or_default(),
+            matches: serde_json::from_value(v["matches"].clone()).unwrap_or_default(),
+            salt: String::new(),
+        })
+    }
+
+    /// Salts the sticky hash (a ramped flag's name).
+    pub async fn set_salt(&self, salt: &str) -> Result<(), RemoteError> {
+        self.call(
+            Method::PUT,
+            "/salt",
+            Some(json!({ "salt": salt })),
+            Duration::ZERO,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Asks the data plane to stop (it drains its connections first).
+    pub async fn shutdown(&self) -> Result<(), RemoteError> {
+        self.call(Method::POST, "/shutdown", None, Duration::ZERO)
+            .await
+            .map(drop)
+    }
+
+    async fn drain_with(&self, body: Value, timeout: Duration) -> Result<(), PortError> {
+        let mut body = body;
+        body["timeout_ms"] = json!(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let v = self
+            .call(Method::POST, "/drain", Some(body), timeout)
+            .await?;
+        if v["drained"].as_bool() == Some(true) {
+            Ok(())
+        } else {
+            Err(PortError::new(format!(
+                "requests still in flight after {}ms",
+                timeout.as_millis()
+            )))
+        }
+    }
+}
+
+impl TrafficRouter for RemotePlane {
+    fn set_backends<'a>(
+        &'a self,
+        variant: Variant,
+        endpoints: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+            self.call(
+                Method::PUT,
+                &format!("/backends/{}", variant.as_str()),
+                Some(json!({ "endpoints": list })),
+                Duration::ZERO,
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn set_weight<'a>(
+        &'a self,
+        weight: Weight,
+        matches: &'a [RouteMatch],
+    ) -> BoxFuture<'a, Result<Weight, PortError>> {
+        Box::pin(async move {
+            let v = self
+                .call(
+                    Method::PUT,
+                    "/weight",
+                    Some(json!({ "weight": weight, "matches": matches })),
+                    Duration::ZERO,
+                )
+                .await?;
+            serde_json::from_value(v["weight"].clone())
+                .map_err(|e| PortError::new(format!("the data plane's weight: {e}")))
+        })
+    }
+
+    fn drain(&self, variant: Variant, timeout: Duration) -> BoxFuture<'_, Result<(), PortError>> {
+        Box::pin(self.drain_with(json!({ "variant": variant.as_str() }), timeout))
+    }
+
+    fn drain_endpoints<'a>(
+        &'a self,
+        endpoints: &'a [SocketAddr],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        Box::pin(self.drain_with(json!({ "endpoints": list }), timeout))
+    }
+}
+
+impl MetricsSource for RemotePlane {
+    /// What the data plane counted since the previous call (see `BuiltinMetrics`).
+    fn measure<'a>(
+        &'a self,
+        _window: &'a MeasureWindow,
+    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
+        Box::pin(async move {
+            let (now, instance) = self.counters().await?;
+            let mut known = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+            let restarted = known.is_some() && *known != instance;
+            *known = instance;
+            drop(known);
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if restarted {
+                // The data plane restarted and counts from zero: this interval cannot
+                // be told from the counts (no data), the next one can.
+                *last = now;
+                return Ok(IntervalSample::default());
+            }
+            let delta = IntervalSample {
+                stable: now.stable.since(&last.stable),
+                canary: now.canary.since(&last.canary),
+                ..Default::default()
+            };
+            *last = now;
+            Ok(delta)
+        })
+    }
+}
+
+impl Totals for RemotePlane {
+    /// The counts of this controller's time attached, as of the latest read.
+    fn totals(&self) -> IntervalSample {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        IntervalSample {
+            stable: latest.stable.since(&self.base.stable),
+            canary: latest.canary.since(&self.base.canary),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The long-lived data plane process (`rampart proxy --state-dir`): one per service,
+//! started by `rampart run` or `serve` when absent (or by systemd), never by a release.
+//!
+//! Owns its lifetime: refusing to run twice, restoring and persisting the routes,
+//! serving the admin socket, and handing its listening socket to a newer process. It
+//! must not decide anything about a release.
+
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::io::Write as _;
+
+use rampart_adapters::proxy::admin::{AdminServer, PlaneHooks};
+use rampart_adapters::proxy::plane::{self, PlaneError, PlaneFiles, PlaneLock, PlaneState};
+use rampart_adapters::proxy::{Proxy, RouteTable};
+use rampart_adapters::telemetry::Telemetry;
+use tokio::sync::Notify;
+
+use crate::commands::proxy::ProxyArgs;
+
+/// Runs the data plane until stopped; returns the exit code (3: another one serves
+/// the service).
+pub async fn run(state_dir: &Path, args: &ProxyArgs) -> i32 {
+    match serve(state_dir, args).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+/// Where the data plane's state comes from: the saved state, updated from the policy
+/// when one is given (its address and stickiness win; the routes are kept).
+fn desired(state_dir: &Path, args: &ProxyArgs) -> Result<(PlaneFiles, PlaneState), String> {
+    let (service, from_policy) = match (&args.service, &args.file) {
+        (Some(service), _) => (service.clone(), None),
+        (None, Some(file)) => {
+            let policy = crate::run::policy_file(file)
+                .map_err(|_| format!("{}: the policy does not load", file.display()))?;
+            let Some(spec) = policy.proxy() else {
+                return Err(format!(
+                    "{}: `rampart proxy` runs the embedded proxy; this policy routes through another (`traffic` is not `proxy`)",
+                    file.display()
+                ));
+            };
+            (
+                policy.service.clone(),
+                Some((spec.listen, plane::StickyBy::from(&spec.sticky))),
+            )
+        }
+        (None, None) => return Err("name the service (--service) or its policy (-f)".into()),
+    };
+    let files = PlaneFiles::new(state_dir, &service);
+    let saved = PlaneState::load(&files.state()).map_err(|e| e.to_string())?;
+    let state = match (saved, from_policy) {
+        (Some(mut saved), Some((listen, sticky))) => {
+            saved.listen = listen;
+            saved.sticky = sticky;
+            saved
+        }
+        (Some(saved), None) => saved,
+        (None, Some((listen, sticky))) => PlaneState {
+            format: plane::FORMAT,
+            service: service.clone(),
+            listen,
+            sticky,
+            routes: Default::default(),
+        },
+        (None, None) => {
+            return Err(format!(
+                "no saved state for {service} in {}: start its data plane from its policy (-f) first",
+                files.state().display()
+            ));
+        }
+    };
+    Ok((files, state))
+}
+
+async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
+    let (files, mut state) = desired(state_dir, args).map_err(Failure::other)?;
+    let service = state.service.clone();
+    files.create_dir().map_err(Failure::other)?;
+    let token = files.ensure_token().map_err(Failure::other)?;
+
+    // The listening socket: taken from the running data plane (which finished every
+    // admin request before it sent it, so the saved routes are final), or bound here.
+    let (listener, lock, taken): (StdListener, Option<PlaneLock>, _) = if args.take_over {
+        let (listener, stream) = plane::take_listener(&files, &token).map_err(Failure::other)?;
+        if let Some(saved) = PlaneState::load(&files.state()).map_err(Failure::other)? {
+            state.routes = saved.routes;
+        }
+        (listener, None, Some(stream))
+    } else {
+        let lock = files.try_lock(&service).map_err(|e| match e {
+            PlaneError::Running { .. } => Failure {
+                code: ALREADY_RUNS,
+                message: e.to_string(),
+            },
+            e => Failure::other(e),
+        })?;
+        let bound = StdListener::bind(state.listen).map_err(|e| {
+            Failure::other(format!(
+                "the data plane of {service} cannot listen on {}: {e}",
+                state.listen
+            ))
+        })?;
+        bound.set_nonblocking(true).map_err(Failure::other)?;
+        (bound, Some(lock), None)
+    };
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(Failure::other)?;
+    let (proxy, server) = Proxy::serve(
+        listener,
+        state.sticky.clone().into(),
+        &state.routes,
+        args.hold,
+    )
+    .map_err(Failure::other)?;
+    state.listen = server.local_addr();
+    state.save(&files.state()).map_err(Failure::other)?;
+
+    let stop = Arc::new(Notify::new());
+    let saved = state.clone();
+    let path = files.state();
+    let hooks = PlaneHooks {
+        persist: Some(Arc::new(move |routes: &RouteTable| {
+            let mut next = saved.clone();
+            next.routes = routes.clone();
+            next.save(&path).map_err(|e| e.to_string())
+        })),
+        shutdown: Some(stop.clone()),
+    };
+    let telemetry = Arc::new(Telemetry::new(&service, Arc::new(proxy.clone())));
+    let socket = files.socket();
+    let bind_admin = || {
+        AdminServer::bind_unix(
+            &socket,
+            proxy.clone(),
+            token.clone(),
+            telemetry.clone(),
+            hooks.clone(),
+        )
+    };
+    let mut admin = Some(bind_admin().await.map_err(|e| {
+        Failure::other(format!(
+            "the admin socket {}: {e}",
+            files.socket().display()
+        ))
+    })?);
+    let mut handovers = handover_requests(&files, &token).map_err(Failure::other)?;
+    println!(
+        "rampart data plane for {service}: traffic on http://{}, admin on {} (pid {})",
+        server.local_addr(),
+        files.socket().display(),
+        std::process::id()
+    );
+    // Under systemd (Type=notify, NotifyAccess=all): ready, and this is the service's
+    // main process from now on (after a take-over, before the old one exits).
+    sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    let _lock = match (lock, taken) {
+        (Some(lock), _) => lock,
+        (None, Some(mut stream)) => {
+            // The old process goes on accepting until it reads this, then drains and
+            // exits, letting go of the lock.
+            stream
+                .write_all(plane::SERVING)
+                .map_err(|e| Failure::other(format!("confirming the hand-over: {e}")))?;
+            wait_for_lock(&files, &service).await?
+        }
+        (None, None) => return Err(Failure::other("no lock and no hand-over")),
+    };
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Failure::other)?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = stop.notified() => break,
+            Some(stream) = handovers.recv() => {
+                // Every admin request in progress is answered (saved and applied)
+                // before the next process reads the routes.
+                if let Some(a) = admin.take() {
+                    a.close().await;
+                }
+                match hand_over(stream, &server).await {
+                    Ok(()) => {
+                        eprintln!("handed the listening socket over; draining open connections");
+                        server.stop_accepting(&proxy, args.drain).await;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        // Still serving: the socket stays ours, and so do admin requests.
+                        eprintln!("hand-over failed, serving on: {e}");
+                        admin = Some(bind_admin().await.map_err(Failure::other)?);
+                        handovers = handover_requests(&files, &token).map_err(Failure::other)?;
+                    }
+                }
+            }
+        }
+    }
+    sd_notify("STOPPING=1");
+    if let Some(a) = admin.take() {
+        a.close().await;
+    }
+    server.stop_accepting(&proxy, args.drain).await;
+    Ok(())
+}
+
+/// The exit code of a data plane refused because another one serves the service (a
+/// service manager's unit can tell it from a failure: `RestartPreventExitStatus=3`).
+pub const ALREADY_RUNS: i32 = 3;
+
+/// Why the data plane stopped or did not start, and its exit code.
+#[derive(Debug)]
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn other(e: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Sends the listening socket to the process that asked, and waits (at most 30 s)
+/// for it to confirm that it serves. Until it does, this process goes on accepting.
+async fn hand_over(
+    stream: std::os::unix::net::UnixStream,
+    server: &rampart_adapters::proxy::ProxyServer,
+) -> Result<(), String> {
+    plane::send_listener(&stream, server.listener_fd()).map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || plane::await_serving(stream, Duration::from_secs(30)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Sends a state change to the service manager, when one listens (`$NOTIFY_SOCKET`,
+/// a path or an abstract socket name starting with `@`). Best effort: a manager that
+/// does not listen changes nothing.
+pub fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&target),
+    };
+    if let (Ok(addr), Ok(socket)) = (addr, UnixDatagram::unbound()) {
+        let _ = socket.send_to_addr(state.as_bytes(), &addr);
+    }
+}
+
+/// `--detach`: starts this same command in the background (without `--detach`) and
+/// returns once it serves: it holds the lock, or after a take-over, the old process
+/// has let go of it. Its exit code if it fails first.
+pub async fn detach(state_dir: &Path, args: &ProxyArgs) -> i32 {
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("error: cannot find this executable");
+        return 1;
+    };
+    let forwarded: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&forwarded).stdin(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: starting the data plane: {e}");
+            return 1;
+        }
+    };
+    let Ok((files, _)) = desired(state_dir, args) else {
+        // The child reports what is wrong and exits.
+        return child.wait().ok().and_then(|s| s.code()).unwrap_or(1);
+    };
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code().unwrap_or(1);
+        }
+        if files.pid() == Some(child.id()) && files.is_running() {
+            return 0;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Accepts hand-over requests (on a thread: the exchange is a few blocking calls) and
+/// passes on the ones that carry the token.
+fn handover_requests(
+    files: &PlaneFiles,
+    token: &str,
+) -> Result<tokio::sync::mpsc::Receiver<std::os::unix::net::UnixStream>, String> {
+    let listener = plane::handover_listener(files).map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let token = token.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            match plane::read_handover_request(&mut stream, &token) {
+                Ok(()) => {
+                    if tx.blocking_send(stream).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => eprintln!("{e}"),
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Waits until the previous data plane has drained its connections and exited,
+/// letting go of the lock (however long its drain takes: this process serves
+/// meanwhile).
+async fn wait_for_lock(files: &PlaneFiles, service: &str) -> Result<PlaneLock, Failure> {
+    loop {
+        match files.try_lock(service) {
+            Ok(lock) => return Ok(lock),
+            Err(PlaneError::Running { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(Failure::other(e)),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! A controller's way to the service's long-lived data plane: attach to the one that
+//! runs, or start it first.
+//!
+//! Owns finding, starting and checking the data plane process. It must not decide
+//! anything about the release.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_adapters::proxy::plane::{self, PlaneFiles, PlaneState};
+use rampart_adapters::proxy::remote::{RemoteError, RemotePlane};
+use rampart_core::policy::ProxySpec;
+
+use crate::report::RunError;
+
+/// How long a data plane may take to start answering on its admin socket.
+const START: Duration = Duration::from_secs(15);
+
+/// The environment mark of a data plane process rampart started (its value is the
+/// service), so that nothing else is ever signalled as one.
+pub const MARK: &str = "RAMPART_DATAPLANE";
+
+/// Attaches to `service`'s data plane under `state_dir`, starting it when none runs.
+/// A running one must listen where the policy says, and keep users on a variant the
+/// way it says: moving either means stopping the service first (`rampart stop`).
+pub async fn attach(
+    service: &str,
+    spec: &ProxySpec,
+    state_dir: &Path,
+) -> Result<Arc<RemotePlane>, RunError> {
+    attach_telling(service, spec, state_dir)
+        .await
+        .map(|(p, _)| p)
+}
+
+/// [`attach`], also saying which: "started" or "attached to", with the pid.
+pub async fn attach_telling(
+    service: &str,
+    spec: &ProxySpec,
+    state_dir: &Path,
+) -> Result<(Arc<RemotePlane>, String), RunError> {
+    let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let files = PlaneFiles::new(&state_dir, service);
+    // A release brings a stopped service back.
+    let _ = std::fs::remove_file(files.stopped());
+    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+    let saved = PlaneState::load(&files.state()).map_err(|e| internal(e.to_string()))?;
+    let sticky = plane::StickyBy::from(&spec.sticky);
+    if files.is_running() {
+        if let Some(saved) = &saved
+            && ((saved.listen != spec.listen && spec.listen.port() != 0) || saved.sticky != sticky)
+        {
+            return Err(RunError::Invalid(format!(
+                "the data plane of {service} runs on {} keeping users by {:?}; the policy says {} by {:?}. Stop the service first (`rampart stop -f POLICY`), then release again",
+                saved.listen, saved.sticky, spec.listen, sticky
+            )));
+        }
+    } else {
+        // The desired address and stickiness, with the routes it last had.
+        let state = PlaneState {
+            format: plane::FORMAT,
+            service: service.to_string(),
+            listen: spec.listen,
+            sticky,
+            routes: saved.map(|s| s.routes).unwrap_or_default(),
+        };
+        files.create_dir().map_err(|e| internal(e.to_string()))?;
+        files.ensure_token().map_err(|e| internal(e.to_string()))?;
+        state
+            .save(&files.state())
+            .map_err(|e| internal(e.to_string()))?;
+        let plane = start(service, &state_dir, &files).await?;
+        return Ok((plane, said("started", &files)));
+    }
+    let plane = RemotePlane::attach(&files.socket(), &files.token())
+        .await
+        .map(Arc::new)
+        .map_err(|e| internal(e.to_string()))?;
+    Ok((plane, said("attached to", &files)))
+}
+
+fn said(how: &str, files: &PlaneFiles) -> String {
+    match files.pid() {
+        Some(pid) => format!("{how} the data plane (pid {pid})"),
+        None => format!("{how} the data plane"),
+    }
+}
+
+/// Starts the data plane as a process of its own (its own process group, so a Ctrl-C
+/// at the terminal does not reach it, and nothing of the controller's end does) and
+/// waits until its admin socket answers.
+async fn start(
+    service: &str,
+    state_dir: &Path,
+    files: &PlaneFiles,
+) -> Result<Arc<RemotePlane>, RunError> {
+    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+    let exe = std::env::current_exe().map_err(|e| internal(e.to_string()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(files.log())
+        .map_err(|e| internal(format!("{}: {e}", files.log().display())))?;
+    let log2 = log.try_clone().map_err(|e| internal(e.to_string()))?;
+    let mut child = std::process::Command::new(exe);
+    child
+        .arg("proxy")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--service")
+        .arg(service)
+        .env(MARK, service)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    std::os::unix::process::CommandExt::process_group(&mut child, 0);
+    let mut child = child
+        .spawn()
+        .map_err(|e| internal(format!("starting the data plane: {e}")))?;
+    let deadline = tokio::time::Instant::now() + START;
+    loop {
+        match RemotePlane::attach(&files.socket(), &files.token()).await {
+            Ok(plane) => {
+                // Reaped when it exits (a long-lived `serve` would otherwise keep a
+                // zombie of every data plane it started and that stopped since).
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+                return Ok(Arc::new(plane));
+            }
+            Err(RemoteError::Unreachable { .. }) if tokio::time::Instant::now() < deadline => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(internal(format!(
+                        "the data plane of {service} exited ({status}) as it started; its log {} says: {}",
+                        files.log().display(),
+                        last_line(&files.log())
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                return Err(internal(format!(
+                    "the data plane of {service} did not answer: {e}"
+                )));
+            }
+        }
+    }
+}
+
+fn last_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// Stops `service`'s data plane, if one runs: it drains its connections and exits.
+/// Returns whether one ran.
+pub async fn stop(service: &str, state_dir: &Path) -> Result<bool, RunError> {
+    let files = PlaneFiles::new(state_dir, service);
+    if !files.is_running() {
+        return Ok(false);
+    }
+    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+    let plane = RemotePlane::attach(&files.socket(), &files.token())
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    plane
+        .shutdown()
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while files.is_running() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(internal(format!(
+                "the data plane of {service} did not stop within 60s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(true)
+}

@@ -1,0 +1,549 @@
+//! The service outlives its controller: the embedded proxy runs as the service's own
+//! long-lived data plane, which `rampart run` starts when absent and attaches to when
+//! present. Real processes and real load on loopback: every request a client sends is
+//! counted, and none may fail across controller kills, hand-overs between releases and
+//! upgrades of the data plane itself.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::serve::until;
+use common::{exe, free_port, rampart, runtime, start_load};
+use rampart::load::LoadStats;
+
+fn policy(service: &str, port: u16) -> String {
+    format!(
+        r#"service: {service}
+deploy:
+  process:
+    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
+    env: {{SAMPLE_ERROR_RATE: "0", SAMPLE_LATENCY_MS: "2"}}
+    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
+    stop_timeout: 2s
+traffic:
+  proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}
+strategy:
+  canary:
+    steps: [{{weight: 20, bake: 2s}}, {{weight: 50, bake: 2s}}]
+analysis:
+  interval: 1s
+  min_samples: 1
+  no_data: {{limit: 1000, action: halt}}
+  inconclusive: {{limit: 1000, action: halt}}
+  metrics:
+    - metric: error_rate
+      judge: {{max: 5%}}
+"#,
+        exe = exe()
+    )
+}
+
+/// A service's policy and state in a temporary directory; stops whatever of it still
+/// runs when dropped (the data plane and the versions outlive `rampart run`).
+struct Service {
+    _dir: tempfile::TempDir,
+    name: String,
+    policy: PathBuf,
+    state: PathBuf,
+    port: u16,
+}
+
+impl Service {
+    fn new(name: &str) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let policy_path = dir.path().join("rampart.yaml");
+        std::fs::write(&policy_path, policy(name, port)).unwrap();
+        let state = dir.path().join("state");
+        Service {
+            name: name.to_string(),
+            policy: policy_path,
+            state,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, version: &str) -> Command {
+        let mut c = rampart();
+        c.args([
+            "run",
+            "--version",
+            version,
+            "--output",
+            "json",
+            "--state-dir",
+        ])
+        .arg(&self.state)
+        .arg("-f")
+        .arg(&self.policy);
+        c
+    }
+
+    /// `rampart run --version VERSION`, to its end: the exit code and the report.
+    fn release(&self, version: &str) -> (i32, serde_json::Value) {
+        let out = self.run(version).output().unwrap();
+        report(&out)
+    }
+
+    fn stop(&self) -> Output {
+        rampart()
+            .args(["stop", "--state-dir"])
+            .arg(&self.state)
+            .arg("-f")
+            .arg(&self.policy)
+            .output()
+            .unwrap()
+    }
+
+    fn file(&self, ext: &str) -> PathBuf {
+        self.state
+            .join("dataplane")
+            .join(format!("{}.{ext}", self.name))
+    }
+
+    /// The pid of the data plane that holds the lock now.
+    fn plane_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.file("lock"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .filter(|pid| alive(*pid))
+    }
+
+    fn stable_pids(&self) -> Vec<u64> {
+        let path = self
+            .state
+            .join("processes")
+            .join(format!("{}.stable.json", self.name));
+        let text = std::fs::read_to_string(path).unwrap_or_else(|_| "[]".into());
+        let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        list.iter().filter_map(|r| r["pid"].as_u64()).collect()
+    }
+
+    fn answers(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        common::stop_versions(&self.state);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn report(out: &Output) -> (i32, serde_json::Value) {
+    let code = out.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report (exit {code}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, v)
+}
+
+fn failed(stats: &Arc<LoadStats>) -> u64 {
+    stats.failed.load(Ordering::Relaxed)
+}
+
+/// Stops the load and waits until every request it sent has its answer (or failure)
+/// counted; returns how many were sent.
+fn settle(load: &tokio::task::JoinHandle<()>, stats: &Arc<LoadStats>) -> u64 {
+    load.abort();
+    until(
+        "every request sent is answered",
+        Duration::from_secs(30),
+        || stats.ok.load(Ordering::Relaxed) + failed(stats) >= sent(stats),
+    );
+    sent(stats)
+}
+
+fn sent(stats: &Arc<LoadStats>) -> u64 {
+    stats.sent.load(Ordering::Relaxed)
+}
+
+/// The first release of a service, with load from the moment its address accepts a
+/// connection: requests that arrive before the first version is ready wait for it
+/// rather than getting 503. Returns the load's counters (the load keeps running).
+fn first_release_under_load(
+    svc: &Service,
+    rt: &tokio::runtime::Runtime,
+) -> (tokio::task::JoinHandle<()>, Arc<LoadStats>) {
+    let first = svc.run("v1").stdout(Stdio::piped()).spawn().unwrap();
+    until("the data plane listens", Duration::from_secs(30), || {
+        svc.answers()
+    });
+    let load = start_load(rt, svc.port, 100);
+    let out = first.wait_with_output().unwrap();
+    let (code, v) = report(&out);
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    load
+}
+
+#[test]
+fn releases_hand_over_with_no_failed_request_and_the_stable_version_is_not_restarted() {
+    let svc = Service::new("handover");
+    let rt = runtime();
+    let (load, stats) = first_release_under_load(&svc, &rt);
+    let plane = svc
+        .plane_pid()
+        .expect("a data plane runs after the release");
+
+    for (version, previous) in [("v2", "v1"), ("v3", "v2")] {
+        // The live version serves as stable: no --stable, and its process is adopted.
+        let serving = svc.stable_pids();
+        assert_eq!(serving.len(), 1, "{previous} serves as stable");
+        let (code, v) = svc.release(version);
+        assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+        assert_eq!(v["stable_version"], previous, "{v}");
+        let adopted = v["timeline"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "version_ready"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&format!("pid {} on port", serving[0])))
+        });
+        assert!(adopted, "{previous} was restarted rather than adopted: {v}");
+        assert!(v["requests"]["canary"].as_u64().unwrap() > 0, "{v}");
+    }
+    assert_eq!(svc.plane_pid(), Some(plane), "one data plane throughout");
+    assert!(svc.answers(), "the winner keeps serving after the release");
+    let total = settle(&load, &stats);
+    assert!(total > 300, "load ran: {total} requests");
+    assert_eq!(failed(&stats), 0, "failed requests out of {total}");
+
+    let stopped = svc.stop();
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert!(
+        svc.plane_pid().is_none(),
+        "`rampart stop` stops the data plane"
+    );
+    assert!(svc.stable_pids().is_empty(), "and the versions");
+    assert!(!svc.answers());
+}
+
+/// Kills `rampart run` (SIGKILL) at `after` into each release, runs it again to its
+/// outcome, and counts what users saw. One release in CI; `scripts/controller-kill.sh`
+/// runs 20 at random points.
+#[test]
+fn a_controller_killed_mid_release_fails_no_user_request() {
+    let releases: u32 = std::env::var("RAMPART_KILL_RELEASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let seed: u64 = std::env::var("RAMPART_KILL_SEED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+    eprintln!("kill points from seed {seed} (RAMPART_KILL_SEED={seed} repeats them)");
+    let svc = Service::new("killed");
+    let rt = runtime();
+    let (load, stats) = first_release_under_load(&svc, &rt);
+    let mut state = seed;
+    for n in 0..releases {
+        let version = format!("v{}", n + 2);
+        // A kill point anywhere from the start to past the end of the steps.
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let after = Duration::from_millis(200 + (state >> 33) % 5_500);
+        let mut controller = svc.run(&version).stdout(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(after); // the kill point itself, not a wait for anything
+        let _ = controller.kill();
+        let _ = controller.wait();
+        let (code, v) = svc.release(&version);
+        assert_eq!(
+            (code, v["outcome"].as_str()),
+            (0, Some("promoted")),
+            "release {version} killed at {after:?}: {v}"
+        );
+        eprintln!(
+            "release {version}: killed at {after:?}, promoted; {} requests, {} failed so far",
+            sent(&stats),
+            failed(&stats)
+        );
+    }
+    let total = settle(&load, &stats);
+    assert_eq!(failed(&stats), 0, "failed requests out of {total}");
+    assert!(svc.stop().status.success());
+}
+
+#[test]
+fn the_data_plane_is_upgraded_in_place_under_load_with_no_failed_request() {
+    let svc = Service::new("upgraded");
+    let rt = runtime();
+    let (load, stats) = first_release_under_load(&svc, &rt);
+    let old = svc.plane_pid().unwrap();
+    let before = sent(&stats);
+
+    // The newer data plane takes the listening socket; the old one drains and exits.
+    // As `systemctl reload` runs it: --detach returns once the newer one serves, and
+    // the newer one tells the service manager it is the main process now.
+    let manager = svc.state.join("notify.sock");
+    let notified = std::os::unix::net::UnixDatagram::bind(&manager).unwrap();
+    notified
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let status = Command::new(exe())
+        .args(["proxy", "--state-dir"])
+        .arg(&svc.state)
+        .args([
+            "--service",
+            &svc.name,
+            "--take-over",
+            "--detach",
+            "--drain",
+            "5s",
+        ])
+        .env("RAMPART_DATAPLANE", &svc.name)
+        .env("NOTIFY_SOCKET", &manager)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let newer = svc
+        .plane_pid()
+        .expect("the newer data plane holds the lock");
+    assert_ne!(newer, old);
+    until(
+        "the old data plane exits, drained",
+        Duration::from_secs(10),
+        || !alive(old),
+    );
+    let mut buf = [0u8; 256];
+    let n = notified.recv(&mut buf).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..n]),
+        format!("READY=1\nMAINPID={newer}")
+    );
+    until(
+        "load goes on through the newer one",
+        Duration::from_secs(30),
+        || sent(&stats) > before + 200,
+    );
+    // The newer one has the routes and takes the next release.
+    let (code, v) = svc.release("v2");
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    let total = settle(&load, &stats);
+    assert_eq!(failed(&stats), 0, "failed requests out of {total}");
+    assert!(svc.stop().status.success());
+}
+
+#[test]
+fn a_crashed_data_plane_comes_back_with_its_routes() {
+    let svc = Service::new("restarted");
+    let (code, v) = svc.release("v1");
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    let pid = svc.plane_pid().unwrap();
+    common::servers::kill_group(pid);
+    until("the data plane is gone", Duration::from_secs(10), || {
+        !alive(pid)
+    });
+    assert!(!svc.answers());
+    let mut again = Command::new(exe());
+    again
+        .args(["proxy", "--state-dir"])
+        .arg(&svc.state)
+        .args(["--service", &svc.name])
+        .env("RAMPART_DATAPLANE", &svc.name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut again, 0);
+    let mut again = again.spawn().unwrap();
+    until(
+        "the data plane answers again",
+        Duration::from_secs(30),
+        || svc.answers(),
+    );
+    // Its saved routes send users to v1, with no release.
+    let body = http_get(svc.port);
+    assert!(body.contains("200 OK") && body.contains("v1"), "{body}");
+    assert!(svc.stop().status.success());
+    again.wait().unwrap();
+}
+
+#[test]
+fn a_second_data_plane_a_wrong_credential_and_a_corrupt_state_file_are_refused() {
+    let svc = Service::new("guarded");
+    let (code, v) = svc.release("v1");
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    let pid = svc.plane_pid().unwrap();
+
+    // A second data plane for the service: refused, and the first keeps serving.
+    let second = Command::new(exe())
+        .args(["proxy", "--state-dir"])
+        .arg(&svc.state)
+        .args(["--service", &svc.name])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(3), "{second:?}");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains("already runs") && said.contains(&format!("pid {pid}")),
+        "{said}"
+    );
+    assert!(http_get(svc.port).contains("v1"));
+
+    // A controller with the wrong credential: refused, nothing moves.
+    let token = std::fs::read_to_string(svc.file("token")).unwrap();
+    std::fs::write(svc.file("token"), "0".repeat(48)).unwrap();
+    let out = svc.run("v2").output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("refused this controller's credential"),
+        "{said}"
+    );
+    assert!(http_get(svc.port).contains("v1"));
+    std::fs::write(svc.file("token"), token).unwrap();
+
+    // A state file that is corrupt, or from a newer rampart: refused at start, and
+    // left as it is.
+    assert!(svc.stop().status.success());
+    for text in [
+        "{\"format\": 1, \"routes\": ",
+        "{\"format\": 9, \"service\": \"guarded\"}",
+    ] {
+        std::fs::write(svc.file("json"), text).unwrap();
+        let out = Command::new(exe())
+            .args(["proxy", "--state-dir"])
+            .arg(&svc.state)
+            .args(["--service", &svc.name])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("not a data-plane state file") || said.contains("newer rampart"),
+            "{said}"
+        );
+        assert_eq!(std::fs::read_to_string(svc.file("json")).unwrap(), text);
+        let run = svc.run("v2").output().unwrap();
+        assert_eq!(run.status.code(), Some(1), "{run:?}");
+        assert!(
+            !svc.answers(),
+            "nothing started on a state file it could not read"
+        );
+    }
+}
+
+/// One GET through the service's address: the status line and the body.
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn serve_killed_and_restarted_keeps_every_service_answering_and_a_reboot_brings_them_back() {
+    use common::serve::{Server, policy as served_policy, submit};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut server = Server::start(&state);
+    let ci = server.token("deployer", "ci");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // Traffic for the releases to judge (counted from the next phase on only: before
+    // the first release, nothing listens on these addresses yet).
+    let rt = runtime();
+    let warmup: Vec<_> = ports.iter().map(|p| start_load(&rt, *p, 50)).collect();
+    let ids: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| submit(&server, &ci, &served_policy(&format!("svc{i}"), *port, "")))
+        .collect();
+    for id in &ids {
+        let end = server.wait_release(id, &ci, Duration::from_secs(90), |v| {
+            v["report"].is_object()
+        });
+        assert_eq!(end["outcome"], "promoted", "{end}");
+    }
+    for (load, _) in &warmup {
+        load.abort();
+    }
+
+    // A checker on every service, a request every 10 ms each, while serve is killed
+    // (SIGKILL) and started again.
+    let checkers: Vec<_> = ports.iter().map(|p| start_load(&rt, *p, 100)).collect();
+    let total = || checkers.iter().map(|(_, s)| sent(s)).sum::<u64>();
+    let before = total();
+    until("the checkers run", Duration::from_secs(30), || {
+        total() > before + 300
+    });
+    server.kill();
+    let mid = total();
+    until(
+        "the checkers run on without serve",
+        Duration::from_secs(30),
+        || total() > mid + 300,
+    );
+    let server = Server::start_on(&state, server.port);
+    let again = total();
+    until(
+        "the checkers run on after the restart",
+        Duration::from_secs(30),
+        || total() > again + 300,
+    );
+    for (load, stats) in &checkers {
+        settle(load, stats);
+        assert_eq!(failed(stats), 0, "failed out of {}", sent(stats));
+    }
+
+    // A reboot: nothing of rampart's runs, versions included. serve brings every
+    // service back on the version its last release left serving.
+    let port = server.port;
+    drop(server);
+    common::stop_versions(&state);
+    until("everything is down", Duration::from_secs(10), || {
+        ports
+            .iter()
+            .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err())
+    });
+    #[allow(clippy::disallowed_methods)] // measured for the docs, not asserted
+    let started = std::time::Instant::now();
+    let _server = Server::start_on(&state, port);
+    until(
+        "every service answers again",
+        Duration::from_secs(60),
+        || {
+            ports.iter().all(|p| {
+                std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok()
+                    && http_get(*p).starts_with("HTTP/1.1 200")
+            })
+        },
+    );
+    eprintln!(
+        "after the reboot, {} services answered {:?} after serve started",
+        ports.len(),
+        started.elapsed()
+    );
+    for p in &ports {
+        assert!(http_get(*p).contains("v2"), "the promoted version serves");
+    }
+}

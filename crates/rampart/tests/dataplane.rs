@@ -546,4 +546,20 @@ fn serve_killed_and_restarted_keeps_every_service_answering_and_a_reboot_brings_
     for p in &ports {
         assert!(http_get(*p).contains("v2"), "the promoted version serves");
     }
+
+    // Between releases, a version process that exits is restarted by serve's
+    // supervisor, and the restart is recorded.
+    let records = state.join("processes/svc0.stable.json");
+    let pid_of = || -> Option<u64> {
+        let text = std::fs::read_to_string(&records).ok()?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+        list.first()?["pid"].as_u64()
+    };
+    let old = pid_of().unwrap();
+    common::servers::kill_group(u32::try_from(old).unwrap());
+    until("the exited version is replaced", Duration::from_secs(30), || {
+        pid_of().is_some_and(|p| p != old) && http_get(ports[0]).starts_with("HTTP/1.1 200")
+    });
+    let log = std::fs::read_to_string(state.join("logs/svc0.restarts.log")).unwrap();
+    assert!(log.contains(&format!("\"{old}\"")), "{log}");
 }

@@ -250,6 +250,20 @@ impl ProcessDeployer {
                 || has(format!("RAMPART_VARIANT={}", variant.other().as_str())))
     }
 
+    /// The recorded replicas of `variant` that no longer run (exited, or their pid is
+    /// no longer one of this service's processes): what a supervisor replaces.
+    pub fn exited(&self, variant: Variant) -> Vec<ProcessRecord> {
+        self.read_records(variant)
+            .into_iter()
+            .filter(|r| {
+                let zombie = std::fs::read_to_string(format!("/proc/{}/stat", r.pid))
+                    .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+                    .unwrap_or(true);
+                zombie || !self.owns(r.pid, variant)
+            })
+            .collect()
+    }
+
     /// After a promotion: the canary's replicas become stable's (they keep running
     /// and serving; only their records move) and their endpoints are returned, so the
     /// next release adopts them as its stable instead of starting it again. Stable

@@ -63,6 +63,20 @@ async fn stop(args: &StopArgs) -> Result<Vec<String>, RunError> {
             active.id
         )));
     }
+    // First, so that neither a running `serve`'s supervisor nor its next start brings
+    // the service back.
+    let files = rampart_adapters::proxy::plane::PlaneFiles::new(&args.state_dir, &policy.service);
+    files
+        .create_dir()
+        .and_then(|()| {
+            std::fs::write(files.stopped(), "stopped by `rampart stop`\n").map_err(|source| {
+                rampart_adapters::proxy::plane::PlaneError::Io {
+                    path: files.stopped(),
+                    source,
+                }
+            })
+        })
+        .map_err(|e| internal(e.to_string()))?;
     let mut lines = Vec::new();
     if crate::dataplane::attach::stop(&policy.service, &args.state_dir).await? {
         lines.push(format!(
@@ -89,11 +103,6 @@ async fn stop(args: &StopArgs) -> Result<Vec<String>, RunError> {
     }
     if lines.is_empty() {
         lines.push(format!("{}: nothing of it runs here", policy.service));
-    }
-    // `serve` leaves a stopped service stopped at its next start.
-    let files = rampart_adapters::proxy::plane::PlaneFiles::new(&args.state_dir, &policy.service);
-    if files.create_dir().is_ok() {
-        let _ = std::fs::write(files.stopped(), "stopped by `rampart stop`\n");
     }
     Ok(lines)
 }

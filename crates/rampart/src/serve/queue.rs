@@ -70,6 +70,11 @@ impl Queue {
         for line in super::restore::restore(&self.store, &self.state_dir).await {
             eprintln!("{line}");
         }
+        tokio::spawn(super::restore::supervise(
+            self.store.clone(),
+            self.state_dir.clone(),
+            self.clock.clone(),
+        ));
         loop {
             match self.store.open_submissions().await {
                 Ok(open) => {

@@ -1,21 +1,58 @@
-//! Desired state restored when `rampart serve` starts: every service it served comes
-//! back on the version its last release left serving, before any release resumes.
+//! Desired state kept by `rampart serve`: every service it served runs the version
+//! its last release left serving. At start, before any release resumes, everything
+//! missing is brought back; afterwards a supervisor restarts a version process that
+//! exits between releases.
 //!
 //! Owns bringing back what is missing: the service's data plane (with its saved
 //! routes), its stable version's processes (adopted when they still run, started when
-//! they are gone, as after a reboot), and routes that send everything to them. It must
-//! not decide anything about a release: services with a release in flight are left to
-//! it, and a service whose last release needs a human (halted, escalated) is left alone.
+//! they are gone, as after a reboot or a crash), and routes that send everything to
+//! them. It must not decide anything about a release: services with a release in
+//! flight are left to it, a service whose last release needs a human (halted,
+//! escalated) is left alone, and so is one stopped with `rampart stop`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rampart_adapters::process::ProcessDeployer;
+use rampart_adapters::proxy::plane::PlaneFiles;
 use rampart_adapters::store::StateStore;
 use rampart_core::Weight;
-use rampart_core::policy::{Policy, Traffic};
-use rampart_core::ports::{Deployer, Store, TrafficRouter};
+use rampart_core::policy::{Policy, ProcessSpec, Traffic};
+use rampart_core::ports::{Clock, Deployer, Store, TrafficRouter};
 use rampart_core::release::{OutcomeKind, Variant};
+
+/// How often the supervisor looks at the services' processes.
+const WATCH: Duration = Duration::from_secs(1);
+
+/// The first wait before restarting a version that keeps exiting; doubled at every
+/// exit within [`STEADY`] of the previous restart, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF_MS: u64 = 1_000;
+const MAX_BACKOFF_MS: u64 = 60_000;
+const STEADY_MS: u64 = 60_000;
+
+/// What a service should run, from its last release.
+struct Desired {
+    service: String,
+    version: String,
+    policy: Policy,
+    process: ProcessSpec,
+    workdir: PathBuf,
+    local_dir: PathBuf,
+    promoted: bool,
+}
+
+impl Desired {
+    fn processes(&self) -> ProcessDeployer {
+        ProcessDeployer::new(
+            &self.service,
+            self.process.clone(),
+            &self.workdir,
+            &self.local_dir,
+        )
+    }
+}
 
 /// Restores every service; returns one line per service, for the server's output.
 pub async fn restore(store: &Arc<StateStore>, state_dir: &Path) -> Vec<String> {
@@ -25,7 +62,13 @@ pub async fn restore(store: &Arc<StateStore>, state_dir: &Path) -> Vec<String> {
     };
     let mut lines = Vec::new();
     for service in services {
-        match restore_one(store, state_dir, &service).await {
+        let restored = match desired(store, state_dir, &service).await {
+            Ok(Some(Ok(d))) => bring_back(&d, d.promoted).await.map(Some),
+            Ok(Some(Err(said))) => Ok(Some(said)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match restored {
             Ok(Some(line)) => lines.push(line),
             Ok(None) => {}
             Err(e) => lines.push(format!("rampart serve: {service} not restored: {e}")),
@@ -34,17 +77,15 @@ pub async fn restore(store: &Arc<StateStore>, state_dir: &Path) -> Vec<String> {
     lines
 }
 
-async fn restore_one(
+/// What `service` should run, if `serve` keeps it running: `None` when it is not
+/// serve's to keep (no finished release served here, a release in flight, a cluster),
+/// `Some(Err(line))` when it is left alone on purpose, with why.
+async fn desired(
     store: &Arc<StateStore>,
     state_dir: &Path,
     service: &str,
-) -> Result<Option<String>, String> {
-    if store
-        .active(service)
-        .await
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
+) -> Result<Option<Result<Desired, String>>, String> {
+    if store.active(service).await.map_err(|e| e.to_string())?.is_some() {
         return Ok(None); // its release resumes, and owns the service until its outcome
     }
     let Some(version) = store
@@ -64,55 +105,56 @@ async fn restore_one(
     ) {
         return Ok(None);
     }
-    let Some(submission) = store
-        .submission(&last.id)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(submission) = store.submission(&last.id).await.map_err(|e| e.to_string())? else {
         return Ok(None); // released by `rampart run` into this store: not served here
     };
     let policy = Policy::from_yaml(&last.policy).map_err(|e| e.to_string())?;
-    let Some(process) = policy.process() else {
+    let Some(process) = policy.process().cloned() else {
         return Ok(None); // a cluster keeps its own desired state
     };
     let local_dir = crate::run::process_dir(store, service, state_dir)
         .await
         .map_err(|e| e.to_string())?;
-    if rampart_adapters::proxy::plane::PlaneFiles::new(&local_dir, service)
-        .stopped()
-        .exists()
-    {
-        return Ok(Some(format!(
+    if PlaneFiles::new(&local_dir, service).stopped().exists() {
+        return Ok(Some(Err(format!(
             "rampart serve: {service} stays stopped (`rampart stop`); its next release starts it"
-        )));
+        ))));
     }
-    let processes = ProcessDeployer::new(
-        service,
-        process.clone(),
-        &PathBuf::from(&submission.workdir),
-        &local_dir,
-    );
-    if last.outcome == Some(OutcomeKind::Promoted) {
+    Ok(Some(Ok(Desired {
+        service: service.to_string(),
+        version,
+        policy,
+        process,
+        workdir: PathBuf::from(&submission.workdir),
+        local_dir,
+        promoted: last.outcome == Some(OutcomeKind::Promoted),
+    })))
+}
+
+/// Brings the service's stable version and routes back; says what it did.
+async fn bring_back(d: &Desired, rebase: bool) -> Result<String, String> {
+    let service = &d.service;
+    let version = &d.version;
+    let processes = d.processes();
+    if rebase {
         // A winner still recorded as the canary (its release ended before the hand-over).
         processes.rebase().await.map_err(|e| e.to_string())?;
     }
     let deployed = processes
-        .deploy(Variant::Stable, &version)
+        .deploy(Variant::Stable, version)
         .await
         .map_err(|e| e.to_string())?;
-    let Traffic::Proxy(spec) = &policy.traffic else {
-        return Ok(Some(format!(
+    let Traffic::Proxy(spec) = &d.policy.traffic else {
+        return Ok(format!(
             "rampart serve: {service} {version} runs ({})",
             deployed.detail
-        )));
+        ));
     };
-    let plane = crate::dataplane::attach::attach(service, spec, &local_dir)
+    let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir)
         .await
         .map_err(|e| e.to_string())?;
     let table = plane.table().await.map_err(|e| e.to_string())?;
-    if table.stable != deployed.endpoints
-        || !table.canary.is_empty()
-        || table.weight != Weight::ZERO
+    if table.stable != deployed.endpoints || !table.canary.is_empty() || table.weight != Weight::ZERO
     {
         plane
             .set_backends(Variant::Stable, &deployed.endpoints)
@@ -127,8 +169,95 @@ async fn restore_one(
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok(Some(format!(
+    Ok(format!(
         "rampart serve: {service} {version} serves on http://{} ({})",
         spec.listen, deployed.detail
-    )))
+    ))
+}
+
+/// When a service's stable may be restarted next, and how long it waits after that.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    not_before: u64,
+    wait: u64,
+    last_restart: u64,
+}
+
+/// Restarts, for as long as the server runs, a version process of a served service
+/// that exited between releases: with backoff while it keeps exiting, each restart
+/// said on the server's output and appended to `logs/SERVICE.restarts.log` in the
+/// state directory.
+pub async fn supervise(store: Arc<StateStore>, state_dir: PathBuf, clock: Arc<dyn Clock>) {
+    let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    loop {
+        tokio::time::sleep(WATCH).await;
+        let Ok(services) = store.services().await else {
+            continue;
+        };
+        for service in services {
+            let Ok(Some(Ok(d))) = desired(&store, &state_dir, &service).await else {
+                continue;
+            };
+            let gone = d.processes().exited(Variant::Stable);
+            if gone.is_empty() {
+                continue;
+            }
+            let now = clock.now();
+            let b = backoff.entry(service.clone()).or_insert(Backoff {
+                not_before: 0,
+                wait: FIRST_BACKOFF_MS,
+                last_restart: 0,
+            });
+            if now < b.not_before {
+                continue;
+            }
+            // Between the look and the restart a release may have started: it owns
+            // the service then.
+            if store.active(&service).await.ok().flatten().is_some() {
+                continue;
+            }
+            let result = bring_back(&d, false).await;
+            b.wait = if b.last_restart > 0 && now.saturating_sub(b.last_restart) < STEADY_MS {
+                (b.wait * 2).min(MAX_BACKOFF_MS)
+            } else {
+                FIRST_BACKOFF_MS
+            };
+            b.last_restart = now;
+            b.not_before = now + b.wait;
+            let pids: Vec<String> = gone.iter().map(|r| r.pid.to_string()).collect();
+            let line = serde_json::json!({
+                "at": now,
+                "service": service,
+                "version": d.version,
+                "exited_pids": pids,
+                "restarted": result.is_ok(),
+                "detail": match &result { Ok(s) | Err(s) => s.clone() },
+                "next_restart_not_before_ms": b.wait,
+            });
+            eprintln!(
+                "rampart serve: {service} {}: process(es) {} exited; {}",
+                d.version,
+                pids.join(", "),
+                match &result {
+                    Ok(s) => format!("restarted: {s}"),
+                    Err(e) => format!("restart failed (again in {} ms): {e}", b.wait),
+                }
+            );
+            record(&state_dir, &service, &line.to_string());
+        }
+    }
+}
+
+/// Appends one restart to the service's restart log.
+fn record(state_dir: &Path, service: &str, line: &str) {
+    use std::io::Write as _;
+    let dir = state_dir.join("logs");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{service}.restarts.log")))
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }

@@ -360,7 +360,7 @@ fn a_crashed_data_plane_comes_back_with_its_routes() {
     until("the data plane is gone", Duration::from_secs(10), || {
         !alive(pid)
     });
-    assert!(!svc.answers());
+    assert_eq!(svc.plane_pid(), None, "no data plane holds the service's lock");
     let mut again = Command::new(exe());
     again
         .args(["proxy", "--state-dir"])
@@ -557,9 +557,11 @@ fn serve_killed_and_restarted_keeps_every_service_answering_and_a_reboot_brings_
     };
     let old = pid_of().unwrap();
     common::servers::kill_group(u32::try_from(old).unwrap());
-    until("the exited version is replaced", Duration::from_secs(30), || {
-        pid_of().is_some_and(|p| p != old) && http_get(ports[0]).starts_with("HTTP/1.1 200")
-    });
+    until(
+        "the exited version is replaced",
+        Duration::from_secs(30),
+        || pid_of().is_some_and(|p| p != old) && http_get(ports[0]).starts_with("HTTP/1.1 200"),
+    );
     let log = std::fs::read_to_string(state.join("logs/svc0.restarts.log")).unwrap();
     assert!(log.contains(&format!("\"{old}\"")), "{log}");
 }

@@ -257,7 +257,11 @@ impl ProcessDeployer {
             .into_iter()
             .filter(|r| {
                 let zombie = std::fs::read_to_string(format!("/proc/{}/stat", r.pid))
-                    .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+                    .map(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+                    })
                     .unwrap_or(true);
                 zombie || !self.owns(r.pid, variant)
             })

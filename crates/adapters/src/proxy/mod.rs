@@ -88,6 +88,8 @@ struct Inner {
     canary_at_zero: AtomicU64,
     /// Client connections open now.
     connections: AtomicU64,
+    /// Set once this proxy handed its socket over: every answer closes its connection.
+    retiring: std::sync::atomic::AtomicBool,
     /// Tells this proxy's counters from another's (a restarted data plane counts from
     /// zero again).
     instance: u64,
@@ -184,10 +186,19 @@ impl ProxyServer {
     }
 
     /// Stops accepting (the listening socket stays open while another process holds
-    /// it) and asks open connections to close once their request in flight is
-    /// answered; returns when every connection of this proxy has closed, or `timeout`.
-    pub async fn stop_accepting(mut self, proxy: &Proxy, timeout: Duration) {
-        let _ = self.closing.send(true);
+    /// it) and ends the open connections, returning when all have closed or at
+    /// `timeout`, when the rest are closed.
+    ///
+    /// `retire` (a hand-over, where another process serves the address): each
+    /// connection answers its next request, or the one in flight, with
+    /// `Connection: close` and closes after it, so a client never has an idle
+    /// connection closed under a request it is sending. Otherwise (the service
+    /// stops): idle connections close at once, busy ones after their answer.
+    pub async fn stop_accepting(mut self, proxy: &Proxy, timeout: Duration, retire: bool) {
+        proxy.inner.retiring.store(true, Ordering::Release);
+        if !retire {
+            let _ = self.closing.send(true);
+        }
         self.task.abort();
         let _ = (&mut self.task).await;
         let open = async {
@@ -200,6 +211,7 @@ impl ProxyServer {
             }
         };
         let _ = tokio::time::timeout(timeout, open).await;
+        let _ = self.closing.send(true);
     }
 
     /// Stops accepting and returns once the listening socket is closed, so the address
@@ -258,6 +270,7 @@ impl Proxy {
                 hold: std::sync::Mutex::new(hold),
                 canary_at_zero: AtomicU64::new(0),
                 connections: AtomicU64::new(0),
+                retiring: std::sync::atomic::AtomicBool::new(false),
                 instance: {
                     let mut raw = [0u8; 8];
                     // Without randomness, the pid still tells most restarts apart.
@@ -590,6 +603,10 @@ impl Proxy {
             HeaderName::from_static(VARIANT_HEADER),
             HeaderValue::from_static(variant.as_str()),
         );
+        if self.inner.retiring.load(Ordering::Acquire) {
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

@@ -188,7 +188,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
                 match hand_over(stream, &server).await {
                     Ok(()) => {
                         eprintln!("handed the listening socket over; draining open connections");
-                        server.stop_accepting(&proxy, args.drain).await;
+                        server.stop_accepting(&proxy, args.drain, true).await;
                         return Ok(());
                     }
                     Err(e) => {
@@ -205,7 +205,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
     if let Some(a) = admin.take() {
         a.close().await;
     }
-    server.stop_accepting(&proxy, args.drain).await;
+    server.stop_accepting(&proxy, args.drain, false).await;
     Ok(())
 }
 

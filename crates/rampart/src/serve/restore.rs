@@ -85,7 +85,12 @@ async fn desired(
     state_dir: &Path,
     service: &str,
 ) -> Result<Option<Result<Desired, String>>, String> {
-    if store.active(service).await.map_err(|e| e.to_string())?.is_some() {
+    if store
+        .active(service)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
         return Ok(None); // its release resumes, and owns the service until its outcome
     }
     let Some(version) = store
@@ -105,7 +110,11 @@ async fn desired(
     ) {
         return Ok(None);
     }
-    let Some(submission) = store.submission(&last.id).await.map_err(|e| e.to_string())? else {
+    let Some(submission) = store
+        .submission(&last.id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(None); // released by `rampart run` into this store: not served here
     };
     let policy = Policy::from_yaml(&last.policy).map_err(|e| e.to_string())?;
@@ -154,7 +163,9 @@ async fn bring_back(d: &Desired, rebase: bool) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     let table = plane.table().await.map_err(|e| e.to_string())?;
-    if table.stable != deployed.endpoints || !table.canary.is_empty() || table.weight != Weight::ZERO
+    if table.stable != deployed.endpoints
+        || !table.canary.is_empty()
+        || table.weight != Weight::ZERO
     {
         plane
             .set_backends(Variant::Stable, &deployed.endpoints)

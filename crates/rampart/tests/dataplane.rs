@@ -360,7 +360,11 @@ fn a_crashed_data_plane_comes_back_with_its_routes() {
     until("the data plane is gone", Duration::from_secs(10), || {
         !alive(pid)
     });
-    assert_eq!(svc.plane_pid(), None, "no data plane holds the service's lock");
+    assert_eq!(
+        svc.plane_pid(),
+        None,
+        "no data plane holds the service's lock"
+    );
     let mut again = Command::new(exe());
     again
         .args(["proxy", "--state-dir"])

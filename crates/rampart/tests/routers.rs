@@ -201,3 +201,77 @@ fn keep_running_behind_haproxy_serves_until_sigterm_and_a_plain_run_warns() {
         "{stderr}"
     );
 }
+
+/// Behind nginx and HAProxy too, the winner keeps serving when `rampart run` ends, as
+/// the service's stable (the next release adopts it), until `rampart stop`.
+#[test]
+fn the_winner_keeps_serving_behind_nginx_and_haproxy_until_stopped() {
+    let log: std::net::SocketAddr = format!("127.0.0.1:{}", udp_port()).parse().unwrap();
+    let h = servers::haproxy("shop", 2, log);
+    let n = servers::nginx();
+    let haproxy = format!(
+        "  haproxy:\n    socket: {:?}\n    backend: shop\n    log_listen: \"{log}\"\n",
+        h.socket
+    );
+    for (traffic, port) in [
+        (nginx_traffic(&n), n.listen.port()),
+        (haproxy, h.addr.port()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = policy(dir.path(), &traffic, "0");
+        let state = dir.path().join("state");
+        let _versions = common::Versions(state.clone());
+        let rt = common::runtime();
+        let (load, _) = common::start_load(&rt, port, 200);
+        let out = common::rampart()
+            .args([
+                "run",
+                "--version",
+                "v2",
+                "--stable",
+                "v1",
+                "--output",
+                "json",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        load.abort();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("shop v2 serves as stable"), "{stderr}");
+        let records = std::fs::read_to_string(state.join("processes/shop.stable.json")).unwrap();
+        assert!(records.contains("\"v2\""), "{records}");
+        assert!(!state.join("processes/shop.canary.json").exists());
+        // Users still reach v2 through the router.
+        let body = get(port);
+        assert!(
+            body.starts_with("HTTP/1.1 200") && body.contains("v2"),
+            "{body}"
+        );
+        let stopped = common::rampart()
+            .args(["stop", "--state-dir"])
+            .arg(&state)
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(stopped.status.success(), "{stopped:?}");
+        assert!(!state.join("processes/shop.stable.json").exists());
+    }
+}
+
+fn get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-user: u1\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}

@@ -1,12 +1,15 @@
 """The data-plane benchmark behind scripts/bench-proxy.sh. Loopback only.
 
-Targets: direct (one backend), rampart (the embedded proxy via `rampart proxy`),
-nginx (split_clients) and haproxy (server weights), the last three splitting 80/20.
+Targets: direct (one backend), rampart (the embedded proxy via `rampart proxy`, set
+over TCP), rampart-plane (the same proxy as a service's long-lived data plane,
+`rampart proxy --state-dir`, set over its Unix socket), nginx (split_clients) and
+haproxy (server weights), the last four splitting 80/20.
 For each: wrk -t1 -c50 throughput and p50/p99 latency, then the time a weight change
 takes to be in force, and the failed requests while the weight flips 0 -> 100 -> 0
 under load.
 """
 
+import http.client
 import json
 import os
 import re
@@ -116,6 +119,56 @@ def rampart_proxy(a, b):
 
     set_weight(20)
     wait_port(port, "rampart proxy")
+    return port, set_weight
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    """HTTP over the data plane's Unix admin socket."""
+
+    def __init__(self, path):
+        super().__init__("localhost")
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+def rampart_plane(a, b):
+    """The same proxy as the service's long-lived data plane (`rampart proxy
+    --state-dir`, what `rampart run` and `serve` start), set over its Unix socket."""
+    port = free_port()
+    state = os.path.join(TMP, "plane")
+    policy = os.path.join(TMP, "plane.yaml")
+    with open(policy, "w") as f:
+        f.write(
+            "service: bench-plane\n"
+            "deploy: {process: {command: [x, \"{port}\"]}}\n"
+            f"traffic: {{proxy: {{listen: \"127.0.0.1:{port}\"}}}}\n"
+            "strategy: {canary: {steps: [{weight: 20, bake: 1m}]}}\n"
+            "analysis: {metrics: [{metric: error_rate, judge: {max: 1%}}]}\n"
+        )
+    spawn([BIN, "proxy", "--state-dir", state, "-f", policy])
+    sock = os.path.join(state, "dataplane", "bench-plane.sock")
+    wait_port(port, "rampart data plane")
+    token = open(os.path.join(state, "dataplane", "bench-plane.token")).read().strip()
+
+    def call(method, path, body):
+        c = UnixHTTP(sock)
+        c.request(method, path, body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        c.close()
+        assert r.status == 200, (path, r.status)
+
+    call("PUT", "/backends/stable", json.dumps({"endpoints": [f"127.0.0.1:{a}"]}))
+    call("PUT", "/backends/canary", json.dumps({"endpoints": [f"127.0.0.1:{b}"]}))
+
+    def set_weight(pct):
+        call("PUT", "/weight", json.dumps({"weight": pct}))
+
+    set_weight(20)
     return port, set_weight
 
 
@@ -251,7 +304,7 @@ def flip_under_load(port, set_weight, seconds):
 def main():
     a, b = backends()
     targets = [("direct", a, None)]
-    for name, make in (("rampart", rampart_proxy), ("nginx", nginx), ("haproxy", haproxy)):
+    for name, make in (("rampart", rampart_proxy), ("rampart-plane", rampart_plane), ("nginx", nginx), ("haproxy", haproxy)):
         port, set_weight = make(a, b)
         targets.append((name, port, set_weight))
     results = []

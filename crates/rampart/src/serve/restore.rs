@@ -54,24 +54,39 @@ impl Desired {
     }
 }
 
-/// Restores every service; returns one line per service, for the server's output.
+/// How many services are brought back at once (each waits for its version's
+/// readiness, mostly idle).
+const AT_ONCE: usize = 16;
+
+/// Restores every service, several at once; returns one line per service, for the
+/// server's output.
 pub async fn restore(store: &Arc<StateStore>, state_dir: &Path) -> Vec<String> {
     let services = match store.services().await {
         Ok(s) => s,
         Err(e) => return vec![format!("rampart serve: services not restored: {e}")],
     };
-    let mut lines = Vec::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+    let mut tasks = tokio::task::JoinSet::new();
     for service in services {
-        let restored = match desired(store, state_dir, &service).await {
-            Ok(Some(Ok(d))) => bring_back(&d, d.promoted).await.map(Some),
-            Ok(Some(Err(said))) => Ok(Some(said)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
-        match restored {
-            Ok(Some(line)) => lines.push(line),
-            Ok(None) => {}
-            Err(e) => lines.push(format!("rampart serve: {service} not restored: {e}")),
+        let (store, state_dir, slots) = (store.clone(), state_dir.to_path_buf(), slots.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let restored = match desired(&store, &state_dir, &service).await {
+                Ok(Some(Ok(d))) => bring_back(&d, d.promoted).await.map(Some),
+                Ok(Some(Err(said))) => Ok(Some(said)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match restored {
+                Ok(line) => line,
+                Err(e) => Some(format!("rampart serve: {service} not restored: {e}")),
+            }
+        });
+    }
+    let mut lines = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some(line)) = done {
+            lines.push(line);
         }
     }
     lines

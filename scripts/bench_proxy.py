@@ -9,7 +9,7 @@ takes to be in force, and the failed requests while the weight flips 0 -> 100 ->
 under load.
 """
 
-import http.client
+from http.client import HTTPConnection
 import json
 import os
 import re
@@ -122,7 +122,7 @@ def rampart_proxy(a, b):
     return port, set_weight
 
 
-class UnixHTTP(http.client.HTTPConnection):
+class UnixHTTP(HTTPConnection):
     """HTTP over the data plane's Unix admin socket."""
 
     def __init__(self, path):

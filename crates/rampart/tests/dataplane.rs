@@ -93,6 +93,15 @@ impl Service {
         report(&out)
     }
 
+    /// `rampart proxy --state-dir STATE --service NAME`: the service's data plane.
+    fn plane(&self) -> Command {
+        let mut c = Command::new(exe());
+        c.args(["proxy", "--state-dir"])
+            .arg(&self.state)
+            .args(["--service", &self.name]);
+        c
+    }
+
     fn stop(&self) -> Output {
         rampart()
             .args(["stop", "--state-dir"])
@@ -304,17 +313,9 @@ fn the_data_plane_is_upgraded_in_place_under_load_with_no_failed_request() {
     notified
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let status = Command::new(exe())
-        .args(["proxy", "--state-dir"])
-        .arg(&svc.state)
-        .args([
-            "--service",
-            &svc.name,
-            "--take-over",
-            "--detach",
-            "--drain",
-            "5s",
-        ])
+    let status = svc
+        .plane()
+        .args(["--take-over", "--detach", "--drain", "5s"])
         .env("RAMPART_DATAPLANE", &svc.name)
         .env("NOTIFY_SOCKET", &manager)
         .stdout(Stdio::null())
@@ -365,11 +366,8 @@ fn a_crashed_data_plane_comes_back_with_its_routes() {
         None,
         "no data plane holds the service's lock"
     );
-    let mut again = Command::new(exe());
+    let mut again = svc.plane();
     again
-        .args(["proxy", "--state-dir"])
-        .arg(&svc.state)
-        .args(["--service", &svc.name])
         .env("RAMPART_DATAPLANE", &svc.name)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -395,12 +393,7 @@ fn a_second_data_plane_a_wrong_credential_and_a_corrupt_state_file_are_refused()
     let pid = svc.plane_pid().unwrap();
 
     // A second data plane for the service: refused, and the first keeps serving.
-    let second = Command::new(exe())
-        .args(["proxy", "--state-dir"])
-        .arg(&svc.state)
-        .args(["--service", &svc.name])
-        .output()
-        .unwrap();
+    let second = svc.plane().output().unwrap();
     assert_eq!(second.status.code(), Some(3), "{second:?}");
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(
@@ -431,12 +424,7 @@ fn a_second_data_plane_a_wrong_credential_and_a_corrupt_state_file_are_refused()
         "{\"format\": 9, \"service\": \"guarded\"}",
     ] {
         std::fs::write(svc.file("json"), text).unwrap();
-        let out = Command::new(exe())
-            .args(["proxy", "--state-dir"])
-            .arg(&svc.state)
-            .args(["--service", &svc.name])
-            .output()
-            .unwrap();
+        let out = svc.plane().output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -163,7 +163,9 @@ fn an_approver_watches_a_release_in_the_dashboard_and_approves_it_there() {
     let rt = runtime();
     let port = free_port();
     let _ = start_load(&rt, port, 150);
-    let approval = "      - {approval: {role: release-manager, timeout: 10m}}\n";
+    // A long bake at 20 % before the approval point, so the page (opened after the
+    // browser starts) still sees the release there, whatever the machine's speed.
+    let approval = "      - {weight: 20, bake: 15s}\n      - {approval: {role: release-manager, timeout: 10m}}\n";
     let id = submit(&server, &ci, &policy("storefront", port, approval));
 
     let browser = Browser::start();

@@ -557,3 +557,46 @@ fn serve_killed_and_restarted_keeps_every_service_answering_and_a_reboot_brings_
     let log = std::fs::read_to_string(state.join("logs/svc0.restarts.log")).unwrap();
     assert!(log.contains(&format!("\"{old}\"")), "{log}");
 }
+
+/// A stable version that crashes during a release shows as stable's failed requests
+/// (502 from the data plane), which the rules that already exist judge: when the
+/// canary fails too, the release halts and pages, since rolling back to a dead stable
+/// would not help.
+#[test]
+fn stable_and_canary_crashing_mid_release_halt_it_rather_than_roll_back() {
+    let svc = Service::new("crashing");
+    let rt = runtime();
+    let (load, _) = first_release_under_load(&svc, &rt);
+    let run = svc.run("v2").stdout(Stdio::piped()).spawn().unwrap();
+    let canary_weight = || {
+        std::fs::read_to_string(svc.file("json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["routes"]["weight"].as_f64())
+            .unwrap_or(0.0)
+    };
+    until("the canary takes users", Duration::from_secs(30), || {
+        canary_weight() > 0.0
+    });
+    let records = |variant: &str| -> Vec<u32> {
+        let path = svc
+            .state
+            .join("processes")
+            .join(format!("{}.{variant}.json", svc.name));
+        let text = std::fs::read_to_string(path).unwrap_or_else(|_| "[]".into());
+        let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        list.iter()
+            .filter_map(|r| r["pid"].as_u64())
+            .filter_map(|p| u32::try_from(p).ok())
+            .collect()
+    };
+    for pid in records("stable").into_iter().chain(records("canary")) {
+        common::servers::kill_group(pid);
+    }
+    let out = run.wait_with_output().unwrap();
+    load.abort();
+    let (code, v) = report(&out);
+    assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("both versions are unhealthy"), "{reason}");
+}

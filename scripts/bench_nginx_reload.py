@@ -2,6 +2,7 @@
 
     python3 scripts/bench_nginx_reload.py            # BENCH_DURATION=8 s per variant
     BENCH_ROUNDS=3 python3 scripts/bench_nginx_reload.py
+    BENCH_ONLY="before,after" BENCH_ROUNDS=5 python3 scripts/bench_nginx_reload.py
 
 Loopback only; needs nginx and wrk. Two backends (a second nginx answering "a" or "b",
 so the reloads hit only the router), and for each variant a router nginx splitting
@@ -260,8 +261,11 @@ def flips_under_load(port, set_weight):
 
 def main():
     a, b = backends()
+    only = [v for v in os.environ.get("BENCH_ONLY", "").split(",") if v]
     variants = []
     for i, (name, make) in enumerate(VARIANTS):
+        if only and not any(v in name for v in only):
+            continue
         port, set_weight = make(f"v{i}", a, b)
         variants.append((name, port, set_weight))
     results = {name: [] for name, _, _ in variants}

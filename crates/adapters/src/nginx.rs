@@ -1,10 +1,14 @@
 //! nginx as the traffic router: rampart renders one include file per service, has
 //! nginx validate it, reloads, and checks that the new split is the one being served.
+//! A change of the weight alone needs no reload: nginx reads it per request from a
+//! directory rampart swaps with one rename, because every reload resets the
+//! keep-alive connections of clients caught between two requests (issue 21).
 //!
-//! Owns the rendered file (upstreams, a `split_clients` on the sticky key, match rules
-//! as `map`s, the request log sent to rampart, and the service's `server` block), its
-//! generation counter, and restoring the previous file when nginx refuses a new one.
-//! It must not touch the rest of nginx's configuration.
+//! Owns the rendered file (upstreams, two `split_clients` on the sticky key, match
+//! rules as `map`s, the request log sent to rampart, and the service's `server`
+//! block), the weight directory beside it, their generation counter, and restoring
+//! the previous file when nginx refuses a new one. It must not touch the rest of
+//! nginx's configuration.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -35,7 +39,14 @@ pub struct Split {
 #[derive(Debug)]
 struct State {
     split: Split,
+    /// The generation of the latest change, of the file or of the weight.
     generation: u64,
+    /// The generation of the file nginx was last reloaded with.
+    loaded: u64,
+    /// Whether the weight changed since the last reload: requests still in flight
+    /// to a variant that lost its share then run on the current workers, and a
+    /// drain must reload to tell when they have finished.
+    weight_since_reload: bool,
 }
 
 /// Rewrites, tests and reloads nginx.
@@ -110,17 +121,16 @@ pub fn render(
         Sticky::Header(h) => format!("$http_{}", ident(h)),
         Sticky::Cookie(c) => format!("$cookie_{}", ident(c)),
     };
-    let bp = split.weight.basis_points();
-    let _ = writeln!(f, "split_clients \"{key}\" $rampart_{id}_split {{");
-    match bp {
-        0 => f.push_str("    * stable;\n"),
-        10_000 => f.push_str("    * canary;\n"),
-        _ => {
-            let _ = writeln!(f, "    {}.{:02}% canary;", bp / 100, bp % 100);
-            f.push_str("    * stable;\n");
+    // Two independent hashes of the key, each a bucket 00-99: a request is in basis
+    // point `100 * hi + lo` of 10 000, and goes to the canary when that is below the
+    // weight, which the weight directory says (see `weight_files`).
+    for (part, salt) in [("hi", ""), ("lo", "~")] {
+        let _ = writeln!(f, "split_clients \"{key}{salt}\" $rampart_{id}_{part} {{");
+        for bucket in 0..99 {
+            let _ = writeln!(f, "    1% {bucket:02};");
         }
+        f.push_str("    * 99;\n}\n");
     }
-    f.push_str("}\n");
     let mut flags = Vec::new();
     for (i, m) in split.matches.iter().enumerate() {
         let var = format!("$rampart_{id}_m{i}");
@@ -149,14 +159,31 @@ pub fn render(
         f,
         "log_format rampart_{id} 'rampart-s {service} $rampart_{id}_variant $status $upstream_header_time';"
     );
+    let dir = weight_dir(Path::new(&spec.include));
+    let current = dir.join("current").display().to_string();
+    let hi = quote(&format!("{current}/h$rampart_{id}_hi"));
+    let lo = quote(&format!("{current}/l$rampart_{id}_hi$rampart_{id}_lo"));
+    let state = quote(&format!("{current}/state"));
     let _ = writeln!(
         f,
         r#"server {{
     listen {listen};
+    set $rampart_{id}_split stable;
+    if (-f {hi}) {{
+        set $rampart_{id}_split canary;
+    }}
+    if (-f {lo}) {{
+        set $rampart_{id}_split canary;
+    }}
     location = /__rampart/{service} {{
         access_log off;
         default_type text/plain;
-        return 200 "generation {generation} weight {weight}\n";
+        return 200 "generation {generation}\n";
+    }}
+    location = /__rampart/{service}/weight {{
+        access_log off;
+        default_type text/plain;
+        alias {state};
     }}
     location / {{
         proxy_pass http://rampart_{id}_$rampart_{id}_variant;
@@ -169,7 +196,6 @@ pub fn render(
     }}
 }}"#,
         listen = spec.listen,
-        weight = split.weight,
     );
     f
 }
@@ -181,6 +207,26 @@ fn generation_of(text: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The directory beside the include file whose `current` entry (a symlink to one
+/// generation's directory, swapped with one rename) holds the weight nginx reads per
+/// request: `include` plus `.weight`, so that a `conf.d/*.conf` glob skips it.
+pub fn weight_dir(include: &Path) -> std::path::PathBuf {
+    let mut name = include.as_os_str().to_owned();
+    name.push(".weight");
+    name.into()
+}
+
+/// The empty files that send a weight's share to the canary: `hNN` for each whole
+/// percent below it (every `lo` of that `hi`), then `lHHLL` for each basis point of
+/// the next percent. Users already on the canary stay there as the weight grows.
+pub fn weight_files(weight: Weight) -> Vec<String> {
+    let bp = weight.basis_points();
+    let (whole, rest) = (bp / 100, bp % 100);
+    let mut files: Vec<String> = (0..whole).map(|hi| format!("h{hi:02}")).collect();
+    files.extend((0..rest).map(|lo| format!("l{whole:02}{lo:02}")));
+    files
 }
 
 async fn run(cmd: &[String]) -> Result<(), String> {
@@ -208,12 +254,17 @@ async fn run(cmd: &[String]) -> Result<(), String> {
 }
 
 impl NginxRouter {
-    /// A router for `service` writing `spec.include`; nginx sends its request log to
-    /// `log_to`.
+    /// A router for `service` writing `spec.include` and the weight directory beside
+    /// it; nginx sends its request log to `log_to`.
     pub fn new(spec: NginxSpec, service: &str, log_to: SocketAddr) -> NginxRouter {
-        let generation = std::fs::read_to_string(&spec.include)
+        let loaded = std::fs::read_to_string(&spec.include)
             .ok()
             .and_then(|t| generation_of(&t))
+            .unwrap_or(0);
+        let current = weight_dir(Path::new(&spec.include)).join("current/state");
+        let weighed = std::fs::read_to_string(current)
+            .ok()
+            .and_then(|t| generation_of(&format!(", {t}")))
             .unwrap_or(0);
         NginxRouter {
             spec,
@@ -221,17 +272,32 @@ impl NginxRouter {
             log_to,
             state: Mutex::new(State {
                 split: Split::default(),
-                generation,
+                generation: loaded.max(weighed),
+                loaded,
+                // Unknown after a restart: a drain reloads to be sure.
+                weight_since_reload: true,
             }),
         }
     }
 
-    /// Writes, tests, reloads and verifies `next`; on any failure the previous file is
-    /// put back and nginx keeps (or goes back to) what it served.
+    /// Puts `next` in force. When the file would say what nginx already loaded, only
+    /// the weight directory changes (no reload); otherwise writes, tests, reloads and
+    /// verifies, and on any failure the previous file and weight are put back and
+    /// nginx keeps (or goes back to) what it served.
     async fn apply(&self, state: &mut State, next: Split) -> Result<(), PortError> {
         let path = Path::new(&self.spec.include);
         let before = std::fs::read_to_string(path).ok();
         let generation = state.generation + 1;
+        let unchanged = render(&self.service, &self.spec, &next, state.loaded, self.log_to);
+        if state.loaded > 0 && before.as_deref() == Some(unchanged.as_str()) {
+            let dir = weight_dir(path);
+            write_weight(&dir, next.weight, generation)?;
+            self.verify(state.loaded, generation, &[]).await?;
+            state.split = next;
+            state.generation = generation;
+            state.weight_since_reload = true;
+            return Ok(());
+        }
         let text = render(&self.service, &self.spec, &next, generation, self.log_to);
         write_atomically(path, &text)?;
         let restore = |why: String| -> PortError {
@@ -251,6 +317,11 @@ impl NginxRouter {
                 "nginx rejected the new configuration: {e}"
             )));
         }
+        let dir = weight_dir(path);
+        let previous = std::fs::read_link(dir.join("current")).ok();
+        if let Err(e) = write_weight(&dir, next.weight, generation) {
+            return Err(restore(e.0));
+        }
         let serving: Vec<u32> = self
             .workers()
             .into_iter()
@@ -259,46 +330,66 @@ impl NginxRouter {
             .collect();
         if let Err(e) = run(&self.spec.reload).await {
             let e = restore(format!("nginx did not reload: {e}"));
+            if let Some(previous) = previous {
+                let _ = point_current(&dir, &previous);
+            }
             // Whatever happened, ask nginx to serve the restored file.
             let _ = run(&self.spec.reload).await;
             return Err(e);
         }
-        self.verify(generation, &serving).await?;
+        self.verify(generation, generation, &serving).await?;
         state.split = next;
         state.generation = generation;
+        state.loaded = generation;
+        state.weight_since_reload = false;
         Ok(())
     }
 
-    /// Waits until nginx answers with `generation` on a fresh connection, and every
-    /// worker that served before (`old`) has stopped taking connections: from then on
-    /// no new request is split the old way.
-    async fn verify(&self, generation: u64, old: &[u32]) -> Result<(), PortError> {
+    /// Waits until nginx answers with file generation `loaded` and weight generation
+    /// `weighed` on a fresh connection, and every worker that served before (`old`)
+    /// has stopped taking connections: from then on no new request is split the old
+    /// way.
+    async fn verify(&self, loaded: u64, weighed: u64, old: &[u32]) -> Result<(), PortError> {
         let url = format!("http://{}/__rampart/{}", self.spec.listen, self.service);
-        let want = format!("generation {generation} ");
         let deadline = tokio::time::Instant::now() + LOAD_TIMEOUT;
+        let mut checks = [
+            (url.clone(), format!("generation {loaded}\n"), false),
+            (
+                format!("{url}/weight"),
+                format!("generation {weighed} "),
+                false,
+            ),
+        ];
         loop {
-            let last = match crate::http::get_text(&url, Duration::from_secs(2)).await {
-                Ok((200, body)) if body.starts_with(&want) => {
-                    let still: Vec<u32> = self
-                        .workers()
-                        .into_iter()
-                        .filter(|(pid, down)| !down && old.contains(pid))
-                        .map(|(pid, _)| pid)
-                        .collect();
-                    if still.is_empty() {
-                        return Ok(());
+            let mut last = None;
+            for (url, want, seen) in checks.iter_mut().filter(|c| !c.2) {
+                match crate::http::get_text(url, Duration::from_secs(2)).await {
+                    Ok((200, body)) if body.starts_with(&*want) => {
+                        *seen = true;
                     }
-                    format!(
-                        "worker(s) {still:?} of the previous configuration still accept connections"
-                    )
+                    Ok((status, body)) => last = Some(format!("{url}: {status} {}", body.trim())),
+                    Err(e) => last = Some(format!("{url}: {e}")),
                 }
-                Ok((status, body)) => format!("{status} {}", body.trim()),
-                Err(e) => e.to_string(),
-            };
+            }
+            if last.is_none() {
+                let still: Vec<u32> = self
+                    .workers()
+                    .into_iter()
+                    .filter(|(pid, down)| !down && old.contains(pid))
+                    .map(|(pid, _)| pid)
+                    .collect();
+                if still.is_empty() {
+                    return Ok(());
+                }
+                last = Some(format!(
+                    "worker(s) {still:?} of the previous configuration still accept connections"
+                ));
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(err(format!(
-                    "nginx reloaded but does not serve generation {generation} at {url} after {}s (last answer: {last})",
-                    LOAD_TIMEOUT.as_secs()
+                    "nginx does not serve generation {loaded} with weight generation {weighed} after {}s (last answer: {})",
+                    LOAD_TIMEOUT.as_secs(),
+                    last.unwrap_or_default()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -334,7 +425,28 @@ impl NginxRouter {
         self.workers().iter().filter(|(_, down)| *down).count()
     }
 
+    /// Waits until no request runs under a split from before the latest change. After
+    /// weight changes without a reload, the requests still in flight to a variant that
+    /// lost its share run on the current workers, where nothing tells when they end:
+    /// one reload moves them to the old workers, which nginx retires once they finish.
     async fn wait_old_workers(&self, timeout: Duration) -> Result<(), PortError> {
+        {
+            let mut state = self.state.lock().await;
+            if state.weight_since_reload && state.loaded > 0 {
+                let serving: Vec<u32> = self
+                    .workers()
+                    .into_iter()
+                    .filter(|(_, down)| !down)
+                    .map(|(pid, _)| pid)
+                    .collect();
+                run(&self.spec.reload)
+                    .await
+                    .map_err(|e| err(format!("nginx did not reload to drain: {e}")))?;
+                self.verify(state.loaded, state.generation, &serving)
+                    .await?;
+                state.weight_since_reload = false;
+            }
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let n = self.old_workers();
@@ -357,6 +469,59 @@ fn parent_of(pid: u32) -> Option<u32> {
     // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Writes generation `generation` of the weight directory and makes it current with
+/// one rename, so a request sees either the previous weight or this one; removes the
+/// generations before the previous one.
+fn write_weight(dir: &Path, weight: Weight, generation: u64) -> Result<(), PortError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |what: &Path, e: std::io::Error| err(format!("writing {}: {e}", what.display()));
+    // nginx's workers (another user) read it whatever rampart's umask.
+    let readable = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| io(p, e))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    readable(dir, 0o755)?;
+    let name = format!("g{generation}");
+    let gen_dir = dir.join(&name);
+    if gen_dir.exists() {
+        // Left by an attempt that failed before it became current.
+        std::fs::remove_dir_all(&gen_dir).map_err(|e| io(&gen_dir, e))?;
+    }
+    std::fs::create_dir(&gen_dir).map_err(|e| io(&gen_dir, e))?;
+    readable(&gen_dir, 0o755)?;
+    for file in weight_files(weight) {
+        let p = gen_dir.join(file);
+        std::fs::File::create(&p).map_err(|e| io(&p, e))?;
+        readable(&p, 0o644)?;
+    }
+    let state = gen_dir.join("state");
+    std::fs::write(&state, format!("generation {generation} weight {weight}\n"))
+        .map_err(|e| io(&state, e))?;
+    readable(&state, 0o644)?;
+    let previous = std::fs::read_link(dir.join("current")).ok();
+    point_current(dir, Path::new(&name))?;
+    // Keep the current and the previous generation; a request may still be reading it.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(Result::ok) {
+            let n = e.file_name();
+            let keep = n == name.as_str() || previous.as_deref() == Some(Path::new(&n));
+            if !keep && n.to_string_lossy().starts_with('g') {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Points `dir/current` at `target` (relative to `dir`) with one rename.
+fn point_current(dir: &Path, target: &Path) -> Result<(), PortError> {
+    let tmp = dir.join("current.rampart-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, dir.join("current")))
+        .map_err(|e| err(format!("writing {}: {e}", dir.join("current").display())))
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), PortError> {
@@ -429,7 +594,7 @@ mod tests {
     }
 
     #[test]
-    fn the_split_renders_with_two_decimals_and_match_maps() {
+    fn the_file_renders_two_hashes_match_maps_and_no_weight() {
         let split = Split {
             stable: vec!["127.0.0.1:4001".parse().unwrap()],
             canary: vec![],
@@ -441,7 +606,19 @@ mod tests {
         };
         let log = "127.0.0.1:5140".parse().unwrap();
         let text = render("check-out", &spec(), &split, 7, log);
-        assert!(text.contains("split_clients \"$http_x_user_id\" $rampart_check_out_split {\n    12.50% canary;\n    * stable;\n}"), "{text}");
+        assert!(
+            text.contains("split_clients \"$http_x_user_id\" $rampart_check_out_hi {\n    1% 00;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("split_clients \"$http_x_user_id~\" $rampart_check_out_lo {"),
+            "{text}"
+        );
+        assert!(text.contains("    1% 98;\n    * 99;\n}"), "{text}");
+        assert!(
+            text.contains("if (-f \"/tmp/x.conf.weight/current/h$rampart_check_out_hi\")"),
+            "{text}"
+        );
         assert!(text.contains("upstream rampart_check_out_canary {\n    server 127.0.0.1:9 down;"));
         assert!(text.contains("map $cookie_beta $rampart_check_out_m0 {\n    default \"\";\n    \"\\\\1\" 1;\n    \"\\\\say \\\"hi\\\"\" 1;\n}"), "{text}");
         assert!(text.contains("map \"$rampart_check_out_m0\" $rampart_check_out_variant"));
@@ -455,9 +632,47 @@ mod tests {
             "time to response headers, like the embedded proxy: {text}"
         );
         assert_eq!(generation_of(&text), Some(7));
-        let zero = render("s", &spec(), &Split::default(), 1, log);
-        assert!(
-            zero.contains("split_clients \"$http_x_user_id\" $rampart_s_split {\n    * stable;\n}")
+        assert_eq!(
+            render(
+                "check-out",
+                &spec(),
+                &Split {
+                    weight: Weight::FULL,
+                    ..split.clone()
+                },
+                7,
+                log
+            ),
+            text,
+            "the weight is not in the file: changing it needs no reload"
         );
+    }
+
+    #[test]
+    fn the_weight_files_cover_its_basis_points_and_grow_with_it() {
+        let at = |bp| weight_files(Weight::from_basis_points(bp).unwrap());
+        assert!(at(0).is_empty());
+        let eighth = at(1250);
+        assert_eq!(eighth.len(), 12 + 50);
+        assert_eq!(eighth[11], "h11");
+        assert_eq!(eighth[12], "l1200");
+        assert_eq!(eighth[61], "l1249");
+        assert_eq!(at(10_000).len(), 100);
+        // The buckets `100 * hi + lo` a weight sends to the canary are exactly those below
+        // it: a user on the canary stays there as the weight grows.
+        for bp in [1, 99, 100, 101, 1250, 3333, 9999, 10_000] {
+            let buckets: Vec<u32> = at(bp)
+                .iter()
+                .flat_map(|f| {
+                    let n: u32 = f[1..].parse().unwrap();
+                    if f.starts_with('h') {
+                        n * 100..n * 100 + 100
+                    } else {
+                        n..n + 1
+                    }
+                })
+                .collect();
+            assert_eq!(buckets, (0..u32::from(bp)).collect::<Vec<_>>(), "{bp}");
+        }
     }
 }

@@ -126,8 +126,9 @@ async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
         "this is not nginx;\n",
     )
     .unwrap();
+    // A new backend changes the file (a weight alone would not: it needs no reload).
     let e = router
-        .set_weight(Weight::from_percent(50).unwrap(), &[])
+        .set_backends(Variant::Canary, &[stable])
         .await
         .unwrap_err();
     assert!(e.0.contains("nginx rejected the new configuration"), "{e}");
@@ -143,7 +144,7 @@ async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
     );
     std::fs::remove_file(n.dir.path().join("rampart/broken.conf")).unwrap();
     router
-        .set_weight(Weight::from_percent(50).unwrap(), &[])
+        .set_backends(Variant::Canary, &[stable])
         .await
         .unwrap();
 }
@@ -245,4 +246,174 @@ fn any_window() -> rampart_core::release::MeasureWindow {
         stable: Some("v1".into()),
         canary: "v2".into(),
     }
+}
+
+/// One client on one keep-alive connection, as wrk or a browser: `GET /` with its own
+/// user, one request after the other, never retrying. The status and body of each
+/// answer, or why the connection failed.
+async fn keep_alive_get(
+    conn: &mut tokio::net::TcpStream,
+    user: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET / HTTP/1.1\r\nHost: shop\r\nx-user: {user}\r\n\r\n");
+    conn.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .ok_or(format!("bad head: {head}"))?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(format!("no content-length: {head}"))?;
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return Ok((status, body));
+            }
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) => return Err("closed by nginx".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// Regression (issue 21): every weight change rewrote the file and reloaded nginx, and
+/// each reload closed the keep-alive connections of the clients between two requests:
+/// a client that does not retry failed at every step (scripts/bench_nginx_reload.py:
+/// 164 failed requests in 9 flips). A weight change now needs no reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipping_the_weight_under_keep_alive_load_fails_no_request_real_nginx() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_n, spec) = nginx();
+    let log = common::request_log("shop").await;
+    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
+    let hold = Arc::new(Notify::new());
+    let (stable, canary) = (
+        backend("stable", hold.clone()).await,
+        backend("canary", hold.clone()).await,
+    );
+    router
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    router
+        .set_backends(Variant::Canary, &[canary])
+        .await
+        .unwrap();
+    let addr = spec.listen;
+    until("the service", async || listening(addr).await).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut answers, mut failures) = (Vec::new(), Vec::new());
+                let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    match keep_alive_get(&mut conn, &format!("user-{c}-{n}")).await {
+                        Ok((200, body)) => answers.push(body),
+                        Ok((status, body)) => failures.push(format!("{status} {body}")),
+                        Err(e) => {
+                            failures.push(e);
+                            conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+                        }
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+    // Every client has answers on its connection before the first flip.
+    until("keep-alive load", async || {
+        rampart_adapters::proxy::Totals::totals(&log)
+            .stable
+            .requests
+            >= 160
+    })
+    .await;
+    for i in 0..20 {
+        let w = if i % 2 == 0 {
+            Weight::FULL
+        } else {
+            Weight::ZERO
+        };
+        assert_eq!(router.set_weight(w, &[]).await.unwrap(), w);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut answers, mut failures) = (Vec::new(), Vec::new());
+    for c in clients {
+        let (a, f) = c.await.unwrap();
+        answers.extend(a);
+        failures.extend(f);
+    }
+    assert!(
+        answers.iter().any(|b| b == "canary") && answers.iter().any(|b| b == "stable"),
+        "the flips took effect"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed while the weight flipped: {:?}",
+        failures.len(),
+        failures.len() + answers.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+/// After a weight change without a reload, the requests still in flight to the
+/// variant that lost its share run on nginx's current workers: a drain reloads once
+/// so that they finish on the old workers, and waits for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_lost_its_share_drains_its_requests_in_flight_real_nginx() {
+    let (_n, spec) = nginx();
+    let log = common::request_log("shop").await;
+    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
+    let hold = Arc::new(Notify::new());
+    let stable = backend("stable", Arc::new(Notify::new())).await;
+    let (canary, held) = common::holding_backend("canary", hold.clone()).await;
+    router
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    router
+        .set_backends(Variant::Canary, &[canary])
+        .await
+        .unwrap();
+    router.set_weight(Weight::FULL, &[]).await.unwrap();
+    let addr = spec.listen;
+    until("the service", async || listening(addr).await).await;
+    let requests: Vec<_> = (0..4)
+        .map(|u| {
+            tokio::spawn(async move { get_body(addr, "/hold", Some(&format!("user-{u}"))).await })
+        })
+        .collect();
+    until("requests held by the canary", async || {
+        held.load(std::sync::atomic::Ordering::SeqCst) == 4
+    })
+    .await;
+    router.set_weight(Weight::ZERO, &[]).await.unwrap();
+    assert_eq!(share_of(addr, "stable", 20).await, 20);
+    let early = router
+        .drain(Variant::Canary, Duration::from_millis(200))
+        .await;
+    assert!(early.is_err(), "the canary still serves 4 requests");
+    hold.notify_waiters();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), (hyper::StatusCode::OK, "canary".into()));
+    }
+    router
+        .drain(Variant::Canary, Duration::from_secs(10))
+        .await
+        .unwrap();
 }

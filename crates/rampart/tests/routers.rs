@@ -74,9 +74,15 @@ fn a_canary_through_nginx_is_promoted_when_healthy_and_rolled_back_when_bad() {
         let path = policy(dir.path(), &nginx_traffic(&n), errors);
         let (code, v) = release_json(&path, n.listen.port(), 200);
         assert_outcome(code, &v, want);
-        let rendered = std::fs::read_to_string(&n.include).unwrap();
-        let expected = if want == 0 { "* canary;" } else { "* stable;" };
-        assert!(rendered.contains(expected), "{rendered}");
+        // The weight nginx reads per request, beside the rendered file.
+        let state = format!("{}.weight/current/state", n.include);
+        let weight = std::fs::read_to_string(&state).unwrap();
+        let expected = if want == 0 {
+            " weight 100%"
+        } else {
+            " weight 0%"
+        };
+        assert!(weight.ends_with(&format!("{expected}\n")), "{weight}");
     }
 }
 

@@ -8,6 +8,7 @@ pub mod servers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,18 +23,33 @@ use tokio::sync::Notify;
 
 /// A backend that answers with its name; `/fail` answers 503; `/hold` waits for `release`.
 pub async fn backend(name: &'static str, release: Arc<Notify>) -> SocketAddr {
+    holding_backend(name, release).await.0
+}
+
+/// [`backend`], with the number of `/hold` requests it holds now.
+pub async fn holding_backend(
+    name: &'static str,
+    release: Arc<Notify>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let held = Arc::new(AtomicUsize::new(0));
+    let holding = held.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let release = release.clone();
+            let held = held.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let release = release.clone();
+                    let held = held.clone();
                     async move {
                         if req.uri().path() == "/hold" {
-                            release.notified().await;
+                            let released = release.notified();
+                            held.fetch_add(1, Ordering::SeqCst);
+                            released.await;
+                            held.fetch_sub(1, Ordering::SeqCst);
                         }
                         let mut resp = Response::new(Full::new(Bytes::from(name)));
                         if req.uri().path() == "/fail" {
@@ -48,7 +64,7 @@ pub async fn backend(name: &'static str, release: Arc<Notify>) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, holding)
 }
 
 /// A backend that sends its response headers at once and its body (its name) `delay`

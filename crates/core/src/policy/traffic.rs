@@ -91,7 +91,7 @@ pub struct HaproxySpec {
     /// rampart points at the versions and weighs.
     pub backend: String,
     /// Where HAProxy sends its request log (UDP syslog) for rampart to measure, as
-    /// `log ADDR local0` with `log-format "rampart-ms %b %s %ST %Ta"`.
+    /// `log ADDR local0` with `log-format "rampart-ms %b %s %ST %Tr"`.
     pub log_listen: SocketAddr,
 }
 

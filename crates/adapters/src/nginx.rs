@@ -168,6 +168,11 @@ pub fn render(
         f,
         r#"server {{
     listen {listen};
+    # The weight is read from files at every request: never from a cache (a weight
+    # lowered by a rollback must hold for the next request), and through the symlink
+    # rampart swaps.
+    open_file_cache off;
+    disable_symlinks off;
     set $rampart_{id}_split stable;
     if (-f {hi}) {{
         set $rampart_{id}_split canary;

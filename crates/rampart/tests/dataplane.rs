@@ -367,20 +367,33 @@ fn a_crashed_data_plane_comes_back_with_its_routes() {
         "no data plane holds the service's lock"
     );
     let mut again = svc.plane();
+    let again_log = std::fs::File::create(svc.state.join("again.log")).unwrap();
     again
         .env("RAMPART_DATAPLANE", &svc.name)
+        .env("RAMPART_LOG", "debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(again_log);
     std::os::unix::process::CommandExt::process_group(&mut again, 0);
     let mut again = again.spawn().unwrap();
+    let started = again.id();
     until(
-        "the data plane answers again",
+        "the data plane serves again",
         Duration::from_secs(30),
-        || svc.answers(),
+        || svc.plane_pid() == Some(started) && svc.file("sock").exists() && svc.answers(),
     );
     // Its saved routes send users to v1, with no release.
     let body = http_get(svc.port);
-    assert!(body.contains("200 OK") && body.contains("v1"), "{body}");
+    assert!(
+        body.contains("200 OK") && body.contains("v1"),
+        "{body:?}; state {:?}; log {:?}; stable answers directly: {:?}; again: {:?}; its log: {:?}",
+        std::fs::read_to_string(svc.file("json")),
+        std::fs::read_to_string(svc.file("log")),
+        svc.stable_pids()
+            .first()
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok()),
+        again.try_wait(),
+        std::fs::read_to_string(svc.state.join("again.log"))
+    );
     assert!(svc.stop().status.success());
     again.wait().unwrap();
 }
@@ -445,7 +458,7 @@ fn a_second_data_plane_a_wrong_credential_and_a_corrupt_state_file_are_refused()
 fn http_get(port: u16) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .unwrap();
     let mut out = String::new();

@@ -250,6 +250,19 @@ impl ProcessDeployer {
                 || has(format!("RAMPART_VARIANT={}", variant.other().as_str())))
     }
 
+    /// How many replicas of `variant` the records hold that still run as this
+    /// service's processes (a supervisor compares it with the replicas wanted: a
+    /// replica whose restart failed is in no record, yet still missing).
+    pub fn live(&self, variant: Variant) -> usize {
+        let recorded = self.read_records(variant).len();
+        recorded.saturating_sub(self.exited(variant).len())
+    }
+
+    /// How many replicas a variant runs when serving.
+    pub fn replicas(&self) -> usize {
+        self.spec.replicas as usize
+    }
+
     /// The recorded replicas of `variant` that no longer run (exited, or their pid is
     /// no longer one of this service's processes): what a supervisor replaces.
     pub fn exited(&self, variant: Variant) -> Vec<ProcessRecord> {

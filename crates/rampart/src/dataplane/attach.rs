@@ -43,8 +43,6 @@ pub async fn attach_telling(
 ) -> Result<(Arc<RemotePlane>, String), RunError> {
     let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let files = PlaneFiles::new(&state_dir, service);
-    // A release brings a stopped service back.
-    let _ = std::fs::remove_file(files.stopped());
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
     let saved = PlaneState::load(&files.state()).map_err(|e| internal(e.to_string()))?;
     let sticky = plane::StickyBy::from(&spec.sticky);

@@ -109,6 +109,11 @@ pub async fn start(
     let flag_server = flag_endpoint(policy, store).await?;
     match &policy.traffic {
         Traffic::Proxy(spec) if let Some(state_dir) = attach_in => {
+            // A release brings a service stopped with `rampart stop` back.
+            let _ = std::fs::remove_file(
+                rampart_adapters::proxy::plane::PlaneFiles::new(state_dir, &policy.service)
+                    .stopped(),
+            );
             let (remote, reached) =
                 attach::attach_telling(&policy.service, spec, state_dir).await?;
             remote.keep_fresh(std::time::Duration::from_millis(250));

@@ -59,6 +59,32 @@ impl Queue {
         crate::run::stop_serving(&self.serving).await;
     }
 
+    /// Takes the service for a moment (a supervisor restarting its version): no
+    /// release of it starts until [`Queue::unclaim`]. False when a worker has it.
+    pub fn claim(&self, service: &str) -> bool {
+        self.busy
+            .lock()
+            .map(|mut b| b.insert(service.to_string()))
+            .unwrap_or(false)
+    }
+
+    /// Gives back a service [`Queue::claim`] took.
+    pub fn unclaim(&self, service: &str) {
+        if let Ok(mut b) = self.busy.lock() {
+            b.remove(service);
+        }
+    }
+
+    /// The server's store.
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.store
+    }
+
+    /// The server's state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
     /// What wakes the queue to look at once (after a submission), for the API.
     pub fn waker(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()
@@ -70,11 +96,7 @@ impl Queue {
         for line in super::restore::restore(&self.store, &self.state_dir).await {
             eprintln!("{line}");
         }
-        tokio::spawn(super::restore::supervise(
-            self.store.clone(),
-            self.state_dir.clone(),
-            self.clock.clone(),
-        ));
+        tokio::spawn(super::restore::supervise(self.clone(), self.clock.clone()));
         loop {
             match self.store.open_submissions().await {
                 Ok(open) => {

@@ -136,6 +136,11 @@ async fn desired(
     let Some(process) = policy.process().cloned() else {
         return Ok(None); // a cluster keeps its own desired state
     };
+    if !matches!(policy.traffic, Traffic::Proxy(_)) {
+        // Behind nginx or HAProxy, a version started again would get a new port the
+        // router does not know: left to the service's next release.
+        return Ok(None);
+    }
     let local_dir = crate::run::process_dir(store, service, state_dir)
         .await
         .map_err(|e| e.to_string())?;
@@ -155,7 +160,9 @@ async fn desired(
     })))
 }
 
-/// Brings the service's stable version and routes back; says what it did.
+/// Brings the service's stable version and routes back; says what it did. For the
+/// supervisor (`rebase` false), a service stopped meanwhile (`rampart stop`) is left
+/// stopped: what was just started is stopped again.
 async fn bring_back(d: &Desired, rebase: bool) -> Result<String, String> {
     let service = &d.service;
     let version = &d.version;
@@ -174,6 +181,10 @@ async fn bring_back(d: &Desired, rebase: bool) -> Result<String, String> {
             deployed.detail
         ));
     };
+    if PlaneFiles::new(&d.local_dir, service).stopped().exists() {
+        let _ = processes.stop(Variant::Stable).await;
+        return Err(format!("{service} was stopped (`rampart stop`) meanwhile"));
+    }
     let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir)
         .await
         .map_err(|e| e.to_string())?;
@@ -213,7 +224,9 @@ struct Backoff {
 /// that exited between releases: with backoff while it keeps exiting, each restart
 /// said on the server's output and appended to `logs/SERVICE.restarts.log` in the
 /// state directory.
-pub async fn supervise(store: Arc<StateStore>, state_dir: PathBuf, clock: Arc<dyn Clock>) {
+pub async fn supervise(queue: Arc<super::queue::Queue>, clock: Arc<dyn Clock>) {
+    let store = queue.store().clone();
+    let state_dir = queue.state_dir().to_path_buf();
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     loop {
         tokio::time::sleep(WATCH).await;
@@ -224,10 +237,11 @@ pub async fn supervise(store: Arc<StateStore>, state_dir: PathBuf, clock: Arc<dy
             let Ok(Some(Ok(d))) = desired(&store, &state_dir, &service).await else {
                 continue;
             };
-            let gone = d.processes().exited(Variant::Stable);
-            if gone.is_empty() {
+            let processes = d.processes();
+            if processes.live(Variant::Stable) >= processes.replicas() {
                 continue;
             }
+            let gone = processes.exited(Variant::Stable);
             let now = clock.now();
             let b = backoff.entry(service.clone()).or_insert(Backoff {
                 not_before: 0,
@@ -237,12 +251,17 @@ pub async fn supervise(store: Arc<StateStore>, state_dir: PathBuf, clock: Arc<dy
             if now < b.not_before {
                 continue;
             }
-            // Between the look and the restart a release may have started: it owns
-            // the service then.
+            // No release of the service starts while its version is restarted (one
+            // that started since the look owns the service: left to it).
+            if !queue.claim(&service) {
+                continue;
+            }
             if store.active(&service).await.ok().flatten().is_some() {
+                queue.unclaim(&service);
                 continue;
             }
             let result = bring_back(&d, false).await;
+            queue.unclaim(&service);
             b.wait = if b.last_restart > 0 && now.saturating_sub(b.last_restart) < STEADY_MS {
                 (b.wait * 2).min(MAX_BACKOFF_MS)
             } else {

@@ -624,10 +624,20 @@ async fn hand_over(
     let Some(winner) = processes.rebase().await? else {
         return Ok(None);
     };
-    router.set_backends(Variant::Stable, &winner).await?;
-    router.set_weight(rampart_core::Weight::ZERO, &[]).await?;
-    router.set_backends(Variant::Canary, &[]).await?;
+    all_to_stable(router, &winner).await?;
     Ok(Some(winner.len()))
+}
+
+/// Routes everything to `stable` as stable, through states that each send every
+/// request to `stable` or to what served before (stable's endpoints first, then the
+/// weight to 0, then no canary).
+pub(crate) async fn all_to_stable(
+    router: &dyn rampart_core::ports::TrafficRouter,
+    stable: &[SocketAddr],
+) -> Result<(), rampart_core::ports::PortError> {
+    router.set_backends(Variant::Stable, stable).await?;
+    router.set_weight(rampart_core::Weight::ZERO, &[]).await?;
+    router.set_backends(Variant::Canary, &[]).await
 }
 
 /// Opens (appending) a served release's progress log.

@@ -626,7 +626,8 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn sanitize(s: &str) -> String {
+/// `s` as a file-name part: letters, digits, `.`, `-` and `_` kept, the rest `_`.
+pub(crate) fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {

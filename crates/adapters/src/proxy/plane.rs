@@ -95,19 +95,9 @@ pub struct PlaneFiles {
 impl PlaneFiles {
     /// The files of `service`'s data plane under `state_dir`.
     pub fn new(state_dir: &Path, service: &str) -> Self {
-        let name = service
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         PlaneFiles {
             dir: state_dir.join("dataplane"),
-            name,
+            name: crate::process::sanitize(service),
         }
     }
 

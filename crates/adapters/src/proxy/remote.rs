@@ -254,21 +254,7 @@ impl RemotePlane {
         let v = self
             .call(Method::GET, "/state", None, Duration::ZERO)
             .await?;
-        let addrs = |key: &str| -> Vec<SocketAddr> {
-            v[key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str()?.parse().ok())
-                .collect()
-        };
-        Ok(RouteTable {
-            stable: addrs("stable"),
-            canary: addrs("canary"),
-            weight: serde_json::from_value(v["weight"].clone()).unwrap_or_default(),
-            matches: serde_json::from_value(v["matches"].clone()).unwrap_or_default(),
-            salt: String::new(),
-        })
+        serde_json::from_value(v).map_err(|e| RemoteError::Exchange(format!("routes: {e}")))
     }
 
     /// Salts the sticky hash (a ramped flag's name).

@@ -20,7 +20,7 @@ use rampart_adapters::proxy::plane::PlaneFiles;
 use rampart_adapters::store::StateStore;
 use rampart_core::Weight;
 use rampart_core::policy::{Policy, ProcessSpec, Traffic};
-use rampart_core::ports::{Clock, Deployer, Store, TrafficRouter};
+use rampart_core::ports::{Clock, Deployer, Store};
 use rampart_core::release::{OutcomeKind, Variant};
 
 /// How often the supervisor looks at the services' processes.
@@ -193,16 +193,7 @@ async fn bring_back(d: &Desired, rebase: bool) -> Result<String, String> {
         || !table.canary.is_empty()
         || table.weight != Weight::ZERO
     {
-        plane
-            .set_backends(Variant::Stable, &deployed.endpoints)
-            .await
-            .map_err(|e| e.to_string())?;
-        plane
-            .set_weight(Weight::ZERO, &[])
-            .await
-            .map_err(|e| e.to_string())?;
-        plane
-            .set_backends(Variant::Canary, &[])
+        crate::run::all_to_stable(plane.as_ref(), &deployed.endpoints)
             .await
             .map_err(|e| e.to_string())?;
     }

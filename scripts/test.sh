@@ -19,6 +19,7 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || apt_missing+=(prometheus-a
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium fonts-dejavu-core)
 command -v chromedriver >/dev/null 2>&1 || apt_missing+=(chromium-driver)
 python3 -m venv --help >/dev/null 2>&1 || apt_missing+=(python3-venv)
+command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)   # verifies deploy/systemd
 if ((${#apt_missing[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

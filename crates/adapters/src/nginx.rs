@@ -39,8 +39,13 @@ pub struct Split {
 #[derive(Debug)]
 struct State {
     split: Split,
-    /// The generation of the latest change, of the file or of the weight.
+    /// The generation of the latest change in force, of the file or of the weight.
     generation: u64,
+    /// The highest generation number ever handed out: a number is used once, so an
+    /// attempt that failed half way never rewrites a directory nginx may be reading.
+    used: u64,
+    /// The canary's share the weight directory gives now (read back after a restart).
+    weight: Option<Weight>,
     /// The generation of the file nginx was last reloaded with.
     loaded: u64,
     /// Whether the weight changed since the last reload: requests still in flight
@@ -266,10 +271,19 @@ impl NginxRouter {
             .ok()
             .and_then(|t| generation_of(&t))
             .unwrap_or(0);
-        let current = weight_dir(Path::new(&spec.include)).join("current/state");
-        let weighed = std::fs::read_to_string(current)
-            .ok()
+        let dir = weight_dir(Path::new(&spec.include));
+        let current = std::fs::read_to_string(dir.join("current/state")).ok();
+        let weighed = current
+            .as_deref()
             .and_then(|t| generation_of(&format!(", {t}")))
+            .unwrap_or(0);
+        // Every generation directory left behind counts as used.
+        let left = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix('g')?.parse().ok())
+            .max()
             .unwrap_or(0);
         NginxRouter {
             spec,
@@ -278,6 +292,8 @@ impl NginxRouter {
             state: Mutex::new(State {
                 split: Split::default(),
                 generation: loaded.max(weighed),
+                used: loaded.max(weighed).max(left),
+                weight: current.as_deref().and_then(weight_of),
                 loaded,
                 // Unknown after a restart: a drain reloads to be sure.
                 weight_since_reload: true,
@@ -292,17 +308,21 @@ impl NginxRouter {
     async fn apply(&self, state: &mut State, next: Split) -> Result<(), PortError> {
         let path = Path::new(&self.spec.include);
         let before = std::fs::read_to_string(path).ok();
-        let generation = state.generation + 1;
         let unchanged = render(&self.service, &self.spec, &next, state.loaded, self.log_to);
         if state.loaded > 0 && before.as_deref() == Some(unchanged.as_str()) {
-            let dir = weight_dir(path);
-            write_weight(&dir, next.weight, generation)?;
-            self.verify(state.loaded, generation, &[]).await?;
-            state.split = next;
-            state.generation = generation;
-            state.weight_since_reload = true;
-            return Ok(());
+            return self.reweigh(state, next.weight).await.map(|()| {
+                state.split = next;
+            });
         }
+        // A falling canary share (a rollback) goes in force first, through the weight
+        // the loaded file already reads: it never waits for, nor depends on, a reload
+        // (`nginx -t` refusing the new match rules, say).
+        if state.loaded > 0 && state.weight.is_some_and(|w| next.weight < w) {
+            self.reweigh(state, next.weight).await?;
+            state.split.weight = next.weight;
+        }
+        state.used += 1;
+        let generation = state.used;
         let text = render(&self.service, &self.spec, &next, generation, self.log_to);
         write_atomically(path, &text)?;
         let restore = |why: String| -> PortError {
@@ -342,12 +362,30 @@ impl NginxRouter {
             let _ = run(&self.spec.reload).await;
             return Err(e);
         }
-        self.verify(generation, generation, &serving).await?;
-        state.split = next;
+        // Reloaded: whether or not it is seen served in time, this is what nginx has.
+        state.weight = Some(next.weight);
         state.generation = generation;
         state.loaded = generation;
         state.weight_since_reload = false;
+        self.verify(generation, generation, &serving).await?;
+        state.split = next;
         Ok(())
+    }
+
+    /// Changes only the weight directory, under the file nginx has loaded: no reload.
+    async fn reweigh(&self, state: &mut State, weight: Weight) -> Result<(), PortError> {
+        state.used += 1;
+        let generation = state.used;
+        write_weight(
+            &weight_dir(Path::new(&self.spec.include)),
+            weight,
+            generation,
+        )?;
+        // Current from here, whether or not nginx is seen reading it in time.
+        state.weight = Some(weight);
+        state.generation = generation;
+        state.weight_since_reload = true;
+        self.verify(state.loaded, generation, &[]).await
     }
 
     /// Waits until nginx answers with file generation `loaded` and weight generation
@@ -474,6 +512,12 @@ fn parent_of(pid: u32) -> Option<u32> {
     // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The weight a weight directory's `state` file gives (`generation G weight W`).
+fn weight_of(state: &str) -> Option<Weight> {
+    let rest = &state[state.find(" weight ")? + " weight ".len()..];
+    Weight::parse(rest.trim()).ok()
 }
 
 /// Writes generation `generation` of the weight directory and makes it current with

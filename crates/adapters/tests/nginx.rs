@@ -149,6 +149,53 @@ async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
         .unwrap();
 }
 
+/// Regression (issue 16 review): with match rules changing too, the canary's lower
+/// weight was written only after `nginx -t` passed, so a rollback whose new file
+/// nginx refused left the canary at its full share. A falling share now goes in force
+/// first, through the weight the loaded file reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_lowers_the_weight_even_when_the_new_file_is_refused_real_nginx() {
+    let (n, spec) = nginx();
+    let log = common::request_log("shop").await;
+    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
+    let hold = Arc::new(Notify::new());
+    let (stable, canary) = (
+        backend("stable", hold.clone()).await,
+        backend("canary", hold.clone()).await,
+    );
+    router
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    router
+        .set_backends(Variant::Canary, &[canary])
+        .await
+        .unwrap();
+    let half = Weight::from_percent(50).unwrap();
+    router.set_weight(half, &[]).await.unwrap();
+    until("the canary's share", async || {
+        share_of(spec.listen, "canary", 100).await > 20
+    })
+    .await;
+    std::fs::write(
+        n.dir.path().join("rampart/broken.conf"),
+        "this is not nginx;\n",
+    )
+    .unwrap();
+    let beta = RouteMatch {
+        source: MatchSource::Header("x-beta".into()),
+        values: vec!["yes".into()],
+    };
+    let e = router.set_weight(Weight::ZERO, &[beta]).await.unwrap_err();
+    assert!(e.0.contains("nginx rejected the new configuration"), "{e}");
+    assert_eq!(
+        share_of(spec.listen, "canary", 200).await,
+        0,
+        "every user is back on stable"
+    );
+    std::fs::remove_file(n.dir.path().join("rampart/broken.conf")).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retired_replica_drains_on_the_old_workers_real_nginx() {
     let (_n, spec) = nginx();

@@ -175,6 +175,7 @@ async fn a_recorded_pid_that_is_not_ours_is_never_signalled() {
             version: "v2".into(),
             pid: me,
             port: 1,
+            started: None,
         })
         .unwrap(),
     )
@@ -182,6 +183,95 @@ async fn a_recorded_pid_that_is_not_ours_is_never_signalled() {
     let d = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
     assert_eq!(d.stop(Variant::Canary).await.unwrap(), "not running");
     assert!(alive(me));
+}
+
+/// Regression (issue 16 review): a process was recognised by the marks in its
+/// environment, so a service that rewrites it (process-title libraries overwrite that
+/// memory; here `env -i` execs the server with an empty one, under the same pid)
+/// looked exited to the next controller, which started a second copy beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_rewrote_its_environment_is_still_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = || {
+        let mut s = server_spec();
+        s.command
+            .splice(0..0, ["env".to_string(), "-i".to_string()]);
+        s
+    };
+    let first = ProcessDeployer::new("svc", spec(), dir.path(), dir.path());
+    first.deploy(Variant::Stable, "v1").await.unwrap();
+    let rec = record(dir.path(), "stable").unwrap();
+    assert!(rec.started.is_some(), "{rec:?}");
+    let environ = std::fs::read(format!("/proc/{}/environ", rec.pid)).unwrap();
+    assert!(
+        environ.is_empty(),
+        "the server runs with an empty environment"
+    );
+    drop(first);
+
+    let second = ProcessDeployer::new("svc", spec(), dir.path(), dir.path());
+    assert_eq!(second.live(Variant::Stable), 1);
+    assert!(second.exited(Variant::Stable).is_empty());
+    let dep = second.deploy(Variant::Stable, "v1").await.unwrap();
+    assert!(dep.detail.contains("adopted"), "{}", dep.detail);
+    assert_eq!(record(dir.path(), "stable").unwrap().pid, rec.pid);
+    second.stop(Variant::Stable).await.unwrap();
+    assert!(!alive(rec.pid));
+}
+
+/// Regression (issue 16 review): a live replica of the right version whose one
+/// adoption probe was slow (here its second request takes 3 s, past the probe's 2 s)
+/// was stopped and started again, failing the requests users had on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_slow_to_answer_one_probe_is_adopted_not_restarted() {
+    const SLOW_ONCE: &str = "import http.server,sys,time\nn=[0]\nclass H(http.server.BaseHTTPRequestHandler):\n  def do_GET(s):\n    n[0]+=1\n    if n[0]==2: time.sleep(3)\n    s.send_response(200); s.end_headers(); s.wfile.write(b'ok')\n  def log_message(*a): pass\nhttp.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()";
+    let dir = tempfile::tempdir().unwrap();
+    let spec = || {
+        spec(
+            &["python3", "-c", SLOW_ONCE, "{port}"],
+            Duration::from_secs(20),
+        )
+    };
+    let first = ProcessDeployer::new("svc", spec(), dir.path(), dir.path());
+    first.deploy(Variant::Stable, "v1").await.unwrap();
+    let pid = record(dir.path(), "stable").unwrap().pid;
+    drop(first);
+    let second = ProcessDeployer::new("svc", spec(), dir.path(), dir.path());
+    let dep = second.deploy(Variant::Stable, "v1").await.unwrap();
+    assert!(dep.detail.contains("adopted"), "{}", dep.detail);
+    assert_eq!(record(dir.path(), "stable").unwrap().pid, pid);
+    assert!(alive(pid));
+    second.stop(Variant::Stable).await.unwrap();
+}
+
+/// A recorded pid now held by another process (a reuse: same pid, another start
+/// time) is never adopted nor signalled, whatever its environment says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_pid_with_another_start_time_is_never_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    first.deploy(Variant::Canary, "v2").await.unwrap();
+    let mut rec = record(dir.path(), "canary").unwrap();
+    drop(first);
+    // The record now describes a process that started at another time.
+    rec.started = rec.started.map(|t| t + 1);
+    std::fs::write(
+        dir.path().join("processes/svc.canary.json"),
+        serde_json::to_string(&vec![rec.clone()]).unwrap(),
+    )
+    .unwrap();
+    let second = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
+    assert_eq!(second.exited(Variant::Canary).len(), 1);
+    assert_eq!(second.stop(Variant::Canary).await.unwrap(), "not running");
+    assert!(
+        alive(rec.pid),
+        "a process that is not the recorded one is left alone"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rec.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

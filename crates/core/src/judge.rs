@@ -4,7 +4,7 @@
 //! the same sample always gives the same verdict. It must not keep streaks or decide
 //! rollbacks; that is the release state machine's job.
 
-use crate::metrics::{Histogram, IntervalSample, VariantStats};
+use crate::metrics::{Histogram, IntervalSample, VariantStats, bucket_of};
 use crate::policy::{BuiltinMetric, Direction, MetricSpec, Sequential, Threshold};
 use crate::sequential::{EProcess, tolerate};
 
@@ -165,6 +165,124 @@ fn absolute_failures(
     (failures, breached)
 }
 
+/// How unlikely a latency limit's breach must be under "the quantile is within the
+/// limit" before an interval fails for it. A quantile of a few hundred requests moves a
+/// lot with one slow request (a p99 of 120 requests is decided by its 2nd slowest), so a
+/// point estimate above the limit is not evidence enough.
+pub const LATENCY_NOISE: f64 = 0.01;
+
+/// Whether the `q` quantile of `h` is above `limit_ms` beyond noise, in words when it
+/// is. Under "the quantile is at most the limit", a request lies above the limit with
+/// probability at most `1 - q`; the quantile is above it when the requests counted
+/// above would be that many with probability at most [`LATENCY_NOISE`] (an exact
+/// binomial tail). Requests in the limit's own histogram bucket are not counted above.
+fn latency_above(h: &Histogram, q: f64, limit_ms: f64) -> Option<String> {
+    let micros = (limit_ms * 1000.0).clamp(0.0, u64::MAX as f64) as u64;
+    let (above, _) = h.split_at(bucket_of(micros));
+    let n = h.count();
+    let p = 1.0 - q;
+    if n == 0 || above as f64 <= n as f64 * p {
+        return None;
+    }
+    let tail = binomial_upper_tail(n, p, above);
+    (tail <= LATENCY_NOISE).then(|| {
+        format!(
+            "{above} of {n} requests above it, where {} would be expected",
+            crate::units::trim_float(n as f64 * p, 1)
+        )
+    })
+}
+
+/// P(X >= x) for X ~ Binomial(n, p): exact, summed from x upward until the terms no
+/// longer matter. Past 100,000 it is the Chernoff bound `exp(-n KL(x/n || p))`, which
+/// is never smaller than the tail, so a breach is never claimed on less evidence.
+fn binomial_upper_tail(n: u64, p: f64, x: u64) -> f64 {
+    if x == 0 || p >= 1.0 {
+        return 1.0;
+    }
+    if x > n || p <= 0.0 {
+        return 0.0;
+    }
+    let (nf, xf) = (n as f64, x as f64);
+    if x > 100_000 {
+        let f = xf / nf;
+        if f <= p {
+            return 1.0;
+        }
+        let kl = f * (f / p).ln()
+            + if f < 1.0 {
+                (1.0 - f) * ((1.0 - f) / (1.0 - p)).ln()
+            } else {
+                0.0
+            };
+        return (-nf * kl).exp();
+    }
+    let ln_choose: f64 = (0..x)
+        .map(|i| ((n - i) as f64).ln() - ((i + 1) as f64).ln())
+        .sum();
+    let mut term = (ln_choose + xf * p.ln() + (nf - xf) * (1.0 - p).ln()).exp();
+    let (mut sum, mut k) = (0.0, x);
+    loop {
+        sum += term;
+        if k == n || term <= sum * 1e-15 {
+            break;
+        }
+        term *= (n - k) as f64 / (k + 1) as f64 * p / (1.0 - p);
+        k += 1;
+    }
+    sum.min(1.0)
+}
+
+/// A latency quantile's `max` against both versions' histograms: the limits the canary
+/// breaks beyond noise, and whether stable breaks one too (both versions unhealthy).
+fn latency_absolute_failures(
+    t: &Threshold,
+    q: f64,
+    fmt: impl Fn(f64) -> String,
+    (c, canary): (f64, &Histogram),
+    stable: &Histogram,
+    stable_enough: bool,
+) -> (Vec<String>, bool) {
+    let Some(max) = t.max else {
+        return (Vec::new(), false);
+    };
+    let failures = latency_above(canary, q, max)
+        .map(|why| format!("{} > max {}: {why}", fmt(c), fmt(max)))
+        .into_iter()
+        .collect();
+    (
+        failures,
+        stable_enough && latency_above(stable, q, max).is_some(),
+    )
+}
+
+/// A latency quantile's `max_ratio_to_stable`: the canary's quantile against the
+/// multiple of stable's, beyond noise.
+fn latency_ratio_failures(
+    t: &Threshold,
+    q: f64,
+    fmt: impl Fn(f64) -> String,
+    (c, canary): (f64, &Histogram),
+    s: f64,
+) -> Vec<String> {
+    let Some(ratio) = t.max_ratio_to_stable else {
+        return Vec::new();
+    };
+    let limit = s * ratio;
+    latency_above(canary, q, limit)
+        .map(|why| {
+            format!(
+                "{} is {:.2}x stable's {} (limit {ratio}x, {}): {why}",
+                fmt(c),
+                c / s,
+                fmt(s),
+                fmt(limit)
+            )
+        })
+        .into_iter()
+        .collect()
+}
+
 /// The ratio limits the canary's value `c` breaks against stable's `s`.
 fn ratio_failures(t: &Threshold, fmt: impl Fn(f64) -> String, c: f64, s: f64) -> Vec<String> {
     let shown = if s > 0.0 {
@@ -249,12 +367,26 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
     }
     let fmt = |v: f64| m.format(v);
     let stable_enough = sample.stable.requests >= spec.min_samples;
-    let (mut failures, breached) = absolute_failures(t, fmt, c, stable, stable_enough);
+    // A latency quantile breaks a limit only beyond noise; a rate is judged as read.
+    let latency = match m {
+        BuiltinMetric::Latency(q) => Some(q),
+        _ => None,
+    };
+    let canary_h = (c, &sample.canary.latency);
+    let (mut failures, breached) = match latency {
+        Some(q) => {
+            latency_absolute_failures(t, q, fmt, canary_h, &sample.stable.latency, stable_enough)
+        }
+        None => absolute_failures(t, fmt, c, stable, stable_enough),
+    };
     reading.stable_breached = breached;
     let mut unknown = Vec::new();
     if t.relative() {
         match stable {
-            Some(s) if stable_enough => failures.extend(ratio_failures(t, fmt, c, s)),
+            Some(s) if stable_enough => failures.extend(match latency {
+                Some(q) => latency_ratio_failures(t, q, fmt, canary_h, s),
+                None => ratio_failures(t, fmt, c, s),
+            }),
             // With stable serving nothing at all (after a blue-green switch, or at
             // 100 %), there is nothing to compare with: the absolute limit decides.
             _ if sample.stable.requests == 0 && t.absolute() => {}
@@ -264,7 +396,19 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
             )),
         }
     }
-    conclude(reading, failures, unknown, fmt, c)
+    // A latency quantile above a limit by its value alone passes, and says so.
+    let within_noise = latency.is_some() && failures.is_empty() && {
+        let s = stable.filter(|_| stable_enough);
+        !absolute_failures(t, fmt, c, None, false).0.is_empty()
+            || s.is_some_and(|s| !ratio_failures(t, fmt, c, s).is_empty())
+    };
+    let mut reading = conclude(reading, failures, unknown, fmt, c);
+    if within_noise && reading.verdict == Verdict::Pass {
+        reading
+            .detail
+            .push_str("; above a limit by its value alone, within noise");
+    }
+    reading
 }
 
 /// A Prometheus query's values against the limits. A missing canary value is no data;
@@ -727,6 +871,110 @@ mod tests {
             },
         );
         assert_eq!(r.verdict, Verdict::Pass);
+    }
+
+    /// `n` requests of which `slow` took 50 ms and the rest 8 ms.
+    fn bimodal(n: u64, slow: u64) -> VariantStats {
+        let mut v = VariantStats {
+            requests: n,
+            ..Default::default()
+        };
+        for i in 0..n {
+            v.latency
+                .record_micros(if i < slow { 50_000 } else { 8_000 });
+        }
+        v
+    }
+
+    fn p99_spec(max: Option<f64>, ratio: Option<f64>) -> MetricSpec {
+        let mut s = spec(max, ratio);
+        s.metric = BuiltinMetric::Latency(0.99);
+        s.min_samples = 50;
+        s
+    }
+
+    /// Regression (issue 21): 1 % of requests slow on both sides puts a p99 on either
+    /// mode by chance. Stable's 1,080 requests had 10 slow ones (p99 8 ms), the canary's
+    /// 120 had 2 (p99 50 ms): "6x stable, limit 4x" rolled a healthy release back.
+    #[test]
+    fn a_p99_ratio_on_a_bimodal_distribution_does_not_flip_on_one_slow_request() {
+        let sample = IntervalSample {
+            stable: bimodal(1080, 10),
+            canary: bimodal(120, 2),
+            ..Default::default()
+        };
+        let r = judge(&p99_spec(None, Some(4.0)), &sample);
+        assert!(r.canary.unwrap() > 4.0 * r.stable.unwrap(), "{r:?}");
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        assert!(r.detail.contains("within noise"), "{}", r.detail);
+        // The same with an absolute limit the canary's p99 is above by its value.
+        let r = judge(&p99_spec(Some(20.0), None), &sample);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+    }
+
+    #[test]
+    fn a_p99_ratio_fails_a_canary_whose_slow_share_is_beyond_noise() {
+        // 10 of 120 slow where 1.2 would be expected.
+        let sample = IntervalSample {
+            stable: bimodal(1080, 10),
+            canary: bimodal(120, 10),
+            ..Default::default()
+        };
+        let r = judge(&p99_spec(None, Some(4.0)), &sample);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(
+            r.detail.contains("10 of 120 requests above"),
+            "{}",
+            r.detail
+        );
+        // Every request slow, at the minimum sample: failed at once.
+        let sample = IntervalSample {
+            stable: bimodal(1080, 0),
+            canary: bimodal(50, 50),
+            ..Default::default()
+        };
+        let r = judge(&p99_spec(Some(20.0), Some(4.0)), &sample);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(!r.stable_breached);
+    }
+
+    #[test]
+    fn a_stable_breach_of_a_latency_limit_needs_evidence_too() {
+        let spec = p99_spec(Some(20.0), None);
+        let both_slow = IntervalSample {
+            stable: bimodal(1000, 100),
+            canary: bimodal(100, 10),
+            ..Default::default()
+        };
+        let r = judge(&spec, &both_slow);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.stable_breached, "{r:?}");
+        // Stable's p99 on the slow mode by one request is no breach.
+        let stable_noise = IntervalSample {
+            stable: bimodal(1000, 11),
+            canary: bimodal(100, 10),
+            ..Default::default()
+        };
+        let r = judge(&spec, &stable_noise);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(!r.stable_breached, "{r:?}");
+    }
+
+    #[test]
+    fn binomial_tail_matches_closed_forms() {
+        // P(Bin(10, 1/2) >= 8) = (45 + 10 + 1) / 1024.
+        assert!((binomial_upper_tail(10, 0.5, 8) - 56.0 / 1024.0).abs() < 1e-12);
+        // P(Bin(120, 0.01) >= 2) = 1 - P(0) - P(1).
+        let p = 1.0 - 0.99f64.powi(120) - 120.0 * 0.01 * 0.99f64.powi(119);
+        assert!((binomial_upper_tail(120, 0.01, 2) - p).abs() < 1e-12);
+        assert_eq!(binomial_upper_tail(5, 0.3, 0), 1.0);
+        assert_eq!(binomial_upper_tail(5, 0.3, 6), 0.0);
+        // P(all 20 of 20) = p^20.
+        assert!((binomial_upper_tail(20, 0.01, 20) / 1e-40 - 1.0).abs() < 1e-9);
+        // Past 100,000 the Chernoff bound: never below the normal tail (3.33 sd out,
+        // about 4e-4), and not uselessly loose.
+        let t = binomial_upper_tail(1_000_000, 0.1, 101_000);
+        assert!((4e-4..0.01).contains(&t), "{t}");
     }
 
     fn query_spec(samples: bool) -> MetricSpec {

@@ -35,6 +35,9 @@ pub struct Behaviour {
     pub crash_on_start: bool,
     /// A burst of errors: from `start` after start-up, for `len`, at `rate`.
     pub spike: Option<(Duration, Duration, f64)>,
+    /// A slow mode: this share of requests, picked pseudo-randomly, waits this much
+    /// longer before answering (a bimodal latency, like a cache miss or a GC pause).
+    pub slow: Option<(f64, Duration)>,
     /// When set, the errors only hit requests for which this feature flag is on: the
     /// flag's URL (`http://HOST:PORT/flags/NAME`) and the header carrying the user key.
     pub flag: Option<(String, String)>,
@@ -107,6 +110,26 @@ impl Behaviour {
                 Some((ms(start)?, ms(len)?, rate))
             }
         };
+        // SAMPLE_SLOW=SHARE:MS, such as 1%:40: that share of requests waits MS more.
+        let slow = match pick("SAMPLE_SLOW") {
+            None => None,
+            Some(t) => {
+                let Some((share, ms)) = t.split_once(':') else {
+                    bail!("SAMPLE_SLOW: `{t}` is not SHARE:MS, such as 1%:40");
+                };
+                let share = Rate::parse(share)
+                    .map_err(anyhow::Error::msg)
+                    .context("SAMPLE_SLOW")?
+                    .0;
+                let ms: u64 = ms
+                    .parse()
+                    .with_context(|| format!("SAMPLE_SLOW: `{ms}` is not milliseconds"))?;
+                if ms > 60_000 {
+                    bail!("SAMPLE_SLOW: at most 60000 ms");
+                }
+                Some((share, Duration::from_millis(ms)))
+            }
+        };
         // SAMPLE_FLAG_URL=http://127.0.0.1:7071/flags/NAME: the bug sits behind that flag.
         let flag = pick("SAMPLE_FLAG_URL").map(|url| {
             let header = get("SAMPLE_FLAG_KEY_HEADER").unwrap_or_else(|| "x-user-id".into());
@@ -118,6 +141,7 @@ impl Behaviour {
             latency: Duration::from_secs_f64(latency_ms / 1000.0),
             crash_on_start,
             spike,
+            slow,
             flag,
         })
     }
@@ -171,8 +195,14 @@ async fn answer(State(s): State<Arc<Sample>>, headers: HeaderMap) -> (StatusCode
     let n = s.requests.fetch_add(1, Ordering::Relaxed);
     // Evenly spread ±20 % around the configured latency (golden-ratio sequence).
     let spread = 0.8 + 0.4 * ((n as f64 * 0.618_033_988_75) % 1.0);
-    if !b.latency.is_zero() {
-        tokio::time::sleep(b.latency.mul_f64(spread)).await;
+    let mut wait = b.latency.mul_f64(spread);
+    if let Some((share, extra)) = b.slow
+        && unit_interval(n) < share
+    {
+        wait += extra;
+    }
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
     let rate = match b.spike {
         Some((from, len, rate)) if (from..from + len).contains(&s.started.elapsed()) => rate,
@@ -202,6 +232,16 @@ async fn answer(State(s): State<Arc<Sample>>, headers: HeaderMap) -> (StatusCode
     (status, version())
 }
 
+/// A pseudo-random number in [0, 1) for request `n` (splitmix64): which requests are
+/// slow is irregular, as in a real service, and the same on every run.
+fn unit_interval(n: u64) -> f64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Asks the flag endpoint, as an application would; an unreachable endpoint means the
 /// flag's safe default, off.
 async fn flag_on(url: &str, key: &str) -> bool {
@@ -226,6 +266,13 @@ async fn flag_on(url: &str, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slow_share_is_close_to_the_one_asked_for() {
+        let slow = (0..100_000).filter(|n| unit_interval(*n) < 0.012).count();
+        assert!((1_100..1_300).contains(&slow), "{slow}");
+        assert!((0..1000).all(|n| (0.0..1.0).contains(&unit_interval(n))));
+    }
 
     #[test]
     fn per_version_values() {
@@ -271,6 +318,7 @@ mod tests {
             latency: Duration::ZERO,
             crash_on_start: false,
             spike: None,
+            slow: None,
             flag: None,
         };
         tokio::spawn(serve(port, b));

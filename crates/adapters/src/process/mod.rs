@@ -6,9 +6,11 @@
 //! Every process is started in its own process group (so a Ctrl-C at the terminal
 //! reaches rampart, which rolls back in order, and not the service) and is marked with
 //! `RAMPART_SERVICE`, `RAMPART_VARIANT` and `RAMPART_VERSION` in its environment. Its
-//! pid and port are written to a state file, so that after a controller crash the
-//! next run adopts a still-ready process instead of starting a second copy, and only
-//! ever signals a pid whose environment carries those marks.
+//! pid, start time and port are written to a state file, so that after a controller
+//! crash the next run adopts a still-ready process instead of starting a second copy,
+//! and only ever signals a pid that is still the process it started (the same start
+//! time; a program may rewrite its environment, as process-title libraries do, but not
+//! its start time).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -132,6 +134,28 @@ pub struct ProcessRecord {
     pub pid: u32,
     /// The port it listens on.
     pub port: u16,
+    /// When it started, in clock ticks since boot (`/proc/PID/stat`, field 22): a pid
+    /// reused by another process has another start time. Records written before start
+    /// times were kept have none and are recognised by their environment instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
+}
+
+/// A process's state letter and start time (clock ticks since boot), from
+/// `/proc/PID/stat`, or `None` when there is no such process.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces and parentheses: the fields
+    // after it start at the last `)`, with the state (field 3).
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let started = rest.nth(18)?.parse().ok()?;
+    Some((state, started))
+}
+
+/// The start time of process `pid`, when it runs.
+pub fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, started)| started)
 }
 
 #[derive(Debug)]
@@ -145,7 +169,12 @@ impl Running {
     fn alive(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => Path::new(&format!("/proc/{}", self.record.pid)).exists(),
+            // Adopted: still the process that was started (a reused pid is not).
+            None => match (self.record.started, proc_stat(self.record.pid)) {
+                (_, None | Some(('Z', _))) => false,
+                (Some(recorded), Some((_, started))) => recorded == started,
+                (None, Some(_)) => true,
+            },
         }
     }
 
@@ -237,9 +266,20 @@ impl ProcessDeployer {
         std::fs::rename(&tmp, &path).map_err(io)
     }
 
-    /// Whether `pid` is alive and carries this deployer's marks for `variant`.
-    fn owns(&self, pid: u32, variant: Variant) -> bool {
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+    /// Whether the recorded replica still runs as the process this deployer started:
+    /// the same start time, or for a record without one, this service's marks for
+    /// `variant` in its environment. A zombie is no longer running.
+    fn owns(&self, rec: &ProcessRecord, variant: Variant) -> bool {
+        let Some((state, started)) = proc_stat(rec.pid) else {
+            return false;
+        };
+        if state == 'Z' {
+            return false;
+        }
+        if let Some(recorded) = rec.started {
+            return recorded == started;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{}/environ", rec.pid)) else {
             return false;
         };
         let has = |kv: String| environ.split(|b| *b == 0).any(|e| e == kv.as_bytes());
@@ -268,16 +308,7 @@ impl ProcessDeployer {
     pub fn exited(&self, variant: Variant) -> Vec<ProcessRecord> {
         self.read_records(variant)
             .into_iter()
-            .filter(|r| {
-                let zombie = std::fs::read_to_string(format!("/proc/{}/stat", r.pid))
-                    .map(|s| {
-                        s.rsplit(')')
-                            .next()
-                            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-                    })
-                    .unwrap_or(true);
-                zombie || !self.owns(r.pid, variant)
-            })
+            .filter(|r| !self.owns(r, variant))
             .collect()
     }
 
@@ -291,7 +322,7 @@ impl ProcessDeployer {
         let mut canary = running.remove(&Variant::Canary).unwrap_or_default();
         if !canary.loaded {
             for rec in self.read_records(Variant::Canary) {
-                if self.owns(rec.pid, Variant::Canary) {
+                if self.owns(&rec, Variant::Canary) {
                     canary.list.push(Running {
                         record: rec,
                         child: None,
@@ -308,7 +339,7 @@ impl ProcessDeployer {
         if !stable.loaded {
             stable.loaded = true;
             for rec in self.read_records(Variant::Stable) {
-                if self.owns(rec.pid, Variant::Stable) {
+                if self.owns(&rec, Variant::Stable) {
                     stable.list.push(Running {
                         record: rec,
                         child: None,
@@ -416,6 +447,7 @@ impl ProcessDeployer {
                 version: version.to_string(),
                 pid,
                 port,
+                started: start_time(pid),
             },
             child: Some(child),
         })
@@ -444,7 +476,8 @@ impl ProcessDeployer {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
-            if tokio::time::Instant::now() >= deadline {
+            // An adopted process has no child to ask: it is gone when it no longer runs.
+            if tokio::time::Instant::now() >= deadline || (run.child.is_none() && !run.alive()) {
                 return Err(ProcessError::NotReady {
                     timeout: self.spec.readiness.timeout,
                     last: Box::new(last),
@@ -511,14 +544,17 @@ impl ProcessDeployer {
             Variant::Stable => Vec::new(),
         };
         for rec in self.read_records(variant) {
-            if !self.owns(rec.pid, variant) || stable.contains(&rec.pid) {
+            if !self.owns(&rec, variant) || stable.contains(&rec.pid) {
                 continue;
             }
             let mut run = Running {
                 record: rec,
                 child: None,
             };
-            if run.record.version == version && self.probe(run.record.port).await.is_ok() {
+            // A replica of this version is given its readiness timeout to answer, as
+            // at its start: one slow probe must not stop a version users are on.
+            if run.record.version == version && self.wait_ready(variant, &mut run, 0).await.is_ok()
+            {
                 notes.push(format!(
                     "pid {} on port {} adopted from an earlier run",
                     run.record.pid, run.record.port
@@ -599,7 +635,7 @@ impl ProcessDeployer {
         if !set.loaded {
             set.loaded = true;
             for rec in self.read_records(variant) {
-                if self.owns(rec.pid, variant) {
+                if self.owns(&rec, variant) {
                     set.list.push(Running {
                         record: rec,
                         child: None,

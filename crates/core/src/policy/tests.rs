@@ -594,6 +594,17 @@ fn kubernetes_rejects_builtin_metrics_at_the_metric() {
     assert_eq!(d[0].line, 22);
     assert!(d[0].message.contains("source: prometheus"), "{d:?}");
     assert!(d[0].message.contains("no rampart proxy"), "{d:?}");
+    // Total time too: nothing in rampart's path times a body on Kubernetes.
+    let d = errors(&src.replace(
+        "metric: error_rate\n      judge: { max: 1% }",
+        "metric: latency_total_p99\n      judge: { max: 800ms }",
+    ));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].message
+            .contains("`latency_total_p99` is `source: builtin`"),
+        "{d:?}"
+    );
 }
 
 #[test]

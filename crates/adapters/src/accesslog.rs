@@ -129,14 +129,8 @@ fn nginx_times<'a>(
 ) -> Option<(Option<Duration>, Option<Duration>)> {
     let mut fields = fields.peekable();
     let mut last = fields.next()?;
-    loop {
-        if last.ends_with(',') {
-            last = fields.next()?;
-        } else if fields.next_if_eq(&":").is_some() {
-            last = fields.next()?;
-        } else {
-            break;
-        }
+    while last.ends_with(',') || fields.next_if_eq(&":").is_some() {
+        last = fields.next()?;
     }
     let header = seconds(last)?;
     let total = match fields.next() {

@@ -1,14 +1,20 @@
-//! The request log nginx and HAProxy send rampart over UDP syslog: per-request status
-//! and time to response headers, by variant, counted like the embedded proxy counts
-//! them.
+//! The request log nginx and HAProxy send rampart over UDP syslog: per-request status,
+//! time to response headers and total time, by variant, counted like the embedded
+//! proxy counts them.
 //!
 //! Owns parsing one log line per request, in the format rampart asks for:
 //!
-//! - `rampart-ms BACKEND SERVER STATUS MILLISECONDS` (HAProxy: `%b %s %ST %Tr`, where
-//!   `%Tr` is `-1` when no server answered);
-//! - `rampart-s SERVICE VARIANT STATUS SECONDS` (nginx: `$upstream_header_time`, `-`
-//!   when no upstream answered, or a list such as `0.003, 0.002 : 0.001` when several
-//!   were tried, of which the last attempt counts).
+//! - `rampart-ms BACKEND SERVER STATUS MILLISECONDS TOTAL_MILLISECONDS` (HAProxy:
+//!   `%b %s %ST %Tr %Ta`, where `%Tr` is `-1` when no server answered). A line without
+//!   the last field (a log-format from before total time, `%b %s %ST %Tr`) still
+//!   counts, with no total time;
+//! - `rampart-s SERVICE VARIANT STATUS SECONDS TOTAL_SECONDS` (nginx:
+//!   `$upstream_header_time`, `-` when no upstream answered, or a list such as
+//!   `0.003, 0.002 : 0.001` when several were tried, of which the last attempt counts;
+//!   then `$request_time`, absent from lines of a configuration rendered before it).
+//!
+//! A request no version answered has neither time: both histograms hold the same
+//! requests.
 //!
 //! Lines of another service or backend (a shared nginx or HAProxy) are not counted:
 //! the receiver only counts lines naming its own. The server (`stable2`, `canary1`) or
@@ -65,7 +71,15 @@ pub struct LoggedRequest<'a> {
     /// How long the version took to send its response headers; `None` when it sent
     /// none (it refused the connection, say): the request counts, its latency not.
     pub header_time: Option<Duration>,
+    /// How long the whole request took, to the response body's last byte sent to the
+    /// client (`%Ta`, `$request_time`); `None` when the line does not carry it (an
+    /// older log-format) or no version answered.
+    pub total_time: Option<Duration>,
 }
+
+/// A time field: `Some(None)` for the router's "no time" (`-1`, `-`), `None` when the
+/// field is malformed (the line is not counted).
+type Field = Option<Option<Duration>>;
 
 /// Parses one log line (a syslog header before the tag is skipped).
 pub fn parse(line: &str) -> Option<LoggedRequest<'_>> {
@@ -76,33 +90,71 @@ pub fn parse(line: &str) -> Option<LoggedRequest<'_>> {
     let service = fields.next()?;
     let server = fields.next()?;
     let status: u16 = fields.next()?.parse().ok()?;
-    // nginx separates the attempts of one request with `, ` and ` : `: the last one
-    // is the answer the client got.
-    let time = fields
-        .flat_map(|f| f.split([',', ':']))
-        .rfind(|f| !f.is_empty())?;
     let variant = match server.trim_end_matches(|c: char| c.is_ascii_digit()) {
         "stable" => Variant::Stable,
         "canary" => Variant::Canary,
         _ => return None,
     };
-    let header_time = match (tag, time) {
-        ("rampart-ms ", "-1") | ("rampart-s ", "-") => None,
-        ("rampart-ms ", ms) => Some(Duration::from_millis(ms.parse().ok()?)),
-        (_, s) => {
-            let secs: f64 = s.parse().ok()?;
-            if !secs.is_finite() || secs < 0.0 {
-                return None;
-            }
-            Some(Duration::from_secs_f64(secs))
-        }
+    let (header_time, total_time) = match tag {
+        "rampart-ms " => haproxy_times(fields)?,
+        _ => nginx_times(fields)?,
     };
     Some(LoggedRequest {
         service,
         variant,
         status,
         header_time,
+        // Without an answer, the total time is rampart's router's own error page.
+        total_time: header_time.and(total_time),
     })
+}
+
+/// HAProxy's `%Tr` and, when the log-format has it, `%Ta`, in milliseconds.
+fn haproxy_times<'a>(
+    mut fields: impl Iterator<Item = &'a str>,
+) -> Option<(Option<Duration>, Option<Duration>)> {
+    let header = millis(fields.next()?)?;
+    let total = match fields.next() {
+        Some(f) => millis(f)?,
+        None => None,
+    };
+    fields.next().is_none().then_some((header, total))
+}
+
+/// nginx's `$upstream_header_time` and, when the line has it, `$request_time`. The
+/// first may list several attempts, joined by `, ` and ` : `: it goes on while a value
+/// ends in `,` or a `:` follows it, and its last value is the answer the client got.
+fn nginx_times<'a>(
+    fields: impl Iterator<Item = &'a str>,
+) -> Option<(Option<Duration>, Option<Duration>)> {
+    let mut fields = fields.peekable();
+    let mut last = fields.next()?;
+    while last.ends_with(',') || fields.next_if_eq(&":").is_some() {
+        last = fields.next()?;
+    }
+    let header = seconds(last)?;
+    let total = match fields.next() {
+        Some(f) => seconds(f)?,
+        None => None,
+    };
+    fields.next().is_none().then_some((header, total))
+}
+
+/// A HAProxy time in milliseconds; `-1` is none.
+fn millis(field: &str) -> Field {
+    if field == "-1" {
+        return Some(None);
+    }
+    field.parse().ok().map(|ms| Some(Duration::from_millis(ms)))
+}
+
+/// An nginx time in seconds (millisecond resolution); `-` is none.
+fn seconds(field: &str) -> Field {
+    if field == "-" {
+        return Some(None);
+    }
+    let secs: f64 = field.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Some(Duration::from_secs_f64(secs)))
 }
 
 impl AccessLog {
@@ -129,7 +181,7 @@ impl AccessLog {
                         Variant::Stable => &into.stable,
                         Variant::Canary => &into.canary,
                     };
-                    counters.record_logged(r.status >= 500, r.header_time);
+                    counters.record_logged(r.status >= 500, r.header_time, r.total_time);
                 }
             }
         });
@@ -169,7 +221,8 @@ mod tests {
                 service: "checkout",
                 variant: Variant::Canary,
                 status: 503,
-                header_time: Some(Duration::from_millis(12))
+                header_time: Some(Duration::from_millis(12)),
+                total_time: None,
             }
         );
         let n = parse("<190>nginx: rampart-s checkout stable 200 0.004").unwrap();
@@ -189,12 +242,72 @@ mod tests {
     }
 
     #[test]
+    fn five_field_lines_carry_the_total_time() {
+        let h = parse("<134>haproxy[12]: rampart-ms checkout canary3 200 12 340").unwrap();
+        assert_eq!(
+            (h.header_time, h.total_time),
+            (
+                Some(Duration::from_millis(12)),
+                Some(Duration::from_millis(340))
+            )
+        );
+        let n = parse("<190>nginx: rampart-s checkout stable 200 0.004 0.251").unwrap();
+        assert_eq!(
+            (n.header_time, n.total_time),
+            (
+                Some(Duration::from_millis(4)),
+                Some(Duration::from_millis(251))
+            )
+        );
+        // Several nginx attempts, then the request's total time.
+        let n = parse("rampart-s checkout canary 200 0.010, 0.020 : 0.003 0.300").unwrap();
+        assert_eq!(
+            (n.header_time, n.total_time),
+            (
+                Some(Duration::from_millis(3)),
+                Some(Duration::from_millis(300))
+            )
+        );
+        for junk in [
+            "rampart-ms checkout canary1 200 12 x",
+            "rampart-ms checkout canary1 200 12 340 7",
+            "rampart-s checkout stable 200 0.004 x",
+            "rampart-s checkout stable 200 0.004 0.2 0.3",
+            "rampart-s checkout stable 200 0.004 -0.2",
+            "rampart-s checkout stable 200 0.004,",
+        ] {
+            assert_eq!(parse(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn four_field_lines_of_an_older_log_format_count_without_a_total_time() {
+        // HAProxy's `rampart-ms %b %s %ST %Tr`, and nginx configurations rendered
+        // before `$request_time` was added (including a list of attempts).
+        let h = parse("rampart-ms checkout stable2 200 12").unwrap();
+        assert_eq!(
+            (h.variant, h.header_time, h.total_time),
+            (Variant::Stable, Some(Duration::from_millis(12)), None)
+        );
+        let n = parse("rampart-s checkout canary 200 0.010, 0.020 : 0.003").unwrap();
+        assert_eq!(
+            (n.header_time, n.total_time),
+            (Some(Duration::from_millis(3)), None)
+        );
+    }
+
+    #[test]
     fn a_request_no_version_answered_counts_without_a_latency() {
         // HAProxy's `%Tr` is -1, nginx's `$upstream_header_time` is `-`.
         let h = parse("rampart-ms checkout stable1 503 -1").unwrap();
         assert_eq!((h.status, h.header_time), (503, None));
         let n = parse("rampart-s checkout canary 502 -").unwrap();
         assert_eq!((n.status, n.header_time), (502, None));
+        // The router's own error page took time, but no version answered: neither.
+        let h = parse("rampart-ms checkout stable1 503 -1 5").unwrap();
+        assert_eq!((h.header_time, h.total_time), (None, None));
+        let n = parse("rampart-s checkout canary 502 - 0.001").unwrap();
+        assert_eq!((n.header_time, n.total_time), (None, None));
     }
 
     #[test]
@@ -203,5 +316,10 @@ mod tests {
         assert_eq!(n.header_time, Some(Duration::from_millis(3)));
         let failed_last = parse("rampart-s checkout canary 502 0.010, -").unwrap();
         assert_eq!(failed_last.header_time, None);
+        let failed_last = parse("rampart-s checkout canary 502 0.010, - 0.012").unwrap();
+        assert_eq!(
+            (failed_last.header_time, failed_last.total_time),
+            (None, None)
+        );
     }
 }

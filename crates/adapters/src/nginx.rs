@@ -162,7 +162,7 @@ pub fn render(
     );
     let _ = writeln!(
         f,
-        "log_format rampart_{id} 'rampart-s {service} $rampart_{id}_variant $status $upstream_header_time';"
+        "log_format rampart_{id} 'rampart-s {service} $rampart_{id}_variant $status $upstream_header_time $request_time';"
     );
     let dir = weight_dir(Path::new(&spec.include));
     let current = dir.join("current").display().to_string();
@@ -676,9 +676,9 @@ mod tests {
         );
         assert!(
             text.contains(
-                "'rampart-s check-out $rampart_check_out_variant $status $upstream_header_time'"
+                "'rampart-s check-out $rampart_check_out_variant $status $upstream_header_time $request_time'"
             ),
-            "time to response headers, like the embedded proxy: {text}"
+            "time to response headers, like the embedded proxy, then the total time: {text}"
         );
         assert_eq!(generation_of(&text), Some(7));
         assert_eq!(

@@ -1,5 +1,6 @@
 //! `/metrics` in Prometheus's text format: the release (phase, weight, verdicts,
-//! rollbacks) and the data plane (per-variant requests, errors, latency histogram).
+//! rollbacks) and the data plane (per-variant requests, errors, latency histograms: to
+//! response headers, and total).
 //!
 //! Owns the metric names and the exposition. It observes; it never decides.
 
@@ -14,7 +15,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use rampart_core::metrics::{Histogram, VariantStats, bucket_upper_ms};
+use rampart_core::metrics::{Histogram, Timing, bucket_upper_ms};
 use rampart_core::release::{Phase, Release};
 use rampart_core::{Variant, Weight};
 use tokio::net::TcpListener;
@@ -178,19 +179,47 @@ impl Telemetry {
                 s.errors
             );
         }
-        out.push_str("# HELP rampart_request_duration_seconds Request latency by variant; the sum is estimated from rampart's finer buckets (within 5 %).\n# TYPE rampart_request_duration_seconds histogram\n");
-        for (v, s) in [
-            (Variant::Stable, &totals.stable),
-            (Variant::Canary, &totals.canary),
+        for (name, help, timing) in [
+            (
+                "rampart_request_duration_seconds",
+                "Time to response headers by variant (latency_pXX)",
+                Timing::Headers,
+            ),
+            (
+                "rampart_request_total_duration_seconds",
+                "Time to the response body's last byte by variant (latency_total_pXX)",
+                Timing::Total,
+            ),
         ] {
-            histogram(&mut out, &svc, v.as_str(), s);
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}; the sum is estimated from rampart's finer buckets (within 5 %).\n# TYPE {name} histogram"
+            );
+            for (v, s) in [
+                (Variant::Stable, &totals.stable),
+                (Variant::Canary, &totals.canary),
+            ] {
+                let series = Series {
+                    name,
+                    svc: &svc,
+                    variant: v.as_str(),
+                };
+                histogram(&mut out, &series, s.latency_to(timing));
+            }
         }
         out
     }
 }
 
-fn histogram(out: &mut String, svc: &str, variant: &str, s: &VariantStats) {
-    let h: &Histogram = &s.latency;
+/// One histogram series: its metric name and labels.
+struct Series<'a> {
+    name: &'a str,
+    svc: &'a str,
+    variant: &'a str,
+}
+
+fn histogram(out: &mut String, series: &Series<'_>, h: &Histogram) {
+    let Series { name, svc, variant } = series;
     let buckets: Vec<(f64, u64)> = h
         .buckets()
         .map(|(i, c)| (bucket_upper_ms(i) / 1000.0, c))
@@ -203,13 +232,13 @@ fn histogram(out: &mut String, svc: &str, variant: &str, s: &VariantStats) {
             .sum();
         let _ = writeln!(
             out,
-            "rampart_request_duration_seconds_bucket{{service=\"{svc}\",variant=\"{variant}\",le=\"{le}\"}} {n}"
+            "{name}_bucket{{service=\"{svc}\",variant=\"{variant}\",le=\"{le}\"}} {n}"
         );
     }
     let count: u64 = buckets.iter().map(|(_, c)| c).sum();
     let _ = writeln!(
         out,
-        "rampart_request_duration_seconds_bucket{{service=\"{svc}\",variant=\"{variant}\",le=\"+Inf\"}} {count}"
+        "{name}_bucket{{service=\"{svc}\",variant=\"{variant}\",le=\"+Inf\"}} {count}"
     );
     // Each bucket's observations at the bucket's geometric middle (edges ~9 % apart).
     let sum: f64 = buckets
@@ -218,11 +247,11 @@ fn histogram(out: &mut String, svc: &str, variant: &str, s: &VariantStats) {
         .sum();
     let _ = writeln!(
         out,
-        "rampart_request_duration_seconds_sum{{service=\"{svc}\",variant=\"{variant}\"}} {sum}"
+        "{name}_sum{{service=\"{svc}\",variant=\"{variant}\"}} {sum}"
     );
     let _ = writeln!(
         out,
-        "rampart_request_duration_seconds_count{{service=\"{svc}\",variant=\"{variant}\"}} {count}"
+        "{name}_count{{service=\"{svc}\",variant=\"{variant}\"}} {count}"
     );
 }
 
@@ -295,6 +324,10 @@ mod tests {
             for ms in [1u64, 3, 40, 400] {
                 s.canary.latency.record_micros(ms * 1000);
             }
+            // The bodies took 200 ms more, and one is still being sent.
+            for ms in [201u64, 203, 240] {
+                s.canary.latency_total.record_micros(ms * 1000);
+            }
             s
         }
     }
@@ -313,6 +346,15 @@ mod tests {
         );
         assert!(text.contains("rampart_request_duration_seconds_bucket{service=\"shop\",variant=\"canary\",le=\"0.005\"} 2"));
         assert!(text.contains("rampart_request_duration_seconds_bucket{service=\"shop\",variant=\"canary\",le=\"+Inf\"} 4"));
+        assert!(text.contains("# TYPE rampart_request_total_duration_seconds histogram\n"));
+        assert!(text.contains("rampart_request_total_duration_seconds_bucket{service=\"shop\",variant=\"canary\",le=\"0.1\"} 0"));
+        assert!(text.contains("rampart_request_total_duration_seconds_bucket{service=\"shop\",variant=\"canary\",le=\"0.25\"} 3"));
+        assert!(text.contains(
+            "rampart_request_total_duration_seconds_count{service=\"shop\",variant=\"canary\"} 3"
+        ));
+        assert!(text.contains(
+            "rampart_request_total_duration_seconds_count{service=\"shop\",variant=\"stable\"} 0"
+        ));
         let dashboard = include_str!("../../../deploy/grafana/rampart-release.json");
         let mut names: Vec<&str> = dashboard
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))

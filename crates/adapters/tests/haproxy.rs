@@ -15,6 +15,7 @@ use common::{backend, get_body, share_of, until};
 use rampart_adapters::accesslog::AccessLog;
 use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::proxy::BuiltinMetrics;
+use rampart_core::metrics::bucket_upper_ms;
 use rampart_core::ports::{MetricsSource, TrafficRouter};
 use rampart_core::{Variant, Weight};
 use tokio::sync::Notify;
@@ -269,6 +270,48 @@ async fn a_request_no_server_answered_counts_as_an_error_real_haproxy() {
         "no server answered: no latency"
     );
     assert_eq!(t.canary.latency.count(), 20 - refused);
+}
+
+/// Issue 21: with `%Tr %Ta`, a body sent 400 ms after the headers counts in the total
+/// time (`latency_total_*`) and not in the time to headers, as behind the embedded
+/// proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_time_includes_a_body_sent_after_the_headers_real_haproxy() {
+    let log = common::request_log("shop").await;
+    let h = haproxy("shop", 1, log.local_addr());
+    let router = HaproxyRouter::new(&h.socket, "shop");
+    let metrics = BuiltinMetrics::new(log.clone());
+    let slow = common::slow_body_backend("stable", Duration::from_millis(400)).await;
+    router.set_backends(Variant::Stable, &[slow]).await.unwrap();
+    for u in 0..5 {
+        let (status, body) = get_body(h.addr, "/", Some(&format!("u{u}"))).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "stable"));
+    }
+    until("the request log", async || {
+        rampart_adapters::proxy::Totals::totals(&log)
+            .stable
+            .requests
+            == 5
+    })
+    .await;
+    let s = metrics.measure(&any_window()).await.unwrap().stable;
+    assert_eq!(
+        (s.latency.count(), s.latency_total.count()),
+        (5, 5),
+        "{s:?}"
+    );
+    let (slowest_headers, _) = s.latency.buckets().last().unwrap();
+    let (fastest_total, _) = s.latency_total.buckets().next().unwrap();
+    assert!(
+        bucket_upper_ms(slowest_headers) < 400.0,
+        "`%Tr` ends at the headers: {:?}",
+        s.latency
+    );
+    assert!(
+        bucket_upper_ms(fastest_total) >= 400.0,
+        "`%Ta` includes the 400 ms body: {:?}",
+        s.latency_total
+    );
 }
 
 /// A window for counting sources, which report what they counted since the previous

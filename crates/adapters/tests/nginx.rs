@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::{backend, get_body, listening, share_of, until};
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::proxy::BuiltinMetrics;
+use rampart_core::metrics::bucket_upper_ms;
 use rampart_core::policy::{MatchSource, NginxSpec, RouteMatch, Sticky};
 use rampart_core::ports::{MetricsSource, TrafficRouter};
 use rampart_core::{Variant, Weight};
@@ -244,7 +245,8 @@ async fn a_retired_replica_drains_on_the_old_workers_real_nginx() {
 
 /// Regression (issue 21): nginx logged `$request_time`, the total time, where the
 /// embedded proxy and docs/policy.md mean the time to response headers, so a service
-/// whose body came in a later write looked slow behind nginx only.
+/// whose body came in a later write looked slow behind nginx only. The total time has
+/// its own histogram (`latency_total_*`), from `$request_time` after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_is_the_time_to_response_headers_like_the_embedded_proxy_real_nginx() {
     let (_n, spec) = nginx();
@@ -276,10 +278,17 @@ async fn latency_is_the_time_to_response_headers_like_the_embedded_proxy_real_ng
     let s = metrics.measure(&any_window()).await.unwrap();
     let p99 = s.stable.latency.quantile_ms(0.99).unwrap();
     assert!(p99 < 200.0, "p99 {p99}ms counts the 400ms body: total time");
+    assert_eq!(s.stable.latency_total.count(), 5, "{:?}", s.stable);
+    let (fastest_total, _) = s.stable.latency_total.buckets().next().unwrap();
+    assert!(
+        bucket_upper_ms(fastest_total) >= 400.0,
+        "every total time includes the 400 ms body: {:?}",
+        s.stable.latency_total
+    );
     assert_eq!(s.canary.errors, 1, "the 502 counts as an error");
     assert_eq!(
-        s.canary.latency.count(),
-        0,
+        (s.canary.latency.count(), s.canary.latency_total.count()),
+        (0, 0),
         "with no latency: nothing answered"
     );
 }

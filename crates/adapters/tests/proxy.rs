@@ -11,6 +11,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode};
 use rampart_adapters::proxy::{BuiltinMetrics, Proxy, VARIANT_HEADER};
+use rampart_core::metrics::bucket_upper_ms;
 use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::MetricsSource;
 use rampart_core::{Variant, Weight};
@@ -156,6 +157,7 @@ async fn builtin_metrics_count_5xx_and_connection_failures_per_variant() {
     let s = metrics.measure(&any_window()).await.unwrap();
     assert_eq!((s.stable.requests, s.stable.errors), (15, 5));
     assert_eq!(s.stable.latency.count(), 15);
+    assert_eq!(s.stable.latency_total.count(), 15, "every body was sent");
     assert_eq!(s.canary.requests, 0);
 
     // A canary that is not listening: every request is a 502 and an error.
@@ -174,7 +176,122 @@ async fn builtin_metrics_count_5xx_and_connection_failures_per_variant() {
         (4, 4),
         "deltas since the last measure"
     );
+    assert_eq!(
+        (s.canary.latency.count(), s.canary.latency_total.count()),
+        (4, 4),
+        "the proxy's 502 answers are timed too"
+    );
     assert_eq!(s.stable.requests, 0);
+}
+
+/// A proxy in front of `stable` alone.
+async fn proxy_to(stable: SocketAddr) -> (Proxy, rampart_adapters::proxy::ProxyServer) {
+    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), Sticky::None)
+        .await
+        .unwrap();
+    proxy.set_backends(Variant::Stable, &[stable]);
+    (proxy, server)
+}
+
+/// Issue 21: the time to headers stays the version's own time while the total time
+/// (`latency_total_*`) includes a body that comes in a later write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_time_includes_a_body_sent_after_the_headers() {
+    let delay = Duration::from_millis(200);
+    let (proxy, server) = proxy_to(common::slow_body_backend("stable", delay).await).await;
+    let metrics = BuiltinMetrics::new(proxy.clone());
+    for _ in 0..5 {
+        let (status, body) = common::get_body(server.local_addr(), "/", None).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "stable"));
+    }
+    let s = metrics.measure(&any_window()).await.unwrap().stable;
+    assert_eq!(
+        (s.requests, s.latency.count(), s.latency_total.count()),
+        (5, 5, 5)
+    );
+    let (slowest_headers, _) = s.latency.buckets().last().unwrap();
+    let (fastest_total, _) = s.latency_total.buckets().next().unwrap();
+    assert!(
+        bucket_upper_ms(slowest_headers) < 200.0,
+        "the headers came before the body's delay: {:?}",
+        s.latency
+    );
+    assert!(
+        bucket_upper_ms(fastest_total) >= 200.0,
+        "every total time includes the 200 ms body: {:?}",
+        s.latency_total
+    );
+}
+
+/// A client that hangs up before the body arrives: the request is still timed, once
+/// the proxy is done with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_time_is_recorded_when_the_client_goes_away_mid_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let delay = Duration::from_millis(200);
+    let (proxy, server) = proxy_to(common::slow_body_backend("stable", delay).await).await;
+    let mut conn = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the proxy closed before the headers");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let t = proxy.totals().stable;
+    assert_eq!(
+        (t.latency.count(), t.latency_total.count()),
+        (1, 0),
+        "headers timed; the body is still on its way"
+    );
+    drop(conn);
+    common::until("the total time", async || {
+        proxy.totals().stable.latency_total.count() == 1
+    })
+    .await;
+}
+
+/// An upstream that promises a 100-byte body and closes after 3 bytes.
+async fn truncating_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A body that breaks off upstream ends the request: it is timed then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_time_is_recorded_when_the_upstream_body_breaks_off() {
+    let (proxy, server) = proxy_to(truncating_backend().await).await;
+    let req = Request::get(format!("http://{}/", server.local_addr()))
+        .body(Empty::new())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "the client sees the body cut short"
+    );
+    let t = proxy.totals().stable;
+    assert_eq!((t.latency.count(), t.latency_total.count()), (1, 1));
 }
 
 async fn get_with(addr: SocketAddr, headers: &[(&str, &str)]) -> String {

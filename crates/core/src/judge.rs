@@ -4,7 +4,7 @@
 //! the same sample always gives the same verdict. It must not keep streaks or decide
 //! rollbacks; that is the release state machine's job.
 
-use crate::metrics::{Histogram, IntervalSample, VariantStats, bucket_of};
+use crate::metrics::{Histogram, IntervalSample, Timing, VariantStats, bucket_of};
 use crate::policy::{BuiltinMetric, Direction, MetricSpec, Sequential, Threshold};
 use crate::sequential::{EProcess, tolerate};
 
@@ -72,9 +72,22 @@ fn value(metric: BuiltinMetric, stats: &VariantStats) -> Option<f64> {
     let v = match metric {
         BuiltinMetric::ErrorRate => stats.error_rate(),
         BuiltinMetric::Latency(q) => stats.latency.quantile_ms(q),
+        BuiltinMetric::LatencyTotal(q) => stats.latency_total.quantile_ms(q),
         BuiltinMetric::Query | BuiltinMetric::Counts => None,
     }?;
     v.is_finite().then_some(v)
+}
+
+/// Why a latency could not be computed for a variant with requests: said plainly for
+/// total time, which some sources never record.
+fn no_value(metric: BuiltinMetric, stats: &VariantStats, variant: &str) -> String {
+    match metric {
+        BuiltinMetric::LatencyTotal(_) if stats.latency_total.is_empty() => format!(
+            "no total time recorded for the {variant}'s {} requests in this interval (bodies still being sent, or a source without it: HAProxy needs `%Ta` at the end of its log-format, recorded samples hold the time to headers only)",
+            stats.requests
+        ),
+        _ => format!("{variant} value could not be computed"),
+    }
 }
 
 /// A count read from a source: a finite number, rounded (Prometheus's `increase`
@@ -355,7 +368,7 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
         return reading;
     }
     let Some(c) = canary else {
-        reading.detail = "canary value could not be computed".into();
+        reading.detail = no_value(m, &sample.canary, "canary");
         return reading;
     };
     if sample.canary.requests < spec.min_samples {
@@ -368,15 +381,18 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
     let fmt = |v: f64| m.format(v);
     let stable_enough = sample.stable.requests >= spec.min_samples;
     // A latency quantile breaks a limit only beyond noise; a rate is judged as read.
-    let latency = match m {
-        BuiltinMetric::Latency(q) => Some(q),
-        _ => None,
-    };
-    let canary_h = (c, &sample.canary.latency);
+    let latency = m.latency();
+    let timing = latency.map_or(Timing::Headers, |(_, t)| t);
+    let canary_h = (c, sample.canary.latency_to(timing));
     let (mut failures, breached) = match latency {
-        Some(q) => {
-            latency_absolute_failures(t, q, fmt, canary_h, &sample.stable.latency, stable_enough)
-        }
+        Some((q, _)) => latency_absolute_failures(
+            t,
+            q,
+            fmt,
+            canary_h,
+            sample.stable.latency_to(timing),
+            stable_enough,
+        ),
         None => absolute_failures(t, fmt, c, stable, stable_enough),
     };
     reading.stable_breached = breached;
@@ -384,7 +400,7 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
     if t.relative() {
         match stable {
             Some(s) if stable_enough => failures.extend(match latency {
-                Some(q) => latency_ratio_failures(t, q, fmt, canary_h, s),
+                Some((q, _)) => latency_ratio_failures(t, q, fmt, canary_h, s),
                 None => ratio_failures(t, fmt, c, s),
             }),
             // With stable serving nothing at all (after a blue-green switch, or at
@@ -523,9 +539,10 @@ pub struct Evidence {
 /// Judges one metric sequentially: updates `evidence` with this interval and fails the
 /// moment the evidence that the canary is worse reaches `1/alpha`.
 ///
-/// `stable_history` is stable's latency over the intervals before this one (the null
-/// for latency comes from data the canary's outcomes cannot have influenced), and
-/// `canary_seen` the canary requests analysed before this interval.
+/// `stable_history` is stable's latency over the intervals before this one, measured
+/// as the metric measures it (to headers, or total time; the null for latency comes
+/// from data the canary's outcomes cannot have influenced), and `canary_seen` the
+/// canary requests analysed before this interval.
 ///
 /// Guarantees: the probability of ever failing a canary that is no worse than stable
 /// is at most `alpha`; no data or too little data is never a pass.
@@ -573,6 +590,12 @@ pub fn sequential(
         r.detail = "no canary requests in this interval".into();
         return r;
     }
+    // Requests whose bodies are still being sent have no total time yet; with none at
+    // all, nothing says whether the canary is slower (never a pass).
+    if matches!(spec.metric, BuiltinMetric::LatencyTotal(_)) && c.latency_total.is_empty() {
+        r.detail = no_value(spec.metric, c, "canary");
+        return r;
+    }
     let observed = match spec.metric {
         // Under "no worse", each error falls on the canary with its traffic share.
         BuiltinMetric::ErrorRate => {
@@ -591,12 +614,13 @@ pub fn sequential(
         },
         // A canary request is "bad" when slower than stable's quantile; ties (the same
         // histogram bucket) say nothing and are left out on both sides.
-        BuiltinMetric::Latency(q) => stable_history
+        BuiltinMetric::Latency(q) | BuiltinMetric::LatencyTotal(q) => stable_history
             .quantile_bucket(q)
             .filter(|_| stable_history.count() >= spec.min_samples)
             .and_then(|b| {
                 let (above_s, below_s) = stable_history.split_at(b);
-                let (above_c, below_c) = c.latency.split_at(b);
+                let timing = spec.metric.latency().map_or(Timing::Headers, |l| l.1);
+                let (above_c, below_c) = c.latency_to(timing).split_at(b);
                 (above_s > 0 && below_s > 0).then(|| {
                     let p0 = above_s as f64 / (above_s + below_s) as f64;
                     let what = format!(
@@ -763,7 +787,7 @@ mod tests {
         VariantStats {
             requests,
             errors,
-            latency: Histogram::default(),
+            ..VariantStats::default()
         }
     }
 
@@ -975,6 +999,106 @@ mod tests {
         // about 4e-4), and not uselessly loose.
         let t = binomial_upper_tail(1_000_000, 0.1, 101_000);
         assert!((4e-4..0.01).contains(&t), "{t}");
+    }
+
+    /// 100 requests answered in `headers_ms`, their bodies done in `total_ms`.
+    fn timed(headers_ms: u64, total_ms: u64) -> VariantStats {
+        let mut v = VariantStats {
+            requests: 100,
+            ..Default::default()
+        };
+        for i in 0..100 {
+            v.latency.record_micros(headers_ms * 1000 + i * 100);
+            v.latency_total.record_micros(total_ms * 1000 + i * 100);
+        }
+        v
+    }
+
+    #[test]
+    fn the_threshold_judge_reads_total_time_from_its_own_histogram() {
+        // Both answer headers in 20 ms; the canary's body arrives 300 ms later.
+        let sample = IntervalSample {
+            stable: timed(20, 25),
+            canary: timed(20, 320),
+            ..Default::default()
+        };
+        let mut s = spec(Some(100.0), Some(1.5));
+        s.metric = BuiltinMetric::LatencyTotal(0.99);
+        let r = judge(&s, &sample);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.canary.unwrap() > 300.0, "{r:?}");
+        assert!(r.stable.unwrap() < 40.0, "{r:?}");
+        s.metric = BuiltinMetric::Latency(0.99);
+        let r = judge(&s, &sample);
+        assert_eq!(r.verdict, Verdict::Pass, "time to headers is equal: {r:?}");
+    }
+
+    #[test]
+    fn total_time_nobody_recorded_is_inconclusive_and_says_why() {
+        // HAProxy without `%Ta`: requests and headers, no total time.
+        let mut headers_only = timed(20, 20);
+        headers_only.latency_total = Histogram::default();
+        let sample = IntervalSample {
+            stable: headers_only.clone(),
+            canary: headers_only,
+            ..Default::default()
+        };
+        let mut s = spec(Some(100.0), None);
+        s.metric = BuiltinMetric::LatencyTotal(0.99);
+        let r = judge(&s, &sample);
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        assert!(r.detail.contains("no total time recorded"), "{}", r.detail);
+        assert!(r.detail.contains("%Ta"), "{}", r.detail);
+        let (spec, seq) = seq_spec(BuiltinMetric::LatencyTotal(0.5));
+        let r = sequential(
+            &spec,
+            &seq,
+            &sample,
+            &mut Evidence::default(),
+            &timed(20, 20).latency_total,
+            500,
+        );
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        assert!(r.detail.contains("no total time recorded"), "{}", r.detail);
+    }
+
+    #[test]
+    fn the_sequential_judge_reads_total_time_from_its_own_histogram() {
+        let (spec, seq) = seq_spec(BuiltinMetric::LatencyTotal(0.5));
+        let mut history = Histogram::default();
+        for _ in 0..10 {
+            history.merge(&timed(20, 25).latency_total);
+        }
+        let slow_body = IntervalSample {
+            stable: timed(20, 25),
+            canary: timed(20, 320),
+            ..Default::default()
+        };
+        let r = sequential(
+            &spec,
+            &seq,
+            &slow_body,
+            &mut Evidence::default(),
+            &history,
+            0,
+        );
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        // The header-time judge on the same sample, with stable's header history, sees
+        // no difference.
+        let (headers, seq) = seq_spec(BuiltinMetric::Latency(0.5));
+        let mut header_history = Histogram::default();
+        for _ in 0..10 {
+            header_history.merge(&timed(20, 25).latency);
+        }
+        let r = sequential(
+            &headers,
+            &seq,
+            &slow_body,
+            &mut Evidence::default(),
+            &header_history,
+            0,
+        );
+        assert_ne!(r.verdict, Verdict::Fail, "{r:?}");
     }
 
     fn query_spec(samples: bool) -> MetricSpec {

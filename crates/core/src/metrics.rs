@@ -1,5 +1,5 @@
 //! Measurements the judges read: per-variant request counts, errors and latency
-//! histograms for one analysis interval.
+//! histograms (time to response headers, and total time) for one analysis interval.
 //!
 //! Owns the histogram layout (shared with the proxy, which fills it) and quantile
 //! estimation. It must not decide anything; judging lives in [`crate::judge`].
@@ -76,6 +76,11 @@ impl Histogram {
         *self.counts.entry(i).or_default() += 1;
     }
 
+    /// Whether it holds no observation.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
     /// Total observations.
     pub fn count(&self) -> u64 {
         self.counts.values().sum()
@@ -142,6 +147,17 @@ impl Histogram {
     }
 }
 
+/// The moment a latency is measured to. Both start when the request reaches the
+/// router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// The response headers (`latency_pXX`): what a version's own work costs, free of
+    /// how its body is written.
+    Headers,
+    /// The response body's last byte sent to the client (`latency_total_pXX`).
+    Total,
+}
+
 /// What one variant did during an interval.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VariantStats {
@@ -151,9 +167,22 @@ pub struct VariantStats {
     pub errors: u64,
     /// Time to response headers.
     pub latency: Histogram,
+    /// Time to the response body's last byte. It holds fewer observations than
+    /// `latency` while bodies are still being sent, and none behind a router that does
+    /// not log it (HAProxy without `%Ta`). Absent from samples saved before it existed.
+    #[serde(default)]
+    pub latency_total: Histogram,
 }
 
 impl VariantStats {
+    /// The latency histogram measured to `timing`.
+    pub fn latency_to(&self, timing: Timing) -> &Histogram {
+        match timing {
+            Timing::Headers => &self.latency,
+            Timing::Total => &self.latency_total,
+        }
+    }
+
     /// Error rate, or `None` without requests.
     pub fn error_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
@@ -165,6 +194,7 @@ impl VariantStats {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
             latency: self.latency.since(&earlier.latency),
+            latency_total: self.latency_total.since(&earlier.latency_total),
         }
     }
 }
@@ -240,13 +270,26 @@ mod tests {
         let a = VariantStats {
             requests: 3,
             errors: 1,
-            latency: after,
+            latency: after.clone(),
+            latency_total: after,
         };
         let b = VariantStats {
             requests: 10,
             errors: 5,
-            latency: before,
+            latency: before.clone(),
+            latency_total: before,
         };
         assert_eq!(a.since(&b).requests, 0);
+        assert_eq!(a.since(&b).latency_total.count(), 0);
+    }
+
+    #[test]
+    fn stats_saved_before_total_time_existed_still_load() {
+        let old = r#"{"requests":2,"errors":0,"latency":[[40,2]]}"#;
+        let s: VariantStats = serde_json::from_str(old).unwrap();
+        assert_eq!((s.requests, s.latency.count()), (2, 2));
+        assert!(s.latency_total.is_empty());
+        assert!(s.latency_to(Timing::Total).is_empty());
+        assert_eq!(s.latency_to(Timing::Headers).count(), 2);
     }
 }

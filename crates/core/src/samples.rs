@@ -163,6 +163,7 @@ impl Samples {
                 requests,
                 errors,
                 latency: synthesize(requests, &points),
+                ..VariantStats::default()
             };
             let entry = seconds.entry(t).or_default();
             if canary {
@@ -182,6 +183,7 @@ impl Samples {
                 acc.requests += add.requests;
                 acc.errors += add.errors;
                 acc.latency.merge(&add.latency);
+                acc.latency_total.merge(&add.latency_total);
             }
         }
         out

@@ -96,6 +96,7 @@ impl Stream {
                     requests: n,
                     errors: rng.binomial(n, rate),
                     latency,
+                    ..VariantStats::default()
                 }
             };
             let stable = variant(

@@ -44,7 +44,7 @@ fn stats(requests: u64, errors: u64) -> VariantStats {
     VariantStats {
         requests,
         errors,
-        latency: Default::default(),
+        ..VariantStats::default()
     }
 }
 
@@ -1070,6 +1070,73 @@ fn samples_with_latency_round_trip_inside_tagged_inputs() {
     };
     let text = serde_json::to_string(&input).unwrap();
     assert_eq!(serde_json::from_str::<Input>(&text).unwrap(), input);
+}
+
+const TOTAL_TIME: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 10, bake: 5m}]}}
+analysis:
+  interval: 30s
+  min_samples: 50
+  metrics:
+    - {metric: latency_total_p50, judge: sequential}
+"#;
+
+/// `n` requests with headers after 20 ms, each body done `body_ms` later.
+fn with_bodies(n: u64, body_ms: u64) -> VariantStats {
+    let mut v = stats(n, 0);
+    for i in 0..n {
+        v.latency.record_micros(20_000 + (i % 50) * 200);
+        v.latency_total
+            .record_micros((20 + body_ms) * 1000 + (i % 50) * 200);
+    }
+    v
+}
+
+/// Regression (issue 21): the sequential total-time judge compares the canary's total
+/// time with stable's total-time history, not its time to headers.
+#[test]
+fn the_sequential_total_time_judge_compares_with_stables_total_time() {
+    let p = Policy::from_yaml(TOTAL_TIME).unwrap();
+    // Both versions: headers at 20 ms, bodies 40 ms later. The same service.
+    let same = drive(
+        &p,
+        || IntervalSample {
+            stable: with_bodies(900, 40),
+            canary: with_bodies(100, 40),
+            ..Default::default()
+        },
+        |_, _| {},
+    );
+    assert_eq!(same.phase, Phase::Succeeded, "{:?}", same.decision);
+    assert!(same.stable_latency_total.count() > same.stable_latency.count() / 2);
+    // The canary's body takes 300 ms: its headers are as fast as stable's.
+    let slow = drive(
+        &p,
+        || IntervalSample {
+            stable: with_bodies(900, 40),
+            canary: with_bodies(100, 300),
+            ..Default::default()
+        },
+        |_, _| {},
+    );
+    assert_eq!(slow.phase, Phase::RolledBack, "{:?}", slow.decision);
+}
+
+#[test]
+fn a_release_saved_before_total_time_existed_still_loads() {
+    let mut w = World::new(5, 5);
+    w.run_until(|s| s.intervals >= 2);
+    let mut saved = serde_json::to_value(&w.state).unwrap();
+    saved
+        .as_object_mut()
+        .unwrap()
+        .remove("stable_latency_total");
+    let back: Release = serde_json::from_value(saved).unwrap();
+    assert!(back.stable_latency_total.is_empty());
+    assert_eq!(back.intervals, w.state.intervals);
 }
 
 #[test]

@@ -125,4 +125,20 @@ fn the_admin_endpoint_sets_backends_and_weights_with_a_token() {
         metrics.contains("rampart_requests_total{service=\"edge\",variant=\"canary\"}"),
         "{metrics}"
     );
+    // Both latency histograms reach the controller and Prometheus: every request was
+    // timed to its headers and to its body's end.
+    let (status, counters) = call("GET", "/counters", "", Some(TOKEN));
+    assert_eq!(status, 200, "{counters}");
+    let counters: serde_json::Value = serde_json::from_str(&counters).unwrap();
+    let totals: rampart_core::metrics::IntervalSample =
+        serde_json::from_value(counters["totals"].clone()).unwrap();
+    for v in [&totals.stable, &totals.canary] {
+        assert_eq!(v.latency.count(), v.requests, "{v:?}");
+        assert_eq!(v.latency_total.count(), v.requests, "{v:?}");
+    }
+    assert_eq!(totals.stable.requests + totals.canary.requests, 500);
+    assert!(
+        metrics.contains("# TYPE rampart_request_total_duration_seconds histogram"),
+        "{metrics}"
+    );
 }

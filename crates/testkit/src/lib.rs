@@ -259,7 +259,7 @@ impl MetricsSource for FakeWorld {
         let stats = |requests: u64, per_mille: &AtomicU32| VariantStats {
             requests,
             errors: requests * u64::from(per_mille.load(Ordering::SeqCst)) / 1000,
-            latency: Default::default(),
+            ..VariantStats::default()
         };
         let sample = IntervalSample {
             stable: stats(

@@ -2,7 +2,8 @@
 //!
 //! Owns the data path between users and the two variants: choosing a variant per
 //! request, forwarding it, and counting requests, errors and latency per variant
-//! (the `builtin` metrics). It must not decide weights; the controller sets them
+//! (the `builtin` metrics): the time to response headers, and the total time to the
+//! body's last byte (see [`timed`]). It must not decide weights; the controller sets them
 //! through [`TrafficRouter`].
 //!
 //! Guarantees: a weight change swaps one `Arc` and is seen by the next request;
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod plane;
 pub mod remote;
 mod stats;
+mod timed;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,10 +43,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 pub use stats::VariantCounters;
+use timed::{Clock, Timed};
 
-/// An upstream's body passed through, or rampart's own short answer: no allocation
-/// per response.
-type Body = Either<Incoming, Full<Bytes>>;
+/// An upstream's body passed through, or rampart's own short answer, timed to its
+/// end: no allocation per response.
+type Body = Timed<Either<Incoming, Full<Bytes>>>;
 
 /// The response header that tells which variant answered.
 pub const VARIANT_HEADER: &str = "x-rampart-variant";
@@ -588,17 +591,23 @@ impl Proxy {
         let started = tokio::time::Instant::now();
         let result = self.inner.client.request(req).await;
         let elapsed = started.elapsed();
-        let mut resp = match result {
+        let (resp, error) = match result {
             Ok(resp) => {
-                counters.record(resp.status().is_server_error(), elapsed);
-                resp.map(Either::Left)
+                let error = resp.status().is_server_error();
+                (resp.map(Either::Left), error)
             }
             Err(e) => {
-                counters.record(true, elapsed);
                 tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upstream failed");
-                plain(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n")
+                (
+                    plain_body(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n"),
+                    true,
+                )
             }
         };
+        counters.record(error, elapsed);
+        // The total time, from the same start, is recorded when the body is done.
+        let clock = Clock::new(Arc::clone(&self.inner), variant, started);
+        let mut resp = resp.map(|body| Timed::new(body, clock));
         resp.headers_mut().insert(
             HeaderName::from_static(VARIANT_HEADER),
             HeaderValue::from_static(variant.as_str()),
@@ -650,7 +659,13 @@ impl Drop for EndpointFlight<'_> {
     }
 }
 
+/// rampart's own short answer, not timed (no version was asked).
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    plain_body(status, text).map(Timed::untimed)
+}
+
+/// rampart's own short answer, before it is wrapped.
+fn plain_body(status: StatusCode, text: &'static str) -> Response<Either<Incoming, Full<Bytes>>> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
         text.as_bytes(),
     ))));

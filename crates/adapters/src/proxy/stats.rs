@@ -6,7 +6,8 @@ use std::time::Duration;
 use rampart_core::metrics::{BUCKETS, Histogram, VariantStats, bucket_of};
 use tokio::sync::Notify;
 
-/// Requests, errors, in-flight count and a latency histogram for one variant.
+/// Requests, errors, in-flight count and two latency histograms (to response headers,
+/// and total) for one variant.
 #[derive(Debug)]
 pub struct VariantCounters {
     requests: AtomicU64,
@@ -14,6 +15,7 @@ pub struct VariantCounters {
     in_flight: AtomicU64,
     routed: AtomicU64,
     latency: Box<[AtomicU64]>,
+    latency_total: Box<[AtomicU64]>,
 }
 
 impl Default for VariantCounters {
@@ -31,20 +33,38 @@ impl VariantCounters {
             in_flight: AtomicU64::new(0),
             routed: AtomicU64::new(0),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            latency_total: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// Counts one finished request.
+    /// Counts one request whose response headers came `elapsed` after it was
+    /// forwarded. Its total time is recorded apart, with [`Self::record_total`], once
+    /// its body is sent.
     pub fn record(&self, error: bool, elapsed: Duration) {
-        self.record_logged(error, Some(elapsed));
+        self.record_logged(error, Some(elapsed), None);
     }
 
-    /// Counts one finished request whose latency is known only when `elapsed` is
-    /// given (a router's request log says when no version answered).
-    pub fn record_logged(&self, error: bool, elapsed: Option<Duration>) {
-        if let Some(elapsed) = elapsed {
-            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-            self.latency[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+    /// Records the total time of a request counted with [`Self::record`]: from the
+    /// same start to its body's last byte.
+    pub fn record_total(&self, elapsed: Duration) {
+        add(&self.latency_total, elapsed);
+    }
+
+    /// Counts one finished request from a router's request log: its time to headers
+    /// is known only when `header_time` is given (the log says when no version
+    /// answered), its total time only when `total_time` is (HAProxy logs it only with
+    /// `%Ta`).
+    pub fn record_logged(
+        &self,
+        error: bool,
+        header_time: Option<Duration>,
+        total_time: Option<Duration>,
+    ) {
+        if let Some(elapsed) = header_time {
+            add(&self.latency, elapsed);
+        }
+        if let Some(elapsed) = total_time {
+            add(&self.latency_total, elapsed);
         }
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -77,17 +97,28 @@ impl VariantCounters {
     pub fn snapshot(&self) -> VariantStats {
         let requests = self.requests.load(Ordering::Acquire);
         let errors = self.errors.load(Ordering::Relaxed).min(requests);
-        let dense: Vec<u64> = self
-            .latency
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
         VariantStats {
             requests,
             errors,
-            latency: Histogram::from_dense(&dense),
+            latency: snapshot(&self.latency),
+            latency_total: snapshot(&self.latency_total),
         }
     }
+}
+
+/// Counts one observation in a histogram's bucket.
+fn add(histogram: &[AtomicU64], elapsed: Duration) {
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    histogram[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A copy of a histogram's buckets.
+fn snapshot(histogram: &[AtomicU64]) -> Histogram {
+    let dense: Vec<u64> = histogram
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
+    Histogram::from_dense(&dense)
 }
 
 /// Decrements the in-flight count on drop and wakes anyone draining.

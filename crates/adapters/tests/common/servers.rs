@@ -191,9 +191,9 @@ pub struct Haproxy {
     pub addrs: Vec<SocketAddr>,
 }
 
-/// The `log-format` rampart documents for HAProxy: backend, server, status and the
-/// time to response headers.
-pub const HAPROXY_LOG_FORMAT: &str = "rampart-ms %b %s %ST %Tr";
+/// The `log-format` rampart documents for HAProxy: backend, server, status, the time
+/// to response headers and the total time.
+pub const HAPROXY_LOG_FORMAT: &str = "rampart-ms %b %s %ST %Tr %Ta";
 
 /// Starts HAProxy: backend `backend` hashes `x-user` over `stable<N>` and `canary<N>`
 /// slots, and every request is logged to `log` in rampart's format.

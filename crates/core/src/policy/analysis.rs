@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::values::{HOUR, decode_base_url, limit, positive};
 use crate::decode::{Decoder, MapReader, join, one_of, scalar};
+use crate::metrics::Timing;
 use crate::units::{Rate, format_duration};
 use crate::yaml::{Node, NodeKind};
 
@@ -181,8 +182,11 @@ pub const DEFAULT_ALPHA: f64 = 0.01;
 pub enum BuiltinMetric {
     /// 5xx responses plus upstream connection failures, over requests.
     ErrorRate,
-    /// A latency quantile, such as 0.99.
+    /// A quantile of the time to response headers, such as 0.99 (`latency_p99`).
     Latency(f64),
+    /// A quantile of the total time, to the response body's last byte
+    /// (`latency_total_p99`).
+    LatencyTotal(f64),
     /// The value of the metric's Prometheus query, in its own unit.
     Query,
     /// A counts metric's events (bad or good) over its total, a fraction.
@@ -194,13 +198,19 @@ impl BuiltinMetric {
     pub fn id(&self) -> String {
         match self {
             BuiltinMetric::ErrorRate => "error_rate".into(),
-            BuiltinMetric::Latency(q) => LATENCY_METRICS
-                .iter()
-                .find(|(_, v)| v == q)
-                .map(|(n, _)| (*n).to_string())
-                .unwrap_or_else(|| format!("latency_q{q}")),
+            BuiltinMetric::Latency(q) => latency_id("latency", *q),
+            BuiltinMetric::LatencyTotal(q) => latency_id("latency_total", *q),
             BuiltinMetric::Query => "query".into(),
             BuiltinMetric::Counts => "counts".into(),
+        }
+    }
+
+    /// A latency metric's quantile and what it times; `None` for other metrics.
+    pub fn latency(&self) -> Option<(f64, Timing)> {
+        match self {
+            BuiltinMetric::Latency(q) => Some((*q, Timing::Headers)),
+            BuiltinMetric::LatencyTotal(q) => Some((*q, Timing::Total)),
+            BuiltinMetric::ErrorRate | BuiltinMetric::Query | BuiltinMetric::Counts => None,
         }
     }
 
@@ -208,18 +218,29 @@ impl BuiltinMetric {
     pub fn format(&self, v: f64) -> String {
         match self {
             BuiltinMetric::ErrorRate | BuiltinMetric::Counts => Rate(v).to_string(),
-            BuiltinMetric::Latency(_) => format!("{}ms", crate::units::trim_float(v, 1)),
+            BuiltinMetric::Latency(_) | BuiltinMetric::LatencyTotal(_) => {
+                format!("{}ms", crate::units::trim_float(v, 1))
+            }
             BuiltinMetric::Query => crate::units::trim_float(v, 4),
         }
     }
 }
 
-const LATENCY_METRICS: [(&str, f64); 5] = [
-    ("latency_p50", 0.5),
-    ("latency_p90", 0.9),
-    ("latency_p95", 0.95),
-    ("latency_p99", 0.99),
-    ("latency_p999", 0.999),
+/// `latency_p99`, `latency_total_p999`: the quantile's policy suffix after `prefix`.
+fn latency_id(prefix: &str, q: f64) -> String {
+    match QUANTILES.iter().find(|(_, v)| *v == q) {
+        Some((suffix, _)) => format!("{prefix}_{suffix}"),
+        None => format!("{prefix}_q{q}"),
+    }
+}
+
+/// The latency quantiles a policy can name, by their suffix.
+const QUANTILES: [(&str, f64); 5] = [
+    ("p50", 0.5),
+    ("p90", 0.9),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p999", 0.999),
 ];
 const METRIC_NAMES: &[&str] = &[
     "error_rate",
@@ -228,7 +249,30 @@ const METRIC_NAMES: &[&str] = &[
     "latency_p95",
     "latency_p99",
     "latency_p999",
+    "latency_total_p50",
+    "latency_total_p90",
+    "latency_total_p95",
+    "latency_total_p99",
+    "latency_total_p999",
 ];
+
+/// The builtin metric a policy name in [`METRIC_NAMES`] stands for.
+fn builtin_metric(id: &str) -> BuiltinMetric {
+    let quantile = |prefix: &str| {
+        let suffix = id.strip_prefix(prefix)?;
+        QUANTILES
+            .iter()
+            .find(|(s, _)| *s == suffix)
+            .map(|(_, q)| *q)
+    };
+    if let Some(q) = quantile("latency_total_") {
+        BuiltinMetric::LatencyTotal(q)
+    } else if let Some(q) = quantile("latency_") {
+        BuiltinMetric::Latency(q)
+    } else {
+        BuiltinMetric::ErrorRate
+    }
+}
 
 /// The threshold judge: absolute and relative limits. A metric passes an interval when
 /// every limit it sets holds. The limits are on the side its [`Direction`] gets worse:
@@ -409,11 +453,7 @@ fn decode_metric(
         );
     }
     let metric = m.required_with(cx, "metric", |cx, n, p| {
-        let id = one_of(cx, n, p, METRIC_NAMES)?;
-        Some(match LATENCY_METRICS.iter().find(|(name, _)| *name == id) {
-            Some((_, q)) => BuiltinMetric::Latency(*q),
-            None => BuiltinMetric::ErrorRate,
-        })
+        one_of(cx, n, p, METRIC_NAMES).map(builtin_metric)
     });
     let name = m
         .optional::<String>(cx, "name")
@@ -618,7 +658,7 @@ fn decode_judge(
 ) -> Option<(Judge, Direction)> {
     let default_tolerance = match metric {
         BuiltinMetric::ErrorRate | BuiltinMetric::Query | BuiltinMetric::Counts => 1.0,
-        BuiltinMetric::Latency(_) => 1.25,
+        BuiltinMetric::Latency(_) | BuiltinMetric::LatencyTotal(_) => 1.25,
     };
     let direction = fixed.as_ref().map_or(Direction::LowerIsBetter, |f| f.0);
     let default = Judge::Sequential(Sequential {
@@ -704,7 +744,7 @@ fn decode_threshold(
         BuiltinMetric::ErrorRate | BuiltinMetric::Counts => {
             m.optional::<Rate>(cx, key).map(|r| r.0)
         }
-        BuiltinMetric::Latency(_) => m
+        BuiltinMetric::Latency(_) | BuiltinMetric::LatencyTotal(_) => m
             .optional::<Duration>(cx, key)
             .map(|d| d.as_secs_f64() * 1000.0),
         BuiltinMetric::Query => m.optional::<f64>(cx, key),

@@ -147,6 +147,45 @@ fn latency_max_is_a_duration_and_error_rate_max_is_a_rate() {
 }
 
 #[test]
+fn latency_total_names_a_total_time_quantile_judged_like_latency() {
+    let src = MINIMAL.replace(
+        "judge: { max: 1% }",
+        "judge: { max: 1% }\n    - metric: latency_total_p99\n      judge: { max: 2s }\n    - metric: latency_total_p50\n      judge: sequential",
+    );
+    let p = Policy::from_yaml(&src).unwrap();
+    let total = &p.analysis.metrics[1];
+    assert_eq!(total.metric, BuiltinMetric::LatencyTotal(0.99));
+    assert_eq!(total.name, "latency_total_p99");
+    assert_eq!(total.direction, Direction::LowerIsBetter);
+    match total.judge {
+        Judge::Threshold(t) => assert_eq!(t.max, Some(2000.0)),
+        Judge::Sequential(_) => panic!("a threshold judge"),
+    }
+    let p50 = &p.analysis.metrics[2];
+    assert_eq!(p50.metric, BuiltinMetric::LatencyTotal(0.5));
+    match p50.judge {
+        Judge::Sequential(s) => assert_eq!(s.tolerance, 1.25, "latency's tolerance"),
+        Judge::Threshold(_) => panic!("a sequential judge"),
+    }
+    // Every quantile of both timings, and nothing in between.
+    for (name, metric) in [
+        ("latency_total_p90", BuiltinMetric::LatencyTotal(0.9)),
+        ("latency_total_p95", BuiltinMetric::LatencyTotal(0.95)),
+        ("latency_total_p999", BuiltinMetric::LatencyTotal(0.999)),
+        ("latency_p999", BuiltinMetric::Latency(0.999)),
+    ] {
+        let p = Policy::from_yaml(&src.replace("latency_total_p99", name)).unwrap();
+        assert_eq!(p.analysis.metrics[1].metric, metric, "{name}");
+        assert_eq!(p.analysis.metrics[1].name, name);
+    }
+    let bad = errors(&src.replace("latency_total_p99", "latency_total_p42"));
+    assert!(bad[0].path.ends_with("metrics[1].metric"), "{bad:?}");
+    assert!(bad[0].message.contains("latency_total_p99"), "{bad:?}");
+    let bad = errors(&src.replace("max: 2s", "max: 5%"));
+    assert!(bad[0].path.ends_with("judge.max"), "{bad:?}");
+}
+
+#[test]
 fn judge_forms() {
     let with = |judge: &str| MINIMAL.replace("judge: { max: 1% }", &format!("judge: {judge}"));
     let p = Policy::from_yaml(&with("sequential")).unwrap();
@@ -555,6 +594,17 @@ fn kubernetes_rejects_builtin_metrics_at_the_metric() {
     assert_eq!(d[0].line, 22);
     assert!(d[0].message.contains("source: prometheus"), "{d:?}");
     assert!(d[0].message.contains("no rampart proxy"), "{d:?}");
+    // Total time too: nothing in rampart's path times a body on Kubernetes.
+    let d = errors(&src.replace(
+        "metric: error_rate\n      judge: { max: 1% }",
+        "metric: latency_total_p99\n      judge: { max: 800ms }",
+    ));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].message
+            .contains("`latency_total_p99` is `source: builtin`"),
+        "{d:?}"
+    );
 }
 
 #[test]

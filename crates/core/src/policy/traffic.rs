@@ -91,7 +91,8 @@ pub struct HaproxySpec {
     /// rampart points at the versions and weighs.
     pub backend: String,
     /// Where HAProxy sends its request log (UDP syslog) for rampart to measure, as
-    /// `log ADDR local0` with `log-format "rampart-ms %b %s %ST %Tr"`.
+    /// `log ADDR local0` with `log-format "rampart-ms %b %s %ST %Tr %Ta"` (a format
+    /// ending in `%Tr` still counts, without the total time).
     pub log_listen: SocketAddr,
 }
 

@@ -4,7 +4,7 @@
 
 use super::builder::Builder;
 use crate::judge::{self, MetricReading, Verdict};
-use crate::metrics::IntervalSample;
+use crate::metrics::{IntervalSample, Timing};
 use crate::policy::Judge;
 
 /// One interval judged: every metric's reading, the overall verdict, and the metrics
@@ -22,18 +22,25 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
     for (i, m) in metrics.iter().enumerate() {
         readings.push(match &m.judge {
             Judge::Threshold(t) => judge::threshold(m, t, sample),
-            Judge::Sequential(seq) => judge::sequential(
-                m,
-                seq,
-                sample,
-                &mut b.s.evidence[i],
-                &b.s.stable_latency,
-                b.s.canary_seen,
-            ),
+            Judge::Sequential(seq) => {
+                let history = match m.metric.latency() {
+                    Some((_, Timing::Total)) => &b.s.stable_latency_total,
+                    _ => &b.s.stable_latency,
+                };
+                judge::sequential(
+                    m,
+                    seq,
+                    sample,
+                    &mut b.s.evidence[i],
+                    history,
+                    b.s.canary_seen,
+                )
+            }
         });
     }
     // Only after judging: the null for this interval came from earlier intervals.
     b.s.stable_latency.merge(&sample.stable.latency);
+    b.s.stable_latency_total.merge(&sample.stable.latency_total);
     b.s.canary_seen += sample.canary.requests;
     b.s.intervals += 1;
 

@@ -255,8 +255,13 @@ pub struct Release {
     pub failure_streaks: Vec<u32>,
     /// Sequential judges' evidence, per metric in policy order.
     pub evidence: Vec<Evidence>,
-    /// Stable's latency over every analysed interval (the sequential latency null).
+    /// Stable's time to headers over every analysed interval (the sequential latency
+    /// null).
     pub stable_latency: Histogram,
+    /// Stable's total time over every analysed interval (the null of
+    /// `latency_total_pXX`). Absent from releases saved before it existed.
+    #[serde(default)]
+    pub stable_latency_total: Histogram,
     /// Canary requests over every analysed interval.
     pub canary_seen: u64,
     /// Consecutive inconclusive intervals.
@@ -316,6 +321,7 @@ impl Default for Release {
             failure_streaks: Vec::new(),
             evidence: Vec::new(),
             stable_latency: Histogram::default(),
+            stable_latency_total: Histogram::default(),
             canary_seen: 0,
             inconclusive_streak: 0,
             no_data_streak: 0,

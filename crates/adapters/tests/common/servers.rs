@@ -104,13 +104,26 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// A free loopback TCP port.
+/// A free loopback TCP port for an address a test writes down now and binds later.
+///
+/// It is taken below the kernel's ephemeral range (32768 and up on Linux), which is
+/// where every `bind(0)` (a version process's port, another test's server) and every
+/// client connection's own port come from: between the check and the later bind, none
+/// of them can take it. Each test process walks its own part of the range.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 /// A running nginx whose `http {}` includes `DIR/rampart/*.conf`.

@@ -2,7 +2,6 @@
 
 #![allow(clippy::unwrap_used, dead_code)] // a failed unwrap is a failed test
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -80,13 +79,10 @@ pub fn stop_data_planes(state: &Path) {
     }
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, outside the range `bind(0)` takes from
+/// (see [`servers::free_port`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    servers::free_port()
 }
 
 /// The directory of test data files.

@@ -726,6 +726,24 @@ mod tests {
         );
     }
 
+    /// `min_samples` gates a pass, never a failure the evidence already supports: a
+    /// canary failing half its requests is failed long before it has served them.
+    #[test]
+    fn the_sequential_min_samples_gate_never_holds_back_a_failure() {
+        let (mut spec, seq) = seq_spec(BuiltinMetric::ErrorRate);
+        spec.min_samples = 10_000;
+        let mut ev = Evidence::default();
+        let bad = sample((900, 4), (100, 50));
+        let mut seen = 0;
+        let mut verdict = Verdict::Inconclusive;
+        while verdict != Verdict::Fail && seen < spec.min_samples {
+            verdict = sequential(&spec, &seq, &bad, &mut ev, &Histogram::default(), seen).verdict;
+            seen += 100;
+        }
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(seen <= 300, "failed after {seen} canary requests");
+    }
+
     #[test]
     fn sequential_judge_never_passes_without_data() {
         let (spec, seq) = seq_spec(BuiltinMetric::ErrorRate);

@@ -188,6 +188,14 @@ impl VariantStats {
         (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
     }
 
+    /// Adds another interval's counts: the two intervals as one.
+    pub fn merge(&mut self, other: &VariantStats) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.latency.merge(&other.latency);
+        self.latency_total.merge(&other.latency_total);
+    }
+
     /// Counts accumulated since `earlier` (saturating, so restarts never go negative).
     pub fn since(&self, earlier: &VariantStats) -> VariantStats {
         VariantStats {
@@ -209,6 +217,39 @@ pub struct IntervalSample {
     /// Values of the policy's Prometheus queries for this interval, by metric name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queries: Vec<QueryReading>,
+}
+
+impl IntervalSample {
+    /// Adds a later interval: both variants' counts, and the counts metrics' events and
+    /// totals (a value missing from either interval is missing from both together; a
+    /// query's plain value cannot be added and is dropped).
+    pub fn merge(&mut self, later: &IntervalSample, counts: &[&str]) {
+        self.stable.merge(&later.stable);
+        self.canary.merge(&later.canary);
+        let add = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        let mut merged = Vec::new();
+        for name in counts {
+            let (Some(a), Some(b)) = (
+                self.queries.iter().find(|q| q.name == *name),
+                later.queries.iter().find(|q| q.name == *name),
+            ) else {
+                continue;
+            };
+            merged.push(QueryReading {
+                name: a.name.clone(),
+                stable: add(a.stable, b.stable),
+                canary: add(a.canary, b.canary),
+                detail: if b.detail.is_empty() {
+                    a.detail.clone()
+                } else {
+                    b.detail.clone()
+                },
+                stable_samples: add(a.stable_samples, b.stable_samples),
+                canary_samples: add(a.canary_samples, b.canary_samples),
+            });
+        }
+        self.queries = merged;
+    }
 }
 
 /// One Prometheus query's value for both variants over an interval. A missing value
@@ -235,6 +276,44 @@ pub struct QueryReading {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_intervals_add_up_and_a_missing_count_stays_missing() {
+        let reading = |name: &str, events: Option<f64>, total: f64| QueryReading {
+            name: name.into(),
+            stable: Some(1.0),
+            canary: events,
+            stable_samples: Some(100.0),
+            canary_samples: Some(total),
+            ..Default::default()
+        };
+        let interval = |ms: u64, events: Option<f64>| {
+            let mut v = VariantStats {
+                requests: 10,
+                errors: 1,
+                ..Default::default()
+            };
+            v.latency.record_micros(ms * 1000);
+            IntervalSample {
+                stable: v.clone(),
+                canary: v,
+                queries: vec![
+                    reading("paid", events, 10.0),
+                    reading("value", Some(3.0), 10.0),
+                ],
+            }
+        };
+        let mut pooled = interval(5, Some(2.0));
+        pooled.merge(&interval(50, Some(3.0)), &["paid"]);
+        assert_eq!((pooled.canary.requests, pooled.canary.errors), (20, 2));
+        assert_eq!(pooled.canary.latency.count(), 2);
+        assert_eq!(pooled.queries.len(), 1, "a plain value is not pooled");
+        assert_eq!(pooled.queries[0].canary, Some(5.0));
+        assert_eq!(pooled.queries[0].canary_samples, Some(20.0));
+        pooled.merge(&interval(5, None), &["paid"]);
+        assert_eq!(pooled.queries[0].canary, None);
+        assert_eq!(pooled.queries[0].canary_samples, Some(30.0));
+    }
 
     #[test]
     fn buckets_are_monotonic_and_bounded() {

@@ -3093,3 +3093,65 @@ proptest! {
         }
     }
 }
+
+/// The issue's slow canary under closed-loop clients (each user waits for its answer):
+/// 60 times slower than stable, it gets 8 requests an interval where `min_samples` is
+/// 20. `slow_share` of its requests are slow.
+fn closed_loop_release(slow_share_percent: u64) -> Release {
+    let p = Policy::from_yaml(
+        r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 10, bake: 5m}]}}
+analysis:
+  interval: 10s
+  min_samples: 20
+  failure_limit: 2
+  metrics:
+    - {name: p99, metric: latency_p99, judge: {max: 500ms, max_ratio_to_stable: 3}}
+"#,
+    )
+    .unwrap();
+    let measure = move || {
+        let mut stable = stats(400, 0);
+        let mut canary = stats(8, 0);
+        for _ in 0..400 {
+            stable.latency.record_micros(10_000);
+        }
+        for i in 0..8 {
+            let slow = i * 100 < 8 * slow_share_percent;
+            canary
+                .latency
+                .record_micros(if slow { 600_000 } else { 10_000 });
+        }
+        IntervalSample {
+            stable,
+            canary,
+            ..Default::default()
+        }
+    };
+    drive(&p, measure, |_, _| {})
+}
+
+/// Regression (issue 17): every interval of a slow canary was inconclusive for want of
+/// `min_samples`, and after 10 the release halted and paged a human, although it was
+/// plainly bad. The threshold judge now pools intervals until they hold `min_samples`:
+/// rolled back on the evidence, after two pooled failing windows.
+#[test]
+fn a_slow_canary_with_few_requests_is_rolled_back_not_halted() {
+    let s = closed_loop_release(100);
+    assert_eq!(s.phase, Phase::RolledBack, "{:?}", s.decision);
+    let reason = s.decision.unwrap().reason;
+    assert!(reason.contains("p99"), "{reason}");
+    // Three 10 s intervals pool 24 requests: two windows, the second ends at 60 s.
+    assert!(s.intervals <= 6, "{}", s.intervals);
+}
+
+/// Pooling decides nothing on its own: a canary as fast as stable at the same low
+/// traffic is promoted.
+#[test]
+fn a_healthy_canary_with_few_requests_is_promoted_on_pooled_intervals() {
+    let s = closed_loop_release(0);
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.decision);
+}

@@ -5,7 +5,7 @@
 use super::builder::Builder;
 use crate::judge::{self, MetricReading, Verdict};
 use crate::metrics::{IntervalSample, Timing};
-use crate::policy::Judge;
+use crate::policy::{BuiltinMetric, Judge, MetricSpec, Threshold};
 
 /// One interval judged: every metric's reading, the overall verdict, and the metrics
 /// whose failures decide the release.
@@ -15,13 +15,61 @@ pub(super) struct Judged {
     pub(super) deciding: Vec<usize>,
 }
 
+/// A threshold judge on this interval, or, when the intervals since its last verdict
+/// held fewer than `min_samples` requests, on them and this one pooled as one (low
+/// traffic): the pool grows until it holds enough to judge, then starts again empty,
+/// so no request counts toward two verdicts. An interval without canary requests is no
+/// data and leaves the pool as it was; a plain query value cannot be pooled.
+fn pooled_threshold(
+    m: &MetricSpec,
+    t: &Threshold,
+    sample: &IntervalSample,
+    pool: &mut Option<(IntervalSample, u32)>,
+) -> MetricReading {
+    let poolable = m.metric != BuiltinMetric::Query;
+    let counts = m.metric == BuiltinMetric::Counts;
+    if !poolable || (!counts && sample.canary.requests == 0) {
+        return judge::threshold(m, t, sample);
+    }
+    let (merged, n) = match pool.take() {
+        Some((mut p, n)) => {
+            p.merge(sample, &[m.name.as_str()]);
+            (p, n + 1)
+        }
+        None => (sample.clone(), 1),
+    };
+    let mut r = judge::threshold(m, t, &merged);
+    let short = r.verdict == Verdict::Inconclusive
+        && (r.canary_requests < m.min_samples
+            || (t.relative() && r.stable_requests < m.min_samples));
+    if short && r.canary_requests > 0 {
+        r.detail = format!(
+            "{} (pooling: {n} interval{} so far)",
+            r.detail,
+            if n == 1 { "" } else { "s" }
+        );
+        *pool = Some((merged, n));
+    } else if n > 1 && matches!(r.verdict, Verdict::Pass | Verdict::Fail) {
+        r.detail = format!(
+            "{} (the last {n} intervals pooled to reach min_samples {})",
+            r.detail, m.min_samples
+        );
+    }
+    r
+}
+
 /// Judges one interval, updates the evidence and streaks, and records the analysis.
 pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Judged {
     let metrics = &b.policy.analysis.metrics;
     let mut readings: Vec<MetricReading> = Vec::with_capacity(metrics.len());
     for (i, m) in metrics.iter().enumerate() {
         readings.push(match &m.judge {
-            Judge::Threshold(t) => judge::threshold(m, t, sample),
+            Judge::Threshold(t) => {
+                if b.s.pooled.len() != metrics.len() {
+                    b.s.pooled = vec![None; metrics.len()];
+                }
+                pooled_threshold(m, t, sample, &mut b.s.pooled[i])
+            }
             Judge::Sequential(seq) => {
                 let history = match m.metric.latency() {
                     Some((_, Timing::Total)) => &b.s.stable_latency_total,

@@ -4,7 +4,7 @@
 
 use super::protocol::{Action, Effect};
 use crate::judge::{Evidence, MetricReading, Verdict};
-use crate::metrics::Histogram;
+use crate::metrics::{Histogram, IntervalSample};
 use crate::units::{Millis, Weight};
 
 /// Where a release is.
@@ -255,6 +255,11 @@ pub struct Release {
     pub failure_streaks: Vec<u32>,
     /// Sequential judges' evidence, per metric in policy order.
     pub evidence: Vec<Evidence>,
+    /// Threshold judges' intervals pooled so far because they held fewer than
+    /// `min_samples` requests, per metric in policy order: (the intervals as one, how
+    /// many).
+    #[serde(default)]
+    pub pooled: Vec<Option<(IntervalSample, u32)>>,
     /// Stable's time to headers over every analysed interval (the sequential latency
     /// null).
     pub stable_latency: Histogram,
@@ -320,6 +325,7 @@ impl Default for Release {
             queued: Vec::new(),
             failure_streaks: Vec::new(),
             evidence: Vec::new(),
+            pooled: Vec::new(),
             stable_latency: Histogram::default(),
             stable_latency_total: Histogram::default(),
             canary_seen: 0,

@@ -178,6 +178,7 @@ pub(super) fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
     // Judge the interval after the switch on its own: fresh evidence, fresh streaks.
     let n = b.policy.analysis.metrics.len();
     b.s.evidence = vec![Evidence::default(); n];
+    b.s.pooled = vec![None; n];
     b.s.failure_streaks = vec![0; n];
     b.start_interval();
 }

@@ -523,6 +523,35 @@ fn share_test(
     })
 }
 
+/// A canary's bad outcomes against a frozen baseline (the previous version's rate
+/// before all traffic moved, during the watch after promotion): each canary outcome is
+/// bad with at most the baseline's rate under "no worse". The rate is its upper 99 %
+/// Wilson bound, so a baseline's own noise never reads as a regression.
+fn baseline_test(
+    canary_bad: u64,
+    canary_n: u64,
+    base_bad: u64,
+    base_n: u64,
+    what: &str,
+) -> Option<(u64, u64, f64, String)> {
+    if base_n == 0 {
+        return None;
+    }
+    let (x, n) = (base_bad.min(base_n) as f64, base_n as f64);
+    let z = 2.576f64;
+    let p = x / n;
+    let upper = (p + z * z / (2.0 * n) + z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt())
+        / (1.0 + z * z / n);
+    (upper < 1.0).then(|| {
+        let shown = format!(
+            "{canary_bad} of {canary_n} {what} against the previous version's {:.2}% (at most {:.2}%)",
+            p * 100.0,
+            upper * 100.0
+        );
+        (canary_bad, canary_n, upper, shown)
+    })
+}
+
 /// What a sequential judge carries from interval to interval.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Evidence {
@@ -554,7 +583,37 @@ pub fn sequential(
     stable_history: &Histogram,
     canary_seen: u64,
 ) -> MetricReading {
+    sequential_with(
+        spec,
+        seq,
+        sample,
+        evidence,
+        stable_history,
+        canary_seen,
+        false,
+    )
+}
+
+/// [`sequential`], where `frozen_stable` says the sample's stable side is a baseline
+/// from before all traffic moved (the watch after promotion), not traffic at the same
+/// time: error and count outcomes are then tested against its rate.
+pub fn sequential_with(
+    spec: &MetricSpec,
+    seq: &Sequential,
+    sample: &IntervalSample,
+    evidence: &mut Evidence,
+    stable_history: &Histogram,
+    canary_seen: u64,
+    frozen_stable: bool,
+) -> MetricReading {
     let mut r = reading(spec, sample);
+    // Outcomes against stable's at the same time, or against a frozen baseline.
+    type Test = fn(u64, u64, u64, u64, &str) -> Option<(u64, u64, f64, String)>;
+    let test: Test = if frozen_stable {
+        |cb, sb, cn, sn, what| baseline_test(cb, cn, sb, sn, what)
+    } else {
+        share_test
+    };
     let (c, s) = (&sample.canary, &sample.stable);
     r.log_evidence = Some(evidence.process.log_e());
     // A counts metric's totals are its own requests, read beside its events.
@@ -598,16 +657,14 @@ pub fn sequential(
     }
     let observed = match spec.metric {
         // Under "no worse", each error falls on the canary with its traffic share.
-        BuiltinMetric::ErrorRate => {
-            share_test(c.errors, s.errors, c.requests, s.requests, "errors")
-        }
+        BuiltinMetric::ErrorRate => test(c.errors, s.errors, c.requests, s.requests, "errors"),
         // The same test on a source's counts; for a higher-is-better metric the bad
         // outcomes are the events that were not good.
         BuiltinMetric::Counts => match counts {
             Some((Some(sn), Some(cn), Some(se), Some(ce), _)) => match spec.direction {
-                Direction::LowerIsBetter => share_test(ce, se, cn, sn, "bad events"),
+                Direction::LowerIsBetter => test(ce, se, cn, sn, "bad events"),
                 Direction::HigherIsBetter => {
-                    share_test(cn - ce, sn - se, cn, sn, "events that were not good")
+                    test(cn - ce, sn - se, cn, sn, "events that were not good")
                 }
             },
             _ => None,

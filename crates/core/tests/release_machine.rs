@@ -3155,3 +3155,105 @@ fn a_healthy_canary_with_few_requests_is_promoted_on_pooled_intervals() {
     let s = closed_loop_release(0);
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.decision);
 }
+
+/// A release whose canary is healthy while it has a share, with `judge` on its error
+/// rate and a watch after the switch; at 100 % its error rate becomes `at_full` per
+/// 1,000 (a bug that shows only under all the load). Stable fails 2 per 1,000.
+fn watched_release(judge: &str, watch: &str, at_full: u64) -> (Release, Vec<AuditEvent>) {
+    let p = Policy::from_yaml(&format!(
+        r#"
+service: shop
+deploy: {{process: {{command: ["./shop", "{{port}}"]}}}}
+traffic: {{proxy: {{listen: "127.0.0.1:8080"}}}}
+strategy: {{canary: {{steps: [{{weight: 10, bake: 2m}}, {{weight: 50, bake: 2m}}]}}}}
+analysis:
+  interval: 30s
+  min_samples: 50
+  metrics:
+    - {{name: errors, metric: error_rate, judge: {judge}}}
+post_release: {{watch: {watch}}}
+"#
+    ))
+    .unwrap();
+    let weight = std::cell::Cell::new(0u16);
+    let measure = || {
+        let canary_n = 2000 * u64::from(weight.get()) / 10_000;
+        let canary_errors = if weight.get() == 10_000 {
+            canary_n * at_full / 1000
+        } else {
+            canary_n * 2 / 1000
+        };
+        IntervalSample {
+            stable: stats(2000 - canary_n, (2000 - canary_n) * 2 / 1000),
+            canary: stats(canary_n, canary_errors),
+            ..Default::default()
+        }
+    };
+    let s = drive(&p, measure, |w, _| weight.set(w.basis_points()));
+    (s, take_seen().0)
+}
+
+/// Regression (issue 17, item 5): a failure that shows only once the new version has
+/// all traffic was promoted: nothing judged it after 100 %. With `post_release.watch`,
+/// it is judged against the previous version's measurements from before the switch
+/// (here a ratio limit, which has no stable traffic to compare with at 100 %), and
+/// traffic switches back to the previous version, which was kept running.
+#[test]
+fn a_regression_after_the_switch_is_rolled_back_during_the_watch() {
+    let (s, events) = watched_release("{max_ratio_to_stable: 3}", "5m", 20);
+    assert_eq!(s.phase, Phase::RolledBack, "{:?}", s.decision);
+    let reason = s.decision.unwrap().reason;
+    assert!(
+        reason.contains("previous version's measurements"),
+        "{reason}"
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let watching = kinds.iter().position(|k| *k == "watching").unwrap();
+    let failed = kinds.iter().position(|k| *k == "watch_failed").unwrap();
+    assert!(watching < failed, "{kinds:?}");
+    // The previous version was never stopped: the switch back is instant.
+    assert!(!kinds[..failed].contains(&"previous_released"), "{kinds:?}");
+    // Without a watch, the same release is promoted.
+    let p = "{max_ratio_to_stable: 3}";
+    let (s, _) = watched_release(p, "0s", 20);
+    assert_eq!(s.phase, Phase::Succeeded);
+}
+
+/// The sequential judge watches too: against the baseline's error rate (its upper
+/// bound), a canary failing 2 % where the previous version failed 0.2 % is rolled back;
+/// one failing as the previous version did is promoted once the watch ends.
+#[test]
+fn the_sequential_judge_watches_against_the_baseline_rate() {
+    let (s, _) = watched_release("sequential", "10m", 20);
+    assert_eq!(s.phase, Phase::RolledBack, "{:?}", s.decision);
+    let (s, events) = watched_release("sequential", "10m", 2);
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.decision);
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let passed = kinds.iter().position(|k| *k == "watch_passed").unwrap();
+    let promoted = kinds.iter().position(|k| *k == "promoted").unwrap();
+    assert!(passed < promoted, "{kinds:?}");
+}
+
+#[test]
+fn a_watch_shorter_than_an_interval_is_refused_at_its_line() {
+    let e = Policy::from_yaml(
+        r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 10, bake: 2m}]}}
+analysis:
+  interval: 30s
+  metrics: [{metric: error_rate, judge: {max: 1%}}]
+post_release:
+  watch: 10s
+"#,
+    )
+    .unwrap_err()
+    .diagnostics
+    .iter()
+    .map(|d| format!("{}: {}", d.path, d.message))
+    .collect::<String>();
+    assert!(e.contains("post_release.watch"), "{e}");
+    assert!(e.contains("shorter than one analysis interval"), "{e}");
+}

@@ -15,8 +15,12 @@ pub struct PostRelease {
     pub wait: Duration,
     /// Checks against the new version; `{url}` is its address, a path is on it.
     pub checks: Vec<Gate>,
-    /// What a failed check does.
+    /// What a failed check (or a failed watch) does.
     pub on_failure: PostFailure,
+    /// How long the analysis goes on once all traffic is on the new version, judged
+    /// against the previous version's measurements from before the switch, while the
+    /// previous version keeps running for an instant switch back. Zero: no watch.
+    pub watch: Duration,
 }
 
 /// What a failed post-release check does.
@@ -84,8 +88,11 @@ pub(super) fn decode_post_release(
     node: &Node,
     path: &str,
 ) -> Option<PostRelease> {
-    let m = cx.map(node, path, &["wait", "checks", "on_failure"])?;
+    let m = cx.map(node, path, &["wait", "checks", "on_failure", "watch"])?;
     let wait = m.optional::<Duration>(cx, "wait").unwrap_or(Duration::ZERO);
+    let watch = m
+        .optional::<Duration>(cx, "watch")
+        .unwrap_or(Duration::ZERO);
     let checks = m
         .optional_with(cx, "checks", |cx, n, p| {
             cx.seq(n, p, |cx, n, p| decode_check(cx, n, p, true))
@@ -101,6 +108,7 @@ pub(super) fn decode_post_release(
         wait,
         checks,
         on_failure,
+        watch,
     })
 }
 

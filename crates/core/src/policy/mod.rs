@@ -253,6 +253,20 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             "HAProxy's weights are set at run time without a reload, but match rules are not; use the embedded proxy or nginx for `match` steps",
         );
     }
+    if let (Some(post), Some(a)) = (&post_release, &analysis)
+        && !post.watch.is_zero()
+        && post.watch < a.interval
+    {
+        cx.error(
+            m.get("post_release").map_or(m.pos(), |n| n.pos),
+            "post_release.watch",
+            format!(
+                "a watch of {} is shorter than one analysis interval ({}): nothing would be judged",
+                crate::units::format_duration(post.watch),
+                crate::units::format_duration(a.interval)
+            ),
+        );
+    }
     if let (Some(Strategy::BlueGreen(_) | Strategy::Full(_)), Some(a)) = (&strategy, &analysis) {
         check_blue_green_metrics(cx, &m, a);
     }

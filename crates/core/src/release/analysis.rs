@@ -3,6 +3,7 @@
 //! not act on the verdict; progress and rollback do.
 
 use super::builder::Builder;
+use super::model::Phase;
 use crate::judge::{self, MetricReading, Verdict};
 use crate::metrics::{IntervalSample, Timing};
 use crate::policy::{BuiltinMetric, Judge, MetricSpec, Threshold};
@@ -58,12 +59,60 @@ fn pooled_threshold(
     r
 }
 
+/// `sample` with the previous version's side replaced by its measurements from before
+/// the switch (the watch after promotion): its counts, and its counts metrics' events
+/// and totals; a value the baseline lacks is missing.
+fn against_baseline(baseline: Option<&IntervalSample>, sample: &IntervalSample) -> IntervalSample {
+    let mut judged = sample.clone();
+    judged.stable = baseline.map(|b| b.stable.clone()).unwrap_or_default();
+    for q in &mut judged.queries {
+        let base = baseline.and_then(|b| b.queries.iter().find(|x| x.name == q.name));
+        q.stable = base.and_then(|x| x.stable);
+        q.stable_samples = base.and_then(|x| x.stable_samples);
+    }
+    judged
+}
+
+/// Adds the previous version's side of an interval to the baseline a watch judges
+/// against.
+fn add_to_baseline(
+    baseline: &mut Option<IntervalSample>,
+    sample: &IntervalSample,
+    counts: &[&str],
+) {
+    match baseline {
+        Some(base) => base.merge(sample, counts),
+        None => {
+            let mut first = sample.clone();
+            first.queries.retain(|q| counts.contains(&q.name.as_str()));
+            *baseline = Some(first);
+        }
+    }
+}
+
 /// Judges one interval, updates the evidence and streaks, and records the analysis.
+/// While watching after the switch, the previous version's side is its baseline.
 pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Judged {
     let metrics = &b.policy.analysis.metrics;
+    let watching = b.s.phase == Phase::Watching;
+    let judged;
+    let sample = if watching {
+        judged = against_baseline(b.s.baseline.as_ref(), sample);
+        &judged
+    } else {
+        let counts: Vec<&str> = metrics
+            .iter()
+            .filter(|m| m.metric == BuiltinMetric::Counts)
+            .map(|m| m.name.as_str())
+            .collect();
+        add_to_baseline(&mut b.s.baseline, sample, &counts);
+        sample
+    };
     let mut readings: Vec<MetricReading> = Vec::with_capacity(metrics.len());
     for (i, m) in metrics.iter().enumerate() {
         readings.push(match &m.judge {
+            // The baseline is already many intervals: nothing to pool it with.
+            Judge::Threshold(t) if watching => judge::threshold(m, t, sample),
             Judge::Threshold(t) => {
                 if b.s.pooled.len() != metrics.len() {
                     b.s.pooled = vec![None; metrics.len()];
@@ -75,20 +124,24 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
                     Some((_, Timing::Total)) => &b.s.stable_latency_total,
                     _ => &b.s.stable_latency,
                 };
-                judge::sequential(
+                judge::sequential_with(
                     m,
                     seq,
                     sample,
                     &mut b.s.evidence[i],
                     history,
                     b.s.canary_seen,
+                    watching,
                 )
             }
         });
     }
-    // Only after judging: the null for this interval came from earlier intervals.
-    b.s.stable_latency.merge(&sample.stable.latency);
-    b.s.stable_latency_total.merge(&sample.stable.latency_total);
+    // Only after judging: the null for this interval came from earlier intervals (and
+    // while watching, the baseline is not new data).
+    if !watching {
+        b.s.stable_latency.merge(&sample.stable.latency);
+        b.s.stable_latency_total.merge(&sample.stable.latency_total);
+    }
     b.s.canary_seen += sample.canary.requests;
     b.s.intervals += 1;
 

@@ -29,6 +29,10 @@ pub enum Phase {
     /// All traffic on the new version; post-release checks pending, the previous
     /// version still running so traffic can go back at once.
     Verifying,
+    /// All traffic on the new version, still analysed for `post_release.watch` against
+    /// the previous version's measurements from before the switch; the previous
+    /// version still runs so a failure switches back at once.
+    Watching,
     /// Promoted; the previous version kept running for an instant switch back until a
     /// timer ends.
     KeepingPrevious,
@@ -74,6 +78,7 @@ impl Phase {
             Phase::Progressing => "progressing",
             Phase::Promoting => "promoting",
             Phase::Verifying => "verifying",
+            Phase::Watching => "watching",
             Phase::KeepingPrevious => "keeping_previous",
             Phase::RollingBack => "rolling_back",
             Phase::Succeeded => "succeeded",
@@ -255,6 +260,11 @@ pub struct Release {
     pub failure_streaks: Vec<u32>,
     /// Sequential judges' evidence, per metric in policy order.
     pub evidence: Vec<Evidence>,
+    /// The previous version's measurements over the analysis before all traffic moved
+    /// (its side of every interval, counts metrics included): what a watch after the
+    /// switch judges the new version against.
+    #[serde(default)]
+    pub baseline: Option<IntervalSample>,
     /// Threshold judges' intervals pooled so far because they held fewer than
     /// `min_samples` requests, per metric in policy order: (the intervals as one, how
     /// many).
@@ -326,6 +336,7 @@ impl Default for Release {
             failure_streaks: Vec::new(),
             evidence: Vec::new(),
             pooled: Vec::new(),
+            baseline: None,
             stable_latency: Histogram::default(),
             stable_latency_total: Histogram::default(),
             canary_seen: 0,
@@ -384,7 +395,9 @@ impl Release {
     /// When the controller must feed a [`Input::Tick`](super::Input::Tick) next, if it is waiting on time.
     pub fn wake_at(&self) -> Option<Millis> {
         match (self.phase, &self.pending) {
-            (Phase::Progressing | Phase::RollingBack, None) => self.next_analysis_at,
+            (Phase::Progressing | Phase::RollingBack | Phase::Watching, None) => {
+                self.next_analysis_at
+            }
             (Phase::Verifying | Phase::KeepingPrevious | Phase::AwaitingApproval, None) => {
                 self.timer
             }

@@ -36,6 +36,7 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
         | Phase::AwaitingApproval
         | Phase::Progressing
         | Phase::Promoting
+        | Phase::Watching
         | Phase::Verifying
         | Phase::KeepingPrevious => {
             b.event("aborted", actor, reason.to_string());

@@ -2,12 +2,14 @@
 //! bakes, analysis verdicts, holds for release windows, promotion, post-release checks
 //! and keeping the previous version. It must not move weight back; that is rollback.
 
+use std::time::Duration;
+
 use super::analysis::{Judged, judge_interval};
 use super::builder::{Builder, ms, window_closed};
 use super::model::{DecisionKind, Phase, PreApproval};
 use super::protocol::{Action, CheckStage, Variant};
 use crate::instead::Instead;
-use crate::judge::Verdict;
+use crate::judge::{MetricReading, Verdict};
 use crate::metrics::IntervalSample;
 use crate::notice::NoticeKind;
 use crate::policy::{EscalationAction, Judge};
@@ -235,24 +237,13 @@ pub(super) fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
     } = judge_interval(b, sample);
     let metrics = &b.policy.analysis.metrics;
     if !deciding.is_empty() {
-        let tripped = deciding;
-        let why: Vec<String> = tripped
-            .iter()
-            .map(|i| match metrics[*i].judge {
-                Judge::Threshold(_) => format!(
-                    "{} {} for {} consecutive interval(s)",
-                    readings[*i].name, readings[*i].detail, b.s.failure_streaks[*i]
-                ),
-                Judge::Sequential(_) => format!("{} {}", readings[*i].name, readings[*i].detail),
-            })
-            .collect();
-        if tripped.iter().all(|i| readings[*i].stable_breached) {
+        let (why, both) = trip_reason(b, &readings, &deciding);
+        if both {
             b.halt(format!(
-                "both versions are unhealthy ({}); rolling back would not help",
-                why.join("; ")
+                "both versions are unhealthy ({why}); rolling back would not help"
             ));
         } else {
-            b.rollback("rampart", why.join("; "));
+            b.rollback("rampart", why);
         }
         return;
     }
@@ -305,6 +296,84 @@ pub(super) fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
     }
 }
 
+/// Why the metrics that decide the release failed, in words, and whether stable broke
+/// the same limits (both versions unhealthy).
+fn trip_reason(b: &Builder<'_>, readings: &[MetricReading], tripped: &[usize]) -> (String, bool) {
+    let metrics = &b.policy.analysis.metrics;
+    let why: Vec<String> = tripped
+        .iter()
+        .map(|i| match metrics[*i].judge {
+            Judge::Threshold(_) => format!(
+                "{} {} for {} consecutive interval(s)",
+                readings[*i].name, readings[*i].detail, b.s.failure_streaks[*i]
+            ),
+            Judge::Sequential(_) => format!("{} {}", readings[*i].name, readings[*i].detail),
+        })
+        .collect();
+    let both = tripped.iter().all(|i| readings[*i].stable_breached);
+    (why.join("; "), both)
+}
+
+/// One interval of the watch after all traffic moved: judged against the previous
+/// version's measurements from before the switch. A failure switches back at once (or
+/// halts, with `on_failure: halt`); at the end of the watch, the post-release checks.
+pub(super) fn watched(b: &mut Builder<'_>, sample: &IntervalSample) {
+    let Judged {
+        readings,
+        verdict,
+        deciding,
+    } = judge_interval(b, sample);
+    if !deciding.is_empty() {
+        let (why, both) = trip_reason(b, &readings, &deciding);
+        let reason =
+            format!("after all traffic moved, against the previous version's measurements: {why}");
+        b.event("watch_failed", "rampart", reason.clone());
+        let halt = b.policy.post_release.as_ref().map(|p| p.on_failure)
+            == Some(crate::policy::PostFailure::Halt);
+        if both {
+            b.halt(format!(
+                "both versions are unhealthy ({reason}); rolling back would not help"
+            ));
+        } else if halt {
+            b.halt(reason);
+        } else {
+            b.rollback("rampart", reason);
+        }
+        return;
+    }
+    match verdict {
+        Verdict::Pass | Verdict::Fail => {
+            b.s.inconclusive_streak = 0;
+            b.s.no_data_streak = 0;
+        }
+        Verdict::NoData | Verdict::Inconclusive => {
+            if inconclusive(b, verdict == Verdict::NoData) {
+                return;
+            }
+        }
+    }
+    if b.s.timer.is_some_and(|t| b.now >= t) {
+        b.s.timer = None;
+        b.s.next_analysis_at = None;
+        let watch = b
+            .policy
+            .post_release
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.watch);
+        b.event(
+            "watch_passed",
+            "rampart",
+            format!(
+                "{} watched for {} with all traffic: no regression against the previous version",
+                b.s.version,
+                crate::units::format_duration(watch)
+            ),
+        );
+        return after_watch(b);
+    }
+    b.start_interval();
+}
+
 /// Counts an interval that could not be judged. Returns whether the release stopped.
 pub(super) fn inconclusive(b: &mut Builder<'_>, no_data: bool) -> bool {
     let (streak, escalation, what) = if no_data {
@@ -336,11 +405,39 @@ pub(super) fn inconclusive(b: &mut Builder<'_>, no_data: bool) -> bool {
     false
 }
 
-/// All traffic is on the new version: verify, keep the previous version, or stop it.
+/// All traffic is on the new version: watch it, verify it, keep the previous version,
+/// or stop it.
 pub(super) fn after_full(b: &mut Builder<'_>) {
     if b.s.stable.is_none() {
         return succeed(b);
     }
+    let watch = b
+        .policy
+        .post_release
+        .as_ref()
+        .map_or(Duration::ZERO, |p| p.watch);
+    if watch.is_zero() {
+        return after_watch(b);
+    }
+    b.s.phase = Phase::Watching;
+    b.s.timer = Some(b.now + ms(watch));
+    b.s.pooled = vec![None; b.policy.analysis.metrics.len()];
+    b.s.inconclusive_streak = 0;
+    b.s.no_data_streak = 0;
+    b.event(
+        "watching",
+        "rampart",
+        format!(
+            "all traffic on {}; watched for {} against the previous version's measurements from before the switch, the previous version kept running for an instant switch back",
+            b.s.version,
+            crate::units::format_duration(watch)
+        ),
+    );
+    b.start_interval();
+}
+
+/// After the watch (or without one): post-release checks, then the previous version.
+fn after_watch(b: &mut Builder<'_>) {
     match &b.policy.post_release {
         Some(post) => {
             b.s.phase = Phase::Verifying;

@@ -88,6 +88,16 @@ pub(super) fn resume(b: &mut Builder<'_>) {
                 matches: Vec::new(),
             });
         }
+        Phase::Watching => {
+            chain.extend(ensure_stable);
+            chain.extend(canary.clone());
+            chain.push(Action::SetWeight {
+                weight: Weight::FULL,
+                matches: Vec::new(),
+            });
+            // Counters restarted with the controller: measure a fresh full interval.
+            b.s.next_analysis_at = None;
+        }
         Phase::Verifying | Phase::KeepingPrevious => {
             let checks_pending = matches!(b.s.pending, Some(Action::RunChecks { .. }));
             chain.extend(ensure_stable);
@@ -181,6 +191,7 @@ pub(super) fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &
             Phase::Previewing
             | Phase::Progressing
             | Phase::Promoting
+            | Phase::Watching
             | Phase::Verifying
             | Phase::KeepingPrevious,
             Variant::Canary,

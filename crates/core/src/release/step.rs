@@ -8,7 +8,7 @@ use super::model::{Phase, PreApproval, Release, Transition};
 use super::operator::{abort, approved, pause, promote, unpause};
 use super::progress::{
     after_full, deployed, inconclusive, keep_or_stop_previous, measured, start_progressing,
-    step_in_force, succeed,
+    step_in_force, succeed, watched,
 };
 use super::protocol::{Action, CheckStage, Input, Variant};
 use super::resume::{ensured, resume};
@@ -195,7 +195,7 @@ fn tick(b: &mut Builder<'_>) {
     }
     let due = |t: Option<Millis>| t.is_some_and(|t| t <= b.now);
     match b.s.phase {
-        Phase::Progressing | Phase::RollingBack if due(b.s.next_analysis_at) => {
+        Phase::Progressing | Phase::RollingBack | Phase::Watching if due(b.s.next_analysis_at) => {
             let window = b.measure_window();
             b.act(Action::Measure(window));
         }
@@ -309,14 +309,29 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
                 b.halt(format!("could not restore the previous replicas: {detail}"));
             }
         }
-        (Phase::Progressing | Phase::Promoting, Input::TrafficFailed { detail }) => {
+        (
+            Phase::Progressing | Phase::Promoting | Phase::Watching,
+            Input::TrafficFailed { detail },
+        ) => {
             b.rollback(
                 "rampart",
                 format!("could not set the canary weight: {detail}"),
             );
         }
         (Phase::Progressing, Input::Measured { sample }) => measured(b, sample),
-        (Phase::Progressing, Input::MeasureFailed { detail }) => {
+        (Phase::Watching, Input::Measured { sample }) => watched(b, sample),
+        (Phase::Watching, Input::TrafficSet { .. }) => {
+            // Re-applied after a restart: measure a fresh full interval.
+            b.event(
+                "traffic_restored",
+                "rampart",
+                format!("all traffic on {}", b.s.version),
+            );
+            if b.s.next_analysis_at.is_none() {
+                b.start_interval();
+            }
+        }
+        (Phase::Progressing | Phase::Watching, Input::MeasureFailed { detail }) => {
             b.event(
                 "analysis",
                 "rampart",

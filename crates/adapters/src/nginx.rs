@@ -317,8 +317,13 @@ impl NginxRouter {
         // A falling canary share (a rollback) goes in force first, through the weight
         // the loaded file already reads: it never waits for, nor depends on, a reload
         // (`nginx -t` refusing the new match rules, say).
-        if state.loaded > 0 && state.weight.is_some_and(|w| next.weight < w) {
-            self.reweigh(state, next.weight).await?;
+        // Best effort: when nginx is not seen reading it (it may serve an older file,
+        // after a controller crash between writing one and reloading), the reload
+        // below still puts the new weight in force.
+        if state.loaded > 0
+            && state.weight.is_some_and(|w| next.weight < w)
+            && self.reweigh(state, next.weight).await.is_ok()
+        {
             state.split.weight = next.weight;
         }
         state.used += 1;

@@ -184,6 +184,15 @@ fn absolute_failures(
 /// point estimate above the limit is not evidence enough.
 pub const LATENCY_NOISE: f64 = 0.01;
 
+/// How many times `min_samples` a latency quantile above a limit by its value alone,
+/// but within noise, needs before it passes: below that it is inconclusive and the
+/// release pools more intervals with it. At four times the default 50, a canary with 5 %
+/// of its requests slow is found 87 % of the time against a p99 limit.
+pub const NOISE_POOL: u64 = 4;
+
+/// How a reading says its latency is above a limit by its value alone.
+pub const WITHIN_NOISE: &str = "within noise";
+
 /// Whether the `q` quantile of `h` is above `limit_ms` beyond noise, in words when it
 /// is. Under "the quantile is at most the limit", a request lies above the limit with
 /// probability at most `1 - q`; the quantile is above it when the requests counted
@@ -206,9 +215,20 @@ fn latency_above(h: &Histogram, q: f64, limit_ms: f64) -> Option<String> {
     })
 }
 
-/// P(X >= x) for X ~ Binomial(n, p): exact, summed from x upward until the terms no
-/// longer matter. Past 100,000 it is the Chernoff bound `exp(-n KL(x/n || p))`, which
-/// is never smaller than the tail, so a breach is never claimed on less evidence.
+/// `ln(k!)`: summed exactly up to 256, by Stirling's series beyond (its error is
+/// below 1e-12 there).
+fn ln_factorial(k: u64) -> f64 {
+    if k < 256 {
+        return (2..=k).map(|i| (i as f64).ln()).sum();
+    }
+    let k = k as f64;
+    k * k.ln() - k + 0.5 * (2.0 * std::f64::consts::PI * k).ln() + 1.0 / (12.0 * k)
+        - 1.0 / (360.0 * k * k * k)
+}
+
+/// P(X >= x) for X ~ Binomial(n, p), exact: the first term from log-factorials, then
+/// summed upward until the terms no longer matter (they fall geometrically once
+/// `x > n p`, the only case the judges ask about; below it the tail is near 1).
 fn binomial_upper_tail(n: u64, p: f64, x: u64) -> f64 {
     if x == 0 || p >= 1.0 {
         return 1.0;
@@ -216,23 +236,13 @@ fn binomial_upper_tail(n: u64, p: f64, x: u64) -> f64 {
     if x > n || p <= 0.0 {
         return 0.0;
     }
-    let (nf, xf) = (n as f64, x as f64);
-    if x > 100_000 {
-        let f = xf / nf;
-        if f <= p {
-            return 1.0;
-        }
-        let kl = f * (f / p).ln()
-            + if f < 1.0 {
-                (1.0 - f) * ((1.0 - f) / (1.0 - p)).ln()
-            } else {
-                0.0
-            };
-        return (-nf * kl).exp();
+    if (x as f64) <= n as f64 * p {
+        // At or below the mean: the tail is at least about a half, never a breach.
+        let lower = 1.0 - binomial_lower_tail(n, p, x);
+        return lower.clamp(0.0, 1.0);
     }
-    let ln_choose: f64 = (0..x)
-        .map(|i| ((n - i) as f64).ln() - ((i + 1) as f64).ln())
-        .sum();
+    let (nf, xf) = (n as f64, x as f64);
+    let ln_choose = ln_factorial(n) - ln_factorial(x) - ln_factorial(n - x);
     let mut term = (ln_choose + xf * p.ln() + (nf - xf) * (1.0 - p).ln()).exp();
     let (mut sum, mut k) = (0.0, x);
     loop {
@@ -242,6 +252,23 @@ fn binomial_upper_tail(n: u64, p: f64, x: u64) -> f64 {
         }
         term *= (n - k) as f64 / (k + 1) as f64 * p / (1.0 - p);
         k += 1;
+    }
+    sum.min(1.0)
+}
+
+/// P(X < x) for X ~ Binomial(n, p), summed downward from x - 1.
+fn binomial_lower_tail(n: u64, p: f64, x: u64) -> f64 {
+    let (nf, top) = (n as f64, x - 1);
+    let ln_choose = ln_factorial(n) - ln_factorial(top) - ln_factorial(n - top);
+    let mut term = (ln_choose + top as f64 * p.ln() + (nf - top as f64) * (1.0 - p).ln()).exp();
+    let (mut sum, mut k) = (0.0, top);
+    loop {
+        sum += term;
+        if k == 0 || term <= sum * 1e-15 {
+            break;
+        }
+        term *= k as f64 / (n - k + 1) as f64 * (1.0 - p) / p;
+        k -= 1;
     }
     sum.min(1.0)
 }
@@ -420,9 +447,22 @@ pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> M
     };
     let mut reading = conclude(reading, failures, unknown, fmt, c);
     if within_noise && reading.verdict == Verdict::Pass {
-        reading
-            .detail
-            .push_str("; above a limit by its value alone, within noise");
+        // Not evidence of a breach, nor of its absence yet: more requests decide (the
+        // release pools the next intervals with this one), up to enough for a test
+        // with the power to see a real regression.
+        let enough = spec.min_samples.max(1).saturating_mul(NOISE_POOL);
+        if sample.canary.requests < enough {
+            reading.verdict = Verdict::Inconclusive;
+            reading.detail = format!(
+                "{}; above a limit by its value alone, {WITHIN_NOISE}: {} canary requests, {enough} decide",
+                reading.detail, sample.canary.requests
+            );
+        } else {
+            reading.detail = format!(
+                "{}; above a limit by its value alone, {WITHIN_NOISE} over {} requests",
+                reading.detail, sample.canary.requests
+            );
+        }
     }
     reading
 }
@@ -994,21 +1034,43 @@ mod tests {
 
     /// Regression (issue 21): 1 % of requests slow on both sides puts a p99 on either
     /// mode by chance. Stable's 1,080 requests had 10 slow ones (p99 8 ms), the canary's
-    /// 120 had 2 (p99 50 ms): "6x stable, limit 4x" rolled a healthy release back.
+    /// 120 had 2 (p99 50 ms): "6x stable, limit 4x" rolled a healthy release back. Now
+    /// it is no failure: inconclusive below four times `min_samples` (the release pools
+    /// more), a pass from there on when the slow share is still within noise.
     #[test]
     fn a_p99_ratio_on_a_bimodal_distribution_does_not_flip_on_one_slow_request() {
-        let sample = IntervalSample {
+        let sample = |canary| IntervalSample {
             stable: bimodal(1080, 10),
-            canary: bimodal(120, 2),
+            canary,
             ..Default::default()
         };
-        let r = judge(&p99_spec(None, Some(4.0)), &sample);
-        assert!(r.canary.unwrap() > 4.0 * r.stable.unwrap(), "{r:?}");
-        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
-        assert!(r.detail.contains("within noise"), "{}", r.detail);
-        // The same with an absolute limit the canary's p99 is above by its value.
-        let r = judge(&p99_spec(Some(20.0), None), &sample);
-        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        for spec in [p99_spec(None, Some(4.0)), p99_spec(Some(20.0), None)] {
+            let r = judge(&spec, &sample(bimodal(120, 2)));
+            assert!(r.canary.unwrap() > 20.0, "{r:?}");
+            assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+            assert!(r.detail.contains(WITHIN_NOISE), "{}", r.detail);
+            assert!(r.detail.contains("200 decide"), "{}", r.detail);
+            // 3 of 240 slow: the p99 still on the slow mode, the share still noise.
+            let r = judge(&spec, &sample(bimodal(240, 3)));
+            assert!(r.canary.unwrap() > 20.0, "{r:?}");
+            assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+            assert!(r.detail.contains("within noise over 240"), "{}", r.detail);
+        }
+    }
+
+    /// Regression (review): a 5 % slow share against a p99 limit, at the default 50
+    /// requests, passed 76 % of its intervals as "within noise". It is inconclusive
+    /// there, and four times as many requests find it.
+    #[test]
+    fn a_slow_share_within_noise_at_min_samples_is_no_pass() {
+        let sample = |n, slow| IntervalSample {
+            stable: bimodal(1000, 0),
+            canary: bimodal(n, slow),
+            ..Default::default()
+        };
+        let spec = p99_spec(Some(20.0), None);
+        assert_eq!(judge(&spec, &sample(50, 2)).verdict, Verdict::Inconclusive);
+        assert_eq!(judge(&spec, &sample(200, 10)).verdict, Verdict::Fail);
     }
 
     #[test]
@@ -1070,10 +1132,19 @@ mod tests {
         assert_eq!(binomial_upper_tail(5, 0.3, 6), 0.0);
         // P(all 20 of 20) = p^20.
         assert!((binomial_upper_tail(20, 0.01, 20) / 1e-40 - 1.0).abs() < 1e-9);
-        // Past 100,000 the Chernoff bound: never below the normal tail (3.33 sd out,
-        // about 4e-4), and not uselessly loose.
-        let t = binomial_upper_tail(1_000_000, 0.1, 101_000);
-        assert!((4e-4..0.01).contains(&t), "{t}");
+        // Millions of requests: exact still, close to the normal tail (3.03 sd out,
+        // about 0.0012), and more requests above a limit never make the tail larger.
+        let t = binomial_upper_tail(9_905_000, 0.01, 100_000);
+        assert!((0.0009..0.0016).contains(&t), "{t}");
+        assert!(binomial_upper_tail(9_905_000, 0.01, 100_001) <= t);
+        let mut last = 1.0;
+        for x in (99_000..=100_500).step_by(50) {
+            let t = binomial_upper_tail(9_905_000, 0.01, x);
+            assert!(t <= last + 1e-12, "{x}: {t} > {last}");
+            last = t;
+        }
+        // Below the mean, the tail from the other side: P(Bin(10, 1/2) >= 3).
+        assert!((binomial_upper_tail(10, 0.5, 3) - (1.0 - 56.0 / 1024.0)).abs() < 1e-12);
     }
 
     /// 100 requests answered in `headers_ms`, their bodies done in `total_ms`.

@@ -51,11 +51,7 @@ fn nginx_traffic(n: &servers::Nginx) -> String {
 }
 
 fn udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    servers::free_udp_port()
 }
 
 fn assert_outcome(code: i32, v: &serde_json::Value, want: i32) {

@@ -461,6 +461,17 @@ impl ProcessDeployer {
         replica: usize,
     ) -> Result<(), ProcessError> {
         let deadline = tokio::time::Instant::now() + self.spec.readiness.timeout;
+        self.wait_ready_until(variant, run, replica, deadline).await
+    }
+
+    /// [`Self::wait_ready`] until `deadline` (shared by the replicas being adopted).
+    async fn wait_ready_until(
+        &self,
+        variant: Variant,
+        run: &mut Running,
+        replica: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ProcessError> {
         loop {
             if let Some(child) = run.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
@@ -543,9 +554,17 @@ impl ProcessDeployer {
                 .collect(),
             Variant::Stable => Vec::new(),
         };
-        for rec in self.read_records(variant) {
+        // One readiness timeout for all of them: adopting never waits longer than
+        // starting them would.
+        let deadline = tokio::time::Instant::now() + self.spec.readiness.timeout;
+        for mut rec in self.read_records(variant) {
             if !self.owns(&rec, variant) || stable.contains(&rec.pid) {
                 continue;
+            }
+            // A record from before start times were kept gains one now, so the pid
+            // is never taken for this process once it is reused.
+            if rec.started.is_none() {
+                rec.started = start_time(rec.pid);
             }
             let mut run = Running {
                 record: rec,
@@ -553,7 +572,11 @@ impl ProcessDeployer {
             };
             // A replica of this version is given its readiness timeout to answer, as
             // at its start: one slow probe must not stop a version users are on.
-            if run.record.version == version && self.wait_ready(variant, &mut run, 0).await.is_ok()
+            if run.record.version == version
+                && self
+                    .wait_ready_until(variant, &mut run, 0, deadline)
+                    .await
+                    .is_ok()
             {
                 notes.push(format!(
                     "pid {} on port {} adopted from an earlier run",

@@ -591,23 +591,22 @@ impl Proxy {
         let started = tokio::time::Instant::now();
         let result = self.inner.client.request(req).await;
         let elapsed = started.elapsed();
-        let (resp, error) = match result {
+        let mut resp = match result {
             Ok(resp) => {
-                let error = resp.status().is_server_error();
-                (resp.map(Either::Left), error)
+                counters.record(resp.status().is_server_error(), elapsed);
+                // The total time, from the same start, is recorded when the body is done.
+                let clock = Clock::new(Arc::clone(&self.inner), variant, started);
+                resp.map(|body| Timed::new(Either::Left(body), clock))
             }
             Err(e) => {
                 tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upstream failed");
-                (
-                    plain_body(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n"),
-                    true,
-                )
+                // No version answered: an error, and in neither latency (as nginx and
+                // HAProxy log it), so the proxy never times its own 502.
+                counters.record_logged(true, None, None);
+                plain_body(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n")
+                    .map(Timed::untimed)
             }
         };
-        counters.record(error, elapsed);
-        // The total time, from the same start, is recorded when the body is done.
-        let clock = Clock::new(Arc::clone(&self.inner), variant, started);
-        let mut resp = resp.map(|body| Timed::new(body, clock));
         resp.headers_mut().insert(
             HeaderName::from_static(VARIANT_HEADER),
             HeaderValue::from_static(variant.as_str()),

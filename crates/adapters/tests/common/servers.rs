@@ -106,24 +106,38 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 
 /// A free loopback TCP port for an address a test writes down now and binds later.
 ///
-/// It is taken below the kernel's ephemeral range (32768 and up on Linux), which is
-/// where every `bind(0)` (a version process's port, another test's server) and every
-/// client connection's own port come from: between the check and the later bind, none
-/// of them can take it. Each test process walks its own part of the range.
+/// It is taken below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up
+/// by default), which is where every `bind(0)` (a version process's port, another
+/// test's server) and every client connection's own port come from: between the check
+/// and the later bind, none of them can take it. Each test process walks its own part
+/// of the range.
 pub fn free_port() -> u16 {
+    below_ephemeral(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A free loopback UDP port, as [`free_port`] (a request log rampart binds later).
+pub fn free_udp_port() -> u16 {
+    below_ephemeral(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+}
+
+fn below_ephemeral(free: impl Fn(u16) -> bool) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919) % SPAN;
-    for _ in 0..SPAN {
+    let first_ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let low = first_ephemeral.saturating_sub(12_000).max(1_024);
+    let span = first_ephemeral.saturating_sub(low).max(1);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (LOW + (start + n) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = u16::try_from(low + (start + n) % span).unwrap_or(u16::MAX);
+        if free(port) {
             return port;
         }
     }
-    panic!("no free port between {LOW} and {}", LOW + SPAN)
+    panic!("no free port between {low} and {first_ephemeral}")
 }
 
 /// A running nginx whose `http {}` includes `DIR/rampart/*.conf`.

@@ -29,7 +29,20 @@ fn pooled_threshold(
 ) -> MetricReading {
     let poolable = m.metric != BuiltinMetric::Query;
     let counts = m.metric == BuiltinMetric::Counts;
-    if !poolable || (!counts && sample.canary.requests == 0) {
+    // A counts value missing from this interval would make the pool's sum missing for
+    // good: the interval is judged alone (no data) and the pool kept as it was.
+    let missing = counts
+        && sample
+            .queries
+            .iter()
+            .find(|q| q.name == m.name)
+            .is_none_or(|q| {
+                q.stable.is_none()
+                    || q.canary.is_none()
+                    || q.stable_samples.is_none()
+                    || q.canary_samples.is_none()
+            });
+    if !poolable || missing || (!counts && sample.canary.requests == 0) {
         return judge::threshold(m, t, sample);
     }
     let (merged, n) = match pool.take() {
@@ -40,9 +53,11 @@ fn pooled_threshold(
         None => (sample.clone(), 1),
     };
     let mut r = judge::threshold(m, t, &merged);
+    // Too few requests, or a latency above a limit by its value alone (more decide).
     let short = r.verdict == Verdict::Inconclusive
         && (r.canary_requests < m.min_samples
-            || (t.relative() && r.stable_requests < m.min_samples));
+            || (t.relative() && r.stable_requests < m.min_samples)
+            || r.detail.contains(judge::WITHIN_NOISE));
     if short && r.canary_requests > 0 {
         r.detail = format!(
             "{} (pooling: {n} interval{} so far)",

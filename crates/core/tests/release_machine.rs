@@ -3257,3 +3257,52 @@ post_release:
     assert!(e.contains("post_release.watch"), "{e}");
     assert!(e.contains("shorter than one analysis interval"), "{e}");
 }
+
+/// A controller restarted during the watch re-establishes both versions and all the
+/// traffic on the new one, measures a fresh interval, and finishes the watch.
+#[test]
+fn a_controller_restart_during_the_watch_keeps_both_versions_and_watches_on() {
+    let p = Policy::from_yaml(
+        r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 50, bake: 1m}]}}
+analysis:
+  interval: 30s
+  min_samples: 10
+  metrics: [{name: errors, metric: error_rate, judge: {max: 5%}}]
+post_release: {watch: 5m}
+"#,
+    )
+    .unwrap();
+    let healthy = || IntervalSample {
+        stable: stats(500, 1),
+        canary: stats(500, 1),
+        ..Default::default()
+    };
+    let s = drive_until(
+        &p,
+        Release::default(),
+        healthy,
+        |_| true,
+        |_, _| {},
+        |s| s.phase == Phase::Watching && s.pending.is_none() && s.intervals >= 3,
+    );
+    assert_eq!(s.phase, Phase::Watching);
+    let t = step(&p, &s, &Input::Resumed, s.next_analysis_at.unwrap() - 1000);
+    let mut chain: Vec<Action> = t.state.pending.clone().into_iter().collect();
+    chain.extend(t.state.queued.clone());
+    let deploys = chain
+        .iter()
+        .filter(|a| matches!(a, Action::Deploy { .. }))
+        .count();
+    assert_eq!(deploys, 2, "both versions: {chain:?}");
+    assert!(
+        matches!(chain.last(), Some(Action::SetWeight { weight, .. }) if *weight == Weight::FULL),
+        "{chain:?}"
+    );
+    assert_eq!(t.state.next_analysis_at, None, "a fresh interval");
+    let done = drive_until(&p, t.state, healthy, |_| true, |_, _| {}, |_| false);
+    assert_eq!(done.phase, Phase::Succeeded, "{:?}", done.decision);
+}

@@ -40,6 +40,11 @@ pub struct LoadSpec {
     pub users: u64,
     /// Stop after this long; `None` runs until dropped.
     pub duration: Option<Duration>,
+    /// Paths requested in turn after `url` (which is then a base such as
+    /// `http://HOST:PORT`); empty requests `url` itself.
+    pub paths: Vec<String>,
+    /// Extra headers on every request.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Sends requests at `spec.rps` until the duration passes (or forever).
@@ -65,7 +70,17 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let mut req = Request::get(spec.url.as_str());
+        let mut req = match spec.paths.len() {
+            0 => Request::get(spec.url.as_str()),
+            k => Request::get(format!(
+                "{}{}",
+                spec.url.trim_end_matches('/'),
+                spec.paths[usize::try_from(n).unwrap_or(0) % k]
+            )),
+        };
+        for (name, value) in &spec.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
         if let Some(h) = &spec.user_header {
             // Users cycle through a fixed population, like returning visitors.
             req = req.header(h.as_str(), format!("user-{}", n % spec.users.max(1)));
@@ -102,6 +117,49 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
     }
 }
 
+/// Starts the policy's `analysis.load` against `entry` (or its own `url`), marked with
+/// `x-rampart-load`: `1`, or `uncounted` (the data plane's token) for load that must
+/// not count. Users' ids spread over the variants by the sticky header when the policy
+/// sticks by one. `None` when the policy sends no load or there is nowhere to send it.
+pub fn analysis_load(
+    policy: &rampart_core::Policy,
+    entry: Option<std::net::SocketAddr>,
+    uncounted: Option<&str>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let load = policy.analysis.load.as_ref()?;
+    let url = match &load.url {
+        Some(u) => u.clone(),
+        None => format!("http://{}", entry?),
+    };
+    let mut headers = load.headers.clone();
+    let mark = if load.counts { "1" } else { uncounted? };
+    headers.push((
+        rampart_core::policy::LOAD_HEADER.to_string(),
+        mark.to_string(),
+    ));
+    let user_header = match &policy.traffic {
+        rampart_core::policy::Traffic::Proxy(p) => match &p.sticky {
+            rampart_core::policy::Sticky::Header(h) => Some(h.clone()),
+            _ => None,
+        },
+        rampart_core::policy::Traffic::Nginx(n) => match &n.sticky {
+            rampart_core::policy::Sticky::Header(h) => Some(h.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let spec = LoadSpec {
+        url,
+        rps: load.rate,
+        user_header,
+        users: 1000,
+        duration: None,
+        paths: load.paths.clone(),
+        headers,
+    };
+    Some(tokio::spawn(generate(spec, Arc::new(LoadStats::default()))))
+}
+
 /// Runs a release with steady load (`rps`, sticky user ids in `x-user`) sent through its
 /// proxy from the moment the proxy listens until the release ends; `None` sends none.
 pub async fn release_under_load(
@@ -120,6 +178,8 @@ pub async fn release_under_load(
             user_header: Some("x-user".into()),
             users: 1000,
             duration: None,
+            paths: Vec::new(),
+            headers: Vec::new(),
         };
         let task = tokio::spawn(generate(spec, Arc::new(LoadStats::default())));
         if let Ok(mut slot) = slot.lock() {

@@ -489,10 +489,16 @@ pub async fn run_release(
         }),
     };
     let status = progress.spawn_status(plane.counted.clone());
+    // rampart's own traffic while the release is analysed (`analysis.load`).
+    let own_load = crate::load::analysis_load(&policy, plane.entry, plane.uncounted.as_deref());
     let end = controller
         .drive(&id, stable, Some(rx))
         .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)));
+    if let Some(t) = own_load {
+        t.abort();
+    }
+    let end = end?;
     if let Some(t) = status {
         t.abort();
     }

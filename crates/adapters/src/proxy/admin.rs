@@ -180,7 +180,7 @@ pub enum ProxyAdminError {
     Persist(String),
     /// No such route (or not with that method).
     #[error(
-        "routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{{stable|canary}}, PUT /salt, POST /drain, POST /shutdown"
+        "routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{{stable|canary}}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"
     )]
     NotFound,
 }
@@ -260,6 +260,7 @@ fn router(admin: Admin) -> Router {
         .route("/state", guarded().get(state))
         .route("/counters", guarded().get(counters))
         .route("/salt", guarded().put(salt))
+        .route("/uncounted", guarded().put(uncounted))
         .route("/drain", guarded().post(drain))
         .route("/shutdown", guarded().post(shutdown))
         .route("/weight", guarded().put(weight))
@@ -387,6 +388,24 @@ async fn salt(
     next.salt = salt.to_string();
     admin.persist(&next)?;
     admin.proxy.set_salt(salt);
+    Ok(Json(describe(&admin.proxy)))
+}
+
+/// Sets the token of rampart's own load that counts in no metric: `{"token": "..."}`,
+/// empty for none.
+async fn uncounted(
+    _: Authorized,
+    State(admin): State<Admin>,
+    JsonBody(json): JsonBody,
+) -> Result<Json<Value>, ProxyAdminError> {
+    let token = json["token"]
+        .as_str()
+        .ok_or_else(|| ProxyAdminError::BadField("`token` must be a string".into()))?;
+    let _one = admin.changing.lock().await;
+    let mut next = admin.proxy.table();
+    next.uncounted = token.to_string();
+    admin.persist(&next)?;
+    admin.proxy.set_uncounted(token);
     Ok(Json(describe(&admin.proxy)))
 }
 

@@ -71,6 +71,9 @@ struct Routes {
     /// Salts the sticky hash: a ramped flag's name, so the canary's users are exactly
     /// the users the flag store puts in the ramp. Empty for plain splitting.
     salt: String,
+    /// The token of rampart's own load that must not count (`analysis.load` with
+    /// `counts: false`); empty when there is none.
+    uncounted: String,
 }
 
 #[derive(Debug)]
@@ -124,6 +127,7 @@ impl Inner {
             weight: guard.weight,
             matches: guard.matches.clone(),
             salt: guard.salt.clone(),
+            uncounted: guard.uncounted.clone(),
         };
         f(&mut next);
         if next.weight == Weight::ZERO && next.matches.is_empty() && !guard.is_closed() {
@@ -158,6 +162,10 @@ pub struct RouteTable {
     /// The sticky hash's salt (a ramped flag's name), empty for plain splitting.
     #[serde(default)]
     pub salt: String,
+    /// The token that marks rampart's own load as not counted (see
+    /// [`Proxy::set_uncounted`]); empty when all requests count.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uncounted: String,
 }
 
 /// A running proxy. Cloning shares it; dropping the last [`ProxyServer`] stops it.
@@ -336,9 +344,26 @@ impl Proxy {
         }
     }
 
+    /// A fresh token for [`Proxy::set_uncounted`]: 128 random bits in hex, or `None`
+    /// when the system has no randomness to give.
+    pub fn fresh_token() -> Option<String> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).ok()?;
+        Some(hex::encode(raw))
+    }
+
     /// Salts the sticky hash with a ramped flag's name (see [`bucket`]).
     pub fn set_salt(&self, salt: &str) {
         self.inner.update(|r| r.salt = salt.to_string());
+    }
+
+    /// Requests whose `x-rampart-load` header is exactly `token` (rampart's own load
+    /// with `counts: false`) are routed as any other but counted in no metric, and
+    /// reach the service with the header's value `1`: the token never leaves the
+    /// proxy. Any other value, and an empty token, counts as usual, so no client can
+    /// hide its requests without the token.
+    pub fn set_uncounted(&self, token: &str) {
+        self.inner.update(|r| r.uncounted = token.to_string());
     }
 
     /// Points `variant` at `endpoints`.
@@ -422,6 +447,7 @@ impl Proxy {
             weight: r.weight,
             matches: r.matches.clone(),
             salt: r.salt.clone(),
+            uncounted: r.uncounted.clone(),
         }
     }
 
@@ -435,6 +461,7 @@ impl Proxy {
             r.weight = table.weight;
             r.matches = table.matches.clone();
             r.salt = table.salt.clone();
+            r.uncounted = table.uncounted.clone();
         });
     }
 
@@ -585,6 +612,17 @@ impl Proxy {
                 .insert(HeaderName::from_static("x-forwarded-for"), v);
         }
 
+        // rampart's own load that must not count: the token is swapped for `1`.
+        let load = HeaderName::from_static(rampart_core::policy::LOAD_HEADER);
+        let uncounted = !routes.uncounted.is_empty()
+            && req
+                .headers()
+                .get(&load)
+                .is_some_and(|v| v.as_bytes() == routes.uncounted.as_bytes());
+        if uncounted {
+            req.headers_mut()
+                .insert(load, HeaderValue::from_static("1"));
+        }
         let counters = self.inner.counters(variant);
         let _flight = counters.enter(&self.inner.idle);
         let _endpoint = EndpointFlight::enter(picked.in_flight.clone(), &self.inner.idle);
@@ -592,6 +630,11 @@ impl Proxy {
         let result = self.inner.client.request(req).await;
         let elapsed = started.elapsed();
         let mut resp = match result {
+            Ok(resp) if uncounted => resp.map(|body| Timed::untimed(Either::Left(body))),
+            Err(_) if uncounted => {
+                plain_body(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n")
+                    .map(Timed::untimed)
+            }
             Ok(resp) => {
                 counters.record(resp.status().is_server_error(), elapsed);
                 // The total time, from the same start, is recorded when the body is done.

@@ -506,6 +506,7 @@ mod tests {
                 weight: Weight::from_basis_points(1250).unwrap(),
                 matches: Vec::new(),
                 salt: String::new(),
+                uncounted: String::new(),
             },
         }
     }

@@ -269,6 +269,18 @@ impl RemotePlane {
         .map(drop)
     }
 
+    /// Sets the token of rampart's own load that counts in no metric (empty: none).
+    pub async fn set_uncounted(&self, token: &str) -> Result<(), RemoteError> {
+        self.call(
+            Method::PUT,
+            "/uncounted",
+            Some(json!({ "token": token })),
+            Duration::ZERO,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Asks the data plane to stop (it drains its connections first).
     pub async fn shutdown(&self) -> Result<(), RemoteError> {
         self.call(Method::POST, "/shutdown", None, Duration::ZERO)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::values::{HOUR, decode_base_url, limit, positive};
-use crate::decode::{Decoder, MapReader, join, one_of, scalar};
+use crate::decode::{Decode, Decoder, MapReader, join, one_of, scalar};
 use crate::metrics::Timing;
 use crate::units::{Rate, format_duration};
 use crate::yaml::{Node, NodeKind};
@@ -25,6 +25,32 @@ pub struct Analysis {
     pub fail_score: f64,
     /// The Prometheus server `source: prometheus` metrics query (`http://HOST:PORT`).
     pub prometheus: Option<String>,
+    /// Traffic rampart sends itself while the release is analysed, so a quiet service
+    /// can still be judged.
+    pub load: Option<Load>,
+}
+
+/// The marker header on every request of the built-in load: `1`, or, for load that
+/// must not count, a per-release token only the embedded proxy knows (it rewrites it to
+/// `1` before the service sees it).
+pub const LOAD_HEADER: &str = "x-rampart-load";
+
+/// `analysis.load`: requests rampart sends while the release is analysed, like
+/// Flagger's load tester.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Load {
+    /// Requests per second.
+    pub rate: u32,
+    /// Paths requested in turn, each starting with `/`.
+    pub paths: Vec<String>,
+    /// Extra headers on every request.
+    pub headers: Vec<(String, String)>,
+    /// Whether these requests count in the judged metrics (the embedded proxy can
+    /// leave them out; other routers count every request).
+    pub counts: bool,
+    /// Where to send it (`http://HOST:PORT`); by default the service's address on
+    /// the embedded proxy or nginx.
+    pub url: Option<String>,
 }
 
 /// A limit on consecutive unusable intervals, and what happens when it is reached.
@@ -319,9 +345,11 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             "metrics",
             "fail_score",
             "prometheus",
+            "load",
         ],
     )?;
     let prometheus = m.optional_with(cx, "prometheus", decode_base_url);
+    let load = m.optional_with(cx, "load", decode_load);
     let interval = positive(cx, &m, "interval", HOUR).unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
         cx.error(
@@ -392,6 +420,82 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         metrics,
         fail_score,
         prometheus,
+        load,
+    })
+}
+
+fn decode_load(cx: &mut Decoder, node: &Node, path: &str) -> Option<Load> {
+    let m = cx.map(node, path, &["rate", "paths", "headers", "counts", "url"])?;
+    let rate = m.required::<u64>(cx, "rate");
+    if let Some(r) = rate
+        && !(1..=10_000).contains(&r)
+    {
+        cx.error(
+            m.get("rate").map_or(m.pos(), |n| n.pos),
+            &m.path_of("rate"),
+            format!("{r} requests per second: use 1 to 10000"),
+        );
+    }
+    let paths = m
+        .optional_with(cx, "paths", |cx, n, p| {
+            cx.seq(n, p, |cx, n, p| {
+                let path = String::decode(cx, n, p)?;
+                if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace()) {
+                    cx.error(
+                        n.pos,
+                        p,
+                        format!(
+                            "`{path}` is not a request path: start it with `/`, without spaces"
+                        ),
+                    );
+                    return None;
+                }
+                Some(path)
+            })
+        })
+        .unwrap_or_else(|| vec!["/".into()]);
+    if paths.is_empty() {
+        cx.error(
+            m.get("paths").map_or(m.pos(), |n| n.pos),
+            &m.path_of("paths"),
+            "list at least one path, or leave `paths` out for `/`",
+        );
+    }
+    let headers = m
+        .optional_with(cx, "headers", |cx, n, p| {
+            let NodeKind::Map(entries) = &n.kind else {
+                cx.error(n.pos, p, format!("expected a mapping of header names to values, found {}", n.type_name()));
+                return None;
+            };
+            let mut out = Vec::new();
+            for (k, v) in entries {
+                let name = k.text.to_ascii_lowercase();
+                let token = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                let value = String::decode(cx, v, &join(p, &k.text))?;
+                if !token || name == LOAD_HEADER {
+                    cx.error(
+                        k.pos,
+                        &join(p, &k.text),
+                        format!("`{}` cannot be a header rampart sends (a header name, not `{LOAD_HEADER}`, which marks the load itself)", k.text),
+                    );
+                } else if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+                    cx.error(v.pos, &join(p, &k.text), "a header value cannot hold a line break");
+                } else {
+                    out.push((name, value));
+                }
+            }
+            Some(out)
+        })
+        .unwrap_or_default();
+    let counts = m.optional::<bool>(cx, "counts").unwrap_or(true);
+    let url = m.optional_with(cx, "url", decode_base_url);
+    Some(Load {
+        rate: u32::try_from(rate?).ok()?,
+        paths,
+        headers,
+        counts,
+        url,
     })
 }
 

@@ -42,7 +42,7 @@ use crate::yaml::{self, Node, NodeKind};
 
 pub use analysis::{
     Analysis, BuiltinMetric, DEFAULT_ALPHA, Direction, Escalation, EscalationAction, Judge,
-    MetricSpec, QuerySpec, Sequential, Threshold,
+    LOAD_HEADER, Load, MetricSpec, QuerySpec, Sequential, Threshold,
 };
 pub use checks::{Gate, GateCheck, Gates, PostFailure, PostRelease};
 pub use deploy::{Deploy, KubeDeploySpec, ProcessSpec, Readiness};
@@ -252,6 +252,24 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             &format!("strategy.{}.steps[{i}].match", st.name()),
             "HAProxy's weights are set at run time without a reload, but match rules are not; use the embedded proxy or nginx for `match` steps",
         );
+    }
+    if let (Some(load), Some(t)) = (analysis.as_ref().and_then(|a| a.load.as_ref()), &traffic) {
+        let at = m.get("analysis").map_or(m.pos(), |n| n.pos);
+        let embedded = matches!(t, Traffic::Proxy(_));
+        if !load.counts && !embedded {
+            cx.error(
+                at,
+                "analysis.load.counts",
+                "only the embedded proxy can leave rampart's own load out of the metrics; nginx, HAProxy and Kubernetes count every request (set `counts: true`, or filter `x-rampart-load` out of a `prometheus` query)",
+            );
+        }
+        if load.url.is_none() && !embedded && !matches!(t, Traffic::Nginx(_)) {
+            cx.error(
+                at,
+                "analysis.load.url",
+                "rampart knows the service's address only behind the embedded proxy or nginx; give the address to send the load to (`url: http://HOST:PORT`)",
+            );
+        }
     }
     if let (Some(post), Some(a)) = (&post_release, &analysis)
         && !post.watch.is_zero()

@@ -47,6 +47,8 @@ pub async fn main(args: LoadArgs) -> i32 {
         user_header,
         users,
         duration,
+        paths: Vec::new(),
+        headers: Vec::new(),
     };
     tokio::select! {
         () = crate::load::generate(spec, stats.clone()) => {},

@@ -47,6 +47,9 @@ pub struct DataPlane {
     pub running_version: Option<String>,
     /// How the long-lived data plane was reached ("started ...", "attached to ...").
     pub reached: Option<String>,
+    /// The token that keeps rampart's own load out of the metrics (`analysis.load`
+    /// with `counts: false`, behind the embedded proxy).
+    pub uncounted: Option<String>,
     proxy_server: Option<ProxyServer>,
     flag_endpoint: Option<FlagServer>,
 }
@@ -121,6 +124,12 @@ pub async fn start(
                 .set_salt(policy.strategy.ramped_flag().unwrap_or(""))
                 .await
                 .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+            // This release's own token, or none (an earlier release's no longer counts).
+            let uncounted = uncounted_token(policy)?;
+            remote
+                .set_uncounted(uncounted.as_deref().unwrap_or(""))
+                .await
+                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
             let router: Arc<dyn TrafficRouter> = match policy.strategy.ramped_flag() {
                 None => remote.clone(),
                 Some(flag) => Arc::new(FlagRouter::new(
@@ -153,12 +162,17 @@ pub async fn start(
                 deployer: None,
                 running_version: None,
                 reached: Some(reached),
+                uncounted,
             })
         }
         Traffic::Proxy(spec) => {
             let (proxy, server) = Proxy::bind(spec.listen, spec.sticky.clone())
                 .await
                 .with_context(|| format!("the proxy cannot listen on {}", spec.listen))?;
+            let uncounted = uncounted_token(policy)?;
+            if let Some(token) = &uncounted {
+                proxy.set_uncounted(token);
+            }
             let router: Arc<dyn TrafficRouter> = match policy.strategy.ramped_flag() {
                 None => Arc::new(proxy.clone()),
                 Some(flag) => {
@@ -187,6 +201,7 @@ pub async fn start(
                 deployer: None,
                 running_version: None,
                 reached: None,
+                uncounted,
             })
         }
         Traffic::Nginx(spec) => {
@@ -213,6 +228,7 @@ pub async fn start(
                 deployer: None,
                 running_version: None,
                 reached: None,
+                uncounted: None,
             })
         }
         Traffic::Haproxy(spec) => {
@@ -239,6 +255,7 @@ pub async fn start(
                 deployer: None,
                 running_version: None,
                 reached: None,
+                uncounted: None,
             })
         }
         Traffic::Kubernetes(_) => kubernetes(policy, flag_server).await,
@@ -302,6 +319,7 @@ async fn kubernetes(
         deployer: Some(cluster),
         running_version,
         reached: None,
+        uncounted: None,
         proxy_server: None,
         flag_endpoint: flag_server,
     })
@@ -320,6 +338,19 @@ async fn kubernetes(_: &Policy, flag_server: Option<FlagServer>) -> Result<DataP
 pub const NO_KUBERNETES: &str = "this policy runs on Kubernetes (`deploy.kubernetes`, `traffic.kubernetes`), but this rampart was built without Kubernetes support; build it with `cargo build --release -p rampart --features kubernetes`";
 
 /// Defines the policy's flags in the store and serves them, if the policy says where.
+/// A fresh token when the policy's own load must not count, else `None`.
+fn uncounted_token(policy: &Policy) -> Result<Option<String>, RunError> {
+    let wanted = policy.analysis.load.as_ref().is_some_and(|l| !l.counts);
+    if !wanted {
+        return Ok(None);
+    }
+    Proxy::fresh_token().map(Some).ok_or_else(|| {
+        RunError::Internal(anyhow::anyhow!(
+            "no randomness for the token that keeps rampart's own load out of the metrics"
+        ))
+    })
+}
+
 async fn flag_endpoint(
     policy: &Policy,
     store: &Arc<StateStore>,

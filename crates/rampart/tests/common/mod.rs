@@ -110,6 +110,8 @@ pub fn start_load(
         user_header: Some("x-user".into()),
         users: 1000,
         duration: None,
+        paths: Vec::new(),
+        headers: Vec::new(),
     };
     (rt.spawn(generate(spec, stats.clone())), stats)
 }

@@ -20,6 +20,7 @@
 //! It must not judge (core's judges do) nor decide anything about the release.
 
 pub mod command;
+pub mod datadog;
 pub mod fetch;
 pub mod http_json;
 
@@ -325,6 +326,10 @@ impl WithQueries {
                     let p: Arc<dyn QueryProvider> = match &spec.source {
                         QuerySource::Prometheus => Arc::new(crate::prometheus::Prometheus::new(
                             analysis.prometheus.clone().unwrap_or_default(),
+                        )),
+                        QuerySource::Datadog => Arc::new(datadog::Datadog::new(
+                            &analysis.datadog.clone().unwrap_or_default(),
+                            env,
                         )),
                         QuerySource::Http(_) => Arc::new(http_json::HttpJson::new(analysis, env)),
                         QuerySource::Command(_) => {

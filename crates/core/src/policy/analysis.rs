@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::providers::{
-    HttpFetch, QuerySource, SOURCES, decode_command, decode_headers, decode_url_template,
-    decode_value_path,
+    DatadogSpec, HttpFetch, QuerySource, SOURCES, decode_command, decode_datadog, decode_headers,
+    decode_url_template, decode_value_path,
 };
 use super::values::{HOUR, decode_base_url, limit, positive};
 use crate::decode::{Decoder, MapReader, join, one_of, scalar};
@@ -29,6 +29,9 @@ pub struct Analysis {
     pub fail_score: f64,
     /// The Prometheus server `source: prometheus` metrics query (`http://HOST:PORT`).
     pub prometheus: Option<String>,
+    /// Where `source: datadog` metrics are read, and with which keys; set (to the
+    /// defaults if the policy says nothing) whenever a metric reads Datadog.
+    pub datadog: Option<DatadogSpec>,
 }
 
 /// A limit on consecutive unusable intervals, and what happens when it is reached.
@@ -73,7 +76,7 @@ pub struct MetricSpec {
     /// Which way the metric gets worse: its limits and the sequential judge's bad
     /// outcome are on that side.
     pub direction: Direction,
-    /// For a metric read from a provider (`source: prometheus`, `http`,
+    /// For a metric read from a provider (`source: prometheus`, `datadog`, `http`,
     /// `command`): what is read for each variant. `None` for builtin metrics.
     pub query: Option<QuerySpec>,
 }
@@ -146,7 +149,7 @@ impl Direction {
 pub struct QuerySpec {
     /// The provider that reads it, with the metric's own fetch (`http`, `command`).
     pub source: QuerySource,
-    /// The query (PromQL) with `{service}`, `{variant}`, `{version}`
+    /// The query (PromQL, a Datadog query) with `{service}`, `{variant}`, `{version}`
     /// and `{interval}` placeholders; for `http` and `command`, the JSON path of the
     /// value (or of the `bad`/`good` count) in the fetched document.
     pub query: String,
@@ -329,9 +332,11 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             "metrics",
             "fail_score",
             "prometheus",
+            "datadog",
         ],
     )?;
     let prometheus = m.optional_with(cx, "prometheus", decode_base_url);
+    let datadog = m.optional_with(cx, "datadog", decode_datadog);
     let interval = positive(cx, &m, "interval", HOUR).unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
         cx.error(
@@ -390,6 +395,10 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             .iter()
             .position(|x| x.query.as_ref().is_some_and(|q| &q.source == source))
     };
+    let datadog = match (datadog, reads(&QuerySource::Datadog)) {
+        (None, Some(_)) if m.get("datadog").is_none() => Some(DatadogSpec::default()),
+        (d, _) => d,
+    };
     if prometheus.is_none()
         && m.get("prometheus").is_none()
         && let Some(i) = reads(&QuerySource::Prometheus)
@@ -407,6 +416,7 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         metrics,
         fail_score,
         prometheus,
+        datadog,
     })
 }
 
@@ -472,7 +482,7 @@ fn decode_metric(
         cx.error(
             m.pos(),
             &m.path_of(key),
-            format!("`{key}` belongs to metrics read from a provider (`source: prometheus`, `http`, `command`)"),
+            format!("`{key}` belongs to metrics read from a provider (`source: prometheus`, `datadog`, `http`, `command`)"),
         );
     }
     let metric = m.required_with(cx, "metric", |cx, n, p| {
@@ -716,7 +726,10 @@ fn decode_source(cx: &mut Decoder, m: &MapReader<'_>, source_id: &str) -> Option
         }
     }
     if own.is_empty() {
-        return Some(QuerySource::Prometheus);
+        return Some(match source_id {
+            "datadog" => QuerySource::Datadog,
+            _ => QuerySource::Prometheus,
+        });
     }
     if m.get("range").is_some() {
         cx.error(

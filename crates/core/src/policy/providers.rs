@@ -1,10 +1,10 @@
 //! Where a query metric's numbers come from: the metrics providers a `source` names
-//! (`prometheus`, `http`, `command`), their connection settings under
+//! (`prometheus`, `datadog`, `http`, `command`), their connection settings under
 //! `analysis:`, and the JSON paths that pick a number out of an answer.
 //!
 //! Owns the design every provider adapter follows:
 //! - A metric's `source` picks the provider; the provider's connection settings live
-//!   once under `analysis.<provider>` (`analysis.prometheus: URL`), its query text on
+//!   once under `analysis.<provider>` (`analysis.datadog: {site}`), its query text on
 //!   the metric (`query`, `samples`, `bad`/`good` + `total`). For `http` and
 //!   `command`, which fetch a document rather than run a query, the metric holds the
 //!   fetch (`url` + `headers`, or `command`) and the query texts are JSON paths into
@@ -22,7 +22,7 @@
 //! It must not read the environment, the network or the clock; adapters do.
 
 use super::values::{decode_argv, decode_url};
-use crate::decode::{Decoder, list, scalar};
+use crate::decode::{Decoder, MapReader, list, one_of, scalar};
 use crate::yaml::{Node, NodeKind};
 
 /// The provider a query metric reads, with what the metric itself says about how.
@@ -30,6 +30,8 @@ use crate::yaml::{Node, NodeKind};
 pub enum QuerySource {
     /// PromQL over `analysis.prometheus`.
     Prometheus,
+    /// A Datadog metrics query over `analysis.datadog`.
+    Datadog,
     /// A JSON document from an HTTP GET; the query texts are JSON paths into it.
     Http(HttpFetch),
     /// A program's output (a number, or JSON); the query texts are JSON paths into it.
@@ -41,6 +43,7 @@ impl QuerySource {
     pub fn id(&self) -> &'static str {
         match self {
             QuerySource::Prometheus => "prometheus",
+            QuerySource::Datadog => "datadog",
             QuerySource::Http(_) => "http",
             QuerySource::Command(_) => "command",
         }
@@ -50,6 +53,7 @@ impl QuerySource {
     pub fn label(&self) -> &'static str {
         match self {
             QuerySource::Prometheus => "Prometheus",
+            QuerySource::Datadog => "Datadog",
             QuerySource::Http(_) => "HTTP",
             QuerySource::Command(_) => "command",
         }
@@ -63,7 +67,7 @@ impl QuerySource {
 }
 
 /// Every `source` a metric may name.
-pub(super) const SOURCES: &[&str] = &["builtin", "prometheus", "http", "command"];
+pub(super) const SOURCES: &[&str] = &["builtin", "prometheus", "datadog", "http", "command"];
 
 /// An `http` metric's request: GET `url`, once per variant and interval.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +94,57 @@ pub struct CommandFetch {
     /// program is one.
     pub argv: Vec<String>,
 }
+
+/// `analysis.datadog`: where Datadog is and which keys to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatadogSpec {
+    /// The Datadog site (`datadoghq.com`, `datadoghq.eu`, `us5.datadoghq.com`, ...).
+    pub site: String,
+    /// The API's base URL: `url` when given (a proxy, a test fake), else
+    /// `https://api.<site>`.
+    pub url: String,
+    /// Which query API: v1 `GET /api/v1/query` or v2 `POST /api/v2/query/timeseries`.
+    pub api: DatadogApi,
+    /// The environment variable holding the API key (`DD_API_KEY`).
+    pub api_key_env: String,
+    /// The environment variable holding the application key (`DD_APP_KEY`).
+    pub app_key_env: String,
+}
+
+impl Default for DatadogSpec {
+    /// Datadog's US1 site, the v1 API, keys from `DD_API_KEY` and `DD_APP_KEY`.
+    fn default() -> Self {
+        DatadogSpec {
+            site: "datadoghq.com".into(),
+            url: "https://api.datadoghq.com".into(),
+            api: DatadogApi::V1,
+            api_key_env: "DD_API_KEY".into(),
+            app_key_env: "DD_APP_KEY".into(),
+        }
+    }
+}
+
+/// Datadog's two metrics query APIs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatadogApi {
+    /// `GET /api/v1/query`: `series[].pointlist`.
+    V1,
+    /// `POST /api/v2/query/timeseries`: `data.attributes.series` and `values`.
+    V2,
+}
+
+/// The Datadog sites, as Datadog names them.
+pub const DATADOG_SITES: &[&str] = &[
+    "datadoghq.com",
+    "us3.datadoghq.com",
+    "us5.datadoghq.com",
+    "datadoghq.eu",
+    "ap1.datadoghq.com",
+    "ap2.datadoghq.com",
+    "uk1.datadoghq.com",
+    "ddog-gov.com",
+    "us2.ddog-gov.com",
+];
 
 /// Placeholders a query, URL or command may hold.
 pub const PLACEHOLDERS: &[&str] = &[
@@ -268,9 +323,50 @@ pub(super) fn decode_headers(cx: &mut Decoder, n: &Node, p: &str) -> Option<Vec<
     Some(out)
 }
 
+/// An environment variable's *name* (`api_key_env: DD_API_KEY`); never its value.
+pub(super) fn decode_env_name(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
+    let name = scalar(cx, n, p, "an environment variable name")?;
+    if !env_name(name) {
+        cx.error(
+            n.pos,
+            p,
+            // Not echoed: it may be a secret pasted where its variable's name belongs.
+            "this is not an environment variable name; give the variable's name (letters, digits and `_`), never the secret itself",
+        );
+        return None;
+    }
+    Some(name.to_string())
+}
+
 /// A `command` metric's program: a non-empty list.
 pub(super) fn decode_command(cx: &mut Decoder, n: &Node, p: &str) -> Option<CommandFetch> {
     decode_argv(cx, n, p).map(|argv| CommandFetch { argv })
+}
+
+/// `analysis.datadog: {site, url, api, api_key_env, app_key_env}`.
+pub(super) fn decode_datadog(cx: &mut Decoder, n: &Node, p: &str) -> Option<DatadogSpec> {
+    let m = cx.map(n, p, &["site", "url", "api", "api_key_env", "app_key_env"])?;
+    let site = m
+        .optional_with(cx, "site", |cx, n, p| one_of(cx, n, p, DATADOG_SITES))
+        .unwrap_or("datadoghq.com");
+    let url = m.optional_with(cx, "url", super::values::decode_base_url);
+    let api = match m.optional_with(cx, "api", |cx, n, p| one_of(cx, n, p, &["v1", "v2"])) {
+        Some("v2") => DatadogApi::V2,
+        _ => DatadogApi::V1,
+    };
+    let env = |cx: &mut Decoder, m: &MapReader<'_>, key: &str, default: &str| {
+        m.optional_with(cx, key, decode_env_name)
+            .unwrap_or_else(|| default.to_string())
+    };
+    let api_key_env = env(cx, &m, "api_key_env", "DD_API_KEY");
+    let app_key_env = env(cx, &m, "app_key_env", "DD_APP_KEY");
+    Some(DatadogSpec {
+        site: site.to_string(),
+        url: url.unwrap_or_else(|| format!("https://api.{site}")),
+        api,
+        api_key_env,
+        app_key_env,
+    })
 }
 
 /// Whether `name` can name an environment variable: letters, digits and `_`, not

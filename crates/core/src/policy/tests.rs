@@ -1010,3 +1010,68 @@ fn misconfigured_providers_are_refused_at_their_line() {
         assert_eq!(d.line, 17, "{metric}: {d:?}");
     }
 }
+
+#[test]
+fn datadog_settings_default_to_us1_and_env_keys_and_refuse_bad_ones_at_their_line() {
+    let metric = "    - {name: e, source: datadog, query: 'sum:errors{variant:{variant}}', judge: {max: 5}}\n";
+    let p = Policy::from_yaml(&with_metrics(metric)).unwrap();
+    assert_eq!(p.analysis.datadog, Some(DatadogSpec::default()));
+    assert_eq!(
+        p.analysis.metrics[0].query.as_ref().unwrap().source,
+        QuerySource::Datadog
+    );
+    let set = |settings: &str| {
+        with_metrics(metric).replace(
+            "  metrics:\n",
+            &format!("  datadog: {settings}\n  metrics:\n"),
+        )
+    };
+    let eu = Policy::from_yaml(&set(
+        "{site: datadoghq.eu, api: v2, api_key_env: MY_DD_KEY}",
+    ))
+    .unwrap()
+    .analysis
+    .datadog
+    .unwrap();
+    assert_eq!(
+        (
+            eu.url.as_str(),
+            eu.api,
+            eu.api_key_env.as_str(),
+            eu.app_key_env.as_str()
+        ),
+        (
+            "https://api.datadoghq.eu",
+            DatadogApi::V2,
+            "MY_DD_KEY",
+            "DD_APP_KEY"
+        )
+    );
+    for (settings, path, says) in [
+        (
+            "{site: datadog.com}",
+            "analysis.datadog.site",
+            "`datadoghq.com`",
+        ),
+        ("{api: v3}", "analysis.datadog.api", "`v1` or `v2`"),
+        (
+            "{api_key_env: 'abc-123-secret'}",
+            "analysis.datadog.api_key_env",
+            "never the secret",
+        ),
+        (
+            "{url: api.datadoghq.com}",
+            "analysis.datadog.url",
+            "not an http:// or https:// URL",
+        ),
+    ] {
+        let src = set(settings);
+        let d = diagnostic(&src, path);
+        assert!(d.message.contains(says), "{settings}: {d:?}");
+        assert_eq!(d.line, 15, "{settings}: {d:?}");
+        assert!(
+            !d.message.contains("abc-123"),
+            "a pasted secret is not echoed: {d:?}"
+        );
+    }
+}

@@ -23,6 +23,7 @@ pub mod command;
 pub mod datadog;
 pub mod fetch;
 pub mod http_json;
+pub mod newrelic;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -331,6 +332,11 @@ impl WithQueries {
                             &analysis.datadog.clone().unwrap_or_default(),
                             env,
                         )),
+                        QuerySource::NewRelic => match &analysis.newrelic {
+                            Some(spec) => Arc::new(newrelic::NewRelic::new(spec, env)),
+                            // The policy refuses a `newrelic` metric without its account.
+                            None => continue,
+                        },
                         QuerySource::Http(_) => Arc::new(http_json::HttpJson::new(analysis, env)),
                         QuerySource::Command(_) => {
                             Arc::new(command::Command::new(dir).with_programs(analysis))

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::providers::{
-    DatadogSpec, HttpFetch, QuerySource, SOURCES, decode_command, decode_datadog, decode_headers,
-    decode_url_template, decode_value_path,
+    DatadogSpec, HttpFetch, NewRelicSpec, QuerySource, SOURCES, decode_command, decode_datadog,
+    decode_headers, decode_newrelic, decode_url_template, decode_value_path,
 };
 use super::values::{HOUR, decode_base_url, limit, positive};
 use crate::decode::{Decoder, MapReader, join, one_of, scalar};
@@ -32,6 +32,8 @@ pub struct Analysis {
     /// Where `source: datadog` metrics are read, and with which keys; set (to the
     /// defaults if the policy says nothing) whenever a metric reads Datadog.
     pub datadog: Option<DatadogSpec>,
+    /// The New Relic account `source: newrelic` metrics query; required when one does.
+    pub newrelic: Option<NewRelicSpec>,
 }
 
 /// A limit on consecutive unusable intervals, and what happens when it is reached.
@@ -76,8 +78,9 @@ pub struct MetricSpec {
     /// Which way the metric gets worse: its limits and the sequential judge's bad
     /// outcome are on that side.
     pub direction: Direction,
-    /// For a metric read from a provider (`source: prometheus`, `datadog`, `http`,
-    /// `command`): what is read for each variant. `None` for builtin metrics.
+    /// For a metric read from a provider (`source: prometheus`, `datadog`,
+    /// `newrelic`, `http`, `command`): what is read for each variant. `None` for
+    /// builtin metrics.
     pub query: Option<QuerySpec>,
 }
 
@@ -149,7 +152,7 @@ impl Direction {
 pub struct QuerySpec {
     /// The provider that reads it, with the metric's own fetch (`http`, `command`).
     pub source: QuerySource,
-    /// The query (PromQL, a Datadog query) with `{service}`, `{variant}`, `{version}`
+    /// The query (PromQL, a Datadog query, NRQL) with `{service}`, `{variant}`, `{version}`
     /// and `{interval}` placeholders; for `http` and `command`, the JSON path of the
     /// value (or of the `bad`/`good` count) in the fetched document.
     pub query: String,
@@ -333,10 +336,12 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             "fail_score",
             "prometheus",
             "datadog",
+            "newrelic",
         ],
     )?;
     let prometheus = m.optional_with(cx, "prometheus", decode_base_url);
     let datadog = m.optional_with(cx, "datadog", decode_datadog);
+    let newrelic = m.optional_with(cx, "newrelic", decode_newrelic);
     let interval = positive(cx, &m, "interval", HOUR).unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
         cx.error(
@@ -399,6 +404,15 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         (None, Some(_)) if m.get("datadog").is_none() => Some(DatadogSpec::default()),
         (d, _) => d,
     };
+    if m.get("newrelic").is_none()
+        && let Some(i) = reads(&QuerySource::NewRelic)
+    {
+        cx.error(
+            m.pos(),
+            &format!("{}.metrics[{i}].source", m.path()),
+            "a `newrelic` metric needs the account its NRQL runs in: set `analysis.newrelic: {account_id: N}` (the key comes from NEW_RELIC_API_KEY)",
+        );
+    }
     if prometheus.is_none()
         && m.get("prometheus").is_none()
         && let Some(i) = reads(&QuerySource::Prometheus)
@@ -417,6 +431,7 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         fail_score,
         prometheus,
         datadog,
+        newrelic,
     })
 }
 
@@ -482,7 +497,9 @@ fn decode_metric(
         cx.error(
             m.pos(),
             &m.path_of(key),
-            format!("`{key}` belongs to metrics read from a provider (`source: prometheus`, `datadog`, `http`, `command`)"),
+            format!(
+                "`{key}` belongs to metrics read from a provider (`source: prometheus`, `datadog`, `newrelic`, `http`, `command`)"
+            ),
         );
     }
     let metric = m.required_with(cx, "metric", |cx, n, p| {
@@ -728,6 +745,7 @@ fn decode_source(cx: &mut Decoder, m: &MapReader<'_>, source_id: &str) -> Option
     if own.is_empty() {
         return Some(match source_id {
             "datadog" => QuerySource::Datadog,
+            "newrelic" => QuerySource::NewRelic,
             _ => QuerySource::Prometheus,
         });
     }

@@ -32,6 +32,8 @@ pub enum QuerySource {
     Prometheus,
     /// A Datadog metrics query over `analysis.datadog`.
     Datadog,
+    /// NRQL through New Relic's NerdGraph over `analysis.newrelic`.
+    NewRelic,
     /// A JSON document from an HTTP GET; the query texts are JSON paths into it.
     Http(HttpFetch),
     /// A program's output (a number, or JSON); the query texts are JSON paths into it.
@@ -44,6 +46,7 @@ impl QuerySource {
         match self {
             QuerySource::Prometheus => "prometheus",
             QuerySource::Datadog => "datadog",
+            QuerySource::NewRelic => "newrelic",
             QuerySource::Http(_) => "http",
             QuerySource::Command(_) => "command",
         }
@@ -54,6 +57,7 @@ impl QuerySource {
         match self {
             QuerySource::Prometheus => "Prometheus",
             QuerySource::Datadog => "Datadog",
+            QuerySource::NewRelic => "New Relic",
             QuerySource::Http(_) => "HTTP",
             QuerySource::Command(_) => "command",
         }
@@ -67,7 +71,14 @@ impl QuerySource {
 }
 
 /// Every `source` a metric may name.
-pub(super) const SOURCES: &[&str] = &["builtin", "prometheus", "datadog", "http", "command"];
+pub(super) const SOURCES: &[&str] = &[
+    "builtin",
+    "prometheus",
+    "datadog",
+    "newrelic",
+    "http",
+    "command",
+];
 
 /// An `http` metric's request: GET `url`, once per variant and interval.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +142,18 @@ pub enum DatadogApi {
     V1,
     /// `POST /api/v2/query/timeseries`: `data.attributes.series` and `values`.
     V2,
+}
+
+/// `analysis.newrelic`: the account NRQL runs in, and the key to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRelicSpec {
+    /// The account id NRQL queries run in.
+    pub account_id: u64,
+    /// NerdGraph's base URL: `url` when given, else by region
+    /// (`https://api.newrelic.com`, `https://api.eu.newrelic.com`); `/graphql` follows.
+    pub url: String,
+    /// The environment variable holding the user API key (`NEW_RELIC_API_KEY`).
+    pub api_key_env: String,
 }
 
 /// The Datadog sites, as Datadog names them.
@@ -366,6 +389,35 @@ pub(super) fn decode_datadog(cx: &mut Decoder, n: &Node, p: &str) -> Option<Data
         api,
         api_key_env,
         app_key_env,
+    })
+}
+
+/// `analysis.newrelic: {account_id, region, url, api_key_env}`.
+pub(super) fn decode_newrelic(cx: &mut Decoder, n: &Node, p: &str) -> Option<NewRelicSpec> {
+    let m = cx.map(n, p, &["account_id", "region", "url", "api_key_env"])?;
+    let account_id = m.required::<u64>(cx, "account_id");
+    if account_id == Some(0) {
+        cx.error(
+            m.get("account_id").map_or(m.pos(), |n| n.pos),
+            &m.path_of("account_id"),
+            "0 is not a New Relic account id; it is the number in the account's URLs",
+        );
+    }
+    let region = m
+        .optional_with(cx, "region", |cx, n, p| one_of(cx, n, p, &["us", "eu"]))
+        .unwrap_or("us");
+    let url = m.optional_with(cx, "url", super::values::decode_base_url);
+    let api_key_env = m
+        .optional_with(cx, "api_key_env", decode_env_name)
+        .unwrap_or_else(|| "NEW_RELIC_API_KEY".to_string());
+    let url = url.unwrap_or_else(|| match region {
+        "eu" => "https://api.eu.newrelic.com".into(),
+        _ => "https://api.newrelic.com".into(),
+    });
+    Some(NewRelicSpec {
+        account_id: account_id.filter(|id| *id > 0)?,
+        url,
+        api_key_env,
     })
 }
 

@@ -1075,3 +1075,50 @@ fn datadog_settings_default_to_us1_and_env_keys_and_refuse_bad_ones_at_their_lin
         );
     }
 }
+
+#[test]
+fn newrelic_needs_its_account_and_refuses_a_bad_region_at_its_line() {
+    let metric = "    - {name: e, source: newrelic, query: 'SELECT average(duration) FROM Transaction', judge: {max: 0.5}}\n";
+    let missing = with_metrics(metric);
+    let d = diagnostic(&missing, "analysis.metrics[0].source");
+    assert!(
+        d.message.contains("analysis.newrelic: {account_id: N}"),
+        "{d:?}"
+    );
+    let set = |settings: &str| {
+        with_metrics(metric).replace(
+            "  metrics:\n",
+            &format!("  newrelic: {settings}\n  metrics:\n"),
+        )
+    };
+    let p = Policy::from_yaml(&set("{account_id: 4242, region: eu}")).unwrap();
+    assert_eq!(
+        p.analysis.newrelic,
+        Some(NewRelicSpec {
+            account_id: 4242,
+            url: "https://api.eu.newrelic.com".into(),
+            api_key_env: "NEW_RELIC_API_KEY".into(),
+        })
+    );
+    for (settings, path, says) in [
+        (
+            "{region: us}",
+            "analysis.newrelic.account_id",
+            "missing required field `account_id`",
+        ),
+        (
+            "{account_id: 0}",
+            "analysis.newrelic.account_id",
+            "not a New Relic account id",
+        ),
+        (
+            "{account_id: 1, region: ap}",
+            "analysis.newrelic.region",
+            "`us` or `eu`",
+        ),
+    ] {
+        let d = diagnostic(&set(settings), path);
+        assert!(d.message.contains(says), "{settings}: {d:?}");
+        assert_eq!(d.line, 15, "{settings}: {d:?}");
+    }
+}

@@ -118,7 +118,7 @@ pub async fn post_json_with(
 ) -> Result<u16, HttpError> {
     let sent = exchange(url, "POST", Some(body), headers, false);
     match tokio::time::timeout(timeout, sent).await {
-        Ok(r) => r.map(|(status, _)| status),
+        Ok(r) => r.map(|a| a.status),
         Err(_) => Err(HttpError::Timeout(timeout)),
     }
 }
@@ -149,11 +149,31 @@ pub async fn send_with(
     headers: &[(&str, String)],
     timeout: Duration,
 ) -> Result<(u16, String), HttpError> {
-    let exchange = async {
-        let (status, body) = exchange(url, method, body, headers, true).await?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    match tokio::time::timeout(timeout, exchange).await {
+    let answer = send_answer(method, url, body, headers, timeout).await?;
+    Ok((answer.status, answer.body))
+}
+
+/// An answer with what adapter APIs read besides the body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Retry-After` header, as sent (seconds, or an HTTP date).
+    pub retry_after: Option<String>,
+    /// The body as text.
+    pub body: String,
+}
+
+/// [`send_with`], returning the `Retry-After` header too. A `content-type` among
+/// `headers` replaces the default `application/json`.
+pub async fn send_answer(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    headers: &[(&str, String)],
+    timeout: Duration,
+) -> Result<Answer, HttpError> {
+    match tokio::time::timeout(timeout, exchange(url, method, body, headers, true)).await {
         Ok(r) => r,
         Err(_) => Err(HttpError::Timeout(timeout)),
     }
@@ -167,7 +187,7 @@ pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), Htt
 async fn request(url: &str, method: &str, body: Option<String>) -> Result<u16, HttpError> {
     exchange(url, method, body, &[], false)
         .await
-        .map(|(status, _)| status)
+        .map(|a| a.status)
 }
 
 /// One request; the body is read only when `read_body` (a probe needs the status only).
@@ -177,7 +197,7 @@ async fn exchange(
     body: Option<String>,
     headers: &[(&str, String)],
     read_body: bool,
-) -> Result<(u16, Bytes), HttpError> {
+) -> Result<Answer, HttpError> {
     let uri: hyper::Uri = url.parse().map_err(|source| HttpError::BadUrl {
         url: url.to_string(),
         source,
@@ -236,7 +256,7 @@ async fn over<S>(
     body: Option<String>,
     headers: &[(&str, String)],
     read_body: bool,
-) -> Result<(u16, Bytes), HttpError>
+) -> Result<Answer, HttpError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -252,24 +272,40 @@ where
     for (name, value) in headers {
         req = req.header(*name, value.as_str());
     }
+    let typed = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    if !typed {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
     let req = req
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::USER_AGENT, "rampart")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let result = async {
         let resp = sender.send_request(req).await.map_err(HttpError::Request)?;
         let status = resp.status().as_u16();
-        if !read_body {
-            return Ok((status, Bytes::new()));
-        }
-        let body = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .map_err(HttpError::Body)?
-            .to_bytes();
-        Ok((status, body))
+        let retry_after = resp
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = if read_body {
+            let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map_err(HttpError::Body)?
+                .to_bytes();
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            String::new()
+        };
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
     }
     .await;
     driver.abort();

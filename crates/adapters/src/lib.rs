@@ -18,5 +18,6 @@ pub mod notify;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod query;
 pub mod store;
 pub mod telemetry;

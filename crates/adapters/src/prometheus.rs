@@ -1,38 +1,23 @@
-//! The `prometheus` metrics source: the policy's PromQL queries, read for each variant
-//! over Prometheus's HTTP API, beside the builtin measurements. A counts metric's
-//! `bad`/`good` and `total` are its query and its `samples` query: the same two reads.
+//! The `prometheus` metrics provider: the policy's PromQL queries, read for each
+//! variant over Prometheus's HTTP API (a [`QueryProvider`] of [`crate::query`]). A
+//! counts metric's `bad`/`good` and `total` are its query and its `samples` query: the
+//! same two reads.
 //!
-//! Owns placeholder substitution (`{service}`, `{variant}`, `{version}`, `{interval}`),
-//! instant and range reads, and turning every way a read can go wrong (an HTTP error,
+//! Owns instant and range reads, and turning every way a read can go wrong (an HTTP error,
 //! an error status, an empty vector, several series, NaN) into a missing value, which
 //! the judges treat as no data: never a pass.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use rampart_core::Millis;
-use rampart_core::metrics::{IntervalSample, QueryReading};
-use rampart_core::policy::{Analysis, QuerySpec};
-use rampart_core::ports::{BoxFuture, MetricsSource, PortError};
-use rampart_core::release::MeasureWindow;
+use rampart_core::policy::QuerySpec;
+use rampart_core::ports::BoxFuture;
 use serde_json::Value;
 
-/// Builtin measurements plus the policy's Prometheus queries.
-pub struct WithQueries {
-    builtin: Arc<dyn MetricsSource>,
-    url: String,
-    service: String,
-    interval: Duration,
-    queries: Vec<(String, QuerySpec)>,
-}
+use crate::query::{Ask, QueryProvider, ReadError, Reading};
 
-impl std::fmt::Debug for WithQueries {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WithQueries")
-            .field("url", &self.url)
-            .field("queries", &self.queries)
-            .finish_non_exhaustive()
-    }
+/// The Prometheus server `source: prometheus` metrics are read from.
+#[derive(Debug)]
+pub struct Prometheus {
+    url: String,
 }
 
 /// Why a query gave no value. Every one of them is "no data" to the judges, never a
@@ -86,41 +71,22 @@ pub enum PrometheusError {
 }
 
 /// How long one query may take.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl WithQueries {
-    /// Adds `analysis`'s query metrics to `builtin`. The time range and the versions
-    /// come with each measurement's window.
-    pub fn new(builtin: Arc<dyn MetricsSource>, service: &str, analysis: &Analysis) -> WithQueries {
-        WithQueries {
-            builtin,
-            url: analysis.prometheus.clone().unwrap_or_default(),
-            service: service.to_string(),
-            interval: analysis.interval,
-            queries: analysis
-                .metrics
-                .iter()
-                .filter_map(|m| m.query.clone().map(|q| (m.name.clone(), q)))
-                .collect(),
-        }
-    }
-
-    fn substitute(&self, query: &str, variant: &str, version: &str) -> String {
-        query
-            .replace("{service}", &self.service)
-            .replace("{variant}", variant)
-            .replace("{version}", version)
-            .replace("{interval}", &prom_duration(self.interval))
+impl Prometheus {
+    /// Reads from the server at `url` (`http://HOST:9090`).
+    pub fn new(url: String) -> Prometheus {
+        Prometheus { url }
     }
 
     async fn read(
         &self,
-        spec: &QuerySpec,
+        range: bool,
         query: &str,
         from: Millis,
         to: Millis,
     ) -> Result<f64, PrometheusError> {
-        let url = if spec.range {
+        let url = if range {
             let step = ((to.saturating_sub(from)) / 10).max(1000);
             format!(
                 "{}/api/v1/query_range?query={}&start={}&end={}&step={}",
@@ -156,12 +122,31 @@ impl WithQueries {
     }
 }
 
-/// A Prometheus duration: whole seconds, or milliseconds below a second.
-fn prom_duration(d: Duration) -> String {
-    if d.as_millis().is_multiple_of(1000) {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
+impl QueryProvider for Prometheus {
+    /// Range queries read `ask.from..ask.to`, instant queries `ask.to`; the request
+    /// count is one instant read of the interval, whatever `range` says.
+    fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
+        Box::pin(async move {
+            let fill = |q: &str| ask.fill(q, str::to_string);
+            let value = self
+                .read(spec.range, &fill(&spec.query), ask.from, ask.to)
+                .await
+                .map_err(|e| ReadError::Other(e.to_string()));
+            let samples = match &spec.samples {
+                Some(q) => Some(
+                    self.read(false, &fill(q), ask.from, ask.to)
+                        .await
+                        .map_err(|e| ReadError::Other(e.to_string())),
+                ),
+                None => None,
+            };
+            Reading { value, samples }
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
+        // Prometheus takes no credentials; an unreachable server is no data.
+        Box::pin(async move { Ok(format!("{} (no credentials)", self.url)) })
     }
 }
 
@@ -213,57 +198,27 @@ pub fn value_of(data: &Value) -> Result<f64, PrometheusError> {
     }
 }
 
-impl MetricsSource for WithQueries {
-    /// Range queries read `window.from..window.to`, instant queries `window.to`, and
-    /// `{version}` is the window's stable (empty without one) or canary version.
-    fn measure<'a>(
-        &'a self,
-        window: &'a MeasureWindow,
-    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
-        Box::pin(async move {
-            let mut sample = self.builtin.measure(window).await?;
-            let (from, to) = (window.from, window.to);
-            let stable = window.stable.as_deref().unwrap_or_default();
-            for (name, spec) in &self.queries {
-                let mut reading = QueryReading {
-                    name: name.clone(),
-                    ..QueryReading::default()
-                };
-                let mut why = Vec::new();
-                for (variant, version) in [("stable", stable), ("canary", window.canary.as_str())] {
-                    let q = self.substitute(&spec.query, variant, version);
-                    match self.read(spec, &q, from, to).await {
-                        Ok(v) if variant == "stable" => reading.stable = Some(v),
-                        Ok(v) => reading.canary = Some(v),
-                        Err(e) => why.push(format!("{variant}: {e}")),
-                    }
-                    // The request count behind the value: one instant read of the
-                    // interval, whatever `range` says.
-                    let Some(samples) = &spec.samples else {
-                        continue;
-                    };
-                    let q = self.substitute(samples, variant, version);
-                    let instant = QuerySpec {
-                        range: false,
-                        ..spec.clone()
-                    };
-                    match self.read(&instant, &q, from, to).await {
-                        Ok(n) if variant == "stable" => reading.stable_samples = Some(n),
-                        Ok(n) => reading.canary_samples = Some(n),
-                        Err(e) => why.push(format!("{variant} samples: {e}")),
-                    }
-                }
-                reading.detail = why.join("; ");
-                sample.queries.push(reading);
-            }
-            Ok(sample)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rampart_core::metrics::IntervalSample;
+    use rampart_core::ports::{MetricsSource, PortError};
+    use rampart_core::release::MeasureWindow;
+
+    use crate::query::WithQueries;
+
+    fn with_queries(p: &rampart_core::Policy) -> WithQueries {
+        WithQueries::new(
+            Arc::new(Nothing),
+            "shop",
+            &p.analysis,
+            std::path::Path::new("."),
+            &|_| None,
+        )
+    }
 
     #[test]
     fn answers_map_to_one_number_or_no_data() {
@@ -313,8 +268,11 @@ mod tests {
 
     #[test]
     fn placeholders_and_encoding() {
-        assert_eq!(prom_duration(Duration::from_secs(30)), "30s");
-        assert_eq!(prom_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(crate::query::prom_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(
+            crate::query::prom_duration(Duration::from_millis(1500)),
+            "1500ms"
+        );
         assert_eq!(
             crate::http::encode("a{b=\"c\"}[1m] / 2"),
             "a%7Bb%3D%22c%22%7D%5B1m%5D%20%2F%202"
@@ -398,7 +356,7 @@ analysis:
     async fn queries_read_the_window_they_are_given_not_a_clock() {
         let (url, seen) = fake_prometheus().await;
         let p = policy("errors{version=\"{version}\"}", true, &url);
-        let source = WithQueries::new(Arc::new(Nothing), "shop", &p.analysis);
+        let source = with_queries(&p);
         // Two contiguous windows, far from any clock's now.
         let first = source.measure(&window(1_000_000, 1_030_000)).await.unwrap();
         assert_eq!(
@@ -437,7 +395,7 @@ analysis:
     async fn instant_queries_read_at_the_end_of_the_window() {
         let (url, seen) = fake_prometheus().await;
         let p = policy("up", false, &url);
-        let source = WithQueries::new(Arc::new(Nothing), "shop", &p.analysis);
+        let source = with_queries(&p);
         let mut w = window(5_000, 35_250);
         w.stable = None;
         source.measure(&w).await.unwrap();
@@ -457,7 +415,7 @@ analysis:
         if let Some(q) = p.analysis.metrics[0].query.as_mut() {
             q.samples = Some("requests{track=\"{variant}\"}".into());
         }
-        let source = WithQueries::new(Arc::new(Nothing), "shop", &p.analysis);
+        let source = with_queries(&p);
         let s = source.measure(&window(1_000_000, 1_030_000)).await.unwrap();
         let q = &s.queries[0];
         assert_eq!(
@@ -491,7 +449,7 @@ analysis:
 "#,
         )
         .unwrap();
-        let source = WithQueries::new(Arc::new(Nothing), "shop", &policy.analysis);
+        let source = with_queries(&policy);
         let sample = source.measure(&window(0, 30_000)).await.unwrap();
         let q = &sample.queries[0];
         assert_eq!((q.stable, q.canary), (None, None));

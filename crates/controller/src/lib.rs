@@ -692,6 +692,9 @@ impl Controller {
                 for gate in &self.policy.gates.pre {
                     results.push(p.gates.run(gate).await);
                 }
+                // The metrics providers are gates too: a source that cannot read
+                // would otherwise be found out mid-release, as no data.
+                results.extend(p.metrics.check().await);
                 Input::GatesChecked { results }
             }
             Action::Deploy { variant, version } => {

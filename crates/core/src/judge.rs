@@ -1252,6 +1252,7 @@ mod tests {
         s.metric = BuiltinMetric::Query;
         s.min_samples = 50;
         s.query = Some(crate::policy::QuerySpec {
+            source: crate::policy::QuerySource::Prometheus,
             query: "sum(rate(errors{track=\"{variant}\"}[1m])) or vector(0)".into(),
             range: false,
             samples: samples

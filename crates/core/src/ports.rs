@@ -163,6 +163,15 @@ pub trait MetricsSource: Send + Sync {
         &'a self,
         window: &'a MeasureWindow,
     ) -> BoxFuture<'a, Result<IntervalSample, PortError>>;
+
+    /// Checks, before anything is deployed, that the source can read at all: its
+    /// credentials are there, its provider accepts them, its program exists. Each
+    /// result is a pre-release gate (named after the provider), so a misconfigured
+    /// source blocks the release before any traffic moves instead of turning every
+    /// interval into no data. The default has nothing to check.
+    fn check(&self) -> BoxFuture<'_, Vec<GateResult>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// Runs pre-release gates.

@@ -226,16 +226,18 @@ pub(crate) fn triggers(md: &mut String, policy: &Policy) {
         };
         let signal = match &m.query {
             Some(q) if q.counts => format!(
-                "{} ({}; Prometheus: `{}` out of `{}`)",
+                "{} ({}; {}: `{}` out of `{}`)",
                 m.name,
                 m.direction.label(),
+                q.source.label(),
                 q.query.replace('|', "\\|"),
                 q.samples.as_deref().unwrap_or_default().replace('|', "\\|")
             ),
             Some(q) => format!(
-                "{} ({}; Prometheus: `{}`)",
+                "{} ({}; {}: `{}`)",
                 m.name,
                 m.direction.label(),
+                q.source.label(),
                 q.query.replace('|', "\\|")
             ),
             None => m.name.clone(),

@@ -309,14 +309,6 @@ pub async fn run_release(
         ),
         None => None,
     };
-    let metrics: Arc<dyn rampart_core::ports::MetricsSource> = match &policy.analysis.prometheus {
-        None => plane.metrics.clone(),
-        Some(_) => Arc::new(rampart_adapters::prometheus::WithQueries::new(
-            plane.metrics.clone(),
-            &policy.service,
-            &policy.analysis,
-        )),
-    };
     if let (Some(f), Some(entry)) = (on_proxy, plane.entry) {
         f(entry);
     }
@@ -348,6 +340,21 @@ pub async fn run_release(
         PathBuf::from(".")
     } else {
         base_dir
+    };
+    // Query metrics' commands run in the policy's directory, like its processes.
+    let metrics: Arc<dyn rampart_core::ports::MetricsSource> = {
+        let queries = rampart_adapters::query::WithQueries::new(
+            plane.metrics.clone(),
+            &policy.service,
+            &policy.analysis,
+            &base_dir,
+            &rampart_adapters::query::process_env,
+        );
+        if queries.any() {
+            Arc::new(queries)
+        } else {
+            plane.metrics.clone()
+        }
     };
     let processes = match (&plane.deployer, policy.process()) {
         (None, Some(process)) => Some(Arc::new(ProcessDeployer::new(

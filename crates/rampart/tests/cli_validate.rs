@@ -106,6 +106,7 @@ fn the_shipped_examples_are_valid() {
         "examples/kubernetes.yaml",
         "examples/kubernetes-http-route.yaml",
         "examples/kubernetes-sequential.yaml",
+        "examples/command-metric.yaml",
     ] {
         let out = rampart()
             .args(["validate", "-f"])

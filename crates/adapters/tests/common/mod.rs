@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::convert::Infallible;
+pub mod fake_provider;
 pub mod servers;
 
 use std::net::SocketAddr;

@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+use super::providers::{
+    DatadogSpec, HttpFetch, NewRelicSpec, QuerySource, SOURCES, decode_command, decode_datadog,
+    decode_headers, decode_newrelic, decode_url_template, decode_value_path,
+};
 use super::values::{HOUR, decode_base_url, limit, positive};
 use crate::decode::{Decode, Decoder, MapReader, join, one_of, scalar};
 use crate::metrics::Timing;
@@ -28,6 +32,11 @@ pub struct Analysis {
     /// Traffic rampart sends itself while the release is analysed, so a quiet service
     /// can still be judged.
     pub load: Option<Load>,
+    /// Where `source: datadog` metrics are read, and with which keys; set (to the
+    /// defaults if the policy says nothing) whenever a metric reads Datadog.
+    pub datadog: Option<DatadogSpec>,
+    /// The New Relic account `source: newrelic` metrics query; required when one does.
+    pub newrelic: Option<NewRelicSpec>,
 }
 
 /// The marker header on every request of the built-in load: `1`, or, for load that
@@ -95,7 +104,9 @@ pub struct MetricSpec {
     /// Which way the metric gets worse: its limits and the sequential judge's bad
     /// outcome are on that side.
     pub direction: Direction,
-    /// For `source: prometheus`: the PromQL query, read for each variant.
+    /// For a metric read from a provider (`source: prometheus`, `datadog`,
+    /// `newrelic`, `http`, `command`): what is read for each variant. `None` for
+    /// builtin metrics.
     pub query: Option<QuerySpec>,
 }
 
@@ -162,16 +173,21 @@ impl Direction {
     }
 }
 
-/// A Prometheus query judged like a builtin metric.
+/// A provider's value judged like a builtin metric.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuerySpec {
-    /// PromQL with `{service}`, `{variant}`, `{version}` and `{interval}` placeholders.
+    /// The provider that reads it, with the metric's own fetch (`http`, `command`).
+    pub source: QuerySource,
+    /// The query (PromQL, a Datadog query, NRQL) with `{service}`, `{variant}`, `{version}`
+    /// and `{interval}` placeholders; for `http` and `command`, the JSON path of the
+    /// value (or of the `bad`/`good` count) in the fetched document.
     pub query: String,
     /// Read over the analysis interval with a range query and averaged, rather than
     /// as one instant value.
     pub range: bool,
-    /// PromQL counting a variant's requests in the interval (same placeholders): below
-    /// the metric's `min_samples` the value is not judged. `None`: no floor.
+    /// The query (or JSON path) counting a variant's requests in the interval: below
+    /// the metric's `min_samples` the value is not judged. `None`: no floor. For a
+    /// counts metric, its `total`.
     pub samples: Option<String>,
     /// Whether `query` counts events (`bad` or `good`, by the metric's direction) out
     /// of the `samples` total: the value judged is their share, and the sequential
@@ -213,7 +229,7 @@ pub enum BuiltinMetric {
     /// A quantile of the total time, to the response body's last byte
     /// (`latency_total_p99`).
     LatencyTotal(f64),
-    /// The value of the metric's Prometheus query, in its own unit.
+    /// The value of the metric's query, in its own unit.
     Query,
     /// A counts metric's events (bad or good) over its total, a fraction.
     Counts,
@@ -346,9 +362,13 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             "fail_score",
             "prometheus",
             "load",
+            "datadog",
+            "newrelic",
         ],
     )?;
     let prometheus = m.optional_with(cx, "prometheus", decode_base_url);
+    let datadog = m.optional_with(cx, "datadog", decode_datadog);
+    let newrelic = m.optional_with(cx, "newrelic", decode_newrelic);
     let load = m.optional_with(cx, "load", decode_load);
     let interval = positive(cx, &m, "interval", HOUR).unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
@@ -403,9 +423,27 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         );
     }
     let metrics = metrics?;
+    let reads = |source: &QuerySource| {
+        metrics
+            .iter()
+            .position(|x| x.query.as_ref().is_some_and(|q| &q.source == source))
+    };
+    let datadog = match (datadog, reads(&QuerySource::Datadog)) {
+        (None, Some(_)) if m.get("datadog").is_none() => Some(DatadogSpec::default()),
+        (d, _) => d,
+    };
+    if m.get("newrelic").is_none()
+        && let Some(i) = reads(&QuerySource::NewRelic)
+    {
+        cx.error(
+            m.pos(),
+            &format!("{}.metrics[{i}].source", m.path()),
+            "a `newrelic` metric needs the account its NRQL runs in: set `analysis.newrelic: {account_id: N}` (the key comes from NEW_RELIC_API_KEY)",
+        );
+    }
     if prometheus.is_none()
         && m.get("prometheus").is_none()
-        && let Some(i) = metrics.iter().position(|x| x.query.is_some())
+        && let Some(i) = reads(&QuerySource::Prometheus)
     {
         cx.error(
             m.pos(),
@@ -420,6 +458,8 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         metrics,
         fail_score,
         prometheus,
+        datadog,
+        newrelic,
         load,
     })
 }
@@ -540,20 +580,30 @@ fn decode_metric(
             "bad",
             "good",
             "total",
+            "value",
+            "url",
+            "headers",
+            "command",
         ],
     )?;
     let source = match m.get("source") {
-        Some(n) => one_of(cx, n, &m.path_of("source"), &["builtin", "prometheus"]),
+        Some(n) => one_of(cx, n, &m.path_of("source"), SOURCES),
         None => Some("builtin"),
     };
-    if source == Some("prometheus") {
-        return decode_query_metric(cx, &m, default_min_samples, default_failure_limit);
+    match source {
+        Some("builtin") => {}
+        Some(source) => {
+            return decode_query_metric(cx, &m, source, default_min_samples, default_failure_limit);
+        }
+        None => return None,
     }
-    for key in m.present(&["query", "range", "samples", "bad", "good", "total"]) {
+    for key in m.present(&QUERY_FIELDS) {
         cx.error(
             m.pos(),
             &m.path_of(key),
-            format!("`{key}` belongs to `source: prometheus` metrics"),
+            format!(
+                "`{key}` belongs to metrics read from a provider (`source: prometheus`, `datadog`, `newrelic`, `http`, `command`)"
+            ),
         );
     }
     let metric = m.required_with(cx, "metric", |cx, n, p| {
@@ -594,6 +644,11 @@ fn decode_metric(
     })
 }
 
+/// The fields of metrics read from a provider, which builtin metrics refuse.
+const QUERY_FIELDS: [&str; 10] = [
+    "query", "range", "samples", "bad", "good", "total", "value", "url", "headers", "command",
+];
+
 /// `failure_limit`, `critical` and `weight`, with their defaults.
 fn decode_scoring(
     cx: &mut Decoder,
@@ -622,11 +677,13 @@ fn decode_direction(cx: &mut Decoder, n: &Node, p: &str) -> Option<Direction> {
     )
 }
 
-/// A `source: prometheus` metric: a named PromQL query judged by thresholds, or a pair
-/// of counts (`bad` or `good` events out of a `total`) any judge can run on.
+/// A metric read from a provider: a named query judged by thresholds, or a pair of
+/// counts (`bad` or `good` events out of a `total`) any judge can run on. For `http`
+/// and `command`, the metric holds the fetch and its texts are JSON paths.
 fn decode_query_metric(
     cx: &mut Decoder,
     m: &MapReader<'_>,
+    source_id: &'static str,
     default_min_samples: u64,
     default_failure_limit: u32,
 ) -> Option<MetricSpec> {
@@ -634,7 +691,24 @@ fn decode_query_metric(
         cx.error(
             m.pos(),
             &m.path_of("metric"),
-            "a `prometheus` metric is its `query` (or its `bad` or `good` count); `metric` names builtin measurements",
+            format!("a `{source_id}` metric is its `query` (or its `bad` or `good` count); `metric` names builtin measurements"),
+        );
+    }
+    let source = decode_source(cx, m, source_id);
+    let fetches = matches!(source_id, "http" | "command");
+    // What a text is: a query the provider runs, or a JSON path into the fetched
+    // document; the plain value's field is named after it.
+    let text = if fetches {
+        decode_value_path
+    } else {
+        decode_query
+    };
+    let value_key = if fetches { "value" } else { "query" };
+    if fetches && let Some(n) = m.get("query") {
+        cx.error(
+            n.pos,
+            &m.path_of("query"),
+            format!("a `{source_id}` metric has no query: it fetches one document, and `value` is the JSON path of its number (like `$.data.value`)"),
         );
     }
     let name = m.required::<String>(cx, "name");
@@ -646,11 +720,19 @@ fn decode_query_metric(
                 cx.error(
                     m.get("total").map_or(m.pos(), |n| n.pos),
                     &m.path_of("total"),
-                    "`total` is what `bad` or `good` events are counted out of; a `query` value counts its requests with `samples`",
+                    format!("`total` is what `bad` or `good` events are counted out of; a `{value_key}` counts its requests with `samples`"),
                 );
             }
-            let query = m.required_with(cx, "query", decode_promql);
-            let samples = m.optional_with(cx, "samples", decode_promql);
+            let query = if fetches {
+                // A document that is one number is its own value.
+                Some(
+                    m.optional_with(cx, "value", text)
+                        .unwrap_or_else(|| "$".into()),
+                )
+            } else {
+                m.required_with(cx, "query", text)
+            };
+            let samples = m.optional_with(cx, "samples", text);
             let fixed = declared.map(|d| (d, format!("the metric is `direction: {}`", d.id())));
             (query, samples, BuiltinMetric::Query, fixed)
         }
@@ -662,11 +744,11 @@ fn decode_query_metric(
                     "count either `bad` events (lower is better) or `good` ones (higher is better), not both",
                 );
             }
-            for other in m.present(&["query", "samples", "range"]) {
+            for other in m.present(&["query", "value", "samples", "range"]) {
                 cx.error(
                     m.get(other).map_or(m.pos(), |n| n.pos),
                     &m.path_of(other),
-                    format!("`{other}` belongs to a `query` value; a counts metric is `{key}` events out of `total`, read at the interval's end"),
+                    format!("`{other}` belongs to a `{value_key}` value; a counts metric is `{key}` events out of `total`, read at the interval's end"),
                 );
             }
             let direction = match key {
@@ -683,8 +765,8 @@ fn decode_query_metric(
                     ),
                 );
             }
-            let query = m.required_with(cx, key, decode_promql);
-            let total = m.required_with(cx, "total", decode_promql);
+            let query = m.required_with(cx, key, text);
+            let total = m.required_with(cx, "total", text);
             let why = format!("a `{key}` count is {}", direction.label());
             (query, total, BuiltinMetric::Counts, Some((direction, why)))
         }
@@ -692,10 +774,15 @@ fn decode_query_metric(
     let range = m.optional::<bool>(cx, "range").unwrap_or(false);
     let min_samples = m.optional::<u64>(cx, "min_samples");
     if min_samples.is_some() && m.get("samples").is_none() && events.is_empty() {
+        let example = if fetches {
+            "the JSON path of the variant's request count, like `$.requests`"
+        } else {
+            "the query that counts a variant's requests in the interval (for example `sum(increase(http_requests_total{track=\"{variant}\"}[{interval}]))`)"
+        };
         cx.error(
             m.get("min_samples").map_or(m.pos(), |n| n.pos),
             &m.path_of("min_samples"),
-            "a `prometheus` metric's floor needs `samples`, the query that counts a variant's requests in the interval (for example `sum(increase(http_requests_total{track=\"{variant}\"}[{interval}]))`)",
+            format!("a `{source_id}` metric's floor needs `samples`, {example}"),
         );
     }
     let min_samples = match samples {
@@ -727,6 +814,7 @@ fn decode_query_metric(
         weight,
         direction,
         query: Some(QuerySpec {
+            source: source?,
             query: query?,
             range,
             samples,
@@ -735,8 +823,59 @@ fn decode_query_metric(
     })
 }
 
-fn decode_promql(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
-    let q = scalar(cx, n, p, "a PromQL query")?;
+/// The provider, with the fields only one source has (`url` and `headers` for
+/// `http`, `command` for `command`) refused on the others.
+fn decode_source(cx: &mut Decoder, m: &MapReader<'_>, source_id: &str) -> Option<QuerySource> {
+    let own: &[&str] = match source_id {
+        "http" => &["url", "headers"],
+        "command" => &["command"],
+        _ => &[],
+    };
+    for key in m.present(&["url", "headers", "command", "value"]) {
+        let fetch_field = key == "value" && matches!(source_id, "http" | "command");
+        if !own.contains(&key) && !fetch_field {
+            let owner = match key {
+                "command" => "`source: command`",
+                "value" => "`source: http` and `source: command` (a JSON path)",
+                _ => "`source: http`",
+            };
+            cx.error(
+                m.get(key).map_or(m.pos(), |n| n.pos),
+                &m.path_of(key),
+                format!("`{key}` belongs to {owner}, not `source: {source_id}`"),
+            );
+        }
+    }
+    if own.is_empty() {
+        return Some(match source_id {
+            "datadog" => QuerySource::Datadog,
+            "newrelic" => QuerySource::NewRelic,
+            _ => QuerySource::Prometheus,
+        });
+    }
+    if m.get("range").is_some() {
+        cx.error(
+            m.get("range").map_or(m.pos(), |n| n.pos),
+            &m.path_of("range"),
+            format!("a `{source_id}` metric is one document per variant and interval; `range` belongs to query sources"),
+        );
+    }
+    match source_id {
+        "http" => {
+            let url = m.required_with(cx, "url", decode_url_template);
+            let headers = m
+                .optional_with(cx, "headers", decode_headers)
+                .unwrap_or_default();
+            Some(QuerySource::Http(HttpFetch { url: url?, headers }))
+        }
+        _ => m
+            .required_with(cx, "command", decode_command)
+            .map(QuerySource::Command),
+    }
+}
+
+fn decode_query(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
+    let q = scalar(cx, n, p, "a query")?;
     if q.trim().is_empty() {
         cx.error(n.pos, p, "the query is empty");
         return None;

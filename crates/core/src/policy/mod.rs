@@ -15,6 +15,7 @@ mod deploy;
 mod flags;
 mod migrations;
 mod notify;
+mod providers;
 mod rollback;
 mod rules;
 mod strategy;
@@ -49,6 +50,10 @@ pub use deploy::{Deploy, KubeDeploySpec, ProcessSpec, Readiness};
 pub use flags::FlagsSpec;
 pub use migrations::Migrations;
 pub use notify::{NotifyHook, NotifyTarget, PAGES, Secret, SilenceMatcher, SilencesSpec};
+pub use providers::{
+    CommandFetch, DATADOG_SITES, DatadogApi, DatadogSpec, HttpFetch, NewRelicSpec, PLACEHOLDERS,
+    PathStep, QuerySource, ValuePath, env_refs,
+};
 pub use rollback::{Rollback, RollbackCap};
 pub use strategy::{
     Approval, BlueGreenSpec, CanarySpec, FullSpec, MatchSource, RollingSpec, RouteMatch, Step,

@@ -852,3 +852,273 @@ fn counts_metrics_are_bad_or_good_events_out_of_a_total() {
         );
     }
 }
+
+/// MINIMAL with `metrics` replaced by `metrics` (YAML at the list's indentation).
+fn with_metrics(metrics: &str) -> String {
+    MINIMAL.replace(
+        "    - metric: error_rate\n      judge: { max: 1% }\n",
+        metrics,
+    )
+}
+
+/// The diagnostic at `path`, with the line it points at.
+fn diagnostic(src: &str, path: &str) -> Diagnostic {
+    let d = errors(src);
+    d.iter()
+        .find(|d| d.path == path)
+        .cloned()
+        .unwrap_or_else(|| panic!("no diagnostic at {path}: {d:#?}"))
+}
+
+#[test]
+fn http_metrics_fetch_a_url_with_headers_and_read_json_paths() {
+    let src = with_metrics(
+        r#"    - name: checkout-errors
+      source: http
+      url: "https://metrics.example/api/{service}/{variant}?from={from}&to={to}"
+      headers: {Authorization: "Bearer {env:METRICS_TOKEN}", Accept: application/json}
+      bad: $.data.errors
+      total: '$.data["requests"]'
+      judge: sequential
+"#,
+    );
+    let p = Policy::from_yaml(&src).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
+    let q = p.analysis.metrics[0].query.clone().unwrap();
+    let QuerySource::Http(fetch) = &q.source else {
+        panic!("{q:?}")
+    };
+    assert_eq!(
+        fetch.url,
+        "https://metrics.example/api/{service}/{variant}?from={from}&to={to}"
+    );
+    assert_eq!(fetch.env_vars(), vec!["METRICS_TOKEN"]);
+    assert_eq!(
+        fetch.headers[1],
+        ("Accept".into(), "application/json".into())
+    );
+    assert_eq!(
+        (q.query.as_str(), q.samples.as_deref(), q.counts),
+        ("$.data.errors", Some("$.data[\"requests\"]"), true)
+    );
+    // A plain value: the whole document is the number unless `value` says where.
+    let plain = with_metrics(
+        "    - {name: p99, source: http, url: 'http://127.0.0.1:9/p99', judge: {max: 250}}\n",
+    );
+    let q = Policy::from_yaml(&plain).unwrap().analysis.metrics[0]
+        .query
+        .clone()
+        .unwrap();
+    assert_eq!((q.query.as_str(), q.samples), ("$", None));
+}
+
+#[test]
+fn command_metrics_run_a_program_and_read_its_output() {
+    let src = with_metrics(
+        "    - {name: job, source: command, command: [./check.sh, '{variant}', '{from}'], value: $.ratio, samples: $.n, min_samples: 10, judge: {max: 0.1}}\n",
+    );
+    let p = Policy::from_yaml(&src).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
+    let m = &p.analysis.metrics[0];
+    let q = m.query.clone().unwrap();
+    assert_eq!(
+        q.source,
+        QuerySource::Command(CommandFetch {
+            argv: vec!["./check.sh".into(), "{variant}".into(), "{from}".into()]
+        })
+    );
+    assert_eq!(
+        (q.query.as_str(), q.samples.as_deref()),
+        ("$.ratio", Some("$.n"))
+    );
+    assert_eq!(m.min_samples, 10);
+}
+
+#[test]
+fn misconfigured_providers_are_refused_at_their_line() {
+    // Each case: the metric (line 17 of the policy), the field, what the message says.
+    let cases = [
+        (
+            "    - {name: a, source: command, command: [], judge: {max: 1}}\n",
+            "analysis.metrics[0].command",
+            "the command is empty",
+        ),
+        (
+            "    - {name: a, source: command, command: [x], value: data.v, judge: {max: 1}}\n",
+            "analysis.metrics[0].value",
+            "start it with `$`",
+        ),
+        (
+            "    - {name: a, source: http, url: 'http://h/x', bad: '$.e[', total: $.t, judge: sequential}\n",
+            "analysis.metrics[0].bad",
+            "never closed",
+        ),
+        (
+            "    - {name: a, source: http, url: 'http://h/x?key={env:KEY}', judge: {max: 1}}\n",
+            "analysis.metrics[0].url",
+            "cannot carry a secret",
+        ),
+        (
+            "    - {name: a, source: http, url: 'http://h/{varient}', judge: {max: 1}}\n",
+            "analysis.metrics[0].url",
+            "`{varient}` is not a placeholder",
+        ),
+        (
+            "    - {name: a, source: http, url: 'http://h/', headers: {X-Key: '{env:1BAD}'}, judge: {max: 1}}\n",
+            "analysis.metrics[0].headers.X-Key",
+            "only placeholder is `{env:NAME}`",
+        ),
+        (
+            "    - {name: a, source: http, url: 'http://h/', headers: {'a b': x}, judge: {max: 1}}\n",
+            "analysis.metrics[0].headers.a b",
+            "not an HTTP header name",
+        ),
+        (
+            "    - {name: a, source: http, judge: {max: 1}}\n",
+            "analysis.metrics[0].url",
+            "missing required field `url`",
+        ),
+        (
+            "    - {name: a, source: http, url: 'http://h/', query: 'x', judge: {max: 1}}\n",
+            "analysis.metrics[0].query",
+            "`value` is the JSON path",
+        ),
+        (
+            "    - {name: a, source: http, url: 'http://h/', range: true, judge: {max: 1}}\n",
+            "analysis.metrics[0].range",
+            "one document per variant",
+        ),
+        (
+            "    - {name: a, source: prometheus, query: up, url: 'http://h/', judge: {max: 1}}\n",
+            "analysis.metrics[0].url",
+            "belongs to `source: http`",
+        ),
+        (
+            "    - {name: a, source: command, command: [x], min_samples: 5, judge: {max: 1}}\n",
+            "analysis.metrics[0].min_samples",
+            "JSON path of the variant's request count",
+        ),
+        (
+            "    - {metric: error_rate, command: [x], judge: {max: 1%}}\n",
+            "analysis.metrics[0].command",
+            "belongs to metrics read from a provider",
+        ),
+    ];
+    for (metric, path, says) in cases {
+        let src = with_metrics(metric)
+            .replace("  metrics:\n", "  prometheus: http://p:9090\n  metrics:\n");
+        let d = diagnostic(&src, path);
+        assert!(d.message.contains(says), "{metric}: {d:?}");
+        assert_eq!(d.line, 17, "{metric}: {d:?}");
+    }
+}
+
+#[test]
+fn datadog_settings_default_to_us1_and_env_keys_and_refuse_bad_ones_at_their_line() {
+    let metric = "    - {name: e, source: datadog, query: 'sum:errors{variant:{variant}}', judge: {max: 5}}\n";
+    let p = Policy::from_yaml(&with_metrics(metric)).unwrap();
+    assert_eq!(p.analysis.datadog, Some(DatadogSpec::default()));
+    assert_eq!(
+        p.analysis.metrics[0].query.as_ref().unwrap().source,
+        QuerySource::Datadog
+    );
+    let set = |settings: &str| {
+        with_metrics(metric).replace(
+            "  metrics:\n",
+            &format!("  datadog: {settings}\n  metrics:\n"),
+        )
+    };
+    let eu = Policy::from_yaml(&set(
+        "{site: datadoghq.eu, api: v2, api_key_env: MY_DD_KEY}",
+    ))
+    .unwrap()
+    .analysis
+    .datadog
+    .unwrap();
+    assert_eq!(
+        (
+            eu.url.as_str(),
+            eu.api,
+            eu.api_key_env.as_str(),
+            eu.app_key_env.as_str()
+        ),
+        (
+            "https://api.datadoghq.eu",
+            DatadogApi::V2,
+            "MY_DD_KEY",
+            "DD_APP_KEY"
+        )
+    );
+    for (settings, path, says) in [
+        (
+            "{site: datadog.com}",
+            "analysis.datadog.site",
+            "`datadoghq.com`",
+        ),
+        ("{api: v3}", "analysis.datadog.api", "`v1` or `v2`"),
+        (
+            "{api_key_env: 'abc-123-secret'}",
+            "analysis.datadog.api_key_env",
+            "never the secret",
+        ),
+        (
+            "{url: api.datadoghq.com}",
+            "analysis.datadog.url",
+            "not an http:// or https:// URL",
+        ),
+    ] {
+        let src = set(settings);
+        let d = diagnostic(&src, path);
+        assert!(d.message.contains(says), "{settings}: {d:?}");
+        assert_eq!(d.line, 15, "{settings}: {d:?}");
+        assert!(
+            !d.message.contains("abc-123"),
+            "a pasted secret is not echoed: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn newrelic_needs_its_account_and_refuses_a_bad_region_at_its_line() {
+    let metric = "    - {name: e, source: newrelic, query: 'SELECT average(duration) FROM Transaction', judge: {max: 0.5}}\n";
+    let missing = with_metrics(metric);
+    let d = diagnostic(&missing, "analysis.metrics[0].source");
+    assert!(
+        d.message.contains("analysis.newrelic: {account_id: N}"),
+        "{d:?}"
+    );
+    let set = |settings: &str| {
+        with_metrics(metric).replace(
+            "  metrics:\n",
+            &format!("  newrelic: {settings}\n  metrics:\n"),
+        )
+    };
+    let p = Policy::from_yaml(&set("{account_id: 4242, region: eu}")).unwrap();
+    assert_eq!(
+        p.analysis.newrelic,
+        Some(NewRelicSpec {
+            account_id: 4242,
+            url: "https://api.eu.newrelic.com".into(),
+            api_key_env: "NEW_RELIC_API_KEY".into(),
+        })
+    );
+    for (settings, path, says) in [
+        (
+            "{region: us}",
+            "analysis.newrelic.account_id",
+            "missing required field `account_id`",
+        ),
+        (
+            "{account_id: 0}",
+            "analysis.newrelic.account_id",
+            "not a New Relic account id",
+        ),
+        (
+            "{account_id: 1, region: ap}",
+            "analysis.newrelic.region",
+            "`us` or `eu`",
+        ),
+    ] {
+        let d = diagnostic(&set(settings), path);
+        assert!(d.message.contains(says), "{settings}: {d:?}");
+        assert_eq!(d.line, 15, "{settings}: {d:?}");
+    }
+}

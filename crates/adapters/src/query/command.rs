@@ -1,0 +1,170 @@
+//! The `command` source: run a metric's program once per variant and interval, and
+//! read what it prints: a number, or a JSON document the metric's paths pick from.
+//! It stands in for Argo's job metrics: any script that can count can judge.
+//!
+//! Owns running the program (placeholders filled in its arguments, the same values
+//! in `RAMPART_METRIC_*` variables, a time limit, both pipes drained). It must not
+//! involve a shell: a program that wants one names it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rampart_core::policy::{QuerySource, QuerySpec};
+use rampart_core::ports::BoxFuture;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use super::{Ask, QueryProvider, ReadError, Reading, number_at, short};
+
+/// How long one run may take before it is killed.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `command` metrics' programs in the policy's directory.
+#[derive(Debug)]
+pub struct Command {
+    dir: PathBuf,
+    programs: Vec<String>,
+}
+
+impl Command {
+    /// Programs run in `dir`, where relative paths in them start.
+    pub fn new(dir: &Path) -> Command {
+        Command {
+            dir: dir.to_path_buf(),
+            programs: Vec::new(),
+        }
+    }
+
+    /// Also checks, before the release, that each of `analysis`'s programs exists.
+    pub fn with_programs(mut self, analysis: &rampart_core::policy::Analysis) -> Command {
+        for m in &analysis.metrics {
+            if let Some(QuerySource::Command(c)) = m.query.as_ref().map(|q| &q.source)
+                && let Some(program) = c.argv.first()
+                && !self.programs.contains(program)
+            {
+                self.programs.push(program.clone());
+            }
+        }
+        self
+    }
+
+    async fn document(&self, spec: &QuerySpec, ask: &Ask) -> Result<Value, ReadError> {
+        let QuerySource::Command(c) = &spec.source else {
+            return Err(ReadError::Other("not a `command` metric".into()));
+        };
+        let argv: Vec<String> = c.argv.iter().map(|a| ask.fill(a, str::to_string)).collect();
+        let out = run(&argv, &self.dir, ask).await?;
+        let text = String::from_utf8_lossy(&out);
+        let text = text.trim();
+        if let Ok(n) = text.parse::<f64>() {
+            return Ok(Value::from(n));
+        }
+        serde_json::from_str(text).map_err(|_| {
+            ReadError::Command(format!(
+                "`{}` printed neither a number nor JSON: {}",
+                argv[0],
+                short(text)
+            ))
+        })
+    }
+}
+
+/// Runs `argv` in `dir` and returns its standard output, or why it failed.
+async fn run(argv: &[String], dir: &Path, ask: &Ask) -> Result<Vec<u8>, ReadError> {
+    let Some(program) = argv.first() else {
+        return Err(ReadError::Command("the command is empty".into()));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&argv[1..])
+        .current_dir(dir)
+        .env("RAMPART_METRIC_SERVICE", &ask.service)
+        .env("RAMPART_METRIC_VARIANT", ask.variant)
+        .env("RAMPART_METRIC_VERSION", &ask.version)
+        .env("RAMPART_METRIC_FROM", (ask.from / 1000).to_string())
+        .env("RAMPART_METRIC_TO", (ask.to / 1000).to_string())
+        .env(
+            "RAMPART_METRIC_INTERVAL",
+            super::prom_duration(ask.interval),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ReadError::Command(format!("could not start `{program}`: {e}")))?;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    // Both pipes at once: a program filling one while rampart reads the other would
+    // hang until the time limit.
+    let finished = async {
+        let read_out = async {
+            let mut buf = Vec::new();
+            if let Some(p) = stdout.as_mut() {
+                let _ = p.read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        let read_err = async {
+            let mut buf = Vec::new();
+            if let Some(p) = stderr.as_mut() {
+                let _ = p.read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        let (out, err) = tokio::join!(read_out, read_err);
+        (child.wait().await, out, err)
+    };
+    match tokio::time::timeout(TIMEOUT, finished).await {
+        Err(_) => Err(ReadError::Command(format!(
+            "`{program}` did not finish within {}s and was killed",
+            TIMEOUT.as_secs()
+        ))),
+        Ok((Err(e), _, _)) => Err(ReadError::Command(format!("`{program}`: {e}"))),
+        Ok((Ok(status), _, err)) if !status.success() => Err(ReadError::Command(format!(
+            "`{program}` {status}: {}",
+            crate::gates::tail(&err)
+        ))),
+        Ok((Ok(_), out, _)) => Ok(out),
+    }
+}
+
+/// Where `program` would be found: relative to `dir` with a `/`, else on `PATH`.
+fn found(program: &str, dir: &Path) -> bool {
+    if program.contains('/') {
+        return dir.join(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+impl QueryProvider for Command {
+    fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
+        Box::pin(async move {
+            match self.document(spec, ask).await {
+                Ok(doc) => Reading {
+                    value: number_at(&doc, &spec.query),
+                    samples: spec.samples.as_deref().map(|p| number_at(&doc, p)),
+                },
+                Err(e) => Reading {
+                    value: Err(e),
+                    samples: None,
+                },
+            }
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
+        Box::pin(async move {
+            match self.programs.iter().find(|p| !found(p, &self.dir)) {
+                Some(missing) => Err(ReadError::Command(format!(
+                    "`{missing}` is not a program here (relative to {}, or on PATH)",
+                    self.dir.display()
+                ))),
+                None => Ok(format!("{} found", self.programs.join(", "))),
+            }
+        })
+    }
+}

@@ -1,0 +1,505 @@
+//! Metrics providers: the policy's query metrics read from Prometheus, Datadog, an
+//! HTTP endpoint or a command, beside the builtin measurements.
+//!
+//! Owns the one seam every provider plugs into ([`QueryProvider`]: one variant's
+//! value, and its request count, over a window), the source that mixes them
+//! ([`WithQueries`]), and what all providers share: placeholder substitution, secrets
+//! read from the environment ([`Secret`]), JSON paths, and HTTP exchanges that back off
+//! on 429 ([`fetch`]).
+//!
+//! Guarantees:
+//! - Every way a read can go wrong (no answer, 401/403, 429 past the interval's
+//!   budget, an empty series, NaN, a command that fails) is a missing value with a
+//!   detail: no data to the judges, never a pass.
+//! - A secret's value never appears in a detail, an error, a log line or a `Debug`
+//!   print: details name the environment variable, and anything a provider echoes
+//!   is scrubbed of every secret the provider holds.
+//! - A rate-limited provider is asked again only after its `Retry-After`, at most
+//!   [`fetch::ATTEMPTS`] times, and never past what is left of the interval.
+//!
+//! It must not judge (core's judges do) nor decide anything about the release.
+
+pub mod command;
+pub mod datadog;
+pub mod fetch;
+pub mod http_json;
+pub mod newrelic;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart_core::Millis;
+use rampart_core::metrics::{IntervalSample, QueryReading};
+use rampart_core::policy::{Analysis, QuerySource, QuerySpec, ValuePath};
+use rampart_core::ports::{BoxFuture, MetricsSource, PortError};
+use rampart_core::release::{GateResult, MeasureWindow};
+use serde_json::Value;
+
+/// Reads a query metric's numbers for one variant from one provider.
+///
+/// Assumptions: `spec.source` is this provider's (the [`WithQueries`] routing
+/// guarantees it). Implementations wait out rate limits within `ask.budget`.
+pub trait QueryProvider: Send + Sync + std::fmt::Debug {
+    /// The metric's value (`spec.query`) for `ask`'s variant, and its request count
+    /// (`spec.samples`) when the metric has one.
+    fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading>;
+
+    /// Whether the provider can read at all, checked before anything is deployed:
+    /// `Err` says why not (a missing key, rejected credentials).
+    fn check(&self) -> BoxFuture<'_, Result<String, ReadError>>;
+}
+
+/// One variant's numbers, or why each is missing.
+#[derive(Debug)]
+pub struct Reading {
+    /// The value (or the `bad`/`good` count).
+    pub value: Result<f64, ReadError>,
+    /// The request count (or the `total`); `None` when the metric has none.
+    pub samples: Option<Result<f64, ReadError>>,
+}
+
+/// What a read is about: one variant over one window.
+#[derive(Debug)]
+pub struct Ask {
+    /// The service.
+    pub service: String,
+    /// `stable` or `canary`.
+    pub variant: &'static str,
+    /// The variant's version (empty for a stable that has none).
+    pub version: String,
+    /// The window's start, ms since the Unix epoch.
+    pub from: Millis,
+    /// The window's end, ms since the Unix epoch.
+    pub to: Millis,
+    /// The analysis interval.
+    pub interval: Duration,
+    /// How long rate limits may still be waited out in this measurement.
+    pub budget: Arc<Budget>,
+}
+
+impl Ask {
+    /// `text` with its placeholders filled; `escape` transforms each value first (a
+    /// URL percent-encodes them).
+    pub fn fill(&self, text: &str, escape: impl Fn(&str) -> String) -> String {
+        text.replace("{service}", &escape(&self.service))
+            .replace("{variant}", &escape(self.variant))
+            .replace("{version}", &escape(&self.version))
+            .replace("{interval}", &escape(&prom_duration(self.interval)))
+            .replace("{from}", &escape(&(self.from / 1000).to_string()))
+            .replace("{to}", &escape(&(self.to / 1000).to_string()))
+    }
+}
+
+/// Waiting time shared by every read of one measurement: what is left of the
+/// interval. Rate limits are waited out of it, never beyond.
+#[derive(Debug)]
+pub struct Budget(Mutex<Duration>);
+
+impl Budget {
+    /// A budget of `d`.
+    pub fn new(d: Duration) -> Budget {
+        Budget(Mutex::new(d))
+    }
+
+    /// Takes `d` out of the budget if it is all there.
+    pub fn take(&self, d: Duration) -> bool {
+        let Ok(mut left) = self.0.lock() else {
+            return false;
+        };
+        match left.checked_sub(d) {
+            Some(rest) => {
+                *left = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What is left.
+    pub fn left(&self) -> Duration {
+        self.0.lock().map(|d| *d).unwrap_or_default()
+    }
+}
+
+/// A secret read from the environment. It prints as the variable's name, never its
+/// value.
+#[derive(Clone)]
+pub struct Secret {
+    /// The environment variable it came from.
+    pub var: String,
+    value: String,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(${}, redacted)", self.var)
+    }
+}
+
+impl Secret {
+    /// The variable `var` from `env`, or why not (unset or empty).
+    pub fn from_env(var: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret, ReadError> {
+        match env(var) {
+            Some(value) if !value.is_empty() => Ok(Secret {
+                var: var.to_string(),
+                value,
+            }),
+            _ => Err(ReadError::MissingSecret(var.to_string())),
+        }
+    }
+
+    /// The value, for the one place it is sent.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// `text` with this secret's value replaced by its variable's name.
+    pub fn scrub(&self, text: &str) -> String {
+        if self.value.is_empty() {
+            return text.to_string();
+        }
+        text.replace(&self.value, &format!("<${}>", self.var))
+    }
+}
+
+/// The process environment, as [`Secret::from_env`] reads it.
+pub fn process_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+/// Why a value is missing. The text goes into the reading's detail and the
+/// pre-release check, where operators see it; it never holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A credential's environment variable is unset or empty.
+    #[error("the environment variable {0} is not set (it holds the credential)")]
+    MissingSecret(String),
+    /// The request got no answer (bad URL, refused, timed out), scrubbed of secrets.
+    #[error("{0}")]
+    Unanswered(String),
+    /// 401 or 403: the credentials are missing, wrong or lack a permission.
+    #[error("{provider} refused the credentials ({status}): {why}")]
+    Auth {
+        /// The provider.
+        provider: &'static str,
+        /// 401 or 403.
+        status: u16,
+        /// What it said, scrubbed of secrets, or what to check.
+        why: String,
+    },
+    /// 429 for longer than what was left of the interval, or too many times.
+    #[error("{provider} is rate limiting (429) {why}; this interval has no data")]
+    RateLimited {
+        /// The provider.
+        provider: &'static str,
+        /// How it went: the Retry-After asked, the attempts made.
+        why: String,
+    },
+    /// Any other status that is not a success.
+    #[error("{provider} answered {status}: {why}")]
+    Status {
+        /// The provider.
+        provider: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// What it said, shortened and scrubbed of secrets.
+        why: String,
+    },
+    /// The answer is not JSON where JSON was expected.
+    #[error("{0} answered with something that is not JSON")]
+    NotJson(&'static str),
+    /// The answer holds no data point: an empty series is no data.
+    #[error("empty series: {0}")]
+    Empty(String),
+    /// Several series where one number per variant is needed.
+    #[error("the query returned {0} series; aggregate it to one")]
+    ManySeries(usize),
+    /// Nothing at the JSON path.
+    #[error("nothing at `{0}` in the answer")]
+    NoValue(String),
+    /// A value that is not a number.
+    #[error("`{0}` is not a number")]
+    NotANumber(String),
+    /// NaN or infinite.
+    #[error("the value is {0}")]
+    NotFinite(String),
+    /// The policy's JSON path does not parse (`rampart validate` refuses it first).
+    #[error("{0}")]
+    BadPath(String),
+    /// A `command` metric's program failed, timed out or could not start.
+    #[error("{0}")]
+    Command(String),
+    /// A provider-specific failure.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The number at `path` in `doc`: a JSON number, or a string holding one. Never NaN.
+pub fn number_at(doc: &Value, path: &str) -> Result<f64, ReadError> {
+    let steps = ValuePath::parse(path).map_err(ReadError::BadPath)?;
+    let mut at = doc;
+    for step in &steps.0 {
+        let next = match step {
+            rampart_core::policy::PathStep::Key(k) => at.get(k),
+            rampart_core::policy::PathStep::Index(i) => at.as_array().and_then(|a| {
+                let i = if *i < 0 { a.len() as i64 + i } else { *i };
+                usize::try_from(i).ok().and_then(|i| a.get(i))
+            }),
+        };
+        at = next.ok_or_else(|| ReadError::NoValue(path.to_string()))?;
+    }
+    number(at).ok_or_else(|| match at {
+        Value::Null => ReadError::NoValue(path.to_string()),
+        Value::String(s) if s.parse::<f64>().is_ok() => ReadError::NotFinite(s.clone()),
+        other => ReadError::NotANumber(short(&other.to_string())),
+    })
+}
+
+/// A finite number from a JSON number or a numeric string.
+pub fn number(v: &Value) -> Option<f64> {
+    let n = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }?;
+    n.is_finite().then_some(n)
+}
+
+/// The first 200 characters of `text`, on one line.
+pub fn short(text: &str) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out: String = line.chars().take(200).collect();
+    if out.len() < line.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// A Prometheus-style duration: whole seconds, or milliseconds below a second.
+pub fn prom_duration(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Builtin measurements plus the policy's query metrics, each read by its provider.
+pub struct WithQueries {
+    builtin: Arc<dyn MetricsSource>,
+    service: String,
+    interval: Duration,
+    queries: Vec<(String, QuerySpec, Arc<dyn QueryProvider>)>,
+    providers: Vec<(&'static str, Arc<dyn QueryProvider>)>,
+}
+
+impl std::fmt::Debug for WithQueries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithQueries")
+            .field("providers", &self.providers)
+            .field("queries", &self.queries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WithQueries {
+    /// Adds `analysis`'s query metrics to `builtin`, each routed to its provider,
+    /// with secrets read from `env`. Commands run in `dir` (the policy's directory).
+    /// Building never fails: what cannot work is reported by [`MetricsSource::check`]
+    /// before the release moves traffic, and by every reading.
+    pub fn new(
+        builtin: Arc<dyn MetricsSource>,
+        service: &str,
+        analysis: &Analysis,
+        dir: &std::path::Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> WithQueries {
+        let mut providers: Vec<(&'static str, Arc<dyn QueryProvider>)> = Vec::new();
+        let mut queries = Vec::new();
+        for m in &analysis.metrics {
+            let Some(spec) = &m.query else { continue };
+            let id = spec.source.id();
+            // One provider per kind: a server's settings are the analysis's; a fetch's
+            // are on each spec.
+            let provider = match providers.iter().find(|(k, _)| *k == id) {
+                Some((_, p)) => p.clone(),
+                None => {
+                    let p: Arc<dyn QueryProvider> = match &spec.source {
+                        QuerySource::Prometheus => Arc::new(crate::prometheus::Prometheus::new(
+                            analysis.prometheus.clone().unwrap_or_default(),
+                        )),
+                        QuerySource::Datadog => Arc::new(datadog::Datadog::new(
+                            &analysis.datadog.clone().unwrap_or_default(),
+                            env,
+                        )),
+                        QuerySource::NewRelic => match &analysis.newrelic {
+                            Some(spec) => Arc::new(newrelic::NewRelic::new(spec, env)),
+                            // The policy refuses a `newrelic` metric without its account.
+                            None => continue,
+                        },
+                        QuerySource::Http(_) => Arc::new(http_json::HttpJson::new(analysis, env)),
+                        QuerySource::Command(_) => {
+                            Arc::new(command::Command::new(dir).with_programs(analysis))
+                        }
+                    };
+                    providers.push((id, p.clone()));
+                    p
+                }
+            };
+            queries.push((m.name.clone(), spec.clone(), provider));
+        }
+        WithQueries {
+            builtin,
+            service: service.to_string(),
+            interval: analysis.interval,
+            queries,
+            providers,
+        }
+    }
+
+    /// Whether any metric is read from a provider.
+    pub fn any(&self) -> bool {
+        !self.queries.is_empty()
+    }
+}
+
+impl MetricsSource for WithQueries {
+    /// Each query metric is read for stable, then canary; `{version}` is the window's
+    /// stable (empty without one) or canary version.
+    fn measure<'a>(
+        &'a self,
+        window: &'a MeasureWindow,
+    ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
+        Box::pin(async move {
+            let mut sample = self.builtin.measure(window).await?;
+            let budget = Arc::new(Budget::new(self.interval));
+            let stable = window.stable.clone().unwrap_or_default();
+            for (name, spec, provider) in &self.queries {
+                let mut reading = QueryReading {
+                    name: name.clone(),
+                    ..QueryReading::default()
+                };
+                let mut why = Vec::new();
+                for (variant, version) in [("stable", &stable), ("canary", &window.canary)] {
+                    let ask = Ask {
+                        service: self.service.clone(),
+                        variant,
+                        version: version.clone(),
+                        from: window.from,
+                        to: window.to,
+                        interval: self.interval,
+                        budget: budget.clone(),
+                    };
+                    let read = provider.read(spec, &ask).await;
+                    let stable_side = variant == "stable";
+                    match read.value {
+                        Ok(v) if stable_side => reading.stable = Some(v),
+                        Ok(v) => reading.canary = Some(v),
+                        Err(e) => why.push(format!("{variant}: {e}")),
+                    }
+                    match read.samples {
+                        Some(Ok(n)) if stable_side => reading.stable_samples = Some(n),
+                        Some(Ok(n)) => reading.canary_samples = Some(n),
+                        Some(Err(e)) => why.push(format!("{variant} samples: {e}")),
+                        None => {}
+                    }
+                }
+                reading.detail = why.join("; ");
+                sample.queries.push(reading);
+            }
+            Ok(sample)
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Vec<GateResult>> {
+        Box::pin(async move {
+            let mut results = Vec::new();
+            for (id, provider) in &self.providers {
+                let (ok, detail) = match provider.check().await {
+                    Ok(what) => (true, what),
+                    Err(e) => (false, e.to_string()),
+                };
+                results.push(GateResult {
+                    name: format!("metrics source {id}"),
+                    ok,
+                    detail,
+                });
+            }
+            results
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_at_paths() {
+        let doc: Value =
+            serde_json::from_str(r#"{"a": {"b": [1, "2.5", null, "NaN", "x", {"c": 3}]}, "n": 7}"#)
+                .unwrap();
+        assert_eq!(number_at(&doc, "$.n").ok(), Some(7.0));
+        assert_eq!(number_at(&doc, "$.a.b[1]").ok(), Some(2.5));
+        assert_eq!(number_at(&doc, "$.a.b[-1].c").ok(), Some(3.0));
+        assert!(matches!(
+            number_at(&doc, "$.a.b[2]"),
+            Err(ReadError::NoValue(_))
+        ));
+        assert!(matches!(
+            number_at(&doc, "$.a.b[3]"),
+            Err(ReadError::NotFinite(_))
+        ));
+        assert!(matches!(
+            number_at(&doc, "$.a.b[4]"),
+            Err(ReadError::NotANumber(_))
+        ));
+        assert!(matches!(
+            number_at(&doc, "$.a.z"),
+            Err(ReadError::NoValue(_))
+        ));
+        assert!(matches!(
+            number_at(&doc, "$.a.b[9]"),
+            Err(ReadError::NoValue(_))
+        ));
+        assert_eq!(number_at(&Value::from(4), "$").ok(), Some(4.0));
+    }
+
+    #[test]
+    fn placeholders_and_budget() {
+        let ask = Ask {
+            service: "shop".into(),
+            variant: "canary",
+            version: "v2+b".into(),
+            from: 1_000_500,
+            to: 1_030_500,
+            interval: Duration::from_secs(30),
+            budget: Arc::new(Budget::new(Duration::from_secs(3))),
+        };
+        assert_eq!(
+            ask.fill(
+                "{service}/{variant}/{version}/{interval}/{from}/{to}",
+                str::to_string
+            ),
+            "shop/canary/v2+b/30s/1000/1030"
+        );
+        assert_eq!(ask.fill("{version}", crate::http::encode), "v2%2Bb");
+        assert!(ask.budget.take(Duration::from_secs(2)));
+        assert!(!ask.budget.take(Duration::from_secs(2)), "only 1s is left");
+        assert_eq!(ask.budget.left(), Duration::from_secs(1));
+        assert_eq!(prom_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn secrets_print_as_their_variable() {
+        let env = |v: &str| (v == "K").then(|| "s3cr3t-value".to_string());
+        let s = Secret::from_env("K", &env).unwrap();
+        assert_eq!(format!("{s:?}"), "Secret($K, redacted)");
+        assert_eq!(s.scrub("key s3cr3t-value!"), "key <$K>!");
+        let missing = Secret::from_env("NOPE", &env).unwrap_err().to_string();
+        assert_eq!(
+            missing,
+            "the environment variable NOPE is not set (it holds the credential)"
+        );
+    }
+}

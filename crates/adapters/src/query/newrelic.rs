@@ -1,0 +1,204 @@
+//! The `newrelic` metrics provider: a metric's NRQL, run for each variant through
+//! NerdGraph (`POST /graphql`, `actor { account(id) { nrql(query) { results } } }`)
+//! with the user API key from the environment in the `API-Key` header.
+//!
+//! Owns the GraphQL request (the account id and the NRQL as variables, never spliced
+//! into the document), the window (` SINCE <from ms> UNTIL <to ms>` appended to NRQL
+//! that names no `SINCE` of its own), and reading one number out of `results`. It must
+//! not send the key anywhere but that header.
+
+use rampart_core::policy::{NewRelicSpec, QuerySpec};
+use rampart_core::ports::BoxFuture;
+use serde_json::{Value, json};
+
+use super::fetch::{self, Request};
+use super::{Ask, QueryProvider, ReadError, Reading, Secret, number, short};
+
+const NAME: &str = "New Relic";
+
+/// The NRQL query NerdGraph runs; `$id` and `$nrql` are variables.
+const NRQL: &str = "query($id: Int!, $nrql: Nrql!) { actor { account(id: $id) { nrql(query: $nrql) { results } } } }";
+/// The pre-release check: the key can see the account.
+const ACCOUNT: &str = "query($id: Int!) { actor { account(id: $id) { id } } }";
+
+/// NerdGraph, for one account, with its key.
+pub struct NewRelic {
+    url: String,
+    account_id: u64,
+    api_key: Result<Secret, String>,
+}
+
+impl std::fmt::Debug for NewRelic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRelic")
+            .field("url", &self.url)
+            .field("account_id", &self.account_id)
+            .field("api_key", &self.api_key)
+            .finish()
+    }
+}
+
+impl NewRelic {
+    /// New Relic as `spec` says, with its key read from `env` now.
+    pub fn new(spec: &NewRelicSpec, env: &dyn Fn(&str) -> Option<String>) -> NewRelic {
+        NewRelic {
+            url: spec.url.clone(),
+            account_id: spec.account_id,
+            api_key: Secret::from_env(&spec.api_key_env, env).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Runs a GraphQL document with `variables`; returns `data`, or why not.
+    async fn graphql(
+        &self,
+        document: &str,
+        variables: Value,
+        budget: &super::Budget,
+    ) -> Result<Value, ReadError> {
+        let key = self
+            .api_key
+            .as_ref()
+            .map_err(|e| ReadError::Other(e.clone()))?;
+        let req = Request {
+            provider: NAME,
+            method: "POST",
+            url: format!("{}/graphql", self.url),
+            body: Some(json!({"query": document, "variables": variables}).to_string()),
+            headers: vec![("API-Key", key.expose().to_string())],
+            secrets: vec![key],
+        };
+        let mut answer = fetch::json(&req, budget).await?;
+        // GraphQL reports failures (a bad query, an account the key cannot see) in
+        // `errors`, often with a 200.
+        if let Some(first) = answer["errors"].as_array().and_then(|e| e.first()) {
+            let message = first["message"].as_str().unwrap_or("no message");
+            return Err(ReadError::Other(format!(
+                "New Relic: {}",
+                key.scrub(&short(message))
+            )));
+        }
+        Ok(answer["data"].take())
+    }
+
+    async fn one(&self, nrql: &str, ask: &Ask) -> Result<f64, ReadError> {
+        let nrql = windowed(&ask.fill(nrql, str::to_string), ask);
+        let data = self
+            .graphql(
+                NRQL,
+                json!({"id": self.account_id, "nrql": nrql}),
+                &ask.budget,
+            )
+            .await?;
+        value_of(&data["actor"]["account"]["nrql"]["results"])
+    }
+}
+
+/// `nrql` over `ask`'s window, unless it names its own.
+fn windowed(nrql: &str, ask: &Ask) -> String {
+    if nrql.to_ascii_uppercase().contains("SINCE") {
+        return nrql.to_string();
+    }
+    format!("{nrql} SINCE {} UNTIL {}", ask.from, ask.to)
+}
+
+/// The one number of `results`: one row, one value (a field other than the
+/// time-series bounds; a percentile's single entry).
+fn value_of(results: &Value) -> Result<f64, ReadError> {
+    let rows = results
+        .as_array()
+        .ok_or_else(|| ReadError::Empty("New Relic returned no results".into()))?;
+    let row = match rows.as_slice() {
+        [] => return Err(ReadError::Empty("New Relic returned no results".into())),
+        [one] => one,
+        many => return Err(ReadError::ManySeries(many.len())),
+    };
+    let fields: Vec<(&String, &Value)> = row
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !matches!(k.as_str(), "beginTimeSeconds" | "endTimeSeconds"))
+        .collect();
+    let (name, value) = match fields.as_slice() {
+        [one] => *one,
+        [] => return Err(ReadError::Empty("the result row holds no value".into())),
+        _ => {
+            return Err(ReadError::Other(format!(
+                "the result row holds {} values; SELECT one",
+                fields.len()
+            )));
+        }
+    };
+    // `percentile(duration, 99)` answers {"percentile.duration": {"99": 0.42}}.
+    let value = match value.as_object().map(|o| o.values().collect::<Vec<_>>()) {
+        Some(inner) if inner.len() == 1 => inner[0],
+        _ => value,
+    };
+    if value.is_null() {
+        return Err(ReadError::Empty(format!("`{name}` is null: no events")));
+    }
+    number(value).ok_or_else(|| ReadError::NotANumber(short(&value.to_string())))
+}
+
+impl QueryProvider for NewRelic {
+    fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
+        Box::pin(async move {
+            let value = self.one(&spec.query, ask).await;
+            let samples = match &spec.samples {
+                Some(q) => Some(self.one(q, ask).await),
+                None => None,
+            };
+            Reading { value, samples }
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
+        Box::pin(async move {
+            let budget = super::Budget::new(Default::default());
+            let data = self
+                .graphql(ACCOUNT, json!({"id": self.account_id}), &budget)
+                .await?;
+            if data["actor"]["account"]["id"].as_u64() != Some(self.account_id) {
+                return Err(ReadError::Other(format!(
+                    "New Relic did not show account {} to this key",
+                    self.account_id
+                )));
+            }
+            Ok(format!(
+                "the key can read account {} at {}",
+                self.account_id, self.url
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_become_one_number_or_no_data() {
+        let v = |s: &str| value_of(&serde_json::from_str(s).unwrap());
+        assert_eq!(v(r#"[{"count": 12}]"#).ok(), Some(12.0));
+        assert_eq!(
+            v(r#"[{"percentile.duration": {"99": 0.42}}]"#).ok(),
+            Some(0.42)
+        );
+        assert_eq!(
+            v(r#"[{"beginTimeSeconds": 1, "endTimeSeconds": 2, "average.duration": 3.5}]"#).ok(),
+            Some(3.5)
+        );
+        assert!(matches!(v("[]"), Err(ReadError::Empty(_))));
+        assert!(matches!(
+            v(r#"[{"average.duration": null}]"#),
+            Err(ReadError::Empty(_))
+        ));
+        assert!(matches!(
+            v(r#"[{"a": 1}, {"a": 2}]"#),
+            Err(ReadError::ManySeries(2))
+        ));
+        assert!(matches!(
+            v(r#"[{"a": 1, "b": 2}]"#),
+            Err(ReadError::Other(_))
+        ));
+    }
+}

@@ -1,0 +1,105 @@
+//! The `command` metrics source with real programs (`sh`): what they print (a
+//! number, or JSON the metric's paths read), the placeholders in their arguments and
+//! environment, and every way a run fails turned into no data.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::fake_provider::{policy, source, window};
+use rampart_core::metrics::QueryReading;
+use rampart_core::ports::MetricsSource;
+
+/// The one query metric's reading, for a `command` metric with `rest` (YAML flow
+/// fields after `command`).
+async fn read(script: &str, rest: &str) -> QueryReading {
+    let p = policy(&format!(
+        "  metrics:\n    - {{name: m, source: command, command: [sh, -c, '{script}', check, '{{variant}}', '{{version}}', '{{from}}', '{{to}}'], {rest}}}\n"
+    ));
+    source(&p, &[])
+        .measure(&window())
+        .await
+        .unwrap()
+        .queries
+        .remove(0)
+}
+
+#[tokio::test]
+async fn a_printed_number_is_the_value() {
+    let q = read(
+        r#"if [ "$1" = canary ]; then echo 0.25; else echo " 0.5 "; fi"#,
+        "judge: {max: 1}",
+    )
+    .await;
+    assert_eq!(
+        (q.stable, q.canary),
+        (Some(0.5), Some(0.25)),
+        "{}",
+        q.detail
+    );
+}
+
+#[tokio::test]
+async fn json_output_gives_counts_and_the_placeholders_reach_the_program() {
+    // Arguments (after $0): variant, version, from, to; the same in RAMPART_METRIC_*.
+    let script = r#"[ "$RAMPART_METRIC_VARIANT" = "$1" ] && [ "$RAMPART_METRIC_VERSION" = "$2" ] && [ "$RAMPART_METRIC_FROM" = "$3" ] && [ "$RAMPART_METRIC_SERVICE" = shop ] && [ "$RAMPART_METRIC_INTERVAL" = 10s ] || exit 9; echo "{\"bad\": $(( $4 - $3 )), \"v\": \"$2\", \"total\": [100, 300]}""#;
+    let q = read(
+        script,
+        "bad: $.bad, total: '$.total[-1]', judge: sequential",
+    )
+    .await;
+    assert_eq!(
+        (q.stable, q.stable_samples, q.canary, q.canary_samples),
+        (Some(30.0), Some(300.0), Some(30.0), Some(300.0)),
+        "{}",
+        q.detail
+    );
+}
+
+#[tokio::test]
+async fn failing_programs_are_no_data_with_what_they_said() {
+    let q = read(
+        r#"if [ "$1" = canary ]; then echo "no such job" >&2; exit 3; else echo done; fi"#,
+        "judge: {max: 1}",
+    )
+    .await;
+    assert_eq!((q.stable, q.canary), (None, None));
+    assert!(
+        q.detail
+            .contains("stable: `sh` printed neither a number nor JSON: done"),
+        "{}",
+        q.detail
+    );
+    assert!(
+        q.detail
+            .contains("canary: `sh` exit status: 3: no such job"),
+        "{}",
+        q.detail
+    );
+}
+
+#[tokio::test]
+async fn a_missing_program_fails_the_pre_release_check() {
+    let p = policy(
+        "  metrics:\n    - {name: m, source: command, command: [./no-such-check.sh], judge: {max: 1}}\n",
+    );
+    let s = source(&p, &[]);
+    let gates = s.check().await;
+    assert_eq!(gates.len(), 1);
+    assert!(!gates[0].ok && gates[0].name == "metrics source command");
+    assert!(
+        gates[0]
+            .detail
+            .contains("`./no-such-check.sh` is not a program here"),
+        "{gates:?}"
+    );
+    let q = s.measure(&window()).await.unwrap().queries.remove(0);
+    assert!(q.detail.contains("could not start"), "{}", q.detail);
+    let ok = source(
+        &policy(
+            "  metrics:\n    - {name: m, source: command, command: [sh, -c, 'echo 1'], judge: {max: 1}}\n",
+        ),
+        &[],
+    );
+    assert!(ok.check().await[0].ok);
+}

@@ -503,7 +503,7 @@ content-type: application/json
 authorization: Bearer t0ken 
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 188
+content-length: 204
 content-type: application/json
 
 
@@ -548,7 +548,7 @@ content-type: application/json
 authorization: Bearer t0ken 
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 188
+content-length: 204
 content-type: application/json
 
 
@@ -596,10 +596,10 @@ content-type: application/json
 authorization: Bearer t0ken {"weight": 20}
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 188
+content-length: 204
 content-type: application/json
 
-{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, POST /drain, POST /shutdown"}}
+{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
 >>> PUT /backends/canary HTTP/1.1
 authorization: Bearer t0ken {"endpoints": ["127.0.0.1:9"]}
 HTTP/1.1 200 OK
@@ -660,10 +660,10 @@ content-type: application/json
 authorization: Bearer t0ken {}
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 188
+content-length: 204
 content-type: application/json
 
-{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, POST /drain, POST /shutdown"}}
+{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
 >>> GET /nowhere HTTP/1.1
 authorization: Bearer t0ken {
 HTTP/1.1 400 Bad Request
@@ -676,10 +676,10 @@ content-type: application/json
 authorization: Bearer t0ken 
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 188
+content-length: 204
 content-type: application/json
 
-{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, POST /drain, POST /shutdown"}}
+{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
 >>> GET /nowhere HTTP/1.1 
 HTTP/1.1 401 Unauthorized
 connection: close

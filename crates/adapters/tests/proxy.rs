@@ -410,3 +410,68 @@ fn any_window() -> rampart_core::release::MeasureWindow {
         canary: "v2".into(),
     }
 }
+
+/// A backend that answers each request with the value of its `x-rampart-load` header
+/// (`-` without one), keep-alive.
+async fn load_echo_backend() -> SocketAddr {
+    let app = axum::Router::new().fallback(|headers: hyper::HeaderMap| async move {
+        headers
+            .get("x-rampart-load")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// `GET /` with `x-rampart-load: mark` (none when `None`): the body.
+async fn get_marked(addr: SocketAddr, mark: Option<&str>) -> String {
+    let mut req = Request::get(format!("http://{addr}/"));
+    if let Some(m) = mark {
+        req = req.header("x-rampart-load", m);
+    }
+    let resp = common::client()
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+/// rampart's own load with `counts: false` carries the data plane's token: routed as
+/// any request, counted in no metric, and the service sees `1`, never the token. Any
+/// other value (a client guessing) counts like a user's request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_marked_with_the_token_is_served_but_not_counted() {
+    let (proxy, server) = proxy_to(load_echo_backend().await).await;
+    let addr = server.local_addr();
+    let token = Proxy::fresh_token().unwrap();
+    proxy.set_uncounted(&token);
+    for _ in 0..5 {
+        assert_eq!(get_marked(addr, Some(&token)).await, "1");
+    }
+    assert_eq!(
+        proxy.totals().stable.requests,
+        0,
+        "the load counted in nothing"
+    );
+    assert_eq!(get_marked(addr, Some("1")).await, "1");
+    assert_eq!(get_marked(addr, Some("guess")).await, "guess");
+    assert_eq!(get_marked(addr, None).await, "-");
+    assert_eq!(proxy.totals().stable.requests, 3, "everything else counts");
+    assert_eq!(proxy.table().uncounted, token, "saved with the routes");
+    // Without a token set, nothing is left out.
+    proxy.set_uncounted("");
+    assert_eq!(get_marked(addr, Some(&token)).await, token);
+    assert_eq!(proxy.totals().stable.requests, 4);
+}

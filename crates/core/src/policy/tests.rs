@@ -1122,3 +1122,59 @@ fn newrelic_needs_its_account_and_refuses_a_bad_region_at_its_line() {
         assert_eq!(d.line, 15, "{settings}: {d:?}");
     }
 }
+
+/// MINIMAL with `load` under `analysis` and `traffic` replaced.
+fn with_load(load: &str, traffic: &str) -> String {
+    MINIMAL
+        .replace("analysis:\n", &format!("analysis:\n  load:\n{load}"))
+        .replace("  proxy:\n    listen: 127.0.0.1:8080\n", traffic)
+}
+
+#[test]
+fn analysis_load_decodes_with_its_defaults_and_refuses_what_cannot_be_sent() {
+    let proxy = "  proxy:\n    listen: 127.0.0.1:8080\n";
+    let p = Policy::from_yaml(&with_load("    rate: 20\n", proxy)).unwrap();
+    let load = p.analysis.load.unwrap();
+    assert_eq!(
+        (load.rate, load.paths, load.counts, load.url),
+        (20, vec!["/".to_string()], true, None)
+    );
+    let p = Policy::from_yaml(&with_load(
+        "    rate: 5\n    paths: [/a, /b?x=1]\n    headers: {X-Tenant: synthetic}\n    counts: false\n",
+        proxy,
+    ))
+    .unwrap();
+    let load = p.analysis.load.unwrap();
+    assert_eq!(load.paths, vec!["/a", "/b?x=1"]);
+    assert_eq!(load.headers, vec![("x-tenant".into(), "synthetic".into())]);
+    assert!(!load.counts);
+
+    let d = diagnostic(&with_load("    rate: 0\n", proxy), "analysis.load.rate");
+    assert!(d.message.contains("use 1 to 10000"), "{}", d.message);
+    let d = diagnostic(
+        &with_load("    rate: 5\n    paths: [checkout]\n", proxy),
+        "analysis.load.paths[0]",
+    );
+    assert!(d.message.contains("start it with `/`"), "{}", d.message);
+    let d = diagnostic(
+        &with_load("    rate: 5\n    headers: {x-rampart-load: \"1\"}\n", proxy),
+        "analysis.load.headers.x-rampart-load",
+    );
+    assert!(d.message.contains("marks the load itself"), "{}", d.message);
+    // Behind HAProxy: no address to send to, and no way to leave the load out.
+    let haproxy = "  haproxy:\n    socket: /run/haproxy.sock\n    backend: checkout\n    log_listen: 127.0.0.1:5140\n";
+    let d = diagnostic(
+        &with_load("    rate: 5\n    counts: false\n", haproxy),
+        "analysis.load.url",
+    );
+    assert!(d.message.contains("url: http://HOST:PORT"), "{}", d.message);
+    let d = diagnostic(
+        &with_load("    rate: 5\n    counts: false\n", haproxy),
+        "analysis.load.counts",
+    );
+    assert!(
+        d.message.contains("only the embedded proxy"),
+        "{}",
+        d.message
+    );
+}

@@ -24,6 +24,7 @@ pub mod datadog;
 pub mod fetch;
 pub mod http_json;
 pub mod newrelic;
+pub mod sigv4;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -19,6 +19,7 @@
 //!
 //! It must not judge (core's judges do) nor decide anything about the release.
 
+pub mod aws_credentials;
 pub mod command;
 pub mod datadog;
 pub mod fetch;
@@ -122,11 +123,11 @@ impl Budget {
     }
 }
 
-/// A secret read from the environment. It prints as the variable's name, never its
-/// value.
+/// A secret read from the environment (or a credentials file). It prints as the
+/// variable's name, never its value.
 #[derive(Clone)]
 pub struct Secret {
-    /// The environment variable it came from.
+    /// The environment variable it came from (or the file's key, `aws_secret_access_key`).
     pub var: String,
     value: String,
 }
@@ -147,6 +148,15 @@ impl Secret {
             }),
             _ => Err(ReadError::MissingSecret(var.to_string())),
         }
+    }
+
+    /// A secret read from a file under the key `key`, which names it wherever it
+    /// would show; `None` when the value is empty.
+    pub fn from_file(key: &str, value: String) -> Option<Secret> {
+        (!value.is_empty()).then(|| Secret {
+            var: key.to_string(),
+            value,
+        })
     }
 
     /// The value, for the one place it is sent.
@@ -188,11 +198,14 @@ pub enum ReadError {
         /// What it said, scrubbed of secrets, or what to check.
         why: String,
     },
-    /// 429 for longer than what was left of the interval, or too many times.
-    #[error("{provider} is rate limiting (429) {why}; this interval has no data")]
+    /// 429 (or the provider's own throttling answer) for longer than what was left of
+    /// the interval, or too many times.
+    #[error("{provider} is rate limiting ({status}) {why}; this interval has no data")]
     RateLimited {
         /// The provider.
         provider: &'static str,
+        /// 429, or the status the provider throttles with.
+        status: u16,
         /// How it went: the Retry-After asked, the attempts made.
         why: String,
     },

@@ -79,7 +79,8 @@ pub async fn json(req: &Request<'_>, budget: &Budget) -> Result<Value, ReadError
             crate::http::send_answer(req.method, &req.url, req.body.clone(), &headers, TIMEOUT)
                 .await
                 .map_err(|e| ReadError::Unanswered(req.scrub(&e.to_string())))?;
-        let said = || req.scrub(&short(&answer.body));
+        // Scrubbed before it is shortened: a secret cut at the end would not match.
+        let said = || short(&req.scrub(&answer.body));
         let throttled = answer.status == 429
             || req
                 .throttled

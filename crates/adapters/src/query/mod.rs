@@ -1,5 +1,5 @@
-//! Metrics providers: the policy's query metrics read from Prometheus, Datadog, an
-//! HTTP endpoint or a command, beside the builtin measurements.
+//! Metrics providers: the policy's query metrics read from Prometheus, Datadog, New
+//! Relic, CloudWatch, an HTTP endpoint or a command, beside the builtin measurements.
 //!
 //! Owns the one seam every provider plugs into ([`QueryProvider`]: one variant's
 //! value, and its request count, over a window), the source that mixes them
@@ -20,6 +20,7 @@
 //! It must not judge (core's judges do) nor decide anything about the release.
 
 pub mod aws_credentials;
+pub mod cloudwatch;
 pub mod command;
 pub mod datadog;
 pub mod fetch;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use rampart_core::Millis;
 use rampart_core::metrics::{IntervalSample, QueryReading};
 use rampart_core::policy::{Analysis, QuerySource, QuerySpec, ValuePath};
-use rampart_core::ports::{BoxFuture, MetricsSource, PortError};
+use rampart_core::ports::{BoxFuture, Clock, MetricsSource, PortError};
 use rampart_core::release::{GateResult, MeasureWindow};
 use serde_json::Value;
 
@@ -318,7 +319,8 @@ impl std::fmt::Debug for WithQueries {
 
 impl WithQueries {
     /// Adds `analysis`'s query metrics to `builtin`, each routed to its provider,
-    /// with secrets read from `env`. Commands run in `dir` (the policy's directory).
+    /// with secrets read from `env`. Commands run in `dir` (the policy's directory);
+    /// requests signed with the time (CloudWatch's) take it from `clock`.
     /// Building never fails: what cannot work is reported by [`MetricsSource::check`]
     /// before the release moves traffic, and by every reading.
     pub fn new(
@@ -327,6 +329,7 @@ impl WithQueries {
         analysis: &Analysis,
         dir: &std::path::Path,
         env: &dyn Fn(&str) -> Option<String>,
+        clock: Arc<dyn Clock>,
     ) -> WithQueries {
         let mut providers: Vec<(&'static str, Arc<dyn QueryProvider>)> = Vec::new();
         let mut queries = Vec::new();
@@ -349,6 +352,13 @@ impl WithQueries {
                         QuerySource::NewRelic => match &analysis.newrelic {
                             Some(spec) => Arc::new(newrelic::NewRelic::new(spec, env)),
                             // The policy refuses a `newrelic` metric without its account.
+                            None => continue,
+                        },
+                        QuerySource::CloudWatch => match &analysis.cloudwatch {
+                            Some(spec) => {
+                                Arc::new(cloudwatch::CloudWatch::new(spec, env, clock.clone()))
+                            }
+                            // The policy refuses a `cloudwatch` metric without its region.
                             None => continue,
                         },
                         QuerySource::Http(_) => Arc::new(http_json::HttpJson::new(analysis, env)),

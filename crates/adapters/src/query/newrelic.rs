@@ -76,7 +76,7 @@ impl NewRelic {
             let message = first["message"].as_str().unwrap_or("no message");
             return Err(ReadError::Other(format!(
                 "New Relic: {}",
-                key.scrub(&short(message))
+                short(&key.scrub(message))
             )));
         }
         Ok(answer["data"].take())

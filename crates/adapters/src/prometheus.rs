@@ -217,6 +217,7 @@ mod tests {
             &p.analysis,
             std::path::Path::new("."),
             &|_| None,
+            Arc::new(crate::clock::TokioClock::starting_at(0)),
         )
     }
 

@@ -349,6 +349,7 @@ pub async fn run_release(
             &policy.analysis,
             &base_dir,
             &rampart_adapters::query::process_env,
+            clock.clone(),
         );
         if queries.any() {
             Arc::new(queries)

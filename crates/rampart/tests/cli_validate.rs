@@ -107,6 +107,7 @@ fn the_shipped_examples_are_valid() {
         "examples/kubernetes-http-route.yaml",
         "examples/kubernetes-sequential.yaml",
         "examples/command-metric.yaml",
+        "examples/cloudwatch-metric.yaml",
     ] {
         let out = rampart()
             .args(["validate", "-f"])

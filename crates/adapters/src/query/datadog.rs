@@ -90,6 +90,8 @@ impl Datadog {
                 body: None,
                 headers,
                 secrets: vec![api_key, app_key],
+                sign: None,
+                throttled: None,
             },
             DatadogApi::V2 => Request {
                 provider: NAME,
@@ -98,6 +100,8 @@ impl Datadog {
                 body: Some(v2_body(&query, ask).to_string()),
                 headers,
                 secrets: vec![api_key, app_key],
+                sign: None,
+                throttled: None,
             },
         };
         let answer = fetch::json(&req, &ask.budget).await?;
@@ -209,6 +213,8 @@ impl QueryProvider for Datadog {
                 body: None,
                 headers: vec![("DD-API-KEY", api_key.expose().to_string())],
                 secrets: vec![api_key, app_key],
+                sign: None,
+                throttled: None,
             };
             // A check has no interval to wait in: a 429 here is a failed check.
             let answer = fetch::json(&req, &super::Budget::new(Default::default())).await?;

@@ -1,8 +1,11 @@
 //! One JSON exchange with a provider's HTTP API, the way every provider needs it:
-//! 401/403 as a clear credentials error, 429 waited out per `Retry-After` within the
-//! measurement's budget, and nothing a secret could leak through.
+//! 401/403 as a clear credentials error, 429 (or the provider's own way of saying
+//! "slow down") waited out per `Retry-After` within the measurement's budget, each
+//! attempt signed afresh when the provider signs with the time, and nothing a secret
+//! could leak through.
 //!
-//! It must not know any provider's request or answer shapes.
+//! It must not know any provider's request or answer shapes: a provider that signs or
+//! throttles its own way says so through [`Request::sign`] and [`Request::throttled`].
 
 use std::time::Duration;
 
@@ -18,8 +21,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// the least wait after any 429: a provider is never asked again at once.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 
+/// Headers made for each attempt (a signature over the time it is sent).
+pub type Sign<'a> = &'a (dyn Fn() -> Result<Vec<(&'static str, String)>, ReadError> + Send + Sync);
+
 /// A request to a provider.
-#[derive(Debug)]
 pub struct Request<'a> {
     /// The provider, for errors (`Datadog`).
     pub provider: &'static str,
@@ -33,6 +38,24 @@ pub struct Request<'a> {
     pub headers: Vec<(&'a str, String)>,
     /// Every secret the request carries: scrubbed from anything shown.
     pub secrets: Vec<&'a Secret>,
+    /// Headers added to `headers` at each attempt, made again after every wait: an
+    /// AWS signature covers the time, so a retry needs a new one.
+    pub sign: Option<Sign<'a>>,
+    /// Whether an answer that is not a 429 (status, body) asks to slow down all the
+    /// same, as CloudWatch's 400 `Throttling` does: it is waited out like a 429.
+    pub throttled: Option<fn(u16, &str) -> bool>,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("provider", &self.provider)
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("secrets", &self.secrets)
+            .field("signed", &self.sign.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request<'_> {
@@ -48,16 +71,20 @@ pub async fn json(req: &Request<'_>, budget: &Budget) -> Result<Value, ReadError
     let provider = req.provider;
     let mut attempt = 1;
     loop {
-        let answer = crate::http::send_answer(
-            req.method,
-            &req.url,
-            req.body.clone(),
-            &req.headers,
-            TIMEOUT,
-        )
-        .await
-        .map_err(|e| ReadError::Unanswered(req.scrub(&e.to_string())))?;
-        let said = || req.scrub(&short(&answer.body));
+        let mut headers = req.headers.clone();
+        if let Some(sign) = req.sign {
+            headers.extend(sign()?);
+        }
+        let answer =
+            crate::http::send_answer(req.method, &req.url, req.body.clone(), &headers, TIMEOUT)
+                .await
+                .map_err(|e| ReadError::Unanswered(req.scrub(&e.to_string())))?;
+        // Scrubbed before it is shortened: a secret cut at the end would not match.
+        let said = || short(&req.scrub(&answer.body));
+        let throttled = answer.status == 429
+            || req
+                .throttled
+                .is_some_and(|slow_down| slow_down(answer.status, &answer.body));
         match answer.status {
             200..=299 => {
                 return serde_json::from_str(&answer.body)
@@ -70,11 +97,12 @@ pub async fn json(req: &Request<'_>, budget: &Budget) -> Result<Value, ReadError
                     why: said(),
                 });
             }
-            429 => {
+            _ if throttled => {
                 let wait = retry_after(answer.retry_after.as_deref());
                 if attempt >= ATTEMPTS {
                     return Err(ReadError::RateLimited {
                         provider,
+                        status: answer.status,
                         why: format!("after {ATTEMPTS} attempts"),
                     });
                 }
@@ -82,6 +110,7 @@ pub async fn json(req: &Request<'_>, budget: &Budget) -> Result<Value, ReadError
                 if !budget.take(wait) {
                     return Err(ReadError::RateLimited {
                         provider,
+                        status: answer.status,
                         why: format!(
                             "and asks to wait {}s, more than the {}s left of the interval",
                             wait.as_secs_f64(),
@@ -91,8 +120,9 @@ pub async fn json(req: &Request<'_>, budget: &Budget) -> Result<Value, ReadError
                 }
                 tracing::info!(
                     provider,
+                    status = answer.status,
                     wait_s = wait.as_secs_f64(),
-                    "rate limited (429): waiting as asked"
+                    "rate limited: waiting as asked"
                 );
                 tokio::time::sleep(wait).await;
                 attempt += 1;

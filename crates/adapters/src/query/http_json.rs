@@ -74,6 +74,8 @@ impl HttpJson {
             body: None,
             headers,
             secrets,
+            sign: None,
+            throttled: None,
         };
         fetch::json(&req, &ask.budget).await
     }

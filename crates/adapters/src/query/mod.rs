@@ -1,5 +1,5 @@
-//! Metrics providers: the policy's query metrics read from Prometheus, Datadog, an
-//! HTTP endpoint or a command, beside the builtin measurements.
+//! Metrics providers: the policy's query metrics read from Prometheus, Datadog, New
+//! Relic, CloudWatch, an HTTP endpoint or a command, beside the builtin measurements.
 //!
 //! Owns the one seam every provider plugs into ([`QueryProvider`]: one variant's
 //! value, and its request count, over a window), the source that mixes them
@@ -19,11 +19,14 @@
 //!
 //! It must not judge (core's judges do) nor decide anything about the release.
 
+pub mod aws_credentials;
+pub mod cloudwatch;
 pub mod command;
 pub mod datadog;
 pub mod fetch;
 pub mod http_json;
 pub mod newrelic;
+pub mod sigv4;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +34,7 @@ use std::time::Duration;
 use rampart_core::Millis;
 use rampart_core::metrics::{IntervalSample, QueryReading};
 use rampart_core::policy::{Analysis, QuerySource, QuerySpec, ValuePath};
-use rampart_core::ports::{BoxFuture, MetricsSource, PortError};
+use rampart_core::ports::{BoxFuture, Clock, MetricsSource, PortError};
 use rampart_core::release::{GateResult, MeasureWindow};
 use serde_json::Value;
 
@@ -121,11 +124,11 @@ impl Budget {
     }
 }
 
-/// A secret read from the environment. It prints as the variable's name, never its
-/// value.
+/// A secret read from the environment (or a credentials file). It prints as the
+/// variable's name, never its value.
 #[derive(Clone)]
 pub struct Secret {
-    /// The environment variable it came from.
+    /// The environment variable it came from (or the file's key, `aws_secret_access_key`).
     pub var: String,
     value: String,
 }
@@ -146,6 +149,15 @@ impl Secret {
             }),
             _ => Err(ReadError::MissingSecret(var.to_string())),
         }
+    }
+
+    /// A secret read from a file under the key `key`, which names it wherever it
+    /// would show; `None` when the value is empty.
+    pub fn from_file(key: &str, value: String) -> Option<Secret> {
+        (!value.is_empty()).then(|| Secret {
+            var: key.to_string(),
+            value,
+        })
     }
 
     /// The value, for the one place it is sent.
@@ -187,11 +199,14 @@ pub enum ReadError {
         /// What it said, scrubbed of secrets, or what to check.
         why: String,
     },
-    /// 429 for longer than what was left of the interval, or too many times.
-    #[error("{provider} is rate limiting (429) {why}; this interval has no data")]
+    /// 429 (or the provider's own throttling answer) for longer than what was left of
+    /// the interval, or too many times.
+    #[error("{provider} is rate limiting ({status}) {why}; this interval has no data")]
     RateLimited {
         /// The provider.
         provider: &'static str,
+        /// 429, or the status the provider throttles with.
+        status: u16,
         /// How it went: the Retry-After asked, the attempts made.
         why: String,
     },
@@ -304,7 +319,8 @@ impl std::fmt::Debug for WithQueries {
 
 impl WithQueries {
     /// Adds `analysis`'s query metrics to `builtin`, each routed to its provider,
-    /// with secrets read from `env`. Commands run in `dir` (the policy's directory).
+    /// with secrets read from `env`. Commands run in `dir` (the policy's directory);
+    /// requests signed with the time (CloudWatch's) take it from `clock`.
     /// Building never fails: what cannot work is reported by [`MetricsSource::check`]
     /// before the release moves traffic, and by every reading.
     pub fn new(
@@ -313,6 +329,7 @@ impl WithQueries {
         analysis: &Analysis,
         dir: &std::path::Path,
         env: &dyn Fn(&str) -> Option<String>,
+        clock: Arc<dyn Clock>,
     ) -> WithQueries {
         let mut providers: Vec<(&'static str, Arc<dyn QueryProvider>)> = Vec::new();
         let mut queries = Vec::new();
@@ -335,6 +352,13 @@ impl WithQueries {
                         QuerySource::NewRelic => match &analysis.newrelic {
                             Some(spec) => Arc::new(newrelic::NewRelic::new(spec, env)),
                             // The policy refuses a `newrelic` metric without its account.
+                            None => continue,
+                        },
+                        QuerySource::CloudWatch => match &analysis.cloudwatch {
+                            Some(spec) => {
+                                Arc::new(cloudwatch::CloudWatch::new(spec, env, clock.clone()))
+                            }
+                            // The policy refuses a `cloudwatch` metric without its region.
                             None => continue,
                         },
                         QuerySource::Http(_) => Arc::new(http_json::HttpJson::new(analysis, env)),

@@ -66,6 +66,8 @@ impl NewRelic {
             body: Some(json!({"query": document, "variables": variables}).to_string()),
             headers: vec![("API-Key", key.expose().to_string())],
             secrets: vec![key],
+            sign: None,
+            throttled: None,
         };
         let mut answer = fetch::json(&req, budget).await?;
         // GraphQL reports failures (a bad query, an account the key cannot see) in
@@ -74,7 +76,7 @@ impl NewRelic {
             let message = first["message"].as_str().unwrap_or("no message");
             return Err(ReadError::Other(format!(
                 "New Relic: {}",
-                key.scrub(&short(message))
+                short(&key.scrub(message))
             )));
         }
         Ok(answer["data"].take())

@@ -133,10 +133,18 @@ pub fn policy(analysis: &str) -> rampart_core::Policy {
     rampart_core::Policy::from_yaml(&text).unwrap_or_else(|e| panic!("{text}\n{e:?}"))
 }
 
-/// The query metrics of `policy`, with `env` as the environment.
+/// When [`clock`] starts: ten seconds after [`window`]'s end.
+pub const NOW_MS: u64 = 1_700_000_040_000;
+
+/// A clock at [`NOW_MS`], advancing with tokio's (virtual in paused tests).
+pub fn clock() -> Arc<dyn rampart_core::ports::Clock> {
+    Arc::new(rampart_adapters::clock::TokioClock::starting_at(NOW_MS))
+}
+
+/// The query metrics of `policy`, with `env` as the environment and [`clock`]'s time.
 pub fn source(
     policy: &rampart_core::Policy,
-    env: &'static [(&'static str, &'static str)],
+    env: &[(&str, &str)],
 ) -> rampart_adapters::query::WithQueries {
     rampart_adapters::query::WithQueries::new(
         Arc::new(NoBuiltin),
@@ -148,5 +156,6 @@ pub fn source(
                 .find(|(k, _)| *k == var)
                 .map(|(_, v)| v.to_string())
         },
+        clock(),
     )
 }

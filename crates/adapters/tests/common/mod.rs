@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 pub mod fake_provider;
 pub mod servers;
+pub mod sigv4;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use super::providers::{
-    DatadogSpec, HttpFetch, NewRelicSpec, QuerySource, SOURCES, decode_command, decode_datadog,
-    decode_headers, decode_newrelic, decode_url_template, decode_value_path,
+    CloudWatchSpec, DatadogSpec, HttpFetch, NewRelicSpec, QuerySource, SOURCES, decode_cloudwatch,
+    decode_command, decode_datadog, decode_headers, decode_newrelic, decode_url_template,
+    decode_value_path,
 };
 use super::values::{HOUR, decode_base_url, limit, positive};
 use crate::decode::{Decode, Decoder, MapReader, join, one_of, scalar};
@@ -37,6 +38,8 @@ pub struct Analysis {
     pub datadog: Option<DatadogSpec>,
     /// The New Relic account `source: newrelic` metrics query; required when one does.
     pub newrelic: Option<NewRelicSpec>,
+    /// The CloudWatch region `source: cloudwatch` metrics read; required when one does.
+    pub cloudwatch: Option<CloudWatchSpec>,
 }
 
 /// The marker header on every request of the built-in load: `1`, or, for load that
@@ -105,7 +108,7 @@ pub struct MetricSpec {
     /// outcome are on that side.
     pub direction: Direction,
     /// For a metric read from a provider (`source: prometheus`, `datadog`,
-    /// `newrelic`, `http`, `command`): what is read for each variant. `None` for
+    /// `newrelic`, `cloudwatch`, `http`, `command`): what is read for each variant. `None` for
     /// builtin metrics.
     pub query: Option<QuerySpec>,
 }
@@ -178,7 +181,8 @@ impl Direction {
 pub struct QuerySpec {
     /// The provider that reads it, with the metric's own fetch (`http`, `command`).
     pub source: QuerySource,
-    /// The query (PromQL, a Datadog query, NRQL) with `{service}`, `{variant}`, `{version}`
+    /// The query (PromQL, a Datadog query, NRQL, a CloudWatch expression) with
+    /// `{service}`, `{variant}`, `{version}`
     /// and `{interval}` placeholders; for `http` and `command`, the JSON path of the
     /// value (or of the `bad`/`good` count) in the fetched document.
     pub query: String,
@@ -364,12 +368,14 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             "load",
             "datadog",
             "newrelic",
+            "cloudwatch",
         ],
     )?;
     let prometheus = m.optional_with(cx, "prometheus", decode_base_url);
     let datadog = m.optional_with(cx, "datadog", decode_datadog);
     let newrelic = m.optional_with(cx, "newrelic", decode_newrelic);
     let load = m.optional_with(cx, "load", decode_load);
+    let cloudwatch = m.optional_with(cx, "cloudwatch", decode_cloudwatch);
     let interval = positive(cx, &m, "interval", HOUR).unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
         cx.error(
@@ -441,6 +447,15 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             "a `newrelic` metric needs the account its NRQL runs in: set `analysis.newrelic: {account_id: N}` (the key comes from NEW_RELIC_API_KEY)",
         );
     }
+    if m.get("cloudwatch").is_none()
+        && let Some(i) = reads(&QuerySource::CloudWatch)
+    {
+        cx.error(
+            m.pos(),
+            &format!("{}.metrics[{i}].source", m.path()),
+            "a `cloudwatch` metric needs the region to ask: set `analysis.cloudwatch: {region: us-east-1}` (credentials come from the AWS environment variables or the shared credentials file)",
+        );
+    }
     if prometheus.is_none()
         && m.get("prometheus").is_none()
         && let Some(i) = reads(&QuerySource::Prometheus)
@@ -460,6 +475,7 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         prometheus,
         datadog,
         newrelic,
+        cloudwatch,
         load,
     })
 }
@@ -602,7 +618,7 @@ fn decode_metric(
             m.pos(),
             &m.path_of(key),
             format!(
-                "`{key}` belongs to metrics read from a provider (`source: prometheus`, `datadog`, `newrelic`, `http`, `command`)"
+                "`{key}` belongs to metrics read from a provider (`source: prometheus`, `datadog`, `newrelic`, `cloudwatch`, `http`, `command`)"
             ),
         );
     }
@@ -850,6 +866,7 @@ fn decode_source(cx: &mut Decoder, m: &MapReader<'_>, source_id: &str) -> Option
         return Some(match source_id {
             "datadog" => QuerySource::Datadog,
             "newrelic" => QuerySource::NewRelic,
+            "cloudwatch" => QuerySource::CloudWatch,
             _ => QuerySource::Prometheus,
         });
     }

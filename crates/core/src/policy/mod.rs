@@ -51,8 +51,8 @@ pub use flags::FlagsSpec;
 pub use migrations::Migrations;
 pub use notify::{NotifyHook, NotifyTarget, PAGES, Secret, SilenceMatcher, SilencesSpec};
 pub use providers::{
-    CommandFetch, DATADOG_SITES, DatadogApi, DatadogSpec, HttpFetch, NewRelicSpec, PLACEHOLDERS,
-    PathStep, QuerySource, ValuePath, env_refs,
+    CloudWatchSpec, CommandFetch, DATADOG_SITES, DatadogApi, DatadogSpec, HttpFetch, NewRelicSpec,
+    PLACEHOLDERS, PathStep, QuerySource, ValuePath, aws_region, cloudwatch_endpoint, env_refs,
 };
 pub use rollback::{Rollback, RollbackCap};
 pub use strategy::{

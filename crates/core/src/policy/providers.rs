@@ -1,5 +1,6 @@
 //! Where a query metric's numbers come from: the metrics providers a `source` names
-//! (`prometheus`, `datadog`, `http`, `command`), their connection settings under
+//! (`prometheus`, `datadog`, `newrelic`, `cloudwatch`, `http`, `command`), their
+//! connection settings under
 //! `analysis:`, and the JSON paths that pick a number out of an answer.
 //!
 //! Owns the design every provider adapter follows:
@@ -16,8 +17,9 @@
 //!   missing one fails the pre-release check, before any traffic moves; it is not a
 //!   policy error, because `rampart validate` is pure and runs where secrets are not
 //!   (a CI lint job).
-//! - Everything that can be wrong in the file itself (an unknown site, an unparseable
-//!   JSON path, an empty command, a secret in a URL) is refused here, at its line.
+//! - Everything that can be wrong in the file itself (an unknown site, a malformed
+//!   region, an unparseable JSON path, an empty command, a secret in a URL) is refused
+//!   here, at its line.
 //!
 //! It must not read the environment, the network or the clock; adapters do.
 
@@ -34,6 +36,9 @@ pub enum QuerySource {
     Datadog,
     /// NRQL through New Relic's NerdGraph over `analysis.newrelic`.
     NewRelic,
+    /// A CloudWatch metric math or Metrics Insights expression, read with
+    /// GetMetricData over `analysis.cloudwatch`.
+    CloudWatch,
     /// A JSON document from an HTTP GET; the query texts are JSON paths into it.
     Http(HttpFetch),
     /// A program's output (a number, or JSON); the query texts are JSON paths into it.
@@ -47,6 +52,7 @@ impl QuerySource {
             QuerySource::Prometheus => "prometheus",
             QuerySource::Datadog => "datadog",
             QuerySource::NewRelic => "newrelic",
+            QuerySource::CloudWatch => "cloudwatch",
             QuerySource::Http(_) => "http",
             QuerySource::Command(_) => "command",
         }
@@ -58,6 +64,7 @@ impl QuerySource {
             QuerySource::Prometheus => "Prometheus",
             QuerySource::Datadog => "Datadog",
             QuerySource::NewRelic => "New Relic",
+            QuerySource::CloudWatch => "CloudWatch",
             QuerySource::Http(_) => "HTTP",
             QuerySource::Command(_) => "command",
         }
@@ -76,6 +83,7 @@ pub(super) const SOURCES: &[&str] = &[
     "prometheus",
     "datadog",
     "newrelic",
+    "cloudwatch",
     "http",
     "command",
 ];
@@ -154,6 +162,49 @@ pub struct NewRelicSpec {
     pub url: String,
     /// The environment variable holding the user API key (`NEW_RELIC_API_KEY`).
     pub api_key_env: String,
+}
+
+/// `analysis.cloudwatch`: the region GetMetricData is asked in, and how finely.
+/// Credentials are not here: the adapter reads them where `rampart run` runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudWatchSpec {
+    /// The AWS region (`us-east-1`): the endpoint's, and the signature's scope.
+    pub region: String,
+    /// The endpoint's base URL: `url` when given (a VPC endpoint, a test fake), else
+    /// [`cloudwatch_endpoint`] of the region.
+    pub url: String,
+    /// The datapoints' period in seconds (`Period` of each query): 1, 5, 10, 20, 30
+    /// or a multiple of 60.
+    pub period: u32,
+}
+
+/// CloudWatch's endpoint in `region`: `https://monitoring.REGION.amazonaws.com`, or
+/// `.amazonaws.com.cn` in the China regions.
+pub fn cloudwatch_endpoint(region: &str) -> String {
+    let domain = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("https://monitoring.{region}.{domain}")
+}
+
+/// Whether `name` is spelled like an AWS region: a two-letter area, one or more
+/// lower-case words, and a number (`us-east-1`, `ap-southeast-4`, `us-gov-west-1`).
+pub fn aws_region(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    let [area, words @ .., number] = parts.as_slice() else {
+        return false;
+    };
+    area.len() == 2
+        && area.chars().all(|c| c.is_ascii_lowercase())
+        && !words.is_empty()
+        && words
+            .iter()
+            .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
+        && !number.is_empty()
+        && number.len() <= 2
+        && number.chars().all(|c| c.is_ascii_digit())
 }
 
 /// The Datadog sites, as Datadog names them.
@@ -421,6 +472,38 @@ pub(super) fn decode_newrelic(cx: &mut Decoder, n: &Node, p: &str) -> Option<New
     })
 }
 
+/// `analysis.cloudwatch: {region, url, period}`.
+pub(super) fn decode_cloudwatch(cx: &mut Decoder, n: &Node, p: &str) -> Option<CloudWatchSpec> {
+    let m = cx.map(n, p, &["region", "url", "period"])?;
+    let region = m.required_with(cx, "region", |cx, n, p| {
+        let region = scalar(cx, n, p, "an AWS region like `us-east-1`")?;
+        if aws_region(region) {
+            return Some(region.to_string());
+        }
+        cx.error(
+            n.pos,
+            p,
+            format!("`{region}` is not an AWS region; write it the way AWS does, like `us-east-1`, `eu-central-1` or `ap-southeast-2`"),
+        );
+        None
+    });
+    let url = m.optional_with(cx, "url", super::values::decode_base_url);
+    let period = m.optional::<u32>(cx, "period").unwrap_or(60);
+    if !(matches!(period, 1 | 5 | 10 | 20 | 30) || (period > 0 && period % 60 == 0)) {
+        cx.error(
+            m.get("period").map_or(m.pos(), |n| n.pos),
+            &m.path_of("period"),
+            format!("CloudWatch takes a period of 1, 5, 10, 20, 30 or a multiple of 60 seconds, not {period}"),
+        );
+    }
+    let region = region?;
+    Some(CloudWatchSpec {
+        url: url.unwrap_or_else(|| cloudwatch_endpoint(&region)),
+        region,
+        period,
+    })
+}
+
 /// Whether `name` can name an environment variable: letters, digits and `_`, not
 /// starting with a digit.
 fn env_name(name: &str) -> bool {
@@ -504,5 +587,41 @@ mod tests {
             Some("{varient}")
         );
         assert!(env_name("DD_API_KEY") && !env_name("1X") && !env_name("a-b"));
+    }
+
+    #[test]
+    fn aws_regions_are_spelled_like_aws_spells_them() {
+        for ok in [
+            "us-east-1",
+            "eu-central-2",
+            "ap-southeast-4",
+            "us-gov-west-1",
+            "cn-northwest-1",
+            "il-central-1",
+        ] {
+            assert!(aws_region(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "us-east",
+            "useast1",
+            "US-EAST-1",
+            "us-east-1a",
+            "us_east_1",
+            "east-1",
+            "us--1",
+            "us-east-100",
+            "monitoring.us-east-1.amazonaws.com",
+        ] {
+            assert!(!aws_region(bad), "{bad}");
+        }
+        assert_eq!(
+            cloudwatch_endpoint("eu-west-1"),
+            "https://monitoring.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            cloudwatch_endpoint("cn-north-1"),
+            "https://monitoring.cn-north-1.amazonaws.com.cn"
+        );
     }
 }

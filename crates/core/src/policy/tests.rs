@@ -1178,3 +1178,81 @@ fn analysis_load_decodes_with_its_defaults_and_refuses_what_cannot_be_sent() {
         d.message
     );
 }
+
+#[test]
+fn cloudwatch_needs_its_region_and_refuses_a_malformed_one_at_its_line() {
+    let metric = "    - {name: e, source: cloudwatch, query: 'SELECT SUM(Errors) FROM \"Shop\" WHERE Variant = ''{variant}''', judge: {max: 5}}\n";
+    let missing = with_metrics(metric);
+    let d = diagnostic(&missing, "analysis.metrics[0].source");
+    assert!(
+        d.message
+            .contains("analysis.cloudwatch: {region: us-east-1}"),
+        "{d:?}"
+    );
+    let set = |settings: &str| {
+        with_metrics(metric).replace(
+            "  metrics:\n",
+            &format!("  cloudwatch: {settings}\n  metrics:\n"),
+        )
+    };
+    let p = Policy::from_yaml(&set("{region: eu-central-1}")).unwrap();
+    assert_eq!(
+        p.analysis.cloudwatch,
+        Some(CloudWatchSpec {
+            region: "eu-central-1".into(),
+            url: "https://monitoring.eu-central-1.amazonaws.com".into(),
+            period: 60,
+        })
+    );
+    let q = p.analysis.metrics[0].query.as_ref().unwrap();
+    assert_eq!(q.source, QuerySource::CloudWatch);
+    assert_eq!(
+        q.query,
+        "SELECT SUM(Errors) FROM \"Shop\" WHERE Variant = '{variant}'"
+    );
+    let vpc = Policy::from_yaml(&set(
+        "{region: us-east-1, url: 'https://vpce-0a1b.monitoring.us-east-1.vpce.amazonaws.com/', period: 300}",
+    ))
+    .unwrap()
+    .analysis
+    .cloudwatch
+    .unwrap();
+    assert_eq!(
+        (vpc.url.as_str(), vpc.period),
+        (
+            "https://vpce-0a1b.monitoring.us-east-1.vpce.amazonaws.com",
+            300
+        )
+    );
+    for (settings, path, says) in [
+        (
+            "{url: 'http://127.0.0.1:9'}",
+            "analysis.cloudwatch.region",
+            "missing required field `region`",
+        ),
+        (
+            "{region: us-east}",
+            "analysis.cloudwatch.region",
+            "`us-east` is not an AWS region",
+        ),
+        (
+            "{region: 'monitoring.us-east-1.amazonaws.com'}",
+            "analysis.cloudwatch.region",
+            "like `us-east-1`",
+        ),
+        (
+            "{region: us-east-1, period: 45}",
+            "analysis.cloudwatch.period",
+            "1, 5, 10, 20, 30 or a multiple of 60",
+        ),
+        (
+            "{region: us-east-1, url: monitoring.example}",
+            "analysis.cloudwatch.url",
+            "not an http:// or https:// URL",
+        ),
+    ] {
+        let d = diagnostic(&set(settings), path);
+        assert!(d.message.contains(says), "{settings}: {d:?}");
+        assert_eq!(d.line, 15, "{settings}: {d:?}");
+    }
+}

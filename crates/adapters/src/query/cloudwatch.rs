@@ -1,0 +1,359 @@
+//! The `cloudwatch` metrics provider: a metric's CloudWatch expression (metric math,
+//! `SEARCH`, or a Metrics Insights `SELECT`), read for each variant over the window with
+//! GetMetricData in the AWS JSON 1.0 protocol (`POST /`,
+//! `Content-Type: application/x-amz-json-1.0`,
+//! `X-Amz-Target: GraniteServiceVersion20100801.GetMetricData`), signed with Signature
+//! Version 4 for the service `monitoring`.
+//!
+//! Owns the request (one `Expression` query with the policy's period, the window in
+//! epoch seconds, oldest datapoint first), reducing its datapoints to one number, and
+//! the pre-release check (credentials found, and a GetMetricData signed with them
+//! accepted). It must not send the secret access key at all (only signatures made
+//! with it), nor the session token anywhere but `X-Amz-Security-Token`.
+//!
+//! One number per variant from the datapoints, as for Datadog: `bad`/`good`, `total`
+//! and `samples` are the **sum** of the datapoints in the window (use the `Sum`
+//! statistic), a `query` value is the **last** datapoint, or their **mean** with
+//! `range: true`. No result, or a result without datapoints, is no data.
+
+use std::sync::Arc;
+
+use rampart_core::policy::{CloudWatchSpec, QuerySpec};
+use rampart_core::ports::{BoxFuture, Clock};
+use serde_json::{Value, json};
+
+use super::aws_credentials::{self, Credentials};
+use super::fetch::{self, Request};
+use super::{Ask, QueryProvider, ReadError, Reading, number, short, sigv4};
+
+const NAME: &str = "CloudWatch";
+/// The operation, as the JSON protocol names it.
+pub const TARGET: &str = "GraniteServiceVersion20100801.GetMetricData";
+/// The JSON protocol's content type.
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+/// CloudWatch's signing name.
+pub const SERVICE: &str = "monitoring";
+
+/// CloudWatch in one region, with the credentials found when it was built.
+pub struct CloudWatch {
+    url: String,
+    host: String,
+    path: String,
+    region: String,
+    period: u32,
+    credentials: Result<Credentials, String>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for CloudWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudWatch")
+            .field("url", &self.url)
+            .field("region", &self.region)
+            .field("period", &self.period)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the datapoints become one number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reduce {
+    Sum,
+    Mean,
+    Last,
+}
+
+impl CloudWatch {
+    /// CloudWatch as `spec` says, with credentials found in `env` (and the shared
+    /// credentials file it points at) now, signing with `clock`'s time.
+    pub fn new(
+        spec: &CloudWatchSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> CloudWatch {
+        let url = format!("{}/", spec.url);
+        // The Host and path signed must be the ones the HTTP client sends.
+        let (host, path) = match url.parse::<hyper::Uri>() {
+            Ok(uri) => (
+                uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+                uri.path().to_string(),
+            ),
+            Err(_) => (String::new(), "/".to_string()),
+        };
+        CloudWatch {
+            url,
+            host,
+            path,
+            region: spec.region.clone(),
+            period: spec.period,
+            credentials: aws_credentials::find(env).map_err(|e| e.to_string()),
+            clock,
+        }
+    }
+
+    fn credentials(&self) -> Result<&Credentials, ReadError> {
+        self.credentials
+            .as_ref()
+            .map_err(|e| ReadError::Other(e.clone()))
+    }
+
+    /// Sends one GetMetricData request with `body`; returns the answer.
+    async fn get_metric_data(
+        &self,
+        body: Value,
+        budget: &super::Budget,
+    ) -> Result<Value, ReadError> {
+        let credentials = self.credentials()?;
+        let body = body.to_string();
+        let sign = || {
+            let amz_date = sigv4::amz_date(self.clock.now())
+                .ok_or_else(|| ReadError::Other("the clock is past the year 9999".into()))?;
+            let req = sigv4::Request {
+                method: "POST",
+                path: &self.path,
+                query: &[],
+                headers: &[
+                    ("content-type", CONTENT_TYPE),
+                    ("host", &self.host),
+                    ("x-amz-target", TARGET),
+                ],
+                payload: body.as_bytes(),
+            };
+            let scope = sigv4::Scope {
+                region: &self.region,
+                service: SERVICE,
+                amz_date: &amz_date,
+            };
+            Ok(sigv4::sign(&req, &credentials.keys(), &scope))
+        };
+        let req = Request {
+            provider: NAME,
+            method: "POST",
+            url: self.url.clone(),
+            body: Some(body.clone()),
+            headers: vec![
+                ("Content-Type", CONTENT_TYPE.to_string()),
+                ("X-Amz-Target", TARGET.to_string()),
+            ],
+            secrets: credentials.secrets(),
+            sign: Some(&sign),
+            throttled: Some(throttled),
+        };
+        let answer = fetch::json(&req, budget).await?;
+        // A result CloudWatch could not compute, or may not show, says why in its
+        // messages; anything it echoes is scrubbed like an error.
+        let scrub = |text: &str| {
+            short(
+                &credentials
+                    .secrets()
+                    .iter()
+                    .fold(text.to_string(), |t, s| s.scrub(&t)),
+            )
+        };
+        for result in answer["MetricDataResults"].as_array().into_iter().flatten() {
+            let status = result["StatusCode"].as_str().unwrap_or("Complete");
+            if matches!(status, "InternalError" | "Forbidden") {
+                let messages = messages(&result["Messages"]);
+                return Err(ReadError::Other(format!(
+                    "CloudWatch could not compute the expression ({status}){}",
+                    scrub(&messages)
+                )));
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The one series `expression` gives over `ask`'s window, as its values.
+    async fn values(&self, expression: &str, ask: &Ask) -> Result<Vec<f64>, ReadError> {
+        let expression = ask.fill(expression, str::to_string);
+        let body = json!({
+            "MetricDataQueries": [{
+                "Id": "q",
+                "Expression": expression,
+                "Period": self.period,
+                "ReturnData": true
+            }],
+            "StartTime": ask.from / 1000,
+            "EndTime": ask.to / 1000,
+            "ScanBy": "TimestampAscending"
+        });
+        let answer = self.get_metric_data(body, &ask.budget).await?;
+        series_values(&answer)
+    }
+
+    async fn one(&self, expression: &str, ask: &Ask, reduce: Reduce) -> Result<f64, ReadError> {
+        let values = self.values(expression, ask).await?;
+        let (Some(last), n) = (values.last(), values.len() as f64) else {
+            return Err(ReadError::Empty(
+                "CloudWatch returned no datapoint in the window".into(),
+            ));
+        };
+        let sum: f64 = values.iter().sum();
+        Ok(match reduce {
+            Reduce::Sum => sum,
+            Reduce::Mean => sum / n,
+            Reduce::Last => *last,
+        })
+    }
+}
+
+/// CloudWatch's 400 that means "slow down": `Throttling` (or
+/// `ThrottlingException`) in the error's `__type`.
+fn throttled(status: u16, body: &str) -> bool {
+    if status != 400 {
+        return false;
+    }
+    let Ok(error) = serde_json::from_str::<Value>(body) else {
+        return false;
+    };
+    let kind = error["__type"].as_str().unwrap_or_default();
+    let kind = kind.rsplit('#').next().unwrap_or(kind);
+    matches!(kind, "Throttling" | "ThrottlingException")
+}
+
+/// `: message; message` from a `Messages` list, or nothing.
+fn messages(list: &Value) -> String {
+    let all: Vec<&str> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["Value"].as_str())
+        .collect();
+    if all.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", all.join("; "))
+    }
+}
+
+/// The values of the one result that has any, oldest first.
+fn series_values(answer: &Value) -> Result<Vec<f64>, ReadError> {
+    if answer.get("NextToken").is_some_and(|t| !t.is_null()) {
+        return Err(ReadError::Other(
+            "CloudWatch split the answer into pages: the expression gives far more datapoints than one window holds; aggregate it to one series".into(),
+        ));
+    }
+    let results = answer["MetricDataResults"]
+        .as_array()
+        .ok_or_else(|| ReadError::Empty("CloudWatch returned no results".into()))?;
+    let with_data: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["Values"].as_array().is_some_and(|v| !v.is_empty()))
+        .collect();
+    match with_data.as_slice() {
+        [] => Err(ReadError::Empty(
+            "CloudWatch returned no datapoint in the window".into(),
+        )),
+        [one] => Ok(one["Values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(number)
+            .collect()),
+        many => Err(ReadError::ManySeries(many.len())),
+    }
+}
+
+impl QueryProvider for CloudWatch {
+    fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
+        Box::pin(async move {
+            let reduce = match (spec.counts, spec.range) {
+                (true, _) => Reduce::Sum,
+                (false, true) => Reduce::Mean,
+                (false, false) => Reduce::Last,
+            };
+            let value = self.one(&spec.query, ask, reduce).await;
+            let samples = match &spec.samples {
+                Some(q) => Some(self.one(q, ask, Reduce::Sum).await),
+                None => None,
+            };
+            Reading { value, samples }
+        })
+    }
+
+    /// A GetMetricData for a metric nobody publishes, over the last five minutes: it
+    /// costs nothing, and only answers 200 to a valid signature made with keys allowed
+    /// `cloudwatch:GetMetricData`.
+    fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
+        Box::pin(async move {
+            let credentials = self.credentials()?;
+            let end = self.clock.now() / 1000 / 60 * 60;
+            let body = json!({
+                "MetricDataQueries": [{
+                    "Id": "check",
+                    "MetricStat": {
+                        "Metric": {"Namespace": "rampart/check", "MetricName": "check"},
+                        "Period": 60,
+                        "Stat": "Sum"
+                    },
+                    "ReturnData": true
+                }],
+                "StartTime": end.saturating_sub(300),
+                "EndTime": end
+            });
+            // A check has no interval to wait in: throttling here is a failed check.
+            let answer = self
+                .get_metric_data(body, &super::Budget::new(Default::default()))
+                .await?;
+            if !answer["MetricDataResults"].is_array() {
+                return Err(ReadError::Other(format!(
+                    "CloudWatch at {} did not answer GetMetricData",
+                    self.url
+                )));
+            }
+            Ok(format!(
+                "{} ({}) accepts GetMetricData signed with the credentials from {}",
+                self.url, self.region, credentials.source
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_become_values_or_no_data() {
+        let v = |s: &str| series_values(&serde_json::from_str(s).unwrap());
+        assert_eq!(
+            v(r#"{"MetricDataResults":[{"Id":"q","Timestamps":[1,2],"Values":[2.0,4.5],"StatusCode":"Complete"}]}"#).ok(),
+            Some(vec![2.0, 4.5])
+        );
+        assert!(matches!(
+            v(
+                r#"{"MetricDataResults":[{"Id":"q","Timestamps":[],"Values":[],"StatusCode":"Complete"}]}"#
+            ),
+            Err(ReadError::Empty(_))
+        ));
+        assert!(matches!(
+            v(r#"{"MetricDataResults":[]}"#),
+            Err(ReadError::Empty(_))
+        ));
+        assert!(matches!(v(r#"{}"#), Err(ReadError::Empty(_))));
+        assert!(matches!(
+            v(r#"{"MetricDataResults":[{"Values":[1]},{"Values":[2]}]}"#),
+            Err(ReadError::ManySeries(2))
+        ));
+        assert!(matches!(
+            v(r#"{"MetricDataResults":[{"Values":[1]}],"NextToken":"t"}"#),
+            Err(ReadError::Other(_))
+        ));
+    }
+
+    #[test]
+    fn throttling_is_a_400_with_its_type() {
+        assert!(throttled(
+            400,
+            r#"{"__type":"com.amazonaws.coral.availability#ThrottlingException","message":"Rate exceeded"}"#
+        ));
+        assert!(throttled(400, r#"{"__type":"Throttling"}"#));
+        assert!(!throttled(
+            400,
+            r#"{"__type":"com.amazon.coral.validate#ValidationException"}"#
+        ));
+        assert!(!throttled(500, r#"{"__type":"Throttling"}"#));
+        assert!(!throttled(400, "Throttling"));
+    }
+}

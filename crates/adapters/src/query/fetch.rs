@@ -18,8 +18,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// the least wait after any 429: a provider is never asked again at once.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 
-/// A request to a provider.
-#[derive(Debug)]
+/// A request to a provider. Its `Debug` names the provider, method and URL only:
+/// header values carry secrets.
 pub struct Request<'a> {
     /// The provider, for errors (`Datadog`).
     pub provider: &'static str,
@@ -33,6 +33,20 @@ pub struct Request<'a> {
     pub headers: Vec<(&'a str, String)>,
     /// Every secret the request carries: scrubbed from anything shown.
     pub secrets: Vec<&'a Secret>,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("provider", &self.provider)
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request<'_> {

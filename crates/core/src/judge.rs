@@ -563,6 +563,11 @@ fn share_test(
     })
 }
 
+/// The least odds ratio a sequential judge tolerates against a frozen baseline (the
+/// watch after promotion): the previous version's numbers are from before the switch,
+/// and load and users drift; 1.5 lets a 20 % drift pass and still finds a doubling.
+pub const WATCH_TOLERANCE: f64 = 1.5;
+
 /// A canary's bad outcomes against a frozen baseline (the previous version's rate
 /// before all traffic moved, during the watch after promotion): each canary outcome is
 /// bad with at most the baseline's rate under "no worse". The rate is its upper 99 %
@@ -647,6 +652,13 @@ pub fn sequential_with(
     frozen_stable: bool,
 ) -> MetricReading {
     let mut r = reading(spec, sample);
+    // A baseline is from another time (other load, other users): a frozen comparison
+    // tolerates at least WATCH_TOLERANCE, so drift alone is never a regression.
+    let tolerance = if frozen_stable {
+        seq.tolerance.max(WATCH_TOLERANCE)
+    } else {
+        seq.tolerance
+    };
     // Outcomes against stable's at the same time, or against a frozen baseline.
     type Test = fn(u64, u64, u64, u64, &str) -> Option<(u64, u64, f64, String)>;
     let test: Test = if frozen_stable {
@@ -737,7 +749,7 @@ pub fn sequential_with(
     };
     evidence
         .process
-        .update(bad, trials, tolerate(p0, seq.tolerance));
+        .update(bad, trials, tolerate(p0, tolerance));
     let log_e = evidence.process.log_e();
     evidence.rejected |= evidence.process.rejects(seq.alpha);
     r.log_evidence = Some(log_e);
@@ -839,6 +851,21 @@ mod tests {
         }
         assert_eq!(verdict, Verdict::Fail);
         assert!(seen <= 300, "failed after {seen} canary requests");
+    }
+
+    /// Regression (review): against a frozen baseline, a million requests at 0.6 %
+    /// where the previous version had 0.5 % (a 20 % drift of load or users between then
+    /// and now) failed the watch at once. A doubling still fails.
+    #[test]
+    fn against_a_frozen_baseline_drift_is_tolerated_and_a_doubling_is_not() {
+        let (spec, seq) = seq_spec(BuiltinMetric::ErrorRate);
+        let judge = |canary_errors| {
+            let mut ev = Evidence::default();
+            let s = sample((1_000_000, 5_000), (1_000_000, canary_errors));
+            sequential_with(&spec, &seq, &s, &mut ev, &Histogram::default(), 0, true).verdict
+        };
+        assert_ne!(judge(6_000), Verdict::Fail);
+        assert_eq!(judge(10_000), Verdict::Fail);
     }
 
     #[test]

@@ -321,3 +321,58 @@ mod tests {
         );
     }
 }
+
+/// Why `v` cannot be a version, or `None` when it can. A version is substituted into
+/// commands, paths, URLs and query languages (PromQL, NRQL, Datadog queries), so it is
+/// 1 to 128 of `A-Z a-z 0-9 . _ - + : @ ~`, not starting with `-` or `.`, without
+/// `..`: no quote, brace or space can change what a query asks.
+pub fn version_problem(v: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-+:@~".contains(c);
+    if v.is_empty() || v.len() > 128 {
+        return Some("a version is 1 to 128 characters".into());
+    }
+    if let Some(c) = v.chars().find(|c| !allowed(*c)) {
+        return Some(format!(
+            "`{}` cannot be in a version: use letters, digits and . _ - + : @ ~ (a version is put into commands and metric queries)",
+            c.escape_default()
+        ));
+    }
+    if v.starts_with(['-', '.']) || v.contains("..") {
+        return Some("a version cannot start with - or . nor contain ..".into());
+    }
+    None
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::version_problem;
+
+    #[test]
+    fn versions_that_could_change_a_query_or_a_command_are_refused() {
+        for ok in [
+            "v1",
+            "1.2.3",
+            "v2.0.0-rc.1+build.5",
+            "sha-3f9a",
+            "2026-12-03_1",
+            "img:tag@x~1",
+        ] {
+            assert_eq!(version_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "x'OR'1'='1",
+            "v1\"}",
+            "v 1",
+            "-rf",
+            ".hidden",
+            "a..b",
+            "a/b",
+            "v1;rm",
+            "v1$x",
+        ] {
+            assert!(version_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(version_problem(&"v".repeat(129)).is_some());
+    }
+}

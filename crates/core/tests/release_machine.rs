@@ -3306,3 +3306,78 @@ post_release: {watch: 5m}
     let done = drive_until(&p, t.state, healthy, |_| true, |_, _| {}, |_| false);
     assert_eq!(done.phase, Phase::Succeeded, "{:?}", done.decision);
 }
+
+/// Regression (review): a watch passed when its time was up, whatever it had judged:
+/// here every watch interval is inconclusive (too few requests at 100 %), and the
+/// release was promoted after 2 minutes without a single judgement. It now goes on
+/// until the inconclusive escalation halts it.
+#[test]
+fn a_watch_that_judges_nothing_never_passes() {
+    let p = Policy::from_yaml(
+        r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 50, bake: 1m}]}}
+analysis:
+  interval: 30s
+  min_samples: 50
+  inconclusive: {limit: 6, action: halt}
+  metrics: [{name: errors, metric: error_rate, judge: {max: 5%}}]
+post_release: {watch: 2m}
+"#,
+    )
+    .unwrap();
+    let weight = std::cell::Cell::new(0u16);
+    let measure = || {
+        // Busy during the steps; at 100 %, 10 requests an interval.
+        let n = if weight.get() == 10_000 { 10 } else { 500 };
+        IntervalSample {
+            stable: stats(n, 0),
+            canary: stats(n, 0),
+            ..Default::default()
+        }
+    };
+    let s = drive(&p, measure, |w, _| weight.set(w.basis_points()));
+    assert_eq!(s.phase, Phase::Halted, "{:?}", s.decision);
+    let (events, _) = take_seen();
+    assert!(!events.iter().any(|e| e.kind == "watch_passed"));
+}
+
+/// Regression (review): a failure during the watch started the rollback by switching
+/// flags off (level 1), then judged whether that helped against a previous version
+/// with no traffic at all. It goes straight to traffic (level 2).
+#[test]
+fn a_watch_failure_rolls_traffic_back_without_trying_flags_first() {
+    let p = flagged(
+        "strategy: {canary: {steps: [{weight: 50, bake: 1m}]}}\nrollback: {flags: [recs-v2]}\npost_release: {watch: 5m}\n",
+    );
+    let weight = std::cell::Cell::new(0u16);
+    let measure = || {
+        let bad = weight.get() == 10_000;
+        IntervalSample {
+            stable: stats(500, 1),
+            canary: stats(500, if bad { 50 } else { 1 }),
+            ..Default::default()
+        }
+    };
+    let mut actions = Vec::new();
+    let s = drive_full(
+        &p,
+        Release::default(),
+        measure,
+        |_| true,
+        |w, _| {
+            weight.set(w.basis_points());
+            actions.push(w);
+        },
+        |_, _| {},
+        |_| true,
+        |_| false,
+    );
+    assert_eq!(s.phase, Phase::RolledBack, "{:?}", s.decision);
+    assert_eq!(s.rollback_level, Some(3), "{:?}", s.rollback_level);
+    let (events, _) = take_seen();
+    assert!(!events.iter().any(|e| e.kind == "flags_off"), "no level 1");
+    assert_eq!(actions.last(), Some(&Weight::ZERO));
+}

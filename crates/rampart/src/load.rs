@@ -14,6 +14,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
+/// How long one generated request may take, answer and body.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Counts of what the generator saw.
 #[derive(Debug, Default)]
 pub struct LoadStats {
@@ -92,23 +95,28 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
         let stats = stats.clone();
         tokio::spawn(async move {
             stats.sent.fetch_add(1, Ordering::Relaxed);
-            match client.request(req).await {
-                Ok(resp) => {
-                    if resp
-                        .headers()
-                        .get("x-rampart-variant")
-                        .is_some_and(|v| v == "canary")
-                    {
+            // A hung request ends at the deadline: stopping the generator never leaves
+            // requests behind for long.
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let resp = client.request(req).await.ok()?;
+                let canary = resp
+                    .headers()
+                    .get("x-rampart-variant")
+                    .is_some_and(|v| v == "canary");
+                let error = resp.status().is_server_error();
+                let _ = resp.into_body().collect().await;
+                Some((canary, error))
+            })
+            .await;
+            match answer {
+                Ok(Some((canary, error))) => {
+                    if canary {
                         stats.canary.fetch_add(1, Ordering::Relaxed);
                     }
-                    if resp.status().is_server_error() {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        stats.ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = resp.into_body().collect().await;
+                    let counter = if error { &stats.failed } else { &stats.ok };
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => {
+                _ => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -506,6 +506,16 @@ pub async fn run_release(
     if let Some(t) = own_load {
         t.abort();
     }
+    // The token dies with the release: nothing sent later can hide from the metrics.
+    if plane.uncounted.is_some() {
+        match (&plane.remote, &plane.proxy) {
+            (Some(remote), _) => {
+                let _ = remote.set_uncounted("").await;
+            }
+            (None, Some(proxy)) => proxy.set_uncounted(""),
+            (None, None) => {}
+        }
+    }
     let end = end?;
     if let Some(t) = status {
         t.abort();

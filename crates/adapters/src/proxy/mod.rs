@@ -622,6 +622,10 @@ impl Proxy {
         if uncounted {
             req.headers_mut()
                 .insert(load, HeaderValue::from_static("1"));
+        } else if !routes.uncounted.is_empty() {
+            // While rampart's load is marked, only it reaches the service marked: a
+            // client's own mark is dropped, so the service can trust the header.
+            req.headers_mut().remove(&load);
         }
         let counters = self.inner.counters(variant);
         let _flight = counters.enter(&self.inner.idle);

@@ -24,7 +24,8 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 /// Headers made for each attempt (a signature over the time it is sent).
 pub type Sign<'a> = &'a (dyn Fn() -> Result<Vec<(&'static str, String)>, ReadError> + Send + Sync);
 
-/// A request to a provider.
+/// A request to a provider. Its `Debug` names the provider, method and URL only:
+/// header values carry secrets.
 pub struct Request<'a> {
     /// The provider, for errors (`Datadog`).
     pub provider: &'static str,
@@ -52,7 +53,10 @@ impl std::fmt::Debug for Request<'_> {
             .field("provider", &self.provider)
             .field("method", &self.method)
             .field("url", &self.url)
-            .field("secrets", &self.secrets)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            )
             .field("signed", &self.sign.is_some())
             .finish_non_exhaustive()
     }

@@ -97,10 +97,32 @@ impl NewRelic {
 
 /// `nrql` over `ask`'s window, unless it names its own.
 fn windowed(nrql: &str, ask: &Ask) -> String {
-    if nrql.to_ascii_uppercase().contains("SINCE") {
+    if names_its_own_window(nrql) {
         return nrql.to_string();
     }
     format!("{nrql} SINCE {} UNTIL {}", ask.from, ask.to)
+}
+
+/// Whether `nrql` has a `SINCE` clause of its own: the keyword as a word outside
+/// quoted strings and backquoted names (`timeSinceLoad`, `appName = 'since-v2'` are
+/// not one).
+fn names_its_own_window(nrql: &str) -> bool {
+    let mut outside = String::with_capacity(nrql.len());
+    let mut quote: Option<char> = None;
+    for c in nrql.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if matches!(c, '\'' | '"' | '`') => {
+                quote = Some(c);
+                outside.push(' ');
+            }
+            None => outside.push(c),
+        }
+    }
+    outside
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| w.eq_ignore_ascii_case("since"))
 }
 
 /// The one number of `results`: one row, one value (a field other than the
@@ -176,6 +198,26 @@ impl QueryProvider for NewRelic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (review): any `since` in the text, a name or a string included,
+    /// dropped the window, and NRQL read its default hour instead of the interval.
+    #[test]
+    fn only_a_since_clause_of_its_own_keeps_the_query_unwindowed() {
+        assert!(names_its_own_window(
+            "SELECT count(*) FROM Transaction SINCE 1 hour ago"
+        ));
+        assert!(names_its_own_window(
+            "select count(*) from Transaction since 5 minutes ago"
+        ));
+        for not in [
+            "SELECT average(timeSinceLoad) FROM PageView",
+            "SELECT count(*) FROM Transaction WHERE appName = 'since-v2'",
+            "SELECT count(*) FROM Transaction WHERE `since` = 1",
+            "SELECT count(*) FROM Transaction WHERE tag = \"x since y\"",
+        ] {
+            assert!(!names_its_own_window(not), "{not}");
+        }
+    }
 
     #[test]
     fn results_become_one_number_or_no_data() {

@@ -268,6 +268,13 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
                 "only the embedded proxy can leave rampart's own load out of the metrics; nginx, HAProxy and Kubernetes count every request (set `counts: true`, or filter `x-rampart-load` out of a `prometheus` query)",
             );
         }
+        if !load.counts && load.url.is_some() {
+            cx.error(
+                at,
+                "analysis.load.url",
+                "load that does not count goes through the embedded proxy's own address (it carries a token only the proxy may see); leave `url` out",
+            );
+        }
         if load.url.is_none() && !embedded && !matches!(t, Traffic::Nginx(_)) {
             cx.error(
                 at,

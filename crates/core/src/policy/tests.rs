@@ -1177,6 +1177,18 @@ fn analysis_load_decodes_with_its_defaults_and_refuses_what_cannot_be_sent() {
         "{}",
         d.message
     );
+    // The token of load that does not count never goes to another address.
+    let d = diagnostic(
+        &with_load(
+            "    rate: 5
+    counts: false
+    url: http://10.0.0.9:80
+",
+            proxy,
+        ),
+        "analysis.load.url",
+    );
+    assert!(d.message.contains("leave `url` out"), "{}", d.message);
 }
 
 #[test]

@@ -89,18 +89,34 @@ fn against_baseline(baseline: Option<&IntervalSample>, sample: &IntervalSample) 
 }
 
 /// Adds the previous version's side of an interval to the baseline a watch judges
-/// against.
+/// against. A counts value missing from one interval (a failed read, a series gone at
+/// 100 %) is left out, not allowed to erase what earlier intervals counted.
 fn add_to_baseline(
     baseline: &mut Option<IntervalSample>,
     sample: &IntervalSample,
     counts: &[&str],
 ) {
-    match baseline {
-        Some(base) => base.merge(sample, counts),
-        None => {
-            let mut first = sample.clone();
-            first.queries.retain(|q| counts.contains(&q.name.as_str()));
-            *baseline = Some(first);
+    let base = baseline.get_or_insert_with(IntervalSample::default);
+    base.stable.merge(&sample.stable);
+    for name in counts {
+        let Some(q) = sample.queries.iter().find(|q| q.name == *name) else {
+            continue;
+        };
+        // Events and their total only together, so the share stays right.
+        let (Some(events), Some(total)) = (q.stable, q.stable_samples) else {
+            continue;
+        };
+        match base.queries.iter_mut().find(|b| b.name == *name) {
+            Some(b) => {
+                b.stable = Some(b.stable.unwrap_or(0.0) + events);
+                b.stable_samples = Some(b.stable_samples.unwrap_or(0.0) + total);
+            }
+            None => base.queries.push(crate::metrics::QueryReading {
+                name: q.name.clone(),
+                stable: Some(events),
+                stable_samples: Some(total),
+                ..Default::default()
+            }),
         }
     }
 }

@@ -352,7 +352,17 @@ pub(super) fn watched(b: &mut Builder<'_>, sample: &IntervalSample) {
             }
         }
     }
-    if b.s.timer.is_some_and(|t| b.now >= t) {
+    // The watch ends at its first clean interval once its time is up: an interval that
+    // passed with no critical metric in a failure streak. Time alone never passes it
+    // (a watch that judged nothing goes on until the escalations stop it).
+    let clean = verdict == Verdict::Pass
+        && b.policy
+            .analysis
+            .metrics
+            .iter()
+            .zip(&b.s.failure_streaks)
+            .all(|(m, s)| !m.critical || *s == 0);
+    if clean && b.s.timer.is_some_and(|t| b.now >= t) {
         b.s.timer = None;
         b.s.next_analysis_at = None;
         let watch = b

@@ -51,6 +51,9 @@ impl Builder<'_> {
     }
 
     pub(super) fn rollback_with(&mut self, actor: &str, reason: String, force: bool) {
+        // During the watch the previous version has no traffic to compare with: flags
+        // off could not be verified, so the rollback starts with traffic.
+        let watching = self.s.phase == Phase::Watching;
         let incompatible = self
             .s
             .migration_class
@@ -87,7 +90,9 @@ impl Builder<'_> {
         );
         let flags = self.policy.level_one_flags();
         // Level 1 only helps where users met the new code: some traffic, or a flag ramp.
-        if !flags.is_empty() && (self.s.weight > Weight::ZERO || self.policy.strategy.flag_only()) {
+        let users_met_it =
+            (self.s.weight > Weight::ZERO && !watching) || self.policy.strategy.flag_only();
+        if !flags.is_empty() && users_met_it {
             self.s.rollback_level = Some(1);
             self.act(Action::FlagsOff { flags });
             return;

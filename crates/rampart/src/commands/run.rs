@@ -77,6 +77,12 @@ pub async fn main(args: RunArgs, clock: Arc<dyn Clock>) -> i32 {
         server,
         token,
     } = args;
+    // A version is put into commands and metric queries: refused before anything runs.
+    for (flag, v) in [("--version", Some(&version)), ("--stable", stable.as_ref())] {
+        if let Some(why) = v.and_then(|v| rampart_core::units::version_problem(v)) {
+            return fail(output, &RunError::Invalid(format!("{flag}: {why}")));
+        }
+    }
     if server.is_some() {
         let target = Target {
             server,

@@ -124,12 +124,18 @@ pub async fn start(
                 .set_salt(policy.strategy.ramped_flag().unwrap_or(""))
                 .await
                 .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
-            // This release's own token, or none (an earlier release's no longer counts).
+            // This release's own token, or none (an earlier release's no longer counts; a
+            // data plane from before tokens existed has none to clear).
             let uncounted = uncounted_token(policy)?;
-            remote
-                .set_uncounted(uncounted.as_deref().unwrap_or(""))
-                .await
-                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+            match &uncounted {
+                Some(token) => remote
+                    .set_uncounted(token)
+                    .await
+                    .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
+                None => {
+                    let _ = remote.set_uncounted("").await;
+                }
+            }
             let router: Arc<dyn TrafficRouter> = match policy.strategy.ramped_flag() {
                 None => remote.clone(),
                 Some(flag) => Arc::new(FlagRouter::new(

@@ -101,18 +101,11 @@ fn invalid_policy(e: &rampart_core::policy::PolicyError) -> ApiError {
 }
 
 fn check_version(what: &str, v: &str) -> ApiResult<()> {
-    if v.is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::invalid(format!(
-            "{what} must be 1 to 128 characters without spaces"
-        )));
+    // Versions are substituted into commands, paths and metric queries (`{version}`).
+    match rampart_core::units::version_problem(v) {
+        Some(why) => Err(ApiError::invalid(format!("{what}: {why}"))),
+        None => Ok(()),
     }
-    // Versions are substituted into commands and paths (`{version}`).
-    if v.contains(['/', '\\']) || v.contains("..") {
-        return Err(ApiError::invalid(format!(
-            "{what} must not contain /, \\ or .."
-        )));
-    }
-    Ok(())
 }
 
 /// What an agent may release: exactly what humans released last for the service, the

@@ -1,14 +1,17 @@
 //! The `prometheus` metrics provider: the policy's PromQL queries, read for each
 //! variant over Prometheus's HTTP API (a [`QueryProvider`] of [`crate::query`]). A
 //! counts metric's `bad`/`good` and `total` are its query and its `samples` query: the
-//! same two reads.
+//! same two reads. A latency metric's `buckets` query is read as a vector of
+//! cumulative histogram buckets and turned into a rampart [`Histogram`] ([`histogram_of`]).
 //!
 //! Owns instant and range reads, and turning every way a read can go wrong (an HTTP error,
-//! an error status, an empty vector, several series, NaN) into a missing value, which
-//! the judges treat as no data: never a pass.
+//! an error status, an empty vector, several series, NaN, buckets without `le` or
+//! without a request) into a missing value, which the judges treat as no data: never
+//! a pass.
 
 use rampart_core::Millis;
-use rampart_core::policy::QuerySpec;
+use rampart_core::metrics::{BUCKETS, Histogram, bucket_of};
+use rampart_core::policy::{BucketUnit, QuerySpec};
 use rampart_core::ports::BoxFuture;
 use serde_json::Value;
 
@@ -65,9 +68,24 @@ pub enum PrometheusError {
     /// A range whose every value is NaN or infinite.
     #[error("no finite value in the range")]
     NoFiniteValue,
-    /// A result type other than scalar, vector or matrix.
+    /// A result type other than scalar, vector or matrix (or, for buckets, vector).
     #[error("unexpected result type {0:?}")]
     UnexpectedType(Option<String>),
+    /// A bucket series without an `le` label.
+    #[error("a bucket series has no `le` label; aggregate with `sum by (le) (...)`")]
+    NoBound,
+    /// An `le` label that is not a number or `+Inf`.
+    #[error("`le=\"{0}\"` is not a bucket bound")]
+    BadBound(String),
+    /// Two series with the same `le`.
+    #[error("several series for `le=\"{0}\"`; aggregate with `sum by (le) (...)`")]
+    SameBound(String),
+    /// Only the `+Inf` bucket: nothing says how fast the requests were.
+    #[error("no finite bucket bound, only `+Inf`")]
+    OnlyInfinite,
+    /// Buckets counting no request in the interval.
+    #[error("the buckets count no request in the interval")]
+    NoRequests,
 }
 
 /// How long one query may take.
@@ -86,6 +104,17 @@ impl Prometheus {
         from: Millis,
         to: Millis,
     ) -> Result<f64, PrometheusError> {
+        value_of(&self.data(range, query, from, to).await?)
+    }
+
+    /// An answer's `data`, after its status says success.
+    async fn data(
+        &self,
+        range: bool,
+        query: &str,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Value, PrometheusError> {
         let url = if range {
             let step = ((to.saturating_sub(from)) / 10).max(1000);
             format!(
@@ -118,7 +147,7 @@ impl Prometheus {
                     .to_string(),
             });
         }
-        value_of(&v["data"])
+        Ok(v["data"].clone())
     }
 }
 
@@ -128,6 +157,22 @@ impl QueryProvider for Prometheus {
     fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
         Box::pin(async move {
             let fill = |q: &str| ask.fill(q, str::to_string);
+            if let Some(unit) = spec.buckets {
+                // The histogram's total is the value; it is its own request count.
+                let histogram = self
+                    .data(false, &fill(&spec.query), ask.from, ask.to)
+                    .await
+                    .and_then(|data| histogram_of(&data, unit))
+                    .map_err(|e| ReadError::Other(e.to_string()));
+                return Reading {
+                    value: histogram
+                        .as_ref()
+                        .map(|h| h.count() as f64)
+                        .map_err(|e| ReadError::Other(e.to_string())),
+                    samples: None,
+                    histogram: Some(histogram),
+                };
+            }
             let value = self
                 .read(spec.range, &fill(&spec.query), ask.from, ask.to)
                 .await
@@ -140,7 +185,11 @@ impl QueryProvider for Prometheus {
                 ),
                 None => None,
             };
-            Reading { value, samples }
+            Reading {
+                value,
+                samples,
+                histogram: None,
+            }
         })
     }
 
@@ -196,6 +245,77 @@ pub fn value_of(data: &Value) -> Result<f64, PrometheusError> {
         }
         other => Err(PrometheusError::UnexpectedType(other.map(str::to_string))),
     }
+}
+
+/// A latency histogram from a `buckets` query's answer: a vector of one series per
+/// `le` label, each the requests at or below that bound (Prometheus buckets are
+/// cumulative), with bounds in `unit`.
+///
+/// Each Prometheus bucket's own requests (its count less the one below it; a negative
+/// difference, from a counter reset, is none) go in the rampart bucket holding its
+/// upper bound: as slow as its bound, never faster. The `+Inf` bucket's go just above
+/// the last finite bound. Counts are rounded (`increase` extrapolates).
+///
+/// Guarantees: an empty vector, a series without `le`, a bound or count that is not a
+/// number (NaN included), only `+Inf`, or no request at all is an error: no data,
+/// never a histogram that could pass.
+pub fn histogram_of(data: &Value, unit: BucketUnit) -> Result<Histogram, PrometheusError> {
+    match data["resultType"].as_str() {
+        Some("vector") => {}
+        other => return Err(PrometheusError::UnexpectedType(other.map(str::to_string))),
+    }
+    let series = data["result"].as_array().ok_or(PrometheusError::NoResult)?;
+    if series.is_empty() {
+        return Err(PrometheusError::EmptyVector);
+    }
+    let mut bounds: Vec<(f64, &str, f64)> = Vec::with_capacity(series.len());
+    for s in series {
+        let le = s["metric"]["le"].as_str().ok_or(PrometheusError::NoBound)?;
+        let bound = match le.trim() {
+            "+Inf" | "Inf" | "inf" | "+inf" => f64::INFINITY,
+            text => text
+                .parse::<f64>()
+                .ok()
+                .filter(|b| b.is_finite())
+                .ok_or_else(|| PrometheusError::BadBound(le.to_string()))?,
+        };
+        let text = s["value"]
+            .get(1)
+            .and_then(Value::as_str)
+            .ok_or(PrometheusError::NoValue)?;
+        let count: f64 = text
+            .parse()
+            .map_err(|_| PrometheusError::NotANumber(text.to_string()))?;
+        if !count.is_finite() {
+            return Err(PrometheusError::NotFinite(text.to_string()));
+        }
+        bounds.push((bound, le, count));
+    }
+    bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some(w) = bounds.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(PrometheusError::SameBound(w[1].1.to_string()));
+    }
+    let mut h = Histogram::default();
+    let mut below = 0.0;
+    let mut last_finite: Option<usize> = None;
+    for (bound, _, cumulative) in &bounds {
+        let own = (cumulative - below).max(0.0).round() as u64;
+        below = cumulative.max(below);
+        let bucket = if bound.is_finite() {
+            let micros = (bound * unit.micros()).round().clamp(0.0, u64::MAX as f64) as u64;
+            let b = bucket_of(micros);
+            last_finite = Some(b);
+            b
+        } else {
+            let b = last_finite.ok_or(PrometheusError::OnlyInfinite)?;
+            (b + 1).min(BUCKETS - 1)
+        };
+        h.record_in_bucket(bucket, own);
+    }
+    if h.is_empty() {
+        return Err(PrometheusError::NoRequests);
+    }
+    Ok(h)
 }
 
 #[cfg(test)]
@@ -265,6 +385,87 @@ mod tests {
             v(r#"{"resultType":"matrix","result":[{"values":[[1,"1"],[2,"NaN"],[3,"3"]]}]}"#).ok(),
             Some(2.0)
         );
+    }
+
+    /// A `buckets` answer: one series per `(le, cumulative count)`.
+    fn buckets(series: &[(&str, &str)]) -> Value {
+        let result: Vec<Value> = series
+            .iter()
+            .map(|(le, v)| serde_json::json!({"metric": {"le": le}, "value": [1, v]}))
+            .collect();
+        serde_json::json!({"resultType": "vector", "result": result})
+    }
+
+    #[test]
+    fn cumulative_buckets_become_per_bucket_counts_at_their_upper_bound() {
+        // Out of order, as Prometheus may return them; bounds in seconds.
+        let data = buckets(&[
+            ("+Inf", "100"),
+            ("0.1", "90"),
+            ("0.025", "60"),
+            ("0.05", "60"),
+        ]);
+        let h = histogram_of(&data, BucketUnit::Seconds).unwrap();
+        let at = |ms: u64| bucket_of(ms * 1000);
+        let inf = at(100) + 1;
+        assert_eq!(
+            h.buckets().collect::<Vec<_>>(),
+            vec![(at(25), 60), (at(100), 30), (inf, 10)],
+            "the empty 50ms bucket holds nothing, +Inf goes just above 100ms"
+        );
+        // The same bounds in milliseconds land in the same buckets.
+        let ms = buckets(&[("25", "60"), ("50", "60"), ("100", "90"), ("+Inf", "100")]);
+        assert_eq!(histogram_of(&ms, BucketUnit::Milliseconds).unwrap(), h);
+        // Each request is as slow as its bucket's bound, never faster.
+        assert!(h.quantile_ms(0.5).unwrap() > 22.0, "{h:?}");
+        // `increase` extrapolates: counts are rounded.
+        let h = histogram_of(
+            &buckets(&[("0.1", "2.6"), ("+Inf", "2.6")]),
+            BucketUnit::Seconds,
+        )
+        .unwrap();
+        assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn a_counter_reset_counts_no_negative_requests() {
+        // The 0.2 bucket reads below the 0.1 one (one series reset mid-interval).
+        let data = buckets(&[("0.1", "50"), ("0.2", "30"), ("0.4", "70"), ("+Inf", "70")]);
+        let h = histogram_of(&data, BucketUnit::Seconds).unwrap();
+        assert_eq!(
+            h.buckets().collect::<Vec<_>>(),
+            vec![(bucket_of(100_000), 50), (bucket_of(400_000), 20)]
+        );
+    }
+
+    #[test]
+    fn buckets_that_say_nothing_are_no_data() {
+        let no = |data: Value| histogram_of(&data, BucketUnit::Seconds).unwrap_err();
+        assert!(matches!(no(buckets(&[])), PrometheusError::EmptyVector));
+        assert!(matches!(
+            no(buckets(&[("0.1", "0"), ("+Inf", "0")])),
+            PrometheusError::NoRequests
+        ));
+        assert!(matches!(
+            no(buckets(&[("0.1", "NaN"), ("+Inf", "3")])),
+            PrometheusError::NotFinite(_)
+        ));
+        assert!(matches!(
+            no(buckets(&[("+Inf", "3")])),
+            PrometheusError::OnlyInfinite
+        ));
+        assert!(matches!(
+            no(buckets(&[("fast", "3")])),
+            PrometheusError::BadBound(_)
+        ));
+        assert!(matches!(
+            no(buckets(&[("0.1", "3"), ("0.10", "4")])),
+            PrometheusError::SameBound(_)
+        ));
+        let unlabelled = serde_json::json!({"resultType": "vector", "result": [{"metric": {}, "value": [1, "3"]}]});
+        assert!(matches!(no(unlabelled), PrometheusError::NoBound));
+        let scalar = serde_json::json!({"resultType": "scalar", "result": [1, "3"]});
+        assert!(matches!(no(scalar), PrometheusError::UnexpectedType(_)));
     }
 
     #[test]

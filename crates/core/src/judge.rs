@@ -382,7 +382,52 @@ fn conclude(
 /// Guarantees: no data, NaN, or fewer than `min_samples` canary requests is never a
 /// pass; a ratio limit needs `min_samples` stable requests too, or the reading is
 /// inconclusive (unless an absolute limit already failed).
+///
+/// A latency metric read from Prometheus histogram buckets is judged on the reading's
+/// histograms (their totals are the request counts), never on the builtin ones.
 pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> MetricReading {
+    match bucket_view(spec, sample) {
+        Some((view, why)) => explain_no_data(threshold_on(spec, t, &view), &why),
+        None => threshold_on(spec, t, sample),
+    }
+}
+
+/// For a latency metric read from Prometheus histogram buckets: the interval as the
+/// latency judges read it, each variant's requests and latency (to headers and total
+/// alike) from the reading's histograms, a histogram not read being no requests; with
+/// why one is missing. `None` for every other metric.
+fn bucket_view(spec: &MetricSpec, sample: &IntervalSample) -> Option<(IntervalSample, String)> {
+    spec.query.as_ref()?.buckets?;
+    spec.metric.latency()?;
+    let q = sample.queries.iter().find(|q| q.name == spec.name);
+    let side = |h: Option<&Histogram>| {
+        let h = h.cloned().unwrap_or_default();
+        VariantStats {
+            requests: h.count(),
+            errors: 0,
+            latency: h.clone(),
+            latency_total: h,
+        }
+    };
+    let view = IntervalSample {
+        stable: side(q.and_then(|q| q.stable_histogram.as_ref())),
+        canary: side(q.and_then(|q| q.canary_histogram.as_ref())),
+        queries: Vec::new(),
+    };
+    let why = q.map_or_else(|| "the buckets were not read".into(), |q| q.detail.clone());
+    Some((view, why))
+}
+
+/// A bucket metric's no-data reading, saying why its buckets are missing.
+fn explain_no_data(mut r: MetricReading, why: &str) -> MetricReading {
+    if r.verdict == Verdict::NoData && !why.is_empty() {
+        r.detail = format!("no canary latency buckets ({why})");
+    }
+    r
+}
+
+/// [`threshold`] on measurements as the builtin metrics read them.
+fn threshold_on(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> MetricReading {
     let m = spec.metric;
     let mut reading = reading(spec, sample);
     let (canary, stable) = (reading.canary, reading.stable);
@@ -608,6 +653,11 @@ pub struct Evidence {
     /// of its `min_samples` (builtin metrics share the release's count).
     #[serde(default)]
     pub seen: u64,
+    /// Stable's latency over the intervals judged before this one, for a latency
+    /// metric read from Prometheus histogram buckets (builtin latency metrics share the
+    /// release's); empty for every other metric.
+    #[serde(default, skip_serializing_if = "Histogram::is_empty")]
+    pub stable_history: Histogram,
 }
 
 /// Judges one metric sequentially: updates `evidence` with this interval and fails the
@@ -642,7 +692,44 @@ pub fn sequential(
 /// [`sequential`], where `frozen_stable` says the sample's stable side is a baseline
 /// from before all traffic moved (the watch after promotion), not traffic at the same
 /// time: error and count outcomes are then tested against its rate.
+///
+/// A latency metric read from Prometheus histogram buckets is judged on the reading's
+/// histograms, against stable's history of its own buckets kept in `evidence` (and
+/// added to after judging, except against a frozen baseline); `stable_history` and
+/// `canary_seen`, the builtin measurements', are not read for it.
 pub fn sequential_with(
+    spec: &MetricSpec,
+    seq: &Sequential,
+    sample: &IntervalSample,
+    evidence: &mut Evidence,
+    stable_history: &Histogram,
+    canary_seen: u64,
+    frozen_stable: bool,
+) -> MetricReading {
+    let Some((view, why)) = bucket_view(spec, sample) else {
+        return sequential_on(
+            spec,
+            seq,
+            sample,
+            evidence,
+            stable_history,
+            canary_seen,
+            frozen_stable,
+        );
+    };
+    let history = std::mem::take(&mut evidence.stable_history);
+    let seen = evidence.seen;
+    let r = sequential_on(spec, seq, &view, evidence, &history, seen, frozen_stable);
+    evidence.stable_history = history;
+    // Only after judging: this interval's null came from earlier intervals.
+    if !frozen_stable {
+        evidence.stable_history.merge(&view.stable.latency);
+    }
+    explain_no_data(r, &why)
+}
+
+/// [`sequential_with`] on measurements as the builtin metrics read them.
+fn sequential_on(
     spec: &MetricSpec,
     seq: &Sequential,
     sample: &IntervalSample,
@@ -1285,6 +1372,7 @@ mod tests {
             samples: samples
                 .then(|| "sum(increase(requests{track=\"{variant}\"}[{interval}]))".into()),
             counts: false,
+            buckets: None,
         });
         s
     }
@@ -1299,6 +1387,7 @@ mod tests {
                 stable_samples: stable,
                 canary_samples: canary,
                 detail: String::new(),
+                ..Default::default()
             }],
             ..Default::default()
         }
@@ -1378,5 +1467,126 @@ mod tests {
         let r = judge(&s, &read(0.8, 0.8));
         assert_eq!(r.verdict, Verdict::Fail);
         assert!(r.stable_breached);
+    }
+
+    /// A p99 metric read from Prometheus buckets, judged by `judge`.
+    fn bucket_spec(judge: Judge) -> MetricSpec {
+        let mut s = spec(None, None);
+        s.name = "p99".into();
+        s.metric = BuiltinMetric::Latency(0.99);
+        s.judge = judge;
+        s.min_samples = 50;
+        s.query = Some(crate::policy::QuerySpec {
+            source: crate::policy::QuerySource::Prometheus,
+            query: "sum by (le) (x_bucket)".into(),
+            range: false,
+            samples: None,
+            counts: false,
+            buckets: Some(crate::policy::BucketUnit::Seconds),
+        });
+        s
+    }
+
+    fn ms(ms: u64, n: u64) -> Histogram {
+        let mut h = Histogram::default();
+        h.record_many(ms * 1000, n);
+        h
+    }
+
+    /// The builtin measurements say `builtin_ms` for both variants; the buckets read
+    /// say `stable_ms` and `canary_ms` (none read: `None`).
+    fn bucket_sample(builtin_ms: u64, stable_ms: u64, canary_ms: Option<u64>) -> IntervalSample {
+        let builtin = VariantStats {
+            requests: 400,
+            latency: ms(builtin_ms, 400),
+            latency_total: ms(builtin_ms, 400),
+            ..VariantStats::default()
+        };
+        IntervalSample {
+            stable: builtin.clone(),
+            canary: builtin,
+            queries: vec![crate::metrics::QueryReading {
+                name: "p99".into(),
+                stable_histogram: Some(ms(stable_ms, 400)),
+                canary_histogram: canary_ms.map(|c| ms(c, 400)),
+                detail: if canary_ms.is_none() {
+                    "canary: the query returned an empty vector".into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn the_threshold_judge_reads_a_bucket_metric_from_its_histograms_not_the_builtin_ones() {
+        let spec = bucket_spec(Judge::Threshold(Threshold {
+            max: Some(300.0),
+            ..Threshold::default()
+        }));
+        // Builtin fast, buckets slow: the buckets fail it.
+        let r = judge(&spec, &bucket_sample(10, 10, Some(500)));
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.canary.is_some_and(|c| c > 450.0), "{r:?}");
+        assert_eq!(r.canary_requests, 400);
+        // Builtin slow, buckets fast: the buckets pass it.
+        let r = judge(&spec, &bucket_sample(500, 500, Some(10)));
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        // No canary buckets: no data, saying why, whatever the builtin ones hold.
+        let r = judge(&spec, &bucket_sample(10, 10, None));
+        assert_eq!(r.verdict, Verdict::NoData, "{r:?}");
+        assert!(r.detail.contains("empty vector"), "{r:?}");
+        // min_samples applies to the buckets' total.
+        let mut few = bucket_sample(10, 10, Some(10));
+        few.queries[0].canary_histogram = Some(ms(10, 20));
+        assert_eq!(judge(&spec, &few).verdict, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn the_sequential_judge_compares_a_bucket_metric_with_its_own_stable_history() {
+        let seq = Sequential {
+            alpha: 0.01,
+            tolerance: 1.0,
+        };
+        let spec = bucket_spec(Judge::Sequential(seq));
+        // The release's builtin history says stable is slow, so a builtin judge would
+        // find nothing; the buckets say stable is fast and the canary slow.
+        let mut builtin_history = Histogram::default();
+        builtin_history.merge(&ms(900, 1000));
+        builtin_history.merge(&ms(5, 1000));
+        let mut ev = Evidence::default();
+        let mut mixed = ms(10, 200);
+        mixed.merge(&ms(20, 196));
+        mixed.merge(&ms(40, 4));
+        let mut first = bucket_sample(1000, 20, Some(100));
+        first.queries[0].stable_histogram = Some(mixed);
+        let r = sequential(&spec, &seq, &first, &mut ev, &builtin_history, 0);
+        assert_eq!(
+            r.verdict,
+            Verdict::Inconclusive,
+            "no history of its own yet: {r:?}"
+        );
+        assert_eq!(
+            ev.stable_history.count(),
+            400,
+            "stable's buckets kept after judging"
+        );
+        let r = sequential(&spec, &seq, &first, &mut ev, &builtin_history, 0);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert_eq!(ev.seen, 800, "the buckets' totals are its requests");
+        // The same interval with a canary as fast as stable passes.
+        let mut ev = Evidence::default();
+        let mut same = first.clone();
+        same.queries[0].canary_histogram = same.queries[0].stable_histogram.clone();
+        for _ in 0..3 {
+            sequential(&spec, &seq, &same, &mut ev, &builtin_history, 0);
+        }
+        let r = sequential(&spec, &seq, &same, &mut ev, &builtin_history, 0);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        // Against a frozen baseline, its history is not added to.
+        let before = ev.stable_history.count();
+        sequential_with(&spec, &seq, &same, &mut ev, &builtin_history, 0, true);
+        assert_eq!(ev.stable_history.count(), before);
     }
 }

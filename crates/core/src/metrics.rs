@@ -72,8 +72,23 @@ impl Histogram {
 
     /// Records one observation.
     pub fn record_micros(&mut self, micros: u64) {
-        let i = u16::try_from(bucket_of(micros)).unwrap_or(u16::MAX);
-        *self.counts.entry(i).or_default() += 1;
+        self.record_many(micros, 1);
+    }
+
+    /// Records `n` observations of `micros` each (a histogram read from elsewhere, whose
+    /// bucket bounds are put in the bucket holding them).
+    pub fn record_many(&mut self, micros: u64, n: u64) {
+        self.record_in_bucket(bucket_of(micros), n);
+    }
+
+    /// Records `n` observations in bucket `bucket` (the last one if beyond it).
+    pub fn record_in_bucket(&mut self, bucket: usize, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let i = u16::try_from(bucket.min(BUCKETS - 1)).unwrap_or(u16::MAX);
+        let c = self.counts.entry(i).or_default();
+        *c = c.saturating_add(n);
     }
 
     /// Whether it holds no observation.
@@ -220,15 +235,21 @@ pub struct IntervalSample {
 }
 
 impl IntervalSample {
-    /// Adds a later interval: both variants' counts, and the counts metrics' events and
-    /// totals (a value missing from either interval is missing from both together; a
-    /// query's plain value cannot be added and is dropped).
-    pub fn merge(&mut self, later: &IntervalSample, counts: &[&str]) {
+    /// Adds a later interval: both variants' counts, and the `pooled` metrics' events
+    /// and totals, or their latency histograms (a value missing from either interval is
+    /// missing from both together; a query's plain value cannot be added and is
+    /// dropped).
+    pub fn merge(&mut self, later: &IntervalSample, pooled: &[&str]) {
         self.stable.merge(&later.stable);
         self.canary.merge(&later.canary);
         let add = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        let add_h = |a: &Option<Histogram>, b: &Option<Histogram>| {
+            let mut sum = a.clone()?;
+            sum.merge(b.as_ref()?);
+            Some(sum)
+        };
         let mut merged = Vec::new();
-        for name in counts {
+        for name in pooled {
             let (Some(a), Some(b)) = (
                 self.queries.iter().find(|q| q.name == *name),
                 later.queries.iter().find(|q| q.name == *name),
@@ -246,6 +267,8 @@ impl IntervalSample {
                 },
                 stable_samples: add(a.stable_samples, b.stable_samples),
                 canary_samples: add(a.canary_samples, b.canary_samples),
+                stable_histogram: add_h(&a.stable_histogram, &b.stable_histogram),
+                canary_histogram: add_h(&a.canary_histogram, &b.canary_histogram),
             });
         }
         self.queries = merged;
@@ -271,6 +294,13 @@ pub struct QueryReading {
     /// The canary's requests in the interval, from the metric's `samples` query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_samples: Option<f64>,
+    /// Stable's latency in the interval, from a latency metric's `buckets` query
+    /// (Prometheus histogram buckets); `None` when it has none or it was not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_histogram: Option<Histogram>,
+    /// The canary's latency in the interval, from a latency metric's `buckets` query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_histogram: Option<Histogram>,
 }
 
 #[cfg(test)]
@@ -313,6 +343,36 @@ mod tests {
         pooled.merge(&interval(5, None), &["paid"]);
         assert_eq!(pooled.queries[0].canary, None);
         assert_eq!(pooled.queries[0].canary_samples, Some(30.0));
+    }
+
+    #[test]
+    fn pooled_bucket_histograms_add_up_and_a_missing_one_stays_missing() {
+        let h = |ms: u64, n: u64| {
+            let mut h = Histogram::default();
+            h.record_many(ms * 1000, n);
+            h
+        };
+        let interval = |canary: Option<Histogram>| IntervalSample {
+            queries: vec![QueryReading {
+                name: "p99".into(),
+                stable_histogram: Some(h(10, 5)),
+                canary_histogram: canary,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut pooled = interval(Some(h(20, 3)));
+        pooled.merge(&interval(Some(h(40, 4))), &["p99"]);
+        let q = &pooled.queries[0];
+        assert_eq!(q.stable_histogram.as_ref().map(Histogram::count), Some(10));
+        assert_eq!(q.canary_histogram.as_ref().map(Histogram::count), Some(7));
+        pooled.merge(&interval(None), &["p99"]);
+        assert_eq!(pooled.queries[0].canary_histogram, None);
+        // Saved readings without histograms still load, and none are written.
+        let old: QueryReading =
+            serde_json::from_str(r#"{"name":"q","stable":1,"canary":2}"#).unwrap();
+        assert_eq!(old.canary_histogram, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("histogram"));
     }
 
     #[test]

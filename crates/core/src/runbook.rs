@@ -233,6 +233,18 @@ pub(crate) fn triggers(md: &mut String, policy: &Policy) {
                 q.query.replace('|', "\\|"),
                 q.samples.as_deref().unwrap_or_default().replace('|', "\\|")
             ),
+            Some(q) if q.buckets.is_some() => format!(
+                "{} ({}{}; {} histogram buckets: `{}`)",
+                m.name,
+                if m.name == m.metric.id() {
+                    String::new()
+                } else {
+                    format!("{}, ", m.metric.id())
+                },
+                m.direction.label(),
+                q.source.label(),
+                q.query.replace('|', "\\|")
+            ),
             Some(q) => format!(
                 "{} ({}; {}: `{}`)",
                 m.name,

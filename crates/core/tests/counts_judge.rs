@@ -72,6 +72,7 @@ fn through_counts(policy: &Policy, stream: Stream, kind: &str, seed: u64) -> End
                     stable_samples: Some(w.stable.requests as f64),
                     canary_samples: Some(w.canary.requests as f64),
                     detail: String::new(),
+                    ..Default::default()
                 }],
                 ..Default::default()
             }

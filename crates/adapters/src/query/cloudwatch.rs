@@ -268,7 +268,11 @@ impl QueryProvider for CloudWatch {
                 Some(q) => Some(self.one(q, ask, Reduce::Sum).await),
                 None => None,
             };
-            Reading { value, samples }
+            Reading {
+                value,
+                samples,
+                histogram: None,
+            }
         })
     }
 

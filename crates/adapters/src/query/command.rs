@@ -147,10 +147,12 @@ impl QueryProvider for Command {
                 Ok(doc) => Reading {
                     value: number_at(&doc, &spec.query),
                     samples: spec.samples.as_deref().map(|p| number_at(&doc, p)),
+                    histogram: None,
                 },
                 Err(e) => Reading {
                     value: Err(e),
                     samples: None,
+                    histogram: None,
                 },
             }
         })

@@ -199,7 +199,11 @@ impl QueryProvider for Datadog {
                 Some(q) => Some(self.one(q, ask, Reduce::Sum).await),
                 None => None,
             };
-            Reading { value, samples }
+            Reading {
+                value,
+                samples,
+                histogram: None,
+            }
         })
     }
 

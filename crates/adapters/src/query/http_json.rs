@@ -88,11 +88,13 @@ impl QueryProvider for HttpJson {
                 Ok(doc) => Reading {
                     value: number_at(&doc, &spec.query),
                     samples: spec.samples.as_deref().map(|p| number_at(&doc, p)),
+                    histogram: None,
                 },
                 // The value's error says it all; the count has no document either.
                 Err(e) => Reading {
                     value: Err(e),
                     samples: None,
+                    histogram: None,
                 },
             }
         })

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_core::Millis;
-use rampart_core::metrics::{IntervalSample, QueryReading};
+use rampart_core::metrics::{Histogram, IntervalSample, QueryReading};
 use rampart_core::policy::{Analysis, QuerySource, QuerySpec, ValuePath};
 use rampart_core::ports::{BoxFuture, Clock, MetricsSource, PortError};
 use rampart_core::release::{GateResult, MeasureWindow};
@@ -59,6 +59,9 @@ pub struct Reading {
     pub value: Result<f64, ReadError>,
     /// The request count (or the `total`); `None` when the metric has none.
     pub samples: Option<Result<f64, ReadError>>,
+    /// A latency metric's histogram read from Prometheus buckets (then `value` is its
+    /// total); `None` for every other metric.
+    pub histogram: Option<Result<Histogram, ReadError>>,
 }
 
 /// What a read is about: one variant over one window.
@@ -416,6 +419,23 @@ impl MetricsSource for WithQueries {
                     };
                     let read = provider.read(spec, &ask).await;
                     let stable_side = variant == "stable";
+                    // A histogram's total is its request count; its value says no more.
+                    if let Some(histogram) = read.histogram {
+                        match histogram {
+                            Ok(h) => {
+                                let n = Some(h.count() as f64);
+                                if stable_side {
+                                    (reading.stable_histogram, reading.stable_samples) =
+                                        (Some(h), n);
+                                } else {
+                                    (reading.canary_histogram, reading.canary_samples) =
+                                        (Some(h), n);
+                                }
+                            }
+                            Err(e) => why.push(format!("{variant}: {e}")),
+                        }
+                        continue;
+                    }
                     match read.value {
                         Ok(v) if stable_side => reading.stable = Some(v),
                         Ok(v) => reading.canary = Some(v),

@@ -171,7 +171,11 @@ impl QueryProvider for NewRelic {
                 Some(q) => Some(self.one(q, ask).await),
                 None => None,
             };
-            Reading { value, samples }
+            Reading {
+                value,
+                samples,
+                histogram: None,
+            }
         })
     }
 

@@ -197,6 +197,31 @@ pub struct QuerySpec {
     /// of the `samples` total: the value judged is their share, and the sequential
     /// judge runs on the counts.
     pub counts: bool,
+    /// For a latency metric read from Prometheus histogram buckets: `query` is the
+    /// `buckets` query (one series per `le` label, each the requests in the interval
+    /// at or below that bound) and this is the unit of its `le` values. `None` for
+    /// every other query metric.
+    pub buckets: Option<BucketUnit>,
+}
+
+/// The unit of a Prometheus histogram's `le` bounds (`unit:` beside `buckets`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BucketUnit {
+    /// Seconds, the Prometheus convention (`http_request_duration_seconds`).
+    #[default]
+    Seconds,
+    /// Milliseconds.
+    Milliseconds,
+}
+
+impl BucketUnit {
+    /// Microseconds in one unit.
+    pub fn micros(self) -> f64 {
+        match self {
+            BucketUnit::Seconds => 1_000_000.0,
+            BucketUnit::Milliseconds => 1_000.0,
+        }
+    }
 }
 
 /// How a metric is judged.
@@ -600,6 +625,8 @@ fn decode_metric(
             "url",
             "headers",
             "command",
+            "buckets",
+            "unit",
         ],
     )?;
     let source = match m.get("source") {
@@ -661,8 +688,9 @@ fn decode_metric(
 }
 
 /// The fields of metrics read from a provider, which builtin metrics refuse.
-const QUERY_FIELDS: [&str; 10] = [
+const QUERY_FIELDS: [&str; 12] = [
     "query", "range", "samples", "bad", "good", "total", "value", "url", "headers", "command",
+    "buckets", "unit",
 ];
 
 /// `failure_limit`, `critical` and `weight`, with their defaults.
@@ -703,6 +731,16 @@ fn decode_query_metric(
     default_min_samples: u64,
     default_failure_limit: u32,
 ) -> Option<MetricSpec> {
+    if source_id == "prometheus" && !m.present(&["metric", "buckets", "unit"]).is_empty() {
+        return decode_bucket_metric(cx, m, default_min_samples, default_failure_limit);
+    }
+    for key in m.present(&["buckets", "unit"]) {
+        cx.error(
+            m.get(key).map_or(m.pos(), |n| n.pos),
+            &m.path_of(key),
+            format!("`{key}` reads latency from Prometheus histogram buckets: it belongs to `source: prometheus`, not `source: {source_id}`"),
+        );
+    }
     if m.get("metric").is_some() {
         cx.error(
             m.pos(),
@@ -835,6 +873,110 @@ fn decode_query_metric(
             range,
             samples,
             counts: metric == BuiltinMetric::Counts,
+            buckets: None,
+        }),
+    })
+}
+
+/// A latency metric read from Prometheus histogram buckets: `metric: latency_pXX` (or
+/// `latency_total_pXX`) with `buckets`, the query giving one series per `le` bound,
+/// and `unit`, the bounds' unit. Judged like the builtin metric of that name, on the
+/// histograms read.
+fn decode_bucket_metric(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    default_min_samples: u64,
+    default_failure_limit: u32,
+) -> Option<MetricSpec> {
+    for key in m.present(&[
+        "query", "bad", "good", "total", "samples", "range", "value", "url", "headers", "command",
+    ]) {
+        cx.error(
+            m.get(key).map_or(m.pos(), |n| n.pos),
+            &m.path_of(key),
+            format!("`{key}` does not belong to a Prometheus latency metric: it is its `buckets` query alone (one series per `le`, whose total is its request count)"),
+        );
+    }
+    let metric = match m.get("metric") {
+        Some(n) => {
+            let p = m.path_of("metric");
+            one_of(cx, n, &p, METRIC_NAMES).map(builtin_metric).and_then(|b| {
+                if b.latency().is_none() {
+                    cx.error(
+                        n.pos,
+                        &p,
+                        format!("`buckets` are a latency histogram; `{}` is not a latency: name `latency_p99` (or another `latency_pXX` or `latency_total_pXX`)", b.id()),
+                    );
+                    return None;
+                }
+                Some(b)
+            })
+        }
+        None => {
+            cx.error(
+                m.get("buckets").map_or(m.pos(), |n| n.pos),
+                &m.path_of("metric"),
+                "`buckets` are a latency histogram: name the quantile judged with `metric: latency_p99` (or another `latency_pXX` or `latency_total_pXX`)",
+            );
+            None
+        }
+    };
+    let buckets = match m.get("buckets") {
+        Some(n) => decode_query(cx, n, &m.path_of("buckets")),
+        None => {
+            cx.error(
+                m.get("metric").map_or(m.pos(), |n| n.pos),
+                &m.path_of("buckets"),
+                "a `prometheus` latency metric is read from histogram buckets: add `buckets`, a query with one series per `le`, like `sum by (le) (increase(http_request_duration_seconds_bucket{service=\"{service}\",track=\"{variant}\"}[{interval}]))`",
+            );
+            None
+        }
+    };
+    let unit = m
+        .optional_with(cx, "unit", |cx, n, p| {
+            one_of(cx, n, p, &["seconds", "milliseconds"])
+        })
+        .map_or(BucketUnit::Seconds, |u| match u {
+            "milliseconds" => BucketUnit::Milliseconds,
+            _ => BucketUnit::Seconds,
+        });
+    let name = m
+        .optional::<String>(cx, "name")
+        .or_else(|| metric.map(|k| k.id()));
+    let min_samples = m
+        .optional::<u64>(cx, "min_samples")
+        .unwrap_or(default_min_samples);
+    let (failure_limit, critical, weight) = decode_scoring(cx, m, default_failure_limit);
+    let declared = m.optional_with(cx, "direction", decode_direction);
+    let metric = metric?;
+    let why = format!("`{}` gets worse as it rises", metric.id());
+    if declared == Some(Direction::HigherIsBetter) {
+        cx.error(
+            m.get("direction").map_or(m.pos(), |n| n.pos),
+            &m.path_of("direction"),
+            format!("{why}: it is `lower_is_better`"),
+        );
+    }
+    let fixed = Some((Direction::LowerIsBetter, why));
+    let (judge, direction) = m.required_with(cx, "judge", |cx, n, p| {
+        decode_judge(cx, n, p, metric, fixed)
+    })?;
+    Some(MetricSpec {
+        name: name?,
+        metric,
+        judge,
+        min_samples,
+        failure_limit,
+        critical,
+        weight,
+        direction,
+        query: Some(QuerySpec {
+            source: QuerySource::Prometheus,
+            query: buckets?,
+            range: false,
+            samples: None,
+            counts: false,
+            buckets: Some(unit),
         }),
     })
 }

@@ -42,8 +42,8 @@ use crate::decode::{Decoder, Diagnostic, scalar};
 use crate::yaml::{self, Node, NodeKind};
 
 pub use analysis::{
-    Analysis, BuiltinMetric, DEFAULT_ALPHA, Direction, Escalation, EscalationAction, Judge,
-    LOAD_HEADER, Load, MetricSpec, QuerySpec, Sequential, Threshold,
+    Analysis, BucketUnit, BuiltinMetric, DEFAULT_ALPHA, Direction, Escalation, EscalationAction,
+    Judge, LOAD_HEADER, Load, MetricSpec, QuerySpec, Sequential, Threshold,
 };
 pub use checks::{Gate, GateCheck, Gates, PostFailure, PostRelease};
 pub use deploy::{Deploy, KubeDeploySpec, ProcessSpec, Readiness};

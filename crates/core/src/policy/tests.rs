@@ -1268,3 +1268,112 @@ fn cloudwatch_needs_its_region_and_refuses_a_malformed_one_at_its_line() {
         assert_eq!(d.line, 15, "{settings}: {d:?}");
     }
 }
+
+#[test]
+fn prometheus_latency_reads_histogram_buckets_and_refuses_other_fields_at_their_line() {
+    let bucket = "sum by (le) (increase(http_request_duration_seconds_bucket{track=\"{variant}\"}[{interval}]))";
+    let server = "  prometheus: http://127.0.0.1:9090\n  metrics:\n";
+    let src = |fields: &str| {
+        with_metrics(&format!(
+            "    - source: prometheus\n      metric: latency_p99\n      buckets: '{bucket}'\n{fields}"
+        ))
+        .replace("  metrics:\n", server)
+    };
+    let p =
+        Policy::from_yaml(&src("      judge: sequential\n")).unwrap_or_else(|e| panic!("{e:?}"));
+    let m = &p.analysis.metrics[0];
+    assert_eq!(
+        (m.name.as_str(), m.metric, m.min_samples, m.direction),
+        (
+            "latency_p99",
+            BuiltinMetric::Latency(0.99),
+            50,
+            Direction::LowerIsBetter
+        )
+    );
+    assert!(matches!(m.judge, Judge::Sequential(s) if s.tolerance == 1.25));
+    let spec = m.query.clone().unwrap();
+    assert_eq!(
+        (spec.source, spec.query.as_str(), spec.buckets, spec.samples),
+        (
+            QuerySource::Prometheus,
+            bucket,
+            Some(BucketUnit::Seconds),
+            None
+        )
+    );
+    let p = Policy::from_yaml(&src(
+        "      unit: milliseconds\n      min_samples: 200\n      judge: { max: 300ms }\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let m = &p.analysis.metrics[0];
+    assert_eq!(m.min_samples, 200);
+    assert_eq!(
+        m.query.as_ref().unwrap().buckets,
+        Some(BucketUnit::Milliseconds)
+    );
+    assert!(matches!(m.judge, Judge::Threshold(Threshold { max: Some(x), .. }) if x == 300.0));
+    let total = src("      judge: sequential\n").replace("latency_p99", "latency_total_p95");
+    let p = Policy::from_yaml(&total).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        p.analysis.metrics[0].metric,
+        BuiltinMetric::LatencyTotal(0.95)
+    );
+
+    // Each refusal at its own line (the metric starts at line 17; `buckets` is 19).
+    for (extra, path, line, says) in [
+        ("      query: 'up'\n", "query", 20, "`buckets` query alone"),
+        ("      bad: 'x'\n", "bad", 20, "`buckets` query alone"),
+        ("      good: 'x'\n", "good", 20, "`buckets` query alone"),
+        ("      total: 'x'\n", "total", 20, "`buckets` query alone"),
+        ("      unit: minutes\n", "unit", 20, "seconds"),
+    ] {
+        let d = diagnostic(
+            &src(&format!("{extra}      judge: sequential\n")),
+            &format!("analysis.metrics[0].{path}"),
+        );
+        assert_eq!(d.line, line, "{extra}: {d:?}");
+        assert!(d.message.contains(says), "{extra}: {d:?}");
+    }
+    // A latency metric from Prometheus without its buckets.
+    let no_buckets = with_metrics(
+        "    - source: prometheus\n      metric: latency_p99\n      judge: sequential\n",
+    )
+    .replace("  metrics:\n", server);
+    let d = diagnostic(&no_buckets, "analysis.metrics[0].buckets");
+    assert_eq!(d.line, 18, "{d:?}");
+    assert!(d.message.contains("add `buckets`"), "{d:?}");
+    // Buckets on a metric that is not a latency.
+    let d = diagnostic(
+        &src("      judge: sequential\n").replace("latency_p99", "error_rate"),
+        "analysis.metrics[0].metric",
+    );
+    assert_eq!(d.line, 18, "{d:?}");
+    assert!(d.message.contains("not a latency"), "{d:?}");
+    // Buckets without a metric naming the quantile.
+    let d = diagnostic(
+        &src("      judge: sequential\n").replace("      metric: latency_p99\n", ""),
+        "analysis.metrics[0].metric",
+    );
+    assert_eq!(d.line, 18, "{d:?}");
+    assert!(d.message.contains("metric: latency_p99"), "{d:?}");
+    // Buckets are Prometheus's, and a builtin metric has none.
+    let d = diagnostic(
+        &with_metrics(&format!(
+            "    - name: x\n      source: datadog\n      query: 'avg:x'\n      buckets: '{bucket}'\n      judge: {{ max: 1 }}\n"
+        )),
+        "analysis.metrics[0].buckets",
+    );
+    assert_eq!(d.line, 19, "{d:?}");
+    assert!(
+        d.message.contains("belongs to `source: prometheus`"),
+        "{d:?}"
+    );
+    let d = diagnostic(
+        &with_metrics(&format!(
+            "    - metric: latency_p99\n      buckets: '{bucket}'\n      judge: {{ max: 1s }}\n"
+        )),
+        "analysis.metrics[0].buckets",
+    );
+    assert!(d.message.contains("provider"), "{d:?}");
+}

@@ -20,7 +20,8 @@ pub(super) struct Judged {
 /// held fewer than `min_samples` requests, on them and this one pooled as one (low
 /// traffic): the pool grows until it holds enough to judge, then starts again empty,
 /// so no request counts toward two verdicts. An interval without canary requests is no
-/// data and leaves the pool as it was; a plain query value cannot be pooled.
+/// data and leaves the pool as it was; a plain query value cannot be pooled. A latency
+/// metric read from Prometheus buckets pools its histograms.
 fn pooled_threshold(
     m: &MetricSpec,
     t: &Threshold,
@@ -29,20 +30,23 @@ fn pooled_threshold(
 ) -> MetricReading {
     let poolable = m.metric != BuiltinMetric::Query;
     let counts = m.metric == BuiltinMetric::Counts;
-    // A counts value missing from this interval would make the pool's sum missing for
-    // good: the interval is judged alone (no data) and the pool kept as it was.
-    let missing = counts
-        && sample
-            .queries
-            .iter()
-            .find(|q| q.name == m.name)
-            .is_none_or(|q| {
-                q.stable.is_none()
-                    || q.canary.is_none()
-                    || q.stable_samples.is_none()
-                    || q.canary_samples.is_none()
-            });
-    if !poolable || missing || (!counts && sample.canary.requests == 0) {
+    let buckets = reads_buckets(m);
+    // A counts value (or a histogram) missing from this interval would make the pool's
+    // sum missing for good: the interval is judged alone (no data) and the pool kept
+    // as it was.
+    let reading = sample.queries.iter().find(|q| q.name == m.name);
+    let missing = (counts
+        && reading.is_none_or(|q| {
+            q.stable.is_none()
+                || q.canary.is_none()
+                || q.stable_samples.is_none()
+                || q.canary_samples.is_none()
+        }))
+        || (buckets
+            && reading
+                .is_none_or(|q| q.stable_histogram.is_none() || q.canary_histogram.is_none()));
+    let builtin = !counts && !buckets;
+    if !poolable || missing || (builtin && sample.canary.requests == 0) {
         return judge::threshold(m, t, sample);
     }
     let (merged, n) = match pool.take() {
@@ -74,9 +78,15 @@ fn pooled_threshold(
     r
 }
 
+/// Whether a metric is latency read from Prometheus histogram buckets.
+fn reads_buckets(m: &MetricSpec) -> bool {
+    m.query.as_ref().is_some_and(|q| q.buckets.is_some())
+}
+
 /// `sample` with the previous version's side replaced by its measurements from before
-/// the switch (the watch after promotion): its counts, and its counts metrics' events
-/// and totals; a value the baseline lacks is missing.
+/// the switch (the watch after promotion): its counts, its counts metrics' events
+/// and totals, and its bucket metrics' histograms; a value the baseline lacks is
+/// missing.
 fn against_baseline(baseline: Option<&IntervalSample>, sample: &IntervalSample) -> IntervalSample {
     let mut judged = sample.clone();
     judged.stable = baseline.map(|b| b.stable.clone()).unwrap_or_default();
@@ -84,17 +94,20 @@ fn against_baseline(baseline: Option<&IntervalSample>, sample: &IntervalSample) 
         let base = baseline.and_then(|b| b.queries.iter().find(|x| x.name == q.name));
         q.stable = base.and_then(|x| x.stable);
         q.stable_samples = base.and_then(|x| x.stable_samples);
+        q.stable_histogram = base.and_then(|x| x.stable_histogram.clone());
     }
     judged
 }
 
 /// Adds the previous version's side of an interval to the baseline a watch judges
 /// against. A counts value missing from one interval (a failed read, a series gone at
-/// 100 %) is left out, not allowed to erase what earlier intervals counted.
+/// 100 %) is left out, not allowed to erase what earlier intervals counted; so is a
+/// missing histogram of a `buckets` metric.
 fn add_to_baseline(
     baseline: &mut Option<IntervalSample>,
     sample: &IntervalSample,
     counts: &[&str],
+    buckets: &[&str],
 ) {
     let base = baseline.get_or_insert_with(IntervalSample::default);
     base.stable.merge(&sample.stable);
@@ -119,6 +132,27 @@ fn add_to_baseline(
             }),
         }
     }
+    for name in buckets {
+        let Some(h) = sample
+            .queries
+            .iter()
+            .find(|q| q.name == *name)
+            .and_then(|q| q.stable_histogram.as_ref())
+        else {
+            continue;
+        };
+        match base.queries.iter_mut().find(|b| b.name == *name) {
+            Some(b) => b
+                .stable_histogram
+                .get_or_insert_with(Default::default)
+                .merge(h),
+            None => base.queries.push(crate::metrics::QueryReading {
+                name: name.to_string(),
+                stable_histogram: Some(h.clone()),
+                ..Default::default()
+            }),
+        }
+    }
 }
 
 /// Judges one interval, updates the evidence and streaks, and records the analysis.
@@ -136,7 +170,12 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
             .filter(|m| m.metric == BuiltinMetric::Counts)
             .map(|m| m.name.as_str())
             .collect();
-        add_to_baseline(&mut b.s.baseline, sample, &counts);
+        let buckets: Vec<&str> = metrics
+            .iter()
+            .filter(|m| reads_buckets(m))
+            .map(|m| m.name.as_str())
+            .collect();
+        add_to_baseline(&mut b.s.baseline, sample, &counts, &buckets);
         sample
     };
     let mut readings: Vec<MetricReading> = Vec::with_capacity(metrics.len());
@@ -252,5 +291,114 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
         readings,
         verdict,
         deciding,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Histogram, QueryReading};
+    use crate::policy::{BucketUnit, Direction, QuerySource, QuerySpec};
+
+    fn bucket_metric() -> MetricSpec {
+        MetricSpec {
+            name: "p99".into(),
+            metric: BuiltinMetric::Latency(0.99),
+            judge: Judge::Threshold(Threshold {
+                max: Some(300.0),
+                ..Threshold::default()
+            }),
+            min_samples: 50,
+            failure_limit: 1,
+            critical: true,
+            weight: 1.0,
+            direction: Direction::LowerIsBetter,
+            query: Some(QuerySpec {
+                source: QuerySource::Prometheus,
+                query: "sum by (le) (x_bucket)".into(),
+                range: false,
+                samples: None,
+                counts: false,
+                buckets: Some(BucketUnit::Seconds),
+            }),
+        }
+    }
+
+    fn ms(ms: u64, n: u64) -> Histogram {
+        let mut h = Histogram::default();
+        h.record_many(ms * 1000, n);
+        h
+    }
+
+    /// An interval whose buckets say `stable` and `canary` (none read: `None`); the
+    /// builtin measurements hold nothing.
+    fn interval(stable: Option<Histogram>, canary: Option<Histogram>) -> IntervalSample {
+        IntervalSample {
+            queries: vec![QueryReading {
+                name: "p99".into(),
+                stable_histogram: stable,
+                canary_histogram: canary,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_bucket_metric_pools_its_histograms_until_min_samples() {
+        let m = bucket_metric();
+        let Judge::Threshold(t) = m.judge else {
+            unreachable!("a threshold metric")
+        };
+        let mut pool = None;
+        let slow = interval(Some(ms(10, 30)), Some(ms(500, 30)));
+        let r = pooled_threshold(&m, &t, &slow, &mut pool);
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        assert!(r.detail.contains("pooling"), "{r:?}");
+        // A missing histogram is judged alone (no data) and leaves the pool as it was.
+        let r = pooled_threshold(&m, &t, &interval(Some(ms(10, 30)), None), &mut pool);
+        assert_eq!(r.verdict, Verdict::NoData, "{r:?}");
+        assert!(pool.is_some());
+        let r = pooled_threshold(&m, &t, &slow, &mut pool);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert_eq!(r.canary_requests, 60);
+        assert!(r.detail.contains("2 intervals pooled"), "{r:?}");
+    }
+
+    #[test]
+    fn the_watch_judges_a_bucket_metric_against_the_previous_versions_buckets() {
+        let mut baseline = None;
+        add_to_baseline(
+            &mut baseline,
+            &interval(Some(ms(10, 30)), None),
+            &[],
+            &["p99"],
+        );
+        add_to_baseline(&mut baseline, &interval(None, None), &[], &["p99"]);
+        add_to_baseline(
+            &mut baseline,
+            &interval(Some(ms(20, 20)), None),
+            &[],
+            &["p99"],
+        );
+        let base = baseline.as_ref().and_then(|b| b.queries.first());
+        assert_eq!(
+            base.and_then(|q| q.stable_histogram.as_ref().map(Histogram::count)),
+            Some(50)
+        );
+        // After the switch, stable's side is the baseline's, whatever was read now.
+        let now = interval(Some(ms(900, 5)), Some(ms(10, 60)));
+        let judged = against_baseline(baseline.as_ref(), &now);
+        assert_eq!(
+            judged.queries[0]
+                .stable_histogram
+                .as_ref()
+                .map(Histogram::count),
+            Some(50)
+        );
+        assert_eq!(
+            judged.queries[0].canary_histogram,
+            now.queries[0].canary_histogram
+        );
     }
 }

@@ -190,7 +190,7 @@ pub(super) fn check_kubernetes(
                 cx.error(
                     at,
                     &format!("analysis.metrics[{i}].source"),
-                    format!("metric `{}` is `source: builtin`, but with `traffic.kubernetes` there is no rampart proxy in the request path to count requests; use `source: prometheus` with a `query` (and `analysis.prometheus`)", metric.name),
+                    format!("metric `{}` is `source: builtin`, but with `traffic.kubernetes` there is no rampart proxy in the request path to count requests; use `source: prometheus` with a `query`, or for a latency its histogram's `buckets` (and `analysis.prometheus`)", metric.name),
                 );
             }
         }

@@ -594,6 +594,14 @@ fn kubernetes_rejects_builtin_metrics_at_the_metric() {
     assert_eq!(d[0].line, 22);
     assert!(d[0].message.contains("source: prometheus"), "{d:?}");
     assert!(d[0].message.contains("no rampart proxy"), "{d:?}");
+    assert!(d[0].message.contains("`buckets`"), "{d:?}");
+    // A latency read from Prometheus buckets is no builtin metric: accepted.
+    let buckets = src.replace(
+        "metric: error_rate\n      judge: { max: 1% }",
+        "metric: latency_p99\n      source: prometheus\n      buckets: 'sum by (le) (increase(d_bucket{track=\"{variant}\"}[{interval}]))'\n      judge: sequential",
+    );
+    let p = Policy::from_yaml(&buckets).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(p.analysis.metrics[0].metric, BuiltinMetric::Latency(0.99));
     // Total time too: nothing in rampart's path times a body on Kubernetes.
     let d = errors(&src.replace(
         "metric: error_rate\n      judge: { max: 1% }",

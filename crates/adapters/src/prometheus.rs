@@ -176,12 +176,12 @@ impl QueryProvider for Prometheus {
             let value = self
                 .read(spec.range, &fill(&spec.query), ask.from, ask.to)
                 .await
-                .map_err(|e| ReadError::Other(e.to_string()));
+                .map_err(read_error);
             let samples = match &spec.samples {
                 Some(q) => Some(
                     self.read(false, &fill(q), ask.from, ask.to)
                         .await
-                        .map_err(|e| ReadError::Other(e.to_string())),
+                        .map_err(read_error),
                 ),
                 None => None,
             };
@@ -196,6 +196,19 @@ impl QueryProvider for Prometheus {
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
         // Prometheus takes no credentials; an unreachable server is no data.
         Box::pin(async move { Ok(format!("{} (no credentials)", self.url)) })
+    }
+}
+
+/// A Prometheus error as the providers' kind: Prometheus's own error answers keep
+/// their status (400 for a query it cannot parse), so a trial read can tell them.
+fn read_error(e: PrometheusError) -> ReadError {
+    match e {
+        PrometheusError::Failed { status, message } if status >= 400 => ReadError::Status {
+            provider: "Prometheus",
+            status,
+            why: message,
+        },
+        other => ReadError::Other(other.to_string()),
     }
 }
 

@@ -103,3 +103,28 @@ async fn a_missing_program_fails_the_pre_release_check() {
     );
     assert!(ok.check().await[0].ok);
 }
+
+/// Regression (review): at the time limit only the program itself was killed; a child
+/// it had started (here a `sleep` in the background) outlived every read, holding its
+/// pipes. The program's whole process group goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_over_its_time_limit_is_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("sleep 600 & echo $! >> {}; wait", pids.display());
+    let q = read(&script, "judge: {max: 1}").await;
+    assert_eq!((q.stable, q.canary), (None, None), "{}", q.detail);
+    let text = std::fs::read_to_string(&pids).unwrap();
+    let children: Vec<u32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(children.len(), 2, "one run a variant: {text}");
+    for pid in children {
+        // Killed with SIGKILL: gone, or a zombie at most, once the signal landed.
+        common::until("the program's background child to die", async || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+        })
+        .await;
+    }
+}

@@ -70,6 +70,17 @@ impl Command {
     }
 }
 
+/// Kills a program's process group when dropped.
+struct GroupKill(Option<nix::unistd::Pid>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// Runs `argv` in `dir` and returns its standard output, or why it failed.
 async fn run(argv: &[String], dir: &Path, ask: &Ask) -> Result<Vec<u8>, ReadError> {
     let Some(program) = argv.first() else {
@@ -90,10 +101,21 @@ async fn run(argv: &[String], dir: &Path, ask: &Ask) -> Result<Vec<u8>, ReadErro
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: at the time limit the whole group is killed, so a
+        // child it started cannot hold the pipes open past it.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd
         .spawn()
         .map_err(|e| ReadError::Command(format!("could not start `{program}`: {e}")))?;
+    // Whatever ends the read (done, the time limit, the measurement giving up on it),
+    // nothing the program started outlives it.
+    let _group = GroupKill(
+        child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(nix::unistd::Pid::from_raw),
+    );
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     // Both pipes at once: a program filling one while rampart reads the other would

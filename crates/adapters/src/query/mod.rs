@@ -182,6 +182,23 @@ pub fn process_env(var: &str) -> Option<String> {
     std::env::var(var).ok()
 }
 
+impl ReadError {
+    /// Whether the source refused the question itself (credentials, a query it cannot
+    /// parse, a path or account that does not exist), as opposed to having no data or
+    /// no answer for now: what a trial read before the release must not let through.
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(
+            self,
+            ReadError::MissingSecret(_)
+                | ReadError::Auth { .. }
+                | ReadError::Status {
+                    status: 400 | 404 | 405 | 422,
+                    ..
+                }
+        )
+    }
+}
+
 /// Why a value is missing. The text goes into the reading's detail and the
 /// pre-release check, where operators see it; it never holds a secret.
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +326,7 @@ pub struct WithQueries {
     interval: Duration,
     queries: Vec<(String, QuerySpec, Arc<dyn QueryProvider>)>,
     providers: Vec<(&'static str, Arc<dyn QueryProvider>)>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for WithQueries {
@@ -381,6 +399,7 @@ impl WithQueries {
             interval: analysis.interval,
             queries,
             providers,
+            clock,
         }
     }
 
@@ -391,8 +410,10 @@ impl WithQueries {
 }
 
 impl MetricsSource for WithQueries {
-    /// Each query metric is read for stable, then canary; `{version}` is the window's
-    /// stable (empty without one) or canary version.
+    /// Every query metric is read for stable and canary, all at once, each read within
+    /// one analysis interval (a read still unanswered then is missing: the measurement
+    /// never runs much past its interval whatever the sources do); `{version}` is the
+    /// window's stable (empty without one) or canary version.
     fn measure<'a>(
         &'a self,
         window: &'a MeasureWindow,
@@ -401,12 +422,9 @@ impl MetricsSource for WithQueries {
             let mut sample = self.builtin.measure(window).await?;
             let budget = Arc::new(Budget::new(self.interval));
             let stable = window.stable.clone().unwrap_or_default();
-            for (name, spec, provider) in &self.queries {
-                let mut reading = QueryReading {
-                    name: name.clone(),
-                    ..QueryReading::default()
-                };
-                let mut why = Vec::new();
+            let deadline = self.interval.max(Duration::from_secs(1));
+            let mut reads = tokio::task::JoinSet::new();
+            for (i, (_, spec, provider)) in self.queries.iter().enumerate() {
                 for (variant, version) in [("stable", &stable), ("canary", &window.canary)] {
                     let ask = Ask {
                         service: self.service.clone(),
@@ -417,7 +435,46 @@ impl MetricsSource for WithQueries {
                         interval: self.interval,
                         budget: budget.clone(),
                     };
-                    let read = provider.read(spec, &ask).await;
+                    let (spec, provider) = (spec.clone(), provider.clone());
+                    reads.spawn(async move {
+                        let read = tokio::time::timeout(deadline, provider.read(&spec, &ask))
+                            .await
+                            .unwrap_or_else(|_| {
+                                let late = || {
+                                    ReadError::Other(format!(
+                                        "no answer within the analysis interval ({}s)",
+                                        deadline.as_secs()
+                                    ))
+                                };
+                                Reading {
+                                    value: Err(late()),
+                                    samples: spec.samples.as_ref().map(|_| Err(late())),
+                                }
+                            });
+                        (i, variant, read)
+                    });
+                }
+            }
+            // Two slots a metric, stable then canary, as details read best.
+            let mut answers: Vec<Option<Reading>> = Vec::new();
+            answers.resize_with(self.queries.len() * 2, || None);
+            while let Some(done) = reads.join_next().await {
+                if let Ok((i, variant, read)) = done {
+                    answers[i * 2 + usize::from(variant == "canary")] = Some(read);
+                }
+            }
+            let mut answers = answers.into_iter();
+            for (name, _, _) in &self.queries {
+                let mut reading = QueryReading {
+                    name: name.clone(),
+                    ..QueryReading::default()
+                };
+                let mut why = Vec::new();
+                for variant in ["stable", "canary"] {
+                    let Some(read) = answers.next().flatten() else {
+                        why.push(format!("{variant}: the read did not finish"));
+                        continue;
+                    };
                     let stable_side = variant == "stable";
                     // A histogram's total is its request count; its value says no more.
                     if let Some(histogram) = read.histogram {
@@ -455,6 +512,11 @@ impl MetricsSource for WithQueries {
         })
     }
 
+    /// Each provider's own check, then one trial read of every query metric over the
+    /// last interval (stable's side): a query its source refuses (a PromQL syntax
+    /// error, a path or account that does not exist, credentials it turns down) blocks
+    /// the release before traffic moves. No data, or a source that does not answer, is
+    /// no reason to block: a quiet service has none yet.
     fn check(&self) -> BoxFuture<'_, Vec<GateResult>> {
         Box::pin(async move {
             let mut results = Vec::new();
@@ -468,6 +530,39 @@ impl MetricsSource for WithQueries {
                     ok,
                     detail,
                 });
+            }
+            if results.iter().any(|r| !r.ok) {
+                return results;
+            }
+            let now = self.clock.now();
+            for (name, spec, provider) in &self.queries {
+                let ask = Ask {
+                    service: self.service.clone(),
+                    variant: "stable",
+                    version: String::new(),
+                    from: now.saturating_sub(
+                        Millis::try_from(self.interval.as_millis()).unwrap_or(Millis::MAX),
+                    ),
+                    to: now,
+                    interval: self.interval,
+                    budget: Arc::new(Budget::new(self.interval)),
+                };
+                let deadline = self.interval.max(Duration::from_secs(1));
+                let Ok(read) = tokio::time::timeout(deadline, provider.read(spec, &ask)).await
+                else {
+                    continue;
+                };
+                let refused = [Some(read.value), read.samples]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|r| r.err().filter(ReadError::is_misconfiguration));
+                if let Some(e) = refused {
+                    results.push(GateResult {
+                        name: format!("metric {name}"),
+                        ok: false,
+                        detail: format!("a trial read was refused: {e}"),
+                    });
+                }
             }
             results
         })

@@ -410,10 +410,10 @@ impl WithQueries {
 }
 
 impl MetricsSource for WithQueries {
-    /// Every query metric is read for stable and canary, all at once, each read within
-    /// one analysis interval (a read still unanswered then is missing: the measurement
-    /// never runs much past its interval whatever the sources do); `{version}` is the
-    /// window's stable (empty without one) or canary version.
+    /// Every query metric is read for stable, then canary, all within one analysis
+    /// interval (a read still unanswered then is missing, and so are the reads after
+    /// it: the measurement never runs much past its interval whatever the sources
+    /// do); `{version}` is the window's stable (empty without one) or canary version.
     fn measure<'a>(
         &'a self,
         window: &'a MeasureWindow,
@@ -422,9 +422,11 @@ impl MetricsSource for WithQueries {
             let mut sample = self.builtin.measure(window).await?;
             let budget = Arc::new(Budget::new(self.interval));
             let stable = window.stable.clone().unwrap_or_default();
-            let deadline = self.interval.max(Duration::from_secs(1));
-            let mut reads = tokio::task::JoinSet::new();
-            for (i, (_, spec, provider)) in self.queries.iter().enumerate() {
+            // One deadline for the whole measurement: reads run in turn (a provider
+            // sees its requests in order), each with what is left of it.
+            let deadline = tokio::time::Instant::now() + self.interval.max(Duration::from_secs(1));
+            let mut answers: Vec<Option<Reading>> = Vec::new();
+            for (_, spec, provider) in &self.queries {
                 for (variant, version) in [("stable", &stable), ("canary", &window.canary)] {
                     let ask = Ask {
                         service: self.service.clone(),
@@ -435,32 +437,21 @@ impl MetricsSource for WithQueries {
                         interval: self.interval,
                         budget: budget.clone(),
                     };
-                    let (spec, provider) = (spec.clone(), provider.clone());
-                    reads.spawn(async move {
-                        let read = tokio::time::timeout(deadline, provider.read(&spec, &ask))
-                            .await
-                            .unwrap_or_else(|_| {
-                                let late = || {
-                                    ReadError::Other(format!(
-                                        "no answer within the analysis interval ({}s)",
-                                        deadline.as_secs()
-                                    ))
-                                };
-                                Reading {
-                                    value: Err(late()),
-                                    samples: spec.samples.as_ref().map(|_| Err(late())),
-                                }
-                            });
-                        (i, variant, read)
-                    });
-                }
-            }
-            // Two slots a metric, stable then canary, as details read best.
-            let mut answers: Vec<Option<Reading>> = Vec::new();
-            answers.resize_with(self.queries.len() * 2, || None);
-            while let Some(done) = reads.join_next().await {
-                if let Ok((i, variant, read)) = done {
-                    answers[i * 2 + usize::from(variant == "canary")] = Some(read);
+                    let read = tokio::time::timeout_at(deadline, provider.read(spec, &ask))
+                        .await
+                        .unwrap_or_else(|_| {
+                            let late = || {
+                                ReadError::Other(
+                                    "no answer within the analysis interval".to_string(),
+                                )
+                            };
+                            Reading {
+                                value: Err(late()),
+                                samples: spec.samples.as_ref().map(|_| Err(late())),
+                                histogram: spec.buckets.map(|_| Err(late())),
+                            }
+                        });
+                    answers.push(Some(read));
                 }
             }
             let mut answers = answers.into_iter();
@@ -552,7 +543,8 @@ impl MetricsSource for WithQueries {
                 else {
                     continue;
                 };
-                let refused = [Some(read.value), read.samples]
+                let histogram = read.histogram.map(|h| h.map(|h| h.count() as f64));
+                let refused = [Some(read.value), read.samples, histogram]
                     .into_iter()
                     .flatten()
                     .find_map(|r| r.err().filter(ReadError::is_misconfiguration));

@@ -163,7 +163,7 @@ impl QueryProvider for Prometheus {
                     .data(false, &fill(&spec.query), ask.from, ask.to)
                     .await
                     .and_then(|data| histogram_of(&data, unit))
-                    .map_err(|e| ReadError::Other(e.to_string()));
+                    .map_err(read_error);
                 return Reading {
                     value: histogram
                         .as_ref()
@@ -266,8 +266,10 @@ pub fn value_of(data: &Value) -> Result<f64, PrometheusError> {
 ///
 /// Each Prometheus bucket's own requests (its count less the one below it; a negative
 /// difference, from a counter reset, is none) go in the rampart bucket holding its
-/// upper bound: as slow as its bound, never faster. The `+Inf` bucket's go just above
-/// the last finite bound. Counts are rounded (`increase` extrapolates).
+/// upper bound: as slow as its bound, never faster. The `+Inf` bucket's go in the
+/// slowest bucket there is (about 210 s): nothing says how slow they were, and a
+/// hanging request must not read as barely over the last bound. Counts are rounded
+/// (`increase` extrapolates).
 ///
 /// Guarantees: an empty vector, a series without `le`, a bound or count that is not a
 /// number (NaN included), only `+Inf`, or no request at all is an error: no data,
@@ -320,8 +322,10 @@ pub fn histogram_of(data: &Value, unit: BucketUnit) -> Result<Histogram, Prometh
             last_finite = Some(b);
             b
         } else {
-            let b = last_finite.ok_or(PrometheusError::OnlyInfinite)?;
-            (b + 1).min(BUCKETS - 1)
+            // Beyond the last bound nothing says how slow: as slow as can be counted,
+            // so a hanging request never reads as barely over the last bound.
+            last_finite.ok_or(PrometheusError::OnlyInfinite)?;
+            BUCKETS - 1
         };
         h.record_in_bucket(bucket, own);
     }
@@ -420,11 +424,13 @@ mod tests {
         ]);
         let h = histogram_of(&data, BucketUnit::Seconds).unwrap();
         let at = |ms: u64| bucket_of(ms * 1000);
-        let inf = at(100) + 1;
+        // Regression (review): +Inf went just above the last bound, so a canary
+        // whose requests all hung read as barely slower than 100 ms.
+        let inf = BUCKETS - 1;
         assert_eq!(
             h.buckets().collect::<Vec<_>>(),
             vec![(at(25), 60), (at(100), 30), (inf, 10)],
-            "the empty 50ms bucket holds nothing, +Inf goes just above 100ms"
+            "the empty 50ms bucket holds nothing, +Inf goes in the slowest bucket"
         );
         // The same bounds in milliseconds land in the same buckets.
         let ms = buckets(&[("25", "60"), ("50", "60"), ("100", "90"), ("+Inf", "100")]);

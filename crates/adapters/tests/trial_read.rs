@@ -55,3 +55,42 @@ async fn an_empty_answer_passes_the_pre_release_check_fake_prometheus() {
     let gates = source(&prometheus_policy(&url), &[]).check().await;
     assert!(gates.iter().all(|g| g.ok), "{gates:?}");
 }
+
+fn refusing_prometheus() -> fake_provider::Responder {
+    Arc::new(|_, _: &Seen| {
+        (
+            400,
+            vec![],
+            r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#.into(),
+        )
+    })
+}
+
+/// Regression (review): the trial read asked with an empty `{version}`, which turns a
+/// valid query into one its source refuses (a Datadog tag `version:` with no value):
+/// such a query is not tried before the release.
+#[tokio::test]
+async fn a_query_naming_the_version_is_not_tried_before_the_release_fake_prometheus() {
+    let (url, seen) = fake_provider::start(refusing_prometheus()).await;
+    let p = policy(&format!(
+        "  prometheus: {url}\n  metrics:\n    - {{name: errors, source: prometheus, query: 'sum(rate(http_errors_total{{version=\"{{version}}\"}}[1m]))', judge: {{max: 1}}}}\n"
+    ));
+    let gates = source(&p, &[]).check().await;
+    assert!(gates.iter().all(|g| g.ok), "{gates:?}");
+    assert!(seen.lock().unwrap().is_empty(), "nothing was asked");
+}
+
+/// Regression (review): a bucket query's errors were untyped, so one Prometheus
+/// cannot parse passed the pre-release check.
+#[tokio::test]
+async fn a_bucket_query_prometheus_cannot_parse_fails_the_pre_release_check_fake_prometheus() {
+    let (url, _) = fake_provider::start(refusing_prometheus()).await;
+    let p = policy(&format!(
+        "  prometheus: {url}\n  metrics:\n    - {{name: p99, source: prometheus, metric: latency_p99, buckets: 'sum by (le) (increase(d_bucket{{track=\"{{variant}}\"}}[1m])', judge: sequential}}\n"
+    ));
+    let gates = source(&p, &[]).check().await;
+    assert!(
+        gates.iter().any(|g| !g.ok && g.name == "metric p99"),
+        "{gates:?}"
+    );
+}

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::aws_credentials::{self, Credentials};
 use super::fetch::{self, Request};
-use super::{Ask, QueryProvider, ReadError, Reading, number, short, sigv4};
+use super::{Ask, QueryProvider, ReadError, Reading, Reduce, number, short, sigv4};
 
 const NAME: &str = "CloudWatch";
 /// The operation, as the JSON protocol names it.
@@ -54,14 +54,6 @@ impl std::fmt::Debug for CloudWatch {
             .field("credentials", &self.credentials)
             .finish_non_exhaustive()
     }
-}
-
-/// How the datapoints become one number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reduce {
-    Sum,
-    Mean,
-    Last,
 }
 
 impl CloudWatch {
@@ -184,17 +176,7 @@ impl CloudWatch {
 
     async fn one(&self, expression: &str, ask: &Ask, reduce: Reduce) -> Result<f64, ReadError> {
         let values = self.values(expression, ask).await?;
-        let (Some(last), n) = (values.last(), values.len() as f64) else {
-            return Err(ReadError::Empty(
-                "CloudWatch returned no datapoint in the window".into(),
-            ));
-        };
-        let sum: f64 = values.iter().sum();
-        Ok(match reduce {
-            Reduce::Sum => sum,
-            Reduce::Mean => sum / n,
-            Reduce::Last => *last,
-        })
+        reduce.apply(&values, "CloudWatch returned no datapoint in the window")
     }
 }
 
@@ -258,11 +240,7 @@ fn series_values(answer: &Value) -> Result<Vec<f64>, ReadError> {
 impl QueryProvider for CloudWatch {
     fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
         Box::pin(async move {
-            let reduce = match (spec.counts, spec.range) {
-                (true, _) => Reduce::Sum,
-                (false, true) => Reduce::Mean,
-                (false, false) => Reduce::Last,
-            };
+            let reduce = Reduce::of(spec);
             let value = self.one(&spec.query, ask, reduce).await;
             let samples = match &spec.samples {
                 Some(q) => Some(self.one(q, ask, Reduce::Sum).await),

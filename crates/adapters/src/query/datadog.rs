@@ -17,7 +17,7 @@ use rampart_core::ports::BoxFuture;
 use serde_json::{Value, json};
 
 use super::fetch::{self, Request};
-use super::{Ask, QueryProvider, ReadError, Reading, Secret, number, short};
+use super::{Ask, QueryProvider, ReadError, Reading, Reduce, Secret, number, short};
 
 const NAME: &str = "Datadog";
 
@@ -38,14 +38,6 @@ impl std::fmt::Debug for Datadog {
             .field("app_key", &self.app_key)
             .finish()
     }
-}
-
-/// How a series becomes one number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reduce {
-    Sum,
-    Mean,
-    Last,
 }
 
 impl Datadog {
@@ -113,17 +105,7 @@ impl Datadog {
 
     async fn one(&self, query: &str, ask: &Ask, reduce: Reduce) -> Result<f64, ReadError> {
         let points = self.points(query, ask).await?;
-        let (Some(last), n) = (points.last(), points.len() as f64) else {
-            return Err(ReadError::Empty(
-                "the series has no point in the window".into(),
-            ));
-        };
-        let sum: f64 = points.iter().sum();
-        Ok(match reduce {
-            Reduce::Sum => sum,
-            Reduce::Mean => sum / n,
-            Reduce::Last => *last,
-        })
+        reduce.apply(&points, "the series has no point in the window")
     }
 }
 
@@ -189,11 +171,7 @@ fn v2_points(answer: &Value) -> Result<Vec<f64>, ReadError> {
 impl QueryProvider for Datadog {
     fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
         Box::pin(async move {
-            let reduce = match (spec.counts, spec.range) {
-                (true, _) => Reduce::Sum,
-                (false, true) => Reduce::Mean,
-                (false, false) => Reduce::Last,
-            };
+            let reduce = Reduce::of(spec);
             let value = self.one(&spec.query, ask, reduce).await;
             let samples = match &spec.samples {
                 Some(q) => Some(self.one(q, ask, Reduce::Sum).await),

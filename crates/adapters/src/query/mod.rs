@@ -199,6 +199,42 @@ impl ReadError {
     }
 }
 
+/// How a series of points becomes one number: counts are summed, a `range` value is
+/// the mean, another value the last point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    /// The sum of the points (counts).
+    Sum,
+    /// Their mean (`range: true`).
+    Mean,
+    /// The last point.
+    Last,
+}
+
+impl Reduce {
+    /// How `spec`'s value is reduced.
+    pub fn of(spec: &QuerySpec) -> Reduce {
+        match (spec.counts, spec.range) {
+            (true, _) => Reduce::Sum,
+            (false, true) => Reduce::Mean,
+            (false, false) => Reduce::Last,
+        }
+    }
+
+    /// `points` as one number; `empty` says why there is none.
+    pub fn apply(self, points: &[f64], empty: &str) -> Result<f64, ReadError> {
+        let Some(last) = points.last() else {
+            return Err(ReadError::Empty(empty.into()));
+        };
+        let sum: f64 = points.iter().sum();
+        Ok(match self {
+            Reduce::Sum => sum,
+            Reduce::Mean => sum / points.len() as f64,
+            Reduce::Last => *last,
+        })
+    }
+}
+
 /// Why a value is missing. The text goes into the reading's detail and the
 /// pre-release check, where operators see it; it never holds a secret.
 #[derive(Debug, thiserror::Error)]

@@ -652,13 +652,25 @@ fn decode_metric(
     let metric = m.required_with(cx, "metric", |cx, n, p| {
         one_of(cx, n, p, METRIC_NAMES).map(builtin_metric)
     });
+    decode_builtin_judged(cx, &m, metric, default_min_samples, default_failure_limit)
+}
+
+/// A builtin metric's name, scoring, direction (always lower is better) and judge:
+/// what a builtin metric and one read from Prometheus buckets share. `query: None`.
+fn decode_builtin_judged(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    metric: Option<BuiltinMetric>,
+    default_min_samples: u64,
+    default_failure_limit: u32,
+) -> Option<MetricSpec> {
     let name = m
         .optional::<String>(cx, "name")
         .or_else(|| metric.map(|k| k.id()));
     let min_samples = m
         .optional::<u64>(cx, "min_samples")
         .unwrap_or(default_min_samples);
-    let (failure_limit, critical, weight) = decode_scoring(cx, &m, default_failure_limit);
+    let (failure_limit, critical, weight) = decode_scoring(cx, m, default_failure_limit);
     let declared = m.optional_with(cx, "direction", decode_direction);
     let metric = metric?;
     // Errors and latency only get worse as they rise.
@@ -940,36 +952,8 @@ fn decode_bucket_metric(
             "milliseconds" => BucketUnit::Milliseconds,
             _ => BucketUnit::Seconds,
         });
-    let name = m
-        .optional::<String>(cx, "name")
-        .or_else(|| metric.map(|k| k.id()));
-    let min_samples = m
-        .optional::<u64>(cx, "min_samples")
-        .unwrap_or(default_min_samples);
-    let (failure_limit, critical, weight) = decode_scoring(cx, m, default_failure_limit);
-    let declared = m.optional_with(cx, "direction", decode_direction);
-    let metric = metric?;
-    let why = format!("`{}` gets worse as it rises", metric.id());
-    if declared == Some(Direction::HigherIsBetter) {
-        cx.error(
-            m.get("direction").map_or(m.pos(), |n| n.pos),
-            &m.path_of("direction"),
-            format!("{why}: it is `lower_is_better`"),
-        );
-    }
-    let fixed = Some((Direction::LowerIsBetter, why));
-    let (judge, direction) = m.required_with(cx, "judge", |cx, n, p| {
-        decode_judge(cx, n, p, metric, fixed)
-    })?;
+    let spec = decode_builtin_judged(cx, m, metric, default_min_samples, default_failure_limit)?;
     Some(MetricSpec {
-        name: name?,
-        metric,
-        judge,
-        min_samples,
-        failure_limit,
-        critical,
-        weight,
-        direction,
         query: Some(QuerySpec {
             source: QuerySource::Prometheus,
             query: buckets?,
@@ -978,6 +962,7 @@ fn decode_bucket_metric(
             counts: false,
             buckets: Some(unit),
         }),
+        ..spec
     })
 }
 

@@ -235,7 +235,6 @@ pub(super) fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
         verdict,
         deciding,
     } = judge_interval(b, sample);
-    let metrics = &b.policy.analysis.metrics;
     if !deciding.is_empty() {
         let (why, both) = trip_reason(b, &readings, &deciding);
         if both {
@@ -271,11 +270,7 @@ pub(super) fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
     let baked =
         b.s.step_started_at
             .is_some_and(|t| b.now >= t + ms(steps[b.s.step].bake));
-    let clean = verdict == Verdict::Pass
-        && metrics
-            .iter()
-            .zip(&b.s.failure_streaks)
-            .all(|(m, s)| !m.critical || *s == 0);
+    let clean = clean(b, verdict);
     if baked && clean && b.s.paused.is_some() {
         // Held by an operator: keep analysing at this weight.
         b.start_interval();
@@ -294,6 +289,18 @@ pub(super) fn measured(b: &mut Builder<'_>, sample: &IntervalSample) {
     } else {
         b.start_interval();
     }
+}
+
+/// Whether an interval was clean: it passed, and no critical metric is in a failure
+/// streak. Only a clean interval ends a step's bake or a watch.
+fn clean(b: &Builder<'_>, verdict: Verdict) -> bool {
+    verdict == Verdict::Pass
+        && b.policy
+            .analysis
+            .metrics
+            .iter()
+            .zip(&b.s.failure_streaks)
+            .all(|(m, s)| !m.critical || *s == 0)
 }
 
 /// Why the metrics that decide the release failed, in words, and whether stable broke
@@ -355,14 +362,7 @@ pub(super) fn watched(b: &mut Builder<'_>, sample: &IntervalSample) {
     // The watch ends at its first clean interval once its time is up: an interval that
     // passed with no critical metric in a failure streak. Time alone never passes it
     // (a watch that judged nothing goes on until the escalations stop it).
-    let clean = verdict == Verdict::Pass
-        && b.policy
-            .analysis
-            .metrics
-            .iter()
-            .zip(&b.s.failure_streaks)
-            .all(|(m, s)| !m.critical || *s == 0);
-    if clean && b.s.timer.is_some_and(|t| b.now >= t) {
+    if clean(b, verdict) && b.s.timer.is_some_and(|t| b.now >= t) {
         b.s.timer = None;
         b.s.next_analysis_at = None;
         let watch = b

@@ -635,10 +635,6 @@ impl Proxy {
         let elapsed = started.elapsed();
         let mut resp = match result {
             Ok(resp) if uncounted => resp.map(|body| Timed::untimed(Either::Left(body))),
-            Err(_) if uncounted => {
-                plain_body(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n")
-                    .map(Timed::untimed)
-            }
             Ok(resp) => {
                 counters.record(resp.status().is_server_error(), elapsed);
                 // The total time, from the same start, is recorded when the body is done.
@@ -649,7 +645,9 @@ impl Proxy {
                 tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upstream failed");
                 // No version answered: an error, and in neither latency (as nginx and
                 // HAProxy log it), so the proxy never times its own 502.
-                counters.record_logged(true, None, None);
+                if !uncounted {
+                    counters.record_logged(true, None, None);
+                }
                 plain_body(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n")
                     .map(Timed::untimed)
             }

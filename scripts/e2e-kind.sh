@@ -19,6 +19,10 @@
 #   3  with the Gateway API CRDs: a route no Gateway accepts is never promoted; with
 #      a Gateway `public` that accepts examples/kubernetes/httproute.yaml, a release
 #      through it is promoted.
+# GitOps (issue 19, item 2): `rampart serve --kubernetes` adopts the Deployment that
+#      opts in (`rampart.dev/policy`, its policy in a ConfigMap) and pauses it; a new
+#      image applied with kubectl makes no new pods until serve has released it
+#      through a canary, then the Deployment runs it, paused again, phase `released`.
 # The namespace `default` should hold nothing else: the quota of item 2 counts pods.
 #
 # Metrics come from a Prometheus at 127.0.0.1:9090: a running one is used, otherwise
@@ -40,7 +44,9 @@ version3="${VERSION3:-1.26-alpine}"
 work="$(mktemp -d)"
 prom_pid=""
 sampler_pid=""
+serve_pid=""
 cleanup() {
+  if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; fi
   if [ -n "$sampler_pid" ]; then kill "$sampler_pid" 2>/dev/null || true; fi
   if [ -n "$prom_pid" ]; then kill "$prom_pid" 2>/dev/null || true; fi
   kubectl delete resourcequota rampart-e2e --ignore-not-found >/dev/null 2>&1 || true
@@ -203,4 +209,58 @@ EOF
 else
   echo "no Gateway API CRDs: the http_route checks are skipped"
 fi
+# === GitOps: serve --kubernetes releases what kubectl applies ===
+annotation() {
+  kubectl get deployment checkout -o jsonpath="{.metadata.annotations.rampart\\.dev/$1}"
+}
+# wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds, at most SECONDS.
+wait_for() {
+  local what="$1" seconds="$2"
+  shift 2
+  for _ in $(seq "$seconds"); do
+    "$@" && return 0
+    sleep 1
+  done
+  fail "$what after ${seconds}s (phase $(annotation phase): $(annotation message))"
+}
+phase_is() { [ "$(annotation phase)" = "$1" ]; }
+paused() { [ "$(kubectl get deployment checkout -o jsonpath='{.spec.paused}')" = true ]; }
+pods_run() {
+  kubectl get pods -l app=checkout,rampart.dev/track=stable \
+    -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u
+}
+released_is() { case "$(annotation released-version)" in "$1"+*) return 0 ;; *) return 1 ;; esac; }
+
+kubectl delete deployment checkout-canary --ignore-not-found
+kubectl apply -f examples/kubernetes/manifests.yaml
+kubectl rollout status deployment/checkout --timeout=180s
+gitops_policy="$(policy gitops '{mode: replica_ratio, replicas: 2}' \
+  '{canary: {steps: [{weight: 50, bake: 30s}]}}')"
+kubectl create configmap checkout-policy --from-file=rampart.yaml="$gitops_policy" \
+  --dry-run=client -o yaml | kubectl apply -f -
+kubectl annotate deployment checkout rampart.dev/policy=checkout-policy --overwrite
+"$rampart" serve --kubernetes --kubernetes-namespace default --kubernetes-interval 2s \
+  --listen 127.0.0.1:0 --state-dir "$work/serve" >"$work/serve.log" 2>&1 &
+serve_pid=$!
+wait_for "the opted-in Deployment is not adopted" 60 paused
+wait_for "the adopted Deployment is not released" 60 phase_is released
+before="$(pods_run)"
+kubectl set image deployment/checkout web="docker.io/library/nginx:$version2"
+wait_for "the release of the applied image did not start" 60 phase_is progressing
+# Paused: the applied template has no pods of its own until the release promotes it.
+[ "$(pods_run)" = "$before" ] || fail "the applied image reached the stable pods before its release: $(pods_run)"
+wait_for "the applied image was not released" 600 phase_is released
+released_is "$version2" || fail "released $(annotation released-version), not $version2"
+paused || fail "the promoted Deployment is not paused again"
+pods_are() { [ "$(pods_run)" = "$1" ]; }
+# Pods of the previous ReplicaSet may still be terminating.
+wait_for "the stable pods do not all run $version2" 120 pods_are "docker.io/library/nginx:$version2"
+canary_exists && fail "checkout-canary is still there after the GitOps release"
+kill "$serve_pid"
+serve_pid=""
+cat "$work/serve.log"
+kubectl annotate deployment checkout rampart.dev/policy-
+kubectl patch deployment checkout --type merge -p '{"spec": {"paused": false}}'
+kubectl delete configmap checkout-policy
+
 echo "ok: $(kubectl config current-context)"

@@ -47,6 +47,14 @@ if ! "$venv/bin/python" -c "import mcp.client.stdio" >/dev/null 2>&1; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "mcp==2.*"
 fi
 export RAMPART_MCP_PYTHON="$PWD/$venv/bin/python"
+# The Helm chart (deploy/helm) is rendered by Helm's own engine, Helm v4's Go SDK that
+# PyPI's helm-python-sdk ships as a library (there is no helm in Debian), and every
+# object is checked against the Kubernetes API schemas that kubernetes-validate bundles.
+# Both work offline; scripts/helm_check.py drives them.
+if ! "$venv/bin/python" -c "import helm_python, kubernetes_validate" >/dev/null 2>&1; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "helm-python-sdk==0.2.*" "kubernetes-validate==1.37.*"
+fi
+export RAMPART_HELM_PYTHON="$PWD/$venv/bin/python"
 
 # Every process the tests start inherits this mark, so the end of the run can tell
 # them from anything else on the machine (see leftovers below).

@@ -77,9 +77,6 @@ pub enum PrometheusError {
     /// An `le` label that is not a number or `+Inf`.
     #[error("`le=\"{0}\"` is not a bucket bound")]
     BadBound(String),
-    /// Two series with the same `le`.
-    #[error("several series for `le=\"{0}\"`; aggregate with `sum by (le) (...)`")]
-    SameBound(String),
     /// Only the `+Inf` bucket: nothing says how fast the requests were.
     #[error("no finite bucket bound, only `+Inf`")]
     OnlyInfinite,
@@ -283,7 +280,7 @@ pub fn histogram_of(data: &Value, unit: BucketUnit) -> Result<Histogram, Prometh
     if series.is_empty() {
         return Err(PrometheusError::EmptyVector);
     }
-    let mut bounds: Vec<(f64, &str, f64)> = Vec::with_capacity(series.len());
+    let mut bounds: Vec<(f64, f64)> = Vec::with_capacity(series.len());
     for s in series {
         let le = s["metric"]["le"].as_str().ok_or(PrometheusError::NoBound)?;
         let bound = match le.trim() {
@@ -304,16 +301,23 @@ pub fn histogram_of(data: &Value, unit: BucketUnit) -> Result<Histogram, Prometh
         if !count.is_finite() {
             return Err(PrometheusError::NotFinite(text.to_string()));
         }
-        bounds.push((bound, le, count));
+        bounds.push((bound, count));
     }
     bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if let Some(w) = bounds.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(PrometheusError::SameBound(w[1].1.to_string()));
-    }
+    // Several series at one bound (`le="1"` and `le="1.0"` from two exporters, or a
+    // query not aggregated `by (le)`) are several populations' cumulative counts at it:
+    // their sum is the whole's, as `sum by (le)` would have made it.
+    bounds.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 += later.1;
+        }
+        same
+    });
     let mut h = Histogram::default();
     let mut below = 0.0;
     let mut last_finite: Option<usize> = None;
-    for (bound, _, cumulative) in &bounds {
+    for (bound, cumulative) in &bounds {
         let own = (cumulative - below).max(0.0).round() as u64;
         below = cumulative.max(below);
         let bucket = if bound.is_finite() {
@@ -447,6 +451,18 @@ mod tests {
     }
 
     #[test]
+    fn series_at_one_bound_written_differently_are_summed() {
+        // Two exporters: one writes `le="0.1"`, the other `le="0.10"`; neither is
+        // aggregated away by `sum by (le)`, and both are requests at 100 ms.
+        let data = buckets(&[("0.1", "3"), ("0.10", "4"), ("+Inf", "5"), ("+Inf", "4")]);
+        let h = histogram_of(&data, BucketUnit::Seconds).unwrap();
+        assert_eq!(
+            h.buckets().collect::<Vec<_>>(),
+            vec![(bucket_of(100_000), 7), (BUCKETS - 1, 2)]
+        );
+    }
+
+    #[test]
     fn a_counter_reset_counts_no_negative_requests() {
         // The 0.2 bucket reads below the 0.1 one (one series reset mid-interval).
         let data = buckets(&[("0.1", "50"), ("0.2", "30"), ("0.4", "70"), ("+Inf", "70")]);
@@ -477,10 +493,7 @@ mod tests {
             no(buckets(&[("fast", "3")])),
             PrometheusError::BadBound(_)
         ));
-        assert!(matches!(
-            no(buckets(&[("0.1", "3"), ("0.10", "4")])),
-            PrometheusError::SameBound(_)
-        ));
+
         let unlabelled = serde_json::json!({"resultType": "vector", "result": [{"metric": {}, "value": [1, "3"]}]});
         assert!(matches!(no(unlabelled), PrometheusError::NoBound));
         let scalar = serde_json::json!({"resultType": "scalar", "result": [1, "3"]});

@@ -207,6 +207,25 @@ impl Telemetry {
                 histogram(&mut out, &series, s.latency_to(timing));
             }
         }
+        if let Some((open, refused)) = self.counted.connections() {
+            out.push_str("# HELP rampart_proxy_open_connections Client connections open on the embedded proxy.\n# TYPE rampart_proxy_open_connections gauge\n");
+            let _ = writeln!(
+                out,
+                "rampart_proxy_open_connections{{service=\"{svc}\"}} {open}"
+            );
+            out.push_str("# HELP rampart_proxy_refused_connections_total Client connections answered 503 and closed at traffic.proxy.limits.max_connections.\n# TYPE rampart_proxy_refused_connections_total counter\n");
+            let _ = writeln!(
+                out,
+                "rampart_proxy_refused_connections_total{{service=\"{svc}\"}} {refused}"
+            );
+        }
+        if let Some(failed) = self.counted.tls_handshake_failures() {
+            out.push_str("# HELP rampart_proxy_tls_handshake_failures_total TLS handshakes on the embedded proxy that failed or did not finish within traffic.proxy.limits.header_timeout; counted against no version.\n# TYPE rampart_proxy_tls_handshake_failures_total counter\n");
+            let _ = writeln!(
+                out,
+                "rampart_proxy_tls_handshake_failures_total{{service=\"{svc}\"}} {failed}"
+            );
+        }
         out
     }
 }

@@ -563,7 +563,9 @@ fn judge_query(
         return reading;
     };
     let (mut failures, breached) = absolute_failures(t, fmt, c, stable, stable_enough);
-    reading.stable_breached = breached;
+    // Both sides of a query that reads the same value for each are the canary's: its
+    // breach is the canary's alone, a rollback, never "both versions unhealthy".
+    reading.stable_breached = breached && spec.query.as_ref().is_some_and(|q| q.per_variant());
     let mut unknown = Vec::new();
     if t.relative() {
         // A stable value without enough requests behind it is no value.
@@ -627,11 +629,8 @@ fn baseline_test(
     if base_n == 0 {
         return None;
     }
-    let (x, n) = (base_bad.min(base_n) as f64, base_n as f64);
-    let z = 2.576f64;
-    let p = x / n;
-    let upper = (p + z * z / (2.0 * n) + z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt())
-        / (1.0 + z * z / n);
+    let p = base_bad.min(base_n) as f64 / base_n as f64;
+    let upper = wilson_upper(base_bad, base_n);
     (upper < 1.0).then(|| {
         let shown = format!(
             "{canary_bad} of {canary_n} {what} against the previous version's {:.2}% (at most {:.2}%)",
@@ -640,6 +639,16 @@ fn baseline_test(
         );
         (canary_bad, canary_n, upper, shown)
     })
+}
+
+/// The upper 99 % Wilson bound of a rate seen as `x` in `n` (`n` > 0): a rate that is
+/// itself estimated, taken at its highest plausible value so its noise never reads as
+/// the canary's.
+fn wilson_upper(x: u64, n: u64) -> f64 {
+    let (n, z) = (n as f64, 2.576f64);
+    let p = x.min(n as u64) as f64 / n;
+    (p + z * z / (2.0 * n) + z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt())
+        / (1.0 + z * z / n)
 }
 
 /// What a sequential judge carries from interval to interval.
@@ -748,10 +757,14 @@ fn sequential_on(
     };
     // Outcomes against stable's at the same time, or against a frozen baseline.
     type Test = fn(u64, u64, u64, u64, &str) -> Option<(u64, u64, f64, String)>;
-    let test: Test = if frozen_stable {
+    let raw: Test = if frozen_stable {
         |cb, sb, cn, sn, what| baseline_test(cb, cn, sb, sn, what)
     } else {
         share_test
+    };
+    // Each arm below gives the null as tested: the tolerance already applied.
+    let test = |cb, sb, cn, sn, what: &str| {
+        raw(cb, sb, cn, sn, what).map(|(bad, n, p0, w)| (bad, n, tolerate(p0, tolerance), w))
     };
     let (c, s) = (&sample.canary, &sample.stable);
     r.log_evidence = Some(evidence.process.log_e());
@@ -817,14 +830,19 @@ fn sequential_on(
                 let (above_s, below_s) = stable_history.split_at(b);
                 let timing = spec.metric.latency().map_or(Timing::Headers, |l| l.1);
                 let (above_c, below_c) = c.latency_to(timing).split_at(b);
-                (above_s > 0 && below_s > 0).then(|| {
-                    let p0 = above_s as f64 / (above_s + below_s) as f64;
+                (below_s > 0).then(|| {
+                    // Stable's share above its quantile is estimated: the null is the
+                    // larger of that share with the tolerance and its upper bound, so
+                    // a tail estimated from few requests is not a canary's regression.
+                    let n = above_s + below_s;
+                    let null = tolerate(above_s as f64 / n as f64, tolerance)
+                        .max(wilson_upper(above_s, n));
                     let what = format!(
-                        "{above_c} of {} canary requests slower than stable's q{q} ({:.1}% expected)",
+                        "{above_c} of {} canary requests slower than stable's q{q} ({:.1}% expected at most)",
                         above_c + below_c,
-                        p0 * 100.0
+                        null * 100.0
                     );
-                    (above_c, above_c + below_c, p0, what)
+                    (above_c, above_c + below_c, null, what)
                 })
             }),
         // Policy validation keeps query values on thresholds; nothing to count here.
@@ -834,9 +852,7 @@ fn sequential_on(
         r.detail = "not enough stable data to compare with yet".into();
         return r;
     };
-    evidence
-        .process
-        .update(bad, trials, tolerate(p0, tolerance));
+    evidence.process.update(bad, trials, p0);
     let log_e = evidence.process.log_e();
     evidence.rejected |= evidence.process.rejects(seq.alpha);
     r.log_evidence = Some(log_e);
@@ -876,6 +892,7 @@ mod tests {
             }),
             min_samples: 10,
             failure_limit: 1,
+            failure_count: crate::policy::FailureCount::Consecutive,
             critical: true,
             weight: 1.0,
             direction: Direction::LowerIsBetter,
@@ -1010,6 +1027,63 @@ mod tests {
         let mut fresh = Evidence::default();
         let r = sequential(&spec, &seq, &s, &mut fresh, &Histogram::default(), 0);
         assert_eq!(r.verdict, Verdict::Inconclusive);
+    }
+
+    /// A p99 "estimated" from 150 requests is their slowest or 2nd slowest: a canary as
+    /// fast as stable lies above it more often than 1 %, so the null is taken at its
+    /// upper bound, and one slow request in 20 is no evidence; with a long history, two
+    /// in 20 are.
+    #[test]
+    fn the_sequential_latency_judge_allows_for_a_tail_it_estimated() {
+        let (spec, seq) = seq_spec(BuiltinMetric::Latency(0.99));
+        let slow_one_in = |n: u64, every: u64| {
+            let mut h = Histogram::default();
+            for i in 0..n {
+                let fast = 20_000 + (i % 50) * 200;
+                h.record_micros(if i % every == every - 1 {
+                    200_000
+                } else {
+                    fast
+                });
+            }
+            h
+        };
+        let interval = |canary: Histogram| IntervalSample {
+            stable: VariantStats {
+                requests: 180,
+                ..Default::default()
+            },
+            canary: VariantStats {
+                requests: canary.count(),
+                latency: canary,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // One slow request in 150: stable's q99 sits just below it.
+        let short = slow_one_in(150, 100);
+        let mut ev = Evidence::default();
+        let r = sequential(
+            &spec,
+            &seq,
+            &interval(slow_one_in(20, 20)),
+            &mut ev,
+            &short,
+            0,
+        );
+        assert!(r.log_evidence.is_some_and(|e| e <= 0.0), "{r:?}");
+        // 5,000 stable requests, 25 of them slow: two slow canary requests in 20 are.
+        let long = slow_one_in(5000, 200);
+        let mut ev = Evidence::default();
+        let r = sequential(
+            &spec,
+            &seq,
+            &interval(slow_one_in(20, 10)),
+            &mut ev,
+            &long,
+            0,
+        );
+        assert!(r.log_evidence.is_some_and(|e| e > 0.0), "{r:?}");
     }
 
     fn stats(requests: u64, errors: u64) -> VariantStats {
@@ -1469,6 +1543,27 @@ mod tests {
         assert!(r.stable_breached);
     }
 
+    /// A query that selects the canary by name (imported from Argo Rollouts or
+    /// Flagger) reads the same value for both variants: its breach is the canary's,
+    /// so the release rolls back rather than halting as if stable broke too.
+    #[test]
+    fn a_query_without_a_variant_never_says_stable_broke() {
+        let mut s = query_spec(false);
+        s.judge = Judge::Threshold(Threshold {
+            max: Some(0.5),
+            ..Threshold::default()
+        });
+        let r = judge(&s, &read(0.8, 0.8));
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(r.stable_breached, "per variant: {r:?}");
+        if let Some(q) = s.query.as_mut() {
+            q.query = "sum(rate(errors{deployment=\"shop-canary\"}[1m]))".into();
+        }
+        let r = judge(&s, &read(0.8, 0.8));
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(!r.stable_breached, "{r:?}");
+    }
+
     /// A p99 metric read from Prometheus buckets, judged by `judge`.
     fn bucket_spec(judge: Judge) -> MetricSpec {
         let mut s = spec(None, None);
@@ -1556,9 +1651,9 @@ mod tests {
         builtin_history.merge(&ms(900, 1000));
         builtin_history.merge(&ms(5, 1000));
         let mut ev = Evidence::default();
-        let mut mixed = ms(10, 200);
-        mixed.merge(&ms(20, 196));
-        mixed.merge(&ms(40, 4));
+        let mut mixed = ms(10, 1000);
+        mixed.merge(&ms(20, 980));
+        mixed.merge(&ms(40, 20));
         let mut first = bucket_sample(1000, 20, Some(100));
         first.queries[0].stable_histogram = Some(mixed);
         let r = sequential(&spec, &seq, &first, &mut ev, &builtin_history, 0);
@@ -1569,7 +1664,7 @@ mod tests {
         );
         assert_eq!(
             ev.stable_history.count(),
-            400,
+            2000,
             "stable's buckets kept after judging"
         );
         let r = sequential(&spec, &seq, &first, &mut ev, &builtin_history, 0);

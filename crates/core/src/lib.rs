@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod decode;
 pub mod flags;
+pub mod import;
 pub mod instead;
 pub mod judge;
 pub mod metrics;

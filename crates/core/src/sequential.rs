@@ -23,14 +23,19 @@
 //! `1/alpha` has probability at most `alpha`: the test can stop at any interval.
 //!
 //! The test is one-sided (a canary that is *better* never accumulates evidence), and the
-//! mixing weights sit on the effect sizes that matter for releases: most weight on odds
-//! ratios 1.5 to 3, where detection is slow, little on huge effects, which are detected
-//! within seconds whatever their weight.
+//! mixing weights sit on the effect sizes that matter for releases. Detection time is
+//! the threshold plus the log of one over an alternative's weight, divided by how fast
+//! the evidence grows: weight matters most where evidence grows slowly (odds ratios
+//! 1.75 to 2.5, minutes of traffic), and a point every 15 to 40 % above it lets a large
+//! effect find a close alternative within seconds. Below 1.5 there is no point: such
+//! an effect needs thousands of errors whatever the weights, and its weight is better
+//! spent where a release can be saved. `rampart bench decisions` measures the result
+//! against the test that knows the effect (BENCHMARKS.md).
 
 /// Odds ratios of the alternatives (canary odds of a bad outcome over the null's).
-pub const GRID: [f64; 8] = [1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 5.0, 10.0];
+pub const GRID: [f64; 10] = [1.5, 1.75, 2.0, 2.33, 2.75, 3.25, 4.0, 5.0, 7.0, 10.0];
 /// Mixing weights of the alternatives; they sum to 1.
-pub const WEIGHTS: [f64; 8] = [0.08, 0.16, 0.2, 0.2, 0.14, 0.1, 0.07, 0.05];
+pub const WEIGHTS: [f64; 10] = [0.08, 0.14, 0.17, 0.13, 0.11, 0.1, 0.1, 0.07, 0.06, 0.04];
 
 /// Accumulated log-likelihood ratios, one per alternative.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

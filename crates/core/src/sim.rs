@@ -72,9 +72,94 @@ pub struct Stream {
     pub stable_error_rate: f64,
     /// The canary's error rate.
     pub canary_error_rate: f64,
-    /// Median latencies (stable, canary) in ms and the log-normal spread; `None` for no
-    /// latency data.
-    pub latency: Option<(f64, f64, f64)>,
+    /// Log-normal latencies; `None` for no latency data.
+    pub latency: Option<Latency>,
+}
+
+/// Log-normal latencies of both variants: medians in ms and spreads (the sigma of the
+/// log). A wider spread with the same median is a worse tail.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Latency {
+    /// Stable's median, ms.
+    pub stable_ms: f64,
+    /// Stable's spread.
+    pub stable_sigma: f64,
+    /// The canary's median, ms.
+    pub canary_ms: f64,
+    /// The canary's spread.
+    pub canary_sigma: f64,
+}
+
+impl Latency {
+    /// Both variants with the same spread.
+    pub fn medians(stable_ms: f64, canary_ms: f64, sigma: f64) -> Latency {
+        Latency {
+            stable_ms,
+            stable_sigma: sigma,
+            canary_ms,
+            canary_sigma: sigma,
+        }
+    }
+
+    /// The same median on both variants, and a canary whose `q` quantile is `factor`
+    /// times stable's (a slower tail).
+    pub fn tail(median_ms: f64, sigma: f64, q: f64, factor: f64) -> Latency {
+        Latency {
+            stable_ms: median_ms,
+            stable_sigma: sigma,
+            canary_ms: median_ms,
+            canary_sigma: sigma + factor.ln() / normal_quantile(q),
+        }
+    }
+}
+
+/// The standard normal quantile (Acklam's rational approximation, relative error
+/// below 1.2e-9), for `p` in (0, 1).
+pub fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let tail = |q: f64| {
+        let r = (-2.0 * q.ln()).sqrt();
+        (((((C[0] * r + C[1]) * r + C[2]) * r + C[3]) * r + C[4]) * r + C[5])
+            / ((((D[0] * r + D[1]) * r + D[2]) * r + D[3]) * r + 1.0)
+    };
+    if p < 0.02425 {
+        tail(p)
+    } else if p > 1.0 - 0.02425 {
+        -tail(1.0 - p)
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
 }
 
 impl Stream {
@@ -102,12 +187,12 @@ impl Stream {
             let stable = variant(
                 stable_n,
                 self.stable_error_rate,
-                self.latency.map(|(s, _, sg)| (s, sg)),
+                self.latency.map(|l| (l.stable_ms, l.stable_sigma)),
             );
             let canary = variant(
                 canary_n,
                 self.canary_error_rate,
-                self.latency.map(|(_, c, sg)| (c, sg)),
+                self.latency.map(|l| (l.canary_ms, l.canary_sigma)),
             );
             seconds.push((
                 t,
@@ -151,9 +236,47 @@ mod tests {
             canary_share: 0.1,
             stable_error_rate: 0.005,
             canary_error_rate: 0.01,
-            latency: Some((50.0, 75.0, 0.5)),
+            latency: Some(Latency::medians(50.0, 75.0, 0.5)),
         };
         assert_eq!(s.draw(&mut Rng::new(1)), s.draw(&mut Rng::new(1)));
         assert_ne!(s.draw(&mut Rng::new(1)), s.draw(&mut Rng::new(2)));
+    }
+
+    #[test]
+    fn normal_quantiles_match_the_tables() {
+        for (p, z) in [
+            (0.5, 0.0),
+            (0.975, 1.959_964),
+            (0.99, 2.326_348),
+            (0.01, -2.326_348),
+        ] {
+            assert!(
+                (normal_quantile(p) - z).abs() < 1e-5,
+                "{p}: {}",
+                normal_quantile(p)
+            );
+        }
+    }
+
+    #[test]
+    fn a_tail_regression_moves_the_quantile_and_not_the_median() {
+        let l = Latency::tail(50.0, 0.5, 0.99, 3.0);
+        let stream = Stream {
+            seconds: 200,
+            rps: 1000,
+            canary_share: 0.5,
+            stable_error_rate: 0.0,
+            canary_error_rate: 0.0,
+            latency: Some(l),
+        };
+        let w = stream.draw(&mut Rng::new(3)).window(0, 200);
+        let (s, c) = (&w.stable.latency, &w.canary.latency);
+        let ratio = |q| c.quantile_ms(q).unwrap() / s.quantile_ms(q).unwrap();
+        assert!(
+            (ratio(0.5) - 1.0).abs() < 0.05,
+            "median ratio {}",
+            ratio(0.5)
+        );
+        assert!((ratio(0.99) - 3.0).abs() < 0.3, "p99 ratio {}", ratio(0.99));
     }
 }

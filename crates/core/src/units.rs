@@ -1,7 +1,7 @@
 //! Value types with units: durations, rates and traffic weights, and their text forms.
 //!
-//! Owns parsing and printing of `10s`, `1%` and `5` (percent of traffic). It must not
-//! know which policy field uses them.
+//! Owns parsing and printing of `10s`, `1%`, `5` (percent of traffic) and `64KiB`. It
+//! must not know which policy field uses them.
 
 use std::fmt;
 use std::time::Duration;
@@ -104,6 +104,51 @@ impl Decode for Duration {
             }
         }
     }
+}
+
+/// Parses a size in bytes with its unit: `512B`, `64KiB`, `16MiB` or `1GiB` (powers of
+/// 1024). A bare number is rejected for the reason a bare duration is: `10` bytes,
+/// kilobytes or megabytes?
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let digits = s.chars().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(format!(
+            "`{text}` is not a size; write a number and a unit, like 64KiB or 16MiB"
+        ));
+    }
+    let (num, unit) = s.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}`: number too large"))?;
+    let scale: u64 = match unit.trim_start() {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit; write {num}B, {num}KiB or {num}MiB"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit in `{text}`; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Prints a size in the largest unit that writes it exactly, such as `64KiB`.
+pub fn format_bytes(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n}B")
 }
 
 /// A fraction between 0 and 1, written as `0.5%` or `0.005`.
@@ -254,6 +299,20 @@ pub fn trim_float(v: f64, places: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_need_a_unit_and_round_trip() {
+        assert_eq!(parse_bytes("64KiB").unwrap(), 65_536);
+        assert_eq!(parse_bytes("16 MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_bytes("512B").unwrap(), 512);
+        assert!(parse_bytes("10").unwrap_err().contains("10KiB"));
+        assert!(parse_bytes("10KB").unwrap_err().contains("KiB"));
+        assert!(parse_bytes("KiB").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
+        for n in [1, 1000, 1024, 65_536, 3 << 20, 5 << 30] {
+            assert_eq!(parse_bytes(&format_bytes(n)).unwrap(), n);
+        }
+    }
 
     #[test]
     fn durations_parse_compound_forms() {

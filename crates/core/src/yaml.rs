@@ -112,35 +112,96 @@ fn size_of_node(n: &Node) -> usize {
 /// Aliases are expanded. Duplicate keys, non-scalar keys and more than one document are
 /// errors, because each would silently drop part of a policy.
 pub fn parse(src: &str) -> Result<Node, SyntaxError> {
-    let mut stack: Vec<Frame> = Vec::new();
+    let mut docs = parse_stream(src, true).map_err(|(_, e)| e)?;
+    Ok(docs.pop().unwrap_or(Node {
+        kind: NodeKind::Null,
+        pos: Pos { line: 1, col: 1 },
+    }))
+}
+
+/// A syntax error in one document of a multi-document stream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("document {document}: {error}")]
+pub struct DocumentError {
+    /// The document's index in the stream, from 0.
+    pub document: usize,
+    /// The error.
+    pub error: SyntaxError,
+}
+
+/// Parses every document of a stream (`---` separated, as Kubernetes manifests are),
+/// each as [`parse`] does one: an empty document is [`NodeKind::Null`].
+pub fn parse_documents(src: &str) -> Result<Vec<Node>, DocumentError> {
+    parse_stream(src, false).map_err(|(document, error)| DocumentError { document, error })
+}
+
+fn parse_stream(src: &str, single: bool) -> Result<Vec<Node>, (usize, SyntaxError)> {
+    let mut docs: Vec<Node> = Vec::new();
+    let mut documents = 0usize;
+    let mut current = Stream::default();
+    for item in Parser::new_from_str(src) {
+        let doc = documents.saturating_sub(1);
+        let (event, span) = item.map_err(|e| {
+            (
+                doc,
+                SyntaxError {
+                    pos: Pos {
+                        line: u32::try_from(e.marker().line()).unwrap_or(u32::MAX),
+                        col: u32::try_from(e.marker().col() + 1).unwrap_or(u32::MAX),
+                    },
+                    message: e.info().to_string(),
+                },
+            )
+        })?;
+        match event {
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if single && documents > 1 {
+                    return Err((
+                        doc + 1,
+                        SyntaxError {
+                            pos: pos(&span),
+                            message: "a policy file holds exactly one YAML document".into(),
+                        },
+                    ));
+                }
+                current = Stream::default();
+            }
+            Event::DocumentEnd => {
+                let at = Pos { line: 1, col: 1 };
+                docs.push(current.root.take().unwrap_or(Node {
+                    kind: NodeKind::Null,
+                    pos: at,
+                }));
+            }
+            event => current.event(event, &span).map_err(|e| (doc, e))?,
+        }
+    }
+    Ok(docs)
+}
+
+/// The state of one document being built.
+#[derive(Default)]
+struct Stream {
+    stack: Vec<Frame>,
     // Each anchor with the number of values it holds: aliases copy them, and nested
     // aliases multiply, so the total is capped (a few hundred bytes could otherwise
     // expand to billions of values).
-    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
-    let mut values = 0usize;
-    let mut root: Option<Node> = None;
-    let mut documents = 0usize;
+    anchors: HashMap<usize, (Node, usize)>,
+    values: usize,
+    root: Option<Node>,
+}
 
-    for item in Parser::new_from_str(src) {
-        let (event, span) = item.map_err(|e| SyntaxError {
-            pos: Pos {
-                line: u32::try_from(e.marker().line()).unwrap_or(u32::MAX),
-                col: u32::try_from(e.marker().col() + 1).unwrap_or(u32::MAX),
-            },
-            message: e.info().to_string(),
-        })?;
-        let at = pos(&span);
+impl Stream {
+    fn event(&mut self, event: Event<'_>, span: &Span) -> Result<(), SyntaxError> {
+        let Stream {
+            stack,
+            anchors,
+            values,
+            root,
+        } = self;
+        let at = pos(span);
         let finished: Option<(Node, usize)> = match event {
-            Event::DocumentStart(_) => {
-                documents += 1;
-                if documents > 1 {
-                    return Err(SyntaxError {
-                        pos: at,
-                        message: "a policy file holds exactly one YAML document".into(),
-                    });
-                }
-                None
-            }
             Event::Scalar(text, style, anchor, _tag) => {
                 let quoted = !matches!(style, ScalarStyle::Plain);
                 let kind =
@@ -156,8 +217,8 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
             }
             Event::Alias(id) => match anchors.get(&id) {
                 Some((node, size)) => {
-                    values = values.saturating_add(*size);
-                    if values > MAX_VALUES {
+                    *values = values.saturating_add(*size);
+                    if *values > MAX_VALUES {
                         return Err(SyntaxError {
                             pos: at,
                             message: format!(
@@ -205,10 +266,10 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
             _ => None,
         };
         let Some((node, anchor)) = finished else {
-            continue;
+            return Ok(());
         };
-        values = values.saturating_add(1);
-        if values > MAX_VALUES {
+        *values = values.saturating_add(1);
+        if *values > MAX_VALUES {
             return Err(SyntaxError {
                 pos: node.pos,
                 message: format!("the document holds more than {MAX_VALUES} values"),
@@ -218,7 +279,7 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
             anchors.insert(anchor, (node.clone(), size_of_node(&node)));
         }
         match stack.last_mut() {
-            None => root = Some(node),
+            None => *root = Some(node),
             Some(Frame::Seq(_, _, items)) => items.push(node),
             Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
                 None => {
@@ -249,11 +310,8 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
                 Some(key) => entries.push((key, node)),
             },
         }
+        Ok(())
     }
-    Ok(root.unwrap_or(Node {
-        kind: NodeKind::Null,
-        pos: Pos { line: 1, col: 1 },
-    }))
 }
 
 #[cfg(test)]
@@ -309,6 +367,23 @@ mod tests {
     fn reports_syntax_errors_with_line() {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.pos.line >= 1, "{err}");
+    }
+
+    #[test]
+    fn a_stream_holds_every_document_with_its_own_positions() {
+        let docs = parse_documents("a: 1\n---\n---\nb: &x [1]\nc: *x\n").unwrap();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[1].kind, NodeKind::Null);
+        let NodeKind::Map(m) = &docs[2].kind else {
+            panic!("not a map")
+        };
+        assert_eq!(m[1].0.pos, Pos { line: 5, col: 1 });
+        // Anchors belong to their document.
+        let err = parse_documents("a: &x 1\n---\nb: *x\n").unwrap_err();
+        assert_eq!(err.document, 1);
+        let err = parse_documents("a: 1\n---\nb: [1\n").unwrap_err();
+        assert_eq!(err.document, 1, "{err}");
+        assert!(parse("a: 1\n---\nb: 2\n").is_err());
     }
 
     #[test]

@@ -392,6 +392,40 @@ fn one_bad_interval_is_not_enough_to_roll_back() {
     assert_eq!(w.state.phase, Phase::Succeeded);
 }
 
+/// `failure_count: total` (Argo Rollouts' `failureLimit`, Flagger's `threshold`):
+/// failing intervals add up across the passes between them.
+#[test]
+fn failures_counted_in_total_trip_across_passing_intervals() {
+    let total = |count: &str| {
+        let mut w = World::new(5, 100);
+        w.policy = Policy::from_yaml(&POLICY.replace(
+            "  failure_limit: 2\n",
+            &format!("  failure_limit: 2\n  failure_count: {count}\n"),
+        ))
+        .unwrap();
+        w.run_until(|s| s.intervals >= 1);
+        assert_eq!(w.state.failure_streaks, vec![1]);
+        w.canary_errors_per_1000 = 5;
+        w.run_until(|s| s.intervals >= 2);
+        w.canary_errors_per_1000 = 100;
+        w.run(1000);
+        w
+    };
+    let w = total("total");
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    let reason = &w.state.decision.as_ref().unwrap().reason;
+    assert!(reason.contains("2 failing interval(s)"), "{reason}");
+    assert_eq!(
+        w.decided_after_s(),
+        90.0,
+        "fail, pass, fail: the third interval"
+    );
+    // The same history in a row never reaches 2 until the last failures do.
+    let w = total("consecutive");
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    assert_eq!(w.decided_after_s(), 120.0, "fail, pass, fail, fail");
+}
+
 #[test]
 fn both_versions_unhealthy_halts_without_moving_traffic() {
     let mut w = World::new(100, 100);

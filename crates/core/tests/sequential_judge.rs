@@ -8,7 +8,7 @@ use rampart_core::Policy;
 use rampart_core::release::OutcomeKind;
 use rampart_core::replay::replay;
 use rampart_core::samples::Samples;
-use rampart_core::sim::{Rng, Stream};
+use rampart_core::sim::{Latency, Rng, Stream};
 
 fn policy(metric: &str, alpha: f64) -> Policy {
     Policy::from_yaml(&format!(
@@ -88,7 +88,7 @@ fn latency_regressions_are_caught_and_healthy_latency_is_not() {
     let p = policy("latency_p50", 0.01);
     let lat = |canary| Stream {
         seconds: 120,
-        latency: Some((50.0, canary, 0.5)),
+        latency: Some(Latency::medians(50.0, canary, 0.5)),
         ..stream(0.005)
     };
     let (caught, times) = run(&p, lat(75.0), 40, 5);

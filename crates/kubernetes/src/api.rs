@@ -37,7 +37,7 @@ fn is_not_found(e: &kube::Error) -> bool {
 // === impl Kubernetes ===
 
 impl Kubernetes {
-    fn deployments(&self) -> Api<Deployment> {
+    pub(crate) fn deployments(&self) -> Api<Deployment> {
         Api::namespaced(self.client.clone(), &self.deploy.namespace)
     }
 
@@ -93,6 +93,11 @@ impl Kubernetes {
         weight: rampart_core::Weight,
     ) -> Result<Deployment, Error> {
         let stable = self.stable().await?;
+        if crate::gitops::opted_in(&stable) {
+            // Git owns the template: a change to it is a new revision, which the watch
+            // loop releases after this one (superseding it), never an edit to refuse.
+            return Ok(stable);
+        }
         let began = self.stable_version.lock().ok().and_then(|v| v.clone());
         if let Some(version) = began.filter(|_| weight != rampart_core::Weight::ZERO) {
             let expected = self.deploy.image_of(&version);
@@ -215,8 +220,9 @@ impl Kubernetes {
             .map_err(|source| Error::api(format!("applying HTTPRoute `{name}`"), source))
     }
 
-    /// Polls a Deployment until its rollout is complete, it fails, or `timeout` has
-    /// been spent waiting.
+    /// Polls a Deployment until its rollout is complete (for a paused Deployment opted
+    /// in to GitOps releases: its running pods are available), it fails, or `timeout`
+    /// has been spent waiting.
     pub(crate) async fn wait_ready(
         &self,
         name: &str,
@@ -226,7 +232,16 @@ impl Kubernetes {
             &format!("Deployment `{name}`"),
             timeout,
             || self.deployment(name),
-            objects::readiness,
+            |d: &Deployment| {
+                // A paused opted-in Deployment serves from its previous pods while Git's
+                // template waits for its release: those pods are what must be ready.
+                let paused = d.spec.as_ref().and_then(|s| s.paused) == Some(true);
+                if paused && crate::gitops::opted_in(d) {
+                    crate::gitops::serving(d)
+                } else {
+                    objects::readiness(d)
+                }
+            },
         )
         .await
     }
@@ -251,7 +266,7 @@ impl Kubernetes {
     /// Reads `what` until `check` says it is ready or failed, or `timeout` has been
     /// spent. Time is only ever spent in `tokio::time::sleep`, so tests run it on
     /// virtual time.
-    async fn poll<T, F>(
+    pub(crate) async fn poll<T, F>(
         &self,
         what: &str,
         timeout: Duration,

@@ -12,8 +12,8 @@ use rampart_core::policy::KubeMode;
 use rampart_core::ports::{BoxFuture, Deployer, Deployment, PortError};
 use rampart_core::{Variant, Weight};
 
-use crate::objects;
 use crate::{Error, Kubernetes};
+use crate::{gitops, objects};
 
 fn deployed(detail: String) -> Deployment {
     // Pods have no address rampart routes to: Services and routes do that.
@@ -46,6 +46,16 @@ impl Kubernetes {
         version: &str,
         replicas: Option<i32>,
     ) -> Result<KubeDeployment, Error> {
+        if gitops::opted_in(live) {
+            // Git owns the template: the stable keeps its running pods (paused) and
+            // only its count changes; its promotion is `promote_gitops`.
+            if let Some(n) = replicas {
+                self.scale_deployment(&self.deploy.deployment, n).await?;
+            }
+            return self
+                .wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
+                .await;
+        }
         let image = self.deploy.image_of(version);
         let keep =
             objects::applies_replicas(live).then(|| replicas.unwrap_or(objects::replicas(live)));
@@ -75,7 +85,10 @@ impl Kubernetes {
                 .and_then(objects::start_replicas)
                 .unwrap_or(objects::replicas(stable))
         });
-        let body = objects::canary(stable, &self.deploy, version, replicas, start)?;
+        let mut body = objects::canary(stable, &self.deploy, version, replicas, start)?;
+        if gitops::opted_in(stable) {
+            gitops::canary_of_revision(&mut body, stable, &self.deploy.container)?;
+        }
         self.apply_deployment(&self.deploy.canary_name, &body)
             .await?;
         self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
@@ -88,6 +101,13 @@ impl Kubernetes {
         let d = self.apply_stable(&stable, version, None).await?;
         if let Ok(mut v) = self.stable_version.lock() {
             *v = Some(version.to_string());
+        }
+        if gitops::opted_in(&stable) {
+            return Ok(format!(
+                "Deployment `{}` runs {version} ({} ready), paused on its released pods",
+                self.deploy.deployment,
+                objects::replicas(&d)
+            ));
         }
         Ok(format!(
             "Deployment `{}` runs {} ({} ready)",
@@ -125,7 +145,7 @@ impl Kubernetes {
         Ok(format!(
             "Deployment `{}` runs {} ({} ready)",
             self.deploy.canary_name,
-            self.deploy.image_of(version),
+            objects::container_image(&d, &self.deploy.container)?,
             objects::replicas(&d)
         ))
     }
@@ -152,7 +172,17 @@ impl Kubernetes {
         version: &str,
     ) -> Result<Option<String>, Error> {
         let image = self.deploy.image_of(version);
-        if objects::container_image(stable, &self.deploy.container)? != image {
+        if gitops::opted_in(stable) {
+            let released = stable.metadata.annotations.as_ref().and_then(|a| {
+                Some((
+                    a.get(gitops::RELEASED_REVISION)?,
+                    a.get(gitops::RELEASED_VERSION)?,
+                ))
+            });
+            if released != Some((&gitops::revision(stable), &version.to_string())) {
+                return Ok(None);
+            }
+        } else if objects::container_image(stable, &self.deploy.container)? != image {
             return Ok(None);
         }
         if let Ok(mut promoted) = self.promoted.lock() {
@@ -246,9 +276,20 @@ impl Kubernetes {
             }
             None => None,
         };
-        self.apply_stable(&stable, &version, replicas)
-            .await
-            .map_err(half_way(on_canary.clone()))?;
+        if gitops::opted_in(&stable) {
+            if let Some(n) = replicas {
+                self.scale_deployment(stable_name, n)
+                    .await
+                    .map_err(half_way(on_canary.clone()))?;
+            }
+            self.promote_gitops(&canary, &version)
+                .await
+                .map_err(half_way(on_canary.clone()))?;
+        } else {
+            self.apply_stable(&stable, &version, replicas)
+                .await
+                .map_err(half_way(on_canary.clone()))?;
+        }
         self.route_to_stable()
             .await
             .map_err(half_way(format!(
@@ -356,6 +397,14 @@ impl Deployer for Kubernetes {
     ) -> BoxFuture<'_, Result<String, PortError>> {
         Box::pin(async move {
             let name = self.name_of(variant);
+            if variant == Variant::Stable
+                && self.workload_gone.load(std::sync::atomic::Ordering::SeqCst)
+                && self.deployment_opt(name).await?.is_none()
+            {
+                return Ok(format!(
+                    "Deployment `{name}` was deleted: nothing serves, nothing is left to verify"
+                ));
+            }
             let d = self.wait_ready(name, timeout).await?;
             Ok(format!(
                 "Deployment `{name}`: {} replica(s) ready",

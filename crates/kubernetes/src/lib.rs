@@ -10,12 +10,18 @@
 //!
 //! One type serves both ports because a promotion is both: the stable Deployment takes
 //! the new image, traffic returns to it, and only then is the canary removed.
+//!
+//! A stable Deployment opted in to GitOps-triggered releases (`gitops`) is Git's: it is
+//! kept paused, the canary runs its template as Git applied it, and a promotion
+//! unpauses it rather than apply an image. `gitops` also reads the opted-in
+//! Deployments and their policies (ConfigMaps) for `rampart serve --kubernetes`.
 
 #![forbid(unsafe_code)]
 
 mod api;
 mod deployer;
 mod error;
+pub mod gitops;
 pub mod objects;
 mod router;
 
@@ -25,6 +31,9 @@ use std::time::Duration;
 use rampart_core::policy::{KubeDeploySpec, KubeTrafficSpec};
 
 pub use error::Error;
+/// The client crate, so that callers build clients (and tests fake transports) with
+/// the same version.
+pub use kube;
 
 /// The field manager of every write rampart makes.
 pub const FIELD_MANAGER: &str = "rampart";
@@ -53,6 +62,9 @@ pub struct Kubernetes {
     /// The version the stable ran when the release began (or resumed): a step checks
     /// nobody else changed it since.
     stable_version: Arc<Mutex<Option<String>>>,
+    /// Set when a rollback found the stable of a GitOps-triggered release deleted (see
+    /// `workload_deleted`): there is then no stable to verify.
+    workload_gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -77,6 +89,7 @@ impl Kubernetes {
             drain: Duration::from_secs(10),
             promoted: Arc::default(),
             stable_version: Arc::default(),
+            workload_gone: Arc::default(),
         }
     }
 
@@ -115,9 +128,22 @@ impl Kubernetes {
     /// The version the stable Deployment runs now, read from its image through the
     /// policy's template; `None` when the image does not match the template. Fails
     /// when the stable Deployment is missing or lacks the labels rampart needs, so a
-    /// misconfigured release stops before anything changes.
+    /// misconfigured release stops before anything changes. A Deployment opted in to
+    /// GitOps-triggered releases runs the version last released
+    /// (`rampart.dev/released-version`).
     pub async fn stable_version(&self) -> Result<Option<String>, Error> {
         let stable = self.stable().await?;
+        let released = stable
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(gitops::RELEASED_VERSION))
+            .filter(|_| gitops::opted_in(&stable));
+        if let Some(version) = released {
+            // Paused on the running pods: their version is the one last released, and
+            // the template (Git's) may already be the next one.
+            return Ok(Some(version.clone()));
+        }
         let image = objects::container_image(&stable, &self.deploy.container)?;
         Ok(self.deploy.version_of(&image))
     }

@@ -235,6 +235,9 @@ pub fn canary(
         .clone()
         .ok_or_else(|| Error::Shape(format!("Deployment `{}` has no spec", spec.deployment)))?;
     d.replicas = Some(replicas);
+    // A stable kept paused (GitOps releases) must not pass that on: a paused canary
+    // would never start its pods.
+    d.paused = None;
     d.selector.match_labels = Some(track_labels(stable, "canary"));
     let template_meta = d.template.metadata.get_or_insert_with(Default::default);
     let labels = template_meta.labels.get_or_insert_with(Default::default);

@@ -142,6 +142,33 @@ impl Kubernetes {
         objects::check_service(&svc, stable, tracks, why)
     }
 
+    /// A rollback after the stable Deployment of a GitOps-triggered release was
+    /// deleted (pruned from Git): there is no stable to send traffic to, and the
+    /// canary, derived from a workload that no longer exists, is removed so that
+    /// nothing of it stays behind. True when that is the case. A stable deleted under
+    /// a release started by hand is still an error: its canary may be all that serves.
+    async fn workload_deleted(&self) -> Result<bool, Error> {
+        if self
+            .deployment_opt(&self.deploy.deployment)
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let gitops = self.canary_opt().await?.is_none_or(|c| {
+            c.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(crate::gitops::CANARY_REVISION))
+        });
+        if gitops {
+            self.remove_canary().await?;
+            self.workload_gone
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(gitops)
+    }
+
     /// All traffic to the stable Deployment, as the end of a promotion needs before the
     /// canary goes. Under `replica_ratio` the stable Deployment's count already did it.
     /// The weight read back must be 0: the canary is removed next.
@@ -191,6 +218,9 @@ impl TrafficRouter for Kubernetes {
                 && let Some(done) = self.promoted_weight(weight)
             {
                 return Ok(done?);
+            }
+            if weight == Weight::ZERO && self.workload_deleted().await? {
+                return Ok(Weight::ZERO);
             }
             let got = match &self.traffic.mode {
                 KubeMode::ReplicaRatio { replicas } => {

@@ -699,59 +699,6 @@ async fn one_release_per_mode() -> Vec<Release> {
     done
 }
 
-/// The rules of the Role in a YAML text (several documents): (API group, resource,
-/// verb, the names it is limited to).
-fn role_rules(text: &str) -> BTreeSet<(String, String, String, Vec<String>)> {
-    use rampart_core::yaml::{Node, NodeKind};
-    let list = |n: Option<&Node>| -> Vec<String> {
-        match n.map(|n| &n.kind) {
-            Some(NodeKind::Seq(items)) => items
-                .iter()
-                .map(|i| match &i.kind {
-                    NodeKind::Scalar { text, .. } => text.clone(),
-                    _ => String::new(),
-                })
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
-    let get = |n: &Node, key: &str| -> Option<Node> {
-        match &n.kind {
-            NodeKind::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.text == key)
-                .map(|(_, v)| v.clone()),
-            _ => None,
-        }
-    };
-    let mut out = BTreeSet::new();
-    for doc in text.split("\n---\n") {
-        let doc = rampart_core::yaml::parse(doc).unwrap();
-        let kind = get(&doc, "kind");
-        if !matches!(kind.map(|k| k.kind), Some(NodeKind::Scalar { text, .. }) if text == "Role") {
-            continue;
-        }
-        let Some(Node {
-            kind: NodeKind::Seq(rules),
-            ..
-        }) = get(&doc, "rules")
-        else {
-            panic!("a Role without rules");
-        };
-        for rule in &rules {
-            let names = list(get(rule, "resourceNames").as_ref());
-            for group in list(get(rule, "apiGroups").as_ref()) {
-                for resource in list(get(rule, "resources").as_ref()) {
-                    for verb in list(get(rule, "verbs").as_ref()) {
-                        out.insert((group.clone(), resource.clone(), verb, names.clone()));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(start_paused = true)]
 async fn fake_api_release_the_role_grants_what_rampart_asks_and_nothing_more() {
     // Issue 22, item 12: the documented Role (examples/kubernetes/rbac.yaml and the

@@ -94,6 +94,10 @@ enum Command {
     /// Whether releases may run now under the policy's windows and freeze calendar,
     /// and when the next window opens.
     Windows(commands::windows::WindowsArgs),
+    /// Write a rampart policy from an Argo Rollouts Rollout or a Flagger Canary and
+    /// their templates; lists every field it could not map (exit 4), or exits 2 for
+    /// input it does not understand.
+    Import(commands::import::ImportArgs),
     /// Check a policy file and report every problem with its line and field.
     Validate(commands::validate::ValidateArgs),
     /// Watch a real canary release on this machine, with nothing to install.
@@ -147,6 +151,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Stop(args) => commands::stop::main(args).await,
         Command::Flags(args) => commands::flags::main(args, clock).await,
         Command::Windows(args) => commands::windows::main(args, clock),
+        Command::Import(args) => commands::import::main(args),
         Command::Validate(args) => commands::validate::main(args),
         Command::Demo(args) => commands::demo::main(args, clock).await,
         Command::Replay(args) => commands::replay::main(args),

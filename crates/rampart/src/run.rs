@@ -74,6 +74,8 @@ pub struct Served {
     pub serving: Serving,
     /// Wakes the server's controllers when requests are queued for their releases.
     pub inbox: Arc<rampart_controller::Inbox>,
+    /// The cluster client `serve --kubernetes` watches with, for its releases.
+    pub cluster: Option<crate::dataplane::Cluster>,
 }
 
 /// The data plane (the embedded proxy, the flag endpoint) a served release leaves in
@@ -156,6 +158,40 @@ pub fn policy_file(file: &Path) -> Result<Policy, i32> {
         eprintln!("{e}");
         2
     })
+}
+
+/// The policy's TLS certificates (`traffic.proxy.tls`), read and checked, relative
+/// paths taken from `base_dir`: `None` for plain HTTP. A missing or unreadable file,
+/// bad PEM or a key that does not match its certificate is refused at its field's
+/// line in `policy_path`. This is the pre-release check: `rampart validate` reads no
+/// file but the policy.
+pub fn proxy_tls(
+    policy_path: &Path,
+    base_dir: &Path,
+    spec: &rampart_core::policy::ProxySpec,
+) -> Result<Option<rampart_adapters::proxy::tls::TlsFiles>, RunError> {
+    use rampart_adapters::proxy::tls::{TlsFile, TlsFiles};
+    let Some(tls) = &spec.tls else {
+        return Ok(None);
+    };
+    let files = TlsFiles::from_spec(tls, base_dir);
+    files.check().map_err(|(i, e)| {
+        let Some(c) = tls.certificates.get(i) else {
+            return RunError::Invalid(format!("{}: {e}", policy_path.display()));
+        };
+        let (pos, field) = match e.file() {
+            TlsFile::Cert => (c.cert_pos, "cert"),
+            TlsFile::Key => (c.key_pos, "key"),
+        };
+        RunError::Invalid(format!(
+            "{}:{}:{}: {}.{field}: {e}",
+            policy_path.display(),
+            pos.line,
+            pos.col,
+            c.path
+        ))
+    })?;
+    Ok(Some(files))
 }
 
 /// Parses a policy and turns diagnostics into `file:line:col: path: message` lines.
@@ -287,12 +323,31 @@ pub async fn run_release(
         }
         _ => opts.state_dir.clone(),
     };
+    let base_dir = match &opts.served {
+        Some(served) => served.base_dir.clone(),
+        None => opts
+            .policy_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+    let tls = match policy.proxy() {
+        Some(spec) => proxy_tls(&opts.policy_path, &base_dir, spec)?,
+        None => None,
+    };
     let reaching = clock.now_micros();
     let plane = crate::dataplane::start(
         &policy,
         &store,
         &clock,
         opts.attach.then_some(local_dir.as_path()),
+        opts.served.as_ref().and_then(|s| s.cluster.clone()),
+        tls,
     )
     .await?;
     let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(
@@ -328,19 +383,6 @@ pub async fn run_release(
             clock.now_micros().saturating_sub(reaching) as f64 / 1000.0
         ));
     }
-    let base_dir = match &opts.served {
-        Some(served) => served.base_dir.clone(),
-        None => opts
-            .policy_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-    };
-    let base_dir = if base_dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base_dir
-    };
     // Query metrics' commands run in the policy's directory, like its processes.
     let metrics: Arc<dyn rampart_core::ports::MetricsSource> = {
         let queries = rampart_adapters::query::WithQueries::new(

@@ -50,6 +50,19 @@ fn bad_duration_is_rejected() {
 }
 
 #[test]
+fn bad_proxy_limits_are_refused_at_their_lines() {
+    let (code, err) = validate("bad-limits.yaml");
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "bad-limits.yaml:9:23: traffic.proxy.limits.header_timeout: `10` has no unit",
+        "bad-limits.yaml:10:25: traffic.proxy.limits.max_header_bytes: `512B` is out of range; use 1KiB to 1MiB",
+        "bad-limits.yaml:11:24: traffic.proxy.limits.max_connections: 0 connections: use 1 to 1000000",
+    ] {
+        assert!(err.contains(want), "{want}\nnot in:\n{err}");
+    }
+}
+
+#[test]
 fn validate_json_lists_diagnostics() {
     let out = rampart()
         .args(["validate", "--output", "json", "-f"])
@@ -177,6 +190,50 @@ fn a_kubernetes_policy_without_the_feature_says_how_to_build_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--features kubernetes"), "{err}");
+}
+
+#[cfg(not(feature = "kubernetes"))]
+#[test]
+fn serve_kubernetes_without_the_feature_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rampart()
+        .args([
+            "serve",
+            "--kubernetes",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--features kubernetes"), "{err}");
+}
+
+#[cfg(feature = "kubernetes")]
+#[test]
+fn serve_kubernetes_without_a_cluster_config_exits_2_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rampart()
+        .args([
+            "serve",
+            "--kubernetes",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("rampart serve --kubernetes"), "{err}");
 }
 
 #[cfg(feature = "kubernetes")]

@@ -30,6 +30,7 @@ const COMMANDS: &[&[&str]] = &[
     &["flags", "set"],
     &["windows"],
     &["validate"],
+    &["import", "argo"],
     &["demo"],
     &["replay"],
     &["gameday"],

@@ -354,3 +354,42 @@ fn run_with_server_follows_the_release_and_keeps_the_exit_codes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "a bad token is refused");
 }
+
+#[test]
+fn run_with_server_workdir_names_the_directory_on_the_server() {
+    // A server in a cluster has none of CI's directories: --server-workdir says where
+    // the policy's relative paths resolve there instead of the policy file's directory.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let ci = server.token("deployer", "ci");
+    let path = dir.path().join("rampart.yaml");
+    std::fs::write(&path, policy("zeta", free_port(), "")).unwrap();
+    let run = |extra: &[&str]| {
+        rampart()
+            .args(["run", "--version", "v2", "--stable", "v1", "-f"])
+            .arg(&path)
+            .args(extra)
+            .env("RAMPART_TOKEN", &ci)
+            .env_remove("RAMPART_SERVER")
+            .output()
+            .unwrap()
+    };
+    let missing = dir.path().join("not-on-the-server");
+    let missing = missing.to_str().unwrap();
+    let out = run(&["--server", &server.url, "--server-workdir", missing]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "workdir {missing} is not a directory on the server"
+        )),
+        "{stderr}"
+    );
+    let out = run(&["--server-workdir", "."]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--server-workdir needs --server"),
+        "{stderr}"
+    );
+}

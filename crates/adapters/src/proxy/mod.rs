@@ -10,12 +10,28 @@
 //! requests in flight keep the route they started with, so none is dropped by a
 //! change. Sticky assignment hashes a stable key into 10 000 buckets and sends buckets
 //! below the weight to the canary, so a user on the canary at 5 % stays there at 20 %.
+//! A client cannot hold it: every connection is bounded in time, head size, body
+//! size and number (see [`ProxyLimits`] and [`limits`]). With `traffic.proxy.tls` it
+//! terminates TLS first (see [`tls`]); the handshake is bounded by the header timeout
+//! and its failures are counted apart, never against a version.
+//!
+//! An HTTP/1.1 upgrade (WebSocket and any other protocol but h2c) is routed like any
+//! request; once the chosen version answers 101, the connection becomes a tunnel of
+//! bytes to that version for its life (see `Proxy::tunnel`): a later weight change
+//! moves new upgrades, never an open tunnel.
+//!
+//! Every forwarded request carries the proxy's forwarding headers (see `forwarded.rs`):
+//! a client's own are believed only from a peer `traffic.proxy.forwarded.trust` names.
 
 pub mod admin;
+mod forwarded;
+mod limits;
 pub mod plane;
 pub mod remote;
 mod stats;
 mod timed;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,7 +40,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
@@ -34,16 +50,21 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_core::flags::{bucket, mix};
 use rampart_core::metrics::IntervalSample;
-use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
+use rampart_core::policy::{MatchSource, ProxyLimits, RouteMatch, Sticky, Trust};
 use rampart_core::ports::{BoxFuture, MetricsSource, PortError, TrafficRouter};
 use rampart_core::release::MeasureWindow;
 use rampart_core::{Variant, Weight};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub use limits::{files_needed, raise_open_files_limit};
 pub use stats::VariantCounters;
 use timed::{Clock, Timed};
+
+/// hyper's smallest read buffer (`max_buf_size` panics below it).
+const MIN_BUF: usize = 8192;
 
 /// An upstream's body passed through, or rampart's own short answer, timed to its
 /// end: no allocation per response.
@@ -82,7 +103,8 @@ struct Inner {
     sticky: Sticky,
     stable: VariantCounters,
     canary: VariantCounters,
-    client: Client<HttpConnector, Incoming>,
+    /// Clients' bodies go upstream through `Limited` (`max_body_bytes`).
+    client: Client<HttpConnector, Limited<Incoming>>,
     sequence: AtomicU64,
     idle: Notify,
     endpoints: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AtomicU64>>>,
@@ -94,11 +116,31 @@ struct Inner {
     canary_at_zero: AtomicU64,
     /// Client connections open now.
     connections: AtomicU64,
+    /// Client connections answered 503 and closed at `max_connections`.
+    refused: AtomicU64,
+    /// What one client may hold of the proxy.
+    limits: ProxyLimits,
+    /// Whose forwarding headers are believed (`traffic.proxy.forwarded.trust`).
+    trust: Trust,
     /// Set once this proxy handed its socket over: every answer closes its connection.
     retiring: std::sync::atomic::AtomicBool,
+    /// Becomes `true` at the drain's deadline (or when the server is dropped): upgraded
+    /// connections, which no HTTP timer bounds, are cut then.
+    cut: tokio::sync::watch::Receiver<bool>,
     /// Tells this proxy's counters from another's (a restarted data plane counts from
     /// zero again).
     instance: u64,
+    /// TLS termination, when `traffic.proxy.tls` is set.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<tls::TlsTerminator>>,
+}
+
+/// What the request path knows of the client connection a request came on.
+#[derive(Clone, Copy, Debug)]
+struct ClientConn {
+    peer: SocketAddr,
+    /// Whether the client spoke TLS to the proxy (for `X-Forwarded-Proto` and logs).
+    tls: bool,
 }
 
 impl Inner {
@@ -181,8 +223,11 @@ pub struct ProxyServer {
     task: JoinHandle<()>,
     addr: SocketAddr,
     closing: tokio::sync::watch::Sender<bool>,
-    /// A second descriptor of the listening socket, to hand it to the next data plane.
-    shared: std::os::fd::OwnedFd,
+    /// Cuts the upgraded connections (see `Inner::cut`).
+    cut: tokio::sync::watch::Sender<bool>,
+    /// A second descriptor of the listening socket, to hand it to the next data plane;
+    /// `None` once [`ProxyServer::stop_accepting`] has let go of it.
+    shared: Option<std::os::fd::OwnedFd>,
 }
 
 impl ProxyServer {
@@ -193,7 +238,9 @@ impl ProxyServer {
 
     /// The listening socket, for handing it over to another process.
     pub fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.shared)
+        // Only `stop_accepting`, which consumes the server, lets go of it.
+        #[allow(clippy::expect_used)]
+        std::os::fd::AsFd::as_fd(self.shared.as_ref().expect("held until the server stops"))
     }
 
     /// Stops accepting (the listening socket stays open while another process holds
@@ -205,13 +252,18 @@ impl ProxyServer {
     /// `Connection: close` and closes after it, so a client never has an idle
     /// connection closed under a request it is sending. Otherwise (the service
     /// stops): idle connections close at once, busy ones after their answer.
+    ///
+    /// Either way this process's listening socket closes first, so a client that
+    /// connects meanwhile is refused at once (or, after a hand-over, served by the
+    /// other process) instead of waiting in a backlog nobody accepts from.
     pub async fn stop_accepting(mut self, proxy: &Proxy, timeout: Duration, retire: bool) {
         proxy.inner.retiring.store(true, Ordering::Release);
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        drop(self.shared.take());
         if !retire {
             let _ = self.closing.send(true);
         }
-        self.task.abort();
-        let _ = (&mut self.task).await;
         let open = async {
             loop {
                 let notified = proxy.inner.idle.notified();
@@ -223,12 +275,15 @@ impl ProxyServer {
         };
         let _ = tokio::time::timeout(timeout, open).await;
         let _ = self.closing.send(true);
+        // An upgraded connection has no request to finish: it is cut at the deadline.
+        self.cut.send_replace(true);
     }
 
     /// Stops accepting and returns once the listening socket is closed, so the address
     /// can be bound again at once (dropping only asks the accept loop to stop).
     pub async fn close(mut self) {
         let _ = self.closing.send(true);
+        self.cut.send_replace(true);
         self.task.abort();
         let _ = (&mut self.task).await;
     }
@@ -239,31 +294,129 @@ impl Drop for ProxyServer {
         // Keep-alive clients must not stay on a proxy whose backends are gone: they
         // reconnect, to whatever listens next.
         let _ = self.closing.send(true);
+        self.cut.send_replace(true);
         self.task.abort();
     }
 }
 
 impl Proxy {
-    /// Binds `listen` and starts serving. With no backends, every request gets 503.
+    /// Binds `listen` and starts serving with the default [`ProxyLimits`]. With no
+    /// backends, every request gets 503.
     pub async fn bind(listen: SocketAddr, sticky: Sticky) -> std::io::Result<(Proxy, ProxyServer)> {
+        Proxy::bind_limited(listen, sticky, ProxyLimits::default()).await
+    }
+
+    /// [`Proxy::bind`] with `limits`.
+    pub async fn bind_limited(
+        listen: SocketAddr,
+        sticky: Sticky,
+        limits: ProxyLimits,
+    ) -> std::io::Result<(Proxy, ProxyServer)> {
+        Proxy::bind_with(listen, sticky, limits, Trust::None).await
+    }
+
+    /// [`Proxy::bind`] with `limits`, believing the forwarding headers of the peers
+    /// `trust` names.
+    pub async fn bind_with(
+        listen: SocketAddr,
+        sticky: Sticky,
+        limits: ProxyLimits,
+        trust: Trust,
+    ) -> std::io::Result<(Proxy, ProxyServer)> {
         let listener = TcpListener::bind(listen).await?;
-        Proxy::serve(listener, sticky, &RouteTable::default(), Duration::ZERO)
+        Proxy::serve(
+            listener,
+            sticky,
+            &RouteTable::default(),
+            Duration::ZERO,
+            limits,
+            trust,
+        )
     }
 
     /// Starts serving on a listening socket bound elsewhere (handed over by an earlier
     /// data plane, say), with `routes` in effect and requests held up to `hold` for a
-    /// backend, from the first connection accepted.
+    /// backend, from the first connection accepted, within `limits`, believing the
+    /// forwarding headers of the peers `trust` names.
     pub fn serve(
         listener: TcpListener,
         sticky: Sticky,
         routes: &RouteTable,
         hold: Duration,
+        limits: ProxyLimits,
+        trust: Trust,
+    ) -> std::io::Result<(Proxy, ProxyServer)> {
+        Proxy::start(
+            listener,
+            sticky,
+            routes,
+            hold,
+            limits,
+            trust,
+            #[cfg(feature = "tls")]
+            None,
+        )
+    }
+
+    /// [`Proxy::bind_with`], terminating TLS with `tls`.
+    #[cfg(feature = "tls")]
+    pub async fn bind_tls(
+        listen: SocketAddr,
+        sticky: Sticky,
+        limits: ProxyLimits,
+        trust: Trust,
+        tls: tls::TlsTerminator,
+    ) -> std::io::Result<(Proxy, ProxyServer)> {
+        let listener = TcpListener::bind(listen).await?;
+        Proxy::serve_tls(
+            listener,
+            sticky,
+            &RouteTable::default(),
+            Duration::ZERO,
+            limits,
+            trust,
+            tls,
+        )
+    }
+
+    /// [`Proxy::serve`], terminating TLS with `tls` and reloading its certificates
+    /// when their files change, while the server runs.
+    #[cfg(feature = "tls")]
+    pub fn serve_tls(
+        listener: TcpListener,
+        sticky: Sticky,
+        routes: &RouteTable,
+        hold: Duration,
+        limits: ProxyLimits,
+        trust: Trust,
+        tls: tls::TlsTerminator,
+    ) -> std::io::Result<(Proxy, ProxyServer)> {
+        Proxy::start(
+            listener,
+            sticky,
+            routes,
+            hold,
+            limits,
+            trust,
+            Some(Arc::new(tls)),
+        )
+    }
+
+    fn start(
+        listener: TcpListener,
+        sticky: Sticky,
+        routes: &RouteTable,
+        hold: Duration,
+        limits: ProxyLimits,
+        trust: Trust,
+        #[cfg(feature = "tls")] tls: Option<Arc<tls::TlsTerminator>>,
     ) -> std::io::Result<(Proxy, ProxyServer)> {
         let addr = listener.local_addr()?;
         let shared = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let (cut, uncut) = tokio::sync::watch::channel(false);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -281,7 +434,11 @@ impl Proxy {
                 hold: std::sync::Mutex::new(hold),
                 canary_at_zero: AtomicU64::new(0),
                 connections: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                limits,
+                trust,
                 retiring: std::sync::atomic::AtomicBool::new(false),
+                cut: uncut,
                 instance: {
                     let mut raw = [0u8; 8];
                     // Without randomness, the pid still tells most restarts apart.
@@ -290,19 +447,29 @@ impl Proxy {
                     }
                     u64::from_le_bytes(raw)
                 },
+                #[cfg(feature = "tls")]
+                tls,
             }),
         };
         proxy.restore(routes);
         let serving = proxy.clone();
         let (closing, closed) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move { serving.accept_loop(listener, closed).await });
+        // The certificates are watched while the accept loop runs, and no longer.
+        #[cfg(feature = "tls")]
+        let watch = proxy.inner.tls.clone().map(|t| AbortOnDrop(t.watch()));
+        let task = tokio::spawn(async move {
+            #[cfg(feature = "tls")]
+            let _watch = watch;
+            serving.accept_loop(listener, closed).await
+        });
         Ok((
             proxy,
             ProxyServer {
                 task,
                 addr,
                 closing,
-                shared,
+                cut,
+                shared: Some(shared),
             },
         ))
     }
@@ -317,30 +484,110 @@ impl Proxy {
                     continue;
                 }
             };
+            // Over the limit: a 503 and a close now, never a wait in a queue.
+            let Some(open) = OpenConnection::admit(&self.inner) else {
+                limits::refuse(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
-            let mut closed = closed.clone();
+            let closed = closed.clone();
+            // Shared with the connection's tunnel, if it is upgraded: a tunnel is still
+            // this connection, counted until it closes.
+            let open = Arc::new(open);
             tokio::spawn(async move {
-                let _open = OpenConnection::enter(proxy.inner.clone());
-                let svc = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.forward(peer, req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                let ended = tokio::select! {
-                    ended = conn.as_mut() => ended,
-                    _ = closed.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "proxy connection ended");
+                #[cfg(feature = "tls")]
+                if let Some(tls) = proxy.inner.tls.clone() {
+                    proxy.handshake(&tls, stream, peer, closed, open).await;
+                    return;
                 }
+                let conn = ClientConn { peer, tls: false };
+                proxy.serve_connection(stream, conn, closed, open).await;
             });
+        }
+    }
+
+    /// Terminates TLS on `stream`, then serves it. The handshake must be done within
+    /// the header timeout (a client that connects and never says hello is closed, as
+    /// one that never sends a head is), and a failed one closes this connection only,
+    /// counted apart from every version's errors.
+    #[cfg(feature = "tls")]
+    async fn handshake(
+        self,
+        tls: &tls::TlsTerminator,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        mut closed: tokio::sync::watch::Receiver<bool>,
+        open: Arc<OpenConnection>,
+    ) {
+        let header = self.inner.limits.header_timeout;
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout(header, tls.acceptor().accept(stream)) => accepted,
+            _ = closed.changed() => return,
+        };
+        match accepted {
+            Ok(Ok(stream)) => {
+                let conn = ClientConn { peer, tls: true };
+                self.serve_connection(stream, conn, closed, open).await;
+            }
+            Ok(Err(e)) => {
+                tls.count_failure();
+                tracing::debug!(error = %e, %peer, "proxy TLS handshake failed");
+            }
+            Err(_) => {
+                tls.count_failure();
+                tracing::debug!(%peer, "proxy TLS handshake timed out");
+            }
+        }
+    }
+
+    /// Serves HTTP/1 on one client connection (plain, or TLS once terminated) until
+    /// it closes, or until `closed` says the server stops.
+    async fn serve_connection<I>(
+        self,
+        io: I,
+        conn: ClientConn,
+        mut closed: tokio::sync::watch::Receiver<bool>,
+        open: Arc<OpenConnection>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self;
+        let limits = proxy.inner.limits;
+        let reads = Arc::new(AtomicU64::new(0));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        let head = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
+        http.keep_alive(true)
+            .timer(limits::HeadTimer::new(
+                reads.clone(),
+                limits.header_timeout,
+                limits.idle_timeout,
+            ))
+            .header_read_timeout(limits.header_timeout)
+            // A complete head over the limit is refused by its size, an
+            // incomplete one when it fills the buffer: 431 either way.
+            .max_header_size(head)
+            .max_buf_size(head.max(MIN_BUF));
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let open = open.clone();
+            async move { Ok::<_, Infallible>(proxy.forward(conn, req, open).await) }
+        });
+        // Once a 101 is sent, hyper hands the socket to the tunnel and this
+        // connection's HTTP timers stop with it.
+        let served = http
+            .serve_connection(TokioIo::new(limits::Watched::new(io, reads)), svc)
+            .with_upgrades();
+        tokio::pin!(served);
+        let ended = tokio::select! {
+            ended = served.as_mut() => ended,
+            _ = closed.changed() => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "proxy connection ended");
         }
     }
 
@@ -465,9 +712,46 @@ impl Proxy {
         });
     }
 
+    /// The limits this proxy serves within.
+    pub fn limits(&self) -> ProxyLimits {
+        self.inner.limits
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.inner.connections.load(Ordering::Acquire)
+    }
+
+    /// Client connections refused (503 and closed) at `max_connections` so far.
+    pub fn refused_connections(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// TLS handshakes that failed or timed out so far; `None` when the proxy serves
+    /// plain HTTP.
+    pub fn tls_handshake_failures(&self) -> Option<u64> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.inner.tls {
+            return Some(tls.handshake_failures());
+        }
+        None
+    }
+
+    /// The TLS terminator, when the proxy serves TLS (to reload it, or read its
+    /// counts).
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Option<&tls::TlsTerminator> {
+        self.inner.tls.as_deref()
+    }
+
     /// This proxy's counters' identity: another value means counting started again.
     pub fn instance(&self) -> u64 {
         self.inner.instance
+    }
+
+    /// Whose forwarding headers this proxy believes.
+    pub fn trust(&self) -> &Trust {
+        &self.inner.trust
     }
 
     /// How requests are kept on one variant.
@@ -571,8 +855,27 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
+    async fn forward(
+        &self,
+        conn: ClientConn,
+        mut req: Request<Incoming>,
+        open: Arc<OpenConnection>,
+    ) -> Response<Body> {
+        let peer = conn.peer;
+        // A body declared too large is refused before anything is routed or counted;
+        // one that grows too large on the way fails upstream, answered 413 below.
+        let max_body = self.inner.limits.max_body_bytes.unwrap_or(u64::MAX);
+        if hyper::body::Body::size_hint(req.body()).lower() > max_body {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "rampart: request body too large\n",
+            );
+        }
         let (routes, variant) = self.route(peer, &req).await;
+        // Taken before the request is sent on: hyper keeps the client's side of an
+        // upgrade in the request it read.
+        let upgrade = upgrade_of(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
+        let mut req = req.map(|b| Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX)));
         let backends = match variant {
             Variant::Stable => &routes.stable,
             Variant::Canary => &routes.canary,
@@ -599,18 +902,20 @@ impl Proxy {
             return plain(StatusCode::BAD_REQUEST, "rampart: bad request target\n");
         };
         *req.uri_mut() = uri;
-        let forwarded = match req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
-            req.headers_mut()
-                .insert(HeaderName::from_static("x-forwarded-for"), v);
+        // The proxy speaks HTTP/1.1 on each hop: a 1.0 client's request forwarded as
+        // 1.0 would pin the pooled upstream connection to 1.0, and every later client
+        // would get 1.0 answers (hyper still answers a 1.0 client in 1.0).
+        *req.version_mut() = hyper::Version::HTTP_11;
+        strip_hop_by_hop(req.headers_mut());
+        if let Some((proto, _)) = &upgrade {
+            restore_upgrade(req.headers_mut(), proto.clone());
         }
+        forwarded::set(
+            req.headers_mut(),
+            peer.ip(),
+            self.inner.trust.trusts(peer.ip()),
+            conn.tls,
+        );
 
         // rampart's own load that must not count: the token is swapped for `1`.
         let load = HeaderName::from_static(rampart_core::policy::LOAD_HEADER);
@@ -641,8 +946,19 @@ impl Proxy {
                 let clock = Clock::new(Arc::clone(&self.inner), variant, started);
                 resp.map(|body| Timed::new(Either::Left(body), clock))
             }
+            // The client's own body failed on its way (past `max_body_bytes`,
+            // malformed chunks, cut short): the client's fault, not the version's,
+            // so counted in no metric. A client could otherwise fail a canary.
+            Err(e) if client_fault(&e) == Some(ClientFault::TooLarge) => plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "rampart: request body too large\n",
+            ),
+            Err(e) if client_fault(&e) == Some(ClientFault::Body) => plain(
+                StatusCode::BAD_REQUEST,
+                "rampart: request body malformed or cut short\n",
+            ),
             Err(e) => {
-                tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upstream failed");
+                tracing::debug!(error = %e, variant = variant.as_str(), %backend, tls = conn.tls, "upstream failed");
                 // No version answered: an error, and in neither latency (as nginx and
                 // HAProxy log it), so the proxy never times its own 502.
                 if !uncounted {
@@ -652,11 +968,27 @@ impl Proxy {
                     .map(Timed::untimed)
             }
         };
+        *resp.version_mut() = hyper::Version::HTTP_11;
+        let switched = match upgrade {
+            Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let proto = resp.headers().get(hyper::header::UPGRADE).cloned();
+                let upstream = hyper::upgrade::on(&mut resp);
+                self.tunnel(client, upstream, open, variant, backend);
+                proto
+            }
+            _ => None,
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        if let Some(proto) = switched {
+            restore_upgrade(resp.headers_mut(), proto);
+        }
         resp.headers_mut().insert(
             HeaderName::from_static(VARIANT_HEADER),
             HeaderValue::from_static(variant.as_str()),
         );
-        if self.inner.retiring.load(Ordering::Acquire) {
+        if self.inner.retiring.load(Ordering::Acquire)
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
             resp.headers_mut()
                 .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -664,13 +996,153 @@ impl Proxy {
     }
 }
 
+// === impl Proxy (upgrades) ===
+
+impl Proxy {
+    /// Copies bytes both ways between an upgraded client connection and the version
+    /// that switched it, for the connection's life, in a task of its own.
+    ///
+    /// Guarantees: the tunnel stays on the backend that answered 101, whatever the
+    /// routes become; it counts as an open connection (`max_connections`) until either
+    /// side closes, or until the drain's deadline cuts it. Assumptions: the upgrade was
+    /// already counted once in `variant`'s metrics, as its 101; no HTTP timer applies
+    /// to it (hyper has stopped reading HTTP on it), so a silent WebSocket stays open,
+    /// and liveness is its endpoints' business (pings).
+    fn tunnel(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        open: Arc<OpenConnection>,
+        variant: Variant,
+        backend: SocketAddr,
+    ) {
+        let mut cut = self.inner.cut.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            let copy = async {
+                let (client, upstream) = match tokio::try_join!(client, upstream) {
+                    Ok(both) => both,
+                    Err(e) => {
+                        tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upgrade failed");
+                        return;
+                    }
+                };
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, variant = variant.as_str(), %backend, "tunnel ended");
+                }
+            };
+            tokio::select! {
+                () = copy => {}
+                _ = cut.wait_for(|cut| *cut) => {}
+            }
+        });
+    }
+}
+
+/// The protocol a request asks its connection be switched to: its `Upgrade`, when
+/// `Connection` names it. h2c is refused (`None`): the proxy speaks HTTP/1.1 to the
+/// versions, and its upgrade is only a hop's affair.
+fn upgrade_of(headers: &hyper::HeaderMap) -> Option<HeaderValue> {
+    let proto = headers.get(hyper::header::UPGRADE)?;
+    let asked = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let h2c = proto.to_str().map_or(true, |p| {
+        p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    });
+    (asked && !h2c).then(|| proto.clone())
+}
+
+/// Puts back the two hop-by-hop headers an upgrade must pass on.
+fn restore_upgrade(headers: &mut hyper::HeaderMap, proto: HeaderValue) {
+    headers.insert(hyper::header::UPGRADE, proto);
+    headers.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+}
+
+/// Removes the headers that describe one hop's connection: each side of the proxy
+/// manages its own (hyper sets them). An upstream's `Connection: close` would
+/// otherwise close the client's kept-alive connection, and a client's would churn the
+/// upstream pool. A few map lookups per message, no allocation.
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // Every Connection line, not only the first: each names headers of this hop.
+    let listed: Vec<hyper::header::HeaderValue> = match headers.entry(hyper::header::CONNECTION) {
+        hyper::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+        hyper::header::Entry::Vacant(_) => Vec::new(),
+    };
+    // Headers the Connection header names are this hop's too (RFC 9110 7.6.1).
+    for listed in listed.iter().filter_map(|v| v.to_str().ok()) {
+        for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive") {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+}
+
+/// How a request failed through its client's fault rather than upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFault {
+    /// The body grew past `max_body_bytes`.
+    TooLarge,
+    /// The body could not be read off the client's connection (malformed chunks, the
+    /// client went away mid-body): hyper's client reports its request body's error as
+    /// a user error.
+    Body,
+}
+
+/// Whether an upstream request failed through its client's fault, and how.
+fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
+    let mut fault = None;
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<LengthLimitError>() {
+            return Some(ClientFault::TooLarge);
+        }
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            fault = Some(ClientFault::Body);
+        }
+        cause = e.source();
+    }
+    fault
+}
+
+/// Aborts a task when dropped.
+#[cfg(feature = "tls")]
+struct AbortOnDrop(JoinHandle<()>);
+
+#[cfg(feature = "tls")]
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Counts an open client connection until dropped.
 struct OpenConnection(Arc<Inner>);
 
 impl OpenConnection {
-    fn enter(inner: Arc<Inner>) -> Self {
-        inner.connections.fetch_add(1, Ordering::AcqRel);
-        OpenConnection(inner)
+    /// Counts a new connection, or refuses it (`None`) when `max_connections` are
+    /// open: one atomic add, taken back when refused.
+    fn admit(inner: &Arc<Inner>) -> Option<Self> {
+        let open = inner.connections.fetch_add(1, Ordering::AcqRel);
+        let admitted = OpenConnection(inner.clone());
+        if open >= u64::from(inner.limits.max_connections) {
+            inner.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(admitted)
     }
 }
 
@@ -820,11 +1292,31 @@ impl TrafficRouter for Proxy {
 pub trait Totals: Send + Sync {
     /// Cumulative counters for both variants.
     fn totals(&self) -> IntervalSample;
+
+    /// Client connections open now and refused at `max_connections` so far, where
+    /// the counter is the embedded proxy itself.
+    fn connections(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// TLS handshakes that failed or timed out so far, where the counter terminates
+    /// TLS.
+    fn tls_handshake_failures(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Totals for Proxy {
     fn totals(&self) -> IntervalSample {
         Proxy::totals(self)
+    }
+
+    fn connections(&self) -> Option<(u64, u64)> {
+        Some((self.open_connections(), self.refused_connections()))
+    }
+
+    fn tls_handshake_failures(&self) -> Option<u64> {
+        Proxy::tls_handshake_failures(self)
     }
 }
 
@@ -871,6 +1363,25 @@ impl<T: Totals> MetricsSource for BuiltinMetrics<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review: only the first `Connection` line was read, so a header a second line
+    /// names (`x-internal`, meant for this hop) reached the version.
+    #[test]
+    fn every_connection_line_names_headers_of_this_hop() {
+        let mut h = hyper::HeaderMap::new();
+        h.append(hyper::header::CONNECTION, "keep-alive".parse().unwrap());
+        h.append(
+            hyper::header::CONNECTION,
+            "x-internal, x-trace".parse().unwrap(),
+        );
+        h.insert("x-internal", "secret".parse().unwrap());
+        h.insert("x-trace", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
 
     /// Golden assignments, computed once from the shipped hash: a user's variant must
     /// never change across rampart versions or machines (a user would flip between

@@ -22,7 +22,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use rampart_core::policy::Sticky;
+use rampart_core::policy::{IpNet, ProxyLimits, Sticky, Trust};
 use serde::{Deserialize, Serialize};
 
 use super::RouteTable;
@@ -288,6 +288,132 @@ pub struct PlaneState {
     pub sticky: StickyBy,
     /// The routes.
     pub routes: RouteTable,
+    /// What one client may hold of it (`traffic.proxy.limits`); a file written before
+    /// limits existed reads as the defaults.
+    #[serde(default)]
+    pub limits: LimitsState,
+    /// TLS termination (`traffic.proxy.tls`, paths made absolute); absent for plain
+    /// HTTP, as in files written before TLS existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsState>,
+    /// Whose forwarding headers it believes (`traffic.proxy.forwarded.trust`); a file
+    /// written before the setting existed reads as `none`.
+    #[serde(default)]
+    pub forwarded: TrustState,
+}
+
+/// `traffic.proxy.tls` as the state file spells it: the PEM files by absolute path,
+/// read again whenever they change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsState {
+    /// In the policy's order.
+    pub certificates: Vec<TlsCertState>,
+    /// The index of the certificate for names no other answers.
+    #[serde(default)]
+    pub default: usize,
+}
+
+/// One certificate of [`TlsState`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsCertState {
+    /// The PEM certificate chain.
+    pub cert: PathBuf,
+    /// The PEM private key.
+    pub key: PathBuf,
+    /// The SNI names it answers; empty for the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+}
+
+/// [`Trust`] as the state file spells it: `"none"`, `"all"` or
+/// `{"networks": ["10.0.0.0/8", ...]}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustState {
+    /// Nobody.
+    #[default]
+    None,
+    /// Every peer.
+    All,
+    /// Peers in these networks.
+    Networks(Vec<String>),
+}
+
+impl From<&Trust> for TrustState {
+    fn from(t: &Trust) -> Self {
+        match t {
+            Trust::None => TrustState::None,
+            Trust::All => TrustState::All,
+            Trust::Networks(nets) => {
+                TrustState::Networks(nets.iter().map(ToString::to_string).collect())
+            }
+        }
+    }
+}
+
+impl From<TrustState> for Trust {
+    /// A network that does not parse (a hand-edited file) is left out: it trusts
+    /// fewer peers, never more.
+    fn from(s: TrustState) -> Self {
+        match s {
+            TrustState::None => Trust::None,
+            TrustState::All => Trust::All,
+            TrustState::Networks(nets) => {
+                Trust::Networks(nets.iter().filter_map(|n| IpNet::parse(n).ok()).collect())
+            }
+        }
+    }
+}
+
+/// [`ProxyLimits`] as the state file spells them: milliseconds and bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsState {
+    /// `header_timeout`, in milliseconds.
+    pub header_timeout_ms: u64,
+    /// `idle_timeout`, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// `max_header_bytes`.
+    pub max_header_bytes: u64,
+    /// `max_body_bytes`; `null` for no limit.
+    pub max_body_bytes: Option<u64>,
+    /// `max_connections`.
+    pub max_connections: u32,
+}
+
+impl Default for LimitsState {
+    fn default() -> Self {
+        LimitsState::from(&ProxyLimits::default())
+    }
+}
+
+impl From<&ProxyLimits> for LimitsState {
+    fn from(l: &ProxyLimits) -> Self {
+        LimitsState {
+            header_timeout_ms: u64::try_from(l.header_timeout.as_millis()).unwrap_or(u64::MAX),
+            idle_timeout_ms: u64::try_from(l.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            max_header_bytes: l.max_header_bytes,
+            max_body_bytes: l.max_body_bytes,
+            max_connections: l.max_connections,
+        }
+    }
+}
+
+impl From<LimitsState> for ProxyLimits {
+    /// Values outside what a policy accepts (a hand-edited file) are brought back into
+    /// range, so a data plane never starts unprotected or with a limit hyper refuses.
+    fn from(s: LimitsState) -> Self {
+        let hour = std::time::Duration::from_secs(3600);
+        let ms = |v: u64| std::time::Duration::from_millis(v.max(1)).min(hour);
+        ProxyLimits {
+            header_timeout: ms(s.header_timeout_ms),
+            idle_timeout: ms(s.idle_timeout_ms),
+            max_header_bytes: s
+                .max_header_bytes
+                .clamp(ProxyLimits::MIN_HEADER_BYTES, ProxyLimits::MAX_HEADER_BYTES),
+            max_body_bytes: s.max_body_bytes,
+            max_connections: s.max_connections.clamp(1, ProxyLimits::MAX_CONNECTIONS),
+        }
+    }
 }
 
 impl PlaneState {
@@ -508,6 +634,19 @@ mod tests {
                 salt: String::new(),
                 uncounted: String::new(),
             },
+            limits: LimitsState::from(&ProxyLimits {
+                max_connections: 77,
+                ..ProxyLimits::default()
+            }),
+            tls: Some(TlsState {
+                certificates: vec![TlsCertState {
+                    cert: "/etc/checkout/tls.pem".into(),
+                    key: "/etc/checkout/tls.key".into(),
+                    names: vec!["checkout.example.com".into()],
+                }],
+                default: 0,
+            }),
+            forwarded: TrustState::Networks(vec!["10.0.0.0/8".into(), "::1/128".into()]),
         }
     }
 
@@ -518,6 +657,18 @@ mod tests {
         assert_eq!(PlaneState::load(&path).unwrap(), None);
         state().save(&path).unwrap();
         assert_eq!(PlaneState::load(&path).unwrap(), Some(state()));
+        // A file from before limits existed reads as the defaults.
+        let mut old = serde_json::to_value(state()).unwrap();
+        old.as_object_mut().unwrap().remove("limits");
+        old.as_object_mut().unwrap().remove("forwarded");
+        std::fs::write(&path, old.to_string()).unwrap();
+        let loaded = PlaneState::load(&path).unwrap().unwrap();
+        assert_eq!(ProxyLimits::from(loaded.limits), ProxyLimits::default());
+        // And one from before the forwarding trust, as trusting nobody.
+        assert_eq!(Trust::from(loaded.forwarded), Trust::None);
+        let nets = Trust::from(state().forwarded);
+        assert!(nets.trusts("10.9.9.9".parse().unwrap()) && !nets.trusts("::2".parse().unwrap()));
+        state().save(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }

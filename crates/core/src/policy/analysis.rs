@@ -84,6 +84,18 @@ pub enum EscalationAction {
     Rollback,
 }
 
+/// How a threshold judge's failing intervals count toward its `failure_limit`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCount {
+    /// Failing intervals in a row: a passing interval starts the count again.
+    #[default]
+    Consecutive,
+    /// Failing intervals over the whole release, passes in between or not (Argo
+    /// Rollouts' `failureLimit`, Flagger's `threshold`).
+    Total,
+}
+
 /// One judged metric.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricSpec {
@@ -99,6 +111,9 @@ pub struct MetricSpec {
     /// Consecutive failing intervals that fail the release (threshold judge only; a
     /// sequential judge decides the moment its evidence suffices).
     pub failure_limit: u32,
+    /// How failing intervals count toward `failure_limit`: in a row (a pass resets
+    /// the count) or in total over the release.
+    pub failure_count: FailureCount,
     /// Whether this metric fails the release on its own. A non-critical metric only
     /// adds its `weight` to the failure score.
     pub critical: bool,
@@ -202,6 +217,22 @@ pub struct QuerySpec {
     /// at or below that bound) and this is the unit of its `le` values. `None` for
     /// every other query metric.
     pub buckets: Option<BucketUnit>,
+}
+
+impl QuerySpec {
+    /// Whether each variant reads its own value: the query (or an `http` URL or
+    /// header) names `{variant}` or `{version}`, or it is a `command`, which gets the
+    /// variant in its environment. A query that reads the same value for both (one
+    /// that selects the canary by name, as Argo Rollouts and Flagger queries do) says
+    /// nothing about stable.
+    pub fn per_variant(&self) -> bool {
+        let names = |t: &str| t.contains("{variant}") || t.contains("{version}");
+        match &self.source {
+            QuerySource::Command(_) => true,
+            QuerySource::Http(h) => names(&h.url) || h.headers.iter().any(|(_, v)| names(v)),
+            _ => names(&self.query) || self.samples.as_deref().is_some_and(names),
+        }
+    }
 }
 
 /// The unit of a Prometheus histogram's `le` bounds (`unit:` beside `buckets`).
@@ -385,6 +416,7 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             "interval",
             "min_samples",
             "failure_limit",
+            "failure_count",
             "inconclusive",
             "no_data",
             "metrics",
@@ -414,6 +446,9 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
     }
     let min_samples = m.optional::<u64>(cx, "min_samples").unwrap_or(50);
     let failure_limit = limit(cx, &m, "failure_limit").unwrap_or(2);
+    let failure_count = m
+        .optional_with(cx, "failure_count", decode_failure_count)
+        .unwrap_or_default();
     let inconclusive = m
         .optional_with(cx, "inconclusive", decode_escalation)
         .unwrap_or(Escalation {
@@ -427,7 +462,16 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             action: EscalationAction::Halt,
         });
     let metrics = m.required_with(cx, "metrics", |cx, n, p| {
-        let metrics = cx.seq(n, p, |cx, n, p| decode_metric(cx, n, p, min_samples, failure_limit))?;
+        let mut metrics = cx.seq(n, p, |cx, n, p| decode_metric(cx, n, p, min_samples, failure_limit))?;
+        // A metric without its own `failure_count` takes the analysis's.
+        if let NodeKind::Seq(items) = &n.kind {
+            for (metric, item) in metrics.iter_mut().zip(items) {
+                let own = matches!(&item.kind, NodeKind::Map(e) if e.iter().any(|(k, _)| k.text == "failure_count"));
+                if !own {
+                    metric.failure_count = failure_count;
+                }
+            }
+        }
         if metrics.is_empty() {
             cx.error(n.pos, p, "list at least one metric; a canary nobody measures cannot fail, so it proves nothing");
             return None;
@@ -613,6 +657,7 @@ fn decode_metric(
             "direction",
             "min_samples",
             "failure_limit",
+            "failure_count",
             "critical",
             "weight",
             "query",
@@ -670,7 +715,8 @@ fn decode_builtin_judged(
     let min_samples = m
         .optional::<u64>(cx, "min_samples")
         .unwrap_or(default_min_samples);
-    let (failure_limit, critical, weight) = decode_scoring(cx, m, default_failure_limit);
+    let (failure_limit, failure_count, critical, weight) =
+        decode_scoring(cx, m, default_failure_limit);
     let declared = m.optional_with(cx, "direction", decode_direction);
     let metric = metric?;
     // Errors and latency only get worse as they rise.
@@ -692,6 +738,7 @@ fn decode_builtin_judged(
         judge,
         min_samples,
         failure_limit,
+        failure_count,
         critical,
         weight,
         direction,
@@ -705,13 +752,24 @@ const QUERY_FIELDS: [&str; 12] = [
     "buckets", "unit",
 ];
 
-/// `failure_limit`, `critical` and `weight`, with their defaults.
+fn decode_failure_count(cx: &mut Decoder, n: &Node, p: &str) -> Option<FailureCount> {
+    Some(match one_of(cx, n, p, &["consecutive", "total"])? {
+        "total" => FailureCount::Total,
+        _ => FailureCount::Consecutive,
+    })
+}
+
+/// `failure_limit`, `failure_count`, `critical` and `weight`, with their defaults (a
+/// metric without its own `failure_count` gets the analysis's afterwards).
 fn decode_scoring(
     cx: &mut Decoder,
     m: &MapReader<'_>,
     default_failure_limit: u32,
-) -> (u32, bool, f64) {
+) -> (u32, FailureCount, bool, f64) {
     let failure_limit = limit(cx, m, "failure_limit").unwrap_or(default_failure_limit);
+    let failure_count = m
+        .optional_with(cx, "failure_count", decode_failure_count)
+        .unwrap_or_default();
     let critical = m.optional::<bool>(cx, "critical").unwrap_or(true);
     let weight = m.optional::<f64>(cx, "weight").unwrap_or(1.0);
     if weight < 0.0 {
@@ -721,7 +779,7 @@ fn decode_scoring(
             "a weight cannot be negative",
         );
     }
-    (failure_limit, critical, weight)
+    (failure_limit, failure_count, critical, weight)
 }
 
 fn decode_direction(cx: &mut Decoder, n: &Node, p: &str) -> Option<Direction> {
@@ -855,7 +913,8 @@ fn decode_query_metric(
         Some(_) => min_samples.unwrap_or(default_min_samples),
         None => 0,
     };
-    let (failure_limit, critical, weight) = decode_scoring(cx, m, default_failure_limit);
+    let (failure_limit, failure_count, critical, weight) =
+        decode_scoring(cx, m, default_failure_limit);
     let judge = m.required_with(cx, "judge", |cx, n, p| {
         let sequential = matches!(&n.kind, NodeKind::Scalar { .. })
             || matches!(&n.kind, NodeKind::Map(e) if e.iter().any(|(k, _)| k.text == "sequential"));
@@ -876,6 +935,7 @@ fn decode_query_metric(
         judge,
         min_samples,
         failure_limit,
+        failure_count,
         critical,
         weight,
         direction,

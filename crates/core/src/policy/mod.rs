@@ -43,7 +43,7 @@ use crate::yaml::{self, Node, NodeKind};
 
 pub use analysis::{
     Analysis, BucketUnit, BuiltinMetric, DEFAULT_ALPHA, Direction, Escalation, EscalationAction,
-    Judge, LOAD_HEADER, Load, MetricSpec, QuerySpec, Sequential, Threshold,
+    FailureCount, Judge, LOAD_HEADER, Load, MetricSpec, QuerySpec, Sequential, Threshold,
 };
 pub use checks::{Gate, GateCheck, Gates, PostFailure, PostRelease};
 pub use deploy::{Deploy, KubeDeploySpec, ProcessSpec, Readiness};
@@ -59,7 +59,10 @@ pub use strategy::{
     Approval, BlueGreenSpec, CanarySpec, FullSpec, MatchSource, RollingSpec, RouteMatch, Step,
     Strategy,
 };
-pub use traffic::{HaproxySpec, KubeMode, KubeTrafficSpec, NginxSpec, ProxySpec, Sticky, Traffic};
+pub use traffic::{
+    HaproxySpec, IpNet, KubeMode, KubeTrafficSpec, NginxSpec, ProxyLimits, ProxySpec, ProxyTls,
+    Sticky, TlsCertificate, Traffic, Trust,
+};
 
 /// A validated release policy for one service.
 #[derive(Clone, Debug, PartialEq)]

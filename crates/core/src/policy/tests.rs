@@ -34,6 +34,10 @@ fn minimal_policy_gets_documented_defaults() {
     assert_eq!(p.analysis.metrics[0].name, "error_rate");
     assert_eq!(p.analysis.metrics[0].min_samples, 50);
     assert_eq!(p.analysis.metrics[0].failure_limit, 2);
+    assert_eq!(
+        p.analysis.metrics[0].failure_count,
+        FailureCount::Consecutive
+    );
     assert_eq!(p.proxy().unwrap().sticky, Sticky::None);
     assert_eq!(
         p.process().unwrap().readiness.timeout,
@@ -1384,4 +1388,229 @@ fn prometheus_latency_reads_histogram_buckets_and_refuses_other_fields_at_their_
         "analysis.metrics[0].buckets",
     );
     assert!(d.message.contains("provider"), "{d:?}");
+}
+
+#[test]
+fn failure_count_is_set_for_the_analysis_and_overridden_per_metric() {
+    let src = MINIMAL.replace(
+        "analysis:\n  metrics:\n    - metric: error_rate\n      judge: { max: 1% }\n",
+        "analysis:\n  failure_count: total\n  metrics:\n    - metric: error_rate\n      judge: { max: 1% }\n    - {metric: latency_p99, judge: {max: 1s}, failure_count: consecutive}\n",
+    );
+    let p = Policy::from_yaml(&src).unwrap();
+    assert_eq!(p.analysis.metrics[0].failure_count, FailureCount::Total);
+    assert_eq!(
+        p.analysis.metrics[1].failure_count,
+        FailureCount::Consecutive
+    );
+    let bad = errors(&MINIMAL.replace(
+        "judge: { max: 1% }",
+        "judge: { max: 1% }\n      failure_count: sum",
+    ));
+    assert_eq!(bad[0].path, "analysis.metrics[0].failure_count", "{bad:?}");
+}
+
+#[test]
+fn proxy_limits_have_documented_defaults_and_refuse_bad_values_at_their_line() {
+    let limits = Policy::from_yaml(MINIMAL).unwrap().proxy().unwrap().limits;
+    assert_eq!(limits, ProxyLimits::default());
+    assert_eq!(limits.header_timeout, Duration::from_secs(10));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(limits.max_header_bytes, 65_536);
+    assert_eq!(limits.max_body_bytes, Some(16 << 20));
+    assert_eq!(limits.max_connections, 10_000);
+
+    let with = |text: &str| {
+        MINIMAL.replace(
+            "listen: 127.0.0.1:8080",
+            &format!("listen: 127.0.0.1:8080\n    limits: {text}"),
+        )
+    };
+    let set = Policy::from_yaml(&with(
+        "{header_timeout: 2s, idle_timeout: 5m, max_header_bytes: 16KiB, max_body_bytes: none, max_connections: 300}",
+    ))
+    .unwrap()
+    .proxy()
+    .unwrap()
+    .limits;
+    assert_eq!(
+        set,
+        ProxyLimits {
+            header_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(300),
+            max_header_bytes: 16_384,
+            max_body_bytes: None,
+            max_connections: 300,
+        }
+    );
+
+    for (text, field, says) in [
+        ("{header_timeout: 0s}", "header_timeout", "longer than 0s"),
+        ("{idle_timeout: 2h}", "idle_timeout", "at most 1h"),
+        ("{header_timeout: 10}", "header_timeout", "no unit"),
+        (
+            "{max_header_bytes: 512B}",
+            "max_header_bytes",
+            "1KiB to 1MiB",
+        ),
+        ("{max_header_bytes: 64}", "max_header_bytes", "no unit"),
+        ("{max_body_bytes: lots}", "max_body_bytes", "not a size"),
+        ("{max_connections: 0}", "max_connections", "use 1 to"),
+        ("{max_conections: 10}", "max_conections", "max_connections"),
+    ] {
+        let e = errors(&with(text));
+        assert_eq!(e.len(), 1, "{text}: {e:?}");
+        assert_eq!(e[0].path, format!("traffic.proxy.limits.{field}"), "{text}");
+        assert_eq!(e[0].line, 9, "{text}");
+        assert!(e[0].message.contains(says), "{text}: {}", e[0].message);
+    }
+}
+
+#[test]
+fn proxy_tls_is_off_by_default_and_takes_one_or_several_certificates() {
+    assert_eq!(
+        Policy::from_yaml(MINIMAL).unwrap().proxy().unwrap().tls,
+        None
+    );
+    let with = |text: &str| {
+        MINIMAL.replace(
+            "listen: 127.0.0.1:8080",
+            &format!("listen: 127.0.0.1:8080\n    tls: {text}"),
+        )
+    };
+    let one = Policy::from_yaml(&with("{cert: tls/site.pem, key: tls/site.key}")).unwrap();
+    let tls = one.proxy().unwrap().tls.clone().unwrap();
+    assert_eq!(tls.certificates.len(), 1);
+    let c = &tls.certificates[0];
+    assert_eq!(
+        (c.cert.as_str(), c.key.as_str()),
+        ("tls/site.pem", "tls/site.key")
+    );
+    assert!(c.names.is_empty());
+    assert_eq!(
+        (c.path.as_str(), c.cert_pos.line, c.key_pos.line),
+        ("traffic.proxy.tls", 9, 9)
+    );
+
+    let several = Policy::from_yaml(&with(
+        "\n      certificates:\n        - {cert: a.pem, key: a.key, names: [A.example.com, '*.a.example.com']}\n        - {cert: any.pem, key: any.key}\n        - {cert: b.pem, key: b.key, names: [b.example.com]}",
+    ))
+    .unwrap();
+    let tls = several.proxy().unwrap().tls.clone().unwrap();
+    assert_eq!(
+        tls.certificates[0].names,
+        ["a.example.com", "*.a.example.com"]
+    );
+    assert_eq!(tls.default_index(), 1);
+    assert_eq!(
+        tls.certificates[2].path,
+        "traffic.proxy.tls.certificates[2]"
+    );
+    assert_eq!(tls.certificates[2].cert_pos.line, 13);
+
+    for (text, path, says) in [
+        ("{cert: a.pem}", "traffic.proxy.tls.key", "missing"),
+        (
+            "{cert: a.pem, key: ''}",
+            "traffic.proxy.tls.key",
+            "empty path",
+        ),
+        (
+            "{cert: a.pem, key: a.key, names: [a]}",
+            "traffic.proxy.tls.names",
+            "unknown field",
+        ),
+        (
+            "{cert: a.pem, key: a.key, certificates: [{cert: b.pem, key: b.key}]}",
+            "traffic.proxy.tls",
+            "together",
+        ),
+        (
+            "{certificates: []}",
+            "traffic.proxy.tls.certificates",
+            "empty list",
+        ),
+        (
+            "{certificates: [{cert: a.pem, key: a.key}, {cert: b.pem, key: b.key}]}",
+            "traffic.proxy.tls.certificates",
+            "only one can be the default",
+        ),
+        (
+            "{certificates: [{cert: a.pem, key: a.key, names: [x.io]}, {cert: b.pem, key: b.key, names: [X.io]}]}",
+            "traffic.proxy.tls.certificates[1].names",
+            "two certificates",
+        ),
+        (
+            "{certificates: [{cert: a.pem, key: a.key, names: ['bad name']}]}",
+            "traffic.proxy.tls.certificates[0].names[0]",
+            "not a server name",
+        ),
+    ] {
+        let e = errors(&with(text));
+        assert_eq!(e.len(), 1, "{text}: {e:?}");
+        assert_eq!(e[0].path, path, "{text}: {e:?}");
+        assert_eq!(e[0].line, 9, "{text}");
+        assert!(e[0].message.contains(says), "{text}: {}", e[0].message);
+    }
+}
+
+#[test]
+fn forwarded_trust_defaults_to_none_and_refuses_a_bad_network_at_its_line() {
+    let proxy = |src: &str| {
+        Policy::from_yaml(src)
+            .unwrap()
+            .proxy()
+            .unwrap()
+            .forwarded
+            .clone()
+    };
+    assert_eq!(proxy(MINIMAL), Trust::None);
+    let with = |text: &str| {
+        MINIMAL.replace(
+            "listen: 127.0.0.1:8080",
+            &format!("listen: 127.0.0.1:8080\n    forwarded: {text}"),
+        )
+    };
+    assert_eq!(proxy(&with("{trust: all}")), Trust::All);
+    assert_eq!(proxy(&with("{trust: none}")), Trust::None);
+    let Trust::Networks(nets) = proxy(&with("{trust: [10.0.0.0/8, '::1', 'fd00::/8']}")) else {
+        panic!("a list of networks");
+    };
+    let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["10.0.0.0/8", "::1/128", "fd00::/8"]);
+    let trust = Trust::Networks(nets);
+    for (peer, trusted) in [
+        ("10.1.2.3", true),
+        ("11.0.0.1", false),
+        ("::1", true),
+        ("::2", false),
+        ("fd12::1", true),
+        ("::ffff:10.0.0.9", true),
+    ] {
+        assert_eq!(trust.trusts(peer.parse().unwrap()), trusted, "{peer}");
+    }
+
+    // Each bad network at its own line, under its own path.
+    let src = MINIMAL.replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 127.0.0.1:8080\n    forwarded:\n      trust:\n        - 10.0.0.0/8\n        - 10.0.0.1/8\n        - 300.0.0.0/8\n        - ::/129",
+    );
+    let e = errors(&src);
+    let got: Vec<(String, u32)> = e.iter().map(|d| (d.path.clone(), d.line)).collect();
+    assert_eq!(
+        got,
+        [
+            ("traffic.proxy.forwarded.trust[1]".to_string(), 12),
+            ("traffic.proxy.forwarded.trust[2]".to_string(), 13),
+            ("traffic.proxy.forwarded.trust[3]".to_string(), 14),
+        ],
+        "{e:?}"
+    );
+    assert!(e[0].message.contains("10.0.0.0/8"), "{}", e[0].message);
+    assert!(e[1].message.contains("not a network"), "{}", e[1].message);
+    assert!(e[2].message.contains("0 to 128"), "{}", e[2].message);
+    for (text, says) in [("{trust: some}", "none"), ("{trusted: all}", "trust")] {
+        let e = errors(&with(text));
+        assert_eq!(e.len(), 1, "{text}: {e:?}");
+        assert!(e[0].message.contains(says), "{text}: {}", e[0].message);
+    }
 }

@@ -6,7 +6,7 @@ use super::builder::Builder;
 use super::model::Phase;
 use crate::judge::{self, MetricReading, Verdict};
 use crate::metrics::{IntervalSample, Timing};
-use crate::policy::{BuiltinMetric, Judge, MetricSpec, Threshold};
+use crate::policy::{BuiltinMetric, FailureCount, Judge, MetricSpec, Threshold};
 
 /// One interval judged: every metric's reading, the overall verdict, and the metrics
 /// whose failures decide the release.
@@ -218,6 +218,8 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
     let mut tripped: Vec<usize> = Vec::new();
     for (i, r) in readings.iter().enumerate() {
         match r.verdict {
+            // Counted in total, a pass between failures does not wipe them out.
+            Verdict::Pass if metrics[i].failure_count == FailureCount::Total => {}
             Verdict::Pass => b.s.failure_streaks[i] = 0,
             Verdict::Fail => b.s.failure_streaks[i] += 1,
             Verdict::Inconclusive | Verdict::NoData => {}
@@ -310,6 +312,7 @@ mod tests {
             }),
             min_samples: 50,
             failure_limit: 1,
+            failure_count: crate::policy::FailureCount::Consecutive,
             critical: true,
             weight: 1.0,
             direction: Direction::LowerIsBetter,

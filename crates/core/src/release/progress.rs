@@ -12,7 +12,7 @@ use crate::instead::Instead;
 use crate::judge::{MetricReading, Verdict};
 use crate::metrics::IntervalSample;
 use crate::notice::NoticeKind;
-use crate::policy::{EscalationAction, Judge};
+use crate::policy::{EscalationAction, FailureCount, Judge};
 use crate::units::Weight;
 
 /// The current step's traffic is confirmed: its bake starts (or, after a restart,
@@ -300,7 +300,8 @@ fn clean(b: &Builder<'_>, verdict: Verdict) -> bool {
             .metrics
             .iter()
             .zip(&b.s.failure_streaks)
-            .all(|(m, s)| !m.critical || *s == 0)
+            // A total count never goes back to 0: this interval's pass is what counts.
+            .all(|(m, s)| !m.critical || m.failure_count == FailureCount::Total || *s == 0)
 }
 
 /// Why the metrics that decide the release failed, in words, and whether stable broke
@@ -311,8 +312,14 @@ fn trip_reason(b: &Builder<'_>, readings: &[MetricReading], tripped: &[usize]) -
         .iter()
         .map(|i| match metrics[*i].judge {
             Judge::Threshold(_) => format!(
-                "{} {} for {} consecutive interval(s)",
-                readings[*i].name, readings[*i].detail, b.s.failure_streaks[*i]
+                "{} {} for {} {} interval(s)",
+                readings[*i].name,
+                readings[*i].detail,
+                b.s.failure_streaks[*i],
+                match metrics[*i].failure_count {
+                    FailureCount::Consecutive => "consecutive",
+                    FailureCount::Total => "failing",
+                }
             ),
             Judge::Sequential(_) => format!("{} {}", readings[*i].name, readings[*i].detail),
         })

@@ -10,6 +10,8 @@
 //!   their keys (containers by name, Service ports by port and protocol), other lists
 //!   are replaced whole; a forced apply never conflicts;
 //! - merge patches (the scale subresource), owned by their manager as an update;
+//! - paused Deployments: a new template makes no new pods until unpaused (the pods
+//!   run the template of the last rollout, `World::running`), a scale still applies;
 //! - rollouts that take time (virtual time, `World::rollout`), and broken pods: a new
 //!   template then fails with `ProgressDeadlineExceeded`, a mere scale waits forever,
 //!   as the Deployment controller does;
@@ -83,6 +85,8 @@ pub struct World {
     pub gateway: Gateway,
     pub gateway_delay: Duration,
     rollouts: BTreeMap<String, Rollout>,
+    /// The pod template each Deployment's pods run (its last rollout), by path.
+    pub running: BTreeMap<String, Value>,
     /// When each HTTPRoute's current generation was written.
     routed_at: BTreeMap<String, (i64, Instant)>,
 }
@@ -100,6 +104,31 @@ impl World {
             .zip(&self.written_at)
             .rfind(|(w, _)| *w == what)
             .map(|(_, at)| *at)
+    }
+
+    /// The image the pods of the Deployment at `path` run (its first container's).
+    pub fn running_image(&self, path: &str) -> Option<String> {
+        self.running
+            .get(path)
+            .and_then(|t| t.pointer("/spec/containers/0/image"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// Someone else (Git, through `kubectl apply` or a GitOps tool) applies `body` to
+    /// the object at `path` as the field manager `manager`.
+    pub fn apply_as(&mut self, path: &str, body: &Value, manager: &str) {
+        self.wrote(format!("PATCH {path}"));
+        apply(self, path, body, manager);
+    }
+
+    /// Someone deletes the object at `path`.
+    pub fn delete(&mut self, path: &str) {
+        self.wrote(format!("DELETE {path}"));
+        self.owners.remove(path);
+        self.rollouts.remove(path);
+        self.running.remove(path);
+        self.objects.remove(path);
     }
 
     /// Whether `manager` owns `field` (`.`-separated) of the object at `path`.
@@ -271,7 +300,9 @@ fn managed_fields(owners: &BTreeMap<String, BTreeSet<Field>>) -> Value {
             }
             let (name, operation, sub) = match manager.split_once('/') {
                 Some((name, sub)) => (name, "Update", Some(sub)),
-                None if manager == "rampart" => (manager.as_str(), "Apply", None),
+                None if manager.starts_with("rampart") || manager.starts_with("git:") => {
+                    (manager.as_str(), "Apply", None)
+                }
                 None => (manager.as_str(), "Update", None),
             };
             let mut e = json!({"manager": name, "operation": operation,
@@ -299,6 +330,17 @@ fn deployment_status(w: &World, path: &str, obj: &Value) -> Value {
         "observedGeneration": generation, "replicas": want, "updatedReplicas": want,
         "readyReplicas": want, "availableReplicas": want,
     });
+    let pending = obj["spec"]["paused"] == json!(true)
+        && w.running.get(path) != Some(&obj["spec"]["template"]);
+    let complete = if pending {
+        // Paused with a template not rolled out: the old pods serve, none is updated.
+        json!({
+            "observedGeneration": generation, "replicas": want, "updatedReplicas": 0,
+            "readyReplicas": want, "availableReplicas": want,
+        })
+    } else {
+        complete
+    };
     let Some(r) = w.rollouts.get(path) else {
         return complete;
     };
@@ -454,9 +496,16 @@ fn record(w: &mut World, path: &str, before: Option<&Value>) {
             obj["spec"]["replicas"] = json!(1);
         }
         let r = obj["spec"]["replicas"].as_i64().unwrap_or(1);
-        let template_changed =
-            before.is_none_or(|b| b["spec"]["template"] != obj["spec"]["template"]);
-        if changed {
+        let paused = obj["spec"]["paused"] == json!(true);
+        let template = obj["spec"]["template"].clone();
+        // A paused Deployment makes no ReplicaSet for a new template; unpaused, the
+        // template it does not run yet rolls out.
+        let template_changed = !paused && w.running.get(path) != Some(&template);
+        if template_changed {
+            w.running.insert(path.to_string(), template);
+        }
+        let scaled = before.is_none_or(|b| b["spec"]["replicas"] != obj["spec"]["replicas"]);
+        if changed && (!paused || scaled) {
             // A rollout still under way keeps its deadline; once complete (its pods
             // ready, or none wanted), a mere scale gets none, as in Kubernetes.
             let was_zero = before.is_some_and(|b| b["spec"]["replicas"] == json!(0));
@@ -695,17 +744,19 @@ fn serve_one(
             (404, status(404, "NotFound"))
         }
         Method::PATCH if ct == "application/apply-patch+yaml" => {
+            let manager = query_value(query, "fieldManager").unwrap_or("");
             assert!(
-                query_value(query, "fieldManager") == Some("rampart")
+                matches!(manager, "rampart" | "rampart-gitops")
                     && query_value(query, "force") == Some("true"),
-                "every apply is forced, by rampart: {query}"
+                "every apply is forced, by rampart (or rampart-gitops): {query}"
             );
+            let manager = manager.to_string();
             let body: Value = serde_json::from_slice(bytes).expect("JSON");
             if let Some(why) = invalid_label(&body) {
                 return (422, status(422, &why));
             }
             w.wrote(format!("PATCH {path}"));
-            (200, apply(w, path, &body, "rampart"))
+            (200, apply(w, path, &body, &manager))
         }
         Method::PATCH if ct == "application/merge-patch+json" => {
             let patch: Value = serde_json::from_slice(bytes).expect("JSON");
@@ -727,6 +778,7 @@ fn serve_one(
             w.wrote(format!("DELETE {path}"));
             w.owners.remove(path);
             w.rollouts.remove(path);
+            w.running.remove(path);
             match w.objects.remove(path) {
                 Some(o) => (200, o),
                 None => (404, status(404, "NotFound")),
@@ -753,6 +805,7 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
         gateway: Gateway::Accepts,
         gateway_delay: Duration::from_secs(1),
         rollouts: BTreeMap::new(),
+        running: BTreeMap::new(),
         routed_at: BTreeMap::new(),
     };
     for (path, mut o) in objects {
@@ -761,6 +814,11 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
         }
         if let Some(m) = o["metadata"].as_object_mut() {
             m.remove("managedFields");
+        }
+        if is_deployment(&path) {
+            world
+                .running
+                .insert(path.clone(), o["spec"]["template"].clone());
         }
         let mut owners = BTreeMap::new();
         owners.insert("kubectl".to_string(), fields_of(&o));

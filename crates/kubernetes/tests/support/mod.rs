@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use http::{Method, Request, Response};
@@ -450,6 +451,59 @@ pub fn at<'v>(v: &'v Value, path: &str) -> &'v Value {
         Ok(i) => &v[i],
         Err(_) => &v[k],
     })
+}
+
+/// The rules of the Role in a YAML text (several documents): (API group, resource,
+/// verb, the names it is limited to).
+pub fn role_rules(text: &str) -> BTreeSet<(String, String, String, Vec<String>)> {
+    use rampart_core::yaml::{Node, NodeKind};
+    let list = |n: Option<&Node>| -> Vec<String> {
+        match n.map(|n| &n.kind) {
+            Some(NodeKind::Seq(items)) => items
+                .iter()
+                .map(|i| match &i.kind {
+                    NodeKind::Scalar { text, .. } => text.clone(),
+                    _ => String::new(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let get = |n: &Node, key: &str| -> Option<Node> {
+        match &n.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.text == key)
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    };
+    let mut out = BTreeSet::new();
+    for doc in text.split("\n---\n") {
+        let doc = rampart_core::yaml::parse(doc).expect("a Role in YAML");
+        let kind = get(&doc, "kind");
+        if !matches!(kind.map(|k| k.kind), Some(NodeKind::Scalar { text, .. }) if text == "Role") {
+            continue;
+        }
+        let Some(Node {
+            kind: NodeKind::Seq(rules),
+            ..
+        }) = get(&doc, "rules")
+        else {
+            panic!("a Role without rules");
+        };
+        for rule in &rules {
+            let names = list(get(rule, "resourceNames").as_ref());
+            for group in list(get(rule, "apiGroups").as_ref()) {
+                for resource in list(get(rule, "resources").as_ref()) {
+                    for verb in list(get(rule, "verbs").as_ref()) {
+                        out.insert((group.clone(), resource.clone(), verb, names.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 pub mod cluster;

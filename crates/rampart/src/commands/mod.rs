@@ -14,6 +14,7 @@ pub mod events;
 pub mod flags;
 pub mod freeze;
 pub mod gameday;
+pub mod import;
 pub mod list;
 pub mod load;
 pub mod mcp;

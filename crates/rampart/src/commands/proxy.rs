@@ -61,12 +61,27 @@ fn duration(text: &str) -> Result<std::time::Duration, String> {
     rampart_core::units::parse_duration(text)
 }
 
+/// Raises the open-file limit for the proxy's connections and says when
+/// `max_connections` can still reach it first (past it, new connections wait in the
+/// kernel's backlog until a connection closes).
+pub fn open_files_for(limits: &rampart_core::policy::ProxyLimits) {
+    let need = rampart_adapters::proxy::files_needed(limits.max_connections);
+    match rampart_adapters::proxy::raise_open_files_limit() {
+        Ok(have) if have < need => eprintln!(
+            "warning: max_connections {} needs about {need} open files and this process may open {have}; raise its limit (LimitNOFILE= under systemd) or lower max_connections",
+            limits.max_connections
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: the open-file limit could not be raised: {e}"),
+    }
+}
+
 /// Runs `rampart proxy`.
 pub async fn main(args: ProxyArgs) -> i32 {
     match (&args.state_dir, &args.file) {
         (Some(dir), _) if args.detach => crate::dataplane::agent::detach(dir, &args).await,
         (Some(dir), _) => crate::dataplane::agent::run(dir, &args).await,
-        (None, Some(file)) => run(file, args.admin, &args.token_env).await,
+        (None, Some(file)) => run(file, args.admin, &args.token_env, args.drain).await,
         (None, None) => {
             eprintln!("error: name the policy (-f) or, with --state-dir, the service");
             2
@@ -74,8 +89,9 @@ pub async fn main(args: ProxyArgs) -> i32 {
     }
 }
 
-/// Runs until interrupted; returns the exit code.
-async fn run(file: &Path, admin: SocketAddr, token_env: &str) -> i32 {
+/// Runs until interrupted, then drains (answers what is in flight, closes idle
+/// connections, at most `drain`); returns the exit code.
+async fn run(file: &Path, admin: SocketAddr, token_env: &str, drain: std::time::Duration) -> i32 {
     let policy = match crate::run::policy_file(file) {
         Ok(p) => p,
         Err(code) => return code,
@@ -96,7 +112,47 @@ async fn run(file: &Path, admin: SocketAddr, token_env: &str) -> i32 {
             return 2;
         }
     };
-    let (proxy, server) = match Proxy::bind(spec.listen, spec.sticky.clone()).await {
+    let base = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tls = match crate::run::proxy_tls(file, base, spec) {
+        Ok(Some(files)) => match rampart_adapters::proxy::tls::TlsTerminator::new(files) {
+            Ok(t) => Some(t),
+            Err((_, e)) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bound = match tls {
+        Some(t) => {
+            Proxy::bind_tls(
+                spec.listen,
+                spec.sticky.clone(),
+                spec.limits,
+                spec.forwarded.clone(),
+                t,
+            )
+            .await
+        }
+        None => {
+            Proxy::bind_with(
+                spec.listen,
+                spec.sticky.clone(),
+                spec.limits,
+                spec.forwarded.clone(),
+            )
+            .await
+        }
+    };
+    let (proxy, server) = match bound {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: the proxy cannot listen on {}: {e}", spec.listen);
@@ -104,7 +160,7 @@ async fn run(file: &Path, admin: SocketAddr, token_env: &str) -> i32 {
         }
     };
     let telemetry = Arc::new(Telemetry::new(&policy.service, Arc::new(proxy.clone())));
-    let admin_server = match AdminServer::bind(admin, proxy, token, telemetry).await {
+    let admin_server = match AdminServer::bind(admin, proxy.clone(), token, telemetry).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: the admin endpoint cannot listen on {admin}: {e}");
@@ -112,7 +168,7 @@ async fn run(file: &Path, admin: SocketAddr, token_env: &str) -> i32 {
         }
     };
     println!(
-        "rampart proxy for {}: traffic on http://{}, admin on http://{} (PUT /backends/stable, PUT /backends/canary, PUT /weight, GET /state, GET /metrics)",
+        "rampart proxy for {}: traffic on {scheme}://{}, admin on http://{} (PUT /backends/stable, PUT /backends/canary, PUT /weight, GET /state, GET /metrics)",
         policy.service,
         server.local_addr(),
         admin_server.local_addr()
@@ -128,5 +184,7 @@ async fn run(file: &Path, admin: SocketAddr, token_env: &str) -> i32 {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    admin_server.close().await;
+    server.stop_accepting(&proxy, drain, false).await;
     0
 }

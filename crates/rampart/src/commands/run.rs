@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// The API token, for --server (prefer the environment variable).
     #[arg(long, env = "RAMPART_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With --server: where the policy's relative paths resolve on the server, which
+    /// may not have the policy file's directory (a server in a cluster); relative to
+    /// the server's working directory.
+    #[arg(long, value_name = "DIR")]
+    pub server_workdir: Option<String>,
 }
 
 /// Runs `rampart run`.
@@ -76,12 +81,19 @@ pub async fn main(args: RunArgs, clock: Arc<dyn Clock>) -> i32 {
         metrics_listen,
         server,
         token,
+        server_workdir,
     } = args;
     // A version is put into commands and metric queries: refused before anything runs.
     for (flag, v) in [("--version", Some(&version)), ("--stable", stable.as_ref())] {
         if let Some(why) = v.and_then(|v| rampart_core::units::version_problem(v)) {
             return fail(output, &RunError::Invalid(format!("{flag}: {why}")));
         }
+    }
+    if server_workdir.is_some() && server.is_none() {
+        return fail(
+            output,
+            &RunError::Invalid("--server-workdir needs --server".into()),
+        );
     }
     if server.is_some() {
         let target = Target {
@@ -95,6 +107,7 @@ pub async fn main(args: RunArgs, clock: Arc<dyn Clock>) -> i32 {
             &version,
             stable.as_deref(),
             hotfix.as_deref(),
+            server_workdir,
             &target,
             &clock,
         )
@@ -136,6 +149,7 @@ async fn run_remote(
     version: &str,
     stable: Option<&str>,
     hotfix: Option<&str>,
+    server_workdir: Option<String>,
     target: &Target,
     clock: &Arc<dyn Clock>,
 ) -> i32 {
@@ -151,7 +165,7 @@ async fn run_remote(
         version,
         stable,
         hotfix,
-        workdir: workdir_of(policy_path),
+        workdir: server_workdir.or_else(|| workdir_of(policy_path)),
     };
     let result = async {
         let backend = Backend::open(target, None, clock).await?;

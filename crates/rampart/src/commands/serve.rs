@@ -32,6 +32,30 @@ pub struct ServeArgs {
     /// (PostgreSQL store only).
     #[arg(long, env = "RAMPART_LEASE_TTL", default_value = "15s", value_parser = lease_ttl)]
     pub lease_ttl: std::time::Duration,
+    /// Release what Git applies to Deployments that opt in (`rampart.dev/policy`);
+    /// needs a build with the `kubernetes` feature.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// A namespace `--kubernetes` watches (repeat for more); defaults to the
+    /// kubeconfig's namespace, or the service account's.
+    #[arg(
+        long = "kubernetes-namespace",
+        value_name = "NS",
+        requires = "kubernetes"
+    )]
+    pub kubernetes_namespaces: Vec<String>,
+    /// How often `--kubernetes` reads the opted-in Deployments.
+    #[arg(long, default_value = "10s", value_parser = interval, requires = "kubernetes")]
+    pub kubernetes_interval: Duration,
+}
+
+/// A polling interval: from 1 s to 10 min.
+fn interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+        return Err(format!("{text}: give an interval from 1s to 10m"));
+    }
+    Ok(d)
 }
 
 /// A lease time: from 3 s (shorter ones make replicas take the lease from each other
@@ -57,7 +81,16 @@ pub async fn main(args: ServeArgs, clock: Arc<dyn Clock>) -> i32 {
         store,
         replica,
         lease_ttl,
+        kubernetes,
+        kubernetes_namespaces,
+        kubernetes_interval,
     } = args;
+    if kubernetes && !cfg!(feature = "kubernetes") {
+        eprintln!(
+            "error: `rampart serve --kubernetes` needs Kubernetes support, which this rampart was built without; build it with `cargo build --release -p rampart --features kubernetes`"
+        );
+        return 2;
+    }
     crate::serve::run(crate::serve::ServeOptions {
         listen,
         state_dir,
@@ -66,6 +99,10 @@ pub async fn main(args: ServeArgs, clock: Arc<dyn Clock>) -> i32 {
         lease_ttl,
         announce: None,
         clock,
+        kubernetes: kubernetes.then_some(crate::serve::KubernetesWatch {
+            namespaces: kubernetes_namespaces,
+            interval: kubernetes_interval,
+        }),
     })
     .await
 }

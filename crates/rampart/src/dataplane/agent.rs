@@ -33,7 +33,7 @@ pub async fn run(state_dir: &Path, args: &ProxyArgs) -> i32 {
 }
 
 /// Where the data plane's state comes from: the saved state, updated from the policy
-/// when one is given (its address and stickiness win; the routes are kept).
+/// when one is given (its address, stickiness, limits and forwarding trust win; the routes are kept).
 fn desired(state_dir: &Path, args: &ProxyArgs) -> Result<(PlaneFiles, PlaneState), String> {
     let (service, from_policy) = match (&args.service, &args.file) {
         (Some(service), _) => (service.clone(), None),
@@ -46,9 +46,23 @@ fn desired(state_dir: &Path, args: &ProxyArgs) -> Result<(PlaneFiles, PlaneState
                     file.display()
                 ));
             };
+            let base = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let tls = crate::run::proxy_tls(file, base, spec)
+                .map_err(|e| e.to_string())?
+                .as_ref()
+                .map(plane::TlsState::from);
             (
                 policy.service.clone(),
-                Some((spec.listen, plane::StickyBy::from(&spec.sticky))),
+                Some((
+                    spec.listen,
+                    plane::StickyBy::from(&spec.sticky),
+                    plane::LimitsState::from(&spec.limits),
+                    tls,
+                    plane::TrustState::from(&spec.forwarded),
+                )),
             )
         }
         (None, None) => return Err("name the service (--service) or its policy (-f)".into()),
@@ -56,18 +70,24 @@ fn desired(state_dir: &Path, args: &ProxyArgs) -> Result<(PlaneFiles, PlaneState
     let files = PlaneFiles::new(state_dir, &service);
     let saved = PlaneState::load(&files.state()).map_err(|e| e.to_string())?;
     let state = match (saved, from_policy) {
-        (Some(mut saved), Some((listen, sticky))) => {
+        (Some(mut saved), Some((listen, sticky, limits, tls, forwarded))) => {
             saved.listen = listen;
             saved.sticky = sticky;
+            saved.limits = limits;
+            saved.tls = tls;
+            saved.forwarded = forwarded;
             saved
         }
         (Some(saved), None) => saved,
-        (None, Some((listen, sticky))) => PlaneState {
+        (None, Some((listen, sticky, limits, tls, forwarded))) => PlaneState {
             format: plane::FORMAT,
             service: service.clone(),
             listen,
             sticky,
             routes: Default::default(),
+            limits,
+            tls,
+            forwarded,
         },
         (None, None) => {
             return Err(format!(
@@ -111,12 +131,31 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
         (bound, Some(lock), None)
     };
     let listener = tokio::net::TcpListener::from_std(listener).map_err(Failure::other)?;
-    let (proxy, server) = Proxy::serve(
-        listener,
-        state.sticky.clone().into(),
-        &state.routes,
-        args.hold,
-    )
+    crate::commands::proxy::open_files_for(&state.limits.into());
+    let (proxy, server) = match &state.tls {
+        Some(tls) => {
+            let files = rampart_adapters::proxy::tls::TlsFiles::from(tls);
+            let terminator = rampart_adapters::proxy::tls::TlsTerminator::new(files)
+                .map_err(|(_, e)| Failure::other(e))?;
+            Proxy::serve_tls(
+                listener,
+                state.sticky.clone().into(),
+                &state.routes,
+                args.hold,
+                state.limits.into(),
+                state.forwarded.clone().into(),
+                terminator,
+            )
+        }
+        None => Proxy::serve(
+            listener,
+            state.sticky.clone().into(),
+            &state.routes,
+            args.hold,
+            state.limits.into(),
+            state.forwarded.clone().into(),
+        ),
+    }
     .map_err(Failure::other)?;
     state.listen = server.local_addr();
     state.save(&files.state()).map_err(Failure::other)?;

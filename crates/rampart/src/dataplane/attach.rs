@@ -30,16 +30,21 @@ pub async fn attach(
     spec: &ProxySpec,
     state_dir: &Path,
 ) -> Result<Arc<RemotePlane>, RunError> {
-    attach_telling(service, spec, state_dir)
+    attach_telling(service, spec, state_dir, None)
         .await
         .map(|(p, _)| p)
 }
 
 /// [`attach`], also saying which: "started" or "attached to", with the pid.
+///
+/// `tls`: the certificates a data plane started here serves (`Some(None)` for plain
+/// HTTP); `None` keeps the ones in its state file (a restore, which has no policy
+/// directory to resolve them against).
 pub async fn attach_telling(
     service: &str,
     spec: &ProxySpec,
     state_dir: &Path,
+    tls: Option<Option<plane::TlsState>>,
 ) -> Result<(Arc<RemotePlane>, String), RunError> {
     let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let files = PlaneFiles::new(&state_dir, service);
@@ -55,14 +60,34 @@ pub async fn attach_telling(
                 saved.listen, saved.sticky, spec.listen, sticky
             )));
         }
+        // Plain HTTP and HTTPS are different services to a client: never switched
+        // under a running data plane by a release that only attaches to it.
+        if let (Some(saved), Some(want)) = (&saved, &tls)
+            && saved.tls.is_some() != want.is_some()
+        {
+            let (runs, says) = if saved.tls.is_some() {
+                ("HTTPS", "plain HTTP")
+            } else {
+                ("plain HTTP", "HTTPS (`tls`)")
+            };
+            return Err(RunError::Invalid(format!(
+                "the data plane of {service} serves {runs} on {}; the policy says {says}. Hand it over to a data plane that reads the policy (`rampart proxy --state-dir DIR -f POLICY --take-over`), then release again",
+                saved.listen
+            )));
+        }
     } else {
-        // The desired address and stickiness, with the routes it last had.
+        // The desired address, stickiness, limits and certificates, with the routes
+        // it last had.
+        let (routes, saved_tls) = saved.map(|s| (s.routes, s.tls)).unwrap_or_default();
         let state = PlaneState {
             format: plane::FORMAT,
             service: service.to_string(),
             listen: spec.listen,
             sticky,
-            routes: saved.map(|s| s.routes).unwrap_or_default(),
+            routes,
+            limits: plane::LimitsState::from(&spec.limits),
+            tls: tls.unwrap_or(saved_tls),
+            forwarded: plane::TrustState::from(&spec.forwarded),
         };
         files.create_dir().map_err(|e| internal(e.to_string()))?;
         files.ensure_token().map_err(|e| internal(e.to_string()))?;

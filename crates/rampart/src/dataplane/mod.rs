@@ -100,6 +100,25 @@ impl DataPlane {
     }
 }
 
+/// A client to a Kubernetes cluster, given to a release instead of the one its policy's
+/// kubeconfig context makes (`rampart serve --kubernetes` passes the one it watches
+/// with). A build without the `kubernetes` feature has none.
+#[cfg(feature = "kubernetes")]
+#[derive(Clone)]
+pub struct Cluster(pub rampart_kubernetes::kube::Client);
+
+#[cfg(feature = "kubernetes")]
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cluster")
+    }
+}
+
+/// A client to a Kubernetes cluster: none in a build without the `kubernetes` feature.
+#[cfg(not(feature = "kubernetes"))]
+#[derive(Clone, Debug)]
+pub enum Cluster {}
+
 /// Starts the policy's data plane. With `attach_in` (a state directory), the embedded
 /// proxy is the service's long-lived data plane process there, started if absent;
 /// without, it runs in this process and ends with it.
@@ -108,6 +127,8 @@ pub async fn start(
     store: &Arc<StateStore>,
     clock: &Arc<dyn Clock>,
     attach_in: Option<&std::path::Path>,
+    cluster: Option<Cluster>,
+    tls: Option<rampart_adapters::proxy::tls::TlsFiles>,
 ) -> Result<DataPlane, RunError> {
     let flag_server = flag_endpoint(policy, store).await?;
     match &policy.traffic {
@@ -117,8 +138,13 @@ pub async fn start(
                 rampart_adapters::proxy::plane::PlaneFiles::new(state_dir, &policy.service)
                     .stopped(),
             );
-            let (remote, reached) =
-                attach::attach_telling(&policy.service, spec, state_dir).await?;
+            let (remote, reached) = attach::attach_telling(
+                &policy.service,
+                spec,
+                state_dir,
+                Some(tls.as_ref().map(Into::into)),
+            )
+            .await?;
             remote.keep_fresh(std::time::Duration::from_millis(250));
             remote
                 .set_salt(policy.strategy.ramped_flag().unwrap_or(""))
@@ -172,9 +198,31 @@ pub async fn start(
             })
         }
         Traffic::Proxy(spec) => {
-            let (proxy, server) = Proxy::bind(spec.listen, spec.sticky.clone())
-                .await
-                .with_context(|| format!("the proxy cannot listen on {}", spec.listen))?;
+            let bound = match tls {
+                Some(files) => {
+                    let terminator = rampart_adapters::proxy::tls::TlsTerminator::new(files)
+                        .map_err(|(_, e)| RunError::Invalid(e.to_string()))?;
+                    Proxy::bind_tls(
+                        spec.listen,
+                        spec.sticky.clone(),
+                        spec.limits,
+                        spec.forwarded.clone(),
+                        terminator,
+                    )
+                    .await
+                }
+                None => {
+                    Proxy::bind_with(
+                        spec.listen,
+                        spec.sticky.clone(),
+                        spec.limits,
+                        spec.forwarded.clone(),
+                    )
+                    .await
+                }
+            };
+            let (proxy, server) =
+                bound.with_context(|| format!("the proxy cannot listen on {}", spec.listen))?;
             let uncounted = uncounted_token(policy)?;
             if let Some(token) = &uncounted {
                 proxy.set_uncounted(token);
@@ -264,7 +312,7 @@ pub async fn start(
                 uncounted: None,
             })
         }
-        Traffic::Kubernetes(_) => kubernetes(policy, flag_server).await,
+        Traffic::Kubernetes(_) => kubernetes(policy, flag_server, cluster).await,
     }
 }
 
@@ -299,16 +347,22 @@ impl Totals for Uncounted {
 async fn kubernetes(
     policy: &Policy,
     flag_server: Option<FlagServer>,
+    cluster: Option<Cluster>,
 ) -> Result<DataPlane, RunError> {
     let Some((deploy, traffic)) = policy.kubernetes() else {
         return Err(RunError::Invalid(
             "`traffic.kubernetes` needs `deploy.kubernetes`".into(),
         ));
     };
-    let cluster = rampart_kubernetes::Kubernetes::connect(deploy.clone(), traffic.clone())
-        .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?
-        .with_drain(policy.rollback.drain);
+    let cluster = match cluster {
+        Some(Cluster(client)) => {
+            rampart_kubernetes::Kubernetes::new(client, deploy.clone(), traffic.clone())
+        }
+        None => rampart_kubernetes::Kubernetes::connect(deploy.clone(), traffic.clone())
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?,
+    }
+    .with_drain(policy.rollback.drain);
     let running_version = cluster
         .stable_version()
         .await
@@ -333,7 +387,11 @@ async fn kubernetes(
 
 /// This build has no Kubernetes adapter: say how to get one (exit 2).
 #[cfg(not(feature = "kubernetes"))]
-async fn kubernetes(_: &Policy, flag_server: Option<FlagServer>) -> Result<DataPlane, RunError> {
+async fn kubernetes(
+    _: &Policy,
+    flag_server: Option<FlagServer>,
+    _: Option<Cluster>,
+) -> Result<DataPlane, RunError> {
     if let Some(flags) = flag_server {
         flags.close().await;
     }

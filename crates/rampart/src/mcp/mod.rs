@@ -117,6 +117,7 @@ impl Local {
 async fn local_server(state_dir: &Path, clock: &Arc<dyn Clock>) -> Result<Local, String> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = crate::serve::ServeOptions {
+        kubernetes: None,
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         state_dir: state_dir.to_path_buf(),
         store: None,

@@ -28,6 +28,14 @@ impl ApiError {
             details: None,
         }
     }
+    /// Its stable code (`frozen`, `forbidden`, ...).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+    /// Its message for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
     /// The same error with machine-readable details (`error.details`).
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);

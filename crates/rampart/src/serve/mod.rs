@@ -8,6 +8,8 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+#[cfg(feature = "kubernetes")]
+pub mod gitops;
 pub mod queue;
 pub mod restore;
 pub mod ui;
@@ -299,6 +301,18 @@ pub struct ServeOptions {
     pub announce: Option<tokio::sync::mpsc::UnboundedSender<SocketAddr>>,
     /// The clock the server, its lease and its releases run on.
     pub clock: Arc<dyn Clock>,
+    /// `--kubernetes`: watch opted-in Deployments and release what Git applies to them
+    /// (only in a build with the `kubernetes` feature; the command refuses it otherwise).
+    pub kubernetes: Option<KubernetesWatch>,
+}
+
+/// The options of `rampart serve --kubernetes`.
+#[derive(Debug, Clone)]
+pub struct KubernetesWatch {
+    /// Namespaces to watch (the kubeconfig's or service account's when empty).
+    pub namespaces: Vec<String>,
+    /// How often the opted-in Deployments are read.
+    pub interval: Duration,
 }
 
 /// One `rampart serve` per SQLite store: two would both run the release queue. The lock
@@ -347,8 +361,12 @@ async fn lead(
     lease: Option<Lease>,
     token: Arc<std::sync::Mutex<Option<Held>>>,
     say: &(dyn Fn(String) + Sync),
+    watch: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 ) -> Deposed {
     let Some(lease) = lease else {
+        if let Some(w) = watch {
+            tokio::spawn(w);
+        }
         queue.run().await;
         return std::future::pending().await;
     };
@@ -362,7 +380,75 @@ async fn lead(
         held.token
     ));
     tokio::spawn(queue.run());
+    // Only the leader starts releases, so only it watches the cluster.
+    if let Some(w) = watch {
+        tokio::spawn(w);
+    }
     lease.hold(held).await
+}
+
+#[cfg(feature = "kubernetes")]
+type Watched = rampart_kubernetes::gitops::Watched;
+#[cfg(not(feature = "kubernetes"))]
+type Watched = std::convert::Infallible;
+
+/// The cluster `--kubernetes` watches, connected (kubeconfig, then the service account).
+#[cfg(feature = "kubernetes")]
+async fn watched(opts: &ServeOptions) -> Result<Option<Watched>, String> {
+    match &opts.kubernetes {
+        None => Ok(None),
+        Some(k) => Watched::connect(k.namespaces.clone())
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn watched(opts: &ServeOptions) -> Result<Option<Watched>, String> {
+    match &opts.kubernetes {
+        None => Ok(None),
+        Some(_) => Err(crate::dataplane::NO_KUBERNETES.into()),
+    }
+}
+
+#[cfg(feature = "kubernetes")]
+fn cluster_of(w: Option<&Watched>) -> Option<crate::dataplane::Cluster> {
+    w.map(|w| crate::dataplane::Cluster(w.client()))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn cluster_of(w: Option<&Watched>) -> Option<crate::dataplane::Cluster> {
+    w.map(|never| match *never {})
+}
+
+type Loop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+#[cfg(feature = "kubernetes")]
+fn watch_loop(
+    watched: Option<Watched>,
+    app: &App,
+    opts: &ServeOptions,
+    say: &(dyn Fn(String) + Sync),
+) -> Option<Loop> {
+    let (watched, k) = (watched?, opts.kubernetes.as_ref()?);
+    say(format!(
+        "rampart serve: releasing what Git applies to opted-in Deployments in {} (every {})",
+        watched.namespaces().join(", "),
+        rampart_core::units::format_duration(k.interval)
+    ));
+    let watch = gitops::Watch::new(app.clone(), watched);
+    Some(Box::pin(watch.run(k.interval)))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn watch_loop(
+    watched: Option<Watched>,
+    _: &App,
+    _: &ServeOptions,
+    _: &(dyn Fn(String) + Sync),
+) -> Option<Loop> {
+    watched.map(|never| match never {})
 }
 
 /// Runs the server until SIGINT or SIGTERM. Releases in flight stay in the store and
@@ -403,7 +489,19 @@ pub async fn run(opts: ServeOptions) -> i32 {
         );
     }
     let (feed, _) = tokio::sync::broadcast::channel(1024);
-    let queue = queue::Queue::new(store.clone(), opts.state_dir.clone(), opts.clock.clone());
+    let watched = match watched(&opts).await {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: rampart serve --kubernetes: {e}");
+            return 2;
+        }
+    };
+    let queue = queue::Queue::with_cluster(
+        store.clone(),
+        opts.state_dir.clone(),
+        opts.clock.clone(),
+        cluster_of(watched.as_ref()),
+    );
     let app = App {
         submitted: queue.waker(),
         store: store.clone(),
@@ -417,7 +515,8 @@ pub async fn run(opts: ServeOptions) -> i32 {
         Lease::new(store.clone(), clock, LEASE, &replica, opts.lease_ttl)
     });
     let held = Arc::new(std::sync::Mutex::new(None));
-    let leading = lead(queue.clone(), lease.clone(), held.clone(), &say);
+    let watch = watch_loop(watched, &app, &opts, &say);
+    let leading = lead(queue.clone(), lease.clone(), held.clone(), &say, watch);
     tokio::spawn(follow(app.clone()));
     say(format!("rampart serve: listening on http://{addr}"));
     if let Some(tx) = &opts.announce {

@@ -36,13 +36,26 @@ pub struct Queue {
     wake: Arc<tokio::sync::Notify>,
     /// The clock releases run on.
     clock: Arc<dyn Clock>,
+    /// The cluster client releases on Kubernetes use instead of their kubeconfig's.
+    cluster: Option<crate::dataplane::Cluster>,
 }
 
 impl Queue {
     /// A queue over the store's submissions.
     pub fn new(store: Arc<StateStore>, state_dir: PathBuf, clock: Arc<dyn Clock>) -> Arc<Queue> {
+        Queue::with_cluster(store, state_dir, clock, None)
+    }
+
+    /// A queue whose releases on Kubernetes use `cluster` (`serve --kubernetes`).
+    pub fn with_cluster(
+        store: Arc<StateStore>,
+        state_dir: PathBuf,
+        clock: Arc<dyn Clock>,
+        cluster: Option<crate::dataplane::Cluster>,
+    ) -> Arc<Queue> {
         let inbox = rampart_controller::Inbox::start(store.clone(), clock.clone());
         Arc::new(Queue {
+            cluster,
             clock,
             inbox,
             store,
@@ -227,6 +240,7 @@ impl Queue {
                 log: self.state_dir.join("logs").join(format!("{}.log", s.id)),
                 serving: self.serving.clone(),
                 inbox: self.inbox.clone(),
+                cluster: self.cluster.clone(),
             }),
             clock: self.clock.clone(),
         }

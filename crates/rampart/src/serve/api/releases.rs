@@ -29,7 +29,7 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-pub(super) async fn view_of(app: &App, id: &str) -> ApiResult<ReleaseView> {
+pub(crate) async fn view_of(app: &App, id: &str) -> ApiResult<ReleaseView> {
     let submission = app.store.submission(id).await.map_err(store_err)?;
     match Loaded::read(&app.store, id).await {
         Some(Ok(loaded)) => Ok(loaded.view(submission.as_ref().and_then(|s| s.report.as_deref()))),
@@ -75,15 +75,15 @@ pub async fn list_releases(
 #[serde(deny_unknown_fields)]
 pub struct CreateRelease {
     /// The policy, as YAML text.
-    policy: String,
+    pub policy: String,
     /// The version to release.
-    version: String,
+    pub version: String,
     /// The version serving now (defaults to what the store remembers).
-    stable: Option<String>,
+    pub stable: Option<String>,
     /// Why this release may run during a freeze (it then needs an approval).
-    hotfix: Option<String>,
+    pub hotfix: Option<String>,
     /// Where the policy's relative paths resolve, on the server.
-    workdir: Option<String>,
+    pub workdir: Option<String>,
 }
 
 fn invalid_policy(e: &rampart_core::policy::PolicyError) -> ApiError {
@@ -180,8 +180,19 @@ pub async fn create_release(
     caller: Caller,
     body: Result<Json<CreateRelease>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<ReleaseView>)> {
+    // The right first: a caller without it learns nothing about the body.
     caller.require(Right::Create)?;
     let Json(body) = body?;
+    let submission = submit(&app, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(queued_view(&submission))))
+}
+
+/// Queues a release for `caller`: the one path every release the server starts takes
+/// (the API's, and the Kubernetes watch loop's for a template Git applied), so the
+/// same rules hold for all: the caller's right, the policy, the versions, an agent's
+/// limits, the freeze.
+pub async fn submit(app: &App, caller: &Caller, body: CreateRelease) -> ApiResult<Submission> {
+    caller.require(Right::Create)?;
     let policy = rampart_core::Policy::from_yaml(&body.policy).map_err(|e| invalid_policy(&e))?;
     check_version("version", &body.version)?;
     if let Some(stable) = &body.stable {
@@ -203,7 +214,7 @@ pub async fn create_release(
         )));
     }
     if caller.role == Role::Agent {
-        agent_may_release(&app, &policy, &body, &workdir).await?;
+        agent_may_release(app, &policy, &body, &workdir).await?;
     }
     let freeze = app.store.freeze(&policy.service).await.map_err(store_err)?;
     // The release itself applies the freeze again when it starts (a freeze set while it
@@ -243,7 +254,7 @@ pub async fn create_release(
         submission.id = crate::run::release_id(&policy.service, now);
     }
     app.submitted.notify_one();
-    Ok((StatusCode::CREATED, Json(queued_view(&submission))))
+    Ok(submission)
 }
 
 /// `GET /api/v1/releases/{id}`.

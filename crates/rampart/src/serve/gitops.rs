@@ -1,0 +1,454 @@
+//! `rampart serve --kubernetes`: releases of the pod templates Git applies to
+//! Deployments that opt in (`rampart.dev/policy`).
+//!
+//! Owns the watch loop: each [`Watch::tick`] lists the opted-in Deployments, keeps
+//! them paused, starts a release of a new revision through the same path as the
+//! API's `POST /api/v1/releases` (so approvals, freezes, windows and the migration
+//! guard hold unchanged), supersedes a release whose revision Git replaced, ends the
+//! release of a deleted Deployment, and writes each one's phase back to it. It must
+//! not step a release: the server's queue runs them.
+//!
+//! Polling (`list` and `get` every `--kubernetes-interval`) rather than a kube-rs
+//! watch: a tick is a plain function the tests drive step by step, a missed event
+//! cannot exist, and the client stays the adapter's (no kube-runtime).
+
+use std::time::Duration;
+
+use rampart_adapters::store::Submission;
+use rampart_kubernetes::gitops::{self, Phase, Watched, Workload};
+
+use super::App;
+use super::api::actions::{Act, act};
+use super::api::releases::{CreateRelease, submit, view_of};
+use super::auth::{Caller, Role};
+
+/// The initiator of a release the watch loop starts: `gitops:NAMESPACE/NAME`.
+pub const INITIATOR_PREFIX: &str = "gitops:";
+
+/// How long a revision whose release was blocked (a freeze that began after it was
+/// queued, a failed gate) waits before it is tried again.
+const BLOCKED_RETRY: Duration = Duration::from_secs(60);
+
+/// The options of `--kubernetes`.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// Namespaces to watch (the client's default one when empty).
+    pub namespaces: Vec<String>,
+    /// How often the Deployments are read.
+    pub interval: Duration,
+}
+
+/// What one tick did to one Deployment, for logs and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Did {
+    /// Paused it (first sight, or someone unpaused it), keeping its running pods.
+    Adopted,
+    /// Nothing new: its revision is released, refused, or its release runs.
+    Nothing,
+    /// Queued a release of its revision.
+    Started(String),
+    /// Ended the release of a Deployment that was deleted.
+    Ended(String),
+    /// Waits for a rollout under way before it is adopted.
+    Rollout,
+    /// No longer opts in: unpaused, rampart's annotations removed.
+    LetGo,
+    /// Asked a release of an older revision to roll back.
+    Superseded(String),
+    /// A freeze holds its revision: it is submitted once the freeze is lifted.
+    Held(String),
+    /// Its opt-in is unusable, or the submission path refused its policy.
+    Invalid(String),
+}
+
+/// The watch loop.
+#[derive(Debug)]
+pub struct Watch {
+    app: App,
+    watched: Watched,
+}
+
+impl Watch {
+    /// A loop over `watched` that submits through `app`.
+    pub fn new(app: App, watched: Watched) -> Watch {
+        Watch { app, watched }
+    }
+
+    /// Runs [`tick`](Self::tick) every `interval`, forever.
+    pub async fn run(self, interval: Duration) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!("rampart serve --kubernetes: {e}");
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// Looks once at every opted-in Deployment and acts on what changed.
+    ///
+    /// Guarantees: idempotent; a revision is submitted at most once while a release of
+    /// it is queued, running or finished (found in the store by its version, which
+    /// names the revision), so a restarted server never releases a change twice.
+    pub async fn tick(&self) -> Result<Vec<(String, Did)>, String> {
+        let workloads = self.watched.workloads().await.map_err(|e| e.to_string())?;
+        let open = self
+            .app
+            .store
+            .open_submissions()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut did = Vec::new();
+        // A Deployment that is gone (pruned from Git, deleted by hand) or no longer opts
+        // in ends its release. One in a namespace this server does not watch (any
+        // more) is left alone: nothing here knows about it.
+        for s in open.iter().filter(|s| is_gitops(s)) {
+            let key = &s.initiator[INITIATOR_PREFIX.len()..];
+            let watched = key
+                .split_once('/')
+                .is_some_and(|(ns, _)| self.watched.namespaces().iter().any(|n| n == ns));
+            if watched && !workloads.iter().any(|w| w.key() == key) {
+                let reason = format!(
+                    "Deployment {key} was deleted (or no longer opts in): its release of {} ends, and its canary goes",
+                    s.version
+                );
+                self.abort(s, &reason).await;
+                did.push((key.to_string(), Did::Ended(s.id.clone())));
+            }
+        }
+        match self.watched.let_go().await {
+            Ok(gone) => did.extend(gone.into_iter().map(|key| (key, Did::LetGo))),
+            Err(e) => tracing::warn!("{e}"),
+        }
+        for w in &workloads {
+            match self.one(w, &open).await {
+                Ok(done) => did.extend(done.into_iter().map(|d| (w.key(), d))),
+                Err(e) => tracing::warn!("{}: {e}", w.key()),
+            }
+        }
+        Ok(did)
+    }
+
+    async fn one(&self, w: &Workload, open: &[Submission]) -> Result<Vec<Did>, String> {
+        let mut did = Vec::new();
+        let next = self.one_revision(w, open, &mut did).await?;
+        did.push(next);
+        Ok(did)
+    }
+
+    /// What to do about `w`'s revision; releases it supersedes go to `did` first.
+    async fn one_revision(
+        &self,
+        w: &Workload,
+        open: &[Submission],
+        did: &mut Vec<Did>,
+    ) -> Result<Did, String> {
+        let e = |e: rampart_kubernetes::Error| e.to_string();
+        let p = match &w.policy {
+            Ok(p) => p,
+            Err(why) => {
+                self.watched
+                    .report(w, Phase::Failed, "", why, &[])
+                    .await
+                    .map_err(e)?;
+                return Ok(Did::Invalid(why.clone()));
+            }
+        };
+        let mine: Vec<&Submission> = open.iter().filter(|s| s.service == p.service).collect();
+        if w.annotation(gitops::RELEASED_REVISION).is_none() && !w.rolled_out {
+            // Opted in mid-rollout: pausing now would freeze a mix of old and new
+            // pods, and neither would be a released revision.
+            self.watched
+                .report(
+                    w,
+                    Phase::Waiting,
+                    "",
+                    "a rollout is under way: the Deployment is adopted once it completes",
+                    &[],
+                )
+                .await
+                .map_err(e)?;
+            return Ok(Did::Rollout);
+        }
+        if w.annotation(gitops::RELEASED_REVISION).is_none() || (!w.paused && mine.is_empty()) {
+            // First sight, or someone unpaused it between releases (`kubectl rollout
+            // resume`): paused again on the pods it runs.
+            self.watched.adopt(w).await.map_err(e)?;
+            return Ok(Did::Adopted);
+        }
+        let released = w.annotation(gitops::RELEASED_REVISION) == Some(w.revision.as_str());
+        // A release of another revision (Git moved on, or back) is superseded.
+        for s in mine
+            .iter()
+            // Only this Deployment's own: another Deployment whose policy names the
+            // same service is not Git moving on.
+            .filter(|s| s.version != p.version && s.initiator == initiator(w))
+        {
+            let reason = format!(
+                "superseded: Git applied revision {} (version {}) to Deployment {} while this release of {} ran; it rolls back, and {}",
+                w.revision,
+                p.version,
+                w.key(),
+                s.version,
+                if released {
+                    "the Deployment stays on the released revision".to_string()
+                } else {
+                    format!("version {} is released next", p.version)
+                }
+            );
+            let record = serde_json::json!({
+                "deployment": w.key(),
+                "superseded": {"release": s.id, "version": s.version},
+                "by": {"revision": w.revision, "version": p.version},
+            });
+            self.note(&initiator(w), "gitops_superseded", Some(&s.id), &record)
+                .await;
+            self.abort(s, &reason).await;
+            did.push(Did::Superseded(s.id.clone()));
+        }
+        if released {
+            let version = w.annotation(gitops::RELEASED_VERSION).unwrap_or("");
+            let release = w.annotation(gitops::RELEASE).unwrap_or("").to_string();
+            self.watched
+                .report(
+                    w,
+                    Phase::Released,
+                    &release,
+                    &format!("runs revision {} (version {version})", w.revision),
+                    &[],
+                )
+                .await
+                .map_err(e)?;
+            return Ok(Did::Nothing);
+        }
+        if w.annotation(gitops::REFUSED_REVISION) == Some(w.revision.as_str()) {
+            return Ok(Did::Nothing);
+        }
+        if let Some(s) = mine.iter().find(|s| s.version == p.version) {
+            let view = view_of(&self.app, &s.id)
+                .await
+                .map_err(|e| e.message().to_string())?;
+            let phase = if view.phase == "queued" {
+                Phase::Waiting
+            } else {
+                Phase::Progressing
+            };
+            let message = match view.phase.as_str() {
+                "queued" => format!(
+                    "release {} of {} is queued behind the service's current release",
+                    s.id, p.version
+                ),
+                other => format!(
+                    "release {} of {}: {other}, {}% to the canary",
+                    s.id, p.version, view.weight
+                ),
+            };
+            self.watched
+                .report(w, phase, &s.id, &message, &[])
+                .await
+                .map_err(e)?;
+            return Ok(Did::Nothing);
+        }
+        if let Some(done) = self.finished(&p.service, &p.version).await? {
+            let outcome = done.outcome.map(|o| o.as_str()).unwrap_or("");
+            let blocked_long_ago = self.app.clock.now().saturating_sub(done.created_at)
+                >= u64::try_from(BLOCKED_RETRY.as_millis()).unwrap_or(u64::MAX);
+            match outcome {
+                "promoted" => {
+                    // The promotion recorded the revision as released, and the next
+                    // tick reads it; this repairs a record a concurrent report lost.
+                    self.watched
+                        .report(
+                            w,
+                            Phase::Released,
+                            &done.id,
+                            &format!("runs revision {} (version {})", w.revision, p.version),
+                            &[
+                                (gitops::RELEASED_REVISION, &w.revision),
+                                (gitops::RELEASED_VERSION, &p.version),
+                            ],
+                        )
+                        .await
+                        .map_err(e)?;
+                    return Ok(Did::Nothing);
+                }
+                "rolled_back" => {
+                    self.watched
+                        .report(
+                            w,
+                            Phase::Refused,
+                            &done.id,
+                            &format!(
+                                "Git revision {} (version {}) was refused: release {} rolled back; the Deployment stays paused on revision {}",
+                                w.revision,
+                                p.version,
+                                done.id,
+                                w.annotation(gitops::RELEASED_REVISION).unwrap_or("?")
+                            ),
+                            &[(gitops::REFUSED_REVISION, &w.revision)],
+                        )
+                        .await
+                        .map_err(e)?;
+                    return Ok(Did::Nothing);
+                }
+                "blocked" if blocked_long_ago => {}
+                "blocked" => {
+                    self.watched
+                        .report(
+                            w,
+                            Phase::Waiting,
+                            &done.id,
+                            &format!("release {} was blocked; tried again shortly", done.id),
+                            &[],
+                        )
+                        .await
+                        .map_err(e)?;
+                    return Ok(Did::Nothing);
+                }
+                _ => {
+                    self.watched
+                        .report(
+                            w,
+                            Phase::Failed,
+                            &done.id,
+                            &format!(
+                                "release {} of {} {outcome}: a human must act (see `rampart status {}`)",
+                                done.id, p.version, done.id
+                            ),
+                            &[],
+                        )
+                        .await
+                        .map_err(e)?;
+                    return Ok(Did::Nothing);
+                }
+            }
+        }
+        let caller = Caller {
+            name: initiator(w),
+            role: Role::Deployer,
+        };
+        let body = CreateRelease {
+            policy: p.text.clone(),
+            version: p.version.clone(),
+            stable: None,
+            hotfix: None,
+            workdir: None,
+        };
+        match submit(&self.app, &caller, body).await {
+            Ok(s) => {
+                self.watched
+                    .report(
+                        w,
+                        Phase::Waiting,
+                        &s.id,
+                        &format!(
+                            "release {} of {} (Git revision {}) queued",
+                            s.id, p.version, w.revision
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(e)?;
+                Ok(Did::Started(s.id))
+            }
+            Err(refused) => {
+                let (phase, message) = match refused.code() {
+                    "frozen" => (
+                        Phase::Waiting,
+                        format!(
+                            "held: {}; revision {} is released once that allows it",
+                            refused.message(),
+                            w.revision
+                        ),
+                    ),
+                    _ => (Phase::Failed, refused.message().to_string()),
+                };
+                if w.annotation(gitops::MESSAGE) != Some(message.as_str()) {
+                    // Once per revision and refusal, not at every tick.
+                    let record = serde_json::json!({
+                        "deployment": w.key(),
+                        "revision": w.revision,
+                        "version": p.version,
+                        "refused": refused.code(),
+                        "reason": refused.message(),
+                    });
+                    self.note(&initiator(w), "gitops_held", None, &record).await;
+                }
+                self.watched
+                    .report(w, phase, "", &message, &[])
+                    .await
+                    .map_err(e)?;
+                Ok(match phase {
+                    Phase::Waiting => Did::Held(message),
+                    _ => Did::Invalid(message),
+                })
+            }
+        }
+    }
+
+    /// The newest finished release of `version` of the service, if any.
+    async fn finished(
+        &self,
+        service: &str,
+        version: &str,
+    ) -> Result<Option<rampart_core::ports::ReleaseRecord>, String> {
+        let recent = self
+            .app
+            .store
+            .list_releases(Some(service), 50)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(recent
+            .into_iter()
+            .find(|r| r.version == version && r.outcome.is_some()))
+    }
+
+    /// Records what the loop decided in the audit chain (a failure to is logged: the
+    /// decision stands, and the Deployment's annotations still say it).
+    async fn note(
+        &self,
+        actor: &str,
+        action: &str,
+        release: Option<&str>,
+        record: &serde_json::Value,
+    ) {
+        let now = self.app.clock.now();
+        if let Err(e) = self
+            .app
+            .store
+            .note(now, actor, action, release, &record.to_string())
+            .await
+        {
+            tracing::error!("the audit chain did not take {action}: {e}");
+        }
+    }
+
+    /// Ends a release through the API's abort: a queued one is withdrawn, a running
+    /// one rolls back; the reason is in the audit trail. One already over is left.
+    async fn abort(&self, s: &Submission, reason: &str) {
+        let caller = Caller {
+            name: s.initiator.clone(),
+            role: Role::Deployer,
+        };
+        let body = serde_json::json!({ "reason": reason }).to_string();
+        if let Err(e) = act(
+            self.app.clone(),
+            caller,
+            s.id.clone(),
+            Act::Abort,
+            body.into(),
+        )
+        .await
+        {
+            tracing::info!(release = %s.id, "not aborted: {}", e.message());
+        }
+    }
+}
+
+/// Who starts the releases of `w`: `gitops:NAMESPACE/NAME`.
+fn initiator(w: &Workload) -> String {
+    format!("{INITIATOR_PREFIX}{}", w.key())
+}
+
+fn is_gitops(s: &Submission) -> bool {
+    s.initiator.starts_with(INITIATOR_PREFIX)
+}

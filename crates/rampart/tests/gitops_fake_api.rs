@@ -1,0 +1,755 @@
+//! GitOps-triggered releases under `rampart serve --kubernetes`: the watch loop
+//! ([`Watch::tick`], driven step by step) and the server's queue, against a FAKE
+//! cluster (the adapter's in-memory object store behind a mock transport, see
+//! `crates/kubernetes/tests/support/cluster.rs`). No Kubernetes API server runs, and
+//! Prometheus is a stub that reads 0 errors. Each "server" is its own tokio runtime
+//! over a SQLite store in a temporary directory, so a restart drops every task it had.
+
+#![cfg(feature = "kubernetes")]
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+#[path = "../../kubernetes/tests/support/mod.rs"]
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart::dataplane::Cluster;
+use rampart::serve::App;
+use rampart::serve::api::actions::{Act, act};
+use rampart::serve::auth::{Caller, Role};
+use rampart::serve::gitops::{Did, Watch};
+use rampart::serve::queue::Queue;
+use rampart::serve::views::Loaded;
+use rampart_adapters::clock::TokioClock;
+use rampart_adapters::store::StateStore;
+use rampart_core::ports::{Clock, Freeze};
+use rampart_kubernetes::gitops::Watched;
+use serde_json::{Value, json};
+use support::cluster::{self, World};
+use support::{NS, at, deployments};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const STABLE: &str = "/apis/apps/v1/namespaces/shop/deployments/checkout";
+const CANARY: &str = "/apis/apps/v1/namespaces/shop/deployments/checkout-canary";
+
+/// A stub Prometheus: every query reads 0.
+async fn prometheus() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        axum::Json(json!({"status": "success", "data": {"resultType": "vector",
+            "result": [{"metric": {}, "value": [0, "0"]}]}}))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+const RATIO: &str = "{mode: replica_ratio, replicas: 2}";
+const STEPS: &str = "{canary: {steps: [{weight: 50, bake: 1s}, {approval: release-manager}]}}";
+
+fn policy(prometheus: &str, traffic: &str, strategy: &str) -> String {
+    format!(
+        r#"
+service: checkout
+deploy:
+  kubernetes:
+    namespace: {NS}
+    deployment: checkout
+    container: app
+    image: "registry.example.com/checkout:{{version}}"
+traffic:
+  kubernetes: {traffic}
+strategy: {strategy}
+analysis:
+  interval: 1s
+  prometheus: {prometheus}
+  metrics:
+    - name: errors
+      source: prometheus
+      query: 'sum(rate(errors{{track="{{variant}}"}}[1m]))'
+      judge: {{max: 0.05}}
+rollback:
+  drain: 0s
+"#
+    )
+}
+
+/// The user's Deployment as Git has it, opted in, running `version`.
+fn manifest(version: &str, opted_in: bool) -> Value {
+    let mut d = support::stable(version, 2);
+    let annotations = d["metadata"]["annotations"].as_object_mut().unwrap();
+    annotations.remove("deployment.kubernetes.io/revision");
+    if opted_in {
+        annotations.insert("rampart.dev/policy".into(), json!("checkout-policy"));
+    }
+    d
+}
+
+fn config_map(policy: &str) -> (String, Value) {
+    (
+        format!("/api/v1/namespaces/{NS}/configmaps/checkout-policy"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "checkout-policy", "namespace": NS},
+               "data": {"rampart.yaml": policy}}),
+    )
+}
+
+/// A manifest as it is in Git: no status, nothing the server sets.
+fn as_git_has_it(mut d: Value) -> Value {
+    d.as_object_mut().unwrap().remove("status");
+    let meta = d["metadata"].as_object_mut().unwrap();
+    for k in ["generation", "resourceVersion", "uid"] {
+        meta.remove(k);
+    }
+    d
+}
+
+/// Git applies `version` (Argo CD's field manager): a new pod template.
+fn git_applies(world: &Arc<Mutex<World>>, version: &str) {
+    let body = as_git_has_it(manifest(version, true));
+    world
+        .lock()
+        .unwrap()
+        .apply_as(STABLE, &body, "argocd-controller");
+}
+
+/// One `rampart serve --kubernetes`: a runtime of its own, the queue running.
+struct Server {
+    rt: tokio::runtime::Runtime,
+    app: App,
+    watch: Watch,
+}
+
+impl Server {
+    fn start(world: &Arc<Mutex<World>>, dir: &std::path::Path) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (app, watch) = rt.block_on(async {
+            let store = Arc::new(StateStore::open(&dir.join("rampart.db")).await.unwrap());
+            let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_800_000_000_000));
+            let client = cluster::connect(world);
+            let queue = Queue::with_cluster(
+                store.clone(),
+                dir.to_path_buf(),
+                clock.clone(),
+                Some(Cluster(client.clone())),
+            );
+            let app = App {
+                store: store.clone(),
+                clock,
+                submitted: queue.waker(),
+                feed: tokio::sync::broadcast::channel(16).0,
+                workdir: dir.to_path_buf(),
+            };
+            tokio::spawn(queue.run());
+            let watch = Watch::new(app.clone(), Watched::new(client, vec![NS.into()]));
+            (app, watch)
+        });
+        Server { rt, app, watch }
+    }
+
+    fn tick(&self) -> Vec<(String, Did)> {
+        self.rt.block_on(self.watch.tick()).unwrap()
+    }
+
+    /// The phase (or outcome, once over) of a release.
+    fn phase(&self, id: &str) -> String {
+        self.rt.block_on(async {
+            match Loaded::read(&self.app.store, id).await {
+                Some(Ok(l)) => {
+                    let v = l.view(None);
+                    v.outcome.unwrap_or(v.phase)
+                }
+                _ => "queued".into(),
+            }
+        })
+    }
+
+    /// Waits for the release's phase (or outcome) to be `want`, at most `DEADLINE`.
+    fn wait_phase(&self, id: &str, want: &str) {
+        let nap = Duration::from_millis(50);
+        let mut waited = Duration::ZERO;
+        loop {
+            let now = self.phase(id);
+            if now == want {
+                return;
+            }
+            assert!(
+                waited < DEADLINE && now != "halted",
+                "release {id} still {now}, not {want}: {:?}",
+                self.events(id)
+            );
+            std::thread::sleep(nap);
+            waited += nap;
+        }
+    }
+
+    fn approve(&self, id: &str) {
+        let caller = Caller {
+            name: "alice".into(),
+            role: Role::Approver,
+        };
+        let _ = self
+            .rt
+            .block_on(act(
+                self.app.clone(),
+                caller,
+                id.into(),
+                Act::Approve,
+                axum::body::Bytes::new(),
+            ))
+            .unwrap();
+    }
+
+    fn events(&self, id: &str) -> Vec<(String, String)> {
+        self.rt.block_on(async {
+            let (_, log) = self.app.store.load(id).await.unwrap();
+            log.iter()
+                .flat_map(|e| e.events.clone())
+                .map(|e| (e.kind, e.message))
+                .collect()
+        })
+    }
+
+    /// The audit chain's records (about `release`), each as JSON text.
+    fn chain(&self, release: Option<&str>) -> Vec<String> {
+        self.rt.block_on(async {
+            self.app
+                .store
+                .chain_records(release)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap())
+                .collect()
+        })
+    }
+
+    fn releases(&self) -> Vec<(String, String)> {
+        self.rt.block_on(async {
+            let mut out: Vec<(String, String)> = self
+                .app
+                .store
+                .list_releases(Some("checkout"), 50)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.id, r.version))
+                .collect();
+            for s in self.app.store.open_submissions().await.unwrap() {
+                if !out.iter().any(|(id, _)| *id == s.id) {
+                    out.push((s.id, s.version));
+                }
+            }
+            out
+        })
+    }
+}
+
+fn started(did: &[(String, Did)]) -> String {
+    did.iter()
+        .find_map(|(_, d)| match d {
+            Did::Started(id) => Some(id.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no release started: {did:?}"))
+}
+
+fn annotation(world: &Arc<Mutex<World>>, key: &str) -> Option<String> {
+    let w = world.lock().unwrap();
+    w.objects[STABLE]["metadata"]["annotations"][key]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn running(world: &Arc<Mutex<World>>, path: &str) -> Option<String> {
+    world.lock().unwrap().running_image(path)
+}
+
+fn canary_image(world: &Arc<Mutex<World>>) -> Option<String> {
+    let w = world.lock().unwrap();
+    w.objects
+        .get(CANARY)
+        .map(|c| at(c, "spec/template/spec/containers/0/image").to_string())
+}
+
+/// A cluster with the opted-in Deployment on v1 and its policy, a stub Prometheus.
+type Setup = (
+    Arc<Mutex<World>>,
+    tempfile::TempDir,
+    tokio::runtime::Runtime,
+);
+
+fn setup(opted_in: bool) -> Setup {
+    setup_with(opted_in, RATIO, STEPS, vec![])
+}
+
+fn setup_with(opted_in: bool, traffic: &str, strategy: &str, more: Vec<(String, Value)>) -> Setup {
+    let prom_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = prom_rt.block_on(prometheus());
+    let mut objects = vec![
+        (deployments("checkout"), manifest("v1", opted_in)),
+        config_map(&policy(&url, traffic, strategy)),
+    ];
+    objects.extend(more);
+    let (_, world) = prom_rt.block_on(async { cluster::start(objects) });
+    world.lock().unwrap().rollout = Duration::ZERO;
+    (world, tempfile::tempdir().unwrap(), prom_rt)
+}
+
+/// Adopts the Deployment (paused, v1 released) and applies v2 from Git.
+fn adopted_then_v2(server: &Server, world: &Arc<Mutex<World>>) {
+    let did = server.tick();
+    assert_eq!(did, vec![("shop/checkout".into(), Did::Adopted)]);
+    assert_eq!(
+        world.lock().unwrap().objects[STABLE]["spec"]["paused"],
+        json!(true)
+    );
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Nothing)]);
+    assert_eq!(
+        annotation(world, "rampart.dev/phase").as_deref(),
+        Some("released")
+    );
+    git_applies(world, "v2");
+    // Paused: Git's template is stored, and no pod runs it.
+    assert_eq!(
+        running(world, STABLE).as_deref(),
+        Some("registry.example.com/checkout:v1")
+    );
+}
+
+#[test]
+fn gitops_a_template_change_starts_a_release_that_promotes_it_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    // The canary runs Git's template; the stable's pods still run v1.
+    assert_eq!(
+        canary_image(&world).as_deref(),
+        Some("\"registry.example.com/checkout:v2\"")
+    );
+    assert_eq!(
+        running(&world, STABLE).as_deref(),
+        Some("registry.example.com/checkout:v1")
+    );
+    server.tick();
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("progressing")
+    );
+    assert_eq!(annotation(&world, "rampart.dev/release"), Some(id.clone()));
+    server.approve(&id);
+    server.wait_phase(&id, "promoted");
+    // Promoted: the stable rolled Git's template out, paused again, and no canary.
+    let w = world.lock().unwrap();
+    assert_eq!(
+        w.running_image(STABLE).as_deref(),
+        Some("registry.example.com/checkout:v2")
+    );
+    assert_eq!(w.objects[STABLE]["spec"]["paused"], json!(true));
+    assert!(!w.objects.contains_key(CANARY));
+    // Git's fields are still Git's: rampart never applied the image.
+    assert!(!w.owns(STABLE, "rampart", "spec.template.spec.containers"));
+    drop(w);
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Nothing)]);
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("released")
+    );
+    assert!(
+        annotation(&world, "rampart.dev/released-version")
+            .unwrap()
+            .starts_with("v2+")
+    );
+}
+
+#[test]
+fn gitops_a_second_change_supersedes_the_first_release_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let first = started(&server.tick());
+    server.wait_phase(&first, "awaiting_approval");
+    git_applies(&world, "v3");
+    let did = server.tick();
+    assert!(
+        did.contains(&("shop/checkout".into(), Did::Superseded(first.clone()))),
+        "{did:?}"
+    );
+    let second = started(&did);
+    server.wait_phase(&first, "rolled_back");
+    // The audit trail names both revisions.
+    let events = server.events(&first);
+    assert!(
+        events
+            .iter()
+            .any(|(_, m)| m.contains("superseded") && m.contains("v3+") && m.contains("v2+")),
+        "{events:?}"
+    );
+    // And the chain records the decision, with both revisions.
+    let records = server.chain(Some(&first));
+    assert!(
+        records
+            .iter()
+            .any(|r| r.contains("gitops_superseded") && r.contains("v2+") && r.contains("v3+")),
+        "{records:?}"
+    );
+    server.wait_phase(&second, "awaiting_approval");
+    assert_eq!(
+        canary_image(&world).as_deref(),
+        Some("\"registry.example.com/checkout:v3\"")
+    );
+    assert_eq!(
+        running(&world, STABLE).as_deref(),
+        Some("registry.example.com/checkout:v1")
+    );
+    server.approve(&second);
+    server.wait_phase(&second, "promoted");
+    assert_eq!(
+        running(&world, STABLE).as_deref(),
+        Some("registry.example.com/checkout:v3")
+    );
+    let report = server.rt.block_on(server.app.store.verify_chain()).unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+#[test]
+fn gitops_a_restarted_server_resumes_without_releasing_twice_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    drop(server); // every task of that server ends with its runtime
+    let server = Server::start(&world, dir.path());
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Nothing)]);
+    assert_eq!(server.releases().len(), 1, "{:?}", server.releases());
+    server.wait_phase(&id, "awaiting_approval");
+    server.approve(&id);
+    server.wait_phase(&id, "promoted");
+    drop(server);
+    let server = Server::start(&world, dir.path());
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Nothing)]);
+    assert_eq!(server.releases().len(), 1);
+}
+
+#[test]
+fn gitops_a_deleted_workload_ends_its_release_and_leaves_no_canary_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    assert!(world.lock().unwrap().objects.contains_key(CANARY));
+    world.lock().unwrap().delete(STABLE);
+    let did = server.tick();
+    assert_eq!(did, vec![("shop/checkout".into(), Did::Ended(id.clone()))]);
+    server.wait_phase(&id, "rolled_back");
+    assert!(!world.lock().unwrap().objects.contains_key(CANARY));
+    assert_eq!(server.tick(), vec![]);
+}
+
+#[test]
+fn gitops_a_workload_without_the_opt_in_is_ignored_fake_api() {
+    let (world, dir, _prom) = setup(false);
+    let server = Server::start(&world, dir.path());
+    assert_eq!(server.tick(), vec![]);
+    git_applies_unannotated(&world);
+    assert_eq!(server.tick(), vec![]);
+    let w = world.lock().unwrap();
+    assert!(w.objects[STABLE]["spec"].get("paused").is_none());
+    assert!(
+        !w.writes
+            .iter()
+            .any(|x| x.starts_with("PATCH") && x.contains("rampart")),
+        "{:?}",
+        w.writes
+    );
+}
+
+fn git_applies_unannotated(world: &Arc<Mutex<World>>) {
+    let body = as_git_has_it(manifest("v2", false));
+    world.lock().unwrap().apply_as(STABLE, &body, "kubectl");
+}
+
+#[test]
+fn gitops_a_freeze_holds_a_git_triggered_release_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let freeze = Freeze {
+        actor: "ops".into(),
+        reason: "incident 4711".into(),
+        at: server.app.clock.now(),
+    };
+    server
+        .rt
+        .block_on(server.app.store.set_freeze(Some("checkout"), true, &freeze))
+        .unwrap();
+    let did = server.tick();
+    assert!(
+        matches!(&did[..], [(_, Did::Held(why))] if why.contains("incident 4711")),
+        "{did:?}"
+    );
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("waiting")
+    );
+    assert!(
+        annotation(&world, "rampart.dev/message")
+            .unwrap()
+            .contains("frozen")
+    );
+    assert!(server.releases().is_empty());
+    // The audit chain says why, once.
+    server.tick();
+    let held: Vec<String> = server
+        .chain(None)
+        .into_iter()
+        .filter(|r| r.contains("gitops_held"))
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(held[0].contains("incident 4711"), "{held:?}");
+    assert!(!world.lock().unwrap().objects.contains_key(CANARY));
+    assert_eq!(
+        running(&world, STABLE).as_deref(),
+        Some("registry.example.com/checkout:v1")
+    );
+    server
+        .rt
+        .block_on(
+            server
+                .app
+                .store
+                .set_freeze(Some("checkout"), false, &freeze),
+        )
+        .unwrap();
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+}
+
+#[test]
+fn gitops_a_rolled_back_revision_is_refused_and_stays_paused_on_the_old_pods_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    let caller = Caller {
+        name: "bob".into(),
+        role: Role::Deployer,
+    };
+    let body = axum::body::Bytes::from(r#"{"reason": "support tickets"}"#);
+    let _ = server
+        .rt
+        .block_on(act(
+            server.app.clone(),
+            caller,
+            id.clone(),
+            Act::Rollback,
+            body,
+        ))
+        .unwrap();
+    server.wait_phase(&id, "rolled_back");
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Nothing)]);
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("refused")
+    );
+    let message = annotation(&world, "rampart.dev/message").unwrap();
+    assert!(message.contains("was refused"), "{message}");
+    assert_eq!(
+        annotation(&world, "rampart.dev/refused-revision"),
+        annotation(&world, "rampart.dev/revision")
+    );
+    // Not released again: the next ticks change nothing.
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Nothing)]);
+    assert_eq!(server.releases().len(), 1);
+    let w = world.lock().unwrap();
+    assert_eq!(w.objects[STABLE]["spec"]["paused"], json!(true));
+    assert_eq!(
+        w.running_image(STABLE).as_deref(),
+        Some("registry.example.com/checkout:v1")
+    );
+    assert!(!w.objects.contains_key(CANARY));
+}
+
+#[test]
+fn gitops_a_deployment_unpaused_by_hand_is_paused_again_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    // `kubectl rollout resume` between releases.
+    world.lock().unwrap().apply_as(
+        STABLE,
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "checkout", "namespace": NS},
+                "spec": {"paused": false}}),
+        "kubectl-rollout",
+    );
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    assert_eq!(
+        world.lock().unwrap().objects[STABLE]["spec"]["paused"],
+        json!(true)
+    );
+}
+
+#[test]
+fn gitops_the_documented_role_grants_what_serve_kubernetes_asks_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    server.approve(&id);
+    server.wait_phase(&id, "promoted");
+    server.tick();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/kubernetes.md"
+    ))
+    .unwrap();
+    let block = |heading: &str| {
+        let at = doc.find(heading).unwrap();
+        support::role_rules(
+            doc[at..]
+                .split("```")
+                .nth(1)
+                .unwrap()
+                .trim_start_matches("yaml\n"),
+        )
+    };
+    let mut granted = block("## RBAC");
+    granted.extend(block("### Permissions for `serve --kubernetes`"));
+    let asked = world.lock().unwrap().asked.clone();
+    for (group, resource, verb, name) in &asked {
+        assert!(
+            granted.iter().any(|(g, r, v, names)| g == group
+                && r == resource
+                && v == verb
+                && (names.is_empty() || names.contains(name))),
+            "the documented Roles do not grant {verb} on {group}/{resource} {name}"
+        );
+    }
+}
+
+#[test]
+fn gitops_a_deployment_opted_in_mid_rollout_is_adopted_once_it_completes_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    // Its new pods never get ready for now: the rollout stays under way.
+    world.lock().unwrap().broken.insert(STABLE.into());
+    git_applies(&world, "v2");
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Rollout)]);
+    assert!(
+        world.lock().unwrap().objects[STABLE]["spec"]
+            .get("paused")
+            .is_none_or(|p| p == &json!(false))
+    );
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("waiting")
+    );
+    world.lock().unwrap().broken.clear();
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    assert!(
+        annotation(&world, "rampart.dev/released-version")
+            .unwrap()
+            .starts_with("v2+")
+    );
+}
+
+#[test]
+fn gitops_a_blue_green_release_of_a_git_change_switches_back_to_the_rolled_out_stable_fake_api() {
+    let service = support::service(
+        "checkout",
+        json!({"app": "checkout", "rampart.dev/track": "stable"}),
+    );
+    let (world, dir, _prom) = setup_with(
+        true,
+        "{mode: service_selector, service: checkout}",
+        "{blue_green: {stability: 1s}}",
+        vec![(support::services("checkout"), service)],
+    );
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "promoted");
+    let w = world.lock().unwrap();
+    assert_eq!(
+        w.running_image(STABLE).as_deref(),
+        Some("registry.example.com/checkout:v2")
+    );
+    assert_eq!(w.objects[STABLE]["spec"]["paused"], json!(true));
+    assert_eq!(
+        w.objects[&support::services("checkout")]["spec"]["selector"]["rampart.dev/track"],
+        json!("stable")
+    );
+    assert!(!w.objects.contains_key(CANARY));
+    drop(w);
+    server.tick();
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("released")
+    );
+}
+
+#[test]
+fn gitops_an_opt_in_without_its_policy_is_reported_and_never_released_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    world.lock().unwrap().delete(&format!(
+        "/api/v1/namespaces/{NS}/configmaps/checkout-policy"
+    ));
+    let server = Server::start(&world, dir.path());
+    let did = server.tick();
+    assert!(
+        matches!(&did[..], [(_, Did::Invalid(why))] if why.contains("ConfigMap `checkout-policy` not found")),
+        "{did:?}"
+    );
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("failed")
+    );
+    git_applies(&world, "v2");
+    server.tick();
+    assert!(server.releases().is_empty());
+}
+
+#[test]
+fn gitops_a_deployment_that_no_longer_opts_in_is_let_go_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    // Git drops the annotation (Argo CD applies the manifest without it).
+    let body = as_git_has_it(manifest("v2", false));
+    world
+        .lock()
+        .unwrap()
+        .apply_as(STABLE, &body, "argocd-controller");
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::LetGo)]);
+    let w = world.lock().unwrap();
+    assert_eq!(w.objects[STABLE]["spec"]["paused"], json!(false));
+    assert_eq!(
+        w.running_image(STABLE).as_deref(),
+        Some("registry.example.com/checkout:v2")
+    );
+    let annotations = w.objects[STABLE]["metadata"]["annotations"]
+        .as_object()
+        .unwrap();
+    assert!(
+        !annotations.keys().any(|k| k.starts_with("rampart.dev/")),
+        "{annotations:?}"
+    );
+    drop(w);
+    assert_eq!(server.tick(), vec![]);
+}

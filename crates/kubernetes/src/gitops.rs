@@ -40,6 +40,13 @@ pub const RELEASED_VERSION: &str = "rampart.dev/released-version";
 pub const REFUSED_REVISION: &str = "rampart.dev/refused-revision";
 /// On a canary: the revision of the template it was derived from.
 pub const CANARY_REVISION: &str = "rampart.dev/canary-revision";
+/// While a promotion rolls out: the revision it rolls out. The Helm chart's template
+/// lock (a ValidatingAdmissionPolicy, `gitops.lockTemplate`) refuses a change to the
+/// pod template while it is there, and the watch loop leaves the Deployment unpaused.
+pub const PROMOTING: &str = "rampart.dev/promoting";
+
+/// How often a GitOps write is decided again after it raced another write (409).
+const CONFLICT_RETRIES: usize = 8;
 
 /// The field manager of the GitOps fields, apart from `rampart`'s: under server-side
 /// apply a manager's fields left out of its next apply are removed, and the adapter's
@@ -55,6 +62,7 @@ const OWNED: &[&str] = &[
     RELEASED_REVISION,
     RELEASED_VERSION,
     REFUSED_REVISION,
+    PROMOTING,
 ];
 
 /// What `rampart.dev/phase` says. The values are a contract with health checks (the
@@ -106,6 +114,16 @@ pub struct Workload {
     pub annotations: BTreeMap<String, String>,
     /// The policy, or why there is none to use.
     pub policy: Result<WorkloadPolicy, String>,
+}
+
+/// What one read of the watched namespaces found.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// The opted-in Deployments of the namespaces that were listed.
+    pub workloads: Vec<Workload>,
+    /// Namespaces that could not be listed, with why: nothing is known of their
+    /// Deployments this time (none of their releases is ended for it).
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// The policy an opted-in Deployment points at, checked to name it.
@@ -191,6 +209,9 @@ fn annotations(d: &Deployment) -> BTreeMap<String, String> {
 
 /// The body [`GITOPS_MANAGER`] applies to `d`: `spec.paused` and every status
 /// annotation, the live values with `changes` on top (an empty value removes one).
+/// It carries `d`'s `resourceVersion`, which makes the apply conditional: the API
+/// server refuses it (409) when anyone wrote the Deployment since `d` was read, so a
+/// decision is never taken on a state that is gone (a template Git applied, a pause).
 pub fn gitops_patch(d: &Deployment, paused: bool, changes: &[(&str, &str)]) -> Value {
     let live = annotations(d);
     let mut owned: BTreeMap<&str, String> = OWNED
@@ -204,7 +225,7 @@ pub fn gitops_patch(d: &Deployment, paused: bool, changes: &[(&str, &str)]) -> V
             owned.insert(k, (*v).to_string());
         }
     }
-    json!({
+    let mut body = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -213,7 +234,51 @@ pub fn gitops_patch(d: &Deployment, paused: bool, changes: &[(&str, &str)]) -> V
             "annotations": owned,
         },
         "spec": { "paused": paused },
-    })
+    });
+    if let Some(rv) = &d.metadata.resource_version {
+        body["metadata"]["resourceVersion"] = json!(rv);
+    }
+    body
+}
+
+fn is_paused(d: &Deployment) -> bool {
+    d.spec.as_ref().and_then(|s| s.paused) == Some(true)
+}
+
+/// Writes GitOps fields to Deployment `ns/name`, decided on what was just read:
+/// `body_of` gives the body ([`gitops_patch`], conditional on that read) or `None`
+/// when there is nothing to write. A write that lost a race with another (409) is
+/// decided again on a fresh read. Returns the Deployment as written, or as read when
+/// nothing was.
+async fn apply_fresh(
+    api: &Api<Deployment>,
+    ns: &str,
+    name: &str,
+    action: &str,
+    mut body_of: impl FnMut(&Deployment) -> Result<Option<Value>, Error>,
+) -> Result<Deployment, Error> {
+    let mut raced = 0;
+    loop {
+        let live = api
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::api(format!("reading Deployment `{name}`"), source))?
+            .ok_or_else(|| Error::NotFound {
+                kind: "Deployment",
+                name: name.to_string(),
+                namespace: ns.to_string(),
+            })?;
+        let Some(body) = body_of(&live)? else {
+            return Ok(live);
+        };
+        match api.patch(name, &patch_params(), &Patch::Apply(&body)).await {
+            Ok(written) => return Ok(written),
+            Err(kube::Error::Api(s)) if s.code == 409 && raced < CONFLICT_RETRIES => raced += 1,
+            Err(source) => {
+                return Err(Error::api(format!("{action} Deployment `{name}`"), source));
+            }
+        }
+    }
 }
 
 /// Where a paused Deployment's running pods stand: the controller saw the latest spec
@@ -263,33 +328,25 @@ pub fn canary_of_revision(
 // === impl Kubernetes (GitOps mode of a release) ===
 
 impl Kubernetes {
-    /// Applies the GitOps fields to the Deployment `name` as just read.
-    pub(crate) async fn apply_gitops(
-        &self,
-        live: &Deployment,
-        paused: bool,
-        changes: &[(&str, &str)],
-    ) -> Result<Deployment, Error> {
-        let name = live.metadata.name.clone().unwrap_or_default();
-        let body = gitops_patch(live, paused, changes);
-        self.deployments()
-            .patch(&name, &patch_params(), &Patch::Apply(&body))
-            .await
-            .map_err(|source| Error::api(format!("pausing Deployment `{name}`"), source))
-    }
-
     /// GitOps promotion of the stable: it was paused on the previous pods with Git's
     /// template; it is unpaused so the Deployment controller rolls that template out,
-    /// then paused again with the revision recorded as released. The canary's
-    /// revision must still be the stable's: a newer one Git applied meanwhile was not
-    /// analysed, and is never rolled out by this promotion.
+    /// then paused again with the revision recorded as released.
+    ///
+    /// Only the revision the canary analysed is rolled out: the unpause is conditional
+    /// on the Deployment read with that template (a template Git applies after the
+    /// read makes it fail and be decided again), and [`PROMOTING`] marks the rollout
+    /// so the chart's template lock refuses Git's applies until it ends. Without the
+    /// lock, a template applied during the rollout is seen at the next read: the
+    /// Deployment is paused again at once and the promotion fails, saying which pods
+    /// may run a revision nobody analysed. Whatever happens, it ends paused.
     pub(crate) async fn promote_gitops(
         &self,
         canary: &Deployment,
         version: &str,
     ) -> Result<Deployment, Error> {
-        let stable = self.stable().await?;
-        let now = revision(&stable);
+        let name = self.deploy.deployment.clone();
+        let ns = self.deploy.namespace.clone();
+        let api = self.deployments();
         let derived = canary
             .metadata
             .annotations
@@ -297,22 +354,57 @@ impl Kubernetes {
             .and_then(|a| a.get(CANARY_REVISION))
             .cloned()
             .unwrap_or_default();
-        if derived != now {
-            return Err(Error::Shape(format!(
-                "Deployment `{}` has revision {now} now, not {derived} as the canary analysed: Git applied another template mid-release, so it is not rolled out",
-                self.deploy.deployment
-            )));
-        }
-        self.apply_gitops(&stable, false, &[]).await?;
+        apply_fresh(&api, &ns, &name, "unpausing", |live| {
+            let now = revision(live);
+            if now != derived {
+                return Err(Error::Shape(format!(
+                    "Deployment `{name}` has revision {now} now, not {derived} as the canary analysed: Git applied another template mid-release, so it is not rolled out"
+                )));
+            }
+            Ok(Some(gitops_patch(live, false, &[(PROMOTING, &derived)])))
+        })
+        .await?;
         let rolled = self
-            .wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
-            .await?;
-        self.apply_gitops(
-            &rolled,
-            true,
-            &[(RELEASED_REVISION, &now), (RELEASED_VERSION, version)],
-        )
-        .await
+            .poll(
+                &format!("Deployment `{name}`"),
+                self.deploy.ready_timeout,
+                || self.deployment(&name),
+                |d| match revision(d) {
+                    now if now != derived => Readiness::Failed(format!(
+                        "Git applied revision {now} while the promotion rolled out revision {derived}"
+                    )),
+                    _ => objects::readiness(d),
+                },
+            )
+            .await;
+        let mut moved = None;
+        let released = [
+            (RELEASED_REVISION, derived.as_str()),
+            (RELEASED_VERSION, version),
+            (PROMOTING, ""),
+        ];
+        let paused = apply_fresh(&api, &ns, &name, "pausing", |live| {
+            let now = revision(live);
+            let record: &[(&str, &str)] = if rolled.is_ok() && now == derived {
+                &released
+            } else {
+                &released[2..]
+            };
+            if now != derived {
+                moved = Some(now);
+            }
+            Ok(Some(gitops_patch(live, true, record)))
+        })
+        .await?;
+        match (rolled, moved) {
+            (Ok(_), None) => Ok(paused),
+            (_, Some(now)) => Err(Error::NotReady(format!(
+                "Git applied revision {now} while the promotion rolled out revision {derived}: Deployment `{name}` is paused again, and some of its pods may run revision {now}, which nobody analysed; a human must look (`kubectl get rs`) before it is released. The chart's template lock (gitops.lockTemplate) refuses such applies during a promotion"
+            ))),
+            (Err(e), None) => Err(Error::NotReady(format!(
+                "{e}: Deployment `{name}` is paused again, its pods a mix of the previous revision and {derived}; a human must look"
+            ))),
+        }
     }
 }
 
@@ -373,47 +465,81 @@ impl Watched {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    /// Every opted-in Deployment, with its revision and policy.
-    pub async fn workloads(&self) -> Result<Vec<Workload>, Error> {
-        let mut out = Vec::new();
+    /// Every opted-in Deployment, with its revision and policy, and the namespaces
+    /// that could not be listed (no Role there, the API server away): one such
+    /// namespace is reported, and the others are still released.
+    pub async fn workloads(&self) -> Seen {
+        let mut seen = Seen::default();
         for ns in &self.namespaces {
-            let list = self
-                .deployments(ns)
-                .list(&ListParams::default())
-                .await
-                .map_err(|source| Error::api(format!("listing Deployments in `{ns}`"), source))?;
+            let list = match self.deployments(ns).list(&ListParams::default()).await {
+                Ok(list) => list,
+                Err(source) => {
+                    let e = Error::api(format!("listing Deployments in `{ns}`"), source);
+                    seen.unreadable.push((ns.clone(), e.to_string()));
+                    continue;
+                }
+            };
             for d in list.items.iter().filter(|d| opted_in(d)) {
-                out.push(self.workload(ns, d).await?);
+                seen.workloads.push(self.workload(ns, d).await);
             }
         }
-        Ok(out)
+        let mut by_service: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for w in &seen.workloads {
+            if let Ok(p) = &w.policy {
+                by_service
+                    .entry(p.service.clone())
+                    .or_default()
+                    .push(w.key());
+            }
+        }
+        for w in &mut seen.workloads {
+            let key = w.key();
+            let Ok(p) = &w.policy else { continue };
+            let others: Vec<&String> = by_service[&p.service]
+                .iter()
+                .filter(|k| **k != key)
+                .collect();
+            if !others.is_empty() {
+                let others: Vec<&str> = others.iter().map(|k| k.as_str()).collect();
+                w.policy = Err(format!(
+                    "the policy's service `{}` is also the service of Deployment {}: releases are queued, locked and recorded by service, so each opted-in Deployment needs a policy with a service of its own",
+                    p.service,
+                    others.join(", ")
+                ));
+            }
+        }
+        seen
     }
 
     /// Lets go of every Deployment that no longer opts in (its `rampart.dev/policy`
     /// removed, in Git or by hand) but that rampart still holds: it is unpaused, so
     /// the Deployment controller rolls out its template as it would without rampart,
     /// and rampart's annotations are removed. Returns them as `namespace/name`.
-    pub async fn let_go(&self) -> Result<Vec<String>, Error> {
+    pub async fn let_go(&self) -> Vec<Result<String, Error>> {
         let mut out = Vec::new();
         for ns in &self.namespaces {
-            let list = self
-                .deployments(ns)
-                .list(&ListParams::default())
-                .await
-                .map_err(|source| Error::api(format!("listing Deployments in `{ns}`"), source))?;
+            // A namespace that cannot be listed is reported by `workloads`.
+            let Ok(list) = self.deployments(ns).list(&ListParams::default()).await else {
+                continue;
+            };
             for d in list.items.iter().filter(|d| !opted_in(d)) {
                 if !annotations(d).contains_key(RELEASED_REVISION) {
                     continue;
                 }
                 let clear: Vec<(&str, &str)> = OWNED.iter().map(|k| (*k, "")).collect();
-                self.apply(d, false, &clear).await?;
-                out.push(format!("{ns}/{}", d.metadata.name.as_deref().unwrap_or("")));
+                let name = d.metadata.name.clone().unwrap_or_default();
+                let done = apply_fresh(&self.deployments(ns), ns, &name, "letting go of", |live| {
+                    // Decided again on what is there now: it may have opted in since.
+                    Ok((!opted_in(live)).then(|| gitops_patch(live, false, &clear)))
+                })
+                .await;
+                out.push(done.map(|_| format!("{ns}/{name}")));
             }
         }
-        Ok(out)
+        out
     }
 
-    async fn workload(&self, ns: &str, d: &Deployment) -> Result<Workload, Error> {
+    async fn workload(&self, ns: &str, d: &Deployment) -> Workload {
         let name = d.metadata.name.clone().unwrap_or_default();
         let annotations: BTreeMap<String, String> = annotations(d)
             .into_iter()
@@ -428,15 +554,15 @@ impl Watched {
             Ok(Err(why)) => Err(why),
             Err(e) => Err(e.to_string()),
         };
-        Ok(Workload {
+        Workload {
             namespace: ns.to_string(),
-            paused: d.spec.as_ref().and_then(|s| s.paused) == Some(true),
+            paused: is_paused(d),
             rolled_out: matches!(objects::readiness(d), Readiness::Ready),
             name,
             revision,
             annotations,
             policy,
-        })
+        }
     }
 
     /// The policy text `reference` (`CONFIGMAP` or `CONFIGMAP/KEY`) names, or why
@@ -470,28 +596,45 @@ impl Watched {
 
     /// Pauses `w` (it keeps its running pods) and records, when none is yet, its
     /// current revision as released: what runs when a Deployment opts in is taken as
-    /// released, and only later templates go through releases.
-    pub async fn adopt(&self, w: &Workload) -> Result<(), Error> {
-        let d = self.get(w).await?;
-        let mut changes = Vec::new();
+    /// released, and only later templates go through releases. A stale
+    /// [`PROMOTING`] mark (its release is over) goes; a Deployment a promotion
+    /// unpaused since `w` was read is left to it.
+    pub async fn adopt(&self, w: &Workload, stale_promotion: bool) -> Result<(), Error> {
         let version = w
             .policy
             .as_ref()
             .map(|p| p.version.clone())
             .unwrap_or_else(|_| w.revision.clone());
-        if w.annotation(RELEASED_REVISION).is_none() {
-            changes.push((RELEASED_REVISION, w.revision.as_str()));
-            changes.push((RELEASED_VERSION, version.as_str()));
-            changes.push((PHASE, Phase::Released.as_str()));
-            changes.push((REVISION, w.revision.as_str()));
-            changes.push((MESSAGE, "adopted: the running pods are released; rampart keeps the Deployment paused and releases each template Git applies"));
-        }
-        self.apply(&d, true, &changes).await
+        let message = "adopted: the running pods are released; rampart keeps the Deployment paused and releases each template Git applies";
+        apply_fresh(
+            &self.deployments(&w.namespace),
+            &w.namespace,
+            &w.name,
+            "pausing",
+            |live| {
+                let promoting = annotations(live).contains_key(PROMOTING);
+                if promoting && !is_paused(live) && !stale_promotion {
+                    return Ok(None);
+                }
+                let revision = revision(live);
+                let mut changes = vec![(PROMOTING, "")];
+                if !annotations(live).contains_key(RELEASED_REVISION) {
+                    changes.push((RELEASED_REVISION, revision.as_str()));
+                    changes.push((RELEASED_VERSION, version.as_str()));
+                    changes.push((PHASE, Phase::Released.as_str()));
+                    changes.push((REVISION, revision.as_str()));
+                    changes.push((MESSAGE, message));
+                }
+                Ok(Some(gitops_patch(live, true, &changes)))
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     /// Writes the phase of `w`'s latest revision (and `extra` annotations). `paused`
-    /// stays as it is: a promotion unpauses the Deployment while its release runs, and
-    /// a report must not stop that rollout half-way.
+    /// stays as it is now: a promotion unpauses the Deployment while its release runs,
+    /// and a report must not stop that rollout half-way, nor undo its pause.
     pub async fn report(
         &self,
         w: &Workload,
@@ -507,44 +650,30 @@ impl Watched {
             (REVISION, w.revision.as_str()),
         ];
         changes.extend_from_slice(extra);
-        let unchanged = changes
-            .iter()
-            .all(|(k, v)| w.annotation(k).unwrap_or("") == *v);
-        if unchanged {
+        let unchanged = |a: &BTreeMap<String, String>| {
+            changes
+                .iter()
+                .all(|(k, v)| a.get(*k).map(String::as_str).unwrap_or("") == *v)
+        };
+        if unchanged(&w.annotations) {
             return Ok(());
         }
-        let d = self.get(w).await?;
-        let paused = d.spec.as_ref().and_then(|s| s.paused) == Some(true);
-        self.apply(&d, paused, &changes).await
-    }
-
-    async fn get(&self, w: &Workload) -> Result<Deployment, Error> {
-        self.deployments(&w.namespace)
-            .get_opt(&w.name)
-            .await
-            .map_err(|source| Error::api(format!("reading Deployment `{}`", w.name), source))?
-            .ok_or_else(|| Error::NotFound {
-                kind: "Deployment",
-                name: w.name.clone(),
-                namespace: w.namespace.clone(),
-            })
-    }
-
-    async fn apply(
-        &self,
-        d: &Deployment,
-        paused: bool,
-        changes: &[(&str, &str)],
-    ) -> Result<(), Error> {
-        let name = d.metadata.name.clone().unwrap_or_default();
-        let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let body = gitops_patch(d, paused, changes);
-        self.deployments(&ns)
-            .patch(&name, &patch_params(), &Patch::Apply(&body))
-            .await
-            .map_err(|source| {
-                Error::api(format!("writing the phase to Deployment `{name}`"), source)
-            })?;
+        apply_fresh(
+            &self.deployments(&w.namespace),
+            &w.namespace,
+            &w.name,
+            "writing the phase to",
+            |live| {
+                if revision(live) != w.revision {
+                    // Git moved on since `w` was read: this phase is about a revision
+                    // that is gone, and the next tick reports the new one.
+                    return Ok(None);
+                }
+                Ok((!unchanged(&annotations(live)))
+                    .then(|| gitops_patch(live, is_paused(live), &changes)))
+            },
+        )
+        .await?;
         Ok(())
     }
 }
@@ -565,6 +694,11 @@ fn check_policy(
         return Err(format!(
             "the policy releases Deployment `{}/{}`, not `{ns}/{name}`",
             deploy.namespace, deploy.deployment
+        ));
+    }
+    if let Some(context) = &deploy.context {
+        return Err(format!(
+            "`deploy.kubernetes.context` is `{context}`, but a release Git starts runs on the cluster `rampart serve --kubernetes` watches: remove the field from this policy"
         ));
     }
     let runs = runs_on_the_server(&policy);
@@ -656,6 +790,33 @@ mod tests {
         assert_eq!(runs_on_the_server(&p), ["notify[0] runs a command"]);
     }
 
+    /// Review: the policy's kubeconfig context was ignored under `serve --kubernetes`,
+    /// so a policy naming another cluster was released on the watched one.
+    #[test]
+    fn a_configmap_policy_naming_a_kubeconfig_context_is_refused() {
+        let base = include_str!("../../../examples/kubernetes.yaml");
+        let plain = Policy::from_yaml(base).unwrap();
+        let (deploy, _) = plain.kubernetes().unwrap();
+        let d = deployment(
+            json!({"spec": {"containers": [{"name": deploy.container, "image": "registry.example.com/checkout:v1"}]}}),
+            json!({}),
+        );
+        let (ns, name) = (deploy.namespace.clone(), deploy.deployment.clone());
+        let ok = check_policy(base, &ns, &name, &d, "0123456789abcdef");
+        assert!(ok.is_ok(), "{ok:?}");
+        let text = base.replacen(
+            &format!("deployment: {name}"),
+            &format!("deployment: {name}\n    context: prod-eu"),
+            1,
+        );
+        assert_ne!(text, base);
+        let refused = check_policy(&text, &ns, &name, &d, "0123456789abcdef");
+        assert!(
+            matches!(&refused, Err(why) if why.contains("context") && why.contains("prod-eu")),
+            "{refused:?}"
+        );
+    }
+
     fn deployment(template: Value, annotations: Value) -> Deployment {
         serde_json::from_value(json!({
             "metadata": {"name": "checkout", "namespace": "shop", "annotations": annotations},
@@ -693,8 +854,12 @@ mod tests {
             json!({"rampart.dev/policy": "checkout-policy", "rampart.dev/phase": "waiting",
                    "rampart.dev/released-revision": "r1", "other": "x"}),
         );
+        let mut d = d;
+        d.metadata.resource_version = Some("17".into());
         let body = gitops_patch(&d, true, &[(PHASE, "progressing"), (RELEASED_REVISION, "")]);
         assert_eq!(body["spec"], json!({"paused": true}));
+        // Conditional on the state it was decided on.
+        assert_eq!(body["metadata"]["resourceVersion"], json!("17"));
         // Git's annotations (the opt-in among them) are not rampart's to state.
         assert_eq!(
             body["metadata"]["annotations"],

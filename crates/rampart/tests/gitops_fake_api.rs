@@ -123,6 +123,11 @@ struct Server {
 
 impl Server {
     fn start(world: &Arc<Mutex<World>>, dir: &std::path::Path) -> Server {
+        Server::watching(world, dir, &[NS])
+    }
+
+    /// A server whose `--kubernetes` watches `namespaces`.
+    fn watching(world: &Arc<Mutex<World>>, dir: &std::path::Path, namespaces: &[&str]) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -146,7 +151,8 @@ impl Server {
                 workdir: dir.to_path_buf(),
             };
             tokio::spawn(queue.run());
-            let watch = Watch::new(app.clone(), Watched::new(client, vec![NS.into()]));
+            let namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+            let watch = Watch::new(app.clone(), Watched::new(client, namespaces));
             (app, watch)
         });
         Server { rt, app, watch }
@@ -181,6 +187,26 @@ impl Server {
             assert!(
                 waited < DEADLINE && now != "halted",
                 "release {id} still {now}, not {want}: {:?}",
+                self.events(id)
+            );
+            std::thread::sleep(nap);
+            waited += nap;
+        }
+    }
+
+    /// Waits for the release to end or halt, at most `DEADLINE`, and says how.
+    fn wait_over(&self, id: &str) -> String {
+        let nap = Duration::from_millis(50);
+        let mut waited = Duration::ZERO;
+        loop {
+            let now = self.phase(id);
+            if ["promoted", "rolled_back", "halted", "escalated", "aborted"].contains(&now.as_str())
+            {
+                return now;
+            }
+            assert!(
+                waited < DEADLINE,
+                "release {id} still {now}: {:?}",
                 self.events(id)
             );
             std::thread::sleep(nap);
@@ -752,4 +778,200 @@ fn gitops_a_deployment_that_no_longer_opts_in_is_let_go_fake_api() {
     );
     drop(w);
     assert_eq!(server.tick(), vec![]);
+}
+
+fn paused(world: &Arc<Mutex<World>>) -> Value {
+    world.lock().unwrap().objects[STABLE]["spec"]["paused"].clone()
+}
+
+/// Review: the promotion unpaused the Deployment and waited for "a" rollout; a
+/// template Git applied meanwhile rolled out in its place and was recorded as the
+/// released revision, though nobody analysed it.
+#[test]
+fn gitops_a_template_git_applies_during_the_promotion_is_never_recorded_as_released_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let v1 = annotation(&world, "rampart.dev/released-revision").unwrap();
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    // No template lock in this cluster: Argo CD's next sync lands the moment the
+    // promotion unpauses the Deployment.
+    world.lock().unwrap().apply_on_unpause = Some((
+        STABLE.into(),
+        as_git_has_it(manifest("v3", true)),
+        "argocd-controller".into(),
+    ));
+    server.approve(&id);
+    let outcome = server.wait_over(&id);
+    assert_ne!(outcome, "promoted", "{:?}", server.events(&id));
+    assert_eq!(
+        running(&world, STABLE).as_deref(),
+        Some("registry.example.com/checkout:v3"),
+        "the hook did not run: the test proves nothing"
+    );
+    // Paused again at once; neither v3 nor v2 recorded as what the pods run.
+    assert_eq!(paused(&world), json!(true));
+    assert_eq!(
+        annotation(&world, "rampart.dev/released-revision"),
+        Some(v1)
+    );
+    assert_eq!(annotation(&world, "rampart.dev/promoting"), None);
+    let events = server.events(&id);
+    assert!(
+        events.iter().any(|(_, m)| m.contains("nobody analysed")),
+        "{events:?}"
+    );
+}
+
+/// Review: a phase report read `spec.paused` and wrote it back; a pause landing
+/// between the read and the write was undone, leaving Git's template to roll out.
+#[test]
+fn gitops_a_phase_report_never_undoes_a_pause_that_lands_after_its_read_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    server.tick();
+    // As a promotion leaves it: unpaused, marked; the phase's message is stale so the
+    // next tick writes it.
+    world.lock().unwrap().apply_as(
+        STABLE,
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "checkout", "namespace": NS, "annotations": {
+                    "rampart.dev/promoting": "x", "rampart.dev/message": "stale"}},
+                "spec": {"paused": false}}),
+        "promotion-stand-in",
+    );
+    // The promotion pauses it again right after the report read it.
+    world.lock().unwrap().edit_after = Some((
+        format!("GET {STABLE}"),
+        STABLE.into(),
+        "/spec/paused".into(),
+        json!(true),
+    ));
+    server.tick();
+    assert!(
+        world.lock().unwrap().edit_after.is_none(),
+        "the edit never landed"
+    );
+    assert_eq!(paused(&world), json!(true));
+    assert_ne!(
+        annotation(&world, "rampart.dev/message").as_deref(),
+        Some("stale")
+    );
+}
+
+/// Review: a Deployment unpaused by hand while its release waited (not promoting) was
+/// left unpaused because a release of the service was open: Git's template rolled out
+/// ungated.
+#[test]
+fn gitops_a_deployment_unpaused_by_hand_mid_release_is_paused_again_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    world.lock().unwrap().apply_as(
+        STABLE,
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "checkout", "namespace": NS},
+                "spec": {"paused": false}}),
+        "kubectl-rollout",
+    );
+    let did = server.tick();
+    assert!(
+        did.contains(&("shop/checkout".into(), Did::Adopted)),
+        "{did:?}"
+    );
+    assert_eq!(paused(&world), json!(true));
+}
+
+/// A `promoting` mark whose release is over (its server died mid-promotion and the
+/// release ended otherwise) does not keep the Deployment unpaused.
+#[test]
+fn gitops_a_stale_promoting_mark_is_cleared_and_the_deployment_paused_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    world.lock().unwrap().apply_as(
+        STABLE,
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "checkout", "namespace": NS,
+                             "annotations": {"rampart.dev/promoting": "x"}},
+                "spec": {"paused": false}}),
+        "rampart-gitops",
+    );
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    assert_eq!(paused(&world), json!(true));
+    assert_eq!(annotation(&world, "rampart.dev/promoting"), None);
+}
+
+/// Review: two Deployments whose policies named one service were released as one
+/// (queued, locked and judged by service, each re-pausing on the other's release).
+#[test]
+fn gitops_two_deployments_with_one_service_are_both_refused_fake_api() {
+    let (world, dir, prom) = setup(true);
+    let url = prom.block_on(prometheus());
+    let text = policy(&url, RATIO, STEPS).replace("deployment: checkout", "deployment: payments");
+    let mut d = manifest("v1", true);
+    d["metadata"]["name"] = json!("payments");
+    d["metadata"]["annotations"]["rampart.dev/policy"] = json!("payments-policy");
+    {
+        let mut w = world.lock().unwrap();
+        w.apply_as(&deployments("payments"), &d, "kubectl");
+        w.apply_as(
+            &format!("/api/v1/namespaces/{NS}/configmaps/payments-policy"),
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "payments-policy", "namespace": NS},
+                    "data": {"rampart.yaml": text}}),
+            "kubectl",
+        );
+    }
+    let server = Server::start(&world, dir.path());
+    let did = server.tick();
+    assert_eq!(did.len(), 2, "{did:?}");
+    for (key, d) in &did {
+        let other = if key == "shop/checkout" {
+            "shop/payments"
+        } else {
+            "shop/checkout"
+        };
+        assert!(
+            matches!(d, Did::Invalid(why) if why.contains("service `checkout`") && why.contains(other)),
+            "{did:?}"
+        );
+    }
+    assert!(server.releases().is_empty());
+}
+
+/// Review: one namespace without a Role (Forbidden) stopped the watch of every other.
+/// And a namespace that cannot be read says nothing about its Deployments: none of
+/// their releases is ended.
+#[test]
+fn gitops_a_namespace_that_cannot_be_listed_stops_nothing_else_and_ends_nothing_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    world.lock().unwrap().forbidden.insert("payments".into());
+    let server = Server::watching(&world, dir.path(), &["payments", NS]);
+    let did = server.tick();
+    assert!(
+        did.contains(&("shop/checkout".into(), Did::Adopted)),
+        "{did:?}"
+    );
+    assert!(
+        did.iter()
+            .any(|(ns, d)| ns == "payments" && matches!(d, Did::Unreadable(_))),
+        "{did:?}"
+    );
+    git_applies(&world, "v2");
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    world.lock().unwrap().forbidden.insert(NS.into());
+    let did = server.tick();
+    assert!(
+        !did.iter().any(|(_, d)| matches!(d, Did::Ended(_))),
+        "{did:?}"
+    );
+    assert_eq!(server.phase(&id), "awaiting_approval");
 }

@@ -345,6 +345,54 @@ fn gitops_values_start_the_watch_and_add_exactly_its_rules() {
     assert!(args.ends_with("--kubernetes-namespace rampart"), "{args}");
 }
 
+/// Review: the Roles went only to `rbac.namespaces`, so a namespace watched through
+/// `gitops.namespaces` alone was Forbidden to list. And the template lock covers the
+/// namespaces watched, keyed on the annotation the promotion writes.
+#[test]
+fn gitops_namespaces_get_roles_and_the_template_lock() {
+    let Some(py) = python() else { return };
+    let values = json!({"rbac": {"namespaces": ["shop"]},
+                        "gitops": {"enabled": true, "namespaces": ["shop", "payments"]}});
+    let objects = render(&py, &values);
+    assert_common(&objects);
+    let mut role_namespaces: Vec<&str> = of_kind(&objects, "Role")
+        .iter()
+        .filter_map(|r| r["metadata"]["namespace"].as_str())
+        .collect();
+    role_namespaces.sort();
+    assert_eq!(role_namespaces, ["payments", "shop"]);
+    let bindings: Vec<&str> = of_kind(&objects, "RoleBinding")
+        .iter()
+        .filter_map(|r| r["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(bindings.len(), 2, "{bindings:?}");
+    let lock = one(&objects, "ValidatingAdmissionPolicy");
+    assert_eq!(lock["spec"]["failurePolicy"], "Ignore", "{lock}");
+    let condition = lock["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(condition.contains("'rampart.dev/promoting'"), "{condition}");
+    assert_eq!(
+        lock["spec"]["validations"][0]["expression"],
+        "object.spec.template == oldObject.spec.template"
+    );
+    let binding = one(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], lock["metadata"]["name"]);
+    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+    assert_eq!(
+        strings(
+            &binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"]
+        ),
+        ["shop", "payments"]
+    );
+    let off = render(
+        &py,
+        &json!({"gitops": {"enabled": true, "lockTemplate": false}}),
+    );
+    assert!(of_kind(&off, "ValidatingAdmissionPolicy").is_empty());
+    assert!(of_kind(&render(&py, &json!({})), "ValidatingAdmissionPolicy").is_empty());
+}
+
 #[test]
 fn several_replicas_on_sqlite_do_not_render() {
     let Some(py) = python() else { return };

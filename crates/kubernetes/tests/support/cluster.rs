@@ -19,6 +19,9 @@
 //! - a Gateway that writes an HTTPRoute's `status.parents` a moment after each change:
 //!   accepted, refused, or missing backends;
 //! - label values validated as the API server does (422);
+//! - `metadata.resourceVersion`, new at each write; an apply that states one that is
+//!   no longer current is refused (409), as the API server does with a precondition;
+//! - namespaces the controller may not list (403);
 //! - every request recorded as RBAC sees it, and two ways to play the world around a
 //!   controller: a write performed but never answered (the controller died before it
 //!   heard back), and someone else's edit after a given write.
@@ -71,8 +74,16 @@ pub struct World {
     /// controller died before it heard back.
     pub hang_after: Option<String>,
     /// Someone else's change: after the write `.0` (`METHOD path`), the value at the
-    /// JSON pointer `.2` of the object at `.1` becomes `.3`, once.
+    /// JSON pointer `.2` of the object at `.1` becomes `.3`, once. A `GET path` works
+    /// too: the change lands between a read and the write decided on it.
     pub edit_after: Option<(String, String, String, Value)>,
+    /// Git's apply of `.1` by manager `.2` to the Deployment at `.0`, once, right after
+    /// a write leaves it unpaused (a GitOps sync landing during a promotion).
+    pub apply_on_unpause: Option<(String, Value, String)>,
+    /// Namespaces whose Deployments may not be listed (403, no Role there).
+    pub forbidden: BTreeSet<String>,
+    /// The last `resourceVersion` given.
+    version: u64,
     /// Every request as RBAC sees it: (API group, resource, verb, object name).
     pub asked: BTreeSet<(String, String, String, String)>,
     /// `spec.replicas` of each Deployment after each write, by path.
@@ -480,9 +491,12 @@ fn autoscale(w: &mut World, path: &str) {
 // === writes ===
 
 fn record(w: &mut World, path: &str, before: Option<&Value>) {
+    w.version += 1;
+    let version = w.version.to_string();
     let Some(obj) = w.objects.get_mut(path) else {
         return;
     };
+    obj["metadata"]["resourceVersion"] = json!(version);
     let changed = before.is_none_or(|b| b["spec"] != obj["spec"]);
     if changed {
         let g = before
@@ -650,6 +664,23 @@ fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
 
 const COLLECTIONS: &[&str] = &["horizontalpodautoscalers", "deployments", "services"];
 
+/// Applies `World::apply_on_unpause` once its Deployment is unpaused.
+fn git_on_unpause(w: &mut World) {
+    let Some((path, _, _)) = &w.apply_on_unpause else {
+        return;
+    };
+    let unpaused = w
+        .objects
+        .get(path)
+        .is_some_and(|o| o["spec"]["paused"] != json!(true));
+    if !unpaused {
+        return;
+    }
+    if let Some((path, body, manager)) = w.apply_on_unpause.take() {
+        w.apply_as(&path, &body, &manager);
+    }
+}
+
 /// Applies `World::edit_after` once its write happened.
 fn someone_else(w: &mut World, write: &str) {
     if w.edit_after.as_ref().is_none_or(|e| e.0 != write) {
@@ -720,6 +751,13 @@ fn serve_one(
     authorized(w, method, path);
     match *method {
         Method::GET => {
+            let ns = path
+                .split("/namespaces/")
+                .nth(1)
+                .and_then(|r| r.split('/').next());
+            if ns.is_some_and(|ns| w.forbidden.contains(ns)) {
+                return (403, status(403, "Forbidden"));
+            }
             if let Some(o) = shown(w, path) {
                 return (200, o);
             }
@@ -754,6 +792,15 @@ fn serve_one(
             let body: Value = serde_json::from_slice(bytes).expect("JSON");
             if let Some(why) = invalid_label(&body) {
                 return (422, status(422, &why));
+            }
+            if let Some(stated) = body["metadata"]["resourceVersion"].as_str() {
+                let now = w
+                    .objects
+                    .get(path)
+                    .map(|o| &o["metadata"]["resourceVersion"]);
+                if now.and_then(Value::as_str) != Some(stated) {
+                    return (409, status(409, "Conflict"));
+                }
             }
             w.wrote(format!("PATCH {path}"));
             (200, apply(w, path, &body, &manager))
@@ -799,6 +846,9 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
         asked: BTreeSet::new(),
         hang_after: None,
         edit_after: None,
+        apply_on_unpause: None,
+        forbidden: BTreeSet::new(),
+        version: 0,
         replicas: Vec::new(),
         rollout: Duration::from_secs(3),
         broken: BTreeSet::new(),
@@ -820,6 +870,8 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
                 .running
                 .insert(path.clone(), o["spec"]["template"].clone());
         }
+        world.version += 1;
+        o["metadata"]["resourceVersion"] = json!(world.version.to_string());
         let mut owners = BTreeMap::new();
         owners.insert("kubectl".to_string(), fields_of(&o));
         world.owners.insert(path.clone(), owners);
@@ -851,6 +903,7 @@ pub fn connect(world: &Arc<Mutex<World>>) -> kube::Client {
                 let (code, answer) = serve_one(&mut w, &method, &path, &query, &ct, &bytes);
                 let hang = w.hang_after.as_deref() == Some(&format!("{method} {path}"));
                 someone_else(&mut w, &format!("{method} {path}"));
+                git_on_unpause(&mut w);
                 (code, answer, hang)
             };
             if hang {

@@ -29,6 +29,11 @@ pub const INITIATOR_PREFIX: &str = "gitops:";
 /// queued, a failed gate) waits before it is tried again.
 const BLOCKED_RETRY: Duration = Duration::from_secs(60);
 
+/// How many of a service's newest releases are searched for the outcome of a
+/// revision's. Only those since the running revision's own promotion count, which
+/// stops the search early; past this many, a revision is released again.
+const FINISHED_LOOKBACK: usize = 200;
+
 /// The options of `--kubernetes`.
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -59,6 +64,9 @@ pub enum Did {
     Held(String),
     /// Its opt-in is unusable, or the submission path refused its policy.
     Invalid(String),
+    /// The namespace could not be listed (keyed by the namespace): nothing in it is
+    /// started or ended this time.
+    Unreadable(String),
 }
 
 /// The watch loop.
@@ -90,7 +98,8 @@ impl Watch {
     /// it is queued, running or finished (found in the store by its version, which
     /// names the revision), so a restarted server never releases a change twice.
     pub async fn tick(&self) -> Result<Vec<(String, Did)>, String> {
-        let workloads = self.watched.workloads().await.map_err(|e| e.to_string())?;
+        let seen = self.watched.workloads().await;
+        let workloads = &seen.workloads;
         let open = self
             .app
             .store
@@ -103,9 +112,11 @@ impl Watch {
         // more) is left alone: nothing here knows about it.
         for s in open.iter().filter(|s| is_gitops(s)) {
             let key = &s.initiator[INITIATOR_PREFIX.len()..];
-            let watched = key
-                .split_once('/')
-                .is_some_and(|(ns, _)| self.watched.namespaces().iter().any(|n| n == ns));
+            // Only a namespace listed just now can tell that a Deployment is gone.
+            let watched = key.split_once('/').is_some_and(|(ns, _)| {
+                self.watched.namespaces().iter().any(|n| n == ns)
+                    && !seen.unreadable.iter().any(|(n, _)| n == ns)
+            });
             if watched && !workloads.iter().any(|w| w.key() == key) {
                 let reason = format!(
                     "Deployment {key} was deleted (or no longer opts in): its release of {} ends, and its canary goes",
@@ -115,11 +126,17 @@ impl Watch {
                 did.push((key.to_string(), Did::Ended(s.id.clone())));
             }
         }
-        match self.watched.let_go().await {
-            Ok(gone) => did.extend(gone.into_iter().map(|key| (key, Did::LetGo))),
-            Err(e) => tracing::warn!("{e}"),
+        for (ns, why) in &seen.unreadable {
+            tracing::warn!("rampart serve --kubernetes: {why}");
+            did.push((ns.clone(), Did::Unreadable(why.clone())));
         }
-        for w in &workloads {
+        for gone in self.watched.let_go().await {
+            match gone {
+                Ok(key) => did.push((key, Did::LetGo)),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        for w in workloads {
             match self.one(w, &open).await {
                 Ok(done) => did.extend(done.into_iter().map(|d| (w.key(), d))),
                 Err(e) => tracing::warn!("{}: {e}", w.key()),
@@ -169,10 +186,17 @@ impl Watch {
                 .map_err(e)?;
             return Ok(Did::Rollout);
         }
-        if w.annotation(gitops::RELEASED_REVISION).is_none() || (!w.paused && mine.is_empty()) {
-            // First sight, or someone unpaused it between releases (`kubectl rollout
-            // resume`): paused again on the pods it runs.
-            self.watched.adopt(w).await.map_err(e)?;
+        // Unpaused is only right while a promotion of this Deployment rolls out (its
+        // mark is there, and its release is open). First sight, someone's `kubectl
+        // rollout resume`, or a promotion whose release is over: paused again on the
+        // pods it runs.
+        let promoting = w.annotation(gitops::PROMOTING).is_some();
+        let its_promotion = promoting && !mine.is_empty();
+        if w.annotation(gitops::RELEASED_REVISION).is_none() || (!w.paused && !its_promotion) {
+            self.watched
+                .adopt(w, promoting && mine.is_empty())
+                .await
+                .map_err(e)?;
             return Ok(Did::Adopted);
         }
         let released = w.annotation(gitops::RELEASED_REVISION) == Some(w.revision.as_str());
@@ -248,7 +272,11 @@ impl Watch {
                 .map_err(e)?;
             return Ok(Did::Nothing);
         }
-        if let Some(done) = self.finished(&p.service, &p.version).await? {
+        let released_version = w.annotation(gitops::RELEASED_VERSION);
+        if let Some(done) = self
+            .finished(&p.service, &p.version, released_version)
+            .await?
+        {
             let outcome = done.outcome.map(|o| o.as_str()).unwrap_or("");
             let blocked_long_ago = self.app.clock.now().saturating_sub(done.created_at)
                 >= u64::try_from(BLOCKED_RETRY.as_millis()).unwrap_or(u64::MAX);
@@ -385,21 +413,31 @@ impl Watch {
         }
     }
 
-    /// The newest finished release of `version` of the service, if any.
+    /// The newest finished release of `version` of the service since the running
+    /// pods' own (`released`): an older one is history, and a revision Git goes back
+    /// to is released again, not taken as promoted or refused by what happened then.
     async fn finished(
         &self,
         service: &str,
         version: &str,
+        released: Option<&str>,
     ) -> Result<Option<rampart_core::ports::ReleaseRecord>, String> {
         let recent = self
             .app
             .store
-            .list_releases(Some(service), 50)
+            .list_releases(Some(service), FINISHED_LOOKBACK)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(recent
-            .into_iter()
-            .find(|r| r.version == version && r.outcome.is_some()))
+        for r in recent {
+            if r.version == version && r.outcome.is_some() {
+                return Ok(Some(r));
+            }
+            let promoted = r.outcome.map(|o| o.as_str()) == Some("promoted");
+            if promoted && Some(r.version.as_str()) == released {
+                return Ok(None);
+            }
+        }
+        Ok(None)
     }
 
     /// Records what the loop decided in the audit chain (a failure to is logged: the

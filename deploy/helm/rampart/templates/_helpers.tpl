@@ -19,6 +19,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
+{{/* The namespaces `--kubernetes` watches: gitops.namespaces, else rbac.namespaces, else the release's. */}}
+{{- define "rampart.watched" -}}
+{{- .Values.gitops.namespaces | default .Values.rbac.namespaces | default (list .Release.Namespace) | join "," -}}
+{{- end -}}
+
+{{/*
+The namespaces that get a Role: where the released services live and, with gitops,
+every namespace watched (a watched namespace without one is Forbidden to list).
+*/}}
+{{- define "rampart.roleNamespaces" -}}
+{{- $released := .Values.rbac.namespaces | default (list .Release.Namespace) -}}
+{{- $watched := list -}}
+{{- if .Values.gitops.enabled -}}
+{{- $watched = splitList "," (include "rampart.watched" .) -}}
+{{- end -}}
+{{- concat $released $watched | uniq | join "," -}}
+{{- end -}}
+
 {{- define "rampart.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "rampart.fullname" .) .Values.serviceAccount.name -}}

@@ -230,8 +230,23 @@ impl Kubernetes {
     /// the traffic read back), and a failure says where traffic is.
     async fn promote(&self) -> Result<String, Error> {
         let Some(canary) = self.canary_opt().await? else {
-            self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
+            let stable = self
+                .wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
                 .await?;
+            if gitops::opted_in(&stable)
+                && !stable.metadata.annotations.as_ref().is_some_and(|a| {
+                    a.get(gitops::RELEASED_REVISION) == Some(&gitops::revision(&stable))
+                })
+            {
+                // Git's template waits paused, and no canary is left that ran it:
+                // nothing analysed it, so nothing is rolled out.
+                return Err(Error::Shape(format!(
+                    "the canary `{}` is gone and Deployment `{}` has revision {} paused, not released: nothing analysed it, so the promotion does not roll it out",
+                    self.deploy.canary_name,
+                    self.deploy.deployment,
+                    gitops::revision(&stable)
+                )));
+            }
             return Ok(format!(
                 "no canary left; Deployment `{}` as it is",
                 self.deploy.deployment

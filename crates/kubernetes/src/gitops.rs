@@ -11,6 +11,7 @@
 //! `rampart.dev/*` status annotations, never a field Git sets.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -40,7 +41,7 @@ pub const RELEASED_VERSION: &str = "rampart.dev/released-version";
 pub const REFUSED_REVISION: &str = "rampart.dev/refused-revision";
 /// On a canary: the revision of the template it was derived from.
 pub const CANARY_REVISION: &str = "rampart.dev/canary-revision";
-/// While a promotion rolls out: the revision it rolls out. The Helm chart's template
+/// While a promotion rolls out: the version it rolls out. The Helm chart's template
 /// lock (a ValidatingAdmissionPolicy, `gitops.lockTemplate`) refuses a change to the
 /// pod template while it is there, and the watch loop leaves the Deployment unpaused.
 pub const PROMOTING: &str = "rampart.dev/promoting";
@@ -334,11 +335,14 @@ impl Kubernetes {
     ///
     /// Only the revision the canary analysed is rolled out: the unpause is conditional
     /// on the Deployment read with that template (a template Git applies after the
-    /// read makes it fail and be decided again), and [`PROMOTING`] marks the rollout
-    /// so the chart's template lock refuses Git's applies until it ends. Without the
-    /// lock, a template applied during the rollout is seen at the next read: the
-    /// Deployment is paused again at once and the promotion fails, saying which pods
-    /// may run a revision nobody analysed. Whatever happens, it ends paused.
+    /// read makes it fail and be decided again), and [`PROMOTING`] (the version)
+    /// marks the rollout so the chart's template lock refuses Git's applies until it
+    /// ends. Without the lock, a template applied during the rollout is seen at the
+    /// next read: the promotion fails, saying which pods may run a revision nobody
+    /// analysed. Whatever ends it, the Deployment is paused again (unconditionally,
+    /// retried), and the revision is recorded as released only afterwards, on a read
+    /// that shows every pod on it. A promotion already recorded is done: one resumed
+    /// after a crash returns at once, whatever Git applied since.
     pub(crate) async fn promote_gitops(
         &self,
         canary: &Deployment,
@@ -354,58 +358,118 @@ impl Kubernetes {
             .and_then(|a| a.get(CANARY_REVISION))
             .cloned()
             .unwrap_or_default();
-        apply_fresh(&api, &ns, &name, "unpausing", |live| {
+        let live = self.deployment(&name).await?;
+        if is_paused(&live) && released(&live) == Some((derived.clone(), version.to_string())) {
+            return Ok(live);
+        }
+        let unpaused = apply_fresh(&api, &ns, &name, "unpausing", |live| {
             let now = revision(live);
             if now != derived {
                 return Err(Error::Shape(format!(
                     "Deployment `{name}` has revision {now} now, not {derived} as the canary analysed: Git applied another template mid-release, so it is not rolled out"
                 )));
             }
-            Ok(Some(gitops_patch(live, false, &[(PROMOTING, &derived)])))
+            Ok(Some(gitops_patch(live, false, &[(PROMOTING, version)])))
         })
-        .await?;
-        let rolled = self
-            .poll(
-                &format!("Deployment `{name}`"),
-                self.deploy.ready_timeout,
-                || self.deployment(&name),
-                |d| match revision(d) {
-                    now if now != derived => Readiness::Failed(format!(
-                        "Git applied revision {now} while the promotion rolled out revision {derived}"
-                    )),
-                    _ => objects::readiness(d),
-                },
-            )
-            .await;
-        let mut moved = None;
-        let released = [
+        .await;
+        let rolled = match &unpaused {
+            Ok(_) => {
+                self.poll(
+                    &format!("Deployment `{name}`"),
+                    self.deploy.ready_timeout,
+                    || self.deployment(&name),
+                    |d| match revision(d) {
+                        now if now != derived => Readiness::Failed(format!(
+                            "Git applied revision {now} while the promotion rolled out revision {derived}"
+                        )),
+                        _ => objects::readiness(d),
+                    },
+                )
+                .await
+            }
+            Err(_) => Err(Error::Shape(String::new())),
+        };
+        let paused = self.pause_now(&name).await;
+        let paused = match (unpaused, paused) {
+            (Err(e), Ok(_)) => return Err(e),
+            (_, Err(e)) => {
+                return Err(Error::NotReady(format!(
+                    "Deployment `{name}` could not be paused again after its promotion ({e}): the Deployment controller rolls out whatever Git applies to it; pause it by hand (`kubectl rollout pause deployment/{name} -n {ns}`)"
+                )));
+            }
+            (Ok(_), Ok(d)) => d,
+        };
+        let now = revision(&paused);
+        if now != derived {
+            return Err(Error::NotReady(format!(
+                "Git applied revision {now} while the promotion rolled out revision {derived}: Deployment `{name}` is paused again, and some of its pods may run revision {now}, which nobody analysed; a human must look (`kubectl get rs`). The chart's template lock (gitops.lockTemplate) refuses such applies during a promotion"
+            )));
+        }
+        if let Err(e) = rolled {
+            return Err(Error::NotReady(format!(
+                "{e}: Deployment `{name}` is paused again, its pods a mix of the previous revision and {derived}; a human must look"
+            )));
+        }
+        let record = [
             (RELEASED_REVISION, derived.as_str()),
             (RELEASED_VERSION, version),
-            (PROMOTING, ""),
+            (REFUSED_REVISION, ""),
         ];
-        let paused = apply_fresh(&api, &ns, &name, "pausing", |live| {
+        apply_fresh(&api, &ns, &name, "recording the release of", |live| {
+            // Decided on what is there now: the same template, every pod on it.
             let now = revision(live);
-            let record: &[(&str, &str)] = if rolled.is_ok() && now == derived {
-                &released
-            } else {
-                &released[2..]
-            };
             if now != derived {
-                moved = Some(now);
+                return Err(Error::NotReady(format!(
+                    "Git applied revision {now} just as revision {derived} finished rolling out: Deployment `{name}` is paused, not recorded as released; a human must look"
+                )));
             }
-            Ok(Some(gitops_patch(live, true, record)))
+            if let Readiness::Waiting(why) | Readiness::Failed(why) = objects::readiness(live) {
+                return Err(Error::NotReady(format!(
+                    "Deployment `{name}` was paused with its rollout of {derived} incomplete ({why}); not recorded as released"
+                )));
+            }
+            Ok(Some(gitops_patch(live, true, &record)))
         })
-        .await?;
-        match (rolled, moved) {
-            (Ok(_), None) => Ok(paused),
-            (_, Some(now)) => Err(Error::NotReady(format!(
-                "Git applied revision {now} while the promotion rolled out revision {derived}: Deployment `{name}` is paused again, and some of its pods may run revision {now}, which nobody analysed; a human must look (`kubectl get rs`) before it is released. The chart's template lock (gitops.lockTemplate) refuses such applies during a promotion"
-            ))),
-            (Err(e), None) => Err(Error::NotReady(format!(
-                "{e}: Deployment `{name}` is paused again, its pods a mix of the previous revision and {derived}; a human must look"
-            ))),
+        .await
+    }
+
+    /// Pauses the stable now and clears [`PROMOTING`]: not conditional (pausing is
+    /// always safe), retried every poll for as long as a rollout may take.
+    async fn pause_now(&self, name: &str) -> Result<Deployment, Error> {
+        let api = self.deployments();
+        let mut waited = Duration::ZERO;
+        loop {
+            let tried = async {
+                let live = self.deployment(name).await?;
+                let mut body = gitops_patch(&live, true, &[(PROMOTING, "")]);
+                if let Some(meta) = body["metadata"].as_object_mut() {
+                    meta.remove("resourceVersion");
+                }
+                api.patch(name, &patch_params(), &Patch::Apply(&body))
+                    .await
+                    .map_err(|source| Error::api(format!("pausing Deployment `{name}`"), source))
+            }
+            .await;
+            match tried {
+                Ok(d) => return Ok(d),
+                Err(e) if waited >= self.deploy.ready_timeout => return Err(e),
+                Err(e) => {
+                    tracing::warn!("{e}; trying again");
+                    tokio::time::sleep(self.poll).await;
+                    waited += self.poll;
+                }
+            }
         }
     }
+}
+
+/// The revision and version recorded as released on `d`.
+fn released(d: &Deployment) -> Option<(String, String)> {
+    let a = d.metadata.annotations.as_ref()?;
+    Some((
+        a.get(RELEASED_REVISION)?.clone(),
+        a.get(RELEASED_VERSION)?.clone(),
+    ))
 }
 
 // === the watch loop's view of the cluster ===

@@ -24,7 +24,7 @@ use rampart::serve::views::Loaded;
 use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
 use rampart_core::ports::{Clock, Freeze};
-use rampart_kubernetes::gitops::Watched;
+use rampart_kubernetes::gitops::{Phase, Watched};
 use serde_json::{Value, json};
 use support::cluster::{self, World};
 use support::{NS, at, deployments};
@@ -830,36 +830,40 @@ fn gitops_a_template_git_applies_during_the_promotion_is_never_recorded_as_relea
 fn gitops_a_phase_report_never_undoes_a_pause_that_lands_after_its_read_fake_api() {
     let (world, dir, _prom) = setup(true);
     let server = Server::start(&world, dir.path());
-    adopted_then_v2(&server, &world);
-    let id = started(&server.tick());
-    server.wait_phase(&id, "awaiting_approval");
-    server.tick();
-    // As a promotion leaves it: unpaused, marked; the phase's message is stale so the
-    // next tick writes it.
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    // As a promotion leaves it while it rolls out: unpaused.
     world.lock().unwrap().apply_as(
         STABLE,
         &json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "checkout", "namespace": NS, "annotations": {
-                    "rampart.dev/promoting": "x", "rampart.dev/message": "stale"}},
+                "metadata": {"name": "checkout", "namespace": NS},
                 "spec": {"paused": false}}),
         "promotion-stand-in",
     );
-    // The promotion pauses it again right after the report read it.
+    // The report's own reader, alone on the cluster: the pause lands right after
+    // its read of the Deployment, before its write.
+    let watched = server
+        .rt
+        .block_on(async { Watched::new(cluster::connect(&world), vec![NS.into()]) });
+    let seen = server.rt.block_on(watched.workloads());
+    let w = &seen.workloads[0];
     world.lock().unwrap().edit_after = Some((
         format!("GET {STABLE}"),
         STABLE.into(),
         "/spec/paused".into(),
         json!(true),
     ));
-    server.tick();
+    server
+        .rt
+        .block_on(watched.report(w, Phase::Progressing, "r1", "a new message", &[]))
+        .unwrap();
     assert!(
         world.lock().unwrap().edit_after.is_none(),
         "the edit never landed"
     );
     assert_eq!(paused(&world), json!(true));
-    assert_ne!(
+    assert_eq!(
         annotation(&world, "rampart.dev/message").as_deref(),
-        Some("stale")
+        Some("a new message")
     );
 }
 
@@ -974,4 +978,143 @@ fn gitops_a_namespace_that_cannot_be_listed_stops_nothing_else_and_ends_nothing_
         "{did:?}"
     );
     assert_eq!(server.phase(&id), "awaiting_approval");
+}
+
+/// The watch must leave a promotion in flight alone: its tick reads the Deployment
+/// unpaused with the mark while the rollout runs.
+#[test]
+fn gitops_a_tick_during_the_promotion_leaves_its_rollout_alone_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    world.lock().unwrap().rollout = Duration::from_secs(3);
+    server.approve(&id);
+    let nap = Duration::from_millis(20);
+    let mut waited = Duration::ZERO;
+    while annotation(&world, "rampart.dev/promoting").is_none() {
+        assert!(waited < DEADLINE, "no promotion: {:?}", server.events(&id));
+        std::thread::sleep(nap);
+        waited += nap;
+    }
+    assert_eq!(paused(&world), json!(false));
+    let did = server.tick();
+    assert!(!did.iter().any(|(_, d)| *d == Did::Adopted), "{did:?}");
+    assert_eq!(
+        paused(&world),
+        json!(false),
+        "paused half-way through its rollout"
+    );
+    server.wait_phase(&id, "promoted");
+    assert_eq!(paused(&world), json!(true));
+    assert_eq!(annotation(&world, "rampart.dev/promoting"), None);
+    assert_eq!(
+        running(&world, STABLE).as_deref(),
+        Some("registry.example.com/checkout:v2")
+    );
+}
+
+/// Review: a mark left by an earlier promotion kept the Deployment unpaused while any
+/// release of the service was open (a newer one waiting for approval, for days).
+#[test]
+fn gitops_a_mark_of_another_release_does_not_keep_the_deployment_unpaused_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    world.lock().unwrap().apply_as(
+        STABLE,
+        &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "checkout", "namespace": NS,
+                             "annotations": {"rampart.dev/promoting": "v0+0123456789"}},
+                "spec": {"paused": false}}),
+        "rampart-gitops",
+    );
+    let did = server.tick();
+    assert!(
+        did.contains(&("shop/checkout".into(), Did::Adopted)),
+        "{did:?}"
+    );
+    assert_eq!(paused(&world), json!(true));
+    assert_eq!(annotation(&world, "rampart.dev/promoting"), None);
+    assert_eq!(server.phase(&id), "awaiting_approval");
+}
+
+/// Review: a stale mark on a paused Deployment was never cleared, and the template
+/// lock keyed on it refused every later template from Git.
+#[test]
+fn gitops_a_stale_mark_on_a_paused_deployment_is_cleared_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    // As a crashed promotion's pause left it: rampart-gitops states its fields, the
+    // mark among them.
+    {
+        let mut w = world.lock().unwrap();
+        let mut annotations = w.objects[STABLE]["metadata"]["annotations"].clone();
+        let a = annotations.as_object_mut().unwrap();
+        a.retain(|k, _| k.starts_with("rampart.dev/") && k != "rampart.dev/policy");
+        a.insert("rampart.dev/promoting".into(), json!("v0+0123456789"));
+        w.apply_as(
+            STABLE,
+            &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "checkout", "namespace": NS, "annotations": annotations},
+                    "spec": {"paused": true}}),
+            "rampart-gitops",
+        );
+    }
+    assert_eq!(paused(&world), json!(true));
+    assert!(annotation(&world, "rampart.dev/released-revision").is_some());
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    assert_eq!(annotation(&world, "rampart.dev/promoting"), None);
+    assert_eq!(paused(&world), json!(true));
+}
+
+/// Review: a refused revision stayed refused after another was promoted, so Git going
+/// back to it was never released.
+#[test]
+fn gitops_a_revision_refused_before_another_was_promoted_is_released_again_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let first = started(&server.tick());
+    server.wait_phase(&first, "awaiting_approval");
+    let caller = Caller {
+        name: "bob".into(),
+        role: Role::Deployer,
+    };
+    let body = axum::body::Bytes::from(r#"{"reason": "support tickets"}"#);
+    let _ = server
+        .rt
+        .block_on(act(
+            server.app.clone(),
+            caller,
+            first.clone(),
+            Act::Rollback,
+            body,
+        ))
+        .unwrap();
+    server.wait_phase(&first, "rolled_back");
+    server.tick();
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("refused")
+    );
+    git_applies(&world, "v3");
+    let second = started(&server.tick());
+    server.wait_phase(&second, "awaiting_approval");
+    server.approve(&second);
+    server.wait_phase(&second, "promoted");
+    assert_eq!(annotation(&world, "rampart.dev/refused-revision"), None);
+    // Git goes back to v2: released through a canary, not taken as refused.
+    git_applies(&world, "v2");
+    let third = started(&server.tick());
+    assert_ne!(third, first);
+    server.wait_phase(&third, "awaiting_approval");
+    assert_eq!(
+        canary_image(&world).as_deref(),
+        Some("\"registry.example.com/checkout:v2\"")
+    );
 }

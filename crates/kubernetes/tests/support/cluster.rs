@@ -749,15 +749,15 @@ fn serve_one(
     bytes: &[u8],
 ) -> (u16, Value) {
     authorized(w, method, path);
+    let ns = path
+        .split("/namespaces/")
+        .nth(1)
+        .and_then(|r| r.split('/').next());
+    if ns.is_some_and(|ns| w.forbidden.contains(ns)) {
+        return (403, status(403, "Forbidden"));
+    }
     match *method {
         Method::GET => {
-            let ns = path
-                .split("/namespaces/")
-                .nth(1)
-                .and_then(|r| r.split('/').next());
-            if ns.is_some_and(|ns| w.forbidden.contains(ns)) {
-                return (403, status(403, "Forbidden"));
-            }
             if let Some(o) = shown(w, path) {
                 return (200, o);
             }

@@ -160,18 +160,20 @@ impl Watch {
         did: &mut Vec<Did>,
     ) -> Result<Did, String> {
         let e = |e: rampart_kubernetes::Error| e.to_string();
-        let p = match &w.policy {
-            Ok(p) => p,
-            Err(why) => {
-                self.watched
-                    .report(w, Phase::Failed, "", why, &[])
-                    .await
-                    .map_err(e)?;
-                return Ok(Did::Invalid(why.clone()));
-            }
+        let adopted = w.annotation(gitops::RELEASED_REVISION).is_some();
+        if let (Err(why), false) = (&w.policy, adopted) {
+            // Not taken yet: reported, and left as it is until its opt-in works.
+            self.watched
+                .report(w, Phase::Failed, "", why, &[])
+                .await
+                .map_err(e)?;
+            return Ok(Did::Invalid(why.clone()));
+        }
+        let mine: Vec<&Submission> = match &w.policy {
+            Ok(p) => open.iter().filter(|s| s.service == p.service).collect(),
+            Err(_) => Vec::new(),
         };
-        let mine: Vec<&Submission> = open.iter().filter(|s| s.service == p.service).collect();
-        if w.annotation(gitops::RELEASED_REVISION).is_none() && !w.rolled_out {
+        if !adopted && !w.rolled_out {
             // Opted in mid-rollout: pausing now would freeze a mix of old and new
             // pods, and neither would be a released revision.
             self.watched
@@ -186,19 +188,31 @@ impl Watch {
                 .map_err(e)?;
             return Ok(Did::Rollout);
         }
-        // Unpaused is only right while a promotion of this Deployment rolls out (its
-        // mark is there, and its release is open). First sight, someone's `kubectl
-        // rollout resume`, or a promotion whose release is over: paused again on the
-        // pods it runs.
-        let promoting = w.annotation(gitops::PROMOTING).is_some();
-        let its_promotion = promoting && !mine.is_empty();
-        if w.annotation(gitops::RELEASED_REVISION).is_none() || (!w.paused && !its_promotion) {
-            self.watched
-                .adopt(w, promoting && mine.is_empty())
-                .await
-                .map_err(e)?;
+        // Unpaused is only right while a promotion rolls out: its mark names the
+        // version, and that version's release is open and promoting. First sight,
+        // someone's `kubectl rollout resume`, or a mark whose promotion is over (a
+        // crash, another release since): paused again on the pods it runs, and the
+        // mark cleared (even on a paused Deployment: the template lock keys on it).
+        let mark = w.annotation(gitops::PROMOTING);
+        let in_flight = match mark {
+            Some(version) => self.promoting(&mine, version).await,
+            None => false,
+        };
+        let stale = mark.is_some() && !in_flight;
+        if !adopted || (!w.paused && !in_flight) || stale {
+            self.watched.adopt(w, stale).await.map_err(e)?;
             return Ok(Did::Adopted);
         }
+        let p = match &w.policy {
+            Ok(p) => p,
+            Err(why) => {
+                self.watched
+                    .report(w, Phase::Failed, "", why, &[])
+                    .await
+                    .map_err(e)?;
+                return Ok(Did::Invalid(why.clone()));
+            }
+        };
         let released = w.annotation(gitops::RELEASED_REVISION) == Some(w.revision.as_str());
         // A release of another revision (Git moved on, or back) is superseded.
         for s in mine
@@ -281,24 +295,11 @@ impl Watch {
             let blocked_long_ago = self.app.clock.now().saturating_sub(done.created_at)
                 >= u64::try_from(BLOCKED_RETRY.as_millis()).unwrap_or(u64::MAX);
             match outcome {
-                "promoted" => {
-                    // The promotion recorded the revision as released, and the next
-                    // tick reads it; this repairs a record a concurrent report lost.
-                    self.watched
-                        .report(
-                            w,
-                            Phase::Released,
-                            &done.id,
-                            &format!("runs revision {} (version {})", w.revision, p.version),
-                            &[
-                                (gitops::RELEASED_REVISION, &w.revision),
-                                (gitops::RELEASED_VERSION, &p.version),
-                            ],
-                        )
-                        .await
-                        .map_err(e)?;
-                    return Ok(Did::Nothing);
-                }
+                // A promotion records the revision as released before it ends, so
+                // a promoted release of this version since the running revision's
+                // own cannot be: it is history from before an adoption. Released
+                // again, through a canary.
+                "promoted" => {}
                 "rolled_back" => {
                     self.watched
                         .report(
@@ -438,6 +439,17 @@ impl Watch {
             }
         }
         Ok(None)
+    }
+
+    /// Whether the release of `version` among `mine` is open and promoting: the
+    /// `promoting` mark it left is then its own, in flight.
+    async fn promoting(&self, mine: &[&Submission], version: &str) -> bool {
+        let Some(s) = mine.iter().find(|s| s.version == version) else {
+            return false;
+        };
+        view_of(&self.app, &s.id)
+            .await
+            .is_ok_and(|v| v.phase == "promoting")
     }
 
     /// Records what the loop decided in the audit chain (a failure to is logged: the

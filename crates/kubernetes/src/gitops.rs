@@ -547,24 +547,31 @@ impl Watched {
                 seen.workloads.push(self.workload(ns, d).await);
             }
         }
-        let mut by_service: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // One opted-in Deployment per service. The one that holds it already (adopted:
+        // rampart keeps it paused) keeps it, so a newcomer naming another team's
+        // service cannot stop that team's releases; when none holds it, or several
+        // do, none is released.
+        let mut by_service: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
         for w in &seen.workloads {
             if let Ok(p) = &w.policy {
+                let adopted = w.annotation(RELEASED_REVISION).is_some();
                 by_service
                     .entry(p.service.clone())
                     .or_default()
-                    .push(w.key());
+                    .push((w.key(), adopted));
             }
         }
         for w in &mut seen.workloads {
             let key = w.key();
             let Ok(p) = &w.policy else { continue };
-            let others: Vec<&String> = by_service[&p.service]
+            let others: Vec<&(String, bool)> = by_service[&p.service]
                 .iter()
-                .filter(|k| **k != key)
+                .filter(|(k, _)| *k != key)
                 .collect();
-            if !others.is_empty() {
-                let others: Vec<&str> = others.iter().map(|k| k.as_str()).collect();
+            let holds = w.annotation(RELEASED_REVISION).is_some()
+                && !others.iter().any(|(_, adopted)| *adopted);
+            if !others.is_empty() && !holds {
+                let others: Vec<&str> = others.iter().map(|(k, _)| k.as_str()).collect();
                 w.policy = Err(format!(
                     "the policy's service `{}` is also the service of Deployment {}: releases are queued, locked and recorded by service, so each opted-in Deployment needs a policy with a service of its own",
                     p.service,

@@ -914,17 +914,19 @@ fn gitops_a_stale_promoting_mark_is_cleared_and_the_deployment_paused_fake_api()
 
 /// Review: two Deployments whose policies named one service were released as one
 /// (queued, locked and judged by service, each re-pausing on the other's release).
+/// And a newcomer naming a service another Deployment holds cannot stop its releases.
 #[test]
-fn gitops_two_deployments_with_one_service_are_both_refused_fake_api() {
+fn gitops_a_second_deployment_naming_a_held_service_is_refused_fake_api() {
     let (world, dir, prom) = setup(true);
     let url = prom.block_on(prometheus());
     let text = policy(&url, RATIO, STEPS).replace("deployment: checkout", "deployment: payments");
     let mut d = manifest("v1", true);
     d["metadata"]["name"] = json!("payments");
     d["metadata"]["annotations"]["rampart.dev/policy"] = json!("payments-policy");
-    {
+    let payments = deployments("payments");
+    let newcomer = |world: &Arc<Mutex<World>>| {
         let mut w = world.lock().unwrap();
-        w.apply_as(&deployments("payments"), &d, "kubectl");
+        w.apply_as(&payments, &d, "kubectl");
         w.apply_as(
             &format!("/api/v1/namespaces/{NS}/configmaps/payments-policy"),
             &json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -932,7 +934,9 @@ fn gitops_two_deployments_with_one_service_are_both_refused_fake_api() {
                     "data": {"rampart.yaml": text}}),
             "kubectl",
         );
-    }
+    };
+    // Both new: neither holds `checkout`, neither is released.
+    newcomer(&world);
     let server = Server::start(&world, dir.path());
     let did = server.tick();
     assert_eq!(did.len(), 2, "{did:?}");
@@ -948,6 +952,19 @@ fn gitops_two_deployments_with_one_service_are_both_refused_fake_api() {
         );
     }
     assert!(server.releases().is_empty());
+    // Without the newcomer, checkout is adopted; the newcomer's return stops nothing.
+    world.lock().unwrap().delete(&payments);
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);
+    newcomer(&world);
+    git_applies(&world, "v2");
+    let did = server.tick();
+    assert!(
+        did.iter().any(|(k, d)| k == "shop/payments"
+            && matches!(d, Did::Invalid(why) if why.contains("shop/checkout"))),
+        "{did:?}"
+    );
+    let id = started(&did);
+    server.wait_phase(&id, "awaiting_approval");
 }
 
 /// Review: one namespace without a Role (Forbidden) stopped the watch of every other.

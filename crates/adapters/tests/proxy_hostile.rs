@@ -39,9 +39,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rampart_adapters::proxy::{Proxy, raise_open_files_limit};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, raise_open_files_limit};
 use rampart_core::Variant;
-use rampart_core::policy::{ProxyLimits, Sticky};
+use rampart_core::policy::ProxyLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -232,10 +232,15 @@ fn a_keep_alive_clients_p99_holds_within_2x_under_half_open_connections_and_malf
             header_timeout: Duration::from_secs(600),
             ..ProxyLimits::default()
         };
-        let (proxy, server) =
-            Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-                .await
-                .unwrap();
+        let (proxy, server) = Proxy::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ProxyOptions {
+                limits,
+                ..ProxyOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         proxy.set_backends(Variant::Stable, &[stable]);
         (proxy, server)
     });

@@ -22,9 +22,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rampart_adapters::proxy::{Proxy, ProxyServer};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
 use rampart_core::Variant;
-use rampart_core::policy::{ProxyLimits, Sticky};
+use rampart_core::policy::ProxyLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -38,9 +38,15 @@ const PATIENCE: Duration = Duration::from_secs(10);
 async fn proxy_with(limits: ProxyLimits) -> (Proxy, ProxyServer, Arc<Notify>) {
     let hold = Arc::new(Notify::new());
     let stable = backend("stable", hold.clone()).await;
-    let (proxy, server) = Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-        .await
-        .unwrap();
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     proxy.set_backends(Variant::Stable, &[stable]);
     (proxy, server, hold)
 }
@@ -272,9 +278,15 @@ async fn an_oversized_body_gets_413_declared_or_streamed() {
         max_body_bytes: Some(1024),
         ..ProxyLimits::default()
     };
-    let (proxy, server) = Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-        .await
-        .unwrap();
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     proxy.set_backends(Variant::Stable, &[reading_backend().await]);
     let addr = server.local_addr();
 
@@ -417,9 +429,15 @@ async fn a_slow_answer_is_not_cut_by_the_head_timers() {
         ..ProxyLimits::default()
     };
     let slow = common::slow_body_backend("slow", Duration::from_millis(500)).await;
-    let (proxy, server) = Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-        .await
-        .unwrap();
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     proxy.set_backends(Variant::Stable, &[slow]);
     let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
     for _ in 0..2 {

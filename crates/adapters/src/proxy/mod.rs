@@ -299,118 +299,54 @@ impl Drop for ProxyServer {
     }
 }
 
+/// How a proxy serves: everything but its listening socket. The default is plain
+/// HTTP, no stickiness, the default [`ProxyLimits`], no forwarding headers believed,
+/// no routes (every request gets 503) and no hold.
+#[derive(Debug, Default)]
+pub struct ProxyOptions {
+    /// How a request is pinned to one variant (`traffic.proxy.sticky`).
+    pub sticky: Sticky,
+    /// What one client may hold of the proxy (`traffic.proxy.limits`).
+    pub limits: ProxyLimits,
+    /// Whose forwarding headers are believed (`traffic.proxy.forwarded.trust`).
+    pub forwarded: Trust,
+    /// The routes in effect from the first connection accepted (those an earlier data
+    /// plane saved, say).
+    pub routes: RouteTable,
+    /// How long a request waits for a backend when its variant has none (see
+    /// [`Proxy::set_hold`]).
+    pub hold: Duration,
+    /// Terminates TLS (`traffic.proxy.tls`), its certificates reloaded when their
+    /// files change while the server runs; `None` serves plain HTTP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<tls::TlsTerminator>,
+}
+
 impl Proxy {
-    /// Binds `listen` and starts serving with the default [`ProxyLimits`]. With no
-    /// backends, every request gets 503.
-    pub async fn bind(listen: SocketAddr, sticky: Sticky) -> std::io::Result<(Proxy, ProxyServer)> {
-        Proxy::bind_limited(listen, sticky, ProxyLimits::default()).await
-    }
-
-    /// [`Proxy::bind`] with `limits`.
-    pub async fn bind_limited(
+    /// Binds `listen` and starts serving it with `options`.
+    pub async fn bind(
         listen: SocketAddr,
-        sticky: Sticky,
-        limits: ProxyLimits,
-    ) -> std::io::Result<(Proxy, ProxyServer)> {
-        Proxy::bind_with(listen, sticky, limits, Trust::None).await
-    }
-
-    /// [`Proxy::bind`] with `limits`, believing the forwarding headers of the peers
-    /// `trust` names.
-    pub async fn bind_with(
-        listen: SocketAddr,
-        sticky: Sticky,
-        limits: ProxyLimits,
-        trust: Trust,
+        options: ProxyOptions,
     ) -> std::io::Result<(Proxy, ProxyServer)> {
         let listener = TcpListener::bind(listen).await?;
-        Proxy::serve(
-            listener,
-            sticky,
-            &RouteTable::default(),
-            Duration::ZERO,
-            limits,
-            trust,
-        )
+        Proxy::serve(listener, options)
     }
 
     /// Starts serving on a listening socket bound elsewhere (handed over by an earlier
-    /// data plane, say), with `routes` in effect and requests held up to `hold` for a
-    /// backend, from the first connection accepted, within `limits`, believing the
-    /// forwarding headers of the peers `trust` names.
+    /// data plane, say) with `options`.
     pub fn serve(
         listener: TcpListener,
-        sticky: Sticky,
-        routes: &RouteTable,
-        hold: Duration,
-        limits: ProxyLimits,
-        trust: Trust,
+        options: ProxyOptions,
     ) -> std::io::Result<(Proxy, ProxyServer)> {
-        Proxy::start(
-            listener,
+        let ProxyOptions {
             sticky,
+            limits,
+            forwarded: trust,
             routes,
             hold,
-            limits,
-            trust,
             #[cfg(feature = "tls")]
-            None,
-        )
-    }
-
-    /// [`Proxy::bind_with`], terminating TLS with `tls`.
-    #[cfg(feature = "tls")]
-    pub async fn bind_tls(
-        listen: SocketAddr,
-        sticky: Sticky,
-        limits: ProxyLimits,
-        trust: Trust,
-        tls: tls::TlsTerminator,
-    ) -> std::io::Result<(Proxy, ProxyServer)> {
-        let listener = TcpListener::bind(listen).await?;
-        Proxy::serve_tls(
-            listener,
-            sticky,
-            &RouteTable::default(),
-            Duration::ZERO,
-            limits,
-            trust,
             tls,
-        )
-    }
-
-    /// [`Proxy::serve`], terminating TLS with `tls` and reloading its certificates
-    /// when their files change, while the server runs.
-    #[cfg(feature = "tls")]
-    pub fn serve_tls(
-        listener: TcpListener,
-        sticky: Sticky,
-        routes: &RouteTable,
-        hold: Duration,
-        limits: ProxyLimits,
-        trust: Trust,
-        tls: tls::TlsTerminator,
-    ) -> std::io::Result<(Proxy, ProxyServer)> {
-        Proxy::start(
-            listener,
-            sticky,
-            routes,
-            hold,
-            limits,
-            trust,
-            Some(Arc::new(tls)),
-        )
-    }
-
-    fn start(
-        listener: TcpListener,
-        sticky: Sticky,
-        routes: &RouteTable,
-        hold: Duration,
-        limits: ProxyLimits,
-        trust: Trust,
-        #[cfg(feature = "tls")] tls: Option<Arc<tls::TlsTerminator>>,
-    ) -> std::io::Result<(Proxy, ProxyServer)> {
+        } = options;
         let addr = listener.local_addr()?;
         let shared = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
         let mut connector = HttpConnector::new();
@@ -448,10 +384,10 @@ impl Proxy {
                     u64::from_le_bytes(raw)
                 },
                 #[cfg(feature = "tls")]
-                tls,
+                tls: tls.map(Arc::new),
             }),
         };
-        proxy.restore(routes);
+        proxy.restore(&routes);
         let serving = proxy.clone();
         let (closing, closed) = tokio::sync::watch::channel(false);
         // The certificates are watched while the accept loop runs, and no longer.

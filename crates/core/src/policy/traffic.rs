@@ -302,9 +302,10 @@ impl Default for ProxyLimits {
 }
 
 /// What keeps one user on one variant while the weight changes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Sticky {
-    /// Every request is assigned on its own.
+    /// Every request is assigned on its own (the default).
+    #[default]
     None,
     /// The client's IP address.
     ClientIp,

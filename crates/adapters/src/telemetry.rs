@@ -219,6 +219,13 @@ impl Telemetry {
                 "rampart_proxy_refused_connections_total{{service=\"{svc}\"}} {refused}"
             );
         }
+        if let Some(slow) = self.counted.body_timeouts() {
+            out.push_str("# HELP rampart_proxy_body_timeouts_total Requests answered 408 because their client sent nothing of its body for traffic.proxy.limits.body_timeout; counted against no version.\n# TYPE rampart_proxy_body_timeouts_total counter\n");
+            let _ = writeln!(
+                out,
+                "rampart_proxy_body_timeouts_total{{service=\"{svc}\"}} {slow}"
+            );
+        }
         if let Some(failed) = self.counted.tls_handshake_failures() {
             out.push_str("# HELP rampart_proxy_tls_handshake_failures_total TLS handshakes on the embedded proxy that failed or did not finish within traffic.proxy.limits.header_timeout; counted against no version.\n# TYPE rampart_proxy_tls_handshake_failures_total counter\n");
             let _ = writeln!(

@@ -14,12 +14,11 @@ use std::sync::Arc;
 
 use rampart_adapters::flags::FlagServer;
 use rampart_adapters::proxy::admin::AdminServer;
-use rampart_adapters::proxy::{Proxy, Totals};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, Totals};
 use rampart_adapters::telemetry::{MetricsServer, Telemetry};
 use rampart_core::Weight;
 use rampart_core::flags::{FlagDef, FlagState};
 use rampart_core::metrics::IntervalSample;
-use rampart_core::policy::Sticky;
 use rampart_core::ports::{BoxFuture, FlagChange, FlagStore, PortError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -200,7 +199,7 @@ async fn metrics_answers_as_it_always_has() {
 
 #[tokio::test]
 async fn the_proxy_admin_api_answers_as_it_always_has() {
-    let (proxy, _serving) = Proxy::bind("127.0.0.1:0".parse().unwrap(), Sticky::None)
+    let (proxy, _serving) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
         .await
         .unwrap();
     let telemetry = Arc::new(Telemetry::new("edge", Arc::new(Fixed)));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode};
-use rampart_adapters::proxy::{BuiltinMetrics, Proxy, VARIANT_HEADER};
+use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyOptions, VARIANT_HEADER};
 use rampart_core::metrics::bucket_upper_ms;
 use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::MetricsSource;
@@ -44,9 +44,15 @@ async fn setup(sticky: Sticky) -> (Proxy, rampart_adapters::proxy::ProxyServer, 
     let hold = Arc::new(Notify::new());
     let stable = backend("stable", hold.clone()).await;
     let canary = backend("canary", hold.clone()).await;
-    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), sticky)
-        .await
-        .unwrap();
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            sticky,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     proxy.set_backends(Variant::Stable, &[stable]);
     proxy.set_backends(Variant::Canary, &[canary]);
     (proxy, server, hold)
@@ -188,7 +194,7 @@ async fn builtin_metrics_count_5xx_and_connection_failures_per_variant() {
 
 /// A proxy in front of `stable` alone.
 async fn proxy_to(stable: SocketAddr) -> (Proxy, rampart_adapters::proxy::ProxyServer) {
-    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), Sticky::None)
+    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
         .await
         .unwrap();
     proxy.set_backends(Variant::Stable, &[stable]);
@@ -362,7 +368,7 @@ async fn match_rules_send_internal_users_and_allowlisted_ids_to_the_canary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_backends_means_503_not_a_hang() {
-    let (_proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), Sticky::None)
+    let (_proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
         .await
         .unwrap();
     assert_eq!(
@@ -391,7 +397,7 @@ async fn closing_frees_the_address_and_lets_keep_alive_clients_go() {
         String::from_utf8_lossy(&buf[..n])
     );
     server.close().await;
-    let (_again, server2) = Proxy::bind(addr, Sticky::None)
+    let (_again, server2) = Proxy::bind(addr, ProxyOptions::default())
         .await
         .expect("the address is free at once");
     // The kept-alive connection is closed by the old proxy (EOF), not left serving.

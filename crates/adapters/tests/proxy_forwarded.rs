@@ -14,9 +14,9 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rampart_adapters::proxy::Proxy;
+use rampart_adapters::proxy::{Proxy, ProxyOptions};
 use rampart_core::Variant;
-use rampart_core::policy::{IpNet, ProxyLimits, Sticky, Trust};
+use rampart_core::policy::{IpNet, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -57,11 +57,12 @@ async fn mirror() -> SocketAddr {
 /// What the version saw of a request sent through a proxy trusting `trust` with
 /// `headers` added.
 async fn seen_through(trust: Trust, headers: &str) -> String {
-    let (proxy, server) = Proxy::bind_with(
+    let (proxy, server) = Proxy::bind(
         "127.0.0.1:0".parse().unwrap(),
-        Sticky::None,
-        ProxyLimits::default(),
-        trust,
+        ProxyOptions {
+            forwarded: trust,
+            ..ProxyOptions::default()
+        },
     )
     .await
     .unwrap();

@@ -29,10 +29,10 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use rampart_adapters::proxy::admin::AdminServer;
-use rampart_adapters::proxy::{Proxy, ProxyServer, RouteTable};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer, RouteTable};
 use rampart_adapters::telemetry::Telemetry;
 use rampart_core::Variant;
-use rampart_core::policy::{ProxyLimits, Sticky};
+use rampart_core::policy::ProxyLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -70,13 +70,18 @@ fn fixture() -> &'static Fixture {
                 max_body_bytes: Some(64 << 10),
                 ..ProxyLimits::default()
             };
-            let (proxy, server) =
-                Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-                    .await
-                    .unwrap();
+            let (proxy, server) = Proxy::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                ProxyOptions {
+                    limits,
+                    ..ProxyOptions::default()
+                },
+            )
+            .await
+            .unwrap();
             proxy.set_backends(Variant::Stable, &[stable]);
             let (admin_proxy, admin_plane) =
-                Proxy::bind("127.0.0.1:0".parse().unwrap(), Sticky::None)
+                Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
                     .await
                     .unwrap();
             admin_proxy.set_backends(Variant::Stable, &[stable]);

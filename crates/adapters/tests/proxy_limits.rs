@@ -1,8 +1,10 @@
 //! The proxy's limits (`traffic.proxy.limits`) with real sockets on loopback: a head
 //! dribbled past the header timeout and an idle kept-alive connection are closed, an
-//! oversized head gets 431 and an oversized body 413, a connection over
-//! `max_connections` gets 503 at once, stopping answers what is in flight while idle
-//! connections close at once, and an answer slower than both timeouts is not cut.
+//! oversized head gets 431 and an oversized body 413, a body stalled past the body
+//! timeout gets 408 (and no version is blamed) while a slow but steady one, or one a
+//! version is slow to read, goes through, a connection over `max_connections` gets
+//! 503 at once, stopping answers what is in flight while idle connections close at
+//! once, and an answer slower than both head timeouts is not cut.
 //!
 //! Timeouts are short and configured; each test waits for the close itself (EOF),
 //! never for a fixed time, except where the behaviour is that a time passes without a
@@ -12,7 +14,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +23,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rampart_adapters::proxy::{Proxy, ProxyServer};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
 use rampart_core::Variant;
-use rampart_core::policy::{ProxyLimits, Sticky};
+use rampart_core::policy::ProxyLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -38,9 +39,15 @@ const PATIENCE: Duration = Duration::from_secs(10);
 async fn proxy_with(limits: ProxyLimits) -> (Proxy, ProxyServer, Arc<Notify>) {
     let hold = Arc::new(Notify::new());
     let stable = backend("stable", hold.clone()).await;
-    let (proxy, server) = Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-        .await
-        .unwrap();
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     proxy.set_backends(Variant::Stable, &[stable]);
     (proxy, server, hold)
 }
@@ -244,18 +251,32 @@ async fn an_oversized_head_gets_431_complete_or_not() {
 
 /// A backend that reads the whole body before it answers with the body's length.
 async fn reading_backend() -> SocketAddr {
+    reading_backend_with(Duration::ZERO, None).await
+}
+
+/// [`reading_backend`], starting to read each body only `wait` after its head (a
+/// version slow to take a body), and with a body-read timeout of its own, `patience`:
+/// a body not whole by then is dropped with its connection, unanswered, as a version
+/// whose server gives up on a slow client does.
+async fn reading_backend_with(wait: Duration, patience: Option<Duration>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let n = match req.into_body().collect().await {
-                        Ok(b) => b.to_bytes().len(),
-                        Err(_) => 0,
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    tokio::time::sleep(wait).await;
+                    let body = req.into_body().collect();
+                    let n = match patience {
+                        Some(patience) => match tokio::time::timeout(patience, body).await {
+                            Ok(Ok(b)) => b.to_bytes().len(),
+                            Ok(Err(_)) => 0,
+                            Err(_) => return Err(std::io::Error::other("body read timed out")),
+                        },
+                        None => body.await.map_or(0, |b| b.to_bytes().len()),
                     };
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(n.to_string()))))
+                    Ok(Response::new(Full::new(Bytes::from(n.to_string()))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -272,9 +293,15 @@ async fn an_oversized_body_gets_413_declared_or_streamed() {
         max_body_bytes: Some(1024),
         ..ProxyLimits::default()
     };
-    let (proxy, server) = Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-        .await
-        .unwrap();
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     proxy.set_backends(Variant::Stable, &[reading_backend().await]);
     let addr = server.local_addr();
 
@@ -417,9 +444,15 @@ async fn a_slow_answer_is_not_cut_by_the_head_timers() {
         ..ProxyLimits::default()
     };
     let slow = common::slow_body_backend("slow", Duration::from_millis(500)).await;
-    let (proxy, server) = Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-        .await
-        .unwrap();
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     proxy.set_backends(Variant::Stable, &[slow]);
     let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
     for _ in 0..2 {
@@ -427,4 +460,165 @@ async fn a_slow_answer_is_not_cut_by_the_head_timers() {
         let (status, body) = response(&mut conn).await.unwrap();
         assert_eq!((status, body.as_slice()), (200, b"slow".as_slice()));
     }
+}
+
+/// Issue 18: a client that sent its head and then stalled in its body held its
+/// slot until the version's own body-read timeout, and the version's giving up (a
+/// closed connection, so the proxy's 502) counted as the version's error: a client
+/// could fail a canary by stalling uploads. Now the proxy gives up first, at
+/// `body_timeout`, answers 408 and closes, and counts it apart: the version's error
+/// count does not move, and a normal client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_stalled_past_the_body_timeout_gets_408_and_is_not_the_versions_error() {
+    let limits = ProxyLimits {
+        body_timeout: Duration::from_millis(300),
+        ..ProxyLimits::default()
+    };
+    // The version gives up on a body after 3 s, ten times the proxy's timeout.
+    let version = reading_backend_with(Duration::ZERO, Some(Duration::from_secs(3))).await;
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    proxy.set_backends(Variant::Stable, &[version]);
+    let addr = server.local_addr();
+
+    // Two clients that stall: one with a declared length, one chunked, each with a
+    // first part of its body sent.
+    let mut declared = TcpStream::connect(addr).await.unwrap();
+    declared
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nfirst ten.")
+        .await
+        .unwrap();
+    let mut chunked = TcpStream::connect(addr).await.unwrap();
+    chunked
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\na\r\nfirst ten.\r\n")
+        .await
+        .unwrap();
+    // Both are routed and on their way to the version before the normal client asks.
+    let routed = async {
+        while proxy.in_flight(Variant::Stable) < 2 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, routed).await.unwrap();
+
+    // A normal client at the same time: its whole body at once, served.
+    let mut normal = TcpStream::connect(addr).await.unwrap();
+    normal
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (status, body) = response(&mut normal).await.unwrap();
+    assert_eq!((status, body.as_slice()), (200, b"5".as_slice()));
+
+    for (name, conn) in [("declared", &mut declared), ("chunked", &mut chunked)] {
+        let (status, body) = response(conn)
+            .await
+            .unwrap_or_else(|| panic!("{name}: closed with no answer"));
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).as_ref()),
+            (408, "rampart: request body timed out\n"),
+            "{name}"
+        );
+        assert!(closed(conn).await, "{name}: the connection stayed open");
+    }
+
+    let stable = proxy.totals().stable;
+    assert_eq!(
+        (stable.requests, stable.errors),
+        (1, 0),
+        "a client's stalled body is not the version's request, nor its error"
+    );
+    assert_eq!(proxy.body_timeouts(), 2);
+    let exposition =
+        rampart_adapters::telemetry::Telemetry::new("edge", Arc::new(proxy.clone())).render();
+    assert!(
+        exposition.contains("rampart_proxy_body_timeouts_total{service=\"edge\"} 2\n"),
+        "{exposition}"
+    );
+}
+
+/// The body timeout is a deadline between chunks, not a cap on the upload: a body
+/// that keeps coming, each chunk well inside the timeout, for four times as long as
+/// the timeout, is forwarded whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_body_is_not_cut_at_the_body_timeout() {
+    let timeout = Duration::from_millis(500);
+    let limits = ProxyLimits {
+        body_timeout: timeout,
+        ..ProxyLimits::default()
+    };
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    proxy.set_backends(Variant::Stable, &[reading_backend().await]);
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    conn.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n")
+        .await
+        .unwrap();
+    // The pacing is the client's behaviour under test, not a wait for the proxy.
+    for _ in 0..20 {
+        tokio::time::sleep(timeout / 5).await;
+        // A write that fails was cut: the answer below says how.
+        if conn.write_all(b"s").await.is_err() {
+            break;
+        }
+    }
+    let (status, body) = response(&mut conn).await.unwrap();
+    assert_eq!((status, body.as_slice()), (200, b"20".as_slice()));
+    assert_eq!(proxy.body_timeouts(), 0);
+}
+
+/// Only the time the proxy waits on its client counts: a version that takes a large
+/// body only a second after its head (far past the body timeout) makes the proxy stop
+/// reading from the client, which is then not waited on, and the body goes through
+/// whole. (The body is larger than the sockets on its way can buffer, so the proxy's
+/// writes upstream block for that second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_slow_to_take_a_body_does_not_time_its_client_out() {
+    let limits = ProxyLimits {
+        body_timeout: Duration::from_millis(200),
+        max_body_bytes: None,
+        ..ProxyLimits::default()
+    };
+    let slow = reading_backend_with(Duration::from_secs(1), None).await;
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    proxy.set_backends(Variant::Stable, &[slow]);
+    let size = 64usize << 20;
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    let head = format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'b'; 1 << 20];
+    for _ in 0..(size >> 20) {
+        // A write that fails was cut: the answer below says how.
+        if conn.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let (status, body) = response(&mut conn).await.unwrap();
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (200, size.to_string())
+    );
+    assert_eq!(proxy.body_timeouts(), 0);
 }

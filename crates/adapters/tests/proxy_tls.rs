@@ -23,8 +23,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rampart_adapters::proxy::tls::{TlsError, TlsFile, TlsFiles, TlsTerminator};
-use rampart_adapters::proxy::{Proxy, ProxyServer};
-use rampart_core::policy::{ProxyLimits, ProxyTls, Sticky, Trust};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
+use rampart_core::policy::{ProxyLimits, ProxyTls};
 use rampart_core::{Variant, Weight};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,12 +120,13 @@ async fn tls_proxy(dir: &Path, tls: &str, limits: ProxyLimits) -> (Proxy, ProxyS
     let terminator = TlsTerminator::new(files)
         .unwrap()
         .poll_every(Duration::from_millis(50));
-    let (proxy, server) = Proxy::bind_tls(
+    let (proxy, server) = Proxy::bind(
         "127.0.0.1:0".parse().unwrap(),
-        Sticky::None,
-        limits,
-        Trust::None,
-        terminator,
+        ProxyOptions {
+            limits,
+            tls: Some(terminator),
+            ..ProxyOptions::default()
+        },
     )
     .await
     .unwrap();

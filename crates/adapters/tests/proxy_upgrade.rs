@@ -14,8 +14,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rampart_adapters::proxy::{Proxy, ProxyServer};
-use rampart_core::policy::{ProxyLimits, Sticky};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
+use rampart_core::policy::ProxyLimits;
 use rampart_core::{Variant, Weight};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -97,9 +97,15 @@ async fn read_head(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 }
 
 async fn proxy_with(limits: ProxyLimits) -> (Proxy, ProxyServer) {
-    let (proxy, server) = Proxy::bind_limited("127.0.0.1:0".parse().unwrap(), Sticky::None, limits)
-        .await
-        .unwrap();
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     proxy.set_backends(Variant::Stable, &[echo_upstream(false).await]);
     proxy.set_backends(Variant::Canary, &[echo_upstream(true).await]);
     (proxy, server)

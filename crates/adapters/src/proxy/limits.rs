@@ -1,12 +1,14 @@
 //! The limits that keep the proxy serving whatever a client does: how long a client
-//! may take over a request head or idle between requests, and how many connections
-//! it may hold open (`traffic.proxy.limits`; sizes are enforced in `mod.rs` through
-//! hyper's builder and `http_body_util::Limited`).
+//! may take over a request head, idle between requests or stall in a request body,
+//! and how many connections it may hold open (`traffic.proxy.limits`; sizes are
+//! enforced in `mod.rs` through hyper's builder and `http_body_util::Limited`).
 //!
-//! Owns the two per-connection timers and the answer to a connection over the limit.
-//! It must not look inside a request, and it costs the hot path no lock and no
-//! allocation per request beyond the one sleep hyper allocates per request head for
-//! its own header timeout: one atomic add per read, one `Arc` per connection.
+//! Owns the two per-connection timers, the request body's read deadline
+//! ([`BodyDeadline`]) and the answer to a connection over the limit. It must not look
+//! inside a request, and it costs the hot path no lock and no allocation per request
+//! beyond the one sleep hyper allocates per request head for its own header timeout:
+//! one atomic add per read, one `Arc` per connection, and one sleep per request body
+//! that ever makes the proxy wait.
 //!
 //! How the timers work: hyper arms its header-read timer (through the [`Timer`] it is
 //! given) when it starts waiting for a request head, on a new connection and after
@@ -21,6 +23,14 @@
 //! arming these timers when it hands the socket to the tunnel, so neither timeout
 //! applies to it. It still counts toward `max_connections` until it closes, and the
 //! drain's deadline cuts it (see `Proxy::tunnel`).
+//!
+//! The body deadline is an inactivity deadline, restarted by every chunk of the body
+//! that arrives, not a cap on the whole upload: how long a real upload takes grows
+//! with its size and the client's link (16 MiB at 1 Mbit/s is over two minutes), so
+//! no one cap would both let it through and cut a stalled client early. What tells a
+//! stalled or dead client from a slow one is silence. A client that trickles a byte
+//! just inside every deadline keeps its connection, as it could keep it by sending
+//! requests; `max_connections` bounds how many such clients hold the proxy.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::rt::{Sleep, Timer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -205,6 +216,88 @@ impl std::future::Future for HeadSleep {
 
 impl Sleep for HeadSleep {}
 
+// === impl BodyDeadline ===
+
+/// A client's request body on its way to a version, failing with [`BodyTimeout`] when
+/// the proxy has waited `timeout` for its next bytes.
+///
+/// Guarantees: only time spent waiting on the client counts. The deadline is armed
+/// when the proxy asks for the next chunk and the client has none, and disarmed when
+/// one arrives; while the upstream is slow to take the bytes, hyper does not ask, so a
+/// slow version never makes its client look slow. Assumption: `body_timeout` is
+/// shorter than the versions' own body-read timeouts, or a version may give up on
+/// the stalled client first, and that failure is counted as the version's `502`.
+#[derive(Debug)]
+pub(super) struct BodyDeadline<B> {
+    body: B,
+    timeout: Duration,
+    /// Boxed because hyper's client needs an `Unpin` body; made the first time the
+    /// proxy waits, and reset after, so a body that never waits costs no allocation.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the proxy is waiting on the client now (the sleep is armed).
+    waiting: bool,
+}
+
+impl<B> BodyDeadline<B> {
+    pub(super) fn new(body: B, timeout: Duration) -> BodyDeadline<B> {
+        BodyDeadline {
+            body,
+            timeout,
+            sleep: None,
+            waiting: false,
+        }
+    }
+}
+
+/// The client sent no byte of its request body for `body_timeout`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client sent nothing of its request body for the body timeout")]
+pub(super) struct BodyTimeout;
+
+impl<B> Body for BodyDeadline<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        // The deadline runs from the first poll that found nothing, until a chunk.
+        let sleep = match (&mut this.sleep, this.waiting) {
+            (Some(sleep), true) => sleep,
+            (Some(sleep), false) => {
+                sleep.as_mut().reset(Instant::now() + this.timeout);
+                sleep
+            }
+            (None, _) => this
+                .sleep
+                .insert(Box::pin(tokio::time::sleep(this.timeout))),
+        };
+        this.waiting = true;
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Raises this process's soft limit of open files to its hard limit and returns the
 /// limit now in force: every client connection costs a descriptor, and one more to
 /// its upstream, so the usual soft limit of 1024 would cap the default
@@ -223,4 +316,78 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
 /// upstream's each, and a margin for the listener, the admin socket and the files.
 pub fn files_needed(max_connections: u32) -> u64 {
     u64::from(max_connections) * 2 + 64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    /// A client's body fed by hand: each message one chunk.
+    struct Fed(mpsc::Receiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.get_mut()
+                .0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Chunks 29 s apart go through for as long as they come (an upload three times
+    /// the timeout), and the silence after the last is cut at the timeout, to the
+    /// second.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_restarts_at_each_chunk_and_cuts_a_silence() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = BodyDeadline::new(Fed(rx), TIMEOUT);
+        let started = Instant::now();
+        let client = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(TIMEOUT - Duration::from_secs(1)).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+            // Then silence, the connection still open (`tx` is held).
+            std::future::pending::<()>().await;
+        });
+        for _ in 0..3 {
+            assert!(body.frame().await.unwrap().unwrap().is_data());
+        }
+        let cut = body.frame().await.unwrap().unwrap_err();
+        assert!(cut.is::<BodyTimeout>(), "{cut}");
+        assert_eq!(
+            started.elapsed(),
+            3 * (TIMEOUT - Duration::from_secs(1)) + TIMEOUT
+        );
+        client.abort();
+    }
+
+    /// Time in which the proxy does not ask for the body (its upstream is slow to take
+    /// what it has) is not the client's: ten minutes of it, then a chunk 29 s after the
+    /// proxy asks again, goes through.
+    #[tokio::test(start_paused = true)]
+    async fn time_the_proxy_does_not_ask_is_not_counted() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = BodyDeadline::new(Fed(rx), TIMEOUT);
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let client = tokio::spawn(async move {
+            tokio::time::sleep(TIMEOUT - Duration::from_secs(1)).await;
+            tx.send(Bytes::from_static(b"b")).await.unwrap();
+        });
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        client.await.unwrap();
+    }
 }

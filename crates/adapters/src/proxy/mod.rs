@@ -11,9 +11,10 @@
 //! change. Sticky assignment hashes a stable key into 10 000 buckets and sends buckets
 //! below the weight to the canary, so a user on the canary at 5 % stays there at 20 %.
 //! A client cannot hold it: every connection is bounded in time, head size, body
-//! size and number (see [`ProxyLimits`] and [`limits`]). With `traffic.proxy.tls` it
-//! terminates TLS first (see [`tls`]); the handshake is bounded by the header timeout
-//! and its failures are counted apart, never against a version.
+//! size and number, and a request body's silence in time (see [`ProxyLimits`] and
+//! [`limits`]); what a client's fault costs is counted apart, never against a
+//! version. With `traffic.proxy.tls` it terminates TLS first (see [`tls`]); the
+//! handshake is bounded by the header timeout and its failures are counted apart too.
 //!
 //! An HTTP/1.1 upgrade (WebSocket and any other protocol but h2c) is routed like any
 //! request; once the chosen version answers 101, the connection becomes a tunnel of
@@ -59,6 +60,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use limits::BodyDeadline;
 pub use limits::{files_needed, raise_open_files_limit};
 pub use stats::VariantCounters;
 use timed::{Clock, Timed};
@@ -103,8 +105,9 @@ struct Inner {
     sticky: Sticky,
     stable: VariantCounters,
     canary: VariantCounters,
-    /// Clients' bodies go upstream through `Limited` (`max_body_bytes`).
-    client: Client<HttpConnector, Limited<Incoming>>,
+    /// Clients' bodies go upstream through `Limited` (`max_body_bytes`) and a read
+    /// deadline (`body_timeout`).
+    client: Client<HttpConnector, BodyDeadline<Limited<Incoming>>>,
     sequence: AtomicU64,
     idle: Notify,
     endpoints: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AtomicU64>>>,
@@ -118,6 +121,8 @@ struct Inner {
     connections: AtomicU64,
     /// Client connections answered 503 and closed at `max_connections`.
     refused: AtomicU64,
+    /// Requests answered 408 at `body_timeout` (the client stalled in its body).
+    body_timeouts: AtomicU64,
     /// What one client may hold of the proxy.
     limits: ProxyLimits,
     /// Whose forwarding headers are believed (`traffic.proxy.forwarded.trust`).
@@ -299,118 +304,54 @@ impl Drop for ProxyServer {
     }
 }
 
+/// How a proxy serves: everything but its listening socket. The default is plain
+/// HTTP, no stickiness, the default [`ProxyLimits`], no forwarding headers believed,
+/// no routes (every request gets 503) and no hold.
+#[derive(Debug, Default)]
+pub struct ProxyOptions {
+    /// How a request is pinned to one variant (`traffic.proxy.sticky`).
+    pub sticky: Sticky,
+    /// What one client may hold of the proxy (`traffic.proxy.limits`).
+    pub limits: ProxyLimits,
+    /// Whose forwarding headers are believed (`traffic.proxy.forwarded.trust`).
+    pub forwarded: Trust,
+    /// The routes in effect from the first connection accepted (those an earlier data
+    /// plane saved, say).
+    pub routes: RouteTable,
+    /// How long a request waits for a backend when its variant has none (see
+    /// [`Proxy::set_hold`]).
+    pub hold: Duration,
+    /// Terminates TLS (`traffic.proxy.tls`), its certificates reloaded when their
+    /// files change while the server runs; `None` serves plain HTTP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<tls::TlsTerminator>,
+}
+
 impl Proxy {
-    /// Binds `listen` and starts serving with the default [`ProxyLimits`]. With no
-    /// backends, every request gets 503.
-    pub async fn bind(listen: SocketAddr, sticky: Sticky) -> std::io::Result<(Proxy, ProxyServer)> {
-        Proxy::bind_limited(listen, sticky, ProxyLimits::default()).await
-    }
-
-    /// [`Proxy::bind`] with `limits`.
-    pub async fn bind_limited(
+    /// Binds `listen` and starts serving it with `options`.
+    pub async fn bind(
         listen: SocketAddr,
-        sticky: Sticky,
-        limits: ProxyLimits,
-    ) -> std::io::Result<(Proxy, ProxyServer)> {
-        Proxy::bind_with(listen, sticky, limits, Trust::None).await
-    }
-
-    /// [`Proxy::bind`] with `limits`, believing the forwarding headers of the peers
-    /// `trust` names.
-    pub async fn bind_with(
-        listen: SocketAddr,
-        sticky: Sticky,
-        limits: ProxyLimits,
-        trust: Trust,
+        options: ProxyOptions,
     ) -> std::io::Result<(Proxy, ProxyServer)> {
         let listener = TcpListener::bind(listen).await?;
-        Proxy::serve(
-            listener,
-            sticky,
-            &RouteTable::default(),
-            Duration::ZERO,
-            limits,
-            trust,
-        )
+        Proxy::serve(listener, options)
     }
 
     /// Starts serving on a listening socket bound elsewhere (handed over by an earlier
-    /// data plane, say), with `routes` in effect and requests held up to `hold` for a
-    /// backend, from the first connection accepted, within `limits`, believing the
-    /// forwarding headers of the peers `trust` names.
+    /// data plane, say) with `options`.
     pub fn serve(
         listener: TcpListener,
-        sticky: Sticky,
-        routes: &RouteTable,
-        hold: Duration,
-        limits: ProxyLimits,
-        trust: Trust,
+        options: ProxyOptions,
     ) -> std::io::Result<(Proxy, ProxyServer)> {
-        Proxy::start(
-            listener,
+        let ProxyOptions {
             sticky,
+            limits,
+            forwarded: trust,
             routes,
             hold,
-            limits,
-            trust,
             #[cfg(feature = "tls")]
-            None,
-        )
-    }
-
-    /// [`Proxy::bind_with`], terminating TLS with `tls`.
-    #[cfg(feature = "tls")]
-    pub async fn bind_tls(
-        listen: SocketAddr,
-        sticky: Sticky,
-        limits: ProxyLimits,
-        trust: Trust,
-        tls: tls::TlsTerminator,
-    ) -> std::io::Result<(Proxy, ProxyServer)> {
-        let listener = TcpListener::bind(listen).await?;
-        Proxy::serve_tls(
-            listener,
-            sticky,
-            &RouteTable::default(),
-            Duration::ZERO,
-            limits,
-            trust,
             tls,
-        )
-    }
-
-    /// [`Proxy::serve`], terminating TLS with `tls` and reloading its certificates
-    /// when their files change, while the server runs.
-    #[cfg(feature = "tls")]
-    pub fn serve_tls(
-        listener: TcpListener,
-        sticky: Sticky,
-        routes: &RouteTable,
-        hold: Duration,
-        limits: ProxyLimits,
-        trust: Trust,
-        tls: tls::TlsTerminator,
-    ) -> std::io::Result<(Proxy, ProxyServer)> {
-        Proxy::start(
-            listener,
-            sticky,
-            routes,
-            hold,
-            limits,
-            trust,
-            Some(Arc::new(tls)),
-        )
-    }
-
-    fn start(
-        listener: TcpListener,
-        sticky: Sticky,
-        routes: &RouteTable,
-        hold: Duration,
-        limits: ProxyLimits,
-        trust: Trust,
-        #[cfg(feature = "tls")] tls: Option<Arc<tls::TlsTerminator>>,
-    ) -> std::io::Result<(Proxy, ProxyServer)> {
+        } = options;
         let addr = listener.local_addr()?;
         let shared = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
         let mut connector = HttpConnector::new();
@@ -435,6 +376,7 @@ impl Proxy {
                 canary_at_zero: AtomicU64::new(0),
                 connections: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                body_timeouts: AtomicU64::new(0),
                 limits,
                 trust,
                 retiring: std::sync::atomic::AtomicBool::new(false),
@@ -448,10 +390,10 @@ impl Proxy {
                     u64::from_le_bytes(raw)
                 },
                 #[cfg(feature = "tls")]
-                tls,
+                tls: tls.map(Arc::new),
             }),
         };
-        proxy.restore(routes);
+        proxy.restore(&routes);
         let serving = proxy.clone();
         let (closing, closed) = tokio::sync::watch::channel(false);
         // The certificates are watched while the accept loop runs, and no longer.
@@ -727,6 +669,12 @@ impl Proxy {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
+    /// Requests answered 408 so far because their client sent nothing of its body for
+    /// `body_timeout`; counted against no version.
+    pub fn body_timeouts(&self) -> u64 {
+        self.inner.body_timeouts.load(Ordering::Relaxed)
+    }
+
     /// TLS handshakes that failed or timed out so far; `None` when the proxy serves
     /// plain HTTP.
     pub fn tls_handshake_failures(&self) -> Option<u64> {
@@ -875,7 +823,11 @@ impl Proxy {
         // Taken before the request is sent on: hyper keeps the client's side of an
         // upgrade in the request it read.
         let upgrade = upgrade_of(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
-        let mut req = req.map(|b| Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX)));
+        let body_timeout = self.inner.limits.body_timeout;
+        let mut req = req.map(|b| {
+            let limited = Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX));
+            BodyDeadline::new(limited, body_timeout)
+        });
         let backends = match variant {
             Variant::Stable => &routes.stable,
             Variant::Canary => &routes.canary,
@@ -938,6 +890,8 @@ impl Proxy {
         let started = tokio::time::Instant::now();
         let result = self.inner.client.request(req).await;
         let elapsed = started.elapsed();
+        // Set for an answer after which the client's connection cannot go on.
+        let mut close = false;
         let mut resp = match result {
             Ok(resp) if uncounted => resp.map(|body| Timed::untimed(Either::Left(body))),
             Ok(resp) => {
@@ -957,6 +911,17 @@ impl Proxy {
                 StatusCode::BAD_REQUEST,
                 "rampart: request body malformed or cut short\n",
             ),
+            // The client stalled in its body past `body_timeout`: its connection is
+            // mid-body, so it is closed after the answer (if the client still reads).
+            Err(e) if client_fault(&e) == Some(ClientFault::Slow) => {
+                self.inner.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, variant = variant.as_str(), "request body timed out");
+                close = true;
+                plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "rampart: request body timed out\n",
+                )
+            }
             Err(e) => {
                 tracing::debug!(error = %e, variant = variant.as_str(), %backend, tls = conn.tls, "upstream failed");
                 // No version answered: an error, and in neither latency (as nginx and
@@ -986,8 +951,9 @@ impl Proxy {
             HeaderName::from_static(VARIANT_HEADER),
             HeaderValue::from_static(variant.as_str()),
         );
-        if self.inner.retiring.load(Ordering::Acquire)
-            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        if close
+            || (self.inner.retiring.load(Ordering::Acquire)
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS)
         {
             resp.headers_mut()
                 .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
@@ -1098,6 +1064,8 @@ enum ClientFault {
     /// client went away mid-body): hyper's client reports its request body's error as
     /// a user error.
     Body,
+    /// The client sent nothing of its body for `body_timeout`.
+    Slow,
 }
 
 /// Whether an upstream request failed through its client's fault, and how.
@@ -1107,6 +1075,9 @@ fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
     while let Some(e) = cause {
         if e.is::<LengthLimitError>() {
             return Some(ClientFault::TooLarge);
+        }
+        if e.is::<limits::BodyTimeout>() {
+            return Some(ClientFault::Slow);
         }
         if e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)
@@ -1304,6 +1275,12 @@ pub trait Totals: Send + Sync {
     fn tls_handshake_failures(&self) -> Option<u64> {
         None
     }
+
+    /// Requests answered 408 at `body_timeout` so far, where the counter is the
+    /// embedded proxy itself.
+    fn body_timeouts(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Totals for Proxy {
@@ -1317,6 +1294,10 @@ impl Totals for Proxy {
 
     fn tls_handshake_failures(&self) -> Option<u64> {
         Proxy::tls_handshake_failures(self)
+    }
+
+    fn body_timeouts(&self) -> Option<u64> {
+        Some(Proxy::body_timeouts(self))
     }
 }
 

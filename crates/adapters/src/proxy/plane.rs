@@ -372,12 +372,24 @@ pub struct LimitsState {
     pub header_timeout_ms: u64,
     /// `idle_timeout`, in milliseconds.
     pub idle_timeout_ms: u64,
+    /// `body_timeout`, in milliseconds; a file written before it existed reads as the
+    /// default.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
     /// `max_header_bytes`.
     pub max_header_bytes: u64,
     /// `max_body_bytes`; `null` for no limit.
     pub max_body_bytes: Option<u64>,
     /// `max_connections`.
     pub max_connections: u32,
+}
+
+fn default_body_timeout_ms() -> u64 {
+    millis(ProxyLimits::default().body_timeout)
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Default for LimitsState {
@@ -389,8 +401,9 @@ impl Default for LimitsState {
 impl From<&ProxyLimits> for LimitsState {
     fn from(l: &ProxyLimits) -> Self {
         LimitsState {
-            header_timeout_ms: u64::try_from(l.header_timeout.as_millis()).unwrap_or(u64::MAX),
-            idle_timeout_ms: u64::try_from(l.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            header_timeout_ms: millis(l.header_timeout),
+            idle_timeout_ms: millis(l.idle_timeout),
+            body_timeout_ms: millis(l.body_timeout),
             max_header_bytes: l.max_header_bytes,
             max_body_bytes: l.max_body_bytes,
             max_connections: l.max_connections,
@@ -407,6 +420,7 @@ impl From<LimitsState> for ProxyLimits {
         ProxyLimits {
             header_timeout: ms(s.header_timeout_ms),
             idle_timeout: ms(s.idle_timeout_ms),
+            body_timeout: ms(s.body_timeout_ms),
             max_header_bytes: s
                 .max_header_bytes
                 .clamp(ProxyLimits::MIN_HEADER_BYTES, ProxyLimits::MAX_HEADER_BYTES),
@@ -666,6 +680,19 @@ mod tests {
         assert_eq!(ProxyLimits::from(loaded.limits), ProxyLimits::default());
         // And one from before the forwarding trust, as trusting nobody.
         assert_eq!(Trust::from(loaded.forwarded), Trust::None);
+        // And one with limits but from before `body_timeout`, as its default.
+        let mut old = serde_json::to_value(state()).unwrap();
+        old["limits"]
+            .as_object_mut()
+            .unwrap()
+            .remove("body_timeout_ms");
+        std::fs::write(&path, old.to_string()).unwrap();
+        let loaded = PlaneState::load(&path).unwrap().unwrap();
+        assert_eq!(
+            ProxyLimits::from(loaded.limits).body_timeout,
+            ProxyLimits::default().body_timeout
+        );
+        assert_eq!(ProxyLimits::from(loaded.limits).max_connections, 77);
         let nets = Trust::from(state().forwarded);
         assert!(nets.trusts("10.9.9.9".parse().unwrap()) && !nets.trusts("::2".parse().unwrap()));
         state().save(&path).unwrap();

@@ -267,6 +267,11 @@ pub struct ProxyLimits {
     /// How long a kept-alive connection may wait, after an answer, for the first byte
     /// of its next request before the proxy closes it.
     pub idle_timeout: Duration,
+    /// How long the proxy waits for the next bytes of a request body it is forwarding
+    /// (restarted at every chunk that arrives: an inactivity deadline, not a cap on the
+    /// whole upload). Past it the client is answered 408 and its connection closed, and
+    /// no version is counted an error.
+    pub body_timeout: Duration,
     /// The largest request head (request line and headers) accepted; a larger one is
     /// answered 431 and its connection closed.
     pub max_header_bytes: u64,
@@ -294,6 +299,7 @@ impl Default for ProxyLimits {
         ProxyLimits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
             max_header_bytes: 64 << 10,
             max_body_bytes: Some(16 << 20),
             max_connections: 10_000,
@@ -302,9 +308,10 @@ impl Default for ProxyLimits {
 }
 
 /// What keeps one user on one variant while the weight changes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Sticky {
-    /// Every request is assigned on its own.
+    /// Every request is assigned on its own (the default).
+    #[default]
     None,
     /// The client's IP address.
     ClientIp,
@@ -409,6 +416,7 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
         &[
             "header_timeout",
             "idle_timeout",
+            "body_timeout",
             "max_header_bytes",
             "max_body_bytes",
             "max_connections",
@@ -419,6 +427,7 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
     let defaults = ProxyLimits::default();
     let header_timeout = positive(cx, &m, "header_timeout", HOUR);
     let idle_timeout = positive(cx, &m, "idle_timeout", HOUR);
+    let body_timeout = positive(cx, &m, "body_timeout", HOUR);
     let max_header_bytes = m.optional_with(cx, "max_header_bytes", |cx, n, p| {
         decode_size(
             cx,
@@ -449,6 +458,7 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
     Some(ProxyLimits {
         header_timeout: header_timeout.unwrap_or(defaults.header_timeout),
         idle_timeout: idle_timeout.unwrap_or(defaults.idle_timeout),
+        body_timeout: body_timeout.unwrap_or(defaults.body_timeout),
         max_header_bytes: max_header_bytes.unwrap_or(defaults.max_header_bytes),
         max_body_bytes: max_body_bytes.unwrap_or(defaults.max_body_bytes),
         max_connections: max_connections.unwrap_or(defaults.max_connections),

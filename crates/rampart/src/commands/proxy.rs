@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rampart_adapters::proxy::Proxy;
 use rampart_adapters::proxy::admin::AdminServer;
+use rampart_adapters::proxy::{Proxy, ProxyOptions};
 use rampart_adapters::telemetry::Telemetry;
 
 /// The arguments of `rampart proxy`.
@@ -131,28 +131,14 @@ async fn run(file: &Path, admin: SocketAddr, token_env: &str, drain: std::time::
         }
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let bound = match tls {
-        Some(t) => {
-            Proxy::bind_tls(
-                spec.listen,
-                spec.sticky.clone(),
-                spec.limits,
-                spec.forwarded.clone(),
-                t,
-            )
-            .await
-        }
-        None => {
-            Proxy::bind_with(
-                spec.listen,
-                spec.sticky.clone(),
-                spec.limits,
-                spec.forwarded.clone(),
-            )
-            .await
-        }
+    let options = ProxyOptions {
+        sticky: spec.sticky.clone(),
+        limits: spec.limits,
+        forwarded: spec.forwarded.clone(),
+        tls,
+        ..ProxyOptions::default()
     };
-    let (proxy, server) = match bound {
+    let (proxy, server) = match Proxy::bind(spec.listen, options).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: the proxy cannot listen on {}: {e}", spec.listen);

@@ -14,7 +14,7 @@ use std::io::Write as _;
 
 use rampart_adapters::proxy::admin::{AdminServer, PlaneHooks};
 use rampart_adapters::proxy::plane::{self, PlaneError, PlaneFiles, PlaneLock, PlaneState};
-use rampart_adapters::proxy::{Proxy, RouteTable};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, RouteTable};
 use rampart_adapters::telemetry::Telemetry;
 use tokio::sync::Notify;
 
@@ -132,31 +132,24 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
     };
     let listener = tokio::net::TcpListener::from_std(listener).map_err(Failure::other)?;
     crate::commands::proxy::open_files_for(&state.limits.into());
-    let (proxy, server) = match &state.tls {
+    let tls = match &state.tls {
         Some(tls) => {
             let files = rampart_adapters::proxy::tls::TlsFiles::from(tls);
             let terminator = rampart_adapters::proxy::tls::TlsTerminator::new(files)
                 .map_err(|(_, e)| Failure::other(e))?;
-            Proxy::serve_tls(
-                listener,
-                state.sticky.clone().into(),
-                &state.routes,
-                args.hold,
-                state.limits.into(),
-                state.forwarded.clone().into(),
-                terminator,
-            )
+            Some(terminator)
         }
-        None => Proxy::serve(
-            listener,
-            state.sticky.clone().into(),
-            &state.routes,
-            args.hold,
-            state.limits.into(),
-            state.forwarded.clone().into(),
-        ),
-    }
-    .map_err(Failure::other)?;
+        None => None,
+    };
+    let options = ProxyOptions {
+        sticky: state.sticky.clone().into(),
+        limits: state.limits.into(),
+        forwarded: state.forwarded.clone().into(),
+        routes: state.routes.clone(),
+        hold: args.hold,
+        tls,
+    };
+    let (proxy, server) = Proxy::serve(listener, options).map_err(Failure::other)?;
     state.listen = server.local_addr();
     state.save(&files.state()).map_err(Failure::other)?;
 

@@ -13,7 +13,7 @@ use rampart_adapters::flags::{FlagRouter, FlagServer};
 use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::proxy::remote::RemotePlane;
-use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyServer, Totals};
+use rampart_adapters::proxy::{BuiltinMetrics, Proxy, ProxyOptions, ProxyServer, Totals};
 use rampart_adapters::store::StateStore;
 use rampart_core::policy::{Policy, Traffic};
 use rampart_core::ports::{Clock, Deployer, FlagStore, MetricsSource, TrafficRouter};
@@ -198,31 +198,23 @@ pub async fn start(
             })
         }
         Traffic::Proxy(spec) => {
-            let bound = match tls {
-                Some(files) => {
-                    let terminator = rampart_adapters::proxy::tls::TlsTerminator::new(files)
-                        .map_err(|(_, e)| RunError::Invalid(e.to_string()))?;
-                    Proxy::bind_tls(
-                        spec.listen,
-                        spec.sticky.clone(),
-                        spec.limits,
-                        spec.forwarded.clone(),
-                        terminator,
-                    )
-                    .await
-                }
-                None => {
-                    Proxy::bind_with(
-                        spec.listen,
-                        spec.sticky.clone(),
-                        spec.limits,
-                        spec.forwarded.clone(),
-                    )
-                    .await
-                }
+            let tls = match tls {
+                Some(files) => Some(
+                    rampart_adapters::proxy::tls::TlsTerminator::new(files)
+                        .map_err(|(_, e)| RunError::Invalid(e.to_string()))?,
+                ),
+                None => None,
             };
-            let (proxy, server) =
-                bound.with_context(|| format!("the proxy cannot listen on {}", spec.listen))?;
+            let options = ProxyOptions {
+                sticky: spec.sticky.clone(),
+                limits: spec.limits,
+                forwarded: spec.forwarded.clone(),
+                tls,
+                ..ProxyOptions::default()
+            };
+            let (proxy, server) = Proxy::bind(spec.listen, options)
+                .await
+                .with_context(|| format!("the proxy cannot listen on {}", spec.listen))?;
             let uncounted = uncounted_token(policy)?;
             if let Some(token) = &uncounted {
                 proxy.set_uncounted(token);

@@ -12,6 +12,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the TLS row's certificate
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -21,4 +22,6 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --release --locked -p rampart >&2
+# 2,000 idle connections per proxy in the memory row, each an open file on both ends.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec python3 scripts/bench_proxy.py target/release/rampart

@@ -7,6 +7,14 @@ haproxy (server weights), the last four splitting 80/20.
 For each: wrk -t1 -c50 throughput and p50/p99 latency, then the time a weight change
 takes to be in force, and the failed requests while the weight flips 0 -> 100 -> 0
 under load.
+
+Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
+- a new connection per request (wrk with `Connection: close`);
+- TLS termination (the same keep-alive load over https, a self-signed P-256
+  certificate made with openssl; TLS 1.3);
+- memory per idle keep-alive connection: the proxy's resident memory (nginx: its
+  worker's) with 2,000 connections each idle after one request, less before, over
+  2,000.
 """
 
 from http.client import HTTPConnection
@@ -26,6 +34,8 @@ DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 TOKEN = "bench-token-0123456789abcdef"
 TMP = tempfile.mkdtemp(prefix="rampart-bench-")
 PROCS = []
+# The process whose memory counts, by target (a function: nginx's changes).
+PIDS = {}
 
 
 def free_port():
@@ -60,10 +70,12 @@ def http(method, url, body=None, token=None):
         return r.status, r.read().decode()
 
 
-def wrk(port, seconds):
+def wrk(port, seconds, scheme="http", close=False):
+    args = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency"]
+    if close:
+        args += ["-H", "Connection: close"]
     out = subprocess.run(
-        ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True,
+        args + [f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True, check=True,
     ).stdout
     return parse_wrk(out)
 
@@ -96,19 +108,22 @@ def backends():
     return ports
 
 
-def rampart_proxy(a, b):
+def rampart_proxy(a, b, tls=None):
     port, admin = free_port(), free_port()
-    policy = os.path.join(TMP, "rampart.yaml")
+    name = "rampart-tls" if tls else "rampart"
+    policy = os.path.join(TMP, f"{name}.yaml")
+    extra = f", tls: {{cert: {tls[0]}, key: {tls[1]}}}" if tls else ""
     with open(policy, "w") as f:
         f.write(
-            "service: bench\n"
+            f"service: {name}\n"
             "deploy: {process: {command: [x, \"{port}\"]}}\n"
-            f"traffic: {{proxy: {{listen: \"127.0.0.1:{port}\"}}}}\n"
+            f"traffic: {{proxy: {{listen: \"127.0.0.1:{port}\"{extra}}}}}\n"
             "strategy: {canary: {steps: [{weight: 20, bake: 1m}]}}\n"
             "analysis: {metrics: [{metric: error_rate, judge: {max: 1%}}]}\n"
         )
-    spawn([BIN, "proxy", "-f", policy, "--admin", f"127.0.0.1:{admin}"],
-          env=dict(os.environ, RAMPART_PROXY_TOKEN=TOKEN))
+    pid = spawn([BIN, "proxy", "-f", policy, "--admin", f"127.0.0.1:{admin}"],
+                env=dict(os.environ, RAMPART_PROXY_TOKEN=TOKEN)).pid
+    PIDS[name] = lambda: pid
     wait_port(admin, "rampart proxy admin")
     base = f"http://127.0.0.1:{admin}"
     http("PUT", f"{base}/backends/stable", json.dumps({"endpoints": [f"127.0.0.1:{a}"]}), TOKEN)
@@ -172,9 +187,11 @@ def rampart_plane(a, b):
     return port, set_weight
 
 
-def nginx(a, b):
+def nginx(a, b, tls=None):
     port = free_port()
-    d = os.path.join(TMP, "nginx")
+    d = os.path.join(TMP, "nginx-tls" if tls else "nginx")
+    listen = f"127.0.0.1:{port} ssl" if tls else f"127.0.0.1:{port}"
+    certs = f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3;" if tls else ""
     os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
     conf = os.path.join(d, "nginx.conf")
 
@@ -185,7 +202,7 @@ def nginx(a, b):
 user root;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 8192; }}
 http {{
     access_log off;
     client_body_temp_path {d}/tmp/body;
@@ -194,7 +211,9 @@ http {{
     upstream up_b {{ server 127.0.0.1:{b}; keepalive 64; }}
     split_clients "$request_id" $side {{ {split} }}
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
+        {certs}
+        keepalive_requests 1000000;
         location = /__bench {{ return 200 "{pct}"; }}
         location / {{
             proxy_pass http://up_$side;
@@ -206,8 +225,10 @@ http {{
 """)
 
     write(20)
-    spawn(["nginx", "-p", d, "-c", conf, "-g", "daemon off;"])
+    master = spawn(["nginx", "-p", d, "-c", conf, "-g", "daemon off;"])
     wait_port(port, "nginx")
+    # Its worker, found when asked: a reload replaces it.
+    PIDS["nginx-tls" if tls else "nginx"] = lambda: worker_of(master.pid)
 
     def set_weight(pct):
         write(pct)
@@ -219,9 +240,10 @@ http {{
     return port, set_weight
 
 
-def haproxy(a, b):
+def haproxy(a, b, tls=None):
     port = free_port()
-    d = os.path.join(TMP, "haproxy")
+    d = os.path.join(TMP, "haproxy-tls" if tls else "haproxy")
+    bind = f"127.0.0.1:{port} ssl crt {tls[2]} ssl-min-ver TLSv1.3" if tls else f"127.0.0.1:{port}"
     os.makedirs(d, exist_ok=True)
     sock = os.path.join(d, "admin.sock")
     cfg = os.path.join(d, "haproxy.cfg")
@@ -229,6 +251,7 @@ def haproxy(a, b):
         f.write(f"""global
     stats socket {sock} mode 600 level admin
     nbthread 1
+    maxconn 5000
 defaults
     mode http
     timeout connect 2s
@@ -236,14 +259,15 @@ defaults
     timeout server 30s
     http-reuse always
 frontend web
-    bind 127.0.0.1:{port}
+    bind {bind}
     default_backend app
 backend app
     balance roundrobin
     server a 127.0.0.1:{a} weight 80
     server b 127.0.0.1:{b} weight 20
 """)
-    spawn(["haproxy", "-db", "-f", cfg])
+    pid = spawn(["haproxy", "-db", "-f", cfg]).pid
+    PIDS["haproxy-tls" if tls else "haproxy"] = lambda: pid
     wait_port(port, "haproxy")
 
     def cmd(c):
@@ -266,6 +290,68 @@ backend app
             cmd(f"set server app/{server} weight {w}")
 
     return port, set_weight
+
+
+def worker_of(master):
+    """nginx's one worker process, a child of its master (not one shutting down)."""
+    time.sleep(0.2)  # a reload's old worker exits; the new one is what serves
+    for _ in range(500):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = open(f"/proc/{entry}/stat").read()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+                    return int(entry)
+        time.sleep(0.01)
+    raise SystemExit("nginx has no worker")
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise SystemExit(f"no VmRSS for {pid}")
+
+
+IDLE = 2000
+
+
+def idle_kib(port, pid):
+    """Resident KiB per keep-alive connection left idle after one request."""
+    before = rss_kib(pid)
+    conns = []
+    for _ in range(IDLE):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        conns.append(s)
+    for s in conns:
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise SystemExit("a proxy closed an idle connection")
+            got += chunk
+    time.sleep(0.5)  # let the proxy settle its buffers; memory, not timing, is measured
+    after = rss_kib(pid)
+    for s in conns:
+        s.close()
+    return round((after - before) / IDLE, 2)
+
+
+def certificate():
+    """A self-signed P-256 certificate for 127.0.0.1: (cert, key, cert+key for HAProxy)."""
+    cert, key, both = (os.path.join(TMP, n) for n in ("cert.pem", "key.pem", "both.pem"))
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    with open(both, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    return cert, key, both
 
 
 def flip_ms(set_weight):
@@ -301,6 +387,39 @@ def flip_under_load(port, set_weight, seconds):
     return result["errors"], flips
 
 
+def table(title, rows, columns):
+    print(f"\n{title}\n")
+    print("| " + " | ".join(c for c, _ in columns) + " |")
+    print("| " + " | ".join("---" for _ in columns) + " |")
+    for r in rows:
+        print("| " + " | ".join(str(f(r)) for _, f in columns) + " |")
+
+
+def protocols(a, b, plain):
+    """New connections, TLS termination and idle memory, against HAProxy's figures."""
+    results = []
+    for name, port in plain:
+        wrk(port, 1, close=True)
+        r = {"target": name, "load": "new connection per request", **wrk(port, DURATION, close=True)}
+        results.append(r)
+    tls = certificate()
+    for name, make in (("rampart", rampart_proxy), ("nginx", nginx), ("haproxy", haproxy)):
+        port, _ = make(a, b, tls)
+        wrk(port, 1, scheme="https")
+        results.append({"target": name, "load": "TLS termination (keep-alive)",
+                        **wrk(port, DURATION, scheme="https")})
+    for name, port in plain:
+        results.append({"target": name, "load": "memory per idle connection",
+                        "kib": idle_kib(port, PIDS[name]())})
+    for r in results:
+        ref = next(x for x in results if x["target"] == "haproxy" and x["load"] == r["load"])
+        if "rps" in r:
+            r["rps_vs_haproxy"] = round(r["rps"] / ref["rps"], 3)
+            r["p99_vs_haproxy"] = round(r["p99_ms"] / ref["p99_ms"], 3)
+        print(json.dumps(r), flush=True)
+    return results
+
+
 def main():
     a, b = backends()
     targets = [("direct", a, None)]
@@ -321,12 +440,27 @@ def main():
         r["p50_ratio"] = round(r["p50_ms"] / direct["p50_ms"], 3)
         r["p99_ratio"] = round(r["p99_ms"] / direct["p99_ms"], 3)
         print(json.dumps(r), flush=True)
+    extra = []
+    if os.environ.get("BENCH_PROTOCOLS", "1") != "0":
+        plain = [(n, p) for n, p, _ in targets if n in ("rampart", "nginx", "haproxy")]
+        extra = protocols(a, b, plain)
     print("\n| target | requests/s | vs direct | p50 ms | p99 ms | p99 vs direct | errors | weight change in force (ms) | failed during 0-100-0 flips |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         flip = f"{r['flip_ms']}" if "flip_ms" in r else "-"
         flips = f"{r['flip_errors']} in {r['flips']} flips" if "flips" in r else "-"
         print(f"| {r['target']} | {r['rps']} | {r['rps_ratio']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99_ratio']} | {r['errors']} | {flip} | {flips} |")
+    if extra:
+        loads = [r for r in extra if "rps" in r]
+        table("Protocols, against HAProxy in the same run:", loads, [
+            ("load", lambda r: r["load"]), ("target", lambda r: r["target"]),
+            ("requests/s", lambda r: r["rps"]), ("vs HAProxy", lambda r: r["rps_vs_haproxy"]),
+            ("p50 ms", lambda r: r["p50_ms"]), ("p99 ms", lambda r: r["p99_ms"]),
+            ("p99 vs HAProxy", lambda r: r["p99_vs_haproxy"]), ("errors", lambda r: r["errors"]),
+        ])
+        table(f"Memory per idle keep-alive connection ({IDLE} connections):",
+              [r for r in extra if "kib" in r],
+              [("target", lambda r: r["target"]), ("KiB per connection", lambda r: r["kib"])])
 
 
 try:

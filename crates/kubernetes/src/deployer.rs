@@ -72,6 +72,10 @@ impl Kubernetes {
     /// Applies the canary for `version` with `replicas` and waits for its rollout.
     /// Under `replica_ratio` it keeps the stable's count when the release began (the
     /// one an existing canary of `version` kept, else the stable's now).
+    ///
+    /// An existing canary of `version` keeps its pod template as it is: a re-apply (a
+    /// resumed release) that changed it, even by an annotation, would replace every
+    /// canary pod, the ones serving all traffic during a watch included.
     pub(crate) async fn apply_canary(
         &self,
         stable: &KubeDeployment,
@@ -79,13 +83,15 @@ impl Kubernetes {
         replicas: i32,
         existing: Option<&KubeDeployment>,
     ) -> Result<KubeDeployment, Error> {
+        let same = existing.filter(|c| objects::canary_version(c).as_deref() == Some(version));
         let start = self.ratio_grid().map(|_| {
-            existing
-                .filter(|c| objects::canary_version(c).as_deref() == Some(version))
-                .and_then(objects::start_replicas)
+            same.and_then(objects::start_replicas)
                 .unwrap_or(objects::replicas(stable))
         });
         let mut body = objects::canary(stable, &self.deploy, version, replicas, start)?;
+        if same.is_some_and(objects::first_pods_started) {
+            objects::start_pods(&mut body);
+        }
         if gitops::opted_in(stable) {
             gitops::canary_of_revision(&mut body, stable, &self.deploy.container)?;
         }
@@ -125,18 +131,22 @@ impl Kubernetes {
         {
             return Ok(done);
         }
+        // A resumed release keeps the count the canary has: during a watch it serves
+        // all traffic, while the stable it was sized from may have been scaled down
+        // meanwhile (an HPA on an idle stable).
+        let kept = existing
+            .as_ref()
+            .filter(|c| objects::canary_version(c).as_deref() == Some(version))
+            .map(objects::replicas);
         let replicas = match self.ratio_grid() {
-            // The canary's first pods start with its first step's weight; a resumed
-            // release keeps the count it had.
-            Some(_) => existing
-                .as_ref()
-                .filter(|c| objects::canary_version(c).as_deref() == Some(version))
-                .map_or(0, objects::replicas),
+            // The canary's first pods start with its first step's weight.
+            Some(_) => kept.unwrap_or(0),
             // Blue-green and routed canaries get the stable's capacity, once their
             // Service is known to select one track only.
             None => {
                 self.check_service(&stable).await?;
-                objects::replicas(&stable)
+                kept.filter(|n| *n > 0)
+                    .unwrap_or_else(|| objects::replicas(&stable))
             }
         };
         let d = self

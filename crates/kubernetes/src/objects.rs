@@ -445,6 +445,17 @@ pub fn start_pods(body: &mut Value) {
     meta["annotations"][FIRST_PODS] = json!("true");
 }
 
+/// Whether a canary's pod template carries [`FIRST_PODS`] (its first pods were
+/// started by [`start_pods`]).
+pub fn first_pods_started(canary: &Deployment) -> bool {
+    canary
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .is_some_and(|a| a.contains_key(FIRST_PODS))
+}
+
 /// Replicas of the canary for `weight` out of `total`: rounded, and at least one when
 /// the weight is above 0.
 pub fn canary_replicas(total: u32, weight: Weight) -> u32 {

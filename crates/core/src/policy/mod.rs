@@ -161,6 +161,23 @@ impl Policy {
         }
     }
 
+    /// Why the previous version has no replicas running once all traffic is on the new
+    /// one, if so: a switch back from 100 % (a failed watch or post-release check, a
+    /// rollback while the previous version is kept) must then start them again before
+    /// traffic can move, which takes as long as they take to get ready. `None` when the
+    /// previous version keeps running, and a switch back is a traffic change alone.
+    pub fn previous_stopped_at_full(&self) -> Option<&'static str> {
+        if self.strategy.rolling().is_some() {
+            return Some("its replicas were replaced batch by batch");
+        }
+        match self.kubernetes() {
+            Some((_, t)) if matches!(t.mode, KubeMode::ReplicaRatio { .. }) => Some(
+                "`replica_ratio` splits traffic by pods, so at 100 % its Deployment has 0 replicas",
+            ),
+            _ => None,
+        }
+    }
+
     /// The embedded proxy's spec, when the embedded proxy routes traffic.
     pub fn proxy(&self) -> Option<&ProxySpec> {
         match &self.traffic {

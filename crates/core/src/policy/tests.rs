@@ -302,6 +302,14 @@ fn rolling_plans_one_step_per_batch() {
         (r.replicas_at(0), r.replicas_at(1), r.replicas_at(2)),
         (2, 4, 5)
     );
+    // The old replicas are replaced batch by batch: none runs at 100 %.
+    assert!(p.previous_stopped_at_full().is_some());
+    assert_eq!(
+        Policy::from_yaml(MINIMAL)
+            .unwrap()
+            .previous_stopped_at_full(),
+        None
+    );
     let too_big = src.replace("batch: 2", "batch: 6");
     assert!(
         errors(&too_big)[0]
@@ -514,12 +522,22 @@ fn kubernetes_modes_decode() {
         p.kubernetes().unwrap().1.mode,
         KubeMode::ReplicaRatio { replicas: 10 }
     );
+    // A share of traffic is a share of the pods: at 100 % the stable has none.
+    assert!(
+        p.previous_stopped_at_full()
+            .is_some_and(|why| why.contains("replica_ratio"))
+    );
+    assert_eq!(
+        Policy::from_yaml(KUBE).unwrap().previous_stopped_at_full(),
+        None
+    );
     let selector = KUBE
         .replace("mode: http_route", "mode: service_selector")
         .replace("    route: checkout\n", "")
         .replace("weight: 10", "weight: 100");
     let p = Policy::from_yaml(&selector).unwrap();
     assert_eq!(p.kubernetes().unwrap().1.mode.name(), "service_selector");
+    assert_eq!(p.previous_stopped_at_full(), None);
 }
 
 #[test]

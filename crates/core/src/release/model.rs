@@ -27,14 +27,20 @@ pub enum Phase {
     /// All traffic moving to the new version, then the old one stops.
     Promoting,
     /// All traffic on the new version; post-release checks pending, the previous
-    /// version still running so traffic can go back at once.
+    /// version still running so traffic can go back at once (except where
+    /// [`Policy::previous_stopped_at_full`](crate::Policy::previous_stopped_at_full)
+    /// says why it is not).
     Verifying,
     /// All traffic on the new version, still analysed for `post_release.watch` against
     /// the previous version's measurements from before the switch; the previous
-    /// version still runs so a failure switches back at once.
+    /// version still runs so a failure switches back at once (except where
+    /// [`Policy::previous_stopped_at_full`](crate::Policy::previous_stopped_at_full)
+    /// says why it is not: the switch back then starts it again first).
     Watching,
-    /// Promoted; the previous version kept running for an instant switch back until a
-    /// timer ends.
+    /// Promoted; the previous version kept for a switch back until a timer ends,
+    /// running (an instant one) unless
+    /// [`Policy::previous_stopped_at_full`](crate::Policy::previous_stopped_at_full)
+    /// says why not.
     KeepingPrevious,
     /// Traffic moving back to stable, canary stopping, stable being verified.
     RollingBack,

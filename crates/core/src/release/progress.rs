@@ -441,11 +441,17 @@ pub(super) fn after_full(b: &mut Builder<'_>) {
     b.s.pooled = vec![None; b.policy.analysis.metrics.len()];
     b.s.inconclusive_streak = 0;
     b.s.no_data_streak = 0;
+    let previous = match b.policy.previous_stopped_at_full() {
+        None => "the previous version kept running for an instant switch back".to_string(),
+        Some(why) => format!(
+            "the previous version not running ({why}): a failure starts it again, and traffic moves back once it is ready"
+        ),
+    };
     b.event(
         "watching",
         "rampart",
         format!(
-            "all traffic on {}; watched for {} against the previous version's measurements from before the switch, the previous version kept running for an instant switch back",
+            "all traffic on {}; watched for {} against the previous version's measurements from before the switch, {previous}",
             b.s.version,
             crate::units::format_duration(watch)
         ),
@@ -458,11 +464,17 @@ fn after_watch(b: &mut Builder<'_>) {
     match &b.policy.post_release {
         Some(post) => {
             b.s.phase = Phase::Verifying;
+            let previous = match b.policy.previous_stopped_at_full() {
+                None => "the previous version stays up until they pass".to_string(),
+                Some(why) => format!(
+                    "the previous version is not running ({why}): a failure starts it again before traffic moves back"
+                ),
+            };
             b.event(
                 "verifying",
                 "rampart",
                 format!(
-                    "post-release checks in {}; the previous version stays up until they pass",
+                    "post-release checks in {}; {previous}",
                     crate::units::format_duration(post.wait)
                 ),
             );
@@ -496,10 +508,16 @@ pub(super) fn keep_or_stop_previous(b: &mut Builder<'_>) {
     b.event_offering(
         "keeping_previous",
         "rampart",
-        format!(
-            "previous version kept for {} for an instant switch back",
-            crate::units::format_duration(keep),
-        ),
+        match b.policy.previous_stopped_at_full() {
+            None => format!(
+                "previous version kept for {} for an instant switch back",
+                crate::units::format_duration(keep),
+            ),
+            Some(why) => format!(
+                "previous version kept for {}, not running ({why}): a switch back starts it again first",
+                crate::units::format_duration(keep),
+            ),
+        },
         Instead::Rollback {
             service: b.policy.service.clone(),
         },

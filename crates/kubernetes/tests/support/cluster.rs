@@ -133,6 +133,19 @@ impl World {
         apply(self, path, body, manager);
     }
 
+    /// Someone else scales the Deployment at `path` to `replicas` through its scale
+    /// subresource, as the field manager `manager` (an HPA:
+    /// `horizontal-pod-autoscaler/scale`).
+    pub fn scale_as(&mut self, path: &str, replicas: i64, manager: &str) {
+        self.wrote(format!("PATCH {path}/scale"));
+        update(
+            self,
+            path,
+            &json!({"spec": {"replicas": replicas}}),
+            manager,
+        );
+    }
+
     /// Someone deletes the object at `path`.
     pub fn delete(&mut self, path: &str) {
         self.wrote(format!("DELETE {path}"));

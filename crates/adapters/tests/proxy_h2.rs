@@ -796,49 +796,52 @@ async fn silent_and_idle_http2_connections_are_closed_at_their_timeouts() {
     .await;
 }
 
-/// Stopping the server sends GOAWAY on an HTTP/2 connection at once; its stream in
-/// flight is still answered, and the connection then closes.
+/// Stopping the server, or handing its socket over, sends GOAWAY on an HTTP/2
+/// connection at once; its stream in flight is still answered, and the connection
+/// then closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_drain_sends_goaway_and_finishes_the_streams_in_flight() {
-    let release = Arc::new(Notify::new());
-    let (stable, held) = holding_backend("stable", release.clone()).await;
-    let (proxy, server) = proxy(ProxyOptions::default()).await;
-    proxy.set_backends(Variant::Stable, &[stable]);
-    let mut tcp = raw::connect(server.local_addr()).await;
-    tcp.write_all(&raw::get(1, "/hold")).await.unwrap();
-    until("the stream held", async || {
-        held.load(std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
-    let stopping = tokio::spawn({
-        let proxy = proxy.clone();
-        async move { server.stop_accepting(&proxy, PATIENCE, false).await }
-    });
-    loop {
-        let f = raw::next(&mut tcp).await.expect("a GOAWAY");
-        assert_ne!(
-            f.stream, 1,
-            "nothing on the held stream before the GOAWAY: {f:?}"
+async fn the_drain_and_a_hand_over_send_goaway_and_finish_the_streams_in_flight() {
+    for retire in [false, true] {
+        let release = Arc::new(Notify::new());
+        let (stable, held) = holding_backend("stable", release.clone()).await;
+        let (proxy, server) = proxy(ProxyOptions::default()).await;
+        proxy.set_backends(Variant::Stable, &[stable]);
+        let mut tcp = raw::connect(server.local_addr()).await;
+        tcp.write_all(&raw::get(1, "/hold")).await.unwrap();
+        until("the stream held", async || {
+            held.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+        let stopping = tokio::spawn({
+            let proxy = proxy.clone();
+            async move { server.stop_accepting(&proxy, PATIENCE, retire).await }
+        });
+        loop {
+            let f = raw::next(&mut tcp).await.expect("a GOAWAY");
+            assert_ne!(
+                f.stream, 1,
+                "retire {retire}: nothing on the held stream before the GOAWAY: {f:?}"
+            );
+            if f.kind == raw::GOAWAY {
+                break;
+            }
+        }
+        release.notify_waiters();
+        let mut answered = false;
+        while let Some(f) = raw::next(&mut tcp).await {
+            if f.stream == 1 && f.flags & raw::END_STREAM != 0 {
+                assert_ne!(f.kind, raw::RST_STREAM, "retire {retire}: {f:?}");
+                answered = true;
+            }
+        }
+        assert!(
+            answered,
+            "retire {retire}: the stream in flight was answered before the close"
         );
-        if f.kind == raw::GOAWAY {
-            break;
-        }
+        tokio::time::timeout(PATIENCE, stopping)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(proxy.open_connections(), 0);
     }
-    release.notify_waiters();
-    let mut answered = false;
-    while let Some(f) = raw::next(&mut tcp).await {
-        if f.stream == 1 && f.flags & raw::END_STREAM != 0 {
-            assert_ne!(f.kind, raw::RST_STREAM, "{f:?}");
-            answered = true;
-        }
-    }
-    assert!(
-        answered,
-        "the stream in flight was answered before the close"
-    );
-    tokio::time::timeout(PATIENCE, stopping)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(proxy.open_connections(), 0);
 }

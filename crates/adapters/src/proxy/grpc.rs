@@ -28,7 +28,7 @@ const UNKNOWN: u32 = 2;
 
 /// The codes counted against the version: `UNKNOWN`, `DEADLINE_EXCEEDED`,
 /// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE` and `DATA_LOSS`.
-pub const FAILURES: [u32; 6] = [2, 4, 12, 13, 14, 15];
+pub(super) const FAILURES: [u32; 6] = [2, 4, 12, 13, 14, 15];
 
 /// Whether an answer's headers say it is a gRPC answer (`application/grpc`, alone or
 /// with a `+codec` or parameters). gRPC-Web (`application/grpc-web`) is not: it

@@ -33,7 +33,7 @@
 
 pub mod admin;
 mod forwarded;
-pub mod grpc;
+mod grpc;
 mod h2;
 mod limits;
 pub mod plane;

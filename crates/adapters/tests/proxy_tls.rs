@@ -173,6 +173,12 @@ async fn get(send: &mut SendRequest<Empty<Bytes>>) -> (u16, String) {
         .header("host", "app.test")
         .body(Empty::new())
         .unwrap();
+    // An HTTP/1 connection takes its next request once it has seen the last one's
+    // end, which may come after the client has read the body.
+    tokio::time::timeout(PATIENCE, send.ready())
+        .await
+        .unwrap()
+        .unwrap();
     let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
         .await
         .unwrap()

@@ -3,7 +3,8 @@
 //! The request path: arbitrary bytes, and valid requests mutated (bytes flipped,
 //! tokens such as `\r\n`, `:` or `chunked` inserted, cut short, parts repeated), are
 //! written to a live proxy. Properties: nothing panics; whatever comes back is a
-//! well-formed HTTP response or a close, never a hang; the version behind is never
+//! well-formed HTTP response (HTTP/2 frames, after the HTTP/2 preface) or a close,
+//! never a hang; the version behind is never
 //! charged an error for a client's bytes (a client must not be able to fail a
 //! canary); and a normal request is served afterwards.
 //!
@@ -241,6 +242,33 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Outcome {
     }
 }
 
+/// The HTTP/2 connection preface: bytes that begin with it are answered in HTTP/2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Checks that `got` is a sequence of whole HTTP/2 frames, the first of them the
+/// server's SETTINGS. No status is returned (HPACK is not decoded here): what is
+/// checked is that the proxy spoke HTTP/2, and then closed.
+fn frames(got: &[u8]) -> Result<Vec<u16>, String> {
+    let mut rest = got;
+    let mut first = true;
+    while !rest.is_empty() {
+        if rest.len() < 9 {
+            return Err(format!("a frame header cut short: {rest:?}"));
+        }
+        let len =
+            9 + (usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]));
+        if rest.len() < len {
+            return Err(format!("a frame cut short: {rest:?}"));
+        }
+        if first && rest[3] != 0x4 {
+            return Err(format!("the first frame is not SETTINGS: {rest:?}"));
+        }
+        first = false;
+        rest = &rest[len..];
+    }
+    Ok(Vec::new())
+}
+
 /// Checks that `got` is a sequence of well-formed HTTP/1.x responses (the last one
 /// may be cut short by the close only after a complete head), returning their
 /// statuses.
@@ -331,7 +359,12 @@ fn check_request(bytes: &[u8]) -> Result<(), TestCaseError> {
             )));
         }
     };
-    let statuses = responses(&got).map_err(|e| {
+    let parse = if bytes.starts_with(H2_PREFACE) {
+        frames
+    } else {
+        responses
+    };
+    let statuses = parse(&got).map_err(|e| {
         TestCaseError::fail(format!(
             "{e} (sent {:?}, got {:?})",
             String::from_utf8_lossy(bytes),

@@ -75,7 +75,12 @@ impl Ca {
         }
     }
 
+    /// A client that offers `http/1.1` alone in ALPN.
     fn connector(&self) -> tokio_rustls::TlsConnector {
+        self.connector_offering(&[b"http/1.1"])
+    }
+
+    fn connector_offering(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.root.clone()).unwrap();
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -85,7 +90,7 @@ impl Ca {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
@@ -168,6 +173,12 @@ async fn get(send: &mut SendRequest<Empty<Bytes>>) -> (u16, String) {
         .header("host", "app.test")
         .body(Empty::new())
         .unwrap();
+    // An HTTP/1 connection takes its next request once it has seen the last one's
+    // end, which may come after the client has read the body.
+    tokio::time::timeout(PATIENCE, send.ready())
+        .await
+        .unwrap()
+        .unwrap();
     let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
         .await
         .unwrap()
@@ -223,13 +234,84 @@ async fn an_https_request_is_answered_over_http1_and_counted_in_its_variant() {
     assert_eq!(
         alpn.as_deref(),
         Some(&b"http/1.1"[..]),
-        "h2 is not offered yet"
+        "a client that offers HTTP/1.1 alone gets it"
     );
     assert_eq!(get(&mut send).await, (200, "canary".to_string()));
     assert_eq!(get(&mut send).await, (200, "canary".to_string()));
     assert_eq!(proxy.routed(Variant::Canary), 2);
     assert_eq!(proxy.routed(Variant::Stable), 0);
     assert_eq!(proxy.tls_handshake_failures(), Some(0));
+}
+
+/// Issue 18: a client that offers `h2` and `http/1.1` gets HTTP/2, and each of its
+/// streams is routed by weight and counted in its variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_h2_gets_http2_and_its_streams_are_routed() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "site", &ca.leaf(&["app.test"]));
+    let (proxy, server) = tls_proxy(
+        dir.path(),
+        "{cert: site.pem, key: site.key}",
+        ProxyLimits::default(),
+    )
+    .await;
+    proxy.set_weight(Weight::from_percent(50).unwrap());
+
+    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    let name = ServerName::try_from("app.test".to_string()).unwrap();
+    let tls = ca
+        .connector_offering(&[b"h2", b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // 200 streams on the one connection, 20 at a time.
+    let mut variants = Vec::new();
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..20)
+            .map(|_| {
+                let mut send = send.clone();
+                tokio::spawn(async move {
+                    let req = hyper::Request::get("https://app.test/")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let resp = send.send_request(req).await.unwrap();
+                    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+                    assert_eq!(resp.status(), 200);
+                    String::from_utf8(
+                        resp.into_body()
+                            .collect()
+                            .await
+                            .unwrap()
+                            .to_bytes()
+                            .to_vec(),
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        for stream in batch {
+            variants.push(stream.await.unwrap());
+        }
+    }
+    let canary = variants.iter().filter(|v| *v == "canary").count();
+    assert!((60..=140).contains(&canary), "{canary} of 200 at 50%");
+    assert_eq!(proxy.routed(Variant::Canary), canary as u64);
+    assert_eq!(proxy.totals().canary.requests, canary as u64);
+    assert_eq!(proxy.totals().stable.requests, 200 - canary as u64);
+    assert_eq!(
+        proxy.open_connections(),
+        1,
+        "one connection carried them all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

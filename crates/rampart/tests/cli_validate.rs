@@ -58,6 +58,8 @@ fn bad_proxy_limits_are_refused_at_their_lines() {
         "bad-limits.yaml:10:25: traffic.proxy.limits.max_header_bytes: `512B` is out of range; use 1KiB to 1MiB",
         "bad-limits.yaml:11:24: traffic.proxy.limits.max_connections: 0 connections: use 1 to 1000000",
         "bad-limits.yaml:12:21: traffic.proxy.limits.body_timeout: must be longer than 0s",
+        "bad-limits.yaml:13:20: traffic.proxy.limits.max_streams: 0 streams: use 1 to 10000",
+        "bad-limits.yaml:14:24: traffic.proxy.upstream_protocol: `h2` is not valid; did you mean `h2c`?",
     ] {
         assert!(err.contains(want), "{want}\nnot in:\n{err}");
     }

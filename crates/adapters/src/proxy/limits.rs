@@ -33,8 +33,8 @@
 //! requests; `max_connections` bounds how many such clients hold the proxy.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -134,15 +134,25 @@ pub(super) struct HeadTimer {
     /// Set once the first request head was waited for: every later wait follows an
     /// answer on a kept-alive connection.
     kept_alive: AtomicBool,
+    /// When the connection opened (or its TLS handshake ended): the first head is due
+    /// within the header timeout from then, however much of it went to telling the
+    /// protocol.
+    opened: Instant,
 }
 
 impl HeadTimer {
-    pub(super) fn new(reads: Arc<AtomicU64>, header: Duration, idle: Duration) -> HeadTimer {
+    pub(super) fn new(
+        reads: Arc<AtomicU64>,
+        header: Duration,
+        idle: Duration,
+        opened: Instant,
+    ) -> HeadTimer {
         HeadTimer {
             reads,
             header,
             idle,
             kept_alive: AtomicBool::new(false),
+            opened,
         }
     }
 }
@@ -173,7 +183,7 @@ impl Timer for HeadTimer {
                 reads: None,
                 seen: 0,
                 header: self.header,
-                sleep: tokio::time::sleep_until(now + self.header),
+                sleep: tokio::time::sleep_until(self.opened + self.header),
             })
         }
     }
@@ -236,6 +246,8 @@ pub(super) struct BodyDeadline<B> {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether the proxy is waiting on the client now (the sleep is armed).
     waiting: bool,
+    /// Where the body's failure is told, when the request path asked.
+    fault: Option<FaultSlot>,
 }
 
 impl<B> BodyDeadline<B> {
@@ -245,7 +257,29 @@ impl<B> BodyDeadline<B> {
             timeout,
             sleep: None,
             waiting: false,
+            fault: None,
         }
+    }
+
+    /// Tells `fault` how the body failed, if it does: for an upstream client that does
+    /// not hand the body's error back with the request's (hyper's HTTP/2 client resets
+    /// the stream and reports only that).
+    pub(super) fn telling(mut self, fault: FaultSlot) -> BodyDeadline<B> {
+        self.fault = Some(fault);
+        self
+    }
+}
+
+/// How a client's request body failed, shared by the body and the request path, so
+/// that an upstream failure it caused is told from the version's own. One allocation,
+/// made only for requests whose upstream client would lose the cause.
+#[derive(Debug, Clone, Default)]
+pub(super) struct FaultSlot(Arc<OnceLock<super::ClientFault>>);
+
+impl FaultSlot {
+    /// How the body failed, if it did.
+    pub(super) fn get(&self) -> Option<super::ClientFault> {
+        self.0.get().copied()
     }
 }
 
@@ -269,7 +303,20 @@ where
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
             this.waiting = false;
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            return Poll::Ready(frame.map(|f| {
+                f.map_err(|e| {
+                    let e: Self::Error = e.into();
+                    if let Some(slot) = &this.fault {
+                        let fault = if e.is::<http_body_util::LengthLimitError>() {
+                            super::ClientFault::TooLarge
+                        } else {
+                            super::ClientFault::Body
+                        };
+                        let _ = slot.0.set(fault);
+                    }
+                    e
+                })
+            }));
         }
         // The deadline runs from the first poll that found nothing, until a chunk.
         let sleep = match (&mut this.sleep, this.waiting) {
@@ -284,7 +331,12 @@ where
         };
         this.waiting = true;
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+            Poll::Ready(()) => {
+                if let Some(slot) = &this.fault {
+                    let _ = slot.0.set(super::ClientFault::Slow);
+                }
+                Poll::Ready(Some(Err(Box::new(BodyTimeout))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

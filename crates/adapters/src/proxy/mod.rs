@@ -16,6 +16,13 @@
 //! version. With `traffic.proxy.tls` it terminates TLS first (see [`tls`]); the
 //! handshake is bounded by the header timeout and its failures are counted apart too.
 //!
+//! One listener serves HTTP/1.1 and HTTP/2: over TLS as ALPN agreed, in plain text
+//! by the connection's first bytes (HTTP/2 with prior knowledge, see [`h2`]). Each
+//! HTTP/2 stream is a request, routed and counted as an HTTP/1.1 request is, and every
+//! limit holds for it. The versions are spoken to in HTTP/1.1 or h2c, as the policy
+//! says (see [`upstream`]). A gRPC call is counted at its end, by its `grpc-status`
+//! (see [`grpc`] and [`timed`]).
+//!
 //! An HTTP/1.1 upgrade (WebSocket and any other protocol but h2c) is routed like any
 //! request; once the chosen version answers 101, the connection becomes a tunnel of
 //! bytes to that version for its life (see `Proxy::tunnel`): a later weight change
@@ -26,6 +33,8 @@
 
 pub mod admin;
 mod forwarded;
+mod grpc;
+mod h2;
 mod limits;
 pub mod plane;
 pub mod remote;
@@ -33,6 +42,7 @@ mod stats;
 mod timed;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,12 +56,10 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_core::flags::{bucket, mix};
 use rampart_core::metrics::IntervalSample;
-use rampart_core::policy::{MatchSource, ProxyLimits, RouteMatch, Sticky, Trust};
+use rampart_core::policy::{MatchSource, ProxyLimits, RouteMatch, Sticky, Trust, UpstreamProtocol};
 use rampart_core::ports::{BoxFuture, MetricsSource, PortError, TrafficRouter};
 use rampart_core::release::MeasureWindow;
 use rampart_core::{Variant, Weight};
@@ -60,7 +68,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use limits::BodyDeadline;
+use limits::{BodyDeadline, FaultSlot};
 pub use limits::{files_needed, raise_open_files_limit};
 pub use stats::VariantCounters;
 use timed::{Clock, Timed};
@@ -105,9 +113,9 @@ struct Inner {
     sticky: Sticky,
     stable: VariantCounters,
     canary: VariantCounters,
-    /// Clients' bodies go upstream through `Limited` (`max_body_bytes`) and a read
-    /// deadline (`body_timeout`).
-    client: Client<HttpConnector, BodyDeadline<Limited<Incoming>>>,
+    /// The versions' side, in the policy's protocol. Clients' bodies go upstream
+    /// through `Limited` (`max_body_bytes`) and a read deadline (`body_timeout`).
+    upstream: upstream::Upstream<BodyDeadline<Limited<Incoming>>>,
     sequence: AtomicU64,
     idle: Notify,
     endpoints: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AtomicU64>>>,
@@ -127,8 +135,9 @@ struct Inner {
     limits: ProxyLimits,
     /// Whose forwarding headers are believed (`traffic.proxy.forwarded.trust`).
     trust: Trust,
-    /// Set once this proxy handed its socket over: every answer closes its connection.
-    retiring: std::sync::atomic::AtomicBool,
+    /// Set once this proxy handed its socket over: every HTTP/1 answer closes its
+    /// connection, and every HTTP/2 connection is sent GOAWAY.
+    retiring: tokio::sync::watch::Sender<bool>,
     /// Becomes `true` at the drain's deadline (or when the server is dropped): upgraded
     /// connections, which no HTTP timer bounds, are cut then.
     cut: tokio::sync::watch::Receiver<bool>,
@@ -177,6 +186,8 @@ impl Inner {
             uncounted: guard.uncounted.clone(),
         };
         f(&mut next);
+        let known = |a: &SocketAddr| next.stable.iter().chain(&next.canary).any(|b| b.addr == *a);
+        self.upstream.retain(known);
         if next.weight == Weight::ZERO && next.matches.is_empty() && !guard.is_closed() {
             self.canary_at_zero
                 .store(self.canary.routed(), Ordering::Release);
@@ -262,7 +273,7 @@ impl ProxyServer {
     /// connects meanwhile is refused at once (or, after a hand-over, served by the
     /// other process) instead of waiting in a backlog nobody accepts from.
     pub async fn stop_accepting(mut self, proxy: &Proxy, timeout: Duration, retire: bool) {
-        proxy.inner.retiring.store(true, Ordering::Release);
+        proxy.inner.retiring.send_replace(true);
         self.task.abort();
         let _ = (&mut self.task).await;
         drop(self.shared.take());
@@ -325,6 +336,8 @@ pub struct ProxyOptions {
     /// files change while the server runs; `None` serves plain HTTP.
     #[cfg(feature = "tls")]
     pub tls: Option<tls::TlsTerminator>,
+    /// The protocol spoken to the versions (`traffic.proxy.upstream_protocol`).
+    pub upstream: UpstreamProtocol,
 }
 
 impl Proxy {
@@ -351,23 +364,18 @@ impl Proxy {
             hold,
             #[cfg(feature = "tls")]
             tls,
+            upstream,
         } = options;
         let addr = listener.local_addr()?;
         let shared = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let (cut, uncut) = tokio::sync::watch::channel(false);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         let proxy = Proxy {
             inner: Arc::new(Inner {
                 routes: RwLock::new(Arc::new(Routes::default())),
                 sticky,
                 stable: VariantCounters::new(),
                 canary: VariantCounters::new(),
-                client,
+                upstream: upstream::Upstream::new(upstream),
                 sequence: AtomicU64::new(0),
                 idle: Notify::new(),
                 endpoints: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -379,7 +387,7 @@ impl Proxy {
                 body_timeouts: AtomicU64::new(0),
                 limits,
                 trust,
-                retiring: std::sync::atomic::AtomicBool::new(false),
+                retiring: tokio::sync::watch::Sender::new(false),
                 cut: uncut,
                 instance: {
                     let mut raw = [0u8; 8];
@@ -426,6 +434,7 @@ impl Proxy {
                     continue;
                 }
             };
+            let opened = tokio::time::Instant::now();
             // Over the limit: a 503 and a close now, never a wait in a queue.
             let Some(open) = OpenConnection::admit(&self.inner) else {
                 limits::refuse(stream);
@@ -444,15 +453,15 @@ impl Proxy {
                     return;
                 }
                 let conn = ClientConn { peer, tls: false };
-                proxy.serve_connection(stream, conn, closed, open).await;
+                proxy.serve_plain(stream, conn, closed, open, opened).await;
             });
         }
     }
 
-    /// Terminates TLS on `stream`, then serves it. The handshake must be done within
-    /// the header timeout (a client that connects and never says hello is closed, as
-    /// one that never sends a head is), and a failed one closes this connection only,
-    /// counted apart from every version's errors.
+    /// Terminates TLS on `stream`, then serves it in the protocol ALPN agreed. The
+    /// handshake must be done within the header timeout (a client that connects and
+    /// never says hello is closed, as one that never sends a head is), and a failed one
+    /// closes this connection only, counted apart from every version's errors.
     #[cfg(feature = "tls")]
     async fn handshake(
         self,
@@ -470,7 +479,17 @@ impl Proxy {
         match accepted {
             Ok(Ok(stream)) => {
                 let conn = ClientConn { peer, tls: true };
-                self.serve_connection(stream, conn, closed, open).await;
+                // The request head has its own header timeout, from here.
+                let opened = tokio::time::Instant::now();
+                let reads = Arc::new(AtomicU64::new(0));
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = limits::Watched::new(stream, reads.clone());
+                if h2 {
+                    self.serve_http2(io, conn, closed, open, opened).await;
+                } else {
+                    self.serve_http1(io, reads, conn, closed, open, opened)
+                        .await;
+                }
             }
             Ok(Err(e)) => {
                 tls.count_failure();
@@ -483,27 +502,56 @@ impl Proxy {
         }
     }
 
+    /// Serves a plain connection in the protocol its first bytes say: HTTP/2 when they
+    /// are its preface, HTTP/1 otherwise. Those bytes must come within the header
+    /// timeout, as a request head must.
+    async fn serve_plain(
+        self,
+        stream: tokio::net::TcpStream,
+        conn: ClientConn,
+        closed: tokio::sync::watch::Receiver<bool>,
+        open: Arc<OpenConnection>,
+        opened: tokio::time::Instant,
+    ) {
+        let reads = Arc::new(AtomicU64::new(0));
+        let io = limits::Watched::new(stream, reads.clone());
+        let deadline = opened + self.inner.limits.header_timeout;
+        let Some((protocol, io)) = h2::sniff(io, deadline).await else {
+            return;
+        };
+        match protocol {
+            h2::Protocol::H2 => self.serve_http2(io, conn, closed, open, opened).await,
+            h2::Protocol::Http1 => {
+                self.serve_http1(io, reads, conn, closed, open, opened)
+                    .await;
+            }
+        }
+    }
+
     /// Serves HTTP/1 on one client connection (plain, or TLS once terminated) until
-    /// it closes, or until `closed` says the server stops.
-    async fn serve_connection<I>(
+    /// it closes, or until `closed` says the server stops. `reads` counts the reads
+    /// of `io`; the first head is due within the header timeout from `opened`.
+    async fn serve_http1<I>(
         self,
         io: I,
+        reads: Arc<AtomicU64>,
         conn: ClientConn,
         mut closed: tokio::sync::watch::Receiver<bool>,
         open: Arc<OpenConnection>,
+        opened: tokio::time::Instant,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self;
         let limits = proxy.inner.limits;
-        let reads = Arc::new(AtomicU64::new(0));
         let mut http = hyper::server::conn::http1::Builder::new();
         let head = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
         http.keep_alive(true)
             .timer(limits::HeadTimer::new(
-                reads.clone(),
+                reads,
                 limits.header_timeout,
                 limits.idle_timeout,
+                opened,
             ))
             .header_read_timeout(limits.header_timeout)
             // A complete head over the limit is refused by its size, an
@@ -517,9 +565,7 @@ impl Proxy {
         });
         // Once a 101 is sent, hyper hands the socket to the tunnel and this
         // connection's HTTP timers stop with it.
-        let served = http
-            .serve_connection(TokioIo::new(limits::Watched::new(io, reads)), svc)
-            .with_upgrades();
+        let served = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
         tokio::pin!(served);
         let ended = tokio::select! {
             ended = served.as_mut() => ended,
@@ -530,6 +576,75 @@ impl Proxy {
         };
         if let Err(e) = ended {
             tracing::debug!(error = %e, "proxy connection ended");
+        }
+    }
+
+    /// Serves HTTP/2 on one client connection until it closes. Every stream is a
+    /// request to [`Proxy::forward`].
+    ///
+    /// Guarantees: a request head (a header block) is at most `max_header_bytes` as
+    /// HTTP/2 counts it (`SETTINGS_MAX_HEADER_LIST_SIZE`; a larger one is answered 431
+    /// on its stream alone); at most `max_streams` streams are open at once (one more
+    /// is refused, `REFUSED_STREAM`, the others go on); a connection with no stream
+    /// open is sent GOAWAY and closed at the header timeout from `opened` if it never
+    /// had one, at the idle timeout after its last one otherwise; the server's drain
+    /// and a hand-over send GOAWAY at once, and streams in flight finish. After a
+    /// GOAWAY, a connection with no stream left that does not close within the header
+    /// timeout (a client that never acknowledges it) is dropped, as are all at the
+    /// drain's deadline.
+    async fn serve_http2<I>(
+        self,
+        io: I,
+        conn: ClientConn,
+        mut closed: tokio::sync::watch::Receiver<bool>,
+        open: Arc<OpenConnection>,
+        opened: tokio::time::Instant,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.clone();
+        let limits = self.inner.limits;
+        let activity = Arc::new(h2::Activity::default());
+        let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_streams);
+        let streams = activity.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let open = open.clone();
+            // Counted from the stream's request head until its answer is done.
+            let active = streams.enter();
+            async move {
+                let resp = proxy.forward(conn, req, open).await;
+                Ok::<_, Infallible>(resp.map(|body| h2::Held::new(body, active)))
+            }
+        });
+        let served = http.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(served);
+        let mut retiring = self.inner.retiring.subscribe();
+        let header = limits.header_timeout;
+        let ended = tokio::select! {
+            ended = served.as_mut() => Some(ended),
+            _ = closed.changed() => None,
+            _ = retiring.wait_for(|r| *r) => None,
+            () = activity.idle(opened, header, limits.idle_timeout) => None,
+        };
+        let ended = match ended {
+            Some(ended) => ended,
+            None => {
+                // GOAWAY: no new stream; those in flight finish.
+                served.as_mut().graceful_shutdown();
+                let mut cut = self.inner.cut.clone();
+                let now = tokio::time::Instant::now();
+                tokio::select! {
+                    ended = served.as_mut() => ended,
+                    _ = cut.wait_for(|c| *c) => Ok(()),
+                    () = activity.idle(now, header, header) => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "proxy HTTP/2 connection ended");
         }
     }
 
@@ -820,13 +935,32 @@ impl Proxy {
             );
         }
         let (routes, variant) = self.route(peer, &req).await;
+        // An HTTP/2 request names its host in `:authority`: the version gets it as
+        // `Host` (HTTP/1.1) or as its own `:authority` (h2c), and the forwarding
+        // headers are made from it.
+        let version = req.version();
+        let http2 = version == hyper::Version::HTTP_2;
+        if !req.headers().contains_key(hyper::header::HOST)
+            && let Some(authority) = req.uri().authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(hyper::header::HOST, host);
+        }
         // Taken before the request is sent on: hyper keeps the client's side of an
         // upgrade in the request it read.
         let upgrade = upgrade_of(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let body_timeout = self.inner.limits.body_timeout;
+        // hyper's HTTP/2 client reports a request body's failure as a reset stream,
+        // without its cause: the body tells it here.
+        let told =
+            (self.inner.upstream.protocol() == UpstreamProtocol::H2c).then(FaultSlot::default);
         let mut req = req.map(|b| {
             let limited = Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX));
-            BodyDeadline::new(limited, body_timeout)
+            let body = BodyDeadline::new(limited, body_timeout);
+            match &told {
+                Some(slot) => body.telling(slot.clone()),
+                None => body,
+            }
         });
         let backends = match variant {
             Variant::Stable => &routes.stable,
@@ -854,10 +988,6 @@ impl Proxy {
             return plain(StatusCode::BAD_REQUEST, "rampart: bad request target\n");
         };
         *req.uri_mut() = uri;
-        // The proxy speaks HTTP/1.1 on each hop: a 1.0 client's request forwarded as
-        // 1.0 would pin the pooled upstream connection to 1.0, and every later client
-        // would get 1.0 answers (hyper still answers a 1.0 client in 1.0).
-        *req.version_mut() = hyper::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
         if let Some((proto, _)) = &upgrade {
             restore_upgrade(req.headers_mut(), proto.clone());
@@ -888,12 +1018,29 @@ impl Proxy {
         let _flight = counters.enter(&self.inner.idle);
         let _endpoint = EndpointFlight::enter(picked.in_flight.clone(), &self.inner.idle);
         let started = tokio::time::Instant::now();
-        let result = self.inner.client.request(req).await;
+        let result = self.inner.upstream.request(backend, req).await;
         let elapsed = started.elapsed();
         // Set for an answer after which the client's connection cannot go on.
         let mut close = false;
+        let fault = |e: &upstream::UpstreamError| {
+            told.as_ref()
+                .and_then(FaultSlot::get)
+                .or_else(|| client_fault(e.as_ref()))
+        };
         let mut resp = match result {
             Ok(resp) if uncounted => resp.map(|body| Timed::untimed(Either::Left(body))),
+            // A gRPC call is counted at its end, by its status (see `grpc`).
+            Ok(resp) if resp.status() == StatusCode::OK && grpc::is_grpc(resp.headers()) => {
+                let status = grpc::status(resp.headers());
+                let clock = Clock::grpc(
+                    Arc::clone(&self.inner),
+                    variant,
+                    started,
+                    status,
+                    told.clone(),
+                );
+                resp.map(|body| Timed::new(Either::Left(body), clock))
+            }
             Ok(resp) => {
                 counters.record(resp.status().is_server_error(), elapsed);
                 // The total time, from the same start, is recorded when the body is done.
@@ -903,20 +1050,21 @@ impl Proxy {
             // The client's own body failed on its way (past `max_body_bytes`,
             // malformed chunks, cut short): the client's fault, not the version's,
             // so counted in no metric. A client could otherwise fail a canary.
-            Err(e) if client_fault(&e) == Some(ClientFault::TooLarge) => plain(
+            Err(e) if fault(&e) == Some(ClientFault::TooLarge) => plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "rampart: request body too large\n",
             ),
-            Err(e) if client_fault(&e) == Some(ClientFault::Body) => plain(
+            Err(e) if fault(&e) == Some(ClientFault::Body) => plain(
                 StatusCode::BAD_REQUEST,
                 "rampart: request body malformed or cut short\n",
             ),
             // The client stalled in its body past `body_timeout`: its connection is
             // mid-body, so it is closed after the answer (if the client still reads).
-            Err(e) if client_fault(&e) == Some(ClientFault::Slow) => {
+            Err(e) if fault(&e) == Some(ClientFault::Slow) => {
                 self.inner.body_timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, variant = variant.as_str(), "request body timed out");
-                close = true;
+                // An HTTP/2 stream ends alone: its connection goes on.
+                close = !http2;
                 plain(
                     StatusCode::REQUEST_TIMEOUT,
                     "rampart: request body timed out\n",
@@ -933,7 +1081,11 @@ impl Proxy {
                     .map(Timed::untimed)
             }
         };
-        *resp.version_mut() = hyper::Version::HTTP_11;
+        *resp.version_mut() = if http2 {
+            hyper::Version::HTTP_2
+        } else {
+            hyper::Version::HTTP_11
+        };
         let switched = match upgrade {
             Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let proto = resp.headers().get(hyper::header::UPGRADE).cloned();
@@ -944,6 +1096,11 @@ impl Proxy {
             _ => None,
         };
         strip_hop_by_hop(resp.headers_mut());
+        if http2 {
+            // An HTTP/1.1 version's framing, which HTTP/2 has no place for.
+            resp.headers_mut().remove(hyper::header::TRANSFER_ENCODING);
+            resp.headers_mut().remove(hyper::header::UPGRADE);
+        }
         if let Some(proto) = switched {
             restore_upgrade(resp.headers_mut(), proto);
         }
@@ -952,7 +1109,8 @@ impl Proxy {
             HeaderValue::from_static(variant.as_str()),
         );
         if close
-            || (self.inner.retiring.load(Ordering::Acquire)
+            || (!http2
+                && *self.inner.retiring.borrow()
                 && resp.status() != StatusCode::SWITCHING_PROTOCOLS)
         {
             resp.headers_mut()

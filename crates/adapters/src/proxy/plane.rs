@@ -22,7 +22,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use rampart_core::policy::{IpNet, ProxyLimits, Sticky, Trust};
+use rampart_core::policy::{IpNet, ProxyLimits, Sticky, Trust, UpstreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use super::RouteTable;
@@ -300,6 +300,45 @@ pub struct PlaneState {
     /// written before the setting existed reads as `none`.
     #[serde(default)]
     pub forwarded: TrustState,
+    /// The protocol it speaks to the versions (`traffic.proxy.upstream_protocol`); a
+    /// file written before the setting existed reads as `http1`.
+    #[serde(default, skip_serializing_if = "UpstreamState::is_http1")]
+    pub upstream_protocol: UpstreamState,
+}
+
+/// [`UpstreamProtocol`] as the state file spells it: `"http1"` or `"h2c"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamState {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    H2c,
+}
+
+impl UpstreamState {
+    fn is_http1(&self) -> bool {
+        *self == UpstreamState::Http1
+    }
+}
+
+impl From<UpstreamProtocol> for UpstreamState {
+    fn from(p: UpstreamProtocol) -> Self {
+        match p {
+            UpstreamProtocol::Http1 => UpstreamState::Http1,
+            UpstreamProtocol::H2c => UpstreamState::H2c,
+        }
+    }
+}
+
+impl From<UpstreamState> for UpstreamProtocol {
+    fn from(s: UpstreamState) -> Self {
+        match s {
+            UpstreamState::Http1 => UpstreamProtocol::Http1,
+            UpstreamState::H2c => UpstreamProtocol::H2c,
+        }
+    }
 }
 
 /// `traffic.proxy.tls` as the state file spells it: the PEM files by absolute path,
@@ -382,10 +421,17 @@ pub struct LimitsState {
     pub max_body_bytes: Option<u64>,
     /// `max_connections`.
     pub max_connections: u32,
+    /// `max_streams`; a file written before it existed reads as the default.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
 }
 
 fn default_body_timeout_ms() -> u64 {
     millis(ProxyLimits::default().body_timeout)
+}
+
+fn default_max_streams() -> u32 {
+    ProxyLimits::default().max_streams
 }
 
 fn millis(d: std::time::Duration) -> u64 {
@@ -407,6 +453,7 @@ impl From<&ProxyLimits> for LimitsState {
             max_header_bytes: l.max_header_bytes,
             max_body_bytes: l.max_body_bytes,
             max_connections: l.max_connections,
+            max_streams: l.max_streams,
         }
     }
 }
@@ -426,6 +473,7 @@ impl From<LimitsState> for ProxyLimits {
                 .clamp(ProxyLimits::MIN_HEADER_BYTES, ProxyLimits::MAX_HEADER_BYTES),
             max_body_bytes: s.max_body_bytes,
             max_connections: s.max_connections.clamp(1, ProxyLimits::MAX_CONNECTIONS),
+            max_streams: s.max_streams.clamp(1, ProxyLimits::MAX_STREAMS),
         }
     }
 }
@@ -650,6 +698,7 @@ mod tests {
             },
             limits: LimitsState::from(&ProxyLimits {
                 max_connections: 77,
+                max_streams: 250,
                 ..ProxyLimits::default()
             }),
             tls: Some(TlsState {
@@ -661,6 +710,7 @@ mod tests {
                 default: 0,
             }),
             forwarded: TrustState::Networks(vec!["10.0.0.0/8".into(), "::1/128".into()]),
+            upstream_protocol: UpstreamState::H2c,
         }
     }
 
@@ -675,9 +725,15 @@ mod tests {
         let mut old = serde_json::to_value(state()).unwrap();
         old.as_object_mut().unwrap().remove("limits");
         old.as_object_mut().unwrap().remove("forwarded");
+        old.as_object_mut().unwrap().remove("upstream_protocol");
         std::fs::write(&path, old.to_string()).unwrap();
         let loaded = PlaneState::load(&path).unwrap().unwrap();
         assert_eq!(ProxyLimits::from(loaded.limits), ProxyLimits::default());
+        // And one from before the upstream protocol, as HTTP/1.1.
+        assert_eq!(
+            UpstreamProtocol::from(loaded.upstream_protocol),
+            UpstreamProtocol::Http1
+        );
         // And one from before the forwarding trust, as trusting nobody.
         assert_eq!(Trust::from(loaded.forwarded), Trust::None);
         // And one with limits but from before `body_timeout`, as its default.
@@ -686,6 +742,7 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("body_timeout_ms");
+        old["limits"].as_object_mut().unwrap().remove("max_streams");
         std::fs::write(&path, old.to_string()).unwrap();
         let loaded = PlaneState::load(&path).unwrap().unwrap();
         assert_eq!(
@@ -693,6 +750,10 @@ mod tests {
             ProxyLimits::default().body_timeout
         );
         assert_eq!(ProxyLimits::from(loaded.limits).max_connections, 77);
+        assert_eq!(
+            ProxyLimits::from(loaded.limits).max_streams,
+            ProxyLimits::default().max_streams
+        );
         let nets = Trust::from(state().forwarded);
         assert!(nets.trusts("10.9.9.9".parse().unwrap()) && !nets.trusts("::2".parse().unwrap()));
         state().save(&path).unwrap();

@@ -1,24 +1,30 @@
 //! The response body that times the whole request: the total time (`latency_total_*`)
-//! ends when the proxy is done sending the body, which only the body itself sees.
+//! ends when the proxy is done sending the body, which only the body itself sees. A
+//! gRPC call is counted there too, whole: its outcome is in its trailers (see
+//! [`grpc`](super::grpc)).
 //!
 //! Owns when the total time is recorded: once per response, at the end of its body,
 //! at an upstream error mid-body, or when the client goes away (hyper then drops the
-//! body unsent). It must not change a byte of the body, and costs no allocation per
-//! request: the clock is a field of the body, and recording is one atomic add.
+//! body unsent). For a gRPC call it also owns when the call is counted: at its
+//! trailers (or the end of a body without any), with the time to them as both
+//! latencies; a body that breaks off upstream is an error; a call the client left
+//! before its end is counted in no metric, since its outcome was never seen. It must
+//! not change a byte of the body, and costs no allocation per request: the clock is a
+//! field of the body, and recording is one atomic add.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_core::Variant;
 use tokio::time::Instant;
 
-use super::Inner;
+use super::{Inner, grpc};
 
 /// A body that records its request's total time in its variant's counters, once.
 #[derive(Debug)]
-pub(super) struct Timed<B> {
+pub(super) struct Timed<B: Body> {
     body: B,
     /// `None` for an answer that is not measured (no backend), or once recorded.
     clock: Option<Clock>,
@@ -30,20 +36,57 @@ pub(super) struct Clock {
     inner: Arc<Inner>,
     variant: Variant,
     started: Instant,
+    /// Set for a gRPC call, which is counted at its end rather than at its headers:
+    /// the `grpc-status` its headers carried (a Trailers-Only answer), if any.
+    grpc: Option<Option<u32>>,
+    /// Set when the client's request body failed (see `limits::BodyDeadline`): an
+    /// upstream stream cut because of it is not the version's failure.
+    fault: Option<super::limits::FaultSlot>,
+}
+
+/// How a gRPC call's body came to an end.
+enum End {
+    /// Its trailers, with their `grpc-status`.
+    Trailers(Option<u32>),
+    /// Its end without trailers.
+    Complete,
+    /// The upstream broke it off.
+    Broken,
 }
 
 impl Clock {
-    /// Times a request to `variant` that the proxy forwarded at `started`.
+    /// Times a request to `variant` that the proxy forwarded at `started`, already
+    /// counted at its headers.
     pub(super) fn new(inner: Arc<Inner>, variant: Variant, started: Instant) -> Clock {
         Clock {
             inner,
             variant,
             started,
+            grpc: None,
+            fault: None,
+        }
+    }
+
+    /// Times and counts a gRPC call to `variant` at its end; `status` is the
+    /// `grpc-status` of its headers.
+    pub(super) fn grpc(
+        inner: Arc<Inner>,
+        variant: Variant,
+        started: Instant,
+        status: Option<u32>,
+        fault: Option<super::limits::FaultSlot>,
+    ) -> Clock {
+        Clock {
+            inner,
+            variant,
+            started,
+            grpc: Some(status),
+            fault,
         }
     }
 }
 
-impl<B> Timed<B> {
+impl<B: Body> Timed<B> {
     /// `body`, timed by `clock`.
     pub(super) fn new(body: B, clock: Clock) -> Timed<B> {
         Timed {
@@ -57,13 +100,27 @@ impl<B> Timed<B> {
         Timed { body, clock: None }
     }
 
-    /// Records the total time, the first time only.
-    fn record(&mut self) {
-        if let Some(c) = self.clock.take() {
-            c.inner
-                .counters(c.variant)
-                .record_total(c.started.elapsed());
-        }
+    /// Records the total time, the first time only; a gRPC call is counted by how it
+    /// ended.
+    fn record(&mut self, end: End) {
+        let Some(c) = self.clock.take() else {
+            return;
+        };
+        let counters = c.inner.counters(c.variant);
+        let elapsed = c.started.elapsed();
+        let Some(in_headers) = c.grpc else {
+            counters.record_total(elapsed);
+            return;
+        };
+        let failed = match end {
+            End::Trailers(status) => grpc::is_failure(status.or(in_headers)),
+            End::Complete => grpc::is_failure(in_headers),
+            // Cut because the client's own body failed: the client's doing.
+            End::Broken if c.fault.as_ref().is_some_and(|f| f.get().is_some()) => return,
+            End::Broken => true,
+        };
+        counters.record(failed, elapsed);
+        counters.record_total(elapsed);
     }
 }
 
@@ -76,12 +133,18 @@ impl<B: Body + Unpin> Body for Timed<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.get_mut();
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        // The end of the body, or an upstream that broke off: nothing more is sent.
-        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-            this.record();
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            // The end of the body, or an upstream that broke off: nothing more is sent.
+            None => this.record(End::Complete),
+            Some(Err(_)) => this.record(End::Broken),
+            Some(Ok(f)) => {
+                if let Some(trailers) = f.trailers_ref() {
+                    this.record(End::Trailers(grpc::status(trailers)));
+                }
+            }
         }
-        frame
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -93,11 +156,20 @@ impl<B: Body + Unpin> Body for Timed<B> {
     }
 }
 
-impl<B> Drop for Timed<B> {
+impl<B: Body> Drop for Timed<B> {
     /// hyper drops a body once its last frame is written (a body of known length is
-    /// never polled to its end), or unsent when the client went away: either way the
-    /// proxy is done with the request.
+    /// never polled to its end, and a Trailers-Only answer's not at all), or unsent
+    /// when the client went away: either way the proxy is done with the request. A
+    /// gRPC call whose body had not ended is one its client left: not counted.
     fn drop(&mut self) {
-        self.record();
+        let ended = self.body.is_end_stream();
+        if let Some(c) = &self.clock
+            && c.grpc.is_some()
+            && !ended
+        {
+            self.clock = None;
+            return;
+        }
+        self.record(End::Complete);
     }
 }

@@ -26,9 +26,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The protocols offered in ALPN. HTTP/2 is not served yet: it needs hyper's `http2`
-/// server (`hyper_util::server::conn::auto`) and `h2` added here, together.
-pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+/// The protocols offered in ALPN, most preferred first: a client that offers both
+/// gets HTTP/2; one that offers neither (or no ALPN) is served HTTP/1.1.
+pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// How often the files are checked for a change, by default.
 pub const POLL_EVERY: Duration = Duration::from_secs(2);

@@ -61,7 +61,7 @@ pub use strategy::{
 };
 pub use traffic::{
     HaproxySpec, IpNet, KubeMode, KubeTrafficSpec, NginxSpec, ProxyLimits, ProxySpec, ProxyTls,
-    Sticky, TlsCertificate, Traffic, Trust,
+    Sticky, TlsCertificate, Traffic, Trust, UpstreamProtocol,
 };
 
 /// A validated release policy for one service.

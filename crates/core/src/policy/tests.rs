@@ -1437,6 +1437,7 @@ fn proxy_limits_have_documented_defaults_and_refuse_bad_values_at_their_line() {
     assert_eq!(limits.max_header_bytes, 65_536);
     assert_eq!(limits.max_body_bytes, Some(16 << 20));
     assert_eq!(limits.max_connections, 10_000);
+    assert_eq!(limits.max_streams, 100);
 
     let with = |text: &str| {
         MINIMAL.replace(
@@ -1460,6 +1461,7 @@ fn proxy_limits_have_documented_defaults_and_refuse_bad_values_at_their_line() {
             max_header_bytes: 16_384,
             max_body_bytes: None,
             max_connections: 300,
+            max_streams: 100,
         }
     );
 
@@ -1479,6 +1481,8 @@ fn proxy_limits_have_documented_defaults_and_refuse_bad_values_at_their_line() {
         ("{max_body_bytes: lots}", "max_body_bytes", "not a size"),
         ("{max_connections: 0}", "max_connections", "use 1 to"),
         ("{max_conections: 10}", "max_conections", "max_connections"),
+        ("{max_streams: 0}", "max_streams", "use 1 to 10000"),
+        ("{max_streams: 10001}", "max_streams", "use 1 to 10000"),
     ] {
         let e = errors(&with(text));
         assert_eq!(e.len(), 1, "{text}: {e:?}");
@@ -1636,4 +1640,32 @@ fn forwarded_trust_defaults_to_none_and_refuses_a_bad_network_at_its_line() {
         assert_eq!(e.len(), 1, "{text}: {e:?}");
         assert!(e[0].message.contains(says), "{text}: {}", e[0].message);
     }
+}
+
+#[test]
+fn upstream_protocol_defaults_to_http1_and_refuses_others_at_its_line() {
+    let with = |text: &str| {
+        MINIMAL.replace(
+            "listen: 127.0.0.1:8080",
+            &format!("listen: 127.0.0.1:8080\n    upstream_protocol: {text}"),
+        )
+    };
+    let protocol = |src: &str| {
+        Policy::from_yaml(src)
+            .unwrap()
+            .proxy()
+            .unwrap()
+            .upstream_protocol
+    };
+    assert_eq!(protocol(MINIMAL), UpstreamProtocol::Http1);
+    assert_eq!(protocol(&with("http1")), UpstreamProtocol::Http1);
+    assert_eq!(protocol(&with("h2c")), UpstreamProtocol::H2c);
+    let e = errors(&with("h2"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        (e[0].path.as_str(), e[0].line),
+        ("traffic.proxy.upstream_protocol", 9)
+    );
+    assert!(e[0].message.contains("`h2c`"), "{}", e[0].message);
+    assert!(e[0].message.contains("http1"), "{}", e[0].message);
 }

@@ -112,6 +112,30 @@ pub struct ProxySpec {
     /// Whose `X-Forwarded-*` and `Forwarded` headers are believed
     /// (`traffic.proxy.forwarded.trust`).
     pub forwarded: Trust,
+    /// The protocol the proxy speaks to the versions
+    /// (`traffic.proxy.upstream_protocol`).
+    pub upstream_protocol: UpstreamProtocol,
+}
+
+/// The protocol the embedded proxy speaks to the versions, whatever its clients speak
+/// (`traffic.proxy.upstream_protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 in cleartext with prior knowledge (gRPC servers, h2c-enabled servers).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// As the policy spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
 }
 
 /// The certificates the embedded proxy terminates TLS with (`traffic.proxy.tls`).
@@ -280,6 +304,10 @@ pub struct ProxyLimits {
     pub max_body_bytes: Option<u64>,
     /// Client connections open at once; one more is answered 503 and closed.
     pub max_connections: u32,
+    /// HTTP/2 streams (requests) open at once on one client connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`); one more is refused (`REFUSED_STREAM`),
+    /// and the connection's other streams go on.
+    pub max_streams: u32,
 }
 
 impl ProxyLimits {
@@ -291,6 +319,8 @@ impl ProxyLimits {
     pub const MAX_BODY_BYTES: u64 = 1 << 40;
     /// The most `max_connections` accepted.
     pub const MAX_CONNECTIONS: u32 = 1_000_000;
+    /// The most `max_streams` accepted.
+    pub const MAX_STREAMS: u32 = 10_000;
 }
 
 impl Default for ProxyLimits {
@@ -303,6 +333,8 @@ impl Default for ProxyLimits {
             max_header_bytes: 64 << 10,
             max_body_bytes: Some(16 << 20),
             max_connections: 10_000,
+            // RFC 9113 6.5.2: no lower, so as not to limit parallelism needlessly.
+            max_streams: 100,
         }
     }
 }
@@ -378,7 +410,14 @@ pub(super) fn decode_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Optio
             let m = cx.map(
                 inner,
                 &p,
-                &["listen", "sticky", "limits", "tls", "forwarded"],
+                &[
+                    "listen",
+                    "sticky",
+                    "limits",
+                    "tls",
+                    "forwarded",
+                    "upstream_protocol",
+                ],
             )?;
             let listen = m.required_with(cx, "listen", decode_addr);
             let sticky = m
@@ -398,12 +437,21 @@ pub(super) fn decode_traffic(cx: &mut Decoder, node: &Node, path: &str) -> Optio
                 Some(node) => decode_forwarded(cx, node, &m.path_of("forwarded"))?,
                 None => Trust::None,
             };
+            let upstream_protocol = m
+                .optional_with(cx, "upstream_protocol", |cx, n, p| {
+                    match one_of(cx, n, p, &["http1", "h2c"])? {
+                        "h2c" => Some(UpstreamProtocol::H2c),
+                        _ => Some(UpstreamProtocol::Http1),
+                    }
+                })
+                .unwrap_or_default();
             Some(Traffic::Proxy(ProxySpec {
                 listen: listen?,
                 sticky,
                 limits,
                 tls,
                 forwarded,
+                upstream_protocol,
             }))
         }
     }
@@ -420,6 +468,7 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
             "max_header_bytes",
             "max_body_bytes",
             "max_connections",
+            "max_streams",
         ],
     )?;
     // A field that is refused is reported at its line; the policy is then invalid,
@@ -455,6 +504,16 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
             format!("{n} connections: use 1 to {}", ProxyLimits::MAX_CONNECTIONS),
         );
     }
+    let max_streams = m.optional::<u32>(cx, "max_streams");
+    if let Some(n) = max_streams
+        && !(1..=ProxyLimits::MAX_STREAMS).contains(&n)
+    {
+        cx.error(
+            m.get("max_streams").map_or(m.pos(), |n| n.pos),
+            &m.path_of("max_streams"),
+            format!("{n} streams: use 1 to {}", ProxyLimits::MAX_STREAMS),
+        );
+    }
     Some(ProxyLimits {
         header_timeout: header_timeout.unwrap_or(defaults.header_timeout),
         idle_timeout: idle_timeout.unwrap_or(defaults.idle_timeout),
@@ -462,6 +521,7 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
         max_header_bytes: max_header_bytes.unwrap_or(defaults.max_header_bytes),
         max_body_bytes: max_body_bytes.unwrap_or(defaults.max_body_bytes),
         max_connections: max_connections.unwrap_or(defaults.max_connections),
+        max_streams: max_streams.unwrap_or(defaults.max_streams),
     })
 }
 

@@ -135,6 +135,7 @@ async fn run(file: &Path, admin: SocketAddr, token_env: &str, drain: std::time::
         sticky: spec.sticky.clone(),
         limits: spec.limits,
         forwarded: spec.forwarded.clone(),
+        upstream: spec.upstream_protocol,
         tls,
         ..ProxyOptions::default()
     };

@@ -62,6 +62,7 @@ fn desired(state_dir: &Path, args: &ProxyArgs) -> Result<(PlaneFiles, PlaneState
                     plane::LimitsState::from(&spec.limits),
                     tls,
                     plane::TrustState::from(&spec.forwarded),
+                    plane::UpstreamState::from(spec.upstream_protocol),
                 )),
             )
         }
@@ -70,16 +71,17 @@ fn desired(state_dir: &Path, args: &ProxyArgs) -> Result<(PlaneFiles, PlaneState
     let files = PlaneFiles::new(state_dir, &service);
     let saved = PlaneState::load(&files.state()).map_err(|e| e.to_string())?;
     let state = match (saved, from_policy) {
-        (Some(mut saved), Some((listen, sticky, limits, tls, forwarded))) => {
+        (Some(mut saved), Some((listen, sticky, limits, tls, forwarded, upstream))) => {
             saved.listen = listen;
             saved.sticky = sticky;
             saved.limits = limits;
             saved.tls = tls;
             saved.forwarded = forwarded;
+            saved.upstream_protocol = upstream;
             saved
         }
         (Some(saved), None) => saved,
-        (None, Some((listen, sticky, limits, tls, forwarded))) => PlaneState {
+        (None, Some((listen, sticky, limits, tls, forwarded, upstream))) => PlaneState {
             format: plane::FORMAT,
             service: service.clone(),
             listen,
@@ -88,6 +90,7 @@ fn desired(state_dir: &Path, args: &ProxyArgs) -> Result<(PlaneFiles, PlaneState
             limits,
             tls,
             forwarded,
+            upstream_protocol: upstream,
         },
         (None, None) => {
             return Err(format!(
@@ -145,6 +148,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
         sticky: state.sticky.clone().into(),
         limits: state.limits.into(),
         forwarded: state.forwarded.clone().into(),
+        upstream: state.upstream_protocol.into(),
         routes: state.routes.clone(),
         hold: args.hold,
         tls,

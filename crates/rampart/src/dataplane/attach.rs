@@ -75,6 +75,17 @@ pub async fn attach_telling(
                 saved.listen
             )));
         }
+        // Versions that speak one protocol are not spoken to in another by a release
+        // that only attaches.
+        if let Some(saved) = &saved
+            && saved.upstream_protocol != plane::UpstreamState::from(spec.upstream_protocol)
+        {
+            return Err(RunError::Invalid(format!(
+                "the data plane of {service} speaks {} to its versions; the policy says `upstream_protocol: {}`. Hand it over to a data plane that reads the policy (`rampart proxy --state-dir DIR -f POLICY --take-over`), then release again",
+                rampart_core::policy::UpstreamProtocol::from(saved.upstream_protocol).as_str(),
+                spec.upstream_protocol.as_str()
+            )));
+        }
     } else {
         // The desired address, stickiness, limits and certificates, with the routes
         // it last had.
@@ -88,6 +99,7 @@ pub async fn attach_telling(
             limits: plane::LimitsState::from(&spec.limits),
             tls: tls.unwrap_or(saved_tls),
             forwarded: plane::TrustState::from(&spec.forwarded),
+            upstream_protocol: plane::UpstreamState::from(spec.upstream_protocol),
         };
         files.create_dir().map_err(|e| internal(e.to_string()))?;
         files.ensure_token().map_err(|e| internal(e.to_string()))?;

@@ -209,6 +209,7 @@ pub async fn start(
                 sticky: spec.sticky.clone(),
                 limits: spec.limits,
                 forwarded: spec.forwarded.clone(),
+                upstream: spec.upstream_protocol,
                 tls,
                 ..ProxyOptions::default()
             };

@@ -1,0 +1,111 @@
+//! What a gRPC answer says about the version that gave it: gRPC reports a call's
+//! outcome in its `grpc-status` trailer (or in the headers of a Trailers-Only
+//! answer), under an HTTP status of 200, so the HTTP rule (5xx is an error) sees every
+//! failed call as a success.
+//!
+//! Owns which answers are gRPC and which of their codes are the version's failures. It
+//! must not touch a byte of the answer, and it decides nothing at the headers of a
+//! call whose status comes in its trailers: `timed.rs` calls it when the body ends.
+//!
+//! The failures are the codes that the canonical mapping of gRPC codes to HTTP
+//! (`google.rpc.Code`, the one grpc-gateway and Envoy's transcoder follow) puts in
+//! 5xx: what the HTTP rule already counts, kept for gRPC. The 4xx codes (a bad
+//! argument, a missing entity, a denied or unauthenticated caller, a failed
+//! precondition, an exhausted quota, a cancelled call) are about the caller or the
+//! data, which both versions see alike. `UNIMPLEMENTED` is counted: a method that
+//! exists on stable but not on the canary is a regression a release must catch, and
+//! one that exists on neither fails on both alike, which a comparison cancels out.
+
+use hyper::HeaderMap;
+use hyper::header::{CONTENT_TYPE, HeaderName};
+
+/// gRPC's status trailer (or header, in a Trailers-Only answer).
+pub(super) const STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// `UNKNOWN`: what a `grpc-status` that does not parse is taken for (as gRPC's own
+/// clients do).
+const UNKNOWN: u32 = 2;
+
+/// The codes counted against the version: `UNKNOWN`, `DEADLINE_EXCEEDED`,
+/// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE` and `DATA_LOSS`.
+pub(super) const FAILURES: [u32; 6] = [2, 4, 12, 13, 14, 15];
+
+/// Whether an answer's headers say it is a gRPC answer (`application/grpc`, alone or
+/// with a `+codec` or parameters). gRPC-Web (`application/grpc-web`) is not: it
+/// carries its status inside the body, so it is judged by the HTTP rule.
+pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(CONTENT_TYPE) else {
+        return false;
+    };
+    let ct = ct.as_bytes();
+    let prefix = b"application/grpc";
+    ct.len() >= prefix.len()
+        && ct[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && matches!(ct.get(prefix.len()), None | Some(b'+' | b';'))
+}
+
+/// The `grpc-status` in `headers` (trailers, or a Trailers-Only answer's headers):
+/// `None` when there is none; one that does not parse is `UNKNOWN`.
+pub(super) fn status(headers: &HeaderMap) -> Option<u32> {
+    let value = headers.get(STATUS)?;
+    Some(
+        std::str::from_utf8(value.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(UNKNOWN),
+    )
+}
+
+/// Whether a call that ended with `status` counts against its version: a failure
+/// code, or no status at all (the version broke the protocol).
+pub(super) fn is_failure(status: Option<u32>) -> bool {
+    status.is_none_or(|code| FAILURES.contains(&code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn grpc_is_told_by_its_content_type_and_grpc_web_is_not() {
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;charset=utf-8",
+            "Application/GRPC+json",
+        ] {
+            assert!(is_grpc(&headers(&[("content-type", ct)])), "{ct}");
+        }
+        for ct in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/json",
+            "application/grp",
+        ] {
+            assert!(!is_grpc(&headers(&[("content-type", ct)])), "{ct}");
+        }
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_server_side_codes_fail_and_the_callers_do_not() {
+        let failing: Vec<u32> = (0..=16).filter(|c| is_failure(Some(*c))).collect();
+        assert_eq!(failing, [2, 4, 12, 13, 14, 15]);
+        assert!(is_failure(None), "no grpc-status at all");
+    }
+
+    #[test]
+    fn a_status_that_does_not_parse_is_unknown() {
+        assert_eq!(status(&headers(&[("grpc-status", "14")])), Some(14));
+        assert_eq!(status(&headers(&[("grpc-status", "ok")])), Some(UNKNOWN));
+        assert_eq!(status(&headers(&[("grpc-message", "x")])), None);
+    }
+}

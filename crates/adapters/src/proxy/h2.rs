@@ -1,0 +1,297 @@
+//! HTTP/2 from clients: which protocol a connection speaks, and the limits of an
+//! HTTP/2 connection that hyper does not keep by itself.
+//!
+//! Owns telling HTTP/2 with prior knowledge (its connection preface) from HTTP/1.1 on
+//! a plain connection ([`sniff`]), and an HTTP/2 connection's stream count and idle
+//! deadline ([`Activity`]). It must not route or count requests: each stream is a
+//! request to `Proxy::forward`, as an HTTP/1.1 request is.
+//!
+//! Guarantees: the preface is read within the header timeout from the connection's
+//! opening, so a client that connects and sends nothing, or dribbles the preface, is
+//! closed as one that never sends a request head is; bytes read to tell the protocol
+//! are handed on to it untouched. An HTTP/2 connection with no stream open is closed
+//! (GOAWAY) at the header timeout when it never had one, and at the idle timeout after
+//! its last stream otherwise. Costs: one 24-byte buffer per connection, one atomic
+//! add per stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The HTTP/2 connection preface (RFC 9113 3.4), which a client with prior knowledge
+/// sends before anything else.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a plain connection speaks, told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    H2,
+}
+
+/// Reads a plain connection's first bytes, up to the length of the HTTP/2 preface or
+/// the first byte that differs from it, until `deadline`. `None` when the client
+/// closed or sent too little in time.
+pub(super) async fn sniff<I: AsyncRead + Unpin>(
+    mut io: I,
+    deadline: Instant,
+) -> Option<(Protocol, Prefixed<I>)> {
+    let mut head = [0u8; PREFACE.len()];
+    let mut len = 0;
+    let read = async {
+        while len < PREFACE.len() {
+            let n = io.read(&mut head[len..]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            len += n;
+            if head[..len] != PREFACE[..len] {
+                return Some(Protocol::Http1);
+            }
+        }
+        Some(Protocol::H2)
+    };
+    let protocol = tokio::time::timeout_at(deadline, read).await.ok()??;
+    Some((
+        protocol,
+        Prefixed {
+            head,
+            at: 0,
+            len,
+            io,
+        },
+    ))
+}
+
+/// A connection whose first bytes, read to tell its protocol, are read again first.
+#[derive(Debug)]
+pub(super) struct Prefixed<I> {
+    head: [u8; PREFACE.len()],
+    at: usize,
+    len: usize,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.len {
+            let n = (this.len - this.at).min(buf.remaining());
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+// === impl Activity ===
+
+/// The streams open on one HTTP/2 connection, for its idle deadline.
+#[derive(Debug, Default)]
+pub(super) struct Activity {
+    open: AtomicU64,
+    /// Set at the first stream: the idle timeout applies from then on.
+    begun: AtomicBool,
+    /// Woken when the connection becomes idle or busy.
+    changed: Notify,
+}
+
+impl Activity {
+    /// Counts a stream open until the guard (kept in its answer's body) drops.
+    pub(super) fn enter(self: &Arc<Self>) -> Active {
+        self.begun.store(true, Ordering::Relaxed);
+        if self.open.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.changed.notify_waiters();
+        }
+        Active(self.clone())
+    }
+
+    /// Returns once the connection has had no stream open for `first` since `since`
+    /// (before its first stream), or for `later` since its last stream ended.
+    pub(super) async fn idle(&self, since: Instant, first: Duration, later: Duration) {
+        let mut since = since;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.open.load(Ordering::Acquire) == 0 {
+                let wait = if self.begun.load(Ordering::Relaxed) {
+                    later
+                } else {
+                    first
+                };
+                if tokio::time::timeout_at(since + wait, changed)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            } else {
+                changed.await;
+            }
+            since = Instant::now();
+        }
+    }
+}
+
+/// One open stream of an HTTP/2 connection, until dropped.
+#[derive(Debug)]
+pub(super) struct Active(Arc<Activity>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_waiters();
+        }
+    }
+}
+
+/// An answer's body that keeps its stream counted open until hyper is done with it.
+#[derive(Debug)]
+pub(super) struct Held<B> {
+    body: B,
+    _active: Active,
+}
+
+impl<B> Held<B> {
+    pub(super) fn new(body: B, active: Active) -> Held<B> {
+        Held {
+            body,
+            _active: active,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn sniffed(sent: &[u8]) -> Option<(Protocol, Vec<u8>)> {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(sent).await.unwrap();
+        drop(client);
+        let (protocol, mut io) = sniff(server, Instant::now() + Duration::from_secs(10)).await?;
+        let mut again = Vec::new();
+        io.read_to_end(&mut again).await.unwrap();
+        Some((protocol, again))
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_http2_anything_else_http1_and_no_byte_is_lost() {
+        let h2 = [PREFACE.as_slice(), b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"].concat();
+        assert_eq!(sniffed(&h2).await, Some((Protocol::H2, h2.clone())));
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        assert_eq!(sniffed(&get).await, Some((Protocol::Http1, get.clone())));
+        // POST shares the preface's first letter.
+        let post = b"POST / HTTP/1.1\r\n\r\n".to_vec();
+        assert_eq!(sniffed(&post).await, Some((Protocol::Http1, post.clone())));
+        assert_eq!(sniffed(b"PRI * HT").await, None, "closed mid-preface");
+        assert_eq!(sniffed(b"").await, None);
+    }
+
+    /// A client that sends the preface's first bytes and stops is cut at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_dribbled_preface_is_cut_at_the_deadline() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"PRI * ").await.unwrap();
+        let started = Instant::now();
+        assert!(
+            sniff(server, started + Duration::from_secs(10))
+                .await
+                .is_none()
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_waits_first_then_later_after_its_last_stream() {
+        let activity = Arc::new(Activity::default());
+        let started = Instant::now();
+        let first = Duration::from_secs(10);
+        let later = Duration::from_secs(60);
+        activity.idle(started, first, later).await;
+        assert_eq!(started.elapsed(), first, "no stream yet: the first wait");
+
+        let stream = activity.enter();
+        let idle = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.idle(Instant::now(), first, later).await }
+        });
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!idle.is_finished(), "a stream is open: never idle");
+        let ended = Instant::now();
+        drop(stream);
+        idle.await.unwrap();
+        assert_eq!(
+            ended.elapsed(),
+            later,
+            "after the last stream: the later wait"
+        );
+    }
+}

@@ -1,0 +1,847 @@
+//! HTTP/2 through the embedded proxy, with real sockets on loopback (issue 18): h2c
+//! clients with prior knowledge on the plain listener, served by HTTP/1.1 versions and
+//! by h2c versions (`upstream_protocol: h2c`); weights and stickiness per stream;
+//! gRPC calls counted by their `grpc-status` at their end; and the limits as HTTP/2
+//! answers them (too many streams, an oversize header block, an idle or silent
+//! connection, the drain's GOAWAY) without harming the connection's other streams.
+//! (HTTP/2 over TLS through ALPN is in `proxy_tls.rs`, beside its certificates.)
+//!
+//! Where the proxy's own framing is what is tested, the client writes HTTP/2 frames by
+//! hand: hyper's client would queue a stream over the limit rather than send it.
+//! Nothing waits for a fixed time: every wait is for an event, within a deadline.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer, VARIANT_HEADER};
+use rampart_core::policy::{ProxyLimits, Sticky, UpstreamProtocol};
+use rampart_core::{Variant, Weight};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use common::{holding_backend, until};
+
+/// The longest any test waits for something that must happen.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// An h2c connection with prior knowledge to `addr`.
+async fn h2c(addr: SocketAddr) -> Sender {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// `GET path` on `send`: the status, the variant and the body.
+async fn get(send: &Sender, path: &str, user: Option<&str>) -> (StatusCode, String, String) {
+    let mut req = Request::get(format!("http://svc.test{path}"));
+    if let Some(u) = user {
+        req = req.header("x-user", u);
+    }
+    let resp = tokio::time::timeout(
+        PATIENCE,
+        send.clone()
+            .send_request(req.body(Full::default()).unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let status = resp.status();
+    let variant = variant_of(resp.headers());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, variant, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn variant_of(h: &HeaderMap) -> String {
+    h.get(VARIANT_HEADER)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+async fn proxy(options: ProxyOptions) -> (Proxy, ProxyServer) {
+    Proxy::bind("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap()
+}
+
+// === versions ===
+
+/// A body given frame by frame: data, then trailers, or an error in their place, the
+/// last of them after `hold` when given; `dropped` is told when the server lets go of
+/// it.
+struct Scripted {
+    frames: VecDeque<Frame<Bytes>>,
+    hold: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    fail: bool,
+    dropped: Option<Arc<Notify>>,
+}
+
+impl Body for Scripted {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        let last = if this.fail { 0 } else { 1 };
+        if this.frames.len() <= last
+            && let Some(hold) = &mut this.hold
+        {
+            std::task::ready!(hold.as_mut().poll(cx));
+            this.hold = None;
+        }
+        match this.frames.pop_front() {
+            Some(f) => Poll::Ready(Some(Ok(f))),
+            None if this.fail => {
+                this.fail = false;
+                Poll::Ready(Some(Err(std::io::Error::other("broken off"))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && !self.fail && self.hold.is_none()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dropped {
+            d.notify_one();
+        }
+    }
+}
+
+/// One gRPC message: an uncompressed, 5-byte-prefixed frame.
+fn grpc_message(payload: &[u8]) -> Bytes {
+    let mut m = vec![0u8];
+    m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    m.extend_from_slice(payload);
+    Bytes::from(m)
+}
+
+fn trailers(status: &'static str) -> Frame<Bytes> {
+    let mut t = HeaderMap::new();
+    t.insert("grpc-status", status.parse().unwrap());
+    Frame::trailers(t)
+}
+
+/// What a version under test knows: its name, and, for `/pkg.Svc/Slow`, when to send
+/// its trailers and whom to tell that its answer was dropped.
+#[derive(Clone)]
+struct Script {
+    name: &'static str,
+    release: Arc<Notify>,
+    dropped: Arc<Notify>,
+}
+
+/// The answer of a version that speaks gRPC at `/pkg.Svc/*` and echoes, at any other
+/// path, its name, and in headers the protocol and authority it was asked in.
+fn answer(script: &Script, req: &Request<Incoming>) -> Response<Scripted> {
+    let name = script.name;
+    let grpc = |frames: Vec<Frame<Bytes>>| {
+        let mut resp = Response::new(Scripted {
+            frames: frames.into(),
+            hold: None,
+            fail: false,
+            dropped: None,
+        });
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        resp
+    };
+    let data = || Frame::data(grpc_message(name.as_bytes()));
+    match req.uri().path() {
+        "/pkg.Svc/Ok" => grpc(vec![data(), trailers("0")]),
+        "/pkg.Svc/NotFound" => grpc(vec![trailers("5")]),
+        "/pkg.Svc/Unavailable" => grpc(vec![data(), trailers("14")]),
+        "/pkg.Svc/NoStatus" => grpc(vec![data()]),
+        // Trailers-Only: the status in the headers, and nothing after them.
+        "/pkg.Svc/OnlyOk" | "/pkg.Svc/OnlyUnavailable" => {
+            let mut resp = grpc(Vec::new());
+            let code = if req.uri().path().ends_with("Ok") {
+                "0"
+            } else {
+                "14"
+            };
+            resp.headers_mut()
+                .insert("grpc-status", code.parse().unwrap());
+            resp
+        }
+        "/pkg.Svc/Reset" => {
+            let mut resp = grpc(vec![data()]);
+            resp.body_mut().fail = true;
+            let release = script.release.clone();
+            resp.body_mut().hold = Some(Box::pin(async move { release.notified().await }));
+            resp
+        }
+        "/pkg.Svc/Slow" => {
+            let mut resp = grpc(vec![data(), trailers("0")]);
+            let release = script.release.clone();
+            resp.body_mut().hold = Some(Box::pin(async move { release.notified().await }));
+            resp.body_mut().dropped = Some(script.dropped.clone());
+            resp
+        }
+        _ => {
+            let mut resp = Response::new(Scripted {
+                frames: vec![Frame::data(Bytes::from(name))].into(),
+                hold: None,
+                fail: false,
+                dropped: None,
+            });
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get("host")
+                        .map(|h| h.to_str().unwrap().to_string())
+                })
+                .unwrap_or_default();
+            let h = resp.headers_mut();
+            h.insert(
+                "x-seen-version",
+                format!("{:?}", req.version()).parse().unwrap(),
+            );
+            h.insert("x-seen-authority", authority.parse().unwrap());
+            h.insert(
+                "x-seen-host-header",
+                req.headers()
+                    .contains_key("host")
+                    .to_string()
+                    .parse()
+                    .unwrap(),
+            );
+            resp
+        }
+    }
+}
+
+/// A version that speaks `protocol` (HTTP/1.1, or h2c with prior knowledge).
+async fn version(script: Script, protocol: UpstreamProtocol) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let script = script.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let resp = answer(&script, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let io = TokioIo::new(stream);
+                let _ = match protocol {
+                    UpstreamProtocol::H2c => {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await
+                    }
+                    UpstreamProtocol::Http1 => {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await
+                    }
+                };
+            });
+        }
+    });
+    addr
+}
+
+fn script(name: &'static str) -> Script {
+    Script {
+        name,
+        release: Arc::new(Notify::new()),
+        dropped: Arc::new(Notify::new()),
+    }
+}
+
+/// A proxy speaking `upstream` to two versions that speak it too.
+async fn split(upstream: UpstreamProtocol, sticky: Sticky) -> (Proxy, ProxyServer, Script) {
+    let canary = script("canary");
+    let stable = version(script("stable"), upstream).await;
+    let canary_addr = version(canary.clone(), upstream).await;
+    let (proxy, server) = proxy(ProxyOptions {
+        sticky,
+        upstream,
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[stable]);
+    proxy.set_backends(Variant::Canary, &[canary_addr]);
+    (proxy, server, canary)
+}
+
+// === routing ===
+
+/// Each stream of one connection is a request: routed by weight on its own, or kept
+/// on one variant per user with stickiness, and counted in its variant; HTTP/1.1
+/// versions answer an h2c client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_h2c_stream_is_routed_by_weight_to_http1_versions() {
+    let (proxy, server, _) = split(UpstreamProtocol::Http1, Sticky::None).await;
+    let send = h2c(server.local_addr()).await;
+    let (status, variant, body) = get(&send, "/", None).await;
+    assert_eq!(
+        (status, variant.as_str(), body.as_str()),
+        (StatusCode::OK, "stable", "stable")
+    );
+
+    proxy.set_weight(Weight::from_percent(30).unwrap());
+    let streams: Vec<_> = (0..1000)
+        .map(|_| {
+            let send = send.clone();
+            tokio::spawn(async move { get(&send, "/", None).await })
+        })
+        .collect();
+    let mut canary = 0;
+    for s in streams {
+        let (status, variant, body) = s.await.unwrap();
+        assert_eq!(
+            (status, &variant),
+            (StatusCode::OK, &body),
+            "answered by its variant"
+        );
+        canary += usize::from(variant == "canary");
+    }
+    assert!((230..=370).contains(&canary), "{canary} of 1000 at 30%");
+    let totals = proxy.totals();
+    assert_eq!(totals.canary.requests, canary as u64);
+    assert_eq!(totals.stable.requests, 1001 - canary as u64);
+    assert_eq!(
+        proxy.open_connections(),
+        1,
+        "one connection carried them all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_keep_their_variant_on_every_stream() {
+    let (proxy, server, _) = split(UpstreamProtocol::Http1, Sticky::Header("x-user".into())).await;
+    proxy.set_weight(Weight::from_percent(50).unwrap());
+    let send = h2c(server.local_addr()).await;
+    let mut seen = std::collections::HashMap::new();
+    for round in 0..5 {
+        for u in 0..40 {
+            let user = format!("user-{u}");
+            let (_, variant, _) = get(&send, "/", Some(&user)).await;
+            let first = seen.entry(user.clone()).or_insert(variant.clone());
+            assert_eq!(*first, variant, "{user} moved in round {round}");
+        }
+    }
+    let on_canary = seen.values().filter(|v| *v == "canary").count();
+    assert!((8..=32).contains(&on_canary), "{on_canary} of 40 at 50%");
+}
+
+/// With `upstream_protocol: h2c` the versions are asked in HTTP/2, with the client's
+/// authority as `:authority` (and no `Host`), whether the client spoke HTTP/2 or
+/// HTTP/1.1; with the default, in HTTP/1.1 with the authority as `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_asked_in_their_protocol_with_the_clients_authority() {
+    for upstream in [UpstreamProtocol::H2c, UpstreamProtocol::Http1] {
+        let (_proxy, server, _) = split(upstream, Sticky::None).await;
+        let addr = server.local_addr();
+        let want = match upstream {
+            UpstreamProtocol::H2c => ("HTTP/2.0", "false"),
+            UpstreamProtocol::Http1 => ("HTTP/1.1", "true"),
+        };
+        // An h2c client.
+        let send = h2c(addr).await;
+        let req = Request::get("http://svc.test:8080/")
+            .body(Full::default())
+            .unwrap();
+        let resp = send.clone().send_request(req).await.unwrap();
+        let h = resp.headers();
+        assert_eq!(
+            (
+                h["x-seen-version"].to_str().unwrap(),
+                h["x-seen-authority"].to_str().unwrap(),
+                h["x-seen-host-header"].to_str().unwrap(),
+            ),
+            (want.0, "svc.test:8080", want.1),
+            "{upstream:?}, an h2c client"
+        );
+        // An HTTP/1.1 client.
+        let req = Request::get(format!("http://{addr}/"))
+            .header("host", "shop.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = common::client().request(req).await.unwrap();
+        assert_eq!(resp.version(), hyper::Version::HTTP_11);
+        let h = resp.headers();
+        assert_eq!(
+            (
+                h["x-seen-version"].to_str().unwrap(),
+                h["x-seen-authority"].to_str().unwrap(),
+            ),
+            (want.0, "shop.test"),
+            "{upstream:?}, an HTTP/1.1 client"
+        );
+    }
+}
+
+// === gRPC ===
+
+/// A unary gRPC call to `path` on `send`: the HTTP status and the `grpc-status` (from
+/// the trailers, or the headers of a Trailers-Only answer).
+async fn call(send: &Sender, path: &str) -> (StatusCode, Option<String>) {
+    let req = Request::post(format!("http://svc.test{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(grpc_message(b"hello")))
+        .unwrap();
+    let resp = tokio::time::timeout(PATIENCE, send.clone().send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status();
+    let in_headers = resp.headers().get("grpc-status").cloned();
+    let collected = resp.into_body().collect().await.unwrap();
+    let code = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status").cloned())
+        .or(in_headers)
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, code)
+}
+
+/// The canary's error count rises with UNAVAILABLE (in trailers or Trailers-Only) and
+/// with a call that ends without any status, never with OK or NOT_FOUND, though every
+/// answer is HTTP 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unavailable_counts_against_the_canary_and_ok_or_not_found_do_not() {
+    let (proxy, server, _) = split(UpstreamProtocol::H2c, Sticky::None).await;
+    proxy.set_weight(Weight::FULL);
+    let send = h2c(server.local_addr()).await;
+    let calls = [
+        ("/pkg.Svc/Ok", Some("0"), false),
+        ("/pkg.Svc/OnlyOk", Some("0"), false),
+        ("/pkg.Svc/NotFound", Some("5"), false),
+        ("/pkg.Svc/Unavailable", Some("14"), true),
+        ("/pkg.Svc/OnlyUnavailable", Some("14"), true),
+        ("/pkg.Svc/NoStatus", None, true),
+    ];
+    let mut errors = 0;
+    for (n, (path, code, error)) in calls.iter().cycle().take(3 * calls.len()).enumerate() {
+        let (status, got) = call(&send, path).await;
+        assert_eq!((status, got.as_deref()), (StatusCode::OK, *code), "{path}");
+        errors += u64::from(*error);
+        // Counted once its stream has ended: wait for it, then look.
+        until("the call counted", async || {
+            proxy.totals().canary.requests == n as u64 + 1
+        })
+        .await;
+        let c = proxy.totals().canary;
+        assert_eq!(
+            (c.requests, c.errors),
+            (n as u64 + 1, errors),
+            "after {path}"
+        );
+    }
+    let c = proxy.totals().canary;
+    assert_eq!(
+        (c.latency.count(), c.latency_total.count()),
+        (18, 18),
+        "each call timed once, at its end"
+    );
+    assert_eq!(proxy.totals().stable.requests, 0);
+}
+
+/// A gRPC call is counted when its trailers pass, not at its headers; one the client
+/// leaves before its end counts in no metric; one the version breaks off (a reset
+/// stream) is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_counts_at_its_end_and_a_client_leaving_is_not_the_versions_fault() {
+    let (proxy, server, canary) = split(UpstreamProtocol::H2c, Sticky::None).await;
+    proxy.set_weight(Weight::FULL);
+    let send = h2c(server.local_addr()).await;
+    let slow = |send: &Sender| {
+        let req = Request::post("http://svc.test/pkg.Svc/Slow")
+            .header("content-type", "application/grpc")
+            .body(Full::new(grpc_message(b"hello")))
+            .unwrap();
+        send.clone().send_request(req)
+    };
+
+    // Headers and a message have passed; the trailers are held.
+    let resp = slow(&send).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    assert_eq!(
+        proxy.totals().canary.requests,
+        0,
+        "not counted at its headers"
+    );
+    canary.release.notify_one();
+    let end = body.frame().await.unwrap().unwrap();
+    assert_eq!(end.trailers_ref().unwrap()["grpc-status"], "0");
+    until("the call counted", async || {
+        proxy.totals().canary.requests == 1
+    })
+    .await;
+    assert_eq!(proxy.totals().canary.errors, 0);
+
+    // The client leaves mid-call: the version's answer is dropped, and nothing counts.
+    let resp = slow(&send).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    drop(body);
+    tokio::time::timeout(PATIENCE, canary.dropped.notified())
+        .await
+        .expect("the version's stream was reset when the client left");
+    let c = proxy.totals().canary;
+    assert_eq!(
+        (c.requests, c.errors),
+        (1, 0),
+        "the client's leaving counts in no metric"
+    );
+
+    // The version breaks its stream off after a message: an error.
+    let req = Request::post("http://svc.test/pkg.Svc/Reset")
+        .header("content-type", "application/grpc")
+        .body(Full::new(grpc_message(b"hello")))
+        .unwrap();
+    let resp = send.clone().send_request(req).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    canary.release.notify_one();
+    assert!(
+        body.frame().await.unwrap().is_err(),
+        "the client sees the reset, not a clean end"
+    );
+    until("the reset counted", async || {
+        proxy.totals().canary.requests == 2
+    })
+    .await;
+    assert_eq!(proxy.totals().canary.errors, 1);
+}
+
+// === limits ===
+
+/// HTTP/2 frames written and read by hand.
+mod raw {
+    use super::*;
+
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    /// RST_STREAM's REFUSED_STREAM.
+    pub const REFUSED_STREAM: u32 = 0x7;
+
+    /// One frame as it is read: type, flags, stream and payload.
+    #[derive(Debug)]
+    pub struct Read {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// `GET path` on `stream`, its header block in HPACK without indexing or Huffman.
+    pub fn get(stream: u32, path: &str) -> Vec<u8> {
+        let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+        for (index, value) in [(4u8, path), (1u8, "svc.test")] {
+            // Literal without indexing, indexed name (:path, :authority).
+            block.push(index);
+            block.push(u8::try_from(value.len()).unwrap());
+            block.extend_from_slice(value.as_bytes());
+        }
+        frame(HEADERS, END_STREAM | END_HEADERS, stream, &block)
+    }
+
+    /// Connects with prior knowledge and acknowledges the proxy's settings, so that
+    /// they are in force for the streams that follow.
+    pub async fn connect(addr: SocketAddr) -> TcpStream {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(PREFACE).await.unwrap();
+        tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        loop {
+            let f = next(&mut tcp).await.expect("the proxy's settings");
+            if f.kind == SETTINGS && f.flags & 1 == 0 {
+                tcp.write_all(&frame(SETTINGS, 1, 0, &[])).await.unwrap();
+                return tcp;
+            }
+        }
+    }
+
+    /// The next frame, or `None` at the end of the connection.
+    pub async fn next(tcp: &mut TcpStream) -> Option<Read> {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(PATIENCE, tcp.read_exact(&mut head))
+            .await
+            .expect("a frame or the end, in time")
+            .ok()?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).await.ok()?;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        // As any client does: a graceful GOAWAY waits for this acknowledgement.
+        if head[3] == PING && head[4] & 1 == 0 {
+            tcp.write_all(&frame(PING, 1, 0, &payload)).await.ok()?;
+        }
+        Some(Read {
+            kind: head[3],
+            flags: head[4],
+            stream,
+            payload,
+        })
+    }
+}
+
+/// One stream over `max_streams` is refused alone (REFUSED_STREAM); the streams in
+/// flight on the same connection are answered, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_over_max_streams_is_refused_and_the_others_go_on() {
+    let release = Arc::new(Notify::new());
+    let (stable, held) = holding_backend("stable", release.clone()).await;
+    let (proxy, server) = proxy(ProxyOptions {
+        limits: ProxyLimits {
+            max_streams: 2,
+            ..ProxyLimits::default()
+        },
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[stable]);
+    let mut tcp = raw::connect(server.local_addr()).await;
+    for stream in [1, 3, 5] {
+        tcp.write_all(&raw::get(stream, "/hold")).await.unwrap();
+    }
+    let refused = loop {
+        let f = raw::next(&mut tcp).await.expect("an answer to stream 5");
+        assert_ne!(f.kind, raw::GOAWAY, "the connection is not closed: {f:?}");
+        if f.stream == 5 {
+            break f;
+        }
+    };
+    assert_eq!(refused.kind, raw::RST_STREAM, "{refused:?}");
+    assert_eq!(
+        u32::from_be_bytes(refused.payload[..4].try_into().unwrap()),
+        raw::REFUSED_STREAM
+    );
+    // The two in flight are answered once the version lets them go.
+    until("both held", async || {
+        held.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    release.notify_waiters();
+    let mut ended = std::collections::BTreeSet::new();
+    while ended.len() < 2 {
+        let f = raw::next(&mut tcp).await.expect("the answers");
+        assert_ne!(f.kind, raw::GOAWAY, "{f:?}");
+        assert_ne!(f.kind, raw::RST_STREAM, "{f:?}");
+        if f.flags & raw::END_STREAM != 0 {
+            ended.insert(f.stream);
+        }
+    }
+    assert_eq!(ended.into_iter().collect::<Vec<_>>(), [1, 3]);
+    // And the connection takes a new stream.
+    tcp.write_all(&raw::get(7, "/")).await.unwrap();
+    loop {
+        let f = raw::next(&mut tcp).await.expect("an answer to stream 7");
+        if f.stream == 7 && f.flags & raw::END_STREAM != 0 {
+            assert_ne!(f.kind, raw::RST_STREAM, "{f:?}");
+            break;
+        }
+    }
+    assert_eq!(
+        proxy.routed(Variant::Stable),
+        3,
+        "the refused stream reached no version"
+    );
+}
+
+/// A header block over `max_header_bytes` is answered 431 on its own stream, reaches
+/// no version and counts in no metric; the connection's other streams are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_header_block_gets_431_on_its_stream_alone() {
+    let stable = version(script("stable"), UpstreamProtocol::Http1).await;
+    let (proxy, server) = proxy(ProxyOptions {
+        limits: ProxyLimits {
+            max_header_bytes: 1024,
+            ..ProxyLimits::default()
+        },
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[stable]);
+    let send = h2c(server.local_addr()).await;
+    let big = "x".repeat(2000);
+    let req = Request::get("http://svc.test/")
+        .header("x-big", big.as_str())
+        .body(Full::default())
+        .unwrap();
+    let (oversize, ordinary) = tokio::join!(send.clone().send_request(req), get(&send, "/", None));
+    assert_eq!(
+        oversize.unwrap().status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(ordinary.0, StatusCode::OK);
+    assert_eq!(
+        get(&send, "/", None).await.0,
+        StatusCode::OK,
+        "the connection goes on"
+    );
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (2, 0), "the 431 reached no version");
+}
+
+/// A connection that never sends the preface is closed at the header timeout; one that
+/// sends it and no stream is sent GOAWAY then; one whose last stream ended is sent
+/// GOAWAY at the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_http2_connections_are_closed_at_their_timeouts() {
+    let stable = version(script("stable"), UpstreamProtocol::Http1).await;
+    let (proxy, server) = proxy(ProxyOptions {
+        limits: ProxyLimits {
+            header_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(600),
+            ..ProxyLimits::default()
+        },
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[stable]);
+    let addr = server.local_addr();
+
+    // Half a preface, then silence.
+    let started = tokio::time::Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&raw::PREFACE[..8]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, tcp.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "closed with no answer: {n:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // The preface and no stream: GOAWAY at the header timeout.
+    let started = tokio::time::Instant::now();
+    let mut tcp = raw::connect(addr).await;
+    let goaway = loop {
+        let f = raw::next(&mut tcp).await.expect("a GOAWAY before the end");
+        if f.kind == raw::GOAWAY {
+            break started.elapsed();
+        }
+    };
+    assert!(
+        (Duration::from_millis(200)..Duration::from_millis(600)).contains(&goaway),
+        "{goaway:?}"
+    );
+
+    // A stream, then idle: GOAWAY at the idle timeout from its end.
+    let mut tcp = raw::connect(addr).await;
+    tcp.write_all(&raw::get(1, "/")).await.unwrap();
+    let answered = loop {
+        let f = raw::next(&mut tcp).await.expect("the answer");
+        assert_ne!(f.kind, raw::GOAWAY, "{f:?}");
+        if f.stream == 1 && f.flags & raw::END_STREAM != 0 {
+            break tokio::time::Instant::now();
+        }
+    };
+    loop {
+        let f = raw::next(&mut tcp).await.expect("a GOAWAY before the end");
+        if f.kind == raw::GOAWAY {
+            break;
+        }
+    }
+    assert!(
+        answered.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        answered.elapsed()
+    );
+    until("the connections closed", async || {
+        proxy.open_connections() == 0
+    })
+    .await;
+}
+
+/// Stopping the server, or handing its socket over, sends GOAWAY on an HTTP/2
+/// connection at once; its stream in flight is still answered, and the connection
+/// then closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_and_a_hand_over_send_goaway_and_finish_the_streams_in_flight() {
+    for retire in [false, true] {
+        let release = Arc::new(Notify::new());
+        let (stable, held) = holding_backend("stable", release.clone()).await;
+        let (proxy, server) = proxy(ProxyOptions::default()).await;
+        proxy.set_backends(Variant::Stable, &[stable]);
+        let mut tcp = raw::connect(server.local_addr()).await;
+        tcp.write_all(&raw::get(1, "/hold")).await.unwrap();
+        until("the stream held", async || {
+            held.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+        let stopping = tokio::spawn({
+            let proxy = proxy.clone();
+            async move { server.stop_accepting(&proxy, PATIENCE, retire).await }
+        });
+        loop {
+            let f = raw::next(&mut tcp).await.expect("a GOAWAY");
+            assert_ne!(
+                f.stream, 1,
+                "retire {retire}: nothing on the held stream before the GOAWAY: {f:?}"
+            );
+            if f.kind == raw::GOAWAY {
+                break;
+            }
+        }
+        release.notify_waiters();
+        let mut answered = false;
+        while let Some(f) = raw::next(&mut tcp).await {
+            if f.stream == 1 && f.flags & raw::END_STREAM != 0 {
+                assert_ne!(f.kind, raw::RST_STREAM, "retire {retire}: {f:?}");
+                answered = true;
+            }
+        }
+        assert!(
+            answered,
+            "retire {retire}: the stream in flight was answered before the close"
+        );
+        tokio::time::timeout(PATIENCE, stopping)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(proxy.open_connections(), 0);
+    }
+}

@@ -13,6 +13,7 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the TLS row's certificate
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)   # the HTTP/2 row
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

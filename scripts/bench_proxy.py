@@ -12,6 +12,8 @@ Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
 - a new connection per request (wrk with `Connection: close`);
 - TLS termination (the same keep-alive load over https, a self-signed P-256
   certificate made with openssl; TLS 1.3);
+- HTTP/2 from clients, cleartext with prior knowledge (h2load -c50 -m10, latencies
+  from its per-request log), to the same HTTP/1.1 backends;
 - memory per idle keep-alive connection: the proxy's resident memory (nginx: its
   worker's) with 2,000 connections each idle after one request, less before, over
   2,000.
@@ -187,10 +189,10 @@ def rampart_plane(a, b):
     return port, set_weight
 
 
-def nginx(a, b, tls=None):
+def nginx(a, b, tls=None, h2=False):
     port = free_port()
-    d = os.path.join(TMP, "nginx-tls" if tls else "nginx")
-    listen = f"127.0.0.1:{port} ssl" if tls else f"127.0.0.1:{port}"
+    d = os.path.join(TMP, "nginx-tls" if tls else ("nginx-h2" if h2 else "nginx"))
+    listen = f"127.0.0.1:{port} ssl" if tls else f"127.0.0.1:{port}" + (" http2" if h2 else "")
     certs = f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3;" if tls else ""
     os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
     conf = os.path.join(d, "nginx.conf")
@@ -228,7 +230,7 @@ http {{
     master = spawn(["nginx", "-p", d, "-c", conf, "-g", "daemon off;"])
     wait_port(port, "nginx")
     # Its worker, found when asked: a reload replaces it.
-    PIDS["nginx-tls" if tls else "nginx"] = lambda: worker_of(master.pid)
+    PIDS[os.path.basename(d)] = lambda: worker_of(master.pid)
 
     def set_weight(pct):
         write(pct)
@@ -240,10 +242,10 @@ http {{
     return port, set_weight
 
 
-def haproxy(a, b, tls=None):
+def haproxy(a, b, tls=None, h2=False):
     port = free_port()
-    d = os.path.join(TMP, "haproxy-tls" if tls else "haproxy")
-    bind = f"127.0.0.1:{port} ssl crt {tls[2]} ssl-min-ver TLSv1.3" if tls else f"127.0.0.1:{port}"
+    d = os.path.join(TMP, "haproxy-tls" if tls else ("haproxy-h2" if h2 else "haproxy"))
+    bind = f"127.0.0.1:{port} ssl crt {tls[2]} ssl-min-ver TLSv1.3" if tls else f"127.0.0.1:{port}" + (" proto h2" if h2 else "")
     os.makedirs(d, exist_ok=True)
     sock = os.path.join(d, "admin.sock")
     cfg = os.path.join(d, "haproxy.cfg")
@@ -267,7 +269,7 @@ backend app
     server b 127.0.0.1:{b} weight 20
 """)
     pid = spawn(["haproxy", "-db", "-f", cfg]).pid
-    PIDS["haproxy-tls" if tls else "haproxy"] = lambda: pid
+    PIDS[os.path.basename(d)] = lambda: pid
     wait_port(port, "haproxy")
 
     def cmd(c):
@@ -387,6 +389,23 @@ def flip_under_load(port, set_weight, seconds):
     return result["errors"], flips
 
 
+def h2load(port, seconds):
+    """HTTP/2 with prior knowledge: requests/s, p50/p99 from h2load's per-request log."""
+    log = os.path.join(TMP, f"h2load-{port}.log")
+    out = subprocess.run(
+        ["h2load", "-c50", "-m10", "-D", str(seconds), "--warm-up-time=1", f"--log-file={log}",
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors = int(done.group(2)) + int(done.group(3)) + int(done.group(4)) + int(codes.group(4))
+    micros = sorted(int(line.split("\t")[2]) for line in open(log) if line.strip())
+    q = lambda f: micros[min(len(micros) - 1, int(f * len(micros)))] / 1000
+    return {"rps": round(rps), "p50_ms": round(q(0.5), 3), "p99_ms": round(q(0.99), 3), "errors": errors}
+
+
 def table(title, rows, columns):
     print(f"\n{title}\n")
     print("| " + " | ".join(c for c, _ in columns) + " |")
@@ -408,6 +427,12 @@ def protocols(a, b, plain):
         wrk(port, 1, scheme="https")
         results.append({"target": name, "load": "TLS termination (keep-alive)",
                         **wrk(port, DURATION, scheme="https")})
+    if shutil.which("h2load"):
+        h2 = [("rampart", dict(plain)["rampart"])]
+        for name, make in (("nginx", nginx), ("haproxy", haproxy)):
+            h2.append((name, make(a, b, h2=True)[0]))
+        for name, port in h2:
+            results.append({"target": name, "load": "HTTP/2 from clients (h2c)", **h2load(port, DURATION)})
     for name, port in plain:
         results.append({"target": name, "load": "memory per idle connection",
                         "kib": idle_kib(port, PIDS[name]())})

@@ -29,7 +29,7 @@ use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer, VARIANT_HEADER};
-use rampart_core::policy::{ProxyLimits, Sticky, UpstreamProtocol};
+use rampart_core::policy::{MatchSource, ProxyLimits, RouteMatch, Sticky, UpstreamProtocol};
 use rampart_core::{Variant, Weight};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -358,6 +358,36 @@ async fn sticky_users_keep_their_variant_on_every_stream() {
     }
     let on_canary = seen.values().filter(|v| *v == "canary").count();
     assert!((8..=32).contains(&on_canary), "{on_canary} of 40 at 50%");
+}
+
+/// Review: routing ran before `Host` was filled in from `:authority`, so a match rule
+/// on `host` never matched an HTTP/2 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_rule_on_host_sees_an_http2_clients_authority() {
+    let (proxy, server, _) = split(UpstreamProtocol::Http1, Sticky::None).await;
+    let beta = RouteMatch {
+        source: MatchSource::Header("host".into()),
+        values: vec!["beta.svc.test".into()],
+    };
+    proxy.set_route(Weight::ZERO, &[beta]);
+    let send = h2c(server.local_addr()).await;
+    let ask = |host: &'static str| {
+        let send = send.clone();
+        async move {
+            let req = Request::get(format!("http://{host}/"))
+                .body(Full::default())
+                .unwrap();
+            let resp = tokio::time::timeout(PATIENCE, send.clone().send_request(req))
+                .await
+                .unwrap()
+                .unwrap();
+            variant_of(resp.headers())
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(ask("beta.svc.test").await, "canary");
+        assert_eq!(ask("svc.test").await, "stable");
+    }
 }
 
 /// With `upstream_protocol: h2c` the versions are asked in HTTP/2, with the client's

@@ -45,15 +45,20 @@ pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// The `grpc-status` in `headers` (trailers, or a Trailers-Only answer's headers):
-/// `None` when there is none; one that does not parse is `UNKNOWN`.
+/// `None` when there is none. As gRPC clients read it: ASCII digits only (no sign,
+/// no spaces), a code gRPC does not define (above 16), one that does not parse, or
+/// several values (clients disagree on which counts) is `UNKNOWN`.
 pub(super) fn status(headers: &HeaderMap) -> Option<u32> {
-    let value = headers.get(STATUS)?;
-    Some(
-        std::str::from_utf8(value.as_bytes())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(UNKNOWN),
-    )
+    let mut values = headers.get_all(STATUS).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return Some(UNKNOWN);
+    }
+    let bytes = value.as_bytes();
+    let code = (!bytes.is_empty() && bytes.len() <= 9 && bytes.iter().all(u8::is_ascii_digit))
+        .then(|| bytes.iter().fold(0u32, |n, b| n * 10 + u32::from(b - b'0')))
+        .filter(|code| *code <= 16);
+    Some(code.unwrap_or(UNKNOWN))
 }
 
 /// Whether a call that ended with `status` counts against its version: a failure
@@ -100,6 +105,26 @@ mod tests {
         let failing: Vec<u32> = (0..=16).filter(|c| is_failure(Some(*c))).collect();
         assert_eq!(failing, [2, 4, 12, 13, 14, 15]);
         assert!(is_failure(None), "no grpc-status at all");
+    }
+
+    /// Review: `+13` parsed as 13, codes above 16 passed as successes, and of several
+    /// values the first counted (grpc-go reads the last).
+    #[test]
+    fn a_status_grpc_clients_would_not_read_as_such_is_unknown() {
+        for odd in ["+13", " 14", "17", "99", "1.0", "", "4294967296"] {
+            assert_eq!(
+                status(&headers(&[("grpc-status", odd)])),
+                Some(UNKNOWN),
+                "{odd:?}"
+            );
+        }
+        assert_eq!(status(&headers(&[("grpc-status", "16")])), Some(16));
+        assert_eq!(status(&headers(&[("grpc-status", "014")])), Some(14));
+        assert_eq!(status(&headers(&[("grpc-status", "0")])), Some(0));
+        let mut two = headers(&[("grpc-status", "0")]);
+        two.append("grpc-status", "14".parse().unwrap());
+        assert_eq!(status(&two), Some(UNKNOWN));
+        assert!(is_failure(status(&headers(&[("grpc-status", "+0")]))));
     }
 
     #[test]

@@ -76,6 +76,9 @@ use timed::{Clock, Timed};
 /// hyper's smallest read buffer (`max_buf_size` panics below it).
 const MIN_BUF: usize = 8192;
 
+/// The most an HTTP/2 stream buffers of a response its client is not reading.
+const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
+
 /// An upstream's body passed through, or rampart's own short answer, timed to its
 /// end: no allocation per response.
 type Body = Timed<Either<Incoming, Full<Bytes>>>;
@@ -606,8 +609,15 @@ impl Proxy {
         let limits = self.inner.limits;
         let activity = Arc::new(h2::Activity::default());
         let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // hyper's default send buffer is 400 KiB per stream: a client that opens
+        // `max_streams` streams with large windows and stops reading would hold
+        // 40 MB per connection. 64 KiB per stream, and the windows we grant bounded
+        // to match (hyper's defaults: 1 MiB per connection, 64 KiB per stream).
         http.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.max_streams);
+            .max_concurrent_streams(limits.max_streams)
+            .max_send_buf_size(SEND_BUFFER_PER_STREAM)
+            .initial_stream_window_size(64 * 1024)
+            .initial_connection_window_size(1024 * 1024);
         let streams = activity.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
@@ -934,10 +944,10 @@ impl Proxy {
                 "rampart: request body too large\n",
             );
         }
-        let (routes, variant) = self.route(peer, &req).await;
         // An HTTP/2 request names its host in `:authority`: the version gets it as
         // `Host` (HTTP/1.1) or as its own `:authority` (h2c), and the forwarding
-        // headers are made from it.
+        // headers are made from it. Before routing, so that match and stickiness
+        // rules on `host` see HTTP/2 clients as they see HTTP/1.1 ones.
         let version = req.version();
         let http2 = version == hyper::Version::HTTP_2;
         if !req.headers().contains_key(hyper::header::HOST)
@@ -946,6 +956,7 @@ impl Proxy {
         {
             req.headers_mut().insert(hyper::header::HOST, host);
         }
+        let (routes, variant) = self.route(peer, &req).await;
         // Taken before the request is sent on: hyper keeps the client's side of an
         // upgrade in the request it read.
         let upgrade = upgrade_of(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));

@@ -200,6 +200,17 @@ fn answer(script: &Script, req: &Request<Incoming>) -> Response<Scripted> {
             resp.body_mut().hold = Some(Box::pin(async move { release.notified().await }));
             resp
         }
+        "/big-headers" => {
+            let mut resp = Response::new(Scripted {
+                frames: vec![Frame::data(Bytes::from(name))].into(),
+                hold: None,
+                fail: false,
+                dropped: None,
+            });
+            resp.headers_mut()
+                .insert("x-big", "b".repeat(20 * 1024).parse().unwrap());
+            resp
+        }
         "/pkg.Svc/Slow" => {
             let mut resp = grpc(vec![data(), trailers("0")]);
             let release = script.release.clone();
@@ -387,6 +398,33 @@ async fn a_match_rule_on_host_sees_an_http2_clients_authority() {
     for _ in 0..10 {
         assert_eq!(ask("beta.svc.test").await, "canary");
         assert_eq!(ask("svc.test").await, "stable");
+    }
+}
+
+/// Review: the h2c client took response headers up to hyper's default 16 KiB, so a
+/// larger header block from the version was reset and counted as its 502, where an
+/// HTTP/1.1 version's same answer passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_header_block_from_an_h2c_version_passes() {
+    for upstream in [UpstreamProtocol::H2c, UpstreamProtocol::Http1] {
+        let (proxy, server, _) = split(upstream, Sticky::None).await;
+        let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(1024 * 1024)
+            .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("http://svc.test/big-headers")
+            .body(Full::default())
+            .unwrap();
+        let resp = tokio::time::timeout(PATIENCE, send.clone().send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{upstream:?}");
+        assert_eq!(resp.headers()["x-big"].len(), 20 * 1024, "{upstream:?}");
+        assert_eq!(proxy.totals().stable.errors, 0, "{upstream:?}");
     }
 }
 

@@ -28,6 +28,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_core::policy::UpstreamProtocol;
 
+/// The largest response (or trailer) header block taken from an h2c version, as
+/// HTTP/2 counts it. hyper's default (16 KiB) reset larger ones, which the client
+/// saw as the version's 502 where an HTTP/1.1 version's answer passed.
+const RESPONSE_HEADER_LIST: u32 = 256 * 1024;
+
 /// How long opening a connection to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -179,6 +184,7 @@ where
             .map_err(|_| format!("connecting to {addr} timed out"))??;
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(RESPONSE_HEADER_LIST)
             .handshake(TokioIo::new(tcp))
             .await?;
         tokio::spawn(async move {

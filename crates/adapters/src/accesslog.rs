@@ -81,6 +81,9 @@ pub struct LoggedRequest<'a> {
 /// field is malformed (the line is not counted).
 type Field = Option<Option<Duration>>;
 
+/// nginx's status for a request whose client closed its connection before the answer.
+const ABANDONED: u16 = 499;
+
 /// Parses one log line (a syslog header before the tag is skipped).
 pub fn parse(line: &str) -> Option<LoggedRequest<'_>> {
     let (tag, rest) = ["rampart-ms ", "rampart-s "]
@@ -98,6 +101,14 @@ pub fn parse(line: &str) -> Option<LoggedRequest<'_>> {
     let (header_time, total_time) = match tag {
         "rampart-ms " => haproxy_times(fields)?,
         _ => nginx_times(fields)?,
+    };
+    // nginx's 499: the client left before the version answered. Counted as the
+    // embedded proxy counts a request its client abandoned, with its wait as its
+    // latency (a lower bound), so that a version hanging past its callers' patience
+    // shows, whichever router is in front of it.
+    let header_time = match status {
+        ABANDONED => header_time.or(total_time),
+        _ => header_time,
     };
     Some(LoggedRequest {
         service,
@@ -181,6 +192,9 @@ impl AccessLog {
                         Variant::Stable => &into.stable,
                         Variant::Canary => &into.canary,
                     };
+                    if r.status == ABANDONED {
+                        counters.abandon();
+                    }
                     counters.record_logged(r.status >= 500, r.header_time, r.total_time);
                 }
             }
@@ -205,11 +219,34 @@ impl Totals for AccessLog {
             ..Default::default()
         }
     }
+
+    fn abandoned(&self) -> Option<(u64, u64)> {
+        Some((
+            self.counted.stable.abandoned(),
+            self.counted.canary.abandoned(),
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review (issue 18): nginx's 499 (the client left before the version answered)
+    /// counted with no latency at all, where the embedded proxy counts the wait.
+    #[test]
+    fn a_request_its_client_left_is_timed_by_its_wait_and_is_no_error() {
+        let r = parse("rampart-s web canary 499 - 1.250").unwrap();
+        assert_eq!(r.status, 499);
+        assert_eq!(r.header_time, Some(Duration::from_millis(1250)));
+        assert_eq!(r.total_time, Some(Duration::from_millis(1250)));
+        // Left mid-body, after the answer's headers: timed as any answer.
+        let r = parse("rampart-s web canary 499 0.010 1.250").unwrap();
+        assert_eq!(r.header_time, Some(Duration::from_millis(10)));
+        // A version that did not answer at all is still no latency.
+        let r = parse("rampart-s web canary 502 - 0.003").unwrap();
+        assert_eq!((r.header_time, r.total_time), (None, None));
+    }
 
     #[test]
     fn haproxy_and_nginx_lines_parse() {

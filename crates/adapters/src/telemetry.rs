@@ -226,6 +226,16 @@ impl Telemetry {
                 "rampart_proxy_body_timeouts_total{{service=\"{svc}\"}} {slow}"
             );
         }
+        if let Some((stable, canary)) = self.counted.abandoned() {
+            out.push_str("# HELP rampart_proxy_abandoned_total Requests whose client left before the version's answer was done, by variant; each is counted in rampart_requests_total with its wait as its latency, and as an error only past its client's stated grpc-timeout.\n# TYPE rampart_proxy_abandoned_total counter\n");
+            for (v, n) in [(Variant::Stable, stable), (Variant::Canary, canary)] {
+                let _ = writeln!(
+                    out,
+                    "rampart_proxy_abandoned_total{{service=\"{svc}\",variant=\"{}\"}} {n}",
+                    v.as_str()
+                );
+            }
+        }
         if let Some(failed) = self.counted.tls_handshake_failures() {
             out.push_str("# HELP rampart_proxy_tls_handshake_failures_total TLS handshakes on the embedded proxy that failed or did not finish within traffic.proxy.limits.header_timeout; counted against no version.\n# TYPE rampart_proxy_tls_handshake_failures_total counter\n");
             let _ = writeln!(

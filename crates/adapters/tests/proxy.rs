@@ -483,3 +483,53 @@ async fn load_marked_with_the_token_is_served_but_not_counted() {
     assert_eq!(get_marked(addr, Some(&token)).await, token);
     assert_eq!(proxy.totals().stable.requests, 4);
 }
+
+/// Review (issue 18): a client that gives up on a version that does not answer was
+/// counted nowhere, so a canary that hangs past its callers' patience showed neither
+/// errors nor latency. It counts as a request, with its wait as its latency (a lower
+/// bound), as abandoned, and not as an error (no deadline was stated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_its_client_abandons_counts_with_its_wait_and_no_error() {
+    use tokio::io::AsyncWriteExt;
+
+    let release = Arc::new(Notify::new());
+    let (canary, held) = common::holding_backend("canary", release.clone()).await;
+    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
+        .await
+        .unwrap();
+    proxy.set_backends(Variant::Canary, &[canary]);
+    proxy.set_weight(Weight::FULL);
+
+    let mut client = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /hold HTTP/1.1\r\nhost: svc.test\r\n\r\n")
+        .await
+        .unwrap();
+    common::until("the version holds the request", async || {
+        held.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let waited = Duration::from_millis(150);
+    // Time passing is what is measured here, not a wait for an event.
+    tokio::time::sleep(waited).await;
+    drop(client);
+    common::until("the request counted as abandoned", async || {
+        proxy.abandoned(Variant::Canary) == 1
+    })
+    .await;
+    let c = proxy.totals().canary;
+    assert_eq!((c.requests, c.errors), (1, 0));
+    assert_eq!((c.latency.count(), c.latency_total.count()), (1, 1));
+    let bucket = c.latency.quantile_bucket(0.5).unwrap();
+    assert!(
+        bucket_upper_ms(bucket) >= waited.as_secs_f64() * 1000.0,
+        "its latency is at least its wait: bucket up to {} ms",
+        bucket_upper_ms(bucket)
+    );
+    assert_eq!(proxy.abandoned(Variant::Stable), 0);
+    // The version's answer, once it comes, changes nothing.
+    release.notify_waiters();
+    assert_eq!(proxy.totals().canary.requests, 1);
+}

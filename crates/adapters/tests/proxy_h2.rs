@@ -543,8 +543,8 @@ async fn grpc_unavailable_counts_against_the_canary_and_ok_or_not_found_do_not()
 }
 
 /// A gRPC call is counted when its trailers pass, not at its headers; one the client
-/// leaves before its end counts in no metric; one the version breaks off (a reset
-/// stream) is an error.
+/// leaves before its end (with no deadline stated) counts as abandoned, not as an
+/// error; one the version breaks off (a reset stream) is an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_call_counts_at_its_end_and_a_client_leaving_is_not_the_versions_fault() {
     let (proxy, server, canary) = split(UpstreamProtocol::H2c, Sticky::None).await;
@@ -576,7 +576,8 @@ async fn a_grpc_call_counts_at_its_end_and_a_client_leaving_is_not_the_versions_
     .await;
     assert_eq!(proxy.totals().canary.errors, 0);
 
-    // The client leaves mid-call: the version's answer is dropped, and nothing counts.
+    // The client leaves mid-call: the version's answer is dropped, and the call
+    // counts as abandoned, not as an error.
     let resp = slow(&send).await.unwrap();
     let mut body = resp.into_body();
     assert!(body.frame().await.unwrap().unwrap().is_data());
@@ -584,11 +585,15 @@ async fn a_grpc_call_counts_at_its_end_and_a_client_leaving_is_not_the_versions_
     tokio::time::timeout(PATIENCE, canary.dropped.notified())
         .await
         .expect("the version's stream was reset when the client left");
+    until("the call counted as abandoned", async || {
+        proxy.abandoned(Variant::Canary) == 1
+    })
+    .await;
     let c = proxy.totals().canary;
     assert_eq!(
         (c.requests, c.errors),
-        (1, 0),
-        "the client's leaving counts in no metric"
+        (2, 0),
+        "the client's leaving is not the version's error"
     );
 
     // The version breaks its stream off after a message: an error.
@@ -605,10 +610,55 @@ async fn a_grpc_call_counts_at_its_end_and_a_client_leaving_is_not_the_versions_
         "the client sees the reset, not a clean end"
     );
     until("the reset counted", async || {
-        proxy.totals().canary.requests == 2
+        proxy.totals().canary.requests == 3
     })
     .await;
     assert_eq!(proxy.totals().canary.errors, 1);
+    assert_eq!(proxy.abandoned(Variant::Canary), 1);
+}
+
+/// Review (issue 18): a gRPC client that cancels a call at its deadline (a version
+/// that hangs past `grpc-timeout`) left it counted nowhere, so a hanging canary looked
+/// healthy. Cancelled past its stated deadline it is an error (`DEADLINE_EXCEEDED`),
+/// well before it (the caller's own choice) it is not; both count as abandoned, with
+/// their wait as their latency. A client that states no deadline is not believed to
+/// have had one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_cancelled_past_its_deadline_is_an_error_and_one_cancelled_before_is_not() {
+    // A deadline of 1 ns has passed by the time the version holds the call; one of an
+    // hour has not.
+    for (deadline, error) in [(Some("1n"), 1), (Some("1H"), 0), (None, 0)] {
+        let release = Arc::new(Notify::new());
+        let (canary, held) = holding_backend("canary", release.clone()).await;
+        let (proxy, server) = proxy(ProxyOptions::default()).await;
+        proxy.set_backends(Variant::Canary, &[canary]);
+        proxy.set_weight(Weight::FULL);
+        let send = h2c(server.local_addr()).await;
+        let mut req = Request::post("http://svc.test/hold")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(d) = deadline {
+            req = req.header("grpc-timeout", d);
+        }
+        let call = tokio::spawn(
+            send.clone()
+                .send_request(req.body(Full::new(grpc_message(b"hello"))).unwrap()),
+        );
+        until("the version holds the call", async || {
+            held.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
+        // Cancelled: hyper resets the stream when the call's future is dropped.
+        call.abort();
+        until("the call counted as abandoned", async || {
+            proxy.abandoned(Variant::Canary) == 1
+        })
+        .await;
+        let c = proxy.totals().canary;
+        assert_eq!((c.requests, c.errors), (1, error), "deadline {deadline:?}");
+        assert_eq!(c.latency.count(), 1, "timed by its wait");
+        release.notify_waiters();
+    }
 }
 
 // === limits ===

@@ -16,11 +16,16 @@
 //! exists on stable but not on the canary is a regression a release must catch, and
 //! one that exists on neither fails on both alike, which a comparison cancels out.
 
+use std::time::Duration;
+
 use hyper::HeaderMap;
 use hyper::header::{CONTENT_TYPE, HeaderName};
 
 /// gRPC's status trailer (or header, in a Trailers-Only answer).
 pub(super) const STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The deadline a gRPC client states with its call.
+pub(super) const TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// `UNKNOWN`: what a `grpc-status` that does not parse is taken for (as gRPC's own
 /// clients do).
@@ -59,6 +64,29 @@ pub(super) fn status(headers: &HeaderMap) -> Option<u32> {
         .then(|| bytes.iter().fold(0u32, |n, b| n * 10 + u32::from(b - b'0')))
         .filter(|code| *code <= 16);
     Some(code.unwrap_or(UNKNOWN))
+}
+
+/// The deadline a call's request headers state (`grpc-timeout`: at most 8 ASCII
+/// digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`); `None` when there is none or it
+/// does not parse (gRPC servers then take the call as having no deadline).
+pub(super) fn timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(TIMEOUT)?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Whether a call that ended with `status` counts against its version: a failure
@@ -125,6 +153,31 @@ mod tests {
         two.append("grpc-status", "14".parse().unwrap());
         assert_eq!(status(&two), Some(UNKNOWN));
         assert!(is_failure(status(&headers(&[("grpc-status", "+0")]))));
+    }
+
+    #[test]
+    fn a_calls_deadline_is_read_in_every_unit_and_nonsense_is_none() {
+        let t = |v: &'static str| timeout(&headers(&[("grpc-timeout", v)]));
+        assert_eq!(t("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(t("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(t("99999999S"), Some(Duration::from_secs(99_999_999)));
+        assert_eq!(t("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(t("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(t("0n"), Some(Duration::ZERO));
+        for odd in [
+            "",
+            "S",
+            "123456789S",
+            "1s",
+            "1.5S",
+            "-1S",
+            " 1S",
+            "1 S",
+            "1",
+        ] {
+            assert_eq!(t(odd), None, "{odd:?}");
+        }
+        assert_eq!(timeout(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -113,7 +113,7 @@ use tokio::task::JoinHandle;
 use limits::{BodyDeadline, FaultSlot};
 pub use limits::{files_needed, raise_open_files_limit};
 pub use stats::VariantCounters;
-use timed::{Clock, Timed};
+use timed::{Clock, Timed, Waiting};
 
 /// hyper's smallest read buffer (`max_buf_size` panics below it).
 const MIN_BUF: usize = 8192;
@@ -902,6 +902,12 @@ impl Proxy {
         self.inner.counters(variant).routed()
     }
 
+    /// Requests to `variant` whose clients left before the answer was done, so far
+    /// (each is counted in [`Self::totals`] too, see `timed`).
+    pub fn abandoned(&self, variant: Variant) -> u64 {
+        self.inner.counters(variant).abandoned()
+    }
+
     /// Requests in flight to `variant`.
     pub fn in_flight(&self, variant: Variant) -> u64 {
         self.inner.counters(variant).in_flight()
@@ -1071,7 +1077,15 @@ impl Proxy {
         let _flight = counters.enter(&self.inner.idle);
         let _endpoint = EndpointFlight::enter(picked.in_flight.clone(), &self.inner.idle);
         let started = tokio::time::Instant::now();
+        let deadline = grpc::is_grpc(req.headers())
+            .then(|| grpc::timeout(req.headers()))
+            .flatten();
+        // Counts the request as abandoned if the client leaves before the answer.
+        let waiting = Waiting::new(
+            (!uncounted).then(|| Clock::new(Arc::clone(&self.inner), variant, started, deadline)),
+        );
         let result = self.inner.upstream.request(backend, req).await;
+        let clock = waiting.answered();
         let elapsed = started.elapsed();
         // Set for an answer after which the client's connection cannot go on.
         let mut close = false;
@@ -1081,25 +1095,20 @@ impl Proxy {
                 .or_else(|| client_fault(e.as_ref()))
         };
         let mut resp = match result {
-            Ok(resp) if uncounted => resp.map(|body| Timed::untimed(Either::Left(body))),
-            // A gRPC call is counted at its end, by its status (see `grpc`).
-            Ok(resp) if resp.status() == StatusCode::OK && grpc::is_grpc(resp.headers()) => {
-                let status = grpc::status(resp.headers());
-                let clock = Clock::grpc(
-                    Arc::clone(&self.inner),
-                    variant,
-                    started,
-                    status,
-                    told.clone(),
-                );
-                resp.map(|body| Timed::new(Either::Left(body), clock))
-            }
-            Ok(resp) => {
-                counters.record(resp.status().is_server_error(), elapsed);
-                // The total time, from the same start, is recorded when the body is done.
-                let clock = Clock::new(Arc::clone(&self.inner), variant, started);
-                resp.map(|body| Timed::new(Either::Left(body), clock))
-            }
+            Ok(resp) => match clock {
+                None => resp.map(|body| Timed::untimed(Either::Left(body))),
+                // A gRPC call is counted at its end, by its status (see `grpc`).
+                Some(clock) if resp.status() == StatusCode::OK && grpc::is_grpc(resp.headers()) => {
+                    let clock = clock.grpc(grpc::status(resp.headers()), told.clone());
+                    resp.map(|body| Timed::new(Either::Left(body), clock))
+                }
+                Some(clock) => {
+                    counters.record(resp.status().is_server_error(), elapsed);
+                    // The total time, from the same start, is recorded when the body
+                    // is done.
+                    resp.map(|body| Timed::new(Either::Left(body), clock))
+                }
+            },
             // The client's own body failed on its way (past `max_body_bytes`,
             // malformed chunks, cut short): the client's fault, not the version's,
             // so counted in no metric. A client could otherwise fail a canary.
@@ -1492,6 +1501,12 @@ pub trait Totals: Send + Sync {
     fn body_timeouts(&self) -> Option<u64> {
         None
     }
+
+    /// Requests abandoned by their clients before the answer so far (stable, canary),
+    /// where the counter sees them (the embedded proxy, nginx's 499 in its log).
+    fn abandoned(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl Totals for Proxy {
@@ -1509,6 +1524,13 @@ impl Totals for Proxy {
 
     fn body_timeouts(&self) -> Option<u64> {
         Some(Proxy::body_timeouts(self))
+    }
+
+    fn abandoned(&self) -> Option<(u64, u64)> {
+        Some((
+            Proxy::abandoned(self, Variant::Stable),
+            Proxy::abandoned(self, Variant::Canary),
+        ))
     }
 }
 

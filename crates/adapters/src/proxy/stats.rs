@@ -14,6 +14,7 @@ pub struct VariantCounters {
     errors: AtomicU64,
     in_flight: AtomicU64,
     routed: AtomicU64,
+    abandoned: AtomicU64,
     latency: Box<[AtomicU64]>,
     latency_total: Box<[AtomicU64]>,
 }
@@ -32,6 +33,7 @@ impl VariantCounters {
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             routed: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             latency: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             latency_total: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -81,6 +83,17 @@ impl VariantCounters {
             counters: self,
             idle,
         }
+    }
+
+    /// Notes one request its client abandoned before its answer was done (it is
+    /// counted with [`Self::record`] too).
+    pub fn abandon(&self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests abandoned by their clients so far.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// Requests routed to this variant so far (counted when routed, not when answered).

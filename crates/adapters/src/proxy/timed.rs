@@ -1,20 +1,32 @@
 //! The response body that times the whole request: the total time (`latency_total_*`)
 //! ends when the proxy is done sending the body, which only the body itself sees. A
 //! gRPC call is counted there too, whole: its outcome is in its trailers (see
-//! [`grpc`](super::grpc)).
+//! [`grpc`](super::grpc)). And the guard that counts a request its client abandoned.
 //!
 //! Owns when the total time is recorded: once per response, at the end of its body,
 //! at an upstream error mid-body, or when the client goes away (hyper then drops the
 //! body unsent). For a gRPC call it also owns when the call is counted: at its
 //! trailers (or the end of a body without any), with the time to them as both
-//! latencies; a body that breaks off upstream is an error; a call the client left
-//! before its end is counted in no metric, since its outcome was never seen. It must
-//! not change a byte of the body, and costs no allocation per request: the clock is a
-//! field of the body, and recording is one atomic add.
+//! latencies; a body that breaks off upstream is an error.
+//!
+//! A request its client abandons before the version's answer is done (it closed its
+//! connection, reset its stream, or its gRPC deadline passed) was never answered:
+//! counting it nowhere would let a version that hangs past its callers' patience look
+//! healthy, with neither errors nor latency. It is counted as a request, with the time
+//! it had waited as its latency (a lower bound: the version had not answered yet), in
+//! `rampart_proxy_abandoned_total`, and as an error only when the client had stated a
+//! deadline (`grpc-timeout`) and at least 90 % of it had passed (the client and the
+//! proxy do not start the clock at the same instant): the version failed to answer in
+//! the time it was given, which is gRPC's `DEADLINE_EXCEEDED`. A client that leaves
+//! early for its own reasons is no evidence against the version.
+//!
+//! It must not change a byte of the body, and costs no allocation per request: the
+//! clock is a field of the body, and recording is one atomic add.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
 use rampart_core::Variant;
@@ -42,6 +54,8 @@ pub(super) struct Clock {
     /// Set when the client's request body failed (see `limits::BodyDeadline`): an
     /// upstream stream cut because of it is not the version's failure.
     fault: Option<super::limits::FaultSlot>,
+    /// The deadline the client stated (`grpc-timeout`), if any.
+    deadline: Option<Duration>,
 }
 
 /// How a gRPC call's body came to an end.
@@ -55,33 +69,71 @@ enum End {
 }
 
 impl Clock {
-    /// Times a request to `variant` that the proxy forwarded at `started`, already
-    /// counted at its headers.
-    pub(super) fn new(inner: Arc<Inner>, variant: Variant, started: Instant) -> Clock {
+    /// Times a request to `variant` that the proxy forwards at `started`, whose client
+    /// stated `deadline` (`grpc-timeout`), if any.
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        variant: Variant,
+        started: Instant,
+        deadline: Option<Duration>,
+    ) -> Clock {
         Clock {
             inner,
             variant,
             started,
             grpc: None,
             fault: None,
+            deadline,
         }
     }
 
-    /// Times and counts a gRPC call to `variant` at its end; `status` is the
+    /// Makes this the clock of a gRPC call, counted at its end; `status` is the
     /// `grpc-status` of its headers.
     pub(super) fn grpc(
-        inner: Arc<Inner>,
-        variant: Variant,
-        started: Instant,
+        mut self,
         status: Option<u32>,
         fault: Option<super::limits::FaultSlot>,
     ) -> Clock {
-        Clock {
-            inner,
-            variant,
-            started,
-            grpc: Some(status),
-            fault,
+        self.grpc = Some(status);
+        self.fault = fault;
+        self
+    }
+
+    /// Counts a request its client abandoned before its answer was done (see the
+    /// module's doc).
+    fn abandon(self) {
+        let elapsed = self.started.elapsed();
+        let late = self.deadline.is_some_and(|d| elapsed >= d.mul_f64(0.9));
+        let counters = self.inner.counters(self.variant);
+        counters.abandon();
+        counters.record(late, elapsed);
+        counters.record_total(elapsed);
+    }
+}
+
+/// A request forwarded whose answer has not come yet: dropped before [`Self::answered`]
+/// (the client went away, and hyper dropped the request's future), it counts the
+/// request as abandoned.
+#[derive(Debug)]
+pub(super) struct Waiting(Option<Clock>);
+
+impl Waiting {
+    /// Waits for the answer of the request `clock` times; `None` for a request that is
+    /// not counted (rampart's own uncounted load).
+    pub(super) fn new(clock: Option<Clock>) -> Waiting {
+        Waiting(clock)
+    }
+
+    /// The version answered (or failed to): the clock goes on with the answer.
+    pub(super) fn answered(mut self) -> Option<Clock> {
+        self.0.take()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(clock) = self.0.take() {
+            clock.abandon();
         }
     }
 }
@@ -160,14 +212,11 @@ impl<B: Body> Drop for Timed<B> {
     /// hyper drops a body once its last frame is written (a body of known length is
     /// never polled to its end, and a Trailers-Only answer's not at all), or unsent
     /// when the client went away: either way the proxy is done with the request. A
-    /// gRPC call whose body had not ended is one its client left: not counted.
+    /// gRPC call whose body had not ended is one its client abandoned.
     fn drop(&mut self) {
         let ended = self.body.is_end_stream();
-        if let Some(c) = &self.clock
-            && c.grpc.is_some()
-            && !ended
-        {
-            self.clock = None;
+        if let Some(c) = self.clock.take_if(|c| c.grpc.is_some() && !ended) {
+            c.abandon();
             return;
         }
         self.record(End::Complete);

@@ -219,6 +219,13 @@ impl Telemetry {
                 "rampart_proxy_refused_connections_total{{service=\"{svc}\"}} {refused}"
             );
         }
+        if let Some(refused) = self.counted.refused_requests() {
+            out.push_str("# HELP rampart_proxy_refused_requests_total Requests answered 503 because traffic.proxy.limits.max_connections upstream connections were in use (an HTTP/2 client's streams each take one); counted against no version.\n# TYPE rampart_proxy_refused_requests_total counter\n");
+            let _ = writeln!(
+                out,
+                "rampart_proxy_refused_requests_total{{service=\"{svc}\"}} {refused}"
+            );
+        }
         if let Some(slow) = self.counted.body_timeouts() {
             out.push_str("# HELP rampart_proxy_body_timeouts_total Requests answered 408 because their client sent nothing of its body for traffic.proxy.limits.body_timeout; counted against no version.\n# TYPE rampart_proxy_body_timeouts_total counter\n");
             let _ = writeln!(

@@ -746,6 +746,62 @@ mod raw {
     }
 }
 
+/// Review (issue 18): each HTTP/2 stream to an HTTP/1.1 version holds an upstream
+/// connection, so `max_connections` clients with `max_streams` each could open far
+/// more files than the budget sized from `max_connections`. Requests in flight are
+/// capped at `max_connections`: one more is answered 503, counted against no version,
+/// and the others are answered once the version lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_max_connections_in_flight_get_503_and_count_against_no_version() {
+    let release = Arc::new(Notify::new());
+    let (canary, held) = holding_backend("canary", release.clone()).await;
+    let (proxy, server) = proxy(ProxyOptions {
+        limits: ProxyLimits {
+            max_connections: 2,
+            max_streams: 10,
+            ..ProxyLimits::default()
+        },
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Canary, &[canary]);
+    proxy.set_weight(Weight::FULL);
+    let send = h2c(server.local_addr()).await;
+    let hold = || {
+        let req = Request::get("http://svc.test/hold")
+            .body(Full::default())
+            .unwrap();
+        tokio::spawn(send.clone().send_request(req))
+    };
+    let first = [hold(), hold()];
+    until("the version holds two requests", async || {
+        held.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    let third = tokio::time::timeout(PATIENCE, hold())
+        .await
+        .expect("the third stream answered at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(third.headers()["retry-after"], "1");
+    assert_eq!(proxy.refused_requests(), 1);
+    release.notify_waiters();
+    for call in first {
+        let resp = call.await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    until("both counted", async || proxy.totals().canary.requests == 2).await;
+    assert_eq!(
+        proxy.totals().canary.errors,
+        0,
+        "the 503 is the proxy's own"
+    );
+    // The slots are free again.
+    let (status, variant, _) = get(&send, "/", None).await;
+    assert_eq!((status, variant.as_str()), (StatusCode::OK, "canary"));
+}
+
 /// One stream over `max_streams` is refused alone (REFUSED_STREAM); the streams in
 /// flight on the same connection are answered, and the connection goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,6 +176,12 @@ struct Inner {
     refused: AtomicU64,
     /// Requests answered 408 at `body_timeout` (the client stalled in its body).
     body_timeouts: AtomicU64,
+    /// Requests in flight to the versions and upgraded tunnels open, each holding an
+    /// upstream connection (an open file): at most `max_connections`.
+    upstream_in_use: AtomicU64,
+    /// Requests answered 503 because `max_connections` upstream connections were in
+    /// use (HTTP/2 clients, whose streams each take one).
+    refused_requests: AtomicU64,
     /// What one client may hold of the proxy.
     limits: ProxyLimits,
     /// Whose forwarding headers are believed (`traffic.proxy.forwarded.trust`).
@@ -430,6 +436,8 @@ impl Proxy {
                 connections: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 body_timeouts: AtomicU64::new(0),
+                upstream_in_use: AtomicU64::new(0),
+                refused_requests: AtomicU64::new(0),
                 limits,
                 trust,
                 retiring: tokio::sync::watch::Sender::new(false),
@@ -902,6 +910,12 @@ impl Proxy {
         self.inner.counters(variant).routed()
     }
 
+    /// Requests answered 503 because `max_connections` upstream connections were in
+    /// use, so far (an HTTP/2 client's streams past it).
+    pub fn refused_requests(&self) -> u64 {
+        self.inner.refused_requests.load(Ordering::Relaxed)
+    }
+
     /// Requests to `variant` whose clients left before the answer was done, so far
     /// (each is counted in [`Self::totals`] too, see `timed`).
     pub fn abandoned(&self, variant: Variant) -> u64 {
@@ -1073,6 +1087,18 @@ impl Proxy {
             // client's own mark is dropped, so the service can trust the header.
             req.headers_mut().remove(&load);
         }
+        // Each request in flight holds an upstream connection: past `max_connections`
+        // of them (an HTTP/2 client's streams), refused before any is opened.
+        let Some(slot) = UpstreamSlot::take(&self.inner) else {
+            self.inner.refused_requests.fetch_add(1, Ordering::Relaxed);
+            let mut resp = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rampart: too many requests in flight\n",
+            );
+            resp.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        };
         let counters = self.inner.counters(variant);
         let _flight = counters.enter(&self.inner.idle);
         let _endpoint = EndpointFlight::enter(picked.in_flight.clone(), &self.inner.idle);
@@ -1152,7 +1178,7 @@ impl Proxy {
             Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let proto = resp.headers().get(hyper::header::UPGRADE).cloned();
                 let upstream = hyper::upgrade::on(&mut resp);
-                self.tunnel(client, upstream, open, variant, backend);
+                self.tunnel(client, upstream, (open, slot), variant, backend);
                 proto
             }
             _ => None,
@@ -1189,8 +1215,9 @@ impl Proxy {
     /// that switched it, for the connection's life, in a task of its own.
     ///
     /// Guarantees: the tunnel stays on the backend that answered 101, whatever the
-    /// routes become; it counts as an open connection (`max_connections`) until either
-    /// side closes, or until the drain's deadline cuts it. Assumptions: the upgrade was
+    /// routes become; it counts as an open connection (`max_connections`), and its
+    /// upstream connection as one in use, until either side closes, or until the
+    /// drain's deadline cuts it. Assumptions: the upgrade was
     /// already counted once in `variant`'s metrics, as its 101; no HTTP timer applies
     /// to it (hyper has stopped reading HTTP on it), so a silent WebSocket stays open,
     /// and liveness is its endpoints' business (pings).
@@ -1198,7 +1225,7 @@ impl Proxy {
         &self,
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
-        open: Arc<OpenConnection>,
+        open: (Arc<OpenConnection>, UpstreamSlot),
         variant: Variant,
         backend: SocketAddr,
     ) {
@@ -1342,6 +1369,29 @@ impl Drop for OpenConnection {
         if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// One upstream connection in use (a request in flight to a version, or an upgraded
+/// tunnel), counted until dropped. At most `max_connections` are: with at most as
+/// many client connections, the proxy's open files stay within
+/// [`limits::files_needed`], whatever an HTTP/2 client's `max_streams` allow.
+#[derive(Debug)]
+struct UpstreamSlot(Arc<Inner>);
+
+impl UpstreamSlot {
+    /// Takes a slot, or `None` when all are in use: one atomic add, taken back when
+    /// refused.
+    fn take(inner: &Arc<Inner>) -> Option<Self> {
+        let in_use = inner.upstream_in_use.fetch_add(1, Ordering::AcqRel);
+        let slot = UpstreamSlot(inner.clone());
+        (in_use < u64::from(inner.limits.max_connections)).then_some(slot)
+    }
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        self.0.upstream_in_use.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -1490,6 +1540,12 @@ pub trait Totals: Send + Sync {
         None
     }
 
+    /// Requests refused (503) because `max_connections` upstream connections were in
+    /// use, where the counter is the embedded proxy itself.
+    fn refused_requests(&self) -> Option<u64> {
+        None
+    }
+
     /// TLS handshakes that failed or timed out so far, where the counter terminates
     /// TLS.
     fn tls_handshake_failures(&self) -> Option<u64> {
@@ -1516,6 +1572,10 @@ impl Totals for Proxy {
 
     fn connections(&self) -> Option<(u64, u64)> {
         Some((self.open_connections(), self.refused_connections()))
+    }
+
+    fn refused_requests(&self) -> Option<u64> {
+        Some(Proxy::refused_requests(self))
     }
 
     fn tls_handshake_failures(&self) -> Option<u64> {

@@ -1019,3 +1019,126 @@ async fn the_drain_and_a_hand_over_send_goaway_and_finish_the_streams_in_flight(
         assert_eq!(proxy.open_connections(), 0);
     }
 }
+
+/// A request body fed by the test, chunk by chunk.
+struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for Fed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A bidirectional gRPC answer: each message of the request echoed as it comes, and
+/// `OK` in the trailers when the request ends.
+struct Echo(Option<Incoming>);
+
+impl Body for Echo {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(req) = &mut this.0 else {
+                return Poll::Ready(None);
+            };
+            match std::task::ready!(Pin::new(req).poll_frame(cx)) {
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.0 = None;
+                    return Poll::Ready(Some(Ok(trailers("0"))));
+                }
+            }
+        }
+    }
+}
+
+/// Review (issue 18): `body_timeout` cut a bidirectional gRPC call whose client was
+/// quiet between messages (a chat, a watch with acknowledgements), long after the
+/// version had answered. Once a gRPC call's answer has begun, its client may be quiet
+/// for as long as the call lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_grpc_call_may_be_quiet_past_the_body_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let version = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let mut resp = Response::new(Echo(Some(req.into_body())));
+                    resp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let body_timeout = Duration::from_millis(200);
+    let (proxy, server) = proxy(ProxyOptions {
+        upstream: UpstreamProtocol::H2c,
+        limits: ProxyLimits {
+            body_timeout,
+            ..ProxyLimits::default()
+        },
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[version]);
+
+    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (feed, fed) = tokio::sync::mpsc::channel(4);
+    let req = Request::post("http://svc.test/pkg.Svc/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Fed(fed))
+        .unwrap();
+    feed.send(grpc_message(b"one")).await.unwrap();
+    let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, grpc_message(b"one"));
+    // Quiet for three body timeouts: what is tested is time passing, not an event.
+    tokio::time::sleep(body_timeout * 3).await;
+    feed.send(grpc_message(b"two")).await.unwrap();
+    let second = body.frame().await.unwrap().expect("the call goes on");
+    assert_eq!(second.into_data().unwrap(), grpc_message(b"two"));
+    drop(feed);
+    let end = body.frame().await.unwrap().unwrap();
+    assert_eq!(end.trailers_ref().unwrap()["grpc-status"], "0");
+    until("the call counted", async || {
+        proxy.totals().stable.requests == 1
+    })
+    .await;
+    assert_eq!(proxy.totals().stable.errors, 0);
+    assert_eq!(proxy.body_timeouts(), 0);
+}

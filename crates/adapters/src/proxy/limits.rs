@@ -243,15 +243,39 @@ impl<B> BodyDeadline<B> {
 }
 
 /// How a client's request body failed, shared by the body and the request path, so
-/// that an upstream failure it caused is told from the version's own. One allocation,
-/// made only for requests whose upstream client would lose the cause.
+/// that an upstream failure it caused is told from the version's own; and whether the
+/// request is a gRPC call the version has answered. One allocation, made only for
+/// requests to h2c versions (whose upstream client would lose the cause, and which
+/// alone serve gRPC).
 #[derive(Debug, Clone, Default)]
-pub(super) struct FaultSlot(Arc<OnceLock<super::ClientFault>>);
+pub(super) struct FaultSlot(Arc<Slot>);
+
+#[derive(Debug, Default)]
+struct Slot {
+    fault: OnceLock<super::ClientFault>,
+    /// Set once a gRPC call's response headers came: from then on the call is a
+    /// stream both sides may keep open and quiet (a client-streaming or bidirectional
+    /// call waiting on its next event), so its request body has no `body_timeout`.
+    streaming: AtomicBool,
+}
 
 impl FaultSlot {
     /// How the body failed, if it did.
     pub(super) fn get(&self) -> Option<super::ClientFault> {
-        self.0.get().copied()
+        self.0.fault.get().copied()
+    }
+
+    fn set(&self, fault: super::ClientFault) {
+        let _ = self.0.fault.set(fault);
+    }
+
+    /// The version answered the gRPC call's headers: the body's deadline is off.
+    pub(super) fn answered_grpc(&self) {
+        self.0.streaming.store(true, Ordering::Release);
+    }
+
+    fn streaming(&self) -> bool {
+        self.0.streaming.load(Ordering::Acquire)
     }
 }
 
@@ -284,11 +308,17 @@ where
                         } else {
                             super::ClientFault::Body
                         };
-                        let _ = slot.0.set(fault);
+                        slot.set(fault);
                     }
                     e
                 })
             }));
+        }
+        // A gRPC call under way is a stream: its client may be quiet for as long as
+        // the call lasts (bounded by its deadline and the version, not by the proxy).
+        if this.fault.as_ref().is_some_and(FaultSlot::streaming) {
+            this.waiting = false;
+            return Poll::Pending;
         }
         // The deadline runs from the first poll that found nothing, until a chunk.
         let sleep = match (&mut this.sleep, this.waiting) {
@@ -305,7 +335,7 @@ where
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 if let Some(slot) = &this.fault {
-                    let _ = slot.0.set(super::ClientFault::Slow);
+                    slot.set(super::ClientFault::Slow);
                 }
                 Poll::Ready(Some(Err(Box::new(BodyTimeout))))
             }

@@ -1120,11 +1120,17 @@ impl Proxy {
                 .and_then(FaultSlot::get)
                 .or_else(|| client_fault(e.as_ref()))
         };
+        let grpc_answer = result
+            .as_ref()
+            .is_ok_and(|r| r.status() == StatusCode::OK && grpc::is_grpc(r.headers()));
+        if grpc_answer && let Some(slot) = &told {
+            slot.answered_grpc();
+        }
         let mut resp = match result {
             Ok(resp) => match clock {
                 None => resp.map(|body| Timed::untimed(Either::Left(body))),
                 // A gRPC call is counted at its end, by its status (see `grpc`).
-                Some(clock) if resp.status() == StatusCode::OK && grpc::is_grpc(resp.headers()) => {
+                Some(clock) if grpc_answer => {
                     let clock = clock.grpc(grpc::status(resp.headers()), told.clone());
                     resp.map(|body| Timed::new(Either::Left(body), clock))
                 }

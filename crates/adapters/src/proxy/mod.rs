@@ -500,9 +500,11 @@ impl Proxy {
             // this connection, counted until it closes.
             let open = Arc::new(open);
             tokio::spawn(async move {
+                // Boxed: a TLS handshake's state is several KiB, and an idle plain
+                // connection's task would hold room for it for its whole life.
                 #[cfg(feature = "tls")]
                 if let Some(tls) = proxy.inner.tls.clone() {
-                    proxy.handshake(&tls, stream, peer, closed, open).await;
+                    Box::pin(proxy.handshake(&tls, stream, peer, closed, open)).await;
                     return;
                 }
                 let conn = ClientConn { peer, tls: false };
@@ -573,7 +575,10 @@ impl Proxy {
             return;
         };
         match protocol {
-            h2::Protocol::H2 => self.serve_http2(io, conn, closed, open, opened).await,
+            // Boxed, so that an HTTP/1 connection's task holds no room for HTTP/2's.
+            h2::Protocol::H2 => {
+                Box::pin(self.serve_http2(io, conn, closed, open, opened)).await;
+            }
             h2::Protocol::Http1 => {
                 self.serve_http1(io, reads, conn, closed, open, opened)
                     .await;
@@ -611,10 +616,13 @@ impl Proxy {
             // incomplete one when it fills the buffer: 431 either way.
             .max_header_size(head)
             .max_buf_size(head.max(MIN_BUF));
+        // Boxed per request: hyper keeps room for the service's future for the
+        // connection's whole life, and a request's state is about 4 KiB, which an
+        // idle keep-alive connection would hold for nothing.
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
             let open = open.clone();
-            async move { Ok::<_, Infallible>(proxy.forward(conn, req, open).await) }
+            Box::pin(async move { Ok::<_, Infallible>(proxy.forward(conn, req, open).await) })
         });
         // Once a 101 is sent, hyper hands the socket to the tunnel and this
         // connection's HTTP timers stop with it.

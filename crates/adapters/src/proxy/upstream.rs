@@ -244,11 +244,37 @@ fn header_list_size<B>(req: &Request<B>) -> usize {
 /// requests.
 #[derive(Debug)]
 pub(super) struct H2cPool<B> {
-    conns: Mutex<HashMap<SocketAddr, Vec<Conn<B>>>>,
+    conns: Mutex<HashMap<SocketAddr, Endpoint<B>>>,
     /// The header block limit for a version that sets none.
     header_limit: usize,
     /// Connections that failed as a whole with streams on them.
     connection_errors: Arc<AtomicU64>,
+}
+
+/// One endpoint's connections.
+#[derive(Debug)]
+struct Endpoint<B> {
+    conns: Vec<Conn<B>>,
+    /// Taken to open a connection: a burst of requests that find no room opens one
+    /// connection, not one each.
+    gate: Arc<tokio::sync::Mutex<Gate>>,
+}
+
+impl<B> Default for Endpoint<B> {
+    fn default() -> Self {
+        Endpoint {
+            conns: Vec::new(),
+            gate: Arc::default(),
+        }
+    }
+}
+
+/// What the last opening of a connection to an endpoint left.
+#[derive(Debug, Default)]
+struct Gate {
+    /// When it failed, and why: requests that waited for it fail with it, rather than
+    /// each waiting out its own attempt at an endpoint that does not answer.
+    failed: Option<(tokio::time::Instant, String)>,
 }
 
 /// One connection to an endpoint.
@@ -294,7 +320,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Conn<B>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint<B>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -343,9 +369,26 @@ where
         if let Some(placed) = self.place(addr, None) {
             return Ok(placed);
         }
-        let conn = self.open(addr).await?;
-        // Two requests may open one each at once: both are kept, and the one left idle
-        // is dropped later.
+        let asked = tokio::time::Instant::now();
+        let gate = self.lock().entry(addr).or_default().gate.clone();
+        let mut gate = gate.lock().await;
+        // Another request may have opened one meanwhile, with room.
+        if let Some(placed) = self.place(addr, None) {
+            return Ok(placed);
+        }
+        if let Some((at, why)) = &gate.failed
+            && *at >= asked
+        {
+            return Err(format!("connecting to {addr} failed: {why}").into());
+        }
+        let conn = match self.open(addr).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                gate.failed = Some((tokio::time::Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
+        gate.failed = None;
         self.place(addr, Some(conn)).ok_or_else(|| {
             format!("the new connection to {addr} closed before its first request").into()
         })
@@ -359,7 +402,7 @@ where
         new: Option<Conn<B>>,
     ) -> Option<(http2::SendRequest<B>, Slot)> {
         let mut pool = self.lock();
-        let conns = pool.entry(addr).or_default();
+        let conns = &mut pool.entry(addr).or_default().conns;
         if let Some(new) = new {
             conns.insert(0, new);
         }

@@ -7,10 +7,12 @@
 //! at an upstream error mid-body, or when the client goes away (hyper then drops the
 //! body unsent). For a gRPC call it also owns when the call is counted: at its
 //! trailers (or the end of a body without any), with the time to them as both
-//! latencies; a body that breaks off upstream is an error; a call the client left
-//! before its end is counted in no metric, since its outcome was never seen. It must
-//! not change a byte of the body, and costs no allocation per request: the clock is a
-//! field of the body, and recording is one atomic add.
+//! latencies; a body that breaks off upstream is an error, unless its h2c connection
+//! failed and another stream was charged with that (see [`upstream`](super::upstream)),
+//! and a call the client left before its end is counted in no metric, since its
+//! outcome was never seen. It must not change a byte of the body, and costs no
+//! allocation per request: the clock is a field of the body, and recording is one
+//! atomic add.
 
 use std::pin::Pin;
 use std::sync::Arc;

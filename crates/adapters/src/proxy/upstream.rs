@@ -10,12 +10,13 @@
 //! Guarantees (h2c), so that no client can break other clients' streams to a version,
 //! nor have their breakage counted against it:
 //! - A connection carries at most [`STREAMS_PER_CONNECTION`] streams at once, or fewer
-//!   when its version's `SETTINGS_MAX_CONCURRENT_STREAMS` says so; a request that finds
-//!   every connection of its endpoint full opens another. A connection is opened on
-//!   the first request that needs it and dropped once closed (a version restarted, an
-//!   idle connection closed by the version), or once idle while another of the same
-//!   endpoint is idle too. A stream counts from its request until its response body
-//!   is done or dropped.
+//!   when its version's `SETTINGS_MAX_CONCURRENT_STREAMS` says so; requests that find
+//!   every connection of their endpoint full open one more between them (one opening
+//!   at a time per endpoint; those that waited on one that failed fail with its
+//!   cause). A connection is opened on the first request that needs it and dropped
+//!   once closed (a version restarted, an idle connection closed by the version), or
+//!   once idle while another of the same endpoint is idle too. A stream counts from
+//!   its request until its response body is done or dropped.
 //! - A stream whose client stops reading holds at most [`STREAM_WINDOW`] of its
 //!   connection's receive window, which is [`CONNECTION_WINDOW`]: every stream of a
 //!   full connection at its window. Slow readers can never stall the other streams.

@@ -243,6 +243,13 @@ impl Telemetry {
                 );
             }
         }
+        if let Some(failed) = self.counted.upstream_connection_errors() {
+            out.push_str("# HELP rampart_proxy_upstream_connection_errors_total h2c connections to the versions that failed as a whole (GOAWAY, socket error or close) while streams were on them; each is charged to its version once, not once per stream it broke.\n# TYPE rampart_proxy_upstream_connection_errors_total counter\n");
+            let _ = writeln!(
+                out,
+                "rampart_proxy_upstream_connection_errors_total{{service=\"{svc}\"}} {failed}"
+            );
+        }
         if let Some(failed) = self.counted.tls_handshake_failures() {
             out.push_str("# HELP rampart_proxy_tls_handshake_failures_total TLS handshakes on the embedded proxy that failed or did not finish within traffic.proxy.limits.header_timeout; counted against no version.\n# TYPE rampart_proxy_tls_handshake_failures_total counter\n");
             let _ = writeln!(

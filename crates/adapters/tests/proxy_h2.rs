@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -1018,6 +1019,386 @@ async fn the_drain_and_a_hand_over_send_goaway_and_finish_the_streams_in_flight(
             .unwrap();
         assert_eq!(proxy.open_connections(), 0);
     }
+}
+
+// === the h2c upstream side: one client must not break the others ===
+
+type Reply = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>>;
+type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+
+/// `text` as a version's whole answer.
+fn text(text: &'static str) -> Reply {
+    Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    )
+}
+
+/// An h2c version answering with `handler`, advertising `max_streams`
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`) and `max_header_list` when given (hyper's
+/// defaults otherwise: 200 and 16 KiB). A request to `/kill` drops the connection it
+/// came on, every stream on it with it. Also returns its count of connections accepted.
+async fn h2c_version(
+    max_streams: Option<u32>,
+    max_header_list: Option<u32>,
+    handler: Handler,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            let kill = Arc::new(Notify::new());
+            let killer = kill.clone();
+            let handler = handler.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let handler = handler.clone();
+                let killer = killer.clone();
+                async move {
+                    if req.uri().path() == "/kill" {
+                        killer.notify_one();
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Infallible>(handler(req).await)
+                }
+            });
+            let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            if let Some(n) = max_streams {
+                http.max_concurrent_streams(n);
+            }
+            if let Some(n) = max_header_list {
+                http.max_header_list_size(n);
+            }
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = http.serve_connection(TokioIo::new(stream), svc) => {}
+                    () = kill.notified() => {}
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A proxy speaking h2c to `version`, its stable variant.
+async fn h2c_proxy(version: SocketAddr) -> (Proxy, ProxyServer) {
+    let (proxy, server) = proxy(ProxyOptions {
+        upstream: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[version]);
+    (proxy, server)
+}
+
+/// A version that holds every request until `release` says so, counting in `arrived`
+/// those it holds.
+fn holding(
+    arrived: tokio::sync::watch::Sender<usize>,
+    release: tokio::sync::watch::Receiver<bool>,
+) -> Handler {
+    Arc::new(move |_req| {
+        let mut release = release.clone();
+        arrived.send_modify(|n| *n += 1);
+        Box::pin(async move {
+            let _ = release.wait_for(|r| *r).await;
+            text("held")
+        })
+    })
+}
+
+/// `n` requests at once through a proxy to a version that advertises `max_streams`:
+/// all must be held by the version at the same time, then all answered. Returns how
+/// many connections the proxy opened to it.
+async fn all_at_once(max_streams: Option<u32>, n: usize) -> usize {
+    let (arrived, mut seen) = tokio::sync::watch::channel(0);
+    let (release, held) = tokio::sync::watch::channel(false);
+    let (version, connections) = h2c_version(max_streams, None, holding(arrived, held)).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    // The proxy takes `max_streams` (100) streams per client connection.
+    let clients = [
+        h2c(server.local_addr()).await,
+        h2c(server.local_addr()).await,
+    ];
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let send = clients[i % 2].clone();
+            tokio::spawn(async move { get(&send, "/", None).await.0 })
+        })
+        .collect();
+    let all_in = tokio::time::timeout(PATIENCE, seen.wait_for(|a| *a == n))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    assert!(
+        all_in,
+        "only {} of {n} requests reached the version at once",
+        *seen.borrow()
+    );
+    release.send_replace(true);
+    for call in calls {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (n as u64, 0));
+    connections.load(Ordering::SeqCst)
+}
+
+/// Review (h2c, critical): one connection per endpoint carried every stream, so one
+/// stream's connection error broke them all. A connection carries at most 100 streams,
+/// or fewer when its version says so: more requests at once open as many more
+/// connections as they need, and all are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_streams_than_a_connection_carries_open_another_connection() {
+    // hyper's server allows 200 at once: the proxy's own cap opens a second, and only
+    // one (requests that find no room wait for the one being opened).
+    assert_eq!(
+        all_at_once(None, 150).await,
+        2,
+        "connections for 150 streams"
+    );
+    // A version that allows 10 gets 25 on three connections, none queued.
+    assert_eq!(
+        all_at_once(Some(10), 25).await,
+        3,
+        "connections for 25 streams"
+    );
+}
+
+/// An endless answer, counting in its `handed` what the version's server took of it.
+struct Endless {
+    handed: Arc<AtomicUsize>,
+    more: tokio::sync::watch::Sender<usize>,
+}
+
+/// One chunk of an endless answer.
+const CHUNK: usize = 16 * 1024;
+
+impl Body for Endless {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.handed.fetch_add(CHUNK, Ordering::SeqCst);
+        self.more.send_modify(|n| *n += 1);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; CHUNK])))))
+    }
+}
+
+/// Review (h2c, critical): a client that never read its answer held the shared
+/// connection's receive window (hyper's 2 MiB per stream in 5 MiB), and a few such
+/// clients stalled every other stream to the version. Now each stream holds at most
+/// its own window of a connection window that covers them all: with 60 streams stalled,
+/// each holding its full window, another client's request on the same connection is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_their_answers_do_not_stall_another_client() {
+    /// Streams whose clients never read; what each must have been handed (the proxy's
+    /// stream window, 256 KiB, less a chunk) before the other client asks.
+    const STALLED: usize = 60;
+    const HELD: usize = 256 * 1024 - CHUNK;
+    let streams: Arc<std::sync::Mutex<Vec<Arc<AtomicUsize>>>> = Arc::default();
+    let (more, mut handed) = tokio::sync::watch::channel(0usize);
+    let endless = streams.clone();
+    let handler: Handler = Arc::new(move |req| {
+        if req.uri().path() != "/endless" {
+            return Box::pin(async { text("small") });
+        }
+        let handed = Arc::new(AtomicUsize::new(0));
+        endless.lock().unwrap().push(handed.clone());
+        let more = more.clone();
+        Box::pin(async move { Response::new(Endless { handed, more }.boxed_unsync()) })
+    });
+    let (version, connections) = h2c_version(None, None, handler).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    // A client that takes 16 KiB of each answer and reads nothing.
+    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (stalled, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut unread = Vec::new();
+    for _ in 0..STALLED {
+        let req = Request::get("http://svc.test/endless")
+            .body(Full::default())
+            .unwrap();
+        let resp = tokio::time::timeout(PATIENCE, stalled.clone().send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        unread.push(resp);
+    }
+    let all_held = |_: &usize| {
+        let s = streams.lock().unwrap();
+        s.len() == STALLED && s.iter().all(|h| h.load(Ordering::SeqCst) >= HELD)
+    };
+    tokio::time::timeout(PATIENCE, handed.wait_for(all_held))
+        .await
+        .expect("each stalled stream was handed its window")
+        .unwrap();
+    let other = h2c(server.local_addr()).await;
+    assert_eq!(
+        get(&other, "/", None).await,
+        (StatusCode::OK, "stable".into(), "small".into())
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "all on one connection"
+    );
+    drop(unread);
+    let _ = proxy;
+}
+
+/// Review (h2c, critical): a header block the proxy takes from its client (up to
+/// `max_header_bytes`, 64 KiB) but larger than its version accepts made the version
+/// end the shared connection (here a `GOAWAY`, as hyper's server sends for a block 4
+/// times over its limit), breaking every stream on it as the version's 502. It is
+/// answered 431 by the proxy, never sent, charged to no version; the stream in flight
+/// beside it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_over_the_versions_limit_is_answered_431_and_never_sent() {
+    let (arrived, mut seen) = tokio::sync::watch::channel(0);
+    let (release, held) = tokio::sync::watch::channel(false);
+    let holder = holding(arrived, held);
+    let handler: Handler = Arc::new(move |req| {
+        if req.uri().path() == "/big" {
+            return Box::pin(async { text("big") });
+        }
+        holder(req)
+    });
+    let (version, _) = h2c_version(None, Some(4096), handler).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let send = h2c(server.local_addr()).await;
+    let beside = tokio::spawn({
+        let send = send.clone();
+        async move { get(&send, "/", None).await }
+    });
+    tokio::time::timeout(PATIENCE, seen.wait_for(|a| *a == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let big = Request::get("http://svc.test/big")
+        .header("x-big", "x".repeat(20 * 1024))
+        .body(Full::default())
+        .unwrap();
+    let resp = tokio::time::timeout(PATIENCE, send.clone().send_request(big))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    release.send_replace(true);
+    assert_eq!(
+        beside.await.unwrap(),
+        (StatusCode::OK, "stable".into(), "held".into()),
+        "the stream beside it is answered"
+    );
+    assert_eq!(get(&send, "/", None).await.0, StatusCode::OK);
+    let s = proxy.totals().stable;
+    assert_eq!(
+        (s.requests, s.errors),
+        (2, 0),
+        "the 431 is charged to no version"
+    );
+}
+
+/// Review (h2c, critical): a connection's failure broke every stream on it, and each
+/// was counted as the version's error. Which stream caused it cannot be told: it is
+/// charged once, and counted once in `upstream_connection_errors`; the other streams
+/// it broke (requests waiting for their answer, gRPC calls mid-body) are not charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_failure_is_charged_to_its_version_once_not_per_stream() {
+    const WAITING: usize = 4;
+    const CALLS: usize = 4;
+    let (arrived, mut seen) = tokio::sync::watch::channel(0);
+    let (_release, held) = tokio::sync::watch::channel(false);
+    let holder = holding(arrived, held);
+    let handler: Handler = Arc::new(move |req| {
+        if !req.uri().path().starts_with("/pkg.Svc/") {
+            return holder(req);
+        }
+        // A gRPC call that sends its headers and a message, then nothing more.
+        let mut resp = Response::new(
+            Scripted {
+                // Held before its last frame.
+                frames: vec![
+                    Frame::data(grpc_message(b"partial")),
+                    Frame::data(grpc_message(b"never")),
+                ]
+                .into(),
+                hold: Some(Box::pin(std::future::pending())),
+                fail: false,
+                dropped: None,
+            }
+            .boxed_unsync(),
+        );
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        Box::pin(async move { resp })
+    });
+    let (version, connections) = h2c_version(None, None, handler).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let send = h2c(server.local_addr()).await;
+    let mut waiting = Vec::new();
+    for n in 1..=WAITING {
+        let send = send.clone();
+        waiting.push(tokio::spawn(async move { get(&send, "/", None).await.0 }));
+        tokio::time::timeout(PATIENCE, seen.wait_for(|a| *a == n))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let mut calls = Vec::new();
+    for _ in 0..CALLS {
+        let req = Request::post("http://svc.test/pkg.Svc/Stuck")
+            .header("content-type", "application/grpc")
+            .body(Full::new(grpc_message(b"hello")))
+            .unwrap();
+        let resp = tokio::time::timeout(PATIENCE, send.clone().send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        calls.push(body);
+    }
+    let (killed, ..) = get(&send, "/kill", None).await;
+    assert_eq!(killed, StatusCode::BAD_GATEWAY);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), StatusCode::BAD_GATEWAY);
+    }
+    for body in calls {
+        let broken = tokio::time::timeout(PATIENCE, body.collect())
+            .await
+            .unwrap();
+        assert!(broken.is_err(), "the call's body breaks off");
+    }
+    // Each gRPC call is counted (or not) as its body ends, at the proxy: wait until
+    // nothing is in flight.
+    until("every stream done", async || {
+        proxy.in_flight(Variant::Stable) == 0
+    })
+    .await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "all on one connection"
+    );
+    let s = proxy.totals().stable;
+    assert_eq!(s.errors, 1, "charged once, not once per broken stream");
+    assert_eq!(proxy.upstream_connection_errors(), Some(1));
 }
 
 /// A request body fed by the test, chunk by chunk.

@@ -123,7 +123,7 @@ const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
 
 /// An upstream's body passed through, or rampart's own short answer, timed to its
 /// end: no allocation per response.
-type Body = Timed<Either<Incoming, Full<Bytes>>>;
+type Body = Timed<Either<upstream::Answer, Full<Bytes>>>;
 
 /// The response header that tells which variant answered.
 pub const VARIANT_HEADER: &str = "x-rampart-variant";
@@ -426,7 +426,7 @@ impl Proxy {
                 sticky,
                 stable: VariantCounters::new(),
                 canary: VariantCounters::new(),
-                upstream: upstream::Upstream::new(upstream),
+                upstream: upstream::Upstream::new(upstream, limits.max_header_bytes),
                 sequence: AtomicU64::new(0),
                 idle: Notify::new(),
                 endpoints: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -858,6 +858,14 @@ impl Proxy {
         self.inner.body_timeouts.load(Ordering::Relaxed)
     }
 
+    /// h2c connections to the versions that failed as a whole (a `GOAWAY`, a socket
+    /// error or close) while streams were on them, so far; `None` when the proxy speaks
+    /// HTTP/1.1 to them. Each is charged to its version once, whatever the number of
+    /// streams it broke.
+    pub fn upstream_connection_errors(&self) -> Option<u64> {
+        self.inner.upstream.connection_errors()
+    }
+
     /// TLS handshakes that failed or timed out so far; `None` when the proxy serves
     /// plain HTTP.
     pub fn tls_handshake_failures(&self) -> Option<u64> {
@@ -1172,6 +1180,22 @@ impl Proxy {
                     "rampart: request body timed out\n",
                 )
             }
+            // A header block its h2c version would refuse, maybe with an error that
+            // breaks its connection's other streams: not sent, the client's fault.
+            Err(e) if e.is::<upstream::HeaderListTooLarge>() => {
+                tracing::debug!(error = %e, variant = variant.as_str(), %backend, "request header block refused");
+                plain(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "rampart: request header block too large for the version\n",
+                )
+            }
+            // Broken by its h2c connection's failure, which another stream was already
+            // charged with (see `upstream`): the client gets its 502, the version is
+            // not charged again.
+            Err(e) if upstream::is_uncharged(e.as_ref()) => {
+                tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upstream connection failed");
+                plain(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n")
+            }
             Err(e) => {
                 tracing::debug!(error = %e, variant = variant.as_str(), %backend, tls = conn.tls, "upstream failed");
                 // No version answered: an error, and in neither latency (as nginx and
@@ -1436,7 +1460,10 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 /// rampart's own short answer, before it is wrapped.
-fn plain_body(status: StatusCode, text: &'static str) -> Response<Either<Incoming, Full<Bytes>>> {
+fn plain_body(
+    status: StatusCode,
+    text: &'static str,
+) -> Response<Either<upstream::Answer, Full<Bytes>>> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
         text.as_bytes(),
     ))));
@@ -1577,6 +1604,12 @@ pub trait Totals: Send + Sync {
     fn abandoned(&self) -> Option<(u64, u64)> {
         None
     }
+
+    /// Upstream h2c connections that failed as a whole so far, where the counter is
+    /// the embedded proxy speaking h2c to the versions.
+    fn upstream_connection_errors(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Totals for Proxy {
@@ -1605,6 +1638,10 @@ impl Totals for Proxy {
             Proxy::abandoned(self, Variant::Stable),
             Proxy::abandoned(self, Variant::Canary),
         ))
+    }
+
+    fn upstream_connection_errors(&self) -> Option<u64> {
+        Proxy::upstream_connection_errors(self)
     }
 }
 

@@ -7,7 +7,8 @@
 //! at an upstream error mid-body, or when the client goes away (hyper then drops the
 //! body unsent). For a gRPC call it also owns when the call is counted: at its
 //! trailers (or the end of a body without any), with the time to them as both
-//! latencies; a body that breaks off upstream is an error.
+//! latencies; a body that breaks off upstream is an error, unless its h2c connection
+//! failed and another stream was charged with that (see [`upstream`](super::upstream)).
 //!
 //! A request its client abandons before the version's answer is done (it closed its
 //! connection, reset its stream, or its gRPC deadline passed) was never answered:
@@ -66,6 +67,9 @@ enum End {
     Complete,
     /// The upstream broke it off.
     Broken,
+    /// Its h2c connection's failure broke it off, already charged to the version on
+    /// another stream (see [`upstream`](super::upstream)).
+    Uncharged,
 }
 
 impl Clock {
@@ -170,13 +174,18 @@ impl<B: Body> Timed<B> {
             // Cut because the client's own body failed: the client's doing.
             End::Broken if c.fault.as_ref().is_some_and(|f| f.get().is_some()) => return,
             End::Broken => true,
+            End::Uncharged => return,
         };
         counters.record(failed, elapsed);
         counters.record_total(elapsed);
     }
 }
 
-impl<B: Body + Unpin> Body for Timed<B> {
+impl<B> Body for Timed<B>
+where
+    B: Body + Unpin,
+    B::Error: AsRef<dyn std::error::Error + Send + Sync>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -189,6 +198,9 @@ impl<B: Body + Unpin> Body for Timed<B> {
         match &frame {
             // The end of the body, or an upstream that broke off: nothing more is sent.
             None => this.record(End::Complete),
+            Some(Err(e)) if super::upstream::is_uncharged(e.as_ref()) => {
+                this.record(End::Uncharged);
+            }
             Some(Err(_)) => this.record(End::Broken),
             Some(Ok(f)) => {
                 if let Some(trailers) = f.trailers_ref() {

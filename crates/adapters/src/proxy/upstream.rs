@@ -1,50 +1,127 @@
 //! The proxy's side toward the versions (`traffic.proxy.upstream_protocol`): HTTP/1.1
-//! through hyper-util's pooled client, or HTTP/2 with prior knowledge (h2c) on one
-//! multiplexed connection per endpoint.
+//! through hyper-util's pooled client, or HTTP/2 with prior knowledge (h2c) on a few
+//! multiplexed connections per endpoint.
 //!
-//! Owns the upstream connections and how a request is put to them. It must not choose
-//! a variant or an endpoint, nor count anything: `mod.rs` does both, and hands it the
-//! endpoint.
+//! Owns the upstream connections and how a request is put to them, and tells a
+//! failure of a request's own from one its connection's failure caused (see
+//! [`is_uncharged`]). It must not choose a variant or an endpoint, nor count anything
+//! but its connections' failures: `mod.rs` does both, and hands it the endpoint.
 //!
-//! Guarantees (h2c): each endpoint has at most one connection in use, opened on the
-//! first request to it and opened again when it closes (a version restarted, an idle
-//! connection closed by the version); a request that found the connection closed
-//! before any byte of it was sent is sent once more on a new one, as hyper-util's
-//! pool does for HTTP/1.1. The request reaches the version with the client's
-//! authority as `:authority` (not the endpoint's address), and without `Host`.
-//! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade:
-//! h2c` dance), as gRPC servers and `h2c`-enabled HTTP servers do.
+//! Guarantees (h2c), so that no client can break other clients' streams to a version,
+//! nor have their breakage counted against it:
+//! - A connection carries at most [`STREAMS_PER_CONNECTION`] streams at once, or fewer
+//!   when its version's `SETTINGS_MAX_CONCURRENT_STREAMS` says so; requests that find
+//!   every connection of their endpoint full open one more between them (one opening
+//!   at a time per endpoint; those that waited on one that failed fail with its
+//!   cause). A connection is opened on the first request that needs it and dropped
+//!   once closed (a version restarted, an idle connection closed by the version), or
+//!   once idle while another of the same endpoint is idle too. A stream counts from
+//!   its request until its response body is done or dropped.
+//! - A stream whose client stops reading holds at most [`STREAM_WINDOW`] of its
+//!   connection's receive window, which is [`CONNECTION_WINDOW`]: every stream of a
+//!   full connection at its window. Slow readers can never stall the other streams.
+//! - A request header block larger than its version accepts (its
+//!   `SETTINGS_MAX_HEADER_LIST_SIZE`, read off the connection's first frame; if it
+//!   sets none, `max_header_bytes`, what the proxy accepts from its own clients) is
+//!   never sent: it is refused here ([`HeaderListTooLarge`], the client's 431). A
+//!   version may answer such a block with a connection error, which would break every
+//!   stream on the connection.
+//! - A failure of the whole connection (a `GOAWAY`, of any code, its socket's error or
+//!   close) fails every stream on it, and which stream caused it cannot be told: it is
+//!   charged once per connection, to the first stream that sees it; every other stream
+//!   it breaks, at its request or in its response body, fails [uncharged](is_uncharged)
+//!   (its client still gets its 502, or its broken body). Each such connection is
+//!   counted once in [`Upstream::connection_errors`]. A stream's own failure (reset by
+//!   the version) is its own, as before.
+//! - A request that found its connection closed before any byte of it was sent is
+//!   sent once more, on another connection, as hyper-util's pool does for HTTP/1.1.
+//! - The request reaches the version with the client's authority as `:authority` (not
+//!   the endpoint's address), and without `Host`.
+//!
+//! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade: h2c`
+//! dance), as gRPC servers and `h2c`-enabled HTTP servers do, and sends its SETTINGS
+//! first (RFC 9113 3.4) within [`CONNECT_TIMEOUT`]. A later SETTINGS that lowers its
+//! header list size is not seen (its stream limit is).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use hyper::{Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_core::policy::UpstreamProtocol;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::oneshot;
 
 /// The largest response (or trailer) header block taken from an h2c version, as
 /// HTTP/2 counts it. hyper's default (16 KiB) reset larger ones, which the client
 /// saw as the version's 502 where an HTTP/1.1 version's answer passed.
 const RESPONSE_HEADER_LIST: u32 = 256 * 1024;
 
-/// How long opening a connection to an endpoint may take.
+/// How long opening a connection to an endpoint may take, its version's SETTINGS
+/// included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most streams one h2c connection carries at once. It bounds what one
+/// connection-level failure breaks, and the receive window a connection must grant
+/// ([`CONNECTION_WINDOW`]). 100 is the least RFC 9113 (5.1.2) asks servers to allow,
+/// so most versions take that many; one that allows fewer is held to its own number.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// What one stream's unread response may hold of its connection's receive window.
+/// Small enough that a connection's window can cover every stream at it, large enough
+/// for a stream to move tens of MB/s over a millisecond of round trip. (hyper's default,
+/// 2 MiB per stream in 5 MiB per connection, let three stalled streams stop the rest.)
+const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// A connection's receive window: every stream it may carry at [`STREAM_WINDOW`], so
+/// streams whose clients stopped reading never hold what the others need.
+const CONNECTION_WINDOW: u32 = STREAMS_PER_CONNECTION as u32 * STREAM_WINDOW;
+
+/// The largest first frame taken from a version: HTTP/2's initial `SETTINGS_MAX_FRAME_SIZE`.
+const MAX_PREFACE_FRAME: usize = 16_384;
 
 /// A failure to get an answer from a version.
 pub(super) type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request refused before it was sent: its header block is larger than its version
+/// accepts. The client's fault, not the version's: answered 431.
+#[derive(Debug, thiserror::Error)]
+#[error("a request header block of {size} bytes is over the {limit} bytes the version accepts")]
+pub(super) struct HeaderListTooLarge {
+    /// The block's size, as HTTP/2 counts it (RFC 9113 6.5.2).
+    size: usize,
+    /// The version's limit.
+    limit: usize,
+}
+
+/// A stream broken by its connection's failure, which another stream of that
+/// connection was already charged with: not counted against the version.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream connection failed (charged to another stream of it)")]
+pub(super) struct Uncharged(#[source] hyper::Error);
+
+/// Whether `e` (or what caused it) is a stream broken by a connection failure that is
+/// already charged to the version once.
+pub(super) fn is_uncharged(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| e.is::<Uncharged>())
+}
 
 /// The versions' side of the proxy, in the protocol the policy chose.
 #[derive(Debug)]
 pub(super) enum Upstream<B> {
     /// HTTP/1.1, pooled.
     Http1(Client<HttpConnector, B>),
-    /// HTTP/2 with prior knowledge, one connection per endpoint.
+    /// HTTP/2 with prior knowledge, a few connections per endpoint.
     H2c(H2cPool<B>),
 }
 
@@ -54,8 +131,9 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// An upstream side speaking `protocol`.
-    pub(super) fn new(protocol: UpstreamProtocol) -> Self {
+    /// An upstream side speaking `protocol`; `max_header_bytes` is the header block
+    /// limit for an h2c version that sets none.
+    pub(super) fn new(protocol: UpstreamProtocol, max_header_bytes: u64) -> Self {
         match protocol {
             UpstreamProtocol::Http1 => {
                 let mut connector = HttpConnector::new();
@@ -69,6 +147,8 @@ where
             }
             UpstreamProtocol::H2c => Upstream::H2c(H2cPool {
                 conns: Mutex::new(HashMap::new()),
+                header_limit: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+                connection_errors: Arc::new(AtomicU64::new(0)),
             }),
         }
     }
@@ -81,13 +161,22 @@ where
         }
     }
 
+    /// h2c connections that failed as a whole while streams were on them, so far
+    /// (each charged to the version once); `None` over HTTP/1.1.
+    pub(super) fn connection_errors(&self) -> Option<u64> {
+        match self {
+            Upstream::Http1(_) => None,
+            Upstream::H2c(pool) => Some(pool.connection_errors.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Sends `req` to the endpoint `addr`. `req`'s URI is absolute, with `addr` as its
     /// authority; its version and headers are set here for the protocol.
     pub(super) async fn request(
         &self,
         addr: SocketAddr,
         mut req: Request<B>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Answer>, UpstreamError> {
         match self {
             Upstream::Http1(client) => {
                 // The proxy speaks HTTP/1.1 on each hop: a 1.0 client's request
@@ -95,7 +184,8 @@ where
                 // and every later client would get 1.0 answers (hyper still answers a
                 // 1.0 client in 1.0).
                 *req.version_mut() = hyper::Version::HTTP_11;
-                client.request(req).await.map_err(Into::into)
+                let resp = client.request(req).await?;
+                Ok(resp.map(|body| Answer { body, slot: None }))
             }
             Upstream::H2c(pool) => {
                 *req.version_mut() = hyper::Version::HTTP_2;
@@ -130,10 +220,99 @@ fn authority_from_host<B>(req: &mut Request<B>) {
     }
 }
 
-/// One HTTP/2 connection per endpoint, shared by every request to it.
+/// The size of the header block hyper's HTTP/2 client makes of `req`, as
+/// `SETTINGS_MAX_HEADER_LIST_SIZE` counts it: each field's name and value, plus 32
+/// (RFC 9113 6.5.2), the pseudo-header fields included.
+fn header_list_size<B>(req: &Request<B>) -> usize {
+    const FIELD: usize = 32;
+    let uri = req.uri();
+    let pseudo = [
+        ":method".len() + req.method().as_str().len(),
+        ":scheme".len() + uri.scheme_str().map_or(0, str::len),
+        ":authority".len() + uri.authority().map_or(0, |a| a.as_str().len()),
+        ":path".len() + uri.path_and_query().map_or(1, |p| p.as_str().len()),
+    ];
+    let fields = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD);
+    pseudo.iter().map(|p| p + FIELD).chain(fields).sum()
+}
+
+// === impl H2cPool ===
+
+/// A few HTTP/2 connections per endpoint, each shared by up to its stream limit of
+/// requests.
 #[derive(Debug)]
 pub(super) struct H2cPool<B> {
-    conns: Mutex<HashMap<SocketAddr, http2::SendRequest<B>>>,
+    conns: Mutex<HashMap<SocketAddr, Endpoint<B>>>,
+    /// The header block limit for a version that sets none.
+    header_limit: usize,
+    /// Connections that failed as a whole with streams on them.
+    connection_errors: Arc<AtomicU64>,
+}
+
+/// One endpoint's connections.
+#[derive(Debug)]
+struct Endpoint<B> {
+    conns: Vec<Conn<B>>,
+    /// Taken to open a connection: a burst of requests that find no room opens one
+    /// connection, not one each.
+    gate: Arc<tokio::sync::Mutex<Gate>>,
+}
+
+impl<B> Default for Endpoint<B> {
+    fn default() -> Self {
+        Endpoint {
+            conns: Vec::new(),
+            gate: Arc::default(),
+        }
+    }
+}
+
+/// What the last opening of a connection to an endpoint left.
+#[derive(Debug, Default)]
+struct Gate {
+    /// When it failed, and why: requests that waited for it fail with it, rather than
+    /// each waiting out its own attempt at an endpoint that does not answer.
+    failed: Option<(tokio::time::Instant, String)>,
+}
+
+/// One connection to an endpoint.
+#[derive(Debug)]
+struct Conn<B> {
+    sender: http2::SendRequest<B>,
+    shared: Arc<Shared>,
+}
+
+/// What the requests on one connection share.
+#[derive(Debug)]
+struct Shared {
+    /// Streams on the connection now (see [`Slot`]).
+    streams: AtomicUsize,
+    /// The most the connection may carry: [`STREAMS_PER_CONNECTION`], or its version's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` when lower (from its first SETTINGS, then as
+    /// hyper sees it change).
+    max_streams: Arc<AtomicUsize>,
+    /// The largest request header block its version accepts.
+    header_limit: usize,
+    /// Set once a stream was charged with the connection's failure.
+    charged: AtomicBool,
+    /// The pool's count of connections that failed as a whole.
+    connection_errors: Arc<AtomicU64>,
+}
+
+impl<B> Conn<B> {
+    /// Whether it can take one more stream.
+    fn has_room(&self) -> bool {
+        !self.sender.is_closed()
+            && self.shared.streams.load(Ordering::Acquire)
+                < self.shared.max_streams.load(Ordering::Relaxed)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.shared.streams.load(Ordering::Acquire) == 0
+    }
 }
 
 impl<B> H2cPool<B>
@@ -142,7 +321,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<B>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint<B>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -150,62 +329,384 @@ where
         &self,
         addr: SocketAddr,
         mut req: Request<B>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Answer>, UpstreamError> {
+        let size = header_list_size(&req);
         let mut retried = false;
         loop {
-            let mut sender = self.sender(addr).await?;
+            let (mut sender, slot) = self.stream(addr).await?;
+            let limit = slot.0.header_limit;
+            if size > limit {
+                return Err(HeaderListTooLarge { size, limit }.into());
+            }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    return Ok(resp.map(|body| Answer {
+                        body,
+                        slot: Some(slot),
+                    }));
+                }
                 Err(mut e) => {
-                    // Not sent at all (the connection closed under it): once more, on a
-                    // connection of its own.
+                    // Not sent at all (the connection closed under it): once more, on
+                    // another connection (a closed one is dropped when streams are
+                    // placed).
                     match e.take_message() {
                         Some(back) if !retried => {
-                            self.forget(addr, &sender);
                             retried = true;
                             req = back;
                         }
-                        _ => return Err(e.into_error().into()),
+                        _ => return Err(slot.failed(e.into_error())),
                     }
                 }
             }
         }
     }
 
-    /// The endpoint's connection, opened if it has none that is open.
-    async fn sender(&self, addr: SocketAddr) -> Result<http2::SendRequest<B>, UpstreamError> {
-        if let Some(s) = self.lock().get(&addr)
-            && !s.is_closed()
-        {
-            return Ok(s.clone());
+    /// A stream on one of the endpoint's connections with room for it, opened if none
+    /// has any.
+    async fn stream(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(http2::SendRequest<B>, Slot), UpstreamError> {
+        if let Some(placed) = self.place(addr, None) {
+            return Ok(placed);
         }
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| format!("connecting to {addr} timed out"))??;
-        let _ = tcp.set_nodelay(true);
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .max_header_list_size(RESPONSE_HEADER_LIST)
-            .handshake(TokioIo::new(tcp))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %addr, "upstream h2c connection ended");
+        let asked = tokio::time::Instant::now();
+        let gate = self.lock().entry(addr).or_default().gate.clone();
+        let mut gate = gate.lock().await;
+        // Another request may have opened one meanwhile, with room.
+        if let Some(placed) = self.place(addr, None) {
+            return Ok(placed);
+        }
+        if let Some((at, why)) = &gate.failed
+            && *at >= asked
+        {
+            return Err(format!("connecting to {addr} failed: {why}").into());
+        }
+        let conn = match self.open(addr).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                gate.failed = Some((tokio::time::Instant::now(), e.to_string()));
+                return Err(e);
             }
-        });
-        // Two requests may open one each at once: the last one kept serves the next
-        // requests, and the other closes once its own request is answered.
-        self.lock().insert(addr, sender.clone());
-        Ok(sender)
+        };
+        gate.failed = None;
+        self.place(addr, Some(conn)).ok_or_else(|| {
+            format!("the new connection to {addr} closed before its first request").into()
+        })
     }
 
-    /// Drops the endpoint's connection, if it is still `sender`'s.
-    fn forget(&self, addr: SocketAddr, sender: &http2::SendRequest<B>) {
-        let mut conns = self.lock();
-        if conns
-            .get(&addr)
-            .is_some_and(|s| s.is_closed() || sender.is_closed())
-        {
-            conns.remove(&addr);
+    /// Takes a stream on a connection to `addr` with room for it, `new` first if given
+    /// (then kept in the pool). Drops closed connections, and idle ones but the first.
+    fn place(
+        &self,
+        addr: SocketAddr,
+        new: Option<Conn<B>>,
+    ) -> Option<(http2::SendRequest<B>, Slot)> {
+        let mut pool = self.lock();
+        let conns = &mut pool.entry(addr).or_default().conns;
+        if let Some(new) = new {
+            conns.insert(0, new);
         }
+        let mut kept_idle = false;
+        conns.retain(|c| {
+            if c.sender.is_closed() {
+                return false;
+            }
+            if c.is_idle() {
+                // A burst's extra connections close once it has passed.
+                if kept_idle {
+                    return false;
+                }
+                kept_idle = true;
+            }
+            true
+        });
+        let conn = conns.iter().find(|c| c.has_room())?;
+        conn.shared.streams.fetch_add(1, Ordering::AcqRel);
+        Some((conn.sender.clone(), Slot(conn.shared.clone())))
+    }
+
+    /// Opens a connection to `addr` and reads its version's SETTINGS.
+    async fn open(&self, addr: SocketAddr) -> Result<Conn<B>, UpstreamError> {
+        let opening = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let (told, settings) = oneshot::channel();
+            let io = Preface {
+                io: tcp,
+                first: Some((Vec::new(), told)),
+            };
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(RESPONSE_HEADER_LIST)
+                .initial_max_send_streams(STREAMS_PER_CONNECTION)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .handshake(TokioIo::new(io))
+                .await?;
+            let max_streams = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+            let seen = max_streams.clone();
+            tokio::spawn(async move {
+                tokio::pin!(conn);
+                // Polled here so that the version's stream limit is read as it changes.
+                // hyper's own limit until it applies the first SETTINGS (which `open`
+                // reads itself), the version's after: stored when it changes.
+                let mut last = STREAMS_PER_CONNECTION;
+                let ended = std::future::poll_fn(|cx| {
+                    let polled = conn.as_mut().poll(cx);
+                    let limit = conn.current_max_send_streams().min(STREAMS_PER_CONNECTION);
+                    if limit != last {
+                        last = limit;
+                        seen.store(limit, Ordering::Relaxed);
+                    }
+                    polled
+                })
+                .await;
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, %addr, "upstream h2c connection ended");
+                }
+            });
+            let settings = settings
+                .await
+                .map_err(|_| format!("{addr} closed before its HTTP/2 settings"))?;
+            let header_limit = settings.max_header_list.map_or(self.header_limit, |l| {
+                usize::try_from(l).unwrap_or(usize::MAX)
+            });
+            if let Some(n) = settings.max_streams {
+                max_streams.fetch_min(usize::try_from(n).unwrap_or(usize::MAX), Ordering::Relaxed);
+            }
+            Ok::<_, UpstreamError>(Conn {
+                sender,
+                shared: Arc::new(Shared {
+                    streams: AtomicUsize::new(0),
+                    max_streams,
+                    header_limit,
+                    charged: AtomicBool::new(false),
+                    connection_errors: self.connection_errors.clone(),
+                }),
+            })
+        };
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, opening)
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))??;
+        Ok(conn)
+    }
+}
+
+/// Whether `e` failed the whole connection rather than one stream: a `GOAWAY` (sent or
+/// received, of any code), or the socket's error or close.
+fn is_connection_failure(e: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<::h2::Error>() {
+            return h2.is_go_away() || h2.is_io();
+        }
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    // No frame of its own: the connection went before the stream was answered.
+    e.is_closed() || e.is_canceled() || e.is_incomplete_message()
+}
+
+/// A stream counted on its connection until dropped.
+#[derive(Debug)]
+struct Slot(Arc<Shared>);
+
+impl Slot {
+    /// `e` as the version's failure, unless it is its connection's, already charged to
+    /// another stream: then [`Uncharged`]. The first stream to see its connection fail
+    /// counts the connection in the pool's `connection_errors`.
+    fn failed(&self, e: hyper::Error) -> UpstreamError {
+        if !is_connection_failure(&e) {
+            return e.into();
+        }
+        if self.0.charged.swap(true, Ordering::AcqRel) {
+            return Uncharged(e).into();
+        }
+        self.0.connection_errors.fetch_add(1, Ordering::Relaxed);
+        e.into()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl Answer ===
+
+/// A version's response body, holding its h2c stream's place on its connection until
+/// it is done or dropped.
+#[derive(Debug)]
+pub(super) struct Answer {
+    body: Incoming,
+    slot: Option<Slot>,
+}
+
+impl Answer {
+    /// `e` as the version's failure or [`Uncharged`]; the stream is done with.
+    fn failed(&mut self, e: hyper::Error) -> UpstreamError {
+        match self.slot.take() {
+            Some(slot) => slot.failed(e),
+            None => e.into(),
+        }
+    }
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        Poll::Ready(match frame {
+            Some(Ok(f)) => Some(Ok(f)),
+            Some(Err(e)) => Some(Err(this.failed(e))),
+            None => {
+                this.slot = None;
+                None
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+// === impl Preface ===
+
+/// The version's side of a new h2c connection, watched until its first frame is read:
+/// its SETTINGS (RFC 9113 3.4), which hyper applies but does not tell. Every byte goes
+/// through untouched; once the frame is read, reads cost one branch.
+struct Preface<I> {
+    io: I,
+    /// The first frame's bytes so far, and whom to tell its settings; `None` once told.
+    first: Option<(Vec<u8>, oneshot::Sender<Settings>)>,
+}
+
+/// What the proxy needs of a version's SETTINGS.
+#[derive(Debug, Default)]
+struct Settings {
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, if set.
+    max_header_list: Option<u32>,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`, if set.
+    max_streams: Option<u32>,
+}
+
+impl<I> Preface<I> {
+    /// Takes `read`, the next bytes from the version, until its first frame is whole.
+    fn watch(&mut self, read: &[u8]) {
+        let Some((buf, _)) = &mut self.first else {
+            return;
+        };
+        buf.extend_from_slice(read);
+        let settings = match Settings::parse(buf) {
+            Some(Some(settings)) => settings,
+            // Not a SETTINGS frame, or too large for one: nothing known.
+            Some(None) => Settings::default(),
+            None => return,
+        };
+        if let Some((_, told)) = self.first.take() {
+            let _ = told.send(settings);
+        }
+    }
+}
+
+impl Settings {
+    /// The settings in `frame`, the start of a version's first frame: `None` until it
+    /// is whole, `Some(None)` when it is not a SETTINGS frame that can be read.
+    fn parse(frame: &[u8]) -> Option<Option<Settings>> {
+        const SETTINGS: u8 = 0x4;
+        const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+        const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+        let head = frame.get(..9)?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        if head[3] != SETTINGS || len > MAX_PREFACE_FRAME || len % 6 != 0 {
+            return Some(None);
+        }
+        let payload = frame.get(9..9 + len)?;
+        let mut settings = Settings::default();
+        for entry in payload.chunks_exact(6) {
+            let value = Some(u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
+            match u16::from_be_bytes([entry[0], entry[1]]) {
+                MAX_CONCURRENT_STREAMS => settings.max_streams = value,
+                MAX_HEADER_LIST_SIZE => settings.max_header_list = value,
+                _ => {}
+            }
+        }
+        Some(Some(settings))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Preface<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if this.first.is_some() {
+            this.watch(&buf.filled()[before..]);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+write_through!(Preface);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version's first SETTINGS frame, as hyper's h2 server sends it, is read for its
+    /// header list size and stream limit, whole or in pieces; another first frame tells
+    /// nothing.
+    #[test]
+    fn the_header_list_size_is_read_from_the_first_settings_frame() {
+        let mut frame = vec![0, 0, 12, 0x4, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(&[0, 0x3, 0, 0, 0, 200]);
+        frame.extend_from_slice(&[0, 0x6, 0, 0, 0x40, 0]);
+        for cut in [0, 5, 9, 14, frame.len()] {
+            let (told, mut settings) = oneshot::channel();
+            let mut p = Preface {
+                io: (),
+                first: Some((Vec::new(), told)),
+            };
+            p.watch(&frame[..cut]);
+            if cut < frame.len() {
+                assert!(settings.try_recv().is_err(), "told at {cut} bytes");
+            }
+            p.watch(&frame[cut..]);
+            assert!(p.first.is_none());
+            let settings = settings.try_recv().unwrap();
+            assert_eq!(settings.max_header_list, Some(16_384));
+            assert_eq!(settings.max_streams, Some(200));
+        }
+        let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0];
+        assert!(Settings::parse(&ping).unwrap().is_none());
+    }
+
+    /// The size counted is the one RFC 9113 defines: 32 per field, pseudo-fields too.
+    #[test]
+    fn a_header_block_is_counted_as_http2_counts_it() {
+        let req = Request::get("http://svc.test/a?b")
+            .header("x-one", "1")
+            .body(())
+            .unwrap();
+        let want = (7 + 3 + 32) + (7 + 4 + 32) + (10 + 8 + 32) + (5 + 4 + 32) + (5 + 1 + 32);
+        assert_eq!(header_list_size(&req), want);
     }
 }

@@ -14,9 +14,18 @@ Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
   certificate made with openssl; TLS 1.3);
 - HTTP/2 from clients, cleartext with prior knowledge (h2load -c50 -m10, latencies
   from its per-request log), to the same HTTP/1.1 backends;
+- gRPC unary: h2load -c50 -m10 POSTing one length-prefixed gRPC message
+  (`content-type: application/grpc`, `te: trailers`) to the backends' echo method
+  over h2c end to end (rampart `upstream_protocol: h2c`, nginx `grpc_pass`, HAProxy
+  `proto h2` on its servers); before the load, one call through each proxy with curl
+  must come back with `grpc-status: 0`, since h2load sees HTTP statuses only;
+- WebSocket echo: ws-echo-load (crates/testkit, built next to rampart: 50
+  connections upgraded through the proxy, each sending a small masked text frame and
+  waiting for its echo, closed-loop), messages/s and p50/p99 per message;
 - memory per idle keep-alive connection: the proxy's resident memory (nginx: its
   worker's) with 2,000 connections each idle after one request, less before, over
   2,000.
+Each of those rows is also put against nginx's figure of the same run.
 """
 
 from http.client import HTTPConnection
@@ -32,6 +41,8 @@ import time
 import urllib.request
 
 BIN = os.path.abspath(sys.argv[1])
+# The WebSocket load client, built beside rampart (scripts/bench-proxy.sh builds both).
+WS_LOAD = os.path.join(os.path.dirname(BIN), "ws-echo-load")
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 TOKEN = "bench-token-0123456789abcdef"
 TMP = tempfile.mkdtemp(prefix="rampart-bench-")
@@ -110,11 +121,13 @@ def backends():
     return ports
 
 
-def rampart_proxy(a, b, tls=None):
+def rampart_proxy(a, b, tls=None, h2c=False):
     port, admin = free_port(), free_port()
-    name = "rampart-tls" if tls else "rampart"
+    name = "rampart-tls" if tls else ("rampart-h2c" if h2c else "rampart")
     policy = os.path.join(TMP, f"{name}.yaml")
     extra = f", tls: {{cert: {tls[0]}, key: {tls[1]}}}" if tls else ""
+    if h2c:
+        extra += ", upstream_protocol: h2c"
     with open(policy, "w") as f:
         f.write(
             f"service: {name}\n"
@@ -189,10 +202,14 @@ def rampart_plane(a, b):
     return port, set_weight
 
 
-def nginx(a, b, tls=None, h2=False):
+def nginx(a, b, tls=None, h2=False, grpc=False):
     port = free_port()
-    d = os.path.join(TMP, "nginx-tls" if tls else ("nginx-h2" if h2 else "nginx"))
-    listen = f"127.0.0.1:{port} ssl" if tls else f"127.0.0.1:{port}" + (" http2" if h2 else "")
+    d = os.path.join(TMP, "nginx-tls" if tls else ("nginx-grpc" if grpc else ("nginx-h2" if h2 else "nginx")))
+    listen = f"127.0.0.1:{port} ssl" if tls else f"127.0.0.1:{port}" + (" http2" if h2 or grpc else "")
+    # gRPC to the backends over h2c; otherwise HTTP/1.1, WebSocket upgrades passed on /ws.
+    to_backend = "grpc_pass grpc://up_$side;" if grpc else """proxy_pass http://up_$side;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";"""
     certs = f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3;" if tls else ""
     os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
     conf = os.path.join(d, "nginx.conf")
@@ -218,9 +235,13 @@ http {{
         keepalive_requests 1000000;
         location = /__bench {{ return 200 "{pct}"; }}
         location / {{
+            {to_backend}
+        }}
+        location = /ws {{
             proxy_pass http://up_$side;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
         }}
     }}
 }}
@@ -242,10 +263,12 @@ http {{
     return port, set_weight
 
 
-def haproxy(a, b, tls=None, h2=False):
+def haproxy(a, b, tls=None, h2=False, grpc=False):
     port = free_port()
-    d = os.path.join(TMP, "haproxy-tls" if tls else ("haproxy-h2" if h2 else "haproxy"))
-    bind = f"127.0.0.1:{port} ssl crt {tls[2]} ssl-min-ver TLSv1.3" if tls else f"127.0.0.1:{port}" + (" proto h2" if h2 else "")
+    d = os.path.join(TMP, "haproxy-tls" if tls else ("haproxy-grpc" if grpc else ("haproxy-h2" if h2 else "haproxy")))
+    bind = f"127.0.0.1:{port} ssl crt {tls[2]} ssl-min-ver TLSv1.3" if tls else f"127.0.0.1:{port}" + (" proto h2" if h2 or grpc else "")
+    # WebSocket passes in http mode as it is; gRPC needs h2c to the backends too.
+    server = " proto h2" if grpc else ""
     os.makedirs(d, exist_ok=True)
     sock = os.path.join(d, "admin.sock")
     cfg = os.path.join(d, "haproxy.cfg")
@@ -265,8 +288,8 @@ frontend web
     default_backend app
 backend app
     balance roundrobin
-    server a 127.0.0.1:{a} weight 80
-    server b 127.0.0.1:{b} weight 20
+    server a 127.0.0.1:{a} weight 80{server}
+    server b 127.0.0.1:{b} weight 20{server}
 """)
     pid = spawn(["haproxy", "-db", "-f", cfg]).pid
     PIDS[os.path.basename(d)] = lambda: pid
@@ -389,14 +412,43 @@ def flip_under_load(port, set_weight, seconds):
     return result["errors"], flips
 
 
-def h2load(port, seconds):
-    """HTTP/2 with prior knowledge: requests/s, p50/p99 from h2load's per-request log."""
-    log = os.path.join(TMP, f"h2load-{port}.log")
+GRPC_PATH = "/rampart.sample.Sample/Echo"
+
+
+def grpc_message():
+    """A file holding one gRPC message: uncompressed, its length in 4 bytes, then the
+    payload (a protobuf string field; the backends echo it without decoding)."""
+    payload = b"\x0a\x12rampart grpc bench"
+    path = os.path.join(TMP, "grpc-message.bin")
+    with open(path, "wb") as f:
+        f.write(b"\x00" + len(payload).to_bytes(4, "big") + payload)
+    return path
+
+
+def grpc_check(name, port, message):
+    """One call through the proxy must end with `grpc-status: 0`: h2load counts HTTP
+    statuses, and a failed gRPC call is still a 200."""
     out = subprocess.run(
-        ["h2load", "-c50", "-m10", "-D", str(seconds), "--warm-up-time=1", f"--log-file={log}",
-         f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True,
-    ).stdout
+        ["curl", "-sS", "-v", "--http2-prior-knowledge", "--data-binary", f"@{message}",
+         "-H", "content-type: application/grpc", "-H", "te: trailers", "-o", os.devnull,
+         f"http://127.0.0.1:{port}{GRPC_PATH}"],
+        capture_output=True, text=True,
+    )
+    if not re.search(r"^< grpc-status: 0\r?$", out.stderr, re.M):
+        raise SystemExit(f"{name}: the gRPC check did not end with grpc-status 0:\n{out.stderr}")
+
+
+def h2load(port, seconds, grpc=None):
+    """HTTP/2 with prior knowledge: requests/s, p50/p99 from h2load's per-request log.
+    With `grpc` (a message file): POSTs it to the backends' gRPC echo method."""
+    log = os.path.join(TMP, f"h2load-{port}.log")
+    args = ["h2load", "-c50", "-m10", "-D", str(seconds), "--warm-up-time=1", f"--log-file={log}"]
+    if grpc:
+        args += ["-d", grpc, "-H", "content-type: application/grpc", "-H", "te: trailers",
+                 f"http://127.0.0.1:{port}{GRPC_PATH}"]
+    else:
+        args.append(f"http://127.0.0.1:{port}/")
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
@@ -404,6 +456,16 @@ def h2load(port, seconds):
     micros = sorted(int(line.split("\t")[2]) for line in open(log) if line.strip())
     q = lambda f: micros[min(len(micros) - 1, int(f * len(micros)))] / 1000
     return {"rps": round(rps), "p50_ms": round(q(0.5), 3), "p99_ms": round(q(0.99), 3), "errors": errors}
+
+
+def ws_load(port, seconds):
+    """WebSocket echo through the proxy: messages/s, p50/p99 per message."""
+    out = subprocess.run(
+        [WS_LOAD, f"127.0.0.1:{port}", "/ws", "50", str(seconds)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    r = json.loads(out)
+    return {"rps": round(r["rps"]), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "errors": r["errors"]}
 
 
 def table(title, rows, columns):
@@ -415,7 +477,8 @@ def table(title, rows, columns):
 
 
 def protocols(a, b, plain):
-    """New connections, TLS termination and idle memory, against HAProxy's figures."""
+    """New connections, TLS termination, HTTP/2, gRPC, WebSocket and idle memory,
+    against HAProxy's and nginx's figures."""
     results = []
     for name, port in plain:
         wrk(port, 1, close=True)
@@ -433,14 +496,31 @@ def protocols(a, b, plain):
             h2.append((name, make(a, b, h2=True)[0]))
         for name, port in h2:
             results.append({"target": name, "load": "HTTP/2 from clients (h2c)", **h2load(port, DURATION)})
+        message = grpc_message()
+        grpc = [("rampart", rampart_proxy(a, b, h2c=True)[0])]
+        for name, make in (("nginx", nginx), ("haproxy", haproxy)):
+            grpc.append((name, make(a, b, grpc=True)[0]))
+        for name, port in grpc:
+            grpc_check(name, port, message)
+            results.append({"target": name, "load": "gRPC unary (h2c end to end)",
+                            **h2load(port, DURATION, grpc=message)})
+    if os.path.exists(WS_LOAD):
+        for name, port in plain:
+            ws_load(port, 1)  # warm up
+            results.append({"target": name, "load": "WebSocket echo (50 connections)",
+                            **ws_load(port, DURATION)})
+    else:
+        print(f"no {WS_LOAD}: the WebSocket row is skipped (cargo build --release -p rampart-testkit)",
+              file=sys.stderr)
     for name, port in plain:
         results.append({"target": name, "load": "memory per idle connection",
                         "kib": idle_kib(port, PIDS[name]())})
     for r in results:
-        ref = next(x for x in results if x["target"] == "haproxy" and x["load"] == r["load"])
         if "rps" in r:
-            r["rps_vs_haproxy"] = round(r["rps"] / ref["rps"], 3)
-            r["p99_vs_haproxy"] = round(r["p99_ms"] / ref["p99_ms"], 3)
+            for ref_name in ("haproxy", "nginx"):
+                ref = next(x for x in results if x["target"] == ref_name and x["load"] == r["load"])
+                r[f"rps_vs_{ref_name}"] = round(r["rps"] / ref["rps"], 3)
+                r[f"p99_vs_{ref_name}"] = round(r["p99_ms"] / ref["p99_ms"], 3)
         print(json.dumps(r), flush=True)
     return results
 
@@ -477,11 +557,13 @@ def main():
         print(f"| {r['target']} | {r['rps']} | {r['rps_ratio']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99_ratio']} | {r['errors']} | {flip} | {flips} |")
     if extra:
         loads = [r for r in extra if "rps" in r]
-        table("Protocols, against HAProxy in the same run:", loads, [
+        table("Protocols, against HAProxy and nginx in the same run (WebSocket: messages/s):", loads, [
             ("load", lambda r: r["load"]), ("target", lambda r: r["target"]),
             ("requests/s", lambda r: r["rps"]), ("vs HAProxy", lambda r: r["rps_vs_haproxy"]),
+            ("vs nginx", lambda r: r["rps_vs_nginx"]),
             ("p50 ms", lambda r: r["p50_ms"]), ("p99 ms", lambda r: r["p99_ms"]),
-            ("p99 vs HAProxy", lambda r: r["p99_vs_haproxy"]), ("errors", lambda r: r["errors"]),
+            ("p99 vs HAProxy", lambda r: r["p99_vs_haproxy"]), ("p99 vs nginx", lambda r: r["p99_vs_nginx"]),
+            ("errors", lambda r: r["errors"]),
         ])
         table(f"Memory per idle keep-alive connection ({IDLE} connections):",
               [r for r in extra if "kib" in r],

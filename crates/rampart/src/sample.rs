@@ -6,6 +6,13 @@
 //! and latency cycles evenly through ±20 % of the configured value. That makes the
 //! demo's outcomes repeatable; real services are noisier, which is what the analysis
 //! settings (`min_samples`, `failure_limit`) are for.
+//!
+//! It speaks HTTP/1.1 and, to clients with prior knowledge, h2c on the same port. Any
+//! method on any path gets the version; two paths do more: a gRPC unary echo
+//! (`grpc.rs`) and a WebSocket echo (`websocket.rs`).
+
+mod grpc;
+mod websocket;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,11 +22,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use rampart_core::units::Rate;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 /// How the sample service behaves.
@@ -173,10 +183,95 @@ pub async fn serve(port: u16, b: Behaviour) -> Result<()> {
     // Any method, any path; answers carry no content type, as they always have.
     let app = Router::new()
         .route("/healthz", any(|| async { Body::from("ok\n") }))
+        .route(grpc::ECHO, any(grpc_echo))
+        .route(websocket::PATH, any(websocket_echo))
         .fallback(answer)
         .with_state(sample);
-    axum::serve(listener, app).await?;
-    Ok(())
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, app.clone()));
+            }
+            // Out of files or a connection reset before it was accepted: the next
+            // accept may succeed, and a sample service should outlive a burst.
+            Err(e) => {
+                eprintln!("sample-service: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection: HTTP/2 if it opens with the HTTP/2 preface (h2c with prior
+/// knowledge, as gRPC clients and proxies speak it), HTTP/1.1 with upgrades otherwise.
+async fn connection(stream: TcpStream, app: Router) {
+    // No deadline for the first bytes, as before h2c: a quiet client costs a parked task.
+    let Ok(h2) = prior_knowledge(&stream).await else {
+        return;
+    };
+    let io = TokioIo::new(stream);
+    let service = TowerToHyperService::new(app);
+    // A connection's errors (a reset, a malformed request) end only that connection.
+    let _ = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    };
+}
+
+/// Whether the client's first bytes are the HTTP/2 preface; they are only peeked at,
+/// and stay for the server that reads them.
+async fn prior_knowledge(stream: &TcpStream) -> std::io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 || first[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far: peeking again would return at once with the
+        // same bytes, so wait a little for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// `POST /rampart.sample.Sample/Echo` as a gRPC call: the message back, or the
+/// behaviour's error as `INTERNAL`. Not a gRPC call: the version, as on any path.
+async fn grpc_echo(State(s): State<Arc<Sample>>, req: Request) -> Response {
+    if !grpc::is_grpc(req.headers()) {
+        return answer(State(s), req.headers().clone())
+            .await
+            .into_response();
+    }
+    if outcome(&s, req.headers()).await {
+        return grpc::answer(
+            None,
+            grpc::Code::Internal,
+            "the sample service's error rate",
+        );
+    }
+    match grpc::message(req).await {
+        Ok(message) => grpc::answer(Some(message), grpc::Code::Ok, ""),
+        Err((code, why)) => grpc::answer(None, code, why),
+    }
+}
+
+/// `GET /ws` with a WebSocket upgrade: the echo. Anything else: the version.
+async fn websocket_echo(State(s): State<Arc<Sample>>, req: Request) -> Response {
+    if websocket::is_upgrade(&req) {
+        return websocket::accept(req);
+    }
+    answer(State(s), req.headers().clone())
+        .await
+        .into_response()
 }
 
 /// The service's behaviour and what it has counted since it started.
@@ -191,6 +286,17 @@ struct Sample {
 }
 
 async fn answer(State(s): State<Arc<Sample>>, headers: HeaderMap) -> (StatusCode, Body) {
+    let status = if outcome(&s, &headers).await {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    (status, Body::from(format!("{}\n", s.b.version)))
+}
+
+/// Waits the request's latency, then says whether it fails (by the error rate, the
+/// spike, and the flag when the bug sits behind one).
+async fn outcome(s: &Sample, headers: &HeaderMap) -> bool {
     let b = &s.b;
     let n = s.requests.fetch_add(1, Ordering::Relaxed);
     // Evenly spread ±20 % around the configured latency (golden-ratio sequence).
@@ -208,7 +314,6 @@ async fn answer(State(s): State<Arc<Sample>>, headers: HeaderMap) -> (StatusCode
         Some((from, len, rate)) if (from..from + len).contains(&s.started.elapsed()) => rate,
         _ => b.error_rate,
     };
-    let version = || Body::from(format!("{}\n", b.version));
     // Behind a flag, only flag-on requests count toward the error rate.
     let n = match &b.flag {
         None => n,
@@ -218,18 +323,12 @@ async fn answer(State(s): State<Arc<Sample>>, headers: HeaderMap) -> (StatusCode
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !flag_on(url, key).await {
-                return (StatusCode::OK, version());
+                return false;
             }
             s.flagged.fetch_add(1, Ordering::Relaxed)
         }
     };
-    let fail = ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor();
-    let status = if fail {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::OK
-    };
-    (status, version())
+    ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
 }
 
 /// A pseudo-random number in [0, 1) for request `n` (splitmix64): which requests are
@@ -303,10 +402,8 @@ mod tests {
         format!("{status}\r\n{}\r\n\r\n{body}", headers.join("\r\n"))
     }
 
-    /// Pinned on the wire, captured from the hand-written server: the demo and the
-    /// tests read these answers (no content type, `ok` for health, the version).
-    #[tokio::test]
-    async fn the_sample_service_answers_as_it_always_has() {
+    /// A sample service reporting `v2` on a free port, once it listens.
+    async fn started(error_rate: f64) -> u16 {
         let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .unwrap()
             .local_addr()
@@ -314,7 +411,7 @@ mod tests {
             .port();
         let b = Behaviour {
             version: "v2".into(),
-            error_rate: 0.5,
+            error_rate,
             latency: Duration::ZERO,
             crash_on_start: false,
             spike: None,
@@ -322,18 +419,23 @@ mod tests {
             flag: None,
         };
         tokio::spawn(serve(port, b));
-        let mut up = false;
         for _ in 0..200 {
             if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
                 .await
                 .is_ok()
             {
-                up = true;
-                break;
+                return port;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(up, "the sample service never listened");
+        panic!("the sample service never listened");
+    }
+
+    /// Pinned on the wire, captured from the hand-written server: the demo and the
+    /// tests read these answers (no content type, `ok` for health, the version).
+    #[tokio::test]
+    async fn the_sample_service_answers_as_it_always_has() {
+        let port = started(0.5).await;
         let mut got = String::new();
         for head in [
             "GET /healthz HTTP/1.1",
@@ -352,6 +454,102 @@ mod tests {
             return;
         }
         assert_eq!(got, SAMPLE);
+    }
+
+    /// One gRPC call over h2c with prior knowledge: the answer's content type, its
+    /// body and its trailers' `grpc-status`.
+    async fn grpc_call(port: u16, body: Vec<u8>) -> (String, Vec<u8>, Option<String>) {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = axum::http::Request::post(format!("http://127.0.0.1:{port}{}", grpc::ECHO))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.version(), axum::http::Version::HTTP_2);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let collected = resp.into_body().collect().await.unwrap();
+        let status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_string());
+        (ct, collected.to_bytes().to_vec(), status)
+    }
+
+    #[tokio::test]
+    async fn the_grpc_echo_answers_its_message_with_status_0_trailers_over_h2c() {
+        let port = started(0.0).await;
+        let message = [&[0u8, 0, 0, 0, 5][..], b"hello"].concat();
+        let (ct, body, status) = grpc_call(port, message.clone()).await;
+        assert_eq!(ct, "application/grpc");
+        assert_eq!(body, message);
+        assert_eq!(status.as_deref(), Some("0"));
+        // A body that is not one framed message, and a compressed one.
+        let (_, body, status) = grpc_call(port, vec![0, 0, 0, 0, 9, 1]).await;
+        assert!(body.is_empty());
+        assert_eq!(status.as_deref(), Some("13"));
+        let (_, _, status) = grpc_call(port, vec![1, 0, 0, 0, 1, 7]).await;
+        assert_eq!(status.as_deref(), Some("12"));
+    }
+
+    #[tokio::test]
+    async fn the_grpc_echo_fails_at_the_error_rate_as_internal() {
+        let port = started(1.0).await;
+        let (_, body, status) = grpc_call(port, vec![0, 0, 0, 0, 1, 7]).await;
+        assert!(body.is_empty());
+        assert_eq!(status.as_deref(), Some("13"));
+    }
+
+    #[tokio::test]
+    async fn the_websocket_endpoint_echoes_text_and_answers_close() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = started(0.0).await;
+        let mut ws = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        ws.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: test\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+              sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(ws.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        // A masked text frame, "hi", then a close with 1000.
+        let mask = [1u8, 2, 3, 4];
+        let masked =
+            |p: &[u8]| -> Vec<u8> { p.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect() };
+        for (first, payload) in [(0x81u8, &b"hi"[..]), (0x88, &[0x03, 0xe8][..])] {
+            let frame = [
+                &[first, 0x80 | payload.len() as u8][..],
+                &mask,
+                &masked(payload),
+            ]
+            .concat();
+            ws.write_all(&frame).await.unwrap();
+            let mut echo = vec![0u8; 2 + payload.len()];
+            ws.read_exact(&mut echo).await.unwrap();
+            assert_eq!(echo, [&[first, payload.len() as u8][..], payload].concat());
+        }
+        // After the close, the server has nothing more to say.
+        assert_eq!(ws.read(&mut [0u8; 1]).await.unwrap(), 0);
     }
 
     const SAMPLE: &str = r#">>> GET /healthz HTTP/1.1

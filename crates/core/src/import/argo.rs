@@ -1767,7 +1767,7 @@ impl Doc {
 }
 
 /// The longest duration a policy takes: 365 days.
-const MAX_MS: u64 = 365 * 86_400_000;
+pub(super) const MAX_MS: u64 = 365 * 86_400_000;
 
 /// Why `scaleDownDelaySeconds` is not carried outside an automatic blue-green.
 const SCALE_DOWN_DELAY: &str = "Argo keeps the old pods this long after promotion; rampart keeps a previous version running only in a blue-green (`keep_previous`), and `rollback.drain` is something else (how long requests in flight to a version get to finish before it is stopped)";

@@ -314,7 +314,17 @@ impl<'a> Flagger<'a> {
                 );
             }
         } else if let Some(it) = iterations {
-            let stability = (it as u64).saturating_mul(self.interval_ms);
+            let mut stability = (it as u64).saturating_mul(self.interval_ms);
+            // A policy's durations are at most 365 days.
+            if stability > super::argo::MAX_MS {
+                stability = super::argo::MAX_MS;
+                cx.unmapped(
+                    cn,
+                    &format!("{apath}.iterations"),
+                    pos_of(get(a, "iterations")),
+                    "iterations x interval is longer than a policy's durations (365d): written as 365d",
+                );
+            }
             let from = format!(
                 "from {} ({it} x {interval})",
                 self.from(&format!("{apath}.iterations"))

@@ -748,17 +748,19 @@ mod raw {
 }
 
 /// Review (issue 18): each HTTP/2 stream to an HTTP/1.1 version holds an upstream
-/// connection, so `max_connections` clients with `max_streams` each could open far
-/// more files than the budget sized from `max_connections`. Requests in flight are
-/// capped at `max_connections`: one more is answered 503, counted against no version,
-/// and the others are answered once the version lets go.
+/// connection until its answer is done, so `max_connections` clients with
+/// `max_streams` each could open far more files than the budget sized from
+/// `max_connections`. A connection's first stream in flight is its own; the further
+/// streams of all HTTP/2 connections share `max_connections` rooms, each kept until
+/// its answer's body is done (not only its headers). One more is answered 503,
+/// counted against no version, and never an HTTP/1.1 client's request or another
+/// connection's first stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_max_connections_in_flight_get_503_and_count_against_no_version() {
-    let release = Arc::new(Notify::new());
-    let (canary, held) = holding_backend("canary", release.clone()).await;
+    let canary = common::slow_body_backend("canary", Duration::from_secs(60)).await;
     let (proxy, server) = proxy(ProxyOptions {
         limits: ProxyLimits {
-            max_connections: 2,
+            max_connections: 3,
             max_streams: 10,
             ..ProxyLimits::default()
         },
@@ -767,40 +769,54 @@ async fn streams_past_max_connections_in_flight_get_503_and_count_against_no_ver
     .await;
     proxy.set_backends(Variant::Canary, &[canary]);
     proxy.set_weight(Weight::FULL);
-    let send = h2c(server.local_addr()).await;
-    let hold = || {
-        let req = Request::get("http://svc.test/hold")
+    let ask = async |send: &Sender| {
+        let req = Request::get("http://svc.test/slow")
             .body(Full::default())
             .unwrap();
-        tokio::spawn(send.clone().send_request(req))
+        tokio::time::timeout(PATIENCE, send.clone().send_request(req))
+            .await
+            .expect("answered at once")
+            .unwrap()
     };
-    let first = [hold(), hold()];
-    until("the version holds two requests", async || {
-        held.load(std::sync::atomic::Ordering::SeqCst) == 2
-    })
-    .await;
-    let third = tokio::time::timeout(PATIENCE, hold())
+    // Four answers whose bodies are still coming: the first stream's own room and
+    // the three shared ones.
+    let send = h2c(server.local_addr()).await;
+    let mut streaming = Vec::new();
+    for _ in 0..4 {
+        let resp = ask(&send).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        streaming.push(resp);
+    }
+    let refused = ask(&send).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(proxy.refused_requests(), 1);
+    // An HTTP/1.1 client, and another HTTP/2 connection's first stream, still pass
+    // (three connections in all, within `max_connections`).
+    let mut tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    tcp.write_all(b"GET /slow HTTP/1.1\r\nhost: svc.test\r\n\r\n")
         .await
-        .expect("the third stream answered at once")
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut head))
+        .await
         .unwrap()
         .unwrap();
-    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(third.headers()["retry-after"], "1");
-    assert_eq!(proxy.refused_requests(), 1);
-    release.notify_waiters();
-    for call in first {
-        let resp = call.await.unwrap().unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-    }
-    until("both counted", async || proxy.totals().canary.requests == 2).await;
-    assert_eq!(
-        proxy.totals().canary.errors,
-        0,
-        "the 503 is the proxy's own"
-    );
-    // The slots are free again.
-    let (status, variant, _) = get(&send, "/", None).await;
-    assert_eq!((status, variant.as_str()), (StatusCode::OK, "canary"));
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let other = h2c(server.local_addr()).await;
+    assert_eq!(ask(&other).await.status(), StatusCode::OK);
+    // A body given up frees its room.
+    drop(streaming.pop());
+    let mut again = None;
+    until("a room free again", async || {
+        let resp = ask(&send).await;
+        let ok = resp.status() == StatusCode::OK;
+        again = Some(resp);
+        ok
+    })
+    .await;
+    let c = proxy.totals().canary;
+    assert_eq!(c.errors, 0, "the 503s are the proxy's own");
 }
 
 /// One stream over `max_streams` is refused alone (REFUSED_STREAM); the streams in
@@ -1522,4 +1538,56 @@ async fn a_bidirectional_grpc_call_may_be_quiet_past_the_body_timeout() {
     .await;
     assert_eq!(proxy.totals().stable.errors, 0);
     assert_eq!(proxy.body_timeouts(), 0);
+}
+
+/// Review (issue 18): a connection failure is charged to the first stream that sees
+/// it; when that stream was rampart's own uncounted load, the version's failure
+/// counted nowhere, and a canary crashing under `analysis.load` with `counts: false`
+/// showed no error. Only a counted stream takes the charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rampart_s_uncounted_load_never_takes_a_connection_failures_charge() {
+    const UNCOUNTED: usize = 30;
+    let (arrived, mut seen) = tokio::sync::watch::channel(0);
+    let (_release, held) = tokio::sync::watch::channel(false);
+    let (version, _connections) = h2c_version(None, None, holding(arrived, held)).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    proxy.set_uncounted("tok");
+    let send = h2c(server.local_addr()).await;
+    let load = rampart_core::policy::LOAD_HEADER;
+    let mut calls = Vec::new();
+    // The uncounted streams first, the counted one last: the first to see the
+    // connection fail is likely one of the load's.
+    for i in 0..=UNCOUNTED {
+        let mut req = Request::get("http://svc.test/hold");
+        if i < UNCOUNTED {
+            req = req.header(load, "tok");
+        }
+        calls.push(tokio::spawn(
+            send.clone()
+                .send_request(req.body(Full::default()).unwrap()),
+        ));
+        tokio::time::timeout(PATIENCE, seen.wait_for(|a| *a == i + 1))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let kill = Request::get("http://svc.test/kill")
+        .header(load, "tok")
+        .body(Full::default())
+        .unwrap();
+    let _ = send.clone().send_request(kill).await;
+    for c in calls {
+        let _ = c.await;
+    }
+    until("every stream done", async || {
+        proxy.in_flight(Variant::Stable) == 0
+    })
+    .await;
+    let s = proxy.totals().stable;
+    assert_eq!(
+        (s.requests, s.errors),
+        (1, 1),
+        "the counted stream is charged"
+    );
+    assert_eq!(proxy.upstream_connection_errors(), Some(1));
 }

@@ -113,13 +113,15 @@ pub(super) struct Activity {
 }
 
 impl Activity {
-    /// Counts a stream open until the guard (kept in its answer's body) drops.
-    pub(super) fn enter(self: &Arc<Self>) -> Active {
+    /// Counts a stream open until the guard (kept in its answer's body) drops; and
+    /// whether it is the only one open.
+    pub(super) fn enter(self: &Arc<Self>) -> (Active, bool) {
         self.begun.store(true, Ordering::Relaxed);
-        if self.open.fetch_add(1, Ordering::AcqRel) == 0 {
+        let first = self.open.fetch_add(1, Ordering::AcqRel) == 0;
+        if first {
             self.changed.notify_waiters();
         }
-        Active(self.clone())
+        (Active(self.clone()), first)
     }
 
     /// Returns once the connection has had no stream open for `first` since `since`
@@ -166,11 +168,13 @@ impl Drop for Active {
 #[derive(Debug)]
 pub(super) struct Held<B> {
     body: B,
-    _active: Active,
+    _active: (Active, Option<super::UpstreamSlot>),
 }
 
 impl<B> Held<B> {
-    pub(super) fn new(body: B, active: Active) -> Held<B> {
+    /// `body`, keeping its stream counted open, and its upstream room (if it took
+    /// one) taken, until hyper is done with it.
+    pub(super) fn new(body: B, active: (Active, Option<super::UpstreamSlot>)) -> Held<B> {
         Held {
             body,
             _active: active,

@@ -366,13 +366,14 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
     Ok(hard.max(soft))
 }
 
-/// The open files `max_connections` can take: a client's descriptor each, as many
-/// upstream connections in use (the proxy caps those at `max_connections` too, however
-/// many streams HTTP/2 clients open), and a margin for the listener, the admin socket
-/// and the files. Idle pooled upstream connections come on top, bounded by the peak
-/// in use within the pool's idle timeout.
+/// The open files `max_connections` can take: a client's descriptor each, an upstream
+/// connection for each one's first request in flight (or its tunnel), as many again
+/// for HTTP/2 streams beyond a connection's first (the proxy caps those at
+/// `max_connections`, however many streams clients open), and a margin for the
+/// listener, the admin socket and the files. Idle pooled upstream connections come on
+/// top, bounded by the peak in use within the pool's idle timeout.
 pub fn files_needed(max_connections: u32) -> u64 {
-    u64::from(max_connections) * 2 + 64
+    u64::from(max_connections) * 3 + 64
 }
 
 #[cfg(test)]

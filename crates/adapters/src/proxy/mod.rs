@@ -681,10 +681,25 @@ impl Proxy {
             let proxy = proxy.clone();
             let open = open.clone();
             // Counted from the stream's request head until its answer is done.
-            let active = streams.enter();
+            let (active, first) = streams.enter();
+            // A stream beside others in flight needs a room of its own (see
+            // `UpstreamSlot`), kept until its answer is done.
+            let slot = (!first).then(|| UpstreamSlot::take(&proxy.inner));
             async move {
-                let resp = proxy.forward(conn, req, open).await;
-                Ok::<_, Infallible>(resp.map(|body| h2::Held::new(body, active)))
+                let resp = match slot {
+                    Some(None) => {
+                        let mut resp = plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "rampart: too many requests in flight\n",
+                        );
+                        resp.headers_mut()
+                            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        resp
+                    }
+                    _ => proxy.forward(conn, req, open).await,
+                };
+                let slot = slot.flatten();
+                Ok::<_, Infallible>(resp.map(|body| h2::Held::new(body, (active, slot))))
             }
         });
         let served = http.serve_connection(TokioIo::new(io), svc);
@@ -1103,18 +1118,6 @@ impl Proxy {
             // client's own mark is dropped, so the service can trust the header.
             req.headers_mut().remove(&load);
         }
-        // Each request in flight holds an upstream connection: past `max_connections`
-        // of them (an HTTP/2 client's streams), refused before any is opened.
-        let Some(slot) = UpstreamSlot::take(&self.inner) else {
-            self.inner.refused_requests.fetch_add(1, Ordering::Relaxed);
-            let mut resp = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "rampart: too many requests in flight\n",
-            );
-            resp.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
-        };
         let counters = self.inner.counters(variant);
         let _flight = counters.enter(&self.inner.idle);
         let _endpoint = EndpointFlight::enter(picked.in_flight.clone(), &self.inner.idle);
@@ -1126,7 +1129,7 @@ impl Proxy {
         let waiting = Waiting::new(
             (!uncounted).then(|| Clock::new(Arc::clone(&self.inner), variant, started, deadline)),
         );
-        let result = self.inner.upstream.request(backend, req).await;
+        let result = self.inner.upstream.request(backend, req, !uncounted).await;
         let clock = waiting.answered();
         let elapsed = started.elapsed();
         // Set for an answer after which the client's connection cannot go on.
@@ -1216,7 +1219,7 @@ impl Proxy {
             Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let proto = resp.headers().get(hyper::header::UPGRADE).cloned();
                 let upstream = hyper::upgrade::on(&mut resp);
-                self.tunnel(client, upstream, (open, slot), variant, backend);
+                self.tunnel(client, upstream, open, variant, backend);
                 proto
             }
             _ => None,
@@ -1253,9 +1256,8 @@ impl Proxy {
     /// that switched it, for the connection's life, in a task of its own.
     ///
     /// Guarantees: the tunnel stays on the backend that answered 101, whatever the
-    /// routes become; it counts as an open connection (`max_connections`), and its
-    /// upstream connection as one in use, until either side closes, or until the
-    /// drain's deadline cuts it. Assumptions: the upgrade was
+    /// routes become; it counts as an open connection (`max_connections`) until either
+    /// side closes, or until the drain's deadline cuts it. Assumptions: the upgrade was
     /// already counted once in `variant`'s metrics, as its 101; no HTTP timer applies
     /// to it (hyper has stopped reading HTTP on it), so a silent WebSocket stays open,
     /// and liveness is its endpoints' business (pings).
@@ -1263,7 +1265,7 @@ impl Proxy {
         &self,
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
-        open: (Arc<OpenConnection>, UpstreamSlot),
+        open: Arc<OpenConnection>,
         variant: Variant,
         backend: SocketAddr,
     ) {
@@ -1410,20 +1412,30 @@ impl Drop for OpenConnection {
     }
 }
 
-/// One upstream connection in use (a request in flight to a version, or an upgraded
-/// tunnel), counted until dropped. At most `max_connections` are: with at most as
-/// many client connections, the proxy's open files stay within
-/// [`limits::files_needed`], whatever an HTTP/2 client's `max_streams` allow.
+/// A room for one more HTTP/2 stream in flight, beyond each connection's first, until
+/// its answer is done. A client connection's first request in flight (HTTP/1.1 has
+/// only that one, and its tunnel) holds one upstream connection of its own; the
+/// further streams of HTTP/2 connections share `max_connections` rooms between them.
+/// So the open files stay within [`limits::files_needed`] whatever `max_streams`
+/// allows, and HTTP/2 clients holding many streams can refuse other HTTP/2 clients'
+/// extra streams, never an HTTP/1.1 client's request or any connection's first stream.
 #[derive(Debug)]
 struct UpstreamSlot(Arc<Inner>);
 
 impl UpstreamSlot {
-    /// Takes a slot, or `None` when all are in use: one atomic add, taken back when
-    /// refused.
+    /// Takes a room, or `None` when all are in use (and then counts the refusal).
     fn take(inner: &Arc<Inner>) -> Option<Self> {
-        let in_use = inner.upstream_in_use.fetch_add(1, Ordering::AcqRel);
-        let slot = UpstreamSlot(inner.clone());
-        (in_use < u64::from(inner.limits.max_connections)).then_some(slot)
+        let max = u64::from(inner.limits.max_connections);
+        let taken = inner
+            .upstream_in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            inner.refused_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        taken.then(|| UpstreamSlot(inner.clone()))
     }
 }
 

@@ -171,11 +171,14 @@ where
     }
 
     /// Sends `req` to the endpoint `addr`. `req`'s URI is absolute, with `addr` as its
-    /// authority; its version and headers are set here for the protocol.
+    /// authority; its version and headers are set here for the protocol. `counted`
+    /// says whether the proxy counts it in a version's metrics: only a counted stream
+    /// takes its h2c connection's failure (see `Slot::failed`).
     pub(super) async fn request(
         &self,
         addr: SocketAddr,
         mut req: Request<B>,
+        counted: bool,
     ) -> Result<Response<Answer>, UpstreamError> {
         match self {
             Upstream::Http1(client) => {
@@ -190,7 +193,7 @@ where
             Upstream::H2c(pool) => {
                 *req.version_mut() = hyper::Version::HTTP_2;
                 authority_from_host(&mut req);
-                pool.request(addr, req).await
+                pool.request(addr, req, counted).await
             }
         }
     }
@@ -329,11 +332,13 @@ where
         &self,
         addr: SocketAddr,
         mut req: Request<B>,
+        counted: bool,
     ) -> Result<Response<Answer>, UpstreamError> {
         let size = header_list_size(&req);
         let mut retried = false;
         loop {
-            let (mut sender, slot) = self.stream(addr).await?;
+            let (mut sender, mut slot) = self.stream(addr).await?;
+            slot.1 = counted;
             let limit = slot.0.header_limit;
             if size > limit {
                 return Err(HeaderListTooLarge { size, limit }.into());
@@ -423,7 +428,7 @@ where
         });
         let conn = conns.iter().find(|c| c.has_room())?;
         conn.shared.streams.fetch_add(1, Ordering::AcqRel);
-        Some((conn.sender.clone(), Slot(conn.shared.clone())))
+        Some((conn.sender.clone(), Slot(conn.shared.clone(), true)))
     }
 
     /// Opens a connection to `addr` and reads its version's SETTINGS.
@@ -509,19 +514,22 @@ fn is_connection_failure(e: &hyper::Error) -> bool {
     e.is_closed() || e.is_canceled() || e.is_incomplete_message()
 }
 
-/// A stream counted on its connection until dropped.
+/// A stream counted on its connection until dropped; and whether the proxy counts the
+/// stream in a version's metrics (rampart's own uncounted load is not).
 #[derive(Debug)]
-struct Slot(Arc<Shared>);
+struct Slot(Arc<Shared>, bool);
 
 impl Slot {
     /// `e` as the version's failure, unless it is its connection's, already charged to
     /// another stream: then [`Uncharged`]. The first stream to see its connection fail
     /// counts the connection in the pool's `connection_errors`.
+    /// A stream that is not counted never takes the charge: a counted one on the same
+    /// connection must, or the failure would count nowhere.
     fn failed(&self, e: hyper::Error) -> UpstreamError {
         if !is_connection_failure(&e) {
             return e.into();
         }
-        if self.0.charged.swap(true, Ordering::AcqRel) {
+        if !self.1 || self.0.charged.swap(true, Ordering::AcqRel) {
             return Uncharged(e).into();
         }
         self.0.connection_errors.fetch_add(1, Ordering::Relaxed);

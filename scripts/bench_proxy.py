@@ -22,7 +22,8 @@ Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
 - WebSocket echo: ws-echo-load (crates/testkit, built next to rampart: 50
   connections upgraded through the proxy, each sending a small masked text frame and
   waiting for its echo, closed-loop), messages/s and p50/p99 per message;
-- memory per idle keep-alive connection: the proxy's resident memory (nginx: its
+- memory per idle keep-alive connection (BENCH_ONLY=memory runs only this row, each
+  proxy fresh): the proxy's resident memory (nginx: its
   worker's) with 2,000 connections each idle after one request, less before, over
   2,000.
 Each of those rows is also put against nginx's figure of the same run.
@@ -525,8 +526,21 @@ def protocols(a, b, plain):
     return results
 
 
+def memory_only(a, b):
+    """BENCH_ONLY=memory: the idle-memory row alone, each proxy fresh after one second
+    of keep-alive load (a shorter loop for work on the proxy's memory)."""
+    for name, make in (("rampart", rampart_proxy), ("nginx", nginx), ("haproxy", haproxy)):
+        port, _ = make(a, b)
+        wrk(port, 1)
+        print(json.dumps({"target": name, "load": "memory per idle connection",
+                          "kib": idle_kib(port, PIDS[name]())}), flush=True)
+
+
 def main():
     a, b = backends()
+    if os.environ.get("BENCH_ONLY") == "memory":
+        memory_only(a, b)
+        return
     targets = [("direct", a, None)]
     for name, make in (("rampart", rampart_proxy), ("rampart-plane", rampart_plane), ("nginx", nginx), ("haproxy", haproxy)):
         port, set_weight = make(a, b)

@@ -75,6 +75,9 @@ pub struct LoggedRequest<'a> {
     /// client (`%Ta`, `$request_time`); `None` when the line does not carry it (an
     /// older log-format) or no version answered.
     pub total_time: Option<Duration>,
+    /// Whether its client left before the version answered (nginx's `499` with no
+    /// upstream header time): timed by its wait, as the embedded proxy times one.
+    pub abandoned: bool,
 }
 
 /// A time field: `Some(None)` for the router's "no time" (`-1`, `-`), `None` when the
@@ -106,15 +109,14 @@ pub fn parse(line: &str) -> Option<LoggedRequest<'_>> {
     // embedded proxy counts a request its client abandoned, with its wait as its
     // latency (a lower bound), so that a version hanging past its callers' patience
     // shows, whichever router is in front of it.
-    let header_time = match status {
-        ABANDONED => header_time.or(total_time),
-        _ => header_time,
-    };
+    let abandoned = status == ABANDONED && header_time.is_none();
+    let header_time = if abandoned { total_time } else { header_time };
     Some(LoggedRequest {
         service,
         variant,
         status,
         header_time,
+        abandoned,
         // Without an answer, the total time is rampart's router's own error page.
         total_time: header_time.and(total_time),
     })
@@ -192,7 +194,7 @@ impl AccessLog {
                         Variant::Stable => &into.stable,
                         Variant::Canary => &into.canary,
                     };
-                    if r.status == ABANDONED {
+                    if r.abandoned {
                         counters.abandon();
                     }
                     counters.record_logged(r.status >= 500, r.header_time, r.total_time);
@@ -237,12 +239,13 @@ mod tests {
     #[test]
     fn a_request_its_client_left_is_timed_by_its_wait_and_is_no_error() {
         let r = parse("rampart-s web canary 499 - 1.250").unwrap();
-        assert_eq!(r.status, 499);
+        assert_eq!((r.status, r.abandoned), (499, true));
         assert_eq!(r.header_time, Some(Duration::from_millis(1250)));
         assert_eq!(r.total_time, Some(Duration::from_millis(1250)));
         // Left mid-body, after the answer's headers: timed as any answer.
         let r = parse("rampart-s web canary 499 0.010 1.250").unwrap();
         assert_eq!(r.header_time, Some(Duration::from_millis(10)));
+        assert!(!r.abandoned, "answered; its client left during the body");
         // A version that did not answer at all is still no latency.
         let r = parse("rampart-s web canary 502 - 0.003").unwrap();
         assert_eq!((r.header_time, r.total_time), (None, None));
@@ -260,6 +263,7 @@ mod tests {
                 status: 503,
                 header_time: Some(Duration::from_millis(12)),
                 total_time: None,
+                abandoned: false,
             }
         );
         let n = parse("<190>nginx: rampart-s checkout stable 200 0.004").unwrap();

@@ -207,31 +207,53 @@ impl Telemetry {
                 histogram(&mut out, &series, s.latency_to(timing));
             }
         }
-        if let Some((open, refused)) = self.counted.connections() {
-            out.push_str("# HELP rampart_proxy_open_connections Client connections open on the embedded proxy.\n# TYPE rampart_proxy_open_connections gauge\n");
-            let _ = writeln!(
-                out,
-                "rampart_proxy_open_connections{{service=\"{svc}\"}} {open}"
-            );
-            out.push_str("# HELP rampart_proxy_refused_connections_total Client connections answered 503 and closed at traffic.proxy.limits.max_connections.\n# TYPE rampart_proxy_refused_connections_total counter\n");
-            let _ = writeln!(
-                out,
-                "rampart_proxy_refused_connections_total{{service=\"{svc}\"}} {refused}"
-            );
-        }
-        if let Some(refused) = self.counted.refused_requests() {
-            out.push_str("# HELP rampart_proxy_refused_requests_total Requests answered 503 because traffic.proxy.limits.max_connections upstream connections were in use (an HTTP/2 client's streams each take one); counted against no version.\n# TYPE rampart_proxy_refused_requests_total counter\n");
-            let _ = writeln!(
-                out,
-                "rampart_proxy_refused_requests_total{{service=\"{svc}\"}} {refused}"
-            );
-        }
-        if let Some(slow) = self.counted.body_timeouts() {
-            out.push_str("# HELP rampart_proxy_body_timeouts_total Requests answered 408 because their client sent nothing of its body for traffic.proxy.limits.body_timeout; counted against no version.\n# TYPE rampart_proxy_body_timeouts_total counter\n");
-            let _ = writeln!(
-                out,
-                "rampart_proxy_body_timeouts_total{{service=\"{svc}\"}} {slow}"
-            );
+        // The embedded proxy's own counters, where the counter is the proxy (`None`
+        // elsewhere): one series each.
+        let connections = self.counted.connections();
+        for (kind, name, help, n) in [
+            (
+                "gauge",
+                "rampart_proxy_open_connections",
+                "Client connections open on the embedded proxy.",
+                connections.map(|(open, _)| open),
+            ),
+            (
+                "counter",
+                "rampart_proxy_refused_connections_total",
+                "Client connections answered 503 and closed at traffic.proxy.limits.max_connections.",
+                connections.map(|(_, refused)| refused),
+            ),
+            (
+                "counter",
+                "rampart_proxy_refused_requests_total",
+                "HTTP/2 streams answered 503 because traffic.proxy.limits.max_connections streams beyond their connections' first were in flight; counted against no version.",
+                self.counted.refused_requests(),
+            ),
+            (
+                "counter",
+                "rampart_proxy_body_timeouts_total",
+                "Requests answered 408 because their client sent nothing of its body for traffic.proxy.limits.body_timeout; counted against no version.",
+                self.counted.body_timeouts(),
+            ),
+            (
+                "counter",
+                "rampart_proxy_upstream_connection_errors_total",
+                "h2c connections to the versions that failed as a whole (GOAWAY, socket error or close) while streams were on them; each is charged to its version once, not once per stream it broke.",
+                self.counted.upstream_connection_errors(),
+            ),
+            (
+                "counter",
+                "rampart_proxy_tls_handshake_failures_total",
+                "TLS handshakes on the embedded proxy that failed or did not finish within traffic.proxy.limits.header_timeout; counted against no version.",
+                self.counted.tls_handshake_failures(),
+            ),
+        ] {
+            if let Some(n) = n {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{service=\"{svc}\"}} {n}"
+                );
+            }
         }
         if let Some((stable, canary)) = self.counted.abandoned() {
             out.push_str("# HELP rampart_proxy_abandoned_total Requests whose client left before the version's answer was done, by variant; each is counted in rampart_requests_total with its wait as its latency, and as an error only past its client's stated grpc-timeout.\n# TYPE rampart_proxy_abandoned_total counter\n");
@@ -242,20 +264,6 @@ impl Telemetry {
                     v.as_str()
                 );
             }
-        }
-        if let Some(failed) = self.counted.upstream_connection_errors() {
-            out.push_str("# HELP rampart_proxy_upstream_connection_errors_total h2c connections to the versions that failed as a whole (GOAWAY, socket error or close) while streams were on them; each is charged to its version once, not once per stream it broke.\n# TYPE rampart_proxy_upstream_connection_errors_total counter\n");
-            let _ = writeln!(
-                out,
-                "rampart_proxy_upstream_connection_errors_total{{service=\"{svc}\"}} {failed}"
-            );
-        }
-        if let Some(failed) = self.counted.tls_handshake_failures() {
-            out.push_str("# HELP rampart_proxy_tls_handshake_failures_total TLS handshakes on the embedded proxy that failed or did not finish within traffic.proxy.limits.header_timeout; counted against no version.\n# TYPE rampart_proxy_tls_handshake_failures_total counter\n");
-            let _ = writeln!(
-                out,
-                "rampart_proxy_tls_handshake_failures_total{{service=\"{svc}\"}} {failed}"
-            );
         }
         out
     }

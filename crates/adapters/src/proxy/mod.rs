@@ -176,11 +176,11 @@ struct Inner {
     refused: AtomicU64,
     /// Requests answered 408 at `body_timeout` (the client stalled in its body).
     body_timeouts: AtomicU64,
-    /// Requests in flight to the versions and upgraded tunnels open, each holding an
-    /// upstream connection (an open file): at most `max_connections`.
+    /// HTTP/2 streams in flight beyond their connection's first, each holding an
+    /// upstream connection (an open file): at most `max_connections` (see
+    /// `UpstreamSlot`).
     upstream_in_use: AtomicU64,
-    /// Requests answered 503 because `max_connections` upstream connections were in
-    /// use (HTTP/2 clients, whose streams each take one).
+    /// HTTP/2 streams answered 503 because `upstream_in_use` was at its bound.
     refused_requests: AtomicU64,
     /// What one client may hold of the proxy.
     limits: ProxyLimits,
@@ -941,8 +941,8 @@ impl Proxy {
         self.inner.counters(variant).routed()
     }
 
-    /// Requests answered 503 because `max_connections` upstream connections were in
-    /// use, so far (an HTTP/2 client's streams past it).
+    /// HTTP/2 streams answered 503 so far because `max_connections` streams beyond
+    /// their connections' first were in flight.
     pub fn refused_requests(&self) -> u64 {
         self.inner.refused_requests.load(Ordering::Relaxed)
     }
@@ -1593,8 +1593,9 @@ pub trait Totals: Send + Sync {
         None
     }
 
-    /// Requests refused (503) because `max_connections` upstream connections were in
-    /// use, where the counter is the embedded proxy itself.
+    /// HTTP/2 streams refused (503) because `max_connections` streams beyond their
+    /// connections' first were in flight, where the counter is the embedded proxy
+    /// itself.
     fn refused_requests(&self) -> Option<u64> {
         None
     }

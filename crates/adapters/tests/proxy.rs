@@ -309,12 +309,15 @@ async fn total_time_is_recorded_when_the_upstream_body_breaks_off() {
     let req = Request::get(format!("http://{}/", server.local_addr()))
         .body(Empty::new())
         .unwrap();
-    let resp = client().request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(
-        resp.into_body().collect().await.is_err(),
-        "the client sees the body cut short"
-    );
+    // The client sees the answer cut short: its head and a broken body, or (when the
+    // whole break arrives before the head is flushed) a connection closed mid-answer.
+    if let Ok(resp) = client().request(req).await {
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "the client sees the body cut short"
+        );
+    }
     let t = proxy.totals().stable;
     assert_eq!((t.latency.count(), t.latency_total.count()), (1, 1));
 }

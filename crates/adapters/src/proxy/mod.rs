@@ -77,6 +77,7 @@ pub mod admin;
 mod forwarded;
 mod grpc;
 mod h2;
+mod http1;
 mod limits;
 pub mod plane;
 pub mod remote;

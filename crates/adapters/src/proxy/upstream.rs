@@ -55,10 +55,10 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use hyper::{Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_core::policy::UpstreamProtocol;
+
+use super::http1::{Http1Pool, Lent};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
@@ -118,9 +118,9 @@ pub(super) fn is_uncharged(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The versions' side of the proxy, in the protocol the policy chose.
 #[derive(Debug)]
-pub(super) enum Upstream<B> {
-    /// HTTP/1.1, pooled.
-    Http1(Client<HttpConnector, B>),
+pub(super) enum Upstream<B: Body + 'static> {
+    /// HTTP/1.1, pooled, each connection driven by the request using it.
+    Http1(Http1Pool<B>),
     /// HTTP/2 with prior knowledge, a few connections per endpoint.
     H2c(H2cPool<B>),
 }
@@ -135,16 +135,7 @@ where
     /// limit for an h2c version that sets none.
     pub(super) fn new(protocol: UpstreamProtocol, max_header_bytes: u64) -> Self {
         match protocol {
-            UpstreamProtocol::Http1 => {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-                Upstream::Http1(
-                    Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_secs(30))
-                        .build(connector),
-                )
-            }
+            UpstreamProtocol::Http1 => Upstream::Http1(Http1Pool::new(CONNECT_TIMEOUT)),
             UpstreamProtocol::H2c => Upstream::H2c(H2cPool {
                 conns: Mutex::new(HashMap::new()),
                 header_limit: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
@@ -181,14 +172,18 @@ where
         counted: bool,
     ) -> Result<Response<Answer>, UpstreamError> {
         match self {
-            Upstream::Http1(client) => {
+            Upstream::Http1(pool) => {
                 // The proxy speaks HTTP/1.1 on each hop: a 1.0 client's request
                 // forwarded as 1.0 would pin the pooled upstream connection to 1.0,
                 // and every later client would get 1.0 answers (hyper still answers a
                 // 1.0 client in 1.0).
                 *req.version_mut() = hyper::Version::HTTP_11;
-                let resp = client.request(req).await?;
-                Ok(resp.map(|body| Answer { body, slot: None }))
+                let resp = pool.request(addr, req).await?;
+                Ok(resp.map(|(body, lent)| Answer {
+                    body,
+                    slot: None,
+                    lent,
+                }))
             }
             Upstream::H2c(pool) => {
                 *req.version_mut() = hyper::Version::HTTP_2;
@@ -200,8 +195,9 @@ where
 
     /// Forgets the connections to endpoints no route names any more.
     pub(super) fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        if let Upstream::H2c(pool) = self {
-            pool.lock().retain(|addr, _| keep(addr));
+        match self {
+            Upstream::Http1(pool) => pool.retain(keep),
+            Upstream::H2c(pool) => pool.lock().retain(|addr, _| keep(addr)),
         }
     }
 }
@@ -348,6 +344,7 @@ where
                     return Ok(resp.map(|body| Answer {
                         body,
                         slot: Some(slot),
+                        lent: None,
                     }));
                 }
                 Err(mut e) => {
@@ -546,11 +543,34 @@ impl Drop for Slot {
 // === impl Answer ===
 
 /// A version's response body, holding its h2c stream's place on its connection until
-/// it is done or dropped.
-#[derive(Debug)]
+/// it is done or dropped, or its HTTP/1.1 connection, which it drives while it is read
+/// and gives back to the pool at its end.
 pub(super) struct Answer {
     body: Incoming,
     slot: Option<Slot>,
+    lent: Option<Box<dyn Lent>>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("body", &self.body)
+            .field("slot", &self.slot)
+            .field("lent", &self.lent.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        // Read to its end (hyper stops at `is_end_stream`, before the `None`): its
+        // connection is between messages.
+        if self.body.is_end_stream()
+            && let Some(lent) = self.lent.take()
+        {
+            lent.give_back();
+        }
+    }
 }
 
 impl Answer {
@@ -572,12 +592,21 @@ impl Body for Answer {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
+        if let Some(lent) = &mut this.lent {
+            lent.drive(cx);
+        }
         let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
         Poll::Ready(match frame {
             Some(Ok(f)) => Some(Ok(f)),
-            Some(Err(e)) => Some(Err(this.failed(e))),
+            Some(Err(e)) => {
+                this.lent = None;
+                Some(Err(this.failed(e)))
+            }
             None => {
                 this.slot = None;
+                if let Some(lent) = this.lent.take() {
+                    lent.give_back();
+                }
                 None
             }
         })

@@ -1,0 +1,337 @@
+//! The proxy's HTTP/1.1 connections to the versions: kept alive between requests, and
+//! each driven by the task of the request that has it, never by a task of its own.
+//!
+//! A pooled client that runs each upstream connection in a task of its own hands
+//! every request and every answer between two tasks through channels: three or more
+//! wake-ups per request, often across threads. Here a request takes an idle
+//! connection to its endpoint from the pool (or opens one), and its own task polls
+//! the connection while it waits for the answer and while the answer's body streams;
+//! the body gives the connection back once it is done.
+//!
+//! Guarantees:
+//! - A connection carries one request at a time, and goes back to the pool only once
+//!   its answer's body was read to its end with the connection still open; an answer
+//!   dropped before its end closes its connection (its bytes are mid-message).
+//! - A request that found its pooled connection closed before any byte of it was sent
+//!   is sent once more, on a new connection (a version closing an idle connection as
+//!   the request arrives is not an error).
+//! - An idle connection is dropped once its version closes it (seen when it is next
+//!   taken, or by the sweep), once idle for [`IDLE_TIMEOUT`], or once its endpoint
+//!   leaves the routes ([`Http1Pool::retain`]). The sweep runs on the requests' own
+//!   path, at most once per [`SWEEP_EVERY`]: there is no timer task.
+//! - An upgrade request (a WebSocket) gets a connection of its own, run in a task of
+//!   its own so that the upgraded stream outlives the request.
+//!
+//! Assumptions: the request's URI is absolute, its authority the endpoint's address;
+//! it is sent in origin form, with the endpoint's address as `Host` only when the
+//! client sent none.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1;
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::upstream::UpstreamError;
+
+/// How long a connection may sit idle in the pool before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often, at most, the pool looks for idle connections that closed or expired.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A client connection to one endpoint: its request side and the connection itself,
+/// which makes progress only while polled.
+struct Conn<B: Body + 'static> {
+    send: http1::SendRequest<B>,
+    /// `None` once the connection ended (closed by either side, or failed): dropped
+    /// then, so that a request or a body still waiting on it fails at once instead of
+    /// waiting for a connection no one drives.
+    conn: Option<http1::Connection<TokioIo<TcpStream>, B>>,
+    addr: SocketAddr,
+    home: Weak<Idle<B>>,
+}
+
+/// The idle connections of a pool, by endpoint; the last one in is the first taken.
+struct Idle<B: Body + 'static> {
+    by_endpoint: Mutex<Shelf<B>>,
+}
+
+/// Idle connections, each with the instant it went idle.
+type IdleConns<B> = Vec<(Box<Conn<B>>, Instant)>;
+
+struct Shelf<B: Body + 'static> {
+    conns: HashMap<SocketAddr, IdleConns<B>>,
+    swept: Instant,
+}
+
+/// The pool of HTTP/1.1 connections to the versions.
+pub(super) struct Http1Pool<B: Body + 'static> {
+    idle: Arc<Idle<B>>,
+    connect_timeout: Duration,
+}
+
+impl<B: Body + 'static> std::fmt::Debug for Http1Pool<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http1Pool").finish_non_exhaustive()
+    }
+}
+
+/// A connection lent to an answer's body: driven while the body is read, given back
+/// to its pool at the body's end.
+pub(super) trait Lent: Send {
+    /// Drives the connection (it reads the answer's body into the body's channel).
+    fn drive(&mut self, cx: &mut Context<'_>);
+    /// Gives the connection back to its pool: its answer was read to its end.
+    fn give_back(self: Box<Self>);
+}
+
+impl<B> Http1Pool<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// An empty pool; a connection attempt may take `connect_timeout`.
+    pub(super) fn new(connect_timeout: Duration) -> Self {
+        Http1Pool {
+            idle: Arc::new(Idle {
+                by_endpoint: Mutex::new(Shelf {
+                    conns: HashMap::new(),
+                    swept: Instant::now(),
+                }),
+            }),
+            connect_timeout,
+        }
+    }
+
+    /// Sends `req` to `addr` and waits for its answer's head, driving the connection
+    /// meanwhile. The answer's body comes with its connection ([`Lent`]) while the
+    /// connection may be used again.
+    pub(super) async fn request(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<B>,
+    ) -> Result<Response<(Incoming, Option<Box<dyn Lent>>)>, UpstreamError> {
+        origin_form(&mut req);
+        if req.headers().contains_key(hyper::header::UPGRADE) {
+            return self.upgrade(addr, req).await;
+        }
+        let mut pooled = self.take(addr).await;
+        loop {
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(conn) => conn,
+                None => self.open(addr).await?,
+            };
+            let sent = conn.send.try_send_request(req);
+            match conn.drive_until(sent).await {
+                Ok(resp) => {
+                    let lent = conn.conn.is_some().then_some(conn as Box<dyn Lent>);
+                    return Ok(resp.map(|body| (body, lent)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never sent: the pooled connection had closed under it.
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// Forgets the idle connections to endpoints no route names any more.
+    pub(super) fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+        self.idle.shelf().conns.retain(|addr, _| keep(addr));
+    }
+
+    /// An idle connection to `addr` that is still open and ready for a request.
+    async fn take(&self, addr: SocketAddr) -> Option<Box<Conn<B>>> {
+        loop {
+            let conn = {
+                let mut shelf = self.idle.shelf();
+                shelf.sweep();
+                let conns = shelf.conns.get_mut(&addr)?;
+                let (conn, _) = conns.pop()?;
+                conn
+            };
+            let mut conn = conn;
+            if poll_fn(|cx| Poll::Ready(conn.is_ready(cx))).await {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// A new connection to `addr`.
+    async fn open(&self, addr: SocketAddr) -> Result<Box<Conn<B>>, UpstreamError> {
+        let (send, conn) = self.handshake(addr).await?;
+        Ok(Box::new(Conn {
+            send,
+            conn: Some(conn),
+            addr,
+            home: Arc::downgrade(&self.idle),
+        }))
+    }
+
+    async fn handshake(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<
+        (
+            http1::SendRequest<B>,
+            http1::Connection<TokioIo<TcpStream>, B>,
+        ),
+        UpstreamError,
+    > {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(http1::handshake(TokioIo::new(stream)).await?)
+    }
+
+    /// An upgrade request, on a connection of its own run by a task of its own: the
+    /// upgraded stream lives on after the request.
+    async fn upgrade(
+        &self,
+        addr: SocketAddr,
+        req: Request<B>,
+    ) -> Result<Response<(Incoming, Option<Box<dyn Lent>>)>, UpstreamError>
+    where
+        B: Send,
+    {
+        let (mut send, conn) = self.handshake(addr).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, %addr, "upgrade connection ended");
+            }
+        });
+        let resp = send.send_request(req).await?;
+        Ok(resp.map(|body| (body, None)))
+    }
+}
+
+impl<B: Body + 'static> Idle<B> {
+    fn shelf(&self) -> std::sync::MutexGuard<'_, Shelf<B>> {
+        self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<B> Shelf<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Drops the idle connections that expired or that their versions closed, at most
+    /// once per [`SWEEP_EVERY`].
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.swept) < SWEEP_EVERY {
+            return;
+        }
+        self.swept = now;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for conns in self.conns.values_mut() {
+            conns.retain_mut(|(conn, since)| {
+                now.duration_since(*since) < IDLE_TIMEOUT && conn.is_ready(&mut cx)
+            });
+        }
+        self.conns.retain(|_, conns| !conns.is_empty());
+    }
+}
+
+impl<B> Conn<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Polls the connection once; drops it once it ended.
+    fn poll_conn(&mut self, cx: &mut Context<'_>) {
+        let Some(conn) = &mut self.conn else {
+            return;
+        };
+        if let Poll::Ready(result) = Pin::new(conn).poll(cx) {
+            self.conn = None;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, addr = %self.addr, "upstream connection ended");
+            }
+        }
+    }
+
+    /// Whether the connection is open and takes a request now.
+    fn is_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        self.poll_conn(cx);
+        self.conn.is_some() && matches!(self.send.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+
+    /// Waits for `fut`, driving the connection meanwhile: first the connection (it
+    /// writes the request, reads the answer), then `fut`, which then often needs no
+    /// wake-up of its own.
+    async fn drive_until<F: Future>(&mut self, fut: F) -> F::Output {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            self.poll_conn(cx);
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+impl<B> Lent for Conn<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        self.poll_conn(cx);
+    }
+
+    fn give_back(self: Box<Self>) {
+        if self.conn.is_none() || self.send.is_closed() {
+            return;
+        }
+        let Some(home) = self.home.upgrade() else {
+            return;
+        };
+        let addr = self.addr;
+        home.shelf()
+            .conns
+            .entry(addr)
+            .or_default()
+            .push((self, Instant::now()));
+    }
+}
+
+/// The request's URI in origin form (`/path?query`), as HTTP/1.1 sends it to an
+/// origin server; the endpoint's address becomes its `Host` when the client sent none
+/// (an HTTP/1.0 client).
+fn origin_form<B>(req: &mut Request<B>) {
+    if !req.headers().contains_key(hyper::header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(host) = hyper::header::HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(hyper::header::HOST, host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
+}

@@ -282,6 +282,69 @@ async fn total_time_is_recorded_when_the_client_goes_away_mid_body() {
     .await;
 }
 
+/// A request is in flight until its answer's body is done, not only until its headers:
+/// a drain (before a version is stopped) waits for a body still on its way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_an_answer_whose_body_is_still_on_its_way() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The body is sent only when the test says so.
+    let release = Arc::new(Notify::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn({
+        let release = release.clone();
+        async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
+                .await;
+            release.notified().await;
+            let _ = stream.write_all(b"stable").await;
+            let _ = stream.read(&mut buf).await;
+        }
+    });
+    let (proxy, server) = proxy_to(backend).await;
+    let mut conn = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the proxy closed before the headers");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        proxy.in_flight(Variant::Stable),
+        1,
+        "in flight while its body is on its way"
+    );
+    let drains = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            let timeout = Duration::from_secs(10);
+            let endpoints = [backend];
+            tokio::join!(
+                proxy.drain(Variant::Stable, timeout),
+                proxy.drain_endpoints(&endpoints, timeout)
+            )
+        }
+    });
+    release.notify_one();
+    while !answer.ends_with(b"stable") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the proxy closed before the body's end");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(drains.await.unwrap(), (true, true));
+    assert_eq!(proxy.in_flight(Variant::Stable), 0);
+}
+
 /// An upstream that promises a 100-byte body and closes after 3 bytes.
 async fn truncating_backend() -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

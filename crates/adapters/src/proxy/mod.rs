@@ -1120,8 +1120,7 @@ impl Proxy {
             req.headers_mut().remove(&load);
         }
         let counters = self.inner.counters(variant);
-        let _flight = counters.enter(&self.inner.idle);
-        let _endpoint = EndpointFlight::enter(picked.in_flight.clone(), &self.inner.idle);
+        let flight = Flight::enter(&self.inner, variant, picked.in_flight.clone());
         let started = tokio::time::Instant::now();
         let deadline = grpc::is_grpc(req.headers())
             .then(|| grpc::timeout(req.headers()))
@@ -1246,7 +1245,7 @@ impl Proxy {
             resp.headers_mut()
                 .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        resp
+        resp.map(|body| body.holding(flight))
     }
 }
 
@@ -1446,23 +1445,35 @@ impl Drop for UpstreamSlot {
     }
 }
 
-/// Counts a request in flight to one endpoint until dropped.
-struct EndpointFlight<'a> {
-    counter: Arc<AtomicU64>,
-    idle: &'a Notify,
+/// A request in flight to its variant and to its endpoint, from its routing until its
+/// answer is done: its body read to its end, or dropped (the client left). A drain
+/// (`Proxy::drain`, `Proxy::drain_endpoints`) waits for it, so a version is not
+/// stopped under a body still on its way.
+#[derive(Debug)]
+struct Flight {
+    inner: Arc<Inner>,
+    variant: Variant,
+    endpoint: Arc<AtomicU64>,
 }
 
-impl<'a> EndpointFlight<'a> {
-    fn enter(counter: Arc<AtomicU64>, idle: &'a Notify) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        EndpointFlight { counter, idle }
+impl Flight {
+    fn enter(inner: &Arc<Inner>, variant: Variant, endpoint: Arc<AtomicU64>) -> Self {
+        inner.counters(variant).enter();
+        endpoint.fetch_add(1, Ordering::AcqRel);
+        Flight {
+            inner: Arc::clone(inner),
+            variant,
+            endpoint,
+        }
     }
 }
 
-impl Drop for EndpointFlight<'_> {
+impl Drop for Flight {
     fn drop(&mut self) {
-        if self.counter.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
+        let last_of_variant = self.inner.counters(self.variant).leave();
+        let last_of_endpoint = self.endpoint.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last_of_variant || last_of_endpoint {
+            self.inner.idle.notify_waiters();
         }
     }
 }

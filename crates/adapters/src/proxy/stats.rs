@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rampart_core::metrics::{BUCKETS, Histogram, VariantStats, bucket_of};
-use tokio::sync::Notify;
 
 /// Requests, errors, in-flight count and two latency histograms (to response headers,
 /// and total) for one variant.
@@ -75,14 +74,15 @@ impl VariantCounters {
         self.requests.fetch_add(1, Ordering::Release);
     }
 
-    /// Marks a request in flight until the guard drops.
-    pub fn enter<'a>(&'a self, idle: &'a Notify) -> InFlight<'a> {
+    /// Marks a request routed and in flight, until [`Self::leave`].
+    pub fn enter(&self) {
         self.routed.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight {
-            counters: self,
-            idle,
-        }
+    }
+
+    /// Ends a request in flight; whether it was the last one.
+    pub fn leave(&self) -> bool {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
     /// Notes one request its client abandoned before its answer was done (it is
@@ -134,17 +134,3 @@ fn snapshot(histogram: &[AtomicU64]) -> Histogram {
     Histogram::from_dense(&dense)
 }
 
-/// Decrements the in-flight count on drop and wakes anyone draining.
-#[derive(Debug)]
-pub struct InFlight<'a> {
-    counters: &'a VariantCounters,
-    idle: &'a Notify,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.counters.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-}

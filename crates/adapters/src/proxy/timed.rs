@@ -41,6 +41,8 @@ pub(super) struct Timed<B: Body> {
     body: B,
     /// `None` for an answer that is not measured (no backend), or once recorded.
     clock: Option<Clock>,
+    /// The request in flight, until this body is done (dropped after the record).
+    flight: Option<super::Flight>,
 }
 
 /// Where and since when to time one request.
@@ -148,12 +150,23 @@ impl<B: Body> Timed<B> {
         Timed {
             body,
             clock: Some(clock),
+            flight: None,
         }
+    }
+
+    /// This body, holding its request in flight until it is done.
+    pub(super) fn holding(mut self, flight: super::Flight) -> Timed<B> {
+        self.flight = Some(flight);
+        self
     }
 
     /// `body`, not timed (rampart's own answers that no version was asked for).
     pub(super) fn untimed(body: B) -> Timed<B> {
-        Timed { body, clock: None }
+        Timed {
+            body,
+            clock: None,
+            flight: None,
+        }
     }
 
     /// Records the total time, the first time only; a gRPC call is counted by how it

@@ -133,4 +133,3 @@ fn snapshot(histogram: &[AtomicU64]) -> Histogram {
         .collect();
     Histogram::from_dense(&dense)
 }
-

@@ -27,6 +27,10 @@ Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
   worker's) with 2,000 connections each idle after one request, less before, over
   2,000.
 Each of those rows is also put against nginx's figure of the same run.
+
+Every proxy runs one worker thread, like for like: nginx `worker_processes 1`, HAProxy
+`nbthread 1`, rampart `RAMPART_WORKER_THREADS=1` (BENCH_RAMPART_THREADS sets another
+number, 0 for rampart's default of one per core).
 """
 
 from http.client import HTTPConnection
@@ -47,6 +51,10 @@ WS_LOAD = os.path.join(os.path.dirname(BIN), "ws-echo-load")
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 TOKEN = "bench-token-0123456789abcdef"
 TMP = tempfile.mkdtemp(prefix="rampart-bench-")
+# rampart's runtime threads (see the docstring); 0 leaves rampart's default.
+RAMPART_ENV = dict(os.environ)
+if os.environ.get("BENCH_RAMPART_THREADS", "1") != "0":
+    RAMPART_ENV["RAMPART_WORKER_THREADS"] = os.environ.get("BENCH_RAMPART_THREADS", "1")
 PROCS = []
 # The process whose memory counts, by target (a function: nginx's changes).
 PIDS = {}
@@ -138,7 +146,7 @@ def rampart_proxy(a, b, tls=None, h2c=False):
             "analysis: {metrics: [{metric: error_rate, judge: {max: 1%}}]}\n"
         )
     pid = spawn([BIN, "proxy", "-f", policy, "--admin", f"127.0.0.1:{admin}"],
-                env=dict(os.environ, RAMPART_PROXY_TOKEN=TOKEN)).pid
+                env=dict(RAMPART_ENV, RAMPART_PROXY_TOKEN=TOKEN)).pid
     PIDS[name] = lambda: pid
     wait_port(admin, "rampart proxy admin")
     base = f"http://127.0.0.1:{admin}"
@@ -180,7 +188,7 @@ def rampart_plane(a, b):
             "strategy: {canary: {steps: [{weight: 20, bake: 1m}]}}\n"
             "analysis: {metrics: [{metric: error_rate, judge: {max: 1%}}]}\n"
         )
-    spawn([BIN, "proxy", "--state-dir", state, "-f", policy])
+    spawn([BIN, "proxy", "--state-dir", state, "-f", policy], env=RAMPART_ENV)
     sock = os.path.join(state, "dataplane", "bench-plane.sock")
     wait_port(port, "rampart data plane")
     token = open(os.path.join(state, "dataplane", "bench-plane.token")).read().strip()

@@ -251,6 +251,14 @@ impl Inner {
 }
 
 impl Routes {
+    /// `variant`'s backends.
+    fn of(&self, variant: Variant) -> &[Backend] {
+        match variant {
+            Variant::Stable => &self.stable,
+            Variant::Canary => &self.canary,
+        }
+    }
+
     /// Whether nothing reaches the canary through these routes.
     fn is_closed(&self) -> bool {
         self.weight == Weight::ZERO && self.matches.is_empty()
@@ -1004,6 +1012,12 @@ impl Proxy {
     /// The routes and the variant for `req`; when that variant has no backend, waits
     /// (up to the hold) for a route change that gives it one.
     async fn route(&self, peer: SocketAddr, req: &Request<Incoming>) -> (Arc<Routes>, Variant) {
+        // The usual case first: no wait, so no waiter registered on `changed`.
+        let routes = self.inner.routes();
+        let variant = self.choose(&routes, peer, req);
+        if !routes.of(variant).is_empty() {
+            return (routes, variant);
+        }
         let hold = *self.inner.hold.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = tokio::time::Instant::now() + hold;
         loop {
@@ -1012,10 +1026,7 @@ impl Proxy {
             changed.as_mut().enable();
             let routes = self.inner.routes();
             let variant = self.choose(&routes, peer, req);
-            let empty = match variant {
-                Variant::Stable => routes.stable.is_empty(),
-                Variant::Canary => routes.canary.is_empty(),
-            };
+            let empty = routes.of(variant).is_empty();
             if !empty || tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return (routes, variant);
             }
@@ -1067,10 +1078,7 @@ impl Proxy {
                 None => body,
             }
         });
-        let backends = match variant {
-            Variant::Stable => &routes.stable,
-            Variant::Canary => &routes.canary,
-        };
+        let backends = routes.of(variant);
         if backends.is_empty() {
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,

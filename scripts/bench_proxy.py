@@ -22,8 +22,8 @@ Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
 - WebSocket echo: ws-echo-load (crates/testkit, built next to rampart: 50
   connections upgraded through the proxy, each sending a small masked text frame and
   waiting for its echo, closed-loop), messages/s and p50/p99 per message;
-- memory per idle keep-alive connection (BENCH_ONLY=memory runs only this row, each
-  proxy fresh): the proxy's resident memory (nginx: its
+- memory per idle keep-alive connection (BENCH_ONLY=memory runs only this row), each
+  proxy fresh after one second of keep-alive load: the proxy's resident memory (nginx: its
   worker's) with 2,000 connections each idle after one request, less before, over
   2,000.
 Each of those rows is also put against nginx's figure of the same run.
@@ -521,9 +521,9 @@ def protocols(a, b, plain):
     else:
         print(f"no {WS_LOAD}: the WebSocket row is skipped (cargo build --release -p rampart-testkit)",
               file=sys.stderr)
-    for name, port in plain:
-        results.append({"target": name, "load": "memory per idle connection",
-                        "kib": idle_kib(port, PIDS[name]())})
+    # Each proxy fresh: one that served the loads above has freed memory to reuse, and
+    # its resident size would hide what an idle connection costs.
+    results.extend(memory_rows(a, b))
     for r in results:
         if "rps" in r:
             for ref_name in ("haproxy", "nginx"):
@@ -534,14 +534,22 @@ def protocols(a, b, plain):
     return results
 
 
-def memory_only(a, b):
-    """BENCH_ONLY=memory: the idle-memory row alone, each proxy fresh after one second
-    of keep-alive load (a shorter loop for work on the proxy's memory)."""
+def memory_rows(a, b):
+    """The idle-memory row: each proxy fresh, after one second of keep-alive load."""
+    rows = []
     for name, make in (("rampart", rampart_proxy), ("nginx", nginx), ("haproxy", haproxy)):
         port, _ = make(a, b)
         wrk(port, 1)
-        print(json.dumps({"target": name, "load": "memory per idle connection",
-                          "kib": idle_kib(port, PIDS[name]())}), flush=True)
+        rows.append({"target": name, "load": "memory per idle connection",
+                     "kib": idle_kib(port, PIDS[name]())})
+    return rows
+
+
+def memory_only(a, b):
+    """BENCH_ONLY=memory: the idle-memory row alone (a shorter loop for work on the
+    proxy's memory)."""
+    for row in memory_rows(a, b):
+        print(json.dumps(row), flush=True)
 
 
 def main():

@@ -433,6 +433,86 @@ async fn stopping_answers_in_flight_requests_and_closes_idle_connections_at_once
         .unwrap();
 }
 
+/// An idle keep-alive connection parks (gives up its HTTP state and waits with its
+/// socket alone) and loses nothing: its next requests, even two sent in one write,
+/// are answered in order, it parks again after them, and a stop closes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_parks_and_serves_its_next_requests_whole() {
+    let limits = ProxyLimits {
+        header_timeout: Duration::from_millis(200),
+        // Parks after a quarter of it; stays open for the test's length.
+        idle_timeout: Duration::from_secs(600),
+        ..ProxyLimits::default()
+    };
+    let (proxy, server, _) = proxy_with(limits).await;
+    // A version that answers with the request line it got: a byte lost or reordered
+    // on the way shows.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    proxy.set_backends(Variant::Stable, &[listener.local_addr().unwrap()]);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let line = format!("{} {}", req.method(), req.uri().path());
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(line))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let addr = server.local_addr();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(GET).await.unwrap();
+    assert_eq!(response(&mut conn).await.unwrap(), (200, b"GET /".to_vec()));
+    common::until("the idle connection parked", async || {
+        proxy.parked_connections() == 1
+    })
+    .await;
+    // Past the header timeout since its last answer: a parked connection's next head
+    // has the header timeout from its first byte, as a kept-alive one's.
+    conn.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Both answers, whole and in order (`response` reads one answer at a time only).
+    let count = |buf: &[u8], what: &[u8]| buf.windows(what.len()).filter(|w| *w == what).count();
+    let mut answers = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answers.ends_with(b"\r\n\r\nGET /b") {
+        let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk))
+            .await
+            .expect("both answers")
+            .unwrap();
+        assert!(n > 0, "closed before both answers");
+        answers.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(count(&answers, b"HTTP/1.1 200 OK\r\n"), 2);
+    assert_eq!(count(&answers, b"\r\n\r\nGET /a"), 1, "the first answer");
+    assert!(answers.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    common::until("the connection parked again", async || {
+        proxy.parked_connections() == 2
+    })
+    .await;
+    let stopping = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            server
+                .stop_accepting(&proxy, Duration::from_secs(600), false)
+                .await
+        }
+    });
+    assert!(
+        closed(&mut conn).await,
+        "the parked connection was kept open"
+    );
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("the stop waited for its timeout")
+        .unwrap();
+}
+
 /// The timers run only while the proxy waits for a request head: an answer slower
 /// than both (a body that comes 500 ms after its headers, timeouts of 100 ms) is
 /// delivered whole, and the connection serves the next request.

@@ -110,6 +110,8 @@ pub(super) struct HeadTimer {
     /// within the header timeout from then, however much of it went to telling the
     /// protocol.
     opened: Instant,
+    /// Where an idle wait asks to park, after how long (see `park`).
+    park: Option<(Arc<super::park::Park>, Duration)>,
 }
 
 impl HeadTimer {
@@ -125,7 +127,15 @@ impl HeadTimer {
             idle,
             kept_alive: AtomicBool::new(false),
             opened,
+            park: None,
         }
+    }
+
+    /// This timer, asking `park` to park once an idle wait has lasted `after` (when
+    /// that is shorter than the idle timeout).
+    pub(super) fn parking(mut self, park: Arc<super::park::Park>, after: Duration) -> HeadTimer {
+        self.park = (after < self.idle).then_some((park, after));
+        self
     }
 }
 
@@ -135,6 +145,7 @@ impl Timer for HeadTimer {
             reads: None,
             seen: 0,
             header: duration,
+            park: None,
             sleep: tokio::time::sleep(duration),
         })
     }
@@ -144,17 +155,24 @@ impl Timer for HeadTimer {
     fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn Sleep>> {
         let now = Instant::now();
         if self.kept_alive.swap(true, Ordering::Relaxed) {
+            let idle = now + self.idle;
+            let (park, first) = match &self.park {
+                Some((park, after)) => (Some((park.clone(), idle)), now + *after),
+                None => (None, idle),
+            };
             Box::pin(HeadSleep {
                 reads: Some(self.reads.clone()),
                 seen: self.reads.load(Ordering::Relaxed),
                 header: self.header,
-                sleep: tokio::time::sleep_until(now + self.idle),
+                park,
+                sleep: tokio::time::sleep_until(first),
             })
         } else {
             Box::pin(HeadSleep {
                 reads: None,
                 seen: 0,
                 header: self.header,
+                park: None,
                 sleep: tokio::time::sleep_until(self.opened + self.header),
             })
         }
@@ -173,6 +191,9 @@ pin_project_lite::pin_project! {
         reads: Option<Arc<AtomicU64>>,
         seen: u64,
         header: Duration,
+        // Set while the wait is idle and has not asked to park yet: where to ask, and
+        // the idle timeout's deadline, which the sleep then runs to.
+        park: Option<(Arc<super::park::Park>, Instant)>,
         #[pin]
         sleep: tokio::time::Sleep,
     }
@@ -189,9 +210,19 @@ impl std::future::Future for HeadSleep {
             && reads.load(Ordering::Relaxed) != *this.seen
         {
             *this.reads = None;
+            *this.park = None;
             let header = *this.header;
             this.sleep.as_mut().reset(Instant::now() + header);
         }
+        if this.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Idle long enough to park: asked once, then on to the idle timeout.
+        let Some((park, idle)) = this.park.take() else {
+            return Poll::Ready(());
+        };
+        park.ask(idle, *this.seen);
+        this.sleep.as_mut().reset(idle);
         this.sleep.poll(cx)
     }
 }

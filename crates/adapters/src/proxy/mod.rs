@@ -79,6 +79,7 @@ mod grpc;
 mod h2;
 mod http1;
 mod limits;
+mod park;
 pub mod plane;
 pub mod remote;
 mod stats;
@@ -183,6 +184,8 @@ struct Inner {
     upstream_in_use: AtomicU64,
     /// HTTP/2 streams answered 503 because `upstream_in_use` was at its bound.
     refused_requests: AtomicU64,
+    /// HTTP/1 connections parked while idle, so far (see `park`).
+    parked: AtomicU64,
     /// What one client may hold of the proxy.
     limits: ProxyLimits,
     /// Whose forwarding headers are believed (`traffic.proxy.forwarded.trust`).
@@ -447,6 +450,7 @@ impl Proxy {
                 body_timeouts: AtomicU64::new(0),
                 upstream_in_use: AtomicU64::new(0),
                 refused_requests: AtomicU64::new(0),
+                parked: AtomicU64::new(0),
                 limits,
                 trust,
                 retiring: tokio::sync::watch::Sender::new(false),
@@ -598,6 +602,9 @@ impl Proxy {
     /// Serves HTTP/1 on one client connection (plain, or TLS once terminated) until
     /// it closes, or until `closed` says the server stops. `reads` counts the reads
     /// of `io`; the first head is due within the header timeout from `opened`.
+    ///
+    /// A connection idle for [`park::park_after`] parks: its HTTP state is dropped,
+    /// and the first byte of its next request starts a fresh one (see `park`).
     async fn serve_http1<I>(
         self,
         io: I,
@@ -611,15 +618,10 @@ impl Proxy {
     {
         let proxy = self;
         let limits = proxy.inner.limits;
+        let park = Arc::new(park::Park::default());
         let mut http = hyper::server::conn::http1::Builder::new();
         let head = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
         http.keep_alive(true)
-            .timer(limits::HeadTimer::new(
-                reads,
-                limits.header_timeout,
-                limits.idle_timeout,
-                opened,
-            ))
             .header_read_timeout(limits.header_timeout)
             // A complete head over the limit is refused by its size, an
             // incomplete one when it fills the buffer: 431 either way.
@@ -628,24 +630,81 @@ impl Proxy {
         // Boxed per request: hyper keeps room for the service's future for the
         // connection's whole life, and a request's state is about 4 KiB, which an
         // idle keep-alive connection would hold for nothing.
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let open = open.clone();
-            Box::pin(async move { Ok::<_, Infallible>(proxy.forward(conn, req, open).await) })
-        });
-        // Once a 101 is sent, hyper hands the socket to the tunnel and this
-        // connection's HTTP timers stop with it.
-        let served = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
-        tokio::pin!(served);
-        let ended = tokio::select! {
-            ended = served.as_mut() => ended,
-            _ = closed.changed() => {
-                served.as_mut().graceful_shutdown();
-                served.await
-            }
+        let svc = {
+            let (proxy, park) = (proxy.clone(), park.clone());
+            service_fn(move |req| {
+                let proxy = proxy.clone();
+                let open = open.clone();
+                let busy = park::Busy::enter(&park);
+                Box::pin(async move {
+                    let resp = proxy.forward(conn, req, open).await;
+                    Ok::<_, Infallible>(resp.map(|body| body.busy(busy)))
+                })
+            })
         };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "proxy connection ended");
+        let mut io = park::Parkable::new(io, park.clone());
+        let mut opened = opened;
+        loop {
+            http.timer(
+                limits::HeadTimer::new(
+                    reads.clone(),
+                    limits.header_timeout,
+                    limits.idle_timeout,
+                    opened,
+                )
+                .parking(park.clone(), park::park_after(limits.idle_timeout)),
+            );
+            // Boxed: a parked connection holds none of it. Once a 101 is sent, hyper
+            // hands the socket to the tunnel and this connection's HTTP timers stop
+            // with it.
+            let mut served = Box::pin(
+                http.serve_connection(TokioIo::new(io), svc.clone())
+                    .with_upgrades(),
+            );
+            let ask = loop {
+                tokio::select! {
+                    ended = served.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, "proxy connection ended");
+                        }
+                        return;
+                    }
+                    _ = closed.changed() => {
+                        served.as_mut().graceful_shutdown();
+                        if let Err(e) = served.await {
+                            tracing::debug!(error = %e, "proxy connection ended");
+                        }
+                        return;
+                    }
+                    ask = park.asked() => if park.may_park(ask, &reads) {
+                        break ask;
+                    },
+                }
+            };
+            // Idle, nothing unsent, nothing of a next request read: the socket alone
+            // waits for that request.
+            let Some(parts) = std::pin::Pin::into_inner(served).into_parts() else {
+                return;
+            };
+            let hyper::server::conn::http1::Parts {
+                io: parked,
+                read_buf,
+                ..
+            } = parts;
+            io = parked.into_inner();
+            io.unread(&read_buf);
+            // Before the wait: a view of hyper's read buffer holds all of it.
+            drop(read_buf);
+            proxy.inner.parked.fetch_add(1, Ordering::Relaxed);
+            let woke = tokio::select! {
+                woke = io.next_byte() => woke,
+                () = tokio::time::sleep_until(ask.deadline) => false,
+                _ = closed.changed() => false,
+            };
+            if !woke {
+                return;
+            }
+            opened = tokio::time::Instant::now();
         }
     }
 
@@ -960,6 +1019,12 @@ impl Proxy {
     /// (each is counted in [`Self::totals`] too, see `timed`).
     pub fn abandoned(&self, variant: Variant) -> u64 {
         self.inner.counters(variant).abandoned()
+    }
+
+    /// How many times an idle HTTP/1 client connection gave up its HTTP state (its
+    /// buffers) to wait for its next request with its socket alone, so far.
+    pub fn parked_connections(&self) -> u64 {
+        self.inner.parked.load(Ordering::Relaxed)
     }
 
     /// Requests in flight to `variant`.

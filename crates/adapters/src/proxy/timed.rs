@@ -43,6 +43,8 @@ pub(super) struct Timed<B: Body> {
     clock: Option<Clock>,
     /// The request in flight, until this body is done (dropped after the record).
     flight: Option<super::Flight>,
+    /// Its client connection's answer on its way, until this body is done.
+    busy: Option<super::park::Busy>,
 }
 
 /// Where and since when to time one request.
@@ -151,6 +153,7 @@ impl<B: Body> Timed<B> {
             body,
             clock: Some(clock),
             flight: None,
+            busy: None,
         }
     }
 
@@ -160,12 +163,19 @@ impl<B: Body> Timed<B> {
         self
     }
 
+    /// This body, keeping its client connection busy (unparked) until it is done.
+    pub(super) fn busy(mut self, busy: super::park::Busy) -> Timed<B> {
+        self.busy = Some(busy);
+        self
+    }
+
     /// `body`, not timed (rampart's own answers that no version was asked for).
     pub(super) fn untimed(body: B) -> Timed<B> {
         Timed {
             body,
             clock: None,
             flight: None,
+            busy: None,
         }
     }
 

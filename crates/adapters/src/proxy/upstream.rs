@@ -282,6 +282,10 @@ struct Gate {
 struct Conn<B> {
     sender: http2::SendRequest<B>,
     shared: Arc<Shared>,
+    /// Set when the version's first `GOAWAY` is read off the socket: the connection
+    /// takes no new stream. hyper's side of it may learn of the `GOAWAY` only when its
+    /// next request comes, and fail that request unsent.
+    going_away: Arc<AtomicBool>,
 }
 
 /// What the requests on one connection share.
@@ -304,9 +308,14 @@ struct Shared {
 impl<B> Conn<B> {
     /// Whether it can take one more stream.
     fn has_room(&self) -> bool {
-        !self.sender.is_closed()
+        self.is_open()
             && self.shared.streams.load(Ordering::Acquire)
                 < self.shared.max_streams.load(Ordering::Relaxed)
+    }
+
+    /// Whether it may take new streams at all: neither closed nor going away.
+    fn is_open(&self) -> bool {
+        !self.sender.is_closed() && !self.going_away.load(Ordering::Acquire)
     }
 
     fn is_idle(&self) -> bool {
@@ -398,7 +407,8 @@ where
     }
 
     /// Takes a stream on a connection to `addr` with room for it, `new` first if given
-    /// (then kept in the pool). Drops closed connections, and idle ones but the first.
+    /// (then kept in the pool). Drops closed connections and those going away (their
+    /// streams finish on them), and idle ones but the first.
     fn place(
         &self,
         addr: SocketAddr,
@@ -411,7 +421,7 @@ where
         }
         let mut kept_idle = false;
         conns.retain(|c| {
-            if c.sender.is_closed() {
+            if !c.is_open() {
                 return false;
             }
             if c.is_idle() {
@@ -434,10 +444,8 @@ where
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
             let (told, settings) = oneshot::channel();
-            let io = Preface {
-                io: tcp,
-                first: Some((Vec::new(), told)),
-            };
+            let going_away = Arc::new(AtomicBool::new(false));
+            let io = Watched::new(tcp, told, going_away.clone());
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .max_header_list_size(RESPONSE_HEADER_LIST)
                 .initial_max_send_streams(STREAMS_PER_CONNECTION)
@@ -478,6 +486,7 @@ where
             }
             Ok::<_, UpstreamError>(Conn {
                 sender,
+                going_away,
                 shared: Arc::new(Shared {
                     streams: AtomicUsize::new(0),
                     max_streams,
@@ -621,15 +630,36 @@ impl Body for Answer {
     }
 }
 
-// === impl Preface ===
+// === impl Watched ===
 
-/// The version's side of a new h2c connection, watched until its first frame is read:
-/// its SETTINGS (RFC 9113 3.4), which hyper applies but does not tell. Every byte goes
-/// through untouched; once the frame is read, reads cost one branch.
-struct Preface<I> {
+/// The version's side of an h2c connection, watched as it is read: its first frame for
+/// its SETTINGS (RFC 9113 3.4), which hyper applies but does not tell; then each
+/// frame's header until a `GOAWAY`, which hyper does not tell either (see
+/// `Conn::going_away`). Every byte goes through untouched; a read costs a step per
+/// frame header in it, and one branch once a `GOAWAY` was read.
+struct Watched<I> {
     io: I,
     /// The first frame's bytes so far, and whom to tell its settings; `None` once told.
     first: Option<(Vec<u8>, oneshot::Sender<Settings>)>,
+    /// Where the reading is in the frames after the first.
+    frames: Frames,
+}
+
+/// The length of an HTTP/2 frame header.
+const FRAME_HEAD: usize = 9;
+
+/// Where the reading is in a version's frames, looked at only for a `GOAWAY`.
+#[derive(Debug)]
+struct Frames {
+    /// The current frame header's bytes so far.
+    head: [u8; FRAME_HEAD],
+    filled: usize,
+    /// What is left to read of the current frame's payload.
+    payload: usize,
+    /// Set at the first `GOAWAY`.
+    going_away: Arc<AtomicBool>,
+    /// A `GOAWAY` was read: nothing more is looked at.
+    done: bool,
 }
 
 /// What the proxy needs of a version's SETTINGS.
@@ -641,38 +671,92 @@ struct Settings {
     max_streams: Option<u32>,
 }
 
-impl<I> Preface<I> {
-    /// Takes `read`, the next bytes from the version, until its first frame is whole.
+/// The payload length in a frame header.
+fn payload_len(head: &[u8]) -> usize {
+    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2])
+}
+
+impl<I> Watched<I> {
+    /// `io` watched: `told` gets its first frame's settings, `going_away` is set at
+    /// its first `GOAWAY`.
+    fn new(io: I, told: oneshot::Sender<Settings>, going_away: Arc<AtomicBool>) -> Self {
+        Watched {
+            io,
+            first: Some((Vec::new(), told)),
+            frames: Frames {
+                head: [0; FRAME_HEAD],
+                filled: 0,
+                payload: 0,
+                going_away,
+                done: false,
+            },
+        }
+    }
+
+    /// Takes `read`, the next bytes from the version.
     fn watch(&mut self, read: &[u8]) {
         let Some((buf, _)) = &mut self.first else {
+            self.frames.walk(read);
             return;
         };
         buf.extend_from_slice(read);
-        let settings = match Settings::parse(buf) {
-            Some(Some(settings)) => settings,
-            // Not a SETTINGS frame, or too large for one: nothing known.
-            Some(None) => Settings::default(),
-            None => return,
+        let Some((end, settings)) = Settings::parse(buf) else {
+            return;
         };
-        if let Some((_, told)) = self.first.take() {
-            let _ = told.send(settings);
+        let Some((buf, told)) = self.first.take() else {
+            return;
+        };
+        // Not a SETTINGS frame, or too large for one: nothing known.
+        let _ = told.send(settings.unwrap_or_default());
+        match buf.get(end..) {
+            Some(rest) => self.frames.walk(rest),
+            None => self.frames.payload = end - buf.len(),
+        }
+    }
+}
+
+impl Frames {
+    /// Follows the frames through `read`, the next bytes after the first frame.
+    fn walk(&mut self, mut read: &[u8]) {
+        const GOAWAY: u8 = 0x7;
+        while !read.is_empty() && !self.done {
+            if self.payload > 0 {
+                let n = self.payload.min(read.len());
+                self.payload -= n;
+                read = &read[n..];
+                continue;
+            }
+            let n = (FRAME_HEAD - self.filled).min(read.len());
+            self.head[self.filled..self.filled + n].copy_from_slice(&read[..n]);
+            self.filled += n;
+            read = &read[n..];
+            if self.filled == FRAME_HEAD {
+                self.filled = 0;
+                self.payload = payload_len(&self.head);
+                if self.head[3] == GOAWAY {
+                    self.going_away.store(true, Ordering::Release);
+                    self.done = true;
+                }
+            }
         }
     }
 }
 
 impl Settings {
-    /// The settings in `frame`, the start of a version's first frame: `None` until it
-    /// is whole, `Some(None)` when it is not a SETTINGS frame that can be read.
-    fn parse(frame: &[u8]) -> Option<Option<Settings>> {
+    /// `frame`, the start of a version's first frame: `None` until what is needed of
+    /// it is read, then the frame's whole length and its settings (`None` when it is
+    /// not a SETTINGS frame that can be read).
+    fn parse(frame: &[u8]) -> Option<(usize, Option<Settings>)> {
         const SETTINGS: u8 = 0x4;
         const MAX_CONCURRENT_STREAMS: u16 = 0x3;
         const MAX_HEADER_LIST_SIZE: u16 = 0x6;
-        let head = frame.get(..9)?;
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        if head[3] != SETTINGS || len > MAX_PREFACE_FRAME || len % 6 != 0 {
-            return Some(None);
+        let head = frame.get(..FRAME_HEAD)?;
+        let len = payload_len(head);
+        let end = FRAME_HEAD + len;
+        if head[3] != SETTINGS || len > MAX_PREFACE_FRAME || !len.is_multiple_of(6) {
+            return Some((end, None));
         }
-        let payload = frame.get(9..9 + len)?;
+        let payload = frame.get(FRAME_HEAD..end)?;
         let mut settings = Settings::default();
         for entry in payload.chunks_exact(6) {
             let value = Some(u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
@@ -682,11 +766,11 @@ impl Settings {
                 _ => {}
             }
         }
-        Some(Some(settings))
+        Some((end, Some(settings)))
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Preface<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -695,14 +779,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Preface<I> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if this.first.is_some() {
+        if !this.frames.done {
             this.watch(&buf.filled()[before..]);
         }
         Poll::Ready(Ok(()))
     }
 }
 
-write_through!(Preface);
+write_through!(Watched);
 
 #[cfg(test)]
 mod tests {
@@ -718,10 +802,7 @@ mod tests {
         frame.extend_from_slice(&[0, 0x6, 0, 0, 0x40, 0]);
         for cut in [0, 5, 9, 14, frame.len()] {
             let (told, mut settings) = oneshot::channel();
-            let mut p = Preface {
-                io: (),
-                first: Some((Vec::new(), told)),
-            };
+            let mut p = Watched::new((), told, Arc::default());
             p.watch(&frame[..cut]);
             if cut < frame.len() {
                 assert!(settings.try_recv().is_err(), "told at {cut} bytes");
@@ -733,7 +814,46 @@ mod tests {
             assert_eq!(settings.max_streams, Some(200));
         }
         let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0];
-        assert!(Settings::parse(&ping).unwrap().is_none());
+        assert!(matches!(Settings::parse(&ping), Some((17, None))));
+    }
+
+    /// A version's `GOAWAY` is seen as soon as its header is read, however the bytes
+    /// are cut, and not before; the bytes of other frames' payloads are never taken
+    /// for a header.
+    #[test]
+    fn a_goaway_is_seen_after_any_frames_however_they_are_read() {
+        fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+            let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+            let mut f = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+            f.extend_from_slice(payload);
+            f
+        }
+        let mut read = frame(0x4, &[0, 0x3, 0, 0, 0, 10]);
+        // A DATA frame whose payload looks like a GOAWAY header, then a PING.
+        read.extend(frame(0x0, &[0, 0, 8, 0x7, 0, 0, 0, 0, 0]));
+        read.extend(frame(0x6, &[0; 8]));
+        let before = read.len();
+        read.extend(frame(0x7, &[0, 0, 0, 1, 0, 0, 0, 0]));
+        for cut in 0..read.len() {
+            let (told, _settings) = oneshot::channel();
+            let going_away = Arc::new(AtomicBool::new(false));
+            let mut w = Watched::new((), told, going_away.clone());
+            let (a, b) = read.split_at(cut);
+            w.watch(a);
+            let seen = going_away.load(Ordering::Acquire);
+            assert_eq!(seen, cut >= before + FRAME_HEAD, "cut at {cut}");
+            w.watch(b);
+            assert!(going_away.load(Ordering::Acquire), "cut at {cut}");
+        }
+        // Byte by byte.
+        let (told, _settings) = oneshot::channel();
+        let going_away = Arc::new(AtomicBool::new(false));
+        let mut w = Watched::new((), told, going_away.clone());
+        for (i, byte) in read.iter().enumerate() {
+            assert_eq!(going_away.load(Ordering::Acquire), i >= before + FRAME_HEAD);
+            w.watch(std::slice::from_ref(byte));
+        }
+        assert!(going_away.load(Ordering::Acquire));
     }
 
     /// The size counted is the one RFC 9113 defines: 32 per field, pseudo-fields too.

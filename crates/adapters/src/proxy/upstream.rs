@@ -59,6 +59,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_core::policy::UpstreamProtocol;
 
 use super::http1::{Http1Pool, Lent};
+use super::replay::{Play, Tape};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
@@ -104,14 +105,23 @@ pub(super) struct HeaderListTooLarge {
     limit: usize,
 }
 
-/// A stream broken by its connection's failure, which another stream of that
-/// connection was already charged with: not counted against the version.
+/// A stream's failure that is not counted against its version.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream connection failed (charged to another stream of it)")]
-pub(super) struct Uncharged(#[source] hyper::Error);
+pub(super) enum Uncharged {
+    /// Broken by its connection's failure, which another stream of that connection
+    /// was already charged with.
+    #[error("upstream connection failed (charged to another stream of it)")]
+    Shared(#[source] hyper::Error),
+    /// Not processed by a version closing its connection gracefully (a `GOAWAY` with
+    /// `NO_ERROR`), and not sent again: it was sent again once already, or its body
+    /// was past what is kept for that.
+    #[error("the version closed its connection before processing the request")]
+    Unprocessed(#[source] hyper::Error),
+}
 
-/// Whether `e` (or what caused it) is a stream broken by a connection failure that is
-/// already charged to the version once.
+/// Whether `e` (or what caused it) is a failure not counted against the version: a
+/// stream broken by a connection failure that is already charged to it once, or a
+/// request it did not process as it closed its connection gracefully.
 pub(super) fn is_uncharged(e: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(e), |e| e.source()).any(|e| e.is::<Uncharged>())
 }
@@ -280,7 +290,7 @@ struct Gate {
 /// One connection to an endpoint.
 #[derive(Debug)]
 struct Conn<B> {
-    sender: http2::SendRequest<B>,
+    sender: http2::SendRequest<Play<B>>,
     shared: Arc<Shared>,
     /// Set when the version's first `GOAWAY` is read off the socket: the connection
     /// takes no new stream. hyper's side of it may learn of the `GOAWAY` only when its
@@ -336,10 +346,15 @@ where
     async fn request(
         &self,
         addr: SocketAddr,
-        mut req: Request<B>,
+        req: Request<B>,
         counted: bool,
     ) -> Result<Response<Answer>, UpstreamError> {
         let size = header_list_size(&req);
+        let head = head_of(&req);
+        let (parts, body) = req.into_parts();
+        let (tape, play) = Tape::new(body);
+        let mut req = Request::from_parts(parts, play);
+        // Sent again at most once, whatever the cause.
         let mut retried = false;
         loop {
             let (mut sender, mut slot) = self.stream(addr).await?;
@@ -348,27 +363,44 @@ where
             if size > limit {
                 return Err(HeaderListTooLarge { size, limit }.into());
             }
-            match sender.try_send_request(req).await {
+            let mut e = match sender.try_send_request(req).await {
                 Ok(resp) => {
+                    // The version has the request: it is never sent again.
+                    tape.forget();
                     return Ok(resp.map(|body| Answer {
                         body,
                         slot: Some(slot),
                         lent: None,
                     }));
                 }
-                Err(mut e) => {
-                    // Not sent at all (the connection closed under it): once more, on
-                    // another connection (a closed one is dropped when streams are
-                    // placed).
-                    match e.take_message() {
-                        Some(back) if !retried => {
-                            retried = true;
-                            req = back;
-                        }
-                        _ => return Err(slot.failed(e.into_error())),
-                    }
-                }
+                Err(e) => e,
+            };
+            // Not sent at all (the connection closed under it): once more, on another
+            // connection (a closed one is dropped when streams are placed).
+            if let Some(back) = e.take_message()
+                && !retried
+            {
+                retried = true;
+                req = back;
+                continue;
             }
+            let e = e.into_error();
+            let unprocessed = unprocessed(&e);
+            // Not processed by the version (RFC 9113 8.7): once more, from the body's
+            // first byte, on a connection that takes new streams.
+            if unprocessed.is_some()
+                && !retried
+                && let Some(play) = tape.replay()
+            {
+                retried = true;
+                req = head_with(&head, play);
+                continue;
+            }
+            return Err(match unprocessed {
+                // A graceful close is no failure of the version's.
+                Some(Unprocessed::GoneAway) => Uncharged::Unprocessed(e).into(),
+                None => slot.failed(e),
+            });
         }
     }
 
@@ -377,7 +409,7 @@ where
     async fn stream(
         &self,
         addr: SocketAddr,
-    ) -> Result<(http2::SendRequest<B>, Slot), UpstreamError> {
+    ) -> Result<(http2::SendRequest<Play<B>>, Slot), UpstreamError> {
         if let Some(placed) = self.place(addr, None) {
             return Ok(placed);
         }
@@ -413,7 +445,7 @@ where
         &self,
         addr: SocketAddr,
         new: Option<Conn<B>>,
-    ) -> Option<(http2::SendRequest<B>, Slot)> {
+    ) -> Option<(http2::SendRequest<Play<B>>, Slot)> {
         let mut pool = self.lock();
         let conns = &mut pool.entry(addr).or_default().conns;
         if let Some(new) = new {
@@ -520,6 +552,46 @@ fn is_connection_failure(e: &hyper::Error) -> bool {
     e.is_closed() || e.is_canceled() || e.is_incomplete_message()
 }
 
+/// Why a version did not process a stream, as it said (RFC 9113 8.7): its request may
+/// be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unprocessed {
+    /// Above the last stream id of a graceful `GOAWAY` (`NO_ERROR`), or given to the
+    /// connection after one came: h2 then fails it unsent.
+    GoneAway,
+}
+
+/// Whether the version said it did not process the stream that failed with `e`. h2
+/// fails a stream above a `GOAWAY`'s last stream id with that `GOAWAY` (the version's,
+/// with its code), and so too a request it refuses to open after one.
+fn unprocessed(e: &hyper::Error) -> Option<Unprocessed> {
+    let h2 = std::iter::successors(std::error::Error::source(e), |c| c.source())
+        .find_map(|c| c.downcast_ref::<::h2::Error>())?;
+    if !h2.is_remote() {
+        return None;
+    }
+    match h2.reason()? {
+        ::h2::Reason::NO_ERROR if h2.is_go_away() => Some(Unprocessed::GoneAway),
+        _ => None,
+    }
+}
+
+/// A copy of `req`'s head, to send it again.
+fn head_of<B>(req: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    *head.extensions_mut() = req.extensions().clone();
+    head
+}
+
+/// The request of `head` with `body`.
+fn head_with<T>(head: &Request<()>, body: T) -> Request<T> {
+    head_of(head).map(|()| body)
+}
+
 /// A stream counted on its connection until dropped; and whether the proxy counts the
 /// stream in a version's metrics (rampart's own uncounted load is not).
 #[derive(Debug)]
@@ -536,7 +608,7 @@ impl Slot {
             return e.into();
         }
         if !self.1 || self.0.charged.swap(true, Ordering::AcqRel) {
-            return Uncharged(e).into();
+            return Uncharged::Shared(e).into();
         }
         self.0.connection_errors.fetch_add(1, Ordering::Relaxed);
         e.into()

@@ -4,13 +4,14 @@
 //! gRPC calls counted by their `grpc-status` at their end; and the limits as HTTP/2
 //! answers them (too many streams, an oversize header block, an idle or silent
 //! connection, the drain's GOAWAY) without harming the connection's other streams; and
-//! h2c versions that rotate their connections (a graceful GOAWAY), charged nothing for
-//! it. (HTTP/2 over TLS through ALPN is in `proxy_tls.rs`, beside
+//! h2c versions that rotate their connections (a graceful GOAWAY) or refuse streams,
+//! charged nothing for it. (HTTP/2 over TLS through ALPN is in `proxy_tls.rs`, beside
 //! its certificates.)
 //!
 //! Where the proxy's own framing is what is tested, the client writes HTTP/2 frames by
 //! hand: hyper's client would queue a stream over the limit rather than send it. Where
-//! a version's is, the version does: a GOAWAY then comes exactly when the test says.
+//! a version's is, the version does: a GOAWAY or a refusal then comes exactly when
+//! the test says.
 //! Nothing waits for a fixed time: every wait is for an event, within a deadline.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -1599,11 +1600,11 @@ async fn rampart_s_uncounted_load_never_takes_a_connection_failures_charge() {
     assert_eq!(proxy.upstream_connection_errors(), Some(1));
 }
 
-// === versions that close their connections (RFC 9113 6.8) ===
+// === versions that close connections or refuse streams (RFC 9113 6.8, 8.7) ===
 
-/// One connection of an h2c version written frame by frame, to close its connection
-/// exactly when a test says: it reads each request's stream and body, and answers
-/// (echoing the body) or goes away.
+/// One connection of an h2c version written frame by frame, to close its connection or
+/// refuse streams exactly when a test says: it reads each request's stream and body,
+/// and answers (echoing the body), refuses or goes away.
 struct RawVersion {
     tcp: TcpStream,
     /// The bodies of the requests still coming, by stream.
@@ -1661,6 +1662,13 @@ impl RawVersion {
         self.tcp.write_all(&headers).await.unwrap();
         let data = raw::frame(raw::DATA, raw::END_STREAM, stream, body);
         self.tcp.write_all(&data).await.unwrap();
+    }
+
+    /// Refuses `stream`: not processed, the client may send it again (RFC 9113 8.7).
+    async fn refuse(&mut self, stream: u32) {
+        let reason = raw::REFUSED_STREAM.to_be_bytes();
+        let rst = raw::frame(raw::RST_STREAM, 0, stream, &reason);
+        self.tcp.write_all(&rst).await.unwrap();
     }
 
     /// Sends a PING and reads on to its acknowledgement: the proxy has read every frame
@@ -1893,4 +1901,52 @@ async fn a_goaway_with_an_error_code_is_charged_once_and_not_sent_again() {
     // but the one charged.
     assert_eq!((s.requests, s.errors), (2, 1), "charged once");
     assert_eq!(proxy.upstream_connection_errors(), Some(1));
+}
+
+/// Fix: a stream the version refused (`REFUSED_STREAM`: not processed, RFC 9113 8.7)
+/// was the version's 502. It is sent once more, body and all (here on the same
+/// connection, which still takes streams), and its client gets the answer, charged
+/// nothing. Refused again, it is the version's failure, charged once, and not sent a
+/// third time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_once_more_and_charged_only_when_refused_again() {
+    let arrivals: Arc<std::sync::Mutex<HashMap<Vec<u8>, usize>>> = Arc::default();
+    let seen = arrivals.clone();
+    let (version, connections) = raw_version(move |_, mut conn| {
+        let seen = seen.clone();
+        async move {
+            while let Some((stream, body)) = conn.request().await {
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    let n = seen.entry(body.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                match (&body[..], n) {
+                    (b"refused once", 1) | (b"refused always", _) => conn.refuse(stream).await,
+                    _ => conn.answer(stream, &body).await,
+                }
+            }
+        }
+    })
+    .await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let send = h2c(server.local_addr()).await;
+    assert_eq!(
+        post(&send, "refused once").await,
+        (StatusCode::OK, "refused once".into())
+    );
+    let (status, _) = post(&send, "refused always").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let arrived = |body: &str| arrivals.lock().unwrap()[body.as_bytes()];
+    assert_eq!(arrived("refused once"), 2);
+    assert_eq!(arrived("refused always"), 2, "sent once more, not twice");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    until("every stream done", async || {
+        proxy.in_flight(Variant::Stable) == 0
+    })
+    .await;
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (2, 1), "only the refusal repeated");
+    assert_eq!(proxy.upstream_connection_errors(), Some(0));
 }

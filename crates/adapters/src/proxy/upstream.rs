@@ -399,7 +399,7 @@ where
             return Err(match unprocessed {
                 // A graceful close is no failure of the version's.
                 Some(Unprocessed::GoneAway) => Uncharged::Unprocessed(e).into(),
-                None => slot.failed(e),
+                Some(Unprocessed::Refused) | None => slot.failed(e),
             });
         }
     }
@@ -556,6 +556,8 @@ fn is_connection_failure(e: &hyper::Error) -> bool {
 /// be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unprocessed {
+    /// Refused alone (`RST_STREAM` with `REFUSED_STREAM`).
+    Refused,
     /// Above the last stream id of a graceful `GOAWAY` (`NO_ERROR`), or given to the
     /// connection after one came: h2 then fails it unsent.
     GoneAway,
@@ -563,7 +565,8 @@ enum Unprocessed {
 
 /// Whether the version said it did not process the stream that failed with `e`. h2
 /// fails a stream above a `GOAWAY`'s last stream id with that `GOAWAY` (the version's,
-/// with its code), and so too a request it refuses to open after one.
+/// with its code), and so too a request it refuses to open after one; a stream the
+/// version refuses, with the version's `RST_STREAM`.
 fn unprocessed(e: &hyper::Error) -> Option<Unprocessed> {
     let h2 = std::iter::successors(std::error::Error::source(e), |c| c.source())
         .find_map(|c| c.downcast_ref::<::h2::Error>())?;
@@ -571,6 +574,7 @@ fn unprocessed(e: &hyper::Error) -> Option<Unprocessed> {
         return None;
     }
     match h2.reason()? {
+        ::h2::Reason::REFUSED_STREAM if h2.is_reset() => Some(Unprocessed::Refused),
         ::h2::Reason::NO_ERROR if h2.is_go_away() => Some(Unprocessed::GoneAway),
         _ => None,
     }

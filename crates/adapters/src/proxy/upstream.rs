@@ -2,10 +2,12 @@
 //! through hyper-util's pooled client, or HTTP/2 with prior knowledge (h2c) on a few
 //! multiplexed connections per endpoint.
 //!
-//! Owns the upstream connections and how a request is put to them, and tells a
-//! failure of a request's own from one its connection's failure caused (see
-//! [`is_uncharged`]). It must not choose a variant or an endpoint, nor count anything
-//! but its connections' failures: `mod.rs` does both, and hands it the endpoint.
+//! Owns the upstream connections and how a request is put to them (sent again, to the
+//! same endpoint, when the version did not process it), and tells a failure of a
+//! request's own from one its connection's failure caused or its version's graceful
+//! close left (see [`is_uncharged`]). It must not choose a variant or an endpoint, nor
+//! count anything but its connections' failures: `mod.rs` does both, and hands it the
+//! endpoint.
 //!
 //! Guarantees (h2c), so that no client can break other clients' streams to a version,
 //! nor have their breakage counted against it:
@@ -26,22 +28,41 @@
 //!   never sent: it is refused here ([`HeaderListTooLarge`], the client's 431). A
 //!   version may answer such a block with a connection error, which would break every
 //!   stream on the connection.
-//! - A failure of the whole connection (a `GOAWAY`, of any code, its socket's error or
-//!   close) fails every stream on it, and which stream caused it cannot be told: it is
-//!   charged once per connection, to the first stream that sees it; every other stream
-//!   it breaks, at its request or in its response body, fails [uncharged](is_uncharged)
-//!   (its client still gets its 502, or its broken body). Each such connection is
-//!   counted once in [`Upstream::connection_errors`]. A stream's own failure (reset by
-//!   the version) is its own, as before.
+//! - A failure of the whole connection (a `GOAWAY` with an error code, its socket's
+//!   error or close) fails every stream on it, and which stream caused it cannot be
+//!   told: it is charged once per connection, to the first stream that sees it; every
+//!   other stream it breaks, at its request or in its response body, fails
+//!   [uncharged](is_uncharged) (its client still gets its 502, or its broken body). Each
+//!   such connection is counted once in [`Upstream::connection_errors`]. A stream's own
+//!   failure (reset by the version) is its own, as before.
+//! - A graceful `GOAWAY` (`NO_ERROR`: a version rotating its connections, as grpc-go's
+//!   `MaxConnectionAge` does, or shutting down) is no failure. From the first one read
+//!   off the socket, the connection takes no new stream; its streams at or below the
+//!   last stream id go on to their end on it; those above it, which the version did
+//!   not process (RFC 9113 6.8), are sent again on another connection (opened if
+//!   need be). Nothing of it is charged, nor counted in `connection_errors`; a stream
+//!   it left unprocessed that cannot be sent again fails uncharged (its client gets
+//!   its 502). Streams at or below the last stream id that the version then leaves
+//!   unfinished (it closes the socket) are a connection failure, as above.
+//! - A stream the version refuses alone (`REFUSED_STREAM`: not processed, RFC 9113
+//!   8.7) is sent once more, on a connection with room (the same one if it still
+//!   takes streams); only if that fails is the failure reported, and it is the
+//!   version's, as any stream's own.
 //! - A request that found its connection closed before any byte of it was sent is
 //!   sent once more, on another connection, as hyper-util's pool does for HTTP/1.1.
+//! - A request is sent again at most once, whatever the cause, and only while all of
+//!   its body that was read is kept: up to [`KEPT_BYTES`](super::replay::KEPT_BYTES),
+//!   until the version's answer begins (see [`replay`](super::replay)). A refused
+//!   stream that cannot be sent again is the version's failure.
 //! - The request reaches the version with the client's authority as `:authority` (not
 //!   the endpoint's address), and without `Host`.
 //!
 //! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade: h2c`
 //! dance), as gRPC servers and `h2c`-enabled HTTP servers do, and sends its SETTINGS
 //! first (RFC 9113 3.4) within [`CONNECT_TIMEOUT`]. A later SETTINGS that lowers its
-//! header list size is not seen (its stream limit is).
+//! header list size is not seen (its stream limit is). A version means what it says
+//! of a stream it did not process (`REFUSED_STREAM`, a `GOAWAY`'s last stream id):
+//! such a request is sent again whatever its method, as RFC 9113 8.7 allows.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

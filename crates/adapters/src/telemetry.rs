@@ -238,7 +238,7 @@ impl Telemetry {
             (
                 "counter",
                 "rampart_proxy_upstream_connection_errors_total",
-                "h2c connections to the versions that failed as a whole (GOAWAY, socket error or close) while streams were on them; each is charged to its version once, not once per stream it broke.",
+                "h2c connections to the versions that failed as a whole (a GOAWAY with an error code, socket error or close) while streams were on them; each is charged to its version once, not once per stream it broke. A graceful GOAWAY (NO_ERROR) is not counted.",
                 self.counted.upstream_connection_errors(),
             ),
             (

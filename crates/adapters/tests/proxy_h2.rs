@@ -3,18 +3,22 @@
 //! by h2c versions (`upstream_protocol: h2c`); weights and stickiness per stream;
 //! gRPC calls counted by their `grpc-status` at their end; and the limits as HTTP/2
 //! answers them (too many streams, an oversize header block, an idle or silent
-//! connection, the drain's GOAWAY) without harming the connection's other streams.
-//! (HTTP/2 over TLS through ALPN is in `proxy_tls.rs`, beside its certificates.)
+//! connection, the drain's GOAWAY) without harming the connection's other streams; and
+//! h2c versions that rotate their connections (a graceful GOAWAY) or refuse streams,
+//! charged nothing for it. (HTTP/2 over TLS through ALPN is in `proxy_tls.rs`, beside
+//! its certificates.)
 //!
 //! Where the proxy's own framing is what is tested, the client writes HTTP/2 frames by
-//! hand: hyper's client would queue a stream over the limit rather than send it.
+//! hand: hyper's client would queue a stream over the limit rather than send it. Where
+//! a version's is, the version does: a GOAWAY or a refusal then comes exactly when
+//! the test says.
 //! Nothing waits for a fixed time: every wait is for an event, within a deadline.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -669,6 +673,7 @@ mod raw {
     use super::*;
 
     pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const DATA: u8 = 0x0;
     pub const HEADERS: u8 = 0x1;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
@@ -678,6 +683,9 @@ mod raw {
     pub const END_HEADERS: u8 = 0x4;
     /// RST_STREAM's REFUSED_STREAM.
     pub const REFUSED_STREAM: u32 = 0x7;
+    /// GOAWAY's NO_ERROR (a graceful close) and INTERNAL_ERROR.
+    pub const NO_ERROR: u32 = 0x0;
+    pub const INTERNAL_ERROR: u32 = 0x2;
 
     /// One frame as it is read: type, flags, stream and payload.
     #[derive(Debug)]
@@ -1601,4 +1609,355 @@ async fn rampart_s_uncounted_load_never_takes_a_connection_failures_charge() {
         "the counted stream is charged"
     );
     assert_eq!(proxy.upstream_connection_errors(), Some(1));
+}
+
+// === versions that close connections or refuse streams (RFC 9113 6.8, 8.7) ===
+
+/// One connection of an h2c version written frame by frame, to close its connection or
+/// refuse streams exactly when a test says: it reads each request's stream and body,
+/// and answers (echoing the body), refuses or goes away.
+struct RawVersion {
+    tcp: TcpStream,
+    /// The bodies of the requests still coming, by stream.
+    bodies: HashMap<u32, Vec<u8>>,
+}
+
+impl RawVersion {
+    /// Takes the proxy's connection preface and sends the version's SETTINGS.
+    async fn accept(mut tcp: TcpStream) -> RawVersion {
+        let mut preface = [0u8; raw::PREFACE.len()];
+        tcp.read_exact(&mut preface).await.unwrap();
+        assert_eq!(preface, raw::PREFACE);
+        tcp.write_all(&raw::frame(raw::SETTINGS, 0, 0, &[]))
+            .await
+            .unwrap();
+        RawVersion {
+            tcp,
+            bodies: HashMap::new(),
+        }
+    }
+
+    /// The next whole request, its stream and its body; `None` at the end of the
+    /// connection.
+    async fn request(&mut self) -> Option<(u32, Vec<u8>)> {
+        loop {
+            let f = raw::next(&mut self.tcp).await?;
+            match f.kind {
+                raw::SETTINGS if f.flags & 1 == 0 => {
+                    let ack = raw::frame(raw::SETTINGS, 1, 0, &[]);
+                    self.tcp.write_all(&ack).await.ok()?;
+                }
+                raw::HEADERS => {
+                    self.bodies.insert(f.stream, Vec::new());
+                }
+                raw::DATA => {
+                    if let Some(body) = self.bodies.get_mut(&f.stream) {
+                        body.extend_from_slice(&f.payload);
+                    }
+                }
+                _ => {}
+            }
+            if matches!(f.kind, raw::HEADERS | raw::DATA)
+                && f.flags & raw::END_STREAM != 0
+                && let Some(body) = self.bodies.remove(&f.stream)
+            {
+                return Some((f.stream, body));
+            }
+        }
+    }
+
+    /// Answers `stream` 200 with `body`.
+    async fn answer(&mut self, stream: u32, body: &[u8]) {
+        // `:status: 200`, indexed in HPACK's static table.
+        let headers = raw::frame(raw::HEADERS, raw::END_HEADERS, stream, &[0x88]);
+        self.tcp.write_all(&headers).await.unwrap();
+        let data = raw::frame(raw::DATA, raw::END_STREAM, stream, body);
+        self.tcp.write_all(&data).await.unwrap();
+    }
+
+    /// Refuses `stream`: not processed, the client may send it again (RFC 9113 8.7).
+    async fn refuse(&mut self, stream: u32) {
+        let reason = raw::REFUSED_STREAM.to_be_bytes();
+        let rst = raw::frame(raw::RST_STREAM, 0, stream, &reason);
+        self.tcp.write_all(&rst).await.unwrap();
+    }
+
+    /// Sends a PING and reads on to its acknowledgement: the proxy has read every frame
+    /// sent before it.
+    async fn ping(&mut self) {
+        let ping = raw::frame(raw::PING, 0, 0, b"rotating");
+        self.tcp.write_all(&ping).await.unwrap();
+        loop {
+            let f = raw::next(&mut self.tcp)
+                .await
+                .expect("the PING's acknowledgement");
+            if f.kind == raw::PING && f.flags & 1 != 0 {
+                return;
+            }
+        }
+    }
+
+    /// Sends GOAWAY with `last` as the last stream id processed, and `code`.
+    async fn go_away(&mut self, last: u32, code: u32) {
+        let mut payload = last.to_be_bytes().to_vec();
+        payload.extend_from_slice(&code.to_be_bytes());
+        let goaway = raw::frame(raw::GOAWAY, 0, 0, &payload);
+        self.tcp.write_all(&goaway).await.unwrap();
+    }
+}
+
+/// A version written frame by frame: each connection it accepts is served by `serve`,
+/// with its number (from 0). Also returns its count of connections accepted.
+async fn raw_version<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(usize, RawVersion) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let serve = serve.clone();
+            tokio::spawn(async move { serve(n, RawVersion::accept(tcp).await).await });
+        }
+    });
+    (addr, accepted)
+}
+
+/// `POST /echo` with `body` on `send`: the status and the answer's body.
+async fn post(send: &Sender, body: &'static str) -> (StatusCode, String) {
+    let req = Request::post("http://svc.test/echo")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let resp = tokio::time::timeout(PATIENCE, send.clone().send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// What a [`rotating`] version tells its test.
+struct Rotation {
+    addr: SocketAddr,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// Requests the first connection holds.
+    held: tokio::sync::watch::Receiver<usize>,
+    /// Requests the connections after the first received (each is answered).
+    echoed: tokio::sync::watch::Receiver<usize>,
+    /// Lets the first connection answer its lowest stream.
+    release: Arc<Notify>,
+    /// The requests that came on the first connection after its GOAWAY, told once
+    /// the proxy closed it.
+    after: tokio::sync::oneshot::Receiver<usize>,
+}
+
+/// A version whose first connection, once it holds `HELD` requests, sends GOAWAY with
+/// `code`, keeping the lowest of its streams: gracefully (`NO_ERROR`) as grpc-go's
+/// `MaxConnectionAge` and h2's server do, first with the last stream id 2^31-1 and a
+/// PING, then, once the PING is acknowledged, with that stream's id; with an error
+/// code, once. It answers that stream when released, then reads on to the end of the
+/// connection. Its later connections answer every request at once.
+async fn rotating(code: u32) -> Rotation {
+    const HELD: usize = 3;
+    let (echo, echoed) = tokio::sync::watch::channel(0);
+    let (hold, held) = tokio::sync::watch::channel(0);
+    let release = Arc::new(Notify::new());
+    let (tell, after) = tokio::sync::oneshot::channel();
+    let tell = Arc::new(std::sync::Mutex::new(Some(tell)));
+    let released = release.clone();
+    let (addr, connections) = raw_version(move |n, mut conn| {
+        let echo = echo.clone();
+        let hold = hold.clone();
+        let released = released.clone();
+        let tell = tell.clone();
+        async move {
+            if n > 0 {
+                while let Some((stream, body)) = conn.request().await {
+                    echo.send_modify(|e| *e += 1);
+                    conn.answer(stream, &body).await;
+                }
+                return;
+            }
+            let mut held = Vec::new();
+            while held.len() < HELD {
+                held.push(conn.request().await.unwrap());
+                hold.send_replace(held.len());
+            }
+            held.sort();
+            let (kept, body) = held.swap_remove(0);
+            if code == raw::NO_ERROR {
+                conn.go_away(0x7fff_ffff, code).await;
+                conn.ping().await;
+            }
+            conn.go_away(kept, code).await;
+            released.notified().await;
+            conn.answer(kept, &body).await;
+            let mut after = 0;
+            while conn.request().await.is_some() {
+                after += 1;
+            }
+            if let Some(tell) = tell.lock().unwrap().take() {
+                let _ = tell.send(after);
+            }
+        }
+    })
+    .await;
+    Rotation {
+        addr,
+        connections,
+        held,
+        echoed,
+        release,
+        after,
+    }
+}
+
+/// Fix: grpc-go's `MaxConnectionAge` and many HTTP/2 servers rotate connections with a
+/// graceful GOAWAY (`NO_ERROR`), and its streams above the last stream id were each the
+/// version's 502, charged as a connection failure: a healthy canary could be rolled
+/// back. Those streams were not processed (RFC 9113 6.8): they are sent again, bodies
+/// and all, on a new connection, and their clients get their answers; the stream at
+/// the last stream id is answered on its connection; a request after the GOAWAY goes
+/// to the new connection only; nothing is charged to the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_goaway_sends_the_unprocessed_streams_again_and_charges_nothing() {
+    let mut v = rotating(raw::NO_ERROR).await;
+    let (proxy, server) = h2c_proxy(v.addr).await;
+    let send = h2c(server.local_addr()).await;
+    // One at a time, each held by the version before the next: all on one connection,
+    // whose side in the proxy is idle when the GOAWAY comes.
+    let mut calls = Vec::new();
+    for (n, body) in ["one", "two", "three"].into_iter().enumerate() {
+        let send = send.clone();
+        calls.push(tokio::spawn(async move { (body, post(&send, body).await) }));
+        tokio::time::timeout(PATIENCE, v.held.wait_for(|h| *h == n + 1))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // The two streams above the last stream id, sent again.
+    tokio::time::timeout(PATIENCE, v.echoed.wait_for(|e| *e == 2))
+        .await
+        .expect("the unprocessed streams are sent again on a new connection")
+        .unwrap();
+    assert_eq!(
+        post(&send, "four").await,
+        (StatusCode::OK, "four".into()),
+        "a request after the GOAWAY"
+    );
+    assert_eq!(*v.echoed.borrow(), 3, "answered on the new connection");
+    v.release.notify_one();
+    for call in calls {
+        let (body, answer) = call.await.unwrap();
+        assert_eq!(answer, (StatusCode::OK, body.to_string()));
+    }
+    let after = tokio::time::timeout(PATIENCE, &mut v.after)
+        .await
+        .expect("the proxy closes the connection after its last stream")
+        .unwrap();
+    assert_eq!(after, 0, "no request on the connection after its GOAWAY");
+    assert_eq!(v.connections.load(Ordering::SeqCst), 2);
+    until("every stream done", async || {
+        proxy.in_flight(Variant::Stable) == 0
+    })
+    .await;
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (4, 0), "nothing charged");
+    assert_eq!(proxy.upstream_connection_errors(), Some(0));
+}
+
+/// A GOAWAY with an error code is still the connection's failure: its streams above
+/// the last stream id are not sent again, and are charged to the version once; the
+/// stream at the last stream id is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goaway_with_an_error_code_is_charged_once_and_not_sent_again() {
+    let v = rotating(raw::INTERNAL_ERROR).await;
+    let (proxy, server) = h2c_proxy(v.addr).await;
+    let send = h2c(server.local_addr()).await;
+    let (done, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for body in ["one", "two", "three"] {
+        let send = send.clone();
+        let done = done.clone();
+        tokio::spawn(async move { done.send((body, post(&send, body).await)) });
+    }
+    let mut next = async || {
+        tokio::time::timeout(PATIENCE, answers.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let (_, (status, _)) = next().await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "above the last stream id");
+    }
+    v.release.notify_one();
+    let (body, answer) = next().await;
+    assert_eq!(answer, (StatusCode::OK, body.to_string()));
+    until("every stream done", async || {
+        proxy.in_flight(Variant::Stable) == 0
+    })
+    .await;
+    assert_eq!(v.connections.load(Ordering::SeqCst), 1, "not sent again");
+    assert_eq!(*v.echoed.borrow(), 0);
+    let s = proxy.totals().stable;
+    // The other stream it broke counts nowhere, as any stream of a failed connection
+    // but the one charged.
+    assert_eq!((s.requests, s.errors), (2, 1), "charged once");
+    assert_eq!(proxy.upstream_connection_errors(), Some(1));
+}
+
+/// Fix: a stream the version refused (`REFUSED_STREAM`: not processed, RFC 9113 8.7)
+/// was the version's 502. It is sent once more, body and all (here on the same
+/// connection, which still takes streams), and its client gets the answer, charged
+/// nothing. Refused again, it is the version's failure, charged once, and not sent a
+/// third time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_sent_once_more_and_charged_only_when_refused_again() {
+    let arrivals: Arc<std::sync::Mutex<HashMap<Vec<u8>, usize>>> = Arc::default();
+    let seen = arrivals.clone();
+    let (version, connections) = raw_version(move |_, mut conn| {
+        let seen = seen.clone();
+        async move {
+            while let Some((stream, body)) = conn.request().await {
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    let n = seen.entry(body.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                match (&body[..], n) {
+                    (b"refused once", 1) | (b"refused always", _) => conn.refuse(stream).await,
+                    _ => conn.answer(stream, &body).await,
+                }
+            }
+        }
+    })
+    .await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let send = h2c(server.local_addr()).await;
+    assert_eq!(
+        post(&send, "refused once").await,
+        (StatusCode::OK, "refused once".into())
+    );
+    let (status, _) = post(&send, "refused always").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let arrived = |body: &str| arrivals.lock().unwrap()[body.as_bytes()];
+    assert_eq!(arrived("refused once"), 2);
+    assert_eq!(arrived("refused always"), 2, "sent once more, not twice");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    until("every stream done", async || {
+        proxy.in_flight(Variant::Stable) == 0
+    })
+    .await;
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (2, 1), "only the refusal repeated");
+    assert_eq!(proxy.upstream_connection_errors(), Some(0));
 }

@@ -82,6 +82,7 @@ mod limits;
 mod park;
 pub mod plane;
 pub mod remote;
+mod replay;
 mod stats;
 mod timed;
 #[cfg(feature = "tls")]
@@ -941,10 +942,10 @@ impl Proxy {
         self.inner.body_timeouts.load(Ordering::Relaxed)
     }
 
-    /// h2c connections to the versions that failed as a whole (a `GOAWAY`, a socket
-    /// error or close) while streams were on them, so far; `None` when the proxy speaks
-    /// HTTP/1.1 to them. Each is charged to its version once, whatever the number of
-    /// streams it broke.
+    /// h2c connections to the versions that failed as a whole (a `GOAWAY` with an error
+    /// code, a socket error or close) while streams were on them, so far; `None` when
+    /// the proxy speaks HTTP/1.1 to them. Each is charged to its version once, whatever
+    /// the number of streams it broke. A graceful `GOAWAY` (`NO_ERROR`) is no failure.
     pub fn upstream_connection_errors(&self) -> Option<u64> {
         self.inner.upstream.connection_errors()
     }
@@ -1266,8 +1267,9 @@ impl Proxy {
                 )
             }
             // Broken by its h2c connection's failure, which another stream was already
-            // charged with (see `upstream`): the client gets its 502, the version is
-            // not charged again.
+            // charged with, or left unprocessed by a version closing its connection
+            // gracefully and not sent again (see `upstream`): the client gets its 502,
+            // the version is not charged.
             Err(e) if upstream::is_uncharged(e.as_ref()) => {
                 tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upstream connection failed");
                 plain(StatusCode::BAD_GATEWAY, "rampart: upstream unavailable\n")

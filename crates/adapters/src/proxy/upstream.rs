@@ -2,10 +2,12 @@
 //! through hyper-util's pooled client, or HTTP/2 with prior knowledge (h2c) on a few
 //! multiplexed connections per endpoint.
 //!
-//! Owns the upstream connections and how a request is put to them, and tells a
-//! failure of a request's own from one its connection's failure caused (see
-//! [`is_uncharged`]). It must not choose a variant or an endpoint, nor count anything
-//! but its connections' failures: `mod.rs` does both, and hands it the endpoint.
+//! Owns the upstream connections and how a request is put to them (sent again, to the
+//! same endpoint, when the version did not process it), and tells a failure of a
+//! request's own from one its connection's failure caused or its version's graceful
+//! close left (see [`is_uncharged`]). It must not choose a variant or an endpoint, nor
+//! count anything but its connections' failures: `mod.rs` does both, and hands it the
+//! endpoint.
 //!
 //! Guarantees (h2c), so that no client can break other clients' streams to a version,
 //! nor have their breakage counted against it:
@@ -26,22 +28,41 @@
 //!   never sent: it is refused here ([`HeaderListTooLarge`], the client's 431). A
 //!   version may answer such a block with a connection error, which would break every
 //!   stream on the connection.
-//! - A failure of the whole connection (a `GOAWAY`, of any code, its socket's error or
-//!   close) fails every stream on it, and which stream caused it cannot be told: it is
-//!   charged once per connection, to the first stream that sees it; every other stream
-//!   it breaks, at its request or in its response body, fails [uncharged](is_uncharged)
-//!   (its client still gets its 502, or its broken body). Each such connection is
-//!   counted once in [`Upstream::connection_errors`]. A stream's own failure (reset by
-//!   the version) is its own, as before.
+//! - A failure of the whole connection (a `GOAWAY` with an error code, its socket's
+//!   error or close) fails every stream on it, and which stream caused it cannot be
+//!   told: it is charged once per connection, to the first stream that sees it; every
+//!   other stream it breaks, at its request or in its response body, fails
+//!   [uncharged](is_uncharged) (its client still gets its 502, or its broken body). Each
+//!   such connection is counted once in [`Upstream::connection_errors`]. A stream's own
+//!   failure (reset by the version) is its own, as before.
+//! - A graceful `GOAWAY` (`NO_ERROR`: a version rotating its connections, as grpc-go's
+//!   `MaxConnectionAge` does, or shutting down) is no failure. From the first one read
+//!   off the socket, the connection takes no new stream; its streams at or below the
+//!   last stream id go on to their end on it; those above it, which the version did
+//!   not process (RFC 9113 6.8), are sent again on another connection (opened if
+//!   need be). Nothing of it is charged, nor counted in `connection_errors`; a stream
+//!   it left unprocessed that cannot be sent again fails uncharged (its client gets
+//!   its 502). Streams at or below the last stream id that the version then leaves
+//!   unfinished (it closes the socket) are a connection failure, as above.
+//! - A stream the version refuses alone (`REFUSED_STREAM`: not processed, RFC 9113
+//!   8.7) is sent once more, on a connection with room (the same one if it still
+//!   takes streams); only if that fails is the failure reported, and it is the
+//!   version's, as any stream's own.
 //! - A request that found its connection closed before any byte of it was sent is
 //!   sent once more, on another connection, as hyper-util's pool does for HTTP/1.1.
+//! - A request is sent again at most once, whatever the cause, and only while all of
+//!   its body that was read is kept: up to [`KEPT_BYTES`](super::replay::KEPT_BYTES),
+//!   until the version's answer begins (see [`replay`](super::replay)). A refused
+//!   stream that cannot be sent again is the version's failure.
 //! - The request reaches the version with the client's authority as `:authority` (not
 //!   the endpoint's address), and without `Host`.
 //!
 //! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade: h2c`
 //! dance), as gRPC servers and `h2c`-enabled HTTP servers do, and sends its SETTINGS
 //! first (RFC 9113 3.4) within [`CONNECT_TIMEOUT`]. A later SETTINGS that lowers its
-//! header list size is not seen (its stream limit is).
+//! header list size is not seen (its stream limit is). A version means what it says
+//! of a stream it did not process (`REFUSED_STREAM`, a `GOAWAY`'s last stream id):
+//! such a request is sent again whatever its method, as RFC 9113 8.7 allows.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,6 +80,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_core::policy::UpstreamProtocol;
 
 use super::http1::{Http1Pool, Lent};
+use super::replay::{Play, Tape};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
@@ -104,14 +126,23 @@ pub(super) struct HeaderListTooLarge {
     limit: usize,
 }
 
-/// A stream broken by its connection's failure, which another stream of that
-/// connection was already charged with: not counted against the version.
+/// A stream's failure that is not counted against its version.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream connection failed (charged to another stream of it)")]
-pub(super) struct Uncharged(#[source] hyper::Error);
+pub(super) enum Uncharged {
+    /// Broken by its connection's failure, which another stream of that connection
+    /// was already charged with.
+    #[error("upstream connection failed (charged to another stream of it)")]
+    Shared(#[source] hyper::Error),
+    /// Not processed by a version closing its connection gracefully (a `GOAWAY` with
+    /// `NO_ERROR`), and not sent again: it was sent again once already, or its body
+    /// was past what is kept for that.
+    #[error("the version closed its connection before processing the request")]
+    Unprocessed(#[source] hyper::Error),
+}
 
-/// Whether `e` (or what caused it) is a stream broken by a connection failure that is
-/// already charged to the version once.
+/// Whether `e` (or what caused it) is a failure not counted against the version: a
+/// stream broken by a connection failure that is already charged to it once, or a
+/// request it did not process as it closed its connection gracefully.
 pub(super) fn is_uncharged(e: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(e), |e| e.source()).any(|e| e.is::<Uncharged>())
 }
@@ -280,8 +311,12 @@ struct Gate {
 /// One connection to an endpoint.
 #[derive(Debug)]
 struct Conn<B> {
-    sender: http2::SendRequest<B>,
+    sender: http2::SendRequest<Play<B>>,
     shared: Arc<Shared>,
+    /// Set when the version's first `GOAWAY` is read off the socket: the connection
+    /// takes no new stream. hyper's side of it may learn of the `GOAWAY` only when its
+    /// next request comes, and fail that request unsent.
+    going_away: Arc<AtomicBool>,
 }
 
 /// What the requests on one connection share.
@@ -304,9 +339,14 @@ struct Shared {
 impl<B> Conn<B> {
     /// Whether it can take one more stream.
     fn has_room(&self) -> bool {
-        !self.sender.is_closed()
+        self.is_open()
             && self.shared.streams.load(Ordering::Acquire)
                 < self.shared.max_streams.load(Ordering::Relaxed)
+    }
+
+    /// Whether it may take new streams at all: neither closed nor going away.
+    fn is_open(&self) -> bool {
+        !self.sender.is_closed() && !self.going_away.load(Ordering::Acquire)
     }
 
     fn is_idle(&self) -> bool {
@@ -327,10 +367,15 @@ where
     async fn request(
         &self,
         addr: SocketAddr,
-        mut req: Request<B>,
+        req: Request<B>,
         counted: bool,
     ) -> Result<Response<Answer>, UpstreamError> {
         let size = header_list_size(&req);
+        let head = head_of(&req);
+        let (parts, body) = req.into_parts();
+        let (tape, play) = Tape::new(body);
+        let mut req = Request::from_parts(parts, play);
+        // Sent again at most once, whatever the cause.
         let mut retried = false;
         loop {
             let (mut sender, mut slot) = self.stream(addr).await?;
@@ -339,27 +384,44 @@ where
             if size > limit {
                 return Err(HeaderListTooLarge { size, limit }.into());
             }
-            match sender.try_send_request(req).await {
+            let mut e = match sender.try_send_request(req).await {
                 Ok(resp) => {
+                    // The version has the request: it is never sent again.
+                    tape.forget();
                     return Ok(resp.map(|body| Answer {
                         body,
                         slot: Some(slot),
                         lent: None,
                     }));
                 }
-                Err(mut e) => {
-                    // Not sent at all (the connection closed under it): once more, on
-                    // another connection (a closed one is dropped when streams are
-                    // placed).
-                    match e.take_message() {
-                        Some(back) if !retried => {
-                            retried = true;
-                            req = back;
-                        }
-                        _ => return Err(slot.failed(e.into_error())),
-                    }
-                }
+                Err(e) => e,
+            };
+            // Not sent at all (the connection closed under it): once more, on another
+            // connection (a closed one is dropped when streams are placed).
+            if let Some(back) = e.take_message()
+                && !retried
+            {
+                retried = true;
+                req = back;
+                continue;
             }
+            let e = e.into_error();
+            let unprocessed = unprocessed(&e);
+            // Not processed by the version (RFC 9113 8.7): once more, from the body's
+            // first byte, on a connection that takes new streams.
+            if unprocessed.is_some()
+                && !retried
+                && let Some(play) = tape.replay()
+            {
+                retried = true;
+                req = head_with(&head, play);
+                continue;
+            }
+            return Err(match unprocessed {
+                // A graceful close is no failure of the version's.
+                Some(Unprocessed::GoneAway) => Uncharged::Unprocessed(e).into(),
+                Some(Unprocessed::Refused) | None => slot.failed(e),
+            });
         }
     }
 
@@ -368,7 +430,7 @@ where
     async fn stream(
         &self,
         addr: SocketAddr,
-    ) -> Result<(http2::SendRequest<B>, Slot), UpstreamError> {
+    ) -> Result<(http2::SendRequest<Play<B>>, Slot), UpstreamError> {
         if let Some(placed) = self.place(addr, None) {
             return Ok(placed);
         }
@@ -398,12 +460,13 @@ where
     }
 
     /// Takes a stream on a connection to `addr` with room for it, `new` first if given
-    /// (then kept in the pool). Drops closed connections, and idle ones but the first.
+    /// (then kept in the pool). Drops closed connections and those going away (their
+    /// streams finish on them), and idle ones but the first.
     fn place(
         &self,
         addr: SocketAddr,
         new: Option<Conn<B>>,
-    ) -> Option<(http2::SendRequest<B>, Slot)> {
+    ) -> Option<(http2::SendRequest<Play<B>>, Slot)> {
         let mut pool = self.lock();
         let conns = &mut pool.entry(addr).or_default().conns;
         if let Some(new) = new {
@@ -411,7 +474,7 @@ where
         }
         let mut kept_idle = false;
         conns.retain(|c| {
-            if c.sender.is_closed() {
+            if !c.is_open() {
                 return false;
             }
             if c.is_idle() {
@@ -434,10 +497,8 @@ where
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
             let (told, settings) = oneshot::channel();
-            let io = Preface {
-                io: tcp,
-                first: Some((Vec::new(), told)),
-            };
+            let going_away = Arc::new(AtomicBool::new(false));
+            let io = Watched::new(tcp, told, going_away.clone());
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .max_header_list_size(RESPONSE_HEADER_LIST)
                 .initial_max_send_streams(STREAMS_PER_CONNECTION)
@@ -478,6 +539,7 @@ where
             }
             Ok::<_, UpstreamError>(Conn {
                 sender,
+                going_away,
                 shared: Arc::new(Shared {
                     streams: AtomicUsize::new(0),
                     max_streams,
@@ -511,6 +573,50 @@ fn is_connection_failure(e: &hyper::Error) -> bool {
     e.is_closed() || e.is_canceled() || e.is_incomplete_message()
 }
 
+/// Why a version did not process a stream, as it said (RFC 9113 8.7): its request may
+/// be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unprocessed {
+    /// Refused alone (`RST_STREAM` with `REFUSED_STREAM`).
+    Refused,
+    /// Above the last stream id of a graceful `GOAWAY` (`NO_ERROR`), or given to the
+    /// connection after one came: h2 then fails it unsent.
+    GoneAway,
+}
+
+/// Whether the version said it did not process the stream that failed with `e`. h2
+/// fails a stream above a `GOAWAY`'s last stream id with that `GOAWAY` (the version's,
+/// with its code), and so too a request it refuses to open after one; a stream the
+/// version refuses, with the version's `RST_STREAM`.
+fn unprocessed(e: &hyper::Error) -> Option<Unprocessed> {
+    let h2 = std::iter::successors(std::error::Error::source(e), |c| c.source())
+        .find_map(|c| c.downcast_ref::<::h2::Error>())?;
+    if !h2.is_remote() {
+        return None;
+    }
+    match h2.reason()? {
+        ::h2::Reason::REFUSED_STREAM if h2.is_reset() => Some(Unprocessed::Refused),
+        ::h2::Reason::NO_ERROR if h2.is_go_away() => Some(Unprocessed::GoneAway),
+        _ => None,
+    }
+}
+
+/// A copy of `req`'s head, to send it again.
+fn head_of<B>(req: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    *head.extensions_mut() = req.extensions().clone();
+    head
+}
+
+/// The request of `head` with `body`.
+fn head_with<T>(head: &Request<()>, body: T) -> Request<T> {
+    head_of(head).map(|()| body)
+}
+
 /// A stream counted on its connection until dropped; and whether the proxy counts the
 /// stream in a version's metrics (rampart's own uncounted load is not).
 #[derive(Debug)]
@@ -527,7 +633,7 @@ impl Slot {
             return e.into();
         }
         if !self.1 || self.0.charged.swap(true, Ordering::AcqRel) {
-            return Uncharged(e).into();
+            return Uncharged::Shared(e).into();
         }
         self.0.connection_errors.fetch_add(1, Ordering::Relaxed);
         e.into()
@@ -621,15 +727,36 @@ impl Body for Answer {
     }
 }
 
-// === impl Preface ===
+// === impl Watched ===
 
-/// The version's side of a new h2c connection, watched until its first frame is read:
-/// its SETTINGS (RFC 9113 3.4), which hyper applies but does not tell. Every byte goes
-/// through untouched; once the frame is read, reads cost one branch.
-struct Preface<I> {
+/// The version's side of an h2c connection, watched as it is read: its first frame for
+/// its SETTINGS (RFC 9113 3.4), which hyper applies but does not tell; then each
+/// frame's header until a `GOAWAY`, which hyper does not tell either (see
+/// `Conn::going_away`). Every byte goes through untouched; a read costs a step per
+/// frame header in it, and one branch once a `GOAWAY` was read.
+struct Watched<I> {
     io: I,
     /// The first frame's bytes so far, and whom to tell its settings; `None` once told.
     first: Option<(Vec<u8>, oneshot::Sender<Settings>)>,
+    /// Where the reading is in the frames after the first.
+    frames: Frames,
+}
+
+/// The length of an HTTP/2 frame header.
+const FRAME_HEAD: usize = 9;
+
+/// Where the reading is in a version's frames, looked at only for a `GOAWAY`.
+#[derive(Debug)]
+struct Frames {
+    /// The current frame header's bytes so far.
+    head: [u8; FRAME_HEAD],
+    filled: usize,
+    /// What is left to read of the current frame's payload.
+    payload: usize,
+    /// Set at the first `GOAWAY`.
+    going_away: Arc<AtomicBool>,
+    /// A `GOAWAY` was read: nothing more is looked at.
+    done: bool,
 }
 
 /// What the proxy needs of a version's SETTINGS.
@@ -641,38 +768,92 @@ struct Settings {
     max_streams: Option<u32>,
 }
 
-impl<I> Preface<I> {
-    /// Takes `read`, the next bytes from the version, until its first frame is whole.
+/// The payload length in a frame header.
+fn payload_len(head: &[u8]) -> usize {
+    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2])
+}
+
+impl<I> Watched<I> {
+    /// `io` watched: `told` gets its first frame's settings, `going_away` is set at
+    /// its first `GOAWAY`.
+    fn new(io: I, told: oneshot::Sender<Settings>, going_away: Arc<AtomicBool>) -> Self {
+        Watched {
+            io,
+            first: Some((Vec::new(), told)),
+            frames: Frames {
+                head: [0; FRAME_HEAD],
+                filled: 0,
+                payload: 0,
+                going_away,
+                done: false,
+            },
+        }
+    }
+
+    /// Takes `read`, the next bytes from the version.
     fn watch(&mut self, read: &[u8]) {
         let Some((buf, _)) = &mut self.first else {
+            self.frames.walk(read);
             return;
         };
         buf.extend_from_slice(read);
-        let settings = match Settings::parse(buf) {
-            Some(Some(settings)) => settings,
-            // Not a SETTINGS frame, or too large for one: nothing known.
-            Some(None) => Settings::default(),
-            None => return,
+        let Some((end, settings)) = Settings::parse(buf) else {
+            return;
         };
-        if let Some((_, told)) = self.first.take() {
-            let _ = told.send(settings);
+        let Some((buf, told)) = self.first.take() else {
+            return;
+        };
+        // Not a SETTINGS frame, or too large for one: nothing known.
+        let _ = told.send(settings.unwrap_or_default());
+        match buf.get(end..) {
+            Some(rest) => self.frames.walk(rest),
+            None => self.frames.payload = end - buf.len(),
+        }
+    }
+}
+
+impl Frames {
+    /// Follows the frames through `read`, the next bytes after the first frame.
+    fn walk(&mut self, mut read: &[u8]) {
+        const GOAWAY: u8 = 0x7;
+        while !read.is_empty() && !self.done {
+            if self.payload > 0 {
+                let n = self.payload.min(read.len());
+                self.payload -= n;
+                read = &read[n..];
+                continue;
+            }
+            let n = (FRAME_HEAD - self.filled).min(read.len());
+            self.head[self.filled..self.filled + n].copy_from_slice(&read[..n]);
+            self.filled += n;
+            read = &read[n..];
+            if self.filled == FRAME_HEAD {
+                self.filled = 0;
+                self.payload = payload_len(&self.head);
+                if self.head[3] == GOAWAY {
+                    self.going_away.store(true, Ordering::Release);
+                    self.done = true;
+                }
+            }
         }
     }
 }
 
 impl Settings {
-    /// The settings in `frame`, the start of a version's first frame: `None` until it
-    /// is whole, `Some(None)` when it is not a SETTINGS frame that can be read.
-    fn parse(frame: &[u8]) -> Option<Option<Settings>> {
+    /// `frame`, the start of a version's first frame: `None` until what is needed of
+    /// it is read, then the frame's whole length and its settings (`None` when it is
+    /// not a SETTINGS frame that can be read).
+    fn parse(frame: &[u8]) -> Option<(usize, Option<Settings>)> {
         const SETTINGS: u8 = 0x4;
         const MAX_CONCURRENT_STREAMS: u16 = 0x3;
         const MAX_HEADER_LIST_SIZE: u16 = 0x6;
-        let head = frame.get(..9)?;
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        if head[3] != SETTINGS || len > MAX_PREFACE_FRAME || len % 6 != 0 {
-            return Some(None);
+        let head = frame.get(..FRAME_HEAD)?;
+        let len = payload_len(head);
+        let end = FRAME_HEAD + len;
+        if head[3] != SETTINGS || len > MAX_PREFACE_FRAME || !len.is_multiple_of(6) {
+            return Some((end, None));
         }
-        let payload = frame.get(9..9 + len)?;
+        let payload = frame.get(FRAME_HEAD..end)?;
         let mut settings = Settings::default();
         for entry in payload.chunks_exact(6) {
             let value = Some(u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
@@ -682,11 +863,11 @@ impl Settings {
                 _ => {}
             }
         }
-        Some(Some(settings))
+        Some((end, Some(settings)))
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Preface<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -695,14 +876,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Preface<I> {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if this.first.is_some() {
+        if !this.frames.done {
             this.watch(&buf.filled()[before..]);
         }
         Poll::Ready(Ok(()))
     }
 }
 
-write_through!(Preface);
+write_through!(Watched);
 
 #[cfg(test)]
 mod tests {
@@ -718,10 +899,7 @@ mod tests {
         frame.extend_from_slice(&[0, 0x6, 0, 0, 0x40, 0]);
         for cut in [0, 5, 9, 14, frame.len()] {
             let (told, mut settings) = oneshot::channel();
-            let mut p = Preface {
-                io: (),
-                first: Some((Vec::new(), told)),
-            };
+            let mut p = Watched::new((), told, Arc::default());
             p.watch(&frame[..cut]);
             if cut < frame.len() {
                 assert!(settings.try_recv().is_err(), "told at {cut} bytes");
@@ -733,7 +911,46 @@ mod tests {
             assert_eq!(settings.max_streams, Some(200));
         }
         let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0];
-        assert!(Settings::parse(&ping).unwrap().is_none());
+        assert!(matches!(Settings::parse(&ping), Some((17, None))));
+    }
+
+    /// A version's `GOAWAY` is seen as soon as its header is read, however the bytes
+    /// are cut, and not before; the bytes of other frames' payloads are never taken
+    /// for a header.
+    #[test]
+    fn a_goaway_is_seen_after_any_frames_however_they_are_read() {
+        fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+            let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+            let mut f = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+            f.extend_from_slice(payload);
+            f
+        }
+        let mut read = frame(0x4, &[0, 0x3, 0, 0, 0, 10]);
+        // A DATA frame whose payload looks like a GOAWAY header, then a PING.
+        read.extend(frame(0x0, &[0, 0, 8, 0x7, 0, 0, 0, 0, 0]));
+        read.extend(frame(0x6, &[0; 8]));
+        let before = read.len();
+        read.extend(frame(0x7, &[0, 0, 0, 1, 0, 0, 0, 0]));
+        for cut in 0..read.len() {
+            let (told, _settings) = oneshot::channel();
+            let going_away = Arc::new(AtomicBool::new(false));
+            let mut w = Watched::new((), told, going_away.clone());
+            let (a, b) = read.split_at(cut);
+            w.watch(a);
+            let seen = going_away.load(Ordering::Acquire);
+            assert_eq!(seen, cut >= before + FRAME_HEAD, "cut at {cut}");
+            w.watch(b);
+            assert!(going_away.load(Ordering::Acquire), "cut at {cut}");
+        }
+        // Byte by byte.
+        let (told, _settings) = oneshot::channel();
+        let going_away = Arc::new(AtomicBool::new(false));
+        let mut w = Watched::new((), told, going_away.clone());
+        for (i, byte) in read.iter().enumerate() {
+            assert_eq!(going_away.load(Ordering::Acquire), i >= before + FRAME_HEAD);
+            w.watch(std::slice::from_ref(byte));
+        }
+        assert!(going_away.load(Ordering::Acquire));
     }
 
     /// The size counted is the one RFC 9113 defines: 32 per field, pseudo-fields too.

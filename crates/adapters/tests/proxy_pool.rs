@@ -16,8 +16,9 @@ use hyper::body::Body;
 use hyper::{Request, StatusCode};
 use rampart_adapters::proxy::{Proxy, ProxyOptions};
 use rampart_core::Variant;
+use rampart_core::policy::ProxyLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use common::client;
 
@@ -83,6 +84,12 @@ async fn raw_version(keep: Keep) -> (SocketAddr, Arc<Seen>) {
                     };
                     let head = String::from_utf8_lossy(&pending[..end]).into_owned();
                     pending.drain(..end + 4);
+                    // `POST /early` is answered at its head, its body read after.
+                    let mut early_body = if head.starts_with("POST /early ") {
+                        content_length(&head)
+                    } else {
+                        0
+                    };
                     let answer: Vec<u8> = if head.starts_with("GET /big ") {
                         let mut a = b"HTTP/1.1 200 OK\r\ncontent-length: 4194304\r\n\r\n".to_vec();
                         a.resize(a.len() + 64 * 1024, b'x');
@@ -93,6 +100,20 @@ async fn raw_version(keep: Keep) -> (SocketAddr, Arc<Seen>) {
                     if stream.write_all(&answer).await.is_err() {
                         return;
                     }
+                    while early_body > 0 {
+                        if pending.is_empty() {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => {
+                                    counts.closed_by_peer.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let take = early_body.min(pending.len());
+                        pending.drain(..take);
+                        early_body -= take;
+                    }
                     if matches!(keep, Keep::OneAnswer) {
                         return;
                     }
@@ -101,6 +122,15 @@ async fn raw_version(keep: Keep) -> (SocketAddr, Arc<Seen>) {
         }
     });
     (addr, seen)
+}
+
+/// The `content-length` a request head names, or 0.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn proxy_to(stable: SocketAddr) -> (Proxy, rampart_adapters::proxy::ProxyServer) {
@@ -219,4 +249,209 @@ async fn a_pooled_connection_its_version_closed_while_idle_fails_no_request() {
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 5);
     let stable = proxy.totals().stable;
     assert_eq!((stable.requests, stable.errors), (5, 0));
+}
+
+/// Reads one answer with a `content-length` from `conn`: its status line and body.
+async fn read_answer(conn: &mut TcpStream) -> (String, String) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let length = content_length(&head);
+            if got.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
+                let status = head.lines().next().unwrap_or_default().to_owned();
+                return (status, body);
+            }
+        }
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the proxy closed the connection mid-answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A version that answers an upload at its head, before its body: the client gets
+/// the answer, sends the rest of its body, and its connection goes on to its next
+/// request. The upstream connection still has the body to write when the answer
+/// ends; put back in the pool then, no one would write it, and the client would
+/// wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_answered_before_its_body_is_sent_whole_and_the_connection_goes_on() {
+    let (version, seen) = raw_version(Keep::Alive).await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    let upload = 1024 * 1024;
+    conn.write_all(
+        format!("POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: {upload}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let bound = std::time::Duration::from_secs(20);
+    let (status, body) = tokio::time::timeout(bound, read_answer(&mut conn))
+        .await
+        .expect("the early answer never came");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    // In flight until its body is written: a drain of the version waits for it.
+    let short = std::time::Duration::from_millis(300);
+    assert!(!proxy.drain(Variant::Stable, short).await);
+    tokio::time::timeout(bound, conn.write_all(&vec![b'u'; upload]))
+        .await
+        .expect("the proxy stopped reading the upload once it was answered")
+        .unwrap();
+    conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = tokio::time::timeout(bound, read_answer(&mut conn))
+        .await
+        .expect("the next request on the connection was never answered");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    assert!(proxy.drain(Variant::Stable, bound).await);
+    // Another client's requests, and the upstream connection the upload went on.
+    for _ in 0..3 {
+        assert_eq!(
+            get(server.local_addr(), "/small").await,
+            (StatusCode::OK, "ok".to_owned())
+        );
+    }
+    assert_eq!(seen.closed_by_peer.load(Ordering::SeqCst), 0);
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (5, 0));
+}
+
+/// A client that stalls in an upload its version already answered is still held to
+/// `body_timeout`: its connection is closed, not left open forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_answered_early_is_closed_at_the_body_timeout() {
+    let (version, seen) = raw_version(Keep::Alive).await;
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits: ProxyLimits {
+                body_timeout: std::time::Duration::from_millis(200),
+                idle_timeout: std::time::Duration::from_secs(600),
+                ..ProxyLimits::default()
+            },
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    proxy.set_backends(Variant::Stable, &[version]);
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    conn.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nabc")
+        .await
+        .unwrap();
+    let bound = std::time::Duration::from_secs(20);
+    let (status, _) = tokio::time::timeout(bound, read_answer(&mut conn))
+        .await
+        .expect("the early answer never came");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let mut rest = [0u8; 64];
+    let read = tokio::time::timeout(bound, conn.read(&mut rest))
+        .await
+        .expect("the stalled upload's connection was never closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The upstream connection, mid-body, is closed too, never pooled.
+    common::until("the version to see its connection closed", async || {
+        seen.closed_by_peer.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+/// A client that leaves mid-upload after its answer leaves nothing behind: its
+/// connection and the upstream connection its body was going on are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_an_upload_answered_early_leaves_no_connection_open() {
+    let (version, seen) = raw_version(Keep::Alive).await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    conn.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    conn.write_all(&vec![b'u'; 200_000]).await.unwrap();
+    let bound = std::time::Duration::from_secs(20);
+    let (status, _) = tokio::time::timeout(bound, read_answer(&mut conn))
+        .await
+        .expect("the early answer never came");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    drop(conn);
+    common::until("the client's connection closed at the proxy", async || {
+        proxy.open_connections() == 0
+    })
+    .await;
+    common::until("the upstream connection closed", async || {
+        seen.closed_by_peer.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+/// Sockets in CLOSE_WAIT (the peer closed, this side not yet) to `port` on loopback,
+/// from the kernel's table: a connection its version closed that the proxy holds on.
+fn close_wait_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields
+                .get(2)
+                .and_then(|remote| remote.split_once(':'))
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            remote_port == Some(port) && fields.get(3) == Some(&"08")
+        })
+        .count()
+}
+
+/// An idle connection its version closes is closed by the proxy too, with no request
+/// coming to notice it: no socket is left half-closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_its_version_closed_is_closed_without_another_request() {
+    let (version, seen) = raw_version(Keep::IdleFor(std::time::Duration::from_millis(20))).await;
+    let (_proxy, server) = proxy_to(version).await;
+    assert_eq!(
+        get(server.local_addr(), "/small").await,
+        (StatusCode::OK, "ok".to_owned())
+    );
+    common::until("the version to close its idle connection", async || {
+        seen.closed_idle.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    common::until("the proxy to close its side", async || {
+        close_wait_to(version.port()) == 0
+    })
+    .await;
+}
+
+/// A connection that comes back from its request after its endpoint left the routes
+/// is closed then, not pooled for an endpoint no request goes to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_back_from_an_endpoint_that_left_the_routes_is_closed() {
+    let (old, seen_old) = raw_version(Keep::Alive).await;
+    let (new, _) = raw_version(Keep::Alive).await;
+    let (proxy, server) = proxy_to(old).await;
+    // An upload answered early keeps its connection busy until its body is written.
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    conn.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\n")
+        .await
+        .unwrap();
+    let bound = std::time::Duration::from_secs(20);
+    let (status, _) = tokio::time::timeout(bound, read_answer(&mut conn))
+        .await
+        .expect("the early answer never came");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    proxy.set_backends(Variant::Stable, &[new]);
+    conn.write_all(b"abc").await.unwrap();
+    common::until("the old endpoint's connection closed", async || {
+        seen_old.closed_by_peer.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = tokio::time::timeout(bound, read_answer(&mut conn))
+        .await
+        .expect("the next request was never answered");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
 }

@@ -493,3 +493,77 @@ fn unusable_files_are_refused_naming_the_file() {
     assert_eq!((i, e.file()), (1, TlsFile::Key), "{e}");
     assert!(e.to_string().contains("does not match"), "{e}");
 }
+
+/// A raw TLS connection to `addr` for `app.test` that has had one request answered
+/// and then sat idle until the proxy parked it.
+async fn parked_tls(
+    ca: &Ca,
+    proxy: &Proxy,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("app.test".to_string()).unwrap();
+    let mut tls = tokio::time::timeout(PATIENCE, ca.connector().connect(name, tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"stable") {
+        let n = tokio::time::timeout(PATIENCE, tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed mid-answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    common::until("the idle connection to park", async || {
+        proxy.parked_connections() >= 1
+    })
+    .await;
+    tls
+}
+
+/// How the proxy ended `tls`: `Ok(())` for a TLS close (`close_notify`, then the end
+/// of the stream); an error for a connection cut without it, which a client cannot
+/// tell from a truncation attack.
+async fn closed_cleanly(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(PATIENCE, tls.read(&mut buf)).await {
+        Ok(Ok(0)) => Ok(()),
+        Ok(Ok(n)) => panic!("{n} more bytes on an idle connection"),
+        Ok(Err(e)) => Err(e),
+        Err(_) => panic!("the parked connection was never closed"),
+    }
+}
+
+/// A parked TLS connection closed at its idle timeout, or when the proxy stops, is
+/// closed as TLS says (`close_notify`), as a connection hyper still held would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_tls_connection_is_closed_with_close_notify() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "site", &ca.leaf(&["app.test"]));
+    let limits = ProxyLimits {
+        idle_timeout: Duration::from_millis(800),
+        ..ProxyLimits::default()
+    };
+    let (proxy, server) = tls_proxy(dir.path(), "{cert: site.pem, key: site.key}", limits).await;
+    let addr = server.local_addr();
+
+    let mut idle = parked_tls(&ca, &proxy, addr).await;
+    closed_cleanly(&mut idle)
+        .await
+        .expect("closed at the idle timeout without close_notify");
+
+    let mut stopped = parked_tls(&ca, &proxy, addr).await;
+    server.close().await;
+    closed_cleanly(&mut stopped)
+        .await
+        .expect("closed at the stop without close_notify");
+}

@@ -10,15 +10,22 @@
 //!
 //! Guarantees:
 //! - A connection carries one request at a time, and goes back to the pool only once
-//!   its answer's body was read to its end with the connection still open; an answer
-//!   dropped before its end closes its connection (its bytes are mid-message).
+//!   its answer's body was read to its end and its request written whole, with the
+//!   connection still open; an answer dropped before its end closes its connection
+//!   (its bytes are mid-message).
+//! - A request answered before its body was all written (a version refusing an upload
+//!   at its head) still has its body written: its connection is driven by a task of
+//!   its own until then, at most [`IDLE_TIMEOUT`], and the request stays in flight
+//!   meanwhile. The client's body keeps flowing, so its connection goes on to its next
+//!   request, and `body_timeout` still holds it.
 //! - A request that found its pooled connection closed before any byte of it was sent
 //!   is sent once more, on a new connection (a version closing an idle connection as
 //!   the request arrives is not an error).
 //! - An idle connection is dropped once its version closes it (seen when it is next
 //!   taken, or by the sweep), once idle for [`IDLE_TIMEOUT`], or once its endpoint
-//!   leaves the routes ([`Http1Pool::retain`]). The sweep runs on the requests' own
-//!   path, at most once per [`SWEEP_EVERY`]: there is no timer task.
+//!   leaves the routes ([`Http1Pool::retain`]), also when it comes back from a request
+//!   after that. The sweep runs every [`SWEEP_EVERY`] in a task that lives only while
+//!   the pool holds idle connections: nothing is polled per request for it.
 //! - An upgrade request (a WebSocket) gets a connection of its own, run in a task of
 //!   its own so that the upgraded stream outlives the request.
 //!
@@ -26,7 +33,7 @@
 //! it is sent in origin form, with the endpoint's address as `Host` only when the
 //! client sent none.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
@@ -46,8 +53,9 @@ use super::upstream::UpstreamError;
 /// How long a connection may sit idle in the pool before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often, at most, the pool looks for idle connections that closed or expired.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often the pool looks for idle connections that closed or expired, while it
+/// holds any: a connection its version closed is closed here at most this late.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A client connection to one endpoint: its request side and the connection itself,
 /// which makes progress only while polled.
@@ -71,7 +79,11 @@ type IdleConns<B> = Vec<(Box<Conn<B>>, Instant)>;
 
 struct Shelf<B: Body + 'static> {
     conns: HashMap<SocketAddr, IdleConns<B>>,
-    swept: Instant,
+    /// The endpoints the routes name (`None`: not told yet): a connection to another
+    /// is not kept.
+    routed: Option<HashSet<SocketAddr>>,
+    /// Whether the sweeping task runs.
+    sweeping: bool,
 }
 
 /// The pool of HTTP/1.1 connections to the versions.
@@ -91,8 +103,9 @@ impl<B: Body + 'static> std::fmt::Debug for Http1Pool<B> {
 pub(super) trait Lent: Send {
     /// Drives the connection (it reads the answer's body into the body's channel).
     fn drive(&mut self, cx: &mut Context<'_>);
-    /// Gives the connection back to its pool: its answer was read to its end.
-    fn give_back(self: Box<Self>);
+    /// Gives the connection back to its pool: its answer was read to its end. Its
+    /// request may still be writing; `flight` is held until it is written.
+    fn give_back(self: Box<Self>, flight: Option<super::Flight>);
 }
 
 impl<B> Http1Pool<B>
@@ -107,7 +120,8 @@ where
             idle: Arc::new(Idle {
                 by_endpoint: Mutex::new(Shelf {
                     conns: HashMap::new(),
-                    swept: Instant::now(),
+                    routed: None,
+                    sweeping: false,
                 }),
             }),
             connect_timeout,
@@ -148,9 +162,12 @@ where
         }
     }
 
-    /// Forgets the idle connections to endpoints no route names any more.
-    pub(super) fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        self.idle.shelf().conns.retain(|addr, _| keep(addr));
+    /// Forgets the idle connections to endpoints not `routed` (those the routes name),
+    /// and keeps none to them from now on.
+    pub(super) fn retain(&self, routed: HashSet<SocketAddr>) {
+        let mut shelf = self.idle.shelf();
+        shelf.conns.retain(|addr, _| routed.contains(addr));
+        shelf.routed = Some(routed);
     }
 
     /// An idle connection to `addr` that is still open and ready for a request.
@@ -158,7 +175,6 @@ where
         loop {
             let conn = {
                 let mut shelf = self.idle.shelf();
-                shelf.sweep();
                 let conns = shelf.conns.get_mut(&addr)?;
                 let (conn, _) = conns.pop()?;
                 conn
@@ -230,20 +246,63 @@ impl<B: Body + 'static> Idle<B> {
     }
 }
 
+impl<B> Idle<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Puts `conn`, between requests, on the shelf; starts the sweep if it is not
+    /// running.
+    fn shelve(self: &Arc<Self>, conn: Box<Conn<B>>) {
+        let mut shelf = self.shelf();
+        if shelf
+            .routed
+            .as_ref()
+            .is_some_and(|routed| !routed.contains(&conn.addr))
+        {
+            return;
+        }
+        let addr = conn.addr;
+        shelf
+            .conns
+            .entry(addr)
+            .or_default()
+            .push((conn, Instant::now()));
+        if !shelf.sweeping
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            shelf.sweeping = true;
+            runtime.spawn(Self::sweeping(Arc::downgrade(self)));
+        }
+    }
+
+    /// Sweeps the shelf every [`SWEEP_EVERY`] until it is empty or the pool is gone.
+    async fn sweeping(idle: Weak<Self>) {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            let Some(idle) = idle.upgrade() else {
+                return;
+            };
+            let mut shelf = idle.shelf();
+            shelf.sweep();
+            if shelf.conns.is_empty() {
+                shelf.sweeping = false;
+                return;
+            }
+        }
+    }
+}
+
 impl<B> Shelf<B>
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Drops the idle connections that expired or that their versions closed, at most
-    /// once per [`SWEEP_EVERY`].
+    /// Drops the idle connections that expired or that their versions closed.
     fn sweep(&mut self) {
         let now = Instant::now();
-        if now.duration_since(self.swept) < SWEEP_EVERY {
-            return;
-        }
-        self.swept = now;
         let mut cx = Context::from_waker(std::task::Waker::noop());
         for conns in self.conns.values_mut() {
             conns.retain_mut(|(conn, since)| {
@@ -302,19 +361,38 @@ where
         self.poll_conn(cx);
     }
 
-    fn give_back(self: Box<Self>) {
-        if self.conn.is_none() || self.send.is_closed() {
-            return;
-        }
+    fn give_back(mut self: Box<Self>, flight: Option<super::Flight>) {
         let Some(home) = self.home.upgrade() else {
             return;
         };
-        let addr = self.addr;
-        home.shelf()
-            .conns
-            .entry(addr)
-            .or_default()
-            .push((self, Instant::now()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.is_ready(&mut cx) {
+            home.shelve(self);
+            return;
+        }
+        if self.conn.is_none() {
+            return;
+        }
+        // Answered before its request was written whole: written on by a task of its
+        // own, then shelved.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let written = poll_fn(|cx| {
+                if self.is_ready(cx) {
+                    Poll::Ready(true)
+                } else if self.conn.is_none() {
+                    Poll::Ready(false)
+                } else {
+                    Poll::Pending
+                }
+            });
+            if let Ok(true) = tokio::time::timeout(IDLE_TIMEOUT, written).await {
+                home.shelve(self);
+            }
+            drop(flight);
+        });
     }
 }
 

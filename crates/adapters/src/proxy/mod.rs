@@ -108,7 +108,7 @@ use rampart_core::policy::{MatchSource, ProxyLimits, RouteMatch, Sticky, Trust, 
 use rampart_core::ports::{BoxFuture, MetricsSource, PortError, TrafficRouter};
 use rampart_core::release::MeasureWindow;
 use rampart_core::{Variant, Weight};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -120,6 +120,9 @@ use timed::{Clock, Timed, Waiting};
 
 /// hyper's smallest read buffer (`max_buf_size` panics below it).
 const MIN_BUF: usize = 8192;
+
+/// How long closing a parked connection may take (a TLS one writes `close_notify`).
+const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// The most an HTTP/2 stream buffers of a response its client is not reading.
 const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
@@ -242,8 +245,8 @@ impl Inner {
             uncounted: guard.uncounted.clone(),
         };
         f(&mut next);
-        let known = |a: &SocketAddr| next.stable.iter().chain(&next.canary).any(|b| b.addr == *a);
-        self.upstream.retain(known);
+        let routed = next.stable.iter().chain(&next.canary).map(|b| b.addr);
+        self.upstream.retain(routed.collect());
         if next.weight == Weight::ZERO && next.matches.is_empty() && !guard.is_closed() {
             self.canary_at_zero
                 .store(self.canary.routed(), Ordering::Release);
@@ -703,6 +706,10 @@ impl Proxy {
                 _ = closed.changed() => false,
             };
             if !woke {
+                // Closed as hyper closes the connections it holds: a TLS one with
+                // `close_notify`, which a client tells from a cut. Bounded: a peer
+                // that reads nothing cannot hold it.
+                let _ = tokio::time::timeout(CLOSE_PATIENCE, io.shutdown()).await;
                 return;
             }
             opened = tokio::time::Instant::now();
@@ -1194,7 +1201,13 @@ impl Proxy {
             req.headers_mut().remove(&load);
         }
         let counters = self.inner.counters(variant);
-        let flight = Flight::enter(&self.inner, variant, picked.in_flight.clone());
+        // Held by the version's answer when there is one (an HTTP/1.1 upload it
+        // answered early is in flight until its body is written), else by ours.
+        let mut flight = Some(Flight::enter(
+            &self.inner,
+            variant,
+            picked.in_flight.clone(),
+        ));
         let started = tokio::time::Instant::now();
         let deadline = grpc::is_grpc(req.headers())
             .then(|| grpc::timeout(req.headers()))
@@ -1203,7 +1216,7 @@ impl Proxy {
         let waiting = Waiting::new(
             (!uncounted).then(|| Clock::new(Arc::clone(&self.inner), variant, started, deadline)),
         );
-        let result = self.inner.upstream.request(backend, req, !uncounted).await;
+        let mut result = self.inner.upstream.request(backend, req, !uncounted).await;
         let clock = waiting.answered();
         let elapsed = started.elapsed();
         // Set for an answer after which the client's connection cannot go on.
@@ -1218,6 +1231,9 @@ impl Proxy {
             .is_ok_and(|r| r.status() == StatusCode::OK && grpc::is_grpc(r.headers()));
         if grpc_answer && let Some(slot) = &told {
             slot.answered_grpc();
+        }
+        if let Ok(resp) = &mut result {
+            resp.body_mut().hold(flight.take());
         }
         let mut resp = match result {
             Ok(resp) => match clock {

@@ -158,8 +158,8 @@ impl<B: Body> Timed<B> {
     }
 
     /// This body, holding its request in flight until it is done.
-    pub(super) fn holding(mut self, flight: super::Flight) -> Timed<B> {
-        self.flight = Some(flight);
+    pub(super) fn holding(mut self, flight: Option<super::Flight>) -> Timed<B> {
+        self.flight = flight;
         self
     }
 

@@ -64,7 +64,7 @@
 //! of a stream it did not process (`REFUSED_STREAM`, a `GOAWAY`'s last stream id):
 //! such a request is sent again whatever its method, as RFC 9113 8.7 allows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -214,6 +214,7 @@ where
                     body,
                     slot: None,
                     lent,
+                    flight: None,
                 }))
             }
             Upstream::H2c(pool) => {
@@ -224,11 +225,11 @@ where
         }
     }
 
-    /// Forgets the connections to endpoints no route names any more.
-    pub(super) fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
+    /// Forgets the connections to endpoints not `routed` (those the routes name).
+    pub(super) fn retain(&self, routed: HashSet<SocketAddr>) {
         match self {
-            Upstream::Http1(pool) => pool.retain(keep),
-            Upstream::H2c(pool) => pool.lock().retain(|addr, _| keep(addr)),
+            Upstream::H2c(pool) => pool.lock().retain(|addr, _| routed.contains(addr)),
+            Upstream::Http1(pool) => pool.retain(routed),
         }
     }
 }
@@ -392,6 +393,7 @@ where
                         body,
                         slot: Some(slot),
                         lent: None,
+                        flight: None,
                     }));
                 }
                 Err(e) => e,
@@ -655,6 +657,8 @@ pub(super) struct Answer {
     body: Incoming,
     slot: Option<Slot>,
     lent: Option<Box<dyn Lent>>,
+    /// The request in flight, until this answer is done and its request written.
+    flight: Option<super::Flight>,
 }
 
 impl std::fmt::Debug for Answer {
@@ -674,12 +678,17 @@ impl Drop for Answer {
         if self.body.is_end_stream()
             && let Some(lent) = self.lent.take()
         {
-            lent.give_back();
+            lent.give_back(self.flight.take());
         }
     }
 }
 
 impl Answer {
+    /// Holds `flight` until this answer is done and its request was written.
+    pub(super) fn hold(&mut self, flight: Option<super::Flight>) {
+        self.flight = flight;
+    }
+
     /// `e` as the version's failure or [`Uncharged`]; the stream is done with.
     fn failed(&mut self, e: hyper::Error) -> UpstreamError {
         match self.slot.take() {
@@ -711,7 +720,7 @@ impl Body for Answer {
             None => {
                 this.slot = None;
                 if let Some(lent) = this.lent.take() {
-                    lent.give_back();
+                    lent.give_back(this.flight.take());
                 }
                 None
             }

@@ -28,6 +28,10 @@ Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
   2,000.
 Each of those rows is also put against nginx's figure of the same run.
 
+BENCH_ONLY=cpu runs only the CPU time per request: each proxy's user+system CPU time
+over the requests wrk completed under the keep-alive load, in alternating rounds;
+BENCH_AGAINST=<another rampart binary> adds it as "rampart-against" (an A/B of a change).
+
 Every proxy runs one worker thread, like for like: nginx `worker_processes 1`, HAProxy
 `nbthread 1`, rampart `RAMPART_WORKER_THREADS=1` (BENCH_RAMPART_THREADS sets another
 number, 0 for rampart's default of one per core).
@@ -130,9 +134,9 @@ def backends():
     return ports
 
 
-def rampart_proxy(a, b, tls=None, h2c=False):
+def rampart_proxy(a, b, tls=None, h2c=False, binary=BIN, name=None):
     port, admin = free_port(), free_port()
-    name = "rampart-tls" if tls else ("rampart-h2c" if h2c else "rampart")
+    name = name or ("rampart-tls" if tls else ("rampart-h2c" if h2c else "rampart"))
     policy = os.path.join(TMP, f"{name}.yaml")
     extra = f", tls: {{cert: {tls[0]}, key: {tls[1]}}}" if tls else ""
     if h2c:
@@ -145,7 +149,7 @@ def rampart_proxy(a, b, tls=None, h2c=False):
             "strategy: {canary: {steps: [{weight: 20, bake: 1m}]}}\n"
             "analysis: {metrics: [{metric: error_rate, judge: {max: 1%}}]}\n"
         )
-    pid = spawn([BIN, "proxy", "-f", policy, "--admin", f"127.0.0.1:{admin}"],
+    pid = spawn([binary, "proxy", "-f", policy, "--admin", f"127.0.0.1:{admin}"],
                 env=dict(RAMPART_ENV, RAMPART_PROXY_TOKEN=TOKEN)).pid
     PIDS[name] = lambda: pid
     wait_port(admin, "rampart proxy admin")
@@ -547,6 +551,45 @@ def memory_rows(a, b):
     return rows
 
 
+def cpu_seconds(pid):
+    """User plus system CPU seconds `pid` has used (its threads included)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_only(a, b):
+    """BENCH_ONLY=cpu: the proxy's CPU time per request under the keep-alive load,
+    in alternating rounds (BENCH_ROUNDS, default 3) of DURATION seconds per proxy.
+    CPU per request barely depends on how the cores are shared with the load client
+    and the backends, where requests/s does: a steadier figure for a change's cost."""
+    makers = [("rampart", rampart_proxy)]
+    against = os.environ.get("BENCH_AGAINST")
+    if against:
+        makers.append(("rampart-against", lambda a, b: rampart_proxy(
+            a, b, binary=os.path.abspath(against), name="rampart-against")))
+    makers += [("nginx", nginx), ("haproxy", haproxy)]
+    targets = []
+    for name, make in makers:
+        port, _ = make(a, b)
+        wrk(port, 1)  # warm up
+        targets.append((name, port))
+    rows = {name: [] for name, _ in targets}
+    for _ in range(int(os.environ.get("BENCH_ROUNDS", "3"))):
+        for name, port in targets:
+            pid = PIDS[name]()
+            before = cpu_seconds(pid)
+            r = wrk(port, DURATION)
+            used = cpu_seconds(pid) - before
+            rows[name].append(used / (r["rps"] * DURATION) * 1e6)
+    haproxy_us = sorted(rows["haproxy"])[len(rows["haproxy"]) // 2]
+    print("\n| target | CPU µs per request (median of rounds) | rounds | vs HAProxy |")
+    print("| --- | --- | --- | --- |")
+    for name, _ in targets:
+        median = sorted(rows[name])[len(rows[name]) // 2]
+        each = ", ".join(f"{x:.2f}" for x in rows[name])
+        print(f"| {name} | {median:.2f} | {each} | {median / haproxy_us:.3f} |", flush=True)
+
+
 def memory_only(a, b):
     """BENCH_ONLY=memory: the idle-memory row alone (a shorter loop for work on the
     proxy's memory)."""
@@ -558,6 +601,9 @@ def main():
     a, b = backends()
     if os.environ.get("BENCH_ONLY") == "memory":
         memory_only(a, b)
+        return
+    if os.environ.get("BENCH_ONLY") == "cpu":
+        cpu_only(a, b)
         return
     targets = [("direct", a, None)]
     for name, make in (("rampart", rampart_proxy), ("rampart-plane", rampart_plane), ("nginx", nginx), ("haproxy", haproxy)):

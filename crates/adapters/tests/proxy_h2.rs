@@ -1961,3 +1961,105 @@ async fn a_refused_stream_is_sent_once_more_and_charged_only_when_refused_again(
     assert_eq!((s.requests, s.errors), (2, 1), "only the refusal repeated");
     assert_eq!(proxy.upstream_connection_errors(), Some(0));
 }
+
+/// An h2c connection through the `h2` crate itself, which can reset its streams: its
+/// sender, and its connection's task (finished once the proxy closes it).
+async fn raw_h2c(
+    addr: SocketAddr,
+) -> (
+    ::h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), ::h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = ::h2::client::handshake(tcp).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// Opens `n` streams for `/hold` on `send` (the version never answers them), waits
+/// until the proxy has routed every one, then cancels them all and waits until the
+/// proxy has let them go.
+async fn open_and_cancel(proxy: &Proxy, send: &mut ::h2::client::SendRequest<Bytes>, n: usize) {
+    let routed = proxy.routed(Variant::Stable);
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let req = Request::get("http://svc.test/hold").body(()).unwrap();
+        *send = send.clone().ready().await.unwrap();
+        let (answer, stream) = send.send_request(req, true).unwrap();
+        streams.push((answer, stream));
+    }
+    until("the proxy to route every stream", async || {
+        proxy.routed(Variant::Stable) == routed + n as u64
+    })
+    .await;
+    for (_, stream) in &mut streams {
+        stream.send_reset(::h2::Reason::CANCEL);
+    }
+    until("the proxy to let the cancelled streams go", async || {
+        proxy.in_flight(Variant::Stable) == 0
+    })
+    .await;
+}
+
+/// `GET /` on a raw h2c connection: the answer's body.
+async fn raw_get(send: &mut ::h2::client::SendRequest<Bytes>) -> String {
+    let req = Request::get("http://svc.test/").body(()).unwrap();
+    *send = send.clone().ready().await.unwrap();
+    let (answer, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(PATIENCE, answer)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+/// A "rapid reset" flood: a client that opens streams and cancels them before their
+/// answers, each already gone on to a version at no cost to it. Its connection is
+/// closed once it has cancelled more than 200, most of its streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cancelling_most_of_many_streams_is_closed() {
+    let (stable, _) = holding_backend("stable", Arc::new(Notify::new())).await;
+    let (proxy, server) = proxy(ProxyOptions::default()).await;
+    proxy.set_backends(Variant::Stable, &[stable]);
+    let (mut send, conn) = raw_h2c(server.local_addr()).await;
+    for _ in 0..4 {
+        open_and_cancel(&proxy, &mut send, 50).await;
+    }
+    // 200 cancelled: not yet over the limit.
+    assert!(!conn.is_finished());
+    assert_eq!(raw_get(&mut send).await, "stable");
+    open_and_cancel(&proxy, &mut send, 50).await;
+    tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("the flooding connection was never closed")
+        .unwrap()
+        .ok();
+    // Other clients go on.
+    let (mut other, _) = raw_h2c(server.local_addr()).await;
+    assert_eq!(raw_get(&mut other).await, "stable");
+}
+
+/// A client that cancels streams among many it lets finish (a browser leaving pages,
+/// gRPC deadlines) keeps its connection, even past 200 cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cancelling_a_minority_of_its_streams_keeps_its_connection() {
+    let (stable, _) = holding_backend("stable", Arc::new(Notify::new())).await;
+    let (proxy, server) = proxy(ProxyOptions::default()).await;
+    proxy.set_backends(Variant::Stable, &[stable]);
+    let (mut send, conn) = raw_h2c(server.local_addr()).await;
+    for _ in 0..5 {
+        for _ in 0..60 {
+            assert_eq!(raw_get(&mut send).await, "stable");
+        }
+        open_and_cancel(&proxy, &mut send, 50).await;
+    }
+    // 250 cancelled of 550.
+    assert_eq!(raw_get(&mut send).await, "stable");
+    assert!(!conn.is_finished());
+}

@@ -11,8 +11,11 @@
 //! closed as one that never sends a request head is; bytes read to tell the protocol
 //! are handed on to it untouched. An HTTP/2 connection with no stream open is closed
 //! (GOAWAY) at the header timeout when it never had one, and at the idle timeout after
-//! its last stream otherwise. Costs: one 24-byte buffer per connection, one atomic
-//! add per stream.
+//! its last stream otherwise. A connection whose client cancels (`RST_STREAM`) more
+//! than [`FLOOD_RESETS`] streams before their answers, and at least half of all its
+//! streams, is closed at once (the "rapid reset" flood: each stream it opens and
+//! cancels has already gone on to a version, at no cost to the client). Costs: one
+//! 24-byte buffer per connection, a few atomic adds per stream.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -102,7 +105,15 @@ write_through!(Prefixed);
 
 // === impl Activity ===
 
-/// The streams open on one HTTP/2 connection, for its idle deadline.
+/// Streams a client may cancel before their answers before its connection can be
+/// closed for it (see [`Activity::flooded`]). Browsers cancel streams as pages change
+/// and gRPC clients at their deadlines, a few at a time and among many answered: a
+/// connection is closed only past this many, and only when they are at least half of
+/// its streams.
+pub(super) const FLOOD_RESETS: u64 = 200;
+
+/// The streams open on one HTTP/2 connection, for its idle deadline, and those its
+/// client cancelled, for its flood limit.
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     open: AtomicU64,
@@ -110,6 +121,12 @@ pub(super) struct Activity {
     begun: AtomicBool,
     /// Woken when the connection becomes idle or busy.
     changed: Notify,
+    /// Streams so far, and those cancelled by the client before their answer's head.
+    started: AtomicU64,
+    cancelled: AtomicU64,
+    /// Set, and woken, once the cancelled streams pass the flood limit.
+    flooding: AtomicBool,
+    flood: Notify,
 }
 
 impl Activity {
@@ -117,6 +134,7 @@ impl Activity {
     /// whether it is the only one open.
     pub(super) fn enter(self: &Arc<Self>) -> (Active, bool) {
         self.begun.store(true, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         let first = self.open.fetch_add(1, Ordering::AcqRel) == 0;
         if first {
             self.changed.notify_waiters();
@@ -148,6 +166,57 @@ impl Activity {
                 changed.await;
             }
             since = Instant::now();
+        }
+    }
+}
+
+impl Activity {
+    /// A watch on one stream until its answer's head is ready: dropped before
+    /// [`Unanswered::answered`], the stream was cancelled (hyper drops a stream's
+    /// request on its client's `RST_STREAM`).
+    pub(super) fn unanswered(self: &Arc<Self>) -> Unanswered {
+        Unanswered(Some(self.clone()))
+    }
+
+    /// Returns once the client has cancelled more than [`FLOOD_RESETS`] streams
+    /// before their answers, and at least half of its streams.
+    pub(super) async fn flooded(&self) {
+        loop {
+            let flood = self.flood.notified();
+            tokio::pin!(flood);
+            flood.as_mut().enable();
+            if self.flooding.load(Ordering::Acquire) {
+                return;
+            }
+            flood.await;
+        }
+    }
+
+    fn cancelled(&self) {
+        let cancelled = self.cancelled.fetch_add(1, Ordering::AcqRel) + 1;
+        let started = self.started.load(Ordering::Relaxed);
+        if cancelled > FLOOD_RESETS && cancelled.saturating_mul(2) >= started {
+            self.flooding.store(true, Ordering::Release);
+            self.flood.notify_waiters();
+        }
+    }
+}
+
+/// One stream whose answer's head is not ready yet (see [`Activity::unanswered`]).
+#[derive(Debug)]
+pub(super) struct Unanswered(Option<Arc<Activity>>);
+
+impl Unanswered {
+    /// The stream's answer's head is ready: the stream was not cancelled before it.
+    pub(super) fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(activity) = self.0.take() {
+            activity.cancelled();
         }
     }
 }

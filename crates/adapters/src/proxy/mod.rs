@@ -761,6 +761,7 @@ impl Proxy {
             // A stream beside others in flight needs a room of its own (see
             // `UpstreamSlot`), kept until its answer is done.
             let slot = (!first).then(|| UpstreamSlot::take(&proxy.inner));
+            let unanswered = streams.unanswered();
             async move {
                 let resp = match slot {
                     Some(None) => {
@@ -774,6 +775,7 @@ impl Proxy {
                     }
                     _ => proxy.forward(conn, req, open).await,
                 };
+                unanswered.answered();
                 let slot = slot.flatten();
                 Ok::<_, Infallible>(resp.map(|body| h2::Held::new(body, (active, slot))))
             }
@@ -787,6 +789,12 @@ impl Proxy {
             _ = closed.changed() => None,
             _ = retiring.wait_for(|r| *r) => None,
             () = activity.idle(opened, header, limits.idle_timeout) => None,
+            () = activity.flooded() => {
+                // A flood of cancelled streams: closed at once, and the streams it
+                // still has with it (see `h2::FLOOD_RESETS`).
+                tracing::warn!(peer = %conn.peer, "HTTP/2 client cancelled most of its many streams: connection closed");
+                return;
+            }
         };
         let ended = match ended {
             Some(ended) => ended,

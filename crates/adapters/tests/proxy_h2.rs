@@ -254,6 +254,14 @@ fn answer(script: &Script, req: &Request<Incoming>) -> Response<Scripted> {
                     .parse()
                     .unwrap(),
             );
+            // Each Cookie line it got, in order, between brackets.
+            let cookies: String = req
+                .headers()
+                .get_all("cookie")
+                .iter()
+                .map(|c| format!("[{}]", c.to_str().unwrap()))
+                .collect();
+            h.insert("x-seen-cookies", cookies.parse().unwrap());
             resp
         }
     }
@@ -476,6 +484,40 @@ async fn versions_are_asked_in_their_protocol_with_the_clients_authority() {
             ),
             (want.0, "shop.test"),
             "{upstream:?}, an HTTP/1.1 client"
+        );
+    }
+}
+
+/// An HTTP/2 client may send its cookies as a field each (RFC 9113 8.2.3): an
+/// HTTP/1.1 version gets them as one `Cookie` line joined by `; `, as HTTP/1.1 allows
+/// one line only (a version reading the first would miss the rest); an h2c version
+/// gets them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_cookie_crumbs_reach_an_http1_version_as_one_line() {
+    for (upstream, want) in [
+        (UpstreamProtocol::Http1, "[a=1; b=2; c=3]"),
+        (UpstreamProtocol::H2c, "[a=1][b=2][c=3]"),
+    ] {
+        let (_proxy, server, _) = split(upstream, Sticky::None).await;
+        let send = h2c(server.local_addr()).await;
+        let req = Request::get("http://svc.test/")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("cookie", "c=3")
+            .body(Full::default())
+            .unwrap();
+        let resp = send.clone().send_request(req).await.unwrap();
+        assert_eq!(resp.headers()["x-seen-cookies"], want, "{upstream:?}");
+        // One line stays as it is.
+        let req = Request::get("http://svc.test/")
+            .header("cookie", "a=1; b=2")
+            .body(Full::default())
+            .unwrap();
+        let resp = send.clone().send_request(req).await.unwrap();
+        assert_eq!(
+            resp.headers()["x-seen-cookies"],
+            "[a=1; b=2]",
+            "{upstream:?}"
         );
     }
 }

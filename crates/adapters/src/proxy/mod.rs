@@ -1183,6 +1183,9 @@ impl Proxy {
         };
         *req.uri_mut() = uri;
         strip_hop_by_hop(req.headers_mut());
+        if http2 && self.inner.upstream.protocol() == UpstreamProtocol::Http1 {
+            join_cookies(req.headers_mut());
+        }
         if let Some((proto, _)) = &upgrade {
             restore_upgrade(req.headers_mut(), proto.clone());
         }
@@ -1438,6 +1441,26 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
     for name in ["keep-alive", "proxy-connection"] {
         headers.remove(name);
+    }
+}
+
+/// Joins an HTTP/2 client's cookie crumbs, which it may send as a field each (RFC 9113
+/// 8.2.3), into the one `Cookie` line HTTP/1.1 allows (RFC 6265 5.4), separated by
+/// `; `: a version reading the first line alone would miss the rest. One lookup when
+/// there is a line or none.
+fn join_cookies(headers: &mut hyper::HeaderMap) {
+    let crumbs = headers.get_all(hyper::header::COOKIE);
+    if crumbs.iter().nth(1).is_none() {
+        return;
+    }
+    let joined = crumbs
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    // Each crumb was a valid value, and `; ` is too.
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(hyper::header::COOKIE, joined);
     }
 }
 

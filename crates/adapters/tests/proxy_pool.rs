@@ -66,6 +66,9 @@ async fn raw_version(keep: Keep) -> (SocketAddr, Arc<Seen>) {
                                 match tokio::time::timeout(idle, stream.read(&mut buf)).await {
                                     Ok(read) => read,
                                     Err(_) => {
+                                        // Closed before it is told, so that a
+                                        // count seen means a FIN sent.
+                                        drop(stream);
                                         counts.closed_idle.fetch_add(1, Ordering::SeqCst);
                                         return;
                                     }
@@ -357,6 +360,45 @@ async fn a_stalled_upload_answered_early_is_closed_at_the_body_timeout() {
         seen.closed_by_peer.load(Ordering::SeqCst) == 1
     })
     .await;
+    assert_eq!(proxy.body_timeouts(), 1, "counted as a body timeout");
+}
+
+/// An upload its version answered early that keeps coming, slowly, is written whole
+/// however long it takes: only a version that stops reading it is given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_answered_early_that_keeps_coming_is_never_cut() {
+    let (version, seen) = raw_version(Keep::Alive).await;
+    let (_proxy, server) = proxy_to(version).await;
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    let chunks = 35;
+    conn.write_all(
+        format!(
+            "POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            chunks * 10
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let bound = std::time::Duration::from_secs(20);
+    let (status, _) = tokio::time::timeout(bound, read_answer(&mut conn))
+        .await
+        .expect("the early answer never came");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // The pacing is the client's behaviour under test: past the 30 s the proxy
+    // gives a version that stops reading, one chunk a second.
+    for _ in 0..chunks {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        conn.write_all(&[b'u'; 10]).await.unwrap();
+    }
+    conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = tokio::time::timeout(bound, read_answer(&mut conn))
+        .await
+        .expect("the next request was never answered");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    assert_eq!(seen.closed_by_peer.load(Ordering::SeqCst), 0);
 }
 
 /// A client that leaves mid-upload after its answer leaves nothing behind: its

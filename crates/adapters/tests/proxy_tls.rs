@@ -501,6 +501,8 @@ async fn parked_tls(
     proxy: &Proxy,
     addr: SocketAddr,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    // The count only grows: this connection's parking is the next one.
+    let parked_before = proxy.parked_connections();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("app.test".to_string()).unwrap();
     let mut tls = tokio::time::timeout(PATIENCE, ca.connector().connect(name, tcp))
@@ -521,7 +523,7 @@ async fn parked_tls(
         got.extend_from_slice(&buf[..n]);
     }
     common::until("the idle connection to park", async || {
-        proxy.parked_connections() >= 1
+        proxy.parked_connections() > parked_before
     })
     .await;
     tls

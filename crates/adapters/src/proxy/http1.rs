@@ -15,9 +15,10 @@
 //!   (its bytes are mid-message).
 //! - A request answered before its body was all written (a version refusing an upload
 //!   at its head) still has its body written: its connection is driven by a task of
-//!   its own until then, at most [`IDLE_TIMEOUT`], and the request stays in flight
-//!   meanwhile. The client's body keeps flowing, so its connection goes on to its next
-//!   request, and `body_timeout` still holds it.
+//!   its own until then, and the request stays in flight meanwhile. The client's body
+//!   keeps flowing, so its connection goes on to its next request; `body_timeout`
+//!   still holds the client, and a version that stops reading the body is given up
+//!   (the connection closed) after [`IDLE_TIMEOUT`] without progress.
 //! - A request that found its pooled connection closed before any byte of it was sent
 //!   is sent once more, on a new connection (a version closing an idle connection as
 //!   the request arrives is not an error).
@@ -104,8 +105,9 @@ pub(super) trait Lent: Send {
     /// Drives the connection (it reads the answer's body into the body's channel).
     fn drive(&mut self, cx: &mut Context<'_>);
     /// Gives the connection back to its pool: its answer was read to its end. Its
-    /// request may still be writing; `flight` is held until it is written.
-    fn give_back(self: Box<Self>, flight: Option<super::Flight>);
+    /// request may still be writing: then `flight` is taken, and held until it is
+    /// written.
+    fn give_back(self: Box<Self>, flight: &mut Option<super::Flight>);
 }
 
 impl<B> Http1Pool<B>
@@ -279,6 +281,17 @@ where
 
     /// Sweeps the shelf every [`SWEEP_EVERY`] until it is empty or the pool is gone.
     async fn sweeping(idle: Weak<Self>) {
+        /// Clears the flag however the task ends (its runtime may drop it mid-sleep),
+        /// so that the next connection shelved starts another.
+        struct Stopped<B: Body + 'static>(Weak<Idle<B>>);
+        impl<B: Body + 'static> Drop for Stopped<B> {
+            fn drop(&mut self) {
+                if let Some(idle) = self.0.upgrade() {
+                    idle.shelf().sweeping = false;
+                }
+            }
+        }
+        let _stopped = Stopped(idle.clone());
         loop {
             tokio::time::sleep(SWEEP_EVERY).await;
             let Some(idle) = idle.upgrade() else {
@@ -287,7 +300,6 @@ where
             let mut shelf = idle.shelf();
             shelf.sweep();
             if shelf.conns.is_empty() {
-                shelf.sweeping = false;
                 return;
             }
         }
@@ -361,7 +373,7 @@ where
         self.poll_conn(cx);
     }
 
-    fn give_back(mut self: Box<Self>, flight: Option<super::Flight>) {
+    fn give_back(mut self: Box<Self>, flight: &mut Option<super::Flight>) {
         let Some(home) = self.home.upgrade() else {
             return;
         };
@@ -378,20 +390,27 @@ where
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let flight = flight.take();
         runtime.spawn(async move {
+            let _flight = flight;
+            // Reset at each wake-up: the client's bytes or the version's reading
+            // moved the body on. A wake-up by this sleep alone is the silence.
+            let mut quiet = Box::pin(tokio::time::sleep(IDLE_TIMEOUT));
             let written = poll_fn(|cx| {
                 if self.is_ready(cx) {
-                    Poll::Ready(true)
-                } else if self.conn.is_none() {
-                    Poll::Ready(false)
-                } else {
-                    Poll::Pending
+                    return Poll::Ready(true);
                 }
-            });
-            if let Ok(true) = tokio::time::timeout(IDLE_TIMEOUT, written).await {
+                if self.conn.is_none() || quiet.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                quiet.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+                let _ = quiet.as_mut().poll(cx);
+                Poll::Pending
+            })
+            .await;
+            if written {
                 home.shelve(self);
             }
-            drop(flight);
         });
     }
 }

@@ -251,16 +251,20 @@ pub(super) struct BodyDeadline<B> {
     waiting: bool,
     /// Where the body's failure is told, when the request path asked.
     fault: Option<FaultSlot>,
+    /// The proxy's count of bodies cut at their deadline, counted here, where it
+    /// fires: also for a body still on its way after its version answered.
+    timeouts: Arc<AtomicU64>,
 }
 
 impl<B> BodyDeadline<B> {
-    pub(super) fn new(body: B, timeout: Duration) -> BodyDeadline<B> {
+    pub(super) fn new(body: B, timeout: Duration, timeouts: Arc<AtomicU64>) -> BodyDeadline<B> {
         BodyDeadline {
             body,
             timeout,
             sleep: None,
             waiting: false,
             fault: None,
+            timeouts,
         }
     }
 
@@ -365,6 +369,7 @@ where
         this.waiting = true;
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
+                this.timeouts.fetch_add(1, Ordering::Relaxed);
                 if let Some(slot) = &this.fault {
                     slot.set(super::ClientFault::Slow);
                 }
@@ -440,7 +445,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_deadline_restarts_at_each_chunk_and_cuts_a_silence() {
         let (tx, rx) = mpsc::channel(1);
-        let mut body = BodyDeadline::new(Fed(rx), TIMEOUT);
+        let mut body = BodyDeadline::new(Fed(rx), TIMEOUT, Arc::default());
         let started = Instant::now();
         let client = tokio::spawn(async move {
             for _ in 0..3 {
@@ -468,7 +473,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn time_the_proxy_does_not_ask_is_not_counted() {
         let (tx, rx) = mpsc::channel(1);
-        let mut body = BodyDeadline::new(Fed(rx), TIMEOUT);
+        let mut body = BodyDeadline::new(Fed(rx), TIMEOUT, Arc::default());
         tx.send(Bytes::from_static(b"a")).await.unwrap();
         assert!(body.frame().await.unwrap().unwrap().is_data());
         tokio::time::sleep(Duration::from_secs(600)).await;

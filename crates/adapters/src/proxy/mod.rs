@@ -180,8 +180,9 @@ struct Inner {
     connections: AtomicU64,
     /// Client connections answered 503 and closed at `max_connections`.
     refused: AtomicU64,
-    /// Requests answered 408 at `body_timeout` (the client stalled in its body).
-    body_timeouts: AtomicU64,
+    /// Request bodies cut at `body_timeout` (the client stalled in its body): answered
+    /// 408, unless the version had answered already.
+    body_timeouts: Arc<AtomicU64>,
     /// HTTP/2 streams in flight beyond their connection's first, each holding an
     /// upstream connection (an open file): at most `max_connections` (see
     /// `UpstreamSlot`).
@@ -451,7 +452,7 @@ impl Proxy {
                 canary_at_zero: AtomicU64::new(0),
                 connections: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
-                body_timeouts: AtomicU64::new(0),
+                body_timeouts: Arc::default(),
                 upstream_in_use: AtomicU64::new(0),
                 refused_requests: AtomicU64::new(0),
                 parked: AtomicU64::new(0),
@@ -951,8 +952,9 @@ impl Proxy {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
-    /// Requests answered 408 so far because their client sent nothing of its body for
-    /// `body_timeout`; counted against no version.
+    /// Request bodies cut so far because their client sent nothing of them for
+    /// `body_timeout` (answered 408, unless the version had answered already); counted
+    /// against no version.
     pub fn body_timeouts(&self) -> u64 {
         self.inner.body_timeouts.load(Ordering::Relaxed)
     }
@@ -1147,13 +1149,14 @@ impl Proxy {
         // upgrade in the request it read.
         let upgrade = upgrade_of(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let body_timeout = self.inner.limits.body_timeout;
+        let timeouts = &self.inner.body_timeouts;
         // hyper's HTTP/2 client reports a request body's failure as a reset stream,
         // without its cause: the body tells it here.
         let told =
             (self.inner.upstream.protocol() == UpstreamProtocol::H2c).then(FaultSlot::default);
         let mut req = req.map(|b| {
             let limited = Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX));
-            let body = BodyDeadline::new(limited, body_timeout);
+            let body = BodyDeadline::new(limited, body_timeout, timeouts.clone());
             match &told {
                 Some(slot) => body.telling(slot.clone()),
                 None => body,
@@ -1275,7 +1278,6 @@ impl Proxy {
             // The client stalled in its body past `body_timeout`: its connection is
             // mid-body, so it is closed after the answer (if the client still reads).
             Err(e) if fault(&e) == Some(ClientFault::Slow) => {
-                self.inner.body_timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, variant = variant.as_str(), "request body timed out");
                 // An HTTP/2 stream ends alone: its connection goes on.
                 close = !http2;

@@ -678,7 +678,7 @@ impl Drop for Answer {
         if self.body.is_end_stream()
             && let Some(lent) = self.lent.take()
         {
-            lent.give_back(self.flight.take());
+            lent.give_back(&mut self.flight);
         }
     }
 }
@@ -720,7 +720,7 @@ impl Body for Answer {
             None => {
                 this.slot = None;
                 if let Some(lent) = this.lent.take() {
-                    lent.give_back(this.flight.take());
+                    lent.give_back(&mut this.flight);
                 }
                 None
             }

@@ -252,3 +252,26 @@ async fn the_drain_deadline_closes_an_open_websocket() {
         tokio::task::yield_now().await;
     }
 }
+
+/// With `upstream_protocol: h2c`, an upgrade still reaches its version in HTTP/1.1,
+/// the only protocol an `Upgrade` means anything in (HTTP/2 has no upgrade): a
+/// service whose requests go in h2c keeps its WebSockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_goes_in_http1_when_the_versions_are_spoken_to_in_h2c() {
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            upstream: rampart_core::policy::UpstreamProtocol::H2c,
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    proxy.set_backends(Variant::Stable, &[echo_upstream(false).await]);
+    let (head, mut conn) = upgrade(server.local_addr(), UPGRADE).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert_eq!(echo(&mut conn, "ping").await, "ping");
+    let totals = proxy.totals();
+    assert_eq!((totals.stable.requests, totals.stable.errors), (1, 0));
+}

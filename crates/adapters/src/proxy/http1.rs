@@ -138,10 +138,10 @@ where
         addr: SocketAddr,
         mut req: Request<B>,
     ) -> Result<Response<(Incoming, Option<Box<dyn Lent>>)>, UpstreamError> {
-        origin_form(&mut req);
         if req.headers().contains_key(hyper::header::UPGRADE) {
-            return self.upgrade(addr, req).await;
+            return upgrade(addr, req, self.connect_timeout).await;
         }
+        origin_form(&mut req);
         let mut pooled = self.take(addr).await;
         loop {
             let reused = pooled.is_some();
@@ -209,37 +209,62 @@ where
         ),
         UpstreamError,
     > {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connecting to {addr} timed out"),
-                )
-            })??;
-        stream.set_nodelay(true)?;
-        Ok(http1::handshake(TokioIo::new(stream)).await?)
+        handshake(addr, self.connect_timeout).await
     }
+}
 
-    /// An upgrade request, on a connection of its own run by a task of its own: the
-    /// upgraded stream lives on after the request.
-    async fn upgrade(
-        &self,
-        addr: SocketAddr,
-        req: Request<B>,
-    ) -> Result<Response<(Incoming, Option<Box<dyn Lent>>)>, UpstreamError>
-    where
-        B: Send,
-    {
-        let (mut send, conn) = self.handshake(addr).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, %addr, "upgrade connection ended");
-            }
-        });
-        let resp = send.send_request(req).await?;
-        Ok(resp.map(|body| (body, None)))
-    }
+/// A new HTTP/1.1 connection to `addr`, connected within `connect_timeout`.
+async fn handshake<B>(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<
+    (
+        http1::SendRequest<B>,
+        http1::Connection<TokioIo<TcpStream>, B>,
+    ),
+    UpstreamError,
+>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(http1::handshake(TokioIo::new(stream)).await?)
+}
+
+/// An upgrade request (a WebSocket) to `addr` in HTTP/1.1, whatever the versions are
+/// otherwise spoken to in, on a connection of its own run by a task of its own: the
+/// upgraded stream lives on after the request. `req`'s URI is absolute, as for
+/// [`Http1Pool::request`].
+pub(super) async fn upgrade<B>(
+    addr: SocketAddr,
+    mut req: Request<B>,
+    connect_timeout: Duration,
+) -> Result<Response<(Incoming, Option<Box<dyn Lent>>)>, UpstreamError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    *req.version_mut() = hyper::Version::HTTP_11;
+    origin_form(&mut req);
+    let (mut send, conn) = handshake(addr, connect_timeout).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, %addr, "upgrade connection ended");
+        }
+    });
+    let resp = send.send_request(req).await?;
+    Ok(resp.map(|body| (body, None)))
 }
 
 impl<B: Body + 'static> Idle<B> {

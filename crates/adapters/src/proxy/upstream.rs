@@ -56,6 +56,8 @@
 //!   stream that cannot be sent again is the version's failure.
 //! - The request reaches the version with the client's authority as `:authority` (not
 //!   the endpoint's address), and without `Host`.
+//! - An upgrade request (a WebSocket) goes in HTTP/1.1, on a connection of its own:
+//!   HTTP/2 has no upgrade.
 //!
 //! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade: h2c`
 //! dance), as gRPC servers and `h2c`-enabled HTTP servers do, and sends its SETTINGS
@@ -210,6 +212,16 @@ where
                 // 1.0 client in 1.0).
                 *req.version_mut() = hyper::Version::HTTP_11;
                 let resp = pool.request(addr, req).await?;
+                Ok(resp.map(|(body, lent)| Answer {
+                    body,
+                    slot: None,
+                    lent,
+                    flight: None,
+                }))
+            }
+            // HTTP/2 has no upgrade: a WebSocket goes in HTTP/1.1.
+            Upstream::H2c(_) if req.headers().contains_key(hyper::header::UPGRADE) => {
+                let resp = super::http1::upgrade(addr, req, CONNECT_TIMEOUT).await?;
                 Ok(resp.map(|(body, lent)| Answer {
                     body,
                     slot: None,

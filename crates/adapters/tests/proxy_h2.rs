@@ -2105,3 +2105,67 @@ async fn a_client_cancelling_a_minority_of_its_streams_keeps_its_connection() {
     assert_eq!(raw_get(&mut send).await, "stable");
     assert!(!conn.is_finished());
 }
+
+/// An h2c version on the `h2` crate's defaults, which announce no header list limit:
+/// it answers every request `ok`, and tells in `x-seen-fields` how many header
+/// fields it got.
+async fn h2c_version_without_limits() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Ok(mut conn) = ::h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let fields = req.headers().len().to_string();
+                    let resp = Response::builder()
+                        .header("x-seen-fields", fields)
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut body) = respond.send_response(resp, false) {
+                        let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A version that sets no header list limit gets every head the proxy took from its
+/// client. HTTP/2 counts 32 bytes more per field than an HTTP/1.1 head's bytes, so a
+/// head of many fields within `max_header_bytes` came out larger than it in HTTP/2,
+/// and was refused 431 as if the version had said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_sets_no_header_limit_gets_every_head_the_proxy_took() {
+    let version = h2c_version_without_limits().await;
+    let (proxy, server) = proxy(ProxyOptions {
+        upstream: UpstreamProtocol::H2c,
+        limits: ProxyLimits {
+            max_header_bytes: 4096,
+            ..ProxyLimits::default()
+        },
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[version]);
+    // 60 fields of 40 bytes: 2.4 KiB as HTTP/1.1 sends it, 4.3 KiB as HTTP/2 counts.
+    let mut req = Request::get(format!("http://{}/", server.local_addr()));
+    for n in 0..60 {
+        req = req.header(format!("x-field-{n:02}"), "v".repeat(28));
+    }
+    let resp = common::client()
+        .request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let fields: usize = resp.headers()["x-seen-fields"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(fields >= 60, "{fields} fields reached the version");
+}

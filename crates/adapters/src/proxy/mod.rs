@@ -443,7 +443,7 @@ impl Proxy {
                 sticky,
                 stable: VariantCounters::new(),
                 canary: VariantCounters::new(),
-                upstream: upstream::Upstream::new(upstream, limits.max_header_bytes),
+                upstream: upstream::Upstream::new(upstream),
                 sequence: AtomicU64::new(0),
                 idle: Notify::new(),
                 endpoints: std::sync::Mutex::new(std::collections::HashMap::new()),

@@ -23,11 +23,13 @@
 //!   connection's receive window, which is [`CONNECTION_WINDOW`]: every stream of a
 //!   full connection at its window. Slow readers can never stall the other streams.
 //! - A request header block larger than its version accepts (its
-//!   `SETTINGS_MAX_HEADER_LIST_SIZE`, read off the connection's first frame; if it
-//!   sets none, `max_header_bytes`, what the proxy accepts from its own clients) is
-//!   never sent: it is refused here ([`HeaderListTooLarge`], the client's 431). A
-//!   version may answer such a block with a connection error, which would break every
-//!   stream on the connection.
+//!   `SETTINGS_MAX_HEADER_LIST_SIZE`, read off the connection's first frame) is never
+//!   sent: it is refused here ([`HeaderListTooLarge`], the client's 431). A version
+//!   may answer such a block with a connection error, which would break every stream
+//!   on the connection. A version that sets no limit gets every block the proxy took
+//!   from its client, as an HTTP/1.1 version does (HTTP/2 counts 32 bytes more per
+//!   field than the head's bytes, so `max_header_bytes` would refuse heads an
+//!   HTTP/1.1 client sent within it).
 //! - A failure of the whole connection (a `GOAWAY` with an error code, its socket's
 //!   error or close) fails every stream on it, and which stream caused it cannot be
 //!   told: it is charged once per connection, to the first stream that sees it; every
@@ -164,14 +166,12 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// An upstream side speaking `protocol`; `max_header_bytes` is the header block
-    /// limit for an h2c version that sets none.
-    pub(super) fn new(protocol: UpstreamProtocol, max_header_bytes: u64) -> Self {
+    /// An upstream side speaking `protocol`.
+    pub(super) fn new(protocol: UpstreamProtocol) -> Self {
         match protocol {
             UpstreamProtocol::Http1 => Upstream::Http1(Http1Pool::new(CONNECT_TIMEOUT)),
             UpstreamProtocol::H2c => Upstream::H2c(H2cPool {
                 conns: Mutex::new(HashMap::new()),
-                header_limit: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
                 connection_errors: Arc::new(AtomicU64::new(0)),
             }),
         }
@@ -289,8 +289,6 @@ fn header_list_size<B>(req: &Request<B>) -> usize {
 #[derive(Debug)]
 pub(super) struct H2cPool<B> {
     conns: Mutex<HashMap<SocketAddr, Endpoint<B>>>,
-    /// The header block limit for a version that sets none.
-    header_limit: usize,
     /// Connections that failed as a whole with streams on them.
     connection_errors: Arc<AtomicU64>,
 }
@@ -341,8 +339,8 @@ struct Shared {
     /// `SETTINGS_MAX_CONCURRENT_STREAMS` when lower (from its first SETTINGS, then as
     /// hyper sees it change).
     max_streams: Arc<AtomicUsize>,
-    /// The largest request header block its version accepts.
-    header_limit: usize,
+    /// The largest request header block its version accepts, when it says.
+    header_limit: Option<usize>,
     /// Set once a stream was charged with the connection's failure.
     charged: AtomicBool,
     /// The pool's count of connections that failed as a whole.
@@ -393,8 +391,9 @@ where
         loop {
             let (mut sender, mut slot) = self.stream(addr).await?;
             slot.1 = counted;
-            let limit = slot.0.header_limit;
-            if size > limit {
+            if let Some(limit) = slot.0.header_limit
+                && size > limit
+            {
                 return Err(HeaderListTooLarge { size, limit }.into());
             }
             let mut e = match sender.try_send_request(req).await {
@@ -545,9 +544,9 @@ where
             let settings = settings
                 .await
                 .map_err(|_| format!("{addr} closed before its HTTP/2 settings"))?;
-            let header_limit = settings.max_header_list.map_or(self.header_limit, |l| {
-                usize::try_from(l).unwrap_or(usize::MAX)
-            });
+            let header_limit = settings
+                .max_header_list
+                .map(|l| usize::try_from(l).unwrap_or(usize::MAX));
             if let Some(n) = settings.max_streams {
                 max_streams.fetch_min(usize::try_from(n).unwrap_or(usize::MAX), Ordering::Relaxed);
             }

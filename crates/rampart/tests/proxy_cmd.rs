@@ -229,6 +229,26 @@ fn closes(conn: &mut std::net::TcpStream) -> bool {
 /// the process exits 0.
 #[test]
 fn rampart_proxy_holds_the_policys_limits_and_drains_on_sigterm() {
+    holds_limits_and_drains(None);
+}
+
+/// The same on one thread (`RAMPART_WORKER_THREADS=1`, tokio's current-thread
+/// scheduler): nothing waits on a second thread that is not there.
+#[test]
+fn rampart_proxy_on_one_thread_holds_the_policys_limits_and_drains_on_sigterm() {
+    holds_limits_and_drains(Some("1"));
+}
+
+/// The names of `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+fn holds_limits_and_drains(threads: Option<&str>) {
     use std::net::TcpStream;
     let (arrived_tx, arrived) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
@@ -242,15 +262,28 @@ fn rampart_proxy_holds_the_policys_limits_and_drains_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut proxy = servers::spawn(
-        Command::new(exe())
-            .args(["proxy", "--admin", &format!("127.0.0.1:{admin}"), "-f"])
-            .arg(dir.path().join("rampart.yaml"))
-            .env("RAMPART_PROXY_TOKEN", TOKEN),
-    );
+    let mut command = Command::new(exe());
+    command
+        .args(["proxy", "--admin", &format!("127.0.0.1:{admin}"), "-f"])
+        .arg(dir.path().join("rampart.yaml"))
+        .env("RAMPART_PROXY_TOKEN", TOKEN);
+    match threads {
+        Some(n) => command.env("RAMPART_WORKER_THREADS", n),
+        None => command.env_remove("RAMPART_WORKER_THREADS"),
+    };
+    let mut proxy = servers::spawn(&mut command);
     servers::wait_until("rampart proxy", || {
         TcpStream::connect(("127.0.0.1", admin)).is_ok()
     });
+    let workers = thread_names(proxy.0.id())
+        .iter()
+        .filter(|name| name.starts_with("tokio-rt-worker"))
+        .count();
+    if threads == Some("1") {
+        assert_eq!(workers, 0, "one thread runs no runtime worker");
+    } else {
+        assert!(workers >= 1, "the multi-thread runtime has workers");
+    }
     let rt = common::runtime();
     let (status, _) = rt
         .block_on(send_with(

@@ -144,8 +144,12 @@ async fn proxy_to(stable: SocketAddr) -> (Proxy, rampart_adapters::proxy::ProxyS
     (proxy, server)
 }
 
-async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
-    common::get_body(addr, path, None).await
+/// `GET /small` through the proxy at `addr` is answered `ok`.
+async fn small_ok(addr: SocketAddr) {
+    assert_eq!(
+        common::get_body(addr, "/small", None).await,
+        (StatusCode::OK, "ok".to_owned())
+    );
 }
 
 /// Requests one after another use one connection to their version, whichever client
@@ -155,10 +159,7 @@ async fn requests_one_after_another_share_one_connection_to_the_version() {
     let (version, seen) = raw_version(Keep::Alive).await;
     let (_proxy, server) = proxy_to(version).await;
     for _ in 0..10 {
-        assert_eq!(
-            get(server.local_addr(), "/small").await,
-            (StatusCode::OK, "ok".to_owned())
-        );
+        small_ok(server.local_addr()).await;
     }
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
 }
@@ -189,10 +190,7 @@ async fn an_answer_dropped_before_its_end_never_leaves_its_connection_to_the_nex
     })
     .await;
     for _ in 0..3 {
-        assert_eq!(
-            get(server.local_addr(), "/small").await,
-            (StatusCode::OK, "ok".to_owned())
-        );
+        small_ok(server.local_addr()).await;
     }
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
 }
@@ -204,10 +202,7 @@ async fn a_version_closing_idle_connections_fails_no_request() {
     let (version, seen) = raw_version(Keep::OneAnswer).await;
     let (proxy, server) = proxy_to(version).await;
     for _ in 0..20 {
-        assert_eq!(
-            get(server.local_addr(), "/small").await,
-            (StatusCode::OK, "ok".to_owned())
-        );
+        small_ok(server.local_addr()).await;
     }
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 20);
     let stable = proxy.totals().stable;
@@ -221,10 +216,7 @@ async fn idle_connections_to_an_endpoint_leaving_the_routes_are_closed() {
     let (old, seen_old) = raw_version(Keep::Alive).await;
     let (new, _) = raw_version(Keep::Alive).await;
     let (proxy, server) = proxy_to(old).await;
-    assert_eq!(
-        get(server.local_addr(), "/small").await,
-        (StatusCode::OK, "ok".to_owned())
-    );
+    small_ok(server.local_addr()).await;
     assert_eq!(seen_old.closed_by_peer.load(Ordering::SeqCst), 0);
     proxy.set_backends(Variant::Stable, &[new]);
     common::until("the old endpoint's idle connection closed", async || {
@@ -240,10 +232,7 @@ async fn a_pooled_connection_its_version_closed_while_idle_fails_no_request() {
     let (version, seen) = raw_version(Keep::IdleFor(std::time::Duration::from_millis(20))).await;
     let (proxy, server) = proxy_to(version).await;
     for n in 1..=5 {
-        assert_eq!(
-            get(server.local_addr(), "/small").await,
-            (StatusCode::OK, "ok".to_owned())
-        );
+        small_ok(server.local_addr()).await;
         common::until("the version to close its idle connection", async || {
             seen.closed_idle.load(Ordering::SeqCst) == n
         })
@@ -274,6 +263,27 @@ async fn read_answer(conn: &mut TcpStream) -> (String, String) {
     }
 }
 
+/// How long a test waits for the proxy to answer or close.
+const BOUND: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A connection to the proxy at `addr` that sent `POST /early` announcing a body of
+/// `length` bytes and the first of them, `sent`, and read the version's answer, which
+/// came before the body's end.
+async fn answered_early(addr: SocketAddr, length: usize, sent: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    conn.write_all(sent).await.unwrap();
+    let (status, body) = tokio::time::timeout(BOUND, read_answer(&mut conn))
+        .await
+        .expect("the early answer never came");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    conn
+}
+
 /// A version that answers an upload at its head, before its body: the client gets
 /// the answer, sends the rest of its body, and its connection goes on to its next
 /// request. The upstream connection still has the body to write when the answer
@@ -283,39 +293,26 @@ async fn read_answer(conn: &mut TcpStream) -> (String, String) {
 async fn an_upload_answered_before_its_body_is_sent_whole_and_the_connection_goes_on() {
     let (version, seen) = raw_version(Keep::Alive).await;
     let (proxy, server) = proxy_to(version).await;
-    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
     let upload = 1024 * 1024;
-    conn.write_all(
-        format!("POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: {upload}\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let bound = std::time::Duration::from_secs(20);
-    let (status, body) = tokio::time::timeout(bound, read_answer(&mut conn))
-        .await
-        .expect("the early answer never came");
-    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    let mut conn = answered_early(server.local_addr(), upload, b"").await;
     // In flight until its body is written: a drain of the version waits for it.
     let short = std::time::Duration::from_millis(300);
     assert!(!proxy.drain(Variant::Stable, short).await);
-    tokio::time::timeout(bound, conn.write_all(&vec![b'u'; upload]))
+    tokio::time::timeout(BOUND, conn.write_all(&vec![b'u'; upload]))
         .await
         .expect("the proxy stopped reading the upload once it was answered")
         .unwrap();
     conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let (status, body) = tokio::time::timeout(bound, read_answer(&mut conn))
+    let (status, body) = tokio::time::timeout(BOUND, read_answer(&mut conn))
         .await
         .expect("the next request on the connection was never answered");
     assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
-    assert!(proxy.drain(Variant::Stable, bound).await);
+    assert!(proxy.drain(Variant::Stable, BOUND).await);
     // Another client's requests, and the upstream connection the upload went on.
     for _ in 0..3 {
-        assert_eq!(
-            get(server.local_addr(), "/small").await,
-            (StatusCode::OK, "ok".to_owned())
-        );
+        small_ok(server.local_addr()).await;
     }
     assert_eq!(seen.closed_by_peer.load(Ordering::SeqCst), 0);
     let stable = proxy.totals().stable;
@@ -341,17 +338,9 @@ async fn a_stalled_upload_answered_early_is_closed_at_the_body_timeout() {
     .await
     .unwrap();
     proxy.set_backends(Variant::Stable, &[version]);
-    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
-    conn.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nabc")
-        .await
-        .unwrap();
-    let bound = std::time::Duration::from_secs(20);
-    let (status, _) = tokio::time::timeout(bound, read_answer(&mut conn))
-        .await
-        .expect("the early answer never came");
-    assert_eq!(status, "HTTP/1.1 200 OK");
+    let mut conn = answered_early(server.local_addr(), 100_000, b"abc").await;
     let mut rest = [0u8; 64];
-    let read = tokio::time::timeout(bound, conn.read(&mut rest))
+    let read = tokio::time::timeout(BOUND, conn.read(&mut rest))
         .await
         .expect("the stalled upload's connection was never closed");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
@@ -369,22 +358,8 @@ async fn a_stalled_upload_answered_early_is_closed_at_the_body_timeout() {
 async fn a_slow_upload_answered_early_that_keeps_coming_is_never_cut() {
     let (version, seen) = raw_version(Keep::Alive).await;
     let (_proxy, server) = proxy_to(version).await;
-    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
     let chunks = 35;
-    conn.write_all(
-        format!(
-            "POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
-            chunks * 10
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let bound = std::time::Duration::from_secs(20);
-    let (status, _) = tokio::time::timeout(bound, read_answer(&mut conn))
-        .await
-        .expect("the early answer never came");
-    assert_eq!(status, "HTTP/1.1 200 OK");
+    let mut conn = answered_early(server.local_addr(), chunks * 10, b"").await;
     // The pacing is the client's behaviour under test: past the 30 s the proxy
     // gives a version that stops reading, one chunk a second.
     for _ in 0..chunks {
@@ -394,7 +369,7 @@ async fn a_slow_upload_answered_early_that_keeps_coming_is_never_cut() {
     conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let (status, body) = tokio::time::timeout(bound, read_answer(&mut conn))
+    let (status, body) = tokio::time::timeout(BOUND, read_answer(&mut conn))
         .await
         .expect("the next request was never answered");
     assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
@@ -407,16 +382,7 @@ async fn a_slow_upload_answered_early_that_keeps_coming_is_never_cut() {
 async fn a_client_leaving_an_upload_answered_early_leaves_no_connection_open() {
     let (version, seen) = raw_version(Keep::Alive).await;
     let (proxy, server) = proxy_to(version).await;
-    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
-    conn.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
-        .await
-        .unwrap();
-    conn.write_all(&vec![b'u'; 200_000]).await.unwrap();
-    let bound = std::time::Duration::from_secs(20);
-    let (status, _) = tokio::time::timeout(bound, read_answer(&mut conn))
-        .await
-        .expect("the early answer never came");
-    assert_eq!(status, "HTTP/1.1 200 OK");
+    let conn = answered_early(server.local_addr(), 1_000_000, &vec![b'u'; 200_000]).await;
     drop(conn);
     common::until("the client's connection closed at the proxy", async || {
         proxy.open_connections() == 0
@@ -452,10 +418,7 @@ fn close_wait_to(port: u16) -> usize {
 async fn an_idle_connection_its_version_closed_is_closed_without_another_request() {
     let (version, seen) = raw_version(Keep::IdleFor(std::time::Duration::from_millis(20))).await;
     let (_proxy, server) = proxy_to(version).await;
-    assert_eq!(
-        get(server.local_addr(), "/small").await,
-        (StatusCode::OK, "ok".to_owned())
-    );
+    small_ok(server.local_addr()).await;
     common::until("the version to close its idle connection", async || {
         seen.closed_idle.load(Ordering::SeqCst) == 1
     })
@@ -474,15 +437,7 @@ async fn a_connection_back_from_an_endpoint_that_left_the_routes_is_closed() {
     let (new, _) = raw_version(Keep::Alive).await;
     let (proxy, server) = proxy_to(old).await;
     // An upload answered early keeps its connection busy until its body is written.
-    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
-    conn.write_all(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\n")
-        .await
-        .unwrap();
-    let bound = std::time::Duration::from_secs(20);
-    let (status, _) = tokio::time::timeout(bound, read_answer(&mut conn))
-        .await
-        .expect("the early answer never came");
-    assert_eq!(status, "HTTP/1.1 200 OK");
+    let mut conn = answered_early(server.local_addr(), 3, b"").await;
     proxy.set_backends(Variant::Stable, &[new]);
     conn.write_all(b"abc").await.unwrap();
     common::until("the old endpoint's connection closed", async || {
@@ -492,7 +447,7 @@ async fn a_connection_back_from_an_endpoint_that_left_the_routes_is_closed() {
     conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let (status, body) = tokio::time::timeout(bound, read_answer(&mut conn))
+    let (status, body) = tokio::time::timeout(BOUND, read_answer(&mut conn))
         .await
         .expect("the next request was never answered");
     assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));

@@ -13,8 +13,9 @@
 //! (GOAWAY) at the header timeout when it never had one, and at the idle timeout after
 //! its last stream otherwise. A connection whose client cancels (`RST_STREAM`) more
 //! than [`FLOOD_RESETS`] streams before their answers, and at least half of all its
-//! streams, is closed at once (the "rapid reset" flood: each stream it opens and
-//! cancels has already gone on to a version, at no cost to the client). Costs: one
+//! streams, is sent GOAWAY and takes no new stream (the "rapid reset" flood: each
+//! stream it opens and cancels has already gone on to a version, at no cost to the
+//! client); its streams in flight finish, as at a drain. Costs: one
 //! 24-byte buffer per connection, a few atomic adds per stream.
 
 use std::pin::Pin;

@@ -791,10 +791,12 @@ impl Proxy {
             _ = retiring.wait_for(|r| *r) => None,
             () = activity.idle(opened, header, limits.idle_timeout) => None,
             () = activity.flooded() => {
-                // A flood of cancelled streams: closed at once, and the streams it
-                // still has with it (see `h2::FLOOD_RESETS`).
+                // A flood of cancelled streams (see `h2::FLOOD_RESETS`): GOAWAY, as
+                // below; the client gets no new stream on this connection. A
+                // legitimate client caught by it (a gRPC client whose calls all
+                // reached their deadlines) only reconnects.
                 tracing::warn!(peer = %conn.peer, "HTTP/2 client cancelled most of its many streams: connection closed");
-                return;
+                None
             }
         };
         let ended = match ended {

@@ -2169,3 +2169,114 @@ async fn a_version_that_sets_no_header_limit_gets_every_head_the_proxy_took() {
         .unwrap();
     assert!(fields >= 60, "{fields} fields reached the version");
 }
+
+/// Review (flood guard): hyper's GOAWAY refuses new streams only once the client has
+/// acknowledged its PING. A flooding client that never does keeps its connection
+/// open past the GOAWAY: the streams it opens then reach no version, and the
+/// connection is cut at the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_that_ignores_the_goaway_reaches_no_version_and_is_cut() {
+    let (stable, _) = holding_backend("stable", Arc::new(Notify::new())).await;
+    let (proxy, server) = proxy(ProxyOptions {
+        limits: ProxyLimits {
+            header_timeout: Duration::from_millis(500),
+            ..ProxyLimits::default()
+        },
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[stable]);
+    let tcp = raw::connect(server.local_addr()).await;
+    let (mut rd, mut wr) = tcp.into_split();
+    // Reads every frame to the end, and never acknowledges a PING.
+    let reader = tokio::spawn(async move {
+        let mut head = [0u8; 9];
+        loop {
+            if rd.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if rd.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut id = 1u32;
+    let mut open_and_cancel = async |cancel: bool| {
+        let routed = proxy.routed(Variant::Stable);
+        let ids: Vec<u32> = (0..50).map(|n| id + 2 * n).collect();
+        id += 100;
+        for &stream in &ids {
+            wr.write_all(&raw::get(stream, "/hold")).await.unwrap();
+        }
+        if !cancel {
+            return;
+        }
+        until("the proxy to route every stream", async || {
+            proxy.routed(Variant::Stable) == routed + 50
+        })
+        .await;
+        for &stream in &ids {
+            // RST_STREAM with CANCEL.
+            let _ = wr
+                .write_all(&raw::frame(raw::RST_STREAM, 0, stream, &8u32.to_be_bytes()))
+                .await;
+        }
+        until("the proxy to let the cancelled streams go", async || {
+            proxy.in_flight(Variant::Stable) == 0
+        })
+        .await;
+    };
+    for _ in 0..5 {
+        open_and_cancel(true).await;
+    }
+    // 250 cancelled: the GOAWAY is sent; the client opens more streams anyway, and
+    // goes on opening one every 50 ms (its pacing is the behaviour under test), so
+    // the connection is never idle.
+    open_and_cancel(false).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !reader.is_finished() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flooding connection was never cut"
+        );
+        let _ = wr.write_all(&raw::get(id, "/hold")).await;
+        id += 2;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        proxy.routed(Variant::Stable),
+        250,
+        "no stream past the flood reached the version"
+    );
+}
+
+/// Review: an `Upgrade` header that `Connection` does not name asks for no upgrade
+/// (RFC 9110 7.8). Taken for one, the request went to an h2c version in HTTP/1.1,
+/// failed, and was counted as the version's error: any client could fail a canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_upgrade_header_is_no_upgrade_and_fails_no_h2c_version() {
+    let version = h2c_version_without_limits().await;
+    let (proxy, server) = proxy(ProxyOptions {
+        upstream: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    })
+    .await;
+    proxy.set_backends(Variant::Stable, &[version]);
+    let mut tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: svc.test\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (1, 0));
+}

@@ -31,6 +31,16 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether the command is a data plane alone (`rampart proxy`, `rampart
+    /// sample-service`): nothing in it blocks its thread, so it may run on one thread
+    /// (tokio's current-thread scheduler). The others reach the store, whose SQLite
+    /// calls block while they commit.
+    pub fn serves_alone(&self) -> bool {
+        matches!(self.command, Command::Proxy(_) | Command::SampleService(_))
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -23,15 +23,17 @@ fn main() {
     }
     // RAMPART_WORKER_THREADS sizes the runtime (a data plane beside its load and its
     // backends on a small machine does better with fewer threads than cores). One
-    // thread is tokio's current-thread scheduler: the multi-thread one with a single
-    // worker runs a task just spawned (each HTTP/2 stream is one) before those already
-    // waiting, and some streams waited long (p99 56 ms against 11 ms, BENCHMARKS.md).
+    // thread, for a data plane alone, is tokio's current-thread scheduler: the
+    // multi-thread one with a single worker runs a task just spawned (each HTTP/2
+    // stream is one) before those already waiting, and some streams waited long (p99
+    // 56 ms against 11 ms, BENCHMARKS.md). A command that reaches the store keeps a
+    // worker of its own for the proxy: a SQLite commit blocks its thread.
     let threads = std::env::var("RAMPART_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0);
     let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(1) if cli.serves_alone() => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(n);

@@ -437,3 +437,31 @@ fn the_data_plane_serves_https_from_the_policys_certificates_and_keeps_their_pat
         "{saved}"
     );
 }
+
+/// `RAMPART_WORKER_THREADS=1` puts `rampart proxy` on one thread alone; `rampart
+/// serve`, whose store commits block the thread they run on, keeps a worker thread
+/// apart for its proxies.
+#[test]
+fn one_thread_for_serve_keeps_a_worker_apart_from_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let serve = servers::spawn(
+        Command::new(exe())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--state-dir",
+            ])
+            .arg(dir.path())
+            .env("RAMPART_WORKER_THREADS", "1"),
+    );
+    servers::wait_until("rampart serve", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let workers = thread_names(serve.0.id())
+        .iter()
+        .filter(|name| name.starts_with("tokio-rt-worker"))
+        .count();
+    assert_eq!(workers, 1, "one worker, apart from the main thread");
+}

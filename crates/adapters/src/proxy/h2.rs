@@ -13,9 +13,10 @@
 //! (GOAWAY) at the header timeout when it never had one, and at the idle timeout after
 //! its last stream otherwise. A connection whose client cancels (`RST_STREAM`) more
 //! than [`FLOOD_RESETS`] streams before their answers, and at least half of all its
-//! streams, is sent GOAWAY and takes no new stream (the "rapid reset" flood: each
-//! stream it opens and cancels has already gone on to a version, at no cost to the
-//! client); its streams in flight finish, as at a drain. Costs: one
+//! streams, is sent GOAWAY (the "rapid reset" flood: each stream it opens and
+//! cancels has already gone on to a version, at no cost to the client): its streams
+//! in flight finish, as at a drain, a stream it opens anyway reaches no version, and
+//! it is cut at the header timeout if it has not closed. Costs: one
 //! 24-byte buffer per connection, a few atomic adds per stream.
 
 use std::pin::Pin;
@@ -191,6 +192,11 @@ impl Activity {
             }
             flood.await;
         }
+    }
+
+    /// Whether the client has passed the flood limit (see [`Activity::flooded`]).
+    pub(super) fn is_flooding(&self) -> bool {
+        self.flooding.load(Ordering::Acquire)
     }
 
     fn cancelled(&self) {

@@ -763,8 +763,15 @@ impl Proxy {
             // `UpstreamSlot`), kept until its answer is done.
             let slot = (!first).then(|| UpstreamSlot::take(&proxy.inner));
             let unanswered = streams.unanswered();
+            let flooding = streams.is_flooding();
             async move {
                 let resp = match slot {
+                    // Past the flood limit, a stream the client opens anyway (it
+                    // ignores the GOAWAY) reaches no version.
+                    _ if flooding => plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "rampart: connection closing\n",
+                    ),
                     Some(None) => {
                         let mut resp = plain(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -792,9 +799,11 @@ impl Proxy {
             () = activity.idle(opened, header, limits.idle_timeout) => None,
             () = activity.flooded() => {
                 // A flood of cancelled streams (see `h2::FLOOD_RESETS`): GOAWAY, as
-                // below; the client gets no new stream on this connection. A
-                // legitimate client caught by it (a gRPC client whose calls all
-                // reached their deadlines) only reconnects.
+                // below, and a stream opened anyway reaches no version. A client
+                // that does not close (hyper's GOAWAY waits for the client's PING
+                // acknowledgement before it refuses new streams) is cut at the
+                // header timeout. A legitimate client caught by it (a gRPC client
+                // whose calls all reached their deadlines) only reconnects.
                 tracing::warn!(peer = %conn.peer, "HTTP/2 client cancelled most of its many streams: connection closed");
                 None
             }
@@ -806,10 +815,18 @@ impl Proxy {
                 served.as_mut().graceful_shutdown();
                 let mut cut = self.inner.cut.clone();
                 let now = tokio::time::Instant::now();
+                let flood_cut = async {
+                    if activity.is_flooding() {
+                        tokio::time::sleep_until(now + header).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
                     ended = served.as_mut() => ended,
                     _ = cut.wait_for(|c| *c) => Ok(()),
                     () = activity.idle(now, header, header) => Ok(()),
+                    () = flood_cut => Ok(()),
                 }
             }
         };
@@ -1188,6 +1205,9 @@ impl Proxy {
         };
         *req.uri_mut() = uri;
         strip_hop_by_hop(req.headers_mut());
+        // An `Upgrade` that `Connection` does not name asks for nothing (RFC 9110
+        // 7.8): dropped, so that only a real upgrade is sent as one.
+        req.headers_mut().remove(hyper::header::UPGRADE);
         if http2 && self.inner.upstream.protocol() == UpstreamProtocol::Http1 {
             join_cookies(req.headers_mut());
         }

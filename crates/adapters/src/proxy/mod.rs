@@ -1480,6 +1480,7 @@ fn join_cookies(headers: &mut hyper::HeaderMap) {
     let joined = crumbs
         .iter()
         .map(HeaderValue::as_bytes)
+        .filter(|crumb| !crumb.is_empty())
         .collect::<Vec<_>>()
         .join(&b"; "[..]);
     // Each crumb was a valid value, and `; ` is too.

@@ -67,19 +67,27 @@ struct Conn<B: Body + 'static> {
     /// waiting for a connection no one drives.
     conn: Option<http1::Connection<TokioIo<TcpStream>, B>>,
     addr: SocketAddr,
-    home: Weak<Idle<B>>,
+    home: Weak<Idle<Conn<B>>>,
+}
+
+/// A connection a pool keeps between requests.
+pub(super) trait Pooled: Send + 'static {
+    /// The endpoint it is connected to.
+    fn addr(&self) -> SocketAddr;
+    /// Whether it is open and takes a request now.
+    fn is_ready(&mut self, cx: &mut Context<'_>) -> bool;
 }
 
 /// The idle connections of a pool, by endpoint; the last one in is the first taken.
-struct Idle<B: Body + 'static> {
-    by_endpoint: Mutex<Shelf<B>>,
+pub(super) struct Idle<C> {
+    by_endpoint: Mutex<Shelf<C>>,
 }
 
 /// Idle connections, each with the instant it went idle.
-type IdleConns<B> = Vec<(Box<Conn<B>>, Instant)>;
+type IdleConns<C> = Vec<(Box<C>, Instant)>;
 
-struct Shelf<B: Body + 'static> {
-    conns: HashMap<SocketAddr, IdleConns<B>>,
+struct Shelf<C> {
+    conns: HashMap<SocketAddr, IdleConns<C>>,
     /// The endpoints the routes name (`None`: not told yet): a connection to another
     /// is not kept.
     routed: Option<HashSet<SocketAddr>>,
@@ -89,7 +97,7 @@ struct Shelf<B: Body + 'static> {
 
 /// The pool of HTTP/1.1 connections to the versions.
 pub(super) struct Http1Pool<B: Body + 'static> {
-    idle: Arc<Idle<B>>,
+    idle: Arc<Idle<Conn<B>>>,
     connect_timeout: Duration,
 }
 
@@ -119,13 +127,7 @@ where
     /// An empty pool; a connection attempt may take `connect_timeout`.
     pub(super) fn new(connect_timeout: Duration) -> Self {
         Http1Pool {
-            idle: Arc::new(Idle {
-                by_endpoint: Mutex::new(Shelf {
-                    conns: HashMap::new(),
-                    routed: None,
-                    sweeping: false,
-                }),
-            }),
+            idle: Idle::new(),
             connect_timeout,
         }
     }
@@ -142,7 +144,7 @@ where
             return upgrade(addr, req, self.connect_timeout).await;
         }
         origin_form(&mut req);
-        let mut pooled = self.take(addr).await;
+        let mut pooled = self.idle.take(addr).await;
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
@@ -167,25 +169,7 @@ where
     /// Forgets the idle connections to endpoints not `routed` (those the routes name),
     /// and keeps none to them from now on.
     pub(super) fn retain(&self, routed: HashSet<SocketAddr>) {
-        let mut shelf = self.idle.shelf();
-        shelf.conns.retain(|addr, _| routed.contains(addr));
-        shelf.routed = Some(routed);
-    }
-
-    /// An idle connection to `addr` that is still open and ready for a request.
-    async fn take(&self, addr: SocketAddr) -> Option<Box<Conn<B>>> {
-        loop {
-            let conn = {
-                let mut shelf = self.idle.shelf();
-                let conns = shelf.conns.get_mut(&addr)?;
-                let (conn, _) = conns.pop()?;
-                conn
-            };
-            let mut conn = conn;
-            if poll_fn(|cx| Poll::Ready(conn.is_ready(cx))).await {
-                return Some(conn);
-            }
-        }
+        self.idle.retain(routed);
     }
 
     /// A new connection to `addr`.
@@ -267,30 +251,59 @@ where
     Ok(resp.map(|body| (body, None)))
 }
 
-impl<B: Body + 'static> Idle<B> {
-    fn shelf(&self) -> std::sync::MutexGuard<'_, Shelf<B>> {
+impl<C> Idle<C> {
+    /// An empty shelf, keeping connections to any endpoint until told the routed ones.
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Idle {
+            by_endpoint: Mutex::new(Shelf {
+                conns: HashMap::new(),
+                routed: None,
+                sweeping: false,
+            }),
+        })
+    }
+
+    fn shelf(&self) -> std::sync::MutexGuard<'_, Shelf<C>> {
         self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the idle connections to endpoints not `routed`, and keeps none to them
+    /// from now on.
+    pub(super) fn retain(&self, routed: HashSet<SocketAddr>) {
+        let mut shelf = self.shelf();
+        shelf.conns.retain(|addr, _| routed.contains(addr));
+        shelf.routed = Some(routed);
     }
 }
 
-impl<B> Idle<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<C: Pooled> Idle<C> {
+    /// An idle connection to `addr` that is still open and ready for a request.
+    pub(super) async fn take(&self, addr: SocketAddr) -> Option<Box<C>> {
+        loop {
+            let mut conn = {
+                let mut shelf = self.shelf();
+                let conns = shelf.conns.get_mut(&addr)?;
+                let (conn, _) = conns.pop()?;
+                conn
+            };
+            if poll_fn(|cx| Poll::Ready(conn.is_ready(cx))).await {
+                return Some(conn);
+            }
+        }
+    }
+
     /// Puts `conn`, between requests, on the shelf; starts the sweep if it is not
     /// running.
-    fn shelve(self: &Arc<Self>, conn: Box<Conn<B>>) {
+    pub(super) fn shelve(self: &Arc<Self>, conn: Box<C>) {
         let mut shelf = self.shelf();
+        let addr = conn.addr();
         if shelf
             .routed
             .as_ref()
-            .is_some_and(|routed| !routed.contains(&conn.addr))
+            .is_some_and(|routed| !routed.contains(&addr))
         {
             return;
         }
-        let addr = conn.addr;
         shelf
             .conns
             .entry(addr)
@@ -308,8 +321,8 @@ where
     async fn sweeping(idle: Weak<Self>) {
         /// Clears the flag however the task ends (its runtime may drop it mid-sleep),
         /// so that the next connection shelved starts another.
-        struct Stopped<B: Body + 'static>(Weak<Idle<B>>);
-        impl<B: Body + 'static> Drop for Stopped<B> {
+        struct Stopped<C>(Weak<Idle<C>>);
+        impl<C> Drop for Stopped<C> {
             fn drop(&mut self) {
                 if let Some(idle) = self.0.upgrade() {
                     idle.shelf().sweeping = false;
@@ -331,12 +344,7 @@ where
     }
 }
 
-impl<B> Shelf<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<C: Pooled> Shelf<C> {
     /// Drops the idle connections that expired or that their versions closed.
     fn sweep(&mut self) {
         let now = Instant::now();
@@ -369,12 +377,6 @@ where
         }
     }
 
-    /// Whether the connection is open and takes a request now.
-    fn is_ready(&mut self, cx: &mut Context<'_>) -> bool {
-        self.poll_conn(cx);
-        self.conn.is_some() && matches!(self.send.poll_ready(cx), Poll::Ready(Ok(())))
-    }
-
     /// Waits for `fut`, driving the connection meanwhile: first the connection (it
     /// writes the request, reads the answer), then `fut`, which then often needs no
     /// wake-up of its own.
@@ -385,6 +387,22 @@ where
             fut.as_mut().poll(cx)
         })
         .await
+    }
+}
+
+impl<B> Pooled for Conn<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn is_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        self.poll_conn(cx);
+        self.conn.is_some() && matches!(self.send.poll_ready(cx), Poll::Ready(Ok(())))
     }
 }
 

@@ -78,6 +78,7 @@ mod forwarded;
 mod grpc;
 mod h2;
 mod http1;
+mod lean;
 mod limits;
 mod park;
 pub mod plane;
@@ -167,6 +168,9 @@ struct Inner {
     /// The versions' side, in the policy's protocol. Clients' bodies go upstream
     /// through `Limited` (`max_body_bytes`) and a read deadline (`body_timeout`).
     upstream: upstream::Upstream<BodyDeadline<Limited<Incoming>>>,
+    /// The lean path's connections to the versions, when they speak HTTP/1.1 (see
+    /// `lean`).
+    lean: Option<lean::Pool>,
     sequence: AtomicU64,
     idle: Notify,
     endpoints: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<AtomicU64>>>,
@@ -218,6 +222,10 @@ struct ClientConn {
 }
 
 impl Inner {
+    fn lean_pool(&self) -> Option<&lean::Pool> {
+        self.lean.as_ref()
+    }
+
     fn counters(&self, v: Variant) -> &VariantCounters {
         match v {
             Variant::Stable => &self.stable,
@@ -246,8 +254,16 @@ impl Inner {
             uncounted: guard.uncounted.clone(),
         };
         f(&mut next);
-        let routed = next.stable.iter().chain(&next.canary).map(|b| b.addr);
-        self.upstream.retain(routed.collect());
+        let routed: std::collections::HashSet<SocketAddr> = next
+            .stable
+            .iter()
+            .chain(&next.canary)
+            .map(|b| b.addr)
+            .collect();
+        if let Some(lean) = &self.lean {
+            lean.retain(routed.clone());
+        }
+        self.upstream.retain(routed);
         if next.weight == Weight::ZERO && next.matches.is_empty() && !guard.is_closed() {
             self.canary_at_zero
                 .store(self.canary.routed(), Ordering::Release);
@@ -444,6 +460,8 @@ impl Proxy {
                 stable: VariantCounters::new(),
                 canary: VariantCounters::new(),
                 upstream: upstream::Upstream::new(upstream),
+                lean: (upstream == UpstreamProtocol::Http1)
+                    .then(|| lean::Pool::new(upstream::CONNECT_TIMEOUT)),
                 sequence: AtomicU64::new(0),
                 idle: Notify::new(),
                 endpoints: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -560,7 +578,7 @@ impl Proxy {
                 if h2 {
                     self.serve_http2(io, conn, closed, open, opened).await;
                 } else {
-                    self.serve_http1(io, reads, conn, closed, open, opened)
+                    self.serve_http1(io, reads, conn, closed, open, opened, &[])
                         .await;
                 }
             }
@@ -597,8 +615,11 @@ impl Proxy {
             h2::Protocol::H2 => {
                 Box::pin(self.serve_http2(io, conn, closed, open, opened)).await;
             }
+            h2::Protocol::Http1 if self.inner.lean.is_some() => {
+                self.serve_lean(io, reads, conn, closed, open, opened).await;
+            }
             h2::Protocol::Http1 => {
-                self.serve_http1(io, reads, conn, closed, open, opened)
+                self.serve_http1(io, reads, conn, closed, open, opened, &[])
                     .await;
             }
         }
@@ -610,6 +631,7 @@ impl Proxy {
     ///
     /// A connection idle for [`park::park_after`] parks: its HTTP state is dropped,
     /// and the first byte of its next request starts a fresh one (see `park`).
+    #[allow(clippy::too_many_arguments)]
     async fn serve_http1<I>(
         self,
         io: I,
@@ -618,6 +640,7 @@ impl Proxy {
         mut closed: tokio::sync::watch::Receiver<bool>,
         open: Arc<OpenConnection>,
         opened: tokio::time::Instant,
+        unread: &[u8],
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -648,6 +671,7 @@ impl Proxy {
             })
         };
         let mut io = park::Parkable::new(io, park.clone());
+        io.unread(unread);
         let mut opened = opened;
         loop {
             http.timer(
@@ -1083,11 +1107,11 @@ impl Proxy {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    fn choose(&self, routes: &Routes, peer: SocketAddr, req: &Request<Incoming>) -> Variant {
+    fn choose(&self, routes: &Routes, peer: SocketAddr, headers: &hyper::HeaderMap) -> Variant {
         if routes.canary.is_empty() {
             return Variant::Stable;
         }
-        if routes.matches.iter().any(|m| matches(m, req)) {
+        if routes.matches.iter().any(|m| matches(m, headers)) {
             return Variant::Canary;
         }
         let bp = routes.weight.basis_points();
@@ -1097,7 +1121,7 @@ impl Proxy {
         if bp >= 10_000 || routes.stable.is_empty() {
             return Variant::Canary;
         }
-        match sticky_key(&self.inner.sticky, peer, req) {
+        match sticky_key(&self.inner.sticky, peer, headers) {
             Some(k) => sticky_variant(&routes.salt, &k, bp),
             // No key: spread requests evenly, independently of each other.
             None => {
@@ -1113,10 +1137,10 @@ impl Proxy {
 
     /// The routes and the variant for `req`; when that variant has no backend, waits
     /// (up to the hold) for a route change that gives it one.
-    async fn route(&self, peer: SocketAddr, req: &Request<Incoming>) -> (Arc<Routes>, Variant) {
+    async fn route(&self, peer: SocketAddr, headers: &hyper::HeaderMap) -> (Arc<Routes>, Variant) {
         // The usual case first: no wait, so no waiter registered on `changed`.
         let routes = self.inner.routes();
-        let variant = self.choose(&routes, peer, req);
+        let variant = self.choose(&routes, peer, headers);
         if !routes.of(variant).is_empty() {
             return (routes, variant);
         }
@@ -1127,12 +1151,39 @@ impl Proxy {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let routes = self.inner.routes();
-            let variant = self.choose(&routes, peer, req);
+            let variant = self.choose(&routes, peer, headers);
             let empty = routes.of(variant).is_empty();
             if !empty || tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return (routes, variant);
             }
         }
+    }
+
+    /// Writes the forwarding headers of a request from `conn` and settles rampart's
+    /// load mark; `true` when the request is rampart's own load that must not count.
+    /// Shared by hyper's path and the lean one, so both send a version the same.
+    fn forwarding(
+        &self,
+        headers: &mut hyper::HeaderMap,
+        routes: &Routes,
+        conn: ClientConn,
+    ) -> bool {
+        let peer = conn.peer.ip();
+        forwarded::set(headers, peer, self.inner.trust.trusts(peer), conn.tls);
+        // rampart's own load that must not count: the token is swapped for `1`.
+        let load = HeaderName::from_static(rampart_core::policy::LOAD_HEADER);
+        let uncounted = !routes.uncounted.is_empty()
+            && headers
+                .get(&load)
+                .is_some_and(|v| v.as_bytes() == routes.uncounted.as_bytes());
+        if uncounted {
+            headers.insert(load, HeaderValue::from_static("1"));
+        } else if !routes.uncounted.is_empty() {
+            // While rampart's load is marked, only it reaches the service marked: a
+            // client's own mark is dropped, so the service can trust the header.
+            headers.remove(&load);
+        }
+        uncounted
     }
 
     async fn forward(
@@ -1163,7 +1214,7 @@ impl Proxy {
         {
             req.headers_mut().insert(hyper::header::HOST, host);
         }
-        let (routes, variant) = self.route(peer, &req).await;
+        let (routes, variant) = self.route(peer, req.headers()).await;
         // Taken before the request is sent on: hyper keeps the client's side of an
         // upgrade in the request it read.
         let upgrade = upgrade_of(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
@@ -1214,28 +1265,7 @@ impl Proxy {
         if let Some((proto, _)) = &upgrade {
             restore_upgrade(req.headers_mut(), proto.clone());
         }
-        forwarded::set(
-            req.headers_mut(),
-            peer.ip(),
-            self.inner.trust.trusts(peer.ip()),
-            conn.tls,
-        );
-
-        // rampart's own load that must not count: the token is swapped for `1`.
-        let load = HeaderName::from_static(rampart_core::policy::LOAD_HEADER);
-        let uncounted = !routes.uncounted.is_empty()
-            && req
-                .headers()
-                .get(&load)
-                .is_some_and(|v| v.as_bytes() == routes.uncounted.as_bytes());
-        if uncounted {
-            req.headers_mut()
-                .insert(load, HeaderValue::from_static("1"));
-        } else if !routes.uncounted.is_empty() {
-            // While rampart's load is marked, only it reaches the service marked: a
-            // client's own mark is dropped, so the service can trust the header.
-            req.headers_mut().remove(&load);
-        }
+        let uncounted = self.forwarding(req.headers_mut(), &routes, conn);
         let counters = self.inner.counters(variant);
         // Held by the version's answer when there is one (an HTTP/1.1 upload it
         // answered early is in flight until its body is written), else by ours.
@@ -1642,8 +1672,8 @@ fn plain_body(
     resp
 }
 
-fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.headers()
+fn cookie<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(hyper::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -1653,10 +1683,10 @@ fn cookie<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn matches(rule: &RouteMatch, req: &Request<Incoming>) -> bool {
+fn matches(rule: &RouteMatch, headers: &hyper::HeaderMap) -> bool {
     let value: Option<&[u8]> = match &rule.source {
-        MatchSource::Header(name) => req.headers().get(name.as_str()).map(|v| v.as_bytes()),
-        MatchSource::Cookie(name) => cookie(req, name).map(str::as_bytes),
+        MatchSource::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes()),
+        MatchSource::Cookie(name) => cookie(headers, name).map(str::as_bytes),
     };
     match value {
         None => false,
@@ -1675,15 +1705,12 @@ fn sticky_variant(salt: &str, key: &[u8], bp: u16) -> Variant {
     }
 }
 
-fn sticky_key(sticky: &Sticky, peer: SocketAddr, req: &Request<Incoming>) -> Option<Vec<u8>> {
+fn sticky_key(sticky: &Sticky, peer: SocketAddr, headers: &hyper::HeaderMap) -> Option<Vec<u8>> {
     match sticky {
         Sticky::None => None,
         Sticky::ClientIp => Some(peer.ip().to_string().into_bytes()),
-        Sticky::Header(name) => req
-            .headers()
-            .get(name.as_str())
-            .map(|v| v.as_bytes().to_vec()),
-        Sticky::Cookie(name) => cookie(req, name).map(|v| v.as_bytes().to_vec()),
+        Sticky::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        Sticky::Cookie(name) => cookie(headers, name).map(|v| v.as_bytes().to_vec()),
     }
 }
 

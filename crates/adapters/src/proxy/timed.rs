@@ -107,6 +107,14 @@ impl Clock {
         self
     }
 
+    /// Records the total time of a request answered whole (or whose client left
+    /// mid-answer), once its answer is done; not for a gRPC call.
+    pub(super) fn finish(self) {
+        self.inner
+            .counters(self.variant)
+            .record_total(self.started.elapsed());
+    }
+
     /// Counts a request its client abandoned before its answer was done (see the
     /// module's doc).
     fn abandon(self) {

@@ -95,7 +95,7 @@ const RESPONSE_HEADER_LIST: u32 = 256 * 1024;
 
 /// How long opening a connection to an endpoint may take, its version's SETTINGS
 /// included.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The most streams one h2c connection carries at once. It bounds what one
 /// connection-level failure breaks, and the receive window a connection must grant

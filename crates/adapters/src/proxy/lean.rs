@@ -1,0 +1,1177 @@
+//! The lean HTTP/1.1 path: a plain-text client's requests without a body (GET, HEAD,
+//! DELETE and the like, most of a service's traffic) forwarded by the proxy's own code
+//! rather than through hyper's server and client: a request costs its four socket
+//! calls, one parse of each head, and no task, channel or boxed future of its own.
+//!
+//! Owns reading request heads off plain HTTP/1.1 client connections, forwarding the
+//! requests it can forward whole, and its pool of upstream HTTP/1.1 connections. It
+//! must not decide anything hyper's path decides: the route, the forwarding headers,
+//! what is counted and when (`Proxy::route`, `Proxy::forwarding`, `Clock`, `Waiting`,
+//! `Flight`) are the same code on both paths, so versions and judges see no
+//! difference.
+//!
+//! At the first request it does not forward whole (one with a body, an upgrade,
+//! `Expect`, HTTP/1.0, a target not in origin form, a gRPC call, a head that does not
+//! parse or passes `max_header_bytes`), the connection is handed to hyper's path
+//! (`Proxy::serve_http1`) with every byte read and not yet used, which hyper reads
+//! first: hyper answers as it always has (400, 431, the upload, the WebSocket) and
+//! keeps the connection to its end.
+//!
+//! Guarantees:
+//! - The limits of hyper's path: the first head is due within `header_timeout` of the
+//!   connection's opening; a later one within `idle_timeout` of the last answer for
+//!   its first byte, then within `header_timeout` of that byte. A connection past its
+//!   deadline is closed, as hyper closes it.
+//! - A request is counted once, in its variant, as on hyper's path: at its answer's
+//!   head (an error when 5xx, with its header time), its total time at the answer's
+//!   end, or as abandoned when its client leaves before the answer's head; no answer
+//!   from the version is a 502 and an error without latency.
+//! - An upstream connection goes back to the pool only after an answer read to its end
+//!   (framed by its length or its chunks, with nothing after it) and neither side
+//!   asked to close it. A request is sent once more, on a new connection, only when
+//!   the pooled one it was sent on had closed before any byte of an answer and the
+//!   request is safe to repeat (its method is idempotent, or it was not written).
+//! - An idle connection gives up its buffers after `park::park_after`, as hyper's does
+//!   when it parks.
+//! - The server's stop closes an idle connection at once, and one with a request in
+//!   flight after its answer (sent with `Connection: close`); a retiring proxy closes
+//!   each connection after its next answer, as does a client's `Connection: close`.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::Method;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::http1::{Idle, Pooled};
+use super::timed::{Clock, Waiting};
+use super::{ClientConn, Flight, OpenConnection, Proxy, VARIANT_HEADER};
+
+/// The most header fields a request head may have here (hyper's own bound); one with
+/// more goes to hyper's path, which refuses it.
+const MAX_FIELDS: usize = 100;
+
+/// The most header fields, and bytes, of a version's answer head (hyper's client
+/// allows about 400 KiB).
+const MAX_ANSWER_FIELDS: usize = 100;
+const MAX_ANSWER_HEAD: usize = 256 * 1024;
+
+/// How much room a read off a socket is given.
+const READ_CHUNK: usize = 16 * 1024;
+
+// === impl Pool ===
+
+/// The lean path's idle connections to the versions.
+pub(super) struct Pool {
+    idle: Arc<Idle<Upstream>>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("lean::Pool").finish_non_exhaustive()
+    }
+}
+
+/// An HTTP/1.1 connection to one version's endpoint, between requests or carrying one.
+struct Upstream {
+    stream: TcpStream,
+    addr: SocketAddr,
+}
+
+impl Pooled for Upstream {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// An idle connection has nothing to read: a readable one was closed by its
+    /// version (or sent bytes no request asked for), and is done either way.
+    fn is_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.stream.poll_read_ready(cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+}
+
+impl Pool {
+    pub(super) fn new(connect_timeout: Duration) -> Pool {
+        Pool {
+            idle: Idle::new(),
+            connect_timeout,
+        }
+    }
+
+    /// Forgets the idle connections to endpoints not `routed`.
+    pub(super) fn retain(&self, routed: std::collections::HashSet<SocketAddr>) {
+        self.idle.retain(routed);
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Box<Upstream>> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(Box::new(Upstream { stream, addr }))
+    }
+}
+
+// === request heads ===
+
+/// A request head the lean path forwards.
+struct Head {
+    /// Its length at the start of the buffer.
+    len: usize,
+    method: Method,
+    /// Where its target (origin form) is in the buffer.
+    target: Range<usize>,
+    headers: HeaderMap,
+    /// Whether the client asked to close the connection after the answer.
+    close: bool,
+}
+
+/// What the start of a client's buffer holds.
+enum Parsed {
+    Head(Head),
+    /// Not a whole head yet.
+    Partial,
+    /// A head for hyper's path (see the module's doc).
+    Hyper,
+}
+
+/// Parses the request head at the start of `buf`.
+fn parse_head(buf: &[u8]) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Hyper,
+    };
+    let (Some(1), Some(method), Some(path)) = (req.version, req.method, req.path) else {
+        return Parsed::Hyper;
+    };
+    if !path.starts_with('/') {
+        return Parsed::Hyper;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Hyper;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Hyper;
+    }
+    let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = start..start + path.len();
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut host = false;
+    let mut close = false;
+    for field in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.as_bytes()),
+            HeaderValue::from_bytes(field.value),
+        ) else {
+            return Parsed::Hyper;
+        };
+        if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
+            return Parsed::Hyper;
+        }
+        if name == header::CONTENT_LENGTH && value.as_bytes() != b"0" {
+            return Parsed::Hyper;
+        }
+        host |= name == header::HOST;
+        if name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
+            close = true;
+        }
+        headers.append(name, value);
+    }
+    if !host || super::grpc::is_grpc(&headers) {
+        return Parsed::Hyper;
+    }
+    Parsed::Head(Head {
+        len,
+        method,
+        target,
+        headers,
+        close,
+    })
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Writes `req`'s head for a version into `out`: its request line in origin form and
+/// `headers` (already edited for the version).
+fn write_request(out: &mut Vec<u8>, method: &Method, target: &[u8], headers: &HeaderMap) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+// === answer heads ===
+
+/// How an answer's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// It has none (HEAD, 204, 304).
+    Empty,
+    /// After this many bytes.
+    Length(u64),
+    /// At its last chunk and trailers.
+    Chunked,
+    /// When the version closes the connection.
+    Close,
+}
+
+/// A version's answer head, read whole.
+#[derive(Debug)]
+struct Answer {
+    /// Its length at the start of the buffer.
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// Whether the version keeps the connection open after it.
+    keep_alive: bool,
+}
+
+/// What the start of a version's buffer holds.
+#[derive(Debug)]
+enum ParsedAnswer {
+    Answer(Answer),
+    /// An informational answer (1xx but 101) of this length, which the client of a
+    /// request without `Expect` is not sent.
+    Informational(usize),
+    Partial,
+}
+
+/// Why a version's answer cannot be passed on.
+#[derive(Debug, thiserror::Error)]
+enum BadAnswer {
+    #[error("malformed answer head: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("answer head over {MAX_ANSWER_HEAD} bytes")]
+    TooLarge,
+    #[error("unasked-for 101 Switching Protocols")]
+    Switched,
+    #[error("conflicting or invalid Content-Length")]
+    Length,
+}
+
+/// Parses the answer head at the start of `buf` to a request (`head_request`: a HEAD
+/// one). A whole one is written for the client into `out`: its status line, its
+/// fields but those of the version's connection, then `x-rampart-variant: variant`,
+/// and `Connection: close` when `close` (or when its end is the connection's).
+fn parse_answer(
+    buf: &[u8],
+    head_request: bool,
+    variant: &str,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<ParsedAnswer, BadAnswer> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial if buf.len() > MAX_ANSWER_HEAD => {
+            return Err(BadAnswer::TooLarge);
+        }
+        httparse::Status::Partial => return Ok(ParsedAnswer::Partial),
+    };
+    let status = resp.code.unwrap_or(0);
+    if status == 101 {
+        return Err(BadAnswer::Switched);
+    }
+    if (100..200).contains(&status) {
+        return Ok(ParsedAnswer::Informational(len));
+    }
+    let mut keep_alive = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for field in resp.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("connection") {
+            keep_alive &= !has_token(field.value, b"close");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(field.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(BadAnswer::Length)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadAnswer::Length);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding says how the body ends (RFC 9112 6.3).
+            let last = field.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    // The fields the version's `Connection` names are its connection's too.
+    let listed = |name: &str| {
+        resp.headers.iter().any(|f| {
+            f.name.eq_ignore_ascii_case("connection")
+                && f.value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        })
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for field in resp.headers.iter() {
+        let name = field.name;
+        let hop = name.eq_ignore_ascii_case("connection")
+            || name.eq_ignore_ascii_case("keep-alive")
+            || name.eq_ignore_ascii_case("proxy-connection")
+            // A chunked body carries its own end: a length beside it is wrong.
+            || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
+            || listed(name);
+        if hop {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(field.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(VARIANT_HEADER.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(variant.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if close || framing == Framing::Close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ParsedAnswer::Answer(Answer {
+        len,
+        status,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// A status code's three digits.
+fn itoa3(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
+}
+
+/// rampart's own short answer, as hyper's path writes it (`plain`).
+fn write_plain(out: &mut Vec<u8>, status: &str, text: &str, variant: Option<&str>, close: bool) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(text.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(variant) = variant {
+        out.extend_from_slice(VARIANT_HEADER.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(variant.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(text.as_bytes());
+}
+
+// === impl Chunks ===
+
+/// Where a chunked body is, to find its end without changing a byte of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunks {
+    /// In a chunk's size line: the size so far, and whether a digit was seen.
+    Size(u64, bool),
+    /// In a chunk's extensions, after its size.
+    Extension(u64),
+    /// After the size line's CR.
+    SizeLf(u64),
+    /// In a chunk's data: how many bytes are left.
+    Data(u64),
+    /// After a chunk's data: its CR, then its LF.
+    DataCr,
+    DataLf,
+    /// In the trailer section: the length of the field line so far.
+    Trailer(usize),
+    /// After a trailer line's CR (`true`: the empty line that ends the body).
+    TrailerLf(bool),
+    Done,
+}
+
+/// A chunked body that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed chunked body")]
+struct BadChunks;
+
+impl Chunks {
+    fn new() -> Chunks {
+        Chunks::Size(0, false)
+    }
+
+    /// Moves over `bytes`; how many belong to the body (all of them, or up to its end).
+    fn feed(&mut self, bytes: &[u8]) -> Result<usize, BadChunks> {
+        let mut at = 0;
+        while at < bytes.len() {
+            if let Chunks::Data(left) = *self {
+                let take = left.min((bytes.len() - at) as u64);
+                at += take as usize;
+                *self = if take == left {
+                    Chunks::DataCr
+                } else {
+                    Chunks::Data(left - take)
+                };
+                continue;
+            }
+            let b = bytes[at];
+            at += 1;
+            *self = match (*self, b) {
+                (Chunks::Done, _) => {
+                    at -= 1;
+                    break;
+                }
+                (Chunks::Size(n, _), _) if b.is_ascii_hexdigit() => {
+                    let digit = u64::from((b as char).to_digit(16).unwrap_or(0) as u8);
+                    let n = n
+                        .checked_mul(16)
+                        .and_then(|n| n.checked_add(digit))
+                        .ok_or(BadChunks)?;
+                    Chunks::Size(n, true)
+                }
+                (Chunks::Size(n, true), b';' | b' ' | b'\t') => Chunks::Extension(n),
+                (Chunks::Size(n, true), b'\r') | (Chunks::Extension(n), b'\r') => Chunks::SizeLf(n),
+                (Chunks::Extension(_), b'\n') => return Err(BadChunks),
+                (Chunks::Extension(n), _) => Chunks::Extension(n),
+                (Chunks::SizeLf(0), b'\n') => Chunks::Trailer(0),
+                (Chunks::SizeLf(n), b'\n') => Chunks::Data(n),
+                (Chunks::DataCr, b'\r') => Chunks::DataLf,
+                (Chunks::DataLf, b'\n') => Chunks::Size(0, false),
+                (Chunks::Trailer(len), b'\r') => Chunks::TrailerLf(len == 0),
+                (Chunks::Trailer(_), b'\n') => return Err(BadChunks),
+                (Chunks::Trailer(len), _) => Chunks::Trailer(len + 1),
+                (Chunks::TrailerLf(true), b'\n') => Chunks::Done,
+                (Chunks::TrailerLf(false), b'\n') => Chunks::Trailer(0),
+                _ => return Err(BadChunks),
+            };
+        }
+        Ok(at)
+    }
+
+    fn done(&self) -> bool {
+        *self == Chunks::Done
+    }
+}
+
+// === impl Proxy (the lean path) ===
+
+/// How waiting for a request head ended.
+enum Wait {
+    Head(Head),
+    /// The connection goes to hyper's path; the head's first byte came at this instant
+    /// (or the connection opened then, for its first head).
+    Hyper(Instant),
+    /// The client left, the connection timed out, or the server stops.
+    Gone,
+}
+
+/// How forwarding one request ended.
+enum Done {
+    /// The connection takes its next request.
+    Next,
+    /// The connection is closed (the answer said so, or it broke).
+    Close,
+}
+
+/// What one client connection holds while it is busy; freed while it is parked.
+#[derive(Default)]
+struct Buffers {
+    /// Bytes read from the client and not used yet.
+    read: Vec<u8>,
+    /// A head on its way out.
+    out: Vec<u8>,
+    /// Bytes read from the version.
+    answer: Vec<u8>,
+}
+
+impl Buffers {
+    fn park(&mut self) {
+        debug_assert!(self.read.is_empty());
+        *self = Buffers::default();
+    }
+}
+
+impl Proxy {
+    /// Serves HTTP/1.1 on one plain client connection: the lean path while its requests
+    /// allow it, hyper's path from the first one that does not (see the module's doc).
+    pub(super) async fn serve_lean<I>(
+        self,
+        mut io: I,
+        reads: Arc<std::sync::atomic::AtomicU64>,
+        conn: ClientConn,
+        mut closed: watch::Receiver<bool>,
+        open: Arc<OpenConnection>,
+        opened: Instant,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut bufs = Buffers::default();
+        let mut first = true;
+        let mut since = opened;
+        loop {
+            let head = match self
+                .next_head(&mut io, &mut bufs, first, since, &mut closed)
+                .await
+            {
+                Wait::Head(head) => head,
+                Wait::Hyper(started) => {
+                    let unread = std::mem::take(&mut bufs.read);
+                    drop(bufs);
+                    Box::pin(self.serve_http1(io, reads, conn, closed, open, started, &unread))
+                        .await;
+                    return;
+                }
+                Wait::Gone => return,
+            };
+            first = false;
+            let close = head.close || *closed.borrow() || *self.inner.retiring.borrow();
+            match self
+                .forward_lean(&mut io, &mut bufs, head, conn, close)
+                .await
+            {
+                Done::Next if !close => {}
+                _ => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+            }
+            since = Instant::now();
+        }
+    }
+
+    /// Waits for the next request head on the connection, under its deadlines.
+    async fn next_head<I>(
+        &self,
+        io: &mut I,
+        bufs: &mut Buffers,
+        first: bool,
+        since: Instant,
+        closed: &mut watch::Receiver<bool>,
+    ) -> Wait
+    where
+        I: AsyncRead + Unpin,
+    {
+        let limits = self.inner.limits;
+        let max_head = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
+        // The head's deadline once its first byte came (the connection's opening for
+        // its first head); until then, the idle deadline, and parking before it.
+        let mut started = first.then_some(since);
+        let idle_until = since + limits.idle_timeout;
+        let park_at = since + super::park::park_after(limits.idle_timeout);
+        loop {
+            if !bufs.read.is_empty() {
+                match parse_head(&bufs.read) {
+                    Parsed::Head(head) if head.len <= max_head => return Wait::Head(head),
+                    Parsed::Head(_) | Parsed::Hyper => {
+                        return Wait::Hyper(started.unwrap_or(since));
+                    }
+                    Parsed::Partial if bufs.read.len() > max_head => {
+                        return Wait::Hyper(started.unwrap_or(since));
+                    }
+                    Parsed::Partial => {}
+                }
+                started.get_or_insert_with(Instant::now);
+            }
+            let parked = bufs.read.capacity() == 0 && started.is_none() && !first;
+            let deadline = match started {
+                Some(at) => at + limits.header_timeout,
+                None if parked => idle_until,
+                None => park_at.min(idle_until),
+            };
+            let read = async {
+                if parked {
+                    // Parked: the wait holds one byte of room, not a buffer.
+                    let mut byte = [0u8; 1];
+                    let n = io.read(&mut byte).await?;
+                    bufs.read.extend_from_slice(&byte[..n]);
+                    Ok::<usize, std::io::Error>(n)
+                } else {
+                    bufs.read.reserve(READ_CHUNK.min(max_head.max(1)));
+                    io.read_buf(&mut bufs.read).await
+                }
+            };
+            tokio::select! {
+                biased;
+                n = read => match n {
+                    Ok(0) | Err(_) => return Wait::Gone,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    if started.is_some() || Instant::now() >= idle_until {
+                        return Wait::Gone;
+                    }
+                    bufs.park();
+                    self.inner.parked.fetch_add(1, Ordering::Relaxed);
+                }
+                _ = closed.changed() => return Wait::Gone,
+            }
+        }
+    }
+
+    /// Forwards one request whose head is at the start of `bufs.read`, and passes its
+    /// answer on; `close`: the connection closes after it.
+    async fn forward_lean<I>(
+        &self,
+        io: &mut I,
+        bufs: &mut Buffers,
+        head: Head,
+        conn: ClientConn,
+        close: bool,
+    ) -> Done
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Head {
+            len,
+            method,
+            target,
+            mut headers,
+            ..
+        } = head;
+        let (routes, variant) = self.route(conn.peer, &headers).await;
+        let backends = routes.of(variant);
+        if backends.is_empty() {
+            bufs.read.drain(..len);
+            write_plain(
+                &mut bufs.out,
+                "503 Service Unavailable",
+                "rampart: no backend is ready\n",
+                None,
+                close,
+            );
+            return after_own_answer(io.write_all(&bufs.out).await);
+        }
+        let n = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
+        let picked = &backends[usize::try_from(n).unwrap_or(0) % backends.len()];
+        let backend = picked.addr;
+        super::strip_hop_by_hop(&mut headers);
+        let uncounted = self.forwarding(&mut headers, &routes, conn);
+        write_request(&mut bufs.out, &method, &bufs.read[target], &headers);
+        bufs.read.drain(..len);
+        drop(headers);
+
+        let counters = self.inner.counters(variant);
+        let flight = Flight::enter(&self.inner, variant, picked.in_flight.clone());
+        let started = Instant::now();
+        let waiting = Waiting::new(
+            (!uncounted).then(|| Clock::new(Arc::clone(&self.inner), variant, started, None)),
+        );
+        let head_request = method == Method::HEAD;
+        let max_pipelined =
+            usize::try_from(self.inner.limits.max_header_bytes).unwrap_or(usize::MAX);
+        let exchanged = self
+            .exchange(
+                io,
+                bufs,
+                backend,
+                &method,
+                head_request,
+                variant.as_str(),
+                close,
+                max_pipelined,
+            )
+            .await;
+        let (mut up, answer) = match exchanged {
+            Exchange::Answered(up, answer) => (up, answer),
+            // Dropping `waiting` counts the request as abandoned.
+            Exchange::Abandoned => return Done::Close,
+            Exchange::Failed(e) => {
+                // Answered, by the proxy: not abandoned.
+                let _ = waiting.answered();
+                tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upstream failed");
+                if !uncounted {
+                    counters.record_logged(true, None, None);
+                }
+                write_plain(
+                    &mut bufs.out,
+                    "502 Bad Gateway",
+                    "rampart: upstream unavailable\n",
+                    Some(variant.as_str()),
+                    close,
+                );
+                drop(flight);
+                return after_own_answer(io.write_all(&bufs.out).await);
+            }
+        };
+        let clock = waiting.answered();
+        if clock.is_some() {
+            counters.record(answer.status >= 500, started.elapsed());
+        }
+        let relayed = relay(io, &mut up, bufs, &answer, max_pipelined).await;
+        if let Some(clock) = clock {
+            clock.finish();
+        }
+        drop(flight);
+        match relayed {
+            Relayed::Whole { clean } => {
+                if clean
+                    && answer.keep_alive
+                    && let Some(pool) = self.inner.lean_pool()
+                {
+                    pool.idle.shelve(up);
+                }
+                // A body that ended with the version's connection leaves the client
+                // none to know its end by but its own connection's.
+                if answer.framing == Framing::Close {
+                    Done::Close
+                } else {
+                    Done::Next
+                }
+            }
+            Relayed::UpstreamBroke | Relayed::ClientGone => Done::Close,
+        }
+    }
+
+    /// Sends the request head in `bufs.out` to `backend` (on a pooled connection, or a
+    /// new one) and reads its answer's head into `bufs.answer`, writing the client's
+    /// into `bufs.out`; watches the client meanwhile, keeping up to `max_pipelined`
+    /// bytes it sends on.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange<I>(
+        &self,
+        io: &mut I,
+        bufs: &mut Buffers,
+        backend: SocketAddr,
+        method: &Method,
+        head_request: bool,
+        variant: &str,
+        close: bool,
+        max_pipelined: usize,
+    ) -> Exchange
+    where
+        I: AsyncRead + Unpin,
+    {
+        let Some(pool) = self.inner.lean_pool() else {
+            return Exchange::Failed("no HTTP/1.1 pool".into());
+        };
+        let mut retried = false;
+        loop {
+            let pooled = if retried {
+                None
+            } else {
+                pool.idle.take(backend).await
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(up) => up,
+                None => match pool.connect(backend).await {
+                    Ok(up) => up,
+                    Err(e) => return Exchange::Failed(e.into()),
+                },
+            };
+            let Buffers { read, out, answer } = &mut *bufs;
+            let request = std::mem::take(out);
+            let mut written = false;
+            let result = {
+                let exchange = async {
+                    up.stream
+                        .write_all(&request)
+                        .await
+                        .map_err(AnswerError::Reset)?;
+                    written = true;
+                    read_answer(&mut up.stream, answer, head_request, variant, close, out).await
+                };
+                tokio::select! {
+                    biased;
+                    result = exchange => result,
+                    () = client_gone(io, read, max_pipelined) => return Exchange::Abandoned,
+                }
+            };
+            match result {
+                Ok(parsed) => return Exchange::Answered(up, parsed),
+                // The pooled connection had closed under the request, which got no byte
+                // of an answer: sent once more, on a new connection, when that is safe.
+                Err(e @ (AnswerError::Closed | AnswerError::Reset(_)))
+                    if reused && (!written || method.is_idempotent()) =>
+                {
+                    tracing::debug!(error = %e, %backend, "pooled connection closed under a request; sending it again");
+                    retried = true;
+                    *out = request;
+                }
+                Err(e) => return Exchange::Failed(e.into()),
+            }
+        }
+    }
+}
+
+/// How sending a request to a version ended.
+enum Exchange {
+    Answered(Box<Upstream>, Answer),
+    /// The client closed its connection before the answer's head.
+    Abandoned,
+    Failed(super::upstream::UpstreamError),
+}
+
+/// Why no answer head came.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error("the version closed the connection before answering")]
+    Closed,
+    #[error("the connection failed before any byte of an answer: {0}")]
+    Reset(std::io::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Bad(#[from] BadAnswer),
+}
+
+/// Reads an answer head into `buf` (which it clears first), skipping informational
+/// answers, and writes the client's head into `out` (see [`parse_answer`]).
+async fn read_answer(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+    variant: &str,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Answer, AnswerError> {
+    buf.clear();
+    loop {
+        if !buf.is_empty() {
+            match parse_answer(buf, head_request, variant, close, out)? {
+                ParsedAnswer::Answer(answer) => return Ok(answer),
+                ParsedAnswer::Informational(len) => {
+                    buf.drain(..len);
+                    continue;
+                }
+                ParsedAnswer::Partial => {}
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        let before = buf.len();
+        match stream.read_buf(buf).await {
+            Ok(0) if before == 0 => return Err(AnswerError::Closed),
+            Ok(0) => return Err(AnswerError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) if before == 0 => return Err(AnswerError::Reset(e)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Returns once the client closed its side or failed, reading what it sends meanwhile
+/// (a next request, pipelined) into `read`, up to `max` bytes: past them, it waits
+/// without reading.
+async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, read: &mut Vec<u8>, max: usize) {
+    loop {
+        if read.len() >= max {
+            std::future::pending::<()>().await;
+        }
+        match io.read_buf(read).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// How passing an answer on ended.
+enum Relayed {
+    /// Whole; `clean`: the version sent nothing after it.
+    Whole { clean: bool },
+    /// The version broke off, or sent more than its answer.
+    UpstreamBroke,
+    /// The client went away.
+    ClientGone,
+}
+
+/// Passes `answer` on to the client: its head (in `bufs.out`), then its body as it
+/// comes, framed as the version framed it.
+async fn relay<I>(
+    io: &mut I,
+    up: &mut Upstream,
+    bufs: &mut Buffers,
+    answer: &Answer,
+    max_pipelined: usize,
+) -> Relayed
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let Buffers {
+        out,
+        answer: buf,
+        read,
+    } = bufs;
+    let mut body = &buf[answer.len..];
+    let mut chunks = Chunks::new();
+    // How much of the body is still to come (`None`: up to the connection's end).
+    let mut left: Option<u64> = match answer.framing {
+        Framing::Empty => Some(0),
+        Framing::Length(n) => Some(n),
+        Framing::Chunked | Framing::Close => None,
+    };
+    let mut extra = false;
+    let mut ended = false;
+    loop {
+        let take = match answer.framing {
+            Framing::Empty | Framing::Length(_) => {
+                let l = left.unwrap_or(0);
+                let take = l.min(body.len() as u64) as usize;
+                left = Some(l - take as u64);
+                ended = left == Some(0);
+                take
+            }
+            Framing::Chunked => match chunks.feed(body) {
+                Ok(n) => {
+                    ended = chunks.done();
+                    n
+                }
+                Err(_) => return Relayed::UpstreamBroke,
+            },
+            Framing::Close => body.len(),
+        };
+        extra |= take < body.len();
+        out.extend_from_slice(&body[..take]);
+        if !out.is_empty() && io.write_all(out).await.is_err() {
+            return Relayed::ClientGone;
+        }
+        out.clear();
+        if ended {
+            return Relayed::Whole { clean: !extra };
+        }
+        buf.clear();
+        buf.reserve(READ_CHUNK);
+        // A client that leaves while the version is slow to send is seen leaving.
+        let more = tokio::select! {
+            biased;
+            more = up.stream.read_buf(buf) => more,
+            () = client_gone(io, read, max_pipelined) => return Relayed::ClientGone,
+        };
+        match more {
+            Ok(0) if answer.framing == Framing::Close => return Relayed::Whole { clean: false },
+            Ok(0) | Err(_) => return Relayed::UpstreamBroke,
+            Ok(_) => {}
+        }
+        body = &buf[..];
+    }
+}
+
+/// What writing rampart's own answer leaves of the connection.
+fn after_own_answer(result: std::io::Result<()>) -> Done {
+    match result {
+        Ok(()) => Done::Next,
+        Err(_) => Done::Close,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Head {
+        match parse_head(raw.as_bytes()) {
+            Parsed::Head(h) => h,
+            Parsed::Partial => panic!("partial: {raw:?}"),
+            Parsed::Hyper => panic!("hyper: {raw:?}"),
+        }
+    }
+
+    fn is_hyper(raw: &str) -> bool {
+        matches!(parse_head(raw.as_bytes()), Parsed::Hyper)
+    }
+
+    #[test]
+    fn a_plain_get_is_lean_and_its_target_and_fields_are_read() {
+        let raw = "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-One: 1\r\nConnection: keep-alive, Close\r\n\r\nGET";
+        let h = head(raw);
+        assert_eq!(h.len, raw.len() - 3);
+        assert_eq!(&raw[h.target.clone()], "/a?b=1");
+        assert_eq!(h.method, Method::GET);
+        assert_eq!(
+            h.headers.get("x-one").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        assert!(h.close);
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn requests_the_lean_path_does_not_forward_whole_go_to_hyper() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST /s/M HTTP/1.1\r\nHost: x\r\ncontent-type: application/grpc\r\n\r\n",
+            "GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ] {
+            assert!(is_hyper(raw), "{raw:?}");
+        }
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(is_hyper(&format!(
+            "GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"
+        )));
+        // An empty body declared as such stays lean.
+        assert!(!is_hyper(
+            "DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+
+    fn answer(raw: &str, head_request: bool, close: bool) -> (Answer, String) {
+        let mut out = Vec::new();
+        match parse_answer(raw.as_bytes(), head_request, "canary", close, &mut out) {
+            Ok(ParsedAnswer::Answer(a)) => (a, String::from_utf8(out).unwrap_or_default()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_answers_framing_and_its_connections_fields_are_read_and_left_out() {
+        let (a, out) = answer(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: 2\r\n\r\nhello",
+            false,
+            false,
+        );
+        assert_eq!(
+            (a.status, a.framing, a.keep_alive),
+            (200, Framing::Length(5), false)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-End: 2\r\nx-rampart-variant: canary\r\n\r\n"
+        );
+        let (a, out) = answer(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!((a.framing, a.keep_alive), (Framing::Chunked, true));
+        assert!(!out.contains("Content-Length"), "{out}");
+        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+        let (a, out) = answer("HTTP/1.1 200 OK\r\n\r\n", false, false);
+        assert_eq!((a.framing, a.keep_alive), (Framing::Close, false));
+        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+        assert_eq!(
+            answer("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", true, false)
+                .0
+                .framing,
+            Framing::Empty
+        );
+        assert_eq!(
+            answer("HTTP/1.1 304 Not Modified\r\n\r\n", false, false)
+                .0
+                .framing,
+            Framing::Empty
+        );
+        assert!(
+            !answer("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false, false)
+                .0
+                .keep_alive
+        );
+        let mut out = Vec::new();
+        assert!(matches!(
+            parse_answer(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200",
+                false,
+                "stable",
+                false,
+                &mut out
+            ),
+            Ok(ParsedAnswer::Informational(25))
+        ));
+        for bad in [
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        ] {
+            assert!(
+                parse_answer(bad.as_bytes(), false, "stable", false, &mut out).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_ends_at_its_last_chunk_and_trailers_whatever_the_pieces() {
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\n";
+        for split in 0..=body.len() {
+            let mut c = Chunks::new();
+            let a = c.feed(&body[..split]).map_err(|_| split);
+            assert_eq!(a, Ok(split));
+            let mut tail = body[split..].to_vec();
+            tail.extend_from_slice(b"HTTP/1.1");
+            assert_eq!(c.feed(&tail).map_err(|_| split), Ok(body.len() - split));
+            assert!(c.done(), "split at {split}");
+        }
+        let mut c = Chunks::new();
+        assert_eq!(c.feed(b"0\r\n\r\n").ok(), Some(5));
+        assert!(c.done());
+        for bad in [
+            &b"x\r\n"[..],
+            b"4\r\nWikiXX",
+            b"\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(Chunks::new().feed(bad).is_err(), "{bad:?}");
+        }
+        let mut c = Chunks::new();
+        assert_eq!(c.feed(b"3\r\nab").ok(), Some(5));
+        assert!(!c.done());
+    }
+}

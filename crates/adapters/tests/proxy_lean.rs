@@ -1,0 +1,393 @@
+//! The proxy's lean HTTP/1.1 path (plain requests without a body), with real sockets
+//! on loopback against a version that writes its answers byte by byte as scripted:
+//! each way a version may end an answer (a length, chunks with trailers, its
+//! connection's close, nothing for HEAD), pipelined requests, a connection handed to
+//! hyper's path at its first upload and served on, and a version's answer that breaks
+//! the rules.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
+use rampart_core::Variant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a test waits for an answer or a close.
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A version answering by its request's target (see each arm); counts the
+/// connections it accepted.
+async fn version() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                loop {
+                    let Some(head) = read_head(&mut stream, &mut pending).await else {
+                        return;
+                    };
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    let mut parts = line.split(' ');
+                    let (method, target) = (parts.next().unwrap(), parts.next().unwrap());
+                    let writes: Vec<Vec<u8>> = if method == "HEAD" {
+                        vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec()]
+                    } else if method == "POST" {
+                        let length = content_length(&head);
+                        while pending.len() < length {
+                            let mut buf = [0u8; 4096];
+                            let n = stream.read(&mut buf).await.unwrap();
+                            if n == 0 {
+                                return;
+                            }
+                            pending.extend_from_slice(&buf[..n]);
+                        }
+                        pending.drain(..length);
+                        let body = format!("got {length}");
+                        vec![
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .into_bytes(),
+                        ]
+                    } else {
+                        match target {
+                            "/chunked" => vec![
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Case: Kept\r\n\r\n".to_vec(),
+                                b"5\r\nhel".to_vec(),
+                                b"lo\r\n6;ext=1\r\n worl".to_vec(),
+                                b"d\r\n0\r\nx-trailer: t\r".to_vec(),
+                                b"\n\r\n".to_vec(),
+                            ],
+                            "/close" => vec![
+                                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ".to_vec(),
+                                b"the end".to_vec(),
+                            ],
+                            "/extra" => vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA".to_vec()],
+                            "/garbage" => vec![b"NOT HTTP AT ALL\r\n\r\n".to_vec()],
+                            "/fail" => vec![b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfail".to_vec()],
+                            _ => vec![format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{target}",
+                                target.len()
+                            )
+                            .into_bytes()],
+                        }
+                    };
+                    for w in writes {
+                        if stream.write_all(&w).await.is_err() {
+                            return;
+                        }
+                        // Each piece its own segment: the proxy must join them.
+                        tokio::task::yield_now().await;
+                    }
+                    if target == "/close" || target == "/garbage" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads a head (to its empty line) from `stream`, keeping what follows in `pending`.
+async fn read_head(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+            pending.drain(..end + 4);
+            return Some(head);
+        }
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The `content-length` a head names, or 0.
+fn content_length(head: &str) -> usize {
+    field(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The value of the field `name` in `head`.
+fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+async fn proxy_to(stable: SocketAddr) -> (Proxy, ProxyServer) {
+    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
+        .await
+        .unwrap();
+    proxy.set_backends(Variant::Stable, &[stable]);
+    (proxy, server)
+}
+
+/// A client connection reading answers as a client does.
+struct Client {
+    conn: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One answer: its head, and its body as it came (a chunked one with its framing).
+struct Answer {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Client {
+    async fn to(addr: SocketAddr) -> Client {
+        Client {
+            conn: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.conn.write_all(bytes).await.unwrap();
+    }
+
+    /// More bytes, or `false` at the connection's end.
+    async fn more(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(BOUND, self.conn.read(&mut chunk))
+            .await
+            .expect("no answer in time")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Takes `n` bytes, reading as needed.
+    async fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.more().await, "closed mid-answer: {:?}", self.buf);
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Takes a line, with its CRLF.
+    async fn line(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                return self.buf.drain(..at + 2).collect();
+            }
+            assert!(self.more().await, "closed mid-line: {:?}", self.buf);
+        }
+    }
+
+    /// Reads one answer, to a HEAD request when `head_request`.
+    async fn answer(&mut self, head_request: bool) -> Answer {
+        let mut head = Vec::new();
+        loop {
+            let line = self.line().await;
+            head.extend_from_slice(&line);
+            if line == b"\r\n" {
+                break;
+            }
+        }
+        let head = String::from_utf8(head).unwrap();
+        let chunked = field(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let body = if head_request {
+            Vec::new()
+        } else if chunked {
+            let mut body = Vec::new();
+            loop {
+                let size_line = self.line().await;
+                body.extend_from_slice(&size_line);
+                let text = String::from_utf8_lossy(&size_line);
+                let size =
+                    usize::from_str_radix(text.trim().split(';').next().unwrap(), 16).unwrap();
+                if size == 0 {
+                    loop {
+                        let trailer = self.line().await;
+                        body.extend_from_slice(&trailer);
+                        if trailer == b"\r\n" {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let data = self.take(size + 2).await;
+                body.extend_from_slice(&data);
+            }
+            body
+        } else if let Some(n) = field(&head, "content-length").and_then(|v| v.parse().ok()) {
+            self.take(n).await
+        } else {
+            while self.more().await {}
+            std::mem::take(&mut self.buf)
+        };
+        Answer { head, body }
+    }
+
+    /// Whether the proxy closed the connection (nothing more comes).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.more().await
+    }
+}
+
+fn status(a: &Answer) -> &str {
+    a.head.lines().next().unwrap_or_default()
+}
+
+/// A chunked answer, written in pieces that split its size lines and its trailers,
+/// reaches the client byte for byte, trailers and all; the version's connection and
+/// the client's both go on to the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_passes_whole_with_its_trailers_and_both_connections_go_on() {
+    let (version, accepted) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /chunked HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(status(&a), "HTTP/1.1 200 OK");
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+    );
+    assert!(a.head.contains("X-Case: Kept\r\n"), "{}", a.head);
+    assert_eq!(field(&a.head, "x-rampart-variant"), Some("stable"));
+    c.send(b"GET /next HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.body, b"/next");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the version's connection was kept"
+    );
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (2, 0));
+    assert_eq!(stable.latency_total.count(), 2);
+}
+
+/// An answer the version ends by closing its connection reaches the client whole,
+/// and then the client's connection closes too: nothing else could tell it where the
+/// body ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_ended_by_the_versions_close_reaches_the_client_whole_then_closes_it() {
+    let (version, _) = version().await;
+    let (_proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /close HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(field(&a.head, "connection"), Some("close"));
+    assert_eq!(a.body, b"until the end");
+}
+
+/// Requests a client sends at once, without waiting for answers, are answered in
+/// order on the same connection, whatever their answers' framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let (version, _) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(
+        b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /chunked HTTP/1.1\r\nhost: x\r\n\r\nHEAD /h HTTP/1.1\r\nhost: x\r\n\r\nGET /three HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(c.answer(false).await.body, b"/one");
+    assert!(
+        c.answer(false)
+            .await
+            .body
+            .ends_with(b"0\r\nx-trailer: t\r\n\r\n")
+    );
+    let head = c.answer(true).await;
+    assert_eq!(field(&head.head, "content-length"), Some("5"));
+    assert_eq!(c.answer(false).await.body, b"/three");
+    assert_eq!(proxy.totals().stable.requests, 4);
+}
+
+/// A connection whose requests turn to one with a body (here its second) is served on
+/// by hyper's path from there, the bytes already read included: every request is
+/// answered and counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_goes_on_through_hyper_from_its_first_upload() {
+    let (version, _) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /before HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.body, b"/before");
+    // The upload and the request after it arrive together: the lean path has read
+    // both, and hyper must see both.
+    c.send(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nabcdeGET /after HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let up = c.answer(false).await;
+    assert_eq!(up.body, b"got 5");
+    assert_eq!(field(&up.head, "x-rampart-variant"), Some("stable"));
+    assert_eq!(c.answer(false).await.body, b"/after");
+    assert_eq!(proxy.totals().stable.requests, 3);
+}
+
+/// A client's `Connection: close` is answered with the same, and its connection is
+/// closed after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_close_is_honoured_after_its_answer() {
+    let (version, _) = version().await;
+    let (_proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /bye HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let a = c.answer(false).await;
+    assert_eq!(a.body, b"/bye");
+    assert_eq!(field(&a.head, "connection"), Some("close"));
+    assert!(c.closed().await);
+}
+
+/// A version that sends bytes past its answer's length: the client gets the answer
+/// as long as it said, and that connection to the version is not used again (its
+/// next bytes would be taken for the next answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_past_an_answers_length_are_dropped_with_the_versions_connection() {
+    let (version, accepted) = version().await;
+    let (_proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /extra HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.body, b"ok");
+    c.send(b"GET /next HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.body, b"/next");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// An answer that is not HTTP is the proxy's 502 and the version's error; a 5xx is
+/// passed on and counted as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_answer_is_a_502_and_an_error_and_a_5xx_counts_as_one() {
+    let (version, _) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /garbage HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(status(&a), "HTTP/1.1 502 Bad Gateway");
+    assert_eq!(a.body, b"rampart: upstream unavailable\n");
+    c.send(b"GET /fail HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(
+        (status(&a), a.body.as_slice()),
+        ("HTTP/1.1 503 Service Unavailable", &b"fail"[..])
+    );
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (2, 2));
+    assert_eq!(
+        stable.latency.count(),
+        1,
+        "the proxy's own 502 is not timed"
+    );
+}

@@ -179,7 +179,8 @@ fn parse_head(buf: &[u8]) -> Parsed {
     }
     let start = path.as_ptr() as usize - buf.as_ptr() as usize;
     let target = start..start + path.len();
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // Room for the forwarding headers the proxy adds, so that they cost no regrowth.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
     let mut host = false;
     let mut close = false;
     for field in req.headers.iter() {
@@ -348,14 +349,25 @@ fn parse_answer(
     if framing == Framing::Close {
         keep_alive = false;
     }
-    // The fields the version's `Connection` names are its connection's too.
+    // The fields the version's `Connection` names are its connection's too (rare:
+    // looked for only when it names more than `close` or `keep-alive`).
+    let names_fields = resp.headers.iter().any(|f| {
+        f.name.eq_ignore_ascii_case("connection")
+            && f.value.split(|b| *b == b',').any(|t| {
+                let t = t.trim_ascii();
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+            })
+    });
     let listed = |name: &str| {
-        resp.headers.iter().any(|f| {
-            f.name.eq_ignore_ascii_case("connection")
-                && f.value
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-        })
+        names_fields
+            && resp.headers.iter().any(|f| {
+                f.name.eq_ignore_ascii_case("connection")
+                    && f.value
+                        .split(|b| *b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+            })
     };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");

@@ -64,8 +64,20 @@ const MAX_FIELDS: usize = 100;
 const MAX_ANSWER_FIELDS: usize = 100;
 const MAX_ANSWER_HEAD: usize = 256 * 1024;
 
-/// How much room a read off a socket is given.
-const READ_CHUNK: usize = 16 * 1024;
+/// The room a read off a socket is first given, and the most it grows to: most heads
+/// and answers fit the first, and an idle connection's buffers are freed anyway
+/// (after `park::park_after`), but a busy connection's are what it costs.
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 64 * 1024;
+
+/// Makes room in `buf` for a read: [`READ_MIN`] at first, then as much again as it
+/// holds each time a read filled it, up to [`READ_MAX`].
+fn room(buf: &mut Vec<u8>, filled: bool) {
+    let spare = buf.capacity() - buf.len();
+    if filled || spare < READ_MIN / 4 {
+        buf.reserve(buf.capacity().clamp(READ_MIN, READ_MAX));
+    }
+}
 
 // === impl Pool ===
 
@@ -171,6 +183,12 @@ fn parse_head(buf: &[u8]) -> Parsed {
     if !path.starts_with('/') {
         return Parsed::Hyper;
     }
+    // A target hyper's path refuses (`400`) or rewrites (a fragment dropped) is left
+    // to it, so that both paths send a version the same targets.
+    match hyper::http::uri::PathAndQuery::try_from(path) {
+        Ok(pq) if pq.as_str().len() == path.len() => {}
+        _ => return Parsed::Hyper,
+    }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Hyper;
     };
@@ -262,6 +280,35 @@ struct Answer {
     framing: Framing,
     /// Whether the version keeps the connection open after it.
     keep_alive: bool,
+    /// Whether the client's connection closes after it (its head says so).
+    close: bool,
+}
+
+/// Now as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted once a second per
+/// thread, as hyper's server caches it.
+fn http_date() -> [u8; 29] {
+    thread_local! {
+        static CACHED: std::cell::Cell<(u64, [u8; 29])> =
+            const { std::cell::Cell::new((u64::MAX, [0; 29])) };
+    }
+    // The wall clock, for a header that only reports it: nothing is decided on it.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let (at, date) = cached.get();
+        if at == second {
+            return date;
+        }
+        let mut date = [b' '; 29];
+        let text = httpdate::fmt_http_date(now);
+        let n = text.len().min(29);
+        date[..n].copy_from_slice(&text.as_bytes()[..n]);
+        cached.set((second, date));
+        date
+    })
 }
 
 /// What the start of a version's buffer holds.
@@ -285,6 +332,16 @@ enum BadAnswer {
     Switched,
     #[error("conflicting or invalid Content-Length")]
     Length,
+    #[error("status {0} is not an HTTP status")]
+    Status(u16),
+}
+
+/// A `Content-Length` value: digits only, as hyper reads it.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Parses the answer head at the start of `buf` to a request (`head_request`: a HEAD
@@ -311,6 +368,9 @@ fn parse_answer(
     if status == 101 {
         return Err(BadAnswer::Switched);
     }
+    if status < 100 {
+        return Err(BadAnswer::Status(status));
+    }
     if (100..200).contains(&status) {
         return Ok(ParsedAnswer::Informational(len));
     }
@@ -322,14 +382,14 @@ fn parse_answer(
         if name.eq_ignore_ascii_case("connection") {
             keep_alive &= !has_token(field.value, b"close");
         } else if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(field.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(BadAnswer::Length)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(BadAnswer::Length);
+            // Digits only; a list of equal values is one value (RFC 9110 8.6).
+            for value in field.value.split(|b| *b == b',') {
+                let n = content_length(value.trim_ascii()).ok_or(BadAnswer::Length)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(BadAnswer::Length);
+                }
+                length = Some(n);
             }
-            length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // The last coding says how the body ends (RFC 9112 6.3).
             let last = field.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
@@ -380,9 +440,15 @@ fn parse_answer(
         let hop = name.eq_ignore_ascii_case("connection")
             || name.eq_ignore_ascii_case("keep-alive")
             || name.eq_ignore_ascii_case("proxy-connection")
-            // A chunked body carries its own end: a length beside it is wrong.
-            || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
-            || listed(name);
+            // A body with a transfer coding carries its own end: a length beside it
+            // is wrong (RFC 9112 6.3).
+            || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
+            // The proxy's own field replaces a version's.
+            || name.eq_ignore_ascii_case(VARIANT_HEADER)
+            // The client reads the body by its framing, whatever `Connection` says.
+            || (listed(name)
+                && !name.eq_ignore_ascii_case("content-length")
+                && !name.eq_ignore_ascii_case("transfer-encoding"));
         if hop {
             continue;
         }
@@ -395,7 +461,19 @@ fn parse_answer(
     out.extend_from_slice(b": ");
     out.extend_from_slice(variant.as_bytes());
     out.extend_from_slice(b"\r\n");
-    if close || framing == Framing::Close {
+    // As hyper's server does: an answer without a `Date` gets the proxy's (RFC 9110
+    // 6.6.1).
+    if !resp
+        .headers
+        .iter()
+        .any(|f| f.name.eq_ignore_ascii_case("date"))
+    {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&http_date());
+        out.extend_from_slice(b"\r\n");
+    }
+    let close = close || framing == Framing::Close;
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -404,6 +482,7 @@ fn parse_answer(
         status,
         framing,
         keep_alive,
+        close,
     }))
 }
 
@@ -595,13 +674,12 @@ impl Proxy {
                 Wait::Gone => return,
             };
             first = false;
-            let close = head.close || *closed.borrow() || *self.inner.retiring.borrow();
             match self
-                .forward_lean(&mut io, &mut bufs, head, conn, close)
+                .forward_lean(&mut io, &mut bufs, head, conn, &closed)
                 .await
             {
-                Done::Next if !close => {}
-                _ => {
+                Done::Next => {}
+                Done::Close => {
                     let _ = io.shutdown().await;
                     return;
                 }
@@ -657,7 +735,7 @@ impl Proxy {
                     bufs.read.extend_from_slice(&byte[..n]);
                     Ok::<usize, std::io::Error>(n)
                 } else {
-                    bufs.read.reserve(READ_CHUNK.min(max_head.max(1)));
+                    room(&mut bufs.read, false);
                     io.read_buf(&mut bufs.read).await
                 }
             };
@@ -680,14 +758,16 @@ impl Proxy {
     }
 
     /// Forwards one request whose head is at the start of `bufs.read`, and passes its
-    /// answer on; `close`: the connection closes after it.
+    /// answer on. The connection closes after it when the client asked, or when the
+    /// server stops or retires before the answer's head is written (`closed`,
+    /// `retiring`), as on hyper's path.
     async fn forward_lean<I>(
         &self,
         io: &mut I,
         bufs: &mut Buffers,
         head: Head,
         conn: ClientConn,
-        close: bool,
+        closed: &watch::Receiver<bool>,
     ) -> Done
     where
         I: AsyncRead + AsyncWrite + Unpin,
@@ -697,8 +777,9 @@ impl Proxy {
             method,
             target,
             mut headers,
-            ..
+            close,
         } = head;
+        let close = || close || *closed.borrow() || *self.inner.retiring.borrow();
         let (routes, variant) = self.route(conn.peer, &headers).await;
         let backends = routes.of(variant);
         if backends.is_empty() {
@@ -708,9 +789,9 @@ impl Proxy {
                 "503 Service Unavailable",
                 "rampart: no backend is ready\n",
                 None,
-                close,
+                close(),
             );
-            return after_own_answer(io.write_all(&bufs.out).await);
+            return after_own_answer(io.write_all(&bufs.out).await, close());
         }
         let n = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         let picked = &backends[usize::try_from(n).unwrap_or(0) % backends.len()];
@@ -738,7 +819,7 @@ impl Proxy {
                 &method,
                 head_request,
                 variant.as_str(),
-                close,
+                &close,
                 max_pipelined,
             )
             .await;
@@ -758,17 +839,17 @@ impl Proxy {
                     "502 Bad Gateway",
                     "rampart: upstream unavailable\n",
                     Some(variant.as_str()),
-                    close,
+                    close(),
                 );
                 drop(flight);
-                return after_own_answer(io.write_all(&bufs.out).await);
+                return after_own_answer(io.write_all(&bufs.out).await, close());
             }
         };
-        let clock = waiting.answered();
+        let mut clock = waiting.answered();
         if clock.is_some() {
-            counters.record(answer.status >= 500, started.elapsed());
+            counters.record((500..600).contains(&answer.status), started.elapsed());
         }
-        let relayed = relay(io, &mut up, bufs, &answer, max_pipelined).await;
+        let relayed = relay(io, &mut up, bufs, &answer, max_pipelined, &mut clock).await;
         if let Some(clock) = clock {
             clock.finish();
         }
@@ -781,9 +862,9 @@ impl Proxy {
                 {
                     pool.idle.shelve(up);
                 }
-                // A body that ended with the version's connection leaves the client
-                // none to know its end by but its own connection's.
-                if answer.framing == Framing::Close {
+                // Closed as its head said (the client asked, the server stops, or
+                // the body's end was the version's close).
+                if answer.close {
                     Done::Close
                 } else {
                     Done::Next
@@ -806,7 +887,7 @@ impl Proxy {
         method: &Method,
         head_request: bool,
         variant: &str,
-        close: bool,
+        close: &(dyn Fn() -> bool + Sync),
         max_pipelined: usize,
     ) -> Exchange
     where
@@ -893,13 +974,13 @@ async fn read_answer(
     buf: &mut Vec<u8>,
     head_request: bool,
     variant: &str,
-    close: bool,
+    close: &(dyn Fn() -> bool + Sync),
     out: &mut Vec<u8>,
 ) -> Result<Answer, AnswerError> {
     buf.clear();
     loop {
         if !buf.is_empty() {
-            match parse_answer(buf, head_request, variant, close, out)? {
+            match parse_answer(buf, head_request, variant, close(), out)? {
                 ParsedAnswer::Answer(answer) => return Ok(answer),
                 ParsedAnswer::Informational(len) => {
                     buf.drain(..len);
@@ -908,7 +989,7 @@ async fn read_answer(
                 ParsedAnswer::Partial => {}
             }
         }
-        buf.reserve(READ_CHUNK);
+        room(buf, false);
         let before = buf.len();
         match stream.read_buf(buf).await {
             Ok(0) if before == 0 => return Err(AnswerError::Closed),
@@ -929,6 +1010,10 @@ async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, read: &mut Vec<u8>, max: 
             std::future::pending::<()>().await;
         }
         match io.read_buf(read).await {
+            // A half-close after a next request ends that request, not the client's
+            // wait (hyper answers what it read): its end is seen again when the next
+            // head is waited for.
+            Ok(0) if !read.is_empty() => std::future::pending::<()>().await,
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -953,6 +1038,7 @@ async fn relay<I>(
     bufs: &mut Buffers,
     answer: &Answer,
     max_pipelined: usize,
+    clock: &mut Option<Clock>,
 ) -> Relayed
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -972,6 +1058,8 @@ where
     };
     let mut extra = false;
     let mut ended = false;
+    // Whether the last read filled the buffer: a long body's reads grow with it.
+    let mut filled = false;
     loop {
         let take = match answer.framing {
             Framing::Empty | Framing::Length(_) => {
@@ -991,6 +1079,12 @@ where
             Framing::Close => body.len(),
         };
         extra |= take < body.len();
+        // Timed at the answer's last byte from the version, before it is written (as
+        // hyper's path at its body's last frame): a client that read the answer finds
+        // it counted.
+        if ended && let Some(clock) = clock.take() {
+            clock.finish();
+        }
         out.extend_from_slice(&body[..take]);
         if !out.is_empty() && io.write_all(out).await.is_err() {
             return Relayed::ClientGone;
@@ -1000,7 +1094,8 @@ where
             return Relayed::Whole { clean: !extra };
         }
         buf.clear();
-        buf.reserve(READ_CHUNK);
+        room(buf, filled);
+        let spare = buf.capacity();
         // A client that leaves while the version is slow to send is seen leaving.
         let more = tokio::select! {
             biased;
@@ -1010,17 +1105,17 @@ where
         match more {
             Ok(0) if answer.framing == Framing::Close => return Relayed::Whole { clean: false },
             Ok(0) | Err(_) => return Relayed::UpstreamBroke,
-            Ok(_) => {}
+            Ok(n) => filled = n == spare,
         }
         body = &buf[..];
     }
 }
 
 /// What writing rampart's own answer leaves of the connection.
-fn after_own_answer(result: std::io::Result<()>) -> Done {
+fn after_own_answer(result: std::io::Result<()>, close: bool) -> Done {
     match result {
-        Ok(()) => Done::Next,
-        Err(_) => Done::Close,
+        Ok(()) if !close => Done::Next,
+        Ok(()) | Err(_) => Done::Close,
     }
 }
 
@@ -1096,7 +1191,7 @@ mod tests {
     #[test]
     fn an_answers_framing_and_its_connections_fields_are_read_and_left_out() {
         let (a, out) = answer(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: 2\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: 2\r\nDate: then\r\n\r\nhello",
             false,
             false,
         );
@@ -1106,7 +1201,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-End: 2\r\nx-rampart-variant: canary\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-End: 2\r\nDate: then\r\nx-rampart-variant: canary\r\n\r\n"
         );
         let (a, out) = answer(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
@@ -1147,7 +1242,25 @@ mod tests {
             ),
             Ok(ParsedAnswer::Informational(25))
         ));
+        // A version's own variant field is replaced; framing named in `Connection` is
+        // kept; a `Date` is added when missing; a list of equal lengths is one.
+        let (a, head) = answer(
+            "HTTP/1.1 200 OK\r\nx-rampart-variant: stable\r\nContent-Length: 2, 2\r\nConnection: content-length\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(a.framing, Framing::Length(2));
+        assert_eq!(head.matches("x-rampart-variant").count(), 1, "{head}");
+        assert!(head.contains("x-rampart-variant: canary"), "{head}");
+        assert!(head.contains("Content-Length: 2, 2\r\n"), "{head}");
+        assert!(
+            head.contains("\r\ndate: ") && head.contains(" GMT\r\n"),
+            "{head}"
+        );
         for bad in [
+            "HTTP/1.1 099 Odd\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",

@@ -64,10 +64,11 @@ const MAX_FIELDS: usize = 100;
 const MAX_ANSWER_FIELDS: usize = 100;
 const MAX_ANSWER_HEAD: usize = 256 * 1024;
 
-/// The room a read off a socket is first given, and the most it grows to: most heads
-/// and answers fit the first, and an idle connection's buffers are freed anyway
-/// (after `park::park_after`), but a busy connection's are what it costs.
-const READ_MIN: usize = 4 * 1024;
+/// The room a read off a socket is first given, and the most it grows to. Small, so
+/// that a burst of connections costs little memory (an idle connection's buffers are
+/// freed after `park::park_after`, but a burst's pages stay resident among the
+/// connections' live state); a larger head or body grows it, doubling.
+const READ_MIN: usize = 1024;
 const READ_MAX: usize = 64 * 1024;
 
 /// Makes room in `buf` for a read: [`READ_MIN`] at first, then as much again as it

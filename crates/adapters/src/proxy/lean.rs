@@ -612,8 +612,11 @@ enum Wait {
     /// The connection goes to hyper's path; the head's first byte came at this instant
     /// (or the connection opened then, for its first head).
     Hyper(Instant),
-    /// The client left, the connection timed out, or the server stops.
+    /// The client left.
     Gone,
+    /// The connection timed out, or the server stops: closed as hyper's path closes
+    /// it (a TLS one with `close_notify`).
+    Expired,
 }
 
 /// How forwarding one request ended.
@@ -673,6 +676,10 @@ impl Proxy {
                     return;
                 }
                 Wait::Gone => return,
+                Wait::Expired => {
+                    let _ = tokio::time::timeout(super::CLOSE_PATIENCE, io.shutdown()).await;
+                    return;
+                }
             };
             first = false;
             match self
@@ -681,7 +688,8 @@ impl Proxy {
             {
                 Done::Next => {}
                 Done::Close => {
-                    let _ = io.shutdown().await;
+                    // Bounded: a client that reads nothing cannot hold a TLS close.
+                    let _ = tokio::time::timeout(super::CLOSE_PATIENCE, io.shutdown()).await;
                     return;
                 }
             }
@@ -748,12 +756,12 @@ impl Proxy {
                 },
                 () = tokio::time::sleep_until(deadline) => {
                     if started.is_some() || Instant::now() >= idle_until {
-                        return Wait::Gone;
+                        return Wait::Expired;
                     }
                     bufs.park();
                     self.inner.parked.fetch_add(1, Ordering::Relaxed);
                 }
-                _ = closed.changed() => return Wait::Gone,
+                _ = closed.changed() => return Wait::Expired,
             }
         }
     }

@@ -577,6 +577,8 @@ impl Proxy {
                 let io = limits::Watched::new(stream, reads.clone());
                 if h2 {
                     self.serve_http2(io, conn, closed, open, opened).await;
+                } else if self.inner.lean.is_some() {
+                    Box::pin(self.serve_lean(io, reads, conn, closed, open, opened)).await;
                 } else {
                     self.serve_http1(io, reads, conn, closed, open, opened, &[])
                         .await;

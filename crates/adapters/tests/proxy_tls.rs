@@ -569,3 +569,86 @@ async fn a_parked_tls_connection_is_closed_with_close_notify() {
         .await
         .expect("closed at the stop without close_notify");
 }
+
+/// A version answering every request with a body of `size` bytes, on keep-alive
+/// connections.
+async fn big_version(size: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    pending.clear();
+                    let mut answer =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes();
+                    answer.resize(answer.len() + size, b'x');
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A large answer to a TLS client that reads slowly reaches it whole and at once,
+/// on a kept-alive connection and on one the client asked to close. (The lean path
+/// flushes after each write, as tokio-rustls asks: what the socket did not take
+/// stays in the TLS stream's buffer until flushed. On this machine's loopback the
+/// kernel's send buffer took every tail, so this passes without the flush too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_to_a_slow_tls_reader_is_flushed_whole() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "site", &ca.leaf(&["app.test"]));
+    let limits = ProxyLimits {
+        idle_timeout: Duration::from_secs(300),
+        ..ProxyLimits::default()
+    };
+    let (proxy, server) = tls_proxy(dir.path(), "{cert: site.pem, key: site.key}", limits).await;
+    let size = 4 << 20;
+    proxy.set_backends(Variant::Stable, &[big_version(size).await]);
+    proxy.set_weight(Weight::ZERO);
+    for close in [false, true] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let tcp = socket.connect(server.local_addr()).await.unwrap();
+        let name = ServerName::try_from("app.test".to_string()).unwrap();
+        let mut tls = ca.connector().connect(name, tcp).await.unwrap();
+        let extra = if close { "connection: close\r\n" } else { "" };
+        tls.write_all(format!("GET /big HTTP/1.1\r\nhost: app.test\r\n{extra}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let read = async {
+            let mut got = Vec::new();
+            let mut chunk = vec![0u8; 16 << 10];
+            loop {
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+                    && got.len() >= end + 4 + size
+                {
+                    return;
+                }
+                let n = tls.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed after {} bytes (close: {close})", got.len());
+                got.extend_from_slice(&chunk[..n]);
+                // A slow reader (paced, the behaviour under test): the proxy's
+                // socket stays full, so its last writes find no room.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .unwrap_or_else(|_| panic!("the answer's end never came (close: {close})"));
+    }
+}

@@ -75,9 +75,22 @@ const READ_MAX: usize = 64 * 1024;
 /// holds each time a read filled it, up to [`READ_MAX`].
 fn room(buf: &mut Vec<u8>, filled: bool) {
     let spare = buf.capacity() - buf.len();
-    if filled || spare < READ_MIN / 4 {
+    if filled {
+        let want = (2 * buf.capacity()).clamp(READ_MIN, READ_MAX);
+        if spare < want {
+            buf.reserve(want);
+        }
+    } else if spare < READ_MIN / 4 {
         buf.reserve(buf.capacity().clamp(READ_MIN, READ_MAX));
     }
+}
+
+/// Whether `bytes` (the newly read end of a partial head, with the 3 bytes before
+/// it) may hold the head's end: its empty line, `\r\n\r\n` or a bare `\n\n`. A
+/// partial head is parsed again only then, as hyper does: a client sending its head a
+/// byte at a time costs a scan of each byte, not a parse of the whole head each time.
+fn may_end_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 // === impl Pool ===
@@ -511,6 +524,9 @@ fn write_plain(out: &mut Vec<u8>, status: &str, text: &str, variant: Option<&str
         out.extend_from_slice(variant.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&http_date());
+    out.extend_from_slice(b"\r\n");
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -716,18 +732,33 @@ impl Proxy {
         let mut started = first.then_some(since);
         let idle_until = since + limits.idle_timeout;
         let park_at = since + super::park::park_after(limits.idle_timeout);
+        // A stop that came during the last answer: a request already read is not
+        // served (hyper's graceful shutdown reads none).
+        if *closed.borrow() {
+            return Wait::Expired;
+        }
+        // How much of the buffer is known to hold no head's end.
+        let mut scanned: usize = 0;
         loop {
             if !bufs.read.is_empty() {
-                match parse_head(&bufs.read) {
+                let fresh = &bufs.read[scanned.saturating_sub(3)..];
+                let parsed = if scanned == 0 || may_end_head(fresh) {
+                    parse_head(&bufs.read)
+                } else {
+                    Parsed::Partial
+                };
+                match parsed {
                     Parsed::Head(head) if head.len <= max_head => return Wait::Head(head),
                     Parsed::Head(_) | Parsed::Hyper => {
                         return Wait::Hyper(started.unwrap_or(since));
                     }
-                    Parsed::Partial if bufs.read.len() > max_head => {
+                    // As hyper gives up on a head: at the limit, not past it.
+                    Parsed::Partial if bufs.read.len() >= max_head => {
                         return Wait::Hyper(started.unwrap_or(since));
                     }
                     Parsed::Partial => {}
                 }
+                scanned = bufs.read.len();
                 started.get_or_insert_with(Instant::now);
             }
             let parked = bufs.read.capacity() == 0 && started.is_none() && !first;
@@ -800,7 +831,7 @@ impl Proxy {
                 None,
                 close(),
             );
-            return after_own_answer(io.write_all(&bufs.out).await, close());
+            return after_own_answer(write_flushed(io, &bufs.out).await, close());
         }
         let n = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         let picked = &backends[usize::try_from(n).unwrap_or(0) % backends.len()];
@@ -851,7 +882,7 @@ impl Proxy {
                     close(),
                 );
                 drop(flight);
-                return after_own_answer(io.write_all(&bufs.out).await, close());
+                return after_own_answer(write_flushed(io, &bufs.out).await, close());
             }
         };
         let mut clock = waiting.answered();
@@ -987,8 +1018,12 @@ async fn read_answer(
     out: &mut Vec<u8>,
 ) -> Result<Answer, AnswerError> {
     buf.clear();
+    // Whether the version sent any byte (an informational answer counts): then a
+    // failure is not a closed pooled connection's, and not sent again.
+    let mut heard = false;
     loop {
         if !buf.is_empty() {
+            heard = true;
             match parse_answer(buf, head_request, variant, close(), out)? {
                 ParsedAnswer::Answer(answer) => return Ok(answer),
                 ParsedAnswer::Informational(len) => {
@@ -999,12 +1034,11 @@ async fn read_answer(
             }
         }
         room(buf, false);
-        let before = buf.len();
         match stream.read_buf(buf).await {
-            Ok(0) if before == 0 => return Err(AnswerError::Closed),
+            Ok(0) if !heard => return Err(AnswerError::Closed),
             Ok(0) => return Err(AnswerError::Io(std::io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
-            Err(e) if before == 0 => return Err(AnswerError::Reset(e)),
+            Err(e) if !heard => return Err(AnswerError::Reset(e)),
             Err(e) => return Err(e.into()),
         }
     }
@@ -1022,7 +1056,8 @@ async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, read: &mut Vec<u8>, max: 
             // A half-close after a next request ends that request, not the client's
             // wait (hyper answers what it read): its end is seen again when the next
             // head is waited for.
-            Ok(0) if !read.is_empty() => std::future::pending::<()>().await,
+            // (A TLS client's cut without `close_notify` is an error, a reset too.)
+            Ok(0) | Err(_) if !read.is_empty() => std::future::pending::<()>().await,
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -1095,7 +1130,7 @@ where
             clock.finish();
         }
         out.extend_from_slice(&body[..take]);
-        if !out.is_empty() && io.write_all(out).await.is_err() {
+        if !out.is_empty() && write_flushed(io, out).await.is_err() {
             return Relayed::ClientGone;
         }
         out.clear();
@@ -1118,6 +1153,14 @@ where
         }
         body = &buf[..];
     }
+}
+
+/// Writes `bytes` whole to the client and flushes them: a TLS stream keeps what the
+/// socket did not take until flushed (a plain socket's flush does nothing), and the
+/// lean path reads next, which would leave an answer's end unsent.
+async fn write_flushed<I: AsyncWrite + Unpin>(io: &mut I, bytes: &[u8]) -> std::io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
 }
 
 /// What writing rampart's own answer leaves of the connection.
@@ -1278,6 +1321,28 @@ mod tests {
                 parse_answer(bad.as_bytes(), false, "stable", false, &mut out).is_err(),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_filled_buffer_doubles_up_to_its_bound_and_a_partial_heads_end_is_seen() {
+        let mut b: Vec<u8> = Vec::new();
+        room(&mut b, false);
+        assert!(b.capacity() >= READ_MIN);
+        let mut seen = vec![b.capacity()];
+        for _ in 0..10 {
+            room(&mut b, true);
+            seen.push(b.capacity());
+        }
+        assert!(seen.windows(2).all(|w| w[1] >= w[0]), "{seen:?}");
+        assert!(seen[1] >= 2 * seen[0], "{seen:?}");
+        assert!(*seen.last().unwrap_or(&0) >= READ_MAX, "{seen:?}");
+        assert!(b.capacity() < 2 * READ_MAX, "bounded: {}", b.capacity());
+        for end in [&b"x: y\r\n\r\n"[..], b"\n\r\n", b"a\n\n"] {
+            assert!(may_end_head(end), "{end:?}");
+        }
+        for not_yet in [&b"\r\n\r"[..], b"aaaa\r\nbbbb", b""] {
+            assert!(!may_end_head(not_yet), "{not_yet:?}");
         }
     }
 

@@ -213,6 +213,16 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let stream = connect(addr, connect_timeout).await?;
+    Ok(http1::handshake(TokioIo::new(stream)).await?)
+}
+
+/// A new TCP connection to a version's endpoint, within `connect_timeout`, without
+/// Nagle's delay (a request head is one write).
+pub(super) async fn connect(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> std::io::Result<TcpStream> {
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| {
@@ -222,7 +232,7 @@ where
             )
         })??;
     stream.set_nodelay(true)?;
-    Ok(http1::handshake(TokioIo::new(stream)).await?)
+    Ok(stream)
 }
 
 /// An upgrade request (a WebSocket) to `addr` in HTTP/1.1, whatever the versions are

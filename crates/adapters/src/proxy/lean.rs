@@ -146,15 +146,7 @@ impl Pool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> std::io::Result<Box<Upstream>> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connecting to {addr} timed out"),
-                )
-            })??;
-        stream.set_nodelay(true)?;
+        let stream = super::http1::connect(addr, self.connect_timeout).await?;
         Ok(Box::new(Upstream { stream, addr }))
     }
 }

@@ -7,18 +7,17 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
+use common::raw::{Client, field, read_head};
 use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
 use rampart_core::Variant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// How long a test waits for an answer or a close.
-const BOUND: Duration = Duration::from_secs(20);
+use tokio::net::TcpListener;
 
 /// A version answering by its request's target (see each arm); counts the
 /// connections it accepted.
@@ -101,35 +100,11 @@ async fn version() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-/// Reads a head (to its empty line) from `stream`, keeping what follows in `pending`.
-async fn read_head(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
-            pending.drain(..end + 4);
-            return Some(head);
-        }
-        let mut buf = [0u8; 4096];
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// The `content-length` a head names, or 0.
 fn content_length(head: &str) -> usize {
     field(head, "content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// The value of the field `name` in `head`.
-fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
-    head.lines()
-        .filter_map(|line| line.split_once(':'))
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
 }
 
 async fn proxy_to(stable: SocketAddr) -> (Proxy, ProxyServer) {
@@ -138,114 +113,6 @@ async fn proxy_to(stable: SocketAddr) -> (Proxy, ProxyServer) {
         .unwrap();
     proxy.set_backends(Variant::Stable, &[stable]);
     (proxy, server)
-}
-
-/// A client connection reading answers as a client does.
-struct Client {
-    conn: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// One answer: its head, and its body as it came (a chunked one with its framing).
-struct Answer {
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Client {
-    async fn to(addr: SocketAddr) -> Client {
-        Client {
-            conn: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.conn.write_all(bytes).await.unwrap();
-    }
-
-    /// More bytes, or `false` at the connection's end.
-    async fn more(&mut self) -> bool {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(BOUND, self.conn.read(&mut chunk))
-            .await
-            .expect("no answer in time")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// Takes `n` bytes, reading as needed.
-    async fn take(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() < n {
-            assert!(self.more().await, "closed mid-answer: {:?}", self.buf);
-        }
-        self.buf.drain(..n).collect()
-    }
-
-    /// Takes a line, with its CRLF.
-    async fn line(&mut self) -> Vec<u8> {
-        loop {
-            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                return self.buf.drain(..at + 2).collect();
-            }
-            assert!(self.more().await, "closed mid-line: {:?}", self.buf);
-        }
-    }
-
-    /// Reads one answer, to a HEAD request when `head_request`.
-    async fn answer(&mut self, head_request: bool) -> Answer {
-        let mut head = Vec::new();
-        loop {
-            let line = self.line().await;
-            head.extend_from_slice(&line);
-            if line == b"\r\n" {
-                break;
-            }
-        }
-        let head = String::from_utf8(head).unwrap();
-        let chunked = field(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
-        let body = if head_request {
-            Vec::new()
-        } else if chunked {
-            let mut body = Vec::new();
-            loop {
-                let size_line = self.line().await;
-                body.extend_from_slice(&size_line);
-                let text = String::from_utf8_lossy(&size_line);
-                let size =
-                    usize::from_str_radix(text.trim().split(';').next().unwrap(), 16).unwrap();
-                if size == 0 {
-                    loop {
-                        let trailer = self.line().await;
-                        body.extend_from_slice(&trailer);
-                        if trailer == b"\r\n" {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                let data = self.take(size + 2).await;
-                body.extend_from_slice(&data);
-            }
-            body
-        } else if let Some(n) = field(&head, "content-length").and_then(|v| v.parse().ok()) {
-            self.take(n).await
-        } else {
-            while self.more().await {}
-            std::mem::take(&mut self.buf)
-        };
-        Answer { head, body }
-    }
-
-    /// Whether the proxy closed the connection (nothing more comes).
-    async fn closed(&mut self) -> bool {
-        self.buf.is_empty() && !self.more().await
-    }
-}
-
-fn status(a: &Answer) -> &str {
-    a.head.lines().next().unwrap_or_default()
 }
 
 /// A chunked answer, written in pieces that split its size lines and its trailers,
@@ -258,7 +125,7 @@ async fn a_chunked_answer_passes_whole_with_its_trailers_and_both_connections_go
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /chunked HTTP/1.1\r\nhost: x\r\n\r\n").await;
     let a = c.answer(false).await;
-    assert_eq!(status(&a), "HTTP/1.1 200 OK");
+    assert_eq!(a.status(), "HTTP/1.1 200 OK");
     assert_eq!(
         String::from_utf8_lossy(&a.body),
         "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
@@ -375,12 +242,12 @@ async fn a_malformed_answer_is_a_502_and_an_error_and_a_5xx_counts_as_one() {
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /garbage HTTP/1.1\r\nhost: x\r\n\r\n").await;
     let a = c.answer(false).await;
-    assert_eq!(status(&a), "HTTP/1.1 502 Bad Gateway");
+    assert_eq!(a.status(), "HTTP/1.1 502 Bad Gateway");
     assert_eq!(a.body, b"rampart: upstream unavailable\n");
     c.send(b"GET /fail HTTP/1.1\r\nhost: x\r\n\r\n").await;
     let a = c.answer(false).await;
     assert_eq!(
-        (status(&a), a.body.as_slice()),
+        (a.status(), a.body.as_slice()),
         ("HTTP/1.1 503 Service Unavailable", &b"fail"[..])
     );
     let stable = proxy.totals().stable;

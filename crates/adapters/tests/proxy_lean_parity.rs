@@ -6,19 +6,19 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
+use common::raw::{BOUND, Client, field, fields, read_head};
 use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
 use rampart_core::Variant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
-
-const BOUND: Duration = Duration::from_secs(20);
 
 /// A version that reports each request's head on `heads`, answers `/hold` once
 /// `release` is notified, and otherwise answers by target (see the match).
@@ -64,97 +64,12 @@ async fn version(release: Arc<Notify>) -> (SocketAddr, mpsc::UnboundedReceiver<S
     (addr, rx)
 }
 
-async fn read_head(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
-            pending.drain(..end + 4);
-            return Some(head);
-        }
-        let mut buf = [0u8; 4096];
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-fn fields<'h>(head: &'h str, name: &str) -> Vec<&'h str> {
-    head.lines()
-        .filter_map(|line| line.split_once(':'))
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-        .collect()
-}
-
-fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
-    fields(head, name).into_iter().next()
-}
-
 async fn proxy_to(stable: SocketAddr) -> (Proxy, ProxyServer) {
     let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
         .await
         .unwrap();
     proxy.set_backends(Variant::Stable, &[stable]);
     (proxy, server)
-}
-
-struct Client {
-    conn: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    async fn to(addr: SocketAddr) -> Client {
-        Client {
-            conn: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.conn.write_all(bytes).await.unwrap();
-    }
-
-    async fn more(&mut self) -> bool {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(BOUND, self.conn.read(&mut chunk))
-            .await
-            .expect("no answer in time")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// An answer's head, or `None` when the connection closed first.
-    async fn head(&mut self) -> Option<String> {
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8(self.buf.drain(..end + 4).collect()).unwrap();
-                return Some(head);
-            }
-            if !self.more().await {
-                return None;
-            }
-        }
-    }
-
-    /// An answer framed by its content-length: head and body.
-    async fn answer(&mut self) -> Option<(String, Vec<u8>)> {
-        let head = self.head().await?;
-        let n: usize = field(&head, "content-length")
-            .unwrap_or_else(|| panic!("no content-length: {head}"))
-            .parse()
-            .unwrap();
-        while self.buf.len() < n {
-            assert!(self.more().await, "closed mid-body");
-        }
-        Some((head, self.buf.drain(..n).collect()))
-    }
-
-    async fn closed(&mut self) -> bool {
-        self.buf.is_empty() && !self.more().await
-    }
 }
 
 /// Pipelined requests followed by the client's half-close (it has nothing more to
@@ -175,9 +90,9 @@ async fn pipelined_requests_then_a_half_close_are_answered_as_on_hypers_path() {
     // The client has sent all it will send while its first request is at the version.
     c.conn.shutdown().await.unwrap();
     release.notify_one();
-    let one = c.answer().await.expect("the first request is answered");
+    let one = c.answer(false).await.into_pair();
     assert_eq!(one.1, b"held");
-    let two = c.answer().await.expect("the second request is answered");
+    let two = c.answer(false).await.into_pair();
     assert_eq!(two.1, b"/two");
 }
 
@@ -203,7 +118,7 @@ async fn a_request_in_flight_when_the_proxy_retires_is_answered_with_close() {
     release.notify_one();
     let started = tokio::time::Instant::now();
     let client = async {
-        let (head, body) = c.answer().await.expect("answered");
+        let (head, body) = c.answer(false).await.into_pair();
         assert_eq!(body, b"held");
         assert_eq!(field(&head, "connection"), Some("close"), "{head}");
         assert!(c.closed().await);
@@ -223,7 +138,7 @@ async fn a_versions_own_variant_header_is_replaced_not_doubled() {
     let (_proxy, server) = proxy_to(version).await;
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /spoof HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    let (head, _) = c.answer().await.unwrap();
+    let (head, _) = c.answer(false).await.into_pair();
     assert_eq!(fields(&head, "x-rampart-variant"), vec!["stable"], "{head}");
 }
 
@@ -235,7 +150,7 @@ async fn an_answer_without_date_gets_one_as_on_hypers_path() {
     let (_proxy, server) = proxy_to(version).await;
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /plain HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    let (head, _) = c.answer().await.unwrap();
+    let (head, _) = c.answer(false).await.into_pair();
     assert!(field(&head, "date").is_some(), "{head}");
 }
 
@@ -294,7 +209,7 @@ async fn a_targets_fragment_is_not_sent_to_the_version() {
     let (_proxy, server) = proxy_to(version).await;
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /a?q=1#frag HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    let _ = c.answer().await.unwrap();
+    let _ = c.answer(false).await.into_pair();
     let head = heads.recv().await.unwrap();
     assert!(head.starts_with("GET /a?q=1 HTTP/1.1\r\n"), "{head}");
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod raw;
+
 use std::convert::Infallible;
 pub mod fake_provider;
 pub mod servers;

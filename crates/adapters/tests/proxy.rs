@@ -19,6 +19,8 @@ use tokio::sync::Notify;
 
 mod common;
 
+use common::proxy_to;
+
 use common::{backend, client};
 
 async fn get(addr: SocketAddr, path: &str, user: Option<&str>) -> (StatusCode, String) {
@@ -190,15 +192,6 @@ async fn builtin_metrics_count_5xx_and_connection_failures_per_variant() {
         "no version answered: in neither latency"
     );
     assert_eq!(s.stable.requests, 0);
-}
-
-/// A proxy in front of `stable` alone.
-async fn proxy_to(stable: SocketAddr) -> (Proxy, rampart_adapters::proxy::ProxyServer) {
-    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
-        .await
-        .unwrap();
-    proxy.set_backends(Variant::Stable, &[stable]);
-    (proxy, server)
 }
 
 /// Issue 21: the time to headers stays the version's own time while the total time

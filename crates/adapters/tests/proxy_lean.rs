@@ -9,13 +9,13 @@
 
 mod common;
 
+use common::proxy_to;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::raw::{Client, field, read_head};
-use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
-use rampart_core::Variant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -105,14 +105,6 @@ fn content_length(head: &str) -> usize {
     field(head, "content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-async fn proxy_to(stable: SocketAddr) -> (Proxy, ProxyServer) {
-    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
-        .await
-        .unwrap();
-    proxy.set_backends(Variant::Stable, &[stable]);
-    (proxy, server)
 }
 
 /// A chunked answer, written in pieces that split its size lines and its trailers,

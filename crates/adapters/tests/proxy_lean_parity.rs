@@ -8,14 +8,14 @@
 
 mod common;
 
+use common::proxy_to;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 
 use common::raw::{BOUND, Client, field, fields, read_head};
-use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
-use rampart_core::Variant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
@@ -62,14 +62,6 @@ async fn version(release: Arc<Notify>) -> (SocketAddr, mpsc::UnboundedReceiver<S
         }
     });
     (addr, rx)
-}
-
-async fn proxy_to(stable: SocketAddr) -> (Proxy, ProxyServer) {
-    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
-        .await
-        .unwrap();
-    proxy.set_backends(Variant::Stable, &[stable]);
-    (proxy, server)
 }
 
 /// Pipelined requests followed by the client's half-close (it has nothing more to

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::proxy_to;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -134,14 +136,6 @@ fn content_length(head: &str) -> usize {
         .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, value)| value.trim().parse().ok())
         .unwrap_or(0)
-}
-
-async fn proxy_to(stable: SocketAddr) -> (Proxy, rampart_adapters::proxy::ProxyServer) {
-    let (proxy, server) = Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
-        .await
-        .unwrap();
-    proxy.set_backends(Variant::Stable, &[stable]);
-    (proxy, server)
 }
 
 /// `GET /small` through the proxy at `addr` is answered `ok`.

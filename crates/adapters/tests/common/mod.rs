@@ -172,3 +172,20 @@ pub async fn until(what: &str, mut ready: impl AsyncFnMut() -> bool) {
 pub async fn listening(addr: SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()
 }
+
+/// A proxy with default options in front of `stable` alone.
+pub async fn proxy_to(
+    stable: SocketAddr,
+) -> (
+    rampart_adapters::proxy::Proxy,
+    rampart_adapters::proxy::ProxyServer,
+) {
+    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        rampart_adapters::proxy::ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    proxy.set_backends(rampart_core::Variant::Stable, &[stable]);
+    (proxy, server)
+}

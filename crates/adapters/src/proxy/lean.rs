@@ -562,7 +562,7 @@ impl Chunks {
     /// Moves over `bytes`; how many belong to the body (all of them, or up to its end).
     fn feed(&mut self, bytes: &[u8]) -> Result<usize, BadChunks> {
         let mut at = 0;
-        while at < bytes.len() {
+        while at < bytes.len() && *self != Chunks::Done {
             if let Chunks::Data(left) = *self {
                 let take = left.min((bytes.len() - at) as u64);
                 at += take as usize;
@@ -576,10 +576,6 @@ impl Chunks {
             let b = bytes[at];
             at += 1;
             *self = match (*self, b) {
-                (Chunks::Done, _) => {
-                    at -= 1;
-                    break;
-                }
                 (Chunks::Size(n, _), _) if b.is_ascii_hexdigit() => {
                     let digit = u64::from((b as char).to_digit(16).unwrap_or(0) as u8);
                     let n = n
@@ -718,7 +714,7 @@ impl Proxy {
         I: AsyncRead + Unpin,
     {
         let limits = self.inner.limits;
-        let max_head = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
+        let max_head = self.inner.max_head();
         // The head's deadline once its first byte came (the connection's opening for
         // its first head); until then, the idle deadline, and parking before it.
         let mut started = first.then_some(since);
@@ -840,20 +836,8 @@ impl Proxy {
         let waiting = Waiting::new(
             (!uncounted).then(|| Clock::new(Arc::clone(&self.inner), variant, started, None)),
         );
-        let head_request = method == Method::HEAD;
-        let max_pipelined =
-            usize::try_from(self.inner.limits.max_header_bytes).unwrap_or(usize::MAX);
         let exchanged = self
-            .exchange(
-                io,
-                bufs,
-                backend,
-                &method,
-                head_request,
-                variant.as_str(),
-                &close,
-                max_pipelined,
-            )
+            .exchange(io, bufs, backend, &method, variant.as_str(), &close)
             .await;
         let (mut up, answer) = match exchanged {
             Exchange::Answered(up, answer) => (up, answer),
@@ -881,6 +865,7 @@ impl Proxy {
         if clock.is_some() {
             counters.record((500..600).contains(&answer.status), started.elapsed());
         }
+        let max_pipelined = self.inner.max_head();
         let relayed = relay(io, &mut up, bufs, &answer, max_pipelined, &mut clock).await;
         if let Some(clock) = clock {
             clock.finish();
@@ -890,7 +875,7 @@ impl Proxy {
             Relayed::Whole { clean } => {
                 if clean
                     && answer.keep_alive
-                    && let Some(pool) = self.inner.lean_pool()
+                    && let Some(pool) = &self.inner.lean
                 {
                     pool.idle.shelve(up);
                 }
@@ -908,26 +893,25 @@ impl Proxy {
 
     /// Sends the request head in `bufs.out` to `backend` (on a pooled connection, or a
     /// new one) and reads its answer's head into `bufs.answer`, writing the client's
-    /// into `bufs.out`; watches the client meanwhile, keeping up to `max_pipelined`
+    /// into `bufs.out`; watches the client meanwhile, keeping up to `max_header_bytes`
     /// bytes it sends on.
-    #[allow(clippy::too_many_arguments)]
     async fn exchange<I>(
         &self,
         io: &mut I,
         bufs: &mut Buffers,
         backend: SocketAddr,
         method: &Method,
-        head_request: bool,
         variant: &str,
         close: &(dyn Fn() -> bool + Sync),
-        max_pipelined: usize,
     ) -> Exchange
     where
         I: AsyncRead + Unpin,
     {
-        let Some(pool) = self.inner.lean_pool() else {
+        let Some(pool) = &self.inner.lean else {
             return Exchange::Failed("no HTTP/1.1 pool".into());
         };
+        let head_request = *method == Method::HEAD;
+        let max_pipelined = self.inner.max_head();
         let mut retried = false;
         loop {
             let pooled = if retried {

@@ -222,8 +222,9 @@ struct ClientConn {
 }
 
 impl Inner {
-    fn lean_pool(&self) -> Option<&lean::Pool> {
-        self.lean.as_ref()
+    /// `max_header_bytes` as a buffer size.
+    fn max_head(&self) -> usize {
+        usize::try_from(self.limits.max_header_bytes).unwrap_or(usize::MAX)
     }
 
     fn counters(&self, v: Variant) -> &VariantCounters {
@@ -650,7 +651,7 @@ impl Proxy {
         let limits = proxy.inner.limits;
         let park = Arc::new(park::Park::default());
         let mut http = hyper::server::conn::http1::Builder::new();
-        let head = usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX);
+        let head = proxy.inner.max_head();
         http.keep_alive(true)
             .header_read_timeout(limits.header_timeout)
             // A complete head over the limit is refused by its size, an

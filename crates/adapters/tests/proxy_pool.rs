@@ -257,6 +257,17 @@ async fn read_answer(conn: &mut TcpStream) -> (String, String) {
     }
 }
 
+/// `GET /small` sent next on `conn` (after an upload) is answered `ok`.
+async fn next_small_ok(conn: &mut TcpStream) {
+    conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = tokio::time::timeout(BOUND, read_answer(conn))
+        .await
+        .expect("the next request on the connection was never answered");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+}
+
 /// How long a test waits for the proxy to answer or close.
 const BOUND: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -296,13 +307,7 @@ async fn an_upload_answered_before_its_body_is_sent_whole_and_the_connection_goe
         .await
         .expect("the proxy stopped reading the upload once it was answered")
         .unwrap();
-    conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, body) = tokio::time::timeout(BOUND, read_answer(&mut conn))
-        .await
-        .expect("the next request on the connection was never answered");
-    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    next_small_ok(&mut conn).await;
     assert!(proxy.drain(Variant::Stable, BOUND).await);
     // Another client's requests, and the upstream connection the upload went on.
     for _ in 0..3 {
@@ -360,13 +365,7 @@ async fn a_slow_upload_answered_early_that_keeps_coming_is_never_cut() {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         conn.write_all(&[b'u'; 10]).await.unwrap();
     }
-    conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, body) = tokio::time::timeout(BOUND, read_answer(&mut conn))
-        .await
-        .expect("the next request was never answered");
-    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    next_small_ok(&mut conn).await;
     assert_eq!(seen.closed_by_peer.load(Ordering::SeqCst), 0);
 }
 
@@ -438,11 +437,5 @@ async fn a_connection_back_from_an_endpoint_that_left_the_routes_is_closed() {
         seen_old.closed_by_peer.load(Ordering::SeqCst) == 1
     })
     .await;
-    conn.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, body) = tokio::time::timeout(BOUND, read_answer(&mut conn))
-        .await
-        .expect("the next request was never answered");
-    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok"));
+    next_small_ok(&mut conn).await;
 }

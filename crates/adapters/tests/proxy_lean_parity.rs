@@ -2,18 +2,20 @@
 //! a hand-over can tell (each test found a difference in review, and fails without
 //! its fix): pipelined requests then a half-close, a retirement while a request is at
 //! the version, the variant header, `Date`, framing fields a version names in
-//! `Connection`, targets hyper refuses or rewrites. Real sockets on loopback.
+//! `Connection`, targets hyper refuses or rewrites, a client leaving while its request
+//! waits for a backend. Real sockets on loopback.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
 
-use common::proxy_to;
+use common::{proxy_to, until};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use common::raw::{BOUND, Client, field, fields, read_head};
 use tokio::io::AsyncWriteExt;
@@ -204,4 +206,47 @@ async fn a_targets_fragment_is_not_sent_to_the_version() {
     let _ = c.answer(false).await.into_pair();
     let head = heads.recv().await.unwrap();
     assert!(head.starts_with("GET /a?q=1 HTTP/1.1\r\n"), "{head}");
+}
+
+/// A client that leaves while its request waits for a backend (the hold of a data
+/// plane started before its first version): the proxy lets it go at once, and the
+/// request never reaches the version that comes later, nor counts; hyper's path (a
+/// request with a body) does the same. Without the watch, the lean path kept the
+/// connection for the whole hold and sent the request when the version came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_its_request_is_held_is_let_go_and_nothing_is_sent() {
+    let (version, mut heads) = version(Arc::new(Notify::new())).await;
+    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        rampart_adapters::proxy::ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Far longer than `until` waits: only the client's leaving can end the wait.
+    proxy.set_hold(Duration::from_secs(3600));
+    for request in [
+        &b"GET /lean HTTP/1.1\r\nhost: x\r\n\r\n"[..],
+        b"POST /hyper HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nx",
+    ] {
+        let mut c = Client::to(server.local_addr()).await;
+        c.send(request).await;
+        until("the proxy holds the connection", async || {
+            proxy.open_connections() == 1
+        })
+        .await;
+        drop(c);
+        until("the proxy let the client go", async || {
+            proxy.open_connections() == 0
+        })
+        .await;
+    }
+    proxy.set_backends(rampart_core::Variant::Stable, &[version]);
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /after HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let (_, body) = c.answer(false).await.into_pair();
+    assert_eq!(body, b"/after");
+    let first = heads.recv().await.unwrap();
+    assert!(first.starts_with("GET /after "), "{first}");
+    assert_eq!(proxy.totals().stable.requests, 1);
+    assert_eq!(proxy.abandoned(rampart_core::Variant::Stable), 0);
 }

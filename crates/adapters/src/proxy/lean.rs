@@ -808,7 +808,13 @@ impl Proxy {
             close,
         } = head;
         let close = || close || *closed.borrow() || *self.inner.retiring.borrow();
-        let (routes, variant) = self.route(conn.peer, &headers).await;
+        // A client that leaves while its request waits for a backend (the hold) is
+        // not waited for: nothing is sent, and nothing counted, as on hyper's path.
+        let (routes, variant) = tokio::select! {
+            biased;
+            routed = self.route(conn.peer, &headers) => routed,
+            () = client_gone(io, &mut bufs.read, len, self.inner.max_head()) => return Done::Close,
+        };
         let backends = routes.of(variant);
         if backends.is_empty() {
             bufs.read.drain(..len);
@@ -942,7 +948,7 @@ impl Proxy {
                 tokio::select! {
                     biased;
                     result = exchange => result,
-                    () = client_gone(io, read, max_pipelined) => return Exchange::Abandoned,
+                    () = client_gone(io, read, 0, max_pipelined) => return Exchange::Abandoned,
                 }
             };
             match result {
@@ -1021,11 +1027,17 @@ async fn read_answer(
 }
 
 /// Returns once the client closed its side or failed, reading what it sends meanwhile
-/// (a next request, pipelined) into `read`, up to `max` bytes: past them, it waits
+/// (a next request, pipelined) into `read` after its first `start` bytes (the request
+/// in progress, when its head is still there), up to `max` bytes: past them, it waits
 /// without reading.
-async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, read: &mut Vec<u8>, max: usize) {
+async fn client_gone<I: AsyncRead + Unpin>(
+    io: &mut I,
+    read: &mut Vec<u8>,
+    start: usize,
+    max: usize,
+) {
     loop {
-        if read.len() >= max {
+        if read.len() >= start + max {
             std::future::pending::<()>().await;
         }
         match io.read_buf(read).await {
@@ -1033,7 +1045,7 @@ async fn client_gone<I: AsyncRead + Unpin>(io: &mut I, read: &mut Vec<u8>, max: 
             // wait (hyper answers what it read): its end is seen again when the next
             // head is waited for.
             // (A TLS client's cut without `close_notify` is an error, a reset too.)
-            Ok(0) | Err(_) if !read.is_empty() => std::future::pending::<()>().await,
+            Ok(0) | Err(_) if read.len() > start => std::future::pending::<()>().await,
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -1120,7 +1132,7 @@ where
         let more = tokio::select! {
             biased;
             more = up.stream.read_buf(buf) => more,
-            () = client_gone(io, read, max_pipelined) => return Relayed::ClientGone,
+            () = client_gone(io, read, 0, max_pipelined) => return Relayed::ClientGone,
         };
         match more {
             Ok(0) if answer.framing == Framing::Close => return Relayed::Whole { clean: false },

@@ -35,6 +35,14 @@ BENCH_AGAINST=<another rampart binary> adds it as "rampart-against" (an A/B of a
 Every proxy runs one worker thread, like for like: nginx `worker_processes 1`, HAProxy
 `nbthread 1`, rampart `RAMPART_WORKER_THREADS=1` (BENCH_RAMPART_THREADS sets another
 number, 0 for rampart's default of one per core).
+
+Every proxy writes the same four forwarding headers on each request it forwards, as
+rampart does by default (`forwarded.trust: none`): `X-Forwarded-For` (the client's
+address, replacing any), `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
+(`for=...;host="...";proto=...`). An edge in front of services is configured so;
+without them the references do less work per request than rampart, and the backends
+parse fewer headers. BENCH_BARE_REFERENCES=1 runs nginx and HAProxy without them (the
+configurations before 2026-12-04, for comparison with older figures).
 """
 
 from http.client import HTTPConnection
@@ -59,6 +67,8 @@ TMP = tempfile.mkdtemp(prefix="rampart-bench-")
 RAMPART_ENV = dict(os.environ)
 if os.environ.get("BENCH_RAMPART_THREADS", "1") != "0":
     RAMPART_ENV["RAMPART_WORKER_THREADS"] = os.environ.get("BENCH_RAMPART_THREADS", "1")
+# nginx and HAProxy write rampart's forwarding headers (see the docstring) unless this is set.
+FORWARDING = os.environ.get("BENCH_BARE_REFERENCES", "0") != "1"
 PROCS = []
 # The process whose memory counts, by target (a function: nginx's changes).
 PIDS = {}
@@ -223,6 +233,19 @@ def nginx(a, b, tls=None, h2=False, grpc=False):
     to_backend = "grpc_pass grpc://up_$side;" if grpc else """proxy_pass http://up_$side;
             proxy_http_version 1.1;
             proxy_set_header Connection "";"""
+    # The forwarding headers (grpc_pass has its own directive); nginx's default Host
+    # is the upstream's name, so the client's is set too, as the other proxies pass it.
+    fwd = ""
+    if FORWARDING:
+        directive = "grpc_set_header" if grpc else "proxy_set_header"
+        fwd = "".join(f"\n            {directive} {name} {value};" for name, value in (
+            ("Host", "$http_host"),
+            ("X-Forwarded-For", "$remote_addr"),
+            ("X-Forwarded-Proto", "$scheme"),
+            ("X-Forwarded-Host", "$http_host"),
+            ("Forwarded", '"for=$remote_addr;host=\\"$http_host\\";proto=$scheme"'),
+        ))
+    to_backend += fwd
     certs = f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3;" if tls else ""
     os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
     conf = os.path.join(d, "nginx.conf")
@@ -254,7 +277,7 @@ http {{
             proxy_pass http://up_$side;
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
+            proxy_set_header Connection "upgrade";{fwd.replace("grpc_set_header", "proxy_set_header")}
         }}
     }}
 }}
@@ -282,6 +305,12 @@ def haproxy(a, b, tls=None, h2=False, grpc=False):
     bind = f"127.0.0.1:{port} ssl crt {tls[2]} ssl-min-ver TLSv1.3" if tls else f"127.0.0.1:{port}" + (" proto h2" if h2 or grpc else "")
     # WebSocket passes in http mode as it is; gRPC needs h2c to the backends too.
     server = " proto h2" if grpc else ""
+    fwd = "".join(f"    http-request set-header {name} {value}\n" for name, value in (
+        ("X-Forwarded-For", "%[src]"),
+        ("X-Forwarded-Proto", "https" if tls else "http"),
+        ("X-Forwarded-Host", "%[req.hdr(host)]"),
+        ("Forwarded", f'"for=%[src];host=\\"%[req.hdr(host)]\\";proto={"https" if tls else "http"}"'),
+    )) if FORWARDING else ""
     os.makedirs(d, exist_ok=True)
     sock = os.path.join(d, "admin.sock")
     cfg = os.path.join(d, "haproxy.cfg")
@@ -299,7 +328,7 @@ defaults
 frontend web
     bind {bind}
     default_backend app
-backend app
+{fwd}backend app
     balance roundrobin
     server a 127.0.0.1:{a} weight 80{server}
     server b 127.0.0.1:{b} weight 20{server}

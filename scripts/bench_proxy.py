@@ -29,7 +29,8 @@ Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
 Each of those rows is also put against nginx's figure of the same run.
 
 BENCH_ONLY=cpu runs only the CPU time per request: each proxy's user+system CPU time
-over the requests wrk completed under the keep-alive load, in alternating rounds;
+over the requests wrk completed under the keep-alive load, in alternating rounds, and
+the two backends' CPU time per request behind it;
 BENCH_AGAINST=<another rampart binary> adds it as "rampart-against" (an A/B of a change).
 
 Every proxy runs one worker thread, like for like: nginx `worker_processes 1`, HAProxy
@@ -603,20 +604,26 @@ def cpu_only(a, b):
         wrk(port, 1)  # warm up
         targets.append((name, port))
     rows = {name: [] for name, _ in targets}
+    # The two backends (spawned first): what a proxy's requests cost them.
+    backend_pids = [p.pid for p in PROCS[:2]]
+    behind = {name: [] for name, _ in targets}
     for _ in range(int(os.environ.get("BENCH_ROUNDS", "3"))):
         for name, port in targets:
             pid = PIDS[name]()
             before = cpu_seconds(pid)
+            backends_before = sum(cpu_seconds(p) for p in backend_pids)
             r = wrk(port, DURATION)
             used = cpu_seconds(pid) - before
-            rows[name].append(used / (r["rps"] * DURATION) * 1e6)
-    haproxy_us = sorted(rows["haproxy"])[len(rows["haproxy"]) // 2]
-    print("\n| target | CPU µs per request (median of rounds) | rounds | vs HAProxy |")
-    print("| --- | --- | --- | --- |")
+            requests = r["rps"] * DURATION
+            rows[name].append(used / requests * 1e6)
+            behind[name].append((sum(cpu_seconds(p) for p in backend_pids) - backends_before) / requests * 1e6)
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    haproxy_us = median(rows["haproxy"])
+    print("\n| target | CPU µs per request (median of rounds) | rounds | vs HAProxy | the backends' CPU µs per request (median) |")
+    print("| --- | --- | --- | --- | --- |")
     for name, _ in targets:
-        median = sorted(rows[name])[len(rows[name]) // 2]
         each = ", ".join(f"{x:.2f}" for x in rows[name])
-        print(f"| {name} | {median:.2f} | {each} | {median / haproxy_us:.3f} |", flush=True)
+        print(f"| {name} | {median(rows[name]):.2f} | {each} | {median(rows[name]) / haproxy_us:.3f} | {median(behind[name]):.2f} |", flush=True)
 
 
 def memory_only(a, b):

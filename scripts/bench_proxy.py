@@ -40,7 +40,7 @@ number, 0 for rampart's default of one per core).
 Every proxy writes the same four forwarding headers on each request it forwards, as
 rampart does by default (`forwarded.trust: none`): `X-Forwarded-For` (the client's
 address, replacing any), `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
-(`for=...;host="...";proto=...`). An edge in front of services is configured so;
+(`for=...;proto=...;host="..."`). An edge in front of services is configured so;
 without them the references do less work per request than rampart, and the backends
 parse fewer headers. BENCH_BARE_REFERENCES=1 runs nginx and HAProxy without them (the
 configurations before 2026-12-04, for comparison with older figures).
@@ -244,7 +244,7 @@ def nginx(a, b, tls=None, h2=False, grpc=False):
             ("X-Forwarded-For", "$remote_addr"),
             ("X-Forwarded-Proto", "$scheme"),
             ("X-Forwarded-Host", "$http_host"),
-            ("Forwarded", '"for=$remote_addr;host=\\"$http_host\\";proto=$scheme"'),
+            ("Forwarded", '"for=$remote_addr;proto=$scheme;host=\\"$http_host\\""'),
         ))
     to_backend += fwd
     certs = f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3;" if tls else ""
@@ -310,7 +310,7 @@ def haproxy(a, b, tls=None, h2=False, grpc=False):
         ("X-Forwarded-For", "%[src]"),
         ("X-Forwarded-Proto", "https" if tls else "http"),
         ("X-Forwarded-Host", "%[req.hdr(host)]"),
-        ("Forwarded", f'"for=%[src];host=\\"%[req.hdr(host)]\\";proto={"https" if tls else "http"}"'),
+        ("Forwarded", f'"for=%[src];proto={"https" if tls else "http"};host=\\"%[req.hdr(host)]\\""'),
     )) if FORWARDING else ""
     os.makedirs(d, exist_ok=True)
     sock = os.path.join(d, "admin.sock")

@@ -230,13 +230,13 @@ async fn a_client_leaving_while_its_request_is_held_is_let_go_and_nothing_is_sen
     ] {
         let mut c = Client::to(server.local_addr()).await;
         c.send(request).await;
-        until("the proxy holds the connection", async || {
-            proxy.open_connections() == 1
+        until("the request waits for a backend", async || {
+            proxy.held_requests() == 1
         })
         .await;
         drop(c);
         until("the proxy let the client go", async || {
-            proxy.open_connections() == 0
+            proxy.open_connections() == 0 && proxy.held_requests() == 0
         })
         .await;
     }
@@ -249,4 +249,36 @@ async fn a_client_leaving_while_its_request_is_held_is_let_go_and_nothing_is_sen
     assert!(first.starts_with("GET /after "), "{first}");
     assert_eq!(proxy.totals().stable.requests, 1);
     assert_eq!(proxy.abandoned(rampart_core::Variant::Stable), 0);
+}
+
+/// Pipelined requests and then the client's half-close while the first waits for a
+/// backend: the half-close does not end the wait (bytes of a next request are there),
+/// so once a version comes the requests are answered in order, as when the first is
+/// at the version (see `pipelined_requests_then_a_half_close_are_answered_as_on_hypers_path`:
+/// all but the last, as hyper's path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_then_a_half_close_during_the_hold_are_answered() {
+    let (version, mut heads) = version(Arc::new(Notify::new())).await;
+    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        rampart_adapters::proxy::ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    proxy.set_hold(Duration::from_secs(3600));
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /two HTTP/1.1\r\nhost: x\r\n\r\nGET /three HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    c.conn.shutdown().await.unwrap();
+    until("the first request waits for a backend", async || {
+        proxy.held_requests() == 1
+    })
+    .await;
+    // The half-close came before (loopback delivers it with the `shutdown`): the
+    // proxy reads it in the wait, from the same poll that began it at the latest.
+    proxy.set_backends(rampart_core::Variant::Stable, &[version]);
+    assert_eq!(c.answer(false).await.into_pair().1, b"/one");
+    assert_eq!(c.answer(false).await.into_pair().1, b"/two");
+    assert!(heads.recv().await.unwrap().starts_with("GET /one "));
+    assert!(heads.recv().await.unwrap().starts_with("GET /two "));
 }

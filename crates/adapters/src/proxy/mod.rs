@@ -178,6 +178,8 @@ struct Inner {
     changed: Notify,
     /// How long a request waits for a backend when its variant has none.
     hold: std::sync::Mutex<Duration>,
+    /// Requests waiting now for a backend (the hold).
+    held: AtomicU64,
     /// Requests routed to the canary when the weight last became 0 with no match rule.
     canary_at_zero: AtomicU64,
     /// Client connections open now.
@@ -475,6 +477,7 @@ impl Proxy {
                 upstream_in_use: AtomicU64::new(0),
                 refused_requests: AtomicU64::new(0),
                 parked: AtomicU64::new(0),
+                held: AtomicU64::new(0),
                 limits,
                 trust,
                 retiring: tokio::sync::watch::Sender::new(false),
@@ -1094,6 +1097,12 @@ impl Proxy {
         self.inner.parked.load(Ordering::Relaxed)
     }
 
+    /// Requests waiting now for their variant's first backend (see
+    /// [`Proxy::set_hold`]).
+    pub fn held_requests(&self) -> u64 {
+        self.inner.held.load(Ordering::Relaxed)
+    }
+
     /// Requests in flight to `variant`.
     pub fn in_flight(&self, variant: Variant) -> u64 {
         self.inner.counters(variant).in_flight()
@@ -1152,6 +1161,15 @@ impl Proxy {
         }
         let hold = *self.inner.hold.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = tokio::time::Instant::now() + hold;
+        // Counted while it waits, however the wait ends (a client leaving drops it).
+        struct Held<'a>(&'a AtomicU64);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.inner.held.fetch_add(1, Ordering::Relaxed);
+        let _held = Held(&self.inner.held);
         loop {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);

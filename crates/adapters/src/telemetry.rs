@@ -230,6 +230,12 @@ impl Telemetry {
                 self.counted.refused_requests(),
             ),
             (
+                "gauge",
+                "rampart_proxy_held_requests",
+                "Requests waiting now for their variant's first backend (the data plane's hold before a service's first version is ready).",
+                self.counted.held_requests(),
+            ),
+            (
                 "counter",
                 "rampart_proxy_body_timeouts_total",
                 "Requests answered 408 because their client sent nothing of its body for traffic.proxy.limits.body_timeout; counted against no version.",

@@ -234,6 +234,12 @@ async fn a_client_leaving_while_its_request_is_held_is_let_go_and_nothing_is_sen
             proxy.held_requests() == 1
         })
         .await;
+        let exposition =
+            rampart_adapters::telemetry::Telemetry::new("edge", Arc::new(proxy.clone())).render();
+        assert!(
+            exposition.contains("rampart_proxy_held_requests{service=\"edge\"} 1\n"),
+            "{exposition}"
+        );
         drop(c);
         until("the proxy let the client go", async || {
             proxy.open_connections() == 0 && proxy.held_requests() == 0

@@ -1810,6 +1810,12 @@ pub trait Totals: Send + Sync {
         None
     }
 
+    /// Requests waiting now for their variant's first backend (the hold), where the
+    /// counter is the embedded proxy itself.
+    fn held_requests(&self) -> Option<u64> {
+        None
+    }
+
     /// TLS handshakes that failed or timed out so far, where the counter terminates
     /// TLS.
     fn tls_handshake_failures(&self) -> Option<u64> {
@@ -1846,6 +1852,10 @@ impl Totals for Proxy {
 
     fn refused_requests(&self) -> Option<u64> {
         Some(Proxy::refused_requests(self))
+    }
+
+    fn held_requests(&self) -> Option<u64> {
+        Some(Proxy::held_requests(self))
     }
 
     fn tls_handshake_failures(&self) -> Option<u64> {

@@ -8,6 +8,11 @@
 //! charged an error for a client's bytes (a client must not be able to fail a
 //! canary); and a normal request is served afterwards.
 //!
+//! Answers from a version: arbitrary bytes, and valid answers mutated, as a version's
+//! answer to a plain GET (the lean HTTP/1.1 path). Properties: the client gets
+//! well-formed HTTP or a close, never a hang; the next request through the proxy gets
+//! its own answer whole (nothing of a bad answer is left on a kept connection).
+//!
 //! The admin API: arbitrary methods, paths, tokens and bodies (JSON with the API's own
 //! field names, or raw bytes). Properties: nothing panics (`/healthz` still answers);
 //! no answer is a 5xx; a 2xx comes only for a known route and method with the token;
@@ -430,6 +435,279 @@ fn the_corpus_replays_clean() {
         if let Err(e) = check_request(&bytes) {
             panic!("{}: {e}", file.display());
         }
+    }
+}
+
+// === answers from a version ===
+
+/// How long the scripted version keeps a connection with no request on it (as a
+/// server closes idle connections): a close-delimited or cut-short answer ends then.
+const VERSION_IDLE: Duration = Duration::from_millis(100);
+
+/// A proxy in front of a version that answers `GET /fuzz` with the case's bytes
+/// (whatever they are) and anything else with a good answer, keeping its connections
+/// for more requests until they idle.
+struct AnswerFixture {
+    answer: Arc<std::sync::Mutex<Vec<u8>>>,
+    addr: SocketAddr,
+    _server: ProxyServer,
+}
+
+fn answer_fixture() -> &'static AnswerFixture {
+    static FIXTURE: OnceLock<AnswerFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let answer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let f = fixture();
+        let (addr, server) = f.runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let version = listener.local_addr().unwrap();
+            let script = answer.clone();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let script = script.clone();
+                    tokio::spawn(async move {
+                        let mut pending = Vec::new();
+                        loop {
+                            let next = common::raw::read_head(&mut stream, &mut pending);
+                            let Ok(Some(head)) = tokio::time::timeout(VERSION_IDLE, next).await
+                            else {
+                                return;
+                            };
+                            let bytes = if head.starts_with("GET /fuzz ") {
+                                script.lock().unwrap().clone()
+                            } else {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ngood".to_vec()
+                            };
+                            if stream.write_all(&bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            let (proxy, server) =
+                Proxy::bind("127.0.0.1:0".parse().unwrap(), ProxyOptions::default())
+                    .await
+                    .unwrap();
+            proxy.set_backends(Variant::Stable, &[version]);
+            (server.local_addr(), server)
+        });
+        AnswerFixture {
+            answer,
+            addr,
+            _server: server,
+        }
+    })
+}
+
+/// Valid answers the mutations start from: each framing, informational answers,
+/// answers without a body.
+const ANSWER_SEEDS: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\n\r\nended by the close",
+    b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+    b"HTTP/1.1 503 Busy\r\ncontent-length: 0\r\nx-rampart-variant: canary\r\n\r\n",
+];
+
+/// An answer longer than the proxy's first reads (1 KiB), whose bytes past its
+/// length, or past its last chunk, stay in the socket until read.
+fn long_answer(chunked: bool, extra: usize) -> Vec<u8> {
+    let body = vec![b'x'; 3000];
+    let mut answer = if chunked {
+        let mut a = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nbb8\r\n".to_vec();
+        a.extend_from_slice(&body);
+        a.extend_from_slice(b"\r\n0\r\n\r\n");
+        a
+    } else {
+        let mut a = b"HTTP/1.1 200 OK\r\ncontent-length: 3000\r\n\r\n".to_vec();
+        a.extend_from_slice(&body);
+        a
+    };
+    answer.extend(std::iter::repeat_n(b'y', extra));
+    answer
+}
+
+fn answer_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        1 => proptest::collection::vec(any::<u8>(), 0..300),
+        4 => (0..ANSWER_SEEDS.len(), proptest::collection::vec(mutation(), 1..6))
+            .prop_map(|(seed, ms)| mutate(ANSWER_SEEDS[seed], &ms)),
+        1 => (any::<bool>(), 0usize..2000, proptest::collection::vec(mutation(), 0..3))
+            .prop_map(|(chunked, extra, ms)| mutate(&long_answer(chunked, extra), &ms)),
+    ]
+}
+
+/// A version's answer, whatever its bytes, reaches the client as well-formed HTTP
+/// (framed as the proxy passes it, or a 502) or a close, never a hang; and the next
+/// request through the proxy gets its own answer, whole: nothing of a malformed or
+/// over-long answer is left on an upstream connection the proxy keeps (no answer
+/// desync between clients).
+fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
+    let f = fixture();
+    let a = answer_fixture();
+    *a.answer.lock().unwrap() = answer.to_vec();
+    let outcome = f.runtime.block_on(exchange(
+        a.addr,
+        b"GET /fuzz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ));
+    let Outcome::Closed(got) = outcome else {
+        return Err(TestCaseError::fail(format!(
+            "no close in {PATIENCE:?} for the answer {:?}",
+            String::from_utf8_lossy(answer)
+        )));
+    };
+    one_answer(&got).map_err(|e| {
+        TestCaseError::fail(format!(
+            "{e} (the version sent {:?}, the client got {:?})",
+            String::from_utf8_lossy(answer),
+            String::from_utf8_lossy(&got)
+        ))
+    })?;
+    let next = f.runtime.block_on(exchange(
+        a.addr,
+        b"GET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ));
+    match next {
+        Outcome::Closed(got) => prop_assert!(
+            got.starts_with(b"HTTP/1.1 200 ") && got.ends_with(b"\r\n\r\ngood"),
+            "after the answer {:?} the next request got {:?}",
+            String::from_utf8_lossy(answer),
+            String::from_utf8_lossy(&got)
+        ),
+        Outcome::Hung(_) => prop_assert!(false, "the next request hung"),
+    }
+    Ok(())
+}
+
+/// Checks that `got` is what a client that asked `GET` with `connection: close` may
+/// get: informational answers, then one final answer framed by its head (a length,
+/// chunks to their last and the trailers, or the close; none for 204 and 304), with
+/// nothing after it; or a close with nothing, or cut by the close mid-body.
+fn one_answer(got: &[u8]) -> Result<(), String> {
+    let mut rest = got;
+    loop {
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Err("an incomplete head".into());
+        };
+        // Field values may hold any byte but controls (obs-text).
+        let head = String::from_utf8_lossy(&rest[..end]);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or("");
+        let status: u16 = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not a status line: {status_line:?}"))?;
+        let mut length = None;
+        // The final transfer coding, when there is one (RFC 9112 6.3: chunked ends
+        // the body by its chunks, any other by the close).
+        let mut coding: Option<String> = None;
+        for line in lines {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| format!("not a header line: {line:?}"))?;
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => {
+                    if length.is_some() {
+                        return Err("two lengths".into());
+                    }
+                    length = Some(
+                        value
+                            .trim()
+                            .parse::<usize>()
+                            .map_err(|e| format!("length: {e}"))?,
+                    );
+                }
+                "transfer-encoding" => {
+                    let last = value.rsplit(',').next().unwrap_or("");
+                    coding = Some(last.trim().to_ascii_lowercase());
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end + 4..];
+        if (100..200).contains(&status) {
+            continue;
+        }
+        if coding.is_some() && length.is_some() {
+            return Err("both a length and a transfer coding".into());
+        }
+        let body_end = if status == 204 || status == 304 {
+            Some(0)
+        } else if coding.as_deref() == Some("chunked") {
+            chunked_end(rest)?
+        } else if coding.is_some() {
+            Some(rest.len())
+        } else {
+            match length {
+                Some(n) if rest.len() >= n => Some(n),
+                // Cut by the close mid-body.
+                Some(_) => None,
+                None => Some(rest.len()),
+            }
+        };
+        return match body_end {
+            Some(n) if n < rest.len() => Err(format!(
+                "bytes after the answer: {:?}",
+                String::from_utf8_lossy(&rest[n..])
+            )),
+            _ => Ok(()),
+        };
+    }
+}
+
+/// Where a chunked body that starts `body` ends (after its trailers), `None` when the
+/// close cut it.
+fn chunked_end(body: &[u8]) -> Result<Option<usize>, String> {
+    let mut at = 0;
+    loop {
+        let Some(eol) = body[at..].windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let line =
+            std::str::from_utf8(&body[at..at + eol]).map_err(|e| format!("chunk size: {e}"))?;
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|e| format!("chunk size {line:?}: {e}"))?;
+        at += eol + 2;
+        if size == 0 {
+            // Trailers, to the empty line.
+            loop {
+                let Some(eol) = body[at..].windows(2).position(|w| w == b"\r\n") else {
+                    return Ok(None);
+                };
+                at += eol + 2;
+                if eol == 0 {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        if body.len() < at + size + 2 {
+            return Ok(None);
+        }
+        if &body[at + size..at + size + 2] != b"\r\n" {
+            return Err("a chunk without its CRLF".into());
+        }
+        at += size + 2;
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_answer_reaches_the_client_framed_or_closed_and_the_next_request_gets_its_own(
+        answer in answer_bytes()
+    ) {
+        check_answer(&answer)?;
     }
 }
 

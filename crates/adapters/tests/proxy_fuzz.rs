@@ -544,10 +544,11 @@ fn answer_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// A version's answer, whatever its bytes, reaches the client as well-formed HTTP
-/// (framed as the proxy passes it, or a 502) or a close, never a hang; and the next
+/// (framed as the proxy passes it, or a 502) or a close, never a hang; the next
 /// request through the proxy gets its own answer, whole: nothing of a malformed or
 /// over-long answer is left on an upstream connection the proxy keeps (no answer
-/// desync between clients).
+/// desync between clients); and a request pipelined behind it on the same client
+/// connection gets its own answer whole, or a close.
 fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
     let f = fixture();
     let a = answer_fixture();
@@ -582,6 +583,36 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
         ),
         Outcome::Hung(_) => prop_assert!(false, "the next request hung"),
     }
+    // The same answer to a request a client pipelined a next one behind: the next
+    // answer, if the connection goes on, is the good one, whole (the client and the
+    // proxy agree where the first ended).
+    let pipelined = f.runtime.block_on(exchange(
+        a.addr,
+        b"GET /fuzz HTTP/1.1\r\nhost: x\r\n\r\nGET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ));
+    let Outcome::Closed(got) = pipelined else {
+        return Err(TestCaseError::fail(format!(
+            "pipelined: no close in {PATIENCE:?} for the answer {:?}",
+            String::from_utf8_lossy(answer)
+        )));
+    };
+    let rest = first_answer(&got).map_err(|e| {
+        TestCaseError::fail(format!(
+            "pipelined: {e} (the version sent {:?}, the client got {:?})",
+            String::from_utf8_lossy(answer),
+            String::from_utf8_lossy(&got)
+        ))
+    })?;
+    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+        prop_assert!(
+            rest.starts_with(b"HTTP/1.1 200 ")
+                && rest.ends_with(b"\r\n\r\ngood")
+                && one_answer(rest).is_ok(),
+            "pipelined: after the answer {:?} the next answer was {:?}",
+            String::from_utf8_lossy(answer),
+            String::from_utf8_lossy(rest)
+        );
+    }
     Ok(())
 }
 
@@ -590,10 +621,23 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
 /// chunks to their last and the trailers, or the close; none for 204 and 304), with
 /// nothing after it; or a close with nothing, or cut by the close mid-body.
 fn one_answer(got: &[u8]) -> Result<(), String> {
+    match first_answer(got)? {
+        Some(rest) if !rest.is_empty() => Err(format!(
+            "bytes after the answer: {:?}",
+            String::from_utf8_lossy(rest)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads informational answers, then one final answer framed by its head, off the
+/// start of `got`: what follows it, or `None` when the close came first (nothing at
+/// all, or cut mid-body).
+fn first_answer(got: &[u8]) -> Result<Option<&[u8]>, String> {
     let mut rest = got;
     loop {
         if rest.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
             return Err("an incomplete head".into());
@@ -655,13 +699,7 @@ fn one_answer(got: &[u8]) -> Result<(), String> {
                 None => Some(rest.len()),
             }
         };
-        return match body_end {
-            Some(n) if n < rest.len() => Err(format!(
-                "bytes after the answer: {:?}",
-                String::from_utf8_lossy(&rest[n..])
-            )),
-            _ => Ok(()),
-        };
+        return Ok(body_end.map(|n| &rest[n..]));
     }
 }
 

@@ -655,6 +655,7 @@ fn first_answer(got: &[u8]) -> Result<Option<&[u8]>, String> {
         // The final transfer coding, when there is one (RFC 9112 6.3: chunked ends
         // the body by its chunks, any other by the close).
         let mut coding: Option<String> = None;
+        let mut closes = false;
         for line in lines {
             let (name, value) = line
                 .split_once(':')
@@ -672,9 +673,10 @@ fn first_answer(got: &[u8]) -> Result<Option<&[u8]>, String> {
                     );
                 }
                 "transfer-encoding" => {
-                    let last = value.rsplit(',').next().unwrap_or("");
-                    coding = Some(last.trim().to_ascii_lowercase());
+                    let last = value.rsplit(',').map(str::trim).find(|t| !t.is_empty());
+                    coding = Some(last.unwrap_or("").to_ascii_lowercase());
                 }
+                "connection" => closes |= value.to_ascii_lowercase().contains("close"),
                 _ => {}
             }
         }
@@ -690,12 +692,18 @@ fn first_answer(got: &[u8]) -> Result<Option<&[u8]>, String> {
         } else if coding.as_deref() == Some("chunked") {
             chunked_end(rest)?
         } else if coding.is_some() {
+            if !closes {
+                return Err("a body ended by the close without `connection: close`".into());
+            }
             Some(rest.len())
         } else {
             match length {
                 Some(n) if rest.len() >= n => Some(n),
                 // Cut by the close mid-body.
                 Some(_) => None,
+                None if !closes => {
+                    return Err("a body ended by the close without `connection: close`".into());
+                }
                 None => Some(rest.len()),
             }
         };
@@ -711,10 +719,17 @@ fn chunked_end(body: &[u8]) -> Result<Option<usize>, String> {
         let Some(eol) = body[at..].windows(2).position(|w| w == b"\r\n") else {
             return Ok(None);
         };
-        let line =
-            std::str::from_utf8(&body[at..at + eol]).map_err(|e| format!("chunk size: {e}"))?;
-        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|e| format!("chunk size {line:?}: {e}"))?;
+        // Extensions may hold any byte but CR and LF: the size is read as bytes.
+        let line = &body[at..at + eol];
+        let size_part = line
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii();
+        let size = std::str::from_utf8(size_part)
+            .ok()
+            .and_then(|t| usize::from_str_radix(t, 16).ok())
+            .ok_or_else(|| format!("chunk size {:?}", String::from_utf8_lossy(line)))?;
         at += eol + 2;
         if size == 0 {
             // Trailers, to the empty line.
@@ -728,13 +743,16 @@ fn chunked_end(body: &[u8]) -> Result<Option<usize>, String> {
                 }
             }
         }
-        if body.len() < at + size + 2 {
+        let Some(end) = at.checked_add(size).and_then(|e| e.checked_add(2)) else {
+            return Ok(None);
+        };
+        if body.len() < end {
             return Ok(None);
         }
-        if &body[at + size..at + size + 2] != b"\r\n" {
+        if &body[end - 2..end] != b"\r\n" {
             return Err("a chunk without its CRLF".into());
         }
-        at += size + 2;
+        at = end;
     }
 }
 

@@ -208,6 +208,22 @@ async fn a_targets_fragment_is_not_sent_to_the_version() {
     assert!(head.starts_with("GET /a?q=1 HTTP/1.1\r\n"), "{head}");
 }
 
+/// A proxy with no backend yet, whose requests wait for one far longer than `until`
+/// waits (an hour): in these tests only the client, or a backend coming, ends a wait.
+async fn holding_proxy() -> (
+    rampart_adapters::proxy::Proxy,
+    rampart_adapters::proxy::ProxyServer,
+) {
+    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        rampart_adapters::proxy::ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    proxy.set_hold(Duration::from_secs(3600));
+    (proxy, server)
+}
+
 /// A client that leaves while its request waits for a backend (the hold of a data
 /// plane started before its first version): the proxy lets it go at once, and the
 /// request never reaches the version that comes later, nor counts; hyper's path (a
@@ -216,14 +232,7 @@ async fn a_targets_fragment_is_not_sent_to_the_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_while_its_request_is_held_is_let_go_and_nothing_is_sent() {
     let (version, mut heads) = version(Arc::new(Notify::new())).await;
-    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        rampart_adapters::proxy::ProxyOptions::default(),
-    )
-    .await
-    .unwrap();
-    // Far longer than `until` waits: only the client's leaving can end the wait.
-    proxy.set_hold(Duration::from_secs(3600));
+    let (proxy, server) = holding_proxy().await;
     for request in [
         &b"GET /lean HTTP/1.1\r\nhost: x\r\n\r\n"[..],
         b"POST /hyper HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nx",
@@ -265,13 +274,7 @@ async fn a_client_leaving_while_its_request_is_held_is_let_go_and_nothing_is_sen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_then_a_half_close_during_the_hold_are_answered() {
     let (version, mut heads) = version(Arc::new(Notify::new())).await;
-    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        rampart_adapters::proxy::ProxyOptions::default(),
-    )
-    .await
-    .unwrap();
-    proxy.set_hold(Duration::from_secs(3600));
+    let (proxy, server) = holding_proxy().await;
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\nGET /two HTTP/1.1\r\nhost: x\r\n\r\nGET /three HTTP/1.1\r\nhost: x\r\n\r\n")
         .await;

@@ -338,6 +338,8 @@ enum BadAnswer {
     Switched,
     #[error("conflicting or invalid Content-Length")]
     Length,
+    #[error("a Transfer-Encoding that names no coding")]
+    Coding,
     #[error("status {0} is not an HTTP status")]
     Status(u16),
 }
@@ -397,9 +399,16 @@ fn parse_answer(
                 length = Some(n);
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // The last coding says how the body ends (RFC 9112 6.3).
-            let last = field.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // The last coding says how the body ends (RFC 9112 6.3); empty list
+            // elements are no codings (RFC 9110 5.6.1), and a field of none at all
+            // says nothing a client would read alike: refused.
+            let last = field
+                .value
+                .rsplit(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .find(|t| !t.is_empty())
+                .ok_or(BadAnswer::Coding)?;
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
         }
     }
     let framing = if head_request || status == 204 || status == 304 {
@@ -1335,6 +1344,13 @@ mod tests {
         );
         assert_eq!(a.framing, Framing::Length(2));
         assert_eq!(head.matches("content-length").count(), 1, "{head}");
+        // An empty list element is no coding: `chunked,` is chunked.
+        let (a, _) = answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(a.framing, Framing::Chunked);
         assert!(
             head.contains("\r\ndate: ") && head.contains(" GMT\r\n"),
             "{head}"
@@ -1346,6 +1362,8 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: ,\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
         ] {
             assert!(
                 parse_answer(bad.as_bytes(), false, "stable", false, &mut out).is_err(),

@@ -11,7 +11,10 @@
 //! Answers from a version: arbitrary bytes, and valid answers mutated, as a version's
 //! answer to a plain GET (the lean HTTP/1.1 path). Properties: the client gets
 //! well-formed HTTP or a close, never a hang; the next request through the proxy gets
-//! its own answer whole (nothing of a bad answer is left on a kept connection).
+//! its own answer whole (nothing of a bad answer is left on a kept connection), and
+//! so does one a client pipelined behind it, or behind a `HEAD` the same bytes answer.
+//! Inputs worth keeping are byte files in `tests/data/fuzz/answers/`, replayed by
+//! [`the_answer_corpus_replays_clean`].
 //!
 //! The admin API: arbitrary methods, paths, tokens and bodies (JSON with the API's own
 //! field names, or raw bytes). Properties: nothing panics (`/healthz` still answers);
@@ -473,7 +476,9 @@ fn answer_fixture() -> &'static AnswerFixture {
                             else {
                                 return;
                             };
-                            let bytes = if head.starts_with("GET /fuzz ") {
+                            let bytes = if head.starts_with("GET /fuzz ")
+                                || head.starts_with("HEAD /fuzz ")
+                            {
                                 script.lock().unwrap().clone()
                             } else {
                                 b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ngood".to_vec()
@@ -613,7 +618,84 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
             String::from_utf8_lossy(rest)
         );
     }
+    // The same bytes as the answer to a HEAD: a head and nothing after it (no body,
+    // whatever the version sent), then the next request gets its own answer.
+    let head = f.runtime.block_on(exchange(
+        a.addr,
+        b"HEAD /fuzz HTTP/1.1\r\nhost: x\r\n\r\nGET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ));
+    let Outcome::Closed(got) = head else {
+        return Err(TestCaseError::fail(format!(
+            "HEAD: no close in {PATIENCE:?} for the answer {:?}",
+            String::from_utf8_lossy(answer)
+        )));
+    };
+    let rest = heads_only(&got).map_err(|e| {
+        TestCaseError::fail(format!(
+            "HEAD: {e} (the version sent {:?}, the client got {:?})",
+            String::from_utf8_lossy(answer),
+            String::from_utf8_lossy(&got)
+        ))
+    })?;
+    if !rest.is_empty() {
+        prop_assert!(
+            rest.starts_with(b"HTTP/1.1 200 ")
+                && rest.ends_with(b"\r\n\r\ngood")
+                && one_answer(rest).is_ok(),
+            "HEAD: after the answer {:?} the next answer was {:?}",
+            String::from_utf8_lossy(answer),
+            String::from_utf8_lossy(rest)
+        );
+    }
     Ok(())
+}
+
+/// Reads the answer to a HEAD off the start of `got`: informational heads, then a
+/// final head, with no body whatever its fields say; what follows it.
+fn heads_only(got: &[u8]) -> Result<&[u8], String> {
+    let mut rest = got;
+    loop {
+        if rest.is_empty() {
+            return Ok(rest);
+        }
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Err("an incomplete head".into());
+        };
+        let status = rest
+            .strip_prefix(b"HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse::<u16>().ok())
+            .ok_or("not a status line")?;
+        rest = &rest[end + 4..];
+        if !(100..200).contains(&status) {
+            return Ok(rest);
+        }
+    }
+}
+
+/// The answers' corpus: a version's answers worth keeping (each found a difference
+/// between how the proxy and a client read an answer, or probes one), replayed on
+/// every run.
+#[test]
+fn the_answer_corpus_replays_clean() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz/answers");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "the corpus in {} is missing",
+        dir.display()
+    );
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        if let Err(e) = check_answer(&bytes) {
+            panic!("{}: {e}", file.display());
+        }
+    }
 }
 
 /// Checks that `got` is what a client that asked `GET` with `connection: close` may

@@ -291,3 +291,38 @@ async fn pipelined_requests_then_a_half_close_during_the_hold_are_answered() {
     assert!(heads.recv().await.unwrap().starts_with("GET /one "));
     assert!(heads.recv().await.unwrap().starts_with("GET /two "));
 }
+
+/// The proxy's own answers to a `HEAD` (here `503`: no backend) are a head alone, as
+/// hyper's server sends them: a body after it would be read by the client as the
+/// start of its next answer. Found by the answers fuzz (a `502` to a `HEAD`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_answer_to_a_head_has_no_body() {
+    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        rampart_adapters::proxy::ProxyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"HEAD /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let first = c.answer(true).await;
+    assert!(
+        first.status().starts_with("HTTP/1.1 503 "),
+        "{}",
+        first.head
+    );
+    assert!(
+        field(&first.head, "content-length").is_some(),
+        "{}",
+        first.head
+    );
+    let second = c.answer(false).await;
+    assert!(
+        second.status().starts_with("HTTP/1.1 503 "),
+        "{}",
+        second.head
+    );
+    assert_eq!(second.body, b"rampart: no backend is ready\n");
+    drop(proxy);
+}

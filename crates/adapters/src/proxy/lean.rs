@@ -535,8 +535,16 @@ fn itoa3(status: u16) -> [u8; 3] {
     ]
 }
 
-/// rampart's own short answer, as hyper's path writes it (`plain`).
-fn write_plain(out: &mut Vec<u8>, status: &str, text: &str, variant: Option<&str>, close: bool) {
+/// rampart's own short answer, as hyper's path writes it (`plain`): to a `HEAD`
+/// (`head_request`), its head alone, as hyper's server sends it.
+fn write_plain(
+    out: &mut Vec<u8>,
+    status: &str,
+    text: &str,
+    variant: Option<&str>,
+    close: bool,
+    head_request: bool,
+) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_bytes());
@@ -556,7 +564,9 @@ fn write_plain(out: &mut Vec<u8>, status: &str, text: &str, variant: Option<&str
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(text.as_bytes());
+    if !head_request {
+        out.extend_from_slice(text.as_bytes());
+    }
 }
 
 // === impl Chunks ===
@@ -865,6 +875,7 @@ impl Proxy {
                 "rampart: no backend is ready\n",
                 None,
                 close(),
+                method == Method::HEAD,
             );
             return after_own_answer(write_flushed(io, &bufs.out).await, close());
         }
@@ -903,6 +914,7 @@ impl Proxy {
                     "rampart: upstream unavailable\n",
                     Some(variant.as_str()),
                     close(),
+                    method == Method::HEAD,
                 );
                 drop(flight);
                 return after_own_answer(write_flushed(io, &bufs.out).await, close());

@@ -558,96 +558,76 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
     let f = fixture();
     let a = answer_fixture();
     *a.answer.lock().unwrap() = answer.to_vec();
-    let outcome = f.runtime.block_on(exchange(
-        a.addr,
-        b"GET /fuzz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    ));
-    let Outcome::Closed(got) = outcome else {
-        return Err(TestCaseError::fail(format!(
-            "no close in {PATIENCE:?} for the answer {:?}",
-            String::from_utf8_lossy(answer)
-        )));
-    };
-    one_answer(&got).map_err(|e| {
-        TestCaseError::fail(format!(
-            "{e} (the version sent {:?}, the client got {:?})",
-            String::from_utf8_lossy(answer),
-            String::from_utf8_lossy(&got)
-        ))
-    })?;
-    let next = f.runtime.block_on(exchange(
-        a.addr,
-        b"GET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    ));
-    match next {
-        Outcome::Closed(got) => prop_assert!(
-            got.starts_with(b"HTTP/1.1 200 ") && got.ends_with(b"\r\n\r\ngood"),
-            "after the answer {:?} the next request got {:?}",
-            String::from_utf8_lossy(answer),
-            String::from_utf8_lossy(&got)
+    let sent = String::from_utf8_lossy(answer);
+    // How the answer is asked for, and how it is read off what the client got: what
+    // follows it (`None`: the close came first).
+    let asked: [(&str, &[u8], ReadFirst); 3] = [
+        (
+            "alone",
+            b"GET /fuzz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            |got| one_answer(got).map(|()| None),
         ),
-        Outcome::Hung(_) => prop_assert!(false, "the next request hung"),
-    }
-    // The same answer to a request a client pipelined a next one behind: the next
-    // answer, if the connection goes on, is the good one, whole (the client and the
-    // proxy agree where the first ended).
-    let pipelined = f.runtime.block_on(exchange(
-        a.addr,
-        b"GET /fuzz HTTP/1.1\r\nhost: x\r\n\r\nGET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    ));
-    let Outcome::Closed(got) = pipelined else {
-        return Err(TestCaseError::fail(format!(
-            "pipelined: no close in {PATIENCE:?} for the answer {:?}",
-            String::from_utf8_lossy(answer)
-        )));
-    };
-    let rest = first_answer(&got).map_err(|e| {
-        TestCaseError::fail(format!(
-            "pipelined: {e} (the version sent {:?}, the client got {:?})",
-            String::from_utf8_lossy(answer),
-            String::from_utf8_lossy(&got)
-        ))
-    })?;
-    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
-        prop_assert!(
-            rest.starts_with(b"HTTP/1.1 200 ")
-                && rest.ends_with(b"\r\n\r\ngood")
-                && one_answer(rest).is_ok(),
-            "pipelined: after the answer {:?} the next answer was {:?}",
-            String::from_utf8_lossy(answer),
-            String::from_utf8_lossy(rest)
-        );
-    }
-    // The same bytes as the answer to a HEAD: a head and nothing after it (no body,
-    // whatever the version sent), then the next request gets its own answer.
-    let head = f.runtime.block_on(exchange(
-        a.addr,
-        b"HEAD /fuzz HTTP/1.1\r\nhost: x\r\n\r\nGET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    ));
-    let Outcome::Closed(got) = head else {
-        return Err(TestCaseError::fail(format!(
-            "HEAD: no close in {PATIENCE:?} for the answer {:?}",
-            String::from_utf8_lossy(answer)
-        )));
-    };
-    let rest = heads_only(&got).map_err(|e| {
-        TestCaseError::fail(format!(
-            "HEAD: {e} (the version sent {:?}, the client got {:?})",
-            String::from_utf8_lossy(answer),
-            String::from_utf8_lossy(&got)
-        ))
-    })?;
-    if !rest.is_empty() {
-        prop_assert!(
-            rest.starts_with(b"HTTP/1.1 200 ")
-                && rest.ends_with(b"\r\n\r\ngood")
-                && one_answer(rest).is_ok(),
-            "HEAD: after the answer {:?} the next answer was {:?}",
-            String::from_utf8_lossy(answer),
-            String::from_utf8_lossy(rest)
-        );
+        // A next request pipelined behind it: the client and the proxy must agree
+        // where the first answer ended.
+        (
+            "pipelined",
+            b"GET /fuzz HTTP/1.1\r\nhost: x\r\n\r\nGET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            first_answer,
+        ),
+        // The same bytes answering a HEAD: a head and no body, whatever they say.
+        (
+            "HEAD",
+            b"HEAD /fuzz HTTP/1.1\r\nhost: x\r\n\r\nGET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            |got| heads_only(got).map(Some),
+        ),
+    ];
+    for (what, request, read_first) in asked {
+        let Outcome::Closed(got) = f.runtime.block_on(exchange(a.addr, request)) else {
+            return Err(TestCaseError::fail(format!(
+                "{what}: no close in {PATIENCE:?} for the answer {sent:?}"
+            )));
+        };
+        let rest = read_first(&got).map_err(|e| {
+            TestCaseError::fail(format!(
+                "{what}: {e} (the version sent {sent:?}, the client got {:?})",
+                String::from_utf8_lossy(&got)
+            ))
+        })?;
+        // The connection went on: the next answer is the good one, whole.
+        if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+            prop_assert!(
+                is_good(rest),
+                "{}: after the answer {:?} the next answer was {:?}",
+                what,
+                sent,
+                String::from_utf8_lossy(rest)
+            );
+        }
+        // The next request through the proxy gets its own answer, whole: nothing of
+        // the answer is left on an upstream connection the proxy keeps.
+        match f.runtime.block_on(exchange(
+            a.addr,
+            b"GET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )) {
+            Outcome::Closed(got) => prop_assert!(
+                is_good(&got),
+                "{}: after the answer {:?} the next request got {:?}",
+                what,
+                sent,
+                String::from_utf8_lossy(&got)
+            ),
+            Outcome::Hung(_) => prop_assert!(false, "{}: the next request hung", what),
+        }
     }
     Ok(())
+}
+
+/// Reads a fuzzed answer off the start of what a client got (see `check_answer`).
+type ReadFirst = fn(&[u8]) -> Result<Option<&[u8]>, String>;
+
+/// Whether `got` is the scripted version's good answer, whole and alone.
+fn is_good(got: &[u8]) -> bool {
+    got.starts_with(b"HTTP/1.1 200 ") && got.ends_with(b"\r\n\r\ngood") && one_answer(got).is_ok()
 }
 
 /// Reads the answer to a HEAD off the start of `got`: informational heads, then a

@@ -422,7 +422,13 @@ proptest! {
 /// classic mistake), replayed on every run.
 #[test]
 fn the_corpus_replays_clean() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz/proxy");
+    replay("tests/data/fuzz/proxy", check_request);
+}
+
+/// Runs `check` on each byte file in `dir` (under the crate), of which there must be
+/// at least ten.
+fn replay(dir: &str, check: fn(&[u8]) -> Result<(), TestCaseError>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -435,7 +441,7 @@ fn the_corpus_replays_clean() {
     );
     for file in files {
         let bytes = std::fs::read(&file).unwrap();
-        if let Err(e) = check_request(&bytes) {
+        if let Err(e) = check(&bytes) {
             panic!("{}: {e}", file.display());
         }
     }
@@ -659,23 +665,7 @@ fn heads_only(got: &[u8]) -> Result<&[u8], String> {
 /// every run.
 #[test]
 fn the_answer_corpus_replays_clean() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz/answers");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "the corpus in {} is missing",
-        dir.display()
-    );
-    for file in files {
-        let bytes = std::fs::read(&file).unwrap();
-        if let Err(e) = check_answer(&bytes) {
-            panic!("{}: {e}", file.display());
-        }
-    }
+    replay("tests/data/fuzz/answers", check_answer);
 }
 
 /// Checks that `got` is what a client that asked `GET` with `connection: close` may

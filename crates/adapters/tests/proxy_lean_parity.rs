@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{proxy_to, until};
+use common::{proxy_alone, proxy_to, until};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -214,12 +214,7 @@ async fn holding_proxy() -> (
     rampart_adapters::proxy::Proxy,
     rampart_adapters::proxy::ProxyServer,
 ) {
-    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        rampart_adapters::proxy::ProxyOptions::default(),
-    )
-    .await
-    .unwrap();
+    let (proxy, server) = proxy_alone().await;
     proxy.set_hold(Duration::from_secs(3600));
     (proxy, server)
 }
@@ -297,12 +292,7 @@ async fn pipelined_requests_then_a_half_close_during_the_hold_are_answered() {
 /// start of its next answer. Found by the answers fuzz (a `502` to a `HEAD`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxys_own_answer_to_a_head_has_no_body() {
-    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        rampart_adapters::proxy::ProxyOptions::default(),
-    )
-    .await
-    .unwrap();
+    let (proxy, server) = proxy_alone().await;
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"HEAD /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
         .await;

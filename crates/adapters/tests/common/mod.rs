@@ -180,12 +180,20 @@ pub async fn proxy_to(
     rampart_adapters::proxy::Proxy,
     rampart_adapters::proxy::ProxyServer,
 ) {
-    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
+    let (proxy, server) = proxy_alone().await;
+    proxy.set_backends(rampart_core::Variant::Stable, &[stable]);
+    (proxy, server)
+}
+
+/// A proxy with default options and no backend yet.
+pub async fn proxy_alone() -> (
+    rampart_adapters::proxy::Proxy,
+    rampart_adapters::proxy::ProxyServer,
+) {
+    rampart_adapters::proxy::Proxy::bind(
         "127.0.0.1:0".parse().unwrap(),
         rampart_adapters::proxy::ProxyOptions::default(),
     )
     .await
-    .unwrap();
-    proxy.set_backends(rampart_core::Variant::Stable, &[stable]);
-    (proxy, server)
+    .unwrap()
 }

@@ -457,8 +457,8 @@ fn parse_answer(
             || name.eq_ignore_ascii_case("keep-alive")
             || name.eq_ignore_ascii_case("proxy-connection")
             // A body with a transfer coding carries its own end: a length beside it
-            // is wrong (RFC 9112 6.3).
-            || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
+            // is wrong (RFC 9112 6.3); a 204 has none (RFC 9110 8.6).
+            || ((chunked.is_some() || status == 204) && name.eq_ignore_ascii_case("content-length"))
             // The proxy's own field replaces a version's.
             || name.eq_ignore_ascii_case(VARIANT_HEADER)
             // The client reads the body by its framing, whatever `Connection` says.
@@ -588,11 +588,17 @@ enum Chunks {
     /// After a chunk's data: its CR, then its LF.
     DataCr,
     DataLf,
-    /// In the trailer section: the length of the field line so far.
-    Trailer(usize),
+    /// In the trailer section: the length of the field line so far, and whether its
+    /// name has ended (at its `:`).
+    Trailer(usize, bool),
     /// After a trailer line's CR (`true`: the empty line that ends the body).
     TrailerLf(bool),
     Done,
+}
+
+/// Whether `b` may be in a field name (a token character, RFC 9110 5.6.2).
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A chunked body that does not parse.
@@ -639,15 +645,21 @@ impl Chunks {
                 }
                 (Chunks::Extension(_), b'\n') => return Err(BadChunks),
                 (Chunks::Extension(n), _) => Chunks::Extension(n),
-                (Chunks::SizeLf(0), b'\n') => Chunks::Trailer(0),
+                (Chunks::SizeLf(0), b'\n') => Chunks::Trailer(0, false),
                 (Chunks::SizeLf(n), b'\n') => Chunks::Data(n),
                 (Chunks::DataCr, b'\r') => Chunks::DataLf,
                 (Chunks::DataLf, b'\n') => Chunks::Size(0, false),
-                (Chunks::Trailer(len), b'\r') => Chunks::TrailerLf(len == 0),
-                (Chunks::Trailer(_), b'\n') => return Err(BadChunks),
-                (Chunks::Trailer(len), _) => Chunks::Trailer(len + 1),
+                // A trailer is a field line (RFC 9112 7.1.2): a name of token
+                // characters, `:`, a value; anything else is refused, as hyper
+                // refuses it (a line that is not a field could be read as the start
+                // of another answer).
+                (Chunks::Trailer(0, false), b'\r') => Chunks::TrailerLf(true),
+                (Chunks::Trailer(_, true), b'\r') => Chunks::TrailerLf(false),
+                (Chunks::Trailer(len, false), b':') if len > 0 => Chunks::Trailer(len + 1, true),
+                (Chunks::Trailer(len, false), _) if is_token(b) => Chunks::Trailer(len + 1, false),
+                (Chunks::Trailer(len, true), _) if b != b'\n' => Chunks::Trailer(len + 1, true),
                 (Chunks::TrailerLf(true), b'\n') => Chunks::Done,
-                (Chunks::TrailerLf(false), b'\n') => Chunks::Trailer(0),
+                (Chunks::TrailerLf(false), b'\n') => Chunks::Trailer(0, false),
                 _ => return Err(BadChunks),
             };
         }
@@ -1356,6 +1368,14 @@ mod tests {
         );
         assert_eq!(a.framing, Framing::Length(2));
         assert_eq!(head.matches("content-length").count(), 1, "{head}");
+        // A 204 has no length (RFC 9110 8.6): a version's is left out.
+        let (a, head) = answer(
+            "HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\n",
+            false,
+            false,
+        );
+        assert_eq!(a.framing, Framing::Empty);
+        assert_eq!(head.matches("content-length").count(), 0, "{head}");
         // An empty list element is no coding: `chunked,` is chunked.
         let (a, _) = answer(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n",
@@ -1438,6 +1458,10 @@ mod tests {
             // where a body ends).
             b"00 OK\r\n\r\n",
             b"5 5\r\n",
+            // Trailers that are not field lines.
+            b"0\r\nHTTP/1.1 200 OK\r\n\r\n",
+            b"0\r\n: no name\r\n\r\n",
+            b"0\r\nx y: 1\r\n\r\n",
         ] {
             assert!(Chunks::new().feed(bad).is_err(), "{bad:?}");
         }

@@ -580,15 +580,10 @@ async fn big_version(size: usize) -> SocketAddr {
             let (mut stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
                 let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    pending.clear();
+                while common::raw::read_head(&mut stream, &mut pending)
+                    .await
+                    .is_some()
+                {
                     let mut answer =
                         format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes();
                     answer.resize(answer.len() + size, b'x');

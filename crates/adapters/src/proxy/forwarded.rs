@@ -147,9 +147,7 @@ fn element(node: &[u8], proto: &HeaderValue, host: Option<&HeaderValue>) -> Opti
 
 /// Whether `s` is an RFC 7230 token (may stand unquoted in `Forwarded`).
 fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+    !s.is_empty() && s.iter().copied().all(super::is_tchar)
 }
 
 /// A header value of `pieces` put end to end: on the stack when they fit, so the

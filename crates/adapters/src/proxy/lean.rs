@@ -453,21 +453,19 @@ fn parse_answer(
     let mut wrote_length = false;
     for field in resp.headers.iter() {
         let name = field.name;
+        let is_length = name.eq_ignore_ascii_case("content-length");
         let hop = name.eq_ignore_ascii_case("connection")
             || name.eq_ignore_ascii_case("keep-alive")
             || name.eq_ignore_ascii_case("proxy-connection")
             // A body with a transfer coding carries its own end: a length beside it
             // is wrong (RFC 9112 6.3); a 204 has none (RFC 9110 8.6).
-            || ((chunked.is_some() || status == 204) && name.eq_ignore_ascii_case("content-length"))
+            || ((chunked.is_some() || status == 204) && is_length)
             // The proxy's own field replaces a version's.
             || name.eq_ignore_ascii_case(VARIANT_HEADER)
             // The client reads the body by its framing, whatever `Connection` says.
-            || (listed(name)
-                && !name.eq_ignore_ascii_case("content-length")
-                && !name.eq_ignore_ascii_case("transfer-encoding"));
+            || (listed(name) && !is_length && !name.eq_ignore_ascii_case("transfer-encoding"));
         // A length goes once, as the value read: a list of equal values, or the
         // field repeated, is not passed on as it came (RFC 9110 8.6).
-        let is_length = name.eq_ignore_ascii_case("content-length");
         if hop || (is_length && wrote_length) {
             continue;
         }
@@ -588,17 +586,14 @@ enum Chunks {
     /// After a chunk's data: its CR, then its LF.
     DataCr,
     DataLf,
-    /// In the trailer section: the length of the field line so far, and whether its
-    /// name has ended (at its `:`).
-    Trailer(usize, bool),
+    /// In a trailer line's name (`true`: some of it came), or at the start of the
+    /// empty line that ends the trailer section (`false`).
+    TrailerName(bool),
+    /// In a trailer line's value, after its name's `:`.
+    TrailerValue,
     /// After a trailer line's CR (`true`: the empty line that ends the body).
     TrailerLf(bool),
     Done,
-}
-
-/// Whether `b` may be in a field name (a token character, RFC 9110 5.6.2).
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A chunked body that does not parse.
@@ -645,7 +640,7 @@ impl Chunks {
                 }
                 (Chunks::Extension(_), b'\n') => return Err(BadChunks),
                 (Chunks::Extension(n), _) => Chunks::Extension(n),
-                (Chunks::SizeLf(0), b'\n') => Chunks::Trailer(0, false),
+                (Chunks::SizeLf(0), b'\n') => Chunks::TrailerName(false),
                 (Chunks::SizeLf(n), b'\n') => Chunks::Data(n),
                 (Chunks::DataCr, b'\r') => Chunks::DataLf,
                 (Chunks::DataLf, b'\n') => Chunks::Size(0, false),
@@ -653,13 +648,13 @@ impl Chunks {
                 // characters, `:`, a value; anything else is refused, as hyper
                 // refuses it (a line that is not a field could be read as the start
                 // of another answer).
-                (Chunks::Trailer(0, false), b'\r') => Chunks::TrailerLf(true),
-                (Chunks::Trailer(_, true), b'\r') => Chunks::TrailerLf(false),
-                (Chunks::Trailer(len, false), b':') if len > 0 => Chunks::Trailer(len + 1, true),
-                (Chunks::Trailer(len, false), _) if is_token(b) => Chunks::Trailer(len + 1, false),
-                (Chunks::Trailer(len, true), _) if b != b'\n' => Chunks::Trailer(len + 1, true),
+                (Chunks::TrailerName(false), b'\r') => Chunks::TrailerLf(true),
+                (Chunks::TrailerName(_), _) if super::is_tchar(b) => Chunks::TrailerName(true),
+                (Chunks::TrailerName(true), b':') => Chunks::TrailerValue,
+                (Chunks::TrailerValue, b'\r') => Chunks::TrailerLf(false),
+                (Chunks::TrailerValue, _) if b != b'\n' => Chunks::TrailerValue,
                 (Chunks::TrailerLf(true), b'\n') => Chunks::Done,
-                (Chunks::TrailerLf(false), b'\n') => Chunks::Trailer(0, false),
+                (Chunks::TrailerLf(false), b'\n') => Chunks::TrailerName(false),
                 _ => return Err(BadChunks),
             };
         }

@@ -223,6 +223,11 @@ struct ClientConn {
     tls: bool,
 }
 
+/// Whether `b` may be in a token, a field name among them (RFC 9110 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 impl Inner {
     /// `max_header_bytes` as a buffer size.
     fn max_head(&self) -> usize {

@@ -10,6 +10,8 @@ under load.
 
 Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
 - a new connection per request (wrk with `Connection: close`);
+- a small POST on kept-alive connections (wrk with a script: a 100-byte JSON body,
+  `Content-Type: application/json`, written with its head);
 - TLS termination (the same keep-alive load over https, a self-signed P-256
   certificate made with openssl; TLS 1.3);
 - HTTP/2 from clients, cleartext with prior knowledge (h2load -c50 -m10, latencies
@@ -107,10 +109,23 @@ def http(method, url, body=None, token=None):
         return r.status, r.read().decode()
 
 
-def wrk(port, seconds, scheme="http", close=False):
+def post_script():
+    """A wrk script that POSTs a small JSON body (100 bytes) on each request."""
+    path = os.path.join(TMP, "post.lua")
+    body = json.dumps({"user": "u-0123456789", "items": [1, 2, 3], "note": "x" * 44})
+    assert len(body) == 100, len(body)
+    with open(path, "w") as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                'wrk.headers["Content-Type"] = "application/json"\n')
+    return path
+
+
+def wrk(port, seconds, scheme="http", close=False, script=None):
     args = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency"]
     if close:
         args += ["-H", "Connection: close"]
+    if script:
+        args += ["-s", script]
     out = subprocess.run(
         args + [f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True, check=True,
     ).stdout
@@ -529,6 +544,11 @@ def protocols(a, b, plain):
         wrk(port, 1, close=True)
         r = {"target": name, "load": "new connection per request", **wrk(port, DURATION, close=True)}
         results.append(r)
+    post = post_script()
+    for name, port in plain:
+        wrk(port, 1, script=post)
+        results.append({"target": name, "load": "small POST (keep-alive, 100-byte JSON)",
+                        **wrk(port, DURATION, script=post)})
     tls = certificate()
     for name, make in (("rampart", rampart_proxy), ("nginx", nginx), ("haproxy", haproxy)):
         port, _ = make(a, b, tls)

@@ -1,8 +1,9 @@
 //! The proxy's lean HTTP/1.1 path (plain requests without a body), with real sockets
 //! on loopback against a version that writes its answers byte by byte as scripted:
 //! each way a version may end an answer (a length, chunks with trailers, its
-//! connection's close, nothing for HEAD), pipelined requests, a connection handed to
-//! hyper's path at its first upload and served on, and a version's answer that breaks
+//! connection's close, nothing for HEAD), pipelined requests, small uploads whole with
+//! their heads (and sent again only when idempotent), a connection handed to hyper's
+//! path at its first large upload and served on, and a version's answer that breaks
 //! the rules.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -41,7 +42,7 @@ async fn version() -> (SocketAddr, Arc<AtomicUsize>) {
                     let (method, target) = (parts.next().unwrap(), parts.next().unwrap());
                     let writes: Vec<Vec<u8>> = if method == "HEAD" {
                         vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec()]
-                    } else if method == "POST" {
+                    } else if content_length(&head) > 0 {
                         let length = content_length(&head);
                         while pending.len() < length {
                             let mut buf = [0u8; 4096];
@@ -51,8 +52,13 @@ async fn version() -> (SocketAddr, Arc<AtomicUsize>) {
                             }
                             pending.extend_from_slice(&buf[..n]);
                         }
-                        pending.drain(..length);
-                        let body = format!("got {length}");
+                        let got: Vec<u8> = pending.drain(..length).collect();
+                        // A short body is echoed, to show it reached the version whole.
+                        let body = if length <= 64 {
+                            format!("got {length}: {}", String::from_utf8_lossy(&got))
+                        } else {
+                            format!("got {length}")
+                        };
                         vec![
                             format!(
                                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
@@ -174,25 +180,137 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(proxy.totals().stable.requests, 4);
 }
 
-/// A connection whose requests turn to one with a body (here its second) is served on
-/// by hyper's path from there, the bytes already read included: every request is
-/// answered and counted once.
+/// A connection whose requests turn to an upload the lean path does not hold (here
+/// its second: a body past 64 KiB) is served on by hyper's path from there, the bytes
+/// already read included: every request is answered and counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_goes_on_through_hyper_from_its_first_upload() {
-    let (version, _) = version().await;
+async fn a_connection_goes_on_through_hyper_from_its_first_large_upload() {
+    let (version, accepted) = version().await;
     let (proxy, server) = proxy_to(version).await;
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /before HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(c.answer(false).await.body, b"/before");
     // The upload and the request after it arrive together: the lean path has read
-    // both, and hyper must see both.
-    c.send(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nabcdeGET /after HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await;
+    // part or all of both, and hyper must see both.
+    let size = 64 * 1024 + 1;
+    let mut upload =
+        format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n").into_bytes();
+    upload.extend(std::iter::repeat_n(b'u', size));
+    upload.extend_from_slice(b"GET /after HTTP/1.1\r\nhost: x\r\n\r\n");
+    c.send(&upload).await;
     let up = c.answer(false).await;
-    assert_eq!(up.body, b"got 5");
+    assert_eq!(up.body, format!("got {size}").as_bytes());
     assert_eq!(field(&up.head, "x-rampart-variant"), Some("stable"));
     assert_eq!(c.answer(false).await.body, b"/after");
     assert_eq!(proxy.totals().stable.requests, 3);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "hyper's path went on its own connection to the version"
+    );
+}
+
+/// Small uploads that come whole with their heads (a JSON call, a form: a client's
+/// one write) stay on the lean path: each reaches the version whole, on the one
+/// connection the lean path keeps to it (hyper's path would open its own), pipelined
+/// requests behind them included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_uploads_whole_with_their_heads_stay_lean_and_reach_the_version_whole() {
+    let (version, accepted) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /before HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.body, b"/before");
+    c.send(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\n{\"a\": true}PUT /put HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nxyzGET /after HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let up = c.answer(false).await;
+    assert_eq!(up.body, b"got 11: {\"a\": true}");
+    assert_eq!(field(&up.head, "x-rampart-variant"), Some("stable"));
+    assert_eq!(c.answer(false).await.body, b"got 3: xyz");
+    assert_eq!(c.answer(false).await.body, b"/after");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "every request went on the lean path's connection"
+    );
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (4, 0));
+    assert_eq!(stable.latency_total.count(), 4);
+}
+
+/// A version that answers the first request on each connection (echoing its method
+/// and body) and closes the connection at the second, unanswered, as a version whose
+/// keep-alive ran out as the request came; reports each request it read.
+async fn closing_at_second_request() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                for nth in 0.. {
+                    let Some(head) = read_head(&mut stream, &mut pending).await else {
+                        return;
+                    };
+                    let length = content_length(&head);
+                    while pending.len() < length {
+                        let mut buf = [0u8; 4096];
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = pending.drain(..length).collect();
+                    let method = head.split(' ').next().unwrap_or_default();
+                    let seen = format!("{method} {}", String::from_utf8_lossy(&body));
+                    let _ = tx.send(seen.clone());
+                    if nth == 1 {
+                        return;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{seen}",
+                        seen.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// An upload on a pooled connection that its version closed under it, before any
+/// byte of an answer: an idempotent one (`PUT`) is sent once more, body and all, on a
+/// new connection; a `POST`, which the version may have acted on, is not (the
+/// client's 502), as for requests without a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_by_its_pooled_connections_close_is_sent_again_only_when_idempotent() {
+    let (version, mut seen) = closing_at_second_request().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /warm HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.body, b"GET ");
+    // The pooled connection's second request: read, then the connection closed.
+    c.send(b"PUT /p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nxyz")
+        .await;
+    assert_eq!(c.answer(false).await.body, b"PUT xyz");
+    // The connection it was sent again on is pooled; its second request is cut too.
+    c.send(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc")
+        .await;
+    let post = c.answer(false).await;
+    assert_eq!(post.status(), "HTTP/1.1 502 Bad Gateway");
+    let mut requests = Vec::new();
+    while let Ok(r) = seen.try_recv() {
+        requests.push(r);
+    }
+    assert_eq!(requests, ["GET ", "PUT xyz", "PUT xyz", "POST abc"]);
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (3, 1));
 }
 
 /// A client's `Connection: close` is answered with the same, and its connection is

@@ -1,21 +1,32 @@
 //! The lean HTTP/1.1 path: a plain-text client's requests without a body (GET, HEAD,
-//! DELETE and the like, most of a service's traffic) forwarded by the proxy's own code
+//! DELETE and the like, most of a service's traffic) or with a small one of a declared
+//! length (a JSON call, a form: up to [`MAX_BODY`]) forwarded by the proxy's own code
 //! rather than through hyper's server and client: a request costs its four socket
 //! calls, one parse of each head, and no task, channel or boxed future of its own.
 //!
-//! Owns reading request heads off plain HTTP/1.1 client connections, forwarding the
-//! requests it can forward whole, and its pool of upstream HTTP/1.1 connections. It
-//! must not decide anything hyper's path decides: the route, the forwarding headers,
-//! what is counted and when (`Proxy::route`, `Proxy::forwarding`, `Clock`, `Waiting`,
-//! `Flight`) are the same code on both paths, so versions and judges see no
-//! difference.
+//! Owns reading request heads (and small bodies) off plain HTTP/1.1 client
+//! connections, forwarding the requests it can forward whole, and its pool of upstream
+//! HTTP/1.1 connections. It must not decide anything hyper's path decides: the route,
+//! the forwarding headers, what is counted and when (`Proxy::route`,
+//! `Proxy::forwarding`, `Clock`, `Waiting`, `Flight`) are the same code on both paths,
+//! so versions and judges see no difference.
 //!
-//! At the first request it does not forward whole (one with a body, an upgrade,
-//! `Expect`, HTTP/1.0, a target not in origin form, a gRPC call, a head that does not
-//! parse or passes `max_header_bytes`), the connection is handed to hyper's path
+//! A request with a body is forwarded here only when its body came whole with its
+//! head (in the reads that brought the head, as a client's one write of a small
+//! request arrives): head and body go to the version in one write, and the request
+//! is sent again on the same terms as one without a body. A body still on its way
+//! streams through hyper's path, which sends the head at once: a version may answer
+//! an upload before its end, and a client may wait for that answer before sending
+//! the rest.
+//!
+//! At the first request it does not forward whole (a body not whole with its head, a
+//! chunked one, one longer than [`MAX_BODY`] or `max_body_bytes`, a length hyper
+//! would read differently (a list, repeated, leading zeros), an upgrade, `Expect`,
+//! HTTP/1.0, a target not in origin form, a gRPC call, a head that does not parse or
+//! passes `max_header_bytes`), the connection is handed to hyper's path
 //! (`Proxy::serve_http1`) with every byte read and not yet used, which hyper reads
-//! first: hyper answers as it always has (400, 431, the upload, the WebSocket) and
-//! keeps the connection to its end.
+//! first: hyper answers as it always has (400, 413, 431, the upload, the WebSocket)
+//! and keeps the connection to its end.
 //!
 //! Guarantees:
 //! - The limits of hyper's path: the first head is due within `header_timeout` of the
@@ -58,6 +69,11 @@ use super::{ClientConn, Flight, OpenConnection, Proxy, VARIANT_HEADER};
 /// The most header fields a request head may have here (hyper's own bound); one with
 /// more goes to hyper's path, which refuses it.
 const MAX_FIELDS: usize = 100;
+
+/// The largest request body the lean path forwards, whole once it has all of it (a
+/// JSON call's, a form's); a larger one streams through hyper's path, as does one
+/// past `max_body_bytes`.
+const MAX_BODY: usize = 64 * 1024;
 
 /// The most header fields, and bytes, of a version's answer head (hyper's client
 /// allows about 400 KiB).
@@ -157,6 +173,8 @@ impl Pool {
 struct Head {
     /// Its length at the start of the buffer.
     len: usize,
+    /// The length of its body, which follows it (`Content-Length`; 0 without one).
+    body: usize,
     method: Method,
     /// Where its target (origin form) is in the buffer.
     target: Range<usize>,
@@ -207,6 +225,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 4);
     let mut host = false;
     let mut close = false;
+    let mut body = None;
     for field in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(field.name.as_bytes()),
@@ -217,8 +236,19 @@ fn parse_head(buf: &[u8]) -> Parsed {
         if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
             return Parsed::Hyper;
         }
-        if name == header::CONTENT_LENGTH && value.as_bytes() != b"0" {
-            return Parsed::Hyper;
+        if name == header::CONTENT_LENGTH {
+            // One length, in its plain form: a list, a repeated field or a length
+            // with leading zeros is hyper's to read (or refuse), and a length past
+            // what the lean path holds streams through hyper's path.
+            let length = match value.as_bytes() {
+                b"0" => Some(0),
+                [b'0', ..] => None,
+                digits => content_length(digits).and_then(|n| usize::try_from(n).ok()),
+            };
+            match (body, length) {
+                (None, Some(n)) if n <= MAX_BODY => body = Some(n),
+                _ => return Parsed::Hyper,
+            }
         }
         host |= name == header::HOST;
         if name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
@@ -231,6 +261,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
     }
     Parsed::Head(Head {
         len,
+        body: body.unwrap_or(0),
         method,
         target,
         headers,
@@ -773,6 +804,7 @@ impl Proxy {
     {
         let limits = self.inner.limits;
         let max_head = self.inner.max_head();
+        let max_body = limits.max_body_bytes.unwrap_or(u64::MAX);
         // The head's deadline once its first byte came (the connection's opening for
         // its first head); until then, the idle deadline, and parking before it.
         let mut started = first.then_some(since);
@@ -794,7 +826,16 @@ impl Proxy {
                     Parsed::Partial
                 };
                 match parsed {
-                    Parsed::Head(head) if head.len <= max_head => return Wait::Head(head),
+                    // A body must have come whole with its head: one still on its
+                    // way streams through hyper's path, which sends the head at
+                    // once (a version may answer it before the body's end).
+                    Parsed::Head(head)
+                        if head.len <= max_head
+                            && bufs.read.len() >= head.len + head.body
+                            && u64::try_from(head.body).unwrap_or(u64::MAX) <= max_body =>
+                    {
+                        return Wait::Head(head);
+                    }
                     Parsed::Head(_) | Parsed::Hyper => {
                         return Wait::Hyper(started.unwrap_or(since));
                     }
@@ -860,6 +901,7 @@ impl Proxy {
     {
         let Head {
             len,
+            body,
             method,
             target,
             mut headers,
@@ -871,11 +913,11 @@ impl Proxy {
         let (routes, variant) = tokio::select! {
             biased;
             routed = self.route(conn.peer, &headers) => routed,
-            () = client_gone(io, &mut bufs.read, len, self.inner.max_head()) => return Done::Close,
+            () = client_gone(io, &mut bufs.read, len + body, self.inner.max_head()) => return Done::Close,
         };
         let backends = routes.of(variant);
         if backends.is_empty() {
-            bufs.read.drain(..len);
+            bufs.read.drain(..len + body);
             write_plain(
                 &mut bufs.out,
                 "503 Service Unavailable",
@@ -892,7 +934,9 @@ impl Proxy {
         super::strip_hop_by_hop(&mut headers);
         let uncounted = self.forwarding(&mut headers, &routes, conn);
         write_request(&mut bufs.out, &method, &bufs.read[target], &headers);
-        bufs.read.drain(..len);
+        // The body goes in the same write as its head.
+        bufs.out.extend_from_slice(&bufs.read[len..len + body]);
+        bufs.read.drain(..len + body);
         drop(headers);
 
         let counters = self.inner.counters(variant);
@@ -1255,8 +1299,18 @@ mod tests {
 
     #[test]
     fn requests_the_lean_path_does_not_forward_whole_go_to_hyper() {
+        let too_long = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
         for raw in [
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            // Lengths hyper reads as one (or refuses): its to read.
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 03\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            &too_long,
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
@@ -1278,6 +1332,16 @@ mod tests {
         assert!(!is_hyper(
             "DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn a_small_body_of_one_plain_length_is_lean_and_its_length_read() {
+        let raw = "POST /calls HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n{\"a\": true}";
+        let h = head(raw);
+        assert_eq!((h.len, h.body), (raw.len() - 11, 11));
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: x\r\n\r\n").body, 0);
+        let largest = format!("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY}\r\n\r\n");
+        assert_eq!(head(&largest).body, MAX_BODY);
     }
 
     fn answer(raw: &str, head_request: bool, close: bool) -> (Answer, String) {

@@ -41,7 +41,9 @@
 //!   (framed by its length or its chunks, with nothing after it) and neither side
 //!   asked to close it. A request is sent once more, on a new connection, only when
 //!   the pooled one it was sent on had closed before any byte of an answer and the
-//!   request is safe to repeat (its method is idempotent, or it was not written).
+//!   request is safe to repeat (its method is idempotent, or no byte of it was
+//!   written). A request's body is framed at the version by the length the proxy
+//!   read it by, whatever the client's `Connection` names.
 //! - An idle connection gives up its buffers after `park::park_after`, as hyper's does
 //!   when it parks.
 //! - The server's stop closes an idle connection at once, and one with a request in
@@ -932,6 +934,13 @@ impl Proxy {
         let picked = &backends[usize::try_from(n).unwrap_or(0) % backends.len()];
         let backend = picked.addr;
         super::strip_hop_by_hop(&mut headers);
+        // The body's length goes with it whatever `Connection` named: a client's
+        // `Connection: content-length` would otherwise send its body to the version
+        // as the start of a request the proxy never read (hyper's client frames a
+        // body by its size the same way).
+        if body > 0 && !headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body));
+        }
         let uncounted = self.forwarding(&mut headers, &routes, conn);
         write_request(&mut bufs.out, &method, &bufs.read[target], &headers);
         // The body goes in the same write as its head.
@@ -1042,11 +1051,9 @@ impl Proxy {
             let mut written = false;
             let result = {
                 let exchange = async {
-                    up.stream
-                        .write_all(&request)
+                    write_all_told(&mut up.stream, &request, &mut written)
                         .await
                         .map_err(AnswerError::Reset)?;
-                    written = true;
                     read_answer(&mut up.stream, answer, head_request, variant, close, out).await
                 };
                 tokio::select! {
@@ -1128,6 +1135,26 @@ async fn read_answer(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Writes `bytes` whole. `written` turns true at the first byte taken: a request that
+/// fails part way may have been read by the version, and is not sent again unless
+/// it is idempotent.
+async fn write_all_told<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bytes: &[u8],
+    written: &mut bool,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match w.write(bytes).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => {
+                *written = true;
+                bytes = &bytes[n..];
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Returns once the client closed its side or failed, reading what it sends meanwhile
@@ -1527,5 +1554,83 @@ mod tests {
         let mut c = Chunks::new();
         assert_eq!(c.feed(b"3\r\nab").ok(), Some(5));
         assert!(!c.done());
+    }
+
+    /// A writer that takes `take` bytes at most per write, then fails after `fail_after`.
+    struct Cut {
+        took: usize,
+        take: usize,
+        fail_after: usize,
+    }
+
+    impl AsyncWrite for Cut {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.took >= self.fail_after {
+                return Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+            }
+            let n = buf.len().min(self.take);
+            self.took += n;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Review (issue 18): a request was "written" only once the last of its bytes
+    /// was, so an upload cut part way (its head read by the version) counted as
+    /// unsent and a `POST` went out twice. Any byte taken makes it written.
+    #[tokio::test]
+    async fn a_request_cut_part_way_counts_as_written_and_one_refused_whole_does_not() {
+        let request = vec![b'r'; 100];
+        let mut part = Cut {
+            took: 0,
+            take: 30,
+            fail_after: 30,
+        };
+        let mut written = false;
+        assert!(
+            write_all_told(&mut part, &request, &mut written)
+                .await
+                .is_err()
+        );
+        assert!(written, "30 of 100 bytes were taken");
+        let mut none = Cut {
+            took: 0,
+            take: 30,
+            fail_after: 0,
+        };
+        let mut written = false;
+        assert!(
+            write_all_told(&mut none, &request, &mut written)
+                .await
+                .is_err()
+        );
+        assert!(!written);
+        let mut whole = Cut {
+            took: 0,
+            take: 30,
+            fail_after: usize::MAX,
+        };
+        let mut written = false;
+        assert!(
+            write_all_told(&mut whole, &request, &mut written)
+                .await
+                .is_ok()
+        );
+        assert!(written && whole.took == 100);
     }
 }

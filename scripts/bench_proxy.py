@@ -33,7 +33,8 @@ Each of those rows is also put against nginx's figure of the same run.
 BENCH_ONLY=cpu runs only the CPU time per request: each proxy's user+system CPU time
 over the requests wrk completed under the keep-alive load, in alternating rounds, and
 the two backends' CPU time per request behind it;
-BENCH_AGAINST=<another rampart binary> adds it as "rampart-against" (an A/B of a change).
+BENCH_AGAINST=<another rampart binary> adds it as "rampart-against" (an A/B of a change);
+BENCH_CPU_LOAD=post measures the small POST load instead of GETs.
 
 Every proxy runs one worker thread, like for like: nginx `worker_processes 1`, HAProxy
 `nbthread 1`, rampart `RAMPART_WORKER_THREADS=1` (BENCH_RAMPART_THREADS sets another
@@ -618,10 +619,11 @@ def cpu_only(a, b):
         makers.append(("rampart-against", lambda a, b: rampart_proxy(
             a, b, binary=os.path.abspath(against), name="rampart-against")))
     makers += [("nginx", nginx), ("haproxy", haproxy)]
+    script = post_script() if os.environ.get("BENCH_CPU_LOAD") == "post" else None
     targets = []
     for name, make in makers:
         port, _ = make(a, b)
-        wrk(port, 1)  # warm up
+        wrk(port, 1, script=script)  # warm up
         targets.append((name, port))
     rows = {name: [] for name, _ in targets}
     # The two backends (spawned first): what a proxy's requests cost them.
@@ -632,7 +634,7 @@ def cpu_only(a, b):
             pid = PIDS[name]()
             before = cpu_seconds(pid)
             backends_before = sum(cpu_seconds(p) for p in backend_pids)
-            r = wrk(port, DURATION)
+            r = wrk(port, DURATION, script=script)
             used = cpu_seconds(pid) - before
             requests = r["rps"] * DURATION
             rows[name].append(used / requests * 1e6)

@@ -34,7 +34,8 @@ BENCH_ONLY=cpu runs only the CPU time per request: each proxy's user+system CPU 
 over the requests wrk completed under the keep-alive load, in alternating rounds, and
 the two backends' CPU time per request behind it;
 BENCH_AGAINST=<another rampart binary> adds it as "rampart-against" (an A/B of a change);
-BENCH_CPU_LOAD=post measures the small POST load instead of GETs.
+BENCH_CPU_LOAD=post measures the small POST load instead of GETs, BENCH_CPU_LOAD=h2
+HTTP/2 from clients and BENCH_CPU_LOAD=grpc gRPC unary (h2load, as in their rows).
 
 Every proxy runs one worker thread, like for like: nginx `worker_processes 1`, HAProxy
 `nbthread 1`, rampart `RAMPART_WORKER_THREADS=1` (BENCH_RAMPART_THREADS sets another
@@ -613,28 +614,46 @@ def cpu_only(a, b):
     in alternating rounds (BENCH_ROUNDS, default 3) of DURATION seconds per proxy.
     CPU per request barely depends on how the cores are shared with the load client
     and the backends, where requests/s does: a steadier figure for a change's cost."""
-    makers = [("rampart", rampart_proxy)]
+    load = os.environ.get("BENCH_CPU_LOAD", "get")
+    if load not in ("get", "post", "h2", "grpc"):
+        raise SystemExit(f"BENCH_CPU_LOAD={load}: get, post, h2 or grpc")
+    h2, grpc = load == "h2", load == "grpc"
+    # (name, the key of its process in PIDS, how to start it)
+    makers = [("rampart", "rampart", lambda a, b: rampart_proxy(a, b, h2c=grpc, name="rampart"))]
     against = os.environ.get("BENCH_AGAINST")
     if against:
-        makers.append(("rampart-against", lambda a, b: rampart_proxy(
-            a, b, binary=os.path.abspath(against), name="rampart-against")))
-    makers += [("nginx", nginx), ("haproxy", haproxy)]
-    script = post_script() if os.environ.get("BENCH_CPU_LOAD") == "post" else None
+        makers.append(("rampart-against", "rampart-against", lambda a, b: rampart_proxy(
+            a, b, h2c=grpc, binary=os.path.abspath(against), name="rampart-against")))
+    suffix = "-grpc" if grpc else ("-h2" if h2 else "")
+    makers += [(name, name + suffix, lambda a, b, make=make: make(a, b, h2=h2, grpc=grpc))
+               for name, make in (("nginx", nginx), ("haproxy", haproxy))]
+    script = post_script() if load == "post" else None
+    message = grpc_message() if grpc else None
+
+    def run(port, seconds):
+        if h2 or grpc:
+            return h2load(port, seconds, grpc=message)
+        return wrk(port, seconds, script=script)
+
     targets = []
-    for name, make in makers:
+    keys = {}
+    for name, key, make in makers:
         port, _ = make(a, b)
-        wrk(port, 1, script=script)  # warm up
+        if grpc:
+            grpc_check(name, port, message)
+        run(port, 1)  # warm up
         targets.append((name, port))
+        keys[name] = key
     rows = {name: [] for name, _ in targets}
     # The two backends (spawned first): what a proxy's requests cost them.
     backend_pids = [p.pid for p in PROCS[:2]]
     behind = {name: [] for name, _ in targets}
     for _ in range(int(os.environ.get("BENCH_ROUNDS", "3"))):
         for name, port in targets:
-            pid = PIDS[name]()
+            pid = PIDS[keys[name]]()
             before = cpu_seconds(pid)
             backends_before = sum(cpu_seconds(p) for p in backend_pids)
-            r = wrk(port, DURATION, script=script)
+            r = run(port, DURATION)
             used = cpu_seconds(pid) - before
             requests = r["rps"] * DURATION
             rows[name].append(used / requests * 1e6)

@@ -1247,6 +1247,29 @@ async fn more_streams_than_a_connection_carries_open_another_connection() {
     );
 }
 
+/// A version that takes no stream (`SETTINGS_MAX_CONCURRENT_STREAMS` 0, which RFC 9113
+/// 5.1.2 lets it send for a while): each request found its connection full and opened
+/// another, which was as full, so every request cost the version a connection and a
+/// handshake. Now a request that finds the version saying 0 on an open connection
+/// opens none: it fails at once, as before, with no new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_taking_no_streams_is_not_sent_a_connection_per_request() {
+    let (version, connections) = h2c_version(
+        Some(0),
+        None,
+        Arc::new(|_req| Box::pin(async { text("ok") })),
+    )
+    .await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let client = h2c(server.local_addr()).await;
+    for _ in 0..5 {
+        assert_eq!(get(&client, "/", None).await.0, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (5, 5), "the version served none");
+}
+
 /// An endless answer, counting in its `handed` what the version's server took of it.
 struct Endless {
     handed: Arc<AtomicUsize>,
@@ -2003,6 +2026,69 @@ async fn a_refused_stream_is_sent_once_more_and_charged_only_when_refused_again(
     let s = proxy.totals().stable;
     assert_eq!((s.requests, s.errors), (2, 1), "only the refusal repeated");
     assert_eq!(proxy.upstream_connection_errors(), Some(0));
+}
+
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` as one setting of a SETTINGS frame.
+fn max_streams_setting(n: u32) -> Vec<u8> {
+    let mut payload = 3u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(&n.to_be_bytes());
+    raw::frame(raw::SETTINGS, 0, 0, &payload)
+}
+
+/// A version whose connection, once serving, says it takes no stream, then takes
+/// streams again: meanwhile requests fail (the version's errors) and no other
+/// connection is opened to it; once it raises its limit, the same connection
+/// carries the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_back_from_taking_no_streams_is_served_on_its_connection() {
+    let (zero_tx, zero) = tokio::sync::oneshot::channel::<()>();
+    let (raise, raise_rx) = tokio::sync::oneshot::channel::<()>();
+    let (raised_tx, raised) = tokio::sync::oneshot::channel::<()>();
+    let steps = Arc::new(std::sync::Mutex::new(Some((zero_tx, raise_rx, raised_tx))));
+    let (version, connections) = raw_version(move |n, mut conn| {
+        let steps = steps.lock().unwrap().take();
+        async move {
+            let Some((zero_tx, raise_rx, raised_tx)) = steps.filter(|_| n == 0) else {
+                // Another connection: answers what comes (the test counts it).
+                while let Some((stream, body)) = conn.request().await {
+                    conn.answer(stream, &body).await;
+                }
+                return;
+            };
+            let (stream, body) = conn.request().await.unwrap();
+            conn.answer(stream, &body).await;
+            conn.tcp.write_all(&max_streams_setting(0)).await.unwrap();
+            // Read by the proxy (frames in order) once the PING is answered.
+            conn.ping().await;
+            zero_tx.send(()).unwrap();
+            raise_rx.await.unwrap();
+            conn.tcp.write_all(&max_streams_setting(100)).await.unwrap();
+            conn.ping().await;
+            raised_tx.send(()).unwrap();
+            while let Some((stream, body)) = conn.request().await {
+                conn.answer(stream, &body).await;
+            }
+        }
+    })
+    .await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let send = h2c(server.local_addr()).await;
+    assert_eq!(post(&send, "first").await, (StatusCode::OK, "first".into()));
+    zero.await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(post(&send, "refused").await.0, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "no connection opened while at 0"
+    );
+    raise.send(()).unwrap();
+    raised.await.unwrap();
+    assert_eq!(post(&send, "again").await, (StatusCode::OK, "again".into()));
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (5, 3));
 }
 
 /// An h2c connection through the `h2` crate itself, which can reset its streams: its

@@ -15,10 +15,14 @@
 //!   when its version's `SETTINGS_MAX_CONCURRENT_STREAMS` says so; requests that find
 //!   every connection of their endpoint full open one more between them (one opening
 //!   at a time per endpoint; those that waited on one that failed fail with its
-//!   cause). A connection is opened on the first request that needs it and dropped
-//!   once closed (a version restarted, an idle connection closed by the version), or
-//!   once idle while another of the same endpoint is idle too. A stream counts from
-//!   its request until its response body is done or dropped.
+//!   cause). A version that sets its limit to 0 on a connection it keeps open (RFC
+//!   9113 5.1.2 lets it, for a while) gets no other connection: requests fail at
+//!   once, its errors, until it raises the limit or closes the connection, rather
+//!   than each opening a connection as full as the last. A connection is opened on
+//!   the first request that needs it and dropped once closed (a version restarted,
+//!   an idle connection closed by the version), or once idle while another of the
+//!   same endpoint is idle too. A stream counts from its request until its response
+//!   body is done or dropped.
 //! - A stream whose client stops reading holds at most [`STREAM_WINDOW`] of its
 //!   connection's receive window, which is [`CONNECTION_WINDOW`]: every stream of a
 //!   full connection at its window. Slow readers can never stall the other streams.
@@ -64,7 +68,7 @@
 //! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade: h2c`
 //! dance), as gRPC servers and `h2c`-enabled HTTP servers do, and sends its SETTINGS
 //! first (RFC 9113 3.4) within [`CONNECT_TIMEOUT`]. A later SETTINGS that lowers its
-//! header list size is not seen (its stream limit is). A version means what it says
+//! header list size is not seen (its stream limit is, as it is read). A version means what it says
 //! of a stream it did not process (`REFUSED_STREAM`, a `GOAWAY`'s last stream id):
 //! such a request is sent again whatever its method, as RFC 9113 8.7 allows.
 
@@ -336,8 +340,8 @@ struct Shared {
     /// Streams on the connection now (see [`Slot`]).
     streams: AtomicUsize,
     /// The most the connection may carry: [`STREAMS_PER_CONNECTION`], or its version's
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` when lower (from its first SETTINGS, then as
-    /// hyper sees it change).
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` when lower (from its first SETTINGS, then
+    /// from each later one as it is read off the socket, see [`Watched`]).
     max_streams: Arc<AtomicUsize>,
     /// The largest request header block its version accepts, when it says.
     header_limit: Option<usize>,
@@ -459,6 +463,11 @@ where
         {
             return Err(format!("connecting to {addr} failed: {why}").into());
         }
+        // A version that says it takes no stream on a connection it keeps open would
+        // say so on another: none is opened for it (a connection per request).
+        if self.takes_no_stream(addr) {
+            return Err(no_stream(addr));
+        }
         let conn = match self.open(addr).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -468,7 +477,20 @@ where
         };
         gate.failed = None;
         self.place(addr, Some(conn)).ok_or_else(|| {
-            format!("the new connection to {addr} closed before its first request").into()
+            if self.takes_no_stream(addr) {
+                no_stream(addr)
+            } else {
+                format!("the new connection to {addr} closed before its first request").into()
+            }
+        })
+    }
+
+    /// Whether an open connection to `addr` has its version's stream limit at 0.
+    fn takes_no_stream(&self, addr: SocketAddr) -> bool {
+        self.lock().get(&addr).is_some_and(|e| {
+            e.conns
+                .iter()
+                .any(|c| c.is_open() && c.shared.max_streams.load(Ordering::Relaxed) == 0)
         })
     }
 
@@ -511,7 +533,8 @@ where
             let _ = tcp.set_nodelay(true);
             let (told, settings) = oneshot::channel();
             let going_away = Arc::new(AtomicBool::new(false));
-            let io = Watched::new(tcp, told, going_away.clone());
+            let max_streams = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+            let io = Watched::new(tcp, told, going_away.clone(), max_streams.clone());
             let (sender, conn) = http2::Builder::new(Boxed)
                 .max_header_list_size(RESPONSE_HEADER_LIST)
                 .initial_max_send_streams(STREAMS_PER_CONNECTION)
@@ -519,25 +542,8 @@ where
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .handshake(TokioIo::new(io))
                 .await?;
-            let max_streams = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
-            let seen = max_streams.clone();
             tokio::spawn(async move {
-                tokio::pin!(conn);
-                // Polled here so that the version's stream limit is read as it changes.
-                // hyper's own limit until it applies the first SETTINGS (which `open`
-                // reads itself), the version's after: stored when it changes.
-                let mut last = STREAMS_PER_CONNECTION;
-                let ended = std::future::poll_fn(|cx| {
-                    let polled = conn.as_mut().poll(cx);
-                    let limit = conn.current_max_send_streams().min(STREAMS_PER_CONNECTION);
-                    if limit != last {
-                        last = limit;
-                        seen.store(limit, Ordering::Relaxed);
-                    }
-                    polled
-                })
-                .await;
-                if let Err(e) = ended {
+                if let Err(e) = conn.await {
                     tracing::debug!(error = %e, %addr, "upstream h2c connection ended");
                 }
             });
@@ -661,6 +667,11 @@ impl Drop for Slot {
 
 // === impl Answer ===
 
+/// Why a request to a version that takes no stream fails.
+fn no_stream(addr: SocketAddr) -> UpstreamError {
+    format!("{addr} takes no new stream now (SETTINGS_MAX_CONCURRENT_STREAMS 0)").into()
+}
+
 /// The executor of hyper's HTTP/2 client to h2c versions: each future boxed before it
 /// is spawned. hyper spawns two futures per request (the wait for its response, and
 /// the pipe of a request body that was not sent at once), each as one enum whose
@@ -773,7 +784,9 @@ impl Body for Answer {
 /// The version's side of an h2c connection, watched as it is read: its first frame for
 /// its SETTINGS (RFC 9113 3.4), which hyper applies but does not tell; then each
 /// frame's header until a `GOAWAY`, which hyper does not tell either (see
-/// `Conn::going_away`). Every byte goes through untouched; a read costs a step per
+/// `Conn::going_away`), and each later SETTINGS for its stream limit (hyper tells it
+/// only to its request task, which runs when a request comes: too late for the pool
+/// to place that request). Every byte goes through untouched; a read costs a step per
 /// frame header in it, and one branch once a `GOAWAY` was read.
 struct Watched<I> {
     io: I,
@@ -798,6 +811,11 @@ struct Frames {
     going_away: Arc<AtomicBool>,
     /// A `GOAWAY` was read: nothing more is looked at.
     done: bool,
+    /// The payload so far of the SETTINGS frame being read, when one is.
+    settings: Option<Vec<u8>>,
+    /// Where a later SETTINGS' `SETTINGS_MAX_CONCURRENT_STREAMS` goes (at most
+    /// [`STREAMS_PER_CONNECTION`]).
+    max_streams: Arc<AtomicUsize>,
 }
 
 /// What the proxy needs of a version's SETTINGS.
@@ -816,8 +834,13 @@ fn payload_len(head: &[u8]) -> usize {
 
 impl<I> Watched<I> {
     /// `io` watched: `told` gets its first frame's settings, `going_away` is set at
-    /// its first `GOAWAY`.
-    fn new(io: I, told: oneshot::Sender<Settings>, going_away: Arc<AtomicBool>) -> Self {
+    /// its first `GOAWAY`, `max_streams` at each later SETTINGS that names a limit.
+    fn new(
+        io: I,
+        told: oneshot::Sender<Settings>,
+        going_away: Arc<AtomicBool>,
+        max_streams: Arc<AtomicUsize>,
+    ) -> Self {
         Watched {
             io,
             first: Some((Vec::new(), told)),
@@ -827,6 +850,8 @@ impl<I> Watched<I> {
                 payload: 0,
                 going_away,
                 done: false,
+                settings: None,
+                max_streams,
             },
         }
     }
@@ -857,11 +882,19 @@ impl Frames {
     /// Follows the frames through `read`, the next bytes after the first frame.
     fn walk(&mut self, mut read: &[u8]) {
         const GOAWAY: u8 = 0x7;
+        const SETTINGS: u8 = 0x4;
+        const ACK: u8 = 0x1;
         while !read.is_empty() && !self.done {
             if self.payload > 0 {
                 let n = self.payload.min(read.len());
+                if let Some(settings) = &mut self.settings {
+                    settings.extend_from_slice(&read[..n]);
+                }
                 self.payload -= n;
                 read = &read[n..];
+                if self.payload == 0 {
+                    self.settled();
+                }
                 continue;
             }
             let n = (FRAME_HEAD - self.filled).min(read.len());
@@ -874,8 +907,28 @@ impl Frames {
                 if self.head[3] == GOAWAY {
                     self.going_away.store(true, Ordering::Release);
                     self.done = true;
+                } else if self.head[3] == SETTINGS
+                    && self.head[4] & ACK == 0
+                    && self.payload > 0
+                    && self.payload <= MAX_PREFACE_FRAME
+                    && self.payload.is_multiple_of(6)
+                {
+                    self.settings = Some(Vec::with_capacity(self.payload));
                 }
             }
+        }
+    }
+
+    /// A SETTINGS frame was read whole: its stream limit, if it names one, is the
+    /// connection's from now.
+    fn settled(&mut self) {
+        let Some(payload) = self.settings.take() else {
+            return;
+        };
+        if let Some(n) = Settings::entries(&payload).max_streams {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            self.max_streams
+                .store(n.min(STREAMS_PER_CONNECTION), Ordering::Relaxed);
         }
     }
 }
@@ -886,8 +939,6 @@ impl Settings {
     /// not a SETTINGS frame that can be read).
     fn parse(frame: &[u8]) -> Option<(usize, Option<Settings>)> {
         const SETTINGS: u8 = 0x4;
-        const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-        const MAX_HEADER_LIST_SIZE: u16 = 0x6;
         let head = frame.get(..FRAME_HEAD)?;
         let len = payload_len(head);
         let end = FRAME_HEAD + len;
@@ -895,6 +946,13 @@ impl Settings {
             return Some((end, None));
         }
         let payload = frame.get(FRAME_HEAD..end)?;
+        Some((end, Some(Settings::entries(payload))))
+    }
+
+    /// The settings in a SETTINGS frame's payload (the last of a repeated one).
+    fn entries(payload: &[u8]) -> Settings {
+        const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+        const MAX_HEADER_LIST_SIZE: u16 = 0x6;
         let mut settings = Settings::default();
         for entry in payload.chunks_exact(6) {
             let value = Some(u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
@@ -904,7 +962,7 @@ impl Settings {
                 _ => {}
             }
         }
-        Some((end, Some(settings)))
+        settings
     }
 }
 
@@ -940,7 +998,7 @@ mod tests {
         frame.extend_from_slice(&[0, 0x6, 0, 0, 0x40, 0]);
         for cut in [0, 5, 9, 14, frame.len()] {
             let (told, mut settings) = oneshot::channel();
-            let mut p = Watched::new((), told, Arc::default());
+            let mut p = Watched::new((), told, Arc::default(), Arc::default());
             p.watch(&frame[..cut]);
             if cut < frame.len() {
                 assert!(settings.try_recv().is_err(), "told at {cut} bytes");
@@ -975,7 +1033,7 @@ mod tests {
         for cut in 0..read.len() {
             let (told, _settings) = oneshot::channel();
             let going_away = Arc::new(AtomicBool::new(false));
-            let mut w = Watched::new((), told, going_away.clone());
+            let mut w = Watched::new((), told, going_away.clone(), Arc::default());
             let (a, b) = read.split_at(cut);
             w.watch(a);
             let seen = going_away.load(Ordering::Acquire);
@@ -986,12 +1044,70 @@ mod tests {
         // Byte by byte.
         let (told, _settings) = oneshot::channel();
         let going_away = Arc::new(AtomicBool::new(false));
-        let mut w = Watched::new((), told, going_away.clone());
+        let mut w = Watched::new((), told, going_away.clone(), Arc::default());
         for (i, byte) in read.iter().enumerate() {
             assert_eq!(going_away.load(Ordering::Acquire), i >= before + FRAME_HEAD);
             w.watch(std::slice::from_ref(byte));
         }
         assert!(going_away.load(Ordering::Acquire));
+    }
+
+    /// A later SETTINGS frame's stream limit is the connection's as soon as the frame
+    /// is read whole, however the bytes are cut (hyper tells it only when a request
+    /// comes); an acknowledgement, a SETTINGS without the limit, or a DATA payload
+    /// that looks like one change nothing; a limit above the pool's is the pool's.
+    #[test]
+    fn a_later_settings_frames_stream_limit_is_seen_as_it_is_read() {
+        fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+            let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+            let mut f = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+            f.extend_from_slice(payload);
+            f
+        }
+        let limit = |n: u32| {
+            let mut entry = vec![0, 0x3];
+            entry.extend_from_slice(&n.to_be_bytes());
+            entry
+        };
+        let mut read = frame(0x4, 0, &[]);
+        let first = read.len();
+        read.extend(frame(0x0, 0, &frame(0x4, 0, &limit(7))));
+        read.extend(frame(0x4, 0x1, &[]));
+        read.extend(frame(0x4, 0, &[0, 0x4, 0, 1, 0, 0]));
+        let zero_at = read.len();
+        let mut zero = frame(0x4, 0, &[0, 0x4, 0, 1, 0, 0]);
+        zero.extend_from_slice(&limit(0));
+        zero[2] = 12;
+        read.extend(zero);
+        let zero_end = read.len();
+        read.extend(frame(0x4, 0, &limit(5000)));
+        let raised_end = read.len();
+        for cut in first..read.len() {
+            let (told, _settings) = oneshot::channel();
+            let max = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+            let mut w = Watched::new((), told, Arc::default(), max.clone());
+            w.watch(&read[..first]);
+            let (a, b) = read[first..].split_at(cut - first);
+            w.watch(a);
+            let want = if cut >= raised_end {
+                STREAMS_PER_CONNECTION
+            } else if cut >= zero_end {
+                0
+            } else {
+                STREAMS_PER_CONNECTION
+            };
+            assert_eq!(
+                max.load(Ordering::Relaxed),
+                want,
+                "cut at {cut} (zero at {zero_at})"
+            );
+            w.watch(b);
+            assert_eq!(
+                max.load(Ordering::Relaxed),
+                STREAMS_PER_CONNECTION,
+                "cut at {cut}"
+            );
+        }
     }
 
     /// The size counted is the one RFC 9113 defines: 32 per field, pseudo-fields too.

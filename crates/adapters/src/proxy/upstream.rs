@@ -15,10 +15,11 @@
 //!   when its version's `SETTINGS_MAX_CONCURRENT_STREAMS` says so; requests that find
 //!   every connection of their endpoint full open one more between them (one opening
 //!   at a time per endpoint; those that waited on one that failed fail with its
-//!   cause). A version that sets its limit to 0 on a connection it keeps open (RFC
-//!   9113 5.1.2 lets it, for a while) gets no other connection: requests fail at
-//!   once, its errors, until it raises the limit or closes the connection, rather
-//!   than each opening a connection as full as the last. A connection is opened on
+//!   cause). A version that sets its limit to 0 on its newest open connection (RFC
+//!   9113 5.1.2 lets it, for a while) gets no other connection for
+//!   [`ZERO_PATIENCE`]: requests fail at once, its errors, until it raises the limit
+//!   or closes the connection, rather than each opening a connection as full as the
+//!   last; past that, one more connection is tried. A connection is opened on
 //!   the first request that needs it and dropped once closed (a version restarted,
 //!   an idle connection closed by the version), or once idle while another of the
 //!   same endpoint is idle too. A stream counts from its request until its response
@@ -68,7 +69,7 @@
 //! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade: h2c`
 //! dance), as gRPC servers and `h2c`-enabled HTTP servers do, and sends its SETTINGS
 //! first (RFC 9113 3.4) within [`CONNECT_TIMEOUT`]. A later SETTINGS that lowers its
-//! header list size is not seen (its stream limit is, as it is read). A version means what it says
+//! header list size is not seen (its stream limit is). A version means what it says
 //! of a stream it did not process (`REFUSED_STREAM`, a `GOAWAY`'s last stream id):
 //! such a request is sent again whatever its method, as RFC 9113 8.7 allows.
 
@@ -340,9 +341,9 @@ struct Shared {
     /// Streams on the connection now (see [`Slot`]).
     streams: AtomicUsize,
     /// The most the connection may carry: [`STREAMS_PER_CONNECTION`], or its version's
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` when lower (from its first SETTINGS, then
-    /// from each later one as it is read off the socket, see [`Watched`]).
-    max_streams: Arc<AtomicUsize>,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` when lower, from each SETTINGS as it is read
+    /// off the socket (see [`Watched`]).
+    max_streams: Arc<Limit>,
     /// The largest request header block its version accepts, when it says.
     header_limit: Option<usize>,
     /// Set once a stream was charged with the connection's failure.
@@ -355,8 +356,7 @@ impl<B> Conn<B> {
     /// Whether it can take one more stream.
     fn has_room(&self) -> bool {
         self.is_open()
-            && self.shared.streams.load(Ordering::Acquire)
-                < self.shared.max_streams.load(Ordering::Relaxed)
+            && self.shared.streams.load(Ordering::Acquire) < self.shared.max_streams.get()
     }
 
     /// Whether it may take new streams at all: neither closed nor going away.
@@ -485,12 +485,17 @@ where
         })
     }
 
-    /// Whether an open connection to `addr` has its version's stream limit at 0.
+    /// Whether the newest open connection to `addr` has had its version's stream
+    /// limit at 0 for less than [`ZERO_PATIENCE`]: another would most likely be as
+    /// full. An older connection at 0 beside a newer one with streams says nothing of
+    /// a new one (a version may drain one connection so), and once the limit has
+    /// stayed at 0 that long, one more connection is tried.
     fn takes_no_stream(&self, addr: SocketAddr) -> bool {
         self.lock().get(&addr).is_some_and(|e| {
             e.conns
                 .iter()
-                .any(|c| c.is_open() && c.shared.max_streams.load(Ordering::Relaxed) == 0)
+                .find(|c| c.is_open())
+                .is_some_and(|c| c.shared.max_streams.refusing())
         })
     }
 
@@ -533,7 +538,7 @@ where
             let _ = tcp.set_nodelay(true);
             let (told, settings) = oneshot::channel();
             let going_away = Arc::new(AtomicBool::new(false));
-            let max_streams = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+            let max_streams = Arc::new(Limit::default());
             let io = Watched::new(tcp, told, going_away.clone(), max_streams.clone());
             let (sender, conn) = http2::Builder::new(Boxed)
                 .max_header_list_size(RESPONSE_HEADER_LIST)
@@ -553,9 +558,6 @@ where
             let header_limit = settings
                 .max_header_list
                 .map(|l| usize::try_from(l).unwrap_or(usize::MAX));
-            if let Some(n) = settings.max_streams {
-                max_streams.fetch_min(usize::try_from(n).unwrap_or(usize::MAX), Ordering::Relaxed);
-            }
             Ok::<_, UpstreamError>(Conn {
                 sender,
                 going_away,
@@ -666,6 +668,55 @@ impl Drop for Slot {
 }
 
 // === impl Answer ===
+
+/// How long a version's stream limit of 0 on its newest connection keeps the pool from
+/// opening another to it (requests fail at once meanwhile); past it, one more is
+/// tried, so that a version that never raises the limit on that connection, nor
+/// closes it, is not left failing for good.
+const ZERO_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A connection's stream limit: [`STREAMS_PER_CONNECTION`], or its version's when
+/// lower; and since when it is 0, while it is.
+#[derive(Debug)]
+struct Limit {
+    streams: AtomicUsize,
+    zero_since: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Default for Limit {
+    fn default() -> Self {
+        Limit {
+            streams: AtomicUsize::new(STREAMS_PER_CONNECTION),
+            zero_since: Mutex::new(None),
+        }
+    }
+}
+
+impl Limit {
+    fn get(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    /// The version's `SETTINGS_MAX_CONCURRENT_STREAMS`, as it says it.
+    fn set(&self, n: u32) {
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(STREAMS_PER_CONNECTION);
+        let mut zero_since = self.zero_since.lock().unwrap_or_else(|p| p.into_inner());
+        self.streams.store(n, Ordering::Relaxed);
+        match (n, *zero_since) {
+            (0, None) => *zero_since = Some(tokio::time::Instant::now()),
+            (0, Some(_)) => {}
+            _ => *zero_since = None,
+        }
+    }
+
+    /// Whether it has been 0 for less than [`ZERO_PATIENCE`].
+    fn refusing(&self) -> bool {
+        let zero_since = self.zero_since.lock().unwrap_or_else(|p| p.into_inner());
+        zero_since.is_some_and(|at| at.elapsed() < ZERO_PATIENCE)
+    }
+}
 
 /// Why a request to a version that takes no stream fails.
 fn no_stream(addr: SocketAddr) -> UpstreamError {
@@ -787,7 +838,8 @@ impl Body for Answer {
 /// `Conn::going_away`), and each later SETTINGS for its stream limit (hyper tells it
 /// only to its request task, which runs when a request comes: too late for the pool
 /// to place that request). Every byte goes through untouched; a read costs a step per
-/// frame header in it, and one branch once a `GOAWAY` was read.
+/// frame header in it (and a copy of a SETTINGS frame's payload, a few bytes), and one
+/// branch once a `GOAWAY` was read.
 struct Watched<I> {
     io: I,
     /// The first frame's bytes so far, and whom to tell its settings; `None` once told.
@@ -799,7 +851,8 @@ struct Watched<I> {
 /// The length of an HTTP/2 frame header.
 const FRAME_HEAD: usize = 9;
 
-/// Where the reading is in a version's frames, looked at only for a `GOAWAY`.
+/// Where the reading is in a version's frames, looked at for a `GOAWAY` and for each
+/// SETTINGS' stream limit.
 #[derive(Debug)]
 struct Frames {
     /// The current frame header's bytes so far.
@@ -813,9 +866,8 @@ struct Frames {
     done: bool,
     /// The payload so far of the SETTINGS frame being read, when one is.
     settings: Option<Vec<u8>>,
-    /// Where a later SETTINGS' `SETTINGS_MAX_CONCURRENT_STREAMS` goes (at most
-    /// [`STREAMS_PER_CONNECTION`]).
-    max_streams: Arc<AtomicUsize>,
+    /// Where each SETTINGS' `SETTINGS_MAX_CONCURRENT_STREAMS` goes, the first's too.
+    max_streams: Arc<Limit>,
 }
 
 /// What the proxy needs of a version's SETTINGS.
@@ -834,12 +886,12 @@ fn payload_len(head: &[u8]) -> usize {
 
 impl<I> Watched<I> {
     /// `io` watched: `told` gets its first frame's settings, `going_away` is set at
-    /// its first `GOAWAY`, `max_streams` at each later SETTINGS that names a limit.
+    /// its first `GOAWAY`, `max_streams` at each SETTINGS that names a stream limit.
     fn new(
         io: I,
         told: oneshot::Sender<Settings>,
         going_away: Arc<AtomicBool>,
-        max_streams: Arc<AtomicUsize>,
+        max_streams: Arc<Limit>,
     ) -> Self {
         Watched {
             io,
@@ -870,7 +922,13 @@ impl<I> Watched<I> {
             return;
         };
         // Not a SETTINGS frame, or too large for one: nothing known.
-        let _ = told.send(settings.unwrap_or_default());
+        let settings = settings.unwrap_or_default();
+        // Stored before the frames after it are walked (they may be in this read, and
+        // a later limit must win over the first).
+        if let Some(n) = settings.max_streams {
+            self.frames.max_streams.set(n);
+        }
+        let _ = told.send(settings);
         match buf.get(end..) {
             Some(rest) => self.frames.walk(rest),
             None => self.frames.payload = end - buf.len(),
@@ -926,9 +984,7 @@ impl Frames {
             return;
         };
         if let Some(n) = Settings::entries(&payload).max_streams {
-            let n = usize::try_from(n).unwrap_or(usize::MAX);
-            self.max_streams
-                .store(n.min(STREAMS_PER_CONNECTION), Ordering::Relaxed);
+            self.max_streams.set(n);
         }
     }
 }
@@ -1072,7 +1128,8 @@ mod tests {
         let mut read = frame(0x4, 0, &[]);
         let first = read.len();
         read.extend(frame(0x0, 0, &frame(0x4, 0, &limit(7))));
-        read.extend(frame(0x4, 0x1, &[]));
+        // An acknowledgement carries no settings: one that did is not read as any.
+        read.extend(frame(0x4, 0x1, &limit(3)));
         read.extend(frame(0x4, 0, &[0, 0x4, 0, 1, 0, 0]));
         let zero_at = read.len();
         let mut zero = frame(0x4, 0, &[0, 0x4, 0, 1, 0, 0]);
@@ -1084,30 +1141,78 @@ mod tests {
         let raised_end = read.len();
         for cut in first..read.len() {
             let (told, _settings) = oneshot::channel();
-            let max = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+            let max = Arc::new(Limit::default());
             let mut w = Watched::new((), told, Arc::default(), max.clone());
             w.watch(&read[..first]);
             let (a, b) = read[first..].split_at(cut - first);
             w.watch(a);
-            let want = if cut >= raised_end {
-                STREAMS_PER_CONNECTION
-            } else if cut >= zero_end {
+            let want = if (zero_end..raised_end).contains(&cut) {
                 0
             } else {
                 STREAMS_PER_CONNECTION
             };
-            assert_eq!(
-                max.load(Ordering::Relaxed),
-                want,
-                "cut at {cut} (zero at {zero_at})"
-            );
+            assert_eq!(max.get(), want, "cut at {cut} (zero at {zero_at})");
             w.watch(b);
-            assert_eq!(
-                max.load(Ordering::Relaxed),
-                STREAMS_PER_CONNECTION,
-                "cut at {cut}"
-            );
+            assert_eq!(max.get(), STREAMS_PER_CONNECTION, "cut at {cut}");
         }
+    }
+
+    /// Review (h2c): the first SETTINGS' limit was stored by `open` after the frames
+    /// behind it in the same read had been walked, and won over theirs: a version
+    /// that said 0 then 100 at once was left at 0. Whatever the reads, the last
+    /// limit said is the connection's.
+    #[test]
+    fn the_last_limit_said_wins_over_the_first_in_any_reads() {
+        let settings = |n: u32| {
+            let mut f = vec![0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 0x3];
+            f.extend_from_slice(&n.to_be_bytes());
+            f
+        };
+        for (first, later, want) in [(0, 100, STREAMS_PER_CONNECTION), (10, 50, 50), (50, 0, 0)] {
+            let mut read = settings(first);
+            read.extend(settings(later));
+            for cut in 0..=read.len() {
+                let (told, mut told_rx) = oneshot::channel();
+                let max = Arc::new(Limit::default());
+                let mut w = Watched::new((), told, Arc::default(), max.clone());
+                let (a, b) = read.split_at(cut);
+                w.watch(a);
+                w.watch(b);
+                assert_eq!(max.get(), want, "{first} then {later}, cut at {cut}");
+                assert_eq!(told_rx.try_recv().unwrap().max_streams, Some(first));
+            }
+        }
+        // The first frame's limit alone, then a SETTINGS that names none: the first's.
+        let mut read = settings(7);
+        read.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        let (told, _told) = oneshot::channel();
+        let max = Arc::new(Limit::default());
+        let mut w = Watched::new((), told, Arc::default(), max.clone());
+        w.watch(&read);
+        assert_eq!(max.get(), 7);
+    }
+
+    /// A limit of 0 keeps the pool from opening another connection for
+    /// [`ZERO_PATIENCE`] from when it was first said, not from its last repeat; a
+    /// limit above 0 ends it.
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_of_zero_refuses_new_connections_for_a_while() {
+        let limit = Limit::default();
+        assert!(!limit.refusing());
+        limit.set(0);
+        assert!(limit.refusing());
+        tokio::time::advance(ZERO_PATIENCE / 2).await;
+        limit.set(0);
+        assert!(limit.refusing());
+        tokio::time::advance(ZERO_PATIENCE / 2).await;
+        assert!(!limit.refusing(), "past the patience, one more is tried");
+        limit.set(5);
+        assert_eq!(limit.get(), 5);
+        limit.set(0);
+        assert!(limit.refusing());
+        limit.set(1000);
+        assert!(!limit.refusing());
+        assert_eq!(limit.get(), STREAMS_PER_CONNECTION);
     }
 
     /// The size counted is the one RFC 9113 defines: 32 per field, pseudo-fields too.

@@ -463,8 +463,8 @@ where
         {
             return Err(format!("connecting to {addr} failed: {why}").into());
         }
-        // A version that says it takes no stream on a connection it keeps open would
-        // say so on another: none is opened for it (a connection per request).
+        // A version at a stream limit of 0 would be as full on a new connection: none
+        // is opened for it for a while (see `takes_no_stream`).
         if self.takes_no_stream(addr) {
             return Err(no_stream(addr));
         }
@@ -667,7 +667,7 @@ impl Drop for Slot {
     }
 }
 
-// === impl Answer ===
+// === impl Limit ===
 
 /// How long a version's stream limit of 0 on its newest connection keeps the pool from
 /// opening another to it (requests fail at once meanwhile); past it, one more is
@@ -731,8 +731,8 @@ fn no_stream(addr: SocketAddr) -> UpstreamError {
 /// gRPC unary: about 5 % less CPU per request (BENCHMARKS.md); hyper's server, whose
 /// per-stream future is a third of that size, gained nothing measurable and keeps
 /// tokio's executor.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Boxed;
+#[derive(Clone, Copy, Debug)]
+struct Boxed;
 
 impl<F> hyper::rt::Executor<F> for Boxed
 where
@@ -743,6 +743,8 @@ where
         tokio::spawn(Box::pin(fut));
     }
 }
+
+// === impl Answer ===
 
 /// A version's response body, holding its h2c stream's place on its connection until
 /// it is done or dropped, or its HTTP/1.1 connection, which it drives while it is read
@@ -835,9 +837,9 @@ impl Body for Answer {
 /// The version's side of an h2c connection, watched as it is read: its first frame for
 /// its SETTINGS (RFC 9113 3.4), which hyper applies but does not tell; then each
 /// frame's header until a `GOAWAY`, which hyper does not tell either (see
-/// `Conn::going_away`), and each later SETTINGS for its stream limit (hyper tells it
-/// only to its request task, which runs when a request comes: too late for the pool
-/// to place that request). Every byte goes through untouched; a read costs a step per
+/// `Conn::going_away`), and each later SETTINGS for its stream limit, as the first's
+/// (hyper tells it only to its request task, which runs when a request comes: too
+/// late for the pool to place that request). Every byte goes through untouched; a read costs a step per
 /// frame header in it (and a copy of a SETTINGS frame's payload, a few bytes), and one
 /// branch once a `GOAWAY` was read.
 struct Watched<I> {
@@ -850,6 +852,18 @@ struct Watched<I> {
 
 /// The length of an HTTP/2 frame header.
 const FRAME_HEAD: usize = 9;
+
+/// Frame types and the flag the proxy looks at (RFC 9113 6).
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+/// Whether the frame `head` starts is a SETTINGS frame whose payload is read: not an
+/// acknowledgement, and of a size a SETTINGS payload can have.
+fn is_settings(head: &[u8]) -> bool {
+    let len = payload_len(head);
+    head[3] == SETTINGS && head[4] & ACK == 0 && len <= MAX_PREFACE_FRAME && len.is_multiple_of(6)
+}
 
 /// Where the reading is in a version's frames, looked at for a `GOAWAY` and for each
 /// SETTINGS' stream limit.
@@ -939,9 +953,6 @@ impl<I> Watched<I> {
 impl Frames {
     /// Follows the frames through `read`, the next bytes after the first frame.
     fn walk(&mut self, mut read: &[u8]) {
-        const GOAWAY: u8 = 0x7;
-        const SETTINGS: u8 = 0x4;
-        const ACK: u8 = 0x1;
         while !read.is_empty() && !self.done {
             if self.payload > 0 {
                 let n = self.payload.min(read.len());
@@ -965,12 +976,7 @@ impl Frames {
                 if self.head[3] == GOAWAY {
                     self.going_away.store(true, Ordering::Release);
                     self.done = true;
-                } else if self.head[3] == SETTINGS
-                    && self.head[4] & ACK == 0
-                    && self.payload > 0
-                    && self.payload <= MAX_PREFACE_FRAME
-                    && self.payload.is_multiple_of(6)
-                {
+                } else if self.payload > 0 && is_settings(&self.head) {
                     self.settings = Some(Vec::with_capacity(self.payload));
                 }
             }
@@ -994,11 +1000,9 @@ impl Settings {
     /// it is read, then the frame's whole length and its settings (`None` when it is
     /// not a SETTINGS frame that can be read).
     fn parse(frame: &[u8]) -> Option<(usize, Option<Settings>)> {
-        const SETTINGS: u8 = 0x4;
         let head = frame.get(..FRAME_HEAD)?;
-        let len = payload_len(head);
-        let end = FRAME_HEAD + len;
-        if head[3] != SETTINGS || len > MAX_PREFACE_FRAME || !len.is_multiple_of(6) {
+        let end = FRAME_HEAD + payload_len(head);
+        if !is_settings(head) {
             return Some((end, None));
         }
         let payload = frame.get(FRAME_HEAD..end)?;

@@ -427,3 +427,136 @@ async fn a_malformed_answer_is_a_502_and_an_error_and_a_5xx_counts_as_one() {
         "the proxy's own 502 is not timed"
     );
 }
+
+// === HTTP/2 clients' requests on the lean path's connections ===
+
+/// What an HTTP/2 client got: the status, the fields, the body and the trailers.
+struct H2Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: Vec<u8>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+/// An h2c connection with prior knowledge to `addr`.
+async fn h2c(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// `method path` without a body on `send`.
+async fn h2_ask(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    method: &str,
+    path: &str,
+) -> H2Answer {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://svc.test{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    H2Answer {
+        status,
+        headers,
+        body: collected.to_bytes().to_vec(),
+        trailers,
+    }
+}
+
+/// An HTTP/2 client's requests without a body go to an HTTP/1.1 version on the lean
+/// path's pooled connections, the same ones its HTTP/1.1 clients use: one connection
+/// to the version serves them all. Each way an answer ends reaches the HTTP/2 client
+/// whole: a length, chunks (decoded, their trailers as HTTP/2 trailers), nothing for
+/// HEAD (its length kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_requests_without_a_body_share_the_lean_paths_connections() {
+    let (version, accepted) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.body, b"/first");
+
+    let mut h2 = h2c(server.local_addr()).await;
+    let a = h2_ask(&mut h2, "GET", "/plain").await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"/plain"[..]));
+    assert_eq!(a.headers.get("x-rampart-variant").unwrap(), "stable");
+    let chunked = h2_ask(&mut h2, "GET", "/chunked").await;
+    assert_eq!(chunked.body, b"hello world");
+    assert_eq!(chunked.headers.get("x-case").unwrap(), "Kept");
+    assert!(chunked.headers.get("transfer-encoding").is_none());
+    assert_eq!(chunked.trailers.unwrap().get("x-trailer").unwrap(), "t");
+    let head = h2_ask(&mut h2, "HEAD", "/h").await;
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert_eq!(head.headers.get("content-length").unwrap(), "5");
+
+    c.send(b"GET /last HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.body, b"/last");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection to the version for both clients"
+    );
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (5, 0));
+    assert_eq!(stable.latency_total.count(), 5);
+}
+
+/// An HTTP/2 client's answer the version ends by closing, or follows with bytes no
+/// request asked for, reaches the client whole, and that connection to the version is
+/// not used again; an answer that is not HTTP is the proxy's 502 and the version's
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_answers_end_as_the_version_framed_them() {
+    let (version, accepted) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut h2 = h2c(server.local_addr()).await;
+    assert_eq!(
+        h2_ask(&mut h2, "GET", "/close").await.body,
+        b"until the end"
+    );
+    assert_eq!(h2_ask(&mut h2, "GET", "/extra").await.body, b"ok");
+    assert_eq!(h2_ask(&mut h2, "GET", "/next").await.body, b"/next");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "neither was kept");
+    let garbage = h2_ask(&mut h2, "GET", "/garbage").await;
+    assert_eq!(garbage.status, 502);
+    assert_eq!(garbage.body, b"rampart: upstream unavailable\n");
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (4, 1));
+}
+
+/// An HTTP/2 client's request on a pooled connection its version closed under it,
+/// before any byte of an answer, is sent once more on a new connection when it is
+/// idempotent (a `GET`), and not when the version may have acted on it (a `POST`,
+/// even without a body): that one is the client's 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_request_cut_by_its_pooled_connections_close_is_sent_again_only_when_idempotent()
+ {
+    let (version, mut seen) = closing_at_second_request().await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut h2 = h2c(server.local_addr()).await;
+    assert_eq!(h2_ask(&mut h2, "GET", "/warm").await.body, b"GET ");
+    assert_eq!(h2_ask(&mut h2, "GET", "/again").await.body, b"GET ");
+    assert_eq!(h2_ask(&mut h2, "POST", "/p").await.status, 502);
+    let mut requests = Vec::new();
+    while let Ok(r) = seen.try_recv() {
+        requests.push(r);
+    }
+    assert_eq!(requests, ["GET ", "GET ", "GET ", "POST "]);
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (3, 1));
+}

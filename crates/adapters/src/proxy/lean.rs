@@ -6,7 +6,10 @@
 //!
 //! Owns reading request heads (and small bodies) off plain HTTP/1.1 client
 //! connections, forwarding the requests it can forward whole, and its pool of upstream
-//! HTTP/1.1 connections. It must not decide anything hyper's path decides: the route,
+//! HTTP/1.1 connections. hyper's path sends its requests without a body (an HTTP/2
+//! client's streams, most of all) on that pool too ([`Pool::fetch`]): the answer's
+//! head comes back as hyper's, and its body reads itself off the connection, so such
+//! a request costs no task, channel or dispatch of hyper's client either. It must not decide anything hyper's path decides: the route,
 //! the forwarding headers, what is counted and when (`Proxy::route`,
 //! `Proxy::forwarding`, `Clock`, `Waiting`, `Flight`) are the same code on both paths,
 //! so versions and judges see no difference.
@@ -57,7 +60,9 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::Method;
+use hyper::body::Frame;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -405,58 +410,15 @@ fn parse_answer(
         }
         httparse::Status::Partial => return Ok(ParsedAnswer::Partial),
     };
-    let status = resp.code.unwrap_or(0);
-    if status == 101 {
-        return Err(BadAnswer::Switched);
-    }
-    if status < 100 {
-        return Err(BadAnswer::Status(status));
-    }
-    if (100..200).contains(&status) {
+    let Some(status) = final_status(&resp)? else {
         return Ok(ParsedAnswer::Informational(len));
-    }
-    let mut keep_alive = resp.version == Some(1);
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    for field in resp.headers.iter() {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("connection") {
-            keep_alive &= !has_token(field.value, b"close");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            // Digits only; a list of equal values is one value (RFC 9110 8.6).
-            for value in field.value.split(|b| *b == b',') {
-                let n = content_length(value.trim_ascii()).ok_or(BadAnswer::Length)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(BadAnswer::Length);
-                }
-                length = Some(n);
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // The last coding says how the body ends (RFC 9112 6.3); empty list
-            // elements are no codings (RFC 9110 5.6.1), and a field of none at all
-            // says nothing a client would read alike: refused.
-            let last = field
-                .value
-                .rsplit(|b| *b == b',')
-                .map(<[u8]>::trim_ascii)
-                .find(|t| !t.is_empty())
-                .ok_or(BadAnswer::Coding)?;
-            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-        }
-    }
-    let framing = if head_request || status == 204 || status == 304 {
-        Framing::Empty
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::Close,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::Close,
-        }
     };
-    if framing == Framing::Close {
-        keep_alive = false;
-    }
+    let Framed {
+        framing,
+        keep_alive,
+        length,
+        chunked,
+    } = framed(&resp, status, head_request)?;
     // The fields the version's `Connection` names are its connection's too (rare:
     // looked for only when it names more than `close` or `keep-alive`).
     let names_fields = resp.headers.iter().any(|f| {
@@ -539,6 +501,87 @@ fn parse_answer(
         keep_alive,
         close,
     }))
+}
+
+/// How a version's answer is framed, as its head says.
+struct Framed {
+    framing: Framing,
+    /// Whether the version keeps the connection open after it.
+    keep_alive: bool,
+    /// Its `Content-Length`, read once (a list of equal values is one value).
+    length: Option<u64>,
+    /// Whether it has a `Transfer-Encoding`, and whether its last coding is chunked.
+    chunked: Option<bool>,
+}
+
+/// A parsed answer head's status: `None` for an informational answer (1xx but 101),
+/// which the client of a request without `Expect` is not sent.
+fn final_status(resp: &httparse::Response<'_, '_>) -> Result<Option<u16>, BadAnswer> {
+    let status = resp.code.unwrap_or(0);
+    if status == 101 {
+        return Err(BadAnswer::Switched);
+    }
+    if status < 100 {
+        return Err(BadAnswer::Status(status));
+    }
+    Ok((status >= 200).then_some(status))
+}
+
+/// Reads how the answer head `resp` (of `status`, to a HEAD request when
+/// `head_request`) frames its body.
+fn framed(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    head_request: bool,
+) -> Result<Framed, BadAnswer> {
+    let mut keep_alive = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for field in resp.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("connection") {
+            keep_alive &= !has_token(field.value, b"close");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // Digits only; a list of equal values is one value (RFC 9110 8.6).
+            for value in field.value.split(|b| *b == b',') {
+                let n = content_length(value.trim_ascii()).ok_or(BadAnswer::Length)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(BadAnswer::Length);
+                }
+                length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding says how the body ends (RFC 9112 6.3); empty list
+            // elements are no codings (RFC 9110 5.6.1), and a field of none at all
+            // says nothing a client would read alike: refused.
+            let last = field
+                .value
+                .rsplit(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .find(|t| !t.is_empty())
+                .ok_or(BadAnswer::Coding)?;
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    Ok(Framed {
+        framing,
+        keep_alive,
+        length,
+        chunked,
+    })
 }
 
 /// Appends `n` in decimal.
@@ -1274,6 +1317,384 @@ where
     }
 }
 
+// === requests from hyper's path ===
+
+/// Why a request from hyper's path got no answer on the lean path's connections.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+    #[error("malformed answer field")]
+    Field,
+    #[error("malformed trailer section")]
+    Trailers,
+    #[error(transparent)]
+    Chunks(#[from] BadChunks),
+    #[error("the version closed the connection mid-answer")]
+    Cut,
+}
+
+impl From<BadAnswer> for FetchError {
+    fn from(e: BadAnswer) -> Self {
+        FetchError::Answer(AnswerError::Bad(e))
+    }
+}
+
+impl Pool {
+    /// Sends a request without a body that hyper's path read (an HTTP/2 client's
+    /// stream, or an HTTP/1.1 request hyper serves) to `addr` on this pool's
+    /// connections, and returns its answer's head, with a body that reads the rest
+    /// off the connection and gives the connection back at its end.
+    ///
+    /// The request goes as hyper's client would send it: in origin form, with `Host`
+    /// from its URI's authority when it has none, without `Transfer-Encoding` (it
+    /// has no body). It is sent once more, on a new connection, on the lean path's
+    /// terms: the pooled connection closed before any byte of an answer, and the
+    /// request is idempotent or no byte of it was written. The answer comes with its
+    /// fields as the version sent them (the proxy strips the hop-by-hop ones), but
+    /// its length is given once, as read, and none beside a transfer coding; a
+    /// chunked body comes decoded, with its trailers.
+    pub(super) async fn fetch<B>(
+        &self,
+        addr: SocketAddr,
+        req: hyper::Request<B>,
+    ) -> Result<hyper::Response<Fetched>, super::upstream::UpstreamError> {
+        let (mut parts, _) = req.into_parts();
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut out = Vec::with_capacity(512);
+        write_request(&mut out, &parts.method, target.as_bytes(), &parts.headers);
+        let head_request = parts.method == Method::HEAD;
+        let mut pooled = self.idle.take(addr).await;
+        loop {
+            let reused = pooled.is_some();
+            let mut up = match pooled.take() {
+                Some(up) => up,
+                None => Box::pin(self.connect(addr)).await?,
+            };
+            let mut written = false;
+            let mut buf = BytesMut::with_capacity(FETCH_READ);
+            let answer = match write_all_told(&mut up.stream, &out, &mut written).await {
+                Ok(()) => read_fetched(&mut up.stream, &mut buf, head_request).await,
+                Err(e) if !written => Err(AnswerError::Reset(e).into()),
+                Err(e) => Err(AnswerError::Io(e).into()),
+            };
+            match answer {
+                Ok((resp, framing, keep_alive)) => {
+                    let mut body = Fetched {
+                        up: Some(up),
+                        home: Arc::downgrade(&self.idle),
+                        buf,
+                        left: match framing {
+                            Framing::Length(n) => n,
+                            _ => 0,
+                        },
+                        framing,
+                        chunks: Chunks::new(),
+                        trailers: Vec::new(),
+                        keep_alive,
+                        done: false,
+                    };
+                    if framing == Framing::Empty || framing == Framing::Length(0) {
+                        body.finish();
+                    }
+                    return Ok(resp.map(|()| body));
+                }
+                Err(FetchError::Answer(AnswerError::Closed | AnswerError::Reset(_)))
+                    if reused && (!written || parts.method.is_idempotent()) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The room a fetched answer is first read into.
+const FETCH_READ: usize = 4096;
+
+/// Reads an answer head off `stream` into `buf`, skipping informational answers; the
+/// head is taken out of `buf`, which keeps the bytes after it.
+async fn read_fetched(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<(hyper::Response<()>, Framing, bool), FetchError> {
+    let mut heard = false;
+    loop {
+        if !buf.is_empty() {
+            heard = true;
+            let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
+            let mut resp = httparse::Response::new(&mut fields);
+            let len = match resp.parse(buf).map_err(BadAnswer::from)? {
+                httparse::Status::Complete(len) => len,
+                httparse::Status::Partial if buf.len() > MAX_ANSWER_HEAD => {
+                    return Err(BadAnswer::TooLarge.into());
+                }
+                httparse::Status::Partial => 0,
+            };
+            if len > 0 {
+                let Some(status) = final_status(&resp)? else {
+                    buf.advance(len);
+                    continue;
+                };
+                let framed = framed(&resp, status, head_request)?;
+                let head = answer_head(&resp, status, &framed)?;
+                buf.advance(len);
+                return Ok((head, framed.framing, framed.keep_alive));
+            }
+        }
+        if buf.capacity() - buf.len() < READ_MIN {
+            buf.reserve(buf.capacity().clamp(READ_MIN, READ_MAX));
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) if !heard => return Err(AnswerError::Closed.into()),
+            Ok(0) => return Err(AnswerError::Io(std::io::ErrorKind::UnexpectedEof.into()).into()),
+            Ok(_) => {}
+            Err(e) if !heard => return Err(AnswerError::Reset(e).into()),
+            Err(e) => return Err(AnswerError::Io(e).into()),
+        }
+    }
+}
+
+/// The answer head `resp` as hyper's: its fields as the version sent them, but its
+/// length once, as read, and none beside a transfer coding or on a 204.
+fn answer_head(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    framed: &Framed,
+) -> Result<hyper::Response<()>, FetchError> {
+    let mut head = hyper::Response::new(());
+    *head.status_mut() =
+        hyper::StatusCode::from_u16(status).map_err(|_| BadAnswer::Status(status))?;
+    let headers = head.headers_mut();
+    headers.reserve(resp.headers.len());
+    for field in resp.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| FetchError::Field)?;
+        if name == header::CONTENT_LENGTH {
+            if let (None, false, Some(n)) = (framed.chunked, status == 204, framed.length)
+                && !headers.contains_key(header::CONTENT_LENGTH)
+            {
+                headers.insert(name, HeaderValue::from(n));
+            }
+            continue;
+        }
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| FetchError::Field)?;
+        headers.append(name, value);
+    }
+    Ok(head)
+}
+
+/// A fetched answer's body (see [`Pool::fetch`]): read off its connection as it is
+/// polled, decoded from its chunks when chunked; the connection goes back to the pool
+/// at the body's end when the version keeps it open and sent nothing after the
+/// answer, and is closed otherwise (the body dropped before its end, or broken).
+pub(super) struct Fetched {
+    up: Option<Box<Upstream>>,
+    home: std::sync::Weak<Idle<Upstream>>,
+    /// Bytes read and not passed on yet.
+    buf: BytesMut,
+    framing: Framing,
+    /// What is left of a body framed by its length.
+    left: u64,
+    chunks: Chunks,
+    /// A chunked body's trailer section, as it is read.
+    trailers: Vec<u8>,
+    keep_alive: bool,
+    done: bool,
+}
+
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetched")
+            .field("framing", &self.framing)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetched {
+    /// The body is read to its end: its connection goes back to the pool, or is closed.
+    fn finish(&mut self) {
+        self.done = true;
+        let up = self.up.take();
+        if let (Some(up), Some(home), true, true) = (
+            up,
+            self.home.upgrade(),
+            self.keep_alive,
+            self.buf.is_empty(),
+        ) {
+            home.shelve(up);
+        }
+    }
+
+    /// The next frame out of the bytes read, `None` when more must be read first (or
+    /// the body is done).
+    fn next_frame(&mut self) -> Result<Option<Frame<Bytes>>, FetchError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.framing {
+            Framing::Empty => {
+                self.finish();
+                Ok(None)
+            }
+            Framing::Length(_) => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = self.left.min(self.buf.len() as u64);
+                let data = self
+                    .buf
+                    .split_to(usize::try_from(take).unwrap_or(0))
+                    .freeze();
+                self.left -= take;
+                if self.left == 0 {
+                    self.finish();
+                }
+                Ok(Some(Frame::data(data)))
+            }
+            Framing::Close => {
+                Ok((!self.buf.is_empty()).then(|| Frame::data(self.buf.split().freeze())))
+            }
+            Framing::Chunked => self.next_chunk(),
+        }
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Frame<Bytes>>, FetchError> {
+        loop {
+            if self.chunks.done() {
+                return self.end_chunks();
+            }
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            if let Chunks::Data(left) = self.chunks {
+                let take = usize::try_from(left.min(self.buf.len() as u64)).unwrap_or(0);
+                self.chunks.feed(&self.buf[..take])?;
+                return Ok(Some(Frame::data(self.buf.split_to(take).freeze())));
+            }
+            // The framing between chunks, a byte at a time; the trailer section's
+            // bytes kept.
+            let in_trailers = matches!(
+                self.chunks,
+                Chunks::TrailerName(_) | Chunks::TrailerValue | Chunks::TrailerLf(_)
+            );
+            self.chunks.feed(&self.buf[..1])?;
+            if in_trailers {
+                if self.trailers.len() >= MAX_ANSWER_HEAD {
+                    return Err(FetchError::Trailers);
+                }
+                self.trailers.push(self.buf[0]);
+            }
+            self.buf.advance(1);
+        }
+    }
+
+    /// The chunked body's end: its trailers, if it has any, as a last frame.
+    fn end_chunks(&mut self) -> Result<Option<Frame<Bytes>>, FetchError> {
+        let section = std::mem::take(&mut self.trailers);
+        self.finish();
+        if section.len() <= 2 {
+            return Ok(None);
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
+        let Ok(httparse::Status::Complete((_, fields))) =
+            httparse::parse_headers(&section, &mut fields)
+        else {
+            return Err(FetchError::Trailers);
+        };
+        let mut trailers = HeaderMap::with_capacity(fields.len());
+        for field in fields.iter() {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(field.name.as_bytes()),
+                HeaderValue::from_bytes(field.value),
+            ) else {
+                return Err(FetchError::Trailers);
+            };
+            trailers.append(name, value);
+        }
+        Ok(Some(Frame::trailers(trailers)))
+    }
+}
+
+impl hyper::body::Body for Fetched {
+    type Data = Bytes;
+    type Error = super::upstream::UpstreamError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.next_frame() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) if this.done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(this.broken(e)))),
+            }
+            let Some(up) = &this.up else {
+                return Poll::Ready(Some(Err(this.broken(FetchError::Cut))));
+            };
+            if this.buf.capacity() - this.buf.len() < READ_MIN {
+                this.buf
+                    .reserve(this.buf.capacity().clamp(READ_MIN, READ_MAX));
+            }
+            let read = loop {
+                if let Err(e) = std::task::ready!(up.stream.poll_read_ready(cx)) {
+                    break Err(e);
+                }
+                match up.stream.try_read_buf(&mut this.buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    read => break read,
+                }
+            };
+            match read {
+                Ok(0) if this.framing == Framing::Close => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(this.broken(FetchError::Cut)))),
+                Ok(_) => {}
+                Err(e) => {
+                    return Poll::Ready(Some(Err(
+                        this.broken(FetchError::Answer(AnswerError::Io(e)))
+                    )));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.framing {
+            _ if self.done => hyper::body::SizeHint::with_exact(0),
+            Framing::Length(_) => hyper::body::SizeHint::with_exact(self.left),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+impl Fetched {
+    /// The body broke: its connection is closed, and the failure passed on.
+    fn broken(&mut self, e: FetchError) -> super::upstream::UpstreamError {
+        self.up = None;
+        self.done = true;
+        e.into()
+    }
+}
+
 /// Writes `bytes` whole to the client and flushes them: a TLS stream keeps what the
 /// socket did not take until flushed (a plain socket's flush does nothing), and the
 /// lean path reads next, which would leave an answer's end unsent.
@@ -1554,6 +1975,73 @@ mod tests {
         let mut c = Chunks::new();
         assert_eq!(c.feed(b"3\r\nab").ok(), Some(5));
         assert!(!c.done());
+    }
+
+    /// A fetched body with no connection, fed `pieces` as reads would bring them: its
+    /// data, its trailers, and whether it ended.
+    fn fetched(
+        framing: Framing,
+        pieces: &[&[u8]],
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), ()> {
+        let mut body = Fetched {
+            up: None,
+            home: std::sync::Weak::new(),
+            buf: BytesMut::new(),
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            framing,
+            chunks: Chunks::new(),
+            trailers: Vec::new(),
+            keep_alive: true,
+            done: false,
+        };
+        let (mut data, mut trailers) = (Vec::new(), None);
+        for piece in pieces {
+            body.buf.extend_from_slice(piece);
+            while let Some(frame) = body.next_frame().map_err(|_| ())? {
+                match frame.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                }
+            }
+        }
+        Ok((data, trailers, body.done))
+    }
+
+    #[test]
+    fn a_fetched_chunked_body_is_decoded_with_its_trailers_whatever_the_pieces() {
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\nx-u:  two \r\n\r\n";
+        for a in 0..=body.len() {
+            for b in a..=body.len() {
+                let (data, trailers, done) =
+                    fetched(Framing::Chunked, &[&body[..a], &body[a..b], &body[b..]]).unwrap();
+                assert_eq!(data, b"Wikipedia", "split at {a}, {b}");
+                let trailers = trailers.unwrap();
+                assert_eq!(trailers.get("x-t").unwrap(), "1");
+                assert_eq!(trailers.get("x-u").unwrap(), "two");
+                assert!(done);
+            }
+        }
+        let (data, trailers, done) =
+            fetched(Framing::Chunked, &[b"3\r\nabc\r\n0\r\n\r\n"]).unwrap();
+        assert_eq!((data.as_slice(), trailers, done), (&b"abc"[..], None, true));
+        assert_eq!(fetched(Framing::Chunked, &[b"3\r\nabcd\r\n"]), Err(()));
+        let (data, _, done) = fetched(Framing::Chunked, &[b"3\r\nab"]).unwrap();
+        assert_eq!((data.as_slice(), done), (&b"ab"[..], false));
+    }
+
+    #[test]
+    fn a_fetched_body_of_a_length_ends_at_it_and_one_to_the_close_does_not_end_on_its_own() {
+        let (data, _, done) = fetched(Framing::Length(5), &[b"he", b"lloEXTRA"]).unwrap();
+        assert_eq!((data.as_slice(), done), (&b"hello"[..], true));
+        let (data, _, done) = fetched(Framing::Length(5), &[b"hel"]).unwrap();
+        assert_eq!((data.as_slice(), done), (&b"hel"[..], false));
+        let (data, _, done) = fetched(Framing::Close, &[b"until ", b"the end"]).unwrap();
+        assert_eq!((data.as_slice(), done), (&b"until the end"[..], false));
+        let (data, _, done) = fetched(Framing::Empty, &[b""]).unwrap();
+        assert_eq!((data.len(), done), (0, true));
     }
 
     /// A writer that takes `take` bytes at most per write, then fails after `fail_after`.

@@ -1311,7 +1311,20 @@ impl Proxy {
         let waiting = Waiting::new(
             (!uncounted).then(|| Clock::new(Arc::clone(&self.inner), variant, started, deadline)),
         );
-        let mut result = self.inner.upstream.request(backend, req, !uncounted).await;
+        // A request without a body goes on the lean path's connections, when the
+        // versions speak HTTP/1.1: no task, channel or dispatch of hyper's client.
+        let lean = self
+            .inner
+            .lean
+            .as_ref()
+            .filter(|_| upgrade.is_none() && hyper::body::Body::is_end_stream(req.body()));
+        let mut result = match lean {
+            Some(pool) => pool
+                .fetch(backend, req)
+                .await
+                .map(|resp| resp.map(upstream::Answer::lean)),
+            None => self.inner.upstream.request(backend, req, !uncounted).await,
+        };
         let clock = waiting.answered();
         let elapsed = started.elapsed();
         // Set for an answer after which the client's connection cannot go on.

@@ -1,6 +1,7 @@
 //! The proxy's side toward the versions (`traffic.proxy.upstream_protocol`): HTTP/1.1
-//! through hyper-util's pooled client, or HTTP/2 with prior knowledge (h2c) on a few
-//! multiplexed connections per endpoint.
+//! through hyper's client on pooled connections (requests without a body go on the
+//! lean path's instead, see `lean::Pool::fetch`), or HTTP/2 with prior knowledge
+//! (h2c) on a few multiplexed connections per endpoint.
 //!
 //! Owns the upstream connections and how a request is put to them (sent again, to the
 //! same endpoint, when the version did not process it), and tells a failure of a
@@ -218,7 +219,7 @@ where
                 *req.version_mut() = hyper::Version::HTTP_11;
                 let resp = pool.request(addr, req).await?;
                 Ok(resp.map(|(body, lent)| Answer {
-                    body,
+                    body: Source::Hyper(body),
                     slot: None,
                     lent,
                     flight: None,
@@ -228,7 +229,7 @@ where
             Upstream::H2c(_) if req.headers().contains_key(hyper::header::UPGRADE) => {
                 let resp = super::http1::upgrade(addr, req, CONNECT_TIMEOUT).await?;
                 Ok(resp.map(|(body, lent)| Answer {
-                    body,
+                    body: Source::Hyper(body),
                     slot: None,
                     lent,
                     flight: None,
@@ -405,7 +406,7 @@ where
                     // The version has the request: it is never sent again.
                     tape.forget();
                     return Ok(resp.map(|body| Answer {
-                        body,
+                        body: Source::Hyper(body),
                         slot: Some(slot),
                         lent: None,
                         flight: None,
@@ -750,7 +751,7 @@ where
 /// it is done or dropped, or its HTTP/1.1 connection, which it drives while it is read
 /// and gives back to the pool at its end.
 pub(super) struct Answer {
-    body: Incoming,
+    body: Source,
     slot: Option<Slot>,
     lent: Option<Box<dyn Lent>>,
     /// The request in flight, until this answer is done and its request written.
@@ -771,7 +772,7 @@ impl Drop for Answer {
     fn drop(&mut self) {
         // Read to its end (hyper stops at `is_end_stream`, before the `None`): its
         // connection is between messages.
-        if self.body.is_end_stream()
+        if Body::is_end_stream(self)
             && let Some(lent) = self.lent.take()
         {
             lent.give_back(&mut self.flight);
@@ -780,6 +781,17 @@ impl Drop for Answer {
 }
 
 impl Answer {
+    /// An answer fetched on the lean path's connections: its body reads its own
+    /// connection and gives it back.
+    pub(super) fn lean(body: super::lean::Fetched) -> Answer {
+        Answer {
+            body: Source::Lean(body),
+            slot: None,
+            lent: None,
+            flight: None,
+        }
+    }
+
     /// Holds `flight` until this answer is done and its request was written.
     pub(super) fn hold(&mut self, flight: Option<super::Flight>) {
         self.flight = flight;
@@ -803,10 +815,15 @@ impl Body for Answer {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
+        let body = match &mut this.body {
+            Source::Hyper(body) => body,
+            // Its connection is its own: read, given back or closed by the body.
+            Source::Lean(body) => return Pin::new(body).poll_frame(cx),
+        };
         if let Some(lent) = &mut this.lent {
             lent.drive(cx);
         }
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let frame = ready!(Pin::new(body).poll_frame(cx));
         Poll::Ready(match frame {
             Some(Ok(f)) => Some(Ok(f)),
             Some(Err(e)) => {
@@ -824,12 +841,27 @@ impl Body for Answer {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Source::Hyper(body) => body.is_end_stream(),
+            Source::Lean(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Source::Hyper(body) => body.size_hint(),
+            Source::Lean(body) => body.size_hint(),
+        }
     }
+}
+
+/// Where an answer's body is read from.
+#[derive(Debug)]
+enum Source {
+    /// hyper's client (HTTP/1.1 or h2c).
+    Hyper(Incoming),
+    /// The lean path's connection (see `lean::Pool::fetch`).
+    Lean(super::lean::Fetched),
 }
 
 // === impl Watched ===

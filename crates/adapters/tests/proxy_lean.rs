@@ -41,6 +41,15 @@ async fn version() -> (SocketAddr, Arc<AtomicUsize>) {
                     let line = head.lines().next().unwrap_or_default().to_owned();
                     let mut parts = line.split(' ');
                     let (method, target) = (parts.next().unwrap(), parts.next().unwrap());
+                    if method == "CONNECT" {
+                        // A tunnel to nowhere: what follows its 200 is swallowed.
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        let mut sink = [0u8; 4096];
+                        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                        return;
+                    }
                     let writes: Vec<Vec<u8>> = if method == "HEAD" {
                         vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec()]
                     } else if content_length(&head) > 0 {
@@ -81,6 +90,7 @@ async fn version() -> (SocketAddr, Arc<AtomicUsize>) {
                                 b"the end".to_vec(),
                             ],
                             "/extra" => vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA".to_vec()],
+                            "/reason" => vec![b"HTTP/1.1 200 Fine Indeed\r\ncontent-length: 2\r\n\r\nok".to_vec()],
                             "/garbage" => vec![b"NOT HTTP AT ALL\r\n\r\n".to_vec()],
                             "/fail" => vec![b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfail".to_vec()],
                             _ => vec![format!(
@@ -487,10 +497,6 @@ async fn h2_ask(
 async fn an_http2_clients_requests_without_a_body_share_the_lean_paths_connections() {
     let (version, accepted) = version().await;
     let (proxy, server) = proxy_to(version).await;
-    let mut c = Client::to(server.local_addr()).await;
-    c.send(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    assert_eq!(c.answer(false).await.body, b"/first");
-
     let mut h2 = h2c(server.local_addr()).await;
     let a = h2_ask(&mut h2, "GET", "/plain").await;
     assert_eq!((a.status, a.body.as_slice()), (200, &b"/plain"[..]));
@@ -504,6 +510,9 @@ async fn an_http2_clients_requests_without_a_body_share_the_lean_paths_connectio
     assert_eq!((head.status, head.body.len()), (200, 0));
     assert_eq!(head.headers.get("content-length").unwrap(), "5");
 
+    // Each answer gave its connection back before its last bytes reached the
+    // client: an HTTP/1.1 client's request now finds it idle.
+    let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /last HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(c.answer(false).await.body, b"/last");
     assert_eq!(
@@ -512,8 +521,8 @@ async fn an_http2_clients_requests_without_a_body_share_the_lean_paths_connectio
         "one connection to the version for both clients"
     );
     let stable = proxy.totals().stable;
-    assert_eq!((stable.requests, stable.errors), (5, 0));
-    assert_eq!(stable.latency_total.count(), 5);
+    assert_eq!((stable.requests, stable.errors), (4, 0));
+    assert_eq!(stable.latency_total.count(), 4);
 }
 
 /// An HTTP/2 client's answer the version ends by closing, or follows with bytes no
@@ -559,4 +568,42 @@ async fn an_http2_clients_request_cut_by_its_pooled_connections_close_is_sent_ag
     assert_eq!(requests, ["GET ", "GET ", "GET ", "POST "]);
     let stable = proxy.totals().stable;
     assert_eq!((stable.requests, stable.errors), (3, 1));
+}
+
+/// A `CONNECT` answered `200` makes its connection to the version a tunnel (RFC 9112
+/// 6.3), whatever length its head names: that connection never serves another
+/// request, which would vanish into the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connects_connection_to_the_version_never_serves_another_request() {
+    let (version, accepted) = version().await;
+    let (_proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"CONNECT svc.test:443 HTTP/1.1\r\nhost: svc.test:443\r\n\r\n")
+        .await;
+    // hyper's path ends the client's connection (the proxy tunnels nothing but an
+    // upgrade it asked for); the version's connection ends with it.
+    assert_eq!(c.head().await, None);
+    let mut h2 = h2c(server.local_addr()).await;
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h2_ask(&mut h2, "GET", "/after"),
+    )
+    .await
+    .expect("the next request was answered");
+    assert_eq!(next.body, b"/after");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A request hyper's path serves (HTTP/1.0 goes there) without a body goes on the lean
+/// path's connections too, and its client gets the version's own reason phrase, as
+/// hyper's client kept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_hyper_s_path_keeps_the_versions_reason_phrase() {
+    let (version, _) = version().await;
+    let (_proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET /reason HTTP/1.0\r\nhost: x\r\n\r\n").await;
+    let a = c.answer(false).await;
+    assert_eq!(a.status(), "HTTP/1.0 200 Fine Indeed");
+    assert_eq!(a.body, b"ok");
 }

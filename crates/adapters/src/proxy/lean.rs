@@ -1328,6 +1328,8 @@ enum FetchError {
     Field,
     #[error("malformed trailer section")]
     Trailers,
+    #[error("chunk framing (extensions, trailers) over {MAX_CHUNK_FRAMING} bytes in a row")]
+    Framing,
     #[error(transparent)]
     Chunks(#[from] BadChunks),
     #[error("the version closed the connection mid-answer")]
@@ -1380,10 +1382,11 @@ impl Pool {
             };
             let mut written = false;
             let mut buf = BytesMut::with_capacity(FETCH_READ);
+            // A write that fails is the connection's failure before any byte of an
+            // answer: sent again, or not, by what was written (below).
             let answer = match write_all_told(&mut up.stream, &out, &mut written).await {
                 Ok(()) => read_fetched(&mut up.stream, &mut buf, head_request).await,
-                Err(e) if !written => Err(AnswerError::Reset(e).into()),
-                Err(e) => Err(AnswerError::Io(e).into()),
+                Err(e) => Err(AnswerError::Reset(e).into()),
             };
             match answer {
                 Ok((resp, framing, keep_alive)) => {
@@ -1398,6 +1401,7 @@ impl Pool {
                         framing,
                         chunks: Chunks::new(),
                         trailers: Vec::new(),
+                        framing_run: 0,
                         keep_alive,
                         done: false,
                     };
@@ -1416,6 +1420,11 @@ impl Pool {
 
 /// The room a fetched answer is first read into.
 const FETCH_READ: usize = 4096;
+
+/// The most bytes of a chunked body's framing taken in a row from a version, between
+/// chunks' data (a size line and its extensions) or after the last chunk (the trailer
+/// section): hyper's client allows as much.
+const MAX_CHUNK_FRAMING: usize = 16 * 1024;
 
 /// Reads an answer head off `stream` into `buf`, skipping informational answers; the
 /// head is taken out of `buf`, which keeps the bytes after it.
@@ -1471,6 +1480,14 @@ fn answer_head(
     let mut head = hyper::Response::new(());
     *head.status_mut() =
         hyper::StatusCode::from_u16(status).map_err(|_| BadAnswer::Status(status))?;
+    // A reason the version gave other than its status's usual one reaches an
+    // HTTP/1.1 client served by hyper, as hyper's client kept it.
+    if let Some(reason) = resp.reason
+        && Some(reason) != head.status().canonical_reason()
+        && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes())
+    {
+        head.extensions_mut().insert(reason);
+    }
     let headers = head.headers_mut();
     headers.reserve(resp.headers.len());
     for field in resp.headers.iter() {
@@ -1504,6 +1521,8 @@ pub(super) struct Fetched {
     chunks: Chunks,
     /// A chunked body's trailer section, as it is read.
     trailers: Vec<u8>,
+    /// Framing bytes read since the last chunk's data.
+    framing_run: usize,
     keep_alive: bool,
     done: bool,
 }
@@ -1574,21 +1593,24 @@ impl Fetched {
                 return Ok(None);
             }
             if let Chunks::Data(left) = self.chunks {
+                self.framing_run = 0;
                 let take = usize::try_from(left.min(self.buf.len() as u64)).unwrap_or(0);
                 self.chunks.feed(&self.buf[..take])?;
                 return Ok(Some(Frame::data(self.buf.split_to(take).freeze())));
             }
-            // The framing between chunks, a byte at a time; the trailer section's
-            // bytes kept.
+            // The framing between chunks, a byte at a time, at most
+            // `MAX_CHUNK_FRAMING` of it in a row (a size line's extensions, or the
+            // trailer section, which is kept).
             let in_trailers = matches!(
                 self.chunks,
                 Chunks::TrailerName(_) | Chunks::TrailerValue | Chunks::TrailerLf(_)
             );
             self.chunks.feed(&self.buf[..1])?;
+            self.framing_run += 1;
+            if self.framing_run > MAX_CHUNK_FRAMING {
+                return Err(FetchError::Framing);
+            }
             if in_trailers {
-                if self.trailers.len() >= MAX_ANSWER_HEAD {
-                    return Err(FetchError::Trailers);
-                }
                 self.trailers.push(self.buf[0]);
             }
             self.buf.advance(1);
@@ -1596,30 +1618,39 @@ impl Fetched {
     }
 
     /// The chunked body's end: its trailers, if it has any, as a last frame.
+    /// The chunked body's end: its trailers, if it has any, as a last frame. Read
+    /// before the connection is given back: trailers that do not parse break the body,
+    /// and its connection is closed.
     fn end_chunks(&mut self) -> Result<Option<Frame<Bytes>>, FetchError> {
         let section = std::mem::take(&mut self.trailers);
+        let trailers = if section.len() <= 2 {
+            None
+        } else {
+            Some(trailer_fields(&section)?)
+        };
         self.finish();
-        if section.len() <= 2 {
-            return Ok(None);
-        }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
-        let Ok(httparse::Status::Complete((_, fields))) =
-            httparse::parse_headers(&section, &mut fields)
-        else {
+        Ok(trailers.map(Frame::trailers))
+    }
+}
+
+/// A chunked body's trailer section (its field lines and the empty line) as fields.
+fn trailer_fields(section: &[u8]) -> Result<HeaderMap, FetchError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
+    else {
+        return Err(FetchError::Trailers);
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.as_bytes()),
+            HeaderValue::from_bytes(field.value),
+        ) else {
             return Err(FetchError::Trailers);
         };
-        let mut trailers = HeaderMap::with_capacity(fields.len());
-        for field in fields.iter() {
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(field.name.as_bytes()),
-                HeaderValue::from_bytes(field.value),
-            ) else {
-                return Err(FetchError::Trailers);
-            };
-            trailers.append(name, value);
-        }
-        Ok(Some(Frame::trailers(trailers)))
+        trailers.append(name, value);
     }
+    Ok(trailers)
 }
 
 impl hyper::body::Body for Fetched {
@@ -1994,6 +2025,7 @@ mod tests {
             framing,
             chunks: Chunks::new(),
             trailers: Vec::new(),
+            framing_run: 0,
             keep_alive: true,
             done: false,
         };
@@ -2030,6 +2062,28 @@ mod tests {
         assert_eq!(fetched(Framing::Chunked, &[b"3\r\nabcd\r\n"]), Err(()));
         let (data, _, done) = fetched(Framing::Chunked, &[b"3\r\nab"]).unwrap();
         assert_eq!((data.as_slice(), done), (&b"ab"[..], false));
+        // Framing without end: a size line's extensions, or a trailer section, past
+        // 16 KiB in a row; a trailer the chunk reader takes but is not a field.
+        let long = [
+            b"3;x=".as_slice(),
+            &[b'y'; MAX_CHUNK_FRAMING],
+            b"\r\nabc\r\n0\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(fetched(Framing::Chunked, &[&long]), Err(()));
+        let long = [
+            b"0\r\nx: ".as_slice(),
+            &[b'y'; MAX_CHUNK_FRAMING],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(fetched(Framing::Chunked, &[&long]), Err(()));
+        let fine = [b"3;x=".as_slice(), &[b'y'; 1000], b"\r\nabc\r\n0\r\n\r\n"].concat();
+        assert_eq!(fetched(Framing::Chunked, &[&fine]).unwrap().0, b"abc");
+        assert_eq!(
+            fetched(Framing::Chunked, &[b"0\r\nx: \x01\r\n\r\n"]),
+            Err(())
+        );
     }
 
     #[test]

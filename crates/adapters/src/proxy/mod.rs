@@ -1312,12 +1312,14 @@ impl Proxy {
             (!uncounted).then(|| Clock::new(Arc::clone(&self.inner), variant, started, deadline)),
         );
         // A request without a body goes on the lean path's connections, when the
-        // versions speak HTTP/1.1: no task, channel or dispatch of hyper's client.
-        let lean = self
-            .inner
-            .lean
-            .as_ref()
-            .filter(|_| upgrade.is_none() && hyper::body::Body::is_end_stream(req.body()));
+        // versions speak HTTP/1.1: no task, channel or dispatch of hyper's client. Not
+        // a `CONNECT`, whose `2xx` turns its connection into a tunnel at once (RFC
+        // 9112 6.3), which hyper's client knows.
+        let lean = self.inner.lean.as_ref().filter(|_| {
+            upgrade.is_none()
+                && req.method() != hyper::Method::CONNECT
+                && hyper::body::Body::is_end_stream(req.body())
+        });
         let mut result = match lean {
             Some(pool) => pool
                 .fetch(backend, req)

@@ -611,7 +611,8 @@ def cpu_seconds(pid):
 
 def cpu_only(a, b):
     """BENCH_ONLY=cpu: the proxy's CPU time per request under the keep-alive load,
-    in alternating rounds (BENCH_ROUNDS, default 3) of DURATION seconds per proxy.
+    in alternating rounds (BENCH_ROUNDS, default 3) of DURATION seconds per proxy,
+    with the requests/s each round made.
     CPU per request barely depends on how the cores are shared with the load client
     and the backends, where requests/s does: a steadier figure for a change's cost."""
     load = os.environ.get("BENCH_CPU_LOAD", "get")
@@ -645,6 +646,7 @@ def cpu_only(a, b):
         targets.append((name, port))
         keys[name] = key
     rows = {name: [] for name, _ in targets}
+    rps = {name: [] for name, _ in targets}
     # The two backends (spawned first): what a proxy's requests cost them.
     backend_pids = [p.pid for p in PROCS[:2]]
     behind = {name: [] for name, _ in targets}
@@ -657,14 +659,17 @@ def cpu_only(a, b):
             used = cpu_seconds(pid) - before
             requests = r["rps"] * DURATION
             rows[name].append(used / requests * 1e6)
+            rps[name].append(r["rps"])
             behind[name].append((sum(cpu_seconds(p) for p in backend_pids) - backends_before) / requests * 1e6)
     median = lambda xs: sorted(xs)[len(xs) // 2]
     haproxy_us = median(rows["haproxy"])
-    print("\n| target | CPU µs per request (median of rounds) | rounds | vs HAProxy | the backends' CPU µs per request (median) |")
-    print("| --- | --- | --- | --- | --- |")
+    haproxy_rps = median(rps["haproxy"])
+    print("\n| target | CPU µs per request (median of rounds) | rounds | vs HAProxy | the backends' CPU µs per request (median) | requests/s (median of rounds) | vs HAProxy |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, _ in targets:
         each = ", ".join(f"{x:.2f}" for x in rows[name])
-        print(f"| {name} | {median(rows[name]):.2f} | {each} | {median(rows[name]) / haproxy_us:.3f} | {median(behind[name]):.2f} |", flush=True)
+        print(f"| {name} | {median(rows[name]):.2f} | {each} | {median(rows[name]) / haproxy_us:.3f} | {median(behind[name]):.2f} "
+              f"| {median(rps[name])} | {median(rps[name]) / haproxy_rps:.3f} |", flush=True)
 
 
 def memory_only(a, b):

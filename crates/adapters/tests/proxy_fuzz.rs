@@ -12,7 +12,10 @@
 //! answer to a plain GET (the lean HTTP/1.1 path). Properties: the client gets
 //! well-formed HTTP or a close, never a hang; the next request through the proxy gets
 //! its own answer whole (nothing of a bad answer is left on a kept connection), and
-//! so does one a client pipelined behind it, or behind a `HEAD` the same bytes answer.
+//! so does one a client pipelined behind it, or behind a `HEAD` the same bytes answer;
+//! the same bytes answering an HTTP/2 client's stream (read into hyper's form on the
+//! lean path's connection) end in an answer or a failed stream, and the next request
+//! gets its own answer.
 //! Inputs worth keeping are byte files in `tests/data/fuzz/answers/`, replayed by
 //! [`the_answer_corpus_replays_clean`].
 //!
@@ -625,7 +628,55 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
             Outcome::Hung(_) => prop_assert!(false, "{}: the next request hung", what),
         }
     }
+    // The same bytes answering an HTTP/2 client's stream, which the proxy reads into
+    // hyper's form (not byte for byte): an answer or a failed stream, never a hang;
+    // and the next request still gets its own answer, whole.
+    let h2 = f
+        .runtime
+        .block_on(async { tokio::time::timeout(PATIENCE, h2_fuzz(a.addr)).await });
+    prop_assert!(
+        h2.is_ok(),
+        "HTTP/2: no end in {:?} for the answer {:?}",
+        PATIENCE,
+        sent
+    );
+    match f.runtime.block_on(exchange(
+        a.addr,
+        b"GET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )) {
+        Outcome::Closed(got) => prop_assert!(
+            is_good(&got),
+            "HTTP/2: after the answer {:?} the next request got {:?}",
+            sent,
+            String::from_utf8_lossy(&got)
+        ),
+        Outcome::Hung(_) => prop_assert!(false, "HTTP/2: the next request hung"),
+    }
     Ok(())
+}
+
+/// `GET /fuzz` from an HTTP/2 client with prior knowledge, read to its end; whether
+/// it ended in an answer or a failure does not matter here.
+async fn h2_fuzz(addr: SocketAddr) {
+    use http_body_util::BodyExt;
+    let Ok(tcp) = TcpStream::connect(addr).await else {
+        return;
+    };
+    let Ok((mut send, conn)) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    else {
+        return;
+    };
+    tokio::spawn(conn);
+    let req = hyper::Request::get("http://svc.test/fuzz")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    if let Ok(resp) = send.send_request(req).await {
+        let _ = resp.into_body().collect().await;
+    }
 }
 
 /// Reads a fuzzed answer off the start of what a client got (see `check_answer`).

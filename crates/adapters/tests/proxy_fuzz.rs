@@ -590,12 +590,17 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
             |got| heads_only(got).map(Some),
         ),
     ];
+    // What the HTTP/1.1 client asking alone got, to hold the HTTP/2 client's to.
+    let mut alone = None;
     for (what, request, read_first) in asked {
         let Outcome::Closed(got) = f.runtime.block_on(exchange(a.addr, request)) else {
             return Err(TestCaseError::fail(format!(
                 "{what}: no close in {PATIENCE:?} for the answer {sent:?}"
             )));
         };
+        if what == "alone" {
+            alone = plain_answer(&got);
+        }
         let rest = read_first(&got).map_err(|e| {
             TestCaseError::fail(format!(
                 "{what}: {e} (the version sent {sent:?}, the client got {:?})",
@@ -634,12 +639,30 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
     let h2 = f
         .runtime
         .block_on(async { tokio::time::timeout(PATIENCE, h2_fuzz(a.addr)).await });
-    prop_assert!(
-        h2.is_ok(),
-        "HTTP/2: no end in {:?} for the answer {:?}",
-        PATIENCE,
-        sent
-    );
+    let Ok(h2) = h2 else {
+        return Err(TestCaseError::fail(format!(
+            "HTTP/2: no end in {PATIENCE:?} for the answer {sent:?}"
+        )));
+    };
+    // Both paths read an answer alike: the same status (a 502 for a bad one), and,
+    // where the HTTP/1.1 client got its body whole by its length or the close, the
+    // same body. (Where it got chunks, or a body cut short, the HTTP/2 stream may
+    // fail instead: a length HTTP/2 checks, a body that broke off.)
+    match (&alone, &h2) {
+        (Some((status, Some(body))), h2) => prop_assert_eq!(
+            Some((*status, body.clone())),
+            h2.clone(),
+            "HTTP/2: the answer for the version's {:?}",
+            sent
+        ),
+        (Some((status, None)), Some((h2_status, _))) => prop_assert_eq!(
+            status,
+            h2_status,
+            "HTTP/2: the status for the version's {:?}",
+            sent
+        ),
+        _ => {}
+    }
     match f.runtime.block_on(exchange(
         a.addr,
         b"GET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
@@ -655,27 +678,55 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// `GET /fuzz` from an HTTP/2 client with prior knowledge, read to its end; whether
-/// it ended in an answer or a failure does not matter here.
-async fn h2_fuzz(addr: SocketAddr) {
+/// `GET /fuzz` from an HTTP/2 client with prior knowledge, read to its end: its status
+/// and body, or `None` when the stream failed.
+async fn h2_fuzz(addr: SocketAddr) -> Option<(u16, Vec<u8>)> {
     use http_body_util::BodyExt;
-    let Ok(tcp) = TcpStream::connect(addr).await else {
-        return;
-    };
-    let Ok((mut send, conn)) = hyper::client::conn::http2::handshake(
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
     )
     .await
-    else {
-        return;
-    };
+    .unwrap();
     tokio::spawn(conn);
     let req = hyper::Request::get("http://svc.test/fuzz")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
-    if let Ok(resp) = send.send_request(req).await {
-        let _ = resp.into_body().collect().await;
+    let resp = send.send_request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes().to_vec();
+    Some((status, body))
+}
+
+/// The final answer an HTTP/1.1 client got (informational heads skipped): its status,
+/// and its body when it is framed by a length or by the close (`None` for chunks,
+/// or for an answer without a body).
+fn plain_answer(got: &[u8]) -> Option<(u16, Option<Vec<u8>>)> {
+    let mut at = 0;
+    loop {
+        let end = at + got[at..].windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = std::str::from_utf8(&got[at..end]).ok()?;
+        let status: u16 = head.get(9..12)?.parse().ok()?;
+        if (100..200).contains(&status) {
+            at = end;
+            continue;
+        }
+        let field = |name: &str| {
+            head.split("\r\n").find_map(|line| {
+                let (n, v) = line.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+        };
+        let body = if status == 204 || status == 304 || field("transfer-encoding").is_some() {
+            None
+        } else if let Some(length) = field("content-length") {
+            let length: usize = length.parse().ok()?;
+            got.get(end..end + length).map(<[u8]>::to_vec)
+        } else {
+            Some(got[end..].to_vec())
+        };
+        return Some((status, body));
     }
 }
 

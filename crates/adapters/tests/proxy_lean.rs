@@ -595,15 +595,19 @@ async fn a_connects_connection_to_the_version_never_serves_another_request() {
 }
 
 /// A request hyper's path serves (HTTP/1.0 goes there) without a body goes on the lean
-/// path's connections too, and its client gets the version's own reason phrase, as
-/// hyper's client kept it.
+/// path's connections too (a lean request after it finds its connection idle), and
+/// its client gets the version's own reason phrase, as hyper's client kept it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_on_hyper_s_path_keeps_the_versions_reason_phrase() {
-    let (version, _) = version().await;
+async fn a_request_on_hyper_s_path_takes_the_lean_connections_and_keeps_the_reason_phrase() {
+    let (version, accepted) = version().await;
     let (_proxy, server) = proxy_to(version).await;
     let mut c = Client::to(server.local_addr()).await;
     c.send(b"GET /reason HTTP/1.0\r\nhost: x\r\n\r\n").await;
     let a = c.answer(false).await;
     assert_eq!(a.status(), "HTTP/1.0 200 Fine Indeed");
     assert_eq!(a.body, b"ok");
+    let mut lean = Client::to(server.local_addr()).await;
+    lean.send(b"GET /next HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(lean.answer(false).await.body, b"/next");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

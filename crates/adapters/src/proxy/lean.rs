@@ -1328,7 +1328,7 @@ enum FetchError {
     Field,
     #[error("malformed trailer section")]
     Trailers,
-    #[error("chunk framing (extensions, trailers) over {MAX_CHUNK_FRAMING} bytes in a row")]
+    #[error("chunk framing (extensions, trailers) over {MAX_CHUNK_FRAMING} bytes")]
     Framing,
     #[error(transparent)]
     Chunks(#[from] BadChunks),
@@ -1369,9 +1369,13 @@ impl Pool {
             parts.headers.insert(header::HOST, host);
         }
         parts.headers.remove(header::TRANSFER_ENCODING);
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut out = Vec::with_capacity(512);
-        write_request(&mut out, &parts.method, target.as_bytes(), &parts.headers);
+        write_request(
+            &mut out,
+            &parts.method,
+            target(&parts.uri).as_bytes(),
+            &parts.headers,
+        );
         let head_request = parts.method == Method::HEAD;
         let mut pooled = self.idle.take(addr).await;
         loop {
@@ -1402,6 +1406,8 @@ impl Pool {
                         chunks: Chunks::new(),
                         trailers: Vec::new(),
                         framing_run: 0,
+                        extensions: 0,
+                        room: FETCH_READ,
                         keep_alive,
                         done: false,
                     };
@@ -1418,12 +1424,26 @@ impl Pool {
     }
 }
 
+/// `uri`'s request target in origin form, as hyper's client writes it: its path (`/`
+/// when it has none, as for a target that is a query alone) and its query.
+fn target(uri: &hyper::Uri) -> std::borrow::Cow<'_, str> {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => pq.as_str().into(),
+        Some(pq) => match pq.query() {
+            Some(query) => format!("{}?{query}", pq.path()).into(),
+            None => pq.path().into(),
+        },
+        None => "/".into(),
+    }
+}
+
 /// The room a fetched answer is first read into.
 const FETCH_READ: usize = 4096;
 
 /// The most bytes of a chunked body's framing taken in a row from a version, between
 /// chunks' data (a size line and its extensions) or after the last chunk (the trailer
-/// section): hyper's client allows as much.
+/// section); and the most bytes of chunk extensions in the whole body (hyper's client
+/// allows as many).
 const MAX_CHUNK_FRAMING: usize = 16 * 1024;
 
 /// Reads an answer head off `stream` into `buf`, skipping informational answers; the
@@ -1523,6 +1543,10 @@ pub(super) struct Fetched {
     trailers: Vec<u8>,
     /// Framing bytes read since the last chunk's data.
     framing_run: usize,
+    /// Chunk extension bytes read in the whole body.
+    extensions: usize,
+    /// The room the next read off the connection is given.
+    room: usize,
     keep_alive: bool,
     done: bool,
 }
@@ -1607,7 +1631,10 @@ impl Fetched {
             );
             self.chunks.feed(&self.buf[..1])?;
             self.framing_run += 1;
-            if self.framing_run > MAX_CHUNK_FRAMING {
+            if matches!(self.chunks, Chunks::Extension(_)) {
+                self.extensions += 1;
+            }
+            if self.framing_run > MAX_CHUNK_FRAMING || self.extensions > MAX_CHUNK_FRAMING {
                 return Err(FetchError::Framing);
             }
             if in_trailers {
@@ -1675,10 +1702,12 @@ impl hyper::body::Body for Fetched {
             let Some(up) = &this.up else {
                 return Poll::Ready(Some(Err(this.broken(FetchError::Cut))));
             };
-            if this.buf.capacity() - this.buf.len() < READ_MIN {
-                this.buf
-                    .reserve(this.buf.capacity().clamp(READ_MIN, READ_MAX));
+            // Each read is given the room the last one had, doubled when it filled
+            // it, up to `READ_MAX` (the frames already passed on keep theirs).
+            if this.buf.capacity() - this.buf.len() < this.room {
+                this.buf.reserve(this.room);
             }
+            let spare = this.buf.capacity() - this.buf.len();
             let read = loop {
                 if let Err(e) = std::task::ready!(up.stream.poll_read_ready(cx)) {
                     break Err(e);
@@ -1694,6 +1723,7 @@ impl hyper::body::Body for Fetched {
                     return Poll::Ready(None);
                 }
                 Ok(0) => return Poll::Ready(Some(Err(this.broken(FetchError::Cut)))),
+                Ok(n) if n >= spare => this.room = (2 * this.room).min(READ_MAX),
                 Ok(_) => {}
                 Err(e) => {
                     return Poll::Ready(Some(Err(
@@ -2026,6 +2056,8 @@ mod tests {
             chunks: Chunks::new(),
             trailers: Vec::new(),
             framing_run: 0,
+            extensions: 0,
+            room: FETCH_READ,
             keep_alive: true,
             done: false,
         };
@@ -2078,12 +2110,34 @@ mod tests {
         ]
         .concat();
         assert_eq!(fetched(Framing::Chunked, &[&long]), Err(()));
+        let many: Vec<u8> =
+            std::iter::repeat_n(&b"1;x=yyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\na\r\n"[..], 600)
+                .flatten()
+                .copied()
+                .collect();
+        assert_eq!(
+            fetched(Framing::Chunked, &[&many]),
+            Err(()),
+            "extensions over the body"
+        );
         let fine = [b"3;x=".as_slice(), &[b'y'; 1000], b"\r\nabc\r\n0\r\n\r\n"].concat();
         assert_eq!(fetched(Framing::Chunked, &[&fine]).unwrap().0, b"abc");
         assert_eq!(
             fetched(Framing::Chunked, &[b"0\r\nx: \x01\r\n\r\n"]),
             Err(())
         );
+    }
+
+    #[test]
+    fn a_fetched_requests_target_is_in_origin_form_as_hyper_writes_it() {
+        let pq = |s: &'static str| {
+            let mut parts = hyper::http::uri::Parts::default();
+            parts.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static(s));
+            hyper::Uri::from_parts(parts).unwrap()
+        };
+        assert_eq!(target(&pq("/a/b?c=1")), "/a/b?c=1");
+        assert_eq!(target(&pq("?c=1")), "/?c=1");
+        assert_eq!(target(&"http://svc.test".parse().unwrap()), "/");
     }
 
     #[test]

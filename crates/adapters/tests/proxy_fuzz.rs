@@ -644,24 +644,31 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
             "HTTP/2: no end in {PATIENCE:?} for the answer {sent:?}"
         )));
     };
-    // Both paths read an answer alike: the same status (a 502 for a bad one), and,
-    // where the HTTP/1.1 client got its body whole by its length or the close, the
-    // same body. (Where it got chunks, or a body cut short, the HTTP/2 stream may
-    // fail instead: a length HTTP/2 checks, a body that broke off.)
-    match (&alone, &h2) {
-        (Some((status, Some(body))), h2) => prop_assert_eq!(
-            Some((*status, body.clone())),
-            h2.clone(),
-            "HTTP/2: the answer for the version's {:?}",
-            sent
-        ),
-        (Some((status, None)), Some((h2_status, _))) => prop_assert_eq!(
-            status,
-            h2_status,
-            "HTTP/2: the status for the version's {:?}",
-            sent
-        ),
-        _ => {}
+    // Both paths read an answer the version gave alike: the same status, and, where
+    // the HTTP/1.1 client got its body whole by its length or the close, an answer
+    // with the same body (not a failed stream). (Where it got chunks, or a body cut
+    // short, the HTTP/2 stream may fail instead. The proxy's own 502 on either side
+    // is left out: this version closes a connection idle for 100 ms, which a loaded
+    // machine can make it do as a request arrives on a new one.)
+    const OURS: &[u8] = b"rampart: upstream unavailable\n";
+    let h1_ours = matches!(&alone, Some((502, Some(b))) if b == OURS);
+    let h2_ours = matches!(&h2, Some((502, b)) if b == OURS);
+    if !h1_ours && !h2_ours {
+        match (&alone, &h2) {
+            (Some((status, Some(body))), h2) => prop_assert_eq!(
+                Some((*status, body.clone())),
+                h2.clone(),
+                "HTTP/2: the answer for the version's {:?}",
+                sent
+            ),
+            (Some((status, None)), Some((h2_status, _))) => prop_assert_eq!(
+                status,
+                h2_status,
+                "HTTP/2: the status for the version's {:?}",
+                sent
+            ),
+            _ => {}
+        }
     }
     match f.runtime.block_on(exchange(
         a.addr,

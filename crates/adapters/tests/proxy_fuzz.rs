@@ -617,21 +617,7 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
                 String::from_utf8_lossy(rest)
             );
         }
-        // The next request through the proxy gets its own answer, whole: nothing of
-        // the answer is left on an upstream connection the proxy keeps.
-        match f.runtime.block_on(exchange(
-            a.addr,
-            b"GET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        )) {
-            Outcome::Closed(got) => prop_assert!(
-                is_good(&got),
-                "{}: after the answer {:?} the next request got {:?}",
-                what,
-                sent,
-                String::from_utf8_lossy(&got)
-            ),
-            Outcome::Hung(_) => prop_assert!(false, "{}: the next request hung", what),
-        }
+        next_request_is_good(a.addr, what, &sent)?;
     }
     // The same bytes answering an HTTP/2 client's stream, which the proxy reads into
     // hyper's form (not byte for byte): an answer or a failed stream, never a hang;
@@ -670,17 +656,25 @@ fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
             _ => {}
         }
     }
-    match f.runtime.block_on(exchange(
-        a.addr,
+    next_request_is_good(a.addr, "HTTP/2", &sent)
+}
+
+/// The next request through the proxy at `addr` gets its own answer, whole: nothing of
+/// the answer `sent` (asked for as `what`) is left on an upstream connection the proxy
+/// keeps.
+fn next_request_is_good(addr: SocketAddr, what: &str, sent: &str) -> Result<(), TestCaseError> {
+    match fixture().runtime.block_on(exchange(
+        addr,
         b"GET /good HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
     )) {
         Outcome::Closed(got) => prop_assert!(
             is_good(&got),
-            "HTTP/2: after the answer {:?} the next request got {:?}",
+            "{}: after the answer {:?} the next request got {:?}",
+            what,
             sent,
             String::from_utf8_lossy(&got)
         ),
-        Outcome::Hung(_) => prop_assert!(false, "HTTP/2: the next request hung"),
+        Outcome::Hung(_) => prop_assert!(false, "{}: the next request hung", what),
     }
     Ok(())
 }

@@ -1170,13 +1170,21 @@ async fn read_answer(
             }
         }
         room(buf, false);
-        match stream.read_buf(buf).await {
-            Ok(0) if !heard => return Err(AnswerError::Closed),
-            Ok(0) => return Err(AnswerError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => {}
-            Err(e) if !heard => return Err(AnswerError::Reset(e)),
-            Err(e) => return Err(e.into()),
-        }
+        head_read(stream.read_buf(buf).await, heard)?;
+    }
+}
+
+/// What a read while waiting for an answer head says: nothing (more bytes came), or
+/// why no head will come. Before any byte of an answer (`heard` false), a close or a
+/// failure is the connection's ([`AnswerError::Closed`], [`AnswerError::Reset`]),
+/// which a request may be sent again after.
+fn head_read(read: std::io::Result<usize>, heard: bool) -> Result<(), AnswerError> {
+    match read {
+        Ok(0) if !heard => Err(AnswerError::Closed),
+        Ok(0) => Err(AnswerError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        Ok(_) => Ok(()),
+        Err(e) if !heard => Err(AnswerError::Reset(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1394,26 +1402,13 @@ impl Pool {
             };
             match answer {
                 Ok((resp, framing, keep_alive)) => {
-                    let mut body = Fetched {
-                        up: Some(up),
-                        home: Arc::downgrade(&self.idle),
+                    let body = Fetched::new(
+                        Some(up),
+                        Arc::downgrade(&self.idle),
                         buf,
-                        left: match framing {
-                            Framing::Length(n) => n,
-                            _ => 0,
-                        },
                         framing,
-                        chunks: Chunks::new(),
-                        trailers: Vec::new(),
-                        framing_run: 0,
-                        extensions: 0,
-                        room: FETCH_READ,
                         keep_alive,
-                        done: false,
-                    };
-                    if framing == Framing::Empty || framing == Framing::Length(0) {
-                        body.finish();
-                    }
+                    );
                     return Ok(resp.map(|()| body));
                 }
                 Err(FetchError::Answer(AnswerError::Closed | AnswerError::Reset(_)))
@@ -1480,13 +1475,7 @@ async fn read_fetched(
         if buf.capacity() - buf.len() < READ_MIN {
             buf.reserve(buf.capacity().clamp(READ_MIN, READ_MAX));
         }
-        match stream.read_buf(buf).await {
-            Ok(0) if !heard => return Err(AnswerError::Closed.into()),
-            Ok(0) => return Err(AnswerError::Io(std::io::ErrorKind::UnexpectedEof.into()).into()),
-            Ok(_) => {}
-            Err(e) if !heard => return Err(AnswerError::Reset(e).into()),
-            Err(e) => return Err(AnswerError::Io(e).into()),
-        }
+        head_read(stream.read_buf(buf).await, heard)?;
     }
 }
 
@@ -1561,6 +1550,39 @@ impl std::fmt::Debug for Fetched {
 }
 
 impl Fetched {
+    /// The body of an answer framed as `framing`, the bytes after its head in `buf`,
+    /// read off `up` (given back to `home` at its end when `keep_alive`). A body with
+    /// nothing to read is done at once.
+    fn new(
+        up: Option<Box<Upstream>>,
+        home: std::sync::Weak<Idle<Upstream>>,
+        buf: BytesMut,
+        framing: Framing,
+        keep_alive: bool,
+    ) -> Fetched {
+        let mut body = Fetched {
+            up,
+            home,
+            buf,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            framing,
+            chunks: Chunks::new(),
+            trailers: Vec::new(),
+            framing_run: 0,
+            extensions: 0,
+            room: FETCH_READ,
+            keep_alive,
+            done: false,
+        };
+        if framing == Framing::Empty || framing == Framing::Length(0) {
+            body.finish();
+        }
+        body
+    }
+
     /// The body is read to its end: its connection goes back to the pool, or is closed.
     fn finish(&mut self) {
         self.done = true;
@@ -2044,23 +2066,7 @@ mod tests {
         framing: Framing,
         pieces: &[&[u8]],
     ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), ()> {
-        let mut body = Fetched {
-            up: None,
-            home: std::sync::Weak::new(),
-            buf: BytesMut::new(),
-            left: match framing {
-                Framing::Length(n) => n,
-                _ => 0,
-            },
-            framing,
-            chunks: Chunks::new(),
-            trailers: Vec::new(),
-            framing_run: 0,
-            extensions: 0,
-            room: FETCH_READ,
-            keep_alive: true,
-            done: false,
-        };
+        let mut body = Fetched::new(None, std::sync::Weak::new(), BytesMut::new(), framing, true);
         let (mut data, mut trailers) = (Vec::new(), None);
         for piece in pieces {
             body.buf.extend_from_slice(piece);

@@ -20,6 +20,10 @@ command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium fonts-dejavu-core)
 command -v chromedriver >/dev/null 2>&1 || apt_missing+=(chromium-driver)
 python3 -m venv --help >/dev/null 2>&1 || apt_missing+=(python3-venv)
 command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)   # verifies deploy/systemd
+# A version's host that dies, simulated in a network namespace (`unshare -rn` and a
+# blackhole route: tests/proxy_dead_host.rs).
+command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
+command -v unshare >/dev/null 2>&1 || apt_missing+=(util-linux)
 if ((${#apt_missing[@]})); then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

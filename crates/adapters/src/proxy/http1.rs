@@ -218,7 +218,9 @@ where
 }
 
 /// A new TCP connection to a version's endpoint, within `connect_timeout`, without
-/// Nagle's delay (a request head is one write).
+/// Nagle's delay (a request head is one write), and given up by the kernel once its
+/// version's host stops answering (see [`liveness`]). Every connection the proxy
+/// opens to a version is opened here, h2c's and upgrades' too.
 pub(super) async fn connect(
     addr: SocketAddr,
     connect_timeout: Duration,
@@ -232,7 +234,41 @@ pub(super) async fn connect(
             )
         })??;
     stream.set_nodelay(true)?;
+    liveness(&stream)?;
     Ok(stream)
+}
+
+/// How long bytes written to a version may go unacknowledged by its host before the
+/// connection fails (`TCP_USER_TIMEOUT`). A host that died without a word (a crash, a
+/// power loss, a partition) never resets its connections: without this, a request
+/// written to one waits for the kernel's own retransmission limit, about 15 minutes
+/// on Linux (`tcp_retries2`), and an h2c connection keeps taking new streams all
+/// that time. A version that is merely slow is not concerned: its host's kernel
+/// acknowledges the bytes whatever the process does.
+pub(super) const UNACKED_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection with nothing in flight is probed by TCP keepalive after this long
+/// quiet, then every [`KEEPALIVE_INTERVAL`]: an idle pooled connection to a dead host
+/// is found out within about [`UNACKED_TIMEOUT`] rather than when a request is put on
+/// it. Probes are the kernel's: the version's process never sees them (unlike HTTP/2
+/// `PING`s, which gRPC servers may answer with `GOAWAY` when they come too often).
+pub(super) const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+
+/// Between two keepalive probes of a quiet connection.
+pub(super) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Sets [`UNACKED_TIMEOUT`] and keepalive on a connection to a version.
+fn liveness(stream: &TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let keepalive = keepalive.with_retries(3);
+    socket.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket.set_tcp_user_timeout(Some(UNACKED_TIMEOUT))?;
+    Ok(())
 }
 
 /// An upgrade request (a WebSocket) to `addr` in HTTP/1.1, whatever the versions are

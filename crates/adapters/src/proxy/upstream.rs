@@ -535,8 +535,7 @@ where
     /// Opens a connection to `addr` and reads its version's SETTINGS.
     async fn open(&self, addr: SocketAddr) -> Result<Conn<B>, UpstreamError> {
         let opening = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let _ = tcp.set_nodelay(true);
+            let tcp = super::http1::connect(addr, CONNECT_TIMEOUT).await?;
             let (told, settings) = oneshot::channel();
             let going_away = Arc::new(AtomicBool::new(false));
             let max_streams = Arc::new(Limit::default());

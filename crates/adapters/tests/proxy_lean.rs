@@ -525,6 +525,132 @@ async fn an_http2_clients_requests_without_a_body_share_the_lean_paths_connectio
     assert_eq!(stable.latency_total.count(), 4);
 }
 
+/// A request body an HTTP/2 client sends: `data` under a declared `content-length` of
+/// `declared`, then the end of the stream, or a failure when `cut` (the client's
+/// stream is reset mid-body).
+struct H2Upload {
+    data: Option<bytes::Bytes>,
+    declared: u64,
+    cut: bool,
+}
+
+impl hyper::body::Body for H2Upload {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(match this.data.take() {
+            Some(data) => Some(Ok(hyper::body::Frame::data(data))),
+            None if this.cut => Some(Err(std::io::Error::other("the client gave up"))),
+            None => None,
+        })
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.declared)
+    }
+}
+
+/// `POST path` with `upload` on a new h2c connection to `addr`: the status and body, or
+/// `None` when the stream failed.
+async fn h2_post(addr: SocketAddr, path: &str, upload: H2Upload) -> Option<(u16, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://svc.test{path}"))
+        .header("content-length", upload.declared)
+        .body(upload)
+        .unwrap();
+    let resp = send.send_request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes().to_vec();
+    Some((status, body))
+}
+
+/// An HTTP/2 client's small upload of a declared length (a browser's JSON call) goes
+/// whole, head and body in one write, on the lean path's pooled connection, the one
+/// its other requests and HTTP/1.1 clients use; one larger than the lean path takes
+/// still reaches the version whole, through hyper's client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_small_upload_goes_on_the_lean_paths_connection() {
+    let (version, accepted) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    let json = bytes::Bytes::from_static(br#"{"a":1}"#);
+    let upload = H2Upload {
+        declared: json.len() as u64,
+        data: Some(json),
+        cut: false,
+    };
+    assert_eq!(
+        h2_post(server.local_addr(), "/p", upload).await,
+        Some((200, br#"got 7: {"a":1}"#.to_vec()))
+    );
+    let mut h2 = h2c(server.local_addr()).await;
+    assert_eq!(h2_ask(&mut h2, "GET", "/g").await.body, b"/g");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the upload and the GET on one connection to the version"
+    );
+    let large = 100_000;
+    let upload = H2Upload {
+        declared: large,
+        data: Some(vec![b'x'; 100_000].into()),
+        cut: false,
+    };
+    assert_eq!(
+        h2_post(server.local_addr(), "/p", upload).await,
+        Some((200, b"got 100000".to_vec()))
+    );
+    let stable = proxy.totals().stable;
+    assert_eq!((stable.requests, stable.errors), (3, 0));
+}
+
+/// An HTTP/2 client whose small upload fails on its way reaches no version and counts
+/// against none: the failure is the client's. Its stream reset mid-body, or ended
+/// short of its declared length (which the proxy's HTTP/2 server refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_upload_cut_short_is_the_clients_fault_not_the_versions() {
+    let (version, accepted) = version().await;
+    let (proxy, server) = proxy_to(version).await;
+    for cut in [true, false] {
+        let upload = H2Upload {
+            declared: 10,
+            data: Some(bytes::Bytes::from_static(b"abcd")),
+            cut,
+        };
+        let answer = h2_post(server.local_addr(), "/p", upload).await;
+        assert!(
+            matches!(answer, None | Some((400, _))),
+            "cut {cut}: {answer:?}"
+        );
+    }
+    // The proxy has answered or dropped the stream once the client can go on: a
+    // request after it on another connection is answered, and counted alone.
+    let mut h2 = h2c(server.local_addr()).await;
+    assert_eq!(h2_ask(&mut h2, "GET", "/after").await.body, b"/after");
+    common::until("the cut upload to be done with", async || {
+        proxy.in_flight(rampart_core::Variant::Stable) == 0
+    })
+    .await;
+    let stable = proxy.totals().stable;
+    assert_eq!(
+        stable.errors, 0,
+        "the client's failure is not the version's"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
 /// An HTTP/2 client's answer the version ends by closing, or follows with bytes no
 /// request asked for, reaches the client whole, and that connection to the version is
 /// not used again; an answer that is not HTTP is the proxy's 502 and the version's

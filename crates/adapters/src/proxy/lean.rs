@@ -61,8 +61,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::Method;
-use hyper::body::Frame;
+use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -1351,14 +1352,18 @@ impl From<BadAnswer> for FetchError {
 }
 
 impl Pool {
-    /// Sends a request without a body that hyper's path read (an HTTP/2 client's
-    /// stream, or an HTTP/1.1 request hyper serves) to `addr` on this pool's
-    /// connections, and returns its answer's head, with a body that reads the rest
-    /// off the connection and gives the connection back at its end.
+    /// Sends a request that hyper's path read (an HTTP/2 client's stream, or an
+    /// HTTP/1.1 request hyper serves), without a body or with a small one of a
+    /// declared length (see [`buffers`]), to `addr` on this pool's connections, and
+    /// returns its answer's head, with a body that reads the rest off the connection
+    /// and gives the connection back at its end.
     ///
     /// The request goes as hyper's client would send it: in origin form, with `Host`
-    /// from its URI's authority when it has none, without `Transfer-Encoding` (it
-    /// has no body). It is sent once more, on a new connection, on the lean path's
+    /// from its URI's authority when it has none, without `Transfer-Encoding`. A body
+    /// is read whole first (its failure is the client's: past `max_body_bytes`,
+    /// stalled, cut short) and goes in the same write as the head, with its length as
+    /// `Content-Length`. It is
+    /// sent once more, on a new connection, on the lean path's
     /// terms: the pooled connection closed before any byte of an answer, and the
     /// request is idempotent or no byte of it was written. The answer comes with its
     /// fields as the version sent them (the proxy strips the hop-by-hop ones), but
@@ -1368,8 +1373,27 @@ impl Pool {
         &self,
         addr: SocketAddr,
         req: hyper::Request<B>,
-    ) -> Result<hyper::Response<Fetched>, super::upstream::UpstreamError> {
-        let (mut parts, _) = req.into_parts();
+    ) -> Result<hyper::Response<Fetched>, super::upstream::UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<super::upstream::UpstreamError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        // A body (see `buffers`) is read whole first; its failure is the client's
+        // (`client_fault` reads it in the error).
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| ClientBody(e.into()))?
+                .to_bytes();
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, body.len().into());
+            body
+        };
         if !parts.headers.contains_key(header::HOST)
             && let Some(authority) = parts.uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -1377,13 +1401,14 @@ impl Pool {
             parts.headers.insert(header::HOST, host);
         }
         parts.headers.remove(header::TRANSFER_ENCODING);
-        let mut out = Vec::with_capacity(512);
+        let mut out = Vec::with_capacity(512 + body.len());
         write_request(
             &mut out,
             &parts.method,
             target(&parts.uri).as_bytes(),
             &parts.headers,
         );
+        out.extend_from_slice(&body);
         let head_request = parts.method == Method::HEAD;
         let mut pooled = self.idle.take(addr).await;
         loop {
@@ -1417,6 +1442,30 @@ impl Pool {
             }
         }
     }
+}
+
+/// A request body that failed as [`Pool::fetch`] read it: the client's fault, whatever
+/// the cause (cut short, malformed, reset), never the version's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body failed: {0}")]
+pub(super) struct ClientBody(#[source] super::upstream::UpstreamError);
+
+/// Whether an HTTP/2 client's request, whose body is not known to be empty, is
+/// forwarded by [`Pool::fetch`], its body read whole first: a body of a declared
+/// length (`Content-Length`, as hyper read it) of at most [`MAX_BODY`], as a browser's
+/// or an API client's JSON call declares it and sends it with its head. The version
+/// then gets head and body in one write, as from the lean path. A larger or
+/// undeclared body streams through hyper's client, which sends the head at once (a
+/// version may answer an upload at its head), as does a request with `Expect` (its
+/// client waits for the version's word before it sends the body). An HTTP/1.1
+/// upload on hyper's path keeps hyper's client too: its head goes at once.
+pub(super) fn buffers<B: Body>(headers: &HeaderMap, body: &B) -> bool {
+    headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::EXPECT)
+        && body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_BODY as u64)
 }
 
 /// `uri`'s request target in origin form, as hyper's client writes it: its path (`/`

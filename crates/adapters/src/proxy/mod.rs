@@ -1311,14 +1311,16 @@ impl Proxy {
         let waiting = Waiting::new(
             (!uncounted).then(|| Clock::new(Arc::clone(&self.inner), variant, started, deadline)),
         );
-        // A request without a body goes on the lean path's connections, when the
-        // versions speak HTTP/1.1: no task, channel or dispatch of hyper's client. Not
-        // a `CONNECT`, whose `2xx` turns its connection into a tunnel at once (RFC
-        // 9112 6.3), which hyper's client knows.
+        // A request without a body, or an HTTP/2 client's with a small one of a
+        // declared length, goes on the lean path's connections, when the versions speak
+        // HTTP/1.1: no task, channel or dispatch of hyper's client. Not a `CONNECT`,
+        // whose `2xx` turns its connection into a tunnel at once (RFC 9112 6.3), which
+        // hyper's client knows.
         let lean = self.inner.lean.as_ref().filter(|_| {
             upgrade.is_none()
                 && req.method() != hyper::Method::CONNECT
-                && hyper::body::Body::is_end_stream(req.body())
+                && (hyper::body::Body::is_end_stream(req.body())
+                    || (http2 && lean::buffers(req.headers(), req.body())))
         });
         let mut result = match lean {
             Some(pool) => pool
@@ -1587,8 +1589,9 @@ fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
         if e.is::<limits::BodyTimeout>() {
             return Some(ClientFault::Slow);
         }
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
+        if e.is::<lean::ClientBody>()
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user)
         {
             fault = Some(ClientFault::Body);
         }

@@ -86,6 +86,24 @@ pub fn freeze_gate(
     }
 }
 
+/// The hotfix note of a release started with `hotfix` (its reason) while a calendar
+/// freeze of `windows` is in force at `now`: it waits for an approval before anything
+/// runs, as under an operator's freeze ([`freeze_gate`]). `None` without a reason or
+/// outside a freeze (a reason then changes nothing; release windows are not a freeze).
+pub fn calendar_hotfix(
+    hotfix: Option<&str>,
+    windows: Option<&crate::windows::Windows>,
+    now: crate::units::Millis,
+) -> Option<String> {
+    let reason = hotfix?;
+    match windows?.status(now) {
+        crate::windows::Status::Closed {
+            why, freeze: true, ..
+        } => Some(format!("{reason}; {why}")),
+        _ => None,
+    }
+}
+
 /// The version serving before this release, from the most to the least authoritative
 /// fact: what the operator named, what the data plane runs (a cluster's stable
 /// Deployment), what the store remembers the last release left serving.

@@ -2319,6 +2319,76 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
     assert_eq!(s.phase, Phase::Succeeded, "an approved hotfix is attended");
 }
 
+/// A canary step's approval given during a calendar freeze approves the step, not
+/// the freeze: the move to 100 % that follows holds, analysis going on, until the
+/// freeze ends.
+#[test]
+fn an_approval_into_full_traffic_during_a_freeze_holds_until_the_freeze_ends() {
+    let p = Policy::from_yaml(&format!(
+        "{}{WINDOWS}",
+        APPROVAL.replace(
+            "      - {approval: {role: release-manager, timeout: 2h}}\n      - {weight: 50, bake: 1m}\n",
+            "      - {weight: 50, bake: 1m}\n      - {approval: {role: release-manager, timeout: 12h}}\n",
+        )
+    ))
+    .unwrap();
+    assert_eq!(p.strategy.steps().len(), 3, "the approval is the last step");
+    // Wednesday before the freeze, inside the window.
+    let start = new_york("2026-12-23 16:50");
+    let (s, _) = drive_recorded(
+        &p,
+        started(&p, start),
+        start,
+        |_| healthy(),
+        |s| s.phase == Phase::AwaitingApproval,
+    );
+    assert_eq!(s.phase, Phase::AwaitingApproval);
+    // Approved after midnight: the freeze (from 2026-12-24) has begun.
+    let at = new_york("2026-12-24 00:30");
+    let approved = step(&p, &s, &Input::Approved { by: "bob".into() }, at);
+    assert!(
+        !weights_in(&approved.effects).contains(&Weight::FULL),
+        "no 100 % inside the freeze at the approval"
+    );
+    assert_eq!(approved.state.phase, Phase::Progressing, "held, analysing");
+    // A clean interval inside the freeze, then one after it: only the second moves.
+    let interval = |s: &Release, now: Millis| {
+        let due = step(&p, s, &Input::Tick, now);
+        assert!(matches!(due.state.pending, Some(Action::Measure(_))));
+        step(&p, &due.state, &Input::Measured { sample: healthy() }, now)
+    };
+    let frozen = interval(&approved.state, new_york("2026-12-26 12:00"));
+    assert!(!weights_in(&frozen.effects).contains(&Weight::FULL));
+    let after = interval(&frozen.state, new_york("2026-12-28 00:10"));
+    assert!(
+        weights_in(&after.effects).contains(&Weight::FULL),
+        "attended, it goes on once the freeze is over"
+    );
+}
+
+/// A release waiting for its window that is taken up late (the controller was down
+/// when the window opened) is asked again: a freeze that began meanwhile holds it.
+#[test]
+fn a_window_wait_taken_up_late_inside_a_freeze_does_not_start() {
+    let p = windowed("  max_wait: 30d\n");
+    // Saturday: waits for Monday 09:00.
+    let t = step(
+        &p,
+        &Release::default(),
+        &start_input(),
+        new_york("2026-12-19 10:00"),
+    );
+    assert_eq!(t.state.wake_at(), Some(new_york("2026-12-21 09:00")));
+    // First woken on Christmas Eve, inside the freeze.
+    let late = step(&p, &t.state, &Input::Tick, new_york("2026-12-24 11:00"));
+    assert_eq!(late.state.pending, None, "nothing runs inside the freeze");
+    assert_eq!(late.state.phase, Phase::AwaitingApproval);
+    assert_eq!(late.state.wake_at(), Some(new_york("2026-12-28 09:00")));
+    // Woken late but inside a window, it starts.
+    let open = step(&p, &t.state, &Input::Tick, new_york("2026-12-22 10:00"));
+    assert_eq!(open.state.pending, Some(Action::RunGates));
+}
+
 /// Drives a release from `s` at `now` and returns it with the time every weight was
 /// set, stopping early when `stop` holds. Preview checks take two minutes.
 fn drive_timed(

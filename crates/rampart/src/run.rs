@@ -288,7 +288,17 @@ pub async fn run_release(
             }
             (load_policy(&opts.policy_path, &policy)?, Some(id), None)
         }
-        Ok(Start::New { hotfix }) => (file_policy, None, hotfix),
+        Ok(Start::New { hotfix }) => {
+            // A calendar freeze yields to a hotfix too, once approved.
+            let hotfix = hotfix.or_else(|| {
+                admission::calendar_hotfix(
+                    opts.hotfix.as_deref(),
+                    file_policy.windows.as_ref(),
+                    clock.now(),
+                )
+            });
+            (file_policy, None, hotfix)
+        }
         Err(StartRefusal::Unfinished(rec)) => {
             return Err(RunError::Blocked(format!(
                 "release {} of {} {} is unfinished; finish it with `rampart run -f {} --version {}` before releasing {}",

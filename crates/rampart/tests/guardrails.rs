@@ -420,6 +420,22 @@ windows:
         "{reason}"
     );
 
+    // A hotfix runs inside it, once someone other than its initiator approves it.
+    let mut hotfix = run(
+        policy(
+            "  freeze: [{from: 2020-01-01, to: 2100-01-01, reason: migration to the new region}]\n",
+        ),
+        &["--hotfix", "payment outage"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert_eq!(
+        approve_after(&mut hotfix, "during a freeze", "windowed", &state),
+        Some(3),
+        "the approved hotfix ran (and rolled back its broken canary)"
+    );
+
     // Outside the allowed hours with `outside: block`: blocked, naming the next window.
     let hours = format!("  allow: [{{hours: \"{from:02}:00-{to:02}:00\"}}]\n");
     let out = run(

@@ -247,9 +247,13 @@ pub struct Release {
     /// short of 100 % outside a window, analysis going on.
     #[serde(default)]
     pub window_hold: Option<Millis>,
-    /// A human approved going to 100 % outside a release window.
+    /// A human approved going to 100 % outside a release window. It lifts release
+    /// windows, never a calendar freeze (see `freeze_lifted`).
     #[serde(default)]
     pub window_attended: bool,
+    /// A hotfix whose approval during a freeze was given: the freeze does not hold it.
+    #[serde(default)]
+    pub freeze_lifted: bool,
     /// Who paused the release, while it is paused: no step advances.
     #[serde(default)]
     pub paused: Option<String>,
@@ -335,6 +339,7 @@ impl Default for Release {
             approving: None,
             window_hold: None,
             window_attended: false,
+            freeze_lifted: false,
             paused: None,
             rollback_level: None,
             pending: None,

@@ -228,6 +228,7 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str) {
         Some(PreApproval::Hotfix) => {
             b.event("approved", by, "hotfix during a freeze approved".into());
             b.s.window_attended = true;
+            b.s.freeze_lifted = true;
             b.s.phase = Phase::Gating;
             return b.act(Action::RunGates);
         }

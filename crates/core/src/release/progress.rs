@@ -131,17 +131,35 @@ pub(super) fn start_progressing(b: &mut Builder<'_>) {
 /// blue-green switch), the release waits for the window. A human's approval at the hold
 /// counts as attending. Returns whether the release holds.
 fn hold_for_window(b: &mut Builder<'_>) -> bool {
-    if b.s.window_attended {
+    let closed = window_closed(b);
+    // An attended release goes on outside its windows, but no approval lifts a
+    // calendar freeze: only a hotfix's did.
+    let frozen = matches!(closed, Some((_, true, _))) && !b.s.freeze_lifted;
+    if b.s.window_attended && !frozen {
         return false;
     }
-    let (Some((why, _, opens_at)), Some(w)) = (window_closed(b), b.policy.windows.as_ref()) else {
+    let (Some((why, _, opens_at)), Some(w)) = (closed, b.policy.windows.as_ref()) else {
         b.s.window_hold = None;
         return false;
     };
     let until = opens_at.unwrap_or(b.now + ms(w.max_wait));
     let when = w.show(until);
-    if b.s.phase == Phase::Progressing && b.s.weight > Weight::ZERO {
-        if b.s.window_hold.is_none() {
+    let at_weight = matches!(b.s.phase, Phase::Progressing | Phase::AwaitingApproval);
+    if at_weight && b.s.weight > Weight::ZERO {
+        // An approval step's approval given during a freeze: held at its weight as
+        // any step, its intervals ending the hold once the freeze is over.
+        if b.s.phase == Phase::AwaitingApproval {
+            b.s.phase = Phase::Progressing;
+            b.s.step_started_at.get_or_insert(b.now);
+        }
+        if b.s.window_hold.is_none() && frozen {
+            let msg = format!(
+                "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}; no approval lifts a freeze",
+                b.s.version, b.policy.service, b.s.weight,
+            );
+            b.event("holding_for_window", "rampart", msg.clone());
+            b.notify(NoticeKind::Step, msg);
+        } else if b.s.window_hold.is_none() {
             let msg = format!(
                 "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}; an approval (by anyone but {}) promotes now, attended",
                 b.s.version,
@@ -165,12 +183,19 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
         b.start_interval();
         return true;
     }
-    let ask = format!(
-        "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; an approval (by anyone but {}) switches now, attended",
-        b.s.version,
-        b.policy.service,
-        b.not_the_initiator()
-    );
+    let ask = if frozen {
+        format!(
+            "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; no approval lifts a freeze",
+            b.s.version, b.policy.service,
+        )
+    } else {
+        format!(
+            "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; an approval (by anyone but {}) switches now, attended",
+            b.s.version,
+            b.policy.service,
+            b.not_the_initiator()
+        )
+    };
     b.await_approval(
         Some(PreApproval::FullTraffic),
         until.saturating_sub(b.now),

@@ -2,7 +2,7 @@
 //! or a tick) to the phase that handles it, and replaying inputs through it rebuilds a
 //! release. It must not hold a phase's logic itself beyond that dispatch.
 
-use super::builder::Builder;
+use super::builder::{Builder, window_closed};
 use super::gating::{ask_hotfix_approval, block, gates_checked, migrated, open_or_wait, start};
 use super::model::{Phase, PreApproval, Release, Transition};
 use super::operator::{abort, approved, pause, promote, unpause};
@@ -208,6 +208,11 @@ fn tick(b: &mut Builder<'_>) {
         Phase::AwaitingApproval if due(b.s.timer) && b.s.approving == Some(PreApproval::Window) => {
             b.s.timer = None;
             b.s.approving = None;
+            // Taken up late (the controller was down past the opening), the window may
+            // have closed again, or a freeze begun: asked again.
+            if window_closed(b).is_some() {
+                return open_or_wait(b);
+            }
             b.event(
                 "window_opened",
                 "rampart",

@@ -12,6 +12,10 @@ use rampart_core::ports::Clock;
 
 use crate::commands;
 
+/// The exit code of a command whose output's reader went away before the end (a pipe
+/// into `head`): 128 + SIGPIPE, as a Unix tool that SIGPIPE stops reports it.
+pub const CLOSED_PIPE: i32 = 141;
+
 /// rampart: progressive delivery with ordered, automatic, safe rollback.
 #[derive(Debug, Parser)]
 #[command(name = "rampart", version, about, max_term_width = 100)]

@@ -5,6 +5,7 @@
 use clap::Parser;
 
 fn main() {
+    quiet_on_a_closed_pipe();
     let cli = rampart::cli::Cli::parse();
     let level = std::env::var("RAMPART_LOG")
         .ok()
@@ -52,4 +53,20 @@ fn main() {
     // Connections the proxy still holds must not delay the exit.
     runtime.shutdown_background();
     std::process::exit(code);
+}
+
+/// Output into a pipe whose reader has gone (`rampart events R | head`) ends the command
+/// quietly with 141, as a Unix tool that SIGPIPE stops, rather than with a panic's
+/// message. (SIGPIPE itself stays ignored, as Rust sets it: a socket's peer that goes
+/// must be an error the proxy handles, never the end of the process.)
+fn quiet_on_a_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload_as_str().is_some_and(|m| {
+            m.starts_with("failed printing to stdout") && m.contains("Broken pipe")
+        }) {
+            std::process::exit(rampart::cli::CLOSED_PIPE);
+        }
+        report(info);
+    }));
 }

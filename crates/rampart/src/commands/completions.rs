@@ -11,6 +11,15 @@ pub struct CompletionsArgs {
 
 /// Runs `rampart completions` for `cmd`, the whole `rampart` command line.
 pub fn main(args: CompletionsArgs, mut cmd: clap::Command) -> i32 {
-    clap_complete::generate(args.shell, &mut cmd, "rampart", &mut std::io::stdout());
-    0
+    // Made whole first: clap's writer panics on a failed write.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "rampart", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => crate::cli::CLOSED_PIPE,
+        Err(e) => {
+            eprintln!("error: writing the completion script: {e}");
+            1
+        }
+    }
 }

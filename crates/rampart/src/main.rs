@@ -62,7 +62,12 @@ fn main() {
 fn quiet_on_a_closed_pipe() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if info.payload_as_str().is_some_and(|m| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| {
             m.starts_with("failed printing to stdout") && m.contains("Broken pipe")
         }) {
             std::process::exit(rampart::cli::CLOSED_PIPE);

@@ -34,7 +34,10 @@ async fn busy_store(path: &Path) -> StateStore {
     store.push_command("shop", &approve).await.unwrap();
     let inputs = [
         Input::Resumed,
-        Input::Approved { by: "bob".into() },
+        Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
         Input::Tick,
     ];
     for (seq, input) in inputs.into_iter().enumerate() {
@@ -327,6 +330,7 @@ async fn an_approval_nobody_asked_for_is_found() {
         at: 9_000,
         input: Input::Approved {
             by: "mallory".into(),
+            asked_at: None,
         },
         events: vec![],
     };

@@ -329,7 +329,10 @@ impl CommandKind {
                 reason: command.reason.clone(),
                 force: command.force,
             },
-            CommandKind::Approve => Input::Approved { by: actor },
+            CommandKind::Approve => Input::Approved {
+                by: actor,
+                asked_at: Some(command.at),
+            },
             CommandKind::Pause => Input::Pause {
                 actor,
                 reason: command.reason.clone(),

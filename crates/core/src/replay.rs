@@ -120,6 +120,7 @@ pub fn replay_with(
             // Nobody can approve a replay; approval points count as approved.
             None if state.phase == crate::release::Phase::AwaitingApproval => Input::Approved {
                 by: "replay".into(),
+                asked_at: None,
             },
             None => match state.wake_at() {
                 Some(at) => {

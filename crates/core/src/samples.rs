@@ -49,20 +49,30 @@ fn err(line: usize, message: impl Into<String>) -> SamplesError {
     }
 }
 
+/// The last second a row may stand for: a century of seconds. With
+/// [`MAX_PER_SECOND`] it keeps every sum over a file far from `u64`'s end.
+const MAX_T_S: u64 = 100 * 365 * 24 * 3600;
+
+/// The most requests one row may count (a billion a second).
+const MAX_PER_SECOND: u64 = 1_000_000_000;
+
 impl Samples {
     /// Parses CSV text.
     pub fn parse(text: &str) -> Result<Samples, SamplesError> {
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
-        let (_, header) = lines.by_ref().find(|(_, l)| !l.is_empty()).ok_or_else(|| {
-            err(
-                1,
-                "the file is empty; the header is t_s,variant,requests,errors",
-            )
-        })?;
+        let (at, header) = lines
+            .by_ref()
+            .find(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(|| {
+                err(
+                    1,
+                    "the file is empty; the header is t_s,variant,requests,errors",
+                )
+            })?;
         let columns: Vec<&str> = header.split(',').map(str::trim).collect();
         if columns.len() < 4 || columns[..4] != ["t_s", "variant", "requests", "errors"] {
             return Err(err(
-                1,
+                at,
                 format!("the header must start with t_s,variant,requests,errors, found `{header}`"),
             ));
         }
@@ -106,6 +116,12 @@ impl Samples {
                 })
             };
             let t = number(0)?;
+            if t > MAX_T_S {
+                return Err(err(
+                    n,
+                    format!("t_s {t} is past {MAX_T_S} (a century of seconds)"),
+                ));
+            }
             let canary = match cells[1] {
                 "stable" => false,
                 "canary" => true,
@@ -117,6 +133,12 @@ impl Samples {
                 }
             };
             let requests = number(2)?;
+            if requests > MAX_PER_SECOND {
+                return Err(err(
+                    n,
+                    format!("{requests} requests in one second is past {MAX_PER_SECOND}"),
+                ));
+            }
             let errors = number(3)?;
             if errors > requests {
                 return Err(err(
@@ -294,6 +316,15 @@ mod tests {
     }
 
     #[test]
+    fn comments_and_blank_lines_may_come_before_the_header() {
+        let s = Samples::parse(
+            "# an incident\n\n# 200 rps\nt_s,variant,requests,errors\n0,stable,9,1\n",
+        )
+        .unwrap();
+        assert_eq!(s.window(0, 1).stable.requests, 9);
+    }
+
+    #[test]
     fn csv_round_trips_counts() {
         let text = "t_s,variant,requests,errors\n0,stable,90,1\n0,canary,10,0\n1,stable,85,0\n1,canary,15,3\n";
         let s = Samples::parse(text).unwrap();
@@ -329,6 +360,19 @@ mod tests {
                 2,
                 "below",
             ),
+            // Sums over a file stay within a u64.
+            (
+                "t_s,variant,requests,errors\n0,canary,18446744073709551615,0\n",
+                2,
+                "in one second",
+            ),
+            (
+                "t_s,variant,requests,errors\n18446744073709551615,canary,1,0\n",
+                2,
+                "century",
+            ),
+            // A comment before the header is a comment, not a header.
+            ("# recorded in prod\nt,variant\n", 2, "header"),
         ] {
             let e = Samples::parse(text).unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e}");

@@ -192,6 +192,15 @@ impl Windows {
         format!("{local} ({utc})")
     }
 
+    /// `at` as an RFC 3339 timestamp, in the windows' time zone (its offset then).
+    pub fn rfc3339(&self, at: Millis) -> String {
+        Timestamp::from_millisecond(i64::try_from(at).unwrap_or(i64::MAX))
+            .unwrap_or(Timestamp::MAX)
+            .to_zoned(self.tz())
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string()
+    }
+
     /// The allowed windows in words, for runbooks and messages.
     pub fn describe(&self) -> Vec<String> {
         self.allow
@@ -441,6 +450,20 @@ mod tests {
                 .as_millisecond(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn an_instant_is_written_in_rfc_3339_with_the_zones_offset() {
+        let w = windows("Europe/Berlin", vec![], vec![]);
+        let t = at("2026-12-07 09:00", "Europe/Berlin");
+        assert_eq!(w.rfc3339(t), "2026-12-07T09:00:00+01:00");
+        let back: Timestamp = w.rfc3339(t).parse().unwrap();
+        assert_eq!(u64::try_from(back.as_millisecond()).unwrap(), t);
+        // Summer time.
+        assert_eq!(
+            w.rfc3339(at("2026-07-01 12:30", "UTC")),
+            "2026-07-01T14:30:00+02:00"
+        );
     }
 
     #[test]

@@ -1941,7 +1941,10 @@ fn an_approval_point_holds_the_weight_until_someone_else_approves() {
     let own = step(
         &p,
         &s,
-        &Input::Approved { by: "alice".into() },
+        &Input::Approved {
+            by: "alice".into(),
+            asked_at: None,
+        },
         s.started_at + 100_000,
     );
     assert_eq!(own.state.phase, Phase::AwaitingApproval);
@@ -1949,7 +1952,10 @@ fn an_approval_point_holds_the_weight_until_someone_else_approves() {
     let t = step(
         &p,
         &own.state,
-        &Input::Approved { by: "bob".into() },
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
         s.started_at + 200_000,
     );
     assert_eq!(
@@ -2056,7 +2062,10 @@ fn an_operator_promotion_skips_the_remaining_steps_but_not_four_eyes() {
     let refused = step(
         &p,
         &paused,
-        &Input::Approved { by: "bob".into() },
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
         s.started_at + 2,
     );
     assert_eq!(refused.state.phase, Phase::AwaitingApproval);
@@ -2126,9 +2135,25 @@ fn breaking_migrations_wait_for_an_approval_before_they_run() {
         (Phase::AwaitingApproval, None),
         "nothing applied yet"
     );
-    let own = step(&p, &s, &Input::Approved { by: "alice".into() }, 2);
+    let own = step(
+        &p,
+        &s,
+        &Input::Approved {
+            by: "alice".into(),
+            asked_at: None,
+        },
+        2,
+    );
     assert_eq!(own.state.phase, Phase::AwaitingApproval, "four eyes");
-    let t = step(&p, &own.state, &Input::Approved { by: "bob".into() }, 3);
+    let t = step(
+        &p,
+        &own.state,
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
+        3,
+    );
     assert_eq!(
         (t.state.phase, t.state.pending),
         (Phase::Migrating, Some(Action::RunMigrations))
@@ -2187,9 +2212,25 @@ fn a_hotfix_during_a_freeze_waits_for_an_approval_before_anything_runs() {
             .iter()
             .any(|e| matches!(e, Effect::Notify { page: true, .. }))
     );
-    let own = step(&p, &t.state, &Input::Approved { by: "alice".into() }, 1);
+    let own = step(
+        &p,
+        &t.state,
+        &Input::Approved {
+            by: "alice".into(),
+            asked_at: None,
+        },
+        1,
+    );
     assert_eq!(own.state.phase, Phase::AwaitingApproval);
-    let ok = step(&p, &own.state, &Input::Approved { by: "bob".into() }, 2);
+    let ok = step(
+        &p,
+        &own.state,
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
+        2,
+    );
     assert_eq!(
         (ok.state.phase, ok.state.pending),
         (Phase::Gating, Some(Action::RunGates))
@@ -2253,9 +2294,25 @@ fn a_release_started_outside_a_window_waits_for_it_and_says_when_it_opens() {
             .all(|(_, at)| *at >= new_york("2026-11-23 09:00"))
     );
     // A human may release it now instead, attended; its initiator may not.
-    let own = step(&p, &t.state, &Input::Approved { by: "alice".into() }, 1);
+    let own = step(
+        &p,
+        &t.state,
+        &Input::Approved {
+            by: "alice".into(),
+            asked_at: None,
+        },
+        1,
+    );
     assert_eq!(own.state.pending, None);
-    let now = step(&p, &t.state, &Input::Approved { by: "bob".into() }, 1);
+    let now = step(
+        &p,
+        &t.state,
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
+        1,
+    );
     assert_eq!(now.state.pending, Some(Action::RunGates));
 }
 
@@ -2284,7 +2341,15 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
     let t = step(&p, &Release::default(), &start_input(), at);
     assert_eq!(t.state.phase, Phase::AwaitingApproval);
     assert_eq!(t.state.wake_at(), Some(new_york("2026-12-28 09:00")));
-    let refused = step(&p, &t.state, &Input::Approved { by: "bob".into() }, at + 1);
+    let refused = step(
+        &p,
+        &t.state,
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
+        at + 1,
+    );
     let why = refused
         .events
         .iter()
@@ -2313,10 +2378,75 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
         hotfix: Some("card payments down".into()),
     };
     let t = step(&p, &Release::default(), &hotfix, at);
-    let ok = step(&p, &t.state, &Input::Approved { by: "bob".into() }, at + 1);
+    let ok = step(
+        &p,
+        &t.state,
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
+        at + 1,
+    );
     assert_eq!(ok.state.pending, Some(Action::RunGates));
     let s = drive_until(&p, ok.state, healthy, |_| true, |_, _| {}, |_| false);
     assert_eq!(s.phase, Phase::Succeeded, "an approved hotfix is attended");
+}
+
+/// Two approvals asked for one approval point (a double click, two approvers at once)
+/// pass that point only: the second, reaching the release at the next point, is
+/// refused there, and that point waits for an approval asked for it.
+#[test]
+fn an_approval_passes_the_point_it_was_asked_for_and_no_other() {
+    let p = Policy::from_yaml(&APPROVAL.replace(
+        "      - {approval: {role: release-manager, timeout: 2h}}\n",
+        "      - {approval: {role: qa, timeout: 2h}}\n      - {approval: {role: release-manager, timeout: 2h}}\n",
+    ))
+    .unwrap();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        healthy,
+        |_| true,
+        |_, _| {},
+        |s| s.phase == Phase::AwaitingApproval,
+    );
+    let asked = s.awaiting_since.unwrap() + 1_000;
+    let approve = |by: &str, at: Millis| Input::Approved {
+        by: by.into(),
+        asked_at: Some(at),
+    };
+    let first = step(&p, &s, &approve("bob", asked), asked + 10);
+    assert_eq!(
+        first.state.phase,
+        Phase::AwaitingApproval,
+        "at the next point"
+    );
+    assert_eq!(first.state.step, s.step + 1);
+    let second = step(&p, &first.state, &approve("carol", asked), asked + 20);
+    assert_eq!(
+        (second.state.phase, second.state.step),
+        (Phase::AwaitingApproval, s.step + 1),
+        "the second approval was meant for the point passed"
+    );
+    let refused = second
+        .events
+        .iter()
+        .find(|e| e.kind == "approval_refused")
+        .unwrap();
+    assert!(
+        refused.message.contains("earlier approval point"),
+        "{}",
+        refused.message
+    );
+    let anew = step(&p, &second.state, &approve("carol", asked + 30), asked + 40);
+    assert_ne!(
+        anew.state.step,
+        s.step + 1,
+        "an approval asked for it passes it"
+    );
+    // An approval that finds nothing awaiting is refused and recorded.
+    let late = step(&p, &anew.state, &approve("dave", asked + 50), asked + 60);
+    assert!(late.events.iter().any(|e| e.kind == "approval_refused"));
 }
 
 /// A canary step's approval given during a calendar freeze approves the step, not
@@ -2345,7 +2475,15 @@ fn an_approval_into_full_traffic_during_a_freeze_holds_until_the_freeze_ends() {
     assert_eq!(s.phase, Phase::AwaitingApproval);
     // Approved after midnight: the freeze (from 2026-12-24) has begun.
     let at = new_york("2026-12-24 00:30");
-    let approved = step(&p, &s, &Input::Approved { by: "bob".into() }, at);
+    let approved = step(
+        &p,
+        &s,
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
+        at,
+    );
     assert!(
         !weights_in(&approved.effects).contains(&Weight::FULL),
         "no 100 % inside the freeze at the approval"
@@ -2514,12 +2652,23 @@ fn never_100_percent_unattended_outside_a_window_while_analysis_goes_on() {
     let own = step(
         &p,
         &held,
-        &Input::Approved { by: "alice".into() },
+        &Input::Approved {
+            by: "alice".into(),
+            asked_at: None,
+        },
         held.started_at + 1,
     );
     assert!(own.state.window_hold.is_some(), "four eyes");
     let at = new_york("2026-11-23 18:00");
-    let t = step(&p, &held, &Input::Approved { by: "bob".into() }, at);
+    let t = step(
+        &p,
+        &held,
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
+        at,
+    );
     assert_eq!(t.state.phase, Phase::Promoting);
     assert_eq!(weights_in(&t.effects), vec![Weight::FULL]);
 }
@@ -2761,7 +2910,15 @@ fn a_full_release_waits_for_an_approval_before_switching_everything() {
         "the default approval point"
     );
     assert!(routes.iter().all(|(w, _)| *w == Weight::ZERO), "{routes:?}");
-    let t = step(&p, &s, &Input::Approved { by: "bob".into() }, 5);
+    let t = step(
+        &p,
+        &s,
+        &Input::Approved {
+            by: "bob".into(),
+            asked_at: None,
+        },
+        5,
+    );
     assert_eq!(weights_in(&t.effects), vec![Weight::FULL]);
     let (s, _) = drive_timed(&p, t.state, 5, |_| full(0), |_| false);
     assert_eq!(s.phase, Phase::Succeeded);

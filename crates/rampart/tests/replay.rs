@@ -100,3 +100,15 @@ fn a_bad_samples_file_is_a_usage_error_naming_the_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.csv:3: variant `green`"), "{err}");
 }
+
+/// The recorded files the README and docs/replay.md run (with comments before their
+/// header): the incident is rolled back, the healthy week promoted.
+#[test]
+fn the_example_recordings_replay_as_the_docs_say() {
+    let (code, v) = replay(&repo().join("examples/replay/incident.csv"));
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["outcome"], "rolled_back");
+    let (code, v) = replay(&repo().join("examples/replay/healthy.csv"));
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["outcome"], "promoted");
+}

@@ -193,7 +193,7 @@ pub(crate) fn request_for(input_type: &str) -> Option<&'static str> {
 pub(crate) fn input_actor(entry: &StoredInput) -> String {
     use rampart_core::release::Input;
     match &entry.input {
-        Input::Approved { by } => by.clone(),
+        Input::Approved { by, .. } => by.clone(),
         Input::Abort { actor, .. }
         | Input::Pause { actor, .. }
         | Input::Unpause { actor }

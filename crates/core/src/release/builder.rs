@@ -221,6 +221,7 @@ impl Builder<'_> {
         self.s.pending = None;
         self.s.phase = Phase::AwaitingApproval;
         self.s.approving = kind;
+        self.s.awaiting_since = Some(self.now);
         self.s.timer = Some(self.now + timeout_ms);
         let instead = Instead::Approve {
             release: self.s.id.clone(),

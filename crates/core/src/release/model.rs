@@ -247,6 +247,10 @@ pub struct Release {
     /// short of 100 % outside a window, analysis going on.
     #[serde(default)]
     pub window_hold: Option<Millis>,
+    /// When the current approval point began (an approval asked before it was meant
+    /// for an earlier one).
+    #[serde(default)]
+    pub awaiting_since: Option<Millis>,
     /// A human approved going to 100 % outside a release window. It lifts release
     /// windows, never a calendar freeze (see `freeze_lifted`).
     #[serde(default)]
@@ -338,6 +342,7 @@ impl Default for Release {
             planned_migrations: None,
             approving: None,
             window_hold: None,
+            awaiting_since: None,
             window_attended: false,
             freeze_lifted: false,
             paused: None,

@@ -8,7 +8,7 @@ use super::model::{DecisionKind, Phase, PreApproval, Release};
 use super::progress::{next_step, start_progressing};
 use super::protocol::Action;
 use crate::instead::Instead;
-use crate::units::Weight;
+use crate::units::{Millis, Weight};
 
 pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool) {
     match b.s.phase {
@@ -152,9 +152,32 @@ pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str) {
     b.set_weight(Weight::FULL);
 }
 
-pub(super) fn approved(b: &mut Builder<'_>, by: &str) {
+pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) {
     let holding = b.s.phase == Phase::Progressing && b.s.window_hold.is_some();
     if b.s.phase != Phase::AwaitingApproval && !holding {
+        if asked_at.is_some() {
+            b.event(
+                "approval_refused",
+                by,
+                format!(
+                    "the release is {}: nothing awaits an approval",
+                    b.s.phase.as_str()
+                ),
+            );
+        }
+        return;
+    }
+    // One approval, one approval point: one asked before this point began was meant
+    // for an earlier one (a second click, a second approver), which it has passed.
+    if let (Some(asked), Some(since)) = (asked_at, b.s.awaiting_since)
+        && asked <= since
+    {
+        b.event(
+            "approval_refused",
+            by,
+            "it was asked for an earlier approval point, which was passed; approve this one anew"
+                .into(),
+        );
         return;
     }
     if by.is_empty() || by == b.s.initiator {

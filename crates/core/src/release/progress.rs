@@ -179,6 +179,9 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
             );
             b.notify_offering(NoticeKind::Step, msg, Some(instead));
         }
+        if b.s.window_hold.is_none() {
+            b.s.awaiting_since = Some(b.now);
+        }
         b.s.window_hold = Some(until);
         b.start_interval();
         return true;

@@ -213,6 +213,11 @@ pub enum Input {
     Approved {
         /// Who.
         by: String,
+        /// When it was asked: an approval asked before the current approval point
+        /// began was meant for an earlier one (a double click, two approvers at once)
+        /// and is refused. `None` in logs written before it was kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asked_at: Option<Millis>,
     },
     /// The controller restarted and is taking the release up again.
     Resumed,

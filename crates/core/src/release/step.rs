@@ -125,7 +125,7 @@ fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
             }
         }
         Input::Resumed => resume(b),
-        Input::Approved { by } => approved(b, by),
+        Input::Approved { by, asked_at } => approved(b, by, *asked_at),
         Input::Pause { actor, reason } => pause(b, actor, reason),
         Input::Unpause { actor } => unpause(b, actor),
         Input::Promote { actor, reason } => promote(b, actor, reason),

@@ -60,7 +60,7 @@ fn windows(file: &PathBuf, output: Output, now: Millis) -> i32 {
             serde_json::json!({
                 "open": open,
                 "why": why,
-                "opens_at": opens_at.map(|t| w.show(t)),
+                "opens_at": opens_at.map(|t| w.rfc3339(t)),
                 "opens_at_ms": opens_at,
                 "windows": w.describe(),
             })

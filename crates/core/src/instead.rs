@@ -46,8 +46,10 @@ impl Instead {
                 format!("`rampart approve {release} --as NAME` (anyone but {not_by})")
             }
             Instead::Rollback { service } => format!("`rampart rollback {service}`"),
-            Instead::ForceRollback { service } => {
-                format!("`rampart rollback {service} --force --reason \"...\"`")
+            // The release is over (escalated): its canary is settled on the service,
+            // by its policy.
+            Instead::ForceRollback { .. } => {
+                "`rampart stop -f POLICY --canary --force --reason \"...\"`".to_string()
             }
             Instead::Hotfix { .. } => "`rampart run --hotfix REASON`".to_string(),
         }
@@ -93,7 +95,7 @@ mod tests {
         );
         assert_eq!(
             force.command_line(),
-            "`rampart rollback shop --force --reason \"...\"`"
+            "`rampart stop -f POLICY --canary --force --reason \"...\"`"
         );
         assert_eq!(
             approve.command_line(),
@@ -101,7 +103,7 @@ mod tests {
         );
         assert_eq!(
             with_command("ESCALATED: roll forward.", Some(&force)),
-            "ESCALATED: roll forward. To act: `rampart rollback shop --force --reason \"...\"`"
+            "ESCALATED: roll forward. To act: `rampart stop -f POLICY --canary --force --reason \"...\"`"
         );
         assert_eq!(with_command("promoted", None), "promoted");
     }

@@ -105,7 +105,7 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
             });
             let _ = writeln!(
                 md,
-                "Migrations from `{}`, applied with `{}` before anything deploys. Class: **{verdict}**. If a release that shipped contract or irreversible changes fails, rampart {} (exit 4) and pages: roll forward, or repair the data and `rampart rollback {svc} --force --reason \"...\"`.\n",
+                "Migrations from `{}`, applied with `{}` before anything deploys. Class: **{verdict}**. If a release that shipped contract or irreversible changes fails, rampart {} (exit 4) and pages: roll forward, or repair the data and `rampart stop -f rampart.yaml --canary --force --reason \"...\"` (the canary's users back to stable, then the canary stopped).\n",
                 m.dir,
                 m.command.join(" "),
                 if m.escalate {

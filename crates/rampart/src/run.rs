@@ -503,6 +503,7 @@ pub async fn run_release(
             (id, stable)
         }
         None => {
+            leftover_canary(&plane, &policy, &opts.policy_path).await?;
             let mut id = match &opts.served {
                 Some(served) => served.release_id.clone(),
                 None => release_id(&policy.service, clock.now()),
@@ -702,6 +703,36 @@ async fn hand_over(
     };
     all_to_stable(router, &winner).await?;
     Ok(Some(winner.len()))
+}
+
+/// Refuses a new release while the service's data plane still sends users to a canary
+/// that a finished release left there (a halt, an escalation, a level-1 rollback): the
+/// new release would replace that canary with its own version at that weight, before
+/// any analysis. Where that traffic goes is a human's decision
+/// (`rampart stop --canary`).
+async fn leftover_canary(
+    plane: &crate::dataplane::DataPlane,
+    policy: &Policy,
+    policy_path: &Path,
+) -> Result<(), RunError> {
+    let Some(remote) = &plane.remote else {
+        return Ok(());
+    };
+    let table = remote
+        .table()
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    let carries = table.weight > rampart_core::Weight::ZERO || !table.matches.is_empty();
+    if table.canary.is_empty() || !carries {
+        return Ok(());
+    }
+    Err(RunError::Blocked(format!(
+        "the data plane of {} still sends {} of its users to the canary a finished release left there ({} endpoint(s)); a new release would replace it with its own version at that weight before any analysis. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
+        policy.service,
+        table.weight,
+        table.canary.len(),
+        policy_path.display()
+    )))
 }
 
 /// Routes everything to `stable` as stable, through states that each send every

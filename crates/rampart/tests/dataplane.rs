@@ -613,3 +613,63 @@ fn stable_and_canary_crashing_mid_release_halt_it_rather_than_roll_back() {
     let reason = v["reason"].as_str().unwrap();
     assert!(reason.contains("both versions are unhealthy"), "{reason}");
 }
+
+/// A release that halts with users on its canary leaves them there (rampart does not
+/// move traffic after a halt). The next release does not start on top of it: it would
+/// replace that canary with its own version, at that weight, before any analysis. The
+/// operator settles it with `rampart stop --canary` (stable must answer), and the next
+/// release then starts from a canary with no users.
+#[test]
+fn a_canary_left_with_users_by_a_halt_blocks_the_next_release_until_stopped() {
+    let svc = Service::new("leftover");
+    let text = std::fs::read_to_string(&svc.policy).unwrap().replace(
+        "no_data: {limit: 1000, action: halt}",
+        "no_data: {limit: 2, action: halt}",
+    );
+    std::fs::write(&svc.policy, text).unwrap();
+    let (code, v) = svc.release("v1");
+    assert_eq!(code, 0, "{v}");
+    // No load: no data, twice, at the first step: halted with the canary at 20 %.
+    let (code, v) = svc.release("v2");
+    assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+    let routes = || -> serde_json::Value {
+        let text = std::fs::read_to_string(svc.file("json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["routes"].clone()
+    };
+    assert!(routes()["weight"].as_f64().unwrap() > 0.0, "{}", routes());
+
+    let (code, v) = svc.release("v3");
+    assert_eq!(code, 5, "blocked: {v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("--canary"), "{reason}");
+    assert!(routes()["weight"].as_f64().unwrap() > 0.0, "nothing moved");
+
+    let out = rampart()
+        .args([
+            "stop",
+            "--canary",
+            "--reason",
+            "v2 halted",
+            "--as",
+            "alice",
+            "--state-dir",
+        ])
+        .arg(&svc.state)
+        .arg("-f")
+        .arg(&svc.policy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = routes();
+    assert_eq!(after["weight"].as_f64(), Some(0.0), "{after}");
+    assert_eq!(after["canary"].as_array().map(Vec::len), Some(0), "{after}");
+    assert!(http_get(svc.port).contains("v1"), "stable serves");
+
+    // The next release starts (and, without load, halts on its own no data).
+    let (code, v) = svc.release("v3");
+    assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+}

@@ -43,6 +43,27 @@ impl StateStore {
         tx.commit().await
     }
 
+    /// Records an operator's action on a service outside any release (`kind`, e.g.
+    /// `canary_stopped`), audited and chained as a freeze is.
+    pub async fn record_operator_action(
+        &self,
+        at: rampart_core::units::Millis,
+        actor: &str,
+        kind: &str,
+        service: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.chained().await?;
+        tx.execute(
+            "INSERT INTO audit (at, actor, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            args![at, actor, kind, format!("{service}: {reason}")],
+        )
+        .await?;
+        let body = serde_json::json!({"service": service, "reason": reason}).to_string();
+        chain(&mut tx, at, actor, kind, None, &body).await?;
+        tx.commit().await
+    }
+
     /// The freeze that applies to a service, if any (its own, or the global one).
     pub(super) async fn freeze_of(&self, service: &str) -> Result<Option<Freeze>, StoreError> {
         let row = self

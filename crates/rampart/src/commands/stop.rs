@@ -1,8 +1,13 @@
 //! `rampart stop`: stops a service that releases left serving: its data plane (which
-//! drains its connections first) and its versions.
+//! drains its connections first) and its versions; or, with `--canary`, only the canary
+//! a finished release left carrying traffic (a halt, an escalation, a level-1 rollback):
+//! its traffic back to stable first, then its versions.
 //!
 //! Owns the order of stopping. Refuses while a release of the service is unfinished:
-//! that release owns the service until its outcome.
+//! that release owns the service until its outcome. `--canary` never leaves users with
+//! nothing: it refuses when no stable endpoint answers, and after a release that
+//! shipped non-backward-compatible migrations it needs `--force` and a reason (the
+//! old code on the new schema is the human's call).
 
 use std::path::PathBuf;
 
@@ -22,6 +27,20 @@ pub struct StopArgs {
     /// Where state and logs are kept.
     #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
     pub state_dir: PathBuf,
+    /// Only the canary a finished release left carrying traffic: all traffic back to
+    /// stable (which must answer), then the canary's versions stopped.
+    #[arg(long)]
+    pub canary: bool,
+    /// With --canary after an escalated release (non-backward-compatible migrations):
+    /// the data is repaired and the old code may serve again.
+    #[arg(long, requires = "canary")]
+    pub force: bool,
+    /// Why, for the audit trail (with --canary; required with --force).
+    #[arg(long, requires = "canary")]
+    pub reason: Option<String>,
+    /// Who (with --canary; defaults to $USER).
+    #[arg(long = "as", value_name = "NAME", requires = "canary")]
+    pub actor: Option<String>,
 }
 
 /// Runs `rampart stop`.
@@ -62,6 +81,9 @@ async fn stop(args: &StopArgs) -> Result<Vec<String>, RunError> {
             active.version,
             active.id
         )));
+    }
+    if args.canary {
+        return stop_canary(args, &policy, &store).await;
     }
     // First, so that neither a running `serve`'s supervisor nor its next start brings
     // the service back.
@@ -104,5 +126,117 @@ async fn stop(args: &StopArgs) -> Result<Vec<String>, RunError> {
     if lines.is_empty() {
         lines.push(format!("{}: nothing of it runs here", policy.service));
     }
+    Ok(lines)
+}
+
+/// `rampart stop --canary`: the canary a finished release left carrying traffic goes:
+/// every request to stable (stable's endpoints, the weight to 0, no canary, each state
+/// routing every request to stable or to what served before), then the canary's
+/// versions stop. Audited as `canary_stopped`.
+async fn stop_canary(
+    args: &StopArgs,
+    policy: &rampart_core::policy::Policy,
+    store: &StateStore,
+) -> Result<Vec<String>, RunError> {
+    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+    let service = &policy.service;
+    if args.force && args.reason.is_none() {
+        return Err(RunError::Invalid(
+            "--force needs --reason: say what was repaired, for the audit trail".into(),
+        ));
+    }
+    let last = store
+        .releases(service)
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .into_iter()
+        .next();
+    if let Some(last) = &last
+        && last.outcome == Some(rampart_core::release::OutcomeKind::Escalated)
+        && !args.force
+    {
+        return Err(RunError::Blocked(format!(
+            "release {} of {service} {} shipped non-backward-compatible migrations and was escalated: stable's code may not run on the new schema. Repair the data, then `rampart stop -f {} --canary --force --reason \"what was repaired\"`",
+            last.id,
+            last.version,
+            args.file.display()
+        )));
+    }
+    let files = rampart_adapters::proxy::plane::PlaneFiles::new(&args.state_dir, service);
+    if !files.is_running() {
+        return Ok(vec![format!("{service}: no data plane runs here")]);
+    }
+    let plane =
+        rampart_adapters::proxy::remote::RemotePlane::attach(&files.socket(), &files.token())
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+    let table = plane.table().await.map_err(|e| internal(e.to_string()))?;
+    let mut lines = Vec::new();
+    if !table.canary.is_empty() || table.weight > rampart_core::Weight::ZERO {
+        let mut answering = Vec::new();
+        for addr in &table.stable {
+            let connect = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(std::time::Duration::from_secs(2), connect).await
+            {
+                answering.push(*addr);
+            }
+        }
+        if answering.is_empty() {
+            return Err(RunError::Blocked(format!(
+                "no stable endpoint of {service} answers ({}): sending the canary's traffic there would leave its users with nothing. Start stable again (a release), or stop the whole service (`rampart stop -f {}`)",
+                if table.stable.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    table
+                        .stable
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                args.file.display()
+            )));
+        }
+        crate::run::all_to_stable(&plane, &answering)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        lines.push(format!(
+            "{service}: all traffic to stable ({} endpoint(s)); the canary had {}",
+            answering.len(),
+            table.weight
+        ));
+    }
+    if let Some(process) = policy.process() {
+        let base = args
+            .file
+            .parent()
+            .map(PathBuf::from)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let deployer = ProcessDeployer::new(service, process.clone(), &base, &args.state_dir);
+        let detail = deployer
+            .stop(Variant::Canary)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        lines.push(format!("{service} canary: {detail}"));
+    }
+    let actor = args
+        .actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let reason = args
+        .reason
+        .clone()
+        .unwrap_or_else(|| "the canary stopped from the command line".into());
+    #[allow(clippy::disallowed_methods)] // an audit record's wall-clock time
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    store
+        .record_operator_action(at, &actor, "canary_stopped", service, &reason)
+        .await
+        .map_err(|e| internal(e.to_string()))?;
     Ok(lines)
 }

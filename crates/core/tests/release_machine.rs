@@ -1007,8 +1007,13 @@ proptest! {
             if let Choice::Wait(ms) = c { now += u64::from(*ms); }
             let Some(input) = input_for(&state, c) else { continue };
 
-            // Rollback is reachable from every state that has deployed something.
-            if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
+            // Rollback is reachable from every state that has deployed something, until
+            // the previous version is being stopped: then it is refused, moving nothing.
+            if state.phase == Phase::Promoting && state.releasing_previous {
+                let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
+                prop_assert_eq!(aborted.state.phase, Phase::Promoting);
+                prop_assert!(weights_in(&aborted.effects).is_empty());
+            } else if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
                 let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
                 prop_assert_eq!(aborted.state.phase, Phase::RollingBack);
                 // Level 1 (flags off) first where users met the new code, else traffic.
@@ -2390,6 +2395,75 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
     assert_eq!(ok.state.pending, Some(Action::RunGates));
     let s = drive_until(&p, ok.state, healthy, |_| true, |_, _| {}, |_| false);
     assert_eq!(s.phase, Phase::Succeeded, "an approved hotfix is attended");
+}
+
+/// Once the previous version is being stopped (the promotion's last step), an abort
+/// is refused rather than send everyone to a version that is going; and a controller
+/// restarted then asks for the stop again, never a watch or a keep window that would
+/// offer a switch back to it.
+#[test]
+fn no_switch_back_to_a_previous_version_being_stopped() {
+    let p = policy();
+    let healthy_errors = || IntervalSample {
+        stable: stats(900, 1),
+        canary: stats(100, 0),
+        ..Default::default()
+    };
+    let s = drive_until(
+        &p,
+        Release::default(),
+        healthy_errors,
+        |_| true,
+        |_, _| {},
+        |s| {
+            matches!(
+                s.pending,
+                Some(Action::Stop {
+                    variant: Variant::Stable
+                })
+            )
+        },
+    );
+    assert_eq!(s.phase, Phase::Promoting);
+    assert!(s.releasing_previous);
+    let abort = Input::Abort {
+        actor: "alice".into(),
+        reason: "ctrl-c".into(),
+        force: false,
+    };
+    let t = step(&p, &s, &abort, s.started_at + 1_000_000);
+    assert!(weights_in(&t.effects).is_empty(), "no traffic moves");
+    assert_eq!(t.state.phase, Phase::Promoting);
+    assert!(t.events.iter().any(|e| e.kind == "abort_refused"));
+    assert_eq!(t.state.pending, s.pending, "the stop goes on");
+
+    let mut r = step(&p, &s, &Input::Resumed, s.started_at + 2_000_000).state;
+    let mut asked = Vec::new();
+    while let Some(a) = r.pending.clone() {
+        asked.push(a.clone());
+        let answer = match a {
+            Action::Deploy { variant, .. } => Input::Deployed {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            Action::SetWeight { weight, .. } => Input::TrafficSet { weight },
+            Action::Stop { variant } => Input::Stopped {
+                variant,
+                ok: true,
+                detail: String::new(),
+            },
+            other => panic!("after a restart mid-stop: {other:?}"),
+        };
+        r = step(&p, &r, &answer, s.started_at + 2_000_001).state;
+    }
+    assert_eq!(
+        asked.last(),
+        Some(&Action::Stop {
+            variant: Variant::Stable
+        })
+    );
+    assert_eq!(r.phase, Phase::Succeeded);
 }
 
 /// Two approvals asked for one approval point (a double click, two approvers at once)

@@ -247,6 +247,10 @@ pub struct Release {
     /// short of 100 % outside a window, analysis going on.
     #[serde(default)]
     pub window_hold: Option<Millis>,
+    /// Set once the previous version is being stopped, the promotion's last step:
+    /// past it nothing switches back to it (it is going, or gone).
+    #[serde(default)]
+    pub releasing_previous: bool,
     /// When the current approval point began (an approval asked before it was meant
     /// for an earlier one).
     #[serde(default)]
@@ -342,6 +346,7 @@ impl Default for Release {
             planned_migrations: None,
             approving: None,
             window_hold: None,
+            releasing_previous: false,
             awaiting_since: None,
             window_attended: false,
             freeze_lifted: false,

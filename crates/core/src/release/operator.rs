@@ -31,6 +31,18 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
                 format!("aborted before deployment: {reason}"),
             );
         }
+        // The previous version is being stopped: switching back to it would send every
+        // user to a version that is going, or gone.
+        Phase::Promoting if b.s.releasing_previous => {
+            b.event(
+                "abort_refused",
+                actor,
+                format!(
+                    "{} serves everyone and the previous version is being stopped, the promotion's last step: nothing can switch back to it now. To go back, release the previous version again once this ends",
+                    b.s.version
+                ),
+            );
+        }
         Phase::Deploying
         | Phase::Previewing
         | Phase::AwaitingApproval

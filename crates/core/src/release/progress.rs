@@ -526,6 +526,7 @@ pub(super) fn keep_or_stop_previous(b: &mut Builder<'_>) {
     let keep = b.policy.strategy.keep_previous();
     if keep.is_zero() {
         b.s.phase = Phase::Promoting;
+        b.s.releasing_previous = true;
         b.act(Action::Stop {
             variant: Variant::Stable,
         });

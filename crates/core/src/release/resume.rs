@@ -78,6 +78,19 @@ pub(super) fn resume(b: &mut Builder<'_>) {
                 matches: b.policy.strategy.matches_at(b.s.step),
             });
         }
+        // Stopping the previous version was under way: the new one serves everyone,
+        // and the stop is asked again (it is idempotent), never a watch or a keep
+        // window that would offer a switch back to what is going.
+        Phase::Promoting if b.s.releasing_previous => {
+            chain.extend(canary.clone());
+            chain.push(Action::SetWeight {
+                weight: Weight::FULL,
+                matches: Vec::new(),
+            });
+            chain.push(Action::Stop {
+                variant: Variant::Stable,
+            });
+        }
         Phase::Promoting => {
             match canary.clone() {
                 Some(c) => chain.push(c),

@@ -248,6 +248,7 @@ fn tick(b: &mut Builder<'_>) {
         Phase::KeepingPrevious if due(b.s.timer) => {
             b.s.timer = None;
             b.s.phase = Phase::Promoting;
+            b.s.releasing_previous = true;
             b.event(
                 "previous_released",
                 "rampart",

@@ -80,11 +80,11 @@ impl Samples {
         for (i, c) in columns.iter().enumerate().skip(4) {
             match LATENCY_COLUMNS.iter().find(|(name, _)| name == c) {
                 Some((_, q)) if !latency.iter().any(|(_, x)| x == q) => latency.push((i, *q)),
-                Some(_) => return Err(err(1, format!("column `{c}` appears twice"))),
+                Some(_) => return Err(err(at, format!("column `{c}` appears twice"))),
                 None => {
                     let names: Vec<&str> = LATENCY_COLUMNS.iter().map(|(n, _)| *n).collect();
                     return Err(err(
-                        1,
+                        at,
                         format!(
                             "unknown column `{c}`; optional columns are {}",
                             names.join(", ")
@@ -373,6 +373,11 @@ mod tests {
             ),
             // A comment before the header is a comment, not a header.
             ("# recorded in prod\nt,variant\n", 2, "header"),
+            (
+                "# recorded in prod\nt_s,variant,requests,errors,p42_ms\n",
+                2,
+                "unknown column",
+            ),
         ] {
             let e = Samples::parse(text).unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e}");

@@ -3002,6 +3002,56 @@ fn a_full_release_waits_for_an_approval_before_switching_everything() {
     assert_eq!(s.phase, Phase::Succeeded);
 }
 
+/// A full release's approval (at 0 %) given during a calendar freeze: the switch waits
+/// for the freeze's end without asking anyone (no approval lifts it), then happens; the
+/// approval already given is not asked for again.
+#[test]
+fn a_full_releases_approval_during_a_freeze_switches_once_the_freeze_ends() {
+    let p = Policy::from_yaml(&format!(
+        "{}{WINDOWS}",
+        BLUE_GREEN.replace(
+            "  blue_green:\n    preview: [{http: /healthz}]\n    stability: 2m\n    keep_previous: 10m\n",
+            "  full: {stability: 2m}\n",
+        )
+    ))
+    .unwrap();
+    let start = new_york("2026-12-23 16:50");
+    let (s, _) = drive_timed(
+        &p,
+        started(&p, start),
+        start,
+        |_| full(0),
+        |s| s.phase == Phase::AwaitingApproval,
+    );
+    assert_eq!((s.phase, s.approving), (Phase::AwaitingApproval, None));
+    let at = new_york("2026-12-24 00:30");
+    let approve = Input::Approved {
+        by: "bob".into(),
+        asked_at: Some(at),
+    };
+    let held = step(&p, &s, &approve, at + 1);
+    assert!(
+        weights_in(&held.effects).is_empty(),
+        "nothing inside the freeze"
+    );
+    assert!(
+        held.events
+            .iter()
+            .all(|e| e.kind != "awaiting_approval" && e.instead.is_none()),
+        "no one is asked for an approval a freeze refuses: {:?}",
+        held.events
+    );
+    let due = held.state.wake_at().unwrap();
+    assert!(due >= new_york("2026-12-28 00:00"), "{due}");
+    let switched = step(&p, &held.state, &Input::Tick, due);
+    assert_eq!(
+        weights_in(&switched.effects),
+        vec![Weight::FULL],
+        "the approval given is not asked for again: {:?}",
+        switched.state.phase
+    );
+}
+
 #[test]
 fn flag_references_and_ramps_are_validated() {
     let errors = |src: &str| {

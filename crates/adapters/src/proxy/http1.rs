@@ -234,7 +234,11 @@ pub(super) async fn connect(
             )
         })??;
     stream.set_nodelay(true)?;
-    liveness(&stream)?;
+    // Best effort: a kernel without these options still gets its connections, with
+    // its own limits.
+    if let Err(e) = liveness(&stream) {
+        tracing::debug!(error = %e, %addr, "TCP liveness options not set");
+    }
     Ok(stream)
 }
 

@@ -211,6 +211,19 @@ impl Builder<'_> {
         }
     }
 
+    /// Holds the release, with no traffic moved, until a calendar freeze ends
+    /// (`timeout_ms`): as a wait for all traffic at once, but asking no one, since no
+    /// approval lifts a freeze.
+    pub(super) fn await_window(&mut self, timeout_ms: Millis, msg: String) {
+        self.s.pending = None;
+        self.s.phase = Phase::AwaitingApproval;
+        self.s.approving = Some(PreApproval::FullTraffic);
+        self.s.awaiting_since = Some(self.now);
+        self.s.timer = Some(self.now + timeout_ms);
+        self.event("holding_for_window", "rampart", msg.clone());
+        self.notify(NoticeKind::Step, msg);
+    }
+
     /// Holds the release at an approval point until `timeout_ms` passes, and asks for it.
     pub(super) fn await_approval(
         &mut self,
@@ -219,9 +232,18 @@ impl Builder<'_> {
         ask: String,
     ) {
         self.s.pending = None;
+        // The same wait asked again (a window wait taken up late) is the same approval
+        // point: an approval asked for it still counts. Each canary step's approval
+        // (`kind` none) is a point of its own.
+        let same = kind.is_some()
+            && self.s.phase == Phase::AwaitingApproval
+            && self.s.approving == kind
+            && self.s.pending.is_none();
+        if !same || self.s.awaiting_since.is_none() {
+            self.s.awaiting_since = Some(self.now);
+        }
         self.s.phase = Phase::AwaitingApproval;
         self.s.approving = kind;
-        self.s.awaiting_since = Some(self.now);
         self.s.timer = Some(self.now + timeout_ms);
         let instead = Instead::Approve {
             release: self.s.id.clone(),

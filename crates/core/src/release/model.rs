@@ -247,6 +247,10 @@ pub struct Release {
     /// short of 100 % outside a window, analysis going on.
     #[serde(default)]
     pub window_hold: Option<Millis>,
+    /// Set once the first step was put in force: a wait for all traffic at once that
+    /// ends then goes on to the next step, not back to the first.
+    #[serde(default)]
+    pub steps_begun: bool,
     /// Set once the previous version is being stopped, the promotion's last step:
     /// past it nothing switches back to it (it is going, or gone).
     #[serde(default)]
@@ -346,6 +350,7 @@ impl Default for Release {
             planned_migrations: None,
             approving: None,
             window_hold: None,
+            steps_begun: false,
             releasing_previous: false,
             awaiting_since: None,
             window_attended: false,

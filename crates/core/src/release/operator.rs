@@ -5,7 +5,7 @@
 use super::builder::{Builder, window_closed};
 use super::gating::block;
 use super::model::{DecisionKind, Phase, PreApproval, Release};
-use super::progress::{next_step, start_progressing};
+use super::progress::{full_traffic_due, next_step};
 use super::protocol::Action;
 use crate::instead::Instead;
 use crate::units::{Millis, Weight};
@@ -134,7 +134,9 @@ pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str) {
             "the initiator cannot promote their own release (four eyes)".into(),
         );
     }
-    if let Some((why, true, _)) = window_closed(b) {
+    if let Some((why, true, _)) = window_closed(b)
+        && !b.s.freeze_lifted
+    {
         return refuse(
             b,
             format!("it is {why}: nothing goes to 100 % during a freeze"),
@@ -253,7 +255,7 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
                 "switching all traffic outside the release window approved (attended)".into(),
             );
             b.s.window_attended = true;
-            return start_progressing(b);
+            return full_traffic_due(b);
         }
         Some(PreApproval::Migrations) => {
             b.event("approved", by, "breaking migrations approved".into());

@@ -115,6 +115,17 @@ pub(super) fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: 
     }
 }
 
+/// The wait before all traffic at once is over (approved, or its window came): the
+/// move it held goes on. At the start (a first step at 100 %) the steps begin; after
+/// a step (an approval step at 0 % whose next is 100 %), the next step.
+pub(super) fn full_traffic_due(b: &mut Builder<'_>) {
+    if b.s.steps_begun {
+        next_step(b);
+    } else {
+        start_progressing(b);
+    }
+}
+
 pub(super) fn start_progressing(b: &mut Builder<'_>) {
     b.s.step = 0;
     let first = &b.policy.strategy.steps()[0];
@@ -186,12 +197,15 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
         b.start_interval();
         return true;
     }
-    let ask = if frozen {
-        format!(
+    if frozen {
+        let msg = format!(
             "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; no approval lifts a freeze",
             b.s.version, b.policy.service,
-        )
-    } else {
+        );
+        b.await_window(until.saturating_sub(b.now), msg);
+        return true;
+    }
+    let ask = {
         format!(
             "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; an approval (by anyone but {}) switches now, attended",
             b.s.version,
@@ -210,6 +224,7 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
 /// Puts the current step in force: an approval point waits for a human; any other
 /// step sets its traffic.
 fn enter_step(b: &mut Builder<'_>) {
+    b.s.steps_begun = true;
     b.s.step_started_at = None;
     b.s.next_analysis_at = None;
     let Some(approval) = b.policy.strategy.steps()[b.s.step].approval.clone() else {

@@ -7,8 +7,8 @@ use super::gating::{ask_hotfix_approval, block, gates_checked, migrated, open_or
 use super::model::{Phase, PreApproval, Release, Transition};
 use super::operator::{abort, approved, pause, promote, unpause};
 use super::progress::{
-    after_full, deployed, inconclusive, keep_or_stop_previous, measured, start_progressing,
-    step_in_force, succeed, watched,
+    after_full, deployed, full_traffic_due, inconclusive, keep_or_stop_previous, measured,
+    start_progressing, step_in_force, succeed, watched,
 };
 use super::protocol::{Action, CheckStage, Input, Variant};
 use super::resume::{ensured, resume};
@@ -207,12 +207,12 @@ fn tick(b: &mut Builder<'_>) {
         }
         Phase::AwaitingApproval if due(b.s.timer) && b.s.approving == Some(PreApproval::Window) => {
             b.s.timer = None;
-            b.s.approving = None;
             // Taken up late (the controller was down past the opening), the window may
-            // have closed again, or a freeze begun: asked again.
+            // have closed again, or a freeze begun: asked again (the same wait).
             if window_closed(b).is_some() {
                 return open_or_wait(b);
             }
+            b.s.approving = None;
             b.event(
                 "window_opened",
                 "rampart",
@@ -226,7 +226,7 @@ fn tick(b: &mut Builder<'_>) {
         {
             b.s.timer = None;
             b.s.approving = None;
-            start_progressing(b);
+            full_traffic_due(b);
         }
         Phase::AwaitingApproval if due(b.s.timer) && b.s.approving.is_some() => {
             let what = match b.s.approving {

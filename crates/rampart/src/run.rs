@@ -486,6 +486,12 @@ pub async fn run_release(
         plane.running_version.as_deref(),
         remembered.as_deref(),
     );
+    // A flag release changes no code: the version released is both sides.
+    let stable = if policy.strategy.flag_only() {
+        Some(opts.version.clone())
+    } else {
+        stable
+    };
     if stable.is_none() && plane.cluster_runs_versions() {
         // On a cluster the stable Deployment always exists (it is the canary's
         // template), so "no stable version" means its image did not match the policy's
@@ -503,7 +509,7 @@ pub async fn run_release(
             (id, stable)
         }
         None => {
-            leftover_canary(&plane, &policy, &opts.policy_path).await?;
+            leftover_canary(&plane, &policy, &opts.policy_path, store.as_ref()).await?;
             let mut id = match &opts.served {
                 Some(served) => served.release_id.clone(),
                 None => release_id(&policy.service, clock.now()),
@@ -706,24 +712,50 @@ async fn hand_over(
 }
 
 /// Refuses a new release while the service's data plane still sends users to a canary
-/// that a finished release left there (a halt, an escalation, a level-1 rollback): the
-/// new release would replace that canary with its own version at that weight, before
-/// any analysis. Where that traffic goes is a human's decision
-/// (`rampart stop --canary`).
+/// that the last release left there when it halted, or rolled back at level 1 (flags
+/// off, the canary kept its weight): the new release would replace that canary with
+/// its own version at that weight, before any analysis. Where those users go is a
+/// human's decision (`rampart stop --canary`). Only a canary that still answers is
+/// such a leftover: one whose processes are gone (the service stopped, the host
+/// rebooted) serves no one, and a new release replacing it makes nothing worse. After
+/// an escalation the new release is the roll forward the page offers, and goes on.
 async fn leftover_canary(
     plane: &crate::dataplane::DataPlane,
     policy: &Policy,
     policy_path: &Path,
+    store: &StateStore,
 ) -> Result<(), RunError> {
     let Some(remote) = &plane.remote else {
         return Ok(());
     };
-    let table = remote
-        .table()
+    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+    let last = store
+        .releases(&policy.service)
         .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+        .map_err(|e| internal(e.to_string()))?
+        .into_iter()
+        .find(|r| r.outcome.is_some());
+    if !last.is_some_and(|r| {
+        matches!(
+            r.outcome,
+            Some(OutcomeKind::Halted | OutcomeKind::RolledBack)
+        )
+    }) {
+        return Ok(());
+    }
+    let table = remote.table().await.map_err(|e| internal(e.to_string()))?;
     let carries = table.weight > rampart_core::Weight::ZERO || !table.matches.is_empty();
-    if table.canary.is_empty() || !carries {
+    if table.canary.is_empty() || !carries || policy.strategy.flag_only() {
+        return Ok(());
+    }
+    let mut answering = 0;
+    for addr in &table.canary {
+        let connect = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(2), connect).await {
+            answering += 1;
+        }
+    }
+    if answering == 0 {
         return Ok(());
     }
     Err(RunError::Blocked(format!(

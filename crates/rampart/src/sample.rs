@@ -51,6 +51,8 @@ pub struct Behaviour {
     /// When set, the errors only hit requests for which this feature flag is on: the
     /// flag's URL (`http://HOST:PORT/flags/NAME`) and the header carrying the user key.
     pub flag: Option<(String, String)>,
+    /// With `flag`: the latency of the requests it is on for, in place of `latency`.
+    pub flag_latency: Option<Duration>,
 }
 
 /// Picks the value for `version` from `VALUE` or `VERSION=VALUE,...,*=DEFAULT`.
@@ -145,6 +147,24 @@ impl Behaviour {
             let header = get("SAMPLE_FLAG_KEY_HEADER").unwrap_or_else(|| "x-user-id".into());
             (url, header.to_ascii_lowercase())
         });
+        // SAMPLE_FLAG_LATENCY_MS: the latency of a request the flag is on for (the new
+        // code path), in place of SAMPLE_LATENCY_MS.
+        let flag_latency = match pick("SAMPLE_FLAG_LATENCY_MS") {
+            None => None,
+            Some(t) => {
+                let ms: f64 = t
+                    .parse()
+                    .ok()
+                    .filter(|v: &f64| v.is_finite() && (0.0..=60_000.0).contains(v))
+                    .with_context(|| {
+                        format!("SAMPLE_FLAG_LATENCY_MS: `{t}` is not 0 to 60000 milliseconds")
+                    })?;
+                if flag.is_none() {
+                    bail!("SAMPLE_FLAG_LATENCY_MS needs SAMPLE_FLAG_URL");
+                }
+                Some(Duration::from_secs_f64(ms / 1000.0))
+            }
+        };
         Ok(Behaviour {
             version: version.to_string(),
             error_rate,
@@ -153,6 +173,7 @@ impl Behaviour {
             spike,
             slow,
             flag,
+            flag_latency,
         })
     }
 }
@@ -299,9 +320,24 @@ async fn answer(State(s): State<Arc<Sample>>, headers: HeaderMap) -> (StatusCode
 async fn outcome(s: &Sample, headers: &HeaderMap) -> bool {
     let b = &s.b;
     let n = s.requests.fetch_add(1, Ordering::Relaxed);
+    // Whether the flag is on for this request, when the bug sits behind one.
+    let flagged = match &b.flag {
+        None => None,
+        Some((url, header)) => {
+            let key = headers
+                .get(header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            Some(flag_on(url, key).await)
+        }
+    };
+    let latency = match (flagged, b.flag_latency) {
+        (Some(true), Some(flag_latency)) => flag_latency,
+        _ => b.latency,
+    };
     // Evenly spread ±20 % around the configured latency (golden-ratio sequence).
     let spread = 0.8 + 0.4 * ((n as f64 * 0.618_033_988_75) % 1.0);
-    let mut wait = b.latency.mul_f64(spread);
+    let mut wait = latency.mul_f64(spread);
     if let Some((share, extra)) = b.slow
         && unit_interval(n) < share
     {
@@ -315,18 +351,10 @@ async fn outcome(s: &Sample, headers: &HeaderMap) -> bool {
         _ => b.error_rate,
     };
     // Behind a flag, only flag-on requests count toward the error rate.
-    let n = match &b.flag {
+    let n = match flagged {
         None => n,
-        Some((url, header)) => {
-            let key = headers
-                .get(header.as_str())
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !flag_on(url, key).await {
-                return false;
-            }
-            s.flagged.fetch_add(1, Ordering::Relaxed)
-        }
+        Some(false) => return false,
+        Some(true) => s.flagged.fetch_add(1, Ordering::Relaxed),
     };
     ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
 }
@@ -417,6 +445,7 @@ mod tests {
             spike: None,
             slow: None,
             flag: None,
+            flag_latency: None,
         };
         tokio::spawn(serve(port, b));
         for _ in 0..200 {

@@ -673,3 +673,21 @@ fn a_canary_left_with_users_by_a_halt_blocks_the_next_release_until_stopped() {
     let (code, v) = svc.release("v3");
     assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
 }
+
+/// The data plane a `--stop-after` release stopped comes back with its saved routes,
+/// the winner as its canary at 100 %: no leftover of a halt, so the next release starts.
+#[test]
+fn a_release_after_a_stopped_promoted_one_is_not_blocked() {
+    let svc = Service::new("after-stop");
+    let text = std::fs::read_to_string(&svc.policy).unwrap().replace(
+        "no_data: {limit: 1000, action: halt}",
+        "no_data: {limit: 2, action: halt}",
+    );
+    std::fs::write(&svc.policy, text).unwrap();
+    let out = svc.run("v1").arg("--stop-after").output().unwrap();
+    let (code, v) = report(&out);
+    assert_eq!(code, 0, "{v}");
+    // No load: it halts on its own no data, having started.
+    let (code, v) = svc.release("v2");
+    assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+}

@@ -215,3 +215,25 @@ fn flag_demo_switches_a_bad_flag_off_and_starts_or_stops_no_process() {
     );
     assert!(!kinds.contains(&"canary_stopped"), "{kinds:?}");
 }
+
+/// Behind a flag, v2 serves everyone and its slow new checkout is slow for the
+/// flag-on users alone: they are judged against the rest and the flag is switched off,
+/// as `demo --help` says of slow-canary. crash-on-start does not apply to a release
+/// that starts no new process: a usage error, not a halt.
+#[test]
+fn flag_demo_switches_a_slow_flag_off_and_refuses_crash_on_start() {
+    let (code, v) = demo_with("flag", "slow-canary");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["rollback_level"], 1);
+    assert_eq!(
+        v["stable_version"], "v2",
+        "the running version is both sides"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["demo", "--strategy", "flag", "--scenario", "crash-on-start"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("starts no new process"), "{err}");
+}

@@ -235,10 +235,8 @@ impl Builder<'_> {
         // The same wait asked again (a window wait taken up late) is the same approval
         // point: an approval asked for it still counts. Each canary step's approval
         // (`kind` none) is a point of its own.
-        let same = kind.is_some()
-            && self.s.phase == Phase::AwaitingApproval
-            && self.s.approving == kind
-            && self.s.pending.is_none();
+        let same =
+            kind.is_some() && self.s.phase == Phase::AwaitingApproval && self.s.approving == kind;
         if !same || self.s.awaiting_since.is_none() {
             self.s.awaiting_since = Some(self.now);
         }

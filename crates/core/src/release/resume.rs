@@ -199,6 +199,13 @@ pub(super) fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &
     if ok {
         return;
     }
+    if b.s.releasing_previous {
+        // The previous version is being stopped: nothing to switch back to.
+        return b.halt(format!(
+            "{} did not come back after restart while the previous version was being stopped: {detail}",
+            variant.as_str()
+        ));
+    }
     match (b.s.phase, variant) {
         (
             Phase::Previewing

@@ -319,6 +319,13 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
             Phase::Progressing | Phase::Promoting | Phase::Watching,
             Input::TrafficFailed { detail },
         ) => {
+            if b.s.releasing_previous {
+                // The previous version is being stopped: nothing to switch back to.
+                return b.halt(format!(
+                    "could not set all traffic on {} while the previous version was being stopped: {detail}",
+                    b.s.version
+                ));
+            }
             b.rollback(
                 "rampart",
                 format!("could not set the canary weight: {detail}"),

@@ -145,18 +145,52 @@ async fn stop_canary(
             "--force needs --reason: say what was repaired, for the audit trail".into(),
         ));
     }
+    if policy.proxy().is_none() {
+        return Err(RunError::Invalid(format!(
+            "--canary settles the embedded data plane (`traffic.proxy`); {service}'s traffic is routed elsewhere, where its canary is set by that router's own tools"
+        )));
+    }
+    if policy.strategy.flag_only() {
+        return Err(RunError::Invalid(format!(
+            "{service} releases by flag: it has no canary process, and its flag-on users are set with `rampart flags set`"
+        )));
+    }
     let last = store
         .releases(service)
         .await
         .map_err(|e| internal(e.to_string()))?
         .into_iter()
         .next();
+    // A release that shipped non-backward-compatible migrations (escalated, or halted
+    // before it could) leaves a schema stable's code may not run on.
+    let breaking = match &last {
+        Some(last) => {
+            let (_, log) = store
+                .load(&last.id)
+                .await
+                .map_err(|e| internal(e.to_string()))?;
+            last.outcome == Some(rampart_core::release::OutcomeKind::Escalated)
+                || log.iter().any(|entry| {
+                    matches!(
+                        entry.input,
+                        rampart_core::release::Input::Start {
+                            planned_migrations: Some(
+                                rampart_core::migrations::Class::Contract
+                                    | rampart_core::migrations::Class::Irreversible
+                            ),
+                            ..
+                        }
+                    )
+                })
+        }
+        None => false,
+    };
     if let Some(last) = &last
-        && last.outcome == Some(rampart_core::release::OutcomeKind::Escalated)
+        && breaking
         && !args.force
     {
         return Err(RunError::Blocked(format!(
-            "release {} of {service} {} shipped non-backward-compatible migrations and was escalated: stable's code may not run on the new schema. Repair the data, then `rampart stop -f {} --canary --force --reason \"what was repaired\"`",
+            "release {} of {service} {} shipped non-backward-compatible migrations: stable's code may not run on the new schema. Repair the data, then `rampart stop -f {} --canary --force --reason \"what was repaired\"`",
             last.id,
             last.version,
             args.file.display()
@@ -173,39 +207,43 @@ async fn stop_canary(
     let table = plane.table().await.map_err(|e| internal(e.to_string()))?;
     let mut lines = Vec::new();
     if !table.canary.is_empty() || table.weight > rampart_core::Weight::ZERO {
-        let mut answering = Vec::new();
+        // Every stable endpoint must answer: fewer would take the whole load.
+        let mut silent = Vec::new();
         for addr in &table.stable {
             let connect = tokio::net::TcpStream::connect(addr);
-            if let Ok(Ok(_)) =
-                tokio::time::timeout(std::time::Duration::from_secs(2), connect).await
-            {
-                answering.push(*addr);
+            if !matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(2), connect).await,
+                Ok(Ok(_))
+            ) {
+                silent.push(addr.to_string());
             }
         }
-        if answering.is_empty() {
+        if table.stable.is_empty() || !silent.is_empty() {
             return Err(RunError::Blocked(format!(
-                "no stable endpoint of {service} answers ({}): sending the canary's traffic there would leave its users with nothing. Start stable again (a release), or stop the whole service (`rampart stop -f {}`)",
+                "stable of {service} does not answer ({}): sending the canary's users there would leave them with nothing, or with too little. Nothing was moved; the canary keeps its users. Start stable again, or stop the whole service (`rampart stop -f {}`)",
                 if table.stable.is_empty() {
-                    "it has none".to_string()
+                    "it has no endpoint".to_string()
                 } else {
-                    table
-                        .stable
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    format!("silent: {}", silent.join(", "))
                 },
                 args.file.display()
             )));
         }
-        crate::run::all_to_stable(&plane, &answering)
+        crate::run::all_to_stable(&plane, &table.stable)
             .await
             .map_err(|e| internal(e.to_string()))?;
         lines.push(format!(
             "{service}: all traffic to stable ({} endpoint(s)); the canary had {}",
-            answering.len(),
+            table.stable.len(),
             table.weight
         ));
+        // Its requests in flight end before its processes stop.
+        let drain = policy.rollback.drain;
+        if let Err(e) =
+            rampart_core::ports::TrafficRouter::drain(&plane, Variant::Canary, drain).await
+        {
+            lines.push(format!("{service} canary: not drained: {e}"));
+        }
     }
     if let Some(process) = policy.process() {
         let base = args

@@ -564,6 +564,11 @@ fn answer_bytes() -> impl Strategy<Value = Vec<u8>> {
 /// desync between clients); and a request pipelined behind it on the same client
 /// connection gets its own answer whole, or a close.
 fn check_answer(answer: &[u8]) -> Result<(), TestCaseError> {
+    // One case at a time: the scripted version is shared by the tests of this file,
+    // which `cargo test` runs on threads at once (one's script would answer the
+    // other's requests).
+    static ONE_CASE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _case = ONE_CASE.lock().unwrap_or_else(|p| p.into_inner());
     let f = fixture();
     let a = answer_fixture();
     *a.answer.lock().unwrap() = answer.to_vec();

@@ -105,6 +105,35 @@ analysis: {{metrics: [{{metric: error_rate, judge: {{max: 1%}}}}]}}
         "not frozen: the release ran (and rolled back): {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A release run from a terminal has its report in `status` and `list` once over,
+    // as one the server ran (docs/json.md).
+    let ran: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for args in [&["status", "frozen"][..], &["list"]] {
+        let shown = rampart()
+            .args(args)
+            .args(["--output", "json", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_else(|e| {
+            panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&shown.stderr))
+        });
+        let release = if v.is_array() {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == ran["release_id"])
+                .cloned()
+                .unwrap()
+        } else {
+            v
+        };
+        assert_eq!(
+            release["report"]["outcome"], "rolled_back",
+            "{args:?}: {release}"
+        );
+        assert_eq!(release["report"]["release_id"], ran["release_id"]);
+    }
 
     let conn = rusqlite::Connection::open(state.join("rampart.db")).unwrap();
     let kinds: Vec<String> = conn

@@ -68,5 +68,11 @@ pub async fn main(args: LoadArgs) -> i32 {
         ),
         Output::Text => println!("sent {sent} ok {ok} failed {failed} canary {canary}"),
     }
+    // Nothing got an answer: no service at the URL, which a script must not take for
+    // a load that ran.
+    if ok == 0 && failed > 0 {
+        eprintln!("error: none of the {sent} requests to {url} got an answer");
+        return 1;
+    }
     0
 }

@@ -254,14 +254,10 @@ fn finished_report(
     log: &[rampart_core::ports::StoredInput],
 ) -> Option<String> {
     let policy = rampart_core::Policy::from_yaml(&record.policy).ok()?;
-    let end = rampart_core::release::Release::replay(&policy, log.iter().map(|e| (&e.input, e.at)));
-    let mut totals = rampart_core::metrics::IntervalSample::default();
-    for e in log {
-        if let rampart_core::release::Input::Measured { sample } = &e.input {
-            totals.stable.requests += sample.stable.requests;
-            totals.canary.requests += sample.canary.requests;
-        }
-    }
-    let timeline = log.iter().flat_map(|e| e.events.clone()).collect();
-    serde_json::to_string(&crate::run::report(&policy, &end, timeline, totals, None)).ok()
+    let loaded = super::views::Loaded {
+        record: record.clone(),
+        log: log.to_vec(),
+        policy,
+    };
+    serde_json::to_string(&loaded.finished_report()).ok()
 }

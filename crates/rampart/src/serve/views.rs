@@ -201,6 +201,21 @@ impl Loaded {
         )
     }
 
+    /// The report of the release as it ended, rebuilt from its log (the requests each
+    /// interval measured, its audit trail).
+    pub fn finished_report(&self) -> crate::report::Report {
+        let end = self.state();
+        let mut totals = rampart_core::metrics::IntervalSample::default();
+        for e in &self.log {
+            if let rampart_core::release::Input::Measured { sample } = &e.input {
+                totals.stable.requests += sample.stable.requests;
+                totals.canary.requests += sample.canary.requests;
+            }
+        }
+        let timeline = self.log.iter().flat_map(|e| e.events.clone()).collect();
+        crate::run::report(&self.policy, &end, timeline, totals, None)
+    }
+
     /// The state now.
     pub fn state(&self) -> Release {
         Release::replay(&self.policy, self.log.iter().map(|e| (&e.input, e.at)))
@@ -256,7 +271,15 @@ impl Loaded {
             rollback_level: s.rollback_level,
             intervals: s.intervals,
             last_verdict: s.last_verdict.map(|v| v.label_snake().to_string()),
-            report: report.and_then(|r| serde_json::from_str(r).ok()),
+            // A release the server ran kept its report; one run from a terminal
+            // (`rampart run` on the same store) is rebuilt from its log, once over.
+            report: report
+                .and_then(|r| serde_json::from_str(r).ok())
+                .or_else(|| {
+                    self.record
+                        .outcome
+                        .and_then(|_| serde_json::to_value(self.finished_report()).ok())
+                }),
             metrics: metric_views(&self.policy),
         }
     }

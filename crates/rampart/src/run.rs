@@ -748,14 +748,14 @@ async fn leftover_canary(
     if table.canary.is_empty() || !carries || policy.strategy.flag_only() {
         return Ok(());
     }
-    let mut answering = 0;
+    let mut answering = false;
     for addr in &table.canary {
-        let connect = tokio::net::TcpStream::connect(addr);
-        if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(2), connect).await {
-            answering += 1;
+        if answers(*addr).await {
+            answering = true;
+            break;
         }
     }
-    if answering == 0 {
+    if !answering {
         return Ok(());
     }
     Err(RunError::Blocked(format!(
@@ -765,6 +765,16 @@ async fn leftover_canary(
         table.canary.len(),
         policy_path.display()
     )))
+}
+
+/// Whether something at `addr` accepts a TCP connection within 2 s: a version's
+/// process that still runs.
+pub(crate) async fn answers(addr: SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Routes everything to `stable` as stable, through states that each send every

@@ -89,15 +89,19 @@ impl Behaviour {
             }
             None => 0.0,
         };
-        let latency_ms: f64 = match pick("SAMPLE_LATENCY_MS") {
-            Some(t) => t
+        // A latency in milliseconds, from 0 to a minute.
+        let latency = |name: &str| -> Result<Option<Duration>> {
+            let Some(t) = pick(name) else {
+                return Ok(None);
+            };
+            let ms: f64 = t
                 .parse()
-                .with_context(|| format!("SAMPLE_LATENCY_MS: `{t}` is not a number"))?,
-            None => 5.0,
+                .with_context(|| format!("{name}: `{t}` is not a number"))?;
+            if !(0.0..=60_000.0).contains(&ms) {
+                bail!("{name} must be between 0 and 60000");
+            }
+            Ok(Some(Duration::from_secs_f64(ms / 1000.0)))
         };
-        if !(0.0..=60_000.0).contains(&latency_ms) {
-            bail!("SAMPLE_LATENCY_MS must be between 0 and 60000");
-        }
         let crash_on_start = matches!(
             pick("SAMPLE_CRASH_ON_START").as_deref(),
             Some("1" | "true" | "yes")
@@ -149,26 +153,14 @@ impl Behaviour {
         });
         // SAMPLE_FLAG_LATENCY_MS: the latency of a request the flag is on for (the new
         // code path), in place of SAMPLE_LATENCY_MS.
-        let flag_latency = match pick("SAMPLE_FLAG_LATENCY_MS") {
-            None => None,
-            Some(t) => {
-                let ms: f64 = t
-                    .parse()
-                    .ok()
-                    .filter(|v: &f64| v.is_finite() && (0.0..=60_000.0).contains(v))
-                    .with_context(|| {
-                        format!("SAMPLE_FLAG_LATENCY_MS: `{t}` is not 0 to 60000 milliseconds")
-                    })?;
-                if flag.is_none() {
-                    bail!("SAMPLE_FLAG_LATENCY_MS needs SAMPLE_FLAG_URL");
-                }
-                Some(Duration::from_secs_f64(ms / 1000.0))
-            }
-        };
+        let flag_latency = latency("SAMPLE_FLAG_LATENCY_MS")?;
+        if flag_latency.is_some() && flag.is_none() {
+            bail!("SAMPLE_FLAG_LATENCY_MS needs SAMPLE_FLAG_URL");
+        }
         Ok(Behaviour {
             version: version.to_string(),
             error_rate,
-            latency: Duration::from_secs_f64(latency_ms / 1000.0),
+            latency: latency("SAMPLE_LATENCY_MS")?.unwrap_or(Duration::from_millis(5)),
             crash_on_start,
             spike,
             slow,

@@ -163,56 +163,52 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
             b.s.phase = Phase::Progressing;
             b.s.step_started_at.get_or_insert(b.now);
         }
-        if b.s.window_hold.is_none() && frozen {
-            let msg = format!(
-                "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}; no approval lifts a freeze",
-                b.s.version, b.policy.service, b.s.weight,
-            );
-            b.event("holding_for_window", "rampart", msg.clone());
-            b.notify(NoticeKind::Step, msg);
-        } else if b.s.window_hold.is_none() {
-            let msg = format!(
-                "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}; an approval (by anyone but {}) promotes now, attended",
-                b.s.version,
-                b.policy.service,
-                b.s.weight,
-                b.not_the_initiator()
-            );
-            let instead = Instead::Approve {
-                release: b.s.id.clone(),
-                not_by: b.not_the_initiator(),
-            };
-            b.event_offering(
-                "holding_for_window",
-                "rampart",
-                msg.clone(),
-                instead.clone(),
-            );
-            b.notify_offering(NoticeKind::Step, msg, Some(instead));
-        }
+        // Said once, as the hold begins.
         if b.s.window_hold.is_none() {
             b.s.awaiting_since = Some(b.now);
+            let held = format!(
+                "release {} of {} is ready for 100 % but it is {why}: holding at {} with analysis going on until {when}",
+                b.s.version, b.policy.service, b.s.weight,
+            );
+            if frozen {
+                let msg = format!("{held}; no approval lifts a freeze");
+                b.event("holding_for_window", "rampart", msg.clone());
+                b.notify(NoticeKind::Step, msg);
+            } else {
+                let msg = format!(
+                    "{held}; an approval (by anyone but {}) promotes now, attended",
+                    b.not_the_initiator()
+                );
+                let instead = Instead::Approve {
+                    release: b.s.id.clone(),
+                    not_by: b.not_the_initiator(),
+                };
+                b.event_offering(
+                    "holding_for_window",
+                    "rampart",
+                    msg.clone(),
+                    instead.clone(),
+                );
+                b.notify_offering(NoticeKind::Step, msg, Some(instead));
+            }
         }
         b.s.window_hold = Some(until);
         b.start_interval();
         return true;
     }
+    let waiting = format!(
+        "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}",
+        b.s.version, b.policy.service,
+    );
     if frozen {
-        let msg = format!(
-            "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; no approval lifts a freeze",
-            b.s.version, b.policy.service,
-        );
+        let msg = format!("{waiting}; no approval lifts a freeze");
         b.await_window(until.saturating_sub(b.now), msg);
         return true;
     }
-    let ask = {
-        format!(
-            "release {} of {} would switch all traffic at once but it is {why}: waiting until {when}; an approval (by anyone but {}) switches now, attended",
-            b.s.version,
-            b.policy.service,
-            b.not_the_initiator()
-        )
-    };
+    let ask = format!(
+        "{waiting}; an approval (by anyone but {}) switches now, attended",
+        b.not_the_initiator()
+    );
     b.await_approval(
         Some(PreApproval::FullTraffic),
         until.saturating_sub(b.now),

@@ -106,15 +106,7 @@ async fn stop(args: &StopArgs) -> Result<Vec<String>, RunError> {
             policy.service
         ));
     }
-    if let Some(process) = policy.process() {
-        let base = args
-            .file
-            .parent()
-            .map(PathBuf::from)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."));
-        let deployer =
-            ProcessDeployer::new(&policy.service, process.clone(), &base, &args.state_dir);
+    if let Some(deployer) = deployer(args, &policy) {
         for v in [Variant::Canary, Variant::Stable] {
             let detail = deployer
                 .stop(v)
@@ -210,11 +202,7 @@ async fn stop_canary(
         // Every stable endpoint must answer: fewer would take the whole load.
         let mut silent = Vec::new();
         for addr in &table.stable {
-            let connect = tokio::net::TcpStream::connect(addr);
-            if !matches!(
-                tokio::time::timeout(std::time::Duration::from_secs(2), connect).await,
-                Ok(Ok(_))
-            ) {
+            if !crate::run::answers(*addr).await {
                 silent.push(addr.to_string());
             }
         }
@@ -245,14 +233,7 @@ async fn stop_canary(
             lines.push(format!("{service} canary: not drained: {e}"));
         }
     }
-    if let Some(process) = policy.process() {
-        let base = args
-            .file
-            .parent()
-            .map(PathBuf::from)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."));
-        let deployer = ProcessDeployer::new(service, process.clone(), &base, &args.state_dir);
+    if let Some(deployer) = deployer(args, policy) {
         let detail = deployer
             .stop(Variant::Canary)
             .await
@@ -277,4 +258,22 @@ async fn stop_canary(
         .await
         .map_err(|e| internal(e.to_string()))?;
     Ok(lines)
+}
+
+/// The service's local processes, when it runs any, resolved as its releases ran them
+/// (relative to the policy's directory).
+fn deployer(args: &StopArgs, policy: &rampart_core::policy::Policy) -> Option<ProcessDeployer> {
+    let process = policy.process()?;
+    let base = args
+        .file
+        .parent()
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    Some(ProcessDeployer::new(
+        &policy.service,
+        process.clone(),
+        &base,
+        &args.state_dir,
+    ))
 }

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::raw::read_head;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -26,7 +25,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
 use rampart_core::Variant;
 use rampart_core::policy::UpstreamProtocol;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// Set for the test binary run inside the namespace.
@@ -144,23 +142,11 @@ async fn proxy_to(version: SocketAddr, upstream: UpstreamProtocol) -> (Proxy, Pr
 /// An HTTP/1.1 version on [`HOST`] answering `ok` to every request, keeping its
 /// connections.
 async fn http1_version() -> SocketAddr {
-    let listener = TcpListener::bind((HOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                while read_head(&mut stream, &mut pending).await.is_some() {
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    common::raw::answering(
+        HOST,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+    )
+    .await
 }
 
 /// An h2c version on [`HOST`] answering `ok` to every request.

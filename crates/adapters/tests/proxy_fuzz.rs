@@ -688,14 +688,7 @@ fn next_request_is_good(addr: SocketAddr, what: &str, sent: &str) -> Result<(), 
 /// and body, or `None` when the stream failed.
 async fn h2_fuzz(addr: SocketAddr) -> Option<(u16, Vec<u8>)> {
     use http_body_util::BodyExt;
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = common::h2c(addr).await;
     let req = hyper::Request::get("http://svc.test/fuzz")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();

@@ -49,13 +49,7 @@ type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 /// An h2c connection with prior knowledge to `addr`.
 async fn h2c(addr: SocketAddr) -> Sender {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    send
+    common::h2c(addr).await
 }
 
 /// `GET path` on `send`: the status, the variant and the body.
@@ -1589,12 +1583,7 @@ async fn a_bidirectional_grpc_call_may_be_quiet_past_the_body_timeout() {
     .await;
     proxy.set_backends(Variant::Stable, &[version]);
 
-    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = common::h2c(server.local_addr()).await;
     let (feed, fed) = tokio::sync::mpsc::channel(4);
     let req = Request::post("http://svc.test/pkg.Svc/Chat")
         .header("content-type", "application/grpc")

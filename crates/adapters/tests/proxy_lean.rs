@@ -452,15 +452,7 @@ struct H2Answer {
 async fn h2c(
     addr: SocketAddr,
 ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    send
+    common::h2c(addr).await
 }
 
 /// `method path` without a body on `send`.
@@ -559,14 +551,7 @@ impl hyper::body::Body for H2Upload {
 /// `None` when the stream failed.
 async fn h2_post(addr: SocketAddr, path: &str, upload: H2Upload) -> Option<(u16, Vec<u8>)> {
     use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = common::h2c(addr).await;
     let req = hyper::Request::post(format!("http://svc.test{path}"))
         .header("content-length", upload.declared)
         .body(upload)

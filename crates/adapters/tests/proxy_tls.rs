@@ -573,28 +573,9 @@ async fn a_parked_tls_connection_is_closed_with_close_notify() {
 /// A version answering every request with a body of `size` bytes, on keep-alive
 /// connections.
 async fn big_version(size: usize) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                while common::raw::read_head(&mut stream, &mut pending)
-                    .await
-                    .is_some()
-                {
-                    let mut answer =
-                        format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes();
-                    answer.resize(answer.len() + size, b'x');
-                    if stream.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes();
+    answer.resize(answer.len() + size, b'x');
+    common::raw::answering("127.0.0.1", answer).await
 }
 
 /// A large answer to a TLS client that reads slowly reaches it whole and at once,

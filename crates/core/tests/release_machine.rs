@@ -956,6 +956,14 @@ fn assert_no_command_syntax(events: &[AuditEvent], notices: &[(String, Option<In
     }
 }
 
+/// An approval by `by`, from a log written before approvals said when they were asked.
+fn approved_by(by: &str) -> Input {
+    Input::Approved {
+        by: by.into(),
+        asked_at: None,
+    }
+}
+
 fn start_input() -> Input {
     Input::Start {
         release_id: "r".into(),
@@ -1943,26 +1951,10 @@ fn an_approval_point_holds_the_weight_until_someone_else_approves() {
     assert_eq!(s.weight, Weight::from_percent(10).unwrap());
     assert_eq!(s.wake_at(), s.timer, "only the timeout wakes it");
     // Four eyes: the initiator's own approval is refused and changes nothing.
-    let own = step(
-        &p,
-        &s,
-        &Input::Approved {
-            by: "alice".into(),
-            asked_at: None,
-        },
-        s.started_at + 100_000,
-    );
+    let own = step(&p, &s, &approved_by("alice"), s.started_at + 100_000);
     assert_eq!(own.state.phase, Phase::AwaitingApproval);
     assert!(own.events.iter().any(|e| e.kind == "approval_refused"));
-    let t = step(
-        &p,
-        &own.state,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        s.started_at + 200_000,
-    );
+    let t = step(&p, &own.state, &approved_by("bob"), s.started_at + 200_000);
     assert_eq!(
         weights_in(&t.effects),
         vec![Weight::from_percent(50).unwrap()]
@@ -2064,15 +2056,7 @@ fn an_operator_promotion_skips_the_remaining_steps_but_not_four_eyes() {
         reason: "wait".into(),
     };
     let paused = step(&p, &s, &pause, s.started_at + 1).state;
-    let refused = step(
-        &p,
-        &paused,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        s.started_at + 2,
-    );
+    let refused = step(&p, &paused, &approved_by("bob"), s.started_at + 2);
     assert_eq!(refused.state.phase, Phase::AwaitingApproval);
     assert!(refused.events.iter().any(|e| e.kind == "approval_refused"));
     assert!(weights_in(&refused.effects).is_empty());
@@ -2140,25 +2124,9 @@ fn breaking_migrations_wait_for_an_approval_before_they_run() {
         (Phase::AwaitingApproval, None),
         "nothing applied yet"
     );
-    let own = step(
-        &p,
-        &s,
-        &Input::Approved {
-            by: "alice".into(),
-            asked_at: None,
-        },
-        2,
-    );
+    let own = step(&p, &s, &approved_by("alice"), 2);
     assert_eq!(own.state.phase, Phase::AwaitingApproval, "four eyes");
-    let t = step(
-        &p,
-        &own.state,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        3,
-    );
+    let t = step(&p, &own.state, &approved_by("bob"), 3);
     assert_eq!(
         (t.state.phase, t.state.pending),
         (Phase::Migrating, Some(Action::RunMigrations))
@@ -2217,25 +2185,9 @@ fn a_hotfix_during_a_freeze_waits_for_an_approval_before_anything_runs() {
             .iter()
             .any(|e| matches!(e, Effect::Notify { page: true, .. }))
     );
-    let own = step(
-        &p,
-        &t.state,
-        &Input::Approved {
-            by: "alice".into(),
-            asked_at: None,
-        },
-        1,
-    );
+    let own = step(&p, &t.state, &approved_by("alice"), 1);
     assert_eq!(own.state.phase, Phase::AwaitingApproval);
-    let ok = step(
-        &p,
-        &own.state,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        2,
-    );
+    let ok = step(&p, &own.state, &approved_by("bob"), 2);
     assert_eq!(
         (ok.state.phase, ok.state.pending),
         (Phase::Gating, Some(Action::RunGates))
@@ -2299,25 +2251,9 @@ fn a_release_started_outside_a_window_waits_for_it_and_says_when_it_opens() {
             .all(|(_, at)| *at >= new_york("2026-11-23 09:00"))
     );
     // A human may release it now instead, attended; its initiator may not.
-    let own = step(
-        &p,
-        &t.state,
-        &Input::Approved {
-            by: "alice".into(),
-            asked_at: None,
-        },
-        1,
-    );
+    let own = step(&p, &t.state, &approved_by("alice"), 1);
     assert_eq!(own.state.pending, None);
-    let now = step(
-        &p,
-        &t.state,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        1,
-    );
+    let now = step(&p, &t.state, &approved_by("bob"), 1);
     assert_eq!(now.state.pending, Some(Action::RunGates));
 }
 
@@ -2346,15 +2282,7 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
     let t = step(&p, &Release::default(), &start_input(), at);
     assert_eq!(t.state.phase, Phase::AwaitingApproval);
     assert_eq!(t.state.wake_at(), Some(new_york("2026-12-28 09:00")));
-    let refused = step(
-        &p,
-        &t.state,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        at + 1,
-    );
+    let refused = step(&p, &t.state, &approved_by("bob"), at + 1);
     let why = refused
         .events
         .iter()
@@ -2383,15 +2311,7 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
         hotfix: Some("card payments down".into()),
     };
     let t = step(&p, &Release::default(), &hotfix, at);
-    let ok = step(
-        &p,
-        &t.state,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        at + 1,
-    );
+    let ok = step(&p, &t.state, &approved_by("bob"), at + 1);
     assert_eq!(ok.state.pending, Some(Action::RunGates));
     let s = drive_until(&p, ok.state, healthy, |_| true, |_, _| {}, |_| false);
     assert_eq!(s.phase, Phase::Succeeded, "an approved hotfix is attended");
@@ -2404,15 +2324,10 @@ fn a_calendar_freeze_yields_only_to_a_hotfix() {
 #[test]
 fn no_switch_back_to_a_previous_version_being_stopped() {
     let p = policy();
-    let healthy_errors = || IntervalSample {
-        stable: stats(900, 1),
-        canary: stats(100, 0),
-        ..Default::default()
-    };
     let s = drive_until(
         &p,
         Release::default(),
-        healthy_errors,
+        healthy,
         |_| true,
         |_, _| {},
         |s| {
@@ -2437,28 +2352,18 @@ fn no_switch_back_to_a_previous_version_being_stopped() {
     assert!(t.events.iter().any(|e| e.kind == "abort_refused"));
     assert_eq!(t.state.pending, s.pending, "the stop goes on");
 
-    let mut r = step(&p, &s, &Input::Resumed, s.started_at + 2_000_000).state;
-    let mut asked = Vec::new();
-    while let Some(a) = r.pending.clone() {
-        asked.push(a.clone());
-        let answer = match a {
-            Action::Deploy { variant, .. } => Input::Deployed {
-                variant,
-                ok: true,
-                detail: String::new(),
-            },
-            Action::SetWeight { weight, .. } => Input::TrafficSet { weight },
-            Action::Stop { variant } => Input::Stopped {
-                variant,
-                ok: true,
-                detail: String::new(),
-            },
-            other => panic!("after a restart mid-stop: {other:?}"),
-        };
-        r = step(&p, &r, &answer, s.started_at + 2_000_001).state;
-    }
+    let at = s.started_at + 2_000_000;
+    let resumed = step(&p, &s, &Input::Resumed, at).state;
+    let (r, asked) = drive_recorded(&p, resumed, at, |_| healthy(), |_| false);
+    assert!(
+        asked.iter().all(|(a, _)| matches!(
+            a,
+            Action::Deploy { .. } | Action::SetWeight { .. } | Action::Stop { .. }
+        )),
+        "after a restart mid-stop: {asked:?}"
+    );
     assert_eq!(
-        asked.last(),
+        asked.last().map(|(a, _)| a),
         Some(&Action::Stop {
             variant: Variant::Stable
         })
@@ -2549,15 +2454,7 @@ fn an_approval_into_full_traffic_during_a_freeze_holds_until_the_freeze_ends() {
     assert_eq!(s.phase, Phase::AwaitingApproval);
     // Approved after midnight: the freeze (from 2026-12-24) has begun.
     let at = new_york("2026-12-24 00:30");
-    let approved = step(
-        &p,
-        &s,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        at,
-    );
+    let approved = step(&p, &s, &approved_by("bob"), at);
     assert!(
         !weights_in(&approved.effects).contains(&Weight::FULL),
         "no 100 % inside the freeze at the approval"
@@ -2723,26 +2620,10 @@ fn never_100_percent_unattended_outside_a_window_while_analysis_goes_on() {
         |_| healthy(),
         |s| s.window_hold.is_some(),
     );
-    let own = step(
-        &p,
-        &held,
-        &Input::Approved {
-            by: "alice".into(),
-            asked_at: None,
-        },
-        held.started_at + 1,
-    );
+    let own = step(&p, &held, &approved_by("alice"), held.started_at + 1);
     assert!(own.state.window_hold.is_some(), "four eyes");
     let at = new_york("2026-11-23 18:00");
-    let t = step(
-        &p,
-        &held,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        at,
-    );
+    let t = step(&p, &held, &approved_by("bob"), at);
     assert_eq!(t.state.phase, Phase::Promoting);
     assert_eq!(weights_in(&t.effects), vec![Weight::FULL]);
 }
@@ -2984,15 +2865,7 @@ fn a_full_release_waits_for_an_approval_before_switching_everything() {
         "the default approval point"
     );
     assert!(routes.iter().all(|(w, _)| *w == Weight::ZERO), "{routes:?}");
-    let t = step(
-        &p,
-        &s,
-        &Input::Approved {
-            by: "bob".into(),
-            asked_at: None,
-        },
-        5,
-    );
+    let t = step(&p, &s, &approved_by("bob"), 5);
     assert_eq!(weights_in(&t.effects), vec![Weight::FULL]);
     let (s, _) = drive_timed(&p, t.state, 5, |_| full(0), |_| false);
     assert_eq!(s.phase, Phase::Succeeded);

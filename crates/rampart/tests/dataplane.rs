@@ -87,6 +87,18 @@ impl Service {
         c
     }
 
+    /// [`Service::new`] whose releases halt after 2 intervals without data: without
+    /// load, a release that started ends halted within seconds.
+    fn halting_without_load(name: &str) -> Service {
+        let svc = Service::new(name);
+        let text = std::fs::read_to_string(&svc.policy).unwrap().replace(
+            "no_data: {limit: 1000, action: halt}",
+            "no_data: {limit: 2, action: halt}",
+        );
+        std::fs::write(&svc.policy, text).unwrap();
+        svc
+    }
+
     /// `rampart run --version VERSION`, to its end: the exit code and the report.
     fn release(&self, version: &str) -> (i32, serde_json::Value) {
         let out = self.run(version).output().unwrap();
@@ -621,12 +633,7 @@ fn stable_and_canary_crashing_mid_release_halt_it_rather_than_roll_back() {
 /// release then starts from a canary with no users.
 #[test]
 fn a_canary_left_with_users_by_a_halt_blocks_the_next_release_until_stopped() {
-    let svc = Service::new("leftover");
-    let text = std::fs::read_to_string(&svc.policy).unwrap().replace(
-        "no_data: {limit: 1000, action: halt}",
-        "no_data: {limit: 2, action: halt}",
-    );
-    std::fs::write(&svc.policy, text).unwrap();
+    let svc = Service::halting_without_load("leftover");
     let (code, v) = svc.release("v1");
     assert_eq!(code, 0, "{v}");
     // No load: no data, twice, at the first step: halted with the canary at 20 %.
@@ -678,12 +685,7 @@ fn a_canary_left_with_users_by_a_halt_blocks_the_next_release_until_stopped() {
 /// the winner as its canary at 100 %: no leftover of a halt, so the next release starts.
 #[test]
 fn a_release_after_a_stopped_promoted_one_is_not_blocked() {
-    let svc = Service::new("after-stop");
-    let text = std::fs::read_to_string(&svc.policy).unwrap().replace(
-        "no_data: {limit: 1000, action: halt}",
-        "no_data: {limit: 2, action: halt}",
-    );
-    std::fs::write(&svc.policy, text).unwrap();
+    let svc = Service::halting_without_load("after-stop");
     let out = svc.run("v1").arg("--stop-after").output().unwrap();
     let (code, v) = report(&out);
     assert_eq!(code, 0, "{v}");

@@ -10,6 +10,29 @@ use tokio::net::TcpStream;
 /// How long a raw client waits for bytes before it fails its test.
 pub const BOUND: Duration = Duration::from_secs(20);
 
+/// A version on `host` answering every request head with `answer`, keeping its
+/// connections for the next request.
+pub async fn answering(host: &str, answer: Vec<u8>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                while read_head(&mut stream, &mut pending).await.is_some() {
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// Reads a head (to its empty line) from `stream`, keeping what follows in `pending`;
 /// `None` when the connection ends first.
 pub async fn read_head(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {

@@ -385,10 +385,35 @@ fn conclude(
 ///
 /// A latency metric read from Prometheus histogram buckets is judged on the reading's
 /// histograms (their totals are the request counts), never on the builtin ones.
+///
+/// Stable is taken to be serving (some of the traffic goes to it): a ratio limit
+/// without a stable value is then inconclusive; see [`threshold_in`].
 pub fn threshold(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> MetricReading {
+    threshold_in(spec, t, sample, StableSide::Serving)
+}
+
+/// Whether the traffic plan in force sends stable any requests. Only when it sends it
+/// none (at 100 %, after a blue-green switch, during the watch after promotion) may
+/// an absolute limit decide alone while a ratio limit has no stable value to compare
+/// with: a stable value that failed to read while stable serves is never skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StableSide {
+    /// Some of the traffic goes to stable.
+    Serving,
+    /// The plan sends stable nothing.
+    Idle,
+}
+
+/// [`threshold`] under the traffic plan `stable` says is in force.
+pub fn threshold_in(
+    spec: &MetricSpec,
+    t: &Threshold,
+    sample: &IntervalSample,
+    stable: StableSide,
+) -> MetricReading {
     match bucket_view(spec, sample) {
-        Some((view, why)) => explain_no_data(threshold_on(spec, t, &view), &why),
-        None => threshold_on(spec, t, sample),
+        Some((view, why)) => explain_no_data(threshold_on(spec, t, &view, stable), &why),
+        None => threshold_on(spec, t, sample, stable),
     }
 }
 
@@ -427,12 +452,17 @@ fn explain_no_data(mut r: MetricReading, why: &str) -> MetricReading {
 }
 
 /// [`threshold`] on measurements as the builtin metrics read them.
-fn threshold_on(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> MetricReading {
+fn threshold_on(
+    spec: &MetricSpec,
+    t: &Threshold,
+    sample: &IntervalSample,
+    side: StableSide,
+) -> MetricReading {
     let m = spec.metric;
     let mut reading = reading(spec, sample);
     let (canary, stable) = (reading.canary, reading.stable);
     if matches!(m, BuiltinMetric::Query | BuiltinMetric::Counts) {
-        return judge_query(t, reading, sample, spec);
+        return judge_query(t, reading, sample, spec, side);
     }
     if sample.canary.requests == 0 {
         reading.verdict = Verdict::NoData;
@@ -477,7 +507,7 @@ fn threshold_on(spec: &MetricSpec, t: &Threshold, sample: &IntervalSample) -> Me
             }),
             // With stable serving nothing at all (after a blue-green switch, or at
             // 100 %), there is nothing to compare with: the absolute limit decides.
-            _ if sample.stable.requests == 0 && t.absolute() => {}
+            _ if side == StableSide::Idle && sample.stable.requests == 0 && t.absolute() => {}
             _ => unknown.push(format!(
                 "{} stable requests, {} needed for the ratio",
                 sample.stable.requests, spec.min_samples
@@ -519,6 +549,7 @@ fn judge_query(
     mut reading: MetricReading,
     sample: &IntervalSample,
     spec: &MetricSpec,
+    side: StableSide,
 ) -> MetricReading {
     let fmt = |v: f64| spec.metric.format(v);
     let (stable, canary, why) = queried(spec, sample);
@@ -570,10 +601,14 @@ fn judge_query(
     if t.relative() {
         // A stable value without enough requests behind it is no value.
         let compared = stable.filter(|_| stable_enough);
-        let stable_idle = match &floor {
-            Some((n, _, _)) => n.unwrap_or(0) == 0,
-            None => sample.stable.requests == 0,
-        };
+        // Only the plan says stable is idle: a query has no request count of its own
+        // to tell an idle stable from a value that failed to read, and a counted zero
+        // while stable is meant to serve is too little traffic, not idleness.
+        let stable_idle = side == StableSide::Idle
+            && match &floor {
+                Some((n, _, _)) => n.unwrap_or(0) == 0,
+                None => sample.stable.requests == 0,
+            };
         match compared {
             Some(s) => failures.extend(ratio_failures(t, fmt, c, s)),
             // With stable serving nothing (after a blue-green switch, or at 100 %),
@@ -1492,13 +1527,75 @@ mod tests {
         assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
         assert_eq!((r.canary_requests, r.stable_requests), (80, 900));
         // The ratio needs enough stable requests too; with none, the absolute limit
-        // decides.
+        // decides only when the plan sends stable nothing.
         let r = judge(&s, &queried_zero(Some(10.0), Some(80.0)));
         assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        let idle = queried_zero(Some(0.0), Some(80.0));
+        let r = judge(&s, &idle);
         assert_eq!(
-            judge(&s, &queried_zero(Some(0.0), Some(80.0))).verdict,
-            Verdict::Pass
+            r.verdict,
+            Verdict::Inconclusive,
+            "stable meant to serve: {r:?}"
         );
+        assert_eq!(r.detail, "0 stable requests, 50 needed for the ratio");
+        let Judge::Threshold(t) = &s.judge else {
+            unreachable!()
+        };
+        let r = threshold_in(&s, t, &idle, StableSide::Idle);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+    }
+
+    /// The stable side of a query that failed to read (a Prometheus error, a label
+    /// that matches nothing) while the canary's reads within the absolute limit.
+    fn stable_unread(canary: f64) -> IntervalSample {
+        IntervalSample {
+            queries: vec![crate::metrics::QueryReading {
+                name: "errors".into(),
+                stable: None,
+                canary: Some(canary),
+                detail: "stable: the query returned no series".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_ratio_is_never_skipped_because_stables_value_failed_to_read_while_stable_serves() {
+        // Without the plan, no builtin counters (Kubernetes, nginx) looked like an
+        // idle stable, and the absolute limit alone passed a canary at 4x stable's
+        // rate whenever stable's side failed to read.
+        let s = query_spec(false);
+        let Judge::Threshold(t) = &s.judge else {
+            unreachable!()
+        };
+        let r = threshold_in(&s, t, &stable_unread(0.4), StableSide::Serving);
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        assert!(
+            r.detail
+                .contains("no stable value for the ratio (stable: the query returned no series)"),
+            "{}",
+            r.detail
+        );
+        // All traffic on the new version: nothing to compare with, the limit decides.
+        let r = threshold_in(&s, t, &stable_unread(0.4), StableSide::Idle);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        let r = threshold_in(&s, t, &stable_unread(0.6), StableSide::Idle);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        // A builtin metric: stable with no request at all while it serves (a small
+        // share at low traffic) is too little to compare, not idleness.
+        let mut b = spec(Some(0.5), Some(2.0));
+        b.min_samples = 10;
+        let Judge::Threshold(t) = &b.judge else {
+            unreachable!()
+        };
+        let mut sample = IntervalSample::default();
+        sample.canary.requests = 100;
+        sample.canary.errors = 1;
+        let r = threshold_in(&b, t, &sample, StableSide::Serving);
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        let r = threshold_in(&b, t, &sample, StableSide::Idle);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
     }
 
     /// A query read as (stable, canary), no floor.

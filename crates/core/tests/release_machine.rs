@@ -3639,3 +3639,65 @@ fn a_watch_failure_rolls_traffic_back_without_trying_flags_first() {
     assert!(!events.iter().any(|e| e.kind == "flags_off"), "no level 1");
     assert_eq!(actions.last(), Some(&Weight::ZERO));
 }
+
+/// A Prometheus query metric with an absolute and a ratio limit; `strategy` is the
+/// policy's strategy block.
+fn queried_policy(strategy: &str) -> Policy {
+    Policy::from_yaml(&format!(
+        r#"
+service: shop
+deploy: {{process: {{command: ["./shop", "{{port}}"]}}}}
+traffic: {{proxy: {{listen: "127.0.0.1:8080"}}}}
+strategy:
+{strategy}
+analysis:
+  interval: 30s
+  inconclusive: {{limit: 4, action: halt}}
+  prometheus: http://127.0.0.1:9090
+  metrics:
+    - name: errors
+      source: prometheus
+      query: 'sum(rate(errors{{track="{{variant}}"}}[1m]))'
+      judge: {{max: 0.5, max_ratio_to_stable: 2}}
+"#
+    ))
+    .unwrap()
+}
+
+/// The query read for the canary (0.4: within `max`, at 4x stable's usual 0.1), and
+/// for stable only when `stable_reads`; no builtin counters, as on Kubernetes.
+fn queried(stable_reads: bool) -> IntervalSample {
+    IntervalSample {
+        queries: vec![rampart_core::metrics::QueryReading {
+            name: "errors".into(),
+            stable: stable_reads.then_some(0.1),
+            canary: Some(0.4),
+            detail: if stable_reads {
+                String::new()
+            } else {
+                "stable: the query returned no series".into()
+            },
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_canary_is_never_promoted_on_its_absolute_limit_while_stables_value_fails_to_read() {
+    let canary =
+        "  canary:\n    steps:\n      - {weight: 10, bake: 2m}\n      - {weight: 50, bake: 2m}\n";
+    let p = queried_policy(canary);
+    // Stable's side never reads: the ratio cannot be judged, and the release halts
+    // for a human instead of promoting a canary at 4x stable's rate.
+    let s = drive(&p, || queried(false), |_, _| {});
+    assert_eq!(s.phase, Phase::Halted, "{:?}", s.decision);
+    // When it reads, the ratio fails it.
+    let s = drive(&p, || queried(true), |_, _| {});
+    assert_eq!(s.phase, Phase::RolledBack, "{:?}", s.decision);
+    // After a blue-green switch the previous colour serves nothing: no stable value is
+    // expected, and the absolute limit decides.
+    let bg = "  blue_green:\n    preview: [{http: /healthz}]\n    stability: 2m\n";
+    let s = drive(&queried_policy(bg), || queried(false), |_, _| {});
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.decision);
+}

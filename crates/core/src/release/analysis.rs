@@ -4,9 +4,10 @@
 
 use super::builder::Builder;
 use super::model::Phase;
-use crate::judge::{self, MetricReading, Verdict};
+use crate::judge::{self, MetricReading, StableSide, Verdict};
 use crate::metrics::{IntervalSample, Timing};
 use crate::policy::{BuiltinMetric, FailureCount, Judge, MetricSpec, Threshold};
+use crate::units::Weight;
 
 /// One interval judged: every metric's reading, the overall verdict, and the metrics
 /// whose failures decide the release.
@@ -26,6 +27,7 @@ fn pooled_threshold(
     m: &MetricSpec,
     t: &Threshold,
     sample: &IntervalSample,
+    side: StableSide,
     pool: &mut Option<(IntervalSample, u32)>,
 ) -> MetricReading {
     let poolable = m.metric != BuiltinMetric::Query;
@@ -47,7 +49,7 @@ fn pooled_threshold(
                 .is_none_or(|q| q.stable_histogram.is_none() || q.canary_histogram.is_none()));
     let builtin = !counts && !buckets;
     if !poolable || missing || (builtin && sample.canary.requests == 0) {
-        return judge::threshold(m, t, sample);
+        return judge::threshold_in(m, t, sample, side);
     }
     let (merged, n) = match pool.take() {
         Some((mut p, n)) => {
@@ -56,7 +58,7 @@ fn pooled_threshold(
         }
         None => (sample.clone(), 1),
     };
-    let mut r = judge::threshold(m, t, &merged);
+    let mut r = judge::threshold_in(m, t, &merged, side);
     // Too few requests, or a latency above a limit by its value alone (more decide).
     let short = r.verdict == Verdict::Inconclusive
         && (r.canary_requests < m.min_samples
@@ -160,6 +162,14 @@ fn add_to_baseline(
 pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Judged {
     let metrics = &b.policy.analysis.metrics;
     let watching = b.s.phase == Phase::Watching;
+    // Stable is idle only by the plan: all traffic on the new version (100 %, a
+    // blue-green switch), or the watch after promotion, whose stable side is a
+    // baseline. While it serves, a stable value that failed to read is never skipped.
+    let side = if watching || b.s.weight == Weight::FULL {
+        StableSide::Idle
+    } else {
+        StableSide::Serving
+    };
     let judged;
     let sample = if watching {
         judged = against_baseline(b.s.baseline.as_ref(), sample);
@@ -182,12 +192,12 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
     for (i, m) in metrics.iter().enumerate() {
         readings.push(match &m.judge {
             // The baseline is already many intervals: nothing to pool it with.
-            Judge::Threshold(t) if watching => judge::threshold(m, t, sample),
+            Judge::Threshold(t) if watching => judge::threshold_in(m, t, sample, side),
             Judge::Threshold(t) => {
                 if b.s.pooled.len() != metrics.len() {
                     b.s.pooled = vec![None; metrics.len()];
                 }
-                pooled_threshold(m, t, sample, &mut b.s.pooled[i])
+                pooled_threshold(m, t, sample, side, &mut b.s.pooled[i])
             }
             Judge::Sequential(seq) => {
                 let history = match m.metric.latency() {
@@ -355,14 +365,20 @@ mod tests {
         };
         let mut pool = None;
         let slow = interval(Some(ms(10, 30)), Some(ms(500, 30)));
-        let r = pooled_threshold(&m, &t, &slow, &mut pool);
+        let r = pooled_threshold(&m, &t, &slow, StableSide::Serving, &mut pool);
         assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
         assert!(r.detail.contains("pooling"), "{r:?}");
         // A missing histogram is judged alone (no data) and leaves the pool as it was.
-        let r = pooled_threshold(&m, &t, &interval(Some(ms(10, 30)), None), &mut pool);
+        let r = pooled_threshold(
+            &m,
+            &t,
+            &interval(Some(ms(10, 30)), None),
+            StableSide::Serving,
+            &mut pool,
+        );
         assert_eq!(r.verdict, Verdict::NoData, "{r:?}");
         assert!(pool.is_some());
-        let r = pooled_threshold(&m, &t, &slow, &mut pool);
+        let r = pooled_threshold(&m, &t, &slow, StableSide::Serving, &mut pool);
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         assert_eq!(r.canary_requests, 60);
         assert!(r.detail.contains("2 intervals pooled"), "{r:?}");

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use rampart_core::Millis;
 use rampart_core::policy::{Gate, GateCheck, Policy};
 use rampart_core::ports::{
-    Clock, Deployer, GateRunner, MetricsSource, Notice, Notifier, PortError, ReleaseRecord,
-    Silencer, Store, StoredInput, TrafficRouter,
+    Clock, Deployer, GateRunner, MetricsSource, MigrationMark, Notice, Notifier, PortError,
+    ReleaseRecord, Silencer, Store, StoredInput, TrafficRouter,
 };
 use rampart_core::release::{
     Action, AuditEvent, CheckStage, Effect, GateResult, Input, OutcomeKind, Release, SilenceOp,
@@ -370,8 +370,11 @@ impl Controller {
                         self.feed(&mut run, cmd).await?;
                         continue;
                     }
-                    let owned = action.clone();
-                    inflight = Some((action, Box::pin(async move { self.execute(&owned).await })));
+                    let (owned, id) = (action.clone(), run.id.clone());
+                    inflight = Some((
+                        action,
+                        Box::pin(async move { self.execute(&owned, &id).await }),
+                    ));
                 }
                 // Starting a version or applying migrations is not interrupted.
                 // Requests wait until it is done (at most its readiness or migration
@@ -452,7 +455,7 @@ impl Controller {
         Ok(run.state)
     }
 
-    async fn run_migrations(&self) -> Input {
+    async fn run_migrations(&self, release_id: &str) -> Input {
         use rampart_core::migrations::Class;
         let (Some(spec), Some(plan)) = (&self.policy.migrations, &self.migrations) else {
             return Input::Migrated {
@@ -478,8 +481,66 @@ impl Controller {
         } else {
             vec![spec.command.clone()]
         };
+        let failed = |detail: String| Input::Migrated {
+            ok: false,
+            class: plan.class,
+            detail,
+            annotations: plan.annotations.clone(),
+        };
+        // Run file by file, rampart is the ledger of what was applied: each file is
+        // marked started, then applied, in the audit trail before the next. Taken up
+        // again after a crash, the files applied are skipped, and a file that started
+        // and was never marked applied is not run again: whether it changed the
+        // database is unknown, and running it twice may corrupt data. (A single
+        // command is the migration tool's own run: it records what it applied.)
+        let marks = if per_file {
+            match self.ports.store.migration_marks(release_id).await {
+                Ok(marks) => marks,
+                Err(e) => {
+                    return failed(format!(
+                        "could not read which migration files were applied: {}; none was run",
+                        e.0
+                    ));
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let mut applied = Vec::new();
+        let mut skipped = 0;
         for (i, argv) in runs.iter().enumerate() {
+            let file = plan
+                .files
+                .get(i)
+                .filter(|_| per_file)
+                .map(|f| f.display().to_string());
+            if let Some(file) = &file {
+                let marked = |m| marks.iter().any(|(f, k)| f == file && *k == m);
+                if marked(MigrationMark::Applied) {
+                    skipped += 1;
+                    applied.push(file.clone());
+                    continue;
+                }
+                if marked(MigrationMark::Started) {
+                    return failed(format!(
+                        "{} applied, then the controller stopped while {file} ran: whether it changed the database is unknown, so rampart does not run it again (check the database, and finish or undo {file} by hand)",
+                        applied.len()
+                    ));
+                }
+                let now = self.ports.clock.now();
+                if let Err(e) = self
+                    .ports
+                    .store
+                    .mark_migration(release_id, file, MigrationMark::Started, now)
+                    .await
+                {
+                    return failed(format!(
+                        "{} applied, then {file} was not run: recording its start failed: {}",
+                        applied.len(),
+                        e.0
+                    ));
+                }
+            }
             let gate = Gate {
                 name: format!("migration {}", i + 1),
                 check: GateCheck::Command {
@@ -489,18 +550,23 @@ impl Controller {
             };
             let result = self.ports.gates.run(&gate).await;
             if !result.ok {
-                return Input::Migrated {
-                    ok: false,
-                    class: plan.class,
-                    detail: format!("{} applied, then {}", applied.len(), result.detail),
-                    annotations: plan.annotations.clone(),
-                };
+                return failed(format!("{} applied, then {}", applied.len(), result.detail));
             }
-            applied.push(
-                plan.files
-                    .get(i)
-                    .map_or_else(|| "all".to_string(), |f| f.display().to_string()),
-            );
+            if let Some(file) = &file {
+                let now = self.ports.clock.now();
+                if let Err(e) = self
+                    .ports
+                    .store
+                    .mark_migration(release_id, file, MigrationMark::Applied, now)
+                    .await
+                {
+                    return failed(format!(
+                        "{file} was applied, but recording it failed: {}; the rest were not run",
+                        e.0
+                    ));
+                }
+            }
+            applied.push(file.unwrap_or_else(|| "all".to_string()));
         }
         Input::Migrated {
             ok: true,
@@ -508,15 +574,18 @@ impl Controller {
             detail: if applied.is_empty() {
                 "no migration files for this version".into()
             } else {
-                format!(
-                    "{} file(s): {}",
-                    plan.files.len(),
-                    plan.files
-                        .iter()
-                        .map(|f| f.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                let files = plan
+                    .files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let before = if skipped > 0 {
+                    format!(" ({skipped} applied before the controller restarted, not run again)")
+                } else {
+                    String::new()
+                };
+                format!("{} file(s): {files}{before}", plan.files.len())
             },
             annotations: plan.annotations.clone(),
         }
@@ -660,7 +729,7 @@ impl Controller {
     }
 
     /// Performs one action and turns its result into the answering input.
-    async fn execute(&self, action: &Action) -> Input {
+    async fn execute(&self, action: &Action, release_id: &str) -> Input {
         let p = &self.ports;
         match action {
             Action::FlagsOff { flags } => {
@@ -815,7 +884,7 @@ impl Controller {
                     },
                 }
             }
-            Action::RunMigrations => self.run_migrations().await,
+            Action::RunMigrations => self.run_migrations(release_id).await,
             Action::RunChecks { stage } => {
                 let checks: &[Gate] = match stage {
                     CheckStage::Preview => self.policy.strategy.preview(),

@@ -541,3 +541,108 @@ async fn a_resumed_release_holds_the_silence_again_and_expires_it_at_the_end() {
     );
     assert_eq!(kinds.last().map(String::as_str), Some("silence_expired"));
 }
+
+/// [`POLICY`] with migrations run file by file.
+fn migrating_policy() -> String {
+    format!(
+        "{POLICY}migrations:\n  dir: migrations/{{version}}\n  command: [\"psql\", \"-f\", \"{{file}}\"]\n"
+    )
+}
+
+fn migrating_controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Controller {
+    use rampart_core::admission::MigrationPlan;
+    Controller::new(
+        Policy::from_yaml(&migrating_policy()).unwrap(),
+        ports(world, store.clone()),
+        Arc::new(Silent),
+    )
+    .with_migrations(MigrationPlan {
+        files: ["001.sql", "002.sql", "003.sql"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .collect(),
+        class: rampart_core::migrations::Class::Expand,
+        annotations: Vec::new(),
+    })
+}
+
+/// The files the world was asked to run, in order.
+fn files_run(world: &FakeWorld) -> Vec<String> {
+    world
+        .gate_commands()
+        .into_iter()
+        .filter_map(|argv| argv.last().cloned())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_migration_file_running_when_the_controller_died_is_never_run_again() {
+    let world = FakeWorld::new();
+    world.set_gate_secs(10);
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    // Each file takes 10 s: at 25 s the first two are applied and the third runs.
+    crash_after(
+        migrating_controller(&world, &store),
+        &migrating_policy(),
+        25,
+    )
+    .await;
+    assert_eq!(files_run(&world), ["001.sql", "002.sql", "003.sql"]);
+
+    let second = migrating_controller(&world, &store);
+    let end = second.drive("r1", None, None).await.unwrap();
+    assert_eq!(
+        files_run(&world),
+        ["001.sql", "002.sql", "003.sql"],
+        "nothing runs again: not the files applied, not the one whose effect is unknown"
+    );
+    assert_eq!(end.phase, Phase::Blocked, "{:?}", end.decision);
+    let reason = end.decision.unwrap().reason;
+    assert!(
+        reason.contains("2 applied, then the controller stopped while 003.sql ran"),
+        "{reason}"
+    );
+    assert_eq!(world.deploys(), 0, "nothing was deployed");
+    let marks = store.migration_marks("r1").await.unwrap();
+    assert_eq!(
+        marks,
+        [
+            ("001.sql".to_string(), MigrationMark::Started),
+            ("001.sql".to_string(), MigrationMark::Applied),
+            ("002.sql".to_string(), MigrationMark::Started),
+            ("002.sql".to_string(), MigrationMark::Applied),
+            ("003.sql".to_string(), MigrationMark::Started),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn migration_files_applied_before_a_restart_are_skipped_and_the_rest_applied() {
+    let world = FakeWorld::new();
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let c = migrating_controller(&world, &store);
+    c.create("r1", "v2", &migrating_policy()).await.unwrap();
+    // What a controller that died between two files left on the record.
+    for mark in [MigrationMark::Started, MigrationMark::Applied] {
+        store
+            .mark_migration("r1", "001.sql", mark, 1_000_000)
+            .await
+            .unwrap();
+    }
+    let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded, "{:?}", end.decision);
+    assert_eq!(files_run(&world), ["002.sql", "003.sql"]);
+    let (_, log) = store.load("r1").await.unwrap();
+    let migrated = log
+        .iter()
+        .flat_map(|e| &e.events)
+        .find(|e| e.kind == "migrated")
+        .unwrap();
+    assert!(
+        migrated
+            .message
+            .contains("3 file(s): 001.sql, 002.sql, 003.sql (1 applied before the controller restarted, not run again)"),
+        "{}",
+        migrated.message
+    );
+}

@@ -435,6 +435,48 @@ pub trait Store: Send + Sync {
         &'a self,
         service: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, PortError>>;
+    /// Records, durably and in the audit trail, that one migration file of a release
+    /// started or was applied (migrations run file by file), so that a controller
+    /// taking the release up again never runs a file a second time.
+    fn mark_migration<'a>(
+        &'a self,
+        release_id: &'a str,
+        file: &'a str,
+        mark: MigrationMark,
+        at: Millis,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// The migration marks recorded for a release, oldest first: (file, mark).
+    fn migration_marks<'a>(
+        &'a self,
+        release_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, MigrationMark)>, PortError>>;
+}
+
+/// What a controller recorded of one migration file it ran for a release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationMark {
+    /// About to run: a file started and never applied ran when a controller stopped,
+    /// and whether it changed the database is unknown.
+    Started,
+    /// Its command succeeded.
+    Applied,
+}
+
+impl MigrationMark {
+    /// The audit trail's name for it.
+    pub fn action(self) -> &'static str {
+        match self {
+            MigrationMark::Started => "migration_started",
+            MigrationMark::Applied => "migration_applied",
+        }
+    }
+
+    /// The mark an audit action records, if it is one.
+    pub fn from_action(action: &str) -> Option<MigrationMark> {
+        [MigrationMark::Started, MigrationMark::Applied]
+            .into_iter()
+            .find(|m| m.action() == action)
+    }
 }
 
 /// A change to one flag, and who made it.

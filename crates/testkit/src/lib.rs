@@ -41,6 +41,7 @@ pub struct FakeWorld {
     deploys: AtomicU32,
     deploys_done: AtomicU32,
     gate_runs: AtomicU32,
+    gate_commands: Mutex<Vec<Vec<String>>>,
     stops: Mutex<Vec<Variant>>,
     notices: AtomicU64,
     silences: Mutex<Vec<(String, String, SilenceOp)>>,
@@ -123,6 +124,11 @@ impl FakeWorld {
     /// Gates run.
     pub fn gate_runs(&self) -> u32 {
         self.gate_runs.load(Ordering::SeqCst)
+    }
+
+    /// The commands of the command gates started (migrations run as these), in order.
+    pub fn gate_commands(&self) -> Vec<Vec<String>> {
+        lock(&self.gate_commands).clone()
     }
 
     /// The variants stopped, in order.
@@ -276,6 +282,9 @@ impl MetricsSource for FakeWorld {
 impl GateRunner for FakeWorld {
     fn run<'a>(&'a self, gate: &'a Gate) -> BoxFuture<'a, GateResult> {
         self.gate_runs.fetch_add(1, Ordering::SeqCst);
+        if let rampart_core::policy::GateCheck::Command { run, .. } = &gate.check {
+            lock(&self.gate_commands).push(run.clone());
+        }
         let secs = self.gate_secs.load(Ordering::SeqCst);
         Box::pin(async move {
             take(secs).await;

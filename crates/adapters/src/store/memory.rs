@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use rampart_core::Millis;
 use rampart_core::ports::{
-    BoxFuture, Freeze, OperatorCommand, PortError, ReleaseRecord, Store, StoredInput,
+    BoxFuture, Freeze, MigrationMark, OperatorCommand, PortError, ReleaseRecord, Store, StoredInput,
 };
 use rampart_core::release::OutcomeKind;
 
@@ -391,6 +391,23 @@ impl Store for MemoryStore {
         service: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, PortError>> {
         self.port(move |s| Ok(s.serving.get(service).cloned()))
+    }
+
+    fn mark_migration<'a>(
+        &'a self,
+        release_id: &'a str,
+        file: &'a str,
+        mark: MigrationMark,
+        at: Millis,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        super::ports::note_migration(self, release_id, file, mark, at)
+    }
+
+    fn migration_marks<'a>(
+        &'a self,
+        release_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, MigrationMark)>, PortError>> {
+        super::ports::migration_marks_in(self, release_id)
     }
 }
 

@@ -9,8 +9,8 @@
 use rampart_core::Millis;
 use rampart_core::flags::{FlagDef, FlagState};
 use rampart_core::ports::{
-    BoxFuture, FlagChange, FlagStore, Freeze, OperatorCommand, PortError, ReleaseRecord, Store,
-    StoredInput,
+    BoxFuture, FlagChange, FlagStore, Freeze, MigrationMark, OperatorCommand, PortError,
+    ReleaseRecord, Store, StoredInput,
 };
 use rampart_core::release::OutcomeKind;
 
@@ -151,6 +151,63 @@ impl Store for StateStore {
     ) -> BoxFuture<'a, Result<Option<String>, PortError>> {
         Box::pin(async move { self.serving(service).await.map_err(StoreError::into_port) })
     }
+
+    fn mark_migration<'a>(
+        &'a self,
+        release_id: &'a str,
+        file: &'a str,
+        mark: MigrationMark,
+        at: Millis,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        note_migration(self, release_id, file, mark, at)
+    }
+
+    fn migration_marks<'a>(
+        &'a self,
+        release_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, MigrationMark)>, PortError>> {
+        migration_marks_in(self, release_id)
+    }
+}
+
+/// A migration mark as an audit-chain record: the chain is durable and tamper-evident,
+/// which is what a ledger of applied migrations must be.
+pub(super) fn note_migration<'a>(
+    chain: &'a dyn AuditChain,
+    release_id: &'a str,
+    file: &'a str,
+    mark: MigrationMark,
+    at: Millis,
+) -> BoxFuture<'a, Result<(), PortError>> {
+    Box::pin(async move {
+        let body = serde_json::json!({ "file": file }).to_string();
+        chain
+            .note(at, "rampart", mark.action(), Some(release_id), &body)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::into_port)
+    })
+}
+
+/// The migration marks in a release's audit-chain records, oldest first.
+pub(super) fn migration_marks_in<'a>(
+    chain: &'a dyn AuditChain,
+    release_id: &'a str,
+) -> BoxFuture<'a, Result<Vec<(String, MigrationMark)>, PortError>> {
+    Box::pin(async move {
+        let records = chain
+            .chain_records(Some(release_id))
+            .await
+            .map_err(StoreError::into_port)?;
+        Ok(records
+            .iter()
+            .filter_map(|r| {
+                let mark = MigrationMark::from_action(&r.action)?;
+                let body: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+                Some((body.get("file")?.as_str()?.to_string(), mark))
+            })
+            .collect())
+    })
 }
 
 // === impl FlagStore ===

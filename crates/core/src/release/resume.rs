@@ -30,8 +30,9 @@ pub(super) fn resume(b: &mut Builder<'_>) {
     match b.s.phase {
         Phase::Pending => return,
         Phase::Gating => chain.push(Action::RunGates),
-        // The migration tool must be idempotent (it records what it applied), as every
-        // real one is: the command runs again and applies what is left.
+        // A migration tool records what it applied: its command runs again and applies
+        // what is left. Run file by file, the controller's ledger skips the files
+        // applied and refuses to run again the one it was running.
         Phase::Migrating => chain.push(Action::RunMigrations),
         Phase::Deploying => {
             chain.extend(ensure_stable);

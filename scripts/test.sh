@@ -99,5 +99,8 @@ cargo clippy --workspace --all-targets --locked --features rampart/postgres,ramp
 cargo check -p rampart-adapters --no-default-features --locked   # the build without TLS
 cargo check -p rampart --locked                                   # the default build, without the features
 cargo test --workspace --locked --features rampart/postgres
-# The binary with Kubernetes support: its CLI tests (no cluster is needed for them).
-cargo test -p rampart --features kubernetes --test cli_validate --locked
+# The binary with Kubernetes support: its CLI tests (no cluster is needed for them),
+# and the tests of `serve --kubernetes` (GitOps) and `stop --canary` against the fake
+# Kubernetes API.
+cargo test -p rampart --features kubernetes --test cli_validate --test gitops_fake_api \
+  --test stop_canary_fake_api --locked

@@ -119,20 +119,20 @@ impl HaproxyRouter {
         let out = self
             .command(&format!("show servers state {}", self.backend))
             .await?;
-        for line in out.lines().filter(|l| !l.starts_with('#')) {
-            // be_id be_name srv_id srv_name srv_addr ...
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let Some(name) = fields.get(3) else { continue };
+        for (name, endpoint) in server_slots(&out) {
             let variant = match name.trim_end_matches(|c: char| c.is_ascii_digit()) {
                 "stable" => Variant::Stable,
                 "canary" => Variant::Canary,
                 _ => continue,
             };
+            // A slot in service keeps the address it serves: a router started after
+            // another one set it (a resumed release, `rampart stop --canary`) must
+            // retire it, and weigh it, like any other.
             state
                 .slots
                 .entry(variant)
                 .or_default()
-                .insert((*name).to_string(), None);
+                .insert(name, endpoint);
         }
         for v in [Variant::Stable, Variant::Canary] {
             if state.slots.get(&v).is_none_or(BTreeMap::is_empty) {
@@ -239,6 +239,50 @@ impl HaproxyRouter {
     }
 }
 
+/// The servers `show servers state` lists: each one's name, and its address when it is
+/// in service (not in maintenance). Columns are found by the header's names.
+fn server_slots(out: &str) -> Vec<(String, Option<SocketAddr>)> {
+    let header: Vec<&str> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("# be_id"))
+        .map(|rest| {
+            std::iter::once("be_id")
+                .chain(rest.split_whitespace())
+                .collect()
+        })
+        .unwrap_or_default();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (name_at, addr_at, admin_at, port_at) = (
+        col("srv_name").unwrap_or(3),
+        col("srv_addr").unwrap_or(4),
+        col("srv_admin_state").unwrap_or(6),
+        col("srv_port").unwrap_or(18),
+    );
+    // Forced, inherited, resolution and hostname maintenance. Not 0x04 (configured):
+    // HAProxy keeps it on a server declared `disabled` after `state ready` put it in
+    // service.
+    const MAINT: u32 = 0x01 | 0x02 | 0x20 | 0x40;
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let name = f.get(name_at)?.to_string();
+            let in_service = f
+                .get(admin_at)
+                .and_then(|a| a.parse::<u32>().ok())
+                .is_some_and(|a| a & MAINT == 0);
+            let endpoint = in_service
+                .then(|| {
+                    let ip: std::net::IpAddr = f.get(addr_at)?.parse().ok()?;
+                    let port: u16 = f.get(port_at)?.parse().ok()?;
+                    Some(SocketAddr::new(ip, port))
+                })
+                .flatten();
+            Some((name, endpoint))
+        })
+        .collect()
+}
+
 impl TrafficRouter for HaproxyRouter {
     fn set_backends<'a>(
         &'a self,
@@ -274,9 +318,19 @@ impl TrafficRouter for HaproxyRouter {
                 if slots.values().any(|e| *e == Some(*addr)) {
                     continue;
                 }
-                if let Some((slot, ep)) = slots.iter_mut().find(|(_, e)| e.is_none()) {
-                    *ep = Some(*addr);
-                    added.push((slot.clone(), *addr));
+                // A slot retired just now still finishes its open requests: a new
+                // endpoint takes another free slot if there is one; reused, the slot
+                // is no longer retired (it would end in maintenance, serving nothing).
+                let was_retired = |slot: &String| retired.iter().any(|(s, _)| s == slot);
+                let free = slots
+                    .iter()
+                    .filter(|(_, e)| e.is_none())
+                    .map(|(s, _)| s.clone())
+                    .min_by_key(|s| was_retired(s));
+                if let Some(slot) = free {
+                    retired.retain(|(s, _)| *s != slot);
+                    slots.insert(slot.clone(), Some(*addr));
+                    added.push((slot, *addr));
                 }
             }
             // Addresses while still in maintenance, then the weights, then in service:
@@ -362,6 +416,25 @@ impl TrafficRouter for HaproxyRouter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slots_in_service_keep_their_address_as_haproxy_reports_it() {
+        // `show servers state shop` from HAProxy 2.6, after `set server shop/stable1
+        // addr 127.0.0.1 port 8081` and `state ready` on a `server-template ...
+        // disabled` backend.
+        let out = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 shop 1 stable1 127.0.0.1 2 4 1 1 0 1 0 0 8 0 0 0 - 8081 - 0 0 - - 0\n3 shop 2 stable2 127.0.0.1 0 5 1 1 1 1 0 0 8 0 0 0 - 9 - 0 0 - - 0\n3 shop 3 canary1 127.0.0.1 0 1 1 1 1 1 0 0 8 0 0 0 - 8082 - 0 0 - - 0\n";
+        assert_eq!(
+            super::server_slots(out),
+            [
+                (
+                    "stable1".to_string(),
+                    Some("127.0.0.1:8081".parse().unwrap())
+                ),
+                ("stable2".to_string(), None),
+                ("canary1".to_string(), None),
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
 use rampart_adapters::store::lease::{Deposed, Lease};
-use rampart_core::ports::{Clock, PortErrorKind, ReleaseRecord, Store, StoredInput};
+use rampart_core::ports::{Clock, MigrationMark, PortErrorKind, ReleaseRecord, Store, StoredInput};
 use rampart_core::release::Input;
 
 const TTL: Duration = Duration::from_secs(9);
@@ -88,6 +88,20 @@ async fn a_silent_leader_is_replaced_after_one_lease_time_and_its_late_writes_ar
     );
     let late = r.a.append("r1", &entry(1)).await.unwrap_err();
     assert_eq!(late.kind(), PortErrorKind::Fenced, "{late}");
+    // Nor may it mark a migration file started (and then run it beside the new
+    // leader, which would find no mark of it).
+    let late =
+        r.a.mark_migration("r1", "003.sql", MigrationMark::Started, r.clock.now())
+            .await
+            .unwrap_err();
+    assert_eq!(late.kind(), PortErrorKind::Fenced, "{late}");
+    r.b.mark_migration("r1", "003.sql", MigrationMark::Started, r.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.b.migration_marks("r1").await.unwrap(),
+        [("003.sql".to_string(), MigrationMark::Started)]
+    );
     r.b.append("r1", &entry(1)).await.unwrap();
     let (_, log) = r.b.load("r1").await.unwrap();
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1]);

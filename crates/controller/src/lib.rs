@@ -506,14 +506,11 @@ impl Controller {
         } else {
             Vec::new()
         };
+        let keys = ledger_keys(&plan.files);
         let mut applied = Vec::new();
         let mut skipped = 0;
         for (i, argv) in runs.iter().enumerate() {
-            let file = plan
-                .files
-                .get(i)
-                .filter(|_| per_file)
-                .map(|f| f.display().to_string());
+            let file = keys.get(i).filter(|_| per_file).cloned();
             if let Some(file) = &file {
                 let marked = |m| marks.iter().any(|(f, k)| f == file && *k == m);
                 if marked(MigrationMark::Applied) {
@@ -522,9 +519,13 @@ impl Controller {
                     continue;
                 }
                 if marked(MigrationMark::Started) {
+                    let before = if applied.is_empty() {
+                        "none applied".to_string()
+                    } else {
+                        format!("{} applied ({})", applied.len(), applied.join(", "))
+                    };
                     return failed(format!(
-                        "{} applied, then the controller stopped while {file} ran: whether it changed the database is unknown, so rampart does not run it again (check the database, and finish or undo {file} by hand)",
-                        applied.len()
+                        "{before}, then the controller stopped while {file} ran: whether it changed the database is unknown, so rampart does not run it again. Check the database and finish or undo {file} by hand; a new release runs every file again, so make them safe to re-run (`IF NOT EXISTS`) or remove what is applied from its directory"
                     ));
                 }
                 let now = self.ports.clock.now();
@@ -1022,5 +1023,62 @@ async fn recv(commands: &mut Option<mpsc::UnboundedReceiver<Input>>) -> Option<I
             }
         },
         None => std::future::pending().await,
+    }
+}
+
+/// The names migration files go by in the ledger: their paths below the directory
+/// they share, so that a release taken up again finds its marks however its policy's
+/// path was spelled (`-f deploy/rampart.yaml` or `-f rampart.yaml` from `deploy/`).
+fn ledger_keys(files: &[std::path::PathBuf]) -> Vec<String> {
+    let mut common: Option<std::path::PathBuf> = None;
+    for f in files {
+        let parent = f
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        common = Some(match common {
+            None => parent,
+            Some(c) => c
+                .ancestors()
+                .find(|a| parent.starts_with(a))
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
+        });
+    }
+    let common = common.unwrap_or_default();
+    files
+        .iter()
+        .map(|f| f.strip_prefix(&common).unwrap_or(f).display().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ledger_keys;
+    use std::path::PathBuf;
+
+    fn keys(files: &[&str]) -> Vec<String> {
+        ledger_keys(&files.iter().map(PathBuf::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn ledger_keys_are_paths_below_the_shared_directory() {
+        assert_eq!(
+            keys(&["deploy/m/v2/001.sql", "deploy/m/v2/sub/002.sql"]),
+            ["001.sql", "sub/002.sql"]
+        );
+        assert_eq!(
+            keys(&[
+                "/srv/app/deploy/m/v2/001.sql",
+                "/srv/app/deploy/m/v2/sub/002.sql"
+            ]),
+            ["001.sql", "sub/002.sql"]
+        );
+        assert_eq!(
+            keys(&["m/a/001.sql", "m/b/001.sql"]),
+            ["a/001.sql", "b/001.sql"]
+        );
+        assert_eq!(keys(&["only.sql"]), ["only.sql"]);
+        assert!(keys(&[]).is_empty());
     }
 }

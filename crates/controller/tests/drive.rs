@@ -549,7 +549,9 @@ fn migrating_policy() -> String {
     )
 }
 
-fn migrating_controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Controller {
+/// A controller of [`migrating_policy`] with three files in `dir`, the policy's
+/// directory joined with `migrations/v2` as `rampart run -f` spelled it.
+fn migrating_controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>, dir: &str) -> Controller {
     use rampart_core::admission::MigrationPlan;
     Controller::new(
         Policy::from_yaml(&migrating_policy()).unwrap(),
@@ -559,19 +561,22 @@ fn migrating_controller(world: &Arc<FakeWorld>, store: &Arc<StateStore>) -> Cont
     .with_migrations(MigrationPlan {
         files: ["001.sql", "002.sql", "003.sql"]
             .iter()
-            .map(std::path::PathBuf::from)
+            .map(|f| std::path::Path::new(dir).join(f))
             .collect(),
         class: rampart_core::migrations::Class::Expand,
         annotations: Vec::new(),
     })
 }
 
-/// The files the world was asked to run, in order.
+/// The files the world was asked to run (their names), in order.
 fn files_run(world: &FakeWorld) -> Vec<String> {
     world
         .gate_commands()
         .into_iter()
-        .filter_map(|argv| argv.last().cloned())
+        .filter_map(|argv| {
+            let path = std::path::PathBuf::from(argv.last()?);
+            Some(path.file_name()?.to_string_lossy().into_owned())
+        })
         .collect()
 }
 
@@ -581,15 +586,12 @@ async fn a_migration_file_running_when_the_controller_died_is_never_run_again() 
     world.set_gate_secs(10);
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     // Each file takes 10 s: at 25 s the first two are applied and the third runs.
-    crash_after(
-        migrating_controller(&world, &store),
-        &migrating_policy(),
-        25,
-    )
-    .await;
+    let first = migrating_controller(&world, &store, "deploy/migrations/v2");
+    crash_after(first, &migrating_policy(), 25).await;
     assert_eq!(files_run(&world), ["001.sql", "002.sql", "003.sql"]);
 
-    let second = migrating_controller(&world, &store);
+    // Taken up again from another directory: `-f rampart.yaml` from `deploy/`.
+    let second = migrating_controller(&world, &store, "migrations/v2");
     let end = second.drive("r1", None, None).await.unwrap();
     assert_eq!(
         files_run(&world),
@@ -599,7 +601,9 @@ async fn a_migration_file_running_when_the_controller_died_is_never_run_again() 
     assert_eq!(end.phase, Phase::Blocked, "{:?}", end.decision);
     let reason = end.decision.unwrap().reason;
     assert!(
-        reason.contains("2 applied, then the controller stopped while 003.sql ran"),
+        reason.contains(
+            "2 applied (001.sql, 002.sql), then the controller stopped while 003.sql ran"
+        ),
         "{reason}"
     );
     assert_eq!(world.deploys(), 0, "nothing was deployed");
@@ -620,7 +624,7 @@ async fn a_migration_file_running_when_the_controller_died_is_never_run_again() 
 async fn migration_files_applied_before_a_restart_are_skipped_and_the_rest_applied() {
     let world = FakeWorld::new();
     let store = Arc::new(StateStore::in_memory().await.unwrap());
-    let c = migrating_controller(&world, &store);
+    let c = migrating_controller(&world, &store, "migrations/v2");
     c.create("r1", "v2", &migrating_policy()).await.unwrap();
     // What a controller that died between two files left on the record.
     for mark in [MigrationMark::Started, MigrationMark::Applied] {
@@ -641,7 +645,7 @@ async fn migration_files_applied_before_a_restart_are_skipped_and_the_rest_appli
     assert!(
         migrated
             .message
-            .contains("3 file(s): 001.sql, 002.sql, 003.sql (1 applied before the controller restarted, not run again)"),
+            .contains("3 file(s): migrations/v2/001.sql, migrations/v2/002.sql, migrations/v2/003.sql (1 applied before the controller restarted, not run again)"),
         "{}",
         migrated.message
     );

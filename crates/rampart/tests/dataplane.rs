@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::serve::until;
-use common::{exe, free_port, rampart, runtime, start_load};
+use common::{exe, free_port, rampart, report, runtime, start_load};
 use rampart::load::LoadStats;
 
 fn policy(service: &str, port: u16) -> String {
@@ -165,18 +165,6 @@ fn alive(pid: u32) -> bool {
             .next()
             .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
     })
-}
-
-fn report(out: &Output) -> (i32, serde_json::Value) {
-    let code = out.status.code().unwrap_or(-1);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "no JSON report (exit {code}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (code, v)
 }
 
 fn failed(stats: &Arc<LoadStats>) -> u64 {

@@ -114,6 +114,16 @@ fn git_applies(world: &Arc<Mutex<World>>, version: &str) {
         .apply_as(STABLE, &body, "argocd-controller");
 }
 
+/// The time a server starts at: a fixed date, plus the time since the test binary
+/// started, so that a restarted server's clock goes on from where the last one was
+/// (as a host's wall clock does), never back to the date it started at.
+fn wall_clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    #[allow(clippy::disallowed_methods)] // the test's own wall clock, read once
+    let start = *START.get_or_init(std::time::Instant::now);
+    1_800_000_000_000 + u64::try_from(start.elapsed().as_millis()).unwrap()
+}
+
 /// One `rampart serve --kubernetes`: a runtime of its own, the queue running.
 struct Server {
     rt: tokio::runtime::Runtime,
@@ -135,7 +145,7 @@ impl Server {
             .unwrap();
         let (app, watch) = rt.block_on(async {
             let store = Arc::new(StateStore::open(&dir.join("rampart.db")).await.unwrap());
-            let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_800_000_000_000));
+            let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(wall_clock()));
             let client = cluster::connect(world);
             let queue = Queue::with_cluster(
                 store.clone(),

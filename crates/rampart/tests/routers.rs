@@ -267,15 +267,110 @@ fn the_winner_keeps_serving_behind_nginx_and_haproxy_until_stopped() {
 }
 
 fn get(port: u16) -> String {
+    get_as(port, "u1")
+}
+
+/// One request through the router on `port`, as user `user` (nginx sticks on it).
+fn get_as(port: u16, user: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-user: u1\r\nconnection: close\r\n\r\n")
-        .unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nhost: x\r\nx-user: {user}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
+}
+
+/// Which versions answered 100 requests through the router on `port`, each as another
+/// user: (v1's answers, v2's).
+fn answered_by(port: u16) -> (usize, usize) {
+    let bodies: Vec<String> = (0..100)
+        .map(|i| get_as(port, &format!("user-{i}")))
+        .collect();
+    let count = |v: &str| bodies.iter().filter(|b| b.trim_end().ends_with(v)).count();
+
+    (count("v1"), count("v2"))
+}
+
+/// Regression: `rampart stop --canary` settled only the embedded data plane, so a
+/// release behind nginx or HAProxy that halted or escalated with its canary carrying
+/// users had no supported way back (the escalation's own page named the command that
+/// refused it). It now moves every user to stable through the router's adapter, then
+/// stops the canary's processes.
+#[test]
+fn stop_canary_settles_a_halted_canary_behind_nginx_and_haproxy() {
+    let log: std::net::SocketAddr = format!("127.0.0.1:{}", udp_port()).parse().unwrap();
+    let h = servers::haproxy("shop", 2, log);
+    let n = servers::nginx();
+    let haproxy = format!(
+        "  haproxy:\n    socket: {:?}\n    backend: shop\n    log_listen: \"{log}\"\n",
+        h.socket
+    );
+    for (traffic, port) in [
+        (nginx_traffic(&n), n.listen.port()),
+        (haproxy, h.addr.port()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = policy(dir.path(), &traffic, "0");
+        // Without load the release halts on its second interval without data, at 20 %.
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "  min_samples: 20\n",
+            "  min_samples: 20\n  no_data: {limit: 2, action: halt}\n",
+        );
+        std::fs::write(&path, text).unwrap();
+        let state = dir.path().join("state");
+        let _versions = common::Versions(state.clone());
+        let out = common::rampart()
+            .args([
+                "run",
+                "--version",
+                "v2",
+                "--stable",
+                "v1",
+                "--output",
+                "json",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let (code, v) = common::report(&out);
+        assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+        let (v1, v2) = answered_by(port);
+        assert!(
+            v2 > 0 && v1 + v2 == 100,
+            "the canary keeps its users: {v1} / {v2}"
+        );
+
+        let stop = common::rampart()
+            .args(["stop", "--canary", "--reason", "v2 halted", "--as", "alice"])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&stop.stdout);
+        assert!(
+            stop.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&stop.stderr)
+        );
+        assert!(
+            stdout.contains("audited as canary_stopped by alice"),
+            "{stdout}"
+        );
+        assert_eq!(answered_by(port), (100, 0), "every user on stable");
+        assert!(!state.join("processes/shop.canary.json").exists());
+        assert!(state.join("processes/shop.stable.json").exists());
+    }
 }
 
 /// The parity release: both versions slow on `slow` of their requests (a bimodal

@@ -298,6 +298,17 @@ impl ProcessDeployer {
         recorded.saturating_sub(self.exited(variant).len())
     }
 
+    /// The endpoints of the recorded replicas of `variant` that still run as this
+    /// service's processes (what a command outside the release, such as `rampart stop
+    /// --canary`, routes to).
+    pub fn endpoints(&self, variant: Variant) -> Vec<SocketAddr> {
+        self.read_records(variant)
+            .into_iter()
+            .filter(|r| self.owns(r, variant))
+            .map(|r| SocketAddr::from((Ipv4Addr::LOCALHOST, r.port)))
+            .collect()
+    }
+
     /// How many replicas a variant runs when serving.
     pub fn replicas(&self) -> usize {
         self.spec.replicas as usize

@@ -347,6 +347,31 @@ impl StateStore {
         Ok(last.0)
     }
 
+    /// [`StateStore::note`] for a replica acting on a release: refused unless it still
+    /// holds the lease (a deposed leader must not record, then do, what its successor
+    /// may be doing).
+    pub async fn note_acting(
+        &self,
+        at: Millis,
+        action: &str,
+        release: &str,
+        body: &str,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.acting().await?;
+        let mut last = head(&mut tx).await?;
+        let row = next_record(
+            &mut last,
+            at,
+            "rampart",
+            action,
+            Some((release, None)),
+            body,
+        );
+        tx.execute(INSERT_CHAIN, &row).await?;
+        tx.commit().await?;
+        Ok(last.0)
+    }
+
     /// Checks one release's log against the chain before it is acted on again: every
     /// entry must be the one the chain recorded at its position. A release created
     /// before the chain began has nothing to check against.

@@ -400,7 +400,14 @@ impl Store for MemoryStore {
         mark: MigrationMark,
         at: Millis,
     ) -> BoxFuture<'a, Result<(), PortError>> {
-        super::ports::note_migration(self, release_id, file, mark, at)
+        // No leases here: every note is the one controller's.
+        let body = super::ports::migration_body(file);
+        Box::pin(async move {
+            self.note(at, "rampart", mark.action(), Some(release_id), &body)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::into_port)
+        })
     }
 
     fn migration_marks<'a>(

@@ -159,7 +159,12 @@ impl Store for StateStore {
         mark: MigrationMark,
         at: Millis,
     ) -> BoxFuture<'a, Result<(), PortError>> {
-        note_migration(self, release_id, file, mark, at)
+        Box::pin(async move {
+            self.note_acting(at, mark.action(), release_id, &migration_body(file))
+                .await
+                .map(|_| ())
+                .map_err(StoreError::into_port)
+        })
     }
 
     fn migration_marks<'a>(
@@ -170,23 +175,10 @@ impl Store for StateStore {
     }
 }
 
-/// A migration mark as an audit-chain record: the chain is durable and tamper-evident,
-/// which is what a ledger of applied migrations must be.
-pub(super) fn note_migration<'a>(
-    chain: &'a dyn AuditChain,
-    release_id: &'a str,
-    file: &'a str,
-    mark: MigrationMark,
-    at: Millis,
-) -> BoxFuture<'a, Result<(), PortError>> {
-    Box::pin(async move {
-        let body = serde_json::json!({ "file": file }).to_string();
-        chain
-            .note(at, "rampart", mark.action(), Some(release_id), &body)
-            .await
-            .map(|_| ())
-            .map_err(StoreError::into_port)
-    })
+/// A migration mark's audit-chain record body. The chain is durable and
+/// tamper-evident, which is what a ledger of applied migrations must be.
+pub(super) fn migration_body(file: &str) -> String {
+    serde_json::json!({ "file": file }).to_string()
 }
 
 /// The migration marks in a release's audit-chain records, oldest first.

@@ -337,7 +337,7 @@ impl Totals for Uncounted {
 
 /// The Kubernetes adapter: one object is both the deployer and the router.
 #[cfg(feature = "kubernetes")]
-async fn kubernetes(
+pub(crate) async fn kubernetes(
     policy: &Policy,
     flag_server: Option<FlagServer>,
     cluster: Option<Cluster>,
@@ -380,7 +380,7 @@ async fn kubernetes(
 
 /// This build has no Kubernetes adapter: say how to get one (exit 2).
 #[cfg(not(feature = "kubernetes"))]
-async fn kubernetes(
+pub(crate) async fn kubernetes(
     _: &Policy,
     flag_server: Option<FlagServer>,
     _: Option<Cluster>,

@@ -125,6 +125,20 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The exit code and the JSON report of a finished `rampart run --output json`.
+#[allow(dead_code)] // not every test binary reads a report this way
+pub fn report(out: &std::process::Output) -> (i32, serde_json::Value) {
+    let code = out.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON report (exit {code}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, v)
+}
+
 /// `rampart run --version v2 --stable v1 --output json` on `policy` (state next to it),
 /// with steady load on `port` while it runs; returns the exit code and the report.
 pub fn release_json(policy: &std::path::Path, port: u16, rps: u32) -> (i32, serde_json::Value) {

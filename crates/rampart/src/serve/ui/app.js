@@ -93,7 +93,7 @@ function instead(i) {
   const say = {
     approve: () => `Approve it on this page (anyone but ${esc(i.not_by)}).`,
     rollback: () => `Abort and roll back switches to the previous version at once.`,
-    force_rollback: () => `After repairing the data, force the rollback: <code>rampart rollback ${esc(i.service)} --force --reason ...</code>`,
+    force_rollback: () => `Roll forward with a fixed version, or repair the data, then move ${esc(i.service)}'s users back to the previous version: <code>rampart stop -f POLICY --canary --force --reason ...</code>`,
     hotfix: () => `Only a hotfix may run now: <code>rampart run --hotfix REASON</code>`,
   }[i.action];
   return say ? ` <span class="instead">${say()}</span>` : "";

@@ -119,12 +119,17 @@ impl HaproxyRouter {
         let out = self
             .command(&format!("show servers state {}", self.backend))
             .await?;
-        for (name, endpoint) in server_slots(&out) {
-            let variant = match name.trim_end_matches(|c: char| c.is_ascii_digit()) {
+        // The weight in force, from the slots in service (zero when none serves).
+        let mut weighed = [0u64; 2];
+        for slot in server_slots(&out) {
+            let variant = match slot.name.trim_end_matches(|c: char| c.is_ascii_digit()) {
                 "stable" => Variant::Stable,
                 "canary" => Variant::Canary,
                 _ => continue,
             };
+            if slot.endpoint.is_some() {
+                weighed[usize::from(variant == Variant::Canary)] += slot.weight;
+            }
             // A slot in service keeps the address it serves: a router started after
             // another one set it (a resumed release, `rampart stop --canary`) must
             // retire it, and weigh it, like any other.
@@ -132,7 +137,17 @@ impl HaproxyRouter {
                 .slots
                 .entry(variant)
                 .or_default()
-                .insert(name, endpoint);
+                .insert(slot.name, slot.endpoint);
+        }
+        // And the split in force stays in force until this router is asked for
+        // another: a router started mid-release that weighed its first change at 0 %
+        // would send the canary's users (or, at 100 %, everyone) back for a moment.
+        let total = weighed[0] + weighed[1];
+        if let Some(bp) = (weighed[1] * 10_000 + total / 2).checked_div(total) {
+            state.weight = u16::try_from(bp)
+                .ok()
+                .and_then(Weight::from_basis_points)
+                .unwrap_or(Weight::FULL);
         }
         for v in [Variant::Stable, Variant::Canary] {
             if state.slots.get(&v).is_none_or(BTreeMap::is_empty) {
@@ -239,9 +254,18 @@ impl HaproxyRouter {
     }
 }
 
-/// The servers `show servers state` lists: each one's name, and its address when it is
-/// in service (not in maintenance). Columns are found by the header's names.
-fn server_slots(out: &str) -> Vec<(String, Option<SocketAddr>)> {
+/// One server `show servers state` lists.
+#[derive(Debug, PartialEq, Eq)]
+struct Slot {
+    name: String,
+    /// Its address, when it is in service (not in maintenance).
+    endpoint: Option<SocketAddr>,
+    /// Its weight as set (`srv_uweight`).
+    weight: u64,
+}
+
+/// The servers `show servers state` lists. Columns are found by the header's names.
+fn server_slots(out: &str) -> Vec<Slot> {
     let header: Vec<&str> = out
         .lines()
         .find_map(|l| l.strip_prefix("# be_id"))
@@ -252,16 +276,17 @@ fn server_slots(out: &str) -> Vec<(String, Option<SocketAddr>)> {
         })
         .unwrap_or_default();
     let col = |name: &str| header.iter().position(|h| *h == name);
-    let (name_at, addr_at, admin_at, port_at) = (
+    let (name_at, addr_at, admin_at, weight_at, port_at) = (
         col("srv_name").unwrap_or(3),
         col("srv_addr").unwrap_or(4),
         col("srv_admin_state").unwrap_or(6),
+        col("srv_uweight").unwrap_or(7),
         col("srv_port").unwrap_or(18),
     );
-    // Forced, inherited, resolution and hostname maintenance. Not 0x04 (configured):
-    // HAProxy keeps it on a server declared `disabled` after `state ready` put it in
-    // service.
-    const MAINT: u32 = 0x01 | 0x02 | 0x20 | 0x40;
+    // Forced, inherited and resolution maintenance. Not 0x04 (configured): HAProxy
+    // keeps it on a server declared `disabled` after `state ready` put it in service;
+    // nor 0x40, which says an FQDN was set over the runtime API.
+    const MAINT: u32 = 0x01 | 0x02 | 0x20;
     out.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|line| {
@@ -278,7 +303,12 @@ fn server_slots(out: &str) -> Vec<(String, Option<SocketAddr>)> {
                     Some(SocketAddr::new(ip, port))
                 })
                 .flatten();
-            Some((name, endpoint))
+            let weight = f.get(weight_at).and_then(|w| w.parse().ok()).unwrap_or(0);
+            Some(Slot {
+                name,
+                endpoint,
+                weight,
+            })
         })
         .collect()
 }
@@ -422,15 +452,17 @@ mod tests {
         // addr 127.0.0.1 port 8081` and `state ready` on a `server-template ...
         // disabled` backend.
         let out = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 shop 1 stable1 127.0.0.1 2 4 1 1 0 1 0 0 8 0 0 0 - 8081 - 0 0 - - 0\n3 shop 2 stable2 127.0.0.1 0 5 1 1 1 1 0 0 8 0 0 0 - 9 - 0 0 - - 0\n3 shop 3 canary1 127.0.0.1 0 1 1 1 1 1 0 0 8 0 0 0 - 8082 - 0 0 - - 0\n";
+        let slot = |name: &str, endpoint: Option<&str>, weight| super::Slot {
+            name: name.into(),
+            endpoint: endpoint.map(|e| e.parse().unwrap()),
+            weight,
+        };
         assert_eq!(
             super::server_slots(out),
             [
-                (
-                    "stable1".to_string(),
-                    Some("127.0.0.1:8081".parse().unwrap())
-                ),
-                ("stable2".to_string(), None),
-                ("canary1".to_string(), None),
+                slot("stable1", Some("127.0.0.1:8081"), 1),
+                slot("stable2", None, 1),
+                slot("canary1", None, 1),
             ]
         );
     }

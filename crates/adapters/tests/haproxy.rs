@@ -324,3 +324,53 @@ fn any_window() -> rampart_core::release::MeasureWindow {
         canary: "v2".into(),
     }
 }
+
+/// Regression: a router started after another one (a resumed release, `rampart stop
+/// --canary`) took every slot for empty and the split for 0 %: its first change of
+/// backends weighed the canary at 0 until the weight was set again, and a slot it then
+/// retired stayed in service at its old weight, serving a canary about to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_started_later_keeps_the_split_and_slots_in_force_real_haproxy() {
+    let log = common::request_log("shop").await;
+    let h = haproxy("shop", 2, log.local_addr());
+    let first = HaproxyRouter::new(&h.socket, "shop");
+    let hold = Arc::new(Notify::new());
+    let stable = backend("stable", hold.clone()).await;
+    let canary = backend("canary", hold.clone()).await;
+    first
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    first
+        .set_backends(Variant::Canary, &[canary])
+        .await
+        .unwrap();
+    let half = Weight::from_percent(50).unwrap();
+    first.set_weight(half, &[]).await.unwrap();
+    let before = weight(&first, "canary1").await;
+    assert!(!before.starts_with('0'), "{before}");
+
+    // Taken up again: the same backends set once more change nothing in force.
+    let later = HaproxyRouter::new(&h.socket, "shop");
+    later
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    assert_eq!(weight(&later, "canary1").await, before);
+    let share = share_of(h.addr, "canary", 200).await;
+    assert!((60..=140).contains(&share), "{share} of 200 on the canary");
+
+    // Everything to stable, the canary retired: it serves nothing more.
+    later.set_weight(Weight::ZERO, &[]).await.unwrap();
+    later.set_backends(Variant::Canary, &[]).await.unwrap();
+    assert_eq!(share_of(h.addr, "canary", 200).await, 0);
+    let state = later.command("show servers state shop").await.unwrap();
+    let canary1 = state.lines().find(|l| l.contains(" canary1 ")).unwrap();
+    let admin: u32 = canary1.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert_ne!(admin & 0x01, 0, "canary1 in maintenance: {canary1}");
+}
+
+/// A slot's weight as HAProxy reports it (`get weight`).
+async fn weight(r: &HaproxyRouter, slot: &str) -> String {
+    r.command(&format!("get weight shop/{slot}")).await.unwrap()
+}

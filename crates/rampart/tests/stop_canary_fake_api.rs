@@ -47,6 +47,7 @@ fn args(dir: &std::path::Path) -> StopArgs {
     StopArgs {
         file,
         state_dir: dir.join("state"),
+        store: None,
         canary: true,
         force: false,
         reason: Some("v2 halted".into()),

@@ -18,9 +18,10 @@ use rampart_adapters::haproxy::HaproxyRouter;
 use rampart_adapters::nginx::NginxRouter;
 use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::store::StateStore;
-use rampart_core::policy::Traffic;
+use rampart_core::migrations::Class;
+use rampart_core::policy::{Policy, Traffic};
 use rampart_core::ports::{Deployer, Store, TrafficRouter};
-use rampart_core::release::Variant;
+use rampart_core::release::{Input, OutcomeKind, Variant};
 
 use crate::report::RunError;
 
@@ -33,6 +34,10 @@ pub struct StopArgs {
     /// Where state and logs are kept.
     #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
     pub state_dir: PathBuf,
+    /// The store releases are recorded in: `sqlite:PATH` or `postgres://...` (a
+    /// server's shared store); defaults to the state directory's.
+    #[arg(long, env = "RAMPART_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Only the canary a finished release left carrying traffic: all traffic back to
     /// stable (which must answer), then the canary's versions stopped.
     #[arg(long)]
@@ -75,9 +80,9 @@ pub async fn stop(
         .map_err(|e| RunError::Invalid(format!("{}: {e}", args.file.display())))?;
     let policy = crate::run::load_policy(&args.file, &text)?;
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
-    let store = StateStore::open(&args.state_dir.join("rampart.db"))
+    let store = crate::serve::open_store(args.store.as_deref(), &args.state_dir)
         .await
-        .map_err(|e| internal(e.to_string()))?;
+        .map_err(RunError::Invalid)?;
     if let Some(active) = store
         .active(&policy.service)
         .await
@@ -133,139 +138,192 @@ pub async fn stop(
 }
 
 /// `rampart stop --canary`: the canary a finished release left carrying traffic goes:
-/// every request to stable (stable's endpoints, the weight to 0, no canary, each state
-/// routing every request to stable or to what served before), then the canary's
-/// versions stop. Audited as `canary_stopped`.
+/// stable brought back to its replicas, each ready (as a rollback does), every request
+/// to stable, the canary's requests drained, then the canary's versions stop. Audited
+/// as `canary_stopped`, or `canary_stop_failed` when it failed after traffic moved.
 async fn stop_canary(
     args: &StopArgs,
-    policy: &rampart_core::policy::Policy,
+    file_policy: &Policy,
     store: &StateStore,
     cluster: Option<crate::dataplane::Cluster>,
 ) -> Result<Vec<String>, RunError> {
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
-    let service = &policy.service;
+    let service = &file_policy.service;
     if args.force && args.reason.is_none() {
         return Err(RunError::Invalid(
             "--force needs --reason: say what was repaired, for the audit trail".into(),
         ));
     }
+    let releases = store
+        .releases(service)
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    // The routes and processes in place are the ones the last release set up, with
+    // the policy it ran (the file may have changed since).
+    let ran = releases
+        .first()
+        .and_then(|r| Policy::from_yaml(&r.policy).ok());
+    let policy = ran.as_ref().unwrap_or(file_policy);
     if policy.strategy.flag_only() {
         return Err(RunError::Invalid(format!(
             "{service} releases by flag: it has no canary process, and its flag-on users are set with `rampart flags set`"
         )));
     }
-    let last = store
-        .releases(service)
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .into_iter()
-        .next();
-    // A release that shipped non-backward-compatible migrations (escalated, or halted
-    // before it could) leaves a schema stable's code may not run on.
-    let breaking = match &last {
-        Some(last) => {
-            let (_, log) = store
-                .load(&last.id)
-                .await
-                .map_err(|e| internal(e.to_string()))?;
-            last.outcome == Some(rampart_core::release::OutcomeKind::Escalated)
-                || log.iter().any(|entry| {
-                    matches!(
-                        entry.input,
-                        rampart_core::release::Input::Start {
-                            planned_migrations: Some(
-                                rampart_core::migrations::Class::Contract
-                                    | rampart_core::migrations::Class::Irreversible
-                            ),
-                            ..
-                        }
-                    )
-                })
+    // Every release since the service last promoted may have left a schema stable's
+    // code cannot run on: escalated, or shipping non-backward-compatible migrations.
+    let mut stable_version = None;
+    let mut breaking = None;
+    for (i, r) in releases.iter().enumerate() {
+        if r.outcome == Some(OutcomeKind::Promoted) {
+            break;
         }
-        None => false,
-    };
-    if let Some(last) = &last
-        && breaking
+        let (_, log) = store
+            .load(&r.id)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        let start = log.iter().find_map(|entry| match &entry.input {
+            Input::Start {
+                stable,
+                planned_migrations,
+                ..
+            } => Some((stable.clone(), *planned_migrations)),
+            _ => None,
+        });
+        if i == 0 {
+            stable_version = start.as_ref().and_then(|(s, _)| s.clone());
+        }
+        let contract = start.is_some_and(|(_, m)| m.is_some_and(|c| c >= Class::Contract));
+        if breaking.is_none() && (r.outcome == Some(OutcomeKind::Escalated) || contract) {
+            breaking = Some(r);
+        }
+    }
+    if let Some(r) = breaking
         && !args.force
     {
         return Err(RunError::Blocked(format!(
             "release {} of {service} {} shipped non-backward-compatible migrations: stable's code may not run on the new schema. Repair the data, then `rampart stop -f {} --canary --force --reason \"what was repaired\"`",
-            last.id,
-            last.version,
+            r.id,
+            r.version,
             args.file.display()
         )));
     }
-    let mut lines = match &policy.traffic {
-        Traffic::Proxy(_) => match settle_embedded(args, policy).await? {
-            Some(lines) => lines,
-            None => return Ok(vec![format!("{service}: no data plane runs here")]),
-        },
-        _ => settle_routed(args, policy, cluster).await?,
+    let mut moved = false;
+    let settling = Settling {
+        args,
+        policy,
+        store,
+        stable_version: stable_version.as_deref(),
     };
+    let settled = match &policy.traffic {
+        Traffic::Proxy(_) => settling.embedded(&mut moved).await,
+        _ => settling.routed(cluster, &mut moved).await,
+    };
+    let mut lines = match settled {
+        Ok(Some(lines)) => lines,
+        Ok(None) => return Ok(vec![format!("{service}: no data plane runs here")]),
+        Err(e) if !moved => return Err(e),
+        Err(e) => {
+            // Traffic moved: the trail says so, and how it ended.
+            let why = format!("{}; then failed: {e}", reason(args));
+            let _ = audit(args, store, service, "canary_stop_failed", &why).await;
+            return Err(e);
+        }
+    };
+    let actor = audit(args, store, service, "canary_stopped", &reason(args)).await?;
+    lines.push(format!("{service}: audited as canary_stopped by {actor}"));
+    Ok(lines)
+}
+
+fn reason(args: &StopArgs) -> String {
+    args.reason
+        .clone()
+        .unwrap_or_else(|| "the canary stopped from the command line".into())
+}
+
+/// Records an operator action on the service; returns who acted.
+async fn audit(
+    args: &StopArgs,
+    store: &StateStore,
+    service: &str,
+    kind: &str,
+    why: &str,
+) -> Result<String, RunError> {
     let actor = args
         .actor
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".into());
-    let reason = args
-        .reason
-        .clone()
-        .unwrap_or_else(|| "the canary stopped from the command line".into());
     #[allow(clippy::disallowed_methods)] // an audit record's wall-clock time
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     store
-        .record_operator_action(at, &actor, "canary_stopped", service, &reason)
+        .record_operator_action(at, &actor, kind, service, why)
         .await
-        .map_err(|e| internal(e.to_string()))?;
-    lines.push(format!("{service}: audited as canary_stopped by {actor}"));
-    Ok(lines)
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
+    Ok(actor)
 }
 
-/// Behind the embedded data plane: its routing table says where stable is. `None` when
-/// no data plane runs here.
-async fn settle_embedded(
-    args: &StopArgs,
-    policy: &rampart_core::policy::Policy,
-) -> Result<Option<Vec<String>>, RunError> {
-    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
-    let service = &policy.service;
-    let files = rampart_adapters::proxy::plane::PlaneFiles::new(&args.state_dir, service);
-    if !files.is_running() {
-        return Ok(None);
-    }
-    let plane =
-        rampart_adapters::proxy::remote::RemotePlane::attach(&files.socket(), &files.token())
-            .await
-            .map_err(|e| internal(e.to_string()))?;
-    let table = plane.table().await.map_err(|e| internal(e.to_string()))?;
-    let mut lines = Vec::new();
-    if !table.canary.is_empty() || table.weight > rampart_core::Weight::ZERO {
-        every_stable_answers(args, service, &table.stable).await?;
-        lines.extend(to_stable(policy, &plane, &table.stable).await?);
-        lines.push(format!("{service}: the canary had {}", table.weight));
-    }
-    if let Some(deployer) = deployer(args, policy) {
-        lines.push(stop_the_canary(service, &deployer).await?);
-    }
-    Ok(Some(lines))
+/// What settling a canary needs.
+struct Settling<'a> {
+    args: &'a StopArgs,
+    policy: &'a Policy,
+    store: &'a StateStore,
+    /// The version the last release kept as stable, when it named one.
+    stable_version: Option<&'a str>,
 }
 
-/// Behind nginx or HAProxy (the versions are local processes, their records say
-/// where stable listens), or on Kubernetes (the stable Deployment must be ready):
-/// the router's own adapter moves the traffic, as a release would.
-async fn settle_routed(
-    args: &StopArgs,
-    policy: &rampart_core::policy::Policy,
-    cluster: Option<crate::dataplane::Cluster>,
-) -> Result<Vec<String>, RunError> {
-    let service = &policy.service;
-    let processes = deployer(args, policy);
-    let (router, stable, deployer): (Arc<dyn TrafficRouter>, Vec<SocketAddr>, Arc<dyn Deployer>) =
-        match (&policy.traffic, processes) {
+impl Settling<'_> {
+    /// Behind the embedded data plane. `None` when no data plane runs here.
+    async fn embedded(&self, moved: &mut bool) -> Result<Option<Vec<String>>, RunError> {
+        let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+        let service = &self.policy.service;
+        let files = rampart_adapters::proxy::plane::PlaneFiles::new(&self.args.state_dir, service);
+        if !files.is_running() {
+            return Ok(None);
+        }
+        let plane =
+            rampart_adapters::proxy::remote::RemotePlane::attach(&files.socket(), &files.token())
+                .await
+                .map_err(|e| internal(e.to_string()))?;
+        let table = plane.table().await.map_err(|e| internal(e.to_string()))?;
+        let processes = deployer(self.args, self.policy);
+        let mut lines = Vec::new();
+        if !table.canary.is_empty() || table.weight > rampart_core::Weight::ZERO {
+            let stable = match &processes {
+                Some(p) => self.stable_processes(p).await?,
+                // Endpoints outside rampart's processes: the table's, each answering.
+                None => {
+                    every_stable_answers(self.args, service, &table.stable).await?;
+                    table.stable.clone()
+                }
+            };
+            lines.extend(self.to_stable(&plane, &stable, moved).await?);
+            lines.push(format!("{service}: the canary had {}", table.weight));
+        }
+        if let Some(p) = processes {
+            lines.push(self.stop_the_canary(&p, moved).await?);
+        }
+        Ok(Some(lines))
+    }
+
+    /// Behind nginx or HAProxy (the versions are local processes), or on Kubernetes
+    /// (the stable Deployment must be ready): the router's own adapter moves the
+    /// traffic, as a release would.
+    async fn routed(
+        &self,
+        cluster: Option<crate::dataplane::Cluster>,
+        moved: &mut bool,
+    ) -> Result<Option<Vec<String>>, RunError> {
+        let service = &self.policy.service;
+        let processes = deployer(self.args, self.policy);
+        let (router, stable, deployer): (
+            Arc<dyn TrafficRouter>,
+            Vec<SocketAddr>,
+            Arc<dyn Deployer>,
+        ) = match (&self.policy.traffic, processes) {
             (Traffic::Kubernetes(_), _) => {
-                let plane = crate::dataplane::kubernetes(policy, None, cluster).await?;
+                let plane = crate::dataplane::kubernetes(self.policy, None, cluster).await?;
                 let Some(cluster) = plane.deployer.clone() else {
                     return Err(RunError::Internal(anyhow::anyhow!(
                         "the Kubernetes adapter came without its deployer"
@@ -285,11 +343,10 @@ async fn settle_routed(
                 )));
             }
             (traffic, Some(processes)) => {
-                let stable = processes.endpoints(Variant::Stable);
-                every_stable_answers(args, service, &stable).await?;
+                let stable = self.stable_processes(&processes).await?;
                 let router: Arc<dyn TrafficRouter> = match traffic {
-                    // Nobody receives nginx's request log between releases; the next
-                    // release renders its own receiver.
+                    // Nobody receives nginx's request log between releases; the
+                    // next release renders its own receiver.
                     Traffic::Nginx(spec) => Arc::new(NginxRouter::new(
                         spec.clone(),
                         service,
@@ -299,17 +356,110 @@ async fn settle_routed(
                         Arc::new(HaproxyRouter::new(&spec.socket, &spec.backend))
                     }
                     Traffic::Proxy(_) | Traffic::Kubernetes(_) => {
-                        unreachable!("settled above and by settle_embedded")
+                        unreachable!("settled above and by Settling::embedded")
                     }
                 };
                 (router, stable, Arc::new(processes))
             }
         };
-    let mut lines = to_stable(policy, router.as_ref(), &stable).await?;
-    lines.push(stop_the_canary(service, deployer.as_ref()).await?);
-    Ok(lines)
-}
+        let mut lines = self.to_stable(router.as_ref(), &stable, moved).await?;
+        lines.push(self.stop_the_canary(deployer.as_ref(), moved).await?);
+        Ok(Some(lines))
+    }
 
+    /// Stable's processes, brought back to their replicas and each ready (a rolling
+    /// release may have replaced some, a replica may have exited), as a rollback does
+    /// before it moves traffic; their endpoints. Without the stable version on record,
+    /// the replicas running must be all there and answer. Moves no traffic.
+    async fn stable_processes(&self, p: &ProcessDeployer) -> Result<Vec<SocketAddr>, RunError> {
+        let service = &self.policy.service;
+        let Some(version) = self.stable_version else {
+            let stable = p.endpoints(Variant::Stable);
+            every_stable_answers(self.args, service, &stable).await?;
+            if stable.len() < p.replicas() {
+                return Err(RunError::Blocked(format!(
+                    "stable of {service} runs {} of its {} replicas: they would take the whole load. Nothing was moved; the canary keeps its users",
+                    stable.len(),
+                    p.replicas()
+                )));
+            }
+            return Ok(stable);
+        };
+        match p.deploy(Variant::Stable, version).await {
+            Ok(d) if !d.endpoints.is_empty() => Ok(d.endpoints),
+            Ok(_) => Err(RunError::Blocked(format!(
+                "stable of {service} ({version}) has no replica. Nothing was moved; the canary keeps its users"
+            ))),
+            Err(e) => Err(RunError::Blocked(format!(
+                "stable of {service} ({version}) is not ready at its {} replicas ({e}): sending the canary's users there would leave them with nothing, or with too little. Nothing was moved; the canary keeps its users",
+                p.replicas()
+            ))),
+        }
+    }
+
+    /// Every request to stable, then the canary's requests in flight drained.
+    async fn to_stable(
+        &self,
+        router: &dyn TrafficRouter,
+        stable: &[SocketAddr],
+        moved: &mut bool,
+    ) -> Result<Vec<String>, RunError> {
+        let service = &self.policy.service;
+        self.still_idle().await?;
+        *moved = true;
+        crate::run::all_to_stable(router, stable)
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
+        let mut lines = vec![if stable.is_empty() {
+            format!("{service}: all traffic to stable")
+        } else {
+            format!(
+                "{service}: all traffic to stable ({} endpoint(s))",
+                stable.len()
+            )
+        }];
+        if let Err(e) = router
+            .drain(Variant::Canary, self.policy.rollback.drain)
+            .await
+        {
+            lines.push(format!("{service} canary: not drained: {e}"));
+        }
+        Ok(lines)
+    }
+
+    /// Refuses when a release of the service started since `stop` looked: it owns
+    /// the service (and a canary of the same name) until its outcome.
+    async fn still_idle(&self) -> Result<(), RunError> {
+        let active = self
+            .store
+            .active(&self.policy.service)
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
+        match active {
+            None => Ok(()),
+            Some(r) => Err(RunError::Blocked(format!(
+                "release {} of {} started meanwhile and owns the service until its outcome: stopped here",
+                r.id, self.policy.service
+            ))),
+        }
+    }
+
+    async fn stop_the_canary(
+        &self,
+        deployer: &dyn Deployer,
+        moved: &mut bool,
+    ) -> Result<String, RunError> {
+        let service = &self.policy.service;
+        // A release started meanwhile would own a canary of the same name.
+        self.still_idle().await?;
+        *moved = true;
+        let detail = deployer
+            .stop(Variant::Canary)
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
+        Ok(format!("{service} canary: {detail}"))
+    }
+}
 /// How long a Kubernetes stable Deployment may take to report itself ready.
 const STABLE_READY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -338,38 +488,6 @@ async fn every_stable_answers(
         )));
     }
     Ok(())
-}
-
-/// Every request to stable, then the canary's requests in flight drained.
-async fn to_stable(
-    policy: &rampart_core::policy::Policy,
-    router: &dyn TrafficRouter,
-    stable: &[SocketAddr],
-) -> Result<Vec<String>, RunError> {
-    let service = &policy.service;
-    crate::run::all_to_stable(router, stable)
-        .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
-    let mut lines = vec![if stable.is_empty() {
-        format!("{service}: all traffic to stable")
-    } else {
-        format!(
-            "{service}: all traffic to stable ({} endpoint(s))",
-            stable.len()
-        )
-    }];
-    if let Err(e) = router.drain(Variant::Canary, policy.rollback.drain).await {
-        lines.push(format!("{service} canary: not drained: {e}"));
-    }
-    Ok(lines)
-}
-
-async fn stop_the_canary(service: &str, deployer: &dyn Deployer) -> Result<String, RunError> {
-    let detail = deployer
-        .stop(Variant::Canary)
-        .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
-    Ok(format!("{service} canary: {detail}"))
 }
 
 /// The service's local processes, when it runs any, resolved as its releases ran them

@@ -41,6 +41,10 @@ struct Desired {
     workdir: PathBuf,
     local_dir: PathBuf,
     promoted: bool,
+    /// The last release ended in a level-1 rollback (flags off, verified): it left the
+    /// canary its users on purpose, and only a person moves them
+    /// (`rampart stop --canary`).
+    keep_split: bool,
 }
 
 impl Desired {
@@ -72,7 +76,7 @@ pub async fn restore(store: &Arc<StateStore>, state_dir: &Path) -> Vec<String> {
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
             let restored = match desired(&store, &state_dir, &service).await {
-                Ok(Some(Ok(d))) => bring_back(&d, d.promoted).await.map(Some),
+                Ok(Some(Ok(d))) => bring_back(&d, d.promoted, &store).await.map(Some),
                 Ok(Some(Err(said))) => Ok(Some(said)),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
@@ -149,6 +153,12 @@ async fn desired(
             "rampart serve: {service} stays stopped (`rampart stop`); its next release starts it"
         ))));
     }
+    let keep_split = last.outcome == Some(OutcomeKind::RolledBack)
+        && match crate::serve::views::Loaded::read(store, &last.id).await {
+            Some(Ok(l)) => l.state().rollback_level == Some(1),
+            Some(Err(e)) => return Err(e),
+            None => false,
+        };
     Ok(Some(Ok(Desired {
         service: service.to_string(),
         version,
@@ -157,13 +167,14 @@ async fn desired(
         workdir: PathBuf::from(&submission.workdir),
         local_dir,
         promoted: last.outcome == Some(OutcomeKind::Promoted),
+        keep_split,
     })))
 }
 
 /// Brings the service's stable version and routes back; says what it did. For the
 /// supervisor (`rebase` false), a service stopped meanwhile (`rampart stop`) is left
-/// stopped: what was just started is stopped again.
-async fn bring_back(d: &Desired, rebase: bool) -> Result<String, String> {
+/// stopped: what was just started is stopped again. Traffic it moves is audited.
+async fn bring_back(d: &Desired, rebase: bool, store: &StateStore) -> Result<String, String> {
     let service = &d.service;
     let version = &d.version;
     let processes = d.processes();
@@ -189,18 +200,75 @@ async fn bring_back(d: &Desired, rebase: bool) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     let table = plane.table().await.map_err(|e| e.to_string())?;
-    if table.stable != deployed.endpoints
-        || !table.canary.is_empty()
-        || table.weight != Weight::ZERO
-    {
-        crate::run::all_to_stable(plane.as_ref(), &deployed.endpoints)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(format!(
+    let mut said = format!(
         "rampart serve: {service} {version} serves on http://{} ({})",
         spec.listen, deployed.detail
-    ))
+    );
+    match routes_to_restore(&table, &deployed.endpoints, d.keep_split) {
+        Restore::Nothing => {}
+        Restore::StableEndpoints => {
+            rampart_core::ports::TrafficRouter::set_backends(
+                plane.as_ref(),
+                Variant::Stable,
+                &deployed.endpoints,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            said.push_str("; the canary keeps the users its level-1 rollback left it (`rampart stop --canary` moves them)");
+        }
+        Restore::AllToStable => {
+            let why = format!(
+                "all traffic to {version}, the version its last release left serving (the routes had the canary at {} with {} endpoint(s))",
+                table.weight,
+                table.canary.len()
+            );
+            crate::run::all_to_stable(plane.as_ref(), &deployed.endpoints)
+                .await
+                .map_err(|e| e.to_string())?;
+            #[allow(clippy::disallowed_methods)] // an audit record's wall-clock time
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+            if let Err(e) = store
+                .record_operator_action(at, "rampart serve", "traffic_restored", service, &why)
+                .await
+            {
+                said.push_str(&format!("; not audited: {e}"));
+            }
+            said.push_str(&format!("; {why}"));
+        }
+    }
+    Ok(said)
+}
+
+/// What the routes need for a service brought back.
+#[derive(Debug, PartialEq, Eq)]
+enum Restore {
+    /// They send everything to stable's endpoints already.
+    Nothing,
+    /// Stable's endpoints changed (a version started again); the split stays.
+    StableEndpoints,
+    /// Everything to stable (a promotion whose hand-over did not finish, routes lost).
+    AllToStable,
+}
+
+/// What the routes `table` need with stable on `stable`; `keep_split` when the last
+/// release left the canary its users on purpose (a level-1 rollback).
+fn routes_to_restore(
+    table: &rampart_adapters::proxy::RouteTable,
+    stable: &[std::net::SocketAddr],
+    keep_split: bool,
+) -> Restore {
+    let all_on_stable =
+        table.canary.is_empty() && table.weight == Weight::ZERO && table.matches.is_empty();
+    match (
+        table.stable.as_slice() == stable,
+        all_on_stable || keep_split,
+    ) {
+        (true, true) => Restore::Nothing,
+        (false, true) if keep_split => Restore::StableEndpoints,
+        _ => Restore::AllToStable,
+    }
 }
 
 /// When a service's stable may be restarted next, and how long it waits after that.
@@ -251,7 +319,7 @@ pub async fn supervise(queue: Arc<super::queue::Queue>, clock: Arc<dyn Clock>) {
                 queue.unclaim(&service);
                 continue;
             }
-            let result = bring_back(&d, false).await;
+            let result = bring_back(&d, false, &store).await;
             queue.unclaim(&service);
             b.wait = if b.last_restart > 0 && now.saturating_sub(b.last_restart) < STEADY_MS {
                 (b.wait * 2).min(MAX_BACKOFF_MS)
@@ -295,5 +363,54 @@ fn record(state_dir: &Path, service: &str, line: &str) {
         .open(dir.join(format!("{service}.restarts.log")))
     {
         let _ = writeln!(f, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Restore, routes_to_restore};
+    use rampart_adapters::proxy::RouteTable;
+    use rampart_core::Weight;
+    use std::net::SocketAddr;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn table(stable: u16, canary: Option<u16>, percent: u8) -> RouteTable {
+        RouteTable {
+            stable: vec![addr(stable)],
+            canary: canary.map(addr).into_iter().collect(),
+            weight: Weight::from_percent(percent).unwrap(),
+            ..RouteTable::default()
+        }
+    }
+
+    #[test]
+    fn a_level_one_rollback_keeps_its_split_and_anything_else_goes_to_stable() {
+        let on_canary = table(1, Some(2), 20);
+        // Found as its last release left it: nothing to do.
+        assert_eq!(
+            routes_to_restore(&table(1, None, 0), &[addr(1)], false),
+            Restore::Nothing
+        );
+        assert_eq!(
+            routes_to_restore(&on_canary, &[addr(1)], true),
+            Restore::Nothing
+        );
+        // Stable started again on another port: a level-1 rollback's canary keeps its
+        // users; otherwise everything goes to stable.
+        assert_eq!(
+            routes_to_restore(&on_canary, &[addr(3)], true),
+            Restore::StableEndpoints
+        );
+        assert_eq!(
+            routes_to_restore(&on_canary, &[addr(1)], false),
+            Restore::AllToStable
+        );
+        assert_eq!(
+            routes_to_restore(&table(1, None, 0), &[addr(3)], false),
+            Restore::AllToStable
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! the same sample always gives the same verdict. It must not keep streaks or decide
 //! rollbacks; that is the release state machine's job.
 
-use crate::metrics::{Histogram, IntervalSample, Timing, VariantStats, bucket_of};
+use crate::metrics::{Histogram, IntervalSample, Timing, VariantStats, bucket_of, bucket_upper_ms};
 use crate::policy::{BuiltinMetric, Direction, MetricSpec, Sequential, Threshold};
 use crate::sequential::{EProcess, tolerate};
 
@@ -193,6 +193,18 @@ pub const NOISE_POOL: u64 = 4;
 /// How a reading says its latency is above a limit by its value alone.
 pub const WITHIN_NOISE: &str = "within noise";
 
+/// The least a canary's latency must exceed stable's by, in milliseconds, before a
+/// judge that compares the two calls it slower: below a millisecond, the host's
+/// scheduling and timers decide, not the code (a 0.3 ms stable p99 against 1.1 ms is
+/// 3.7x, and nothing a user notices). A limit of its own (`max: 0.5ms`) still judges
+/// sub-millisecond latency.
+pub const LATENCY_SLACK_MS: f64 = 1.0;
+
+/// The latency a `max_ratio_to_stable` of `ratio` allows over stable's `s` ms.
+pub fn latency_ratio_limit(s: f64, ratio: f64) -> f64 {
+    (s * ratio).max(s + LATENCY_SLACK_MS)
+}
+
 /// Whether the `q` quantile of `h` is above `limit_ms` beyond noise, in words when it
 /// is. Under "the quantile is at most the limit", a request lies above the limit with
 /// probability at most `1 - q`; the quantile is above it when the requests counted
@@ -308,7 +320,7 @@ fn latency_ratio_failures(
     let Some(ratio) = t.max_ratio_to_stable else {
         return Vec::new();
     };
-    let limit = s * ratio;
+    let limit = latency_ratio_limit(s, ratio);
     latency_above(canary, q, limit)
         .map(|why| {
             format!(
@@ -520,7 +532,10 @@ fn threshold_on(
     let within_noise = latency.is_some() && failures.is_empty() && {
         let s = stable.filter(|_| stable_enough);
         !absolute_failures(t, fmt, c, None, false).0.is_empty()
-            || s.is_some_and(|s| !ratio_failures(t, fmt, c, s).is_empty())
+            || s.is_some_and(|s| {
+                t.max_ratio_to_stable
+                    .is_some_and(|r| c > latency_ratio_limit(s, r))
+            })
     };
     let mut reading = conclude(reading, failures, unknown, fmt, c);
     if within_noise && reading.verdict == Verdict::Pass {
@@ -856,9 +871,17 @@ fn sequential_on(
         },
         // A canary request is "bad" when slower than stable's quantile; ties (the same
         // histogram bucket) say nothing and are left out on both sides.
+        // The line is stable's quantile, or 1 ms above it where a millisecond is more
+        // than the next bucket (below about 11 ms; [`LATENCY_SLACK_MS`]): any line
+        // taken from stable's history alone is a fair one, since under "no worse"
+        // the canary's share above it is stable's.
         BuiltinMetric::Latency(q) | BuiltinMetric::LatencyTotal(q) => stable_history
             .quantile_bucket(q)
             .filter(|_| stable_history.count() >= spec.min_samples)
+            .map(|b| {
+                let lifted = bucket_of(((bucket_upper_ms(b) + LATENCY_SLACK_MS) * 1000.0) as u64);
+                if lifted > b + 1 { lifted } else { b }
+            })
             .and_then(|b| {
                 let (above_s, below_s) = stable_history.split_at(b);
                 let timing = spec.metric.latency().map_or(Timing::Headers, |l| l.1);
@@ -871,8 +894,9 @@ fn sequential_on(
                     let null = tolerate(above_s as f64 / n as f64, tolerance)
                         .max(wilson_upper(above_s, n));
                     let what = format!(
-                        "{above_c} of {} canary requests slower than stable's q{q} ({:.1}% expected at most)",
+                        "{above_c} of {} canary requests slower than {} ms, stable's q{q} or 1 ms above it ({:.1}% expected at most)",
                         above_c + below_c,
+                        crate::units::trim_float(bucket_upper_ms(b), 2),
                         null * 100.0
                     );
                     (above_c, above_c + below_c, null, what)
@@ -1292,6 +1316,62 @@ mod tests {
         let spec = p99_spec(Some(20.0), None);
         assert_eq!(judge(&spec, &sample(50, 2)).verdict, Verdict::Inconclusive);
         assert_eq!(judge(&spec, &sample(200, 10)).verdict, Verdict::Fail);
+    }
+
+    /// Every one of `n` requests at `micros`.
+    fn flat(n: u64, micros: u64) -> VariantStats {
+        let mut v = VariantStats {
+            requests: n,
+            ..Default::default()
+        };
+        for _ in 0..n {
+            v.latency.record_micros(micros);
+        }
+        v
+    }
+
+    /// Regression (new user, the Python example): a sub-millisecond stable p99 made a
+    /// ratio limit a coin on the host's scheduling. Stable at 0.3 ms, a canary at 1.1 ms
+    /// is 3.7x, above `max_ratio_to_stable: 3`, and was rolled back; a ratio now allows
+    /// at least a millisecond above stable.
+    #[test]
+    fn a_latency_ratio_allows_a_millisecond_above_a_sub_millisecond_stable() {
+        let spec = p99_spec(None, Some(3.0));
+        let sample = |canary_us| IntervalSample {
+            stable: flat(1000, 300),
+            canary: flat(200, canary_us),
+            ..Default::default()
+        };
+        let r = judge(&spec, &sample(1_100));
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        let r = judge(&spec, &sample(2_000));
+        assert_eq!(r.verdict, Verdict::Fail, "beyond the millisecond: {r:?}");
+        // Above it, the ratio is the limit as before (50 ms, 3x: 150 ms).
+        assert_eq!(latency_ratio_limit(50.0, 3.0), 150.0);
+        assert_eq!(latency_ratio_limit(0.3, 3.0), 1.3);
+    }
+
+    #[test]
+    fn the_sequential_latency_judge_counts_a_canary_slower_only_beyond_a_millisecond() {
+        let (spec, seq) = seq_spec(BuiltinMetric::Latency(0.5));
+        let run = |canary_us: u64| {
+            let mut ev = Evidence::default();
+            let history = flat(2000, 300).latency;
+            let mut verdict = Verdict::Inconclusive;
+            for i in 0..30 {
+                let sample = IntervalSample {
+                    stable: flat(900, 300),
+                    canary: flat(100, canary_us),
+                    ..Default::default()
+                };
+                verdict = sequential(&spec, &seq, &sample, &mut ev, &history, i * 100).verdict;
+            }
+            verdict
+        };
+        // Every canary request 0.6 ms slower than stable's median: not a regression.
+        assert_eq!(run(900), Verdict::Pass);
+        // 2 ms slower: found.
+        assert_eq!(run(2_300), Verdict::Fail);
     }
 
     #[test]

@@ -18,9 +18,14 @@ fn quoted(names: &[String]) -> String {
         .join(", ")
 }
 
-/// Renders the runbook. `migrations` is the class of the version's migrations when
-/// known.
-pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>) -> String {
+/// Renders the runbook. `file` is the policy's path as the reader's commands name it;
+/// `migrations` is the class of the version's migrations when known.
+pub fn render(
+    policy: &Policy,
+    file: &str,
+    version: Option<&str>,
+    migrations: Option<Class>,
+) -> String {
     let mut md = String::new();
     let svc = &policy.service;
     let _ = writeln!(md, "# Release runbook: {svc}\n");
@@ -87,7 +92,7 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
     }
     let _ = writeln!(
         md,
-        "- [ ] On call knows the release is starting: `rampart run -f rampart.yaml --version VERSION --as YOUR_NAME`"
+        "- [ ] On call knows the release is starting: `rampart run -f {file} --version VERSION --as YOUR_NAME`"
     );
     md.push('\n');
 
@@ -105,7 +110,7 @@ pub fn render(policy: &Policy, version: Option<&str>, migrations: Option<Class>)
             });
             let _ = writeln!(
                 md,
-                "Migrations from `{}`, applied with `{}` before anything deploys. Class: **{verdict}**. If a release that shipped contract or irreversible changes fails, rampart {} (exit 4) and pages: roll forward, or repair the data and `rampart stop -f rampart.yaml --canary --force --reason \"...\"` (the canary's users back to stable, then the canary stopped).\n",
+                "Migrations from `{}`, applied with `{}` before anything deploys. Class: **{verdict}**. If a release that shipped contract or irreversible changes fails, rampart {} (exit 4) and pages: roll forward, or repair the data and `rampart stop -f {file} --canary --force --reason \"...\"` (the canary's users back to stable, then the canary stopped).\n",
                 m.dir,
                 m.command.join(" "),
                 if m.escalate {
@@ -440,7 +445,7 @@ notify: [{command: [./page.sh]}]
 "#,
         )
         .unwrap();
-        let md = render(&p, Some("v2"), Some(Class::Contract));
+        let md = render(&p, "deploy/shop.yaml", Some("v2"), Some(Class::Contract));
         for needle in [
             "# Release runbook: checkout",
             "Gate `env DATABASE_URL`",
@@ -455,6 +460,9 @@ notify: [{command: [./page.sh]}]
             "At most 2 automatic rollback(s) per 1d",
             "escalates instead of rolling back",
             "command `./page.sh`: approval, halted, escalated",
+            // The commands name the policy file the reader has.
+            "`rampart run -f deploy/shop.yaml --version VERSION",
+            "`rampart stop -f deploy/shop.yaml --canary --force",
         ] {
             assert!(md.contains(needle), "missing `{needle}` in:\n{md}");
         }
@@ -477,7 +485,7 @@ analysis:
         )
         .unwrap();
         let skill = crate::skill::render(&p, "rampart.yaml");
-        for md in [render(&p, Some("v2"), None), skill] {
+        for md in [render(&p, "rampart.yaml", Some("v2"), None), skill] {
             for needle in [
                 "| conversions (higher is better; Prometheus: `sum(increase(paid[{interval}]))` out of `sum(increase(carts[{interval}]))`) | sequential (alpha 0.01) | evidence that it is lower than stable reaches 1/alpha |",
                 "| rps (higher is better; Prometheus: `sum(rate(http_requests_total[1m]))`) | threshold | value < 5 or value < 0.8 x stable |",

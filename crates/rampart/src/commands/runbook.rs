@@ -50,7 +50,7 @@ fn runbook(file: &std::path::Path, version: Option<&str>, output: Output) -> i32
         }
         _ => None,
     };
-    let md = rampart_core::runbook::render(&policy, version, class);
+    let md = rampart_core::runbook::render(&policy, &file.display().to_string(), version, class);
     match output {
         Output::Json => println!(
             "{}",

@@ -65,7 +65,7 @@ pub(super) async fn read(backend: &Backend, uri: &str) -> Result<ReadResourceRes
             .map_err(|e| not_found(e.to_string()))?;
         (
             "text/markdown",
-            rampart_core::runbook::render(&policy, None, None),
+            rampart_core::runbook::render(&policy, "POLICY", None, None),
         )
     } else if let Some(id) = uri
         .strip_prefix(RELEASES)

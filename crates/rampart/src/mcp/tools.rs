@@ -425,7 +425,8 @@ impl Rampart {
         let (text, _) = policy_text(&a.file, &a.policy)?;
         let policy =
             rampart_core::Policy::from_yaml(&text).map_err(|e| Refusal::invalid(e.to_string()))?;
-        let runbook = rampart_core::runbook::render(&policy, given(&a.version), None);
+        let file = a.file.as_deref().unwrap_or("POLICY");
+        let runbook = rampart_core::runbook::render(&policy, file, given(&a.version), None);
         Structured::of(&json!({"service": policy.service, "runbook": runbook}))
     }
 

@@ -32,6 +32,8 @@ struct State {
     retired: Vec<(String, SocketAddr)>,
     weight: Weight,
     discovered: bool,
+    /// Take the split in force as this router's weight when it first reads the slots.
+    keep_split: bool,
 }
 
 /// Sets server weights on a running HAProxy.
@@ -75,12 +77,24 @@ pub fn server_weight(share_bp: u16, servers: usize) -> u64 {
 }
 
 impl HaproxyRouter {
-    /// A router for `backend` on the runtime API at `socket`.
+    /// A router for `backend` on the runtime API at `socket`, for a new release: its
+    /// first change of backends weighs the canary at 0 %.
     pub fn new(socket: impl Into<PathBuf>, backend: &str) -> HaproxyRouter {
         HaproxyRouter {
             socket: socket.into(),
             backend: backend.to_string(),
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The same router taking over the split HAProxy has in force (a resumed release,
+    /// `rampart stop --canary`): it keeps that weight until asked for another.
+    pub fn keeping_the_split(self) -> HaproxyRouter {
+        let mut state = self.state.into_inner();
+        state.keep_split = true;
+        HaproxyRouter {
+            state: Mutex::new(state),
+            ..self
         }
     }
 
@@ -139,11 +153,15 @@ impl HaproxyRouter {
                 .or_default()
                 .insert(slot.name, slot.endpoint);
         }
-        // And the split in force stays in force until this router is asked for
-        // another: a router started mid-release that weighed its first change at 0 %
-        // would send the canary's users (or, at 100 %, everyone) back for a moment.
+        // Taking over a split (a resumed release, `rampart stop --canary`), it stays in
+        // force until this router is asked for another: weighed at 0 % at the first
+        // change, the canary's users (at 100 %, everyone) would go back for a moment.
+        // A new release starts from 0 %, as it thinks it does.
         let total = weighed[0] + weighed[1];
-        if let Some(bp) = (weighed[1] * 10_000 + total / 2).checked_div(total) {
+        if let Some(bp) = (weighed[1] * 10_000 + total / 2)
+            .checked_div(total)
+            .filter(|_| state.keep_split)
+        {
             state.weight = u16::try_from(bp)
                 .ok()
                 .and_then(Weight::from_basis_points)

@@ -328,7 +328,8 @@ fn any_window() -> rampart_core::release::MeasureWindow {
 /// Regression: a router started after another one (a resumed release, `rampart stop
 /// --canary`) took every slot for empty and the split for 0 %: its first change of
 /// backends weighed the canary at 0 until the weight was set again, and a slot it then
-/// retired stayed in service at its old weight, serving a canary about to stop.
+/// retired stayed in service at its old weight, serving a canary about to stop. A new
+/// release's router still starts from 0 %.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_started_later_keeps_the_split_and_slots_in_force_real_haproxy() {
     let log = common::request_log("shop").await;
@@ -351,7 +352,7 @@ async fn a_router_started_later_keeps_the_split_and_slots_in_force_real_haproxy(
     assert!(!before.starts_with('0'), "{before}");
 
     // Taken up again: the same backends set once more change nothing in force.
-    let later = HaproxyRouter::new(&h.socket, "shop");
+    let later = HaproxyRouter::new(&h.socket, "shop").keeping_the_split();
     later
         .set_backends(Variant::Stable, &[stable])
         .await
@@ -359,6 +360,15 @@ async fn a_router_started_later_keeps_the_split_and_slots_in_force_real_haproxy(
     assert_eq!(weight(&later, "canary1").await, before);
     let share = share_of(h.addr, "canary", 200).await;
     assert!((60..=140).contains(&share), "{share} of 200 on the canary");
+
+    // A new release's router starts from 0 %, as the release thinks it does.
+    let fresh = HaproxyRouter::new(&h.socket, "shop");
+    fresh
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    let zero = weight(&fresh, "canary1").await;
+    assert!(zero.starts_with("0 "), "{zero}");
 
     // Everything to stable, the canary retired: it serves nothing more.
     later.set_weight(Weight::ZERO, &[]).await.unwrap();

@@ -358,6 +358,7 @@ pub async fn run_release(
         opts.attach.then_some(local_dir.as_path()),
         opts.served.as_ref().and_then(|s| s.cluster.clone()),
         tls,
+        resume_id.is_some(),
     )
     .await?;
     let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(

@@ -309,6 +309,16 @@ impl ProcessDeployer {
             .collect()
     }
 
+    /// The versions of the recorded replicas of `variant` that still run as this
+    /// service's processes, one per replica.
+    pub fn versions(&self, variant: Variant) -> Vec<String> {
+        self.read_records(variant)
+            .into_iter()
+            .filter(|r| self.owns(r, variant))
+            .map(|r| r.version)
+            .collect()
+    }
+
     /// How many replicas a variant runs when serving.
     pub fn replicas(&self) -> usize {
         self.spec.replicas as usize

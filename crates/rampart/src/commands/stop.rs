@@ -144,7 +144,7 @@ pub async fn stop(
 async fn stop_canary(
     args: &StopArgs,
     file_policy: &Policy,
-    store: &StateStore,
+    store: &std::sync::Arc<StateStore>,
     cluster: Option<crate::dataplane::Cluster>,
 ) -> Result<Vec<String>, RunError> {
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
@@ -158,22 +158,15 @@ async fn stop_canary(
         .releases(service)
         .await
         .map_err(|e| internal(e.to_string()))?;
-    // The routes and processes in place are the ones the last release set up, with
-    // the policy it ran (the file may have changed since).
-    let ran = releases
-        .first()
-        .and_then(|r| Policy::from_yaml(&r.policy).ok());
-    let policy = ran.as_ref().unwrap_or(file_policy);
-    if policy.strategy.flag_only() {
-        return Err(RunError::Invalid(format!(
-            "{service} releases by flag: it has no canary process, and its flag-on users are set with `rampart flags set`"
-        )));
-    }
+    // The routes and processes in place are the ones the last release of a canary set
+    // up, with the policy it ran (the file may have changed since; a flag release
+    // after it changed no process); its stable is the version to go back to.
+    let mut ran: Option<(&rampart_core::ports::ReleaseRecord, Policy)> = None;
+    let mut stable_version = None;
     // Every release since the service last promoted may have left a schema stable's
     // code cannot run on: escalated, or shipping non-backward-compatible migrations.
-    let mut stable_version = None;
     let mut breaking = None;
-    for (i, r) in releases.iter().enumerate() {
+    for r in &releases {
         if r.outcome == Some(OutcomeKind::Promoted) {
             break;
         }
@@ -189,8 +182,12 @@ async fn stop_canary(
             } => Some((stable.clone(), *planned_migrations)),
             _ => None,
         });
-        if i == 0 {
+        if ran.is_none()
+            && let Ok(p) = Policy::from_yaml(&r.policy)
+            && !p.strategy.flag_only()
+        {
             stable_version = start.as_ref().and_then(|(s, _)| s.clone());
+            ran = Some((r, p));
         }
         let contract = start.is_some_and(|(_, m)| m.is_some_and(|c| c >= Class::Contract));
         if breaking.is_none() && (r.outcome == Some(OutcomeKind::Escalated) || contract) {
@@ -207,12 +204,40 @@ async fn stop_canary(
             args.file.display()
         )));
     }
+    let policy = ran.as_ref().map_or(file_policy, |(_, p)| p);
+    if policy.strategy.flag_only() {
+        return Err(RunError::Invalid(format!(
+            "{service} releases by flag: it has no canary process, and its flag-on users are set with `rampart flags set`"
+        )));
+    }
+    // Where serve keeps the service's processes (a server's store records the
+    // directory), run from the directory its release was submitted from.
+    let local_dir = crate::run::process_dir(store, service, &args.state_dir).await?;
+    let submitted = match ran.as_ref() {
+        Some((r, _)) => store
+            .submission(&r.id)
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .map(|s| PathBuf::from(s.workdir)),
+        None => None,
+    };
+    let base = submitted.unwrap_or_else(|| {
+        args.file
+            .parent()
+            .map(PathBuf::from)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."))
+    });
     let mut moved = false;
     let settling = Settling {
         args,
         policy,
         store,
         stable_version: stable_version.as_deref(),
+        processes: policy
+            .process()
+            .map(|process| ProcessDeployer::new(service, process.clone(), &base, &local_dir)),
+        local_dir: &local_dir,
     };
     let settled = match &policy.traffic {
         Traffic::Proxy(_) => settling.embedded(&mut moved).await,
@@ -271,6 +296,10 @@ struct Settling<'a> {
     store: &'a StateStore,
     /// The version the last release kept as stable, when it named one.
     stable_version: Option<&'a str>,
+    /// The service's local processes, when it runs any.
+    processes: Option<ProcessDeployer>,
+    /// Where its processes and data plane are recorded.
+    local_dir: &'a std::path::Path,
 }
 
 impl Settling<'_> {
@@ -278,7 +307,7 @@ impl Settling<'_> {
     async fn embedded(&self, moved: &mut bool) -> Result<Option<Vec<String>>, RunError> {
         let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
         let service = &self.policy.service;
-        let files = rampart_adapters::proxy::plane::PlaneFiles::new(&self.args.state_dir, service);
+        let files = rampart_adapters::proxy::plane::PlaneFiles::new(self.local_dir, service);
         if !files.is_running() {
             return Ok(None);
         }
@@ -287,10 +316,11 @@ impl Settling<'_> {
                 .await
                 .map_err(|e| internal(e.to_string()))?;
         let table = plane.table().await.map_err(|e| internal(e.to_string()))?;
-        let processes = deployer(self.args, self.policy);
+        let processes = self.processes.as_ref();
         let mut lines = Vec::new();
         if !table.canary.is_empty() || table.weight > rampart_core::Weight::ZERO {
-            let stable = match &processes {
+            self.still_idle().await?;
+            let stable = match processes {
                 Some(p) => self.stable_processes(p).await?,
                 // Endpoints outside rampart's processes: the table's, each answering.
                 None => {
@@ -302,7 +332,7 @@ impl Settling<'_> {
             lines.push(format!("{service}: the canary had {}", table.weight));
         }
         if let Some(p) = processes {
-            lines.push(self.stop_the_canary(&p, moved).await?);
+            lines.push(self.stop_the_canary(p).await?);
         }
         Ok(Some(lines))
     }
@@ -316,7 +346,8 @@ impl Settling<'_> {
         moved: &mut bool,
     ) -> Result<Option<Vec<String>>, RunError> {
         let service = &self.policy.service;
-        let processes = deployer(self.args, self.policy);
+        self.still_idle().await?;
+        let processes = self.processes.clone();
         let (router, stable, deployer): (
             Arc<dyn TrafficRouter>,
             Vec<SocketAddr>,
@@ -352,9 +383,9 @@ impl Settling<'_> {
                         service,
                         SocketAddr::from(([127, 0, 0, 1], 9)),
                     )),
-                    Traffic::Haproxy(spec) => {
-                        Arc::new(HaproxyRouter::new(&spec.socket, &spec.backend))
-                    }
+                    Traffic::Haproxy(spec) => Arc::new(
+                        HaproxyRouter::new(&spec.socket, &spec.backend).keeping_the_split(),
+                    ),
                     Traffic::Proxy(_) | Traffic::Kubernetes(_) => {
                         unreachable!("settled above and by Settling::embedded")
                     }
@@ -363,7 +394,7 @@ impl Settling<'_> {
             }
         };
         let mut lines = self.to_stable(router.as_ref(), &stable, moved).await?;
-        lines.push(self.stop_the_canary(deployer.as_ref(), moved).await?);
+        lines.push(self.stop_the_canary(deployer.as_ref()).await?);
         Ok(Some(lines))
     }
 
@@ -373,6 +404,23 @@ impl Settling<'_> {
     /// the replicas running must be all there and answer. Moves no traffic.
     async fn stable_processes(&self, p: &ProcessDeployer) -> Result<Vec<SocketAddr>, RunError> {
         let service = &self.policy.service;
+        // Stable as it runs: never replaced by another version here, never started
+        // from nothing (a person decides that).
+        let running = p.versions(Variant::Stable);
+        if running.is_empty() {
+            return Err(RunError::Blocked(format!(
+                "stable of {service} does not run: sending the canary's users there would leave them with nothing. Nothing was moved; the canary keeps its users. Start stable again, or stop the whole service (`rampart stop -f {}`)",
+                self.args.file.display()
+            )));
+        }
+        if let Some(version) = self.stable_version
+            && running.iter().any(|v| v != version)
+        {
+            return Err(RunError::Blocked(format!(
+                "stable of {service} runs {}, not {version} as its last release recorded: nothing was moved or restarted; the canary keeps its users",
+                running.join(", ")
+            )));
+        }
         let Some(version) = self.stable_version else {
             let stable = p.endpoints(Variant::Stable);
             every_stable_answers(self.args, service, &stable).await?;
@@ -444,15 +492,10 @@ impl Settling<'_> {
         }
     }
 
-    async fn stop_the_canary(
-        &self,
-        deployer: &dyn Deployer,
-        moved: &mut bool,
-    ) -> Result<String, RunError> {
+    async fn stop_the_canary(&self, deployer: &dyn Deployer) -> Result<String, RunError> {
         let service = &self.policy.service;
         // A release started meanwhile would own a canary of the same name.
         self.still_idle().await?;
-        *moved = true;
         let detail = deployer
             .stop(Variant::Canary)
             .await

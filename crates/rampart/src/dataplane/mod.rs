@@ -121,7 +121,8 @@ pub enum Cluster {}
 
 /// Starts the policy's data plane. With `attach_in` (a state directory), the embedded
 /// proxy is the service's long-lived data plane process there, started if absent;
-/// without, it runs in this process and ends with it.
+/// without, it runs in this process and ends with it. `resuming` says a release is
+/// taken up again: a router outside rampart keeps the split it finds in force.
 pub async fn start(
     policy: &Policy,
     store: &Arc<StateStore>,
@@ -129,6 +130,7 @@ pub async fn start(
     attach_in: Option<&std::path::Path>,
     cluster: Option<Cluster>,
     tls: Option<rampart_adapters::proxy::tls::TlsFiles>,
+    resuming: bool,
 ) -> Result<DataPlane, RunError> {
     let flag_server = flag_endpoint(policy, store).await?;
     match &policy.traffic {
@@ -287,8 +289,12 @@ pub async fn start(
                         spec.log_listen
                     )
                 })?;
-            let router: Arc<dyn TrafficRouter> =
-                Arc::new(HaproxyRouter::new(&spec.socket, &spec.backend));
+            let router = HaproxyRouter::new(&spec.socket, &spec.backend);
+            let router: Arc<dyn TrafficRouter> = Arc::new(if resuming {
+                router.keeping_the_split()
+            } else {
+                router
+            });
             Ok(DataPlane {
                 routes: router.clone(),
                 router,

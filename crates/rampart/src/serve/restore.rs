@@ -41,10 +41,11 @@ struct Desired {
     workdir: PathBuf,
     local_dir: PathBuf,
     promoted: bool,
-    /// The last release ended in a level-1 rollback (flags off, verified): it left the
-    /// canary its users on purpose, and only a person moves them
-    /// (`rampart stop --canary`).
-    keep_split: bool,
+    /// The last release, when it rolled back a canary of a version: a level-1 rollback
+    /// (flags off, verified) left the canary its users on purpose, and only a person
+    /// moves them (`rampart stop --canary`). Read only when the routes are not all on
+    /// stable.
+    rolled_back: Option<String>,
 }
 
 impl Desired {
@@ -153,12 +154,9 @@ async fn desired(
             "rampart serve: {service} stays stopped (`rampart stop`); its next release starts it"
         ))));
     }
-    let keep_split = last.outcome == Some(OutcomeKind::RolledBack)
-        && match crate::serve::views::Loaded::read(store, &last.id).await {
-            Some(Ok(l)) => l.state().rollback_level == Some(1),
-            Some(Err(e)) => return Err(e),
-            None => false,
-        };
+    let rolled_back = (last.outcome == Some(OutcomeKind::RolledBack)
+        && !policy.strategy.flag_only())
+    .then(|| last.id.clone());
     Ok(Some(Ok(Desired {
         service: service.to_string(),
         version,
@@ -167,14 +165,14 @@ async fn desired(
         workdir: PathBuf::from(&submission.workdir),
         local_dir,
         promoted: last.outcome == Some(OutcomeKind::Promoted),
-        keep_split,
+        rolled_back,
     })))
 }
 
 /// Brings the service's stable version and routes back; says what it did. For the
 /// supervisor (`rebase` false), a service stopped meanwhile (`rampart stop`) is left
 /// stopped: what was just started is stopped again. Traffic it moves is audited.
-async fn bring_back(d: &Desired, rebase: bool, store: &StateStore) -> Result<String, String> {
+async fn bring_back(d: &Desired, rebase: bool, store: &Arc<StateStore>) -> Result<String, String> {
     let service = &d.service;
     let version = &d.version;
     let processes = d.processes();
@@ -204,7 +202,15 @@ async fn bring_back(d: &Desired, rebase: bool, store: &StateStore) -> Result<Str
         "rampart serve: {service} {version} serves on http://{} ({})",
         spec.listen, deployed.detail
     );
-    match routes_to_restore(&table, &deployed.endpoints, d.keep_split) {
+    let keep_split = !all_on_stable(&table) && level_one(store, d).await? && {
+        // A canary nobody answers for serves no one: its users go to stable.
+        let mut answers = false;
+        for addr in &table.canary {
+            answers |= crate::run::answers(*addr).await;
+        }
+        answers
+    };
+    match routes_to_restore(&table, &deployed.endpoints, keep_split) {
         Restore::Nothing => {}
         Restore::StableEndpoints => {
             rampart_core::ports::TrafficRouter::set_backends(
@@ -214,7 +220,9 @@ async fn bring_back(d: &Desired, rebase: bool, store: &StateStore) -> Result<Str
             )
             .await
             .map_err(|e| e.to_string())?;
-            said.push_str("; the canary keeps the users its level-1 rollback left it (`rampart stop --canary` moves them)");
+            if keep_split {
+                said.push_str("; the canary keeps the users its level-1 rollback left it (`rampart stop --canary` moves them)");
+            }
         }
         Restore::AllToStable => {
             let why = format!(
@@ -252,22 +260,37 @@ enum Restore {
     AllToStable,
 }
 
+/// Whether the routes send every request to stable.
+fn all_on_stable(table: &rampart_adapters::proxy::RouteTable) -> bool {
+    table.canary.is_empty() && table.weight == Weight::ZERO && table.matches.is_empty()
+}
+
+/// Whether the service's last release ended in a level-1 rollback.
+async fn level_one(store: &Arc<StateStore>, d: &Desired) -> Result<bool, String> {
+    let Some(id) = &d.rolled_back else {
+        return Ok(false);
+    };
+    match crate::serve::views::Loaded::read(store, id).await {
+        Some(Ok(l)) => Ok(l.state().rollback_level == Some(1)),
+        Some(Err(e)) => Err(e),
+        None => Ok(false),
+    }
+}
+
 /// What the routes `table` need with stable on `stable`; `keep_split` when the last
-/// release left the canary its users on purpose (a level-1 rollback).
+/// release left a canary that answers its users on purpose (a level-1 rollback).
 fn routes_to_restore(
     table: &rampart_adapters::proxy::RouteTable,
     stable: &[std::net::SocketAddr],
     keep_split: bool,
 ) -> Restore {
-    let all_on_stable =
-        table.canary.is_empty() && table.weight == Weight::ZERO && table.matches.is_empty();
     match (
         table.stable.as_slice() == stable,
-        all_on_stable || keep_split,
+        all_on_stable(table) || keep_split,
     ) {
         (true, true) => Restore::Nothing,
-        (false, true) if keep_split => Restore::StableEndpoints,
-        _ => Restore::AllToStable,
+        (false, true) => Restore::StableEndpoints,
+        (_, false) => Restore::AllToStable,
     }
 }
 
@@ -398,10 +421,14 @@ mod tests {
             routes_to_restore(&on_canary, &[addr(1)], true),
             Restore::Nothing
         );
-        // Stable started again on another port: a level-1 rollback's canary keeps its
-        // users; otherwise everything goes to stable.
+        // Stable started again on another port: the routes follow it, and a level-1
+        // rollback's canary keeps its users; a canary no rollback left is sent none.
         assert_eq!(
             routes_to_restore(&on_canary, &[addr(3)], true),
+            Restore::StableEndpoints
+        );
+        assert_eq!(
+            routes_to_restore(&table(1, None, 0), &[addr(3)], false),
             Restore::StableEndpoints
         );
         assert_eq!(
@@ -409,7 +436,7 @@ mod tests {
             Restore::AllToStable
         );
         assert_eq!(
-            routes_to_restore(&table(1, None, 0), &[addr(3)], false),
+            routes_to_restore(&on_canary, &[addr(3)], false),
             Restore::AllToStable
         );
     }

@@ -639,21 +639,39 @@ fn a_canary_left_with_users_by_a_halt_blocks_the_next_release_until_stopped() {
     assert!(reason.contains("--canary"), "{reason}");
     assert!(routes()["weight"].as_f64().unwrap() > 0.0, "nothing moved");
 
-    let out = rampart()
-        .args([
-            "stop",
-            "--canary",
-            "--reason",
-            "v2 halted",
-            "--as",
-            "alice",
-            "--state-dir",
-        ])
-        .arg(&svc.state)
-        .arg("-f")
-        .arg(&svc.policy)
-        .output()
-        .unwrap();
+    // Stable running another version than the release recorded (v1) is never
+    // replaced or restarted by the stop: it moves nothing.
+    let records = svc
+        .state
+        .join("processes")
+        .join(format!("{}.stable.json", svc.name));
+    let recorded = std::fs::read_to_string(&records).unwrap();
+    std::fs::write(&records, recorded.replace("\"v1\"", "\"v0\"")).unwrap();
+    let stop = || {
+        rampart()
+            .args([
+                "stop",
+                "--canary",
+                "--reason",
+                "v2 halted",
+                "--as",
+                "alice",
+                "--state-dir",
+            ])
+            .arg(&svc.state)
+            .arg("-f")
+            .arg(&svc.policy)
+            .output()
+            .unwrap()
+    };
+    let refused = stop();
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("runs v0, not v1"), "{said}");
+    assert!(routes()["weight"].as_f64().unwrap() > 0.0, "nothing moved");
+    std::fs::write(&records, recorded).unwrap();
+
+    let out = stop();
     assert!(
         out.status.success(),
         "{}",

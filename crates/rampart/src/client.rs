@@ -111,10 +111,49 @@ pub enum Backend {
 
 /// Who acts from this command line when nobody says: `$USER (cli)`.
 pub fn cli_actor() -> String {
-    format!(
-        "{} (cli)",
-        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    format!("{} (cli)", local_user())
+}
+
+/// The person at this command line when `--as` is not given: `$USER`, else `$LOGNAME`,
+/// else the process's user id (`uid 1000`): a service manager or a container often
+/// sets neither, and "unknown" said nothing about who started a release.
+pub fn local_user() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
+        });
+    user_named(
+        std::env::var("USER").ok(),
+        std::env::var("LOGNAME").ok(),
+        uid,
     )
+}
+
+/// [`local_user`] from what the environment says.
+fn user_named(user: Option<String>, logname: Option<String>, uid: Option<u32>) -> String {
+    [user, logname]
+        .into_iter()
+        .flatten()
+        .find(|n| !n.trim().is_empty())
+        .or_else(|| uid.map(|u| format!("uid {u}")))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod who {
+    use super::user_named;
+
+    #[test]
+    fn the_local_user_is_user_then_logname_then_the_uid() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(user_named(s("alice"), s("bob"), Some(1000)), "alice");
+        assert_eq!(user_named(None, s("bob"), Some(1000)), "bob");
+        assert_eq!(user_named(s(" "), None, Some(1000)), "uid 1000");
+        assert_eq!(user_named(None, None, None), "unknown");
+    }
 }
 
 /// How often a waiting command looks at the release again.

@@ -68,7 +68,7 @@ pub enum FlagsCommand {
         /// Why, for the audit trail.
         #[arg(long)]
         reason: String,
-        /// Who; defaults to $USER.
+        /// Who; defaults to $USER, else $LOGNAME, else the user id.
         #[arg(long = "as", value_name = "NAME")]
         actor: Option<String>,
         /// The policy file.
@@ -223,9 +223,7 @@ async fn go(cmd: FlagsCommand, now: Millis) -> Result<(), Failure> {
                 name,
                 ramp,
                 default: default.map(|d| d == "on"),
-                actor: actor
-                    .or_else(|| std::env::var("USER").ok())
-                    .unwrap_or_else(|| "operator".into()),
+                actor: actor.unwrap_or_else(crate::client::local_user),
                 reason,
                 at: now,
             };

@@ -42,7 +42,8 @@ pub struct RunArgs {
     /// default the winner keeps serving, and `rampart stop` stops it).
     #[arg(long)]
     pub stop_after: bool,
-    /// Who starts the release (approvers must be someone else); defaults to $USER.
+    /// Who starts the release (approvers must be someone else); defaults to $USER,
+    /// else $LOGNAME, else the user id.
     #[arg(long = "as", value_name = "NAME")]
     pub initiator: Option<String>,
     /// Release during a freeze as a hotfix, for this reason; it waits for an
@@ -132,9 +133,7 @@ pub async fn main(args: RunArgs, clock: Arc<dyn Clock>) -> i32 {
         keep_running,
         attach: true,
         stop_after,
-        initiator: initiator
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "unknown".into()),
+        initiator: initiator.unwrap_or_else(crate::client::local_user),
         hotfix,
         metrics_listen,
         served: None,

@@ -49,7 +49,7 @@ pub struct StopArgs {
     /// Why, for the audit trail (with --canary; required with --force).
     #[arg(long, requires = "canary")]
     pub reason: Option<String>,
-    /// Who (with --canary; defaults to $USER).
+    /// Who (with --canary; defaults to $USER, else $LOGNAME, else the user id).
     #[arg(long = "as", value_name = "NAME", requires = "canary")]
     pub actor: Option<String>,
 }
@@ -273,11 +273,7 @@ async fn audit(
     kind: &str,
     why: &str,
 ) -> Result<String, RunError> {
-    let actor = args
-        .actor
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".into());
+    let actor = args.actor.clone().unwrap_or_else(crate::client::local_user);
     #[allow(clippy::disallowed_methods)] // an audit record's wall-clock time
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -350,6 +350,19 @@ pub async fn run_release(
         Some(spec) => proxy_tls(&opts.policy_path, &base_dir, spec)?,
         None => None,
     };
+    // A release taken up again after it set its routes keeps the split in force; one
+    // that had not yet (gates, migrations, an approval before anything) starts from
+    // 0 %, as a new one does, whatever an earlier release left there.
+    let routed_already = match &resume_id {
+        Some(id) => store
+            .load(id)
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
+            .1
+            .iter()
+            .any(|e| matches!(e.input, Input::TrafficSet { .. })),
+        None => false,
+    };
     let reaching = clock.now_micros();
     let plane = crate::dataplane::start(
         &policy,
@@ -358,7 +371,7 @@ pub async fn run_release(
         opts.attach.then_some(local_dir.as_path()),
         opts.served.as_ref().and_then(|s| s.cluster.clone()),
         tls,
-        resume_id.is_some(),
+        routed_already,
     )
     .await?;
     let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(

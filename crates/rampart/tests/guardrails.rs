@@ -280,7 +280,19 @@ fn an_approval_point_waits_for_someone_other_than_the_initiator() {
             .unwrap()
     };
     // The local CLI admits a request as the API does: the initiator is refused at once
-    // (four eyes, exit 2) and nothing is queued for the release.
+    // (four eyes, exit 2) and nothing is queued for the release. A local approval
+    // names its approver: `$USER` alone is not taken for one.
+    let by_default = rampart()
+        .env("USER", "bob")
+        .args(["approve", "approved", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(by_default.status.code(), Some(2), "{by_default:?}");
+    assert!(
+        String::from_utf8_lossy(&by_default.stderr).contains("needs --as NAME"),
+        "{by_default:?}"
+    );
     let own = approve("alice");
     assert_eq!(own.status.code(), Some(2));
     let said = String::from_utf8_lossy(&own.stderr);

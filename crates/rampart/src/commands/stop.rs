@@ -212,7 +212,14 @@ async fn stop_canary(
     }
     // Where serve keeps the service's processes (a server's store records the
     // directory), run from the directory its release was submitted from.
-    let local_dir = crate::run::process_dir(store, service, &args.state_dir).await?;
+    // (Only a service rampart runs processes for has one on record: claiming one for a
+    // cluster's service would tie it to this host.)
+    let local_dir = match (&policy.traffic, policy.process()) {
+        (Traffic::Proxy(_), _) | (_, Some(_)) => {
+            crate::run::process_dir(store, service, &args.state_dir).await?
+        }
+        _ => args.state_dir.clone(),
+    };
     let submitted = match ran.as_ref() {
         Some((r, _)) => store
             .submission(&r.id)

@@ -154,9 +154,14 @@ async fn desired(
             "rampart serve: {service} stays stopped (`rampart stop`); its next release starts it"
         ))));
     }
-    let rolled_back = (last.outcome == Some(OutcomeKind::RolledBack)
-        && !policy.strategy.flag_only())
-    .then(|| last.id.clone());
+    // The last release of a canary since the last promotion (a flag release after it
+    // left its canary as it was), when it rolled back.
+    let rolled_back = releases
+        .iter()
+        .take_while(|r| r.outcome != Some(OutcomeKind::Promoted))
+        .find(|r| Policy::from_yaml(&r.policy).is_ok_and(|p| !p.strategy.flag_only()))
+        .filter(|r| r.outcome == Some(OutcomeKind::RolledBack))
+        .map(|r| r.id.clone());
     Ok(Some(Ok(Desired {
         service: service.to_string(),
         version,

@@ -633,7 +633,10 @@ pub async fn run_release(
         // included: rampart does not touch its traffic), until its next release: on
         // the winner, which becomes the next release's stable.
         (served, true) => {
+            // A flag release runs no canary of its own: a canary still running is an
+            // earlier release's (a level-1 rollback left it), never the winner.
             if end.outcome() == Some(OutcomeKind::Promoted)
+                && !policy.strategy.flag_only()
                 && let Some(processes) = &processes
             {
                 match hand_over(processes, plane.routes.as_ref()).await {

@@ -221,3 +221,53 @@ fn the_flag_endpoint_answers_applications_and_the_cli_changes_are_audited() {
     assert_eq!(actor, "carol");
     assert_eq!(detail, "flagged/new-checkout: ramp 25%, default off (beta)");
 }
+
+/// Regression (review): a level-1 rollback leaves its canary running with its users; a
+/// flag release (allowed meanwhile: it deploys nothing) that is then promoted handed
+/// that canary over as the winner, sending every user to the version rolled back.
+#[test]
+fn a_promoted_flag_release_never_hands_an_earlier_canary_over_as_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, port, _) = policy(
+        dir.path(),
+        "v1=0,v2=20%",
+        "{canary: {flag: new-checkout, steps: [{weight: 30, bake: 30s}]}}",
+    );
+    let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
+    let rt = common::runtime();
+    let release = |version: &str, stable: Option<&str>| {
+        let (load, _) = common::start_load(&rt, port, 200);
+        let mut c = rampart();
+        c.args(["run", "--version", version, "--output", "json"]);
+        if let Some(s) = stable {
+            c.args(["--stable", s]);
+        }
+        let out = c
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        load.abort();
+        common::report(&out)
+    };
+    let (code, v) = release("v2", Some("v1"));
+    assert_eq!((code, v["rollback_level"].as_u64()), (3, Some(1)), "{v}");
+    let canary = std::fs::read_to_string(state.join("processes/flagged.canary.json")).unwrap();
+    assert!(canary.contains("\"v2\""), "the canary runs on: {canary}");
+
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "{canary: {flag: new-checkout, steps: [{weight: 30, bake: 30s}]}}",
+        FLAG_ONLY,
+    );
+    std::fs::write(&path, text).unwrap();
+    let (code, v) = release("v1", None);
+    assert_eq!(code, 0, "{v}");
+    let stable = std::fs::read_to_string(state.join("processes/flagged.stable.json")).unwrap();
+    assert!(
+        stable.contains("\"v1\"") && !stable.contains("\"v2\""),
+        "v1 stays stable: {stable}"
+    );
+}

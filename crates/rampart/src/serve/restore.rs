@@ -77,7 +77,11 @@ pub async fn restore(store: &Arc<StateStore>, state_dir: &Path) -> Vec<String> {
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
             let restored = match desired(&store, &state_dir, &service).await {
-                Ok(Some(Ok(d))) => bring_back(&d, d.promoted, &store).await.map(Some),
+                // (A promoted flag release's canary is none of its own: see `hand_over`.)
+                Ok(Some(Ok(d))) => {
+                    let rebase = d.promoted && !d.policy.strategy.flag_only();
+                    bring_back(&d, rebase, &store).await.map(Some)
+                }
                 Ok(Some(Err(said))) => Ok(Some(said)),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),

@@ -162,7 +162,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Audit(args) => commands::audit::main(args).await,
         Command::Completions(args) => commands::completions::main(args, Cli::command()),
         Command::Proxy(args) => commands::proxy::main(args).await,
-        Command::Stop(args) => commands::stop::main(args).await,
+        Command::Stop(args) => commands::stop::main(args, clock).await,
         Command::Flags(args) => commands::flags::main(args, clock).await,
         Command::Windows(args) => commands::windows::main(args, clock),
         Command::Import(args) => commands::import::main(args),

@@ -765,14 +765,7 @@ async fn leftover_canary(
     if table.canary.is_empty() || !carries || policy.strategy.flag_only() {
         return Ok(());
     }
-    let mut answering = false;
-    for addr in &table.canary {
-        if answers(*addr).await {
-            answering = true;
-            break;
-        }
-    }
-    if !answering {
+    if !any_answers(&table.canary).await {
         return Ok(());
     }
     Err(RunError::Blocked(format!(
@@ -782,6 +775,17 @@ async fn leftover_canary(
         table.canary.len(),
         policy_path.display()
     )))
+}
+
+/// Whether any of `addrs` accepts a TCP connection (probed one after another, up to
+/// the first that does).
+pub(crate) async fn any_answers(addrs: &[SocketAddr]) -> bool {
+    for addr in addrs {
+        if answers(*addr).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether something at `addr` accepts a TCP connection within 2 s: a version's

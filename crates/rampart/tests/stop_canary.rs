@@ -99,7 +99,7 @@ async fn breaking_migrations_since_the_last_promotion_need_force() {
     )
     .await;
     finished(&store, "r3", 3_000, "v3", None, OutcomeKind::Blocked).await;
-    let err = stop(&a, None).await.unwrap_err();
+    let err = stop(&a, None, &clock()).await.unwrap_err();
     assert!(matches!(err, RunError::Blocked(_)), "{err}");
     assert!(
         err.to_string()
@@ -108,6 +108,11 @@ async fn breaking_migrations_since_the_last_promotion_need_force() {
     );
     // A promotion since settles it: what ran before it is the past.
     finished(&store, "r4", 4_000, "v4", None, OutcomeKind::Promoted).await;
-    let lines = stop(&a, None).await.unwrap();
+    let lines = stop(&a, None, &clock()).await.unwrap();
     assert_eq!(lines, ["shop: no data plane runs here"]);
+}
+
+/// The clock the audit records are timed by.
+fn clock() -> rampart_adapters::clock::TokioClock {
+    rampart_adapters::clock::TokioClock::starting_at(1_800_000_000_000)
 }

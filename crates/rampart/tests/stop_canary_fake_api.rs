@@ -77,7 +77,7 @@ fn replicas(world: &std::sync::Arc<std::sync::Mutex<cluster::World>>, name: &str
 async fn the_canary_goes_and_stable_takes_every_replica_fake_api() {
     let dir = tempfile::tempdir().unwrap();
     let (client, world) = halted_at_half();
-    let lines = stop(&args(dir.path()), Some(Cluster(client)))
+    let lines = stop(&args(dir.path()), Some(Cluster(client)), &clock())
         .await
         .unwrap();
     let text = lines.join("\n");
@@ -99,7 +99,7 @@ async fn nothing_moves_while_stable_is_not_ready_fake_api() {
         w.scale_as(&deployments("checkout"), 3, "kubectl");
         w.broken.insert(deployments("checkout"));
     }
-    let err = stop(&args(dir.path()), Some(Cluster(client)))
+    let err = stop(&args(dir.path()), Some(Cluster(client)), &clock())
         .await
         .unwrap_err();
     assert!(matches!(err, RunError::Blocked(_)), "{err}");
@@ -112,4 +112,9 @@ async fn nothing_moves_while_stable_is_not_ready_fake_api() {
         Some(1),
         "the canary keeps its users"
     );
+}
+
+/// The clock the audit records are timed by.
+fn clock() -> rampart_adapters::clock::TokioClock {
+    rampart_adapters::clock::TokioClock::starting_at(1_800_000_000_000)
 }

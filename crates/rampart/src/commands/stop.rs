@@ -20,7 +20,7 @@ use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::store::StateStore;
 use rampart_core::migrations::Class;
 use rampart_core::policy::{Policy, Traffic};
-use rampart_core::ports::{Deployer, Store, TrafficRouter};
+use rampart_core::ports::{Clock, Deployer, Store, TrafficRouter};
 use rampart_core::release::{Input, OutcomeKind, Variant};
 
 use crate::report::RunError;
@@ -55,8 +55,8 @@ pub struct StopArgs {
 }
 
 /// Runs `rampart stop`.
-pub async fn main(args: StopArgs) -> i32 {
-    match stop(&args, None).await {
+pub async fn main(args: StopArgs, clock: Arc<dyn Clock>) -> i32 {
+    match stop(&args, None, clock.as_ref()).await {
         Ok(lines) => {
             for line in lines {
                 println!("{line}");
@@ -75,6 +75,7 @@ pub async fn main(args: StopArgs) -> i32 {
 pub async fn stop(
     args: &StopArgs,
     cluster: Option<crate::dataplane::Cluster>,
+    clock: &dyn Clock,
 ) -> Result<Vec<String>, RunError> {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| RunError::Invalid(format!("{}: {e}", args.file.display())))?;
@@ -99,7 +100,7 @@ pub async fn stop(
         )));
     }
     if args.canary {
-        return stop_canary(args, &policy, &store, cluster).await;
+        return stop_canary(args, &policy, &store, cluster, clock).await;
     }
     // First, so that neither a running `serve`'s supervisor nor its next start brings
     // the service back.
@@ -146,6 +147,7 @@ async fn stop_canary(
     file_policy: &Policy,
     store: &std::sync::Arc<StateStore>,
     cluster: Option<crate::dataplane::Cluster>,
+    clock: &dyn Clock,
 ) -> Result<Vec<String>, RunError> {
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
     let service = &file_policy.service;
@@ -228,13 +230,7 @@ async fn stop_canary(
             .map(|s| PathBuf::from(s.workdir)),
         None => None,
     };
-    let base = submitted.unwrap_or_else(|| {
-        args.file
-            .parent()
-            .map(PathBuf::from)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."))
-    });
+    let base = submitted.unwrap_or_else(|| policy_dir(args));
     let mut moved = false;
     let settling = Settling {
         args,
@@ -257,11 +253,11 @@ async fn stop_canary(
         Err(e) => {
             // Traffic moved: the trail says so, and how it ended.
             let why = format!("{}; then failed: {e}", reason(args));
-            let _ = audit(args, store, service, "canary_stop_failed", &why).await;
+            let _ = audit(args, store, clock, service, "canary_stop_failed", &why).await;
             return Err(e);
         }
     };
-    let actor = audit(args, store, service, "canary_stopped", &reason(args)).await?;
+    let actor = audit(args, store, clock, service, "canary_stopped", &reason(args)).await?;
     lines.push(format!("{service}: audited as canary_stopped by {actor}"));
     Ok(lines)
 }
@@ -276,17 +272,14 @@ fn reason(args: &StopArgs) -> String {
 async fn audit(
     args: &StopArgs,
     store: &StateStore,
+    clock: &dyn Clock,
     service: &str,
     kind: &str,
     why: &str,
 ) -> Result<String, RunError> {
     let actor = args.actor.clone().unwrap_or_else(crate::client::local_user);
-    #[allow(clippy::disallowed_methods)] // an audit record's wall-clock time
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     store
-        .record_operator_action(at, &actor, kind, service, why)
+        .record_operator_action(clock.now(), &actor, kind, service, why)
         .await
         .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
     Ok(actor)
@@ -540,16 +533,19 @@ async fn every_stable_answers(
 /// (relative to the policy's directory).
 fn deployer(args: &StopArgs, policy: &rampart_core::policy::Policy) -> Option<ProcessDeployer> {
     let process = policy.process()?;
-    let base = args
-        .file
-        .parent()
-        .map(PathBuf::from)
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
     Some(ProcessDeployer::new(
         &policy.service,
         process.clone(),
-        &base,
+        &policy_dir(args),
         &args.state_dir,
     ))
+}
+
+/// The policy file's directory, which a release resolves its processes against.
+fn policy_dir(args: &StopArgs) -> PathBuf {
+    args.file
+        .parent()
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."))
 }

@@ -106,7 +106,7 @@ impl Queue {
     /// Runs forever: first brings every service back on the version its last release
     /// left serving, then starts a worker for every service with open submissions.
     pub async fn run(self: Arc<Self>) {
-        for line in super::restore::restore(&self.store, &self.state_dir).await {
+        for line in super::restore::restore(&self.store, &self.state_dir, &self.clock).await {
             eprintln!("{line}");
         }
         tokio::spawn(super::restore::supervise(self.clone(), self.clock.clone()));

@@ -65,7 +65,11 @@ const AT_ONCE: usize = 16;
 
 /// Restores every service, several at once; returns one line per service, for the
 /// server's output.
-pub async fn restore(store: &Arc<StateStore>, state_dir: &Path) -> Vec<String> {
+pub async fn restore(
+    store: &Arc<StateStore>,
+    state_dir: &Path,
+    clock: &Arc<dyn Clock>,
+) -> Vec<String> {
     let services = match store.services().await {
         Ok(s) => s,
         Err(e) => return vec![format!("rampart serve: services not restored: {e}")],
@@ -73,14 +77,21 @@ pub async fn restore(store: &Arc<StateStore>, state_dir: &Path) -> Vec<String> {
     let slots = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
     let mut tasks = tokio::task::JoinSet::new();
     for service in services {
-        let (store, state_dir, slots) = (store.clone(), state_dir.to_path_buf(), slots.clone());
+        let (store, state_dir, slots, clock) = (
+            store.clone(),
+            state_dir.to_path_buf(),
+            slots.clone(),
+            clock.clone(),
+        );
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
             let restored = match desired(&store, &state_dir, &service).await {
                 // (A promoted flag release's canary is none of its own: see `hand_over`.)
                 Ok(Some(Ok(d))) => {
                     let rebase = d.promoted && !d.policy.strategy.flag_only();
-                    bring_back(&d, rebase, &store).await.map(Some)
+                    bring_back(&d, rebase, &store, clock.as_ref())
+                        .await
+                        .map(Some)
                 }
                 Ok(Some(Err(said))) => Ok(Some(said)),
                 Ok(None) => Ok(None),
@@ -181,7 +192,12 @@ async fn desired(
 /// Brings the service's stable version and routes back; says what it did. For the
 /// supervisor (`rebase` false), a service stopped meanwhile (`rampart stop`) is left
 /// stopped: what was just started is stopped again. Traffic it moves is audited.
-async fn bring_back(d: &Desired, rebase: bool, store: &Arc<StateStore>) -> Result<String, String> {
+async fn bring_back(
+    d: &Desired,
+    rebase: bool,
+    store: &Arc<StateStore>,
+    clock: &dyn Clock,
+) -> Result<String, String> {
     let service = &d.service;
     let version = &d.version;
     let processes = d.processes();
@@ -211,14 +227,10 @@ async fn bring_back(d: &Desired, rebase: bool, store: &Arc<StateStore>) -> Resul
         "rampart serve: {service} {version} serves on http://{} ({})",
         spec.listen, deployed.detail
     );
-    let keep_split = !all_on_stable(&table) && level_one(store, d).await? && {
-        // A canary nobody answers for serves no one: its users go to stable.
-        let mut answers = false;
-        for addr in &table.canary {
-            answers |= crate::run::answers(*addr).await;
-        }
-        answers
-    };
+    // A canary nobody answers for serves no one: its users go to stable.
+    let keep_split = !all_on_stable(&table)
+        && level_one(store, d).await?
+        && crate::run::any_answers(&table.canary).await;
     match routes_to_restore(&table, &deployed.endpoints, keep_split) {
         Restore::Nothing => {}
         Restore::StableEndpoints => {
@@ -242,12 +254,14 @@ async fn bring_back(d: &Desired, rebase: bool, store: &Arc<StateStore>) -> Resul
             crate::run::all_to_stable(plane.as_ref(), &deployed.endpoints)
                 .await
                 .map_err(|e| e.to_string())?;
-            #[allow(clippy::disallowed_methods)] // an audit record's wall-clock time
-            let at = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
             if let Err(e) = store
-                .record_operator_action(at, "rampart serve", "traffic_restored", service, &why)
+                .record_operator_action(
+                    clock.now(),
+                    "rampart serve",
+                    "traffic_restored",
+                    service,
+                    &why,
+                )
                 .await
             {
                 said.push_str(&format!("; not audited: {e}"));
@@ -351,7 +365,7 @@ pub async fn supervise(queue: Arc<super::queue::Queue>, clock: Arc<dyn Clock>) {
                 queue.unclaim(&service);
                 continue;
             }
-            let result = bring_back(&d, false, &store).await;
+            let result = bring_back(&d, false, &store, clock.as_ref()).await;
             queue.unclaim(&service);
             b.wait = if b.last_restart > 0 && now.saturating_sub(b.last_restart) < STEADY_MS {
                 (b.wait * 2).min(MAX_BACKOFF_MS)

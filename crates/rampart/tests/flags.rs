@@ -238,16 +238,7 @@ fn a_promoted_flag_release_never_hands_an_earlier_canary_over_as_stable() {
     let rt = common::runtime();
     let release = |version: &str, stable: Option<&str>| {
         let (load, _) = common::start_load(&rt, port, 200);
-        let mut c = rampart();
-        c.args(["run", "--version", version, "--output", "json"]);
-        if let Some(s) = stable {
-            c.args(["--stable", s]);
-        }
-        let out = c
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("-f")
-            .arg(&path)
+        let out = common::run_json(&path, &state, version, stable)
             .output()
             .unwrap();
         load.abort();

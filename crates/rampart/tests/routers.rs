@@ -54,6 +54,23 @@ fn udp_port() -> u16 {
     servers::free_udp_port()
 }
 
+/// A real HAProxy and a real nginx (kept running while held), and each one's
+/// `traffic` section with the port users reach it on.
+fn nginx_and_haproxy() -> (servers::Haproxy, servers::Nginx, [(String, u16); 2]) {
+    let log: std::net::SocketAddr = format!("127.0.0.1:{}", udp_port()).parse().unwrap();
+    let h = servers::haproxy("shop", 2, log);
+    let n = servers::nginx();
+    let haproxy = format!(
+        "  haproxy:\n    socket: {:?}\n    backend: shop\n    log_listen: \"{log}\"\n",
+        h.socket
+    );
+    let routers = [
+        (nginx_traffic(&n), n.listen.port()),
+        (haproxy, h.addr.port()),
+    ];
+    (h, n, routers)
+}
+
 fn assert_outcome(code: i32, v: &serde_json::Value, want: i32) {
     assert_eq!(code, want, "{}", serde_json::to_string_pretty(v).unwrap());
     let requests =
@@ -208,37 +225,15 @@ fn keep_running_behind_haproxy_serves_until_sigterm_and_a_plain_run_warns() {
 /// the service's stable (the next release adopts it), until `rampart stop`.
 #[test]
 fn the_winner_keeps_serving_behind_nginx_and_haproxy_until_stopped() {
-    let log: std::net::SocketAddr = format!("127.0.0.1:{}", udp_port()).parse().unwrap();
-    let h = servers::haproxy("shop", 2, log);
-    let n = servers::nginx();
-    let haproxy = format!(
-        "  haproxy:\n    socket: {:?}\n    backend: shop\n    log_listen: \"{log}\"\n",
-        h.socket
-    );
-    for (traffic, port) in [
-        (nginx_traffic(&n), n.listen.port()),
-        (haproxy, h.addr.port()),
-    ] {
+    let (_h, _n, routers) = nginx_and_haproxy();
+    for (traffic, port) in routers {
         let dir = tempfile::tempdir().unwrap();
         let path = policy(dir.path(), &traffic, "0");
         let state = dir.path().join("state");
         let _versions = common::Versions(state.clone());
         let rt = common::runtime();
         let (load, _) = common::start_load(&rt, port, 200);
-        let out = common::rampart()
-            .args([
-                "run",
-                "--version",
-                "v2",
-                "--stable",
-                "v1",
-                "--output",
-                "json",
-            ])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("-f")
-            .arg(&path)
+        let out = common::run_json(&path, &state, "v2", Some("v1"))
             .output()
             .unwrap();
         load.abort();
@@ -304,17 +299,8 @@ fn answered_by(port: u16) -> (usize, usize) {
 /// stops the canary's processes.
 #[test]
 fn stop_canary_settles_a_halted_canary_behind_nginx_and_haproxy() {
-    let log: std::net::SocketAddr = format!("127.0.0.1:{}", udp_port()).parse().unwrap();
-    let h = servers::haproxy("shop", 2, log);
-    let n = servers::nginx();
-    let haproxy = format!(
-        "  haproxy:\n    socket: {:?}\n    backend: shop\n    log_listen: \"{log}\"\n",
-        h.socket
-    );
-    for (traffic, port) in [
-        (nginx_traffic(&n), n.listen.port()),
-        (haproxy, h.addr.port()),
-    ] {
+    let (_h, _n, routers) = nginx_and_haproxy();
+    for (traffic, port) in routers {
         let dir = tempfile::tempdir().unwrap();
         let path = policy(dir.path(), &traffic, "0");
         // Without load the release halts on its second interval without data, at 20 %.
@@ -325,20 +311,7 @@ fn stop_canary_settles_a_halted_canary_behind_nginx_and_haproxy() {
         std::fs::write(&path, text).unwrap();
         let state = dir.path().join("state");
         let _versions = common::Versions(state.clone());
-        let out = common::rampart()
-            .args([
-                "run",
-                "--version",
-                "v2",
-                "--stable",
-                "v1",
-                "--output",
-                "json",
-            ])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("-f")
-            .arg(&path)
+        let out = common::run_json(&path, &state, "v2", Some("v1"))
             .output()
             .unwrap();
         let (code, v) = common::report(&out);

@@ -139,6 +139,23 @@ pub fn report(out: &std::process::Output) -> (i32, serde_json::Value) {
     (code, v)
 }
 
+/// `rampart run --version VERSION [--stable STABLE] --output json` on `policy`, its
+/// state in `state`.
+pub fn run_json(
+    policy: &std::path::Path,
+    state: &std::path::Path,
+    version: &str,
+    stable: Option<&str>,
+) -> Command {
+    let mut c = rampart();
+    c.args(["run", "--version", version, "--output", "json"]);
+    if let Some(stable) = stable {
+        c.args(["--stable", stable]);
+    }
+    c.arg("--state-dir").arg(state).arg("-f").arg(policy);
+    c
+}
+
 /// `rampart run --version v2 --stable v1 --output json` on `policy` (state next to it),
 /// with steady load on `port` while it runs; returns the exit code and the report.
 pub fn release_json(policy: &std::path::Path, port: u16, rps: u32) -> (i32, serde_json::Value) {
@@ -156,21 +173,8 @@ pub fn release_json_with(
     let _versions = Versions(state.clone());
     let rt = runtime();
     let (load, _) = start_load(&rt, port, rps);
-    let out = rampart()
-        .args([
-            "run",
-            "--stop-after",
-            "--version",
-            "v2",
-            "--stable",
-            "v1",
-            "--output",
-            "json",
-            "--state-dir",
-        ])
-        .arg(&state)
-        .arg("-f")
-        .arg(policy)
+    let out = run_json(policy, &state, "v2", Some("v1"))
+        .arg("--stop-after")
         .args(extra)
         .output()
         .unwrap();

@@ -315,6 +315,10 @@ impl Controller {
             // A resume acts on the log: a forged or edited entry is refused, not obeyed.
             self.ports.store.check_log(id).await?;
         }
+        // A log that replays differently under this policy and this rampart (edited or
+        // upgraded while the release ran) does not rebuild what happened: the release
+        // halts where the log left it instead of acting on a state it never had.
+        let diverged = rampart_core::release::divergence(&self.policy, &log);
         let (silences, answers) = self.silence_worker(id, &record.version);
         let mut answers = Some(answers);
         let mut run = Run {
@@ -345,6 +349,9 @@ impl Controller {
                 hotfix: self.hotfix.clone(),
             };
             self.feed(&mut run, start).await?;
+        } else if let Some(diverged) = diverged {
+            tracing::error!(release = %id, seq = diverged.seq, "{}", diverged.detail);
+            self.feed(&mut run, diverged.input()).await?;
         } else {
             // A release that ended but was not recorded finished may still hold its
             // silence: resuming it expires that (and changes nothing else).

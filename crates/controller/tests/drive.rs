@@ -134,6 +134,54 @@ async fn crash_mid_bake_then_resume_finishes_without_repeating_decisions() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_release_resumed_under_rules_that_decide_its_log_otherwise_halts_where_it_stood() {
+    let world = FakeWorld::new();
+    // 2 % errors: within the policy's 5 %.
+    world.set_canary_errors_per_mille(20);
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    crash_after(controller(&world, &store), POLICY, 7 * 60).await;
+    let at_crash = world.weight_changes();
+    assert_eq!(world.weight(), Weight::from_percent(50).unwrap());
+    let (notices, stops) = (world.notices(), world.stops().len());
+
+    // Taken up again after the policy was made stricter: its analyses passed under
+    // the old limit and fail under the new one, so its log no longer rebuilds what
+    // happened. It halts at the weight it was left at; nothing moves.
+    let stricter = POLICY.replace("max: 5%", "max: 1%");
+    let second = Controller::new(
+        Policy::from_yaml(&stricter).unwrap(),
+        ports(&world, store.clone()),
+        Arc::new(Silent),
+    );
+    let end = second.drive("r1", None, None).await.unwrap();
+    assert_eq!(end.phase, Phase::Halted);
+    assert_eq!(end.weight, Weight::from_percent(50).unwrap());
+    assert_eq!(world.weight_changes(), at_crash, "no traffic moved");
+    assert_eq!(world.stops().len(), stops, "nothing stopped");
+    assert!(world.notices() > notices, "a human is paged");
+    let (record, log) = store.load("r1").await.unwrap();
+    assert_eq!(record.outcome, Some(rampart_core::OutcomeKind::Halted));
+    let last = log.last().unwrap();
+    assert!(matches!(last.input, Input::RulesChanged { .. }));
+    assert_eq!(last.events[0].kind, "rules_changed");
+    assert!(
+        store.active("shop").await.unwrap().is_none(),
+        "the service is free for the next release"
+    );
+    // A third controller (the log now holds the halt) takes it up as a halted release.
+    let third = Controller::new(
+        Policy::from_yaml(&stricter).unwrap(),
+        ports(&world, store.clone()),
+        Arc::new(Silent),
+    );
+    assert_eq!(
+        third.drive("r1", None, None).await.unwrap().phase,
+        Phase::Halted
+    );
+    assert_eq!(world.weight_changes(), at_crash);
+}
+
+#[tokio::test(start_paused = true)]
 async fn bad_canary_rolls_back_and_stops_it() {
     let world = FakeWorld::new();
     world.set_canary_errors_per_mille(200);

@@ -5,9 +5,10 @@
 
 use proptest::prelude::*;
 use rampart_core::metrics::{IntervalSample, VariantStats};
+use rampart_core::ports::StoredInput;
 use rampart_core::release::{
     Action, AuditEvent, CheckStage, DecisionKind, Effect, GateResult, Input, Instead, Phase,
-    Release, SilenceOp, Variant, step,
+    Release, SilenceOp, Variant, divergence, step,
 };
 use rampart_core::{Millis, Policy, Weight};
 
@@ -65,6 +66,9 @@ struct World {
     checks_ok: bool,
     /// Every audit event, in order.
     events: Vec<AuditEvent>,
+    /// The log as a controller stores it: each input that changed something, with the
+    /// audit events it made.
+    stored: Vec<StoredInput>,
     /// Whether Alertmanager silences (answered at once, beside the pending action);
     /// `None` never answers.
     silences_ok: Option<bool>,
@@ -85,6 +89,7 @@ impl World {
             measure_override: None,
             checks_ok: true,
             events: Vec::new(),
+            stored: Vec::new(),
             silences_ok: None,
         }
     }
@@ -92,6 +97,12 @@ impl World {
     fn feed(&mut self, input: Input) {
         let t = step(&self.policy, &self.state, &input, self.now);
         if !t.is_noop(&self.state) {
+            self.stored.push(StoredInput {
+                seq: self.log.len() as u64,
+                at: self.now,
+                input: input.clone(),
+                events: t.events.clone(),
+            });
             self.log.push((input, self.now));
         }
         self.effects.extend(t.effects.clone());
@@ -1007,8 +1018,10 @@ proptest! {
     fn safety_rules_hold_on_random_histories(choices in prop::collection::vec(choice(), 1..120), which in 0..3usize) {
         let p = safety_policy(which);
         let mut now: Millis = 0;
-        let mut state = step(&p, &Release::default(), &start_input(), now).state;
+        let first = step(&p, &Release::default(), &start_input(), now);
+        let mut state = first.state;
         let mut log = vec![(start_input(), now)];
+        let mut stored = vec![StoredInput { seq: 0, at: now, input: start_input(), events: first.events }];
         let mut moved_back = false;
         let mut lowest_after_move_back = Weight::FULL;
         for c in &choices {
@@ -1059,12 +1072,17 @@ proptest! {
             }
             // At most one action at a time.
             prop_assert!(t.effects.iter().filter(|e| matches!(e, Effect::Do(_))).count() <= 1);
-            if !t.is_noop(&state) { log.push((input, now)); }
+            if !t.is_noop(&state) {
+                stored.push(StoredInput { seq: log.len() as u64, at: now, input: input.clone(), events: t.events.clone() });
+                log.push((input, now));
+            }
             state = t.state;
         }
-        // Replaying the persisted inputs rebuilds the same state.
+        // Replaying the persisted inputs rebuilds the same state, and the same
+        // decisions: under the rules it was written under, a log never diverges.
         let rebuilt = Release::replay(&p, log.iter().map(|(i, t)| (i, *t)));
         prop_assert_eq!(rebuilt, state);
+        prop_assert_eq!(divergence(&p, &stored), None);
     }
 
     #[test]
@@ -3700,4 +3718,76 @@ fn a_canary_is_never_promoted_on_its_absolute_limit_while_stables_value_fails_to
     let bg = "  blue_green:\n    preview: [{http: /healthz}]\n    stability: 2m\n";
     let s = drive(&queried_policy(bg), || queried(false), |_, _| {});
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.decision);
+}
+
+/// A release that ran at 20 % under `POLICY`, its canary at 1 % errors (within the
+/// policy's 2 %): the log a crashed controller left.
+fn left_at_twenty_percent() -> World {
+    let mut w = World::new(10, 10);
+    w.run_until(|s| s.weight == Weight::from_percent(20).unwrap() && s.intervals >= 8);
+    assert_eq!(w.state.phase, Phase::Progressing);
+    w
+}
+
+#[test]
+fn a_log_replayed_under_the_rules_it_was_written_under_goes_on() {
+    let w = left_at_twenty_percent();
+    assert_eq!(divergence(&w.policy, &w.stored), None);
+    // An edit that changes nothing the log decided (a later step's bake) neither.
+    let later =
+        Policy::from_yaml(&POLICY.replace("{weight: 50, bake: 5m}", "{weight: 50, bake: 9m}"))
+            .unwrap();
+    assert_eq!(divergence(&later, &w.stored), None);
+}
+
+#[test]
+fn a_log_that_replays_differently_under_new_rules_halts_at_the_weight_it_recorded() {
+    let w = left_at_twenty_percent();
+    // Stricter while the release was down: 1 % errors now fails the first analysis.
+    let stricter = Policy::from_yaml(&POLICY.replace("max: 2%", "max: 0.5%")).unwrap();
+    let found = divergence(&stricter, &w.stored).expect("the first analysis decides otherwise");
+    // An analysis at 20 % (at 5 % the canary's few requests held no error yet).
+    let entry = &w.stored[usize::try_from(found.seq).unwrap()];
+    assert!(matches!(entry.input, Input::Measured { .. }), "{entry:?}");
+    assert_eq!(found.weight, Weight::from_percent(20).unwrap());
+    assert!(
+        found.detail.contains("error_rate pass") && found.detail.contains("error_rate fail"),
+        "{}",
+        found.detail
+    );
+
+    // Replayed under the new rules, the log alone makes up a release that never
+    // happened (here a rollback in flight); the halt replaces it.
+    let made_up = Release::replay(&stricter, w.log.iter().map(|(i, t)| (i, *t)));
+    assert_ne!(made_up.phase, Phase::Progressing);
+    let t = step(&stricter, &made_up, &found.input(), w.now + 1);
+    assert_eq!(t.state.phase, Phase::Halted);
+    assert_eq!(t.state.weight, Weight::from_percent(20).unwrap());
+    assert_eq!(t.state.pending, None);
+    assert_eq!(t.state.wake_at(), None);
+    assert_eq!(
+        t.state.decision.as_ref().map(|d| d.kind),
+        Some(DecisionKind::Halt)
+    );
+    assert!(weights_in(&t.effects).is_empty());
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Notify { page: true, .. }))
+    );
+    assert_eq!(
+        t.events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["rules_changed"]
+    );
+    // Once halted for it, the log is not checked again, and nothing moves.
+    let mut halted = w.stored.clone();
+    halted.push(StoredInput {
+        seq: halted.len() as u64,
+        at: w.now + 1,
+        input: found.input(),
+        events: t.events.clone(),
+    });
+    assert_eq!(divergence(&stricter, &halted), None);
+    let after = step(&stricter, &t.state, &Input::Tick, w.now + 60_000);
+    assert!(after.is_noop(&t.state));
 }

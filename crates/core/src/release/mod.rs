@@ -14,12 +14,14 @@
 //! `step` the entry point that dispatches each input, `builder` the transition under
 //! construction; the phases' logic is in `gating` (before the first deploy), `progress`
 //! (forward to promotion), `analysis` (one interval judged), `rollback` (and halting),
-//! `operator` (people's requests), `resume` (after a restart) and `silence` (the
+//! `operator` (people's requests), `resume` (after a restart), `divergence` (a log
+//! that replays differently under changed rules) and `silence` (the
 //! Alertmanager silence held while it runs). Every public item is re-exported here:
 //! `release::X` is the one path callers use.
 
 mod analysis;
 mod builder;
+mod divergence;
 mod gating;
 mod model;
 mod operator;
@@ -32,6 +34,7 @@ mod step;
 
 pub use crate::instead::Instead;
 pub use crate::notice::NoticeKind;
+pub use divergence::{Divergence, divergence};
 pub use model::{
     AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, PreApproval, Release, SilenceHold,
     Transition,

@@ -348,6 +348,18 @@ pub enum Input {
         /// What went wrong.
         detail: String,
     },
+    /// The release's log, replayed under the policy and the rampart taking it up
+    /// again, makes other decisions than the ones it recorded (the policy was edited,
+    /// or rampart upgraded, while it ran): the state cannot be rebuilt, so the release
+    /// halts where the log left it. Replaces whatever the replay made of the release.
+    RulesChanged {
+        /// The first entry of the log that replays differently.
+        seq: u64,
+        /// The canary weight the log last recorded.
+        weight: Weight,
+        /// What the entry recorded and what it gives now.
+        detail: String,
+    },
     /// A person or system asked to stop the release and roll back.
     Abort {
         /// Who asked.
@@ -359,4 +371,36 @@ pub enum Input {
         #[serde(default)]
         force: bool,
     },
+}
+
+impl Input {
+    /// The input's `snake_case` name, as its `type` is stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Input::Start { .. } => "start",
+            Input::Approved { .. } => "approved",
+            Input::Resumed => "resumed",
+            Input::GatesChecked { .. } => "gates_checked",
+            Input::Deployed { .. } => "deployed",
+            Input::TrafficSet { .. } => "traffic_set",
+            Input::TrafficFailed { .. } => "traffic_failed",
+            Input::Tick => "tick",
+            Input::Measured { .. } => "measured",
+            Input::MeasureFailed { .. } => "measure_failed",
+            Input::Stopped { .. } => "stopped",
+            Input::StableVerified { .. } => "stable_verified",
+            Input::Migrated { .. } => "migrated",
+            Input::Scaled { .. } => "scaled",
+            Input::ChecksDone { .. } => "checks_done",
+            Input::FlagsOff { .. } => "flags_off",
+            Input::Pause { .. } => "pause",
+            Input::Unpause { .. } => "unpause",
+            Input::Promote { .. } => "promote",
+            Input::Silenced { .. } => "silenced",
+            Input::SilenceExpired => "silence_expired",
+            Input::SilenceFailed { .. } => "silence_failed",
+            Input::RulesChanged { .. } => "rules_changed",
+            Input::Abort { .. } => "abort",
+        }
+    }
 }

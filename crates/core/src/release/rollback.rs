@@ -154,6 +154,11 @@ impl Builder<'_> {
         self.s.queued.clear();
         self.s.next_analysis_at = None;
         self.event("halted", "rampart", reason.clone());
+        self.page_halted(&reason);
+    }
+
+    /// Pages that the release halted where it stands, for `reason`.
+    pub(super) fn page_halted(&mut self, reason: &str) {
         self.notify(
             NoticeKind::Halted,
             format!(

@@ -3,6 +3,7 @@
 //! release. It must not hold a phase's logic itself beyond that dispatch.
 
 use super::builder::{Builder, window_closed};
+use super::divergence;
 use super::gating::{ask_hotfix_approval, block, gates_checked, migrated, open_or_wait, start};
 use super::model::{Phase, PreApproval, Release, Transition};
 use super::operator::{abort, approved, pause, promote, unpause};
@@ -80,6 +81,8 @@ fn is_success(input: &Input) -> bool {
 /// - A release over changes nothing but its silence's record: the silence is expired
 ///   after the end (again after a restart, until an answer says it is).
 /// - An answer about the silence changes nothing but the silence's record.
+/// - [`Input::RulesChanged`] halts the release whatever the state, at the weight it
+///   names: it is fed when the state replayed from the log is not what happened.
 pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Transition {
     let mut b = Builder {
         policy,
@@ -90,6 +93,13 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
     };
     if silence::is_answer(input) {
         silence::answered(&mut b, input);
+    } else if let Input::RulesChanged {
+        seq,
+        weight,
+        detail,
+    } = input
+    {
+        divergence::halt(&mut b, *seq, *weight, detail);
     } else if state.phase.is_terminal() {
         if let Input::Resumed = input {
             silence::expire(&mut b);
@@ -130,6 +140,8 @@ fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
         Input::Unpause { actor } => unpause(b, actor),
         Input::Promote { actor, reason } => promote(b, actor, reason),
         Input::Tick => tick(b),
+        // Handled before any phase sees it.
+        Input::RulesChanged { .. } => {}
         Input::Abort {
             actor,
             reason,

@@ -144,9 +144,10 @@ async fn a_release_resumed_under_rules_that_decide_its_log_otherwise_halts_where
     assert_eq!(world.weight(), Weight::from_percent(50).unwrap());
     let (notices, stops) = (world.notices(), world.stops().len());
 
-    // Taken up again after the policy was made stricter: its analyses passed under
-    // the old limit and fail under the new one, so its log no longer rebuilds what
-    // happened. It halts at the weight it was left at; nothing moves.
+    // Taken up again by rules that judge stricter (a stricter limit stands for an
+    // upgraded judge): its analyses passed under the old rules and fail under the new
+    // ones, so its log no longer rebuilds what happened. It halts at the weight it
+    // was left at; nothing moves.
     let stricter = POLICY.replace("max: 5%", "max: 1%");
     let second = Controller::new(
         Policy::from_yaml(&stricter).unwrap(),

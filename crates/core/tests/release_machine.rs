@@ -1212,7 +1212,27 @@ fn inputs_round_trip_through_json() {
         let text = serde_json::to_string(input).unwrap();
         let back: Input = serde_json::from_str(&text).unwrap();
         assert_eq!(&back, input);
+        let tagged: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            tagged["type"],
+            input.kind(),
+            "the name a log's check reports"
+        );
     }
+    // Entries and their audit events as a store keeps them (JSON) replay as written.
+    let stored: Vec<StoredInput> = w
+        .stored
+        .iter()
+        .map(|e| StoredInput {
+            input: serde_json::from_str(&serde_json::to_string(&e.input).unwrap()).unwrap(),
+            events: serde_json::from_str(&serde_json::to_string(&e.events).unwrap()).unwrap(),
+            ..e.clone()
+        })
+        .collect();
+    assert_eq!(divergence(&w.policy, &stored), None);
+    let found = divergence(&lenient(), &stored).expect("a 10 % canary passes a 20 % limit");
+    let (t, _) = taken_over(&lenient(), &stored, &found);
+    assert_eq!(t.state.phase, Phase::RolledBack);
 }
 
 #[test]
@@ -3757,14 +3777,19 @@ fn a_log_that_replays_differently_under_new_rules_halts_at_the_weight_it_recorde
     );
 
     // Replayed under the new rules, the log alone makes up a release that never
-    // happened (here a rollback in flight); the halt replaces it.
+    // happened (here a rollback); the release is rebuilt from the entries before the
+    // one that differs, and halts there.
     let made_up = Release::replay(&stricter, w.log.iter().map(|(i, t)| (i, *t)));
     assert_ne!(made_up.phase, Phase::Progressing);
-    let t = step(&stricter, &made_up, &found.input(), w.now + 1);
+    let (t, log) = taken_over(&stricter, &w.stored, &found);
     assert_eq!(t.state.phase, Phase::Halted);
     assert_eq!(t.state.weight, Weight::from_percent(20).unwrap());
     assert_eq!(t.state.pending, None);
     assert_eq!(t.state.wake_at(), None);
+    assert_eq!(
+        t.state.rollback_level, None,
+        "no trace of the made-up rollback"
+    );
     assert_eq!(
         t.state.decision.as_ref().map(|d| d.kind),
         Some(DecisionKind::Halt)
@@ -3779,15 +3804,91 @@ fn a_log_that_replays_differently_under_new_rules_halts_at_the_weight_it_recorde
         t.events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
         ["rules_changed"]
     );
-    // Once halted for it, the log is not checked again, and nothing moves.
-    let mut halted = w.stored.clone();
-    halted.push(StoredInput {
-        seq: halted.len() as u64,
-        at: w.now + 1,
+    // Once taken over, the log is not checked again, and nothing moves.
+    assert_eq!(divergence(&stricter, &log), None);
+    let after = step(&stricter, &t.state, &Input::Tick, w.now + 60_000);
+    assert!(after.is_noop(&t.state));
+}
+
+/// Feeds the input a divergence calls for to the release rebuilt from the entries
+/// before it, as the controller does; checks that replaying the whole log with it
+/// appended rebuilds the same release (the entries between are skipped), and returns
+/// the transition and that log.
+fn taken_over(
+    p: &Policy,
+    stored: &[StoredInput],
+    found: &rampart_core::release::Divergence,
+) -> (rampart_core::Transition, Vec<StoredInput>) {
+    let before = usize::try_from(found.seq).unwrap();
+    let prefix = Release::replay(p, stored[..before].iter().map(|e| (&e.input, e.at)));
+    let at = stored.last().unwrap().at + 1;
+    let t = step(p, &prefix, &found.input(), at);
+    let mut log = stored.to_vec();
+    log.push(StoredInput {
+        seq: log.len() as u64,
+        at,
         input: found.input(),
         events: t.events.clone(),
     });
-    assert_eq!(divergence(&stricter, &halted), None);
-    let after = step(&stricter, &t.state, &Input::Tick, w.now + 60_000);
-    assert!(after.is_noop(&t.state));
+    let rebuilt = Release::replay(p, log.iter().map(|e| (&e.input, e.at)));
+    assert_eq!(rebuilt, t.state);
+    (t, log)
+}
+
+/// `POLICY` with a limit its failing world (6 % canary errors) passes.
+fn lenient() -> Policy {
+    Policy::from_yaml(&POLICY.replace(
+        "judge: {max: 2%, max_ratio_to_stable: 3}",
+        "judge: {max: 20%}",
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_log_that_recorded_its_end_keeps_that_end_under_new_rules() {
+    let mut w = World::new(10, 60);
+    w.run(10_000);
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    let found = divergence(&lenient(), &w.stored).expect("its analyses pass now");
+    assert_eq!(found.ended, Some(rampart_core::OutcomeKind::RolledBack));
+    let (t, _) = taken_over(&lenient(), &w.stored, &found);
+    assert_eq!(t.state.phase, Phase::RolledBack);
+    assert_eq!(t.state.weight, Weight::ZERO);
+    assert!(
+        t.effects
+            .iter()
+            .all(|e| !matches!(e, Effect::Do(_) | Effect::Notify { .. })),
+        "{:?}",
+        t.effects
+    );
+}
+
+#[test]
+fn a_log_that_recorded_a_rollback_under_way_finishes_it_under_new_rules() {
+    let mut w = World::new(10, 60);
+    w.run_until(|s| {
+        s.phase == Phase::RollingBack && matches!(s.pending, Some(Action::Stop { .. }))
+    });
+    let found = divergence(&lenient(), &w.stored).expect("its analyses pass now");
+    assert_eq!(
+        (found.ended, found.rolling_back.as_deref()),
+        (None, Some("rampart"))
+    );
+    let (t, _) = taken_over(&lenient(), &w.stored, &found);
+    assert_eq!(t.state.phase, Phase::RollingBack);
+    assert_eq!(
+        t.state.decision.as_ref().map(|d| d.kind),
+        Some(DecisionKind::Rollback)
+    );
+    assert!(
+        t.effects
+            .iter()
+            .all(|e| !matches!(e, Effect::Notify { page: true, .. }))
+    );
+    // Then it runs to its end under the new rules: traffic on stable, verified.
+    w.policy = lenient();
+    w.state = t.state;
+    w.run(10_000);
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    assert_eq!(w.state.weight, Weight::ZERO);
 }

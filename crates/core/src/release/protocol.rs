@@ -353,10 +353,17 @@ pub enum Input {
     /// or rampart upgraded, while it ran): the state cannot be rebuilt, so the release
     /// halts where the log left it. Replaces whatever the replay made of the release.
     RulesChanged {
-        /// The first entry of the log that replays differently.
+        /// The first entry of the log that replays differently: the state is rebuilt
+        /// from the entries before it, and this input stands for the rest.
         seq: u64,
         /// The canary weight the log last recorded.
         weight: Weight,
+        /// How the release ended, when its log recorded an end.
+        #[serde(default)]
+        ended: Option<super::model::OutcomeKind>,
+        /// Who started the rollback the log recorded under way, if one was.
+        #[serde(default)]
+        rolling_back: Option<String>,
         /// What the entry recorded and what it gives now.
         detail: String,
     },

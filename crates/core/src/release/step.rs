@@ -19,14 +19,26 @@ use crate::policy::Policy;
 use crate::units::Millis;
 
 impl Release {
-    /// Rebuilds a release from its persisted inputs.
+    /// Rebuilds a release from its persisted inputs, in log order. A log that holds an
+    /// [`Input::RulesChanged`] is rebuilt from the entries before the first one that
+    /// replayed differently: that input stands for the ones between.
     pub fn replay<'a>(
         policy: &Policy,
         inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
     ) -> Release {
+        let inputs: Vec<(&Input, Millis)> = inputs.into_iter().collect();
+        let skipped = inputs
+            .iter()
+            .enumerate()
+            .find_map(|(at, (input, _))| match input {
+                Input::RulesChanged { seq, .. } => Some(usize::try_from(*seq).unwrap_or(at)..at),
+                _ => None,
+            });
         inputs
             .into_iter()
-            .fold(Release::default(), |state, (input, at)| {
+            .enumerate()
+            .filter(|(n, _)| !skipped.as_ref().is_some_and(|r| r.contains(n)))
+            .fold(Release::default(), |state, (_, (input, at))| {
                 step(policy, &state, input, at).state
             })
     }
@@ -81,8 +93,8 @@ fn is_success(input: &Input) -> bool {
 /// - A release over changes nothing but its silence's record: the silence is expired
 ///   after the end (again after a restart, until an answer says it is).
 /// - An answer about the silence changes nothing but the silence's record.
-/// - [`Input::RulesChanged`] halts the release whatever the state, at the weight it
-///   names: it is fed when the state replayed from the log is not what happened.
+/// - [`Input::RulesChanged`] takes the release over whatever its phase, with the course
+///   its log recorded: it is fed when the log replays differently (see `divergence`).
 pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Transition {
     let mut b = Builder {
         policy,
@@ -93,13 +105,8 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
     };
     if silence::is_answer(input) {
         silence::answered(&mut b, input);
-    } else if let Input::RulesChanged {
-        seq,
-        weight,
-        detail,
-    } = input
-    {
-        divergence::halt(&mut b, *seq, *weight, detail);
+    } else if let Input::RulesChanged { .. } = input {
+        divergence::take_over(&mut b, input);
     } else if state.phase.is_terminal() {
         if let Input::Resumed = input {
             silence::expire(&mut b);

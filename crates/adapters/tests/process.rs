@@ -299,3 +299,64 @@ async fn scales_up_then_retires_replicas_beyond_the_count() {
     assert!(!alive(pids[0]));
     assert!(records(dir.path(), "canary").is_empty());
 }
+
+/// Pids of the live processes started for `service` (by their marks).
+fn processes_of(service: &str) -> Vec<u32> {
+    let mark = format!("RAMPART_SERVICE={service}");
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployers_of_one_service_never_leave_an_unrecorded_replica() {
+    // Two rampart processes driving one service's processes (serve's supervisor and
+    // `rampart stop --canary`, each with a deployer of its own) both replace a
+    // replica that died: one replacement runs, and it is the one on record.
+    let dir = tempfile::tempdir().unwrap();
+    let service = "svc-shared";
+    let first = ProcessDeployer::new(service, server_spec(), dir.path(), dir.path());
+    let second = ProcessDeployer::new(service, server_spec(), dir.path(), dir.path());
+    first.deploy(Variant::Stable, "v1").await.unwrap();
+    let adopted = second.deploy(Variant::Stable, "v1").await.unwrap();
+    assert!(adopted.detail.contains("adopted"), "{}", adopted.detail);
+    let file = |v| {
+        std::fs::read_to_string(dir.path().join(format!("processes/{service}.{v}.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<ProcessRecord>>(&t).ok())
+            .unwrap_or_default()
+    };
+    let died = file("stable")[0].pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(died).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    while alive(died) {
+        tokio::task::yield_now().await;
+    }
+    let (a, b) = tokio::join!(
+        first.deploy(Variant::Stable, "v1"),
+        second.deploy(Variant::Stable, "v1")
+    );
+    a.unwrap();
+    b.unwrap();
+    let recorded: Vec<u32> = file("stable").iter().map(|r| r.pid).collect();
+    assert_eq!(
+        processes_of(service),
+        recorded,
+        "every live replica is on record, once"
+    );
+    assert_eq!(recorded.len(), 1);
+    first.stop(Variant::Stable).await.unwrap();
+    second.stop(Variant::Stable).await.unwrap();
+    assert_eq!(processes_of(service), Vec::<u32>::new());
+}

@@ -72,7 +72,7 @@ pub enum ProcessError {
     /// A log or state file could not be created, opened or written.
     #[error("{doing} {}: {source}", .path.display())]
     File {
-        /// `creating`, `opening` or `writing`.
+        /// `creating`, `opening`, `writing` or `locking`.
         doing: &'static str,
         /// The file or directory.
         path: PathBuf,
@@ -82,6 +82,15 @@ pub enum ProcessError {
     /// The state file's records could not be encoded.
     #[error("{0}")]
     Records(#[source] serde_json::Error),
+    /// Another rampart process kept the service's processes longer than any of its
+    /// operations can take.
+    #[error("another rampart process has held {} for {}s; nothing was started or stopped", .path.display(), .waited.as_secs())]
+    Busy {
+        /// The service's lock file.
+        path: PathBuf,
+        /// How long this one waited.
+        waited: Duration,
+    },
     /// The command could not be started.
     #[error("could not start `{program}` in {}: {source}", .workdir.display())]
     Spawn {
@@ -236,6 +245,77 @@ impl ProcessDeployer {
             .join(format!("{}.{}.json", self.service, variant.as_str()))
     }
 
+    /// Takes the service's lock file, held until the returned file is dropped. Every
+    /// operation that starts, stops or records processes holds it, so that two rampart
+    /// processes sharing a state directory (serve's supervisor and `rampart stop
+    /// --canary`, or a controller that took a release over) never both replace a
+    /// replica, the second record overwriting the first and leaving a process no record
+    /// names. It waits as long as the other holder's operation can take.
+    async fn own(&self) -> Result<std::fs::File, ProcessError> {
+        // Beside the records, not among them: `processes/` holds only running versions.
+        let path = self
+            .state_dir
+            .join("locks")
+            .join(format!("{}.processes", self.service));
+        let io = |doing, source| ProcessError::File {
+            doing,
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io("opening", e))?;
+        // Each replica may wait for its readiness and for a stop; and some slack.
+        let replicas = self.spec.replicas.saturating_add(1);
+        let waited = (self.spec.readiness.timeout + self.spec.stop_timeout)
+            .saturating_mul(replicas)
+            .max(Duration::from_secs(30));
+        let deadline = tokio::time::Instant::now() + waited;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(ProcessError::Busy { path, waited });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", e)),
+            }
+        }
+    }
+
+    /// Under the service's lock: the records are the truth, since another rampart
+    /// process may have changed them since this deployer last did. Replicas this
+    /// deployer started keep their handles; ones another process recorded are taken
+    /// as adopted; ones no longer on record (stopped, or handed over to the other
+    /// variant) are no longer this variant's.
+    fn refresh(&self, variant: Variant, set: &mut Replicas) {
+        if !set.loaded {
+            return;
+        }
+        let mut mine = std::mem::take(&mut set.list);
+        for rec in self.read_records(variant) {
+            let same = |r: &Running| r.record.pid == rec.pid && r.record.started == rec.started;
+            if let Some(i) = mine.iter().position(same) {
+                set.list.push(mine.swap_remove(i));
+            } else if self.owns(&rec, variant) {
+                set.list.push(Running {
+                    record: rec,
+                    child: None,
+                });
+            }
+        }
+    }
+
     fn read_records(&self, variant: Variant) -> Vec<ProcessRecord> {
         let Ok(text) = std::fs::read_to_string(self.record_path(variant)) else {
             return Vec::new();
@@ -340,6 +420,10 @@ impl ProcessDeployer {
     /// replica alive (a release that only ramped a flag), nothing changes: `None`.
     pub async fn rebase(&self) -> Result<Option<Vec<SocketAddr>>, PortError> {
         let mut running = self.running.lock().await;
+        let _owned = self.own().await?;
+        for (variant, set) in running.iter_mut() {
+            self.refresh(*variant, set);
+        }
         let mut canary = running.remove(&Variant::Canary).unwrap_or_default();
         if !canary.loaded {
             for rec in self.read_records(Variant::Canary) {
@@ -620,7 +704,9 @@ impl ProcessDeployer {
         n: usize,
     ) -> Result<Deployment, ProcessError> {
         let mut running = self.running.lock().await;
+        let _owned = self.own().await?;
         let set = running.entry(variant).or_default();
+        self.refresh(variant, set);
         let mut notes = self.load(variant, version, set).await;
         // Replicas that died or run another version are replaced.
         let mut kept = Vec::new();
@@ -674,7 +760,9 @@ impl ProcessDeployer {
 
     async fn trim_inner(&self, variant: Variant, n: usize) -> Result<String, ProcessError> {
         let mut running = self.running.lock().await;
+        let _owned = self.own().await?;
         let set = running.entry(variant).or_default();
+        self.refresh(variant, set);
         let mut notes = Vec::new();
         if !set.loaded {
             set.loaded = true;

@@ -351,13 +351,10 @@ impl Controller {
             self.feed(&mut run, start).await?;
         } else if let Some(diverged) = diverged {
             tracing::error!(release = %id, seq = diverged.seq, "{}", diverged.detail);
-            // Rebuilt from the entries before the one that replays differently, as
-            // every later replay of the log will be.
-            let before = usize::try_from(diverged.seq)
-                .unwrap_or(log.len())
-                .min(log.len());
-            run.state =
-                Release::replay(&self.policy, log[..before].iter().map(|e| (&e.input, e.at)));
+            // Rebuilt from the entries before the one that replays differently (and
+            // the start), as every later replay of the log will be.
+            let kept = diverged.kept().min(log.len());
+            run.state = Release::replay(&self.policy, log[..kept].iter().map(|e| (&e.input, e.at)));
             self.feed(&mut run, diverged.input()).await?;
         } else {
             // A release that ended but was not recorded finished may still hold its

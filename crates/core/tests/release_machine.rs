@@ -3819,8 +3819,7 @@ fn taken_over(
     stored: &[StoredInput],
     found: &rampart_core::release::Divergence,
 ) -> (rampart_core::Transition, Vec<StoredInput>) {
-    let before = usize::try_from(found.seq).unwrap();
-    let prefix = Release::replay(p, stored[..before].iter().map(|e| (&e.input, e.at)));
+    let prefix = Release::replay(p, stored[..found.kept()].iter().map(|e| (&e.input, e.at)));
     let at = stored.last().unwrap().at + 1;
     let t = step(p, &prefix, &found.input(), at);
     let mut log = stored.to_vec();
@@ -3871,7 +3870,7 @@ fn a_log_that_recorded_a_rollback_under_way_finishes_it_under_new_rules() {
     });
     let found = divergence(&lenient(), &w.stored).expect("its analyses pass now");
     assert_eq!(
-        (found.ended, found.rolling_back.as_deref()),
+        (found.ended, found.rollback_by.as_deref()),
         (None, Some("rampart"))
     );
     let (t, _) = taken_over(&lenient(), &w.stored, &found);
@@ -3887,6 +3886,115 @@ fn a_log_that_recorded_a_rollback_under_way_finishes_it_under_new_rules() {
     );
     // Then it runs to its end under the new rules: traffic on stable, verified.
     w.policy = lenient();
+    w.state = t.state;
+    w.run(10_000);
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    assert_eq!(w.state.weight, Weight::ZERO);
+}
+
+#[test]
+fn an_operators_recorded_rollback_stays_the_operators_under_new_rules() {
+    let mut w = left_at_twenty_percent();
+    w.feed(Input::Abort {
+        actor: "alice".into(),
+        reason: "looks off".into(),
+        force: false,
+    });
+    w.run(10_000);
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    let stricter = Policy::from_yaml(&POLICY.replace("max: 2%", "max: 0.5%")).unwrap();
+    let found = divergence(&stricter, &w.stored).unwrap();
+    assert_eq!(found.ended, Some(rampart_core::OutcomeKind::RolledBack));
+    let (t, _) = taken_over(&stricter, &w.stored, &found);
+    assert_eq!(t.state.phase, Phase::RolledBack);
+    // Not counted as an automatic rollback against the cap.
+    assert_eq!(t.state.decision.unwrap().by, "alice");
+}
+
+#[test]
+fn a_log_whose_start_replays_differently_keeps_the_releases_versions() {
+    let mut w = left_at_twenty_percent();
+    // The start recorded an event today's rules do not make (as a newer rampart's
+    // might).
+    let mut extra = w.stored[0].events[0].clone();
+    extra.kind = "from_a_newer_rampart".into();
+    w.stored[0].events.push(extra);
+    let found = divergence(&w.policy, &w.stored).unwrap();
+    assert_eq!((found.seq, found.kept()), (0, 1));
+    let (t, _) = taken_over(&w.policy, &w.stored, &found);
+    assert_eq!(t.state.phase, Phase::Halted);
+    assert_eq!(
+        (t.state.version.as_str(), t.state.stable.as_deref()),
+        ("v2", Some("v1"))
+    );
+    assert!(t.state.started_at > 0);
+}
+
+#[test]
+fn a_rolling_rollback_under_way_goes_on_from_the_replicas_it_recorded() {
+    let failing = Policy::from_yaml(ROLLING).unwrap();
+    let lenient_rolling = Policy::from_yaml(&ROLLING.replace("max: 2%", "max: 20%")).unwrap();
+    let mut w = World::new(10, 60);
+    w.policy = failing;
+    // Stable scaled back up, traffic not yet moved back.
+    w.run_until(|s| {
+        s.phase == Phase::RollingBack && matches!(s.pending, Some(Action::SetWeight { .. }))
+    });
+    let (stable, canary) = (w.state.stable_replicas, w.state.canary_replicas);
+    assert_eq!(stable, 4);
+    let found = divergence(&lenient_rolling, &w.stored).expect("its failed analysis passes now");
+    assert_eq!(found.replicas, (Some(stable), Some(canary)));
+    let (t, _) = taken_over(&lenient_rolling, &w.stored, &found);
+    assert_eq!(
+        (t.state.stable_replicas, t.state.canary_replicas),
+        (stable, canary)
+    );
+    let from = w.effects.len();
+    w.policy = lenient_rolling;
+    w.effects.extend(t.effects);
+    w.state = t.state;
+    w.run(10_000);
+    assert_eq!(w.state.phase, Phase::RolledBack);
+    // Never back toward the new version: stable never scaled down, the new version
+    // never up.
+    for e in &w.effects[from..] {
+        if let Effect::Do(Action::Scale {
+            variant, replicas, ..
+        }) = e
+        {
+            match variant {
+                Variant::Stable => assert!(*replicas >= stable, "{e:?}"),
+                Variant::Canary => assert!(*replicas <= canary, "{e:?}"),
+            }
+        }
+    }
+    assert_eq!((w.state.stable_replicas, w.state.canary_replicas), (4, 0));
+}
+
+#[test]
+fn a_rollback_under_way_switches_the_level_one_flags_off_again_first() {
+    let strategy =
+        "strategy: {canary: {steps: [{weight: 20, bake: 10m}]}}\nrollback: {flags: [recs-v2]}\n";
+    let flagged = |judge: &str| {
+        Policy::from_yaml(&format!(
+            "{}{strategy}",
+            FLAGGED.replace("judge: {max: 2%, max_ratio_to_stable: 3}", judge)
+        ))
+        .unwrap()
+    };
+    let mut w = World::new(10, 60);
+    w.policy = flagged("judge: {max: 2%, max_ratio_to_stable: 3}");
+    w.run_until(|s| s.phase == Phase::RollingBack && s.rollback_level == Some(1));
+    let lenient = flagged("judge: {max: 20%}");
+    let found = divergence(&lenient, &w.stored).unwrap();
+    let (t, _) = taken_over(&lenient, &w.stored, &found);
+    assert!(
+        matches!(t.state.pending, Some(Action::FlagsOff { .. })),
+        "{:?}",
+        t.state.pending
+    );
+    assert!(!t.state.queued.is_empty(), "then traffic goes back");
+    w.policy = lenient;
     w.state = t.state;
     w.run(10_000);
     assert_eq!(w.state.phase, Phase::RolledBack);

@@ -8,7 +8,7 @@
 
 use super::builder::Builder;
 use super::model::{AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, Release};
-use super::protocol::Input;
+use super::protocol::{Action, Effect, Input, Variant};
 use super::step::step;
 use super::{resume, silence};
 use crate::policy::Policy;
@@ -26,8 +26,11 @@ pub struct Divergence {
     /// How the release ended, when the log recorded an end (the record was not marked
     /// finished before the controller stopped).
     pub ended: Option<OutcomeKind>,
-    /// Who started the rollback the log recorded, when one was under way.
-    pub rolling_back: Option<String>,
+    /// Who started the rollback the log recorded, if it recorded one.
+    pub rollback_by: Option<String>,
+    /// Rolling: the replicas of stable and of the new version the log last recorded
+    /// in service (facts, not decisions).
+    pub replicas: (Option<u32>, Option<u32>),
     /// What the entry recorded and what it gives now.
     pub detail: String,
 }
@@ -39,10 +42,36 @@ impl Divergence {
             seq: self.seq,
             weight: self.weight,
             ended: self.ended,
-            rolling_back: self.rolling_back.clone(),
+            rollback_by: self.rollback_by.clone(),
+            stable_replicas: self.replicas.0,
+            canary_replicas: self.replicas.1,
             detail: self.detail.clone(),
         }
     }
+
+    /// How many entries, from the first, the release is rebuilt from: those before
+    /// the one that differs, and always the start (the version, stable, the time),
+    /// which records facts whatever it decided.
+    pub fn kept(&self) -> usize {
+        kept(self.seq)
+    }
+}
+
+fn kept(seq: u64) -> usize {
+    usize::try_from(seq).unwrap_or(usize::MAX).max(1)
+}
+
+/// The positions of the entries an [`Input::RulesChanged`] among `inputs` stands for:
+/// from the first that replayed differently (never the start) up to it. A replay of
+/// the log skips them.
+pub fn superseded(inputs: &[&Input]) -> Option<std::ops::Range<usize>> {
+    inputs
+        .iter()
+        .enumerate()
+        .find_map(|(at, input)| match input {
+            Input::RulesChanged { seq, .. } => Some(kept(*seq).min(at)..at),
+            _ => None,
+        })
 }
 
 /// The outcome an audit event records, for the events that end a release.
@@ -54,6 +83,21 @@ fn outcome_of(kind: &str) -> Option<OutcomeKind> {
         "escalated" => Some(OutcomeKind::Escalated),
         "blocked" => Some(OutcomeKind::Blocked),
         _ => None,
+    }
+}
+
+/// How a release's recorded events say it ended, if they do. An abort before anything
+/// was deployed ends it blocked with only an `aborted` event (an abort later starts a
+/// rollback, recorded after it).
+fn recorded_end(events: &[&AuditEvent]) -> Option<OutcomeKind> {
+    let end = events
+        .iter()
+        .filter_map(|e| outcome_of(&e.kind))
+        .next_back();
+    let rollback = events.iter().any(|e| e.kind == "rollback_started");
+    match events.last() {
+        Some(e) if end.is_none() && !rollback && e.kind == "aborted" => Some(OutcomeKind::Blocked),
+        _ => end,
     }
 }
 
@@ -78,6 +122,19 @@ fn decisions(events: &[AuditEvent]) -> Vec<String> {
         .collect()
 }
 
+/// The last replica count of `variant` a successful scaling recorded.
+fn last_scaled(log: &[StoredInput], of: Variant) -> Option<u32> {
+    log.iter().rev().find_map(|e| match &e.input {
+        Input::Scaled {
+            variant,
+            replicas,
+            ok: true,
+            ..
+        } if *variant == of => Some(*replicas),
+        _ => None,
+    })
+}
+
 /// The first entry of `log` that, replayed under `policy`, does not give the audit
 /// events it recorded, or changes nothing now (every entry was recorded because it
 /// changed something). `None` when the log replays as it was written, and for a log
@@ -96,22 +153,25 @@ pub fn divergence(policy: &Policy, log: &[StoredInput]) -> Option<Divergence> {
         let now = decisions(&t.events);
         let changes_nothing = t.is_noop(&state);
         if changes_nothing || recorded != now {
-            let events = || log.iter().flat_map(|e| &e.events);
+            let events: Vec<&AuditEvent> = log.iter().flat_map(|e| &e.events).collect();
             let gives = if changes_nothing {
                 "changes nothing".to_string()
             } else {
                 format!("gives [{}]", now.join("; "))
             };
-            let ended = events().filter_map(|e| outcome_of(&e.kind)).next_back();
             return Some(Divergence {
                 seq: entry.seq,
-                weight: events().next_back().map_or(state.weight, |e| e.weight),
-                ended,
-                rolling_back: events()
-                    .filter(|e| e.kind == "rollback_started")
-                    .map(|e| e.actor.clone())
-                    .next_back()
-                    .filter(|_| ended.is_none()),
+                weight: events.last().map_or(state.weight, |e| e.weight),
+                ended: recorded_end(&events),
+                rollback_by: events
+                    .iter()
+                    .rev()
+                    .find(|e| e.kind == "rollback_started")
+                    .map(|e| e.actor.clone()),
+                replicas: (
+                    last_scaled(log, Variant::Stable),
+                    last_scaled(log, Variant::Canary),
+                ),
                 detail: format!(
                     "entry {} of the log ({}) recorded [{}] and now {gives}",
                     entry.seq,
@@ -125,12 +185,14 @@ pub fn divergence(policy: &Policy, log: &[StoredInput]) -> Option<Divergence> {
     None
 }
 
-/// [`Input::RulesChanged`], on the release rebuilt from the entries before the one
-/// that replays differently: the weight is the one the log last recorded, and the
-/// release takes the course the log recorded, never one the new rules would choose.
+/// [`Input::RulesChanged`], on the release rebuilt from the entries
+/// [`Divergence::kept`]: the weight (and a rolling release's replica counts) are the
+/// ones the log last recorded, and the release takes the course the log recorded,
+/// never one the new rules would choose.
 /// - The log recorded an end: that outcome stands.
-/// - It recorded a rollback under way: the rollback is finished (traffic back to
-///   stable, the canary stopped, stable verified), as after any restart.
+/// - It recorded a rollback under way: the rollback is finished from its traffic
+///   (the level-1 flags switched off again first, traffic back to stable, the new
+///   version stopped, stable verified).
 /// - Otherwise the release halts where it stands, and pages: a halted release never
 ///   moves traffic.
 pub(super) fn take_over(b: &mut Builder<'_>, input: &Input) {
@@ -138,13 +200,17 @@ pub(super) fn take_over(b: &mut Builder<'_>, input: &Input) {
         seq,
         weight,
         ended,
-        rolling_back,
+        rollback_by,
+        stable_replicas,
+        canary_replicas,
         detail,
     } = input
     else {
         return;
     };
     b.s.weight = *weight;
+    b.s.stable_replicas = stable_replicas.unwrap_or(b.s.stable_replicas);
+    b.s.canary_replicas = canary_replicas.unwrap_or(b.s.canary_replicas);
     b.s.pending = None;
     b.s.queued.clear();
     b.s.next_analysis_at = None;
@@ -161,7 +227,7 @@ pub(super) fn take_over(b: &mut Builder<'_>, input: &Input) {
             by: by.to_string(),
         });
     };
-    match (ended, rolling_back) {
+    match (ended, rollback_by) {
         (Some(outcome), _) => {
             let (phase, kind) = match outcome {
                 OutcomeKind::Promoted => (Phase::Succeeded, DecisionKind::Promote),
@@ -171,12 +237,13 @@ pub(super) fn take_over(b: &mut Builder<'_>, input: &Input) {
                 OutcomeKind::Blocked => (Phase::Blocked, DecisionKind::Block),
             };
             if b.s.decision.as_ref().is_none_or(|d| d.kind != kind) {
-                decide(
-                    b,
-                    kind,
-                    format!("as the release's log recorded ({})", outcome.as_str()),
-                    "rampart",
-                );
+                // A rollback counts as automatic only when rampart started it.
+                let by = match (kind, rollback_by) {
+                    (DecisionKind::Rollback, Some(actor)) => actor.as_str(),
+                    _ => "rampart",
+                };
+                let reason = format!("as the release's log recorded ({})", outcome.as_str());
+                decide(b, kind, reason, by);
             }
             b.s.phase = phase;
             b.event(
@@ -190,15 +257,11 @@ pub(super) fn take_over(b: &mut Builder<'_>, input: &Input) {
             silence::expire(b);
         }
         (None, Some(actor)) => {
-            decide(
-                b,
-                DecisionKind::Rollback,
-                format!("{why}; finishing the rollback the log recorded under way"),
-                actor,
-            );
+            let reason = format!("{why}; finishing the rollback the log recorded under way");
+            decide(b, DecisionKind::Rollback, reason, actor);
             b.s.phase = Phase::RollingBack;
-            // Traffic goes back to stable at once: a level-1 rollback's check of the
-            // flags alone was not recorded to its end.
+            // From the traffic: whether the flags alone restored health was not
+            // recorded to its end.
             b.s.rollback_level = Some(2);
             b.event(
                 "rules_changed",
@@ -206,6 +269,16 @@ pub(super) fn take_over(b: &mut Builder<'_>, input: &Input) {
                 format!("{why}; the log recorded a rollback under way, which is finished"),
             );
             resume::resume(b);
+            // The level-1 flags go off again first (it is idempotent): the recorded
+            // rollback may have switched them off, or not yet.
+            let flags = b.policy.level_one_flags();
+            if !flags.is_empty()
+                && let Some(first) = b.s.pending.take()
+            {
+                b.effects.retain(|e| !matches!(e, Effect::Do(_)));
+                b.s.queued.insert(0, first);
+                b.act(Action::FlagsOff { flags });
+            }
             silence::follow(b, false, &Input::Resumed);
         }
         (None, None) => {
@@ -216,5 +289,51 @@ pub(super) fn take_over(b: &mut Builder<'_>, input: &Input) {
             b.page_halted(&reason);
             silence::expire(b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(kinds: &[&str]) -> Vec<AuditEvent> {
+        kinds
+            .iter()
+            .map(|k| AuditEvent {
+                at: 0,
+                t_s: 0.0,
+                kind: (*k).into(),
+                actor: "rampart".into(),
+                message: String::new(),
+                weight: Weight::ZERO,
+                readings: Vec::new(),
+                instead: None,
+            })
+            .collect()
+    }
+
+    fn end(kinds: &[&str]) -> Option<OutcomeKind> {
+        let e = events(kinds);
+        recorded_end(&e.iter().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_end_a_log_recorded() {
+        assert_eq!(
+            end(&["release_started", "aborted"]),
+            Some(OutcomeKind::Blocked)
+        );
+        assert_eq!(
+            end(&["release_started", "aborted", "rollback_started"]),
+            None
+        );
+        // An abort while level 1 is being verified goes on to the traffic.
+        assert_eq!(end(&["rollback_started", "flags_off", "aborted"]), None);
+        assert_eq!(
+            end(&["rollback_started", "rolled_back"]),
+            Some(OutcomeKind::RolledBack)
+        );
+        assert_eq!(end(&["promoting", "promoted"]), Some(OutcomeKind::Promoted));
+        assert_eq!(end(&["weight_set", "analysis"]), None);
     }
 }

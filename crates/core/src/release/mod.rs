@@ -34,7 +34,7 @@ mod step;
 
 pub use crate::instead::Instead;
 pub use crate::notice::NoticeKind;
-pub use divergence::{Divergence, divergence};
+pub use divergence::{Divergence, divergence, superseded};
 pub use model::{
     AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, PreApproval, Release, SilenceHold,
     Transition,

@@ -361,9 +361,15 @@ pub enum Input {
         /// How the release ended, when its log recorded an end.
         #[serde(default)]
         ended: Option<super::model::OutcomeKind>,
-        /// Who started the rollback the log recorded under way, if one was.
+        /// Who started the rollback the log recorded, if it recorded one.
         #[serde(default)]
-        rolling_back: Option<String>,
+        rollback_by: Option<String>,
+        /// Rolling: the stable replicas the log last recorded in service.
+        #[serde(default)]
+        stable_replicas: Option<u32>,
+        /// Rolling: the new version's replicas the log last recorded in service.
+        #[serde(default)]
+        canary_replicas: Option<u32>,
         /// What the entry recorded and what it gives now.
         detail: String,
     },

@@ -3,7 +3,7 @@
 //! release. It must not hold a phase's logic itself beyond that dispatch.
 
 use super::builder::{Builder, window_closed};
-use super::divergence;
+use super::divergence::{self, superseded};
 use super::gating::{ask_hotfix_approval, block, gates_checked, migrated, open_or_wait, start};
 use super::model::{Phase, PreApproval, Release, Transition};
 use super::operator::{abort, approved, pause, promote, unpause};
@@ -20,20 +20,14 @@ use crate::units::Millis;
 
 impl Release {
     /// Rebuilds a release from its persisted inputs, in log order. A log that holds an
-    /// [`Input::RulesChanged`] is rebuilt from the entries before the first one that
-    /// replayed differently: that input stands for the ones between.
+    /// [`Input::RulesChanged`] skips the entries it stands for
+    /// ([`superseded`](super::superseded)).
     pub fn replay<'a>(
         policy: &Policy,
         inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
     ) -> Release {
         let inputs: Vec<(&Input, Millis)> = inputs.into_iter().collect();
-        let skipped = inputs
-            .iter()
-            .enumerate()
-            .find_map(|(at, (input, _))| match input {
-                Input::RulesChanged { seq, .. } => Some(usize::try_from(*seq).unwrap_or(at)..at),
-                _ => None,
-            });
+        let skipped = superseded(&inputs.iter().map(|(i, _)| *i).collect::<Vec<_>>());
         inputs
             .into_iter()
             .enumerate()

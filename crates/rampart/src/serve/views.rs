@@ -304,7 +304,15 @@ impl Loaded {
         let mut state = Release::default();
         let mut intervals = Vec::new();
         let mut weights = Vec::new();
-        for e in &self.log {
+        // As the state is rebuilt: the entries a `rules_changed` stands for are left
+        // out (the audit trail still lists what they recorded).
+        let skipped = rampart_core::release::superseded(
+            &self.log.iter().map(|e| &e.input).collect::<Vec<_>>(),
+        );
+        for (n, e) in self.log.iter().enumerate() {
+            if skipped.as_ref().is_some_and(|r| r.contains(&n)) {
+                continue;
+            }
             let before = state.weight;
             let next = step(&self.policy, &state, &e.input, e.at).state;
             let t_s = e.at.saturating_sub(next.started_at) as f64 / 1000.0;

@@ -523,7 +523,14 @@ pub async fn run_release(
             (id, stable)
         }
         None => {
-            leftover_canary(&plane, &policy, &opts.policy_path, store.as_ref()).await?;
+            leftover_canary(
+                &plane,
+                processes.as_deref(),
+                &policy,
+                &opts.policy_path,
+                store.as_ref(),
+            )
+            .await?;
             let mut id = match &opts.served {
                 Some(served) => served.release_id.clone(),
                 None => release_id(&policy.service, clock.now()),
@@ -736,15 +743,22 @@ async fn hand_over(
 /// such a leftover: one whose processes are gone (the service stopped, the host
 /// rebooted) serves no one, and a new release replacing it makes nothing worse. After
 /// an escalation the new release is the roll forward the page offers, and goes on.
+///
+/// The embedded data plane says what it routes. Behind nginx or HAProxy, with the
+/// versions run by rampart, the split is the one the last release recorded, and the
+/// canary the processes on record: a new release there would first send those users
+/// back to stable, unasked and unaudited, so it is refused the same way. (On
+/// Kubernetes the cluster keeps the canary; `rampart stop --canary` settles it too.)
 async fn leftover_canary(
     plane: &crate::dataplane::DataPlane,
+    processes: Option<&ProcessDeployer>,
     policy: &Policy,
     policy_path: &Path,
     store: &StateStore,
 ) -> Result<(), RunError> {
-    let Some(remote) = &plane.remote else {
+    if policy.strategy.flag_only() {
         return Ok(());
-    };
+    }
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
     let last = store
         .releases(&policy.service)
@@ -752,27 +766,47 @@ async fn leftover_canary(
         .map_err(|e| internal(e.to_string()))?
         .into_iter()
         .find(|r| r.outcome.is_some());
-    if !last.is_some_and(|r| {
+    let Some(last) = last.filter(|r| {
         matches!(
             r.outcome,
             Some(OutcomeKind::Halted | OutcomeKind::RolledBack)
         )
-    }) {
+    }) else {
         return Ok(());
-    }
-    let table = remote.table().await.map_err(|e| internal(e.to_string()))?;
-    let carries = table.weight > rampart_core::Weight::ZERO || !table.matches.is_empty();
-    if table.canary.is_empty() || !carries || policy.strategy.flag_only() {
-        return Ok(());
-    }
-    if !any_answers(&table.canary).await {
+    };
+    let (weight, canary) = match (&plane.remote, processes) {
+        (Some(remote), _) => {
+            let table = remote.table().await.map_err(|e| internal(e.to_string()))?;
+            let carries = table.weight > rampart_core::Weight::ZERO || !table.matches.is_empty();
+            if !carries {
+                return Ok(());
+            }
+            (table.weight, table.canary)
+        }
+        (None, Some(processes)) => {
+            let (_, log) = store
+                .load(&last.id)
+                .await
+                .map_err(|e| internal(e.to_string()))?;
+            let weight = log
+                .iter()
+                .flat_map(|e| &e.events)
+                .next_back()
+                .map_or(rampart_core::Weight::ZERO, |e| e.weight);
+            if weight == rampart_core::Weight::ZERO {
+                return Ok(());
+            }
+            (weight, processes.endpoints(Variant::Canary))
+        }
+        (None, None) => return Ok(()),
+    };
+    if canary.is_empty() || !any_answers(&canary).await {
         return Ok(());
     }
     Err(RunError::Blocked(format!(
-        "the data plane of {} still sends {} of its users to the canary a finished release left there ({} endpoint(s)); a new release would replace it with its own version at that weight before any analysis. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
+        "the data plane of {} still sends {weight} of its users to the canary a finished release left there ({} endpoint(s)); a new release would move them before any analysis, to its own version or back to stable. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
         policy.service,
-        table.weight,
-        table.canary.len(),
+        canary.len(),
         policy_path.display()
     )))
 }

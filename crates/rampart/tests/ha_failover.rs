@@ -155,6 +155,37 @@ fn the_standby_takes_over_a_killed_leaders_release_and_finishes_it_real_postgres
         "took over after {gap} ms"
     );
 
+    // `rampart stop` run elsewhere with the shared store stops what the servers run:
+    // the versions recorded in the directory the store names (a's), not in its own,
+    // and marks the service stopped there, where the supervisor looks.
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, policy(&service, port, slow)).unwrap();
+    let out = rampart()
+        .args(["stop", "--store", &store, "--state-dir"])
+        .arg(dir.path().join("elsewhere"))
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        processes_of(&service),
+        0,
+        "still running after the stop: {said}"
+    );
+    assert!(
+        state_a
+            .join("dataplane")
+            .join(format!("{service}.stopped"))
+            .exists(),
+        "{said}"
+    );
+
     // The audit chain is intact, checked through the shared store.
     let out = rampart()
         .args(["audit", "verify", "--output", "json", "--store", &store])

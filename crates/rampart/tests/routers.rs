@@ -321,6 +321,20 @@ fn stop_canary_settles_a_halted_canary_behind_nginx_and_haproxy() {
             v2 > 0 && v1 + v2 == 100,
             "the canary keeps its users: {v1} / {v2}"
         );
+        // A new release would move those users before any analysis: refused, as on
+        // the embedded data plane, until a human settles them.
+        let next = common::run_json(&path, &state, "v3", None)
+            .output()
+            .unwrap();
+        let (code, v) = common::report(&next);
+        assert_eq!(code, 5, "blocked: {v}");
+        let reason = v["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("--canary"), "{v}");
+        let (still1, still2) = answered_by(port);
+        assert!(
+            still2 > 0 && still1 + still2 == 100,
+            "nothing moved: {still1} / {still2}"
+        );
 
         let stop = common::rampart()
             .args(["stop", "--canary", "--reason", "v2 halted", "--as", "alice"])

@@ -102,9 +102,12 @@ pub async fn stop(
     if args.canary {
         return stop_canary(args, &policy, &store, cluster, clock).await;
     }
+    // Where its data plane and versions are: with a server's store, the directory it
+    // records (serve's), not this command's.
+    let local_dir = local_dir(&store, &policy, &args.state_dir).await?;
     // First, so that neither a running `serve`'s supervisor nor its next start brings
     // the service back.
-    let files = rampart_adapters::proxy::plane::PlaneFiles::new(&args.state_dir, &policy.service);
+    let files = rampart_adapters::proxy::plane::PlaneFiles::new(&local_dir, &policy.service);
     files
         .create_dir()
         .and_then(|()| {
@@ -117,13 +120,13 @@ pub async fn stop(
         })
         .map_err(|e| internal(e.to_string()))?;
     let mut lines = Vec::new();
-    if crate::dataplane::attach::stop(&policy.service, &args.state_dir).await? {
+    if crate::dataplane::attach::stop(&policy.service, &local_dir).await? {
         lines.push(format!(
             "{}: the data plane stopped (open connections drained)",
             policy.service
         ));
     }
-    if let Some(deployer) = deployer(args, &policy) {
+    if let Some(deployer) = deployer(args, &policy, &local_dir) {
         for v in [Variant::Canary, Variant::Stable] {
             let detail = deployer
                 .stop(v)
@@ -212,16 +215,9 @@ async fn stop_canary(
             "{service} releases by flag: it has no canary process, and its flag-on users are set with `rampart flags set`"
         )));
     }
-    // Where serve keeps the service's processes (a server's store records the
-    // directory), run from the directory its release was submitted from.
-    // (Only a service rampart runs processes for has one on record: claiming one for a
-    // cluster's service would tie it to this host.)
-    let local_dir = match (&policy.traffic, policy.process()) {
-        (Traffic::Proxy(_), _) | (_, Some(_)) => {
-            crate::run::process_dir(store, service, &args.state_dir).await?
-        }
-        _ => args.state_dir.clone(),
-    };
+    // Where serve keeps the service's processes, run from the directory its release
+    // was submitted from.
+    let local_dir = local_dir(store, policy, &args.state_dir).await?;
     let submitted = match ran.as_ref() {
         Some((r, _)) => store
             .submission(&r.id)
@@ -530,15 +526,36 @@ async fn every_stable_answers(
 }
 
 /// The service's local processes, when it runs any, resolved as its releases ran them
-/// (relative to the policy's directory).
-fn deployer(args: &StopArgs, policy: &rampart_core::policy::Policy) -> Option<ProcessDeployer> {
+/// (relative to the policy's directory), recorded in `local_dir`.
+fn deployer(
+    args: &StopArgs,
+    policy: &rampart_core::policy::Policy,
+    local_dir: &std::path::Path,
+) -> Option<ProcessDeployer> {
     let process = policy.process()?;
     Some(ProcessDeployer::new(
         &policy.service,
         process.clone(),
         &policy_dir(args),
-        &args.state_dir,
+        local_dir,
     ))
+}
+
+/// Where the service's data plane and local processes are: the directory a server's
+/// store records for it (serve's), else `state_dir`. Only a service rampart runs
+/// processes or its proxy for has one on record: claiming one for a cluster's service
+/// would tie it to this host.
+async fn local_dir(
+    store: &StateStore,
+    policy: &Policy,
+    state_dir: &std::path::Path,
+) -> Result<PathBuf, RunError> {
+    match (&policy.traffic, policy.process()) {
+        (Traffic::Proxy(_), _) | (_, Some(_)) => {
+            crate::run::process_dir(store, &policy.service, state_dir).await
+        }
+        _ => Ok(state_dir.to_path_buf()),
+    }
 }
 
 /// The policy file's directory, which a release resolves its processes against.

@@ -360,3 +360,25 @@ async fn two_deployers_of_one_service_never_leave_an_unrecorded_replica() {
     second.stop(Variant::Stable).await.unwrap();
     assert_eq!(processes_of(service), Vec::<u32>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_record_was_lost_is_kept_and_recorded_again() {
+    // A record write that failed (or a record file removed) must not orphan the
+    // replica the deployer started: it is still this deployer's to stop.
+    let dir = tempfile::tempdir().unwrap();
+    let service = "svc-lost-record";
+    let d = ProcessDeployer::new(service, server_spec(), dir.path(), dir.path());
+    d.deploy(Variant::Stable, "v1").await.unwrap();
+    let path = dir.path().join(format!("processes/{service}.stable.json"));
+    let first: Vec<ProcessRecord> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let again = d.deploy(Variant::Stable, "v1").await.unwrap();
+    assert!(again.detail.contains("already running"), "{}", again.detail);
+    let recorded: Vec<ProcessRecord> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(recorded[0].pid, first[0].pid);
+    assert_eq!(processes_of(service), vec![first[0].pid]);
+    d.stop(Variant::Stable).await.unwrap();
+    assert_eq!(processes_of(service), Vec::<u32>::new());
+}

@@ -14,7 +14,7 @@ use rampart_adapters::proxy::Proxy;
 use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, MigrationPlan, Ports};
 use rampart_core::admission::{self, Start, StartRefusal};
-use rampart_core::policy::Policy;
+use rampart_core::policy::{Policy, Traffic};
 use rampart_core::ports::{Clock, Deployer, Store};
 use rampart_core::release::{Input, OutcomeKind, Release, Variant};
 
@@ -328,7 +328,7 @@ pub async fn run_release(
     // directory: with a shared store, the one on record, so that a replica taking a
     // release over finds them.
     let local_dir = match (&policy.traffic, policy.process()) {
-        (rampart_core::policy::Traffic::Proxy(_), _) | (_, Some(_)) => {
+        (Traffic::Proxy(_), _) | (_, Some(_)) => {
             process_dir(&store, &policy.service, &opts.state_dir).await?
         }
         _ => opts.state_dir.clone(),
@@ -774,6 +774,7 @@ async fn leftover_canary(
     }) else {
         return Ok(());
     };
+    let routed = matches!(policy.traffic, Traffic::Nginx(_) | Traffic::Haproxy(_));
     let (weight, canary) = match (&plane.remote, processes) {
         (Some(remote), _) => {
             let table = remote.table().await.map_err(|e| internal(e.to_string()))?;
@@ -783,28 +784,29 @@ async fn leftover_canary(
             }
             (table.weight, table.canary)
         }
-        (None, Some(processes)) => {
+        (None, Some(processes)) if routed => {
+            // The routes the last release left, as its log rebuilds them: its weight,
+            // and its step's match rules unless a rollback cleared them (past level 1).
             let (_, log) = store
                 .load(&last.id)
                 .await
                 .map_err(|e| internal(e.to_string()))?;
-            let weight = log
-                .iter()
-                .flat_map(|e| &e.events)
-                .next_back()
-                .map_or(rampart_core::Weight::ZERO, |e| e.weight);
-            if weight == rampart_core::Weight::ZERO {
+            let ran = Policy::from_yaml(&last.policy).map_err(|e| internal(e.to_string()))?;
+            let end = Release::replay(&ran, log.iter().map(|e| (&e.input, e.at)));
+            let matched = !ran.strategy.matches_at(end.step).is_empty()
+                && end.rollback_level.is_none_or(|level| level == 1);
+            if end.weight == rampart_core::Weight::ZERO && !matched {
                 return Ok(());
             }
-            (weight, processes.endpoints(Variant::Canary))
+            (end.weight, processes.endpoints(Variant::Canary))
         }
-        (None, None) => return Ok(()),
+        _ => return Ok(()),
     };
     if canary.is_empty() || !any_answers(&canary).await {
         return Ok(());
     }
     Err(RunError::Blocked(format!(
-        "the data plane of {} still sends {weight} of its users to the canary a finished release left there ({} endpoint(s)); a new release would move them before any analysis, to its own version or back to stable. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
+        "the routes of {} send {weight} of its users (and any its step's match rules select) to the canary a finished release left there ({} endpoint(s) answering); a new release would move them before any analysis, to its own version or back to stable. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
         policy.service,
         canary.len(),
         policy_path.display()

@@ -357,6 +357,12 @@ fn stop_canary_settles_a_halted_canary_behind_nginx_and_haproxy() {
         assert_eq!(answered_by(port), (100, 0), "every user on stable");
         assert!(!state.join("processes/shop.canary.json").exists());
         assert!(state.join("processes/shop.stable.json").exists());
+        // Settled: the next release starts (and, without load, halts on its own).
+        let next = common::run_json(&path, &state, "v3", None)
+            .output()
+            .unwrap();
+        let (code, v) = common::report(&next);
+        assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
     }
 }
 

@@ -31,6 +31,9 @@ use tokio::sync::Mutex;
 use crate::gates::tail;
 use crate::http::get_status;
 
+/// How long one readiness probe may wait for its answer.
+const PROBE_OVERRUN: Duration = Duration::from_secs(2);
+
 /// Why starting, probing or keeping a process failed. The deployer's callers see it
 /// as a [`PortError`] with the same words, in the audit trail.
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +85,14 @@ pub enum ProcessError {
     /// The state file's records could not be encoded.
     #[error("{0}")]
     Records(#[source] serde_json::Error),
-    /// Another rampart process kept the service's processes longer than any of its
-    /// operations can take.
-    #[error("another rampart process has held {} for {}s; nothing was started or stopped", .path.display(), .waited.as_secs())]
+    /// Another deployer of the service (in this rampart process or another) held its
+    /// processes longer than any of its operations should take.
+    #[error("{holder} has held {} for {}s, starting or stopping the service's versions; gave up waiting for it", .path.display(), .waited.as_secs())]
     Busy {
         /// The service's lock file.
         path: PathBuf,
+        /// Who holds it, as its lock file says.
+        holder: String,
         /// How long this one waited.
         waited: Duration,
     },
@@ -265,28 +270,46 @@ impl ProcessDeployer {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
         }
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| io("opening", e))?;
-        // Each replica may wait for its readiness and for a stop; and some slack.
+        // The holder may adopt or stop every replica on record, then start each one
+        // (a readiness timeout, and a probe's own 2 s, apiece), with a policy of its
+        // own: twice that for ours, and a minute's slack.
         let replicas = self.spec.replicas.saturating_add(1);
-        let waited = (self.spec.readiness.timeout + self.spec.stop_timeout)
-            .saturating_mul(replicas)
-            .max(Duration::from_secs(30));
+        let waited = (self.spec.readiness.timeout + self.spec.stop_timeout + PROBE_OVERRUN)
+            .saturating_mul(replicas.saturating_mul(2))
+            + Duration::from_secs(60);
         let deadline = tokio::time::Instant::now() + waited;
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(file),
+                Ok(()) => {
+                    // Who holds it, for whoever waits (best effort).
+                    let _ = file.set_len(0).and_then(|()| {
+                        use std::io::Write;
+                        write!(file, "rampart process {}", std::process::id())
+                    });
+                    return Ok(file);
+                }
                 Err(std::fs::TryLockError::WouldBlock)
                     if tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(ProcessError::Busy { path, waited });
+                    let holder = std::fs::read_to_string(&path)
+                        .ok()
+                        .filter(|h| !h.trim().is_empty())
+                        .unwrap_or_else(|| "another deployer".into());
+                    return Err(ProcessError::Busy {
+                        path,
+                        holder,
+                        waited,
+                    });
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", e)),
             }
@@ -298,12 +321,21 @@ impl ProcessDeployer {
     /// deployer started keep their handles; ones another process recorded are taken
     /// as adopted; ones no longer on record (stopped, or handed over to the other
     /// variant) are no longer this variant's.
+    ///
+    /// A replica this deployer started that no record names at all (its record's
+    /// write failed, or the file was lost) is kept, still its: dropping it would leave
+    /// a process nothing stops. As in [`Self::load`], a canary record of stable's
+    /// winner (a hand-over cut short) is stable's.
     fn refresh(&self, variant: Variant, set: &mut Replicas) {
         if !set.loaded {
             return;
         }
+        let other = self.read_records(variant.other());
         let mut mine = std::mem::take(&mut set.list);
         for rec in self.read_records(variant) {
+            if variant == Variant::Canary && other.iter().any(|o| o.pid == rec.pid) {
+                continue;
+            }
             let same = |r: &Running| r.record.pid == rec.pid && r.record.started == rec.started;
             if let Some(i) = mine.iter().position(same) {
                 set.list.push(mine.swap_remove(i));
@@ -312,6 +344,12 @@ impl ProcessDeployer {
                     record: rec,
                     child: None,
                 });
+            }
+        }
+        for mut run in mine {
+            let recorded = other.iter().any(|o| o.pid == run.record.pid);
+            if run.child.is_some() && !recorded && run.alive() {
+                set.list.push(run);
             }
         }
     }
@@ -478,7 +516,7 @@ impl ProcessDeployer {
         match &self.spec.readiness.http {
             Some(path) => {
                 let url = format!("http://127.0.0.1:{port}{path}");
-                match get_status(&url, Duration::from_secs(2)).await {
+                match get_status(&url, PROBE_OVERRUN).await {
                     Ok(code) if (200..300).contains(&code) => Ok(()),
                     Ok(code) => Err(ProcessError::ProbeStatus {
                         path: path.clone(),

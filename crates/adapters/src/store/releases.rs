@@ -242,6 +242,27 @@ impl StateStore {
         Ok(owner)
     }
 
+    /// The host and directory on record for the service's local processes, if any,
+    /// without claiming them (see [`Self::claim_processes`]).
+    pub async fn process_owner(
+        &self,
+        service: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = self
+            .db
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT process_host, process_dir FROM services WHERE service = ?1",
+                args![service],
+            )
+            .await?;
+        Ok(match row {
+            Some(r) => r.opt_text(0)?.zip(r.opt_text(1)?),
+            None => None,
+        })
+    }
+
     /// The version the service last finished on.
     pub(super) async fn serving(&self, service: &str) -> Result<Option<String>, StoreError> {
         let row = self

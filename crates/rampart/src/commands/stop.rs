@@ -35,7 +35,8 @@ pub struct StopArgs {
     #[arg(long, env = "RAMPART_STATE_DIR", default_value = ".rampart")]
     pub state_dir: PathBuf,
     /// The store releases are recorded in: `sqlite:PATH` or `postgres://...` (a
-    /// server's shared store); defaults to the state directory's.
+    /// server's shared store, whose recorded directory for the service's versions and
+    /// data plane is used instead of --state-dir); defaults to the state directory's.
     #[arg(long, env = "RAMPART_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// Only the canary a finished release left carrying traffic: all traffic back to
@@ -542,19 +543,29 @@ fn deployer(
 }
 
 /// Where the service's data plane and local processes are: the directory a server's
-/// store records for it (serve's), else `state_dir`. Only a service rampart runs
-/// processes or its proxy for has one on record: claiming one for a cluster's service
-/// would tie it to this host.
+/// store records for it (serve's), else `state_dir`. Read only: a stop records no
+/// directory (nothing it stops starts there).
 async fn local_dir(
     store: &StateStore,
     policy: &Policy,
     state_dir: &std::path::Path,
 ) -> Result<PathBuf, RunError> {
-    match (&policy.traffic, policy.process()) {
-        (Traffic::Proxy(_), _) | (_, Some(_)) => {
-            crate::run::process_dir(store, &policy.service, state_dir).await
-        }
-        _ => Ok(state_dir.to_path_buf()),
+    let service = &policy.service;
+    let local = matches!(policy.traffic, Traffic::Proxy(_)) || policy.process().is_some();
+    if !local || !store.is_postgres() {
+        return Ok(state_dir.to_path_buf());
+    }
+    let owner = store
+        .process_owner(service)
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    let here = crate::run::host_name();
+    match owner {
+        None => Ok(state_dir.to_path_buf()),
+        Some((host, dir)) if host == here => Ok(PathBuf::from(dir)),
+        Some((host, dir)) => Err(RunError::Invalid(format!(
+            "the versions of {service} run on host {host} (recorded in {dir}), not on {here}: run this command there"
+        ))),
     }
 }
 

@@ -487,11 +487,20 @@ pub async fn run_release(
     // recorded; one that was created but stopped before its start needs it again.
     // On Kubernetes the cluster is the truth: the stable Deployment's image says which
     // version serves, whatever an earlier release recorded.
+    // Without one on record (no release of the service was promoted or rolled back
+    // yet: the first one halted), the version of the stable processes rampart runs for
+    // it, when they all run one: else the next release would take them for nothing
+    // and go to 100 % at once, as an initial release.
     let remembered = if opts.stable.is_none() && plane.running_version.is_none() {
-        store
+        let recorded = store
             .serving_version(&policy.service)
             .await
-            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+        recorded.or_else(|| {
+            let running = processes.as_ref()?.versions(Variant::Stable);
+            let first = running.first()?;
+            running.iter().all(|v| v == first).then(|| first.clone())
+        })
     } else {
         None
     };

@@ -135,10 +135,17 @@ pub(crate) async fn process_dir(
     }
     let ours = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let host = host_name();
-    let (owner_host, owner_dir) = store
-        .claim_processes(service, &host, &ours.display().to_string())
-        .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    let internal = |e: rampart_adapters::store::StoreError| RunError::Internal(anyhow::anyhow!(e));
+    // Read first: once recorded, the owner never changes, and serve's supervisor asks
+    // every second for every service.
+    let recorded = store.process_owner(service).await.map_err(internal)?;
+    let (owner_host, owner_dir) = match recorded {
+        Some(owner) => owner,
+        None => store
+            .claim_processes(service, &host, &ours.display().to_string())
+            .await
+            .map_err(internal)?,
+    };
     if owner_host != host {
         return Err(RunError::Internal(anyhow::anyhow!(
             "the local processes of {service} were started on host {owner_host} (recorded in {owner_dir}); this replica runs on {host} and can neither adopt nor stop them, so it does not start copies. Run the replicas that share a store on one host, or deploy with Kubernetes (docs/ha.md)"
@@ -363,6 +370,20 @@ pub async fn run_release(
             .any(|e| matches!(e.input, Input::TrafficSet { .. })),
         None => false,
     };
+    // What can refuse the release is checked before its data plane is touched (a
+    // stopped service started again, its sticky salt or uncounted token changed).
+    let migrations = migration_plan(&policy, &base_dir, &opts.version)?;
+    if resume_id.is_none() {
+        leftover_canary(
+            &policy,
+            opts.attach.then_some(local_dir.as_path()),
+            &base_dir,
+            &local_dir,
+            &opts.policy_path,
+            store.as_ref(),
+        )
+        .await?;
+    }
     let reaching = clock.now_micros();
     let plane = crate::dataplane::start(
         &policy,
@@ -474,7 +495,7 @@ pub async fn run_release(
     if let Some(served) = &opts.served {
         controller = controller.with_inbox(served.inbox.clone());
     }
-    if let Some(plan) = migration_plan(&policy, &base_dir, &opts.version)? {
+    if let Some(plan) = migrations {
         progress.line(&format!(
             "migrations: {} file(s), {}",
             plan.files.len(),
@@ -532,14 +553,6 @@ pub async fn run_release(
             (id, stable)
         }
         None => {
-            leftover_canary(
-                &plane,
-                processes.as_deref(),
-                &policy,
-                &opts.policy_path,
-                store.as_ref(),
-            )
-            .await?;
             let mut id = match &opts.served {
                 Some(served) => served.release_id.clone(),
                 None => release_id(&policy.service, clock.now()),
@@ -758,10 +771,13 @@ async fn hand_over(
 /// canary the processes on record: a new release there would first send those users
 /// back to stable, unasked and unaudited, so it is refused the same way. (On
 /// Kubernetes the cluster keeps the canary; `rampart stop --canary` settles it too.)
+///
+/// It reads, and changes nothing: it runs before the release touches its data plane.
 async fn leftover_canary(
-    plane: &crate::dataplane::DataPlane,
-    processes: Option<&ProcessDeployer>,
     policy: &Policy,
+    attach_in: Option<&Path>,
+    base_dir: &Path,
+    local_dir: &Path,
     policy_path: &Path,
     store: &StateStore,
 ) -> Result<(), RunError> {
@@ -784,7 +800,16 @@ async fn leftover_canary(
         return Ok(());
     };
     let routed = matches!(policy.traffic, Traffic::Nginx(_) | Traffic::Haproxy(_));
-    let (weight, canary) = match (&plane.remote, processes) {
+    let plane = match (&policy.traffic, attach_in) {
+        (Traffic::Proxy(_), Some(dir)) => {
+            crate::dataplane::attach::running(&policy.service, dir).await?
+        }
+        _ => None,
+    };
+    let processes = policy
+        .process()
+        .map(|process| ProcessDeployer::new(&policy.service, process.clone(), base_dir, local_dir));
+    let (weight, canary) = match (plane, processes) {
         (Some(remote), _) => {
             let table = remote.table().await.map_err(|e| internal(e.to_string()))?;
             let carries = table.weight > rampart_core::Weight::ZERO || !table.matches.is_empty();

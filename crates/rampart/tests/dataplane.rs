@@ -681,10 +681,57 @@ fn a_canary_left_with_users_by_a_halt_blocks_the_next_release_until_stopped() {
     assert_eq!(after["weight"].as_f64(), Some(0.0), "{after}");
     assert_eq!(after["canary"].as_array().map(Vec::len), Some(0), "{after}");
     assert!(http_get(svc.port).contains("v1"), "stable serves");
+    // The audit trail says what was done (stable's replicas, the traffic, the
+    // canary's stop), not only why.
+    let chain = runtime().block_on(async {
+        let store = rampart_adapters::store::StateStore::open(&svc.state.join("rampart.db"))
+            .await
+            .unwrap();
+        store.chain_records(None).await.unwrap()
+    });
+    let stopped = serde_json::to_string(
+        chain
+            .iter()
+            .rfind(|r| r.action == "canary_stopped")
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        stopped.contains("v2 halted")
+            && stopped.contains("stable: v1 x1")
+            && stopped.contains("all traffic to stable"),
+        "{stopped}"
+    );
 
     // The next release starts (and, without load, halts on its own no data).
     let (code, v) = svc.release("v3");
     assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+}
+
+/// Regression (review): a release refused on its input (here a migration file that
+/// does not parse) had already started a stopped service's data plane again, and
+/// reset its sticky salt and uncounted token, before it refused.
+#[test]
+fn a_release_refused_on_its_input_leaves_a_stopped_service_stopped() {
+    let svc = Service::new("refused");
+    let (code, v) = svc.release("v1");
+    assert_eq!(code, 0, "{v}");
+    let out = svc.stop();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(svc.plane_pid(), None);
+    let text = std::fs::read_to_string(&svc.policy).unwrap();
+    std::fs::write(
+        &svc.policy,
+        format!("{text}migrations:\n  dir: migrations/{{version}}\n  command: [\"true\"]\n"),
+    )
+    .unwrap();
+    let shipped = svc.policy.parent().unwrap().join("migrations/v2");
+    std::fs::create_dir_all(&shipped).unwrap();
+    std::fs::write(shipped.join("001.sql"), "CREATE TABL half (;\n").unwrap();
+    let (code, v) = svc.release("v2");
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(svc.plane_pid(), None, "the data plane stayed stopped");
+    assert!(svc.file("stopped").exists());
 }
 
 /// The data plane a `--stop-after` release stopped comes back with its saved routes,

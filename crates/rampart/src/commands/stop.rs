@@ -254,7 +254,9 @@ async fn stop_canary(
             return Err(e);
         }
     };
-    let actor = audit(args, store, clock, service, "canary_stopped", &reason(args)).await?;
+    // The trail says what was done, not only why.
+    let done = format!("{}; {}", reason(args), lines.join("; "));
+    let actor = audit(args, store, clock, service, "canary_stopped", &done).await?;
     lines.push(format!("{service}: audited as canary_stopped by {actor}"));
     Ok(lines)
 }
@@ -314,7 +316,11 @@ impl Settling<'_> {
         if !table.canary.is_empty() || table.weight > rampart_core::Weight::ZERO {
             self.still_idle().await?;
             let stable = match processes {
-                Some(p) => self.stable_processes(p).await?,
+                Some(p) => {
+                    let (stable, detail) = self.stable_processes(p).await?;
+                    lines.extend(detail.map(|d| format!("{service} stable: {d}")));
+                    stable
+                }
                 // Endpoints outside rampart's processes: the table's, each answering.
                 None => {
                     every_stable_answers(self.args, service, &table.stable).await?;
@@ -341,6 +347,7 @@ impl Settling<'_> {
         let service = &self.policy.service;
         self.still_idle().await?;
         let processes = self.processes.clone();
+        let mut settled = Vec::new();
         let (router, stable, deployer): (
             Arc<dyn TrafficRouter>,
             Vec<SocketAddr>,
@@ -367,7 +374,8 @@ impl Settling<'_> {
                 )));
             }
             (traffic, Some(processes)) => {
-                let stable = self.stable_processes(&processes).await?;
+                let (stable, detail) = self.stable_processes(&processes).await?;
+                settled.extend(detail.map(|d| format!("{service} stable: {d}")));
                 let router: Arc<dyn TrafficRouter> = match traffic {
                     // Nobody receives nginx's request log between releases; the
                     // next release renders its own receiver.
@@ -386,7 +394,8 @@ impl Settling<'_> {
                 (router, stable, Arc::new(processes))
             }
         };
-        let mut lines = self.to_stable(router.as_ref(), &stable, moved).await?;
+        let mut lines = settled;
+        lines.extend(self.to_stable(router.as_ref(), &stable, moved).await?);
         lines.push(self.stop_the_canary(deployer.as_ref()).await?);
         Ok(Some(lines))
     }
@@ -395,7 +404,10 @@ impl Settling<'_> {
     /// release may have replaced some, a replica may have exited), as a rollback does
     /// before it moves traffic; their endpoints. Without the stable version on record,
     /// the replicas running must be all there and answer. Moves no traffic.
-    async fn stable_processes(&self, p: &ProcessDeployer) -> Result<Vec<SocketAddr>, RunError> {
+    async fn stable_processes(
+        &self,
+        p: &ProcessDeployer,
+    ) -> Result<(Vec<SocketAddr>, Option<String>), RunError> {
         let service = &self.policy.service;
         // Stable as it runs: never replaced by another version here, never started
         // from nothing (a person decides that).
@@ -424,10 +436,11 @@ impl Settling<'_> {
                     p.replicas()
                 )));
             }
-            return Ok(stable);
+            return Ok((stable, None));
         };
+        // What it took (replicas adopted, replaced or started) goes on the record.
         match p.deploy(Variant::Stable, version).await {
-            Ok(d) if !d.endpoints.is_empty() => Ok(d.endpoints),
+            Ok(d) if !d.endpoints.is_empty() => Ok((d.endpoints, Some(d.detail))),
             Ok(_) => Err(RunError::Blocked(format!(
                 "stable of {service} ({version}) has no replica. Nothing was moved; the canary keeps its users"
             ))),

@@ -116,6 +116,20 @@ pub async fn attach_telling(
     Ok((plane, said("attached to", &files)))
 }
 
+/// The service's data plane under `state_dir` when one runs, attached to read it
+/// (nothing about it is changed, and none is started).
+pub async fn running(service: &str, state_dir: &Path) -> Result<Option<RemotePlane>, RunError> {
+    let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let files = PlaneFiles::new(&state_dir, service);
+    if !files.is_running() {
+        return Ok(None);
+    }
+    RemotePlane::attach(&files.socket(), &files.token())
+        .await
+        .map(Some)
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))
+}
+
 fn said(how: &str, files: &PlaneFiles) -> String {
     match files.pid() {
         Some(pid) => format!("{how} the data plane (pid {pid})"),

@@ -325,12 +325,6 @@ pub async fn run_release(
         }
     };
 
-    if let Some(served) = &opts.served {
-        let previous = served.serving.lock().await.remove(&policy.service);
-        if let Some((previous, _)) = previous {
-            previous.close().await;
-        }
-    }
     // The service's local processes (its versions, its data plane) live in one
     // directory: with a shared store, the one on record, so that a replica taking a
     // release over finds them.
@@ -383,6 +377,14 @@ pub async fn run_release(
             store.as_ref(),
         )
         .await?;
+    }
+    // What the server kept serving from the last release (its flag endpoint) gives
+    // way to this one, now that nothing refuses it.
+    if let Some(served) = &opts.served {
+        let previous = served.serving.lock().await.remove(&policy.service);
+        if let Some((previous, _)) = previous {
+            previous.close().await;
+        }
     }
     let reaching = clock.now_micros();
     let plane = crate::dataplane::start(
@@ -517,11 +519,25 @@ pub async fn run_release(
             .serving_version(&policy.service)
             .await
             .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
-        recorded.or_else(|| {
-            let running = processes.as_ref()?.versions(Variant::Stable);
-            let first = running.first()?;
-            running.iter().all(|v| v == first).then(|| first.clone())
-        })
+        match recorded {
+            Some(version) => Some(version),
+            None => {
+                let mut running = processes
+                    .as_ref()
+                    .map(|p| p.versions(Variant::Stable))
+                    .unwrap_or_default();
+                running.sort();
+                running.dedup();
+                if running.len() > 1 {
+                    return Err(RunError::Blocked(format!(
+                        "no version of {} is on record as serving, and its stable processes run {}: say which one serves with `--stable VERSION`",
+                        policy.service,
+                        running.join(", ")
+                    )));
+                }
+                running.pop()
+            }
+        }
     } else {
         None
     };
@@ -800,18 +816,19 @@ async fn leftover_canary(
         return Ok(());
     };
     let routed = matches!(policy.traffic, Traffic::Nginx(_) | Traffic::Haproxy(_));
-    let plane = match (&policy.traffic, attach_in) {
+    // The embedded data plane's routes, read only: a running one's, else those it
+    // would come back with.
+    let routes = match (&policy.traffic, attach_in) {
         (Traffic::Proxy(_), Some(dir)) => {
-            crate::dataplane::attach::running(&policy.service, dir).await?
+            crate::dataplane::attach::routes(&policy.service, dir).await?
         }
         _ => None,
     };
     let processes = policy
         .process()
         .map(|process| ProcessDeployer::new(&policy.service, process.clone(), base_dir, local_dir));
-    let (weight, canary) = match (plane, processes) {
-        (Some(remote), _) => {
-            let table = remote.table().await.map_err(|e| internal(e.to_string()))?;
+    let (weight, canary) = match (routes, processes) {
+        (Some(table), _) => {
             let carries = table.weight > rampart_core::Weight::ZERO || !table.matches.is_empty();
             if !carries {
                 return Ok(());

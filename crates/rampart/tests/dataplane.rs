@@ -708,6 +708,37 @@ fn a_canary_left_with_users_by_a_halt_blocks_the_next_release_until_stopped() {
     assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
 }
 
+/// Regression (review): the leftover check read a running data plane only; one that
+/// died (kill -9, OOM) while the halted canary's processes still answered let the
+/// next release through, and its data plane came back with the canary's users.
+#[test]
+fn a_canary_left_with_users_blocks_the_next_release_while_its_data_plane_is_down() {
+    let svc = Service::halting_without_load("leftover-down");
+    let (code, v) = svc.release("v1");
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = svc.release("v2");
+    assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+    let pid = svc.plane_pid().expect("the data plane runs");
+    common::servers::kill_group(pid);
+    until("the data plane is gone", Duration::from_secs(10), || {
+        svc.plane_pid().is_none()
+    });
+    let (code, v) = svc.release("v3");
+    assert_eq!(code, 5, "blocked: {v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--canary"),
+        "{v}"
+    );
+    assert_eq!(
+        svc.plane_pid(),
+        None,
+        "nothing started by the refused release"
+    );
+}
+
 /// Regression (review): a release refused on its input (here a migration file that
 /// does not parse) had already started a stopped service's data plane again, and
 /// reset its sticky salt and uncounted token, before it refused.

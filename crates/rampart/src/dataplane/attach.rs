@@ -116,18 +116,28 @@ pub async fn attach_telling(
     Ok((plane, said("attached to", &files)))
 }
 
-/// The service's data plane under `state_dir` when one runs, attached to read it
-/// (nothing about it is changed, and none is started).
-pub async fn running(service: &str, state_dir: &Path) -> Result<Option<RemotePlane>, RunError> {
+/// The routes of the service's data plane under `state_dir`, read without changing
+/// or starting anything: a running one's, else the ones its state file saved (a data
+/// plane started again comes back with them). `None` when it never ran there.
+pub async fn routes(
+    service: &str,
+    state_dir: &Path,
+) -> Result<Option<rampart_adapters::proxy::RouteTable>, RunError> {
     let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let files = PlaneFiles::new(&state_dir, service);
-    if !files.is_running() {
-        return Ok(None);
+    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+    if files.is_running() {
+        let plane = RemotePlane::attach(&files.socket(), &files.token())
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        return plane
+            .table()
+            .await
+            .map(Some)
+            .map_err(|e| internal(e.to_string()));
     }
-    RemotePlane::attach(&files.socket(), &files.token())
-        .await
-        .map(Some)
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))
+    let saved = PlaneState::load(&files.state()).map_err(|e| internal(e.to_string()))?;
+    Ok(saved.map(|s| s.routes))
 }
 
 fn said(how: &str, files: &PlaneFiles) -> String {

@@ -3761,6 +3761,39 @@ fn a_log_replayed_under_the_rules_it_was_written_under_goes_on() {
 }
 
 #[test]
+fn a_log_whose_audit_events_differ_in_all_but_decisions_goes_on() {
+    // As a rampart that words its messages otherwise, records more events, or judged
+    // an interval otherwise with nothing done otherwise would have written it.
+    let mut w = left_at_twenty_percent();
+    for entry in &mut w.stored {
+        for e in &mut entry.events {
+            e.message = format!("reworded: {}", e.message);
+            for r in &mut e.readings {
+                r.verdict = rampart_core::judge::Verdict::Inconclusive;
+            }
+        }
+        let mut extra = entry
+            .events
+            .first()
+            .cloned()
+            .unwrap_or_else(|| w.events[0].clone());
+        extra.kind = "from_a_newer_rampart".into();
+        extra.readings.clear();
+        entry.events.push(extra);
+    }
+    assert_eq!(divergence(&w.policy, &w.stored), None);
+    // A decision it recorded that these rules do not make is seen, even at the last
+    // entry, its action unanswered (it may have run).
+    let last = w.stored.len() - 1;
+    let mut rollback = w.events[0].clone();
+    rollback.kind = "rollback_started".into();
+    w.stored[last].events.push(rollback);
+    let found = divergence(&w.policy, &w.stored).unwrap();
+    assert_eq!(found.seq, last as u64);
+    assert_eq!(found.rollback_by.as_deref(), Some("rampart"));
+}
+
+#[test]
 fn a_log_that_replays_differently_under_new_rules_halts_at_the_weight_it_recorded() {
     let w = left_at_twenty_percent();
     // Stricter while the release was down: 1 % errors now fails the first analysis.
@@ -3770,14 +3803,15 @@ fn a_log_that_replays_differently_under_new_rules_halts_at_the_weight_it_recorde
     let entry = &w.stored[usize::try_from(found.seq).unwrap()];
     assert!(matches!(entry.input, Input::Measured { .. }), "{entry:?}");
     assert_eq!(found.weight, Weight::from_percent(20).unwrap());
+    // Stable's 1 % breaks the new limit too: both unhealthy, the new rules halt.
     assert!(
-        found.detail.contains("error_rate pass") && found.detail.contains("error_rate fail"),
+        found.detail.contains("these rules decide [halted]"),
         "{}",
         found.detail
     );
 
     // Replayed under the new rules, the log alone makes up a release that never
-    // happened (here a rollback); the release is rebuilt from the entries before the
+    // happened (here a halt at once); the release is rebuilt from the entries before the
     // one that differs, and halts there.
     let made_up = Release::replay(&stricter, w.log.iter().map(|(i, t)| (i, *t)));
     assert_ne!(made_up.phase, Phase::Progressing);
@@ -3912,15 +3946,15 @@ fn an_operators_recorded_rollback_stays_the_operators_under_new_rules() {
 }
 
 #[test]
-fn a_log_whose_start_replays_differently_keeps_the_releases_versions() {
+fn a_log_that_differs_from_its_first_answer_keeps_the_releases_versions() {
     let mut w = left_at_twenty_percent();
-    // The start recorded an event today's rules do not make (as a newer rampart's
-    // might).
-    let mut extra = w.stored[0].events[0].clone();
-    extra.kind = "from_a_newer_rampart".into();
-    w.stored[0].events.push(extra);
+    // A start the rules now take otherwise (here: a hotfix, which waits for an
+    // approval before the gates run): the gates' answer is the first that differs.
+    if let Input::Start { hotfix, .. } = &mut w.stored[0].input {
+        *hotfix = Some("urgent".into());
+    }
     let found = divergence(&w.policy, &w.stored).unwrap();
-    assert_eq!((found.seq, found.kept()), (0, 1));
+    assert_eq!((found.seq, found.kept()), (1, 1));
     let (t, _) = taken_over(&w.policy, &w.stored, &found);
     assert_eq!(t.state.phase, Phase::Halted);
     assert_eq!(

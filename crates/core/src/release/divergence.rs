@@ -1,15 +1,16 @@
-//! Whether a release's log, replayed under the policy and the rampart taking it up
-//! again, makes the decisions it recorded. The state is rebuilt by replaying the
-//! inputs, so it is faithful only while every entry gives the decisions it gave when
-//! it was written. A policy edited, or rampart upgraded, while the release ran can
-//! break that. This module finds the first entry that replays differently, and what
-//! a release that found one becomes. It must not decide when to look: the controller
-//! checks before it acts on a log again.
+//! Whether a release's log, replayed under the rampart taking it up again, rebuilds
+//! what happened. The state is rebuilt by replaying the inputs, so it is faithful only
+//! while the rules make the decisions the log acted on. A rampart upgraded while the
+//! release ran can break that; one that only words, adds or names audit events
+//! differently, or judges an interval otherwise without acting otherwise, does not.
+//! This module finds the first entry past which the replay is not what happened, and
+//! what a release that found one becomes. It must not decide when to look: the
+//! controller checks before it acts on a log again.
 
 use super::builder::Builder;
 use super::model::{AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, Release};
 use super::protocol::{Action, Effect, Input, Variant};
-use super::step::step;
+use super::step::{answers, is_answer, step};
 use super::{resume, silence};
 use crate::policy::Policy;
 use crate::ports::StoredInput;
@@ -101,25 +102,44 @@ fn recorded_end(events: &[&AuditEvent]) -> Option<OutcomeKind> {
     }
 }
 
-/// What an entry decided, as its audit events show it: each event's kind and the
-/// weight after it, and each metric's verdict. Messages are left out: their wording
-/// may change between rampart versions while no decision does.
-fn decisions(events: &[AuditEvent]) -> Vec<String> {
+/// The audit events that record a decision about the release's course (and the ends
+/// they lead to). Its action may have run before the controller stopped, unanswered
+/// in the log: a rollback the new rules would not start must still be seen.
+const DECIDING: [&str; 8] = [
+    "rollback_started",
+    "halted",
+    "escalated",
+    "blocked",
+    "aborted",
+    "promoting",
+    "promoted",
+    "rolled_back",
+];
+
+/// The decisions among `events`, by kind, in order.
+fn decided(events: &[AuditEvent]) -> Vec<&str> {
     events
         .iter()
-        .map(|e| {
-            let verdicts: Vec<String> = e
-                .readings
-                .iter()
-                .map(|r| format!("{} {}", r.name, r.verdict.label_snake()))
-                .collect();
-            if verdicts.is_empty() {
-                format!("{} at {}", e.kind, e.weight)
-            } else {
-                format!("{} at {} ({})", e.kind, e.weight, verdicts.join(", "))
-            }
-        })
+        .map(|e| e.kind.as_str())
+        .filter(|k| DECIDING.contains(k))
         .collect()
+}
+
+/// An action's name, for the audit trail.
+fn action_name(action: Option<&Action>) -> &'static str {
+    match action {
+        None => "nothing",
+        Some(Action::RunGates) => "the gates",
+        Some(Action::Deploy { .. }) => "a version started",
+        Some(Action::SetWeight { .. }) => "a weight set",
+        Some(Action::Measure(_)) => "a measurement",
+        Some(Action::Stop { .. }) => "a version stopped",
+        Some(Action::VerifyStable) => "stable verified",
+        Some(Action::Scale { .. }) => "a version scaled",
+        Some(Action::RunMigrations) => "the migrations",
+        Some(Action::RunChecks { .. }) => "the checks",
+        Some(Action::FlagsOff { .. }) => "flags switched off",
+    }
 }
 
 /// The last replica count of `variant` a successful scaling recorded.
@@ -135,10 +155,16 @@ fn last_scaled(log: &[StoredInput], of: Variant) -> Option<u32> {
     })
 }
 
-/// The first entry of `log` that, replayed under `policy`, does not give the audit
-/// events it recorded, or changes nothing now (every entry was recorded because it
-/// changed something). `None` when the log replays as it was written, and for a log
-/// that already holds an [`Input::RulesChanged`]: that release was taken over for it.
+/// The first entry of `log` past which, replayed under `policy`, the release is not
+/// what happened: an answer to an action these rules would not have taken (they wait
+/// for another, or for none), or a decision about its course (a rollback, a halt, an
+/// escalation, a block, an abort, a promotion, an end) the log recorded there and
+/// these rules do not make, or the reverse. Every answer in a log answered the action
+/// then pending (a stale one changes nothing and is not recorded), so under the rules
+/// it was written under there is none. Audit events are otherwise not compared:
+/// their wording, new informational ones, an interval judged otherwise with nothing
+/// done otherwise, change nothing that happened. `None` also for a log that already
+/// holds an [`Input::RulesChanged`]: that release was taken over for it.
 pub fn divergence(policy: &Policy, log: &[StoredInput]) -> Option<Divergence> {
     if log
         .iter()
@@ -149,16 +175,23 @@ pub fn divergence(policy: &Policy, log: &[StoredInput]) -> Option<Divergence> {
     let mut state = Release::default();
     for entry in log {
         let t = step(policy, &state, &entry.input, entry.at);
-        let recorded = decisions(&entry.events);
-        let now = decisions(&t.events);
-        let changes_nothing = t.is_noop(&state);
-        if changes_nothing || recorded != now {
+        let (recorded, now) = (decided(&entry.events), decided(&t.events));
+        let differs = if is_answer(&entry.input) && !answers(state.pending.as_ref(), &entry.input) {
+            Some(format!(
+                "it answers an action these rules would not have taken (they wait for {})",
+                action_name(state.pending.as_ref())
+            ))
+        } else if recorded != now {
+            Some(format!(
+                "the log recorded [{}] there; these rules decide [{}]",
+                recorded.join(", "),
+                now.join(", ")
+            ))
+        } else {
+            None
+        };
+        if let Some(differs) = differs {
             let events: Vec<&AuditEvent> = log.iter().flat_map(|e| &e.events).collect();
-            let gives = if changes_nothing {
-                "changes nothing".to_string()
-            } else {
-                format!("gives [{}]", now.join("; "))
-            };
             return Some(Divergence {
                 seq: entry.seq,
                 weight: events.last().map_or(state.weight, |e| e.weight),
@@ -173,10 +206,9 @@ pub fn divergence(policy: &Policy, log: &[StoredInput]) -> Option<Divergence> {
                     last_scaled(log, Variant::Canary),
                 ),
                 detail: format!(
-                    "entry {} of the log ({}) recorded [{}] and now {gives}",
+                    "entry {} of the log ({}): {differs}",
                     entry.seq,
-                    entry.input.kind(),
-                    recorded.join("; "),
+                    entry.input.kind()
                 ),
             });
         }

@@ -38,8 +38,27 @@ impl Release {
     }
 }
 
+/// Whether `input` is the answer to an action (not to a silence operation).
+pub(super) fn is_answer(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::GatesChecked { .. }
+            | Input::Deployed { .. }
+            | Input::TrafficSet { .. }
+            | Input::TrafficFailed { .. }
+            | Input::Measured { .. }
+            | Input::MeasureFailed { .. }
+            | Input::Stopped { .. }
+            | Input::StableVerified { .. }
+            | Input::Migrated { .. }
+            | Input::Scaled { .. }
+            | Input::ChecksDone { .. }
+            | Input::FlagsOff { .. }
+    )
+}
+
 /// Whether `input` answers `pending`.
-fn answers(pending: Option<&Action>, input: &Input) -> bool {
+pub(super) fn answers(pending: Option<&Action>, input: &Input) -> bool {
     match (pending, input) {
         (Some(Action::RunGates), Input::GatesChecked { .. }) => true,
         (Some(Action::Deploy { variant, .. }), Input::Deployed { variant: v, .. }) => variant == v,

@@ -3794,6 +3794,22 @@ fn a_log_whose_audit_events_differ_in_all_but_decisions_goes_on() {
 }
 
 #[test]
+fn a_step_the_log_recorded_last_that_new_rules_do_not_take_is_seen() {
+    // The controller stopped right after deciding the first step was done (the next
+    // weight perhaps set, unanswered): under a longer bake no step is done yet, and
+    // going on would set the first step's weight again over the second's.
+    let mut w = World::new(10, 10);
+    w.run_until(|s| s.step == 1 && matches!(s.pending, Some(Action::SetWeight { .. })));
+    let longer =
+        Policy::from_yaml(&POLICY.replace("{weight: 5, bake: 2m}", "{weight: 5, bake: 9m}"))
+            .unwrap();
+    let found = divergence(&longer, &w.stored).expect("the step is not done under these rules");
+    assert_eq!(found.seq, (w.stored.len() - 1) as u64);
+    assert!(found.detail.contains("step_completed"), "{}", found.detail);
+    assert_eq!(divergence(&w.policy, &w.stored), None);
+}
+
+#[test]
 fn a_log_that_replays_differently_under_new_rules_halts_at_the_weight_it_recorded() {
     let w = left_at_twenty_percent();
     // Stricter while the release was down: 1 % errors now fails the first analysis.
@@ -3946,15 +3962,15 @@ fn an_operators_recorded_rollback_stays_the_operators_under_new_rules() {
 }
 
 #[test]
-fn a_log_that_differs_from_its_first_answer_keeps_the_releases_versions() {
+fn a_log_whose_start_differs_keeps_the_releases_versions() {
     let mut w = left_at_twenty_percent();
     // A start the rules now take otherwise (here: a hotfix, which waits for an
-    // approval before the gates run): the gates' answer is the first that differs.
+    // approval before the gates run): the start itself differs, and is kept.
     if let Input::Start { hotfix, .. } = &mut w.stored[0].input {
         *hotfix = Some("urgent".into());
     }
     let found = divergence(&w.policy, &w.stored).unwrap();
-    assert_eq!((found.seq, found.kept()), (1, 1));
+    assert_eq!((found.seq, found.kept()), (0, 1));
     let (t, _) = taken_over(&w.policy, &w.stored, &found);
     assert_eq!(t.state.phase, Phase::Halted);
     assert_eq!(

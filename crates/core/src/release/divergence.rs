@@ -104,8 +104,9 @@ fn recorded_end(events: &[&AuditEvent]) -> Option<OutcomeKind> {
 
 /// The audit events that record a decision about the release's course (and the ends
 /// they lead to). Its action may have run before the controller stopped, unanswered
-/// in the log: a rollback the new rules would not start must still be seen.
-const DECIDING: [&str; 8] = [
+/// in the log: a rollback, a step or a promotion the new rules would not make must
+/// still be seen. A refusal shows as one of these missing.
+const DECIDING: [&str; 17] = [
     "rollback_started",
     "halted",
     "escalated",
@@ -113,17 +114,17 @@ const DECIDING: [&str; 8] = [
     "aborted",
     "promoting",
     "promoted",
+    "promoted_by_operator",
     "rolled_back",
+    "step_completed",
+    "approved",
+    "awaiting_approval",
+    "holding_for_window",
+    "window_opened",
+    "paused",
+    "unpaused",
+    "previous_released",
 ];
-
-/// The decisions among `events`, by kind, in order.
-fn decided(events: &[AuditEvent]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e.kind.as_str())
-        .filter(|k| DECIDING.contains(k))
-        .collect()
-}
 
 /// An action's name, for the audit trail.
 fn action_name(action: Option<&Action>) -> &'static str {
@@ -161,9 +162,10 @@ fn last_scaled(log: &[StoredInput], of: Variant) -> Option<u32> {
 /// escalation, a block, an abort, a promotion, an end) the log recorded there and
 /// these rules do not make, or the reverse. Every answer in a log answered the action
 /// then pending (a stale one changes nothing and is not recorded), so under the rules
-/// it was written under there is none. Audit events are otherwise not compared:
-/// their wording, new informational ones, an interval judged otherwise with nothing
-/// done otherwise, change nothing that happened. `None` also for a log that already
+/// it was written under there is none. Past the last answer, every event kind is
+/// compared. Audit events are otherwise not compared: their wording, new
+/// informational ones, an interval judged otherwise with nothing done otherwise,
+/// change nothing that happened. `None` also for a log that already
 /// holds an [`Input::RulesChanged`]: that release was taken over for it.
 pub fn divergence(policy: &Policy, log: &[StoredInput]) -> Option<Divergence> {
     if log
@@ -172,10 +174,25 @@ pub fn divergence(policy: &Policy, log: &[StoredInput]) -> Option<Divergence> {
     {
         return None;
     }
+    // Past the last answer, no later answer shows what an entry's action was: there
+    // every audit event kind must be the same (their wording may differ).
+    let tail = log
+        .iter()
+        .rposition(|e| is_answer(&e.input))
+        .map_or(0, |last| last + 1);
     let mut state = Release::default();
-    for entry in log {
+    for (n, entry) in log.iter().enumerate() {
         let t = step(policy, &state, &entry.input, entry.at);
-        let (recorded, now) = (decided(&entry.events), decided(&t.events));
+        let kinds = |events: &[AuditEvent]| -> Vec<String> {
+            let all = n >= tail;
+            events
+                .iter()
+                .map(|e| e.kind.as_str())
+                .filter(|k| all || DECIDING.contains(k))
+                .map(str::to_string)
+                .collect()
+        };
+        let (recorded, now) = (kinds(&entry.events), kinds(&t.events));
         let differs = if is_answer(&entry.input) && !answers(state.pending.as_ref(), &entry.input) {
             Some(format!(
                 "it answers an action these rules would not have taken (they wait for {})",

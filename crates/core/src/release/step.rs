@@ -124,6 +124,9 @@ pub fn step(policy: &Policy, state: &Release, input: &Input, now: Millis) -> Tra
         if let Input::Resumed = input {
             silence::expire(&mut b);
         }
+    } else if is_answer(input) && !answers(state.pending.as_ref(), input) {
+        // A stale answer changes nothing at all (not even the silence's renewal, left
+        // to the next tick): it is never recorded, so a log's answers all answered.
     } else {
         dispatch(&mut b, state, input);
         silence::follow(&mut b, state.phase == Phase::Pending, input);

@@ -228,7 +228,7 @@ async fn stop_canary(
         None => None,
     };
     let base = submitted.unwrap_or_else(|| policy_dir(args));
-    let mut moved = false;
+    let mut done = Done::default();
     let settling = Settling {
         args,
         policy,
@@ -240,23 +240,25 @@ async fn stop_canary(
         local_dir: &local_dir,
     };
     let settled = match &policy.traffic {
-        Traffic::Proxy(_) => settling.embedded(&mut moved).await,
-        _ => settling.routed(cluster, &mut moved).await,
+        Traffic::Proxy(_) => settling.embedded(&mut done).await,
+        _ => settling.routed(cluster, &mut done).await,
     };
-    let mut lines = match settled {
-        Ok(Some(lines)) => lines,
-        Ok(None) => return Ok(vec![format!("{service}: no data plane runs here")]),
-        Err(e) if !moved => return Err(e),
+    // The trail says what was done, not only why.
+    let what = format!("{}; {}", reason(args), done.lines.join("; "));
+    match settled {
+        Ok(true) => {}
+        Ok(false) => return Ok(vec![format!("{service}: no data plane runs here")]),
+        Err(e) if !done.moved && done.lines.is_empty() => return Err(e),
         Err(e) => {
-            // Traffic moved: the trail says so, and how it ended.
-            let why = format!("{}; then failed: {e}", reason(args));
+            // Something was done (stable's replicas, traffic): the trail says what,
+            // and how it ended.
+            let why = format!("{what}; then failed: {e}");
             let _ = audit(args, store, clock, service, "canary_stop_failed", &why).await;
             return Err(e);
         }
-    };
-    // The trail says what was done, not only why.
-    let done = format!("{}; {}", reason(args), lines.join("; "));
-    let actor = audit(args, store, clock, service, "canary_stopped", &done).await?;
+    }
+    let actor = audit(args, store, clock, service, "canary_stopped", &what).await?;
+    let mut lines = done.lines;
     lines.push(format!("{service}: audited as canary_stopped by {actor}"));
     Ok(lines)
 }
@@ -284,6 +286,13 @@ async fn audit(
     Ok(actor)
 }
 
+/// What settling a canary did so far: whether traffic moved, and each step, in words.
+#[derive(Default)]
+struct Done {
+    moved: bool,
+    lines: Vec<String>,
+}
+
 /// What settling a canary needs.
 struct Settling<'a> {
     args: &'a StopArgs,
@@ -298,13 +307,13 @@ struct Settling<'a> {
 }
 
 impl Settling<'_> {
-    /// Behind the embedded data plane. `None` when no data plane runs here.
-    async fn embedded(&self, moved: &mut bool) -> Result<Option<Vec<String>>, RunError> {
+    /// Behind the embedded data plane. `false` when no data plane runs here.
+    async fn embedded(&self, done: &mut Done) -> Result<bool, RunError> {
         let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
         let service = &self.policy.service;
         let files = rampart_adapters::proxy::plane::PlaneFiles::new(self.local_dir, service);
         if !files.is_running() {
-            return Ok(None);
+            return Ok(false);
         }
         let plane =
             rampart_adapters::proxy::remote::RemotePlane::attach(&files.socket(), &files.token())
@@ -312,28 +321,24 @@ impl Settling<'_> {
                 .map_err(|e| internal(e.to_string()))?;
         let table = plane.table().await.map_err(|e| internal(e.to_string()))?;
         let processes = self.processes.as_ref();
-        let mut lines = Vec::new();
         if !table.canary.is_empty() || table.weight > rampart_core::Weight::ZERO {
             self.still_idle().await?;
             let stable = match processes {
-                Some(p) => {
-                    let (stable, detail) = self.stable_processes(p).await?;
-                    lines.extend(detail.map(|d| format!("{service} stable: {d}")));
-                    stable
-                }
+                Some(p) => self.stable_processes(p, done).await?,
                 // Endpoints outside rampart's processes: the table's, each answering.
                 None => {
                     every_stable_answers(self.args, service, &table.stable).await?;
                     table.stable.clone()
                 }
             };
-            lines.extend(self.to_stable(&plane, &stable, moved).await?);
-            lines.push(format!("{service}: the canary had {}", table.weight));
+            self.to_stable(&plane, &stable, done).await?;
+            done.lines
+                .push(format!("{service}: the canary had {}", table.weight));
         }
         if let Some(p) = processes {
-            lines.push(self.stop_the_canary(p).await?);
+            self.stop_the_canary(p, done).await?;
         }
-        Ok(Some(lines))
+        Ok(true)
     }
 
     /// Behind nginx or HAProxy (the versions are local processes), or on Kubernetes
@@ -342,12 +347,11 @@ impl Settling<'_> {
     async fn routed(
         &self,
         cluster: Option<crate::dataplane::Cluster>,
-        moved: &mut bool,
-    ) -> Result<Option<Vec<String>>, RunError> {
+        done: &mut Done,
+    ) -> Result<bool, RunError> {
         let service = &self.policy.service;
         self.still_idle().await?;
         let processes = self.processes.clone();
-        let mut settled = Vec::new();
         let (router, stable, deployer): (
             Arc<dyn TrafficRouter>,
             Vec<SocketAddr>,
@@ -374,8 +378,7 @@ impl Settling<'_> {
                 )));
             }
             (traffic, Some(processes)) => {
-                let (stable, detail) = self.stable_processes(&processes).await?;
-                settled.extend(detail.map(|d| format!("{service} stable: {d}")));
+                let stable = self.stable_processes(&processes, done).await?;
                 let router: Arc<dyn TrafficRouter> = match traffic {
                     // Nobody receives nginx's request log between releases; the
                     // next release renders its own receiver.
@@ -394,10 +397,9 @@ impl Settling<'_> {
                 (router, stable, Arc::new(processes))
             }
         };
-        let mut lines = settled;
-        lines.extend(self.to_stable(router.as_ref(), &stable, moved).await?);
-        lines.push(self.stop_the_canary(deployer.as_ref()).await?);
-        Ok(Some(lines))
+        self.to_stable(router.as_ref(), &stable, done).await?;
+        self.stop_the_canary(deployer.as_ref(), done).await?;
+        Ok(true)
     }
 
     /// Stable's processes, brought back to their replicas and each ready (a rolling
@@ -407,7 +409,8 @@ impl Settling<'_> {
     async fn stable_processes(
         &self,
         p: &ProcessDeployer,
-    ) -> Result<(Vec<SocketAddr>, Option<String>), RunError> {
+        done: &mut Done,
+    ) -> Result<Vec<SocketAddr>, RunError> {
         let service = &self.policy.service;
         // Stable as it runs: never replaced by another version here, never started
         // from nothing (a person decides that).
@@ -436,11 +439,14 @@ impl Settling<'_> {
                     p.replicas()
                 )));
             }
-            return Ok((stable, None));
+            return Ok(stable);
         };
         // What it took (replicas adopted, replaced or started) goes on the record.
         match p.deploy(Variant::Stable, version).await {
-            Ok(d) if !d.endpoints.is_empty() => Ok((d.endpoints, Some(d.detail))),
+            Ok(d) if !d.endpoints.is_empty() => {
+                done.lines.push(format!("{service} stable: {}", d.detail));
+                Ok(d.endpoints)
+            }
             Ok(_) => Err(RunError::Blocked(format!(
                 "stable of {service} ({version}) has no replica. Nothing was moved; the canary keeps its users"
             ))),
@@ -456,29 +462,30 @@ impl Settling<'_> {
         &self,
         router: &dyn TrafficRouter,
         stable: &[SocketAddr],
-        moved: &mut bool,
-    ) -> Result<Vec<String>, RunError> {
+        done: &mut Done,
+    ) -> Result<(), RunError> {
         let service = &self.policy.service;
         self.still_idle().await?;
-        *moved = true;
+        done.moved = true;
         crate::run::all_to_stable(router, stable)
             .await
             .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
-        let mut lines = vec![if stable.is_empty() {
+        done.lines.push(if stable.is_empty() {
             format!("{service}: all traffic to stable")
         } else {
             format!(
                 "{service}: all traffic to stable ({} endpoint(s))",
                 stable.len()
             )
-        }];
+        });
         if let Err(e) = router
             .drain(Variant::Canary, self.policy.rollback.drain)
             .await
         {
-            lines.push(format!("{service} canary: not drained: {e}"));
+            done.lines
+                .push(format!("{service} canary: not drained: {e}"));
         }
-        Ok(lines)
+        Ok(())
     }
 
     /// Refuses when a release of the service started since `stop` looked: it owns
@@ -498,7 +505,11 @@ impl Settling<'_> {
         }
     }
 
-    async fn stop_the_canary(&self, deployer: &dyn Deployer) -> Result<String, RunError> {
+    async fn stop_the_canary(
+        &self,
+        deployer: &dyn Deployer,
+        done: &mut Done,
+    ) -> Result<(), RunError> {
         let service = &self.policy.service;
         // A release started meanwhile would own a canary of the same name.
         self.still_idle().await?;
@@ -506,7 +517,8 @@ impl Settling<'_> {
             .stop(Variant::Canary)
             .await
             .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
-        Ok(format!("{service} canary: {detail}"))
+        done.lines.push(format!("{service} canary: {detail}"));
+        Ok(())
     }
 }
 /// How long a Kubernetes stable Deployment may take to report itself ready.

@@ -3794,6 +3794,32 @@ fn a_log_whose_audit_events_differ_in_all_but_decisions_goes_on() {
 }
 
 #[test]
+fn a_release_waiting_before_any_answer_goes_on_with_new_informational_events() {
+    // Waiting for a hotfix's approval: nothing answered yet. A newer rampart's extra
+    // event at the start informs; it decides nothing.
+    let mut w = World::new(10, 10);
+    w.feed(Input::Start {
+        release_id: "r1".into(),
+        version: "v2".into(),
+        stable: Some("v1".into()),
+        automatic_rollbacks: 0,
+        initiator: "alice".into(),
+        planned_migrations: None,
+        hotfix: Some("urgent".into()),
+    });
+    assert_eq!(w.state.phase, Phase::AwaitingApproval);
+    let mut extra = w.stored[0].events[0].clone();
+    extra.kind = "from_a_newer_rampart".into();
+    w.stored[0].events.push(extra);
+    assert_eq!(divergence(&w.policy, &w.stored), None);
+    // A decision among them still counts.
+    let mut approved = w.stored[0].events[0].clone();
+    approved.kind = "approved".into();
+    w.stored[0].events.push(approved);
+    assert_eq!(divergence(&w.policy, &w.stored).map(|d| d.seq), Some(0));
+}
+
+#[test]
 fn a_step_the_log_recorded_last_that_new_rules_do_not_take_is_seen() {
     // The controller stopped right after deciding the first step was done (the next
     // weight perhaps set, unanswered): under a longer bake no step is done yet, and

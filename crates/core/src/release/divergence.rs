@@ -1,8 +1,10 @@
 //! Whether a release's log, replayed under the rampart taking it up again, rebuilds
 //! what happened. The state is rebuilt by replaying the inputs, so it is faithful only
 //! while the rules make the decisions the log acted on. A rampart upgraded while the
-//! release ran can break that; one that only words, adds or names audit events
-//! differently, or judges an interval otherwise without acting otherwise, does not.
+//! release ran can break that; one that only words audit events differently, adds
+//! informational ones before the log's last answer (or at a start, a restart or a
+//! silence's answer), or judges an interval otherwise without acting otherwise, does
+//! not.
 //! This module finds the first entry past which the replay is not what happened, and
 //! what a release that found one becomes. It must not decide when to look: the
 //! controller checks before it acts on a log again.
@@ -183,8 +185,18 @@ pub fn divergence(policy: &Policy, log: &[StoredInput]) -> Option<Divergence> {
     let mut state = Release::default();
     for (n, entry) in log.iter().enumerate() {
         let t = step(policy, &state, &entry.input, entry.at);
+        // (Not for the start, a restart or a silence's answer: their events inform, and
+        // the decisions among them are compared anyway.)
+        let informs = matches!(
+            entry.input,
+            Input::Start { .. }
+                | Input::Resumed
+                | Input::Silenced { .. }
+                | Input::SilenceExpired
+                | Input::SilenceFailed { .. }
+        );
         let kinds = |events: &[AuditEvent]| -> Vec<String> {
-            let all = n >= tail;
+            let all = n >= tail && !informs;
             events
                 .iter()
                 .map(|e| e.kind.as_str())

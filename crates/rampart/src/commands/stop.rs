@@ -244,7 +244,10 @@ async fn stop_canary(
         _ => settling.routed(cluster, &mut done).await,
     };
     // The trail says what was done, not only why.
-    let what = format!("{}; {}", reason(args), done.lines.join("; "));
+    let what = std::iter::once(reason(args))
+        .chain(done.lines.iter().cloned())
+        .collect::<Vec<_>>()
+        .join("; ");
     match settled {
         Ok(true) => {}
         Ok(false) => return Ok(vec![format!("{service}: no data plane runs here")]),
@@ -447,13 +450,23 @@ impl Settling<'_> {
                 done.lines.push(format!("{service} stable: {}", d.detail));
                 Ok(d.endpoints)
             }
-            Ok(_) => Err(RunError::Blocked(format!(
-                "stable of {service} ({version}) has no replica. Nothing was moved; the canary keeps its users"
-            ))),
-            Err(e) => Err(RunError::Blocked(format!(
-                "stable of {service} ({version}) is not ready at its {} replicas ({e}): sending the canary's users there would leave them with nothing, or with too little. Nothing was moved; the canary keeps its users",
-                p.replicas()
-            ))),
+            // Stable's replicas may have been replaced or started on the way: on the
+            // record either way.
+            Ok(_) => {
+                done.lines
+                    .push(format!("{service} stable: {version} has no replica"));
+                Err(RunError::Blocked(format!(
+                    "stable of {service} ({version}) has no replica. Nothing was moved; the canary keeps its users"
+                )))
+            }
+            Err(e) => {
+                done.lines
+                    .push(format!("{service} stable: {version} not ready: {e}"));
+                Err(RunError::Blocked(format!(
+                    "stable of {service} ({version}) is not ready at its {} replicas ({e}): sending the canary's users there would leave them with nothing, or with too little. Nothing was moved; the canary keeps its users",
+                    p.replicas()
+                )))
+            }
         }
     }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::serve::{Server, policy, submit};
+use common::serve::{Server, policy, submit, until};
 use common::{free_port, rampart, runtime, start_load};
 use serde_json::{Value, json};
 
@@ -392,4 +392,94 @@ fn run_with_server_workdir_names_the_directory_on_the_server() {
         stderr.contains("--server-workdir needs --server"),
         "{stderr}"
     );
+}
+
+/// Regression (review: tested only as a unit until now). A rollback that stopped at
+/// level 1 (its flag off) leaves the canary the users it had; a server restarted
+/// afterwards keeps that split while the canary answers, and once it no longer does,
+/// sends its users to stable and audits it.
+#[test]
+fn a_level_one_rollback_keeps_its_split_across_server_restarts_while_the_canary_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut server = Server::start(&state);
+    let ci = server.token("deployer", "ci");
+    let viewer = server.token("viewer", "watch");
+    let (port, flag_port) = (free_port(), free_port());
+    let rt = runtime();
+    let _load = start_load(&rt, port, 150);
+    // v2 fails a fifth of its flag-on requests; v1, and v2 with the flag off, never.
+    let text = format!(
+        r#"service: levelone
+deploy:
+  process:
+    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
+    env:
+      SAMPLE_ERROR_RATE: "v1=0,v2=20%"
+      SAMPLE_FLAG_URL: "http://127.0.0.1:{flag_port}/flags/new-checkout"
+      SAMPLE_FLAG_KEY_HEADER: x-user
+    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
+traffic: {{proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}}}
+flags:
+  listen: "127.0.0.1:{flag_port}"
+  define:
+    - {{name: new-checkout, default: false}}
+strategy: {{canary: {{flag: new-checkout, steps: [{{weight: 30, bake: 30s}}]}}}}
+analysis:
+  interval: 1s
+  min_samples: 10
+  failure_limit: 2
+  metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]
+"#,
+        exe = common::exe()
+    );
+    let id = submit(&server, &ci, &text);
+    let end = server.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
+    assert_eq!(end["outcome"], "rolled_back", "{end}");
+    assert_eq!(end["rollback_level"], 1, "{end}");
+    let routes = || -> Value {
+        let text = std::fs::read_to_string(state.join("dataplane/levelone.json")).unwrap();
+        serde_json::from_str::<Value>(&text).unwrap()["routes"].clone()
+    };
+    assert_eq!(routes()["weight"].as_f64(), Some(30.0), "{}", routes());
+    // Restarted (its status lines say when the service is restored).
+    let restart = |server: &mut Server, n: u32| {
+        server.kill();
+        let log = dir.path().join(format!("serve-{n}.log"));
+        let again = Server::start_logged(&state, server.port, &log);
+        until("the service is restored", LONG, || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("levelone v1 serves on"))
+        });
+        again
+    };
+    let mut server = restart(&mut server, 1);
+    let kept = routes();
+    assert_eq!(kept["weight"].as_f64(), Some(30.0), "{kept}");
+    assert_eq!(kept["canary"].as_array().map(Vec::len), Some(1), "{kept}");
+
+    // The canary dies; the next restart finds nobody answering for it.
+    let canary: Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("processes/levelone.canary.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = u32::try_from(canary[0]["pid"].as_u64().unwrap()).unwrap();
+    common::servers::kill_group(pid);
+    until("the canary is gone", LONG, || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    let _server = restart(&mut server, 2);
+    let moved = routes();
+    assert_eq!(moved["weight"].as_f64(), Some(0.0), "{moved}");
+    assert_eq!(moved["canary"].as_array().map(Vec::len), Some(0), "{moved}");
+    let conn = rusqlite::Connection::open(state.join("rampart.db")).unwrap();
+    let audited: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE kind = 'traffic_restored'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 1);
 }

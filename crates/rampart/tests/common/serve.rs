@@ -34,6 +34,17 @@ impl Server {
 
     /// Starts it on a given port with more arguments (`--store`, `--replica`, ...).
     pub fn start_with(state: &Path, port: u16, args: &[&str]) -> Server {
+        Server::spawn(state, port, args, Stdio::null())
+    }
+
+    /// Starts it on a given port, its status lines (stderr) written to `log`.
+    #[allow(dead_code)] // not every test binary reads them
+    pub fn start_logged(state: &Path, port: u16, log: &Path) -> Server {
+        let file = std::fs::File::create(log).unwrap();
+        Server::spawn(state, port, &[], Stdio::from(file))
+    }
+
+    fn spawn(state: &Path, port: u16, args: &[&str], stderr: Stdio) -> Server {
         let child = rampart()
             .args([
                 "serve",
@@ -44,7 +55,7 @@ impl Server {
             .arg(state)
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let s = Server {

@@ -154,6 +154,45 @@ pub(crate) async fn process_dir(
     Ok(PathBuf::from(owner_dir))
 }
 
+/// Takes `STATE/locks/SERVICE.run` for as long as the returned file lives: two runs
+/// of one service from one directory (two terminals, two CI jobs) would otherwise both
+/// touch its data plane before one of them found the other's release (the loser reset
+/// the winner's sticky salt and uncounted token). The holder writes
+/// its pid there; a second run is refused at once (exit 5), naming it.
+fn run_lock(local_dir: &Path, service: &str) -> Result<std::fs::File, RunError> {
+    let path = local_dir.join("locks").join(format!("{service}.run"));
+    let io = |e: std::io::Error| RunError::Internal(anyhow::anyhow!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::Write;
+            file.set_len(0).map_err(io)?;
+            write!(file, "rampart process {}", std::process::id()).map_err(io)?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .filter(|h| !h.trim().is_empty())
+                .unwrap_or_else(|| "another rampart process".into());
+            Err(RunError::Blocked(format!(
+                "{holder} is running a release of {service} from this state directory ({}); wait for it, or follow it with `rampart status {service}`",
+                path.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
 /// Reads and checks the policy file a command was given. On a problem it prints it
 /// and gives exit code 2.
 pub fn policy_file(file: &Path) -> Result<Policy, i32> {
@@ -334,6 +373,25 @@ pub async fn run_release(
         }
         _ => opts.state_dir.clone(),
     };
+    // One `rampart run` of the service at a time from this directory, before anything
+    // of it is touched; one that started meanwhile may have created its release since
+    // the check above. (A server runs one release of a service at a time already, and
+    // its replicas take turns by the lease.)
+    let _running = match opts.served {
+        None => Some(run_lock(&local_dir, &policy.service)?),
+        Some(_) => None,
+    };
+    if resume_id.is_none()
+        && let Some(rec) = store
+            .active(&policy.service)
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
+    {
+        return Err(RunError::Blocked(format!(
+            "release {} of {} {} started meanwhile and is unfinished",
+            rec.id, rec.service, rec.version
+        )));
+    }
     let base_dir = match &opts.served {
         Some(served) => served.base_dir.clone(),
         None => opts

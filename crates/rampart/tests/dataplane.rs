@@ -739,6 +739,38 @@ fn a_canary_left_with_users_blocks_the_next_release_while_its_data_plane_is_down
     );
 }
 
+/// Regression (review): two `rampart run`s of one service from one directory both
+/// touched its data plane (sticky salt, uncounted token) before one found the other's
+/// release. The second is refused at once, naming the first, touching nothing.
+#[test]
+fn a_second_run_of_a_service_is_refused_before_it_touches_anything() {
+    let svc = Service::halting_without_load("twice");
+    let (code, v) = svc.release("v1");
+    assert_eq!(code, 0, "{v}");
+    let out = svc.stop();
+    assert!(out.status.success(), "{out:?}");
+    // Another run holds the service (as a run in another terminal would).
+    let path = svc.state.join("locks/twice.run");
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    held.lock().unwrap();
+    std::fs::write(&path, "rampart process 4242").unwrap();
+    let (code, v) = svc.release("v2");
+    assert_eq!(code, 5, "{v}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("rampart process 4242"), "{v}");
+    assert_eq!(svc.plane_pid(), None, "the stopped service stayed stopped");
+    assert!(svc.file("stopped").exists());
+    drop(held);
+    // Once it is free, the release runs (and, without load, halts on its own).
+    let (code, v) = svc.release("v2");
+    assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+}
+
 /// Regression (review): a release refused on its input (here a migration file that
 /// does not parse) had already started a stopped service's data plane again, and
 /// reset its sticky salt and uncounted token, before it refused.

@@ -185,8 +185,9 @@ fn run_lock(local_dir: &Path, service: &str) -> Result<std::fs::File, RunError> 
                 .filter(|h| !h.trim().is_empty())
                 .unwrap_or_else(|| "another rampart process".into());
             Err(RunError::Blocked(format!(
-                "{holder} is running a release of {service} from this state directory ({}); wait for it, or follow it with `rampart status {service}`",
-                path.display()
+                "{holder} holds {service} from this state directory ({}): a release in progress, or serving it (`--keep-running`). Wait for it, or follow it with `rampart status {service} --state-dir {}`",
+                path.display(),
+                local_dir.display()
             )))
         }
         Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
@@ -381,16 +382,27 @@ pub async fn run_release(
         None => Some(run_lock(&local_dir, &policy.service)?),
         Some(_) => None,
     };
-    if resume_id.is_none()
-        && let Some(rec) = store
-            .active(&policy.service)
-            .await
-            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
-    {
-        return Err(RunError::Blocked(format!(
-            "release {} of {} {} started meanwhile and is unfinished",
-            rec.id, rec.service, rec.version
-        )));
+    // What is active now must still be what the check above found: nothing for a new
+    // release, the same release for a resume (another run may have finished it).
+    let active = store
+        .active(&policy.service)
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    match (&resume_id, active) {
+        (None, None) => {}
+        (Some(id), Some(rec)) if rec.id == *id => {}
+        (_, Some(rec)) => {
+            return Err(RunError::Blocked(format!(
+                "release {} of {} {} started meanwhile and is unfinished",
+                rec.id, rec.service, rec.version
+            )));
+        }
+        (Some(id), None) => {
+            return Err(RunError::Blocked(format!(
+                "release {id} of {} finished meanwhile (another run took it to its end); run again to release",
+                policy.service
+            )));
+        }
     }
     let base_dir = match &opts.served {
         Some(served) => served.base_dir.clone(),

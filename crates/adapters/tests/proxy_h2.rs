@@ -1117,6 +1117,16 @@ async fn h2c_version(
     max_header_list: Option<u32>,
     handler: Handler,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
+    h2c_version_counting(max_streams, max_header_list, handler, Arc::default()).await
+}
+
+/// [`h2c_version`], counting in `open` its connections not yet closed.
+async fn h2c_version_counting(
+    max_streams: Option<u32>,
+    max_header_list: Option<u32>,
+    handler: Handler,
+    open: Arc<AtomicUsize>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -1125,6 +1135,8 @@ async fn h2c_version(
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             counted.fetch_add(1, Ordering::SeqCst);
+            open.fetch_add(1, Ordering::SeqCst);
+            let open = open.clone();
             let kill = Arc::new(Notify::new());
             let killer = kill.clone();
             let handler = handler.clone();
@@ -1151,6 +1163,7 @@ async fn h2c_version(
                     _ = http.serve_connection(TokioIo::new(stream), svc) => {}
                     () = kill.notified() => {}
                 }
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
@@ -1238,6 +1251,110 @@ async fn more_streams_than_a_connection_carries_open_another_connection() {
         all_at_once(Some(10), 25).await,
         3,
         "connections for 25 streams"
+    );
+}
+
+/// Uploads larger than every window on the way (the version's 1 MiB per stream and per
+/// connection, the proxy's own toward its clients), several at once on one upstream
+/// connection, reach the version whole and in order: the request body goes out as the
+/// version's flow control lets it, each stream waiting for its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_versions_windows_arrive_whole() {
+    const SIZE: usize = 3 << 20;
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            // Its length and a digest of its order: each byte weighted by its place.
+            let digest = body.iter().enumerate().fold(0u64, |d, (i, b)| {
+                d.wrapping_add((i as u64 + 1) * u64::from(*b))
+            });
+            Response::new(
+                Full::new(Bytes::from(format!("{} {digest}", body.len())))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+        })
+    });
+    let (version, connections) = h2c_version(None, None, handler).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let send = h2c(server.local_addr()).await;
+    let calls: Vec<_> = (0..6u8)
+        .map(|n| {
+            let send = send.clone();
+            tokio::spawn(async move {
+                let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8 ^ n).collect();
+                let digest = body.iter().enumerate().fold(0u64, |d, (i, b)| {
+                    d.wrapping_add((i as u64 + 1) * u64::from(*b))
+                });
+                let req = Request::post("http://svc.test/upload")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                let resp = tokio::time::timeout(PATIENCE, send.clone().send_request(req))
+                    .await
+                    .expect("answered in time")
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let got = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(String::from_utf8_lossy(&got), format!("{SIZE} {digest}"));
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (6, 0));
+}
+
+/// A burst's extra connections close once it has passed: the pool lets go of an idle
+/// connection beside another idle one, and the connection itself must then end, not
+/// linger with no handle to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursts_extra_connection_is_closed_once_idle() {
+    let (arrived, mut seen) = tokio::sync::watch::channel(0);
+    let (release, held) = tokio::sync::watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
+    let (version, accepted) =
+        h2c_version_counting(None, None, holding(arrived, held), open.clone()).await;
+    let (_proxy, server) = h2c_proxy(version).await;
+    let clients = [
+        h2c(server.local_addr()).await,
+        h2c(server.local_addr()).await,
+    ];
+    let calls: Vec<_> = (0..150)
+        .map(|i| {
+            let send = clients[i % 2].clone();
+            tokio::spawn(async move { get(&send, "/", None).await.0 })
+        })
+        .collect();
+    tokio::time::timeout(PATIENCE, seen.wait_for(|a| *a == 150))
+        .await
+        .expect("the burst reached the version")
+        .unwrap();
+    release.send_replace(true);
+    for call in calls {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the burst's connections"
+    );
+    // The next request finds both idle: one is kept, the other let go and closed.
+    assert_eq!(get(&clients[0], "/", None).await.0, StatusCode::OK);
+    common::until("the extra connection closed", async || {
+        open.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "no connection opened since"
     );
 }
 
@@ -1404,6 +1521,35 @@ async fn a_header_block_over_the_versions_limit_is_answered_431_and_never_sent()
         (s.requests, s.errors),
         (2, 0),
         "the 431 is charged to no version"
+    );
+}
+
+/// A version whose connection closed under the proxy (it restarted, or dropped the
+/// socket with no `GOAWAY`) is asked again on a new connection: the closed one is never
+/// handed another request, which it could only fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_is_replaced_for_the_next_requests() {
+    let handler: Handler = Arc::new(|_req| Box::pin(async { text("ok") }));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (version, accepted) = h2c_version_counting(None, None, handler, open.clone()).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let send = h2c(server.local_addr()).await;
+    assert_eq!(get(&send, "/", None).await.0, StatusCode::OK);
+    // The version drops the connection this request came on, with no GOAWAY.
+    assert_eq!(get(&send, "/kill", None).await.0, StatusCode::BAD_GATEWAY);
+    until("the version's side closed", async || {
+        open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(&send, "/", None).await.0, StatusCode::OK);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "one new connection");
+    let s = proxy.totals().stable;
+    assert_eq!(
+        (s.requests, s.errors),
+        (7, 1),
+        "only the killed request failed"
     );
 }
 

@@ -1448,7 +1448,7 @@ impl Pool {
 /// the cause (cut short, malformed, reset), never the version's.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body failed: {0}")]
-pub(super) struct ClientBody(#[source] super::upstream::UpstreamError);
+pub(super) struct ClientBody(#[source] pub(super) super::upstream::UpstreamError);
 
 /// Whether an HTTP/2 client's request, whose body is not known to be empty, is
 /// forwarded by [`Pool::fetch`], its body read whole first: a body of a declared

@@ -74,6 +74,7 @@ macro_rules! write_through {
 }
 
 pub mod admin;
+mod exchange;
 mod forwarded;
 mod grpc;
 mod h2;

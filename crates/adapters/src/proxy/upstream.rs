@@ -1,7 +1,8 @@
 //! The proxy's side toward the versions (`traffic.proxy.upstream_protocol`): HTTP/1.1
 //! through hyper's client on pooled connections (requests without a body go on the
 //! lean path's instead, see `lean::Pool::fetch`), or HTTP/2 with prior knowledge
-//! (h2c) on a few multiplexed connections per endpoint.
+//! (h2c) on a few multiplexed connections per endpoint, spoken with the `h2` crate's
+//! client from each request's own task (see [`exchange`](super::exchange)).
 //!
 //! Owns the upstream connections and how a request is put to them (sent again, to the
 //! same endpoint, when the version did not process it), and tells a failure of a
@@ -84,13 +85,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http2;
 use hyper::{Request, Response, Uri};
-use hyper_util::rt::TokioIo;
 use rampart_core::policy::UpstreamProtocol;
 
+use super::exchange::{Failed, Received, declared_length, exchange};
 use super::http1::{Http1Pool, Lent};
-use super::replay::{Play, Tape};
+use super::replay::Tape;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::oneshot;
 
@@ -119,6 +119,10 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 /// streams whose clients stopped reading never hold what the others need.
 const CONNECTION_WINDOW: u32 = STREAMS_PER_CONNECTION as u32 * STREAM_WINDOW;
 
+/// What one h2c connection buffers of its streams' outgoing data beyond what the
+/// version's windows let it send (hyper's client's default, kept).
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+
 /// The largest first frame taken from a version: HTTP/2's initial `SETTINGS_MAX_FRAME_SIZE`.
 const MAX_PREFACE_FRAME: usize = 16_384;
 
@@ -142,12 +146,12 @@ pub(super) enum Uncharged {
     /// Broken by its connection's failure, which another stream of that connection
     /// was already charged with.
     #[error("upstream connection failed (charged to another stream of it)")]
-    Shared(#[source] hyper::Error),
+    Shared(#[source] ::h2::Error),
     /// Not processed by a version closing its connection gracefully (a `GOAWAY` with
     /// `NO_ERROR`), and not sent again: it was sent again once already, or its body
     /// was past what is kept for that.
     #[error("the version closed its connection before processing the request")]
-    Unprocessed(#[source] hyper::Error),
+    Unprocessed(#[source] ::h2::Error),
 }
 
 /// Whether `e` (or what caused it) is a failure not counted against the version: a
@@ -163,7 +167,7 @@ pub(super) enum Upstream<B: Body + 'static> {
     /// HTTP/1.1, pooled, each connection driven by the request using it.
     Http1(Http1Pool<B>),
     /// HTTP/2 with prior knowledge, a few connections per endpoint.
-    H2c(H2cPool<B>),
+    H2c(H2cPool),
 }
 
 impl<B> Upstream<B>
@@ -269,7 +273,7 @@ fn authority_from_host<B>(req: &mut Request<B>) {
     }
 }
 
-/// The size of the header block hyper's HTTP/2 client makes of `req`, as
+/// The size of the header block the h2 client makes of `req`, as
 /// `SETTINGS_MAX_HEADER_LIST_SIZE` counts it: each field's name and value, plus 32
 /// (RFC 9113 6.5.2), the pseudo-header fields included.
 fn header_list_size<B>(req: &Request<B>) -> usize {
@@ -293,28 +297,19 @@ fn header_list_size<B>(req: &Request<B>) -> usize {
 /// A few HTTP/2 connections per endpoint, each shared by up to its stream limit of
 /// requests.
 #[derive(Debug)]
-pub(super) struct H2cPool<B> {
-    conns: Mutex<HashMap<SocketAddr, Endpoint<B>>>,
+pub(super) struct H2cPool {
+    conns: Mutex<HashMap<SocketAddr, Endpoint>>,
     /// Connections that failed as a whole with streams on them.
     connection_errors: Arc<AtomicU64>,
 }
 
 /// One endpoint's connections.
-#[derive(Debug)]
-struct Endpoint<B> {
-    conns: Vec<Conn<B>>,
+#[derive(Debug, Default)]
+struct Endpoint {
+    conns: Vec<Conn>,
     /// Taken to open a connection: a burst of requests that find no room opens one
     /// connection, not one each.
     gate: Arc<tokio::sync::Mutex<Gate>>,
-}
-
-impl<B> Default for Endpoint<B> {
-    fn default() -> Self {
-        Endpoint {
-            conns: Vec::new(),
-            gate: Arc::default(),
-        }
-    }
 }
 
 /// What the last opening of a connection to an endpoint left.
@@ -327,12 +322,12 @@ struct Gate {
 
 /// One connection to an endpoint.
 #[derive(Debug)]
-struct Conn<B> {
-    sender: http2::SendRequest<Play<B>>,
+struct Conn {
+    sender: ::h2::client::SendRequest<Bytes>,
     shared: Arc<Shared>,
     /// Set when the version's first `GOAWAY` is read off the socket: the connection
-    /// takes no new stream. hyper's side of it may learn of the `GOAWAY` only when its
-    /// next request comes, and fail that request unsent.
+    /// takes no new stream. h2 may learn of the `GOAWAY` only when its connection's
+    /// task next runs, and fail a request given to it meanwhile unsent.
     going_away: Arc<AtomicBool>,
 }
 
@@ -349,11 +344,14 @@ struct Shared {
     header_limit: Option<usize>,
     /// Set once a stream was charged with the connection's failure.
     charged: AtomicBool,
+    /// Set when the connection's task ended (its socket closed or failed), or when it
+    /// took no request given to it: it takes no more.
+    closed: Arc<AtomicBool>,
     /// The pool's count of connections that failed as a whole.
     connection_errors: Arc<AtomicU64>,
 }
 
-impl<B> Conn<B> {
+impl Conn {
     /// Whether it can take one more stream.
     fn has_room(&self) -> bool {
         self.is_open()
@@ -362,7 +360,7 @@ impl<B> Conn<B> {
 
     /// Whether it may take new streams at all: neither closed nor going away.
     fn is_open(&self) -> bool {
-        !self.sender.is_closed() && !self.going_away.load(Ordering::Acquire)
+        !self.shared.closed.load(Ordering::Acquire) && !self.going_away.load(Ordering::Acquire)
     }
 
     fn is_idle(&self) -> bool {
@@ -370,69 +368,75 @@ impl<B> Conn<B> {
     }
 }
 
-impl<B> H2cPool<B>
-where
-    B: hyper::body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint<B>>> {
+impl H2cPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn request(
+    async fn request<B>(
         &self,
         addr: SocketAddr,
         req: Request<B>,
         counted: bool,
-    ) -> Result<Response<Answer>, UpstreamError> {
+    ) -> Result<Response<Answer>, UpstreamError>
+    where
+        B: hyper::body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let size = header_list_size(&req);
         let head = head_of(&req);
-        let (parts, body) = req.into_parts();
-        let (tape, play) = Tape::new(body);
-        let mut req = Request::from_parts(parts, play);
+        let (tape, mut play) = Tape::new(req.into_body());
         // Sent again at most once, whatever the cause.
         let mut retried = false;
         loop {
-            let (mut sender, mut slot) = self.stream(addr).await?;
+            let (sender, mut slot) = self.stream(addr).await?;
             slot.1 = counted;
             if let Some(limit) = slot.0.header_limit
                 && size > limit
             {
                 return Err(HeaderListTooLarge { size, limit }.into());
             }
-            let mut e = match sender.try_send_request(req).await {
+            let e = match exchange(sender, head_of(&head), play).await {
                 Ok(resp) => {
                     // The version has the request: it is never sent again.
                     tape.forget();
-                    return Ok(resp.map(|body| Answer {
-                        body: Source::Hyper(body),
+                    let length = declared_length(resp.headers());
+                    return Ok(resp.map(|recv| Answer {
+                        body: Source::H2(Received::new(recv, length)),
                         slot: Some(slot),
                         lent: None,
                         flight: None,
                     }));
                 }
-                Err(e) => e,
+                // The client's body failed: its fault, never the version's.
+                Err(Failed::Client(e)) => return Err(super::lean::ClientBody(e).into()),
+                // Not sent at all (the connection closed or went away under it): once
+                // more, on another connection (a closed one is dropped when streams are
+                // placed), with the body as it is.
+                // Nothing of its body was read, so it plays again from its start.
+                Err(Failed::NotSent(e)) => match tape.replay() {
+                    Some(again) if !retried => {
+                        // Its task may not have ended yet: the retry must not find it.
+                        slot.0.closed.store(true, Ordering::Release);
+                        tracing::debug!(error = %e, %addr, "h2c request not taken; sent on another connection");
+                        retried = true;
+                        play = again;
+                        continue;
+                    }
+                    _ => e,
+                },
+                Err(Failed::Stream(e)) => e,
             };
-            // Not sent at all (the connection closed under it): once more, on another
-            // connection (a closed one is dropped when streams are placed).
-            if let Some(back) = e.take_message()
-                && !retried
-            {
-                retried = true;
-                req = back;
-                continue;
-            }
-            let e = e.into_error();
             let unprocessed = unprocessed(&e);
             // Not processed by the version (RFC 9113 8.7): once more, from the body's
             // first byte, on a connection that takes new streams.
             if unprocessed.is_some()
                 && !retried
-                && let Some(play) = tape.replay()
+                && let Some(again) = tape.replay()
             {
                 retried = true;
-                req = head_with(&head, play);
+                play = again;
                 continue;
             }
             return Err(match unprocessed {
@@ -448,7 +452,7 @@ where
     async fn stream(
         &self,
         addr: SocketAddr,
-    ) -> Result<(http2::SendRequest<Play<B>>, Slot), UpstreamError> {
+    ) -> Result<(::h2::client::SendRequest<Bytes>, Slot), UpstreamError> {
         if let Some(placed) = self.place(addr, None) {
             return Ok(placed);
         }
@@ -506,8 +510,8 @@ where
     fn place(
         &self,
         addr: SocketAddr,
-        new: Option<Conn<B>>,
-    ) -> Option<(http2::SendRequest<Play<B>>, Slot)> {
+        new: Option<Conn>,
+    ) -> Option<(::h2::client::SendRequest<Bytes>, Slot)> {
         let mut pool = self.lock();
         let conns = &mut pool.entry(addr).or_default().conns;
         if let Some(new) = new {
@@ -533,22 +537,30 @@ where
     }
 
     /// Opens a connection to `addr` and reads its version's SETTINGS.
-    async fn open(&self, addr: SocketAddr) -> Result<Conn<B>, UpstreamError> {
+    async fn open(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
         let opening = async {
             let tcp = super::http1::connect(addr, CONNECT_TIMEOUT).await?;
             let (told, settings) = oneshot::channel();
             let going_away = Arc::new(AtomicBool::new(false));
             let max_streams = Arc::new(Limit::default());
             let io = Watched::new(tcp, told, going_away.clone(), max_streams.clone());
-            let (sender, conn) = http2::Builder::new(Boxed)
+            let (sender, conn) = ::h2::client::Builder::new()
                 .max_header_list_size(RESPONSE_HEADER_LIST)
                 .initial_max_send_streams(STREAMS_PER_CONNECTION)
-                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
-                .handshake(TokioIo::new(io))
+                .max_send_buffer_size(MAX_SEND_BUFFER)
+                .enable_push(false)
+                .handshake::<_, Bytes>(io)
                 .await?;
+            let closed = Arc::new(AtomicBool::new(false));
+            let ended = closed.clone();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                // Ends once the version closes it, or once the pool let it go and its
+                // streams are done (h2 wakes it when its last handle is dropped).
+                let result = conn.await;
+                ended.store(true, Ordering::Release);
+                if let Err(e) = result {
                     tracing::debug!(error = %e, %addr, "upstream h2c connection ended");
                 }
             });
@@ -566,6 +578,7 @@ where
                     max_streams,
                     header_limit,
                     charged: AtomicBool::new(false),
+                    closed,
                     connection_errors: self.connection_errors.clone(),
                 }),
             })
@@ -578,20 +591,10 @@ where
 }
 
 /// Whether `e` failed the whole connection rather than one stream: a `GOAWAY` (sent or
-/// received, of any code), or the socket's error or close.
-fn is_connection_failure(e: &hyper::Error) -> bool {
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        if let Some(h2) = c.downcast_ref::<::h2::Error>() {
-            return h2.is_go_away() || h2.is_io();
-        }
-        if c.is::<std::io::Error>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    // No frame of its own: the connection went before the stream was answered.
-    e.is_closed() || e.is_canceled() || e.is_incomplete_message()
+/// received, of any code), or the socket's error or close (h2 fails every stream of a
+/// connection whose socket closed with a broken pipe).
+fn is_connection_failure(e: &::h2::Error) -> bool {
+    e.is_go_away() || e.is_io()
 }
 
 /// Why a version did not process a stream, as it said (RFC 9113 8.7): its request may
@@ -609,15 +612,13 @@ enum Unprocessed {
 /// fails a stream above a `GOAWAY`'s last stream id with that `GOAWAY` (the version's,
 /// with its code), and so too a request it refuses to open after one; a stream the
 /// version refuses, with the version's `RST_STREAM`.
-fn unprocessed(e: &hyper::Error) -> Option<Unprocessed> {
-    let h2 = std::iter::successors(std::error::Error::source(e), |c| c.source())
-        .find_map(|c| c.downcast_ref::<::h2::Error>())?;
-    if !h2.is_remote() {
+fn unprocessed(e: &::h2::Error) -> Option<Unprocessed> {
+    if !e.is_remote() {
         return None;
     }
-    match h2.reason()? {
-        ::h2::Reason::REFUSED_STREAM if h2.is_reset() => Some(Unprocessed::Refused),
-        ::h2::Reason::NO_ERROR if h2.is_go_away() => Some(Unprocessed::GoneAway),
+    match e.reason()? {
+        ::h2::Reason::REFUSED_STREAM if e.is_reset() => Some(Unprocessed::Refused),
+        ::h2::Reason::NO_ERROR if e.is_go_away() => Some(Unprocessed::GoneAway),
         _ => None,
     }
 }
@@ -633,11 +634,6 @@ fn head_of<B>(req: &Request<B>) -> Request<()> {
     head
 }
 
-/// The request of `head` with `body`.
-fn head_with<T>(head: &Request<()>, body: T) -> Request<T> {
-    head_of(head).map(|()| body)
-}
-
 /// A stream counted on its connection until dropped; and whether the proxy counts the
 /// stream in a version's metrics (rampart's own uncounted load is not).
 #[derive(Debug)]
@@ -649,7 +645,7 @@ impl Slot {
     /// counts the connection in the pool's `connection_errors`.
     /// A stream that is not counted never takes the charge: a counted one on the same
     /// connection must, or the failure would count nowhere.
-    fn failed(&self, e: hyper::Error) -> UpstreamError {
+    fn failed(&self, e: ::h2::Error) -> UpstreamError {
         if !is_connection_failure(&e) {
             return e.into();
         }
@@ -723,27 +719,6 @@ fn no_stream(addr: SocketAddr) -> UpstreamError {
     format!("{addr} takes no new stream now (SETTINGS_MAX_CONCURRENT_STREAMS 0)").into()
 }
 
-/// The executor of hyper's HTTP/2 client to h2c versions: each future boxed before it
-/// is spawned. hyper spawns two futures per request (the wait for its response, and
-/// the pipe of a request body that was not sent at once), each as one enum whose
-/// largest variant is the whole connection (1.5 KiB here): a task per future would
-/// be allocated, moved and finished at that size. Boxed, the task holds a pointer.
-/// gRPC unary: about 5 % less CPU per request (BENCHMARKS.md); hyper's server, whose
-/// per-stream future is a third of that size, gained nothing measurable and keeps
-/// tokio's executor.
-#[derive(Clone, Copy, Debug)]
-struct Boxed;
-
-impl<F> hyper::rt::Executor<F> for Boxed
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(Box::pin(fut));
-    }
-}
-
 // === impl Answer ===
 
 /// A version's response body, holding its h2c stream's place on its connection until
@@ -797,7 +772,7 @@ impl Answer {
     }
 
     /// `e` as the version's failure or [`Uncharged`]; the stream is done with.
-    fn failed(&mut self, e: hyper::Error) -> UpstreamError {
+    fn failed(&mut self, e: ::h2::Error) -> UpstreamError {
         match self.slot.take() {
             Some(slot) => slot.failed(e),
             None => e.into(),
@@ -818,6 +793,17 @@ impl Body for Answer {
             Source::Hyper(body) => body,
             // Its connection is its own: read, given back or closed by the body.
             Source::Lean(body) => return Pin::new(body).poll_frame(cx),
+            Source::H2(body) => {
+                let frame = ready!(body.poll_frame(cx));
+                return Poll::Ready(match frame {
+                    Some(Ok(f)) => Some(Ok(f)),
+                    Some(Err(e)) => Some(Err(this.failed(e))),
+                    None => {
+                        this.slot = None;
+                        None
+                    }
+                });
+            }
         };
         if let Some(lent) = &mut this.lent {
             lent.drive(cx);
@@ -827,7 +813,8 @@ impl Body for Answer {
             Some(Ok(f)) => Some(Ok(f)),
             Some(Err(e)) => {
                 this.lent = None;
-                Some(Err(this.failed(e)))
+                this.slot = None;
+                Some(Err(e.into()))
             }
             None => {
                 this.slot = None;
@@ -843,6 +830,7 @@ impl Body for Answer {
         match &self.body {
             Source::Hyper(body) => body.is_end_stream(),
             Source::Lean(body) => body.is_end_stream(),
+            Source::H2(body) => body.is_end_stream(),
         }
     }
 
@@ -850,6 +838,7 @@ impl Body for Answer {
         match &self.body {
             Source::Hyper(body) => body.size_hint(),
             Source::Lean(body) => body.size_hint(),
+            Source::H2(body) => body.size_hint(),
         }
     }
 }
@@ -857,8 +846,10 @@ impl Body for Answer {
 /// Where an answer's body is read from.
 #[derive(Debug)]
 enum Source {
-    /// hyper's client (HTTP/1.1 or h2c).
+    /// hyper's HTTP/1.1 client.
     Hyper(Incoming),
+    /// An h2c version's stream.
+    H2(Received),
     /// The lean path's connection (see `lean::Pool::fetch`).
     Lean(super::lean::Fetched),
 }
@@ -866,11 +857,10 @@ enum Source {
 // === impl Watched ===
 
 /// The version's side of an h2c connection, watched as it is read: its first frame for
-/// its SETTINGS (RFC 9113 3.4), which hyper applies but does not tell; then each
-/// frame's header until a `GOAWAY`, which hyper does not tell either (see
+/// its SETTINGS (RFC 9113 3.4), which h2 applies but does not tell; then each
+/// frame's header until a `GOAWAY`, which h2 does not tell either (see
 /// `Conn::going_away`), and each later SETTINGS for its stream limit, as the first's
-/// (hyper tells it only to its request task, which runs when a request comes: too
-/// late for the pool to place that request). Every byte goes through untouched; a read costs a step per
+/// (h2 keeps it to itself: the pool must know it to place each request). Every byte goes through untouched; a read costs a step per
 /// frame header in it (and a copy of a SETTINGS frame's payload, a few bytes), and one
 /// branch once a `GOAWAY` was read.
 struct Watched<I> {

@@ -1311,6 +1311,47 @@ async fn uploads_past_the_versions_windows_arrive_whole() {
     assert_eq!((s.requests, s.errors), (6, 0));
 }
 
+/// An HTTP/1.1 client's chunked upload, with a `TE` other than `trailers`, reaches an
+/// h2c version whole: what HTTP/2 forbids in a request (`Transfer-Encoding`, such a
+/// `TE`) is left out of its head, which the h2 client would otherwise refuse to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_chunked_upload_reaches_an_h2c_version_without_http1_framing() {
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let framing = ["transfer-encoding", "te"]
+                .iter()
+                .filter(|h| req.headers().contains_key(**h))
+                .count();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let answer = format!("{framing} {}", String::from_utf8_lossy(&body));
+            Response::new(
+                Full::new(Bytes::from(answer))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+        })
+    });
+    let (version, _) = h2c_version(None, None, handler).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let mut tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    tcp.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding: chunked\r\n\
+          TE: gzip\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("0 hello world"), "{answer}");
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (1, 0));
+}
+
 /// A burst's extra connections close once it has passed: the pool lets go of an idle
 /// connection beside another idle one, and the connection itself must then end, not
 /// linger with no handle to it.

@@ -2543,3 +2543,177 @@ async fn a_stray_upgrade_header_is_no_upgrade_and_fails_no_h2c_version() {
     let stable = proxy.totals().stable;
     assert_eq!((stable.requests, stable.errors), (1, 0));
 }
+
+/// A stream as a version on the h2 crate's server gets it: the request, and its answer's
+/// sender.
+type Streamed = (Request<::h2::RecvStream>, ::h2::server::SendResponse<Bytes>);
+
+/// An h2c version on the h2 crate's server, allowing `max_streams` at once if given:
+/// each stream goes to the test as it comes, to answer (or not) as it chooses. Its
+/// windows are h2's defaults (64 KiB), and it gives back none the test does not.
+async fn streamed_version(
+    max_streams: Option<u32>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Streamed>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (streams, streamed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let mut builder = ::h2::server::Builder::new();
+                if let Some(n) = max_streams {
+                    builder.max_concurrent_streams(n);
+                }
+                let mut conn = builder.handshake(tcp).await.unwrap();
+                while let Some(Ok(stream)) = conn.accept().await {
+                    let _ = streams.send(stream);
+                }
+            });
+        }
+    });
+    (addr, streamed)
+}
+
+/// Review (h2c): a client that left while the proxy waited for the version's window to
+/// send more of its upload left the version's stream open for good: the rest of the
+/// body is sent by a task of its own once the answer began, and that task, waiting for
+/// send capacity, never looked at the client again. Now the answer's end tells it: a
+/// client gone before the answer's end resets the version's stream with `CANCEL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_upload_resets_the_versions_stream_while_its_window_is_full() {
+    let (version, mut streams) = streamed_version(None).await;
+    let (_proxy, server) = h2c_proxy(version).await;
+    let (mut send, _conn) = raw_h2c(server.local_addr()).await;
+    let req = Request::post("http://svc.test/upload").body(()).unwrap();
+    let (answer, mut upload) = send.send_request(req, false).unwrap();
+    let (req, mut respond) = tokio::time::timeout(PATIENCE, streams.recv())
+        .await
+        .expect("the request reached the version")
+        .unwrap();
+    // The version answers at once and reads the upload without giving back its window.
+    let mut out = respond.send_response(Response::new(()), false).unwrap();
+    out.send_data(Bytes::from_static(b"abc"), false).unwrap();
+    let answer = tokio::time::timeout(PATIENCE, answer)
+        .await
+        .expect("the answer's head came")
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    // Twice the version's window: the proxy's side takes it all, the version half.
+    upload
+        .send_data(Bytes::from(vec![7u8; 128 * 1024]), false)
+        .unwrap();
+    let mut body = req.into_body();
+    let mut taken = 0;
+    while taken < 65_535 {
+        let data = tokio::time::timeout(PATIENCE, body.data())
+            .await
+            .expect("the upload reached the version up to its window")
+            .unwrap()
+            .unwrap();
+        taken += data.len();
+    }
+    // The client leaves.
+    drop(answer);
+    drop(upload);
+    let reset = tokio::time::timeout(PATIENCE, std::future::poll_fn(|cx| out.poll_reset(cx)))
+        .await
+        .expect("the version's stream was reset")
+        .unwrap();
+    assert_eq!(reset, ::h2::Reason::CANCEL);
+}
+
+/// A stream the version answered whole while its request's body is still on its way
+/// stays open on the version's side, and so holds one of the streams the version
+/// allows: the pool keeps counting it until nothing more is sent on it. Counted only
+/// until its answer's end, the next request went on the same connection, over the
+/// version's limit of one, and waited there for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_still_uploading_after_its_answer_keeps_its_place_on_the_connection() {
+    let (version, mut streams) = streamed_version(Some(1)).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let (mut send, _conn) = raw_h2c(server.local_addr()).await;
+    let req = Request::post("http://svc.test/upload").body(()).unwrap();
+    let (answer, _upload) = send.send_request(req, false).unwrap();
+    let (_req, mut respond) = tokio::time::timeout(PATIENCE, streams.recv())
+        .await
+        .expect("the upload reached the version")
+        .unwrap();
+    let mut out = respond.send_response(Response::new(()), false).unwrap();
+    out.send_data(Bytes::from_static(b"done"), true).unwrap();
+    let answer = tokio::time::timeout(PATIENCE, answer)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = answer.into_body();
+    let mut got = Vec::new();
+    while let Some(data) = tokio::time::timeout(PATIENCE, body.data())
+        .await
+        .expect("the whole answer came")
+    {
+        got.extend_from_slice(&data.unwrap());
+    }
+    assert_eq!(got, b"done");
+    // The upload stays open. Another client's request must still be served.
+    let other = h2c(server.local_addr()).await;
+    let call = tokio::spawn(async move { get(&other, "/next", None).await.0 });
+    let (next, mut respond) = tokio::time::timeout(PATIENCE, streams.recv())
+        .await
+        .expect("the next request reached the version")
+        .unwrap();
+    assert_eq!(next.uri().path(), "/next");
+    respond.send_response(Response::new(()), true).unwrap();
+    assert_eq!(call.await.unwrap(), StatusCode::OK);
+    assert_eq!(proxy.totals().stable.errors, 0);
+}
+
+/// Review (h2c): a version shutting down stops listening, then closes its connection
+/// gracefully with the request unprocessed (`GOAWAY`, `NO_ERROR`, last stream 0). Its
+/// second try finds no listener. That is no failure of the version's, as any request
+/// a graceful close leaves that cannot be sent again; it was charged as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_a_graceful_close_left_is_not_charged_when_its_retry_finds_no_listener() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        drop(listener);
+        let mut conn = RawVersion::accept(tcp).await;
+        let (stream, _) = conn.request().await.expect("the request");
+        assert_eq!(stream, 1);
+        conn.go_away(0, raw::NO_ERROR).await;
+        while conn.request().await.is_some() {}
+    });
+    let (proxy, server) = h2c_proxy(addr).await;
+    let send = h2c(server.local_addr()).await;
+    assert_eq!(get(&send, "/", None).await.0, StatusCode::BAD_GATEWAY);
+    let s = proxy.totals().stable;
+    assert_eq!(s.errors, 0, "charged to the version");
+}
+
+/// A `CONNECT` toward h2c versions is refused by the proxy (`501`), never sent as a
+/// stream the version cannot make a tunnel of, and counts against no version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_toward_h2c_versions_is_refused_and_counts_against_none() {
+    let handler: Handler = Arc::new(|_req| Box::pin(async { text("ok") }));
+    let (version, accepted) = h2c_version(None, None, handler).await;
+    let (proxy, server) = h2c_proxy(version).await;
+    let mut tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    tcp.write_all(b"CONNECT svc.test:443 HTTP/1.1\r\nHost: svc.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(PATIENCE, tcp.read_exact(&mut answer))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 501");
+    let s = proxy.totals().stable;
+    assert_eq!((s.requests, s.errors), (0, 0));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the version"
+    );
+}

@@ -28,6 +28,11 @@
 //!   this is the request's result; once the answer's head came, the rest of the body
 //!   is pumped by a task of its own (a streaming call goes on both ways), and a
 //!   failure there shows in the answer's body as the version's reset.
+//! - That task never outlives the client's interest: an answer dropped before its end
+//!   (its client left) resets the stream with `CANCEL` through [`Cancel`], even while
+//!   the pump waits for send capacity the version will never give. Until the pump is
+//!   done it keeps what the caller gave it to hold (the stream's place on its
+//!   connection), so a stream h2 still has open is still counted.
 //! - The answer's body gives back its connection's receive window as the proxy's
 //!   client side takes each chunk, so a client that stops reading holds no more than
 //!   its stream's window.
@@ -45,6 +50,8 @@ use h2::{Reason, RecvStream, SendStream};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Method, Request, Response};
 
+use tokio::sync::oneshot;
+
 use super::upstream::UpstreamError;
 
 /// How an exchange failed.
@@ -58,16 +65,39 @@ pub(super) enum Failed {
     Client(UpstreamError),
 }
 
+/// Given with an answer whose request body is still being sent: dropped before
+/// [`Cancel::finished`], it resets the stream.
+#[derive(Debug)]
+pub(super) struct Cancel(Option<oneshot::Sender<()>>);
+
+impl Cancel {
+    /// The answer was read to its end: the rest of the body may still go.
+    pub(super) fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            let _ = cancel.send(());
+        }
+    }
+}
+
 /// Sends `head` and `body` on a new stream of `sender`'s connection, and waits for the
-/// answer's head.
-pub(super) async fn exchange<B>(
+/// answer's head; with it, a [`Cancel`] when the body is still being sent. `hold` is
+/// kept until nothing more is sent on the stream.
+pub(super) async fn exchange<B, H>(
     sender: SendRequest<Bytes>,
     mut head: Request<()>,
     body: B,
-) -> Result<Response<RecvStream>, Failed>
+    hold: H,
+) -> Result<(Response<RecvStream>, Option<Cancel>), Failed>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<UpstreamError>,
+    H: Send + Unpin + 'static,
 {
     let mut sender = sender.ready().await.map_err(Failed::NotSent)?;
     forbidden_in_http2(head.headers_mut());
@@ -76,17 +106,21 @@ where
     let (answer, send) = sender.send_request(head, end).map_err(Failed::NotSent)?;
     drop(sender);
     if end {
-        return answer.await.map_err(Failed::Stream);
+        return Ok((answer.await.map_err(Failed::Stream)?, None));
     }
-    Exchange {
+    let (cancel, cancelled) = oneshot::channel();
+    let answer = Exchange {
         answer,
         pump: Some(Pump {
             body,
             send,
             held: None,
+            cancelled: Some(cancelled),
+            _hold: hold,
         }),
     }
-    .await
+    .await?;
+    Ok((answer.0, answer.1.then(|| Cancel(Some(cancel)))))
 }
 
 /// Removes what HTTP/2 forbids in a request (RFC 9113 8.2.2) that `mod.rs` leaves for
@@ -128,18 +162,20 @@ fn declare_length<B: Body>(head: &mut Request<()>, body: &B) {
 }
 
 /// Waits for the answer's head while the body is pumped.
-struct Exchange<B> {
+struct Exchange<B, H> {
     answer: ResponseFuture,
     /// `None` once the body was sent whole, or its stream failed (the answer tells how).
-    pump: Option<Pump<B>>,
+    pump: Option<Pump<B, H>>,
 }
 
-impl<B> Future for Exchange<B>
+impl<B, H> Future for Exchange<B, H>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<UpstreamError>,
+    H: Send + Unpin + 'static,
 {
-    type Output = Result<Response<RecvStream>, Failed>;
+    /// The answer, and whether the body is still being sent.
+    type Output = Result<(Response<RecvStream>, bool), Failed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -152,6 +188,7 @@ where
             }
         }
         let answer = ready!(Pin::new(&mut this.answer).poll(cx)).map_err(Failed::Stream)?;
+        let pumping = this.pump.is_some();
         if let Some(pump) = this.pump.take() {
             // The version answered before the body was all sent (a streaming call, or
             // an early answer): the rest goes on beside the answer.
@@ -167,7 +204,7 @@ where
                 }
             }));
         }
-        Poll::Ready(Ok(answer))
+        Poll::Ready(Ok((answer, pumping)))
     }
 }
 
@@ -181,23 +218,37 @@ enum Pumped {
 }
 
 /// Moves a request body onto its stream, as flow control allows.
-struct Pump<B> {
+struct Pump<B, H> {
     body: B,
     send: SendStream<Bytes>,
     /// A chunk read from the body, waiting for send capacity, and whether it is the last.
     held: Option<(Bytes, bool)>,
+    /// Told when the answer was dropped before its end; `None` once it was read to it.
+    cancelled: Option<oneshot::Receiver<()>>,
+    _hold: H,
 }
 
-impl<B> Future for Pump<B>
+impl<B, H> Future for Pump<B, H>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<UpstreamError>,
+    H: Unpin,
 {
     type Output = Result<(), Pumped>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         loop {
+            // The client left: nothing more is sent, and the version is told.
+            if let Some(cancelled) = &mut this.cancelled
+                && let Poll::Ready(told) = Pin::new(cancelled).poll(cx)
+            {
+                this.cancelled = None;
+                if told.is_ok() {
+                    this.send.send_reset(Reason::CANCEL);
+                    return Poll::Ready(Err(Pumped::Stream(Reason::CANCEL.into())));
+                }
+            }
             // Woken by a reset too, while waiting for the body or for capacity.
             if let Poll::Ready(reset) = this.send.poll_reset(cx) {
                 return Poll::Ready(Err(Pumped::Stream(match reset {

@@ -1387,6 +1387,11 @@ impl Proxy {
             }
             // A header block its h2c version would refuse, maybe with an error that
             // breaks its connection's other streams: not sent, the client's fault.
+            // A tunnel to a version spoken to in h2c: not forwarded, nobody's failure.
+            Err(e) if e.is::<upstream::ConnectOverH2c>() => plain(
+                StatusCode::NOT_IMPLEMENTED,
+                "rampart: CONNECT is not forwarded to h2c versions\n",
+            ),
             Err(e) if e.is::<upstream::HeaderListTooLarge>() => {
                 tracing::debug!(error = %e, variant = variant.as_str(), %backend, "request header block refused");
                 plain(

@@ -50,8 +50,8 @@
 //!   last stream id go on to their end on it; those above it, which the version did
 //!   not process (RFC 9113 6.8), are sent again on another connection (opened if
 //!   need be). Nothing of it is charged, nor counted in `connection_errors`; a stream
-//!   it left unprocessed that cannot be sent again fails uncharged (its client gets
-//!   its 502). Streams at or below the last stream id that the version then leaves
+//!   it left unprocessed that cannot be sent again, or whose second try no connection
+//!   takes, fails uncharged (its client gets its 502). Streams at or below the last stream id that the version then leaves
 //!   unfinished (it closes the socket) are a connection failure, as above.
 //! - A stream the version refuses alone (`REFUSED_STREAM`: not processed, RFC 9113
 //!   8.7) is sent once more, on a connection with room (the same one if it still
@@ -66,7 +66,7 @@
 //! - The request reaches the version with the client's authority as `:authority` (not
 //!   the endpoint's address), and without `Host`.
 //! - An upgrade request (a WebSocket) goes in HTTP/1.1, on a connection of its own:
-//!   HTTP/2 has no upgrade.
+//!   HTTP/2 has no upgrade. A `CONNECT` is refused unsent ([`ConnectOverH2c`]).
 //!
 //! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade: h2c`
 //! dance), as gRPC servers and `h2c`-enabled HTTP servers do, and sends its SETTINGS
@@ -88,7 +88,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response, Uri};
 use rampart_core::policy::UpstreamProtocol;
 
-use super::exchange::{Failed, Received, declared_length, exchange};
+use super::exchange::{Cancel, Failed, Received, declared_length, exchange};
 use super::http1::{Http1Pool, Lent};
 use super::replay::Tape;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -129,6 +129,13 @@ const MAX_PREFACE_FRAME: usize = 16_384;
 /// A failure to get an answer from a version.
 pub(super) type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A `CONNECT` for an h2c version: a tunnel is opened over HTTP/1.1 only (HTTP/2's
+/// `CONNECT` needs a stream the proxy would have to tunnel through). Refused before it
+/// is sent, counted against no version: answered 501.
+#[derive(Debug, thiserror::Error)]
+#[error("CONNECT is not forwarded to h2c versions")]
+pub(super) struct ConnectOverH2c;
+
 /// A request refused before it was sent: its header block is larger than its version
 /// accepts. The client's fault, not the version's: answered 431.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +159,11 @@ pub(super) enum Uncharged {
     /// was past what is kept for that.
     #[error("the version closed its connection before processing the request")]
     Unprocessed(#[source] ::h2::Error),
+    /// Not processed by a version closing its connection gracefully, and sent again,
+    /// but no connection to it took the second try (it stopped listening as it shut
+    /// down).
+    #[error("the version closed its connection before processing the request, then took no other")]
+    Unplaced(#[source] UpstreamError),
 }
 
 /// Whether `e` (or what caused it) is a failure not counted against the version: a
@@ -238,6 +250,9 @@ where
                     lent,
                     flight: None,
                 }))
+            }
+            Upstream::H2c(_) if req.method() == hyper::Method::CONNECT => {
+                Err(ConnectOverH2c.into())
             }
             Upstream::H2c(pool) => {
                 *req.version_mut() = hyper::Version::HTTP_2;
@@ -389,21 +404,28 @@ impl H2cPool {
         let (tape, mut play) = Tape::new(req.into_body());
         // Sent again at most once, whatever the cause.
         let mut retried = false;
+        // Sent again because a graceful close left it unprocessed.
+        let mut gone_away = false;
         loop {
-            let (sender, mut slot) = self.stream(addr).await?;
+            let (sender, mut slot) = match self.stream(addr).await {
+                Ok(placed) => placed,
+                Err(e) if gone_away => return Err(Uncharged::Unplaced(e).into()),
+                Err(e) => return Err(e),
+            };
             slot.1 = counted;
+            let slot = Arc::new(slot);
             if let Some(limit) = slot.0.header_limit
                 && size > limit
             {
                 return Err(HeaderListTooLarge { size, limit }.into());
             }
-            let e = match exchange(sender, head_of(&head), play).await {
-                Ok(resp) => {
+            let e = match exchange(sender, head_of(&head), play, slot.clone()).await {
+                Ok((resp, cancel)) => {
                     // The version has the request: it is never sent again.
                     tape.forget();
                     let length = declared_length(resp.headers());
                     return Ok(resp.map(|recv| Answer {
-                        body: Source::H2(Received::new(recv, length)),
+                        body: Source::H2(Received::new(recv, length), cancel),
                         slot: Some(slot),
                         lent: None,
                         flight: None,
@@ -415,17 +437,19 @@ impl H2cPool {
                 // more, on another connection (a closed one is dropped when streams are
                 // placed), with the body as it is.
                 // Nothing of its body was read, so it plays again from its start.
-                Err(Failed::NotSent(e)) => match tape.replay() {
-                    Some(again) if !retried => {
-                        // Its task may not have ended yet: the retry must not find it.
-                        slot.0.closed.store(true, Ordering::Release);
-                        tracing::debug!(error = %e, %addr, "h2c request not taken; sent on another connection");
-                        retried = true;
-                        play = again;
-                        continue;
+                Err(Failed::NotSent(e)) => {
+                    // Its task may not have ended yet: no later request may find it.
+                    slot.0.closed.store(true, Ordering::Release);
+                    match tape.replay() {
+                        Some(again) if !retried => {
+                            tracing::debug!(error = %e, %addr, "h2c request not taken; sent on another connection");
+                            retried = true;
+                            play = again;
+                            continue;
+                        }
+                        _ => e,
                     }
-                    _ => e,
-                },
+                }
                 Err(Failed::Stream(e)) => e,
             };
             let unprocessed = unprocessed(&e);
@@ -436,6 +460,7 @@ impl H2cPool {
                 && let Some(again) = tape.replay()
             {
                 retried = true;
+                gone_away = unprocessed == Some(Unprocessed::GoneAway);
                 play = again;
                 continue;
             }
@@ -726,7 +751,8 @@ fn no_stream(addr: SocketAddr) -> UpstreamError {
 /// and gives back to the pool at its end.
 pub(super) struct Answer {
     body: Source,
-    slot: Option<Slot>,
+    /// Shared with the task still sending the request's body, if one is.
+    slot: Option<Arc<Slot>>,
     lent: Option<Box<dyn Lent>>,
     /// The request in flight, until this answer is done and its request written.
     flight: Option<super::Flight>,
@@ -793,12 +819,17 @@ impl Body for Answer {
             Source::Hyper(body) => body,
             // Its connection is its own: read, given back or closed by the body.
             Source::Lean(body) => return Pin::new(body).poll_frame(cx),
-            Source::H2(body) => {
+            Source::H2(body, cancel) => {
                 let frame = ready!(body.poll_frame(cx));
                 return Poll::Ready(match frame {
                     Some(Ok(f)) => Some(Ok(f)),
                     Some(Err(e)) => Some(Err(this.failed(e))),
                     None => {
+                        // Read to its end: the request's body, if still on its way,
+                        // may go on.
+                        if let Some(cancel) = cancel.take() {
+                            cancel.finished();
+                        }
                         this.slot = None;
                         None
                     }
@@ -830,7 +861,7 @@ impl Body for Answer {
         match &self.body {
             Source::Hyper(body) => body.is_end_stream(),
             Source::Lean(body) => body.is_end_stream(),
-            Source::H2(body) => body.is_end_stream(),
+            Source::H2(body, _) => body.is_end_stream(),
         }
     }
 
@@ -838,7 +869,7 @@ impl Body for Answer {
         match &self.body {
             Source::Hyper(body) => body.size_hint(),
             Source::Lean(body) => body.size_hint(),
-            Source::H2(body) => body.size_hint(),
+            Source::H2(body, _) => body.size_hint(),
         }
     }
 }
@@ -848,8 +879,9 @@ impl Body for Answer {
 enum Source {
     /// hyper's HTTP/1.1 client.
     Hyper(Incoming),
-    /// An h2c version's stream.
-    H2(Received),
+    /// An h2c version's stream; with, while its request's body is still being sent,
+    /// what stops that when the answer is dropped unread.
+    H2(Received, Option<Cancel>),
     /// The lean path's connection (see `lean::Pool::fetch`).
     Lean(super::lean::Fetched),
 }

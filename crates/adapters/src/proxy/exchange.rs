@@ -108,19 +108,17 @@ where
     if end {
         return Ok((answer.await.map_err(Failed::Stream)?, None));
     }
-    let (cancel, cancelled) = oneshot::channel();
-    let answer = Exchange {
+    Exchange {
         answer,
         pump: Some(Pump {
             body,
             send,
             held: None,
-            cancelled: Some(cancelled),
+            cancelled: None,
             _hold: hold,
         }),
     }
-    .await?;
-    Ok((answer.0, answer.1.then(|| Cancel(Some(cancel)))))
+    .await
 }
 
 /// Removes what HTTP/2 forbids in a request (RFC 9113 8.2.2) that `mod.rs` leaves for
@@ -174,8 +172,7 @@ where
     B::Error: Into<UpstreamError>,
     H: Send + Unpin + 'static,
 {
-    /// The answer, and whether the body is still being sent.
-    type Output = Result<(Response<RecvStream>, bool), Failed>;
+    type Output = Result<(Response<RecvStream>, Option<Cancel>), Failed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -188,8 +185,12 @@ where
             }
         }
         let answer = ready!(Pin::new(&mut this.answer).poll(cx)).map_err(Failed::Stream)?;
-        let pumping = this.pump.is_some();
-        if let Some(pump) = this.pump.take() {
+        let mut cancel = None;
+        if let Some(mut pump) = this.pump.take() {
+            // Made only here: a unary call's body is sent before its answer comes.
+            let (tell, told) = oneshot::channel();
+            pump.cancelled = Some(told);
+            cancel = Some(Cancel(Some(tell)));
             // The version answered before the body was all sent (a streaming call, or
             // an early answer): the rest goes on beside the answer.
             tokio::spawn(Box::pin(async move {
@@ -204,7 +205,7 @@ where
                 }
             }));
         }
-        Poll::Ready(Ok((answer, pumping)))
+        Poll::Ready(Ok((answer, cancel)))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod flags;
 pub mod gates;
 pub mod haproxy;
 pub mod http;
+pub mod lockfile;
 pub mod nginx;
 pub mod notify;
 pub mod process;

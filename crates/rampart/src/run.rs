@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rampart_adapters::gates::LocalGates;
+use rampart_adapters::lockfile;
 use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::proxy::Proxy;
 use rampart_adapters::store::StateStore;
@@ -162,36 +163,16 @@ pub(crate) async fn process_dir(
 fn run_lock(local_dir: &Path, service: &str) -> Result<std::fs::File, RunError> {
     let path = local_dir.join("locks").join(format!("{service}.run"));
     let io = |e: std::io::Error| RunError::Internal(anyhow::anyhow!("{}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    let mut file = lockfile::open(&path).map_err(|(_, e)| io(e))?;
+    if lockfile::try_take(&mut file).map_err(io)? {
+        return Ok(file);
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {
-            use std::io::Write;
-            file.set_len(0).map_err(io)?;
-            write!(file, "rampart process {}", std::process::id()).map_err(io)?;
-            Ok(file)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path)
-                .ok()
-                .filter(|h| !h.trim().is_empty())
-                .unwrap_or_else(|| "another rampart process".into());
-            Err(RunError::Blocked(format!(
-                "{holder} holds {service} from this state directory ({}): a release in progress, or serving it (`--keep-running`). Wait for it, or follow it with `rampart status {service} --state-dir {}`",
-                path.display(),
-                local_dir.display()
-            )))
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-    }
+    let holder = lockfile::holder(&path, "another rampart process");
+    Err(RunError::Blocked(format!(
+        "{holder} holds {service} from this state directory ({}): a release in progress, or serving it (`--keep-running`). Wait for it, or follow it with `rampart status {service} --state-dir {}`",
+        path.display(),
+        local_dir.display()
+    )))
 }
 
 /// Reads and checks the policy file a command was given. On a problem it prints it

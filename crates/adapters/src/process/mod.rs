@@ -267,16 +267,7 @@ impl ProcessDeployer {
             path: path.clone(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io("opening", e))?;
+        let mut file = crate::lockfile::open(&path).map_err(|(doing, e)| io(doing, e))?;
         // The holder may adopt or stop every replica on record, then start each one
         // (a readiness timeout, and a probe's own 2 s, apiece), with a policy of its
         // own: twice that for ours, and a minute's slack.
@@ -286,33 +277,17 @@ impl ProcessDeployer {
             + Duration::from_secs(60);
         let deadline = tokio::time::Instant::now() + waited;
         loop {
-            match file.try_lock() {
-                Ok(()) => {
-                    // Who holds it, for whoever waits (best effort).
-                    let _ = file.set_len(0).and_then(|()| {
-                        use std::io::Write;
-                        write!(file, "rampart process {}", std::process::id())
-                    });
-                    return Ok(file);
-                }
-                Err(std::fs::TryLockError::WouldBlock)
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    let holder = std::fs::read_to_string(&path)
-                        .ok()
-                        .filter(|h| !h.trim().is_empty())
-                        .unwrap_or_else(|| "another deployer".into());
-                    return Err(ProcessError::Busy {
-                        path,
-                        holder,
-                        waited,
-                    });
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", e)),
+            if crate::lockfile::try_take(&mut file).map_err(|e| io("locking", e))? {
+                return Ok(file);
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProcessError::Busy {
+                    holder: crate::lockfile::holder(&path, "another deployer"),
+                    path,
+                    waited,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

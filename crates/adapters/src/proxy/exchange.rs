@@ -37,8 +37,9 @@
 //!   client side takes each chunk, so a client that stops reading holds no more than
 //!   its stream's window.
 //!
-//! Assumptions: the head was already stripped of the proxy's hop-by-hop headers
-//! (`mod.rs`); what HTTP/2 forbids beyond those is removed here.
+//! Every field the h2 crate refuses in a request head is removed here, whatever
+//! `mod.rs` left: a head it refused would fail [`Failed::NotSent`], and the pool would
+//! take its healthy connection for a closed one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -121,9 +122,10 @@ where
     .await
 }
 
-/// Removes what HTTP/2 forbids in a request (RFC 9113 8.2.2) that `mod.rs` leaves for
-/// an HTTP/1.1 version: `Transfer-Encoding`, `Upgrade`, and `TE` other than
-/// `trailers`. The `h2` crate refuses a head with any of them.
+/// Removes what HTTP/2 forbids in a request (RFC 9113 8.2.2), and the `h2` crate
+/// refuses: the connection-specific fields (`mod.rs` already took the hop-by-hop ones
+/// off; `Transfer-Encoding` and `Upgrade` it leaves for HTTP/1.1 versions), and `TE`
+/// other than `trailers`.
 fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
     for name in [
         hyper::header::CONNECTION,
@@ -397,5 +399,5 @@ pub(super) fn declared_length(headers: &hyper::HeaderMap) -> Option<u64> {
     if values.any(|v| v != first) {
         return None;
     }
-    first.to_str().ok()?.trim().parse().ok()
+    super::lean::content_length(first.as_bytes().trim_ascii())
 }

@@ -384,7 +384,7 @@ enum BadAnswer {
 }
 
 /// A `Content-Length` value: digits only, as hyper reads it.
-fn content_length(value: &[u8]) -> Option<u64> {
+pub(super) fn content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }

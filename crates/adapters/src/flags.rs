@@ -162,7 +162,16 @@ impl FlagServer {
         store: Arc<dyn FlagStore>,
         service: &str,
     ) -> std::io::Result<FlagServer> {
-        let listener = TcpListener::bind(listen).await?;
+        FlagServer::serve(TcpListener::bind(listen).await?, store, service)
+    }
+
+    /// [`FlagServer::bind`] on a listener bound already: a release binds the address
+    /// before it changes anything, and serves the flags once it has defined them.
+    pub fn serve(
+        listener: TcpListener,
+        store: Arc<dyn FlagStore>,
+        service: &str,
+    ) -> std::io::Result<FlagServer> {
         let addr = listener.local_addr()?;
         let app = router(Endpoint {
             store,

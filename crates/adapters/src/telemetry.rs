@@ -341,7 +341,15 @@ impl MetricsServer {
         listen: SocketAddr,
         telemetry: Arc<Telemetry>,
     ) -> std::io::Result<MetricsServer> {
-        let listener = TcpListener::bind(listen).await?;
+        MetricsServer::serve(TcpListener::bind(listen).await?, telemetry)
+    }
+
+    /// [`MetricsServer::bind`] on a listener bound already: a release binds the address
+    /// before it changes anything, and serves once its data plane counts.
+    pub fn serve(
+        listener: TcpListener,
+        telemetry: Arc<Telemetry>,
+    ) -> std::io::Result<MetricsServer> {
         let addr = listener.local_addr()?;
         // Any method: a scraper's HEAD or POST has always had the exposition.
         let app = Router::new()

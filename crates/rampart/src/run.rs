@@ -429,6 +429,17 @@ pub async fn run_release(
         )
         .await?;
     }
+    // Bound now, served once the data plane counts: an address in use is refused
+    // before the data plane is touched.
+    let metrics_listener = match opts.metrics_listen {
+        Some(listen) => Some((
+            listen,
+            tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+                RunError::Internal(anyhow::anyhow!("/metrics cannot listen on {listen}: {e}"))
+            })?,
+        )),
+        None => None,
+    };
     // What the server kept serving from the last release (its flag endpoint) gives
     // way to this one, now that nothing refuses it.
     if let Some(served) = &opts.served {
@@ -452,10 +463,9 @@ pub async fn run_release(
         &policy.service,
         plane.counted.clone(),
     ));
-    let _metrics_server = match opts.metrics_listen {
-        Some(listen) => Some(
-            rampart_adapters::telemetry::MetricsServer::bind(listen, telemetry.clone())
-                .await
+    let _metrics_server = match metrics_listener {
+        Some((listen, listener)) => Some(
+            rampart_adapters::telemetry::MetricsServer::serve(listener, telemetry.clone())
                 .map_err(|e| {
                     RunError::Internal(anyhow::anyhow!("/metrics cannot listen on {listen}: {e}"))
                 })?,

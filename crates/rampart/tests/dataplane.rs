@@ -809,3 +809,29 @@ fn a_release_after_a_stopped_promoted_one_is_not_blocked() {
     let (code, v) = svc.release("v2");
     assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
 }
+
+/// Regression (review): `--metrics-listen` on an address already in use was found
+/// only once the release had started a stopped service's data plane again (and reset
+/// its sticky salt and uncounted token). The address is bound first now.
+#[test]
+fn a_metrics_address_in_use_leaves_a_stopped_service_stopped() {
+    let svc = Service::new("metrics-taken");
+    let (code, v) = svc.release("v1");
+    assert_eq!(code, 0, "{v}");
+    let out = svc.stop();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(svc.plane_pid(), None);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let out = svc
+        .run("v2")
+        .args(["--metrics-listen", &listen])
+        .output()
+        .unwrap();
+    let (code, v) = report(&out);
+    assert_eq!(code, 1, "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("/metrics cannot listen on"), "{v}");
+    assert_eq!(svc.plane_pid(), None, "the data plane stayed stopped");
+    assert!(svc.file("stopped").exists());
+}

@@ -100,7 +100,7 @@ cargo check -p rampart-adapters --no-default-features --locked   # the build wit
 cargo check -p rampart --locked                                   # the default build, without the features
 cargo test --workspace --locked --features rampart/postgres
 # The binary with Kubernetes support: its CLI tests (no cluster is needed for them),
-# and the tests of `serve --kubernetes` (GitOps) and `stop --canary` against the fake
-# Kubernetes API.
+# and the tests of `serve --kubernetes` (GitOps), `stop --canary` and a release's
+# refusals at its start against the fake Kubernetes API.
 cargo test -p rampart --features kubernetes --test cli_validate --test gitops_fake_api \
-  --test stop_canary_fake_api --locked
+  --test stop_canary_fake_api --test start_refusals_fake_api --locked

@@ -429,6 +429,16 @@ pub async fn run_release(
         )
         .await?;
     }
+    // The data plane as it is, read only: what of it refuses the release (a running
+    // one the policy does not match, a cluster without its stable Deployment) refuses
+    // it here.
+    let found = crate::dataplane::find(
+        &policy,
+        opts.attach.then_some(local_dir.as_path()),
+        opts.served.as_ref().and_then(|s| s.cluster.clone()),
+        tls,
+    )
+    .await?;
     // Bound now, served once the data plane counts: an address in use is refused
     // before the data plane is touched.
     let metrics_listener = match opts.metrics_listen {
@@ -454,8 +464,7 @@ pub async fn run_release(
         &store,
         &clock,
         opts.attach.then_some(local_dir.as_path()),
-        opts.served.as_ref().and_then(|s| s.cluster.clone()),
-        tls,
+        found,
         routed_already,
     )
     .await?;

@@ -835,3 +835,36 @@ fn a_metrics_address_in_use_leaves_a_stopped_service_stopped() {
     assert_eq!(svc.plane_pid(), None, "the data plane stayed stopped");
     assert!(svc.file("stopped").exists());
 }
+
+/// Regression (review): a running data plane that listens or keeps users otherwise
+/// than the policy says refuses the release (exit 2), but only after the release had
+/// defined the policy's flags in the store (what the flag endpoint answers
+/// applications). A refused release defines nothing now.
+#[test]
+fn a_data_plane_the_policy_does_not_match_refuses_before_the_flags_are_defined() {
+    let svc = Service::halting_without_load("mismatch");
+    let (code, v) = svc.release("v1");
+    assert_eq!(code, 0, "{v}");
+    assert!(svc.plane_pid().is_some(), "the data plane keeps serving");
+    let text = std::fs::read_to_string(&svc.policy)
+        .unwrap()
+        .replace("sticky: {header: x-user}", "sticky: {header: x-tenant}");
+    std::fs::write(
+        &svc.policy,
+        format!("{text}flags:\n  define:\n    - {{name: new-checkout, default: true}}\n"),
+    )
+    .unwrap();
+    let (code, v) = svc.release("v2");
+    assert_eq!(code, 2, "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Stop the service first"), "{v}");
+    let conn = rusqlite::Connection::open(svc.state.join("rampart.db")).unwrap();
+    let flags: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM flags WHERE service = ?1",
+            [&svc.name],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(flags, 0, "no flag was defined by the refused release");
+}

@@ -483,3 +483,42 @@ analysis:
         .unwrap();
     assert_eq!(audited, 1);
 }
+
+/// Regression (review): under `rampart serve`, the flag endpoint the last release left
+/// serving was closed before some refusals of the next release were found (here, a
+/// running data plane the policy does not match): a refused release left the service's
+/// applications without their flags. It is closed only once nothing refuses.
+#[test]
+fn a_refused_release_leaves_the_last_releases_flag_endpoint_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let ci = server.token("deployer", "ci");
+    let viewer = server.token("viewer", "watch");
+    let (port, flag_port) = (free_port(), free_port());
+    let rt = runtime();
+    let _load = start_load(&rt, port, 150);
+    let first = format!(
+        "{}flags:\n  listen: \"127.0.0.1:{flag_port}\"\n  define:\n    - {{name: new-checkout, default: false}}\n",
+        policy("theta", port, "")
+    );
+    let id = submit(&server, &ci, &first);
+    let end = server.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
+    assert_eq!(end["outcome"], "promoted", "{end}");
+    let answers = || std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok();
+    assert!(answers(), "the flag endpoint serves after the release");
+    // The next release keeps users by a header the running data plane does not.
+    let listen = format!("listen: \"127.0.0.1:{port}\"");
+    let second = first.replace(&listen, &format!("{listen}, sticky: {{header: x-user}}"));
+    assert_ne!(second, first);
+    let id = submit(&server, &ci, &second);
+    let end = server.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
+    assert_eq!(end["report"]["exit_code"], 2, "{end}");
+    assert!(
+        end["report"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Stop the service first"),
+        "{end}"
+    );
+    assert!(answers(), "the flag endpoint still serves");
+}

@@ -361,12 +361,8 @@ impl Settling<'_> {
             Arc<dyn Deployer>,
         ) = match (&self.policy.traffic, processes) {
             (Traffic::Kubernetes(_), _) => {
-                let plane = crate::dataplane::kubernetes(self.policy, None, cluster).await?;
-                let Some(cluster) = plane.deployer.clone() else {
-                    return Err(RunError::Internal(anyhow::anyhow!(
-                        "the Kubernetes adapter came without its deployer"
-                    )));
-                };
+                let plane = crate::dataplane::cluster(self.policy, cluster).await?;
+                let cluster = plane.deployer.clone();
                 // The Services send users to ready pods: stable must have them.
                 if let Err(e) = cluster.verify(Variant::Stable, STABLE_READY).await {
                     return Err(RunError::Blocked(format!(

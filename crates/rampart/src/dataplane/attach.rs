@@ -52,40 +52,7 @@ pub async fn attach_telling(
     let saved = PlaneState::load(&files.state()).map_err(|e| internal(e.to_string()))?;
     let sticky = plane::StickyBy::from(&spec.sticky);
     if files.is_running() {
-        if let Some(saved) = &saved
-            && ((saved.listen != spec.listen && spec.listen.port() != 0) || saved.sticky != sticky)
-        {
-            return Err(RunError::Invalid(format!(
-                "the data plane of {service} runs on {} keeping users by {:?}; the policy says {} by {:?}. Stop the service first (`rampart stop -f POLICY`), then release again",
-                saved.listen, saved.sticky, spec.listen, sticky
-            )));
-        }
-        // Plain HTTP and HTTPS are different services to a client: never switched
-        // under a running data plane by a release that only attaches to it.
-        if let (Some(saved), Some(want)) = (&saved, &tls)
-            && saved.tls.is_some() != want.is_some()
-        {
-            let (runs, says) = if saved.tls.is_some() {
-                ("HTTPS", "plain HTTP")
-            } else {
-                ("plain HTTP", "HTTPS (`tls`)")
-            };
-            return Err(RunError::Invalid(format!(
-                "the data plane of {service} serves {runs} on {}; the policy says {says}. Hand it over to a data plane that reads the policy (`rampart proxy --state-dir DIR -f POLICY --take-over`), then release again",
-                saved.listen
-            )));
-        }
-        // Versions that speak one protocol are not spoken to in another by a release
-        // that only attaches.
-        if let Some(saved) = &saved
-            && saved.upstream_protocol != plane::UpstreamState::from(spec.upstream_protocol)
-        {
-            return Err(RunError::Invalid(format!(
-                "the data plane of {service} speaks {} to its versions; the policy says `upstream_protocol: {}`. Hand it over to a data plane that reads the policy (`rampart proxy --state-dir DIR -f POLICY --take-over`), then release again",
-                rampart_core::policy::UpstreamProtocol::from(saved.upstream_protocol).as_str(),
-                spec.upstream_protocol.as_str()
-            )));
-        }
+        matches(service, spec, saved.as_ref(), tls.as_ref())?;
     } else {
         // The desired address, stickiness, limits and certificates, with the routes
         // it last had.
@@ -114,6 +81,73 @@ pub async fn attach_telling(
         .map(Arc::new)
         .map_err(|e| internal(e.to_string()))?;
     Ok((plane, said("attached to", &files)))
+}
+
+/// Refuses, changing nothing, when the service's data plane runs under `state_dir` and
+/// [`attach_telling`] would refuse it (the same arguments): it listens or keeps users
+/// otherwise than `spec` says, serves HTTPS for plain HTTP or the other way round, or
+/// speaks another protocol to the versions. A release checks this before it touches
+/// anything.
+pub fn check(
+    service: &str,
+    spec: &ProxySpec,
+    state_dir: &Path,
+    tls: Option<&Option<plane::TlsState>>,
+) -> Result<(), RunError> {
+    let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let files = PlaneFiles::new(&state_dir, service);
+    if !files.is_running() {
+        return Ok(());
+    }
+    let saved = PlaneState::load(&files.state())
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
+    matches(service, spec, saved.as_ref(), tls)
+}
+
+/// Whether a running data plane whose state file says `saved` is the one `spec` (and
+/// `tls`, unless `None`) describes: moving its address or its stickiness means
+/// stopping the service first, switching HTTPS or the versions' protocol a hand-over.
+fn matches(
+    service: &str,
+    spec: &ProxySpec,
+    saved: Option<&PlaneState>,
+    tls: Option<&Option<plane::TlsState>>,
+) -> Result<(), RunError> {
+    let Some(saved) = saved else {
+        return Ok(());
+    };
+    let sticky = plane::StickyBy::from(&spec.sticky);
+    if (saved.listen != spec.listen && spec.listen.port() != 0) || saved.sticky != sticky {
+        return Err(RunError::Invalid(format!(
+            "the data plane of {service} runs on {} keeping users by {:?}; the policy says {} by {:?}. Stop the service first (`rampart stop -f POLICY`), then release again",
+            saved.listen, saved.sticky, spec.listen, sticky
+        )));
+    }
+    // Plain HTTP and HTTPS are different services to a client: never switched under a
+    // running data plane by a release that only attaches to it.
+    if let Some(want) = tls
+        && saved.tls.is_some() != want.is_some()
+    {
+        let (runs, says) = if saved.tls.is_some() {
+            ("HTTPS", "plain HTTP")
+        } else {
+            ("plain HTTP", "HTTPS (`tls`)")
+        };
+        return Err(RunError::Invalid(format!(
+            "the data plane of {service} serves {runs} on {}; the policy says {says}. Hand it over to a data plane that reads the policy (`rampart proxy --state-dir DIR -f POLICY --take-over`), then release again",
+            saved.listen
+        )));
+    }
+    // Versions that speak one protocol are not spoken to in another by a release that
+    // only attaches.
+    if saved.upstream_protocol != plane::UpstreamState::from(spec.upstream_protocol) {
+        return Err(RunError::Invalid(format!(
+            "the data plane of {service} speaks {} to its versions; the policy says `upstream_protocol: {}`. Hand it over to a data plane that reads the policy (`rampart proxy --state-dir DIR -f POLICY --take-over`), then release again",
+            rampart_core::policy::UpstreamProtocol::from(saved.upstream_protocol).as_str(),
+            spec.upstream_protocol.as_str()
+        )));
+    }
+    Ok(())
 }
 
 /// The routes of the service's data plane under `state_dir`, read without changing

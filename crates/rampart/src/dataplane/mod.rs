@@ -119,34 +119,126 @@ impl std::fmt::Debug for Cluster {
 #[derive(Clone, Debug)]
 pub enum Cluster {}
 
-/// Starts the policy's data plane. With `attach_in` (a state directory), the embedded
-/// proxy is the service's long-lived data plane process there, started if absent;
-/// without, it runs in this process and ends with it. `resuming` says a release is
-/// taken up again: a router outside rampart keeps the split it finds in force.
+/// What a release finds of its data plane before it changes anything of it. Every
+/// refusal the data plane gives is given by [`find`] (a running data plane the policy
+/// does not match, a cluster without its stable Deployment, certificates that do not
+/// load, a build without Kubernetes), so that a refused release leaves the data plane
+/// as it was; [`start`] then changes it.
+pub struct Found {
+    /// The cluster's adapter, on Kubernetes.
+    cluster: Option<ClusterPlane>,
+    /// The certificates a long-lived data plane started now serves (`None`: plain HTTP).
+    plane_tls: Option<rampart_adapters::proxy::plane::TlsState>,
+    /// The certificates, loaded, of an embedded proxy in this process.
+    terminator: Option<rampart_adapters::proxy::tls::TlsTerminator>,
+    /// This release's token that keeps its own load out of the metrics.
+    uncounted: Option<String>,
+}
+
+impl std::fmt::Debug for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Found")
+            .field("running_version", &self.running_version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Found {
+    /// The version the data plane reports serving now, when it can tell (the stable
+    /// Deployment's, on Kubernetes).
+    pub fn running_version(&self) -> Option<&str> {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.running_version.as_deref())
+    }
+
+    /// Whether the versions run on their own (in a cluster), deployed by the data
+    /// plane's own adapter.
+    pub fn cluster_runs_versions(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The deployer that goes with the router, when the router is not independent of
+    /// it (Kubernetes).
+    pub fn deployer(&self) -> Option<Arc<dyn Deployer>> {
+        self.cluster.as_ref().map(|c| c.deployer.clone())
+    }
+}
+
+/// Finds the policy's data plane as it is, changing nothing (see [`Found`]). With
+/// `attach_in`, a running long-lived data plane there must match the policy; `tls` is
+/// the policy's certificates, checked ([`crate::run::proxy_tls`]).
+pub async fn find(
+    policy: &Policy,
+    attach_in: Option<&std::path::Path>,
+    cluster: Option<Cluster>,
+    tls: Option<rampart_adapters::proxy::tls::TlsFiles>,
+) -> Result<Found, RunError> {
+    let mut found = Found {
+        cluster: None,
+        plane_tls: None,
+        terminator: None,
+        uncounted: None,
+    };
+    match &policy.traffic {
+        Traffic::Proxy(spec) => {
+            match attach_in {
+                Some(state_dir) => {
+                    let plane_tls = tls.as_ref().map(Into::into);
+                    attach::check(&policy.service, spec, state_dir, Some(&plane_tls))?;
+                    found.plane_tls = plane_tls;
+                }
+                None => {
+                    found.terminator = match tls {
+                        Some(files) => Some(
+                            rampart_adapters::proxy::tls::TlsTerminator::new(files)
+                                .map_err(|(_, e)| RunError::Invalid(e.to_string()))?,
+                        ),
+                        None => None,
+                    };
+                }
+            }
+            found.uncounted = uncounted_token(policy)?;
+        }
+        Traffic::Kubernetes(_) => found.cluster = Some(self::cluster(policy, cluster).await?),
+        Traffic::Nginx(_) | Traffic::Haproxy(_) => {}
+    }
+    Ok(found)
+}
+
+/// Starts the policy's data plane as [`find`] found it. With `attach_in` (a state
+/// directory), the embedded proxy is the service's long-lived data plane process
+/// there, started if absent; without, it runs in this process and ends with it.
+/// `resuming` says a release is taken up again: a router outside rampart keeps the
+/// split it finds in force. The policy's flags are defined, and served, last.
+///
+/// What fails here is the data plane's own start (an address in use, a process that
+/// does not come up): its refusals were [`find`]'s.
 pub async fn start(
     policy: &Policy,
     store: &Arc<StateStore>,
     clock: &Arc<dyn Clock>,
     attach_in: Option<&std::path::Path>,
-    cluster: Option<Cluster>,
-    tls: Option<rampart_adapters::proxy::tls::TlsFiles>,
+    found: Found,
     resuming: bool,
 ) -> Result<DataPlane, RunError> {
-    let flag_server = flag_endpoint(policy, store).await?;
-    match &policy.traffic {
+    let Found {
+        cluster,
+        plane_tls,
+        terminator,
+        uncounted,
+    } = found;
+    let flag_listener = flag_listener(policy).await?;
+    let mut plane = match &policy.traffic {
         Traffic::Proxy(spec) if let Some(state_dir) = attach_in => {
-            // A release brings a service stopped with `rampart stop` back.
+            let (remote, reached) =
+                attach::attach_telling(&policy.service, spec, state_dir, Some(plane_tls)).await?;
+            // A release brings a service stopped with `rampart stop` back (once its
+            // data plane runs: one that did not come up leaves it stopped).
             let _ = std::fs::remove_file(
                 rampart_adapters::proxy::plane::PlaneFiles::new(state_dir, &policy.service)
                     .stopped(),
             );
-            let (remote, reached) = attach::attach_telling(
-                &policy.service,
-                spec,
-                state_dir,
-                Some(tls.as_ref().map(Into::into)),
-            )
-            .await?;
             remote.keep_fresh(std::time::Duration::from_millis(250));
             remote
                 .set_salt(policy.strategy.ramped_flag().unwrap_or(""))
@@ -154,7 +246,6 @@ pub async fn start(
                 .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
             // This release's own token, or none (an earlier release's no longer counts; a
             // data plane from before tokens existed has none to clear).
-            let uncounted = uncounted_token(policy)?;
             match &uncounted {
                 Some(token) => remote
                     .set_uncounted(token)
@@ -183,7 +274,7 @@ pub async fn start(
             .ok()
             .flatten()
             .map_or(spec.listen, |s| s.listen);
-            Ok(DataPlane {
+            DataPlane {
                 router,
                 routes: remote.clone(),
                 metrics: remote.clone(),
@@ -192,33 +283,25 @@ pub async fn start(
                 proxy: None,
                 remote: Some(remote),
                 proxy_server: None,
-                flag_endpoint: flag_server,
+                flag_endpoint: None,
                 deployer: None,
                 running_version: None,
                 reached: Some(reached),
                 uncounted,
-            })
+            }
         }
         Traffic::Proxy(spec) => {
-            let tls = match tls {
-                Some(files) => Some(
-                    rampart_adapters::proxy::tls::TlsTerminator::new(files)
-                        .map_err(|(_, e)| RunError::Invalid(e.to_string()))?,
-                ),
-                None => None,
-            };
             let options = ProxyOptions {
                 sticky: spec.sticky.clone(),
                 limits: spec.limits,
                 forwarded: spec.forwarded.clone(),
                 upstream: spec.upstream_protocol,
-                tls,
+                tls: terminator,
                 ..ProxyOptions::default()
             };
             let (proxy, server) = Proxy::bind(spec.listen, options)
                 .await
                 .with_context(|| format!("the proxy cannot listen on {}", spec.listen))?;
-            let uncounted = uncounted_token(policy)?;
             if let Some(token) = &uncounted {
                 proxy.set_uncounted(token);
             }
@@ -237,7 +320,7 @@ pub async fn start(
                     ))
                 }
             };
-            Ok(DataPlane {
+            DataPlane {
                 router,
                 routes: Arc::new(proxy.clone()),
                 metrics: Arc::new(BuiltinMetrics::new(proxy.clone())),
@@ -246,12 +329,12 @@ pub async fn start(
                 proxy: Some(proxy),
                 remote: None,
                 proxy_server: Some(server),
-                flag_endpoint: flag_server,
+                flag_endpoint: None,
                 deployer: None,
                 running_version: None,
                 reached: None,
                 uncounted,
-            })
+            }
         }
         Traffic::Nginx(spec) => {
             // nginx sends its request log to a port rampart picks and renders.
@@ -264,7 +347,7 @@ pub async fn start(
                 &policy.service,
                 log.local_addr(),
             ));
-            Ok(DataPlane {
+            DataPlane {
                 routes: router.clone(),
                 router,
                 metrics: Arc::new(BuiltinMetrics::new(log.clone())),
@@ -273,12 +356,12 @@ pub async fn start(
                 remote: None,
                 entry: Some(spec.listen),
                 proxy_server: None,
-                flag_endpoint: flag_server,
+                flag_endpoint: None,
                 deployer: None,
                 running_version: None,
                 reached: None,
                 uncounted: None,
-            })
+            }
         }
         Traffic::Haproxy(spec) => {
             let log = AccessLog::bind(spec.log_listen, &spec.backend)
@@ -295,7 +378,7 @@ pub async fn start(
             } else {
                 router
             });
-            Ok(DataPlane {
+            DataPlane {
                 routes: router.clone(),
                 router,
                 metrics: Arc::new(BuiltinMetrics::new(log.clone())),
@@ -304,15 +387,38 @@ pub async fn start(
                 remote: None,
                 entry: None,
                 proxy_server: None,
-                flag_endpoint: flag_server,
+                flag_endpoint: None,
                 deployer: None,
                 running_version: None,
                 reached: None,
                 uncounted: None,
-            })
+            }
         }
-        Traffic::Kubernetes(_) => kubernetes(policy, flag_server, cluster).await,
-    }
+        Traffic::Kubernetes(_) => {
+            let Some(cluster) = cluster else {
+                return Err(RunError::Internal(anyhow::anyhow!(
+                    "the Kubernetes adapter was not found before the release started"
+                )));
+            };
+            DataPlane {
+                router: cluster.router,
+                routes: cluster.routes,
+                metrics: cluster.metrics,
+                counted: cluster.counted,
+                proxy: None,
+                remote: None,
+                entry: None,
+                deployer: Some(cluster.deployer),
+                running_version: cluster.running_version,
+                reached: None,
+                uncounted: None,
+                proxy_server: None,
+                flag_endpoint: None,
+            }
+        }
+    };
+    plane.flag_endpoint = serve_flags(policy, store, flag_listener).await?;
+    Ok(plane)
 }
 
 /// Nothing in rampart's path counts requests on Kubernetes: the policy's metrics are
@@ -341,13 +447,38 @@ impl Totals for Uncounted {
     }
 }
 
-/// The Kubernetes adapter: one object is both the deployer and the router.
+/// The Kubernetes adapter of a release, found: one object is both the deployer and
+/// the router.
+pub struct ClusterPlane {
+    /// Moves traffic between the Deployments.
+    pub router: Arc<dyn TrafficRouter>,
+    /// The same router (no flag ramp in front on a cluster).
+    pub routes: Arc<dyn TrafficRouter>,
+    /// Deploys, scales and promotes the Deployments.
+    pub deployer: Arc<dyn Deployer>,
+    /// The version the stable Deployment runs, when its image matches the policy's
+    /// template.
+    pub running_version: Option<String>,
+    metrics: Arc<dyn MetricsSource>,
+    counted: Arc<dyn Totals>,
+}
+
+impl std::fmt::Debug for ClusterPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPlane")
+            .field("running_version", &self.running_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects to the policy's cluster (`cluster`, else the kubeconfig's) and reads the
+/// version the stable Deployment runs; writes nothing. Fails when the stable
+/// Deployment is missing or lacks the labels rampart needs.
 #[cfg(feature = "kubernetes")]
-pub(crate) async fn kubernetes(
+pub(crate) async fn cluster(
     policy: &Policy,
-    flag_server: Option<FlagServer>,
     cluster: Option<Cluster>,
-) -> Result<DataPlane, RunError> {
+) -> Result<ClusterPlane, RunError> {
     let Some((deploy, traffic)) = policy.kubernetes() else {
         return Err(RunError::Invalid(
             "`traffic.kubernetes` needs `deploy.kubernetes`".into(),
@@ -367,40 +498,25 @@ pub(crate) async fn kubernetes(
         .await
         .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?;
     let cluster = Arc::new(cluster);
-    Ok(DataPlane {
+    Ok(ClusterPlane {
         router: cluster.clone(),
         routes: cluster.clone(),
+        deployer: cluster,
+        running_version,
         metrics: Arc::new(Uncounted),
         counted: Arc::new(Uncounted),
-        proxy: None,
-        remote: None,
-        entry: None,
-        deployer: Some(cluster),
-        running_version,
-        reached: None,
-        uncounted: None,
-        proxy_server: None,
-        flag_endpoint: flag_server,
     })
 }
 
 /// This build has no Kubernetes adapter: say how to get one (exit 2).
 #[cfg(not(feature = "kubernetes"))]
-pub(crate) async fn kubernetes(
-    _: &Policy,
-    flag_server: Option<FlagServer>,
-    _: Option<Cluster>,
-) -> Result<DataPlane, RunError> {
-    if let Some(flags) = flag_server {
-        flags.close().await;
-    }
+pub(crate) async fn cluster(_: &Policy, _: Option<Cluster>) -> Result<ClusterPlane, RunError> {
     Err(RunError::Invalid(NO_KUBERNETES.into()))
 }
 
 /// What a build without the `kubernetes` feature says about a Kubernetes policy.
 pub const NO_KUBERNETES: &str = "this policy runs on Kubernetes (`deploy.kubernetes`, `traffic.kubernetes`), but this rampart was built without Kubernetes support; build it with `cargo build --release -p rampart --features kubernetes`";
 
-/// Defines the policy's flags in the store and serves them, if the policy says where.
 /// A fresh token when the policy's own load must not count, else `None`.
 fn uncounted_token(policy: &Policy) -> Result<Option<String>, RunError> {
     let wanted = policy.analysis.load.as_ref().is_some_and(|l| !l.counts);
@@ -414,9 +530,23 @@ fn uncounted_token(policy: &Policy) -> Result<Option<String>, RunError> {
     })
 }
 
-async fn flag_endpoint(
+/// Binds the policy's flag endpoint's address, if it names one; nothing is served on it
+/// yet.
+async fn flag_listener(policy: &Policy) -> Result<Option<tokio::net::TcpListener>, RunError> {
+    let Some(listen) = policy.flags.as_ref().and_then(|f| f.listen) else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("the flag endpoint cannot listen on {listen}"))?;
+    Ok(Some(listener))
+}
+
+/// Defines the policy's flags in the store and serves them on `listener`.
+async fn serve_flags(
     policy: &Policy,
     store: &Arc<StateStore>,
+    listener: Option<tokio::net::TcpListener>,
 ) -> Result<Option<FlagServer>, RunError> {
     let Some(flags) = &policy.flags else {
         return Ok(None);
@@ -425,11 +555,10 @@ async fn flag_endpoint(
         .define(&policy.service, &flags.define)
         .await
         .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
-    let Some(listen) = flags.listen else {
+    let Some(listener) = listener else {
         return Ok(None);
     };
-    let server = FlagServer::bind(listen, store.clone(), &policy.service)
-        .await
-        .with_context(|| format!("the flag endpoint cannot listen on {listen}"))?;
+    let server = FlagServer::serve(listener, store.clone(), &policy.service)
+        .context("the flag endpoint cannot listen")?;
     Ok(Some(server))
 }

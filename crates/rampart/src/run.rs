@@ -415,8 +415,11 @@ pub async fn run_release(
             .any(|e| matches!(e.input, Input::TrafficSet { .. })),
         None => false,
     };
-    // What can refuse the release is checked before its data plane is touched (a
-    // stopped service started again, its sticky salt or uncounted token changed).
+    // Whatever can refuse the release is found before its data plane is touched (a
+    // stopped service started again, its sticky salt or uncounted token changed, its
+    // flags defined, the last release's flag endpoint closed): its input, a canary left
+    // with users, the data plane as it runs, the version serving now, and the address
+    // of `/metrics`. A refused release leaves the service as it was.
     let migrations = migration_plan(&policy, &base_dir, &opts.version)?;
     if resume_id.is_none() {
         leftover_canary(
@@ -429,9 +432,6 @@ pub async fn run_release(
         )
         .await?;
     }
-    // The data plane as it is, read only: what of it refuses the release (a running
-    // one the policy does not match, a cluster without its stable Deployment) refuses
-    // it here.
     let found = crate::dataplane::find(
         &policy,
         opts.attach.then_some(local_dir.as_path()),
@@ -439,8 +439,80 @@ pub async fn run_release(
         tls,
     )
     .await?;
-    // Bound now, served once the data plane counts: an address in use is refused
-    // before the data plane is touched.
+    let processes = match (found.cluster_runs_versions(), policy.process()) {
+        (false, Some(process)) => Some(Arc::new(ProcessDeployer::new(
+            &policy.service,
+            process.clone(),
+            &base_dir,
+            &local_dir,
+        ))),
+        _ => None,
+    };
+    let deployer: Arc<dyn Deployer> = match (found.deployer(), &processes) {
+        (Some(cluster), _) => cluster,
+        (None, Some(processes)) => processes.clone(),
+        (None, None) => {
+            return Err(RunError::Invalid(
+                "the policy's `deploy` section has no deployer in this build".into(),
+            ));
+        }
+    };
+
+    // The version serving now. A resumed release that had started keeps the one it
+    // recorded; one that was created but stopped before its start needs it again.
+    // On Kubernetes the cluster is the truth: the stable Deployment's image says which
+    // version serves, whatever an earlier release recorded.
+    // Without one on record (no release of the service was promoted or rolled back
+    // yet: the first one halted), the version of the stable processes rampart runs for
+    // it, when they all run one: else the next release would take them for nothing
+    // and go to 100 % at once, as an initial release.
+    let remembered = if opts.stable.is_none() && found.running_version().is_none() {
+        let recorded = store
+            .serving_version(&policy.service)
+            .await
+            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+        match recorded {
+            Some(version) => Some(version),
+            None => {
+                let mut running = processes
+                    .as_ref()
+                    .map(|p| p.versions(Variant::Stable))
+                    .unwrap_or_default();
+                running.sort();
+                running.dedup();
+                if running.len() > 1 {
+                    return Err(RunError::Blocked(format!(
+                        "no version of {} is on record as serving, and its stable processes run {}: say which one serves with `--stable VERSION`",
+                        policy.service,
+                        running.join(", ")
+                    )));
+                }
+                running.pop()
+            }
+        }
+    } else {
+        None
+    };
+    let stable = admission::stable_version(
+        opts.stable.as_deref(),
+        found.running_version(),
+        remembered.as_deref(),
+    );
+    // A flag release changes no code: the version released is both sides.
+    let stable = if policy.strategy.flag_only() {
+        Some(opts.version.clone())
+    } else {
+        stable
+    };
+    if stable.is_none() && found.cluster_runs_versions() {
+        // On a cluster the stable Deployment always exists (it is the canary's
+        // template), so "no stable version" means its image did not match the policy's
+        // template; an initial release would leave the canary serving beside it.
+        return Err(RunError::Invalid(
+            "the stable Deployment's image does not match `deploy.kubernetes.image`, so the version it runs is unknown; fix the template or pass `--stable VERSION`".into(),
+        ));
+    }
+    // Bound now, served once the data plane counts: an address in use is refused here.
     let metrics_listener = match opts.metrics_listen {
         Some(listen) => Some((
             listen,
@@ -450,6 +522,15 @@ pub async fn run_release(
         )),
         None => None,
     };
+    let tty =
+        opts.served.is_none() && opts.output == Output::Text && std::io::stdout().is_terminal();
+    let out: Box<dyn std::io::Write + Send> = match (&opts.served, opts.output) {
+        (Some(served), _) => Box::new(open_log(&served.log)?),
+        (None, Output::Text) => Box::new(std::io::stdout()),
+        (None, Output::Json) => Box::new(std::io::stderr()),
+    };
+    let progress = Progress::new(out, tty, policy.strategy.steps().len());
+
     // What the server kept serving from the last release (its flag endpoint) gives
     // way to this one, now that nothing refuses it.
     if let Some(served) = &opts.served {
@@ -484,15 +565,6 @@ pub async fn run_release(
     if let (Some(f), Some(entry)) = (on_proxy, plane.entry) {
         f(entry);
     }
-
-    let tty =
-        opts.served.is_none() && opts.output == Output::Text && std::io::stdout().is_terminal();
-    let out: Box<dyn std::io::Write + Send> = match (&opts.served, opts.output) {
-        (Some(served), _) => Box::new(open_log(&served.log)?),
-        (None, Output::Text) => Box::new(std::io::stdout()),
-        (None, Output::Json) => Box::new(std::io::stderr()),
-    };
-    let progress = Progress::new(out, tty, policy.strategy.steps().len());
     if let Some(reached) = &plane.reached {
         progress.line(&format!(
             "{reached} of {} in {:.1} ms",
@@ -514,24 +586,6 @@ pub async fn run_release(
             Arc::new(queries)
         } else {
             plane.metrics.clone()
-        }
-    };
-    let processes = match (&plane.deployer, policy.process()) {
-        (None, Some(process)) => Some(Arc::new(ProcessDeployer::new(
-            &policy.service,
-            process.clone(),
-            &base_dir,
-            &local_dir,
-        ))),
-        _ => None,
-    };
-    let deployer: Arc<dyn Deployer> = match (&plane.deployer, &processes) {
-        (Some(cluster), _) => cluster.clone(),
-        (None, Some(processes)) => processes.clone(),
-        (None, None) => {
-            return Err(RunError::Invalid(
-                "the policy's `deploy` section has no deployer in this build".into(),
-            ));
         }
     };
     let ports = Ports {
@@ -574,61 +628,6 @@ pub async fn run_release(
             plan.class
         ));
         controller = controller.with_migrations(plan);
-    }
-
-    // The version serving now. A resumed release that had started keeps the one it
-    // recorded; one that was created but stopped before its start needs it again.
-    // On Kubernetes the cluster is the truth: the stable Deployment's image says which
-    // version serves, whatever an earlier release recorded.
-    // Without one on record (no release of the service was promoted or rolled back
-    // yet: the first one halted), the version of the stable processes rampart runs for
-    // it, when they all run one: else the next release would take them for nothing
-    // and go to 100 % at once, as an initial release.
-    let remembered = if opts.stable.is_none() && plane.running_version.is_none() {
-        let recorded = store
-            .serving_version(&policy.service)
-            .await
-            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
-        match recorded {
-            Some(version) => Some(version),
-            None => {
-                let mut running = processes
-                    .as_ref()
-                    .map(|p| p.versions(Variant::Stable))
-                    .unwrap_or_default();
-                running.sort();
-                running.dedup();
-                if running.len() > 1 {
-                    return Err(RunError::Blocked(format!(
-                        "no version of {} is on record as serving, and its stable processes run {}: say which one serves with `--stable VERSION`",
-                        policy.service,
-                        running.join(", ")
-                    )));
-                }
-                running.pop()
-            }
-        }
-    } else {
-        None
-    };
-    let stable = admission::stable_version(
-        opts.stable.as_deref(),
-        plane.running_version.as_deref(),
-        remembered.as_deref(),
-    );
-    // A flag release changes no code: the version released is both sides.
-    let stable = if policy.strategy.flag_only() {
-        Some(opts.version.clone())
-    } else {
-        stable
-    };
-    if stable.is_none() && plane.cluster_runs_versions() {
-        // On a cluster the stable Deployment always exists (it is the canary's
-        // template), so "no stable version" means its image did not match the policy's
-        // template; an initial release would leave the canary serving beside it.
-        return Err(RunError::Invalid(
-            "the stable Deployment's image does not match `deploy.kubernetes.image`, so the version it runs is unknown; fix the template or pass `--stable VERSION`".into(),
-        ));
     }
     let (id, stable) = match resume_id {
         Some(id) => {

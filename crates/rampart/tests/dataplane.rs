@@ -836,6 +836,55 @@ fn a_metrics_address_in_use_leaves_a_stopped_service_stopped() {
     assert!(svc.file("stopped").exists());
 }
 
+/// Regression (review): with no version on record as serving and stable processes of
+/// two versions, the release asked for `--stable` only after it had started the
+/// service's data plane. Here the records are written as such a state would leave
+/// them (rampart's own deploys replace a replica of another version, so the test
+/// makes the state rather than a release): two live processes, v1 and v2, both
+/// recorded as stable, and no release on record.
+#[test]
+fn stable_processes_of_two_versions_refuse_before_the_data_plane_starts() {
+    use common::servers::SpawnGuarded as _;
+    let svc = Service::new("ambiguous");
+    let mut records = Vec::new();
+    let mut running = Vec::new();
+    for version in ["v1", "v2"] {
+        let port = free_port();
+        let daemon = Command::new(exe())
+            .args(["sample-service", "--port", &port.to_string()])
+            .args(["--version", version])
+            .env("RAMPART_SERVICE", &svc.name)
+            .env("RAMPART_VARIANT", "stable")
+            .stdout(Stdio::null())
+            .spawn_guarded();
+        let pid = daemon.0.id();
+        let started = rampart_adapters::process::start_time(pid).unwrap();
+        records.push(serde_json::json!({
+            "version": version, "pid": pid, "port": port, "started": started
+        }));
+        running.push(daemon);
+    }
+    let dir = svc.state.join("processes");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{}.stable.json", svc.name)),
+        serde_json::to_string(&records).unwrap(),
+    )
+    .unwrap();
+    let (code, v) = svc.release("v3");
+    assert_eq!(code, 5, "{v}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("run v1, v2") && reason.contains("--stable VERSION"),
+        "{v}"
+    );
+    assert_eq!(svc.plane_pid(), None, "no data plane was started");
+    assert!(
+        !svc.file("json").exists(),
+        "no data plane state was written"
+    );
+}
+
 /// Regression (review): a running data plane that listens or keeps users otherwise
 /// than the policy says refuses the release (exit 2), but only after the release had
 /// defined the policy's flags in the store (what the flag endpoint answers

@@ -106,3 +106,26 @@ async fn no_stable_deployment_refuses_before_anything_changes_fake_api() {
     assert_eq!(flags, 0, "no flag defined");
     assert_eq!(writes(&world), Vec::<String>::new());
 }
+
+/// Regression (review): a stable Deployment whose image the policy's template does not
+/// match runs a version nobody knows; the release was refused (exit 2) only after it
+/// had defined the policy's flags (and, under a server, closed the last release's flag
+/// endpoint).
+#[tokio::test]
+async fn a_stable_version_the_template_does_not_match_refuses_before_anything_changes_fake_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stable = support::stable("v1", 2);
+    stable["spec"]["template"]["spec"]["containers"][0]["image"] =
+        serde_json::json!("registry.example.com/elsewhere:v1");
+    let (client, world) = cluster::start(vec![(deployments("checkout"), stable)]);
+    let (result, flags) = release(dir.path(), client).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, RunError::Invalid(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not match `deploy.kubernetes.image`"),
+        "{err}"
+    );
+    assert_eq!(flags, 0, "no flag defined");
+    assert_eq!(writes(&world), Vec::<String>::new());
+}

@@ -165,8 +165,8 @@ impl FlagServer {
         FlagServer::serve(TcpListener::bind(listen).await?, store, service)
     }
 
-    /// [`FlagServer::bind`] on a listener bound already: a release binds the address
-    /// before it changes anything, and serves the flags once it has defined them.
+    /// [`FlagServer::bind`] on a listener bound already (a release binds the address
+    /// before it touches its service's data plane, and serves on it at once).
     pub fn serve(
         listener: TcpListener,
         store: Arc<dyn FlagStore>,

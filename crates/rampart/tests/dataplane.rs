@@ -917,3 +917,48 @@ fn a_data_plane_the_policy_does_not_match_refuses_before_the_flags_are_defined()
         .unwrap();
     assert_eq!(flags, 0, "no flag was defined by the refused release");
 }
+
+/// Regression (review): the flag endpoint's address was bound before the release
+/// reached its data plane, but served only once the data plane was up: applications
+/// connected and got no answer for as long as that took (up to 15 s for a data plane
+/// that starts). It serves what the store holds from the moment it is bound now. Here
+/// the release is held where it reaches the data plane: one "runs" (its lock is held)
+/// whose admin socket never answers.
+#[test]
+fn the_flag_endpoint_answers_while_the_release_reaches_its_data_plane() {
+    use std::io::{Read as _, Write as _};
+    let svc = Service::new("flags-early");
+    let flag_port = free_port();
+    let text = std::fs::read_to_string(&svc.policy).unwrap();
+    std::fs::write(
+        &svc.policy,
+        format!(
+            "{text}flags:\n  listen: \"127.0.0.1:{flag_port}\"\n  define:\n    - {{name: new-checkout, default: false}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(svc.state.join("dataplane")).unwrap();
+    let lock = std::fs::File::create(svc.file("lock")).unwrap();
+    lock.lock().unwrap();
+    std::fs::write(svc.file("token"), "never-answered\n").unwrap();
+    let _silent = std::os::unix::net::UnixListener::bind(svc.file("sock")).unwrap();
+    let mut release = svc
+        .run("v1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    until("the flag endpoint is bound", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok()
+    });
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", flag_port)).unwrap();
+    conn.write_all(b"GET /flags HTTP/1.1\r\nHost: flags\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    let still_held = release.try_wait().unwrap().is_none();
+    let _ = release.kill();
+    let _ = release.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(still_held, "the release was still reaching its data plane");
+}

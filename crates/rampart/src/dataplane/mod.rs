@@ -210,7 +210,8 @@ pub async fn find(
 /// directory), the embedded proxy is the service's long-lived data plane process
 /// there, started if absent; without, it runs in this process and ends with it.
 /// `resuming` says a release is taken up again: a router outside rampart keeps the
-/// split it finds in force. The policy's flags are defined, and served, last.
+/// split it finds in force. The flag endpoint serves from the start (what the store
+/// holds); the policy's flags are defined last, once the data plane is up.
 ///
 /// What fails here is the data plane's own start (an address in use, a process that
 /// does not come up): its refusals were [`find`]'s.
@@ -228,7 +229,15 @@ pub async fn start(
         terminator,
         uncounted,
     } = found;
-    let flag_listener = flag_listener(policy).await?;
+    // The flag endpoint answers from the moment its address is bound: with the flags
+    // the store holds until this release's are defined, once its data plane is up.
+    let flag_endpoint = match flag_listener(policy).await? {
+        Some(listener) => Some(
+            FlagServer::serve(listener, store.clone(), &policy.service)
+                .context("the flag endpoint cannot listen")?,
+        ),
+        None => None,
+    };
     let mut plane = match &policy.traffic {
         Traffic::Proxy(spec) if let Some(state_dir) = attach_in => {
             let (remote, reached) =
@@ -417,7 +426,8 @@ pub async fn start(
             }
         }
     };
-    plane.flag_endpoint = serve_flags(policy, store, flag_listener).await?;
+    define_flags(policy, store).await?;
+    plane.flag_endpoint = flag_endpoint;
     Ok(plane)
 }
 
@@ -530,8 +540,7 @@ fn uncounted_token(policy: &Policy) -> Result<Option<String>, RunError> {
     })
 }
 
-/// Binds the policy's flag endpoint's address, if it names one; nothing is served on it
-/// yet.
+/// Binds the policy's flag endpoint's address, if it names one.
 async fn flag_listener(policy: &Policy) -> Result<Option<tokio::net::TcpListener>, RunError> {
     let Some(listen) = policy.flags.as_ref().and_then(|f| f.listen) else {
         return Ok(None);
@@ -542,23 +551,13 @@ async fn flag_listener(policy: &Policy) -> Result<Option<tokio::net::TcpListener
     Ok(Some(listener))
 }
 
-/// Defines the policy's flags in the store and serves them on `listener`.
-async fn serve_flags(
-    policy: &Policy,
-    store: &Arc<StateStore>,
-    listener: Option<tokio::net::TcpListener>,
-) -> Result<Option<FlagServer>, RunError> {
+/// Defines the policy's flags in the store (what the flag endpoint serves).
+async fn define_flags(policy: &Policy, store: &Arc<StateStore>) -> Result<(), RunError> {
     let Some(flags) = &policy.flags else {
-        return Ok(None);
+        return Ok(());
     };
     store
         .define(&policy.service, &flags.define)
         .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
-    let Some(listener) = listener else {
-        return Ok(None);
-    };
-    let server = FlagServer::serve(listener, store.clone(), &policy.service)
-        .context("the flag endpoint cannot listen")?;
-    Ok(Some(server))
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))
 }

@@ -532,8 +532,22 @@ pub async fn run_release(
     let progress = Progress::new(out, tty, policy.strategy.steps().len());
 
     // What the server kept serving from the last release (its flag endpoint) gives
-    // way to this one, now that nothing refuses it.
+    // way to this one, now that nothing refuses it. A flag endpoint on another port is
+    // bound before the last one closes: one in use fails the release with the last
+    // one still serving. On the same port it can only be bound once the last one is
+    // closed.
+    let mut flags_bound = None;
     if let Some(served) = &opts.served {
+        let had = served
+            .serving
+            .lock()
+            .await
+            .get(&policy.service)
+            .and_then(|(previous, _)| previous.flag_addr());
+        let listen = policy.flags.as_ref().and_then(|f| f.listen);
+        if !matches!((listen, had), (Some(l), Some(h)) if l.port() == h.port()) {
+            flags_bound = crate::dataplane::flag_listener(&policy).await?;
+        }
         let previous = served.serving.lock().await.remove(&policy.service);
         if let Some((previous, _)) = previous {
             previous.close().await;
@@ -547,6 +561,7 @@ pub async fn run_release(
         opts.attach.then_some(local_dir.as_path()),
         found,
         routed_already,
+        flags_bound,
     )
     .await?;
     let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(

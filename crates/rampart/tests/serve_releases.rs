@@ -522,3 +522,46 @@ fn a_refused_release_leaves_the_last_releases_flag_endpoint_serving() {
     );
     assert!(answers(), "the flag endpoint still serves");
 }
+
+/// Regression (review): under `rampart serve`, a release whose flag endpoint moves to
+/// an address in use closed the last release's flag endpoint, then failed to bind its
+/// own (an internal error, retried): the service's applications had no flag endpoint
+/// until the address was free. The new address is bound before the last endpoint
+/// closes now.
+#[test]
+fn a_flag_endpoint_address_in_use_leaves_the_last_releases_flag_endpoint_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let server = Server::start_logged(&dir.path().join("state"), free_port(), &log);
+    let ci = server.token("deployer", "ci");
+    let viewer = server.token("viewer", "watch");
+    let (port, flag_port) = (free_port(), free_port());
+    let rt = runtime();
+    let _load = start_load(&rt, port, 150);
+    let first = format!(
+        "{}flags:\n  listen: \"127.0.0.1:{flag_port}\"\n  define:\n    - {{name: new-checkout, default: false}}\n",
+        policy("iota", port, "")
+    );
+    let id = submit(&server, &ci, &first);
+    let end = server.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
+    assert_eq!(end["outcome"], "promoted", "{end}");
+    let answers = || std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok();
+    assert!(answers(), "the flag endpoint serves after the release");
+    // The next release's flag endpoint listens on an address another process holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let moved = taken.local_addr().unwrap();
+    let second = first.replace(
+        &format!("listen: \"127.0.0.1:{flag_port}\""),
+        &format!("listen: \"{moved}\""),
+    );
+    assert_ne!(second, first);
+    submit(&server, &ci, &second);
+    let refused = format!("the flag endpoint cannot listen on {moved}");
+    until(
+        "the next release fails on its flag endpoint's address",
+        LONG,
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains(&refused)),
+    );
+    assert!(answers(), "the last release's flag endpoint still serves");
+    drop(taken);
+}

@@ -88,6 +88,11 @@ impl DataPlane {
         }
     }
 
+    /// Where its flag endpoint listens, if it serves one.
+    pub fn flag_addr(&self) -> Option<SocketAddr> {
+        self.flag_endpoint.as_ref().map(FlagServer::local_addr)
+    }
+
     /// Stops the embedded proxy and the flag endpoint and returns once their addresses
     /// are free again (the next release of the service binds them at once).
     pub async fn close(self) {
@@ -211,7 +216,9 @@ pub async fn find(
 /// there, started if absent; without, it runs in this process and ends with it.
 /// `resuming` says a release is taken up again: a router outside rampart keeps the
 /// split it finds in force. The flag endpoint serves from the start (what the store
-/// holds); the policy's flags are defined last, once the data plane is up.
+/// holds), on `flags` when the caller bound its address already ([`flag_listener`]),
+/// else on the address bound here; the policy's flags are defined last, once the data
+/// plane is up.
 ///
 /// What fails here is the data plane's own start (an address in use, a process that
 /// does not come up): its refusals were [`find`]'s.
@@ -222,6 +229,7 @@ pub async fn start(
     attach_in: Option<&std::path::Path>,
     found: Found,
     resuming: bool,
+    flags: Option<tokio::net::TcpListener>,
 ) -> Result<DataPlane, RunError> {
     let Found {
         cluster,
@@ -231,7 +239,11 @@ pub async fn start(
     } = found;
     // The flag endpoint answers from the moment its address is bound: with the flags
     // the store holds until this release's are defined, once its data plane is up.
-    let flag_endpoint = match flag_listener(policy).await? {
+    let flags = match flags {
+        Some(listener) => Some(listener),
+        None => flag_listener(policy).await?,
+    };
+    let flag_endpoint = match flags {
         Some(listener) => Some(
             FlagServer::serve(listener, store.clone(), &policy.service)
                 .context("the flag endpoint cannot listen")?,
@@ -541,7 +553,7 @@ fn uncounted_token(policy: &Policy) -> Result<Option<String>, RunError> {
 }
 
 /// Binds the policy's flag endpoint's address, if it names one.
-async fn flag_listener(policy: &Policy) -> Result<Option<tokio::net::TcpListener>, RunError> {
+pub async fn flag_listener(policy: &Policy) -> Result<Option<tokio::net::TcpListener>, RunError> {
     let Some(listen) = policy.flags.as_ref().and_then(|f| f.listen) else {
         return Ok(None);
     };

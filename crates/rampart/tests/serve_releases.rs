@@ -565,3 +565,53 @@ fn a_flag_endpoint_address_in_use_leaves_the_last_releases_flag_endpoint_serving
     assert!(answers(), "the last release's flag endpoint still serves");
     drop(taken);
 }
+
+/// Regression (review): a data plane state file of a newer format (or corrupt) was
+/// refused only when the release started its data plane, not among the refusals found
+/// before anything is touched, when no data plane ran: under `rampart serve` the last
+/// release's flag endpoint was closed first, and the service's applications had none.
+#[test]
+fn a_newer_data_plane_state_file_leaves_the_last_releases_flag_endpoint_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("serve.log");
+    let server = Server::start_logged(&state, free_port(), &log);
+    let ci = server.token("deployer", "ci");
+    let viewer = server.token("viewer", "watch");
+    let (port, flag_port) = (free_port(), free_port());
+    let rt = runtime();
+    let _load = start_load(&rt, port, 150);
+    let first = format!(
+        "{}flags:\n  listen: \"127.0.0.1:{flag_port}\"\n  define:\n    - {{name: new-checkout, default: false}}\n",
+        policy("kappa", port, "")
+    );
+    let id = submit(&server, &ci, &first);
+    let end = server.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
+    assert_eq!(end["outcome"], "promoted", "{end}");
+    let answers = || std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok();
+    assert!(answers(), "the flag endpoint serves after the release");
+    // The data plane is gone, and its state file is one a newer rampart wrote.
+    let planes = state.join("dataplane");
+    let pid = std::fs::read_to_string(planes.join("kappa.lock")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    until("the data plane is gone", LONG, || {
+        std::fs::File::open(planes.join("kappa.lock"))
+            .unwrap()
+            .try_lock_shared()
+            .is_ok()
+    });
+    let file = planes.join("kappa.json");
+    let mut saved: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    saved["format"] = json!(99);
+    std::fs::write(&file, saved.to_string()).unwrap();
+    submit(&server, &ci, &first);
+    until("the next release fails on the state file", LONG, || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("written by a newer rampart (state format 99"))
+    });
+    assert!(answers(), "the last release's flag endpoint still serves");
+}

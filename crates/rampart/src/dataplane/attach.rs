@@ -86,8 +86,9 @@ pub async fn attach_telling(
 /// Refuses, changing nothing, when the service's data plane runs under `state_dir` and
 /// [`attach_telling`] would refuse it (the same arguments): it listens or keeps users
 /// otherwise than `spec` says, serves HTTPS for plain HTTP or the other way round, or
-/// speaks another protocol to the versions. A release checks this before it touches
-/// anything.
+/// speaks another protocol to the versions; and, whether one runs or not, when its
+/// state file is of a newer format or corrupt. A release checks this before it
+/// touches anything.
 pub fn check(
     service: &str,
     spec: &ProxySpec,
@@ -96,11 +97,13 @@ pub fn check(
 ) -> Result<(), RunError> {
     let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let files = PlaneFiles::new(&state_dir, service);
+    // Read whether or not one runs: a data plane started again reads it too, and
+    // one of a newer format, or corrupt, refuses the start.
+    let saved = PlaneState::load(&files.state())
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
     if !files.is_running() {
         return Ok(());
     }
-    let saved = PlaneState::load(&files.state())
-        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?;
     matches(service, spec, saved.as_ref(), tls)
 }
 

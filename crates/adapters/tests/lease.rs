@@ -187,3 +187,28 @@ async fn a_store_without_a_lease_acts_unfenced() {
     assert_eq!(err.kind(), PortErrorKind::Fenced, "{err}");
     r.a.append("r1", &entry(2)).await.unwrap();
 }
+
+/// A release checks its lease before it touches its service's data plane, writing
+/// nothing: a store outside any lease, and a holder, may act; a deposed holder and a
+/// standby may not.
+#[tokio::test(start_paused = true)]
+async fn check_acting_refuses_a_deposed_leader_and_a_standby_only() {
+    let r = replicas().await;
+    r.a.check_acting().await.unwrap();
+    let token_a = r.a.take_lease("serve", "a", None).await.unwrap().unwrap();
+    r.a.fence_as_leader("serve", "a", token_a);
+    r.a.check_acting().await.unwrap();
+    let seen = r.b.lease_state("serve").await.unwrap().unwrap();
+    let token_b =
+        r.b.take_lease("serve", "b", Some(&seen))
+            .await
+            .unwrap()
+            .unwrap();
+    r.b.fence_as_leader("serve", "b", token_b);
+    r.b.check_acting().await.unwrap();
+    let err = r.a.check_acting().await.unwrap_err();
+    assert_eq!(err.into_port().kind(), PortErrorKind::Fenced);
+    r.a.fence_as_standby();
+    let err = r.a.check_acting().await.unwrap_err();
+    assert_eq!(err.into_port().kind(), PortErrorKind::Fenced);
+}

@@ -531,6 +531,13 @@ pub async fn run_release(
     };
     let progress = Progress::new(out, tty, policy.strategy.steps().len());
 
+    // A replica of a shared store that lost its lease leaves the service alone: the
+    // data plane may be the one the new leader's release uses (its first acting write,
+    // the policy's flags, comes only once the data plane is up).
+    store
+        .check_acting()
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
     // What the server kept serving from the last release (its flag endpoint) gives
     // way to this one, now that nothing refuses it. A flag endpoint on another port is
     // bound before the last one closes: one in use fails the release with the last

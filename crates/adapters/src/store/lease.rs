@@ -140,6 +140,18 @@ impl StateStore {
     pub fn fence_as_standby(&self) {
         self.set_fence(Fence::Standby);
     }
+
+    /// Refuses, writing nothing, as an acting write would: this process is a standby,
+    /// or its lease has moved on. A caller checks it before it acts outside the store
+    /// (a release, before it touches its service's data plane).
+    pub async fn check_acting(&self) -> Result<(), StoreError> {
+        if matches!(self.fence(), Fence::Unfenced) {
+            return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
+        self.fenced(&mut tx).await?;
+        tx.commit().await
+    }
 }
 
 /// One replica's part in the lease.

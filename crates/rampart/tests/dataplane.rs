@@ -948,9 +948,11 @@ fn the_flag_endpoint_answers_while_the_release_reaches_its_data_plane() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    until("the flag endpoint is bound", Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok()
-    });
+    until(
+        "the flag endpoint is bound",
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok(),
+    );
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", flag_port)).unwrap();
     conn.write_all(b"GET /flags HTTP/1.1\r\nHost: flags\r\nConnection: close\r\n\r\n")
         .unwrap();

@@ -114,6 +114,43 @@ async fn nothing_moves_while_stable_is_not_ready_fake_api() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_fails_after_moving_users_audits_what_it_did_fake_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, world) = halted_at_half();
+    // Stable is ready as it is, but the replica it is given for the canary's users
+    // never gets ready: the stop fails after it has begun.
+    world.lock().unwrap().broken.insert(deployments("checkout"));
+    let a = args(dir.path());
+    let err = stop(&a, Some(Cluster(client)), &clock()).await.unwrap_err();
+    assert!(
+        world
+            .lock()
+            .unwrap()
+            .writes
+            .iter()
+            .any(|w| w.contains("/deployments/checkout")),
+        "the stop had begun: {err}"
+    );
+    let store = rampart_adapters::store::StateStore::open(&a.state_dir.join("rampart.db"))
+        .await
+        .unwrap();
+    let chain = store.chain_records(None).await.unwrap();
+    let actions: Vec<&str> = chain.iter().map(|r| r.action.as_str()).collect();
+    assert!(!actions.contains(&"canary_stopped"), "{actions:?}");
+    let failed = serde_json::to_string(
+        chain
+            .iter()
+            .rfind(|r| r.action == "canary_stop_failed")
+            .unwrap_or_else(|| panic!("no canary_stop_failed in {actions:?} ({err})")),
+    )
+    .unwrap();
+    assert!(
+        failed.contains("v2 halted") && failed.contains("then failed") && failed.contains("alice"),
+        "the trail says why, what was done, and how it ended: {failed}"
+    );
+}
+
 /// The clock the audit records are timed by.
 fn clock() -> rampart_adapters::clock::TokioClock {
     rampart_adapters::clock::TokioClock::starting_at(1_800_000_000_000)

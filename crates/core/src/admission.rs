@@ -183,6 +183,12 @@ pub struct CommandFacts<'a> {
     pub initiator: &'a str,
     /// The operator freeze that applies to its service.
     pub freeze: Option<&'a Freeze>,
+    /// Whether an approval now would send all traffic to the new version: the hold at
+    /// 100 % outside the release window, or the approval of a start outside it or of a
+    /// move to 100 % at once.
+    pub approval_goes_to_full: bool,
+    /// The calendar freeze of the release's policy in force now (why), if one is.
+    pub calendar_freeze: Option<&'a str>,
 }
 
 /// Why an operator's request is refused before it reaches the release.
@@ -197,6 +203,9 @@ pub enum CommandRefusal {
     NotAwaitingApproval(Phase),
     /// A promotion during an operator freeze: nothing goes to 100 % then.
     Frozen(Freeze),
+    /// An approval that would send all traffic to the new version during a calendar
+    /// freeze of the policy (why): only a hotfix runs through one.
+    CalendarFreeze(String),
 }
 
 /// Decides whether `actor`'s request `kind` may be queued for a release.
@@ -222,6 +231,13 @@ pub fn admit_command(
         && !(facts.phase == Phase::Progressing && facts.holding_for_window)
     {
         return Err(CommandRefusal::NotAwaitingApproval(facts.phase));
+    }
+    // The release would refuse it when it arrives: say so now, not after a 202.
+    if kind == CommandKind::Approve
+        && facts.approval_goes_to_full
+        && let Some(why) = facts.calendar_freeze
+    {
+        return Err(CommandRefusal::CalendarFreeze(why.to_string()));
     }
     if kind == CommandKind::Promote
         && let Some(f) = facts.freeze
@@ -324,6 +340,8 @@ mod tests {
             holding_for_window: false,
             initiator: "alice",
             freeze: None,
+            approval_goes_to_full: false,
+            calendar_freeze: None,
         }
     }
 
@@ -386,6 +404,38 @@ mod tests {
                 admit_command(kind, "bob", &f),
                 Err(CommandRefusal::Over(OutcomeKind::Promoted))
             );
+        }
+    }
+
+    #[test]
+    fn a_calendar_freeze_refuses_only_an_approval_that_goes_to_full_traffic() {
+        let holding = CommandFacts {
+            holding_for_window: true,
+            approval_goes_to_full: true,
+            calendar_freeze: Some("in the freeze \"holidays\""),
+            ..facts(Phase::Progressing)
+        };
+        assert_eq!(
+            admit_command(CommandKind::Approve, "bob", &holding),
+            Err(CommandRefusal::CalendarFreeze(
+                "in the freeze \"holidays\"".into()
+            ))
+        );
+        // A canary step's approval is taken (the move to 100 % after it waits), and
+        // outside a freeze the hold's is too.
+        let step = CommandFacts {
+            approval_goes_to_full: false,
+            ..holding
+        };
+        assert_eq!(admit_command(CommandKind::Approve, "bob", &step), Ok(()));
+        let open = CommandFacts {
+            calendar_freeze: None,
+            ..holding
+        };
+        assert_eq!(admit_command(CommandKind::Approve, "bob", &open), Ok(()));
+        // Rollbacks and pauses are never frozen.
+        for kind in [CommandKind::Rollback, CommandKind::Pause] {
+            assert_eq!(admit_command(kind, "bob", &holding), Ok(()));
         }
     }
 

@@ -355,7 +355,7 @@ impl Backend {
                 };
                 // The same admission as the API's: four eyes, approvals only when one
                 // is awaited, no promotion during a freeze.
-                crate::operator::admit(store, &loaded, kind, actor, what)
+                crate::operator::admit(store, &loaded, kind, actor, what, clock.now())
                     .await
                     .map_err(|r| Failure::new(r.why.code(), r.message))?;
                 let command = OperatorCommand {

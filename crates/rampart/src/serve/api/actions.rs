@@ -127,16 +127,23 @@ pub async fn act(
             Json(json!({"release": id, "request": "abort", "queued": false, "withdrawn": true})),
         ));
     };
-    operator::admit(&app.store, &l, what.kind(), &caller.name, what.name())
-        .await
-        .map_err(|r| {
-            let status = match r.why {
-                Why::FourEyes => StatusCode::FORBIDDEN,
-                Why::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-                Why::Conflict | Why::Frozen => StatusCode::CONFLICT,
-            };
-            ApiError::new(status, r.why.code(), r.message)
-        })?;
+    operator::admit(
+        &app.store,
+        &l,
+        what.kind(),
+        &caller.name,
+        what.name(),
+        app.clock.now(),
+    )
+    .await
+    .map_err(|r| {
+        let status = match r.why {
+            Why::FourEyes => StatusCode::FORBIDDEN,
+            Why::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Why::Conflict | Why::Frozen => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, r.why.code(), r.message)
+    })?;
     let command = OperatorCommand {
         kind: what.kind(),
         actor: caller.name.clone(),

@@ -262,3 +262,47 @@ fn a_promoted_flag_release_never_hands_an_earlier_canary_over_as_stable() {
         "v1 stays stable: {stable}"
     );
 }
+
+/// A flag release changes no code. Run with another version than the one serving, it
+/// used to replace every stable process with that version at once, with no canary and
+/// no analysis: a typo in `--version` shipped new code to everyone.
+#[test]
+fn a_flag_release_with_another_version_than_the_one_serving_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let canary = "{canary: {steps: [{weight: 50, bake: 1s}]}}";
+    let (path, port, _) = policy(dir.path(), "0", canary);
+    let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
+    let rt = common::runtime();
+    let release = |version: &str| {
+        let (load, _) = common::start_load(&rt, port, 200);
+        let out = common::run_json(&path, &state, version, None)
+            .output()
+            .unwrap();
+        load.abort();
+        common::report(&out)
+    };
+    let stable = || std::fs::read_to_string(state.join("processes/flagged.stable.json")).unwrap();
+    let (code, v) = release("v1");
+    assert_eq!(code, 0, "{v}");
+    let before = stable();
+    assert!(before.contains("\"v1\""), "{before}");
+
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(canary, FLAG_ONLY);
+    std::fs::write(&path, text).unwrap();
+    let (code, v) = release("v3");
+    let reason = v["message"].as_str().unwrap_or_default();
+    assert_eq!((code, v["error"].as_str()), (2, Some("invalid")), "{v}");
+    assert!(
+        reason.contains("v1") && reason.contains("--version v1"),
+        "{reason}"
+    );
+    assert_eq!(stable(), before, "stable's processes are untouched");
+
+    // With the version serving, the flag ramps.
+    let (code, v) = release("v1");
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    assert_eq!(stable(), before, "the same processes serve");
+}

@@ -260,6 +260,41 @@ pub fn release_id(service: &str, now_ms: u64) -> String {
     )
 }
 
+/// Refuses a flag release run with another version than the one serving: its
+/// processes (or the cluster's stable Deployment) when they run, else the version on
+/// record. It would replace every stable process with that version at once, with no
+/// canary and no analysis. With nothing running and nothing on record, the version
+/// given starts on its own.
+async fn flag_release_serves(
+    service: &str,
+    version: &str,
+    processes: Option<&ProcessDeployer>,
+    cluster_runs: Option<&str>,
+    store: &StateStore,
+) -> Result<(), RunError> {
+    let mut serving = processes
+        .map(|p| p.versions(Variant::Stable))
+        .unwrap_or_default();
+    serving.extend(cluster_runs.map(str::to_string));
+    if serving.is_empty() {
+        serving.extend(
+            store
+                .serving_version(service)
+                .await
+                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
+        );
+    }
+    serving.sort();
+    serving.dedup();
+    match serving.iter().find(|v| *v != version) {
+        None => Ok(()),
+        Some(other) => Err(RunError::Invalid(format!(
+            "{service} serves {}: a flag release changes no code, so it runs with the version serving (`--version {other}`); release {version} with a canary, blue-green or rolling strategy first",
+            serving.join(", ")
+        ))),
+    }
+}
+
 /// Runs (or resumes) one release. `on_proxy` is called once the proxy listens.
 pub async fn run_release(
     opts: RunOptions,
@@ -498,8 +533,17 @@ pub async fn run_release(
         found.running_version(),
         remembered.as_deref(),
     );
-    // A flag release changes no code: the version released is both sides.
+    // A flag release changes no code: the version released is both sides, and it
+    // must be the one serving.
     let stable = if policy.strategy.flag_only() {
+        flag_release_serves(
+            &policy.service,
+            &opts.version,
+            processes.as_deref(),
+            found.running_version(),
+            &store,
+        )
+        .await?;
         Some(opts.version.clone())
     } else {
         stable

@@ -183,12 +183,15 @@ pub struct CommandFacts<'a> {
     pub initiator: &'a str,
     /// The operator freeze that applies to its service.
     pub freeze: Option<&'a Freeze>,
-    /// Whether an approval now would send all traffic to the new version: the hold at
-    /// 100 % outside the release window, or the approval of a start outside it or of a
-    /// move to 100 % at once.
-    pub approval_goes_to_full: bool,
+    /// Whether the approval awaited is one a calendar freeze refuses: of the hold at
+    /// 100 % outside the release window, of a start outside the window, or of a move
+    /// to all traffic at once.
+    pub approval_needs_no_freeze: bool,
     /// The calendar freeze of the release's policy in force now (why), if one is.
     pub calendar_freeze: Option<&'a str>,
+    /// Whether a hotfix's approval lifted the calendar freeze for this release (a
+    /// promotion may then go through it).
+    pub freeze_lifted: bool,
 }
 
 /// Why an operator's request is refused before it reaches the release.
@@ -203,8 +206,8 @@ pub enum CommandRefusal {
     NotAwaitingApproval(Phase),
     /// A promotion during an operator freeze: nothing goes to 100 % then.
     Frozen(Freeze),
-    /// An approval that would send all traffic to the new version during a calendar
-    /// freeze of the policy (why): only a hotfix runs through one.
+    /// During a calendar freeze of the policy (why), an approval of a start outside
+    /// the window or of a move to 100 %, or a promotion: only a hotfix runs through one.
     CalendarFreeze(String),
 }
 
@@ -232,12 +235,16 @@ pub fn admit_command(
     {
         return Err(CommandRefusal::NotAwaitingApproval(facts.phase));
     }
-    // The release would refuse it when it arrives: say so now, not after a 202.
-    if kind == CommandKind::Approve
-        && facts.approval_goes_to_full
-        && let Some(why) = facts.calendar_freeze
-    {
-        return Err(CommandRefusal::CalendarFreeze(why.to_string()));
+    // The release would refuse these when they arrive: say so now, not after a 202.
+    if let Some(why) = facts.calendar_freeze {
+        let refused = match kind {
+            CommandKind::Approve => facts.approval_needs_no_freeze,
+            CommandKind::Promote => !facts.freeze_lifted,
+            _ => false,
+        };
+        if refused {
+            return Err(CommandRefusal::CalendarFreeze(why.to_string()));
+        }
     }
     if kind == CommandKind::Promote
         && let Some(f) = facts.freeze
@@ -340,8 +347,9 @@ mod tests {
             holding_for_window: false,
             initiator: "alice",
             freeze: None,
-            approval_goes_to_full: false,
+            approval_needs_no_freeze: false,
             calendar_freeze: None,
+            freeze_lifted: false,
         }
     }
 
@@ -408,10 +416,10 @@ mod tests {
     }
 
     #[test]
-    fn a_calendar_freeze_refuses_only_an_approval_that_goes_to_full_traffic() {
+    fn a_calendar_freeze_refuses_an_approval_to_full_traffic_and_a_promotion() {
         let holding = CommandFacts {
             holding_for_window: true,
-            approval_goes_to_full: true,
+            approval_needs_no_freeze: true,
             calendar_freeze: Some("in the freeze \"holidays\""),
             ..facts(Phase::Progressing)
         };
@@ -424,7 +432,7 @@ mod tests {
         // A canary step's approval is taken (the move to 100 % after it waits), and
         // outside a freeze the hold's is too.
         let step = CommandFacts {
-            approval_goes_to_full: false,
+            approval_needs_no_freeze: false,
             ..holding
         };
         assert_eq!(admit_command(CommandKind::Approve, "bob", &step), Ok(()));
@@ -437,6 +445,18 @@ mod tests {
         for kind in [CommandKind::Rollback, CommandKind::Pause] {
             assert_eq!(admit_command(kind, "bob", &holding), Ok(()));
         }
+        // Nothing is promoted through the freeze, unless a hotfix's approval lifted it.
+        assert_eq!(
+            admit_command(CommandKind::Promote, "bob", &holding),
+            Err(CommandRefusal::CalendarFreeze(
+                "in the freeze \"holidays\"".into()
+            ))
+        );
+        let hotfix = CommandFacts {
+            freeze_lifted: true,
+            ..holding
+        };
+        assert_eq!(admit_command(CommandKind::Promote, "bob", &hotfix), Ok(()));
     }
 
     fn spec() -> Migrations {

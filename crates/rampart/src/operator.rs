@@ -8,7 +8,7 @@ use std::ops::Deref;
 
 use rampart_core::admission::{self, CommandFacts, CommandRefusal};
 use rampart_core::ports::{CommandKind, Store};
-use rampart_core::release::PreApproval;
+use rampart_core::release::{Phase, PreApproval};
 use rampart_core::units::Millis;
 use rampart_core::windows::Status;
 
@@ -83,12 +83,14 @@ where
         holding_for_window: state.window_hold.is_some(),
         initiator: &state.initiator,
         freeze: freeze.as_ref(),
-        approval_goes_to_full: state.window_hold.is_some()
+        approval_needs_no_freeze: (state.phase == Phase::Progressing
+            && state.window_hold.is_some())
             || matches!(
                 state.approving,
                 Some(PreApproval::Window | PreApproval::FullTraffic)
             ),
         calendar_freeze: calendar_freeze.as_deref(),
+        freeze_lifted: state.freeze_lifted,
     };
     admission::admit_command(kind, actor, &facts).map_err(|refusal| {
         let id = &l.record.id;
@@ -117,9 +119,14 @@ where
             },
             CommandRefusal::CalendarFreeze(why) => Refused {
                 why: Why::Frozen,
-                message: format!(
-                    "release {id} would go to 100 % and it is {why}: only a hotfix may run during a freeze"
-                ),
+                message: match (kind, state.approving) {
+                    (CommandKind::Approve, Some(PreApproval::Window)) => format!(
+                        "release {id} would start, and it is {why}: only a hotfix may run during a calendar freeze"
+                    ),
+                    _ => format!(
+                        "release {id} would go to 100 %, and it is {why}: nothing goes to 100 % during a calendar freeze but a hotfix"
+                    ),
+                },
             },
         }
     })
@@ -207,6 +214,18 @@ windows:
         admit(&store, &l, CommandKind::Approve, "bob", "approve", before)
             .await
             .unwrap();
+        // Nor is it promoted through the freeze.
+        let refused = admit(
+            &store,
+            &l,
+            CommandKind::Promote,
+            "bob",
+            "promote",
+            in_freeze,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.why, Why::Frozen, "{}", refused.message);
         // A rollback is never frozen.
         admit(
             &store,

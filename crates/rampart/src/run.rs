@@ -260,22 +260,20 @@ pub fn release_id(service: &str, now_ms: u64) -> String {
     )
 }
 
-/// Refuses a flag release run with another version than the one serving: its
-/// processes (or the cluster's stable Deployment) when they run, else the version on
-/// record. It would replace every stable process with that version at once, with no
-/// canary and no analysis. With nothing running and nothing on record, the version
-/// given starts on its own.
+/// Refuses a flag release run with another version than the one serving: its stable
+/// processes' when they run, else the one on record. It would replace every stable
+/// process with that version at once, with no canary and no analysis. With nothing
+/// running and nothing on record, the version given starts on its own. (A flag ramp
+/// is on the embedded proxy, so its versions are local processes.)
 async fn flag_release_serves(
     service: &str,
     version: &str,
     processes: Option<&ProcessDeployer>,
-    cluster_runs: Option<&str>,
     store: &StateStore,
 ) -> Result<(), RunError> {
     let mut serving = processes
         .map(|p| p.versions(Variant::Stable))
         .unwrap_or_default();
-    serving.extend(cluster_runs.map(str::to_string));
     if serving.is_empty() {
         serving.extend(
             store
@@ -286,11 +284,15 @@ async fn flag_release_serves(
     }
     serving.sort();
     serving.dedup();
-    match serving.iter().find(|v| *v != version) {
-        None => Ok(()),
-        Some(other) => Err(RunError::Invalid(format!(
-            "{service} serves {}: a flag release changes no code, so it runs with the version serving (`--version {other}`); release {version} with a canary, blue-green or rolling strategy first",
-            serving.join(", ")
+    match serving.as_slice() {
+        [] => Ok(()),
+        [one] if one == version => Ok(()),
+        [one] => Err(RunError::Invalid(format!(
+            "{service} serves {one}: a flag release changes no code, so it runs with the version serving (`--version {one}`); release {version} with a canary, blue-green or rolling strategy first"
+        ))),
+        several => Err(RunError::Invalid(format!(
+            "{service}'s stable processes run several versions ({}): a flag release changes no code and runs on one; release the version that should serve with a canary, blue-green or rolling strategy first",
+            several.join(", ")
         ))),
     }
 }
@@ -536,14 +538,11 @@ pub async fn run_release(
     // A flag release changes no code: the version released is both sides, and it
     // must be the one serving.
     let stable = if policy.strategy.flag_only() {
-        flag_release_serves(
-            &policy.service,
-            &opts.version,
-            processes.as_deref(),
-            found.running_version(),
-            &store,
-        )
-        .await?;
+        // Checked when it starts; a resumed one keeps what it started with.
+        if resume_id.is_none() {
+            flag_release_serves(&policy.service, &opts.version, processes.as_deref(), &store)
+                .await?;
+        }
         Some(opts.version.clone())
     } else {
         stable

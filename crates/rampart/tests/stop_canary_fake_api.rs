@@ -123,14 +123,16 @@ async fn a_stop_that_fails_after_moving_users_audits_what_it_did_fake_api() {
     world.lock().unwrap().broken.insert(deployments("checkout"));
     let a = args(dir.path());
     let err = stop(&a, Some(Cluster(client)), &clock()).await.unwrap_err();
-    assert!(
-        world
-            .lock()
-            .unwrap()
-            .writes
-            .iter()
-            .any(|w| w.contains("/deployments/checkout")),
-        "the stop had begun: {err}"
+    assert!(matches!(err, RunError::Internal(_)), "{err}");
+    assert_eq!(
+        replicas(&world, "checkout"),
+        Some(2),
+        "the stop had begun: stable was given the canary's replica ({err})"
+    );
+    assert_eq!(
+        replicas(&world, "checkout-canary"),
+        Some(1),
+        "it failed before the canary went"
     );
     let store = rampart_adapters::store::StateStore::open(&a.state_dir.join("rampart.db"))
         .await

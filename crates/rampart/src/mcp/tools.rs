@@ -136,7 +136,7 @@ fn instead_of(code: &str) -> &'static str {
             "someone other than who started the release must approve: call request_approval"
         }
         "frozen" => {
-            "releases of this service are frozen: wait for a human to lift the freeze, or call request_approval"
+            "releases of this service are frozen, by an operator or by its policy's freeze calendar: wait for the freeze to end (a human may lift an operator's), or call request_approval"
         }
         "conflict" => {
             "the release is not in a state that allows this: read release_status and release_events"

@@ -219,9 +219,14 @@ pub fn render(policy: &Policy, source: &str) -> String {
         );
         n += 1;
     }
+    let version = if policy.strategy.flag_only() {
+        "`version`, the version serving now (a flag release changes no code: another is refused)"
+    } else {
+        "`version`"
+    };
     let _ = writeln!(
         md,
-        "{n}. `start_release` with `file: {source}` and `version`; keep the release id it returns."
+        "{n}. `start_release` with `file: {source}` and {version}; keep the release id it returns."
     );
     n += 1;
     let _ = writeln!(

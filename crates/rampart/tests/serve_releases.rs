@@ -484,6 +484,35 @@ analysis:
     assert_eq!(audited, 1);
 }
 
+/// Releases `service` under `server`, with a flag endpoint and load (on `rt`, while it
+/// lives), to its promotion: its policy, its proxy's port and its flag endpoint's port.
+fn promoted_with_flags(
+    server: &Server,
+    ci: &str,
+    viewer: &str,
+    rt: &tokio::runtime::Runtime,
+    service: &str,
+) -> (String, u16, u16) {
+    let (port, flag_port) = (free_port(), free_port());
+    start_load(rt, port, 150);
+    let text = format!(
+        "{}flags:\n  listen: \"127.0.0.1:{flag_port}\"\n  define:\n    - {{name: new-checkout, default: false}}\n",
+        policy(service, port, "")
+    );
+    let id = submit(server, ci, &text);
+    let end = server.wait_release(&id, viewer, LONG, |v| v["report"].is_object());
+    assert_eq!(end["outcome"], "promoted", "{end}");
+    assert!(
+        flag_endpoint_answers(flag_port),
+        "the flag endpoint serves after the release"
+    );
+    (text, port, flag_port)
+}
+
+fn flag_endpoint_answers(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
 /// Regression (review): under `rampart serve`, the flag endpoint the last release left
 /// serving was closed before some refusals of the next release were found (here, a
 /// running data plane the policy does not match): a refused release left the service's
@@ -494,18 +523,9 @@ fn a_refused_release_leaves_the_last_releases_flag_endpoint_serving() {
     let server = Server::start(&dir.path().join("state"));
     let ci = server.token("deployer", "ci");
     let viewer = server.token("viewer", "watch");
-    let (port, flag_port) = (free_port(), free_port());
     let rt = runtime();
-    let _load = start_load(&rt, port, 150);
-    let first = format!(
-        "{}flags:\n  listen: \"127.0.0.1:{flag_port}\"\n  define:\n    - {{name: new-checkout, default: false}}\n",
-        policy("theta", port, "")
-    );
-    let id = submit(&server, &ci, &first);
-    let end = server.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
-    assert_eq!(end["outcome"], "promoted", "{end}");
-    let answers = || std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok();
-    assert!(answers(), "the flag endpoint serves after the release");
+    let (first, port, flag_port) = promoted_with_flags(&server, &ci, &viewer, &rt, "theta");
+    let answers = || flag_endpoint_answers(flag_port);
     // The next release keeps users by a header the running data plane does not.
     let listen = format!("listen: \"127.0.0.1:{port}\"");
     let second = first.replace(&listen, &format!("{listen}, sticky: {{header: x-user}}"));
@@ -535,18 +555,9 @@ fn a_flag_endpoint_address_in_use_leaves_the_last_releases_flag_endpoint_serving
     let server = Server::start_logged(&dir.path().join("state"), free_port(), &log);
     let ci = server.token("deployer", "ci");
     let viewer = server.token("viewer", "watch");
-    let (port, flag_port) = (free_port(), free_port());
     let rt = runtime();
-    let _load = start_load(&rt, port, 150);
-    let first = format!(
-        "{}flags:\n  listen: \"127.0.0.1:{flag_port}\"\n  define:\n    - {{name: new-checkout, default: false}}\n",
-        policy("iota", port, "")
-    );
-    let id = submit(&server, &ci, &first);
-    let end = server.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
-    assert_eq!(end["outcome"], "promoted", "{end}");
-    let answers = || std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok();
-    assert!(answers(), "the flag endpoint serves after the release");
+    let (first, _, flag_port) = promoted_with_flags(&server, &ci, &viewer, &rt, "iota");
+    let answers = || flag_endpoint_answers(flag_port);
     // The next release's flag endpoint listens on an address another process holds.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let moved = taken.local_addr().unwrap();
@@ -578,18 +589,9 @@ fn a_newer_data_plane_state_file_leaves_the_last_releases_flag_endpoint_serving(
     let server = Server::start_logged(&state, free_port(), &log);
     let ci = server.token("deployer", "ci");
     let viewer = server.token("viewer", "watch");
-    let (port, flag_port) = (free_port(), free_port());
     let rt = runtime();
-    let _load = start_load(&rt, port, 150);
-    let first = format!(
-        "{}flags:\n  listen: \"127.0.0.1:{flag_port}\"\n  define:\n    - {{name: new-checkout, default: false}}\n",
-        policy("kappa", port, "")
-    );
-    let id = submit(&server, &ci, &first);
-    let end = server.wait_release(&id, &viewer, LONG, |v| v["report"].is_object());
-    assert_eq!(end["outcome"], "promoted", "{end}");
-    let answers = || std::net::TcpStream::connect(("127.0.0.1", flag_port)).is_ok();
-    assert!(answers(), "the flag endpoint serves after the release");
+    let (first, _, flag_port) = promoted_with_flags(&server, &ci, &viewer, &rt, "kappa");
+    let answers = || flag_endpoint_answers(flag_port);
     // The data plane is gone, and its state file is one a newer rampart wrote.
     let planes = state.join("dataplane");
     let pid = std::fs::read_to_string(planes.join("kappa.lock")).unwrap();

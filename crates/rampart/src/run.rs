@@ -260,6 +260,16 @@ pub fn release_id(service: &str, now_ms: u64) -> String {
     )
 }
 
+/// The versions the stable processes run, each once, in order.
+fn stable_versions(processes: Option<&ProcessDeployer>) -> Vec<String> {
+    let mut versions = processes
+        .map(|p| p.versions(Variant::Stable))
+        .unwrap_or_default();
+    versions.sort();
+    versions.dedup();
+    versions
+}
+
 /// Refuses a flag release run with another version than the one serving: its stable
 /// processes' when they run, else the one on record. It would replace every stable
 /// process with that version at once, with no canary and no analysis. With nothing
@@ -271,9 +281,7 @@ async fn flag_release_serves(
     processes: Option<&ProcessDeployer>,
     store: &StateStore,
 ) -> Result<(), RunError> {
-    let mut serving = processes
-        .map(|p| p.versions(Variant::Stable))
-        .unwrap_or_default();
+    let mut serving = stable_versions(processes);
     if serving.is_empty() {
         serving.extend(
             store
@@ -282,8 +290,6 @@ async fn flag_release_serves(
                 .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?,
         );
     }
-    serving.sort();
-    serving.dedup();
     match serving.as_slice() {
         [] => Ok(()),
         [one] if one == version => Ok(()),
@@ -511,12 +517,7 @@ pub async fn run_release(
         match recorded {
             Some(version) => Some(version),
             None => {
-                let mut running = processes
-                    .as_ref()
-                    .map(|p| p.versions(Variant::Stable))
-                    .unwrap_or_default();
-                running.sort();
-                running.dedup();
+                let mut running = stable_versions(processes.as_deref());
                 if running.len() > 1 {
                     return Err(RunError::Blocked(format!(
                         "no version of {} is on record as serving, and its stable processes run {}: say which one serves with `--stable VERSION`",

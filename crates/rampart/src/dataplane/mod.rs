@@ -422,8 +422,8 @@ pub async fn start(
                 )));
             };
             DataPlane {
+                routes: cluster.router.clone(),
                 router: cluster.router,
-                routes: cluster.routes,
                 metrics: cluster.metrics,
                 counted: cluster.counted,
                 proxy: None,
@@ -472,10 +472,9 @@ impl Totals for Uncounted {
 /// The Kubernetes adapter of a release, found: one object is both the deployer and
 /// the router.
 pub struct ClusterPlane {
-    /// Moves traffic between the Deployments.
+    /// Moves traffic between the Deployments (no flag ramp in front on a cluster: it
+    /// is also the data plane's routes).
     pub router: Arc<dyn TrafficRouter>,
-    /// The same router (no flag ramp in front on a cluster).
-    pub routes: Arc<dyn TrafficRouter>,
     /// Deploys, scales and promotes the Deployments.
     pub deployer: Arc<dyn Deployer>,
     /// The version the stable Deployment runs, when its image matches the policy's
@@ -522,7 +521,6 @@ pub(crate) async fn cluster(
     let cluster = Arc::new(cluster);
     Ok(ClusterPlane {
         router: cluster.clone(),
-        routes: cluster.clone(),
         deployer: cluster,
         running_version,
         metrics: Arc::new(Uncounted),

@@ -8,6 +8,13 @@ For each: wrk -t1 -c50 throughput and p50/p99 latency, then the time a weight ch
 takes to be in force, and the failed requests while the weight flips 0 -> 100 -> 0
 under load.
 
+Every load is measured in BENCH_ROUNDS (default 3) alternating rounds of
+BENCH_DURATION / BENCH_ROUNDS seconds per target, the targets one after the other in
+each round: requests/s is the mean over the rounds, p50 and p99 the median of the
+rounds' (see `interleaved`). On a shared machine whose speed drifts, ratios between
+targets measured in back-to-back blocks moved by 15 % between runs; alternating puts
+a drift on every target alike.
+
 Then, for rampart, nginx and HAProxy (BENCH_PROTOCOLS=0 skips them):
 - a new connection per request (wrk with `Connection: close`);
 - a small POST on kept-alive connections (wrk with a script: a 100-byte JSON body,
@@ -66,6 +73,9 @@ BIN = os.path.abspath(sys.argv[1])
 # The WebSocket load client, built beside rampart (scripts/bench-proxy.sh builds both).
 WS_LOAD = os.path.join(os.path.dirname(BIN), "ws-echo-load")
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
+# The full run measures each load in this many alternating rounds per target, each a
+# share of DURATION (see `interleaved`); BENCH_ONLY=cpu runs this many rounds of DURATION.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 TOKEN = "bench-token-0123456789abcdef"
 TMP = tempfile.mkdtemp(prefix="rampart-bench-")
 # rampart's runtime threads (see the docstring); 0 leaves rampart's default.
@@ -530,6 +540,37 @@ def ws_load(port, seconds):
     return {"rps": round(r["rps"]), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "errors": r["errors"]}
 
 
+def interleaved(targets, run, load=None):
+    """Measures `run(port, seconds)` on each of `targets` ((name, port) pairs) in ROUNDS
+    alternating rounds of DURATION / ROUNDS seconds (at least 1), one target after the
+    other in each round: a drift of the machine's speed (a shared virtual machine's
+    neighbours, frequency) falls on every target alike, where back-to-back blocks of
+    DURATION seconds per target put it all on some. Requests/s is the mean of the
+    rounds (their total over their time), p50 and p99 the median of the rounds',
+    errors their sum; each round's requests/s is kept in `rounds`."""
+    seconds = max(1, round(DURATION / ROUNDS))
+    each = {name: [] for name, _ in targets}
+    for _ in range(ROUNDS):
+        for name, port in targets:
+            each[name].append(run(port, seconds))
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    out = []
+    for name, _ in targets:
+        rs = each[name]
+        row = {"target": name}
+        if load:
+            row["load"] = load
+        row.update({
+            "rps": round(sum(r["rps"] for r in rs) / len(rs)),
+            "p50_ms": median([r["p50_ms"] for r in rs]),
+            "p99_ms": median([r["p99_ms"] for r in rs]),
+            "errors": sum(r["errors"] for r in rs),
+            "rounds": [r["rps"] for r in rs],
+        })
+        out.append(row)
+    return out
+
+
 def table(title, rows, columns):
     print(f"\n{title}\n")
     print("| " + " | ".join(c for c, _ in columns) + " |")
@@ -542,40 +583,37 @@ def protocols(a, b, plain):
     """New connections, TLS termination, HTTP/2, gRPC, WebSocket and idle memory,
     against HAProxy's and nginx's figures."""
     results = []
-    for name, port in plain:
-        wrk(port, 1, close=True)
-        r = {"target": name, "load": "new connection per request", **wrk(port, DURATION, close=True)}
-        results.append(r)
+
+    def measure(load, targets, run, warm_up):
+        for _, port in targets:
+            warm_up(port)
+        results.extend(interleaved(targets, run, load))
+
+    measure("new connection per request", plain,
+            lambda port, s: wrk(port, s, close=True), lambda port: wrk(port, 1, close=True))
     post = post_script()
-    for name, port in plain:
-        wrk(port, 1, script=post)
-        results.append({"target": name, "load": "small POST (keep-alive, 100-byte JSON)",
-                        **wrk(port, DURATION, script=post)})
+    measure("small POST (keep-alive, 100-byte JSON)", plain,
+            lambda port, s: wrk(port, s, script=post), lambda port: wrk(port, 1, script=post))
     tls = certificate()
-    for name, make in (("rampart", rampart_proxy), ("nginx", nginx), ("haproxy", haproxy)):
-        port, _ = make(a, b, tls)
-        wrk(port, 1, scheme="https")
-        results.append({"target": name, "load": "TLS termination (keep-alive)",
-                        **wrk(port, DURATION, scheme="https")})
+    measure("TLS termination (keep-alive)",
+            [(name, make(a, b, tls)[0]) for name, make in (("rampart", rampart_proxy), ("nginx", nginx), ("haproxy", haproxy))],
+            lambda port, s: wrk(port, s, scheme="https"), lambda port: wrk(port, 1, scheme="https"))
     if shutil.which("h2load"):
+        # h2load warms each round up for a second of its own (`--warm-up-time`).
         h2 = [("rampart", dict(plain)["rampart"])]
         for name, make in (("nginx", nginx), ("haproxy", haproxy)):
             h2.append((name, make(a, b, h2=True)[0]))
-        for name, port in h2:
-            results.append({"target": name, "load": "HTTP/2 from clients (h2c)", **h2load(port, DURATION)})
+        measure("HTTP/2 from clients (h2c)", h2, h2load, lambda port: None)
         message = grpc_message()
         grpc = [("rampart", rampart_proxy(a, b, h2c=True)[0])]
         for name, make in (("nginx", nginx), ("haproxy", haproxy)):
             grpc.append((name, make(a, b, grpc=True)[0]))
         for name, port in grpc:
             grpc_check(name, port, message)
-            results.append({"target": name, "load": "gRPC unary (h2c end to end)",
-                            **h2load(port, DURATION, grpc=message)})
+        measure("gRPC unary (h2c end to end)", grpc,
+                lambda port, s: h2load(port, s, grpc=message), lambda port: None)
     if os.path.exists(WS_LOAD):
-        for name, port in plain:
-            ws_load(port, 1)  # warm up
-            results.append({"target": name, "load": "WebSocket echo (50 connections)",
-                            **ws_load(port, DURATION)})
+        measure("WebSocket echo (50 connections)", plain, ws_load, lambda port: ws_load(port, 1))
     else:
         print(f"no {WS_LOAD}: the WebSocket row is skipped (cargo build --release -p rampart-testkit)",
               file=sys.stderr)
@@ -650,7 +688,7 @@ def cpu_only(a, b):
     # The two backends (spawned first): what a proxy's requests cost them.
     backend_pids = [p.pid for p in PROCS[:2]]
     behind = {name: [] for name, _ in targets}
-    for _ in range(int(os.environ.get("BENCH_ROUNDS", "3"))):
+    for _ in range(ROUNDS):
         for name, port in targets:
             pid = PIDS[keys[name]]()
             before = cpu_seconds(pid)
@@ -691,14 +729,13 @@ def main():
     for name, make in (("rampart", rampart_proxy), ("rampart-plane", rampart_plane), ("nginx", nginx), ("haproxy", haproxy)):
         port, set_weight = make(a, b)
         targets.append((name, port, set_weight))
-    results = []
-    for name, port, set_weight in targets:
+    for _, port, _ in targets:
         wrk(port, 2)  # warm up
-        r = {"target": name, **wrk(port, DURATION)}
+    results = interleaved([(name, port) for name, port, _ in targets], wrk)
+    for r, (_, port, set_weight) in zip(results, targets):
         if set_weight:
             r["flip_ms"] = flip_ms(set_weight)
             r["flip_errors"], r["flips"] = flip_under_load(port, set_weight, max(4, DURATION // 2))
-        results.append(r)
     direct = results[0]
     for r in results:
         r["rps_ratio"] = round(r["rps"] / direct["rps"], 3)
@@ -730,9 +767,7 @@ def main():
               [("target", lambda r: r["target"]), ("KiB per connection", lambda r: r["kib"])])
 
 
-try:
-    main()
-finally:
+def stop_all():
     for p in PROCS:
         p.terminate()
     for p in PROCS:
@@ -741,3 +776,11 @@ finally:
         except subprocess.TimeoutExpired:
             p.kill()
     shutil.rmtree(TMP, ignore_errors=True)
+
+
+# Importable (a scratch A/B can call the functions above); run as a script, it benchmarks.
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        stop_all()

@@ -134,7 +134,7 @@ fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
     ] {
         headers.remove(name);
     }
-    for name in ["keep-alive", "proxy-connection"] {
+    for name in super::LEGACY_HOP_BY_HOP {
         headers.remove(name);
     }
     if headers

@@ -1545,10 +1545,17 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
             }
         }
     }
-    for name in ["keep-alive", "proxy-connection"] {
+    for name in LEGACY_HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// Hop-by-hop fields older HTTP/1.x peers send without naming them in `Connection`
+/// (RFC 9110 7.6.1), parsed once.
+const LEGACY_HOP_BY_HOP: [HeaderName; 2] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// Joins an HTTP/2 client's cookie crumbs, which it may send as a field each (RFC 9113
 /// 8.2.3), into the one `Cookie` line HTTP/1.1 allows (RFC 6265 5.4), separated by

@@ -400,8 +400,10 @@ impl H2cPool {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let size = header_list_size(&req);
-        let head = head_of(&req);
-        let (tape, mut play) = Tape::new(req.into_body());
+        // The head is kept to be sent again; each attempt sends a copy of it.
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts, ());
+        let (tape, mut play) = Tape::new(body);
         // Sent again at most once, whatever the cause.
         let mut retried = false;
         // Sent again because a graceful close left it unprocessed.

@@ -518,7 +518,9 @@ pub async fn run_release(
             Some(version) => Some(version),
             None => {
                 let mut running = stable_versions(processes.as_deref());
-                if running.len() > 1 {
+                // A flag release runs on the version serving: its own check below
+                // says what to do with several.
+                if running.len() > 1 && !policy.strategy.flag_only() {
                     return Err(RunError::Blocked(format!(
                         "no version of {} is on record as serving, and its stable processes run {}: say which one serves with `--stable VERSION`",
                         policy.service,

@@ -836,16 +836,12 @@ fn a_metrics_address_in_use_leaves_a_stopped_service_stopped() {
     assert!(svc.file("stopped").exists());
 }
 
-/// Regression (review): with no version on record as serving and stable processes of
-/// two versions, the release asked for `--stable` only after it had started the
-/// service's data plane. Here the records are written as such a state would leave
-/// them (rampart's own deploys replace a replica of another version, so the test
-/// makes the state rather than a release): two live processes, v1 and v2, both
-/// recorded as stable, and no release on record.
-#[test]
-fn stable_processes_of_two_versions_refuse_before_the_data_plane_starts() {
+/// Starts stable processes of v1 and v2 for `svc` and records them, as a state with
+/// no version on record as serving would leave them (rampart's own deploys replace a
+/// replica of another version, so the test makes the state rather than a release).
+/// The processes run while the guards live.
+fn stable_processes_of_two_versions(svc: &Service) -> Vec<common::servers::Daemon> {
     use common::servers::SpawnGuarded as _;
-    let svc = Service::new("ambiguous");
     let mut records = Vec::new();
     let mut running = Vec::new();
     for version in ["v1", "v2"] {
@@ -871,11 +867,49 @@ fn stable_processes_of_two_versions_refuse_before_the_data_plane_starts() {
         serde_json::to_string(&records).unwrap(),
     )
     .unwrap();
+    running
+}
+
+/// Regression (review): with no version on record as serving and stable processes of
+/// two versions, the release asked for `--stable` only after it had started the
+/// service's data plane.
+#[test]
+fn stable_processes_of_two_versions_refuse_before_the_data_plane_starts() {
+    let svc = Service::new("ambiguous");
+    let _running = stable_processes_of_two_versions(&svc);
     let (code, v) = svc.release("v3");
     assert_eq!(code, 5, "{v}");
     let reason = v["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("run v1, v2") && reason.contains("--stable VERSION"),
+        "{v}"
+    );
+    assert_eq!(svc.plane_pid(), None, "no data plane was started");
+    assert!(
+        !svc.file("json").exists(),
+        "no data plane state was written"
+    );
+}
+
+/// Regression: a flag release in the same state was refused with the generic
+/// "pass `--stable`" (exit 5), which a flag release cannot use (it runs on the
+/// version serving, whatever `--stable` says). It gets the flag release's own
+/// refusal (exit 2), before anything starts.
+#[test]
+fn a_flag_release_on_stable_processes_of_two_versions_says_why_it_cannot_run() {
+    let svc = Service::new("flag-ambiguous");
+    let text = std::fs::read_to_string(&svc.policy).unwrap();
+    let canary =
+        "strategy:\n  canary:\n    steps: [{weight: 20, bake: 2s}, {weight: 50, bake: 2s}]\n";
+    assert!(text.contains(canary));
+    let flag = "strategy:\n  flag: {flag: f, steps: [{weight: 20, bake: 2s}]}\nflags:\n  define: [{name: f, default: false}]\n";
+    std::fs::write(&svc.policy, text.replace(canary, flag)).unwrap();
+    let _running = stable_processes_of_two_versions(&svc);
+    let (code, v) = svc.release("v1");
+    assert_eq!((code, v["error"].as_str()), (2, Some("invalid")), "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("several versions (v1, v2)") && message.contains("flag release"),
         "{v}"
     );
     assert_eq!(svc.plane_pid(), None, "no data plane was started");

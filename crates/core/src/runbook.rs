@@ -479,16 +479,16 @@ strategy: {canary: {steps: [{weight: 5, bake: 10m}]}}
 analysis:
   prometheus: http://127.0.0.1:9090
   metrics:
-    - {name: conversions, source: prometheus, good: 'sum(increase(paid[{interval}]))', total: 'sum(increase(carts[{interval}]))', judge: sequential}
-    - {name: rps, source: prometheus, query: 'sum(rate(http_requests_total[1m]))', judge: {min: 5, min_ratio_to_stable: 0.8}}
+    - {name: conversions, source: prometheus, good: 'sum(increase(paid{track="{variant}"}[{interval}]))', total: 'sum(increase(carts{track="{variant}"}[{interval}]))', judge: sequential}
+    - {name: rps, source: prometheus, query: 'sum(rate(http_requests_total{track="{variant}"}[1m]))', judge: {min: 5, min_ratio_to_stable: 0.8}}
 "#,
         )
         .unwrap();
         let skill = crate::skill::render(&p, "rampart.yaml");
         for md in [render(&p, "rampart.yaml", Some("v2"), None), skill] {
             for needle in [
-                "| conversions (higher is better; Prometheus: `sum(increase(paid[{interval}]))` out of `sum(increase(carts[{interval}]))`) | sequential (alpha 0.01) | evidence that it is lower than stable reaches 1/alpha |",
-                "| rps (higher is better; Prometheus: `sum(rate(http_requests_total[1m]))`) | threshold | value < 5 or value < 0.8 x stable |",
+                "| conversions (higher is better; Prometheus: `sum(increase(paid{track=\"{variant}\"}[{interval}]))` out of `sum(increase(carts{track=\"{variant}\"}[{interval}]))`) | sequential (alpha 0.01) | evidence that it is lower than stable reaches 1/alpha |",
+                "| rps (higher is better; Prometheus: `sum(rate(http_requests_total{track=\"{variant}\"}[1m]))`) | threshold | value < 5 or value < 0.8 x stable |",
             ] {
                 assert!(md.contains(needle), "missing `{needle}` in:\n{md}");
             }

@@ -32,7 +32,7 @@ analysis:
 /// the `rest` of its fields.
 fn counts(kind: &str, rest: &str) -> Policy {
     policy(&format!(
-        "{{name: m, source: prometheus, {kind}: 'x', total: 'y', {rest}}}"
+        "{{name: m, source: prometheus, {kind}: 'x{{variant}}', total: 'y{{variant}}', {rest}}}"
     ))
 }
 

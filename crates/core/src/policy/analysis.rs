@@ -681,7 +681,10 @@ fn decode_metric(
     match source {
         Some("builtin") => {}
         Some(source) => {
-            return decode_query_metric(cx, &m, source, default_min_samples, default_failure_limit);
+            let spec =
+                decode_query_metric(cx, &m, source, default_min_samples, default_failure_limit)?;
+            compares_both_sides(cx, &m, &spec);
+            return Some(spec);
         }
         None => return None,
     }
@@ -698,6 +701,40 @@ fn decode_metric(
         one_of(cx, n, p, METRIC_NAMES).map(builtin_metric)
     });
     decode_builtin_judged(cx, &m, metric, default_min_samples, default_failure_limit)
+}
+
+/// Refuses a judge that compares the canary with stable (the sequential judge, a
+/// ratio to stable) on a query that reads the same value for both: one that names
+/// neither `{variant}` nor `{version}` (see [`QuerySpec::per_variant`]). Each side
+/// would read the other's errors as its own, and the comparison could never find the
+/// canary worse: a canary failing half its requests would pass.
+fn compares_both_sides(cx: &mut Decoder, m: &MapReader<'_>, spec: &MetricSpec) {
+    let Some(query) = &spec.query else {
+        return;
+    };
+    let compares = match &spec.judge {
+        Judge::Sequential(_) => "the sequential judge",
+        Judge::Threshold(t) if t.relative() => "a ratio to stable",
+        Judge::Threshold(_) => return,
+    };
+    if query.per_variant() {
+        return;
+    }
+    // Where the variant would be named: an `http` source's URL (its other fields
+    // are JSON paths), else the query.
+    let key = match query.source {
+        QuerySource::Http(_) => Some("url"),
+        _ => m
+            .present(&["bad", "good", "query", "buckets"])
+            .into_iter()
+            .next(),
+    }
+    .unwrap_or("judge");
+    cx.error(
+        m.get(key).map_or(m.pos(), |n| n.pos),
+        &m.path_of(key),
+        format!("{compares} compares the canary with stable, but this query names neither `{{variant}}` nor `{{version}}`, so both read the same value and the canary could never be found worse: select each variant's series with `{{variant}}` (or `{{version}}`), or judge the canary alone with `max`/`min`"),
+    );
 }
 
 /// A builtin metric's name, scoring, direction (always lower is better) and judge:

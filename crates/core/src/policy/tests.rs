@@ -347,12 +347,15 @@ fn empty_and_non_mapping_documents_are_errors_not_panics() {
 fn prometheus_metrics_need_a_server_a_query_and_a_threshold() {
     let base = MINIMAL.replace("    - metric: error_rate\n      judge: { max: 1% }\n", "");
     let ok = format!(
-            "{base}  prometheus: http://127.0.0.1:9090\n  metrics:\n    - {{name: q, source: prometheus, query: 'sum(up)', range: true, judge: {{max: 0.5, max_ratio_to_stable: 2}}}}\n"
+            "{base}  prometheus: http://127.0.0.1:9090\n  metrics:\n    - {{name: q, source: prometheus, query: 'sum(up{{track=\"{{variant}}\"}})', range: true, judge: {{max: 0.5, max_ratio_to_stable: 2}}}}\n"
         )
         .replace("  metrics:\n  prometheus", "  prometheus");
     let p = Policy::from_yaml(&ok).unwrap_or_else(|e| panic!("{ok}\n{e:?}"));
     let q = p.analysis.metrics[0].query.clone().unwrap();
-    assert_eq!((q.query.as_str(), q.range), ("sum(up)", true));
+    assert_eq!(
+        (q.query.as_str(), q.range),
+        ("sum(up{track=\"{variant}\"})", true)
+    );
     let no_server = ok.replace("  prometheus: http://127.0.0.1:9090\n", "");
     assert!(
         errors(&no_server)
@@ -406,7 +409,11 @@ fn prometheus_metrics_need_a_server_a_query_and_a_threshold() {
         "{:?}",
         errors(&builtin_samples)
     );
-    let metric_too = ok.replace("query: 'sum(up)'", "query: 'sum(up)', metric: error_rate");
+    let metric_too = ok.replace(
+        "query: 'sum(up{track=\"{variant}\"})'",
+        "query: 'sum(up{track=\"{variant}\"})', metric: error_rate",
+    );
+    assert_ne!(metric_too, ok);
     assert!(
         errors(&metric_too)
             .iter()
@@ -790,8 +797,7 @@ fn a_limit_on_the_side_where_a_metric_gets_better_is_refused_at_its_line() {
 fn metrics_know_their_direction() {
     let p = Policy::from_yaml(MINIMAL).unwrap();
     assert_eq!(p.analysis.metrics[0].direction, Direction::LowerIsBetter);
-    let q =
-        "{name: rps, source: prometheus, query: 'x', judge: {min: 10, min_ratio_to_stable: 0.8}}";
+    let q = "{name: rps, source: prometheus, query: 'x{variant}', judge: {min: 10, min_ratio_to_stable: 0.8}}";
     let p = Policy::from_yaml(&with_metric(q)).unwrap();
     let m = &p.analysis.metrics[0];
     assert_eq!(
@@ -815,7 +821,7 @@ fn metrics_know_their_direction() {
 
 #[test]
 fn counts_metrics_are_bad_or_good_events_out_of_a_total() {
-    let q = "{name: checkout, source: prometheus, good: 'sum(increase(ok[{interval}]))', total: 'sum(increase(all[{interval}]))', judge: sequential}";
+    let q = "{name: checkout, source: prometheus, good: 'sum(increase(ok{track=\"{variant}\"}[{interval}]))', total: 'sum(increase(all{track=\"{variant}\"}[{interval}]))', judge: sequential}";
     let p = Policy::from_yaml(&with_metric(q)).unwrap_or_else(|e| panic!("{e:?}"));
     let m = &p.analysis.metrics[0];
     assert_eq!(
@@ -824,12 +830,15 @@ fn counts_metrics_are_bad_or_good_events_out_of_a_total() {
     );
     let spec = m.query.clone().unwrap();
     assert!(spec.counts);
-    assert_eq!(spec.query, "sum(increase(ok[{interval}]))");
+    assert_eq!(
+        spec.query,
+        "sum(increase(ok{track=\"{variant}\"}[{interval}]))"
+    );
     assert_eq!(
         spec.samples.as_deref(),
-        Some("sum(increase(all[{interval}]))")
+        Some("sum(increase(all{track=\"{variant}\"}[{interval}]))")
     );
-    let q = "{name: e, source: prometheus, bad: 'x', total: 'y', judge: {max: 2%, max_ratio_to_stable: 2}, min_samples: 20}";
+    let q = "{name: e, source: prometheus, bad: 'x{variant}', total: 'y', judge: {max: 2%, max_ratio_to_stable: 2}, min_samples: 20}";
     let p = Policy::from_yaml(&with_metric(q)).unwrap_or_else(|e| panic!("{e:?}"));
     let m = &p.analysis.metrics[0];
     assert_eq!((m.direction, m.min_samples), (Direction::LowerIsBetter, 20));
@@ -880,6 +889,72 @@ fn counts_metrics_are_bad_or_good_events_out_of_a_total() {
             ),
             "{bad}: {d:?}"
         );
+    }
+}
+
+/// Regression (review): a counts metric whose queries named neither `{variant}` nor
+/// `{version}` validated with the sequential judge, and so did a ratio to stable on
+/// such a query; both sides then read the same value, and a canary failing half its
+/// requests passed. Refused at the field where the variant would be named; a fixed
+/// limit on such a query (the canary alone, as Argo Rollouts' and Flagger's queries
+/// select it by name) is still accepted.
+#[test]
+fn a_comparison_with_stable_on_a_query_that_reads_the_same_value_for_both_is_refused() {
+    for (metric, field, says) in [
+        (
+            "{name: e, source: prometheus, bad: 'sum(increase(e[{interval}]))', total: 'sum(increase(r[{interval}]))', judge: sequential}",
+            "bad",
+            "the sequential judge compares",
+        ),
+        (
+            "{name: c, source: prometheus, good: 'sum(increase(ok[{interval}]))', total: 'sum(increase(r[{interval}]))', judge: sequential}",
+            "good",
+            "the sequential judge compares",
+        ),
+        (
+            "{name: q, source: prometheus, query: 'sum(up)', judge: {max_ratio_to_stable: 2}}",
+            "query",
+            "a ratio to stable compares",
+        ),
+        (
+            "{name: q, source: prometheus, query: 'sum(up)', judge: {min: 1, min_ratio_to_stable: 0.5}}",
+            "query",
+            "a ratio to stable compares",
+        ),
+        (
+            "{name: h, source: http, url: 'http://127.0.0.1:9/errors', bad: $.bad, total: $.total, judge: sequential}",
+            "url",
+            "the sequential judge compares",
+        ),
+        (
+            "{name: l, source: prometheus, metric: latency_p99, buckets: 'sum by (le) (increase(d_bucket[{interval}]))', judge: sequential}",
+            "buckets",
+            "the sequential judge compares",
+        ),
+    ] {
+        let d = errors(&with_metric(metric));
+        assert!(
+            d.iter()
+                .any(|d| d.path == format!("analysis.metrics[0].{field}")
+                    && d.message.contains(says)
+                    && d.message.contains("`{variant}`")),
+            "{metric}: {d:?}"
+        );
+        // Naming the variant where it is read makes the same metric valid.
+        let named = match field {
+            "url" => metric.replace("/errors'", "/errors?track={variant}'"),
+            _ => metric.replacen("[{interval}]", "{track=\"{variant}\"}[{interval}]", 1),
+        };
+        let named = named.replace("'sum(up)'", "'sum(up{track=\"{variant}\"})'");
+        assert_ne!(named, metric);
+        if let Err(e) = Policy::from_yaml(&with_metric(&named)) {
+            panic!("{named}: {e:?}");
+        }
+    }
+    // A fixed limit judges the canary's value alone.
+    let canary_alone = "{name: e, source: prometheus, query: 'sum(rate(e{rollout=\"shop-canary\"}[1m]))', judge: {max: 1}}";
+    if let Err(e) = Policy::from_yaml(&with_metric(canary_alone)) {
+        panic!("{e:?}");
     }
 }
 

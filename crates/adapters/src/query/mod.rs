@@ -15,7 +15,9 @@
 //!   print: details name the environment variable, and anything a provider echoes
 //!   is scrubbed of every secret the provider holds.
 //! - A rate-limited provider is asked again only after its `Retry-After`, at most
-//!   [`fetch::ATTEMPTS`] times, and never past what is left of the interval.
+//!   [`fetch::ATTEMPTS`] times, and never past what is left of the interval. The wait
+//!   is remembered: no other read (another metric, the other variant, the next
+//!   measurement, the pre-release check) sends to that server before it is over.
 //!
 //! It must not judge (core's judges do) nor decide anything about the release.
 
@@ -405,9 +407,12 @@ impl WithQueries {
                         QuerySource::Datadog => Arc::new(datadog::Datadog::new(
                             &analysis.datadog.clone().unwrap_or_default(),
                             env,
+                            clock.clone(),
                         )),
                         QuerySource::NewRelic => match &analysis.newrelic {
-                            Some(spec) => Arc::new(newrelic::NewRelic::new(spec, env)),
+                            Some(spec) => {
+                                Arc::new(newrelic::NewRelic::new(spec, env, clock.clone()))
+                            }
                             // The policy refuses a `newrelic` metric without its account.
                             None => continue,
                         },
@@ -418,7 +423,9 @@ impl WithQueries {
                             // The policy refuses a `cloudwatch` metric without its region.
                             None => continue,
                         },
-                        QuerySource::Http(_) => Arc::new(http_json::HttpJson::new(analysis, env)),
+                        QuerySource::Http(_) => {
+                            Arc::new(http_json::HttpJson::new(analysis, env, clock.clone()))
+                        }
                         QuerySource::Command(_) => {
                             Arc::new(command::Command::new(dir).with_programs(analysis))
                         }

@@ -8,8 +8,10 @@
 //! comments), and reading one number out of `results`. It must not send the key
 //! anywhere but that header.
 
+use std::sync::Arc;
+
 use rampart_core::policy::{NewRelicSpec, QuerySpec};
-use rampart_core::ports::BoxFuture;
+use rampart_core::ports::{BoxFuture, Clock};
 use serde_json::{Value, json};
 
 use super::fetch::{self, Request};
@@ -27,6 +29,7 @@ pub struct NewRelic {
     url: String,
     account_id: u64,
     api_key: Result<Secret, String>,
+    quiet: fetch::Quiet,
 }
 
 impl std::fmt::Debug for NewRelic {
@@ -35,17 +38,24 @@ impl std::fmt::Debug for NewRelic {
             .field("url", &self.url)
             .field("account_id", &self.account_id)
             .field("api_key", &self.api_key)
+            .field("quiet", &self.quiet)
             .finish()
     }
 }
 
 impl NewRelic {
-    /// New Relic as `spec` says, with its key read from `env` now.
-    pub fn new(spec: &NewRelicSpec, env: &dyn Fn(&str) -> Option<String>) -> NewRelic {
+    /// New Relic as `spec` says, with its key read from `env` now; the waits it asks
+    /// for are kept on `clock`'s time.
+    pub fn new(
+        spec: &NewRelicSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> NewRelic {
         NewRelic {
             url: spec.url.clone(),
             account_id: spec.account_id,
             api_key: Secret::from_env(&spec.api_key_env, env).map_err(|e| e.to_string()),
+            quiet: fetch::Quiet::new(clock),
         }
     }
 
@@ -70,7 +80,7 @@ impl NewRelic {
             sign: None,
             throttled: None,
         };
-        let mut answer = fetch::json(&req, budget).await?;
+        let mut answer = fetch::json(&req, budget, &self.quiet).await?;
         // GraphQL reports failures (a bad query, an account the key cannot see) in
         // `errors`, often with a 200.
         if let Some(first) = answer["errors"].as_array().and_then(|e| e.first()) {

@@ -217,8 +217,14 @@ async fn counts_are_the_sums_of_the_datapoints_of_signed_documented_requests() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
         seen.len(),
-        5,
-        "two queries per variant and the check (no trial read: the query names the version)"
+        7,
+        "two queries per variant, the check, and the trial read's two"
+    );
+    let trial: Value = serde_json::from_str(&seen[5].body).unwrap();
+    assert_eq!(
+        trial["MetricDataQueries"][0]["Expression"],
+        "SELECT SUM(Errors) FROM Shop WHERE Service = 'shop' AND Variant = 'stable' AND Version = 'rampart-check'",
+        "the trial read fills `{{version}}` with a placeholder"
     );
     let body: Value = serde_json::from_str(&seen[0].body).unwrap();
     assert_eq!(
@@ -447,7 +453,11 @@ async fn a_profile_in_the_shared_credentials_file_signs_with_its_token() {
             .contains(&format!("profile `canary-reader` in {file}")),
         "{gates:?}"
     );
-    assert_eq!(seen.lock().unwrap().len(), 5);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        7,
+        "four reads, the check, a trial read"
+    );
     let shown = format!("{s:?} {gates:?}");
     assert!(
         !shown.contains(PROFILE_SECRET) && !shown.contains(TOKEN),

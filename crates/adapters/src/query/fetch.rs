@@ -175,7 +175,14 @@ pub async fn json(req: &Request<'_>, budget: &Budget, quiet: &Quiet) -> Result<V
         let answer =
             crate::http::send_answer(req.method, &req.url, req.body.clone(), &headers, TIMEOUT)
                 .await
-                .map_err(|e| ReadError::Unanswered(req.scrub(&e.to_string())))?;
+                .map_err(|e| {
+                    let said = req.scrub(&e.to_string());
+                    if e.is_unreachable() {
+                        ReadError::Unreachable(format!("{provider} at {origin}: {said}"))
+                    } else {
+                        ReadError::Unanswered(said)
+                    }
+                })?;
         // Scrubbed before it is shortened: a secret cut at the end would not match.
         let said = || short(&req.scrub(&answer.body));
         let throttled = answer.status == 429

@@ -85,10 +85,19 @@ impl NewRelic {
         // `errors`, often with a 200.
         if let Some(first) = answer["errors"].as_array().and_then(|e| e.first()) {
             let message = first["message"].as_str().unwrap_or("no message");
-            return Err(ReadError::Other(format!(
-                "New Relic: {}",
-                short(&key.scrub(message))
-            )));
+            let why = short(&key.scrub(message));
+            // NerdGraph's classes for a time limit or a failure on its side, which
+            // its own client retries: no answer for now, not a refusal.
+            let class = first["extensions"]["errorClass"]
+                .as_str()
+                .unwrap_or_default();
+            if matches!(class, "TIMEOUT" | "INTERNAL_SERVER_ERROR" | "SERVER_ERROR") {
+                return Err(ReadError::Other(format!("New Relic: {why}")));
+            }
+            return Err(ReadError::Refused {
+                provider: NAME,
+                why,
+            });
         }
         Ok(answer["data"].take())
     }

@@ -98,6 +98,26 @@ pub enum HttpError {
     Timeout(Duration),
 }
 
+impl HttpError {
+    /// Whether no connection to the server could be made at all: a URL that names
+    /// none, a name that does not resolve, a connection refused or unreachable, a TLS
+    /// session that could not be set up. A server that was reached and then did not
+    /// answer (a time limit, a connection closed mid-exchange) is not unreachable.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            HttpError::BadUrl { .. }
+                | HttpError::NoTls { .. }
+                | HttpError::Scheme { .. }
+                | HttpError::NoHost { .. }
+                | HttpError::Connect { .. }
+                | HttpError::TlsRoots(_)
+                | HttpError::TlsName { .. }
+                | HttpError::Tls { .. }
+        )
+    }
+}
+
 /// Percent-encodes a path segment or a query value (everything but unreserved
 /// characters, in upper-case hex).
 pub fn encode(s: &str) -> String {

@@ -160,7 +160,7 @@ impl QueryProvider for Prometheus {
                     .data(false, &fill(&spec.query), ask.from, ask.to)
                     .await
                     .and_then(|data| histogram_of(&data, unit))
-                    .map_err(read_error);
+                    .map_err(|e| self.read_error(e));
                 return Reading {
                     value: histogram
                         .as_ref()
@@ -173,12 +173,12 @@ impl QueryProvider for Prometheus {
             let value = self
                 .read(spec.range, &fill(&spec.query), ask.from, ask.to)
                 .await
-                .map_err(read_error);
+                .map_err(|e| self.read_error(e));
             let samples = match &spec.samples {
                 Some(q) => Some(
                     self.read(false, &fill(q), ask.from, ask.to)
                         .await
-                        .map_err(read_error),
+                        .map_err(|e| self.read_error(e)),
                 ),
                 None => None,
             };
@@ -190,22 +190,39 @@ impl QueryProvider for Prometheus {
         })
     }
 
+    /// Prometheus takes no credentials: the check asks the query `1`, so that a server
+    /// that cannot be reached (a wrong host or port, a refused connection, a failed
+    /// TLS session) blocks the release before traffic moves. Any other answer, or
+    /// none in time, passes: the trial reads and the readings say what is wrong.
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
-        // Prometheus takes no credentials; an unreachable server is no data.
-        Box::pin(async move { Ok(format!("{} (no credentials)", self.url)) })
+        Box::pin(async move {
+            let url = format!("{}/api/v1/query?query=1", self.url);
+            match crate::http::get_text(&url, QUERY_TIMEOUT).await {
+                Err(e) if e.is_unreachable() => {
+                    Err(self.read_error(PrometheusError::Unanswered(e)))
+                }
+                _ => Ok(format!("{} (no credentials)", self.url)),
+            }
+        })
     }
 }
 
-/// A Prometheus error as the providers' kind: Prometheus's own error answers keep
-/// their status (400 for a query it cannot parse), so a trial read can tell them.
-fn read_error(e: PrometheusError) -> ReadError {
-    match e {
-        PrometheusError::Failed { status, message } if status >= 400 => ReadError::Status {
-            provider: "Prometheus",
-            status,
-            why: message,
-        },
-        other => ReadError::Other(other.to_string()),
+impl Prometheus {
+    /// A Prometheus error as the providers' kind: Prometheus's own error answers keep
+    /// their status (400 for a query it cannot parse), and a server that cannot be
+    /// reached is named, so a trial read can tell them.
+    fn read_error(&self, e: PrometheusError) -> ReadError {
+        match e {
+            PrometheusError::Failed { status, message } if status >= 400 => ReadError::Status {
+                provider: "Prometheus",
+                status,
+                why: message,
+            },
+            PrometheusError::Unanswered(e) if e.is_unreachable() => {
+                ReadError::Unreachable(format!("Prometheus at {}: {e}", self.url))
+            }
+            other => ReadError::Other(other.to_string()),
+        }
     }
 }
 

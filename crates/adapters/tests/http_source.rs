@@ -165,6 +165,8 @@ async fn a_429_is_waited_out_as_retry_after_asks_then_read() {
     }
 }
 
+/// A `Retry-After` longer than the interval is no data at once, and the canary's read
+/// sends nothing: the server asked for 120 s.
 #[tokio::test(start_paused = true)]
 async fn a_429_longer_than_the_interval_is_no_data_without_hammering() {
     let (url, seen) = fake_provider::start(Arc::new(|_, _: &Seen| {
@@ -182,10 +184,118 @@ async fn a_429_longer_than_the_interval_is_no_data_without_hammering() {
         "{}",
         q.detail
     );
+    assert!(
+        q.detail.contains(
+            "canary: the HTTP source is rate limiting (429) and asked not to be asked again for 120s more, longer than the 30s left of the interval (nothing was sent)"
+        ),
+        "{}",
+        q.detail
+    );
     assert_eq!(
         seen.lock().unwrap().len(),
-        2,
-        "one request per variant, no retry"
+        1,
+        "stable's request only: no retry, and the canary's read waits its turn"
+    );
+}
+
+/// Regression (review): a `Retry-After` longer than what was left of the interval was
+/// forgotten at once, so the canary's read, the source's other metrics and the next
+/// measurement all asked again (8 requests in 30 s against `Retry-After: 120`). The
+/// wait holds for every metric on that server, and it ends when it was asked to.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_past_the_interval_holds_for_every_read_until_it_is_over() {
+    let (url, seen) = fake_provider::start(Arc::new(|n, req: &Seen| {
+        if n == 0 {
+            (429, vec![("retry-after", "120".to_string())], "{}".into())
+        } else {
+            counts(n, req)
+        }
+    }))
+    .await;
+    let p = policy(&format!(
+        r#"  interval: 30s
+  metrics:
+    - name: errors
+      source: http
+      url: "{url}/stats/{{variant}}?m=1"
+      headers: {{Authorization: "Bearer {{env:STATS_TOKEN}}"}}
+      bad: $.counts.errors
+      total: $.counts.requests
+      judge: sequential
+    - name: errors-again
+      source: http
+      url: "{url}/other/{{variant}}?m=2"
+      headers: {{Authorization: "Bearer {{env:STATS_TOKEN}}"}}
+      bad: $.counts.errors
+      total: $.counts.requests
+      judge: sequential
+"#
+    ));
+    let s = source(&p, &[("STATS_TOKEN", TOKEN)]);
+    // Measurements at 0, 30 and 60 s: each read has 30 s, and the wait is longer.
+    for _ in 0..3 {
+        let sample = s.measure(&window()).await.unwrap();
+        assert!(sample.queries.iter().all(|q| q.canary.is_none()));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1, "nothing more sent");
+    // 120 s on, every metric is read again.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let sample = s.measure(&window()).await.unwrap();
+    for q in &sample.queries {
+        assert_eq!((q.stable, q.canary), (Some(1.0), Some(9.0)), "{}", q.detail);
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 5);
+    assert!(seen[1].at - seen[0].at >= Duration::from_secs(120));
+}
+
+/// A wait asked for that fits in what is left of the interval is waited out by the
+/// next read, which then sends (the canary is not left without data by the stable
+/// read's last 429).
+#[tokio::test(start_paused = true)]
+async fn the_next_read_waits_out_a_wait_that_fits_in_the_interval() {
+    // Stable's three attempts are rate limited; the last asks for 5 s.
+    let (url, seen) = fake_provider::start(Arc::new(|n, req: &Seen| {
+        if n < 3 {
+            (429, vec![("retry-after", "5".to_string())], "{}".into())
+        } else {
+            counts(n, req)
+        }
+    }))
+    .await;
+    let s = source(&counts_policy(&url), &[("STATS_TOKEN", TOKEN)]);
+    let q = s.measure(&window()).await.unwrap().queries.remove(0);
+    assert_eq!((q.stable, q.canary), (None, Some(9.0)), "{}", q.detail);
+    assert!(q.detail.contains("after 3 attempts"), "{}", q.detail);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert!(seen[3].at - seen[2].at >= Duration::from_secs(5));
+}
+
+/// Regression (review): a `Retry-After` given as an HTTP date (RFC 9110 10.2.3) was
+/// taken for none, and the server asked again after 1 s.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_as_an_http_date_is_waited_until_that_date() {
+    // 20 s after the test clock's start (2023-11-14T22:14:00Z).
+    let (url, seen) = fake_provider::start(Arc::new(|n, req: &Seen| {
+        if n == 0 {
+            let date = "Tue, 14 Nov 2023 22:14:20 GMT".to_string();
+            (429, vec![("retry-after", date)], "{}".into())
+        } else {
+            counts(n, req)
+        }
+    }))
+    .await;
+    let s = source(&counts_policy(&url), &[("STATS_TOKEN", TOKEN)]);
+    let q = s.measure(&window()).await.unwrap().queries.remove(0);
+    assert_eq!((q.stable, q.canary), (Some(1.0), Some(9.0)), "{}", q.detail);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "one retry");
+    let waited = seen[1].at - seen[0].at;
+    assert!(
+        waited >= Duration::from_secs(20) && waited < Duration::from_secs(21),
+        "retried after {waited:?}"
     );
 }
 

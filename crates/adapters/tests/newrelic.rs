@@ -87,7 +87,7 @@ async fn nrql_counts_run_in_the_window_through_nerdgraph() {
     let body: Value = serde_json::from_str(&seen[0].body).unwrap();
     assert_eq!(
         body["variables"]["nrql"],
-        "SELECT count(*) FROM Transaction WHERE appName = 'shop' AND tags.variant = 'stable' AND error IS true SINCE 1700000000000 UNTIL 1700000030000"
+        "SELECT count(*) FROM Transaction WHERE appName = 'shop' AND tags.variant = 'stable' AND error IS true\nSINCE 1700000000000 UNTIL 1700000030000"
     );
     assert!(
         body["query"]
@@ -197,5 +197,53 @@ async fn a_429_waits_its_retry_after_then_reads() {
     assert!(
         waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
         "{waited:?}"
+    );
+}
+
+/// Regression (review): the window went on the query's last line, so after a trailing
+/// `--` or `//` comment it was part of the comment and NRQL read its default hour; and
+/// a `since` in a comment was taken for the query's own window, so none was added.
+#[tokio::test]
+async fn a_comment_ending_the_nrql_neither_swallows_nor_replaces_the_window() {
+    let (url, seen) = fake_provider::start(Arc::new(nerdgraph)).await;
+    let p = policy(&format!(
+        r#"  interval: 30s
+  newrelic: {{account_id: 4242, url: "{url}"}}
+  metrics:
+    - name: errors
+      source: newrelic
+      bad: "SELECT count(*) FROM Transaction WHERE tags.variant = '{{variant}}' AND error IS true -- 5xx only"
+      total: "SELECT count(*) FROM Transaction WHERE tags.variant = '{{variant}}' // counted since the v2 cutover"
+      judge: sequential
+"#
+    ));
+    let q = source(&p, ENV)
+        .measure(&window())
+        .await
+        .unwrap()
+        .queries
+        .remove(0);
+    assert_eq!(
+        (q.stable, q.canary),
+        (Some(2.0), Some(12.0)),
+        "{}",
+        q.detail
+    );
+    let sent: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let b: Value = serde_json::from_str(&r.body).unwrap();
+            b["variables"]["nrql"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        sent[0],
+        "SELECT count(*) FROM Transaction WHERE tags.variant = 'stable' AND error IS true -- 5xx only\nSINCE 1700000000000 UNTIL 1700000030000"
+    );
+    assert_eq!(
+        sent[1],
+        "SELECT count(*) FROM Transaction WHERE tags.variant = 'stable' // counted since the v2 cutover\nSINCE 1700000000000 UNTIL 1700000030000"
     );
 }

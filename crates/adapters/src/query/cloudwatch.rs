@@ -43,6 +43,7 @@ pub struct CloudWatch {
     period: u32,
     credentials: Result<Credentials, String>,
     clock: Arc<dyn Clock>,
+    quiet: fetch::Quiet,
 }
 
 impl std::fmt::Debug for CloudWatch {
@@ -52,6 +53,7 @@ impl std::fmt::Debug for CloudWatch {
             .field("region", &self.region)
             .field("period", &self.period)
             .field("credentials", &self.credentials)
+            .field("quiet", &self.quiet)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +82,7 @@ impl CloudWatch {
             region: spec.region.clone(),
             period: spec.period,
             credentials: aws_credentials::find(env).map_err(|e| e.to_string()),
+            quiet: fetch::Quiet::new(clock.clone()),
             clock,
         }
     }
@@ -132,7 +135,7 @@ impl CloudWatch {
             sign: Some(&sign),
             throttled: Some(throttled),
         };
-        let answer = fetch::json(&req, budget).await?;
+        let answer = fetch::json(&req, budget, &self.quiet).await?;
         // A result CloudWatch could not compute, or may not show, says why in its
         // messages; anything it echoes is scrubbed like an error.
         let scrub = |text: &str| {

@@ -12,8 +12,10 @@
 //! with `.as_count()`); a `query` value is the **last** point, or the **mean** of the
 //! points with `range: true`. No series, or no non-null point, is no data.
 
+use std::sync::Arc;
+
 use rampart_core::policy::{DatadogApi, DatadogSpec, QuerySpec};
-use rampart_core::ports::BoxFuture;
+use rampart_core::ports::{BoxFuture, Clock};
 use serde_json::{Value, json};
 
 use super::fetch::{self, Request};
@@ -27,6 +29,7 @@ pub struct Datadog {
     api: DatadogApi,
     api_key: Result<Secret, String>,
     app_key: Result<Secret, String>,
+    quiet: fetch::Quiet,
 }
 
 impl std::fmt::Debug for Datadog {
@@ -36,19 +39,26 @@ impl std::fmt::Debug for Datadog {
             .field("api", &self.api)
             .field("api_key", &self.api_key)
             .field("app_key", &self.app_key)
+            .field("quiet", &self.quiet)
             .finish()
     }
 }
 
 impl Datadog {
-    /// Datadog as `spec` says, with its keys read from `env` now.
-    pub fn new(spec: &DatadogSpec, env: &dyn Fn(&str) -> Option<String>) -> Datadog {
+    /// Datadog as `spec` says, with its keys read from `env` now; the waits it asks
+    /// for are kept on `clock`'s time.
+    pub fn new(
+        spec: &DatadogSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Datadog {
         let key = |var: &str| Secret::from_env(var, env).map_err(|e| e.to_string());
         Datadog {
             url: spec.url.clone(),
             api: spec.api,
             api_key: key(&spec.api_key_env),
             app_key: key(&spec.app_key_env),
+            quiet: fetch::Quiet::new(clock),
         }
     }
 
@@ -96,7 +106,7 @@ impl Datadog {
                 throttled: None,
             },
         };
-        let answer = fetch::json(&req, &ask.budget).await?;
+        let answer = fetch::json(&req, &ask.budget, &self.quiet).await?;
         match self.api {
             DatadogApi::V1 => v1_points(&answer),
             DatadogApi::V2 => v2_points(&answer),
@@ -199,7 +209,8 @@ impl QueryProvider for Datadog {
                 throttled: None,
             };
             // A check has no interval to wait in: a 429 here is a failed check.
-            let answer = fetch::json(&req, &super::Budget::new(Default::default())).await?;
+            let answer =
+                fetch::json(&req, &super::Budget::new(Default::default()), &self.quiet).await?;
             if answer["valid"] != true {
                 return Err(ReadError::Other(format!(
                     "Datadog did not confirm the API key in ${}",

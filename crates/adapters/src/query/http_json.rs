@@ -5,9 +5,10 @@
 //! from the environment). It must not put a secret anywhere but a header.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rampart_core::policy::{Analysis, QuerySource, QuerySpec, env_refs};
-use rampart_core::ports::BoxFuture;
+use rampart_core::ports::{BoxFuture, Clock};
 
 use super::fetch::{self, Request};
 use super::{Ask, QueryProvider, ReadError, Reading, Secret, number_at};
@@ -15,19 +16,27 @@ use super::{Ask, QueryProvider, ReadError, Reading, Secret, number_at};
 /// Every `http` metric of a policy, with the secrets their headers read.
 pub struct HttpJson {
     secrets: BTreeMap<String, Result<Secret, String>>,
+    /// One for all the metrics: a wait asked for holds for every URL on that server.
+    quiet: fetch::Quiet,
 }
 
 impl std::fmt::Debug for HttpJson {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpJson")
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("quiet", &self.quiet)
             .finish()
     }
 }
 
 impl HttpJson {
-    /// Reads, from `env`, every variable the `http` metrics' headers name.
-    pub fn new(analysis: &Analysis, env: &dyn Fn(&str) -> Option<String>) -> HttpJson {
+    /// Reads, from `env`, every variable the `http` metrics' headers name; the waits
+    /// the servers ask for are kept on `clock`'s time.
+    pub fn new(
+        analysis: &Analysis,
+        env: &dyn Fn(&str) -> Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> HttpJson {
         let mut secrets = BTreeMap::new();
         for m in &analysis.metrics {
             let Some(QuerySource::Http(fetch)) = m.query.as_ref().map(|q| &q.source) else {
@@ -38,7 +47,10 @@ impl HttpJson {
                 secrets.insert(var, secret);
             }
         }
-        HttpJson { secrets }
+        HttpJson {
+            secrets,
+            quiet: fetch::Quiet::new(clock),
+        }
     }
 
     /// The header value with its `{env:NAME}` references filled.
@@ -77,7 +89,7 @@ impl HttpJson {
             sign: None,
             throttled: None,
         };
-        fetch::json(&req, &ask.budget).await
+        fetch::json(&req, &ask.budget, &self.quiet).await
     }
 }
 

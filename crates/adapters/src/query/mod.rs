@@ -15,7 +15,9 @@
 //!   print: details name the environment variable, and anything a provider echoes
 //!   is scrubbed of every secret the provider holds.
 //! - A rate-limited provider is asked again only after its `Retry-After`, at most
-//!   [`fetch::ATTEMPTS`] times, and never past what is left of the interval.
+//!   [`fetch::ATTEMPTS`] times, and never past what is left of the interval. The wait
+//!   is remembered: no other read (another metric, the other variant, the next
+//!   measurement, the pre-release check) sends to that server before it is over.
 //!
 //! It must not judge (core's judges do) nor decide anything about the release.
 
@@ -184,20 +186,35 @@ pub fn process_env(var: &str) -> Option<String> {
 
 impl ReadError {
     /// Whether the source refused the question itself (credentials, a query it cannot
-    /// parse, a path or account that does not exist), as opposed to having no data or
-    /// no answer for now: what a trial read before the release must not let through.
+    /// parse, a path or account that does not exist) or cannot be reached at all (no
+    /// connection, no TLS session), as opposed to having no data or no answer for
+    /// now: what a trial read before the release must not let through.
     pub fn is_misconfiguration(&self) -> bool {
+        self.refuses_every_question()
+            || matches!(
+                self,
+                ReadError::Refused { .. }
+                    | ReadError::Status {
+                        status: 400 | 404 | 405 | 422,
+                        ..
+                    }
+            )
+    }
+
+    /// Whether no question could get an answer: the credentials are missing or
+    /// refused, or the source cannot be reached.
+    pub fn refuses_every_question(&self) -> bool {
         matches!(
             self,
-            ReadError::MissingSecret(_)
-                | ReadError::Auth { .. }
-                | ReadError::Status {
-                    status: 400 | 404 | 405 | 422,
-                    ..
-                }
+            ReadError::MissingSecret(_) | ReadError::Auth { .. } | ReadError::Unreachable(_)
         )
     }
 }
+
+/// The version a trial read before the release fills `{version}` with: the versions
+/// are not known yet, and an empty one turns a valid query into one its source
+/// refuses (a Datadog tag `version:` with no value).
+pub const TRIAL_VERSION: &str = "rampart-check";
 
 /// How a series of points becomes one number: counts are summed, a `range` value is
 /// the mean, another value the last point.
@@ -242,7 +259,13 @@ pub enum ReadError {
     /// A credential's environment variable is unset or empty.
     #[error("the environment variable {0} is not set (it holds the credential)")]
     MissingSecret(String),
-    /// The request got no answer (bad URL, refused, timed out), scrubbed of secrets.
+    /// No connection could be made (a name that does not resolve, a connection
+    /// refused, a TLS session that failed, a URL that names no server): the text
+    /// names the server, never a secret.
+    #[error("cannot reach {0}")]
+    Unreachable(String),
+    /// The request was sent and got no answer (timed out, the connection closed),
+    /// scrubbed of secrets.
     #[error("{0}")]
     Unanswered(String),
     /// 401 or 403: the credentials are missing, wrong or lack a permission.
@@ -273,6 +296,16 @@ pub enum ReadError {
         provider: &'static str,
         /// The HTTP status.
         status: u16,
+        /// What it said, shortened and scrubbed of secrets.
+        why: String,
+    },
+    /// The source answered that it cannot run the question: New Relic's GraphQL
+    /// `errors` (an NRQL syntax error, an account the key cannot see), other than a
+    /// time limit or a failure on its side.
+    #[error("{provider}: {why}")]
+    Refused {
+        /// The provider.
+        provider: &'static str,
         /// What it said, shortened and scrubbed of secrets.
         why: String,
     },
@@ -405,9 +438,12 @@ impl WithQueries {
                         QuerySource::Datadog => Arc::new(datadog::Datadog::new(
                             &analysis.datadog.clone().unwrap_or_default(),
                             env,
+                            clock.clone(),
                         )),
                         QuerySource::NewRelic => match &analysis.newrelic {
-                            Some(spec) => Arc::new(newrelic::NewRelic::new(spec, env)),
+                            Some(spec) => {
+                                Arc::new(newrelic::NewRelic::new(spec, env, clock.clone()))
+                            }
                             // The policy refuses a `newrelic` metric without its account.
                             None => continue,
                         },
@@ -418,7 +454,9 @@ impl WithQueries {
                             // The policy refuses a `cloudwatch` metric without its region.
                             None => continue,
                         },
-                        QuerySource::Http(_) => Arc::new(http_json::HttpJson::new(analysis, env)),
+                        QuerySource::Http(_) => {
+                            Arc::new(http_json::HttpJson::new(analysis, env, clock.clone()))
+                        }
                         QuerySource::Command(_) => {
                             Arc::new(command::Command::new(dir).with_programs(analysis))
                         }
@@ -540,10 +578,13 @@ impl MetricsSource for WithQueries {
     }
 
     /// Each provider's own check, then one trial read of every query metric over the
-    /// last interval (stable's side): a query its source refuses (a PromQL syntax
-    /// error, a path or account that does not exist, credentials it turns down) blocks
-    /// the release before traffic moves. No data, or a source that does not answer, is
-    /// no reason to block: a quiet service has none yet.
+    /// last interval (stable's side, `{version}` filled with [`TRIAL_VERSION`]): a
+    /// query its source refuses (a PromQL or NRQL syntax error, a path or account
+    /// that does not exist, credentials it turns down) or a source that cannot be
+    /// reached blocks the release before traffic moves. No data, or a source that
+    /// does not answer in time, is no reason to block: a quiet service has none yet.
+    /// An `http` URL that names `{version}` may well not know the placeholder: only
+    /// refused credentials and an unreachable server block it.
     fn check(&self) -> BoxFuture<'_, Vec<GateResult>> {
         Box::pin(async move {
             let mut results = Vec::new();
@@ -566,17 +607,15 @@ impl MetricsSource for WithQueries {
             let deadline = tokio::time::Instant::now() + self.interval.max(Duration::from_secs(1));
             let no_waits = Arc::new(Budget::new(Duration::ZERO));
             for (name, spec, provider) in &self.queries {
-                // The versions are not known before the release: a query that names
-                // `{version}` would be asked something else than it will be.
-                if format!("{:?} {} {:?}", spec.source, spec.query, spec.samples)
-                    .contains("{version}")
-                {
-                    continue;
-                }
+                // A server asked for a version it does not know may answer 404 or 400.
+                let version_in_request = matches!(
+                    &spec.source,
+                    QuerySource::Http(http) if http.url.contains("{version}")
+                );
                 let ask = Ask {
                     service: self.service.clone(),
                     variant: "stable",
-                    version: String::new(),
+                    version: TRIAL_VERSION.to_string(),
                     from: now.saturating_sub(
                         Millis::try_from(self.interval.as_millis()).unwrap_or(Millis::MAX),
                     ),
@@ -592,12 +631,24 @@ impl MetricsSource for WithQueries {
                 let refused = [Some(read.value), read.samples, histogram]
                     .into_iter()
                     .flatten()
-                    .find_map(|r| r.err().filter(ReadError::is_misconfiguration));
+                    .find_map(|r| {
+                        r.err().filter(|e| {
+                            if version_in_request {
+                                e.refuses_every_question()
+                            } else {
+                                e.is_misconfiguration()
+                            }
+                        })
+                    });
                 if let Some(e) = refused {
+                    let how = match e {
+                        ReadError::Unreachable(_) => "a trial read failed",
+                        _ => "a trial read was refused",
+                    };
                     results.push(GateResult {
                         name: format!("metric {name}"),
                         ok: false,
-                        detail: format!("a trial read was refused: {e}"),
+                        detail: format!("{how}: {e}"),
                     });
                 }
             }

@@ -3,12 +3,15 @@
 //! with the user API key from the environment in the `API-Key` header.
 //!
 //! Owns the GraphQL request (the account id and the NRQL as variables, never spliced
-//! into the document), the window (` SINCE <from ms> UNTIL <to ms>` appended to NRQL
-//! that names no `SINCE` of its own), and reading one number out of `results`. It must
-//! not send the key anywhere but that header.
+//! into the document), the window (`SINCE <from ms> UNTIL <to ms>` appended on a line
+//! of its own to NRQL that names no `SINCE` or `UNTIL` outside its strings and
+//! comments), and reading one number out of `results`. It must not send the key
+//! anywhere but that header.
+
+use std::sync::Arc;
 
 use rampart_core::policy::{NewRelicSpec, QuerySpec};
-use rampart_core::ports::BoxFuture;
+use rampart_core::ports::{BoxFuture, Clock};
 use serde_json::{Value, json};
 
 use super::fetch::{self, Request};
@@ -26,6 +29,7 @@ pub struct NewRelic {
     url: String,
     account_id: u64,
     api_key: Result<Secret, String>,
+    quiet: fetch::Quiet,
 }
 
 impl std::fmt::Debug for NewRelic {
@@ -34,17 +38,24 @@ impl std::fmt::Debug for NewRelic {
             .field("url", &self.url)
             .field("account_id", &self.account_id)
             .field("api_key", &self.api_key)
+            .field("quiet", &self.quiet)
             .finish()
     }
 }
 
 impl NewRelic {
-    /// New Relic as `spec` says, with its key read from `env` now.
-    pub fn new(spec: &NewRelicSpec, env: &dyn Fn(&str) -> Option<String>) -> NewRelic {
+    /// New Relic as `spec` says, with its key read from `env` now; the waits it asks
+    /// for are kept on `clock`'s time.
+    pub fn new(
+        spec: &NewRelicSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+        clock: Arc<dyn Clock>,
+    ) -> NewRelic {
         NewRelic {
             url: spec.url.clone(),
             account_id: spec.account_id,
             api_key: Secret::from_env(&spec.api_key_env, env).map_err(|e| e.to_string()),
+            quiet: fetch::Quiet::new(clock),
         }
     }
 
@@ -69,15 +80,24 @@ impl NewRelic {
             sign: None,
             throttled: None,
         };
-        let mut answer = fetch::json(&req, budget).await?;
+        let mut answer = fetch::json(&req, budget, &self.quiet).await?;
         // GraphQL reports failures (a bad query, an account the key cannot see) in
         // `errors`, often with a 200.
         if let Some(first) = answer["errors"].as_array().and_then(|e| e.first()) {
             let message = first["message"].as_str().unwrap_or("no message");
-            return Err(ReadError::Other(format!(
-                "New Relic: {}",
-                short(&key.scrub(message))
-            )));
+            let why = short(&key.scrub(message));
+            // NerdGraph's classes for a time limit or a failure on its side, which
+            // its own client retries: no answer for now, not a refusal.
+            let class = first["extensions"]["errorClass"]
+                .as_str()
+                .unwrap_or_default();
+            if matches!(class, "TIMEOUT" | "INTERNAL_SERVER_ERROR" | "SERVER_ERROR") {
+                return Err(ReadError::Other(format!("New Relic: {why}")));
+            }
+            return Err(ReadError::Refused {
+                provider: NAME,
+                why,
+            });
         }
         Ok(answer["data"].take())
     }
@@ -95,34 +115,81 @@ impl NewRelic {
     }
 }
 
-/// `nrql` over `ask`'s window, unless it names its own.
+/// `nrql` over `ask`'s window, unless it names its own. The window goes on a line of
+/// its own: after a `--` or `//` comment ending the query, on its line it would be
+/// part of the comment, and NRQL would read its default hour.
 fn windowed(nrql: &str, ask: &Ask) -> String {
     if names_its_own_window(nrql) {
         return nrql.to_string();
     }
-    format!("{nrql} SINCE {} UNTIL {}", ask.from, ask.to)
+    format!("{nrql}\nSINCE {} UNTIL {}", ask.from, ask.to)
 }
 
-/// Whether `nrql` has a `SINCE` clause of its own: the keyword as a word outside
-/// quoted strings and backquoted names (`timeSinceLoad`, `appName = 'since-v2'` are
-/// not one).
+/// Whether `nrql` has a `SINCE` or `UNTIL` clause of its own: the keyword as a word
+/// outside quoted strings, backquoted names and comments (`timeSinceLoad`,
+/// `appName = 'since-v2'`, `-- counted since v2` are not one).
 fn names_its_own_window(nrql: &str) -> bool {
-    let mut outside = String::with_capacity(nrql.len());
-    let mut quote: Option<char> = None;
-    for c in nrql.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if matches!(c, '\'' | '"' | '`') => {
-                quote = Some(c);
-                outside.push(' ');
+    code_of(nrql)
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|w| w.eq_ignore_ascii_case("since") || w.eq_ignore_ascii_case("until"))
+}
+
+/// `nrql` with every quoted string, backquoted name and comment (`-- ...` and
+/// `// ...` to the end of the line, `/* ... */`) replaced by a space: the words
+/// left are the query's own. A backslash in a quoted string escapes the next
+/// character (`'Bob\'s'`).
+fn code_of(nrql: &str) -> String {
+    #[derive(Clone, Copy)]
+    enum In {
+        Code,
+        Quote(char),
+        LineComment,
+        BlockComment,
+    }
+    let mut out = String::with_capacity(nrql.len());
+    let mut state = In::Code;
+    let mut chars = nrql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match state {
+            In::Code => match (c, chars.peek()) {
+                ('\'' | '"' | '`', _) => {
+                    state = In::Quote(c);
+                    out.push(' ');
+                }
+                ('-', Some('-')) | ('/', Some('/')) => {
+                    chars.next();
+                    state = In::LineComment;
+                    out.push(' ');
+                }
+                ('/', Some('*')) => {
+                    chars.next();
+                    state = In::BlockComment;
+                    out.push(' ');
+                }
+                _ => out.push(c),
+            },
+            In::Quote(q) => {
+                if c == '\\' && q != '`' {
+                    chars.next();
+                } else if c == q {
+                    state = In::Code;
+                }
             }
-            None => outside.push(c),
+            In::LineComment => {
+                if c == '\n' {
+                    state = In::Code;
+                    out.push(c);
+                }
+            }
+            In::BlockComment => {
+                if c == '*' && chars.peek() == Some(&'/') {
+                    chars.next();
+                    state = In::Code;
+                }
+            }
         }
     }
-    outside
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .any(|w| w.eq_ignore_ascii_case("since"))
+    out
 }
 
 /// The one number of `results`: one row, one value (a field other than the
@@ -205,19 +272,29 @@ mod tests {
 
     /// Regression (review): any `since` in the text, a name or a string included,
     /// dropped the window, and NRQL read its default hour instead of the interval.
+    /// Regression (review): so did a `since` in a comment.
     #[test]
     fn only_a_since_clause_of_its_own_keeps_the_query_unwindowed() {
-        assert!(names_its_own_window(
-            "SELECT count(*) FROM Transaction SINCE 1 hour ago"
-        ));
-        assert!(names_its_own_window(
-            "select count(*) from Transaction since 5 minutes ago"
-        ));
+        for own in [
+            "SELECT count(*) FROM Transaction SINCE 1 hour ago",
+            "select count(*) from Transaction since 5 minutes ago",
+            "SELECT count(*) FROM Transaction -- last hour\nSINCE 1 hour ago",
+            "SELECT count(*) FROM Transaction /* a\nb */ SINCE 1 hour ago",
+            "SELECT count(*) FROM Transaction WHERE name = 'Bob\\'s' SINCE 1 hour ago",
+            "SELECT count(*) FROM Transaction UNTIL 10 minutes ago",
+        ] {
+            assert!(names_its_own_window(own), "{own}");
+        }
         for not in [
             "SELECT average(timeSinceLoad) FROM PageView",
             "SELECT count(*) FROM Transaction WHERE appName = 'since-v2'",
             "SELECT count(*) FROM Transaction WHERE `since` = 1",
             "SELECT count(*) FROM Transaction WHERE tag = \"x since y\"",
+            "SELECT count(*) FROM Transaction WHERE name = 'Bob\\'s since' -- ok",
+            "SELECT count(*) FROM Transaction -- counted since the v2 cutover",
+            "SELECT count(*) FROM Transaction // since v2",
+            "SELECT count(*) FROM Transaction /* since v2 */ WHERE error IS true",
+            "SELECT count(*) FROM Transaction WHERE path = '--' AND x = 'a // since'",
         ] {
             assert!(!names_its_own_window(not), "{not}");
         }

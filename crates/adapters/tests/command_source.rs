@@ -104,6 +104,30 @@ async fn a_missing_program_fails_the_pre_release_check() {
     assert!(ok.check().await[0].ok);
 }
 
+/// Regression (review): a script without its execute bit passed the pre-release check
+/// (it was looked for by name only), and every read of the release then failed to start
+/// it. The check now asks for a file that may be run.
+#[tokio::test]
+async fn a_script_without_its_execute_bit_fails_the_pre_release_check() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("errors.sh");
+    std::fs::write(&script, "#!/bin/sh\necho 0\n").unwrap();
+    let check = |mode: u32| {
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(mode)).unwrap();
+        let p = policy(&format!(
+            "  metrics:\n    - {{name: m, source: command, command: ['{}'], judge: {{max: 1}}}}\n",
+            script.display()
+        ));
+        async move { source(&p, &[]).check().await.remove(0) }
+    };
+    let gate = check(0o644).await;
+    assert!(!gate.ok, "{gate:?}");
+    assert!(gate.detail.contains("without its execute bit"), "{gate:?}");
+    let gate = check(0o755).await;
+    assert!(gate.ok, "{gate:?}");
+}
+
 /// Regression (review): at the time limit only the program itself was killed; a child
 /// it had started (here a `sleep` in the background) outlived every read, holding its
 /// pipes. The program's whole process group goes.

@@ -152,14 +152,22 @@ async fn run(argv: &[String], dir: &Path, ask: &Ask) -> Result<Vec<u8>, ReadErro
     }
 }
 
-/// Where `program` would be found: relative to `dir` with a `/`, else on `PATH`.
+/// Whether `program` would run: a file that may be executed, relative to `dir` with a
+/// `/`, else on `PATH`. A script without its execute bit is found by name but cannot
+/// start, so it is not one.
 fn found(program: &str, dir: &Path) -> bool {
     if program.contains('/') {
-        return dir.join(program).is_file();
+        return runnable(&dir.join(program));
     }
     std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+        .map(|paths| std::env::split_paths(&paths).any(|p| runnable(&p.join(program))))
         .unwrap_or(false)
+}
+
+/// Whether `path` is a file with an execute bit set.
+fn runnable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 impl QueryProvider for Command {
@@ -184,7 +192,7 @@ impl QueryProvider for Command {
         Box::pin(async move {
             match self.programs.iter().find(|p| !found(p, &self.dir)) {
                 Some(missing) => Err(ReadError::Command(format!(
-                    "`{missing}` is not a program here (relative to {}, or on PATH)",
+                    "`{missing}` is not a program here (relative to {}, or on PATH): no such file, or one without its execute bit",
                     self.dir.display()
                 ))),
                 None => Ok(format!("{} found", self.programs.join(", "))),

@@ -128,7 +128,7 @@ fn answer(body: &Value) -> Answer {
     if q["MetricStat"]["Metric"]["Namespace"] == "rampart/check" {
         return (200, vec![], result(vec![]).to_string());
     }
-    let documented = q["Period"] == 60
+    let documented = q["Period"] == 10
         && q["ReturnData"] == true
         && body["StartTime"] == 1_700_000_000
         && body["EndTime"] == 1_700_000_030
@@ -161,7 +161,7 @@ fn fake(account: Account) -> fake_provider::Responder {
 fn counts_policy(url: &str) -> rampart_core::Policy {
     policy(&format!(
         r#"  interval: 30s
-  cloudwatch: {{region: eu-west-1, url: "{url}"}}
+  cloudwatch: {{region: eu-west-1, url: "{url}", period: 10}}
   metrics:
     - name: errors
       source: cloudwatch
@@ -240,7 +240,7 @@ async fn a_value_is_the_last_datapoint_or_with_range_the_mean() {
     let (url, _) = fake_provider::start(fake(ACCOUNT)).await;
     for (range, want) in [("false", 200.0), ("true", 150.0)] {
         let p = policy(&format!(
-            "  interval: 30s\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: p99, source: cloudwatch, query: \"SELECT AVG(Latency) FROM Shop WHERE Variant = '{{variant}}'\", range: {range}, judge: {{max: 500}}}}\n"
+            "  interval: 30s\n  cloudwatch: {{region: eu-west-1, url: '{url}', period: 10}}\n  metrics:\n    - {{name: p99, source: cloudwatch, query: \"SELECT AVG(Latency) FROM Shop WHERE Variant = '{{variant}}'\", range: {range}, judge: {{max: 500}}}}\n"
         ));
         let q = source(&p, ENV)
             .measure(&window())

@@ -537,3 +537,92 @@ async fn throttling_past_the_interval_is_no_data_without_asking_again() {
         "one request per read, no retry"
     );
 }
+
+/// CloudWatch answers in whole periods and rounds `StartTime` down to one: asked the
+/// raw windows, two consecutive intervals both read the minute their boundary falls
+/// in, and the judge counts its events twice.
+#[tokio::test]
+async fn consecutive_unaligned_windows_ask_for_aligned_disjoint_periods() {
+    let (url, seen) = fake_provider::start(Arc::new(|_, req: &Seen| {
+        match refused(ACCOUNT, req) {
+            Ok(_) => (
+                200,
+                vec![],
+                json!({"MetricDataResults": [{"Id": "q", "Label": "q", "Timestamps": [1], "Values": [3.0], "StatusCode": "Complete"}], "Messages": []}).to_string(),
+            ),
+            Err(no) => no,
+        }
+    }))
+    .await;
+    let p = policy(&format!(
+        "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: errors, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{{variant}}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{{variant}}'\", judge: sequential}}\n"
+    ));
+    let s = source(&p, ENV);
+    // 20 s past a minute, a minute long; then the next, measured 5.5 s late.
+    let first = rampart_core::release::MeasureWindow {
+        from: 1_700_000_000_000,
+        to: 1_700_000_060_000,
+        ..window()
+    };
+    let second = rampart_core::release::MeasureWindow {
+        from: first.to,
+        to: 1_700_000_125_500,
+        ..window()
+    };
+    for w in [&first, &second] {
+        let q = s.measure(w).await.unwrap().queries.remove(0);
+        assert_eq!((q.stable, q.canary), (Some(3.0), Some(3.0)), "{}", q.detail);
+    }
+    let asked: Vec<(u64, u64)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let b: Value = serde_json::from_str(&r.body).unwrap();
+            (
+                b["StartTime"].as_u64().unwrap(),
+                b["EndTime"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Four requests a window (bad and total, both variants), each on the minute.
+    assert_eq!(asked.len(), 8);
+    assert!(
+        asked[..4]
+            .iter()
+            .all(|w| *w == (1_699_999_980, 1_700_000_040)),
+        "{asked:?}"
+    );
+    assert!(
+        asked[4..]
+            .iter()
+            .all(|w| *w == (1_700_000_040, 1_700_000_100)),
+        "{asked:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_window_shorter_than_a_period_is_no_data_without_asking() {
+    let (url, seen) = fake_provider::start(fake(ACCOUNT)).await;
+    let p = policy(&format!(
+        "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: errors, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{{variant}}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{{variant}}'\", judge: sequential}}\n"
+    ));
+    // 20 s to 50 s past a minute: no whole minute in it.
+    let q = source(&p, ENV)
+        .measure(&window())
+        .await
+        .unwrap()
+        .queries
+        .remove(0);
+    assert_eq!(
+        (q.stable, q.canary, q.stable_samples, q.canary_samples),
+        (None, None, None, None)
+    );
+    assert!(
+        q.detail
+            .contains("empty series: the window holds no whole CloudWatch period of 60s yet"),
+        "{}",
+        q.detail
+    );
+    assert!(seen.lock().unwrap().is_empty());
+}

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::aws_credentials::{self, Credentials};
 use super::fetch::{self, Request};
-use super::{Ask, QueryProvider, ReadError, Reading, Reduce, number, short, sigv4};
+use super::{Ask, QueryProvider, ReadError, Reading, Reduce, Secret, number, said, sigv4};
 
 const NAME: &str = "CloudWatch";
 /// The operation, as the JSON protocol names it.
@@ -135,21 +135,13 @@ impl CloudWatch {
         let answer = fetch::json(&req, budget).await?;
         // A result CloudWatch could not compute, or may not show, says why in its
         // messages; anything it echoes is scrubbed like an error.
-        let scrub = |text: &str| {
-            short(
-                &credentials
-                    .secrets()
-                    .iter()
-                    .fold(text.to_string(), |t, s| s.scrub(&t)),
-            )
-        };
         for result in answer["MetricDataResults"].as_array().into_iter().flatten() {
             let status = result["StatusCode"].as_str().unwrap_or("Complete");
             if matches!(status, "InternalError" | "Forbidden") {
                 let messages = messages(&result["Messages"]);
                 return Err(ReadError::Other(format!(
                     "CloudWatch could not compute the expression ({status}){}",
-                    scrub(&messages)
+                    said(&messages, &credentials.secrets())
                 )));
             }
         }
@@ -280,6 +272,13 @@ impl QueryProvider for CloudWatch {
                 histogram: None,
             }
         })
+    }
+
+    fn secrets(&self) -> Vec<Secret> {
+        self.credentials
+            .iter()
+            .flat_map(|c| c.secrets().into_iter().cloned())
+            .collect()
     }
 
     /// A GetMetricData for a metric nobody publishes, over the last five minutes: it

@@ -12,7 +12,7 @@ use rampart_core::ports::BoxFuture;
 use serde_json::{Value, json};
 
 use super::fetch::{self, Request};
-use super::{Ask, QueryProvider, ReadError, Reading, Secret, number, short};
+use super::{Ask, QueryProvider, ReadError, Reading, Secret, number, said};
 
 const NAME: &str = "New Relic";
 
@@ -76,7 +76,7 @@ impl NewRelic {
             let message = first["message"].as_str().unwrap_or("no message");
             return Err(ReadError::Other(format!(
                 "New Relic: {}",
-                short(&key.scrub(message))
+                said(message, &[key])
             )));
         }
         Ok(answer["data"].take())
@@ -91,7 +91,8 @@ impl NewRelic {
                 &ask.budget,
             )
             .await?;
-        value_of(&data["actor"]["account"]["nrql"]["results"])
+        let secrets: Vec<&Secret> = self.api_key.iter().collect();
+        value_of(&data["actor"]["account"]["nrql"]["results"], &secrets)
     }
 }
 
@@ -126,8 +127,9 @@ fn names_its_own_window(nrql: &str) -> bool {
 }
 
 /// The one number of `results`: one row, one value (a field other than the
-/// time-series bounds; a percentile's single entry).
-fn value_of(results: &Value) -> Result<f64, ReadError> {
+/// time-series bounds; a percentile's single entry). What it shows of the row is
+/// scrubbed of `secrets`.
+fn value_of(results: &Value, secrets: &[&Secret]) -> Result<f64, ReadError> {
     let rows = results
         .as_array()
         .ok_or_else(|| ReadError::Empty("New Relic returned no results".into()))?;
@@ -158,9 +160,12 @@ fn value_of(results: &Value) -> Result<f64, ReadError> {
         _ => value,
     };
     if value.is_null() {
-        return Err(ReadError::Empty(format!("`{name}` is null: no events")));
+        return Err(ReadError::Empty(format!(
+            "`{}` is null: no events",
+            said(name, secrets)
+        )));
     }
-    number(value).ok_or_else(|| ReadError::NotANumber(short(&value.to_string())))
+    number(value).ok_or_else(|| ReadError::NotANumber(said(&value.to_string(), secrets)))
 }
 
 impl QueryProvider for NewRelic {
@@ -177,6 +182,10 @@ impl QueryProvider for NewRelic {
                 histogram: None,
             }
         })
+    }
+
+    fn secrets(&self) -> Vec<Secret> {
+        self.api_key.iter().cloned().collect()
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
@@ -225,7 +234,7 @@ mod tests {
 
     #[test]
     fn results_become_one_number_or_no_data() {
-        let v = |s: &str| value_of(&serde_json::from_str(s).unwrap());
+        let v = |s: &str| value_of(&serde_json::from_str(s).unwrap(), &[]);
         assert_eq!(v(r#"[{"count": 12}]"#).ok(), Some(12.0));
         assert_eq!(
             v(r#"[{"percentile.duration": {"99": 0.42}}]"#).ok(),

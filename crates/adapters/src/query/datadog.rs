@@ -154,8 +154,16 @@ fn v2_points(answer: &Value, secrets: &[&Secret]) -> Result<Vec<f64>, ReadError>
     let attributes = &answer["data"]["attributes"];
     let series = attributes["series"].as_array().map_or(0, Vec::len);
     if series == 0 {
-        return match attributes["errors"].as_str().filter(|e| !e.is_empty()) {
-            Some(why) => Err(ReadError::Other(format!("Datadog: {}", said(why, secrets)))),
+        // Datadog documents `errors` beside `data`, at the top of the body; the
+        // attributes are read too, as they were before.
+        let errors = [&answer["errors"], &attributes["errors"]]
+            .into_iter()
+            .find_map(error_text);
+        return match errors {
+            Some(why) => Err(ReadError::Other(format!(
+                "Datadog: {}",
+                said(&why, secrets)
+            ))),
             None => Err(ReadError::Empty("Datadog returned no series".into())),
         };
     }
@@ -168,6 +176,21 @@ fn v2_points(answer: &Value, secrets: &[&Secret]) -> Result<Vec<f64>, ReadError>
         .flatten()
         .filter_map(number)
         .collect())
+}
+
+/// An `errors` value's text: a string, or a list of strings joined; `None` when
+/// empty.
+fn error_text(errors: &Value) -> Option<String> {
+    let text = match errors {
+        Value::String(s) => s.clone(),
+        Value::Array(list) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => return None,
+    };
+    (!text.trim().is_empty()).then_some(text)
 }
 
 impl QueryProvider for Datadog {
@@ -252,5 +275,16 @@ mod tests {
             v2(r#"{"data":{"attributes":{"series":[],"values":[]}}}"#),
             Err(ReadError::Empty(_))
         ));
+        for errors in [
+            r#"{"data":{"attributes":{"series":[]}},"errors":"bad query"}"#,
+            r#"{"errors":["bad query"]}"#,
+            r#"{"data":{"attributes":{"series":[],"errors":"bad query"}}}"#,
+        ] {
+            assert_eq!(
+                v2(errors).unwrap_err().to_string(),
+                "Datadog: bad query",
+                "{errors}"
+            );
+        }
     }
 }

@@ -128,7 +128,7 @@ fn answer(body: &Value) -> Answer {
     if q["MetricStat"]["Metric"]["Namespace"] == "rampart/check" {
         return (200, vec![], result(vec![]).to_string());
     }
-    let documented = q["Period"] == 60
+    let documented = q["Period"] == 10
         && q["ReturnData"] == true
         && body["StartTime"] == 1_700_000_000
         && body["EndTime"] == 1_700_000_030
@@ -161,7 +161,7 @@ fn fake(account: Account) -> fake_provider::Responder {
 fn counts_policy(url: &str) -> rampart_core::Policy {
     policy(&format!(
         r#"  interval: 30s
-  cloudwatch: {{region: eu-west-1, url: "{url}"}}
+  cloudwatch: {{region: eu-west-1, url: "{url}", period: 10}}
   metrics:
     - name: errors
       source: cloudwatch
@@ -246,7 +246,7 @@ async fn a_value_is_the_last_datapoint_or_with_range_the_mean() {
     let (url, _) = fake_provider::start(fake(ACCOUNT)).await;
     for (range, want) in [("false", 200.0), ("true", 150.0)] {
         let p = policy(&format!(
-            "  interval: 30s\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: p99, source: cloudwatch, query: \"SELECT AVG(Latency) FROM Shop WHERE Variant = '{{variant}}'\", range: {range}, judge: {{max: 500}}}}\n"
+            "  interval: 30s\n  cloudwatch: {{region: eu-west-1, url: '{url}', period: 10}}\n  metrics:\n    - {{name: p99, source: cloudwatch, query: \"SELECT AVG(Latency) FROM Shop WHERE Variant = '{{variant}}'\", range: {range}, judge: {{max: 500}}}}\n"
         ));
         let q = source(&p, ENV)
             .measure(&window())
@@ -555,4 +555,93 @@ async fn throttling_past_the_interval_is_no_data_without_asking_again() {
         1,
         "one request, then nothing until the wait is over"
     );
+}
+
+/// CloudWatch answers in whole periods and rounds `StartTime` down to one: asked the
+/// raw windows, two consecutive intervals both read the minute their boundary falls
+/// in, and the judge counts its events twice.
+#[tokio::test]
+async fn consecutive_unaligned_windows_ask_for_aligned_disjoint_periods() {
+    let (url, seen) = fake_provider::start(Arc::new(|_, req: &Seen| {
+        match refused(ACCOUNT, req) {
+            Ok(_) => (
+                200,
+                vec![],
+                json!({"MetricDataResults": [{"Id": "q", "Label": "q", "Timestamps": [1], "Values": [3.0], "StatusCode": "Complete"}], "Messages": []}).to_string(),
+            ),
+            Err(no) => no,
+        }
+    }))
+    .await;
+    let p = policy(&format!(
+        "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: errors, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{{variant}}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{{variant}}'\", judge: sequential}}\n"
+    ));
+    let s = source(&p, ENV);
+    // 20 s past a minute, a minute long; then the next, measured 5.5 s late.
+    let first = rampart_core::release::MeasureWindow {
+        from: 1_700_000_000_000,
+        to: 1_700_000_060_000,
+        ..window()
+    };
+    let second = rampart_core::release::MeasureWindow {
+        from: first.to,
+        to: 1_700_000_125_500,
+        ..window()
+    };
+    for w in [&first, &second] {
+        let q = s.measure(w).await.unwrap().queries.remove(0);
+        assert_eq!((q.stable, q.canary), (Some(3.0), Some(3.0)), "{}", q.detail);
+    }
+    let asked: Vec<(u64, u64)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let b: Value = serde_json::from_str(&r.body).unwrap();
+            (
+                b["StartTime"].as_u64().unwrap(),
+                b["EndTime"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Four requests a window (bad and total, both variants), each on the minute.
+    assert_eq!(asked.len(), 8);
+    assert!(
+        asked[..4]
+            .iter()
+            .all(|w| *w == (1_699_999_980, 1_700_000_040)),
+        "{asked:?}"
+    );
+    assert!(
+        asked[4..]
+            .iter()
+            .all(|w| *w == (1_700_000_040, 1_700_000_100)),
+        "{asked:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_window_shorter_than_a_period_is_no_data_without_asking() {
+    let (url, seen) = fake_provider::start(fake(ACCOUNT)).await;
+    let p = policy(&format!(
+        "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: errors, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{{variant}}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{{variant}}'\", judge: sequential}}\n"
+    ));
+    // 20 s to 50 s past a minute: no whole minute in it.
+    let q = source(&p, ENV)
+        .measure(&window())
+        .await
+        .unwrap()
+        .queries
+        .remove(0);
+    assert_eq!(
+        (q.stable, q.canary, q.stable_samples, q.canary_samples),
+        (None, None, None, None)
+    );
+    assert!(
+        q.detail
+            .contains("empty series: the window holds no whole CloudWatch period of 60s yet"),
+        "{}",
+        q.detail
+    );
+    assert!(seen.lock().unwrap().is_empty());
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::fake_provider::{policy, source, window};
+use rampart_core::metrics::IntervalSample;
 use rampart_core::metrics::QueryReading;
 use rampart_core::ports::MetricsSource;
 
@@ -151,5 +152,45 @@ async fn a_program_over_its_time_limit_is_killed_with_its_children() {
             })
         })
         .await;
+    }
+}
+
+/// Regression (review): a program inherits rampart's environment, the providers'
+/// secrets with it, and what it printed (its standard output, the end of its
+/// standard error) went into the detail unscrubbed. Here it prints the Datadog keys
+/// the policy's other metric reads, as a program that inherited them could.
+#[tokio::test]
+async fn what_a_program_prints_is_scrubbed_of_every_providers_secrets() {
+    const API_KEY: &str = "dd-api-0f9e8d7c6b5a";
+    const APP_KEY: &str = "dd-app-1a2b3c4d5e6f";
+    let prints = [
+        // Neither a number nor JSON on standard output.
+        format!("echo key={API_KEY}"),
+        // JSON whose value is not a number.
+        format!(r#"echo "{{\"v\": {{\"app\": \"{APP_KEY}\"}}}}""#),
+        // A failure with the secret in the end of its standard error.
+        format!(r#"echo "DD_API_KEY={API_KEY} DD_APP_KEY={APP_KEY}" >&2; exit 1"#),
+    ];
+    for script in prints {
+        let p = policy(&format!(
+            "  datadog: {{url: 'http://127.0.0.1:1'}}\n  metrics:\n    - {{name: m, source: command, command: [sh, -c, '{script}'], value: $.v, judge: {{max: 1}}}}\n    - {{name: d, source: datadog, query: 'avg:x{{variant:{{variant}}}}', judge: {{max: 1}}}}\n"
+        ));
+        let sample: IntervalSample =
+            source(&p, &[("DD_API_KEY", API_KEY), ("DD_APP_KEY", APP_KEY)])
+                .measure(&window())
+                .await
+                .unwrap();
+        let q = &sample.queries[0];
+        assert_eq!((q.stable, q.canary), (None, None), "{}", q.detail);
+        let everything = format!("{} {sample:?}", q.detail);
+        assert!(
+            !everything.contains(API_KEY) && !everything.contains(APP_KEY),
+            "{script}: {everything}"
+        );
+        assert!(
+            q.detail.contains("<$DD_API_KEY>") || q.detail.contains("<$DD_APP_KEY>"),
+            "{script}: {}",
+            q.detail
+        );
     }
 }

@@ -186,6 +186,37 @@ async fn empty_series_are_no_data_in_both_apis() {
     }
 }
 
+/// Regression (review): Datadog documents a v2 failure's `errors` at the top of the
+/// body, beside `data`; read from `data.attributes` only, its message was lost and the
+/// interval said "returned no series". What it says is scrubbed like an error.
+#[tokio::test]
+async fn a_v2_error_is_read_where_datadog_puts_it_and_scrubbed() {
+    let (url, _) = fake_provider::start(Arc::new(|_, req: &Seen| {
+        let answer = json!({
+            "data": {"type": "timeseries_response", "attributes": {"series": [], "times": [], "values": []}},
+            "errors": format!("Error parsing query: unknown metric 'sum:errors'; key {}", req.header("dd-application-key"))
+        });
+        (200, vec![], answer.to_string())
+    }))
+    .await;
+    let q = source(&counts_policy(&url, "v2"), KEYS)
+        .measure(&window())
+        .await
+        .unwrap()
+        .queries
+        .remove(0);
+    assert_eq!((q.stable, q.canary), (None, None));
+    assert!(
+        q.detail.contains(
+            "stable: Datadog: Error parsing query: unknown metric 'sum:errors'; key <$DD_APP_KEY>"
+        ),
+        "{}",
+        q.detail
+    );
+    assert!(!q.detail.contains("no series"), "{}", q.detail);
+    assert!(!q.detail.contains(APP_KEY), "{}", q.detail);
+}
+
 #[tokio::test]
 async fn refused_keys_are_no_data_and_fail_the_check_and_never_show() {
     // The fake echoes the keys it got, as a careless proxy might.

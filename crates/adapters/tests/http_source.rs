@@ -117,6 +117,35 @@ async fn refused_credentials_are_no_data_and_the_secret_shows_nowhere() {
     assert!(!everything.contains(TOKEN), "{everything}");
 }
 
+/// Regression (review): a 2xx answer holding an object where the number belongs put
+/// that JSON, with the header the server echoed, into the detail unscrubbed; the
+/// detail reaches the audit trail and the API.
+#[tokio::test]
+async fn a_2xx_echo_of_the_header_secret_is_scrubbed_from_the_detail() {
+    let (url, _) = fake_provider::start(Arc::new(|_, req: &Seen| {
+        let body = serde_json::json!({"v": {"echo": req.header("authorization")}, "n": "x"});
+        (200, vec![], body.to_string())
+    }))
+    .await;
+    let p = policy(&format!(
+        "  metrics:\n    - {{name: m, source: http, url: '{url}/{{variant}}', headers: {{Authorization: 'Bearer {{env:STATS_TOKEN}}'}}, value: $.v, judge: {{max: 1}}}}\n"
+    ));
+    let sample = source(&p, &[("STATS_TOKEN", TOKEN)])
+        .measure(&window())
+        .await
+        .unwrap();
+    let q = &sample.queries[0];
+    assert_eq!((q.stable, q.canary), (None, None));
+    assert!(
+        q.detail
+            .contains(r#"`{"echo":"Bearer <$STATS_TOKEN>"}` is not a number"#),
+        "{}",
+        q.detail
+    );
+    let everything = format!("{} {sample:?}", q.detail);
+    assert!(!everything.contains(TOKEN), "{everything}");
+}
+
 #[tokio::test]
 async fn a_missing_secret_fails_the_pre_release_check_and_every_reading() {
     let (url, seen) = fake_provider::start(Arc::new(counts)).await;

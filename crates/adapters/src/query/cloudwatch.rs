@@ -6,7 +6,7 @@
 //! Version 4 for the service `monitoring`.
 //!
 //! Owns the request (one `Expression` query with the policy's period, the window in
-//! epoch seconds, oldest datapoint first), reducing its datapoints to one number, and
+//! epoch seconds rounded down to whole periods, oldest datapoint first), reducing its datapoints to one number, and
 //! the pre-release check (credentials found, and a GetMetricData signed with them
 //! accepted). It must not send the secret access key at all (only signatures made
 //! with it), nor the session token anywhere but `X-Amz-Security-Token`.
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::aws_credentials::{self, Credentials};
 use super::fetch::{self, Request};
-use super::{Ask, QueryProvider, ReadError, Reading, Reduce, number, short, sigv4};
+use super::{Ask, QueryProvider, ReadError, Reading, Reduce, Secret, number, said, sigv4};
 
 const NAME: &str = "CloudWatch";
 /// The operation, as the JSON protocol names it.
@@ -138,21 +138,13 @@ impl CloudWatch {
         let answer = fetch::json(&req, budget, &self.quiet).await?;
         // A result CloudWatch could not compute, or may not show, says why in its
         // messages; anything it echoes is scrubbed like an error.
-        let scrub = |text: &str| {
-            short(
-                &credentials
-                    .secrets()
-                    .iter()
-                    .fold(text.to_string(), |t, s| s.scrub(&t)),
-            )
-        };
         for result in answer["MetricDataResults"].as_array().into_iter().flatten() {
             let status = result["StatusCode"].as_str().unwrap_or("Complete");
             if matches!(status, "InternalError" | "Forbidden") {
                 let messages = messages(&result["Messages"]);
                 return Err(ReadError::Other(format!(
                     "CloudWatch could not compute the expression ({status}){}",
-                    scrub(&messages)
+                    said(&messages, &credentials.secrets())
                 )));
             }
         }
@@ -161,6 +153,17 @@ impl CloudWatch {
 
     /// The one series `expression` gives over `ask`'s window, as its values.
     async fn values(&self, expression: &str, ask: &Ask) -> Result<Vec<f64>, ReadError> {
+        let (start, end) = aligned(ask.from, ask.to, self.period);
+        // Windows are at least an interval long, and the policy makes an interval
+        // whole periods, so an aligned window holds at least one period. One that
+        // holds none (a window shorter than a period: a clock set back) is no data;
+        // its datapoints are the next window's, which starts at the same boundary.
+        if start >= end {
+            return Err(ReadError::Empty(format!(
+                "the window holds no whole CloudWatch period of {}s yet",
+                self.period
+            )));
+        }
         let expression = ask.fill(expression, str::to_string);
         let body = json!({
             "MetricDataQueries": [{
@@ -169,8 +172,8 @@ impl CloudWatch {
                 "Period": self.period,
                 "ReturnData": true
             }],
-            "StartTime": ask.from / 1000,
-            "EndTime": ask.to / 1000,
+            "StartTime": start,
+            "EndTime": end,
             "ScanBy": "TimestampAscending"
         });
         let answer = self.get_metric_data(body, &ask.budget).await?;
@@ -181,6 +184,23 @@ impl CloudWatch {
         let values = self.values(expression, ask).await?;
         reduce.apply(&values, "CloudWatch returned no datapoint in the window")
     }
+}
+
+/// The window `from`..`to` (ms) as GetMetricData is asked it: both ends in epoch
+/// seconds rounded down to a multiple of `period`.
+///
+/// CloudWatch answers in whole periods and rounds `StartTime` down to a boundary
+/// itself (to the minute for periods of a minute or more, to the period's division
+/// of the minute below that). Asked the raw window, consecutive windows would share
+/// the period each boundary falls in, and its events would be counted twice. Aligned,
+/// each window ends where the next begins, and every period is read once: the one a
+/// window's end falls in is left whole to the next window. The first window thus
+/// reads from the boundary before the interval began (up to a period before it) to
+/// the last boundary before it ends.
+fn aligned(from: rampart_core::Millis, to: rampart_core::Millis, period: u32) -> (u64, u64) {
+    let period = u64::from(period.max(1));
+    let down = |ms: rampart_core::Millis| ms / 1000 / period * period;
+    (down(from), down(to))
 }
 
 /// CloudWatch's 400 that means "slow down": `Throttling` (or
@@ -257,6 +277,13 @@ impl QueryProvider for CloudWatch {
         })
     }
 
+    fn secrets(&self) -> Vec<Secret> {
+        self.credentials
+            .iter()
+            .flat_map(|c| c.secrets().into_iter().cloned())
+            .collect()
+    }
+
     /// A GetMetricData for a metric nobody publishes, over the last five minutes: it
     /// costs nothing, and only answers 200 to a valid signature made with keys allowed
     /// `cloudwatch:GetMetricData`.
@@ -325,6 +352,21 @@ mod tests {
             v(r#"{"MetricDataResults":[{"Values":[1]}],"NextToken":"t"}"#),
             Err(ReadError::Other(_))
         ));
+    }
+
+    #[test]
+    fn windows_are_aligned_to_the_period_and_never_overlap() {
+        // Windows starting 20.5 s into a minute, with a period of 30 s.
+        let t = 1_700_000_000_500;
+        assert_eq!(aligned(t, t + 30_000, 30), (1_699_999_980, 1_700_000_010));
+        assert_eq!(
+            aligned(t + 30_000, t + 60_000, 30),
+            (1_700_000_010, 1_700_000_040)
+        );
+        // Shorter than a period: nothing whole to read.
+        let (start, end) = aligned(t, t + 5_000, 60);
+        assert_eq!(start, end);
+        assert_eq!(aligned(0, 60_000, 60), (0, 60));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! Owns running the program (placeholders filled in its arguments, the same values
 //! in `RAMPART_METRIC_*` variables, a time limit, both pipes drained). It must not
-//! involve a shell: a program that wants one names it.
+//! involve a shell: a program that wants one names it. The program inherits rampart's
+//! environment, the other providers' secrets with it, so nothing it prints reaches a
+//! detail without being scrubbed of them.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,7 +17,7 @@ use rampart_core::ports::BoxFuture;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
-use super::{Ask, QueryProvider, ReadError, Reading, number_at, short};
+use super::{Ask, QueryProvider, ReadError, Reading, Secret, number_at, said};
 
 /// How long one run may take before it is killed.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +27,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Command {
     dir: PathBuf,
     programs: Vec<String>,
+    secrets: Vec<Secret>,
 }
 
 impl Command {
@@ -33,7 +36,18 @@ impl Command {
         Command {
             dir: dir.to_path_buf(),
             programs: Vec::new(),
+            secrets: Vec::new(),
         }
+    }
+
+    /// Also scrubs `secrets` from what the programs print (they inherit them).
+    pub fn with_secrets(mut self, secrets: Vec<Secret>) -> Command {
+        self.secrets = secrets;
+        self
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        self.secrets.iter().collect()
     }
 
     /// Also checks, before the release, that each of `analysis`'s programs exists.
@@ -54,7 +68,7 @@ impl Command {
             return Err(ReadError::Other("not a `command` metric".into()));
         };
         let argv: Vec<String> = c.argv.iter().map(|a| ask.fill(a, str::to_string)).collect();
-        let out = run(&argv, &self.dir, ask).await?;
+        let out = run(&argv, &self.dir, ask, &self.secrets()).await?;
         let text = String::from_utf8_lossy(&out);
         let text = text.trim();
         if let Ok(n) = text.parse::<f64>() {
@@ -64,7 +78,7 @@ impl Command {
             ReadError::Command(format!(
                 "`{}` printed neither a number nor JSON: {}",
                 argv[0],
-                short(text)
+                said(text, &self.secrets())
             ))
         })
     }
@@ -81,8 +95,14 @@ impl Drop for GroupKill {
     }
 }
 
-/// Runs `argv` in `dir` and returns its standard output, or why it failed.
-async fn run(argv: &[String], dir: &Path, ask: &Ask) -> Result<Vec<u8>, ReadError> {
+/// Runs `argv` in `dir` and returns its standard output, or why it failed (with the
+/// end of its standard error, scrubbed of `secrets`).
+async fn run(
+    argv: &[String],
+    dir: &Path,
+    ask: &Ask,
+    secrets: &[&Secret],
+) -> Result<Vec<u8>, ReadError> {
     let Some(program) = argv.first() else {
         return Err(ReadError::Command("the command is empty".into()));
     };
@@ -144,9 +164,10 @@ async fn run(argv: &[String], dir: &Path, ask: &Ask) -> Result<Vec<u8>, ReadErro
             TIMEOUT.as_secs()
         ))),
         Ok((Err(e), _, _)) => Err(ReadError::Command(format!("`{program}`: {e}"))),
+        // Scrubbed before the tail is cut: a secret cut at its start would not match.
         Ok((Ok(status), _, err)) if !status.success() => Err(ReadError::Command(format!(
             "`{program}` {status}: {}",
-            crate::gates::tail(&err)
+            crate::gates::tail(super::scrub(&String::from_utf8_lossy(&err), secrets).as_bytes())
         ))),
         Ok((Ok(_), out, _)) => Ok(out),
     }
@@ -175,8 +196,11 @@ impl QueryProvider for Command {
         Box::pin(async move {
             match self.document(spec, ask).await {
                 Ok(doc) => Reading {
-                    value: number_at(&doc, &spec.query),
-                    samples: spec.samples.as_deref().map(|p| number_at(&doc, p)),
+                    value: number_at(&doc, &spec.query, &self.secrets()),
+                    samples: spec
+                        .samples
+                        .as_deref()
+                        .map(|p| number_at(&doc, p, &self.secrets())),
                     histogram: None,
                 },
                 Err(e) => Reading {

@@ -19,7 +19,7 @@ use rampart_core::ports::{BoxFuture, Clock};
 use serde_json::{Value, json};
 
 use super::fetch::{self, Request};
-use super::{Ask, QueryProvider, ReadError, Reading, Reduce, Secret, number, short};
+use super::{Ask, QueryProvider, ReadError, Reading, Reduce, Secret, number, said};
 
 const NAME: &str = "Datadog";
 
@@ -107,9 +107,10 @@ impl Datadog {
             },
         };
         let answer = fetch::json(&req, &ask.budget, &self.quiet).await?;
+        let secrets = [api_key, app_key];
         match self.api {
-            DatadogApi::V1 => v1_points(&answer),
-            DatadogApi::V2 => v2_points(&answer),
+            DatadogApi::V1 => v1_points(&answer, &secrets),
+            DatadogApi::V2 => v2_points(&answer, &secrets),
         }
     }
 
@@ -135,11 +136,12 @@ fn v2_body(query: &str, ask: &Ask) -> Value {
     })
 }
 
-/// The one series of a v1 answer, as its non-null points.
-fn v1_points(answer: &Value) -> Result<Vec<f64>, ReadError> {
+/// The one series of a v1 answer, as its non-null points; what Datadog says is
+/// scrubbed of `secrets`.
+fn v1_points(answer: &Value, secrets: &[&Secret]) -> Result<Vec<f64>, ReadError> {
     if answer["status"] == "error" {
         let why = answer["error"].as_str().unwrap_or("no error message");
-        return Err(ReadError::Other(format!("Datadog: {}", short(why))));
+        return Err(ReadError::Other(format!("Datadog: {}", said(why, secrets))));
     }
     let series = answer["series"]
         .as_array()
@@ -157,13 +159,21 @@ fn v1_points(answer: &Value) -> Result<Vec<f64>, ReadError> {
 }
 
 /// The one series of a v2 answer (`data.attributes.series` and `values`), as its
-/// non-null points.
-fn v2_points(answer: &Value) -> Result<Vec<f64>, ReadError> {
+/// non-null points; what Datadog says is scrubbed of `secrets`.
+fn v2_points(answer: &Value, secrets: &[&Secret]) -> Result<Vec<f64>, ReadError> {
     let attributes = &answer["data"]["attributes"];
     let series = attributes["series"].as_array().map_or(0, Vec::len);
     if series == 0 {
-        return match attributes["errors"].as_str().filter(|e| !e.is_empty()) {
-            Some(why) => Err(ReadError::Other(format!("Datadog: {}", short(why)))),
+        // Datadog documents `errors` beside `data`, at the top of the body; the
+        // attributes are read too, as they were before.
+        let errors = [&answer["errors"], &attributes["errors"]]
+            .into_iter()
+            .find_map(error_text);
+        return match errors {
+            Some(why) => Err(ReadError::Other(format!(
+                "Datadog: {}",
+                said(&why, secrets)
+            ))),
             None => Err(ReadError::Empty("Datadog returned no series".into())),
         };
     }
@@ -176,6 +186,21 @@ fn v2_points(answer: &Value) -> Result<Vec<f64>, ReadError> {
         .flatten()
         .filter_map(number)
         .collect())
+}
+
+/// An `errors` value's text: a string, or a list of strings joined; `None` when
+/// empty.
+fn error_text(errors: &Value) -> Option<String> {
+    let text = match errors {
+        Value::String(s) => s.clone(),
+        Value::Array(list) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => return None,
+    };
+    (!text.trim().is_empty()).then_some(text)
 }
 
 impl QueryProvider for Datadog {
@@ -193,6 +218,13 @@ impl QueryProvider for Datadog {
                 histogram: None,
             }
         })
+    }
+
+    fn secrets(&self) -> Vec<Secret> {
+        [&self.api_key, &self.app_key]
+            .into_iter()
+            .filter_map(|k| k.as_ref().ok().cloned())
+            .collect()
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
@@ -231,7 +263,7 @@ mod tests {
 
     #[test]
     fn series_become_points_or_no_data() {
-        let v1 = |s: &str| v1_points(&serde_json::from_str(s).unwrap());
+        let v1 = |s: &str| v1_points(&serde_json::from_str(s).unwrap(), &[]);
         assert_eq!(
             v1(r#"{"status":"ok","series":[{"pointlist":[[1,2.0],[2,null],[3,"4"]]}]}"#).ok(),
             Some(vec![2.0, 4.0])
@@ -244,7 +276,7 @@ mod tests {
             v1(r#"{"status":"ok","series":[{},{}]}"#),
             Err(ReadError::ManySeries(2))
         ));
-        let v2 = |s: &str| v2_points(&serde_json::from_str(s).unwrap());
+        let v2 = |s: &str| v2_points(&serde_json::from_str(s).unwrap(), &[]);
         assert_eq!(
             v2(r#"{"data":{"attributes":{"series":[{}],"times":[1,2],"values":[[1.5,null]]}}}"#)
                 .ok(),
@@ -254,5 +286,16 @@ mod tests {
             v2(r#"{"data":{"attributes":{"series":[],"values":[]}}}"#),
             Err(ReadError::Empty(_))
         ));
+        for errors in [
+            r#"{"data":{"attributes":{"series":[]}},"errors":"bad query"}"#,
+            r#"{"errors":["bad query"]}"#,
+            r#"{"data":{"attributes":{"series":[],"errors":"bad query"}}}"#,
+        ] {
+            assert_eq!(
+                v2(errors).unwrap_err().to_string(),
+                "Datadog: bad query",
+                "{errors}"
+            );
+        }
     }
 }

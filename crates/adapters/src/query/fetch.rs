@@ -138,9 +138,7 @@ impl std::fmt::Debug for Request<'_> {
 
 impl Request<'_> {
     fn scrub(&self, text: &str) -> String {
-        self.secrets
-            .iter()
-            .fold(text.to_string(), |t, s| s.scrub(&t))
+        super::scrub(text, &self.secrets)
     }
 }
 

@@ -53,6 +53,14 @@ impl HttpJson {
         }
     }
 
+    /// The secrets its headers read, found in the environment.
+    fn found(&self) -> Vec<&Secret> {
+        self.secrets
+            .values()
+            .filter_map(|s| s.as_ref().ok())
+            .collect()
+    }
+
     /// The header value with its `{env:NAME}` references filled.
     fn header(&self, template: &str) -> Result<(String, Vec<&Secret>), ReadError> {
         let mut value = template.to_string();
@@ -97,9 +105,13 @@ impl QueryProvider for HttpJson {
     fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
         Box::pin(async move {
             match self.document(spec, ask).await {
+                // A 2xx can echo the request (a header) where a number belongs.
                 Ok(doc) => Reading {
-                    value: number_at(&doc, &spec.query),
-                    samples: spec.samples.as_deref().map(|p| number_at(&doc, p)),
+                    value: number_at(&doc, &spec.query, &self.found()),
+                    samples: spec
+                        .samples
+                        .as_deref()
+                        .map(|p| number_at(&doc, p, &self.found())),
                     histogram: None,
                 },
                 // The value's error says it all; the count has no document either.
@@ -110,6 +122,10 @@ impl QueryProvider for HttpJson {
                 },
             }
         })
+    }
+
+    fn secrets(&self) -> Vec<Secret> {
+        self.found().into_iter().cloned().collect()
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {

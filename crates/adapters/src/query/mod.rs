@@ -52,6 +52,13 @@ pub trait QueryProvider: Send + Sync + std::fmt::Debug {
     /// Whether the provider can read at all, checked before anything is deployed:
     /// `Err` says why not (a missing key, rejected credentials).
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>>;
+
+    /// The secrets it holds, for whatever else must keep them out of what it shows:
+    /// a `command` metric's program inherits rampart's environment, and its output
+    /// is scrubbed of them.
+    fn secrets(&self) -> Vec<Secret> {
+        Vec::new()
+    }
 }
 
 /// One variant's numbers, or why each is missing.
@@ -182,6 +189,17 @@ impl Secret {
 /// The process environment, as [`Secret::from_env`] reads it.
 pub fn process_env(var: &str) -> Option<String> {
     std::env::var(var).ok()
+}
+
+/// `text` with every one of `secrets` replaced by its variable's name.
+pub fn scrub(text: &str, secrets: &[&Secret]) -> String {
+    secrets.iter().fold(text.to_string(), |t, s| s.scrub(&t))
+}
+
+/// What a provider or a program said, fit for a detail: scrubbed of `secrets`, then
+/// [`short`]ened (in that order: a secret cut at the end would not match).
+pub fn said(text: &str, secrets: &[&Secret]) -> String {
+    short(&scrub(text, secrets))
 }
 
 impl ReadError {
@@ -339,7 +357,9 @@ pub enum ReadError {
 }
 
 /// The number at `path` in `doc`: a JSON number, or a string holding one. Never NaN.
-pub fn number_at(doc: &Value, path: &str) -> Result<f64, ReadError> {
+/// What the error shows of `doc` is scrubbed of `secrets`: a document can echo what
+/// its request carried (a header, an inherited environment variable).
+pub fn number_at(doc: &Value, path: &str, secrets: &[&Secret]) -> Result<f64, ReadError> {
     let steps = ValuePath::parse(path).map_err(ReadError::BadPath)?;
     let mut at = doc;
     for step in &steps.0 {
@@ -354,8 +374,8 @@ pub fn number_at(doc: &Value, path: &str) -> Result<f64, ReadError> {
     }
     number(at).ok_or_else(|| match at {
         Value::Null => ReadError::NoValue(path.to_string()),
-        Value::String(s) if s.parse::<f64>().is_ok() => ReadError::NotFinite(s.clone()),
-        other => ReadError::NotANumber(short(&other.to_string())),
+        Value::String(s) if s.parse::<f64>().is_ok() => ReadError::NotFinite(said(s, secrets)),
+        other => ReadError::NotANumber(said(&other.to_string(), secrets)),
     })
 }
 
@@ -421,51 +441,71 @@ impl WithQueries {
         env: &dyn Fn(&str) -> Option<String>,
         clock: Arc<dyn Clock>,
     ) -> WithQueries {
+        let specs: Vec<&QuerySpec> = analysis
+            .metrics
+            .iter()
+            .filter_map(|m| m.query.as_ref())
+            .collect();
+        // One provider per kind: a server's settings are the analysis's; a fetch's
+        // are on each spec.
+        let mut built: Vec<(&'static str, Arc<dyn QueryProvider>)> = Vec::new();
+        for spec in &specs {
+            let id = spec.source.id();
+            if built.iter().any(|(k, _)| *k == id) {
+                continue;
+            }
+            let p: Arc<dyn QueryProvider> = match &spec.source {
+                QuerySource::Prometheus => Arc::new(crate::prometheus::Prometheus::new(
+                    analysis.prometheus.clone().unwrap_or_default(),
+                )),
+                QuerySource::Datadog => Arc::new(datadog::Datadog::new(
+                    &analysis.datadog.clone().unwrap_or_default(),
+                    env,
+                    clock.clone(),
+                )),
+                QuerySource::NewRelic => match &analysis.newrelic {
+                    Some(spec) => Arc::new(newrelic::NewRelic::new(spec, env, clock.clone())),
+                    // The policy refuses a `newrelic` metric without its account.
+                    None => continue,
+                },
+                QuerySource::CloudWatch => match &analysis.cloudwatch {
+                    Some(spec) => Arc::new(cloudwatch::CloudWatch::new(spec, env, clock.clone())),
+                    // The policy refuses a `cloudwatch` metric without its region.
+                    None => continue,
+                },
+                QuerySource::Http(_) => {
+                    Arc::new(http_json::HttpJson::new(analysis, env, clock.clone()))
+                }
+                // Built last, with every other provider's secrets.
+                QuerySource::Command(_) => continue,
+            };
+            built.push((id, p));
+        }
+        // A program inherits rampart's environment, the other providers' secrets
+        // with it: whatever it prints is scrubbed of them.
+        if specs
+            .iter()
+            .any(|s| matches!(s.source, QuerySource::Command(_)))
+        {
+            let secrets = built.iter().flat_map(|(_, p)| p.secrets()).collect();
+            let command = command::Command::new(dir)
+                .with_programs(analysis)
+                .with_secrets(secrets);
+            built.push(("command", Arc::new(command)));
+        }
+        // In the order the metrics first name them (the checks run in it).
         let mut providers: Vec<(&'static str, Arc<dyn QueryProvider>)> = Vec::new();
         let mut queries = Vec::new();
         for m in &analysis.metrics {
             let Some(spec) = &m.query else { continue };
             let id = spec.source.id();
-            // One provider per kind: a server's settings are the analysis's; a fetch's
-            // are on each spec.
-            let provider = match providers.iter().find(|(k, _)| *k == id) {
-                Some((_, p)) => p.clone(),
-                None => {
-                    let p: Arc<dyn QueryProvider> = match &spec.source {
-                        QuerySource::Prometheus => Arc::new(crate::prometheus::Prometheus::new(
-                            analysis.prometheus.clone().unwrap_or_default(),
-                        )),
-                        QuerySource::Datadog => Arc::new(datadog::Datadog::new(
-                            &analysis.datadog.clone().unwrap_or_default(),
-                            env,
-                            clock.clone(),
-                        )),
-                        QuerySource::NewRelic => match &analysis.newrelic {
-                            Some(spec) => {
-                                Arc::new(newrelic::NewRelic::new(spec, env, clock.clone()))
-                            }
-                            // The policy refuses a `newrelic` metric without its account.
-                            None => continue,
-                        },
-                        QuerySource::CloudWatch => match &analysis.cloudwatch {
-                            Some(spec) => {
-                                Arc::new(cloudwatch::CloudWatch::new(spec, env, clock.clone()))
-                            }
-                            // The policy refuses a `cloudwatch` metric without its region.
-                            None => continue,
-                        },
-                        QuerySource::Http(_) => {
-                            Arc::new(http_json::HttpJson::new(analysis, env, clock.clone()))
-                        }
-                        QuerySource::Command(_) => {
-                            Arc::new(command::Command::new(dir).with_programs(analysis))
-                        }
-                    };
-                    providers.push((id, p.clone()));
-                    p
-                }
+            let Some((_, provider)) = built.iter().find(|(k, _)| *k == id) else {
+                continue;
             };
-            queries.push((m.name.clone(), spec.clone(), provider));
+            if !providers.iter().any(|(k, _)| *k == id) {
+                providers.push((id, provider.clone()));
+            }
+            queries.push((m.name.clone(), spec.clone(), provider.clone()));
         }
         WithQueries {
             builtin,
@@ -666,30 +706,30 @@ mod tests {
         let doc: Value =
             serde_json::from_str(r#"{"a": {"b": [1, "2.5", null, "NaN", "x", {"c": 3}]}, "n": 7}"#)
                 .unwrap();
-        assert_eq!(number_at(&doc, "$.n").ok(), Some(7.0));
-        assert_eq!(number_at(&doc, "$.a.b[1]").ok(), Some(2.5));
-        assert_eq!(number_at(&doc, "$.a.b[-1].c").ok(), Some(3.0));
+        assert_eq!(number_at(&doc, "$.n", &[]).ok(), Some(7.0));
+        assert_eq!(number_at(&doc, "$.a.b[1]", &[]).ok(), Some(2.5));
+        assert_eq!(number_at(&doc, "$.a.b[-1].c", &[]).ok(), Some(3.0));
         assert!(matches!(
-            number_at(&doc, "$.a.b[2]"),
+            number_at(&doc, "$.a.b[2]", &[]),
             Err(ReadError::NoValue(_))
         ));
         assert!(matches!(
-            number_at(&doc, "$.a.b[3]"),
+            number_at(&doc, "$.a.b[3]", &[]),
             Err(ReadError::NotFinite(_))
         ));
         assert!(matches!(
-            number_at(&doc, "$.a.b[4]"),
+            number_at(&doc, "$.a.b[4]", &[]),
             Err(ReadError::NotANumber(_))
         ));
         assert!(matches!(
-            number_at(&doc, "$.a.z"),
+            number_at(&doc, "$.a.z", &[]),
             Err(ReadError::NoValue(_))
         ));
         assert!(matches!(
-            number_at(&doc, "$.a.b[9]"),
+            number_at(&doc, "$.a.b[9]", &[]),
             Err(ReadError::NoValue(_))
         ));
-        assert_eq!(number_at(&Value::from(4), "$").ok(), Some(4.0));
+        assert_eq!(number_at(&Value::from(4), "$", &[]).ok(), Some(4.0));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rampart_core::ports::{BoxFuture, Clock};
 use serde_json::{Value, json};
 
 use super::fetch::{self, Request};
-use super::{Ask, QueryProvider, ReadError, Reading, Secret, number, short};
+use super::{Ask, QueryProvider, ReadError, Reading, Secret, number, said};
 
 const NAME: &str = "New Relic";
 
@@ -85,7 +85,7 @@ impl NewRelic {
         // `errors`, often with a 200.
         if let Some(first) = answer["errors"].as_array().and_then(|e| e.first()) {
             let message = first["message"].as_str().unwrap_or("no message");
-            let why = short(&key.scrub(message));
+            let why = said(message, &[key]);
             // NerdGraph's classes for a time limit or a failure on its side, which
             // its own client retries: no answer for now, not a refusal.
             let class = first["extensions"]["errorClass"]
@@ -111,7 +111,8 @@ impl NewRelic {
                 &ask.budget,
             )
             .await?;
-        value_of(&data["actor"]["account"]["nrql"]["results"])
+        let secrets: Vec<&Secret> = self.api_key.iter().collect();
+        value_of(&data["actor"]["account"]["nrql"]["results"], &secrets)
     }
 }
 
@@ -193,8 +194,9 @@ fn code_of(nrql: &str) -> String {
 }
 
 /// The one number of `results`: one row, one value (a field other than the
-/// time-series bounds; a percentile's single entry).
-fn value_of(results: &Value) -> Result<f64, ReadError> {
+/// time-series bounds; a percentile's single entry). What it shows of the row is
+/// scrubbed of `secrets`.
+fn value_of(results: &Value, secrets: &[&Secret]) -> Result<f64, ReadError> {
     let rows = results
         .as_array()
         .ok_or_else(|| ReadError::Empty("New Relic returned no results".into()))?;
@@ -225,9 +227,12 @@ fn value_of(results: &Value) -> Result<f64, ReadError> {
         _ => value,
     };
     if value.is_null() {
-        return Err(ReadError::Empty(format!("`{name}` is null: no events")));
+        return Err(ReadError::Empty(format!(
+            "`{}` is null: no events",
+            said(name, secrets)
+        )));
     }
-    number(value).ok_or_else(|| ReadError::NotANumber(short(&value.to_string())))
+    number(value).ok_or_else(|| ReadError::NotANumber(said(&value.to_string(), secrets)))
 }
 
 impl QueryProvider for NewRelic {
@@ -244,6 +249,10 @@ impl QueryProvider for NewRelic {
                 histogram: None,
             }
         })
+    }
+
+    fn secrets(&self) -> Vec<Secret> {
+        self.api_key.iter().cloned().collect()
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
@@ -302,7 +311,7 @@ mod tests {
 
     #[test]
     fn results_become_one_number_or_no_data() {
-        let v = |s: &str| value_of(&serde_json::from_str(s).unwrap());
+        let v = |s: &str| value_of(&serde_json::from_str(s).unwrap(), &[]);
         assert_eq!(v(r#"[{"count": 12}]"#).ok(), Some(12.0));
         assert_eq!(
             v(r#"[{"percentile.duration": {"99": 0.42}}]"#).ok(),

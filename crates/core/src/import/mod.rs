@@ -1119,6 +1119,14 @@ mod tests {
         ] {
             assert!(has_unmapped(&i, f), "{f}: {:?}", i.unmapped);
         }
+        // An interval of a part of CloudWatch's minute is rounded up to whole ones.
+        let i = argo(
+            "  metrics:\n  - name: cw\n    interval: 30s\n    successCondition: result[0] <= 1\n    provider:\n      cloudWatch:\n        metricDataQueries: [{id: q, expression: \"SELECT 1\"}]\n",
+        );
+        assert_eq!(
+            pol(&i).analysis.interval,
+            std::time::Duration::from_secs(60)
+        );
         let i = imp(
             Kind::Flagger,
             &format!(
@@ -1387,6 +1395,16 @@ impl Providers {
     pub fn entries(&self, cx: &mut Cx) -> Vec<E> {
         let mut out = Vec::new();
         match &self.interval_ms {
+            // CloudWatch answers in whole minutes (the period written below): an
+            // interval of a part of one would read some minutes twice, so the
+            // policy refuses it.
+            Some((ms, from)) if self.cloudwatch.is_some() && !ms.is_multiple_of(60_000) => {
+                out.push(ec(
+                    "interval",
+                    raw(dur(ms.div_ceil(60_000).clamp(1, 60) * 60_000)),
+                    format!("from {from}, rounded up to whole minutes: CloudWatch's period"),
+                ));
+            }
             Some((ms, from)) => out.push(ec(
                 "interval",
                 raw(dur((*ms).clamp(100, 3_600_000))),

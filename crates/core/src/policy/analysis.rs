@@ -525,6 +525,9 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
             "a `cloudwatch` metric needs the region to ask: set `analysis.cloudwatch: {region: us-east-1}` (credentials come from the AWS environment variables or the shared credentials file)",
         );
     }
+    if let (Some(cw), Some(i)) = (&cloudwatch, reads(&QuerySource::CloudWatch)) {
+        whole_periods(cx, &m, interval, cw.period, &metrics[i].name);
+    }
     if prometheus.is_none()
         && m.get("prometheus").is_none()
         && let Some(i) = reads(&QuerySource::Prometheus)
@@ -547,6 +550,50 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         cloudwatch,
         load,
     })
+}
+
+/// Refuses an `interval` that is not a whole number of CloudWatch `period`s, at the
+/// line of the setting written (the interval, else the period, else the
+/// `cloudwatch` block). CloudWatch answers in whole periods, so each interval reads
+/// its window rounded to them: only an interval of whole periods reads every
+/// datapoint once. Otherwise several intervals read the same datapoint (CloudWatch
+/// rounds the start down to the period's boundary), and the sequential judge, which
+/// adds each interval's events to the last, counts the same events again.
+fn whole_periods(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    interval: Duration,
+    period: u32,
+    metric: &str,
+) {
+    let period_ms = u128::from(period) * 1000;
+    if interval.as_millis().is_multiple_of(period_ms) {
+        return;
+    }
+    let written_period = m.get("cloudwatch").and_then(|n| match &n.kind {
+        NodeKind::Map(entries) => entries.iter().find(|(k, _)| k.text == "period"),
+        _ => None,
+    });
+    let (at, path) = match (m.get("interval"), written_period) {
+        (Some(n), _) => (n.pos, m.path_of("interval")),
+        (None, Some((_, n))) => (n.pos, join(&m.path_of("cloudwatch"), "period")),
+        (None, None) => (
+            m.get("cloudwatch").map_or(m.pos(), |n| n.pos),
+            m.path_of("interval"),
+        ),
+    };
+    let seconds = u64::from(period);
+    let next = Duration::from_secs(seconds * (interval.as_secs() / seconds + 1));
+    cx.error(
+        at,
+        &path,
+        format!(
+            "metric `{metric}` reads CloudWatch, which answers in whole periods ({}s here) and rounds a window's start down to one: with an interval of {} some datapoints would be read in more than one interval and their events counted again; make `interval` a whole number of periods (like {}), or `cloudwatch.period` a divisor of the interval",
+            period,
+            format_duration(interval),
+            format_duration(next),
+        ),
+    );
 }
 
 fn decode_load(cx: &mut Decoder, node: &Node, path: &str) -> Option<Load> {

@@ -278,9 +278,9 @@ impl ValuePath {
                         .ok_or_else(|| format!("`{text}`: the `[` at {} is never closed", i + 1))?;
                     let inner = &rest[i + 1..i + close];
                     steps.push(bracket(text, inner)?);
-                    for _ in 0..close {
-                        chars.next();
-                    }
+                    // `close` is a byte offset: skip the characters up to and
+                    // including the `]`, however many bytes each takes.
+                    while chars.next_if(|(j, _)| *j <= i + close).is_some() {}
                 }
                 other => {
                     return Err(format!(
@@ -573,6 +573,23 @@ mod tests {
             let e = ValuePath::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    /// The parser once skipped a bracket's length in bytes as if it were characters:
+    /// `$["日"].a.b` lost its `.a`, and `$["é"].x` was refused.
+    #[test]
+    fn a_non_ascii_bracket_key_keeps_the_steps_after_it() {
+        use PathStep::{Index, Key};
+        let ok = |t: &str| ValuePath::parse(t).unwrap().0;
+        assert_eq!(
+            ok(r#"$["日"].a.b"#),
+            vec![Key("日".into()), Key("a".into()), Key("b".into())]
+        );
+        assert_eq!(ok(r#"$["é"].x"#), vec![Key("é".into()), Key("x".into())]);
+        assert_eq!(
+            ok(r#"$['größe'][1]["ü"]"#),
+            vec![Key("größe".into()), Index(1), Key("ü".into())]
+        );
     }
 
     #[test]

@@ -1309,7 +1309,7 @@ fn cloudwatch_needs_its_region_and_refuses_a_malformed_one_at_its_line() {
     let set = |settings: &str| {
         with_metrics(metric).replace(
             "  metrics:\n",
-            &format!("  cloudwatch: {settings}\n  metrics:\n"),
+            &format!("  cloudwatch: {settings}\n  interval: 5m\n  metrics:\n"),
         )
     };
     let p = Policy::from_yaml(&set("{region: eu-central-1}")).unwrap();
@@ -1372,6 +1372,60 @@ fn cloudwatch_needs_its_region_and_refuses_a_malformed_one_at_its_line() {
         assert!(d.message.contains(says), "{settings}: {d:?}");
         assert_eq!(d.line, 15, "{settings}: {d:?}");
     }
+}
+
+/// CloudWatch answers in whole periods and rounds a window's start down to one: an
+/// interval that is not a whole number of periods would read some datapoints in two
+/// intervals (with the default 10s and 60s, the same minute in six), and the
+/// sequential judge would count their events again.
+#[test]
+fn cloudwatch_refuses_an_interval_that_is_not_a_whole_number_of_periods_at_its_line() {
+    let metric = "    - {name: errors, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{variant}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{variant}'\", judge: sequential}\n";
+    let src = |settings: &str| {
+        with_metrics(metric).replace("  metrics:\n", &format!("{settings}  metrics:\n"))
+    };
+    // The reviewer's case: neither is written (10s and 60s by default).
+    let d = diagnostic(
+        &src("  cloudwatch: {region: us-east-1}\n"),
+        "analysis.interval",
+    );
+    assert_eq!(d.line, 15, "{d:?}");
+    for says in [
+        "metric `errors` reads CloudWatch",
+        "whole periods (60s here)",
+        "an interval of 10s",
+        "(like 1m)",
+    ] {
+        assert!(d.message.contains(says), "{says}: {d:?}");
+    }
+    // At the interval when it is written, else at the period.
+    let d = diagnostic(
+        &src("  cloudwatch: {region: us-east-1, period: 60}\n  interval: 90s\n"),
+        "analysis.interval",
+    );
+    assert_eq!(d.line, 16, "{d:?}");
+    assert!(d.message.contains("(like 2m)"), "{d:?}");
+    let d = diagnostic(
+        &src("  cloudwatch:\n    region: us-east-1\n    period: 20\n"),
+        "analysis.cloudwatch.period",
+    );
+    assert_eq!(d.line, 17, "{d:?}");
+    // Whole numbers of periods are fine, the same period or several.
+    for ok in [
+        "  cloudwatch: {region: us-east-1}\n  interval: 1m\n",
+        "  cloudwatch: {region: us-east-1}\n  interval: 3m\n",
+        "  cloudwatch: {region: us-east-1, period: 10}\n",
+        "  cloudwatch: {region: us-east-1, period: 5}\n  interval: 30s\n",
+        "  cloudwatch: {region: us-east-1, period: 300}\n  interval: 10m\n",
+    ] {
+        Policy::from_yaml(&src(ok)).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+    }
+    // Without a CloudWatch metric, the period binds nothing.
+    let prometheus = MINIMAL.replace(
+        "  metrics:\n",
+        "  cloudwatch: {region: us-east-1}\n  metrics:\n",
+    );
+    Policy::from_yaml(&prometheus).unwrap_or_else(|e| panic!("{e:?}"));
 }
 
 #[test]

@@ -479,7 +479,7 @@ analysis:
   prometheus: http://127.0.0.1:9090
   metrics:
     - {metric: error_rate, judge: {max: 1%}}
-    - {name: paid, source: prometheus, good: 'x', total: 'y', judge: {min_ratio_to_stable: 0.9}}
+    - {name: paid, source: prometheus, good: 'x{variant}', total: 'y{variant}', judge: {min_ratio_to_stable: 0.9}}
 "#,
         )
         .unwrap_or_else(|e| panic!("{e}"));

@@ -193,7 +193,14 @@ pub fn process_env(var: &str) -> Option<String> {
 
 /// `text` with every one of `secrets` replaced by its variable's name.
 pub fn scrub(text: &str, secrets: &[&Secret]) -> String {
-    secrets.iter().fold(text.to_string(), |t, s| s.scrub(&t))
+    // The longest first: a secret holding a shorter one (a tenant name inside a
+    // token) would otherwise no longer match once the shorter one was replaced, and
+    // most of it would show.
+    let mut longest_first = secrets.to_vec();
+    longest_first.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
+    longest_first
+        .iter()
+        .fold(text.to_string(), |t, s| s.scrub(&t))
 }
 
 /// What a provider or a program said, fit for a detail: scrubbed of `secrets`, then
@@ -755,6 +762,24 @@ mod tests {
         assert!(!ask.budget.take(Duration::from_secs(2)), "only 1s is left");
         assert_eq!(ask.budget.left(), Duration::from_secs(1));
         assert_eq!(prom_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    /// Regression (review): secrets were replaced in the order given, so a token
+    /// holding a shorter secret (`acme` inside `acme-9f8e...`) no longer matched once
+    /// the shorter one was replaced, and most of the token showed.
+    #[test]
+    fn a_secret_holding_a_shorter_one_is_scrubbed_whole() {
+        let env = |v: &str| match v {
+            "A_TENANT" => Some("acme".to_string()),
+            "B_TOKEN" => Some("acme-9f8e7d6c5b4a3921".to_string()),
+            _ => None,
+        };
+        let tenant = Secret::from_env("A_TENANT", &env).unwrap();
+        let token = Secret::from_env("B_TOKEN", &env).unwrap();
+        for order in [[&tenant, &token], [&token, &tenant]] {
+            let said = scrub("Bearer acme-9f8e7d6c5b4a3921 for acme", &order);
+            assert_eq!(said, "Bearer <$B_TOKEN> for <$A_TENANT>");
+        }
     }
 
     #[test]

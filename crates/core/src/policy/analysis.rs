@@ -220,17 +220,44 @@ pub struct QuerySpec {
 }
 
 impl QuerySpec {
-    /// Whether each variant reads its own value: the query (or an `http` URL or
-    /// header) names `{variant}` or `{version}`, or it is a `command`, which gets the
-    /// variant in its environment. A query that reads the same value for both (one
+    /// Whether each variant reads its own value: the query (a count's `bad` or
+    /// `good` and its `total` alike; an `http` source's URL or headers) names
+    /// `{variant}` or `{version}`, or it is a `command`, which gets the variant in
+    /// its environment. A query that reads the same value for both (one
     /// that selects the canary by name, as Argo Rollouts and Flagger queries do) says
     /// nothing about stable.
     pub fn per_variant(&self) -> bool {
-        let names = |t: &str| t.contains("{variant}") || t.contains("{version}");
+        self.names_any(&["{variant}", "{version}"])
+    }
+
+    /// Whether each variant reads its own value when both run the same version, as
+    /// in a flag release: only `{variant}` (or a `command`) tells them apart there.
+    pub fn per_variant_on_one_version(&self) -> bool {
+        self.names_any(&["{variant}"])
+    }
+
+    /// The policy field where a variant's reading is selected: an `http` source's
+    /// URL, a count's events, a latency's buckets, else the query.
+    pub fn field(&self, direction: Direction) -> &'static str {
+        match (&self.source, self.counts, direction) {
+            (QuerySource::Http(_), _, _) => "url",
+            (_, true, Direction::HigherIsBetter) => "good",
+            (_, true, Direction::LowerIsBetter) => "bad",
+            _ if self.buckets.is_some() => "buckets",
+            _ => "query",
+        }
+    }
+
+    fn names_any(&self, placeholders: &[&str]) -> bool {
+        let names = |t: &str| placeholders.iter().any(|p| t.contains(p));
         match &self.source {
             QuerySource::Command(_) => true,
             QuerySource::Http(h) => names(&h.url) || h.headers.iter().any(|(_, v)| names(v)),
-            _ => names(&self.query) || self.samples.as_deref().is_some_and(names),
+            // A count's `bad` (or `good`) and its `total` must each name it: one
+            // read for both variants counts every variant's events as each one's.
+            _ if self.counts => names(&self.query) && self.samples.as_deref().is_none_or(names),
+            // A value's floor (`samples`) decides nothing about which side it is.
+            _ => names(&self.query),
         }
     }
 }
@@ -769,8 +796,11 @@ fn compares_both_sides(cx: &mut Decoder, m: &MapReader<'_>, spec: &MetricSpec) {
     }
     // Where the variant would be named: an `http` source's URL (its other fields
     // are JSON paths), else the query.
+    let names = |t: &str| t.contains("{variant}") || t.contains("{version}");
     let key = match query.source {
         QuerySource::Http(_) => Some("url"),
+        // A count whose events name the variant and whose total does not.
+        _ if query.counts && names(&query.query) => Some("total"),
         _ => m
             .present(&["bad", "good", "query", "buckets"])
             .into_iter()

@@ -320,6 +320,11 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
     if let (Some(Strategy::BlueGreen(_) | Strategy::Full(_)), Some(a)) = (&strategy, &analysis) {
         check_blue_green_metrics(cx, &m, a);
     }
+    if let (Some(s), Some(a)) = (&strategy, &analysis)
+        && s.flag_only()
+    {
+        rules::check_flag_metrics(cx, &m, a);
+    }
     check_kubernetes(
         cx,
         &m,

@@ -62,13 +62,9 @@ pub(super) fn check_flags(
 }
 
 /// After a blue-green switch stable serves nothing, so only absolute limits can judge.
-pub(super) fn check_blue_green_metrics(
-    cx: &mut Decoder,
-    root: &MapReader<'_>,
-    analysis: &Analysis,
-) {
-    let items = root
-        .get("analysis")
+/// The nodes of `analysis.metrics`, for their lines.
+fn metric_items<'a>(root: &'a MapReader<'_>) -> Option<&'a Vec<Node>> {
+    root.get("analysis")
         .and_then(|a| match &a.kind {
             NodeKind::Map(entries) => entries
                 .iter()
@@ -79,7 +75,15 @@ pub(super) fn check_blue_green_metrics(
         .and_then(|n| match &n.kind {
             NodeKind::Seq(items) => Some(items),
             _ => None,
-        });
+        })
+}
+
+pub(super) fn check_blue_green_metrics(
+    cx: &mut Decoder,
+    root: &MapReader<'_>,
+    analysis: &Analysis,
+) {
+    let items = metric_items(root);
     for (i, metric) in analysis.metrics.iter().enumerate() {
         let absolute = matches!(metric.judge, Judge::Threshold(t) if t.absolute());
         if !absolute {
@@ -90,6 +94,31 @@ pub(super) fn check_blue_green_metrics(
                 "a blue-green or full release sends stable no traffic after the switch, so there is nothing to compare with; give this metric an absolute `max` (or `min`, where higher is better)",
             );
         }
+    }
+}
+
+/// A flag release runs one version on both sides: a query that tells them apart only
+/// by `{version}` reads the same series for both, so the sequential judge or a ratio
+/// to stable on it could never find the flag's users worse.
+pub(super) fn check_flag_metrics(cx: &mut Decoder, root: &MapReader<'_>, analysis: &Analysis) {
+    let items = metric_items(root);
+    for (i, metric) in analysis.metrics.iter().enumerate() {
+        let compares = match metric.judge {
+            Judge::Sequential(_) => "the sequential judge",
+            Judge::Threshold(t) if t.relative() => "a ratio to stable",
+            Judge::Threshold(_) => continue,
+        };
+        let Some(query) = &metric.query else { continue };
+        if !query.per_variant() || query.per_variant_on_one_version() {
+            // (One that names neither is refused with the metric itself.)
+            continue;
+        }
+        let pos = items.and_then(|it| it.get(i)).map_or(root.pos(), |n| n.pos);
+        cx.error(
+            pos,
+            &format!("analysis.metrics[{i}].{}", query.field(metric.direction)),
+            format!("a flag release runs the same version on both sides, so `{{version}}` reads the same series for each and {compares} could never find the flag's users worse: select each side with `{{variant}}`, or judge the flag's side alone with `max`/`min`"),
+        );
     }
 }
 

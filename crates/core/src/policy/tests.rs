@@ -838,7 +838,7 @@ fn counts_metrics_are_bad_or_good_events_out_of_a_total() {
         spec.samples.as_deref(),
         Some("sum(increase(all{track=\"{variant}\"}[{interval}]))")
     );
-    let q = "{name: e, source: prometheus, bad: 'x{variant}', total: 'y', judge: {max: 2%, max_ratio_to_stable: 2}, min_samples: 20}";
+    let q = "{name: e, source: prometheus, bad: 'x{variant}', total: 'y{variant}', judge: {max: 2%, max_ratio_to_stable: 2}, min_samples: 20}";
     let p = Policy::from_yaml(&with_metric(q)).unwrap_or_else(|e| panic!("{e:?}"));
     let m = &p.analysis.metrics[0];
     assert_eq!((m.direction, m.min_samples), (Direction::LowerIsBetter, 20));
@@ -911,6 +911,13 @@ fn a_comparison_with_stable_on_a_query_that_reads_the_same_value_for_both_is_ref
             "good",
             "the sequential judge compares",
         ),
+        // One of the two counts naming the variant is not enough: the other is every
+        // variant's.
+        (
+            "{name: e, source: prometheus, bad: 'sum(increase(e[{interval}]))', total: 'sum(increase(r{track=\"{variant}\"}[{interval}]))', judge: sequential}",
+            "bad",
+            "the sequential judge compares",
+        ),
         (
             "{name: q, source: prometheus, query: 'sum(up)', judge: {max_ratio_to_stable: 2}}",
             "query",
@@ -943,7 +950,7 @@ fn a_comparison_with_stable_on_a_query_that_reads_the_same_value_for_both_is_ref
         // Naming the variant where it is read makes the same metric valid.
         let named = match field {
             "url" => metric.replace("/errors'", "/errors?track={variant}'"),
-            _ => metric.replacen("[{interval}]", "{track=\"{variant}\"}[{interval}]", 1),
+            _ => metric.replace("[{interval}]", "{track=\"{variant}\"}[{interval}]"),
         };
         let named = named.replace("'sum(up)'", "'sum(up{track=\"{variant}\"})'");
         assert_ne!(named, metric);
@@ -955,6 +962,48 @@ fn a_comparison_with_stable_on_a_query_that_reads_the_same_value_for_both_is_ref
     let canary_alone = "{name: e, source: prometheus, query: 'sum(rate(e{rollout=\"shop-canary\"}[1m]))', judge: {max: 1}}";
     if let Err(e) = Policy::from_yaml(&with_metric(canary_alone)) {
         panic!("{e:?}");
+    }
+}
+
+/// Regression (review): a flag release runs one version on both sides, so a query
+/// telling them apart by `{version}` alone read the same series for each, and the
+/// sequential judge (or a ratio to stable) on it could never fail the flag. Refused
+/// for flag releases, at the query's field; `{variant}` is accepted, and the same
+/// `{version}` query is accepted for a canary, which runs two versions.
+#[test]
+fn a_flag_release_refuses_a_comparison_on_a_query_naming_only_the_version() {
+    let by_version = "{name: e, source: prometheus, bad: 'sum(increase(e{version=\"{version}\"}[{interval}]))', total: 'sum(increase(r{version=\"{version}\"}[{interval}]))', judge: sequential}";
+    let flag = |metric: &str| {
+        with_metric(metric).replace(
+            "strategy:\n  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+            "strategy:\n  flag: {flag: f, steps: [{weight: 10, bake: 1m}]}\nflags:\n  define: [{name: f, default: false}]\n",
+        )
+        .replace(
+            "    listen: 127.0.0.1:8080\n",
+            "    listen: 127.0.0.1:8080\n    sticky: {header: x-user}\n",
+        )
+    };
+    assert_ne!(flag(by_version), with_metric(by_version));
+    let d = errors(&flag(by_version));
+    assert!(
+        d.iter().any(|d| d.path == "analysis.metrics[0].bad"
+            && d.message.contains("same version on both sides")),
+        "{d:?}"
+    );
+    let ratio = "{name: p, source: prometheus, query: 'sum(rate(ok{version=\"{version}\"}[1m]))', judge: {min_ratio_to_stable: 0.9}}";
+    let d = errors(&flag(ratio));
+    assert!(
+        d.iter().any(|d| d.path == "analysis.metrics[0].query"),
+        "{d:?}"
+    );
+    for accepted in [
+        flag(&by_version.replace("version=\"{version}\"", "track=\"{variant}\"")),
+        flag(&by_version.replace("judge: sequential", "judge: {max: 5%}")),
+        with_metric(by_version),
+    ] {
+        if let Err(e) = Policy::from_yaml(&accepted) {
+            panic!("{accepted}: {e:?}");
+        }
     }
 }
 

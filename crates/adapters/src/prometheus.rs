@@ -211,13 +211,41 @@ impl Prometheus {
     /// A Prometheus error as the providers' kind: Prometheus's own error answers keep
     /// their status (400 for a query it cannot parse), and a server that cannot be
     /// reached is named, so a trial read can tell them.
+    /// An auth proxy in front of it answering 401 or 403 refuses every question, and
+    /// a 4xx page that is not Prometheus's JSON (a path prefix missing from the URL,
+    /// a login page) keeps its status too.
     fn read_error(&self, e: PrometheusError) -> ReadError {
+        let why = |message: String| format!("{message} (Prometheus at {})", self.url);
         match e {
+            PrometheusError::Failed {
+                status: status @ (401 | 403),
+                message,
+            } => ReadError::Auth {
+                provider: "Prometheus",
+                status,
+                why: why(message),
+            },
+            PrometheusError::NotJson {
+                status: status @ (401 | 403),
+            } => ReadError::Auth {
+                provider: "Prometheus",
+                status,
+                why: why("the answer is not Prometheus's JSON".into()),
+            },
             PrometheusError::Failed { status, message } if status >= 400 => ReadError::Status {
                 provider: "Prometheus",
                 status,
                 why: message,
             },
+            PrometheusError::NotJson { status } if (400..500).contains(&status) => {
+                ReadError::Status {
+                    provider: "Prometheus",
+                    status,
+                    why: why(
+                        "the answer is not Prometheus's JSON: is the URL's path right?".into(),
+                    ),
+                }
+            }
             PrometheusError::Unanswered(e) if e.is_unreachable() => {
                 ReadError::Unreachable(format!("Prometheus at {}: {e}", self.url))
             }

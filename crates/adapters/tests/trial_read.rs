@@ -244,6 +244,36 @@ async fn an_unreachable_prometheus_fails_the_pre_release_check() {
     );
 }
 
+/// Regression (review): a Prometheus URL missing its path prefix (every path answers a
+/// plain-text 404) and a Prometheus behind an auth proxy (401 or 403; rampart sends no
+/// credentials to Prometheus) passed the gates, and every reading was then no data.
+/// Each now blocks, naming the server and its status.
+#[tokio::test]
+async fn a_prometheus_answering_404_text_or_401_fails_the_pre_release_check() {
+    for (status, body, says) in [
+        (404, "404 page not found\n", "404"),
+        (
+            401,
+            r#"{"status":"error","error":"unauthorized"}"#,
+            "refused the credentials (401)",
+        ),
+        (403, "<html>sign in</html>", "refused the credentials (403)"),
+    ] {
+        let (url, _) =
+            fake_provider::start(Arc::new(move |_, _: &Seen| (status, vec![], body.into()))).await;
+        let p = policy(&format!(
+            "  prometheus: {url}\n  metrics:\n    - {{name: errors, source: prometheus, query: 'sum(rate(e{{track=\"{{variant}}\"}}[1m]))', judge: {{max: 1}}}}\n"
+        ));
+        let gates = source(&p, &[]).check().await;
+        let failed: Vec<_> = gates.iter().filter(|g| !g.ok).collect();
+        assert!(!failed.is_empty(), "{status}: {gates:?}");
+        assert!(
+            failed.iter().any(|g| g.detail.contains(says)),
+            "{status}: {gates:?}"
+        );
+    }
+}
+
 /// The `http` source's check sends nothing; its trial read finds a server that
 /// cannot be reached, and names it, not the token.
 #[tokio::test]

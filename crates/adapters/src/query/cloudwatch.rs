@@ -153,7 +153,11 @@ impl CloudWatch {
 
     /// The one series `expression` gives over `ask`'s window, as its values.
     async fn values(&self, expression: &str, ask: &Ask) -> Result<Vec<f64>, ReadError> {
-        let (start, end) = aligned(ask.from, ask.to, self.period);
+        let (start, end) = aligned(
+            ask.from,
+            ask.to,
+            rampart_core::policy::cloudwatch_alignment(self.period),
+        );
         // Windows are at least an interval long, and the policy makes an interval
         // whole periods, so an aligned window holds at least one period. One that
         // holds none (a window shorter than a period: a clock set back) is no data;
@@ -367,6 +371,12 @@ mod tests {
         let (start, end) = aligned(t, t + 5_000, 60);
         assert_eq!(start, end);
         assert_eq!(aligned(0, 60_000, 60), (0, 60));
+        // A 1 s period is asked in whole minutes.
+        let minute = rampart_core::policy::cloudwatch_alignment(1);
+        assert_eq!(
+            aligned(t + 5_000, t + 65_000, minute),
+            (1_699_999_980, 1_700_000_040)
+        );
     }
 
     #[test]

@@ -553,7 +553,7 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         );
     }
     if let (Some(cw), Some(i)) = (&cloudwatch, reads(&QuerySource::CloudWatch)) {
-        whole_periods(cx, &m, interval, cw.period, &metrics[i].name);
+        whole_periods(cx, &m, interval, cw.alignment(), &metrics[i].name);
     }
     if prometheus.is_none()
         && m.get("prometheus").is_none()
@@ -615,7 +615,7 @@ fn whole_periods(
         at,
         &path,
         format!(
-            "metric `{metric}` reads CloudWatch, which answers in whole periods ({}s here) and rounds a window's start down to one: with an interval of {} some datapoints would be read in more than one interval and their events counted again; make `interval` a whole number of periods (like {}), or `cloudwatch.period` a divisor of the interval",
+            "metric `{metric}` reads CloudWatch, which rounds a window's start down to a whole period ({}s here; a minute for 1 s periods): with an interval of {} some datapoints would be read in more than one interval and their events counted again; make `interval` a whole number of periods (like {}), or `cloudwatch.period` a divisor of the interval",
             period,
             format_duration(interval),
             format_duration(next),

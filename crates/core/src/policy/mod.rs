@@ -52,7 +52,8 @@ pub use migrations::Migrations;
 pub use notify::{NotifyHook, NotifyTarget, PAGES, Secret, SilenceMatcher, SilencesSpec};
 pub use providers::{
     CloudWatchSpec, CommandFetch, DATADOG_SITES, DatadogApi, DatadogSpec, HttpFetch, NewRelicSpec,
-    PLACEHOLDERS, PathStep, QuerySource, ValuePath, aws_region, cloudwatch_endpoint, env_refs,
+    PLACEHOLDERS, PathStep, QuerySource, ValuePath, aws_region, cloudwatch_alignment,
+    cloudwatch_endpoint, env_refs,
 };
 pub use rollback::{Rollback, RollbackCap};
 pub use strategy::{

@@ -178,6 +178,21 @@ pub struct CloudWatchSpec {
     pub period: u32,
 }
 
+impl CloudWatchSpec {
+    /// The boundary, in seconds, CloudWatch rounds a window's start down to: the
+    /// period itself for 5, 10, 20 and 30 s (divisions of a minute) and for whole
+    /// minutes, but a whole minute for 1 s periods (AWS documents sub-minute rounding
+    /// for 5 to 30 s only, so a 1 s window is taken to start at its minute).
+    pub fn alignment(&self) -> u32 {
+        cloudwatch_alignment(self.period)
+    }
+}
+
+/// [`CloudWatchSpec::alignment`] of `period`.
+pub fn cloudwatch_alignment(period: u32) -> u32 {
+    if period < 5 { 60 } else { period }
+}
+
 /// CloudWatch's endpoint in `region`: `https://monitoring.REGION.amazonaws.com`, or
 /// `.amazonaws.com.cn` in the China regions.
 pub fn cloudwatch_endpoint(region: &str) -> String {

@@ -1441,12 +1441,21 @@ fn cloudwatch_refuses_an_interval_that_is_not_a_whole_number_of_periods_at_its_l
     assert_eq!(d.line, 15, "{d:?}");
     for says in [
         "metric `errors` reads CloudWatch",
-        "whole periods (60s here)",
+        "a whole period (60s here",
         "an interval of 10s",
         "(like 1m)",
     ] {
         assert!(d.message.contains(says), "{says}: {d:?}");
     }
+    // Regression (review): a 1 s period's window starts at its minute (AWS rounds
+    // sub-minute starts only for 5 to 30 s periods), so 10 s intervals would read up
+    // to 59 s again: the interval must be whole minutes.
+    let d = diagnostic(
+        &src("  cloudwatch: {region: us-east-1, period: 1}\n  interval: 10s\n"),
+        "analysis.interval",
+    );
+    assert!(d.message.contains("a minute for 1 s periods"), "{d:?}");
+    assert!(d.message.contains("(like 1m)"), "{d:?}");
     // At the interval when it is written, else at the period.
     let d = diagnostic(
         &src("  cloudwatch: {region: us-east-1, period: 60}\n  interval: 90s\n"),
@@ -1466,6 +1475,7 @@ fn cloudwatch_refuses_an_interval_that_is_not_a_whole_number_of_periods_at_its_l
         "  cloudwatch: {region: us-east-1, period: 10}\n",
         "  cloudwatch: {region: us-east-1, period: 5}\n  interval: 30s\n",
         "  cloudwatch: {region: us-east-1, period: 300}\n  interval: 10m\n",
+        "  cloudwatch: {region: us-east-1, period: 1}\n  interval: 1m\n",
     ] {
         Policy::from_yaml(&src(ok)).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
     }

@@ -654,11 +654,6 @@ impl MetricsSource for WithQueries {
             let deadline = tokio::time::Instant::now() + self.interval.max(Duration::from_secs(1));
             let no_waits = Arc::new(Budget::new(Duration::ZERO));
             for (name, spec, provider) in &self.queries {
-                // A server asked for a version it does not know may answer 404 or 400.
-                let version_in_request = matches!(
-                    &spec.source,
-                    QuerySource::Http(http) if http.url.contains("{version}")
-                );
                 let ask = Ask {
                     service: self.service.clone(),
                     variant: "stable",
@@ -678,15 +673,7 @@ impl MetricsSource for WithQueries {
                 let refused = [Some(read.value), read.samples, histogram]
                     .into_iter()
                     .flatten()
-                    .find_map(|r| {
-                        r.err().filter(|e| {
-                            if version_in_request {
-                                e.refuses_every_question()
-                            } else {
-                                e.is_misconfiguration()
-                            }
-                        })
-                    });
+                    .find_map(|r| r.err().filter(|e| blocks_the_gate(e, spec)));
                 if let Some(e) = refused {
                     let how = match e {
                         ReadError::Unreachable(_) => "a trial read failed",
@@ -704,9 +691,66 @@ impl MetricsSource for WithQueries {
     }
 }
 
+/// Whether a trial read's failure blocks the release. A server asked for a version it
+/// does not know (an `http` URL naming `{version}`) may answer 404 or 400: only
+/// refused credentials and an unreachable server block it; and where `{version}`
+/// is in the URL's host (a service per version), the placeholder's host does not
+/// exist, so only refused credentials do.
+fn blocks_the_gate(e: &ReadError, spec: &QuerySpec) -> bool {
+    let QuerySource::Http(http) = &spec.source else {
+        return e.is_misconfiguration();
+    };
+    let authority = http
+        .url
+        .split_once("://")
+        .map_or(http.url.as_str(), |(_, rest)| rest);
+    let host = authority.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.contains("{version}") {
+        matches!(e, ReadError::MissingSecret(_) | ReadError::Auth { .. })
+    } else if http.url.contains("{version}") {
+        e.refuses_every_question()
+    } else {
+        e.is_misconfiguration()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (review): an `http` URL with `{version}` in its host (a service per
+    /// version) was tried at `rampart-check`'s host, which never resolves, and the
+    /// gate blocked a correct policy as unreachable. Refused credentials still block.
+    #[test]
+    fn a_version_in_the_host_blocks_the_gate_on_refused_credentials_only() {
+        let spec = |url: &str| {
+            let p = rampart_core::Policy::from_yaml(&format!(
+                "service: shop\ndeploy: {{process: {{command: [x, \"{{port}}\"]}}}}\ntraffic: {{proxy: {{listen: \"127.0.0.1:1\"}}}}\nstrategy: {{canary: {{steps: [{{weight: 10, bake: 1m}}]}}}}\nanalysis:\n  metrics:\n    - {{name: m, source: http, url: '{url}', value: $.v, judge: {{max: 1}}}}\n"
+            ))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            p.analysis.metrics[0].query.clone().unwrap()
+        };
+        let unreachable = ReadError::Unreachable("the HTTP source at shop-rampart-check".into());
+        let refused = ReadError::Auth {
+            provider: "the HTTP source",
+            status: 403,
+            why: "no".into(),
+        };
+        let not_found = ReadError::Status {
+            provider: "the HTTP source",
+            status: 404,
+            why: "no such version".into(),
+        };
+        let in_host = spec("http://shop-{version}.svc:8080/stats");
+        assert!(!blocks_the_gate(&unreachable, &in_host));
+        assert!(!blocks_the_gate(&not_found, &in_host));
+        assert!(blocks_the_gate(&refused, &in_host));
+        let in_path = spec("http://stats.svc/{version}/errors");
+        assert!(blocks_the_gate(&unreachable, &in_path));
+        assert!(!blocks_the_gate(&not_found, &in_path));
+        let plain = spec("http://stats.svc/errors?track={variant}");
+        assert!(blocks_the_gate(&not_found, &plain));
+    }
 
     #[test]
     fn numbers_at_paths() {

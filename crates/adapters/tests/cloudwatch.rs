@@ -14,7 +14,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_provider::{self, Answer, Seen, policy, source, window};
+use common::fake_provider::{self, Answer, Seen, first_reading, policy, source, window};
 use common::sigv4;
 use rampart_core::ports::MetricsSource;
 use serde_json::{Value, json};
@@ -248,12 +248,7 @@ async fn a_value_is_the_last_datapoint_or_with_range_the_mean() {
         let p = policy(&format!(
             "  interval: 30s\n  cloudwatch: {{region: eu-west-1, url: '{url}', period: 10}}\n  metrics:\n    - {{name: p99, source: cloudwatch, query: \"SELECT AVG(Latency) FROM Shop WHERE Variant = '{{variant}}'\", range: {range}, judge: {{max: 500}}}}\n"
         ));
-        let q = source(&p, ENV)
-            .measure(&window())
-            .await
-            .unwrap()
-            .queries
-            .remove(0);
+        let q = first_reading(&p, ENV).await;
         assert_eq!(
             (q.stable, q.canary),
             (Some(want), Some(want)),
@@ -276,12 +271,7 @@ async fn empty_values_are_no_data() {
         }
     }))
     .await;
-    let q = source(&counts_policy(&url), ENV)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&counts_policy(&url), ENV).await;
     assert_eq!(
         (q.stable, q.canary, q.stable_samples, q.canary_samples),
         (None, None, None, None)
@@ -479,12 +469,7 @@ async fn a_429_waits_its_retry_after_then_signs_again() {
         fake(ACCOUNT)(n, req)
     }))
     .await;
-    let q = source(&counts_policy(&url), ENV)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&counts_policy(&url), ENV).await;
     assert_eq!((q.stable, q.canary), (Some(1.0), Some(9.0)), "{}", q.detail);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 5, "one retry");
@@ -509,12 +494,7 @@ async fn a_400_throttling_is_waited_out_like_a_429() {
         fake(ACCOUNT)(n, req)
     }))
     .await;
-    let q = source(&counts_policy(&url), ENV)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&counts_policy(&url), ENV).await;
     assert_eq!((q.stable, q.canary), (Some(1.0), Some(9.0)), "{}", q.detail);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 5, "one retry");
@@ -532,12 +512,7 @@ async fn throttling_past_the_interval_is_no_data_without_asking_again() {
         (429, vec![("retry-after", "120".to_string())], body)
     }))
     .await;
-    let q = source(&counts_policy(&url), ENV)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&counts_policy(&url), ENV).await;
     assert_eq!((q.stable, q.canary), (None, None));
     assert!(
         q.detail
@@ -627,12 +602,7 @@ async fn a_window_shorter_than_a_period_is_no_data_without_asking() {
         "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: errors, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{{variant}}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{{variant}}'\", judge: sequential}}\n"
     ));
     // 20 s to 50 s past a minute: no whole minute in it.
-    let q = source(&p, ENV)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&p, ENV).await;
     assert_eq!(
         (q.stable, q.canary, q.stable_samples, q.canary_samples),
         (None, None, None, None)

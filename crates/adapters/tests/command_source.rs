@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::fake_provider::{policy, source, window};
+use common::fake_provider::{first_reading, policy, source, window};
 use rampart_core::metrics::IntervalSample;
 use rampart_core::metrics::QueryReading;
 use rampart_core::ports::MetricsSource;
@@ -17,12 +17,7 @@ async fn read(script: &str, rest: &str) -> QueryReading {
     let p = policy(&format!(
         "  metrics:\n    - {{name: m, source: command, command: [sh, -c, '{script}', check, '{{variant}}', '{{version}}', '{{from}}', '{{to}}'], {rest}}}\n"
     ));
-    source(&p, &[])
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0)
+    first_reading(&p, &[]).await
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_provider::{self, Answer, Seen, policy, source, window};
+use common::fake_provider::{self, Answer, Seen, first_reading, policy, source, window};
 use rampart_core::ports::MetricsSource;
 use serde_json::{Value, json};
 
@@ -98,12 +98,7 @@ async fn a_v1_value_is_the_last_point_or_with_range_the_mean() {
         let p = policy(&format!(
             "  datadog: {{url: '{url}'}}\n  metrics:\n    - {{name: rps, source: datadog, query: 'sum:requests{{variant:{{variant}}}}', range: {range}, judge: {{min: 1}}}}\n"
         ));
-        let q = source(&p, KEYS)
-            .measure(&window())
-            .await
-            .unwrap()
-            .queries
-            .remove(0);
+        let q = first_reading(&p, KEYS).await;
         assert_eq!(
             (q.stable, q.canary),
             (Some(want), Some(want)),
@@ -147,12 +142,7 @@ async fn v2_posts_a_timeseries_request_and_reads_its_values() {
     let p = policy(&format!(
         "  datadog: {{url: '{url}', api: v2}}\n  metrics:\n    - {{name: ratio, source: datadog, query: 'avg:errors.ratio{{variant:{{variant}}}}', range: true, judge: {{max: 0.5}}}}\n"
     ));
-    let q = source(&p, KEYS)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&p, KEYS).await;
     assert_eq!(q.detail, "");
     assert!((q.stable.unwrap() - 0.1).abs() < 1e-9 && (q.canary.unwrap() - 0.3).abs() < 1e-9);
     assert_eq!(seen.lock().unwrap().len(), 2);
@@ -170,12 +160,7 @@ async fn empty_series_are_no_data_in_both_apis() {
     }))
     .await;
     for api in ["v1", "v2"] {
-        let q = source(&counts_policy(&url, api), KEYS)
-            .measure(&window())
-            .await
-            .unwrap()
-            .queries
-            .remove(0);
+        let q = first_reading(&counts_policy(&url, api), KEYS).await;
         assert_eq!((q.stable, q.canary, q.canary_samples), (None, None, None));
         assert!(
             q.detail
@@ -199,12 +184,7 @@ async fn a_v2_error_is_read_where_datadog_puts_it_and_scrubbed() {
         (200, vec![], answer.to_string())
     }))
     .await;
-    let q = source(&counts_policy(&url, "v2"), KEYS)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&counts_policy(&url, "v2"), KEYS).await;
     assert_eq!((q.stable, q.canary), (None, None));
     assert!(
         q.detail.contains(
@@ -284,12 +264,7 @@ async fn a_429_waits_its_retry_after_then_reads() {
         }
     }))
     .await;
-    let q = source(&counts_policy(&url, "v1"), KEYS)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&counts_policy(&url, "v1"), KEYS).await;
     assert_eq!((q.stable, q.canary), (Some(1.0), Some(9.0)), "{}", q.detail);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 5, "one retry");

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_provider::{self, Seen, policy, source, window};
+use common::fake_provider::{self, Seen, first_reading, policy, source, window};
 use rampart_core::ports::MetricsSource;
 
 const TOKEN: &str = "tok-5ecret-8842";
@@ -355,12 +355,7 @@ async fn an_empty_series_or_a_null_is_no_data_never_a_pass() {
     let p = policy(&format!(
         "  metrics:\n    - {{name: p99, source: http, url: '{url}/{{variant}}', value: '$.series[0].value', judge: {{max: 250}}}}\n"
     ));
-    let q = source(&p, &[])
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&p, &[]).await;
     assert_eq!((q.stable, q.canary), (None, None));
     assert_eq!(
         q.detail,
@@ -382,12 +377,7 @@ async fn an_answer_that_is_not_json_or_not_a_number_is_no_data() {
     let p = policy(&format!(
         "  metrics:\n    - {{name: p99, source: http, url: '{url}/{{variant}}', value: $.v, judge: {{max: 250}}}}\n"
     ));
-    let q = source(&p, &[])
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&p, &[]).await;
     assert_eq!(
         q.detail,
         "stable: `\"fast\"` is not a number; canary: the HTTP source answered with something that is not JSON"

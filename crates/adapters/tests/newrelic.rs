@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_provider::{self, Answer, Seen, policy, source, window};
+use common::fake_provider::{self, Answer, Seen, first_reading, policy, source, window};
 use rampart_core::ports::MetricsSource;
 use serde_json::{Value, json};
 
@@ -122,12 +122,7 @@ async fn graphql_errors_and_empty_results_are_no_data() {
         )
     }))
     .await;
-    let q = source(&counts_policy(&url, 4242), ENV)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&counts_policy(&url, 4242), ENV).await;
     assert_eq!((q.stable, q.canary), (None, None));
     assert!(
         q.detail
@@ -179,12 +174,7 @@ async fn a_429_waits_its_retry_after_then_reads() {
         }
     }))
     .await;
-    let q = source(&counts_policy(&url, 4242), ENV)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&counts_policy(&url, 4242), ENV).await;
     assert_eq!(
         (q.stable_samples, q.canary),
         (Some(400.0), Some(12.0)),
@@ -217,12 +207,7 @@ async fn a_comment_ending_the_nrql_neither_swallows_nor_replaces_the_window() {
       judge: sequential
 "#
     ));
-    let q = source(&p, ENV)
-        .measure(&window())
-        .await
-        .unwrap()
-        .queries
-        .remove(0);
+    let q = first_reading(&p, ENV).await;
     assert_eq!(
         (q.stable, q.canary),
         (Some(2.0), Some(12.0)),

@@ -141,6 +141,20 @@ pub fn clock() -> Arc<dyn rampart_core::ports::Clock> {
     Arc::new(rampart_adapters::clock::TokioClock::starting_at(NOW_MS))
 }
 
+/// The reading of `policy`'s first query metric in one measurement of [`window`].
+pub async fn first_reading(
+    policy: &rampart_core::Policy,
+    env: &[(&str, &str)],
+) -> rampart_core::metrics::QueryReading {
+    use rampart_core::ports::MetricsSource as _;
+    source(policy, env)
+        .measure(&window())
+        .await
+        .unwrap()
+        .queries
+        .remove(0)
+}
+
 /// The query metrics of `policy`, with `env` as the environment and [`clock`]'s time.
 pub fn source(
     policy: &rampart_core::Policy,

@@ -291,6 +291,18 @@ pub enum Judge {
     Sequential(Sequential),
 }
 
+impl Judge {
+    /// What in this judge compares the canary with stable, as messages name it: the
+    /// sequential judge, or a ratio limit; `None` for fixed limits alone.
+    pub fn comparison(&self) -> Option<&'static str> {
+        match self {
+            Judge::Sequential(_) => Some("the sequential judge"),
+            Judge::Threshold(t) if t.relative() => Some("a ratio to stable"),
+            Judge::Threshold(_) => None,
+        }
+    }
+}
+
 /// Settings of the sequential judge.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sequential {
@@ -786,27 +798,21 @@ fn compares_both_sides(cx: &mut Decoder, m: &MapReader<'_>, spec: &MetricSpec) {
     let Some(query) = &spec.query else {
         return;
     };
-    let compares = match &spec.judge {
-        Judge::Sequential(_) => "the sequential judge",
-        Judge::Threshold(t) if t.relative() => "a ratio to stable",
-        Judge::Threshold(_) => return,
+    let Some(compares) = spec.judge.comparison() else {
+        return;
     };
     if query.per_variant() {
         return;
     }
-    // Where the variant would be named: an `http` source's URL (its other fields
-    // are JSON paths), else the query.
-    let names = |t: &str| t.contains("{variant}") || t.contains("{version}");
-    let key = match query.source {
-        QuerySource::Http(_) => Some("url"),
-        // A count whose events name the variant and whose total does not.
-        _ if query.counts && names(&query.query) => Some("total"),
-        _ => m
-            .present(&["bad", "good", "query", "buckets"])
-            .into_iter()
-            .next(),
-    }
-    .unwrap_or("judge");
+    // A count whose events name the variant and whose total does not.
+    let events_named = query.counts
+        && !matches!(query.source, QuerySource::Http(_))
+        && (query.query.contains("{variant}") || query.query.contains("{version}"));
+    let key = if events_named {
+        "total"
+    } else {
+        query.field(spec.direction)
+    };
     cx.error(
         m.get(key).map_or(m.pos(), |n| n.pos),
         &m.path_of(key),

@@ -103,10 +103,8 @@ pub(super) fn check_blue_green_metrics(
 pub(super) fn check_flag_metrics(cx: &mut Decoder, root: &MapReader<'_>, analysis: &Analysis) {
     let items = metric_items(root);
     for (i, metric) in analysis.metrics.iter().enumerate() {
-        let compares = match metric.judge {
-            Judge::Sequential(_) => "the sequential judge",
-            Judge::Threshold(t) if t.relative() => "a ratio to stable",
-            Judge::Threshold(_) => continue,
+        let Some(compares) = metric.judge.comparison() else {
+            continue;
         };
         let Some(query) = &metric.query else { continue };
         if !query.per_variant() || query.per_variant_on_one_version() {

@@ -161,7 +161,7 @@ fn fake(account: Account) -> fake_provider::Responder {
 fn counts_policy(url: &str) -> rampart_core::Policy {
     policy(&format!(
         r#"  interval: 30s
-  cloudwatch: {{region: eu-west-1, url: "{url}", period: 10}}
+  cloudwatch: {{region: eu-west-1, url: "{url}", period: 10, delay: 0s}}
   metrics:
     - name: errors
       source: cloudwatch
@@ -246,7 +246,7 @@ async fn a_value_is_the_last_datapoint_or_with_range_the_mean() {
     let (url, _) = fake_provider::start(fake(ACCOUNT)).await;
     for (range, want) in [("false", 200.0), ("true", 150.0)] {
         let p = policy(&format!(
-            "  interval: 30s\n  cloudwatch: {{region: eu-west-1, url: '{url}', period: 10}}\n  metrics:\n    - {{name: p99, source: cloudwatch, query: \"SELECT AVG(Latency) FROM Shop WHERE Variant = '{{variant}}'\", range: {range}, judge: {{max: 500}}}}\n"
+            "  interval: 30s\n  cloudwatch: {{region: eu-west-1, url: '{url}', period: 10, delay: 0s}}\n  metrics:\n    - {{name: p99, source: cloudwatch, query: \"SELECT AVG(Latency) FROM Shop WHERE Variant = '{{variant}}'\", range: {range}, judge: {{max: 500}}}}\n"
         ));
         let q = first_reading(&p, ENV).await;
         assert_eq!(
@@ -455,6 +455,46 @@ async fn a_profile_in_the_shared_credentials_file_signs_with_its_token() {
     );
 }
 
+/// Regression (review): the credentials were read once, when the provider was
+/// built; temporary ones that expired mid-release and were rewritten in the shared
+/// file (as whatever refreshes them does) went on being signed with, and every later
+/// interval was no data. The file is read again before each request; while it
+/// cannot be read, the last good keys stay.
+#[tokio::test]
+async fn credentials_rewritten_in_the_shared_file_are_used_from_the_next_request() {
+    const OLD_KEY_ID: &str = "ASIAEXPIRED000000001";
+    const NEW_KEY_ID: &str = "ASIAREFRESHED0000001";
+    const NEW_SECRET: &str = "refreshedSecret/0123456789abcdefEXAMPLE";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials");
+    let write = |key_id: &str, secret: &str| {
+        std::fs::write(
+            &file,
+            format!("[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\naws_session_token = {TOKEN}\n"),
+        )
+        .unwrap();
+    };
+    write(OLD_KEY_ID, SECRET);
+    let (url, _) = fake_provider::start(fake(Account {
+        key_id: NEW_KEY_ID,
+        secret: NEW_SECRET,
+        token: Some(TOKEN),
+    }))
+    .await;
+    let path = file.to_str().unwrap().to_string();
+    let env = [("AWS_SHARED_CREDENTIALS_FILE", path.as_str())];
+    let s = source(&counts_policy(&url), &env);
+    let q = s.measure(&window()).await.unwrap().queries.remove(0);
+    assert_eq!((q.stable, q.canary), (None, None), "the expired keys");
+    assert!(q.detail.contains("(403)"), "{}", q.detail);
+    write(NEW_KEY_ID, NEW_SECRET);
+    let q = s.measure(&window()).await.unwrap().queries.remove(0);
+    assert_eq!((q.stable, q.canary), (Some(1.0), Some(9.0)), "{}", q.detail);
+    std::fs::remove_file(&file).unwrap();
+    let q = s.measure(&window()).await.unwrap().queries.remove(0);
+    assert_eq!((q.stable, q.canary), (Some(1.0), Some(9.0)), "{}", q.detail);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_429_waits_its_retry_after_then_signs_again() {
     let (url, seen) = fake_provider::start(Arc::new(|n, req: &Seen| {
@@ -579,18 +619,19 @@ async fn consecutive_unaligned_windows_ask_for_aligned_disjoint_periods() {
             )
         })
         .collect();
-    // Four requests a window (bad and total, both variants), each on the minute.
+    // Four requests a window (bad and total, both variants), each on the minute,
+    // and two minutes behind it (the default `delay`), so its datapoints are in.
     assert_eq!(asked.len(), 8);
     assert!(
         asked[..4]
             .iter()
-            .all(|w| *w == (1_699_999_980, 1_700_000_040)),
+            .all(|w| *w == (1_699_999_860, 1_699_999_920)),
         "{asked:?}"
     );
     assert!(
         asked[4..]
             .iter()
-            .all(|w| *w == (1_700_000_040, 1_700_000_100)),
+            .all(|w| *w == (1_699_999_920, 1_699_999_980)),
         "{asked:?}"
     );
 }

@@ -335,3 +335,37 @@ async fn a_bucket_query_prometheus_cannot_parse_fails_the_pre_release_check_fake
         "{gates:?}"
     );
 }
+
+/// Regression (review): the trial reads ran in turn on one deadline, and the first to
+/// use it up ended them all: a misconfigured metric listed after one whose source
+/// does not answer passed the gate. They run at once now, each to the deadline.
+#[tokio::test]
+async fn a_metric_after_one_whose_source_never_answers_is_still_tried() {
+    // Accepts connections and never answers them.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let (url, seen) = fake_provider::start(Arc::new(|_, _: &Seen| -> Answer {
+        (401, vec![], r#"{"error": "unauthorized"}"#.into())
+    }))
+    .await;
+    let p = policy(&format!(
+        "  interval: 1s\n  metrics:\n    - {{name: slow, source: http, url: 'http://{silent_addr}/v/{{variant}}', value: $.v, judge: {{max: 1}}}}\n    - {{name: refused, source: http, url: '{url}/v/{{variant}}', value: $.v, judge: {{max: 1}}}}\n"
+    ));
+    let gates = source(&p, &[]).check().await;
+    held.abort();
+    let failed: Vec<_> = gates.iter().filter(|g| !g.ok).collect();
+    assert_eq!(failed.len(), 1, "{gates:?}");
+    assert_eq!(failed[0].name, "metric refused");
+    assert!(
+        failed[0].detail.contains("refused the credentials (401)"),
+        "{}",
+        failed[0].detail
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1, "the second metric was asked");
+}

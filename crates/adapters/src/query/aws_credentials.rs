@@ -34,6 +34,9 @@ pub struct Credentials {
     pub session_token: Option<Secret>,
     /// Where they were found, for people: `the environment`, or the profile and file.
     pub source: String,
+    /// Whether they came from the shared credentials file, which whatever refreshes
+    /// temporary credentials rewrites: such keys are looked up again before each use.
+    pub from_file: bool,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -65,6 +68,16 @@ impl Credentials {
     }
 }
 
+/// Every variable [`find`] reads.
+pub const VARIABLES: [&str; 6] = [
+    ACCESS_KEY_ID,
+    SECRET_ACCESS_KEY,
+    SESSION_TOKEN,
+    PROFILE,
+    SHARED_CREDENTIALS_FILE,
+    "HOME",
+];
+
 /// The credentials in `env`, else in the shared credentials file it points at; or
 /// what was looked for, and why it is not there.
 pub fn find(env: &dyn Fn(&str) -> Option<String>) -> Result<Credentials, ReadError> {
@@ -76,6 +89,7 @@ pub fn find(env: &dyn Fn(&str) -> Option<String>) -> Result<Credentials, ReadErr
                 secret_access_key: Secret::from_env(SECRET_ACCESS_KEY, env)?,
                 session_token: Secret::from_env(SESSION_TOKEN, env).ok(),
                 source: format!("the environment ({ACCESS_KEY_ID})"),
+                from_file: false,
             });
         }
         (Some(_), None) | (None, Some(_)) => {
@@ -127,6 +141,7 @@ pub fn find(env: &dyn Fn(&str) -> Option<String>) -> Result<Credentials, ReadErr
             secret_access_key,
             session_token: key("aws_session_token"),
             source: from,
+            from_file: true,
         }),
         _ => Err(ReadError::Other(format!(
             "{from} has no aws_access_key_id and aws_secret_access_key; profiles that assume a role, use SSO or a credential_process are not read: export {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY} instead"

@@ -16,7 +16,7 @@
 //! statistic), a `query` value is the **last** datapoint, or their **mean** with
 //! `range: true`. No result, or a result without datapoints, is no data.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rampart_core::policy::{CloudWatchSpec, QuerySpec};
 use rampart_core::ports::{BoxFuture, Clock};
@@ -34,14 +34,20 @@ pub const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
 /// CloudWatch's signing name.
 pub const SERVICE: &str = "monitoring";
 
-/// CloudWatch in one region, with the credentials found when it was built.
+/// CloudWatch in one region. Credentials from the environment are the ones found
+/// when it was built; credentials from the shared file are looked up again before
+/// each request (temporary ones are rewritten there as they expire), and the last
+/// good ones stay while the file cannot be read.
 pub struct CloudWatch {
     url: String,
     host: String,
     path: String,
     region: String,
     period: u32,
-    credentials: Result<Credentials, String>,
+    delay: std::time::Duration,
+    credentials: Mutex<Result<Credentials, String>>,
+    /// The variables the lookup reads, as they were when it was built.
+    lookup: Vec<(&'static str, String)>,
     clock: Arc<dyn Clock>,
     quiet: fetch::Quiet,
 }
@@ -81,16 +87,36 @@ impl CloudWatch {
             path,
             region: spec.region.clone(),
             period: spec.period,
-            credentials: aws_credentials::find(env).map_err(|e| e.to_string()),
+            delay: spec.delay,
+            credentials: Mutex::new(aws_credentials::find(env).map_err(|e| e.to_string())),
+            lookup: aws_credentials::VARIABLES
+                .iter()
+                .filter_map(|&var| env(var).map(|v| (var, v)))
+                .collect(),
             quiet: fetch::Quiet::new(clock.clone()),
             clock,
         }
     }
 
-    fn credentials(&self) -> Result<&Credentials, ReadError> {
-        self.credentials
-            .as_ref()
-            .map_err(|e| ReadError::Other(e.clone()))
+    /// The credentials to sign with now: those from the shared file as it is now (or
+    /// the last good ones while it cannot be read), else those found at the start.
+    fn credentials(&self) -> Result<Credentials, ReadError> {
+        let mut held = self
+            .credentials
+            .lock()
+            .map_err(|_| ReadError::Other("the credentials lock is poisoned".into()))?;
+        if held.as_ref().is_ok_and(|c| c.from_file) {
+            let env = |var: &str| {
+                self.lookup
+                    .iter()
+                    .find(|(k, _)| *k == var)
+                    .map(|(_, v)| v.clone())
+            };
+            if let Ok(now) = aws_credentials::find(&env) {
+                *held = Ok(now);
+            }
+        }
+        held.clone().map_err(ReadError::Other)
     }
 
     /// Sends one GetMetricData request with `body`; returns the answer.
@@ -153,9 +179,11 @@ impl CloudWatch {
 
     /// The one series `expression` gives over `ask`'s window, as its values.
     async fn values(&self, expression: &str, ask: &Ask) -> Result<Vec<f64>, ReadError> {
+        // Read `delay` behind the interval, so its datapoints have arrived.
+        let delay = rampart_core::Millis::try_from(self.delay.as_millis()).unwrap_or(u64::MAX);
         let (start, end) = aligned(
-            ask.from,
-            ask.to,
+            ask.from.saturating_sub(delay),
+            ask.to.saturating_sub(delay),
             rampart_core::policy::cloudwatch_alignment(self.period),
         );
         // Windows are at least an interval long, and the policy makes an interval
@@ -282,7 +310,7 @@ impl QueryProvider for CloudWatch {
     }
 
     fn secrets(&self) -> Vec<Secret> {
-        self.credentials
+        self.credentials()
             .iter()
             .flat_map(|c| c.secrets().into_iter().cloned())
             .collect()

@@ -24,6 +24,11 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// The wait after a 429 without a usable `Retry-After` (none, or one that does not
 /// parse), and the least wait after any 429: a provider is never asked again at once.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait a 429 is obeyed for. A server asking for more (a date a year on,
+/// a clock far ahead of rampart's) is asked again after this: one request every ten
+/// minutes is no hammering, and a release is not left without data for its whole
+/// life by one answer.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// A provider's memory of the waits it was asked for: per origin (scheme, host and
 /// port), the time before which nothing is sent there again, and the status that
@@ -241,7 +246,8 @@ pub async fn json(req: &Request<'_>, budget: &Budget, quiet: &Quiet) -> Result<V
     }
 }
 
-/// How long a 429 asks to wait, at least [`DEFAULT_WAIT`]: `Retry-After` in seconds,
+/// How long a 429 asks to wait, at least [`DEFAULT_WAIT`] and at most [`MAX_WAIT`]:
+/// `Retry-After` in seconds,
 /// or as an HTTP date (RFC 9110 10.2.3: IMF-fixdate, or the obsolete RFC 850 and
 /// asctime forms) less `now` (ms since the Unix epoch). None, or one that does not
 /// parse, waits the default.
@@ -259,7 +265,7 @@ pub fn retry_after(header: Option<&str>, now: Millis) -> Duration {
             Err(_) => DEFAULT_WAIT,
         },
     };
-    wait.max(DEFAULT_WAIT)
+    wait.clamp(DEFAULT_WAIT, MAX_WAIT)
 }
 
 #[cfg(test)]
@@ -304,6 +310,20 @@ mod tests {
             retry_after(Some("Wed, 21 Oct 2015 07:00:00 GMT"), OCT_21),
             DEFAULT_WAIT
         );
+    }
+
+    /// Regression (review): a `Retry-After` of a year (or a date that far on) kept the
+    /// provider quiet for the process's whole life; waits stop at [`MAX_WAIT`].
+    #[test]
+    fn retry_after_never_waits_longer_than_the_cap() {
+        assert_eq!(retry_after(Some("31536000"), OCT_21), MAX_WAIT);
+        assert_eq!(retry_after(Some("18446744073709551615"), OCT_21), MAX_WAIT);
+        assert_eq!(
+            retry_after(Some("Fri, 21 Oct 2016 07:28:00 GMT"), OCT_21),
+            MAX_WAIT
+        );
+        assert_eq!(retry_after(Some("600"), OCT_21), MAX_WAIT);
+        assert_eq!(retry_after(Some("599"), OCT_21), Duration::from_secs(599));
     }
 
     #[test]

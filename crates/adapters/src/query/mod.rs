@@ -650,24 +650,37 @@ impl MetricsSource for WithQueries {
                 return results;
             }
             let now = self.clock.now();
-            // One interval for all the trial reads, and no waiting out rate limits.
+            // One interval for all the trial reads, run at once: a slow source uses
+            // up no other's time. No waiting out rate limits.
             let deadline = tokio::time::Instant::now() + self.interval.max(Duration::from_secs(1));
             let no_waits = Arc::new(Budget::new(Duration::ZERO));
-            for (name, spec, provider) in &self.queries {
-                let ask = Ask {
-                    service: self.service.clone(),
-                    variant: "stable",
-                    version: TRIAL_VERSION.to_string(),
-                    from: now.saturating_sub(
-                        Millis::try_from(self.interval.as_millis()).unwrap_or(Millis::MAX),
-                    ),
-                    to: now,
-                    interval: self.interval,
-                    budget: no_waits.clone(),
-                };
-                let Ok(read) = tokio::time::timeout_at(deadline, provider.read(spec, &ask)).await
-                else {
-                    break;
+            let reads: Vec<_> = self
+                .queries
+                .iter()
+                .map(|(_, spec, provider)| {
+                    let ask = Ask {
+                        service: self.service.clone(),
+                        variant: "stable",
+                        version: TRIAL_VERSION.to_string(),
+                        from: now.saturating_sub(
+                            Millis::try_from(self.interval.as_millis()).unwrap_or(Millis::MAX),
+                        ),
+                        to: now,
+                        interval: self.interval,
+                        budget: no_waits.clone(),
+                    };
+                    let (spec, provider) = (spec.clone(), provider.clone());
+                    tokio::spawn(async move {
+                        tokio::time::timeout_at(deadline, provider.read(&spec, &ask))
+                            .await
+                            .ok()
+                    })
+                })
+                .collect();
+            for ((name, spec, _), read) in self.queries.iter().zip(reads) {
+                // No answer in time is no reason to block.
+                let Ok(Some(read)) = read.await else {
+                    continue;
                 };
                 let histogram = read.histogram.map(|h| h.map(|h| h.count() as f64));
                 let refused = [Some(read.value), read.samples, histogram]

@@ -566,6 +566,7 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
     }
     if let (Some(cw), Some(i)) = (&cloudwatch, reads(&QuerySource::CloudWatch)) {
         whole_periods(cx, &m, interval, cw.alignment(), &metrics[i].name);
+        search_periods_match(cx, &m, &metrics, cw.period);
     }
     if prometheus.is_none()
         && m.get("prometheus").is_none()
@@ -633,6 +634,52 @@ fn whole_periods(
             format_duration(next),
         ),
     );
+}
+
+/// Refuses a `SEARCH(...)` in a CloudWatch metric whose period is not
+/// `cloudwatch.period`, at the query's line. Windows are aligned to the policy's
+/// period; a search of longer periods would have CloudWatch round each window's
+/// start down to its own boundary, and several intervals would read its datapoints.
+fn search_periods_match(cx: &mut Decoder, m: &MapReader<'_>, metrics: &[MetricSpec], period: u32) {
+    let items = match m.get("metrics").map(|n| &n.kind) {
+        Some(NodeKind::Seq(items)) => items.as_slice(),
+        _ => &[],
+    };
+    for (i, metric) in metrics.iter().enumerate() {
+        let Some(q) = metric
+            .query
+            .as_ref()
+            .filter(|q| q.source == QuerySource::CloudWatch)
+        else {
+            continue;
+        };
+        let samples_key = if q.counts { "total" } else { "samples" };
+        let texts = [
+            (q.field(metric.direction), Some(&q.query)),
+            (samples_key, q.samples.as_ref()),
+        ];
+        for (key, text) in texts {
+            let Some(text) = text else { continue };
+            let Some(other) = super::providers::search_periods(text)
+                .into_iter()
+                .find(|&p| p != u64::from(period))
+            else {
+                continue;
+            };
+            let at = match items.get(i).map(|n| &n.kind) {
+                Some(NodeKind::Map(entries)) => entries
+                    .iter()
+                    .find(|(k, _)| k.text == key)
+                    .map_or(items[i].pos, |(_, n)| n.pos),
+                _ => m.pos(),
+            };
+            cx.error(
+                at,
+                &format!("{}.metrics[{i}].{key}", m.path()),
+                format!("this SEARCH asks for {other}s periods, but `cloudwatch.period` is {period}s: windows are aligned to the policy's period, and CloudWatch would round each to the search's, reading some datapoints in more than one interval; write {period} in the SEARCH, or set `cloudwatch.period: {other}`"),
+            );
+        }
+    }
 }
 
 fn decode_load(cx: &mut Decoder, node: &Node, path: &str) -> Option<Load> {

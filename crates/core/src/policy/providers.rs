@@ -25,6 +25,7 @@
 
 use super::values::{decode_argv, decode_url};
 use crate::decode::{Decoder, MapReader, list, one_of, scalar};
+use crate::units::format_duration;
 use crate::yaml::{Node, NodeKind};
 
 /// The provider a query metric reads, with what the metric itself says about how.
@@ -176,7 +177,15 @@ pub struct CloudWatchSpec {
     /// The datapoints' period in seconds (`Period` of each query): 1, 5, 10, 20, 30
     /// or a multiple of 60.
     pub period: u32,
+    /// How far behind the interval each window is read: CloudWatch publishes a
+    /// period's datapoints a minute or more after it ends, and a window is read only
+    /// once, so a window read at its end would miss what had not arrived yet.
+    /// Default two minutes.
+    pub delay: std::time::Duration,
 }
+
+/// [`CloudWatchSpec::delay`] when the policy does not set it.
+pub const CLOUDWATCH_DELAY: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl CloudWatchSpec {
     /// The boundary, in seconds, CloudWatch rounds a window's start down to: the
@@ -489,7 +498,7 @@ pub(super) fn decode_newrelic(cx: &mut Decoder, n: &Node, p: &str) -> Option<New
 
 /// `analysis.cloudwatch: {region, url, period}`.
 pub(super) fn decode_cloudwatch(cx: &mut Decoder, n: &Node, p: &str) -> Option<CloudWatchSpec> {
-    let m = cx.map(n, p, &["region", "url", "period"])?;
+    let m = cx.map(n, p, &["region", "url", "period", "delay"])?;
     let region = m.required_with(cx, "region", |cx, n, p| {
         let region = scalar(cx, n, p, "an AWS region like `us-east-1`")?;
         if aws_region(region) {
@@ -511,12 +520,108 @@ pub(super) fn decode_cloudwatch(cx: &mut Decoder, n: &Node, p: &str) -> Option<C
             format!("CloudWatch takes a period of 1, 5, 10, 20, 30 or a multiple of 60 seconds, not {period}"),
         );
     }
+    let delay = m
+        .optional::<std::time::Duration>(cx, "delay")
+        .unwrap_or(CLOUDWATCH_DELAY);
+    if delay > super::values::HOUR {
+        cx.error(
+            m.get("delay").map_or(m.pos(), |n| n.pos),
+            &m.path_of("delay"),
+            format!(
+                "{} is too long; at most 1h (every verdict would wait that long for its data)",
+                format_duration(delay)
+            ),
+        );
+    }
     let region = region?;
     Some(CloudWatchSpec {
         url: url.unwrap_or_else(|| cloudwatch_endpoint(&region)),
         region,
         period,
+        delay,
     })
+}
+
+/// The periods, in seconds, the `SEARCH(...)` calls in a CloudWatch expression ask
+/// for: each call's third argument where it is a whole number. Quoted text (the
+/// search's own `'...'` and `"..."`, with `\` escapes) is skipped, so a `SEARCH(`
+/// or a comma inside a search string is not taken for one.
+pub fn search_periods(expression: &str) -> Vec<u64> {
+    let chars: Vec<char> = expression.chars().collect();
+    let mut periods = Vec::new();
+    let mut i = 0;
+    let mut quote: Option<char> = None;
+    while i < chars.len() {
+        let c = chars[i];
+        if let Some(q) = quote {
+            if c == '\\' {
+                i += 1;
+            } else if c == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        if c == '\'' || c == '"' {
+            quote = Some(c);
+            i += 1;
+            continue;
+        }
+        let word_start = i == 0 || !(chars[i - 1].is_ascii_alphanumeric() || chars[i - 1] == '_');
+        let is_search = word_start
+            && chars.len() >= i + 6
+            && chars[i..i + 6]
+                .iter()
+                .collect::<String>()
+                .eq_ignore_ascii_case("search");
+        if !is_search {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 6;
+        while chars.get(j).is_some_and(|c| c.is_whitespace()) {
+            j += 1;
+        }
+        if chars.get(j) != Some(&'(') {
+            i += 6;
+            continue;
+        }
+        // The call's top-level arguments, up to its closing parenthesis.
+        let mut args = vec![String::new()];
+        let mut depth = 0usize;
+        let mut inner: Option<char> = None;
+        j += 1;
+        while let Some(&c) = chars.get(j) {
+            j += 1;
+            if let Some(q) = inner {
+                if c == '\\' {
+                    j += 1;
+                } else if c == q {
+                    inner = None;
+                }
+                continue;
+            }
+            match c {
+                '\'' | '"' => inner = Some(c),
+                '(' => depth += 1,
+                ')' if depth == 0 => break,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    args.push(String::new());
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(last) = args.last_mut() {
+                last.push(c);
+            }
+        }
+        if let Some(period) = args.get(2).and_then(|a| a.trim().parse::<u64>().ok()) {
+            periods.push(period);
+        }
+        i += 6;
+    }
+    periods
 }
 
 /// Whether `name` can name an environment variable: letters, digits and `_`, not

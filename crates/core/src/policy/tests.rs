@@ -1345,6 +1345,53 @@ fn analysis_load_decodes_with_its_defaults_and_refuses_what_cannot_be_sent() {
     assert!(d.message.contains("leave `url` out"), "{}", d.message);
 }
 
+/// Regression (review): a `SEARCH` of 300 s periods under `cloudwatch.period: 60`
+/// validated, and CloudWatch rounded each minute's window down to its five-minute
+/// boundary: each datapoint was read in five intervals, its events counted five
+/// times. Refused at the query's own line; a matching period, or a SEARCH inside a
+/// search string, is accepted.
+#[test]
+fn a_search_whose_period_is_not_the_policys_is_refused_at_its_line() {
+    let policy = |total: &str| {
+        with_metrics(&format!(
+            "    - name: e\n      source: cloudwatch\n      bad: \"FILL(SEARCH('{{AWS/ApplicationELB,TargetGroup}} MetricName=\\\"HTTPCode_Target_5XX_Count\\\" TargetGroup=\\\"tg-{{variant}}\\\"', 'Sum', 300), 0)\"\n      total: \"{total}\"\n      judge: sequential\n"
+        ))
+        .replace("  metrics:\n", "  cloudwatch: {region: us-east-1}\n  interval: 5m\n  metrics:\n")
+    };
+    let fine_total = "SELECT SUM(RequestCount) FROM SCHEMA(\\\"AWS/ApplicationELB\\\", TargetGroup) WHERE TargetGroup = 'tg-{variant}'";
+    let d = diagnostic(&policy(fine_total), "analysis.metrics[0].bad");
+    assert!(d.message.contains("300s periods"), "{d:?}");
+    assert!(d.message.contains("`cloudwatch.period` is 60s"), "{d:?}");
+    assert_eq!(d.line, 20, "{d:?}");
+    let matching = policy(fine_total).replace("'Sum', 300", "'Sum', 60");
+    Policy::from_yaml(&matching).unwrap_or_else(|e| panic!("{e:?}"));
+    // The total's own SEARCH is checked too, at its line.
+    let total = "SEARCH('{AWS/ApplicationELB,TargetGroup} MetricName=\\\"RequestCount\\\" TargetGroup=\\\"tg-{variant}\\\"', 'Sum', 120)";
+    let d = diagnostic(
+        &matching.replace(fine_total, total),
+        "analysis.metrics[0].total",
+    );
+    assert!(d.message.contains("120s periods"), "{d:?}");
+    assert_eq!(d.line, 21, "{d:?}");
+}
+
+#[test]
+fn search_periods_skip_quoted_text() {
+    use crate::policy::providers::search_periods;
+    assert_eq!(search_periods("SEARCH('x', 'Sum', 60)"), vec![60]);
+    assert_eq!(
+        search_periods(
+            "FILL(search(' {A,B} \\'SEARCH(a, b, 7)\\' ', 'Sum', 300), 0) + SEARCH('y,z', \"Average\", 60)"
+        ),
+        vec![300, 60]
+    );
+    assert_eq!(
+        search_periods("RESEARCH('x', 'Sum', 60)"),
+        Vec::<u64>::new()
+    );
+    assert_eq!(search_periods("SEARCH('x', 'Sum')"), Vec::<u64>::new());
+}
+
 #[test]
 fn cloudwatch_needs_its_region_and_refuses_a_malformed_one_at_its_line() {
     let metric = "    - {name: e, source: cloudwatch, query: 'SELECT SUM(Errors) FROM \"Shop\" WHERE Variant = ''{variant}''', judge: {max: 5}}\n";
@@ -1368,6 +1415,7 @@ fn cloudwatch_needs_its_region_and_refuses_a_malformed_one_at_its_line() {
             region: "eu-central-1".into(),
             url: "https://monitoring.eu-central-1.amazonaws.com".into(),
             period: 60,
+            delay: std::time::Duration::from_secs(120),
         })
     );
     let q = p.analysis.metrics[0].query.as_ref().unwrap();
@@ -1415,6 +1463,11 @@ fn cloudwatch_needs_its_region_and_refuses_a_malformed_one_at_its_line() {
             "{region: us-east-1, url: monitoring.example}",
             "analysis.cloudwatch.url",
             "not an http:// or https:// URL",
+        ),
+        (
+            "{region: us-east-1, delay: 2h}",
+            "analysis.cloudwatch.delay",
+            "at most 1h",
         ),
     ] {
         let d = diagnostic(&set(settings), path);

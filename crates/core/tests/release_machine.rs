@@ -378,6 +378,27 @@ fn after_a_restart_the_next_window_is_a_fresh_interval() {
     assert_eq!((window.from, window.to), (restarted, restarted + 30_000));
 }
 
+/// Regression (review): after a restart the window started one interval before the
+/// measurement was due, whatever had been read before it; a controller whose clock
+/// was behind its predecessor's (a failover in HA) asked the sources again for time
+/// they had answered, and the sequential judge added those counts twice.
+#[test]
+fn after_a_restart_on_a_clock_behind_no_window_starts_before_the_last_one_ended() {
+    let mut w = World::new(5, 5);
+    w.run_until(|s| s.intervals >= 2 && s.phase == Phase::Progressing && s.pending.is_none());
+    let before = w.state.measured_until.unwrap();
+    // The new controller's clock is 20 s behind the old one's.
+    w.now = before - 20_000;
+    w.feed(Input::Resumed);
+    w.run_until(|s| s.pending.is_none());
+    w.advance();
+    let Some(Action::Measure(window)) = w.state.pending.clone() else {
+        panic!("no measurement: {:?}", w.state.pending);
+    };
+    assert_eq!((window.from, window.to), (before, w.now));
+    assert!(window.to > window.from, "{window:?}");
+}
+
 #[test]
 fn bad_canary_rolls_back_after_failure_limit_and_verifies_stable() {
     let mut w = World::new(5, 100);

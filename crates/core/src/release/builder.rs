@@ -87,7 +87,9 @@ impl Builder<'_> {
     /// it starts where the last measurement's window ended, or, without one (the first
     /// measurement, or the first after a restart), when the current interval started
     /// (one policy interval before it was due, see [`Builder::start_interval`]). The
-    /// only place a window is computed.
+    /// only place a window is computed. It never starts before the latest window read
+    /// ended (a controller whose clock is behind its predecessor's would otherwise ask
+    /// the sources for time they already answered, and counts would be added twice).
     pub(super) fn measure_window(&self) -> MeasureWindow {
         let interval = ms(self.policy.analysis.interval);
         let due = self.s.next_analysis_at.unwrap_or(self.now).min(self.now);
@@ -95,6 +97,7 @@ impl Builder<'_> {
             .s
             .measured_until
             .unwrap_or(due.saturating_sub(interval))
+            .max(self.s.read_until.unwrap_or(0))
             .min(self.now);
         MeasureWindow {
             from,

@@ -219,6 +219,11 @@ pub struct Release {
     /// with the controller): the next window is then the current interval.
     #[serde(default)]
     pub measured_until: Option<Millis>,
+    /// Where the latest window read ended, kept across restarts: no window starts
+    /// before it, so a source is never asked for the same time twice, even by a
+    /// controller whose clock is behind the one before it.
+    #[serde(default)]
+    pub read_until: Option<Millis>,
     /// When the current wait (post-release wait, keeping the previous version) ends.
     #[serde(default)]
     pub timer: Option<Millis>,
@@ -341,6 +346,7 @@ impl Default for Release {
             step_started_at: None,
             next_analysis_at: None,
             measured_until: None,
+            read_until: None,
             timer: None,
             stable_replicas: 0,
             canary_replicas: 0,

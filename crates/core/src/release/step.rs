@@ -179,6 +179,7 @@ fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
                 (state.pending.as_ref(), answer)
             {
                 b.s.measured_until = Some(window.to);
+                b.s.read_until = Some(b.s.read_until.unwrap_or(0).max(window.to));
             }
             if let Input::TrafficSet { weight } = answer {
                 b.s.weight = *weight;

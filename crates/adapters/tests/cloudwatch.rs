@@ -589,7 +589,7 @@ async fn consecutive_unaligned_windows_ask_for_aligned_disjoint_periods() {
     }))
     .await;
     let p = policy(&format!(
-        "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: errors, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{{variant}}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{{variant}}'\", judge: sequential}}\n"
+        "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: '{url}'}}\n  metrics:\n    - {{name: errors, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{{variant}}' AND Window = '{{from}}-{{to}}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{{variant}}'\", judge: sequential}}\n"
     ));
     let s = source(&p, ENV);
     // 20 s past a minute, a minute long; then the next, measured 5.5 s late.
@@ -633,6 +633,15 @@ async fn consecutive_unaligned_windows_ask_for_aligned_disjoint_periods() {
             .iter()
             .all(|w| *w == (1_699_999_920, 1_699_999_980)),
         "{asked:?}"
+    );
+    // `{from}` and `{to}` are the window asked, delay and all.
+    let first_bad: Value = serde_json::from_str(&seen.lock().unwrap()[0].body).unwrap();
+    assert!(
+        first_bad["MetricDataQueries"][0]["Expression"]
+            .as_str()
+            .unwrap()
+            .ends_with("Window = '1699999860-1699999920'"),
+        "{first_bad}"
     );
 }
 

@@ -383,3 +383,50 @@ async fn an_answer_that_is_not_json_or_not_a_number_is_no_data() {
         "stable: `\"fast\"` is not a number; canary: the HTTP source answered with something that is not JSON"
     );
 }
+
+/// Regression (review): `{interval}` was always the analysis interval, so a query
+/// reading back from the window's end (PromQL's `increase(...[{interval}])`) counted
+/// again time a shorter window (the first after a restart starts where the last one
+/// read ended) leaves out; and a window with no time in it (a clock behind the last
+/// window read) was asked anyway.
+#[tokio::test]
+async fn interval_never_reaches_back_before_the_window_and_an_empty_window_asks_nothing() {
+    let (url, seen) = fake_provider::start(Arc::new(counts)).await;
+    let p = policy(&format!(
+        "  interval: 30s\n  metrics:\n    - {{name: errors, source: http, url: '{url}/stats/{{variant}}?over={{interval}}', headers: {{Authorization: 'Bearer {{env:STATS_TOKEN}}'}}, bad: $.counts.errors, total: $.counts.requests, judge: sequential}}\n"
+    ));
+    let s = source(&p, &[("STATS_TOKEN", TOKEN)]);
+    let short = rampart_core::release::MeasureWindow {
+        from: window().to - 12_500,
+        ..window()
+    };
+    s.measure(&short).await.unwrap();
+    s.measure(&window()).await.unwrap();
+    let targets: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            "/stats/stable?over=12500ms",
+            "/stats/canary?over=12500ms",
+            "/stats/stable?over=30s",
+            "/stats/canary?over=30s",
+        ]
+    );
+    let empty = rampart_core::release::MeasureWindow {
+        from: window().to,
+        ..window()
+    };
+    let q = s.measure(&empty).await.unwrap().queries.remove(0);
+    assert_eq!((q.stable, q.canary), (None, None));
+    assert!(
+        q.detail.contains("the window holds no time yet"),
+        "{}",
+        q.detail
+    );
+    assert_eq!(seen.lock().unwrap().len(), 4, "nothing asked for it");
+}

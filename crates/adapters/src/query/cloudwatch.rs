@@ -196,7 +196,17 @@ impl CloudWatch {
                 self.period
             )));
         }
-        let expression = ask.fill(expression, str::to_string);
+        // `{from}` and `{to}` are the window asked, as `StartTime` and `EndTime` are.
+        let asked = Ask {
+            service: ask.service.clone(),
+            variant: ask.variant,
+            version: ask.version.clone(),
+            from: start * 1000,
+            to: end * 1000,
+            interval: ask.interval,
+            budget: ask.budget.clone(),
+        };
+        let expression = asked.fill(expression, str::to_string);
         let body = json!({
             "MetricDataQueries": [{
                 "Id": "q",

@@ -86,7 +86,9 @@ pub struct Ask {
     pub from: Millis,
     /// The window's end, ms since the Unix epoch.
     pub to: Millis,
-    /// The analysis interval.
+    /// What `{interval}` reads back from `to`: the analysis interval, or the window
+    /// when it is shorter (the first after a restart never reaches back into the last
+    /// window read).
     pub interval: Duration,
     /// How long rate limits may still be waited out in this measurement.
     pub budget: Arc<Budget>,
@@ -546,8 +548,27 @@ impl MetricsSource for WithQueries {
             // One deadline for the whole measurement: reads run in turn (a provider
             // sees its requests in order), each with what is left of it.
             let deadline = tokio::time::Instant::now() + self.interval.max(Duration::from_secs(1));
+            // `{interval}` never reaches back before the window: a query that reads
+            // back from its end (PromQL's `[{interval}]`) counts no time twice.
+            let span = Duration::from_millis(window.to.saturating_sub(window.from));
+            let interval = self.interval.min(span);
             let mut answers: Vec<Option<Reading>> = Vec::new();
             for (_, spec, provider) in &self.queries {
+                if interval.is_zero() {
+                    // A window with no time in it (a clock behind the last window
+                    // read): nothing to ask.
+                    let empty = || {
+                        ReadError::Empty("the window holds no time yet (the clock is behind the last window read)".to_string())
+                    };
+                    for _ in 0..2 {
+                        answers.push(Some(Reading {
+                            value: Err(empty()),
+                            samples: spec.samples.as_ref().map(|_| Err(empty())),
+                            histogram: spec.buckets.map(|_| Err(empty())),
+                        }));
+                    }
+                    continue;
+                }
                 for (variant, version) in [("stable", &stable), ("canary", &window.canary)] {
                     let ask = Ask {
                         service: self.service.clone(),
@@ -555,7 +576,7 @@ impl MetricsSource for WithQueries {
                         version: version.clone(),
                         from: window.from,
                         to: window.to,
-                        interval: self.interval,
+                        interval,
                         budget: budget.clone(),
                     };
                     let read = tokio::time::timeout_at(deadline, provider.read(spec, &ask))
@@ -678,9 +699,19 @@ impl MetricsSource for WithQueries {
                 })
                 .collect();
             for ((name, spec, _), read) in self.queries.iter().zip(reads) {
-                // No answer in time is no reason to block.
-                let Ok(Some(read)) = read.await else {
-                    continue;
+                let read = match read.await {
+                    Ok(Some(read)) => read,
+                    // No answer in time is no reason to block.
+                    Ok(None) => continue,
+                    // A read that died (a bug) proves nothing: it blocks.
+                    Err(e) => {
+                        results.push(GateResult {
+                            name: format!("metric {name}"),
+                            ok: false,
+                            detail: format!("the trial read did not finish: {e}"),
+                        });
+                        continue;
+                    }
                 };
                 let histogram = read.histogram.map(|h| h.map(|h| h.count() as f64));
                 let refused = [Some(read.value), read.samples, histogram]

@@ -566,7 +566,38 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
     }
     if let (Some(cw), Some(i)) = (&cloudwatch, reads(&QuerySource::CloudWatch)) {
         whole_periods(cx, &m, interval, cw.alignment(), &metrics[i].name);
-        search_periods_match(cx, &m, &metrics, cw.period);
+        search_periods_match(cx, &m, &metrics, cw.alignment());
+        // The first windows, read `delay` behind, end before the canary had traffic:
+        // with nothing else judged, each is no data.
+        let only_cloudwatch = metrics.iter().all(|x| {
+            x.query
+                .as_ref()
+                .is_some_and(|q| q.source == QuerySource::CloudWatch)
+        });
+        let blind = cw.delay.as_millis() / interval.as_millis().max(1);
+        if only_cloudwatch && blind >= u128::from(no_data.limit) {
+            let delay_at = match m.get("cloudwatch").map(|n| &n.kind) {
+                Some(NodeKind::Map(entries)) => entries
+                    .iter()
+                    .find(|(k, _)| k.text == "delay")
+                    .map(|(_, n)| n.pos),
+                _ => None,
+            };
+            cx.error(
+                delay_at.or(m.get("cloudwatch").map(|n| n.pos)).unwrap_or(m.pos()),
+                &join(&m.path_of("cloudwatch"), "delay"),
+                format!(
+                    "CloudWatch is read {} behind, so the release's first {blind} intervals of {} read time before the canary had traffic, all no data, and `no_data.limit` ({}) would {} the release before its first verdict: shorten `delay`, lengthen `interval`, or raise `no_data.limit` above {blind}",
+                    format_duration(cw.delay),
+                    format_duration(interval),
+                    no_data.limit,
+                    match no_data.action {
+                        EscalationAction::Halt => "halt",
+                        EscalationAction::Rollback => "roll back",
+                    }
+                ),
+            );
+        }
     }
     if prometheus.is_none()
         && m.get("prometheus").is_none()
@@ -636,11 +667,17 @@ fn whole_periods(
     );
 }
 
-/// Refuses a `SEARCH(...)` in a CloudWatch metric whose period is not
-/// `cloudwatch.period`, at the query's line. Windows are aligned to the policy's
-/// period; a search of longer periods would have CloudWatch round each window's
-/// start down to its own boundary, and several intervals would read its datapoints.
-fn search_periods_match(cx: &mut Decoder, m: &MapReader<'_>, metrics: &[MetricSpec], period: u32) {
+/// Refuses a `SEARCH(...)` in a CloudWatch metric whose period does not divide the
+/// boundary windows are aligned to (`cloudwatch.period`, a minute for 1 s periods),
+/// at the query's line. CloudWatch rounds a window's start down to the search's own
+/// period: a longer one (or one that does not divide it) would reach back into the
+/// window before, and several intervals would read its datapoints.
+fn search_periods_match(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    metrics: &[MetricSpec],
+    alignment: u32,
+) {
     let items = match m.get("metrics").map(|n| &n.kind) {
         Some(NodeKind::Seq(items)) => items.as_slice(),
         _ => &[],
@@ -662,7 +699,7 @@ fn search_periods_match(cx: &mut Decoder, m: &MapReader<'_>, metrics: &[MetricSp
             let Some(text) = text else { continue };
             let Some(other) = super::providers::search_periods(text)
                 .into_iter()
-                .find(|&p| p != u64::from(period))
+                .find(|&p| p == 0 || u64::from(alignment) % p != 0)
             else {
                 continue;
             };
@@ -676,7 +713,7 @@ fn search_periods_match(cx: &mut Decoder, m: &MapReader<'_>, metrics: &[MetricSp
             cx.error(
                 at,
                 &format!("{}.metrics[{i}].{key}", m.path()),
-                format!("this SEARCH asks for {other}s periods, but `cloudwatch.period` is {period}s: windows are aligned to the policy's period, and CloudWatch would round each to the search's, reading some datapoints in more than one interval; write {period} in the SEARCH, or set `cloudwatch.period: {other}`"),
+                format!("this SEARCH asks for {other}s periods, which do not divide the {alignment}s windows are aligned to (`cloudwatch.period`): CloudWatch would round each window's start down to the search's period, reading some datapoints in more than one interval; write {alignment} (or a divisor of it) in the SEARCH, or set `cloudwatch.period: {other}`"),
             );
         }
     }

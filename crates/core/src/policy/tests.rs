@@ -1361,10 +1361,16 @@ fn a_search_whose_period_is_not_the_policys_is_refused_at_its_line() {
     let fine_total = "SELECT SUM(RequestCount) FROM SCHEMA(\\\"AWS/ApplicationELB\\\", TargetGroup) WHERE TargetGroup = 'tg-{variant}'";
     let d = diagnostic(&policy(fine_total), "analysis.metrics[0].bad");
     assert!(d.message.contains("300s periods"), "{d:?}");
-    assert!(d.message.contains("`cloudwatch.period` is 60s"), "{d:?}");
+    assert!(d.message.contains("do not divide the 60s"), "{d:?}");
     assert_eq!(d.line, 20, "{d:?}");
     let matching = policy(fine_total).replace("'Sum', 300", "'Sum', 60");
     Policy::from_yaml(&matching).unwrap_or_else(|e| panic!("{e:?}"));
+    // Minutes under five-minute windows divide them: each window still holds whole
+    // search periods.
+    let finer = policy(fine_total)
+        .replace("'Sum', 300", "'Sum', 60")
+        .replace("{region: us-east-1}", "{region: us-east-1, period: 300}");
+    Policy::from_yaml(&finer).unwrap_or_else(|e| panic!("{e:?}"));
     // The total's own SEARCH is checked too, at its line.
     let total = "SEARCH('{AWS/ApplicationELB,TargetGroup} MetricName=\\\"RequestCount\\\" TargetGroup=\\\"tg-{variant}\\\"', 'Sum', 120)";
     let d = diagnostic(
@@ -1373,6 +1379,46 @@ fn a_search_whose_period_is_not_the_policys_is_refused_at_its_line() {
     );
     assert!(d.message.contains("120s periods"), "{d:?}");
     assert_eq!(d.line, 21, "{d:?}");
+}
+
+/// Regression (review): with the default two-minute `delay`, a 10 s interval read
+/// twelve windows of time before the canary had traffic, all no data, and the
+/// default `no_data.limit` of 5 halted every release before its first verdict.
+/// A post-release watch no longer than the delay judged only time before the switch.
+#[test]
+fn a_cloudwatch_delay_that_would_blind_the_release_or_its_watch_is_refused() {
+    let metric = "    - {name: e, source: cloudwatch, bad: \"SELECT SUM(Errors) FROM Shop WHERE Variant = '{variant}'\", total: \"SELECT SUM(Requests) FROM Shop WHERE Variant = '{variant}'\", judge: sequential}\n";
+    let set = |settings: &str| {
+        with_metrics(metric).replace(
+            "  metrics:\n",
+            &format!("  cloudwatch: {settings}\n  metrics:\n"),
+        )
+    };
+    let d = diagnostic(
+        &set("{region: us-east-1, period: 10}\n  interval: 10s"),
+        "analysis.cloudwatch.delay",
+    );
+    assert!(d.message.contains("first 12 intervals"), "{d:?}");
+    assert!(d.message.contains("would halt the release"), "{d:?}");
+    // Fewer blind intervals than the limit, or a limit above them, is fine.
+    Policy::from_yaml(&set(
+        "{region: us-east-1, period: 10, delay: 30s}\n  interval: 10s",
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    Policy::from_yaml(&set(
+        "{region: us-east-1, period: 10}\n  interval: 10s\n  no_data: {limit: 13, action: halt}",
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    // A watch must outlast the delay by an interval.
+    let watched = |watch: &str| {
+        format!(
+            "{}post_release: {{watch: {watch}}}\n",
+            set("{region: us-east-1}\n  interval: 1m")
+        )
+    };
+    let d = diagnostic(&watched("2m"), "post_release.watch");
+    assert!(d.message.contains("make the watch at least 3m"), "{d:?}");
+    Policy::from_yaml(&watched("3m")).unwrap_or_else(|e| panic!("{e:?}"));
 }
 
 #[test]
@@ -1525,7 +1571,7 @@ fn cloudwatch_refuses_an_interval_that_is_not_a_whole_number_of_periods_at_its_l
     for ok in [
         "  cloudwatch: {region: us-east-1}\n  interval: 1m\n",
         "  cloudwatch: {region: us-east-1}\n  interval: 3m\n",
-        "  cloudwatch: {region: us-east-1, period: 10}\n",
+        "  cloudwatch: {region: us-east-1, period: 10, delay: 30s}\n",
         "  cloudwatch: {region: us-east-1, period: 5}\n  interval: 30s\n",
         "  cloudwatch: {region: us-east-1, period: 300}\n  interval: 10m\n",
         "  cloudwatch: {region: us-east-1, period: 1}\n  interval: 1m\n",

@@ -189,3 +189,36 @@ async fn what_a_program_prints_is_scrubbed_of_every_providers_secrets() {
         );
     }
 }
+
+/// Regression (review): the secrets scrubbed from a program's output were the ones
+/// the other providers held when the source was built; CloudWatch keys rewritten in
+/// the shared credentials file since (a refresher's) went into the detail whole.
+#[tokio::test]
+async fn a_program_printing_credentials_refreshed_since_the_start_is_scrubbed() {
+    const OLD: &str = "oldSecret/0123456789abcdefEXAMPLEKEY0";
+    const NEW: &str = "newSecret/0123456789abcdefEXAMPLEKEY1";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials");
+    let write = |secret: &str| {
+        std::fs::write(
+            &file,
+            format!("[default]\naws_access_key_id = ASIAREFRESHED0000001\naws_secret_access_key = {secret}\n"),
+        )
+        .unwrap();
+    };
+    write(OLD);
+    let path = file.to_str().unwrap().to_string();
+    let p = policy(&format!(
+        "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: 'http://127.0.0.1:1'}}\n  metrics:\n    - {{name: m, source: command, command: [sh, -c, 'echo key=$(sed -n 3p {path} | cut -d\" \" -f3)'], value: $.v, judge: {{max: 1}}}}\n    - {{name: c, source: cloudwatch, query: \"SELECT AVG(x) FROM s WHERE v = '{{variant}}'\", judge: {{max: 1}}}}\n"
+    ));
+    let s = source(&p, &[("AWS_SHARED_CREDENTIALS_FILE", path.as_str())]);
+    write(NEW);
+    let sample = s.measure(&window()).await.unwrap();
+    let q = &sample.queries[0];
+    assert!(q.detail.contains("key="), "{}", q.detail);
+    let everything = format!("{} {sample:?}", q.detail);
+    assert!(
+        !everything.contains(NEW) && !everything.contains(OLD),
+        "{everything}"
+    );
+}

@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_core::policy::{QuerySource, QuerySpec};
@@ -27,7 +28,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Command {
     dir: PathBuf,
     programs: Vec<String>,
-    secrets: Vec<Secret>,
+    /// The providers whose secrets the programs inherit, asked at each read (keys a
+    /// provider reads again, as CloudWatch's from the shared file, may change).
+    others: Vec<Arc<dyn QueryProvider>>,
 }
 
 impl Command {
@@ -36,18 +39,19 @@ impl Command {
         Command {
             dir: dir.to_path_buf(),
             programs: Vec::new(),
-            secrets: Vec::new(),
+            others: Vec::new(),
         }
     }
 
-    /// Also scrubs `secrets` from what the programs print (they inherit them).
-    pub fn with_secrets(mut self, secrets: Vec<Secret>) -> Command {
-        self.secrets = secrets;
+    /// Also scrubs the secrets `others` hold, as they are at each read, from what the
+    /// programs print (they inherit them).
+    pub fn with_secrets_of(mut self, others: Vec<Arc<dyn QueryProvider>>) -> Command {
+        self.others = others;
         self
     }
 
-    fn secrets(&self) -> Vec<&Secret> {
-        self.secrets.iter().collect()
+    fn secrets(&self) -> Vec<Secret> {
+        self.others.iter().flat_map(|p| p.secrets()).collect()
     }
 
     /// Also checks, before the release, that each of `analysis`'s programs exists.
@@ -68,7 +72,9 @@ impl Command {
             return Err(ReadError::Other("not a `command` metric".into()));
         };
         let argv: Vec<String> = c.argv.iter().map(|a| ask.fill(a, str::to_string)).collect();
-        let out = run(&argv, &self.dir, ask, &self.secrets()).await?;
+        let secrets = self.secrets();
+        let secrets: Vec<&Secret> = secrets.iter().collect();
+        let out = run(&argv, &self.dir, ask, &secrets).await?;
         let text = String::from_utf8_lossy(&out);
         let text = text.trim();
         if let Ok(n) = text.parse::<f64>() {
@@ -78,7 +84,7 @@ impl Command {
             ReadError::Command(format!(
                 "`{}` printed neither a number nor JSON: {}",
                 argv[0],
-                said(text, &self.secrets())
+                said(text, &secrets)
             ))
         })
     }
@@ -195,14 +201,18 @@ impl QueryProvider for Command {
     fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
         Box::pin(async move {
             match self.document(spec, ask).await {
-                Ok(doc) => Reading {
-                    value: number_at(&doc, &spec.query, &self.secrets()),
-                    samples: spec
-                        .samples
-                        .as_deref()
-                        .map(|p| number_at(&doc, p, &self.secrets())),
-                    histogram: None,
-                },
+                Ok(doc) => {
+                    let secrets = self.secrets();
+                    let secrets: Vec<&Secret> = secrets.iter().collect();
+                    Reading {
+                        value: number_at(&doc, &spec.query, &secrets),
+                        samples: spec
+                            .samples
+                            .as_deref()
+                            .map(|p| number_at(&doc, p, &secrets)),
+                        histogram: None,
+                    }
+                }
                 Err(e) => Reading {
                     value: Err(e),
                     samples: None,

@@ -496,10 +496,10 @@ impl WithQueries {
             .iter()
             .any(|s| matches!(s.source, QuerySource::Command(_)))
         {
-            let secrets = built.iter().flat_map(|(_, p)| p.secrets()).collect();
+            let others = built.iter().map(|(_, p)| p.clone()).collect();
             let command = command::Command::new(dir)
                 .with_programs(analysis)
-                .with_secrets(secrets);
+                .with_secrets_of(others);
             built.push(("command", Arc::new(command)));
         }
         // In the order the metrics first name them (the checks run in it).

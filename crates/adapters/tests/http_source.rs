@@ -411,8 +411,8 @@ async fn interval_never_reaches_back_before_the_window_and_an_empty_window_asks_
     assert_eq!(
         targets,
         vec![
-            "/stats/stable?over=12500ms",
-            "/stats/canary?over=12500ms",
+            "/stats/stable?over=12s",
+            "/stats/canary?over=12s",
             "/stats/stable?over=30s",
             "/stats/canary?over=30s",
         ]

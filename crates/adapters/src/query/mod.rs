@@ -550,13 +550,19 @@ impl MetricsSource for WithQueries {
             let deadline = tokio::time::Instant::now() + self.interval.max(Duration::from_secs(1));
             // `{interval}` never reaches back before the window: a query that reads
             // back from its end (PromQL's `[{interval}]`) counts no time twice.
+            // A shorter window's length is taken in whole seconds (every source's
+            // duration syntax has them); under a second it is no time at all.
             let span = Duration::from_millis(window.to.saturating_sub(window.from));
-            let interval = self.interval.min(span);
+            let interval = if span < self.interval {
+                Duration::from_secs(span.as_secs())
+            } else {
+                self.interval
+            };
             let mut answers: Vec<Option<Reading>> = Vec::new();
             for (_, spec, provider) in &self.queries {
                 if interval.is_zero() {
                     // A window with no time in it (a clock behind the last window
-                    // read): nothing to ask.
+                    // read, or less than a second of it): nothing to ask.
                     let empty = || {
                         ReadError::Empty("the window holds no time yet (the clock is behind the last window read)".to_string())
                     };

@@ -221,4 +221,25 @@ async fn a_program_printing_credentials_refreshed_since_the_start_is_scrubbed() 
         !everything.contains(NEW) && !everything.contains(OLD),
         "{everything}"
     );
+    // Refreshed while the program runs (here by the program itself): both the key it
+    // started with and the one after are scrubbed, on either output.
+    const NEWER: &str = "newerSecret/0123456789abcdefEXAMPLEKEY2";
+    for (out, exit) in [("", "0"), (" >&2", "1")] {
+        write(NEW);
+        let script = format!(
+            "printf \"[default]\\naws_access_key_id = ASIAREFRESHED0000001\\naws_secret_access_key = {NEWER}\\n\" > {path}; echo was={NEW} now={NEWER}{out}; exit {exit}"
+        );
+        let p = policy(&format!(
+            "  interval: 1m\n  cloudwatch: {{region: eu-west-1, url: 'http://127.0.0.1:1'}}\n  metrics:\n    - {{name: m, source: command, command: [sh, -c, '{script}'], value: $.v, judge: {{max: 1}}}}\n    - {{name: c, source: cloudwatch, query: \"SELECT AVG(x) FROM s WHERE v = '{{variant}}'\", judge: {{max: 1}}}}\n"
+        ));
+        let s = source(&p, &[("AWS_SHARED_CREDENTIALS_FILE", path.as_str())]);
+        let sample = s.measure(&window()).await.unwrap();
+        let q = &sample.queries[0];
+        assert!(q.detail.contains("was="), "{}", q.detail);
+        let everything = format!("{} {sample:?}", q.detail);
+        assert!(
+            !everything.contains(NEW) && !everything.contains(NEWER),
+            "{everything}"
+        );
+    }
 }

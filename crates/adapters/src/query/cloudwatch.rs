@@ -46,6 +46,8 @@ pub struct CloudWatch {
     period: u32,
     delay: std::time::Duration,
     credentials: Mutex<Result<Credentials, String>>,
+    /// Every secret of credentials since replaced: still scrubbed, never sent.
+    retired: Mutex<Vec<Secret>>,
     /// The variables the lookup reads, as they were when it was built.
     lookup: Vec<(&'static str, String)>,
     clock: Arc<dyn Clock>,
@@ -89,6 +91,7 @@ impl CloudWatch {
             period: spec.period,
             delay: spec.delay,
             credentials: Mutex::new(aws_credentials::find(env).map_err(|e| e.to_string())),
+            retired: Mutex::default(),
             lookup: aws_credentials::VARIABLES
                 .iter()
                 .filter_map(|&var| env(var).map(|v| (var, v)))
@@ -113,6 +116,17 @@ impl CloudWatch {
                     .map(|(_, v)| v.clone())
             };
             if let Ok(now) = aws_credentials::find(&env) {
+                if let Ok(before) = held.as_ref()
+                    && let Ok(mut retired) = self.retired.lock()
+                {
+                    let kept = now.secrets();
+                    for s in before.secrets() {
+                        let gone = !kept.iter().any(|k| k.expose() == s.expose());
+                        if gone && !retired.iter().any(|r| r.expose() == s.expose()) {
+                            retired.push(s.clone());
+                        }
+                    }
+                }
                 *held = Ok(now);
             }
         }
@@ -196,14 +210,15 @@ impl CloudWatch {
                 self.period
             )));
         }
-        // `{from}` and `{to}` are the window asked, as `StartTime` and `EndTime` are.
+        // `{from}`, `{to}` and `{interval}` are the window asked, as `StartTime` and
+        // `EndTime` are.
         let asked = Ask {
             service: ask.service.clone(),
             variant: ask.variant,
             version: ask.version.clone(),
             from: start * 1000,
             to: end * 1000,
-            interval: ask.interval,
+            interval: std::time::Duration::from_secs(end - start),
             budget: ask.budget.clone(),
         };
         let expression = asked.fill(expression, str::to_string);
@@ -319,11 +334,17 @@ impl QueryProvider for CloudWatch {
         })
     }
 
+    /// The credentials' secrets as they are now, and those of every set they replaced.
     fn secrets(&self) -> Vec<Secret> {
-        self.credentials()
+        let mut all: Vec<Secret> = self
+            .credentials()
             .iter()
             .flat_map(|c| c.secrets().into_iter().cloned())
-            .collect()
+            .collect();
+        if let Ok(retired) = self.retired.lock() {
+            all.extend(retired.iter().cloned());
+        }
+        all
     }
 
     /// A GetMetricData for a metric nobody publishes, over the last five minutes: it

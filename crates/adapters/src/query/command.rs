@@ -67,26 +67,49 @@ impl Command {
         self
     }
 
-    async fn document(&self, spec: &QuerySpec, ask: &Ask) -> Result<Value, ReadError> {
+    /// What the program printed, with every secret to scrub from anything made of it.
+    async fn document(
+        &self,
+        spec: &QuerySpec,
+        ask: &Ask,
+    ) -> Result<(Value, Vec<Secret>), ReadError> {
         let QuerySource::Command(c) = &spec.source else {
             return Err(ReadError::Other("not a `command` metric".into()));
         };
         let argv: Vec<String> = c.argv.iter().map(|a| ask.fill(a, str::to_string)).collect();
-        let secrets = self.secrets();
-        let secrets: Vec<&Secret> = secrets.iter().collect();
-        let out = run(&argv, &self.dir, ask, &secrets).await?;
+        // The secrets as they were when it started and as they are when it ended: a
+        // key refreshed while it ran may be in what it printed, old or new.
+        let mut held = self.secrets();
+        let (status, out, err) = run(&argv, &self.dir, ask).await?;
+        for s in self.secrets() {
+            if !held.iter().any(|h| h.expose() == s.expose()) {
+                held.push(s);
+            }
+        }
+        let secrets: Vec<&Secret> = held.iter().collect();
+        if !status.success() {
+            // Scrubbed before the tail is cut: a secret cut at its start would not match.
+            return Err(ReadError::Command(format!(
+                "`{}` {status}: {}",
+                argv[0],
+                crate::gates::tail(
+                    super::scrub(&String::from_utf8_lossy(&err), &secrets).as_bytes()
+                )
+            )));
+        }
         let text = String::from_utf8_lossy(&out);
         let text = text.trim();
         if let Ok(n) = text.parse::<f64>() {
-            return Ok(Value::from(n));
+            return Ok((Value::from(n), held));
         }
-        serde_json::from_str(text).map_err(|_| {
-            ReadError::Command(format!(
+        match serde_json::from_str(text) {
+            Ok(doc) => Ok((doc, held)),
+            Err(_) => Err(ReadError::Command(format!(
                 "`{}` printed neither a number nor JSON: {}",
                 argv[0],
                 said(text, &secrets)
-            ))
-        })
+            ))),
+        }
     }
 }
 
@@ -101,14 +124,13 @@ impl Drop for GroupKill {
     }
 }
 
-/// Runs `argv` in `dir` and returns its standard output, or why it failed (with the
-/// end of its standard error, scrubbed of `secrets`).
+/// Runs `argv` in `dir` and returns how it exited, its standard output and its
+/// standard error; or why it could not be run to its end.
 async fn run(
     argv: &[String],
     dir: &Path,
     ask: &Ask,
-    secrets: &[&Secret],
-) -> Result<Vec<u8>, ReadError> {
+) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), ReadError> {
     let Some(program) = argv.first() else {
         return Err(ReadError::Command("the command is empty".into()));
     };
@@ -170,12 +192,7 @@ async fn run(
             TIMEOUT.as_secs()
         ))),
         Ok((Err(e), _, _)) => Err(ReadError::Command(format!("`{program}`: {e}"))),
-        // Scrubbed before the tail is cut: a secret cut at its start would not match.
-        Ok((Ok(status), _, err)) if !status.success() => Err(ReadError::Command(format!(
-            "`{program}` {status}: {}",
-            crate::gates::tail(super::scrub(&String::from_utf8_lossy(&err), secrets).as_bytes())
-        ))),
-        Ok((Ok(_), out, _)) => Ok(out),
+        Ok((Ok(status), out, err)) => Ok((status, out, err)),
     }
 }
 
@@ -201,9 +218,8 @@ impl QueryProvider for Command {
     fn read<'a>(&'a self, spec: &'a QuerySpec, ask: &'a Ask) -> BoxFuture<'a, Reading> {
         Box::pin(async move {
             match self.document(spec, ask).await {
-                Ok(doc) => {
-                    let secrets = self.secrets();
-                    let secrets: Vec<&Secret> = secrets.iter().collect();
+                Ok((doc, held)) => {
+                    let secrets: Vec<&Secret> = held.iter().collect();
                     Reading {
                         value: number_at(&doc, &spec.query, &secrets),
                         samples: spec

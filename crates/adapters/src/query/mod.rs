@@ -550,8 +550,8 @@ impl MetricsSource for WithQueries {
             let deadline = tokio::time::Instant::now() + self.interval.max(Duration::from_secs(1));
             // `{interval}` never reaches back before the window: a query that reads
             // back from its end (PromQL's `[{interval}]`) counts no time twice.
-            // A shorter window's length is taken in whole seconds (every source's
-            // duration syntax has them); under a second it is no time at all.
+            // A shorter window's length is taken in whole seconds, never a fraction
+            // the policy's interval did not have; under a second it is no time at all.
             let span = Duration::from_millis(window.to.saturating_sub(window.from));
             let interval = if span < self.interval {
                 Duration::from_secs(span.as_secs())

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use super::providers::{
-    CloudWatchSpec, DatadogSpec, HttpFetch, NewRelicSpec, QuerySource, SOURCES, decode_cloudwatch,
-    decode_command, decode_datadog, decode_headers, decode_newrelic, decode_url_template,
-    decode_value_path,
+    CloudWatchSpec, DatadogSpec, HttpFetch, NewRelicSpec, QuerySource, SOURCES, cloudwatch_period,
+    decode_cloudwatch, decode_command, decode_datadog, decode_headers, decode_newrelic,
+    decode_url_template, decode_value_path,
 };
 use super::values::{HOUR, decode_base_url, limit, positive};
 use crate::decode::{Decode, Decoder, MapReader, join, one_of, scalar};
@@ -472,7 +472,11 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
     let newrelic = m.optional_with(cx, "newrelic", decode_newrelic);
     let load = m.optional_with(cx, "load", decode_load);
     let cloudwatch = m.optional_with(cx, "cloudwatch", decode_cloudwatch);
-    let interval = positive(cx, &m, "interval", HOUR).unwrap_or(Duration::from_secs(10));
+    let written_interval = positive(cx, &m, "interval", HOUR);
+    // A refused interval is not checked against anything else (its stand-in would
+    // only add errors about a value nobody wrote).
+    let interval_refused = m.get("interval").is_some() && written_interval.is_none();
+    let interval = written_interval.unwrap_or(Duration::from_secs(10));
     if interval < Duration::from_millis(100) {
         cx.error(
             m.get("interval").map_or(m.pos(), |n| n.pos),
@@ -567,36 +571,8 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
     if let (Some(cw), Some(i)) = (&cloudwatch, reads(&QuerySource::CloudWatch)) {
         whole_periods(cx, &m, interval, cw.alignment(), &metrics[i].name);
         search_periods_match(cx, &m, &metrics, cw.alignment());
-        // The first windows, read `delay` behind, end before the canary had traffic:
-        // with nothing else judged, each is no data.
-        let only_cloudwatch = metrics.iter().all(|x| {
-            x.query
-                .as_ref()
-                .is_some_and(|q| q.source == QuerySource::CloudWatch)
-        });
-        let blind = cw.delay.as_millis() / interval.as_millis().max(1);
-        if only_cloudwatch && blind >= u128::from(no_data.limit) {
-            let delay_at = match m.get("cloudwatch").map(|n| &n.kind) {
-                Some(NodeKind::Map(entries)) => entries
-                    .iter()
-                    .find(|(k, _)| k.text == "delay")
-                    .map(|(_, n)| n.pos),
-                _ => None,
-            };
-            cx.error(
-                delay_at.or(m.get("cloudwatch").map(|n| n.pos)).unwrap_or(m.pos()),
-                &join(&m.path_of("cloudwatch"), "delay"),
-                format!(
-                    "CloudWatch is read {} behind, so the release's first {blind} intervals of {} read time before the canary had traffic, all no data, and `no_data.limit` ({}) would {} the release before its first verdict: shorten `delay`, lengthen `interval`, or raise `no_data.limit` above {blind}",
-                    format_duration(cw.delay),
-                    format_duration(interval),
-                    no_data.limit,
-                    match no_data.action {
-                        EscalationAction::Halt => "halt",
-                        EscalationAction::Rollback => "roll back",
-                    }
-                ),
-            );
+        if !interval_refused && interval >= Duration::from_millis(100) {
+            blind_start(cx, &m, cw, interval, &metrics, (&no_data, &inconclusive));
         }
     }
     if prometheus.is_none()
@@ -667,6 +643,70 @@ fn whole_periods(
     );
 }
 
+/// Refuses a `cloudwatch.delay` that would halt (or roll back) the release before its
+/// first verdict, at the delay's line (the block's, when it is the default).
+///
+/// Read `delay` behind, the release's first windows end before the canary had
+/// traffic. A window's end is also rounded down to the alignment, so at worst every
+/// window ending within `delay` plus one alignment of the start is blind:
+/// `ceil((delay + alignment) / interval) - 1` of them. With nothing but CloudWatch to
+/// judge each is no data; with other metrics each is inconclusive (a metric without
+/// data never lets an interval pass). Either streak reaching its limit ends the
+/// release before anything was judged.
+fn blind_start(
+    cx: &mut Decoder,
+    m: &MapReader<'_>,
+    cw: &CloudWatchSpec,
+    interval: Duration,
+    metrics: &[MetricSpec],
+    (no_data, inconclusive): (&Escalation, &Escalation),
+) {
+    let only_cloudwatch = metrics.iter().all(|x| {
+        x.query
+            .as_ref()
+            .is_some_and(|q| q.source == QuerySource::CloudWatch)
+    });
+    let (limit, key, counted) = if only_cloudwatch {
+        (no_data, "no_data", "no data")
+    } else {
+        (
+            inconclusive,
+            "inconclusive",
+            "inconclusive (a metric without data lets no interval pass)",
+        )
+    };
+    let reach = cw.delay.as_millis() + u128::from(cw.alignment()) * 1000;
+    let blind = reach
+        .div_ceil(interval.as_millis().max(1))
+        .saturating_sub(1);
+    if cw.delay.is_zero() || blind < u128::from(limit.limit) {
+        return;
+    }
+    let delay_at = match m.get("cloudwatch").map(|n| &n.kind) {
+        Some(NodeKind::Map(entries)) => entries
+            .iter()
+            .find(|(k, _)| k.text == "delay")
+            .map(|(_, n)| n.pos),
+        _ => None,
+    };
+    cx.error(
+        delay_at
+            .or(m.get("cloudwatch").map(|n| n.pos))
+            .unwrap_or(m.pos()),
+        &join(&m.path_of("cloudwatch"), "delay"),
+        format!(
+            "CloudWatch is read {} behind, so up to the release's first {blind} intervals of {} read only time before the canary had traffic, each {counted}, and `{key}.limit` ({}) would {} the release before its first verdict: shorten `delay`, lengthen `interval`, or raise `{key}.limit` above {blind}",
+            format_duration(cw.delay),
+            format_duration(interval),
+            limit.limit,
+            match limit.action {
+                EscalationAction::Halt => "halt",
+                EscalationAction::Rollback => "roll back",
+            }
+        ),
+    );
+}
+
 /// Refuses a `SEARCH(...)` in a CloudWatch metric whose period does not divide the
 /// boundary windows are aligned to (`cloudwatch.period`, a minute for 1 s periods),
 /// at the query's line. CloudWatch rounds a window's start down to the search's own
@@ -699,7 +739,7 @@ fn search_periods_match(
             let Some(text) = text else { continue };
             let Some(other) = super::providers::search_periods(text)
                 .into_iter()
-                .find(|&p| p == 0 || u64::from(alignment) % p != 0)
+                .find(|&p| !cloudwatch_period(p) || u64::from(alignment) % p != 0)
             else {
                 continue;
             };
@@ -713,7 +753,7 @@ fn search_periods_match(
             cx.error(
                 at,
                 &format!("{}.metrics[{i}].{key}", m.path()),
-                format!("this SEARCH asks for {other}s periods, which do not divide the {alignment}s windows are aligned to (`cloudwatch.period`): CloudWatch would round each window's start down to the search's period, reading some datapoints in more than one interval; write {alignment} (or a divisor of it) in the SEARCH, or set `cloudwatch.period: {other}`"),
+                format!("this SEARCH asks for {other}s periods, which CloudWatch does not serve (1, 5, 10, 20, 30 or a multiple of 60) or which do not divide the {alignment}s windows are aligned to (`cloudwatch.period`): CloudWatch would round each window's start down to the search's period, reading some datapoints in more than one interval; write {alignment} (or a period that divides it) in the SEARCH, or set `cloudwatch.period` to match"),
             );
         }
     }

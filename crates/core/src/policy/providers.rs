@@ -197,6 +197,12 @@ impl CloudWatchSpec {
     }
 }
 
+/// Whether CloudWatch serves datapoints of `period` seconds: 1, 5, 10, 20, 30 or a
+/// multiple of 60.
+pub fn cloudwatch_period(period: u64) -> bool {
+    matches!(period, 1 | 5 | 10 | 20 | 30) || (period > 0 && period.is_multiple_of(60))
+}
+
 /// [`CloudWatchSpec::alignment`] of `period`.
 pub fn cloudwatch_alignment(period: u32) -> u32 {
     if period < 5 { 60 } else { period }
@@ -513,7 +519,7 @@ pub(super) fn decode_cloudwatch(cx: &mut Decoder, n: &Node, p: &str) -> Option<C
     });
     let url = m.optional_with(cx, "url", super::values::decode_base_url);
     let period = m.optional::<u32>(cx, "period").unwrap_or(60);
-    if !(matches!(period, 1 | 5 | 10 | 20 | 30) || (period > 0 && period % 60 == 0)) {
+    if !cloudwatch_period(u64::from(period)) {
         cx.error(
             m.get("period").map_or(m.pos(), |n| n.pos),
             &m.path_of("period"),

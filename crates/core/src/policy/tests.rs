@@ -1371,6 +1371,12 @@ fn a_search_whose_period_is_not_the_policys_is_refused_at_its_line() {
         .replace("'Sum', 300", "'Sum', 60")
         .replace("{region: us-east-1}", "{region: us-east-1, period: 300}");
     Policy::from_yaml(&finer).unwrap_or_else(|e| panic!("{e:?}"));
+    // A period CloudWatch does not serve, though it divides the minute, is refused.
+    let d = diagnostic(
+        &policy(fine_total).replace("'Sum', 300", "'Sum', 15"),
+        "analysis.metrics[0].bad",
+    );
+    assert!(d.message.contains("15s periods"), "{d:?}");
     // The total's own SEARCH is checked too, at its line.
     let total = "SEARCH('{AWS/ApplicationELB,TargetGroup} MetricName=\\\"RequestCount\\\" TargetGroup=\\\"tg-{variant}\\\"', 'Sum', 120)";
     let d = diagnostic(
@@ -1409,15 +1415,50 @@ fn a_cloudwatch_delay_that_would_blind_the_release_or_its_watch_is_refused() {
         "{region: us-east-1, period: 10}\n  interval: 10s\n  no_data: {limit: 13, action: halt}",
     ))
     .unwrap_or_else(|e| panic!("{e:?}"));
+    // Window ends are rounded down to the alignment too: a 90 s delay over minutes
+    // can leave the first two windows blind.
+    let d = diagnostic(
+        &set(
+            "{region: us-east-1, delay: 90s}\n  interval: 1m\n  no_data: {limit: 2, action: halt}",
+        ),
+        "analysis.cloudwatch.delay",
+    );
+    assert!(d.message.contains("first 2 intervals"), "{d:?}");
+    Policy::from_yaml(&set(
+        "{region: us-east-1, delay: 90s}\n  interval: 1m\n  no_data: {limit: 3, action: halt}",
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    // Beside other metrics, a blind interval is inconclusive: its limit counts.
+    let mixed = with_metrics(&format!(
+        "{metric}    - {{metric: latency_p99, judge: {{max: 800ms}}}}\n"
+    ))
+    .replace(
+        "  metrics:\n",
+        "  cloudwatch: {region: us-east-1, period: 10}\n  interval: 10s\n  metrics:\n",
+    );
+    let d = diagnostic(&mixed, "analysis.cloudwatch.delay");
+    assert!(d.message.contains("`inconclusive.limit` (10)"), "{d:?}");
+    // A refused interval adds no error about the delay.
+    let d = errors(&set("{region: us-east-1, period: 10}\n  interval: 0s"));
+    assert!(
+        d.iter().all(|d| d.path != "analysis.cloudwatch.delay"),
+        "{d:?}"
+    );
     // A watch must outlast the delay by an interval.
     let watched = |watch: &str| {
         format!(
-            "{}post_release: {{watch: {watch}}}\n",
+            "{}post_release:\n  wait: 0s\n  watch: {watch}\n",
             set("{region: us-east-1}\n  interval: 1m")
         )
     };
     let d = diagnostic(&watched("2m"), "post_release.watch");
     assert!(d.message.contains("make the watch at least 3m"), "{d:?}");
+    let watch_line = watched("2m")
+        .lines()
+        .position(|l| l.starts_with("  watch:"))
+        .unwrap()
+        + 1;
+    assert_eq!(d.line as usize, watch_line, "{d:?}");
     Policy::from_yaml(&watched("3m")).unwrap_or_else(|e| panic!("{e:?}"));
 }
 

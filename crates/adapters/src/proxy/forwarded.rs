@@ -19,6 +19,8 @@
 //!
 //! Costs: a few map lookups, and each header value the proxy writes is built on the
 //! stack and copied once into its `HeaderValue` (the `Host` is shared, not copied).
+//! An untrusted peer's values are kept per thread for the next request from the same
+//! peer to the same host, which shares them.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -41,16 +43,26 @@ const PROTO_TLS: HeaderValue = HeaderValue::from_static("https");
 pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: bool) {
     let own = if tls { PROTO_TLS } else { PROTO };
     let peer = peer.to_canonical();
-    let mut ip = [0u8; 48];
-    let ip = text_of(peer, &mut ip);
-    let mut node = [0u8; 52];
-    let node = node_of(peer, ip, &mut node);
-
     if !trusted {
         for name in [&XFF, &XFP, &XFH, &FORWARDED] {
             headers.remove(name);
         }
+        let host = headers.get(HOST).cloned();
+        let (xff, forwarded) = untrusted(peer, tls, host.as_ref());
+        headers.insert(XFF, xff);
+        if let Some(v) = forwarded {
+            headers.insert(FORWARDED, v);
+        }
+        headers.insert(XFP, own);
+        if let Some(host) = host {
+            headers.insert(XFH, host);
+        }
+        return;
     }
+    let mut ip = [0u8; 48];
+    let ip = text_of(peer, &mut ip);
+    let mut node = [0u8; 52];
+    let node = node_of(peer, ip, &mut node);
     let xff = join(headers, &XFF, &[b"", ip]);
     let forwarded = if headers.contains_key(&FORWARDED) {
         join(headers, &FORWARDED, &[b"for=", node])
@@ -73,6 +85,61 @@ pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: boo
     {
         headers.insert(XFH, host);
     }
+}
+
+/// The last untrusted request's values on this thread, by what they were made of.
+struct Last {
+    peer: IpAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+    xff: HeaderValue,
+    forwarded: Option<HeaderValue>,
+}
+
+thread_local! {
+    static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `X-Forwarded-For` and `Forwarded` for an untrusted peer (whose own are dropped):
+/// made of its address, the scheme and the `Host` alone. The same peer asking for the
+/// same host again (a keep-alive connection, an HTTP/2 connection's streams, clients
+/// behind one load balancer) gets the values made last on this thread, shared rather
+/// than formatted and copied again.
+fn untrusted(
+    peer: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) -> (HeaderValue, Option<HeaderValue>) {
+    let hit = |last: &Last| {
+        last.peer == peer
+            && last.tls == tls
+            && last.host.as_ref().map(HeaderValue::as_bytes) == host.map(HeaderValue::as_bytes)
+    };
+    if let Some(found) = LAST.with_borrow(|last| {
+        last.as_ref()
+            .filter(|l| hit(l))
+            .map(|l| (l.xff.clone(), l.forwarded.clone()))
+    }) {
+        return found;
+    }
+    let mut ip = [0u8; 48];
+    let ip = text_of(peer, &mut ip);
+    let mut node = [0u8; 52];
+    let node = node_of(peer, ip, &mut node);
+    let own = if tls { PROTO_TLS } else { PROTO };
+    // An address's text is always a valid value.
+    let xff = value(&[ip]).unwrap_or(HeaderValue::from_static(""));
+    let forwarded = element(node, &own, host);
+    LAST.with_borrow_mut(|last| {
+        *last = Some(Last {
+            peer,
+            tls,
+            host: host.cloned(),
+            xff: xff.clone(),
+            forwarded: forwarded.clone(),
+        });
+    });
+    (xff, forwarded)
 }
 
 /// `ip` as text, written into `buf`.
@@ -243,6 +310,48 @@ mod tests {
         set(&mut h, "::ffff:192.0.2.1".parse().unwrap(), false, false);
         assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.1"]);
         assert_eq!(get(&h, "forwarded"), ["for=192.0.2.1;proto=http;host=a"]);
+    }
+
+    /// The values kept for the next request are only ever the ones its own peer,
+    /// scheme and host would make.
+    #[test]
+    fn kept_values_follow_the_peer_the_scheme_and_the_host() {
+        let cases = [
+            ("192.0.2.7", false, Some("a")),
+            ("192.0.2.7", false, Some("a")),
+            ("192.0.2.8", false, Some("a")),
+            ("192.0.2.8", true, Some("a")),
+            ("192.0.2.8", true, Some("b")),
+            ("192.0.2.8", true, None),
+            ("::1", true, None),
+            ("192.0.2.7", false, Some("a")),
+        ];
+        for (peer, tls, host) in cases {
+            let mut h = match host {
+                Some(host) => headers(&[("host", host), ("x-forwarded-for", "6.6.6.6")]),
+                None => headers(&[("x-forwarded-for", "6.6.6.6")]),
+            };
+            set(&mut h, peer.parse().unwrap(), false, tls);
+            let bare = peer.trim_start_matches("::ffff:");
+            let node = if bare.contains(':') {
+                format!("\"[{bare}]\"")
+            } else {
+                bare.to_string()
+            };
+            let proto = if tls { "https" } else { "http" };
+            let host_part = host.map(|h| format!(";host={h}")).unwrap_or_default();
+            assert_eq!(get(&h, "x-forwarded-for"), [bare], "{peer} {tls} {host:?}");
+            assert_eq!(
+                get(&h, "forwarded"),
+                [format!("for={node};proto={proto}{host_part}")],
+                "{peer} {tls} {host:?}"
+            );
+            assert_eq!(get(&h, "x-forwarded-proto"), [proto]);
+            assert_eq!(
+                get(&h, "x-forwarded-host"),
+                host.into_iter().collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

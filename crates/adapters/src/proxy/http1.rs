@@ -34,7 +34,7 @@
 //! it is sent in origin form, with the endpoint's address as `Host` only when the
 //! client sent none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
@@ -49,6 +49,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::addrhash::{AddrMap, AddrSet};
 use super::upstream::UpstreamError;
 
 /// How long a connection may sit idle in the pool before it is closed.
@@ -87,10 +88,10 @@ pub(super) struct Idle<C> {
 type IdleConns<C> = Vec<(Box<C>, Instant)>;
 
 struct Shelf<C> {
-    conns: HashMap<SocketAddr, IdleConns<C>>,
+    conns: AddrMap<IdleConns<C>>,
     /// The endpoints the routes name (`None`: not told yet): a connection to another
     /// is not kept.
-    routed: Option<HashSet<SocketAddr>>,
+    routed: Option<AddrSet>,
     /// Whether the sweeping task runs.
     sweeping: bool,
 }
@@ -306,7 +307,7 @@ impl<C> Idle<C> {
     pub(super) fn new() -> Arc<Self> {
         Arc::new(Idle {
             by_endpoint: Mutex::new(Shelf {
-                conns: HashMap::new(),
+                conns: AddrMap::default(),
                 routed: None,
                 sweeping: false,
             }),
@@ -322,7 +323,7 @@ impl<C> Idle<C> {
     pub(super) fn retain(&self, routed: HashSet<SocketAddr>) {
         let mut shelf = self.shelf();
         shelf.conns.retain(|addr, _| routed.contains(addr));
-        shelf.routed = Some(routed);
+        shelf.routed = Some(routed.into_iter().collect());
     }
 }
 

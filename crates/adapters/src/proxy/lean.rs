@@ -775,6 +775,9 @@ struct Buffers {
     out: Vec<u8>,
     /// Bytes read from the version.
     answer: Vec<u8>,
+    /// The request head last sent, kept for the answer head after the next one: the
+    /// two heads swap buffers instead of one growing from nothing on every request.
+    spare: Vec<u8>,
 }
 
 impl Buffers {
@@ -1090,8 +1093,13 @@ impl Proxy {
                     Err(e) => return Exchange::Failed(e.into()),
                 },
             };
-            let Buffers { read, out, answer } = &mut *bufs;
-            let request = std::mem::take(out);
+            let Buffers {
+                read,
+                out,
+                answer,
+                spare,
+            } = &mut *bufs;
+            let request = std::mem::replace(out, std::mem::take(spare));
             let mut written = false;
             let result = {
                 let exchange = async {
@@ -1107,7 +1115,10 @@ impl Proxy {
                 }
             };
             match result {
-                Ok(parsed) => return Exchange::Answered(up, parsed),
+                Ok(parsed) => {
+                    *spare = request;
+                    return Exchange::Answered(up, parsed);
+                }
                 // The pooled connection had closed under the request, which got no byte
                 // of an answer: sent once more, on a new connection, when that is safe.
                 Err(e @ (AnswerError::Closed | AnswerError::Reset(_)))
@@ -1115,7 +1126,7 @@ impl Proxy {
                 {
                     tracing::debug!(error = %e, %backend, "pooled connection closed under a request; sending it again");
                     retried = true;
-                    *out = request;
+                    *spare = std::mem::replace(out, request);
                 }
                 Err(e) => return Exchange::Failed(e.into()),
             }
@@ -1262,6 +1273,7 @@ where
         out,
         answer: buf,
         read,
+        ..
     } = bufs;
     let mut body = &buf[answer.len..];
     let mut chunks = Chunks::new();

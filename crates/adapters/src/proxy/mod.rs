@@ -73,6 +73,7 @@ macro_rules! write_through {
     };
 }
 
+mod addrhash;
 pub mod admin;
 mod exchange;
 mod forwarded;

@@ -75,7 +75,7 @@
 //! of a stream it did not process (`REFUSED_STREAM`, a `GOAWAY`'s last stream id):
 //! such a request is sent again whatever its method, as RFC 9113 8.7 allows.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -88,6 +88,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response, Uri};
 use rampart_core::policy::UpstreamProtocol;
 
+use super::addrhash::AddrMap;
 use super::exchange::{Cancel, Failed, Received, declared_length, exchange};
 use super::http1::{Http1Pool, Lent};
 use super::replay::Tape;
@@ -193,7 +194,7 @@ where
         match protocol {
             UpstreamProtocol::Http1 => Upstream::Http1(Http1Pool::new(CONNECT_TIMEOUT)),
             UpstreamProtocol::H2c => Upstream::H2c(H2cPool {
-                conns: Mutex::new(HashMap::new()),
+                conns: Mutex::new(AddrMap::default()),
                 connection_errors: Arc::new(AtomicU64::new(0)),
             }),
         }
@@ -313,7 +314,7 @@ fn header_list_size<B>(req: &Request<B>) -> usize {
 /// requests.
 #[derive(Debug)]
 pub(super) struct H2cPool {
-    conns: Mutex<HashMap<SocketAddr, Endpoint>>,
+    conns: Mutex<AddrMap<Endpoint>>,
     /// Connections that failed as a whole with streams on them.
     connection_errors: Arc<AtomicU64>,
 }
@@ -384,7 +385,7 @@ impl Conn {
 }
 
 impl H2cPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<Endpoint>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -130,15 +130,24 @@ fn untrusted(
     // An address's text is always a valid value.
     let xff = value(&[ip]).unwrap_or(HeaderValue::from_static(""));
     let forwarded = element(node, &own, host);
-    LAST.with_borrow_mut(|last| {
-        *last = Some(Last {
-            peer,
-            tls,
-            host: host.cloned(),
-            xff: xff.clone(),
-            forwarded: forwarded.clone(),
+    // The host is kept as a copy: the request's own value may be a slice of its
+    // connection's read buffer, which it would keep alive. One that cannot be copied
+    // (it can: it is a valid value) is not kept, and neither is anything made of it.
+    let kept = match host {
+        Some(h) => HeaderValue::from_bytes(h.as_bytes()).ok().map(Some),
+        None => Some(None),
+    };
+    if let Some(host) = kept {
+        LAST.with_borrow_mut(|last| {
+            *last = Some(Last {
+                peer,
+                tls,
+                host,
+                xff: xff.clone(),
+                forwarded: forwarded.clone(),
+            });
         });
-    });
+    }
     (xff, forwarded)
 }
 

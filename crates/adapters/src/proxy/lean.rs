@@ -1116,7 +1116,7 @@ impl Proxy {
             };
             match result {
                 Ok(parsed) => {
-                    *spare = request;
+                    keep_spare(spare, request);
                     return Exchange::Answered(up, parsed);
                 }
                 // The pooled connection had closed under the request, which got no byte
@@ -1126,11 +1126,23 @@ impl Proxy {
                 {
                     tracing::debug!(error = %e, %backend, "pooled connection closed under a request; sending it again");
                     retried = true;
-                    *spare = std::mem::replace(out, request);
+                    keep_spare(spare, std::mem::replace(out, request));
                 }
                 Err(e) => return Exchange::Failed(e.into()),
             }
         }
+    }
+}
+
+/// The largest buffer kept as [`Buffers::spare`]: a head's. One grown by a body
+/// (answers and uploads pass through `out`) is let go, as before there was a spare,
+/// so that a busy connection holds one large buffer at most.
+const SPARE_MAX: usize = 4096;
+
+/// Keeps `buf` as the next answer head's buffer, unless a body grew it.
+fn keep_spare(spare: &mut Vec<u8>, buf: Vec<u8>) {
+    if buf.capacity() <= SPARE_MAX {
+        *spare = buf;
     }
 }
 
@@ -1858,6 +1870,17 @@ fn after_own_answer(result: std::io::Result<()>, close: bool) -> Done {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (review): a buffer a body grew (answers pass through `out`) was kept
+    /// as the spare, and a busy connection held two large buffers instead of one.
+    #[test]
+    fn only_a_heads_buffer_is_kept_as_the_spare() {
+        let mut spare = Vec::new();
+        keep_spare(&mut spare, Vec::with_capacity(64 * 1024));
+        assert_eq!(spare.capacity(), 0);
+        keep_spare(&mut spare, Vec::with_capacity(512));
+        assert!(spare.capacity() >= 512 && spare.capacity() <= SPARE_MAX);
+    }
 
     fn head(raw: &str) -> Head {
         match parse_head(raw.as_bytes()) {

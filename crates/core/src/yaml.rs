@@ -64,6 +64,15 @@ pub struct Key {
 }
 
 impl Node {
+    /// The value of `key` in this mapping; `None` in a mapping without it, or in a
+    /// node that is not a mapping.
+    pub fn field(&self, key: &str) -> Option<&Node> {
+        match &self.kind {
+            NodeKind::Map(entries) => entries.iter().find(|(k, _)| k.text == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
     /// A short name for the node's type, for error messages.
     pub fn type_name(&self) -> &'static str {
         match &self.kind {

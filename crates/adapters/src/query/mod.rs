@@ -73,6 +73,17 @@ pub struct Reading {
     pub histogram: Option<Result<Histogram, ReadError>>,
 }
 
+impl Reading {
+    /// Every number `spec` asks for, missing for `why`.
+    pub fn missing(spec: &QuerySpec, why: impl Fn() -> ReadError) -> Reading {
+        Reading {
+            value: Err(why()),
+            samples: spec.samples.as_ref().map(|_| Err(why())),
+            histogram: spec.buckets.map(|_| Err(why())),
+        }
+    }
+}
+
 /// What a read is about: one variant over one window.
 #[derive(Debug)]
 pub struct Ask {
@@ -567,11 +578,7 @@ impl MetricsSource for WithQueries {
                         ReadError::Empty("the window holds no time yet (the clock is behind the last window read)".to_string())
                     };
                     for _ in 0..2 {
-                        answers.push(Some(Reading {
-                            value: Err(empty()),
-                            samples: spec.samples.as_ref().map(|_| Err(empty())),
-                            histogram: spec.buckets.map(|_| Err(empty())),
-                        }));
+                        answers.push(Some(Reading::missing(spec, empty)));
                     }
                     continue;
                 }
@@ -588,16 +595,11 @@ impl MetricsSource for WithQueries {
                     let read = tokio::time::timeout_at(deadline, provider.read(spec, &ask))
                         .await
                         .unwrap_or_else(|_| {
-                            let late = || {
+                            Reading::missing(spec, || {
                                 ReadError::Other(
                                     "no answer within the analysis interval".to_string(),
                                 )
-                            };
-                            Reading {
-                                value: Err(late()),
-                                samples: spec.samples.as_ref().map(|_| Err(late())),
-                                histogram: spec.buckets.map(|_| Err(late())),
-                            }
+                            })
                         });
                     answers.push(Some(read));
                 }

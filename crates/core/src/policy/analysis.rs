@@ -617,13 +617,10 @@ fn whole_periods(
     if interval.as_millis().is_multiple_of(period_ms) {
         return;
     }
-    let written_period = m.get("cloudwatch").and_then(|n| match &n.kind {
-        NodeKind::Map(entries) => entries.iter().find(|(k, _)| k.text == "period"),
-        _ => None,
-    });
+    let written_period = m.get("cloudwatch").and_then(|n| n.field("period"));
     let (at, path) = match (m.get("interval"), written_period) {
         (Some(n), _) => (n.pos, m.path_of("interval")),
-        (None, Some((_, n))) => (n.pos, join(&m.path_of("cloudwatch"), "period")),
+        (None, Some(n)) => (n.pos, join(&m.path_of("cloudwatch"), "period")),
         (None, None) => (
             m.get("cloudwatch").map_or(m.pos(), |n| n.pos),
             m.path_of("interval"),
@@ -682,17 +679,12 @@ fn blind_start(
     if cw.delay.is_zero() || blind < u128::from(limit.limit) {
         return;
     }
-    let delay_at = match m.get("cloudwatch").map(|n| &n.kind) {
-        Some(NodeKind::Map(entries)) => entries
-            .iter()
-            .find(|(k, _)| k.text == "delay")
-            .map(|(_, n)| n.pos),
-        _ => None,
-    };
+    let block = m.get("cloudwatch");
     cx.error(
-        delay_at
-            .or(m.get("cloudwatch").map(|n| n.pos))
-            .unwrap_or(m.pos()),
+        block
+            .and_then(|n| n.field("delay"))
+            .or(block)
+            .map_or(m.pos(), |n| n.pos),
         &join(&m.path_of("cloudwatch"), "delay"),
         format!(
             "CloudWatch is read {} behind, so up to the release's first {blind} intervals of {} read only time before the canary had traffic, each {counted}, and `{key}.limit` ({}) would {} the release before its first verdict: shorten `delay`, lengthen `interval`, or raise `{key}.limit` above {blind}",
@@ -743,13 +735,11 @@ fn search_periods_match(
             else {
                 continue;
             };
-            let at = match items.get(i).map(|n| &n.kind) {
-                Some(NodeKind::Map(entries)) => entries
-                    .iter()
-                    .find(|(k, _)| k.text == key)
-                    .map_or(items[i].pos, |(_, n)| n.pos),
-                _ => m.pos(),
-            };
+            let item = items.get(i);
+            let at = item
+                .and_then(|n| n.field(key))
+                .or(item)
+                .map_or(m.pos(), |n| n.pos);
             cx.error(
                 at,
                 &format!("{}.metrics[{i}].{key}", m.path()),

@@ -318,17 +318,12 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         && !post.watch.is_zero()
         && post.watch < a.interval + delay
     {
-        let watch_at = match m.get("post_release").map(|n| &n.kind) {
-            Some(crate::yaml::NodeKind::Map(entries)) => entries
-                .iter()
-                .find(|(k, _)| k.text == "watch")
-                .map(|(_, n)| n.pos),
-            _ => None,
-        };
+        let post_node = m.get("post_release");
         cx.error(
-            watch_at
-                .or(m.get("post_release").map(|n| n.pos))
-                .unwrap_or(m.pos()),
+            post_node
+                .and_then(|n| n.field("watch"))
+                .or(post_node)
+                .map_or(m.pos(), |n| n.pos),
             "post_release.watch",
             format!(
                 "a watch of {} is shorter than `cloudwatch.delay` ({}) and one analysis interval ({}): CloudWatch is read that far behind, so every window the watch judged would be from before the switch; make the watch at least {}",

@@ -62,28 +62,12 @@ pub(super) fn check_flags(
 }
 
 /// After a blue-green switch stable serves nothing, so only absolute limits can judge.
-/// The nodes of `analysis.metrics`, for their lines.
-fn metric_items<'a>(root: &'a MapReader<'_>) -> Option<&'a Vec<Node>> {
-    root.get("analysis")
-        .and_then(|a| match &a.kind {
-            NodeKind::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.text == "metrics")
-                .map(|(_, v)| v),
-            _ => None,
-        })
-        .and_then(|n| match &n.kind {
-            NodeKind::Seq(items) => Some(items),
-            _ => None,
-        })
-}
-
 pub(super) fn check_blue_green_metrics(
     cx: &mut Decoder,
     root: &MapReader<'_>,
     analysis: &Analysis,
 ) {
-    let items = metric_items(root);
+    let items = metric_nodes(root);
     for (i, metric) in analysis.metrics.iter().enumerate() {
         let absolute = matches!(metric.judge, Judge::Threshold(t) if t.absolute());
         if !absolute {
@@ -101,7 +85,7 @@ pub(super) fn check_blue_green_metrics(
 /// by `{version}` reads the same series for both, so the sequential judge or a ratio
 /// to stable on it could never find the flag's users worse.
 pub(super) fn check_flag_metrics(cx: &mut Decoder, root: &MapReader<'_>, analysis: &Analysis) {
-    let items = metric_items(root);
+    let items = metric_nodes(root);
     for (i, metric) in analysis.metrics.iter().enumerate() {
         let Some(compares) = metric.judge.comparison() else {
             continue;
@@ -154,13 +138,7 @@ fn step_pos(root: &MapReader<'_>, i: usize, key: &str) -> Option<crate::yaml::Po
 /// The nodes of `analysis.metrics`, for positions.
 fn metric_nodes<'n>(root: &MapReader<'n>) -> Option<&'n Vec<Node>> {
     root.get("analysis")
-        .and_then(|a| match &a.kind {
-            NodeKind::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.text == "metrics")
-                .map(|(_, v)| v),
-            _ => None,
-        })
+        .and_then(|a| a.field("metrics"))
         .and_then(|n| match &n.kind {
             NodeKind::Seq(items) => Some(items),
             _ => None,

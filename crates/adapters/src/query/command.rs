@@ -77,15 +77,11 @@ impl Command {
             return Err(ReadError::Other("not a `command` metric".into()));
         };
         let argv: Vec<String> = c.argv.iter().map(|a| ask.fill(a, str::to_string)).collect();
-        // The secrets as they were when it started and as they are when it ended: a
-        // key refreshed while it ran may be in what it printed, old or new.
-        let mut held = self.secrets();
         let (status, out, err) = run(&argv, &self.dir, ask).await?;
-        for s in self.secrets() {
-            if !held.iter().any(|h| h.expose() == s.expose()) {
-                held.push(s);
-            }
-        }
+        // Asked once it ended: a key refreshed while it ran may be in what it printed,
+        // and a provider's secrets include every set it replaced, so those it held
+        // when the program started are among them.
+        let held = self.secrets();
         let secrets: Vec<&Secret> = held.iter().collect();
         if !status.success() {
             // Scrubbed before the tail is cut: a secret cut at its start would not match.

@@ -53,9 +53,9 @@ pub trait QueryProvider: Send + Sync + std::fmt::Debug {
     /// `Err` says why not (a missing key, rejected credentials).
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>>;
 
-    /// The secrets it holds, for whatever else must keep them out of what it shows:
-    /// a `command` metric's program inherits rampart's environment, and its output
-    /// is scrubbed of them.
+    /// The secrets it holds, and every one it held and replaced since, for whatever
+    /// else must keep them out of what it shows: a `command` metric's program
+    /// inherits rampart's environment, and its output is scrubbed of them.
     fn secrets(&self) -> Vec<Secret> {
         Vec::new()
     }

@@ -384,19 +384,30 @@ fn after_a_restart_the_next_window_is_a_fresh_interval() {
 /// they had answered, and the sequential judge added those counts twice.
 #[test]
 fn after_a_restart_on_a_clock_behind_no_window_starts_before_the_last_one_ended() {
-    let mut w = World::new(5, 5);
-    w.run_until(|s| s.intervals >= 2 && s.phase == Phase::Progressing && s.pending.is_none());
-    let before = w.state.measured_until.unwrap();
-    // The new controller's clock is 20 s behind the old one's.
-    w.now = before - 20_000;
-    w.feed(Input::Resumed);
-    w.run_until(|s| s.pending.is_none());
-    w.advance();
-    let Some(Action::Measure(window)) = w.state.pending.clone() else {
-        panic!("no measurement: {:?}", w.state.pending);
-    };
-    assert_eq!((window.from, window.to), (before, w.now));
-    assert!(window.to > window.from, "{window:?}");
+    // Behind by less than an interval, and by more (every window it would measure
+    // at its first due time would be empty: no data, counted toward the limit).
+    for behind in [20_000, 75_000] {
+        let mut w = World::new(5, 5);
+        w.run_until(|s| s.intervals >= 2 && s.phase == Phase::Progressing && s.pending.is_none());
+        let before = w.state.measured_until.unwrap();
+        let intervals = w.state.intervals;
+        w.now = before - behind;
+        w.feed(Input::Resumed);
+        w.run_until(|s| s.pending.is_none());
+        // The first measurement after the restart reads a whole interval after the
+        // last read's end, and nothing is measured (or counted) before it.
+        w.run_until(|s| matches!(s.pending, Some(Action::Measure(_))));
+        let Some(Action::Measure(window)) = w.state.pending.clone() else {
+            unreachable!()
+        };
+        assert_eq!(w.state.intervals, intervals, "behind {behind}");
+        assert_eq!(
+            (window.from, window.to),
+            (before, before + 30_000),
+            "behind {behind}"
+        );
+        assert_eq!(w.state.no_data_streak, 0, "behind {behind}");
+    }
 }
 
 #[test]

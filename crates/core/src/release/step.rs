@@ -2,7 +2,7 @@
 //! or a tick) to the phase that handles it, and replaying inputs through it rebuilds a
 //! release. It must not hold a phase's logic itself beyond that dispatch.
 
-use super::builder::{Builder, window_closed};
+use super::builder::{Builder, ms, window_closed};
 use super::divergence::{self, superseded};
 use super::gating::{ask_hotfix_approval, block, gates_checked, migrated, open_or_wait, start};
 use super::model::{Phase, PreApproval, Release, Transition};
@@ -232,6 +232,18 @@ fn tick(b: &mut Builder<'_>) {
     let due = |t: Option<Millis>| t.is_some_and(|t| t <= b.now);
     match b.s.phase {
         Phase::Progressing | Phase::RollingBack | Phase::Watching if due(b.s.next_analysis_at) => {
+            // A clock behind the one that read last (a controller taken over on
+            // another host) would measure a window cut short by the last read's end,
+            // down to nothing: no data that counts toward `no_data.limit`. The
+            // measurement waits until a whole interval has passed after that end.
+            let full = b
+                .s
+                .read_until
+                .map(|end| end + ms(b.policy.analysis.interval));
+            if let Some(full) = full.filter(|&full| full > b.now) {
+                b.s.next_analysis_at = Some(full);
+                return;
+            }
             let window = b.measure_window();
             b.act(Action::Measure(window));
         }

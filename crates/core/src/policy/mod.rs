@@ -304,14 +304,16 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             );
         }
     }
-    // CloudWatch is read `delay` behind: a watch must outlast it by an interval, or
-    // every window it judges is from before the switch.
+    // CloudWatch is read `delay` behind: when every metric reads it, a watch must
+    // outlast the delay by an interval, or every window it judges is from before the
+    // switch (beside other metrics, those judge the time after it).
     let cloudwatch_delay = analysis.as_ref().and_then(|a| {
-        let reads = a.metrics.iter().any(|m| {
-            m.query
-                .as_ref()
-                .is_some_and(|q| q.source == QuerySource::CloudWatch)
-        });
+        let reads = !a.metrics.is_empty()
+            && a.metrics.iter().all(|m| {
+                m.query
+                    .as_ref()
+                    .is_some_and(|q| q.source == QuerySource::CloudWatch)
+            });
         a.cloudwatch.as_ref().filter(|_| reads).map(|c| c.delay)
     });
     if let (Some(post), Some(a), Some(delay)) = (&post_release, &analysis, cloudwatch_delay)
@@ -326,7 +328,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
                 .map_or(m.pos(), |n| n.pos),
             "post_release.watch",
             format!(
-                "a watch of {} is shorter than `cloudwatch.delay` ({}) and one analysis interval ({}): CloudWatch is read that far behind, so every window the watch judged would be from before the switch; make the watch at least {}",
+                "a watch of {} is shorter than `cloudwatch.delay` ({}) and one analysis interval ({}): every metric reads CloudWatch, read that far behind, so every window the watch judged would be from before the switch; make the watch at least {}",
                 crate::units::format_duration(post.watch),
                 crate::units::format_duration(delay),
                 crate::units::format_duration(a.interval),

@@ -1460,6 +1460,18 @@ fn a_cloudwatch_delay_that_would_blind_the_release_or_its_watch_is_refused() {
         + 1;
     assert_eq!(d.line as usize, watch_line, "{d:?}");
     Policy::from_yaml(&watched("3m")).unwrap_or_else(|e| panic!("{e:?}"));
+    // Beside a metric read as it happens, the watch judges the time after the switch.
+    let mixed_watch = format!(
+        "{}post_release:\n  wait: 0s\n  watch: 2m\n",
+        with_metrics(&format!(
+            "{metric}    - {{metric: latency_p99, judge: {{max: 800ms}}}}\n"
+        ))
+        .replace(
+            "  metrics:\n",
+            "  cloudwatch: {region: us-east-1}\n  interval: 1m\n  inconclusive: {limit: 5, action: halt}\n  metrics:\n",
+        )
+    );
+    Policy::from_yaml(&mixed_watch).unwrap_or_else(|e| panic!("{e:?}"));
 }
 
 #[test]

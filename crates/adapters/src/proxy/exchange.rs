@@ -127,19 +127,29 @@ where
 /// off; `Transfer-Encoding` and `Upgrade` it leaves for HTTP/1.1 versions), and `TE`
 /// other than `trailers`.
 fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
-    for name in [
+    const CONNECTION_SPECIFIC: [hyper::header::HeaderName; 5] = [
         hyper::header::CONNECTION,
         hyper::header::TRANSFER_ENCODING,
         hyper::header::UPGRADE,
-    ] {
-        headers.remove(name);
+        super::KEEP_ALIVE,
+        super::PROXY_CONNECTION,
+    ];
+    // One pass over the names: a head rarely has any of them, and a gRPC call's
+    // `te: trailers` is allowed.
+    let (mut te, mut specific) = (false, false);
+    for name in headers.keys() {
+        te |= name == hyper::header::TE;
+        specific |= CONNECTION_SPECIFIC.contains(name);
     }
-    for name in super::LEGACY_HOP_BY_HOP {
-        headers.remove(name);
+    if specific {
+        for name in CONNECTION_SPECIFIC {
+            headers.remove(name);
+        }
     }
-    if headers
-        .get(hyper::header::TE)
-        .is_some_and(|te| te != "trailers")
+    if te
+        && headers
+            .get(hyper::header::TE)
+            .is_some_and(|te| te != "trailers")
     {
         headers.remove(hyper::header::TE);
     }
@@ -400,4 +410,38 @@ pub(super) fn declared_length(headers: &hyper::HeaderMap) -> Option<u64> {
         return None;
     }
     super::lean::content_length(first.as_bytes().trim_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What HTTP/2 forbids goes, wherever it sits among the fields; `te: trailers`
+    /// (every gRPC call's) and everything else stays.
+    #[test]
+    fn what_http2_forbids_is_removed_and_nothing_else() {
+        let forbidden = [
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+        ];
+        for (name, value) in forbidden {
+            let mut h = hyper::HeaderMap::new();
+            h.insert("content-type", "application/grpc".parse().unwrap());
+            h.insert(name, value.parse().unwrap());
+            h.insert("x-kept", "1".parse().unwrap());
+            forbidden_in_http2(&mut h);
+            let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["content-type", "x-kept"], "{name}");
+        }
+        let mut h = hyper::HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("content-type", "application/grpc".parse().unwrap());
+        let before = h.clone();
+        forbidden_in_http2(&mut h);
+        assert_eq!(h, before);
+    }
 }

@@ -1209,7 +1209,7 @@ impl Proxy {
                 .is_some_and(|v| v.as_bytes() == routes.uncounted.as_bytes());
         if uncounted {
             headers.insert(load, HeaderValue::from_static("1"));
-        } else if !routes.uncounted.is_empty() {
+        } else if !routes.uncounted.is_empty() && named_any(headers, std::slice::from_ref(&load)) {
             // While rampart's load is marked, only it reaches the service marked: a
             // client's own mark is dropped, so the service can trust the header.
             headers.remove(&load);
@@ -1289,7 +1289,9 @@ impl Proxy {
         strip_hop_by_hop(req.headers_mut());
         // An `Upgrade` that `Connection` does not name asks for nothing (RFC 9110
         // 7.8): dropped, so that only a real upgrade is sent as one.
-        req.headers_mut().remove(hyper::header::UPGRADE);
+        if named_any(req.headers(), &[hyper::header::UPGRADE]) {
+            req.headers_mut().remove(hyper::header::UPGRADE);
+        }
         if http2 && self.inner.upstream.protocol() == UpstreamProtocol::Http1 {
             join_cookies(req.headers_mut());
         }
@@ -1434,10 +1436,12 @@ impl Proxy {
             _ => None,
         };
         strip_hop_by_hop(resp.headers_mut());
-        if http2 {
+        let framing = [hyper::header::TRANSFER_ENCODING, hyper::header::UPGRADE];
+        if http2 && named_any(resp.headers(), &framing) {
             // An HTTP/1.1 version's framing, which HTTP/2 has no place for.
-            resp.headers_mut().remove(hyper::header::TRANSFER_ENCODING);
-            resp.headers_mut().remove(hyper::header::UPGRADE);
+            for name in framing {
+                resp.headers_mut().remove(name);
+            }
         }
         if let Some(proto) = switched {
             restore_upgrade(resp.headers_mut(), proto);
@@ -1533,6 +1537,11 @@ fn restore_upgrade(headers: &mut hyper::HeaderMap, proto: HeaderValue) {
 /// otherwise close the client's kept-alive connection, and a client's would churn the
 /// upstream pool. A few map lookups per message, no allocation.
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // Most heads have none: one pass over the names, no lookup (nor `entry`, which
+    // grows a full map even for a name it does not find).
+    if !named_any(headers, &HOP_BY_HOP) {
+        return;
+    }
     // Every Connection line, not only the first: each names headers of this hop.
     let listed: Vec<hyper::header::HeaderValue> = match headers.entry(hyper::header::CONNECTION) {
         hyper::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
@@ -1553,10 +1562,21 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 
 /// Hop-by-hop fields older HTTP/1.x peers send without naming them in `Connection`
 /// (RFC 9110 7.6.1), parsed once.
-const LEGACY_HOP_BY_HOP: [HeaderName; 2] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
+const LEGACY_HOP_BY_HOP: [HeaderName; 2] = [KEEP_ALIVE, PROXY_CONNECTION];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// `Connection` and the legacy hop-by-hop fields: a head with none of them has
+/// nothing of its hop to strip.
+const HOP_BY_HOP: [HeaderName; 3] = [hyper::header::CONNECTION, KEEP_ALIVE, PROXY_CONNECTION];
+
+/// Whether `headers` has a field named one of `names`, in one pass over its names.
+/// A head has a few fields, and comparing names is cheaper than the hash each
+/// lookup takes, so checking before a series of `remove`s that usually find nothing
+/// saves their work.
+pub(super) fn named_any(headers: &hyper::HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|name| names.contains(name))
+}
 
 /// Joins an HTTP/2 client's cookie crumbs, which it may send as a field each (RFC 9113
 /// 8.2.3), into the one `Cookie` line HTTP/1.1 allows (RFC 6265 5.4), separated by
@@ -1976,6 +1996,41 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    /// The check before the lookups: a head with any one hop-by-hop field among
+    /// others has it stripped, wherever it sits; one with none is left as it was.
+    #[test]
+    fn any_one_hop_by_hop_field_is_found_among_others() {
+        for (i, field) in ["keep-alive", "proxy-connection", "connection"]
+            .into_iter()
+            .enumerate()
+        {
+            for at in 0..4 {
+                let mut h = hyper::HeaderMap::new();
+                for k in 0..4 {
+                    if k == at {
+                        h.insert(field, "x-named".parse().unwrap());
+                    }
+                    h.insert(
+                        HeaderName::try_from(format!("x-{i}-{k}")).unwrap(),
+                        "v".parse().unwrap(),
+                    );
+                }
+                h.insert("x-named", "n".parse().unwrap());
+                strip_hop_by_hop(&mut h);
+                assert!(!h.contains_key(field), "{field} at {at}");
+                // Only `Connection` names `x-named` for this hop.
+                assert_eq!(h.contains_key("x-named"), field != "connection");
+                assert_eq!(h.len(), 4 + usize::from(field != "connection"));
+            }
+        }
+        let mut h = hyper::HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("content-type", "application/grpc".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     /// Golden assignments, computed once from the shipped hash: a user's variant must

@@ -236,9 +236,10 @@ fn tick(b: &mut Builder<'_>) {
             // another host) would measure a window cut short by the last read's end,
             // down to nothing: no data that counts toward `no_data.limit`. The
             // measurement waits until a whole interval has passed after that end.
-            let full =
-                b.s.read_until
-                    .map(|end| end + ms(b.policy.analysis.interval));
+            let full = b
+                .s
+                .read_until
+                .map(|end| end + ms(b.policy.analysis.interval));
             if let Some(full) = full.filter(|&full| full > b.now) {
                 b.s.next_analysis_at = Some(full);
                 return;

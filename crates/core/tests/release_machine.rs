@@ -384,9 +384,10 @@ fn after_a_restart_the_next_window_is_a_fresh_interval() {
 /// they had answered, and the sequential judge added those counts twice.
 #[test]
 fn after_a_restart_on_a_clock_behind_no_window_starts_before_the_last_one_ended() {
-    // Behind by less than an interval, and by more (every window it would measure
-    // at its first due time would be empty: no data, counted toward the limit).
-    for behind in [20_000, 75_000] {
+    // Behind by less than an interval, and by exactly one (every window it would
+    // measure at its first due time would be empty: no data, counted toward the
+    // limit).
+    for behind in [20_000, 30_000] {
         let mut w = World::new(5, 5);
         w.run_until(|s| s.intervals >= 2 && s.phase == Phase::Progressing && s.pending.is_none());
         let before = w.state.measured_until.unwrap();
@@ -408,6 +409,38 @@ fn after_a_restart_on_a_clock_behind_no_window_starts_before_the_last_one_ended(
         );
         assert_eq!(w.state.no_data_streak, 0, "behind {behind}");
     }
+}
+
+/// Review: the wait after a clock behind never holds a rollback's checks, nor goes on
+/// for as long as a broken clock is behind: those measure when due, as before.
+#[test]
+fn a_clock_behind_never_holds_a_rollback_nor_waits_longer_than_an_interval() {
+    let measured_when_due = |w: &mut World, behind: u64| {
+        let before = w.state.measured_until.unwrap();
+        w.now = before - behind;
+        w.feed(Input::Resumed);
+        w.run_until(|s| s.pending.is_none());
+        let due = w.state.next_analysis_at.unwrap();
+        w.advance();
+        assert!(
+            matches!(w.state.pending, Some(Action::Measure(_))),
+            "behind {behind}: {:?}",
+            w.state.pending
+        );
+        assert_eq!(w.now, due, "behind {behind}");
+    };
+    // Progressing, behind by ten minutes.
+    let mut w = World::new(5, 5);
+    w.run_until(|s| s.intervals >= 2 && s.phase == Phase::Progressing && s.pending.is_none());
+    measured_when_due(&mut w, 600_000);
+    // A rollback at its first level (flags off), its check due: behind by less than
+    // an interval, it is still taken when due.
+    let mut w = World::new(5, 100);
+    w.policy = safety_policy(1);
+    w.run_until(|s| {
+        s.phase == Phase::RollingBack && s.pending.is_none() && s.next_analysis_at.is_some()
+    });
+    measured_when_due(&mut w, 20_000);
 }
 
 #[test]

@@ -234,14 +234,20 @@ fn tick(b: &mut Builder<'_>) {
         Phase::Progressing | Phase::RollingBack | Phase::Watching if due(b.s.next_analysis_at) => {
             // A clock behind the one that read last (a controller taken over on
             // another host) would measure a window cut short by the last read's end,
-            // down to nothing: no data that counts toward `no_data.limit`. The
-            // measurement waits until a whole interval has passed after that end.
-            let full = b
-                .s
-                .read_until
-                .map(|end| end + ms(b.policy.analysis.interval));
-            if let Some(full) = full.filter(|&full| full > b.now) {
-                b.s.next_analysis_at = Some(full);
+            // down to nothing: little or no data, counted toward `no_data.limit`.
+            // While a step is judged, a window that would be short waits until a
+            // whole interval has passed after that end. One that would be empty (a
+            // clock behind by more than an interval, which is broken) is measured
+            // as before: no data, which says why and halts the release at the limit
+            // rather than hold it unseen. Never during a rollback, whose checks must
+            // not wait, nor in the watch after promotion, which has its own end.
+            let interval = ms(b.policy.analysis.interval);
+            if b.s.phase == Phase::Progressing
+                && let Some(end) = b.s.read_until
+                && end <= b.now
+                && b.now < end + interval
+            {
+                b.s.next_analysis_at = Some(end + interval);
                 return;
             }
             let window = b.measure_window();

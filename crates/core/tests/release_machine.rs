@@ -416,7 +416,7 @@ fn after_a_restart_on_a_clock_behind_no_window_starts_before_the_last_one_ended(
 #[test]
 fn a_clock_behind_never_holds_a_rollback_nor_waits_longer_than_an_interval() {
     let measured_when_due = |w: &mut World, behind: u64| {
-        let before = w.state.measured_until.unwrap();
+        let before = w.state.read_until.unwrap();
         w.now = before - behind;
         w.feed(Input::Resumed);
         w.run_until(|s| s.pending.is_none());
@@ -440,7 +440,61 @@ fn a_clock_behind_never_holds_a_rollback_nor_waits_longer_than_an_interval() {
     w.run_until(|s| {
         s.phase == Phase::RollingBack && s.pending.is_none() && s.next_analysis_at.is_some()
     });
+    assert_eq!(w.state.rollback_level, Some(1));
     measured_when_due(&mut w, 20_000);
+    assert_eq!(w.state.rollback_level, Some(1));
+}
+
+/// Behind by between one interval and two: the first window due is empty (measured,
+/// as a broken clock's are), then the next waits for a whole interval after the last
+/// read's end rather than read a short one.
+#[test]
+fn a_clock_behind_by_more_than_an_interval_measures_empty_then_waits_once() {
+    let mut w = World::new(5, 5);
+    w.run_until(|s| s.intervals >= 2 && s.phase == Phase::Progressing && s.pending.is_none());
+    let before = w.state.read_until.unwrap();
+    w.now = before - 45_000;
+    w.feed(Input::Resumed);
+    w.run_until(|s| s.pending.is_none());
+    w.run_until(|s| matches!(s.pending, Some(Action::Measure(_))));
+    let Some(Action::Measure(empty)) = w.state.pending.clone() else {
+        unreachable!()
+    };
+    assert_eq!((empty.from, empty.to), (w.now, w.now), "{empty:?}");
+    w.advance();
+    w.run_until(|s| matches!(s.pending, Some(Action::Measure(_))));
+    let Some(Action::Measure(window)) = w.state.pending.clone() else {
+        unreachable!()
+    };
+    assert_eq!((window.from, window.to), (before, before + 30_000));
+}
+
+/// Review: the first window after an approval spanned the whole wait, at the step
+/// before, and every source that reads the window's start judged the new step on it.
+#[test]
+fn the_first_window_of_a_step_after_an_approval_wait_starts_with_the_step() {
+    let p = Policy::from_yaml(APPROVAL).unwrap();
+    let s = drive_until(
+        &p,
+        Release::default(),
+        healthy,
+        |_| true,
+        |_, _| {},
+        |s| s.phase == Phase::AwaitingApproval,
+    );
+    let approved_at = s.started_at + 3_600_000;
+    let t = step(&p, &s, &approved_by("bob"), approved_at);
+    let fifty = Weight::from_percent(50).unwrap();
+    assert_eq!(weights_in(&t.effects), vec![fifty]);
+    let set_at = approved_at + 10;
+    let t = step(&p, &t.state, &Input::TrafficSet { weight: fifty }, set_at);
+    assert_eq!(t.state.step_started_at, Some(set_at));
+    let due = t.state.next_analysis_at.unwrap();
+    let m = step(&p, &t.state, &Input::Tick, due);
+    let Some(Action::Measure(window)) = m.state.pending else {
+        panic!("no measurement: {:?}", m.state.pending)
+    };
+    assert_eq!((window.from, window.to), (set_at, due));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use clap::Parser;
 /// mimalloc: the proxy's HTTP/2 and gRPC paths allocate a few blocks per request
 /// larger than glibc's per-thread cache takes (a stream's future is kilobytes), each
 /// a trip through its bins. 9 to 11 % fewer instructions per HTTP/2 request and gRPC
-/// call, the same per HTTP/1.1 one (BENCHMARKS.md, "mimalloc").
+/// call, 2 % per HTTP/1.1 one (BENCHMARKS.md, "Header lookups and the allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -83,6 +83,15 @@ impl Builder<'_> {
         self.s.next_analysis_at = Some(self.now + ms(self.policy.analysis.interval));
     }
 
+    /// Starts an analysis interval whose window starts now (a new step, the watch
+    /// after promotion, the check after flags off): the next measurement reads none
+    /// of the time before, at another weight or with the flags on, that the last
+    /// window left unread (an approval wait spans hours).
+    pub(super) fn start_fresh_interval(&mut self) {
+        self.s.measured_until = None;
+        self.start_interval();
+    }
+
     /// The window of the measurement due now, up to now, with the release's versions:
     /// it starts where the last measurement's window ended, or, without one (the first
     /// measurement, or the first after a restart), when the current interval started

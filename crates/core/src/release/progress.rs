@@ -38,6 +38,7 @@ pub(super) fn step_in_force(b: &mut Builder<'_>, weight: Weight) {
             NoticeKind::Step,
             format!("{} {}: {msg}", b.policy.service, b.s.version),
         );
+        return b.start_fresh_interval();
     }
     b.start_interval();
 }
@@ -495,7 +496,7 @@ pub(super) fn after_full(b: &mut Builder<'_>) {
             crate::units::format_duration(watch)
         ),
     );
-    b.start_interval();
+    b.start_fresh_interval();
 }
 
 /// After the watch (or without one): post-release checks, then the previous version.

@@ -190,7 +190,7 @@ pub(super) fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
     b.s.evidence = vec![Evidence::default(); n];
     b.s.pooled = vec![None; n];
     b.s.failure_streaks = vec![0; n];
-    b.start_interval();
+    b.start_fresh_interval();
 }
 
 /// Whether flags off restored health: the first interval after it must pass outright.

@@ -235,14 +235,14 @@ fn tick(b: &mut Builder<'_>) {
             // A clock behind the one that read last (a controller taken over on
             // another host) would measure a window cut short by the last read's end,
             // down to nothing: little or no data, counted toward `no_data.limit`.
-            // While a step is judged, a window that would be short waits until a
+            // While a step or the watch is judged, a short window waits until a
             // whole interval has passed after that end. One that would be empty (a
             // clock behind by more than an interval, which is broken) is measured
             // as before: no data, which says why and halts the release at the limit
             // rather than hold it unseen. Never during a rollback, whose checks must
-            // not wait, nor in the watch after promotion, which has its own end.
+            // not wait.
             let interval = ms(b.policy.analysis.interval);
-            if b.s.phase == Phase::Progressing
+            if matches!(b.s.phase, Phase::Progressing | Phase::Watching)
                 && let Some(end) = b.s.read_until
                 && end <= b.now
                 && b.now < end + interval

@@ -38,7 +38,7 @@ async fn a_printed_number_is_the_value() {
 #[tokio::test]
 async fn json_output_gives_counts_and_the_placeholders_reach_the_program() {
     // Arguments (after $0): variant, version, from, to; the same in RAMPART_METRIC_*.
-    let script = r#"[ "$RAMPART_METRIC_VARIANT" = "$1" ] && [ "$RAMPART_METRIC_VERSION" = "$2" ] && [ "$RAMPART_METRIC_FROM" = "$3" ] && [ "$RAMPART_METRIC_SERVICE" = shop ] && [ "$RAMPART_METRIC_INTERVAL" = 10s ] || exit 9; echo "{\"bad\": $(( $4 - $3 )), \"v\": \"$2\", \"total\": [100, 300]}""#;
+    let script = r#"[ "$RAMPART_METRIC_VARIANT" = "$1" ] && [ "$RAMPART_METRIC_VERSION" = "$2" ] && [ "$RAMPART_METRIC_FROM" = "$3" ] && [ "$RAMPART_METRIC_SERVICE" = shop ] && [ "$RAMPART_METRIC_INTERVAL" = 30s ] || exit 9; echo "{\"bad\": $(( $4 - $3 )), \"v\": \"$2\", \"total\": [100, 300]}""#;
     let q = read(
         script,
         "bad: $.bad, total: '$.total[-1]', judge: sequential",

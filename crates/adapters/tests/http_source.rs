@@ -390,7 +390,7 @@ async fn an_answer_that_is_not_json_or_not_a_number_is_no_data() {
 /// read ended) leaves out; and a window with no time in it (a clock behind the last
 /// window read) was asked anyway.
 #[tokio::test]
-async fn interval_never_reaches_back_before_the_window_and_an_empty_window_asks_nothing() {
+async fn interval_is_the_window_and_an_empty_window_asks_nothing() {
     let (url, seen) = fake_provider::start(Arc::new(counts)).await;
     let p = policy(&format!(
         "  interval: 30s\n  metrics:\n    - {{name: errors, source: http, url: '{url}/stats/{{variant}}?over={{interval}}', headers: {{Authorization: 'Bearer {{env:STATS_TOKEN}}'}}, bad: $.counts.errors, total: $.counts.requests, judge: sequential}}\n"
@@ -400,8 +400,15 @@ async fn interval_never_reaches_back_before_the_window_and_an_empty_window_asks_
         from: window().to - 12_500,
         ..window()
     };
+    // Longer than the interval (a slow measurement before it, a late tick): the
+    // whole window, or its first seconds are never counted.
+    let long = rampart_core::release::MeasureWindow {
+        from: window().to - 41_900,
+        ..window()
+    };
     s.measure(&short).await.unwrap();
     s.measure(&window()).await.unwrap();
+    s.measure(&long).await.unwrap();
     let targets: Vec<String> = seen
         .lock()
         .unwrap()
@@ -415,6 +422,8 @@ async fn interval_never_reaches_back_before_the_window_and_an_empty_window_asks_
             "/stats/canary?over=12s",
             "/stats/stable?over=30s",
             "/stats/canary?over=30s",
+            "/stats/stable?over=41s",
+            "/stats/canary?over=41s",
         ]
     );
     let empty = rampart_core::release::MeasureWindow {
@@ -428,5 +437,5 @@ async fn interval_never_reaches_back_before_the_window_and_an_empty_window_asks_
         "{}",
         q.detail
     );
-    assert_eq!(seen.lock().unwrap().len(), 4, "nothing asked for it");
+    assert_eq!(seen.lock().unwrap().len(), 6, "nothing asked for it");
 }

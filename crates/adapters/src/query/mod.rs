@@ -97,9 +97,9 @@ pub struct Ask {
     pub from: Millis,
     /// The window's end, ms since the Unix epoch.
     pub to: Millis,
-    /// What `{interval}` reads back from `to`: the analysis interval, or the window
-    /// when it is shorter (the first after a restart never reaches back into the last
-    /// window read).
+    /// What `{interval}` reads back from `to`: the window's length in whole seconds
+    /// (the analysis interval, unless a restart shortened the window or a slow
+    /// measurement lengthened it).
     pub interval: Duration,
     /// How long rate limits may still be waited out in this measurement.
     pub budget: Arc<Budget>,
@@ -559,16 +559,13 @@ impl MetricsSource for WithQueries {
             // One deadline for the whole measurement: reads run in turn (a provider
             // sees its requests in order), each with what is left of it.
             let deadline = tokio::time::Instant::now() + self.interval.max(Duration::from_secs(1));
-            // `{interval}` never reaches back before the window: a query that reads
-            // back from its end (PromQL's `[{interval}]`) counts no time twice.
-            // A shorter window's length is taken in whole seconds, never a fraction
-            // the policy's interval did not have; under a second it is no time at all.
+            // `{interval}` is the window, read back from its end (PromQL's
+            // `[{interval}]`): never reaching back before it (no time counted twice)
+            // nor stopping short of its start (a slow measurement or a late tick
+            // lengthens the next window, and its events all count). In whole seconds,
+            // rounded down: under a second is no time at all.
             let span = Duration::from_millis(window.to.saturating_sub(window.from));
-            let interval = if span < self.interval {
-                Duration::from_secs(span.as_secs())
-            } else {
-                self.interval
-            };
+            let interval = Duration::from_secs(span.as_secs());
             let mut answers: Vec<Option<Reading>> = Vec::new();
             for (_, spec, provider) in &self.queries {
                 if interval.is_zero() {

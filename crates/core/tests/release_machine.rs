@@ -491,8 +491,24 @@ fn the_first_window_of_a_step_after_an_approval_wait_starts_with_the_step() {
     assert_eq!(t.state.step_started_at, Some(set_at));
     let due = t.state.next_analysis_at.unwrap();
     let m = step(&p, &t.state, &Input::Tick, due);
-    let Some(Action::Measure(window)) = m.state.pending else {
+    let Some(Action::Measure(window)) = m.state.pending.clone() else {
         panic!("no measurement: {:?}", m.state.pending)
+    };
+    assert_eq!((window.from, window.to), (set_at, due));
+    // Review: a step's first measurement that fails is read again from the step's
+    // start, as any failed window is from its own.
+    let failed = step(
+        &p,
+        &m.state,
+        &Input::MeasureFailed {
+            detail: "metrics source down".into(),
+        },
+        due,
+    );
+    let due = failed.state.next_analysis_at.unwrap();
+    let again = step(&p, &failed.state, &Input::Tick, due);
+    let Some(Action::Measure(window)) = again.state.pending else {
+        panic!("no measurement: {:?}", again.state.pending)
     };
     assert_eq!((window.from, window.to), (set_at, due));
 }
@@ -2617,6 +2633,12 @@ fn an_approval_into_full_traffic_during_a_freeze_holds_until_the_freeze_ends() {
         "no 100 % inside the freeze at the approval"
     );
     assert_eq!(approved.state.phase, Phase::Progressing, "held, analysing");
+    // Review: the hold's first window started in the approval wait before it.
+    let first = step(&p, &approved.state, &Input::Tick, at + 30_000);
+    let Some(Action::Measure(window)) = first.state.pending else {
+        panic!("no measurement: {:?}", first.state.pending)
+    };
+    assert_eq!((window.from, window.to), (at, at + 30_000));
     // A clean interval inside the freeze, then one after it: only the second moves.
     let interval = |s: &Release, now: Millis| {
         let due = step(&p, s, &Input::Tick, now);

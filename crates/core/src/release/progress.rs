@@ -159,8 +159,10 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
     let at_weight = matches!(b.s.phase, Phase::Progressing | Phase::AwaitingApproval);
     if at_weight && b.s.weight > Weight::ZERO {
         // An approval step's approval given during a freeze: held at its weight as
-        // any step, its intervals ending the hold once the freeze is over.
-        if b.s.phase == Phase::AwaitingApproval {
+        // any step, its intervals ending the hold once the freeze is over. Its
+        // first window starts here, not in the approval wait before it.
+        let approved = b.s.phase == Phase::AwaitingApproval;
+        if approved {
             b.s.phase = Phase::Progressing;
             b.s.step_started_at.get_or_insert(b.now);
         }
@@ -194,7 +196,11 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
             }
         }
         b.s.window_hold = Some(until);
-        b.start_interval();
+        if approved {
+            b.start_fresh_interval();
+        } else {
+            b.start_interval();
+        }
         return true;
     }
     let waiting = format!(

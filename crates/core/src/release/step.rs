@@ -181,6 +181,13 @@ fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
                 b.s.measured_until = Some(window.to);
                 b.s.read_until = Some(b.s.read_until.unwrap_or(0).max(window.to));
             }
+            // A failed measurement's window is read again with the next one: a fresh
+            // window (a step's first) keeps its start, as any other keeps its.
+            if let (Some(Action::Measure(window)), Input::MeasureFailed { .. }) =
+                (state.pending.as_ref(), answer)
+            {
+                b.s.measured_until.get_or_insert(window.from);
+            }
             if let Input::TrafficSet { weight } = answer {
                 b.s.weight = *weight;
             }

@@ -134,22 +134,11 @@ fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
         super::KEEP_ALIVE,
         super::PROXY_CONNECTION,
     ];
-    // One pass over the names: a head rarely has any of them, and a gRPC call's
-    // `te: trailers` is allowed.
-    let (mut te, mut specific) = (false, false);
-    for name in headers.keys() {
-        te |= name == hyper::header::TE;
-        specific |= CONNECTION_SPECIFIC.contains(name);
-    }
-    if specific {
-        for name in CONNECTION_SPECIFIC {
-            headers.remove(name);
-        }
-    }
+    super::remove_named(headers, &CONNECTION_SPECIFIC);
     // Every line, not only the first: `te: trailers` then `te: gzip` is a `TE` that
     // is not `trailers` alone, which a version may answer with a malformed-request
-    // reset, counted as its failure.
-    if te
+    // reset, counted as its failure. A gRPC call's `te: trailers` is allowed.
+    if super::named_any(headers, &[hyper::header::TE])
         && headers
             .get_all(hyper::header::TE)
             .iter()

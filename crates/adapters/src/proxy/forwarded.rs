@@ -44,14 +44,9 @@ pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: boo
     let own = if tls { PROTO_TLS } else { PROTO };
     let peer = peer.to_canonical();
     if !trusted {
-        let names = [XFF, XFP, XFH, FORWARDED];
         // A client rarely sends them: one pass over the names instead of four
         // lookups that find nothing.
-        if super::named_any(headers, &names) {
-            for name in &names {
-                headers.remove(name);
-            }
-        }
+        super::remove_named(headers, &[XFF, XFP, XFH, FORWARDED]);
         let host = headers.get(HOST).cloned();
         let (xff, forwarded) = untrusted(peer, tls, host.as_ref());
         headers.insert(XFF, xff);

@@ -1209,10 +1209,10 @@ impl Proxy {
                 .is_some_and(|v| v.as_bytes() == routes.uncounted.as_bytes());
         if uncounted {
             headers.insert(load, HeaderValue::from_static("1"));
-        } else if !routes.uncounted.is_empty() && named_any(headers, std::slice::from_ref(&load)) {
+        } else if !routes.uncounted.is_empty() {
             // While rampart's load is marked, only it reaches the service marked: a
             // client's own mark is dropped, so the service can trust the header.
-            headers.remove(&load);
+            remove_named(headers, &[load]);
         }
         uncounted
     }
@@ -1289,9 +1289,7 @@ impl Proxy {
         strip_hop_by_hop(req.headers_mut());
         // An `Upgrade` that `Connection` does not name asks for nothing (RFC 9110
         // 7.8): dropped, so that only a real upgrade is sent as one.
-        if named_any(req.headers(), &[hyper::header::UPGRADE]) {
-            req.headers_mut().remove(hyper::header::UPGRADE);
-        }
+        remove_named(req.headers_mut(), &[hyper::header::UPGRADE]);
         if http2 && self.inner.upstream.protocol() == UpstreamProtocol::Http1 {
             join_cookies(req.headers_mut());
         }
@@ -1436,12 +1434,12 @@ impl Proxy {
             _ => None,
         };
         strip_hop_by_hop(resp.headers_mut());
-        let framing = [hyper::header::TRANSFER_ENCODING, hyper::header::UPGRADE];
-        if http2 && named_any(resp.headers(), &framing) {
+        if http2 {
             // An HTTP/1.1 version's framing, which HTTP/2 has no place for.
-            for name in framing {
-                resp.headers_mut().remove(name);
-            }
+            remove_named(
+                resp.headers_mut(),
+                &[hyper::header::TRANSFER_ENCODING, hyper::header::UPGRADE],
+            );
         }
         if let Some(proto) = switched {
             restore_upgrade(resp.headers_mut(), proto);
@@ -1576,6 +1574,16 @@ const HOP_BY_HOP: [HeaderName; 3] = [hyper::header::CONNECTION, KEEP_ALIVE, PROX
 /// saves their work.
 pub(super) fn named_any(headers: &hyper::HeaderMap, names: &[HeaderName]) -> bool {
     headers.keys().any(|name| names.contains(name))
+}
+
+/// Removes every field named one of `names`, looking each up only when the pass of
+/// [`named_any`] found one of them.
+pub(super) fn remove_named(headers: &mut hyper::HeaderMap, names: &[HeaderName]) {
+    if named_any(headers, names) {
+        for name in names {
+            headers.remove(name);
+        }
+    }
 }
 
 /// Joins an HTTP/2 client's cookie crumbs, which it may send as a field each (RFC 9113

@@ -73,6 +73,12 @@ impl Node {
         }
     }
 
+    /// Where `key` is in this mapping, or where this node is when it has no such
+    /// key: where an error about the key points.
+    pub fn pos_of(&self, key: &str) -> Pos {
+        self.field(key).map_or(self.pos, |n| n.pos)
+    }
+
     /// A short name for the node's type, for error messages.
     pub fn type_name(&self) -> &'static str {
         match &self.kind {

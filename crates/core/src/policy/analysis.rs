@@ -679,12 +679,8 @@ fn blind_start(
     if cw.delay.is_zero() || blind < u128::from(limit.limit) {
         return;
     }
-    let block = m.get("cloudwatch");
     cx.error(
-        block
-            .and_then(|n| n.field("delay"))
-            .or(block)
-            .map_or(m.pos(), |n| n.pos),
+        m.get("cloudwatch").map_or(m.pos(), |n| n.pos_of("delay")),
         &join(&m.path_of("cloudwatch"), "delay"),
         format!(
             "CloudWatch is read {} behind, so up to the release's first {blind} intervals of {} read only time before the canary had traffic, each {counted}, and `{key}.limit` ({}) would {} the release before its first verdict: shorten `delay`, lengthen `interval`, or raise `{key}.limit` above {blind}",
@@ -735,11 +731,7 @@ fn search_periods_match(
             else {
                 continue;
             };
-            let item = items.get(i);
-            let at = item
-                .and_then(|n| n.field(key))
-                .or(item)
-                .map_or(m.pos(), |n| n.pos);
+            let at = items.get(i).map_or(m.pos(), |n| n.pos_of(key));
             cx.error(
                 at,
                 &format!("{}.metrics[{i}].{key}", m.path()),

@@ -320,12 +320,8 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         && !post.watch.is_zero()
         && post.watch < a.interval + delay
     {
-        let post_node = m.get("post_release");
         cx.error(
-            post_node
-                .and_then(|n| n.field("watch"))
-                .or(post_node)
-                .map_or(m.pos(), |n| n.pos),
+            m.get("post_release").map_or(m.pos(), |n| n.pos_of("watch")),
             "post_release.watch",
             format!(
                 "a watch of {} is shorter than `cloudwatch.delay` ({}) and one analysis interval ({}): every metric reads CloudWatch, read that far behind, so every window the watch judged would be from before the switch; make the watch at least {}",

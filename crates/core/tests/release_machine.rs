@@ -474,14 +474,7 @@ fn a_clock_behind_by_more_than_an_interval_measures_empty_then_waits_once() {
 #[test]
 fn the_first_window_of_a_step_after_an_approval_wait_starts_with_the_step() {
     let p = Policy::from_yaml(APPROVAL).unwrap();
-    let s = drive_until(
-        &p,
-        Release::default(),
-        healthy,
-        |_| true,
-        |_, _| {},
-        |s| s.phase == Phase::AwaitingApproval,
-    );
+    let s = at_approval(&p);
     let approved_at = s.started_at + 3_600_000;
     let t = step(&p, &s, &approved_by("bob"), approved_at);
     let fifty = Weight::from_percent(50).unwrap();
@@ -2086,6 +2079,18 @@ analysis:
     - {metric: error_rate, judge: {max: 2%}}
 "#;
 
+/// A healthy release under `p` driven to its first approval point.
+fn at_approval(p: &Policy) -> Release {
+    drive_until(
+        p,
+        Release::default(),
+        healthy,
+        |_| true,
+        |_, _| {},
+        |s| s.phase == Phase::AwaitingApproval,
+    )
+}
+
 fn healthy() -> IntervalSample {
     IntervalSample {
         stable: stats(900, 1),
@@ -2098,14 +2103,7 @@ fn healthy() -> IntervalSample {
 fn an_approval_point_holds_the_weight_until_someone_else_approves() {
     let p = Policy::from_yaml(APPROVAL).unwrap();
     take_seen();
-    let s = drive_until(
-        &p,
-        Release::default(),
-        healthy,
-        |_| true,
-        |_, _| {},
-        |s| s.phase == Phase::AwaitingApproval,
-    );
+    let s = at_approval(&p);
     assert_eq!(s.phase, Phase::AwaitingApproval);
     // The ask says what it waits for in words; how to approve is data.
     let (events, notices) = take_seen();
@@ -2211,14 +2209,7 @@ fn a_paused_release_holds_its_step_and_still_rolls_back_on_a_failure() {
 #[test]
 fn an_operator_promotion_skips_the_remaining_steps_but_not_four_eyes() {
     let p = Policy::from_yaml(APPROVAL).unwrap();
-    let s = drive_until(
-        &p,
-        Release::default(),
-        healthy,
-        |_| true,
-        |_, _| {},
-        |s| s.phase == Phase::AwaitingApproval,
-    );
+    let s = at_approval(&p);
     let promote = |by: &str| Input::Promote {
         actor: by.into(),
         reason: "hotfix verified".into(),
@@ -2554,14 +2545,7 @@ fn an_approval_passes_the_point_it_was_asked_for_and_no_other() {
         "      - {approval: {role: qa, timeout: 2h}}\n      - {approval: {role: release-manager, timeout: 2h}}\n",
     ))
     .unwrap();
-    let s = drive_until(
-        &p,
-        Release::default(),
-        healthy,
-        |_| true,
-        |_, _| {},
-        |s| s.phase == Phase::AwaitingApproval,
-    );
+    let s = at_approval(&p);
     let asked = s.awaiting_since.unwrap() + 1_000;
     let approve = |by: &str, at: Millis| Input::Approved {
         by: by.into(),

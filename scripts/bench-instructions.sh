@@ -13,13 +13,9 @@ missing=()
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if ((${#missing[@]})); then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "installing: ${missing[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/apt-install.sh
+. scripts/apt-install.sh
+apt_install ${missing[@]+"${missing[@]}"}
 
 cargo build --release --locked -p rampart --bin rampart >&2
 exec python3 scripts/bench_instructions.py target/release/rampart "$base"

@@ -17,13 +17,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the TLS row's certificate
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)   # the HTTP/2 and gRPC rows
 command -v curl >/dev/null 2>&1 || missing+=(curl)   # the gRPC row's grpc-status check
-if ((${#missing[@]})); then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "installing: ${missing[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/apt-install.sh
+. scripts/apt-install.sh
+apt_install ${missing[@]+"${missing[@]}"}
 
 # rampart, and the WebSocket row's load client beside it (target/release/ws-echo-load).
 cargo build --release --locked -p rampart -p rampart-testkit --bin rampart --bin ws-echo-load >&2

@@ -24,13 +24,9 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_missing+=(systemd)   # verifie
 # blackhole route: tests/proxy_dead_host.rs).
 command -v ip >/dev/null 2>&1 || apt_missing+=(iproute2)
 command -v unshare >/dev/null 2>&1 || apt_missing+=(util-linux)
-if ((${#apt_missing[@]})); then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "installing: ${apt_missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
-fi
+# shellcheck source=scripts/apt-install.sh
+. scripts/apt-install.sh
+apt_install ${apt_missing[@]+"${apt_missing[@]}"}
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
     rustup component add "$component"

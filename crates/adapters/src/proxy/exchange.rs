@@ -124,8 +124,8 @@ where
 
 /// Removes what HTTP/2 forbids in a request (RFC 9113 8.2.2), and the `h2` crate
 /// refuses: the connection-specific fields (`mod.rs` already took the hop-by-hop ones
-/// off; `Transfer-Encoding` and `Upgrade` it leaves for HTTP/1.1 versions), and `TE`
-/// other than `trailers`.
+/// off; `Transfer-Encoding` and `Upgrade` it leaves for HTTP/1.1 versions), and every
+/// transfer coding a `TE` asks for but `trailers`, which HTTP/2 allows alone.
 fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
     const CONNECTION_SPECIFIC: [hyper::header::HeaderName; 5] = [
         hyper::header::CONNECTION,
@@ -137,14 +137,28 @@ fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
     super::remove_named(headers, &CONNECTION_SPECIFIC);
     // Every line, not only the first: `te: trailers` then `te: gzip` is a `TE` that
     // is not `trailers` alone, which a version may answer with a malformed-request
-    // reset, counted as its failure. A gRPC call's `te: trailers` is allowed.
-    if super::named_any(headers, &[hyper::header::TE])
-        && headers
-            .get_all(hyper::header::TE)
-            .iter()
-            .any(|te| te != "trailers")
-    {
-        headers.remove(hyper::header::TE);
+    // reset, counted as its failure. A gRPC call's `te: trailers` passes as it is;
+    // `trailers` among other codings (`te: trailers, gzip`) is kept alone, since a
+    // gRPC server may refuse a call whose `TE` lost it.
+    if !super::named_any(headers, &[hyper::header::TE]) {
+        return;
+    }
+    let lines = headers.get_all(hyper::header::TE);
+    let mut iter = lines.iter();
+    if iter.next().is_some_and(|te| te == "trailers") && iter.next().is_none() {
+        return;
+    }
+    let trailers = lines.iter().any(|te| {
+        te.as_bytes()
+            .split(|b| *b == b',')
+            .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
+    headers.remove(hyper::header::TE);
+    if trailers {
+        headers.insert(
+            hyper::header::TE,
+            hyper::header::HeaderValue::from_static("trailers"),
+        );
     }
 }
 
@@ -439,6 +453,39 @@ mod tests {
         // Review: only the first `TE` line was read.
         h.append("te", "gzip".parse().unwrap());
         forbidden_in_http2(&mut h);
-        assert!(!h.contains_key("te"), "{h:?}");
+        assert_eq!(te_lines(&h), ["trailers"]);
+    }
+
+    fn te_lines(h: &hyper::HeaderMap) -> Vec<&str> {
+        h.get_all("te")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    /// `trailers` among other codings stays, alone, on one line (review: the whole
+    /// line went, and a gRPC server may refuse a call without it); codings that only
+    /// look like it do not count.
+    #[test]
+    fn trailers_among_other_codings_is_kept_alone() {
+        let cases: [(&[&str], &[&str]); 7] = [
+            (&["trailers, gzip"], &["trailers"]),
+            (&["gzip;q=0.5,  Trailers "], &["trailers"]),
+            (&["gzip", "trailers"], &["trailers"]),
+            (&["trailers", "trailers"], &["trailers"]),
+            (&["gzip;q=0.5, deflate"], &[]),
+            (&["trailersx, gzip"], &[]),
+            (&["trailers;q=1"], &[]),
+        ];
+        for (given, kept) in cases {
+            let mut h = hyper::HeaderMap::new();
+            for line in given {
+                h.append("te", line.parse().unwrap());
+            }
+            h.insert("content-type", "application/grpc".parse().unwrap());
+            forbidden_in_http2(&mut h);
+            assert_eq!(te_lines(&h), kept, "{given:?}");
+            assert!(h.contains_key("content-type"));
+        }
     }
 }

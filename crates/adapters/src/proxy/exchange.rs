@@ -126,7 +126,7 @@ where
 /// refuses: the connection-specific fields (`mod.rs` already took the hop-by-hop ones
 /// off; `Transfer-Encoding` and `Upgrade` it leaves for HTTP/1.1 versions), and every
 /// transfer coding a `TE` asks for but `trailers`, which HTTP/2 allows alone.
-fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
+pub(super) fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
     const CONNECTION_SPECIFIC: [hyper::header::HeaderName; 5] = [
         hyper::header::CONNECTION,
         hyper::header::TRANSFER_ENCODING,
@@ -330,9 +330,16 @@ where
                     this.held = Some((data, last));
                 }
                 Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
+                    if let Ok(mut trailers) = frame.into_trailers() {
                         this.send.reserve_capacity(0);
-                        this.send.send_trailers(trailers).map_err(Pumped::Stream)?;
+                        // A chunked upload's trailer section may carry what HTTP/2
+                        // forbids; h2 would refuse the block and leave the stream
+                        // open, the version waiting for its end for ever.
+                        forbidden_in_http2(&mut trailers);
+                        if let Err(e) = this.send.send_trailers(trailers) {
+                            this.send.send_reset(Reason::INTERNAL_ERROR);
+                            return Poll::Ready(Err(Pumped::Stream(e)));
+                        }
                         return Poll::Ready(Ok(()));
                     }
                 }

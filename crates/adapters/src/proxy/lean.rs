@@ -258,7 +258,13 @@ fn parse_head(buf: &[u8]) -> Parsed {
                 _ => return Parsed::Hyper,
             }
         }
-        host |= name == header::HOST;
+        if name == header::HOST {
+            // Two are refused by hyper's path (`Proxy::handle`).
+            if host {
+                return Parsed::Hyper;
+            }
+            host = true;
+        }
         if name == header::CONNECTION && has_token(value.as_bytes(), b"close") {
             close = true;
         }
@@ -1313,7 +1319,13 @@ where
                     ended = chunks.done();
                     n
                 }
-                Err(_) => return Relayed::UpstreamBroke,
+                Err(_) => {
+                    // The answer's head (if still held) goes first, as hyper's path
+                    // sends it: the client sees the answer it was counted by, cut
+                    // short, rather than a connection closed with nothing.
+                    let _ = write_flushed(io, out).await;
+                    return Relayed::UpstreamBroke;
+                }
             },
             Framing::Close => body.len(),
         };

@@ -1233,14 +1233,40 @@ impl Proxy {
                 "rampart: request body too large\n",
             );
         }
-        // An HTTP/2 request names its host in `:authority`: the version gets it as
-        // `Host` (HTTP/1.1) or as its own `:authority` (h2c), and the forwarding
-        // headers are made from it. Before routing, so that match and stickiness
-        // rules on `host` see HTTP/2 clients as they see HTTP/1.1 ones.
+        // The proxy opens no tunnels (a WebSocket upgrades a GET): a `CONNECT` sent on
+        // would have the version open one to nowhere, and its client told one is
+        // there. Refused unsent, nobody's failure.
+        if req.method() == hyper::Method::CONNECT {
+            return plain(
+                StatusCode::NOT_IMPLEMENTED,
+                "rampart: CONNECT is not forwarded\n",
+            );
+        }
+        // An HTTP/2 request names its host in `:authority`, and an HTTP/1.1 request in
+        // absolute form in its target; either wins over a `host` field the client
+        // also sent (RFC 9113 8.3.1, RFC 9112 3.2.2). The version gets it as `Host`
+        // (HTTP/1.1) or as its own `:authority` (h2c), and the forwarding headers are
+        // made from it. Before routing, so that match and stickiness rules on `host`
+        // see what the version will.
         let version = req.version();
         let http2 = version == hyper::Version::HTTP_2;
-        if !req.headers().contains_key(hyper::header::HOST)
-            && let Some(authority) = req.uri().authority()
+        // Two `Host` lines name two hosts: the proxy would route by one and the
+        // version may serve the other (RFC 9112 3.2: answered 400, not forwarded).
+        // An HTTP/2 request's `:authority` settles it.
+        if !(http2 && req.uri().authority().is_some())
+            && req
+                .headers()
+                .get_all(hyper::header::HOST)
+                .iter()
+                .nth(1)
+                .is_some()
+        {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "rampart: more than one Host field\n",
+            );
+        }
+        if let Some(authority) = req.uri().authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             req.headers_mut().insert(hyper::header::HOST, host);
@@ -1315,12 +1341,9 @@ impl Proxy {
         );
         // A request without a body, or an HTTP/2 client's with a small one of a
         // declared length, goes on the lean path's connections, when the versions speak
-        // HTTP/1.1: no task, channel or dispatch of hyper's client. Not a `CONNECT`,
-        // whose `2xx` turns its connection into a tunnel at once (RFC 9112 6.3), which
-        // hyper's client knows.
+        // HTTP/1.1: no task, channel or dispatch of hyper's client.
         let lean = self.inner.lean.as_ref().filter(|_| {
             upgrade.is_none()
-                && req.method() != hyper::Method::CONNECT
                 && (hyper::body::Body::is_end_stream(req.body())
                     || (http2 && lean::buffers(req.headers(), req.body())))
         });
@@ -1350,14 +1373,21 @@ impl Proxy {
             resp.body_mut().hold(flight.take());
         }
         let mut resp = match result {
-            Ok(resp) => match clock {
-                None => resp.map(|body| Timed::untimed(Either::Left(body))),
+            Ok(mut resp) => match clock {
+                None => {
+                    resp.body_mut().settle();
+                    resp.map(|body| Timed::untimed(Either::Left(body)))
+                }
                 // A gRPC call is counted at its end, by its status (see `grpc`).
                 Some(clock) if grpc_answer => {
                     let clock = clock.grpc(grpc::status(resp.headers()), told.clone());
                     resp.map(|body| Timed::new(Either::Left(body), clock))
                 }
                 Some(clock) => {
+                    // Counted here: a break of its body counts in no metric, and
+                    // takes no h2c connection failure's charge from a stream whose
+                    // failure would count.
+                    resp.body_mut().settle();
                     counters.record(resp.status().is_server_error(), elapsed);
                     // The total time, from the same start, is recorded when the body
                     // is done.
@@ -1388,11 +1418,6 @@ impl Proxy {
             }
             // A header block its h2c version would refuse, maybe with an error that
             // breaks its connection's other streams: not sent, the client's fault.
-            // A tunnel to a version spoken to in h2c: not forwarded, nobody's failure.
-            Err(e) if e.is::<upstream::ConnectOverH2c>() => plain(
-                StatusCode::NOT_IMPLEMENTED,
-                "rampart: CONNECT is not forwarded to h2c versions\n",
-            ),
             Err(e) if e.is::<upstream::HeaderListTooLarge>() => {
                 tracing::debug!(error = %e, variant = variant.as_str(), %backend, "request header block refused");
                 plain(
@@ -1545,10 +1570,15 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
         hyper::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
         hyper::header::Entry::Vacant(_) => Vec::new(),
     };
-    // Headers the Connection header names are this hop's too (RFC 9110 7.6.1).
+    // Headers the Connection header names are this hop's too (RFC 9110 7.6.1); but
+    // not `Host`, which every HTTP/1.1 request must carry (RFC 9112 3.2): a client's
+    // `Connection: host` would have its version sent a request without one.
     for listed in listed.iter().filter_map(|v| v.to_str().ok()) {
         for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive") {
+            if !["close", "keep-alive", "host"]
+                .iter()
+                .any(|kept| name.eq_ignore_ascii_case(kept))
+            {
                 headers.remove(name);
             }
         }

@@ -39,10 +39,12 @@
 //!   HTTP/1.1 client sent within it).
 //! - A failure of the whole connection (a `GOAWAY` with an error code, its socket's
 //!   error or close) fails every stream on it, and which stream caused it cannot be
-//!   told: it is charged once per connection, to the first stream that sees it; every
-//!   other stream it breaks, at its request or in its response body, fails
-//!   [uncharged](is_uncharged) (its client still gets its 502, or its broken body). Each
-//!   such connection is counted once in [`Upstream::connection_errors`]. A stream's own
+//!   told: it is charged once per connection, to the first stream that sees it and
+//!   whose failure is counted (a request waiting for its answer, a gRPC call, but not
+//!   a plain answer mid-body, counted at its head); every other stream it breaks, at
+//!   its request or in its response body, fails [uncharged](is_uncharged) (its client
+//!   still gets its 502, or its broken body). Each such connection is counted once in
+//!   [`Upstream::connection_errors`], by the first stream that sees it. A stream's own
 //!   failure (reset by the version) is its own, as before.
 //! - A graceful `GOAWAY` (`NO_ERROR`: a version rotating its connections, as grpc-go's
 //!   `MaxConnectionAge` does, or shutting down) is no failure. From the first one read
@@ -66,7 +68,7 @@
 //! - The request reaches the version with the client's authority as `:authority` (not
 //!   the endpoint's address), and without `Host`.
 //! - An upgrade request (a WebSocket) goes in HTTP/1.1, on a connection of its own:
-//!   HTTP/2 has no upgrade. A `CONNECT` is refused unsent ([`ConnectOverH2c`]).
+//!   HTTP/2 has no upgrade. (A `CONNECT` never comes here: the proxy refuses it.)
 //!
 //! Assumptions: a version that speaks h2c accepts prior knowledge (no `Upgrade: h2c`
 //! dance), as gRPC servers and `h2c`-enabled HTTP servers do, and sends its SETTINGS
@@ -129,13 +131,6 @@ const MAX_PREFACE_FRAME: usize = 16_384;
 
 /// A failure to get an answer from a version.
 pub(super) type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A `CONNECT` for an h2c version: a tunnel is opened over HTTP/1.1 only (HTTP/2's
-/// `CONNECT` needs a stream the proxy would have to tunnel through). Refused before it
-/// is sent, counted against no version: answered 501.
-#[derive(Debug, thiserror::Error)]
-#[error("CONNECT is not forwarded to h2c versions")]
-pub(super) struct ConnectOverH2c;
 
 /// A request refused before it was sent: its header block is larger than its version
 /// accepts. The client's fault, not the version's: answered 431.
@@ -240,6 +235,7 @@ where
                     slot: None,
                     lent,
                     flight: None,
+                    settled: false,
                 }))
             }
             // HTTP/2 has no upgrade: a WebSocket goes in HTTP/1.1.
@@ -250,10 +246,8 @@ where
                     slot: None,
                     lent,
                     flight: None,
+                    settled: false,
                 }))
-            }
-            Upstream::H2c(_) if req.method() == hyper::Method::CONNECT => {
-                Err(ConnectOverH2c.into())
             }
             Upstream::H2c(pool) => {
                 *req.version_mut() = hyper::Version::HTTP_2;
@@ -360,6 +354,8 @@ struct Shared {
     header_limit: Option<usize>,
     /// Set once a stream was charged with the connection's failure.
     charged: AtomicBool,
+    /// Set once the connection's failure was counted in `connection_errors`.
+    reported: AtomicBool,
     /// Set when the connection's task ended (its socket closed or failed), or when it
     /// took no request given to it: it takes no more.
     closed: Arc<AtomicBool>,
@@ -432,6 +428,7 @@ impl H2cPool {
                         slot: Some(slot),
                         lent: None,
                         flight: None,
+                        settled: false,
                     }));
                 }
                 // The client's body failed: its fault, never the version's.
@@ -470,7 +467,7 @@ impl H2cPool {
             return Err(match unprocessed {
                 // A graceful close is no failure of the version's.
                 Some(Unprocessed::GoneAway) => Uncharged::Unprocessed(e).into(),
-                Some(Unprocessed::Refused) | None => slot.failed(e),
+                Some(Unprocessed::Refused) | None => slot.failed(e, true),
             });
         }
     }
@@ -606,6 +603,7 @@ impl H2cPool {
                     max_streams,
                     header_limit,
                     charged: AtomicBool::new(false),
+                    reported: AtomicBool::new(false),
                     closed,
                     connection_errors: self.connection_errors.clone(),
                 }),
@@ -669,18 +667,21 @@ struct Slot(Arc<Shared>, bool);
 
 impl Slot {
     /// `e` as the version's failure, unless it is its connection's, already charged to
-    /// another stream: then [`Uncharged`]. The first stream to see its connection fail
-    /// counts the connection in the pool's `connection_errors`.
-    /// A stream that is not counted never takes the charge: a counted one on the same
-    /// connection must, or the failure would count nowhere.
-    fn failed(&self, e: ::h2::Error) -> UpstreamError {
+    /// another stream: then [`Uncharged`]. The first counted stream to see its
+    /// connection fail counts the connection in the pool's `connection_errors`.
+    /// A stream that is not counted, or whose failure is not (`counts` false: a plain
+    /// answer mid-body, counted at its head), never takes the charge: another stream
+    /// on the same connection must, or the failure would count nowhere.
+    fn failed(&self, e: ::h2::Error, counts: bool) -> UpstreamError {
         if !is_connection_failure(&e) {
             return e.into();
         }
-        if !self.1 || self.0.charged.swap(true, Ordering::AcqRel) {
+        if self.1 && !self.0.reported.swap(true, Ordering::AcqRel) {
+            self.0.connection_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if !(self.1 && counts) || self.0.charged.swap(true, Ordering::AcqRel) {
             return Uncharged::Shared(e).into();
         }
-        self.0.connection_errors.fetch_add(1, Ordering::Relaxed);
         e.into()
     }
 }
@@ -759,6 +760,9 @@ pub(super) struct Answer {
     lent: Option<Box<dyn Lent>>,
     /// The request in flight, until this answer is done and its request written.
     flight: Option<super::Flight>,
+    /// Set when the answer was counted at its head: a failure of its body counts in
+    /// no metric, so it takes no connection failure's charge (see [`Slot::failed`]).
+    settled: bool,
 }
 
 impl std::fmt::Debug for Answer {
@@ -792,6 +796,7 @@ impl Answer {
             slot: None,
             lent: None,
             flight: None,
+            settled: false,
         }
     }
 
@@ -800,24 +805,18 @@ impl Answer {
         self.flight = flight;
     }
 
-    /// `e` as the version's failure or [`Uncharged`]; the stream is done with.
-    fn failed(&mut self, e: ::h2::Error) -> UpstreamError {
-        match self.slot.take() {
-            Some(slot) => slot.failed(e),
-            None => e.into(),
-        }
+    /// Says the answer was counted at its head (a plain answer, not a gRPC call
+    /// counted by how it ends): a later break of its body is no counted failure.
+    pub(super) fn settle(&mut self) {
+        self.settled = true;
     }
-}
 
-impl Body for Answer {
-    type Data = Bytes;
-    type Error = UpstreamError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+    /// The next frame of the answer's source.
+    fn poll_source(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
-        let this = self.get_mut();
+        let this = self;
         let body = match &mut this.body {
             Source::Hyper(body) => body,
             // Its connection is its own: read, given back or closed by the body.
@@ -858,6 +857,37 @@ impl Body for Answer {
                 None
             }
         })
+    }
+
+    /// `e` as the version's failure or [`Uncharged`]; the stream is done with.
+    fn failed(&mut self, e: ::h2::Error) -> UpstreamError {
+        match self.slot.take() {
+            Some(slot) => slot.failed(e, !self.settled),
+            None => e.into(),
+        }
+    }
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    /// A frame as its source gave it, but trailers without what HTTP/2 forbids
+    /// (`keep-alive`, `connection`...: RFC 9113 8.2.2): an HTTP/1.1 version may send
+    /// them in a chunked body's trailer section, and h2 refuses such a block and
+    /// resets the stream at its very end (an HTTP/2 client's answer broken though
+    /// whole). They are connection-specific in HTTP/1.1 too.
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let mut frame = ready!(self.get_mut().poll_source(cx));
+        if let Some(Ok(f)) = &mut frame
+            && let Some(trailers) = f.trailers_mut()
+        {
+            super::exchange::forbidden_in_http2(trailers);
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -43,6 +43,7 @@ const PROTO_TLS: HeaderValue = HeaderValue::from_static("https");
 pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: bool) {
     let own = if tls { PROTO_TLS } else { PROTO };
     let peer = peer.to_canonical();
+    drop_lookalikes(headers);
     if !trusted {
         // A client rarely sends them: one pass over the names instead of four
         // lookups that find nothing.
@@ -64,7 +65,15 @@ pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: boo
     let mut node = [0u8; 52];
     let node = node_of(peer, ip, &mut node);
     let xff = join(headers, &XFF, &[b"", ip]);
-    let forwarded = if headers.contains_key(&FORWARDED) {
+    // A chain that ends inside a quoted string (cut, or crafted by a client the peer
+    // passed on) would swallow the element appended to it: the proxy's element starts
+    // a new chain instead.
+    let forwarded = if headers.contains_key(&FORWARDED)
+        && headers
+            .get_all(&FORWARDED)
+            .iter()
+            .all(|v| closed(v.as_bytes()))
+    {
         join(headers, &FORWARDED, &[b"for=", node])
     } else {
         let proto = headers.get(&XFP).unwrap_or(&own);
@@ -85,6 +94,61 @@ pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: boo
     {
         headers.insert(XFH, host);
     }
+}
+
+/// Takes off what a server may read as one of the four forwarding headers, from
+/// whoever sent it: a name spelled with `_` for `-` (`X_Forwarded_For`), which CGI-
+/// style servers (WSGI, Rack, PHP) read as `HTTP_X_FORWARDED_FOR` beside the proxy's
+/// own. One pass over the names; a head rarely has a `_` in one.
+pub(super) fn drop_lookalikes(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| lookalike(n.as_str())) {
+        return;
+    }
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| lookalike(n.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
+/// Whether `name` (lower case, as `HeaderName` keeps it) is one of the four forwarding
+/// headers with a `_` for some `-`.
+fn lookalike(name: &str) -> bool {
+    name.contains('_')
+        && [XFF, XFP, XFH].iter().any(|f| {
+            f.as_str().len() == name.len()
+                && f.as_str()
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        })
+}
+
+/// Takes the forwarding headers, and what looks like them, off a request's trailers:
+/// trailers come after the head the proxy wrote them in, and a server that merges
+/// trailers into the head would read the client's.
+pub(super) fn drop_from_trailers(trailers: &mut HeaderMap) {
+    super::remove_named(trailers, &[XFF, XFP, XFH, FORWARDED]);
+    drop_lookalikes(trailers);
+}
+
+/// Whether a `Forwarded` line ends outside any quoted string (RFC 7239 4: a `"` opens
+/// one, `\` escapes the byte after it within).
+fn closed(value: &[u8]) -> bool {
+    let mut quoted = false;
+    let mut escaped = false;
+    for &b in value {
+        match (quoted, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (_, false, b'"') => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// The last untrusted request's values on this thread, by what they were made of.
@@ -384,6 +448,67 @@ mod tests {
             assert_eq!(
                 get(&h, "x-forwarded-host"),
                 host.into_iter().collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// The elements of a `Forwarded` value (RFC 7239 4: `#forwarded-element`, each a
+    /// `;`-list of `token=(token / quoted-string)`), split where a reader splits them:
+    /// at commas outside quoted strings. `None` when a quoted string never closes.
+    fn elements(value: &str) -> Option<Vec<String>> {
+        let (mut out, mut cur) = (Vec::new(), String::new());
+        let (mut quoted, mut escaped) = (false, false);
+        for c in value.chars() {
+            if escaped {
+                escaped = false;
+            } else if quoted && c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = !quoted;
+            } else if c == ',' && !quoted {
+                out.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            cur.push(c);
+        }
+        if quoted || escaped {
+            return None;
+        }
+        out.push(cur.trim().to_string());
+        Some(out)
+    }
+
+    /// A trusted peer's `Forwarded` that ends inside a quoted string (a client's own
+    /// value the peer passed on, cut or crafted) must not swallow the element the
+    /// proxy appends: the version would read the proxy's `for=` as part of the peer's
+    /// `host`, and lose the hop that says who connected to the proxy.
+    #[test]
+    fn a_trusted_peers_open_quote_does_not_swallow_the_proxys_element() {
+        // The reader itself: a comma inside quotes is no boundary.
+        assert_eq!(
+            elements("for=1.2.3.4;host=\"a,b\", for=10.0.0.3").unwrap(),
+            ["for=1.2.3.4;host=\"a,b\"", "for=10.0.0.3"]
+        );
+        for incoming in [
+            "for=203.0.113.9;host=\"shop",
+            "for=\"[2001:db8::1]",
+            "for=203.0.113.9;host=\"a\\\"",
+            "for=203.0.113.9;host=\"a\\",
+        ] {
+            let mut h = HeaderMap::new();
+            h.append("host", HeaderValue::from_static("shop"));
+            h.append("forwarded", HeaderValue::from_str(incoming).unwrap());
+            set(&mut h, "10.0.0.3".parse().unwrap(), true, false);
+            let out = get(&h, "forwarded");
+            assert_eq!(out.len(), 1, "{incoming}: {out:?}");
+            let parsed = elements(out[0]);
+            // The unclosed chain is not extended: the proxy's element starts anew.
+            assert_eq!(
+                parsed.as_ref().and_then(|e| e.last()).map(String::as_str),
+                Some("for=10.0.0.3;proto=http;host=shop"),
+                "{incoming:?} became {:?}: the proxy's own element is not one a reader finds",
+                out[0]
             );
         }
     }

@@ -169,7 +169,7 @@ struct Inner {
     canary: VariantCounters,
     /// The versions' side, in the policy's protocol. Clients' bodies go upstream
     /// through `Limited` (`max_body_bytes`) and a read deadline (`body_timeout`).
-    upstream: upstream::Upstream<BodyDeadline<Limited<Incoming>>>,
+    upstream: upstream::Upstream<Scrubbed<BodyDeadline<Limited<Incoming>>>>,
     /// The lean path's connections to the versions, when they speak HTTP/1.1 (see
     /// `lean`).
     lean: Option<lean::Pool>,
@@ -1284,10 +1284,10 @@ impl Proxy {
         let mut req = req.map(|b| {
             let limited = Limited::new(b, usize::try_from(max_body).unwrap_or(usize::MAX));
             let body = BodyDeadline::new(limited, body_timeout, timeouts.clone());
-            match &told {
+            Scrubbed(match &told {
                 Some(slot) => body.telling(slot.clone()),
                 None => body,
-            }
+            })
         });
         let backends = routes.of(variant);
         if backends.is_empty() {
@@ -1526,6 +1526,44 @@ impl Proxy {
                 _ = cut.wait_for(|cut| *cut) => {}
             }
         });
+    }
+}
+
+/// A client's request body whose trailers lose what the proxy decides in a request's
+/// head: the forwarding headers (and their look-alikes), rampart's load marker, and
+/// what HTTP/2 forbids. Trailers come after the head the proxy edited, and a server
+/// that merges them into it would read the client's own `X-Forwarded-For` or mark.
+#[derive(Debug)]
+struct Scrubbed<B>(B);
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Scrubbed<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let mut frame = std::task::ready!(std::pin::Pin::new(&mut self.get_mut().0).poll_frame(cx));
+        if let Some(Ok(f)) = &mut frame
+            && let Some(trailers) = f.trailers_mut()
+        {
+            forwarded::drop_from_trailers(trailers);
+            remove_named(
+                trailers,
+                &[HeaderName::from_static(rampart_core::policy::LOAD_HEADER)],
+            );
+            exchange::forbidden_in_http2(trailers);
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.size_hint()
     }
 }
 

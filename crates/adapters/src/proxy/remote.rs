@@ -63,7 +63,6 @@ impl From<RemoteError> for PortError {
 }
 
 /// A data plane reached through its admin socket.
-#[derive(Debug)]
 pub struct RemotePlane {
     socket: PathBuf,
     token: String,
@@ -80,6 +79,17 @@ pub struct RemotePlane {
     instance: Mutex<Option<u64>>,
     /// Set once attached: from then on a briefly absent socket is a hand-over.
     attached: std::sync::atomic::AtomicBool,
+}
+
+/// Without the admin token, which moves all the traffic: a `{:?}` in a log or an error
+/// must not show it.
+impl std::fmt::Debug for RemotePlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePlane")
+            .field("socket", &self.socket)
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemotePlane {

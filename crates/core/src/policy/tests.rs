@@ -2009,3 +2009,26 @@ fn upstream_protocol_defaults_to_http1_and_refuses_others_at_its_line() {
     assert!(e[0].message.contains("`h2c`"), "{}", e[0].message);
     assert!(e[0].message.contains("http1"), "{}", e[0].message);
 }
+
+/// A trusted network written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`, as a
+/// dual-stack listener's peers show in `ss`) was accepted, yet matched no peer at all:
+/// `Trust::trusts` canonicalises a mapped peer to IPv4 and never matches across
+/// families, so neither `10.1.2.3` nor `::ffff:10.1.2.3` is in it. The policy must
+/// refuse such a network at its line, or match the peers it names.
+#[test]
+fn a_trusted_network_written_ipv4_mapped_matches_its_peers_or_is_refused() {
+    let src = MINIMAL.replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 127.0.0.1:8080\n    forwarded: {trust: ['::ffff:10.0.0.0/104']}",
+    );
+    let refused = Policy::from_yaml(&src).is_err();
+    let matches = Policy::from_yaml(&src).ok().is_some_and(|p| {
+        let trust = &p.proxy().unwrap().forwarded;
+        trust.trusts("10.1.2.3".parse().unwrap())
+            && trust.trusts("::ffff:10.1.2.3".parse().unwrap())
+    });
+    assert!(
+        refused || matches,
+        "`::ffff:10.0.0.0/104` is accepted and trusts nobody"
+    );
+}

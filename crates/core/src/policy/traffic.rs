@@ -237,6 +237,16 @@ impl IpNet {
                 _ => return Err(format!("`{text}`: the prefix length must be 0 to {bits}")),
             },
         };
+        // An IPv4 network written IPv4-mapped (`::ffff:10.0.0.0/104`) is that IPv4
+        // network: a peer is matched as the IPv4 address it is (see `Trust::trusts`),
+        // so the mapped form would match nobody.
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
+        };
         let net = IpNet { addr, prefix };
         if net.masked(addr) != bits_of(addr) {
             let base = match addr {

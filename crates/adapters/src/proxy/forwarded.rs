@@ -32,6 +32,7 @@ const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const FOUR: [HeaderName; 4] = [XFF, XFP, XFH, FORWARDED];
 
 /// The scheme a client spoke to the proxy: plain, or TLS the proxy terminated.
 const PROTO: HeaderValue = HeaderValue::from_static("http");
@@ -43,11 +44,20 @@ const PROTO_TLS: HeaderValue = HeaderValue::from_static("https");
 pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: bool) {
     let own = if tls { PROTO_TLS } else { PROTO };
     let peer = peer.to_canonical();
-    drop_lookalikes(headers);
+    // A client rarely sends any of them, or their look-alikes: one pass over the
+    // names finds both, instead of lookups that find nothing.
+    let (named, lookalikes) = headers.keys().fold((false, false), |(n, l), name| {
+        (n || FOUR.contains(name), l || lookalike(name.as_str()))
+    });
+    if lookalikes {
+        drop_lookalikes(headers);
+    }
     if !trusted {
-        // A client rarely sends them: one pass over the names instead of four
-        // lookups that find nothing.
-        super::remove_named(headers, &[XFF, XFP, XFH, FORWARDED]);
+        if named {
+            for name in &FOUR {
+                headers.remove(name);
+            }
+        }
         let host = headers.get(HOST).cloned();
         let (xff, forwarded) = untrusted(peer, tls, host.as_ref());
         headers.insert(XFF, xff);
@@ -117,7 +127,9 @@ pub(super) fn drop_lookalikes(headers: &mut HeaderMap) {
 /// Whether `name` (lower case, as `HeaderName` keeps it) is one of the four forwarding
 /// headers with a `_` for some `-`.
 fn lookalike(name: &str) -> bool {
-    name.contains('_')
+    // `x-forwarded-for`, `-host` and `-proto` are 15 to 17 bytes long.
+    (15..=17).contains(&name.len())
+        && name.contains('_')
         && [XFF, XFP, XFH].iter().any(|f| {
             f.as_str().len() == name.len()
                 && f.as_str()
@@ -131,7 +143,7 @@ fn lookalike(name: &str) -> bool {
 /// trailers come after the head the proxy wrote them in, and a server that merges
 /// trailers into the head would read the client's.
 pub(super) fn drop_from_trailers(trailers: &mut HeaderMap) {
-    super::remove_named(trailers, &[XFF, XFP, XFH, FORWARDED]);
+    super::remove_named(trailers, &FOUR);
     drop_lookalikes(trailers);
 }
 

@@ -116,3 +116,21 @@ async fn a_clients_connection_naming_host_still_sends_the_version_a_host() {
         heads[0]
     );
 }
+
+/// An HTTP/1.1 request without `Host` is answered 400 and reaches no version (RFC
+/// 9112 3.2); it was sent on with the endpoint's address as its `Host`. An HTTP/1.0
+/// one, which need not name its host, is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http11_request_without_host_is_refused_not_forwarded() {
+    let (version, mut seen) = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let (proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(c.answer(false).await.status(), "HTTP/1.1 400 Bad Request");
+    assert!(heads_seen(&mut seen).is_empty());
+    let mut old = Client::to(server.local_addr()).await;
+    old.send(b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(old.answer(false).await.body, b"ok");
+    assert_eq!(heads_seen(&mut seen).len(), 1);
+    assert_eq!(proxy.totals().stable.requests, 1);
+}

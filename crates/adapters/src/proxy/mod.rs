@@ -1266,6 +1266,14 @@ impl Proxy {
                 "rampart: more than one Host field\n",
             );
         }
+        // So is an HTTP/1.1 request that names no host at all (RFC 9112 3.2); it
+        // was sent on with the endpoint's address as its `Host`.
+        if version == hyper::Version::HTTP_11
+            && req.uri().authority().is_none()
+            && !req.headers().contains_key(hyper::header::HOST)
+        {
+            return plain(StatusCode::BAD_REQUEST, "rampart: no Host field\n");
+        }
         if let Some(authority) = req.uri().authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {

@@ -134,3 +134,20 @@ async fn an_http11_request_without_host_is_refused_not_forwarded() {
     assert_eq!(heads_seen(&mut seen).len(), 1);
     assert_eq!(proxy.totals().stable.requests, 1);
 }
+
+/// An absolute-form target names the request's host, over its `Host` line, but
+/// without the user information it may carry (review: `user:pw@shop.example` became
+/// the version's `Host`, and reached its logs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_targets_host_reaches_the_version_without_its_user_information() {
+    let (version, mut seen) = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let (_proxy, server) = proxy_to(version).await;
+    let mut c = Client::to(server.local_addr()).await;
+    c.send(b"GET http://user:pw@shop.example:8080/x HTTP/1.1\r\nhost: other.example\r\n\r\n")
+        .await;
+    assert_eq!(c.answer(false).await.body, b"ok");
+    let heads = heads_seen(&mut seen);
+    assert_eq!(heads.len(), 1);
+    assert_eq!(fields(&heads[0], "host"), ["shop.example:8080"]);
+    assert!(!heads[0].contains("pw"), "{}", heads[0]);
+}

@@ -1274,8 +1274,15 @@ impl Proxy {
         {
             return plain(StatusCode::BAD_REQUEST, "rampart: no Host field\n");
         }
+        // Its host and port, without any user information (`user:pw@`), which is no
+        // part of a `Host` (RFC 9112 3.2.2) and would reach the version's logs.
         if let Some(authority) = req.uri().authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            && let Ok(host) = HeaderValue::from_str(
+                authority
+                    .as_str()
+                    .rsplit_once('@')
+                    .map_or(authority.as_str(), |(_, host)| host),
+            )
         {
             req.headers_mut().insert(hyper::header::HOST, host);
         }

@@ -1545,9 +1545,10 @@ impl Proxy {
 }
 
 /// A client's request body whose trailers lose what the proxy decides in a request's
-/// head: the forwarding headers (and their look-alikes), rampart's load marker, and
-/// what HTTP/2 forbids. Trailers come after the head the proxy edited, and a server
-/// that merges them into it would read the client's own `X-Forwarded-For` or mark.
+/// head: the forwarding headers (and their look-alikes) and rampart's load marker.
+/// Trailers come after the head the proxy edited, and a server that merges them into
+/// it would read the client's own `X-Forwarded-For` or mark. (What HTTP/2 forbids is
+/// the h2c pump's to take off, see `exchange`.)
 #[derive(Debug)]
 struct Scrubbed<B>(B);
 
@@ -1568,7 +1569,6 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Scrubbed<B> {
                 trailers,
                 &[HeaderName::from_static(rampart_core::policy::LOAD_HEADER)],
             );
-            exchange::forbidden_in_http2(trailers);
         }
         std::task::Poll::Ready(frame)
     }

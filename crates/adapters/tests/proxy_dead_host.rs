@@ -22,8 +22,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
-use rampart_core::Variant;
 use rampart_core::policy::UpstreamProtocol;
 use tokio::net::TcpListener;
 
@@ -77,8 +75,10 @@ fn inside_a_network_namespace() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (_h1, h1_server) = proxy_to(http1_version().await, UpstreamProtocol::Http1).await;
-        let (_h2c, h2c_server) = proxy_to(h2c_version().await, UpstreamProtocol::H2c).await;
+        let (_h1, h1_server) =
+            common::proxy_speaking(http1_version().await, UpstreamProtocol::Http1).await;
+        let (_h2c, h2c_server) =
+            common::proxy_speaking(h2c_version().await, UpstreamProtocol::H2c).await;
         for server in [&h1_server, &h2c_server] {
             assert_eq!(get(server.local_addr()).await, StatusCode::OK);
         }
@@ -122,21 +122,6 @@ async fn get(addr: SocketAddr) -> StatusCode {
         .await
         .unwrap()
         .status()
-}
-
-/// A proxy speaking `upstream` to `version`, its stable variant.
-async fn proxy_to(version: SocketAddr, upstream: UpstreamProtocol) -> (Proxy, ProxyServer) {
-    let (proxy, server) = Proxy::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ProxyOptions {
-            upstream,
-            ..ProxyOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    proxy.set_backends(Variant::Stable, &[version]);
-    (proxy, server)
 }
 
 /// An HTTP/1.1 version on [`HOST`] answering `ok` to every request, keeping its

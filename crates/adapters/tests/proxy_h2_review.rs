@@ -18,31 +18,16 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rampart_adapters::proxy::{Proxy, ProxyOptions, ProxyServer};
 use rampart_core::Variant;
 use rampart_core::policy::UpstreamProtocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use common::until;
+use common::{proxy_speaking, until};
 
 /// The longest any test waits for something that must happen.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-async fn proxy(upstream: UpstreamProtocol, stable: SocketAddr) -> (Proxy, ProxyServer) {
-    let (proxy, server) = Proxy::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ProxyOptions {
-            upstream,
-            ..ProxyOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    proxy.set_backends(Variant::Stable, &[stable]);
-    (proxy, server)
-}
 
 /// A body that gives one chunk, then nothing, ever.
 struct PartThenSilence(bool);
@@ -114,7 +99,7 @@ async fn a_connection_failure_charged_to_a_stream_mid_body_still_counts_an_error
     let kill = Arc::new(Notify::new());
     let (held, mut seen) = tokio::sync::watch::channel(0);
     let version = breaking_version(kill.clone(), held).await;
-    let (proxy, server) = proxy(UpstreamProtocol::H2c, version).await;
+    let (proxy, server) = proxy_speaking(version, UpstreamProtocol::H2c).await;
     let send: hyper::client::conn::http2::SendRequest<Full<Bytes>> =
         common::h2c(server.local_addr()).await;
 
@@ -221,7 +206,7 @@ async fn tunnelling_version(heads: tokio::sync::mpsc::UnboundedSender<String>) -
 async fn an_http2_connect_answered_2xx_carries_its_tunnel() {
     let (heads, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let version = tunnelling_version(heads).await;
-    let (proxy, server) = proxy(UpstreamProtocol::Http1, version).await;
+    let (proxy, server) = proxy_speaking(version, UpstreamProtocol::Http1).await;
     let tcp = tokio::net::TcpStream::connect(server.local_addr())
         .await
         .unwrap();
@@ -294,7 +279,7 @@ async fn host_echo() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_clients_authority_is_the_http1_versions_host() {
     let version = host_echo().await;
-    let (_proxy, server) = proxy(UpstreamProtocol::Http1, version).await;
+    let (_proxy, server) = proxy_speaking(version, UpstreamProtocol::Http1).await;
     let send: hyper::client::conn::http2::SendRequest<Full<Bytes>> =
         common::h2c(server.local_addr()).await;
     for method in ["GET", "POST"] {
@@ -351,7 +336,7 @@ async fn collecting_h2c_version() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_upload_with_a_connection_specific_trailer_is_answered() {
     let version = collecting_h2c_version().await;
-    let (_proxy, server) = proxy(UpstreamProtocol::H2c, version).await;
+    let (_proxy, server) = proxy_speaking(version, UpstreamProtocol::H2c).await;
     let mut tcp = tokio::net::TcpStream::connect(server.local_addr())
         .await
         .unwrap();
@@ -371,32 +356,6 @@ async fn a_chunked_upload_with_a_connection_specific_trailer_is_answered() {
     );
 }
 
-/// An HTTP/1.1 version that answers every request with a chunked `hello` whose trailer
-/// section has a connection-specific field beside an ordinary one.
-async fn trailing_http1_version() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                while common::raw::read_head(&mut tcp, &mut pending)
-                    .await
-                    .is_some()
-                {
-                    let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-                        5\r\nhello\r\n0\r\nkeep-alive: timeout=5\r\nx-sum: 1\r\n\r\n";
-                    if tcp.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Review (HTTP/2 client from an HTTP/1.1 version, the mirror of the one above): the
 /// lean path decodes a chunked answer's trailers as the version sent them
 /// (`lean::trailer_fields`), and hyper's HTTP/2 server gives them to h2, which refuses
@@ -405,8 +364,16 @@ async fn trailing_http1_version() -> SocketAddr {
 /// breaks at its end, which the proxy counted a success at its head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_versions_connection_specific_trailer_does_not_break_an_http2_answer() {
-    let version = trailing_http1_version().await;
-    let (proxy, server) = proxy(UpstreamProtocol::Http1, version).await;
+    // Its chunked `hello`'s trailer section has a connection-specific field beside an
+    // ordinary one.
+    let version = common::raw::answering(
+        "127.0.0.1",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\nkeep-alive: timeout=5\r\nx-sum: 1\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let (proxy, server) = proxy_speaking(version, UpstreamProtocol::Http1).await;
     let send: hyper::client::conn::http2::SendRequest<Full<Bytes>> =
         common::h2c(server.local_addr()).await;
     let req = Request::get("http://svc.test/t")

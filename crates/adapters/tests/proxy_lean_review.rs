@@ -8,33 +8,13 @@ mod common;
 use std::net::SocketAddr;
 
 use common::proxy_to;
-use common::raw::{Client, fields, read_head};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use common::raw::{Client, fields};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A version that answers every request head with `answer` (one write), keeps its
 /// connections, and reports each head it read.
 async fn scripted(answer: &'static [u8]) -> (SocketAddr, UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                while let Some(head) = read_head(&mut stream, &mut pending).await {
-                    let _ = tx.send(head);
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
+    common::raw::answering_telling("127.0.0.1", answer.to_vec()).await
 }
 
 /// Finding: a chunked answer whose framing is malformed within the first read from

@@ -201,6 +201,27 @@ pub async fn proxy_to(
     (proxy, server)
 }
 
+/// A proxy speaking `upstream` to `stable` alone, its options otherwise the defaults.
+pub async fn proxy_speaking(
+    stable: SocketAddr,
+    upstream: rampart_core::policy::UpstreamProtocol,
+) -> (
+    rampart_adapters::proxy::Proxy,
+    rampart_adapters::proxy::ProxyServer,
+) {
+    let (proxy, server) = rampart_adapters::proxy::Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        rampart_adapters::proxy::ProxyOptions {
+            upstream,
+            ..rampart_adapters::proxy::ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    proxy.set_backends(rampart_core::Variant::Stable, &[stable]);
+    (proxy, server)
+}
+
 /// A proxy with default options and no backend yet.
 pub async fn proxy_alone() -> (
     rampart_adapters::proxy::Proxy,

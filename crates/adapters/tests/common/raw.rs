@@ -13,16 +13,28 @@ pub const BOUND: Duration = Duration::from_secs(20);
 /// A version on `host` answering every request head with `answer`, keeping its
 /// connections for the next request.
 pub async fn answering(host: &str, answer: Vec<u8>) -> SocketAddr {
+    answering_telling(host, answer).await.0
+}
+
+/// As [`answering`], telling each request head it read (as long as the receiver is
+/// kept).
+pub async fn answering_telling(
+    host: &str,
+    answer: Vec<u8>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let answer = std::sync::Arc::new(answer);
+    let (told, heads) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             let answer = answer.clone();
+            let told = told.clone();
             tokio::spawn(async move {
                 let mut pending = Vec::new();
-                while read_head(&mut stream, &mut pending).await.is_some() {
+                while let Some(head) = read_head(&mut stream, &mut pending).await {
+                    let _ = told.send(head);
                     if stream.write_all(&answer).await.is_err() {
                         return;
                     }
@@ -30,7 +42,7 @@ pub async fn answering(host: &str, answer: Vec<u8>) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, heads)
 }
 
 /// Reads a head (to its empty line) from `stream`, keeping what follows in `pending`;

@@ -669,7 +669,12 @@ impl Controller {
         self.ports.store.append(&run.id, &entry).await?;
         let input = entry.input;
         run.seq += 1;
+        let opened = t.state.opened_window(&run.state);
         run.state = t.state;
+        if opened {
+            // Counted before now (an approval wait, another weight) is no window's.
+            self.ports.metrics.open_window(now).await;
+        }
         for e in &t.events {
             tracing::info!(release = %run.id, kind = %e.kind, weight = %e.weight, "{}", e.message);
         }

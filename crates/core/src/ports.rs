@@ -164,6 +164,20 @@ pub trait MetricsSource: Send + Sync {
         window: &'a MeasureWindow,
     ) -> BoxFuture<'a, Result<IntervalSample, PortError>>;
 
+    /// A measurement window starts at `at`: a new step, the watch after promotion,
+    /// the check after a rollback switched flags off. The time before it is read by no
+    /// window (an approval wait of hours at the weight before, the flags still on).
+    ///
+    /// Sources that count as requests pass forget what they counted until now, so the
+    /// next measurement is the window's alone; sources that query stored series read
+    /// the window's range and need nothing (the default). Best effort: a source that
+    /// cannot reach its counters now leaves them, and the next measurement reads the
+    /// time before too.
+    fn open_window(&self, at: Millis) -> BoxFuture<'_, ()> {
+        let _ = at;
+        Box::pin(async {})
+    }
+
     /// Checks, before anything is deployed, that the source can read at all: its
     /// credentials are there, its provider accepts them, its program exists. Each
     /// result is a pre-release gate (named after the provider), so a misconfigured

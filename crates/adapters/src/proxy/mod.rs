@@ -2064,6 +2064,14 @@ impl<T: Totals> MetricsSource for BuiltinMetrics<T> {
             Ok(delta)
         })
     }
+
+    /// Counts from now: what was counted before belongs to no window.
+    fn open_window(&self, _at: rampart_core::Millis) -> BoxFuture<'_, ()> {
+        if let Ok(mut last) = self.last.lock() {
+            *last = self.counted.totals();
+        }
+        Box::pin(async {})
+    }
 }
 
 #[cfg(test)]

@@ -367,32 +367,47 @@ impl TrafficRouter for RemotePlane {
     }
 }
 
+impl RemotePlane {
+    /// What the data plane counted since the previous reading; nothing when it
+    /// restarted since (it counts from zero: that time cannot be told from the counts).
+    async fn since_last(&self) -> Result<IntervalSample, PortError> {
+        let (now, instance) = self.counters().await?;
+        let mut known = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        let restarted = known.is_some() && *known != instance;
+        *known = instance;
+        drop(known);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if restarted {
+            *last = now;
+            return Ok(IntervalSample::default());
+        }
+        let delta = IntervalSample {
+            stable: now.stable.since(&last.stable),
+            canary: now.canary.since(&last.canary),
+            ..Default::default()
+        };
+        *last = now;
+        Ok(delta)
+    }
+}
+
 impl MetricsSource for RemotePlane {
-    /// What the data plane counted since the previous call (see `BuiltinMetrics`).
+    /// What the data plane counted since the previous call (see `BuiltinMetrics`): no
+    /// data for an interval in which it restarted, the next one can be told.
     fn measure<'a>(
         &'a self,
         _window: &'a MeasureWindow,
     ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
+        Box::pin(self.since_last())
+    }
+
+    /// Counts from now (see `BuiltinMetrics`); a data plane that does not answer
+    /// leaves its counts to the next measurement.
+    fn open_window(&self, _at: rampart_core::Millis) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let (now, instance) = self.counters().await?;
-            let mut known = self.instance.lock().unwrap_or_else(|p| p.into_inner());
-            let restarted = known.is_some() && *known != instance;
-            *known = instance;
-            drop(known);
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            if restarted {
-                // The data plane restarted and counts from zero: this interval cannot
-                // be told from the counts (no data), the next one can.
-                *last = now;
-                return Ok(IntervalSample::default());
+            if let Err(e) = self.since_last().await {
+                tracing::debug!(error = %e.0, "the data plane's counters were not read at a window's start");
             }
-            let delta = IntervalSample {
-                stable: now.stable.since(&last.stable),
-                canary: now.canary.since(&last.canary),
-                ..Default::default()
-            };
-            *last = now;
-            Ok(delta)
         })
     }
 }

@@ -548,6 +548,11 @@ impl MetricsSource for WithQueries {
     /// interval (a read still unanswered then is missing, and so are the reads after
     /// it: the measurement never runs much past its interval whatever the sources
     /// do); `{version}` is the window's stable (empty without one) or canary version.
+    /// Rampart's own counters count from now; queries read their windows' ranges.
+    fn open_window(&self, at: Millis) -> BoxFuture<'_, ()> {
+        self.builtin.open_window(at)
+    }
+
     fn measure<'a>(
         &'a self,
         window: &'a MeasureWindow,

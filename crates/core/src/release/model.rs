@@ -424,6 +424,17 @@ impl Transition {
 }
 
 impl Release {
+    /// Whether the transition from `before` to this state started an analysis window
+    /// afresh (the first, a new step's, the watch's after promotion, the check's after
+    /// flags off): the next measurement reads from the transition's time, and what a
+    /// source counted before it belongs to no window (see
+    /// [`MetricsSource::open_window`](crate::ports::MetricsSource::open_window)).
+    pub fn opened_window(&self, before: &Release) -> bool {
+        self.measured_until.is_none()
+            && self.next_analysis_at.is_some()
+            && self.next_analysis_at != before.next_analysis_at
+    }
+
     /// When the controller must feed a [`Input::Tick`](super::Input::Tick) next, if it is waiting on time.
     pub fn wake_at(&self) -> Option<Millis> {
         match (self.phase, &self.pending) {

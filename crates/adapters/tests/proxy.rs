@@ -194,6 +194,55 @@ async fn builtin_metrics_count_5xx_and_connection_failures_per_variant() {
     assert_eq!(s.stable.requests, 0);
 }
 
+/// A window that starts afresh (a new step after an approval wait) reads none of what
+/// was counted before it, from the proxy in the controller's process and from a data
+/// plane over its socket alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_opened_counts_from_its_start() {
+    use rampart_adapters::proxy::admin::{AdminServer, PlaneHooks};
+    use rampart_adapters::proxy::remote::RemotePlane;
+    let (proxy, server, _) = setup(Sticky::None).await;
+    let addr = server.local_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, token_file) = (dir.path().join("svc.sock"), dir.path().join("svc.token"));
+    let token = "window-token-0123456789abcdef";
+    std::fs::write(&token_file, token).unwrap();
+    let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(
+        "svc",
+        Arc::new(proxy.clone()),
+    ));
+    let admin = AdminServer::bind_unix(
+        &socket,
+        proxy.clone(),
+        token.to_string(),
+        telemetry,
+        PlaneHooks::default(),
+    )
+    .await
+    .unwrap();
+    let remote = RemotePlane::attach(&socket, &token_file).await.unwrap();
+    let local = BuiltinMetrics::new(proxy.clone());
+    // Both read once, as a controller does at the window before.
+    remote.measure(&any_window()).await.unwrap();
+    local.measure(&any_window()).await.unwrap();
+    for _ in 0..7 {
+        get(addr, "/", None).await; // the wait: no window's
+    }
+    remote.open_window(0).await;
+    local.open_window(0).await;
+    for _ in 0..3 {
+        get(addr, "/", None).await;
+    }
+    for source in [&remote as &dyn MetricsSource, &local] {
+        let s = source.measure(&any_window()).await.unwrap();
+        assert_eq!(
+            s.stable.requests, 3,
+            "the time before the window was counted"
+        );
+    }
+    admin.close().await;
+}
+
 /// Issue 21: the time to headers stays the version's own time while the total time
 /// (`latency_total_*`) includes a body that comes in a later write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

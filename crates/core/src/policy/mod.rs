@@ -304,17 +304,24 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             );
         }
     }
-    // CloudWatch is read `delay` behind: when every metric reads it, a watch must
-    // outlast the delay by an interval, or every window it judges is from before the
-    // switch (beside other metrics, those judge the time after it).
+    // CloudWatch is read `delay` behind: unless the metrics read as they happen can
+    // fail the watch on their own (one critical, or weights reaching `fail_score`), a
+    // watch must outlast the delay by an interval, or every window that can fail it
+    // is from before the switch.
     let cloudwatch_delay = analysis.as_ref().and_then(|a| {
-        let reads = !a.metrics.is_empty()
-            && a.metrics.iter().all(|m| {
-                m.query
+        let now: Vec<_> = a
+            .metrics
+            .iter()
+            .filter(|m| {
+                !m.query
                     .as_ref()
                     .is_some_and(|q| q.source == QuerySource::CloudWatch)
-            });
-        a.cloudwatch.as_ref().filter(|_| reads).map(|c| c.delay)
+            })
+            .collect();
+        let can_fail = now.iter().any(|m| m.critical)
+            || now.iter().map(|m| m.weight).sum::<f64>() >= a.fail_score;
+        let behind = now.len() < a.metrics.len() && !can_fail;
+        a.cloudwatch.as_ref().filter(|_| behind).map(|c| c.delay)
     });
     if let (Some(post), Some(a), Some(delay)) = (&post_release, &analysis, cloudwatch_delay)
         && !post.watch.is_zero()
@@ -324,7 +331,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             m.get("post_release").map_or(m.pos(), |n| n.pos_of("watch")),
             "post_release.watch",
             format!(
-                "a watch of {} is shorter than `cloudwatch.delay` ({}) and one analysis interval ({}): every metric reads CloudWatch, read that far behind, so every window the watch judged would be from before the switch; make the watch at least {}",
+                "a watch of {} is shorter than `cloudwatch.delay` ({}) and one analysis interval ({}): the metrics that can fail it read CloudWatch, that far behind (any other is not critical, and their weights stay under `fail_score`), so every window that could fail it would be from before the switch; make the watch at least {}",
                 crate::units::format_duration(post.watch),
                 crate::units::format_duration(delay),
                 crate::units::format_duration(a.interval),

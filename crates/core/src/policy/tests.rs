@@ -1472,6 +1472,16 @@ fn a_cloudwatch_delay_that_would_blind_the_release_or_its_watch_is_refused() {
         )
     );
     Policy::from_yaml(&mixed_watch).unwrap_or_else(|e| panic!("{e:?}"));
+    // Unless those cannot fail it on their own: one not critical, under `fail_score`.
+    let beside = |fields: &str| {
+        mixed_watch.replace(
+            "judge: {max: 800ms}}",
+            &format!("judge: {{max: 800ms}}, critical: false, weight: {fields}}}"),
+        )
+    };
+    let d = diagnostic(&beside("0.5"), "post_release.watch");
+    assert!(d.message.contains("make the watch at least 3m"), "{d:?}");
+    Policy::from_yaml(&beside("1")).unwrap_or_else(|e| panic!("{e:?}"));
 }
 
 #[test]

@@ -1352,6 +1352,51 @@ async fn an_http1_chunked_upload_reaches_an_h2c_version_without_http1_framing() 
     assert_eq!((s.requests, s.errors), (1, 0));
 }
 
+/// Review: an HTTP/1.1 client names its `TE` in `Connection`, as RFC 9110 10.1.4
+/// asks, and the proxy stripped it as this hop's before a gRPC call went to its h2c
+/// version: a gRPC server may refuse a call without `te: trailers`. It arrives as
+/// `trailers` alone, whatever else the client listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_clients_te_named_in_connection_still_asks_an_h2c_version_for_trailers() {
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let te: Vec<String> = req
+                .headers()
+                .get_all("te")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            Response::new(
+                Full::new(Bytes::from(format!("te={}", te.join("|"))))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+        })
+    });
+    let (version, _) = h2c_version(None, None, handler).await;
+    let (_proxy, server) = h2c_proxy(version).await;
+    for (te, expected) in [
+        ("trailers", "te=trailers"),
+        ("gzip, trailers", "te=trailers"),
+        ("gzip", "te="),
+    ] {
+        let mut tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+        let head = format!(
+            "POST /pkg.Svc/Call HTTP/1.1\r\nHost: svc.test\r\nContent-Type: application/grpc\r\n\
+             TE: {te}\r\nConnection: TE, close\r\nContent-Length: 0\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(expected), "TE: {te}: {answer}");
+    }
+}
+
 /// A burst's extra connections close once it has passed: the pool lets go of an idle
 /// connection beside another idle one, and the connection itself must then end, not
 /// linger with no handle to it.

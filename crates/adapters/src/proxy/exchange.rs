@@ -148,11 +148,7 @@ pub(super) fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
     if iter.next().is_some_and(|te| te == "trailers") && iter.next().is_none() {
         return;
     }
-    let trailers = lines.iter().any(|te| {
-        te.as_bytes()
-            .split(|b| *b == b',')
-            .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    });
+    let trailers = asks_trailers(headers);
     headers.remove(hyper::header::TE);
     if trailers {
         headers.insert(
@@ -160,6 +156,15 @@ pub(super) fn forbidden_in_http2(headers: &mut hyper::HeaderMap) {
             hyper::header::HeaderValue::from_static("trailers"),
         );
     }
+}
+
+/// Whether a `TE` line lists `trailers` among its codings.
+pub(super) fn asks_trailers(headers: &hyper::HeaderMap) -> bool {
+    headers.get_all(hyper::header::TE).iter().any(|te| {
+        te.as_bytes()
+            .split(|b| *b == b',')
+            .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    })
 }
 
 /// Declares a body of a known length in `Content-Length` when the client did not, as

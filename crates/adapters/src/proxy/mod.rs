@@ -1327,7 +1327,17 @@ impl Proxy {
             return plain(StatusCode::BAD_REQUEST, "rampart: bad request target\n");
         };
         *req.uri_mut() = uri;
+        // An HTTP/1.1 client names its `TE` in `Connection` (RFC 9110 10.1.4), so it
+        // is this hop's; but a gRPC server over h2c wants `te: trailers` to take the
+        // call, and the proxy, which relays trailers, asks it in its own name.
+        let trailers = self.inner.upstream.protocol() == UpstreamProtocol::H2c
+            && named_any(req.headers(), &[hyper::header::TE])
+            && exchange::asks_trailers(req.headers());
         strip_hop_by_hop(req.headers_mut());
+        if trailers && !req.headers().contains_key(hyper::header::TE) {
+            req.headers_mut()
+                .insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+        }
         // An `Upgrade` that `Connection` does not name asks for nothing (RFC 9110
         // 7.8): dropped, so that only a real upgrade is sent as one.
         remove_named(req.headers_mut(), &[hyper::header::UPGRADE]);

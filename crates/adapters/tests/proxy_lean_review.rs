@@ -74,6 +74,57 @@ async fn a_request_with_two_host_lines_is_refused_not_forwarded() {
     );
 }
 
+/// Review: a `Host` that is no host (a space, a path, user information) was
+/// forwarded (RFC 9112 3.2: answered 400): the proxy routes and writes
+/// `X-Forwarded-Host` from one reading of it, a version, its logs and the links it
+/// builds may take another. Refused on both paths (a GET is the lean path's, a chunked
+/// upload hyper's); hosts with a port, IPv6 literals and an empty `Host` pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_field_that_is_no_host_is_refused_not_forwarded() {
+    let (version, mut seen) = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let (_proxy, server) = proxy_to(version).await;
+    let requests = |host: &str| {
+        [
+            format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n"),
+            format!(
+                "POST / HTTP/1.1\r\nhost: {host}\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+            ),
+        ]
+    };
+    for bad in [
+        "a b",
+        "shop.example/admin",
+        "user@shop.example",
+        "a\\b",
+        "x?y",
+        "x#y",
+    ] {
+        for request in requests(bad) {
+            let mut c = Client::to(server.local_addr()).await;
+            c.send(request.as_bytes()).await;
+            let a = c.answer(false).await;
+            assert_eq!(a.status(), "HTTP/1.1 400 Bad Request", "{request:?}");
+            assert!(
+                heads_seen(&mut seen).is_empty(),
+                "{request:?} was forwarded"
+            );
+        }
+    }
+    for good in [
+        "shop.example:8080",
+        "[::1]:8080",
+        "",
+        "xn--bcher-kva.example",
+    ] {
+        for request in requests(good) {
+            let mut c = Client::to(server.local_addr()).await;
+            c.send(request.as_bytes()).await;
+            assert_eq!(c.answer(false).await.body, b"ok", "{request:?}");
+            assert!(!heads_seen(&mut seen).is_empty(), "{request:?}");
+        }
+    }
+}
+
 /// Finding: a client's `Connection: host` makes the lean path send its version a
 /// request without any `Host` (`strip_hop_by_hop` drops the field the client named,
 /// and nothing puts one back), which no HTTP/1.1 request may be (RFC 9112 3.2: a

@@ -259,8 +259,9 @@ fn parse_head(buf: &[u8]) -> Parsed {
             }
         }
         if name == header::HOST {
-            // Two are refused by hyper's path (`Proxy::handle`).
-            if host {
+            // Two, or one that is no host, are refused by hyper's path
+            // (`Proxy::handle`).
+            if host || !super::valid_host(value.as_bytes()) {
                 return Parsed::Hyper;
             }
             host = true;

@@ -1266,6 +1266,13 @@ impl Proxy {
                 "rampart: more than one Host field\n",
             );
         }
+        // And one whose `Host` is no host (RFC 9112 3.2): a space, a `/` or an `@`
+        // in it is read otherwise by the version, its logs and the links it builds.
+        if let Some(host) = req.headers().get(hyper::header::HOST)
+            && !valid_host(host.as_bytes())
+        {
+            return plain(StatusCode::BAD_REQUEST, "rampart: invalid Host field\n");
+        }
         // So is an HTTP/1.1 request that names no host at all (RFC 9112 3.2); it
         // was sent on with the endpoint's address as its `Host`.
         if version == hyper::Version::HTTP_11
@@ -1649,6 +1656,17 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     for name in LEGACY_HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// Whether a `Host` value can be a host and port (RFC 9112 3.2, RFC 3986 3.2.2):
+/// none of the whitespace, control characters and delimiters (`/ \\ ? # @`) that end
+/// or split an authority, which a version, its logs and the links it builds would
+/// read otherwise than the proxy. Empty is allowed (a target without an authority).
+/// As nginx checks it: bytes past ASCII (a raw international name) pass.
+fn valid_host(value: &[u8]) -> bool {
+    !value
+        .iter()
+        .any(|&b| b <= b' ' || b == 0x7f || matches!(b, b'/' | b'\\' | b'?' | b'#' | b'@'))
 }
 
 /// Hop-by-hop fields older HTTP/1.x peers send without naming them in `Connection`

@@ -180,6 +180,9 @@ pub struct Answer {
     pub status: u16,
     /// The `Retry-After` header, as sent (seconds, or an HTTP date).
     pub retry_after: Option<String>,
+    /// The `X-RateLimit-Reset` header, as sent: Datadog's seconds until its limit
+    /// resets, which it sends with a 429 instead of `Retry-After`.
+    pub ratelimit_reset: Option<String>,
     /// The body as text.
     pub body: String,
 }
@@ -307,11 +310,13 @@ where
     let result = async {
         let resp = sender.send_request(req).await.map_err(HttpError::Request)?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (retry_after, ratelimit_reset) = (header("retry-after"), header("x-ratelimit-reset"));
         let body = if read_body {
             let bytes = http_body_util::BodyExt::collect(resp.into_body())
                 .await
@@ -324,6 +329,7 @@ where
         Ok(Answer {
             status,
             retry_after,
+            ratelimit_reset,
             body,
         })
     }

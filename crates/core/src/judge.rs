@@ -4,7 +4,7 @@
 //! the same sample always gives the same verdict. It must not keep streaks or decide
 //! rollbacks; that is the release state machine's job.
 
-use crate::metrics::{Histogram, IntervalSample, Timing, VariantStats, bucket_of};
+use crate::metrics::{Histogram, IntervalSample, QueryReading, Timing, VariantStats, bucket_of};
 use crate::policy::{BuiltinMetric, Direction, MetricSpec, Sequential, Threshold};
 use crate::sequential::{EProcess, tolerate};
 
@@ -97,19 +97,42 @@ fn as_count(v: Option<f64>) -> Option<u64> {
         .map(|x| x.round() as u64)
 }
 
+/// A counts metric's events out of its `total`, read as that many: more events than
+/// the total is no reading (a query that lost its `{variant}` filter, or counts
+/// another population, and would read 100 % good), but for what `increase`'s
+/// extrapolation adds to two series apart: up to 5 % or 2 events over, read as the
+/// total.
+fn events_within(events: Option<f64>, total: Option<u64>) -> Option<u64> {
+    let (e, n) = (as_count(events)?, total?);
+    (e <= n + (n / 20).max(2)).then(|| e.min(n))
+}
+
+/// Why a counts metric's reading is none: its events are more than its total.
+fn over_total(q: &QueryReading) -> Option<String> {
+    [("stable", q.stable, q.stable_samples), ("canary", q.canary, q.canary_samples)]
+        .into_iter()
+        .find_map(|(variant, e, n)| {
+            let (ev, total) = (as_count(e)?, as_count(n)?);
+            events_within(e, Some(total)).is_none().then(|| {
+                format!("{variant}: {ev} events out of a total of {total}, more than the total: the two queries count different requests")
+            })
+        })
+}
+
 /// A query metric's value for each variant: (stable, canary, why one is missing). A
 /// counts metric's value is its events' share of its total.
 fn queried(spec: &MetricSpec, sample: &IntervalSample) -> (Option<f64>, Option<f64>, String) {
     let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
     let share = |events: Option<f64>, total: Option<f64>| {
-        let (e, n) = (as_count(events)?, as_count(total)?);
-        (n > 0).then(|| e.min(n) as f64 / n as f64)
+        let n = as_count(total)?;
+        let e = events_within(events, Some(n))?;
+        (n > 0).then(|| e as f64 / n as f64)
     };
     match sample.queries.iter().find(|q| q.name == spec.name) {
         Some(q) if spec.metric == BuiltinMetric::Counts => (
             share(q.stable, q.stable_samples),
             share(q.canary, q.canary_samples),
-            q.detail.clone(),
+            over_total(q).unwrap_or_else(|| q.detail.clone()),
         ),
         Some(q) => (finite(q.stable), finite(q.canary), q.detail.clone()),
         None => (None, None, "the query was not read".into()),
@@ -820,11 +843,15 @@ fn sequential_on(
     let counts = (spec.metric == BuiltinMetric::Counts).then(|| {
         let q = sample.queries.iter().find(|q| q.name == spec.name);
         let (stable_n, canary_n, why) = counted(spec, sample);
-        let events = |v: Option<f64>, n: Option<u64>| Some(as_count(v)?.min(n?));
-        let stable_e = events(q.and_then(|q| q.stable), stable_n);
-        let canary_e = events(q.and_then(|q| q.canary), canary_n);
+        let stable_e = events_within(q.and_then(|q| q.stable), stable_n);
+        let canary_e = events_within(q.and_then(|q| q.canary), canary_n);
         (stable_n, canary_n, stable_e, canary_e, why)
     });
+    let over = sample
+        .queries
+        .iter()
+        .find(|q| q.name == spec.name && spec.metric == BuiltinMetric::Counts)
+        .and_then(over_total);
     let canary_n = match &counts {
         Some((_, n, ..)) => n.unwrap_or(0),
         None => c.requests,
@@ -897,7 +924,10 @@ fn sequential_on(
         BuiltinMetric::Query => None,
     };
     let Some((bad, trials, p0, what)) = observed else {
-        r.detail = "not enough stable data to compare with yet".into();
+        r.detail = match over {
+            Some(why) => format!("no reading to compare: {why}"),
+            None => "not enough stable data to compare with yet".into(),
+        };
         return r;
     };
     evidence.process.update(bad, trials, p0);

@@ -172,3 +172,39 @@ fn false_alarms_stay_under_alpha_for_a_higher_is_better_metric() {
     let bound = alpha + 3.0 * (alpha * (1.0 - alpha) / trials as f64).sqrt();
     assert!(rate <= bound, "false alarm rate {rate} above {bound}");
 }
+
+/// Review: a `good` query that lost its `{variant}` filter counts every variant's
+/// successes, far more than the canary's `total`. Read as the total (clamped), a
+/// failing canary was 100 % good and promoted; it is no reading, and never a pass.
+#[test]
+fn good_events_far_above_their_total_never_promote_a_failing_canary() {
+    for judge in [SEQUENTIAL, "judge: {min: 98%}, min_samples: 10"] {
+        let p = counts("good", judge);
+        let samples = stream(0.005, 0.05).draw(&mut Rng::new(7));
+        let r = replay_with(
+            &p,
+            |from, to| {
+                let w = samples.window(from, to);
+                let everyone = (w.stable.requests - w.stable.errors + w.canary.requests
+                    - w.canary.errors) as f64;
+                IntervalSample {
+                    queries: vec![QueryReading {
+                        name: "m".into(),
+                        stable: Some((w.stable.requests - w.stable.errors) as f64),
+                        canary: Some(everyone),
+                        stable_samples: Some(w.stable.requests as f64),
+                        canary_samples: Some(w.canary.requests as f64),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+            },
+            |_, _, _| {},
+        );
+        assert_ne!(
+            r.release.outcome(),
+            Some(OutcomeKind::Promoted),
+            "{judge}: a canary read as more good than its total was promoted"
+        );
+    }
+}

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::fetch::{self, Request};
 use super::{Ask, QueryProvider, ReadError, Reading, Reduce, Secret, number, said};
 
-const NAME: &str = "Datadog";
+pub(super) const NAME: &str = "Datadog";
 
 /// Datadog's metrics query API, with its keys.
 pub struct Datadog {
@@ -136,12 +136,36 @@ fn v2_body(query: &str, ask: &Ask) -> Value {
     })
 }
 
+/// An error Datadog reports inside a 200 answer: the query refused (a syntax error,
+/// an unknown metric or function), which no later read will get past, but for a
+/// time limit or a failure on its side, which a later read may.
+fn query_error(why: &str) -> ReadError {
+    let lower = why.to_ascii_lowercase();
+    if [
+        "timeout",
+        "timed out",
+        "internal",
+        "unavailable",
+        "try again",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    {
+        ReadError::Other(format!("Datadog: {why}"))
+    } else {
+        ReadError::Refused {
+            provider: NAME,
+            why: why.to_string(),
+        }
+    }
+}
+
 /// The one series of a v1 answer, as its non-null points; what Datadog says is
 /// scrubbed of `secrets`.
 fn v1_points(answer: &Value, secrets: &[&Secret]) -> Result<Vec<f64>, ReadError> {
     if answer["status"] == "error" {
         let why = answer["error"].as_str().unwrap_or("no error message");
-        return Err(ReadError::Other(format!("Datadog: {}", said(why, secrets))));
+        return Err(query_error(&said(why, secrets)));
     }
     let series = answer["series"]
         .as_array()
@@ -170,10 +194,7 @@ fn v2_points(answer: &Value, secrets: &[&Secret]) -> Result<Vec<f64>, ReadError>
             .into_iter()
             .find_map(error_text);
         return match errors {
-            Some(why) => Err(ReadError::Other(format!(
-                "Datadog: {}",
-                said(&why, secrets)
-            ))),
+            Some(why) => Err(query_error(&said(&why, secrets))),
             None => Err(ReadError::Empty("Datadog returned no series".into())),
         };
     }

@@ -153,6 +153,32 @@ impl Request<'_> {
 /// there, whether or not this read waits it out.
 pub async fn json(req: &Request<'_>, budget: &Budget, quiet: &Quiet) -> Result<Value, ReadError> {
     let provider = req.provider;
+    let answer = answer(req, budget, quiet).await?;
+    // Scrubbed before it is shortened: a secret cut at the end would not match.
+    let said = || short(&req.scrub(&answer.body));
+    match answer.status {
+        200..=299 => serde_json::from_str(&answer.body).map_err(|_| ReadError::NotJson(provider)),
+        401 | 403 => Err(ReadError::Auth {
+            provider,
+            status: answer.status,
+            why: said(),
+        }),
+        status => Err(ReadError::Status {
+            provider,
+            status,
+            why: said(),
+        }),
+    }
+}
+
+/// Sends `req` and returns the first answer that does not ask to slow down, waiting
+/// out 429s within `budget` as [`json`] describes; the caller reads its status.
+pub async fn answer(
+    req: &Request<'_>,
+    budget: &Budget,
+    quiet: &Quiet,
+) -> Result<crate::http::Answer, ReadError> {
+    let provider = req.provider;
     let origin = origin(&req.url);
     let mut attempt = 1;
     loop {
@@ -186,26 +212,22 @@ pub async fn json(req: &Request<'_>, budget: &Budget, quiet: &Quiet) -> Result<V
                         ReadError::Unanswered(said)
                     }
                 })?;
-        // Scrubbed before it is shortened: a secret cut at the end would not match.
-        let said = || short(&req.scrub(&answer.body));
         let throttled = answer.status == 429
             || req
                 .throttled
                 .is_some_and(|slow_down| slow_down(answer.status, &answer.body));
         match answer.status {
-            200..=299 => {
-                return serde_json::from_str(&answer.body)
-                    .map_err(|_| ReadError::NotJson(provider));
-            }
-            401 | 403 => {
-                return Err(ReadError::Auth {
-                    provider,
-                    status: answer.status,
-                    why: said(),
-                });
-            }
+            200..=299 | 401 | 403 => return Ok(answer),
             _ if throttled => {
-                let wait = retry_after(answer.retry_after.as_deref(), quiet.clock.now());
+                // Datadog sends no `Retry-After`: its 429 says in `X-RateLimit-Reset`
+                // how many seconds until its limit resets (other APIs write an
+                // epoch there, so only Datadog's is read).
+                let asked = answer.retry_after.as_deref().or_else(|| {
+                    (provider == super::datadog::NAME)
+                        .then_some(answer.ratelimit_reset.as_deref())
+                        .flatten()
+                });
+                let wait = retry_after(asked, quiet.clock.now());
                 quiet.hold(&origin, wait, answer.status);
                 if attempt >= ATTEMPTS {
                     return Err(ReadError::RateLimited {
@@ -235,13 +257,7 @@ pub async fn json(req: &Request<'_>, budget: &Budget, quiet: &Quiet) -> Result<V
                 tokio::time::sleep(wait).await;
                 attempt += 1;
             }
-            status => {
-                return Err(ReadError::Status {
-                    provider,
-                    status,
-                    why: said(),
-                });
-            }
+            _ => return Ok(answer),
         }
     }
 }

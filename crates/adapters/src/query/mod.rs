@@ -190,12 +190,24 @@ impl Secret {
         &self.value
     }
 
-    /// `text` with this secret's value replaced by its variable's name.
+    /// `text` with this secret's value replaced by its variable's name: as it is, and
+    /// as JSON writes it in a string (a server echoing a header in its error, a value
+    /// printed back as JSON), with `/` escaped too (as PHP's `json_encode` does).
     pub fn scrub(&self, text: &str) -> String {
         if self.value.is_empty() {
             return text.to_string();
         }
-        text.replace(&self.value, &format!("<${}>", self.var))
+        let escaped = serde_json::to_string(&self.value)
+            .map(|q| q[1..q.len() - 1].to_string())
+            .unwrap_or_default();
+        let mut forms = vec![escaped.replace('/', "\\/"), escaped, self.value.clone()];
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.dedup();
+        let name = format!("<${}>", self.var);
+        forms
+            .iter()
+            .filter(|f| !f.is_empty())
+            .fold(text.to_string(), |t, f| t.replace(f.as_str(), &name))
     }
 }
 
@@ -232,8 +244,12 @@ impl ReadError {
             || matches!(
                 self,
                 ReadError::Refused { .. }
+                    // A success that is not JSON (a UI's page, a login page) and a
+                    // redirect (rampart follows none: it would carry the headers'
+                    // secrets elsewhere) answer every read the same way.
+                    | ReadError::NotJson(_)
                     | ReadError::Status {
-                        status: 400 | 404 | 405 | 422,
+                        status: 300..=399 | 400 | 404 | 405 | 422,
                         ..
                     }
             )
@@ -477,6 +493,7 @@ impl WithQueries {
             let p: Arc<dyn QueryProvider> = match &spec.source {
                 QuerySource::Prometheus => Arc::new(crate::prometheus::Prometheus::new(
                     analysis.prometheus.clone().unwrap_or_default(),
+                    clock.clone(),
                 )),
                 QuerySource::Datadog => Arc::new(datadog::Datadog::new(
                     &analysis.datadog.clone().unwrap_or_default(),

@@ -354,6 +354,7 @@ pub(super) fn decode_value_path(cx: &mut Decoder, n: &Node, p: &str) -> Option<S
 /// with no secret in it.
 pub(super) fn decode_url_template(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
     let url = decode_url(cx, n, p)?;
+    super::values::refuse_userinfo(cx, n, p, &url)?;
     if !env_refs(&url).is_empty() {
         cx.error(
             n.pos,

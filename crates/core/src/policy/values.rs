@@ -117,9 +117,33 @@ pub(super) fn decode_url(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> 
     Some(url.to_string())
 }
 
-/// A server's base URL: [`decode_url`] without a trailing `/`.
+/// A server's base URL: [`decode_url`] without a trailing `/`, and without a user
+/// or password (see [`refuse_userinfo`]).
 pub(super) fn decode_base_url(cx: &mut Decoder, n: &Node, p: &str) -> Option<String> {
-    decode_url(cx, n, p).map(|u| u.trim_end_matches('/').to_string())
+    let url = decode_url(cx, n, p)?;
+    refuse_userinfo(cx, n, p, &url)?;
+    Some(url.trim_end_matches('/').to_string())
+}
+
+/// Refuses a URL that carries a user or password (`https://user:pw@host`): rampart
+/// sends no credentials from a URL (the server refuses every read), and a URL is
+/// shown in errors, logs and gates, where the password would be. The error shows the
+/// URL without them.
+pub(super) fn refuse_userinfo(cx: &mut Decoder, n: &Node, p: &str, url: &str) -> Option<()> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some((_, host)) = rest[..end].rsplit_once('@') else {
+        return Some(());
+    };
+    cx.error(
+        n.pos,
+        p,
+        format!(
+            "`{scheme}://…@{host}{}` carries a user or password: rampart sends no credentials from a URL, and a URL is shown in errors and logs; leave them out (an `http` metric sends them in `headers`, from the environment: `Authorization: \"Basic {{env:STATS_AUTH}}\"`)",
+            &rest[end..]
+        ),
+    );
+    None
 }
 
 pub(super) fn limit(cx: &mut Decoder, m: &MapReader<'_>, key: &str) -> Option<u32> {

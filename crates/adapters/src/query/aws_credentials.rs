@@ -165,8 +165,9 @@ fn profile_section(text: &str, profile: &str) -> Option<Vec<(String, String)>> {
             found |= inside;
             continue;
         }
+        // Key names in any case, as the AWS CLI's parser reads them.
         if inside && let Some((k, v)) = line.split_once('=') {
-            pairs.push((k.trim().to_string(), v.trim().to_string()));
+            pairs.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
     found.then_some(pairs)
@@ -184,6 +185,24 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |var| pairs.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone())
+    }
+
+    /// Review: `AWS_ACCESS_KEY_ID = ...` in the file, which the AWS CLI reads (its
+    /// parser lower-cases key names), was not found.
+    #[test]
+    fn key_names_are_read_in_any_case() {
+        let pairs = profile_section(
+            "[default]\nAWS_Access_Key_ID = AKIDUPPER\nAWS_SECRET_ACCESS_KEY = uppersecret\n",
+            "default",
+        )
+        .unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("aws_access_key_id".to_string(), "AKIDUPPER".to_string()),
+                ("aws_secret_access_key".to_string(), "uppersecret".to_string())
+            ]
+        );
     }
 
     #[test]

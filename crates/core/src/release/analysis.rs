@@ -26,10 +26,24 @@ pub(super) struct Judged {
 fn pooled_threshold(
     m: &MetricSpec,
     t: &Threshold,
-    sample: &IntervalSample,
+    raw: &IntervalSample,
     side: StableSide,
     pool: &mut Option<(IntervalSample, u32)>,
+    baseline: Option<Option<&IntervalSample>>,
 ) -> MetricReading {
+    // While watching, the intervals are pooled as they were read and stable's side
+    // is the baseline, put in once the pool is made: never summed with itself.
+    fn judged<'s>(
+        baseline: Option<Option<&IntervalSample>>,
+        s: &'s IntervalSample,
+    ) -> std::borrow::Cow<'s, IntervalSample> {
+        match baseline {
+            Some(base) => std::borrow::Cow::Owned(against_baseline(base, s)),
+            None => std::borrow::Cow::Borrowed(s),
+        }
+    }
+    let prepared = judged(baseline, raw);
+    let sample: &IntervalSample = &prepared;
     let poolable = m.metric != BuiltinMetric::Query;
     let counts = m.metric == BuiltinMetric::Counts;
     let buckets = reads_buckets(m);
@@ -53,12 +67,12 @@ fn pooled_threshold(
     }
     let (merged, n) = match pool.take() {
         Some((mut p, n)) => {
-            p.merge(sample, &[m.name.as_str()]);
+            p.merge(raw, &[m.name.as_str()]);
             (p, n + 1)
         }
-        None => (sample.clone(), 1),
+        None => (raw.clone(), 1),
     };
-    let mut r = judge::threshold_in(m, t, &merged, side);
+    let mut r = judge::threshold_in(m, t, &judged(baseline, &merged), side);
     // Too few requests, or a latency above a limit by its value alone (more decide).
     let short = r.verdict == Verdict::Inconclusive
         && (r.canary_requests < m.min_samples
@@ -170,6 +184,7 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
     } else {
         StableSide::Serving
     };
+    let raw = sample;
     let judged;
     let sample = if watching {
         judged = against_baseline(b.s.baseline.as_ref(), sample);
@@ -191,13 +206,14 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
     let mut readings: Vec<MetricReading> = Vec::with_capacity(metrics.len());
     for (i, m) in metrics.iter().enumerate() {
         readings.push(match &m.judge {
-            // The baseline is already many intervals: nothing to pool it with.
-            Judge::Threshold(t) if watching => judge::threshold_in(m, t, sample, side),
+            // While watching, the new version's intervals are pooled as in the steps
+            // (a slow version gets few requests), against the baseline as it is.
             Judge::Threshold(t) => {
                 if b.s.pooled.len() != metrics.len() {
                     b.s.pooled = vec![None; metrics.len()];
                 }
-                pooled_threshold(m, t, sample, side, &mut b.s.pooled[i])
+                let baseline = watching.then_some(b.s.baseline.as_ref());
+                pooled_threshold(m, t, raw, side, &mut b.s.pooled[i], baseline)
             }
             Judge::Sequential(seq) => {
                 let history = match m.metric.latency() {
@@ -365,7 +381,7 @@ mod tests {
         };
         let mut pool = None;
         let slow = interval(Some(ms(10, 30)), Some(ms(500, 30)));
-        let r = pooled_threshold(&m, &t, &slow, StableSide::Serving, &mut pool);
+        let r = pooled_threshold(&m, &t, &slow, StableSide::Serving, &mut pool, None);
         assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
         assert!(r.detail.contains("pooling"), "{r:?}");
         // A missing histogram is judged alone (no data) and leaves the pool as it was.
@@ -375,10 +391,11 @@ mod tests {
             &interval(Some(ms(10, 30)), None),
             StableSide::Serving,
             &mut pool,
+            None,
         );
         assert_eq!(r.verdict, Verdict::NoData, "{r:?}");
         assert!(pool.is_some());
-        let r = pooled_threshold(&m, &t, &slow, StableSide::Serving, &mut pool);
+        let r = pooled_threshold(&m, &t, &slow, StableSide::Serving, &mut pool, None);
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         assert_eq!(r.canary_requests, 60);
         assert!(r.detail.contains("2 intervals pooled"), "{r:?}");

@@ -303,6 +303,55 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
                 "rampart knows the service's address only behind the embedded proxy or nginx; give the address to send the load to (`url: http://HOST:PORT`)",
             );
         }
+        // The load speaks plain HTTP: a TLS listener would fail every request in
+        // its handshake, counted nowhere, and the quiet service stays unjudged.
+        let tls = matches!(t, Traffic::Proxy(p) if p.tls.is_some());
+        if load
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+            || (tls && load.url.is_none())
+        {
+            cx.error(
+                at,
+                "analysis.load.url",
+                if tls && load.url.is_none() {
+                    "the built-in load speaks plain HTTP, and the embedded proxy listens with TLS (`traffic.proxy.tls`): every request would fail its handshake; give a plain `http://` address of the service (`url`, counted), or leave `load` out"
+                } else {
+                    "the built-in load speaks plain HTTP; give an `http://` address"
+                },
+            );
+        }
+    }
+    // A plain `query` value has no baseline to compare with once all traffic is on the
+    // new version: one judged by ratio limits alone would be judged by nothing during
+    // the watch, and no interval of it could ever be clean.
+    if let (Some(post), Some(a)) = (&post_release, &analysis)
+        && !post.watch.is_zero()
+    {
+        for (i, metric) in a.metrics.iter().enumerate() {
+            if let Judge::Threshold(t) = &metric.judge
+                && metric.metric == BuiltinMetric::Query
+                && metric.query.as_ref().is_none_or(|q| q.buckets.is_none())
+                && !t.absolute()
+            {
+                let node =
+                    m.get("analysis")
+                        .and_then(|n| n.field("metrics"))
+                        .and_then(|n| match &n.kind {
+                            NodeKind::Seq(items) => items.get(i),
+                            _ => None,
+                        });
+                cx.error(
+                    node.map_or(m.pos(), |n| n.pos_of("judge")),
+                    &format!("analysis.metrics[{i}].judge"),
+                    format!(
+                        "`{}` is a plain query judged against stable's value alone, and during `post_release.watch` no version serves beside the new one: nothing would judge it, and the watch could never end; add an absolute limit (`max` or `min`), read it as counts (`bad`/`good` with `total`), or leave the watch out",
+                        metric.name
+                    ),
+                );
+            }
+        }
     }
     // CloudWatch is read `delay` behind: unless the metrics read as they happen can
     // fail the watch on their own (one critical, or weights reaching `fail_score`), a

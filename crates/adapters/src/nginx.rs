@@ -120,9 +120,18 @@ pub fn render(
         }
         f.push_str("    keepalive 16;\n}\n");
     }
+    if spec.sticky == Sticky::ClientIp {
+        // rampart's own load comes from one address: stuck by it, all of it would
+        // land on one variant. Its requests are spread by their id instead; everyone
+        // else's key is their address, as before.
+        let _ = writeln!(
+            f,
+            "map $http_x_rampart_load $rampart_{id}_load {{\n    \"\" \"\";\n    default $request_id;\n}}"
+        );
+    }
     let key = match &spec.sticky {
         Sticky::None => "$request_id".to_string(),
-        Sticky::ClientIp => "$remote_addr".to_string(),
+        Sticky::ClientIp => format!("$remote_addr$rampart_{id}_load"),
         Sticky::Header(h) => format!("$http_{}", ident(h)),
         Sticky::Cookie(c) => format!("$cookie_{}", ident(c)),
     };

@@ -1143,7 +1143,14 @@ impl Proxy {
         if bp >= 10_000 || routes.stable.is_empty() {
             return Variant::Canary;
         }
-        match sticky_key(&self.inner.sticky, peer, headers) {
+        // rampart's own load comes from one address: stuck by it, all of it would
+        // land on one variant. Spread instead (sticking by an address is no promise
+        // to a client that marks its requests as load).
+        let key = match &self.inner.sticky {
+            Sticky::ClientIp if headers.contains_key(rampart_core::policy::LOAD_HEADER) => None,
+            sticky => sticky_key(sticky, peer, headers),
+        };
+        match key {
             Some(k) => sticky_variant(&routes.salt, &k, bp),
             // No key: spread requests evenly, independently of each other.
             None => {

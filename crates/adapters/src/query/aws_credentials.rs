@@ -200,7 +200,10 @@ mod tests {
             pairs,
             vec![
                 ("aws_access_key_id".to_string(), "AKIDUPPER".to_string()),
-                ("aws_secret_access_key".to_string(), "uppersecret".to_string())
+                (
+                    "aws_secret_access_key".to_string(),
+                    "uppersecret".to_string()
+                )
             ]
         );
     }

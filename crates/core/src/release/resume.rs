@@ -14,15 +14,35 @@ pub(super) fn resume(b: &mut Builder<'_>) {
         return resume_rolling(b);
     }
     let stable = b.s.stable.clone();
-    let ensure_stable = stable.clone().map(|version| Action::Deploy {
+    let mut ensure_stable = stable.clone().map(|version| Action::Deploy {
         variant: Variant::Stable,
         version,
     });
     // A flag release runs no second copy: its canary is the flag-on users.
-    let canary = (!b.policy.strategy.flag_only()).then(|| Action::Deploy {
+    let mut canary = (!b.policy.strategy.flag_only()).then(|| Action::Deploy {
         variant: Variant::Canary,
         version: b.s.version.clone(),
     });
+    // Rolling, once its first replicas were counted (waiting for an approval between
+    // steps, or past the steps): the old replicas were replaced batch by batch, and a
+    // deploy would start a whole set of them again (a second copy of the service,
+    // which rolling exists to avoid). The replica counts the state records are
+    // re-established instead.
+    if b.policy.strategy.rolling().is_some()
+        && matches!(
+            b.s.phase,
+            Phase::AwaitingApproval
+                | Phase::Promoting
+                | Phase::Watching
+                | Phase::Verifying
+                | Phase::KeepingPrevious
+        )
+    {
+        ensure_stable = stable
+            .is_some()
+            .then(|| b.scale(Variant::Stable, b.s.stable_replicas));
+        canary = Some(b.scale(Variant::Canary, b.s.canary_replicas));
+    }
     // The processes and the router may have died with the controller. Re-establish
     // the world this state assumes, with idempotent actions, before going on. No
     // decision is re-made: the chain only repeats what the state already records.

@@ -364,6 +364,16 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
                 format!("could not scale {}: {detail}", variant.as_str()),
             );
         }
+        // A replica count re-established after a restart (rolling).
+        (
+            Phase::AwaitingApproval | Phase::Watching | Phase::Verifying | Phase::KeepingPrevious,
+            Input::Scaled {
+                variant,
+                ok: false,
+                detail,
+                ..
+            },
+        ) => ensured(b, *variant, false, detail),
         (Phase::RollingBack, Input::Scaled { ok, detail, .. }) => {
             if *ok {
                 b.event(

@@ -654,7 +654,16 @@ impl Controller {
     }
 
     /// Applies one input: step, persist, observe, notify.
-    async fn feed(&self, run: &mut Run, input: Input) -> Result<(), ControllerError> {
+    async fn feed(&self, run: &mut Run, mut input: Input) -> Result<(), ControllerError> {
+        // A promotion is judged on the operator's freeze in force when it is taken,
+        // not only when it was asked for: a freeze may have begun while it waited.
+        if let Input::Promote { frozen, .. } = &mut input {
+            *frozen = match self.ports.store.freeze(&self.policy.service).await {
+                Ok(f) => f.map(|f| format!("by {}: {}", f.actor, f.reason)),
+                // Whether a freeze is in force cannot be told: refused, never guessed.
+                Err(e) => Some(format!("the freeze could not be read: {}", e.0)),
+            };
+        }
         let now = self.ports.clock.now();
         let t = step(&self.policy, &run.state, &input, now);
         if t.is_noop(&run.state) {

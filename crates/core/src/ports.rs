@@ -355,6 +355,7 @@ impl CommandKind {
             CommandKind::Promote => Input::Promote {
                 actor,
                 reason: command.reason.clone(),
+                frozen: None,
             },
         }
     }

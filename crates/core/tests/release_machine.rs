@@ -819,6 +819,7 @@ fn input_for(state: &Release, c: &Choice) -> Option<Input> {
         (Choice::Operator(_), _) => Input::Promote {
             actor: "bob".into(),
             reason: "confident".into(),
+            frozen: None,
         },
         (Choice::Stale, _) => Input::Stopped {
             variant: Variant::Canary,
@@ -2213,6 +2214,7 @@ fn an_operator_promotion_skips_the_remaining_steps_but_not_four_eyes() {
     let promote = |by: &str| Input::Promote {
         actor: by.into(),
         reason: "hotfix verified".into(),
+        frozen: None,
     };
     // Paused at the approval point, an approval is refused until it is resumed.
     let pause = Input::Pause {

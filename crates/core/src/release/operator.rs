@@ -108,7 +108,7 @@ pub(super) fn unpause(b: &mut Builder<'_>, actor: &str) {
 }
 
 /// A human's promotion: straight to 100 %, as if every remaining step had passed.
-pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str) {
+pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str, frozen: Option<&str>) {
     let refuse = |b: &mut Builder<'_>, why: String| {
         b.event("promote_refused", actor, why);
     };
@@ -140,6 +140,14 @@ pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str) {
         return refuse(
             b,
             format!("it is {why}: nothing goes to 100 % during a freeze"),
+        );
+    }
+    if let Some(freeze) = frozen {
+        return refuse(
+            b,
+            format!(
+                "the service is frozen ({freeze}): nothing is promoted during a freeze; ask again once it is lifted"
+            ),
         );
     }
     b.event(

@@ -331,6 +331,11 @@ pub enum Input {
         actor: String,
         /// Why.
         reason: String,
+        /// The operator's freeze of the service in force when the promotion was taken
+        /// (who and why), which the controller reads from the store then: a promotion
+        /// asked before a freeze began is refused once it is in force.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frozen: Option<String>,
     },
     /// Answer to [`SilenceOp::Hold`]: the release's alerts are silenced.
     Silenced {

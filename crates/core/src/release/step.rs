@@ -161,7 +161,11 @@ fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
         Input::Approved { by, asked_at } => approved(b, by, *asked_at),
         Input::Pause { actor, reason } => pause(b, actor, reason),
         Input::Unpause { actor } => unpause(b, actor),
-        Input::Promote { actor, reason } => promote(b, actor, reason),
+        Input::Promote {
+            actor,
+            reason,
+            frozen,
+        } => promote(b, actor, reason, frozen.as_deref()),
         Input::Tick => tick(b),
         // Handled before any phase sees it.
         Input::RulesChanged { .. } => {}

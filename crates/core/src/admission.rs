@@ -225,7 +225,7 @@ pub fn admit_command(
         return Err(CommandRefusal::Over(outcome));
     }
     if matches!(kind, CommandKind::Approve | CommandKind::Promote)
-        && (actor.is_empty() || actor == facts.initiator)
+        && crate::release::same_person_or_nobody(actor, facts.initiator)
     {
         return Err(CommandRefusal::FourEyes);
     }

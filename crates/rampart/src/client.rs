@@ -186,6 +186,7 @@ impl Backend {
                     .await
                     .map_err(|e| Failure::new("internal", e))?;
                 let actor = actor.map_or_else(cli_actor, str::to_string);
+                check_actor(&actor)?;
                 Ok(Backend::Local {
                     store,
                     actor,
@@ -494,9 +495,9 @@ pub fn print_list(list: &[ReleaseView], now: Millis) {
         .iter()
         .map(|r| {
             [
-                r.id.clone(),
-                r.service.clone(),
-                r.version.clone(),
+                printable(&r.id).into_owned(),
+                printable(&r.service).into_owned(),
+                printable(&r.version).into_owned(),
                 match &r.paused_by {
                     Some(_) => format!("{} (paused)", r.phase),
                     None => r.phase.clone(),
@@ -536,12 +537,12 @@ pub fn print_list(list: &[ReleaseView], now: Millis) {
 
 /// One release, for people; its age is counted to `now`.
 pub fn print_release(r: &ReleaseView, now: Millis) {
-    println!("release:   {}", r.id);
+    println!("release:   {}", printable(&r.id));
     println!(
         "service:   {} {} (stable: {})",
-        r.service,
-        r.version,
-        r.stable.as_deref().unwrap_or("none")
+        printable(&r.service),
+        printable(&r.version),
+        printable(r.stable.as_deref().unwrap_or("none"))
     );
     let step = if r.step > 0 {
         format!(", step {}/{}", r.step, r.steps)
@@ -551,24 +552,48 @@ pub fn print_release(r: &ReleaseView, now: Millis) {
     println!("phase:     {}{step}, canary weight {}%", r.phase, r.weight);
     println!(
         "started:   by {}, {} ago",
-        r.initiator,
+        printable(&r.initiator),
         age(now.saturating_sub(r.created_at))
     );
     if let Some(by) = &r.paused_by {
-        println!("paused:    by {by}");
+        println!("paused:    by {}", printable(by));
     }
     if let Some(ask) = &r.awaiting_approval {
-        println!("waiting:   {}", with_command(ask, r.instead.as_ref()));
+        println!(
+            "waiting:   {}",
+            printable(&with_command(ask, r.instead.as_ref()))
+        );
     }
     if let Some(v) = &r.last_verdict {
         println!("analysis:  {} interval(s), last verdict {v}", r.intervals);
     }
     if let Some(d) = &r.decision {
-        println!("decision:  {:?} by {}: {}", d.kind, d.by, d.reason);
+        println!(
+            "decision:  {:?} by {}: {}",
+            d.kind,
+            printable(&d.by),
+            printable(&d.reason)
+        );
     }
     if let Some(o) = &r.outcome {
         println!("outcome:   {o}");
     }
+}
+
+/// Refuses a name to act as (`--as`) that is blank, or has surrounding whitespace or
+/// a control character: `" alice"` would be someone other than `alice` to four eyes,
+/// and a line break in a name forges lines in what people read.
+fn check_actor(actor: &str) -> Result<()> {
+    if actor.trim().is_empty() || actor.trim() != actor || actor.chars().any(char::is_control) {
+        return Err(Failure::new(
+            "usage",
+            format!(
+                "`--as {}` is not a name to act as: give a name without surrounding spaces or control characters",
+                printable(actor)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Events, one per line.
@@ -577,12 +602,33 @@ pub fn print_events(events: &[EventView]) {
         println!(
             "{:>8.1}s  {:<22} {:>6}  {}  ({})",
             e.event.t_s,
-            e.event.kind,
+            printable(&e.event.kind),
             e.event.weight.to_string(),
-            with_command(&e.event.message, e.event.instead.as_ref()),
-            e.event.actor
+            printable(&with_command(&e.event.message, e.event.instead.as_ref())),
+            printable(&e.event.actor)
         );
     }
+}
+
+/// `text` for a terminal: its control characters (a line break, a carriage return,
+/// an escape sequence that rewrites the screen) written as escapes (`\n`, `\u{1b}`).
+/// Reasons and names come from whoever asked (an agent, a CI token): printed as they
+/// are, one could forge an event line or retitle the reader's terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Prints `value` as JSON or with `text`, and returns 0.

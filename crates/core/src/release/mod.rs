@@ -39,6 +39,7 @@ pub use model::{
     AuditEvent, Decision, DecisionKind, OutcomeKind, Phase, PreApproval, Release, SilenceHold,
     Transition,
 };
+pub use operator::same_person_or_nobody;
 pub use protocol::{
     Action, CheckStage, Effect, GateResult, Input, MeasureWindow, SilenceOp, Variant,
 };

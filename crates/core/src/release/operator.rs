@@ -107,6 +107,13 @@ pub(super) fn unpause(b: &mut Builder<'_>, actor: &str) {
     );
 }
 
+/// Whether `actor` is the release's `initiator` (spelled with surrounding whitespace
+/// or not) or nobody: four eyes refuses them an approval or a promotion.
+pub fn same_person_or_nobody(actor: &str, initiator: &str) -> bool {
+    let actor = actor.trim();
+    actor.is_empty() || actor == initiator.trim()
+}
+
 /// A human's promotion: straight to 100 %, as if every remaining step had passed.
 pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str, frozen: Option<&str>) {
     let refuse = |b: &mut Builder<'_>, why: String| {
@@ -128,7 +135,7 @@ pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str, frozen: Op
             "a rolling release replaces its batches in order and cannot skip them".into(),
         );
     }
-    if actor.is_empty() || actor == b.s.initiator {
+    if same_person_or_nobody(actor, &b.s.initiator) {
         return refuse(
             b,
             "the initiator cannot promote their own release (four eyes)".into(),
@@ -202,7 +209,7 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
         );
         return;
     }
-    if by.is_empty() || by == b.s.initiator {
+    if same_person_or_nobody(by, &b.s.initiator) {
         b.event(
             "approval_refused",
             by,

@@ -23,11 +23,17 @@ impl StateStore {
         let scope = scope.unwrap_or("*");
         let mut tx = self.chained().await?;
         if freeze {
-            tx.execute(
-                "INSERT INTO freezes (scope, actor, reason, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(scope) DO UPDATE SET actor = excluded.actor, reason = excluded.reason, at = excluded.at",
-                args![scope, &by.actor, &by.reason, by.at],
-            )
-            .await?;
+            // A freeze in force stays as it was: who froze and why is what decides
+            // when to lift it, and nobody (an agent's routine freeze) rewrites it.
+            let n = tx
+                .execute(
+                    "INSERT INTO freezes (scope, actor, reason, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(scope) DO NOTHING",
+                    args![scope, &by.actor, &by.reason, by.at],
+                )
+                .await?;
+            if n == 0 {
+                return Ok(());
+            }
         } else {
             tx.execute("DELETE FROM freezes WHERE scope = ?1", args![scope])
                 .await?;

@@ -316,6 +316,10 @@ impl Store for MemoryStore {
         self.port(move |s| {
             let scope = scope.unwrap_or("*");
             if freeze {
+                // A freeze in force stays as it was (see `StateStore::change_freeze`).
+                if s.freezes.contains_key(scope) {
+                    return Ok(());
+                }
                 s.freezes.insert(scope.to_string(), by.clone());
             } else {
                 s.freezes.remove(scope);

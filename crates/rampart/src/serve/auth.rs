@@ -208,6 +208,37 @@ fn presented(parts: &Parts) -> Option<(String, bool)> {
         .map(|(_, v)| (v.to_string(), true))
 }
 
+/// The token a request presented, kept for a long-lived answer (the live feed) to ask
+/// again whether it still holds: a revoked token's stream ends. Its `Debug` shows no
+/// secret.
+pub struct Credential(String);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(redacted)")
+    }
+}
+
+impl Credential {
+    /// Whether the token is still known, not revoked, and its role still has `right`.
+    pub async fn still_allows(&self, app: &App, right: Right) -> bool {
+        matches!(
+            app.store.token(&self.0).await,
+            Ok(Some((_, role))) if Role::parse(&role).is_some_and(|r| r.allows(right))
+        )
+    }
+}
+
+impl FromRequestParts<App> for Credential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &App) -> Result<Self, Self::Rejection> {
+        presented(parts)
+            .map(|(token, _)| Credential(token))
+            .ok_or_else(|| ApiError::unauthorized("no token"))
+    }
+}
+
 impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 

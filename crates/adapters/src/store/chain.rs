@@ -189,6 +189,42 @@ pub(crate) fn request_for(input_type: &str) -> Option<&'static str> {
     }
 }
 
+/// Forced rollbacks asked for (`request:rollback` with `force`) and applied
+/// (`input:abort` with `force`), by release and actor: a rollback applied with force
+/// that nobody asked for with force (the flag flipped in the queued row) goes past the
+/// migration guard, a deployer's right, without trace but here.
+#[derive(Default)]
+pub(crate) struct Forced(std::collections::HashMap<(String, String), u32>);
+
+impl Forced {
+    /// Notes chain record `id` (`action` on `release` by `actor`, with `body`); says
+    /// in `problems` when it applies a forced rollback nobody asked for.
+    pub(crate) fn note(
+        &mut self,
+        record: (i64, &str, &str, &str),
+        body: &str,
+        problems: &mut Vec<String>,
+    ) {
+        let (id, action, release, actor) = record;
+        let key = (release.to_string(), actor.to_string());
+        let forced = |json: &str| {
+            serde_json::from_str::<serde_json::Value>(json)
+                .is_ok_and(|v| v["force"] == serde_json::Value::Bool(true))
+        };
+        match action {
+            "request:rollback" if forced(body) => *self.0.entry(key).or_default() += 1,
+            // The input's JSON is the body's second line (see `input_body`).
+            "input:abort" if body.lines().nth(1).is_some_and(forced) => match self.0.get_mut(&key) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => problems.push(format!(
+                    "record {id}: release {release} applies a forced rollback by {actor} that nobody asked for with force"
+                )),
+            },
+            _ => {}
+        }
+    }
+}
+
 /// Who an input came from, for the chain.
 pub(crate) fn input_actor(entry: &StoredInput) -> String {
     use rampart_core::release::Input;
@@ -468,10 +504,14 @@ impl StateStore {
         let mut submitted = std::collections::HashMap::new();
         let mut frozen: std::collections::HashMap<String, Option<(String, String)>> =
             std::collections::HashMap::new();
+        let mut forced = Forced::default();
         let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
         for r in &records {
             r.link_problems(&prev, &mut problems);
             prev = r.hash.clone();
+            if let Some(rel) = &r.release_id {
+                forced.note((r.id, &r.action, rel, &r.actor), &r.body, &mut problems);
+            }
             match r.action.as_str() {
                 "chain_started" => before = Before::from_body(&r.body),
                 a if a.starts_with("input:") => {
@@ -703,10 +743,14 @@ impl StateStore {
                     && v["version"] == s.version.as_str()
                     && v["service"] == s.service.as_str()
                     && v["policy_sha256"] == sha256_hex(&s.policy).as_str()
+                    && v["stable"] == serde_json::json!(s.stable)
+                    && v["hotfix"] == serde_json::json!(s.hotfix)
+                    // Recorded since the directory was: older records have none.
+                    && v.get("workdir").is_none_or(|w| *w == s.workdir.as_str())
             });
             if !ok {
                 problems.push(format!(
-                    "submission {}: differs from what the chain recorded (initiator, version or policy)",
+                    "submission {}: differs from what the chain recorded (initiator, version, stable, hotfix, policy or directory)",
                     s.id
                 ));
             }

@@ -18,7 +18,7 @@ use rampart_core::ports::{
 };
 use rampart_core::release::OutcomeKind;
 
-use super::chain::{Head, genesis, input_actor, input_body, request_for};
+use super::chain::{Forced, Head, genesis, input_actor, input_body, request_for};
 use super::error::StoreError;
 use super::plane::{AuditChain, Listing, LogEntry, Submissions, Tokens};
 use super::tokens::random_hex;
@@ -542,9 +542,13 @@ impl AuditChain for MemoryStore {
             let mut prev = genesis().1;
             let mut logged = BTreeMap::new();
             let mut asked: BTreeMap<(String, String, String), u32> = BTreeMap::new();
+            let mut forced = Forced::default();
             for r in &s.chain {
                 r.link_problems(&prev, &mut problems);
                 prev = r.hash.clone();
+                if let Some(rel) = &r.release_id {
+                    forced.note((r.id, &r.action, rel, &r.actor), &r.body, &mut problems);
+                }
                 if let Some(kind) = r.action.strip_prefix("request:")
                     && let Some(rel) = &r.release_id
                 {
@@ -617,6 +621,7 @@ impl Submissions for MemoryStore {
                 "stable": sub.stable,
                 "hotfix": sub.hotfix,
                 "policy_sha256": sha256_hex(&sub.policy),
+                "workdir": sub.workdir,
             })
             .to_string();
             s.chain(

@@ -85,6 +85,7 @@ impl StateStore {
             "stable": s.stable,
             "hotfix": s.hotfix,
             "policy_sha256": sha256_hex(&s.policy),
+            "workdir": s.workdir,
         })
         .to_string();
         chain(

@@ -1213,7 +1213,7 @@ impl Proxy {
         let uncounted = !routes.uncounted.is_empty()
             && headers
                 .get(&load)
-                .is_some_and(|v| v.as_bytes() == routes.uncounted.as_bytes());
+                .is_some_and(|v| admin::same(v.as_bytes(), routes.uncounted.as_bytes()));
         if uncounted {
             headers.insert(load, HeaderValue::from_static("1"));
         } else if !routes.uncounted.is_empty() {

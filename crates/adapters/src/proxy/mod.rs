@@ -1344,8 +1344,10 @@ impl Proxy {
         // An HTTP/1.1 client names its `TE` in `Connection` (RFC 9110 10.1.4), so it
         // is this hop's; but a gRPC server over h2c wants `te: trailers` to take the
         // call, and the proxy, which relays trailers, asks it in its own name.
+        // Only a `Connection` field can name it (HTTP/2 has none: a gRPC call over it
+        // pays one lookup).
         let trailers = self.inner.upstream.protocol() == UpstreamProtocol::H2c
-            && named_any(req.headers(), &[hyper::header::TE])
+            && req.headers().contains_key(hyper::header::CONNECTION)
             && exchange::asks_trailers(req.headers());
         strip_hop_by_hop(req.headers_mut());
         if trailers && !req.headers().contains_key(hyper::header::TE) {

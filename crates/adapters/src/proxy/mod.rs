@@ -1275,7 +1275,10 @@ impl Proxy {
         }
         // And one whose `Host` is no host (RFC 9112 3.2): a space, a `/` or an `@`
         // in it is read otherwise by the version, its logs and the links it builds.
-        if let Some(host) = req.headers().get(hyper::header::HOST)
+        // An HTTP/2 request's `:authority` (a valid URI authority) replaces any
+        // `host` field below: nothing to look up then.
+        if !(http2 && req.uri().authority().is_some())
+            && let Some(host) = req.headers().get(hyper::header::HOST)
             && !valid_host(host.as_bytes())
         {
             return plain(StatusCode::BAD_REQUEST, "rampart: invalid Host field\n");
@@ -1344,9 +1347,10 @@ impl Proxy {
         // An HTTP/1.1 client names its `TE` in `Connection` (RFC 9110 10.1.4), so it
         // is this hop's; but a gRPC server over h2c wants `te: trailers` to take the
         // call, and the proxy, which relays trailers, asks it in its own name.
-        // Only a `Connection` field can name it (HTTP/2 has none: a gRPC call over it
-        // pays one lookup).
-        let trailers = self.inner.upstream.protocol() == UpstreamProtocol::H2c
+        // Only a `Connection` field can name it, which HTTP/2 has none of: a gRPC
+        // call over it looks nothing up.
+        let trailers = !http2
+            && self.inner.upstream.protocol() == UpstreamProtocol::H2c
             && req.headers().contains_key(hyper::header::CONNECTION)
             && exchange::asks_trailers(req.headers());
         strip_hop_by_hop(req.headers_mut());

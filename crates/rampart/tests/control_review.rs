@@ -17,7 +17,7 @@ use rampart_core::ports::{CommandKind, OperatorCommand, ReleaseRecord, Store, St
 use rampart_core::release::{Input, Release, step};
 use serde_json::{Value, json};
 
-use common::serve::call;
+use common::serve::{call, in_memory_api};
 
 /// A policy whose release, started at midnight UTC, waits outside its one-hour window
 /// for a human's approval (phase `awaiting_approval`): nothing runs, nothing listens.
@@ -85,44 +85,6 @@ async fn waiting_release<S: Store + ?Sized>(store: &S, id: &str, initiator: &str
     feed(store, id, start, 0).await;
     let (_, log) = store.load(id).await.unwrap();
     assert_eq!(replay(&log).phase.as_str(), "awaiting_approval");
-}
-
-/// The API's router over the in-memory store, served on a thread of its own on a free
-/// loopback port: its URL, its port, the store, and the live feed's sender.
-fn in_memory_api() -> (
-    String,
-    u16,
-    Arc<MemoryStore>,
-    tokio::sync::broadcast::Sender<Arc<String>>,
-) {
-    let store = Arc::new(MemoryStore::new());
-    let feed = tokio::sync::broadcast::channel(16).0;
-    let app = rampart::serve::App {
-        store: store.clone(),
-        clock: Arc::new(rampart_adapters::clock::TokioClock::starting_at(
-            1_700_000_000_000,
-        )),
-        submitted: Arc::new(tokio::sync::Notify::new()),
-        feed: feed.clone(),
-        workdir: std::env::temp_dir(),
-    };
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, rampart::serve::router(app))
-                .await
-                .unwrap();
-        });
-    });
-    (format!("http://127.0.0.1:{port}"), port, store, feed)
 }
 
 fn token(store: &MemoryStore, role: &str, name: &str) -> String {

@@ -178,48 +178,10 @@ fn every_route_enforces_its_roles_and_answers_401_without_a_valid_token() {
     every_route_enforces_its_roles(&server.url, server.port, &tokens);
 }
 
-/// The API's router over the in-memory store, served in this process (on a thread of
-/// its own) on a free loopback port; returns its URL, its port and the store.
-fn in_memory_api() -> (
-    String,
-    u16,
-    std::sync::Arc<rampart_adapters::store::memory::MemoryStore>,
-) {
-    use std::sync::Arc;
-    let store = Arc::new(rampart_adapters::store::memory::MemoryStore::new());
-    let app = rampart::serve::App {
-        store: store.clone(),
-        // A fixed origin: nothing here depends on the calendar.
-        clock: Arc::new(rampart_adapters::clock::TokioClock::starting_at(
-            1_700_000_000_000,
-        )),
-        submitted: Arc::new(tokio::sync::Notify::new()),
-        feed: tokio::sync::broadcast::channel(16).0,
-        workdir: std::env::temp_dir(),
-    };
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, rampart::serve::router(app))
-                .await
-                .unwrap();
-        });
-    });
-    (format!("http://127.0.0.1:{port}"), port, store)
-}
-
 #[test]
 fn every_route_enforces_its_roles_on_the_in_memory_store() {
     use rampart_adapters::store::Tokens;
-    let (url, port, store) = in_memory_api();
+    let (url, port, store, _) = common::serve::in_memory_api();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

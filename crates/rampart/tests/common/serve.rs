@@ -255,3 +255,44 @@ pub fn submit(server: &Server, token: &str, policy: &str) -> String {
     assert_eq!(status, 201, "{v}");
     v["id"].as_str().unwrap().to_string()
 }
+
+/// The API's router over the in-memory store, served in this process (on a thread of
+/// its own) on a free loopback port: its URL, its port, the store, and the live feed's
+/// sender (what the server's follower publishes on).
+pub fn in_memory_api() -> (
+    String,
+    u16,
+    std::sync::Arc<rampart_adapters::store::memory::MemoryStore>,
+    tokio::sync::broadcast::Sender<std::sync::Arc<String>>,
+) {
+    use std::sync::Arc;
+    let store = Arc::new(rampart_adapters::store::memory::MemoryStore::new());
+    let feed = tokio::sync::broadcast::channel(16).0;
+    let app = rampart::serve::App {
+        store: store.clone(),
+        // A fixed origin: nothing here depends on the calendar.
+        clock: Arc::new(rampart_adapters::clock::TokioClock::starting_at(
+            1_700_000_000_000,
+        )),
+        submitted: Arc::new(tokio::sync::Notify::new()),
+        feed: feed.clone(),
+        workdir: std::env::temp_dir(),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, rampart::serve::router(app))
+                .await
+                .unwrap();
+        });
+    });
+    (format!("http://127.0.0.1:{port}"), port, store, feed)
+}

@@ -108,7 +108,8 @@ pub enum PrometheusError {
     },
 }
 
-/// How long one query may take.
+/// How long the pre-release check's query may take (readings go through `fetch`, with
+/// every provider's timeout, within the analysis interval).
 const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Prometheus {

@@ -840,18 +840,18 @@ fn sequential_on(
     let (c, s) = (&sample.canary, &sample.stable);
     r.log_evidence = Some(evidence.process.log_e());
     // A counts metric's totals are its own requests, read beside its events.
-    let counts = (spec.metric == BuiltinMetric::Counts).then(|| {
-        let q = sample.queries.iter().find(|q| q.name == spec.name);
+    let is_counts = spec.metric == BuiltinMetric::Counts;
+    let q = sample
+        .queries
+        .iter()
+        .find(|q| is_counts && q.name == spec.name);
+    let counts = is_counts.then(|| {
         let (stable_n, canary_n, why) = counted(spec, sample);
         let stable_e = events_within(q.and_then(|q| q.stable), stable_n);
         let canary_e = events_within(q.and_then(|q| q.canary), canary_n);
         (stable_n, canary_n, stable_e, canary_e, why)
     });
-    let over = sample
-        .queries
-        .iter()
-        .find(|q| q.name == spec.name && spec.metric == BuiltinMetric::Counts)
-        .and_then(over_total);
+    let over = q.and_then(over_total);
     let canary_n = match &counts {
         Some((_, n, ..)) => n.unwrap_or(0),
         None => c.requests,

@@ -34,6 +34,27 @@ fn nginx() -> (common::servers::Nginx, NginxSpec) {
     (n, spec)
 }
 
+/// A router for `spec` with a stable and a canary backend (each answering its name)
+/// behind it, and the request log it sends to (kept while the router is used).
+async fn split(spec: &NginxSpec) -> (NginxRouter, rampart_adapters::accesslog::AccessLog) {
+    let log = common::request_log("shop").await;
+    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
+    let hold = Arc::new(Notify::new());
+    let (stable, canary) = (
+        backend("stable", hold.clone()).await,
+        backend("canary", hold.clone()).await,
+    );
+    router
+        .set_backends(Variant::Stable, &[stable])
+        .await
+        .unwrap();
+    router
+        .set_backends(Variant::Canary, &[canary])
+        .await
+        .unwrap();
+    (router, log)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_split_is_validated_reloaded_and_live_real_nginx() {
     let (_n, spec) = nginx();
@@ -157,21 +178,7 @@ async fn a_refused_configuration_leaves_the_old_one_serving_real_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_lowers_the_weight_even_when_the_new_file_is_refused_real_nginx() {
     let (n, spec) = nginx();
-    let log = common::request_log("shop").await;
-    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
-    let hold = Arc::new(Notify::new());
-    let (stable, canary) = (
-        backend("stable", hold.clone()).await,
-        backend("canary", hold.clone()).await,
-    );
-    router
-        .set_backends(Variant::Stable, &[stable])
-        .await
-        .unwrap();
-    router
-        .set_backends(Variant::Canary, &[canary])
-        .await
-        .unwrap();
+    let (router, _log) = split(&spec).await;
     let half = Weight::from_percent(50).unwrap();
     router.set_weight(half, &[]).await.unwrap();
     until("the canary's share", async || {
@@ -351,21 +358,7 @@ async fn keep_alive_get(
 async fn flipping_the_weight_under_keep_alive_load_fails_no_request_real_nginx() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (_n, spec) = nginx();
-    let log = common::request_log("shop").await;
-    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
-    let hold = Arc::new(Notify::new());
-    let (stable, canary) = (
-        backend("stable", hold.clone()).await,
-        backend("canary", hold.clone()).await,
-    );
-    router
-        .set_backends(Variant::Stable, &[stable])
-        .await
-        .unwrap();
-    router
-        .set_backends(Variant::Canary, &[canary])
-        .await
-        .unwrap();
+    let (router, log) = split(&spec).await;
     let addr = spec.listen;
     until("the service", async || listening(addr).await).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -481,21 +474,7 @@ async fn a_canary_that_lost_its_share_drains_its_requests_in_flight_real_nginx()
 async fn rampart_load_is_spread_under_client_ip_stickiness_real_nginx() {
     let (_n, mut spec) = nginx();
     spec.sticky = Sticky::ClientIp;
-    let log = common::request_log("shop").await;
-    let router = NginxRouter::new(spec.clone(), "shop", log.local_addr());
-    let hold = Arc::new(Notify::new());
-    let (stable, canary) = (
-        backend("stable", hold.clone()).await,
-        backend("canary", hold.clone()).await,
-    );
-    router
-        .set_backends(Variant::Stable, &[stable])
-        .await
-        .unwrap();
-    router
-        .set_backends(Variant::Canary, &[canary])
-        .await
-        .unwrap();
+    let (router, _log) = split(&spec).await;
     let half = Weight::from_percent(50).unwrap();
     assert_eq!(router.set_weight(half, &[]).await.unwrap(), half);
     let addr = spec.listen;

@@ -725,20 +725,12 @@ impl rampart_controller::Observer for Asked {
 /// ten minutes of healthy traffic and passed that window; it is caught in its own.
 #[tokio::test(start_paused = true)]
 async fn the_first_window_after_an_approval_counts_none_of_the_wait() {
-    const APPROVED: &str = r#"
-service: shop
-deploy: {process: {command: ["./shop", "{port}"]}}
-traffic: {proxy: {listen: "127.0.0.1:1"}}
-strategy:
-  canary:
-    steps: [{weight: 10, bake: 1m}, {approval: releaser}, {weight: 50, bake: 5m}]
-analysis:
-  interval: 30s
-  min_samples: 10
-  metrics:
-    - metric: error_rate
-      judge: {max: 5%}
-"#;
+    // The usual policy with an approval point between its steps.
+    let approved = POLICY.replace(
+        "steps: [{weight: 10, bake: 5m}, {weight: 50, bake: 5m}]",
+        "steps: [{weight: 10, bake: 1m}, {approval: releaser}, {weight: 50, bake: 5m}]",
+    );
+    assert_ne!(approved, POLICY);
     let world = FakeWorld::new();
     let store = Arc::new(StateStore::in_memory().await.unwrap());
     let clock = Arc::new(TokioClock::starting_at(1_000_000));
@@ -749,12 +741,12 @@ analysis:
     ));
     let (asked, mut waiting) = tokio::sync::watch::channel(false);
     let c = Controller::new(
-        Policy::from_yaml(APPROVED).unwrap(),
+        Policy::from_yaml(&approved).unwrap(),
         ports,
         Arc::new(Asked(asked)),
     )
     .with_initiator("alice");
-    c.create("r1", "v2", APPROVED).await.unwrap();
+    c.create("r1", "v2", &approved).await.unwrap();
     // Every second, 100 requests on each side; from 50 % on, a fifth of the canary's fail.
     let traffic = {
         let (world, counted) = (world.clone(), counted.clone());

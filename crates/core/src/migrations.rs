@@ -19,10 +19,12 @@ use std::collections::HashSet;
 use std::fmt;
 
 use sqlparser::ast::{
-    AlterColumnOperation, AlterTableOperation, ColumnOption, ObjectType, Statement, TableConstraint,
+    AlterColumnOperation, AlterTableOperation, ColumnOption, Expr, Insert, ObjectName,
+    ObjectNamePart, ObjectType, OnConflict, OnConflictAction, OnInsert, Query, SetExpr, Statement,
+    TableConstraint, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 /// How a migration affects the code that is running.
@@ -103,9 +105,11 @@ rules! {
     RENAME_COLUMN = "rename-column", Some(Class::Contract), "A column renamed: old code still uses the old name.";
     RENAME_TABLE = "rename-table", Some(Class::Contract), "A table renamed: old code still uses the old name.";
     DROP_VIEW = "drop-view", Some(Class::Contract), "A view or function dropped: old code that uses it fails.";
+    REPLACE_VIEW = "replace-view", Some(Class::Contract), "A view or function replaced (OR REPLACE): old code that uses it gets the new definition.";
     UNRECOGNISED = "unrecognised-statement", Some(Class::Contract), "A statement rampart does not classify: treated as breaking until a reviewer marks it safe.";
     DROP_COLUMN = "drop-column", Some(Class::Irreversible), "A column dropped: its data is gone, and old code that reads it fails.";
     DROP_TABLE = "drop-table", Some(Class::Irreversible), "A table (or schema, or database) dropped: its data is gone.";
+    DROP_CASCADE = "drop-type-cascade", Some(Class::Irreversible), "A type dropped with CASCADE: every column of that type goes with it, and its data.";
     TRUNCATE = "truncate", Some(Class::Irreversible), "A table emptied: its data is gone.";
     DELETE_ROWS = "delete-rows", Some(Class::Irreversible), "Rows deleted: their data is gone.";
     UPDATE_ROWS = "update-rows", Some(Class::Irreversible), "Rows overwritten: the old values are gone (mark backfills of new columns safe).";
@@ -166,31 +170,57 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
         words: Vec<String>,
     }
     let mut chunks: Vec<Chunk> = Vec::new();
-    let mut comments: Vec<String> = Vec::new();
+    // Comments between two statements, with their first and last lines; one on the
+    // line of the `;` before them is about that statement, and is not kept.
+    let mut comments: Vec<Comment> = Vec::new();
+    let mut ended_on = 0;
     let mut current: Option<Chunk> = None;
     for t in &tokens {
+        let start = t.span.start.line;
         match &t.token {
             Token::Whitespace(Whitespace::SingleLineComment { comment, .. })
                 if current.is_none() =>
             {
-                comments.push(comment.trim().to_string());
+                if start != ended_on {
+                    comments.push(Comment {
+                        first: start,
+                        last: start,
+                        text: comment.trim().to_string(),
+                    });
+                }
             }
             Token::Whitespace(Whitespace::MultiLineComment(c)) if current.is_none() => {
-                comments.push(c.trim().to_string());
+                if start != ended_on {
+                    comments.push(Comment {
+                        first: start,
+                        last: t.span.end.line,
+                        text: c.trim().to_string(),
+                    });
+                }
             }
             Token::Whitespace(_) if current.is_none() => {}
             Token::SemiColon => {
                 chunks.extend(current.take());
                 comments.clear();
+                ended_on = start;
             }
             token => {
                 let chunk = current.get_or_insert_with(|| Chunk {
-                    line: t.span.start.line,
-                    notes: std::mem::take(&mut comments),
+                    line: start,
+                    notes: just_above(std::mem::take(&mut comments), start),
                     text: String::new(),
                     words: Vec::new(),
                 });
-                chunk.text.push_str(&token.to_string());
+                match token {
+                    // Written as it was: its newline is a token of its own (the
+                    // comment's `Display` adds one more, and every later line would
+                    // be off by one).
+                    Token::Whitespace(Whitespace::SingleLineComment { prefix, comment }) => {
+                        chunk.text.push_str(prefix);
+                        chunk.text.push_str(comment);
+                    }
+                    token => chunk.text.push_str(&token.to_string()),
+                }
                 if let Token::Word(w) = token {
                     chunk.words.push(w.value.to_ascii_uppercase());
                 }
@@ -204,7 +234,7 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
     for c in &chunks {
         match Parser::new(&dialect)
             .try_with_sql(&c.text)
-            .and_then(|mut p| p.parse_statement())
+            .and_then(|mut p| whole_statement(&mut p))
         {
             Ok(stmt) => statements.push(Parsed::Statement(Box::new(stmt))),
             Err(e) => match recognise(&c.words) {
@@ -242,10 +272,7 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
             }
         };
         let class = f.class();
-        let safe = notes.iter().rev().find_map(|n| {
-            n.strip_prefix(SAFE_ANNOTATION)
-                .map(|r| r.trim().trim_start_matches(':').trim().to_string())
-        });
+        let safe = notes.iter().rev().find_map(|n| annotation_reason(n));
         let first: String = text
             .trim()
             .lines()
@@ -270,6 +297,54 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
     Ok(out)
 }
 
+/// A comment between statements, with its first and last lines.
+struct Comment {
+    first: u64,
+    last: u64,
+    text: String,
+}
+
+/// The comments of the block that ends on the line just above `line` (or on it): a
+/// blank line, or a statement, ends a block.
+fn just_above(comments: Vec<Comment>, line: u64) -> Vec<String> {
+    let mut next = line;
+    let mut keep = comments.len();
+    for c in comments.iter().rev() {
+        if c.last + 1 < next {
+            break;
+        }
+        next = c.first;
+        keep -= 1;
+    }
+    comments.into_iter().skip(keep).map(|c| c.text).collect()
+}
+
+/// One statement, which must be the whole of the text: a parser that stops at a clause
+/// it does not know would leave the rest of the statement (another `ALTER TABLE`
+/// operation, say) unread, and unclassified.
+fn whole_statement(p: &mut Parser<'_>) -> Result<Statement, ParserError> {
+    let statement = p.parse_statement()?;
+    let rest = p.peek_token();
+    if rest.token == Token::EOF {
+        return Ok(statement);
+    }
+    // `CREATE MATERIALIZED VIEW ... WITH [NO] DATA`: whether it is filled now.
+    if matches!(&statement, Statement::CreateView(v) if v.materialized) {
+        let mut words = Vec::new();
+        while let Token::Word(w) = p.next_token().token {
+            words.push(w.value.to_ascii_uppercase());
+        }
+        let at_end = p.peek_token().token == Token::EOF;
+        if at_end && (words == ["WITH", "DATA"] || words == ["WITH", "NO", "DATA"]) {
+            return Ok(statement);
+        }
+    }
+    Err(ParserError::ParserError(format!(
+        "rampart's SQL parser stops at `{}` and cannot classify the rest of the statement (Line: {}, Column: {})",
+        rest.token, rest.span.start.line, rest.span.start.column
+    )))
+}
+
 /// An annotation without a reason is not honoured: the reason is what the audit keeps.
 pub fn unexplained_annotations(sql: &str) -> Vec<u64> {
     sql.lines()
@@ -277,12 +352,21 @@ pub fn unexplained_annotations(sql: &str) -> Vec<u64> {
         .filter(|(_, l)| {
             l.trim()
                 .strip_prefix("--")
-                .map(str::trim)
-                .and_then(|c| c.strip_prefix(SAFE_ANNOTATION))
-                .is_some_and(|r| r.trim().trim_start_matches(':').trim().is_empty())
+                .and_then(annotation_reason)
+                .is_some_and(|r| r.is_empty())
         })
         .map(|(i, _)| i as u64 + 1)
         .collect()
+}
+
+/// The reason of a comment that is a `rampart:safe` annotation (empty when it gives
+/// none), or `None`. The word must be whole: `rampart:safeguard` is no annotation.
+fn annotation_reason(comment: &str) -> Option<String> {
+    let rest = comment.trim().strip_prefix(SAFE_ANNOTATION)?;
+    if rest.starts_with(|c: char| !(c.is_whitespace() || c == ':')) {
+        return None;
+    }
+    Some(rest.trim().trim_start_matches(':').trim().to_string())
 }
 
 /// The worst class of a set of statements (`expand` for none).
@@ -347,6 +431,7 @@ fn recognise(words: &[String]) -> Option<Rule> {
     match w.as_slice() {
         ["DROP", "INDEX", "CONCURRENTLY", ..] => Some(DROP_INDEX),
         ["REINDEX", ..] => Some(ADD_INDEX),
+        ["REFRESH", "MATERIALIZED", "VIEW", ..] => Some(NO_SCHEMA_CHANGE),
         _ => None,
     }
 }
@@ -378,8 +463,75 @@ impl Findings {
     }
 }
 
-fn name_of(n: &impl fmt::Display) -> String {
-    n.to_string().to_ascii_lowercase()
+/// A table's name as PostgreSQL resolves it: unquoted parts fold to lower case, quoted
+/// ones keep theirs (`"Orders"` and `orders` are two tables).
+fn name_of(n: &ObjectName) -> String {
+    let parts: Vec<String> =
+        n.0.iter()
+            .map(|part| match part {
+                ObjectNamePart::Identifier(id) if id.quote_style.is_some() => id.value.clone(),
+                ObjectNamePart::Identifier(id) => id.value.to_ascii_lowercase(),
+                other => other.to_string(),
+            })
+            .collect();
+    parts.join(".")
+}
+
+/// The rows a query changes through its `WITH` (a data-modifying CTE: `WITH d AS
+/// (DELETE ... RETURNING *) INSERT INTO archive SELECT * FROM d`), or its body.
+fn modifies(q: &Query, f: &mut Findings) {
+    for cte in q.with.iter().flat_map(|w| &w.cte_tables) {
+        modifies(&cte.query, f);
+    }
+    body_modifies(&q.body, f);
+}
+
+fn body_modifies(body: &SetExpr, f: &mut Findings) {
+    match body {
+        SetExpr::Delete(_) => f.add(DELETE_ROWS),
+        SetExpr::Update(_) | SetExpr::Merge(_) => f.add(UPDATE_ROWS),
+        SetExpr::Insert(Statement::Insert(i)) => inserts(i, f),
+        SetExpr::Query(q) => modifies(q, f),
+        SetExpr::SetOperation { left, right, .. } => {
+            body_modifies(left, f);
+            body_modifies(right, f);
+        }
+        _ => {}
+    }
+}
+
+/// An `INSERT`: new rows, unless `ON CONFLICT ... DO UPDATE` overwrites existing ones.
+fn inserts(i: &Insert, f: &mut Findings) {
+    if matches!(
+        &i.on,
+        Some(OnInsert::OnConflict(OnConflict {
+            action: OnConflictAction::DoUpdate(_),
+            ..
+        })) | Some(OnInsert::DuplicateKeyUpdate(_))
+    ) {
+        f.add(UPDATE_ROWS);
+    }
+    if let Some(source) = &i.source {
+        modifies(source, f);
+    }
+}
+
+/// Whether a `SET` leaves a lock timeout in force: `0` and `DEFAULT` turn it off.
+fn sets_lock_timeout(set: &str) -> Option<bool> {
+    let lower = set.to_ascii_lowercase();
+    let (_, value) = lower.split_once("lock_timeout")?;
+    let value = value.trim_start();
+    let value = value
+        .strip_prefix('=')
+        .or_else(|| value.strip_prefix("to "))
+        .unwrap_or(value)
+        .trim()
+        .trim_matches(['\'', '"', ' ']);
+    let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+    let off = value.is_empty()
+        || value == "default"
+        || (!digits.is_empty() && digits.chars().all(|c| c == '0') && !value.contains('.'));
+    Some(!off)
 }
 
 fn judge(
@@ -390,8 +542,14 @@ fn judge(
 ) {
     match stmt {
         Statement::CreateTable(t) => {
-            created.insert(name_of(&t.name));
+            // IF NOT EXISTS on a table that exists does nothing: it is not new.
+            if !t.if_not_exists {
+                created.insert(name_of(&t.name));
+            }
             f.add(ADD_TABLE);
+            if let Some(query) = &t.query {
+                modifies(query, f);
+            }
         }
         Statement::CreateIndex(i) => {
             f.add(ADD_INDEX);
@@ -399,6 +557,8 @@ fn judge(
                 f.add(INDEX_WITHOUT_CONCURRENTLY);
             }
         }
+        Statement::CreateView(v) if v.or_replace || v.or_alter => f.add(REPLACE_VIEW),
+        Statement::CreateFunction(c) if c.or_replace || c.or_alter => f.add(REPLACE_VIEW),
         Statement::CreateView { .. }
         | Statement::CreateFunction(_)
         | Statement::CreateSequence { .. }
@@ -416,6 +576,11 @@ fn judge(
                 f.add(MISSING_LOCK_TIMEOUT);
             }
         }
+        Statement::Drop {
+            object_type: ObjectType::Type,
+            cascade: true,
+            ..
+        } => f.add(DROP_CASCADE),
         Statement::Drop { object_type, .. } => match object_type {
             ObjectType::Table
             | ObjectType::Schema
@@ -431,25 +596,36 @@ fn judge(
         Statement::DropFunction(_) => f.add(DROP_VIEW),
         Statement::Truncate(_) => f.add(TRUNCATE),
         Statement::Delete(_) => f.add(DELETE_ROWS),
-        Statement::Update(_) => f.add(UPDATE_ROWS),
+        Statement::Update(_) | Statement::Merge(_) => f.add(UPDATE_ROWS),
         Statement::Set(set) => {
-            if set
-                .to_string()
-                .to_ascii_lowercase()
-                .contains("lock_timeout")
-            {
-                *lock_timeout = true;
+            if let Some(on) = sets_lock_timeout(&set.to_string()) {
+                *lock_timeout = on;
             }
             f.add(NO_SCHEMA_CHANGE);
+        }
+        Statement::Insert(i) => {
+            f.add(NO_SCHEMA_CHANGE);
+            inserts(i, f);
+        }
+        Statement::Query(q) => {
+            f.add(NO_SCHEMA_CHANGE);
+            modifies(q, f);
         }
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Comment { .. }
         | Statement::Grant(_)
-        | Statement::Insert(_)
-        | Statement::Query(_)
         | Statement::Analyze(_) => f.add(NO_SCHEMA_CHANGE),
         _ => f.add(UNRECOGNISED),
+    }
+}
+
+/// `NULL`, or `NULL` cast to a type.
+fn is_null(value: &Expr) -> bool {
+    match value {
+        Expr::Value(v) => matches!(v.value, Value::Null),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => is_null(expr),
+        _ => false,
     }
 }
 
@@ -497,6 +673,10 @@ fn alter(op: &AlterTableOperation, f: &mut Findings, fresh: bool, exclusive: &mu
                     }
                 }
                 AlterColumnOperation::DropNotNull => f.add(DROP_NOT_NULL),
+                // DEFAULT NULL is no default: DROP DEFAULT by another name.
+                AlterColumnOperation::SetDefault { value } if is_null(value) => {
+                    f.add(DROP_DEFAULT);
+                }
                 AlterColumnOperation::SetDefault { .. } => f.add(SET_DEFAULT),
                 AlterColumnOperation::DropDefault => f.add(DROP_DEFAULT),
                 AlterColumnOperation::SetDataType { .. } => {
@@ -514,6 +694,11 @@ fn alter(op: &AlterTableOperation, f: &mut Findings, fresh: bool, exclusive: &mu
         } => {
             f.add(ADD_CONSTRAINT);
             *exclusive = true;
+            // A primary key makes its columns NOT NULL.
+            if matches!(constraint, TableConstraint::PrimaryKey(_)) && !fresh {
+                f.add(SET_NOT_NULL);
+                f.add(SET_NOT_NULL_SCAN);
+            }
             let scans = matches!(
                 constraint,
                 TableConstraint::Check(_) | TableConstraint::ForeignKey(_)
@@ -759,6 +944,11 @@ mod rule_cases {
         ),
         ("drop-view", "DROP VIEW v", "CREATE VIEW v AS SELECT 1"),
         (
+            "replace-view",
+            "CREATE OR REPLACE VIEW v AS SELECT 1",
+            "CREATE VIEW v AS SELECT 1",
+        ),
+        (
             "unrecognised-statement",
             "ALTER TABLE t OWNER TO bob",
             "ALTER TABLE t ADD COLUMN c text",
@@ -769,6 +959,7 @@ mod rule_cases {
             "ALTER TABLE t ADD COLUMN a text",
         ),
         ("drop-table", "DROP TABLE t", "DROP VIEW v"),
+        ("drop-type-cascade", "DROP TYPE s CASCADE", "DROP TYPE s"),
         ("truncate", "TRUNCATE t", "DELETE FROM t WHERE id = 1"),
         ("delete-rows", "DELETE FROM t WHERE id = 1", "TRUNCATE t"),
         (

@@ -161,10 +161,11 @@ fn argo_canary_with_nginx_routing_maps_steps_pauses_analysis_and_routes() {
     let q = lat.query.as_ref().unwrap();
     assert_eq!(q.source, QuerySource::Datadog);
     assert!(q.query.ends_with("{service:checkout}"), "{}", q.query);
-    // The shortest interval, and consecutiveErrorLimit 2 as the escalation.
+    // The shortest interval, and consecutiveErrorLimit 2 as the escalation: Argo's
+    // measurement errors (a failed query, an empty result) are no data in rampart.
     assert_eq!(p.analysis.interval, Duration::from_secs(30));
-    assert_eq!(p.analysis.inconclusive.limit, 3);
-    assert_eq!(p.analysis.inconclusive.action, EscalationAction::Rollback);
+    assert_eq!(p.analysis.no_data.limit, 3);
+    assert_eq!(p.analysis.no_data.action, EscalationAction::Rollback);
     assert_eq!(
         unmapped(&v),
         [
@@ -856,6 +857,7 @@ spec:
     assert_eq!(
         steps(&p),
         [
+            "approval 86400s",
             "10% 120s",
             "approval 86400s",
             "30% 120s",

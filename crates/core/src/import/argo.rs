@@ -108,6 +108,7 @@ pub(super) fn import(cx: &mut Cx, docs: &[Doc], sources: &[Source]) -> Result<Dr
         ro,
         providers: Providers::default(),
         error_limit: None,
+        empty_limit: None,
         any_metric: false,
     };
     let mut draft = Draft {
@@ -162,6 +163,9 @@ struct Argo<'a> {
     providers: Providers,
     /// The lowest `consecutiveErrorLimit`, and where it came from.
     error_limit: Option<(i64, String)>,
+    /// The fewest failed measurements at which Argo aborts on empty results, where a
+    /// failure condition fails them.
+    empty_limit: Option<u32>,
     any_metric: bool,
 }
 
@@ -279,8 +283,20 @@ impl<'a> Argo<'a> {
                 SCALE_DOWN_DELAY,
             );
         }
-        // Steps.
+        // Steps. With `trafficRouting.maxTrafficWeight` Argo counts setWeight in parts
+        // of it (10 of 1000 is 1 %).
+        let max_weight = at(c, &["trafficRouting", "maxTrafficWeight"])
+            .and_then(int)
+            .filter(|m| (1..=i64::from(u32::MAX)).contains(m))
+            .unwrap_or(100);
+        if max_weight != 100 {
+            cx.note(format!(
+                "{} {path}.trafficRouting.maxTrafficWeight is {max_weight}: each setWeight is written as its share of it in percent, to 0.01 %",
+                self.label()
+            ));
+        }
         let mut weight = 0u32;
+        let mut percent = 0.0;
         let mut open: Option<usize> = None;
         let steps = get(c, "steps").map(items).unwrap_or_default();
         for (i, step) in steps.iter().enumerate() {
@@ -293,10 +309,11 @@ impl<'a> Argo<'a> {
             let from = format!("{} {field}", self.label());
             match k.text.as_str() {
                 "setWeight" => match int(v) {
-                    Some(w) if (1..=100).contains(&w) && w as u32 >= weight => {
+                    Some(w) if (1..=max_weight).contains(&w) && w as u32 >= weight => {
                         weight = w as u32;
+                        percent = ((w as f64 * 10_000.0 / max_weight as f64).round() / 100.0).max(0.01);
                         draft.steps.push(Step::Weight {
-                            weight: f64::from(weight),
+                            weight: percent,
                             bake_ms: 0,
                             from: vec![from],
                         });
@@ -310,13 +327,13 @@ impl<'a> Argo<'a> {
                         &field,
                         v.pos,
                         format!(
-                            "rampart's weights are 1 to 100 and never go down within a release (the previous step is at {weight})"
+                            "rampart's weights are 1 to {max_weight} (of {max_weight}) and never go down within a release (the previous step is at {weight})"
                         ),
                     ),
                 },
                 "pause" => match get(v, "duration") {
                     Some(d) => match duration_of(d) {
-                        Some(ms) => self.bake(cx, draft, &mut open, weight, ms, from, &field, v.pos),
+                        Some(ms) => self.bake(cx, draft, &mut open, percent, ms, from, &field, v.pos),
                         None => cx.unmapped(ro, &format!("{field}.duration"), d.pos, "not a duration (`30s`, `5m`, or seconds)"),
                     },
                     None => {
@@ -330,7 +347,7 @@ impl<'a> Argo<'a> {
                 "analysis" => {
                     let run = self.analysis_ref(cx, draft, v, &field, false)?;
                     let ms = run.unwrap_or(0);
-                    self.bake(cx, draft, &mut open, weight, ms, from, &field, v.pos);
+                    self.bake(cx, draft, &mut open, percent, ms, from, &field, v.pos);
                     cx.note(format!(
                         "{} {field}: rampart judges its metrics at every step, from the first, not only at this step; the step holds for the run's count x interval.",
                         self.label()
@@ -458,7 +475,7 @@ impl<'a> Argo<'a> {
         cx: &mut Cx,
         draft: &mut Draft,
         open: &mut Option<usize>,
-        weight: u32,
+        weight: f64,
         ms: u64,
         from: String,
         field: &str,
@@ -469,9 +486,9 @@ impl<'a> Argo<'a> {
                 *bake_ms = bake_ms.saturating_add(ms);
                 f.push(from);
             }
-            _ if weight > 0 => {
+            _ if weight > 0.0 => {
                 draft.steps.push(Step::Weight {
-                    weight: f64::from(weight),
+                    weight,
                     bake_ms: ms,
                     from: vec![from],
                 });
@@ -546,6 +563,7 @@ impl<'a> Argo<'a> {
             path,
             &[
                 "plugins",
+                "maxTrafficWeight",
                 "nginx",
                 "istio",
                 "alb",
@@ -556,10 +574,6 @@ impl<'a> Argo<'a> {
                 "appMesh",
             ],
             &[
-                (
-                    "maxTrafficWeight",
-                    "rampart's weights are percentages of 100",
-                ),
                 (
                     "managedRoutes",
                     "rampart adds no header or mirror routes of its own (setHeaderRoute and setMirrorRoute steps have no equivalent)",
@@ -1126,6 +1140,7 @@ impl<'a> Argo<'a> {
             }
         }?;
         let mut fields = fields;
+        let mut empty_fails = false;
         if job {
             for c in ["successCondition", "failureCondition"] {
                 if let Some(n) = get(m, c) {
@@ -1134,7 +1149,8 @@ impl<'a> Argo<'a> {
             }
             fields.push(ec("judge", raw("{max: 0}"), "the job failed: 1"));
         } else {
-            let limit = self.limit(cx, t, m, mpath)?;
+            let (limit, fails_on_empty) = self.limit(cx, t, m, mpath)?;
+            empty_fails = fails_on_empty;
             match limit {
                 Limit::Max(v) => {
                     fields.push(e("direction", raw("lower_is_better")));
@@ -1174,6 +1190,9 @@ impl<'a> Argo<'a> {
                 ),
             );
         }
+        if empty_fails {
+            self.empty_limit = Some(self.empty_limit.map_or(trips, |l: u32| l.min(trips)));
+        }
         fields.push(ec(
             "failure_limit",
             n(f64::from(trips)),
@@ -1195,7 +1214,7 @@ impl<'a> Argo<'a> {
         let mut cel = templated(cx, t, m, mpath, "consecutiveErrorLimit", args, parse_int)
             .unwrap_or(4)
             .max(0);
-        // `inconclusive.limit` (cel + 1) is a u32.
+        // `no_data.limit` (cel + 1) is a u32.
         if cel >= i64::from(u32::MAX) {
             cel = i64::from(u32::MAX) - 1;
             cx.unmapped(
@@ -1203,7 +1222,7 @@ impl<'a> Argo<'a> {
                 &format!("{mpath}.consecutiveErrorLimit"),
                 pos_of(get(m, "consecutiveErrorLimit")),
                 format!(
-                    "more errors than a policy's `inconclusive.limit` can count; written as {}",
+                    "more errors than a policy's `no_data.limit` can count; written as {}",
                     cel + 1
                 ),
             );
@@ -1254,8 +1273,9 @@ impl<'a> Argo<'a> {
         })
     }
 
-    /// The metric's limit from its conditions, or `None` (reported) when none is read.
-    fn limit(&self, cx: &mut Cx, t: &Doc, m: &Node, mpath: &str) -> Option<Limit> {
+    /// The metric's limit from its conditions, or `None` (reported) when none is read;
+    /// and whether the judged condition fails an empty result (`len(result) == 0 ||`).
+    fn limit(&self, cx: &mut Cx, t: &Doc, m: &Node, mpath: &str) -> Option<(Limit, bool)> {
         let read = |cx: &mut Cx, key: &str, f: fn(&str) -> Option<expr::Condition>| {
             let n = get(m, key)?;
             let src = text(n).unwrap_or_default();
@@ -1277,7 +1297,7 @@ impl<'a> Argo<'a> {
         let empty_note = |cx: &mut Cx, c: &expr::Condition, key: &str| {
             if c.empty_clause {
                 cx.note(format!(
-                    "{} {mpath}.{key} speaks of an empty or NaN result: in rampart an empty result is no data (the step holds; at `analysis.inconclusive.limit` it rolls back), never a pass or a failure",
+                    "{} {mpath}.{key} speaks of an empty or NaN result: in rampart an empty result is no data (the step holds; at `analysis.no_data.limit` it rolls back), never a pass or a failure",
                     t.label()
                 ));
             }
@@ -1294,15 +1314,15 @@ impl<'a> Argo<'a> {
                         "values between the success and the failure condition are inconclusive in Argo (the rollout pauses); rampart judges by the failure condition alone and passes them",
                     );
                 }
-                Some(fc.limit)
+                Some((fc.limit, fc.empty_clause))
             }
             (Some(Some(c)), _) => {
                 empty_note(cx, &c, "successCondition");
-                Some(c.limit)
+                Some((c.limit, false))
             }
             (_, Some(Some(c))) => {
                 empty_note(cx, &c, "failureCondition");
-                Some(c.limit)
+                Some((c.limit, c.empty_clause))
             }
             (None, None) => {
                 cx.unmapped(t, mpath, m.pos, "a metric without a successCondition or failureCondition is only recorded by Argo; rampart judges every metric it reads");
@@ -1742,16 +1762,30 @@ impl<'a> Argo<'a> {
             raw("total"),
             "Argo counts failed measurements in total, not in a row",
         ));
+        // A measurement error in Argo (a failed query, `result[0]` of an empty result)
+        // is no data in rampart: Argo aborts after consecutiveErrorLimit + 1 of them in
+        // a row, and after failureLimit + 1 empty results where the failure condition
+        // fails them.
         if let Some((limit, from)) = &self.error_limit {
-            draft.analysis.push(ec(
-                "inconclusive",
-                raw(format!(
-                    "{{limit: {}, action: rollback}}",
-                    limit.saturating_add(1)
-                )),
-                format!(
-                    "from {from}: Argo aborts after more than {limit} measurement errors in a row"
+            let errors = u32::try_from(limit.saturating_add(1)).unwrap_or(u32::MAX);
+            let (n, why) = match self.empty_limit {
+                Some(empty) if empty < errors => (
+                    empty,
+                    format!(
+                        "a failure condition fails an empty result, and Argo aborts after {empty} failed measurements"
+                    ),
                 ),
+                _ => (
+                    errors,
+                    format!(
+                        "from {from}: Argo aborts after more than {limit} measurement errors in a row (a failed query, an empty result), which rampart calls no data"
+                    ),
+                ),
+            };
+            draft.analysis.push(ec(
+                "no_data",
+                raw(format!("{{limit: {n}, action: rollback}}")),
+                why,
             ));
         }
         if draft.strategy.is_empty() {

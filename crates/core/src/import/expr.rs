@@ -119,9 +119,11 @@ fn is_empty_test(part: &str) -> bool {
 }
 
 /// The measured value: `result`, `result[0]`, wrapped in `asFloat(..)` or `float(..)`.
+/// Not `int(..)` or `asInt(..)`: they truncate (`int(result[0]) > 0` fails 0.5), so a
+/// limit on the raw value would say something else.
 fn is_value(s: &str) -> bool {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    let inner = ["asFloat(", "float(", "asInt(", "int("]
+    let inner = ["asFloat(", "float("]
         .iter()
         .find_map(|f| s.strip_prefix(f).and_then(|r| r.strip_suffix(')')))
         .unwrap_or(&s);

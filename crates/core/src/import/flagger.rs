@@ -132,6 +132,7 @@ pub(super) fn import(cx: &mut Cx, docs: &[Doc], sources: &[Source]) -> Result<Dr
         cn,
         namespace,
         target: target.to_string(),
+        service: target.to_string(),
         providers: Providers::default(),
         interval_ms: 60_000,
         threshold: 1,
@@ -145,6 +146,8 @@ struct Flagger<'a> {
     cn: &'a Doc,
     namespace: String,
     target: String,
+    /// `spec.service.name`, else the target's name: `{{ service }}` in a MetricTemplate.
+    service: String,
     providers: Providers,
     interval_ms: u64,
     threshold: i64,
@@ -213,6 +216,7 @@ impl<'a> Flagger<'a> {
             .and_then(|s| str_at(s, "name"))
             .unwrap_or(&self.target)
             .to_string();
+        self.service = service.clone();
         if let Some(svc) = get(spec, "service") {
             cx.rest(
                 cn,
@@ -235,7 +239,20 @@ impl<'a> Flagger<'a> {
             .unwrap_or("the mesh of Flagger's --mesh-provider")
             .to_string();
         let interval = dur(self.interval_ms);
-        if !steps.is_empty() {
+        // Flagger runs a blue/green whenever `iterations` is set, step weights or not.
+        if iterations.is_some()
+            && let Some((key, node)) = ["stepWeights", "stepWeight"]
+                .iter()
+                .find_map(|k| get(a, k).map(|n| (*k, n)))
+        {
+            cx.unmapped(
+                cn,
+                &format!("{apath}.{key}"),
+                node.pos,
+                "with `iterations` Flagger runs a blue/green and never uses the step weights",
+            );
+        }
+        if !steps.is_empty() && iterations.is_none() {
             draft.strategy = "canary";
             for (i, h) in hooks.confirm_rollout.iter().enumerate() {
                 if i == 0 {
@@ -245,8 +262,10 @@ impl<'a> Flagger<'a> {
                     });
                 }
             }
+            // Flagger asks before every increase, the first (0 -> the first weight)
+            // too; right after the confirm-rollout approval it is the same wait.
             for (i, (w, from)) in steps.iter().enumerate() {
-                if i > 0
+                if (i > 0 || hooks.confirm_rollout.is_empty())
                     && let Some(h) = hooks.confirm_traffic.first()
                 {
                     draft.steps.push(Step::Approval {
@@ -305,14 +324,6 @@ impl<'a> Flagger<'a> {
                     ),
                 },
             ];
-            if iterations.is_some() {
-                cx.unmapped(
-                    cn,
-                    &format!("{apath}.iterations"),
-                    pos_of(get(a, "iterations")),
-                    "with step weights the canary's steps decide how long it runs",
-                );
-            }
         } else if let Some(it) = iterations {
             let mut stability = (it as u64).saturating_mul(self.interval_ms);
             // A policy's durations are at most 365 days.
@@ -419,6 +430,11 @@ impl<'a> Flagger<'a> {
             "failure_count",
             raw("total"),
             "Flagger's threshold counts failed checks in total, not in a row",
+        ));
+        analysis.push(ec(
+            "no_data",
+            raw(format!("{{limit: {}, action: rollback}}", self.threshold)),
+            "Flagger fails a check that finds no values (or whose query fails), and rolls back at its threshold",
         ));
         draft.analysis.splice(0..0, analysis);
         Ok(())
@@ -876,7 +892,7 @@ impl<'a> Flagger<'a> {
                     Some(ms) => out.push_str(&prom_window(ms)),
                     None => out.push_str("{interval}"),
                 },
-                "service" => out.push_str(&self.target),
+                "service" => out.push_str(&self.service),
                 v if v.starts_with("variables.") => {
                     let key = &v["variables.".len()..];
                     let val = at(m, &["templateVariables", key])

@@ -359,7 +359,7 @@ async fn an_empty_series_or_a_null_is_no_data_never_a_pass() {
     assert_eq!((q.stable, q.canary), (None, None));
     assert_eq!(
         q.detail,
-        "stable: nothing at `$.series[0].value` in the answer; canary: nothing at `$.series[0].value` in the answer"
+        "stable: nothing at `$.series[0].value` in the answer (it is null); canary: nothing at `$.series[0].value` in the answer (`$.series` has 0 items, no [0])"
     );
 }
 

@@ -372,9 +372,15 @@ pub enum ReadError {
     /// Several series where one number per variant is needed.
     #[error("the query returned {0} series; aggregate it to one")]
     ManySeries(usize),
-    /// Nothing at the JSON path.
-    #[error("nothing at `{0}` in the answer")]
-    NoValue(String),
+    /// Nothing at the JSON path, and where the path left the answer (a key it lacks,
+    /// an item past its end, a null), so that a typo in the path shows.
+    #[error("nothing at `{path}` in the answer ({why})")]
+    NoValue {
+        /// The path asked.
+        path: String,
+        /// Where it found nothing.
+        why: String,
+    },
     /// A value that is not a number.
     #[error("`{0}` is not a number")]
     NotANumber(String),
@@ -396,23 +402,65 @@ pub enum ReadError {
 /// What the error shows of `doc` is scrubbed of `secrets`: a document can echo what
 /// its request carried (a header, an inherited environment variable).
 pub fn number_at(doc: &Value, path: &str, secrets: &[&Secret]) -> Result<f64, ReadError> {
+    use rampart_core::policy::PathStep;
     let steps = ValuePath::parse(path).map_err(ReadError::BadPath)?;
+    let none = |why: String| ReadError::NoValue {
+        path: path.to_string(),
+        why: said(&why, secrets),
+    };
     let mut at = doc;
+    let mut so_far = String::from("$");
     for step in &steps.0 {
         let next = match step {
-            rampart_core::policy::PathStep::Key(k) => at.get(k),
-            rampart_core::policy::PathStep::Index(i) => at.as_array().and_then(|a| {
+            PathStep::Key(k) => at.get(k),
+            PathStep::Index(i) => at.as_array().and_then(|a| {
                 let i = if *i < 0 { a.len() as i64 + i } else { *i };
                 usize::try_from(i).ok().and_then(|i| a.get(i))
             }),
         };
-        at = next.ok_or_else(|| ReadError::NoValue(path.to_string()))?;
+        let Some(next) = next else {
+            return Err(none(match (step, at) {
+                (PathStep::Key(k), Value::Object(o)) => {
+                    let keys: Vec<String> = o.keys().take(8).map(|k| format!("`{k}`")).collect();
+                    let more = if o.len() > keys.len() { ", ..." } else { "" };
+                    if keys.is_empty() {
+                        format!("`{so_far}` is an empty object, with no `{k}`")
+                    } else {
+                        format!("`{so_far}` has no `{k}`; it has {}{more}", keys.join(", "))
+                    }
+                }
+                (PathStep::Index(i), Value::Array(a)) => {
+                    format!("`{so_far}` has {} items, no [{i}]", a.len())
+                }
+                (_, other) => format!("`{so_far}` is {}", kind_of(other)),
+            }));
+        };
+        match step {
+            PathStep::Key(k) => {
+                so_far.push('.');
+                so_far.push_str(k);
+            }
+            PathStep::Index(i) => so_far.push_str(&format!("[{i}]")),
+        }
+        at = next;
     }
     number(at).ok_or_else(|| match at {
-        Value::Null => ReadError::NoValue(path.to_string()),
+        Value::Null => none("it is null".into()),
         Value::String(s) if s.parse::<f64>().is_ok() => ReadError::NotFinite(said(s, secrets)),
         other => ReadError::NotANumber(said(&other.to_string(), secrets)),
     })
+}
+
+/// What a JSON value is, for a message.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// A finite number from a JSON number or a numeric string.
@@ -833,7 +881,7 @@ mod tests {
         assert_eq!(number_at(&doc, "$.a.b[-1].c", &[]).ok(), Some(3.0));
         assert!(matches!(
             number_at(&doc, "$.a.b[2]", &[]),
-            Err(ReadError::NoValue(_))
+            Err(ReadError::NoValue { .. })
         ));
         assert!(matches!(
             number_at(&doc, "$.a.b[3]", &[]),
@@ -845,13 +893,45 @@ mod tests {
         ));
         assert!(matches!(
             number_at(&doc, "$.a.z", &[]),
-            Err(ReadError::NoValue(_))
+            Err(ReadError::NoValue { .. })
         ));
         assert!(matches!(
             number_at(&doc, "$.a.b[9]", &[]),
-            Err(ReadError::NoValue(_))
+            Err(ReadError::NoValue { .. })
         ));
         assert_eq!(number_at(&Value::from(4), "$", &[]).ok(), Some(4.0));
+    }
+
+    #[test]
+    fn a_path_that_finds_nothing_says_where_it_left_the_answer() {
+        // A typo in a key shows the keys that are there.
+        let doc: Value = serde_json::from_str(
+            r#"{"data": {"result": [{"value": [1, "0.5"]}], "status": "ok"}}"#,
+        )
+        .unwrap();
+        let why = |path: &str| number_at(&doc, path, &[]).unwrap_err().to_string();
+        assert_eq!(
+            why("$.data.reslt[0].value[1]"),
+            "nothing at `$.data.reslt[0].value[1]` in the answer (`$.data` has no `reslt`; it has `result`, `status`)"
+        );
+        assert_eq!(
+            why("$.data.result[1].value[1]"),
+            "nothing at `$.data.result[1].value[1]` in the answer (`$.data.result` has 1 items, no [1])"
+        );
+        assert_eq!(
+            why("$.data.status.code"),
+            "nothing at `$.data.status.code` in the answer (`$.data.status` is a string)"
+        );
+        // Keys are scrubbed of secrets like any text from the source.
+        let secret = Secret {
+            var: "API_KEY".into(),
+            value: "k3y-s3cr3t".into(),
+        };
+        let doc: Value = serde_json::from_str(r#"{"k3y-s3cr3t": 1}"#).unwrap();
+        let e = number_at(&doc, "$.value", &[&secret])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("k3y-s3cr3t"), "{e}");
     }
 
     #[test]

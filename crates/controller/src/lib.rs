@@ -187,6 +187,10 @@ struct Run {
     state: Release,
     seq: u64,
     silences: Option<mpsc::UnboundedSender<SilenceOp>>,
+    /// Resumed mid-step: the window the resume opens again counts from the last
+    /// measurement an earlier controller took, so that what the versions served while
+    /// none ran is judged (a data plane that kept running still has it).
+    carry: bool,
 }
 
 /// How often the store is asked for operator requests.
@@ -326,6 +330,7 @@ impl Controller {
             state: Release::replay(&self.policy, log.iter().map(|e| (&e.input, e.at))),
             seq: log.len() as u64,
             silences: Some(silences),
+            carry: false,
         };
         if log.is_empty() {
             let automatic_rollbacks = match self.policy.rollback.max_automatic {
@@ -669,6 +674,9 @@ impl Controller {
         if t.is_noop(&run.state) {
             return Ok(());
         }
+        if matches!(input, Input::Resumed) {
+            run.carry = run.state.phase == rampart_core::release::Phase::Progressing;
+        }
         let entry = StoredInput {
             seq: run.seq,
             at: now,
@@ -680,7 +688,7 @@ impl Controller {
         run.seq += 1;
         let opened = t.state.opened_window(&run.state);
         run.state = t.state;
-        if opened {
+        if opened && !std::mem::take(&mut run.carry) {
             // Counted before now (an approval wait, another weight) is no window's.
             self.ports.metrics.open_window(now).await;
         }

@@ -16,6 +16,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any};
 use axum::{Json, Router};
+use rampart_core::metrics::IntervalSample;
 use rampart_core::policy::RouteMatch;
 use rampart_core::{Variant, Weight};
 use serde_json::{Value, json};
@@ -44,6 +45,13 @@ pub struct PlaneHooks {
     pub persist: Option<Persist>,
     /// Notified by `POST /shutdown`.
     pub shutdown: Option<Arc<tokio::sync::Notify>>,
+    /// `false` while a data plane this one took over from still drains (its requests
+    /// in flight are not counted here): a drain is done only once it has gone.
+    pub settled: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The counts as of the last measurement a controller took (`POST
+    /// /counters/measured`): where a controller that attaches later starts counting,
+    /// so that what the versions served while none ran is judged too.
+    pub measured: Arc<std::sync::Mutex<Option<IntervalSample>>>,
 }
 
 impl std::fmt::Debug for PlaneHooks {
@@ -51,6 +59,8 @@ impl std::fmt::Debug for PlaneHooks {
         f.debug_struct("PlaneHooks")
             .field("persist", &self.persist.is_some())
             .field("shutdown", &self.shutdown.is_some())
+            .field("settled", &self.settled.as_ref().map(|s| *s.borrow()))
+            .field("measured", &self.measured.lock().map(|m| m.is_some()).ok())
             .finish()
     }
 }
@@ -180,7 +190,7 @@ pub enum ProxyAdminError {
     Persist(String),
     /// No such route (or not with that method).
     #[error(
-        "routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{{stable|canary}}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"
+        "routes: GET /healthz, GET /metrics, GET /state, GET /counters, POST /counters/measured, PUT /weight, PUT /backends/{{stable|canary}}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"
     )]
     NotFound,
 }
@@ -259,6 +269,7 @@ fn router(admin: Admin) -> Router {
         .route("/metrics", guarded().get(metrics))
         .route("/state", guarded().get(state))
         .route("/counters", guarded().get(counters))
+        .route("/counters/measured", guarded().post(measured))
         .route("/salt", guarded().put(salt))
         .route("/uncounted", guarded().put(uncounted))
         .route("/drain", guarded().post(drain))
@@ -367,12 +378,36 @@ async fn weight(
     Ok(Json(json!({"weight": now})))
 }
 
-/// Cumulative counters per variant, for a controller's metrics.
+/// Cumulative counters per variant, for a controller's metrics, and the counts as of
+/// the last measurement (`measured`, null before the first).
 async fn counters(_: Authorized, State(admin): State<Admin>, _: JsonBody) -> Json<Value> {
+    let measured = admin
+        .hooks
+        .measured
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Json(json!({
         "instance": admin.proxy.instance(),
         "totals": admin.proxy.totals(),
         "canary_routed_since_closed": admin.proxy.canary_routed_since_closed(),
+        "measured": measured,
+    }))
+}
+
+/// [`counters`], the counts it answers kept as the last measurement's.
+async fn measured(_: Authorized, State(admin): State<Admin>, _: JsonBody) -> Json<Value> {
+    let totals = admin.proxy.totals();
+    *admin
+        .hooks
+        .measured
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(totals.clone());
+    Json(json!({
+        "instance": admin.proxy.instance(),
+        "totals": totals,
+        "canary_routed_since_closed": admin.proxy.canary_routed_since_closed(),
+        "measured": totals,
     }))
 }
 
@@ -431,8 +466,11 @@ async fn drain(
                 "canary" => Variant::Canary,
                 other => return Err(ProxyAdminError::UnknownVariant(other.to_string())),
             };
-            let drained = admin.proxy.drain(variant, timeout).await;
-            json!({"drained": drained, "in_flight": admin.proxy.in_flight(variant)})
+            let (drained, settled) = tokio::join!(
+                admin.proxy.drain(variant, timeout),
+                settled_within(&admin, timeout)
+            );
+            json!({"drained": drained && settled, "in_flight": admin.proxy.in_flight(variant)})
         }
         (Value::Null, Value::Array(list)) => {
             let endpoints = list
@@ -440,7 +478,11 @@ async fn drain(
                 .map(|e| e.as_str().unwrap_or("").parse::<SocketAddr>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| ProxyAdminError::BadEndpoints)?;
-            json!({"drained": admin.proxy.drain_endpoints(&endpoints, timeout).await})
+            let (drained, settled) = tokio::join!(
+                admin.proxy.drain_endpoints(&endpoints, timeout),
+                settled_within(&admin, timeout)
+            );
+            json!({"drained": drained && settled})
         }
         _ => {
             return Err(ProxyAdminError::BadField(
@@ -449,6 +491,17 @@ async fn drain(
         }
     };
     Ok(Json(drained))
+}
+
+/// Whether no data plane this one took over from is left draining, waiting at most
+/// `timeout` for it to go.
+async fn settled_within(admin: &Admin, timeout: std::time::Duration) -> bool {
+    let Some(mut settled) = admin.hooks.settled.clone() else {
+        return true;
+    };
+    tokio::time::timeout(timeout, settled.wait_for(|s| *s))
+        .await
+        .is_ok_and(|r| r.is_ok())
 }
 
 /// Stops the data plane (`rampart stop`), when it was started as one.

@@ -204,23 +204,38 @@ impl PlaneFiles {
             .mode(0o600)
             .open(&path)
             .map_err(io(&path))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut held) => {
-                held.set_len(0).map_err(io(&path))?;
-                writeln!(held, "{}", std::process::id()).map_err(io(&path))?;
-                held.sync_all().map_err(io(&path))?;
-                Ok(PlaneLock { _held: held })
-            }
-            Err((mut file, _)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                Err(PlaneError::Running {
-                    service: service.to_string(),
-                    pid: pid.trim().to_string(),
-                    path,
-                })
+        let mut file = file;
+        // `is_running` holds the lock shared for a moment: a start that meets only
+        // such a look tries again, and only a data plane's exclusive hold refuses it.
+        for _ in 0..200 {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(mut held) => {
+                    held.set_len(0).map_err(io(&path))?;
+                    writeln!(held, "{}", std::process::id()).map_err(io(&path))?;
+                    held.sync_all().map_err(io(&path))?;
+                    return Ok(PlaneLock { _held: held });
+                }
+                Err((taken, _)) => match Flock::lock(taken, FlockArg::LockSharedNonblock) {
+                    Ok(looked) => {
+                        file = looked
+                            .unlock()
+                            .map_err(|(_, e)| io(&path)(std::io::Error::from(e)))?;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err((taken, _)) => {
+                        file = taken;
+                        break;
+                    }
+                },
             }
         }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        Err(PlaneError::Running {
+            service: service.to_string(),
+            pid: pid.trim().to_string(),
+            path,
+        })
     }
 
     /// Whether a data plane holds the lock now.
@@ -551,8 +566,12 @@ pub fn handover_listener(files: &PlaneFiles) -> Result<UnixListener, PlaneError>
 /// What the new data plane sends back once it serves with the socket it was given.
 pub const SERVING: &[u8] = b"serving\n";
 
-/// Waits for the new data plane's [`SERVING`] on `stream`, at most `limit`.
-pub fn await_serving(mut stream: UnixStream, limit: std::time::Duration) -> Result<(), PlaneError> {
+/// Waits for the new data plane's [`SERVING`] on `stream`, at most `limit`; the
+/// stream then carries the new one's routes (see [`send_routes`], [`follow_routes`]).
+pub fn await_serving(
+    mut stream: UnixStream,
+    limit: std::time::Duration,
+) -> Result<UnixStream, PlaneError> {
     stream
         .set_read_timeout(Some(limit))
         .map_err(|e| PlaneError::Handover(e.to_string()))?;
@@ -563,11 +582,67 @@ pub fn await_serving(mut stream: UnixStream, limit: std::time::Duration) -> Resu
         ))
     })?;
     if got == SERVING {
-        Ok(())
+        Ok(stream)
     } else {
         Err(PlaneError::Handover(
             "the new data plane did not confirm that it serves".into(),
         ))
+    }
+}
+
+/// How long a data plane that took over waits for the one it took over from to put a
+/// change of the routes in effect; one that does not answer within it is let go.
+pub const FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Tells the data plane this one took over from (still draining its connections) the
+/// routes in effect now, and waits until it has put them in effect too: a request on
+/// a connection it still serves never goes where the routes no longer send any.
+pub fn send_routes(stream: &mut UnixStream, table: &super::RouteTable) -> Result<(), PlaneError> {
+    let failed = |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
+    let mut line = serde_json::to_vec(table).map_err(|e| PlaneError::Handover(e.to_string()))?;
+    line.push(b'\n');
+    stream
+        .set_write_timeout(Some(FOLLOW_LIMIT))
+        .map_err(failed)?;
+    stream
+        .set_read_timeout(Some(FOLLOW_LIMIT))
+        .map_err(failed)?;
+    stream.write_all(&line).map_err(failed)?;
+    let mut ack = [0u8; 3];
+    stream.read_exact(&mut ack).map_err(failed)?;
+    if &ack == b"ok\n" {
+        Ok(())
+    } else {
+        Err(PlaneError::Handover(
+            "the draining data plane answered something else".into(),
+        ))
+    }
+}
+
+/// In a data plane that handed its socket over: puts in effect every table the one
+/// that took over sends (see [`send_routes`]), answering each, until it closes the
+/// stream. Blocking: run it on a thread of its own.
+pub fn follow_routes(stream: UnixStream, mut apply: impl FnMut(&super::RouteTable)) {
+    use std::io::BufRead;
+    let _ = stream.set_read_timeout(None);
+    let Ok(mut ack) = stream.try_clone() else {
+        return;
+    };
+    let mut lines = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let Ok(table) = serde_json::from_str::<super::RouteTable>(&line) else {
+            return;
+        };
+        apply(&table);
+        if ack.write_all(b"ok\n").is_err() {
+            return;
+        }
     }
 }
 

@@ -123,13 +123,16 @@ impl RemotePlane {
             instance: Mutex::default(),
             attached: std::sync::atomic::AtomicBool::new(false),
         };
-        let (now, instance) = plane.counters().await?;
+        let (now, instance, measured) = plane.counters(false).await?;
         *plane.instance.lock().unwrap_or_else(|p| p.into_inner()) = instance;
         plane.base = now.clone();
         plane
             .attached
             .store(true, std::sync::atomic::Ordering::Release);
-        *plane.last.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        // The next measurement counts from the last one an earlier controller took
+        // of this data plane: what the versions served while no controller ran (a
+        // canary failing its users meanwhile) is judged, not skipped.
+        *plane.last.lock().unwrap_or_else(|p| p.into_inner()) = measured.unwrap_or(now);
         Ok(plane)
     }
 
@@ -222,20 +225,41 @@ impl RemotePlane {
 
     /// Reads the cumulative counts now (and keeps them for [`Totals`]).
     pub async fn refresh(&self) -> Result<IntervalSample, RemoteError> {
-        self.counters().await.map(|(totals, _)| totals)
+        self.counters(false).await.map(|(totals, _, _)| totals)
     }
 
-    /// The cumulative counts and the data plane's counter identity.
-    async fn counters(&self) -> Result<(IntervalSample, Option<u64>), RemoteError> {
-        let v = self
-            .call(Method::GET, "/counters", None, Duration::ZERO)
-            .await?;
+    /// The cumulative counts, the data plane's counter identity, and the counts as of
+    /// the last measurement. `measure`: this read is a measurement (kept as such by
+    /// the data plane; one from before it kept them is read plainly).
+    async fn counters(
+        &self,
+        measure: bool,
+    ) -> Result<(IntervalSample, Option<u64>, Option<IntervalSample>), RemoteError> {
+        let v = match measure {
+            true => match self
+                .call(Method::POST, "/counters/measured", None, Duration::ZERO)
+                .await
+            {
+                Err(RemoteError::Answer { status: 404, .. }) => {
+                    self.call(Method::GET, "/counters", None, Duration::ZERO)
+                        .await?
+                }
+                other => other?,
+            },
+            false => {
+                self.call(Method::GET, "/counters", None, Duration::ZERO)
+                    .await?
+            }
+        };
         let totals: IntervalSample = serde_json::from_value(v["totals"].clone())
             .map_err(|e| RemoteError::Exchange(format!("counters: {e}")))?;
+        let measured = serde_json::from_value::<Option<IntervalSample>>(v["measured"].clone())
+            .ok()
+            .flatten();
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = totals.clone();
         *self.since_closed.lock().unwrap_or_else(|p| p.into_inner()) =
             v["canary_routed_since_closed"].as_u64();
-        Ok((totals, v["instance"].as_u64()))
+        Ok((totals, v["instance"].as_u64(), measured))
     }
 
     /// Reads the counts every `period` in the background, for [`Totals`] readers (the
@@ -371,7 +395,7 @@ impl RemotePlane {
     /// What the data plane counted since the previous reading; nothing when it
     /// restarted since (it counts from zero: that time cannot be told from the counts).
     async fn since_last(&self) -> Result<IntervalSample, PortError> {
-        let (now, instance) = self.counters().await?;
+        let (now, instance, _) = self.counters(true).await?;
         let mut known = self.instance.lock().unwrap_or_else(|p| p.into_inner());
         let restarted = known.is_some() && *known != instance;
         *known = instance;

@@ -135,6 +135,17 @@ pub async fn stop(
                 .map_err(|e| internal(e.to_string()))?;
             lines.push(format!("{} {}: {detail}", policy.service, v.as_str()));
         }
+        // Its versions are gone: a data plane started again (by the next release)
+        // holds requests until that release's versions answer, instead of sending
+        // them to the ports the stopped ones had.
+        let path = files.state();
+        if let Some(mut saved) = rampart_adapters::proxy::plane::PlaneState::load(&path)
+            .map_err(|e| internal(e.to_string()))?
+        {
+            saved.routes.stable.clear();
+            saved.routes.canary.clear();
+            saved.save(&path).map_err(|e| internal(e.to_string()))?;
+        }
     }
     if lines.is_empty() {
         lines.push(format!("{}: nothing of it runs here", policy.service));

@@ -158,15 +158,26 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
     state.save(&files.state()).map_err(Failure::other)?;
 
     let stop = Arc::new(Notify::new());
+    // Settled once this process holds the lock: after a take-over, not before the
+    // process it took over from has drained and gone.
+    let (settled_tx, settled) = tokio::sync::watch::channel(lock.is_some());
+    // The data plane this one took over from, while it drains: told every change of
+    // the routes, and in effect there before an admin request is answered.
+    let predecessor: Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>> = Arc::default();
     let saved = state.clone();
     let path = files.state();
+    let told = predecessor.clone();
     let hooks = PlaneHooks {
         persist: Some(Arc::new(move |routes: &RouteTable| {
             let mut next = saved.clone();
             next.routes = routes.clone();
-            next.save(&path).map_err(|e| e.to_string())
+            next.save(&path).map_err(|e| e.to_string())?;
+            tell(&told, routes);
+            Ok(())
         })),
         shutdown: Some(stop.clone()),
+        settled: Some(settled),
+        measured: Arc::default(),
     };
     let telemetry = Arc::new(Telemetry::new(&service, Arc::new(proxy.clone())));
     let socket = files.socket();
@@ -195,43 +206,70 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
     // Under systemd (Type=notify, NotifyAccess=all): ready, and this is the service's
     // main process from now on (after a take-over, before the old one exits).
     sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
-    let _lock = match (lock, taken) {
-        (Some(lock), _) => lock,
+    // From here on it serves: a stop (a signal, `POST /shutdown`) drains it, also
+    // while a process it took over from still drains and holds the lock.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Failure::other)?;
+    let lock = match (lock, taken) {
+        (Some(lock), _) => Some(lock),
         (None, Some(mut stream)) => {
             // The old process goes on accepting until it reads this, then drains and
             // exits, letting go of the lock.
             stream
                 .write_all(plane::SERVING)
                 .map_err(|e| Failure::other(format!("confirming the hand-over: {e}")))?;
-            wait_for_lock(&files, &service).await?
+            // What changed between the hand-over and now reaches it too.
+            *predecessor.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+            tell(&predecessor, &proxy.table());
+            tokio::select! {
+                held = wait_for_lock(&files, &service) => {
+                    let held = held?;
+                    settled_tx.send_replace(true);
+                    predecessor.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    Some(held)
+                }
+                _ = tokio::signal::ctrl_c() => None,
+                _ = term.recv() => None,
+                () = stop.notified() => None,
+            }
         }
         (None, None) => return Err(Failure::other("no lock and no hand-over")),
     };
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(Failure::other)?;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = stop.notified() => break,
-            Some(stream) = handovers.recv() => {
-                // Every admin request in progress is answered (saved and applied)
-                // before the next process reads the routes.
-                if let Some(a) = admin.take() {
-                    a.close().await;
-                }
-                match hand_over(stream, &server).await {
-                    Ok(()) => {
-                        eprintln!("handed the listening socket over; draining open connections");
-                        server.stop_accepting(&proxy, args.drain, true).await;
-                        return Ok(());
+    // Held until the process ends; `None` when it was stopped before the lock came.
+    let held = lock.is_some();
+    let _lock = lock;
+    if held {
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = stop.notified() => break,
+                Some(stream) = handovers.recv() => {
+                    // Every admin request in progress is answered (saved and applied)
+                    // before the next process reads the routes.
+                    if let Some(a) = admin.take() {
+                        a.close().await;
                     }
-                    Err(e) => {
-                        // Still serving: the socket stays ours, and so do admin requests.
-                        eprintln!("hand-over failed, serving on: {e}");
-                        admin = Some(bind_admin().await.map_err(Failure::other)?);
-                        handovers = handover_requests(&files, &token).map_err(Failure::other)?;
+                    match hand_over(stream, &server).await {
+                        Ok(feed) => {
+                            eprintln!("handed the listening socket over; draining open connections");
+                            // The connections still open here take their next requests
+                            // by the routes the new process is told, not the ones
+                            // frozen at the hand-over (a canary rolled back and stopped
+                            // meanwhile gets none of them).
+                            let follower = proxy.clone();
+                            std::thread::spawn(move || {
+                                plane::follow_routes(feed, |table| follower.restore(table));
+                            });
+                            server.stop_accepting(&proxy, args.drain, true).await;
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            // Still serving: the socket stays ours, and so do admin requests.
+                            eprintln!("hand-over failed, serving on: {e}");
+                            admin = Some(bind_admin().await.map_err(Failure::other)?);
+                            handovers = handover_requests(&files, &token).map_err(Failure::other)?;
+                        }
                     }
                 }
             }
@@ -270,7 +308,7 @@ impl Failure {
 async fn hand_over(
     stream: std::os::unix::net::UnixStream,
     server: &rampart_adapters::proxy::ProxyServer,
-) -> Result<(), String> {
+) -> Result<std::os::unix::net::UnixStream, String> {
     plane::send_listener(&stream, server.listener_fd()).map_err(|e| e.to_string())?;
     tokio::task::spawn_blocking(move || plane::await_serving(stream, Duration::from_secs(30)))
         .await
@@ -362,6 +400,21 @@ fn handover_requests(
 /// Waits until the previous data plane has drained its connections and exited,
 /// letting go of the lock (however long its drain takes: this process serves
 /// meanwhile).
+/// Puts `routes` in effect in the data plane this one took over from, if it still
+/// drains; one that does not answer is let go (it keeps the routes it had).
+fn tell(
+    predecessor: &std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
+    routes: &RouteTable,
+) {
+    let mut slot = predecessor.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(stream) = slot.as_mut()
+        && let Err(e) = plane::send_routes(stream, routes)
+    {
+        eprintln!("the data plane this one took over from no longer follows the routes: {e}");
+        *slot = None;
+    }
+}
+
 async fn wait_for_lock(files: &PlaneFiles, service: &str) -> Result<PlaneLock, Failure> {
     loop {
         match files.try_lock(service) {

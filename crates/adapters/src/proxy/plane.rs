@@ -238,12 +238,13 @@ impl PlaneFiles {
         })
     }
 
-    /// Whether a data plane holds the lock now.
+    /// Whether a data plane runs now: one holds the lock, or its admin socket answers
+    /// (one that took over serves before the one it took over from lets go of the
+    /// lock, and in the moment between the two nobody holds it).
     pub fn is_running(&self) -> bool {
-        let Ok(file) = File::open(self.lock()) else {
-            return false;
-        };
-        Flock::lock(file, FlockArg::LockSharedNonblock).is_err()
+        let locked = File::open(self.lock())
+            .is_ok_and(|file| Flock::lock(file, FlockArg::LockSharedNonblock).is_err());
+        locked || UnixStream::connect(self.socket()).is_ok()
     }
 }
 
@@ -874,6 +875,22 @@ mod tests {
         drop(held);
         assert!(!files.is_running());
         files.try_lock("checkout").unwrap();
+    }
+
+    #[test]
+    fn a_data_plane_whose_admin_socket_answers_runs_while_no_one_holds_the_lock() {
+        // After a take-over the new process serves (its admin socket answers) before
+        // the old one lets go of the lock, and in the moment between the two nobody
+        // holds it: a controller looking then must not start a third.
+        let dir = tempfile::tempdir().unwrap();
+        let files = PlaneFiles::new(dir.path(), "checkout");
+        files.create_dir().unwrap();
+        let admin = UnixListener::bind(files.socket()).unwrap();
+        assert!(files.is_running());
+        // A socket file nobody listens on any more (a crash) is not a data plane.
+        drop(admin);
+        assert!(files.socket().exists());
+        assert!(!files.is_running());
     }
 
     #[test]

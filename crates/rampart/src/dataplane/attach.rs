@@ -76,10 +76,20 @@ pub async fn attach_telling(
         let plane = start(service, &state_dir, &files).await?;
         return Ok((plane, said("started", &files)));
     }
-    let plane = RemotePlane::attach(&files.socket(), &files.token())
-        .await
-        .map(Arc::new)
-        .map_err(|e| internal(e.to_string()))?;
+    // One that holds the lock may not have bound its admin socket yet (it is
+    // starting): tried again while it runs, as a start waits for its own.
+    let deadline = tokio::time::Instant::now() + START;
+    let plane = loop {
+        match RemotePlane::attach(&files.socket(), &files.token()).await {
+            Ok(plane) => break Arc::new(plane),
+            Err(RemoteError::Unreachable { .. })
+                if tokio::time::Instant::now() < deadline && files.is_running() =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(internal(e.to_string())),
+        }
+    };
     Ok((plane, said("attached to", &files)))
 }
 

@@ -502,7 +502,7 @@ content-type: application/json
 authorization: Bearer t0ken 
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 204
+content-length: 229
 content-type: application/json
 
 
@@ -547,7 +547,7 @@ content-type: application/json
 authorization: Bearer t0ken 
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 204
+content-length: 229
 content-type: application/json
 
 
@@ -595,10 +595,10 @@ content-type: application/json
 authorization: Bearer t0ken {"weight": 20}
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 204
+content-length: 229
 content-type: application/json
 
-{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
+{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, POST /counters/measured, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
 >>> PUT /backends/canary HTTP/1.1
 authorization: Bearer t0ken {"endpoints": ["127.0.0.1:9"]}
 HTTP/1.1 200 OK
@@ -659,10 +659,10 @@ content-type: application/json
 authorization: Bearer t0ken {}
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 204
+content-length: 229
 content-type: application/json
 
-{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
+{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, POST /counters/measured, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
 >>> GET /nowhere HTTP/1.1
 authorization: Bearer t0ken {
 HTTP/1.1 400 Bad Request
@@ -675,10 +675,10 @@ content-type: application/json
 authorization: Bearer t0ken 
 HTTP/1.1 404 Not Found
 connection: close
-content-length: 204
+content-length: 229
 content-type: application/json
 
-{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
+{"error":{"code":"not_found","message":"routes: GET /healthz, GET /metrics, GET /state, GET /counters, POST /counters/measured, PUT /weight, PUT /backends/{stable|canary}, PUT /salt, PUT /uncounted, POST /drain, POST /shutdown"}}
 >>> GET /nowhere HTTP/1.1 
 HTTP/1.1 401 Unauthorized
 connection: close

@@ -675,7 +675,10 @@ impl Controller {
             return Ok(());
         }
         if matches!(input, Input::Resumed) {
-            run.carry = run.state.phase == rampart_core::release::Phase::Progressing;
+            // Mid-step only: between steps (after an approval, or once the next
+            // step was decided) the window is the next step's, fresh.
+            run.carry = run.state.phase == rampart_core::release::Phase::Progressing
+                && run.state.step_started_at.is_some();
         }
         let entry = StoredInput {
             seq: run.seq,
@@ -687,10 +690,19 @@ impl Controller {
         let input = entry.input;
         run.seq += 1;
         let opened = t.state.opened_window(&run.state);
+        let step = run.state.step;
         run.state = t.state;
-        if opened && !std::mem::take(&mut run.carry) {
-            // Counted before now (an approval wait, another weight) is no window's.
-            self.ports.metrics.open_window(now).await;
+        // The carried window is the resumed step's own, or none.
+        if run.state.phase != rampart_core::release::Phase::Progressing || run.state.step != step {
+            run.carry = false;
+        }
+        if opened {
+            if std::mem::take(&mut run.carry) {
+                self.ports.metrics.resume_window(now).await;
+            } else {
+                // Counted before now (an approval wait, another weight) is no window's.
+                self.ports.metrics.open_window(now).await;
+            }
         }
         for e in &t.events {
             tracing::info!(release = %run.id, kind = %e.kind, weight = %e.weight, "{}", e.message);

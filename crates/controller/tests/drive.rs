@@ -796,3 +796,98 @@ async fn the_first_window_after_an_approval_counts_none_of_the_wait() {
     let decided = end.decision.unwrap().at;
     assert_eq!(decided - approved_at, 60_000);
 }
+
+/// Which window each transition opened: `open` (a fresh one) or `resume` (the
+/// resumed step's, which a data plane that ran on counts from its last measurement).
+struct Windows {
+    inner: Arc<dyn MetricsSource>,
+    calls: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl MetricsSource for Windows {
+    fn measure<'a>(
+        &'a self,
+        window: &'a rampart_core::release::MeasureWindow,
+    ) -> BoxFuture<'a, Result<rampart_core::metrics::IntervalSample, PortError>> {
+        self.inner.measure(window)
+    }
+
+    fn open_window(&self, at: rampart_core::Millis) -> BoxFuture<'_, ()> {
+        self.calls.lock().unwrap().push("open");
+        self.inner.open_window(at)
+    }
+
+    fn resume_window(&self, at: rampart_core::Millis) -> BoxFuture<'_, ()> {
+        self.calls.lock().unwrap().push("resume");
+        self.inner.resume_window(at)
+    }
+}
+
+/// A controller whose metrics record the windows it opens.
+fn recording(
+    world: &Arc<FakeWorld>,
+    store: &Arc<StateStore>,
+    policy: &str,
+) -> (Controller, Arc<std::sync::Mutex<Vec<&'static str>>>) {
+    let mut p = ports(world, store.clone());
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    p.metrics = Arc::new(Windows {
+        inner: p.metrics.clone(),
+        calls: calls.clone(),
+    });
+    let c = Controller::new(Policy::from_yaml(policy).unwrap(), p, Arc::new(Silent));
+    (c, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_resumed_mid_step_keeps_the_steps_window_and_only_that_one() {
+    // Crashed inside the second step's bake: the resumed controller's first window is
+    // the step's own (what the versions served meanwhile is judged), every later one
+    // fresh.
+    let world = FakeWorld::new();
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    crash_after(controller(&world, &store), POLICY, 7 * 60).await;
+    let (second, calls) = recording(&world, &store, POLICY);
+    let end = second.drive("r1", None, None).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.first(), Some(&"resume"), "{calls:?}");
+    assert!(calls[1..].iter().all(|c| *c == "open"), "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_resumed_at_an_approval_point_opens_the_next_steps_window_fresh() {
+    // Crashed while waiting for an approval between steps: nothing of the wait is
+    // the next step's, so its window opens fresh after the approval.
+    let approved = POLICY.replace(
+        "steps: [{weight: 10, bake: 5m}, {weight: 50, bake: 5m}]",
+        "steps: [{weight: 10, bake: 1m}, {approval: releaser}, {weight: 50, bake: 5m}]",
+    );
+    assert_ne!(approved, POLICY);
+    let world = FakeWorld::new();
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let first = Controller::new(
+        Policy::from_yaml(&approved).unwrap(),
+        ports(&world, store.clone()),
+        Arc::new(Silent),
+    )
+    .with_initiator("alice");
+    crash_after(first, &approved, 5 * 60).await;
+    let (second, calls) = recording(&world, &store, &approved);
+    let second = second.with_initiator("alice");
+    let cmd = OperatorCommand {
+        kind: CommandKind::Approve,
+        actor: "bob".into(),
+        reason: "fine".into(),
+        force: false,
+        at: 2_000_000,
+    };
+    store.push_command("shop", &cmd).await.unwrap();
+    let end = second.drive("r1", None, None).await.unwrap();
+    assert_eq!(end.phase, Phase::Succeeded, "{end:?}");
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        !calls.is_empty() && calls.iter().all(|c| *c == "open"),
+        "{calls:?}"
+    );
+}

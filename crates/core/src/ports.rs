@@ -178,6 +178,14 @@ pub trait MetricsSource: Send + Sync {
         Box::pin(async {})
     }
 
+    /// The window a resumed controller opens again, mid-step: a source that kept
+    /// counting while no controller ran, and knows where the last measurement ended,
+    /// keeps that count (what the versions served meanwhile is judged); any other
+    /// opens a fresh window, as [`MetricsSource::open_window`] does (the default).
+    fn resume_window(&self, at: Millis) -> BoxFuture<'_, ()> {
+        self.open_window(at)
+    }
+
     /// Checks, before anything is deployed, that the source can read at all: its
     /// credentials are there, its provider accepts them, its program exists. Each
     /// result is a pre-release gate (named after the provider), so a misconfigured

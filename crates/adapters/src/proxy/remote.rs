@@ -79,6 +79,9 @@ pub struct RemotePlane {
     instance: Mutex<Option<u64>>,
     /// Set once attached: from then on a briefly absent socket is a hand-over.
     attached: std::sync::atomic::AtomicBool,
+    /// Attached counting from an earlier controller's last measurement (see
+    /// `resume_window`).
+    carried: std::sync::atomic::AtomicBool,
 }
 
 /// Without the admin token, which moves all the traffic: a `{:?}` in a log or an error
@@ -122,6 +125,7 @@ impl RemotePlane {
             since_closed: Mutex::default(),
             instance: Mutex::default(),
             attached: std::sync::atomic::AtomicBool::new(false),
+            carried: std::sync::atomic::AtomicBool::new(false),
         };
         let (now, instance, measured) = plane.counters(false).await?;
         *plane.instance.lock().unwrap_or_else(|p| p.into_inner()) = instance;
@@ -132,6 +136,9 @@ impl RemotePlane {
         // The next measurement counts from the last one an earlier controller took
         // of this data plane: what the versions served while no controller ran (a
         // canary failing its users meanwhile) is judged, not skipped.
+        plane
+            .carried
+            .store(measured.is_some(), std::sync::atomic::Ordering::Release);
         *plane.last.lock().unwrap_or_else(|p| p.into_inner()) = measured.unwrap_or(now);
         Ok(plane)
     }
@@ -428,11 +435,25 @@ impl MetricsSource for RemotePlane {
     /// Counts from now (see `BuiltinMetrics`); a data plane that does not answer
     /// leaves its counts to the next measurement.
     fn open_window(&self, _at: rampart_core::Millis) -> BoxFuture<'_, ()> {
+        self.carried
+            .store(false, std::sync::atomic::Ordering::Release);
         Box::pin(async move {
             if let Err(e) = self.since_last().await {
                 tracing::debug!(error = %e.0, "the data plane's counters were not read at a window's start");
             }
         })
+    }
+
+    /// Keeps counting from the last measurement an earlier controller took, when it
+    /// attached to one (the data plane ran on); else a fresh window.
+    fn resume_window(&self, at: rampart_core::Millis) -> BoxFuture<'_, ()> {
+        if self
+            .carried
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Box::pin(async {});
+        }
+        self.open_window(at)
     }
 }
 

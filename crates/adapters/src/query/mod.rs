@@ -618,6 +618,10 @@ impl MetricsSource for WithQueries {
         self.builtin.open_window(at)
     }
 
+    fn resume_window(&self, at: Millis) -> BoxFuture<'_, ()> {
+        self.builtin.resume_window(at)
+    }
+
     fn measure<'a>(
         &'a self,
         window: &'a MeasureWindow,

@@ -139,12 +139,24 @@ pub async fn stop(
         // holds requests until that release's versions answer, instead of sending
         // them to the ports the stopped ones had.
         let path = files.state();
-        if let Some(mut saved) = rampart_adapters::proxy::plane::PlaneState::load(&path)
-            .map_err(|e| internal(e.to_string()))?
-        {
-            saved.routes.stable.clear();
-            saved.routes.canary.clear();
-            saved.save(&path).map_err(|e| internal(e.to_string()))?;
+        match rampart_adapters::proxy::plane::PlaneState::load(&path) {
+            Ok(Some(mut saved)) => {
+                saved.routes.stable.clear();
+                saved.routes.canary.clear();
+                if let Err(e) = saved.save(&path) {
+                    lines.push(format!(
+                        "{}: its saved routes still name the stopped versions ({e})",
+                        policy.service
+                    ));
+                }
+            }
+            Ok(None) => {}
+            // Stopped all the same: the file is the operator's to restore (a data
+            // plane refuses to start from it, and says why).
+            Err(e) => lines.push(format!(
+                "{}: its saved routes were left as they are ({e})",
+                policy.service
+            )),
         }
     }
     if lines.is_empty() {

@@ -218,9 +218,13 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
             stream
                 .write_all(plane::SERVING)
                 .map_err(|e| Failure::other(format!("confirming the hand-over: {e}")))?;
-            // What changed between the hand-over and now reaches it too.
-            *predecessor.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
-            tell(&predecessor, &proxy.table());
+            // What changed between the hand-over and now reaches it too (read and sent
+            // under the guard every later change takes).
+            {
+                let mut slot = predecessor.lock().unwrap_or_else(|e| e.into_inner());
+                *slot = Some(stream);
+                tell_held(&mut slot, &proxy.table());
+            }
             tokio::select! {
                 held = wait_for_lock(&files, &service) => {
                     let held = held?;
@@ -250,17 +254,13 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
                     if let Some(a) = admin.take() {
                         a.close().await;
                     }
-                    match hand_over(stream, &server).await {
-                        Ok(feed) => {
+                    // The connections still open here take their next requests by the
+                    // routes the new process is told, not the ones frozen at the
+                    // hand-over (a canary rolled back and stopped meanwhile gets none
+                    // of them): `hand_over` follows them.
+                    match hand_over(stream, &server, &proxy).await {
+                        Ok(()) => {
                             eprintln!("handed the listening socket over; draining open connections");
-                            // The connections still open here take their next requests
-                            // by the routes the new process is told, not the ones
-                            // frozen at the hand-over (a canary rolled back and stopped
-                            // meanwhile gets none of them).
-                            let follower = proxy.clone();
-                            std::thread::spawn(move || {
-                                plane::follow_routes(feed, |table| follower.restore(table));
-                            });
                             server.stop_accepting(&proxy, args.drain, true).await;
                             return Ok(());
                         }
@@ -305,15 +305,27 @@ impl Failure {
 
 /// Sends the listening socket to the process that asked, and waits (at most 30 s)
 /// for it to confirm that it serves. Until it does, this process goes on accepting.
+///
+/// Once it serves, the stream carries its changes of the routes: a thread of their
+/// own puts them in effect here from that moment on (started on the blocking thread
+/// itself, so that the first one never waits for this process's busy runtime).
 async fn hand_over(
     stream: std::os::unix::net::UnixStream,
     server: &rampart_adapters::proxy::ProxyServer,
-) -> Result<std::os::unix::net::UnixStream, String> {
+    proxy: &Proxy,
+) -> Result<(), String> {
     plane::send_listener(&stream, server.listener_fd()).map_err(|e| e.to_string())?;
-    tokio::task::spawn_blocking(move || plane::await_serving(stream, Duration::from_secs(30)))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    let follower = proxy.clone();
+    tokio::task::spawn_blocking(move || {
+        let feed = plane::await_serving(stream, Duration::from_secs(30))?;
+        std::thread::spawn(move || {
+            plane::follow_routes(feed, |table| follower.restore(table));
+        });
+        Ok::<(), PlaneError>(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 /// Sends a state change to the service manager, when one listens (`$NOTIFY_SOCKET`,
@@ -397,16 +409,20 @@ fn handover_requests(
     Ok(rx)
 }
 
-/// Waits until the previous data plane has drained its connections and exited,
-/// letting go of the lock (however long its drain takes: this process serves
-/// meanwhile).
 /// Puts `routes` in effect in the data plane this one took over from, if it still
 /// drains; one that does not answer is let go (it keeps the routes it had).
 fn tell(
     predecessor: &std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
     routes: &RouteTable,
 ) {
-    let mut slot = predecessor.lock().unwrap_or_else(|e| e.into_inner());
+    tell_held(
+        &mut predecessor.lock().unwrap_or_else(|e| e.into_inner()),
+        routes,
+    );
+}
+
+/// [`tell`], with the guard held.
+fn tell_held(slot: &mut Option<std::os::unix::net::UnixStream>, routes: &RouteTable) {
     if let Some(stream) = slot.as_mut()
         && let Err(e) = plane::send_routes(stream, routes)
     {
@@ -415,6 +431,9 @@ fn tell(
     }
 }
 
+/// Waits until the previous data plane has drained its connections and exited,
+/// letting go of the lock (however long its drain takes: this process serves
+/// meanwhile).
 async fn wait_for_lock(files: &PlaneFiles, service: &str) -> Result<PlaneLock, Failure> {
     loop {
         match files.try_lock(service) {

@@ -602,13 +602,14 @@ pub fn send_routes(stream: &mut UnixStream, table: &super::RouteTable) -> Result
     let failed = |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
     let mut line = serde_json::to_vec(table).map_err(|e| PlaneError::Handover(e.to_string()))?;
     line.push(b'\n');
+    // One limit for the write and the answer together: half of it each.
     stream
-        .set_write_timeout(Some(FOLLOW_LIMIT))
-        .map_err(failed)?;
-    stream
-        .set_read_timeout(Some(FOLLOW_LIMIT))
+        .set_write_timeout(Some(FOLLOW_LIMIT / 2))
         .map_err(failed)?;
     stream.write_all(&line).map_err(failed)?;
+    stream
+        .set_read_timeout(Some(FOLLOW_LIMIT / 2))
+        .map_err(failed)?;
     let mut ack = [0u8; 3];
     stream.read_exact(&mut ack).map_err(failed)?;
     if &ack == b"ok\n" {

@@ -18,33 +18,6 @@ use common::serve::until;
 use common::{exe, free_port, rampart, report, runtime, start_load};
 use rampart::load::LoadStats;
 
-fn policy(service: &str, port: u16) -> String {
-    format!(
-        r#"service: {service}
-deploy:
-  process:
-    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
-    env: {{SAMPLE_ERROR_RATE: "0", SAMPLE_LATENCY_MS: "2"}}
-    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
-    stop_timeout: 2s
-traffic:
-  proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}
-strategy:
-  canary:
-    steps: [{{weight: 20, bake: 2s}}, {{weight: 50, bake: 2s}}]
-analysis:
-  interval: 1s
-  min_samples: 1
-  no_data: {{limit: 1000, action: halt}}
-  inconclusive: {{limit: 1000, action: halt}}
-  metrics:
-    - metric: error_rate
-      judge: {{max: 5%}}
-"#,
-        exe = exe()
-    )
-}
-
 /// A service's policy and state in a temporary directory; stops whatever of it still
 /// runs when dropped (the data plane and the versions outlive `rampart run`).
 struct Service {
@@ -60,7 +33,11 @@ impl Service {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let policy_path = dir.path().join("rampart.yaml");
-        std::fs::write(&policy_path, policy(name, port)).unwrap();
+        std::fs::write(
+            &policy_path,
+            common::plane_policy(name, port, &common::sample_service()),
+        )
+        .unwrap();
         let state = dir.path().join("state");
         Service {
             name: name.to_string(),

@@ -25,39 +25,6 @@ use rampart_core::release::Variant;
 
 // === harness ===
 
-fn policy(service: &str, port: u16, command: &str) -> String {
-    format!(
-        r#"service: {service}
-deploy:
-  process:
-    command: {command}
-    env: {{SAMPLE_ERROR_RATE: "0", SAMPLE_LATENCY_MS: "2"}}
-    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
-    stop_timeout: 2s
-traffic:
-  proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}
-strategy:
-  canary:
-    steps: [{{weight: 20, bake: 2s}}, {{weight: 50, bake: 2s}}]
-analysis:
-  interval: 1s
-  min_samples: 1
-  no_data: {{limit: 1000, action: halt}}
-  inconclusive: {{limit: 1000, action: halt}}
-  metrics:
-    - metric: error_rate
-      judge: {{max: 5%}}
-"#
-    )
-}
-
-fn sample_command() -> String {
-    format!(
-        r#"[{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]"#,
-        exe = exe()
-    )
-}
-
 /// A service's policy and state directory; kills whatever of it still runs (data
 /// planes in the lock, versions on record, and the processes the test started) when
 /// dropped, on success and on failure.
@@ -72,14 +39,14 @@ struct Svc {
 
 impl Svc {
     fn new(name: &str) -> Svc {
-        Svc::with_command(name, &sample_command())
+        Svc::with_command(name, &common::sample_service())
     }
 
     fn with_command(name: &str, command: &str) -> Svc {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let policy_path = dir.path().join("rampart.yaml");
-        std::fs::write(&policy_path, policy(name, port, command)).unwrap();
+        std::fs::write(&policy_path, common::plane_policy(name, port, command)).unwrap();
         let state = dir.path().join("state");
         Svc {
             name: name.to_string(),

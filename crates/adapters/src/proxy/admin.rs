@@ -381,33 +381,30 @@ async fn weight(
 /// Cumulative counters per variant, for a controller's metrics, and the counts as of
 /// the last measurement (`measured`, null before the first).
 async fn counters(_: Authorized, State(admin): State<Admin>, _: JsonBody) -> Json<Value> {
-    let measured = admin
-        .hooks
-        .measured
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    Json(json!({
-        "instance": admin.proxy.instance(),
-        "totals": admin.proxy.totals(),
-        "canary_routed_since_closed": admin.proxy.canary_routed_since_closed(),
-        "measured": measured,
-    }))
+    counted(&admin, false)
 }
 
 /// [`counters`], the counts it answers kept as the last measurement's.
 async fn measured(_: Authorized, State(admin): State<Admin>, _: JsonBody) -> Json<Value> {
+    counted(&admin, true)
+}
+
+/// The counts now and the last measurement's; `measure`: the counts now become it.
+fn counted(admin: &Admin, measure: bool) -> Json<Value> {
     let totals = admin.proxy.totals();
-    *admin
+    let mut last = admin
         .hooks
         .measured
         .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(totals.clone());
+        .unwrap_or_else(|p| p.into_inner());
+    if measure {
+        *last = Some(totals.clone());
+    }
     Json(json!({
         "instance": admin.proxy.instance(),
         "totals": totals,
         "canary_routed_since_closed": admin.proxy.canary_routed_since_closed(),
-        "measured": totals,
+        "measured": *last,
     }))
 }
 

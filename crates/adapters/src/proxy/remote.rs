@@ -242,21 +242,17 @@ impl RemotePlane {
         &self,
         measure: bool,
     ) -> Result<(IntervalSample, Option<u64>, Option<IntervalSample>), RemoteError> {
-        let v = match measure {
-            true => match self
+        let read = || self.call(Method::GET, "/counters", None, Duration::ZERO);
+        let v = if measure {
+            match self
                 .call(Method::POST, "/counters/measured", None, Duration::ZERO)
                 .await
             {
-                Err(RemoteError::Answer { status: 404, .. }) => {
-                    self.call(Method::GET, "/counters", None, Duration::ZERO)
-                        .await?
-                }
+                Err(RemoteError::Answer { status: 404, .. }) => read().await?,
                 other => other?,
-            },
-            false => {
-                self.call(Method::GET, "/counters", None, Duration::ZERO)
-                    .await?
             }
+        } else {
+            read().await?
         };
         let totals: IntervalSample = serde_json::from_value(v["totals"].clone())
             .map_err(|e| RemoteError::Exchange(format!("counters: {e}")))?;

@@ -240,9 +240,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
         (None, None) => return Err(Failure::other("no lock and no hand-over")),
     };
     // Held until the process ends; `None` when it was stopped before the lock came.
-    let held = lock.is_some();
-    let _lock = lock;
-    if held {
+    if lock.is_some() {
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,

@@ -23,6 +23,44 @@ pub fn exe() -> String {
     env!("CARGO_BIN_EXE_rampart").to_string()
 }
 
+/// The data plane tests' service (`dataplane.rs`, `dataplane_review.rs`): two short
+/// steps judged every second on the error rate, versions run by `command` (a JSON
+/// list; [`sample_service`] is the bundled sample service), behind the embedded proxy
+/// on `port`.
+pub fn plane_policy(service: &str, port: u16, command: &str) -> String {
+    format!(
+        r#"service: {service}
+deploy:
+  process:
+    command: {command}
+    env: {{SAMPLE_ERROR_RATE: "0", SAMPLE_LATENCY_MS: "2"}}
+    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
+    stop_timeout: 2s
+traffic:
+  proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}
+strategy:
+  canary:
+    steps: [{{weight: 20, bake: 2s}}, {{weight: 50, bake: 2s}}]
+analysis:
+  interval: 1s
+  min_samples: 1
+  no_data: {{limit: 1000, action: halt}}
+  inconclusive: {{limit: 1000, action: halt}}
+  metrics:
+    - metric: error_rate
+      judge: {{max: 5%}}
+"#
+    )
+}
+
+/// The bundled sample service as a policy's `command`.
+pub fn sample_service() -> String {
+    format!(
+        r#"[{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]"#,
+        exe = exe()
+    )
+}
+
 /// Stops, when dropped, every version process a `rampart` under test recorded in the
 /// state directory it holds: what a `rampart` killed mid-release, or a failed test,
 /// would otherwise leave running. Hold one from before the first `rampart run`.

@@ -430,6 +430,43 @@ fn a_drain_after_a_take_over_waits_for_the_requests_the_old_data_plane_has_in_fl
     );
 }
 
+/// The other side of the test above: a drain after a take-over is done once neither
+/// process has a request in flight to what is drained. The old process goes on
+/// draining its open connections for up to `--drain` (20 s here), and a drain that
+/// waited for it to exit reported "still in flight" at its timeout with nothing in
+/// flight anywhere (the controller then logs a failed drain, or waits out `--drain`
+/// at every step of a release run right after an upgrade of rampart).
+#[test]
+fn a_drain_after_a_take_over_is_done_once_neither_data_plane_has_the_requests() {
+    let mut svc = Svc::new("settles");
+    let rt = rt();
+    svc.start_plane("20s");
+    let stable = Backend::start("stable", false);
+    let canary = Backend::start("canary", false);
+    let plane = svc.remote(&rt);
+    rt.block_on(plane.set_backends(Variant::Stable, &[stable.addr]))
+        .unwrap();
+    rt.block_on(plane.set_backends(Variant::Canary, &[canary.addr]))
+        .unwrap();
+    rt.block_on(plane.set_weight(Weight::FULL, &[])).unwrap();
+    // A kept-alive connection keeps the old process draining after the take-over.
+    let _user = idle_connection(svc.port);
+    let old = svc.lock_pid().unwrap();
+    take_over(&mut svc, "plane.log.err");
+
+    rt.block_on(plane.set_weight(Weight::ZERO, &[])).unwrap();
+    let drained = rt.block_on(plane.drain(Variant::Canary, Duration::from_secs(5)));
+    let endpoints = rt.block_on(plane.drain_endpoints(&[canary.addr], Duration::from_secs(5)));
+    assert!(
+        alive(old),
+        "the old data plane exited: the test no longer covers a drain while it drains"
+    );
+    assert!(
+        drained.is_ok() && endpoints.is_ok(),
+        "nothing was in flight to the canary, yet the drain failed ({drained:?}, endpoints {endpoints:?})"
+    );
+}
+
 /// docs/dataplane.md, "What survives what": requests that arrive before a version is
 /// ready wait for it (`--hold`) instead of getting an error from rampart; "A release
 /// brings a service stopped with `rampart stop` back" (and after a reboot the next

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::Proxy;
+use super::plane::InFlight;
 use crate::telemetry::{Telemetry, exposition};
 
 /// The admin endpoint. Dropping it stops it.
@@ -38,6 +39,11 @@ pub struct AdminServer {
 /// Saves the routes a change is about to put in effect; an error refuses the change.
 pub type Persist = Arc<dyn Fn(&super::RouteTable) -> Result<(), String> + Send + Sync>;
 
+/// Asks the data plane this one took over from, while it drains, how many requests it
+/// has in flight; `None` when none answers (it has gone, or stopped following).
+/// Blocking (at most [`super::plane::FOLLOW_LIMIT`]).
+pub type Predecessor = Arc<dyn Fn(&super::plane::InFlight) -> Option<u64> + Send + Sync>;
+
 /// What a data plane adds to the admin API: persistence, and a way to be stopped.
 #[derive(Clone, Default)]
 pub struct PlaneHooks {
@@ -48,6 +54,11 @@ pub struct PlaneHooks {
     /// `false` while a data plane this one took over from still drains (its requests
     /// in flight are not counted here): a drain is done only once it has gone.
     pub settled: Option<tokio::sync::watch::Receiver<bool>>,
+    /// While not `settled`: what the process it took over from has in flight. A drain
+    /// there is done once it has none to the variant or endpoints drained (its open
+    /// connections follow the routes, so no new one goes there), without waiting for
+    /// it to exit.
+    pub predecessor: Option<Predecessor>,
     /// The counts as of the last measurement a controller took (`POST
     /// /counters/measured`): where a controller that attaches later starts counting,
     /// so that what the versions served while none ran is judged too.
@@ -60,6 +71,7 @@ impl std::fmt::Debug for PlaneHooks {
             .field("persist", &self.persist.is_some())
             .field("shutdown", &self.shutdown.is_some())
             .field("settled", &self.settled.as_ref().map(|s| *s.borrow()))
+            .field("predecessor", &self.predecessor.is_some())
             .field("measured", &self.measured.lock().map(|m| m.is_some()).ok())
             .finish()
     }
@@ -465,7 +477,7 @@ async fn drain(
             };
             let (drained, settled) = tokio::join!(
                 admin.proxy.drain(variant, timeout),
-                settled_within(&admin, timeout)
+                settled_within(&admin, InFlight::Variant(variant), timeout)
             );
             json!({"drained": drained && settled, "in_flight": admin.proxy.in_flight(variant)})
         }
@@ -477,7 +489,7 @@ async fn drain(
                 .map_err(|_| ProxyAdminError::BadEndpoints)?;
             let (drained, settled) = tokio::join!(
                 admin.proxy.drain_endpoints(&endpoints, timeout),
-                settled_within(&admin, timeout)
+                settled_within(&admin, InFlight::Endpoints(endpoints.clone()), timeout)
             );
             json!({"drained": drained && settled})
         }
@@ -490,15 +502,37 @@ async fn drain(
     Ok(Json(drained))
 }
 
-/// Whether no data plane this one took over from is left draining, waiting at most
-/// `timeout` for it to go.
-async fn settled_within(admin: &Admin, timeout: std::time::Duration) -> bool {
+/// How often a drain asks the data plane this one took over from what it has in
+/// flight, while it has some.
+const ASK_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether the data plane this one took over from, if one still drains, has nothing
+/// in flight to `what` (asked every [`ASK_EVERY`]) or has gone, waiting at most
+/// `timeout`. One that does not answer is waited for until it has gone.
+async fn settled_within(admin: &Admin, what: InFlight, timeout: std::time::Duration) -> bool {
     let Some(mut settled) = admin.hooks.settled.clone() else {
         return true;
     };
-    tokio::time::timeout(timeout, settled.wait_for(|s| *s))
-        .await
-        .is_ok_and(|r| r.is_ok())
+    let ask = admin.hooks.predecessor.clone();
+    let wait = async {
+        let mut watching = true;
+        loop {
+            if *settled.borrow_and_update() {
+                return;
+            }
+            if let Some(ask) = &ask {
+                let (ask, what) = (ask.clone(), what.clone());
+                if let Ok(Some(0)) = tokio::task::spawn_blocking(move || ask(&what)).await {
+                    return;
+                }
+            }
+            tokio::select! {
+                changed = settled.changed(), if watching => watching = changed.is_ok(),
+                () = tokio::time::sleep(ASK_EVERY) => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.is_ok()
 }
 
 /// Stops the data plane (`rampart stop`), when it was started as one.

@@ -929,6 +929,19 @@ impl Proxy {
         known.entry(addr).or_default().clone()
     }
 
+    /// Requests in flight now to any of `endpoints`.
+    pub fn in_flight_to(&self, endpoints: &[SocketAddr]) -> u64 {
+        let known = match self.inner.endpoints.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        endpoints
+            .iter()
+            .filter_map(|a| known.get(a))
+            .map(|c| c.load(Ordering::Acquire))
+            .sum()
+    }
+
     /// Waits until no request is in flight to any of `endpoints`, at most `timeout`.
     pub async fn drain_endpoints(&self, endpoints: &[SocketAddr], timeout: Duration) -> bool {
         let counters: Vec<Arc<AtomicU64>> = endpoints

@@ -621,10 +621,73 @@ pub fn send_routes(stream: &mut UnixStream, table: &super::RouteTable) -> Result
     }
 }
 
+/// What a data plane that took over asks the one it took over from, while that one
+/// drains: how many requests it has in flight to a variant, or to some endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InFlight {
+    /// To every endpoint of a variant.
+    Variant(rampart_core::Variant),
+    /// To any of these endpoints.
+    Endpoints(Vec<SocketAddr>),
+}
+
+/// How an [`InFlight`] question starts on the stream (a route table is a JSON object).
+const ASK: &str = "in-flight ";
+
+/// Asks the data plane this one took over from (still draining) how many requests
+/// it has in flight to `what`, after every change of the routes sent before; within
+/// [`FOLLOW_LIMIT`], like [`send_routes`]. `None` when it has closed the stream (it
+/// has exited).
+pub fn ask_in_flight(stream: &mut UnixStream, what: &InFlight) -> Result<Option<u64>, PlaneError> {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    let failed = |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
+    let gone =
+        |e: &std::io::Error| matches!(e.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
+    let mut line = ASK.as_bytes().to_vec();
+    serde_json::to_writer(&mut line, what).map_err(|e| PlaneError::Handover(e.to_string()))?;
+    line.push(b'\n');
+    stream
+        .set_write_timeout(Some(FOLLOW_LIMIT / 2))
+        .map_err(failed)?;
+    match stream.write_all(&line) {
+        Err(e) if gone(&e) => return Ok(None),
+        other => other.map_err(failed)?,
+    }
+    stream
+        .set_read_timeout(Some(FOLLOW_LIMIT / 2))
+        .map_err(failed)?;
+    // A count and a newline: at most 21 bytes.
+    let mut answer = Vec::with_capacity(21);
+    let mut byte = [0u8; 1];
+    while answer.len() < 21 {
+        match stream.read_exact(&mut byte) {
+            Err(e) if gone(&e) => return Ok(None),
+            other => other.map_err(failed)?,
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        answer.push(byte[0]);
+    }
+    std::str::from_utf8(&answer)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            PlaneError::Handover("the draining data plane answered something else".into())
+        })
+}
+
 /// In a data plane that handed its socket over: puts in effect every table the one
-/// that took over sends (see [`send_routes`]), answering each, until it closes the
-/// stream. Blocking: run it on a thread of its own.
-pub fn follow_routes(stream: UnixStream, mut apply: impl FnMut(&super::RouteTable)) {
+/// that took over sends (see [`send_routes`]) and answers every [`InFlight`] question
+/// with `in_flight`'s count (see [`ask_in_flight`]), until it closes the stream.
+/// Blocking: run it on a thread of its own.
+pub fn follow_routes(
+    stream: UnixStream,
+    mut apply: impl FnMut(&super::RouteTable),
+    mut in_flight: impl FnMut(&InFlight) -> u64,
+) {
     use std::io::BufRead;
     let _ = stream.set_read_timeout(None);
     let Ok(mut ack) = stream.try_clone() else {
@@ -638,11 +701,19 @@ pub fn follow_routes(stream: UnixStream, mut apply: impl FnMut(&super::RouteTabl
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let Ok(table) = serde_json::from_str::<super::RouteTable>(&line) else {
-            return;
+        let answer = if let Some(asked) = line.strip_prefix(ASK) {
+            let Ok(what) = serde_json::from_str::<InFlight>(asked) else {
+                return;
+            };
+            format!("{}\n", in_flight(&what))
+        } else {
+            let Ok(table) = serde_json::from_str::<super::RouteTable>(&line) else {
+                return;
+            };
+            apply(&table);
+            "ok\n".to_string()
         };
-        apply(&table);
-        if ack.write_all(b"ok\n").is_err() {
+        if ack.write_all(answer.as_bytes()).is_err() {
             return;
         }
     }
@@ -757,7 +828,46 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use rampart_core::Weight;
+    use rampart_core::{Variant, Weight};
+
+    /// The feed between a data plane that took over and the one draining: a question
+    /// is answered after every route table sent before it is in effect, with the count
+    /// the draining side has for what was asked; a closed stream reads as gone.
+    #[test]
+    fn the_feed_answers_questions_in_order_with_the_routes() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let applied = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Weight>::new()));
+        let seen = applied.clone();
+        let follower = std::thread::spawn(move || {
+            follow_routes(
+                theirs,
+                |t| seen.lock().unwrap().push(t.weight),
+                |what| match what {
+                    // The canary's count: how many tables were applied before it.
+                    InFlight::Variant(Variant::Canary) => seen.lock().unwrap().len() as u64,
+                    InFlight::Variant(Variant::Stable) => 0,
+                    InFlight::Endpoints(e) => 100 + e.len() as u64,
+                },
+            );
+        });
+        let mut table = state().routes;
+        send_routes(&mut ours, &table).unwrap();
+        table.weight = Weight::ZERO;
+        send_routes(&mut ours, &table).unwrap();
+        let asked = InFlight::Variant(Variant::Canary);
+        assert_eq!(ask_in_flight(&mut ours, &asked).unwrap(), Some(2));
+        let endpoints = InFlight::Endpoints(table.stable.clone());
+        assert_eq!(ask_in_flight(&mut ours, &endpoints).unwrap(), Some(101));
+        assert_eq!(
+            *applied.lock().unwrap(),
+            vec![Weight::from_basis_points(1250).unwrap(), Weight::ZERO]
+        );
+        // A question it cannot read ends the feed: it answers nothing it did not read.
+        ours.write_all(b"in-flight {\"variant\": \"nope\"}\n")
+            .unwrap();
+        follower.join().unwrap();
+        assert_eq!(ask_in_flight(&mut ours, &asked).unwrap(), None);
+    }
 
     fn state() -> PlaneState {
         PlaneState {

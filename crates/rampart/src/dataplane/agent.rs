@@ -167,6 +167,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
     let saved = state.clone();
     let path = files.state();
     let told = predecessor.clone();
+    let asked = predecessor.clone();
     let hooks = PlaneHooks {
         persist: Some(Arc::new(move |routes: &RouteTable| {
             let mut next = saved.clone();
@@ -177,6 +178,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
         })),
         shutdown: Some(stop.clone()),
         settled: Some(settled),
+        predecessor: Some(Arc::new(move |what: &plane::InFlight| ask(&asked, what))),
         measured: Arc::default(),
     };
     let telemetry = Arc::new(Telemetry::new(&service, Arc::new(proxy.clone())));
@@ -317,7 +319,14 @@ async fn hand_over(
     tokio::task::spawn_blocking(move || {
         let feed = plane::await_serving(stream, Duration::from_secs(30))?;
         std::thread::spawn(move || {
-            plane::follow_routes(feed, |table| follower.restore(table));
+            plane::follow_routes(
+                feed,
+                |table| follower.restore(table),
+                |what| match what {
+                    plane::InFlight::Variant(v) => follower.in_flight(*v),
+                    plane::InFlight::Endpoints(e) => follower.in_flight_to(e),
+                },
+            );
         });
         Ok::<(), PlaneError>(())
     })
@@ -426,6 +435,28 @@ fn tell_held(slot: &mut Option<std::os::unix::net::UnixStream>, routes: &RouteTa
     {
         eprintln!("the data plane this one took over from no longer follows the routes: {e}");
         *slot = None;
+    }
+}
+
+/// What the data plane this one took over from has in flight to `what`, if it still
+/// drains and answers; one that does not answer is let go, as in [`tell`].
+fn ask(
+    predecessor: &std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
+    what: &plane::InFlight,
+) -> Option<u64> {
+    let mut slot = predecessor.lock().unwrap_or_else(|e| e.into_inner());
+    let stream = slot.as_mut()?;
+    match plane::ask_in_flight(stream, what) {
+        Ok(Some(n)) => Some(n),
+        Ok(None) => {
+            *slot = None;
+            None
+        }
+        Err(e) => {
+            eprintln!("the data plane this one took over from no longer answers: {e}");
+            *slot = None;
+            None
+        }
     }
 }
 

@@ -541,6 +541,30 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         );
     }
     let metrics = metrics?;
+    // Non-critical metrics fail the release only once their weights reach
+    // `fail_score`: if every metric is one and all of them together stay under it,
+    // nothing the canary does can ever fail it.
+    let weights: f64 = metrics.iter().map(|x| x.weight).sum();
+    if fail_score > 0.0
+        && !metrics.is_empty()
+        && !metrics.iter().any(|x| x.critical)
+        && weights < fail_score
+    {
+        let (pos, field) = match m.get("fail_score") {
+            Some(n) => (n.pos, m.path_of("fail_score")),
+            None => (
+                m.get("metrics").map_or(m.pos(), |n| n.pos),
+                m.path_of("metrics"),
+            ),
+        };
+        cx.error(
+            pos,
+            &field,
+            format!(
+                "no metric can fail the release: none is critical, and their weights add up to {weights} even when all of them fail, under `fail_score` {fail_score}; make one `critical: true`, raise their `weight`s, or lower `fail_score`"
+            ),
+        );
+    }
     let reads = |source: &QuerySource| {
         metrics
             .iter()

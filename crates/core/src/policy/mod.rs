@@ -280,25 +280,27 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         );
     }
     if let (Some(load), Some(t)) = (analysis.as_ref().and_then(|a| a.load.as_ref()), &traffic) {
-        let at = m.get("analysis").map_or(m.pos(), |n| n.pos);
+        // At the field refused (or `load` itself, for one left out).
+        let node = m.get("analysis").and_then(|a| a.field("load"));
+        let at = |key: &str| node.map_or(m.pos(), |n| n.pos_of(key));
         let embedded = matches!(t, Traffic::Proxy(_));
         if !load.counts && !embedded {
             cx.error(
-                at,
+                at("counts"),
                 "analysis.load.counts",
                 "only the embedded proxy can leave rampart's own load out of the metrics; nginx, HAProxy and Kubernetes count every request (set `counts: true`, or filter `x-rampart-load` out of a `prometheus` query)",
             );
         }
         if !load.counts && load.url.is_some() {
             cx.error(
-                at,
+                at("url"),
                 "analysis.load.url",
                 "load that does not count goes through the embedded proxy's own address (it carries a token only the proxy may see); leave `url` out",
             );
         }
         if load.url.is_none() && !embedded && !matches!(t, Traffic::Nginx(_)) {
             cx.error(
-                at,
+                at("url"),
                 "analysis.load.url",
                 "rampart knows the service's address only behind the embedded proxy or nginx; give the address to send the load to (`url: http://HOST:PORT`)",
             );
@@ -313,7 +315,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             || (tls && load.url.is_none())
         {
             cx.error(
-                at,
+                at("url"),
                 "analysis.load.url",
                 if tls && load.url.is_none() {
                     "the built-in load speaks plain HTTP, and the embedded proxy listens with TLS (`traffic.proxy.tls`): every request would fail its handshake; give a plain `http://` address of the service (`url`, counted), or leave `load` out"

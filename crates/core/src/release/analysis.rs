@@ -172,14 +172,19 @@ fn add_to_baseline(
 }
 
 /// Judges one interval, updates the evidence and streaks, and records the analysis.
-/// While watching after the switch, the previous version's side is its baseline.
+/// While all traffic is on the new version (the watch after the switch, a step or a
+/// blue-green switch at 100 %), the previous version's side is its baseline: its
+/// measurements from the intervals before, when it served.
 pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Judged {
     let metrics = &b.policy.analysis.metrics;
-    let watching = b.s.phase == Phase::Watching;
+    // `watching` below: judged against the baseline. At 100 % stable serves nothing,
+    // and a comparison with it at the same time (the sequential judge's share test, a
+    // ratio limit) has nothing to compare with: every interval would be inconclusive.
+    let watching = b.s.phase == Phase::Watching || b.s.weight == Weight::FULL;
     // Stable is idle only by the plan: all traffic on the new version (100 %, a
     // blue-green switch), or the watch after promotion, whose stable side is a
     // baseline. While it serves, a stable value that failed to read is never skipped.
-    let side = if watching || b.s.weight == Weight::FULL {
+    let side = if watching {
         StableSide::Idle
     } else {
         StableSide::Serving

@@ -304,7 +304,8 @@ pub struct Release {
     /// `latency_total_pXX`). Absent from releases saved before it existed.
     #[serde(default)]
     pub stable_latency_total: Histogram,
-    /// Canary requests over every analysed interval.
+    /// Canary requests over every analysed interval since the evidence was last
+    /// started afresh (the release's start, rollback level 1's check).
     pub canary_seen: u64,
     /// Consecutive inconclusive intervals.
     pub inconclusive_streak: u32,

@@ -185,9 +185,12 @@ pub(super) fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
     if b.policy.strategy.flag_only() || by_operator {
         return b.rollback_traffic();
     }
-    // Judge the interval after the switch on its own: fresh evidence, fresh streaks.
+    // Judge the interval after the switch on its own: fresh evidence, fresh streaks,
+    // and `min_samples` counted from the switch (the builtin sequential judge's gate
+    // reads `canary_seen`, as a sequential judge on counts reads its evidence's).
     let n = b.policy.analysis.metrics.len();
     b.s.evidence = vec![Evidence::default(); n];
+    b.s.canary_seen = 0;
     b.s.pooled = vec![None; n];
     b.s.failure_streaks = vec![0; n];
     b.start_fresh_interval();

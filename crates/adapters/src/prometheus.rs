@@ -274,6 +274,19 @@ impl Prometheus {
                     ),
                 }
             }
+            // A redirect (rampart follows none) or a success that is not Prometheus's
+            // JSON (a UI's page, a login page served with 200) answers every read
+            // the same way: a misconfiguration the trial read blocks.
+            PrometheusError::NotJson {
+                status: status @ 300..=399,
+            } => ReadError::Status {
+                provider: "Prometheus",
+                status,
+                why: why(
+                    "a redirect, and rampart follows none: give the URL it redirects to".into(),
+                ),
+            },
+            PrometheusError::NotJson { status } if status < 300 => ReadError::NotJson("Prometheus"),
             PrometheusError::Read(e) => e,
             PrometheusError::Unanswered(e) if e.is_unreachable() => {
                 ReadError::Unreachable(format!("Prometheus at {}: {e}", self.url))

@@ -243,3 +243,17 @@ async fn a_program_printing_credentials_refreshed_since_the_start_is_scrubbed() 
         );
     }
 }
+
+/// A program that prints far more than a metric (a loop gone wrong, a log dumped on
+/// standard output) is no data with the reason, and what rampart keeps of it is
+/// bounded: the rest is read and dropped, so the program finishes.
+#[tokio::test]
+async fn a_program_printing_more_than_a_metric_is_no_data() {
+    let q = read("yes 1 | head -c 3000000", "judge: {max: 1}").await;
+    assert_eq!((q.stable, q.canary), (None, None), "{}", q.detail);
+    assert!(
+        q.detail.contains("printed more than 1024 KiB"),
+        "{}",
+        q.detail
+    );
+}

@@ -194,6 +194,35 @@ async fn a_429_is_waited_out_as_retry_after_asks_then_read() {
     }
 }
 
+/// A 503 that says when to come back (`Retry-After`, RFC 9110 15.6.4: a server down
+/// for maintenance, a query frontend shedding load) is waited out like a 429, not
+/// asked again at once by every later read.
+#[tokio::test(start_paused = true)]
+async fn a_503_with_retry_after_is_waited_out_like_a_429() {
+    let (url, seen) = fake_provider::start(Arc::new(|n, req: &Seen| {
+        if n % 2 == 0 {
+            (503, vec![("retry-after", "5".to_string())], "{}".into())
+        } else {
+            counts(n, req)
+        }
+    }))
+    .await;
+    let p = counts_policy(&url);
+    let s = source(&p, &[("STATS_TOKEN", TOKEN)]);
+    let sample = s.measure(&window()).await.unwrap();
+    let q = &sample.queries[0];
+    assert_eq!((q.stable, q.canary), (Some(1.0), Some(9.0)), "{}", q.detail);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "one retry per variant");
+    for pair in seen.chunks(2) {
+        let waited = pair[1].at - pair[0].at;
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+            "retried after {waited:?}"
+        );
+    }
+}
+
 /// A `Retry-After` longer than the interval is no data at once, and the canary's read
 /// sends nothing: the server asked for 120 s.
 #[tokio::test(start_paused = true)]

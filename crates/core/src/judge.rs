@@ -104,7 +104,7 @@ fn as_count(v: Option<f64>) -> Option<u64> {
 /// total.
 fn events_within(events: Option<f64>, total: Option<u64>) -> Option<u64> {
     let (e, n) = (as_count(events)?, total?);
-    (e <= n + (n / 20).max(2)).then(|| e.min(n))
+    (e <= n.saturating_add((n / 20).max(2))).then(|| e.min(n))
 }
 
 /// Why a counts metric's reading is none: its events are more than its total.
@@ -861,7 +861,7 @@ fn sequential_on(
     } else {
         canary_seen
     };
-    evidence.seen += canary_n;
+    evidence.seen = evidence.seen.saturating_add(canary_n);
     if let Some((stable_n, _, _, _, why)) = &counts {
         r.canary_requests = canary_n;
         r.stable_requests = stable_n.unwrap_or(0);
@@ -938,7 +938,7 @@ fn sequential_on(
         "evidence {log_e:.1} of {:.1} needed",
         (1.0 / seq.alpha).ln()
     );
-    let seen = seen_before + canary_n;
+    let seen = seen_before.saturating_add(canary_n);
     if evidence.rejected {
         r.verdict = Verdict::Fail;
         r.detail = format!("worse than stable at alpha {}: {what}; {shown}", seq.alpha);
@@ -958,6 +958,16 @@ fn sequential_on(
 mod tests {
     use super::*;
     use crate::policy::Judge;
+
+    /// A source may report any count, up to what a float rounds to (`u64::MAX`): the
+    /// tolerance over a total must not overflow (a panic in a debug build, a total of
+    /// a few read as "more events than the total" in a release build).
+    #[test]
+    fn counts_as_large_as_a_source_can_report_are_read_without_overflow() {
+        let huge = u64::MAX;
+        assert_eq!(events_within(Some(1e30), Some(huge)), Some(huge));
+        assert_eq!(events_within(Some(5.0), Some(huge)), Some(5));
+    }
 
     fn spec(max: Option<f64>, ratio: Option<f64>) -> MetricSpec {
         MetricSpec {

@@ -180,12 +180,35 @@ impl CloudWatch {
         // messages; anything it echoes is scrubbed like an error.
         for result in answer["MetricDataResults"].as_array().into_iter().flatten() {
             let status = result["StatusCode"].as_str().unwrap_or("Complete");
-            if matches!(status, "InternalError" | "Forbidden") {
-                let messages = messages(&result["Messages"]);
-                return Err(ReadError::Other(format!(
-                    "CloudWatch could not compute the expression ({status}){}",
-                    said(&messages, &credentials.secrets())
-                )));
+            let messages = || said(&messages(&result["Messages"]), &credentials.secrets());
+            match status {
+                // The keys may not read that data (a cross-Region or cross-account read
+                // they are not allowed): every read is refused the same way.
+                "Forbidden" => {
+                    return Err(ReadError::Refused {
+                        provider: NAME,
+                        why: format!(
+                            "CloudWatch may not show this data (Forbidden){}",
+                            messages()
+                        ),
+                    });
+                }
+                "InternalError" => {
+                    return Err(ReadError::Other(format!(
+                        "CloudWatch could not compute the expression ({status}){}",
+                        messages()
+                    )));
+                }
+                // Some of the window's datapoints are missing (a math expression gets
+                // no `NextToken` to ask for the rest): a sum of part of the window
+                // would undercount, so it is no data.
+                "PartialData" if answer.get("NextToken").is_none_or(Value::is_null) => {
+                    return Err(ReadError::Empty(format!(
+                        "CloudWatch returned part of the window's datapoints (PartialData){}",
+                        messages()
+                    )));
+                }
+                _ => {}
             }
         }
         Ok(answer)

@@ -165,21 +165,10 @@ async fn run(
     // Both pipes at once: a program filling one while rampart reads the other would
     // hang until the time limit.
     let finished = async {
-        let read_out = async {
-            let mut buf = Vec::new();
-            if let Some(p) = stdout.as_mut() {
-                let _ = p.read_to_end(&mut buf).await;
-            }
-            buf
-        };
-        let read_err = async {
-            let mut buf = Vec::new();
-            if let Some(p) = stderr.as_mut() {
-                let _ = p.read_to_end(&mut buf).await;
-            }
-            buf
-        };
-        let (out, err) = tokio::join!(read_out, read_err);
+        let (out, err) = tokio::join!(
+            capped(stdout.as_mut(), OUTPUT_LIMIT),
+            capped(stderr.as_mut(), OUTPUT_LIMIT)
+        );
         (child.wait().await, out, err)
     };
     match tokio::time::timeout(TIMEOUT, finished).await {
@@ -188,7 +177,38 @@ async fn run(
             TIMEOUT.as_secs()
         ))),
         Ok((Err(e), _, _)) => Err(ReadError::Command(format!("`{program}`: {e}"))),
-        Ok((Ok(status), out, err)) => Ok((status, out, err)),
+        Ok((_, (_, true), _)) => Err(ReadError::Command(format!(
+            "`{program}` printed more than {} KiB: a metric is a number or a small JSON object",
+            OUTPUT_LIMIT / 1024
+        ))),
+        Ok((Ok(status), (out, false), (err, _))) => Ok((status, out, err)),
+    }
+}
+
+/// What rampart keeps of each of a program's outputs; the rest is read and dropped,
+/// so a program printing without end costs no memory (the time limit ends it).
+const OUTPUT_LIMIT: usize = 1 << 20;
+
+/// All of `pipe` read, the first `limit` bytes kept; `true` when there was more.
+async fn capped<R: tokio::io::AsyncRead + Unpin>(
+    pipe: Option<&mut R>,
+    limit: usize,
+) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let Some(pipe) = pipe else {
+        return (kept, false);
+    };
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut over = false;
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => return (kept, over),
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+                over |= n > room;
+            }
+        }
     }
 }
 

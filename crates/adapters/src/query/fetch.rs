@@ -212,7 +212,10 @@ pub async fn answer(
                         ReadError::Unanswered(said)
                     }
                 })?;
+        // A 503 that says when to come back (`Retry-After`, RFC 9110 15.6.4) is
+        // waited for like a 429.
         let throttled = answer.status == 429
+            || (answer.status == 503 && answer.retry_after.is_some())
             || req
                 .throttled
                 .is_some_and(|slow_down| slow_down(answer.status, &answer.body));
@@ -266,13 +269,16 @@ pub async fn answer(
 /// `Retry-After` in seconds,
 /// or as an HTTP date (RFC 9110 10.2.3: IMF-fixdate, or the obsolete RFC 850 and
 /// asctime forms) less `now` (ms since the Unix epoch). None, or one that does not
-/// parse, waits the default.
+/// parse, waits the default; a number of seconds too large to hold waits the cap.
 pub fn retry_after(header: Option<&str>, now: Millis) -> Duration {
     let Some(header) = header.map(str::trim) else {
         return DEFAULT_WAIT;
     };
+    let digits = !header.is_empty() && header.bytes().all(|b| b.is_ascii_digit());
     let wait = match header.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
+        // More seconds than a u64 holds: more than the cap.
+        Err(_) if digits => MAX_WAIT,
         Err(_) => match httpdate::parse_http_date(header) {
             Ok(at) => at
                 .duration_since(std::time::UNIX_EPOCH)

@@ -70,6 +70,7 @@ impl HttpJson {
                 Some(Ok(s)) => s,
                 _ => return Err(ReadError::MissingSecret(var)),
             };
+            unsendable(secret)?;
             value = value.replace(&format!("{{env:{var}}}"), secret.expose());
             used.push(secret);
         }
@@ -99,6 +100,22 @@ impl HttpJson {
         };
         fetch::json(&req, &ask.budget, &self.quiet).await
     }
+}
+
+/// Refuses a secret no HTTP header can carry (a line break, as a secret written from
+/// a file with its newline has, or another control character): every read would fail
+/// to be sent. Names the variable, never the value.
+fn unsendable(secret: &Secret) -> Result<(), ReadError> {
+    if hyper::header::HeaderValue::from_str(secret.expose()).is_ok() {
+        return Ok(());
+    }
+    Err(ReadError::Refused {
+        provider: "the HTTP source",
+        why: format!(
+            "${} holds a character no HTTP header can carry (a line break, or another control character; a secret written from a file keeps its newline): no read could be sent",
+            secret.var
+        ),
+    })
 }
 
 impl QueryProvider for HttpJson {
@@ -131,8 +148,9 @@ impl QueryProvider for HttpJson {
     fn check(&self) -> BoxFuture<'_, Result<String, ReadError>> {
         Box::pin(async move {
             for (var, secret) in &self.secrets {
-                if secret.is_err() {
-                    return Err(ReadError::MissingSecret(var.clone()));
+                match secret {
+                    Ok(secret) => unsendable(secret)?,
+                    Err(_) => return Err(ReadError::MissingSecret(var.clone())),
                 }
             }
             Ok(if self.secrets.is_empty() {

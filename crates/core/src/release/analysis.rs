@@ -243,7 +243,7 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
         b.s.stable_latency.merge(&sample.stable.latency);
         b.s.stable_latency_total.merge(&sample.stable.latency_total);
     }
-    b.s.canary_seen += sample.canary.requests;
+    b.s.canary_seen = b.s.canary_seen.saturating_add(sample.canary.requests);
     b.s.intervals += 1;
 
     let mut tripped: Vec<usize> = Vec::new();

@@ -319,3 +319,50 @@ analysis:
         .unwrap_or_else(|| panic!("not refused: {:?}", e.diagnostics));
     assert_eq!(d.line, counts_line, "{d:?}");
 }
+
+/// Low traffic is pooled (docs/policy.md, *Low traffic*) so that a version with few
+/// requests is judged, not halted. After a blue-green switch stable serves nothing,
+/// and a counts source has no stable series to give (a `{variant}="stable"` query
+/// over no traffic is empty): the interval's counts were then "missing", which judged
+/// each interval alone, so a bad version with 10 requests an interval (min_samples
+/// 50) was inconclusive every time and halted. Its limit is absolute (`max`, as
+/// blue-green requires): stable's side is not needed to judge, or to pool.
+#[test]
+fn a_slow_bad_version_after_a_blue_green_switch_is_pooled_and_switched_back() {
+    let p = Policy::from_yaml(
+        r#"
+service: shop
+deploy: {process: {command: ["./shop", "--port", "{port}"]}}
+traffic: {proxy: {listen: 127.0.0.1:8080}}
+strategy: {blue_green: {stability: 10m}}
+analysis:
+  interval: 30s
+  min_samples: 50
+  prometheus: http://127.0.0.1:9090
+  metrics:
+    - name: failed
+      source: prometheus
+      bad: 'sum(increase(failed{track="{variant}"}[{interval}]))'
+      total: 'sum(increase(requests{track="{variant}"}[{interval}]))'
+      judge: {max: 5%}
+"#,
+    )
+    .unwrap();
+    let d = drive(&p, |_, _| IntervalSample {
+        canary: stats(10, 3),
+        queries: vec![rampart_core::metrics::QueryReading {
+            name: "failed".into(),
+            canary: Some(3.0),
+            canary_samples: Some(10.0),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    assert_eq!(
+        d.state.phase,
+        Phase::RolledBack,
+        "a version failing 30 % of its few requests ended {:?}: {:?}",
+        d.state.phase,
+        d.state.decision.map(|d| d.reason)
+    );
+}

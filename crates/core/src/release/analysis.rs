@@ -49,18 +49,20 @@ fn pooled_threshold(
     let buckets = reads_buckets(m);
     // A counts value (or a histogram) missing from this interval would make the pool's
     // sum missing for good: the interval is judged alone (no data) and the pool kept
-    // as it was.
+    // as it was. Stable's side counts only for a limit relative to it: after a switch
+    // to 100 % it has no series, and an absolute limit is judged (and pooled) without.
     let reading = sample.queries.iter().find(|q| q.name == m.name);
+    let needs_stable = t.relative();
     let missing = (counts
         && reading.is_none_or(|q| {
-            q.stable.is_none()
-                || q.canary.is_none()
-                || q.stable_samples.is_none()
+            q.canary.is_none()
                 || q.canary_samples.is_none()
+                || (needs_stable && (q.stable.is_none() || q.stable_samples.is_none()))
         }))
         || (buckets
-            && reading
-                .is_none_or(|q| q.stable_histogram.is_none() || q.canary_histogram.is_none()));
+            && reading.is_none_or(|q| {
+                q.canary_histogram.is_none() || (needs_stable && q.stable_histogram.is_none())
+            }));
     let builtin = !counts && !buckets;
     if !poolable || missing || (builtin && sample.canary.requests == 0) {
         return judge::threshold_in(m, t, sample, side);

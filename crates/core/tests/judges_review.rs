@@ -366,3 +366,47 @@ analysis:
         d.state.decision.map(|d| d.reason)
     );
 }
+
+/// Rollback level 1 (flags off) is verified by comparing the next interval with
+/// stable's; during the watch there is no stable traffic, so the rollback starts with
+/// traffic. A canary step at 100 % is the same: judged against the baseline, a
+/// quiet interval after flags off could "verify" level 1 and leave all traffic on
+/// the version that just failed. It starts with traffic too.
+#[test]
+fn a_failure_at_a_100_percent_step_moves_traffic_back() {
+    let p = Policy::from_yaml(
+        r#"
+service: shop
+deploy: {process: {command: ["./shop", "--port", "{port}"]}}
+traffic: {proxy: {listen: 127.0.0.1:8080, sticky: {header: x-user-id}}}
+flags:
+  define:
+    - {name: new-checkout, default: false}
+strategy: {canary: {flag: new-checkout, steps: [{weight: 20, bake: 1m}, {weight: 100, bake: 5m}]}}
+analysis:
+  interval: 30s
+  min_samples: 50
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#,
+    )
+    .unwrap();
+    let d = drive(&p, |s, _| {
+        let canary = u64::from(s.weight.basis_points()) / 10;
+        let failing = s.weight == Weight::FULL && s.rollback_level.is_none();
+        IntervalSample {
+            stable: stats(1000 - canary, 1),
+            canary: stats(canary, if failing { canary / 5 } else { 1 }),
+            ..Default::default()
+        }
+    });
+    assert_eq!(d.state.phase, Phase::RolledBack, "{:?}", d.state.decision);
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::SetWeight { weight, .. } if *weight == Weight::ZERO)),
+        "the rollback ended with {} of traffic on the version that failed: {:?}",
+        d.state.weight,
+        kinds(&d.events)
+    );
+}

@@ -568,7 +568,7 @@ pub fn handover_listener(files: &PlaneFiles) -> Result<UnixListener, PlaneError>
 pub const SERVING: &[u8] = b"serving\n";
 
 /// Waits for the new data plane's [`SERVING`] on `stream`, at most `limit`; the
-/// stream then carries the new one's routes (see [`send_routes`], [`follow_routes`]).
+/// stream then carries the new one's routes (see [`Feed`], [`follow_routes`]).
 pub fn await_serving(
     mut stream: UnixStream,
     limit: std::time::Duration,
@@ -595,32 +595,6 @@ pub fn await_serving(
 /// change of the routes in effect; one that does not answer within it is let go.
 pub const FOLLOW_LIMIT: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Tells the data plane this one took over from (still draining its connections) the
-/// routes in effect now, and waits until it has put them in effect too: a request on
-/// a connection it still serves never goes where the routes no longer send any.
-pub fn send_routes(stream: &mut UnixStream, table: &super::RouteTable) -> Result<(), PlaneError> {
-    let failed = |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
-    let mut line = serde_json::to_vec(table).map_err(|e| PlaneError::Handover(e.to_string()))?;
-    line.push(b'\n');
-    // One limit for the write and the answer together: half of it each.
-    stream
-        .set_write_timeout(Some(FOLLOW_LIMIT / 2))
-        .map_err(failed)?;
-    stream.write_all(&line).map_err(failed)?;
-    stream
-        .set_read_timeout(Some(FOLLOW_LIMIT / 2))
-        .map_err(failed)?;
-    let mut ack = [0u8; 3];
-    stream.read_exact(&mut ack).map_err(failed)?;
-    if &ack == b"ok\n" {
-        Ok(())
-    } else {
-        Err(PlaneError::Handover(
-            "the draining data plane answered something else".into(),
-        ))
-    }
-}
-
 /// What a data plane that took over asks the one it took over from, while that one
 /// drains: how many requests it has in flight to a variant, or to some endpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -635,53 +609,149 @@ pub enum InFlight {
 /// How an [`InFlight`] question starts on the stream (a route table is a JSON object).
 const ASK: &str = "in-flight ";
 
-/// Asks the data plane this one took over from (still draining) how many requests
-/// it has in flight to `what`, after every change of the routes sent before; within
-/// [`FOLLOW_LIMIT`], like [`send_routes`]. `None` when it has closed the stream (it
-/// has exited).
-pub fn ask_in_flight(stream: &mut UnixStream, what: &InFlight) -> Result<Option<u64>, PlaneError> {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
-    let failed = |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
-    let gone =
-        |e: &std::io::Error| matches!(e.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
-    let mut line = ASK.as_bytes().to_vec();
-    serde_json::to_writer(&mut line, what).map_err(|e| PlaneError::Handover(e.to_string()))?;
-    line.push(b'\n');
-    stream
-        .set_write_timeout(Some(FOLLOW_LIMIT / 2))
-        .map_err(failed)?;
-    match stream.write_all(&line) {
-        Err(e) if gone(&e) => return Ok(None),
-        other => other.map_err(failed)?,
+/// What a follower answers to a line it cannot read (a question of a newer rampart):
+/// it goes on following.
+const UNKNOWN: &str = "?";
+
+/// The answer to an [`InFlight`] question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// Requests in flight there now, after every route change sent before.
+    Count(u64),
+    /// No answer for now: it answered late (the answer is read and dropped before
+    /// the next exchange), or does not know the question.
+    NotNow,
+}
+
+/// The stream to the data plane this one took over from, while it drains: route
+/// changes and [`InFlight`] questions, each answered by one line, in order.
+///
+/// Guarantees: an answer is never taken for another's (one given up on is owed, and
+/// read and dropped before the next exchange); an error means the stream is of no
+/// more use (gone, or out of step), and the caller lets it go.
+#[derive(Debug)]
+pub struct Feed {
+    stream: UnixStream,
+    /// Answers still to come for exchanges given up on.
+    owed: u32,
+}
+
+/// One exchange's answer line, or why there is none.
+enum Answer {
+    Line(String),
+    /// Not within the limit: owed.
+    Late,
+}
+
+impl Feed {
+    /// The feed over `stream` (from [`await_serving`]).
+    pub fn new(stream: UnixStream) -> Feed {
+        Feed { stream, owed: 0 }
     }
-    stream
-        .set_read_timeout(Some(FOLLOW_LIMIT / 2))
-        .map_err(failed)?;
-    // A count and a newline: at most 21 bytes.
-    let mut answer = Vec::with_capacity(21);
-    let mut byte = [0u8; 1];
-    while answer.len() < 21 {
-        match stream.read_exact(&mut byte) {
-            Err(e) if gone(&e) => return Ok(None),
-            other => other.map_err(failed)?,
+
+    /// Tells the data plane this one took over from (still draining its connections)
+    /// the routes in effect now, and waits until it has put them in effect too, within
+    /// [`FOLLOW_LIMIT`]: a request on a connection it still serves never goes where
+    /// the routes no longer send any. An error (late, too) lets it go.
+    pub fn send_routes(&mut self, table: &super::RouteTable) -> Result<(), PlaneError> {
+        let mut line =
+            serde_json::to_vec(table).map_err(|e| PlaneError::Handover(e.to_string()))?;
+        line.push(b'\n');
+        match self.exchange(&line)? {
+            Answer::Line(ok) if ok == "ok" => Ok(()),
+            Answer::Line(_) => Err(PlaneError::Handover(
+                "the draining data plane did not put the routes in effect".into(),
+            )),
+            Answer::Late => Err(PlaneError::Handover(format!(
+                "the draining data plane did not confirm the routes within {} ms",
+                FOLLOW_LIMIT.as_millis()
+            ))),
         }
-        if byte[0] == b'\n' {
-            break;
-        }
-        answer.push(byte[0]);
     }
-    std::str::from_utf8(&answer)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            PlaneError::Handover("the draining data plane answered something else".into())
-        })
+
+    /// Asks the data plane this one took over from how many requests it has in flight
+    /// to `what`, after every change of the routes sent before, within
+    /// [`FOLLOW_LIMIT`]. An error means it has gone or is out of step.
+    pub fn ask_in_flight(&mut self, what: &InFlight) -> Result<Asked, PlaneError> {
+        let mut line = ASK.as_bytes().to_vec();
+        serde_json::to_writer(&mut line, what).map_err(|e| PlaneError::Handover(e.to_string()))?;
+        line.push(b'\n');
+        match self.exchange(&line)? {
+            Answer::Line(n) if n == UNKNOWN => Ok(Asked::NotNow),
+            Answer::Line(n) => n.parse().map(Asked::Count).map_err(|_| {
+                PlaneError::Handover("the draining data plane answered something else".into())
+            }),
+            Answer::Late => Ok(Asked::NotNow),
+        }
+    }
+
+    /// Writes `line` and reads its answer, the answers owed read and dropped first:
+    /// a quarter of [`FOLLOW_LIMIT`] for those, a quarter for the write, half for the
+    /// answer.
+    fn exchange(&mut self, line: &[u8]) -> Result<Answer, PlaneError> {
+        let failed =
+            |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
+        while self.owed > 0 {
+            match self.read_line(FOLLOW_LIMIT / 4)? {
+                Some(_) => self.owed -= 1,
+                None => return Ok(Answer::Late),
+            }
+        }
+        self.stream
+            .set_write_timeout(Some(FOLLOW_LIMIT / 4))
+            .map_err(failed)?;
+        // A write cut short leaves half a line: out of step for good.
+        self.stream.write_all(line).map_err(failed)?;
+        self.owed += 1;
+        match self.read_line(FOLLOW_LIMIT / 2)? {
+            Some(answer) => {
+                self.owed = 0;
+                Ok(Answer::Line(answer))
+            }
+            None => Ok(Answer::Late),
+        }
+    }
+
+    /// One answer line (at most 64 bytes), `None` if none came within `limit`; a read
+    /// cut short by the limit is finished by the next one. An error when the stream
+    /// ended or the answer is too long.
+    fn read_line(&mut self, limit: std::time::Duration) -> Result<Option<String>, PlaneError> {
+        use std::io::ErrorKind::{TimedOut, WouldBlock};
+        let failed =
+            |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
+        self.stream.set_read_timeout(Some(limit)).map_err(failed)?;
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match self.stream.read(&mut byte) {
+                Ok(0) => {
+                    return Err(PlaneError::Handover(
+                        "the draining data plane has gone".into(),
+                    ));
+                }
+                Ok(_) if byte[0] == b'\n' => {
+                    return Ok(Some(String::from_utf8_lossy(&answer).into_owned()));
+                }
+                Ok(_) if answer.len() < 64 => answer.push(byte[0]),
+                Ok(_) => {
+                    return Err(PlaneError::Handover(
+                        "the draining data plane answered something else".into(),
+                    ));
+                }
+                // Bytes of this line already read belong to it: an owed answer is
+                // read to its end next time.
+                Err(e) if matches!(e.kind(), WouldBlock | TimedOut) => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+    }
 }
 
 /// In a data plane that handed its socket over: puts in effect every table the one
-/// that took over sends (see [`send_routes`]) and answers every [`InFlight`] question
-/// with `in_flight`'s count (see [`ask_in_flight`]), until it closes the stream.
+/// that took over sends (see [`Feed::send_routes`]) and answers every [`InFlight`]
+/// question with `in_flight`'s count (see [`Feed::ask_in_flight`]), until it closes
+/// the stream.
 /// Blocking: run it on a thread of its own.
 pub fn follow_routes(
     stream: UnixStream,
@@ -701,17 +771,21 @@ pub fn follow_routes(
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        // A line it cannot read (a question or a table of a newer rampart) is answered
+        // as unknown, and it goes on following.
         let answer = if let Some(asked) = line.strip_prefix(ASK) {
-            let Ok(what) = serde_json::from_str::<InFlight>(asked) else {
-                return;
-            };
-            format!("{}\n", in_flight(&what))
+            match serde_json::from_str::<InFlight>(asked) {
+                Ok(what) => format!("{}\n", in_flight(&what)),
+                Err(_) => format!("{UNKNOWN}\n"),
+            }
         } else {
-            let Ok(table) = serde_json::from_str::<super::RouteTable>(&line) else {
-                return;
-            };
-            apply(&table);
-            "ok\n".to_string()
+            match serde_json::from_str::<super::RouteTable>(&line) {
+                Ok(table) => {
+                    apply(&table);
+                    "ok\n".to_string()
+                }
+                Err(_) => format!("{UNKNOWN}\n"),
+            }
         };
         if ack.write_all(answer.as_bytes()).is_err() {
             return;
@@ -832,10 +906,12 @@ mod tests {
 
     /// The feed between a data plane that took over and the one draining: a question
     /// is answered after every route table sent before it is in effect, with the count
-    /// the draining side has for what was asked; a closed stream reads as gone.
+    /// the draining side has for what was asked; a line it cannot read is answered as
+    /// unknown and it goes on following; a closed stream is an error.
     #[test]
     fn the_feed_answers_questions_in_order_with_the_routes() {
-        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut feed = Feed::new(ours);
         let applied = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Weight>::new()));
         let seen = applied.clone();
         let follower = std::thread::spawn(move || {
@@ -851,22 +927,62 @@ mod tests {
             );
         });
         let mut table = state().routes;
-        send_routes(&mut ours, &table).unwrap();
+        feed.send_routes(&table).unwrap();
         table.weight = Weight::ZERO;
-        send_routes(&mut ours, &table).unwrap();
+        feed.send_routes(&table).unwrap();
         let asked = InFlight::Variant(Variant::Canary);
-        assert_eq!(ask_in_flight(&mut ours, &asked).unwrap(), Some(2));
+        assert_eq!(feed.ask_in_flight(&asked).unwrap(), Asked::Count(2));
         let endpoints = InFlight::Endpoints(table.stable.clone());
-        assert_eq!(ask_in_flight(&mut ours, &endpoints).unwrap(), Some(101));
+        assert_eq!(feed.ask_in_flight(&endpoints).unwrap(), Asked::Count(101));
+        // A question of a newer rampart: unknown, and the routes still followed.
+        feed.stream
+            .write_all(b"in-flight {\"upstream\": \"nope\"}\n")
+            .unwrap();
+        assert_eq!(
+            feed.read_line(FOLLOW_LIMIT).unwrap().as_deref(),
+            Some(UNKNOWN)
+        );
+        table.weight = Weight::FULL;
+        feed.send_routes(&table).unwrap();
         assert_eq!(
             *applied.lock().unwrap(),
-            vec![Weight::from_basis_points(1250).unwrap(), Weight::ZERO]
+            vec![
+                Weight::from_basis_points(1250).unwrap(),
+                Weight::ZERO,
+                Weight::FULL
+            ]
         );
-        // A question it cannot read ends the feed: it answers nothing it did not read.
-        ours.write_all(b"in-flight {\"variant\": \"nope\"}\n")
-            .unwrap();
+        drop(feed.stream.shutdown(std::net::Shutdown::Write));
         follower.join().unwrap();
-        assert_eq!(ask_in_flight(&mut ours, &asked).unwrap(), None);
+        assert!(feed.ask_in_flight(&asked).is_err(), "it has gone");
+    }
+
+    /// An answer that comes after its limit is owed: read and dropped before the next
+    /// exchange, never taken for that one's (a late count read as a route change's
+    /// confirmation, or the other way round), and the stream is kept.
+    #[test]
+    fn a_late_answer_is_dropped_not_taken_for_the_next_one() {
+        use std::io::BufRead;
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut feed = Feed::new(ours);
+        let asked = InFlight::Variant(Variant::Canary);
+        // Nobody answers within the limit.
+        assert_eq!(feed.ask_in_flight(&asked).unwrap(), Asked::NotNow);
+        let mut lines = std::io::BufReader::new(theirs.try_clone().unwrap());
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        assert!(line.starts_with(ASK), "{line:?}");
+        // The late answer, then a follower that answers the next line at once.
+        let mut answers = theirs;
+        answers.write_all(b"7\n").unwrap();
+        let follower = std::thread::spawn(move || {
+            let mut next = String::new();
+            lines.read_line(&mut next).unwrap();
+            answers.write_all(b"3\n").unwrap();
+            next
+        });
+        assert_eq!(feed.ask_in_flight(&asked).unwrap(), Asked::Count(3));
+        assert!(follower.join().unwrap().starts_with(ASK));
     }
 
     fn state() -> PlaneState {

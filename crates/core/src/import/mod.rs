@@ -360,6 +360,22 @@ impl Draft {
         name
     }
 
+    /// Adds the fallback metric (builtin error rate from Prometheus), with a
+    /// placeholder for the server when the source named none.
+    fn add_fallback(&mut self, f: Metric) {
+        if !self.analysis.iter().any(|a| a.key == "prometheus") {
+            self.analysis.insert(
+                1.min(self.analysis.len()),
+                ec(
+                    "prometheus",
+                    s("http://prometheus:9090"),
+                    "REPLACE: the Prometheus server (not in the source)",
+                ),
+            );
+        }
+        self.add_metric(f);
+    }
+
     fn render(&self) -> String {
         let mut top: Vec<E> = Vec::new();
         top.push(ec("service", s(&self.service), self.service_from.clone()));
@@ -486,6 +502,20 @@ fn finish(cx: &mut Cx, mut draft: Draft) -> Result<String, ImportError> {
         };
         let mut removed = false;
         for d in &diagnostics {
+            // Every metric imported is a dry run (`critical: false`, `weight: 0`), so
+            // none could fail the release: the source's analysis judged nothing either,
+            // and the policy judges the fallback beside them.
+            if matches!(d.path.as_str(), "analysis.metrics" | "analysis.fail_score")
+                && let Some(f) = draft.fallback.take()
+            {
+                cx.note(format!(
+                    "No metric of the source can fail the release (every one is a dry run): the policy judges `{}` beside them ({}).",
+                    f.name, f.from
+                ));
+                draft.add_fallback(f);
+                removed = true;
+                break;
+            }
             if let Some(i) = index_in(&d.path, "analysis.metrics[")
                 && i < draft.metrics.len()
                 && (draft.metrics.len() > 1 || draft.fallback.is_some())
@@ -506,17 +536,7 @@ fn finish(cx: &mut Cx, mut draft: Draft) -> Result<String, ImportError> {
                         "No metric of the source could be written: the policy judges `{}` instead ({}).",
                         f.name, f.from
                     ));
-                    if !draft.analysis.iter().any(|a| a.key == "prometheus") {
-                        draft.analysis.insert(
-                            1.min(draft.analysis.len()),
-                            ec(
-                                "prometheus",
-                                s("http://prometheus:9090"),
-                                "REPLACE: the Prometheus server (not in the source)",
-                            ),
-                        );
-                    }
-                    draft.metrics.push(f);
+                    draft.add_fallback(f);
                 }
                 removed = true;
                 break;
@@ -1063,6 +1083,29 @@ mod tests {
             has_unmapped(&i, "spec.dryRun[1].metricName"),
             "{:?}",
             i.unmapped
+        );
+    }
+
+    /// Every metric a dry run (`dryRun: [{metricName: ".*"}]`, which Argo documents):
+    /// the source's analysis could fail nothing, and a policy that can fail nothing is
+    /// refused; the import judges its fallback beside them instead of failing.
+    #[test]
+    fn an_analysis_of_dry_runs_only_gets_the_fallback_beside_them() {
+        let i = argo(
+            "  dryRun:\n  - metricName: \".*\"\n  metrics:\n  - name: errors\n    successCondition: result[0] <= 0.01\n    provider: {prometheus: {address: \"http://p:9090\", query: up}}\n",
+        );
+        let p = pol(&i);
+        let m = |n: &str| p.analysis.metrics.iter().find(|m| m.name == n);
+        assert!(m("errors").is_some_and(|m| !m.critical), "{}", i.policy);
+        assert!(
+            p.analysis.metrics.iter().any(|m| m.critical),
+            "no metric can fail the release: {}",
+            i.policy
+        );
+        assert!(
+            i.notes.iter().any(|n| n.contains("every one is a dry run")),
+            "{:?}",
+            i.notes
         );
     }
 

@@ -51,9 +51,9 @@ impl Builder<'_> {
     }
 
     pub(super) fn rollback_with(&mut self, actor: &str, reason: String, force: bool) {
-        // During the watch the previous version has no traffic to compare with: flags
-        // off could not be verified, so the rollback starts with traffic.
-        let watching = self.s.phase == Phase::Watching;
+        // During the watch, or at 100 %, the previous version has no traffic to compare
+        // with: flags off could not be verified, so the rollback starts with traffic.
+        let watching = self.s.phase == Phase::Watching || self.s.weight == Weight::FULL;
         let incompatible = self
             .s
             .migration_class

@@ -163,7 +163,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
     let (settled_tx, settled) = tokio::sync::watch::channel(lock.is_some());
     // The data plane this one took over from, while it drains: told every change of
     // the routes, and in effect there before an admin request is answered.
-    let predecessor: Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>> = Arc::default();
+    let predecessor: Arc<std::sync::Mutex<Option<plane::Feed>>> = Arc::default();
     let saved = state.clone();
     let path = files.state();
     let told = predecessor.clone();
@@ -224,7 +224,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
             // under the guard every later change takes).
             {
                 let mut slot = predecessor.lock().unwrap_or_else(|e| e.into_inner());
-                *slot = Some(stream);
+                *slot = Some(plane::Feed::new(stream));
                 tell_held(&mut slot, &proxy.table());
             }
             tokio::select! {
@@ -418,10 +418,7 @@ fn handover_requests(
 
 /// Puts `routes` in effect in the data plane this one took over from, if it still
 /// drains; one that does not answer is let go (it keeps the routes it had).
-fn tell(
-    predecessor: &std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
-    routes: &RouteTable,
-) {
+fn tell(predecessor: &std::sync::Mutex<Option<plane::Feed>>, routes: &RouteTable) {
     tell_held(
         &mut predecessor.lock().unwrap_or_else(|e| e.into_inner()),
         routes,
@@ -429,9 +426,9 @@ fn tell(
 }
 
 /// [`tell`], with the guard held.
-fn tell_held(slot: &mut Option<std::os::unix::net::UnixStream>, routes: &RouteTable) {
-    if let Some(stream) = slot.as_mut()
-        && let Err(e) = plane::send_routes(stream, routes)
+fn tell_held(slot: &mut Option<plane::Feed>, routes: &RouteTable) {
+    if let Some(feed) = slot.as_mut()
+        && let Err(e) = feed.send_routes(routes)
     {
         eprintln!("the data plane this one took over from no longer follows the routes: {e}");
         *slot = None;
@@ -439,19 +436,18 @@ fn tell_held(slot: &mut Option<std::os::unix::net::UnixStream>, routes: &RouteTa
 }
 
 /// What the data plane this one took over from has in flight to `what`, if it still
-/// drains and answers; one that does not answer is let go, as in [`tell`].
-fn ask(
-    predecessor: &std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
-    what: &plane::InFlight,
-) -> Option<u64> {
-    let mut slot = predecessor.lock().unwrap_or_else(|e| e.into_inner());
-    let stream = slot.as_mut()?;
-    match plane::ask_in_flight(stream, what) {
-        Ok(Some(n)) => Some(n),
-        Ok(None) => {
-            *slot = None;
-            None
-        }
+/// drains and answers now. A question gives way to a route change holding the feed
+/// (`None`, asked again later); a feed out of step is let go, as in [`tell`].
+fn ask(predecessor: &std::sync::Mutex<Option<plane::Feed>>, what: &plane::InFlight) -> Option<u64> {
+    let mut slot = match predecessor.try_lock() {
+        Ok(slot) => slot,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
+    let feed = slot.as_mut()?;
+    match feed.ask_in_flight(what) {
+        Ok(plane::Asked::Count(n)) => Some(n),
+        Ok(plane::Asked::NotNow) => None,
         Err(e) => {
             eprintln!("the data plane this one took over from no longer answers: {e}");
             *slot = None;

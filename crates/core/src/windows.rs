@@ -99,9 +99,27 @@ impl Windows {
         u64::try_from(z.timestamp().as_millisecond()).ok()
     }
 
-    /// The freeze in force at `dt`, if any.
-    fn frozen(&self, dt: DateTime) -> Option<&FreezePeriod> {
-        self.freeze.iter().find(|f| f.from <= dt && dt < f.to)
+    /// The freeze in force at `at`, if any: compared as instants, so that a freeze
+    /// stays in force through the hour that repeats when clocks go back. A `from` in a
+    /// repeated hour is its first occurrence, a `to` its second (the longer freeze); a
+    /// time skipped when clocks go forward is the instant after the gap.
+    fn frozen(&self, at: Millis) -> Option<&FreezePeriod> {
+        self.freeze.iter().find(|f| {
+            let (from, to) = self.freeze_instants(f);
+            from.is_some_and(|from| from <= at) && to.is_none_or(|to| at < to)
+        })
+    }
+
+    /// A freeze's start and end as instants.
+    fn freeze_instants(&self, f: &FreezePeriod) -> (Option<Millis>, Option<Millis>) {
+        let tz = self.tz();
+        let ms = |t: Result<Timestamp, jiff::Error>| {
+            t.ok().and_then(|t| u64::try_from(t.as_millisecond()).ok())
+        };
+        (
+            ms(tz.to_ambiguous_timestamp(f.from).earlier()),
+            ms(tz.to_ambiguous_timestamp(f.to).later()),
+        )
     }
 
     fn in_allowed_hours(&self, dt: DateTime) -> bool {
@@ -123,7 +141,7 @@ impl Windows {
     /// Whether releases may run at `at`.
     pub fn status(&self, at: Millis) -> Status {
         let dt = self.civil(at);
-        let (why, freeze) = match self.frozen(dt) {
+        let (why, freeze) = match self.frozen(at) {
             Some(f) => (
                 format!(
                     "calendar freeze until {} ({})",
@@ -146,17 +164,14 @@ impl Windows {
 
     /// The first instant at or after `at` when releases may run, within the horizon.
     pub fn next_open(&self, at: Millis) -> Option<Millis> {
-        let open = |t: Millis| {
-            let dt = self.civil(t);
-            self.frozen(dt).is_none() && self.in_allowed_hours(dt)
-        };
+        let open = |t: Millis| self.frozen(t).is_none() && self.in_allowed_hours(self.civil(t));
         if open(at) {
             return Some(at);
         }
         let today = self.civil(at).date();
         let mut candidates: Vec<Millis> = Vec::new();
         for f in &self.freeze {
-            candidates.extend(self.instant(f.to));
+            candidates.extend(self.freeze_instants(f).1);
         }
         let starts: Vec<u16> = if self.allow.is_empty() {
             vec![0]

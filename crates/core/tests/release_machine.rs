@@ -3042,14 +3042,15 @@ fn a_full_release_waits_for_an_approval_before_switching_everything() {
 
 /// A full release's approval (at 0 %) given during a calendar freeze: the switch waits
 /// for the freeze's end without asking anyone (no approval lifts it), then happens; the
-/// approval already given is not asked for again.
+/// approval already given is not asked for again. (The approval point's timeout is
+/// 12 h, so that an approval after midnight is in time.)
 #[test]
 fn a_full_releases_approval_during_a_freeze_switches_once_the_freeze_ends() {
     let p = Policy::from_yaml(&format!(
         "{}{WINDOWS}",
         BLUE_GREEN.replace(
             "  blue_green:\n    preview: [{http: /healthz}]\n    stability: 2m\n    keep_previous: 10m\n",
-            "  full: {stability: 2m}\n",
+            "  full: {stability: 2m, approval: {role: approver, timeout: 12h}}\n",
         )
     ))
     .unwrap();

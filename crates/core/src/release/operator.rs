@@ -6,7 +6,7 @@ use super::builder::{Builder, window_closed};
 use super::gating::block;
 use super::model::{DecisionKind, Phase, PreApproval, Release};
 use super::progress::{full_traffic_due, next_step};
-use super::protocol::Action;
+use super::protocol::{Action, Effect};
 use crate::instead::Instead;
 use crate::units::{Millis, Weight};
 
@@ -176,9 +176,39 @@ pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str, frozen: Op
     b.s.paused = None;
     b.s.timer = None;
     b.s.next_analysis_at = None;
-    b.s.queued.clear();
     b.s.phase = Phase::Promoting;
-    b.set_weight(Weight::FULL);
+    after_pending(b, |b| b.set_weight(Weight::FULL));
+}
+
+/// Runs `f`, whose actions go after a version being started and the chain after it:
+/// an operator's command taken while a restarted controller re-establishes the
+/// release (its versions started again, its weight put back) never replaces that
+/// chain, so no traffic moves to a version before it runs again.
+fn after_pending(b: &mut Builder<'_>, f: impl FnOnce(&mut Builder<'_>)) {
+    // Only a version being started (the controller feeds commands just before one):
+    // a measurement or a weight under way is replaced, as before.
+    if !matches!(
+        b.s.pending,
+        Some(Action::Deploy { .. } | Action::Scale { .. })
+    ) {
+        return f(b);
+    }
+    let Some(current) = b.s.pending.take() else {
+        return f(b);
+    };
+    let rest = std::mem::take(&mut b.s.queued);
+    f(b);
+    // The first new action is asked for once its turn comes, not now.
+    b.effects.retain(|e| !matches!(e, Effect::Do(_)));
+    let new: Vec<Action> =
+        b.s.pending
+            .take()
+            .into_iter()
+            .chain(std::mem::take(&mut b.s.queued))
+            .collect();
+    b.s.pending = Some(current);
+    b.s.queued = rest;
+    b.s.queued.extend(new);
 }
 
 pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) {
@@ -194,6 +224,21 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
                 ),
             );
         }
+        return;
+    }
+    // An approval point whose time ran out rolls back (or blocks migrations) at the
+    // next tick: an approval asked after it, however it was ordered with that tick
+    // (a restart feeds waiting commands first), is too late. One asked in time and
+    // read late (the controller was down) still counts.
+    if !holding
+        && let Some(deadline) = b.s.timer
+        && deadline <= asked_at.unwrap_or(b.now)
+    {
+        b.event(
+            "approval_refused",
+            by,
+            "the approval point had timed out: too late to approve".into(),
+        );
         return;
     }
     // One approval, one approval point: one asked before this point began was meant
@@ -303,5 +348,5 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
         by,
         format!("approved as {role} at {}", b.s.weight),
     );
-    next_step(b);
+    after_pending(b, next_step);
 }

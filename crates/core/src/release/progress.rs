@@ -91,9 +91,10 @@ pub(super) fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: 
                 format!("canary ready: {detail}"),
             );
             if b.s.stable.is_none() {
-                b.decide(DecisionKind::Promote, "initial release is ready".into());
-                b.s.phase = Phase::Promoting;
-                b.set_weight(Weight::FULL);
+                // All traffic at once: never unattended outside a release window.
+                if !hold_for_window(b) {
+                    promote_initial(b);
+                }
                 return;
             }
             if b.policy.strategy.preview().is_empty() {
@@ -120,11 +121,20 @@ pub(super) fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: 
 /// move it held goes on. At the start (a first step at 100 %) the steps begin; after
 /// a step (an approval step at 0 % whose next is 100 %), the next step.
 pub(super) fn full_traffic_due(b: &mut Builder<'_>) {
-    if b.s.steps_begun {
+    if b.s.stable.is_none() {
+        promote_initial(b);
+    } else if b.s.steps_begun {
         next_step(b);
     } else {
         start_progressing(b);
     }
+}
+
+/// An initial release (no version before it): ready, it takes all traffic.
+fn promote_initial(b: &mut Builder<'_>) {
+    b.decide(DecisionKind::Promote, "initial release is ready".into());
+    b.s.phase = Phase::Promoting;
+    b.set_weight(Weight::FULL);
 }
 
 pub(super) fn start_progressing(b: &mut Builder<'_>) {

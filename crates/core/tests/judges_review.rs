@@ -410,3 +410,56 @@ analysis:
         kinds(&d.events)
     );
 }
+
+/// "Halt and page when both versions are unhealthy": a trip where stable breaks the
+/// same absolute limit halts instead of rolling back. The check of rollback level 1
+/// (flags off) ignored it: an interval where the canary still fails and stable fails
+/// the same limit moved every user to the unhealthy stable.
+#[test]
+fn a_level_one_check_where_both_versions_fail_halts_instead_of_moving_traffic() {
+    let p = Policy::from_yaml(
+        r#"
+service: shop
+deploy: {process: {command: ["./shop", "--port", "{port}"]}}
+traffic: {proxy: {listen: 127.0.0.1:8080, sticky: {header: x-user-id}}}
+flags:
+  define:
+    - {name: new-checkout, default: false}
+strategy: {canary: {flag: new-checkout, steps: [{weight: 20, bake: 10m}]}}
+analysis:
+  interval: 30s
+  min_samples: 50
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#,
+    )
+    .unwrap();
+    let d = drive(&p, |s, _| {
+        if s.rollback_level == Some(1) {
+            // Flags off, and now stable fails the same limit as the canary.
+            IntervalSample {
+                stable: stats(800, 40),
+                canary: stats(200, 20),
+                ..Default::default()
+            }
+        } else {
+            IntervalSample {
+                stable: stats(800, 4),
+                canary: stats(200, 20),
+                ..Default::default()
+            }
+        }
+    });
+    assert_eq!(
+        d.state.phase,
+        Phase::Halted,
+        "both versions failed the level-1 check: {:?}",
+        kinds(&d.events)
+    );
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::SetWeight { weight, .. } if *weight == Weight::ZERO)),
+        "traffic moved to an unhealthy stable"
+    );
+}

@@ -200,7 +200,29 @@ pub(super) fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
 /// If it does, the rollback stops at level 1 and traffic stays where it is.
 pub(super) fn verify_level_one(b: &mut Builder<'_>, sample: Option<&IntervalSample>) {
     b.s.next_analysis_at = None;
-    let verdict = sample.map(|s| judge_interval(b, s).verdict);
+    let judged = sample.map(|s| judge_interval(b, s));
+    let verdict = judged.as_ref().map(|j| j.verdict);
+    // Stable failing every limit the canary still fails: moving the canary's users
+    // there would not help (as at a trip, both versions unhealthy halt).
+    if let Some(j) = &judged
+        && j.verdict == Verdict::Fail
+    {
+        let failing: Vec<_> = j
+            .readings
+            .iter()
+            .filter(|r| r.verdict == Verdict::Fail)
+            .collect();
+        if !failing.is_empty() && failing.iter().all(|r| r.stable_breached) {
+            let why: Vec<String> = failing
+                .iter()
+                .map(|r| format!("{} {}", r.name, r.detail))
+                .collect();
+            return b.halt(format!(
+                "level 1 (flags off) did not restore health and stable breaks the same limits ({}): both versions are unhealthy, and moving traffic back would not help",
+                why.join("; ")
+            ));
+        }
+    }
     if verdict == Some(Verdict::Pass) {
         b.event(
             "level_verified",

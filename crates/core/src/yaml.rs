@@ -110,6 +110,11 @@ enum Frame {
 /// At most this many values, aliases expanded, in one document.
 pub const MAX_VALUES: usize = 100_000;
 
+/// How deeply collections may nest. A policy nests about ten levels, a Kubernetes
+/// manifest about twenty; without a limit a few hundred kilobytes of `- - - ...`
+/// build a tree whose recursive drop overflows the stack and aborts the process.
+pub const MAX_DEPTH: usize = 64;
+
 fn size_of_node(n: &Node) -> usize {
     match &n.kind {
         NodeKind::Seq(items) => items
@@ -250,6 +255,12 @@ impl Stream {
                     });
                 }
             },
+            Event::SequenceStart(..) | Event::MappingStart(..) if stack.len() >= MAX_DEPTH => {
+                return Err(SyntaxError {
+                    pos: at,
+                    message: format!("the document nests deeper than {MAX_DEPTH} levels"),
+                });
+            }
             Event::SequenceStart(anchor, _) => {
                 stack.push(Frame::Seq(at, anchor, Vec::new()));
                 None
@@ -332,6 +343,19 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A document nested deeper than any policy or manifest is refused where it goes
+    /// too deep (its tree would overflow the stack when dropped); one at the limit reads.
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = format!("{}x", "- ".repeat(100_000));
+        let Err(e) = parse(&deep) else {
+            panic!("a document nested 100000 deep was read");
+        };
+        assert!(e.message.contains("deeper than 64"), "{}", e.message);
+        assert!(parse(&format!("{}x", "- ".repeat(MAX_DEPTH))).is_ok());
+        assert!(parse(&format!("{}x", "- ".repeat(MAX_DEPTH + 1))).is_err());
+    }
 
     #[test]
     fn nested_aliases_cannot_expand_without_bound() {

@@ -802,11 +802,28 @@ fn check_policy(
 fn runs_on_the_server(policy: &Policy) -> Vec<String> {
     use rampart_core::policy::{GateCheck, NotifyTarget, QuerySource, Secret};
     let mut found = Vec::new();
-    for (i, g) in policy.gates.pre.iter().enumerate() {
-        match &g.check {
-            GateCheck::Command { .. } => found.push(format!("gates.pre[{i}] runs a command")),
-            GateCheck::Env(_) => found.push(format!("gates.pre[{i}] reads the environment")),
-            GateCheck::Http { .. } => {}
+    // Gates, a blue-green preview's checks and the post-release checks: the same forms.
+    let checks = [
+        ("gates.pre".to_string(), &policy.gates.pre[..]),
+        (
+            format!("strategy.{}.preview", policy.strategy.name()),
+            policy.strategy.preview(),
+        ),
+        (
+            "post_release.checks".to_string(),
+            policy
+                .post_release
+                .as_ref()
+                .map_or(&[][..], |p| &p.checks[..]),
+        ),
+    ];
+    for (path, list) in checks {
+        for (i, g) in list.iter().enumerate() {
+            match &g.check {
+                GateCheck::Command { .. } => found.push(format!("{path}[{i}] runs a command")),
+                GateCheck::Env(_) => found.push(format!("{path}[{i}] reads the environment")),
+                GateCheck::Http { .. } => {}
+            }
         }
     }
     if policy.migrations.is_some() {
@@ -822,6 +839,10 @@ fn runs_on_the_server(policy: &Policy) -> Vec<String> {
             | NotifyTarget::Slack {
                 url: Secret::Env(_),
                 ..
+            }
+            | NotifyTarget::PagerDuty {
+                routing_key: Secret::Env(_),
+                ..
             } => found.push(format!("notify[{i}] reads the environment")),
             _ => {}
         }
@@ -836,6 +857,30 @@ fn runs_on_the_server(policy: &Policy) -> Vec<String> {
             }
             _ => {}
         }
+    }
+    // The providers' keys come from the server's environment: sent anywhere but the
+    // provider's own API, or read from variables other than its own, they would carry
+    // the server's secrets to whoever wrote the policy.
+    if let Some(d) = &policy.analysis.datadog {
+        if d.url != format!("https://api.{}", d.site) {
+            found.push("analysis.datadog sends its keys to a `url` of its own".to_string());
+        }
+        if (d.api_key_env.as_str(), d.app_key_env.as_str()) != ("DD_API_KEY", "DD_APP_KEY") {
+            found.push("analysis.datadog reads keys from other variables".to_string());
+        }
+    }
+    if let Some(n) = &policy.analysis.newrelic {
+        if !["https://api.newrelic.com", "https://api.eu.newrelic.com"].contains(&n.url.as_str()) {
+            found.push("analysis.newrelic sends its key to a `url` of its own".to_string());
+        }
+        if n.api_key_env != "NEW_RELIC_API_KEY" {
+            found.push("analysis.newrelic reads its key from another variable".to_string());
+        }
+    }
+    if let Some(c) = &policy.analysis.cloudwatch
+        && c.url != rampart_core::policy::cloudwatch_endpoint(&c.region)
+    {
+        found.push("analysis.cloudwatch signs requests to a `url` of its own".to_string());
     }
     found
 }
@@ -859,6 +904,33 @@ mod tests {
         let hook = base.to_string() + "notify: [{command: [sh, -c, id], on: [done]}]\n";
         let p = Policy::from_yaml(&hook).unwrap();
         assert_eq!(runs_on_the_server(&p), ["notify[0] runs a command"]);
+    }
+
+    /// Review: the checks after the switch, and the providers' keys sent to an address
+    /// the policy names, escaped the check above.
+    #[test]
+    fn a_configmap_policy_that_sends_the_servers_keys_elsewhere_is_refused() {
+        let base = include_str!("../../../examples/kubernetes.yaml");
+        let with = |extra: &str| Policy::from_yaml(&(base.to_string() + extra)).unwrap();
+        let p = with("post_release: {checks: [{name: own, command: [id]}]}\n");
+        assert_eq!(
+            runs_on_the_server(&p),
+            ["post_release.checks[0] runs a command"]
+        );
+        let relic = base.replace(
+            "analysis:\n",
+            "analysis:\n  newrelic: {account_id: 7, url: \"https://collector.example\"}\n",
+        );
+        let p = Policy::from_yaml(&relic).unwrap();
+        assert_eq!(
+            runs_on_the_server(&p),
+            ["analysis.newrelic sends its key to a `url` of its own"]
+        );
+        let relic = base.replace(
+            "analysis:\n",
+            "analysis:\n  newrelic: {account_id: 7, region: eu}\n",
+        );
+        assert!(runs_on_the_server(&Policy::from_yaml(&relic).unwrap()).is_empty());
     }
 
     /// Review: the policy's kubeconfig context was ignored under `serve --kubernetes`,

@@ -278,6 +278,19 @@ async fn holds_chained_data(tx: &mut Tx) -> Result<bool, StoreError> {
     .bool(0)
 }
 
+/// What the chain says of the tables it covers, for [`StateStore::verify_tables`].
+#[derive(Clone, Copy)]
+struct Chained<'a> {
+    created: &'a std::collections::HashMap<String, serde_json::Value>,
+    finished: &'a std::collections::HashMap<String, serde_json::Value>,
+    submitted: &'a std::collections::HashMap<String, serde_json::Value>,
+    frozen: &'a std::collections::HashMap<String, Option<(String, String)>>,
+    /// The release rows the chain began with; `None` from an older rampart.
+    existing: Option<&'a std::collections::HashSet<String>>,
+    /// Submissions recorded leaving the queue.
+    dequeued: &'a std::collections::HashSet<String>,
+}
+
 /// Which release log entries predate the chain, from its `chain_started` record.
 #[derive(Debug, Default)]
 enum Before {
@@ -352,8 +365,18 @@ impl StateStore {
         {
             before.insert(r.text(0)?, r.int(1)?.into());
         }
-        let body =
-            serde_json::json!({"log_entries_before": rowid, "releases_before": before}).to_string();
+        // Every release row there is now: any other one without a `release_created`
+        // record was inserted after the chain began.
+        let mut existing = Vec::new();
+        for r in tx.query("SELECT id FROM releases", args![]).await? {
+            existing.push(serde_json::Value::from(r.text(0)?));
+        }
+        let body = serde_json::json!({
+            "log_entries_before": rowid,
+            "releases_before": before,
+            "releases_existing": existing,
+        })
+        .to_string();
         chain(&mut tx, at, "rampart", "chain_started", None, &body).await?;
         tx.commit().await
     }
@@ -502,6 +525,10 @@ impl StateStore {
         let mut created = std::collections::HashMap::new();
         let mut finished = std::collections::HashMap::new();
         let mut submitted = std::collections::HashMap::new();
+        // The release rows the chain began with (none recorded by an older rampart),
+        // and the submissions it saw leave the queue (withdrawn, or done).
+        let mut existing: Option<std::collections::HashSet<String>> = None;
+        let mut dequeued = std::collections::HashSet::new();
         let mut frozen: std::collections::HashMap<String, Option<(String, String)>> =
             std::collections::HashMap::new();
         let mut forced = Forced::default();
@@ -513,7 +540,19 @@ impl StateStore {
                 forced.note((r.id, &r.action, rel, &r.actor), &r.body, &mut problems);
             }
             match r.action.as_str() {
-                "chain_started" => before = Before::from_body(&r.body),
+                "chain_started" => {
+                    before = Before::from_body(&r.body);
+                    existing = json(&r.body)["releases_existing"].as_array().map(|ids| {
+                        ids.iter()
+                            .filter_map(|id| id.as_str().map(str::to_string))
+                            .collect()
+                    });
+                }
+                "release_withdrawn" | "submission_done" => {
+                    if let Some(rel) = &r.release_id {
+                        dequeued.insert(rel.clone());
+                    }
+                }
                 a if a.starts_with("input:") => {
                     if let (Some(rel), Some(seq)) = (&r.release_id, r.seq) {
                         logged.insert((rel.clone(), seq), (r.id, r.body.clone()));
@@ -654,15 +693,16 @@ impl StateStore {
                 )),
             }
         }
-        self.verify_tables(
-            &mut snap,
-            &created,
-            &finished,
-            &submitted,
-            &frozen,
-            &mut problems,
-        )
-        .await?;
+        let chained = Chained {
+            created: &created,
+            finished: &finished,
+            submitted: &submitted,
+            frozen: &frozen,
+            existing: existing.as_ref(),
+            dequeued: &dequeued,
+        };
+        self.verify_tables(&mut snap, &chained, &mut problems)
+            .await?;
         Ok(ChainReport {
             ok: problems.is_empty(),
             records: records.len() as u64,
@@ -676,12 +716,17 @@ impl StateStore {
     async fn verify_tables(
         &self,
         snap: &mut Tx,
-        created: &std::collections::HashMap<String, serde_json::Value>,
-        finished: &std::collections::HashMap<String, serde_json::Value>,
-        submitted: &std::collections::HashMap<String, serde_json::Value>,
-        frozen: &std::collections::HashMap<String, Option<(String, String)>>,
+        chained: &Chained<'_>,
         problems: &mut Vec<String>,
     ) -> Result<(), StoreError> {
+        let Chained {
+            created,
+            finished,
+            submitted,
+            frozen,
+            existing,
+            dequeued,
+        } = *chained;
         let releases = snap
             .query(
                 "SELECT id, service, version, policy, outcome FROM releases",
@@ -707,8 +752,14 @@ impl StateStore {
             }
         }
         for (id, service, version, policy, outcome) in releases {
-            // Releases created before the chain began have no record.
+            // Releases created before the chain began have no record; since the chain
+            // records which rows it began with, any other row without one was inserted.
             let Some(c) = created.get(&id) else {
+                if existing.is_some_and(|ids| !ids.contains(&id)) {
+                    problems.push(format!(
+                        "release {id}: in the releases table but never recorded created in the chain (inserted)"
+                    ));
+                }
                 continue;
             };
             if c["service"] != service.as_str()
@@ -737,6 +788,25 @@ impl StateStore {
             .iter()
             .map(row_to_submission)
             .collect::<Result<Vec<_>, _>>()?;
+        for id in submitted.keys() {
+            if !subs.iter().any(|s| &s.id == id) {
+                problems.push(format!(
+                    "submission {id}: submitted in the chain but its row is gone from the submissions table (deleted)"
+                ));
+            }
+        }
+        for s in &subs {
+            // Recorded leaving the queue since submissions are marked `tracked`.
+            let tracked = submitted
+                .get(&s.id)
+                .is_some_and(|v| v["tracked"] == serde_json::json!(true));
+            if tracked && s.state == "done" && !dequeued.contains(&s.id) {
+                problems.push(format!(
+                    "submission {}: done, but the chain never recorded it withdrawn or finished (dropped from the queue)",
+                    s.id
+                ));
+            }
+        }
         for s in subs {
             let ok = submitted.get(&s.id).is_some_and(|v| {
                 v["initiator"] == s.initiator.as_str()

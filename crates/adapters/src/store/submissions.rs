@@ -86,6 +86,8 @@ impl StateStore {
             "hotfix": s.hotfix,
             "policy_sha256": sha256_hex(&s.policy),
             "workdir": s.workdir,
+            // Its leaving the queue is recorded too (`submission_done`).
+            "tracked": true,
         })
         .to_string();
         chain(
@@ -174,12 +176,15 @@ impl StateStore {
         tx.commit().await
     }
 
-    /// Moves a submission on (`running`, or `done` with its report).
+    /// Moves a submission on (`running`, or `done` with its report); `done` is
+    /// recorded in the audit chain at `at` (`submission_done`), so that a queued
+    /// release cannot leave the queue unseen.
     pub async fn set_submission(
         &self,
         id: &str,
         state: &str,
         report: Option<&str>,
+        at: Millis,
     ) -> Result<(), StoreError> {
         let mut tx = self.acting().await?;
         tx.execute(
@@ -187,6 +192,18 @@ impl StateStore {
             args![id, state, report],
         )
         .await?;
+        if state == "done" {
+            let body = serde_json::json!({"state": state}).to_string();
+            chain(
+                &mut tx,
+                at,
+                "rampart",
+                "submission_done",
+                Some((id, None)),
+                &body,
+            )
+            .await?;
+        }
         tx.commit().await
     }
 }

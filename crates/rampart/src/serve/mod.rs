@@ -348,6 +348,47 @@ fn lock_sqlite_store(opts: &ServeOptions) -> Result<Option<std::fs::File>, Strin
 /// The lease replicas sharing a store campaign for.
 pub const LEASE: &str = "serve";
 
+/// How long a client has to send a request's head once its connection is open (or
+/// once the previous answer was sent): a connection that never finishes one is closed,
+/// so idle or hostile ones cannot pile up (none of them needs a token to connect).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once; one more is closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Serves `app` on `listener`, each connection within [`HEADER_TIMEOUT`] and at most
+/// [`MAX_CONNECTIONS`] at once. Runs until the listener fails for good.
+async fn serve_api(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, or a connection reset before it was accepted:
+            // the listener itself is fine; try again shortly.
+            Err(e) => {
+                tracing::debug!(error = %e, "accepting an API connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, "API connection ended");
+            }
+        });
+    }
+}
+
 /// This replica's default name in the lease: the host's name and the process id.
 fn default_replica() -> String {
     format!("{}-{}", crate::run::host_name(), std::process::id())
@@ -537,7 +578,7 @@ pub async fn run(opts: ServeOptions) -> i32 {
         }
     };
     tokio::select! {
-        r = axum::serve(listener, router(app)) => {
+        r = serve_api(listener, router(app)) => {
             if let Err(e) = r {
                 eprintln!("error: {e}");
                 return 1;

@@ -170,7 +170,7 @@ impl Queue {
                 let report = finished_report(&record, &log);
                 if let Err(e) = self
                     .store
-                    .set_submission(&next.id, "done", report.as_deref())
+                    .set_submission(&next.id, "done", report.as_deref(), self.clock.now())
                     .await
                 {
                     tracing::error!(release = %next.id, "{e}");
@@ -210,7 +210,7 @@ impl Queue {
             };
             if let Err(e) = self
                 .store
-                .set_submission(&next.id, "done", report.as_deref())
+                .set_submission(&next.id, "done", report.as_deref(), self.clock.now())
                 .await
             {
                 tracing::error!(release = %next.id, "{e}");

@@ -100,9 +100,10 @@ impl Windows {
     }
 
     /// The freeze in force at `at`, if any: compared as instants, so that a freeze
-    /// stays in force through the hour that repeats when clocks go back. A `from` in a
-    /// repeated hour is its first occurrence, a `to` its second (the longer freeze); a
-    /// time skipped when clocks go forward is the instant after the gap.
+    /// stays in force through the hour that repeats when clocks go back. A `from` is
+    /// read at its earliest instant and a `to` at its latest (a time in a repeated
+    /// hour, or in one skipped when clocks go forward, has two readings): a clock
+    /// change never shortens a freeze.
     fn frozen(&self, at: Millis) -> Option<&FreezePeriod> {
         self.freeze.iter().find(|f| {
             let (from, to) = self.freeze_instants(f);

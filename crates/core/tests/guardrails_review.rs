@@ -395,3 +395,89 @@ fn an_initial_deployment_does_not_go_to_full_traffic_outside_the_window() {
         "all traffic moved at {ready} outside the release window, unattended"
     );
 }
+
+// After the session's review of the fixes above: a first release waiting for the
+// window (no version before it, weight 0) and restarted there, approved while the
+// restart starts its version again. The approval must wait for that, and the release
+// must end with all traffic on the version it started (not promoted at 0 %).
+#[test]
+fn a_first_release_approved_during_a_restart_ends_with_its_version_serving() {
+    let p = Policy::from_yaml(&format!(
+        "{APPROVAL}windows:\n  timezone: UTC\n  allow:\n    - {{days: [mon-fri], hours: \"09:00-17:00\"}}\n"
+    ))
+    .unwrap();
+    let s = step(
+        &p,
+        &Release::default(),
+        &start(None, None),
+        utc("2026-11-25 16:50"),
+    )
+    .state;
+    let ready = utc("2026-11-25 17:20");
+    let (s, _, _) = drive_until(&p, s, ready, |s| s.phase == Phase::AwaitingApproval);
+    let restart = ready + 60_000;
+    let resumed = step(&p, &s, &Input::Resumed, restart).state;
+    assert!(
+        matches!(resumed.pending, Some(Action::Deploy { .. })),
+        "{:?}",
+        resumed.pending
+    );
+    let mut asked = vec![(resumed.pending.clone().unwrap(), restart)];
+    let approval = Input::Approved {
+        by: "bob".into(),
+        asked_at: Some(restart),
+    };
+    let t = step(&p, &resumed, &approval, restart + 1);
+    assert_eq!(
+        t.state.pending, resumed.pending,
+        "the approval replaced the version's start"
+    );
+    let (end, _, more) = drive_until(&p, t.state, restart + 1, |s| s.phase.is_terminal());
+    asked.extend(more);
+    assert_eq!(end.phase, Phase::Succeeded, "{:?}", end.decision);
+    assert_eq!(
+        end.weight,
+        Weight::FULL,
+        "promoted with {} of traffic",
+        end.weight
+    );
+    assert!(
+        canary_ensured_before_weight_above(&asked, Weight::ZERO),
+        "traffic moved before the version ran again: {asked:?}"
+    );
+}
+
+// A first release whose wait for the window ends at `max_wait` (no opening found
+// within the horizon: a freeze of months, and a window only on Monday mornings, which
+// the freeze's end, a Wednesday, is not) must look at the window again, not take all
+// traffic inside the freeze.
+#[test]
+fn a_first_release_does_not_take_all_traffic_when_its_wait_ends_inside_a_freeze() {
+    let p = Policy::from_yaml(&format!(
+        "{APPROVAL}windows:\n  timezone: UTC\n  max_wait: 1d\n  allow:\n    - {{days: [mon], hours: \"09:00-10:00\"}}\n  freeze:\n    - {{from: \"2026-11-23 09:40\", to: \"2027-03-03 09:00\", reason: long freeze}}\n"
+    ))
+    .unwrap();
+    // 2026-11-23 is a Monday: started inside the window, ready inside the freeze.
+    let s = step(
+        &p,
+        &Release::default(),
+        &start(None, None),
+        utc("2026-11-23 09:30"),
+    )
+    .state;
+    assert_eq!(
+        s.pending,
+        Some(Action::RunGates),
+        "started inside the window"
+    );
+    let (s, now, _) = drive_until(&p, s, utc("2026-11-23 09:50"), |s| {
+        s.phase == Phase::AwaitingApproval || s.phase.is_terminal()
+    });
+    assert_eq!(s.phase, Phase::AwaitingApproval, "{:?}", s.decision);
+    let due = s.timer.unwrap();
+    let t = step(&p, &s, &Input::Tick, due.max(now));
+    assert!(
+        !matches!(t.state.pending, Some(Action::SetWeight { weight, .. }) if weight == Weight::FULL),
+        "all traffic moved inside a freeze when the wait ended"
+    );
+}

@@ -586,6 +586,9 @@ impl StateStore {
                 "release_finished" => {
                     if let Some(rel) = &r.release_id {
                         finished.insert(rel.clone(), json(&r.body));
+                        // A release that ran left its queue (a replica of an older
+                        // rampart marks it done without `submission_done`).
+                        dequeued.insert(rel.clone());
                     }
                 }
                 "release_submitted" => {

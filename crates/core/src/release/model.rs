@@ -283,6 +283,11 @@ pub struct Release {
     /// Actions to issue after `pending` succeeds (used to re-establish the world on
     /// resume).
     pub queued: Vec<Action>,
+    /// An operator's approval or promotion taken while a restarted controller starts
+    /// the versions again (`pending` a deploy or a scale): applied once that chain
+    /// is done, never in its place. Absent from releases saved before it existed.
+    #[serde(default)]
+    pub deferred: Option<super::protocol::Input>,
     /// Consecutive failing intervals, per metric in policy order.
     pub failure_streaks: Vec<u32>,
     /// Sequential judges' evidence, per metric in policy order.
@@ -366,6 +371,7 @@ impl Default for Release {
             rollback_level: None,
             pending: None,
             queued: Vec::new(),
+            deferred: None,
             failure_streaks: Vec::new(),
             evidence: Vec::new(),
             pooled: Vec::new(),

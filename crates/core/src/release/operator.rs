@@ -6,7 +6,7 @@ use super::builder::{Builder, window_closed};
 use super::gating::block;
 use super::model::{DecisionKind, Phase, PreApproval, Release};
 use super::progress::{full_traffic_due, next_step};
-use super::protocol::{Action, Effect};
+use super::protocol::{Action, Input};
 use crate::instead::Instead;
 use crate::units::{Millis, Weight};
 
@@ -157,6 +157,14 @@ pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str, frozen: Op
             ),
         );
     }
+    let input = Input::Promote {
+        actor: actor.to_string(),
+        reason: reason.to_string(),
+        frozen: frozen.map(str::to_string),
+    };
+    if defer(b, input, actor) {
+        return;
+    }
     b.event(
         "promoted_by_operator",
         actor,
@@ -176,39 +184,54 @@ pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str, frozen: Op
     b.s.paused = None;
     b.s.timer = None;
     b.s.next_analysis_at = None;
+    b.s.queued.clear();
     b.s.phase = Phase::Promoting;
-    after_pending(b, |b| b.set_weight(Weight::FULL));
+    b.set_weight(Weight::FULL);
 }
 
-/// Runs `f`, whose actions go after a version being started and the chain after it:
-/// an operator's command taken while a restarted controller re-establishes the
-/// release (its versions started again, its weight put back) never replaces that
-/// chain, so no traffic moves to a version before it runs again.
-fn after_pending(b: &mut Builder<'_>, f: impl FnOnce(&mut Builder<'_>)) {
-    // Only a version being started (the controller feeds commands just before one):
-    // a measurement or a weight under way is replaced, as before.
+/// Keeps `input` (an approval, a promotion) for later when a version is being started
+/// (a restarted controller re-establishing the release feeds operators' commands just
+/// before one): it is applied once that work is done (see `step`), so no traffic moves
+/// to a version before it runs again, and the chain is never replaced. Returns whether
+/// it was kept.
+fn defer(b: &mut Builder<'_>, input: Input, actor: &str) -> bool {
     if !matches!(
         b.s.pending,
         Some(Action::Deploy { .. } | Action::Scale { .. })
     ) {
-        return f(b);
+        return false;
     }
-    let Some(current) = b.s.pending.take() else {
-        return f(b);
-    };
-    let rest = std::mem::take(&mut b.s.queued);
-    f(b);
-    // The first new action is asked for once its turn comes, not now.
-    b.effects.retain(|e| !matches!(e, Effect::Do(_)));
-    let new: Vec<Action> =
-        b.s.pending
-            .take()
-            .into_iter()
-            .chain(std::mem::take(&mut b.s.queued))
-            .collect();
-    b.s.pending = Some(current);
-    b.s.queued = rest;
-    b.s.queued.extend(new);
+    if b.s.deferred.is_some() {
+        b.event(
+            "command_refused",
+            actor,
+            "another command already waits for the versions to run again; ask again then".into(),
+        );
+        return true;
+    }
+    b.event(
+        "command_deferred",
+        actor,
+        "the versions are being started again after a restart: applied once they run".into(),
+    );
+    b.s.deferred = Some(input);
+    true
+}
+
+/// Applies a command kept by [`defer`], now that nothing is being started.
+pub(super) fn apply_deferred(b: &mut Builder<'_>) {
+    if b.s.pending.is_some() {
+        return;
+    }
+    match b.s.deferred.take() {
+        Some(Input::Approved { by, asked_at }) => approved(b, &by, asked_at),
+        Some(Input::Promote {
+            actor,
+            reason,
+            frozen,
+        }) => promote(b, &actor, &reason, frozen.as_deref()),
+        _ => {}
+    }
 }
 
 pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) {
@@ -230,7 +253,13 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
     // next tick: an approval asked after it, however it was ordered with that tick
     // (a restart feeds waiting commands first), is too late. One asked in time and
     // read late (the controller was down) still counts.
+    // (A wait for a window's opening has its opening as its timer, not a deadline.)
+    let deadline_kind = matches!(
+        b.s.approving,
+        None | Some(PreApproval::Migrations | PreApproval::Hotfix)
+    );
     if !holding
+        && deadline_kind
         && let Some(deadline) = b.s.timer
         && deadline <= asked_at.unwrap_or(b.now)
     {
@@ -296,6 +325,13 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
         }
         return;
     }
+    let input = Input::Approved {
+        by: by.to_string(),
+        asked_at,
+    };
+    if defer(b, input, by) {
+        return;
+    }
     b.s.timer = None;
     match b.s.approving.take() {
         Some(PreApproval::Window) => {
@@ -348,5 +384,5 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
         by,
         format!("approved as {role} at {}", b.s.weight),
     );
-    after_pending(b, next_step);
+    next_step(b);
 }

@@ -122,7 +122,11 @@ pub(super) fn deployed(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: 
 /// a step (an approval step at 0 % whose next is 100 %), the next step.
 pub(super) fn full_traffic_due(b: &mut Builder<'_>) {
     if b.s.stable.is_none() {
-        promote_initial(b);
+        // The window is looked at again (a wait that ended at `max_wait`, or a
+        // controller down past the opening); an approval attended it already.
+        if !hold_for_window(b) {
+            promote_initial(b);
+        }
     } else if b.s.steps_begun {
         next_step(b);
     } else {
@@ -132,6 +136,7 @@ pub(super) fn full_traffic_due(b: &mut Builder<'_>) {
 
 /// An initial release (no version before it): ready, it takes all traffic.
 fn promote_initial(b: &mut Builder<'_>) {
+    b.s.queued.clear();
     b.decide(DecisionKind::Promote, "initial release is ready".into());
     b.s.phase = Phase::Promoting;
     b.set_weight(Weight::FULL);

@@ -6,7 +6,7 @@ use super::builder::{Builder, ms, window_closed};
 use super::divergence::{self, superseded};
 use super::gating::{ask_hotfix_approval, block, gates_checked, migrated, open_or_wait, start};
 use super::model::{Phase, PreApproval, Release, Transition};
-use super::operator::{abort, approved, pause, promote, unpause};
+use super::operator::{abort, apply_deferred, approved, pause, promote, unpause};
 use super::progress::{
     after_full, deployed, full_traffic_due, inconclusive, keep_or_stop_previous, measured,
     start_progressing, step_in_force, succeed, watched,
@@ -232,6 +232,9 @@ fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
             }
             b.s.queued.clear();
             on_answer(b, answer);
+            // The work a deferred command waited for is done (or failed: then the
+            // command finds the release in a phase that refuses it).
+            apply_deferred(b);
         }
     }
 }

@@ -115,6 +115,22 @@ pub const MAX_VALUES: usize = 100_000;
 /// build a tree whose recursive drop overflows the stack and aborts the process.
 pub const MAX_DEPTH: usize = 64;
 
+/// How many collections deep `n` nests (a scalar: 0). Bounded by [`MAX_DEPTH`]: every
+/// node was built within it.
+fn depth_of_node(n: &Node) -> usize {
+    match &n.kind {
+        NodeKind::Seq(items) => 1 + items.iter().map(depth_of_node).max().unwrap_or(0),
+        NodeKind::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(_, v)| depth_of_node(v))
+                .max()
+                .unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
 fn size_of_node(n: &Node) -> usize {
     match &n.kind {
         NodeKind::Seq(items) => items
@@ -207,7 +223,8 @@ struct Stream {
     // Each anchor with the number of values it holds: aliases copy them, and nested
     // aliases multiply, so the total is capped (a few hundred bytes could otherwise
     // expand to billions of values).
-    anchors: HashMap<usize, (Node, usize)>,
+    // And how deeply it nests: an alias must not take the tree past MAX_DEPTH.
+    anchors: HashMap<usize, (Node, usize, usize)>,
     values: usize,
     root: Option<Node>,
 }
@@ -236,7 +253,15 @@ impl Stream {
                 Some((Node { kind, pos: at }, anchor))
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some((node, size)) => {
+                Some((_, _, depth)) if stack.len() + depth > MAX_DEPTH => {
+                    return Err(SyntaxError {
+                        pos: at,
+                        message: format!(
+                            "the document nests deeper than {MAX_DEPTH} levels through its aliases"
+                        ),
+                    });
+                }
+                Some((node, size, _)) => {
                     *values = values.saturating_add(*size);
                     if *values > MAX_VALUES {
                         return Err(SyntaxError {
@@ -302,7 +327,10 @@ impl Stream {
             });
         }
         if anchor != 0 {
-            anchors.insert(anchor, (node.clone(), size_of_node(&node)));
+            anchors.insert(
+                anchor,
+                (node.clone(), size_of_node(&node), depth_of_node(&node)),
+            );
         }
         match stack.last_mut() {
             None => *root = Some(node),
@@ -355,6 +383,15 @@ mod tests {
         assert!(e.message.contains("deeper than 64"), "{}", e.message);
         assert!(parse(&format!("{}x", "- ".repeat(MAX_DEPTH))).is_ok());
         assert!(parse(&format!("{}x", "- ".repeat(MAX_DEPTH + 1))).is_err());
+        // Aliases nest too: each level puts the one before inside two more.
+        let mut doc = String::from("a0: &a0 [x]\n");
+        for i in 1..40 {
+            doc.push_str(&format!("a{i}: &a{i} [[*a{}]]\n", i - 1));
+        }
+        let Err(e) = parse(&doc) else {
+            panic!("aliases nested 80 deep were read");
+        };
+        assert!(e.message.contains("through its aliases"), "{}", e.message);
     }
 
     #[test]

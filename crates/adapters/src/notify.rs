@@ -50,8 +50,8 @@ pub enum NotifyError {
     Unanswered {
         /// Where the notice was posted.
         url: String,
-        /// What the HTTP client saw.
-        why: crate::http::HttpError,
+        /// What the HTTP client saw (a secret URL replaced by how it is named).
+        why: String,
     },
     /// The hook command could not be started.
     #[error("`{program}`: {source}")]
@@ -152,12 +152,22 @@ impl HookNotifier {
                         format!("v1={}", sign(&key, &ts, &body)),
                     ));
                 }
-                self.post(url, body, &headers).await
+                self.post(url, url, body, &headers).await
             }
             NotifyTarget::Slack { url, dashboard } => {
+                // The URL is the secret: errors name where it came from instead.
+                let shown = match url {
+                    Secret::Env(name) => format!("the Slack webhook (${name})"),
+                    Secret::Value(_) => "the Slack webhook".to_string(),
+                };
                 let url = reveal(url)?;
-                self.post(&url, slack(n, dashboard.as_deref()).to_string(), &[])
-                    .await
+                self.post(
+                    &url,
+                    &shown,
+                    slack(n, dashboard.as_deref()).to_string(),
+                    &[],
+                )
+                .await
             }
             NotifyTarget::PagerDuty {
                 url,
@@ -166,28 +176,31 @@ impl HookNotifier {
             } => {
                 let key = reveal(routing_key)?;
                 match pagerduty(n, &key, dashboard.as_deref()) {
-                    Some(event) => self.post(url, event.to_string(), &[]).await,
+                    Some(event) => self.post(url, url, event.to_string(), &[]).await,
                     None => Ok(()),
                 }
             }
         }
     }
 
+    /// POSTs `body` to `url`; errors name it as `shown` (a URL that is a secret is
+    /// never in them, nor in what the HTTP client said).
     async fn post(
         &self,
         url: &str,
+        shown: &str,
         body: String,
         headers: &[(&str, String)],
     ) -> Result<(), NotifyError> {
         match post_json_with(url, body, headers, self.timeout).await {
             Ok(code) if (200..300).contains(&code) => Ok(()),
             Ok(code) => Err(NotifyError::Status {
-                url: url.to_string(),
+                url: shown.to_string(),
                 code,
             }),
             Err(why) => Err(NotifyError::Unanswered {
-                url: url.to_string(),
-                why,
+                url: shown.to_string(),
+                why: why.to_string().replace(url, shown),
             }),
         }
     }
@@ -212,16 +225,36 @@ impl HookNotifier {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            // Its own process group: at the time limit the whole group goes, children
+            // it started included.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| NotifyError::Spawn {
                 program: program(),
                 source,
             })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(body.as_bytes()).await;
+        let group = child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(nix::unistd::Pid::from_raw);
+        let mut stdin = child.stdin.take();
+        // The notice is written within the time limit too: a hook that never reads
+        // its stdin cannot hold it (or the notices after it) once the pipe is full.
+        let finished = async {
+            if let Some(stdin) = stdin.as_mut() {
+                let _ = stdin.write_all(body.as_bytes()).await;
+            }
+            drop(stdin.take());
+            child.wait().await
+        };
+        let waited = tokio::time::timeout(self.timeout, finished).await;
+        if waited.is_err()
+            && let Some(group) = group
+        {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         }
-        match tokio::time::timeout(self.timeout, child.wait()).await {
+        match waited {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => Err(NotifyError::Exited {
                 program: program(),

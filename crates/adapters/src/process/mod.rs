@@ -500,10 +500,20 @@ impl ProcessDeployer {
                     Err(e) => Err(ProcessError::ProbeUnanswered(e)),
                 }
             }
-            None => tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-                .await
-                .map(drop)
-                .map_err(ProcessError::ProbeConnect),
+            // Within the probe's own limit: a full accept queue drops the handshake,
+            // and the kernel would retry it for minutes.
+            None => match tokio::time::timeout(
+                PROBE_OVERRUN,
+                tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)),
+            )
+            .await
+            {
+                Ok(connected) => connected.map(drop).map_err(ProcessError::ProbeConnect),
+                Err(_) => Err(ProcessError::ProbeConnect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {}s", PROBE_OVERRUN.as_secs()),
+                ))),
+            },
         }
     }
 
@@ -619,23 +629,29 @@ impl ProcessDeployer {
     async fn terminate(&self, run: &mut Running) -> String {
         let pid = run.record.pid;
         let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        // An adopted replica whose pid now belongs to another process (started later):
+        // its group had emptied (a pid still naming a group is never reused), and that
+        // process is someone else's. Never signalled.
+        if run.child.is_none()
+            && let (Some(recorded), Some((_, started))) = (run.record.started, proc_stat(pid))
+            && recorded != started
+        {
+            return format!("pid {pid} had exited (the pid is another process's now, left alone)");
+        }
         if killpg(group, Signal::SIGTERM).is_err() {
             if let Some(child) = run.child.as_mut() {
                 let _ = child.wait().await;
             }
             return format!("pid {pid} was not running");
         }
+        // Done when the whole group has gone, not only its leader: a wrapper (`sh -c
+        // 'server & wait'`) exits on SIGTERM while what it started may not.
         let exited = async {
-            match run.child.as_mut() {
-                Some(child) => {
-                    let _ = child.wait().await;
-                }
-                None => {
-                    while killpg(group, None).is_ok() && Path::new(&format!("/proc/{pid}")).exists()
-                    {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
+            if let Some(child) = run.child.as_mut() {
+                let _ = child.wait().await;
+            }
+            while killpg(group, None).is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
         if tokio::time::timeout(self.spec.stop_timeout, exited)
@@ -734,13 +750,21 @@ impl ProcessDeployer {
         let mut started = 0;
         while set.list.len() < n {
             let replica = set.list.len();
-            let mut run = self.start(variant, version, replica).await?;
-            if let Err(e) = self.wait_ready(variant, &mut run, replica).await {
-                self.terminate(&mut run).await;
+            let run = self.start(variant, version, replica).await?;
+            // Recorded from the moment it runs: a controller that dies while it starts
+            // leaves a process the next one finds (and adopts once ready, or stops).
+            set.list.push(run);
+            self.write_records(variant, &set.list)?;
+            let Some(run) = set.list.last_mut() else {
+                break;
+            };
+            if let Err(e) = self.wait_ready(variant, run, replica).await {
+                if let Some(mut run) = set.list.pop() {
+                    self.terminate(&mut run).await;
+                }
                 self.write_records(variant, &set.list)?;
                 return Err(e);
             }
-            set.list.push(run);
             started += 1;
             self.write_records(variant, &set.list)?;
         }

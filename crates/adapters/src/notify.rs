@@ -200,7 +200,11 @@ impl HookNotifier {
             }),
             Err(why) => Err(NotifyError::Unanswered {
                 url: shown.to_string(),
-                why: why.to_string().replace(url, shown),
+                why: if url.is_empty() {
+                    why.to_string()
+                } else {
+                    why.to_string().replace(url, shown)
+                },
             }),
         }
     }

@@ -393,3 +393,33 @@ async fn a_timed_out_hook_command_leaves_no_process_behind() {
     }
     assert!(gone, "the hook's child {pid} outlived the killed hook");
 }
+
+/// After the review of the fixes above: a process is recorded (and kept in the
+/// deployer's list) from the moment it starts, so a deploy given up on while it waited
+/// for readiness (the controller drops an action's future when the release moves on)
+/// left an unready process in the list, and the next deploy of the same version kept
+/// it as an endpoint without probing it: traffic to a version that never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_given_up_on_is_never_kept_as_an_endpoint() {
+    let service = "rv-cancelled-start";
+    let dir = tempfile::tempdir().unwrap();
+    // Never ready: nothing listens.
+    let s = spec(&["sleep", "300", "{port}"], Duration::from_secs(2));
+    let d = std::sync::Arc::new(ProcessDeployer::new(service, s, dir.path(), dir.path()));
+    let first = d.clone();
+    let starting = tokio::spawn(async move { first.deploy(Variant::Canary, "v2").await });
+    assert!(
+        eventually(Duration::from_secs(10), || !processes_of(service)
+            .is_empty())
+        .await
+    );
+    starting.abort();
+    let _ = starting.await;
+    let again = d.deploy(Variant::Canary, "v2").await;
+    let _ = d.stop(Variant::Canary).await;
+    processes_of(service).iter().for_each(|p| kill(*p));
+    assert!(
+        again.is_err(),
+        "a version that never passed its probe was served: {again:?}"
+    );
+}

@@ -177,6 +177,9 @@ struct Running {
     record: ProcessRecord,
     /// `None` when adopted from an earlier controller.
     child: Option<Child>,
+    /// Whether it passed its readiness probe (adopted ones did, or are not served): one
+    /// whose start was given up on (a cancelled deploy) is never kept as an endpoint.
+    ready: bool,
 }
 
 impl Running {
@@ -318,6 +321,7 @@ impl ProcessDeployer {
                 set.list.push(Running {
                     record: rec,
                     child: None,
+                    ready: true,
                 });
             }
         }
@@ -444,6 +448,7 @@ impl ProcessDeployer {
                     canary.list.push(Running {
                         record: rec,
                         child: None,
+                        ready: true,
                     });
                 }
             }
@@ -461,6 +466,7 @@ impl ProcessDeployer {
                     stable.list.push(Running {
                         record: rec,
                         child: None,
+                        ready: true,
                     });
                 }
             }
@@ -578,6 +584,7 @@ impl ProcessDeployer {
                 started: start_time(pid),
             },
             child: Some(child),
+            ready: false,
         })
     }
 
@@ -703,6 +710,7 @@ impl ProcessDeployer {
             let mut run = Running {
                 record: rec,
                 child: None,
+                ready: true,
             };
             // A replica of this version is given its readiness timeout to answer, as
             // at its start: one slow probe must not stop a version users are on.
@@ -740,7 +748,7 @@ impl ProcessDeployer {
         // Replicas that died or run another version are replaced.
         let mut kept = Vec::new();
         for mut run in std::mem::take(&mut set.list) {
-            if run.alive() && run.record.version == version {
+            if run.alive() && run.record.version == version && run.ready {
                 kept.push(run);
             } else {
                 notes.push(self.terminate(&mut run).await);
@@ -754,16 +762,21 @@ impl ProcessDeployer {
             // Recorded from the moment it runs: a controller that dies while it starts
             // leaves a process the next one finds (and adopts once ready, or stops).
             set.list.push(run);
-            self.write_records(variant, &set.list)?;
-            let Some(run) = set.list.last_mut() else {
-                break;
+            let recorded = self.write_records(variant, &set.list);
+            let ready = match (recorded, set.list.last_mut()) {
+                (Ok(()), Some(run)) => self.wait_ready(variant, run, replica).await,
+                (Err(e), _) => Err(e),
+                (Ok(()), None) => break,
             };
-            if let Err(e) = self.wait_ready(variant, run, replica).await {
+            if let Err(e) = ready {
                 if let Some(mut run) = set.list.pop() {
                     self.terminate(&mut run).await;
                 }
                 self.write_records(variant, &set.list)?;
                 return Err(e);
+            }
+            if let Some(run) = set.list.last_mut() {
+                run.ready = true;
             }
             started += 1;
             self.write_records(variant, &set.list)?;
@@ -808,6 +821,7 @@ impl ProcessDeployer {
                     set.list.push(Running {
                         record: rec,
                         child: None,
+                        ready: true,
                     });
                 }
             }

@@ -800,7 +800,10 @@ fn check_policy(
 /// in a watched namespace writes a GitOps policy, so such a policy must come through
 /// a caller rampart authenticates instead.
 fn runs_on_the_server(policy: &Policy) -> Vec<String> {
-    use rampart_core::policy::{GateCheck, NotifyTarget, QuerySource, Secret};
+    use rampart_core::policy::{
+        DATADOG_KEY_VARS, GateCheck, NEWRELIC_KEY_VAR, NEWRELIC_REGIONS, NotifyTarget, QuerySource,
+        Secret, cloudwatch_endpoint, datadog_endpoint, newrelic_endpoint,
+    };
     let mut found = Vec::new();
     // Gates, a blue-green preview's checks and the post-release checks: the same forms.
     let checks = [
@@ -862,23 +865,26 @@ fn runs_on_the_server(policy: &Policy) -> Vec<String> {
     // provider's own API, or read from variables other than its own, they would carry
     // the server's secrets to whoever wrote the policy.
     if let Some(d) = &policy.analysis.datadog {
-        if d.url != format!("https://api.{}", d.site) {
+        if d.url != datadog_endpoint(&d.site) {
             found.push("analysis.datadog sends its keys to a `url` of its own".to_string());
         }
-        if (d.api_key_env.as_str(), d.app_key_env.as_str()) != ("DD_API_KEY", "DD_APP_KEY") {
+        if (d.api_key_env.as_str(), d.app_key_env.as_str()) != DATADOG_KEY_VARS {
             found.push("analysis.datadog reads keys from other variables".to_string());
         }
     }
     if let Some(n) = &policy.analysis.newrelic {
-        if !["https://api.newrelic.com", "https://api.eu.newrelic.com"].contains(&n.url.as_str()) {
+        if !NEWRELIC_REGIONS
+            .iter()
+            .any(|r| newrelic_endpoint(r) == n.url)
+        {
             found.push("analysis.newrelic sends its key to a `url` of its own".to_string());
         }
-        if n.api_key_env != "NEW_RELIC_API_KEY" {
+        if n.api_key_env != NEWRELIC_KEY_VAR {
             found.push("analysis.newrelic reads its key from another variable".to_string());
         }
     }
     if let Some(c) = &policy.analysis.cloudwatch
-        && c.url != rampart_core::policy::cloudwatch_endpoint(&c.region)
+        && c.url != cloudwatch_endpoint(&c.region)
     {
         found.push("analysis.cloudwatch signs requests to a `url` of its own".to_string());
     }

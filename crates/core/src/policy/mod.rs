@@ -51,9 +51,10 @@ pub use flags::FlagsSpec;
 pub use migrations::Migrations;
 pub use notify::{NotifyHook, NotifyTarget, PAGES, Secret, SilenceMatcher, SilencesSpec};
 pub use providers::{
-    CloudWatchSpec, CommandFetch, DATADOG_SITES, DatadogApi, DatadogSpec, HttpFetch, NewRelicSpec,
-    PLACEHOLDERS, PathStep, QuerySource, ValuePath, aws_region, cloudwatch_alignment,
-    cloudwatch_endpoint, env_refs,
+    CloudWatchSpec, CommandFetch, DATADOG_KEY_VARS, DATADOG_SITES, DatadogApi, DatadogSpec,
+    HttpFetch, NEWRELIC_KEY_VAR, NEWRELIC_REGIONS, NewRelicSpec, PLACEHOLDERS, PathStep,
+    QuerySource, ValuePath, aws_region, cloudwatch_alignment, cloudwatch_endpoint,
+    datadog_endpoint, env_refs, newrelic_endpoint,
 };
 pub use rollback::{Rollback, RollbackCap};
 pub use strategy::{

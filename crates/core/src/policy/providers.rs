@@ -136,13 +136,35 @@ impl Default for DatadogSpec {
     fn default() -> Self {
         DatadogSpec {
             site: "datadoghq.com".into(),
-            url: "https://api.datadoghq.com".into(),
+            url: datadog_endpoint("datadoghq.com"),
             api: DatadogApi::V1,
-            api_key_env: "DD_API_KEY".into(),
-            app_key_env: "DD_APP_KEY".into(),
+            api_key_env: DATADOG_KEY_VARS.0.into(),
+            app_key_env: DATADOG_KEY_VARS.1.into(),
         }
     }
 }
+
+/// Datadog's API in `site`: `https://api.<site>`.
+pub fn datadog_endpoint(site: &str) -> String {
+    format!("https://api.{site}")
+}
+
+/// The variables Datadog's API and application keys are read from by default.
+pub const DATADOG_KEY_VARS: (&str, &str) = ("DD_API_KEY", "DD_APP_KEY");
+
+/// New Relic's regions (`analysis.newrelic.region`).
+pub const NEWRELIC_REGIONS: [&str; 2] = ["us", "eu"];
+
+/// NerdGraph's base URL in `region` (`us` for any other).
+pub fn newrelic_endpoint(region: &str) -> &'static str {
+    match region {
+        "eu" => "https://api.eu.newrelic.com",
+        _ => "https://api.newrelic.com",
+    }
+}
+
+/// The variable New Relic's user API key is read from by default.
+pub const NEWRELIC_KEY_VAR: &str = "NEW_RELIC_API_KEY";
 
 /// Datadog's two metrics query APIs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,11 +485,11 @@ pub(super) fn decode_datadog(cx: &mut Decoder, n: &Node, p: &str) -> Option<Data
         m.optional_with(cx, key, decode_env_name)
             .unwrap_or_else(|| default.to_string())
     };
-    let api_key_env = env(cx, &m, "api_key_env", "DD_API_KEY");
-    let app_key_env = env(cx, &m, "app_key_env", "DD_APP_KEY");
+    let api_key_env = env(cx, &m, "api_key_env", DATADOG_KEY_VARS.0);
+    let app_key_env = env(cx, &m, "app_key_env", DATADOG_KEY_VARS.1);
     Some(DatadogSpec {
         site: site.to_string(),
-        url: url.unwrap_or_else(|| format!("https://api.{site}")),
+        url: url.unwrap_or_else(|| datadog_endpoint(site)),
         api,
         api_key_env,
         app_key_env,
@@ -486,16 +508,13 @@ pub(super) fn decode_newrelic(cx: &mut Decoder, n: &Node, p: &str) -> Option<New
         );
     }
     let region = m
-        .optional_with(cx, "region", |cx, n, p| one_of(cx, n, p, &["us", "eu"]))
+        .optional_with(cx, "region", |cx, n, p| one_of(cx, n, p, &NEWRELIC_REGIONS))
         .unwrap_or("us");
     let url = m.optional_with(cx, "url", super::values::decode_base_url);
     let api_key_env = m
         .optional_with(cx, "api_key_env", decode_env_name)
-        .unwrap_or_else(|| "NEW_RELIC_API_KEY".to_string());
-    let url = url.unwrap_or_else(|| match region {
-        "eu" => "https://api.eu.newrelic.com".into(),
-        _ => "https://api.newrelic.com".into(),
-    });
+        .unwrap_or_else(|| NEWRELIC_KEY_VAR.to_string());
+    let url = url.unwrap_or_else(|| newrelic_endpoint(region).to_string());
     Some(NewRelicSpec {
         account_id: account_id.filter(|id| *id > 0)?,
         url,

@@ -3,11 +3,9 @@
 //! not act on the verdict; progress and rollback do.
 
 use super::builder::Builder;
-use super::model::Phase;
 use crate::judge::{self, MetricReading, StableSide, Verdict};
 use crate::metrics::{IntervalSample, Timing};
 use crate::policy::{BuiltinMetric, FailureCount, Judge, MetricSpec, Threshold};
-use crate::units::Weight;
 
 /// One interval judged: every metric's reading, the overall verdict, and the metrics
 /// whose failures decide the release.
@@ -179,21 +177,21 @@ fn add_to_baseline(
 /// measurements from the intervals before, when it served.
 pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Judged {
     let metrics = &b.policy.analysis.metrics;
-    // `watching` below: judged against the baseline. At 100 % stable serves nothing,
-    // and a comparison with it at the same time (the sequential judge's share test, a
-    // ratio limit) has nothing to compare with: every interval would be inconclusive.
-    let watching = b.s.phase == Phase::Watching || b.s.weight == Weight::FULL;
+    // At 100 % stable serves nothing, and a comparison with it at the same time (the
+    // sequential judge's share test, a ratio limit) has nothing to compare with: every
+    // interval would be inconclusive. It is judged against the baseline instead.
+    let idle = b.s.stable_idle();
     // Stable is idle only by the plan: all traffic on the new version (100 %, a
     // blue-green switch), or the watch after promotion, whose stable side is a
     // baseline. While it serves, a stable value that failed to read is never skipped.
-    let side = if watching {
+    let side = if idle {
         StableSide::Idle
     } else {
         StableSide::Serving
     };
     let raw = sample;
     let judged;
-    let sample = if watching {
+    let sample = if idle {
         judged = against_baseline(b.s.baseline.as_ref(), sample);
         &judged
     } else {
@@ -219,7 +217,7 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
                 if b.s.pooled.len() != metrics.len() {
                     b.s.pooled = vec![None; metrics.len()];
                 }
-                let baseline = watching.then_some(b.s.baseline.as_ref());
+                let baseline = idle.then_some(b.s.baseline.as_ref());
                 pooled_threshold(m, t, raw, side, &mut b.s.pooled[i], baseline)
             }
             Judge::Sequential(seq) => {
@@ -234,14 +232,14 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
                     &mut b.s.evidence[i],
                     history,
                     b.s.canary_seen,
-                    watching,
+                    idle,
                 )
             }
         });
     }
     // Only after judging: the null for this interval came from earlier intervals (and
     // while watching, the baseline is not new data).
-    if !watching {
+    if !idle {
         b.s.stable_latency.merge(&sample.stable.latency);
         b.s.stable_latency_total.merge(&sample.stable.latency_total);
     }

@@ -431,6 +431,14 @@ impl Transition {
 }
 
 impl Release {
+    /// Whether all traffic is on the new version (the watch after the switch, a step
+    /// or a switch at 100 %): stable serves nothing, so the previous version's side of
+    /// an interval is its baseline from before, and flags off (rollback level 1) has
+    /// nothing at the same time to be verified against.
+    pub fn stable_idle(&self) -> bool {
+        self.phase == Phase::Watching || self.weight == Weight::FULL
+    }
+
     /// Whether the transition from `before` to this state started an analysis window
     /// afresh (the first, a new step's, the watch's after promotion, the check's after
     /// flags off): the next measurement reads from the transition's time, and what a

@@ -367,7 +367,11 @@ fn clean(b: &Builder<'_>, verdict: Verdict) -> bool {
 
 /// Why the metrics that decide the release failed, in words, and whether stable broke
 /// the same limits (both versions unhealthy).
-fn trip_reason(b: &Builder<'_>, readings: &[MetricReading], tripped: &[usize]) -> (String, bool) {
+pub(super) fn trip_reason(
+    b: &Builder<'_>,
+    readings: &[MetricReading],
+    tripped: &[usize],
+) -> (String, bool) {
     let metrics = &b.policy.analysis.metrics;
     let why: Vec<String> = tripped
         .iter()

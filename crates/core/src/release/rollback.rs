@@ -5,6 +5,7 @@
 use super::analysis::judge_interval;
 use super::builder::Builder;
 use super::model::{DecisionKind, Phase};
+use super::progress::trip_reason;
 use super::protocol::{Action, Variant};
 use crate::instead::Instead;
 use crate::judge::{Evidence, Verdict};
@@ -53,7 +54,7 @@ impl Builder<'_> {
     pub(super) fn rollback_with(&mut self, actor: &str, reason: String, force: bool) {
         // During the watch, or at 100 %, the previous version has no traffic to compare
         // with: flags off could not be verified, so the rollback starts with traffic.
-        let watching = self.s.phase == Phase::Watching || self.s.weight == Weight::FULL;
+        let idle = self.s.stable_idle();
         let incompatible = self
             .s
             .migration_class
@@ -91,7 +92,7 @@ impl Builder<'_> {
         let flags = self.policy.level_one_flags();
         // Level 1 only helps where users met the new code: some traffic, or a flag ramp.
         let users_met_it =
-            (self.s.weight > Weight::ZERO && !watching) || self.policy.strategy.flag_only();
+            (self.s.weight > Weight::ZERO && !idle) || self.policy.strategy.flag_only();
         if !flags.is_empty() && users_met_it {
             self.s.rollback_level = Some(1);
             self.act(Action::FlagsOff { flags });
@@ -207,19 +208,13 @@ pub(super) fn verify_level_one(b: &mut Builder<'_>, sample: Option<&IntervalSamp
     if let Some(j) = &judged
         && j.verdict == Verdict::Fail
     {
-        let failing: Vec<_> = j
-            .readings
-            .iter()
-            .filter(|r| r.verdict == Verdict::Fail)
+        let failing: Vec<usize> = (0..j.readings.len())
+            .filter(|i| j.readings[*i].verdict == Verdict::Fail)
             .collect();
-        if !failing.is_empty() && failing.iter().all(|r| r.stable_breached) {
-            let why: Vec<String> = failing
-                .iter()
-                .map(|r| format!("{} {}", r.name, r.detail))
-                .collect();
+        let (why, both) = trip_reason(b, &j.readings, &failing);
+        if !failing.is_empty() && both {
             return b.halt(format!(
-                "level 1 (flags off) did not restore health and stable breaks the same limits ({}): both versions are unhealthy, and moving traffic back would not help",
-                why.join("; ")
+                "level 1 (flags off) did not restore health and stable breaks the same limits ({why}): both versions are unhealthy, and moving traffic back would not help"
             ));
         }
     }

@@ -183,6 +183,15 @@ struct Running {
 }
 
 impl Running {
+    /// A replica an earlier controller started, taken up from its record.
+    fn adopted(record: ProcessRecord) -> Running {
+        Running {
+            record,
+            child: None,
+            ready: true,
+        }
+    }
+
     fn alive(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
@@ -318,11 +327,7 @@ impl ProcessDeployer {
             if let Some(i) = mine.iter().position(same) {
                 set.list.push(mine.swap_remove(i));
             } else if self.owns(&rec, variant) {
-                set.list.push(Running {
-                    record: rec,
-                    child: None,
-                    ready: true,
-                });
+                set.list.push(Running::adopted(rec));
             }
         }
         for mut run in mine {
@@ -445,11 +450,7 @@ impl ProcessDeployer {
         if !canary.loaded {
             for rec in self.read_records(Variant::Canary) {
                 if self.owns(&rec, Variant::Canary) {
-                    canary.list.push(Running {
-                        record: rec,
-                        child: None,
-                        ready: true,
-                    });
+                    canary.list.push(Running::adopted(rec));
                 }
             }
         }
@@ -463,11 +464,7 @@ impl ProcessDeployer {
             stable.loaded = true;
             for rec in self.read_records(Variant::Stable) {
                 if self.owns(&rec, Variant::Stable) {
-                    stable.list.push(Running {
-                        record: rec,
-                        child: None,
-                        ready: true,
-                    });
+                    stable.list.push(Running::adopted(rec));
                 }
             }
         }
@@ -707,11 +704,7 @@ impl ProcessDeployer {
             if rec.started.is_none() {
                 rec.started = start_time(rec.pid);
             }
-            let mut run = Running {
-                record: rec,
-                child: None,
-                ready: true,
-            };
+            let mut run = Running::adopted(rec);
             // A replica of this version is given its readiness timeout to answer, as
             // at its start: one slow probe must not stop a version users are on.
             if run.record.version == version
@@ -818,11 +811,7 @@ impl ProcessDeployer {
             set.loaded = true;
             for rec in self.read_records(variant) {
                 if self.owns(&rec, variant) {
-                    set.list.push(Running {
-                        record: rec,
-                        child: None,
-                        ready: true,
-                    });
+                    set.list.push(Running::adopted(rec));
                 }
             }
         }

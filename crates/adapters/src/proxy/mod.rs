@@ -929,6 +929,14 @@ impl Proxy {
         known.entry(addr).or_default().clone()
     }
 
+    /// Requests in flight now to what a data plane that took over asks about.
+    pub fn in_flight_of(&self, what: &plane::InFlight) -> u64 {
+        match what {
+            plane::InFlight::Variant(v) => self.in_flight(*v),
+            plane::InFlight::Endpoints(e) => self.in_flight_to(e),
+        }
+    }
+
     /// Requests in flight now to any of `endpoints`.
     pub fn in_flight_to(&self, endpoints: &[SocketAddr]) -> u64 {
         let known = match self.inner.endpoints.lock() {

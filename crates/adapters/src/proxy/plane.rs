@@ -636,6 +636,11 @@ pub struct Feed {
     owed: u32,
 }
 
+/// The feed failed on `e`: it is of no more use.
+fn lost(e: std::io::Error) -> PlaneError {
+    PlaneError::Handover(format!("the draining data plane: {e}"))
+}
+
 /// One exchange's answer line, or why there is none.
 enum Answer {
     Line(String),
@@ -689,8 +694,6 @@ impl Feed {
     /// a quarter of [`FOLLOW_LIMIT`] for those, a quarter for the write, half for the
     /// answer.
     fn exchange(&mut self, line: &[u8]) -> Result<Answer, PlaneError> {
-        let failed =
-            |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
         while self.owed > 0 {
             match self.read_line(FOLLOW_LIMIT / 4)? {
                 Some(_) => self.owed -= 1,
@@ -699,9 +702,9 @@ impl Feed {
         }
         self.stream
             .set_write_timeout(Some(FOLLOW_LIMIT / 4))
-            .map_err(failed)?;
+            .map_err(lost)?;
         // A write cut short leaves half a line: out of step for good.
-        self.stream.write_all(line).map_err(failed)?;
+        self.stream.write_all(line).map_err(lost)?;
         self.owed += 1;
         match self.read_line(FOLLOW_LIMIT / 2)? {
             Some(answer) => {
@@ -717,9 +720,7 @@ impl Feed {
     /// ended or the answer is too long.
     fn read_line(&mut self, limit: std::time::Duration) -> Result<Option<String>, PlaneError> {
         use std::io::ErrorKind::{TimedOut, WouldBlock};
-        let failed =
-            |e: std::io::Error| PlaneError::Handover(format!("the draining data plane: {e}"));
-        self.stream.set_read_timeout(Some(limit)).map_err(failed)?;
+        self.stream.set_read_timeout(Some(limit)).map_err(lost)?;
         let mut answer = Vec::new();
         let mut byte = [0u8; 1];
         loop {
@@ -742,7 +743,7 @@ impl Feed {
                 // read to its end next time.
                 Err(e) if matches!(e.kind(), WouldBlock | TimedOut) => return Ok(None),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(failed(e)),
+                Err(e) => return Err(lost(e)),
             }
         }
     }

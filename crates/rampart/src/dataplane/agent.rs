@@ -322,10 +322,7 @@ async fn hand_over(
             plane::follow_routes(
                 feed,
                 |table| follower.restore(table),
-                |what| match what {
-                    plane::InFlight::Variant(v) => follower.in_flight(*v),
-                    plane::InFlight::Endpoints(e) => follower.in_flight_to(e),
-                },
+                |what| follower.in_flight_of(what),
             );
         });
         Ok::<(), PlaneError>(())

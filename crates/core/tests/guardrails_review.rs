@@ -5,17 +5,13 @@
 //! an explicit `now`; nothing sleeps or reads a clock). Each test fails on the
 //! reviewed code and should pass once the guarantee it names holds.
 
-use rampart_core::metrics::{IntervalSample, VariantStats};
-use rampart_core::release::{Action, GateResult, Input, Phase, Release, Variant, step};
-use rampart_core::{Millis, Policy, Weight};
+mod common;
 
-fn stats(requests: u64, errors: u64) -> VariantStats {
-    VariantStats {
-        requests,
-        errors,
-        ..VariantStats::default()
-    }
-}
+use common::stats;
+use rampart_core::metrics::IntervalSample;
+use rampart_core::migrations::Class;
+use rampart_core::release::{Action, Input, Phase, Release, Variant, step};
+use rampart_core::{Millis, Policy, Weight};
 
 fn healthy() -> IntervalSample {
     IntervalSample {
@@ -37,53 +33,10 @@ fn start(stable: Option<&str>, planned: Option<rampart_core::migrations::Class>)
     }
 }
 
-/// The successful answer to `action`.
+/// The successful answer to `action` (migrations: contract; measurements: healthy).
 fn answer(action: &Action) -> Input {
-    match action.clone() {
-        Action::RunGates => Input::GatesChecked { results: vec![] },
-        Action::RunMigrations => Input::Migrated {
-            ok: true,
-            class: rampart_core::migrations::Class::Contract,
-            detail: String::new(),
-            annotations: vec![],
-        },
-        Action::Scale {
-            variant, replicas, ..
-        } => Input::Scaled {
-            variant,
-            replicas,
-            ok: true,
-            detail: String::new(),
-        },
-        Action::Deploy { variant, .. } => Input::Deployed {
-            variant,
-            ok: true,
-            detail: String::new(),
-        },
-        Action::SetWeight { weight, .. } => Input::TrafficSet { weight },
-        Action::Measure(_) => Input::Measured { sample: healthy() },
-        Action::FlagsOff { .. } => Input::FlagsOff {
-            ok: true,
-            detail: String::new(),
-        },
-        Action::Stop { variant } => Input::Stopped {
-            variant,
-            ok: true,
-            detail: String::new(),
-        },
-        Action::VerifyStable => Input::StableVerified {
-            healthy: true,
-            detail: String::new(),
-        },
-        Action::RunChecks { stage } => Input::ChecksDone {
-            stage,
-            results: vec![GateResult {
-                name: "smoke".into(),
-                ok: true,
-                detail: String::new(),
-            }],
-        },
-    }
+    common::succeeded(action, Class::Contract)
+        .unwrap_or_else(|| Input::Measured { sample: healthy() })
 }
 
 /// Drives a healthy release on virtual time (every action succeeds at once, every wait

@@ -4,17 +4,13 @@
 //! promotion and rollback level 1, driven through the real state machine on virtual
 //! time (every wait is a `Tick` at the release's own wake-up time).
 
-use rampart_core::metrics::{IntervalSample, VariantStats};
-use rampart_core::release::{Action, AuditEvent, GateResult, Input, Phase, Release, step};
-use rampart_core::{Millis, Policy, Weight};
+mod common;
 
-fn stats(requests: u64, errors: u64) -> VariantStats {
-    VariantStats {
-        requests,
-        errors,
-        ..VariantStats::default()
-    }
-}
+use common::stats;
+use rampart_core::metrics::IntervalSample;
+use rampart_core::migrations::Class;
+use rampart_core::release::{Action, AuditEvent, Input, Phase, Release, step};
+use rampart_core::{Millis, Policy, Weight};
 
 fn start_input() -> Input {
     Input::Start {
@@ -48,53 +44,9 @@ fn drive(p: &Policy, mut measure: impl FnMut(&Release, Millis) -> IntervalSample
         let input = match s.pending.clone() {
             Some(a) => {
                 actions.push(a.clone());
-                match a {
-                    Action::RunGates => Input::GatesChecked { results: vec![] },
-                    Action::RunMigrations => Input::Migrated {
-                        ok: true,
-                        class: rampart_core::migrations::Class::Expand,
-                        detail: String::new(),
-                        annotations: vec![],
-                    },
-                    Action::Scale {
-                        variant, replicas, ..
-                    } => Input::Scaled {
-                        variant,
-                        replicas,
-                        ok: true,
-                        detail: String::new(),
-                    },
-                    Action::Deploy { variant, .. } => Input::Deployed {
-                        variant,
-                        ok: true,
-                        detail: String::new(),
-                    },
-                    Action::SetWeight { weight, .. } => Input::TrafficSet { weight },
-                    Action::Measure(_) => Input::Measured {
-                        sample: measure(&s, now),
-                    },
-                    Action::FlagsOff { .. } => Input::FlagsOff {
-                        ok: true,
-                        detail: String::new(),
-                    },
-                    Action::Stop { variant } => Input::Stopped {
-                        variant,
-                        ok: true,
-                        detail: String::new(),
-                    },
-                    Action::VerifyStable => Input::StableVerified {
-                        healthy: true,
-                        detail: String::new(),
-                    },
-                    Action::RunChecks { stage } => Input::ChecksDone {
-                        stage,
-                        results: vec![GateResult {
-                            name: "smoke".into(),
-                            ok: true,
-                            detail: String::new(),
-                        }],
-                    },
-                }
+                common::succeeded(&a, Class::Expand).unwrap_or_else(|| Input::Measured {
+                    sample: measure(&s, now),
+                })
             }
             None => {
                 let at = s

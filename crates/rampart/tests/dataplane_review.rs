@@ -276,6 +276,21 @@ impl Drop for Backend {
     }
 }
 
+/// Routes every request to the canary: `stable` and `canary` the two versions' one
+/// endpoint each.
+fn all_on_canary(
+    rt: &tokio::runtime::Runtime,
+    plane: &RemotePlane,
+    stable: SocketAddr,
+    canary: SocketAddr,
+) {
+    rt.block_on(plane.set_backends(Variant::Stable, &[stable]))
+        .unwrap();
+    rt.block_on(plane.set_backends(Variant::Canary, &[canary]))
+        .unwrap();
+    rt.block_on(plane.set_weight(Weight::FULL, &[])).unwrap();
+}
+
 /// One GET through the service's address on a thread: its whole answer, or what
 /// broke it.
 fn get_on_thread(port: u16) -> std::thread::JoinHandle<String> {
@@ -404,11 +419,7 @@ fn a_drain_after_a_take_over_waits_for_the_requests_the_old_data_plane_has_in_fl
     let fast = Backend::start("stable", false);
     let held = Backend::start("canary", true);
     let plane = svc.remote(&rt);
-    rt.block_on(plane.set_backends(Variant::Stable, &[fast.addr]))
-        .unwrap();
-    rt.block_on(plane.set_backends(Variant::Canary, &[held.addr]))
-        .unwrap();
-    rt.block_on(plane.set_weight(Weight::FULL, &[])).unwrap();
+    all_on_canary(&rt, &plane, fast.addr, held.addr);
     let client = get_on_thread(svc.port);
     until(
         "the request reached the canary",
@@ -444,11 +455,7 @@ fn a_drain_after_a_take_over_is_done_once_neither_data_plane_has_the_requests() 
     let stable = Backend::start("stable", false);
     let canary = Backend::start("canary", false);
     let plane = svc.remote(&rt);
-    rt.block_on(plane.set_backends(Variant::Stable, &[stable.addr]))
-        .unwrap();
-    rt.block_on(plane.set_backends(Variant::Canary, &[canary.addr]))
-        .unwrap();
-    rt.block_on(plane.set_weight(Weight::FULL, &[])).unwrap();
+    all_on_canary(&rt, &plane, stable.addr, canary.addr);
     // A kept-alive connection keeps the old process draining after the take-over.
     let _user = idle_connection(svc.port);
     let old = svc.lock_pid().unwrap();
@@ -720,11 +727,7 @@ fn after_a_take_over_no_request_goes_to_a_canary_the_routes_no_longer_have() {
     let stable = Backend::start("stable", false);
     let canary = Backend::start("canary", false);
     let plane = svc.remote(&rt);
-    rt.block_on(plane.set_backends(Variant::Stable, &[stable.addr]))
-        .unwrap();
-    rt.block_on(plane.set_backends(Variant::Canary, &[canary.addr]))
-        .unwrap();
-    rt.block_on(plane.set_weight(Weight::FULL, &[])).unwrap();
+    all_on_canary(&rt, &plane, stable.addr, canary.addr);
     // A user's kept-alive connection, on the canary.
     let mut user = TcpStream::connect(("127.0.0.1", svc.port)).unwrap();
     user.set_read_timeout(Some(Duration::from_secs(30)))

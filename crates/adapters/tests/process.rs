@@ -4,42 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
+use common::processes::{SERVER, alive, server_spec, spec};
 use rampart_adapters::process::{ProcessDeployer, ProcessRecord};
 use rampart_core::Variant;
-use rampart_core::policy::{ProcessSpec, Readiness};
 use rampart_core::ports::Deployer;
-
-const SERVER: &str = "import http.server,os,sys; http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()";
-
-fn spec(argv: &[&str], timeout: Duration) -> ProcessSpec {
-    ProcessSpec {
-        command: argv.iter().map(|s| s.to_string()).collect(),
-        env: vec![],
-        workdir: None,
-        readiness: Readiness {
-            http: Some("/".into()),
-            timeout,
-            period: Duration::from_millis(50),
-        },
-        stop_timeout: Duration::from_secs(1),
-        replicas: 1,
-    }
-}
-
-fn server_spec() -> ProcessSpec {
-    spec(
-        &["python3", "-c", SERVER, "{port}"],
-        Duration::from_secs(20),
-    )
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; count it as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-}
 
 fn records(state: &Path, variant: &str) -> Vec<ProcessRecord> {
     std::fs::read_to_string(state.join(format!("processes/svc.{variant}.json")))

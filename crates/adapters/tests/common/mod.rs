@@ -7,6 +7,7 @@ pub mod raw;
 
 use std::convert::Infallible;
 pub mod fake_provider;
+pub mod processes;
 pub mod servers;
 pub mod sigv4;
 

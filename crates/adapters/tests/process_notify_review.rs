@@ -397,3 +397,27 @@ async fn a_start_given_up_on_is_never_kept_as_an_endpoint() {
         "a version that never passed its probe was served: {again:?}"
     );
 }
+
+/// Versions whose names differ only in characters a file name cannot carry (`v1/2` and
+/// `v1_2`) wrote to one log file: `rampart logs` showed one version's output as the
+/// other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_that_differ_only_in_unsafe_characters_keep_their_own_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!("import sys; print('I am ' + sys.argv[2], file=sys.stderr, flush=True); {SERVER}");
+    let s = spec(
+        &["python3", "-c", &script, "{port}", "{version}"],
+        Duration::from_secs(20),
+    );
+    let d = ProcessDeployer::new("rv-log-names", s, dir.path(), dir.path());
+    for version in ["v1/2", "v1_2"] {
+        d.deploy(Variant::Canary, version).await.unwrap();
+        d.stop(Variant::Canary).await.unwrap();
+    }
+    for version in ["v1/2", "v1_2"] {
+        let (_, stderr) = d.log_paths(Variant::Canary, version, 0);
+        let text = std::fs::read_to_string(&stderr).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("I am ")).collect();
+        assert_eq!(lines, [format!("I am {version}")], "{}", stderr.display());
+    }
+}

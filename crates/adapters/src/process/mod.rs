@@ -246,7 +246,7 @@ impl ProcessDeployer {
     /// Where a replica's stdout and stderr go (replica 0 has no index in its name).
     pub fn log_paths(&self, variant: Variant, version: &str, replica: usize) -> (PathBuf, PathBuf) {
         let dir = self.state_dir.join("logs").join(&self.service);
-        let mut stem = format!("{}-{}", sanitize(version), variant.as_str());
+        let mut stem = format!("{}-{}", file_part(version), variant.as_str());
         if replica > 0 {
             stem.push_str(&format!("-{replica}"));
         }
@@ -832,6 +832,20 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
+}
+
+/// `s` as a file-name part, one to one: letters, digits, `.`, `-` and `_` kept, every
+/// other byte written `%HH` (so `v1/2` and `v1_2` never share a file).
+pub(crate) fn file_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `s` as a file-name part: letters, digits, `.`, `-` and `_` kept, the rest `_`.

@@ -218,13 +218,15 @@ impl HookNotifier {
             .env("RAMPART_RELEASE", &n.release)
             .env("RAMPART_KIND", n.kind.as_str())
             .env("RAMPART_PAGE", if n.page { "1" } else { "0" })
-            .env("RAMPART_MESSAGE", &n.message)
+            .env("RAMPART_MESSAGE", env_text(&n.message))
             .env(
                 "RAMPART_INSTEAD",
-                n.instead
-                    .as_ref()
-                    .map(Instead::command_line)
-                    .unwrap_or_default(),
+                env_text(
+                    &n.instead
+                        .as_ref()
+                        .map(Instead::command_line)
+                        .unwrap_or_default(),
+                ),
             )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -274,6 +276,32 @@ impl HookNotifier {
             }),
         }
     }
+}
+
+/// The most of a notice's text a hook's environment carries: Linux refuses to start a
+/// program with one environment string over 128 KiB (`E2BIG`), and the whole notice is
+/// on its stdin anyway.
+const ENV_TEXT_MAX: usize = 32 * 1024;
+
+/// `text` as an environment value that always lets the hook start: NUL bytes (which no
+/// environment string can hold; a version's stderr tail may carry them) written as
+/// U+FFFD, and cut at [`ENV_TEXT_MAX`] bytes on a character boundary, saying so.
+fn env_text(text: &str) -> String {
+    if text.len() <= ENV_TEXT_MAX && !text.contains('\0') {
+        return text.to_string();
+    }
+    let mut cut = text.len().min(ENV_TEXT_MAX);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = text[..cut].replace('\0', "\u{fffd}");
+    if cut < text.len() {
+        out.push_str(&format!(
+            " [{} more bytes in the notice on stdin]",
+            text.len() - cut
+        ));
+    }
+    out
 }
 
 fn reveal(secret: &Secret) -> Result<String, NotifyError> {

@@ -404,7 +404,8 @@ async fn a_start_given_up_on_is_never_kept_as_an_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_that_differ_only_in_unsafe_characters_keep_their_own_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let script = format!("import sys; print('I am ' + sys.argv[2], file=sys.stderr, flush=True); {SERVER}");
+    let script =
+        format!("import sys; print('I am ' + sys.argv[2], file=sys.stderr, flush=True); {SERVER}");
     let s = spec(
         &["python3", "-c", &script, "{port}", "{version}"],
         Duration::from_secs(20),
@@ -419,5 +420,40 @@ async fn versions_that_differ_only_in_unsafe_characters_keep_their_own_logs() {
         let text = std::fs::read_to_string(&stderr).unwrap();
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("I am ")).collect();
         assert_eq!(lines, [format!("I am {version}")], "{}", stderr.display());
+    }
+}
+
+/// A notice's message went to a command hook whole in `RAMPART_MESSAGE`: over 128 KiB
+/// (one environment string's limit on Linux) or with a NUL byte in it (a version's
+/// stderr tail may carry one), the hook could not start, and the page was lost without
+/// a retry. The environment gets a cut, NUL-free text; stdin has the whole notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_too_large_for_the_environment_still_reaches_a_command_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, env) = (dir.path().join("stdin.json"), dir.path().join("env.txt"));
+    let script = format!(
+        "cat > {}; printf %s \"$RAMPART_MESSAGE\" > {}",
+        json.display(),
+        env.display()
+    );
+    let n = hook(NotifyTarget::Command(vec![
+        "sh".into(),
+        "-c".into(),
+        script,
+    ]));
+    for message in [
+        format!("error-rate 9% > max 2%; stderr: {}end", "é".repeat(100_000)),
+        "stderr: bad\0byte".to_string(),
+    ] {
+        let mut big = notice(NoticeKind::Halted);
+        big.message = message.clone();
+        n.notify(&big).await;
+        let got: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(got["message"].as_str(), Some(message.as_str()), "on stdin");
+        let shown = std::fs::read_to_string(&env).unwrap();
+        assert!(shown.starts_with(&message[..10]), "{}", &shown[..20]);
+        assert!(!shown.contains('\0'));
+        std::fs::remove_file(&json).unwrap();
     }
 }

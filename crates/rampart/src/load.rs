@@ -63,9 +63,15 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = tokio::time::Instant::now();
     let mut n: u64 = 0;
+    // The requests in flight belong to the generator: when it stops (its release
+    // ended and aborted it), they end with it instead of living on to their limit.
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
         ticker.tick().await;
+        while in_flight.try_join_next().is_some() {}
         if spec.duration.is_some_and(|d| started.elapsed() >= d) {
+            // A run of set length lets its last requests finish (up to their limit).
+            while in_flight.join_next().await.is_some() {}
             return;
         }
         n += 1;
@@ -93,7 +99,7 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
         };
         let client = client.clone();
         let stats = stats.clone();
-        tokio::spawn(async move {
+        in_flight.spawn(async move {
             stats.sent.fetch_add(1, Ordering::Relaxed);
             // A hung request ends at the deadline: stopping the generator never leaves
             // requests behind for long.

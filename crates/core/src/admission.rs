@@ -183,9 +183,8 @@ pub struct CommandFacts<'a> {
     pub initiator: &'a str,
     /// The operator freeze that applies to its service.
     pub freeze: Option<&'a Freeze>,
-    /// Whether the approval awaited is one a calendar freeze refuses: of the hold at
-    /// 100 % outside the release window, of a start outside the window, or of a move
-    /// to all traffic at once.
+    /// Whether the approval awaited is one a calendar freeze refuses
+    /// ([`Release::approval_needs_no_freeze`](crate::release::Release::approval_needs_no_freeze)).
     pub approval_needs_no_freeze: bool,
     /// The calendar freeze of the release's policy in force now (why), if one is.
     pub calendar_freeze: Option<&'a str>,

@@ -434,3 +434,55 @@ fn a_first_release_does_not_take_all_traffic_when_its_wait_ends_inside_a_freeze(
         "all traffic moved inside a freeze when the wait ended"
     );
 }
+
+// 6. "No release starts and none goes to 100 % inside [a calendar freeze], except a
+// hotfix" (policy.md). A release that started before a freeze and waits for approval
+// of its breaking migrations applied them when approved inside the freeze: an
+// irreversible change, made while nothing else may change. The approval is refused
+// (the wait, and its deadline, go on); a hotfix's lifted freeze lets it through.
+#[test]
+fn breaking_migrations_are_not_applied_inside_a_calendar_freeze() {
+    let p = Policy::from_yaml(&format!(
+        "{APPROVAL}migrations: {{dir: m, command: [psql, -f, \"{{file}}\"], approval: {{role: dba, timeout: 2d}}}}\nwindows:\n  timezone: UTC\n  freeze:\n    - {{from: \"2026-12-21 00:00\", to: \"2026-12-22 00:00\", reason: year-end}}\n"
+    ))
+    .unwrap();
+    let before = utc("2026-12-20T23:00:00");
+    let s = step(
+        &p,
+        &Release::default(),
+        &start(Some("v1"), Some(Class::Contract)),
+        before,
+    )
+    .state;
+    let s = step(&p, &s, &Input::GatesChecked { results: vec![] }, before + 1).state;
+    assert_eq!(s.phase, Phase::AwaitingApproval);
+    let approve = |s: &Release, at: Millis| {
+        step(
+            &p,
+            s,
+            &Input::Approved {
+                by: "bob".into(),
+                asked_at: Some(at),
+            },
+            at,
+        )
+    };
+    let inside = utc("2026-12-21T10:00:00");
+    let t = approve(&s, inside);
+    assert_ne!(
+        t.state.pending,
+        Some(Action::RunMigrations),
+        "breaking migrations were applied inside a calendar freeze"
+    );
+    assert_eq!(t.state.phase, Phase::AwaitingApproval, "the wait goes on");
+    assert!(
+        t.events
+            .iter()
+            .any(|e| e.kind == "approval_refused" && e.message.contains("year-end")),
+        "{:?}",
+        t.events
+    );
+    // After the freeze, the same wait takes an approval.
+    let after = approve(&t.state, utc("2026-12-22T08:00:00"));
+    assert_eq!(after.state.pending, Some(Action::RunMigrations));
+}

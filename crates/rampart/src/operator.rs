@@ -8,7 +8,7 @@ use std::ops::Deref;
 
 use rampart_core::admission::{self, CommandFacts, CommandRefusal};
 use rampart_core::ports::{CommandKind, Store};
-use rampart_core::release::{Phase, PreApproval};
+use rampart_core::release::PreApproval;
 use rampart_core::units::Millis;
 use rampart_core::windows::Status;
 
@@ -83,12 +83,7 @@ where
         holding_for_window: state.window_hold.is_some(),
         initiator: &state.initiator,
         freeze: freeze.as_ref(),
-        approval_needs_no_freeze: (state.phase == Phase::Progressing
-            && state.window_hold.is_some())
-            || matches!(
-                state.approving,
-                Some(PreApproval::Window | PreApproval::FullTraffic)
-            ),
+        approval_needs_no_freeze: state.approval_needs_no_freeze(),
         calendar_freeze: calendar_freeze.as_deref(),
         freeze_lifted: state.freeze_lifted,
     };

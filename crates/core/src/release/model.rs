@@ -431,6 +431,20 @@ impl Transition {
 }
 
 impl Release {
+    /// Whether the approval this release awaits is one a calendar freeze refuses
+    /// (unless a hotfix's approval lifted it): the hold at 100 % outside the release
+    /// window, a start outside the window, a move to all traffic at once, and breaking
+    /// migrations (irreversible, so never applied while nothing may change).
+    pub fn approval_needs_no_freeze(&self) -> bool {
+        let holding = self.phase == Phase::Progressing && self.window_hold.is_some();
+        !self.freeze_lifted
+            && (holding
+                || matches!(
+                    self.approving,
+                    Some(PreApproval::Window | PreApproval::FullTraffic | PreApproval::Migrations)
+                ))
+    }
+
     /// Whether all traffic is on the new version (the watch after the switch, a step
     /// or a switch at 100 %): stable serves nothing, so the previous version's side of
     /// an interval is its baseline from before, and flags off (rollback level 1) has

@@ -296,16 +296,18 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
         b.event("approval_refused", by, msg);
         return;
     }
-    let window = holding
-        || matches!(
-            b.s.approving,
-            Some(PreApproval::Window | PreApproval::FullTraffic)
-        );
-    if window && let Some((why, true, _)) = window_closed(b) {
+    if b.s.approval_needs_no_freeze()
+        && let Some((why, true, _)) = window_closed(b)
+    {
+        let what = if b.s.approving == Some(PreApproval::Migrations) {
+            "breaking migrations are not applied during a freeze (the wait goes on); only a hotfix may run"
+        } else {
+            "only a hotfix may run during a freeze"
+        };
         b.event_offering(
             "approval_refused",
             by,
-            format!("it is {why}: only a hotfix may run during a freeze"),
+            format!("it is {why}: {what}"),
             Instead::Hotfix {
                 service: b.policy.service.clone(),
             },

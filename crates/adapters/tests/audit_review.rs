@@ -109,3 +109,21 @@ async fn a_queued_submission_marked_done_without_a_record_is_reported() {
         report.problems
     );
 }
+
+/// The chain's hash joined a record's fields with line breaks, and wrote an absent
+/// release the same as an empty one: a record's `release_id` set from NULL to `''` (or
+/// a line moved from one field to the next) kept its hash, and `verify` said intact,
+/// `--expect-head` or not. Fields are length-prefixed now.
+#[tokio::test]
+async fn a_record_edited_into_the_same_joined_text_is_reported() {
+    let report = verify_after("UPDATE chain SET release_id = '' WHERE release_id IS NULL").await;
+    assert!(
+        !report.ok
+            && report
+                .problems
+                .iter()
+                .any(|p| p.contains("does not match its hash")),
+        "an edited chain record kept its hash: {:?}",
+        report.problems
+    );
+}

@@ -70,25 +70,30 @@ impl ChainRecord {
         rec
     }
 
-    /// SHA-256 over the previous hash and every field of this record.
-    /// Adds to `problems` what is wrong with this record's place after the record whose
-    /// hash is `prev`: a broken link, or content that does not match its hash.
-    pub(crate) fn link_problems(&self, prev: &str, problems: &mut Vec<String>) {
-        if self.prev != prev {
-            problems.push(format!(
-                "record {}: does not link to the record before it (one was changed, inserted or removed)",
-                self.id
-            ));
-        }
-        if self.digest() != self.hash {
-            problems.push(format!(
-                "record {} ({} by {}): its content does not match its hash",
-                self.id, self.action, self.actor
-            ));
-        }
+    /// The record's hash: [`HASH_V2`] and SHA-256 over the previous hash and every
+    /// field, each length-prefixed (an absent field told apart from an empty one), so
+    /// no two different records hash alike.
+    pub(crate) fn digest(&self) -> String {
+        let mut text = String::from("rampart-chain/2");
+        let mut field = |value: Option<&str>| match value {
+            Some(v) => text.push_str(&format!("\n{}:{v}", v.len())),
+            None => text.push_str("\n-"),
+        };
+        field(Some(&self.prev));
+        field(Some(&self.id.to_string()));
+        field(Some(&self.at.to_string()));
+        field(Some(&self.actor));
+        field(Some(&self.action));
+        field(self.release_id.as_deref());
+        field(self.seq.map(|s| s.to_string()).as_deref());
+        field(Some(&self.body));
+        format!("{HASH_V2}{}", sha256_hex(&text))
     }
 
-    pub(crate) fn digest(&self) -> String {
+    /// The hash of records written before [`HASH_V2`]: fields joined with line breaks,
+    /// which a field holding one (or an empty field for an absent one) could shift
+    /// unseen. Checked only for records older than every record hashed the new way.
+    fn digest_v1(&self) -> String {
         sha256_hex(&format!(
             "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
             self.prev,
@@ -100,6 +105,60 @@ impl ChainRecord {
             self.seq.map(|s| s.to_string()).unwrap_or_default(),
             self.body
         ))
+    }
+}
+
+/// What new records' hashes begin with: their hashing is [`ChainRecord::digest`].
+const HASH_V2: &str = "v2:";
+
+/// Walks the chain's links in order: each record must link to the one before it and
+/// match its hash. A record hashed the old way after one hashed the new way is itself
+/// a problem: only records a rampart before the new hashing wrote may use it.
+pub(crate) struct Links {
+    prev: String,
+    new_hashing_since: Option<i64>,
+}
+
+impl Links {
+    pub(crate) fn new() -> Links {
+        Links {
+            prev: GENESIS.to_string(),
+            new_hashing_since: None,
+        }
+    }
+
+    /// The last record's hash (the genesis hash before any).
+    pub(crate) fn head(self) -> String {
+        self.prev
+    }
+
+    /// Adds to `problems` what is wrong with `r`'s place after the records before it:
+    /// a broken link, content that does not match its hash, or the old hashing where
+    /// only the new one can be.
+    pub(crate) fn check(&mut self, r: &ChainRecord, problems: &mut Vec<String>) {
+        if r.prev != self.prev {
+            problems.push(format!(
+                "record {}: does not link to the record before it (one was changed, inserted or removed)",
+                r.id
+            ));
+        }
+        let new = r.hash.starts_with(HASH_V2);
+        let expected = if new { r.digest() } else { r.digest_v1() };
+        if expected != r.hash {
+            problems.push(format!(
+                "record {} ({} by {}): its content does not match its hash",
+                r.id, r.action, r.actor
+            ));
+        }
+        match self.new_hashing_since {
+            None if new => self.new_hashing_since = Some(r.id),
+            Some(since) if !new => problems.push(format!(
+                "record {} ({} by {}): hashed the old way after record {since} was hashed the new way (rewritten)",
+                r.id, r.action, r.actor
+            )),
+            _ => {}
+        }
+        self.prev = r.hash.clone();
     }
 }
 
@@ -514,7 +573,7 @@ impl StateStore {
             .map(row_to_chain)
             .collect::<Result<Vec<_>, _>>()?;
         let mut problems = Vec::new();
-        let mut prev = GENESIS.to_string();
+        let mut links = Links::new();
         let mut logged = std::collections::HashMap::new();
         let mut tokens = std::collections::HashMap::new();
         let mut before = Before::Nothing;
@@ -534,8 +593,7 @@ impl StateStore {
         let mut forced = Forced::default();
         let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
         for r in &records {
-            r.link_problems(&prev, &mut problems);
-            prev = r.hash.clone();
+            links.check(r, &mut problems);
             if let Some(rel) = &r.release_id {
                 forced.note((r.id, &r.action, rel, &r.actor), &r.body, &mut problems);
             }
@@ -710,7 +768,7 @@ impl StateStore {
             ok: problems.is_empty(),
             records: records.len() as u64,
             log_entries,
-            head: prev,
+            head: links.head(),
             problems,
         })
     }
@@ -847,5 +905,70 @@ impl StateStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(head: &Head, release: Option<&str>, old: bool) -> ChainRecord {
+        let mut r = ChainRecord::next(
+            head,
+            7,
+            "alice",
+            "freeze_on",
+            release.map(|r| (r, None)),
+            "b",
+        );
+        if old {
+            r.hash = r.digest_v1();
+        }
+        r
+    }
+
+    fn problems(chain: &[ChainRecord]) -> Vec<String> {
+        let (mut links, mut problems) = (Links::new(), Vec::new());
+        chain.iter().for_each(|r| links.check(r, &mut problems));
+        problems
+    }
+
+    /// Three records after `start`, each hashed the old way or not.
+    fn chain(old: [bool; 3]) -> Vec<ChainRecord> {
+        let mut head = genesis();
+        old.iter()
+            .map(|o| {
+                let r = record(&head, None, *o);
+                head = (r.id, r.hash.clone());
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_an_older_rampart_began_still_verifies_and_goes_on_hashed_the_new_way() {
+        assert_eq!(problems(&chain([true, true, false])), Vec::<String>::new());
+        let found = problems(&chain([true, false, true]));
+        assert!(
+            found.len() == 1 && found[0].contains("record 3") && found[0].contains("old way"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_absent_field_and_an_empty_one_hash_apart_and_so_do_shifted_lines() {
+        let g = genesis();
+        assert_ne!(
+            record(&g, None, false).hash,
+            record(&g, Some(""), false).hash
+        );
+        assert_eq!(
+            record(&g, None, true).hash,
+            record(&g, Some(""), true).hash,
+            "the old way"
+        );
+        let shifted =
+            |actor: &str, action: &str| ChainRecord::next(&g, 7, actor, action, None, "b");
+        assert_ne!(shifted("a\nb", "c").hash, shifted("a", "b\nc").hash);
     }
 }

@@ -539,13 +539,12 @@ impl AuditChain for MemoryStore {
     fn verify_chain(&self) -> BoxFuture<'_, Result<ChainReport, StoreError>> {
         self.plane(|s| {
             let mut problems = Vec::new();
-            let mut prev = genesis().1;
+            let mut links = super::chain::Links::new();
             let mut logged = BTreeMap::new();
             let mut asked: BTreeMap<(String, String, String), u32> = BTreeMap::new();
             let mut forced = Forced::default();
             for r in &s.chain {
-                r.link_problems(&prev, &mut problems);
-                prev = r.hash.clone();
+                links.check(r, &mut problems);
                 if let Some(rel) = &r.release_id {
                     forced.note((r.id, &r.action, rel, &r.actor), &r.body, &mut problems);
                 }
@@ -595,7 +594,7 @@ impl AuditChain for MemoryStore {
                 ok: problems.is_empty(),
                 records: s.chain.len() as u64,
                 log_entries: s.events.len() as u64,
-                head: prev,
+                head: links.head(),
                 problems,
             })
         })

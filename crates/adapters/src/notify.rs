@@ -126,7 +126,7 @@ impl HookNotifier {
         let mut wait = self.backoff;
         let mut attempt = 1;
         loop {
-            match self.attempt(&hook.target, n).await {
+            match self.attempt(&hook.target, n, attempt).await {
                 Ok(()) => return Ok(()),
                 Err(e) if !e.retryable() || attempt >= self.attempts => return Err(e),
                 Err(_) => {}
@@ -137,9 +137,14 @@ impl HookNotifier {
         }
     }
 
-    async fn attempt(&self, target: &NotifyTarget, n: &Notice) -> Result<(), NotifyError> {
+    async fn attempt(
+        &self,
+        target: &NotifyTarget,
+        n: &Notice,
+        attempt: u32,
+    ) -> Result<(), NotifyError> {
         match target {
-            NotifyTarget::Command(argv) => self.run(argv, n).await,
+            NotifyTarget::Command(argv) => self.run(argv, n, attempt).await,
             NotifyTarget::Webhook { url, secret } => {
                 let body = generic(n).to_string();
                 let mut headers = Vec::new();
@@ -209,7 +214,7 @@ impl HookNotifier {
         }
     }
 
-    async fn run(&self, argv: &[String], n: &Notice) -> Result<(), NotifyError> {
+    async fn run(&self, argv: &[String], n: &Notice, attempt: u32) -> Result<(), NotifyError> {
         let body = generic(n).to_string();
         let program = || argv[0].clone();
         let mut child = tokio::process::Command::new(&argv[0])
@@ -218,6 +223,8 @@ impl HookNotifier {
             .env("RAMPART_RELEASE", &n.release)
             .env("RAMPART_KIND", n.kind.as_str())
             .env("RAMPART_PAGE", if n.page { "1" } else { "0" })
+            .env("RAMPART_NOTICE_ID", notice_id(n))
+            .env("RAMPART_ATTEMPT", attempt.to_string())
             .env("RAMPART_MESSAGE", env_text(&n.message))
             .env(
                 "RAMPART_INSTEAD",
@@ -328,9 +335,25 @@ pub fn sign(key: &str, timestamp: &str, body: &str) -> String {
         .collect()
 }
 
+/// A notice's id: the same on every attempt to deliver it (a hook that failed after
+/// it acted, say a paging script that paged and then exited 1, is tried again), so a
+/// receiver that pages someone can drop a notice it has already acted on.
+pub fn notice_id(n: &Notice) -> String {
+    use sha2::Digest;
+    let text = format!(
+        "{}\n{}\n{}\n{}",
+        n.release,
+        n.kind.as_str(),
+        n.at,
+        n.message
+    );
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}
+
 /// The generic JSON notice (webhooks and commands).
 pub fn generic(n: &Notice) -> Value {
     json!({
+        "id": notice_id(n),
         "service": n.service,
         "release": n.release,
         "kind": n.kind.as_str(),

@@ -457,3 +457,38 @@ async fn a_notice_too_large_for_the_environment_still_reaches_a_command_hook() {
         std::fs::remove_file(&json).unwrap();
     }
 }
+
+/// A command hook that fails is tried again (4 attempts): a paging script that paged
+/// and then exited 1 paged four times, with nothing to tell a retry from a new notice.
+/// Every attempt carries the notice's id (`RAMPART_NOTICE_ID`, `id` on stdin) and its
+/// number (`RAMPART_ATTEMPT`); a second notice has another id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_command_hook_can_tell_a_retry_from_a_new_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen");
+    // Pages (writes a line), then fails on the first attempt of each notice.
+    let script = format!(
+        "id=$(sed -n 's/.*\"id\":\"\\([0-9a-f]*\\)\".*/\\1/p'); echo \"$RAMPART_NOTICE_ID $id $RAMPART_ATTEMPT\" >> {}; [ \"$RAMPART_ATTEMPT\" != 1 ]",
+        seen.display()
+    );
+    let n = HookNotifier::new(vec![NotifyHook {
+        target: NotifyTarget::Command(vec!["sh".into(), "-c".into(), script]),
+        on: rampart_core::policy::PAGES.to_vec(),
+    }])
+    .with_retries(3, Duration::from_millis(1), Duration::from_secs(5));
+    let first = notice(NoticeKind::Halted);
+    let mut second = notice(NoticeKind::Halted);
+    second.at += 1;
+    n.notify(&first).await;
+    n.notify(&second).await;
+    let text = std::fs::read_to_string(&seen).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for l in &lines {
+        assert!(l[0].len() == 16 && l[0] == l[1], "env and stdin agree: {text}");
+    }
+    let attempts: Vec<&str> = lines.iter().map(|l| l[2]).collect();
+    assert_eq!(attempts, ["1", "2", "1", "2"]);
+    assert_eq!(lines[0][0], lines[1][0], "a retry keeps its id");
+    assert_ne!(lines[1][0], lines[2][0], "another notice has another id");
+}

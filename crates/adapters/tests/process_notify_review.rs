@@ -485,7 +485,10 @@ async fn a_retried_command_hook_can_tell_a_retry_from_a_new_notice() {
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
     assert_eq!(lines.len(), 4, "{text}");
     for l in &lines {
-        assert!(l[0].len() == 16 && l[0] == l[1], "env and stdin agree: {text}");
+        assert!(
+            l[0].len() == 16 && l[0] == l[1],
+            "env and stdin agree: {text}"
+        );
     }
     let attempts: Vec<&str> = lines.iter().map(|l| l[2]).collect();
     assert_eq!(attempts, ["1", "2", "1", "2"]);

@@ -165,15 +165,40 @@ fn spawn_with_pid(target: u32) -> Option<std::process::Child> {
 /// which sends SIGTERM to the process group of whatever now holds the pid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_adopted_replica_s_reused_pid_is_never_signalled() {
-    let service = "rv-reuse";
+    reused_pid_left_alone("rv-reuse", false).await;
+}
+
+/// The same for a replica whose record an older rampart wrote, without a start time:
+/// `load` stamped one when it adopted it, but `trim` and `rebase` (and `refresh`)
+/// adopted it as it was, and its stop later signalled whatever held the pid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_pid_of_a_replica_recorded_without_a_start_time_is_never_signalled() {
+    reused_pid_left_alone("rv-reuse-old", true).await;
+}
+
+/// A stable replica started by one deployer is adopted by a second (by `deploy`, or
+/// with `legacy` from a record without a start time by `trim`), dies, and its pid goes
+/// to an unrelated group leader; the second deployer's next `deploy` (or `stop`) must
+/// leave that process alone.
+async fn reused_pid_left_alone(service: &str, legacy: bool) {
     let dir = tempfile::tempdir().unwrap();
     let first = ProcessDeployer::new(service, server_spec(), dir.path(), dir.path());
     first.deploy(Variant::Stable, "v1").await.unwrap();
     let pid = record(dir.path(), service, "stable").unwrap().pid;
     drop(first); // the controller dies; its replica keeps running
+    if legacy {
+        let path = dir.path().join(format!("processes/{service}.stable.json"));
+        let mut old = record(dir.path(), service, "stable").unwrap();
+        old.started = None;
+        std::fs::write(&path, serde_json::to_string(&[old]).unwrap()).unwrap();
+    }
     let second = ProcessDeployer::new(service, server_spec(), dir.path(), dir.path());
-    let dep = second.deploy(Variant::Stable, "v1").await.unwrap();
-    assert!(dep.detail.contains("adopted"), "{}", dep.detail);
+    if legacy {
+        second.trim(Variant::Stable, 1).await.unwrap();
+    } else {
+        let dep = second.deploy(Variant::Stable, "v1").await.unwrap();
+        assert!(dep.detail.contains("adopted"), "{}", dep.detail);
+    }
 
     // The replica dies and is reaped; its pid goes to an unrelated group leader.
     kill(pid);
@@ -189,14 +214,18 @@ async fn a_dead_adopted_replica_s_reused_pid_is_never_signalled() {
         second.stop(Variant::Stable).await.unwrap();
         return;
     };
-    let redeployed = second.deploy(Variant::Stable, "v1").await;
+    let after = if legacy {
+        second.stop(Variant::Stable).await.map(|_| ())
+    } else {
+        second.deploy(Variant::Stable, "v1").await.map(|_| ())
+    };
     let survived = stranger.try_wait().unwrap().is_none();
     let _ = stranger.kill();
     let _ = stranger.wait();
     second.stop(Variant::Stable).await.unwrap();
     assert!(
         survived,
-        "the process now holding pid {pid} was signalled by the redeploy: {redeployed:?}"
+        "the process now holding pid {pid} was signalled: {after:?}"
     );
 }
 

@@ -183,8 +183,14 @@ struct Running {
 }
 
 impl Running {
-    /// A replica an earlier controller started, taken up from its record.
-    fn adopted(record: ProcessRecord) -> Running {
+    /// A replica an earlier controller started, taken up from its record (which
+    /// [`ProcessDeployer::owns`] has just matched to the process at its pid). A record
+    /// from before start times were kept gains one now, so the pid is never taken for
+    /// this process once it is reused: every later check (alive, terminate) compares it.
+    fn adopted(mut record: ProcessRecord) -> Running {
+        if record.started.is_none() {
+            record.started = start_time(record.pid);
+        }
         Running {
             record,
             child: None,
@@ -695,14 +701,9 @@ impl ProcessDeployer {
         // One readiness timeout for all of them: adopting never waits longer than
         // starting them would.
         let deadline = tokio::time::Instant::now() + self.spec.readiness.timeout;
-        for mut rec in self.read_records(variant) {
+        for rec in self.read_records(variant) {
             if !self.owns(&rec, variant) || stable.contains(&rec.pid) {
                 continue;
-            }
-            // A record from before start times were kept gains one now, so the pid
-            // is never taken for this process once it is reused.
-            if rec.started.is_none() {
-                rec.started = start_time(rec.pid);
             }
             let mut run = Running::adopted(rec);
             // A replica of this version is given its readiness timeout to answer, as

@@ -515,3 +515,44 @@ fn the_dashboard_signs_in_with_a_token_and_guards_changes_made_with_its_cookie()
     assert!(change("").starts_with("HTTP/1.1 403"));
     assert!(change("X-Rampart-UI: 1\r\n").starts_with("HTTP/1.1 200"));
 }
+
+/// Login CSRF: another site's page could post its own token to `/ui/login` from the
+/// victim's browser, which stored it as the victim's session: whatever they did next
+/// in the dashboard was done, and audited, as the other site's token. A sign-in whose
+/// `Origin` is not this server, or that the browser marks as cross-site, is refused.
+#[test]
+fn a_sign_in_posted_from_another_site_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let token = server.token("viewer", "outsider");
+    let port = server.port;
+    let login = |extra: &str| {
+        let body = format!("token={token}");
+        raw(
+            port,
+            &format!(
+                "POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    for foreign in [
+        "Origin: https://evil.example\r\n".to_string(),
+        "Origin: null\r\n".to_string(),
+        format!("Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: cross-site\r\n"),
+    ] {
+        let answer = login(&foreign);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{foreign}: {answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("set-cookie"),
+            "{answer}"
+        );
+    }
+    for own in [
+        format!("Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\n"),
+        String::new(), // a client that sends neither (curl)
+    ] {
+        let answer = login(&own);
+        assert!(answer.starts_with("HTTP/1.1 303"), "{own}: {answer}");
+    }
+}

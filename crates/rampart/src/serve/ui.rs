@@ -136,8 +136,37 @@ fn form_value(body: &[u8], key: &str) -> Option<String> {
 /// How long a dashboard session lasts.
 const SESSION_SECONDS: u32 = 12 * 3600;
 
-/// `POST /ui/login`: a form with `token`.
-pub async fn login(State(app): State<App>, body: axum::body::Bytes) -> Response {
+/// Whether a browser says the request came from another site: `Sec-Fetch-Site` other
+/// than `same-origin` or `none`, or an `Origin` that is not this server (`null`
+/// included). A client that sends neither (curl, a script) is not a browser led there.
+fn from_another_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
+    if text("sec-fetch-site").is_some_and(|s| !matches!(s, "same-origin" | "none")) {
+        return true;
+    }
+    match (text("origin"), text("host")) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host)),
+        (Some(_), None) => true,
+    }
+}
+
+/// `POST /ui/login`: a form with `token`. One posted from another site's page is
+/// refused: it would sign the browser in with that site's token (login CSRF).
+pub async fn login(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if from_another_site(&headers) {
+        return html(
+            StatusCode::FORBIDDEN,
+            login_page("Sign in from this server's own page."),
+            LOGIN_CSP,
+        );
+    }
     let token = form_value(&body, "token").unwrap_or_default();
     let token = token.trim();
     let known = !token.is_empty()

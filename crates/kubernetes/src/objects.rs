@@ -622,17 +622,65 @@ fn names(r: &Value, service: &str) -> bool {
             .is_none_or(|k| k == "Service")
 }
 
+/// The Gateway API's largest backendRef weight.
+const MAX_REF_WEIGHT: u64 = 1_000_000;
+
+/// A backendRef's weight (Gateway API's default is 1).
+fn ref_weight(r: &Value) -> u64 {
+    r.get("weight").and_then(Value::as_u64).unwrap_or(1)
+}
+
+/// The weights of a rule's stable and canary backendRefs for `bp` basis points, and
+/// the factor the rule's other backendRefs' weights are multiplied by. The canary's
+/// share comes out of the stable's alone: alone in its rule, the two weigh `10000 -
+/// bp` and `bp`; beside other backends (a split the team runs), the two share what the
+/// stable had, scaled (once, when the canary joins) so basis points have room, and
+/// every other backend keeps its share.
+fn group_weights(refs: &[Value], service: &str, canary_service: &str, bp: u64) -> (u64, u64, u64) {
+    let others: Vec<u64> = refs
+        .iter()
+        .filter(|r| !names(r, service) && !names(r, canary_service))
+        .map(ref_weight)
+        .collect();
+    let split = |group: u64| {
+        let c = (u128::from(group) * u128::from(bp) / 10_000) as u64;
+        (group - c, c)
+    };
+    if others.is_empty() {
+        let (s, c) = split(10_000);
+        return (s, c, 1);
+    }
+    let in_rule = |svc: &str| {
+        refs.iter()
+            .filter(|r| names(r, svc))
+            .map(ref_weight)
+            .sum::<u64>()
+    };
+    let canary_present = refs.iter().any(|r| names(r, canary_service));
+    if canary_present {
+        // Already scaled when the canary joined: the two share what they have.
+        let (s, c) = split(in_rule(service) + in_rule(canary_service));
+        return (s, c, 1);
+    }
+    let stable = in_rule(service);
+    let largest = others.iter().copied().max().unwrap_or(1).max(stable).max(1);
+    let factor = (MAX_REF_WEIGHT / largest).clamp(1, 10_000);
+    let (s, c) = split(stable.saturating_mul(factor));
+    (s, c, factor)
+}
+
 /// The HTTPRoute body that weighs `service` against `canary_service` at `weight` in
 /// every rule that sends to `service`. The whole `spec.rules` list is applied (it is
 /// one atomic field); each stable backendRef is kept as it was (port, namespace,
-/// filters) and copied for the canary.
+/// filters) and copied for the canary. Other backends in such a rule keep their share
+/// of its traffic (see [`group_weights`]).
 pub fn weighted_route(
     route: &DynamicObject,
     service: &str,
     canary_service: &str,
     weight: Weight,
 ) -> Result<Value, Error> {
-    let bp = i64::from(weight.basis_points());
+    let bp = u64::from(weight.basis_points());
     let mut touched = 0;
     let rules: Vec<Value> = rules(route)
         .into_iter()
@@ -642,14 +690,21 @@ pub fn weighted_route(
                 return rule;
             };
             touched += 1;
+            let (s, c, factor) = group_weights(&refs, service, canary_service, bp);
             let mut stable_ref = stable.clone();
-            stable_ref["weight"] = json!(10_000 - bp);
+            stable_ref["weight"] = json!(s);
             let mut canary_ref = stable;
             canary_ref["name"] = json!(canary_service);
-            canary_ref["weight"] = json!(bp);
+            canary_ref["weight"] = json!(c);
             let mut kept: Vec<Value> = refs
                 .into_iter()
                 .filter(|r| !names(r, service) && !names(r, canary_service))
+                .map(|mut r| {
+                    if factor > 1 {
+                        r["weight"] = json!(ref_weight(&r).saturating_mul(factor));
+                    }
+                    r
+                })
                 .collect();
             kept.splice(0..0, [stable_ref, canary_ref]);
             rule["backendRefs"] = Value::Array(kept);
@@ -740,11 +795,7 @@ pub fn route_weight(
 ) -> Result<Weight, Error> {
     let name = route.metadata.name.as_deref().unwrap_or("?");
     let weight_of = |refs: &[Value], svc: &str| -> u64 {
-        refs.iter()
-            .filter(|r| names(r, svc))
-            // Gateway API's default weight is 1.
-            .map(|r| r.get("weight").and_then(Value::as_u64).unwrap_or(1))
-            .sum()
+        refs.iter().filter(|r| names(r, svc)).map(ref_weight).sum()
     };
     let rule = rules(route)
         .into_iter()
@@ -767,6 +818,74 @@ pub fn route_weight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rule that splits the stable with another backend keeps that backend's share
+    /// at every step and after the canary leaves; the canary's share is out of the
+    /// stable's alone.
+    #[test]
+    fn a_rule_shared_with_another_backend_keeps_its_share() {
+        let route = |refs: Value| -> DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "r", "namespace": "ns"},
+                "spec": {"rules": [{"backendRefs": refs}]}
+            }))
+            .unwrap()
+        };
+        let shares = |body: &Value| -> Vec<(String, f64)> {
+            let refs = body["spec"]["rules"][0]["backendRefs"]
+                .as_array()
+                .unwrap()
+                .clone();
+            let total: f64 = refs.iter().map(|r| ref_weight(r) as f64).sum();
+            refs.iter()
+                .map(|r| {
+                    (
+                        r["name"].as_str().unwrap().to_string(),
+                        ref_weight(r) as f64 / total,
+                    )
+                })
+                .collect()
+        };
+        // Unset weights (1 each): half to `next`.
+        let mut current = route(json!([{"name": "app", "port": 80}, {"name": "next", "port": 80}]));
+        for (bp, canary) in [(1_000, 0.05), (5_000, 0.25), (10_000, 0.5), (0, 0.0)] {
+            let body = weighted_route(
+                &current,
+                "app",
+                "app-canary",
+                Weight::from_basis_points(bp).unwrap(),
+            )
+            .unwrap();
+            let got = shares(&body);
+            let of = |n: &str| {
+                got.iter()
+                    .find(|(name, _)| name == n)
+                    .map_or(0.0, |(_, s)| *s)
+            };
+            assert!((of("next") - 0.5).abs() < 1e-9, "{bp}: {got:?}");
+            assert!((of("app-canary") - canary).abs() < 1e-9, "{bp}: {got:?}");
+            assert!(
+                body["spec"]["rules"][0]["backendRefs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| ref_weight(r) <= MAX_REF_WEIGHT)
+            );
+            current.data["spec"] = body["spec"].clone();
+        }
+        // Alone in its rule, the stable and the canary weigh in basis points, as before.
+        let alone = route(json!([{"name": "app", "port": 80}]));
+        let body = weighted_route(
+            &alone,
+            "app",
+            "app-canary",
+            Weight::from_basis_points(1_000).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(body["spec"]["rules"][0]["backendRefs"][0]["weight"], 9_000);
+        assert_eq!(body["spec"]["rules"][0]["backendRefs"][1]["weight"], 1_000);
+    }
 
     #[test]
     fn canary_replicas_round_and_keep_one_above_zero() {

@@ -182,12 +182,18 @@ impl Kubernetes {
         }))
     }
 
-    /// A Service that must exist.
-    pub(crate) async fn service(&self, name: &str) -> Result<Service, Error> {
+    /// A Service, if it exists.
+    pub(crate) async fn service_opt(&self, name: &str) -> Result<Option<Service>, Error> {
         self.services()
             .get_opt(name)
             .await
-            .map_err(|source| Error::api(format!("reading Service `{name}`"), source))?
+            .map_err(|source| Error::api(format!("reading Service `{name}`"), source))
+    }
+
+    /// A Service that must exist.
+    pub(crate) async fn service(&self, name: &str) -> Result<Service, Error> {
+        self.service_opt(name)
+            .await?
             .ok_or_else(|| self.not_found("Service", name))
     }
 

@@ -126,6 +126,19 @@ impl Kubernetes {
     async fn deploy_canary(&self, version: &str) -> Result<String, Error> {
         let stable = self.stable().await?;
         let existing = self.canary_opt().await?;
+        // A canary of another version that users reach now (what a halted release
+        // left) is never rolled out to this version under them.
+        if existing
+            .as_ref()
+            .is_some_and(|c| objects::canary_version(c).as_deref() != Some(version))
+            && let Some((left, weight)) = self.canary_in_force().await?
+        {
+            return Err(Error::Shape(format!(
+                "Deployment `{}` runs {} and gets {weight} of the traffic (a finished release left it there): {version} would replace it under those users before any analysis. Decide where they go first: `rampart stop --canary` sends them back to the stable and removes it",
+                self.deploy.canary_name,
+                left.as_deref().unwrap_or("another version")
+            )));
+        }
         if existing.is_none()
             && let Some(done) = self.promotion_done(&stable, version)?
         {
@@ -286,9 +299,12 @@ impl Kubernetes {
         };
         let stable = self.stable().await.map_err(half_way(on_canary.clone()))?;
         let replicas = match self.ratio_grid() {
-            // The count the stable had when the release began, within an HPA's bounds.
+            // What serves now (the canary, at 100 %), never below the count the stable
+            // had when the release began, within an HPA's bounds.
             Some(grid) => {
-                let start = objects::start_replicas(&canary).unwrap_or(grid);
+                let start = objects::start_replicas(&canary)
+                    .unwrap_or(grid)
+                    .max(objects::replicas(&canary));
                 let hpa = self
                     .hpa_bounds(stable_name)
                     .await

@@ -28,7 +28,8 @@ mod router;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rampart_core::policy::{KubeDeploySpec, KubeTrafficSpec};
+use rampart_core::Weight;
+use rampart_core::policy::{KubeDeploySpec, KubeMode, KubeTrafficSpec};
 
 pub use error::Error;
 /// The client crate, so that callers build clients (and tests fake transports) with
@@ -146,5 +147,44 @@ impl Kubernetes {
         }
         let image = objects::container_image(&stable, &self.deploy.container)?;
         Ok(self.deploy.version_of(&image))
+    }
+
+    /// The canary Deployment a finished release left, when users reach it now: its
+    /// version (`None` when it carries none) and the share of traffic the mode gives it
+    /// (its pods' share under `replica_ratio`, the Service's track under
+    /// `service_selector`, the route's weight under `http_route`). `None` when there is
+    /// no canary or it gets no traffic. Reads only.
+    pub async fn canary_in_force(&self) -> Result<Option<(Option<String>, Weight)>, Error> {
+        let Some(canary) = self.canary_opt().await? else {
+            return Ok(None);
+        };
+        let stable = self.stable().await?;
+        let weight = match &self.traffic.mode {
+            KubeMode::ReplicaRatio { .. } => {
+                if objects::replicas(&canary) == 0 {
+                    Weight::ZERO
+                } else {
+                    objects::replica_weight(objects::replicas(&canary), objects::replicas(&stable))?
+                }
+            }
+            KubeMode::ServiceSelector { service } => {
+                let svc = self.service(service).await?;
+                objects::selector_weight(
+                    &svc,
+                    &objects::track_labels(&stable, "stable"),
+                    &objects::track_labels(&stable, "canary"),
+                )?
+            }
+            KubeMode::HttpRoute { service, route } => {
+                let canary_service = objects::canary_service_name(service);
+                let route = self.route(route).await?;
+                if objects::route_sends_to(&route, &canary_service) {
+                    objects::route_weight(&route, service, &canary_service)?
+                } else {
+                    Weight::ZERO
+                }
+            }
+        };
+        Ok((weight > Weight::ZERO).then(|| (objects::canary_version(&canary), weight)))
     }
 }

@@ -20,6 +20,10 @@ pub const DERIVED_FROM: &str = "rampart.dev/derived-from";
 /// The canary's annotation keeping the stable's replica count when the release began
 /// (`replica_ratio`): what the split is sized from, and what a promotion restores.
 pub const STABLE_REPLICAS: &str = "rampart.dev/stable-replicas";
+/// The canary's annotation keeping the stable's count the last `replica_ratio` step
+/// set: a stable above it was scaled up since (an HPA under load), and the split
+/// grows by as much.
+pub const STABLE_SET: &str = "rampart.dev/stable-set";
 
 fn is_rampart_own(key: &str) -> bool {
     key.starts_with("rampart.dev/")
@@ -209,11 +213,61 @@ pub fn version_label(version: &str) -> String {
     if valid {
         return version.to_string();
     }
-    // FNV-1a: stable across Rust versions and platforms, unlike the std hasher.
-    let hash = version.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    format!("h-{:016x}", fnv1a(version))
+}
+
+/// FNV-1a of `text`: stable across Rust versions and platforms, unlike the std hasher.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("h-{hash:016x}")
+    })
+}
+
+/// The name of `http_route`'s canary Service: `<service>-canary`, or, when that is over
+/// the 63 characters a Service name may have (a Helm `fullname` is often exactly 63),
+/// the service's first 46 characters, `-`, 8 hex digits of a hash of the whole name,
+/// and `-canary`.
+pub fn canary_service_name(service: &str) -> String {
+    let plain = format!("{service}-canary");
+    if plain.len() <= 63 {
+        return plain;
+    }
+    let prefix: String = service.chars().take(46).collect();
+    format!(
+        "{}-{:08x}-canary",
+        prefix.trim_end_matches('-'),
+        fnv1a(service) as u32
+    )
+}
+
+/// Checks that an existing Service named like `http_route`'s canary Service is
+/// rampart's own, created for `service` (its [`DERIVED_FROM`] annotation names it, or,
+/// made by a rampart before that annotation, it has no such annotation and carries
+/// `rampart.dev/track: canary`): a `checkout-canary` another tool (Flagger, Argo
+/// Rollouts) or a team made is not rampart's to take over.
+pub fn check_canary_service(existing: &Service, service: &str) -> Result<(), Error> {
+    let from = existing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DERIVED_FROM));
+    if from.map(String::as_str) == Some(service) {
+        return Ok(());
+    }
+    // One a rampart before this mark created: labelled with the canary track only.
+    let labelled = existing
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.get(TRACK_LABEL).map(String::as_str) == Some("canary"));
+    if from.is_none() && labelled {
+        return Ok(());
+    }
+    Err(Error::Shape(format!(
+        "Service `{}` exists but rampart did not create it for Service `{service}` (its `{DERIVED_FROM}` annotation is {}): it is not rampart's to take over; remove or rename it",
+        existing.metadata.name.as_deref().unwrap_or("?"),
+        from.map_or("missing".to_string(), |f| format!("`{f}`"))
+    )))
 }
 
 /// The canary Deployment for `version`, derived from `stable`: the same spec with the
@@ -381,16 +435,25 @@ pub fn replicas(d: &Deployment) -> i32 {
     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
 }
 
-/// The stable's replica count when the release began, as the canary keeps it.
+/// The stable's replica count when the release began, as the canary keeps it (grown
+/// by what an HPA added between steps).
 pub fn start_replicas(canary: &Deployment) -> Option<i32> {
+    count_in(canary, STABLE_REPLICAS).filter(|n| *n > 0)
+}
+
+/// The stable's count the last `replica_ratio` step set, as the canary keeps it.
+pub fn stable_set(canary: &Deployment) -> Option<i32> {
+    count_in(canary, STABLE_SET)
+}
+
+fn count_in(canary: &Deployment, annotation: &str) -> Option<i32> {
     canary
         .metadata
         .annotations
         .as_ref()?
-        .get(STABLE_REPLICAS)?
+        .get(annotation)?
         .parse()
         .ok()
-        .filter(|n| *n > 0)
 }
 
 /// `replica_ratio`'s (canary, stable) replicas for `weight`. `start` is the stable's
@@ -521,7 +584,7 @@ pub fn selector_weight(
 }
 
 /// The canary Service for the `http_route` mode: the stable Service's ports,
-/// selecting the canary's pods.
+/// selecting the canary's pods, marked as rampart's (derived from the stable Service).
 pub fn canary_service(
     stable: &Service,
     name: &str,
@@ -554,13 +617,18 @@ pub fn canary_service(
         .collect();
     // Gateways read a backend's protocol from Service annotations too (h2c, gRPC,
     // TLS to the backend); the canary share must reach the pods the same way.
-    let annotations: BTreeMap<&String, &String> = stable
+    let mut annotations: BTreeMap<String, String> = stable
         .metadata
         .annotations
         .iter()
         .flatten()
-        .filter(|(k, _)| !is_tool_owned(k))
+        .filter(|(k, _)| !is_tool_owned(k) && k.as_str() != DERIVED_FROM)
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    annotations.insert(
+        DERIVED_FROM.to_string(),
+        stable.metadata.name.clone().unwrap_or_default(),
+    );
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -786,6 +854,13 @@ pub fn route_readiness(route: &DynamicObject) -> Readiness {
     Readiness::Ready
 }
 
+/// Whether any rule of `route` has a backendRef to Service `service`.
+pub fn route_sends_to(route: &DynamicObject, service: &str) -> bool {
+    rules(route)
+        .iter()
+        .any(|rule| refs(rule).iter().any(|r| names(r, service)))
+}
+
 /// The canary's share in the first rule that sends to `service`, read from the
 /// route's weights.
 pub fn route_weight(
@@ -818,6 +893,41 @@ pub fn route_weight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_canary_service_name_fits_a_service_name() {
+        assert_eq!(canary_service_name("checkout"), "checkout-canary");
+        let long = format!("checkout-{}", "x".repeat(54));
+        let name = canary_service_name(&long);
+        assert!(name.len() <= 63 && name.ends_with("-canary"), "{name}");
+        let other = canary_service_name(&format!("checkout-{}y", "x".repeat(53)));
+        assert_ne!(
+            name, other,
+            "names that share their first characters stay apart"
+        );
+    }
+
+    #[test]
+    fn only_rampart_s_canary_service_is_rampart_s() {
+        let svc = |labels: Value, annotations: Value| -> Service {
+            serde_json::from_value(json!({"metadata": {
+                "name": "checkout-canary", "labels": labels, "annotations": annotations}}))
+            .unwrap()
+        };
+        let ours = svc(json!({}), json!({DERIVED_FROM: "checkout"}));
+        assert!(check_canary_service(&ours, "checkout").is_ok());
+        // Made by a rampart before the annotation: the canary track label only.
+        let older = svc(json!({TRACK_LABEL: "canary"}), json!({}));
+        assert!(check_canary_service(&older, "checkout").is_ok());
+        let flaggers = svc(json!({"app": "checkout"}), json!({}));
+        let err = check_canary_service(&flaggers, "checkout").unwrap_err();
+        assert!(err.to_string().contains("not rampart's"), "{err}");
+        let another = svc(
+            json!({TRACK_LABEL: "canary"}),
+            json!({DERIVED_FROM: "cart"}),
+        );
+        assert!(check_canary_service(&another, "checkout").is_err());
+    }
 
     /// A rule that splits the stable with another backend keeps that backend's share
     /// at every step and after the canary leaves; the canary's share is out of the

@@ -23,12 +23,17 @@ impl Kubernetes {
         let stable = self.stable_for(weight).await?;
         let canary = self.deployment_opt(&self.deploy.canary_name).await?;
         // Sized from the stable's count when the release began (kept on the canary),
-        // else from what runs now.
+        // else from what runs now; grown by what an HPA added to the stable since the
+        // last step set it (load between steps is followed, not undone).
         let live = objects::replicas(&stable) + canary.as_ref().map_or(0, objects::replicas);
+        let grown = canary
+            .as_ref()
+            .and_then(objects::stable_set)
+            .map_or(0, |set| (objects::replicas(&stable) - set).max(0));
         let start = canary
             .as_ref()
             .and_then(objects::start_replicas)
-            .unwrap_or(live);
+            .map_or(live, |began| began.saturating_add(grown));
         let hpa = self.hpa_bounds(&self.deploy.deployment).await?;
         let (c, s) = objects::ratio_split(grid, u32::try_from(start).unwrap_or(1), weight, hpa);
         let (c, s) = (
@@ -45,6 +50,9 @@ impl Kubernetes {
             return self.scale_stable_only(s).await;
         };
         let mut canary_body = objects::rescaled(&canary, c);
+        let annotations = &mut canary_body["metadata"]["annotations"];
+        annotations[objects::STABLE_REPLICAS] = start.to_string().into();
+        annotations[objects::STABLE_SET] = s.to_string().into();
         if objects::replicas(&canary) == 0 && c > 0 {
             objects::start_pods(&mut canary_body);
         }
@@ -102,7 +110,16 @@ impl Kubernetes {
     }
 
     async fn set_route(&self, service: &str, route: &str, weight: Weight) -> Result<Weight, Error> {
-        let canary_service = format!("{service}-canary");
+        let canary_service = objects::canary_service_name(service);
+        if weight == Weight::ZERO {
+            // No rule sends to the canary's Service yet (a release refused before its
+            // first step): all traffic is on the stable already, and nothing is
+            // written (a Service of that name that is not rampart's is left alone).
+            let current = self.route(route).await?;
+            if !objects::route_sends_to(&current, &canary_service) {
+                return objects::route_weight(&current, service, &canary_service);
+            }
+        }
         let stable = self.stable_for(weight).await?;
         let stable_svc = self.service(service).await?;
         let body = objects::canary_service(
@@ -139,7 +156,21 @@ impl Kubernetes {
             ),
         };
         let svc = self.service(service).await?;
-        objects::check_service(&svc, stable, tracks, why)
+        objects::check_service(&svc, stable, tracks, why)?;
+        if let KubeMode::HttpRoute { service, .. } = &self.traffic.mode {
+            self.check_canary_service(service).await?;
+        }
+        Ok(())
+    }
+
+    /// Under `http_route`: an existing canary Service must be rampart's own (see
+    /// [`objects::check_canary_service`]); none is fine, it is created.
+    async fn check_canary_service(&self, service: &str) -> Result<(), Error> {
+        let name = objects::canary_service_name(service);
+        match self.service_opt(&name).await? {
+            Some(existing) => objects::check_canary_service(&existing, service),
+            None => Ok(()),
+        }
     }
 
     /// A rollback after the stable Deployment of a GitOps-triggered release was

@@ -792,8 +792,8 @@ async fn fake_api_http_route_weighs_stable_against_a_canary_service() {
                 );
                 assert_eq!(
                     at(b, "metadata/annotations"),
-                    &json!({"konghq.com/protocol": "grpc"}),
-                    "a gateway's annotations are kept; a GitOps tool's and kubectl's are not"
+                    &json!({"konghq.com/protocol": "grpc", "rampart.dev/derived-from": "checkout"}),
+                    "a gateway's annotations are kept; a GitOps tool's and kubectl's are not; rampart marks it its own"
                 );
             },
             200,

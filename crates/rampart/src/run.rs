@@ -482,6 +482,18 @@ pub async fn run_release(
         tls,
     )
     .await?;
+    // On Kubernetes the cluster keeps a canary a halt left with users: a new release
+    // would roll it out to its own version under them (or move them), unasked.
+    if resume_id.is_none()
+        && let Some((left, weight)) = found.canary_in_force()
+    {
+        return Err(RunError::Blocked(format!(
+            "the canary a finished release left ({}) gets {weight} of {}'s traffic; a new release would move those users before any analysis, to its own version or back to stable. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and removes the canary",
+            left.as_deref().unwrap_or("another version"),
+            policy.service,
+            opts.policy_path.display()
+        )));
+    }
     let processes = match (found.cluster_runs_versions(), policy.process()) {
         (false, Some(process)) => Some(Arc::new(ProcessDeployer::new(
             &policy.service,

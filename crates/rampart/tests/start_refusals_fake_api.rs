@@ -129,3 +129,29 @@ async fn a_stable_version_the_template_does_not_match_refuses_before_anything_ch
     assert_eq!(flags, 0, "no flag defined");
     assert_eq!(writes(&world), Vec::<String>::new());
 }
+
+/// Review: a halt leaves the canary with users on Kubernetes (here v9's pods, half of
+/// `replica_ratio`'s); a new release of v2 rolled that Deployment out to v2 in place,
+/// under those users, before any analysis. It is refused (exit 5) before anything
+/// changes, naming `rampart stop --canary`.
+#[tokio::test]
+async fn a_canary_a_halt_left_with_users_refuses_a_new_release_before_anything_changes_fake_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, world) = cluster::start(vec![
+        (deployments("checkout"), support::stable("v1", 2)),
+        (deployments("checkout-canary"), support::canary("v9", 2)),
+    ]);
+    let (result, flags) = release(dir.path(), client).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, RunError::Blocked(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("v9")
+            && text.contains("50")
+            && text.contains("stop")
+            && text.contains("--canary"),
+        "{text}"
+    );
+    assert_eq!(flags, 0, "no flag defined");
+    assert_eq!(writes(&world), Vec::<String>::new());
+}

@@ -151,6 +151,14 @@ impl std::fmt::Debug for Found {
 impl Found {
     /// The version the data plane reports serving now, when it can tell (the stable
     /// Deployment's, on Kubernetes).
+    /// On Kubernetes, the canary a finished release left that users reach now (see
+    /// `rampart_kubernetes::Kubernetes::canary_in_force`).
+    pub fn canary_in_force(&self) -> Option<&(Option<String>, rampart_core::Weight)> {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.canary_in_force.as_ref())
+    }
+
     pub fn running_version(&self) -> Option<&str> {
         self.cluster
             .as_ref()
@@ -480,6 +488,8 @@ pub struct ClusterPlane {
     /// The version the stable Deployment runs, when its image matches the policy's
     /// template.
     pub running_version: Option<String>,
+    /// The canary a finished release left that users reach now: its version and share.
+    pub canary_in_force: Option<(Option<String>, rampart_core::Weight)>,
     metrics: Arc<dyn MetricsSource>,
     counted: Arc<dyn Totals>,
 }
@@ -518,11 +528,16 @@ pub(crate) async fn cluster(
         .stable_version()
         .await
         .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?;
+    let canary_in_force = cluster
+        .canary_in_force()
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?;
     let cluster = Arc::new(cluster);
     Ok(ClusterPlane {
         router: cluster.clone(),
         deployer: cluster,
         running_version,
+        canary_in_force,
         metrics: Arc::new(Uncounted),
         counted: Arc::new(Uncounted),
     })

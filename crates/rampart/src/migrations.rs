@@ -30,12 +30,15 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
+/// The `.sql` files under `dir`: regular files (or links to them), in directories
+/// that are not links (a link to a directory above would never end the walk).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
             walk(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "sql") {
+        } else if path.extension().is_some_and(|e| e == "sql") && path.is_file() {
             out.push(path);
         }
     }

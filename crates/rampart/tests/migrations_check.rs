@@ -122,3 +122,22 @@ fn every_rule_is_documented_with_an_example() {
         );
     }
 }
+
+/// A migrations directory with a link back to itself (or to `/`) walked for ever: the
+/// walk followed every directory link. Links to directories are not walked; the files
+/// are read once.
+#[test]
+fn a_directory_link_back_up_is_not_walked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "001_add.sql",
+        "ALTER TABLE orders ADD COLUMN coupon text;\n",
+    );
+    std::os::unix::fs::symlink(d, d.join("again")).unwrap();
+    std::os::unix::fs::symlink(d, d.join("and_again")).unwrap();
+    let (code, v, err) = check(&[d]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["files"].as_array().map(Vec::len), Some(1), "{v}");
+}

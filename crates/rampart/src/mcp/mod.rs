@@ -75,6 +75,14 @@ pub async fn run(opts: McpOptions) -> i32 {
         }
     };
     let code = match guard(&backend, &opts).await {
+        // SIGTERM or SIGINT end a local session as closing stdin does (the MCP stdio
+        // shutdown is: close stdin, SIGTERM, SIGKILL): the in-process server has its
+        // own handler for them, which would otherwise take the signal and leave this
+        // process running with its agent token live.
+        Ok(()) if local.is_some() => tokio::select! {
+            code = serve_stdio(tools::Rampart::new(backend)) => code,
+            () = terminated() => 0,
+        },
         Ok(()) => serve_stdio(tools::Rampart::new(backend)).await,
         Err(message) => {
             eprintln!("error: {message}");
@@ -85,6 +93,23 @@ pub async fn run(opts: McpOptions) -> i32 {
         l.close().await;
     }
     code
+}
+
+/// Resolves at SIGTERM or SIGINT (never, if they cannot be listened for).
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
 }
 
 /// The local store behind a `rampart serve` of this process on loopback, with an agent

@@ -309,6 +309,32 @@ fn required<'a>(name: &str, arg: &'a str) -> Result<&'a str, Refusal> {
     Ok(arg)
 }
 
+/// The most a file an agent names may hold (a policy, recorded samples, a migration).
+const AGENT_FILE_MAX: u64 = 64 * 1024 * 1024;
+
+/// Checks a path an agent names before anything reads it: a regular file of at most
+/// [`AGENT_FILE_MAX`] bytes (or, with `dirs`, a directory). `/dev/stdin` (the
+/// protocol's own input), a FIFO or `/dev/zero` would hang the session or fill memory.
+fn agent_path(path: &str, dirs: bool) -> Result<PathBuf, Refusal> {
+    let meta = std::fs::metadata(path).map_err(|e| Refusal::invalid(format!("{path}: {e}")))?;
+    if dirs && meta.is_dir() {
+        return Ok(PathBuf::from(path));
+    }
+    if !meta.is_file() {
+        return Err(Refusal::invalid(format!(
+            "{path}: not a regular file (a device, a pipe or a directory cannot be read here)"
+        )));
+    }
+    if meta.len() > AGENT_FILE_MAX {
+        return Err(Refusal::invalid(format!(
+            "{path}: {} bytes, more than the {} MiB a file may have here",
+            meta.len(),
+            AGENT_FILE_MAX / (1024 * 1024)
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// The policy text and the file it came from (if any).
 fn policy_text(
     file: &Option<String>,
@@ -316,7 +342,7 @@ fn policy_text(
 ) -> Result<(String, Option<PathBuf>), Refusal> {
     match (given(file), given(policy)) {
         (Some(file), None) => {
-            let path = PathBuf::from(file);
+            let path = agent_path(file, false)?;
             std::fs::read_to_string(&path)
                 .map(|t| (t, Some(path)))
                 .map_err(|e| Refusal::invalid(format!("{file}: {e}")))
@@ -392,8 +418,8 @@ impl Rampart {
         description = "Backtests a policy on recorded traffic (a CSV of t_s,variant,requests,errors) in simulated time: the outcome it would have reached and when."
     )]
     async fn replay_policy(&self, Parameters(a): Parameters<ReplayArgs>) -> Answer {
-        let file = PathBuf::from(required("file", &a.file)?);
-        let samples = PathBuf::from(required("samples", &a.samples)?);
+        let file = agent_path(required("file", &a.file)?, false)?;
+        let samples = agent_path(required("samples", &a.samples)?, false)?;
         // Progress goes to stderr with JSON output (stdout carries the protocol).
         let report = crate::replay::replay(&file, &samples, Output::Json)
             .map_err(|e| Refusal::invalid(e.to_string()))?;
@@ -408,8 +434,8 @@ impl Rampart {
             .paths
             .iter()
             .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect();
+            .map(|p| agent_path(p, true))
+            .collect::<Result<_, _>>()?;
         if paths.is_empty() {
             return Err(Refusal::invalid(
                 "paths: give at least one SQL file or directory",

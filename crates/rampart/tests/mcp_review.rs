@@ -66,6 +66,7 @@ impl Session {
     }
 
     /// The answers to requests `ids` that came within [`ANSWER_WITHIN`], by id.
+    #[allow(clippy::disallowed_methods)] // the test's own time limit
     fn answers_to(&mut self, ids: &[u64]) -> std::collections::HashMap<u64, Value> {
         let mut got = std::collections::HashMap::new();
         let deadline = Instant::now() + ANSWER_WITHIN;
@@ -168,7 +169,9 @@ fn sigterm_ends_a_local_session_and_revokes_its_agent_token() {
         .status()
         .unwrap();
     assert!(term.success());
+    #[allow(clippy::disallowed_methods)] // the test's own time limit
     let deadline = Instant::now() + ANSWER_WITHIN;
+    #[allow(clippy::disallowed_methods)]
     let exited = loop {
         if let Some(status) = s.child.try_wait().unwrap() {
             break Some(status);

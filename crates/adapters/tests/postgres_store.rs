@@ -81,15 +81,15 @@ async fn the_store_contract_holds_on_real_postgres() {
         .await
         .unwrap();
     assert_eq!(s.releases_with_requests().await.unwrap(), vec!["r1"]);
-    assert_eq!(
-        s.take_commands("r1").await.unwrap(),
-        vec![command(CommandKind::Pause, "alice")]
-    );
-    assert_eq!(
-        s.take_commands("r1").await.unwrap(),
-        vec![command(CommandKind::Approve, "bob")]
-    );
-    assert!(s.take_commands("r1").await.unwrap().is_empty());
+    // Each stays queued until the input it becomes is recorded.
+    let (pause, got) = s.next_command("r1").await.unwrap().unwrap();
+    assert_eq!(got, command(CommandKind::Pause, "alice"));
+    assert_eq!(s.next_command("r1").await.unwrap().unwrap().0, pause);
+    s.drop_command("r1", pause).await.unwrap();
+    let (approve, got) = s.next_command("r1").await.unwrap().unwrap();
+    assert_eq!(got, command(CommandKind::Approve, "bob"));
+    s.drop_command("r1", approve).await.unwrap();
+    assert!(s.next_command("r1").await.unwrap().is_none());
     // Finishing, the rollback cap, what serves.
     s.finish("r1", OutcomeKind::RolledBack, Some("v1"), true)
         .await

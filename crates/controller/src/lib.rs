@@ -94,8 +94,6 @@ pub struct Controller {
     hotfix: Option<String>,
     /// Notices waiting for the delivery task, in order, while a release is driven.
     outbox: Mutex<Option<mpsc::UnboundedSender<Notice>>>,
-    /// Operator requests taken from the store and not yet applied.
-    backlog: Mutex<std::collections::VecDeque<Input>>,
     /// Shared with the process's other controllers: wakes this one when a request is
     /// queued for its release. Without it, the controller polls the store itself.
     inbox: Option<Arc<Inbox>>,
@@ -211,7 +209,6 @@ impl Controller {
             initiator: String::new(),
             hotfix: None,
             outbox: Mutex::new(None),
-            backlog: Mutex::new(std::collections::VecDeque::new()),
             inbox: None,
         }
     }
@@ -381,9 +378,10 @@ impl Controller {
                     // Before starting a version (which is not interrupted), apply what
                     // operators asked meanwhile.
                     if matches!(action, Action::Deploy { .. } | Action::Scale { .. })
-                        && let Some(cmd) = self.waiting_command(&run.id, &mut commands).await?
+                        && let Some((cmd, queued)) =
+                            self.waiting_command(&run.id, &mut commands).await?
                     {
-                        self.feed(&mut run, cmd).await?;
+                        self.feed_answering(&mut run, cmd, queued).await?;
                         continue;
                     }
                     let (owned, id) = (action.clone(), run.id.clone());
@@ -409,12 +407,12 @@ impl Controller {
                 if done {
                     inflight = None;
                 }
-                // Taken outside the select: a take cut short there could mark a
-                // request taken and lose it.
+                // Read outside the select (a request stays queued until the input it
+                // becomes is recorded, so nothing is lost there either way).
                 match next {
-                    Some(input) => input,
+                    Some(input) => (input, None),
                     None => match self.take_queued(&run.id).await? {
-                        Some(input) => input,
+                        Some(queued) => queued,
                         None => continue,
                     },
                 }
@@ -431,16 +429,17 @@ impl Controller {
                     () = self.request_signal(&run.id) => None,
                 };
                 match next {
-                    Some(input) => input,
+                    Some(input) => (input, None),
                     None => match self.take_queued(&run.id).await? {
-                        Some(input) => input,
+                        Some(queued) => queued,
                         None => continue,
                     },
                 }
             } else {
                 return Err(ControllerError::Stuck(run.id, run.state.phase.as_str()));
             };
-            self.feed(&mut run, input).await?;
+            let (input, queued) = input;
+            self.feed_answering(&mut run, input, queued).await?;
         }
         // Over: the silence's last operations (the expiry the end asked for) run out
         // and their answers are recorded before the release is marked finished.
@@ -609,13 +608,9 @@ impl Controller {
     }
 
     /// Resolves when an operator request may be queued in the store for this release
-    /// (`rampart rollback`, `approve`, the API): at once when some were taken already,
-    /// else when the inbox says so, or every quarter second without one. Takes nothing,
-    /// so it is safe to drop.
+    /// (`rampart rollback`, `approve`, the API): when the inbox says so, or every
+    /// quarter second without one. Takes nothing, so it is safe to drop.
     async fn request_signal(&self, id: &str) {
-        if self.backlog.lock().is_ok_and(|b| !b.is_empty()) {
-            return;
-        }
         match self.inbox.as_ref().and_then(|i| i.register(id)) {
             Some(n) => n.notified().await,
             None => {
@@ -625,19 +620,11 @@ impl Controller {
         }
     }
 
-    /// The next operator request for this release: one taken before, else the oldest
-    /// queued in the store. Requests taken together are handed out one by one.
-    async fn take_queued(&self, id: &str) -> Result<Option<Input>, ControllerError> {
-        if let Some(input) = self.backlog.lock().ok().and_then(|mut b| b.pop_front()) {
-            return Ok(Some(input));
-        }
-        let taken = self.ports.store.take_commands(id).await?;
-        let mut backlog = self
-            .backlog
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        backlog.extend(taken.iter().map(|cmd| cmd.kind.input(cmd)));
-        Ok(backlog.pop_front())
+    /// The oldest operator request queued in the store for this release, as the input
+    /// it becomes, with its queue id: it stays queued until that input is recorded.
+    async fn take_queued(&self, id: &str) -> Result<Option<(Input, Option<u64>)>, ControllerError> {
+        let next = self.ports.store.next_command(id).await?;
+        Ok(next.map(|(queued, cmd)| (cmd.kind.input(&cmd), Some(queued))))
     }
 
     /// A request already waiting (from the channel or the store), without waiting.
@@ -645,21 +632,29 @@ impl Controller {
         &self,
         id: &str,
         commands: &mut Option<mpsc::UnboundedReceiver<Input>>,
-    ) -> Result<Option<Input>, ControllerError> {
+    ) -> Result<Option<(Input, Option<u64>)>, ControllerError> {
         if let Some(rx) = commands.as_mut()
             && let Ok(cmd) = rx.try_recv()
         {
-            return Ok(Some(cmd));
+            return Ok(Some((cmd, None)));
         }
-        if let Some(input) = self.backlog.lock().ok().and_then(|mut b| b.pop_front()) {
-            return Ok(Some(input));
-        }
-        let taken = self.ports.store.take_commands(id).await?;
-        Ok(taken.first().map(|cmd| cmd.kind.input(cmd)))
+        self.take_queued(id).await
     }
 
     /// Applies one input: step, persist, observe, notify.
-    async fn feed(&self, run: &mut Run, mut input: Input) -> Result<(), ControllerError> {
+    async fn feed(&self, run: &mut Run, input: Input) -> Result<(), ControllerError> {
+        self.feed_answering(run, input, None).await
+    }
+
+    /// [`Controller::feed`] of the input queued request `queued` became: the request is
+    /// marked answered with the input's record, in one write (or dropped, when the
+    /// input changes nothing).
+    async fn feed_answering(
+        &self,
+        run: &mut Run,
+        mut input: Input,
+        queued: Option<u64>,
+    ) -> Result<(), ControllerError> {
         // A promotion is judged on the operator's freeze in force when it is taken,
         // not only when it was asked for: a freeze may have begun while it waited.
         if let Input::Promote { frozen, .. } = &mut input {
@@ -672,6 +667,9 @@ impl Controller {
         let now = self.ports.clock.now();
         let t = step(&self.policy, &run.state, &input, now);
         if t.is_noop(&run.state) {
+            if let Some(queued) = queued {
+                self.ports.store.drop_command(&run.id, queued).await?;
+            }
             return Ok(());
         }
         if matches!(input, Input::Resumed) {
@@ -686,7 +684,15 @@ impl Controller {
             input,
             events: t.events.clone(),
         };
-        self.ports.store.append(&run.id, &entry).await?;
+        match queued {
+            Some(queued) => {
+                self.ports
+                    .store
+                    .append_answering(&run.id, &entry, queued)
+                    .await?
+            }
+            None => self.ports.store.append(&run.id, &entry).await?,
+        }
         let input = entry.input;
         run.seq += 1;
         let opened = t.state.opened_window(&run.state);

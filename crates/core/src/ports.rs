@@ -447,12 +447,30 @@ pub trait Store: Send + Sync {
     /// The releases that have requests not taken yet (one query for every release a
     /// process drives, instead of one per release).
     fn releases_with_requests(&self) -> BoxFuture<'_, Result<Vec<String>, PortError>>;
-    /// Takes (and marks taken) the oldest queued request for a release, if any: one at
-    /// a time, so a controller that dies holds at most one untaken request in memory.
-    fn take_commands<'a>(
+    /// The oldest queued request for a release that no recorded input answers yet,
+    /// with its queue id. It stays queued until the input it becomes is appended with
+    /// [`Store::append_answering`] (or, when it changes nothing, dropped with
+    /// [`Store::drop_command`]), in that write's own transaction: a controller that
+    /// dies, is deposed, or fails to record it leaves it to the next one, and one that
+    /// recorded it never hands it out again.
+    fn next_command<'a>(
         &'a self,
         release_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<OperatorCommand>, PortError>>;
+    ) -> BoxFuture<'a, Result<Option<(u64, OperatorCommand)>, PortError>>;
+    /// [`Store::append`], marking queued request `command` (from
+    /// [`Store::next_command`]) answered in the same transaction.
+    fn append_answering<'a>(
+        &'a self,
+        release_id: &'a str,
+        entry: &'a StoredInput,
+        command: u64,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Marks queued request `command` answered without an input: it changed nothing.
+    fn drop_command<'a>(
+        &'a self,
+        release_id: &'a str,
+        command: u64,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
     /// The version the service last finished on (promoted, or kept by a rollback).
     fn serving_version<'a>(
         &'a self,

@@ -209,9 +209,8 @@ fn events_text_output_does_not_pass_terminal_escapes_through() {
     assert_eq!(status, 202, "{v}");
     // The controller takes the request and applies it, as it would.
     rt.block_on(async {
-        let taken = store.take_commands("windowed-1").await.unwrap();
-        assert_eq!(taken.len(), 1);
-        let input = taken[0].kind.input(&taken[0]);
+        let (_, taken) = store.next_command("windowed-1").await.unwrap().unwrap();
+        let input = taken.kind.input(&taken);
         feed(&*store, "windowed-1", input, 1000).await;
     });
     let out = common::rampart()
@@ -320,12 +319,9 @@ fn verify_notices_a_queued_rollback_turned_into_a_forced_one() {
     drop(conn);
     // The controller takes it and applies it as it reads.
     rt.block_on(async {
-        let taken = store.take_commands("windowed-1").await.unwrap();
-        assert!(
-            taken[0].force,
-            "the flipped row is what the controller takes"
-        );
-        let input = taken[0].kind.input(&taken[0]);
+        let (_, taken) = store.next_command("windowed-1").await.unwrap().unwrap();
+        assert!(taken.force, "the flipped row is what the controller takes");
+        let input = taken.kind.input(&taken);
         feed(&store, "windowed-1", input, 1000).await;
     });
     let report = rt.block_on(store.verify_chain()).unwrap();

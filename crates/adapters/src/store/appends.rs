@@ -9,6 +9,7 @@ use rampart_core::ports::StoredInput;
 use super::StateStore;
 use super::chain::{INSERT_CHAIN, head, input_actor, input_body, next_record};
 use super::error::StoreError;
+use super::requests::ANSWER_COMMAND;
 use super::sql::{Tx, Value, args, db_err};
 
 /// The most appends one transaction writes; the rest wait for the next writer.
@@ -46,6 +47,8 @@ struct PendingAppend {
     actor: String,
     input: String,
     audit: String,
+    /// The queued request this input answers, marked answered with it.
+    command: Option<u64>,
     done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -67,6 +70,7 @@ impl StateStore {
         &self,
         release_id: &str,
         entry: &StoredInput,
+        command: Option<u64>,
     ) -> Result<(), StoreError> {
         let input = serde_json::to_string(&entry.input).map_err(db_err)?;
         let audit = serde_json::to_string(&entry.events).map_err(db_err)?;
@@ -90,6 +94,7 @@ impl StateStore {
                 actor: input_actor(entry),
                 input,
                 audit,
+                command,
                 done,
             });
             id
@@ -188,6 +193,12 @@ impl StateStore {
                         &input_body(p.at, &p.input, &p.audit),
                     ),
                 ));
+                if let Some(command) = p.command {
+                    writes.push((
+                        ANSWER_COMMAND,
+                        args![command, p.release.as_str()].to_vec(),
+                    ));
+                }
                 outcomes.push(Ok(()));
             }
             tx.execute_all(&writes).await?;

@@ -371,22 +371,45 @@ impl Store for MemoryStore {
         })
     }
 
-    fn take_commands<'a>(
+    fn next_command<'a>(
         &'a self,
         release_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<OperatorCommand>, PortError>> {
+    ) -> BoxFuture<'a, Result<Option<(u64, OperatorCommand)>, PortError>> {
         self.port(move |s| {
-            let next = s
-                .commands
-                .iter_mut()
-                .find(|(id, _, taken)| id == release_id && !taken);
-            Ok(match next {
-                Some((_, command, taken)) => {
-                    *taken = true;
-                    vec![command.clone()]
-                }
-                None => Vec::new(),
-            })
+            Ok(s.commands
+                .iter()
+                .enumerate()
+                .find(|(_, (id, _, taken))| id == release_id && !taken)
+                .map(|(i, (_, command, _))| (i as u64, command.clone())))
+        })
+    }
+
+    fn append_answering<'a>(
+        &'a self,
+        release_id: &'a str,
+        entry: &'a StoredInput,
+        command: u64,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.append(release_id, entry).await?;
+            self.drop_command(release_id, command).await
+        })
+    }
+
+    fn drop_command<'a>(
+        &'a self,
+        release_id: &'a str,
+        command: u64,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        self.port(move |s| {
+            if let Some((id, _, taken)) = usize::try_from(command)
+                .ok()
+                .and_then(|i| s.commands.get_mut(i))
+                && id == release_id
+            {
+                *taken = true;
+            }
+            Ok(())
         })
     }
 

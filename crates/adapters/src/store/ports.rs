@@ -35,7 +35,7 @@ impl Store for StateStore {
         entry: &'a StoredInput,
     ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
-            self.append_entry(release_id, entry)
+            self.append_entry(release_id, entry, None)
                 .await
                 .map_err(StoreError::into_port)
         })
@@ -134,12 +134,37 @@ impl Store for StateStore {
         })
     }
 
-    fn take_commands<'a>(
+    fn next_command<'a>(
         &'a self,
         release_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<OperatorCommand>, PortError>> {
+    ) -> BoxFuture<'a, Result<Option<(u64, OperatorCommand)>, PortError>> {
         Box::pin(async move {
-            self.take_one_command(release_id)
+            self.next_command_now(release_id)
+                .await
+                .map_err(StoreError::into_port)
+        })
+    }
+
+    fn append_answering<'a>(
+        &'a self,
+        release_id: &'a str,
+        entry: &'a StoredInput,
+        command: u64,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.append_entry(release_id, entry, Some(command))
+                .await
+                .map_err(StoreError::into_port)
+        })
+    }
+
+    fn drop_command<'a>(
+        &'a self,
+        release_id: &'a str,
+        command: u64,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.drop_command_now(release_id, command)
                 .await
                 .map_err(StoreError::into_port)
         })

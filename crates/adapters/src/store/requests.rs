@@ -79,40 +79,57 @@ impl StateStore {
         Ok(id)
     }
 
-    pub(super) async fn take_one_command(
+    /// The oldest request for `release_id` not answered yet, with its id; marks
+    /// nothing (see [`Store::next_command`](rampart_core::ports::Store::next_command)).
+    /// A request of a kind this version does not know (written by a newer rampart) is
+    /// dropped rather than guessed at.
+    pub(super) async fn next_command_now(
         &self,
         release_id: &str,
-    ) -> Result<Vec<OperatorCommand>, StoreError> {
+    ) -> Result<Option<(u64, OperatorCommand)>, StoreError> {
+        loop {
+            let Some(r) = self
+                .db
+                .conn()
+                .await?
+                .query_opt(
+                    "SELECT actor, reason, force, kind, at, id FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id LIMIT 1",
+                    args![release_id],
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            let id = r.uint(5)?;
+            let kind = r.text(3)?;
+            let Some(kind) = CommandKind::parse(&kind) else {
+                tracing::warn!(release = %release_id, kind = %kind, "unknown operator request ignored");
+                self.drop_command_now(release_id, id).await?;
+                continue;
+            };
+            return Ok(Some((
+                id,
+                OperatorCommand {
+                    kind,
+                    actor: r.text(0)?,
+                    reason: r.text(1)?,
+                    force: r.bool(2)?,
+                    at: r.uint(4)?,
+                },
+            )));
+        }
+    }
+
+    /// Marks request `command` of `release_id` answered, without an input.
+    pub(super) async fn drop_command_now(
+        &self,
+        release_id: &str,
+        command: u64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.acting().await?;
-        let Some(r) = tx
-            .query_opt(
-                "SELECT actor, reason, force, kind, at, id FROM commands WHERE release_id = ?1 AND taken = 0 ORDER BY id LIMIT 1",
-                args![release_id],
-            )
-            .await?
-        else {
-            return Ok(Vec::new());
-        };
-        tx.execute(
-            "UPDATE commands SET taken = 1 WHERE id = ?1",
-            args![r.int(5)?],
-        )
-        .await?;
-        tx.commit().await?;
-        // A request this version does not know (written by a newer rampart) is
-        // dropped rather than guessed at.
-        let kind = r.text(3)?;
-        let Some(kind) = CommandKind::parse(&kind) else {
-            tracing::warn!(release = %release_id, kind = %kind, "unknown operator request ignored");
-            return Ok(Vec::new());
-        };
-        Ok(vec![OperatorCommand {
-            kind,
-            actor: r.text(0)?,
-            reason: r.text(1)?,
-            force: r.bool(2)?,
-            at: r.uint(4)?,
-        }])
+        tx.execute(ANSWER_COMMAND, args![command, release_id])
+            .await?;
+        tx.commit().await
     }
 
     /// The releases that have requests not taken yet.
@@ -129,3 +146,7 @@ impl StateStore {
         rows.iter().map(|r| r.text(0)).collect()
     }
 }
+
+/// Marks a request answered (`?1` its id, `?2` its release).
+pub(super) const ANSWER_COMMAND: &str =
+    "UPDATE commands SET taken = 1 WHERE id = ?1 AND release_id = ?2";

@@ -341,7 +341,8 @@ pub fn sign(key: &str, timestamp: &str, body: &str) -> String {
 pub fn notice_id(n: &Notice) -> String {
     use sha2::Digest;
     let text = format!(
-        "{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}",
+        n.service,
         n.release,
         n.kind.as_str(),
         n.at,

@@ -144,6 +144,25 @@ impl Kubernetes {
         Ok(())
     }
 
+    /// Sets one annotation of a Deployment (a merge patch: nothing else changes).
+    pub(crate) async fn annotate_deployment(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), Error> {
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patch = serde_json::json!({ "metadata": { "annotations": { key: value } } });
+        self.deployments()
+            .patch(name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::api(format!("annotating Deployment `{name}`"), source))?;
+        Ok(())
+    }
+
     /// Deletes a Deployment; one already gone counts as deleted. Returns whether it
     /// existed.
     pub(crate) async fn delete_deployment(&self, name: &str) -> Result<bool, Error> {

@@ -699,12 +699,19 @@ fn ref_weight(r: &Value) -> u64 {
 }
 
 /// The weights of a rule's stable and canary backendRefs for `bp` basis points, and
-/// the factor the rule's other backendRefs' weights are multiplied by. The canary's
-/// share comes out of the stable's alone: alone in its rule, the two weigh `10000 -
-/// bp` and `bp`; beside other backends (a split the team runs), the two share what the
-/// stable had, scaled (once, when the canary joins) so basis points have room, and
+/// the factor the rule's other backendRefs' weights are multiplied by; `None` when the
+/// rule gives the stable (and the canary) no weight at all (nothing to share). The
+/// canary's share comes out of the stable's alone: alone in its rule, the two weigh
+/// `10000 - bp` and `bp`; beside other backends (a split the team runs), the two share
+/// what the stable had, every weight of the rule scaled by one factor (shares
+/// unchanged) whenever the two hold less than 10,000, so basis points have room, and
 /// every other backend keeps its share.
-fn group_weights(refs: &[Value], service: &str, canary_service: &str, bp: u64) -> (u64, u64, u64) {
+fn group_weights(
+    refs: &[Value],
+    service: &str,
+    canary_service: &str,
+    bp: u64,
+) -> Option<(u64, u64, u64)> {
     let others: Vec<u64> = refs
         .iter()
         .filter(|r| !names(r, service) && !names(r, canary_service))
@@ -716,7 +723,7 @@ fn group_weights(refs: &[Value], service: &str, canary_service: &str, bp: u64) -
     };
     if others.is_empty() {
         let (s, c) = split(10_000);
-        return (s, c, 1);
+        return Some((s, c, 1));
     }
     let in_rule = |svc: &str| {
         refs.iter()
@@ -724,17 +731,21 @@ fn group_weights(refs: &[Value], service: &str, canary_service: &str, bp: u64) -
             .map(ref_weight)
             .sum::<u64>()
     };
-    let canary_present = refs.iter().any(|r| names(r, canary_service));
-    if canary_present {
-        // Already scaled when the canary joined: the two share what they have.
-        let (s, c) = split(in_rule(service) + in_rule(canary_service));
-        return (s, c, 1);
+    let group = in_rule(service).saturating_add(in_rule(canary_service));
+    if group == 0 {
+        return None;
     }
-    let stable = in_rule(service);
-    let largest = others.iter().copied().max().unwrap_or(1).max(stable).max(1);
-    let factor = (MAX_REF_WEIGHT / largest).clamp(1, 10_000);
-    let (s, c) = split(stable.saturating_mul(factor));
-    (s, c, factor)
+    let largest = others.iter().copied().max().unwrap_or(0).max(group);
+    let factor = if group >= 10_000 {
+        1
+    } else {
+        10_000u64
+            .div_ceil(group)
+            .min(MAX_REF_WEIGHT / largest)
+            .max(1)
+    };
+    let (s, c) = split(group.saturating_mul(factor));
+    Some((s, c, factor))
 }
 
 /// The HTTPRoute body that weighs `service` against `canary_service` at `weight` in
@@ -757,8 +768,11 @@ pub fn weighted_route(
             let Some(stable) = refs.iter().find(|r| names(r, service)).cloned() else {
                 return rule;
             };
+            // A rule that gives the stable no weight has no share to split: as it is.
+            let Some((s, c, factor)) = group_weights(&refs, service, canary_service, bp) else {
+                return rule;
+            };
             touched += 1;
-            let (s, c, factor) = group_weights(&refs, service, canary_service, bp);
             let mut stable_ref = stable.clone();
             stable_ref["weight"] = json!(s);
             let mut canary_ref = stable;
@@ -872,21 +886,27 @@ pub fn route_weight(
     let weight_of = |refs: &[Value], svc: &str| -> u64 {
         refs.iter().filter(|r| names(r, svc)).map(ref_weight).sum()
     };
-    let rule = rules(route)
+    let sending: Vec<Vec<Value>> = rules(route)
         .into_iter()
         .map(|r| refs(&r))
-        .find(|refs| refs.iter().any(|r| names(r, service)))
-        .ok_or_else(|| {
-            Error::Shape(format!(
-                "HTTPRoute `{name}` has no rule with a backendRef to Service `{service}`"
-            ))
-        })?;
-    let (s, c) = (weight_of(&rule, service), weight_of(&rule, canary_service));
-    if s + c == 0 {
-        return Err(Error::Weight(format!(
-            "HTTPRoute `{name}` gives both Services weight 0"
+        .filter(|refs| refs.iter().any(|r| names(r, service)))
+        .collect();
+    if sending.is_empty() {
+        return Err(Error::Shape(format!(
+            "HTTPRoute `{name}` has no rule with a backendRef to Service `{service}`"
         )));
     }
+    // The first rule that gives the two any weight (one that gives the stable none
+    // is left as it is, see `weighted_route`).
+    let (s, c) = sending
+        .iter()
+        .map(|rule| (weight_of(rule, service), weight_of(rule, canary_service)))
+        .find(|(s, c)| s + c > 0)
+        .ok_or_else(|| {
+            Error::Weight(format!(
+                "HTTPRoute `{name}` gives both Services weight 0 in every rule"
+            ))
+        })?;
     ratio(c, s + c)
 }
 
@@ -984,6 +1004,41 @@ mod tests {
             );
             current.data["spec"] = body["spec"].clone();
         }
+        // A canary ref left at 0 by an earlier release, weights the team set small
+        // since: scaled again, so 1 % is a share, not 0.
+        let left = route(json!([
+            {"name": "app", "port": 80, "weight": 50},
+            {"name": "app-canary", "port": 80, "weight": 0},
+            {"name": "next", "port": 80, "weight": 50}
+        ]));
+        let body = weighted_route(
+            &left,
+            "app",
+            "app-canary",
+            Weight::from_basis_points(100).unwrap(),
+        )
+        .unwrap();
+        let got = shares(&body);
+        let of = |n: &str| {
+            got.iter()
+                .find(|(name, _)| name == n)
+                .map_or(0.0, |(_, s)| *s)
+        };
+        assert!((of("app-canary") - 0.005).abs() < 1e-9, "{got:?}");
+        assert!((of("next") - 0.5).abs() < 1e-9, "{got:?}");
+        // A rule that gives the stable nothing is left as it is.
+        let none = route(json!([
+            {"name": "app", "port": 80, "weight": 0},
+            {"name": "next", "port": 80, "weight": 1}
+        ]));
+        let kept = none.data["spec"]["rules"].clone();
+        let body = weighted_route(
+            &none,
+            "app",
+            "app-canary",
+            Weight::from_basis_points(100).unwrap(),
+        );
+        assert!(body.is_err() || body.unwrap()["spec"]["rules"] == kept);
         // Alone in its rule, the stable and the canary weigh in basis points, as before.
         let alone = route(json!([{"name": "app", "port": 80}]));
         let body = weighted_route(

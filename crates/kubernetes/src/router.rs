@@ -50,12 +50,13 @@ impl Kubernetes {
             return self.scale_stable_only(s).await;
         };
         let mut canary_body = objects::rescaled(&canary, c);
-        let annotations = &mut canary_body["metadata"]["annotations"];
-        annotations[objects::STABLE_REPLICAS] = start.to_string().into();
-        annotations[objects::STABLE_SET] = s.to_string().into();
+        canary_body["metadata"]["annotations"][objects::STABLE_REPLICAS] = start.to_string().into();
         if objects::replicas(&canary) == 0 && c > 0 {
             objects::start_pods(&mut canary_body);
         }
+        // The stable count this step set is recorded once the stable has it, never
+        // before: a step that fails half-way must not read as an HPA's growth later.
+        let set = s.to_string();
         // The side that grows goes first, so capacity never dips during the change.
         if c >= objects::replicas(&canary) {
             self.apply_deployment(&self.deploy.canary_name, &canary_body)
@@ -63,10 +64,13 @@ impl Kubernetes {
             self.wait_ready(&self.deploy.canary_name, self.deploy.ready_timeout)
                 .await?;
             self.scale_deployment(&self.deploy.deployment, s).await?;
+            self.annotate_deployment(&self.deploy.canary_name, objects::STABLE_SET, &set)
+                .await?;
         } else {
             self.scale_deployment(&self.deploy.deployment, s).await?;
             self.wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
                 .await?;
+            canary_body["metadata"]["annotations"][objects::STABLE_SET] = set.into();
             self.apply_deployment(&self.deploy.canary_name, &canary_body)
                 .await?;
         }

@@ -662,6 +662,19 @@ fn ratio_split() -> Scenario {
         .get(deployments("checkout-canary"), 200, canary("v2", 1))
         // The stable shrinks through its scale subresource: its image is not touched.
         .scale(deployments("checkout"), 3)
+        // Then the count it was set to is recorded on the canary (an HPA's growth
+        // above it is followed at the next step).
+        .merge(
+            deployments("checkout-canary"),
+            |b| {
+                assert_eq!(
+                    b,
+                    &json!({"metadata": {"annotations": {"rampart.dev/stable-set": "3"}}})
+                )
+            },
+            200,
+            canary("v2", 1),
+        )
         .get(deployments("checkout"), 200, stable("v1", 3))
         .get(deployments("checkout-canary"), 200, canary("v2", 1))
 }

@@ -516,3 +516,40 @@ async fn review_a_new_routed_release_rolls_out_on_the_canary_the_route_sends_eve
         end.phase
     );
 }
+
+/// After the review of the fixes: the stable count a `replica_ratio` step set was
+/// recorded on the canary before the stable was scaled. A step whose grown canary never
+/// got ready (its pods broken here) failed before the stable shrank, and the rollback
+/// then read the stable's untouched count above the record as an HPA's growth: a
+/// stable of 4 came back as 6. It must come back as it was.
+#[tokio::test(start_paused = true)]
+async fn review_a_failed_replica_ratio_step_does_not_read_as_an_hpa_s_growth_fake_api() {
+    let text = policy(
+        "checkout",
+        "{mode: replica_ratio, replicas: 4}",
+        CANARY_STEPS,
+    );
+    let (_, world) = cluster::start(vec![(deployments("checkout"), stable("v1", 4))]);
+    let metrics = {
+        let world = world.clone();
+        Arc::new(Queries {
+            errors: AtomicU64::new(0),
+            // While 25 % bakes, the canary's pods break: the 50 % step's new ones never
+            // get ready.
+            on_measure: Box::new(move || {
+                world
+                    .lock()
+                    .unwrap()
+                    .broken
+                    .insert(deployments("checkout-canary"));
+            }),
+        })
+    };
+    let end = run_release(&text, cluster::connect(&world), metrics).await;
+    assert_eq!(end.phase, Phase::RolledBack, "{:?}", end.decision);
+    let stable = object(&world, &deployments("checkout")).unwrap();
+    assert_eq!(
+        stable["spec"]["replicas"], 4,
+        "the stable had 4 before the release"
+    );
+}

@@ -15,7 +15,8 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     for p in paths {
         if p.is_dir() {
             let mut found = Vec::new();
-            walk(p, &mut found).map_err(|e| format!("{}: {e}", p.display()))?;
+            walk(p, &mut found, &mut std::collections::HashSet::new())
+                .map_err(|e| format!("{}: {e}", p.display()))?;
             found.sort();
             if found.is_empty() {
                 return Err(format!("{}: no .sql files", p.display()));
@@ -30,14 +31,21 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-/// The `.sql` files under `dir`: regular files (or links to them), in directories
-/// that are not links (a link to a directory above would never end the walk).
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// The `.sql` files under `dir` (regular files, or links to them), links to
+/// directories followed, each directory read once: a link back up (or `/proc/*/root`)
+/// ends the walk there instead of never.
+fn walk(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> std::io::Result<()> {
+    if !seen.insert(std::fs::canonicalize(dir)?) {
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            walk(&path, out)?;
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out, seen)?;
         } else if path.extension().is_some_and(|e| e == "sql") && path.is_file() {
             out.push(path);
         }

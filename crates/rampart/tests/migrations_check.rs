@@ -124,20 +124,32 @@ fn every_rule_is_documented_with_an_example() {
 }
 
 /// A migrations directory with a link back to itself (or to `/`) walked for ever: the
-/// walk followed every directory link. Links to directories are not walked; the files
-/// are read once.
+/// walk followed every directory link. Each directory is read once now; a linked
+/// subdirectory is still read (its breaking migrations must not go unclassified).
 #[test]
-fn a_directory_link_back_up_is_not_walked() {
+fn a_directory_link_back_up_ends_the_walk_and_a_linked_directory_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let d = dir.path().join("migrations");
+    std::fs::create_dir(&d).unwrap();
     write(
-        d,
+        &d,
         "001_add.sql",
         "ALTER TABLE orders ADD COLUMN coupon text;\n",
     );
-    std::os::unix::fs::symlink(d, d.join("again")).unwrap();
-    std::os::unix::fs::symlink(d, d.join("and_again")).unwrap();
-    let (code, v, err) = check(&[d]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(v["files"].as_array().map(Vec::len), Some(1), "{v}");
+    std::os::unix::fs::symlink(&d, d.join("again")).unwrap();
+    std::os::unix::fs::symlink(&d, d.join("and_again")).unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    write(
+        &shared,
+        "002_drop.sql",
+        "ALTER TABLE orders DROP COLUMN legacy;\n",
+    );
+    std::os::unix::fs::symlink(&shared, d.join("shared")).unwrap();
+    let (code, v, err) = check(&[&d]);
+    assert_eq!(v["files"].as_array().map(Vec::len), Some(2), "{v} {err}");
+    assert_ne!(
+        code, 0,
+        "the linked directory's DROP COLUMN is classified: {v}"
+    );
 }

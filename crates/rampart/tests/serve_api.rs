@@ -551,6 +551,10 @@ fn a_sign_in_posted_from_another_site_is_refused() {
     for own in [
         format!("Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\n"),
         String::new(), // a client that sends neither (curl)
+        // Behind a proxy that rewrites Host: the browser's own word decides, or the
+        // host the proxy forwarded.
+        "Origin: https://rampart.example\r\nSec-Fetch-Site: same-origin\r\n".to_string(),
+        "Origin: https://rampart.example\r\nX-Forwarded-Host: rampart.example\r\n".to_string(),
     ] {
         let answer = login(&own);
         assert!(answer.starts_with("HTTP/1.1 303"), "{own}: {answer}");

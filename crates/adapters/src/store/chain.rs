@@ -112,18 +112,19 @@ impl ChainRecord {
 const HASH_V2: &str = "v2:";
 
 /// Walks the chain's links in order: each record must link to the one before it and
-/// match its hash. A record hashed the old way after one hashed the new way is itself
-/// a problem: only records a rampart before the new hashing wrote may use it.
+/// match its hash, by the hashing its hash names (`v2:`, else the one before it). A
+/// record of either kind may follow one of the other: a rampart before the new hashing
+/// (a replica not yet upgraded, a rollback of the binary) still appends the old kind,
+/// and a record's kind cannot be changed without changing its hash, which the next
+/// record links to.
 pub(crate) struct Links {
     prev: String,
-    new_hashing_since: Option<i64>,
 }
 
 impl Links {
     pub(crate) fn new() -> Links {
         Links {
             prev: GENESIS.to_string(),
-            new_hashing_since: None,
         }
     }
 
@@ -133,8 +134,7 @@ impl Links {
     }
 
     /// Adds to `problems` what is wrong with `r`'s place after the records before it:
-    /// a broken link, content that does not match its hash, or the old hashing where
-    /// only the new one can be.
+    /// a broken link, or content that does not match its hash.
     pub(crate) fn check(&mut self, r: &ChainRecord, problems: &mut Vec<String>) {
         if r.prev != self.prev {
             problems.push(format!(
@@ -142,21 +142,16 @@ impl Links {
                 r.id
             ));
         }
-        let new = r.hash.starts_with(HASH_V2);
-        let expected = if new { r.digest() } else { r.digest_v1() };
+        let expected = if r.hash.starts_with(HASH_V2) {
+            r.digest()
+        } else {
+            r.digest_v1()
+        };
         if expected != r.hash {
             problems.push(format!(
                 "record {} ({} by {}): its content does not match its hash",
                 r.id, r.action, r.actor
             ));
-        }
-        match self.new_hashing_since {
-            None if new => self.new_hashing_since = Some(r.id),
-            Some(since) if !new => problems.push(format!(
-                "record {} ({} by {}): hashed the old way after record {since} was hashed the new way (rewritten)",
-                r.id, r.action, r.actor
-            )),
-            _ => {}
         }
         self.prev = r.hash.clone();
     }
@@ -945,14 +940,26 @@ mod tests {
             .collect()
     }
 
+    /// Records of both hashings verify in any order (a replica not yet upgraded appends
+    /// the old kind after the new), and an edit of either kind is found.
     #[test]
-    fn a_chain_an_older_rampart_began_still_verifies_and_goes_on_hashed_the_new_way() {
-        assert_eq!(problems(&chain([true, true, false])), Vec::<String>::new());
-        let found = problems(&chain([true, false, true]));
-        assert!(
-            found.len() == 1 && found[0].contains("record 3") && found[0].contains("old way"),
-            "{found:?}"
-        );
+    fn a_chain_of_both_hashings_verifies_and_an_edit_of_either_is_found() {
+        for kinds in [
+            [true, true, false],
+            [true, false, true],
+            [false, true, false],
+        ] {
+            assert_eq!(problems(&chain(kinds)), Vec::<String>::new(), "{kinds:?}");
+            for edited in 0..3 {
+                let mut c = chain(kinds);
+                c[edited].actor = "mallory".into();
+                let found = problems(&c);
+                assert!(
+                    found.len() == 1 && found[0].contains("does not match its hash"),
+                    "{kinds:?} {edited}: {found:?}"
+                );
+            }
+        }
     }
 
     #[test]

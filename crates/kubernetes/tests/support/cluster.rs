@@ -503,7 +503,9 @@ fn autoscale(w: &mut World, path: &str) {
 
 // === writes ===
 
-fn record(w: &mut World, path: &str, before: Option<&Value>) {
+/// Records a write of `path`; `spec_written` says whether it wrote the spec (a merge
+/// patch of metadata alone is not a write of the replica count).
+fn record(w: &mut World, path: &str, before: Option<&Value>, spec_written: bool) {
     w.version += 1;
     let version = w.version.to_string();
     let Some(obj) = w.objects.get_mut(path) else {
@@ -544,7 +546,9 @@ fn record(w: &mut World, path: &str, before: Option<&Value>) {
             w.rollouts
                 .insert(path.to_string(), Rollout { done_at, deadline });
         }
-        w.replicas.push((path.to_string(), r));
+        if spec_written {
+            w.replicas.push((path.to_string(), r));
+        }
     }
     if path.contains("/httproutes/") && changed {
         let g = w.objects[path]["metadata"]["generation"]
@@ -594,7 +598,7 @@ fn apply(w: &mut World, path: &str, body: &Value, manager: &str) -> Value {
         .entry(path.to_string())
         .or_default()
         .insert(manager.to_string(), new);
-    record(w, path, before.as_ref());
+    record(w, path, before.as_ref(), true);
     autoscale(w, path);
     shown(w, path).unwrap_or_default()
 }
@@ -619,7 +623,7 @@ fn update(w: &mut World, path: &str, patch: &Value, manager: &str) {
         .or_default()
         .extend(changed);
     w.objects.insert(path.to_string(), next);
-    record(w, path, Some(&before));
+    record(w, path, Some(&before), patch.get("spec").is_some());
 }
 
 fn value_at<'v>(v: &'v Value, f: &Field) -> Option<&'v Value> {
@@ -712,7 +716,7 @@ fn someone_else(w: &mut World, write: &str) {
     {
         *slot = value;
     }
-    record(w, &path, Some(&before));
+    record(w, &path, Some(&before), true);
 }
 
 /// A request as RBAC sees it: the API group, the resource (with a subresource), the

@@ -140,6 +140,25 @@ impl Scenario {
         self
     }
 
+    /// A merge patch of an object (not its scale), checked with `check`.
+    pub fn merge(
+        mut self,
+        path: String,
+        check: impl Fn(&Value) + Send + 'static,
+        status: u16,
+        body: Value,
+    ) -> Scenario {
+        self.steps.push(Exchange {
+            method: Method::PATCH,
+            path,
+            query: vec![("fieldManager", "rampart")],
+            content_type: "application/merge-patch+json",
+            check: Some(Box::new(check)),
+            answer: Answer::Json(status, body),
+        });
+        self
+    }
+
     pub fn delete(mut self, path: String, status: u16, body: Value) -> Scenario {
         self.steps.push(Exchange {
             method: Method::DELETE,

@@ -149,8 +149,6 @@ impl std::fmt::Debug for Found {
 }
 
 impl Found {
-    /// The version the data plane reports serving now, when it can tell (the stable
-    /// Deployment's, on Kubernetes).
     /// On Kubernetes, the canary a finished release left that users reach now (see
     /// `rampart_kubernetes::Kubernetes::canary_in_force`).
     pub fn canary_in_force(&self) -> Option<&(Option<String>, rampart_core::Weight)> {
@@ -159,6 +157,8 @@ impl Found {
             .and_then(|c| c.canary_in_force.as_ref())
     }
 
+    /// The version the data plane reports serving now, when it can tell (the stable
+    /// Deployment's, on Kubernetes).
     pub fn running_version(&self) -> Option<&str> {
         self.cluster
             .as_ref()
@@ -528,10 +528,13 @@ pub(crate) async fn cluster(
         .stable_version()
         .await
         .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?;
-    let canary_in_force = cluster
-        .canary_in_force()
-        .await
-        .map_err(|e| RunError::Internal(anyhow::anyhow!("Kubernetes: {e}")))?;
+    // Read for a new release's refusal only; what cannot be read here (a Service that
+    // selects neither track, a route without weights) is the release's to find, and
+    // never stops `rampart stop --canary` or a resumed release.
+    let canary_in_force = cluster.canary_in_force().await.unwrap_or_else(|e| {
+        tracing::warn!("Kubernetes: where the canary's traffic stands could not be read: {e}");
+        None
+    });
     let cluster = Arc::new(cluster);
     Ok(ClusterPlane {
         router: cluster.clone(),

@@ -136,21 +136,26 @@ fn form_value(body: &[u8], key: &str) -> Option<String> {
 /// How long a dashboard session lasts.
 const SESSION_SECONDS: u32 = 12 * 3600;
 
-/// Whether a browser says the request came from another site: `Sec-Fetch-Site` other
-/// than `same-origin` or `none`, or an `Origin` that is not this server (`null`
-/// included). A client that sends neither (curl, a script) is not a browser led there.
+/// Whether a browser says the request came from another site. Browsers send
+/// `Sec-Fetch-Site`, which then decides alone (anything but `same-origin` or `none`);
+/// without it, an `Origin` that is not this server (`null` included), compared with
+/// `X-Forwarded-Host` when a proxy in front set one, else `Host`. A client that sends
+/// neither (curl, a script) is not a browser led there.
 fn from_another_site(headers: &HeaderMap) -> bool {
     let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
-    if text("sec-fetch-site").is_some_and(|s| !matches!(s, "same-origin" | "none")) {
+    if let Some(site) = text("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = text("origin") else {
+        return false;
+    };
+    let Some(host) = text("x-forwarded-host").or_else(|| text("host")) else {
         return true;
-    }
-    match (text("origin"), text("host")) {
-        (None, _) => false,
-        (Some(origin), Some(host)) => origin
-            .split_once("://")
-            .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host)),
-        (Some(_), None) => true,
-    }
+    };
+    let host = host.split(',').next().unwrap_or_default().trim();
+    origin
+        .split_once("://")
+        .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host))
 }
 
 /// `POST /ui/login`: a form with `token`. One posted from another site's page is

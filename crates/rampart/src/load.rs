@@ -48,6 +48,26 @@ pub struct LoadSpec {
     pub paths: Vec<String>,
     /// Extra headers on every request.
     pub headers: Vec<(String, String)>,
+    /// Whether the requests in flight end with the generator when it is stopped
+    /// (aborted): a release's own load must not outlive it. Otherwise they run to
+    /// their end (30 s at most) and are counted, as a load whose every answer is
+    /// counted needs.
+    pub cut_on_stop: bool,
+}
+
+/// The generator's requests in flight: cut when it is dropped (a stopped generator)
+/// with `cut`, else left to finish.
+struct InFlight {
+    set: tokio::task::JoinSet<()>,
+    cut: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.cut {
+            self.set.detach_all();
+        }
+    }
 }
 
 /// Sends requests at `spec.rps` until the duration passes (or forever).
@@ -63,15 +83,18 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = tokio::time::Instant::now();
     let mut n: u64 = 0;
-    // The requests in flight belong to the generator: when it stops (its release
-    // ended and aborted it), they end with it instead of living on to their limit.
-    let mut in_flight = tokio::task::JoinSet::new();
+    // The requests in flight belong to the generator: stopped (its release ended and
+    // aborted it), they end with it with `cut_on_stop`, else they finish.
+    let mut in_flight = InFlight {
+        set: tokio::task::JoinSet::new(),
+        cut: spec.cut_on_stop,
+    };
     loop {
         ticker.tick().await;
-        while in_flight.try_join_next().is_some() {}
+        while in_flight.set.try_join_next().is_some() {}
         if spec.duration.is_some_and(|d| started.elapsed() >= d) {
             // A run of set length lets its last requests finish (up to their limit).
-            while in_flight.join_next().await.is_some() {}
+            while in_flight.set.join_next().await.is_some() {}
             return;
         }
         n += 1;
@@ -99,7 +122,7 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
         };
         let client = client.clone();
         let stats = stats.clone();
-        in_flight.spawn(async move {
+        in_flight.set.spawn(async move {
             stats.sent.fetch_add(1, Ordering::Relaxed);
             // A hung request ends at the deadline: stopping the generator never leaves
             // requests behind for long.
@@ -170,6 +193,7 @@ pub fn analysis_load(
         duration: None,
         paths: load.paths.clone(),
         headers,
+        cut_on_stop: true,
     };
     Some(tokio::spawn(generate(spec, Arc::new(LoadStats::default()))))
 }
@@ -194,6 +218,7 @@ pub async fn release_under_load(
             duration: None,
             paths: Vec::new(),
             headers: Vec::new(),
+            cut_on_stop: false,
         };
         let task = tokio::spawn(generate(spec, Arc::new(LoadStats::default())));
         if let Ok(mut slot) = slot.lock() {

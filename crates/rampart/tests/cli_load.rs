@@ -33,8 +33,8 @@ fn a_load_that_no_service_answers_exits_1() {
 
 /// `analysis.load` stops with its release (its task is aborted), but each request ran
 /// in a task of its own that lived on up to its 30 s limit: a service that stopped
-/// answering kept getting held connections from a release that had ended. Stopping the
-/// generator ends its requests in flight.
+/// answering kept getting held connections from a release that had ended. Stopping a
+/// generator that cuts on stop (a release's own load) ends its requests in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_load_ends_its_requests_in_flight() {
     use std::sync::Arc;
@@ -48,6 +48,7 @@ async fn stopping_the_load_ends_its_requests_in_flight() {
         duration: None,
         paths: Vec::new(),
         headers: Vec::new(),
+        cut_on_stop: true,
     };
     let load = tokio::spawn(rampart::load::generate(
         spec,

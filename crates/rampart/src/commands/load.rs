@@ -49,6 +49,7 @@ pub async fn main(args: LoadArgs) -> i32 {
         duration,
         paths: Vec::new(),
         headers: Vec::new(),
+        cut_on_stop: false,
     };
     tokio::select! {
         () = crate::load::generate(spec, stats.clone()) => {},

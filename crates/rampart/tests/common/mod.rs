@@ -150,6 +150,8 @@ pub fn start_load(
         duration: None,
         paths: Vec::new(),
         headers: Vec::new(),
+        // Every request sent is counted once the load stops (see `settle`).
+        cut_on_stop: false,
     };
     (rt.spawn(generate(spec, stats.clone())), stats)
 }

@@ -729,10 +729,13 @@ pub struct Evidence {
     pub process: EProcess,
     /// Whether it has ever rejected; a rejection stands for the rest of the release.
     pub rejected: bool,
-    /// Canary requests this judge has seen: a counts metric's own `total`s, the gate
-    /// of its `min_samples` (builtin metrics share the release's count).
+    /// Canary requests this judge has seen (a counts metric's own `total`s).
     #[serde(default)]
     pub seen: u64,
+    /// Canary requests of the intervals this judge could test: the gate of its
+    /// `min_samples` (an interval without a comparison tells nothing).
+    #[serde(default)]
+    pub tested: u64,
     /// Stable's latency over the intervals judged before this one, for a latency
     /// metric read from Prometheus histogram buckets (builtin latency metrics share the
     /// release's); empty for every other metric.
@@ -745,8 +748,8 @@ pub struct Evidence {
 ///
 /// `stable_history` is stable's latency over the intervals before this one, measured
 /// as the metric measures it (to headers, or total time; the null for latency comes
-/// from data the canary's outcomes cannot have influenced), and `canary_seen` the
-/// canary requests analysed before this interval.
+/// from data the canary's outcomes cannot have influenced). `min_samples` gates a pass
+/// on the canary requests of the intervals the test ran on (`evidence.tested`).
 ///
 /// Guarantees: the probability of ever failing a canary that is no worse than stable
 /// is at most `alpha`; no data or too little data is never a pass.
@@ -756,17 +759,8 @@ pub fn sequential(
     sample: &IntervalSample,
     evidence: &mut Evidence,
     stable_history: &Histogram,
-    canary_seen: u64,
 ) -> MetricReading {
-    sequential_with(
-        spec,
-        seq,
-        sample,
-        evidence,
-        stable_history,
-        canary_seen,
-        false,
-    )
+    sequential_with(spec, seq, sample, evidence, stable_history, false)
 }
 
 /// [`sequential`], where `frozen_stable` says the sample's stable side is a baseline
@@ -775,31 +769,21 @@ pub fn sequential(
 ///
 /// A latency metric read from Prometheus histogram buckets is judged on the reading's
 /// histograms, against stable's history of its own buckets kept in `evidence` (and
-/// added to after judging, except against a frozen baseline); `stable_history` and
-/// `canary_seen`, the builtin measurements', are not read for it.
+/// added to after judging, except against a frozen baseline); `stable_history`, the
+/// builtin measurements', is not read for it.
 pub fn sequential_with(
     spec: &MetricSpec,
     seq: &Sequential,
     sample: &IntervalSample,
     evidence: &mut Evidence,
     stable_history: &Histogram,
-    canary_seen: u64,
     frozen_stable: bool,
 ) -> MetricReading {
     let Some((view, why)) = bucket_view(spec, sample) else {
-        return sequential_on(
-            spec,
-            seq,
-            sample,
-            evidence,
-            stable_history,
-            canary_seen,
-            frozen_stable,
-        );
+        return sequential_on(spec, seq, sample, evidence, stable_history, frozen_stable);
     };
     let history = std::mem::take(&mut evidence.stable_history);
-    let seen = evidence.seen;
-    let r = sequential_on(spec, seq, &view, evidence, &history, seen, frozen_stable);
+    let r = sequential_on(spec, seq, &view, evidence, &history, frozen_stable);
     evidence.stable_history = history;
     // Only after judging: this interval's null came from earlier intervals.
     if !frozen_stable {
@@ -815,7 +799,6 @@ fn sequential_on(
     sample: &IntervalSample,
     evidence: &mut Evidence,
     stable_history: &Histogram,
-    canary_seen: u64,
     frozen_stable: bool,
 ) -> MetricReading {
     let mut r = reading(spec, sample);
@@ -855,11 +838,6 @@ fn sequential_on(
     let canary_n = match &counts {
         Some((_, n, ..)) => n.unwrap_or(0),
         None => c.requests,
-    };
-    let seen_before = if counts.is_some() {
-        evidence.seen
-    } else {
-        canary_seen
     };
     evidence.seen = evidence.seen.saturating_add(canary_n);
     if let Some((stable_n, _, _, _, why)) = &counts {
@@ -931,6 +909,11 @@ fn sequential_on(
         return r;
     };
     evidence.process.update(bad, trials, p0);
+    // Only the canary requests of intervals the test ran on count toward
+    // `min_samples`: one without a comparison (no stable requests, stable's latency
+    // history still short) tells nothing about the canary.
+    evidence.tested = evidence.tested.saturating_add(canary_n);
+    let seen = evidence.tested;
     let log_e = evidence.process.log_e();
     evidence.rejected |= evidence.process.rejects(seq.alpha);
     r.log_evidence = Some(log_e);
@@ -938,7 +921,6 @@ fn sequential_on(
         "evidence {log_e:.1} of {:.1} needed",
         (1.0 / seq.alpha).ln()
     );
-    let seen = seen_before.saturating_add(canary_n);
     if evidence.rejected {
         r.verdict = Verdict::Fail;
         r.detail = format!("worse than stable at alpha {}: {what}; {shown}", seq.alpha);
@@ -1013,16 +995,14 @@ mod tests {
         let mut ev = Evidence::default();
         let bad = sample((900, 9), (100, 8));
         let mut verdicts = Vec::new();
-        for i in 0..20 {
-            verdicts.push(
-                sequential(&spec, &seq, &bad, &mut ev, &Histogram::default(), i * 100).verdict,
-            );
+        for _ in 0..20 {
+            verdicts.push(sequential(&spec, &seq, &bad, &mut ev, &Histogram::default()).verdict);
         }
         assert_eq!(verdicts.last(), Some(&Verdict::Fail));
         // A later clean interval does not undo the decision.
         let clean = sample((900, 9), (100, 1));
         assert_eq!(
-            sequential(&spec, &seq, &clean, &mut ev, &Histogram::default(), 5000).verdict,
+            sequential(&spec, &seq, &clean, &mut ev, &Histogram::default()).verdict,
             Verdict::Fail
         );
     }
@@ -1038,7 +1018,7 @@ mod tests {
         let mut seen = 0;
         let mut verdict = Verdict::Inconclusive;
         while verdict != Verdict::Fail && seen < spec.min_samples {
-            verdict = sequential(&spec, &seq, &bad, &mut ev, &Histogram::default(), seen).verdict;
+            verdict = sequential(&spec, &seq, &bad, &mut ev, &Histogram::default()).verdict;
             seen += 100;
         }
         assert_eq!(verdict, Verdict::Fail);
@@ -1054,7 +1034,7 @@ mod tests {
         let judge = |canary_errors| {
             let mut ev = Evidence::default();
             let s = sample((1_000_000, 5_000), (1_000_000, canary_errors));
-            sequential_with(&spec, &seq, &s, &mut ev, &Histogram::default(), 0, true).verdict
+            sequential_with(&spec, &seq, &s, &mut ev, &Histogram::default(), true).verdict
         };
         assert_ne!(judge(6_000), Verdict::Fail);
         assert_eq!(judge(10_000), Verdict::Fail);
@@ -1066,22 +1046,22 @@ mod tests {
         let mut ev = Evidence::default();
         let none = sample((900, 9), (0, 0));
         assert_eq!(
-            sequential(&spec, &seq, &none, &mut ev, &Histogram::default(), 0).verdict,
+            sequential(&spec, &seq, &none, &mut ev, &Histogram::default()).verdict,
             Verdict::NoData
         );
         let few = sample((900, 9), (10, 0));
         assert_eq!(
-            sequential(&spec, &seq, &few, &mut ev, &Histogram::default(), 0).verdict,
+            sequential(&spec, &seq, &few, &mut ev, &Histogram::default()).verdict,
             Verdict::Inconclusive
         );
         let no_stable = sample((0, 0), (100, 0));
         assert_eq!(
-            sequential(&spec, &seq, &no_stable, &mut ev, &Histogram::default(), 100).verdict,
+            sequential(&spec, &seq, &no_stable, &mut ev, &Histogram::default()).verdict,
             Verdict::Inconclusive
         );
         let enough = sample((900, 9), (100, 1));
         assert_eq!(
-            sequential(&spec, &seq, &enough, &mut ev, &Histogram::default(), 100).verdict,
+            sequential(&spec, &seq, &enough, &mut ev, &Histogram::default()).verdict,
             Verdict::Pass
         );
     }
@@ -1109,11 +1089,11 @@ mod tests {
             canary: slow,
             ..Default::default()
         };
-        let r = sequential(&spec, &seq, &s, &mut ev, &history, 0);
+        let r = sequential(&spec, &seq, &s, &mut ev, &history);
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         // Without stable history there is nothing to compare with.
         let mut fresh = Evidence::default();
-        let r = sequential(&spec, &seq, &s, &mut fresh, &Histogram::default(), 0);
+        let r = sequential(&spec, &seq, &s, &mut fresh, &Histogram::default());
         assert_eq!(r.verdict, Verdict::Inconclusive);
     }
 
@@ -1151,26 +1131,12 @@ mod tests {
         // One slow request in 150: stable's q99 sits just below it.
         let short = slow_one_in(150, 100);
         let mut ev = Evidence::default();
-        let r = sequential(
-            &spec,
-            &seq,
-            &interval(slow_one_in(20, 20)),
-            &mut ev,
-            &short,
-            0,
-        );
+        let r = sequential(&spec, &seq, &interval(slow_one_in(20, 20)), &mut ev, &short);
         assert!(r.log_evidence.is_some_and(|e| e <= 0.0), "{r:?}");
         // 5,000 stable requests, 25 of them slow: two slow canary requests in 20 are.
         let long = slow_one_in(5000, 200);
         let mut ev = Evidence::default();
-        let r = sequential(
-            &spec,
-            &seq,
-            &interval(slow_one_in(20, 10)),
-            &mut ev,
-            &long,
-            0,
-        );
+        let r = sequential(&spec, &seq, &interval(slow_one_in(20, 10)), &mut ev, &long);
         assert!(r.log_evidence.is_some_and(|e| e > 0.0), "{r:?}");
     }
 
@@ -1511,7 +1477,6 @@ mod tests {
             &sample,
             &mut Evidence::default(),
             &timed(20, 20).latency_total,
-            500,
         );
         assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
         assert!(r.detail.contains("no total time recorded"), "{}", r.detail);
@@ -1529,14 +1494,7 @@ mod tests {
             canary: timed(20, 320),
             ..Default::default()
         };
-        let r = sequential(
-            &spec,
-            &seq,
-            &slow_body,
-            &mut Evidence::default(),
-            &history,
-            0,
-        );
+        let r = sequential(&spec, &seq, &slow_body, &mut Evidence::default(), &history);
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         // The header-time judge on the same sample, with stable's header history, sees
         // no difference.
@@ -1551,7 +1509,6 @@ mod tests {
             &slow_body,
             &mut Evidence::default(),
             &header_history,
-            0,
         );
         assert_ne!(r.verdict, Verdict::Fail, "{r:?}");
     }
@@ -1845,7 +1802,7 @@ mod tests {
         mixed.merge(&ms(40, 20));
         let mut first = bucket_sample(1000, 20, Some(100));
         first.queries[0].stable_histogram = Some(mixed);
-        let r = sequential(&spec, &seq, &first, &mut ev, &builtin_history, 0);
+        let r = sequential(&spec, &seq, &first, &mut ev, &builtin_history);
         assert_eq!(
             r.verdict,
             Verdict::Inconclusive,
@@ -1856,7 +1813,7 @@ mod tests {
             2000,
             "stable's buckets kept after judging"
         );
-        let r = sequential(&spec, &seq, &first, &mut ev, &builtin_history, 0);
+        let r = sequential(&spec, &seq, &first, &mut ev, &builtin_history);
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         assert_eq!(ev.seen, 800, "the buckets' totals are its requests");
         // The same interval with a canary as fast as stable passes.
@@ -1864,13 +1821,13 @@ mod tests {
         let mut same = first.clone();
         same.queries[0].canary_histogram = same.queries[0].stable_histogram.clone();
         for _ in 0..3 {
-            sequential(&spec, &seq, &same, &mut ev, &builtin_history, 0);
+            sequential(&spec, &seq, &same, &mut ev, &builtin_history);
         }
-        let r = sequential(&spec, &seq, &same, &mut ev, &builtin_history, 0);
+        let r = sequential(&spec, &seq, &same, &mut ev, &builtin_history);
         assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
         // Against a frozen baseline, its history is not added to.
         let before = ev.stable_history.count();
-        sequential_with(&spec, &seq, &same, &mut ev, &builtin_history, 0, true);
+        sequential_with(&spec, &seq, &same, &mut ev, &builtin_history, true);
         assert_eq!(ev.stable_history.count(), before);
     }
 }

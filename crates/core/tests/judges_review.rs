@@ -415,3 +415,63 @@ analysis:
         "traffic moved to an unhealthy stable"
     );
 }
+
+/// The sequential judge's `min_samples` gate counted every canary request the release
+/// had seen, also those of intervals it could not test (no stable requests to compare
+/// with): 190 untested requests and 25 tested ones passed a gate of 100. Only tested
+/// intervals count now, so the first pass comes once 100 canary requests were tested.
+#[test]
+fn the_sequential_gate_counts_only_the_canary_requests_it_tested() {
+    let p = Policy::from_yaml(
+        r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy:
+  canary:
+    steps:
+      - {weight: 10, bake: 30s}
+analysis:
+  interval: 1s
+  min_samples: 100
+  metrics:
+    - {metric: error_rate, judge: sequential}
+"#,
+    )
+    .unwrap();
+    let mut measured = 0u64;
+    let drove = drive(&p, |_, _| {
+        measured += 1;
+        // The first two intervals: no stable request yet (nothing to compare with).
+        if measured <= 2 {
+            IntervalSample {
+                stable: stats(0, 0),
+                canary: stats(95, 0),
+                ..Default::default()
+            }
+        } else {
+            IntervalSample {
+                stable: stats(900, 2),
+                canary: stats(25, 0),
+                ..Default::default()
+            }
+        }
+    });
+    let judged: Vec<_> = drove
+        .events
+        .iter()
+        .filter_map(|e| e.readings.first())
+        .collect();
+    let first_pass = judged
+        .iter()
+        .position(|r| r.verdict == rampart_core::judge::Verdict::Pass)
+        .unwrap_or_else(|| panic!("no pass: {:?}", drove.state.decision));
+    // Intervals 1-2 untested; four tested intervals of 25 make the 100.
+    assert_eq!(
+        first_pass + 1,
+        6,
+        "passed at interval {} with {} canary requests tested",
+        first_pass + 1,
+        25 * (first_pass + 1).saturating_sub(2)
+    );
+}

@@ -225,15 +225,7 @@ pub(super) fn judge_interval(b: &mut Builder<'_>, sample: &IntervalSample) -> Ju
                     Some((_, Timing::Total)) => &b.s.stable_latency_total,
                     _ => &b.s.stable_latency,
                 };
-                judge::sequential_with(
-                    m,
-                    seq,
-                    sample,
-                    &mut b.s.evidence[i],
-                    history,
-                    b.s.canary_seen,
-                    idle,
-                )
+                judge::sequential_with(m, seq, sample, &mut b.s.evidence[i], history, idle)
             }
         });
     }

@@ -310,7 +310,8 @@ pub struct Release {
     #[serde(default)]
     pub stable_latency_total: Histogram,
     /// Canary requests over every analysed interval since the evidence was last
-    /// started afresh (the release's start, rollback level 1's check).
+    /// started afresh (the release's start, rollback level 1's check). Informational:
+    /// each sequential judge gates on the requests it tested (`Evidence::tested`).
     pub canary_seen: u64,
     /// Consecutive inconclusive intervals.
     pub inconclusive_streak: u32,

@@ -187,8 +187,8 @@ pub(super) fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
         return b.rollback_traffic();
     }
     // Judge the interval after the switch on its own: fresh evidence, fresh streaks,
-    // and `min_samples` counted from the switch (the builtin sequential judge's gate
-    // reads `canary_seen`, as a sequential judge on counts reads its evidence's).
+    // and `min_samples` counted from the switch (a sequential judge's gate reads its
+    // evidence's tested count).
     let n = b.policy.analysis.metrics.len();
     b.s.evidence = vec![Evidence::default(); n];
     b.s.canary_seen = 0;

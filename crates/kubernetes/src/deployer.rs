@@ -40,6 +40,20 @@ impl Kubernetes {
 
     /// Applies `version`'s image to the stable Deployment (`live`, as just read), sets
     /// its `replicas` when given, and waits for its rollout.
+    /// The image of `version` by the policy's template, refused when it is none a
+    /// registry takes: a version Git started (`TAG+REVISION`) whose Deployment no longer
+    /// opts in must never be written as an image (it would roll out pods that cannot
+    /// pull, unpaused).
+    fn image_for(&self, version: &str) -> Result<String, Error> {
+        let image = self.deploy.image_of(version);
+        match objects::image_problem(&image) {
+            Some(why) => Err(Error::Shape(format!(
+                "version {version} makes the image `{image}` by `deploy.kubernetes.image`, and {why}: nothing is written (a version Git started is released only while its Deployment opts in)"
+            ))),
+            None => Ok(image),
+        }
+    }
+
     pub(crate) async fn apply_stable(
         &self,
         live: &KubeDeployment,
@@ -56,7 +70,7 @@ impl Kubernetes {
                 .wait_ready(&self.deploy.deployment, self.deploy.ready_timeout)
                 .await;
         }
-        let image = self.deploy.image_of(version);
+        let image = self.image_for(version)?;
         let keep =
             objects::applies_replicas(live).then(|| replicas.unwrap_or(objects::replicas(live)));
         let body = objects::stable_patch(&self.deploy, &image, keep);
@@ -93,7 +107,9 @@ impl Kubernetes {
             objects::start_pods(&mut body);
         }
         if gitops::opted_in(stable) {
-            gitops::canary_of_revision(&mut body, stable, &self.deploy.container)?;
+            gitops::canary_of_revision(&mut body, stable, &self.deploy.container, version)?;
+        } else {
+            self.image_for(version)?;
         }
         self.apply_deployment(&self.deploy.canary_name, &body)
             .await?;

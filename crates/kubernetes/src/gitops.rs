@@ -314,7 +314,20 @@ pub fn canary_of_revision(
     body: &mut Value,
     stable: &Deployment,
     container: &str,
+    version: &str,
 ) -> Result<(), Error> {
+    // A release Git started names its revision in its version: the template the
+    // stable holds now must be that one (Git may have applied another since the
+    // release was queued), or the canary would run what nobody asked to release.
+    let now = revision(stable);
+    if let Some(named) = named_revision(version)
+        && !now.starts_with(named)
+    {
+        return Err(Error::Shape(format!(
+            "Deployment `{}` holds revision {now} now, not the one release {version} was started for: Git applied another template since, which this release does not run (a release of it follows)",
+            stable.metadata.name.as_deref().unwrap_or("?")
+        )));
+    }
     let image = objects::container_image(stable, container)?;
     if let Some(c) = body["spec"]["template"]["spec"]["containers"]
         .as_array_mut()
@@ -324,6 +337,17 @@ pub fn canary_of_revision(
     }
     body["metadata"]["annotations"][CANARY_REVISION] = json!(revision(stable));
     Ok(())
+}
+
+/// The revision (or its first characters) a GitOps release's version names: `TAG+REV`
+/// or `rev-REV`; `None` for a version a person gave.
+fn named_revision(version: &str) -> Option<&str> {
+    let hex = |r: &str| !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit());
+    version
+        .rsplit_once('+')
+        .map(|(_, r)| r)
+        .or_else(|| version.strip_prefix("rev-"))
+        .filter(|r| hex(r))
 }
 
 // === impl Kubernetes (GitOps mode of a release) ===

@@ -216,6 +216,26 @@ pub fn version_label(version: &str) -> String {
     format!("h-{:016x}", fnv1a(version))
 }
 
+/// Why `image` is no image reference a registry could serve, if it is not: its tag
+/// (after the last `:` of its last path part; a digest `@sha256:...` is not one) must
+/// be 1 to 128 of letters, digits, `_`, `.` and `-`, not starting with `.` or `-`. A
+/// version with `+` (Git's `TAG+REVISION`, semver build metadata) makes no tag.
+pub fn image_problem(image: &str) -> Option<String> {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains('@') {
+        return None;
+    }
+    let (_, tag) = last.split_once(':')?;
+    let ok = (1..=128).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !tag.starts_with(['.', '-']);
+    (!ok).then(|| {
+        format!("its tag `{tag}` is none a registry takes (letters, digits, `_`, `.` and `-`, at most 128)")
+    })
+}
+
 /// FNV-1a of `text`: stable across Rust versions and platforms, unlike the std hasher.
 fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -913,6 +933,25 @@ pub fn route_weight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_whose_tag_no_registry_takes_is_named() {
+        for fine in [
+            "registry.example.com/checkout:v2",
+            "registry.example.com:5000/team/checkout:1.4.2-rc.1_b7",
+            "checkout",
+            "registry.example.com/checkout@sha256:0123abcd",
+        ] {
+            assert_eq!(image_problem(fine), None, "{fine}");
+        }
+        for wrong in [
+            "registry.example.com/checkout:v1+80cb43b8e9",
+            "registry.example.com/checkout:.hidden",
+            &format!("checkout:{}", "a".repeat(129)),
+        ] {
+            assert!(image_problem(wrong).is_some(), "{wrong}");
+        }
+    }
 
     #[test]
     fn a_canary_service_name_fits_a_service_name() {

@@ -243,6 +243,25 @@ impl Watch {
             self.abort(s, &reason).await;
             did.push(Did::Superseded(s.id.clone()));
         }
+        // Released by its annotations, but its pods are not all on it (a promotion
+        // that halted left them mixed, its canary still serving): not released.
+        if released && !w.rolled_out {
+            let release = w.annotation(gitops::RELEASE).unwrap_or("").to_string();
+            self.watched
+                .report(
+                    w,
+                    Phase::Failed,
+                    &release,
+                    &format!(
+                        "revision {} is the one last released, but the Deployment's pods are not all on it: a release that halted left them (its canary may still serve); a person decides (`rampart stop --canary` sends the canary's users back)",
+                        w.revision
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(e)?;
+            return Ok(Did::Nothing);
+        }
         if released {
             let version = w.annotation(gitops::RELEASED_VERSION).unwrap_or("");
             let release = w.annotation(gitops::RELEASE).unwrap_or("").to_string();
@@ -430,7 +449,9 @@ impl Watch {
             .await
             .map_err(|e| e.to_string())?;
         for r in recent {
-            if r.version == version && r.outcome.is_some() {
+            // A release this loop ended because Git moved on (or its Deployment went)
+            // is no verdict on its version: Git returning to it releases it again.
+            if r.version == version && r.outcome.is_some() && !self.ended_by_the_loop(&r.id).await {
                 return Ok(Some(r));
             }
             let promoted = r.outcome.map(|o| o.as_str()) == Some("promoted");
@@ -439,6 +460,18 @@ impl Watch {
             }
         }
         Ok(None)
+    }
+
+    /// Whether the loop itself aborted release `id` (it superseded it, or its
+    /// Deployment went): an abort by its `gitops:` initiator. Unreadable: not.
+    async fn ended_by_the_loop(&self, id: &str) -> bool {
+        use rampart_core::release::Input;
+        let Ok((_, log)) = self.app.store.load(id).await else {
+            return false;
+        };
+        log.iter().any(|e| {
+            matches!(&e.input, Input::Abort { actor, .. } if actor.starts_with(INITIATOR_PREFIX))
+        })
     }
 
     /// Whether the release of `version` among `mine` is open and promoting: the

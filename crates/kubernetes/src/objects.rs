@@ -874,6 +874,15 @@ pub fn route_readiness(route: &DynamicObject) -> Readiness {
                         "parent `{name}` has not observed generation {generation} yet (at {observed})"
                     ));
                 }
+                // A Gateway resolves Services through its own caches, which may not
+                // have the canary's Service created a moment ago: a backend not found
+                // is waited for (until the change's timeout), anything else fails.
+                if c["status"] != "True" && c["reason"] == "BackendNotFound" {
+                    return Readiness::Waiting(format!(
+                        "parent `{name}` does not resolve a backend yet (BackendNotFound): {}",
+                        c["message"].as_str().unwrap_or("")
+                    ));
+                }
                 if c["status"] != "True" {
                     return Readiness::Failed(format!(
                         "parent `{name}` reports {type_}={} ({}): {}",
@@ -933,6 +942,34 @@ pub fn route_weight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Gateway that has not yet seen the canary's Service (its caches lag the Service
+    /// created a moment ago) says BackendNotFound: waited for. A reference it refuses
+    /// fails at once.
+    #[test]
+    fn a_backend_not_found_yet_is_waited_for_and_a_refused_one_fails() {
+        let route = |reason: &str| -> DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "r", "namespace": "ns", "generation": 2},
+                "spec": {"parentRefs": [{"name": "public"}], "rules": []},
+                "status": {"parents": [{"parentRef": {"name": "public"}, "conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": 2},
+                    {"type": "ResolvedRefs", "status": "False", "reason": reason,
+                     "message": "Service app-canary", "observedGeneration": 2}
+                ]}]}
+            }))
+            .unwrap()
+        };
+        assert!(matches!(
+            route_readiness(&route("BackendNotFound")),
+            Readiness::Waiting(_)
+        ));
+        assert!(matches!(
+            route_readiness(&route("RefNotPermitted")),
+            Readiness::Failed(_)
+        ));
+    }
 
     #[test]
     fn an_image_whose_tag_no_registry_takes_is_named() {

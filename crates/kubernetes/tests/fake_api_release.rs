@@ -15,10 +15,10 @@ use std::time::Duration;
 use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, Ports, Silent};
-use rampart_core::metrics::{IntervalSample, QueryReading};
-use rampart_core::policy::{Gate, Policy};
+use rampart_core::metrics::IntervalSample;
+use rampart_core::policy::Policy;
 use rampart_core::ports::*;
-use rampart_core::release::{GateResult, Phase};
+use rampart_core::release::Phase;
 use rampart_kubernetes::Kubernetes;
 use serde_json::{Value, json};
 use support::cluster::{self, World};
@@ -34,37 +34,7 @@ impl MetricsSource for Queries {
         _: &'a rampart_core::release::MeasureWindow,
     ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
         let canary = self.0.load(Ordering::SeqCst) as f64 / 1000.0;
-        Box::pin(async move {
-            Ok(IntervalSample {
-                queries: vec![QueryReading {
-                    name: "errors".into(),
-                    stable: Some(0.0),
-                    canary: Some(canary),
-                    ..QueryReading::default()
-                }],
-                ..Default::default()
-            })
-        })
-    }
-}
-
-struct Nothing;
-
-impl GateRunner for Nothing {
-    fn run<'a>(&'a self, g: &'a Gate) -> BoxFuture<'a, GateResult> {
-        Box::pin(async move {
-            GateResult {
-                name: g.name.clone(),
-                ok: true,
-                detail: String::new(),
-            }
-        })
-    }
-}
-
-impl Notifier for Nothing {
-    fn notify<'a>(&'a self, _: &'a Notice) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+        Box::pin(async move { Ok(errors_reading(canary)) })
     }
 }
 

@@ -17,10 +17,10 @@ use kube::client::Body;
 use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, Ports, Silent};
-use rampart_core::metrics::{IntervalSample, QueryReading};
-use rampart_core::policy::{Gate, Policy};
+use rampart_core::metrics::IntervalSample;
+use rampart_core::policy::Policy;
 use rampart_core::ports::*;
-use rampart_core::release::{GateResult, Phase};
+use rampart_core::release::Phase;
 use rampart_kubernetes::Kubernetes;
 use serde_json::{Value, json};
 use support::cluster::{self, World};
@@ -40,37 +40,7 @@ impl MetricsSource for Queries {
     ) -> BoxFuture<'a, Result<IntervalSample, PortError>> {
         (self.on_measure)();
         let canary = self.errors.load(Ordering::SeqCst) as f64 / 1000.0;
-        Box::pin(async move {
-            Ok(IntervalSample {
-                queries: vec![QueryReading {
-                    name: "errors".into(),
-                    stable: Some(0.0),
-                    canary: Some(canary),
-                    ..QueryReading::default()
-                }],
-                ..Default::default()
-            })
-        })
-    }
-}
-
-struct Nothing;
-
-impl GateRunner for Nothing {
-    fn run<'a>(&'a self, g: &'a Gate) -> BoxFuture<'a, GateResult> {
-        Box::pin(async move {
-            GateResult {
-                name: g.name.clone(),
-                ok: true,
-                detail: String::new(),
-            }
-        })
-    }
-}
-
-impl Notifier for Nothing {
-    fn notify<'a>(&'a self, _: &'a Notice) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+        Box::pin(async move { Ok(errors_reading(canary)) })
     }
 }
 

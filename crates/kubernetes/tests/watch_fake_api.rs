@@ -23,10 +23,10 @@ use std::time::Duration;
 use rampart_adapters::clock::TokioClock;
 use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, Observer, Ports};
-use rampart_core::metrics::{IntervalSample, QueryReading};
-use rampart_core::policy::{Gate, Policy};
+use rampart_core::metrics::IntervalSample;
+use rampart_core::policy::Policy;
 use rampart_core::ports::*;
-use rampart_core::release::{AuditEvent, GateResult, Input, Phase, Release};
+use rampart_core::release::{AuditEvent, Input, Phase, Release};
 use rampart_kubernetes::Kubernetes;
 use serde_json::{Value, json};
 use support::cluster::{self, World};
@@ -112,37 +112,7 @@ impl MetricsSource for Queries {
         let s = &self.0;
         let broken = s.breaks.load(Ordering::SeqCst) && s.watch_began.lock().unwrap().is_some();
         let canary = if broken { 0.2 } else { 0.0 };
-        Box::pin(async move {
-            Ok(IntervalSample {
-                queries: vec![QueryReading {
-                    name: "errors".into(),
-                    stable: Some(0.0),
-                    canary: Some(canary),
-                    ..QueryReading::default()
-                }],
-                ..Default::default()
-            })
-        })
-    }
-}
-
-struct Nothing;
-
-impl GateRunner for Nothing {
-    fn run<'a>(&'a self, g: &'a Gate) -> BoxFuture<'a, GateResult> {
-        Box::pin(async move {
-            GateResult {
-                name: g.name.clone(),
-                ok: true,
-                detail: String::new(),
-            }
-        })
-    }
-}
-
-impl Notifier for Nothing {
-    fn notify<'a>(&'a self, _: &'a Notice) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+        Box::pin(async move { Ok(errors_reading(canary)) })
     }
 }
 

@@ -1145,3 +1145,237 @@ fn gitops_a_revision_refused_before_another_was_promoted_is_released_again_fake_
         Some("\"registry.example.com/checkout:v2\"")
     );
 }
+
+// === an adversarial review of GitOps-triggered releases (each test failed on the code
+// it reviewed) ===
+
+/// Waits until `done` holds, at most `DEADLINE`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let nap = Duration::from_millis(50);
+    let mut waited = Duration::ZERO;
+    while !done() {
+        assert!(waited < DEADLINE, "never: {what}");
+        std::thread::sleep(nap);
+        waited += nap;
+    }
+}
+
+fn template_image(world: &Arc<Mutex<World>>) -> String {
+    let w = world.lock().unwrap();
+    at(&w.objects[STABLE], "spec/template/spec/containers/0/image").to_string()
+}
+
+/// Review: Git reverted to the running revision while v2's release waited (it was
+/// superseded, rolled back by the watch, never by analysis), then went forward to v2
+/// again ("revert the revert"). v2 was taken as refused: the superseded release's
+/// outcome (`rolled_back`) counted as a verdict on the revision, and nothing was ever
+/// released until Git applied yet another template.
+#[test]
+fn gitops_a_revision_superseded_by_a_revert_is_released_when_git_returns_to_it_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let v1 = annotation(&world, "rampart.dev/released-revision").unwrap();
+    let first = started(&server.tick());
+    server.wait_phase(&first, "awaiting_approval");
+    // Git reverts to what runs: the release is superseded, and nothing starts.
+    git_applies(&world, "v1");
+    let did = server.tick();
+    assert!(
+        did.contains(&("shop/checkout".into(), Did::Superseded(first.clone()))),
+        "{did:?}"
+    );
+    assert_eq!(annotation(&world, "rampart.dev/revision"), Some(v1.clone()));
+    server.wait_phase(&first, "rolled_back");
+    assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Nothing)]);
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("released")
+    );
+    // Git goes forward to v2 again: nothing judged v2, so it is released.
+    git_applies(&world, "v2");
+    let did = server.tick();
+    assert!(
+        did.iter().any(|(_, d)| matches!(d, Did::Started(_))),
+        "v2 was not released again: {did:?}; phase {:?}: {:?}",
+        annotation(&world, "rampart.dev/phase"),
+        annotation(&world, "rampart.dev/message")
+    );
+    assert_ne!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("refused")
+    );
+}
+
+/// Review: the Deployment opted out (Git dropped `rampart.dev/policy`) while
+/// `rampart serve` was down with a release of v2 waiting for approval. On restart the
+/// queue resumed the release before any tick, and its "ensure the stable" step, no
+/// longer in GitOps mode, applied the image of the GitOps version (`v1+<revision>`,
+/// not a tag that exists) to the user's Deployment: Git's template replaced by an
+/// image that cannot be pulled, owned by rampart's field manager.
+#[test]
+fn gitops_a_release_resumed_after_an_opt_out_never_writes_its_version_as_an_image_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    drop(server); // rampart serve is down
+    // Git drops the opt-in; the template stays v2.
+    let body = as_git_has_it(manifest("v2", false));
+    world
+        .lock()
+        .unwrap()
+        .apply_as(STABLE, &body, "argocd-controller");
+    let server = Server::start(&world, dir.path());
+    // The queue takes the release up again on its own: wait for the resume to act
+    // (an event after `resumed`), with no tick in between.
+    wait_until("the release resumed and acted", || {
+        let events = server.events(&id);
+        events
+            .iter()
+            .position(|(k, _)| k == "resumed")
+            .is_some_and(|i| i + 1 < events.len())
+            || template_image(&world).contains('+')
+    });
+    let image = template_image(&world);
+    assert_eq!(
+        image,
+        "\"registry.example.com/checkout:v2\"",
+        "rampart rewrote Git's image: {:?}",
+        server.events(&id)
+    );
+    assert!(
+        !world
+            .lock()
+            .unwrap()
+            .owns(STABLE, "rampart", "spec.template.spec.containers"),
+        "rampart's field manager owns the stable's image"
+    );
+}
+
+/// Waits for the release to settle where a human or the watch decides next (waiting
+/// for approval) or to be over, at most `DEADLINE`, and says where.
+fn wait_settled(server: &Server, id: &str) -> String {
+    let mut now = String::new();
+    wait_until("the release settled", || {
+        now = server.phase(id);
+        [
+            "awaiting_approval",
+            "promoted",
+            "rolled_back",
+            "halted",
+            "escalated",
+            "aborted",
+        ]
+        .contains(&now.as_str())
+    });
+    now
+}
+
+/// Review: a release names one revision (its version is `TAG+REVISION`), but its
+/// canary was derived from whatever template the stable had when the canary was
+/// made. Git applied v4 while the release of v3 waited in the queue (behind the
+/// rollback of the v2 release it superseded): the canary of "v3" ran v4, the
+/// approval asked for was for v3, and once approved v4 rolled out to every user,
+/// recorded as version v3.
+#[test]
+fn gitops_a_canary_runs_only_the_revision_its_release_names_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let first = started(&server.tick());
+    server.wait_phase(&first, "awaiting_approval");
+    git_applies(&world, "v3");
+    // Git's next commit lands right as the superseded release removes its canary:
+    // the release of v3 is still queued behind it.
+    world.lock().unwrap().edit_after = Some((
+        format!("DELETE {CANARY}"),
+        STABLE.into(),
+        "/spec/template/spec/containers/0/image".into(),
+        json!("registry.example.com/checkout:v4"),
+    ));
+    let did = server.tick();
+    assert!(
+        did.contains(&("shop/checkout".into(), Did::Superseded(first.clone()))),
+        "{did:?}"
+    );
+    let second = started(&did);
+    let version = server
+        .releases()
+        .into_iter()
+        .find(|(id, _)| *id == second)
+        .unwrap()
+        .1;
+    assert!(version.starts_with("v3+"), "{version}");
+    let settled = wait_settled(&server, &second);
+    assert!(
+        world.lock().unwrap().edit_after.is_none(),
+        "Git's v4 never landed: the test proves nothing"
+    );
+    if settled == "awaiting_approval" {
+        let w = world.lock().unwrap();
+        let canary = &w.objects[CANARY];
+        let derived = canary["metadata"]["annotations"]["rampart.dev/canary-revision"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let image = at(canary, "spec/template/spec/containers/0/image").to_string();
+        drop(w);
+        assert!(
+            version.ends_with(&derived[..10.min(derived.len())]) && !image.contains("v4"),
+            "release {second} of {version} analyses a canary of revision {derived} ({image})"
+        );
+        // What it leads to, once someone approves "v3".
+        server.approve(&second);
+        let outcome = server.wait_over(&second);
+        if outcome == "promoted" {
+            let revision = annotation(&world, "rampart.dev/released-revision").unwrap();
+            let released = annotation(&world, "rampart.dev/released-version").unwrap();
+            assert!(
+                released.ends_with(&revision[..10]),
+                "the pods run revision {revision} ({:?}), recorded as version {released}",
+                running(&world, STABLE)
+            );
+        }
+    }
+}
+
+/// Review: a promotion whose rollout failed halts (phase `failed`: the stable is
+/// paused with its pods a mix of two revisions, and the canary keeps serving at
+/// 100 %). Git then reverted to the released revision, and the next tick wrote phase
+/// `released` ("runs revision v1") from the annotations alone: Argo CD turned Healthy
+/// while users were still on the halted release's canary and nobody had acted.
+#[test]
+fn gitops_a_revert_after_a_halted_promotion_is_not_reported_released_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let id = started(&server.tick());
+    server.wait_phase(&id, "awaiting_approval");
+    // The full rollout's new pods never get ready (the canary's did).
+    world.lock().unwrap().broken.insert(STABLE.into());
+    server.approve(&id);
+    assert_eq!(server.wait_over(&id), "halted", "{:?}", server.events(&id));
+    server.tick();
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("failed")
+    );
+    // The team reverts in Git; nobody has looked at the halted release.
+    git_applies(&world, "v1");
+    server.tick();
+    let canary_left = world.lock().unwrap().objects.contains_key(CANARY);
+    assert!(
+        canary_left,
+        "the halted release's canary is gone: the test proves nothing"
+    );
+    assert_ne!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("released"),
+        "{:?}; the canary {:?} still serves, the stable's pods {:?}",
+        annotation(&world, "rampart.dev/message"),
+        canary_image(&world),
+        running(&world, STABLE)
+    );
+}

@@ -526,3 +526,44 @@ pub fn role_rules(text: &str) -> BTreeSet<(String, String, String, Vec<String>)>
 }
 
 pub mod cluster;
+
+/// Gates that all pass and notices that go nowhere, for releases driven whole.
+pub struct Nothing;
+
+impl rampart_core::ports::GateRunner for Nothing {
+    fn run<'a>(
+        &'a self,
+        g: &'a rampart_core::policy::Gate,
+    ) -> rampart_core::ports::BoxFuture<'a, rampart_core::release::GateResult> {
+        Box::pin(async move {
+            rampart_core::release::GateResult {
+                name: g.name.clone(),
+                ok: true,
+                detail: String::new(),
+            }
+        })
+    }
+}
+
+impl rampart_core::ports::Notifier for Nothing {
+    fn notify<'a>(
+        &'a self,
+        _: &'a rampart_core::ports::Notice,
+    ) -> rampart_core::ports::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// One interval of the test policies' `errors` query: 0 on stable, `canary` on the
+/// canary.
+pub fn errors_reading(canary: f64) -> rampart_core::metrics::IntervalSample {
+    rampart_core::metrics::IntervalSample {
+        queries: vec![rampart_core::metrics::QueryReading {
+            name: "errors".into(),
+            stable: Some(0.0),
+            canary: Some(canary),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

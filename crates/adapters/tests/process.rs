@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::processes::{SERVER, alive, server_spec, spec};
+use common::processes::{SERVER, alive, processes_of, server_spec, spec};
 use rampart_adapters::process::{ProcessDeployer, ProcessRecord};
 use rampart_core::Variant;
 use rampart_core::ports::Deployer;
@@ -271,22 +271,6 @@ async fn scales_up_then_retires_replicas_beyond_the_count() {
     d.stop(Variant::Canary).await.unwrap();
     assert!(!alive(pids[0]));
     assert!(records(dir.path(), "canary").is_empty());
-}
-
-/// Pids of the live processes started for `service` (by their marks).
-fn processes_of(service: &str) -> Vec<u32> {
-    let mark = format!("RAMPART_SERVICE={service}");
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::processes::{SERVER, alive, server_spec, spec};
+use common::processes::{SERVER, alive, processes_of, server_spec, spec};
 use rampart_adapters::notify::HookNotifier;
 use rampart_adapters::process::{ProcessDeployer, ProcessRecord};
 use rampart_core::Variant;
@@ -18,22 +18,6 @@ use rampart_core::Weight;
 use rampart_core::policy::{NotifyHook, NotifyTarget, Secret};
 use rampart_core::ports::{Deployer, Notice, Notifier};
 use rampart_core::release::NoticeKind;
-
-/// Pids of the live processes started for `service` (by their marks).
-fn processes_of(service: &str) -> Vec<u32> {
-    let mark = format!("RAMPART_SERVICE={service}");
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
-}
 
 fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(

@@ -255,6 +255,18 @@ fn breaking_migrations_approved_after_their_timeout_are_not_applied() {
     assert_eq!(end.state.phase, Phase::Blocked);
 }
 
+/// A first release (no stable) of `p` started at `at`, inside its window: its gates
+/// are asked for at once.
+fn first_release_inside_the_window(p: &Policy, at: Millis) -> Release {
+    let s = step(p, &Release::default(), &start(None, None), at).state;
+    assert_eq!(
+        s.pending,
+        Some(Action::RunGates),
+        "started inside the window"
+    );
+    s
+}
+
 /// Milliseconds since the epoch of a UTC wall-clock time.
 fn utc(s: &str) -> Millis {
     let dt: jiff::civil::DateTime = s.parse().unwrap();
@@ -311,18 +323,7 @@ fn an_initial_deployment_does_not_go_to_full_traffic_outside_the_window() {
     ))
     .unwrap();
     // 2026-11-25 is a Wednesday.
-    let s = step(
-        &p,
-        &Release::default(),
-        &start(None, None),
-        utc("2026-11-25 16:50"),
-    )
-    .state;
-    assert_eq!(
-        s.pending,
-        Some(Action::RunGates),
-        "started inside the window"
-    );
+    let s = first_release_inside_the_window(&p, utc("2026-11-25 16:50"));
     let s = step(
         &p,
         &s,
@@ -411,18 +412,7 @@ fn a_first_release_does_not_take_all_traffic_when_its_wait_ends_inside_a_freeze(
     ))
     .unwrap();
     // 2026-11-23 is a Monday: started inside the window, ready inside the freeze.
-    let s = step(
-        &p,
-        &Release::default(),
-        &start(None, None),
-        utc("2026-11-23 09:30"),
-    )
-    .state;
-    assert_eq!(
-        s.pending,
-        Some(Action::RunGates),
-        "started inside the window"
-    );
+    let s = first_release_inside_the_window(&p, utc("2026-11-23 09:30"));
     let (s, now, _) = drive_until(&p, s, utc("2026-11-23 09:50"), |s| {
         s.phase == Phase::AwaitingApproval || s.phase.is_terminal()
     });

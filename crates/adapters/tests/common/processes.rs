@@ -36,3 +36,19 @@ pub fn server_spec() -> ProcessSpec {
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
+
+/// Pids of the live processes started for `service` (by their marks).
+pub fn processes_of(service: &str) -> Vec<u32> {
+    let mark = format!("RAMPART_SERVICE={service}");
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}

@@ -144,10 +144,10 @@ impl Kubernetes {
         let existing = self.canary_opt().await?;
         // A canary of another version that users reach now (what a halted release
         // left) is never rolled out to this version under them.
-        if existing
+        if let Some(other) = existing
             .as_ref()
-            .is_some_and(|c| objects::canary_version(c).as_deref() != Some(version))
-            && let Some((left, weight)) = self.canary_in_force().await?
+            .filter(|c| objects::canary_version(c).as_deref() != Some(version))
+            && let Some((left, weight)) = self.in_force(other, &stable).await?
         {
             return Err(Error::Shape(format!(
                 "Deployment `{}` runs {} and gets {weight} of the traffic (a finished release left it there): {version} would replace it under those users before any analysis. Decide where they go first: `rampart stop --canary` sends them back to the stable and removes it",

@@ -159,20 +159,29 @@ impl Kubernetes {
             return Ok(None);
         };
         let stable = self.stable().await?;
+        self.in_force(&canary, &stable).await
+    }
+
+    /// [`Kubernetes::canary_in_force`] of `canary` and `stable` as read.
+    pub(crate) async fn in_force(
+        &self,
+        canary: &k8s_openapi::api::apps::v1::Deployment,
+        stable: &k8s_openapi::api::apps::v1::Deployment,
+    ) -> Result<Option<(Option<String>, Weight)>, Error> {
         let weight = match &self.traffic.mode {
             KubeMode::ReplicaRatio { .. } => {
-                if objects::replicas(&canary) == 0 {
+                if objects::replicas(canary) == 0 {
                     Weight::ZERO
                 } else {
-                    objects::replica_weight(objects::replicas(&canary), objects::replicas(&stable))?
+                    objects::replica_weight(objects::replicas(canary), objects::replicas(stable))?
                 }
             }
             KubeMode::ServiceSelector { service } => {
                 let svc = self.service(service).await?;
                 objects::selector_weight(
                     &svc,
-                    &objects::track_labels(&stable, "stable"),
-                    &objects::track_labels(&stable, "canary"),
+                    &objects::track_labels(stable, "stable"),
+                    &objects::track_labels(stable, "canary"),
                 )?
             }
             KubeMode::HttpRoute { service, route } => {
@@ -185,6 +194,6 @@ impl Kubernetes {
                 }
             }
         };
-        Ok((weight > Weight::ZERO).then(|| (objects::canary_version(&canary), weight)))
+        Ok((weight > Weight::ZERO).then(|| (objects::canary_version(canary), weight)))
     }
 }

@@ -115,14 +115,18 @@ impl Kubernetes {
 
     async fn set_route(&self, service: &str, route: &str, weight: Weight) -> Result<Weight, Error> {
         let canary_service = objects::canary_service_name(service);
-        if weight == Weight::ZERO {
-            // No rule sends to the canary's Service yet (a release refused before its
-            // first step): all traffic is on the stable already, and nothing is
-            // written (a Service of that name that is not rampart's is left alone).
-            let current = self.route(route).await?;
-            if !objects::route_sends_to(&current, &canary_service) {
-                return objects::route_weight(&current, service, &canary_service);
-            }
+        // Read first only on the way to 0 %: with no rule sending to the canary's
+        // Service yet (a release refused before its first step), all traffic is on the
+        // stable already, and nothing is written (a Service of that name that is not
+        // rampart's is left alone).
+        let read_first = match weight {
+            Weight::ZERO => Some(self.route(route).await?),
+            _ => None,
+        };
+        if let Some(current) = &read_first
+            && !objects::route_sends_to(current, &canary_service)
+        {
+            return objects::route_weight(current, service, &canary_service);
         }
         let stable = self.stable_for(weight).await?;
         let stable_svc = self.service(service).await?;
@@ -133,7 +137,10 @@ impl Kubernetes {
             &objects::track_labels(&stable, "canary"),
         );
         self.apply_service(&canary_service, &body).await?;
-        let current = self.route(route).await?;
+        let current = match read_first {
+            Some(current) => current,
+            None => self.route(route).await?,
+        };
         let body = objects::weighted_route(&current, service, &canary_service, weight)?;
         self.apply_route(route, &body).await?;
         let read = self.wait_route(route, self.deploy.ready_timeout).await?;

@@ -164,10 +164,7 @@ pub fn revision(d: &Deployment) -> String {
         .unwrap_or(Value::Null);
     let mut text = String::new();
     canonical(&template, &mut text);
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    format!("{:016x}", objects::fnv1a(&text))
 }
 
 fn canonical(v: &Value, out: &mut String) {

@@ -237,7 +237,7 @@ pub fn image_problem(image: &str) -> Option<String> {
 }
 
 /// FNV-1a of `text`: stable across Rust versions and platforms, unlike the std hasher.
-fn fnv1a(text: &str) -> u64 {
+pub(crate) fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -745,13 +745,7 @@ fn group_weights(
         let (s, c) = split(10_000);
         return Some((s, c, 1));
     }
-    let in_rule = |svc: &str| {
-        refs.iter()
-            .filter(|r| names(r, svc))
-            .map(ref_weight)
-            .sum::<u64>()
-    };
-    let group = in_rule(service).saturating_add(in_rule(canary_service));
+    let group = weight_to(refs, service).saturating_add(weight_to(refs, canary_service));
     if group == 0 {
         return None;
     }
@@ -897,6 +891,14 @@ pub fn route_readiness(route: &DynamicObject) -> Readiness {
     Readiness::Ready
 }
 
+/// The weight a rule's backendRefs give Service `service` (each 1 when unset).
+fn weight_to(refs: &[Value], service: &str) -> u64 {
+    refs.iter()
+        .filter(|r| names(r, service))
+        .map(ref_weight)
+        .sum()
+}
+
 /// Whether any rule of `route` has a backendRef to Service `service`.
 pub fn route_sends_to(route: &DynamicObject, service: &str) -> bool {
     rules(route)
@@ -912,9 +914,6 @@ pub fn route_weight(
     canary_service: &str,
 ) -> Result<Weight, Error> {
     let name = route.metadata.name.as_deref().unwrap_or("?");
-    let weight_of = |refs: &[Value], svc: &str| -> u64 {
-        refs.iter().filter(|r| names(r, svc)).map(ref_weight).sum()
-    };
     let sending: Vec<Vec<Value>> = rules(route)
         .into_iter()
         .map(|r| refs(&r))
@@ -929,7 +928,7 @@ pub fn route_weight(
     // is left as it is, see `weighted_route`).
     let (s, c) = sending
         .iter()
-        .map(|rule| (weight_of(rule, service), weight_of(rule, canary_service)))
+        .map(|rule| (weight_to(rule, service), weight_to(rule, canary_service)))
         .find(|(s, c)| s + c > 0)
         .ok_or_else(|| {
             Error::Weight(format!(

@@ -849,19 +849,6 @@ pub(crate) fn file_part(s: &str) -> String {
     out
 }
 
-/// `s` as a file-name part: letters, digits, `.`, `-` and `_` kept, the rest `_`.
-pub(crate) fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 impl Deployer for ProcessDeployer {
     fn deploy<'a>(
         &'a self,

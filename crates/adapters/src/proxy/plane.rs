@@ -97,7 +97,7 @@ impl PlaneFiles {
     pub fn new(state_dir: &Path, service: &str) -> Self {
         PlaneFiles {
             dir: state_dir.join("dataplane"),
-            name: crate::process::sanitize(service),
+            name: crate::process::file_part(service),
         }
     }
 

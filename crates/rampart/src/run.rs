@@ -13,6 +13,7 @@ use rampart_adapters::lockfile;
 use rampart_adapters::process::ProcessDeployer;
 use rampart_adapters::proxy::Proxy;
 use rampart_adapters::store::StateStore;
+use rampart_adapters::store::acting::Fenced;
 use rampart_controller::{Controller, MigrationPlan, Ports};
 use rampart_core::admission::{self, Start, StartRefusal};
 use rampart_core::policy::{Policy, Traffic};
@@ -668,9 +669,11 @@ pub async fn run_release(
             plane.metrics.clone()
         }
     };
+    // A leader of several replicas that stalls past its lease between a decision and
+    // its change must not make the change when it wakes (see `store::acting`).
     let ports = Ports {
-        deployer: deployer.clone(),
-        router: plane.router.clone(),
+        deployer: Arc::new(Fenced::new(deployer.clone(), store.clone())),
+        router: Arc::new(Fenced::new(plane.router.clone(), store.clone())),
         metrics,
         gates: Arc::new(LocalGates),
         store: store.clone(),

@@ -255,6 +255,11 @@ impl Lease {
                         {
                             Ok(Some(token)) => {
                                 self.store.fence_as_leader(&self.name, &self.holder, token);
+                                self.store.act_until(
+                                    token,
+                                    self.clock.clone(),
+                                    asked.saturating_add(ms(self.ttl) / 2),
+                                );
                                 tracing::info!(lease = %self.name, holder = %self.holder, token, "took the leader lease");
                                 return Held {
                                     token,
@@ -300,6 +305,8 @@ impl Lease {
             match outcome {
                 Some(Ok(true)) => {
                     renewed = asked;
+                    self.store
+                        .act_until(held.token, self.clock.clone(), renewed + half);
                     wait = self.beat();
                 }
                 Some(Ok(false)) => break Deposed::TakenOver(held.token),

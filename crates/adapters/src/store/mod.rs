@@ -11,8 +11,9 @@
 //! job), and what differs between the databases lives in `value`, `sql`, `schema` and
 //! `postgres`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+pub mod acting;
 mod appends;
 mod chain;
 mod error;
@@ -60,6 +61,15 @@ enum Fence {
     },
 }
 
+/// The fence, and until when a leader may act without having renewed its lease again
+/// (on the lease's clock): past it, the replica is a standby from its next check,
+/// whatever its renewal task has seen yet.
+#[derive(Debug)]
+struct Fencing {
+    fence: Fence,
+    until: Option<(Arc<dyn rampart_core::ports::Clock>, rampart_core::Millis)>,
+}
+
 /// The state store.
 #[derive(Debug)]
 pub struct StateStore {
@@ -67,7 +77,7 @@ pub struct StateStore {
     /// The lease's own connection (the same one on SQLite): a renewal never waits
     /// behind API reads or a batch of appends.
     lease_db: Db,
-    fence: Mutex<Fence>,
+    fence: Mutex<Fencing>,
     postgres: bool,
     appends: Mutex<appends::Appends>,
 }
@@ -136,7 +146,10 @@ impl StateStore {
         let store = StateStore {
             lease_db: lease_db.unwrap_or_else(|| db.clone()),
             db,
-            fence: Mutex::new(Fence::Unfenced),
+            fence: Mutex::new(Fencing {
+                fence: Fence::Unfenced,
+                until: None,
+            }),
             postgres,
             appends: Mutex::new(appends::Appends::default()),
         };
@@ -149,16 +162,58 @@ impl StateStore {
         self.postgres
     }
 
+    /// The fence in force: a leader past its deadline (see [`Fencing`]) is a standby
+    /// from now on.
     fn fence(&self) -> Fence {
-        self.fence
-            .lock()
-            .map(|f| f.clone())
-            .unwrap_or(Fence::Standby)
+        let Ok(mut f) = self.fence.lock() else {
+            return Fence::Standby;
+        };
+        if matches!(f.fence, Fence::Leader { .. })
+            && let Some((clock, until)) = &f.until
+            && clock.now() >= *until
+        {
+            tracing::warn!("the leader lease was not renewed in time; this replica no longer acts");
+            f.fence = Fence::Standby;
+            f.until = None;
+        }
+        f.fence.clone()
     }
 
+    /// Sets the fence; a leader has no deadline until [`StateStore::act_until`] gives
+    /// it one.
     fn set_fence(&self, fence: Fence) {
         if let Ok(mut f) = self.fence.lock() {
-            *f = fence;
+            *f = Fencing { fence, until: None };
+        }
+    }
+
+    /// From now on, the leader holding fencing token `token` acts only until `until`
+    /// on `clock`, unless this is called again (its lease renewed). Nothing changes
+    /// when this store is not that leader.
+    pub(crate) fn act_until(
+        &self,
+        token: i64,
+        clock: Arc<dyn rampart_core::ports::Clock>,
+        until: rampart_core::Millis,
+    ) {
+        if let Ok(mut f) = self.fence.lock()
+            && matches!(f.fence, Fence::Leader { token: t, .. } if t == token)
+        {
+            f.until = Some((clock, until));
+        }
+    }
+
+    /// Refuses at once, asking nothing of the database, when this process is a
+    /// standby or a leader whose lease it could not renew in time: what a caller
+    /// checks right before it changes the world outside the store (a router's
+    /// weights, a deployment), where the fencing token cannot follow.
+    pub fn may_act(&self) -> Result<(), StoreError> {
+        match self.fence() {
+            Fence::Standby => Err(StoreError::NotLeader(
+                "this replica is not the leader (a standby, or a leader whose lease lapsed); it no longer acts"
+                    .into(),
+            )),
+            Fence::Unfenced | Fence::Leader { .. } => Ok(()),
         }
     }
 

@@ -284,6 +284,68 @@ async fn empty_values_are_no_data() {
     );
 }
 
+/// AWS: "A message appears here only if it is related to the global GetMetricData
+/// operation ... An example ... is `Maximum number of allowed metrics exceeded`. If
+/// there is a message, as much of the operation as possible is still executed." The
+/// values that came back are then a sum over part of the metrics the expression
+/// matches: an undercount read as the window's count. A SEARCH that matches too many
+/// metrics does so in every window, so it fails the pre-release check; another
+/// message about the whole operation makes that window no data.
+#[tokio::test]
+async fn a_request_cloudwatch_ran_only_in_part_is_never_a_count() {
+    for (code, value, refused_at_the_gate) in [
+        (
+            "MaxMetricsExceeded",
+            "Maximum number of allowed metrics exceeded",
+            true,
+        ),
+        ("InternalError", "Some queries were not executed", false),
+    ] {
+        let (url, _) = fake_provider::start(Arc::new(move |_, req: &Seen| {
+            let body = match refused(ACCOUNT, req) {
+                Ok(body) => body,
+                Err(no) => return no,
+            };
+            let q = &body["MetricDataQueries"][0];
+            let id = q["Id"].as_str().unwrap_or_default();
+            // The check's unpublished metric is read whole; every expression is run
+            // in part, whatever its window (the trial read's too).
+            let (values, said) = if q["MetricStat"]["Metric"]["Namespace"] == "rampart/check" {
+                (json!([]), json!([]))
+            } else {
+                (json!([3.0]), json!([{"Code": code, "Value": value}]))
+            };
+            let result = json!({"Id": id, "Label": id, "Timestamps": [1_700_000_000], "Values": values, "StatusCode": "Complete"});
+            (
+                200,
+                vec![],
+                json!({"MetricDataResults": [result], "Messages": said}).to_string(),
+            )
+        }))
+        .await;
+        let s = source(&counts_policy(&url), ENV);
+        let q = s.measure(&window()).await.unwrap().queries.remove(0);
+        assert_eq!(
+            (q.stable, q.canary),
+            (None, None),
+            "{code}: a partly run request was read as a count: {q:?}"
+        );
+        assert!(q.detail.contains(value), "{code}: {}", q.detail);
+        let gates = s.check().await;
+        assert_eq!(
+            gates
+                .iter()
+                .any(|g| !g.ok && g.detail.contains("narrow its SEARCH")),
+            refused_at_the_gate,
+            "{code}: {gates:?}"
+        );
+        assert!(
+            gates.iter().all(|g| g.ok || refused_at_the_gate),
+            "{gates:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_wrong_secret_is_refused_fails_the_check_and_no_secret_ever_shows() {
     const WRONG: &str = "notTheSecret/0123456789abcdefEXAMPLEKEY";

@@ -176,6 +176,19 @@ impl CloudWatch {
             throttled: Some(throttled),
         };
         let answer = fetch::json(&req, budget, &self.quiet).await?;
+        // A message about the whole operation means CloudWatch did not run all of it
+        // ("as much of the operation as possible is still executed"), most often
+        // because the expressions match more metrics than one request reads (a
+        // SEARCH over many dimensions). A sum of what it did read would undercount.
+        let overall = said(&messages(&answer["Messages"]), &credentials.secrets());
+        if too_many_metrics(&answer["Messages"]) {
+            return Err(too_many(&overall));
+        }
+        if !overall.is_empty() {
+            return Err(ReadError::Empty(format!(
+                "CloudWatch did not run the whole request{overall}"
+            )));
+        }
         // A result CloudWatch could not compute, or may not show, says why in its
         // messages; anything it echoes is scrubbed like an error.
         for result in answer["MetricDataResults"].as_array().into_iter().flatten() {
@@ -202,6 +215,10 @@ impl CloudWatch {
                 // Some of the window's datapoints are missing (a math expression gets
                 // no `NextToken` to ask for the rest): a sum of part of the window
                 // would undercount, so it is no data.
+                // Part of the metrics a SEARCH matches: no window reads otherwise.
+                "PartialData" if too_many_metrics(&result["Messages"]) => {
+                    return Err(too_many(&messages()));
+                }
                 "PartialData" if answer.get("NextToken").is_none_or(Value::is_null) => {
                     return Err(ReadError::Empty(format!(
                         "CloudWatch returned part of the window's datapoints (PartialData){}",
@@ -295,6 +312,27 @@ fn throttled(status: u16, body: &str) -> bool {
     let kind = error["__type"].as_str().unwrap_or_default();
     let kind = kind.rsplit('#').next().unwrap_or(kind);
     matches!(kind, "Throttling" | "ThrottlingException")
+}
+
+/// Whether a `Messages` list says the request matched more metrics than CloudWatch
+/// reads at once (`Maximum number of allowed metrics exceeded`).
+fn too_many_metrics(list: &Value) -> bool {
+    list.as_array().into_iter().flatten().any(|m| {
+        let code = m["Code"].as_str().unwrap_or_default().to_ascii_lowercase();
+        let value = m["Value"].as_str().unwrap_or_default().to_ascii_lowercase();
+        code.contains("maxmetrics") || value.contains("maximum number of allowed metrics")
+    })
+}
+
+/// The refusal of an expression that matches more metrics than one request reads:
+/// every window would read part of them, so it fails the pre-release check.
+fn too_many(said: &str) -> ReadError {
+    ReadError::Refused {
+        provider: NAME,
+        why: format!(
+            "the expression matches more metrics than CloudWatch reads in one request, and a sum of part of them undercounts; narrow its SEARCH (more dimensions, a fixed metric name){said}"
+        ),
+    }
 }
 
 /// `: message; message` from a `Messages` list, or nothing.

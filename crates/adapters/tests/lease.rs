@@ -212,3 +212,41 @@ async fn check_acting_refuses_a_deposed_leader_and_a_standby_only() {
     let err = r.a.check_acting().await.unwrap_err();
     assert_eq!(err.into_port().kind(), PortErrorKind::Fenced);
 }
+
+/// A release the leader queues on its own (a Git change under `serve --kubernetes`)
+/// is an acting write: a standby (or a deposed leader) may not queue it, while a
+/// person's submission through any replica's API is queued as before.
+#[tokio::test(start_paused = true)]
+async fn only_the_leader_queues_a_release_of_its_own() {
+    use rampart_adapters::store::Submission;
+    let r = replicas().await;
+    let submission = |id: &str| Submission {
+        id: id.into(),
+        service: "shop".into(),
+        version: "v2".into(),
+        stable: None,
+        hotfix: None,
+        initiator: "gitops:shop/checkout".into(),
+        policy: "service: shop".into(),
+        workdir: ".".into(),
+        state: "queued".into(),
+        report: None,
+        created_at: 0,
+    };
+    let token_a = r.a.take_lease("serve", "a", None).await.unwrap().unwrap();
+    r.a.fence_as_leader("serve", "a", token_a);
+    r.b.fence_as_standby();
+    let err = r.b.submit_acting(&submission("r1")).await.unwrap_err();
+    assert_eq!(err.into_port().kind(), PortErrorKind::Fenced);
+    assert!(r.b.may_act().is_err());
+    r.b.submit(&submission("r2")).await.unwrap();
+    r.a.submit_acting(&submission("r3")).await.unwrap();
+    let queued: Vec<String> =
+        r.a.open_submissions()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+    assert_eq!(queued, ["r2", "r3"]);
+}

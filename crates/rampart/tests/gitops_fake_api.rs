@@ -129,6 +129,8 @@ struct Server {
     rt: tokio::runtime::Runtime,
     app: App,
     watch: Watch,
+    /// The store behind `app`, as the lease fences it.
+    store: Arc<StateStore>,
 }
 
 impl Server {
@@ -143,7 +145,7 @@ impl Server {
             .enable_all()
             .build()
             .unwrap();
-        let (app, watch) = rt.block_on(async {
+        let (app, watch, store) = rt.block_on(async {
             let store = Arc::new(StateStore::open(&dir.join("rampart.db")).await.unwrap());
             let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(wall_clock()));
             let client = cluster::connect(world);
@@ -163,9 +165,14 @@ impl Server {
             tokio::spawn(queue.run());
             let namespaces = namespaces.iter().map(|n| n.to_string()).collect();
             let watch = Watch::new(app.clone(), Watched::new(client, namespaces));
-            (app, watch)
+            (app, watch, store)
         });
-        Server { rt, app, watch }
+        Server {
+            rt,
+            app,
+            watch,
+            store,
+        }
     }
 
     fn tick(&self) -> Vec<(String, Did)> {
@@ -1377,5 +1384,31 @@ fn gitops_a_revert_after_a_halted_promotion_is_not_reported_released_fake_api() 
         annotation(&world, "rampart.dev/message"),
         canary_image(&world),
         running(&world, STABLE)
+    );
+}
+
+/// A replica that is no longer the leader (deposed, or stalled past its lease) must
+/// leave Git's changes to the one that is: its watch loop neither queues a release of
+/// a new revision (a second release of it beside the new leader's) nor writes to the
+/// cluster; it says why instead.
+#[test]
+fn gitops_a_deposed_leader_releases_nothing_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let before = world.lock().unwrap().objects[STABLE].clone();
+    server.store.fence_as_standby();
+    let ticked = server.rt.block_on(server.watch.tick());
+    let why = ticked.expect_err("a deposed leader's tick acted");
+    assert!(why.contains("not the leader"), "{why}");
+    assert_eq!(
+        server.releases(),
+        vec![],
+        "a deposed leader queued a release"
+    );
+    assert_eq!(
+        world.lock().unwrap().objects[STABLE],
+        before,
+        "a deposed leader wrote to the Deployment"
     );
 }

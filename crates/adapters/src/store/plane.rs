@@ -84,6 +84,16 @@ pub trait AuditChain: Send + Sync {
 pub trait Submissions: Send + Sync {
     /// Queues a release, and records who asked.
     fn submit<'a>(&'a self, s: &'a Submission) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// [`Submissions::submit`] by the leader itself, fenced like its acting writes
+    /// (a store no lease fences queues it as `submit` does).
+    fn submit_acting<'a>(&'a self, s: &'a Submission) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.submit(s)
+    }
+    /// Whether this process may act on releases now: `Err` once it is a standby, or
+    /// a leader whose lease lapsed (see `StateStore::may_act`).
+    fn may_act(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// A submission by release id.
     fn submission<'a>(
         &'a self,

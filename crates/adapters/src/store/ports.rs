@@ -325,6 +325,14 @@ impl Submissions for StateStore {
         Box::pin(StateStore::submit(self, s))
     }
 
+    fn submit_acting<'a>(&'a self, s: &'a Submission) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(StateStore::submit_acting(self, s))
+    }
+
+    fn may_act(&self) -> Result<(), StoreError> {
+        StateStore::may_act(self)
+    }
+
     fn submission<'a>(
         &'a self,
         id: &'a str,

@@ -7,7 +7,7 @@
 use super::StateStore;
 use super::chain::{chain, sha256_hex};
 use super::error::StoreError;
-use super::sql::{Row, args};
+use super::sql::{Row, Tx, args};
 use rampart_core::Millis;
 
 /// A release submitted to `rampart serve`, as queued.
@@ -61,7 +61,19 @@ pub(super) const SUBMISSION_COLUMNS: &str =
 impl StateStore {
     /// Queues a release for `rampart serve`, and records who asked.
     pub async fn submit(&self, s: &Submission) -> Result<(), StoreError> {
-        let mut tx = self.chained().await?;
+        let tx = self.chained().await?;
+        Self::insert_submission(tx, s).await
+    }
+
+    /// [`StateStore::submit`] for the leader itself (a release it starts on its own,
+    /// as `serve --kubernetes` does for Git's changes): fenced like its other acting
+    /// writes, so that a deposed leader never queues a release beside its successor.
+    pub async fn submit_acting(&self, s: &Submission) -> Result<(), StoreError> {
+        let tx = self.acting().await?;
+        Self::insert_submission(tx, s).await
+    }
+
+    async fn insert_submission(mut tx: Tx, s: &Submission) -> Result<(), StoreError> {
         tx.execute(
             &format!("INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
             args![

@@ -19,7 +19,7 @@ use rampart_kubernetes::gitops::{self, Phase, Watched, Workload};
 
 use super::App;
 use super::api::actions::{Act, act};
-use super::api::releases::{CreateRelease, submit, view_of};
+use super::api::releases::{CreateRelease, submit_as, view_of};
 use super::auth::{Caller, Role};
 
 /// The initiator of a release the watch loop starts: `gitops:NAMESPACE/NAME`.
@@ -98,6 +98,9 @@ impl Watch {
     /// it is queued, running or finished (found in the store by its version, which
     /// names the revision), so a restarted server never releases a change twice.
     pub async fn tick(&self) -> Result<Vec<(String, Did)>, String> {
+        // A leader that lost its lease (or stalled past it) leaves the cluster and
+        // the queue to the next one: it neither ends, pauses nor submits anything.
+        self.app.store.may_act().map_err(|e| e.to_string())?;
         let seen = self.watched.workloads().await;
         let workloads = &seen.workloads;
         let open = self
@@ -381,7 +384,7 @@ impl Watch {
             hotfix: None,
             workdir: None,
         };
-        match submit(&self.app, &caller, body).await {
+        match submit_as(&self.app, &caller, body, true).await {
             Ok(s) => {
                 self.watched
                     .report(
@@ -398,6 +401,9 @@ impl Watch {
                     .map_err(e)?;
                 Ok(Did::Started(s.id))
             }
+            // The store failed, or this replica is no longer the leader: no verdict on
+            // the revision, nothing reported; the next tick (or leader) asks again.
+            Err(failed) if failed.code() == "internal" => Err(failed.message().to_string()),
             Err(refused) => {
                 let (phase, message) = match refused.code() {
                     "frozen" => (

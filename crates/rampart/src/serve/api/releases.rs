@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use rampart_adapters::store::Submission;
+use rampart_adapters::store::{StoreError, Submission};
 use rampart_core::admission::{self, StartRefusal};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -192,6 +192,18 @@ pub async fn create_release(
 /// same rules hold for all: the caller's right, the policy, the versions, an agent's
 /// limits, the freeze.
 pub async fn submit(app: &App, caller: &Caller, body: CreateRelease) -> ApiResult<Submission> {
+    submit_as(app, caller, body, false).await
+}
+
+/// [`submit`], by the leader itself when `acting` (a Git change `serve --kubernetes`
+/// releases): written only while this replica holds the lease, never retried once
+/// it does not.
+pub async fn submit_as(
+    app: &App,
+    caller: &Caller,
+    body: CreateRelease,
+    acting: bool,
+) -> ApiResult<Submission> {
     caller.require(Right::Create)?;
     let policy = rampart_core::Policy::from_yaml(&body.policy).map_err(|e| invalid_policy(&e))?;
     check_version("version", &body.version)?;
@@ -246,9 +258,17 @@ pub async fn submit(app: &App, caller: &Caller, body: CreateRelease) -> ApiResul
         created_at: now,
     };
     let mut attempts = 0;
-    while let Err(e) = app.store.submit(&submission).await {
+    loop {
+        let written = if acting {
+            app.store.submit_acting(&submission).await
+        } else {
+            app.store.submit(&submission).await
+        };
+        let Err(e) = written else {
+            break;
+        };
         attempts += 1;
-        if attempts > 5 {
+        if attempts > 5 || matches!(e, StoreError::NotLeader(_)) {
             return Err(store_err(e));
         }
         submission.id = crate::run::release_id(&policy.service, now);

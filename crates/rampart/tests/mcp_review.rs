@@ -195,3 +195,86 @@ fn sigterm_ends_a_local_session_and_revokes_its_agent_token() {
         "the session's token outlived it"
     );
 }
+
+/// The token list of the store in `state`, as `rampart token list` shows it.
+fn token_list(state: &str) -> Vec<Value> {
+    let out = common::rampart()
+        .args(["token", "list", "--state-dir", state, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Whether the token `name` is revoked.
+fn revoked(tokens: &[Value], name: &Value) -> bool {
+    let t = tokens.iter().find(|t| t["name"] == *name).unwrap();
+    t["revoked"] == true
+}
+
+/// A local session killed with SIGKILL cannot revoke its agent token: it stayed live
+/// for good, and a later session whose process got the same pid (`mcp-agent-PID`)
+/// could not start ("a token named ... exists"). The next local session on the store
+/// (which holds its lock, so no other local session runs) revokes what killed ones
+/// left; a token a person named alike is theirs and stays.
+#[test]
+fn a_killed_sessions_token_is_revoked_by_the_next_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let mut first = Session::start(&["--state-dir", state_arg]);
+    let session_token = |tokens: &[Value]| -> Vec<Value> {
+        tokens
+            .iter()
+            .filter(|t| {
+                t["name"].as_str().unwrap().starts_with("mcp-agent-") && t["revoked"] == false
+            })
+            .map(|t| t["name"].clone())
+            .collect()
+    };
+    let killed = session_token(&token_list(state_arg));
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    drop(first);
+    let out = common::rampart()
+        .args([
+            "token",
+            "create",
+            "--role",
+            "viewer",
+            "--name",
+            "mcp-agent-dashboard",
+            "--state-dir",
+            state_arg,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !revoked(&token_list(state_arg), &killed[0]),
+        "a SIGKILL cannot revoke: the test would prove nothing"
+    );
+
+    let _second = Session::start(&["--state-dir", state_arg]);
+    let tokens = token_list(state_arg);
+    assert!(
+        revoked(&tokens, &killed[0]),
+        "the killed session's token is still live: {tokens:?}"
+    );
+    assert!(!revoked(&tokens, &Value::from("mcp-agent-dashboard")));
+    let live = session_token(&tokens);
+    assert_eq!(
+        live.len(),
+        2,
+        "the new session's and the person's: {live:?}"
+    );
+}

@@ -112,6 +112,12 @@ async fn terminated() {
     }
 }
 
+/// Who creates (and revokes) local sessions' tokens, in the audit chain.
+const BY: &str = "rampart mcp";
+
+/// The start of a local session's token name; its pid follows.
+const SESSION_PREFIX: &str = "mcp-agent-";
+
 /// The local store behind a `rampart serve` of this process on loopback, with an agent
 /// token for this session only: the same rules as against a real server, enforced the
 /// same way.
@@ -126,11 +132,7 @@ struct Local {
 impl Local {
     async fn close(self) {
         let now = self.clock.now();
-        if let Err(e) = self
-            .store
-            .revoke_token(&self.name, "rampart mcp", now)
-            .await
-        {
+        if let Err(e) = self.store.revoke_token(&self.name, BY, now).await {
             eprintln!(
                 "warning: the session's agent token {} stays live: {e}",
                 self.name
@@ -160,10 +162,28 @@ async fn local_server(state_dir: &Path, clock: &Arc<dyn Clock>) -> Result<Local,
         ));
     };
     let store = crate::serve::open_store(None, state_dir).await?;
-    let name = format!("mcp-agent-{}", std::process::id());
     let now = clock.now();
+    // This process holds the store's lock: no other local session runs on it, so a
+    // session token still live is one a killed session left behind (its secret died
+    // with it). Revoked, so none outlives its session, and its name (the pid of a
+    // process long gone, perhaps this one's) is free again.
+    let left: Vec<String> = store
+        .tokens()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|t| !t.revoked && t.created_by == BY && t.name.starts_with(SESSION_PREFIX))
+        .map(|t| t.name)
+        .collect();
+    for stale in left {
+        store
+            .revoke_token(&stale, BY, now)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let name = format!("{SESSION_PREFIX}{}", std::process::id());
     let token = store
-        .create_token(&name, "agent", "rampart mcp", now)
+        .create_token(&name, "agent", BY, now)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Local {

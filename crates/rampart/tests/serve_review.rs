@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::serve::{Server, until};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A policy nested `depth` block sequences deep (`- - - ... x`): two bytes a level, so
 /// far below the API's body limit, and below the YAML reader's cap on values.
@@ -289,4 +289,35 @@ rollback:
             "a ConfigMap policy sending a chosen environment variable to a chosen URL was taken: {did:?}"
         );
     }
+}
+
+/// An agent's submission is refused unless it repeats the service's last release
+/// (its policy, from its directory). The server checked `workdir` first and answered
+/// "workdir X is not a directory on the server" for one that does not exist: an
+/// agent could map the server's directories through it. The refusal must be the same
+/// whether the directory exists or not.
+#[test]
+fn an_agents_refused_release_does_not_tell_which_directories_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("state"));
+    let agent = server.token("agent", "bot");
+    let policy = common::serve::policy("probe", common::free_port(), "");
+    let exists = dir.path().to_str().unwrap().to_string();
+    let missing = dir.path().join("no-such-dir").to_str().unwrap().to_string();
+    let answers: Vec<(u16, Value)> = [exists, missing]
+        .iter()
+        .map(|workdir| {
+            server.call(
+                "POST",
+                "/api/v1/releases",
+                Some(&agent),
+                Some(json!({"policy": policy, "version": "v2", "workdir": workdir})),
+            )
+        })
+        .collect();
+    assert_eq!(answers[0].0, 403, "{:?}", answers[0].1);
+    assert_eq!(
+        answers[0], answers[1],
+        "the answers tell an existing directory from a missing one"
+    );
 }

@@ -219,14 +219,16 @@ pub async fn submit_as(
         Some(w) => app.workdir.join(w),
         None => app.workdir.clone(),
     };
+    // An agent's release is judged first, on the path alone: its answer must not
+    // tell which directories exist on the server.
+    if caller.role == Role::Agent {
+        agent_may_release(app, &policy, &body, &workdir).await?;
+    }
     if !workdir.is_dir() {
         return Err(ApiError::invalid(format!(
             "workdir {} is not a directory on the server",
             workdir.display()
         )));
-    }
-    if caller.role == Role::Agent {
-        agent_may_release(app, &policy, &body, &workdir).await?;
     }
     let freeze = app.store.freeze(&policy.service).await.map_err(store_err)?;
     // The release itself applies the freeze again when it starts (a freeze set while it

@@ -4452,3 +4452,40 @@ analysis:
     ))
     .unwrap();
 }
+
+/// An approval to start outside the release windows attends the release through the
+/// closed time it was given in, not for ever: a release still running when the next
+/// closed time comes (its window opened and closed meanwhile) holds short of 100 %
+/// again, since nobody said they would be there then. Before, one such approval let
+/// the release go to 100 % at any later hour, unattended.
+#[test]
+fn a_start_approval_outside_a_window_attends_only_until_the_window_opens() {
+    // Monday 08:00, before the 09:00 opening; the last step bakes until after 17:00.
+    let p = Policy::from_yaml(&format!(
+        "{}{WINDOWS}",
+        POLICY.replace("{weight: 50, bake: 5m}", "{weight: 50, bake: 9h}")
+    ))
+    .unwrap();
+    let start = new_york("2026-11-30 08:00");
+    let waiting = started(&p, start);
+    let approved = step(&p, &waiting, &approved_by("bob"), start).state;
+    assert_eq!(approved.pending, Some(Action::RunGates));
+    let (s, routes) = drive_timed(&p, approved, start, |_| healthy(), |_| false);
+    assert_eq!(s.phase, Phase::Succeeded);
+    let (_, full_at) = routes.iter().find(|(w, _)| *w == Weight::FULL).unwrap();
+    let opens = new_york("2026-12-01 09:00");
+    assert!(
+        (opens..opens + 30_000).contains(full_at),
+        "100 % at {full_at}, not at the first interval of Tuesday's window ({opens})"
+    );
+
+    // Approved on a Saturday, a release that ends before Monday's opening is
+    // attended to its end.
+    let p = windowed("");
+    let start = new_york("2026-11-21 10:00");
+    let approved = step(&p, &started(&p, start), &approved_by("bob"), start).state;
+    let (s, routes) = drive_timed(&p, approved, start, |_| healthy(), |_| false);
+    assert_eq!(s.phase, Phase::Succeeded);
+    let (_, full_at) = routes.iter().find(|(w, _)| *w == Weight::FULL).unwrap();
+    assert!(*full_at < new_york("2026-11-21 11:00"), "{full_at}");
+}

@@ -268,6 +268,12 @@ pub struct Release {
     /// windows, never a calendar freeze (see `freeze_lifted`).
     #[serde(default)]
     pub window_attended: bool,
+    /// A human approved starting outside the release windows: that attends the
+    /// release through the closed time it started in, up to this instant (the next
+    /// opening). A release still running when a later closed time comes holds short
+    /// of 100 % again, since nobody said they would be there then.
+    #[serde(default)]
+    pub attended_until: Option<Millis>,
     /// A hotfix whose approval during a freeze was given: the freeze does not hold it.
     #[serde(default)]
     pub freeze_lifted: bool,
@@ -367,6 +373,7 @@ impl Default for Release {
             releasing_previous: false,
             awaiting_since: None,
             window_attended: false,
+            attended_until: None,
             freeze_lifted: false,
             paused: None,
             rollback_level: None,

@@ -340,9 +340,17 @@ pub(super) fn approved(b: &mut Builder<'_>, by: &str, asked_at: Option<Millis>) 
             b.event(
                 "approved",
                 by,
-                "releasing outside the release window approved (attended)".into(),
+                "releasing outside the release window approved (attended until the window opens)"
+                    .into(),
             );
-            b.s.window_attended = true;
+            // Until the next opening; with none in sight, for the whole release.
+            b.s.attended_until = Some(
+                b.policy
+                    .windows
+                    .as_ref()
+                    .and_then(|w| w.next_open(b.now))
+                    .unwrap_or(Millis::MAX),
+            );
             b.s.phase = Phase::Gating;
             return b.act(Action::RunGates);
         }

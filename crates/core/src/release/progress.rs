@@ -162,7 +162,8 @@ fn hold_for_window(b: &mut Builder<'_>) -> bool {
     // An attended release goes on outside its windows, but no approval lifts a
     // calendar freeze: only a hotfix's did.
     let frozen = matches!(closed, Some((_, true, _))) && !b.s.freeze_lifted;
-    if b.s.window_attended && !frozen {
+    let attended = b.s.window_attended || b.s.attended_until.is_some_and(|t| b.now < t);
+    if attended && !frozen {
         return false;
     }
     let (Some((why, _, opens_at)), Some(w)) = (closed, b.policy.windows.as_ref()) else {

@@ -250,3 +250,26 @@ async fn only_the_leader_queues_a_release_of_its_own() {
             .collect();
     assert_eq!(queued, ["r2", "r3"]);
 }
+
+/// A store that stopped acting on its own (a write found the leader's deadline passed
+/// while a renewal was on its way, which makes it a standby for good) must not be
+/// kept leader by renewals that go on succeeding: the row would beat for ever, no
+/// candidate would take over, and the replica would refuse every write and never exit.
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_store_stopped_acting_lets_the_lease_go() {
+    let r = replicas().await;
+    let la = lease(&r.a, &r.clock, "a");
+    let held = la.acquire().await;
+    let holding = tokio::spawn(async move { la.hold(held).await });
+    r.clock.sleep_until(r.clock.now() + BEAT_MS).await;
+    assert!(!holding.is_finished());
+    // What a write past the deadline does to the store (the race itself cannot be
+    // timed on one clock): it acts no more.
+    r.a.fence_as_standby();
+    r.clock.sleep_until(r.clock.now() + 2 * BEAT_MS).await;
+    assert!(
+        holding.is_finished(),
+        "a replica that no longer acts went on renewing the lease"
+    );
+    assert!(matches!(holding.await.unwrap(), Deposed::Stalled(_)));
+}

@@ -255,7 +255,9 @@ impl Lease {
                         {
                             Ok(Some(token)) => {
                                 self.store.fence_as_leader(&self.name, &self.holder, token);
-                                self.store.act_until(
+                                // Just made the leader: it applies (and if the clock
+                                // already passed it, the first write refuses).
+                                let _ = self.store.act_until(
                                     token,
                                     self.clock.clone(),
                                     asked.saturating_add(ms(self.ttl) / 2),
@@ -294,7 +296,10 @@ impl Lease {
                 .sleep_until((self.clock.now() + wait).min(deadline))
                 .await;
             let asked = self.clock.now();
-            if asked >= deadline {
+            // The store may have stopped acting on its own (a write found the
+            // deadline passed while a renewal was on its way): the lease is let go
+            // rather than renewed for a replica that no longer acts.
+            if asked >= deadline || self.store.may_act().is_err() {
                 break Deposed::Stalled(self.ttl / 2);
             }
             // A renewal that hangs (a partition) counts as failing at the deadline.
@@ -305,8 +310,12 @@ impl Lease {
             match outcome {
                 Some(Ok(true)) => {
                     renewed = asked;
-                    self.store
-                        .act_until(held.token, self.clock.clone(), renewed + half);
+                    if !self
+                        .store
+                        .act_until(held.token, self.clock.clone(), renewed + half)
+                    {
+                        break Deposed::Stalled(self.ttl / 2);
+                    }
                     wait = self.beat();
                 }
                 Some(Ok(false)) => break Deposed::TakenOver(held.token),

@@ -188,19 +188,24 @@ impl StateStore {
     }
 
     /// From now on, the leader holding fencing token `token` acts only until `until`
-    /// on `clock`, unless this is called again (its lease renewed). Nothing changes
-    /// when this store is not that leader.
+    /// on `clock`, unless this is called again (its lease renewed). Returns `false`,
+    /// changing nothing, when this store is not that leader (any more): a deadline
+    /// that passed has made it a standby for good, whatever the renewal says.
+    #[must_use]
     pub(crate) fn act_until(
         &self,
         token: i64,
         clock: Arc<dyn rampart_core::ports::Clock>,
         until: rampart_core::Millis,
-    ) {
-        if let Ok(mut f) = self.fence.lock()
-            && matches!(f.fence, Fence::Leader { token: t, .. } if t == token)
-        {
-            f.until = Some((clock, until));
+    ) -> bool {
+        if !matches!(self.fence(), Fence::Leader { token: t, .. } if t == token) {
+            return false;
         }
+        let Ok(mut f) = self.fence.lock() else {
+            return false;
+        };
+        f.until = Some((clock, until));
+        true
     }
 
     /// Refuses at once, asking nothing of the database, when this process is a

@@ -293,15 +293,39 @@ async fn empty_values_are_no_data() {
 /// message about the whole operation makes that window no data.
 #[tokio::test]
 async fn a_request_cloudwatch_ran_only_in_part_is_never_a_count() {
-    for (code, value, refused_at_the_gate) in [
+    // (the message, whether it is the whole request's or the result's (marked
+    // `PartialData`), what the detail says, whether the trial read blocks the gate)
+    let limit = json!({"Code": "MaxMetricsExceeded", "Value": "Maximum number of allowed metrics exceeded"});
+    for (message, overall, said, refused_at_the_gate) in [
         (
-            "MaxMetricsExceeded",
+            limit.clone(),
+            true,
             "Maximum number of allowed metrics exceeded",
             true,
         ),
-        ("InternalError", "Some queries were not executed", false),
+        (
+            limit,
+            false,
+            "Maximum number of allowed metrics exceeded",
+            true,
+        ),
+        (
+            json!({"Code": "InternalError", "Value": "Some queries were not executed"}),
+            true,
+            "Some queries were not executed",
+            false,
+        ),
+        // A message with a code and no words still says the request ran in part.
+        (
+            json!({"Code": "Unknown"}),
+            true,
+            "did not run the whole request",
+            false,
+        ),
     ] {
+        let sent = message.clone();
         let (url, _) = fake_provider::start(Arc::new(move |_, req: &Seen| {
+            let message = &sent;
             let body = match refused(ACCOUNT, req) {
                 Ok(body) => body,
                 Err(no) => return no,
@@ -310,16 +334,21 @@ async fn a_request_cloudwatch_ran_only_in_part_is_never_a_count() {
             let id = q["Id"].as_str().unwrap_or_default();
             // The check's unpublished metric is read whole; every expression is run
             // in part, whatever its window (the trial read's too).
-            let (values, said) = if q["MetricStat"]["Metric"]["Namespace"] == "rampart/check" {
-                (json!([]), json!([]))
+            let check = q["MetricStat"]["Metric"]["Namespace"] == "rampart/check";
+            let mut result = json!({"Id": id, "Label": id, "Timestamps": [1_700_000_000], "Values": [3.0], "StatusCode": "Complete", "Messages": []});
+            let mut top = json!([]);
+            if check {
+                result["Values"] = json!([]);
+            } else if overall {
+                top = json!([message.clone()]);
             } else {
-                (json!([3.0]), json!([{"Code": code, "Value": value}]))
-            };
-            let result = json!({"Id": id, "Label": id, "Timestamps": [1_700_000_000], "Values": values, "StatusCode": "Complete"});
+                result["StatusCode"] = json!("PartialData");
+                result["Messages"] = json!([message.clone()]);
+            }
             (
                 200,
                 vec![],
-                json!({"MetricDataResults": [result], "Messages": said}).to_string(),
+                json!({"MetricDataResults": [result], "Messages": top}).to_string(),
             )
         }))
         .await;
@@ -328,16 +357,16 @@ async fn a_request_cloudwatch_ran_only_in_part_is_never_a_count() {
         assert_eq!(
             (q.stable, q.canary),
             (None, None),
-            "{code}: a partly run request was read as a count: {q:?}"
+            "{message}: a partly run request was read as a count: {q:?}"
         );
-        assert!(q.detail.contains(value), "{code}: {}", q.detail);
+        assert!(q.detail.contains(said), "{message}: {}", q.detail);
         let gates = s.check().await;
         assert_eq!(
             gates
                 .iter()
                 .any(|g| !g.ok && g.detail.contains("narrow its SEARCH")),
             refused_at_the_gate,
-            "{code}: {gates:?}"
+            "{message}: {gates:?}"
         );
         assert!(
             gates.iter().all(|g| g.ok || refused_at_the_gate),

@@ -384,6 +384,9 @@ impl Controller {
                         self.feed_answering(&mut run, cmd, queued).await?;
                         continue;
                     }
+                    // A replica that may no longer act (its lease lapsed since it
+                    // recorded this action) starts nothing: the next leader does.
+                    self.ports.store.may_act()?;
                     let (owned, id) = (action.clone(), run.id.clone());
                     inflight = Some((
                         action,
@@ -765,10 +768,15 @@ impl Controller {
         let (ops, mut todo) = mpsc::unbounded_channel::<SilenceOp>();
         let (done, answers) = mpsc::unbounded_channel::<Input>();
         let silencer = self.ports.silencer.clone();
+        let store = self.ports.store.clone();
         let (release, version) = (release.to_string(), version.to_string());
         tokio::spawn(
             async move {
                 while let Some(op) = todo.recv().await {
+                    // A late expiry must not drop the silence the next leader holds.
+                    if store.may_act().is_err() {
+                        return;
+                    }
                     let answer = silence(silencer.as_deref(), &release, &version, op).await;
                     if done.send(answer).is_err() {
                         return;

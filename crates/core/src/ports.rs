@@ -407,6 +407,13 @@ pub trait Store: Send + Sync {
         let _ = release_id;
         Box::pin(async { Ok(()) })
     }
+    /// Whether this process may still act on releases: not once it is a replica that
+    /// does not hold (or could not renew in time) the leader lease. Checked, asking
+    /// nothing of the database, right before a change outside the store (a migration,
+    /// a silence, a data plane's settings). A store no lease fences always may.
+    fn may_act(&self) -> Result<(), PortError> {
+        Ok(())
+    }
     /// The service's unfinished release, if any.
     fn active<'a>(
         &'a self,

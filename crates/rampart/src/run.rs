@@ -825,6 +825,19 @@ pub async fn run_release(
     let leave = !opts.stop_after
         && (opts.attach || opts.served.is_some())
         && (plane.remote.is_some() || end.outcome().is_some_and(|o| o != OutcomeKind::Blocked));
+    // A replica that lost its lease since the release ended leaves the versions and
+    // the data plane as they are: the next leader decides what runs and where
+    // traffic goes (on a shared host, they may be its release's now).
+    let acting = match store.may_act() {
+        Ok(()) => true,
+        Err(e) => {
+            progress.line(&format!(
+                "{e}: {}'s versions and data plane are left as they are",
+                policy.service
+            ));
+            false
+        }
+    };
     match (&opts.served, leave) {
         // The service goes on serving what the release left (a halted release
         // included: rampart does not touch its traffic), until its next release: on
@@ -832,7 +845,8 @@ pub async fn run_release(
         (served, true) => {
             // A flag release runs no canary of its own: a canary still running is an
             // earlier release's (a level-1 rollback left it), never the winner.
-            if end.outcome() == Some(OutcomeKind::Promoted)
+            if acting
+                && end.outcome() == Some(OutcomeKind::Promoted)
                 && !policy.strategy.flag_only()
                 && let Some(processes) = &processes
             {
@@ -856,7 +870,7 @@ pub async fn run_release(
                     .is_ok_and(|t| t.stable.is_empty() && t.canary.is_empty()),
                 None => false,
             };
-            if idle {
+            if idle && acting {
                 crate::dataplane::attach::stop(&policy.service, &local_dir).await?;
             }
             match served {
@@ -884,7 +898,7 @@ pub async fn run_release(
             // versions: stop them rather than leave orphans. Logs stay in the state
             // directory. A cluster keeps serving what the release left (stopping the
             // stable variant there would be a promotion).
-            if !plane.cluster_runs_versions() {
+            if acting && !plane.cluster_runs_versions() {
                 if let Some(router) = crate::dataplane::DataPlane::external_router(&policy)
                     && end.outcome() != Some(OutcomeKind::Blocked)
                 {
@@ -896,7 +910,7 @@ pub async fn run_release(
             }
             let attached = plane.remote.is_some();
             plane.close().await;
-            if attached {
+            if attached && acting {
                 crate::dataplane::attach::stop(&policy.service, &local_dir).await?;
             }
         }

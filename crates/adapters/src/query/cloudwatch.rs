@@ -176,19 +176,6 @@ impl CloudWatch {
             throttled: Some(throttled),
         };
         let answer = fetch::json(&req, budget, &self.quiet).await?;
-        // A message about the whole operation means CloudWatch did not run all of it
-        // ("as much of the operation as possible is still executed"), most often
-        // because the expressions match more metrics than one request reads (a
-        // SEARCH over many dimensions). A sum of what it did read would undercount.
-        let overall = said(&messages(&answer["Messages"]), &credentials.secrets());
-        if too_many_metrics(&answer["Messages"]) {
-            return Err(too_many(&overall));
-        }
-        if !overall.is_empty() {
-            return Err(ReadError::Empty(format!(
-                "CloudWatch did not run the whole request{overall}"
-            )));
-        }
         // A result CloudWatch could not compute, or may not show, says why in its
         // messages; anything it echoes is scrubbed like an error.
         for result in answer["MetricDataResults"].as_array().into_iter().flatten() {
@@ -212,13 +199,13 @@ impl CloudWatch {
                         messages()
                     )));
                 }
-                // Some of the window's datapoints are missing (a math expression gets
-                // no `NextToken` to ask for the rest): a sum of part of the window
-                // would undercount, so it is no data.
                 // Part of the metrics a SEARCH matches: no window reads otherwise.
                 "PartialData" if too_many_metrics(&result["Messages"]) => {
                     return Err(too_many(&messages()));
                 }
+                // Some of the window's datapoints are missing (a math expression gets
+                // no `NextToken` to ask for the rest): a sum of part of the window
+                // would undercount, so it is no data.
                 "PartialData" if answer.get("NextToken").is_none_or(Value::is_null) => {
                     return Err(ReadError::Empty(format!(
                         "CloudWatch returned part of the window's datapoints (PartialData){}",
@@ -227,6 +214,21 @@ impl CloudWatch {
                 }
                 _ => {}
             }
+        }
+        // A message about the whole operation (with or without words) means
+        // CloudWatch did not run all of it ("as much of the operation as possible is
+        // still executed"), most often because the expressions match more metrics
+        // than one request reads. A sum of what it did read would undercount. (After
+        // the results: a refusal among them says more.)
+        let overall = &answer["Messages"];
+        if overall.as_array().is_some_and(|m| !m.is_empty()) {
+            let said = said(&messages(overall), &credentials.secrets());
+            if too_many_metrics(overall) {
+                return Err(too_many(&said));
+            }
+            return Err(ReadError::Empty(format!(
+                "CloudWatch did not run the whole request{said}"
+            )));
         }
         Ok(answer)
     }

@@ -89,11 +89,6 @@ pub trait Submissions: Send + Sync {
     fn submit_acting<'a>(&'a self, s: &'a Submission) -> BoxFuture<'a, Result<(), StoreError>> {
         self.submit(s)
     }
-    /// Whether this process may act on releases now: `Err` once it is a standby, or
-    /// a leader whose lease lapsed (see `StateStore::may_act`).
-    fn may_act(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
     /// A submission by release id.
     fn submission<'a>(
         &'a self,

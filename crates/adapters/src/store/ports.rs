@@ -21,6 +21,10 @@ use super::{ChainRecord, ChainReport, StateStore, Submission, TokenInfo};
 // === impl Store ===
 
 impl Store for StateStore {
+    fn may_act(&self) -> Result<(), PortError> {
+        StateStore::may_act(self).map_err(StoreError::into_port)
+    }
+
     fn create<'a>(&'a self, rel: &'a ReleaseRecord) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
             self.create_release(rel)
@@ -327,10 +331,6 @@ impl Submissions for StateStore {
 
     fn submit_acting<'a>(&'a self, s: &'a Submission) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(StateStore::submit_acting(self, s))
-    }
-
-    fn may_act(&self) -> Result<(), StoreError> {
-        StateStore::may_act(self)
     }
 
     fn submission<'a>(

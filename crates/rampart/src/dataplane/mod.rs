@@ -258,6 +258,11 @@ pub async fn start(
         ),
         None => None,
     };
+    // The release checked its lease before it got here, with awaits since: a replica
+    // that lost it touches no data plane (on a shared host, the next leader's).
+    store
+        .may_act()
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
     let mut plane = match &policy.traffic {
         Traffic::Proxy(spec) if let Some(state_dir) = attach_in => {
             let (remote, reached) =

@@ -77,6 +77,11 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// `Err` once this replica may no longer act (see `Store::may_act`).
+    fn acting(&self) -> Result<(), String> {
+        self.app.store.may_act().map_err(|e| e.to_string())
+    }
+
     /// A loop over `watched` that submits through `app`.
     pub fn new(app: App, watched: Watched) -> Watch {
         Watch { app, watched }
@@ -100,7 +105,7 @@ impl Watch {
     pub async fn tick(&self) -> Result<Vec<(String, Did)>, String> {
         // A leader that lost its lease (or stalled past it) leaves the cluster and
         // the queue to the next one: it neither ends, pauses nor submits anything.
-        self.app.store.may_act().map_err(|e| e.to_string())?;
+        self.acting()?;
         let seen = self.watched.workloads().await;
         let workloads = &seen.workloads;
         let open = self
@@ -121,6 +126,7 @@ impl Watch {
                     && !seen.unreadable.iter().any(|(n, _)| n == ns)
             });
             if watched && !workloads.iter().any(|w| w.key() == key) {
+                self.acting()?;
                 let reason = format!(
                     "Deployment {key} was deleted (or no longer opts in): its release of {} ends, and its canary goes",
                     s.version
@@ -133,6 +139,7 @@ impl Watch {
             tracing::warn!("rampart serve --kubernetes: {why}");
             did.push((ns.clone(), Did::Unreadable(why.clone())));
         }
+        self.acting()?;
         for gone in self.watched.let_go().await {
             match gone {
                 Ok(key) => did.push((key, Did::LetGo)),
@@ -149,6 +156,9 @@ impl Watch {
     }
 
     async fn one(&self, w: &Workload, open: &[Submission]) -> Result<Vec<Did>, String> {
+        // A tick makes round trips to the cluster: the lease is looked at again before
+        // each workload's writes.
+        self.acting()?;
         let mut did = Vec::new();
         let next = self.one_revision(w, open, &mut did).await?;
         did.push(next);
@@ -401,9 +411,9 @@ impl Watch {
                     .map_err(e)?;
                 Ok(Did::Started(s.id))
             }
-            // The store failed, or this replica is no longer the leader: no verdict on
-            // the revision, nothing reported; the next tick (or leader) asks again.
-            Err(failed) if failed.code() == "internal" => Err(failed.message().to_string()),
+            // This replica is no longer the leader: nothing reported; the next leader
+            // asks again.
+            Err(deposed) if deposed.code() == "not_leader" => Err(deposed.message().to_string()),
             Err(refused) => {
                 let (phase, message) = match refused.code() {
                     "frozen" => (

@@ -200,6 +200,11 @@ async fn bring_back(
 ) -> Result<String, String> {
     let service = &d.service;
     let version = &d.version;
+    // Read from the store before this; each step may wait (a version's readiness): a
+    // replica that lost its lease meanwhile changes nothing more, the next leader
+    // decides (the service may be in its release by then).
+    let acting = || store.may_act().map_err(|e| e.to_string());
+    acting()?;
     let processes = d.processes();
     if rebase {
         // A winner still recorded as the canary (its release ended before the hand-over).
@@ -219,6 +224,7 @@ async fn bring_back(
         let _ = processes.stop(Variant::Stable).await;
         return Err(format!("{service} was stopped (`rampart stop`) meanwhile"));
     }
+    acting()?;
     let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir)
         .await
         .map_err(|e| e.to_string())?;
@@ -231,6 +237,7 @@ async fn bring_back(
     let keep_split = !all_on_stable(&table)
         && level_one(store, d).await?
         && crate::run::any_answers(&table.canary).await;
+    acting()?;
     match routes_to_restore(&table, &deployed.endpoints, keep_split) {
         Restore::Nothing => {}
         Restore::StableEndpoints => {

@@ -269,8 +269,15 @@ pub async fn submit_as(
         let Err(e) = written else {
             break;
         };
+        if let StoreError::NotLeader(why) = e {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                format!("not the leader: {why}"),
+            ));
+        }
         attempts += 1;
-        if attempts > 5 || matches!(e, StoreError::NotLeader(_)) {
+        if attempts > 5 {
             return Err(store_err(e));
         }
         submission.id = crate::run::release_id(&policy.service, now);

@@ -274,6 +274,11 @@ pub struct Release {
     /// of 100 % again, since nobody said they would be there then.
     #[serde(default)]
     pub attended_until: Option<Millis>,
+    /// An operator asked for the rollback while its level 1 (flags off) was being
+    /// put in force: once the flags are off, it goes on to the traffic without
+    /// waiting to see whether they were enough.
+    #[serde(default)]
+    pub hurried_by: Option<String>,
     /// A hotfix whose approval during a freeze was given: the freeze does not hold it.
     #[serde(default)]
     pub freeze_lifted: bool,
@@ -374,6 +379,7 @@ impl Default for Release {
             awaiting_since: None,
             window_attended: false,
             attended_until: None,
+            hurried_by: None,
             freeze_lifted: false,
             paused: None,
             rollback_level: None,

@@ -54,9 +54,26 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
             b.event("aborted", actor, reason.to_string());
             b.rollback_with(actor, format!("aborted by {actor}: {reason}"), force);
         }
-        // Waiting to see whether flags off was enough: the operator does not wait.
-        Phase::RollingBack if b.s.rollback_level == Some(1) && b.s.pending.is_none() => {
+        // Flags going off: they finish, then the traffic moves back at once.
+        Phase::RollingBack
+            if b.s.rollback_level == Some(1)
+                && matches!(b.s.pending, Some(Action::FlagsOff { .. })) =>
+        {
+            b.event(
+                "aborted",
+                actor,
+                format!("{reason}; the traffic goes back once the flags are off"),
+            );
+            b.s.hurried_by = Some(actor.to_string());
+        }
+        // Waiting to see whether flags off was enough (the interval that verifies it
+        // may be under way): the operator does not wait.
+        Phase::RollingBack
+            if b.s.rollback_level == Some(1)
+                && matches!(b.s.pending, None | Some(Action::Measure(_))) =>
+        {
             b.event("aborted", actor, reason.to_string());
+            b.s.pending = None;
             b.rollback_traffic();
         }
         // Already rolling back, or over: nothing more to do.

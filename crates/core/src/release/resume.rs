@@ -148,7 +148,9 @@ pub(super) fn resume(b: &mut Builder<'_>) {
         }
         // Waiting to see whether flags off was enough: switch them off again (it is
         // idempotent) and verify afresh.
-        Phase::RollingBack if b.s.rollback_level == Some(1) && !b.policy.strategy.flag_only() => {
+        // (A flag release's level 1 goes on to its traffic, the flag's ramp, once the
+        // flags are off: asked again too, since the kill switches may still be on.)
+        Phase::RollingBack if b.s.rollback_level == Some(1) => {
             chain.extend(ensure_stable);
             chain.extend(canary.clone());
             chain.push(Action::FlagsOff {
@@ -188,6 +190,13 @@ fn resume_rolling(b: &mut Builder<'_>) {
         b.scale(Variant::Canary, b.s.canary_replicas),
     ];
     match (b.s.phase, b.s.step_started_at) {
+        // Level 1: the flags off again (idempotent), then verified afresh, as
+        // without a restart; the batches stay until that says otherwise.
+        (Phase::RollingBack, _) if b.s.rollback_level == Some(1) => {
+            chain.push(Action::FlagsOff {
+                flags: b.policy.level_one_flags(),
+            });
+        }
         (Phase::RollingBack, _) => {
             let r = b.policy.strategy.rolling().cloned();
             if let Some(r) = r {

@@ -182,7 +182,8 @@ pub(super) fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
         return b.rollback_traffic();
     }
     b.event("flags_off", "rampart", format!("level 1: {detail}"));
-    let by_operator = b.s.decision.as_ref().is_some_and(|d| d.by != "rampart");
+    let by_operator =
+        b.s.decision.as_ref().is_some_and(|d| d.by != "rampart") || b.s.hurried_by.is_some();
     if b.policy.strategy.flag_only() || by_operator {
         return b.rollback_traffic();
     }

@@ -827,18 +827,29 @@ impl Controller {
                 Input::GatesChecked { results }
             }
             Action::Deploy { variant, version } => {
-                let result = match p.deployer.deploy(*variant, version).await {
-                    Ok(d) => {
-                        if let Ok(mut known) = self.endpoints.lock() {
-                            known.insert(*variant, d.endpoints.clone());
-                        }
-                        p.router
-                            .set_backends(*variant, &d.endpoints)
-                            .await
-                            .map(|()| d.detail)
+                let deployed = async {
+                    let d = p.deployer.deploy(*variant, version).await?;
+                    if let Ok(mut known) = self.endpoints.lock() {
+                        known.insert(*variant, d.endpoints.clone());
                     }
-                    Err(e) => Err(e),
+                    p.router.set_backends(*variant, &d.endpoints).await?;
+                    let mut detail = d.detail;
+                    if !d.retired.is_empty() {
+                        // Replicas beyond the count (a policy asking for fewer): out
+                        // of rotation first, then drained, then stopped.
+                        if let Err(e) = p
+                            .router
+                            .drain_endpoints(&d.retired, self.policy.rollback.drain)
+                            .await
+                        {
+                            detail.push_str(&format!("; {e}"));
+                        }
+                        let kept = u32::try_from(d.endpoints.len()).unwrap_or(u32::MAX);
+                        detail.push_str(&format!("; {}", p.deployer.trim(*variant, kept).await?));
+                    }
+                    Ok::<String, PortError>(detail)
                 };
+                let result = deployed.await;
                 match result {
                     Ok(detail) => Input::Deployed {
                         variant: *variant,

@@ -861,6 +861,25 @@ pub async fn run_release(
                     )),
                 }
             }
+            // A promoted flag release routed its flag-on users as the canary cohort,
+            // on stable's own processes: with the flag on for everyone now, the
+            // routes go back to all-stable (the same processes, so no user notices),
+            // or the next release's new version would take the canary's weight, and
+            // every user, the moment it is ready. (`routes`: the flag stays on.)
+            if acting
+                && end.outcome() == Some(OutcomeKind::Promoted)
+                && policy.strategy.flag_only()
+                && let Some(processes) = &processes
+            {
+                let stable = processes.endpoints(Variant::Stable);
+                if !stable.is_empty()
+                    && let Err(e) = all_to_stable(plane.routes.as_ref(), &stable).await
+                {
+                    progress.line(&format!(
+                        "WARNING: the data plane still routes the flag-on users as the canary cohort ({e}): the next release's new version would take their share once ready; release again only once the routes send all to stable (`rampart status`)"
+                    ));
+                }
+            }
             // A data plane that routes to nothing (a first release blocked or rolled
             // back) has nothing to keep serving.
             let idle = match &plane.remote {

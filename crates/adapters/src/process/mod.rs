@@ -855,16 +855,13 @@ impl Deployer for ProcessDeployer {
         variant: Variant,
         version: &'a str,
     ) -> BoxFuture<'a, Result<Deployment, PortError>> {
+        // Replicas beyond the policy's count (it asks for fewer now) are reported
+        // retired, still running: the caller takes them out of rotation and drains
+        // them before it trims them, as after a scale.
         Box::pin(async move {
-            let n = self.spec.replicas as usize;
-            let d = self.scale_inner(variant, version, n).await?;
-            if !d.retired.is_empty() {
-                self.trim_inner(variant, n).await?;
-            }
-            Ok(Deployment {
-                retired: Vec::new(),
-                ..d
-            })
+            Ok(self
+                .scale_inner(variant, version, self.spec.replicas as usize)
+                .await?)
         })
     }
 

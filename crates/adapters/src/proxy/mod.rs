@@ -1173,6 +1173,9 @@ impl Proxy {
         };
         match key {
             Some(k) => sticky_variant(&routes.salt, &k, bp),
+            // A ramped flag (salted): a caller without a key gets the flag's default,
+            // off, until the ramp is 100 %, so it is none of the flag-on cohort.
+            None if !routes.salt.is_empty() => Variant::Stable,
             // No key: spread requests evenly, independently of each other.
             None => {
                 let spread = mix(self.inner.sequence.fetch_add(1, Ordering::Relaxed)) % 10_000;

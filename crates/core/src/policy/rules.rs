@@ -37,6 +37,55 @@ pub(super) fn check_flags(
         if !defined(name) {
             cx.error(pos("strategy"), &path, hint(name));
         }
+        // Whoever is outside the ramp gets the default: a flag on by default is on
+        // for them (and for every caller without a key), and the ramp measures
+        // nothing the proxy could tell apart.
+        if let Some(i) =
+            flags.and_then(|f| f.define.iter().position(|d| d.name == name && d.default))
+        {
+            let at = root
+                .get("flags")
+                .and_then(|n| n.field("define"))
+                .and_then(|n| match &n.kind {
+                    NodeKind::Seq(items) => items.get(i).map(|n| n.pos),
+                    _ => None,
+                })
+                .unwrap_or(pos("flags"));
+            cx.error(
+                at,
+                &format!("flags.define[{i}].default"),
+                format!(
+                    "flag `{name}` is ramped by the release, so it must default to off (`default: false`): with `default: true` everyone outside the ramp has it on already"
+                ),
+            );
+        }
+        // The proxy measures a rule's users as the canary, but the flag endpoint puts
+        // users in the flag-on cohort by the ramp and the allowlist only.
+        if let Some(strategy) = strategy {
+            let items = root
+                .get("strategy")
+                .and_then(|n| n.field(strategy.name()))
+                .and_then(|n| n.field("steps"))
+                .and_then(|n| match &n.kind {
+                    NodeKind::Seq(items) => Some(items),
+                    _ => None,
+                });
+            for (i, step) in strategy.steps().iter().enumerate() {
+                if !step.matches.is_empty() {
+                    let at = items
+                        .and_then(|it| it.get(i))
+                        .and_then(|n| n.field("match").or(Some(n)))
+                        .map_or(pos("strategy"), |n| n.pos);
+                    cx.error(
+                        at,
+                        &format!("strategy.{}.steps[{i}].match", strategy.name()),
+                        format!(
+                            "a release that ramps flag `{name}` takes no `match` rules: the flag endpoint would answer \"off\" to the users a rule sends to the canary cohort. Put testers on the flag's allowlist (`flags.define[].allow`) instead: they get it on, and the proxy measures them as the canary"
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(Traffic::Nginx(_) | Traffic::Haproxy(_) | Traffic::Kubernetes(_)) = traffic {
             cx.error(
                 pos("traffic"),

@@ -349,15 +349,18 @@ impl Settling<'_> {
         let processes = self.processes.as_ref();
         if !table.canary.is_empty() || table.weight > rampart_core::Weight::ZERO {
             self.still_idle().await?;
-            let stable = match processes {
+            let (stable, retired) = match processes {
                 Some(p) => self.stable_processes(p, done).await?,
                 // Endpoints outside rampart's processes: the table's, each answering.
                 None => {
                     every_stable_answers(self.args, service, &table.stable).await?;
-                    table.stable.clone()
+                    (table.stable.clone(), Vec::new())
                 }
             };
             self.to_stable(&plane, &stable, done).await?;
+            if let Some(p) = processes {
+                self.retire(&plane, p, &retired, stable.len(), done).await;
+            }
             done.lines
                 .push(format!("{service}: the canary had {}", table.weight));
         }
@@ -378,9 +381,9 @@ impl Settling<'_> {
         let service = &self.policy.service;
         self.still_idle().await?;
         let processes = self.processes.clone();
-        let (router, stable, deployer): (
+        let (router, (stable, retired), deployer): (
             Arc<dyn TrafficRouter>,
-            Vec<SocketAddr>,
+            Endpoints,
             Arc<dyn Deployer>,
         ) = match (&self.policy.traffic, processes) {
             (Traffic::Kubernetes(_), _) => {
@@ -392,7 +395,7 @@ impl Settling<'_> {
                         "stable of {service} is not ready ({e}): sending the canary's users there would leave them with nothing. Nothing was moved; the canary keeps its users"
                     )));
                 }
-                (plane.router.clone(), Vec::new(), cluster)
+                (plane.router.clone(), (Vec::new(), Vec::new()), cluster)
             }
             (_, None) => {
                 return Err(RunError::Invalid(format!(
@@ -420,8 +423,48 @@ impl Settling<'_> {
             }
         };
         self.to_stable(router.as_ref(), &stable, done).await?;
+        self.retire(
+            router.as_ref(),
+            deployer.as_ref(),
+            &retired,
+            stable.len(),
+            done,
+        )
+        .await;
         self.stop_the_canary(deployer.as_ref(), done).await?;
         Ok(true)
+    }
+
+    /// Stable's replicas beyond its count (a policy that asks for fewer now), out of
+    /// rotation since `to_stable`: drained, then stopped, so that no request still on
+    /// its way to one is cut off.
+    async fn retire(
+        &self,
+        router: &dyn TrafficRouter,
+        deployer: &dyn Deployer,
+        retired: &[SocketAddr],
+        kept: usize,
+        done: &mut Done,
+    ) {
+        if retired.is_empty() {
+            return;
+        }
+        let service = &self.policy.service;
+        if let Err(e) = router
+            .drain_endpoints(retired, self.policy.rollback.drain)
+            .await
+        {
+            done.lines.push(format!("{service} stable: {e}"));
+        }
+        match deployer
+            .trim(Variant::Stable, u32::try_from(kept).unwrap_or(u32::MAX))
+            .await
+        {
+            Ok(detail) => done.lines.push(format!("{service} stable: {detail}")),
+            Err(e) => done.lines.push(format!(
+                "{service} stable: its replicas beyond {kept} were not stopped: {e}"
+            )),
+        }
     }
 
     /// Stable's processes, brought back to their replicas and each ready (a rolling
@@ -432,7 +475,7 @@ impl Settling<'_> {
         &self,
         p: &ProcessDeployer,
         done: &mut Done,
-    ) -> Result<Vec<SocketAddr>, RunError> {
+    ) -> Result<Endpoints, RunError> {
         let service = &self.policy.service;
         // Stable as it runs: never replaced by another version here, never started
         // from nothing (a person decides that).
@@ -461,13 +504,13 @@ impl Settling<'_> {
                     p.replicas()
                 )));
             }
-            return Ok(stable);
+            return Ok((stable, Vec::new()));
         };
         // What it took (replicas adopted, replaced or started) goes on the record.
         match p.deploy(Variant::Stable, version).await {
             Ok(d) if !d.endpoints.is_empty() => {
                 done.lines.push(format!("{service} stable: {}", d.detail));
-                Ok(d.endpoints)
+                Ok((d.endpoints, d.retired))
             }
             // Stable's replicas may have been replaced or started on the way: on the
             // record either way.
@@ -555,6 +598,10 @@ impl Settling<'_> {
 }
 /// How long a Kubernetes stable Deployment may take to report itself ready.
 const STABLE_READY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Stable's endpoints to route to, and its replicas beyond its count (retired: to
+/// drain and stop once out of rotation).
+type Endpoints = (Vec<SocketAddr>, Vec<SocketAddr>);
 
 /// Refuses (moving nothing) unless stable has endpoints and every one answers: fewer
 /// would take the whole load.

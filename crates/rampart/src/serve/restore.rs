@@ -214,7 +214,16 @@ async fn bring_back(
         .deploy(Variant::Stable, version)
         .await
         .map_err(|e| e.to_string())?;
+    // Replicas beyond the policy's count: stopped once nothing of ours routes to
+    // them (no router of rampart's here; the data plane's below, after its routes).
+    let kept = u32::try_from(deployed.endpoints.len()).unwrap_or(u32::MAX);
     let Traffic::Proxy(spec) = &d.policy.traffic else {
+        if !deployed.retired.is_empty() {
+            processes
+                .trim(Variant::Stable, kept)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         return Ok(format!(
             "rampart serve: {service} {version} runs ({})",
             deployed.detail
@@ -275,6 +284,23 @@ async fn bring_back(
             }
             said.push_str(&format!("; {why}"));
         }
+    }
+    if !deployed.retired.is_empty() {
+        let drain = d.policy.rollback.drain;
+        if let Err(e) = rampart_core::ports::TrafficRouter::drain_endpoints(
+            plane.as_ref(),
+            &deployed.retired,
+            drain,
+        )
+        .await
+        {
+            said.push_str(&format!("; {e}"));
+        }
+        let trimmed = processes
+            .trim(Variant::Stable, kept)
+            .await
+            .map_err(|e| e.to_string())?;
+        said.push_str(&format!("; {trimmed}"));
     }
     Ok(said)
 }

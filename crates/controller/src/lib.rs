@@ -793,8 +793,11 @@ impl Controller {
         let p = &self.ports;
         match action {
             Action::FlagsOff { flags } => {
-                // Off for everyone outside the allowlists, one flag at a time; the
-                // first failure is reported and the state machine moves on to level 2.
+                // Off for everyone outside the allowlists, one flag at a time. Each
+                // is tried, whatever became of the one before (a kill switch left on
+                // because another could not be changed helps nobody); any failure is
+                // reported and the state machine moves on to level 2.
+                let mut failed = Vec::new();
                 for name in flags {
                     let change = rampart_core::ports::FlagChange {
                         name: name.clone(),
@@ -805,15 +808,19 @@ impl Controller {
                         at: p.clock.now(),
                     };
                     if let Err(e) = p.flags.set_flag(&self.policy.service, &change).await {
-                        return Input::FlagsOff {
-                            ok: false,
-                            detail: format!("{name}: {}", e.0),
-                        };
+                        failed.push(format!("{name}: {}", e.0));
                     }
                 }
-                Input::FlagsOff {
-                    ok: true,
-                    detail: format!("{} off", flags.join(", ")),
+                if failed.is_empty() {
+                    Input::FlagsOff {
+                        ok: true,
+                        detail: format!("{} off", flags.join(", ")),
+                    }
+                } else {
+                    Input::FlagsOff {
+                        ok: false,
+                        detail: failed.join("; "),
+                    }
                 }
             }
             Action::RunGates => {

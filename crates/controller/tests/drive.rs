@@ -891,3 +891,78 @@ async fn a_release_resumed_at_an_approval_point_opens_the_next_steps_window_fres
         "{calls:?}"
     );
 }
+
+/// A flag store that refuses to change one flag.
+struct Refusing {
+    inner: Arc<StateStore>,
+    refused: &'static str,
+}
+
+impl FlagStore for Refusing {
+    fn define<'a>(
+        &'a self,
+        service: &'a str,
+        defs: &'a [rampart_core::flags::FlagDef],
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        self.inner.define(service, defs)
+    }
+
+    fn flags<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<rampart_core::flags::FlagState>, PortError>> {
+        self.inner.flags(service)
+    }
+
+    fn set_flag<'a>(
+        &'a self,
+        service: &'a str,
+        change: &'a FlagChange,
+    ) -> BoxFuture<'a, Result<rampart_core::flags::FlagState, PortError>> {
+        if change.name == self.refused {
+            return Box::pin(async { Err(PortError::new("the flag store is read-only")) });
+        }
+        self.inner.set_flag(service, change)
+    }
+}
+
+/// Level 1 switches every `rollback.flags` kill switch off: one the store refuses
+/// must not leave the ones after it on (the rollback goes on to the traffic, and
+/// those flags would stay on for everyone).
+#[tokio::test(start_paused = true)]
+async fn a_kill_switch_that_cannot_be_switched_off_leaves_none_after_it_on() {
+    let policy = format!(
+        "{POLICY}flags:\n  define:\n    - {{name: first, default: true}}\n    - {{name: second, default: true}}\nrollback: {{flags: [first, second]}}\n"
+    );
+    let world = FakeWorld::new();
+    world.set_canary_errors_per_mille(200);
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let flags = Arc::new(Refusing {
+        inner: store.clone(),
+        refused: "first",
+    });
+    let p = Policy::from_yaml(&policy).unwrap();
+    FlagStore::define(&*store, "shop", &p.flags.as_ref().unwrap().define)
+        .await
+        .unwrap();
+    let clock = Arc::new(TokioClock::starting_at(1_000_000));
+    let c = Controller::new(
+        p,
+        world.ports(store.clone(), flags, clock),
+        Arc::new(Silent),
+    );
+    c.create("r1", "v2", &policy).await.unwrap();
+    let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
+    assert_eq!(end.phase, Phase::RolledBack);
+    let states = FlagStore::flags(&*store, "shop").await.unwrap();
+    let second = states.iter().find(|f| f.name == "second").unwrap();
+    assert!(
+        !second.default,
+        "`second` stayed on because `first` could not be switched off: {states:?}"
+    );
+    assert_eq!(
+        world.weight(),
+        Weight::ZERO,
+        "level 2 moved the traffic back"
+    );
+}

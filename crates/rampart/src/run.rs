@@ -982,9 +982,6 @@ async fn leftover_canary(
     policy_path: &Path,
     store: &StateStore,
 ) -> Result<(), RunError> {
-    if policy.strategy.flag_only() {
-        return Ok(());
-    }
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
     let last = store
         .releases(&policy.service)
@@ -1015,7 +1012,10 @@ async fn leftover_canary(
     let (weight, canary) = match (routes, processes) {
         (Some(table), _) => {
             let carries = table.weight > rampart_core::Weight::ZERO || !table.matches.is_empty();
-            if !carries {
+            // A flag release's cohort runs on stable's own processes: its users are on
+            // stable already, whatever the next release does with the routes.
+            let flag_cohort = table.canary.iter().all(|c| table.stable.contains(c));
+            if !carries || flag_cohort {
                 return Ok(());
             }
             (table.weight, table.canary)

@@ -975,3 +975,37 @@ fn the_flag_endpoint_answers_while_the_release_reaches_its_data_plane() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(still_held, "the release was still reaching its data plane");
 }
+
+/// A flag release after a halt that left users on a canary: the check for that
+/// leftover skipped flag releases, whose data plane then replaced the canary's
+/// backends with stable's processes (moving its users, unasked and unaudited) and left
+/// the canary's processes running for nobody. Refused as any other release is.
+#[test]
+fn a_flag_release_does_not_start_on_a_canary_left_with_users() {
+    let svc = Service::halting_without_load("leftover-flag");
+    let (code, v) = svc.release("v1");
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = svc.release("v2");
+    assert_eq!((code, v["outcome"].as_str()), (4, Some("halted")), "{v}");
+    let routes = || -> serde_json::Value {
+        let text = std::fs::read_to_string(svc.file("json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["routes"].clone()
+    };
+    let before = routes();
+    assert!(before["weight"].as_f64().unwrap() > 0.0, "{before}");
+    let text = std::fs::read_to_string(&svc.policy).unwrap();
+    let flagged = text.replace(
+        "strategy:\n  canary:\n",
+        "flags:\n  define: [{name: new-checkout, default: false}]\nstrategy:\n  flag:\n    flag: new-checkout\n",
+    );
+    assert_ne!(flagged, text);
+    std::fs::write(&svc.policy, flagged).unwrap();
+    // A flag release runs the version serving.
+    let (code, v) = svc.release("v1");
+    assert_eq!(
+        code, 5,
+        "a flag release started on the leftover canary: {v}"
+    );
+    assert!(v["reason"].as_str().unwrap().contains("--canary"), "{v}");
+    assert_eq!(routes(), before, "nothing moved");
+}

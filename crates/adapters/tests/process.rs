@@ -132,6 +132,11 @@ async fn a_leftover_process_of_another_version_is_replaced() {
     let second = ProcessDeployer::new("svc", server_spec(), dir.path(), dir.path());
     let dep = second.deploy(Variant::Canary, "v3").await.unwrap();
     assert!(dep.detail.contains("started"), "{}", dep.detail);
+    // The v2 that answers may still be in rotation: reported retired, running, for
+    // the caller to take out of rotation and drain first; then trimmed.
+    assert_eq!(dep.retired.len(), 1, "{dep:?}");
+    assert!(alive(old), "the stale v2 was stopped while it may serve");
+    second.trim(Variant::Canary, 1).await.unwrap();
     assert!(!alive(old), "the stale v2 was stopped");
     second.stop(Variant::Canary).await.unwrap();
 }

@@ -326,3 +326,45 @@ fn a_release_with_fewer_replicas_takes_stable_replicas_out_of_rotation_before_st
         v["timeline"][2]["message"]
     );
 }
+
+/// The same family, for a stable running another version than the release names
+/// (`--stable v1` where v0 runs, as after a fix shipped outside rampart): its
+/// replicas were stopped before the new ones were started and ready, while the data
+/// plane still sent them every user. They are replaced once the new ones serve now:
+/// out of rotation, drained, then stopped.
+#[test]
+fn a_stable_of_another_version_is_replaced_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, flag_port) = (free_port(), free_port());
+    let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
+    let path = dir.path().join("canary.yaml");
+    std::fs::write(
+        &path,
+        swap_policy(
+            port,
+            flag_port,
+            "{canary: {steps: [{weight: 50, bake: 1s}]}}",
+        ),
+    )
+    .unwrap();
+    let (code, v) = common::report(&run_json(&path, &state, "v0", None).output().unwrap());
+    assert_eq!(code, 0, "{v}");
+    let rt = common::runtime();
+    let (load, stats) = common::start_load(&rt, port, 300);
+    wait_for("v0 answers through the data plane", || {
+        stats.ok.load(Ordering::Relaxed) > 50
+    });
+    let (code, v) = common::report(&run_json(&path, &state, "v2", Some("v1")).output().unwrap());
+    let (sent, failed) = (
+        stats.sent.load(Ordering::Relaxed),
+        stats.failed.load(Ordering::Relaxed),
+    );
+    load.abort();
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed while stable v0 was replaced by v1: {}",
+        v["timeline"][2]["message"]
+    );
+}

@@ -706,18 +706,21 @@ impl ProcessDeployer {
                 continue;
             }
             let mut run = Running::adopted(rec);
-            // A replica of this version is given its readiness timeout to answer, as
-            // at its start: one slow probe must not stop a version users are on.
-            if run.record.version == version
-                && self
-                    .wait_ready_until(variant, &mut run, 0, deadline)
-                    .await
-                    .is_ok()
+            // A replica is given its readiness timeout to answer, as at its start: one
+            // slow probe must not stop a version users are on. One of another version
+            // that answers may serve users too: it is kept until its replacement is
+            // ready (see `scale_inner`).
+            if self
+                .wait_ready_until(variant, &mut run, 0, deadline)
+                .await
+                .is_ok()
             {
-                notes.push(format!(
-                    "pid {} on port {} adopted from an earlier run",
-                    run.record.pid, run.record.port
-                ));
+                if run.record.version == version {
+                    notes.push(format!(
+                        "pid {} on port {} adopted from an earlier run",
+                        run.record.pid, run.record.port
+                    ));
+                }
                 set.list.push(run);
             } else {
                 notes.push(self.terminate(&mut run).await);
@@ -739,11 +742,17 @@ impl ProcessDeployer {
         let set = running.entry(variant).or_default();
         self.refresh(variant, set);
         let mut notes = self.load(variant, version, set).await;
-        // Replicas that died or run another version are replaced.
+        // Replicas that died are replaced at once. Ones that serve another version
+        // may still be in rotation: they are replaced once the new ones are ready,
+        // reported retired (after the `n` serving), for the caller to take out of
+        // rotation and drain before it trims them.
         let mut kept = Vec::new();
+        let mut replaced = Vec::new();
         for mut run in std::mem::take(&mut set.list) {
             if run.alive() && run.record.version == version && run.ready {
                 kept.push(run);
+            } else if run.alive() && run.ready {
+                replaced.push(run);
             } else {
                 notes.push(self.terminate(&mut run).await);
             }
@@ -766,6 +775,8 @@ impl ProcessDeployer {
                 if let Some(mut run) = set.list.pop() {
                     self.terminate(&mut run).await;
                 }
+                // The other version's replicas stay, serving as before.
+                set.list.append(&mut replaced);
                 self.write_records(variant, &set.list)?;
                 return Err(e);
             }
@@ -775,6 +786,20 @@ impl ProcessDeployer {
             started += 1;
             self.write_records(variant, &set.list)?;
         }
+        if !replaced.is_empty() {
+            notes.push(format!(
+                "{} replica(s) of {} to retire",
+                replaced.len(),
+                replaced
+                    .iter()
+                    .map(|r| r.record.version.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        set.list.append(&mut replaced);
         self.write_records(variant, &set.list)?;
         let serving: Vec<&Running> = set.list.iter().take(n).collect();
         let pids: Vec<String> = serving

@@ -334,3 +334,46 @@ fn an_operator_rollback_while_flags_go_off_is_never_dropped() {
         end.weight
     );
 }
+
+const BLUE_GREEN_KEEPING: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy:
+  blue_green:
+    stability: 1m
+    keep_previous: 10m
+analysis:
+  interval: 30s
+  min_samples: 10
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#;
+
+/// Contract (docs/policy.md `keep_previous`: the old colour keeps running "so that
+/// `rampart rollback` switches back instantly"): a blue-green release whose controller
+/// restarted while it switched everyone to the new colour took up the switch again
+/// with the new colour only, never making sure the old one still ran (the processes
+/// may have gone with the host), and then offered the instant switch back to it.
+#[test]
+fn a_blue_green_switch_resumed_keeps_the_previous_colour_it_offers_to_switch_back_to() {
+    let p = Policy::from_yaml(BLUE_GREEN_KEEPING).unwrap();
+    let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
+    let (s, now, _) = drive(&p, s, T0, healthy, |s| s.phase == Phase::Promoting);
+    assert_eq!(s.phase, Phase::Promoting, "{:?}", s.phase);
+    let t = step(&p, &s, &Input::Resumed, now + 1);
+    let (end, _, asked) = drive(&p, t.state, now + 1, healthy, |s| {
+        s.phase == Phase::KeepingPrevious
+    });
+    assert_eq!(end.phase, Phase::KeepingPrevious);
+    assert!(
+        asked.iter().any(|a| matches!(
+            a,
+            Action::Deploy {
+                variant: rampart_core::release::Variant::Stable,
+                ..
+            }
+        )),
+        "the previous colour offered for a switch back was never made sure of after the restart: {asked:?}"
+    );
+}

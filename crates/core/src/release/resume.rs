@@ -114,7 +114,14 @@ pub(super) fn resume(b: &mut Builder<'_>) {
         }
         Phase::Promoting => {
             match canary.clone() {
-                Some(c) => chain.push(c),
+                Some(c) => {
+                    chain.push(c);
+                    // A previous version kept for an instant switch back must run
+                    // when that switch is offered.
+                    if !b.policy.strategy.keep_previous().is_zero() {
+                        chain.extend(ensure_stable);
+                    }
+                }
                 None => chain.extend(ensure_stable),
             }
             chain.push(Action::SetWeight {
@@ -237,6 +244,15 @@ pub(super) fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &
         ));
     }
     match (b.s.phase, variant) {
+        // The switch to the new version goes on (it serves everyone, or is about to):
+        // only the instant switch back is lost, and said so.
+        (Phase::Promoting, Variant::Stable) if !b.policy.strategy.flag_only() => b.event(
+            "previous_lost",
+            "rampart",
+            format!(
+                "the previous version did not come back after restart ({detail}): the promotion goes on, with no instant switch back to it"
+            ),
+        ),
         (
             Phase::Previewing
             | Phase::Progressing

@@ -788,6 +788,34 @@ impl Controller {
         (ops, answers)
     }
 
+    /// Puts a deployment's endpoints in rotation, then takes the replicas it retired
+    /// (beyond the count, or of another version) out of it: out of rotation first,
+    /// then drained, then stopped, so that no request is cut off. Returns the detail.
+    async fn in_rotation(
+        &self,
+        variant: Variant,
+        d: rampart_core::ports::Deployment,
+    ) -> Result<String, PortError> {
+        let p = &self.ports;
+        if let Ok(mut known) = self.endpoints.lock() {
+            known.insert(variant, d.endpoints.clone());
+        }
+        p.router.set_backends(variant, &d.endpoints).await?;
+        let mut detail = d.detail;
+        if !d.retired.is_empty() {
+            if let Err(e) = p
+                .router
+                .drain_endpoints(&d.retired, self.policy.rollback.drain)
+                .await
+            {
+                detail.push_str(&format!("; {e}"));
+            }
+            let kept = u32::try_from(d.endpoints.len()).unwrap_or(u32::MAX);
+            detail.push_str(&format!("; {}", p.deployer.trim(variant, kept).await?));
+        }
+        Ok(detail)
+    }
+
     /// Performs one action and turns its result into the answering input.
     async fn execute(&self, action: &Action, release_id: &str) -> Input {
         let p = &self.ports;
@@ -834,30 +862,11 @@ impl Controller {
                 Input::GatesChecked { results }
             }
             Action::Deploy { variant, version } => {
-                let deployed = async {
-                    let d = p.deployer.deploy(*variant, version).await?;
-                    if let Ok(mut known) = self.endpoints.lock() {
-                        known.insert(*variant, d.endpoints.clone());
-                    }
-                    p.router.set_backends(*variant, &d.endpoints).await?;
-                    let mut detail = d.detail;
-                    if !d.retired.is_empty() {
-                        // Replicas beyond the count (a policy asking for fewer): out
-                        // of rotation first, then drained, then stopped.
-                        if let Err(e) = p
-                            .router
-                            .drain_endpoints(&d.retired, self.policy.rollback.drain)
-                            .await
-                        {
-                            detail.push_str(&format!("; {e}"));
-                        }
-                        let kept = u32::try_from(d.endpoints.len()).unwrap_or(u32::MAX);
-                        detail.push_str(&format!("; {}", p.deployer.trim(*variant, kept).await?));
-                    }
-                    Ok::<String, PortError>(detail)
+                let deployed = match p.deployer.deploy(*variant, version).await {
+                    Ok(d) => self.in_rotation(*variant, d).await,
+                    Err(e) => Err(e),
                 };
-                let result = deployed.await;
-                match result {
+                match deployed {
                     Ok(detail) => Input::Deployed {
                         variant: *variant,
                         ok: true,
@@ -923,31 +932,11 @@ impl Controller {
                 version,
                 replicas,
             } => {
-                let scaled = async {
-                    let d = p.deployer.scale(*variant, version, *replicas).await?;
-                    if let Ok(mut known) = self.endpoints.lock() {
-                        known.insert(*variant, d.endpoints.clone());
-                    }
-                    p.router.set_backends(*variant, &d.endpoints).await?;
-                    let mut detail = d.detail;
-                    if !d.retired.is_empty() {
-                        // Out of rotation first, then drained, then stopped: no request
-                        // is cut off by a scale-down.
-                        if let Err(e) = p
-                            .router
-                            .drain_endpoints(&d.retired, self.policy.rollback.drain)
-                            .await
-                        {
-                            detail.push_str(&format!("; {e}"));
-                        }
-                        detail.push_str(&format!(
-                            "; {}",
-                            p.deployer.trim(*variant, *replicas).await?
-                        ));
-                    }
-                    Ok::<String, PortError>(detail)
+                let scaled = match p.deployer.scale(*variant, version, *replicas).await {
+                    Ok(d) => self.in_rotation(*variant, d).await,
+                    Err(e) => Err(e),
                 };
-                match scaled.await {
+                match scaled {
                     Ok(detail) => Input::Scaled {
                         variant: *variant,
                         replicas: *replicas,

@@ -1163,6 +1163,13 @@ proptest! {
                 let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
                 prop_assert_eq!(aborted.state.phase, Phase::Promoting);
                 prop_assert!(weights_in(&aborted.effects).is_empty());
+            } else if state.phase == Phase::Promoting && matches!(state.pending, Some(Action::Deploy { .. })) {
+                // Re-establishing the versions after a restart: the switch back waits
+                // for them (deferred, moving nothing now).
+                let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
+                prop_assert_eq!(aborted.state.phase, Phase::Promoting);
+                prop_assert!(aborted.state.deferred.is_some());
+                prop_assert!(weights_in(&aborted.effects).is_empty());
             } else if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
                 let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
                 prop_assert_eq!(aborted.state.phase, Phase::RollingBack);

@@ -51,6 +51,21 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
         | Phase::Watching
         | Phase::Verifying
         | Phase::KeepingPrevious => {
+            // Past the switch, a version pending is one a restart re-establishes (the
+            // previous one among them): the switch back waits for it, else it could
+            // send every user to a version nothing brought back.
+            let restarting = matches!(
+                b.s.phase,
+                Phase::Promoting | Phase::Watching | Phase::Verifying | Phase::KeepingPrevious
+            ) && matches!(b.s.pending, Some(Action::Deploy { .. }));
+            let input = Input::Abort {
+                actor: actor.to_string(),
+                reason: reason.to_string(),
+                force,
+            };
+            if restarting && defer(b, input, actor) {
+                return;
+            }
             b.event("aborted", actor, reason.to_string());
             b.rollback_with(actor, format!("aborted by {actor}: {reason}"), force);
         }
@@ -247,6 +262,11 @@ pub(super) fn apply_deferred(b: &mut Builder<'_>) {
             reason,
             frozen,
         }) => promote(b, &actor, &reason, frozen.as_deref()),
+        Some(Input::Abort {
+            actor,
+            reason,
+            force,
+        }) => abort(b, &actor, &reason, force),
         _ => {}
     }
 }

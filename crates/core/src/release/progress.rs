@@ -504,6 +504,17 @@ pub(super) fn after_full(b: &mut Builder<'_>) {
     }
     b.s.phase = Phase::Watching;
     b.s.timer = Some(b.now + ms(watch));
+    // The watch tests another null (the previous version's baseline, not concurrent
+    // traffic): each sequential judge starts fresh evidence, with its own `alpha`
+    // and `min_samples`. Carried over, evidence a long healthy step drove far below 1
+    // would have to climb all the way back before it could reject at 100 %. (Stable's
+    // latency history is kept: it is the steps' measurements.)
+    for e in &mut b.s.evidence {
+        *e = crate::judge::Evidence {
+            stable_history: std::mem::take(&mut e.stable_history),
+            ..crate::judge::Evidence::default()
+        };
+    }
     b.s.pooled = vec![None; b.policy.analysis.metrics.len()];
     b.s.inconclusive_streak = 0;
     b.s.no_data_streak = 0;

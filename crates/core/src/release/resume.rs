@@ -116,9 +116,11 @@ pub(super) fn resume(b: &mut Builder<'_>) {
             match canary.clone() {
                 Some(c) => {
                     chain.push(c);
-                    // A previous version kept for an instant switch back must run
-                    // when that switch is offered.
-                    if !b.policy.strategy.keep_previous().is_zero() {
+                    // A previous version that a watch, a post-release check or an
+                    // operator in the keep window may switch back to must run.
+                    if !b.policy.strategy.keep_previous().is_zero()
+                        || b.policy.post_release.is_some()
+                    {
                         chain.extend(ensure_stable);
                     }
                 }
@@ -244,15 +246,32 @@ pub(super) fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &
         ));
     }
     match (b.s.phase, variant) {
-        // The switch to the new version goes on (it serves everyone, or is about to):
-        // only the instant switch back is lost, and said so.
-        (Phase::Promoting, Variant::Stable) if !b.policy.strategy.flag_only() => b.event(
-            "previous_lost",
-            "rampart",
-            format!(
-                "the previous version did not come back after restart ({detail}): the promotion goes on, with no instant switch back to it"
-            ),
-        ),
+        // The switch to the new version goes on (it serves everyone, or is about to),
+        // or the promotion it already was: only the switch back is lost, and said
+        // so. What the failure cut short of re-establishing is asked again.
+        (Phase::Promoting | Phase::KeepingPrevious, Variant::Stable)
+            if !b.policy.strategy.flag_only() =>
+        {
+            b.event(
+                "previous_lost",
+                "rampart",
+                format!(
+                    "the previous version did not come back after restart ({detail}): the promotion goes on, with no switch back to it"
+                ),
+            );
+            let mut rest = Vec::new();
+            if b.s.phase == Phase::KeepingPrevious {
+                rest.push(Action::Deploy {
+                    variant: Variant::Canary,
+                    version: b.s.version.clone(),
+                });
+            }
+            rest.push(Action::SetWeight {
+                weight: Weight::FULL,
+                matches: Vec::new(),
+            });
+            b.chain(rest);
+        }
         (
             Phase::Previewing
             | Phase::Progressing

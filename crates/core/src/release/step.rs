@@ -393,8 +393,17 @@ fn on_answer(b: &mut Builder<'_>, input: &Input) {
                 b.halt(format!("could not restore the previous replicas: {detail}"));
             }
         }
+        // All traffic re-applied after a restart in the keep window, refused: where
+        // users go is unknown, and the previous version is what is kept for that. It
+        // is not stopped; a human decides.
+        (Phase::KeepingPrevious, Input::TrafficFailed { detail }) => {
+            b.halt(format!(
+                "could not set all traffic on {} again after a restart: {detail}; the previous version keeps running",
+                b.s.version
+            ));
+        }
         (
-            Phase::Progressing | Phase::Promoting | Phase::Watching,
+            Phase::Progressing | Phase::Promoting | Phase::Watching | Phase::Verifying,
             Input::TrafficFailed { detail },
         ) => {
             if b.s.releasing_previous {

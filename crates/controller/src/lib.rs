@@ -961,11 +961,17 @@ impl Controller {
                         .as_ref()
                         .map_or(&[], |p| p.checks.as_slice()),
                 };
+                // The new version's processes: a flag release's are stable's own.
+                let serving = if self.policy.strategy.flag_only() {
+                    Variant::Stable
+                } else {
+                    Variant::Canary
+                };
                 let base = self
                     .endpoints
                     .lock()
                     .ok()
-                    .and_then(|e| e.get(&Variant::Canary).and_then(|a| a.first().copied()))
+                    .and_then(|e| e.get(&serving).and_then(|a| a.first().copied()))
                     .map(|a| format!("http://{a}"));
                 let mut results = Vec::new();
                 for check in checks {

@@ -306,6 +306,21 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
                 "rampart knows the service's address only behind the embedded proxy or nginx; give the address to send the load to (`url: http://HOST:PORT`)",
             );
         }
+        // Under a flag ramp, the proxy and the application put a user in the flag-on
+        // cohort by the same key. Stuck by address, all of the load has one (rampart's
+        // own): it is all on, or all off, wherever the proxy sends it.
+        if let (Traffic::Proxy(p), Some(flag)) =
+            (t, strategy.as_ref().and_then(Strategy::ramped_flag))
+            && p.sticky == Sticky::ClientIp
+        {
+            cx.error(
+                node.map_or(m.pos(), |n| n.pos),
+                "analysis.load",
+                format!(
+                    "rampart's own load comes from one address, so under `sticky: client-ip` flag `{flag}` is on for all of it or for none, and the proxy could not measure it as the flag's users are measured; stick by a header (`sticky: {{header: x-user-id}}`, which the load varies), or leave `load` out"
+                ),
+            );
+        }
         // The load speaks plain HTTP: a TLS listener would fail every request in
         // its handshake, counted nowhere, and the quiet service stays unjudged.
         let tls = matches!(t, Traffic::Proxy(p) if p.tls.is_some());

@@ -99,7 +99,7 @@ pub(super) fn check_flags(
             cx.error(
                 pos("traffic"),
                 "traffic.proxy.sticky",
-                "a flag ramp needs a sticky key (`sticky: {header: x-user-id}`, a cookie or `client_ip`): the proxy and the flag endpoint put the same users in the ramp by hashing it",
+                "a flag ramp needs a sticky key (`sticky: {header: x-user-id}`, a cookie or `client-ip`): the proxy and the flag endpoint put the same users in the ramp by hashing it",
             );
         }
     }

@@ -154,6 +154,24 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
     }
 }
 
+/// The sticky header the load varies its users' ids in: the policy's, unless its
+/// `load.headers` set that header themselves (a tester's id, to pin the load), whose
+/// value is then the one sent, alone.
+fn spread_by(policy: &rampart_core::Policy, headers: &[(String, String)]) -> Option<String> {
+    use rampart_core::policy::{Sticky, Traffic};
+    let sticky = match &policy.traffic {
+        Traffic::Proxy(p) => &p.sticky,
+        Traffic::Nginx(n) => &n.sticky,
+        _ => return None,
+    };
+    match sticky {
+        Sticky::Header(h) if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(h)) => {
+            Some(h.clone())
+        }
+        _ => None,
+    }
+}
+
 /// Starts the policy's `analysis.load` against `entry` (or its own `url`), marked with
 /// `x-rampart-load`: `1`, or `uncounted` (the data plane's token) for load that must
 /// not count. Users' ids spread over the variants by the sticky header when the policy
@@ -174,17 +192,7 @@ pub fn analysis_load(
         rampart_core::policy::LOAD_HEADER.to_string(),
         mark.to_string(),
     ));
-    let user_header = match &policy.traffic {
-        rampart_core::policy::Traffic::Proxy(p) => match &p.sticky {
-            rampart_core::policy::Sticky::Header(h) => Some(h.clone()),
-            _ => None,
-        },
-        rampart_core::policy::Traffic::Nginx(n) => match &n.sticky {
-            rampart_core::policy::Sticky::Header(h) => Some(h.clone()),
-            _ => None,
-        },
-        _ => None,
-    };
+    let user_header = spread_by(policy, &load.headers);
     let spec = LoadSpec {
         url,
         rps: load.rate,
@@ -232,4 +240,27 @@ pub async fn release_under_load(
         task.abort();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sticky header the policy's load sets itself is sent as set, once: the load's
+    /// own user ids would have been a second value of it, and a proxy reads the first.
+    #[test]
+    fn the_load_varies_the_sticky_header_unless_its_headers_set_it() {
+        let policy = |headers: &str| {
+            rampart_core::Policy::from_yaml(&format!(
+                "service: shop\ndeploy: {{process: {{command: [x, \"{{port}}\"]}}}}\ntraffic: {{proxy: {{listen: \"127.0.0.1:1\", sticky: {{header: x-user}}}}}}\nstrategy: {{canary: {{steps: [{{weight: 10, bake: 1m}}]}}}}\nanalysis:\n  load: {{rate: 10{headers}}}\n  metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]\n"
+            ))
+            .unwrap_or_else(|e| panic!("{e:?}"))
+        };
+        let p = policy("");
+        let load = p.analysis.load.as_ref().unwrap();
+        assert_eq!(spread_by(&p, &load.headers).as_deref(), Some("x-user"));
+        let p = policy(", headers: {X-User: qa-alice}");
+        let load = p.analysis.load.as_ref().unwrap();
+        assert_eq!(spread_by(&p, &load.headers), None);
+    }
 }

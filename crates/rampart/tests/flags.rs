@@ -223,8 +223,10 @@ fn the_flag_endpoint_answers_applications_and_the_cli_changes_are_audited() {
 }
 
 /// Regression (review): a level-1 rollback leaves its canary running with its users; a
-/// flag release (allowed meanwhile: it deploys nothing) that is then promoted handed
-/// that canary over as the winner, sending every user to the version rolled back.
+/// flag release that is then promoted handed that canary over as the winner, sending
+/// every user to the version rolled back. (A later review: the flag release also moved
+/// the canary's users to stable's processes as it started, unasked. It is refused
+/// until `rampart stop --canary` settles them, as any release is.)
 #[test]
 fn a_promoted_flag_release_never_hands_an_earlier_canary_over_as_stable() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,6 +256,29 @@ fn a_promoted_flag_release_never_hands_an_earlier_canary_over_as_stable() {
         FLAG_ONLY,
     );
     std::fs::write(&path, text).unwrap();
+    let (code, v) = release("v1", None);
+    assert_eq!(code, 5, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("--canary"), "{v}");
+    let out = rampart()
+        .args([
+            "stop",
+            "--canary",
+            "--reason",
+            "v2 rolled back",
+            "--as",
+            "alice",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, v) = release("v1", None);
     assert_eq!(code, 0, "{v}");
     let stable = std::fs::read_to_string(state.join("processes/flagged.stable.json")).unwrap();

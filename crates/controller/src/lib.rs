@@ -810,8 +810,13 @@ impl Controller {
             {
                 detail.push_str(&format!("; {e}"));
             }
+            // In rotation already: a replica that would not stop is said, not a
+            // failed deploy.
             let kept = u32::try_from(d.endpoints.len()).unwrap_or(u32::MAX);
-            detail.push_str(&format!("; {}", p.deployer.trim(variant, kept).await?));
+            match p.deployer.trim(variant, kept).await {
+                Ok(trimmed) => detail.push_str(&format!("; {trimmed}")),
+                Err(e) => detail.push_str(&format!("; retired replicas not stopped: {e}")),
+            }
         }
         Ok(detail)
     }

@@ -51,12 +51,39 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, Default)]
 pub struct Decoder {
     diagnostics: Vec<Diagnostic>,
+    /// Problems that refuse a new release but not one already under way, whose
+    /// stored policy an older rampart accepted (rules added since, see
+    /// [`Decoder::refuse_new`]).
+    for_new: Vec<Diagnostic>,
+    /// Whether the policy is a release's stored one, taken up again: `for_new` is
+    /// then no error.
+    stored: bool,
 }
 
 impl Decoder {
+    /// A decoder for a release's stored policy (see [`Decoder::refuse_new`]).
+    pub fn stored() -> Decoder {
+        Decoder {
+            stored: true,
+            ..Decoder::default()
+        }
+    }
+
     /// Records a problem.
     pub fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
         self.diagnostics.push(Diagnostic::new(pos, path, message));
+    }
+
+    /// Records a problem that refuses a new release, but not the resume of one an
+    /// older rampart started with this policy: it would be left unfinished, traffic
+    /// where it stood, with nothing able to finish it.
+    pub fn refuse_new(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        let d = Diagnostic::new(pos, path, message);
+        if self.stored {
+            self.for_new.push(d);
+        } else {
+            self.diagnostics.push(d);
+        }
     }
 
     /// Whether anything has gone wrong so far.

@@ -82,8 +82,8 @@ impl std::fmt::Debug for dyn Clock {
 pub struct Deployment {
     /// Where the version accepts traffic.
     pub endpoints: Vec<SocketAddr>,
-    /// Replicas beyond the requested count, still running until trimmed: take them out
-    /// of the router and drain them first.
+    /// Replicas beyond the requested count, or of another version that still answered,
+    /// still running until trimmed: take them out of the router and drain them first.
     pub retired: Vec<SocketAddr>,
     /// A line for the audit trail (pid, port, adopted or started).
     pub detail: String,
@@ -95,7 +95,10 @@ pub struct Deployment {
 /// version already running and ready adopts it instead of starting a second copy;
 /// `stop` of a version that is not running succeeds.
 pub trait Deployer: Send + Sync {
-    /// Starts (or adopts) `version` as `variant` and waits until it is ready.
+    /// Starts (or adopts) `version` as `variant` and waits until it is ready. Replicas
+    /// it does not keep that may still serve (beyond the count, or of another version)
+    /// are reported `retired`, still running: the caller takes them out of rotation,
+    /// drains them, then trims.
     fn deploy<'a>(
         &'a self,
         variant: Variant,

@@ -439,3 +439,152 @@ fn a_long_healthy_canary_does_not_blind_the_sequential_watch_to_a_tripled_error_
         long.decision
     );
 }
+
+// === after a read-only review of the fixes ===
+
+fn rollback_by(actor: &str) -> Input {
+    Input::Abort {
+        actor: actor.into(),
+        reason: "support tickets".into(),
+        force: false,
+    }
+}
+
+/// The previous version lost at a resumed switch: the promotion goes on, but nothing
+/// may switch back to it. An operator's rollback (which the keep window would have
+/// offered) halted and paged before; the first fix let it set weight 0, sending every
+/// user to a version that does not run, then stop the only one that does.
+#[test]
+fn a_rollback_after_the_previous_version_was_lost_halts_instead_of_switching_to_nothing() {
+    let p = Policy::from_yaml(BLUE_GREEN).unwrap();
+    let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
+    let (s, now, _) = drive(&p, s, T0, healthy, &mut ok, |s| s.phase == Phase::Promoting);
+    let t = step(&p, &s, &Input::Resumed, now + 1);
+    let mut lose_stable = |a: &Action| {
+        is_stable_deploy(a).then(|| Input::Deployed {
+            variant: Variant::Stable,
+            ok: false,
+            detail: "port in use".into(),
+        })
+    };
+    let (s, now, _) = drive(&p, t.state, now + 1, healthy, &mut lose_stable, |s| {
+        s.previous_lost
+    });
+    assert!(s.previous_lost, "{:?}", s.phase);
+    let t = step(&p, &s, &rollback_by("bob"), now + 1);
+    assert_eq!(t.state.phase, Phase::Halted, "{:?}", t.state.decision);
+    assert!(
+        !t.effects
+            .iter()
+            .any(|e| matches!(e, rampart_core::release::Effect::Do(a) if is_weight_zero(a))),
+        "{:?}",
+        t.effects
+    );
+    // Left alone, it is promoted without a keep window offering that switch.
+    let t = step(&p, &s, &Input::Tick, now + 1);
+    let (end, _, asked) = drive(&p, t.state, now + 1, healthy, &mut lose_stable, |_| false);
+    assert_eq!(end.phase, Phase::Succeeded, "{:?}", end.decision);
+    assert!(!asked.iter().any(is_weight_zero), "{asked:?}");
+}
+
+/// A canary whose post-release checks run at once after the switch, nothing kept.
+const CANARY_CHECKED: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy: {canary: {steps: [{weight: 50, bake: 1m}]}}
+analysis:
+  interval: 30s
+  min_samples: 10
+  metrics:
+    - {metric: error_rate, judge: {max: 5%}}
+post_release:
+  checks: [{http: /healthz}]
+"#;
+
+/// An operator's rollback deferred while a restart re-established the versions past
+/// the switch waited for no action at all (`pending` empty), which never came: the
+/// checks ran, the previous version was stopped, and the release ended promoted, the
+/// rollback dropped without a word. It applies once the versions run.
+#[test]
+fn a_rollback_deferred_at_a_resumed_switch_is_applied_once_the_versions_run() {
+    let p = Policy::from_yaml(CANARY_CHECKED).unwrap();
+    let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
+    let (s, now, _) = drive(&p, s, T0, healthy, &mut ok, |s| s.phase == Phase::Promoting);
+    let t = step(&p, &s, &Input::Resumed, now + 1);
+    assert!(
+        matches!(t.state.pending, Some(Action::Deploy { .. })),
+        "{:?}",
+        t.state.pending
+    );
+    let t = step(&p, &t.state, &rollback_by("bob"), now + 2);
+    assert!(t.state.deferred.is_some());
+    let (end, _, asked) = drive(&p, t.state, now + 2, healthy, &mut ok, |_| false);
+    assert_eq!(
+        end.phase,
+        Phase::RolledBack,
+        "the deferred rollback was dropped: {asked:?}"
+    );
+    assert!(
+        !asked.iter().any(|a| matches!(
+            a,
+            Action::Stop {
+                variant: Variant::Stable
+            }
+        )),
+        "{asked:?}"
+    );
+}
+
+const ROLLING_FLAGGED: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"], replicas: 4}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+flags:
+  define:
+    - {name: recs-v2, default: true}
+strategy:
+  rolling: {batch: 1, bake: 1m}
+rollback: {flags: [recs-v2]}
+analysis:
+  interval: 30s
+  min_samples: 10
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#;
+
+/// The new version fails a fifth of its requests.
+fn failing(_: &Release) -> IntervalSample {
+    IntervalSample {
+        stable: stats(900, 1),
+        canary: stats(1000, 200),
+        ..Default::default()
+    }
+}
+
+/// An operator's rollback that comes while a restart at level 1 re-establishes the
+/// replicas (a `Scale` pending) was dropped: level 1 then verified and could stop
+/// there, the new version keeping its users against the operator's request.
+#[test]
+fn a_rollback_during_a_resumed_level_one_goes_on_to_the_traffic() {
+    let p = Policy::from_yaml(ROLLING_FLAGGED).unwrap();
+    let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
+    let (s, now, _) = drive(&p, s, T0, failing, &mut ok, |s| {
+        s.phase == Phase::RollingBack
+    });
+    assert_eq!(s.rollback_level, Some(1));
+    let t = step(&p, &s, &Input::Resumed, now + 1);
+    assert!(
+        matches!(t.state.pending, Some(Action::Scale { .. })),
+        "{:?}",
+        t.state.pending
+    );
+    let t = step(&p, &t.state, &rollback_by("bob"), now + 2);
+    let (end, _, _) = drive(&p, t.state, now + 2, healthy, &mut ok, |_| false);
+    assert_eq!(end.phase, Phase::RolledBack);
+    assert_eq!(
+        (end.rollback_level, end.weight),
+        (Some(2), Weight::ZERO),
+        "bob's rollback stopped at level 1"
+    );
+}

@@ -225,7 +225,21 @@ pub fn proxy_tls(
 
 /// Parses a policy and turns diagnostics into `file:line:col: path: message` lines.
 pub fn load_policy(path: &Path, text: &str) -> Result<Policy, RunError> {
-    Policy::from_yaml(text).map_err(|e| {
+    decoded(path, Policy::from_yaml(text))
+}
+
+/// [`load_policy`] of a policy a release may already run with (a resume, a stop):
+/// the rules only a new release is refused by are not applied (see
+/// `Policy::from_stored`).
+pub fn load_stored_policy(path: &Path, text: &str) -> Result<Policy, RunError> {
+    decoded(path, Policy::from_stored(text))
+}
+
+fn decoded(
+    path: &Path,
+    policy: Result<Policy, rampart_core::policy::PolicyError>,
+) -> Result<Policy, RunError> {
+    policy.map_err(|e| {
         let lines: Vec<String> = e
             .diagnostics
             .iter()
@@ -309,7 +323,8 @@ pub async fn run_release(
     opts: RunOptions,
     on_proxy: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
 ) -> Result<Report, RunError> {
-    let file_policy = load_policy(&opts.policy_path, &opts.policy_text)?;
+    // Strict for a new release (below); a release under way resumes with its own.
+    let file_policy = load_stored_policy(&opts.policy_path, &opts.policy_text)?;
     if opts.stable.as_deref() == Some(opts.version.as_str()) {
         return Err(RunError::Invalid(format!(
             "--stable {} is the version being released; name the version serving now",
@@ -358,9 +373,15 @@ pub async fn run_release(
                     opts.policy_path.display(),
                 );
             }
-            (load_policy(&opts.policy_path, &policy)?, Some(id), None)
+            (
+                load_stored_policy(&opts.policy_path, &policy)?,
+                Some(id),
+                None,
+            )
         }
         Ok(Start::New { hotfix }) => {
+            // Every rule applies to a new release.
+            load_policy(&opts.policy_path, &opts.policy_text)?;
             // A calendar freeze yields to a hotfix too, once approved.
             let hotfix = hotfix.or_else(|| {
                 admission::calendar_hotfix(
@@ -1012,9 +1033,11 @@ async fn leftover_canary(
     let (weight, canary) = match (routes, processes) {
         (Some(table), _) => {
             let carries = table.weight > rampart_core::Weight::ZERO || !table.matches.is_empty();
-            // A flag release's cohort runs on stable's own processes: its users are on
-            // stable already, whatever the next release does with the routes.
-            let flag_cohort = table.canary.iter().all(|c| table.stable.contains(c));
+            // A flag release's cohort runs on stable's own processes: a next flag
+            // release takes it over as its own (any other release would give its
+            // share to a new version before any analysis, and is refused).
+            let flag_cohort = policy.strategy.flag_only()
+                && table.canary.iter().all(|c| table.stable.contains(c));
             if !carries || flag_cohort {
                 return Ok(());
             }
@@ -1027,7 +1050,7 @@ async fn leftover_canary(
                 .load(&last.id)
                 .await
                 .map_err(|e| internal(e.to_string()))?;
-            let ran = Policy::from_yaml(&last.policy).map_err(|e| internal(e.to_string()))?;
+            let ran = Policy::from_stored(&last.policy).map_err(|e| internal(e.to_string()))?;
             let end = Release::replay(&ran, log.iter().map(|e| (&e.input, e.at)));
             let matched = !ran.strategy.matches_at(end.step).is_empty()
                 && end.rollback_level.is_none_or(|level| level == 1);

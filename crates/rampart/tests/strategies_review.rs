@@ -126,6 +126,10 @@ fn a_flag_release_refuses_what_would_measure_flag_off_users_as_its_canary() {
         &text.replace(", match: {header: x-user, values: [beta-7]}", ""),
     )
     .unwrap();
+    // A release an older rampart started with them is taken up again, not stranded:
+    // the rules refuse new releases only.
+    rampart_core::Policy::from_stored(&text).unwrap();
+    rampart_core::Policy::from_stored(&on).unwrap();
 }
 
 /// Contract: docs/flags.md "A caller without a key gets the default, unless the ramp is

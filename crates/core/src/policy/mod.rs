@@ -126,6 +126,17 @@ impl Policy {
     /// Decodes and validates policy text. Returns every problem found, each with its line,
     /// column and field path.
     pub fn from_yaml(src: &str) -> Result<Policy, PolicyError> {
+        Self::decode_with(src, Decoder::default())
+    }
+
+    /// [`Policy::from_yaml`] for a release's stored policy, taken up again (a resume,
+    /// a view, a stop): the rules added since an older rampart accepted it, which
+    /// refuse only new releases, are not applied.
+    pub fn from_stored(src: &str) -> Result<Policy, PolicyError> {
+        Self::decode_with(src, Decoder::stored())
+    }
+
+    fn decode_with(src: &str, mut cx: Decoder) -> Result<Policy, PolicyError> {
         let root = yaml::parse(src).map_err(|e| PolicyError {
             diagnostics: vec![Diagnostic::new(
                 e.pos,
@@ -133,7 +144,6 @@ impl Policy {
                 format!("YAML syntax: {}", e.message),
             )],
         })?;
-        let mut cx = Decoder::default();
         let policy = decode_policy(&mut cx, &root);
         match policy {
             Some(p) if !cx.has_errors() => Ok(p),
@@ -313,7 +323,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
             (t, strategy.as_ref().and_then(Strategy::ramped_flag))
             && p.sticky == Sticky::ClientIp
         {
-            cx.error(
+            cx.refuse_new(
                 node.map_or(m.pos(), |n| n.pos),
                 "analysis.load",
                 format!(

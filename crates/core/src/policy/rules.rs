@@ -51,7 +51,7 @@ pub(super) fn check_flags(
                     _ => None,
                 })
                 .unwrap_or(pos("flags"));
-            cx.error(
+            cx.refuse_new(
                 at,
                 &format!("flags.define[{i}].default"),
                 format!(
@@ -76,7 +76,7 @@ pub(super) fn check_flags(
                         .and_then(|it| it.get(i))
                         .and_then(|n| n.field("match").or(Some(n)))
                         .map_or(pos("strategy"), |n| n.pos);
-                    cx.error(
+                    cx.refuse_new(
                         at,
                         &format!("strategy.{}.steps[{i}].match", strategy.name()),
                         format!(

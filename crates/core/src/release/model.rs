@@ -279,6 +279,11 @@ pub struct Release {
     /// waiting to see whether they were enough.
     #[serde(default)]
     pub hurried_by: Option<String>,
+    /// The previous version did not come back after a restart past the switch:
+    /// nothing to switch back to, so no switch back is offered, and a failure (or an
+    /// operator's rollback) halts and pages instead.
+    #[serde(default)]
+    pub previous_lost: bool,
     /// A hotfix whose approval during a freeze was given: the freeze does not hold it.
     #[serde(default)]
     pub freeze_lifted: bool,
@@ -380,6 +385,7 @@ impl Default for Release {
             window_attended: false,
             attended_until: None,
             hurried_by: None,
+            previous_lost: false,
             freeze_lifted: false,
             paused: None,
             rollback_level: None,

@@ -69,10 +69,11 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
             b.event("aborted", actor, reason.to_string());
             b.rollback_with(actor, format!("aborted by {actor}: {reason}"), force);
         }
-        // Flags going off: they finish, then the traffic moves back at once.
+        // Flags going off (or, after a restart, the versions re-established before
+        // they are asked off again): they finish, then the traffic moves back at once.
         Phase::RollingBack
             if b.s.rollback_level == Some(1)
-                && matches!(b.s.pending, Some(Action::FlagsOff { .. })) =>
+                && !matches!(b.s.pending, None | Some(Action::Measure(_))) =>
         {
             b.event(
                 "aborted",
@@ -252,10 +253,27 @@ fn defer(b: &mut Builder<'_>, input: Input, actor: &str) -> bool {
 
 /// Applies a command kept by [`defer`], now that nothing is being started.
 pub(super) fn apply_deferred(b: &mut Builder<'_>) {
-    if b.s.pending.is_some() {
+    // A rollback waits for the versions being started only (then it switches back to
+    // what runs); other commands for the action in flight to end.
+    let waits = match &b.s.deferred {
+        Some(Input::Abort { .. }) => matches!(
+            b.s.pending,
+            Some(Action::Deploy { .. } | Action::Scale { .. })
+        ),
+        _ => b.s.pending.is_some(),
+    };
+    if waits {
         return;
     }
     match b.s.deferred.take() {
+        Some(Input::Abort { actor, .. }) if b.s.phase.is_terminal() => b.event(
+            "command_refused",
+            &actor,
+            format!(
+                "the rollback asked while the versions were started again came too late: the release ended {}",
+                b.s.phase.as_str()
+            ),
+        ),
         Some(Input::Approved { by, asked_at }) => approved(b, &by, asked_at),
         Some(Input::Promote {
             actor,

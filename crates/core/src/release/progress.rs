@@ -573,7 +573,8 @@ pub(super) fn keep_or_stop_previous(b: &mut Builder<'_>) {
         return succeed(b);
     }
     let keep = b.policy.strategy.keep_previous();
-    if keep.is_zero() {
+    // A previous version lost after a restart is not offered for a switch back.
+    if keep.is_zero() || b.s.previous_lost {
         b.s.phase = Phase::Promoting;
         b.s.releasing_previous = true;
         b.act(Action::Stop {

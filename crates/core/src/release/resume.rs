@@ -256,9 +256,10 @@ pub(super) fn ensured(b: &mut Builder<'_>, variant: Variant, ok: bool, detail: &
                 "previous_lost",
                 "rampart",
                 format!(
-                    "the previous version did not come back after restart ({detail}): the promotion goes on, with no switch back to it"
+                    "the previous version did not come back after restart ({detail}): the promotion goes on, with no switch back to it (a failure now halts and pages)"
                 ),
             );
+            b.s.previous_lost = true;
             let mut rest = Vec::new();
             if b.s.phase == Phase::KeepingPrevious {
                 rest.push(Action::Deploy {

@@ -63,6 +63,12 @@ impl Builder<'_> {
         if incompatible && escalate && !force {
             return self.escalate(reason);
         }
+        // Switching back would send every user to a version that is not running.
+        if self.s.previous_lost {
+            return self.halt(format!(
+                "{reason}; the previous version did not come back after a restart, so there is nothing to switch back to"
+            ));
+        }
         if let Some(cap) = self.policy.rollback.max_automatic
             && actor == "rampart"
             && self.s.prior_automatic_rollbacks >= cap.count

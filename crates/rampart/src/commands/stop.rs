@@ -80,7 +80,7 @@ pub async fn stop(
 ) -> Result<Vec<String>, RunError> {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| RunError::Invalid(format!("{}: {e}", args.file.display())))?;
-    let policy = crate::run::load_policy(&args.file, &text)?;
+    let policy = crate::run::load_stored_policy(&args.file, &text)?;
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
     let store = crate::serve::open_store(args.store.as_deref(), &args.state_dir)
         .await
@@ -212,7 +212,7 @@ async fn stop_canary(
             _ => None,
         });
         if ran.is_none()
-            && let Ok(p) = Policy::from_yaml(&r.policy)
+            && let Ok(p) = Policy::from_stored(&r.policy)
             && !p.strategy.flag_only()
         {
             stable_version = start.as_ref().and_then(|(s, _)| s.clone());

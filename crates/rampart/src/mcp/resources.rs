@@ -61,7 +61,7 @@ pub(super) async fn read(backend: &Backend, uri: &str) -> Result<ReadResourceRes
     let (mime, text) = if let Some(service) = uri.strip_prefix(POLICIES) {
         ("application/yaml", policy_of(backend, service).await?)
     } else if let Some(service) = uri.strip_prefix(RUNBOOKS) {
-        let policy = rampart_core::Policy::from_yaml(&policy_of(backend, service).await?)
+        let policy = rampart_core::Policy::from_stored(&policy_of(backend, service).await?)
             .map_err(|e| not_found(e.to_string()))?;
         (
             "text/markdown",

@@ -253,7 +253,7 @@ fn finished_report(
     record: &rampart_core::ports::ReleaseRecord,
     log: &[rampart_core::ports::StoredInput],
 ) -> Option<String> {
-    let policy = rampart_core::Policy::from_yaml(&record.policy).ok()?;
+    let policy = rampart_core::Policy::from_stored(&record.policy).ok()?;
     let loaded = super::views::Loaded {
         record: record.clone(),
         log: log.to_vec(),

@@ -152,7 +152,7 @@ async fn desired(
     else {
         return Ok(None); // released by `rampart run` into this store: not served here
     };
-    let policy = Policy::from_yaml(&last.policy).map_err(|e| e.to_string())?;
+    let policy = Policy::from_stored(&last.policy).map_err(|e| e.to_string())?;
     let Some(process) = policy.process().cloned() else {
         return Ok(None); // a cluster keeps its own desired state
     };
@@ -174,7 +174,7 @@ async fn desired(
     let rolled_back = releases
         .iter()
         .take_while(|r| r.outcome != Some(OutcomeKind::Promoted))
-        .find(|r| Policy::from_yaml(&r.policy).is_ok_and(|p| !p.strategy.flag_only()))
+        .find(|r| Policy::from_stored(&r.policy).is_ok_and(|p| !p.strategy.flag_only()))
         .filter(|r| r.outcome == Some(OutcomeKind::RolledBack))
         .map(|r| r.id.clone());
     Ok(Some(Ok(Desired {

@@ -191,7 +191,7 @@ impl Loaded {
             Err(e) => return Some(Err(e.0)),
         };
         Some(
-            Policy::from_yaml(&record.policy)
+            Policy::from_stored(&record.policy)
                 .map(|policy| Loaded {
                     record,
                     log,
@@ -356,7 +356,7 @@ impl Loaded {
 
 /// A submitted release that has not started yet.
 pub fn queued_view(s: &Submission) -> ReleaseView {
-    let policy = Policy::from_yaml(&s.policy).ok();
+    let policy = Policy::from_stored(&s.policy).ok();
     let steps = policy.as_ref().map_or(0, |p| p.strategy.steps().len());
     ReleaseView {
         id: s.id.clone(),

@@ -31,7 +31,7 @@ pub async fn services(State(app): State<App>, caller: Caller) -> ApiResult<Json<
         let freeze = app.store.freeze(&service).await.map_err(store_err)?;
         let window = latest
             .first()
-            .and_then(|rec| rampart_core::Policy::from_yaml(&rec.policy).ok())
+            .and_then(|rec| rampart_core::Policy::from_stored(&rec.policy).ok())
             .and_then(|p| p.windows)
             .map(|w| match w.status(now) {
                 rampart_core::windows::Status::Open => json!({"open": true}),

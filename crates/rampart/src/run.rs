@@ -496,6 +496,7 @@ pub async fn run_release(
             store.as_ref(),
         )
         .await?;
+        ramped_flag_is_off(&policy, &opts.policy_path, store.as_ref()).await?;
     }
     let found = crate::dataplane::find(
         &policy,
@@ -1070,6 +1071,31 @@ async fn leftover_canary(
         canary.len(),
         policy_path.display()
     )))
+}
+
+/// Refuses a release that ramps a flag the store has on by default (the policy's
+/// `default` applies only when a flag is first created; `rampart flags set --default
+/// on` may have turned it on since): everyone outside the ramp would have it on, and
+/// the proxy would measure them as stable. It reads, and changes nothing.
+async fn ramped_flag_is_off(
+    policy: &Policy,
+    policy_path: &Path,
+    store: &StateStore,
+) -> Result<(), RunError> {
+    let Some(flag) = policy.strategy.ramped_flag() else {
+        return Ok(());
+    };
+    let states = rampart_core::ports::FlagStore::flags(store, &policy.service)
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+    match states.iter().find(|f| f.name == flag) {
+        Some(f) if f.default => Err(RunError::Blocked(format!(
+            "flag `{flag}` of {} is on by default in the flag store: everyone outside the ramp has it on already, and the release would measure them as stable. Turn its default off first: `rampart flags set {flag} --default off --reason REASON -f {}`",
+            policy.service,
+            policy_path.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Whether any of `addrs` accepts a TCP connection (probed one after another, up to

@@ -372,3 +372,64 @@ fn a_stable_of_another_version_is_replaced_without_a_failed_request() {
         v["timeline"][2]["message"]
     );
 }
+
+/// A flag's `default` in the policy applies only when the flag is first created; one
+/// turned on since (`rampart flags set --default on`) was ramped by a release all the
+/// same: everyone outside the ramp had it on and was measured as stable. Refused
+/// before anything changes (exit 5), naming the command that turns it off.
+#[test]
+fn a_release_does_not_ramp_a_flag_the_store_has_on_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, _) = flag_policy(dir.path(), "[{weight: 10, bake: 1h}]");
+    let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
+    let flags = |args: &[&str]| {
+        let out = common::rampart()
+            .arg("flags")
+            .args(args)
+            .arg("-f")
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    flags(&["list"]);
+    flags(&[
+        "set",
+        "new-checkout",
+        "--default",
+        "on",
+        "--reason",
+        "launch",
+        "--as",
+        "alice",
+    ]);
+    let mut run = run_json(&path, &state, "v2", Some("v1"))
+        .stdout(std::process::Stdio::piped())
+        .spawn_guarded();
+    #[allow(clippy::disallowed_methods)] // the test's own time limit
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        #[allow(clippy::disallowed_methods)] // the test's own time limit
+        let late = std::time::Instant::now() >= deadline;
+        assert!(!late, "the release ramped a flag that is on by default");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut run.stdout.take().unwrap(), &mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    assert_eq!(status.code(), Some(5), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap_or("").contains("--default off"),
+        "{v}"
+    );
+}

@@ -972,15 +972,25 @@ impl Controller {
                 } else {
                     Variant::Canary
                 };
-                let base = self
+                let replicas: Vec<String> = self
                     .endpoints
                     .lock()
                     .ok()
-                    .and_then(|e| e.get(&serving).and_then(|a| a.first().copied()))
-                    .map(|a| format!("http://{a}"));
+                    .and_then(|e| e.get(&serving).cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| format!("http://{a}"))
+                    .collect();
+                let base = replicas.first();
                 let mut results = Vec::new();
                 for check in checks {
-                    results.push(match &base {
+                    results.push(match base {
+                        // An HTTP check on the new version asks every replica (a probe
+                        // is cheap, and one bad replica serves its share of users); a
+                        // command runs once, on the first (`{url}`).
+                        Some(_) if matches!(check.check, GateCheck::Http { .. }) => {
+                            on_every(&p.gates, check, &replicas).await
+                        }
                         Some(base) => p.gates.run(&on_target(check, base)).await,
                         // A deployer may report no address (Kubernetes: pods are reached
                         // through Services); a check that names its own URL still runs.
@@ -1028,6 +1038,40 @@ fn needs_target(check: &Gate) -> bool {
 
 /// A check aimed at the new version: a path becomes a URL on its address, and `{url}`
 /// in a command becomes its base URL.
+/// `check` run on each of `replicas` (base URLs), in turn: it passes when it passes on
+/// every one; the first that fails is reported, named.
+async fn on_every(
+    gates: &Arc<dyn rampart_core::ports::GateRunner>,
+    check: &Gate,
+    replicas: &[String],
+) -> GateResult {
+    let mut first = None;
+    for (i, base) in replicas.iter().enumerate() {
+        let result = gates.run(&on_target(check, base)).await;
+        if !result.ok {
+            return GateResult {
+                detail: if replicas.len() > 1 {
+                    format!(
+                        "replica {} of {} ({base}): {}",
+                        i + 1,
+                        replicas.len(),
+                        result.detail
+                    )
+                } else {
+                    result.detail
+                },
+                ..result
+            };
+        }
+        first.get_or_insert(result);
+    }
+    first.unwrap_or_else(|| GateResult {
+        name: check.name.clone(),
+        ok: false,
+        detail: "no replica to check".into(),
+    })
+}
+
 fn on_target(check: &Gate, base: &str) -> Gate {
     let check_on = match &check.check {
         GateCheck::Http {

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart_adapters::clock::TokioClock;
@@ -13,7 +13,7 @@ use rampart_adapters::store::StateStore;
 use rampart_controller::{Controller, Ports, Silent};
 use rampart_core::policy::Policy;
 use rampart_core::ports::*;
-use rampart_core::release::{Input, Phase, Release, SilenceOp};
+use rampart_core::release::{GateResult, Input, Phase, Release, SilenceOp};
 use rampart_core::{Variant, Weight};
 use rampart_testkit::FakeWorld;
 
@@ -964,5 +964,112 @@ async fn a_kill_switch_that_cannot_be_switched_off_leaves_none_after_it_on() {
         world.weight(),
         Weight::ZERO,
         "level 2 moved the traffic back"
+    );
+}
+
+/// Two replicas of the new colour; the preview's health check fails on the second.
+struct TwoReplicas(Arc<FakeWorld>);
+
+impl Deployer for TwoReplicas {
+    fn deploy<'a>(
+        &'a self,
+        v: Variant,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
+        Box::pin(async move {
+            let mut d = self.0.deploy(v, version).await?;
+            if v == Variant::Canary {
+                d.endpoints = vec![
+                    "127.0.0.1:7001".parse().unwrap(),
+                    "127.0.0.1:7002".parse().unwrap(),
+                ];
+            }
+            Ok(d)
+        })
+    }
+
+    fn scale<'a>(
+        &'a self,
+        v: Variant,
+        version: &'a str,
+        n: u32,
+    ) -> BoxFuture<'a, Result<Deployment, PortError>> {
+        self.0.scale(v, version, n)
+    }
+
+    fn trim(&self, v: Variant, n: u32) -> BoxFuture<'_, Result<String, PortError>> {
+        self.0.trim(v, n)
+    }
+
+    fn stop(&self, v: Variant) -> BoxFuture<'_, Result<String, PortError>> {
+        self.0.stop(v)
+    }
+
+    fn verify(&self, v: Variant, t: Duration) -> BoxFuture<'_, Result<String, PortError>> {
+        self.0.verify(v, t)
+    }
+}
+
+/// Answers every HTTP check but those on port 7002.
+struct SecondReplicaUnhealthy(Mutex<Vec<String>>);
+
+impl GateRunner for SecondReplicaUnhealthy {
+    fn run<'a>(&'a self, gate: &'a rampart_core::policy::Gate) -> BoxFuture<'a, GateResult> {
+        let url = match &gate.check {
+            rampart_core::policy::GateCheck::Http { url, .. } => url.clone(),
+            _ => String::new(),
+        };
+        self.0.lock().unwrap().push(url.clone());
+        Box::pin(async move {
+            GateResult {
+                name: gate.name.clone(),
+                ok: !url.contains(":7002"),
+                detail: format!("{url} answered"),
+            }
+        })
+    }
+}
+
+/// A preview (or post-release) health check on a path asked the new version's first
+/// replica only: a second replica that fails it went on to serve its share of users.
+/// Every replica is asked; the one that fails is named.
+#[tokio::test(start_paused = true)]
+async fn a_preview_health_check_asks_every_replica_of_the_new_colour() {
+    let policy = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:1"}}
+strategy:
+  blue_green:
+    preview: [{http: /healthz}]
+    stability: 1m
+analysis:
+  interval: 30s
+  min_samples: 10
+  metrics:
+    - metric: error_rate
+      judge: {max: 5%}
+"#;
+    let world = FakeWorld::new();
+    let store = Arc::new(StateStore::in_memory().await.unwrap());
+    let mut ports = ports(&world, store.clone());
+    ports.deployer = Arc::new(TwoReplicas(world.clone()));
+    let gates = Arc::new(SecondReplicaUnhealthy(Mutex::new(Vec::new())));
+    ports.gates = gates.clone();
+    let c = Controller::new(Policy::from_yaml(policy).unwrap(), ports, Arc::new(Silent));
+    c.create("r1", "v2", policy).await.unwrap();
+    let end = c.drive("r1", Some("v1".into()), None).await.unwrap();
+    assert_eq!(end.phase, Phase::RolledBack, "{:?}", end.decision);
+    let asked = gates.0.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|u| u == "http://127.0.0.1:7002/healthz"),
+        "{asked:?}"
+    );
+    let reason = end.decision.unwrap().reason;
+    assert!(reason.contains("replica 2 of 2"), "{reason}");
+    assert_eq!(
+        world.weight(),
+        Weight::ZERO,
+        "no user reached the new colour"
     );
 }

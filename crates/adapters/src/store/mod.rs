@@ -70,6 +70,21 @@ struct Fencing {
     until: Option<(Arc<dyn rampart_core::ports::Clock>, rampart_core::Millis)>,
 }
 
+impl Fencing {
+    /// The fence in force: a leader past its deadline becomes a standby, for good.
+    fn in_force(&mut self) -> &Fence {
+        if matches!(self.fence, Fence::Leader { .. })
+            && let Some((clock, until)) = &self.until
+            && clock.now() >= *until
+        {
+            tracing::warn!("the leader lease was not renewed in time; this replica no longer acts");
+            self.fence = Fence::Standby;
+            self.until = None;
+        }
+        &self.fence
+    }
+}
+
 /// The state store.
 #[derive(Debug)]
 pub struct StateStore {
@@ -165,18 +180,10 @@ impl StateStore {
     /// The fence in force: a leader past its deadline (see [`Fencing`]) is a standby
     /// from now on.
     fn fence(&self) -> Fence {
-        let Ok(mut f) = self.fence.lock() else {
-            return Fence::Standby;
-        };
-        if matches!(f.fence, Fence::Leader { .. })
-            && let Some((clock, until)) = &f.until
-            && clock.now() >= *until
-        {
-            tracing::warn!("the leader lease was not renewed in time; this replica no longer acts");
-            f.fence = Fence::Standby;
-            f.until = None;
+        match self.fence.lock() {
+            Ok(mut f) => f.in_force().clone(),
+            Err(_) => Fence::Standby,
         }
-        f.fence.clone()
     }
 
     /// Sets the fence; a leader has no deadline until [`StateStore::act_until`] gives
@@ -198,12 +205,12 @@ impl StateStore {
         clock: Arc<dyn rampart_core::ports::Clock>,
         until: rampart_core::Millis,
     ) -> bool {
-        if !matches!(self.fence(), Fence::Leader { token: t, .. } if t == token) {
-            return false;
-        }
         let Ok(mut f) = self.fence.lock() else {
             return false;
         };
+        if !matches!(f.in_force(), Fence::Leader { token: t, .. } if *t == token) {
+            return false;
+        }
         f.until = Some((clock, until));
         true
     }

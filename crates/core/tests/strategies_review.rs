@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::stats;
+use common::{BLUE_GREEN_KEEPING, start, stats};
 use rampart_core::metrics::IntervalSample;
 use rampart_core::migrations::Class;
 use rampart_core::release::{Action, Input, Phase, Release, step};
@@ -28,18 +28,6 @@ fn failing() -> IntervalSample {
         stable: stats(900, 1),
         canary: stats(100, 50),
         ..Default::default()
-    }
-}
-
-fn start(version: &str, stable: &str) -> Input {
-    Input::Start {
-        release_id: "r".into(),
-        version: version.into(),
-        stable: Some(stable.into()),
-        automatic_rollbacks: 0,
-        initiator: "alice".into(),
-        planned_migrations: None,
-        hotfix: None,
     }
 }
 
@@ -334,21 +322,6 @@ fn an_operator_rollback_while_flags_go_off_is_never_dropped() {
         end.weight
     );
 }
-
-const BLUE_GREEN_KEEPING: &str = r#"
-service: shop
-deploy: {process: {command: ["./shop", "{port}"]}}
-traffic: {proxy: {listen: "127.0.0.1:8080"}}
-strategy:
-  blue_green:
-    stability: 1m
-    keep_previous: 10m
-analysis:
-  interval: 30s
-  min_samples: 10
-  metrics:
-    - {metric: error_rate, judge: {max: 2%}}
-"#;
 
 /// Contract (docs/policy.md `keep_previous`: the old colour keeps running "so that
 /// `rampart rollback` switches back instantly"): a blue-green release whose controller

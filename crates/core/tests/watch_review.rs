@@ -8,25 +8,13 @@
 
 mod common;
 
-use common::stats;
+use common::{BLUE_GREEN_KEEPING, start, stats};
 use rampart_core::metrics::IntervalSample;
 use rampart_core::migrations::Class;
 use rampart_core::release::{Action, Input, Phase, Release, Variant, step};
 use rampart_core::{Millis, Policy, Weight};
 
 const T0: Millis = 1_000_000;
-
-fn start(version: &str, stable: &str) -> Input {
-    Input::Start {
-        release_id: "r".into(),
-        version: version.into(),
-        stable: Some(stable.into()),
-        automatic_rollbacks: 0,
-        initiator: "alice".into(),
-        planned_migrations: None,
-        hotfix: None,
-    }
-}
 
 /// Both versions healthy, whatever the weight.
 fn healthy(_: &Release) -> IntervalSample {
@@ -111,6 +99,15 @@ fn is_stable_deploy(a: &Action) -> bool {
     )
 }
 
+/// The previous version does not come back: every stable deploy fails.
+fn lose_stable(a: &Action) -> Option<Input> {
+    is_stable_deploy(a).then(|| Input::Deployed {
+        variant: Variant::Stable,
+        ok: false,
+        detail: "port in use".into(),
+    })
+}
+
 fn is_weight_zero(a: &Action) -> bool {
     matches!(a, Action::SetWeight { weight, .. } if *weight == Weight::ZERO)
 }
@@ -155,21 +152,6 @@ fn a_promotion_resumed_before_its_watch_makes_sure_the_previous_version_runs() {
     );
 }
 
-const BLUE_GREEN: &str = r#"
-service: shop
-deploy: {process: {command: ["./shop", "{port}"]}}
-traffic: {proxy: {listen: "127.0.0.1:8080"}}
-strategy:
-  blue_green:
-    stability: 1m
-    keep_previous: 10m
-analysis:
-  interval: 30s
-  min_samples: 10
-  metrics:
-    - {metric: error_rate, judge: {max: 2%}}
-"#;
-
 /// Contract (resume.rs `ensured`, `Phase::Promoting, Variant::Stable`: "The switch to
 /// the new version goes on (it serves everyone, or is about to): only the instant
 /// switch back is lost, and said so"). A blue-green release whose controller restarted
@@ -181,18 +163,11 @@ analysis:
 /// on.
 #[test]
 fn a_previous_colour_lost_at_a_resumed_switch_lets_the_promotion_go_on() {
-    let p = Policy::from_yaml(BLUE_GREEN).unwrap();
+    let p = Policy::from_yaml(BLUE_GREEN_KEEPING).unwrap();
     let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
     let (s, now, _) = drive(&p, s, T0, healthy, &mut ok, |s| s.phase == Phase::Promoting);
     assert_eq!(s.phase, Phase::Promoting, "{:?}", s.decision);
     let t = step(&p, &s, &Input::Resumed, now + 1);
-    let mut lose_stable = |a: &Action| {
-        is_stable_deploy(a).then(|| Input::Deployed {
-            variant: Variant::Stable,
-            ok: false,
-            detail: "port in use".into(),
-        })
-    };
     let (end, _, asked) = drive(&p, t.state, now + 1, healthy, &mut lose_stable, |_| false);
     assert!(
         end.phase.is_terminal() || end.pending.is_some() || end.wake_at().is_some(),
@@ -215,7 +190,7 @@ fn a_previous_colour_lost_at_a_resumed_switch_lets_the_promotion_go_on() {
 /// an abort is not.)
 #[test]
 fn an_operator_switch_back_after_a_restart_in_the_keep_window_waits_for_the_previous_colour() {
-    let p = Policy::from_yaml(BLUE_GREEN).unwrap();
+    let p = Policy::from_yaml(BLUE_GREEN_KEEPING).unwrap();
     let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
     let (s, now, _) = drive(&p, s, T0, healthy, &mut ok, |s| {
         s.phase == Phase::KeepingPrevious
@@ -253,20 +228,13 @@ fn an_operator_switch_back_after_a_restart_in_the_keep_window_waits_for_the_prev
 /// (the controller records a serving version only for a promotion or a rollback).
 #[test]
 fn a_previous_colour_lost_during_the_keep_window_does_not_undo_the_promotion() {
-    let p = Policy::from_yaml(BLUE_GREEN).unwrap();
+    let p = Policy::from_yaml(BLUE_GREEN_KEEPING).unwrap();
     let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
     let (s, now, _) = drive(&p, s, T0, healthy, &mut ok, |s| {
         s.phase == Phase::KeepingPrevious
     });
     assert_eq!(s.phase, Phase::KeepingPrevious, "{:?}", s.decision);
     let t = step(&p, &s, &Input::Resumed, now + 1);
-    let mut lose_stable = |a: &Action| {
-        is_stable_deploy(a).then(|| Input::Deployed {
-            variant: Variant::Stable,
-            ok: false,
-            detail: "port in use".into(),
-        })
-    };
     let (end, _, _) = drive(&p, t.state, now + 1, healthy, &mut lose_stable, |_| false);
     assert_ne!(
         end.phase,
@@ -341,7 +309,7 @@ fn a_failed_traffic_reapply_while_post_release_checks_ran_does_not_leave_the_rel
 /// still send users to, is stopped and the release reported promoted.
 #[test]
 fn a_failed_traffic_reapply_in_the_keep_window_never_stops_the_previous_colour() {
-    let p = Policy::from_yaml(BLUE_GREEN).unwrap();
+    let p = Policy::from_yaml(BLUE_GREEN_KEEPING).unwrap();
     let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
     let (s, now, _) = drive(&p, s, T0, healthy, &mut ok, |s| {
         s.phase == Phase::KeepingPrevious
@@ -456,17 +424,10 @@ fn rollback_by(actor: &str) -> Input {
 /// user to a version that does not run, then stop the only one that does.
 #[test]
 fn a_rollback_after_the_previous_version_was_lost_halts_instead_of_switching_to_nothing() {
-    let p = Policy::from_yaml(BLUE_GREEN).unwrap();
+    let p = Policy::from_yaml(BLUE_GREEN_KEEPING).unwrap();
     let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
     let (s, now, _) = drive(&p, s, T0, healthy, &mut ok, |s| s.phase == Phase::Promoting);
     let t = step(&p, &s, &Input::Resumed, now + 1);
-    let mut lose_stable = |a: &Action| {
-        is_stable_deploy(a).then(|| Input::Deployed {
-            variant: Variant::Stable,
-            ok: false,
-            detail: "port in use".into(),
-        })
-    };
     let (s, now, _) = drive(&p, t.state, now + 1, healthy, &mut lose_stable, |s| {
         s.previous_lost
     });

@@ -62,3 +62,34 @@ pub fn stats(requests: u64, errors: u64) -> VariantStats {
         ..VariantStats::default()
     }
 }
+
+/// A release's start: `version` over `stable`, by alice.
+#[allow(dead_code)] // not every review test starts releases this way
+pub fn start(version: &str, stable: &str) -> Input {
+    Input::Start {
+        release_id: "r".into(),
+        version: version.into(),
+        stable: Some(stable.into()),
+        automatic_rollbacks: 0,
+        initiator: "alice".into(),
+        planned_migrations: None,
+        hotfix: None,
+    }
+}
+
+/// A blue-green release that keeps the previous colour for 10 minutes after the switch.
+#[allow(dead_code)] // the watch and strategies reviews'
+pub const BLUE_GREEN_KEEPING: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+strategy:
+  blue_green:
+    stability: 1m
+    keep_previous: 10m
+analysis:
+  interval: 30s
+  min_samples: 10
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#;

@@ -3778,9 +3778,11 @@ post_release: {watch: 2m}
 
 /// Regression (review): a failure during the watch started the rollback by switching
 /// flags off (level 1), then judged whether that helped against a previous version
-/// with no traffic at all. It goes straight to traffic (level 2).
+/// with no traffic at all. Then (later review) it skipped level 1, and the kill switches
+/// stayed on after the rollback. The order holds: flags off first, not judged, and
+/// traffic back at once, with no measured interval between.
 #[test]
-fn a_watch_failure_rolls_traffic_back_without_trying_flags_first() {
+fn a_watch_failure_switches_flags_off_then_moves_traffic_without_judging_them() {
     let p = flagged(
         "strategy: {canary: {steps: [{weight: 50, bake: 1m}]}}\nrollback: {flags: [recs-v2]}\npost_release: {watch: 5m}\n",
     );
@@ -3810,7 +3812,17 @@ fn a_watch_failure_rolls_traffic_back_without_trying_flags_first() {
     assert_eq!(s.phase, Phase::RolledBack, "{:?}", s.decision);
     assert_eq!(s.rollback_level, Some(3), "{:?}", s.rollback_level);
     let (events, _) = take_seen();
-    assert!(!events.iter().any(|e| e.kind == "flags_off"), "no level 1");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let started = kinds.iter().position(|k| *k == "rollback_started").unwrap();
+    assert_eq!(
+        &kinds[started..started + 3],
+        &["rollback_started", "flags_off", "flags_off_unverified"],
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds[started..].iter().any(|k| *k == "analysis"),
+        "nothing judged after the flags went off: {kinds:?}"
+    );
     assert_eq!(actions.last(), Some(&Weight::ZERO));
 }
 

@@ -52,9 +52,6 @@ impl Builder<'_> {
     }
 
     pub(super) fn rollback_with(&mut self, actor: &str, reason: String, force: bool) {
-        // During the watch, or at 100 %, the previous version has no traffic to compare
-        // with: flags off could not be verified, so the rollback starts with traffic.
-        let idle = self.s.stable_idle();
         let incompatible = self
             .s
             .migration_class
@@ -97,8 +94,10 @@ impl Builder<'_> {
         );
         let flags = self.policy.level_one_flags();
         // Level 1 only helps where users met the new code: some traffic, or a flag ramp.
-        let users_met_it =
-            (self.s.weight > Weight::ZERO && !idle) || self.policy.strategy.flag_only();
+        // During the watch, or at 100 %, the flags still go off first (the order holds),
+        // but with no traffic left on the previous version that could not be verified:
+        // traffic follows at once (see `flags_off`).
+        let users_met_it = self.s.weight > Weight::ZERO || self.policy.strategy.flag_only();
         if !flags.is_empty() && users_met_it {
             self.s.rollback_level = Some(1);
             self.act(Action::FlagsOff { flags });
@@ -191,6 +190,14 @@ pub(super) fn flags_off(b: &mut Builder<'_>, ok: bool, detail: &str) {
     let by_operator =
         b.s.decision.as_ref().is_some_and(|d| d.by != "rampart") || b.s.hurried_by.is_some();
     if b.policy.strategy.flag_only() || by_operator {
+        return b.rollback_traffic();
+    }
+    if b.s.stable_idle() {
+        b.event(
+            "flags_off_unverified",
+            "rampart",
+            "the previous version has no traffic to compare with, so flags off cannot be judged: moving traffic back".to_string(),
+        );
         return b.rollback_traffic();
     }
     // Judge the interval after the switch on its own: fresh evidence, fresh streaks,

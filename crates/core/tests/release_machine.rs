@@ -1171,7 +1171,16 @@ proptest! {
                 prop_assert!(aborted.state.deferred.is_some());
                 prop_assert!(weights_in(&aborted.effects).is_empty());
             } else if matches!(state.phase, Phase::Deploying | Phase::Progressing | Phase::Promoting) {
-                let aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
+                let mut aborted = step(&p, &state, &Input::Abort { actor: "probe".into(), reason: "probe".into(), force: false }, now);
+                // A traffic change in flight: the rollback waits for the router's
+                // answer (moving nothing now), then starts from the weight in force.
+                if let Some(Action::SetWeight { weight, .. }) = &state.pending {
+                    prop_assert_eq!(aborted.state.phase, state.phase);
+                    prop_assert!(aborted.state.deferred.is_some());
+                    prop_assert!(weights_in(&aborted.effects).is_empty());
+                    aborted = step(&p, &aborted.state, &Input::TrafficSet { weight: *weight }, now);
+                    prop_assert_eq!(aborted.state.weight, *weight);
+                }
                 prop_assert_eq!(aborted.state.phase, Phase::RollingBack);
                 // Level 1 (flags off) first where users met the new code, else traffic.
                 let flags_first = matches!(aborted.state.pending, Some(Action::FlagsOff { .. }));
@@ -3820,7 +3829,7 @@ fn a_watch_failure_switches_flags_off_then_moves_traffic_without_judging_them() 
         "{kinds:?}"
     );
     assert!(
-        !kinds[started..].iter().any(|k| *k == "analysis"),
+        !kinds[started..].contains(&"analysis"),
         "nothing judged after the flags went off: {kinds:?}"
     );
     assert_eq!(actions.last(), Some(&Weight::ZERO));

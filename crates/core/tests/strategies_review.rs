@@ -350,3 +350,90 @@ fn a_blue_green_switch_resumed_keeps_the_previous_colour_it_offers_to_switch_bac
         "the previous colour offered for a switch back was never made sure of after the restart: {asked:?}"
     );
 }
+
+const CANARY_WITH_KILL_SWITCH: &str = r#"
+service: shop
+deploy: {process: {command: ["./shop", "{port}"]}}
+traffic: {proxy: {listen: "127.0.0.1:8080"}}
+flags:
+  define:
+    - {name: recs-v2, default: true}
+strategy:
+  canary:
+    steps: [{weight: 10, bake: 1m}, {weight: 50, bake: 1m}]
+rollback: {flags: [recs-v2]}
+migrations: {dir: "migrations/{version}", command: [psql, -f, "{file}"], on_incompatible: escalate}
+analysis:
+  interval: 30s
+  min_samples: 10
+  metrics:
+    - {metric: error_rate, judge: {max: 2%}}
+"#;
+
+/// Drives a canary release until the traffic change to `weight` is in flight
+/// (asked for, not yet answered).
+fn in_flight_to(p: &Policy, weight: u16, class: Class) -> (Release, Millis) {
+    let mut s = step(p, &Release::default(), &start("v2", "v1"), T0).state;
+    let mut now = T0;
+    for _ in 0..10_000 {
+        if let Some(Action::SetWeight { weight: w, .. }) = &s.pending
+            && w.basis_points() == weight
+        {
+            return (s, now);
+        }
+        let input = match &s.pending {
+            Some(a) => {
+                common::succeeded(a, class).unwrap_or_else(|| Input::Measured { sample: healthy() })
+            }
+            None => {
+                now = now.max(s.wake_at().unwrap());
+                Input::Tick
+            }
+        };
+        s = step(p, &s, &input, now).state;
+        assert!(!s.phase.is_terminal(), "ended: {:?}", s.decision);
+    }
+    panic!("never asked for {weight} basis points");
+}
+
+/// Regression (review): an operator's rollback that arrived while the first step's
+/// traffic change was in flight was decided at the weight before it (0): "no user met
+/// the new version", so level 1 was skipped, and the answer that the router had put
+/// 10 % on the new version was thrown away as stale. Users had met it: the rollback
+/// waits for the change in flight, then switches the kill switches off first.
+#[test]
+fn an_abort_while_the_first_step_goes_in_force_still_switches_flags_off() {
+    let p = Policy::from_yaml(CANARY_WITH_KILL_SWITCH).unwrap();
+    let (s, now) = in_flight_to(&p, 1_000, Class::Expand);
+    let s = step(&p, &s, &operator_abort(), now + 1).state;
+    let w = Weight::from_basis_points(1_000).unwrap();
+    let s = step(&p, &s, &Input::TrafficSet { weight: w }, now + 2).state;
+    assert_eq!(s.weight, w, "the router's answer was dropped");
+    assert!(
+        matches!(&s.pending, Some(Action::FlagsOff { flags }) if flags.iter().any(|f| f == "recs-v2")),
+        "{:?}",
+        s.pending
+    );
+    let (end, _, _) = drive(&p, s, now + 2, healthy, |_| false);
+    assert_eq!(end.phase, Phase::RolledBack, "{:?}", end.decision);
+    assert_eq!(end.weight, Weight::ZERO);
+}
+
+/// Regression (review): an abort after breaking migrations escalates and moves no
+/// traffic. Arriving while the next step's change was in flight, it escalated at once
+/// and threw the router's answer away: the release said the new version had 10 % while
+/// the router gave it 50 %, the number the human escalated to decides on.
+#[test]
+fn an_escalation_during_a_traffic_change_records_the_weight_in_force() {
+    let p = Policy::from_yaml(CANARY_WITH_KILL_SWITCH).unwrap();
+    let (s, now) = in_flight_to(&p, 5_000, Class::Contract);
+    let s = step(&p, &s, &operator_abort(), now + 1).state;
+    let w = Weight::from_basis_points(5_000).unwrap();
+    let s = step(&p, &s, &Input::TrafficSet { weight: w }, now + 2).state;
+    assert_eq!(s.phase, Phase::Escalated, "{:?}", s.decision);
+    assert_eq!(
+        s.weight, w,
+        "the release records a weight the router does not have"
+    );
+    assert_eq!(s.pending, None);
+}

@@ -432,7 +432,23 @@ fn a_rollback_after_the_previous_version_was_lost_halts_instead_of_switching_to_
         s.previous_lost
     });
     assert!(s.previous_lost, "{:?}", s.phase);
-    let t = step(&p, &s, &rollback_by("bob"), now + 1);
+    let mut t = step(&p, &s, &rollback_by("bob"), now + 1);
+    // The switch's traffic change in flight is waited for (the rollback is decided on
+    // the weight in force), and moves nothing meanwhile.
+    if let Some(Action::SetWeight { weight, .. }) = &s.pending {
+        assert!(t.state.deferred.is_some(), "{:?}", t.state.phase);
+        assert!(
+            !t.effects
+                .iter()
+                .any(|e| matches!(e, rampart_core::release::Effect::Do(_)))
+        );
+        t = step(
+            &p,
+            &t.state,
+            &Input::TrafficSet { weight: *weight },
+            now + 2,
+        );
+    }
     assert_eq!(t.state.phase, Phase::Halted, "{:?}", t.state.decision);
     assert!(
         !t.effects

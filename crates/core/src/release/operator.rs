@@ -58,12 +58,16 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
                 b.s.phase,
                 Phase::Promoting | Phase::Watching | Phase::Verifying | Phase::KeepingPrevious
             ) && matches!(b.s.pending, Some(Action::Deploy { .. }));
+            // A traffic change in flight may already be in force: the rollback is
+            // decided on the weight the router answers (whether users met the new
+            // version, what an escalation reports), not on the one before it.
+            let moving = matches!(b.s.pending, Some(Action::SetWeight { .. }));
             let input = Input::Abort {
                 actor: actor.to_string(),
                 reason: reason.to_string(),
                 force,
             };
-            if restarting && defer(b, input, actor) {
+            if (restarting || moving) && defer(b, input, actor) {
                 return;
             }
             b.event("aborted", actor, reason.to_string());
@@ -227,26 +231,44 @@ pub(super) fn promote(b: &mut Builder<'_>, actor: &str, reason: &str, frozen: Op
 /// before one): it is applied once that work is done (see `step`), so no traffic moves
 /// to a version before it runs again, and the chain is never replaced. Returns whether
 /// it was kept.
+/// A rollback also waits for a traffic change in flight (see `abort`), and takes the
+/// place of another command kept: nothing holds a rollback back.
 fn defer(b: &mut Builder<'_>, input: Input, actor: &str) -> bool {
-    if !matches!(
+    let rollback = matches!(input, Input::Abort { .. });
+    let starting = matches!(
         b.s.pending,
         Some(Action::Deploy { .. } | Action::Scale { .. })
-    ) {
+    );
+    let moving = matches!(b.s.pending, Some(Action::SetWeight { .. }));
+    if !(starting || (rollback && moving)) {
         return false;
     }
-    if b.s.deferred.is_some() {
-        b.event(
-            "command_refused",
-            actor,
-            "another command already waits for the versions to run again; ask again then".into(),
-        );
-        return true;
+    match &b.s.deferred {
+        Some(Input::Abort { .. }) => {
+            b.event(
+                "command_refused",
+                actor,
+                "a rollback already waits for the work in flight; it goes ahead then".into(),
+            );
+            return true;
+        }
+        Some(_) if !rollback => {
+            b.event(
+                "command_refused",
+                actor,
+                "another command already waits for the versions to run again; ask again then"
+                    .into(),
+            );
+            return true;
+        }
+        _ => {}
     }
-    b.event(
-        "command_deferred",
-        actor,
-        "the versions are being started again after a restart: applied once they run".into(),
-    );
+    let why = if starting {
+        "the versions are being started again after a restart: applied once they run"
+    } else {
+        "a traffic change is in flight: the rollback starts once the router answers"
+    };
+    b.event("command_deferred", actor, why.into());
     b.s.deferred = Some(input);
     true
 }
@@ -258,7 +280,7 @@ pub(super) fn apply_deferred(b: &mut Builder<'_>) {
     let waits = match &b.s.deferred {
         Some(Input::Abort { .. }) => matches!(
             b.s.pending,
-            Some(Action::Deploy { .. } | Action::Scale { .. })
+            Some(Action::Deploy { .. } | Action::Scale { .. } | Action::SetWeight { .. })
         ),
         _ => b.s.pending.is_some(),
     };

@@ -194,6 +194,14 @@ fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
             }
             if let Input::TrafficSet { weight } = answer {
                 b.s.weight = *weight;
+                // A rollback asked while this change was in flight starts now, from
+                // the weight in force: before whatever the change led to (a step
+                // begun, a promotion ended).
+                if matches!(b.s.deferred, Some(Input::Abort { .. })) {
+                    b.event("weight_set", "rampart", format!("canary weight {weight}"));
+                    b.s.queued.clear();
+                    return apply_deferred(b);
+                }
             }
             if let Input::Scaled {
                 variant,

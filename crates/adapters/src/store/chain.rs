@@ -557,7 +557,9 @@ impl StateStore {
     pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
         // One snapshot for every read, so appends landing meanwhile (another replica,
         // a running release) are neither half seen nor taken for tampering.
-        let mut snap = self.db.snapshot().await?;
+        // On a connection of its own: the check reads the whole history, and releases
+        // must go on appending meanwhile.
+        let mut snap = self.long_reader().await?.snapshot().await?;
         let records = snap
             .query(
                 "SELECT id, at, actor, action, release_id, seq, body, prev, hash FROM chain ORDER BY id",

@@ -95,6 +95,31 @@ pub struct StateStore {
     fence: Mutex<Fencing>,
     postgres: bool,
     appends: Mutex<appends::Appends>,
+    /// How to open a connection of its own for a long read (the audit chain's check),
+    /// so that it never holds the connection releases append through.
+    reopen: Reopen,
+}
+
+/// Where a store's database is, to open another connection on it.
+#[derive(Clone)]
+enum Reopen {
+    /// Nowhere else (an in-memory database): long reads share the main connection.
+    Shared,
+    Sqlite(std::path::PathBuf),
+    /// The server's URL, which may hold a password: never printed.
+    #[cfg(feature = "postgres")]
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Reopen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reopen::Shared => f.write_str("Shared"),
+            Reopen::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            #[cfg(feature = "postgres")]
+            Reopen::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
 }
 
 /// SQLite with its durability settings: WAL and `synchronous=FULL`, so an append that
@@ -119,13 +144,13 @@ impl StateStore {
                 .map_err(|e| db_err(format!("creating {}: {e}", dir.display())))?;
         }
         let conn = rusqlite::Connection::open(path).map_err(db_err)?;
-        Self::init(sqlite(conn)?, None).await
+        Self::init(sqlite(conn)?, None, Reopen::Sqlite(path.to_path_buf())).await
     }
 
     /// An in-memory SQLite store, for tests.
     pub async fn in_memory() -> Result<StateStore, StoreError> {
         let conn = rusqlite::Connection::open_in_memory().map_err(db_err)?;
-        Self::init(sqlite(conn)?, None).await
+        Self::init(sqlite(conn)?, None, Reopen::Shared).await
     }
 
     /// Connects to the PostgreSQL store at `url` and migrates it (replicas starting
@@ -136,7 +161,7 @@ impl StateStore {
         let lease = Db::new(Backend::Postgres(Box::new(
             postgres::PgConn::connect(url).await?,
         )));
-        Self::init(main, Some(lease)).await
+        Self::init(main, Some(lease), Reopen::Postgres(url.to_string())).await
     }
 
     /// Opens the store a URL names: `sqlite:PATH` (or a bare path), or
@@ -153,7 +178,11 @@ impl StateStore {
         }
     }
 
-    async fn init(backend: Backend, lease_db: Option<Db>) -> Result<StateStore, StoreError> {
+    async fn init(
+        backend: Backend,
+        lease_db: Option<Db>,
+        reopen: Reopen,
+    ) -> Result<StateStore, StoreError> {
         let postgres = !matches!(backend, Backend::Sqlite(_));
         let db = Db::new(backend);
         let chain_table_is_new = !schema::has_chain(&db).await?;
@@ -167,6 +196,7 @@ impl StateStore {
             }),
             postgres,
             appends: Mutex::new(appends::Appends::default()),
+            reopen,
         };
         store.start_chain(chain_table_is_new).await?;
         Ok(store)
@@ -175,6 +205,29 @@ impl StateStore {
     /// Whether the store is on PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         self.postgres
+    }
+
+    /// A connection of its own, for a read that may take long (the audit chain's
+    /// check over the whole history): appends and API reads never wait behind it.
+    /// Opened for the read and closed after it; an in-memory store has only its main
+    /// connection.
+    async fn long_reader(&self) -> Result<Db, StoreError> {
+        match &self.reopen {
+            Reopen::Shared => Ok(self.db.clone()),
+            Reopen::Sqlite(path) => {
+                let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+                let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(db_err)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))
+                    .map_err(db_err)?;
+                Ok(Db::new(Backend::Sqlite(conn)))
+            }
+            #[cfg(feature = "postgres")]
+            Reopen::Postgres(url) => Ok(Db::new(Backend::Postgres(Box::new(
+                postgres::PgConn::connect(url).await?,
+            )))),
+        }
     }
 
     /// The fence in force: a leader past its deadline (see [`Fencing`]) is a standby

@@ -178,3 +178,23 @@ async fn a_taken_id_is_told_apart_from_an_unfinished_release() {
     );
     assert_eq!(taken.0, "release id taken: r1");
 }
+
+/// Regression (review): the audit chain's check read the whole history on the store's
+/// main connection, holding it for as long as the check took: every append of every
+/// running release (and every API read) waited behind `GET /api/v1/audit/verify`. The
+/// check has a connection of its own: it completes while the main one is busy.
+#[tokio::test]
+async fn the_chains_check_never_waits_for_the_main_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = StateStore::open(&dir.path().join("r.db")).await.unwrap();
+    s.create(&rel("r1")).await.unwrap();
+    s.append("r1", &entry(0)).await.unwrap();
+    // A long batch of appends holds the main connection.
+    let busy = s.db.begin().await.unwrap();
+    let checked = tokio::time::timeout(std::time::Duration::from_secs(30), s.verify_chain()).await;
+    drop(busy);
+    let report = checked
+        .expect("the check waited for the main connection")
+        .unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+}

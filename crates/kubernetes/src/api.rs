@@ -102,7 +102,7 @@ impl Kubernetes {
         if let Some(version) = began.filter(|_| weight != rampart_core::Weight::ZERO) {
             let expected = self.deploy.image_of(&version);
             let now = objects::container_image(&stable, &self.deploy.container)?;
-            if now != expected {
+            if !self.deploy.runs(&now, &version) {
                 return Err(Error::Shape(format!(
                     "Deployment `{}` runs {now}, not {expected} as when the release began: it was changed mid-release (a kubectl apply, a GitOps sync?), so the canary is no longer compared with the version it replaces; rampart sends it no more traffic",
                     self.deploy.deployment

@@ -221,7 +221,10 @@ impl Kubernetes {
             if released != Some((&gitops::revision(stable), &version.to_string())) {
                 return Ok(None);
             }
-        } else if objects::container_image(stable, &self.deploy.container)? != image {
+        } else if !self.deploy.runs(
+            &objects::container_image(stable, &self.deploy.container)?,
+            version,
+        ) {
             return Ok(None);
         }
         if let Ok(mut promoted) = self.promoted.lock() {

@@ -909,3 +909,32 @@ async fn fake_api_release_a_stable_someone_else_changed_mid_release_stops_the_ca
     assert_eq!(image(&stable), "registry.example.com/checkout:v9");
     assert!(r.object(&deployments("checkout-canary")).is_none());
 }
+
+/// Regression (review): an admission webhook that pins images to their digests
+/// (Kyverno's image verification does by default) stores `checkout:v1` as
+/// `checkout:v1@sha256:...`. rampart read that as the stable Deployment "changed
+/// mid-release" at the first step with traffic, and failed the release; the stable's
+/// version read as `v1@sha256:...`. A digest added to the tag is the same version.
+#[tokio::test(start_paused = true)]
+async fn fake_api_release_behind_a_digest_pinning_webhook_promotes() {
+    let text = policy("{mode: replica_ratio, replicas: 4}", CANARY_STEPS);
+    let mut pinned = stable("v1", 4);
+    let tagged = image(&pinned).to_string();
+    pinned["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!(format!("{tagged}@sha256:{}", "ab".repeat(32)));
+    let r = release(&text, vec![(deployments("checkout"), pinned)]).await;
+    r.world.lock().unwrap().pin_digests = true;
+    let policy = Policy::from_yaml(&text).unwrap();
+    let (deploy, traffic) = policy.kubernetes().unwrap();
+    let k = Kubernetes::new(r.client(), deploy.clone(), traffic.clone());
+    assert_eq!(k.stable_version().await.unwrap().as_deref(), Some("v1"));
+    let end = r.run(&text).await;
+    assert_eq!(end.phase, Phase::Succeeded, "{:?}", end.decision);
+    let stable = r.object(&deployments("checkout")).unwrap();
+    assert!(
+        image(&stable).starts_with("registry.example.com/checkout:v2@sha256:"),
+        "{}",
+        image(&stable)
+    );
+    assert_eq!(k.stable_version().await.unwrap().as_deref(), Some("v2"));
+}

@@ -43,11 +43,30 @@ impl KubeDeploySpec {
         self.image.replace("{version}", version)
     }
 
-    /// The version an image runs, when it matches the template.
+    /// The version an image runs, when it matches the template. A digest the template
+    /// does not spell (`shop:v1@sha256:…`, as an admission webhook that pins images
+    /// to their digests rewrites `shop:v1`) is not part of the version.
     pub fn version_of(&self, image: &str) -> Option<String> {
+        let image = self.undigested(image);
         let (head, tail) = self.image.split_once("{version}")?;
         let v = image.strip_prefix(head)?.strip_suffix(tail)?;
-        (!v.is_empty() && self.image_of(v) == image).then(|| v.to_string())
+        (!v.is_empty() && !v.contains('@') && self.image_of(v) == image).then(|| v.to_string())
+    }
+
+    /// Whether a Deployment running `running` runs `version`: its image, or that image
+    /// pinned to a digest by an admission webhook (`shop:v1@sha256:…` runs `shop:v1`:
+    /// the tag stays, the digest is added). A template that spells a digest itself is
+    /// compared as it is.
+    pub fn runs(&self, running: &str, version: &str) -> bool {
+        self.undigested(running) == self.image_of(version)
+    }
+
+    /// `image` without a digest the template does not spell.
+    fn undigested<'i>(&self, image: &'i str) -> &'i str {
+        if self.image.contains('@') {
+            return image;
+        }
+        image.split_once('@').map_or(image, |(name, _)| name)
     }
 }
 

@@ -506,6 +506,32 @@ fn kubernetes_sections_decode_with_defaults() {
         Some("v1.4.1")
     );
     assert_eq!(d.version_of("registry.example.com/other:v1"), None);
+    // An admission webhook's digest pin keeps the version (and the image it runs).
+    let pinned = format!(
+        "registry.example.com/checkout:v1.4.1@sha256:{}",
+        "0f".repeat(32)
+    );
+    assert_eq!(d.version_of(&pinned).as_deref(), Some("v1.4.1"));
+    assert!(d.runs(&pinned, "v1.4.1"));
+    assert!(!d.runs(&pinned, "v1.4.2"));
+    assert!(!d.runs("registry.example.com/checkout@sha256:00", "v1.4.1"));
+    // A port in the registry's name is not a digest.
+    let mut ported = d.clone();
+    ported.image = "registry:5000/checkout:{version}".into();
+    assert_eq!(
+        ported
+            .version_of("registry:5000/checkout:v3@sha256:aa")
+            .as_deref(),
+        Some("v3")
+    );
+    // A template that spells its digest compares whole.
+    ported.image = "registry:5000/checkout@sha256:{version}".into();
+    assert_eq!(
+        ported
+            .version_of("registry:5000/checkout@sha256:aa")
+            .as_deref(),
+        Some("aa")
+    );
     assert_eq!(
         t.mode,
         KubeMode::HttpRoute {

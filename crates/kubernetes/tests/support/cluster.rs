@@ -82,6 +82,10 @@ pub struct World {
     pub apply_on_unpause: Option<(String, Value, String)>,
     /// Namespaces whose Deployments may not be listed (403, no Role there).
     pub forbidden: BTreeSet<String>,
+    /// A mutating admission webhook that pins every Deployment's images to their
+    /// digests (`shop:v1` is stored as `shop:v1@sha256:...`), as Kyverno's image
+    /// verification does by default.
+    pub pin_digests: bool,
     /// The last `resourceVersion` given.
     version: u64,
     /// Every request as RBAC sees it: (API group, resource, verb, object name).
@@ -593,6 +597,7 @@ fn apply(w: &mut World, path: &str, body: &Value, manager: &str) -> Value {
     if let Some(m) = next.as_object_mut() {
         m.remove("status");
     }
+    admit(w, path, &mut next);
     w.objects.insert(path.to_string(), next);
     w.owners
         .entry(path.to_string())
@@ -601,6 +606,29 @@ fn apply(w: &mut World, path: &str, body: &Value, manager: &str) -> Value {
     record(w, path, before.as_ref(), true);
     autoscale(w, path);
     shown(w, path).unwrap_or_default()
+}
+
+/// The mutating admission in force (see [`World::pin_digests`]) on a Deployment about
+/// to be stored.
+fn admit(w: &World, path: &str, object: &mut Value) {
+    if !w.pin_digests || !path.contains("/deployments/") {
+        return;
+    }
+    let Some(containers) = object["spec"]["template"]["spec"]["containers"].as_array_mut() else {
+        return;
+    };
+    for c in containers {
+        if let Some(image) = c["image"].as_str().filter(|i| !i.contains('@')) {
+            // A stand-in digest, the same for the same image.
+            let digest: String = image
+                .bytes()
+                .cycle()
+                .take(64)
+                .map(|b| char::from(b"0123456789abcdef"[usize::from(b % 16)]))
+                .collect();
+            c["image"] = json!(format!("{image}@sha256:{digest}"));
+        }
+    }
 }
 
 /// A merge patch (an update) by `manager`: it owns the fields it changed.
@@ -622,6 +650,7 @@ fn update(w: &mut World, path: &str, patch: &Value, manager: &str) {
         .entry(manager.to_string())
         .or_default()
         .extend(changed);
+    admit(w, path, &mut next);
     w.objects.insert(path.to_string(), next);
     record(w, path, Some(&before), patch.get("spec").is_some());
 }
@@ -865,6 +894,7 @@ pub fn start(objects: Vec<(String, Value)>) -> (kube::Client, Arc<Mutex<World>>)
         edit_after: None,
         apply_on_unpause: None,
         forbidden: BTreeSet::new(),
+        pin_digests: false,
         version: 0,
         replicas: Vec::new(),
         rollout: Duration::from_secs(3),

@@ -154,6 +154,7 @@ async fn a_recorded_pid_that_is_not_ours_is_never_signalled() {
             pid: me,
             port: 1,
             started: None,
+            replica: None,
         })
         .unwrap(),
     )

@@ -641,6 +641,11 @@ pub async fn run_release(
             previous.close().await;
         }
     }
+    // A data plane started afresh routes only to versions that run now.
+    let found = match &processes {
+        Some(processes) => found.with_live(live_endpoints(processes)),
+        None => found,
+    };
     let reaching = clock.now_micros();
     let plane = crate::dataplane::start(
         &policy,
@@ -652,6 +657,20 @@ pub async fn run_release(
         flags_bound,
     )
     .await?;
+    if resume_id.is_none()
+        && let (Some(remote), Some(processes)) = (&plane.remote, &processes)
+        && let Some(said) = finish_hand_over(
+            &policy,
+            &store,
+            &clock,
+            remote,
+            plane.routes.as_ref(),
+            processes,
+        )
+        .await?
+    {
+        progress.line(&said);
+    }
     let telemetry = Arc::new(rampart_adapters::telemetry::Telemetry::new(
         &policy.service,
         plane.counted.clone(),
@@ -879,7 +898,7 @@ pub async fn run_release(
                     )),
                     Ok(None) => {}
                     Err(e) => progress.line(&format!(
-                        "WARNING: the winner serves, but as the canary: {e}; the next release starts it again as stable"
+                        "WARNING: the winner serves, but as the canary: {e}; the next release (or `rampart serve`) finishes the hand-over first"
                     )),
                 }
             }
@@ -978,6 +997,81 @@ async fn hand_over(
     };
     all_to_stable(router, &winner).await?;
     Ok(Some(winner.len()))
+}
+
+/// The endpoints of the service's replicas that run now, stable's and the canary's.
+pub(crate) fn live_endpoints(processes: &ProcessDeployer) -> Vec<SocketAddr> {
+    let mut live = processes.endpoints(Variant::Stable);
+    live.extend(processes.endpoints(Variant::Canary));
+    live
+}
+
+/// Before a new release: when the last one was promoted but its hand-over did not
+/// finish (its controller died first, or the hand-over failed), the data plane still
+/// routes every user to the winner as the canary, at 100 %. The release's own canary
+/// would take that slot, and every user, the moment it is ready. The hand-over is
+/// finished first, as `rampart serve` does after a restart: the winner's replicas become
+/// stable's, and the routes send everything to them as stable (every state between
+/// routes each request to the winner). Audited; says what it did, or `None` when there
+/// was nothing to finish.
+async fn finish_hand_over(
+    policy: &Policy,
+    store: &Arc<StateStore>,
+    clock: &Arc<dyn Clock>,
+    remote: &rampart_adapters::proxy::remote::RemotePlane,
+    routes: &dyn rampart_core::ports::TrafficRouter,
+    processes: &ProcessDeployer,
+) -> Result<Option<String>, RunError> {
+    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+    let last = store
+        .releases(&policy.service)
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .into_iter()
+        .find(|r| r.outcome.is_some());
+    let Some(last) = last.filter(|r| r.outcome == Some(OutcomeKind::Promoted)) else {
+        return Ok(None);
+    };
+    let table = remote.table().await.map_err(|e| internal(e.to_string()))?;
+    if crate::serve::restore::all_on_stable(&table) {
+        return Ok(None);
+    }
+    store.may_act().map_err(|e| internal(e.to_string()))?;
+    let serving = match processes
+        .rebase()
+        .await
+        .map_err(|e| internal(e.to_string()))?
+    {
+        Some(winner) => winner,
+        // Its records moved already: only the routes are left to finish.
+        None => processes.endpoints(Variant::Stable),
+    };
+    if serving.is_empty() {
+        return Ok(None);
+    }
+    all_to_stable(routes, &serving)
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    let why = format!(
+        "the hand-over after release {} ({} promoted) had not finished: its {} replica(s) serve as stable now, with every user (the routes had them as the canary at {})",
+        last.id,
+        last.version,
+        serving.len(),
+        table.weight
+    );
+    let audited = store
+        .record_operator_action(
+            clock.now(),
+            "rampart run",
+            "traffic_restored",
+            &policy.service,
+            &why,
+        )
+        .await;
+    Ok(Some(match audited {
+        Ok(()) => why,
+        Err(e) => format!("{why}; not audited: {e}"),
+    }))
 }
 
 /// Refuses a new release while the service's data plane still sends users to a canary

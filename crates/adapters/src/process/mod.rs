@@ -153,6 +153,11 @@ pub struct ProcessRecord {
     /// times were kept have none and are recognised by their environment instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<u64>,
+    /// Its index among its version's replicas (`RAMPART_REPLICA`, its log files'
+    /// names). Records written before indexes were kept have none: the process's
+    /// environment says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<usize>,
 }
 
 /// A process's state letter and start time (clock ticks since boot), from
@@ -196,6 +201,24 @@ impl Running {
             child: None,
             ready: true,
         }
+    }
+
+    /// Its index among its version's replicas: recorded, or (a record from before
+    /// indexes were kept) from its environment; 0 when neither says.
+    fn index(&self) -> usize {
+        self.record.replica.unwrap_or_else(|| {
+            std::fs::read(format!("/proc/{}/environ", self.record.pid))
+                .ok()
+                .and_then(|env| {
+                    env.split(|b| *b == 0).find_map(|kv| {
+                        std::str::from_utf8(kv.strip_prefix(b"RAMPART_REPLICA=")?)
+                            .ok()?
+                            .parse()
+                            .ok()
+                    })
+                })
+                .unwrap_or(0)
+        })
     }
 
     fn alive(&mut self) -> bool {
@@ -585,6 +608,7 @@ impl ProcessDeployer {
                 pid,
                 port,
                 started: start_time(pid),
+                replica: Some(replica),
             },
             child: Some(child),
             ready: false,
@@ -709,9 +733,12 @@ impl ProcessDeployer {
             // A replica is given its readiness timeout to answer, as at its start: one
             // slow probe must not stop a version users are on. One of another version
             // that answers may serve users too: it is kept until its replacement is
-            // ready (see `scale_inner`).
+            // ready (see `scale_inner`). So is one that still runs without answering
+            // its probe: it may be in rotation, serving users while its probe fails (a
+            // dependency's health check), and is replaced, not stopped under them.
+            let index = run.index();
             if self
-                .wait_ready_until(variant, &mut run, 0, deadline)
+                .wait_ready_until(variant, &mut run, index, deadline)
                 .await
                 .is_ok()
             {
@@ -721,6 +748,13 @@ impl ProcessDeployer {
                         run.record.pid, run.record.port
                     ));
                 }
+                set.list.push(run);
+            } else if run.alive() {
+                notes.push(format!(
+                    "pid {} on port {} runs but is not ready: replaced",
+                    run.record.pid, run.record.port
+                ));
+                run.ready = false;
                 set.list.push(run);
             } else {
                 notes.push(self.terminate(&mut run).await);
@@ -749,9 +783,11 @@ impl ProcessDeployer {
         let mut kept = Vec::new();
         let mut replaced = Vec::new();
         for mut run in std::mem::take(&mut set.list) {
+            // Adopted and not ready (see `load`): replaced like another version's.
+            let adopted_unready = run.child.is_none() && !run.ready;
             if run.alive() && run.record.version == version && run.ready {
                 kept.push(run);
-            } else if run.alive() && run.ready {
+            } else if run.alive() && (run.ready || adopted_unready) {
                 replaced.push(run);
             } else {
                 notes.push(self.terminate(&mut run).await);
@@ -760,7 +796,10 @@ impl ProcessDeployer {
         set.list = kept;
         let mut started = 0;
         while set.list.len() < n {
-            let replica = set.list.len();
+            // The lowest index no serving replica holds: a replacement takes the index
+            // of the one it replaces, and no two share one (nor their log files).
+            let taken: Vec<usize> = set.list.iter().map(Running::index).collect();
+            let replica = (0..).find(|i| !taken.contains(i)).unwrap_or(set.list.len());
             let run = self.start(variant, version, replica).await?;
             // Recorded from the moment it runs: a controller that dies while it starts
             // leaves a process the next one finds (and adopts once ready, or stops).

@@ -4,6 +4,7 @@
 //! Owns finding, starting and checking the data plane process. It must not decide
 //! anything about the release.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -29,8 +30,9 @@ pub async fn attach(
     service: &str,
     spec: &ProxySpec,
     state_dir: &Path,
+    live: Option<&[SocketAddr]>,
 ) -> Result<Arc<RemotePlane>, RunError> {
-    attach_telling(service, spec, state_dir, None)
+    attach_telling(service, spec, state_dir, None, live)
         .await
         .map(|(p, _)| p)
 }
@@ -40,11 +42,19 @@ pub async fn attach(
 /// `tls`: the certificates a data plane started here serves (`Some(None)` for plain
 /// HTTP); `None` keeps the ones in its state file (a restore, which has no policy
 /// directory to resolve them against).
+///
+/// `live`: where rampart runs the versions, the endpoints of those that run now. A
+/// data plane started afresh (after a reboot, or a crash of its own) comes back with
+/// the routes it saved, and routes to none of their endpoints that is not live: the
+/// versions may have gone with the host, and their ports may be another program's by
+/// now, which users' requests must never reach. Requests wait for the versions' new
+/// endpoints (a 503 until they come) instead.
 pub async fn attach_telling(
     service: &str,
     spec: &ProxySpec,
     state_dir: &Path,
     tls: Option<Option<plane::TlsState>>,
+    live: Option<&[SocketAddr]>,
 ) -> Result<(Arc<RemotePlane>, String), RunError> {
     let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let files = PlaneFiles::new(&state_dir, service);
@@ -56,7 +66,10 @@ pub async fn attach_telling(
     } else {
         // The desired address, stickiness, limits and certificates, with the routes
         // it last had.
-        let (routes, saved_tls) = saved.map(|s| (s.routes, s.tls)).unwrap_or_default();
+        let (mut routes, saved_tls) = saved.map(|s| (s.routes, s.tls)).unwrap_or_default();
+        if let Some(live) = live {
+            only_live(&mut routes, live);
+        }
         let state = PlaneState {
             format: plane::FORMAT,
             service: service.to_string(),
@@ -185,6 +198,16 @@ pub async fn routes(
     }
     let saved = PlaneState::load(&files.state()).map_err(|e| internal(e.to_string()))?;
     Ok(saved.map(|s| s.routes))
+}
+
+/// Keeps `routes` to the `live` endpoints; a canary with none left gets no share.
+fn only_live(routes: &mut rampart_adapters::proxy::RouteTable, live: &[SocketAddr]) {
+    routes.stable.retain(|e| live.contains(e));
+    routes.canary.retain(|e| live.contains(e));
+    if routes.canary.is_empty() {
+        routes.weight = rampart_core::Weight::ZERO;
+        routes.matches.clear();
+    }
 }
 
 fn said(how: &str, files: &PlaneFiles) -> String {

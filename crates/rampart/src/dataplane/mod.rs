@@ -138,6 +138,9 @@ pub struct Found {
     terminator: Option<rampart_adapters::proxy::tls::TlsTerminator>,
     /// This release's token that keeps its own load out of the metrics.
     uncounted: Option<String>,
+    /// The endpoints of the service's versions that run now, where rampart runs them:
+    /// a data plane started afresh routes to none other (see [`attach::attach_telling`]).
+    live: Option<Vec<std::net::SocketAddr>>,
 }
 
 impl std::fmt::Debug for Found {
@@ -149,6 +152,13 @@ impl std::fmt::Debug for Found {
 }
 
 impl Found {
+    /// `live`: the endpoints of the versions rampart runs that run now (see
+    /// [`Found::live`]).
+    pub fn with_live(mut self, live: Vec<std::net::SocketAddr>) -> Found {
+        self.live = Some(live);
+        self
+    }
+
     /// On Kubernetes, the canary a finished release left that users reach now (see
     /// `rampart_kubernetes::Kubernetes::canary_in_force`).
     pub fn canary_in_force(&self) -> Option<&(Option<String>, rampart_core::Weight)> {
@@ -192,6 +202,7 @@ pub async fn find(
         plane_tls: None,
         terminator: None,
         uncounted: None,
+        live: None,
     };
     match &policy.traffic {
         Traffic::Proxy(spec) => {
@@ -244,6 +255,7 @@ pub async fn start(
         plane_tls,
         terminator,
         uncounted,
+        live,
     } = found;
     // The flag endpoint answers from the moment its address is bound: with the flags
     // the store holds until this release's are defined, once its data plane is up.
@@ -265,8 +277,14 @@ pub async fn start(
         .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
     let mut plane = match &policy.traffic {
         Traffic::Proxy(spec) if let Some(state_dir) = attach_in => {
-            let (remote, reached) =
-                attach::attach_telling(&policy.service, spec, state_dir, Some(plane_tls)).await?;
+            let (remote, reached) = attach::attach_telling(
+                &policy.service,
+                spec,
+                state_dir,
+                Some(plane_tls),
+                live.as_deref(),
+            )
+            .await?;
             // A release brings a service stopped with `rampart stop` back (once its
             // data plane runs: one that did not come up leaves it stopped).
             let _ = std::fs::remove_file(

@@ -234,7 +234,8 @@ async fn bring_back(
         return Err(format!("{service} was stopped (`rampart stop`) meanwhile"));
     }
     acting()?;
-    let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir)
+    let live = crate::run::live_endpoints(&processes);
+    let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir, Some(&live))
         .await
         .map_err(|e| e.to_string())?;
     let table = plane.table().await.map_err(|e| e.to_string())?;
@@ -317,7 +318,7 @@ enum Restore {
 }
 
 /// Whether the routes send every request to stable.
-fn all_on_stable(table: &rampart_adapters::proxy::RouteTable) -> bool {
+pub(crate) fn all_on_stable(table: &rampart_adapters::proxy::RouteTable) -> bool {
     table.canary.is_empty() && table.weight == Weight::ZERO && table.matches.is_empty()
 }
 

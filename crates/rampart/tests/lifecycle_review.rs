@@ -1,0 +1,283 @@
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+//! Adversarial review of the service's life across its controllers (docs/dataplane.md
+//! "What survives what", docs/operations.md "The controller died"): the versions and
+//! the data plane outlive `rampart run`, and users see no failed request and no
+//! version they were not meant to see. Each test is a defect found in review and
+//! fails on the code it was written against. Real processes and sockets on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::serve::until;
+use common::servers::{Daemon, SpawnGuarded as _};
+use common::{free_port, rampart, report};
+use rampart_adapters::proxy::remote::RemotePlane;
+use rampart_core::Weight;
+use rampart_core::ports::TrafficRouter;
+use rampart_core::release::Variant;
+
+/// A service's policy and state directory; kills whatever of it still runs (data
+/// planes in the lock, versions on record, controllers the test started) when dropped.
+struct Svc {
+    dir: tempfile::TempDir,
+    name: String,
+    policy: PathBuf,
+    state: PathBuf,
+    port: u16,
+    started: Vec<Daemon>,
+}
+
+impl Svc {
+    fn new(name: &str) -> Svc {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let policy = dir.path().join("rampart.yaml");
+        std::fs::write(
+            &policy,
+            common::plane_policy(name, port, &common::sample_service()),
+        )
+        .unwrap();
+        let state = dir.path().join("state");
+        Svc {
+            name: name.to_string(),
+            policy,
+            state,
+            port,
+            dir,
+            started: Vec::new(),
+        }
+    }
+
+    fn file(&self, ext: &str) -> PathBuf {
+        self.state
+            .join("dataplane")
+            .join(format!("{}.{ext}", self.name))
+    }
+
+    fn records(&self, variant: &str) -> PathBuf {
+        self.state
+            .join("processes")
+            .join(format!("{}.{variant}.json", self.name))
+    }
+
+    /// A controller's client to the running data plane.
+    fn remote(&self, rt: &tokio::runtime::Runtime) -> RemotePlane {
+        rt.block_on(RemotePlane::attach(&self.file("sock"), &self.file("token")))
+            .unwrap()
+    }
+
+    fn run(&self, version: &str) -> Command {
+        let mut c = rampart();
+        c.args([
+            "run",
+            "--version",
+            version,
+            "--output",
+            "json",
+            "--state-dir",
+        ])
+        .arg(&self.state)
+        .arg("-f")
+        .arg(&self.policy);
+        c
+    }
+
+    /// Replaces the policy's `strategy:` section (up to `analysis:`) with `strategy`.
+    fn set_strategy(&self, strategy: &str) {
+        let text = std::fs::read_to_string(&self.policy).unwrap();
+        let (head, rest) = text.split_once("strategy:\n").unwrap();
+        let (_, tail) = rest.split_once("analysis:\n").unwrap();
+        std::fs::write(
+            &self.policy,
+            format!("{head}strategy:\n{strategy}analysis:\n{tail}"),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Svc {
+    fn drop(&mut self) {
+        for d in &mut self.started {
+            d.stop();
+        }
+        common::stop_versions(&self.state);
+        // A version a killed controller was still starting is in no record yet.
+        let dir = std::fs::canonicalize(self.dir.path()).unwrap_or_default();
+        let mark = format!("RAMPART_SERVICE={}", self.name);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ours = std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(&dir));
+            let marked = std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == mark.as_bytes()));
+            if ours && marked {
+                common::servers::kill_group(pid);
+            }
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Contract: docs/strategies.md "Full": the new version "waits for an approval ...
+/// then takes all traffic" (and a canary's first user comes at its first step); the
+/// README's "users see no version they were not meant to see" before the analysis.
+///
+/// After a promotion `rampart run` hands the winner over (`run.rs` `hand_over`: its
+/// records move to stable, then the routes go to weight 0 with the winner as stable).
+/// When that hand-over does not happen (the controller is killed between the release's
+/// end being recorded and the hand-over, or the hand-over fails: "WARNING: the winner
+/// serves, but as the canary ...; the next release starts it again as stable"), the
+/// data plane is left at weight 100 % on the canary, and the winner's records name it
+/// the canary. Nothing in the next `rampart run` puts the weight back to 0
+/// (`leftover_canary` lets a promoted last release through; `rampart serve`'s restore
+/// rebases, `run` does not): its `Deploy { canary }` puts the new version's endpoints
+/// into the canary slot, under that 100 %, and every user is on the unapproved,
+/// unanalysed version while the release waits for its approval.
+///
+/// The test builds the state such a cut hand-over leaves (records and routes exactly
+/// as after the promotion's `Stop { stable }`), then releases v2 with `strategy.full`
+/// under load. Expected: no request answered by v2 before the approval. Observed:
+/// every request after v2 is in rotation (weight 100 %).
+#[test]
+fn a_release_after_a_cut_hand_over_sends_no_user_to_its_version_before_the_approval() {
+    let mut svc = Svc::new("cutover");
+    let (code, v) = report(&svc.run("v1").output().unwrap());
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    let rt = rt();
+    let plane = svc.remote(&rt);
+    let table = rt.block_on(plane.table()).unwrap();
+    let winner: Vec<SocketAddr> = table.stable.clone();
+    assert!(!winner.is_empty() && table.canary.is_empty(), "{table:?}");
+
+    // The state a promotion leaves before its hand-over: the winner recorded (and
+    // routed) as the canary at 100 %, stable stopped and out of the routes. Each
+    // change routes every request to the winner.
+    std::fs::rename(svc.records("stable"), svc.records("canary")).unwrap();
+    rt.block_on(plane.set_backends(Variant::Canary, &winner))
+        .unwrap();
+    rt.block_on(plane.set_weight(Weight::FULL, &[])).unwrap();
+    rt.block_on(plane.set_backends(Variant::Stable, &[]))
+        .unwrap();
+
+    // v2, all at once after an approval nobody gives.
+    svc.set_strategy("  full: {stability: 1h}\n");
+    let load_rt = common::runtime();
+    let (load, stats) = common::start_load(&load_rt, svc.port, 100);
+    let controller = svc.run("v2").stdout(Stdio::null()).spawn_guarded();
+    svc.started.push(controller);
+    let mut seen = None;
+    until("v2 is deployed", Duration::from_secs(60), || {
+        let t = rt.block_on(plane.table()).unwrap();
+        let deployed = !t.canary.is_empty() && t.canary.iter().all(|c| !winner.contains(c));
+        if deployed {
+            seen = Some(t);
+        }
+        deployed
+    });
+    let before = stats.canary.load(Ordering::SeqCst);
+    let sent = stats.sent.load(Ordering::SeqCst);
+    until("200 more requests", Duration::from_secs(60), || {
+        stats.ok.load(Ordering::SeqCst) + stats.failed.load(Ordering::SeqCst) >= sent + 200
+    });
+    let on_v2 = stats.canary.load(Ordering::SeqCst) - before;
+    let table = rt.block_on(plane.table()).unwrap();
+    load.abort();
+    assert_eq!(
+        on_v2, 0,
+        "{on_v2} of about 200 requests were answered by v2 while its release waited for an approval (routes: {table:?}; when v2 came in: {seen:?})"
+    );
+}
+
+/// Contract: docs/dataplane.md "the host reboots: nothing answers until `rampart
+/// serve` starts, which brings every service back on its last version" (and no user
+/// is sent anywhere else).
+///
+/// After a reboot the ports the versions had are free for anyone: here another
+/// program holds the port the stable replica had. `serve`'s restore (`restore.rs`
+/// `bring_back`) starts the stable version on a new port first, and only then starts
+/// the data plane (`attach`), which comes up serving its saved routes: stable on the
+/// old port, the other program's. Users are sent there until `bring_back` sets the
+/// new endpoints (after reading the table and checking the canary). Expected: no
+/// request reaches a port that no version of the service holds. Observed: the other
+/// program is sent users' requests.
+#[test]
+fn after_a_reboot_no_request_goes_to_the_port_a_version_had_before() {
+    use common::serve::{Server, policy as served_policy, submit};
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut server = Server::start(&state);
+    let ci = server.token("deployer", "ci");
+    let port = free_port();
+    let id = submit(&server, &ci, &served_policy("rebooted", port, ""));
+    let load_rt = common::runtime();
+    let (warmup, _) = common::start_load(&load_rt, port, 50);
+    let end = server.wait_release(&id, &ci, Duration::from_secs(90), |v| {
+        v["report"].is_object()
+    });
+    warmup.abort();
+    assert_eq!(end["outcome"], "promoted", "{end}");
+    let text = std::fs::read_to_string(state.join("processes/rebooted.stable.json")).unwrap();
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let old_port = u16::try_from(list[0]["port"].as_u64().unwrap()).unwrap();
+
+    // The reboot: nothing of rampart's runs, versions included.
+    let server_port = server.port;
+    server.kill();
+    common::stop_versions(&state);
+    until("everything is down", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            && std::net::TcpStream::connect(("127.0.0.1", old_port)).is_err()
+    });
+    // Another program now holds the port the stable replica had.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", old_port)).unwrap();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let reached = reached.clone();
+        std::thread::spawn(move || {
+            for conn in squatter.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                reached.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nsomeone\r\n",
+                );
+            }
+        });
+    }
+    let (load, stats) = common::start_load(&load_rt, port, 500);
+    let server = Server::start_on(&state, server_port);
+    until("the service answers again", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let sent = stats.sent.load(Ordering::SeqCst);
+    until("500 more requests", Duration::from_secs(60), || {
+        stats.sent.load(Ordering::SeqCst) >= sent + 500
+    });
+    load.abort();
+    drop(server);
+    let reached = reached.load(Ordering::SeqCst);
+    assert_eq!(
+        reached, 0,
+        "{reached} requests sent to the service after the reboot went to the other program on {old_port}, the port its stable replica had before"
+    );
+}

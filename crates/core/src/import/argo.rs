@@ -91,6 +91,16 @@ pub(super) fn import(cx: &mut Cx, docs: &[Doc], sources: &[Source]) -> Result<Dr
     })?;
     let canary = get(strategy, "canary");
     let blue_green = get(strategy, "blueGreen");
+    if canary.is_some() && blue_green.is_some() {
+        // Argo Rollouts refuses such a Rollout: it never ran, and which of the two its
+        // author meant, nobody can tell.
+        return Err(ImportError::at(
+            ro,
+            strategy.pos,
+            "spec.strategy",
+            "both `canary` and `blueGreen`: Argo Rollouts refuses a Rollout with more than one strategy; keep the one you run",
+        ));
+    }
     if canary.is_none() && blue_green.is_none() {
         return Err(ImportError::at(
             ro,

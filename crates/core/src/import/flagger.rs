@@ -471,13 +471,16 @@ impl<'a> Flagger<'a> {
                 .and_then(int)
                 .filter(|m| (1..=100).contains(m))
                 .unwrap_or(100);
+            // As Flagger runs it: the weight rises by `stepWeight` (capped at 100, not
+            // at `maxWeight`) until it reaches `maxWeight` or more, then promotes: 20
+            // by 20 up to 50 is 20, 40, 60.
             let mut w = step;
             loop {
-                let v = w.min(max);
+                let v = w.min(100);
                 out.push((
                     v as u32,
                     format!(
-                        "{} ({apath}.stepWeight {step} up to maxWeight {max})",
+                        "{} ({apath}.stepWeight {step} until at least maxWeight {max})",
                         self.cn.label()
                     ),
                 ));

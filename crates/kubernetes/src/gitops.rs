@@ -316,13 +316,20 @@ pub fn canary_of_revision(
     // A release Git started names its revision in its version: the template the
     // stable holds now must be that one (Git may have applied another since the
     // release was queued), or the canary would run what nobody asked to release.
+    // A version that names no revision (one a person typed, through the API) would
+    // be claimed released while the pods run Git's template, whatever that is: the
+    // stable's own (nothing rolled out), or one Git applied that the watch releases
+    // on its own as well.
     let now = revision(stable);
-    if let Some(named) = named_revision(version)
-        && !now.starts_with(named)
-    {
+    let name = stable.metadata.name.as_deref().unwrap_or("?");
+    let Some(named) = named_revision(version) else {
         return Err(Error::Shape(format!(
-            "Deployment `{}` holds revision {now} now, not the one release {version} was started for: Git applied another template since, which this release does not run (a release of it follows)",
-            stable.metadata.name.as_deref().unwrap_or("?")
+            "Deployment `{name}` opts in to GitOps releases: a release of it runs the template Git applied (revision {now}), so its version names that revision (`TAG+REVISION` or `rev-REVISION`, as the watch names them), and `{version}` names none. Commit the change to Git (the watch releases it), or opt the Deployment out to release versions by image"
+        )));
+    };
+    if !now.starts_with(named) {
+        return Err(Error::Shape(format!(
+            "Deployment `{name}` holds revision {now} now, not the one release {version} was started for: Git applied another template since, which this release does not run (a release of it follows)"
         )));
     }
     let image = objects::container_image(stable, container)?;
@@ -337,7 +344,8 @@ pub fn canary_of_revision(
 }
 
 /// The revision (or its first characters) a GitOps release's version names: `TAG+REV`
-/// or `rev-REV`; `None` for a version a person gave.
+/// or `rev-REV`; `None` for a version a person gave (refused for an opted-in
+/// Deployment: see [`canary_of_revision`]).
 fn named_revision(version: &str) -> Option<&str> {
     let hex = |r: &str| !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit());
     version
@@ -649,7 +657,8 @@ impl Watched {
         Workload {
             namespace: ns.to_string(),
             paused: is_paused(d),
-            rolled_out: matches!(objects::readiness(d), Readiness::Ready),
+            // Every pod on the template, ready or not (an HPA's new pods are).
+            rolled_out: objects::on_template(d),
             name,
             revision,
             annotations,

@@ -80,6 +80,20 @@ pub fn readiness(d: &Deployment) -> Readiness {
     Readiness::Ready
 }
 
+/// Whether every pod of `d` runs its current template (none of an older one left):
+/// the Deployment controller has seen its spec, and all its pods are updated ones.
+/// Ready or not: pods an HPA or a node drain just added run the template too.
+pub fn on_template(d: &Deployment) -> bool {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let status = d.status.clone().unwrap_or_default();
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    status.observed_generation.unwrap_or(0) >= generation
+        && updated >= want.min(total)
+        && total <= updated
+}
+
 /// Checks the stable Deployment carries `rampart.dev/track: stable` in its selector
 /// and its pod template, so stable and canary pods can be selected apart.
 pub fn check_stable(d: &Deployment, name: &str) -> Result<(), Error> {

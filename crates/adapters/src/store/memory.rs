@@ -674,6 +674,23 @@ impl Submissions for MemoryStore {
         })
     }
 
+    fn submissions_of<'a>(
+        &'a self,
+        service: &'a str,
+        version: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Submission>, StoreError>> {
+        self.plane(move |s| {
+            Ok(s.submissions
+                .iter()
+                .rev()
+                .filter(|x| x.service == service && x.version == version)
+                .take(limit)
+                .cloned()
+                .collect())
+        })
+    }
+
     fn withdraw<'a>(
         &'a self,
         id: &'a str,

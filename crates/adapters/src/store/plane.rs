@@ -96,6 +96,14 @@ pub trait Submissions: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<Submission>, StoreError>>;
     /// Submissions not done yet, oldest first.
     fn open_submissions(&self) -> BoxFuture<'_, Result<Vec<Submission>, StoreError>>;
+    /// The last `limit` submissions of `version` of `service`, whatever their state,
+    /// newest first.
+    fn submissions_of<'a>(
+        &'a self,
+        service: &'a str,
+        version: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Submission>, StoreError>>;
     /// Withdraws a queued submission with its final report. Fails with
     /// [`StoreError::Conflict`] when it has started or is over.
     fn withdraw<'a>(

@@ -344,6 +344,15 @@ impl Submissions for StateStore {
         Box::pin(StateStore::open_submissions(self))
     }
 
+    fn submissions_of<'a>(
+        &'a self,
+        service: &'a str,
+        version: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Submission>, StoreError>> {
+        Box::pin(StateStore::submissions_of(self, service, version, limit))
+    }
+
     fn withdraw<'a>(
         &'a self,
         id: &'a str,

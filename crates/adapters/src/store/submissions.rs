@@ -142,6 +142,27 @@ impl StateStore {
         rows.iter().map(row_to_submission).collect()
     }
 
+    /// The last `limit` submissions of `version` of `service`, whatever their state,
+    /// newest first.
+    pub async fn submissions_of(
+        &self,
+        service: &str,
+        version: &str,
+        limit: usize,
+    ) -> Result<Vec<Submission>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .conn()
+            .await?
+            .query(
+                &format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE service = ?1 AND version = ?2 ORDER BY rowid DESC LIMIT ?3"),
+                args![service, version, limit],
+            )
+            .await?;
+        rows.iter().map(row_to_submission).collect()
+    }
+
     /// Claims a submission for running: `false` when it is done (withdrawn) already.
     pub async fn claim_submission(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.acting().await?;

@@ -376,17 +376,24 @@ fn deployment_status(w: &World, path: &str, obj: &Value) -> Value {
         return complete;
     }
     if Instant::now() < r.done_at {
+        // A scale alone adds pods of the template the others run: updated from the
+        // start, not ready yet. A new template's pods are not there yet.
+        let updated = if r.deadline { 0 } else { want };
         return json!({
-            "observedGeneration": generation, "replicas": want, "updatedReplicas": 0,
+            "observedGeneration": generation, "replicas": want, "updatedReplicas": updated,
             "readyReplicas": 0, "availableReplicas": 0,
         });
     }
     if !w.broken.contains(path) {
         return complete;
     }
+    // New pods that never become ready. A new template's old pods are kept meanwhile
+    // (none of the new is available to replace them): pods of two templates. A scale
+    // alone has pods of one.
+    let old = if r.deadline { want } else { 0 };
     let mut stuck = json!({
-        "observedGeneration": generation, "replicas": want, "updatedReplicas": want,
-        "readyReplicas": 0, "availableReplicas": 0, "unavailableReplicas": want,
+        "observedGeneration": generation, "replicas": want + old, "updatedReplicas": want,
+        "readyReplicas": old, "availableReplicas": old, "unavailableReplicas": want,
     });
     if r.deadline {
         stuck["conditions"] = json!([{

@@ -291,6 +291,23 @@ impl Watch {
             return Ok(Did::Nothing);
         }
         if w.annotation(gitops::REFUSED_REVISION) == Some(w.revision.as_str()) {
+            // Said again about the revision Git has now (it may have gone elsewhere
+            // and come back): never left saying `released` about another.
+            self.watched
+                .report(
+                    w,
+                    Phase::Refused,
+                    "",
+                    &format!(
+                        "Git revision {} (version {}) was refused earlier; the Deployment stays paused on revision {}: apply another template to release again",
+                        w.revision,
+                        p.version,
+                        w.annotation(gitops::RELEASED_REVISION).unwrap_or("?")
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(e)?;
             return Ok(Did::Nothing);
         }
         if let Some(s) = mine.iter().find(|s| s.version == p.version) {
@@ -323,7 +340,7 @@ impl Watch {
             .finished(&p.service, &p.version, released_version)
             .await?
         {
-            let outcome = done.outcome.map(|o| o.as_str()).unwrap_or("");
+            let outcome = done.outcome.as_str();
             let blocked_long_ago = self.app.clock.now().saturating_sub(done.created_at)
                 >= u64::try_from(BLOCKED_RETRY.as_millis()).unwrap_or(u64::MAX);
             match outcome {
@@ -351,6 +368,28 @@ impl Watch {
                         .map_err(e)?;
                     return Ok(Did::Nothing);
                 }
+                // A person withdrew it before it started: their decision stands until
+                // Git applies another template.
+                "withdrawn" => {
+                    self.watched
+                        .report(
+                            w,
+                            Phase::Refused,
+                            &done.id,
+                            &format!(
+                                "Git revision {} (version {}) was refused: release {} was {}; the Deployment stays paused on revision {}",
+                                w.revision,
+                                p.version,
+                                done.id,
+                                done.reason,
+                                w.annotation(gitops::RELEASED_REVISION).unwrap_or("?")
+                            ),
+                            &[(gitops::REFUSED_REVISION, &w.revision)],
+                        )
+                        .await
+                        .map_err(e)?;
+                    return Ok(Did::Nothing);
+                }
                 "blocked" if blocked_long_ago => {}
                 "blocked" => {
                     self.watched
@@ -358,7 +397,12 @@ impl Watch {
                             w,
                             Phase::Waiting,
                             &done.id,
-                            &format!("release {} was blocked; tried again shortly", done.id),
+                            &format!(
+                                "release {} was blocked ({}); tried again within {}s",
+                                done.id,
+                                done.reason,
+                                BLOCKED_RETRY.as_secs()
+                            ),
                             &[],
                         )
                         .await
@@ -371,10 +415,17 @@ impl Watch {
                             w,
                             Phase::Failed,
                             &done.id,
-                            &format!(
-                                "release {} of {} {outcome}: a human must act (see `rampart status {}`)",
-                                done.id, p.version, done.id
-                            ),
+                            &if done.reason.is_empty() {
+                                format!(
+                                    "release {} of {} {outcome}: a human must act (see `rampart status {}`)",
+                                    done.id, p.version, done.id
+                                )
+                            } else {
+                                format!(
+                                    "release {} of {} was refused before it started: {}; a human must act",
+                                    done.id, p.version, done.reason
+                                )
+                            },
                             &[],
                         )
                         .await
@@ -452,28 +503,73 @@ impl Watch {
     /// The newest finished release of `version` of the service since the running
     /// pods' own (`released`): an older one is history, and a revision Git goes back
     /// to is released again, not taken as promoted or refused by what happened then.
+    /// A submission of it that ended before its release began counts too: withdrawn
+    /// by a person (`withdrawn`), or refused at its start (`blocked`, or the failure):
+    /// without it, a revision whose release is refused before it starts (a canary a
+    /// halted release left with users) would be queued again at every tick.
     async fn finished(
         &self,
         service: &str,
         version: &str,
         released: Option<&str>,
-    ) -> Result<Option<rampart_core::ports::ReleaseRecord>, String> {
+    ) -> Result<Option<Done>, String> {
         let recent = self
             .app
             .store
             .list_releases(Some(service), FINISHED_LOOKBACK)
             .await
             .map_err(|e| e.to_string())?;
-        for r in recent {
+        let mut since = None;
+        for r in &recent {
             // A release this loop ended because Git moved on (or its Deployment went)
             // is no verdict on its version: Git returning to it releases it again.
             if r.version == version && r.outcome.is_some() && !self.ended_by_the_loop(&r.id).await {
-                return Ok(Some(r));
+                return Ok(Some(Done {
+                    id: r.id.clone(),
+                    outcome: r.outcome.map(|o| o.as_str()).unwrap_or("").to_string(),
+                    created_at: r.created_at,
+                    reason: String::new(),
+                }));
             }
             let promoted = r.outcome.map(|o| o.as_str()) == Some("promoted");
             if promoted && Some(r.version.as_str()) == released {
-                return Ok(None);
+                since = Some(r.created_at);
+                break;
             }
+        }
+        let submissions = self
+            .app
+            .store
+            .submissions_of(service, version, FINISHED_LOOKBACK)
+            .await
+            .map_err(|e| e.to_string())?;
+        for s in submissions {
+            if since.is_some_and(|at| s.created_at <= at) {
+                break;
+            }
+            let Some(report) = s.report.as_deref().filter(|_| s.state == "done") else {
+                continue;
+            };
+            let report: serde_json::Value = serde_json::from_str(report).unwrap_or_default();
+            // One that started has a release, judged above (or older than the look).
+            let started = report["timeline"].as_array().is_some_and(|t| !t.is_empty())
+                || recent.iter().any(|r| r.id == s.id);
+            if started {
+                continue;
+            }
+            let reason = report["reason"].as_str().unwrap_or("").to_string();
+            let outcome = match report["withdrawn_by"].as_str() {
+                // The loop withdrew it (Git moved on): no verdict.
+                Some(by) if by.starts_with(INITIATOR_PREFIX) => continue,
+                Some(_) => "withdrawn",
+                None => report["outcome"].as_str().unwrap_or("failed"),
+            };
+            return Ok(Some(Done {
+                id: s.id,
+                outcome: outcome.to_string(),
+                created_at: s.created_at,
+                reason,
+            }));
         }
         Ok(None)
     }
@@ -541,6 +637,17 @@ impl Watch {
             tracing::info!(release = %s.id, "not aborted: {}", e.message());
         }
     }
+}
+
+/// What became of the last release of a version (see [`Watch::finished`]).
+struct Done {
+    id: String,
+    /// `promoted`, `rolled_back`, `halted`, `escalated`, `blocked`, `withdrawn`, or
+    /// `failed` (refused at its start otherwise).
+    outcome: String,
+    created_at: u64,
+    /// Why, for one that never started.
+    reason: String,
 }
 
 /// Who starts the releases of `w`: `gitops:NAMESPACE/NAME`.

@@ -114,6 +114,7 @@ pub async fn act(
         let report = json!({
             "outcome": "blocked",
             "reason": format!("withdrawn by {} before it started: {}", caller.name, body.reason),
+            "withdrawn_by": caller.name,
             "decided_at_s": 0.0,
             "release_id": id,
             "timeline": [],

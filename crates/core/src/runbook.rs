@@ -369,7 +369,7 @@ pub(crate) fn rollback_order(md: &mut String, policy: &Policy) {
         if !flags.is_empty() {
             let _ = writeln!(
                 md,
-                "1. Level 1, flags: {} off (ramp 0, default off). Verified over one analysis interval ({}): if the new version passes with its flags off, **stop here**; traffic and the new version stay as they are.",
+                "1. Level 1, flags: {} off (ramp 0, default off). Verified over one analysis interval ({}): if the new version passes with its flags off, **stop here**; traffic and the new version stay as they are. At 100 % (the watch after promotion, post-release checks) there is no traffic on the previous version to judge against: the flags go off, unjudged, and level 2 follows.",
                 quoted(&flags),
                 format_duration(policy.analysis.interval)
             );
@@ -401,7 +401,7 @@ pub(crate) fn rollback_order(md: &mut String, policy: &Policy) {
             format_duration(cap.per)
         );
     }
-    md.push_str("\nEach level is verified before the next; rampart stops at the first level that restores health. An operator's rollback does not wait at level 1. Operators: `rampart rollback ");
+    md.push_str("\nEach level is verified before the next (level 1 not at 100 %); rampart stops at the first level that restores health. An operator's rollback does not wait at level 1. Operators: `rampart rollback ");
     let _ = writeln!(md, "{svc} --reason \"...\"`.\n");
 }
 

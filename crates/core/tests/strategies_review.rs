@@ -437,3 +437,29 @@ fn an_escalation_during_a_traffic_change_records_the_weight_in_force() {
     );
     assert_eq!(s.pending, None);
 }
+
+/// Regression (review of the fix above): an operator's rollback kept for a traffic
+/// change in flight, when that change failed: the automatic rollback started (by
+/// rampart, counted against the cap), and the kept rollback then waited on *its*
+/// traffic change and was applied in the middle of it, as a no-op that also cut the
+/// rollback's chain short: nothing was pending, nothing would wake the release, and
+/// it never ended (its canary running). The operator's rollback is applied at the
+/// failure, under their name.
+#[test]
+fn an_abort_kept_for_a_traffic_change_that_fails_rolls_back_by_the_operator() {
+    let p =
+        Policy::from_yaml(&CANARY_WITH_KILL_SWITCH.replace("rollback: {flags: [recs-v2]}\n", ""))
+            .unwrap();
+    let (s, now) = in_flight_to(&p, 1_000, Class::Expand);
+    let s = step(&p, &s, &operator_abort(), now + 1).state;
+    assert!(s.deferred.is_some());
+    let failed = Input::TrafficFailed {
+        detail: "the router did not answer".into(),
+    };
+    let s = step(&p, &s, &failed, now + 2).state;
+    assert!(s.deferred.is_none(), "{:?}", s.deferred);
+    let (end, _, _) = drive(&p, s, now + 2, healthy, |_| false);
+    assert_eq!(end.phase, Phase::RolledBack, "{:?}", end.decision);
+    assert_eq!(end.decision.as_ref().map(|d| d.by.as_str()), Some("bob"));
+    assert_eq!(end.weight, Weight::ZERO);
+}

@@ -565,3 +565,53 @@ fn a_rollback_during_a_resumed_level_one_goes_on_to_the_traffic() {
         "bob's rollback stopped at level 1"
     );
 }
+
+/// Regression (review): a rollback at 100 % (a failure during the watch) switches the
+/// kill switches off first, so it is at level 1 while they go off. A controller
+/// restarted then took level 1 up as at a step: the new version started again before
+/// the flags (to judge them against), and when it did not come back the rollback
+/// halted ("stable did not come back"). At 100 % nothing is judged: the previous
+/// version is made sure of, the flags go off again, and traffic goes back to it.
+#[test]
+fn a_rollback_at_full_traffic_resumed_during_flags_off_does_not_need_the_new_version() {
+    let p = Policy::from_yaml(&format!(
+        "{CANARY_WATCHED}flags:\n  define:\n    - {{name: recs-v2, default: true}}\nrollback: {{flags: [recs-v2]}}\n"
+    ))
+    .unwrap();
+    let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
+    let (s, now, _) = drive(&p, s, T0, fails_at_full, &mut ok, |s| {
+        matches!(s.pending, Some(Action::FlagsOff { .. }))
+    });
+    assert_eq!(s.phase, Phase::RollingBack, "{:?}", s.decision);
+    assert_eq!(s.weight, Weight::FULL);
+    // The controller dies with the flags going off; the new version is gone with it.
+    let t = step(&p, &s, &Input::Resumed, now + 1);
+    let mut lose_canary = |a: &Action| {
+        matches!(
+            a,
+            Action::Deploy {
+                variant: Variant::Canary,
+                ..
+            }
+        )
+        .then(|| Input::Deployed {
+            variant: Variant::Canary,
+            ok: false,
+            detail: "exited at once".into(),
+        })
+    };
+    let (end, _, asked) = drive(
+        &p,
+        t.state,
+        now + 1,
+        fails_at_full,
+        &mut lose_canary,
+        |_| false,
+    );
+    assert_eq!(end.phase, Phase::RolledBack, "{:?}", end.decision);
+    assert_eq!(end.weight, Weight::ZERO);
+    assert!(
+        asked.iter().any(|a| matches!(a, Action::FlagsOff { .. })),
+        "{asked:?}"
+    );
+}

@@ -43,14 +43,7 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
                 ),
             );
         }
-        Phase::Deploying
-        | Phase::Previewing
-        | Phase::AwaitingApproval
-        | Phase::Progressing
-        | Phase::Promoting
-        | Phase::Watching
-        | Phase::Verifying
-        | Phase::KeepingPrevious => {
+        _ if abortable(&b.s) => {
             // Past the switch, a version pending is one a restart re-establishes (the
             // previous one among them): the switch back waits for it, else it could
             // send every user to a version nothing brought back.
@@ -98,6 +91,22 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
         }
         // Already rolling back, or over: nothing more to do.
         _ => {}
+    }
+}
+
+/// Whether an abort now starts a rollback (or, before anything ran, blocks): from a
+/// phase with something deployed, until the previous version is being stopped.
+pub(super) fn abortable(s: &Release) -> bool {
+    match s.phase {
+        Phase::Promoting => !s.releasing_previous,
+        Phase::Deploying
+        | Phase::Previewing
+        | Phase::AwaitingApproval
+        | Phase::Progressing
+        | Phase::Watching
+        | Phase::Verifying
+        | Phase::KeepingPrevious => true,
+        _ => false,
     }
 }
 
@@ -260,6 +269,15 @@ fn defer(b: &mut Builder<'_>, input: Input, actor: &str) -> bool {
                     .into(),
             );
             return true;
+        }
+        // The rollback takes its place: its author is told.
+        Some(Input::Approved { by: earlier, .. } | Input::Promote { actor: earlier, .. }) => {
+            let earlier = earlier.clone();
+            b.event(
+                "command_refused",
+                &earlier,
+                format!("{actor} asked for a rollback meanwhile, which goes first"),
+            );
         }
         _ => {}
     }

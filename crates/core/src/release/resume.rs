@@ -161,7 +161,12 @@ pub(super) fn resume(b: &mut Builder<'_>) {
         // flags are off: asked again too, since the kill switches may still be on.)
         Phase::RollingBack if b.s.rollback_level == Some(1) => {
             chain.extend(ensure_stable);
-            chain.extend(canary.clone());
+            // At 100 % level 1 is not judged: traffic goes back once the flags are
+            // off, so the version being rolled back is not started again (one that
+            // does not come back would halt the rollback).
+            if !b.s.stable_idle() {
+                chain.extend(canary.clone());
+            }
             chain.push(Action::FlagsOff {
                 flags: b.policy.level_one_flags(),
             });

@@ -76,6 +76,13 @@ impl Builder<'_> {
                 crate::units::format_duration(cap.per)
             ));
         }
+        // An operator's rollback kept for the work in flight is this one now: it is
+        // not applied again later, and the operator does not wait for level 1's check.
+        if let Some(super::protocol::Input::Abort { actor: asked, .. }) = self.s.deferred.take()
+            && actor == "rampart"
+        {
+            self.s.hurried_by = Some(asked);
+        }
         self.decide(DecisionKind::Rollback, reason.clone());
         if let Some(d) = self.s.decision.as_mut()
             && d.kind == DecisionKind::Rollback
@@ -128,6 +135,7 @@ impl Builder<'_> {
     /// Hands over to a human without touching traffic: rolling the code back would put
     /// old code on a schema it does not understand.
     pub(super) fn escalate(&mut self, reason: String) {
+        self.refuse_deferred_abort("escalated");
         let class = self.s.migration_class.map_or("?", |c| c.as_str());
         let why = format!(
             "{reason}; not rolled back automatically because this release shipped {class} database migrations"
@@ -154,6 +162,7 @@ impl Builder<'_> {
 
     /// Stops where it stands. Deliberately emits no traffic action.
     pub(super) fn halt(&mut self, reason: String) {
+        self.refuse_deferred_abort("halted");
         self.decide(DecisionKind::Halt, reason.clone());
         self.s.phase = Phase::Halted;
         self.s.pending = None;
@@ -161,6 +170,20 @@ impl Builder<'_> {
         self.s.next_analysis_at = None;
         self.event("halted", "rampart", reason.clone());
         self.page_halted(&reason);
+    }
+
+    /// An operator's rollback kept for the work in flight when the release stops
+    /// otherwise (`how`): it can no longer apply, and its author is told.
+    fn refuse_deferred_abort(&mut self, how: &str) {
+        if let Some(super::protocol::Input::Abort { actor, .. }) = self.s.deferred.take() {
+            self.event(
+                "command_refused",
+                &actor,
+                format!(
+                    "the release {how} before the rollback asked could start; a human decides from here"
+                ),
+            );
+        }
     }
 
     /// Pages that the release halted where it stands, for `reason`.

@@ -6,7 +6,7 @@ use super::builder::{Builder, ms, window_closed};
 use super::divergence::{self, superseded};
 use super::gating::{ask_hotfix_approval, block, gates_checked, migrated, open_or_wait, start};
 use super::model::{Phase, PreApproval, Release, Transition};
-use super::operator::{abort, apply_deferred, approved, pause, promote, unpause};
+use super::operator::{abort, abortable, apply_deferred, approved, pause, promote, unpause};
 use super::progress::{
     after_full, deployed, full_traffic_due, inconclusive, keep_or_stop_previous, measured,
     start_progressing, step_in_force, succeed, watched,
@@ -194,14 +194,31 @@ fn dispatch(b: &mut Builder<'_>, state: &Release, input: &Input) {
             }
             if let Input::TrafficSet { weight } = answer {
                 b.s.weight = *weight;
-                // A rollback asked while this change was in flight starts now, from
-                // the weight in force: before whatever the change led to (a step
-                // begun, a promotion ended).
-                if matches!(b.s.deferred, Some(Input::Abort { .. })) {
-                    b.event("weight_set", "rampart", format!("canary weight {weight}"));
-                    b.s.queued.clear();
-                    return apply_deferred(b);
+            }
+            // A rollback asked while this change was in flight starts now, from the
+            // weight in force: before whatever the change led to (a step begun, a
+            // promotion ended; or, when it failed, the automatic rollback: the
+            // operator's, with their name and `force`).
+            if matches!(b.s.deferred, Some(Input::Abort { .. }))
+                && abortable(&b.s)
+                && matches!(
+                    answer,
+                    Input::TrafficSet { .. } | Input::TrafficFailed { .. }
+                )
+            {
+                match answer {
+                    Input::TrafficSet { weight } => {
+                        b.event("weight_set", "rampart", format!("canary weight {weight}"));
+                    }
+                    Input::TrafficFailed { detail } => b.event(
+                        "traffic_failed",
+                        "rampart",
+                        format!("the traffic change failed: {detail}"),
+                    ),
+                    _ => {}
                 }
+                b.s.queued.clear();
+                return apply_deferred(b);
             }
             if let Input::Scaled {
                 variant,

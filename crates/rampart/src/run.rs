@@ -661,6 +661,7 @@ pub async fn run_release(
         && let (Some(remote), Some(processes)) = (&plane.remote, &processes)
         && let Some(said) = finish_hand_over(
             &policy,
+            &opts.policy_path,
             &store,
             &clock,
             remote,
@@ -1016,6 +1017,7 @@ pub(crate) fn live_endpoints(processes: &ProcessDeployer) -> Vec<SocketAddr> {
 /// was nothing to finish.
 async fn finish_hand_over(
     policy: &Policy,
+    policy_path: &Path,
     store: &Arc<StateStore>,
     clock: &Arc<dyn Clock>,
     remote: &rampart_adapters::proxy::remote::RemotePlane,
@@ -1036,27 +1038,48 @@ async fn finish_hand_over(
     if crate::serve::restore::all_on_stable(&table) {
         return Ok(None);
     }
-    store.may_act().map_err(|e| internal(e.to_string()))?;
-    let serving = match processes
-        .rebase()
-        .await
+    // A flag release ran on stable's own processes: any canary still running is an
+    // earlier release's, never its winner, and only the routes are left to finish.
+    let flag_only = Policy::from_stored(&last.policy)
         .map_err(|e| internal(e.to_string()))?
-    {
-        Some(winner) => winner,
-        // Its records moved already: only the routes are left to finish.
-        None => processes.endpoints(Variant::Stable),
-    };
-    if serving.is_empty() {
-        return Ok(None);
+        .strategy
+        .flag_only();
+    let canary_versions = processes.versions(Variant::Canary);
+    if !flag_only && canary_versions.iter().any(|v| *v != last.version) {
+        return Err(RunError::Blocked(format!(
+            "the routes of {} still send {} of its users to a canary running {}, which is not {}, the version its last release promoted: a new release would move them before any analysis. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
+            policy.service,
+            table.weight,
+            canary_versions.join(", "),
+            last.version,
+            policy_path.display()
+        )));
     }
+    store.may_act().map_err(|e| internal(e.to_string()))?;
+    let winner = if flag_only {
+        None
+    } else {
+        processes
+            .rebase()
+            .await
+            .map_err(|e| internal(e.to_string()))?
+    };
+    // Its records moved already (or a flag release): only the routes are left.
+    let serving = winner.unwrap_or_else(|| processes.endpoints(Variant::Stable));
+    // With nothing of it left running (the host lost it), the routes still go to
+    // stable: the new release's version never takes the share of a winner gone.
     all_to_stable(routes, &serving)
         .await
         .map_err(|e| internal(e.to_string()))?;
     let why = format!(
-        "the hand-over after release {} ({} promoted) had not finished: its {} replica(s) serve as stable now, with every user (the routes had them as the canary at {})",
+        "the hand-over after release {} ({} promoted) had not finished: {} serve as stable now, with every user (the routes had the canary at {})",
         last.id,
         last.version,
-        serving.len(),
+        if serving.is_empty() {
+            "none of its replicas runs any more, and nothing".to_string()
+        } else {
+            format!("its {} replica(s)", serving.len())
+        },
         table.weight
     );
     let audited = store

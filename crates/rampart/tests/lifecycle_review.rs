@@ -158,7 +158,20 @@ fn rt() -> tokio::runtime::Runtime {
 /// every request after v2 is in rotation (weight 100 %).
 #[test]
 fn a_release_after_a_cut_hand_over_sends_no_user_to_its_version_before_the_approval() {
-    let mut svc = Svc::new("cutover");
+    after_a_cut_hand_over("cutover", false);
+}
+
+/// As above, with the winner gone too (the host lost its processes): the routes
+/// still had the canary at 100 %, and the hand-over, finding nothing to hand over,
+/// left them so: the new version took every user the moment it was ready. The
+/// routes go to stable (the new release starts it again) before anything else.
+#[test]
+fn a_release_after_a_cut_hand_over_whose_winner_died_sends_no_user_to_its_version() {
+    after_a_cut_hand_over("cutdead", true);
+}
+
+fn after_a_cut_hand_over(name: &str, kill_winner: bool) {
+    let mut svc = Svc::new(name);
     let (code, v) = report(&svc.run("v1").output().unwrap());
     assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
     let rt = rt();
@@ -176,6 +189,20 @@ fn a_release_after_a_cut_hand_over_sends_no_user_to_its_version_before_the_appro
     rt.block_on(plane.set_weight(Weight::FULL, &[])).unwrap();
     rt.block_on(plane.set_backends(Variant::Stable, &[]))
         .unwrap();
+    if kill_winner {
+        let text = std::fs::read_to_string(svc.records("canary")).unwrap();
+        let records: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        for pid in records.iter().filter_map(|r| r["pid"].as_u64()) {
+            let pid = u32::try_from(pid).unwrap();
+            common::servers::kill_group(pid);
+            until("the winner is gone", Duration::from_secs(20), || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+                    st.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+            });
+        }
+    }
 
     // v2, all at once after an approval nobody gives.
     svc.set_strategy("  full: {stability: 1h}\n");

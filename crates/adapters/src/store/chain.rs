@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::StateStore;
 use super::error::StoreError;
-use super::sql::{Row, Tx, Value, args};
+use super::sql::{Row, Tx, Value, args, db_err};
 use super::submissions::{SUBMISSION_COLUMNS, row_to_submission};
 use rampart_core::Millis;
 use rampart_core::ports::StoredInput;
@@ -558,7 +558,12 @@ impl StateStore {
         // One snapshot for every read, so appends landing meanwhile (another replica,
         // a running release) are neither half seen nor taken for tampering.
         // On a connection of its own: the check reads the whole history, and releases
-        // must go on appending meanwhile.
+        // must go on appending meanwhile. One check at a time.
+        let _turn = self
+            .long_reads
+            .acquire()
+            .await
+            .map_err(|e| db_err(e.to_string()))?;
         let mut snap = self.long_reader().await?.snapshot().await?;
         let records = snap
             .query(

@@ -98,6 +98,9 @@ pub struct StateStore {
     /// How to open a connection of its own for a long read (the audit chain's check),
     /// so that it never holds the connection releases append through.
     reopen: Reopen,
+    /// One long read at a time: checks asked together (any reader may ask) wait for
+    /// each other rather than open a connection each.
+    long_reads: tokio::sync::Semaphore,
 }
 
 /// Where a store's database is, to open another connection on it.
@@ -144,7 +147,13 @@ impl StateStore {
                 .map_err(|e| db_err(format!("creating {}: {e}", dir.display())))?;
         }
         let conn = rusqlite::Connection::open(path).map_err(db_err)?;
-        Self::init(sqlite(conn)?, None, Reopen::Sqlite(path.to_path_buf())).await
+        // SQLite's own name for a private in-memory database: nothing to reopen.
+        let reopen = if path.as_os_str() == ":memory:" {
+            Reopen::Shared
+        } else {
+            Reopen::Sqlite(path.to_path_buf())
+        };
+        Self::init(sqlite(conn)?, None, reopen).await
     }
 
     /// An in-memory SQLite store, for tests.
@@ -197,6 +206,7 @@ impl StateStore {
             postgres,
             appends: Mutex::new(appends::Appends::default()),
             reopen,
+            long_reads: tokio::sync::Semaphore::new(1),
         };
         store.start_chain(chain_table_is_new).await?;
         Ok(store)
@@ -216,8 +226,7 @@ impl StateStore {
             Reopen::Shared => Ok(self.db.clone()),
             Reopen::Sqlite(path) => {
                 let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
                 let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(db_err)?;
                 conn.busy_timeout(std::time::Duration::from_secs(5))
                     .map_err(db_err)?;

@@ -97,6 +97,14 @@ async fn an_adopted_replica_that_fails_its_probe_serves_until_its_replacement_is
     stop.store(true, Ordering::SeqCst);
     client.await.unwrap();
     let still = alive(pid);
+    // The two run side by side until the old one is trimmed: each its own index (and
+    // log files).
+    let indexes: Vec<Option<String>> = records(dir.path(), "stable")
+        .iter()
+        .map(|r| env_of(r.pid, "RAMPART_REPLICA"))
+        .collect();
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    assert_ne!(indexes[0], indexes[1], "{indexes:?}");
     let (sent, refused) = (sent.load(Ordering::SeqCst), refused.load(Ordering::SeqCst));
     let _ = second.stop(Variant::Stable).await;
     assert!(

@@ -643,7 +643,10 @@ pub async fn run_release(
     }
     // A data plane started afresh routes only to versions that run now.
     let found = match &processes {
-        Some(processes) => found.with_live(live_endpoints(processes)),
+        Some(_) => found.with_live(rampart_adapters::process::live_endpoints(
+            &policy.service,
+            &local_dir,
+        )),
         None => found,
     };
     let reaching = clock.now_micros();
@@ -998,13 +1001,6 @@ async fn hand_over(
     };
     all_to_stable(router, &winner).await?;
     Ok(Some(winner.len()))
-}
-
-/// The endpoints of the service's replicas that run now, stable's and the canary's.
-pub(crate) fn live_endpoints(processes: &ProcessDeployer) -> Vec<SocketAddr> {
-    let mut live = processes.endpoints(Variant::Stable);
-    live.extend(processes.endpoints(Variant::Canary));
-    live
 }
 
 /// Before a new release: when the last one was promoted but its hand-over did not

@@ -308,3 +308,52 @@ fn after_a_reboot_no_request_goes_to_the_port_a_version_had_before() {
         "{reached} requests sent to the service after the reboot went to the other program on {old_port}, the port its stable replica had before"
     );
 }
+
+/// Regression (review of the fix above): the documented reboot path also starts the
+/// data plane on its own, before `rampart serve` (the systemd unit runs `rampart proxy
+/// --state-dir ... --service ...`). That path restored the saved routes as they were:
+/// users were sent to the port the stable replica had before the reboot, which
+/// another program holds now. A data plane started afresh routes only to replicas
+/// that run (none yet: 503 until a release or `serve` brings the version back).
+#[test]
+fn a_data_plane_started_on_its_own_after_a_reboot_sends_nothing_to_old_ports() {
+    let mut svc = Svc::new("unitboot");
+    let (code, v) = report(&svc.run("v1").output().unwrap());
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    let text = std::fs::read_to_string(svc.records("stable")).unwrap();
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let old_port = u16::try_from(list[0]["port"].as_u64().unwrap()).unwrap();
+    // The reboot: nothing runs, neither the data plane nor the versions.
+    common::stop_versions(&svc.state);
+    until("everything is down", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", svc.port)).is_err()
+            && std::net::TcpStream::connect(("127.0.0.1", old_port)).is_err()
+    });
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", old_port)).unwrap();
+    squatter.set_nonblocking(true).unwrap();
+    // The unit starts the data plane.
+    let plane = Command::new(common::exe())
+        .args(["proxy", "--state-dir"])
+        .arg(&svc.state)
+        .args(["--service", &svc.name])
+        .stdout(Stdio::null())
+        .spawn_guarded();
+    svc.started.push(plane);
+    until("the data plane listens", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", svc.port)).is_ok()
+    });
+    let load_rt = common::runtime();
+    let (load, stats) = common::start_load(&load_rt, svc.port, 50);
+    until("200 requests", Duration::from_secs(60), || {
+        stats.sent.load(Ordering::SeqCst) >= 200
+    });
+    load.abort();
+    let mut reached = 0;
+    while squatter.accept().is_ok() {
+        reached += 1;
+    }
+    assert_eq!(
+        reached, 0,
+        "{reached} connection(s) reached the program on {old_port}, the port the stable replica had before the reboot"
+    );
+}

@@ -286,9 +286,7 @@ impl ProcessDeployer {
     }
 
     fn record_path(&self, variant: Variant) -> PathBuf {
-        self.state_dir
-            .join("processes")
-            .join(format!("{}.{}.json", self.service, variant.as_str()))
+        record_path(&self.state_dir, &self.service, variant)
     }
 
     /// Takes the service's lock file, held until the returned file is dropped. Every
@@ -368,12 +366,7 @@ impl ProcessDeployer {
     }
 
     fn read_records(&self, variant: Variant) -> Vec<ProcessRecord> {
-        let Ok(text) = std::fs::read_to_string(self.record_path(variant)) else {
-            return Vec::new();
-        };
-        serde_json::from_str::<Vec<ProcessRecord>>(&text)
-            .or_else(|_| serde_json::from_str::<ProcessRecord>(&text).map(|r| vec![r]))
-            .unwrap_or_default()
+        read_records(&self.record_path(variant))
     }
 
     fn write_records(&self, variant: Variant, list: &[Running]) -> Result<(), ProcessError> {
@@ -401,24 +394,7 @@ impl ProcessDeployer {
     /// the same start time, or for a record without one, this service's marks for
     /// `variant` in its environment. A zombie is no longer running.
     fn owns(&self, rec: &ProcessRecord, variant: Variant) -> bool {
-        let Some((state, started)) = proc_stat(rec.pid) else {
-            return false;
-        };
-        if state == 'Z' {
-            return false;
-        }
-        if let Some(recorded) = rec.started {
-            return recorded == started;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{}/environ", rec.pid)) else {
-            return false;
-        };
-        let has = |kv: String| environ.split(|b| *b == 0).any(|e| e == kv.as_bytes());
-        // A replica started as the canary serves as stable once its release is
-        // promoted ([`ProcessDeployer::rebase`]): its record says which it is now.
-        has(format!("RAMPART_SERVICE={}", self.service))
-            && (has(format!("RAMPART_VARIANT={}", variant.as_str()))
-                || has(format!("RAMPART_VARIANT={}", variant.other().as_str())))
+        owned(&self.service, rec, variant)
     }
 
     /// How many replicas of `variant` the records hold that still run as this
@@ -796,9 +772,16 @@ impl ProcessDeployer {
         set.list = kept;
         let mut started = 0;
         while set.list.len() < n {
-            // The lowest index no serving replica holds: a replacement takes the index
-            // of the one it replaces, and no two share one (nor their log files).
-            let taken: Vec<usize> = set.list.iter().map(Running::index).collect();
+            // The lowest index no running replica of this version holds: a replica
+            // that died is replaced under its own index, and no two running ones
+            // share one (nor their log files; one still serving until its
+            // replacement is ready keeps its own).
+            let taken: Vec<usize> = set
+                .list
+                .iter()
+                .chain(replaced.iter().filter(|r| r.record.version == version))
+                .map(Running::index)
+                .collect();
             let replica = (0..).find(|i| !taken.contains(i)).unwrap_or(set.list.len());
             let run = self.start(variant, version, replica).await?;
             // Recorded from the moment it runs: a controller that dies while it starts
@@ -891,6 +874,77 @@ impl ProcessDeployer {
             notes.join("; ")
         })
     }
+}
+
+/// Where the records of `service`'s `variant` are, under `state_dir`.
+fn record_path(state_dir: &Path, service: &str, variant: Variant) -> PathBuf {
+    state_dir
+        .join("processes")
+        .join(format!("{service}.{}.json", variant.as_str()))
+}
+
+fn read_records(path: &Path) -> Vec<ProcessRecord> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    serde_json::from_str::<Vec<ProcessRecord>>(&text)
+        .or_else(|_| serde_json::from_str::<ProcessRecord>(&text).map(|r| vec![r]))
+        .unwrap_or_default()
+}
+
+/// Whether the recorded replica still runs as the process `service`'s deployer
+/// started: the same start time, or for a record without one, this service's marks
+/// for `variant` in its environment. A zombie is no longer running.
+fn owned(service: &str, rec: &ProcessRecord, variant: Variant) -> bool {
+    let Some((state, started)) = proc_stat(rec.pid) else {
+        return false;
+    };
+    if state == 'Z' {
+        return false;
+    }
+    if let Some(recorded) = rec.started {
+        return recorded == started;
+    }
+    let Ok(environ) = std::fs::read(format!("/proc/{}/environ", rec.pid)) else {
+        return false;
+    };
+    let has = |kv: String| environ.split(|b| *b == 0).any(|e| e == kv.as_bytes());
+    // A replica started as the canary serves as stable once its release is
+    // promoted ([`ProcessDeployer::rebase`]): its record says which it is now.
+    has(format!("RAMPART_SERVICE={}", service))
+        && (has(format!("RAMPART_VARIANT={}", variant.as_str()))
+            || has(format!("RAMPART_VARIANT={}", variant.other().as_str())))
+}
+
+/// The endpoints of `service`'s replicas recorded under `state_dir` that still run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveEndpoints {
+    /// Stable's.
+    pub stable: Vec<SocketAddr>,
+    /// The canary's.
+    pub canary: Vec<SocketAddr>,
+}
+
+/// [`LiveEndpoints`] of `service` under `state_dir`; `None` when no replica of it is
+/// recorded there at all (its versions are not processes rampart runs here). Reads
+/// only: a data plane started afresh routes to these and no other (after a reboot
+/// the ports its routes name may be another program's).
+pub fn live_endpoints(service: &str, state_dir: &Path) -> Option<LiveEndpoints> {
+    let mut any = false;
+    let mut live = |variant: Variant| {
+        let path = record_path(state_dir, service, variant);
+        any |= path.exists();
+        read_records(&path)
+            .into_iter()
+            .filter(|r| owned(service, r, variant))
+            .map(|r| SocketAddr::from((Ipv4Addr::LOCALHOST, r.port)))
+            .collect::<Vec<_>>()
+    };
+    let found = LiveEndpoints {
+        stable: live(Variant::Stable),
+        canary: live(Variant::Canary),
+    };
+    any.then_some(found)
 }
 
 fn free_port() -> std::io::Result<u16> {

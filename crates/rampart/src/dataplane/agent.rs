@@ -117,6 +117,12 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
         }
         (listener, None, Some(stream))
     } else {
+        // Started afresh (a reboot, a crash of its own, systemd): the saved routes
+        // go to the replicas that still run only; a port a version had may be
+        // another program's by now.
+        if let Some(live) = rampart_adapters::process::live_endpoints(&service, state_dir) {
+            super::attach::only_live(&mut state.routes, &live);
+        }
         let lock = files.try_lock(&service).map_err(|e| match e {
             PlaneError::Running { .. } => Failure {
                 code: ALREADY_RUNS,

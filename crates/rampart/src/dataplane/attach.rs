@@ -4,12 +4,12 @@
 //! Owns finding, starting and checking the data plane process. It must not decide
 //! anything about the release.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rampart_adapters::process::LiveEndpoints;
 use rampart_adapters::proxy::plane::{self, PlaneFiles, PlaneState};
 use rampart_adapters::proxy::remote::{RemoteError, RemotePlane};
 use rampart_core::policy::ProxySpec;
@@ -30,7 +30,7 @@ pub async fn attach(
     service: &str,
     spec: &ProxySpec,
     state_dir: &Path,
-    live: Option<&[SocketAddr]>,
+    live: Option<&LiveEndpoints>,
 ) -> Result<Arc<RemotePlane>, RunError> {
     attach_telling(service, spec, state_dir, None, live)
         .await
@@ -54,7 +54,7 @@ pub async fn attach_telling(
     spec: &ProxySpec,
     state_dir: &Path,
     tls: Option<Option<plane::TlsState>>,
-    live: Option<&[SocketAddr]>,
+    live: Option<&LiveEndpoints>,
 ) -> Result<(Arc<RemotePlane>, String), RunError> {
     let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let files = PlaneFiles::new(&state_dir, service);
@@ -200,10 +200,15 @@ pub async fn routes(
     Ok(saved.map(|s| s.routes))
 }
 
-/// Keeps `routes` to the `live` endpoints; a canary with none left gets no share.
-fn only_live(routes: &mut rampart_adapters::proxy::RouteTable, live: &[SocketAddr]) {
-    routes.stable.retain(|e| live.contains(e));
-    routes.canary.retain(|e| live.contains(e));
+/// Keeps `routes` to the `live` endpoints: stable's to live stable replicas, the
+/// canary's to live replicas of either (a flag release's cohort is stable's own; a
+/// hand-over cut short has the winner recorded as stable and routed as the canary). A
+/// canary with none left gets no share.
+pub(crate) fn only_live(routes: &mut rampart_adapters::proxy::RouteTable, live: &LiveEndpoints) {
+    routes.stable.retain(|e| live.stable.contains(e));
+    routes
+        .canary
+        .retain(|e| live.canary.contains(e) || live.stable.contains(e));
     if routes.canary.is_empty() {
         routes.weight = rampart_core::Weight::ZERO;
         routes.matches.clear();

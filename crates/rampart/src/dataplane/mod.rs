@@ -140,7 +140,7 @@ pub struct Found {
     uncounted: Option<String>,
     /// The endpoints of the service's versions that run now, where rampart runs them:
     /// a data plane started afresh routes to none other (see [`attach::attach_telling`]).
-    live: Option<Vec<std::net::SocketAddr>>,
+    live: Option<rampart_adapters::process::LiveEndpoints>,
 }
 
 impl std::fmt::Debug for Found {
@@ -154,8 +154,8 @@ impl std::fmt::Debug for Found {
 impl Found {
     /// `live`: the endpoints of the versions rampart runs that run now (see
     /// [`Found::live`]).
-    pub fn with_live(mut self, live: Vec<std::net::SocketAddr>) -> Found {
-        self.live = Some(live);
+    pub fn with_live(mut self, live: Option<rampart_adapters::process::LiveEndpoints>) -> Found {
+        self.live = live;
         self
     }
 
@@ -282,7 +282,7 @@ pub async fn start(
                 spec,
                 state_dir,
                 Some(plane_tls),
-                live.as_deref(),
+                live.as_ref(),
             )
             .await?;
             // A release brings a service stopped with `rampart stop` back (once its

@@ -234,11 +234,21 @@ async fn bring_back(
         return Err(format!("{service} was stopped (`rampart stop`) meanwhile"));
     }
     acting()?;
-    let live = crate::run::live_endpoints(&processes);
-    let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir, Some(&live))
+    // The routes as they were: a data plane started afresh drops the endpoints of
+    // replicas that are gone, canary's share with them, which is still a move of
+    // users this restore reports and audits.
+    let before = crate::dataplane::attach::routes(service, &d.local_dir)
+        .await
+        .ok()
+        .flatten();
+    let live = rampart_adapters::process::live_endpoints(service, &d.local_dir);
+    let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir, live.as_ref())
         .await
         .map_err(|e| e.to_string())?;
-    let table = plane.table().await.map_err(|e| e.to_string())?;
+    let mut table = plane.table().await.map_err(|e| e.to_string())?;
+    if let Some(before) = before.filter(|b| !all_on_stable(b) && all_on_stable(&table)) {
+        table = before;
+    }
     let mut said = format!(
         "rampart serve: {service} {version} serves on http://{} ({})",
         spec.listen, deployed.detail

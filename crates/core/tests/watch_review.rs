@@ -615,3 +615,40 @@ fn a_rollback_at_full_traffic_resumed_during_flags_off_does_not_need_the_new_ver
         "{asked:?}"
     );
 }
+
+/// Regression (review): an operator's rollback kept while a restarted controller
+/// started the versions again, when the new version did not come back: the automatic
+/// rollback that followed was rampart's (counted against the cap, refused by it, and
+/// escalated where the operator had forced it). It is the operator's rollback.
+#[test]
+fn a_kept_rollback_is_the_operators_when_an_automatic_one_starts_first() {
+    let p = Policy::from_yaml(CANARY_WATCHED).unwrap();
+    let s = step(&p, &Release::default(), &start("v2", "v1"), T0).state;
+    let (s, now, _) = drive(&p, s, T0, healthy, &mut ok, |s| s.phase == Phase::Watching);
+    let t = step(&p, &s, &Input::Resumed, now + 1);
+    assert!(
+        matches!(t.state.pending, Some(Action::Deploy { .. })),
+        "{:?}",
+        t.state.pending
+    );
+    let t = step(&p, &t.state, &rollback_by("bob"), now + 2);
+    assert!(t.state.deferred.is_some());
+    let mut lose_canary = |a: &Action| {
+        matches!(
+            a,
+            Action::Deploy {
+                variant: Variant::Canary,
+                ..
+            }
+        )
+        .then(|| Input::Deployed {
+            variant: Variant::Canary,
+            ok: false,
+            detail: "exited at once".into(),
+        })
+    };
+    let (end, _, _) = drive(&p, t.state, now + 2, healthy, &mut lose_canary, |_| false);
+    assert!(end.phase.is_terminal(), "{:?}", end.phase);
+    let d = end.decision.unwrap();
+    assert_eq!(d.by, "bob", "{d:?}");
+}

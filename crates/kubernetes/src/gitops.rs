@@ -1056,4 +1056,34 @@ mod tests {
         assert_eq!(serving(&d), Readiness::Ready);
         assert!(matches!(objects::readiness(&d), Readiness::Waiting(_)));
     }
+
+    /// Review: whether every pod runs the template is read from the status counts,
+    /// not from readiness (an HPA's new pods are on it before they are ready), and a
+    /// `Recreate` rollout's moment with no pod at all is not "on the template".
+    #[test]
+    fn pods_on_the_template_are_read_from_updated_replicas() {
+        let on = |want: i64, total: i64, updated: i64| {
+            let mut d = deployment(json!({}), json!({}));
+            d.metadata.generation = Some(3);
+            if let Some(spec) = d.spec.as_mut() {
+                spec.replicas = i32::try_from(want).ok();
+            }
+            d.status = serde_json::from_value(json!({"observedGeneration": 3,
+                "replicas": total, "updatedReplicas": updated, "availableReplicas": 0}))
+            .ok();
+            objects::on_template(&d)
+        };
+        assert!(
+            on(4, 2, 2),
+            "an HPA scaled 2 to 4: the new pods are not counted yet"
+        );
+        assert!(on(4, 4, 4), "the new pods, on the template, not ready yet");
+        assert!(!on(2, 2, 0), "paused with a template not rolled out");
+        assert!(!on(2, 3, 2), "an old pod left: two templates");
+        assert!(
+            !on(2, 0, 0),
+            "a Recreate rollout between the old pods and the new"
+        );
+        assert!(on(0, 0, 0), "scaled to zero");
+    }
 }

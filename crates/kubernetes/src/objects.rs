@@ -89,9 +89,12 @@ pub fn on_template(d: &Deployment) -> bool {
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let updated = status.updated_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
+    // A `Recreate` rollout has a moment with no pod counted at all (the old ones
+    // terminating, the new ReplicaSet not made yet): none is on the template then.
     status.observed_generation.unwrap_or(0) >= generation
         && updated >= want.min(total)
         && total <= updated
+        && (updated > 0 || want == 0)
 }
 
 /// Checks the stable Deployment carries `rampart.dev/track: stable` in its selector

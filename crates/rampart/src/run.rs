@@ -496,6 +496,9 @@ pub async fn run_release(
             store.as_ref(),
         )
         .await?;
+        if let Some(dir) = opts.attach.then_some(local_dir.as_path()) {
+            unpromoted_canary(&policy, dir, &base_dir, &opts.policy_path, store.as_ref()).await?;
+        }
         ramped_flag_is_off(&policy, &opts.policy_path, store.as_ref()).await?;
     }
     let found = crate::dataplane::find(
@@ -643,9 +646,10 @@ pub async fn run_release(
     }
     // A data plane started afresh routes only to versions that run now.
     let found = match &processes {
-        Some(_) => found.with_live(rampart_adapters::process::live_endpoints(
-            &policy.service,
-            &local_dir,
+        // The versions are rampart's processes: with none on record, none runs.
+        Some(_) => found.with_live(Some(
+            rampart_adapters::process::live_endpoints(&policy.service, &local_dir)
+                .unwrap_or_default(),
         )),
         None => found,
     };
@@ -664,7 +668,6 @@ pub async fn run_release(
         && let (Some(remote), Some(processes)) = (&plane.remote, &processes)
         && let Some(said) = finish_hand_over(
             &policy,
-            &opts.policy_path,
             &store,
             &clock,
             remote,
@@ -1003,6 +1006,56 @@ async fn hand_over(
     Ok(Some(winner.len()))
 }
 
+/// Refuses a new release, before it touches anything, when the last release was
+/// promoted and the data plane still routes users to a canary of another version than
+/// the one promoted (an escalated release's, left running): the hand-over the new
+/// release finishes first ([`finish_hand_over`]) would take it for the winner. Where
+/// those users go is a person's call.
+async fn unpromoted_canary(
+    policy: &Policy,
+    state_dir: &Path,
+    base_dir: &Path,
+    policy_path: &Path,
+    store: &StateStore,
+) -> Result<(), RunError> {
+    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
+    let (Traffic::Proxy(_), Some(process)) = (&policy.traffic, policy.process()) else {
+        return Ok(());
+    };
+    let last = store
+        .releases(&policy.service)
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .into_iter()
+        .find(|r| r.outcome.is_some());
+    let Some(last) = last.filter(|r| r.outcome == Some(OutcomeKind::Promoted)) else {
+        return Ok(());
+    };
+    let flag_only = Policy::from_stored(&last.policy)
+        .map_err(|e| internal(e.to_string()))?
+        .strategy
+        .flag_only();
+    let Some(table) = crate::dataplane::attach::routes(&policy.service, state_dir).await? else {
+        return Ok(());
+    };
+    if flag_only || crate::serve::restore::all_on_stable(&table) {
+        return Ok(());
+    }
+    let processes = ProcessDeployer::new(&policy.service, process.clone(), base_dir, state_dir);
+    let canary_versions = processes.versions(Variant::Canary);
+    if canary_versions.iter().all(|v| *v == last.version) {
+        return Ok(());
+    }
+    Err(RunError::Blocked(format!(
+        "the routes of {} still send {} of its users to a canary running {}, which is not {}, the version its last release promoted: a new release would move them before any analysis. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
+        policy.service,
+        table.weight,
+        canary_versions.join(", "),
+        last.version,
+        policy_path.display()
+    )))
+}
+
 /// Before a new release: when the last one was promoted but its hand-over did not
 /// finish (its controller died first, or the hand-over failed), the data plane still
 /// routes every user to the winner as the canary, at 100 %. The release's own canary
@@ -1013,7 +1066,6 @@ async fn hand_over(
 /// was nothing to finish.
 async fn finish_hand_over(
     policy: &Policy,
-    policy_path: &Path,
     store: &Arc<StateStore>,
     clock: &Arc<dyn Clock>,
     remote: &rampart_adapters::proxy::remote::RemotePlane,
@@ -1040,19 +1092,12 @@ async fn finish_hand_over(
         .map_err(|e| internal(e.to_string()))?
         .strategy
         .flag_only();
+    // A canary of another version was refused before anything ran
+    // (`unpromoted_canary`); one that came meanwhile is not taken for the winner.
     let canary_versions = processes.versions(Variant::Canary);
-    if !flag_only && canary_versions.iter().any(|v| *v != last.version) {
-        return Err(RunError::Blocked(format!(
-            "the routes of {} still send {} of its users to a canary running {}, which is not {}, the version its last release promoted: a new release would move them before any analysis. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
-            policy.service,
-            table.weight,
-            canary_versions.join(", "),
-            last.version,
-            policy_path.display()
-        )));
-    }
+    let winner_runs = canary_versions.iter().all(|v| *v == last.version);
     store.may_act().map_err(|e| internal(e.to_string()))?;
-    let winner = if flag_only {
+    let winner = if flag_only || !winner_runs {
         None
     } else {
         processes

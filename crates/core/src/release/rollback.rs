@@ -52,6 +52,22 @@ impl Builder<'_> {
     }
 
     pub(super) fn rollback_with(&mut self, actor: &str, reason: String, force: bool) {
+        // An operator's rollback kept for the work in flight is this one now: theirs
+        // (their name, their `force`, not counted as automatic), not applied again.
+        if matches!(self.s.deferred, Some(super::protocol::Input::Abort { .. }))
+            && let Some(super::protocol::Input::Abort {
+                actor: asked,
+                force: forced,
+                ..
+            }) = self.s.deferred.take()
+            && actor == "rampart"
+        {
+            return self.rollback_with(
+                &asked,
+                format!("{reason}; {asked} had asked for a rollback"),
+                forced,
+            );
+        }
         let incompatible = self
             .s
             .migration_class
@@ -75,13 +91,6 @@ impl Builder<'_> {
                 self.s.prior_automatic_rollbacks,
                 crate::units::format_duration(cap.per)
             ));
-        }
-        // An operator's rollback kept for the work in flight is this one now: it is
-        // not applied again later, and the operator does not wait for level 1's check.
-        if let Some(super::protocol::Input::Abort { actor: asked, .. }) = self.s.deferred.take()
-            && actor == "rampart"
-        {
-            self.s.hurried_by = Some(asked);
         }
         self.decide(DecisionKind::Rollback, reason.clone());
         if let Some(d) = self.s.decision.as_mut()

@@ -290,26 +290,6 @@ impl Watch {
                 .map_err(e)?;
             return Ok(Did::Nothing);
         }
-        if w.annotation(gitops::REFUSED_REVISION) == Some(w.revision.as_str()) {
-            // Said again about the revision Git has now (it may have gone elsewhere
-            // and come back): never left saying `released` about another.
-            self.watched
-                .report(
-                    w,
-                    Phase::Refused,
-                    "",
-                    &format!(
-                        "Git revision {} (version {}) was refused earlier; the Deployment stays paused on revision {}: apply another template to release again",
-                        w.revision,
-                        p.version,
-                        w.annotation(gitops::RELEASED_REVISION).unwrap_or("?")
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(e)?;
-            return Ok(Did::Nothing);
-        }
         if let Some(s) = mine.iter().find(|s| s.version == p.version) {
             let view = view_of(&self.app, &s.id)
                 .await
@@ -333,6 +313,32 @@ impl Watch {
                 .report(w, phase, &s.id, &message, &[])
                 .await
                 .map_err(e)?;
+            return Ok(Did::Nothing);
+        }
+        if w.annotation(gitops::REFUSED_REVISION) == Some(w.revision.as_str()) {
+            // Said again about the revision Git has now (it may have gone elsewhere
+            // and come back): never left saying `released` about another. What the
+            // refusal said (which release, who, why) stays when it is still about it.
+            let said = w.annotation(gitops::PHASE) == Some(Phase::Refused.as_str())
+                && w.annotation(gitops::REVISION) == Some(w.revision.as_str());
+            if !said {
+                let release = w.annotation(gitops::RELEASE).unwrap_or("").to_string();
+                self.watched
+                    .report(
+                        w,
+                        Phase::Refused,
+                        &release,
+                        &format!(
+                            "Git revision {} (version {}) was refused earlier; the Deployment stays paused on revision {}: apply another template to release again",
+                            w.revision,
+                            p.version,
+                            w.annotation(gitops::RELEASED_REVISION).unwrap_or("?")
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(e)?;
+            }
             return Ok(Did::Nothing);
         }
         let released_version = w.annotation(gitops::RELEASED_VERSION);
@@ -519,17 +525,20 @@ impl Watch {
             .list_releases(Some(service), FINISHED_LOOKBACK)
             .await
             .map_err(|e| e.to_string())?;
+        // The newest release of the version since the running revision's own
+        // promotion; a release this loop ended because Git moved on (or its Deployment
+        // went) is no verdict on its version: Git returning to it releases it again.
         let mut since = None;
+        let mut released_as = None;
         for r in &recent {
-            // A release this loop ended because Git moved on (or its Deployment went)
-            // is no verdict on its version: Git returning to it releases it again.
             if r.version == version && r.outcome.is_some() && !self.ended_by_the_loop(&r.id).await {
-                return Ok(Some(Done {
+                released_as = Some(Done {
                     id: r.id.clone(),
                     outcome: r.outcome.map(|o| o.as_str()).unwrap_or("").to_string(),
                     created_at: r.created_at,
                     reason: String::new(),
-                }));
+                });
+                break;
             }
             let promoted = r.outcome.map(|o| o.as_str()) == Some("promoted");
             if promoted && Some(r.version.as_str()) == released {
@@ -537,12 +546,24 @@ impl Watch {
                 break;
             }
         }
+        if since.is_none() {
+            since = recent
+                .iter()
+                .find(|r| {
+                    r.outcome.map(|o| o.as_str()) == Some("promoted")
+                        && Some(r.version.as_str()) == released
+                })
+                .map(|r| r.created_at);
+        }
+        // The newest submission of it that ended before its release began, unless one
+        // that started (judged above) or one the loop withdrew came after it.
         let submissions = self
             .app
             .store
             .submissions_of(service, version, FINISHED_LOOKBACK)
             .await
             .map_err(|e| e.to_string())?;
+        let mut refused = None;
         for s in submissions {
             if since.is_some_and(|at| s.created_at <= at) {
                 break;
@@ -551,27 +572,31 @@ impl Watch {
                 continue;
             };
             let report: serde_json::Value = serde_json::from_str(report).unwrap_or_default();
-            // One that started has a release, judged above (or older than the look).
             let started = report["timeline"].as_array().is_some_and(|t| !t.is_empty())
                 || recent.iter().any(|r| r.id == s.id);
             if started {
-                continue;
+                break;
             }
-            let reason = report["reason"].as_str().unwrap_or("").to_string();
             let outcome = match report["withdrawn_by"].as_str() {
-                // The loop withdrew it (Git moved on): no verdict.
-                Some(by) if by.starts_with(INITIATOR_PREFIX) => continue,
+                // The loop withdrew it (Git moved on): no verdict, nor what came before.
+                Some(by) if by.starts_with(INITIATOR_PREFIX) => break,
                 Some(_) => "withdrawn",
                 None => report["outcome"].as_str().unwrap_or("failed"),
             };
-            return Ok(Some(Done {
+            refused = Some(Done {
                 id: s.id,
                 outcome: outcome.to_string(),
                 created_at: s.created_at,
-                reason,
-            }));
+                reason: report["reason"].as_str().unwrap_or("").to_string(),
+            });
+            break;
         }
-        Ok(None)
+        // Whichever came last.
+        Ok(match (released_as, refused) {
+            (Some(r), Some(s)) if s.created_at > r.created_at => Some(s),
+            (Some(r), _) => Some(r),
+            (None, s) => s,
+        })
     }
 
     /// Whether the loop itself aborted release `id` (it superseded it, or its

@@ -241,20 +241,26 @@ async fn bring_back(
         .await
         .ok()
         .flatten();
-    let live = rampart_adapters::process::live_endpoints(service, &d.local_dir);
-    let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir, live.as_ref())
+    // The versions are rampart's processes here: with none on record, none runs.
+    let live = rampart_adapters::process::live_endpoints(service, &d.local_dir).unwrap_or_default();
+    let plane = crate::dataplane::attach::attach(service, spec, &d.local_dir, Some(&live))
         .await
         .map_err(|e| e.to_string())?;
     let mut table = plane.table().await.map_err(|e| e.to_string())?;
+    // Decided (and audited) on the routes as they were; a canary the fresh start
+    // dropped is gone, whoever answers on its port now.
+    let mut dropped = false;
     if let Some(before) = before.filter(|b| !all_on_stable(b) && all_on_stable(&table)) {
         table = before;
+        dropped = true;
     }
     let mut said = format!(
         "rampart serve: {service} {version} serves on http://{} ({})",
         spec.listen, deployed.detail
     );
     // A canary nobody answers for serves no one: its users go to stable.
-    let keep_split = !all_on_stable(&table)
+    let keep_split = !dropped
+        && !all_on_stable(&table)
         && level_one(store, d).await?
         && crate::run::any_answers(&table.canary).await;
     acting()?;

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q -p rampart
+bin="${CARGO_TARGET_DIR:-target}/debug/rampart"
 rm -rf examples/skills
 for policy in examples/*.yaml; do
-  ./target/debug/rampart skill -f "$policy" --out "examples/skills/$(basename "$policy" .yaml)" >/dev/null
+  "$bin" skill -f "$policy" --out "examples/skills/$(basename "$policy" .yaml)" >/dev/null
 done

@@ -965,21 +965,31 @@ pub async fn run_release(
             // versions: stop them rather than leave orphans. Logs stay in the state
             // directory. A cluster keeps serving what the release left (stopping the
             // stable variant there would be a promotion).
-            if acting && !plane.cluster_runs_versions() {
-                if let Some(router) = crate::dataplane::DataPlane::external_router(&policy)
-                    && end.outcome() != Some(OutcomeKind::Blocked)
-                {
-                    progress.line(&stopping_behind(&policy.service, &router));
-                }
+            // The data plane goes first (its clients see the service gone, as after
+            // any stop), then the versions behind it: the other way round, every
+            // request between the two would be answered 502 by the data plane.
+            let stop_versions = acting && !plane.cluster_runs_versions();
+            if stop_versions
+                && let Some(router) = crate::dataplane::DataPlane::external_router(&policy)
+                && end.outcome() != Some(OutcomeKind::Blocked)
+            {
+                progress.line(&stopping_behind(&policy.service, &router));
+            }
+            let attached = plane.remote.is_some();
+            plane.close().await;
+            let plane_stopped = if attached && acting {
+                crate::dataplane::attach::stop(&policy.service, &local_dir)
+                    .await
+                    .map(drop)
+            } else {
+                Ok(())
+            };
+            if stop_versions {
                 for v in [Variant::Canary, Variant::Stable] {
                     let _ = deployer.stop(v).await;
                 }
             }
-            let attached = plane.remote.is_some();
-            plane.close().await;
-            if attached && acting {
-                crate::dataplane::attach::stop(&policy.service, &local_dir).await?;
-            }
+            plane_stopped?;
         }
     }
 

@@ -357,3 +357,50 @@ fn a_data_plane_started_on_its_own_after_a_reboot_sends_nothing_to_old_ports() {
         "{reached} connection(s) reached the program on {old_port}, the port the stable replica had before the reboot"
     );
 }
+
+/// Review: `rampart run --stop-after` ends the service with the release: it stopped
+/// the versions first and the data plane after, so every request in between reached
+/// a data plane with nothing behind it and was answered 502 by rampart itself. The
+/// data plane stops first (its clients see the service gone, connection refused, as
+/// after any stop), then the versions.
+#[test]
+fn stop_after_ends_the_service_without_answering_502() {
+    let svc = Svc::new("stopafter");
+    let (code, v) = report(&svc.run("v1").output().unwrap());
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    let load_rt = common::runtime();
+    let url = format!("http://127.0.0.1:{}/", svc.port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts = std::sync::Arc::new([
+        std::sync::atomic::AtomicU64::new(0), // answered below 500
+        std::sync::atomic::AtomicU64::new(0), // answered 5xx
+    ]);
+    let client = {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        load_rt.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match rampart_adapters::http::get_status(&url, Duration::from_secs(5)).await {
+                    Ok(s) if s >= 500 => counts[1].fetch_add(1, Ordering::SeqCst),
+                    Ok(_) => counts[0].fetch_add(1, Ordering::SeqCst),
+                    // Refused or reset once the service is gone: not an answer.
+                    Err(_) => 0,
+                };
+            }
+        })
+    };
+    let mut run = svc.run("v2");
+    run.arg("--stop-after");
+    let (code, v) = report(&run.output().unwrap());
+    stop.store(true, Ordering::SeqCst);
+    load_rt.block_on(client).unwrap();
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    let (ok, failed) = (
+        counts[0].load(Ordering::SeqCst),
+        counts[1].load(Ordering::SeqCst),
+    );
+    assert!(ok > 100, "{ok}");
+    assert_eq!(
+        failed, 0,
+        "{failed} requests answered 5xx by rampart as the service ended ({ok} answered)"
+    );
+}

@@ -68,7 +68,12 @@ async fn transcript(addr: SocketAddr, requests: &[(&str, &str)]) -> String {
 struct Flags(Option<Vec<FlagState>>);
 
 impl FlagStore for Flags {
-    fn define<'a>(&'a self, _: &'a str, _: &'a [FlagDef]) -> BoxFuture<'a, Result<(), PortError>> {
+    fn define<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [FlagDef],
+        _: rampart_core::Millis,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async { Ok(()) })
     }
 

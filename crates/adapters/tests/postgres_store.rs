@@ -122,7 +122,7 @@ async fn the_store_contract_holds_on_real_postgres() {
         default: false,
         allow: vec!["qa".into()],
     };
-    s.define("shop", std::slice::from_ref(&def)).await.unwrap();
+    s.define("shop", std::slice::from_ref(&def), 29).await.unwrap();
     let change = FlagChange {
         name: "new-checkout".into(),
         ramp: Some(Weight::from_percent(20).unwrap()),
@@ -132,7 +132,7 @@ async fn the_store_contract_holds_on_real_postgres() {
         at: 30,
     };
     s.set_flag("shop", &change).await.unwrap();
-    s.define("shop", &[def]).await.unwrap();
+    s.define("shop", &[def], 31).await.unwrap();
     let flags = s.flags("shop").await.unwrap();
     assert_eq!(flags[0].ramp, Weight::from_percent(20).unwrap());
     // Tokens: hashes only, one live token per name.

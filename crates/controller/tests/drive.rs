@@ -903,8 +903,9 @@ impl FlagStore for Refusing {
         &'a self,
         service: &'a str,
         defs: &'a [rampart_core::flags::FlagDef],
+        at: rampart_core::Millis,
     ) -> BoxFuture<'a, Result<(), PortError>> {
-        self.inner.define(service, defs)
+        self.inner.define(service, defs, at)
     }
 
     fn flags<'a>(
@@ -942,7 +943,7 @@ async fn a_kill_switch_that_cannot_be_switched_off_leaves_none_after_it_on() {
         refused: "first",
     });
     let p = Policy::from_yaml(&policy).unwrap();
-    FlagStore::define(&*store, "shop", &p.flags.as_ref().unwrap().define)
+    FlagStore::define(&*store, "shop", &p.flags.as_ref().unwrap().define, 0)
         .await
         .unwrap();
     let clock = Arc::new(TokioClock::starting_at(1_000_000));

@@ -553,12 +553,14 @@ pub struct FlagChange {
 /// returns; a flag the policy never defined cannot be changed.
 pub trait FlagStore: Send + Sync {
     /// Creates the policy's flags that do not exist yet (default from the policy, ramp
-    /// 0) and refreshes every defined flag's allowlist. Existing defaults and ramps are
-    /// runtime state and are kept.
+    /// 0) and refreshes every defined flag's allowlist, at `at`: a changed allowlist
+    /// (who has the flag on) is audited like any flag change. Existing defaults and
+    /// ramps are runtime state and are kept.
     fn define<'a>(
         &'a self,
         service: &'a str,
         defs: &'a [crate::flags::FlagDef],
+        at: crate::units::Millis,
     ) -> BoxFuture<'a, Result<(), PortError>>;
     /// Every flag of a service, by name.
     fn flags<'a>(

@@ -1262,6 +1262,15 @@ async fn ramped_flag_is_off(
             policy.service,
             policy_path.display()
         ))),
+        // On for part of the users already (an operator's ramp, or the last release
+        // of this flag promoted it): the first step would take it from those beyond
+        // its weight.
+        Some(f) if f.ramp > rampart_core::Weight::ZERO => Err(RunError::Blocked(format!(
+            "flag `{flag}` of {} is on for {} of its users already in the flag store: the release's first step would switch it off for those beyond its weight. Ramp it from 0 (`rampart flags set {flag} --ramp 0 --reason REASON -f {}`), or ramp a new flag",
+            policy.service,
+            f.ramp,
+            policy_path.display()
+        ))),
         _ => Ok(()),
     }
 }

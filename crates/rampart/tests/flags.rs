@@ -213,7 +213,7 @@ fn the_flag_endpoint_answers_applications_and_the_cli_changes_are_audited() {
     let conn = rusqlite::Connection::open(state.join("rampart.db")).unwrap();
     let (actor, detail): (String, String) = conn
         .query_row(
-            "SELECT actor, detail FROM audit WHERE kind = 'flag_set'",
+            "SELECT actor, detail FROM audit WHERE kind = 'flag_set' ORDER BY rowid DESC LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

@@ -1962,7 +1962,9 @@ fn sticky_variant(salt: &str, key: &[u8], bp: u16) -> Variant {
 fn sticky_key(sticky: &Sticky, peer: SocketAddr, headers: &hyper::HeaderMap) -> Option<Vec<u8>> {
     match sticky {
         Sticky::None => None,
-        Sticky::ClientIp => Some(peer.ip().to_string().into_bytes()),
+        // As forwarded (`X-Forwarded-For`), the address the application knows: an
+        // IPv4 client of a dual-stack listener, not its IPv4-mapped IPv6 form.
+        Sticky::ClientIp => Some(peer.ip().to_canonical().to_string().into_bytes()),
         Sticky::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
         Sticky::Cookie(name) => cookie(headers, name).map(|v| v.as_bytes().to_vec()),
     }

@@ -34,15 +34,47 @@ impl StateStore {
         &self,
         service: &str,
         defs: &[FlagDef],
+        at: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.acting().await?;
         for d in defs {
             let allow = serde_json::to_string(&d.allow).map_err(db_err)?;
+            let before = tx
+                .query_opt(
+                    &format!("SELECT {FLAG_COLUMNS} FROM flags WHERE service = ?1 AND name = ?2"),
+                    args![service, &d.name],
+                )
+                .await?
+                .map(|r| row_to_flag(&r))
+                .transpose()?;
             tx.execute(
                 "INSERT INTO flags (service, name, default_on, ramp_bp, allow, updated_at, updated_by) VALUES (?1, ?2, ?3, 0, ?4, 0, 'policy') ON CONFLICT(service, name) DO UPDATE SET allow = excluded.allow",
                 args![service, &d.name, d.default, allow],
             )
             .await?;
+            // Who has the flag on whatever its ramp: a change to it is a flag change.
+            let had = before.map(|b| b.allow).unwrap_or_default();
+            if had != d.allow {
+                let added: Vec<&String> = d.allow.iter().filter(|k| !had.contains(k)).collect();
+                let removed: Vec<&String> = had.iter().filter(|k| !d.allow.contains(k)).collect();
+                let detail = format!(
+                    "{service}/{}: allowlist from the policy, added {added:?}, removed {removed:?}",
+                    d.name
+                );
+                tx.execute(
+                    "INSERT INTO audit (at, actor, kind, detail) VALUES (?1, 'policy', 'flag_set', ?2)",
+                    args![at, detail],
+                )
+                .await?;
+                let body = serde_json::json!({
+                    "service": service,
+                    "flag": d.name,
+                    "allow": d.allow,
+                    "reason": "allowlist from the policy",
+                })
+                .to_string();
+                chain(&mut tx, at, "policy", "flag_set", None, &body).await?;
+            }
         }
         tx.commit().await
     }

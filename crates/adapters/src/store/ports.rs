@@ -238,9 +238,10 @@ impl FlagStore for StateStore {
         &'a self,
         service: &'a str,
         defs: &'a [FlagDef],
+        at: Millis,
     ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
-            self.define_flags(service, defs)
+            self.define_flags(service, defs, at)
                 .await
                 .map_err(StoreError::into_port)
         })

@@ -110,7 +110,7 @@ async fn flags_keep_their_runtime_state_and_every_change_is_audited() {
         default: true,
         allow: allow.iter().map(|a| a.to_string()).collect(),
     };
-    s.define("shop", &[def(&["qa-1"])]).await.unwrap();
+    s.define("shop", &[def(&["qa-1"])], 1).await.unwrap();
     let change = FlagChange {
         name: "new-checkout".into(),
         ramp: Some(Weight::from_percent(20).unwrap()),
@@ -122,7 +122,7 @@ async fn flags_keep_their_runtime_state_and_every_change_is_audited() {
     let after = s.set_flag("shop", &change).await.unwrap();
     assert_eq!(after.ramp, Weight::from_percent(20).unwrap());
     // Defining again (the next run) refreshes the allowlist, keeps ramp and default.
-    s.define("shop", &[def(&["qa-2"])]).await.unwrap();
+    s.define("shop", &[def(&["qa-2"])], 2).await.unwrap();
     let flags = s.flags("shop").await.unwrap();
     assert_eq!(
         (flags[0].ramp, flags[0].default, flags[0].allow.clone()),
@@ -148,9 +148,16 @@ async fn flags_keep_their_runtime_state_and_every_change_is_audited() {
         .iter()
         .map(|r| r.text(0).unwrap())
         .collect();
+    // Who has it on whatever the ramp (the allowlist) is a change too.
     assert_eq!(
         audited,
-        vec!["shop/new-checkout: ramp 20%, default off (ramp)".to_string()]
+        vec![
+            r#"shop/new-checkout: allowlist from the policy, added ["qa-1"], removed []"#
+                .to_string(),
+            "shop/new-checkout: ramp 20%, default off (ramp)".to_string(),
+            r#"shop/new-checkout: allowlist from the policy, added ["qa-2"], removed ["qa-1"]"#
+                .to_string(),
+        ]
     );
 }
 

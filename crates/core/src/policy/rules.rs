@@ -93,6 +93,24 @@ pub(super) fn check_flags(
                 "a flag ramp needs the embedded proxy (`traffic.proxy`): it hashes users exactly as the flag store does, so the users measured as the canary are the users with the flag on",
             );
         }
+        // The proxy can send an allowlisted key to the canary only by a header or a
+        // cookie: an allowlisted address would get the flag on from the old version.
+        if let Some(Traffic::Proxy(p)) = traffic
+            && p.sticky == Sticky::ClientIp
+            && let Some(i) = flags.and_then(|f| {
+                f.define
+                    .iter()
+                    .position(|d| d.name == name && !d.allow.is_empty())
+            })
+        {
+            cx.refuse_new(
+                pos("flags"),
+                &format!("flags.define[{i}].allow"),
+                format!(
+                    "flag `{name}` is ramped under `sticky: client-ip`, where the proxy cannot route an allowlisted address to the canary: its testers would get the flag on from the old version. Keep users apart by a header or a cookie, or leave the allowlist empty"
+                ),
+            );
+        }
         if let Some(Traffic::Proxy(p)) = traffic
             && p.sticky == Sticky::None
         {

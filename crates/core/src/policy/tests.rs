@@ -2068,3 +2068,33 @@ fn a_trusted_network_written_ipv4_mapped_matches_its_peers_or_is_refused() {
         "`::ffff:10.0.0.0/104` is accepted and trusts nobody"
     );
 }
+
+/// Regression (review): under `sticky: client-ip` the proxy has no rule to send an
+/// allowlisted address to the canary, while the flag endpoint answers "on" for it: the
+/// tester got the flag on from the old version, measured as stable. A ramped flag's
+/// allowlist is refused under `client-ip`, at the field; a header allows it.
+#[test]
+fn a_ramped_flags_allowlist_is_refused_under_client_ip_stickiness() {
+    let base = with_metric("{metric: error_rate, judge: {max: 5%}}").replace(
+        "strategy:\n  canary:\n    steps:\n      - weight: 10\n        bake: 1m\n",
+        "strategy:\n  flag: {flag: f, steps: [{weight: 10, bake: 1m}]}\nflags:\n  define: [{name: f, default: false, allow: [127.0.0.1]}]\n",
+    );
+    let by_ip = base.replace(
+        "    listen: 127.0.0.1:8080\n",
+        "    listen: 127.0.0.1:8080\n    sticky: client-ip\n",
+    );
+    assert_ne!(by_ip, base);
+    let d = errors(&by_ip);
+    assert!(
+        d.iter()
+            .any(|d| d.path == "flags.define[0].allow" && d.message.contains("client-ip")),
+        "{d:?}"
+    );
+    let by_header = base.replace(
+        "    listen: 127.0.0.1:8080\n",
+        "    listen: 127.0.0.1:8080\n    sticky: {header: x-user}\n",
+    );
+    if let Err(e) = Policy::from_yaml(&by_header) {
+        panic!("{e:?}");
+    }
+}

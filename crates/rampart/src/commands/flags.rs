@@ -118,7 +118,11 @@ async fn run(cmd: FlagsCommand, now: Millis) -> i32 {
 type Failure = (i32, String);
 
 /// The policy's service and its store, with the policy's flags defined.
-async fn open(file: &Path, state_dir: &Path) -> Result<(Policy, Arc<StateStore>), Failure> {
+async fn open(
+    file: &Path,
+    state_dir: &Path,
+    now: Millis,
+) -> Result<(Policy, Arc<StateStore>), Failure> {
     let text =
         std::fs::read_to_string(file).map_err(|e| (2, format!("{}: {e}", file.display())))?;
     let policy = crate::run::load_policy(file, &text).map_err(|e| (2, format!("{e:#}")))?;
@@ -127,7 +131,7 @@ async fn open(file: &Path, state_dir: &Path) -> Result<(Policy, Arc<StateStore>)
         .map_err(|e| (1, e.to_string()))?;
     let defs = policy.flags.as_ref().map_or(&[][..], |f| &f.define[..]);
     store
-        .define(&policy.service, defs)
+        .define(&policy.service, defs, now)
         .await
         .map_err(|e| (1, e.0))?;
     Ok((policy, Arc::new(store)))
@@ -154,7 +158,7 @@ async fn go(cmd: FlagsCommand, now: Millis) -> Result<(), Failure> {
             state_dir,
             output,
         } => {
-            let (policy, store) = open(&file, &state_dir).await?;
+            let (policy, store) = open(&file, &state_dir, now).await?;
             let flags = store.flags(&policy.service).await.map_err(|e| (1, e.0))?;
             match output {
                 Output::Json => println!(
@@ -178,7 +182,7 @@ async fn go(cmd: FlagsCommand, now: Millis) -> Result<(), Failure> {
             state_dir,
             output,
         } => {
-            let (policy, store) = open(&file, &state_dir).await?;
+            let (policy, store) = open(&file, &state_dir, now).await?;
             let flags = store.flags(&policy.service).await.map_err(|e| (1, e.0))?;
             let flag = flags
                 .iter()
@@ -218,7 +222,27 @@ async fn go(cmd: FlagsCommand, now: Millis) -> Result<(), Failure> {
                     "nothing to change: give --ramp, --default or both".into(),
                 ));
             }
-            let (policy, store) = open(&file, &state_dir).await?;
+            let (policy, store) = open(&file, &state_dir, now).await?;
+            // A release that ramps this flag owns it until it ends: its next step
+            // would write its own ramp over this one, and its analysis would measure a
+            // cohort the flag no longer follows.
+            let releases = store
+                .releases(&policy.service)
+                .await
+                .map_err(|e| (2, e.to_string()))?;
+            if let Some(owner) = releases.iter().find(|r| {
+                r.outcome.is_none()
+                    && rampart_core::Policy::from_stored(&r.policy)
+                        .is_ok_and(|p| p.strategy.ramped_flag() == Some(name.as_str()))
+            }) {
+                return Err((
+                    5,
+                    format!(
+                        "release {} of {} ramps flag `{name}` now: a change would be overwritten by its next step. To take the flag off its users, roll the release back (`rampart rollback {} --reason ...`: level 1 switches the flag off first)",
+                        owner.id, policy.service, policy.service
+                    ),
+                ));
+            }
             let change = FlagChange {
                 name,
                 ramp,
@@ -245,7 +269,7 @@ async fn go(cmd: FlagsCommand, now: Millis) -> Result<(), Failure> {
             listen,
             state_dir,
         } => {
-            let (policy, store) = open(&file, &state_dir).await?;
+            let (policy, store) = open(&file, &state_dir, now).await?;
             let listen = listen
                 .or_else(|| policy.flags.as_ref().and_then(|f| f.listen))
                 .ok_or_else(|| {

@@ -271,6 +271,33 @@ async fn stop_canary(
         .chain(done.lines.iter().cloned())
         .collect::<Vec<_>>()
         .join("; ");
+    // A flag ramped with the canary's weight is on for the canary's users only: with
+    // them back on stable, it goes off too (as a rollback takes it to 0 with the
+    // weight), or they would get it from the old version, measured as stable.
+    let mut settled = settled;
+    if matches!(settled, Ok(true))
+        && done.moved
+        && let Some(flag) = policy.strategy.ramped_flag()
+    {
+        let change = rampart_core::ports::FlagChange {
+            name: flag.to_string(),
+            ramp: Some(rampart_core::Weight::ZERO),
+            default: None,
+            actor: args.actor.clone().unwrap_or_else(crate::client::local_user),
+            reason: format!("{}: the canary stopped, its flag with it", reason(args)),
+            at: clock.now(),
+        };
+        match rampart_core::ports::FlagStore::set_flag(store.as_ref(), service, &change).await {
+            Ok(_) => done
+                .lines
+                .push(format!("{service}: flag `{flag}` off (ramp 0)")),
+            Err(e) => {
+                settled = Err(RunError::Internal(anyhow::anyhow!(
+                    "flag `{flag}` is still on for the canary's users, now on stable: {e}; switch it off with `rampart flags set {flag} --ramp 0`"
+                )))
+            }
+        }
+    }
     match settled {
         Ok(true) => {}
         Ok(false) => return Ok(vec![format!("{service}: no data plane runs here")]),

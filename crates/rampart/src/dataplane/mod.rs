@@ -469,7 +469,7 @@ pub async fn start(
             }
         }
     };
-    define_flags(policy, store).await?;
+    define_flags(policy, store, clock.now()).await?;
     plane.flag_endpoint = flag_endpoint;
     Ok(plane)
 }
@@ -603,12 +603,16 @@ pub async fn flag_listener(policy: &Policy) -> Result<Option<tokio::net::TcpList
 }
 
 /// Defines the policy's flags in the store (what the flag endpoint serves).
-async fn define_flags(policy: &Policy, store: &Arc<StateStore>) -> Result<(), RunError> {
+async fn define_flags(
+    policy: &Policy,
+    store: &Arc<StateStore>,
+    at: rampart_core::Millis,
+) -> Result<(), RunError> {
     let Some(flags) = &policy.flags else {
         return Ok(());
     };
     store
-        .define(&policy.service, &flags.define)
+        .define(&policy.service, &flags.define, at)
         .await
         .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))
 }

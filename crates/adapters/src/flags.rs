@@ -35,6 +35,9 @@ pub struct FlagRouter {
     /// A flag-only release: the canary is the same processes as stable.
     flag_only: bool,
     sticky: Sticky,
+    /// The ramp this router last wrote: a lower one in the store since is someone's
+    /// kill (`rampart flags set --ramp 0`), which the release never ramps over.
+    wrote: std::sync::Mutex<Option<Weight>>,
 }
 
 impl std::fmt::Debug for FlagRouter {
@@ -67,6 +70,7 @@ impl FlagRouter {
             flag: flag.to_string(),
             flag_only,
             sticky,
+            wrote: std::sync::Mutex::new(None),
         }
     }
 
@@ -112,6 +116,26 @@ impl TrafficRouter for FlagRouter {
         matches: &'a [RouteMatch],
     ) -> BoxFuture<'a, Result<Weight, PortError>> {
         Box::pin(async move {
+            // Raising the ramp over a kill someone made since this release last wrote
+            // it would undo an operator's off switch: the change fails instead (and
+            // the release rolls back: its flag goes off, as the operator wanted).
+            let wrote = *self.wrote.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(wrote) = wrote
+                && weight > Weight::ZERO
+            {
+                let now = self
+                    .flags
+                    .flags(&self.service)
+                    .await?
+                    .into_iter()
+                    .find(|f| f.name == self.flag);
+                if let Some(now) = now.filter(|f| f.ramp < wrote && weight > f.ramp) {
+                    return Err(PortError::new(format!(
+                        "flag `{}` was turned down to {} outside the release (it had put it at {wrote}): the release does not ramp it up again over that",
+                        self.flag, now.ramp
+                    )));
+                }
+            }
             let change = FlagChange {
                 name: self.flag.clone(),
                 ramp: Some(weight),
@@ -121,6 +145,7 @@ impl TrafficRouter for FlagRouter {
                 at: self.clock.now(),
             };
             self.flags.set_flag(&self.service, &change).await?;
+            *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = Some(weight);
             let mut rules = matches.to_vec();
             if weight > Weight::ZERO
                 && let Some(rule) = self.allow_rule().await?

@@ -122,7 +122,9 @@ async fn the_store_contract_holds_on_real_postgres() {
         default: false,
         allow: vec!["qa".into()],
     };
-    s.define("shop", std::slice::from_ref(&def), 29).await.unwrap();
+    s.define("shop", std::slice::from_ref(&def), 29)
+        .await
+        .unwrap();
     let change = FlagChange {
         name: "new-checkout".into(),
         ramp: Some(Weight::from_percent(20).unwrap()),

@@ -984,7 +984,9 @@ pub async fn run_release(
             } else {
                 Ok(())
             };
-            if stop_versions {
+            // A data plane that did not stop still sends users to the versions: they
+            // stay, and the error says why.
+            if stop_versions && plane_stopped.is_ok() {
                 for v in [Variant::Canary, Variant::Stable] {
                     let _ = deployer.stop(v).await;
                 }
@@ -1262,15 +1264,22 @@ async fn ramped_flag_is_off(
             policy.service,
             policy_path.display()
         ))),
-        // On for part of the users already (an operator's ramp, or the last release
-        // of this flag promoted it): the first step would take it from those beyond
-        // its weight.
-        Some(f) if f.ramp > rampart_core::Weight::ZERO => Err(RunError::Blocked(format!(
-            "flag `{flag}` of {} is on for {} of its users already in the flag store: the release's first step would switch it off for those beyond its weight. Ramp it from 0 (`rampart flags set {flag} --ramp 0 --reason REASON -f {}`), or ramp a new flag",
-            policy.service,
-            f.ramp,
-            policy_path.display()
-        ))),
+        // On for part of the users already (an operator's ramp, a halted release's):
+        // the first step would take it from those beyond its weight. On for everyone
+        // (the last release of it promoted it), a flag release has nothing left to
+        // ramp; a canary that ramps it with its weight starts it from its first step,
+        // as a new canary does (the flag gates the new version's code: docs/flags.md).
+        Some(f)
+            if f.ramp > rampart_core::Weight::ZERO
+                && (f.ramp < rampart_core::Weight::FULL || policy.strategy.flag_only()) =>
+        {
+            Err(RunError::Blocked(format!(
+                "flag `{flag}` of {} is on for {} of its users already in the flag store: the release's first step would switch it off for those beyond its weight. Ramp a new flag, or take this one down first (`rampart flags set {flag} --ramp 0 --reason REASON -f {}`: off for everyone it is on for now)",
+                policy.service,
+                f.ramp,
+                policy_path.display()
+            )))
+        }
         _ => Ok(()),
     }
 }

@@ -195,11 +195,16 @@ fn an_operators_kill_of_a_ramping_flag_is_not_undone_by_the_next_step() {
     load.abort();
     let end = ramp_bp(&path);
     let report = String::from_utf8_lossy(&out).into_owned();
-    assert!(
-        code != 0 || end == Some(0),
-        "the operator's kill was accepted (exit {code}, {err:?}) and the flag ended at {end:?} basis points; flag changes: {:?}; report: {report}",
+    // The kill goes through (it is the safe direction), and the release does not
+    // ramp the flag up again over it: it rolls back at its next step.
+    assert_eq!(code, 0, "the kill switch was refused: {err}");
+    assert_eq!(
+        end,
+        Some(0),
+        "the operator's kill was undone: the flag ended at {end:?} basis points; flag changes: {:?}; report: {report}",
         flag_audit(&path)
     );
+    assert!(report.contains("rolled_back"), "{report}");
 }
 
 /// Extension for reading a spawned child's stdout to the end once it exits.

@@ -125,7 +125,9 @@ async fn open(
 ) -> Result<(Policy, Arc<StateStore>), Failure> {
     let text =
         std::fs::read_to_string(file).map_err(|e| (2, format!("{}: {e}", file.display())))?;
-    let policy = crate::run::load_policy(file, &text).map_err(|e| (2, format!("{e:#}")))?;
+    // A flag command starts no release: rules for new releases only (an allowlist a
+    // newer rampart refuses under `client-ip`) never lock the flags of a service.
+    let policy = crate::run::load_stored_policy(file, &text).map_err(|e| (2, format!("{e:#}")))?;
     let store = StateStore::open(&state_dir.join("rampart.db"))
         .await
         .map_err(|e| (1, e.to_string()))?;
@@ -223,25 +225,42 @@ async fn go(cmd: FlagsCommand, now: Millis) -> Result<(), Failure> {
                 ));
             }
             let (policy, store) = open(&file, &state_dir, now).await?;
-            // A release that ramps this flag owns it until it ends: its next step
-            // would write its own ramp over this one, and its analysis would measure a
-            // cohort the flag no longer follows.
+            // A release that ramps this flag owns it until it ends: raising it would
+            // be overwritten by its next step and measured as a cohort the flag no
+            // longer follows. Turning it down (the kill switch) always goes through:
+            // the release then rolls back at its next step instead of ramping it up
+            // again.
             let releases = store
                 .releases(&policy.service)
                 .await
-                .map_err(|e| (2, e.to_string()))?;
-            if let Some(owner) = releases.iter().find(|r| {
+                .map_err(|e| (1, e.to_string()))?;
+            let owner = releases.iter().find(|r| {
                 r.outcome.is_none()
                     && rampart_core::Policy::from_stored(&r.policy)
                         .is_ok_and(|p| p.strategy.ramped_flag() == Some(name.as_str()))
-            }) {
-                return Err((
-                    5,
-                    format!(
-                        "release {} of {} ramps flag `{name}` now: a change would be overwritten by its next step. To take the flag off its users, roll the release back (`rampart rollback {} --reason ...`: level 1 switches the flag off first)",
-                        owner.id, policy.service, policy.service
-                    ),
-                ));
+            });
+            let current = rampart_core::ports::FlagStore::flags(store.as_ref(), &policy.service)
+                .await
+                .map_err(|e| (1, e.0))?
+                .into_iter()
+                .find(|f| f.name == name);
+            let raises = current.as_ref().is_some_and(|f| {
+                ramp.is_some_and(|r| r > f.ramp) || (default.as_deref() == Some("on") && !f.default)
+            });
+            if let Some(owner) = owner {
+                if raises {
+                    return Err((
+                        5,
+                        format!(
+                            "release {} of {} ramps flag `{name}` now: raising it would be overwritten by its next step. Turning it down is allowed (the release then rolls back at its next step); to end the release now, `rampart rollback {}`",
+                            owner.id, policy.service, policy.service
+                        ),
+                    ));
+                }
+                eprintln!(
+                    "release {} ramps `{name}`: it rolls back at its next step rather than ramp it up again (`rampart rollback {}` ends it now)",
+                    owner.id, policy.service
+                );
             }
             let change = FlagChange {
                 name,

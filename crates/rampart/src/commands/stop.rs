@@ -274,11 +274,19 @@ async fn stop_canary(
     // A flag ramped with the canary's weight is on for the canary's users only: with
     // them back on stable, it goes off too (as a rollback takes it to 0 with the
     // weight), or they would get it from the old version, measured as stable.
+    // Once the users are on stable (this run moved them, or an earlier one that
+    // failed after it did), whatever happens next.
     let mut settled = settled;
-    if matches!(settled, Ok(true))
-        && done.moved
-        && let Some(flag) = policy.strategy.ramped_flag()
-    {
+    let on_stable = done.moved || matches!(settled, Ok(true));
+    let still_on = match policy.strategy.ramped_flag() {
+        Some(flag) if on_stable => rampart_core::ports::FlagStore::flags(store.as_ref(), service)
+            .await
+            .map_err(|e| internal(e.0))?
+            .into_iter()
+            .any(|f| f.name == flag && f.ramp > rampart_core::Weight::ZERO),
+        _ => false,
+    };
+    if still_on && let Some(flag) = policy.strategy.ramped_flag() {
         let change = rampart_core::ports::FlagChange {
             name: flag.to_string(),
             ramp: Some(rampart_core::Weight::ZERO),
@@ -292,9 +300,14 @@ async fn stop_canary(
                 .lines
                 .push(format!("{service}: flag `{flag}` off (ramp 0)")),
             Err(e) => {
-                settled = Err(RunError::Internal(anyhow::anyhow!(
+                let why = format!(
                     "flag `{flag}` is still on for the canary's users, now on stable: {e}; switch it off with `rampart flags set {flag} --ramp 0`"
-                )))
+                );
+                if settled.is_ok() {
+                    settled = Err(RunError::Internal(anyhow::anyhow!(why)));
+                } else {
+                    done.lines.push(why);
+                }
             }
         }
     }

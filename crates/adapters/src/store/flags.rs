@@ -54,7 +54,9 @@ impl StateStore {
             .await?;
             // Who has the flag on whatever its ramp: a change to it is a flag change.
             let had = before.map(|b| b.allow).unwrap_or_default();
-            if had != d.allow {
+            let same = had.iter().collect::<std::collections::BTreeSet<_>>()
+                == d.allow.iter().collect::<std::collections::BTreeSet<_>>();
+            if !same {
                 let added: Vec<&String> = d.allow.iter().filter(|k| !had.contains(k)).collect();
                 let removed: Vec<&String> = had.iter().filter(|k| !d.allow.contains(k)).collect();
                 let detail = format!(

@@ -159,6 +159,23 @@ async fn flags_keep_their_runtime_state_and_every_change_is_audited() {
                 .to_string(),
         ]
     );
+    // The same keys in another order change nothing, and say nothing.
+    s.define("shop", &[def(&["qa-2", "qa-3"])], 3)
+        .await
+        .unwrap();
+    s.define("shop", &[def(&["qa-3", "qa-2"])], 4)
+        .await
+        .unwrap();
+    let count = s
+        .rows(
+            "SELECT count(*) FROM audit WHERE kind = 'flag_set'",
+            args![],
+        )
+        .await
+        .unwrap()[0]
+        .int(0)
+        .unwrap();
+    assert_eq!(count, 4, "one record for qa-3 added, none for the reorder");
 }
 
 #[tokio::test]

@@ -1018,6 +1018,50 @@ async fn hand_over(
     Ok(Some(winner.len()))
 }
 
+/// The service's newest release that ended, if any.
+async fn last_finished(
+    store: &StateStore,
+    service: &str,
+) -> Result<Option<rampart_core::ports::ReleaseRecord>, RunError> {
+    Ok(store
+        .releases(service)
+        .await
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?
+        .into_iter()
+        .find(|r| r.outcome.is_some()))
+}
+
+/// Where the winner of `last`, a promoted release, runs.
+#[derive(Debug, PartialEq, Eq)]
+enum Winner {
+    /// As the canary (every canary replica runs its version): a hand-over moves it.
+    Canary,
+    /// On stable's processes already: a flag release's, or one handed over.
+    Stable,
+    /// The canary runs these other versions: not the winner.
+    Other(Vec<String>),
+}
+
+fn winner_of(
+    last: &rampart_core::ports::ReleaseRecord,
+    processes: &ProcessDeployer,
+) -> Result<Winner, RunError> {
+    // A flag release ran on stable's own processes: any canary still running is an
+    // earlier release's, never its winner.
+    let flag_only = Policy::from_stored(&last.policy)
+        .map_err(|e| RunError::Internal(anyhow::anyhow!(e.to_string())))?
+        .strategy
+        .flag_only();
+    let canary = processes.versions(Variant::Canary);
+    Ok(if flag_only || canary.is_empty() {
+        Winner::Stable
+    } else if canary.iter().all(|v| *v == last.version) {
+        Winner::Canary
+    } else {
+        Winner::Other(canary)
+    })
+}
+
 /// Refuses a new release, before it touches anything, when the last release was
 /// promoted and the data plane still routes users to a canary of another version than
 /// the one promoted (an escalated release's, left running): the hand-over the new
@@ -1030,34 +1074,23 @@ async fn unpromoted_canary(
     policy_path: &Path,
     store: &StateStore,
 ) -> Result<(), RunError> {
-    let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
     let (Traffic::Proxy(_), Some(process)) = (&policy.traffic, policy.process()) else {
         return Ok(());
     };
-    let last = store
-        .releases(&policy.service)
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .into_iter()
-        .find(|r| r.outcome.is_some());
+    let last = last_finished(store, &policy.service).await?;
     let Some(last) = last.filter(|r| r.outcome == Some(OutcomeKind::Promoted)) else {
         return Ok(());
     };
-    let flag_only = Policy::from_stored(&last.policy)
-        .map_err(|e| internal(e.to_string()))?
-        .strategy
-        .flag_only();
     let Some(table) = crate::dataplane::attach::routes(&policy.service, state_dir).await? else {
         return Ok(());
     };
-    if flag_only || crate::serve::restore::all_on_stable(&table) {
+    if crate::serve::restore::all_on_stable(&table) {
         return Ok(());
     }
     let processes = ProcessDeployer::new(&policy.service, process.clone(), base_dir, state_dir);
-    let canary_versions = processes.versions(Variant::Canary);
-    if canary_versions.iter().all(|v| *v == last.version) {
+    let Winner::Other(canary_versions) = winner_of(&last, &processes)? else {
         return Ok(());
-    }
+    };
     Err(RunError::Blocked(format!(
         "the routes of {} still send {} of its users to a canary running {}, which is not {}, the version its last release promoted: a new release would move them before any analysis. Decide where that traffic goes first: `rampart stop -f {} --canary` sends it back to stable and stops the canary",
         policy.service,
@@ -1085,12 +1118,7 @@ async fn finish_hand_over(
     processes: &ProcessDeployer,
 ) -> Result<Option<String>, RunError> {
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
-    let last = store
-        .releases(&policy.service)
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .into_iter()
-        .find(|r| r.outcome.is_some());
+    let last = last_finished(store, &policy.service).await?;
     let Some(last) = last.filter(|r| r.outcome == Some(OutcomeKind::Promoted)) else {
         return Ok(None);
     };
@@ -1098,24 +1126,17 @@ async fn finish_hand_over(
     if crate::serve::restore::all_on_stable(&table) {
         return Ok(None);
     }
-    // A flag release ran on stable's own processes: any canary still running is an
-    // earlier release's, never its winner, and only the routes are left to finish.
-    let flag_only = Policy::from_stored(&last.policy)
-        .map_err(|e| internal(e.to_string()))?
-        .strategy
-        .flag_only();
     // A canary of another version was refused before anything ran
     // (`unpromoted_canary`); one that came meanwhile is not taken for the winner.
-    let canary_versions = processes.versions(Variant::Canary);
-    let winner_runs = canary_versions.iter().all(|v| *v == last.version);
+    let rebase = winner_of(&last, processes)? == Winner::Canary;
     store.may_act().map_err(|e| internal(e.to_string()))?;
-    let winner = if flag_only || !winner_runs {
-        None
-    } else {
+    let winner = if rebase {
         processes
             .rebase()
             .await
             .map_err(|e| internal(e.to_string()))?
+    } else {
+        None
     };
     // Its records moved already (or a flag release): only the routes are left.
     let serving = winner.unwrap_or_else(|| processes.endpoints(Variant::Stable));
@@ -1175,12 +1196,7 @@ async fn leftover_canary(
     store: &StateStore,
 ) -> Result<(), RunError> {
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
-    let last = store
-        .releases(&policy.service)
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .into_iter()
-        .find(|r| r.outcome.is_some());
+    let last = last_finished(store, &policy.service).await?;
     let Some(last) = last.filter(|r| {
         matches!(
             r.outcome,

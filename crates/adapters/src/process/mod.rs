@@ -409,11 +409,7 @@ impl ProcessDeployer {
     /// service's processes (what a command outside the release, such as `rampart stop
     /// --canary`, routes to).
     pub fn endpoints(&self, variant: Variant) -> Vec<SocketAddr> {
-        self.read_records(variant)
-            .into_iter()
-            .filter(|r| self.owns(r, variant))
-            .map(|r| SocketAddr::from((Ipv4Addr::LOCALHOST, r.port)))
-            .collect()
+        live_of(&self.state_dir, &self.service, variant)
     }
 
     /// The versions of the recorded replicas of `variant` that still run as this
@@ -930,21 +926,22 @@ pub struct LiveEndpoints {
 /// only: a data plane started afresh routes to these and no other (after a reboot
 /// the ports its routes name may be another program's).
 pub fn live_endpoints(service: &str, state_dir: &Path) -> Option<LiveEndpoints> {
-    let mut any = false;
-    let mut live = |variant: Variant| {
-        let path = record_path(state_dir, service, variant);
-        any |= path.exists();
-        read_records(&path)
-            .into_iter()
-            .filter(|r| owned(service, r, variant))
-            .map(|r| SocketAddr::from((Ipv4Addr::LOCALHOST, r.port)))
-            .collect::<Vec<_>>()
-    };
-    let found = LiveEndpoints {
-        stable: live(Variant::Stable),
-        canary: live(Variant::Canary),
-    };
-    any.then_some(found)
+    let recorded = [Variant::Stable, Variant::Canary]
+        .iter()
+        .any(|v| record_path(state_dir, service, *v).exists());
+    recorded.then(|| LiveEndpoints {
+        stable: live_of(state_dir, service, Variant::Stable),
+        canary: live_of(state_dir, service, Variant::Canary),
+    })
+}
+
+/// The endpoints of `service`'s recorded replicas of `variant` that still run.
+fn live_of(state_dir: &Path, service: &str, variant: Variant) -> Vec<SocketAddr> {
+    read_records(&record_path(state_dir, service, variant))
+        .into_iter()
+        .filter(|r| owned(service, r, variant))
+        .map(|r| SocketAddr::from((Ipv4Addr::LOCALHOST, r.port)))
+        .collect()
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -248,8 +248,7 @@ fn defer(b: &mut Builder<'_>, input: Input, actor: &str) -> bool {
         b.s.pending,
         Some(Action::Deploy { .. } | Action::Scale { .. })
     );
-    let moving = matches!(b.s.pending, Some(Action::SetWeight { .. }));
-    if !(starting || (rollback && moving)) {
+    if !(starting || (rollback && rollback_waits(&b.s))) {
         return false;
     }
     match &b.s.deferred {
@@ -292,14 +291,21 @@ fn defer(b: &mut Builder<'_>, input: Input, actor: &str) -> bool {
 }
 
 /// Applies a command kept by [`defer`], now that nothing is being started.
+/// Whether a rollback asked now waits for the action in flight: versions being
+/// started (switching back to one not running would leave users nowhere) or a traffic
+/// change (the rollback starts from the weight the router answers).
+fn rollback_waits(s: &Release) -> bool {
+    matches!(
+        s.pending,
+        Some(Action::Deploy { .. } | Action::Scale { .. } | Action::SetWeight { .. })
+    )
+}
+
 pub(super) fn apply_deferred(b: &mut Builder<'_>) {
-    // A rollback waits for the versions being started only (then it switches back to
-    // what runs); other commands for the action in flight to end.
+    // A rollback waits for the versions being started and a traffic change in flight
+    // only (see `rollback_waits`); other commands for the action in flight to end.
     let waits = match &b.s.deferred {
-        Some(Input::Abort { .. }) => matches!(
-            b.s.pending,
-            Some(Action::Deploy { .. } | Action::Scale { .. } | Action::SetWeight { .. })
-        ),
+        Some(Input::Abort { .. }) => rollback_waits(&b.s),
         _ => b.s.pending.is_some(),
     };
     if waits {

@@ -528,9 +528,13 @@ impl Watch {
         // The newest release of the version since the running revision's own
         // promotion; a release this loop ended because Git moved on (or its Deployment
         // went) is no verdict on its version: Git returning to it releases it again.
-        let mut since = None;
+        let own_promotion = |r: &&rampart_core::ports::ReleaseRecord| {
+            r.outcome.map(|o| o.as_str()) == Some("promoted")
+                && Some(r.version.as_str()) == released
+        };
+        let since = recent.iter().find(own_promotion).map(|r| r.created_at);
         let mut released_as = None;
-        for r in &recent {
+        for r in recent.iter().take_while(|r| !own_promotion(r)) {
             if r.version == version && r.outcome.is_some() && !self.ended_by_the_loop(&r.id).await {
                 released_as = Some(Done {
                     id: r.id.clone(),
@@ -540,20 +544,6 @@ impl Watch {
                 });
                 break;
             }
-            let promoted = r.outcome.map(|o| o.as_str()) == Some("promoted");
-            if promoted && Some(r.version.as_str()) == released {
-                since = Some(r.created_at);
-                break;
-            }
-        }
-        if since.is_none() {
-            since = recent
-                .iter()
-                .find(|r| {
-                    r.outcome.map(|o| o.as_str()) == Some("promoted")
-                        && Some(r.version.as_str()) == released
-                })
-                .map(|r| r.created_at);
         }
         // The newest submission of it that ended before its release began, unless one
         // that started (judged above) or one the loop withdrew came after it.

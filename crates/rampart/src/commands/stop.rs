@@ -266,51 +266,26 @@ async fn stop_canary(
         Traffic::Proxy(_) => settling.embedded(&mut done).await,
         _ => settling.routed(cluster, &mut done).await,
     };
+    // A flag ramped with the canary's weight is on for the canary's users only: once
+    // they are on stable (this run moved them, or an earlier one that failed after it
+    // did), it goes off too, whatever happens next (as a rollback takes it to 0 with
+    // the weight), or they would get it from the old version, measured as stable.
+    let mut settled = settled;
+    if done.moved || matches!(settled, Ok(true)) {
+        match canary_flag_off(args, policy, store, clock).await {
+            Ok(Some(line)) => done.lines.push(line),
+            Ok(None) => {}
+            Err(why) if settled.is_ok() => {
+                settled = Err(RunError::Internal(anyhow::anyhow!(why)));
+            }
+            Err(why) => done.lines.push(why),
+        }
+    }
     // The trail says what was done, not only why.
     let what = std::iter::once(reason(args))
         .chain(done.lines.iter().cloned())
         .collect::<Vec<_>>()
         .join("; ");
-    // A flag ramped with the canary's weight is on for the canary's users only: with
-    // them back on stable, it goes off too (as a rollback takes it to 0 with the
-    // weight), or they would get it from the old version, measured as stable.
-    // Once the users are on stable (this run moved them, or an earlier one that
-    // failed after it did), whatever happens next.
-    let mut settled = settled;
-    let on_stable = done.moved || matches!(settled, Ok(true));
-    let still_on = match policy.strategy.ramped_flag() {
-        Some(flag) if on_stable => rampart_core::ports::FlagStore::flags(store.as_ref(), service)
-            .await
-            .map_err(|e| internal(e.0))?
-            .into_iter()
-            .any(|f| f.name == flag && f.ramp > rampart_core::Weight::ZERO),
-        _ => false,
-    };
-    if still_on && let Some(flag) = policy.strategy.ramped_flag() {
-        let change = rampart_core::ports::FlagChange {
-            name: flag.to_string(),
-            ramp: Some(rampart_core::Weight::ZERO),
-            default: None,
-            actor: args.actor.clone().unwrap_or_else(crate::client::local_user),
-            reason: format!("{}: the canary stopped, its flag with it", reason(args)),
-            at: clock.now(),
-        };
-        match rampart_core::ports::FlagStore::set_flag(store.as_ref(), service, &change).await {
-            Ok(_) => done
-                .lines
-                .push(format!("{service}: flag `{flag}` off (ramp 0)")),
-            Err(e) => {
-                let why = format!(
-                    "flag `{flag}` is still on for the canary's users, now on stable: {e}; switch it off with `rampart flags set {flag} --ramp 0`"
-                );
-                if settled.is_ok() {
-                    settled = Err(RunError::Internal(anyhow::anyhow!(why)));
-                } else {
-                    done.lines.push(why);
-                }
-            }
-        }
-    }
     match settled {
         Ok(true) => {}
         Ok(false) => return Ok(vec![format!("{service}: no data plane runs here")]),
@@ -327,6 +302,42 @@ async fn stop_canary(
     let mut lines = done.lines;
     lines.push(format!("{service}: audited as canary_stopped by {actor}"));
     Ok(lines)
+}
+
+/// Switches off the flag the canary's release ramped with its weight, if it is still on
+/// for some users; what it did, or why it could not.
+async fn canary_flag_off(
+    args: &StopArgs,
+    policy: &Policy,
+    store: &StateStore,
+    clock: &dyn Clock,
+) -> Result<Option<String>, String> {
+    let service = &policy.service;
+    let Some(flag) = policy.strategy.ramped_flag() else {
+        return Ok(None);
+    };
+    let still_on = rampart_core::ports::FlagStore::flags(store, service)
+        .await
+        .map_err(|e| e.0)?
+        .into_iter()
+        .any(|f| f.name == flag && f.ramp > rampart_core::Weight::ZERO);
+    if !still_on {
+        return Ok(None);
+    }
+    let change = rampart_core::ports::FlagChange {
+        name: flag.to_string(),
+        ramp: Some(rampart_core::Weight::ZERO),
+        default: None,
+        actor: args.actor.clone().unwrap_or_else(crate::client::local_user),
+        reason: format!("{}: the canary stopped, its flag with it", reason(args)),
+        at: clock.now(),
+    };
+    match rampart_core::ports::FlagStore::set_flag(store, service, &change).await {
+        Ok(_) => Ok(Some(format!("{service}: flag `{flag}` off (ramp 0)"))),
+        Err(e) => Err(format!(
+            "flag `{flag}` is still on for the canary's users, now on stable: {e}; switch it off with `rampart flags set {flag} --ramp 0`"
+        )),
+    }
 }
 
 fn reason(args: &StopArgs) -> String {

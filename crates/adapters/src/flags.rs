@@ -74,6 +74,15 @@ impl FlagRouter {
         }
     }
 
+    /// A release taken up again by a new controller, whose log says its last change
+    /// in force put the ramp at `written`: a lower ramp in the store now is a kill
+    /// someone made while no controller ran it, which the release never ramps over
+    /// (as if this router had written `written` itself).
+    pub fn resumed_at(self, written: Option<Weight>) -> FlagRouter {
+        *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = written;
+        self
+    }
+
     /// The match rule that sends the flag's allowlist to the canary.
     async fn allow_rule(&self) -> Result<Option<RouteMatch>, PortError> {
         let flags = self.flags.flags(&self.service).await?;

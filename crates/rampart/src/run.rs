@@ -467,9 +467,10 @@ pub async fn run_release(
         Some(spec) => proxy_tls(&opts.policy_path, &base_dir, spec)?,
         None => None,
     };
-    // A release taken up again after it set its routes keeps the split in force; one
-    // that had not yet (gates, migrations, an approval before anything) starts from
-    // 0 %, as a new one does, whatever an earlier release left there.
+    // A release taken up again after it set its routes keeps the split in force (and
+    // a flag it ramped is known to stand where its last change put it); one that had
+    // not yet (gates, migrations, an approval before anything) starts from 0 %, as a
+    // new one does, whatever an earlier release left there.
     let routed_already = match &resume_id {
         Some(id) => store
             .load(id)
@@ -477,8 +478,12 @@ pub async fn run_release(
             .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
             .1
             .iter()
-            .any(|e| matches!(e.input, Input::TrafficSet { .. })),
-        None => false,
+            .rev()
+            .find_map(|e| match e.input {
+                Input::TrafficSet { weight } => Some(weight),
+                _ => None,
+            }),
+        None => None,
     };
     // Whatever can refuse the release is found before its data plane is touched (a
     // stopped service started again, its sticky salt or uncounted token changed, its

@@ -323,3 +323,69 @@ fn stopping_a_halted_flag_canary_turns_its_flag_off_with_its_traffic() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The same kill, made while the controller ramping the flag is down (killed with
+/// SIGKILL at the first step, an on-call switching the flag off before anyone runs it
+/// again). The release resumes in a new process, which had not written the ramp
+/// itself: it took the 0 % for where its ramp stood and wrote 20 %, then 50 %, then
+/// promoted the flag to everyone. The release's own log says what it had written: a
+/// lower ramp in the store is someone's kill, and the resumed release rolls back over
+/// it instead.
+#[test]
+fn a_kill_made_while_the_controller_is_down_is_not_undone_when_the_release_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, port) = policy(
+        dir.path(),
+        "{flag: {flag: new-checkout, steps: [{weight: 20, bake: 4s}, {weight: 50, bake: 2s}]}}",
+    );
+    let state = dir.path().join("state");
+    let _versions = common::Versions(state.clone());
+    let rt = common::runtime();
+    let (load, _) = common::start_load(&rt, port, 100);
+    let mut first = common::run_json(&path, &state, "v1", None)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn_guarded();
+    #[allow(clippy::disallowed_methods)] // the test's own time limit
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ramp_bp(&path) != Some(2000) {
+        #[allow(clippy::disallowed_methods)] // the test's own time limit
+        let now = std::time::Instant::now();
+        assert!(now < deadline, "the first step never ramped the flag");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    first.0.kill().unwrap(); // SIGKILL: the release stays resumable
+    first.0.wait().unwrap();
+    let (code, _, err) = flags(
+        &path,
+        &[
+            "set",
+            "new-checkout",
+            "--ramp",
+            "0",
+            "--reason",
+            "kill: checkout errors",
+            "--as",
+            "oncall",
+        ],
+    );
+    assert_eq!(code, 0, "the kill switch was refused: {err}");
+    let out = common::run_json(&path, &state, "v1", None)
+        .arg("--stop-after")
+        .output()
+        .unwrap();
+    load.abort();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let end = ramp_bp(&path);
+    assert_eq!(
+        end,
+        Some(0),
+        "the operator's kill was undone by the resumed release: the flag ended at {end:?} basis points; flag changes: {:?}; report: {report}",
+        flag_audit(&path)
+    );
+    assert!(
+        report.contains("\"resumed\"") || report.contains("resum"),
+        "{report}"
+    );
+    assert!(report.contains("rolled_back"), "{report}");
+}

@@ -233,8 +233,9 @@ pub async fn find(
 /// Starts the policy's data plane as [`find`] found it. With `attach_in` (a state
 /// directory), the embedded proxy is the service's long-lived data plane process
 /// there, started if absent; without, it runs in this process and ends with it.
-/// `resuming` says a release is taken up again: a router outside rampart keeps the
-/// split it finds in force. The flag endpoint serves from the start (what the store
+/// `resumed_at` says a release is taken up again after it set its routes, the last
+/// time at that weight: a router outside rampart keeps the split it finds in force, and
+/// a ramped flag found lower than that was turned down by someone meanwhile. The flag endpoint serves from the start (what the store
 /// holds), on `flags` when the caller bound its address already ([`flag_listener`]),
 /// else on the address bound here; the policy's flags are defined last, once the data
 /// plane is up.
@@ -247,7 +248,7 @@ pub async fn start(
     clock: &Arc<dyn Clock>,
     attach_in: Option<&std::path::Path>,
     found: Found,
-    resuming: bool,
+    resumed_at: Option<rampart_core::Weight>,
     flags: Option<tokio::net::TcpListener>,
 ) -> Result<DataPlane, RunError> {
     let Found {
@@ -309,15 +310,18 @@ pub async fn start(
             }
             let router: Arc<dyn TrafficRouter> = match policy.strategy.ramped_flag() {
                 None => remote.clone(),
-                Some(flag) => Arc::new(FlagRouter::new(
-                    remote.clone(),
-                    store.clone(),
-                    clock.clone(),
-                    &policy.service,
-                    flag,
-                    policy.strategy.flag_only(),
-                    spec.sticky.clone(),
-                )),
+                Some(flag) => Arc::new(
+                    FlagRouter::new(
+                        remote.clone(),
+                        store.clone(),
+                        clock.clone(),
+                        &policy.service,
+                        flag,
+                        policy.strategy.flag_only(),
+                        spec.sticky.clone(),
+                    )
+                    .resumed_at(resumed_at),
+                ),
             };
             let entry = rampart_adapters::proxy::plane::PlaneState::load(
                 &rampart_adapters::proxy::plane::PlaneFiles::new(state_dir, &policy.service)
@@ -361,15 +365,18 @@ pub async fn start(
                 None => Arc::new(proxy.clone()),
                 Some(flag) => {
                     proxy.set_salt(flag);
-                    Arc::new(FlagRouter::new(
-                        Arc::new(proxy.clone()),
-                        store.clone(),
-                        clock.clone(),
-                        &policy.service,
-                        flag,
-                        policy.strategy.flag_only(),
-                        spec.sticky.clone(),
-                    ))
+                    Arc::new(
+                        FlagRouter::new(
+                            Arc::new(proxy.clone()),
+                            store.clone(),
+                            clock.clone(),
+                            &policy.service,
+                            flag,
+                            policy.strategy.flag_only(),
+                            spec.sticky.clone(),
+                        )
+                        .resumed_at(resumed_at),
+                    )
                 }
             };
             DataPlane {
@@ -425,7 +432,7 @@ pub async fn start(
                     )
                 })?;
             let router = HaproxyRouter::new(&spec.socket, &spec.backend);
-            let router: Arc<dyn TrafficRouter> = Arc::new(if resuming {
+            let router: Arc<dyn TrafficRouter> = Arc::new(if resumed_at.is_some() {
                 router.keeping_the_split()
             } else {
                 router

@@ -9,15 +9,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::serve::until;
-use common::servers::{Daemon, SpawnGuarded};
-use common::{exe, free_port, rampart, report};
+use common::servers::SpawnGuarded;
+use common::svc::Svc;
+use common::{exe, rampart, report};
 use rampart_adapters::proxy::remote::RemotePlane;
 use rampart_core::Weight;
 use rampart_core::ports::TrafficRouter;
@@ -25,45 +25,7 @@ use rampart_core::release::Variant;
 
 // === harness ===
 
-/// A service's policy and state directory; kills whatever of it still runs (data
-/// planes in the lock, versions on record, and the processes the test started) when
-/// dropped, on success and on failure.
-struct Svc {
-    dir: tempfile::TempDir,
-    name: String,
-    policy: PathBuf,
-    state: PathBuf,
-    port: u16,
-    started: Vec<Daemon>,
-}
-
 impl Svc {
-    fn new(name: &str) -> Svc {
-        Svc::with_command(name, &common::sample_service())
-    }
-
-    fn with_command(name: &str, command: &str) -> Svc {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let policy_path = dir.path().join("rampart.yaml");
-        std::fs::write(&policy_path, common::plane_policy(name, port, command)).unwrap();
-        let state = dir.path().join("state");
-        Svc {
-            name: name.to_string(),
-            policy: policy_path,
-            state,
-            port,
-            dir,
-            started: Vec::new(),
-        }
-    }
-
-    fn file(&self, ext: &str) -> PathBuf {
-        self.state
-            .join("dataplane")
-            .join(format!("{}.{ext}", self.name))
-    }
-
     /// `rampart proxy --state-dir STATE ...`, marked as rampart marks the data planes
     /// it starts (so the guard can stop it), its output in `log`.
     fn proxy(&self, args: &[&str], log: &str) -> Command {
@@ -111,28 +73,6 @@ impl Svc {
         TcpStream::connect(("127.0.0.1", self.port)).is_ok()
     }
 
-    /// A controller's client to the running data plane.
-    fn remote(&self, rt: &tokio::runtime::Runtime) -> RemotePlane {
-        rt.block_on(RemotePlane::attach(&self.file("sock"), &self.file("token")))
-            .unwrap()
-    }
-
-    fn run(&self, version: &str) -> Command {
-        let mut c = rampart();
-        c.args([
-            "run",
-            "--version",
-            version,
-            "--output",
-            "json",
-            "--state-dir",
-        ])
-        .arg(&self.state)
-        .arg("-f")
-        .arg(&self.policy);
-        c
-    }
-
     fn stop(&self) -> std::process::Output {
         rampart()
             .args(["stop", "--state-dir"])
@@ -141,35 +81,6 @@ impl Svc {
             .arg(&self.policy)
             .output()
             .unwrap()
-    }
-}
-
-impl Drop for Svc {
-    fn drop(&mut self) {
-        for d in &mut self.started {
-            d.stop();
-        }
-        common::stop_versions(&self.state);
-        // A version a killed controller was still starting is in no record yet: any
-        // process of this service's that runs in this test's directory.
-        let dir = std::fs::canonicalize(self.dir.path()).unwrap_or_default();
-        let mark = format!("RAMPART_SERVICE={}", self.name);
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let ours = std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(&dir));
-            let marked = std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == mark.as_bytes()));
-            if ours && marked {
-                common::servers::kill_group(pid);
-            }
-        }
     }
 }
 

@@ -15,77 +15,18 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::serve::until;
-use common::servers::{Daemon, SpawnGuarded as _};
-use common::{free_port, rampart, report};
-use rampart_adapters::proxy::remote::RemotePlane;
+use common::servers::SpawnGuarded as _;
+use common::svc::Svc;
+use common::{free_port, report};
 use rampart_core::Weight;
 use rampart_core::ports::TrafficRouter;
 use rampart_core::release::Variant;
 
-/// A service's policy and state directory; kills whatever of it still runs (data
-/// planes in the lock, versions on record, controllers the test started) when dropped.
-struct Svc {
-    dir: tempfile::TempDir,
-    name: String,
-    policy: PathBuf,
-    state: PathBuf,
-    port: u16,
-    started: Vec<Daemon>,
-}
-
 impl Svc {
-    fn new(name: &str) -> Svc {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let policy = dir.path().join("rampart.yaml");
-        std::fs::write(
-            &policy,
-            common::plane_policy(name, port, &common::sample_service()),
-        )
-        .unwrap();
-        let state = dir.path().join("state");
-        Svc {
-            name: name.to_string(),
-            policy,
-            state,
-            port,
-            dir,
-            started: Vec::new(),
-        }
-    }
-
-    fn file(&self, ext: &str) -> PathBuf {
-        self.state
-            .join("dataplane")
-            .join(format!("{}.{ext}", self.name))
-    }
-
     fn records(&self, variant: &str) -> PathBuf {
         self.state
             .join("processes")
             .join(format!("{}.{variant}.json", self.name))
-    }
-
-    /// A controller's client to the running data plane.
-    fn remote(&self, rt: &tokio::runtime::Runtime) -> RemotePlane {
-        rt.block_on(RemotePlane::attach(&self.file("sock"), &self.file("token")))
-            .unwrap()
-    }
-
-    fn run(&self, version: &str) -> Command {
-        let mut c = rampart();
-        c.args([
-            "run",
-            "--version",
-            version,
-            "--output",
-            "json",
-            "--state-dir",
-        ])
-        .arg(&self.state)
-        .arg("-f")
-        .arg(&self.policy);
-        c
     }
 
     /// Replaces the policy's `strategy:` section (up to `analysis:`) with `strategy`.
@@ -98,34 +39,6 @@ impl Svc {
             format!("{head}strategy:\n{strategy}analysis:\n{tail}"),
         )
         .unwrap();
-    }
-}
-
-impl Drop for Svc {
-    fn drop(&mut self) {
-        for d in &mut self.started {
-            d.stop();
-        }
-        common::stop_versions(&self.state);
-        // A version a killed controller was still starting is in no record yet.
-        let dir = std::fs::canonicalize(self.dir.path()).unwrap_or_default();
-        let mark = format!("RAMPART_SERVICE={}", self.name);
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let ours = std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(&dir));
-            let marked = std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == mark.as_bytes()));
-            if ours && marked {
-                common::servers::kill_group(pid);
-            }
-        }
     }
 }
 

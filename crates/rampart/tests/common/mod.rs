@@ -10,6 +10,7 @@ pub mod mcp;
 pub mod serve;
 #[path = "../../../adapters/tests/common/servers.rs"]
 pub mod servers;
+pub mod svc;
 
 use rampart::load::{LoadSpec, LoadStats, generate};
 

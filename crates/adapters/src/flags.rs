@@ -155,8 +155,12 @@ impl TrafficRouter for FlagRouter {
             };
             self.flags.set_flag(&self.service, &change).await?;
             *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = Some(weight);
+            // The allowlist has the flag on at every weight, so its users are the
+            // canary's wherever a step sends anyone there: a weight-0 step sends its
+            // `match` (a step at 0 % always has one). Only a rollback's 0 % has none:
+            // then everyone, the allowlist included, is stable's.
             let mut rules = matches.to_vec();
-            if weight > Weight::ZERO
+            if (weight > Weight::ZERO || !matches.is_empty())
                 && let Some(rule) = self.allow_rule().await?
             {
                 rules.push(rule);

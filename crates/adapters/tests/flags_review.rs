@@ -175,3 +175,40 @@ async fn an_ipv4_client_of_a_dual_stack_listener_is_hashed_as_it_is_forwarded() 
         if on { "on" } else { "off" }
     );
 }
+
+/// A first step at weight 0 sends only its `match` (the team's own testers) to the
+/// canary. The flag's allowlist (`qa-1`) has the flag on at every weight, so the
+/// endpoint tells `qa-1`'s application "on"; the proxy added the allowlist's rule only
+/// above 0 %, so `qa-1` was served and measured as stable while its application ran
+/// the new feature. Expected: `qa-1` goes to the canary at that step too; and a
+/// rollback (weight 0, no match) sends everyone, `qa-1` included, back to stable.
+#[tokio::test]
+async fn an_allowlisted_user_is_the_canarys_at_a_weight_0_step_and_stables_after_a_rollback() {
+    use rampart_core::policy::{MatchSource, RouteMatch};
+    let (_proxy, server, router, endpoint) =
+        flagged("127.0.0.1:0", Sticky::Header("x-user".into()), &["qa-1"]).await;
+    let testers = RouteMatch {
+        source: MatchSource::Header("x-team".into()),
+        values: vec!["checkout".into()],
+    };
+    router
+        .set_weight(Weight::ZERO, std::slice::from_ref(&testers))
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (tester, _) = through(addr, Some(("x-team", "checkout"))).await;
+    assert_eq!(tester, "canary", "the step's match");
+    let (on, reason) = endpoint_says(&endpoint, "qa-1").await;
+    assert!(on, "{reason}");
+    let (qa, _) = through(addr, Some(("x-user", "qa-1"))).await;
+    assert_eq!(
+        qa, "canary",
+        "the endpoint says the flag is on for qa-1 ({reason}); the proxy served it from {qa}"
+    );
+    let (someone, _) = through(addr, Some(("x-user", "someone"))).await;
+    assert_eq!(someone, "stable");
+    // A rollback: weight 0 and no match.
+    router.set_weight(Weight::ZERO, &[]).await.unwrap();
+    let (qa, _) = through(addr, Some(("x-user", "qa-1"))).await;
+    assert_eq!(qa, "stable", "after the rollback");
+}

@@ -10,6 +10,8 @@ use rampart_adapters::proxy::remote::RemotePlane;
 use rampart_adapters::proxy::{Proxy, ProxyOptions};
 use rampart_adapters::telemetry::Telemetry;
 
+mod common;
+
 /// A controller's handle on the data plane holds the admin token, and its `Debug`
 /// (derived) printed it: any `{:?}` of the handle, or of a structure holding it (a
 /// `tracing` field, a panic message, an error's context), writes the credential that
@@ -84,4 +86,65 @@ async fn no_authorization_is_refused_even_when_the_token_is_empty() {
         answer.starts_with("HTTP/1.1 401"),
         "a request without credentials moved the weight:\n{answer}"
     );
+}
+
+/// The data plane restarted under a controller (a crash, systemd starting it again):
+/// it counts from zero under another identity. The measurements skipped that interval
+/// as they should, but the release's totals (the report's `requests`, the status line)
+/// were the new counts minus the old base, clamped at 0: the requests before the
+/// restart vanished, and the first ones after it too until the new counts passed the
+/// old. Expected: what both data planes counted, each from where this controller
+/// first saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_totals_keep_what_a_data_plane_counted_before_it_restarted() {
+    use rampart_adapters::proxy::Totals as _;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("svc.sock");
+    let token_file = dir.path().join("svc.token");
+    let token = "a-token-of-the-data-plane-0123456789".to_string();
+    std::fs::write(&token_file, &token).unwrap();
+    let stable = common::backend("stable", Arc::new(tokio::sync::Notify::new())).await;
+    let plane_on = async || {
+        let (proxy, server) = common::proxy_to(stable).await;
+        let telemetry = Arc::new(Telemetry::new("svc", Arc::new(proxy.clone())));
+        let _ = std::fs::remove_file(&socket);
+        let admin = AdminServer::bind_unix(
+            &socket,
+            proxy,
+            token.clone(),
+            telemetry,
+            PlaneHooks::default(),
+        )
+        .await
+        .unwrap();
+        (admin, server)
+    };
+    let send = async |server: &rampart_adapters::proxy::ProxyServer, n: usize| {
+        for _ in 0..n {
+            let (status, _) = common::get_body(server.local_addr(), "/", None).await;
+            assert_eq!(status, 200);
+        }
+    };
+    let (first, first_server) = plane_on().await;
+    send(&first_server, 3).await;
+    // The controller attaches after 3 requests: its totals count from there.
+    let plane = RemotePlane::attach(&socket, &token_file).await.unwrap();
+    send(&first_server, 40).await;
+    plane.refresh().await.unwrap();
+    assert_eq!(plane.totals().stable.requests, 40);
+    first.close().await;
+    first_server.close().await;
+    // Started again: counting from zero.
+    let (second, second_server) = plane_on().await;
+    send(&second_server, 5).await;
+    plane.refresh().await.unwrap();
+    assert_eq!(
+        plane.totals().stable.requests,
+        45,
+        "40 counted before the restart, 5 after"
+    );
+    send(&second_server, 50).await;
+    plane.refresh().await.unwrap();
+    assert_eq!(plane.totals().stable.requests, 95);
+    second.close().await;
 }

@@ -67,10 +67,8 @@ pub struct RemotePlane {
     socket: PathBuf,
     token: String,
     token_file: PathBuf,
-    /// The counts when this controller attached: the report counts its release only.
-    base: IntervalSample,
-    /// The latest counts read, for [`Totals`].
-    latest: Mutex<IntervalSample>,
+    /// What this controller's time attached counted, for [`Totals`].
+    counted: Mutex<Counted>,
     /// The counts at the previous measurement.
     last: Mutex<IntervalSample>,
     /// Read along with the counts.
@@ -115,12 +113,11 @@ impl RemotePlane {
         token_file: &Path,
         token: String,
     ) -> Result<RemotePlane, RemoteError> {
-        let mut plane = RemotePlane {
+        let plane = RemotePlane {
             socket: socket.to_path_buf(),
             token,
             token_file: token_file.to_path_buf(),
-            base: IntervalSample::default(),
-            latest: Mutex::default(),
+            counted: Mutex::default(),
             last: Mutex::default(),
             since_closed: Mutex::default(),
             instance: Mutex::default(),
@@ -129,7 +126,7 @@ impl RemotePlane {
         };
         let (now, instance, measured) = plane.counters(false).await?;
         *plane.instance.lock().unwrap_or_else(|p| p.into_inner()) = instance;
-        plane.base = now.clone();
+        plane.counted.lock().unwrap_or_else(|p| p.into_inner()).base = now.clone();
         plane
             .attached
             .store(true, std::sync::atomic::Ordering::Release);
@@ -259,7 +256,10 @@ impl RemotePlane {
         let measured = serde_json::from_value::<Option<IntervalSample>>(v["measured"].clone())
             .ok()
             .flatten();
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = totals.clone();
+        self.counted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read(&totals, v["instance"].as_u64());
         *self.since_closed.lock().unwrap_or_else(|p| p.into_inner()) =
             v["canary_routed_since_closed"].as_u64();
         Ok((totals, v["instance"].as_u64(), measured))
@@ -456,10 +456,48 @@ impl MetricsSource for RemotePlane {
 impl Totals for RemotePlane {
     /// The counts of this controller's time attached, as of the latest read.
     fn totals(&self) -> IntervalSample {
-        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        self.counted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .totals()
+    }
+}
+
+/// The counts of a controller's time attached: the release's report counts its own
+/// requests only, across restarts of the data plane (each counts from zero under an
+/// identity of its own).
+#[derive(Default)]
+struct Counted {
+    /// The current data plane's counts when this controller first saw them.
+    base: IntervalSample,
+    /// The current data plane's latest counts read.
+    latest: IntervalSample,
+    /// The current data plane's counter identity.
+    instance: Option<u64>,
+    /// What the data planes before a restart counted while this controller watched.
+    before: IntervalSample,
+}
+
+impl Counted {
+    /// Takes a reading of the cumulative counts of the data plane `instance`.
+    fn read(&mut self, totals: &IntervalSample, instance: Option<u64>) {
+        if self.instance.is_some() && instance != self.instance {
+            let counted = self.totals();
+            self.before = counted;
+            self.base = IntervalSample::default();
+        }
+        self.instance = instance;
+        self.latest = totals.clone();
+    }
+
+    fn totals(&self) -> IntervalSample {
+        let mut stable = self.before.stable.clone();
+        stable.merge(&self.latest.stable.since(&self.base.stable));
+        let mut canary = self.before.canary.clone();
+        canary.merge(&self.latest.canary.since(&self.base.canary));
         IntervalSample {
-            stable: latest.stable.since(&self.base.stable),
-            canary: latest.canary.since(&self.base.canary),
+            stable,
+            canary,
             ..Default::default()
         }
     }

@@ -2,12 +2,14 @@
 //! `X-Forwarded-Host` and `Forwarded` (RFC 7239), written by the proxy for each request
 //! it forwards, under `traffic.proxy.forwarded.trust`.
 //!
-//! Owns what those four headers say when a request leaves the proxy. It must not
-//! decide whom to trust (the policy's [`Trust`](rampart_core::policy::Trust) does), nor
-//! look at any other header but `Host`.
+//! Owns what those four headers say when a request leaves the proxy, and which other
+//! claims about the client's address or scheme reach the version ([`CLAIMS`]). It must
+//! not decide whom to trust (the policy's [`Trust`](rampart_core::policy::Trust) does).
 //!
 //! - An untrusted peer's four headers are dropped and replaced by the proxy's own: its
-//!   address, `http`, its `Host`, and one `Forwarded` element saying the same.
+//!   address, `http`, its `Host`, and one `Forwarded` element saying the same. Its
+//!   other claims (`X-Real-IP`, `X-Forwarded-Ssl`, ...) are dropped: frameworks read
+//!   them before, or instead of, the four.
 //! - A trusted peer's chain is extended: its address appended to `X-Forwarded-For`
 //!   and a `for=` element to `Forwarded`; its `X-Forwarded-Proto` and `-Host` are kept
 //!   (set as for an untrusted peer when absent).
@@ -34,6 +36,27 @@ const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const FOUR: [HeaderName; 4] = [XFF, XFP, XFH, FORWARDED];
 
+/// What else servers and frameworks read as the client's address, scheme, port or path
+/// prefix, often before the four (go-chi's `RealIP` reads `X-Real-IP` and
+/// `True-Client-IP` first, Rack `X-Forwarded-Ssl`, Spring `X-Forwarded-Port` and
+/// `-Prefix`): only a trusted peer may say them. Lower case, as `HeaderName` keeps it.
+pub(super) const CLAIMS: [&str; 14] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-forwarded-ssl",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-url-scheme",
+    "front-end-https",
+];
+
 /// The scheme a client spoke to the proxy: plain, or TLS the proxy terminated.
 const PROTO: HeaderValue = HeaderValue::from_static("http");
 const PROTO_TLS: HeaderValue = HeaderValue::from_static("https");
@@ -46,11 +69,21 @@ pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: boo
     let peer = peer.to_canonical();
     // A client rarely sends any of them, or their look-alikes: one pass over the
     // names finds both, instead of lookups that find nothing.
-    let (named, lookalikes) = headers.keys().fold((false, false), |(n, l), name| {
-        (n || FOUR.contains(name), l || lookalike(name.as_str()))
-    });
+    let (named, lookalikes, claims) =
+        headers
+            .keys()
+            .fold((false, false, false), |(n, l, c), name| {
+                (
+                    n || FOUR.contains(name),
+                    l || lookalike(name.as_str()),
+                    c || (!trusted && claim(name.as_str())),
+                )
+            });
     if lookalikes {
         drop_lookalikes(headers);
+    }
+    if claims {
+        drop_claims(headers);
     }
     if !trusted {
         if named {
@@ -121,6 +154,17 @@ pub(super) fn drop_lookalikes(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `name` (lower case) is one of the [`CLAIMS`], spelled with `-` or, as
+/// CGI-style servers read it the same, `_`.
+fn claim(name: &str) -> bool {
+    CLAIMS.iter().any(|c| {
+        c.len() == name.len()
+            && c.bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+    })
+}
+
 /// Whether `name` (lower case, as `HeaderName` keeps it) is one of the four forwarding
 /// headers with a `_` for some `-`.
 fn lookalike(name: &str) -> bool {
@@ -142,6 +186,20 @@ fn lookalike(name: &str) -> bool {
 pub(super) fn drop_from_trailers(trailers: &mut HeaderMap) {
     super::remove_named(trailers, &FOUR);
     drop_lookalikes(trailers);
+    drop_claims(trailers);
+}
+
+/// Takes the [`CLAIMS`] off (one pass over the names; collecting none allocates
+/// nothing).
+fn drop_claims(headers: &mut HeaderMap) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| claim(n.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
 }
 
 /// Whether a `Forwarded` line ends outside any quoted string (RFC 7239 4: a `"` opens

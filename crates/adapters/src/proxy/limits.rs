@@ -32,6 +32,7 @@
 //! just inside every deadline keeps its connection, as it could keep it by sending
 //! requests; `max_connections` bounds how many such clients hold the proxy.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -40,7 +41,7 @@ use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::rt::{Sleep, Timer};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -59,16 +60,51 @@ pub(super) fn refuse(stream: TcpStream) {
 }
 
 /// A client connection that counts its reads, for [`HeadTimer`] to see the first
-/// byte of a request arrive.
+/// byte of a request arrive, and gives up on a write the client takes nothing of for
+/// `send_timeout`: the write fails (`TimedOut`) and whoever writes (hyper, the lean
+/// path, a tunnel) closes the connection. A write that goes through, however little of
+/// it, starts the wait again; the sleep is made only when a write has to wait.
 #[derive(Debug)]
 pub(super) struct Watched<I> {
     io: I,
     reads: Arc<AtomicU64>,
+    send: Duration,
+    /// Since the first write that had to wait, while none has gone through.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<I> Watched<I> {
-    pub(super) fn new(io: I, reads: Arc<AtomicU64>) -> Watched<I> {
-        Watched { io, reads }
+    pub(super) fn new(io: I, reads: Arc<AtomicU64>, send: Duration) -> Watched<I> {
+        Watched {
+            io,
+            reads,
+            send,
+            stalled: None,
+        }
+    }
+
+    /// What a write's `polled` leaves: a write that waits counts toward the send
+    /// timeout, and fails once it is past.
+    fn waited<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let send = self.send;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing of what was sent to it for send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -88,7 +124,43 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     }
 }
 
-write_through!(Watched);
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.waited(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.waited(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.waited(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.waited(cx, polled)
+    }
+}
 
 /// One connection's timer for hyper's header-read timeout: the header timeout on a
 /// new connection, then, after each answer, the idle timeout until the first byte of

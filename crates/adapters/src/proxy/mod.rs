@@ -585,7 +585,8 @@ impl Proxy {
                 let opened = tokio::time::Instant::now();
                 let reads = Arc::new(AtomicU64::new(0));
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = limits::Watched::new(stream, reads.clone());
+                let io =
+                    limits::Watched::new(stream, reads.clone(), self.inner.limits.send_timeout);
                 if h2 {
                     self.serve_http2(io, conn, closed, open, opened).await;
                 } else if self.inner.lean.is_some() {
@@ -618,7 +619,7 @@ impl Proxy {
         opened: tokio::time::Instant,
     ) {
         let reads = Arc::new(AtomicU64::new(0));
-        let io = limits::Watched::new(stream, reads.clone());
+        let io = limits::Watched::new(stream, reads.clone(), self.inner.limits.send_timeout);
         let deadline = opened + self.inner.limits.header_timeout;
         let Some((protocol, io)) = h2::sniff(io, deadline).await else {
             return;

@@ -431,6 +431,10 @@ pub struct LimitsState {
     /// default.
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// `send_timeout`, in milliseconds; a file written before it existed reads as the
+    /// default.
+    #[serde(default = "default_send_timeout_ms")]
+    pub send_timeout_ms: u64,
     /// `max_header_bytes`.
     pub max_header_bytes: u64,
     /// `max_body_bytes`; `null` for no limit.
@@ -444,6 +448,10 @@ pub struct LimitsState {
 
 fn default_body_timeout_ms() -> u64 {
     millis(ProxyLimits::default().body_timeout)
+}
+
+fn default_send_timeout_ms() -> u64 {
+    millis(ProxyLimits::default().send_timeout)
 }
 
 fn default_max_streams() -> u32 {
@@ -466,6 +474,7 @@ impl From<&ProxyLimits> for LimitsState {
             header_timeout_ms: millis(l.header_timeout),
             idle_timeout_ms: millis(l.idle_timeout),
             body_timeout_ms: millis(l.body_timeout),
+            send_timeout_ms: millis(l.send_timeout),
             max_header_bytes: l.max_header_bytes,
             max_body_bytes: l.max_body_bytes,
             max_connections: l.max_connections,
@@ -484,6 +493,7 @@ impl From<LimitsState> for ProxyLimits {
             header_timeout: ms(s.header_timeout_ms),
             idle_timeout: ms(s.idle_timeout_ms),
             body_timeout: ms(s.body_timeout_ms),
+            send_timeout: ms(s.send_timeout_ms),
             max_header_bytes: s
                 .max_header_bytes
                 .clamp(ProxyLimits::MIN_HEADER_BYTES, ProxyLimits::MAX_HEADER_BYTES),

@@ -1810,6 +1810,7 @@ fn proxy_limits_have_documented_defaults_and_refuse_bad_values_at_their_line() {
     assert_eq!(limits.header_timeout, Duration::from_secs(10));
     assert_eq!(limits.idle_timeout, Duration::from_secs(60));
     assert_eq!(limits.body_timeout, Duration::from_secs(30));
+    assert_eq!(limits.send_timeout, Duration::from_secs(60));
     assert_eq!(limits.max_header_bytes, 65_536);
     assert_eq!(limits.max_body_bytes, Some(16 << 20));
     assert_eq!(limits.max_connections, 10_000);
@@ -1822,7 +1823,7 @@ fn proxy_limits_have_documented_defaults_and_refuse_bad_values_at_their_line() {
         )
     };
     let set = Policy::from_yaml(&with(
-        "{header_timeout: 2s, idle_timeout: 5m, body_timeout: 90s, max_header_bytes: 16KiB, max_body_bytes: none, max_connections: 300}",
+        "{header_timeout: 2s, idle_timeout: 5m, body_timeout: 90s, send_timeout: 2m, max_header_bytes: 16KiB, max_body_bytes: none, max_connections: 300}",
     ))
     .unwrap()
     .proxy()
@@ -1834,6 +1835,7 @@ fn proxy_limits_have_documented_defaults_and_refuse_bad_values_at_their_line() {
             header_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(300),
             body_timeout: Duration::from_secs(90),
+            send_timeout: Duration::from_secs(120),
             max_header_bytes: 16_384,
             max_body_bytes: None,
             max_connections: 300,
@@ -1847,6 +1849,8 @@ fn proxy_limits_have_documented_defaults_and_refuse_bad_values_at_their_line() {
         ("{body_timeout: 0s}", "body_timeout", "longer than 0s"),
         ("{body_timeout: 61m}", "body_timeout", "at most 1h"),
         ("{body_timeout: 30}", "body_timeout", "no unit"),
+        ("{send_timeout: 0s}", "send_timeout", "longer than 0s"),
+        ("{send_timeout: 2h}", "send_timeout", "at most 1h"),
         ("{header_timeout: 10}", "header_timeout", "no unit"),
         (
             "{max_header_bytes: 512B}",

@@ -306,6 +306,12 @@ pub struct ProxyLimits {
     /// whole upload). Past it the client is answered 408 and its connection closed, and
     /// no version is counted an error.
     pub body_timeout: Duration,
+    /// How long the proxy waits for a client to take the next bytes of what it sends
+    /// (an answer, or a tunnel's data): restarted at every write that goes through,
+    /// so a slow reader is never cut, only one that takes nothing. Past it the
+    /// connection is closed, and its request counts as its client's leaving, no
+    /// version's error.
+    pub send_timeout: Duration,
     /// The largest request head (request line and headers) accepted; a larger one is
     /// answered 431 and its connection closed.
     pub max_header_bytes: u64,
@@ -340,6 +346,7 @@ impl Default for ProxyLimits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             max_header_bytes: 64 << 10,
             max_body_bytes: Some(16 << 20),
             max_connections: 10_000,
@@ -475,6 +482,7 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
             "header_timeout",
             "idle_timeout",
             "body_timeout",
+            "send_timeout",
             "max_header_bytes",
             "max_body_bytes",
             "max_connections",
@@ -487,6 +495,7 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
     let header_timeout = positive(cx, &m, "header_timeout", HOUR);
     let idle_timeout = positive(cx, &m, "idle_timeout", HOUR);
     let body_timeout = positive(cx, &m, "body_timeout", HOUR);
+    let send_timeout = positive(cx, &m, "send_timeout", HOUR);
     let max_header_bytes = m.optional_with(cx, "max_header_bytes", |cx, n, p| {
         decode_size(
             cx,
@@ -528,6 +537,7 @@ fn decode_limits(cx: &mut Decoder, node: &Node, path: &str) -> Option<ProxyLimit
         header_timeout: header_timeout.unwrap_or(defaults.header_timeout),
         idle_timeout: idle_timeout.unwrap_or(defaults.idle_timeout),
         body_timeout: body_timeout.unwrap_or(defaults.body_timeout),
+        send_timeout: send_timeout.unwrap_or(defaults.send_timeout),
         max_header_bytes: max_header_bytes.unwrap_or(defaults.max_header_bytes),
         max_body_bytes: max_body_bytes.unwrap_or(defaults.max_body_bytes),
         max_connections: max_connections.unwrap_or(defaults.max_connections),

@@ -117,8 +117,12 @@ pub async fn generate(spec: LoadSpec, stats: Arc<LoadStats>) {
             // Users cycle through a fixed population, like returning visitors.
             req = req.header(h.as_str(), format!("user-{}", n % spec.users.max(1)));
         }
+        // One request that cannot be made (the policy refuses what would make it, so
+        // this is a bug) is one failed request: the load goes on with the next.
         let Ok(req) = req.body(Empty::new()) else {
-            return;
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            continue;
         };
         let client = client.clone();
         let stats = stats.clone();

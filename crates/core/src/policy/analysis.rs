@@ -791,6 +791,24 @@ fn decode_load(cx: &mut Decoder, node: &Node, path: &str) -> Option<Load> {
                     );
                     return None;
                 }
+                // What a request line may carry as it is (RFC 3986); anything else
+                // would never be sent.
+                if let Some(c) = path.chars().find(|c| !uri_char(*c)) {
+                    let encoded: String = c
+                        .encode_utf8(&mut [0; 4])
+                        .bytes()
+                        .map(|b| format!("%{b:02X}"))
+                        .collect();
+                    cx.error(
+                        n.pos,
+                        p,
+                        format!(
+                            "`{path}` holds `{}`, which a request path cannot carry as it is: percent-encode it (`{encoded}`)",
+                            c.escape_debug()
+                        ),
+                    );
+                    return None;
+                }
                 Some(path)
             })
         })
@@ -822,6 +840,8 @@ fn decode_load(cx: &mut Decoder, node: &Node, path: &str) -> Option<Load> {
                     );
                 } else if value.bytes().any(|b| b == b'\r' || b == b'\n') {
                     cx.error(v.pos, &join(p, &k.text), "a header value cannot hold a line break");
+                } else if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+                    cx.error(v.pos, &join(p, &k.text), "a header value cannot hold a control character");
                 } else {
                     out.push((name, value));
                 }
@@ -1511,4 +1531,11 @@ fn decode_threshold(
         );
     }
     Some((t, direction))
+}
+
+/// Whether a request path may carry `c` as it is: the characters of RFC 3986's
+/// `path` and `query` (unreserved, sub-delims, `:`, `@`, `/`, `?`) and `%` for what is
+/// percent-encoded.
+fn uri_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/?%".contains(c)
 }

@@ -1336,6 +1336,30 @@ fn analysis_load_decodes_with_its_defaults_and_refuses_what_cannot_be_sent() {
         "analysis.load.paths[0]",
     );
     assert!(d.message.contains("start it with `/`"), "{}", d.message);
+    // Review: a path or a header value no request can carry passed, and stopped the
+    // whole load at its first request.
+    let d = diagnostic(
+        &with_load("    rate: 5\n    paths: [/, \"/orders?total>10\"]\n", proxy),
+        "analysis.load.paths[1]",
+    );
+    assert!(
+        d.message.contains("percent-encode it (`%3E`)"),
+        "{}",
+        d.message
+    );
+    let d = diagnostic(
+        &with_load("    rate: 5\n    paths: [\"/caf\u{e9}\"]\n", proxy),
+        "analysis.load.paths[0]",
+    );
+    assert!(d.message.contains("`%C3%A9`"), "{}", d.message);
+    let d = diagnostic(
+        &with_load(
+            "    rate: 5\n    headers: {x-tenant: \"synthetic\\x01\"}\n",
+            proxy,
+        ),
+        "analysis.load.headers.x-tenant",
+    );
+    assert!(d.message.contains("control character"), "{}", d.message);
     let d = diagnostic(
         &with_load("    rate: 5\n    headers: {x-rampart-load: \"1\"}\n", proxy),
         "analysis.load.headers.x-rampart-load",

@@ -726,7 +726,17 @@ pub async fn run_release(
     // its change must not make the change when it wakes (see `store::acting`).
     let ports = Ports {
         deployer: Arc::new(Fenced::new(deployer.clone(), store.clone())),
-        router: Arc::new(Fenced::new(plane.router.clone(), store.clone())),
+        router: Arc::new(Fenced::new(
+            match &processes {
+                Some(p) => Arc::new(crate::dataplane::revive::StableRevived::new(
+                    plane.router.clone(),
+                    p.clone(),
+                    &policy.service,
+                )) as Arc<dyn rampart_core::ports::TrafficRouter>,
+                None => plane.router.clone(),
+            },
+            store.clone(),
+        )),
         metrics,
         gates: Arc::new(LocalGates),
         store: store.clone(),

@@ -317,3 +317,81 @@ fn stop_after_ends_the_service_without_answering_502() {
         "{failed} requests answered 5xx by rampart as the service ended ({ok} answered)"
     );
 }
+
+/// Kills every recorded replica of `variant` and waits until each is gone (a zombie
+/// counts as gone).
+fn kill_replicas(svc: &Svc, variant: &str) {
+    let text = std::fs::read_to_string(svc.records(variant)).unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    for pid in records.iter().filter_map(|r| r["pid"].as_u64()) {
+        let pid = u32::try_from(pid).unwrap();
+        common::servers::kill_group(pid);
+        until("the replica is gone", Duration::from_secs(20), || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+                st.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        });
+    }
+}
+
+/// The stable version's only replica crashed mid-release (nothing restarts a version
+/// while a release owns the service), then the on-call rolled back. The rollback moved
+/// every user to the dead stable (all of them got 502 from rampart), found stable
+/// unhealthy, and halted there: the rollback made things worse. A rollback's switch to
+/// stable needs stable running: its missing replicas are started again first (as a
+/// resume does), then the traffic moves, and the service answers.
+#[test]
+fn a_rollback_to_a_stable_that_died_mid_release_starts_it_again_before_moving_traffic() {
+    let svc = Svc::new("deadstable");
+    let (code, v) = report(&svc.run("v1").output().unwrap());
+    assert_eq!((code, v["outcome"].as_str()), (0, Some("promoted")), "{v}");
+    svc.set_strategy("  canary:\n    steps: [{weight: 20, bake: 1h}]\n");
+    let rt = rt();
+    let plane = svc.remote(&rt);
+    let mut run = svc
+        .run("v2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn_guarded();
+    until("the canary takes 20 %", Duration::from_secs(60), || {
+        rt.block_on(plane.table())
+            .is_ok_and(|t| !t.canary.is_empty() && t.weight == Weight::from_percent(20).unwrap())
+    });
+    kill_replicas(&svc, "stable");
+    let rollback = common::rampart()
+        .args([
+            "rollback",
+            "deadstable",
+            "--reason",
+            "on-call",
+            "--state-dir",
+        ])
+        .arg(&svc.state)
+        .output()
+        .unwrap();
+    assert!(
+        rollback.status.code().is_some(),
+        "{}",
+        String::from_utf8_lossy(&rollback.stderr)
+    );
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut run.stdout.take().unwrap(), &mut stdout).unwrap();
+    let status = run.wait().unwrap();
+    let (code, v) = report(&std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    });
+    assert_eq!(
+        (code, v["outcome"].as_str()),
+        (3, Some("rolled_back")),
+        "{v}"
+    );
+    // Every user is on stable again, and stable answers.
+    let answered = rt.block_on(rampart_adapters::http::get_status(
+        &format!("http://127.0.0.1:{}/", svc.port),
+        Duration::from_secs(5),
+    ));
+    assert_eq!(answered.ok(), Some(200), "after the rollback");
+}

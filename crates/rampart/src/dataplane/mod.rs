@@ -22,6 +22,7 @@ use crate::report::RunError;
 
 pub mod agent;
 pub mod attach;
+pub mod revive;
 
 /// What routes and measures a release's traffic.
 pub struct DataPlane {

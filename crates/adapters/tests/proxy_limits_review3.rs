@@ -127,3 +127,63 @@ async fn common_until(what: &str, mut ready: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A version that switches every request to a WebSocket and then sends as fast as its
+/// socket takes it.
+async fn flooding_websocket() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let switched = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                if stream.write_all(switched).await.is_err() {
+                    return;
+                }
+                let frames = vec![0u8; 64 * 1024];
+                while stream.write_all(&frames).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// The same for a WebSocket: a client that takes nothing of what its version sends is
+/// cut at `send_timeout`, its tunnel and connection let go (a quiet tunnel, with
+/// nothing to send, is `proxy_upgrade.rs`'s: no timer cuts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_that_takes_nothing_is_cut_at_the_send_timeout() {
+    let (proxy, server) = Proxy::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ProxyOptions {
+            limits: ProxyLimits {
+                send_timeout: Duration::from_secs(1),
+                ..ProxyLimits::default()
+            },
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    proxy.set_backends(Variant::Stable, &[flooding_websocket().await]);
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(server.local_addr()).await.unwrap();
+    client
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    common_until("the tunnel is open", || proxy.open_connections() == 1).await;
+    // The client reads nothing from here on.
+    common_until("the tunnel is cut", || proxy.open_connections() == 0).await;
+    drop(client);
+}

@@ -226,6 +226,22 @@ impl Backend {
         self.call("POST", "/api/v1/releases", Some(body)).await
     }
 
+    /// The release an action (approve, abort, pause...) by this name is for: a release
+    /// by id, or, by a service's name, its release in progress (a release queued behind
+    /// it is the latest, and withdrawing that one instead would leave the running one
+    /// going); the latest when none is in progress.
+    pub async fn target(&self, id_or_service: &str) -> Result<ReleaseView> {
+        let named = self.release(id_or_service).await?;
+        if named.id == id_or_service || named.service != id_or_service {
+            return Ok(named);
+        }
+        let recent = self.list(Some(id_or_service), 50).await?;
+        Ok(recent
+            .into_iter()
+            .find(|v| v.outcome.is_none() && v.phase != "queued")
+            .unwrap_or(named))
+    }
+
     /// A release by id, or the latest release of a service by name.
     pub async fn release(&self, id_or_service: &str) -> Result<ReleaseView> {
         match self {

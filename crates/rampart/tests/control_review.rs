@@ -286,12 +286,13 @@ fn four_eyes_is_not_bypassed_by_spaces_or_a_blank_name_in_as() {
 
 // === the audit chain ===
 
-/// `verify` checks that what a release applied was asked for. A rollback request's
-/// `force` (rolling the code back past contract migrations: the deployer-only right) is
-/// in the chain; flipping it in the queued row before the controller takes it must not
-/// leave the audit "intact".
+/// A rollback request's `force` (rolling the code back past contract migrations: the
+/// deployer-only right) is in the chain; flipping it in the queued row before the
+/// controller takes it must not get a forced rollback applied. (`verify` used to be
+/// the only one to notice, after the fact: the controller now refuses a queued row the
+/// chain does not vouch for, and records the refusal.)
 #[test]
-fn verify_notices_a_queued_rollback_turned_into_a_forced_one() {
+fn a_queued_rollback_turned_into_a_forced_one_is_refused_not_applied() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rampart.db");
     let rt = runtime();
@@ -317,18 +318,20 @@ fn verify_notices_a_queued_rollback_turned_into_a_forced_one() {
         .unwrap();
     assert_eq!(n, 1);
     drop(conn);
-    // The controller takes it and applies it as it reads.
-    rt.block_on(async {
-        let (_, taken) = store.next_command("windowed-1").await.unwrap().unwrap();
-        assert!(taken.force, "the flipped row is what the controller takes");
-        let input = taken.kind.input(&taken);
-        feed(&store, "windowed-1", input, 1000).await;
-    });
-    let report = rt.block_on(store.verify_chain()).unwrap();
+    // The controller never takes it.
+    let taken = rt.block_on(store.next_command("windowed-1")).unwrap();
     assert!(
-        !report.ok,
-        "a forced rollback nobody asked for passes verify: {report:?}"
+        taken.is_none(),
+        "the flipped row was taken to be applied: {taken:?}"
     );
+    let refused = rt
+        .block_on(store.chain_records(Some("windowed-1")))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "request_refused")
+        .count();
+    assert_eq!(refused, 1, "the refusal is in the audit chain");
+    assert!(rt.block_on(store.verify_chain()).unwrap().ok);
 }
 
 /// A queued submission is run as its row says: from its `workdir` (where the policy's

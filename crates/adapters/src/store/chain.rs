@@ -90,6 +90,16 @@ impl ChainRecord {
         format!("{HASH_V2}{}", sha256_hex(&text))
     }
 
+    /// Whether the record's hash is its own (the way it was written: [`HASH_V2`] or
+    /// the first way).
+    pub(crate) fn intact(&self) -> bool {
+        if self.hash.starts_with(HASH_V2) {
+            self.digest() == self.hash
+        } else {
+            self.digest_v1() == self.hash
+        }
+    }
+
     /// The hash of records written before [`HASH_V2`]: fields joined with line breaks,
     /// which a field holding one (or an empty field for an absent one) could shift
     /// unseen. Checked only for records older than every record hashed the new way.
@@ -308,7 +318,7 @@ pub struct ChainReport {
     pub problems: Vec<String>,
 }
 
-fn row_to_chain(r: &Row) -> Result<ChainRecord, StoreError> {
+pub(super) fn row_to_chain(r: &Row) -> Result<ChainRecord, StoreError> {
     Ok(ChainRecord {
         id: r.int(0)?,
         at: r.uint(1)?,

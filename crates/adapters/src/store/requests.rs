@@ -13,12 +13,19 @@ use super::sql::{Tx, args};
 
 /// Queues an operator request for release `id` inside `tx`, and chains who asked.
 async fn queue_command(tx: &mut Tx, id: &str, command: &OperatorCommand) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO commands (release_id, actor, reason, force, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        args![id, &command.actor, &command.reason, command.force, command.kind.as_str(), command.at],
-    )
-    .await?;
-    let body = serde_json::json!({"reason": command.reason, "force": command.force}).to_string();
+    let queued = tx
+        .query_opt(
+            "INSERT INTO commands (release_id, actor, reason, force, kind, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            args![id, &command.actor, &command.reason, command.force, command.kind.as_str(), command.at],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Database("a queued request got no id".into()))?
+        .uint(0)?;
+    // The record names the row it vouches for: a row nobody asked for through rampart
+    // (written into the table directly) has no record, and is never obeyed.
+    let body =
+        serde_json::json!({"reason": command.reason, "force": command.force, "command": queued})
+            .to_string();
     chain(
         tx,
         command.at,
@@ -107,17 +114,101 @@ impl StateStore {
                 self.drop_command_now(release_id, id).await?;
                 continue;
             };
-            return Ok(Some((
-                id,
-                OperatorCommand {
-                    kind,
-                    actor: r.text(0)?,
-                    reason: r.text(1)?,
-                    force: r.bool(2)?,
-                    at: r.uint(4)?,
-                },
-            )));
+            let command = OperatorCommand {
+                kind,
+                actor: r.text(0)?,
+                reason: r.text(1)?,
+                force: r.bool(2)?,
+                at: r.uint(4)?,
+            };
+            if !self.vouched(release_id, id, &command).await? {
+                tracing::warn!(
+                    release = %release_id,
+                    request = id,
+                    kind = command.kind.as_str(),
+                    actor = %command.actor,
+                    "a queued request the audit chain never recorded as it stands (written into the table directly, or edited since) is refused, not obeyed"
+                );
+                self.refuse_command_now(release_id, id, &command).await?;
+                continue;
+            }
+            return Ok(Some((id, command)));
         }
+    }
+
+    /// Whether the audit chain recorded request `command` of `release_id` as it is
+    /// queued: a `request:KIND` record of that release naming the request (or, for one
+    /// queued before records named their requests, with the same person, time, reason
+    /// and force), whose hash is right and which the chain goes on from (the next
+    /// record links to it, or it is the head). A row written into the table directly,
+    /// or edited since (its time moved, its force flipped), has none.
+    async fn vouched(
+        &self,
+        release_id: &str,
+        command: u64,
+        asked: &OperatorCommand,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.db.conn().await?;
+        let records = conn
+            .query(
+                "SELECT id, at, actor, action, release_id, seq, body, prev, hash FROM chain WHERE release_id = ?1 AND action = ?2 ORDER BY id",
+                args![release_id, format!("request:{}", asked.kind.as_str())],
+            )
+            .await?;
+        for row in &records {
+            let rec = super::chain::row_to_chain(row)?;
+            let body: serde_json::Value = serde_json::from_str(&rec.body).unwrap_or_default();
+            let names = match body.get("command") {
+                Some(named) => named.as_u64() == Some(command),
+                None => true,
+            };
+            let same = rec.actor == asked.actor
+                && rec.at == asked.at
+                && body["reason"].as_str() == Some(asked.reason.as_str())
+                && body["force"].as_bool() == Some(asked.force);
+            if !(names && same && rec.intact()) {
+                continue;
+            }
+            let next = conn
+                .query_opt("SELECT prev FROM chain WHERE id = ?1", args![rec.id + 1])
+                .await?;
+            match next {
+                Some(n) if n.text(0)? != rec.hash => continue,
+                _ => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Marks request `command` of `release_id` answered without an input, and records
+    /// in the chain that it was refused as one nobody asked for.
+    async fn refuse_command_now(
+        &self,
+        release_id: &str,
+        command: u64,
+        asked: &OperatorCommand,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.acting().await?;
+        tx.execute(ANSWER_COMMAND, args![command, release_id])
+            .await?;
+        let body = serde_json::json!({
+            "command": command,
+            "kind": asked.kind.as_str(),
+            "actor": asked.actor,
+            "at": asked.at,
+            "why": "no request recorded in the audit chain matches it",
+        })
+        .to_string();
+        chain(
+            &mut tx,
+            asked.at,
+            "rampart",
+            "request_refused",
+            Some((release_id, None)),
+            &body,
+        )
+        .await?;
+        tx.commit().await
     }
 
     /// Marks request `command` of `release_id` answered, without an input.

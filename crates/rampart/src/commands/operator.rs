@@ -183,7 +183,7 @@ pub(super) async fn act_inner(
         ));
     }
     let backend = Backend::open(target, actor, clock).await?;
-    let view = backend.release(release).await?;
+    let view = backend.target(release).await?;
     let answer = backend.act(&view, what, reason, force).await?;
     Ok((backend, answer))
 }

@@ -504,7 +504,7 @@ impl Rampart {
 impl Rampart {
     /// One operator action, as the CLI's: find the release, then ask for the action.
     async fn act(&self, release: &str, what: &str, reason: &str, force: bool) -> Answer {
-        let release = self.backend.release(required("release", release)?).await?;
+        let release = self.backend.target(required("release", release)?).await?;
         Structured::of(&self.backend.act(&release, what, reason, force).await?)
     }
 }

@@ -111,6 +111,9 @@ pub struct Workload {
     pub paused: bool,
     /// Whether its pods are all the current template (its rollout is complete).
     pub rolled_out: bool,
+    /// Why its rollout failed (`ProgressDeadlineExceeded`), when it did: waiting
+    /// longer will not complete it.
+    pub rollout_failed: Option<String>,
     /// Its `rampart.dev/*` annotations.
     pub annotations: BTreeMap<String, String>,
     /// The policy, or why there is none to use.
@@ -343,6 +346,13 @@ pub fn canary_of_revision(
     Ok(())
 }
 
+/// Whether `version` (a GitOps release's) names `revision`: the same template,
+/// whatever the policy reads as its tag (an edit of `deploy.kubernetes.image` changes
+/// the version Git's template is released under, not the template).
+pub fn names_revision(version: &str, revision: &str) -> bool {
+    named_revision(version).is_some_and(|r| revision.starts_with(r))
+}
+
 /// The revision (or its first characters) a GitOps release's version names: `TAG+REV`
 /// or `rev-REV`; `None` for a version a person gave (refused for an opted-in
 /// Deployment: see [`canary_of_revision`]).
@@ -513,6 +523,10 @@ fn released(d: &Deployment) -> Option<(String, String)> {
 pub struct Watched {
     client: kube::Client,
     namespaces: Vec<String>,
+    /// Each service's holder (`namespace/name`) when its namespace was last listed: a
+    /// namespace that cannot be listed for a while still holds what it held, and a
+    /// newcomer elsewhere does not take it meanwhile.
+    holders: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
 }
 
 impl std::fmt::Debug for Watched {
@@ -532,7 +546,11 @@ impl Watched {
         } else {
             namespaces
         };
-        Watched { client, namespaces }
+        Watched {
+            client,
+            namespaces,
+            holders: std::sync::Arc::default(),
+        }
     }
 
     /// Connects as `rampart run` does (kubeconfig, then the service account).
@@ -580,6 +598,21 @@ impl Watched {
         // rampart keeps it paused) keeps it, so a newcomer naming another team's
         // service cannot stop that team's releases; when none holds it, or several
         // do, none is released.
+        let unreadable = |key: &str| {
+            seen.unreadable
+                .iter()
+                .any(|(ns, _)| key.split_once('/').is_some_and(|(n, _)| n == ns))
+        };
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        // A holder whose namespace was listed and that is no longer adopted there
+        // (deleted, opted out) holds nothing any more.
+        holders.retain(|_, key| {
+            unreadable(key)
+                || seen
+                    .workloads
+                    .iter()
+                    .any(|w| w.key() == *key && w.annotation(RELEASED_REVISION).is_some())
+        });
         let mut by_service: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
         for w in &seen.workloads {
             if let Ok(p) = &w.policy {
@@ -599,6 +632,18 @@ impl Watched {
                 .collect();
             let holds = w.annotation(RELEASED_REVISION).is_some()
                 && !others.iter().any(|(_, adopted)| *adopted);
+            if holds {
+                holders.insert(p.service.clone(), key.clone());
+            } else if let Some(holder) = holders
+                .get(&p.service)
+                .filter(|h| **h != key && unreadable(h))
+            {
+                w.policy = Err(format!(
+                    "Deployment {holder} held service `{}` when its namespace was last listed, and it cannot be listed now: Deployment {key} does not take the service meanwhile",
+                    p.service
+                ));
+                continue;
+            }
             if !others.is_empty() && !holds {
                 let others: Vec<&str> = others.iter().map(|(k, _)| k.as_str()).collect();
                 w.policy = Err(format!(
@@ -659,6 +704,10 @@ impl Watched {
             paused: is_paused(d),
             // Every pod on the template, ready or not (an HPA's new pods are).
             rolled_out: objects::on_template(d),
+            rollout_failed: match objects::readiness(d) {
+                objects::Readiness::Failed(why) => Some(why),
+                _ => None,
+            },
             name,
             revision,
             annotations,

@@ -344,7 +344,8 @@ fn gitops_the_documented_role_grants_what_serve_kubernetes_asks_fake_api() {
 fn gitops_a_deployment_opted_in_mid_rollout_is_adopted_once_it_completes_fake_api() {
     let (world, dir, _prom) = setup(true);
     let server = Server::start(&world, dir.path());
-    // Its new pods never get ready for now: the rollout stays under way.
+    // Its new pods never get ready for now: the rollout fails its deadline
+    // (`ProgressDeadlineExceeded`), said as failed, and is not adopted.
     world.lock().unwrap().broken.insert(STABLE.into());
     git_applies(&world, "v2");
     assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Rollout)]);
@@ -355,7 +356,7 @@ fn gitops_a_deployment_opted_in_mid_rollout_is_adopted_once_it_completes_fake_ap
     );
     assert_eq!(
         annotation(&world, "rampart.dev/phase").as_deref(),
-        Some("waiting")
+        Some("failed")
     );
     world.lock().unwrap().broken.clear();
     assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Adopted)]);

@@ -106,14 +106,19 @@ impl Watch {
         // A leader that lost its lease (or stalled past it) leaves the cluster and
         // the queue to the next one: it neither ends, pauses nor submits anything.
         self.acting()?;
-        let seen = self.watched.workloads().await;
-        let workloads = &seen.workloads;
+        // The open releases are read before the Deployments are: a release that ends
+        // between the two reads is then still open here, or its end (the revision
+        // recorded as released) is in the Deployment read after. The other way round,
+        // a promotion that ended in between read as no release and an older revision,
+        // and the revision just promoted was released again.
         let open = self
             .app
             .store
             .open_submissions()
             .await
             .map_err(|e| e.to_string())?;
+        let seen = self.watched.workloads().await;
+        let workloads = &seen.workloads;
         let mut did = Vec::new();
         // A Deployment that is gone (pruned from Git, deleted by hand) or no longer opts
         // in ends its release. One in a namespace this server does not watch (any
@@ -182,21 +187,41 @@ impl Watch {
                 .map_err(e)?;
             return Ok(Did::Invalid(why.clone()));
         }
+        // The service's releases, and this Deployment's own under whatever service its
+        // policy named when they were queued (a renamed service is still this one).
         let mine: Vec<&Submission> = match &w.policy {
-            Ok(p) => open.iter().filter(|s| s.service == p.service).collect(),
-            Err(_) => Vec::new(),
+            Ok(p) => open
+                .iter()
+                .filter(|s| s.service == p.service || s.initiator == initiator(w))
+                .collect(),
+            Err(_) => open
+                .iter()
+                .filter(|s| s.initiator == initiator(w))
+                .collect(),
         };
         if !adopted && !w.rolled_out {
             // Opted in mid-rollout: pausing now would freeze a mix of old and new
-            // pods, and neither would be a released revision.
-            self.watched
-                .report(
-                    w,
+            // pods, and neither would be a released revision. A rollout that failed,
+            // or that someone paused, will not complete on its own: said so.
+            let (phase, message) = match (&w.rollout_failed, w.paused) {
+                (Some(why), _) => (
+                    Phase::Failed,
+                    format!(
+                        "its rollout failed ({why}): fix the template in Git (or roll it back there); the Deployment is adopted once a rollout completes"
+                    ),
+                ),
+                (None, true) => (
                     Phase::Waiting,
-                    "",
-                    "a rollout is under way: the Deployment is adopted once it completes",
-                    &[],
-                )
+                    "paused mid-rollout by someone else: `kubectl rollout resume` it, and it is adopted once its rollout completes".to_string(),
+                ),
+                (None, false) => (
+                    Phase::Waiting,
+                    "a rollout is under way: the Deployment is adopted once it completes"
+                        .to_string(),
+                ),
+            };
+            self.watched
+                .report(w, phase, "", &message, &[])
                 .await
                 .map_err(e)?;
             return Ok(Did::Rollout);
@@ -227,12 +252,20 @@ impl Watch {
             }
         };
         let released = w.annotation(gitops::RELEASED_REVISION) == Some(w.revision.as_str());
+        // A release of the revision Git holds now: its version, or this Deployment's
+        // release naming the same template under another version (the policy's image
+        // pattern, which the version's tag is read with, was edited since).
+        let this_revision = |s: &Submission| {
+            s.version == p.version
+                || (s.initiator == initiator(w)
+                    && rampart_kubernetes::gitops::names_revision(&s.version, &w.revision))
+        };
         // A release of another revision (Git moved on, or back) is superseded.
         for s in mine
             .iter()
             // Only this Deployment's own: another Deployment whose policy names the
             // same service is not Git moving on.
-            .filter(|s| s.version != p.version && s.initiator == initiator(w))
+            .filter(|s| !this_revision(s) && s.initiator == initiator(w))
         {
             let reason = format!(
                 "superseded: Git applied revision {} (version {}) to Deployment {} while this release of {} ran; it rolls back, and {}",
@@ -290,7 +323,7 @@ impl Watch {
                 .map_err(e)?;
             return Ok(Did::Nothing);
         }
-        if let Some(s) = mine.iter().find(|s| s.version == p.version) {
+        if let Some(s) = mine.iter().find(|s| this_revision(s)) {
             let view = view_of(&self.app, &s.id)
                 .await
                 .map_err(|e| e.message().to_string())?;

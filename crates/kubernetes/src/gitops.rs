@@ -606,12 +606,13 @@ impl Watched {
         let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
         // A holder whose namespace was listed and that is no longer adopted there
         // (deleted, opted out) holds nothing any more.
-        holders.retain(|_, key| {
+        holders.retain(|service, key| {
             unreadable(key)
-                || seen
-                    .workloads
-                    .iter()
-                    .any(|w| w.key() == *key && w.annotation(RELEASED_REVISION).is_some())
+                || seen.workloads.iter().any(|w| {
+                    w.key() == *key
+                        && w.annotation(RELEASED_REVISION).is_some()
+                        && w.policy.as_ref().is_ok_and(|p| p.service == *service)
+                })
         });
         let mut by_service: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
         for w in &seen.workloads {

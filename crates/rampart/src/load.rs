@@ -250,6 +250,37 @@ pub async fn release_under_load(
 mod tests {
     use super::*;
 
+    /// Every path the policy accepts can be sent (the load never stops on one), and
+    /// what it refuses could not be.
+    #[test]
+    fn the_paths_the_policy_accepts_are_the_ones_the_client_sends() {
+        let policy = |paths: &str| {
+            rampart_core::Policy::from_yaml(&format!(
+                "service: shop\ndeploy: {{process: {{command: [x, \"{{port}}\"]}}}}\ntraffic: {{proxy: {{listen: \"127.0.0.1:1\"}}}}\nstrategy: {{canary: {{steps: [{{weight: 10, bake: 1m}}]}}}}\nanalysis:\n  load: {{rate: 10, paths: [{paths}]}}\n  metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]\n"
+            ))
+        };
+        let sends = |path: &str| {
+            Request::get(format!("http://127.0.0.1:1{path}"))
+                .body(Empty::<bytes::Bytes>::new())
+                .is_ok()
+        };
+        for path in [
+            "/items?page[size]=10&ids[]=1",
+            "/f?fields=a|b&q=`x`",
+            "/caf\u{e9}",
+            "/a\\b^c{d}\"e\"",
+            "/orders?total%3E10",
+        ] {
+            let quoted = format!("{path:?}");
+            assert!(policy(&quoted).is_ok(), "{path}: refused");
+            assert!(sends(path), "{path}: accepted, but cannot be sent");
+        }
+        for path in ["/orders?total>10", "/a<b", "/a#b", "/a`b", "/a\u{1}b"] {
+            let quoted = format!("{path:?}");
+            assert!(policy(&quoted).is_err(), "{path}: accepted");
+        }
+    }
+
     /// A sticky header the policy's load sets itself is sent as set, once: the load's
     /// own user ids would have been a second value of it, and a proxy reads the first.
     #[test]

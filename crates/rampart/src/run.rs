@@ -724,19 +724,22 @@ pub async fn run_release(
     };
     // A leader of several replicas that stalls past its lease between a decision and
     // its change must not make the change when it wakes (see `store::acting`).
+    let fenced_deployer: Arc<dyn Deployer> = Arc::new(Fenced::new(deployer.clone(), store.clone()));
+    let fenced_router: Arc<dyn rampart_core::ports::TrafficRouter> =
+        Arc::new(Fenced::new(plane.router.clone(), store.clone()));
     let ports = Ports {
-        deployer: Arc::new(Fenced::new(deployer.clone(), store.clone())),
-        router: Arc::new(Fenced::new(
-            match &processes {
-                Some(p) => Arc::new(crate::dataplane::revive::StableRevived::new(
-                    plane.router.clone(),
-                    p.clone(),
-                    &policy.service,
-                )) as Arc<dyn rampart_core::ports::TrafficRouter>,
-                None => plane.router.clone(),
-            },
-            store.clone(),
-        )),
+        deployer: fenced_deployer.clone(),
+        // A switch to stable finds it running (see `revive`): started again, fenced
+        // like every other change, when every replica exited mid-release.
+        router: match &processes {
+            Some(p) => Arc::new(crate::dataplane::revive::StableRevived::new(
+                fenced_router,
+                fenced_deployer,
+                p.clone(),
+                &policy.service,
+            )),
+            None => fenced_router,
+        },
         metrics,
         gates: Arc::new(LocalGates),
         store: store.clone(),

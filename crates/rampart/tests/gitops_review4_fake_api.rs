@@ -291,3 +291,83 @@ fn gitops_review4_an_opt_in_whose_rollout_failed_is_not_left_waiting_for_ever_fa
          {phase:?}: {message:?}"
     );
 }
+
+/// A person rolls back release `id` through the API, and it ends.
+fn rolled_back_by_a_person(server: &Server, id: &str) {
+    use rampart::serve::api::actions::{Act, act};
+    use rampart::serve::auth::{Caller, Role};
+    let caller = Caller {
+        name: "bob".into(),
+        role: Role::Deployer,
+    };
+    let body = axum::body::Bytes::from(r#"{"reason": "support tickets"}"#);
+    let _ = server
+        .rt
+        .block_on(act(
+            server.app.clone(),
+            caller,
+            id.to_string(),
+            Act::Rollback,
+            body,
+        ))
+        .unwrap();
+    server.wait_phase(id, "rolled_back");
+}
+
+/// Review of the fixes: the release the policy edit no longer supersedes rolls back;
+/// the same template, now named by another version, was queued again at the next
+/// tick (the verdict was looked up under the new version only): a second canary of
+/// what was just refused.
+#[test]
+fn gitops_review4_a_revision_refused_after_a_policy_edit_is_not_released_again_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let first = started(&server.tick());
+    server.wait_phase(&first, "awaiting_approval");
+    let edited = policy_text(&world).replace(
+        "registry.example.com/checkout:{version}",
+        "registry.example.com/shop/checkout:{version}",
+    );
+    git_applies_policy(&world, &edited);
+    server.tick();
+    rolled_back_by_a_person(&server, &first);
+    let did = server.tick();
+    assert!(
+        !did.iter().any(|(_, d)| matches!(d, Did::Started(_))),
+        "the revision release {first} rolled back was queued again: {did:?}"
+    );
+    assert_eq!(
+        annotation(&world, "rampart.dev/phase").as_deref(),
+        Some("refused")
+    );
+}
+
+/// Review of the fixes: the policy's service renamed and a new template in the same
+/// sync. The old release is superseded; the new one, queued under the new service,
+/// had no queue to wait in and would have run on the same canary as the rollback.
+/// It waits for the old release to end, then starts.
+#[test]
+fn gitops_review4_a_rename_and_a_new_template_wait_for_the_old_release_to_end_fake_api() {
+    let (world, dir, _prom) = setup(true);
+    let server = Server::start(&world, dir.path());
+    adopted_then_v2(&server, &world);
+    let first = started(&server.tick());
+    server.wait_phase(&first, "awaiting_approval");
+    let renamed = policy_text(&world).replace("service: checkout", "service: checkout-web");
+    git_applies_policy(&world, &renamed);
+    git_applies(&world, "v3");
+    let did = server.tick();
+    assert!(
+        did.iter()
+            .any(|(_, d)| matches!(d, Did::Superseded(id) if *id == first)),
+        "{did:?}"
+    );
+    assert!(
+        !did.iter().any(|(_, d)| matches!(d, Did::Started(_))),
+        "the new template was queued beside the release still ending: {did:?}"
+    );
+    server.wait_over(&first);
+    let next = started(&server.tick());
+    server.wait_phase(&next, "awaiting_approval");
+}

@@ -60,24 +60,55 @@ pub(super) fn refuse(stream: TcpStream) {
 }
 
 /// A client connection that counts its reads, for [`HeadTimer`] to see the first
-/// byte of a request arrive, and gives up on a write the client takes nothing of for
-/// `send_timeout`: the write fails (`TimedOut`) and whoever writes (hyper, the lean
-/// path, a tunnel) closes the connection. A write that goes through, however little of
-/// it, starts the wait again; the sleep is made only when a write has to wait.
+/// byte of a request arrive.
 #[derive(Debug)]
 pub(super) struct Watched<I> {
     io: I,
     reads: Arc<AtomicU64>,
+}
+
+impl<I> Watched<I> {
+    pub(super) fn new(io: I, reads: Arc<AtomicU64>) -> Watched<I> {
+        Watched { io, reads }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+write_through!(Watched);
+
+/// A client's socket that gives up on a write the client takes nothing of for
+/// `send_timeout`: the write fails (`TimedOut`) and whoever writes (hyper, the lean
+/// path, a tunnel, TLS) closes the connection. It sits under TLS, on the socket
+/// itself, so any bytes the client takes (however few) start the wait again: TLS's
+/// own buffering (a flush that waits until a whole record is out) never makes a slow
+/// reader look stalled. The sleep is made only when a write has to wait.
+#[derive(Debug)]
+pub(super) struct SendDeadline<I> {
+    io: I,
     send: Duration,
     /// Since the first write that had to wait, while none has gone through.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<I> Watched<I> {
-    pub(super) fn new(io: I, reads: Arc<AtomicU64>, send: Duration) -> Watched<I> {
-        Watched {
+impl<I> SendDeadline<I> {
+    pub(super) fn new(io: I, send: Duration) -> SendDeadline<I> {
+        SendDeadline {
             io,
-            reads,
             send,
             stalled: None,
         }
@@ -108,23 +139,17 @@ impl<I> Watched<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for SendDeadline<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.reads.fetch_add(1, Ordering::Relaxed);
-        }
-        polled
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for SendDeadline<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

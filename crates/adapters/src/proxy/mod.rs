@@ -575,7 +575,10 @@ impl Proxy {
     ) {
         let header = self.inner.limits.header_timeout;
         let accepted = tokio::select! {
-            accepted = tokio::time::timeout(header, tls.acceptor().accept(stream)) => accepted,
+            accepted = tokio::time::timeout(
+                header,
+                tls.acceptor().accept(limits::SendDeadline::new(stream, self.inner.limits.send_timeout)),
+            ) => accepted,
             _ = closed.changed() => return,
         };
         match accepted {
@@ -585,8 +588,7 @@ impl Proxy {
                 let opened = tokio::time::Instant::now();
                 let reads = Arc::new(AtomicU64::new(0));
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io =
-                    limits::Watched::new(stream, reads.clone(), self.inner.limits.send_timeout);
+                let io = limits::Watched::new(stream, reads.clone());
                 if h2 {
                     self.serve_http2(io, conn, closed, open, opened).await;
                 } else if self.inner.lean.is_some() {
@@ -619,7 +621,10 @@ impl Proxy {
         opened: tokio::time::Instant,
     ) {
         let reads = Arc::new(AtomicU64::new(0));
-        let io = limits::Watched::new(stream, reads.clone(), self.inner.limits.send_timeout);
+        let io = limits::Watched::new(
+            limits::SendDeadline::new(stream, self.inner.limits.send_timeout),
+            reads.clone(),
+        );
         let deadline = opened + self.inner.limits.header_timeout;
         let Some((protocol, io)) = h2::sniff(io, deadline).await else {
             return;

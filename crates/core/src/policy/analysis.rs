@@ -791,9 +791,14 @@ fn decode_load(cx: &mut Decoder, node: &Node, path: &str) -> Option<Load> {
                     );
                     return None;
                 }
-                // What a request line may carry as it is (RFC 3986); anything else
-                // would never be sent.
-                if let Some(c) = path.chars().find(|c| !uri_char(*c)) {
+                // What no request line can carry (the HTTP client refuses it, and the
+                // load would send nothing): a control character, `<`, `>`, `#`, or a
+                // backtick before the query.
+                let query_at = path.find('?').unwrap_or(path.len());
+                if let Some((_, c)) = path
+                    .char_indices()
+                    .find(|(i, c)| !uri_char(*c, *i >= query_at))
+                {
                     let encoded: String = c
                         .encode_utf8(&mut [0; 4])
                         .bytes()
@@ -1533,9 +1538,11 @@ fn decode_threshold(
     Some((t, direction))
 }
 
-/// Whether a request path may carry `c` as it is: the characters of RFC 3986's
-/// `path` and `query` (unreserved, sub-delims, `:`, `@`, `/`, `?`) and `%` for what is
-/// percent-encoded.
-fn uri_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/?%".contains(c)
+/// Whether a request target may carry `c` as it is (in its query when `query`): what
+/// the HTTP client sends, which is more than RFC 3986 allows (`[`, `]`, `|`, `{`, `}`,
+/// `"`, `^`, `\\` and UTF-8 letters, common in real paths and queries), and not a
+/// control character, `<`, `>`, `#` (a fragment is never sent), or a backtick
+/// outside the query.
+fn uri_char(c: char, query: bool) -> bool {
+    !(c.is_control() || c == ' ' || c == '<' || c == '>' || c == '#' || (c == '`' && !query))
 }

@@ -1348,10 +1348,17 @@ fn analysis_load_decodes_with_its_defaults_and_refuses_what_cannot_be_sent() {
         d.message
     );
     let d = diagnostic(
-        &with_load("    rate: 5\n    paths: [\"/caf\u{e9}\"]\n", proxy),
+        &with_load("    rate: 5\n    paths: [\"/a`b\"]\n", proxy),
         "analysis.load.paths[0]",
     );
-    assert!(d.message.contains("`%C3%A9`"), "{}", d.message);
+    assert!(d.message.contains("`%60`"), "{}", d.message);
+    // What the HTTP client sends is accepted: JSON:API brackets, pipes, UTF-8.
+    let p = Policy::from_yaml(&with_load(
+        "    rate: 5\n    paths: [\"/items?page[size]=10&ids[]=1\", \"/f?fields=a|b&q=`x`\", \"/caf\u{e9}\"]\n",
+        proxy,
+    ))
+    .unwrap();
+    assert_eq!(p.analysis.load.unwrap().paths.len(), 3);
     let d = diagnostic(
         &with_load(
             "    rate: 5\n    headers: {x-tenant: \"synthetic\\x01\"}\n",

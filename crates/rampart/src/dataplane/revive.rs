@@ -21,6 +21,10 @@ use rampart_core::{Variant, Weight};
 /// all gone.
 pub struct StableRevived {
     inner: Arc<dyn TrafficRouter>,
+    /// Starts the replicas: the release's own deployer, fenced by the lease as every
+    /// change of the release is (so is `inner`).
+    deployer: Arc<dyn Deployer>,
+    /// What runs: the records and the processes behind them.
     processes: Arc<ProcessDeployer>,
     service: String,
 }
@@ -34,14 +38,17 @@ impl std::fmt::Debug for StableRevived {
 }
 
 impl StableRevived {
-    /// Wraps the router of a release whose versions `processes` runs.
+    /// Wraps the (fenced) router of a release whose versions `processes` runs, and
+    /// whose (fenced) `deployer` starts them.
     pub fn new(
         inner: Arc<dyn TrafficRouter>,
+        deployer: Arc<dyn Deployer>,
         processes: Arc<ProcessDeployer>,
         service: &str,
     ) -> StableRevived {
         StableRevived {
             inner,
+            deployer,
             processes,
             service: service.to_string(),
         }
@@ -60,9 +67,12 @@ impl StableRevived {
             %version,
             "every stable replica has exited: starting stable again before traffic moves to it"
         );
+        // As many as the records held (a rolling release's stable runs fewer than the
+        // policy's replicas at its later steps).
+        let replicas = u32::try_from(gone.len()).unwrap_or(u32::MAX);
         let deployed = self
-            .processes
-            .deploy(Variant::Stable, &version)
+            .deployer
+            .scale(Variant::Stable, &version, replicas)
             .await
             .map_err(|e| {
                 PortError::new(format!(

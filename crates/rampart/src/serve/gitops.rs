@@ -376,7 +376,7 @@ impl Watch {
         }
         let released_version = w.annotation(gitops::RELEASED_VERSION);
         if let Some(done) = self
-            .finished(&p.service, &p.version, released_version)
+            .finished(&p.service, &p.version, &w.revision, released_version)
             .await?
         {
             let outcome = done.outcome.as_str();
@@ -473,6 +473,28 @@ impl Watch {
                 }
             }
         }
+        // This Deployment's release queued under another service (its policy's service
+        // was renamed since) runs on the same canary, and no queue orders the two: the
+        // new one waits for it to end (it was superseded above).
+        if let Some(other) = mine
+            .iter()
+            .find(|s| s.initiator == initiator(w) && s.service != p.service)
+        {
+            self.watched
+                .report(
+                    w,
+                    Phase::Waiting,
+                    &other.id,
+                    &format!(
+                        "release {} of this Deployment (under service `{}`, before the policy named `{}`) is ending; revision {} is released after it",
+                        other.id, other.service, p.service, w.revision
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(e)?;
+            return Ok(Did::Nothing);
+        }
         let caller = Caller {
             name: initiator(w),
             role: Role::Deployer,
@@ -545,11 +567,14 @@ impl Watch {
     /// A submission of it that ended before its release began counts too: withdrawn
     /// by a person (`withdrawn`), or refused at its start (`blocked`, or the failure):
     /// without it, a revision whose release is refused before it starts (a canary a
-    /// halted release left with users) would be queued again at every tick.
+    /// halted release left with users) would be queued again at every tick. A release
+    /// of the service under another version naming the same template (`revision`: the
+    /// policy's image pattern was edited since) is this revision's too.
     async fn finished(
         &self,
         service: &str,
         version: &str,
+        revision: &str,
         released: Option<&str>,
     ) -> Result<Option<Done>, String> {
         let recent = self
@@ -568,7 +593,9 @@ impl Watch {
         let since = recent.iter().find(own_promotion).map(|r| r.created_at);
         let mut released_as = None;
         for r in recent.iter().take_while(|r| !own_promotion(r)) {
-            if r.version == version && r.outcome.is_some() && !self.ended_by_the_loop(&r.id).await {
+            let same = r.version == version
+                || rampart_kubernetes::gitops::names_revision(&r.version, revision);
+            if same && r.outcome.is_some() && !self.ended_by_the_loop(&r.id).await {
                 released_as = Some(Done {
                     id: r.id.clone(),
                     outcome: r.outcome.map(|o| o.as_str()).unwrap_or("").to_string(),

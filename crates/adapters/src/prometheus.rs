@@ -57,6 +57,10 @@ pub enum PrometheusError {
     /// No series matched the query.
     #[error("the query returned an empty vector")]
     EmptyVector,
+    /// A query frontend (Thanos, Cortex, Mimir) answered from part of its stores: a
+    /// sum over part of the series would undercount.
+    #[error("the answer is partial ({0}): a sum over part of the series would undercount")]
+    Partial(String),
     /// More than one series: rampart needs one number per variant.
     #[error("the query returned {0} series; aggregate it to one (sum, avg, max)")]
     ManySeries(usize),
@@ -171,6 +175,17 @@ impl Prometheus {
                     .unwrap_or("no error message")
                     .to_string(),
             });
+        }
+        // A query frontend that could not reach some stores still says `success`,
+        // with the sum of the others and a warning saying so.
+        if let Some(partial) = v["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|w| w.to_ascii_lowercase().contains("partial"))
+        {
+            return Err(PrometheusError::Partial(partial.to_string()));
         }
         Ok(v["data"].clone())
     }
@@ -408,6 +423,10 @@ pub fn histogram_of(data: &Value, unit: BucketUnit) -> Result<Histogram, Prometh
     }
     let mut h = Histogram::default();
     let mut below = 0.0;
+    // The cumulative count so far, rounded: each bucket gets what its rounded cumulative
+    // count adds (rounding each bucket's own share would lose every share under a
+    // half, and the `+Inf` bucket's requests with them).
+    let mut counted: u64 = 0;
     let mut last_finite: Option<usize> = None;
     for (bound, cumulative) in &bounds {
         // `increase` extrapolates each bucket's series on its own, so one may count a
@@ -424,8 +443,10 @@ pub fn histogram_of(data: &Value, unit: BucketUnit) -> Result<Histogram, Prometh
                 below,
             });
         }
-        let own = (cumulative - below).max(0.0).round() as u64;
         below = cumulative.max(below);
+        let so_far = below.round() as u64;
+        let own = so_far.saturating_sub(counted);
+        counted = counted.max(so_far);
         let bucket = if bound.is_finite() {
             let micros = (bound * unit.micros()).round().clamp(0.0, u64::MAX as f64) as u64;
             let b = bucket_of(micros);

@@ -107,6 +107,33 @@ fn events_within(events: Option<f64>, total: Option<u64>) -> Option<u64> {
     (e <= n.saturating_add((n / 20).max(2))).then(|| e.min(n))
 }
 
+/// A counts metric's reading as a lone interval judges it, ready to be added to
+/// others: each side's events read within its total (clamped, see [`events_within`])
+/// and its total as a count, or none for a side that is no reading (negative, not a
+/// number, events far above the total). Pooling adds these, never the raw values: an
+/// interval reading 22 good out of 20 (two extrapolated series) or -4 errors would
+/// otherwise cancel another interval's real failures.
+pub fn counts_read(q: &QueryReading) -> QueryReading {
+    let side = |events: Option<f64>, total: Option<f64>| {
+        let n = as_count(total);
+        let e = events_within(events, n);
+        match (e, n) {
+            (Some(e), Some(n)) => (Some(e as f64), Some(n as f64)),
+            _ => (None, None),
+        }
+    };
+    let (stable, stable_samples) = side(q.stable, q.stable_samples);
+    let (canary, canary_samples) = side(q.canary, q.canary_samples);
+    QueryReading {
+        stable,
+        canary,
+        stable_samples,
+        canary_samples,
+        detail: over_total(q).unwrap_or_else(|| q.detail.clone()),
+        ..q.clone()
+    }
+}
+
 /// Why a counts metric's reading is none: its events are more than its total.
 fn over_total(q: &QueryReading) -> Option<String> {
     [("stable", q.stable, q.stable_samples), ("canary", q.canary, q.canary_samples)]

@@ -40,10 +40,23 @@ fn pooled_threshold(
             None => std::borrow::Cow::Borrowed(s),
         }
     }
+    let counts = m.metric == BuiltinMetric::Counts;
+    // A counts metric's interval is read as a lone interval reads it (clamped, or no
+    // reading) before anything is pooled.
+    let cleaned;
+    let raw = if counts {
+        let mut c = raw.clone();
+        for q in c.queries.iter_mut().filter(|q| q.name == m.name) {
+            *q = judge::counts_read(q);
+        }
+        cleaned = c;
+        &cleaned
+    } else {
+        raw
+    };
     let prepared = judged(baseline, raw);
     let sample: &IntervalSample = &prepared;
     let poolable = m.metric != BuiltinMetric::Query;
-    let counts = m.metric == BuiltinMetric::Counts;
     let buckets = reads_buckets(m);
     // A counts value (or a histogram) missing from this interval would make the pool's
     // sum missing for good: the interval is judged alone (no data) and the pool kept
@@ -51,10 +64,12 @@ fn pooled_threshold(
     // to 100 % it has no series, and an absolute limit is judged (and pooled) without.
     let reading = sample.queries.iter().find(|q| q.name == m.name);
     let needs_stable = t.relative();
+    // A canary total of 0 is an interval without canary requests: no data, as for the
+    // builtin metrics, never pooled.
     let missing = (counts
         && reading.is_none_or(|q| {
             q.canary.is_none()
-                || q.canary_samples.is_none()
+                || q.canary_samples.is_none_or(|n| n == 0.0)
                 || (needs_stable && (q.stable.is_none() || q.stable_samples.is_none()))
         }))
         || (buckets
@@ -131,7 +146,9 @@ fn add_to_baseline(
         let Some(q) = sample.queries.iter().find(|q| q.name == *name) else {
             continue;
         };
-        // Events and their total only together, so the share stays right.
+        // Read as a lone interval reads it (clamped, or no reading), and events and
+        // their total only together, so the share stays right.
+        let q = judge::counts_read(q);
         let (Some(events), Some(total)) = (q.stable, q.stable_samples) else {
             continue;
         };

@@ -46,7 +46,7 @@ async fn a_prometheus_partial_response_is_no_data_not_an_undercount() {
         "  interval: 30s\n  prometheus: {url}\n  metrics:\n    - {{name: errors, source: prometheus, bad: 'bad{{track=\"{{variant}}\"}}', total: 'total{{track=\"{{variant}}\"}}', judge: {{max: 1%}}}}\n"
     ));
     let spec = p.analysis.metrics[0].clone();
-    let rampart_core::policy::Judge::Threshold(t) = spec.judge.clone() else {
+    let rampart_core::policy::Judge::Threshold(t) = spec.judge else {
         panic!("{:?}", spec.judge)
     };
     let q = first_reading(&p, &[]).await;

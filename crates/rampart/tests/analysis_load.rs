@@ -5,39 +5,6 @@
 
 mod common;
 
-/// A quiet service: v2 fails `v2_errors` of its requests; `load` is the
-/// `analysis.load` block (empty for none).
-fn policy(dir: &std::path::Path, v2_errors: &str, load: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"service: quiet
-deploy:
-  process:
-    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
-    env: {{SAMPLE_ERROR_RATE: "v1=0,v2={v2_errors}", SAMPLE_LATENCY_MS: "1"}}
-    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
-    stop_timeout: 2s
-traffic:
-  proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}
-strategy:
-  canary:
-    steps:
-      - {{weight: 20, bake: 2s}}
-      - {{weight: 50, bake: 2s}}
-analysis:
-  interval: 1s
-  min_samples: 10
-  no_data: {{limit: 2, action: halt}}
-{load}  metrics:
-    - {{name: errors, metric: error_rate, judge: sequential}}
-"#,
-        exe = common::exe(),
-        port = common::free_port(),
-    );
-    let path = dir.join("rampart.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// `rampart run` with no client at all: (exit code, report).
 fn release(path: &std::path::Path) -> (i32, serde_json::Value) {
     let state = path.parent().unwrap().join("state");
@@ -61,19 +28,19 @@ fn release(path: &std::path::Path) -> (i32, serde_json::Value) {
 #[test]
 fn a_quiet_service_is_judged_on_rampart_s_own_load() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, v) = release(&policy(dir.path(), "30%", ""));
+    let (code, v) = release(&common::quiet_policy(dir.path(), "30%", ""));
     assert_eq!(code, 4, "no users, no data: {v}");
 
     let dir = tempfile::tempdir().unwrap();
     let load = "  load: {rate: 100, paths: [/, /orders], headers: {x-tenant: synthetic}}\n";
-    let (code, v) = release(&policy(dir.path(), "30%", load));
+    let (code, v) = release(&common::quiet_policy(dir.path(), "30%", load));
     assert_eq!(code, 3, "rolled back on its own load's evidence: {v}");
     assert!(v["requests"]["canary"].as_u64().unwrap() > 10, "{v}");
     assert!(v["reason"].to_string().contains("errors"), "{v}");
 
     let dir = tempfile::tempdir().unwrap();
     let uncounted = "  load: {rate: 100, counts: false}\n";
-    let (code, v) = release(&policy(dir.path(), "30%", uncounted));
+    let (code, v) = release(&common::quiet_policy(dir.path(), "30%", uncounted));
     assert_eq!(code, 4, "its own load counted in nothing: {v}");
     assert_eq!(v["requests"]["canary"].as_u64(), Some(0), "{v}");
     assert_eq!(v["requests"]["stable"].as_u64(), Some(0), "{v}");

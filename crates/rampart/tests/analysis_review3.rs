@@ -151,39 +151,6 @@ fn a_header_value_the_policy_accepts_never_stops_the_load() {
     assert!(seen.contains("path /"), "{seen:?}");
 }
 
-/// A quiet service whose v2 fails 30 % of its requests; `load` is the
-/// `analysis.load` block (as analysis_load.rs).
-fn release_policy(dir: &std::path::Path, load: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"service: quiet
-deploy:
-  process:
-    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
-    env: {{SAMPLE_ERROR_RATE: "v1=0,v2=30%", SAMPLE_LATENCY_MS: "1"}}
-    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
-    stop_timeout: 2s
-traffic:
-  proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}
-strategy:
-  canary:
-    steps:
-      - {{weight: 20, bake: 2s}}
-      - {{weight: 50, bake: 2s}}
-analysis:
-  interval: 1s
-  min_samples: 10
-  no_data: {{limit: 2, action: halt}}
-{load}  metrics:
-    - {{name: errors, metric: error_rate, judge: sequential}}
-"#,
-        exe = common::exe(),
-        port = common::free_port(),
-    );
-    let path = dir.join("rampart.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// What the user sees of the defect above, end to end: `rampart validate` accepts
 /// the policy (exit 0), and `rampart run` of a bad canary on a quiet service with that
 /// load halts for want of data (exit 4, paging a human) where the same load without
@@ -192,7 +159,7 @@ analysis:
 fn a_quiet_bad_canary_with_an_odd_load_path_is_rolled_back_not_halted() {
     let dir = tempfile::tempdir().unwrap();
     let load = "  load: {rate: 100, paths: [/, \"/orders?total>10\"]}\n";
-    let path = release_policy(dir.path(), load);
+    let path = common::quiet_policy(dir.path(), "30%", load);
     let validated = common::rampart()
         .args(["validate", "-f"])
         .arg(&path)

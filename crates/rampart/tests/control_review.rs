@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rampart_adapters::store::memory::MemoryStore;
-use rampart_adapters::store::{StateStore, Submission, Tokens};
+use rampart_adapters::store::{StateStore, Submission, Submissions, Tokens};
 use rampart_core::ports::{CommandKind, OperatorCommand, ReleaseRecord, Store, StoredInput};
 use rampart_core::release::{Input, Release, step};
 use serde_json::{Value, json};
@@ -467,5 +467,68 @@ fn a_promotion_asked_before_a_freeze_is_not_applied_during_it() {
     assert!(
         !promoted,
         "a promotion was applied while the service was frozen:\n{events}"
+    );
+}
+
+/// Review: a release can be named by its service ("the service's latest release",
+/// docs/control-plane.md). Against a server, `Backend::release`
+/// (crates/rampart/src/client.rs) asks `GET /api/v1/releases?service=S&limit=1`,
+/// whose list puts queued submissions first (crates/rampart/src/serve/api/releases.rs,
+/// `list_releases`): with the next release queued behind the one in progress,
+/// `rampart abort windowed --reason …` (the incident command of the docs) withdraws
+/// the queued one, answers success, and leaves the release in progress running
+/// untouched. The same command on the local store names the release in progress.
+#[test]
+fn abort_by_service_reaches_the_release_in_progress_not_the_one_queued_behind_it() {
+    let (url, _port, store, _feed) = in_memory_api();
+    let rt = runtime();
+    rt.block_on(waiting_release(store.as_ref(), "windowed-1", "alice"));
+    rt.block_on(store.submit(&Submission {
+        id: "windowed-2".into(),
+        service: "windowed".into(),
+        version: "v3".into(),
+        stable: None,
+        hotfix: None,
+        initiator: "ci".into(),
+        policy: WAITING_POLICY.into(),
+        workdir: std::env::temp_dir().display().to_string(),
+        state: "queued".into(),
+        report: None,
+        created_at: 1_700_000_000_000,
+    }))
+    .unwrap();
+    let token = rt
+        .block_on(store.create_token("oncall", "deployer", "test", 1))
+        .unwrap();
+    let out = common::rampart()
+        .args([
+            "abort",
+            "windowed",
+            "--reason",
+            "support tickets",
+            "--server",
+            &url,
+            "--output",
+            "json",
+        ])
+        .env("RAMPART_TOKEN", &token)
+        .env_remove("RAMPART_SERVER")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let queued = rt
+        .block_on(Submissions::submission(store.as_ref(), "windowed-2"))
+        .unwrap()
+        .unwrap();
+    let rollback_asked = rt
+        .block_on(store.next_command("windowed-1"))
+        .unwrap()
+        .is_some_and(|(_, c)| c.kind == CommandKind::Rollback);
+    assert!(
+        rollback_asked || queued.state == "queued",
+        "`rampart abort windowed` (exit {:?}) withdrew the queued release windowed-2 (now {}) and \
+         asked nothing of windowed-1, the release in progress: {stdout}",
+        out.status.code(),
+        queued.state
     );
 }

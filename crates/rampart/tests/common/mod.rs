@@ -224,3 +224,36 @@ pub fn release_json_with(
         .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap(), v)
 }
+
+/// A quiet service (`analysis_load.rs`, `analysis_review3.rs`): v2 fails `v2_errors` of its requests; `load` is the
+/// `analysis.load` block (empty for none).
+pub fn quiet_policy(dir: &std::path::Path, v2_errors: &str, load: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"service: quiet
+deploy:
+  process:
+    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
+    env: {{SAMPLE_ERROR_RATE: "v1=0,v2={v2_errors}", SAMPLE_LATENCY_MS: "1"}}
+    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
+    stop_timeout: 2s
+traffic:
+  proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}
+strategy:
+  canary:
+    steps:
+      - {{weight: 20, bake: 2s}}
+      - {{weight: 50, bake: 2s}}
+analysis:
+  interval: 1s
+  min_samples: 10
+  no_data: {{limit: 2, action: halt}}
+{load}  metrics:
+    - {{name: errors, metric: error_rate, judge: sequential}}
+"#,
+        exe = exe(),
+        port = free_port(),
+    );
+    let path = dir.join("rampart.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -867,8 +867,10 @@ impl Proxy {
         let idle_until = since + limits.idle_timeout;
         let park_at = since + super::park::park_after(limits.idle_timeout);
         // A stop that came during the last answer: a request already read is not
-        // served (hyper's graceful shutdown reads none).
-        if *closed.borrow() {
+        // served (hyper's graceful shutdown reads none). A connection's first request
+        // is: its client connected before the stop, as hyper's path serves it.
+        let mut stopping = *closed.borrow();
+        if stopping && !first {
             return Wait::Expired;
         }
         // How much of the buffer is known to hold no head's end.
@@ -935,7 +937,15 @@ impl Proxy {
                     bufs.park();
                     self.inner.parked.fetch_add(1, Ordering::Relaxed);
                 }
-                _ = closed.changed() => return Wait::Expired,
+                // A stop while a head arrives (or before a connection's first) lets
+                // it come, within the header timeout, to be answered; an idle
+                // kept-alive connection closes at once.
+                _ = closed.changed(), if !stopping => {
+                    if started.is_none() && !first {
+                        return Wait::Expired;
+                    }
+                    stopping = true;
+                }
             }
         }
     }

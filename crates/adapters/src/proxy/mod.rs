@@ -570,17 +570,20 @@ impl Proxy {
         tls: &tls::TlsTerminator,
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
-        mut closed: tokio::sync::watch::Receiver<bool>,
+        closed: tokio::sync::watch::Receiver<bool>,
         open: Arc<OpenConnection>,
     ) {
         let header = self.inner.limits.header_timeout;
-        let accepted = tokio::select! {
-            accepted = tokio::time::timeout(
-                header,
-                tls.acceptor().accept(limits::SendDeadline::new(stream, self.inner.limits.send_timeout)),
-            ) => accepted,
-            _ = closed.changed() => return,
-        };
+        // A stop meanwhile does not cut the handshake: its client connected before the
+        // stop, and its first request is answered (within the header timeout, as ever).
+        let accepted = tokio::time::timeout(
+            header,
+            tls.acceptor().accept(limits::SendDeadline::new(
+                stream,
+                self.inner.limits.send_timeout,
+            )),
+        )
+        .await;
         match accepted {
             Ok(Ok(stream)) => {
                 let conn = ClientConn { peer, tls: true };

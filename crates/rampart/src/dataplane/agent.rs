@@ -233,16 +233,39 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
                 *slot = Some(plane::Feed::new(stream));
                 tell_held(&mut slot, &proxy.table());
             }
-            tokio::select! {
-                held = wait_for_lock(&files, &service) => {
-                    let held = held?;
-                    settled_tx.send_replace(true);
-                    predecessor.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    Some(held)
+            loop {
+                tokio::select! {
+                    held = wait_for_lock(&files, &service) => {
+                        let held = held?;
+                        settled_tx.send_replace(true);
+                        predecessor.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        break Some(held);
+                    }
+                    _ = tokio::signal::ctrl_c() => break None,
+                    _ = term.recv() => break None,
+                    () = stop.notified() => break None,
+                    // A newer data plane takes over before the one this one took over
+                    // from has drained: handed on at once (it would otherwise wait for
+                    // that whole drain), the routes it is told passed on to that one.
+                    Some(next) = handovers.recv() => {
+                        if let Some(a) = admin.take() {
+                            a.close().await;
+                        }
+                        match hand_over(next, &server, &proxy, &predecessor).await {
+                            Ok(()) => {
+                                eprintln!("handed the listening socket over; draining open connections");
+                                server.stop_accepting(&proxy, args.drain, true).await;
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                eprintln!("hand-over failed, serving on: {e}");
+                                admin = Some(bind_admin().await.map_err(Failure::other)?);
+                                handovers =
+                                    handover_requests(&files, &token).map_err(Failure::other)?;
+                            }
+                        }
+                    }
                 }
-                _ = tokio::signal::ctrl_c() => None,
-                _ = term.recv() => None,
-                () = stop.notified() => None,
             }
         }
         (None, None) => return Err(Failure::other("no lock and no hand-over")),
@@ -264,7 +287,7 @@ async fn serve(state_dir: &Path, args: &ProxyArgs) -> Result<(), Failure> {
                     // routes the new process is told, not the ones frozen at the
                     // hand-over (a canary rolled back and stopped meanwhile gets none
                     // of them): `hand_over` follows them.
-                    match hand_over(stream, &server, &proxy).await {
+                    match hand_over(stream, &server, &proxy, &predecessor).await {
                         Ok(()) => {
                             eprintln!("handed the listening socket over; draining open connections");
                             server.stop_accepting(&proxy, args.drain, true).await;
@@ -319,16 +342,23 @@ async fn hand_over(
     stream: std::os::unix::net::UnixStream,
     server: &rampart_adapters::proxy::ProxyServer,
     proxy: &Proxy,
+    predecessor: &Arc<std::sync::Mutex<Option<plane::Feed>>>,
 ) -> Result<(), String> {
     plane::send_listener(&stream, server.listener_fd()).map_err(|e| e.to_string())?;
     let follower = proxy.clone();
+    // A data plane this one took over from and that still drains (a take-over of a
+    // take-over) follows the same routes, and its requests in flight count too.
+    let (told, asked) = (predecessor.clone(), predecessor.clone());
     tokio::task::spawn_blocking(move || {
         let feed = plane::await_serving(stream, Duration::from_secs(30))?;
         std::thread::spawn(move || {
             plane::follow_routes(
                 feed,
-                |table| follower.restore(table),
-                |what| follower.in_flight_of(what),
+                |table| {
+                    follower.restore(table);
+                    tell(&told, table);
+                },
+                |what| follower.in_flight_of(what) + in_flight_before(&asked, what),
             );
         });
         Ok::<(), PlaneError>(())
@@ -456,6 +486,36 @@ fn ask(predecessor: &std::sync::Mutex<Option<plane::Feed>>, what: &plane::InFlig
             *slot = None;
             None
         }
+    }
+}
+
+/// What the data plane this one took over from has in flight to `what`, for a data
+/// plane that took over from this one: 0 once it has gone (or never was), and 1 (busy:
+/// asked again) when it cannot answer now, so a drain never ends on its account
+/// while it may still have a request there.
+fn in_flight_before(
+    predecessor: &std::sync::Mutex<Option<plane::Feed>>,
+    what: &plane::InFlight,
+) -> u64 {
+    let gone = match predecessor.try_lock() {
+        Ok(slot) => slot.is_none(),
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().is_none(),
+        Err(std::sync::TryLockError::WouldBlock) => false,
+    };
+    if gone {
+        return 0;
+    }
+    match ask(predecessor, what) {
+        Some(n) => n,
+        // Let go of meanwhile (it no longer answers): nothing of its counts.
+        None if predecessor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none() =>
+        {
+            0
+        }
+        None => 1,
     }
 }
 

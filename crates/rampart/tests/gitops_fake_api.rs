@@ -16,8 +16,6 @@ use std::time::Duration;
 use gitops::support::cluster::{self, World};
 use gitops::support::{NS, at, deployments};
 use gitops::*;
-use rampart::serve::api::actions::{Act, act};
-use rampart::serve::auth::{Caller, Role};
 use rampart::serve::gitops::Did;
 use rampart_core::ports::Freeze;
 use rampart_kubernetes::gitops::{Phase, Watched};
@@ -242,22 +240,7 @@ fn gitops_a_rolled_back_revision_is_refused_and_stays_paused_on_the_old_pods_fak
     adopted_then_v2(&server, &world);
     let id = started(&server.tick());
     server.wait_phase(&id, "awaiting_approval");
-    let caller = Caller {
-        name: "bob".into(),
-        role: Role::Deployer,
-    };
-    let body = axum::body::Bytes::from(r#"{"reason": "support tickets"}"#);
-    let _ = server
-        .rt
-        .block_on(act(
-            server.app.clone(),
-            caller,
-            id.clone(),
-            Act::Rollback,
-            body,
-        ))
-        .unwrap();
-    server.wait_phase(&id, "rolled_back");
+    server.roll_back(&id);
     assert_eq!(server.tick(), vec![("shop/checkout".into(), Did::Nothing)]);
     assert_eq!(
         annotation(&world, "rampart.dev/phase").as_deref(),
@@ -766,22 +749,7 @@ fn gitops_a_revision_refused_before_another_was_promoted_is_released_again_fake_
     adopted_then_v2(&server, &world);
     let first = started(&server.tick());
     server.wait_phase(&first, "awaiting_approval");
-    let caller = Caller {
-        name: "bob".into(),
-        role: Role::Deployer,
-    };
-    let body = axum::body::Bytes::from(r#"{"reason": "support tickets"}"#);
-    let _ = server
-        .rt
-        .block_on(act(
-            server.app.clone(),
-            caller,
-            first.clone(),
-            Act::Rollback,
-            body,
-        ))
-        .unwrap();
-    server.wait_phase(&first, "rolled_back");
+    server.roll_back(&first);
     server.tick();
     assert_eq!(
         annotation(&world, "rampart.dev/phase").as_deref(),

@@ -292,28 +292,6 @@ fn gitops_review4_an_opt_in_whose_rollout_failed_is_not_left_waiting_for_ever_fa
     );
 }
 
-/// A person rolls back release `id` through the API, and it ends.
-fn rolled_back_by_a_person(server: &Server, id: &str) {
-    use rampart::serve::api::actions::{Act, act};
-    use rampart::serve::auth::{Caller, Role};
-    let caller = Caller {
-        name: "bob".into(),
-        role: Role::Deployer,
-    };
-    let body = axum::body::Bytes::from(r#"{"reason": "support tickets"}"#);
-    let _ = server
-        .rt
-        .block_on(act(
-            server.app.clone(),
-            caller,
-            id.to_string(),
-            Act::Rollback,
-            body,
-        ))
-        .unwrap();
-    server.wait_phase(id, "rolled_back");
-}
-
 /// Review of the fixes: the release the policy edit no longer supersedes rolls back;
 /// the same template, now named by another version, was queued again at the next
 /// tick (the verdict was looked up under the new version only): a second canary of
@@ -331,7 +309,7 @@ fn gitops_review4_a_revision_refused_after_a_policy_edit_is_not_released_again_f
     );
     git_applies_policy(&world, &edited);
     server.tick();
-    rolled_back_by_a_person(&server, &first);
+    server.roll_back(&first);
     let did = server.tick();
     assert!(
         !did.iter().any(|(_, d)| matches!(d, Did::Started(_))),

@@ -251,6 +251,27 @@ impl Server {
             .unwrap();
     }
 
+    /// A person (bob, a deployer) rolls back release `id` through the API, and it
+    /// ends.
+    pub fn roll_back(&self, id: &str) {
+        let caller = Caller {
+            name: "bob".into(),
+            role: Role::Deployer,
+        };
+        let body = axum::body::Bytes::from(r#"{"reason": "support tickets"}"#);
+        let _ = self
+            .rt
+            .block_on(act(
+                self.app.clone(),
+                caller,
+                id.to_string(),
+                Act::Rollback,
+                body,
+            ))
+            .unwrap();
+        self.wait_phase(id, "rolled_back");
+    }
+
     pub fn events(&self, id: &str) -> Vec<(String, String)> {
         self.rt.block_on(async {
             let (_, log) = self.app.store.load(id).await.unwrap();

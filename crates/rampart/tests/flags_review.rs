@@ -75,6 +75,35 @@ fn ramp_bp(path: &Path) -> Option<i64> {
     .ok()
 }
 
+/// Waits (60 s at most) until the store holds the flag at `bp` basis points.
+fn until_ramp(path: &Path, bp: i64) {
+    #[allow(clippy::disallowed_methods)] // the test's own time limit
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ramp_bp(path) != Some(bp) {
+        #[allow(clippy::disallowed_methods)] // the test's own time limit
+        let now = std::time::Instant::now();
+        assert!(now < deadline, "the flag never reached {bp} basis points");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// An on-call's kill switch: `rampart flags set new-checkout --ramp 0`.
+fn kill(path: &Path) -> (i32, String, String) {
+    flags(
+        path,
+        &[
+            "set",
+            "new-checkout",
+            "--ramp",
+            "0",
+            "--reason",
+            "kill: checkout errors",
+            "--as",
+            "oncall",
+        ],
+    )
+}
+
 /// Every `flag_set` audit record: (actor, detail), oldest first.
 fn flag_audit(path: &Path) -> Vec<(String, String)> {
     let db = path.parent().unwrap().join("state/rampart.db");
@@ -170,27 +199,8 @@ fn an_operators_kill_of_a_ramping_flag_is_not_undone_by_the_next_step() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn_guarded();
-    #[allow(clippy::disallowed_methods)] // the test's own time limit
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ramp_bp(&path) != Some(2000) {
-        #[allow(clippy::disallowed_methods)] // the test's own time limit
-        let now = std::time::Instant::now();
-        assert!(now < deadline, "the first step never ramped the flag");
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
-    let (code, _, err) = flags(
-        &path,
-        &[
-            "set",
-            "new-checkout",
-            "--ramp",
-            "0",
-            "--reason",
-            "kill: checkout errors",
-            "--as",
-            "oncall",
-        ],
-    );
+    until_ramp(&path, 2000);
+    let (code, _, err) = kill(&path);
     let out = run.0.wait_with_output_guarded();
     load.abort();
     let end = ramp_bp(&path);
@@ -346,29 +356,10 @@ fn a_kill_made_while_the_controller_is_down_is_not_undone_when_the_release_resum
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn_guarded();
-    #[allow(clippy::disallowed_methods)] // the test's own time limit
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ramp_bp(&path) != Some(2000) {
-        #[allow(clippy::disallowed_methods)] // the test's own time limit
-        let now = std::time::Instant::now();
-        assert!(now < deadline, "the first step never ramped the flag");
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
+    until_ramp(&path, 2000);
     first.0.kill().unwrap(); // SIGKILL: the release stays resumable
     first.0.wait().unwrap();
-    let (code, _, err) = flags(
-        &path,
-        &[
-            "set",
-            "new-checkout",
-            "--ramp",
-            "0",
-            "--reason",
-            "kill: checkout errors",
-            "--as",
-            "oncall",
-        ],
-    );
+    let (code, _, err) = kill(&path);
     assert_eq!(code, 0, "the kill switch was refused: {err}");
     let out = common::run_json(&path, &state, "v1", None)
         .arg("--stop-after")

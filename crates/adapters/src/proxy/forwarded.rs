@@ -83,7 +83,7 @@ pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: boo
         drop_lookalikes(headers);
     }
     if claims {
-        drop_claims(headers);
+        drop_names(headers, claim);
     }
     if !trusted {
         if named {
@@ -144,9 +144,15 @@ pub(super) fn set(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, tls: boo
 /// style servers (WSGI, Rack, PHP) read as `HTTP_X_FORWARDED_FOR` beside the proxy's
 /// own. One pass over the names (collecting none allocates nothing).
 pub(super) fn drop_lookalikes(headers: &mut HeaderMap) {
+    drop_names(headers, lookalike);
+}
+
+/// Takes off every field whose name `drop` picks (one pass over the names; collecting
+/// none allocates nothing).
+fn drop_names(headers: &mut HeaderMap, drop: fn(&str) -> bool) {
     let found: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| lookalike(n.as_str()))
+        .filter(|n| drop(n.as_str()))
         .cloned()
         .collect();
     for name in found {
@@ -154,15 +160,19 @@ pub(super) fn drop_lookalikes(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether `name` (lower case) is one of the [`CLAIMS`], spelled with `-` or, as
-/// CGI-style servers read it the same, `_`.
+/// Whether `name` (lower case) is `canonical` with some `-` spelled `_`, or exactly it:
+/// CGI-style servers read both as one header.
+fn spelled(name: &str, canonical: &str) -> bool {
+    canonical.len() == name.len()
+        && canonical
+            .bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+}
+
+/// Whether `name` (lower case) is one of the [`CLAIMS`], in either spelling.
 fn claim(name: &str) -> bool {
-    CLAIMS.iter().any(|c| {
-        c.len() == name.len()
-            && c.bytes()
-                .zip(name.bytes())
-                .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-    })
+    CLAIMS.iter().any(|c| spelled(name, c))
 }
 
 /// Whether `name` (lower case, as `HeaderName` keeps it) is one of the four forwarding
@@ -171,13 +181,7 @@ fn lookalike(name: &str) -> bool {
     // `x-forwarded-for`, `-host` and `-proto` are 15 to 17 bytes long.
     (15..=17).contains(&name.len())
         && name.contains('_')
-        && [XFF, XFP, XFH].iter().any(|f| {
-            f.as_str().len() == name.len()
-                && f.as_str()
-                    .bytes()
-                    .zip(name.bytes())
-                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-        })
+        && [XFF, XFP, XFH].iter().any(|f| spelled(name, f.as_str()))
 }
 
 /// Takes the forwarding headers, and what looks like them, off a request's trailers:
@@ -186,20 +190,7 @@ fn lookalike(name: &str) -> bool {
 pub(super) fn drop_from_trailers(trailers: &mut HeaderMap) {
     super::remove_named(trailers, &FOUR);
     drop_lookalikes(trailers);
-    drop_claims(trailers);
-}
-
-/// Takes the [`CLAIMS`] off (one pass over the names; collecting none allocates
-/// nothing).
-fn drop_claims(headers: &mut HeaderMap) {
-    let found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| claim(n.as_str()))
-        .cloned()
-        .collect();
-    for name in found {
-        headers.remove(name);
-    }
+    drop_names(trailers, claim);
 }
 
 /// Whether a `Forwarded` line ends outside any quoted string (RFC 7239 4: a `"` opens

@@ -472,19 +472,38 @@ fn tell_held(slot: &mut Option<plane::Feed>, routes: &RouteTable) {
 /// drains and answers now. A question gives way to a route change holding the feed
 /// (`None`, asked again later); a feed out of step is let go, as in [`tell`].
 fn ask(predecessor: &std::sync::Mutex<Option<plane::Feed>>, what: &plane::InFlight) -> Option<u64> {
+    match asked(predecessor, what) {
+        Before::Count(n) => Some(n),
+        Before::Gone | Before::Busy => None,
+    }
+}
+
+/// What [`ask`] learns of the data plane this one took over from.
+enum Before {
+    /// It has gone, or never was, or no longer answers (let go).
+    Gone,
+    /// It cannot answer now (a route change holds the feed, or it is mid-answer).
+    Busy,
+    /// Its requests in flight.
+    Count(u64),
+}
+
+fn asked(predecessor: &std::sync::Mutex<Option<plane::Feed>>, what: &plane::InFlight) -> Before {
     let mut slot = match predecessor.try_lock() {
         Ok(slot) => slot,
         Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => return None,
+        Err(std::sync::TryLockError::WouldBlock) => return Before::Busy,
     };
-    let feed = slot.as_mut()?;
+    let Some(feed) = slot.as_mut() else {
+        return Before::Gone;
+    };
     match feed.ask_in_flight(what) {
-        Ok(plane::Asked::Count(n)) => Some(n),
-        Ok(plane::Asked::NotNow) => None,
+        Ok(plane::Asked::Count(n)) => Before::Count(n),
+        Ok(plane::Asked::NotNow) => Before::Busy,
         Err(e) => {
             eprintln!("the data plane this one took over from no longer answers: {e}");
             *slot = None;
-            None
+            Before::Gone
         }
     }
 }
@@ -497,25 +516,10 @@ fn in_flight_before(
     predecessor: &std::sync::Mutex<Option<plane::Feed>>,
     what: &plane::InFlight,
 ) -> u64 {
-    let gone = match predecessor.try_lock() {
-        Ok(slot) => slot.is_none(),
-        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().is_none(),
-        Err(std::sync::TryLockError::WouldBlock) => false,
-    };
-    if gone {
-        return 0;
-    }
-    match ask(predecessor, what) {
-        Some(n) => n,
-        // Let go of meanwhile (it no longer answers): nothing of its counts.
-        None if predecessor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none() =>
-        {
-            0
-        }
-        None => 1,
+    match asked(predecessor, what) {
+        Before::Gone => 0,
+        Before::Busy => 1,
+        Before::Count(n) => n,
     }
 }
 

@@ -189,16 +189,12 @@ impl Watch {
         }
         // The service's releases, and this Deployment's own under whatever service its
         // policy named when they were queued (a renamed service is still this one).
-        let mine: Vec<&Submission> = match &w.policy {
-            Ok(p) => open
-                .iter()
-                .filter(|s| s.service == p.service || s.initiator == initiator(w))
-                .collect(),
-            Err(_) => open
-                .iter()
-                .filter(|s| s.initiator == initiator(w))
-                .collect(),
-        };
+        let own = initiator(w);
+        let service = w.policy.as_ref().ok().map(|p| p.service.as_str());
+        let mine: Vec<&Submission> = open
+            .iter()
+            .filter(|s| Some(s.service.as_str()) == service || s.initiator == own)
+            .collect();
         if !adopted && !w.rolled_out {
             // Opted in mid-rollout: pausing now would freeze a mix of old and new
             // pods, and neither would be a released revision. A rollout that failed,
@@ -257,7 +253,7 @@ impl Watch {
         // pattern, which the version's tag is read with, was edited since).
         let this_revision = |s: &Submission| {
             s.version == p.version
-                || (s.initiator == initiator(w)
+                || (s.initiator == own
                     && rampart_kubernetes::gitops::names_revision(&s.version, &w.revision))
         };
         // A release of another revision (Git moved on, or back) is superseded.
@@ -265,7 +261,7 @@ impl Watch {
             .iter()
             // Only this Deployment's own: another Deployment whose policy names the
             // same service is not Git moving on.
-            .filter(|s| !this_revision(s) && s.initiator == initiator(w))
+            .filter(|s| !this_revision(s) && s.initiator == own)
         {
             let reason = format!(
                 "superseded: Git applied revision {} (version {}) to Deployment {} while this release of {} ran; it rolls back, and {}",
@@ -478,7 +474,7 @@ impl Watch {
         // new one waits for it to end (it was superseded above).
         if let Some(other) = mine
             .iter()
-            .find(|s| s.initiator == initiator(w) && s.service != p.service)
+            .find(|s| s.initiator == own && s.service != p.service)
         {
             self.watched
                 .report(

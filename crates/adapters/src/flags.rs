@@ -38,7 +38,14 @@ pub struct FlagRouter {
     /// The ramp this router last wrote: a lower one in the store since is someone's
     /// kill (`rampart flags set --ramp 0`), which the release never ramps over.
     wrote: std::sync::Mutex<Option<Weight>>,
+    /// A release taken up again: when it began. Until this router writes, a ramp
+    /// someone else turned down since then is a kill too (the controller that ramped
+    /// may have died between its write and its log, so `wrote` cannot know it).
+    resumed_since: Option<rampart_core::Millis>,
 }
+
+/// Who the flag store records a release's own ramps as.
+const RELEASE_ACTOR: &str = "rampart";
 
 impl std::fmt::Debug for FlagRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,16 +78,52 @@ impl FlagRouter {
             flag_only,
             sticky,
             wrote: std::sync::Mutex::new(None),
+            resumed_since: None,
         }
     }
 
-    /// A release taken up again by a new controller, whose log says its last change
-    /// in force put the ramp at `written`: a lower ramp in the store now is a kill
-    /// someone made while no controller ran it, which the release never ramps over
-    /// (as if this router had written `written` itself).
-    pub fn resumed_at(self, written: Option<Weight>) -> FlagRouter {
+    /// `Some((written, since))`: a release that began at `since`, taken up again by a
+    /// new controller, whose log says its last change in force put the ramp at
+    /// `written` (none: it logged none).
+    /// A lower ramp in the store now is a kill someone made while no controller ran
+    /// it, which the release never ramps over (as if this router had written `written`
+    /// itself); so is a ramp someone other than a release turned down since `since`,
+    /// whatever the log says (the last controller may have written a ramp and died
+    /// before logging it).
+    /// `None`: a new release, left as it was.
+    pub fn resumed(self, resumed: Option<(Option<Weight>, rampart_core::Millis)>) -> FlagRouter {
+        let Some((written, since)) = resumed else {
+            return self;
+        };
         *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = written;
-        self
+        FlagRouter {
+            resumed_since: Some(since),
+            ..self
+        }
+    }
+
+    /// Why raising the ramp to `weight` would undo someone's kill, if it would: the
+    /// store's ramp `now` is lower than this release last wrote, or (a resumed release
+    /// that has not written yet) someone other than a release set it since the
+    /// release began.
+    fn overrides_a_kill(&self, now: &FlagState, weight: Weight) -> Option<String> {
+        if weight <= now.ramp {
+            return None;
+        }
+        let wrote = *self.wrote.lock().unwrap_or_else(|p| p.into_inner());
+        match (wrote, self.resumed_since) {
+            (Some(wrote), _) if now.ramp < wrote => Some(format!(
+                "flag `{}` was turned down to {} outside the release (it had put it at {wrote}): the release does not ramp it up again over that",
+                self.flag, now.ramp
+            )),
+            (None, Some(since)) if now.changed_at >= since && now.changed_by != RELEASE_ACTOR => {
+                Some(format!(
+                    "flag `{}` was set to {} by {} while no controller ran the release: the release does not ramp it up again over that",
+                    self.flag, now.ramp, now.changed_by
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// The match rule that sends the flag's allowlist to the canary.
@@ -128,28 +171,28 @@ impl TrafficRouter for FlagRouter {
             // Raising the ramp over a kill someone made since this release last wrote
             // it would undo an operator's off switch: the change fails instead (and
             // the release rolls back: its flag goes off, as the operator wanted).
-            let wrote = *self.wrote.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(wrote) = wrote
-                && weight > Weight::ZERO
-            {
+            let watching = self.resumed_since.is_some()
+                || self
+                    .wrote
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some();
+            if watching && weight > Weight::ZERO {
                 let now = self
                     .flags
                     .flags(&self.service)
                     .await?
                     .into_iter()
                     .find(|f| f.name == self.flag);
-                if let Some(now) = now.filter(|f| f.ramp < wrote && weight > f.ramp) {
-                    return Err(PortError::new(format!(
-                        "flag `{}` was turned down to {} outside the release (it had put it at {wrote}): the release does not ramp it up again over that",
-                        self.flag, now.ramp
-                    )));
+                if let Some(why) = now.and_then(|f| self.overrides_a_kill(&f, weight)) {
+                    return Err(PortError::new(why));
                 }
             }
             let change = FlagChange {
                 name: self.flag.clone(),
                 ramp: Some(weight),
                 default: None,
-                actor: "rampart".into(),
+                actor: RELEASE_ACTOR.into(),
                 reason: format!("ramped with the release to {weight}"),
                 at: self.clock.now(),
             };
@@ -391,6 +434,88 @@ mod tests {
 
     fn key_of(query: &str) -> Option<String> {
         key(&format!("/flags/f?{query}").parse().expect("a test URI"))
+    }
+
+    /// A router behind the flag's that takes every weight.
+    struct Takes;
+
+    impl TrafficRouter for Takes {
+        fn set_backends<'a>(
+            &'a self,
+            _: Variant,
+            _: &'a [SocketAddr],
+        ) -> BoxFuture<'a, Result<(), PortError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn set_weight<'a>(
+            &'a self,
+            weight: Weight,
+            _: &'a [RouteMatch],
+        ) -> BoxFuture<'a, Result<Weight, PortError>> {
+            Box::pin(async move { Ok(weight) })
+        }
+        fn drain(&self, _: Variant, _: Duration) -> BoxFuture<'_, Result<(), PortError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn drain_endpoints<'a>(
+            &'a self,
+            _: &'a [SocketAddr],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<(), PortError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// A resumed release, begun at 1,000, that logged no ramp, asks for 20 %: with the
+    /// flag at 0 % set last by `by` at `at`, is it refused?
+    async fn refused_after(by: &str, at: rampart_core::Millis) -> bool {
+        let store = Arc::new(
+            crate::store::StateStore::in_memory()
+                .await
+                .expect("a store"),
+        );
+        let def = rampart_core::flags::FlagDef {
+            name: "f".into(),
+            default: false,
+            allow: Vec::new(),
+        };
+        store.define("svc", &[def], 0).await.expect("defined");
+        if by != "policy" {
+            let change = FlagChange {
+                name: "f".into(),
+                ramp: Some(Weight::ZERO),
+                default: None,
+                actor: by.into(),
+                reason: "test".into(),
+                at,
+            };
+            store.set_flag("svc", &change).await.expect("set");
+        }
+        let router = FlagRouter::new(
+            Arc::new(Takes),
+            store,
+            Arc::new(crate::clock::TokioClock::starting_at(5_000)),
+            "svc",
+            "f",
+            true,
+            Sticky::None,
+        )
+        .resumed(Some((None, 1_000)));
+        router
+            .set_weight(Weight::from_percent(20).expect("20 %"), &[])
+            .await
+            .is_err()
+    }
+
+    /// Only someone's change since the release began is a kill: the policy's
+    /// definition, a kill before the release, or a release's own 0 % are not.
+    #[tokio::test]
+    async fn a_resumed_release_ramps_over_nothing_but_a_kill_made_since_it_began() {
+        assert!(refused_after("oncall", 1_000).await);
+        assert!(refused_after("oncall", 4_000).await);
+        assert!(!refused_after("oncall", 999).await);
+        assert!(!refused_after("policy", 0).await);
+        assert!(!refused_after(RELEASE_ACTOR, 2_000).await);
     }
 
     #[test]

@@ -123,6 +123,8 @@ async fn the_flag_endpoint_answers_as_it_always_has() {
         default: false,
         ramp: Weight::from_percent(25).unwrap(),
         allow: vec!["alice".into()],
+        changed_by: String::new(),
+        changed_at: 0,
     };
     let store = Arc::new(Flags(Some(vec![beta])));
     let server = FlagServer::bind("127.0.0.1:0".parse().unwrap(), store, "shop")

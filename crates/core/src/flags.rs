@@ -31,6 +31,13 @@ pub struct FlagState {
     pub ramp: Weight,
     /// Keys that always get the flag on.
     pub allow: Vec<String>,
+    /// Who last changed the ramp or the default (`policy` for a flag never changed
+    /// since the policy defined it, `rampart` for a release's own ramp).
+    #[serde(default)]
+    pub changed_by: String,
+    /// When they did (0 for a flag never changed).
+    #[serde(default)]
+    pub changed_at: crate::units::Millis,
 }
 
 impl FlagState {
@@ -41,6 +48,8 @@ impl FlagState {
             default: d.default,
             ramp: Weight::ZERO,
             allow: d.allow.clone(),
+            changed_by: "policy".into(),
+            changed_at: 0,
         }
     }
 
@@ -167,6 +176,8 @@ mod tests {
             default,
             ramp: Weight::from_basis_points(ramp).unwrap(),
             allow: vec!["qa-1".into()],
+            changed_by: String::new(),
+            changed_at: 0,
         }
     }
 
@@ -242,6 +253,8 @@ mod tests {
             default: false,
             ramp: Weight::from_basis_points(1000).unwrap(),
             allow: Vec::new(),
+            changed_by: String::new(),
+            changed_at: 0,
         };
         assert!(ten_percent("a").evaluate(Some("user-5")).on);
         assert!(!ten_percent("b").evaluate(Some("user-5")).on);

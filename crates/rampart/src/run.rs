@@ -471,18 +471,20 @@ pub async fn run_release(
     // a flag it ramped is known to stand where its last change put it); one that had
     // not yet (gates, migrations, an approval before anything) starts from 0 %, as a
     // new one does, whatever an earlier release left there.
-    let routed_already = match &resume_id {
-        Some(id) => store
-            .load(id)
-            .await
-            .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?
-            .1
-            .iter()
-            .rev()
-            .find_map(|e| match e.input {
-                Input::TrafficSet { weight } => Some(weight),
-                _ => None,
-            }),
+    let resumed = match &resume_id {
+        Some(id) => {
+            let (release, log) = store
+                .load(id)
+                .await
+                .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
+            Some(crate::dataplane::Resumed {
+                routed: log.iter().rev().find_map(|e| match e.input {
+                    Input::TrafficSet { weight } => Some(weight),
+                    _ => None,
+                }),
+                since: release.created_at,
+            })
+        }
         None => None,
     };
     // Whatever can refuse the release is found before its data plane is touched (a
@@ -665,7 +667,7 @@ pub async fn run_release(
         &clock,
         opts.attach.then_some(local_dir.as_path()),
         found,
-        routed_already,
+        resumed,
         flags_bound,
     )
     .await?;

@@ -338,9 +338,13 @@ fn stopping_a_halted_flag_canary_turns_its_flag_off_with_its_traffic() {
 /// SIGKILL at the first step, an on-call switching the flag off before anyone runs it
 /// again). The release resumes in a new process, which had not written the ramp
 /// itself: it took the 0 % for where its ramp stood and wrote 20 %, then 50 %, then
-/// promoted the flag to everyone. The release's own log says what it had written: a
-/// lower ramp in the store is someone's kill, and the resumed release rolls back over
-/// it instead.
+/// promoted the flag to everyone. A lower ramp in the store is someone's kill, and the
+/// resumed release rolls back over it instead.
+///
+/// The controller is killed as soon as the flag stands at 20 %, which may be before its
+/// log says so (the ramp is written, then logged): the test takes the log back to before
+/// the step whichever it was, since the resumed release must see the kill either way
+/// (it first did only when the log had the step: CI caught the other case).
 #[test]
 fn a_kill_made_while_the_controller_is_down_is_not_undone_when_the_release_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -359,6 +363,27 @@ fn a_kill_made_while_the_controller_is_down_is_not_undone_when_the_release_resum
     until_ramp(&path, 2000);
     first.0.kill().unwrap(); // SIGKILL: the release stays resumable
     first.0.wait().unwrap();
+    // The log and its audit chain as a crash before the step's log entry leaves them:
+    // the entry and anything after it never written (the chain's tail, so the chain
+    // stays whole).
+    let db = rusqlite::Connection::open(state.join("rampart.db")).unwrap();
+    let step: Option<i64> = db
+        .query_row(
+            "SELECT MIN(seq) FROM events WHERE input LIKE '%\"traffic_set\"%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if let Some(step) = step {
+        db.execute(
+            "DELETE FROM chain WHERE id >= (SELECT id FROM chain WHERE seq = ?1 AND release_id IS NOT NULL)",
+            [step],
+        )
+        .unwrap();
+        db.execute("DELETE FROM events WHERE seq >= ?1", [step])
+            .unwrap();
+    }
+    drop(db);
     let (code, _, err) = kill(&path);
     assert_eq!(code, 0, "the kill switch was refused: {err}");
     let out = common::run_json(&path, &state, "v1", None)

@@ -2306,6 +2306,8 @@ mod tests {
                 default: false,
                 ramp: Weight::from_basis_points(bp).expect("a weight below 100 %"),
                 allow: Vec::new(),
+                changed_by: String::new(),
+                changed_at: 0,
             };
             proptest::prop_assert_eq!(
                 sticky_variant("new-checkout", key.as_bytes(), bp) == Variant::Canary,

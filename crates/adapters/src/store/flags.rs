@@ -22,10 +22,12 @@ fn row_to_flag(r: &Row) -> Result<FlagState, StoreError> {
             .and_then(Weight::from_basis_points)
             .unwrap_or(Weight::ZERO),
         allow: serde_json::from_str(&r.text(3)?).unwrap_or_default(),
+        changed_by: r.text(4)?,
+        changed_at: u64::try_from(r.int(5)?).unwrap_or(0),
     })
 }
 
-const FLAG_COLUMNS: &str = "name, default_on, ramp_bp, allow";
+const FLAG_COLUMNS: &str = "name, default_on, ramp_bp, allow, updated_by, updated_at";
 
 // === impl StateStore: flags ===
 
@@ -103,6 +105,8 @@ impl StateStore {
         let after = FlagState {
             ramp: change.ramp.unwrap_or(before.ramp),
             default: change.default.unwrap_or(before.default),
+            changed_by: change.actor.clone(),
+            changed_at: change.at,
             ..before
         };
         tx.execute(

@@ -231,12 +231,21 @@ pub async fn find(
     Ok(found)
 }
 
+/// A release taken up again by a new controller.
+#[derive(Clone, Copy, Debug)]
+pub struct Resumed {
+    /// The weight its log last says it set (none: it logged no routes).
+    pub routed: Option<rampart_core::Weight>,
+    /// When the release began.
+    pub since: rampart_core::Millis,
+}
+
 /// Starts the policy's data plane as [`find`] found it. With `attach_in` (a state
 /// directory), the embedded proxy is the service's long-lived data plane process
 /// there, started if absent; without, it runs in this process and ends with it.
-/// `resumed_at` says a release is taken up again after it set its routes, the last
-/// time at that weight: a router outside rampart keeps the split it finds in force, and
-/// a ramped flag found lower than that was turned down by someone meanwhile. The flag endpoint serves from the start (what the store
+/// `resumed` says a release is taken up again: a router outside rampart keeps the
+/// split it finds in force once the release had set its routes, and a ramped flag
+/// someone turned down meanwhile is not ramped over ([`Resumed`]). The flag endpoint serves from the start (what the store
 /// holds), on `flags` when the caller bound its address already ([`flag_listener`]),
 /// else on the address bound here; the policy's flags are defined last, once the data
 /// plane is up.
@@ -249,7 +258,7 @@ pub async fn start(
     clock: &Arc<dyn Clock>,
     attach_in: Option<&std::path::Path>,
     found: Found,
-    resumed_at: Option<rampart_core::Weight>,
+    resumed: Option<Resumed>,
     flags: Option<tokio::net::TcpListener>,
 ) -> Result<DataPlane, RunError> {
     let Found {
@@ -321,7 +330,7 @@ pub async fn start(
                         policy.strategy.flag_only(),
                         spec.sticky.clone(),
                     )
-                    .resumed_at(resumed_at),
+                    .resumed(resumed.map(|r| (r.routed, r.since))),
                 ),
             };
             let entry = rampart_adapters::proxy::plane::PlaneState::load(
@@ -376,7 +385,7 @@ pub async fn start(
                             policy.strategy.flag_only(),
                             spec.sticky.clone(),
                         )
-                        .resumed_at(resumed_at),
+                        .resumed(resumed.map(|r| (r.routed, r.since))),
                     )
                 }
             };
@@ -433,11 +442,12 @@ pub async fn start(
                     )
                 })?;
             let router = HaproxyRouter::new(&spec.socket, &spec.backend);
-            let router: Arc<dyn TrafficRouter> = Arc::new(if resumed_at.is_some() {
-                router.keeping_the_split()
-            } else {
-                router
-            });
+            let router: Arc<dyn TrafficRouter> =
+                Arc::new(if resumed.is_some_and(|r| r.routed.is_some()) {
+                    router.keeping_the_split()
+                } else {
+                    router
+                });
             DataPlane {
                 routes: router.clone(),
                 router,

@@ -19,9 +19,9 @@ use std::collections::HashSet;
 use std::fmt;
 
 use sqlparser::ast::{
-    AlterColumnOperation, AlterTableOperation, ColumnOption, Expr, Insert, ObjectName,
-    ObjectNamePart, ObjectType, OnConflict, OnConflictAction, OnInsert, Query, SetExpr, Statement,
-    TableConstraint, Value,
+    AlterColumnOperation, AlterTableOperation, ColumnOption, DropBehavior, DropDomain, Expr,
+    Insert, ObjectName, ObjectNamePart, ObjectType, OnConflict, OnConflictAction, OnInsert, Query,
+    ReferentialAction, SetExpr, Statement, TableConstraint, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::{Parser, ParserError};
@@ -107,9 +107,10 @@ rules! {
     DROP_VIEW = "drop-view", Some(Class::Contract), "A view or function dropped: old code that uses it fails.";
     REPLACE_VIEW = "replace-view", Some(Class::Contract), "A view or function replaced (OR REPLACE): old code that uses it gets the new definition.";
     UNRECOGNISED = "unrecognised-statement", Some(Class::Contract), "A statement rampart does not classify: treated as breaking until a reviewer marks it safe.";
+    RUNS_NEW_FUNCTION = "runs-new-function", Some(Class::Contract), "A statement that calls a function or procedure the same migration created: its body is not classified, so it is treated as breaking until a reviewer marks it safe.";
     DROP_COLUMN = "drop-column", Some(Class::Irreversible), "A column dropped: its data is gone, and old code that reads it fails.";
     DROP_TABLE = "drop-table", Some(Class::Irreversible), "A table (or schema, or database) dropped: its data is gone.";
-    DROP_CASCADE = "drop-type-cascade", Some(Class::Irreversible), "A type dropped with CASCADE: every column of that type goes with it, and its data.";
+    DROP_CASCADE = "drop-type-cascade", Some(Class::Irreversible), "A type, domain or extension dropped with CASCADE: every column of its types goes with it, and its data.";
     TRUNCATE = "truncate", Some(Class::Irreversible), "A table emptied: its data is gone.";
     DELETE_ROWS = "delete-rows", Some(Class::Irreversible), "Rows deleted: their data is gone.";
     UPDATE_ROWS = "update-rows", Some(Class::Irreversible), "Rows overwritten: the old values are gone (mark backfills of new columns safe).";
@@ -166,17 +167,32 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
     struct Chunk {
         line: u64,
         notes: Vec<String>,
-        text: String,
+        /// Byte offsets of its text in `sql`, as written: a token printed again is
+        /// not always what was written (a string's doubled quote comes back single,
+        /// and what follows it reads differently).
+        from: usize,
+        to: usize,
         words: Vec<String>,
+        /// Names (upper case) written just before a `(`: the functions it may call.
+        calls: Vec<String>,
     }
+    let at = Offsets::of(sql);
     let mut chunks: Vec<Chunk> = Vec::new();
     // Comments between two statements, with their first and last lines; one on the
     // line of the `;` before them is about that statement, and is not kept.
     let mut comments: Vec<Comment> = Vec::new();
     let mut ended_on = 0;
     let mut current: Option<Chunk> = None;
+    // The token before this one, whitespace and comments aside.
+    let mut last: Option<Token> = None;
     for t in &tokens {
         let start = t.span.start.line;
+        let before = if matches!(t.token, Token::Whitespace(_)) {
+            last.clone()
+        } else {
+            last.replace(t.token.clone())
+        };
+        let last = before;
         match &t.token {
             Token::Whitespace(Whitespace::SingleLineComment { comment, .. })
                 if current.is_none() =>
@@ -208,18 +224,14 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
                 let chunk = current.get_or_insert_with(|| Chunk {
                     line: start,
                     notes: just_above(std::mem::take(&mut comments), start),
-                    text: String::new(),
+                    from: at.byte(t.span.start),
+                    to: 0,
                     words: Vec::new(),
+                    calls: Vec::new(),
                 });
-                match token {
-                    // Written as it was: its newline is a token of its own (the
-                    // comment's `Display` adds one more, and every later line would
-                    // be off by one).
-                    Token::Whitespace(Whitespace::SingleLineComment { prefix, comment }) => {
-                        chunk.text.push_str(prefix);
-                        chunk.text.push_str(comment);
-                    }
-                    token => chunk.text.push_str(&token.to_string()),
+                chunk.to = at.byte(t.span.end);
+                if let (Token::LParen, Some(Token::Word(w))) = (token, &last) {
+                    chunk.calls.push(w.value.to_ascii_uppercase());
                 }
                 if let Token::Word(w) = token {
                     chunk.words.push(w.value.to_ascii_uppercase());
@@ -232,13 +244,14 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
     // can be recognised from its words instead of failing the whole file.
     let mut statements = Vec::with_capacity(chunks.len());
     for c in &chunks {
+        let text = sql.get(c.from..c.to.max(c.from)).unwrap_or_default();
         match Parser::new(&dialect)
-            .try_with_sql(&c.text)
+            .try_with_sql(text)
             .and_then(|mut p| whole_statement(&mut p))
         {
             Ok(stmt) => statements.push(Parsed::Statement(Box::new(stmt))),
             Err(e) => match recognise(&c.words) {
-                Some(rule) => statements.push(Parsed::Recognised(rule, c.text.clone())),
+                Some(rule) => statements.push(Parsed::Recognised(rule, text.to_string())),
                 None => {
                     let message = e.to_string();
                     let offset: u64 = message
@@ -255,15 +268,32 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
             },
         }
     }
-    let chunks: Vec<(u64, Vec<String>)> = chunks.into_iter().map(|c| (c.line, c.notes)).collect();
+    let chunks: Vec<(u64, Vec<String>, Vec<String>)> = chunks
+        .into_iter()
+        .map(|c| (c.line, c.notes, c.calls))
+        .collect();
     let mut created: HashSet<String> = HashSet::new();
+    // Functions and procedures this file created (upper case, without their schema).
+    let mut functions: HashSet<String> = HashSet::new();
     let mut lock_timeout = false;
     let mut out = Vec::new();
-    for (parsed, (line, notes)) in statements.iter().zip(chunks) {
+    for (parsed, (line, notes, calls)) in statements.iter().zip(chunks) {
         let mut f = Findings::default();
+        // What such a call runs is the function's body, which is not read here.
+        if calls.iter().any(|c| functions.contains(c)) {
+            f.add(RUNS_NEW_FUNCTION);
+        }
         let text = match parsed {
             Parsed::Statement(stmt) => {
                 judge(stmt, &mut f, &mut created, &mut lock_timeout);
+                let made = match &**stmt {
+                    Statement::CreateFunction(c) => Some(&c.name),
+                    Statement::CreateProcedure { name, .. } => Some(name),
+                    _ => None,
+                };
+                if let Some(ObjectNamePart::Identifier(id)) = made.and_then(|n| n.0.last()) {
+                    functions.insert(id.value.to_ascii_uppercase());
+                }
                 stmt.to_string()
             }
             Parsed::Recognised(rule, text) => {
@@ -295,6 +325,35 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
         });
     }
     Ok(out)
+}
+
+/// Where each line of a text starts, to turn the tokenizer's locations (lines, and
+/// columns counted in characters, from 1) into byte offsets.
+struct Offsets<'a> {
+    text: &'a str,
+    lines: Vec<usize>,
+}
+
+impl<'a> Offsets<'a> {
+    fn of(text: &'a str) -> Offsets<'a> {
+        let lines = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Offsets { text, lines }
+    }
+
+    /// The byte offset of `loc` (the text's end when past it).
+    fn byte(&self, loc: sqlparser::tokenizer::Location) -> usize {
+        let line = usize::try_from(loc.line.saturating_sub(1)).unwrap_or(usize::MAX);
+        let Some(&start) = self.lines.get(line) else {
+            return self.text.len();
+        };
+        let column = usize::try_from(loc.column.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.text[start..]
+            .char_indices()
+            .nth(column)
+            .map_or(self.text.len(), |(i, _)| start + i)
+    }
 }
 
 /// A comment between statements, with its first and last lines.
@@ -580,7 +639,16 @@ fn judge(
             object_type: ObjectType::Type,
             cascade: true,
             ..
-        } => f.add(DROP_CASCADE),
+        }
+        | Statement::DropDomain(DropDomain {
+            drop_behavior: Some(DropBehavior::Cascade),
+            ..
+        }) => f.add(DROP_CASCADE),
+        Statement::DropExtension(e)
+            if matches!(e.cascade_or_restrict, Some(ReferentialAction::Cascade)) =>
+        {
+            f.add(DROP_CASCADE)
+        }
         Statement::Drop { object_type, .. } => match object_type {
             ObjectType::Table
             | ObjectType::Schema
@@ -1033,6 +1101,11 @@ mod rule_cases {
             "unrecognised-statement",
             "ALTER TABLE t OWNER TO bob",
             "ALTER TABLE t ADD COLUMN c text",
+        ),
+        (
+            "runs-new-function",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$; SELECT f()",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$; SELECT g()",
         ),
         (
             "drop-column",

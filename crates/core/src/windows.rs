@@ -99,6 +99,19 @@ impl Windows {
         u64::try_from(z.timestamp().as_millisecond()).ok()
     }
 
+    /// For a local time in the hour skipped when clocks go forward, the instant they
+    /// jump (a window starting at 02:30 that night opens at 03:00, not 03:30, which
+    /// is how [`Windows::instant`] reads 02:30).
+    fn jump_over(&self, dt: DateTime) -> Option<Millis> {
+        let tz = self.tz();
+        let reading = tz.to_ambiguous_timestamp(dt);
+        if !matches!(reading.offset(), jiff::tz::AmbiguousOffset::Gap { .. }) {
+            return None;
+        }
+        let jump = tz.following(reading.earlier().ok()?).next()?.timestamp();
+        u64::try_from(jump.as_millisecond()).ok()
+    }
+
     /// The freeze in force at `at`, if any: compared as instants, so that a freeze
     /// stays in force through the hour that repeats when clocks go back. A `from` is
     /// read at its earliest instant and a `to` at its latest (a time in a repeated
@@ -184,7 +197,9 @@ impl Windows {
                 break;
             };
             for from in &starts {
-                candidates.extend(self.instant(at_minute(date, *from)));
+                let start = at_minute(date, *from);
+                candidates.extend(self.instant(start));
+                candidates.extend(self.jump_over(start));
             }
         }
         candidates.retain(|t| *t > at);

@@ -176,7 +176,7 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
         /// Names (upper case) written just before a `(`: the functions it may call.
         calls: Vec<String>,
     }
-    let at = Offsets::of(sql);
+    let mut at = Offsets::of(sql);
     let mut chunks: Vec<Chunk> = Vec::new();
     // Comments between two statements, with their first and last lines; one on the
     // line of the `;` before them is about that statement, and is not kept.
@@ -327,32 +327,47 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
     Ok(out)
 }
 
-/// Where each line of a text starts, to turn the tokenizer's locations (lines, and
-/// columns counted in characters, from 1) into byte offsets.
+/// Turns the tokenizer's locations (lines, and columns counted in characters, from 1)
+/// into byte offsets. Locations asked in order cost one pass over the text in all: a
+/// file of one long line is not scanned again for each of its tokens.
 struct Offsets<'a> {
     text: &'a str,
-    lines: Vec<usize>,
+    /// The last location asked, and its byte offset.
+    line: u64,
+    column: u64,
+    byte: usize,
 }
 
 impl<'a> Offsets<'a> {
     fn of(text: &'a str) -> Offsets<'a> {
-        let lines = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        Offsets { text, lines }
+        Offsets {
+            text,
+            line: 1,
+            column: 1,
+            byte: 0,
+        }
     }
 
     /// The byte offset of `loc` (the text's end when past it).
-    fn byte(&self, loc: sqlparser::tokenizer::Location) -> usize {
-        let line = usize::try_from(loc.line.saturating_sub(1)).unwrap_or(usize::MAX);
-        let Some(&start) = self.lines.get(line) else {
-            return self.text.len();
-        };
-        let column = usize::try_from(loc.column.saturating_sub(1)).unwrap_or(usize::MAX);
-        self.text[start..]
-            .char_indices()
-            .nth(column)
-            .map_or(self.text.len(), |(i, _)| start + i)
+    fn byte(&mut self, loc: sqlparser::tokenizer::Location) -> usize {
+        if (loc.line, loc.column) < (self.line, self.column) {
+            (self.line, self.column, self.byte) = (1, 1, 0);
+        }
+        let mut chars = self.text[self.byte..].chars();
+        while (self.line, self.column) < (loc.line, loc.column) {
+            let Some(c) = chars.next() else {
+                self.byte = self.text.len();
+                return self.byte;
+            };
+            // What the tokenizer counts: a new line at `\n`, else one column.
+            if c == '\n' {
+                (self.line, self.column) = (self.line + 1, 1);
+            } else {
+                self.column += 1;
+            }
+            self.byte += c.len_utf8();
+        }
+        self.byte
     }
 }
 

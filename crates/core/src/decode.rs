@@ -207,11 +207,12 @@ impl<'n> MapReader<'n> {
         &self.path
     }
 
-    /// Which of `keys` are present, in the given order.
+    /// Which of `keys` are present with a value, in the given order (a key written
+    /// with none, `max:` or `max: ~`, is absent, as [`MapReader::optional`] reads it).
     pub fn present(&self, keys: &[&'static str]) -> Vec<&'static str> {
         keys.iter()
             .copied()
-            .filter(|k| self.get(k).is_some())
+            .filter(|k| self.get(k).is_some_and(|n| n.kind != NodeKind::Null))
             .collect()
     }
 

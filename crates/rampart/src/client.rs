@@ -404,6 +404,9 @@ impl Backend {
                 actor,
                 clock,
             } => {
+                if let Some(problem) = freeze_problem(on, service, reason) {
+                    return Err(Failure::new("invalid_request", problem));
+                }
                 let by = Freeze {
                     actor: actor.clone(),
                     reason: reason.to_string(),
@@ -420,6 +423,22 @@ impl Backend {
                 Ok(json!({ "freezes": freezes }))
             }
         }
+    }
+}
+
+/// What is wrong with a freeze change, if anything: it needs a reason, and a freeze
+/// put on a scope a service can have (one of `Checkout` would stop nothing: services
+/// are lower case; one made by an older rampart can still be taken off). The server
+/// and the local state directory refuse the same changes.
+pub fn freeze_problem(on: bool, service: Option<&str>, reason: &str) -> Option<String> {
+    if reason.trim().is_empty() {
+        return Some("a freeze change needs a reason".into());
+    }
+    match service {
+        Some(s) if on && !rampart_core::policy::valid_service_name(s) => Some(format!(
+            "`{s}` is not a service name (1 to 63 lower-case letters, digits, `-`, `_` or `.`, starting with a letter or digit): a freeze of it would stop no release"
+        )),
+        _ => None,
     }
 }
 

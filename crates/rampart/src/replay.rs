@@ -15,9 +15,7 @@ pub(crate) fn replay(
     samples: &PathBuf,
     output: Output,
 ) -> Result<Report, RunError> {
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).map_err(|e| RunError::Invalid(format!("{}: {e}", p.display())))
-    };
+    let read = |p: &PathBuf| crate::run::read_text(p).map_err(RunError::from);
     let policy = crate::run::load_policy(file, &read(file)?)?;
     let recorded = rampart_core::samples::Samples::parse(&read(samples)?).map_err(|e| {
         RunError::Invalid(format!("{}:{}: {}", samples.display(), e.line, e.message))

@@ -176,11 +176,66 @@ fn run_lock(local_dir: &Path, service: &str) -> Result<std::fs::File, RunError> 
     )))
 }
 
+/// A file that cannot be read as text: missing, unreadable, or not UTF-8 (then `at`
+/// says the line and column of the first byte that is not, from 1).
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The file.
+    pub file: PathBuf,
+    /// Where the first byte that is not UTF-8 is.
+    pub at: Option<(u64, u64)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl From<Unreadable> for RunError {
+    fn from(e: Unreadable) -> RunError {
+        RunError::Invalid(e.to_string())
+    }
+}
+
+/// Reads a policy (or any text file a command is given) as UTF-8 text; a byte that
+/// is not is refused at its line and column, as a syntax error is.
+pub fn read_text(file: &Path) -> Result<String, Unreadable> {
+    let unreadable = |at, message| Unreadable {
+        file: file.to_path_buf(),
+        at,
+        message,
+    };
+    let bytes = std::fs::read(file).map_err(|e| unreadable(None, e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let good = e.utf8_error().valid_up_to();
+        // The prefix is valid UTF-8 by definition of `valid_up_to`.
+        let before = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        unreadable(
+            Some((line as u64, col as u64)),
+            format!(
+                "byte 0x{:02X} is not UTF-8; save the file as UTF-8",
+                bytes.get(good).copied().unwrap_or(0)
+            ),
+        )
+    })
+}
+
 /// Reads and checks the policy file a command was given. On a problem it prints it
 /// and gives exit code 2.
 pub fn policy_file(file: &Path) -> Result<Policy, i32> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        eprintln!("error: {}: {e}", file.display());
+    let text = read_text(file).map_err(|e| {
+        eprintln!("error: {e}");
         2
     })?;
     load_policy(file, &text).map_err(|e| {

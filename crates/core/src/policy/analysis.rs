@@ -1498,7 +1498,20 @@ fn decode_threshold(
     };
     let upper = m.present(&UPPER_LIMITS);
     let lower = m.present(&LOWER_LIMITS);
-    if upper.is_empty() && lower.is_empty() {
+    // A limit written with no value (a template that rendered to nothing) bounds
+    // nothing: said at its line, not read as absent.
+    let mut empty = false;
+    for key in UPPER_LIMITS.iter().chain(&LOWER_LIMITS) {
+        if let Some(n) = m.get(key).filter(|n| n.kind == NodeKind::Null) {
+            cx.error(
+                n.pos,
+                &m.path_of(key),
+                format!("`{key}` has no value; give a limit, or leave `{key}` out"),
+            );
+            empty = true;
+        }
+    }
+    if upper.is_empty() && lower.is_empty() && !empty {
         cx.error(
             m.pos(),
             path,

@@ -249,10 +249,18 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
     let silences = m.optional_with(cx, "silences", decode_silences);
     let mut strategy = strategy;
     if let (Some(Strategy::Rolling(r)), Some(Deploy::Process(d))) = (&mut strategy, &deploy) {
-        let pos = m.get("strategy").map_or(m.pos(), |n| n.pos);
+        let strategy = m.get("strategy");
+        let at = |key: &str| {
+            let rolling = strategy.and_then(|n| n.field("rolling"));
+            rolling
+                .and_then(|n| n.field(key))
+                .or(rolling)
+                .or(strategy)
+                .map_or(m.pos(), |n| n.pos)
+        };
         if r.batch > d.replicas {
             cx.error(
-                pos,
+                at("batch"),
                 "strategy.rolling.batch",
                 format!(
                     "a batch of {} is more than the {} replica(s) in `deploy.process.replicas`",
@@ -262,7 +270,7 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         }
         if r.max_unavailable >= d.replicas {
             cx.error(
-                pos,
+                at("max_unavailable"),
                 "strategy.rolling.max_unavailable",
                 format!(
                     "{} of {} replica(s) unavailable would leave nothing serving",
@@ -482,9 +490,10 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
     })
 }
 
-fn decode_service(cx: &mut Decoder, node: &Node, path: &str) -> Option<String> {
-    let name = scalar(cx, node, path, "a service name")?;
-    let valid = !name.is_empty()
+/// Whether `name` can name a service: 1 to 63 lower-case letters, digits, `-`, `_`
+/// or `.`, starting with a letter or digit.
+pub fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name
             .chars()
@@ -492,8 +501,12 @@ fn decode_service(cx: &mut Decoder, node: &Node, path: &str) -> Option<String> {
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
-    if !valid {
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+fn decode_service(cx: &mut Decoder, node: &Node, path: &str) -> Option<String> {
+    let name = scalar(cx, node, path, "a service name")?;
+    if !valid_service_name(name) {
         cx.error(
             node.pos,
             path,

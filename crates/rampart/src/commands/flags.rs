@@ -123,8 +123,7 @@ async fn open(
     state_dir: &Path,
     now: Millis,
 ) -> Result<(Policy, Arc<StateStore>), Failure> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| (2, format!("{}: {e}", file.display())))?;
+    let text = crate::run::read_text(file).map_err(|e| (2, e.to_string()))?;
     // A flag command starts no release: rules for new releases only (an allowlist a
     // newer rampart refuses under `client-ip`) never lock the flags of a service.
     let policy = crate::run::load_stored_policy(file, &text).map_err(|e| (2, format!("{e:#}")))?;

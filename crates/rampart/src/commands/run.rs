@@ -114,14 +114,9 @@ pub async fn main(args: RunArgs, clock: Arc<dyn Clock>) -> i32 {
         )
         .await;
     }
-    let text = match std::fs::read_to_string(&file) {
+    let text = match crate::run::read_text(&file) {
         Ok(t) => t,
-        Err(e) => {
-            return fail(
-                output,
-                &RunError::Invalid(format!("{}: {e}", file.display())),
-            );
-        }
+        Err(e) => return fail(output, &e.into()),
     };
     let opts = RunOptions {
         policy_path: file,
@@ -152,10 +147,10 @@ async fn run_remote(
     target: &Target,
     clock: &Arc<dyn Clock>,
 ) -> i32 {
-    let text = match std::fs::read_to_string(policy_path) {
+    let text = match crate::run::read_text(policy_path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {}: {e}", policy_path.display());
+            eprintln!("error: {e}");
             return 2;
         }
     };

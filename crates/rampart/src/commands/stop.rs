@@ -78,8 +78,7 @@ pub async fn stop(
     cluster: Option<crate::dataplane::Cluster>,
     clock: &dyn Clock,
 ) -> Result<Vec<String>, RunError> {
-    let text = std::fs::read_to_string(&args.file)
-        .map_err(|e| RunError::Invalid(format!("{}: {e}", args.file.display())))?;
+    let text = crate::run::read_text(&args.file)?;
     let policy = crate::run::load_stored_policy(&args.file, &text)?;
     let internal = |e: String| RunError::Internal(anyhow::anyhow!(e));
     let store = crate::serve::open_store(args.store.as_deref(), &args.state_dir)

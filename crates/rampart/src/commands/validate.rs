@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::report::{Output, RunError, fail};
+use crate::report::Output;
 
 /// The arguments of `rampart validate`.
 #[derive(Debug, clap::Args)]
@@ -24,12 +24,18 @@ pub fn main(args: ValidateArgs) -> i32 {
 }
 
 fn validate(file: &PathBuf, output: Output) -> i32 {
-    let text = match std::fs::read_to_string(file) {
+    let text = match crate::run::read_text(file) {
         Ok(t) => t,
         Err(e) => {
-            return fail(
+            // The same shape as any invalid policy: line and column 0 when the problem
+            // is the file itself (missing, unreadable), not a place in it.
+            let (line, col) = e.at.unwrap_or((0, 0));
+            return invalid(
+                file,
                 output,
-                &RunError::Invalid(format!("{}: {e}", file.display())),
+                None,
+                &[(line, col, String::new(), e.message.clone())],
+                &[e.to_string()],
             );
         }
     };
@@ -53,26 +59,64 @@ fn validate(file: &PathBuf, output: Output) -> i32 {
             0
         }
         Err(e) => {
-            match output {
-                Output::Json => {
-                    let diags: Vec<_> = e
-                        .diagnostics
-                        .iter()
-                        .map(|d| serde_json::json!({"file": file, "line": d.line, "col": d.col, "path": d.path, "message": d.message}))
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::json!({"valid": false, "file": file, "diagnostics": diags})
-                    );
-                }
-                Output::Text => {
-                    for d in &e.diagnostics {
-                        eprintln!("{}:{d}", file.display());
-                    }
-                    eprintln!("{} problem(s) in {}", e.diagnostics.len(), file.display());
-                }
-            }
-            2
+            let diags: Vec<_> = e
+                .diagnostics
+                .iter()
+                .map(|d| {
+                    (
+                        u64::from(d.line),
+                        u64::from(d.col),
+                        d.path.clone(),
+                        d.message.clone(),
+                    )
+                })
+                .collect();
+            let lines: Vec<String> = e
+                .diagnostics
+                .iter()
+                .map(|d| format!("{}:{d}", file.display()))
+                .collect();
+            invalid(file, output, service_of(&text), &diags, &lines)
         }
     }
+}
+
+/// Reports an invalid policy: JSON `{"valid": false, "file", "service",
+/// "diagnostics"}`, or each line of `text` and a count on stderr. Exit code 2.
+fn invalid(
+    file: &PathBuf,
+    output: Output,
+    service: Option<String>,
+    diags: &[(u64, u64, String, String)],
+    text: &[String],
+) -> i32 {
+    match output {
+        Output::Json => {
+            let diags: Vec<_> = diags
+                .iter()
+                .map(|(line, col, path, message)| serde_json::json!({"file": file, "line": line, "col": col, "path": path, "message": message}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"valid": false, "file": file, "service": service, "diagnostics": diags})
+            );
+        }
+        Output::Text => {
+            for line in text {
+                eprintln!("{line}");
+            }
+            eprintln!("{} problem(s) in {}", text.len(), file.display());
+        }
+    }
+    2
+}
+
+/// The service an invalid policy names, when its name is valid (`null` otherwise).
+fn service_of(text: &str) -> Option<String> {
+    let root = rampart_core::yaml::parse(text).ok()?;
+    let node = root.field("service")?;
+    let rampart_core::yaml::NodeKind::Scalar { text, .. } = &node.kind else {
+        return None;
+    };
+    rampart_core::policy::valid_service_name(text).then(|| text.clone())
 }

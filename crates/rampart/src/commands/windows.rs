@@ -28,10 +28,10 @@ pub fn main(args: WindowsArgs, clock: Arc<dyn Clock>) -> i32 {
 }
 
 /// `rampart windows`: 0 when releases may run now, 5 when they may not.
-fn windows(file: &PathBuf, output: Output, now: Millis) -> i32 {
+fn windows(file: &std::path::Path, output: Output, now: Millis) -> i32 {
     use rampart_core::windows::Status;
-    let policy = match std::fs::read_to_string(file)
-        .map_err(|e| RunError::Invalid(format!("{}: {e}", file.display())))
+    let policy = match crate::run::read_text(file)
+        .map_err(RunError::from)
         .and_then(|t| crate::run::load_policy(file, &t))
     {
         Ok(p) => p,

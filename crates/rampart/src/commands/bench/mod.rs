@@ -39,7 +39,7 @@ pub enum BenchCommand {
         #[arg(long, env = "RAMPART_BENCH_POSTGRES_URL", hide_env_values = true)]
         postgres_url: Option<String>,
         /// Each release's analysis interval.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = parse_interval)]
         interval: Duration,
         /// How long to measure, once every release runs.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -64,6 +64,19 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+}
+
+/// An analysis interval as a policy takes it (`analysis.interval`: 100ms to 1h): the
+/// releases this bench runs are policies too, and a value no policy could have is the
+/// flag's error, not theirs.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "{text} is not an analysis interval; use 100ms to 1h, as `analysis.interval` takes"
+        ));
+    }
+    Ok(d)
 }
 
 /// Runs `rampart bench`.

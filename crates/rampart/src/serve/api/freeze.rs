@@ -55,8 +55,9 @@ pub async fn set_freeze(
     } else {
         Right::FreezeOff
     })?;
-    if body.reason.trim().is_empty() {
-        return Err(ApiError::invalid("a freeze change needs a reason"));
+    if let Some(problem) = crate::client::freeze_problem(on, body.service.as_deref(), &body.reason)
+    {
+        return Err(ApiError::invalid(problem));
     }
     let by = Freeze {
         actor: caller.name.clone(),

@@ -39,9 +39,11 @@ pub struct FlagRouter {
     /// kill (`rampart flags set --ramp 0`), which the release never ramps over.
     wrote: std::sync::Mutex<Option<Weight>>,
     /// A release taken up again: when it began. Until this router writes, a ramp
-    /// someone else turned down since then is a kill too (the controller that ramped
-    /// may have died between its write and its log, so `wrote` cannot know it).
+    /// someone else set since then is a kill too (the controller that ramped may have
+    /// died between its write and its log, so `wrote` may be short of what it wrote).
     resumed_since: Option<rampart_core::Millis>,
+    /// Whether this router has written the ramp itself.
+    wrote_here: std::sync::atomic::AtomicBool,
 }
 
 /// Who the flag store records a release's own ramps as.
@@ -79,6 +81,7 @@ impl FlagRouter {
             sticky,
             wrote: std::sync::Mutex::new(None),
             resumed_since: None,
+            wrote_here: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -105,18 +108,21 @@ impl FlagRouter {
     /// Why raising the ramp to `weight` would undo someone's kill, if it would: the
     /// store's ramp `now` is lower than this release last wrote, or (a resumed release
     /// that has not written yet) someone other than a release set it since the
-    /// release began.
+    /// release began (while a release ramps a flag, people may only turn it down).
     fn overrides_a_kill(&self, now: &FlagState, weight: Weight) -> Option<String> {
         if weight <= now.ramp {
             return None;
         }
         let wrote = *self.wrote.lock().unwrap_or_else(|p| p.into_inner());
+        let unwritten = !self.wrote_here.load(std::sync::atomic::Ordering::Acquire);
         match (wrote, self.resumed_since) {
             (Some(wrote), _) if now.ramp < wrote => Some(format!(
                 "flag `{}` was turned down to {} outside the release (it had put it at {wrote}): the release does not ramp it up again over that",
                 self.flag, now.ramp
             )),
-            (None, Some(since)) if now.changed_at >= since && now.changed_by != RELEASE_ACTOR => {
+            (_, Some(since))
+                if unwritten && now.changed_at >= since && now.changed_by != RELEASE_ACTOR =>
+            {
                 Some(format!(
                     "flag `{}` was set to {} by {} while no controller ran the release: the release does not ramp it up again over that",
                     self.flag, now.ramp, now.changed_by
@@ -198,6 +204,8 @@ impl TrafficRouter for FlagRouter {
             };
             self.flags.set_flag(&self.service, &change).await?;
             *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = Some(weight);
+            self.wrote_here
+                .store(true, std::sync::atomic::Ordering::Release);
             // The allowlist has the flag on at every weight, so its users are the
             // canary's wherever a step sends anyone there: a weight-0 step sends its
             // `match` (a step at 0 % always has one). Only a rollback's 0 % has none:
@@ -466,9 +474,17 @@ mod tests {
         }
     }
 
-    /// A resumed release, begun at 1,000, that logged no ramp, asks for 20 %: with the
-    /// flag at 0 % set last by `by` at `at`, is it refused?
-    async fn refused_after(by: &str, at: rampart_core::Millis) -> bool {
+    /// A resumed release, begun at 1,000, whose log says it put the ramp at `logged`
+    /// %, asks for `ask` %: with the flag at `ramp` % set last by `by` at `at`, is it
+    /// refused?
+    async fn refused(
+        by: &str,
+        at: rampart_core::Millis,
+        logged: Option<u8>,
+        ramp: u8,
+        ask: u8,
+    ) -> bool {
+        let percent = |p: u8| Weight::from_percent(p).expect("a percentage");
         let store = Arc::new(
             crate::store::StateStore::in_memory()
                 .await
@@ -483,7 +499,7 @@ mod tests {
         if by != "policy" {
             let change = FlagChange {
                 name: "f".into(),
-                ramp: Some(Weight::ZERO),
+                ramp: Some(percent(ramp)),
                 default: None,
                 actor: by.into(),
                 reason: "test".into(),
@@ -500,22 +516,24 @@ mod tests {
             true,
             Sticky::None,
         )
-        .resumed(Some((None, 1_000)));
-        router
-            .set_weight(Weight::from_percent(20).expect("20 %"), &[])
-            .await
-            .is_err()
+        .resumed(Some((logged.map(percent), 1_000)));
+        router.set_weight(percent(ask), &[]).await.is_err()
     }
 
     /// Only someone's change since the release began is a kill: the policy's
-    /// definition, a kill before the release, or a release's own 0 % are not.
+    /// definition, a kill before the release, or a release's own ramp are not; and a
+    /// turn-down to where the log says the release stood is one too (the release may
+    /// have written more and died before logging it).
     #[tokio::test]
     async fn a_resumed_release_ramps_over_nothing_but_a_kill_made_since_it_began() {
-        assert!(refused_after("oncall", 1_000).await);
-        assert!(refused_after("oncall", 4_000).await);
-        assert!(!refused_after("oncall", 999).await);
-        assert!(!refused_after("policy", 0).await);
-        assert!(!refused_after(RELEASE_ACTOR, 2_000).await);
+        assert!(refused("oncall", 1_000, None, 0, 20).await);
+        assert!(refused("oncall", 4_000, None, 0, 20).await);
+        assert!(!refused("oncall", 999, None, 0, 20).await);
+        assert!(!refused("policy", 0, None, 0, 20).await);
+        assert!(!refused(RELEASE_ACTOR, 2_000, None, 0, 20).await);
+        assert!(refused("oncall", 2_000, Some(20), 20, 50).await);
+        assert!(!refused(RELEASE_ACTOR, 2_000, Some(20), 50, 50).await);
+        assert!(!refused(RELEASE_ACTOR, 2_000, Some(20), 20, 50).await);
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! Owns running one gate and describing what it saw. It must not decide what a
 //! failure means; the state machine blocks the release.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use rampart_core::policy::{Gate, GateCheck};
 use rampart_core::ports::{BoxFuture, GateRunner};
@@ -14,39 +19,86 @@ use crate::http::get_status;
 
 /// Runs gates from the controller's own process: its environment, its network.
 #[derive(Debug, Default, Clone)]
-pub struct LocalGates;
+pub struct LocalGates {
+    /// The lock file a command run alone holds ([`LocalGates::alone_by`]).
+    alone: Option<PathBuf>,
+}
+
+impl LocalGates {
+    /// Gates whose commands run alone ([`GateRunner::run_alone`]) hold `lock` (a file,
+    /// created if absent) while they run: the command and every process it starts get
+    /// the locked file as their standard input, so the lock outlives a controller
+    /// that dies while they run, and the next run waits for them.
+    pub fn alone_by(lock: PathBuf) -> LocalGates {
+        LocalGates { alone: Some(lock) }
+    }
+
+    async fn run_gate(&self, gate: &Gate, alone: bool) -> GateResult {
+        let (ok, detail) = match &gate.check {
+            GateCheck::Env(vars) => check_env(vars),
+            GateCheck::Http {
+                url,
+                status,
+                timeout,
+            } => match get_status(url, *timeout).await {
+                Ok(code) if status.map_or((200..300).contains(&code), |s| s == code) => {
+                    (true, format!("{url} answered {code}"))
+                }
+                Ok(code) => (
+                    false,
+                    format!(
+                        "{url} answered {code}, expected {}",
+                        status.map_or("2xx".to_string(), |s| s.to_string())
+                    ),
+                ),
+                Err(e) => (false, format!("{url}: {e}")),
+            },
+            GateCheck::Command { run, timeout } => {
+                let lock = self.alone.as_deref().filter(|_| alone);
+                run_command(run, *timeout, lock).await
+            }
+        };
+        GateResult {
+            name: gate.name.clone(),
+            ok,
+            detail,
+        }
+    }
+}
 
 impl GateRunner for LocalGates {
     fn run<'a>(&'a self, gate: &'a Gate) -> BoxFuture<'a, GateResult> {
-        Box::pin(async move {
-            let (ok, detail) = match &gate.check {
-                GateCheck::Env(vars) => check_env(vars),
-                GateCheck::Http {
-                    url,
-                    status,
-                    timeout,
-                } => match get_status(url, *timeout).await {
-                    Ok(code) if status.map_or((200..300).contains(&code), |s| s == code) => {
-                        (true, format!("{url} answered {code}"))
-                    }
-                    Ok(code) => (
-                        false,
-                        format!(
-                            "{url} answered {code}, expected {}",
-                            status.map_or("2xx".to_string(), |s| s.to_string())
-                        ),
-                    ),
-                    Err(e) => (false, format!("{url}: {e}")),
-                },
-                GateCheck::Command { run, timeout } => run_command(run, *timeout).await,
-            };
-            GateResult {
-                name: gate.name.clone(),
-                ok,
-                detail,
-            }
-        })
+        Box::pin(self.run_gate(gate, false))
     }
+
+    fn run_alone<'a>(&'a self, gate: &'a Gate) -> BoxFuture<'a, GateResult> {
+        Box::pin(self.run_gate(gate, true))
+    }
+}
+
+/// Takes `path`'s lock, waiting up to `wait` for whoever holds it (a run of the same
+/// command that a controller which died left running).
+async fn hold(path: &Path, wait: Duration) -> Result<Flock<std::fs::File>, String> {
+    let take = async {
+        loop {
+            // The file stays empty: it is the command's standard input.
+            let file = crate::lockfile::open(path)
+                .map_err(|(what, e)| format!("{what} {}: {e}", path.display()))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(held) => return Ok(held),
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err((_, e)) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+    };
+    tokio::time::timeout(wait, take).await.unwrap_or_else(|_| {
+        Err(format!(
+            "an earlier run of this command (a controller that stopped started it) still ran after {}s, so it was not run again beside it",
+            wait.as_secs()
+        ))
+    })
 }
 
 fn check_env(vars: &[String]) -> (bool, String) {
@@ -62,10 +114,22 @@ fn check_env(vars: &[String]) -> (bool, String) {
     }
 }
 
-async fn run_command(argv: &[String], timeout: std::time::Duration) -> (bool, String) {
+async fn run_command(argv: &[String], timeout: Duration, lock: Option<&Path>) -> (bool, String) {
+    let held = match lock {
+        Some(path) => match hold(path, timeout).await {
+            Ok(held) => Some(held),
+            Err(e) => return (false, e),
+        },
+        None => None,
+    };
+    let stdin = match held.as_deref().map(std::fs::File::try_clone) {
+        Some(Ok(file)) => Stdio::from(file),
+        Some(Err(e)) => return (false, format!("the run's lock could not be passed on: {e}")),
+        None => Stdio::null(),
+    };
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -140,14 +204,14 @@ mod tests {
 
     #[tokio::test]
     async fn command_gate_reports_exit_status_and_output() {
-        let ok = LocalGates
+        let ok = LocalGates::default()
             .run(&gate(GateCheck::Command {
                 run: vec!["true".into()],
                 timeout: Duration::from_secs(5),
             }))
             .await;
         assert!(ok.ok, "{ok:?}");
-        let bad = LocalGates
+        let bad = LocalGates::default()
             .run(&gate(GateCheck::Command {
                 run: vec!["sh".into(), "-c".into(), "echo broken >&2; exit 3".into()],
                 timeout: Duration::from_secs(5),
@@ -158,7 +222,7 @@ mod tests {
             bad.detail.contains("broken") && bad.detail.contains('3'),
             "{bad:?}"
         );
-        let missing = LocalGates
+        let missing = LocalGates::default()
             .run(&gate(GateCheck::Command {
                 run: vec!["/nonexistent/x".into()],
                 timeout: Duration::from_secs(5),
@@ -169,7 +233,7 @@ mod tests {
 
     #[tokio::test]
     async fn command_gate_with_lots_of_stderr_does_not_hang() {
-        let r = LocalGates
+        let r = LocalGates::default()
             .run(&gate(GateCheck::Command {
                 run: vec![
                     "sh".into(),
@@ -184,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn command_gate_times_out() {
-        let r = LocalGates
+        let r = LocalGates::default()
             .run(&gate(GateCheck::Command {
                 run: vec!["sleep".into(), "30".into()],
                 timeout: Duration::from_millis(200),
@@ -195,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn env_gate_names_missing_variables() {
-        let r = LocalGates
+        let r = LocalGates::default()
             .run(&gate(GateCheck::Env(vec![
                 "PATH".into(),
                 "RAMPART_SURELY_UNSET_VAR".into(),
@@ -212,7 +276,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let r = LocalGates
+        let r = LocalGates::default()
             .run(&gate(GateCheck::Http {
                 url: format!("http://127.0.0.1:{port}/"),
                 status: None,

@@ -360,7 +360,11 @@ impl Controller {
             self.feed(&mut run, diverged.input()).await?;
         } else {
             // A release that ended but was not recorded finished may still hold its
-            // silence: resuming it expires that (and changes nothing else).
+            // silence: resuming it expires that (and changes nothing else). Its end
+            // may not have been told: told again.
+            if run.state.phase.is_terminal() {
+                self.notify_end_again(&run, &log).await;
+            }
             self.feed(&mut run, Input::Resumed).await?;
         }
 
@@ -567,7 +571,7 @@ impl Controller {
                     timeout: spec.timeout,
                 },
             };
-            let result = self.ports.gates.run(&gate).await;
+            let result = self.ports.gates.run_alone(&gate).await;
             if !result.ok {
                 return failed(format!("{} applied, then {}", applied.len(), result.detail));
             }
@@ -717,40 +721,81 @@ impl Controller {
             tracing::info!(release = %run.id, kind = %e.kind, weight = %e.weight, "{}", e.message);
         }
         self.observer.on_transition(&input, &run.state, &t.events);
+        self.send_notices(run, &run.state, &t.effects, now).await;
         for effect in &t.effects {
-            if let Effect::Notify {
+            if let (Effect::Silence(op), Some(silences)) = (effect, &run.silences) {
+                let _ = silences.send(op.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands on the notices among `effects`, of the transition logged at `at` that
+    /// left the release in `state`. A notice is dated when its transition was logged,
+    /// so one sent again after a crash has the same id (receivers drop it).
+    async fn send_notices(&self, run: &Run, state: &Release, effects: &[Effect], at: Millis) {
+        for effect in effects {
+            let Effect::Notify {
                 kind,
                 page,
                 message,
                 instead,
             } = effect
-            {
-                let notice = Notice {
-                    kind: *kind,
-                    page: *page,
-                    service: self.policy.service.clone(),
-                    release: run.id.clone(),
-                    version: run.state.version.clone(),
-                    stable: run.state.stable.clone(),
-                    weight: run.state.weight,
-                    message: message.clone(),
-                    instead: instead.clone(),
-                    at: self.ports.clock.now(),
-                };
-                let queued = self
-                    .outbox
-                    .lock()
-                    .ok()
-                    .and_then(|o| o.as_ref().map(|tx| tx.send(notice.clone()).is_ok()))
-                    .unwrap_or(false);
-                if !queued {
-                    self.ports.notifier.notify(&notice).await;
-                }
-            } else if let (Effect::Silence(op), Some(silences)) = (effect, &run.silences) {
-                let _ = silences.send(op.clone());
+            else {
+                continue;
+            };
+            let notice = Notice {
+                kind: *kind,
+                page: *page,
+                service: self.policy.service.clone(),
+                release: run.id.clone(),
+                version: state.version.clone(),
+                stable: state.stable.clone(),
+                weight: state.weight,
+                message: message.clone(),
+                instead: instead.clone(),
+                at,
+            };
+            let queued = self
+                .outbox
+                .lock()
+                .ok()
+                .and_then(|o| o.as_ref().map(|tx| tx.send(notice.clone()).is_ok()))
+                .unwrap_or(false);
+            if !queued {
+                self.ports.notifier.notify(&notice).await;
             }
         }
-        Ok(())
+    }
+
+    /// The notices of the transition that ended a release taken up again before it
+    /// was recorded finished: the controller that logged the end may have died before
+    /// they went out (a halt nobody was paged about). Sent again, with their ids.
+    async fn notify_end_again(&self, run: &Run, log: &[StoredInput]) {
+        let ended = |n: usize| {
+            Release::replay(&self.policy, log[..n].iter().map(|e| (&e.input, e.at)))
+                .phase
+                .is_terminal()
+        };
+        // The shortest prefix that ends the release (once ended, it stays so).
+        let (mut lo, mut hi) = (1, log.len());
+        if hi == 0 || !ended(hi) {
+            return;
+        }
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if ended(mid) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let last = &log[hi - 1];
+        let before = Release::replay(&self.policy, log[..hi - 1].iter().map(|e| (&e.input, e.at)));
+        let t = step(&self.policy, &before, &last.input, last.at);
+        if t.state.phase.is_terminal() {
+            self.send_notices(run, &t.state, &t.effects, last.at).await;
+        }
     }
 
     /// Starts the task that performs the release's silence operations, in order, beside

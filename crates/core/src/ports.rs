@@ -203,6 +203,13 @@ pub trait MetricsSource: Send + Sync {
 pub trait GateRunner: Send + Sync {
     /// Runs one gate. A gate that cannot run has failed.
     fn run<'a>(&'a self, gate: &'a Gate) -> BoxFuture<'a, GateResult>;
+
+    /// Runs a gate that must never run beside another run of it (a migration
+    /// command), even one a controller that died left running: it waits for that run
+    /// to end first, within the gate's timeout. By default, as [`GateRunner::run`].
+    fn run_alone<'a>(&'a self, gate: &'a Gate) -> BoxFuture<'a, GateResult> {
+        self.run(gate)
+    }
 }
 
 /// One notice about a release, for people and paging systems.

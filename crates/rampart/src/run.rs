@@ -798,7 +798,13 @@ pub async fn run_release(
             None => fenced_router,
         },
         metrics,
-        gates: Arc::new(LocalGates),
+        // A migration command run alone: one that a controller which died left
+        // running is waited for, never run beside (see `LocalGates::alone_by`).
+        gates: Arc::new(LocalGates::alone_by(
+            local_dir
+                .join("locks")
+                .join(format!("{}.migrations", policy.service)),
+        )),
         store: store.clone(),
         flags: store.clone(),
         clock: clock.clone(),

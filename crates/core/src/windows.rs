@@ -326,7 +326,7 @@ fn decode_allow(cx: &mut Decoder, node: &Node, path: &str) -> Option<AllowWindow
         None => Some([true; 7]),
         Some(n) => {
             let p = m.path_of("days");
-            cx.seq(n, &p, decode_days).map(|ranges| {
+            let days = cx.seq(n, &p, decode_days).map(|ranges| {
                 let mut days = [false; 7];
                 for r in ranges {
                     for (d, on) in r.iter().enumerate() {
@@ -334,7 +334,16 @@ fn decode_allow(cx: &mut Decoder, node: &Node, path: &str) -> Option<AllowWindow
                     }
                 }
                 days
-            })
+            });
+            // No day at all: a window that never opens (leave `days` out for every day).
+            if days.is_some_and(|d| d.iter().all(|on| !on)) {
+                cx.error(
+                    n.pos,
+                    &p,
+                    "a window on no day never opens; name its days (`[mon-fri]`), or leave `days` out for every day",
+                );
+            }
+            days
         }
     };
     let hours = match m.get("hours") {

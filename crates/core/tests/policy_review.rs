@@ -157,3 +157,21 @@ fn a_rolling_batch_too_large_for_the_replicas_is_refused_at_its_own_line() {
         "{d:?}"
     );
 }
+
+/// Scenario: `windows: {allow: [{days: [], hours: "09:00-17:00"}]}` (a list a template
+/// emptied). Expected: refused at its line, as a window that never opens would hold
+/// every release until `max_wait` and then block it. Observed before the fix: valid.
+#[test]
+fn a_release_window_on_no_day_is_refused_at_its_line() {
+    let src =
+        format!("{MINIMAL}windows:\n  allow:\n    - days: []\n      hours: \"09:00-17:00\"\n");
+    let d = errors(&src);
+    assert!(
+        d.iter()
+            .any(|d| d.path == "windows.allow[0].days" && d.line == 19),
+        "{d:?}"
+    );
+    // Some day is a window.
+    let src = src.replace("days: []", "days: [sat]");
+    assert!(errors(&src).is_empty(), "{:?}", errors(&src));
+}

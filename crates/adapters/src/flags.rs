@@ -15,7 +15,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any};
 use axum::{Json, Router};
-use rampart_core::flags::FlagState;
+use rampart_core::flags::{FlagState, RELEASE_ACTOR};
 use rampart_core::policy::{MatchSource, RouteMatch, Sticky};
 use rampart_core::ports::{BoxFuture, Clock, FlagChange, FlagStore, PortError, TrafficRouter};
 use rampart_core::{Variant, Weight};
@@ -45,9 +45,6 @@ pub struct FlagRouter {
     /// Whether this router has written the ramp itself.
     wrote_here: std::sync::atomic::AtomicBool,
 }
-
-/// Who the flag store records a release's own ramps as.
-const RELEASE_ACTOR: &str = "rampart";
 
 impl std::fmt::Debug for FlagRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
-
 use rampart_core::policy::{Gate, GateCheck};
 use rampart_core::ports::{BoxFuture, GateRunner};
 use rampart_core::release::GateResult;
@@ -77,19 +74,23 @@ impl GateRunner for LocalGates {
 }
 
 /// Takes `path`'s lock, waiting up to `wait` for whoever holds it (a run of the same
-/// command that a controller which died left running).
-async fn hold(path: &Path, wait: Duration) -> Result<Flock<std::fs::File>, String> {
+/// command that a controller which died left running). The lock goes when the last
+/// copy of the file is closed, never unlocked by hand: a command cut off at its
+/// timeout may leave children running with it, and they keep it.
+async fn hold(path: &Path, wait: Duration) -> Result<std::fs::File, String> {
     let take = async {
         loop {
             // The file stays empty: it is the command's standard input.
             let file = crate::lockfile::open(path)
                 .map_err(|(what, e)| format!("{what} {}: {e}", path.display()))?;
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(held) => return Ok(held),
-                Err((_, Errno::EWOULDBLOCK)) => {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err((_, e)) => return Err(format!("{}: {e}", path.display())),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(format!("{}: {e}", path.display()));
+                }
             }
         }
     };
@@ -122,7 +123,7 @@ async fn run_command(argv: &[String], timeout: Duration, lock: Option<&Path>) ->
         },
         None => None,
     };
-    let stdin = match held.as_deref().map(std::fs::File::try_clone) {
+    let stdin = match held.as_ref().map(std::fs::File::try_clone) {
         Some(Ok(file)) => Stdio::from(file),
         Some(Err(e)) => return (false, format!("the run's lock could not be passed on: {e}")),
         None => Stdio::null(),

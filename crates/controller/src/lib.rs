@@ -772,26 +772,12 @@ impl Controller {
     /// was recorded finished: the controller that logged the end may have died before
     /// they went out (a halt nobody was paged about). Sent again, with their ids.
     async fn notify_end_again(&self, run: &Run, log: &[StoredInput]) {
-        let ended = |n: usize| {
-            Release::replay(&self.policy, log[..n].iter().map(|e| (&e.input, e.at)))
-                .phase
-                .is_terminal()
-        };
-        // The shortest prefix that ends the release (once ended, it stays so).
-        let (mut lo, mut hi) = (1, log.len());
-        if hi == 0 || !ended(hi) {
+        let Some((before, n)) =
+            Release::before_end(&self.policy, log.iter().map(|e| (&e.input, e.at)))
+        else {
             return;
-        }
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if ended(mid) {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        let last = &log[hi - 1];
-        let before = Release::replay(&self.policy, log[..hi - 1].iter().map(|e| (&e.input, e.at)));
+        };
+        let last = &log[n];
         let t = step(&self.policy, &before, &last.input, last.at);
         if t.state.phase.is_terminal() {
             self.send_notices(run, &t.state, &t.effects, last.at).await;

@@ -20,6 +20,10 @@ pub struct FlagDef {
     pub allow: Vec<String>,
 }
 
+/// Who the flag store records a release's own changes as. No person or token may act
+/// under this name: a resumed release tells its own ramps from people's by it.
+pub const RELEASE_ACTOR: &str = "rampart";
+
 /// A flag's current state in the store.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlagState {

@@ -155,6 +155,16 @@ pub const SAFE_ANNOTATION: &str = "rampart:safe";
 
 /// Classifies every statement of one migration file.
 pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
+    classify_with(sql, &mut HashSet::new())
+}
+
+/// [`classify`] of one file of several applied in order: `functions` holds the
+/// functions and procedures the files before it created (upper case, without their
+/// schema), and gets this file's.
+pub fn classify_with(
+    sql: &str,
+    functions: &mut HashSet<String>,
+) -> Result<Vec<StatementReport>, SqlError> {
     let dialect = PostgreSqlDialect {};
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
@@ -273,14 +283,28 @@ pub fn classify(sql: &str) -> Result<Vec<StatementReport>, SqlError> {
         .map(|c| (c.line, c.notes, c.calls))
         .collect();
     let mut created: HashSet<String> = HashSet::new();
-    // Functions and procedures this file created (upper case, without their schema).
-    let mut functions: HashSet<String> = HashSet::new();
+
     let mut lock_timeout = false;
     let mut out = Vec::new();
     for (parsed, (line, notes, calls)) in statements.iter().zip(chunks) {
         let mut f = Findings::default();
-        // What such a call runs is the function's body, which is not read here.
-        if calls.iter().any(|c| functions.contains(c)) {
+        // What such a call runs is the function's body, which is not read here. A
+        // statement about the function (a grant, a comment, another overload, its
+        // drop) names it without running it.
+        let about_functions = matches!(
+            parsed,
+            Parsed::Statement(stmt) if matches!(
+                &**stmt,
+                Statement::Grant(_)
+                    | Statement::Revoke(_)
+                    | Statement::Comment { .. }
+                    | Statement::CreateFunction(_)
+                    | Statement::CreateProcedure { .. }
+                    | Statement::DropFunction(_)
+                    | Statement::DropProcedure { .. }
+            )
+        );
+        if !about_functions && calls.iter().any(|c| functions.contains(c)) {
             f.add(RUNS_NEW_FUNCTION);
         }
         let text = match parsed {

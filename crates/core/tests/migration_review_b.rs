@@ -126,3 +126,31 @@ fn dropping_a_domain_or_extension_with_cascade_is_irreversible() {
         assert_eq!(worst(&r), Class::Irreversible, "{sql}: {r:?}");
     }
 }
+
+/// Statements that name a function the migration created without running it (a
+/// grant, another overload) are not `runs-new-function`; a call in
+/// a later file of the same run is (`classify_with` carries the functions across).
+#[test]
+fn naming_a_new_function_is_not_running_it_and_a_call_in_a_later_file_is() {
+    use rampart_core::migrations::classify_with;
+    let create = "CREATE FUNCTION f(a uuid) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n";
+    for then in [
+        "GRANT EXECUTE ON FUNCTION f(uuid) TO app;",
+        "CREATE FUNCTION f(a text) RETURNS int LANGUAGE sql AS $$ SELECT 2 $$;",
+    ] {
+        let r = classify(&format!("{create}{then}")).unwrap();
+        assert!(
+            r.iter().all(|s| !s.rules.contains(&"runs-new-function")),
+            "{then}: {r:?}"
+        );
+    }
+    let mut functions = std::collections::HashSet::new();
+    let first = classify_with(create, &mut functions).unwrap();
+    assert_eq!(worst(&first), Class::Expand, "{first:?}");
+    let second = classify_with(
+        "SELECT f('00000000-0000-0000-0000-000000000000');",
+        &mut functions,
+    )
+    .unwrap();
+    assert!(worst(&second) >= Class::Contract, "{second:?}");
+}

@@ -57,6 +57,8 @@ fn walk(
 /// that cannot be read or parsed.
 pub fn check(paths: &[PathBuf]) -> Result<CheckReport, String> {
     let mut files = Vec::new();
+    // Functions the files before created: a later file calling one runs its body.
+    let mut functions = std::collections::HashSet::new();
     for path in collect(paths)? {
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -68,7 +70,7 @@ pub fn check(paths: &[PathBuf]) -> Result<CheckReport, String> {
                 migrations::SAFE_ANNOTATION
             ));
         }
-        let statements = migrations::classify(&text)
+        let statements = migrations::classify_with(&text, &mut functions)
             .map_err(|e| format!("{}:{}: {}", path.display(), e.line, e.message))?;
         files.push(FileReport::new(path.display().to_string(), statements));
     }

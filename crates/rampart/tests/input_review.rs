@@ -245,3 +245,40 @@ fn bench_controller_with_a_zero_interval_is_bad_usage_that_names_the_flag() {
         "the error does not say which value: {stderr}"
     );
 }
+
+/// A person changing a flag under the name releases write flags as (`--as rampart`):
+/// a release resumed after a crash takes changes by `rampart` for its own ramps, so
+/// such a kill would be ramped over. Refused (exit 2), and nothing changes.
+#[test]
+fn no_one_changes_a_flag_under_the_releases_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rampart.yaml");
+    std::fs::write(
+        &path,
+        format!("{POLICY}flags:\n  define:\n    - {{name: beta}}\n"),
+    )
+    .unwrap();
+    let set = |who: &str| {
+        rampart()
+            .args(["flags", "set", "beta", "--ramp", "0", "--reason", "kill"])
+            .args(["--as", who, "--state-dir"])
+            .arg(dir.path().join("state"))
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = set("rampart");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = set("alice");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -53,10 +53,8 @@ pub(super) fn abort(b: &mut Builder<'_>, actor: &str, reason: &str, force: bool)
             ) && matches!(b.s.pending, Some(Action::Deploy { .. }));
             // A traffic change in flight may already be in force: the rollback is
             // decided on the weight the router answers (whether users met the new
-            // version, what an escalation reports), not on the one before it. So is
-            // one a resume re-asserts after the versions: the controller before may
-            // have put it in force and died before logging it.
-            let moving = sets_weight(&b.s);
+            // version, what an escalation reports), not on the one before it.
+            let moving = matches!(b.s.pending, Some(Action::SetWeight { .. }));
             let input = Input::Abort {
                 actor: actor.to_string(),
                 reason: reason.to_string(),
@@ -299,16 +297,8 @@ fn defer(b: &mut Builder<'_>, input: Input, actor: &str) -> bool {
 fn rollback_waits(s: &Release) -> bool {
     matches!(
         s.pending,
-        Some(Action::Deploy { .. } | Action::Scale { .. })
-    ) || sets_weight(s)
-}
-
-/// Whether a traffic change is in flight or queued (a resume's, behind the versions).
-fn sets_weight(s: &Release) -> bool {
-    std::iter::once(&s.pending)
-        .flatten()
-        .chain(&s.queued)
-        .any(|a| matches!(a, Action::SetWeight { .. }))
+        Some(Action::Deploy { .. } | Action::Scale { .. } | Action::SetWeight { .. })
+    )
 }
 
 pub(super) fn apply_deferred(b: &mut Builder<'_>) {

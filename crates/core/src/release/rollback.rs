@@ -99,6 +99,13 @@ impl Builder<'_> {
         {
             d.by = actor.to_string();
         }
+        // A traffic change decided but not answered (in flight, or queued by a resume
+        // behind the versions) may be in force: the controller before may have put it
+        // there and died before logging it. Users may have met the new code.
+        let deciding = std::iter::once(&self.s.pending)
+            .flatten()
+            .chain(&self.s.queued)
+            .any(|a| matches!(a, Action::SetWeight { weight, .. } if *weight > Weight::ZERO));
         self.s.phase = Phase::RollingBack;
         self.s.queued.clear();
         self.s.next_analysis_at = None;
@@ -113,7 +120,8 @@ impl Builder<'_> {
         // During the watch, or at 100 %, the flags still go off first (the order holds),
         // but with no traffic left on the previous version that could not be verified:
         // traffic follows at once (see `flags_off`).
-        let users_met_it = self.s.weight > Weight::ZERO || self.policy.strategy.flag_only();
+        let users_met_it =
+            self.s.weight > Weight::ZERO || deciding || self.policy.strategy.flag_only();
         if !flags.is_empty() && users_met_it {
             self.s.rollback_level = Some(1);
             self.act(Action::FlagsOff { flags });

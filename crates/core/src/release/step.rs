@@ -36,6 +36,28 @@ impl Release {
                 step(policy, &state, input, at).state
             })
     }
+
+    /// The entry that ended the release, as [`Release::replay`] replays the log: the
+    /// state just before it and its index; `None` when the log does not end it.
+    pub fn before_end<'a>(
+        policy: &Policy,
+        inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
+    ) -> Option<(Release, usize)> {
+        let inputs: Vec<(&Input, Millis)> = inputs.into_iter().collect();
+        let skipped = superseded(&inputs.iter().map(|(i, _)| *i).collect::<Vec<_>>());
+        let mut state = Release::default();
+        for (n, (input, at)) in inputs.into_iter().enumerate() {
+            if skipped.as_ref().is_some_and(|r| r.contains(&n)) {
+                continue;
+            }
+            let next = step(policy, &state, input, at).state;
+            if next.phase.is_terminal() {
+                return Some((state, n));
+            }
+            state = next;
+        }
+        None
+    }
 }
 
 /// Whether `input` is the answer to an action (not to a silence operation).

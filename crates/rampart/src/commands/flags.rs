@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 use rampart_adapters::flags::FlagServer;
 use rampart_adapters::store::StateStore;
-use rampart_core::flags::FlagState;
+use rampart_core::flags::{FlagState, RELEASE_ACTOR};
 use rampart_core::ports::{Clock, FlagChange, FlagStore};
 use rampart_core::{Millis, Policy, Weight};
 
@@ -261,11 +261,27 @@ async fn go(cmd: FlagsCommand, now: Millis) -> Result<(), Failure> {
                     owner.id, policy.service
                 );
             }
+            // A release's own changes are recorded as `rampart`: a person is never.
+            let actor = match actor {
+                Some(a) if a == RELEASE_ACTOR => {
+                    return Err((
+                        2,
+                        format!(
+                            "`--as {RELEASE_ACTOR}` is the name releases change flags under; give your own"
+                        ),
+                    ));
+                }
+                Some(a) => a,
+                None => match crate::client::local_user() {
+                    u if u == RELEASE_ACTOR => format!("{u} (cli)"),
+                    u => u,
+                },
+            };
             let change = FlagChange {
                 name,
                 ramp,
                 default: default.map(|d| d == "on"),
-                actor: actor.unwrap_or_else(crate::client::local_user),
+                actor,
                 reason,
                 at: now,
             };

@@ -38,7 +38,11 @@ pub fn check_token_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    if ok {
+    if name == rampart_core::flags::RELEASE_ACTOR {
+        Err(format!(
+            "token name {name:?} is the name rampart's releases act under; choose another"
+        ))
+    } else if ok {
         Ok(())
     } else {
         Err(format!(

@@ -82,22 +82,24 @@ impl FlagRouter {
         }
     }
 
-    /// `Some((written, since))`: a release that began at `since`, taken up again by a
-    /// new controller, whose log says its last change in force put the ramp at
-    /// `written` (none: it logged none).
+    /// `Some((written, since))`: a release taken up again by a new controller, whose
+    /// log says its last change in force put the ramp at `written` (none: it logged
+    /// none), and first asked for a ramp above 0 at `since` (none: it never did).
     /// A lower ramp in the store now is a kill someone made while no controller ran
     /// it, which the release never ramps over (as if this router had written `written`
-    /// itself); so is a ramp someone other than a release turned down since `since`,
-    /// whatever the log says (the last controller may have written a ramp and died
-    /// before logging it).
-    /// `None`: a new release, left as it was.
-    pub fn resumed(self, resumed: Option<(Option<Weight>, rampart_core::Millis)>) -> FlagRouter {
+    /// itself); so is a ramp someone other than a release set since `since`, whatever
+    /// the log says (the last controller may have written a ramp and died before
+    /// logging it). `None`: a new release, left as it was.
+    pub fn resumed(
+        self,
+        resumed: Option<(Option<Weight>, Option<rampart_core::Millis>)>,
+    ) -> FlagRouter {
         let Some((written, since)) = resumed else {
             return self;
         };
         *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = written;
         FlagRouter {
-            resumed_since: Some(since),
+            resumed_since: since,
             ..self
         }
     }
@@ -471,7 +473,7 @@ mod tests {
         }
     }
 
-    /// A resumed release, begun at 1,000, whose log says it put the ramp at `logged`
+    /// A resumed release, which first asked for a ramp at 1,000, whose log says it put the ramp at `logged`
     /// %, asks for `ask` %: with the flag at `ramp` % set last by `by` at `at`, is it
     /// refused?
     async fn refused(
@@ -513,7 +515,7 @@ mod tests {
             true,
             Sticky::None,
         )
-        .resumed(Some((logged.map(percent), 1_000)));
+        .resumed(Some((logged.map(percent), Some(1_000))));
         router.set_weight(percent(ask), &[]).await.is_err()
     }
 

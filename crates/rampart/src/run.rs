@@ -528,7 +528,7 @@ pub async fn run_release(
     // new one does, whatever an earlier release left there.
     let resumed = match &resume_id {
         Some(id) => {
-            let (release, log) = store
+            let (_, log) = store
                 .load(id)
                 .await
                 .map_err(|e| RunError::Internal(anyhow::anyhow!(e)))?;
@@ -537,7 +537,10 @@ pub async fn run_release(
                     Input::TrafficSet { weight } => Some(weight),
                     _ => None,
                 }),
-                since: release.created_at,
+                since: rampart_core::Release::first_weight_asked(
+                    &policy,
+                    log.iter().map(|e| (&e.input, e.at)),
+                ),
             })
         }
         None => None,

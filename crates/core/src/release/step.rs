@@ -37,6 +37,33 @@ impl Release {
             })
     }
 
+    /// When the log first asked for traffic on the canary (the time of the entry whose
+    /// transition left a weight above 0 pending or queued), as [`Release::replay`]
+    /// replays it; `None` if it never did. A controller that died before logging the
+    /// router's answer may have put that weight in force.
+    pub fn first_weight_asked<'a>(
+        policy: &Policy,
+        inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
+    ) -> Option<Millis> {
+        let inputs: Vec<(&Input, Millis)> = inputs.into_iter().collect();
+        let skipped = superseded(&inputs.iter().map(|(i, _)| *i).collect::<Vec<_>>());
+        let mut state = Release::default();
+        for (n, (input, at)) in inputs.into_iter().enumerate() {
+            if skipped.as_ref().is_some_and(|r| r.contains(&n)) {
+                continue;
+            }
+            state = step(policy, &state, input, at).state;
+            let asks = std::iter::once(&state.pending)
+                .flatten()
+                .chain(&state.queued)
+                .any(|a| matches!(a, Action::SetWeight { weight, .. } if *weight > crate::Weight::ZERO));
+            if asks {
+                return Some(at);
+            }
+        }
+        None
+    }
+
     /// The entry that ended the release, as [`Release::replay`] replays the log: the
     /// state just before it and its index; `None` when the log does not end it.
     pub fn before_end<'a>(

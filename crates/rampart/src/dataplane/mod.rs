@@ -236,8 +236,9 @@ pub async fn find(
 pub struct Resumed {
     /// The weight its log last says it set (none: it logged no routes).
     pub routed: Option<rampart_core::Weight>,
-    /// When the release began.
-    pub since: rampart_core::Millis,
+    /// When its log first asked for a weight above 0 (none: it never did, so no
+    /// controller can have put one in force).
+    pub since: Option<rampart_core::Millis>,
 }
 
 /// Starts the policy's data plane as [`find`] found it. With `attach_in` (a state

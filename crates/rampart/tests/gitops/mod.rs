@@ -29,6 +29,15 @@ use support::cluster::{self, World};
 use support::{NS, at, deployments};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
+/// The phases that end a release.
+pub const ENDS: [&str; 6] = [
+    "promoted",
+    "rolled_back",
+    "halted",
+    "escalated",
+    "aborted",
+    "blocked",
+];
 pub const STABLE: &str = "/apis/apps/v1/namespaces/shop/deployments/checkout";
 pub const CANARY: &str = "/apis/apps/v1/namespaces/shop/deployments/checkout-canary";
 
@@ -182,6 +191,13 @@ impl Server {
         self.rt.block_on(self.watch.tick()).unwrap()
     }
 
+    /// Whether the release is recorded finished.
+    pub fn finished(&self, id: &str) -> bool {
+        self.rt.block_on(async {
+            matches!(Loaded::read(&self.app.store, id).await, Some(Ok(l)) if l.view(None).outcome.is_some())
+        })
+    }
+
     /// The phase (or outcome, once over) of a release.
     pub fn phase(&self, id: &str) -> String {
         self.rt.block_on(async {
@@ -196,12 +212,16 @@ impl Server {
     }
 
     /// Waits for the release's phase (or outcome) to be `want`, at most `DEADLINE`.
+    /// Waits for the release to reach phase `want`. An end (`promoted`, `rolled_back`,
+    /// ...) is waited for until the release is recorded finished, not only until its
+    /// log ends it: the controller records the end a moment after, and a tick in
+    /// between still finds the release open.
     pub fn wait_phase(&self, id: &str, want: &str) {
         let nap = Duration::from_millis(50);
         let mut waited = Duration::ZERO;
         loop {
             let now = self.phase(id);
-            if now == want {
+            if now == want && (!ENDS.contains(&want) || self.finished(id)) {
                 return;
             }
             assert!(
@@ -214,14 +234,14 @@ impl Server {
         }
     }
 
-    /// Waits for the release to end or halt, at most `DEADLINE`, and says how.
+    /// Waits for the release to end or halt, at most `DEADLINE`, and says how (once it
+    /// is recorded finished).
     pub fn wait_over(&self, id: &str) -> String {
         let nap = Duration::from_millis(50);
         let mut waited = Duration::ZERO;
         loop {
             let now = self.phase(id);
-            if ["promoted", "rolled_back", "halted", "escalated", "aborted"].contains(&now.as_str())
-            {
+            if ENDS[..5].contains(&now.as_str()) && self.finished(id) {
                 return now;
             }
             assert!(

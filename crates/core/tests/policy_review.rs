@@ -175,3 +175,22 @@ fn a_release_window_on_no_day_is_refused_at_its_line() {
     let src = src.replace("days: []", "days: [sat]");
     assert!(errors(&src).is_empty(), "{:?}", errors(&src));
 }
+
+/// Scenario: `notify: [{webhook: URL, secret: }]` (a secret a template rendered to
+/// nothing). Expected: refused at its line, as the receiver may accept unsigned
+/// notices and the person meant them signed. Observed before: valid, every notice
+/// sent unsigned.
+#[test]
+fn a_webhook_secret_left_empty_is_refused_not_dropped() {
+    for secret in ["secret: ", "secret: ~", "secret_env: "] {
+        let src = format!(
+            "{MINIMAL}notify:\n  - webhook: https://hooks.example.com/rampart\n    {secret}\n"
+        );
+        let d = errors(&src);
+        assert!(
+            d.iter()
+                .any(|d| d.path.starts_with("notify[0].secret") && d.line == 19),
+            "`{secret}`: {d:?}"
+        );
+    }
+}

@@ -168,6 +168,18 @@ pub(super) fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option
         return None;
     };
     let secret = |cx: &mut Decoder| -> Option<Secret> {
+        // A secret written with no value (a template that rendered to nothing) would
+        // send every notice unsigned, which the receiver may accept: refused.
+        for key in ["secret", "secret_env"] {
+            if let Some(n) = m.get(key).filter(|n| n.kind == NodeKind::Null) {
+                cx.error(
+                    n.pos,
+                    &m.path_of(key),
+                    format!("`{key}` has no value; give one, or leave `{key}` out to send unsigned notices"),
+                );
+                return None;
+            }
+        }
         match (m.get("secret"), m.get("secret_env")) {
             (Some(_), Some(_)) => {
                 cx.error(

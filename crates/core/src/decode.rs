@@ -207,12 +207,13 @@ impl<'n> MapReader<'n> {
         &self.path
     }
 
-    /// Which of `keys` are present with a value, in the given order (a key written
-    /// with none, `max:` or `max: ~`, is absent, as [`MapReader::optional`] reads it).
+    /// Which of `keys` are present, in the given order: a key written with no value
+    /// (`webhook: ~`) counts, so a choice between keys sees what was written, and the
+    /// key's own decoding says it has no value.
     pub fn present(&self, keys: &[&'static str]) -> Vec<&'static str> {
         keys.iter()
             .copied()
-            .filter(|k| self.get(k).is_some_and(|n| n.kind != NodeKind::Null))
+            .filter(|k| self.get(k).is_some())
             .collect()
     }
 

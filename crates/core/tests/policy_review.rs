@@ -194,3 +194,14 @@ fn a_webhook_secret_left_empty_is_refused_not_dropped() {
         );
     }
 }
+
+/// A choice between keys sees every key written, with a value or not: `{webhook: ~,
+/// slack: URL}` (a webhook URL a template emptied) is refused as two kinds of hook,
+/// not taken for a Slack hook alone.
+#[test]
+fn a_hook_kind_written_with_no_value_still_counts_as_written() {
+    let src =
+        format!("{MINIMAL}notify:\n  - {{webhook: ~, slack: \"https://hooks.slack.com/x\"}}\n");
+    let d = errors(&src);
+    assert!(d.iter().any(|d| d.path == "notify[0]"), "{d:?}");
+}

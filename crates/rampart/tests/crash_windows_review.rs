@@ -13,135 +13,20 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::flagged::{flag_audit, flags, forget_from, policy, ramp_bp, traffic_sets};
+use common::free_port;
 use common::servers::SpawnGuarded as _;
-use common::{free_port, rampart};
-
-/// A service whose flag `new-checkout` (allowlist `qa-1`) is ramped by `strategy`,
-/// behind the embedded proxy stuck by `x-user` (as in `tests/flags_review.rs`).
-fn flag_policy(dir: &Path, strategy: &str) -> (PathBuf, u16) {
-    let (port, flag_port) = (free_port(), free_port());
-    let text = format!(
-        r#"service: flagged
-deploy:
-  process:
-    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
-    env:
-      SAMPLE_ERROR_RATE: "0"
-      SAMPLE_LATENCY_MS: "1"
-      SAMPLE_FLAG_URL: "http://127.0.0.1:{flag_port}/flags/new-checkout"
-      SAMPLE_FLAG_KEY_HEADER: x-user
-    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
-traffic: {{proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}}}
-flags:
-  listen: "127.0.0.1:{flag_port}"
-  define:
-    - {{name: new-checkout, default: false, allow: [qa-1]}}
-strategy: {strategy}
-analysis:
-  interval: 1s
-  min_samples: 10
-  failure_limit: 2
-  metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]
-"#,
-        exe = common::exe()
-    );
-    let path = dir.join("rampart.yaml");
-    std::fs::write(&path, text).unwrap();
-    (path, port)
-}
-
-/// `rampart flags ARGS --state-dir STATE -f POLICY`: exit code, stdout, stderr.
-fn flags(path: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = rampart()
-        .arg("flags")
-        .args(args)
-        .arg("--state-dir")
-        .arg(path.parent().unwrap().join("state"))
-        .arg("-f")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The flag's ramp in basis points, from the store.
-fn ramp_bp(path: &Path) -> Option<i64> {
-    let db = path.parent().unwrap().join("state/rampart.db");
-    let conn = rusqlite::Connection::open(db).ok()?;
-    conn.query_row(
-        "SELECT ramp_bp FROM flags WHERE service = 'flagged' AND name = 'new-checkout'",
-        [],
-        |r| r.get(0),
-    )
-    .ok()
-}
 
 /// Waits (60 s at most) until `cond` holds.
-fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    #[allow(clippy::disallowed_methods)] // the test's own time limit
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        #[allow(clippy::disallowed_methods)] // the test's own time limit
-        let now = std::time::Instant::now();
-        assert!(now < deadline, "timed out waiting for {what}");
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
-}
-
-/// Every `flag_set` audit record: (actor, detail), oldest first.
-fn flag_audit(path: &Path) -> Vec<(String, String)> {
-    let db = path.parent().unwrap().join("state/rampart.db");
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT actor, detail FROM audit WHERE kind = 'flag_set' ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-/// Every logged input of the state directory's releases: (seq, input JSON).
-fn inputs(db: &Path) -> Vec<(i64, serde_json::Value)> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT seq, input FROM events ORDER BY seq")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .map(|(seq, text)| (seq, serde_json::from_str(&text).unwrap()))
-        .collect()
-}
-
-/// The log and its audit chain as a crash before entry `seq` leaves them: that entry
-/// and everything after it never written (the chain's tail too, so it stays whole).
-fn forget_from(db: &Path, seq: i64) {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let deleted = conn
-        .execute(
-            "DELETE FROM chain WHERE id >= (SELECT id FROM chain WHERE seq = ?1 AND release_id IS NOT NULL)",
-            [seq],
-        )
-        .unwrap();
-    assert!(deleted > 0, "entry {seq} has no chain record");
-    conn.execute("DELETE FROM events WHERE seq >= ?1", [seq])
-        .unwrap();
+fn until(what: &str, cond: impl FnMut() -> bool) {
+    common::serve::until(what, Duration::from_secs(60), cond);
 }
 
 /// The first logged `traffic_set` to `percent`, if the log has one.
 fn traffic_set_to(db: &Path, percent: f64) -> Option<i64> {
-    inputs(db).into_iter().find_map(|(seq, input)| {
-        if input.get("type")?.as_str()? != "traffic_set" {
-            return None;
-        }
-        let w = input.get("weight")?.as_f64()?;
-        ((w - percent).abs() < 1e-9).then_some(seq)
-    })
+    traffic_sets(db)
+        .into_iter()
+        .find_map(|(seq, w)| ((w - percent).abs() < 1e-9).then_some(seq))
 }
 
 /// A flag release's second step wrote the ramp (50 %) and its controller died before
@@ -162,7 +47,7 @@ fn traffic_set_to(db: &Path, percent: f64) -> Option<i64> {
 #[test]
 fn an_operators_turn_down_of_an_unlogged_ramp_is_not_ramped_over_when_the_release_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let (path, port) = flag_policy(
+    let (path, port) = policy(
         dir.path(),
         "{flag: {flag: new-checkout, steps: [{weight: 20, bake: 2s}, {weight: 50, bake: 6s}]}}",
     );

@@ -5,86 +5,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::flagged::{flag_audit, flags, forget_from, policy, ramp_bp, traffic_sets};
 use common::servers::SpawnGuarded as _;
-use common::{free_port, rampart, release_json};
-
-/// A service whose flag `new-checkout` (allowlist `qa-1`) is ramped by `strategy`,
-/// behind the embedded proxy stuck by `x-user` (as in `tests/flags.rs`).
-fn policy(dir: &Path, strategy: &str) -> (PathBuf, u16) {
-    let (port, flag_port) = (free_port(), free_port());
-    let text = format!(
-        r#"service: flagged
-deploy:
-  process:
-    command: [{exe:?}, "sample-service", "--port", "{{port}}", "--version", "{{version}}"]
-    env:
-      SAMPLE_ERROR_RATE: "0"
-      SAMPLE_LATENCY_MS: "1"
-      SAMPLE_FLAG_URL: "http://127.0.0.1:{flag_port}/flags/new-checkout"
-      SAMPLE_FLAG_KEY_HEADER: x-user
-    readiness: {{http: /healthz, timeout: 10s, period: 50ms}}
-traffic: {{proxy: {{listen: "127.0.0.1:{port}", sticky: {{header: x-user}}}}}}
-flags:
-  listen: "127.0.0.1:{flag_port}"
-  define:
-    - {{name: new-checkout, default: false, allow: [qa-1]}}
-strategy: {strategy}
-analysis:
-  interval: 1s
-  min_samples: 10
-  failure_limit: 2
-  metrics: [{{metric: error_rate, judge: {{max: 5%}}}}]
-"#,
-        exe = common::exe()
-    );
-    let path = dir.join("rampart.yaml");
-    std::fs::write(&path, text).unwrap();
-    (path, port)
-}
-
-/// `rampart flags ARGS --state-dir STATE -f POLICY`: exit code, stdout, stderr.
-fn flags(path: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = rampart()
-        .arg("flags")
-        .args(args)
-        .arg("--state-dir")
-        .arg(path.parent().unwrap().join("state"))
-        .arg("-f")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The flag's ramp in basis points, from the store.
-fn ramp_bp(path: &Path) -> Option<i64> {
-    let db = path.parent().unwrap().join("state/rampart.db");
-    let conn = rusqlite::Connection::open(db).ok()?;
-    conn.query_row(
-        "SELECT ramp_bp FROM flags WHERE service = 'flagged' AND name = 'new-checkout'",
-        [],
-        |r| r.get(0),
-    )
-    .ok()
-}
+use common::{rampart, release_json};
 
 /// Waits (60 s at most) until the store holds the flag at `bp` basis points.
 fn until_ramp(path: &Path, bp: i64) {
-    #[allow(clippy::disallowed_methods)] // the test's own time limit
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ramp_bp(path) != Some(bp) {
-        #[allow(clippy::disallowed_methods)] // the test's own time limit
-        let now = std::time::Instant::now();
-        assert!(now < deadline, "the flag never reached {bp} basis points");
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
+    common::serve::until(
+        &format!("the flag at {bp} basis points"),
+        Duration::from_secs(60),
+        || ramp_bp(path) == Some(bp),
+    );
 }
 
 /// An on-call's kill switch: `rampart flags set new-checkout --ramp 0`.
@@ -102,19 +36,6 @@ fn kill(path: &Path) -> (i32, String, String) {
             "oncall",
         ],
     )
-}
-
-/// Every `flag_set` audit record: (actor, detail), oldest first.
-fn flag_audit(path: &Path) -> Vec<(String, String)> {
-    let db = path.parent().unwrap().join("state/rampart.db");
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT actor, detail FROM audit WHERE kind = 'flag_set' ORDER BY id")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 /// Every audit record: (kind, detail), oldest first.
@@ -366,24 +287,10 @@ fn a_kill_made_while_the_controller_is_down_is_not_undone_when_the_release_resum
     // The log and its audit chain as a crash before the step's log entry leaves them:
     // the entry and anything after it never written (the chain's tail, so the chain
     // stays whole).
-    let db = rusqlite::Connection::open(state.join("rampart.db")).unwrap();
-    let step: Option<i64> = db
-        .query_row(
-            "SELECT MIN(seq) FROM events WHERE input LIKE '%\"traffic_set\"%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    if let Some(step) = step {
-        db.execute(
-            "DELETE FROM chain WHERE id >= (SELECT id FROM chain WHERE seq = ?1 AND release_id IS NOT NULL)",
-            [step],
-        )
-        .unwrap();
-        db.execute("DELETE FROM events WHERE seq >= ?1", [step])
-            .unwrap();
+    let db = state.join("rampart.db");
+    if let Some(&(step, _)) = traffic_sets(&db).first() {
+        forget_from(&db, step);
     }
-    drop(db);
     let (code, _, err) = kill(&path);
     assert_eq!(code, 0, "the kill switch was refused: {err}");
     let out = common::run_json(&path, &state, "v1", None)

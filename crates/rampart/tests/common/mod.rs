@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+pub mod flagged;
 pub mod mcp;
 pub mod serve;
 #[path = "../../../adapters/tests/common/servers.rs"]

@@ -185,6 +185,8 @@ pub fn classify_with(
         words: Vec<String>,
         /// Names (upper case) written just before a `(`: the functions it may call.
         calls: Vec<String>,
+        /// Whether its last token, whitespace and comments aside, is a word.
+        after_word: bool,
     }
     let mut at = Offsets::of(sql);
     let mut chunks: Vec<Chunk> = Vec::new();
@@ -193,16 +195,8 @@ pub fn classify_with(
     let mut comments: Vec<Comment> = Vec::new();
     let mut ended_on = 0;
     let mut current: Option<Chunk> = None;
-    // The token before this one, whitespace and comments aside.
-    let mut last: Option<Token> = None;
     for t in &tokens {
         let start = t.span.start.line;
-        let before = if matches!(t.token, Token::Whitespace(_)) {
-            last.clone()
-        } else {
-            last.replace(t.token.clone())
-        };
-        let last = before;
         match &t.token {
             Token::Whitespace(Whitespace::SingleLineComment { comment, .. })
                 if current.is_none() =>
@@ -238,13 +232,18 @@ pub fn classify_with(
                     to: 0,
                     words: Vec::new(),
                     calls: Vec::new(),
+                    after_word: false,
                 });
                 chunk.to = at.byte(t.span.end);
-                if let (Token::LParen, Some(Token::Word(w))) = (token, &last) {
-                    chunk.calls.push(w.value.to_ascii_uppercase());
+                match token {
+                    Token::LParen if chunk.after_word => {
+                        chunk.calls.extend(chunk.words.last().cloned());
+                    }
+                    Token::Word(w) => chunk.words.push(w.value.to_ascii_uppercase()),
+                    _ => {}
                 }
-                if let Token::Word(w) = token {
-                    chunk.words.push(w.value.to_ascii_uppercase());
+                if !matches!(token, Token::Whitespace(_)) {
+                    chunk.after_word = matches!(token, Token::Word(_));
                 }
             }
         }

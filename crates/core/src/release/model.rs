@@ -451,6 +451,17 @@ impl Transition {
 }
 
 impl Release {
+    /// Whether a traffic change toward the canary is decided and not yet answered (in
+    /// flight, or queued behind the versions a resume re-establishes): the router may
+    /// have it in force already, put there by a controller that died before logging
+    /// the answer.
+    pub fn weight_asked(&self) -> bool {
+        std::iter::once(&self.pending)
+            .flatten()
+            .chain(&self.queued)
+            .any(|a| matches!(a, Action::SetWeight { weight, .. } if *weight > Weight::ZERO))
+    }
+
     /// Whether the approval this release awaits is one a calendar freeze refuses
     /// (unless a hotfix's approval lifted it): the hold at 100 % outside the release
     /// window, a start outside the window, a move to all traffic at once, and breaking

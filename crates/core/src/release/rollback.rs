@@ -99,13 +99,9 @@ impl Builder<'_> {
         {
             d.by = actor.to_string();
         }
-        // A traffic change decided but not answered (in flight, or queued by a resume
-        // behind the versions) may be in force: the controller before may have put it
-        // there and died before logging it. Users may have met the new code.
-        let deciding = std::iter::once(&self.s.pending)
-            .flatten()
-            .chain(&self.s.queued)
-            .any(|a| matches!(a, Action::SetWeight { weight, .. } if *weight > Weight::ZERO));
+        // A traffic change decided but not answered may be in force: users may have
+        // met the new code.
+        let deciding = self.s.weight_asked();
         self.s.phase = Phase::RollingBack;
         self.s.queued.clear();
         self.s.next_analysis_at = None;

@@ -38,30 +38,14 @@ impl Release {
     }
 
     /// When the log first asked for traffic on the canary (the time of the entry whose
-    /// transition left a weight above 0 pending or queued), as [`Release::replay`]
-    /// replays it; `None` if it never did. A controller that died before logging the
-    /// router's answer may have put that weight in force.
+    /// transition left a weight above 0 asked, [`Release::weight_asked`]), as
+    /// [`Release::replay`] replays it; `None` if it never did. A controller that died
+    /// before logging the router's answer may have put that weight in force.
     pub fn first_weight_asked<'a>(
         policy: &Policy,
         inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
     ) -> Option<Millis> {
-        let inputs: Vec<(&Input, Millis)> = inputs.into_iter().collect();
-        let skipped = superseded(&inputs.iter().map(|(i, _)| *i).collect::<Vec<_>>());
-        let mut state = Release::default();
-        for (n, (input, at)) in inputs.into_iter().enumerate() {
-            if skipped.as_ref().is_some_and(|r| r.contains(&n)) {
-                continue;
-            }
-            state = step(policy, &state, input, at).state;
-            let asks = std::iter::once(&state.pending)
-                .flatten()
-                .chain(&state.queued)
-                .any(|a| matches!(a, Action::SetWeight { weight, .. } if *weight > crate::Weight::ZERO));
-            if asks {
-                return Some(at);
-            }
-        }
-        None
+        first_step(policy, inputs, Release::weight_asked).map(|(_, at, _)| at)
     }
 
     /// The entry that ended the release, as [`Release::replay`] replays the log: the
@@ -70,21 +54,31 @@ impl Release {
         policy: &Policy,
         inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
     ) -> Option<(Release, usize)> {
-        let inputs: Vec<(&Input, Millis)> = inputs.into_iter().collect();
-        let skipped = superseded(&inputs.iter().map(|(i, _)| *i).collect::<Vec<_>>());
-        let mut state = Release::default();
-        for (n, (input, at)) in inputs.into_iter().enumerate() {
-            if skipped.as_ref().is_some_and(|r| r.contains(&n)) {
-                continue;
-            }
-            let next = step(policy, &state, input, at).state;
-            if next.phase.is_terminal() {
-                return Some((state, n));
-            }
-            state = next;
-        }
-        None
+        first_step(policy, inputs, |s| s.phase.is_terminal()).map(|(n, _, before)| (before, n))
     }
+}
+
+/// Replays `inputs` as [`Release::replay`] does, up to the first entry after which
+/// `after` holds of the state: that entry's index, its time and the state before it.
+fn first_step<'a>(
+    policy: &Policy,
+    inputs: impl IntoIterator<Item = (&'a Input, Millis)>,
+    after: impl Fn(&Release) -> bool,
+) -> Option<(usize, Millis, Release)> {
+    let inputs: Vec<(&Input, Millis)> = inputs.into_iter().collect();
+    let skipped = superseded(&inputs.iter().map(|(i, _)| *i).collect::<Vec<_>>());
+    let mut state = Release::default();
+    for (n, (input, at)) in inputs.into_iter().enumerate() {
+        if skipped.as_ref().is_some_and(|r| r.contains(&n)) {
+            continue;
+        }
+        let next = step(policy, &state, input, at).state;
+        if after(&next) {
+            return Some((n, at, state));
+        }
+        state = next;
+    }
+    None
 }
 
 /// Whether `input` is the answer to an action (not to a silence operation).

@@ -35,15 +35,21 @@ pub struct FlagRouter {
     /// A flag-only release: the canary is the same processes as stable.
     flag_only: bool,
     sticky: Sticky,
-    /// The ramp this router last wrote: a lower one in the store since is someone's
-    /// kill (`rampart flags set --ramp 0`), which the release never ramps over.
-    wrote: std::sync::Mutex<Option<Weight>>,
-    /// A release taken up again: when it began. Until this router writes, a ramp
-    /// someone else set since then is a kill too (the controller that ramped may have
-    /// died between its write and its log, so `wrote` may be short of what it wrote).
-    resumed_since: Option<rampart_core::Millis>,
-    /// Whether this router has written the ramp itself.
-    wrote_here: std::sync::atomic::AtomicBool,
+    /// What the release last wrote, and what it may have written unlogged.
+    wrote: std::sync::Mutex<Wrote>,
+}
+
+/// What a flag release knows it wrote.
+#[derive(Clone, Copy, Debug, Default)]
+struct Wrote {
+    /// The ramp it last wrote: a lower one in the store since is someone's kill
+    /// (`rampart flags set --ramp 0`), which the release never ramps over.
+    ramp: Option<Weight>,
+    /// A release taken up again, until this router writes: when its log first asked
+    /// for a ramp. A ramp someone else set since then is a kill too (the controller
+    /// that ramped may have died between its write and its log, so `ramp` may be
+    /// short of what it wrote).
+    unlogged_since: Option<rampart_core::Millis>,
 }
 
 impl std::fmt::Debug for FlagRouter {
@@ -76,9 +82,7 @@ impl FlagRouter {
             flag: flag.to_string(),
             flag_only,
             sticky,
-            wrote: std::sync::Mutex::new(None),
-            resumed_since: None,
-            wrote_here: std::sync::atomic::AtomicBool::new(false),
+            wrote: std::sync::Mutex::new(Wrote::default()),
         }
     }
 
@@ -94,34 +98,31 @@ impl FlagRouter {
         self,
         resumed: Option<(Option<Weight>, Option<rampart_core::Millis>)>,
     ) -> FlagRouter {
-        let Some((written, since)) = resumed else {
-            return self;
-        };
-        *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = written;
-        FlagRouter {
-            resumed_since: since,
-            ..self
+        if let Some((ramp, unlogged_since)) = resumed {
+            *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = Wrote {
+                ramp,
+                unlogged_since,
+            };
         }
+        self
     }
 
     /// Why raising the ramp to `weight` would undo someone's kill, if it would: the
     /// store's ramp `now` is lower than this release last wrote, or (a resumed release
-    /// that has not written yet) someone other than a release set it since the
-    /// release began (while a release ramps a flag, people may only turn it down).
+    /// that has not written yet) someone other than a release set it since its log
+    /// first asked for a ramp (while a release ramps a flag, people may only turn it
+    /// down).
     fn overrides_a_kill(&self, now: &FlagState, weight: Weight) -> Option<String> {
         if weight <= now.ramp {
             return None;
         }
         let wrote = *self.wrote.lock().unwrap_or_else(|p| p.into_inner());
-        let unwritten = !self.wrote_here.load(std::sync::atomic::Ordering::Acquire);
-        match (wrote, self.resumed_since) {
+        match (wrote.ramp, wrote.unlogged_since) {
             (Some(wrote), _) if now.ramp < wrote => Some(format!(
                 "flag `{}` was turned down to {} outside the release (it had put it at {wrote}): the release does not ramp it up again over that",
                 self.flag, now.ramp
             )),
-            (_, Some(since))
-                if unwritten && now.changed_at >= since && now.changed_by != RELEASE_ACTOR =>
-            {
+            (_, Some(since)) if now.changed_at >= since && now.changed_by != RELEASE_ACTOR => {
                 Some(format!(
                     "flag `{}` was set to {} by {} while no controller ran the release: the release does not ramp it up again over that",
                     self.flag, now.ramp, now.changed_by
@@ -176,12 +177,8 @@ impl TrafficRouter for FlagRouter {
             // Raising the ramp over a kill someone made since this release last wrote
             // it would undo an operator's off switch: the change fails instead (and
             // the release rolls back: its flag goes off, as the operator wanted).
-            let watching = self.resumed_since.is_some()
-                || self
-                    .wrote
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_some();
+            let wrote = *self.wrote.lock().unwrap_or_else(|p| p.into_inner());
+            let watching = wrote.ramp.is_some() || wrote.unlogged_since.is_some();
             if watching && weight > Weight::ZERO {
                 let now = self
                     .flags
@@ -202,9 +199,10 @@ impl TrafficRouter for FlagRouter {
                 at: self.clock.now(),
             };
             self.flags.set_flag(&self.service, &change).await?;
-            *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = Some(weight);
-            self.wrote_here
-                .store(true, std::sync::atomic::Ordering::Release);
+            *self.wrote.lock().unwrap_or_else(|p| p.into_inner()) = Wrote {
+                ramp: Some(weight),
+                unlogged_since: None,
+            };
             // The allowlist has the flag on at every weight, so its users are the
             // canary's wherever a step sends anyone there: a weight-0 step sends its
             // `match` (a step at 0 % always has one). Only a rollback's 0 % has none:

@@ -70,6 +70,8 @@ pub struct LoggedRequest<'a> {
     pub status: u16,
     /// How long the version took to send its response headers; `None` when it sent
     /// none (it refused the connection, say): the request counts, its latency not.
+    /// A request abandoned by its client (`499`) or given up on by the router (its own
+    /// `504`, with no header time) is timed by its wait instead.
     pub header_time: Option<Duration>,
     /// How long the whole request took, to the response body's last byte sent to the
     /// client (`%Ta`, `$request_time`); `None` when the line does not carry it (an
@@ -86,6 +88,9 @@ type Field = Option<Option<Duration>>;
 
 /// nginx's status for a request whose client closed its connection before the answer.
 const ABANDONED: u16 = 499;
+
+/// The status a router answers with when it gave up waiting for the version.
+const GAVE_UP: u16 = 504;
 
 /// Parses one log line (a syslog header before the tag is skipped).
 pub fn parse(line: &str) -> Option<LoggedRequest<'_>> {
@@ -110,7 +115,16 @@ pub fn parse(line: &str) -> Option<LoggedRequest<'_>> {
     // latency (a lower bound), so that a version hanging past its callers' patience
     // shows, whichever router is in front of it.
     let abandoned = status == ABANDONED && header_time.is_none();
-    let header_time = if abandoned { total_time } else { header_time };
+    // The router's own 504 (nginx's `proxy_read_timeout`, HAProxy's `timeout server`):
+    // it gave up waiting for the version. Timed by that wait, as a lower bound, for the
+    // same reason: a version that hangs would otherwise lose exactly its slowest
+    // requests from its latency.
+    let gave_up = status == GAVE_UP && header_time.is_none();
+    let header_time = if abandoned || gave_up {
+        total_time
+    } else {
+        header_time
+    };
     Some(LoggedRequest {
         service,
         variant,

@@ -55,9 +55,10 @@ pub struct MetricReading {
     pub canary: Option<f64>,
     /// The stable version's value, when it could be computed.
     pub stable: Option<f64>,
-    /// Canary requests in the interval.
+    /// Canary requests in the interval; for a latency metric, those timed (a request
+    /// no version answered counts as an error, and has no latency).
     pub canary_requests: u64,
-    /// Stable requests in the interval.
+    /// Stable requests in the interval, counted as the canary's are.
     pub stable_requests: u64,
     /// Whether stable itself broke the absolute limit (both versions unhealthy).
     pub stable_breached: bool,
@@ -84,6 +85,10 @@ fn no_value(metric: BuiltinMetric, stats: &VariantStats, variant: &str) -> Strin
     match metric {
         BuiltinMetric::LatencyTotal(_) if stats.latency_total.is_empty() => format!(
             "no total time recorded for the {variant}'s {} requests in this interval (bodies still being sent, or a source without it: HAProxy needs `%Ta` at the end of its log-format, recorded samples hold the time to headers only)",
+            stats.requests
+        ),
+        BuiltinMetric::Latency(_) if stats.latency.is_empty() => format!(
+            "none of the {variant}'s {} requests in this interval was timed (no version answered them)",
             stats.requests
         ),
         _ => format!("{variant} value could not be computed"),
@@ -535,18 +540,25 @@ fn threshold_on(
         reading.detail = no_value(m, &sample.canary, "canary");
         return reading;
     };
-    if sample.canary.requests < spec.min_samples {
+    // A latency quantile is read from the requests that were timed: `min_samples` of
+    // them, not of requests (those no version answered are counted, never timed).
+    let latency = m.latency();
+    let timing = latency.map_or(Timing::Headers, |(_, t)| t);
+    if latency.is_some() {
+        reading.canary_requests = sample.canary.latency_to(timing).count();
+        reading.stable_requests = sample.stable.latency_to(timing).count();
+    }
+    let timed = if latency.is_some() { " timed" } else { "" };
+    if reading.canary_requests < spec.min_samples {
         reading.detail = format!(
-            "{} canary requests, {} needed",
-            sample.canary.requests, spec.min_samples
+            "{} canary requests{timed}, {} needed",
+            reading.canary_requests, spec.min_samples
         );
         return reading;
     }
     let fmt = |v: f64| m.format(v);
-    let stable_enough = sample.stable.requests >= spec.min_samples;
+    let stable_enough = reading.stable_requests >= spec.min_samples;
     // A latency quantile breaks a limit only beyond noise; a rate is judged as read.
-    let latency = m.latency();
-    let timing = latency.map_or(Timing::Headers, |(_, t)| t);
     let canary_h = (c, sample.canary.latency_to(timing));
     let (mut failures, breached) = match latency {
         Some((q, _)) => latency_absolute_failures(
@@ -573,8 +585,8 @@ fn threshold_on(
             // compare with, and must not hold the pool open.)
             _ if side == StableSide::Idle && t.absolute() => {}
             _ => unknown.push(format!(
-                "{} stable requests, {} needed for the ratio",
-                sample.stable.requests, spec.min_samples
+                "{} stable requests{timed}, {} needed for the ratio",
+                reading.stable_requests, spec.min_samples
             )),
         }
     }
@@ -593,16 +605,16 @@ fn threshold_on(
         // release pools the next intervals with this one), up to enough for a test
         // with the power to see a real regression.
         let enough = spec.min_samples.max(1).saturating_mul(NOISE_POOL);
-        if sample.canary.requests < enough {
+        if reading.canary_requests < enough {
             reading.verdict = Verdict::Inconclusive;
             reading.detail = format!(
-                "{}; above a limit by its value alone, {WITHIN_NOISE}: {} canary requests, {enough} decide",
-                reading.detail, sample.canary.requests
+                "{}; above a limit by its value alone, {WITHIN_NOISE}: {} canary requests timed, {enough} decide",
+                reading.detail, reading.canary_requests
             );
         } else {
             reading.detail = format!(
-                "{}; above a limit by its value alone, {WITHIN_NOISE} over {} requests",
-                reading.detail, sample.canary.requests
+                "{}; above a limit by its value alone, {WITHIN_NOISE} over {} timed requests",
+                reading.detail, reading.canary_requests
             );
         }
     }
@@ -881,9 +893,14 @@ fn sequential_on(
         r.detail = "no canary requests in this interval".into();
         return r;
     }
-    // Requests whose bodies are still being sent have no total time yet; with none at
-    // all, nothing says whether the canary is slower (never a pass).
-    if matches!(spec.metric, BuiltinMetric::LatencyTotal(_)) && c.latency_total.is_empty() {
+    // A latency test runs on the canary's timed requests: those no version answered
+    // have no time, and requests whose bodies are still being sent no total time yet.
+    // With none at all, nothing says whether the canary is slower (never a pass).
+    let timed = spec
+        .metric
+        .latency()
+        .map(|(_, timing)| c.latency_to(timing).count());
+    if timed == Some(0) {
         r.detail = no_value(spec.metric, c, "canary");
         return r;
     }
@@ -938,8 +955,9 @@ fn sequential_on(
     evidence.process.update(bad, trials, p0);
     // Only the canary requests of intervals the test ran on count toward
     // `min_samples`: one without a comparison (no stable requests, stable's latency
-    // history still short) tells nothing about the canary.
-    evidence.tested = evidence.tested.saturating_add(canary_n);
+    // history still short) tells nothing about the canary. For latency, only those
+    // timed: they are what was compared.
+    evidence.tested = evidence.tested.saturating_add(timed.unwrap_or(canary_n));
     let seen = evidence.tested;
     let log_e = evidence.process.log_e();
     evidence.rejected |= evidence.process.rejects(seq.alpha);
@@ -1232,7 +1250,10 @@ mod tests {
         s.metric = BuiltinMetric::Latency(0.99);
         let r = judge(&s, &sample((100, 0), (100, 0)));
         assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
-        assert!(r.detail.contains("could not be computed"));
+        assert!(
+            r.detail.contains("none of the canary's 100 requests"),
+            "{r:?}"
+        );
     }
 
     #[test]

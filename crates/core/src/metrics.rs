@@ -22,6 +22,12 @@ pub fn bucket_of(micros: u64) -> usize {
     (idx as usize).min(BUCKETS - 1)
 }
 
+/// The slowest latency measured as itself, in milliseconds (about 192 s): the last
+/// bucket holds every slower one, so a latency limit must be below this to be broken.
+pub fn measured_up_to_ms() -> f64 {
+    bucket_upper_ms(BUCKETS - 2)
+}
+
 /// Upper edge of bucket `i`, in milliseconds.
 pub fn bucket_upper_ms(i: usize) -> f64 {
     BASE_US * (i as f64 / PER_DOUBLING).exp2() / 1000.0

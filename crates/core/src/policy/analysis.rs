@@ -1496,6 +1496,23 @@ fn decode_threshold(
             "0.9 (canary may be 10 % lower than stable)",
         ),
     };
+    // The latency histograms count every request slower than their range in their
+    // last bucket: a limit within it could never be broken.
+    if let (BuiltinMetric::Latency(_) | BuiltinMetric::LatencyTotal(_), Some(max)) = (metric, t.max)
+    {
+        let top = crate::metrics::measured_up_to_ms();
+        if max >= top {
+            cx.error(
+                m.get("max").map_or(m.pos(), |n| n.pos),
+                &m.path_of("max"),
+                format!(
+                    "latency is measured up to {:.0}s (every slower request counts as that long), so a `max` of {:.0}s could never be broken; use a lower `max`",
+                    top / 1000.0,
+                    max / 1000.0
+                ),
+            );
+        }
+    }
     let upper = m.present(&UPPER_LIMITS);
     let lower = m.present(&LOWER_LIMITS);
     // A limit written with no value (a template that rendered to nothing) bounds

@@ -4,7 +4,7 @@ A/B of two rampart builds that this machine's drifting speed cannot blur.
     python3 scripts/bench_instructions.py NEW_BINARY BASE_BINARY
 
 For each load (BENCH_LOADS, default `get,grpc`: HTTP/1.1 keep-alive GETs, or gRPC unary
-calls over h2c end to end; also `post` and `h2`), each binary runs as `rampart proxy`
+calls over h2c end to end; also `post`, `h2` and `ws`, the WebSocket echo per message), each binary runs as `rampart proxy`
 under callgrind in front of two sample backends, twice: once for N1 requests and once
 for N2 (h2load, 10 connections, a fixed count). The difference of the two totals over
 N2 - N1 is the cost per request, without the start and the stop. ROUNDS repeats it,
@@ -35,6 +35,9 @@ LOADS = os.environ.get("BENCH_LOADS", "get,grpc").split(",")
 N1 = int(os.environ.get("N1", "2000"))
 N2 = int(os.environ.get("N2", "10000"))
 ROUNDS = int(os.environ.get("ROUNDS", "2"))
+# The WebSocket echo (`ws`) runs for WS_S1 and WS_S2 seconds instead of N1 and N2 messages.
+WS_S1 = float(os.environ.get("WS_S1", "2"))
+WS_S2 = float(os.environ.get("WS_S2", "6"))
 OUT = os.path.join(bp.TMP, "callgrind")
 
 
@@ -62,7 +65,7 @@ def load_args(load, port, n):
         return ["h2load", "--h1", "-n", str(n), "-c10", "-d", body, f"http://127.0.0.1:{port}/"]
     if load == "get":
         return ["h2load", "--h1", "-n", str(n), "-c10", f"http://127.0.0.1:{port}/"]
-    raise SystemExit(f"BENCH_LOADS: {load} is not get, post, h2 or grpc")
+    raise SystemExit(f"BENCH_LOADS: {load} is not get, post, h2, grpc or ws")
 
 
 def total(binary, load, n, tag):
@@ -72,8 +75,15 @@ def total(binary, load, n, tag):
     a, b = bp.backends()
     port, _ = bp.rampart_proxy(a, b, h2c=(load == "grpc"), binary=under_callgrind(binary, tag),
                                name=f"rampart-{tag}")
-    out = subprocess.run(load_args(load, port, n), capture_output=True, text=True, check=True).stdout
-    ok = int(re.search(r"(\d+) succeeded", out).group(1))
+    if load == "ws":
+        # The echo runs for a time, not a count: n is its seconds, and what it
+        # echoed is the count.
+        out = subprocess.run([bp.WS_LOAD, f"127.0.0.1:{port}", "/ws", "50", str(n)],
+                             capture_output=True, text=True, check=True).stdout
+        ok = json.loads(out)["messages"]
+    else:
+        out = subprocess.run(load_args(load, port, n), capture_output=True, text=True, check=True).stdout
+        ok = int(re.search(r"(\d+) succeeded", out).group(1))
     for p in bp.PROCS:
         p.terminate()
     for p in bp.PROCS:
@@ -90,8 +100,9 @@ def total(binary, load, n, tag):
 
 
 def per_request(binary, load, rnd, name):
-    t1, ok1 = total(binary, load, N1, f"{name}-{load}-{rnd}-a")
-    t2, ok2 = total(binary, load, N2, f"{name}-{load}-{rnd}-b")
+    n1, n2 = (WS_S1, WS_S2) if load == "ws" else (N1, N2)
+    t1, ok1 = total(binary, load, n1, f"{name}-{load}-{rnd}-a")
+    t2, ok2 = total(binary, load, n2, f"{name}-{load}-{rnd}-b")
     per = (t2 - t1) / (ok2 - ok1)
     print(json.dumps({"binary": name, "load": load, "round": rnd, "requests": [ok1, ok2],
                       "instructions": [t1, t2], "per_request": round(per)}), flush=True)

@@ -2,8 +2,9 @@
 //! upgrade reaches the version with its `Upgrade` and `Connection`, the 101 comes
 //! back, bytes flow both ways, the tunnel stays on the version chosen at the upgrade
 //! whatever the weight becomes, it is counted once in that version's metrics, a
-//! refused upgrade passes its status through, no HTTP timer cuts it, it counts toward
-//! `max_connections`, and the drain's deadline closes it.
+//! refused upgrade passes its status through, bytes sent with either head are carried,
+//! no HTTP timer cuts it, it counts toward `max_connections`, and the drain's deadline
+//! closes it.
 //!
 //! The upstream is a raw socket server: it answers 101 and echoes bytes (the proxy
 //! must not care about WebSocket frames). The stable one echoes them as they are, the
@@ -27,8 +28,9 @@ const PATIENCE: Duration = Duration::from_secs(10);
 const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
 
 /// An upstream that switches any request asking `Upgrade: websocket` (named in
-/// `Connection`) and echoes its bytes, upper-cased when `shout`; `/refuse` gets 400,
-/// and a request that does not ask gets 200.
+/// `Connection`) and echoes its bytes (those that came with the request's head too),
+/// upper-cased when `shout`; `/greet` is switched with `hello` in the 101's own write,
+/// `/refuse` gets 400, and a request that does not ask gets 200.
 async fn echo_upstream(shout: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -36,7 +38,7 @@ async fn echo_upstream(shout: bool) -> SocketAddr {
         loop {
             let (mut conn, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let Some((head, _)) = read_head(&mut conn).await else {
+                let Some((head, early)) = read_head(&mut conn).await else {
                     return;
                 };
                 let asked = head.contains("\r\nupgrade: websocket\r\n")
@@ -54,11 +56,18 @@ async fn echo_upstream(shout: bool) -> SocketAddr {
                         .await;
                     return;
                 }
-                conn.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-                )
-                .await
-                .unwrap();
+                let mut switched = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
+                if head.starts_with("get /greet") {
+                    switched.extend_from_slice(b"hello");
+                }
+                conn.write_all(&switched).await.unwrap();
+                let mut early = early;
+                if shout {
+                    early.make_ascii_uppercase();
+                }
+                if conn.write_all(&early).await.is_err() {
+                    return;
+                }
                 let mut chunk = [0u8; 4096];
                 loop {
                     match conn.read(&mut chunk).await {
@@ -161,6 +170,33 @@ async fn a_websocket_upgrade_is_switched_and_echoes_both_ways() {
     let totals = proxy.totals();
     assert_eq!((totals.stable.requests, totals.stable.errors), (1, 0));
     assert_eq!(totals.canary.requests, 0);
+}
+
+/// Bytes sent in the same write as an upgrade's head, both ways: a client's first
+/// message sent with its request, and a version's greeting sent with its 101. Each
+/// end read them with the head, before the tunnel took the connection over, and they
+/// must come first, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_with_the_upgrade_heads_are_carried_both_ways() {
+    let (_proxy, server) = proxy_with(ProxyLimits::default()).await;
+    let mut conn = TcpStream::connect(server.local_addr()).await.unwrap();
+    let request = String::from_utf8(UPGRADE.to_vec())
+        .unwrap()
+        .replace("GET /chat", "GET /greet");
+    conn.write_all(format!("{request}early").as_bytes())
+        .await
+        .unwrap();
+    let (head, mut got) = read_head(&mut conn).await.expect("an answer");
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    while got.len() < "helloearly".len() {
+        let mut chunk = [0u8; 64];
+        match tokio::time::timeout(PATIENCE, conn.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!("the tunnel gave {got:?}, then {other:?}"),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&got), "helloearly");
+    assert_eq!(echo(&mut conn, "later").await, "later");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

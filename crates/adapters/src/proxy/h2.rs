@@ -86,6 +86,14 @@ pub(super) struct Prefixed<I> {
     io: I,
 }
 
+impl<I> Prefixed<I> {
+    /// The connection, and those of its first bytes not read again yet.
+    pub(super) fn into_parts(self) -> (I, bytes::Bytes) {
+        let rest = bytes::Bytes::copy_from_slice(&self.head[self.at..self.len]);
+        (self.io, rest)
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -71,6 +71,11 @@ impl<I> Watched<I> {
     pub(super) fn new(io: I, reads: Arc<AtomicU64>) -> Watched<I> {
         Watched { io, reads }
     }
+
+    /// The connection, no longer counted.
+    pub(super) fn into_inner(self) -> I {
+        self.io
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {

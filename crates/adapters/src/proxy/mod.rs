@@ -90,6 +90,7 @@ mod stats;
 mod timed;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod tunnel;
 mod upstream;
 
 use std::convert::Infallible;
@@ -1584,24 +1585,27 @@ impl Proxy {
         backend: SocketAddr,
     ) {
         let mut cut = self.inner.cut.clone();
-        tokio::spawn(async move {
+        let copy = tokio::spawn(async move {
             let _open = open;
-            let copy = async {
-                let (client, upstream) = match tokio::try_join!(client, upstream) {
-                    Ok(both) => both,
-                    Err(e) => {
-                        tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upgrade failed");
-                        return;
-                    }
-                };
-                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, variant = variant.as_str(), %backend, "tunnel ended");
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(error = %e, variant = variant.as_str(), %backend, "upgrade failed");
+                    return;
                 }
             };
+            if let Err(e) = tunnel::pump(client, upstream).await {
+                tracing::debug!(error = %e, variant = variant.as_str(), %backend, "tunnel ended");
+            }
+        });
+        // The drain's cut is watched from a task of its own, which wakes only when the
+        // tunnel ends or is cut: the copy's task wakes for every message, and polling
+        // the cut there cost a lock each time.
+        let abort = copy.abort_handle();
+        tokio::spawn(async move {
             tokio::select! {
-                () = copy => {}
-                _ = cut.wait_for(|cut| *cut) => {}
+                _ = copy => {}
+                _ = cut.wait_for(|cut| *cut) => abort.abort(),
             }
         });
     }

@@ -521,6 +521,14 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
         }
         if let NodeKind::Seq(items) = &n.kind {
             for (i, metric) in metrics.iter().enumerate() {
+                // A metric's name is how every reading, notice and dashboard calls it.
+                if metric.name.trim().is_empty() {
+                    let at = match &items[i].kind {
+                        NodeKind::Map(e) => e.iter().find(|(k, _)| k.text == "name").map_or(items[i].pos, |(_, v)| v.pos),
+                        _ => items[i].pos,
+                    };
+                    cx.error(at, &format!("{p}[{i}].name"), "a metric's name cannot be empty; name it (readings, notices and the dashboard call it by that name), or leave `name` out for a builtin metric");
+                }
                 if metrics[..i].iter().any(|m| m.name == metric.name) {
                     cx.error(
                         items[i].pos,

@@ -304,5 +304,15 @@ fn decode_cadence(cx: &mut Decoder, n: &Node, p: &str) -> Option<Vec<&'static st
             _ => Some(PAGES.to_vec()),
         };
     }
-    cx.seq(n, p, |cx, n, p| one_of(cx, n, p, NAMES))
+    let on = cx.seq(n, p, |cx, n, p| one_of(cx, n, p, NAMES))?;
+    if on.is_empty() {
+        // A hook told of nothing looks configured and never fires.
+        cx.error(
+            n.pos,
+            p,
+            "`on` names no event, so this hook would never be told anything; list events (`[halted, escalated]`), use `pages` or `all`, or leave `on` out",
+        );
+        return None;
+    }
+    Some(on)
 }

@@ -1050,6 +1050,24 @@ fn diagnostic(src: &str, path: &str) -> Diagnostic {
         .unwrap_or_else(|| panic!("no diagnostic at {path}: {d:#?}"))
 }
 
+/// Written, and meaning nothing: a metric named `""` (every reading and notice would
+/// call it by no name) and a hook `on: []` (it looks configured and is never told
+/// anything). Each is refused at its own line.
+#[test]
+fn an_empty_metric_name_and_a_hook_on_no_event_are_refused_at_their_lines() {
+    let src =
+        with_metrics("    - metric: error_rate\n      name: \"\"\n      judge: { max: 1% }\n");
+    let line = src.lines().position(|l| l.contains("name: \"\"")).unwrap() + 1;
+    let d = diagnostic(&src, "analysis.metrics[0].name");
+    assert_eq!(d.line as usize, line, "{d:?}");
+    assert!(d.message.contains("cannot be empty"), "{d:?}");
+    let src = format!("{MINIMAL}notify:\n  - command: [./page.sh]\n    on: []\n");
+    let line = src.lines().position(|l| l.contains("on: []")).unwrap() + 1;
+    let d = diagnostic(&src, "notify[0].on");
+    assert_eq!(d.line as usize, line, "{d:?}");
+    assert!(d.message.contains("never be told"), "{d:?}");
+}
+
 #[test]
 fn http_metrics_fetch_a_url_with_headers_and_read_json_paths() {
     let src = with_metrics(

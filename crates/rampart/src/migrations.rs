@@ -60,8 +60,8 @@ pub fn check(paths: &[PathBuf]) -> Result<CheckReport, String> {
     // Functions the files before created: a later file calling one runs its body.
     let mut functions = std::collections::HashSet::new();
     for path in collect(paths)? {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // A byte that is not UTF-8 is refused at its line, as a parse error is.
+        let text = crate::run::read_text(&path).map_err(|e| e.to_string())?;
         if let Some(line) = migrations::unexplained_annotations(&text).first() {
             return Err(format!(
                 "{}:{line}: `-- {}` needs a reason, such as `-- {} backfill of a new column, reviewed by NAME`",

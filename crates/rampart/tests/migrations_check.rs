@@ -109,6 +109,18 @@ fn a_file_that_does_not_parse_exits_2_with_the_line() {
     assert!(err.contains("bad.sql:2:"), "{err}");
     let (code, _, _) = check(&[&dir.path().join("missing.sql")]);
     assert_eq!(code, 2);
+    // A comment saved in Latin-1 (`-- café`, 0xE9) on line 2: refused at its line and
+    // column, as a policy's is, not as an unreadable file.
+    let latin1 = dir.path().join("latin1.sql");
+    std::fs::write(
+        &latin1,
+        b"CREATE TABLE b (id int);\n-- caf\xE9\nALTER TABLE b ADD COLUMN note text;\n",
+    )
+    .unwrap();
+    let (code, v, err) = check(&[&latin1]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(v["error"], "invalid", "{v}");
+    assert!(err.contains("latin1.sql:2:7:"), "{err}");
 }
 
 #[test]

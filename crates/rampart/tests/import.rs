@@ -532,6 +532,33 @@ fn bad_yaml_names_the_file_the_document_and_the_line() {
     );
 }
 
+/// A manifest saved with a Latin-1 byte (`# café`, 0xE9, on line 2) is refused at that
+/// line and column, as a policy is, not as a file that cannot be read.
+#[test]
+fn a_byte_that_is_not_utf8_is_refused_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("latin1.yaml");
+    std::fs::write(
+        &file,
+        b"apiVersion: argoproj.io/v1alpha1\n# caf\xE9\nkind: Rollout\n",
+    )
+    .unwrap();
+    let out = rampart()
+        .args(["import", "argo"])
+        .arg(&file)
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{v}");
+    assert_eq!(
+        (v["line"].as_u64(), v["col"].as_u64()),
+        (Some(2), Some(6)),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("not UTF-8"), "{v}");
+}
+
 #[test]
 fn input_that_is_not_a_rollout_or_a_canary_is_refused_with_what_was_found() {
     let (code, v) = import("argo", &["payments-deployment.yaml"]);

@@ -49,20 +49,29 @@ pub fn main(args: ImportArgs) -> i32 {
     };
     let mut sources = Vec::new();
     for f in &args.files {
-        match std::fs::read_to_string(f) {
+        // A byte that is not UTF-8 is refused at its line and column.
+        match crate::run::read_text(f) {
             Ok(text) => sources.push(Source {
                 name: f.display().to_string(),
                 text,
             }),
             Err(e) => {
+                let (line, col) = e.at.unwrap_or((0, 0));
+                let message = match e.at {
+                    Some(_) => e.message,
+                    None => format!("cannot read it: {}", e.message),
+                };
                 return refuse(
                     args.output,
                     &ImportError {
                         file: f.display().to_string(),
                         document: None,
-                        pos: rampart_core::yaml::Pos { line: 0, col: 0 },
+                        pos: rampart_core::yaml::Pos {
+                            line: u32::try_from(line).unwrap_or(u32::MAX),
+                            col: u32::try_from(col).unwrap_or(u32::MAX),
+                        },
                         field: String::new(),
-                        message: format!("cannot read it: {e}"),
+                        message,
                     },
                 );
             }

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use super::emit::{E, Y, e, ec, list, n, raw, s};
 use super::expr::{self, Limit};
 use super::tree::{
-    Doc, at, boolean, duration_ms, duration_of, entries, get, int, items, pos_of, str_at, text,
+    Doc, Found, at, boolean, duration_ms, duration_of, entries, get, int, items, pos_of, resolve,
+    str_at, text, whereabouts,
 };
 use super::{
     Cx, Draft, ImportError, Metric, Providers, Source, Step, Workload, deploy_section, dur,
@@ -919,25 +920,53 @@ impl<'a> Argo<'a> {
             } else {
                 "ClusterAnalysisTemplate"
             };
-            let template = self
-                .docs
-                .iter()
-                .find(|d| d.is("argoproj.io", kind) && d.name == name)
-                .or_else(|| {
-                    self.docs
-                        .iter()
-                        .find(|d| d.is("argoproj.io", other) && d.name == name)
-                });
-            let Some(t) = template else {
-                return Err(ImportError::at(
-                    ro,
-                    name_node.pos,
-                    &field,
-                    format!(
-                        "the {kind} `{name}` is not among the inputs; pass the file that defines it (templates found: {})",
-                        self.template_names()
-                    ),
-                ));
+            // Looked up as Argo does: a namespaced template in the Rollout's namespace.
+            let find = |kind: &str| {
+                let ns = (kind == "AnalysisTemplate")
+                    .then_some(ro.namespace.as_deref())
+                    .flatten();
+                resolve(self.docs, "argoproj.io", kind, &name, ns)
+            };
+            let found = match find(kind) {
+                Found::Missing(elsewhere) => match find(other) {
+                    Found::Missing(_) => Found::Missing(elsewhere),
+                    found => found,
+                },
+                found => found,
+            };
+            let t = match found {
+                Found::One(t) => t,
+                Found::Twice(a, b) => {
+                    return Err(ImportError::at(
+                        ro,
+                        name_node.pos,
+                        &field,
+                        format!(
+                            "`{name}` is defined twice where this Rollout would find it ({} and {}); which one the cluster holds depends on the order they were applied: pass only the one in force",
+                            whereabouts(a),
+                            whereabouts(b)
+                        ),
+                    ));
+                }
+                Found::Missing(elsewhere) => {
+                    let seen = if elsewhere.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; a `{name}` is in namespace {}, not the Rollout's",
+                            elsewhere.join(", ")
+                        )
+                    };
+                    return Err(ImportError::at(
+                        ro,
+                        name_node.pos,
+                        &field,
+                        format!(
+                            "the {kind} `{name}` is not among the inputs{seen}; pass the file that defines it (templates found: {})",
+                            self.template_names()
+                        ),
+                    ));
+                }
             };
             if t.kind != kind {
                 cx.note(format!("{} {field}: `{name}` is a {} (the reference says {kind}); it is used as found.", self.label(), t.kind));
@@ -1159,7 +1188,7 @@ impl<'a> Argo<'a> {
             }
             fields.push(ec("judge", raw("{max: 0}"), "the job failed: 1"));
         } else {
-            let (limit, fails_on_empty) = self.limit(cx, t, m, mpath)?;
+            let (limit, fails_on_empty) = self.limit(cx, t, m, mpath, args)?;
             empty_fails = fails_on_empty;
             match limit {
                 Limit::Max(v) => {
@@ -1285,10 +1314,25 @@ impl<'a> Argo<'a> {
 
     /// The metric's limit from its conditions, or `None` (reported) when none is read;
     /// and whether the judged condition fails an empty result (`len(result) == 0 ||`).
-    fn limit(&self, cx: &mut Cx, t: &Doc, m: &Node, mpath: &str) -> Option<(Limit, bool)> {
+    fn limit(
+        &self,
+        cx: &mut Cx,
+        t: &Doc,
+        m: &Node,
+        mpath: &str,
+        args: &HashMap<String, Arg>,
+    ) -> Option<(Limit, bool)> {
         let read = |cx: &mut Cx, key: &str, f: fn(&str) -> Option<expr::Condition>| {
             let n = get(m, key)?;
-            let src = text(n).unwrap_or_default();
+            // Argo fills the arguments in a metric as a whole, conditions included.
+            let src = match self.subst(text(n).unwrap_or_default(), args, false) {
+                Ok(src) => src,
+                Err(why) => {
+                    cx.unmapped(t, &format!("{mpath}.{key}"), n.pos, why);
+                    return Some(None);
+                }
+            };
+            let src = src.as_str();
             match f(src) {
                 Some(c) => Some(Some(c)),
                 None => {

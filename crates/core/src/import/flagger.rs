@@ -4,7 +4,10 @@
 //! metrics and notification hooks, and alerts notification hooks.
 
 use super::emit::{E, Y, e, ec, list, n, number, raw, s};
-use super::tree::{Doc, at, duration_of, entries, get, int, items, pos_of, str_at, text};
+use super::tree::{
+    Doc, Found, at, duration_of, entries, get, int, items, pos_of, resolve, str_at, text,
+    whereabouts,
+};
 use super::{
     Cx, Draft, ImportError, Metric, Providers, Source, Step, Workload, deploy_section, dur,
     error_counts, find_deployment, kube_name, not_found, pod_selector, service_name,
@@ -135,6 +138,7 @@ pub(super) fn import(cx: &mut Cx, docs: &[Doc], sources: &[Source]) -> Result<Dr
         service: target.to_string(),
         providers: Providers::default(),
         interval_ms: 60_000,
+        hold_ms: 60_000,
         threshold: 1,
     };
     f.analysis(cx, &mut draft, spec, analysis, apath)?;
@@ -150,6 +154,8 @@ struct Flagger<'a> {
     service: String,
     providers: Providers,
     interval_ms: u64,
+    /// How long Flagger holds each weight: `analysis.interval`, unbounded.
+    hold_ms: u64,
     threshold: i64,
 }
 
@@ -162,6 +168,13 @@ struct Hooks<'a> {
 }
 
 impl<'a> Flagger<'a> {
+    /// The `kind` named `name` that a reference (`templateRef`, `providerRef`) means:
+    /// in its `namespace`, or else the Canary's, as Flagger looks it up.
+    fn referred(&self, reference: &Node, kind: &str, name: &str) -> Found<'a> {
+        let ns = str_at(reference, "namespace").or(self.cn.namespace.as_deref());
+        resolve(self.docs, "flagger.app", kind, name, ns)
+    }
+
     fn from(&self, path: &str) -> String {
         format!("{} {path}", self.cn.label())
     }
@@ -192,7 +205,21 @@ impl<'a> Flagger<'a> {
             ],
         );
         if let Some(ms) = get(a, "interval").and_then(duration_of) {
+            // Flagger holds each weight for one interval, however long: the steps keep
+            // it, and only the policy's `analysis.interval` is bounded.
+            self.hold_ms = ms.max(100);
             self.interval_ms = ms.clamp(100, 3_600_000);
+            if ms > 3_600_000 {
+                cx.unmapped(
+                    self.cn,
+                    &format!("{apath}.interval"),
+                    pos_of(get(a, "interval")),
+                    format!(
+                        "a policy's `analysis.interval` is at most 1h: the metrics are read every hour, and each weight is still held {} as Flagger holds it",
+                        dur(self.hold_ms)
+                    ),
+                );
+            }
         }
         self.providers.interval_ms =
             Some((self.interval_ms, self.from(&format!("{apath}.interval"))));
@@ -238,7 +265,7 @@ impl<'a> Flagger<'a> {
         let provider = str_at(spec, "provider")
             .unwrap_or("the mesh of Flagger's --mesh-provider")
             .to_string();
-        let interval = dur(self.interval_ms);
+        let interval = dur(self.hold_ms);
         // Flagger runs a blue/green whenever `iterations` is set, step weights or not.
         if iterations.is_some()
             && let Some((key, node)) = ["stepWeights", "stepWeight"]
@@ -275,7 +302,7 @@ impl<'a> Flagger<'a> {
                 }
                 draft.steps.push(Step::Weight {
                     weight: f64::from(*w),
-                    bake_ms: self.interval_ms,
+                    bake_ms: self.hold_ms,
                     from: vec![from.clone(), self.from(&format!("{apath}.interval"))],
                 });
             }
@@ -325,7 +352,7 @@ impl<'a> Flagger<'a> {
                 },
             ];
         } else if let Some(it) = iterations {
-            let mut stability = (it as u64).saturating_mul(self.interval_ms);
+            let mut stability = (it as u64).saturating_mul(self.hold_ms);
             // A policy's durations are at most 365 days.
             if stability > super::argo::MAX_MS {
                 stability = super::argo::MAX_MS;
@@ -745,30 +772,56 @@ impl<'a> Flagger<'a> {
             );
             if let Some(tr) = get(m, "templateRef") {
                 let tname = str_at(tr, "name").unwrap_or_default();
-                let Some(t) = self
-                    .docs
-                    .iter()
-                    .find(|d| d.is("flagger.app", "MetricTemplate") && d.name == tname)
-                else {
-                    let found: Vec<String> = self
-                        .docs
-                        .iter()
-                        .filter(|d| d.kind == "MetricTemplate")
-                        .map(|d| format!("`{}`", d.name))
-                        .collect();
-                    return Err(ImportError::at(
-                        cn,
-                        pos_of(get(tr, "name")),
-                        &format!("{path}.templateRef.name"),
-                        format!(
-                            "the MetricTemplate `{tname}` is not among the inputs; pass the file that defines it (found: {})",
-                            if found.is_empty() {
-                                "none".into()
-                            } else {
-                                found.join(", ")
-                            }
-                        ),
-                    ));
+                cx.rest(
+                    cn,
+                    tr,
+                    &format!("{path}.templateRef"),
+                    &["name", "namespace"],
+                    &[],
+                );
+                let t = match self.referred(tr, "MetricTemplate", tname) {
+                    Found::One(t) => t,
+                    Found::Twice(a, b) => {
+                        return Err(ImportError::at(
+                            cn,
+                            pos_of(get(tr, "name")),
+                            &format!("{path}.templateRef.name"),
+                            format!(
+                                "the MetricTemplate `{tname}` is defined twice where this Canary would find it ({} and {}); which one the cluster holds depends on the order they were applied: pass only the one in force",
+                                whereabouts(a),
+                                whereabouts(b)
+                            ),
+                        ));
+                    }
+                    Found::Missing(elsewhere) => {
+                        let found: Vec<String> = self
+                            .docs
+                            .iter()
+                            .filter(|d| d.kind == "MetricTemplate")
+                            .map(|d| format!("`{}`", d.name))
+                            .collect();
+                        let seen = if elsewhere.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; a `{tname}` is in namespace {}, not the one referred to",
+                                elsewhere.join(", ")
+                            )
+                        };
+                        return Err(ImportError::at(
+                            cn,
+                            pos_of(get(tr, "name")),
+                            &format!("{path}.templateRef.name"),
+                            format!(
+                                "the MetricTemplate `{tname}` is not among the inputs{seen}; pass the file that defines it (found: {})",
+                                if found.is_empty() {
+                                    "none".into()
+                                } else {
+                                    found.join(", ")
+                                }
+                            ),
+                        ));
+                    }
                 };
                 cx.use_doc(t);
                 let Some(mut fields) = self.template(cx, t, m) else {
@@ -1044,13 +1097,29 @@ impl<'a> Flagger<'a> {
             let pname = at(al, &["providerRef", "name"])
                 .and_then(text)
                 .unwrap_or_default();
-            let Some(p) = self
-                .docs
-                .iter()
-                .find(|d| d.is("flagger.app", "AlertProvider") && d.name == pname)
-            else {
-                cx.unmapped(cn, &format!("{path}.providerRef"), al.pos, format!("the AlertProvider `{pname}` is not among the inputs: pass its manifest to map it"));
-                continue;
+            let referred = match get(al, "providerRef") {
+                Some(pr) => {
+                    cx.rest(
+                        cn,
+                        pr,
+                        &format!("{path}.providerRef"),
+                        &["name", "namespace"],
+                        &[],
+                    );
+                    self.referred(pr, "AlertProvider", pname)
+                }
+                None => Found::Missing(Vec::new()),
+            };
+            let p = match referred {
+                Found::One(p) => p,
+                Found::Twice(a, b) => {
+                    cx.unmapped(cn, &format!("{path}.providerRef"), al.pos, format!("the AlertProvider `{pname}` is defined twice where this Canary would find it ({} and {}): pass only the one in force to map it", whereabouts(a), whereabouts(b)));
+                    continue;
+                }
+                Found::Missing(_) => {
+                    cx.unmapped(cn, &format!("{path}.providerRef"), al.pos, format!("the AlertProvider `{pname}` is not among the inputs: pass its manifest to map it"));
+                    continue;
+                }
             };
             cx.use_doc(p);
             let pspec = get(&p.node, "spec");

@@ -34,6 +34,70 @@ impl Doc {
     }
 }
 
+/// What a reference to an object by name finds among the inputs.
+#[derive(Debug)]
+pub(super) enum Found<'d> {
+    /// The one object the cluster would use.
+    One(&'d Doc),
+    /// None; the namespaces an object of that kind and name is in, if any.
+    Missing(Vec<String>),
+    /// Two objects the reference could mean (the same name in one namespace, or twice
+    /// with no namespace): which one the cluster holds depends on the order they were
+    /// applied in, so the import names both instead of guessing.
+    Twice(&'d Doc, &'d Doc),
+}
+
+/// The object of `kind` in API `group` named `name` that a reference from namespace
+/// `namespace` resolves to, as the cluster resolves it: in that namespace (`None`: a
+/// cluster-scoped kind, or a referrer whose namespace is not written: found by name
+/// alone). A manifest without a namespace is
+/// applied into the namespace `kubectl` is given, so it stands for any, behind one
+/// that names the namespace.
+pub(super) fn resolve<'d>(
+    docs: &'d [Doc],
+    group: &str,
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> Found<'d> {
+    let named: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.is(group, kind) && d.name == name)
+        .collect();
+    let exact: Vec<&Doc> = match namespace {
+        None => named.clone(),
+        Some(ns) => named
+            .iter()
+            .copied()
+            .filter(|d| d.namespace.as_deref() == Some(ns))
+            .collect(),
+    };
+    let pool = if exact.is_empty() {
+        named
+            .iter()
+            .copied()
+            .filter(|d| d.namespace.is_none())
+            .collect()
+    } else {
+        exact
+    };
+    match pool.as_slice() {
+        [one] => Found::One(one),
+        [a, b, ..] => Found::Twice(a, b),
+        [] => {
+            let mut elsewhere: Vec<String> =
+                named.iter().filter_map(|d| d.namespace.clone()).collect();
+            elsewhere.dedup();
+            Found::Missing(elsewhere)
+        }
+    }
+}
+
+/// Where a document is, for a message: `in.yaml document 2`.
+pub(super) fn whereabouts(d: &Doc) -> String {
+    format!("{} document {}", d.file, d.index)
+}
+
 /// The value under `key` of a mapping.
 pub(super) fn get<'a>(n: &'a Node, key: &str) -> Option<&'a Node> {
     entries(n)

@@ -84,8 +84,8 @@ pub fn main(args: ImportArgs) -> i32 {
     if let Some(out) = &args.out
         && let Err(e) = std::fs::write(out, &imported.policy)
     {
-        eprintln!("error: {}: {e}", out.display());
-        return 1;
+        let e = crate::report::RunError::Internal(anyhow::anyhow!("{}: {e}", out.display()));
+        return crate::report::fail(args.output, &e);
     }
     report(&imported, args.out.as_ref(), args.output);
     if imported.unmapped.is_empty() { 0 } else { 4 }

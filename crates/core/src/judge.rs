@@ -536,10 +536,6 @@ fn threshold_on(
         reading.detail = "no canary requests in this interval".into();
         return reading;
     }
-    let Some(c) = canary else {
-        reading.detail = no_value(m, &sample.canary, "canary");
-        return reading;
-    };
     // A latency quantile is read from the requests that were timed: `min_samples` of
     // them, not of requests (those no version answered are counted, never timed).
     let latency = m.latency();
@@ -548,6 +544,10 @@ fn threshold_on(
         reading.canary_requests = sample.canary.latency_to(timing).count();
         reading.stable_requests = sample.stable.latency_to(timing).count();
     }
+    let Some(c) = canary else {
+        reading.detail = no_value(m, &sample.canary, "canary");
+        return reading;
+    };
     let timed = if latency.is_some() { " timed" } else { "" };
     if reading.canary_requests < spec.min_samples {
         reading.detail = format!(
@@ -896,10 +896,13 @@ fn sequential_on(
     // A latency test runs on the canary's timed requests: those no version answered
     // have no time, and requests whose bodies are still being sent no total time yet.
     // With none at all, nothing says whether the canary is slower (never a pass).
-    let timed = spec
-        .metric
-        .latency()
-        .map(|(_, timing)| c.latency_to(timing).count());
+    let timed = spec.metric.latency().map(|(_, timing)| {
+        r.stable_requests = s.latency_to(timing).count();
+        c.latency_to(timing).count()
+    });
+    if let Some(n) = timed {
+        r.canary_requests = n;
+    }
     if timed == Some(0) {
         r.detail = no_value(spec.metric, c, "canary");
         return r;

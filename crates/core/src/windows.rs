@@ -337,7 +337,7 @@ fn decode_allow(cx: &mut Decoder, node: &Node, path: &str) -> Option<AllowWindow
             });
             // No day at all: a window that never opens (leave `days` out for every day).
             if days.is_some_and(|d| d.iter().all(|on| !on)) {
-                cx.error(
+                cx.refuse_new(
                     n.pos,
                     &p,
                     "a window on no day never opens; name its days (`[mon-fri]`), or leave `days` out for every day",

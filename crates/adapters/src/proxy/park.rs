@@ -121,14 +121,14 @@ impl<I: AsyncRead + Unpin> Parkable<I> {
         }
     }
 
-    /// Puts `read` (bytes hyper read and did not use) before the socket's next bytes,
-    /// copied: `read` is a view of hyper's whole read buffer, which parking frees.
     /// The connection, and the bytes read from it and not yet used (a tunnel's, once
     /// the connection is upgraded).
     pub(super) fn into_parts(self) -> (I, Bytes) {
         (self.io, self.prefix)
     }
 
+    /// Puts `read` (bytes hyper read and did not use) before the socket's next bytes,
+    /// copied: `read` is a view of hyper's whole read buffer, which parking frees.
     pub(super) fn unread(&mut self, read: &[u8]) {
         debug_assert!(self.prefix.is_empty());
         if !read.is_empty() {

@@ -9,7 +9,7 @@ use super::emit::{E, Y, e, ec, list, n, raw, s};
 use super::expr::{self, Limit};
 use super::tree::{
     Doc, Found, at, boolean, duration_ms, duration_of, entries, get, int, items, pos_of, resolve,
-    str_at, text, whereabouts,
+    str_at, text, twice,
 };
 use super::{
     Cx, Draft, ImportError, Metric, Providers, Source, Step, Workload, deploy_section, dur,
@@ -941,11 +941,7 @@ impl<'a> Argo<'a> {
                         ro,
                         name_node.pos,
                         &field,
-                        format!(
-                            "`{name}` is defined twice where this Rollout would find it ({} and {}); which one the cluster holds depends on the order they were applied: pass only the one in force",
-                            whereabouts(a),
-                            whereabouts(b)
-                        ),
+                        twice(&name, "this Rollout", a, b),
                     ));
                 }
                 Found::Missing(elsewhere) => {

@@ -5,8 +5,7 @@
 
 use super::emit::{E, Y, e, ec, list, n, number, raw, s};
 use super::tree::{
-    Doc, Found, at, duration_of, entries, get, int, items, pos_of, resolve, str_at, text,
-    whereabouts,
+    Doc, Found, at, duration_of, entries, get, int, items, pos_of, resolve, str_at, text, twice,
 };
 use super::{
     Cx, Draft, ImportError, Metric, Providers, Source, Step, Workload, deploy_section, dur,
@@ -207,16 +206,25 @@ impl<'a> Flagger<'a> {
         if let Some(ms) = get(a, "interval").and_then(duration_of) {
             // Flagger holds each weight for one interval, however long: the steps keep
             // it, and only the policy's `analysis.interval` is bounded.
-            self.hold_ms = ms.max(100);
+            // (A policy's durations are at most 365 days.)
+            self.hold_ms = ms.clamp(100, super::argo::MAX_MS);
             self.interval_ms = ms.clamp(100, 3_600_000);
             if ms > 3_600_000 {
+                let held = if ms > super::argo::MAX_MS {
+                    format!(
+                        "each weight is held {}, a policy's longest duration (Flagger holds it {})",
+                        dur(self.hold_ms),
+                        dur(ms)
+                    )
+                } else {
+                    format!("each weight is still held {} as Flagger holds it", dur(ms))
+                };
                 cx.unmapped(
                     self.cn,
                     &format!("{apath}.interval"),
                     pos_of(get(a, "interval")),
                     format!(
-                        "a policy's `analysis.interval` is at most 1h: the metrics are read every hour, and each weight is still held {} as Flagger holds it",
-                        dur(self.hold_ms)
+                        "a policy's `analysis.interval` is at most 1h: the metrics are read every hour, and {held}"
                     ),
                 );
             }
@@ -786,11 +794,7 @@ impl<'a> Flagger<'a> {
                             cn,
                             pos_of(get(tr, "name")),
                             &format!("{path}.templateRef.name"),
-                            format!(
-                                "the MetricTemplate `{tname}` is defined twice where this Canary would find it ({} and {}); which one the cluster holds depends on the order they were applied: pass only the one in force",
-                                whereabouts(a),
-                                whereabouts(b)
-                            ),
+                            format!("the MetricTemplate {}", twice(tname, "this Canary", a, b)),
                         ));
                     }
                     Found::Missing(elsewhere) => {
@@ -1113,7 +1117,12 @@ impl<'a> Flagger<'a> {
             let p = match referred {
                 Found::One(p) => p,
                 Found::Twice(a, b) => {
-                    cx.unmapped(cn, &format!("{path}.providerRef"), al.pos, format!("the AlertProvider `{pname}` is defined twice where this Canary would find it ({} and {}): pass only the one in force to map it", whereabouts(a), whereabouts(b)));
+                    cx.unmapped(
+                        cn,
+                        &format!("{path}.providerRef"),
+                        al.pos,
+                        format!("the AlertProvider {}", twice(pname, "this Canary", a, b)),
+                    );
                     continue;
                 }
                 Found::Missing(_) => {

@@ -60,42 +60,62 @@ pub(super) fn resolve<'d>(
     name: &str,
     namespace: Option<&str>,
 ) -> Found<'d> {
-    let named: Vec<&Doc> = docs
+    let mut named: Vec<&Doc> = docs
         .iter()
         .filter(|d| d.is(group, kind) && d.name == name)
         .collect();
-    let exact: Vec<&Doc> = match namespace {
-        None => named.clone(),
-        Some(ns) => named
-            .iter()
-            .copied()
-            .filter(|d| d.namespace.as_deref() == Some(ns))
-            .collect(),
-    };
-    let pool = if exact.is_empty() {
+    // The same file given twice holds the same object once.
+    named.sort_by(|a, b| (&a.file, a.index).cmp(&(&b.file, b.index)));
+    named.dedup_by(|a, b| (&a.file, a.index) == (&b.file, b.index));
+    let unplaced = || -> Vec<&Doc> {
         named
             .iter()
             .copied()
             .filter(|d| d.namespace.is_none())
             .collect()
-    } else {
-        exact
     };
+    // Where the reference looks first, then where else it may be.
+    let (first, then): (Vec<&Doc>, Vec<&Doc>) = match namespace {
+        Some(ns) => (
+            named
+                .iter()
+                .copied()
+                .filter(|d| d.namespace.as_deref() == Some(ns))
+                .collect(),
+            unplaced(),
+        ),
+        // Applied beside the referrer, most likely; else wherever it is.
+        None => (unplaced(), named.clone()),
+    };
+    let pool = if first.is_empty() { then } else { first };
     match pool.as_slice() {
         [one] => Found::One(one),
         [a, b, ..] => Found::Twice(a, b),
         [] => {
             let mut elsewhere: Vec<String> =
                 named.iter().filter_map(|d| d.namespace.clone()).collect();
+            elsewhere.sort();
             elsewhere.dedup();
             Found::Missing(elsewhere)
         }
     }
 }
 
-/// Where a document is, for a message: `in.yaml document 2`.
-pub(super) fn whereabouts(d: &Doc) -> String {
-    format!("{} document {}", d.file, d.index)
+/// Why a reference finding `a` and `b` is refused, for `referrer` (`this Rollout`).
+pub(super) fn twice(name: &str, referrer: &str, a: &Doc, b: &Doc) -> String {
+    let at = |d: &Doc| format!("{} document {}", d.file, d.index);
+    match (&a.namespace, &b.namespace) {
+        (Some(x), Some(y)) if x != y => format!(
+            "`{name}` is in namespace {x} ({}) and in {y} ({}), and {referrer} names no namespace to choose by: give it its namespace, or pass only the one in force",
+            at(a),
+            at(b)
+        ),
+        _ => format!(
+            "`{name}` is defined twice where {referrer} would find it ({} and {}); which one the cluster holds depends on the order they were applied: pass only the one in force",
+            at(a),
+            at(b)
+        ),
+    }
 }
 
 /// The value under `key` of a mapping.

@@ -527,7 +527,7 @@ pub(super) fn decode_analysis(cx: &mut Decoder, node: &Node, path: &str) -> Opti
                         NodeKind::Map(e) => e.iter().find(|(k, _)| k.text == "name").map_or(items[i].pos, |(_, v)| v.pos),
                         _ => items[i].pos,
                     };
-                    cx.error(at, &format!("{p}[{i}].name"), "a metric's name cannot be empty; name it (readings, notices and the dashboard call it by that name), or leave `name` out for a builtin metric");
+                    cx.refuse_new(at, &format!("{p}[{i}].name"), "a metric's name cannot be empty; name it (readings, notices and the dashboard call it by that name), or leave `name` out for a builtin metric");
                 }
                 if metrics[..i].iter().any(|m| m.name == metric.name) {
                     cx.error(
@@ -1509,8 +1509,8 @@ fn decode_threshold(
     if let (BuiltinMetric::Latency(_) | BuiltinMetric::LatencyTotal(_), Some(max)) = (metric, t.max)
     {
         let top = crate::metrics::measured_up_to_ms();
-        if max >= top {
-            cx.error(
+        if max > top {
+            cx.refuse_new(
                 m.get("max").map_or(m.pos(), |n| n.pos),
                 &m.path_of("max"),
                 format!(
@@ -1528,7 +1528,7 @@ fn decode_threshold(
     let mut empty = false;
     for key in UPPER_LIMITS.iter().chain(&LOWER_LIMITS) {
         if let Some(n) = m.get(key).filter(|n| n.kind == NodeKind::Null) {
-            cx.error(
+            cx.refuse_new(
                 n.pos,
                 &m.path_of(key),
                 format!("`{key}` has no value; give a limit, or leave `{key}` out"),

@@ -172,7 +172,7 @@ pub(super) fn decode_notify(cx: &mut Decoder, node: &Node, path: &str) -> Option
         // send every notice unsigned, which the receiver may accept: refused.
         for key in ["secret", "secret_env"] {
             if let Some(n) = m.get(key).filter(|n| n.kind == NodeKind::Null) {
-                cx.error(
+                cx.refuse_new(
                     n.pos,
                     &m.path_of(key),
                     format!("`{key}` has no value; give one, or leave `{key}` out to send unsigned notices"),
@@ -307,12 +307,11 @@ fn decode_cadence(cx: &mut Decoder, n: &Node, p: &str) -> Option<Vec<&'static st
     let on = cx.seq(n, p, |cx, n, p| one_of(cx, n, p, NAMES))?;
     if on.is_empty() {
         // A hook told of nothing looks configured and never fires.
-        cx.error(
+        cx.refuse_new(
             n.pos,
             p,
             "`on` names no event, so this hook would never be told anything; list events (`[halted, escalated]`), use `pages` or `all`, or leave `on` out",
         );
-        return None;
     }
     Some(on)
 }

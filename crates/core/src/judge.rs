@@ -761,6 +761,22 @@ fn wilson_upper(x: u64, n: u64) -> f64 {
         / (1.0 + z * z / n)
 }
 
+/// One interval's outcomes as a sequential judge tests them.
+enum Outcomes {
+    /// `bad` of `trials` outcomes on the canary, each with a null probability `p0`
+    /// (the tolerance applied).
+    Shares { bad: u64, trials: u64, p0: f64 },
+    /// A two-by-two table: `above_c` of the canary's `cn` requests slow, `above_s` of
+    /// stable's `sn`.
+    Table {
+        above_c: u64,
+        cn: u64,
+        above_s: u64,
+        sn: u64,
+    },
+}
+use Outcomes::{Shares, Table};
+
 /// What a sequential judge carries from interval to interval.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Evidence {
@@ -857,7 +873,10 @@ fn sequential_on(
     };
     // Each arm below gives the null as tested: the tolerance already applied.
     let test = |cb, sb, cn, sn, what: &str| {
-        raw(cb, sb, cn, sn, what).map(|(bad, n, p0, w)| (bad, n, tolerate(p0, tolerance), w))
+        raw(cb, sb, cn, sn, what).map(|(bad, trials, p0, w)| {
+            let p0 = tolerate(p0, tolerance);
+            (Shares { bad, trials, p0 }, w)
+        })
     };
     let (c, s) = (&sample.canary, &sample.stable);
     r.log_evidence = Some(evidence.process.log_e());
@@ -921,41 +940,54 @@ fn sequential_on(
             },
             _ => None,
         },
-        // A canary request is "bad" when slower than stable's quantile; ties (the same
-        // histogram bucket) say nothing and are left out on both sides.
+        // A request is "slow" when slower than stable's quantile over the intervals
+        // before this one; ties (that bucket) say nothing and are left out on both
+        // sides. The slow requests of this interval are then tested as errors are:
+        // under "no worse", each falls on the canary with its share of the timed
+        // requests, whatever the latency of both does meanwhile (a dependency that
+        // slows both versions down is no canary's regression). Against a frozen
+        // baseline, the canary's slow share is tested against the baseline's.
         BuiltinMetric::Latency(q) | BuiltinMetric::LatencyTotal(q) => stable_history
             .quantile_bucket(q)
             .filter(|_| stable_history.count() >= spec.min_samples)
             .and_then(|b| {
-                let (above_s, below_s) = stable_history.split_at(b);
                 let timing = spec.metric.latency().map_or(Timing::Headers, |l| l.1);
                 let (above_c, below_c) = c.latency_to(timing).split_at(b);
-                (below_s > 0).then(|| {
-                    // Stable's share above its quantile is estimated: the null is the
-                    // larger of that share with the tolerance and its upper bound, so
-                    // a tail estimated from few requests is not a canary's regression.
-                    let n = above_s + below_s;
-                    let null = tolerate(above_s as f64 / n as f64, tolerance)
-                        .max(wilson_upper(above_s, n));
+                let (above_s, below_s) = s.latency_to(timing).split_at(b);
+                let (cn, sn) = (above_c + below_c, above_s + below_s);
+                if frozen_stable {
+                    return test(above_c, above_s, cn, sn, &format!("requests slower than stable's q{q}"));
+                }
+                // Slow is not rare below a tail (a median): the table weighs the fast
+                // requests too.
+                (sn > 0 && cn > 0).then(|| {
                     let what = format!(
-                        "{above_c} of {} canary requests slower than stable's q{q} ({:.1}% expected at most)",
-                        above_c + below_c,
-                        null * 100.0
+                        "{above_c} of {cn} canary requests slower than stable's q{q} before, {above_s} of {sn} stable's"
                     );
-                    (above_c, above_c + below_c, null, what)
+                    (Table { above_c, cn, above_s, sn }, what)
                 })
             }),
         // Policy validation keeps query values on thresholds; nothing to count here.
         BuiltinMetric::Query => None,
     };
-    let Some((bad, trials, p0, what)) = observed else {
+    let Some((outcomes, what)) = observed else {
         r.detail = match over {
             Some(why) => format!("no reading to compare: {why}"),
             None => "not enough stable data to compare with yet".into(),
         };
         return r;
     };
-    evidence.process.update(bad, trials, p0);
+    match outcomes {
+        Table {
+            above_c,
+            cn,
+            above_s,
+            sn,
+        } => evidence
+            .process
+            .update_table(above_c, cn, above_s, sn, tolerance),
+        Shares { bad, trials, p0 } => evidence.process.update(bad, trials, p0),
+    }
     // Only the canary requests of intervals the test ran on count toward
     // `min_samples`: one without a comparison (no stable requests, stable's latency
     // history still short) tells nothing about the canary. For latency, only those
@@ -1114,43 +1146,64 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sequential_latency_judge_compares_with_stables_history() {
-        let (spec, seq) = seq_spec(BuiltinMetric::Latency(0.5));
-        let mut history = Histogram::default();
-        for i in 0..1000u64 {
-            history.record_micros(20_000 + (i % 100) * 200); // 20..40 ms
+    /// `n` requests from `from_ms`, `step_us` apart.
+    fn spread(n: u64, from_ms: u64, step_us: u64) -> Histogram {
+        let mut h = Histogram::default();
+        for i in 0..n {
+            h.record_micros(from_ms * 1000 + (i % 100) * step_us);
         }
-        let mut ev = Evidence::default();
-        let mut slow = VariantStats {
-            requests: 100,
-            ..Default::default()
-        };
-        for i in 0..100u64 {
-            slow.latency.record_micros(30_000 + (i % 100) * 300); // 30..60 ms
-        }
-        let s = IntervalSample {
-            stable: VariantStats {
-                requests: 900,
-                ..Default::default()
-            },
-            canary: slow,
-            ..Default::default()
-        };
-        let r = sequential(&spec, &seq, &s, &mut ev, &history);
-        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
-        // Without stable history there is nothing to compare with.
-        let mut fresh = Evidence::default();
-        let r = sequential(&spec, &seq, &s, &mut fresh, &Histogram::default());
-        assert_eq!(r.verdict, Verdict::Inconclusive);
+        h
     }
 
-    /// A p99 "estimated" from 150 requests is their slowest or 2nd slowest: a canary as
-    /// fast as stable lies above it more often than 1 %, so the null is taken at its
-    /// upper bound, and one slow request in 20 is no evidence; with a long history, two
-    /// in 20 are.
+    fn latency_interval(stable: Histogram, canary: Histogram) -> IntervalSample {
+        IntervalSample {
+            stable: VariantStats {
+                requests: stable.count(),
+                latency: stable,
+                ..Default::default()
+            },
+            canary: VariantStats {
+                requests: canary.count(),
+                latency: canary,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The quantile comes from stable's earlier intervals; the slow requests of this
+    /// one are compared between the versions at the same time.
     #[test]
-    fn the_sequential_latency_judge_allows_for_a_tail_it_estimated() {
+    fn sequential_latency_judge_compares_slow_requests_with_stables_at_the_same_time() {
+        let (spec, seq) = seq_spec(BuiltinMetric::Latency(0.5));
+        let history = spread(1000, 20, 200); // 20..40 ms
+        // The canary at 30..60 ms beside stable as it was: worse.
+        let slower = latency_interval(spread(900, 20, 200), spread(100, 30, 300));
+        let r = sequential(&spec, &seq, &slower, &mut Evidence::default(), &history);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        // Without stable history there is no quantile to count from.
+        let r = sequential(
+            &spec,
+            &seq,
+            &slower,
+            &mut Evidence::default(),
+            &Histogram::default(),
+        );
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        // Both at 30..60 ms (a dependency slowed both): no evidence against the canary.
+        let both = latency_interval(spread(900, 30, 300), spread(100, 30, 300));
+        let mut ev = Evidence::default();
+        for _ in 0..20 {
+            let r = sequential(&spec, &seq, &both, &mut ev, &history);
+            assert_ne!(r.verdict, Verdict::Fail, "{r:?}");
+        }
+    }
+
+    /// A p99 taken from 150 requests sits at their slowest or 2nd slowest: both versions
+    /// lie above it more often than 1 %, and that says nothing when they do so alike;
+    /// a canary slow ten times as often as stable is evidence.
+    #[test]
+    fn a_tail_estimated_from_few_requests_is_shared_by_both_versions() {
         let (spec, seq) = seq_spec(BuiltinMetric::Latency(0.99));
         let slow_one_in = |n: u64, every: u64| {
             let mut h = Histogram::default();
@@ -1164,27 +1217,16 @@ mod tests {
             }
             h
         };
-        let interval = |canary: Histogram| IntervalSample {
-            stable: VariantStats {
-                requests: 180,
-                ..Default::default()
-            },
-            canary: VariantStats {
-                requests: canary.count(),
-                latency: canary,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        // One slow request in 150: stable's q99 sits just below it.
         let short = slow_one_in(150, 100);
         let mut ev = Evidence::default();
-        let r = sequential(&spec, &seq, &interval(slow_one_in(20, 20)), &mut ev, &short);
-        assert!(r.log_evidence.is_some_and(|e| e <= 0.0), "{r:?}");
-        // 5,000 stable requests, 25 of them slow: two slow canary requests in 20 are.
-        let long = slow_one_in(5000, 200);
+        for _ in 0..50 {
+            let alike = latency_interval(slow_one_in(180, 20), slow_one_in(20, 20));
+            let r = sequential(&spec, &seq, &alike, &mut ev, &short);
+            assert_ne!(r.verdict, Verdict::Fail, "{r:?}");
+        }
         let mut ev = Evidence::default();
-        let r = sequential(&spec, &seq, &interval(slow_one_in(20, 10)), &mut ev, &long);
+        let worse = latency_interval(slow_one_in(180, 100), slow_one_in(20, 10));
+        let r = sequential(&spec, &seq, &worse, &mut ev, &short);
         assert!(r.log_evidence.is_some_and(|e| e > 0.0), "{r:?}");
     }
 
@@ -1545,7 +1587,10 @@ mod tests {
             canary: timed(20, 320),
             ..Default::default()
         };
-        let r = sequential(&spec, &seq, &slow_body, &mut Evidence::default(), &history);
+        // Two intervals of 100 requests each are enough to tell.
+        let mut ev = Evidence::default();
+        sequential(&spec, &seq, &slow_body, &mut ev, &history);
+        let r = sequential(&spec, &seq, &slow_body, &mut ev, &history);
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         // The header-time judge on the same sample, with stable's header history, sees
         // no difference.

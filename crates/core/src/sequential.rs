@@ -13,8 +13,11 @@
 //!   than stable, each error lands on the canary with probability equal to the
 //!   canary's share of requests, `p0 = n_canary / (n_canary + n_stable)`. This holds
 //!   whatever the baseline error rate is and however it drifts.
-//! - Latency: a canary request is "bad" when it is slower than stable's quantile. If the
-//!   canary is no slower, that happens with stable's own exceedance probability `p0`.
+//! - Latency: a request is "bad" when it is slower than stable's quantile of the
+//!   intervals before. Conditional on an interval's margins (each version's timed
+//!   requests, the slow ones of both), the canary's slow count follows Fisher's
+//!   noncentral hypergeometric law in the odds ratio ([`EProcess::update_table`]): under
+//!   "no slower" it holds whatever both versions' latency does meanwhile.
 //!
 //! Against each alternative `p1` (a point on a grid of odds ratios above `p0`) the
 //! likelihood ratio `(p1/p0)^x ((1-p1)/(1-p0))^(n-x)` has expectation at most 1 under
@@ -72,6 +75,72 @@ impl EProcess {
         }
     }
 
+    /// Adds one interval's two-by-two table: `canary_bad` of `canary_n` canary
+    /// outcomes bad, `stable_bad` of `stable_n` stable ones, when under the null the
+    /// canary's odds of a bad outcome are at most `tolerance` times stable's.
+    ///
+    /// Conditional on the table's margins (the outcomes of each version, the bad ones
+    /// of both), the canary's bad count follows Fisher's noncentral hypergeometric
+    /// law in the odds ratio `psi`. Against `psi = tolerance * r` for each alternative
+    /// `r`, the likelihood ratio `r^x Z(tolerance) / Z(tolerance * r)` (where `Z(t)` sums
+    /// the central weights times `t^x` over the support) has expectation exactly 1 at
+    /// `psi = tolerance`, and less below it (the law rises with `psi`): the product over
+    /// intervals stays a supermartingale whatever the bad outcomes' rate does, the same
+    /// in both versions. Unlike the share test of [`EProcess::update`], which counts
+    /// only the bad outcomes, it weighs the good ones too, which matters when bad is
+    /// not rare (a request slower than a median).
+    pub fn update_table(
+        &mut self,
+        canary_bad: u64,
+        canary_n: u64,
+        stable_bad: u64,
+        stable_n: u64,
+        tolerance: f64,
+    ) {
+        let bad = canary_bad.saturating_add(stable_bad);
+        if canary_n == 0
+            || stable_n == 0
+            || canary_bad > canary_n
+            || stable_bad > stable_n
+            || !(tolerance > 0.0 && tolerance.is_finite())
+        {
+            return;
+        }
+        let lo = bad.saturating_sub(stable_n);
+        let hi = canary_n.min(bad);
+        if lo == hi {
+            // The margins fix the table: no information.
+            return;
+        }
+        // The central weights' logs over the support, from their ratios (exact up to a
+        // constant, which cancels).
+        let mut log_h = Vec::with_capacity((hi - lo + 1) as usize);
+        let mut l = 0.0;
+        for x in lo..=hi {
+            log_h.push(l);
+            if x < hi {
+                let up = ((canary_n - x) as f64).ln() + ((bad - x) as f64).ln();
+                // x >= bad - stable_n, so this is at least 1.
+                let down = ((x + 1) as f64).ln() + ((stable_n + x + 1 - bad) as f64).ln();
+                l += up - down;
+            }
+        }
+        let log_z = |theta: f64| {
+            let lt = theta.ln();
+            let terms = log_h
+                .iter()
+                .enumerate()
+                .map(|(i, h)| h + (lo + i as u64) as f64 * lt);
+            let max = terms.clone().fold(f64::NEG_INFINITY, f64::max);
+            max + terms.map(|t| (t - max).exp()).sum::<f64>().ln()
+        };
+        let null = log_z(tolerance);
+        let x = canary_bad as f64;
+        for (k, r) in GRID.iter().enumerate() {
+            self.log_lr[k] += x * r.ln() + null - log_z(tolerance * r);
+        }
+    }
+
     /// The log of the mixture e-value.
     pub fn log_e(&self) -> f64 {
         let terms: Vec<f64> = self
@@ -102,6 +171,43 @@ pub fn tolerate(p0: f64, tolerance: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under the null the table's likelihood ratio averages exactly 1 for every
+    /// alternative: the central law's own expectation, computed independently from
+    /// binomial coefficients.
+    #[test]
+    fn a_table_s_likelihood_ratio_averages_one_under_the_null() {
+        let (nc, ns, bad) = (12u64, 30u64, 15u64);
+        let choose = |n: u64, k: u64| -> f64 {
+            (0..k).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64)
+        };
+        let lo = bad.saturating_sub(ns);
+        let hi = nc.min(bad);
+        let weight = |x: u64| choose(nc, x) * choose(ns, bad - x);
+        let all: f64 = (lo..=hi).map(weight).sum();
+        let mut mean = [0.0; GRID.len()];
+        for x in lo..=hi {
+            let mut e = EProcess::default();
+            e.update_table(x, nc, bad - x, ns, 1.0);
+            for (k, m) in mean.iter_mut().enumerate() {
+                *m += weight(x) / all * e.log_lr[k].exp();
+            }
+        }
+        for m in mean {
+            assert!((m - 1.0).abs() < 1e-9, "{mean:?}");
+        }
+        // A canary with every bad outcome gathers evidence; one with none loses it.
+        // More bad outcomes than stable has outcomes: the support starts above 0.
+        let mut e = EProcess::default();
+        e.update_table(10, 12, 25, 30, 1.0);
+        assert!(e.log_e().is_finite());
+        let mut worse = EProcess::default();
+        worse.update_table(12, 12, 3, 30, 1.0);
+        assert!(worse.log_e() > 3.0, "{}", worse.log_e());
+        let mut better = EProcess::default();
+        better.update_table(0, 12, 15, 30, 1.0);
+        assert!(better.log_e() < 0.0, "{}", better.log_e());
+    }
 
     #[test]
     fn weights_sum_to_one() {

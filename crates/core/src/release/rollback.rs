@@ -268,6 +268,23 @@ pub(super) fn verify_level_one(b: &mut Builder<'_>, sample: Option<&IntervalSamp
             ));
         }
     }
+    // A sequential judge passes an interval it has not rejected, which after one
+    // interval of fresh evidence says little: a canary still twice as bad passes. It
+    // cannot show health restored, so level 2 follows (stable is known good).
+    let sequential = b
+        .policy
+        .analysis
+        .metrics
+        .iter()
+        .any(|m| matches!(m.judge, crate::policy::Judge::Sequential(_)));
+    if verdict == Some(Verdict::Pass) && sequential {
+        b.event(
+            "level_not_verified",
+            "rampart",
+            "level 1 cannot be verified by a sequential judge (one interval without a rejection is no evidence of health); level 2: traffic back to stable".to_string(),
+        );
+        return b.rollback_traffic();
+    }
     if verdict == Some(Verdict::Pass) {
         b.event(
             "level_verified",

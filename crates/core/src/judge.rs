@@ -193,13 +193,19 @@ fn reading(spec: &MetricSpec, sample: &IntervalSample) -> MetricReading {
         }
         m => (value(m, &sample.stable), value(m, &sample.canary)),
     };
+    // A latency is read from the requests that were timed (one no version answered is
+    // counted, never timed): those are its requests.
+    let counted = |v: &VariantStats| match spec.metric.latency() {
+        Some((_, timing)) => v.latency_to(timing).count(),
+        None => v.requests,
+    };
     MetricReading {
         name: spec.name.clone(),
         verdict: Verdict::Inconclusive,
         canary,
         stable,
-        canary_requests: sample.canary.requests,
-        stable_requests: sample.stable.requests,
+        canary_requests: counted(&sample.canary),
+        stable_requests: counted(&sample.stable),
         stable_breached: false,
         detail: String::new(),
         log_evidence: None,
@@ -536,14 +542,9 @@ fn threshold_on(
         reading.detail = "no canary requests in this interval".into();
         return reading;
     }
-    // A latency quantile is read from the requests that were timed: `min_samples` of
-    // them, not of requests (those no version answered are counted, never timed).
+    // A latency quantile's `min_samples` counts timed requests (`reading`'s counts).
     let latency = m.latency();
     let timing = latency.map_or(Timing::Headers, |(_, t)| t);
-    if latency.is_some() {
-        reading.canary_requests = sample.canary.latency_to(timing).count();
-        reading.stable_requests = sample.stable.latency_to(timing).count();
-    }
     let Some(c) = canary else {
         reading.detail = no_value(m, &sample.canary, "canary");
         return reading;
@@ -915,13 +916,7 @@ fn sequential_on(
     // A latency test runs on the canary's timed requests: those no version answered
     // have no time, and requests whose bodies are still being sent no total time yet.
     // With none at all, nothing says whether the canary is slower (never a pass).
-    let timed = spec.metric.latency().map(|(_, timing)| {
-        r.stable_requests = s.latency_to(timing).count();
-        c.latency_to(timing).count()
-    });
-    if let Some(n) = timed {
-        r.canary_requests = n;
-    }
+    let timed = spec.metric.latency().map(|_| r.canary_requests);
     if timed == Some(0) {
         r.detail = no_value(spec.metric, c, "canary");
         return r;

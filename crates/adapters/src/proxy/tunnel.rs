@@ -34,7 +34,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Copies both ways between `client` and `upstream` until either side closes or fails.
 pub(super) async fn pump(client: Upgraded, upstream: Upgraded) -> std::io::Result<(u64, u64)> {
-    match (Ends::plain_client(client), Ends::plain_upstream(upstream)) {
+    match (plain_client(client), plain_upstream(upstream)) {
         (Ok(client), Ok(upstream)) => copy(client, upstream).await,
         (client, upstream) => copy(boxed(client), boxed(upstream)).await,
     }
@@ -52,42 +52,30 @@ fn boxed<I: Io + 'static>(end: Result<Unread<I>, Upgraded>) -> Box<dyn Io> {
     }
 }
 
-/// The two ends' unwrapping.
-struct Ends;
-
-impl Ends {
-    /// A plain client's socket, with its `send_timeout`, behind every byte read from it
-    /// and not yet used. `Err` gives the connection back when it is not a plain one.
-    fn plain_client(client: Upgraded) -> Result<Unread<SendDeadline<TcpStream>>, Upgraded> {
-        let parts = client.downcast::<PlainClient>()?;
-        let (prefixed, parked) = parts.io.into_inner().into_parts();
-        let (watched, sniffed) = prefixed.into_parts();
-        // What hyper read came first from the layers, so it goes first.
-        let unread = join(&[&parts.read_buf, &parked, &sniffed]);
-        Ok(Unread::new(watched.into_inner(), unread))
-    }
-
-    /// The socket to the version, behind what hyper read past its 101.
-    fn plain_upstream(upstream: Upgraded) -> Result<Unread<TcpStream>, Upgraded> {
-        let parts = upstream.downcast::<TokioIo<TcpStream>>()?;
-        Ok(Unread::new(parts.io.into_inner(), parts.read_buf))
-    }
+/// A plain client's socket, with its `send_timeout`, behind every byte read from it
+/// and not yet used. `Err` gives the connection back when it is not a plain one.
+fn plain_client(client: Upgraded) -> Result<Unread<SendDeadline<TcpStream>>, Upgraded> {
+    let parts = client.downcast::<PlainClient>()?;
+    let (prefixed, parked) = parts.io.into_inner().into_parts();
+    let (watched, sniffed) = prefixed.into_parts();
+    // What hyper read came first from the layers, so it goes first.
+    let unread = join(&[&parts.read_buf, &parked, &sniffed]);
+    Ok(Unread::new(watched.into_inner(), unread))
 }
 
-/// `pieces` in one buffer (no copy when only one holds anything).
+/// The socket to the version, behind what hyper read past its 101.
+fn plain_upstream(upstream: Upgraded) -> Result<Unread<TcpStream>, Upgraded> {
+    let parts = upstream.downcast::<TokioIo<TcpStream>>()?;
+    Ok(Unread::new(parts.io.into_inner(), parts.read_buf))
+}
+
+/// `pieces` in one buffer, in order.
 fn join(pieces: &[&[u8]]) -> Bytes {
-    let mut held = pieces.iter().filter(|p| !p.is_empty());
-    match (held.next(), held.next()) {
-        (None, _) => Bytes::new(),
-        (Some(one), None) => Bytes::copy_from_slice(one),
-        (Some(_), Some(_)) => {
-            let mut all = BytesMut::with_capacity(pieces.iter().map(|p| p.len()).sum());
-            for p in pieces {
-                all.extend_from_slice(p);
-            }
-            all.freeze()
-        }
+    let mut all = BytesMut::new();
+    for p in pieces {
+        all.extend_from_slice(p);
     }
+    all.freeze()
 }
 
 /// A connection whose first bytes were already read: they are read again first.
@@ -110,17 +98,28 @@ impl<I: AsyncRead + Unpin> AsyncRead for Unread<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.unread.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        this.unread.advance(n);
-        Poll::Ready(Ok(()))
+        poll_read_after(&mut this.unread, &mut this.io, cx, buf)
     }
 }
 
 write_through!(Unread);
+
+/// Reads `unread` first, then `io`: for a connection some of whose bytes were already
+/// read by whoever looked at it before.
+pub(super) fn poll_read_after<I: AsyncRead + Unpin>(
+    unread: &mut Bytes,
+    io: &mut I,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<std::io::Result<()>> {
+    if unread.is_empty() {
+        return Pin::new(io).poll_read(cx, buf);
+    }
+    let n = unread.len().min(buf.remaining());
+    buf.put_slice(&unread[..n]);
+    unread.advance(n);
+    Poll::Ready(Ok(()))
+}
 
 #[cfg(test)]
 mod tests {

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use super::emit::{E, Y, e, ec, list, n, raw, s};
 use super::expr::{self, Limit};
 use super::tree::{
-    Doc, Found, at, boolean, duration_ms, duration_of, entries, get, int, items, pos_of, resolve,
-    str_at, text, twice,
+    Doc, Found, at, boolean, duration_ms, duration_of, entries, found_elsewhere, get, int, items,
+    pos_of, resolve, str_at, text, twice,
 };
 use super::{
     Cx, Draft, ImportError, Metric, Providers, Source, Step, Workload, deploy_section, dur,
@@ -945,14 +945,7 @@ impl<'a> Argo<'a> {
                     ));
                 }
                 Found::Missing(elsewhere) => {
-                    let seen = if elsewhere.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; a `{name}` is in namespace {}, not the Rollout's",
-                            elsewhere.join(", ")
-                        )
-                    };
+                    let seen = found_elsewhere(&name, &elsewhere, "the Rollout's");
                     return Err(ImportError::at(
                         ro,
                         name_node.pos,

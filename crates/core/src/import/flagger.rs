@@ -5,7 +5,8 @@
 
 use super::emit::{E, Y, e, ec, list, n, number, raw, s};
 use super::tree::{
-    Doc, Found, at, duration_of, entries, get, int, items, pos_of, resolve, str_at, text, twice,
+    Doc, Found, at, duration_of, entries, found_elsewhere, get, int, items, pos_of, resolve,
+    str_at, text, twice,
 };
 use super::{
     Cx, Draft, ImportError, Metric, Providers, Source, Step, Workload, deploy_section, dur,
@@ -804,14 +805,7 @@ impl<'a> Flagger<'a> {
                             .filter(|d| d.kind == "MetricTemplate")
                             .map(|d| format!("`{}`", d.name))
                             .collect();
-                        let seen = if elsewhere.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                "; a `{tname}` is in namespace {}, not the one referred to",
-                                elsewhere.join(", ")
-                            )
-                        };
+                        let seen = found_elsewhere(tname, &elsewhere, "the one referred to");
                         return Err(ImportError::at(
                             cn,
                             pos_of(get(tr, "name")),

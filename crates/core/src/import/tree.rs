@@ -101,6 +101,18 @@ pub(super) fn resolve<'d>(
     }
 }
 
+/// What a missing reference's message adds when an object of its name is in other
+/// `namespaces` (`Found::Missing`): nothing when it is nowhere.
+pub(super) fn found_elsewhere(name: &str, namespaces: &[String], looked_in: &str) -> String {
+    if namespaces.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; a `{name}` is in namespace {}, not {looked_in}",
+        namespaces.join(", ")
+    )
+}
+
 /// Why a reference finding `a` and `b` is refused, for `referrer` (`this Rollout`).
 pub(super) fn twice(name: &str, referrer: &str, a: &Doc, b: &Doc) -> String {
     let at = |d: &Doc| format!("{} document {}", d.file, d.index);

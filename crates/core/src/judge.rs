@@ -6,7 +6,7 @@
 
 use crate::metrics::{Histogram, IntervalSample, QueryReading, Timing, VariantStats, bucket_of};
 use crate::policy::{BuiltinMetric, Direction, MetricSpec, Sequential, Threshold};
-use crate::sequential::{EProcess, tolerate};
+use crate::sequential::{EProcess, Restarts, tolerate};
 
 /// The verdict on one metric for one interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -763,6 +763,7 @@ fn wilson_upper(x: u64, n: u64) -> f64 {
 }
 
 /// One interval's outcomes as a sequential judge tests them.
+#[derive(Clone, Copy)]
 enum Outcomes {
     /// `bad` of `trials` outcomes on the canary, each with a null probability `p0`
     /// (the tolerance applied).
@@ -781,8 +782,11 @@ use Outcomes::{Shares, Table};
 /// What a sequential judge carries from interval to interval.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Evidence {
-    /// The e-process.
+    /// The e-process from the release's start (or the watch's, or a rollback level's).
     pub process: EProcess,
+    /// The e-processes from the later steps' starts, mixed with `process`.
+    #[serde(default, skip_serializing_if = "Restarts::is_empty")]
+    pub restarts: Restarts,
     /// Whether it has ever rejected; a rejection stands for the rest of the release.
     pub rejected: bool,
     /// Canary requests this judge has seen (a counts metric's own `total`s).
@@ -797,6 +801,27 @@ pub struct Evidence {
     /// release's); empty for every other metric.
     #[serde(default, skip_serializing_if = "Histogram::is_empty")]
     pub stable_history: Histogram,
+}
+
+impl Evidence {
+    /// Fresh evidence for a release of `steps` steps: a test from its start, and one
+    /// from each later step's start ([`Restarts`]).
+    pub fn for_steps(steps: usize) -> Self {
+        Evidence {
+            restarts: Restarts::planned(steps.saturating_sub(1)),
+            ..Evidence::default()
+        }
+    }
+
+    /// A later step begins: so does its test.
+    pub fn begin_step(&mut self) {
+        self.restarts.begin();
+    }
+
+    /// The log of the e-value: all the tests begun so far, mixed.
+    pub fn log_e(&self) -> f64 {
+        self.restarts.log_e(&self.process)
+    }
 }
 
 /// Judges one metric sequentially: updates `evidence` with this interval and fails the
@@ -880,7 +905,7 @@ fn sequential_on(
         })
     };
     let (c, s) = (&sample.canary, &sample.stable);
-    r.log_evidence = Some(evidence.process.log_e());
+    r.log_evidence = Some(evidence.log_e());
     // A counts metric's totals are its own requests, read beside its events.
     let is_counts = spec.metric == BuiltinMetric::Counts;
     let q = sample
@@ -972,25 +997,25 @@ fn sequential_on(
         };
         return r;
     };
-    match outcomes {
+    let add = |e: &mut EProcess| match outcomes {
         Table {
             above_c,
             cn,
             above_s,
             sn,
-        } => evidence
-            .process
-            .update_table(above_c, cn, above_s, sn, tolerance),
-        Shares { bad, trials, p0 } => evidence.process.update(bad, trials, p0),
-    }
+        } => e.update_table(above_c, cn, above_s, sn, tolerance),
+        Shares { bad, trials, p0 } => e.update(bad, trials, p0),
+    };
+    add(&mut evidence.process);
+    evidence.restarts.update_each(add);
     // Only the canary requests of intervals the test ran on count toward
     // `min_samples`: one without a comparison (no stable requests, stable's latency
     // history still short) tells nothing about the canary. For latency, only those
     // timed: they are what was compared.
     evidence.tested = evidence.tested.saturating_add(timed.unwrap_or(canary_n));
     let seen = evidence.tested;
-    let log_e = evidence.process.log_e();
-    evidence.rejected |= evidence.process.rejects(seq.alpha);
+    let log_e = evidence.log_e();
+    evidence.rejected |= log_e >= (1.0 / seq.alpha).ln();
     r.log_evidence = Some(log_e);
     let shown = format!(
         "evidence {log_e:.1} of {:.1} needed",

@@ -127,12 +127,12 @@ impl EProcess {
         }
         let log_z = |theta: f64| {
             let lt = theta.ln();
-            let terms = log_h
-                .iter()
-                .enumerate()
-                .map(|(i, h)| h + (lo + i as u64) as f64 * lt);
-            let max = terms.clone().fold(f64::NEG_INFINITY, f64::max);
-            max + terms.map(|t| (t - max).exp()).sum::<f64>().ln()
+            log_sum_exp(
+                log_h
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| h + (lo + i as u64) as f64 * lt),
+            )
         };
         let null = log_z(tolerance);
         let x = canary_bad as f64;
@@ -143,22 +143,89 @@ impl EProcess {
 
     /// The log of the mixture e-value.
     pub fn log_e(&self) -> f64 {
-        let terms: Vec<f64> = self
-            .log_lr
-            .iter()
-            .zip(WEIGHTS)
-            .map(|(l, w)| w.ln() + l)
-            .collect();
-        let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        if !max.is_finite() {
-            return max;
-        }
-        max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln()
+        log_sum_exp(self.log_lr.iter().zip(WEIGHTS).map(|(l, w)| w.ln() + l))
     }
 
     /// Whether the evidence rejects "canary no worse" at level `alpha`.
     pub fn rejects(&self, alpha: f64) -> bool {
         self.log_e() >= (1.0 / alpha).ln()
+    }
+}
+
+/// `ln(sum(exp(t)))` over `terms`, without overflow; minus infinity for none.
+pub fn log_sum_exp(terms: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = terms.clone().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return max;
+    }
+    max + terms.map(|t| (t - max).exp()).sum::<f64>().ln()
+}
+
+/// E-processes started at the start of a release and at each later step's, mixed.
+///
+/// A regression may appear only at a later step (a pool sized for a share, a cache
+/// that no longer fits the traffic). Evidence carried from the first interval must then
+/// first climb back what a long healthy step drove it down, so a release also tests
+/// from each later step's start. The starts are planned before any data (the policy's
+/// steps), half of the weight on the release's start and half shared equally by the
+/// later ones; before its start a process is worth 1. Each is a supermartingale under
+/// "canary no worse" from its own start, so the mixture is too, and Ville's inequality
+/// keeps `alpha` for the release as a whole. The price: a regression present from the
+/// start needs `ln 2` more log-evidence in a release of several steps.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Restarts {
+    /// How many later steps' starts share half of the weight; 0: the release's start
+    /// has it all (one step, or evidence begun before steps were planned).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub planned: u32,
+    /// The processes begun at the later steps' starts so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub begun: Vec<EProcess>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Restarts {
+    /// Plans `later_steps` starts after the release's.
+    pub fn planned(later_steps: usize) -> Self {
+        Restarts {
+            planned: u32::try_from(later_steps).unwrap_or(u32::MAX),
+            begun: Vec::new(),
+        }
+    }
+
+    /// Whether nothing is planned (evidence as before steps were planned).
+    pub fn is_empty(&self) -> bool {
+        self.planned == 0 && self.begun.is_empty()
+    }
+
+    /// Begins the next planned process (at a later step's start); past the plan, nothing.
+    pub fn begin(&mut self) {
+        if self.begun.len() < self.planned as usize {
+            self.begun.push(EProcess::default());
+        }
+    }
+
+    /// Adds an interval's outcomes to every begun process.
+    pub fn update_each(&mut self, f: impl Fn(&mut EProcess)) {
+        self.begun.iter_mut().for_each(f);
+    }
+
+    /// The log of the mixture's e-value, given the first process (the release's).
+    pub fn log_e(&self, first: &EProcess) -> f64 {
+        if self.planned == 0 {
+            return first.log_e();
+        }
+        let later = (0.5 / f64::from(self.planned)).ln();
+        let waiting = (self.planned as usize).saturating_sub(self.begun.len());
+        let waiting = (waiting > 0).then(|| later + (waiting as f64).ln());
+        log_sum_exp(
+            std::iter::once(0.5f64.ln() + first.log_e())
+                .chain(self.begun.iter().map(move |e| later + e.log_e()))
+                .chain(waiting),
+        )
     }
 }
 
@@ -207,6 +274,28 @@ mod tests {
         let mut better = EProcess::default();
         better.update_table(0, 12, 15, 30, 1.0);
         assert!(better.log_e() < 0.0, "{}", better.log_e());
+    }
+
+    /// The mixture over planned starts is worth exactly 1 before any outcome, however
+    /// many starts have begun (a begun process is worth 1, as is one still waiting),
+    /// and a start past the plan adds nothing.
+    #[test]
+    fn planned_starts_begin_at_one_and_weigh_what_was_planned() {
+        let first = EProcess::default();
+        let mut r = Restarts::planned(3);
+        for _ in 0..5 {
+            assert!(r.log_e(&first).abs() < 1e-12, "{}", r.log_e(&first));
+            r.begin();
+        }
+        assert_eq!(r.begun.len(), 3);
+        // Evidence only in the last begun start: its weight is a sixth.
+        let mut worse = EProcess::default();
+        worse.update(6, 20, 0.1);
+        r.begun[2] = worse.clone();
+        let mixed = (0.5 + 2.0 / 6.0 + worse.log_e().exp() / 6.0_f64).ln();
+        assert!((r.log_e(&first) - mixed).abs() < 1e-9);
+        // Nothing planned: the first process alone.
+        assert_eq!(Restarts::default().log_e(&worse), worse.log_e());
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub(super) fn start(b: &mut Builder<'_>, id: &str, version: &str, stable: Option
     b.s.started_at = b.now;
     b.s.phase = Phase::Gating;
     b.s.failure_streaks = vec![0; b.policy.analysis.metrics.len()];
-    b.s.evidence = vec![Evidence::default(); b.policy.analysis.metrics.len()];
+    let steps = b.policy.strategy.steps().len();
+    b.s.evidence = vec![Evidence::for_steps(steps); b.policy.analysis.metrics.len()];
     b.s.pooled = vec![None; b.policy.analysis.metrics.len()];
     let from = match &b.s.stable {
         Some(s) => format!(" (stable {s})"),

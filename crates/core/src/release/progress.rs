@@ -9,7 +9,7 @@ use super::builder::{Builder, ms, window_closed};
 use super::model::{DecisionKind, Phase, PreApproval};
 use super::protocol::{Action, CheckStage, Variant};
 use crate::instead::Instead;
-use crate::judge::{MetricReading, Verdict};
+use crate::judge::{Evidence, MetricReading, Verdict};
 use crate::metrics::IntervalSample;
 use crate::notice::NoticeKind;
 use crate::policy::{EscalationAction, FailureCount, Judge};
@@ -275,6 +275,9 @@ pub(super) fn next_step(b: &mut Builder<'_>) {
     b.s.window_hold = None;
     if next < steps.len() {
         b.s.step = next;
+        // A regression may show only at this step's traffic: each sequential judge
+        // also tests from here (`Evidence::begin_step`; the weights were planned).
+        b.s.evidence.iter_mut().for_each(Evidence::begin_step);
         return enter_step(b);
     }
     b.decide(

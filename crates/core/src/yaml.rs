@@ -102,7 +102,81 @@ pub struct SyntaxError {
 
 enum Frame {
     Seq(Pos, usize, Vec<Node>),
-    Map(Pos, usize, Vec<(Key, Node)>, Option<Key>),
+    Map(MapFrame),
+}
+
+const MERGE_TAKES: &str =
+    "a merge key `<<` takes a mapping or a list of mappings (an alias of one: `<<: *name`)";
+
+/// A mapping being built.
+struct MapFrame {
+    pos: Pos,
+    anchor: usize,
+    entries: Vec<(Key, Node)>,
+    /// The key whose value comes next; `None` when a key comes next.
+    pending: Option<Key>,
+    /// Whether the pending key is the merge key `<<` (plain, not quoted).
+    merging: bool,
+    /// What merge keys brought in, in order: an entry of the mapping itself wins over
+    /// them, and among them the first wins (YAML's merge key type).
+    merged: Vec<(Key, Node)>,
+}
+
+impl MapFrame {
+    /// The finished mapping: its own entries, then what was merged in and not
+    /// overridden.
+    fn finish(self) -> (Node, usize) {
+        let MapFrame {
+            pos,
+            anchor,
+            mut entries,
+            merged,
+            ..
+        } = self;
+        for (k, v) in merged {
+            if !entries.iter().any(|(e, _)| e.text == k.text) {
+                entries.push((k, v));
+            }
+        }
+        (
+            Node {
+                kind: NodeKind::Map(entries),
+                pos,
+            },
+            anchor,
+        )
+    }
+
+    /// Takes in the value of a merge key: a mapping, or a list of mappings. Anything
+    /// else is refused at the key (an alias's value was written elsewhere).
+    fn merge(&mut self, value: Node, key: &Key) -> Result<(), SyntaxError> {
+        let refuse = |n: &Node| SyntaxError {
+            pos: key.pos,
+            message: format!("{MERGE_TAKES}, found {} at {}", n.type_name(), n.pos),
+        };
+        let maps = match value.kind {
+            NodeKind::Map(entries) => vec![entries],
+            NodeKind::Seq(items) => {
+                if let Some(bad) = items.iter().find(|n| !matches!(n.kind, NodeKind::Map(_))) {
+                    return Err(refuse(bad));
+                }
+                items
+                    .into_iter()
+                    .filter_map(|n| match n.kind {
+                        NodeKind::Map(entries) => Some(entries),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            _ => return Err(refuse(&value)),
+        };
+        for (k, v) in maps.into_iter().flatten() {
+            if !self.merged.iter().any(|(m, _)| m.text == k.text) {
+                self.merged.push((k, v));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parses one YAML document into a [`Node`] tree.
@@ -291,7 +365,14 @@ impl Stream {
                 None
             }
             Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map(at, anchor, Vec::new(), None));
+                stack.push(Frame::Map(MapFrame {
+                    pos: at,
+                    anchor,
+                    entries: Vec::new(),
+                    pending: None,
+                    merging: false,
+                    merged: Vec::new(),
+                }));
                 None
             }
             Event::SequenceEnd => match stack.pop() {
@@ -305,13 +386,7 @@ impl Stream {
                 _ => None,
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(p, anchor, entries, _)) => Some((
-                    Node {
-                        kind: NodeKind::Map(entries),
-                        pos: p,
-                    },
-                    anchor,
-                )),
+                Some(Frame::Map(m)) => Some(m.finish()),
                 _ => None,
             },
             _ => None,
@@ -335,8 +410,25 @@ impl Stream {
         match stack.last_mut() {
             None => *root = Some(node),
             Some(Frame::Seq(_, _, items)) => items.push(node),
-            Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+            Some(Frame::Map(m)) => match m.pending.take() {
+                Some(key) if m.merging => {
+                    m.merging = false;
+                    m.merge(node, &key)?;
+                }
                 None => {
+                    if let NodeKind::Scalar {
+                        text,
+                        quoted: false,
+                    } = &node.kind
+                        && text == "<<"
+                    {
+                        m.merging = true;
+                        m.pending = Some(Key {
+                            text: text.clone(),
+                            pos: node.pos,
+                        });
+                        return Ok(());
+                    }
                     let NodeKind::Scalar { text, .. } = node.kind else {
                         let what = match node.kind {
                             NodeKind::Null => "an empty key",
@@ -347,7 +439,7 @@ impl Stream {
                             message: format!("{what} is not supported; keys are plain words"),
                         });
                     };
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.text == text) {
+                    if let Some((first, _)) = m.entries.iter().find(|(k, _)| k.text == text) {
                         return Err(SyntaxError {
                             pos: node.pos,
                             message: format!(
@@ -356,12 +448,12 @@ impl Stream {
                             ),
                         });
                     }
-                    *pending = Some(Key {
+                    m.pending = Some(Key {
                         text,
                         pos: node.pos,
                     });
                 }
-                Some(key) => entries.push((key, node)),
+                Some(key) => m.entries.push((key, node)),
             },
         }
         Ok(())
@@ -421,6 +513,70 @@ mod tests {
         };
         assert_eq!(inner[0].0.pos, Pos { line: 2, col: 3 });
         assert_eq!(inner[1].1.pos, Pos { line: 3, col: 6 });
+    }
+
+    fn map_of(src: &str) -> Vec<(String, String)> {
+        let node = parse(src).unwrap();
+        let NodeKind::Map(entries) = node.kind else {
+            panic!("not a map")
+        };
+        let item = entries.into_iter().last().unwrap().1;
+        let NodeKind::Map(entries) = item.kind else {
+            panic!("not a map: {item:?}")
+        };
+        entries
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v.kind {
+                    NodeKind::Scalar { text, .. } => text,
+                    other => format!("{other:?}"),
+                };
+                (k.text, v)
+            })
+            .collect()
+    }
+
+    /// YAML's merge key: `<<: *name` (or a list of aliases, or an inline mapping)
+    /// brings a mapping's entries in; the mapping's own entries win wherever they are
+    /// written, and among merged mappings the first wins.
+    #[test]
+    fn merge_keys_bring_entries_in_and_own_entries_win() {
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let got = map_of("base: &b {x: 1, y: 2, z: 3}\nm: {y: own, <<: *b, z: own}\n");
+        assert_eq!(got, pairs(&[("y", "own"), ("z", "own"), ("x", "1")]));
+        let got = map_of("a: &a {x: a}\nb: &b {x: b, y: b}\nm: {<<: [*a, *b]}\n");
+        assert_eq!(got, pairs(&[("x", "a"), ("y", "b")]));
+        // Inline, block style, nested values copied whole.
+        let got = map_of("m:\n  <<: {x: 1, n: {deep: 2}}\n  y: 2\n");
+        assert_eq!(got[..2], pairs(&[("y", "2"), ("x", "1")]));
+        assert!(got[2].1.contains("deep"), "{got:?}");
+        // A merged mapping that is itself anchored carries its merges along.
+        let got = map_of("a: &a {x: 1}\nb: &b {<<: *a, y: 2}\nm: {<<: *b}\n");
+        assert_eq!(got, pairs(&[("y", "2"), ("x", "1")]));
+        // A quoted `<<` is an ordinary key.
+        let got = map_of("m: {'<<': {x: 1}}\n");
+        assert_eq!(got[0].0, "<<");
+    }
+
+    /// Anything but a mapping or a list of mappings is refused at the key, naming what
+    /// was found and where (an alias's value is written elsewhere).
+    #[test]
+    fn a_merge_key_takes_only_mappings() {
+        for doc in [
+            "m:\n  <<: 5\n",
+            "m:\n  <<: [{x: 1},\n    5]\n",
+            "a: &a [1]\nm:\n  <<: *a\n",
+        ] {
+            let err = parse(doc).unwrap_err();
+            let at = doc.lines().position(|l| l.contains("<<")).unwrap() + 1;
+            assert_eq!(err.pos.line as usize, at, "{doc}: {err}");
+            assert!(err.message.contains("merge key"), "{err}");
+            assert!(err.message.contains("found a "), "{err}");
+        }
     }
 
     #[test]

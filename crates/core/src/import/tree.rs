@@ -199,8 +199,7 @@ pub(super) fn pos_of(n: Option<&Node>) -> Pos {
 }
 
 /// Classifies a parsed document; `None` for an empty one or one that is no object.
-pub(super) fn classify(file: &str, index: usize, mut node: Node) -> Option<Doc> {
-    merge_keys(&mut node);
+pub(super) fn classify(file: &str, index: usize, node: Node) -> Option<Doc> {
     let kind = str_at(&node, "kind")?.to_string();
     let api = str_at(&node, "apiVersion").unwrap_or_default().to_string();
     let meta = get(&node, "metadata");
@@ -218,41 +217,6 @@ pub(super) fn classify(file: &str, index: usize, mut node: Node) -> Option<Doc> 
         namespace,
         node,
     })
-}
-
-/// Resolves YAML merge keys as Kubernetes reads them: `<<: *base` (or a list of
-/// them) adds the entries of the maps it names that the map does not set itself.
-fn merge_keys(node: &mut Node) {
-    match &mut node.kind {
-        NodeKind::Seq(items) => items.iter_mut().for_each(merge_keys),
-        NodeKind::Map(entries) => {
-            entries.iter_mut().for_each(|(_, v)| merge_keys(v));
-            if !entries.iter().any(|(k, _)| k.text == "<<") {
-                return;
-            }
-            let (merges, mut own): (Vec<_>, Vec<_>) = std::mem::take(entries)
-                .into_iter()
-                .partition(|(k, _)| k.text == "<<");
-            for (_, m) in merges {
-                let sources = match m.kind {
-                    NodeKind::Seq(items) => items,
-                    _ => vec![m],
-                };
-                for source in sources {
-                    let NodeKind::Map(add) = source.kind else {
-                        continue;
-                    };
-                    for (k, v) in add {
-                        if !own.iter().any(|(o, _)| o.text == k.text) {
-                            own.push((k, v));
-                        }
-                    }
-                }
-            }
-            *entries = own;
-        }
-        NodeKind::Null | NodeKind::Scalar { .. } => {}
-    }
 }
 
 /// A Go duration (`30s`, `1m30s`, `1.5h`, `250ms`) or a bare number of seconds, in

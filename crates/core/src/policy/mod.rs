@@ -204,6 +204,25 @@ fn decode_policy(cx: &mut Decoder, root: &Node) -> Option<Policy> {
         cx.error(root.pos, "", "the policy is empty; it needs at least `service`, `deploy`, `traffic`, `strategy` and `analysis`");
         return None;
     }
+    // Top-level keys that start with `x-` are the user's own: a place to define YAML
+    // anchors that the policy's fields merge in (`<<: *name`), never read.
+    let own;
+    let root = match &root.kind {
+        NodeKind::Map(entries) if entries.iter().any(|(k, _)| k.text.starts_with("x-")) => {
+            own = Node {
+                kind: NodeKind::Map(
+                    entries
+                        .iter()
+                        .filter(|(k, _)| !k.text.starts_with("x-"))
+                        .cloned()
+                        .collect(),
+                ),
+                pos: root.pos,
+            };
+            &own
+        }
+        _ => root,
+    };
     let m = cx.map(
         root,
         "",

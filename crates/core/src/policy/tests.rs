@@ -46,6 +46,64 @@ fn minimal_policy_gets_documented_defaults() {
     assert_eq!(p.rollback.drain, Duration::from_secs(10));
 }
 
+/// Shared settings are written once: defined under a top-level `x-` key (never read)
+/// and merged in with YAML's merge key, each use overriding what it needs. An error in
+/// a merged value points at where the value is written; `x-` keys below the top level
+/// are unknown fields like any other.
+#[test]
+fn anchors_under_x_keys_merge_into_fields() {
+    let src = MINIMAL.replace(
+        "analysis:\n  metrics:\n    - metric: error_rate\n      judge: { max: 1% }\n",
+        r#"x-metric: &metric
+  min_samples: 200
+  failure_limit: 3
+  judge: sequential
+analysis:
+  metrics:
+    - <<: *metric
+      metric: error_rate
+    - <<: *metric
+      metric: latency_p99
+      min_samples: 400
+"#,
+    );
+    let p = Policy::from_yaml(&src).unwrap();
+    let m = &p.analysis.metrics;
+    assert_eq!((m[0].min_samples, m[0].failure_limit), (200, 3));
+    assert_eq!((m[1].min_samples, m[1].failure_limit), (400, 3));
+    assert!(m.iter().all(|m| matches!(m.judge, Judge::Sequential(_))));
+    // An anchor comes before its aliases.
+    let steps = format!(
+        "x-step: &step {{weight: 10, bake: 2m}}\n{}",
+        src.replace(
+            "      - weight: 10\n        bake: 1m\n",
+            "      - <<: *step\n        weight: 20\n",
+        )
+    );
+    let p = Policy::from_yaml(&steps).unwrap();
+    let s = &p.strategy.steps()[0];
+    assert_eq!(
+        (s.weight, s.bake),
+        (Weight::from_percent(20).unwrap(), Duration::from_secs(120))
+    );
+    // A bad value in the anchor: at the anchor's line, under the path that merged it.
+    let bad = src.replace("failure_limit: 3", "failure_limit: three");
+    let line = bad.lines().position(|l| l.contains("three")).unwrap() + 1;
+    let d = errors(&bad);
+    assert!(
+        d.iter()
+            .any(|d| d.line as usize == line && d.path == "analysis.metrics[0].failure_limit"),
+        "{d:?}"
+    );
+    // Below the top level an `x-` key is an unknown field.
+    let nested = src.replace(
+        "      metric: error_rate\n",
+        "      metric: error_rate\n      x-note: 1\n",
+    );
+    let d = errors(&nested);
+    assert!(d.iter().any(|d| d.path.ends_with("x-note")), "{d:?}");
+}
+
 #[test]
 fn typo_in_field_name_names_line_and_field() {
     let src = MINIMAL.replace("bake: 1m", "baek: 1m");

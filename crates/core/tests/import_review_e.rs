@@ -288,3 +288,52 @@ spec:
     );
     assert_eq!(limits(&p, "success-rate").0, Some(0.99));
 }
+
+/// Argo refuses an analysis *step* whose metric has an `interval` and no `count` (it
+/// "runs indefinitely": the step could never end); only background analysis may.
+/// Observed: the import gave the step `bake: 0s` and listed nothing, so the imported
+/// release went straight past a step its source cannot run at all.
+#[test]
+fn argo_an_inline_analysis_step_that_runs_indefinitely_is_listed() {
+    let steps = "steps: [{setWeight: 20}, {pause: {duration: 5m}}]";
+    let inline = "steps: [{setWeight: 20}, {analysis: {templates: [{templateName: sr}]}}]";
+    let doc = |count: &str| {
+        format!(
+            "{}---
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: sr, namespace: prod}}
+spec:
+  metrics:
+  - name: sr
+    interval: 1m{count}
+    successCondition: result[0] >= 0.99
+    provider: {{prometheus: {{address: 'http://p:9090', query: 'sum(x)'}}}}
+",
+            ROLLOUT.replace(steps, inline)
+        )
+    };
+    let i = imp(Kind::Argo, &doc(""));
+    assert!(
+        i.unmapped
+            .iter()
+            .any(|u| u.field.ends_with(".count") && u.why.contains("runs indefinitely")),
+        "{:?}\n{}",
+        i.unmapped,
+        i.policy
+    );
+    // With a count the step holds for count x interval, and nothing is listed.
+    let i = imp(Kind::Argo, &doc("\n    count: 3"));
+    assert!(i.unmapped.is_empty(), "{:?}", i.unmapped);
+    assert!(i.policy.contains("bake: 3m"), "{}", i.policy);
+    // In the background, an interval without a count is what Argo expects.
+    let bg = ROLLOUT.replace(
+        "stableService: demo\n",
+        "stableService: demo\n      analysis: {templates: [{templateName: sr}]}\n",
+    );
+    let i = imp(
+        Kind::Argo,
+        &doc("").replace(&ROLLOUT.replace(steps, inline), &bg),
+    );
+    assert!(!mentions(&i, "runs indefinitely"), "{:?}", i.unmapped);
+}

@@ -1130,6 +1130,16 @@ impl<'a> Argo<'a> {
         let name = str_at(m, "name").unwrap_or("metric").to_string();
         let interval = templated(cx, t, m, mpath, "interval", args, duration_ms);
         let count = templated(cx, t, m, mpath, "count", args, parse_int).filter(|c| *c > 0);
+        if !background && interval.is_some() && count.is_none() {
+            cx.unmapped(
+                t,
+                &format!("{mpath}.count"),
+                m.pos,
+                format!(
+                    "metric `{name}` has an `interval` and no `count`: it runs indefinitely, which Argo Rollouts refuses in an analysis step (the step could never end); nothing says how long the step holds, so rampart's step does not wait for it"
+                ),
+            );
+        }
         let Some(provider) = get(m, "provider") else {
             cx.unmapped(
                 t,

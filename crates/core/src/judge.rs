@@ -763,7 +763,6 @@ fn wilson_upper(x: u64, n: u64) -> f64 {
 }
 
 /// One interval's outcomes as a sequential judge tests them.
-#[derive(Clone, Copy)]
 enum Outcomes {
     /// `bad` of `trials` outcomes on the canary, each with a null probability `p0`
     /// (the tolerance applied).
@@ -804,18 +803,18 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    /// Fresh evidence for a release of `steps` steps: a test from its start, and one
-    /// from each later step's start ([`Restarts`]).
-    pub fn for_steps(steps: usize) -> Self {
+    /// Fresh evidence with `later` tests planned after the release's, begun at later
+    /// steps' starts ([`Restarts`]).
+    pub fn with_later_tests(later: usize) -> Self {
         Evidence {
-            restarts: Restarts::planned(steps.saturating_sub(1)),
+            restarts: Restarts::new(later),
             ..Evidence::default()
         }
     }
 
-    /// A later step begins: so does its test.
+    /// A later step begins: so does its planned test.
     pub fn begin_step(&mut self) {
-        self.restarts.begin();
+        self.restarts.begin(&self.process);
     }
 
     /// The log of the e-value: all the tests begun so far, mixed.
@@ -997,7 +996,9 @@ fn sequential_on(
         };
         return r;
     };
-    let add = |e: &mut EProcess| match outcomes {
+    // The release's test; tests begun at later steps read theirs from it.
+    let e = &mut evidence.process;
+    match outcomes {
         Table {
             above_c,
             cn,
@@ -1005,9 +1006,7 @@ fn sequential_on(
             sn,
         } => e.update_table(above_c, cn, above_s, sn, tolerance),
         Shares { bad, trials, p0 } => e.update(bad, trials, p0),
-    };
-    add(&mut evidence.process);
-    evidence.restarts.update_each(add);
+    }
     // Only the canary requests of intervals the test ran on count toward
     // `min_samples`: one without a comparison (no stable requests, stable's latency
     // history still short) tells nothing about the canary. For latency, only those

@@ -146,6 +146,18 @@ impl EProcess {
         log_sum_exp(self.log_lr.iter().zip(WEIGHTS).map(|(l, w)| w.ln() + l))
     }
 
+    /// The log of the mixture e-value of the outcomes added since this process stood
+    /// at `start` (the same alternatives, the same weights).
+    pub fn log_e_since(&self, start: &EProcess) -> f64 {
+        log_sum_exp(
+            self.log_lr
+                .iter()
+                .zip(&start.log_lr)
+                .zip(WEIGHTS)
+                .map(|((now, then), w)| w.ln() + now - then),
+        )
+    }
+
     /// Whether the evidence rejects "canary no worse" at level `alpha`.
     pub fn rejects(&self, alpha: f64) -> bool {
         self.log_e() >= (1.0 / alpha).ln()
@@ -161,69 +173,87 @@ pub fn log_sum_exp(terms: impl Iterator<Item = f64> + Clone) -> f64 {
     max + terms.map(|t| (t - max).exp()).sum::<f64>().ln()
 }
 
-/// E-processes started at the start of a release and at each later step's, mixed.
+/// E-processes started at the start of a release and at later steps' starts, mixed.
 ///
 /// A regression may appear only at a later step (a pool sized for a share, a cache
 /// that no longer fits the traffic). Evidence carried from the first interval must then
 /// first climb back what a long healthy step drove it down, so a release also tests
-/// from each later step's start. The starts are planned before any data (the policy's
-/// steps), half of the weight on the release's start and half shared equally by the
-/// later ones; before its start a process is worth 1. Each is a supermartingale under
-/// "canary no worse" from its own start, so the mixture is too, and Ville's inequality
-/// keeps `alpha` for the release as a whole. The price: a regression present from the
-/// start needs `ln 2` more log-evidence in a release of several steps.
+/// from later steps' starts. The starts are planned before any data (from the policy's
+/// steps), [`FIRST_WEIGHT`] of the weight on the release's start and the rest shared
+/// equally by the later ones; before its start a test is worth 1. Each is a
+/// supermartingale under "canary no worse" from its own start, so the mixture is too,
+/// and Ville's inequality keeps `alpha` for the release as a whole. The price: a
+/// regression present from the start needs `ln(1 / FIRST_WEIGHT)` more log-evidence in
+/// a release with later tests.
+///
+/// Every test sees the same outcomes, so a later test's log-likelihood ratios are the
+/// release's since it began: each keeps only the release test's ratios at its start,
+/// and an interval is one update however many tests run.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Restarts {
-    /// How many later steps' starts share half of the weight; 0: the release's start
-    /// has it all (one step, or evidence begun before steps were planned).
+    /// How many later starts share the rest of the weight; 0: the release's start has it
+    /// all (one step, or evidence begun before later tests were planned).
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub planned: u32,
-    /// The processes begun at the later steps' starts so far.
+    planned: u32,
+    /// The release test's ratios when each later test began.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub begun: Vec<EProcess>,
+    began_at: Vec<EProcess>,
 }
+
+/// The release's test's share of the weight when later tests are planned. Most of it:
+/// a release's first step usually has the least traffic, where evidence grows slowest
+/// and weight saves the most time; the later steps' larger traffic pays for their
+/// smaller shares quickly.
+pub const FIRST_WEIGHT: f64 = 0.75;
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
 impl Restarts {
-    /// Plans `later_steps` starts after the release's.
-    pub fn planned(later_steps: usize) -> Self {
+    /// Plans `later` tests after the release's.
+    pub fn new(later: usize) -> Self {
         Restarts {
-            planned: u32::try_from(later_steps).unwrap_or(u32::MAX),
-            begun: Vec::new(),
+            planned: u32::try_from(later).unwrap_or(u32::MAX),
+            began_at: Vec::new(),
         }
     }
 
-    /// Whether nothing is planned (evidence as before steps were planned).
+    /// How many later tests were planned.
+    pub fn planned(&self) -> usize {
+        self.planned as usize
+    }
+
+    /// How many later tests have begun (never more than planned).
+    pub fn begun(&self) -> usize {
+        self.began_at.len().min(self.planned())
+    }
+
+    /// Whether nothing is planned (evidence as before later tests were planned).
     pub fn is_empty(&self) -> bool {
-        self.planned == 0 && self.begun.is_empty()
+        self.planned == 0 && self.began_at.is_empty()
     }
 
-    /// Begins the next planned process (at a later step's start); past the plan, nothing.
-    pub fn begin(&mut self) {
-        if self.begun.len() < self.planned as usize {
-            self.begun.push(EProcess::default());
+    /// Begins the next planned test now, where the release's test (`first`) stands;
+    /// past the plan, nothing.
+    pub fn begin(&mut self, first: &EProcess) {
+        if self.began_at.len() < self.planned() {
+            self.began_at.push(first.clone());
         }
     }
 
-    /// Adds an interval's outcomes to every begun process.
-    pub fn update_each(&mut self, f: impl Fn(&mut EProcess)) {
-        self.begun.iter_mut().for_each(f);
-    }
-
-    /// The log of the mixture's e-value, given the first process (the release's).
+    /// The log of the mixture's e-value, given the release's test (`first`).
     pub fn log_e(&self, first: &EProcess) -> f64 {
         if self.planned == 0 {
             return first.log_e();
         }
-        let later = (0.5 / f64::from(self.planned)).ln();
-        let waiting = (self.planned as usize).saturating_sub(self.begun.len());
+        let later = ((1.0 - FIRST_WEIGHT) / f64::from(self.planned)).ln();
+        let begun = &self.began_at[..self.begun()];
+        let waiting = self.planned() - begun.len();
         let waiting = (waiting > 0).then(|| later + (waiting as f64).ln());
         log_sum_exp(
-            std::iter::once(0.5f64.ln() + first.log_e())
-                .chain(self.begun.iter().map(move |e| later + e.log_e()))
+            std::iter::once(FIRST_WEIGHT.ln() + first.log_e())
+                .chain(begun.iter().map(move |at| later + first.log_e_since(at)))
                 .chain(waiting),
         )
     }
@@ -277,25 +307,39 @@ mod tests {
     }
 
     /// The mixture over planned starts is worth exactly 1 before any outcome, however
-    /// many starts have begun (a begun process is worth 1, as is one still waiting),
-    /// and a start past the plan adds nothing.
+    /// many tests have begun (a begun test is worth 1, as is one still waiting), a start
+    /// past the plan adds nothing, and a later test counts only what came after it.
     #[test]
     fn planned_starts_begin_at_one_and_weigh_what_was_planned() {
-        let first = EProcess::default();
-        let mut r = Restarts::planned(3);
+        let mut first = EProcess::default();
+        first.update(1, 20, 0.1);
+        let before = first.clone();
+        let mut r = Restarts::new(3);
+        r.begin(&first);
+        r.begin(&first);
+        let f = FIRST_WEIGHT;
+        let at_start = (f * before.log_e().exp() + (1.0 - f)).ln();
+        assert!((r.log_e(&first) - at_start).abs() < 1e-12);
         for _ in 0..5 {
-            assert!(r.log_e(&first).abs() < 1e-12, "{}", r.log_e(&first));
-            r.begin();
+            r.begin(&first);
         }
-        assert_eq!(r.begun.len(), 3);
-        // Evidence only in the last begun start: its weight is a sixth.
-        let mut worse = EProcess::default();
-        worse.update(6, 20, 0.1);
-        r.begun[2] = worse.clone();
-        let mixed = (0.5 + 2.0 / 6.0 + worse.log_e().exp() / 6.0_f64).ln();
+        assert_eq!(r.begun(), 3);
+        // More outcomes: every begun test counts only them, each with a third of the
+        // later tests' share.
+        first.update(6, 20, 0.1);
+        let mut since = EProcess::default();
+        since.update(6, 20, 0.1);
+        let mixed = (f * first.log_e().exp() + (1.0 - f) * since.log_e().exp()).ln();
         assert!((r.log_e(&first) - mixed).abs() < 1e-9);
-        // Nothing planned: the first process alone.
-        assert_eq!(Restarts::default().log_e(&worse), worse.log_e());
+        // Nothing planned: the release's test alone.
+        assert_eq!(Restarts::default().log_e(&first), first.log_e());
+        // Begun tests beyond the plan (a hand-edited record) weigh nothing.
+        let mut over: Restarts =
+            serde_json::from_str(r#"{"planned": 1, "began_at": [{"log_lr": [0,0,0,0,0,0,0,0,0,0]}, {"log_lr": [0,0,0,0,0,0,0,0,0,0]}]}"#).unwrap();
+        assert_eq!(over.begun(), 1);
+        assert!(over.log_e(&EProcess::default()).abs() < 1e-12);
+        over.begin(&first);
+        assert_eq!(over.begun(), 1);
     }
 
     #[test]

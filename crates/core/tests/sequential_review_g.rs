@@ -46,7 +46,7 @@ fn errors(stable: (u64, u64), canary: (u64, u64)) -> IntervalSample {
 /// failed, and the verdict of the last interval.
 fn judge_errors(m: &MetricSpec, seq: &Sequential, intervals: &[IntervalSample]) -> (bool, Verdict) {
     // The three steps of `schedule`, each also tested from its start.
-    let mut ev = Evidence::for_steps(3);
+    let mut ev = Evidence::with_later_tests(2);
     let h = Histogram::default();
     let mut last = Verdict::NoData;
     for (i, s) in intervals.iter().enumerate() {
@@ -304,7 +304,7 @@ fn guard_a_stationary_latency_keeps_alpha() {
 fn late_regression(m: &MetricSpec, seq: &Sequential, rng: &mut Rng, carry: bool) -> bool {
     // As `release::progress` keeps it: planned for the policy's two steps, and told
     // when the second begins.
-    let mut ev = Evidence::for_steps(2);
+    let mut ev = Evidence::with_later_tests(1);
     let h = Histogram::default();
     for i in 0..210 {
         let (w, pc) = if i < 180 { (0.1, 0.005) } else { (0.5, 0.01) };
@@ -335,7 +335,7 @@ fn late_regression(m: &MetricSpec, seq: &Sequential, rng: &mut Rng, carry: bool)
 /// 50 % step had first to climb all of it back: a canary with twice stable's error
 /// rate over five minutes of 50 % traffic (about 1 000 canary errors against 500) was
 /// promoted in about half of the releases (caught 0.52, against 0.95 with evidence
-/// started at the step). Now a test also starts at each later step (`Evidence::for_steps`).
+/// started at the step). Now a test also starts at each later step (`Evidence::with_later_tests`).
 #[test]
 fn evidence_from_a_long_healthy_step_hides_a_regression_that_appears_at_a_later_step() {
     let (m, seq) = spec("error_rate", 0.05, 100);

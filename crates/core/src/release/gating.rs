@@ -8,6 +8,7 @@ use super::progress::start_deploying;
 use super::protocol::{Action, GateResult};
 use crate::judge::Evidence;
 use crate::notice::NoticeKind;
+use crate::policy::Judge;
 use crate::units::Millis;
 
 /// How long a hotfix during a freeze waits for its approval.
@@ -25,8 +26,18 @@ pub(super) fn start(b: &mut Builder<'_>, id: &str, version: &str, stable: Option
     b.s.started_at = b.now;
     b.s.phase = Phase::Gating;
     b.s.failure_streaks = vec![0; b.policy.analysis.metrics.len()];
-    let steps = b.policy.strategy.steps().len();
-    b.s.evidence = vec![Evidence::for_steps(steps); b.policy.analysis.metrics.len()];
+    // Sequential judges also test from later steps' starts, planned here.
+    let later = super::progress::later_test_steps(b.policy.strategy.steps()).len();
+    b.s.evidence = b
+        .policy
+        .analysis
+        .metrics
+        .iter()
+        .map(|m| match m.judge {
+            Judge::Sequential(_) => Evidence::with_later_tests(later),
+            Judge::Threshold(_) => Evidence::default(),
+        })
+        .collect();
     b.s.pooled = vec![None; b.policy.analysis.metrics.len()];
     let from = match &b.s.stable {
         Some(s) => format!(" (stable {s})"),

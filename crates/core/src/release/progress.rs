@@ -262,6 +262,32 @@ fn enter_step(b: &mut Builder<'_>) {
     b.await_approval(None, ms(approval.timeout), ask);
 }
 
+/// At most this many later tests per sequential judge (each costs the test of a
+/// regression present from the start nothing more, but one begun at a step `ln` of
+/// twice their number).
+const MAX_LATER_TESTS: usize = 16;
+
+/// The steps at whose start each sequential judge begins another test
+/// ([`crate::sequential::Restarts`]): the steps that set traffic below 100 % (an
+/// approval point sets none; at 100 % the previous version's side is a baseline, another
+/// null), after the first such; spread evenly over them when there are more than
+/// [`MAX_LATER_TESTS`]. Fixed by the policy, before any data.
+pub(super) fn later_test_steps(steps: &[crate::policy::Step]) -> Vec<usize> {
+    let traffic: Vec<usize> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.approval.is_none() && s.weight < Weight::FULL)
+        .map(|(i, _)| i)
+        .skip(1)
+        .collect();
+    if traffic.len() <= MAX_LATER_TESTS {
+        return traffic;
+    }
+    (0..MAX_LATER_TESTS)
+        .map(|k| traffic[k * traffic.len() / MAX_LATER_TESTS])
+        .collect()
+}
+
 /// Leaves the current step: the next one, or promotion after the last.
 pub(super) fn next_step(b: &mut Builder<'_>) {
     let steps = b.policy.strategy.steps();
@@ -276,8 +302,10 @@ pub(super) fn next_step(b: &mut Builder<'_>) {
     if next < steps.len() {
         b.s.step = next;
         // A regression may show only at this step's traffic: each sequential judge
-        // also tests from here (`Evidence::begin_step`; the weights were planned).
-        b.s.evidence.iter_mut().for_each(Evidence::begin_step);
+        // also tests from here, if this step was planned for it.
+        if later_test_steps(steps).contains(&next) {
+            b.s.evidence.iter_mut().for_each(Evidence::begin_step);
+        }
         return enter_step(b);
     }
     b.decide(

@@ -43,7 +43,8 @@ the two backends' CPU time per request behind it;
 BENCH_AGAINST=<another rampart binary> adds it as "rampart-against" (an A/B of a change);
 BENCH_CPU_LOAD=post measures the small POST load instead of GETs, BENCH_CPU_LOAD=h2
 HTTP/2 from clients, BENCH_CPU_LOAD=grpc gRPC unary (h2load, as in their rows) and
-BENCH_CPU_LOAD=ws the WebSocket echo (per message).
+BENCH_CPU_LOAD=ws the WebSocket echo (per message) and BENCH_CPU_LOAD=close a new
+connection per request (its accept and close included).
 
 Every proxy runs one worker thread, like for like: nginx `worker_processes 1`, HAProxy
 `nbthread 1`, rampart `RAMPART_WORKER_THREADS=1` (BENCH_RAMPART_THREADS sets another
@@ -655,8 +656,8 @@ def cpu_only(a, b):
     CPU per request barely depends on how the cores are shared with the load client
     and the backends, where requests/s does: a steadier figure for a change's cost."""
     load = os.environ.get("BENCH_CPU_LOAD", "get")
-    if load not in ("get", "post", "h2", "grpc", "ws"):
-        raise SystemExit(f"BENCH_CPU_LOAD={load}: get, post, h2, grpc or ws")
+    if load not in ("get", "post", "h2", "grpc", "ws", "close"):
+        raise SystemExit(f"BENCH_CPU_LOAD={load}: get, post, h2, grpc, ws or close")
     h2, grpc, ws = load == "h2", load == "grpc", load == "ws"
     # (name, the key of its process in PIDS, how to start it)
     makers = [("rampart", "rampart", lambda a, b: rampart_proxy(a, b, h2c=grpc, name="rampart"))]
@@ -675,7 +676,7 @@ def cpu_only(a, b):
             return ws_load(port, seconds)
         if h2 or grpc:
             return h2load(port, seconds, grpc=message)
-        return wrk(port, seconds, script=script)
+        return wrk(port, seconds, script=script, close=load == "close")
 
     targets = []
     keys = {}

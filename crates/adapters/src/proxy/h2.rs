@@ -43,54 +43,51 @@ pub(super) enum Protocol {
     H2,
 }
 
-/// Reads a plain connection's first bytes, up to the length of the HTTP/2 preface or
-/// the first byte that differs from it, until `deadline`. `None` when the client
-/// closed or sent too little in time.
+/// How many of a plain connection's first bytes its sniff reads at most: a small
+/// request's whole head, so that the HTTP/1.1 server's first read of the socket is
+/// not a second system call for the rest of it. Freed once read again.
+const SNIFF_BYTES: usize = 1024;
+
+/// Reads a plain connection's first bytes, as many as came (up to [`SNIFF_BYTES`]),
+/// until they show the HTTP/2 preface or a byte that differs from it, until
+/// `deadline`. `None` when the client closed or sent too little in time.
 pub(super) async fn sniff<I: AsyncRead + Unpin>(
     mut io: I,
     deadline: Instant,
 ) -> Option<(Protocol, Prefixed<I>)> {
-    let mut head = [0u8; PREFACE.len()];
-    let mut len = 0;
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
     let read = async {
-        while len < PREFACE.len() {
-            let n = io.read(&mut head[len..]).await.ok()?;
-            if n == 0 {
+        loop {
+            if io.read_buf(&mut head).await.ok()? == 0 {
                 return None;
             }
-            len += n;
-            if head[..len] != PREFACE[..len] {
+            let seen = head.len().min(PREFACE.len());
+            if head[..seen] != PREFACE[..seen] {
                 return Some(Protocol::Http1);
             }
+            if seen == PREFACE.len() {
+                return Some(Protocol::H2);
+            }
         }
-        Some(Protocol::H2)
     };
     let protocol = tokio::time::timeout_at(deadline, read).await.ok()??;
-    Some((
-        protocol,
-        Prefixed {
-            head,
-            at: 0,
-            len,
-            io,
-        },
-    ))
+    Some((protocol, Prefixed { head, at: 0, io }))
 }
 
 /// A connection whose first bytes, read to tell its protocol, are read again first.
 #[derive(Debug)]
 pub(super) struct Prefixed<I> {
-    head: [u8; PREFACE.len()],
+    head: Vec<u8>,
     at: usize,
-    len: usize,
     io: I,
 }
 
 impl<I> Prefixed<I> {
     /// The connection, and those of its first bytes not read again yet.
     pub(super) fn into_parts(self) -> (I, bytes::Bytes) {
-        let rest = bytes::Bytes::copy_from_slice(&self.head[self.at..self.len]);
-        (self.io, rest)
+        let mut head = self.head;
+        head.drain(..self.at.min(head.len()));
+        (self.io, bytes::Bytes::from(head))
     }
 }
 
@@ -101,10 +98,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.at < this.len {
-            let n = (this.len - this.at).min(buf.remaining());
+        if this.at < this.head.len() {
+            let n = (this.head.len() - this.at).min(buf.remaining());
             buf.put_slice(&this.head[this.at..this.at + n]);
             this.at += n;
+            if this.at == this.head.len() {
+                // Read again whole: the connection keeps no buffer for its life.
+                this.head = Vec::new();
+                this.at = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)
@@ -312,6 +314,37 @@ mod tests {
         assert_eq!(sniffed(&post).await, Some((Protocol::Http1, post.clone())));
         assert_eq!(sniffed(b"PRI * HT").await, None, "closed mid-preface");
         assert_eq!(sniffed(b"").await, None);
+    }
+
+    /// The sniff reads what came, not only the preface's length: a small request's
+    /// whole head is in its one read (the HTTP/1.1 server then needs no second system
+    /// call for the rest), and the buffer is freed once it has been read again.
+    #[tokio::test]
+    async fn the_sniff_takes_a_small_head_whole_and_frees_it_once_read_again() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let get =
+            b"GET /api/items?page=2 HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
+        client.write_all(get).await.unwrap();
+        let (protocol, mut io) = sniff(server, Instant::now() + Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(io.head, get.to_vec(), "the whole head in the sniff's read");
+        let mut again = vec![0u8; get.len()];
+        io.read_exact(&mut again).await.unwrap();
+        assert_eq!(again, get.to_vec());
+        assert_eq!(
+            io.head.capacity(),
+            0,
+            "the sniff's buffer kept after it was read"
+        );
+        // What comes next is read from the connection itself.
+        client.write_all(b"more").await.unwrap();
+        let mut more = [0u8; 4];
+        io.read_exact(&mut more).await.unwrap();
+        assert_eq!(&more, b"more");
+        let (_, rest) = io.into_parts();
+        assert!(rest.is_empty());
     }
 
     /// A client that sends the preface's first bytes and stops is cut at the deadline.

@@ -117,6 +117,8 @@ struct MapFrame {
     pending: Option<Key>,
     /// Whether the pending key is the merge key `<<` (plain, not quoted).
     merging: bool,
+    /// Where the mapping's merge key is, once read.
+    merge_key: Option<Pos>,
     /// What merge keys brought in, in order: an entry of the mapping itself wins over
     /// them, and among them the first wins (YAML's merge key type).
     merged: Vec<(Key, Node)>,
@@ -219,14 +221,36 @@ fn size_of_node(n: &Node) -> usize {
     }
 }
 
-/// Aliases are expanded. Duplicate keys, non-scalar keys and more than one document are
-/// errors, because each would silently drop part of a policy.
+/// Aliases are expanded and merge keys (`<<: *name`) applied. Duplicate keys,
+/// non-scalar keys and more than one document are errors, because each would silently
+/// drop part of a policy.
 pub fn parse(src: &str) -> Result<Node, SyntaxError> {
-    let mut docs = parse_stream(src, true).map_err(|(_, e)| e)?;
+    single(src, Merges::Apply)
+}
+
+/// [`parse`], with merge keys kept as ordinary `<<` entries: every value as written,
+/// those a mapping's own fields override included (for a walk that must see all of
+/// the text, as redaction does).
+pub fn parse_as_written(src: &str) -> Result<Node, SyntaxError> {
+    single(src, Merges::Keep)
+}
+
+fn single(src: &str, merges: Merges) -> Result<Node, SyntaxError> {
+    let mut docs = parse_stream(src, true, merges).map_err(|(_, e)| e)?;
     Ok(docs.pop().unwrap_or(Node {
         kind: NodeKind::Null,
         pos: Pos { line: 1, col: 1 },
     }))
+}
+
+/// What a plain `<<` key does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Merges {
+    /// YAML's merge key: the mappings it names are merged in.
+    #[default]
+    Apply,
+    /// An ordinary key.
+    Keep,
 }
 
 /// A syntax error in one document of a multi-document stream.
@@ -242,13 +266,22 @@ pub struct DocumentError {
 /// Parses every document of a stream (`---` separated, as Kubernetes manifests are),
 /// each as [`parse`] does one: an empty document is [`NodeKind::Null`].
 pub fn parse_documents(src: &str) -> Result<Vec<Node>, DocumentError> {
-    parse_stream(src, false).map_err(|(document, error)| DocumentError { document, error })
+    parse_stream(src, false, Merges::Apply)
+        .map_err(|(document, error)| DocumentError { document, error })
 }
 
-fn parse_stream(src: &str, single: bool) -> Result<Vec<Node>, (usize, SyntaxError)> {
+fn parse_stream(
+    src: &str,
+    single: bool,
+    merges: Merges,
+) -> Result<Vec<Node>, (usize, SyntaxError)> {
     let mut docs: Vec<Node> = Vec::new();
     let mut documents = 0usize;
-    let mut current = Stream::default();
+    let fresh = || Stream {
+        merges,
+        ..Stream::default()
+    };
+    let mut current = fresh();
     for item in Parser::new_from_str(src) {
         let doc = documents.saturating_sub(1);
         let (event, span) = item.map_err(|e| {
@@ -275,7 +308,7 @@ fn parse_stream(src: &str, single: bool) -> Result<Vec<Node>, (usize, SyntaxErro
                         },
                     ));
                 }
-                current = Stream::default();
+                current = fresh();
             }
             Event::DocumentEnd => {
                 let at = Pos { line: 1, col: 1 };
@@ -301,6 +334,7 @@ struct Stream {
     anchors: HashMap<usize, (Node, usize, usize)>,
     values: usize,
     root: Option<Node>,
+    merges: Merges,
 }
 
 impl Stream {
@@ -310,6 +344,7 @@ impl Stream {
             anchors,
             values,
             root,
+            merges,
         } = self;
         let at = pos(span);
         let finished: Option<(Node, usize)> = match event {
@@ -371,6 +406,7 @@ impl Stream {
                     entries: Vec::new(),
                     pending: None,
                     merging: false,
+                    merge_key: None,
                     merged: Vec::new(),
                 }));
                 None
@@ -421,7 +457,17 @@ impl Stream {
                         quoted: false,
                     } = &node.kind
                         && text == "<<"
+                        && *merges == Merges::Apply
                     {
+                        if let Some(first) = m.merge_key {
+                            return Err(SyntaxError {
+                                pos: node.pos,
+                                message: format!(
+                                    "duplicate key `<<` (first defined at {first}): merge several mappings with one, `<<: [*a, *b]`"
+                                ),
+                            });
+                        }
+                        m.merge_key = Some(node.pos);
                         m.merging = true;
                         m.pending = Some(Key {
                             text: text.clone(),

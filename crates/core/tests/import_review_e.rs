@@ -290,7 +290,8 @@ spec:
 }
 
 /// Argo refuses an analysis *step* whose metric has an `interval` and no `count` (it
-/// "runs indefinitely": the step could never end); only background analysis may.
+/// "runs indefinitely": the step could never end); only background analysis may (as
+/// for blue-green's pre- and post-promotion analysis: `review_i.rs`).
 /// Observed: the import gave the step `bake: 0s` and listed nothing, so the imported
 /// release went straight past a step its source cannot run at all.
 #[test]

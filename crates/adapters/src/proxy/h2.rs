@@ -16,8 +16,10 @@
 //! streams, is sent GOAWAY (the "rapid reset" flood: each stream it opens and
 //! cancels has already gone on to a version, at no cost to the client): its streams
 //! in flight finish, as at a drain, a stream it opens anyway reaches no version, and
-//! it is cut at the header timeout if it has not closed. Costs: one
-//! 24-byte buffer per connection, a few atomic adds per stream.
+//! it is cut at the header timeout if it has not closed. Costs: a buffer of up to 1 KiB
+//! per connection from its opening until its first bytes have been read again (a
+//! connection that sends nothing holds it until its header timeout), a few atomic adds
+//! per stream.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1136,7 +1136,7 @@ impl<'a> Argo<'a> {
                 &format!("{mpath}.count"),
                 m.pos,
                 format!(
-                    "metric `{name}` has an `interval` and no `count`: it runs indefinitely, which Argo Rollouts refuses in an analysis step (the step could never end); nothing says how long the step holds, so rampart's step does not wait for it"
+                    "metric `{name}` has an `interval` and no `count`: it runs indefinitely, which Argo Rollouts refuses outside background analysis (the analysis could never end); nothing says how long rampart should wait for it, so nothing waits"
                 ),
             );
         }

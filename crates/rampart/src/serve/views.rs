@@ -392,36 +392,47 @@ pub fn queued_view(s: &Submission) -> ReleaseView {
 
 /// Replaces the values of secret policy fields (webhook signing secrets, Slack webhook
 /// URLs, PagerDuty routing keys) with `<redacted>`, keeping every line where it was.
+///
+/// Every value as written is looked at, not only those the policy reads: a secret
+/// under a top-level `x-` key, or in a mapping merged in (`<<: *name`) whose field a
+/// hook overrides, is in the text all the same. Any field of those names anywhere is
+/// redacted.
 pub fn redact_policy(text: &str) -> String {
-    use rampart_core::yaml::{Node, NodeKind, parse};
-    let Ok(root) = parse(text) else {
+    use rampart_core::yaml::{Node, NodeKind, parse_as_written};
+    let Ok(root) = parse_as_written(text) else {
         return "<redacted: the policy does not parse>".into();
     };
-    let mut spots: Vec<(u32, u32, String)> = Vec::new();
-    fn child<'a>(node: &'a Node, key: &str) -> Option<&'a Node> {
-        match &node.kind {
-            NodeKind::Map(entries) => entries.iter().find(|(k, _)| k.text == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-    let mut secret = |node: Option<&Node>| {
-        if let Some(node) = node
-            && let NodeKind::Scalar { text, .. } = &node.kind
+    fn secret(node: &Node, spots: &mut Vec<(u32, u32, String)>) {
+        if let NodeKind::Scalar { text, .. } = &node.kind
             && !text.is_empty()
         {
             spots.push((node.pos.line, node.pos.col, text.clone()));
         }
-    };
-    if let Some(hooks) = child(&root, "notify")
-        && let NodeKind::Seq(items) = &hooks.kind
-    {
-        for hook in items {
-            secret(child(hook, "secret"));
-            secret(child(hook, "slack"));
-            secret(child(hook, "slack").and_then(|s| child(s, "webhook")));
-            secret(child(hook, "pagerduty").and_then(|p| child(p, "routing_key")));
+    }
+    fn walk(node: &Node, spots: &mut Vec<(u32, u32, String)>) {
+        match &node.kind {
+            NodeKind::Map(entries) => {
+                for (k, v) in entries {
+                    if matches!(k.text.as_str(), "secret" | "routing_key" | "slack") {
+                        secret(v, spots);
+                    }
+                    if k.text == "slack"
+                        && let Some(url) = v.field("webhook")
+                    {
+                        secret(url, spots);
+                    }
+                    walk(v, spots);
+                }
+            }
+            NodeKind::Seq(items) => items.iter().for_each(|n| walk(n, spots)),
+            NodeKind::Null | NodeKind::Scalar { .. } => {}
         }
     }
+    let mut spots: Vec<(u32, u32, String)> = Vec::new();
+    walk(&root, &mut spots);
+    // An alias copies its anchor's values, with their positions: each spot once.
+    spots.sort();
+    spots.dedup();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let indent = |l: &str| l.len() - l.trim_start().len();
     for (line, col, value) in spots {

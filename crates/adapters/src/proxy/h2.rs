@@ -16,9 +16,8 @@
 //! streams, is sent GOAWAY (the "rapid reset" flood: each stream it opens and
 //! cancels has already gone on to a version, at no cost to the client): its streams
 //! in flight finish, as at a drain, a stream it opens anyway reaches no version, and
-//! it is cut at the header timeout if it has not closed. Costs: a buffer of up to 1 KiB
-//! per connection from its opening until its first bytes have been read again (a
-//! connection that sends nothing holds it until its header timeout), a few atomic adds
+//! it is cut at the header timeout if it has not closed. Costs: a connection's first
+//! bytes (up to 1 KiB) on the heap until they have been read again, a few atomic adds
 //! per stream.
 
 use std::pin::Pin;
@@ -28,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -47,20 +46,37 @@ pub(super) enum Protocol {
 
 /// How many of a plain connection's first bytes its sniff reads at most: a small
 /// request's whole head, so that the HTTP/1.1 server's first read of the socket is
-/// not a second system call for the rest of it. Freed once read again.
+/// not a second system call for the rest of it.
 const SNIFF_BYTES: usize = 1024;
 
 /// Reads a plain connection's first bytes, as many as came (up to [`SNIFF_BYTES`]),
 /// until they show the HTTP/2 preface or a byte that differs from it, until
 /// `deadline`. `None` when the client closed or sent too little in time.
+///
+/// Each read lands on the stack of the poll that makes it, and only the bytes read are
+/// kept, on the heap until read again: a connection holds no buffer while it waits
+/// for its first bytes, and the allocator none of the sniff's size once they are read.
 pub(super) async fn sniff<I: AsyncRead + Unpin>(
     mut io: I,
     deadline: Instant,
 ) -> Option<(Protocol, Prefixed<I>)> {
-    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    let mut head: Vec<u8> = Vec::new();
     let read = async {
         loop {
-            if io.read_buf(&mut head).await.ok()? == 0 {
+            let got = std::future::poll_fn(|cx| {
+                let mut buf = [0u8; SNIFF_BYTES];
+                let mut read = ReadBuf::new(&mut buf);
+                match Pin::new(&mut io).poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) => {
+                        head.extend_from_slice(read.filled());
+                        Poll::Ready(Ok(read.filled().len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            if got.ok()? == 0 {
                 return None;
             }
             let seen = head.len().min(PREFACE.len());
@@ -293,7 +309,7 @@ impl<B: Body + Unpin> Body for Held<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn sniffed(sent: &[u8]) -> Option<(Protocol, Vec<u8>)> {
         let (mut client, server) = tokio::io::duplex(64);

@@ -1014,7 +1014,7 @@ fn sequential_on(
     evidence.tested = evidence.tested.saturating_add(timed.unwrap_or(canary_n));
     let seen = evidence.tested;
     let log_e = evidence.log_e();
-    evidence.rejected |= log_e >= (1.0 / seq.alpha).ln();
+    evidence.rejected |= crate::sequential::rejects(log_e, seq.alpha);
     r.log_evidence = Some(log_e);
     let shown = format!(
         "evidence {log_e:.1} of {:.1} needed",

@@ -160,8 +160,14 @@ impl EProcess {
 
     /// Whether the evidence rejects "canary no worse" at level `alpha`.
     pub fn rejects(&self, alpha: f64) -> bool {
-        self.log_e() >= (1.0 / alpha).ln()
+        rejects(self.log_e(), alpha)
     }
+}
+
+/// Whether a log e-value rejects "canary no worse" at level `alpha` (Ville's
+/// threshold, `ln(1 / alpha)`).
+pub fn rejects(log_e: f64, alpha: f64) -> bool {
+    log_e >= (1.0 / alpha).ln()
 }
 
 /// `ln(sum(exp(t)))` over `terms`, without overflow; minus infinity for none.

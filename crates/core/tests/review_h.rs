@@ -9,7 +9,7 @@ mod common;
 
 use rampart_core::Policy;
 use rampart_core::judge::{self, Evidence, Verdict};
-use rampart_core::metrics::{Histogram, IntervalSample};
+use rampart_core::metrics::Histogram;
 use rampart_core::policy::{Judge, MetricSpec, Sequential};
 use rampart_core::sim::Rng;
 
@@ -32,13 +32,7 @@ analysis:
     (m, seq)
 }
 
-fn errors(stable: (u64, u64), canary: (u64, u64)) -> IntervalSample {
-    IntervalSample {
-        stable: common::stats(stable.0, stable.1),
-        canary: common::stats(canary.0, canary.1),
-        ..Default::default()
-    }
-}
+use common::errors;
 
 /// A typical three-step canary: 1 %, 10 %, 50 %, five minutes (30 intervals of 10 s)
 /// each, 200 requests/s. Stable fails 0.5 % of requests, the canary `pc` from the
@@ -64,12 +58,7 @@ fn first_failure(
             ev.begin_step();
         }
         let w = weights[i / 30];
-        let n = 2000;
-        let nc = rng.binomial(n, w);
-        let s = errors(
-            (n - nc, rng.binomial(n - nc, 0.005)),
-            (nc, rng.binomial(nc, pc)),
-        );
+        let s = common::split_errors(rng, 2000, w, 0.005, pc);
         if judge::sequential(m, seq, &s, &mut ev, &h).verdict == Verdict::Fail {
             return Some(i);
         }
@@ -295,12 +284,7 @@ analysis:
             &p,
             |s| {
                 let w = (s.weight.percent() / 100.0).clamp(0.0, 1.0);
-                let n = 2000;
-                let nc = rng.binomial(n, w);
-                errors(
-                    (n - nc, rng.binomial(n - nc, 0.005)),
-                    (nc, rng.binomial(nc, 0.005)),
-                )
+                common::split_errors(&mut rng, 2000, w, 0.005, 0.005)
             },
             |input, before, after| {
                 if !matches!(after.phase, Phase::Progressing | Phase::AwaitingApproval) {
@@ -392,12 +376,7 @@ analysis:
             |s| {
                 let w = s.weight.percent() / 100.0;
                 let pc = if w > 0.2 { 0.0065 } else { 0.005 };
-                let n = 2000;
-                let nc = rng.binomial(n, w);
-                errors(
-                    (n - nc, rng.binomial(n - nc, 0.005)),
-                    (nc, rng.binomial(nc, pc)),
-                )
+                common::split_errors(&mut rng, 2000, w, 0.005, pc)
             },
             |input, _, after| {
                 // (Every interval of the steps: `drive` stops at the watch.)
@@ -503,12 +482,7 @@ analysis:
         &p,
         |s| {
             let w = (s.weight.percent() / 100.0).clamp(0.0, 1.0);
-            let n = 2000;
-            let nc = rng.binomial(n, w);
-            errors(
-                (n - nc, rng.binomial(n - nc, 0.005)),
-                (nc, rng.binomial(nc, 0.005)),
-            )
+            common::split_errors(&mut rng, 2000, w, 0.005, 0.005)
         },
         |_, before, after| {
             let begun = |s: &rampart_core::release::Release| {

@@ -34,13 +34,7 @@ analysis:
     (m, seq)
 }
 
-fn errors(stable: (u64, u64), canary: (u64, u64)) -> IntervalSample {
-    IntervalSample {
-        stable: common::stats(stable.0, stable.1),
-        canary: common::stats(canary.0, canary.1),
-        ..Default::default()
-    }
-}
+use common::errors;
 
 /// A release's sequence of intervals judged by one error-rate judge: whether it ever
 /// failed, and the verdict of the last interval.
@@ -315,12 +309,7 @@ fn late_regression(m: &MetricSpec, seq: &Sequential, rng: &mut Rng, carry: bool)
                 ev = Evidence::default();
             }
         }
-        let n = 2000;
-        let nc = rng.binomial(n, w);
-        let s = errors(
-            (n - nc, rng.binomial(n - nc, 0.005)),
-            (nc, rng.binomial(nc, pc)),
-        );
+        let s = common::split_errors(rng, 2000, w, 0.005, pc);
         if judge::sequential(m, seq, &s, &mut ev, &h).verdict == Verdict::Fail {
             return i >= 180;
         }
@@ -381,12 +370,7 @@ analysis:
         let (s, _) = drive::drive(&p, |s| {
             let w = s.weight.percent() / 100.0;
             let pc = if w > 0.2 { late } else { 0.005 };
-            let n = 2000;
-            let nc = rng.binomial(n, w);
-            errors(
-                (n - nc, rng.binomial(n - nc, 0.005)),
-                (nc, rng.binomial(nc, pc)),
-            )
+            common::split_errors(&mut rng, 2000, w, 0.005, pc)
         });
         s.phase == rampart_core::release::Phase::RolledBack
     };

@@ -1,8 +1,9 @@
 //! What the state machine's review tests share.
 
-use rampart_core::metrics::VariantStats;
+use rampart_core::metrics::{IntervalSample, VariantStats};
 use rampart_core::migrations::Class;
 use rampart_core::release::{Action, GateResult, Input};
+use rampart_core::sim::Rng;
 
 /// The successful answer to `action`, migrations applied being of `class`; `None` for
 /// a measurement, which each test answers with its own sample.
@@ -61,6 +62,34 @@ pub fn stats(requests: u64, errors: u64) -> VariantStats {
         errors,
         ..VariantStats::default()
     }
+}
+
+/// An interval's error counts: stable's and the canary's (requests, errors).
+#[allow(dead_code)] // not every review test judges error counts
+pub fn errors(stable: (u64, u64), canary: (u64, u64)) -> IntervalSample {
+    IntervalSample {
+        stable: stats(stable.0, stable.1),
+        canary: stats(canary.0, canary.1),
+        ..Default::default()
+    }
+}
+
+/// An interval of `n` requests drawn from `rng`: the canary takes each with
+/// probability `weight`, stable's fail with probability `p_stable`, the canary's with
+/// `p_canary` (drawn in that order).
+#[allow(dead_code)] // not every review test simulates traffic
+pub fn split_errors(
+    rng: &mut Rng,
+    n: u64,
+    weight: f64,
+    p_stable: f64,
+    p_canary: f64,
+) -> IntervalSample {
+    let nc = rng.binomial(n, weight);
+    errors(
+        (n - nc, rng.binomial(n - nc, p_stable)),
+        (nc, rng.binomial(nc, p_canary)),
+    )
 }
 
 /// A release's start: `version` over `stable`, by alice.
